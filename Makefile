@@ -1,0 +1,74 @@
+# autoq: plain C, plus CUDA when nvcc is found.
+#   make         builds ./autoq            make test    runs the suite
+#   make demo    runs the main job on a generated model (MODEL=dir DATA=file for your own)
+#   make bench   CPU benchmarks            make format  clang-format
+CC ?= gcc
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 -Wall -Wextra -fopenmp -MMD -MP
+CPPFLAGS += -I. -I/usr/include/hdf5/serial -I/usr/include/x86_64-linux-gnu/openblas-pthread
+LDFLAGS += -fopenmp -L/usr/lib/x86_64-linux-gnu/hdf5/serial
+LDLIBS += -ljansson -lopenblas -lhdf5 -lpcre2-8 -lutf8proc -lm
+
+BUILD ?= build
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+ifeq ($(NO_CUDA),1)
+NVCC :=
+endif
+
+LIB_SRC := $(wildcard engine/*.c kernels/*.c scoring/*.c search/*.c datasets/*.c) cli_args.c $(wildcard cli_*.c)
+LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
+CU_SRC := $(wildcard kernels/*.cu engine/*.cu)
+ifneq ($(NVCC),)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
+CPPFLAGS += -DAUTOQ_CUDA -I$(CUDA_HOME)/include
+LIB_OBJ += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
+LDFLAGS += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs
+LDLIBS += -lcublas -lcudart -lstdc++
+NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra -I. -DAUTOQ_CUDA
+endif
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+
+all: autoq
+
+autoq: $(BUILD)/autoq
+	cp $< $@
+
+$(BUILD)/autoq: $(BUILD)/autoq.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+test: $(BUILD)/autoq $(TEST_BIN)
+	@AQ=$(BUILD)/autoq bash tests/run.sh $(BUILD)
+
+# Used by .ci/run with BUILD=build-asan and sanitizer flags.
+test-asan: $(BUILD)/autoq $(TEST_BIN)
+	@ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 AQ=$(BUILD)/autoq bash tests/run.sh $(BUILD)
+
+MODEL ?=
+DATA ?=
+demo: autoq
+	@bash tests/demo.sh "$(MODEL)" "$(DATA)"
+
+bench: autoq
+	@bash bench/run.sh
+
+format:
+	clang-format -i $(wildcard *.c *.h engine/*.[ch] kernels/*.[ch] kernels/*.cu kernels/*.cuh engine/*.cu scoring/*.[ch] search/*.[ch] datasets/*.[ch] tests/*.[ch] bench/*.c)
+
+clean:
+	rm -rf $(BUILD) build-asan autoq
+
+.PHONY: all test test-asan demo bench format clean
+-include $(LIB_OBJ:.o=.d) $(BUILD)/autoq.d

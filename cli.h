@@ -1,0 +1,25 @@
+// Command-line front ends, one function per subcommand, and the small
+// argument parser they share.
+#pragma once
+
+typedef struct {
+    int argc;
+    char** argv;
+    int* used;
+    const char* cmd;
+} Args;
+
+void args_init(Args* a, int argc, char** argv);
+// Value of --name, or NULL. Marks it used.
+const char* args_str(Args* a, const char* name);
+int args_flag(Args* a, const char* name);
+int args_int(Args* a, const char* name, int def, int lo, int hi);
+double args_double(Args* a, const char* name, double def);
+// The i-th positional argument (not an option or an option's value), or NULL.
+const char* args_pos(Args* a, int i);
+// Exits 2 if any argument was not consumed.
+void args_done(Args* a);
+
+int cmd_info(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_gen(int argc, char** argv);

@@ -1,0 +1,17 @@
+// Calibration windows from --data (SPEC §1): .npy ids now, text via the tokenizer.
+#pragma once
+#include "npy.h"
+
+typedef struct {
+    const char* path;
+    const char* model_dir; // where tokenizer.json lives for text input
+    int vocab;
+    int eos;              // joins documents of text input
+    int num_samples;      // 0: all
+    int seq_len;          // 0: as the file has it (npy) / required for text
+    int shuffle;
+    unsigned long seed;
+} DataOpts;
+
+// Loads windows [N, T]; exits 2 on bad input; reports what was used on stderr.
+void data_load(TokenIds* out, const DataOpts* o);
