@@ -5,9 +5,11 @@
 CC ?= gcc
 CFLAGS ?= -O2 -g
 CFLAGS += -std=gnu11 -Wall -Wextra -fopenmp -MMD -MP
-CPPFLAGS += -I. -I/usr/include/hdf5/serial -I/usr/include/x86_64-linux-gnu/openblas-pthread
-LDFLAGS += -fopenmp -L/usr/lib/x86_64-linux-gnu/hdf5/serial
-LDLIBS += -ljansson -lopenblas -lhdf5 -lpcre2-8 -lutf8proc -lm
+CPPFLAGS += -I. -I/usr/include/hdf5/serial -I/usr/include/x86_64-linux-gnu/openblas-openmp
+# The OpenMP build of OpenBLAS shares our OpenMP thread pool; the pthread build fights it for the cores.
+BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+LDFLAGS += -fopenmp -L/usr/lib/x86_64-linux-gnu/hdf5/serial -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
+LDLIBS += -ljansson -l:libopenblas.so.0 -lhdf5 -lpcre2-8 -lutf8proc -lm
 
 BUILD ?= build
 NVCC ?= $(shell command -v nvcc 2>/dev/null)

@@ -1,16 +1,10 @@
 // autoq: which linear layers of a Qwen3 / Qwen3-VL model can take W4A8.
 // Subcommands: info, eval, gen (score, search, tokenize live beside them).
-#include <jansson.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-#include "datasets/data.h"
-#include "engine/forward.h"
-#include "engine/generate.h"
 #include "engine/util.h"
-#include "scoring/groups.h"
 
 static void usage(void) {
     fprintf(stderr,
@@ -34,6 +28,7 @@ int main(int argc, char** argv) {
     if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "gen") == 0) return cmd_gen(argc - 1, argv + 1);
+    if (strcmp(cmd, "score") == 0) return cmd_score(argc - 1, argv + 1);
     usage();
     fail_input("unknown command '%s'", cmd);
 }

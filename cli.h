@@ -9,7 +9,9 @@ typedef struct {
     const char* cmd;
 } Args;
 
-void args_init(Args* a, int argc, char** argv);
+// extra_flags: NULL-terminated options that take no value in this command (or NULL).
+void args_init(Args* a, int argc, char** argv, const char* const* extra_flags);
+extern const char* const k_json_flag[]; // {"--json", NULL}
 // Value of --name, or NULL. Marks it used.
 const char* args_str(Args* a, const char* name);
 int args_flag(Args* a, const char* name);
@@ -23,3 +25,4 @@ void args_done(Args* a);
 int cmd_info(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_gen(int argc, char** argv);
+int cmd_score(int argc, char** argv);

@@ -4,17 +4,22 @@
 #include "cli.h"
 #include "engine/util.h"
 
-// Options that take no value; every other --option takes the next argument.
-static const char* const k_flags[] = {"--json",        "--no-grouping", "--verify", "--decode", "--shuffle",
-                                      "--quiet",       "--help",        "--resume", NULL};
+// Options that take no value in every command; every other --option takes the
+// next argument, except the command's own extra flags (--json in info and eval).
+static const char* const k_flags[] = {"--no-grouping", "--verify", "--decode", "--shuffle", "--quiet", "--help", NULL};
+
+static const char* const* g_extra_flags;
 
 static int is_flag(const char* s) {
     for (int i = 0; k_flags[i]; i++)
         if (strcmp(s, k_flags[i]) == 0) return 1;
+    for (int i = 0; g_extra_flags && g_extra_flags[i]; i++)
+        if (strcmp(s, g_extra_flags[i]) == 0) return 1;
     return 0;
 }
 
-void args_init(Args* a, int argc, char** argv) {
+void args_init(Args* a, int argc, char** argv, const char* const* extra_flags) {
+    g_extra_flags = extra_flags;
     a->argc = argc;
     a->argv = argv;
     a->cmd = argv[0];

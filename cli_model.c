@@ -5,28 +5,18 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_common.h"
 #include "datasets/data.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/util.h"
 #include "scoring/groups.h"
 
-static void print_json(json_t* j, const char* path) {
-    if (!path || strcmp(path, "-") == 0) {
-        json_dumpf(j, stdout, JSON_INDENT(1));
-        fputc('\n', stdout);
-        return;
-    }
-    OutFile o;
-    out_open(&o, path);
-    json_dumpf(j, o.f, JSON_INDENT(1));
-    fputc('\n', o.f);
-    out_close(&o);
-}
+const char* const k_json_flag[] = {"--json", NULL};
 
 int cmd_info(int argc, char** argv) {
     Args a;
-    args_init(&a, argc, argv);
+    args_init(&a, argc, argv, k_json_flag);
     const char* dis_csv = args_str(&a, "--disabled-layers");
     int json = args_flag(&a, "--json");
     int no_grouping = args_flag(&a, "--no-grouping");
@@ -107,7 +97,7 @@ int cmd_info(int argc, char** argv) {
 
 int cmd_eval(int argc, char** argv) {
     Args a;
-    args_init(&a, argc, argv);
+    args_init(&a, argc, argv, k_json_flag);
     DataOpts d = {0};
     d.path = args_str(&a, "--data");
     d.num_samples = args_int(&a, "--num-samples", 0, 1, 1 << 30);
@@ -172,7 +162,7 @@ int cmd_eval(int argc, char** argv) {
 
 int cmd_gen(int argc, char** argv) {
     Args a;
-    args_init(&a, argc, argv);
+    args_init(&a, argc, argv, NULL);
     const char* preset = args_str(&a, "--preset");
     long seed = args_int(&a, "--seed", 1, 0, 1 << 30);
     const char* ids_path = args_str(&a, "--ids");

@@ -13,7 +13,7 @@ void grad_init(GradState* g, const Model* m, int T) {
     long D = c->hidden_size, I = c->intermediate_size;
     long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
     g->dh = falloc(T * D);
-    g->dh2 = falloc(T * D);
+    g->dh2 = falloc(T * (D > qd ? D : qd)); // also holds dq before its per-head norm
     g->da = falloc(T * D);
     g->dq = falloc(T * qd);
     g->dk = falloc(T * kvd);

@@ -1,0 +1,124 @@
+#include "cli_common.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/util.h"
+
+void print_json(json_t* j, const char* path) {
+    if (!path || strcmp(path, "-") == 0) {
+        json_dumpf(j, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+        fputc('\n', stdout);
+        return;
+    }
+    OutFile o;
+    out_open(&o, path);
+    json_dumpf(j, o.f, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    fputc('\n', o.f);
+    out_close(&o);
+}
+
+void score_job_parse(ScoreJob* j, Args* a, int need_method) {
+    memset(j, 0, sizeof(*j));
+    j->data.path = args_str(a, "--data");
+    j->data.num_samples = args_int(a, "--num-samples", 0, 1, 1 << 30);
+    j->data.seq_len = args_int(a, "--seq-len", 0, 2, 1 << 20);
+    j->data.shuffle = args_flag(a, "--shuffle");
+    j->data.seed = (unsigned long)args_int(a, "--seed", 0, 0, 1 << 30);
+    const char* method = args_str(a, "--method");
+    if (method && strcmp(method, "kl") == 0) j->method = METHOD_KL;
+    else if (method && strcmp(method, "gradient") == 0) j->method = METHOD_GRADIENT;
+    else if (method || need_method)
+        fail_input("%s: --method must be kl or gradient (got '%s')", a->cmd, method ? method : "nothing");
+    j->format_csv = args_str(a, "--format");
+    if (!j->format_csv) j->format_csv = "w4a8";
+    const char* num = args_str(a, "--numerics");
+    if (num && strcmp(num, "compressed-tensors") == 0) j->ct = 1;
+    else if (num && strcmp(num, "modelopt") != 0)
+        fail_input("%s: --numerics must be modelopt or compressed-tensors (got '%s')", a->cmd, num);
+    j->disabled_csv = args_str(a, "--disabled-layers");
+    if (!j->disabled_csv) j->disabled_csv = DEFAULT_DISABLED;
+    j->no_grouping = args_flag(a, "--no-grouping");
+    j->batch_size = args_int(a, "--batch-size", 1, 1, 1 << 16);
+    const char* dev = args_str(a, "--device");
+    if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
+        fail_input("%s: --device must be auto, cpu or cuda (got '%s')", a->cmd, dev);
+    if (dev && strcmp(dev, "cuda") == 0)
+        fail_input("%s: --device cuda: this build has no CUDA scoring backend yet; use --device cpu", a->cmd);
+    j->model_dir = args_pos(a, 0);
+}
+
+void score_job_load(ScoreJob* j) {
+    if (!j->model_dir) fail_input("MODEL folder missing");
+    if (!j->data.path) fail_input("--data is required");
+    j->nf = formats_load(j->fmts, MAX_FORMATS, j->format_csv, j->ct);
+    model_load(&j->model, j->model_dir);
+    patterns_parse(&j->dis, j->disabled_csv);
+    groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
+    if (j->disabled_csv != (const char*)DEFAULT_DISABLED && strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
+        for (int i = 0; i < j->dis.n; i++)
+            if (!j->dis.hits[i])
+                warn_msg("--disabled-layers pattern '%s' matches no module of %s", j->dis.pat[i], j->model_dir);
+    if (j->groups.n_enabled == 0)
+        fail_input("--disabled-layers '%s' disables every candidate group of %s: nothing to score", j->disabled_csv,
+                   j->model_dir);
+    j->data.model_dir = j->model_dir;
+    j->data.vocab = j->model.c.vocab_size;
+    j->data.eos = j->model.c.eos_token_id;
+    data_load(&j->ids, &j->data);
+}
+
+void score_job_table(const ScoreJob* j, ScoreTable* t) {
+    memset(t, 0, sizeof(*t));
+    const Model* m = &j->model;
+    const Groups* gs = &j->groups;
+    snprintf(t->model, sizeof(t->model), "%s", j->model_dir);
+    snprintf(t->method, sizeof(t->method), "%s", method_name(j->method));
+    snprintf(t->numerics, sizeof(t->numerics), "%s", j->ct ? "compressed-tensors" : "modelopt");
+    t->nf = j->nf;
+    for (int f = 0; f < j->nf; f++) {
+        snprintf(t->fmt_name[f], 64, "%s", j->fmts[f].name);
+        t->fmt_bits[f] = j->fmts[f].bits;
+    }
+    t->num_samples = j->ids.n;
+    t->seq_len = j->ids.t;
+    t->ng = gs->n;
+    t->gname = xcalloc(gs->n, sizeof(char*));
+    t->gmembers = xcalloc(gs->n, sizeof(char*));
+    t->params = xmalloc(sizeof(long) * gs->n);
+    t->disabled = xmalloc(gs->n);
+    t->score = xmalloc(sizeof(double) * gs->n * j->nf);
+    for (int g = 0; g < gs->n; g++) {
+        const Group* gr = &gs->g[g];
+        t->gname[g] = xstrdup(gr->name);
+        char buf[3 * 170] = "";
+        for (int k = 0; k < gr->n_members; k++) {
+            if (k) strcat(buf, ",");
+            strcat(buf, m->linears[gr->members[k]].name);
+        }
+        t->gmembers[g] = xstrdup(buf);
+        t->params[g] = gr->params;
+        t->disabled[g] = (uint8_t)gr->disabled;
+        for (int f = 0; f < j->nf; f++)
+            t->score[(size_t)f * gs->n + g] = gr->disabled ? 0.0 : j->scorer.score[(size_t)f * gs->n + g];
+    }
+    t->nl = m->n_linears;
+    t->lname = xcalloc(m->n_linears, sizeof(char*));
+    t->lshape = xmalloc(sizeof(long) * 2 * m->n_linears);
+    t->lgroup = xmalloc(sizeof(int) * m->n_linears);
+    for (int i = 0; i < m->n_linears; i++) {
+        t->lname[i] = xstrdup(m->linears[i].name);
+        t->lshape[2 * i] = m->linears[i].out;
+        t->lshape[2 * i + 1] = m->linears[i].in;
+        t->lgroup[i] = gs->group_of[i];
+    }
+}
+
+void score_job_free(ScoreJob* j) {
+    if (j->scorer.score) scorer_free(&j->scorer);
+    token_ids_free(&j->ids);
+    groups_free(&j->groups);
+    patterns_free(&j->dis);
+    model_free(&j->model);
+}

@@ -1,0 +1,159 @@
+#include "score.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/util.h"
+
+void qcache_init(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf) {
+    qc->nf = nf;
+    qc->nl = m->n_linears;
+    qc->wq = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
+    for (int f = 0; f < nf; f++)
+        for (int i = 0; i < m->n_linears; i++) {
+            const Linear* l = &m->linears[i];
+            if (gs->g[gs->group_of[i]].disabled) continue;
+            float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+            if (fmts[f].w_enable) quant_weight_rows(w, l->w, l->out, l->in, fmts[f].w);
+            else memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
+            qc->wq[(size_t)f * m->n_linears + i] = w;
+        }
+}
+
+void qcache_free(QuantCache* qc) {
+    for (int i = 0; i < qc->nf * qc->nl; i++) free(qc->wq[i]);
+    free(qc->wq);
+}
+
+void plan_init(QuantPlan* p, const Model* m) {
+    p->wq = xcalloc(m->n_linears, sizeof(float*));
+    p->in_spec = xcalloc(m->n_linears, sizeof(QuantSpec));
+}
+
+void plan_free(QuantPlan* p) {
+    free(p->wq);
+    free(p->in_spec);
+}
+
+void plan_clear(QuantPlan* p, const Model* m) {
+    memset(p->wq, 0, sizeof(float*) * m->n_linears);
+    memset(p->in_spec, 0, sizeof(QuantSpec) * m->n_linears);
+}
+
+void plan_set_group(QuantPlan* p, const QuantCache* qc, const Groups* gs, const Format* fmts, int g, int f) {
+    const Group* grp = &gs->g[g];
+    for (int j = 0; j < grp->n_members; j++) {
+        int i = grp->members[j];
+        p->wq[i] = qc->wq[(size_t)f * qc->nl + i];
+        if (fmts[f].in_enable) p->in_spec[i] = fmts[f].in;
+        else memset(&p->in_spec[i], 0, sizeof(QuantSpec));
+    }
+}
+
+const char* method_name(Method m) { return m == METHOD_KL ? "kl" : "gradient"; }
+
+void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method, int T) {
+    memset(s, 0, sizeof(*s));
+    s->m = m;
+    s->gs = gs;
+    s->fmts = fmts;
+    s->nf = nf;
+    s->method = method;
+    s->score = xcalloc((size_t)nf * gs->n, sizeof(double));
+    qcache_init(&s->qc, m, gs, fmts, nf);
+    run_init(&s->ref, m, T, 1);
+    plan_init(&s->plan, m);
+    if (method == METHOD_KL) {
+        run_init(&s->q, m, T, 0);
+    } else {
+        grad_init(&s->grad, m, T);
+        int mo = 0;
+        for (int i = 0; i < m->n_linears; i++) mo = m->linears[i].out > mo ? m->linears[i].out : mo;
+        s->y = xmalloc(sizeof(float) * (size_t)T * mo);
+        s->yq = xmalloc(sizeof(float) * (size_t)T * mo);
+    }
+}
+
+void scorer_free(Scorer* s) {
+    const Model* m = s->m;
+    run_free(&s->ref, m);
+    if (s->method == METHOD_KL) run_free(&s->q, m);
+    else grad_free(&s->grad);
+    plan_free(&s->plan);
+    qcache_free(&s->qc);
+    free(s->score);
+    free(s->y);
+    free(s->yq);
+}
+
+// KL: the unquantized pass keeps every layer's input; each group's pass
+// restarts at its own layer, so early layers are never recomputed.
+static void add_sample_kl(Scorer* s, const int* ids) {
+    const Model* m = s->m;
+    const Config* c = &m->c;
+    int T = s->ref.T, L = c->num_layers;
+    model_forward(m, &s->ref, ids, NULL);
+    s->forward_equiv += 1.0;
+    s->naive_equiv += 1.0;
+    for (int f = 0; f < s->nf; f++)
+        for (int g = 0; g < s->gs->n; g++) {
+            const Group* grp = &s->gs->g[g];
+            if (grp->disabled) continue;
+            int l = grp->layer;
+            memcpy(s->q.acts[l].h_in, s->ref.acts[l].h_in, sizeof(float) * (size_t)T * c->hidden_size);
+            plan_clear(&s->plan, m);
+            plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, g, f);
+            model_forward_from(m, &s->q, l, &s->plan);
+            s->score[(size_t)f * s->gs->n + g] += kl_rows(s->ref.logits, s->q.logits, T, c->vocab_size);
+            s->forward_equiv += (double)(L - l) / L;
+            s->naive_equiv += 1.0;
+        }
+}
+
+// The input X_m of linear m in the saved unquantized pass.
+static const float* linear_input(const RunState* r, const Linear* lin) {
+    const LayerActs* a = &r->acts[lin->layer];
+    switch (lin->kind) {
+    case LIN_O: return a->att;
+    case LIN_GATE:
+    case LIN_UP: return a->m;
+    case LIN_DOWN: return a->act;
+    default: return a->a;
+    }
+}
+
+static void grad_hook(int idx, const float* dy, void* ctx) {
+    Scorer* s = ctx;
+    const Model* m = s->m;
+    int g = s->gs->group_of[idx];
+    if (s->gs->g[g].disabled) return;
+    const Linear* lin = &m->linears[idx];
+    const float* x = linear_input(&s->ref, lin);
+    int T = s->ref.T;
+    long n = (long)T * lin->out;
+    matmul_forward(s->y, x, lin->w, T, lin->in, lin->out, 0.0f);
+    for (int f = 0; f < s->nf; f++) {
+        plan_clear(&s->plan, m);
+        plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, g, f);
+        linear_apply(m, &s->ref, idx, s->yq, x, &s->plan);
+        double acc = 0.0;
+#pragma omp parallel for reduction(+ : acc)
+        for (long i = 0; i < n; i++) {
+            double d = (double)dy[i] * ((double)s->yq[i] - s->y[i]);
+            acc += d * d;
+        }
+        s->score[(size_t)f * s->gs->n + g] += acc;
+    }
+}
+
+static void add_sample_gradient(Scorer* s, const int* ids) {
+    model_forward(s->m, &s->ref, ids, NULL);
+    model_backward(s->m, &s->ref, &s->grad, ids, grad_hook, s);
+    s->forward_equiv += 3.0; // forward + backward (about twice a forward)
+}
+
+void scorer_add_sample(Scorer* s, const int* ids) {
+    if (s->method == METHOD_KL) add_sample_kl(s, ids);
+    else add_sample_gradient(s, ids);
+    s->samples_done++;
+}

@@ -1,0 +1,48 @@
+// Per-group sensitivity scores (SPEC §6): KL divergence with prefix reuse,
+// and the gradient (Fisher) proxy from one activation-only backward.
+#pragma once
+#include "../datasets/npy.h"
+#include "../engine/forward.h"
+#include "format.h"
+#include "groups.h"
+
+typedef enum { METHOD_KL, METHOD_GRADIENT } Method;
+
+// Fake-quantized weights for every (format, candidate linear of an enabled group).
+typedef struct {
+    int nf, nl;
+    float** wq; // (nf * nl); NULL for linears of disabled groups
+} QuantCache;
+
+void qcache_init(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf);
+void qcache_free(QuantCache* qc);
+
+// A plan with nothing quantized; plan_set_group quantizes one group with format f.
+void plan_init(QuantPlan* p, const Model* m);
+void plan_free(QuantPlan* p);
+void plan_clear(QuantPlan* p, const Model* m);
+void plan_set_group(QuantPlan* p, const QuantCache* qc, const Groups* gs, const Format* fmts, int g, int f);
+
+typedef struct {
+    const Model* m;
+    const Groups* gs;
+    const Format* fmts;
+    int nf;
+    Method method;
+    QuantCache qc;
+    double* score;        // (nf, n_groups), summed over samples
+    double forward_equiv; // work done, in full forward passes (kl: prefix reuse shows here)
+    double naive_equiv;   // what one full forward per group would have cost
+    int samples_done;
+    // scratch
+    RunState ref, q;
+    GradState grad;
+    QuantPlan plan;
+    float *ref_logits, *y, *yq;
+} Scorer;
+
+void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method, int T);
+void scorer_free(Scorer* s);
+// Adds one calibration window's contribution to s->score.
+void scorer_add_sample(Scorer* s, const int* ids);
+const char* method_name(Method m);

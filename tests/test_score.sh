@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# autoq score from the command line: outputs, checkpoint/resume, groups and bad input.
+set -u
+AQ=${AQ:-./autoq}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+M=tests/fixtures/qwen3-vl-tiny
+D=tests/fixtures/qwen3_vl_tiny_ids.npy
+pass() { echo "PASS score: $1"; }
+fail() { echo "FAIL score: $1"; }
+
+expect() { # name, expected message fragment, command...
+    local name=$1 want=$2
+    shift 2
+    local out rc
+    out=$("$@" 2>&1 >/dev/null)
+    rc=$?
+    if [ "$rc" -eq 2 ] && grep -qi -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out"; fi
+}
+
+# JSON on stdout holds only JSON; every group of the VL model is scored.
+$AQ score $M --data $D --method kl --json - >"$tmp/kl.json" 2>"$tmp/err" || fail "kl run"
+if python3 -c "import json,sys; d=json.load(open('$tmp/kl.json')); g=d['groups']; assert len(g)==8 and all(x['score']>0 for x in g) and d['method']=='kl' and g[0]['name']=='model.language_model.layers.0.self_attn.qkv' and len(g[0]['members'])==3"; then
+    pass "kl JSON on stdout, 8 groups, names and members"
+else fail "kl JSON on stdout"; fi
+
+# Checkpoint: a run killed after 1 of 3 samples resumes and ends with identical scores.
+$AQ score $M --data $D --method gradient --json "$tmp/full.json" >/dev/null 2>&1
+(AUTOQ_TEST_ABORT_AFTER=1 $AQ score $M --data $D --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json" >/dev/null 2>&1) 2>/dev/null
+[ -f "$tmp/res.json" ] && fail "killed run wrote no output" || pass "killed run wrote no output"
+grep -q '"samples_done": 1' "$tmp/ck.json" && pass "checkpoint holds 1 sample" || fail "checkpoint holds 1 sample"
+$AQ score $M --data $D --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json" >/dev/null 2>"$tmp/err"
+grep -q "resuming" "$tmp/err" && pass "resume announced" || fail "resume announced: $(cat "$tmp/err")"
+cmp -s "$tmp/full.json" "$tmp/res.json" && pass "resumed scores identical" || fail "resumed scores differ"
+expect "checkpoint of another run" "belongs to another run (field 'method'" $AQ score $M --data $D --method kl --checkpoint "$tmp/ck.json"
+
+# HDF5 layout (SPEC §8), checked with h5dump when present.
+$AQ score $M --data $D --method kl --format w4a8,w8a8 --out "$tmp/s.h5" --no-grouping >/dev/null 2>&1 || fail "h5 run"
+if command -v h5dump >/dev/null; then
+    h5dump -H "$tmp/s.h5" >"$tmp/h"
+    ok=1
+    for want in 'ATTRIBUTE "model"' 'ATTRIBUTE "method"' 'ATTRIBUTE "format"' 'ATTRIBUTE "num_samples"' 'ATTRIBUTE "seq_len"' \
+        'DATASET "name"' 'DATASET "members"' 'DATASET "score"' 'DATASET "params"' 'DATASET "disabled"' 'DATASET "shape"' 'DATASET "group"'; do
+        grep -q "$want" "$tmp/h" || { ok=0; echo "  missing $want"; }
+    done
+    grep -q 'DATASPACE  SIMPLE { ( 14, 2 ) / ( 14, 2 ) }' "$tmp/h" || { ok=0; echo "  score is not [14, 2]"; }
+    [ $ok = 1 ] && pass "HDF5 layout with two formats, no grouping" || fail "HDF5 layout"
+else
+    echo "SKIP score: HDF5 layout: h5dump not installed"
+fi
+ls "$tmp"/s.h5.tmp* >/dev/null 2>&1 && fail "h5 temp left behind" || pass "no h5 temp left behind"
+
+# Disabled layers: a group with one disabled member stays bf16; * crosses dots.
+$AQ score $M --data $D --method kl --disabled-layers '*layers.1.*k_proj' --json "$tmp/d.json" >/dev/null 2>&1
+python3 -c "import json; g={x['name']:x for x in json.load(open('$tmp/d.json'))['groups']}; assert g['model.language_model.layers.1.self_attn.qkv']['disabled'] and g['model.language_model.layers.1.self_attn.qkv']['score'] is None and not g['model.language_model.layers.0.self_attn.qkv']['disabled']" \
+    && pass "group with a disabled member stays bf16" || fail "disabled group"
+out=$($AQ score $M --data $D --method kl --disabled-layers '*nomatch*,*layers.0.mlp*' 2>&1 >/dev/null)
+grep -q "pattern '\*nomatch\*' matches no module" <<<"$out" && pass "unmatched pattern warns" || fail "unmatched pattern warns: $out"
+
+# Bad input
+echo '{"quant_cfg": {"*weight_quantizer": {"num_bits": 3, "axis": 0}}}' >"$tmp/b3.json"
+echo '{"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "axis": 0, "colour": 1}}}' >"$tmp/bf.json"
+echo '{"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "axis": 0}}, "extra": 1}' >"$tmp/bt.json"
+expect "unknown format" "format 'w3a3' not found" $AQ score $M --data $D --method kl --format w3a3
+expect "num_bits not 4 or 8" "num_bits = 3 is not supported" $AQ score $M --data $D --method kl --format "$tmp/b3.json"
+expect "unknown quantizer field" "unknown field 'colour'" $AQ score $M --data $D --method kl --format "$tmp/bf.json"
+expect "unknown top-level field" "unknown field 'extra'" $AQ score $M --data $D --method kl --format "$tmp/bt.json"
+expect "data shorter than one window" "longer than the 64 tokens" $AQ score $M --data $D --method kl --seq-len 65
+expect "everything disabled" "disables every candidate group" $AQ score $M --data $D --method kl --disabled-layers '*'
+expect "unknown method" "--method must be kl or gradient" $AQ score $M --data $D --method fisher
+expect "missing method" "--method must be kl or gradient" $AQ score $M --data $D
