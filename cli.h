@@ -15,6 +15,8 @@ extern const char* const k_json_flag[]; // {"--json", NULL}
 // Value of --name, or NULL. Marks it used.
 const char* args_str(Args* a, const char* name);
 int args_flag(Args* a, const char* name);
+// Every value of a repeatable option; returns the count (at most max).
+int args_multi(Args* a, const char* name, const char** out, int max);
 int args_int(Args* a, const char* name, int def, int lo, int hi);
 double args_double(Args* a, const char* name, double def);
 // The i-th positional argument (not an option or an option's value), or NULL.
@@ -26,3 +28,4 @@ int cmd_info(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_gen(int argc, char** argv);
 int cmd_score(int argc, char** argv);
+int cmd_search(int argc, char** argv);

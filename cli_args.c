@@ -44,6 +44,21 @@ const char* args_str(Args* a, const char* name) {
     return a->argv[i + 1];
 }
 
+int args_multi(Args* a, const char* name, const char** out, int max) {
+    int n = 0;
+    for (int i = 1; i < a->argc; i++) {
+        if (strcmp(a->argv[i], name) == 0) {
+            if (i + 1 >= a->argc) fail_input("%s: option %s needs a value", a->cmd, name);
+            if (n == max) fail_input("%s: option %s given more than %d times", a->cmd, name, max);
+            a->used[i] = a->used[i + 1] = 1;
+            out[n++] = a->argv[++i];
+        } else if (a->argv[i][0] == '-' && !is_flag(a->argv[i])) {
+            i++;
+        }
+    }
+    return n;
+}
+
 int args_flag(Args* a, const char* name) {
     int i = find(a, name);
     if (i < 0) return 0;

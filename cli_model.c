@@ -11,8 +11,48 @@
 #include "engine/generate.h"
 #include "engine/util.h"
 #include "scoring/groups.h"
+#include "search/recipe.h"
 
 const char* const k_json_flag[] = {"--json", NULL};
+
+// eval --recipe / --format: the quantized model against the unquantized one.
+static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const char* format, const char* dis_csv,
+                          int json) {
+    Format fmts[MAX_FORMATS];
+    int* choice = xmalloc(sizeof(int) * m->n_linears);
+    if (recipe) {
+        recipe_read(recipe, m, fmts, choice);
+    } else {
+        format_load(&fmts[0], format, 0);
+        Patterns dis;
+        patterns_parse(&dis, dis_csv ? dis_csv : DEFAULT_DISABLED);
+        Groups gs;
+        groups_build(&gs, m, 0, &dis);
+        for (int i = 0; i < m->n_linears; i++) choice[i] = gs.g[gs.group_of[i]].disabled ? -1 : 0;
+        groups_free(&gs);
+        patterns_free(&dis);
+    }
+    VerifyResult r;
+    double t0 = time_now();
+    verify_run(m, ids, fmts, choice, &r);
+    double el = time_now() - t0;
+    if (json) {
+        json_t* j = json_pack("{s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "num_samples", ids->n, "seq_len",
+                              ids->t, "quantized_linears", r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref,
+                              "nll_quantized", r.nll_q, "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
+        print_json(j, NULL);
+        json_decref(j);
+    } else {
+        printf("%d of %d linears quantized; %d x %d tokens\n", r.n_quantized, m->n_linears, ids->n, ids->t);
+        printf("mean nll %.6f -> %.6f (%+.6f), perplexity %.4f -> %.4f\n", r.nll_ref, r.nll_q, r.nll_q - r.nll_ref,
+               exp(r.nll_ref), exp(r.nll_q));
+        printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl, r.kl / ((double)ids->n * ids->t));
+    }
+    free(choice);
+    token_ids_free(ids);
+    model_free(m);
+    return 0;
+}
 
 int cmd_info(int argc, char** argv) {
     Args a;
@@ -103,11 +143,15 @@ int cmd_eval(int argc, char** argv) {
     d.num_samples = args_int(&a, "--num-samples", 0, 1, 1 << 30);
     d.seq_len = args_int(&a, "--seq-len", 0, 2, 1 << 20);
     const char* logits_path = args_str(&a, "--logits");
+    const char* recipe = args_str(&a, "--recipe");
+    const char* format = args_str(&a, "--format");
+    const char* dis_csv = args_str(&a, "--disabled-layers");
     int json = args_flag(&a, "--json");
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("eval: MODEL folder missing");
     if (!d.path) fail_input("eval: --data is required");
+    if (recipe && format) fail_input("eval: give --recipe or --format, not both");
     Model m;
     model_load(&m, dir);
     d.model_dir = dir;
@@ -115,6 +159,7 @@ int cmd_eval(int argc, char** argv) {
     d.eos = m.c.eos_token_id;
     TokenIds ids;
     data_load(&ids, &d);
+    if (recipe || format) return eval_quantized(&m, &ids, recipe, format, dis_csv, json);
     RunState s;
     run_init(&s, &m, ids.t, 0);
     double* nll = xcalloc(ids.n, sizeof(double));

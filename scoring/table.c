@@ -38,6 +38,7 @@ static json_t* table_json(const ScoreTable* t) {
         json_object_set_new(j, "formats", fs);
     }
     json_object_set_new(j, "numerics", json_string(t->numerics));
+    json_object_set_new(j, "disabled_layers", json_string(t->disabled_csv));
     json_object_set_new(j, "num_samples", json_integer(t->num_samples));
     json_object_set_new(j, "seq_len", json_integer(t->seq_len));
     json_t* gs = json_array();
@@ -141,6 +142,7 @@ long table_h5_create(const ScoreTable* t, const char* path) {
     }
     attr_str(f, "format", fmts);
     attr_str(f, "numerics", t->numerics);
+    attr_str(f, "disabled_layers", t->disabled_csv);
     attr_num(f, "num_samples", H5T_NATIVE_INT, &t->num_samples);
     attr_num(f, "seq_len", H5T_NATIVE_INT, &t->seq_len);
     hsize_t nf = (hsize_t)t->nf;
@@ -250,6 +252,7 @@ void table_read_h5(ScoreTable* t, const char* path) {
     read_attr_str(f, path, "model", t->model, sizeof(t->model));
     read_attr_str(f, path, "method", t->method, sizeof(t->method));
     read_attr_str(f, path, "numerics", t->numerics, sizeof(t->numerics));
+    read_attr_str(f, path, "disabled_layers", t->disabled_csv, sizeof(t->disabled_csv));
     char fmts[MAX_FORMATS * 65];
     read_attr_str(f, path, "format", fmts, sizeof(fmts));
     char* save = NULL;

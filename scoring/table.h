@@ -9,6 +9,7 @@ typedef struct {
     char model[512];
     char method[16];
     char numerics[32];
+    char disabled_csv[1024]; // --disabled-layers patterns the scores were made with
     int nf;
     char fmt_name[MAX_FORMATS][64];
     int fmt_bits[MAX_FORMATS];

@@ -1,0 +1,136 @@
+// autoq search: the exact budgeted recipe search, sweep, verification and exports.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_common.h"
+#include "engine/util.h"
+#include "search/recipe.h"
+
+#define MAX_SWEEP 1000
+
+static int parse_sweep(const char* s, double* out) {
+    double lo, hi, step;
+    char tail;
+    if (sscanf(s, "%lf:%lf:%lf%c", &lo, &hi, &step, &tail) != 3 || !(step > 0) || hi < lo)
+        fail_input("search: --sweep '%s' must be LO:HI:STEP with LO <= HI and STEP > 0", s);
+    int n = (int)floor((hi - lo) / step + 1e-9) + 1;
+    if (n > MAX_SWEEP) fail_input("search: --sweep '%s' has %d points (at most %d)", s, n, MAX_SWEEP);
+    for (int i = 0; i < n; i++) out[i] = lo + i * step;
+    return n;
+}
+
+// Per-linear choice of the loaded model for a solution (linear names must match).
+static void linear_choice(const Model* m, const ScoreTable* t, const Solution* s, int* choice) {
+    for (int i = 0; i < m->n_linears; i++) choice[i] = -1;
+    for (int i = 0; i < t->nl; i++) {
+        int g = t->lgroup[i];
+        if (t->disabled[g] || s->sel[g] < 0) continue;
+        int found = -1;
+        for (int k = 0; k < m->n_linears && found < 0; k++)
+            if (strcmp(m->linears[k].name, t->lname[i]) == 0) found = k;
+        if (found < 0) fail_input("%s: the scores name linear '%s', which this model does not have", m->dir, t->lname[i]);
+        choice[found] = s->sel[g];
+    }
+}
+
+int cmd_search(int argc, char** argv) {
+    Args a;
+    args_init(&a, argc, argv, NULL);
+    const char* scores = args_str(&a, "--scores");
+    double budget = args_double(&a, "--budget", NAN);
+    const char* scope_s = args_str(&a, "--budget-scope");
+    const char* out = args_str(&a, "--out");
+    const char* h5 = args_str(&a, "--h5");
+    const char* sweep_s = args_str(&a, "--sweep");
+    int verify = args_flag(&a, "--verify");
+    const char* emits[4];
+    int ne = args_multi(&a, "--emit", emits, 4);
+    ScoreJob j;
+    score_job_parse(&j, &a, scores == NULL);
+    args_done(&a);
+    Scope scope = SCOPE_CANDIDATES;
+    if (scope_s && strcmp(scope_s, "all") == 0) scope = SCOPE_ALL;
+    else if (scope_s && strcmp(scope_s, "candidates") != 0)
+        fail_input("search: --budget-scope must be candidates or all (got '%s')", scope_s);
+    if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
+    if (!isnan(budget) && !(budget > 0 && budget <= 16))
+        fail_input("search: --budget %g must be in (0, 16] bits", budget);
+    for (int i = 0; i < ne; i++)
+        if (strncmp(emits[i], "llmcompressor=", 14) && strncmp(emits[i], "modelopt=", 9))
+            fail_input("search: --emit '%s' must be llmcompressor=FILE or modelopt=FILE", emits[i]);
+
+    ScoreTable t;
+    int have_model = 0;
+    if (scores) {
+        table_read_h5(&t, scores);
+        if (verify) {
+            if (!j.model_dir) j.model_dir = t.model;
+            if (!j.data.path) fail_input("search: --verify with --scores needs --data");
+            j.format_csv = NULL;
+        }
+    } else {
+        score_job_load(&j);
+        have_model = 1;
+        score_job_run(&j, NULL);
+        score_job_table(&j, &t);
+    }
+    // Formats as the scores name them (their files give the exports' quantizer settings).
+    Format fmts[MAX_FORMATS];
+    int ct = strcmp(t.numerics, "compressed-tensors") == 0;
+    for (int f = 0; f < t.nf; f++) format_load(&fmts[f], t.fmt_name[f], ct);
+    if (verify && !have_model) {
+        model_load(&j.model, j.model_dir);
+        j.data.model_dir = j.model_dir;
+        j.data.vocab = j.model.c.vocab_size;
+        j.data.eos = j.model.c.eos_token_id;
+        data_load(&j.ids, &j.data);
+        have_model = 1;
+    }
+
+    SearchCtx ctx;
+    search_init(&ctx, &t, scope);
+    double pts[MAX_SWEEP + 1];
+    int ns = sweep_s ? parse_sweep(sweep_s, pts) : 0;
+    Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
+    if (ns) search_solve(&ctx, pts, ns, sweep);
+    Solution main_sol;
+    double b = isnan(budget) ? pts[ns - 1] : budget;
+    search_solve(&ctx, &b, 1, &main_sol);
+    int* choice = have_model ? xmalloc(sizeof(int) * j.model.n_linears) : NULL;
+    if (verify) {
+        Progress p;
+        progress_init(&p, "verify", ns + 1);
+        for (int i = 0; i < ns; i++) {
+            linear_choice(&j.model, &t, &sweep[i], choice);
+            verify_run(&j.model, &j.ids, fmts, choice, &sweep[i].v);
+            sweep[i].verified = 1;
+            progress_step(&p, 1);
+        }
+        linear_choice(&j.model, &t, &main_sol, choice);
+        verify_run(&j.model, &j.ids, fmts, choice, &main_sol.v);
+        main_sol.verified = 1;
+        progress_step(&p, 1);
+        progress_end(&p);
+    }
+    if (ns) {
+        printf("Pareto frontier (%d budgets)\n", ns);
+        for (int i = 0; i < ns; i++) solution_print(&ctx, &sweep[i], 0);
+        printf("\n");
+    }
+    solution_print(&ctx, &main_sol, 1);
+    if (out) recipe_write_json(out, &ctx, &main_sol, fmts);
+    for (int i = 0; i < ne; i++) {
+        if (strncmp(emits[i], "llmcompressor=", 14) == 0) export_llmcompressor(emits[i] + 14, &ctx, &main_sol, fmts);
+        else export_modelopt(emits[i] + 9, &ctx, &main_sol, fmts);
+    }
+    if (h5) search_write_h5(h5, &ctx, &main_sol, sweep, ns);
+    for (int i = 0; i < ns; i++) solution_free(&sweep[i]);
+    free(sweep);
+    solution_free(&main_sol);
+    free(choice);
+    table_free(&t);
+    if (have_model) score_job_free(&j);
+    return 0;
+}

@@ -1,0 +1,44 @@
+#include "verify.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/forward.h"
+#include "../engine/util.h"
+
+void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
+    memset(r, 0, sizeof(*r));
+    QuantPlan plan;
+    plan.wq = xcalloc(m->n_linears, sizeof(float*));
+    plan.in_spec = xcalloc(m->n_linears, sizeof(QuantSpec));
+    for (int i = 0; i < m->n_linears; i++) {
+        if (choice[i] < 0) continue;
+        const Linear* l = &m->linears[i];
+        const Format* f = &fmts[choice[i]];
+        float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+        if (f->w_enable) quant_weight_rows(w, l->w, l->out, l->in, f->w);
+        else memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
+        plan.wq[i] = w;
+        if (f->in_enable) plan.in_spec[i] = f->in;
+        r->n_quantized++;
+    }
+    int T = ids->t, V = m->c.vocab_size;
+    RunState ref, q;
+    run_init(&ref, m, T, 0);
+    run_init(&q, m, T, 0);
+    for (int s = 0; s < ids->n; s++) {
+        const int* x = ids->ids + (long)s * T;
+        model_forward(m, &ref, x, NULL);
+        model_forward(m, &q, x, &plan);
+        r->kl += kl_rows(ref.logits, q.logits, T, V);
+        r->nll_ref += cross_entropy(NULL, ref.logits, x, T, V);
+        r->nll_q += cross_entropy(NULL, q.logits, x, T, V);
+    }
+    r->nll_ref /= ids->n;
+    r->nll_q /= ids->n;
+    run_free(&ref, m);
+    run_free(&q, m);
+    for (int i = 0; i < m->n_linears; i++) free((void*)plan.wq[i]);
+    free(plan.wq);
+    free(plan.in_spec);
+}

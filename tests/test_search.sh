@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# autoq search end to end: budgets, scopes, sweep, verify, exports, bad input,
+# and the measured KL of autoq's recipe against the one ModelOpt's search picks.
+set -u
+AQ=${AQ:-./autoq}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+M=tests/fixtures/qwen3-vl-tiny
+D=tests/fixtures/qwen3_vl_tiny_ids.npy
+pass() { echo "PASS search: $1"; }
+fail() { echo "FAIL search: $1"; }
+expect() {
+    local name=$1 want=$2
+    shift 2
+    local out rc
+    out=$("$@" 2>&1 >/dev/null)
+    rc=$?
+    if [ "$rc" -eq 2 ] && grep -qi -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out"; fi
+}
+
+$AQ score $M --data $D --method gradient --format w4a8,w8a8 --out "$tmp/s.h5" >/dev/null 2>&1 || fail "score"
+$AQ search --scores "$tmp/s.h5" --budget 6 --out "$tmp/r.json" --h5 "$tmp/o.h5" --sweep 4:16:2 \
+    --emit llmcompressor="$tmp/r.yaml" --emit modelopt="$tmp/q.json" >"$tmp/out" 2>&1 || fail "search run: $(cat "$tmp/out")"
+python3 - "$tmp" <<'PY' && pass "recipe JSON: budget respected, both formats, bits in both scopes" || fail "recipe JSON"
+import json, sys
+r = json.load(open(sys.argv[1] + "/r.json"))
+assert r["budget"] == 6 and r["effective_bits"]["candidates"] <= 6 + 1e-9
+assert r["effective_bits_with_scales"]["candidates"] > r["effective_bits"]["candidates"]
+assert {g["choice"] for g in r["groups"]} <= {"bf16", "w4a8", "w8a8"} and len(r["groups"]) == 8
+PY
+grep -q "Pareto frontier (7 budgets)" "$tmp/out" && pass "sweep solves 7 budgets" || fail "sweep"
+# More budget never makes the predicted score worse.
+awk '/^budget .*predicted/ {for (i=1;i<=NF;i++) if ($i=="predicted") print $(i+2)}' "$tmp/out" | head -7 >"$tmp/scores"
+sort -g -r -c "$tmp/scores" 2>/dev/null && pass "frontier score non-increasing" || fail "frontier not monotone: $(tr '\n' ' ' <"$tmp/scores")"
+if command -v h5dump >/dev/null; then
+    h5dump -H "$tmp/o.h5" | grep -q 'GROUP "pareto"' && h5dump -H "$tmp/o.h5" | grep -q 'DATASET "selected"' &&
+        h5dump -A "$tmp/o.h5" | grep -q 'ATTRIBUTE "predicted_score"' && pass "HDF5 /search and /pareto" || fail "HDF5 search layout"
+fi
+# Exports: the llm-compressor ignore list holds the defaults, anchored, and the bf16 linears.
+grep -q "GPTQModifier:" "$tmp/r.yaml" && grep -q "'re:^.*visual.*\$'" "$tmp/r.yaml" && pass "llm-compressor YAML" || fail "llm-compressor YAML"
+python3 -c "import json; q=json.load(open('$tmp/q.json'))['quant_cfg']; assert q['*lm_head*']=={'enable':False} and q['*input_quantizer']['block_sizes']=={'-1':None}" &&
+    pass "ModelOpt quant_cfg JSON" || fail "ModelOpt quant_cfg JSON"
+python3 tests/ref/check_exports.py "$tmp/r.json" "$tmp/r.yaml" "$tmp/q.json" && pass "export patterns select exactly the intended modules" || fail "export patterns"
+
+# Scopes: 'all' counts disabled groups at 16 bits, so the same budget quantizes more when nothing is disabled.
+$AQ search --scores "$tmp/s.h5" --budget 8 --budget-scope all >"$tmp/all" 2>&1 && grep -q "budget 8.000 (all)" "$tmp/all" && pass "budget scope all" || fail "budget scope all: $(tail -1 "$tmp/all")"
+expect "infeasible budget names the smallest" "smallest feasible budget is 4.0000" $AQ search --scores "$tmp/s.h5" --budget 3
+$AQ score $M --data $D --method kl --disabled-layers '*layers.0.*' --out "$tmp/d.h5" >/dev/null 2>&1
+expect "infeasible in scope all" "smallest feasible budget is 10.0000 bits (scope all)" $AQ search --scores "$tmp/d.h5" --budget 5 --budget-scope all
+expect "bad scope" "budget-scope must be" $AQ search --scores "$tmp/s.h5" --budget 5 --budget-scope some
+expect "bad sweep" "must be LO:HI:STEP" $AQ search --scores "$tmp/s.h5" --sweep 6:4:1
+expect "not a scores file" "not an HDF5 file" $AQ search --scores $D --budget 5
+expect "bad emit" "llmcompressor=FILE or modelopt=FILE" $AQ search --scores "$tmp/s.h5" --budget 5 --emit tensorrt=x
+
+# Direct mode (MODEL + data) with --verify: measured KL beside the prediction.
+$AQ search $M --data $D --method kl --budget 5 --verify --out "$tmp/v.json" >/dev/null 2>&1
+python3 -c "import json; m=json.load(open('$tmp/v.json'))['measured']; assert m['kl'] > 0" && pass "verify reports measured KL" || fail "verify"
+$AQ eval $M --data $D --recipe "$tmp/v.json" --json >"$tmp/e.json" 2>/dev/null
+python3 -c "import json; a=json.load(open('$tmp/v.json'))['measured']['kl']; b=json.load(open('$tmp/e.json'))['kl']; assert abs(a-b) <= 1e-9*abs(a)" &&
+    pass "eval --recipe reproduces the verified KL" || fail "eval --recipe"
+
+# qwen3-tiny: autoq's recipe is no worse (measured KL) than the one ModelOpt's own search picked.
+T=../shared/models/qwen3-tiny
+if [ -f $T/config.json ]; then
+    ids=tests/fixtures/qwen3_tiny_ids.npy
+    for method in gradient kl; do
+        $AQ score $T --data $ids --method $method --out "$tmp/t_$method.h5" >/dev/null 2>&1
+        mo=$([ $method = kl ] && echo kl_div || echo gradient)
+        for b in 4.5 4.8 6.0; do
+            $AQ search --scores "$tmp/t_$method.h5" --budget $b --verify --data $ids --out "$tmp/a.json" >/dev/null 2>&1
+            mobits=$(python3 tests/ref/modelopt_recipe.py $mo $b "$tmp/m.json")
+            $AQ eval $T --data $ids --recipe "$tmp/m.json" --json >"$tmp/me.json" 2>/dev/null
+            read -r ak abits mk < <(python3 -c "import json; a=json.load(open('$tmp/a.json')); m=json.load(open('$tmp/me.json')); print(a['measured']['kl'], a['effective_bits']['candidates'], m['kl'])")
+            echo "  $method budget $b: autoq KL $ak at $abits bits, ModelOpt's pick KL $mk at $mobits bits"
+            python3 -c "import sys; sys.exit(0 if $ak <= $mk * (1 + 1e-9) else 1)" &&
+                pass "$method $b: measured KL no worse than ModelOpt's pick" || fail "$method $b: autoq KL $ak > ModelOpt $mk"
+        done
+    done
+else
+    echo "SKIP search: ModelOpt comparison: ../shared/models/qwen3-tiny missing"
+fi
