@@ -99,6 +99,7 @@ static void parse_input(Format* f, json_t* v) {
 void format_load(Format* f, const char* name, int ct) {
     memset(f, 0, sizeof(*f));
     find_path(f->path, sizeof(f->path), name);
+    f->builtin = !(strchr(name, '/') || strstr(name, ".json"));
     stem(f->name, sizeof(f->name), f->path);
     json_error_t err;
     if (access(f->path, R_OK) != 0) fail_input("%s: format '%s' not found", f->path, name);

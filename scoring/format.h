@@ -5,6 +5,7 @@
 typedef struct {
     char name[64];   // file stem, e.g. "w4a8"
     char path[512];
+    int builtin;     // named by stem (configs/formats/NAME.json), not by a path
     int w_enable;
     QuantSpec w;     // per output channel, static
     int in_enable;

@@ -160,9 +160,11 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
     json_object_set_new(j, "numerics", json_string(t->numerics));
     json_object_set_new(j, "disabled_layers", json_string(t->disabled_csv));
     json_t* fs = json_array();
-    for (int f = 0; f < t->nf; f++)
-        json_array_append_new(fs, json_pack("{s:s,s:s,s:i}", "name", fmts[f].name, "path", fmts[f].path, "bits",
-                                            t->fmt_bits[f]));
+    for (int f = 0; f < t->nf; f++) {
+        json_t* o = json_pack("{s:s,s:i}", "name", fmts[f].name, "bits", t->fmt_bits[f]);
+        if (!fmts[f].builtin) json_object_set_new(o, "path", json_string(fmts[f].path));
+        json_array_append_new(fs, o);
+    }
     json_object_set_new(j, "formats", fs);
     json_object_set_new(j, "budget", json_real(s->budget));
     json_object_set_new(j, "budget_scope", json_string(c->scope == SCOPE_ALL ? "all" : "candidates"));
@@ -354,6 +356,8 @@ void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, co
     for (char* tok = strtok_r(dis, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
         json_object_set_new(qc, tok, json_pack("{s:b}", "enable", 0));
     free(dis);
+    // ModelOpt also gives nn.Embedding a weight quantizer, which "*weight_quantizer" would enable.
+    json_object_set_new(qc, "*embed_tokens*", json_pack("{s:b}", "enable", 0));
     for (int f = 0; f < t->nf; f++) {
         if (f == main_f || !used[f]) continue;
         MoCtx m = {qc, &fmts[f]};

@@ -22,7 +22,8 @@ for g in recipe["groups"]:
 visual = ["model.visual.patch_embed.proj", "model.visual.blocks.0.attn.qkv", "model.visual.blocks.0.attn.proj",
           "model.visual.blocks.0.mlp.linear_fc1", "model.visual.merger.linear_fc2",
           "model.visual.deepstack_merger_list.0.linear_fc1"]
-universe = linears + ["lm_head"] + visual
+embed = [linears[0].split(".layers.")[0] + ".embed_tokens"]  # ModelOpt gives embeddings a weight quantizer too
+universe = linears + ["lm_head"] + visual + embed
 
 # The ignore list: lines "- item" between "ignore:" and "config_groups:".
 ignore, inside = [], False
@@ -47,7 +48,8 @@ def ignored(name):
 
 
 want_ignored = {m for m in linears if m not in quantized} | {"lm_head"} | set(visual)
-got_ignored = {m for m in universe if ignored(m)}
+universe_lc = linears + ["lm_head"] + visual  # llm-compressor targets Linear only
+got_ignored = {m for m in universe_lc if ignored(m)}
 if got_ignored != want_ignored:
     print("llm-compressor ignore mismatch:", sorted(got_ignored ^ want_ignored))
     sys.exit(1)
