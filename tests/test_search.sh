@@ -79,3 +79,12 @@ if [ -f $T/config.json ]; then
 else
     echo "SKIP search: ModelOpt comparison: ../shared/models/qwen3-tiny missing"
 fi
+
+# The exports checked by llm-compressor and ModelOpt (tests/ref/validate_exports.py, results in
+# tests/fixtures/exports_validation.json) are exactly what this build writes.
+$AQ search tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --method kl --format w4a8,w8a8 --budget 7 \
+    --emit llmcompressor="$tmp/vl.yaml" --emit modelopt="$tmp/vl.json" >/dev/null 2>&1
+cmp -s "$tmp/vl.yaml" tests/fixtures/exports/vl_recipe.yaml && cmp -s "$tmp/vl.json" tests/fixtures/exports/vl_quant_cfg.json &&
+    pass "validated Qwen3-VL exports unchanged" || fail "Qwen3-VL exports differ from the validated ones"
+python3 -c "import json,sys; r=json.load(open('tests/fixtures/exports_validation.json')); sys.exit(0 if r['ok'] else 1)" &&
+    pass "llm-compressor and ModelOpt applied the exports to exactly the intended modules" || fail "exports validation record"
