@@ -29,3 +29,4 @@ int cmd_eval(int argc, char** argv);
 int cmd_gen(int argc, char** argv);
 int cmd_score(int argc, char** argv);
 int cmd_search(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);

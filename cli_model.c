@@ -12,6 +12,7 @@
 #include "engine/util.h"
 #include "scoring/groups.h"
 #include "search/recipe.h"
+#include "datasets/bpe_train.h"
 
 const char* const k_json_flag[] = {"--json", NULL};
 
@@ -140,6 +141,8 @@ int cmd_eval(int argc, char** argv) {
     args_init(&a, argc, argv, k_json_flag);
     DataOpts d = {0};
     d.path = args_str(&a, "--data");
+    d.shuffle = args_flag(&a, "--shuffle");
+    d.seed = (unsigned long)args_int(&a, "--seed", 0, 0, 1 << 30);
     d.num_samples = args_int(&a, "--num-samples", 0, 1, 1 << 30);
     d.seq_len = args_int(&a, "--seq-len", 0, 2, 1 << 20);
     const char* logits_path = args_str(&a, "--logits");
@@ -211,6 +214,7 @@ int cmd_gen(int argc, char** argv) {
     const char* preset = args_str(&a, "--preset");
     long seed = args_int(&a, "--seed", 1, 0, 1 << 30);
     const char* ids_path = args_str(&a, "--ids");
+    const char* corpus = args_str(&a, "--corpus");
     int n = args_int(&a, "--num-samples", 8, 1, 1 << 20);
     int t = args_int(&a, "--seq-len", 128, 2, 1 << 20);
     const char* dir = args_pos(&a, 0);
@@ -221,6 +225,16 @@ int cmd_gen(int argc, char** argv) {
     double t0 = time_now();
     gen_checkpoint(dir, p, (uint64_t)seed);
     info_msg("gen: wrote %s (%s shape, seed %ld) in %.1fs", dir, p->name, seed, time_now() - t0);
+    if (corpus) {
+        size_t len;
+        char* text = read_file(corpus, &len);
+        if (!text) fail_input("%s: cannot read corpus", corpus);
+        char* tp = path_join(dir, "tokenizer.json");
+        bpe_train_write(tp, text, len, p->vocab);
+        info_msg("gen: wrote %s (byte-level BPE trained on %s)", tp, corpus);
+        free(tp);
+        free(text);
+    }
     if (ids_path) {
         int* ids = xmalloc(sizeof(int) * (size_t)n * t);
         gen_ids(ids, n, t, p->vocab, (uint64_t)seed);

@@ -1,0 +1,12 @@
+// A small byte-level BPE trainer: writes a Qwen-style tokenizer.json for
+// generated demo checkpoints (vocab = 256 bytes + merges + special tokens).
+#pragma once
+#include <stddef.h>
+
+#define QWEN_SPLIT_REGEX                                                                                          \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|" \
+    "\\s+(?!\\S)|\\s+"
+
+// Learns vocab_size - 256 - 3 merges from text and writes path (atomically).
+// The last three ids are <|endoftext|>, <|im_start|>, <|im_end|>.
+void bpe_train_write(const char* path, const char* text, size_t len, int vocab_size);
