@@ -1,13 +1,16 @@
+// Causal attention on the CPU, one head at a time through GEMMs: S = Q K^T,
+// a masked row softmax, O = P V. Heads run in parallel; OpenBLAS (OpenMP
+// build) runs single-threaded inside the parallel region.
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
 
-static float dot(const float* a, const float* b, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
+// s (T, T) = q_h (T, hd; row stride ldq) . k_h (T, hd; row stride ldk)^T * scale
+static void scores(float* s, const float* q, int ldq, const float* k, int ldk, int T, int hd, float scale) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ldq, k, ldk, 0.0f, s, T);
 }
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, int T, int H,
@@ -16,90 +19,79 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel
     {
-        float* s = malloc(sizeof(float) * T);
-#pragma omp for collapse(2)
-        for (int h = 0; h < H; h++)
+        float* s = malloc(sizeof(float) * (size_t)T * T);
+#pragma omp for schedule(dynamic)
+        for (int h = 0; h < H; h++) {
+            int kh = h / rep;
+            scores(s, q + (long)h * hd, H * hd, k + (long)kh * hd, KV * hd, T, hd, scale);
             for (int t = 0; t < T; t++) {
-                int kh = h / rep;
-                const float* qt = q + ((long)t * H + h) * hd;
+                float* row = s + (long)t * T;
                 float m = -INFINITY;
-                for (int j = 0; j <= t; j++) {
-                    s[j] = dot(qt, k + ((long)j * KV + kh) * hd, hd) * scale;
-                    if (s[j] > m) m = s[j];
-                }
+                for (int j = 0; j <= t; j++) m = row[j] > m ? row[j] : m;
                 float sum = 0.0f;
                 for (int j = 0; j <= t; j++) {
-                    s[j] = expf(s[j] - m);
-                    sum += s[j];
+                    row[j] = expf(row[j] - m);
+                    sum += row[j];
                 }
-                float* o = out + ((long)t * H + h) * hd;
-                memset(o, 0, sizeof(float) * hd);
-                for (int j = 0; j <= t; j++) {
-                    const float* vj = v + ((long)j * KV + kh) * hd;
-                    float p = s[j] / sum;
-                    for (int d = 0; d < hd; d++) o[d] += p * vj[d];
-                }
+                float inv = 1.0f / sum;
+                for (int j = 0; j <= t; j++) row[j] *= inv;
+                for (int j = t + 1; j < T; j++) row[j] = 0.0f; // causal mask
                 lse[(long)h * T + t] = m + logf(sum);
             }
+            // out_h (T, hd; stride H*hd) = P (T, T) . v_h (T, hd; stride KV*hd)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T, v + (long)kh * hd, KV * hd,
+                        0.0f, out + (long)h * hd, H * hd);
+        }
         free(s);
     }
 }
 
-// Two phases so that every output element has one writer: rows (dq and the
-// row term D_t = sum_j P dP) first, then columns (dk, dv) per kv head.
+// Per kv head (so dk, dv have one writer): for each of its query heads,
+// P = exp(S - lse), dP = dO V^T, dS = P (dP - rowsum(P dP)) * scale,
+// dQ = dS K, dK += dS^T Q, dV += P^T dO.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* lse, int T, int H, int KV, int hd) {
     int rep = H / KV;
     float scale = 1.0f / sqrtf((float)hd);
-    float* Drow = malloc(sizeof(float) * (size_t)H * T);
+    int ldq = H * hd, ldk = KV * hd;
 #pragma omp parallel
     {
-        float* p = malloc(sizeof(float) * T);
-        float* dp = malloc(sizeof(float) * T);
-#pragma omp for collapse(2)
-        for (int h = 0; h < H; h++)
+        float* p = malloc(sizeof(float) * (size_t)T * T);
+        float* dp = malloc(sizeof(float) * (size_t)T * T);
+#pragma omp for schedule(dynamic)
+        for (int kh = 0; kh < KV; kh++) {
+            const float* kk = k + (long)kh * hd;
+            const float* vv = v + (long)kh * hd;
             for (int t = 0; t < T; t++) {
-                int kh = h / rep;
-                const float* qt = q + ((long)t * H + h) * hd;
-                const float* dot_ = dout + ((long)t * H + h) * hd;
-                float l = lse[(long)h * T + t], D = 0.0f;
-                for (int j = 0; j <= t; j++) {
-                    p[j] = expf(dot(qt, k + ((long)j * KV + kh) * hd, hd) * scale - l);
-                    dp[j] = dot(dot_, v + ((long)j * KV + kh) * hd, hd);
-                    D += p[j] * dp[j];
-                }
-                Drow[(long)h * T + t] = D;
-                float* dqt = dq + ((long)t * H + h) * hd;
-                memset(dqt, 0, sizeof(float) * hd);
-                for (int j = 0; j <= t; j++) {
-                    float ds = p[j] * (dp[j] - D) * scale;
-                    const float* kj = k + ((long)j * KV + kh) * hd;
-                    for (int d = 0; d < hd; d++) dqt[d] += ds * kj[d];
-                }
+                memset(dk + (long)t * ldk + (long)kh * hd, 0, sizeof(float) * hd);
+                memset(dv + (long)t * ldk + (long)kh * hd, 0, sizeof(float) * hd);
             }
-#pragma omp for collapse(2)
-        for (int kh = 0; kh < KV; kh++)
-            for (int j = 0; j < T; j++) {
-                const float* kj = k + ((long)j * KV + kh) * hd;
-                const float* vj = v + ((long)j * KV + kh) * hd;
-                float* dkj = dk + ((long)j * KV + kh) * hd;
-                float* dvj = dv + ((long)j * KV + kh) * hd;
-                memset(dkj, 0, sizeof(float) * hd);
-                memset(dvj, 0, sizeof(float) * hd);
-                for (int h = kh * rep; h < (kh + 1) * rep; h++)
-                    for (int t = j; t < T; t++) {
-                        const float* qt = q + ((long)t * H + h) * hd;
-                        const float* dot_ = dout + ((long)t * H + h) * hd;
-                        float pj = expf(dot(qt, kj, hd) * scale - lse[(long)h * T + t]);
-                        float ds = pj * (dot(dot_, vj, hd) - Drow[(long)h * T + t]) * scale;
-                        for (int d = 0; d < hd; d++) {
-                            dkj[d] += ds * qt[d];
-                            dvj[d] += pj * dot_[d];
-                        }
+            for (int h = kh * rep; h < (kh + 1) * rep; h++) {
+                const float* qq = q + (long)h * hd;
+                const float* dd = dout + (long)h * hd;
+                scores(p, qq, ldq, kk, ldk, T, hd, scale);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dd, ldq, vv, ldk, 0.0f, dp, T);
+                for (int t = 0; t < T; t++) {
+                    float* pr = p + (long)t * T;
+                    float* dr = dp + (long)t * T;
+                    float l = lse[(long)h * T + t], D = 0.0f;
+                    for (int j = 0; j <= t; j++) {
+                        pr[j] = expf(pr[j] - l);
+                        D += pr[j] * dr[j];
                     }
+                    for (int j = 0; j <= t; j++) dr[j] = pr[j] * (dr[j] - D) * scale;
+                    for (int j = t + 1; j < T; j++) pr[j] = dr[j] = 0.0f;
+                }
+                // dq_h = dS K ; dk += dS^T Q ; dv += P^T dO
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dp, T, kk, ldk, 0.0f,
+                            dq + (long)h * hd, ldq);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dp, T, qq, ldq, 1.0f,
+                            dk + (long)kh * hd, ldk);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, p, T, dd, ldq, 1.0f,
+                            dv + (long)kh * hd, ldk);
             }
+        }
         free(p);
         free(dp);
     }
-    free(Drow);
 }
