@@ -3,25 +3,29 @@
 #include "kernels.h"
 
 // KL(P||Q) = sum_v p_v (a_v - b_v) - lse(a) + lse(b), with a, b the logits.
-// One pass: running maxima rescale the partial sums as they grow.
+// Maxima first, then one pass of exponentials in float (vectorised), summed
+// in float blocks of 256 and then in double: the two log-sum-exps nearly
+// cancel, so the totals need more than float precision.
 double kl_row(const float* a, const float* b, int V) {
-    double ma = -INFINITY, sa = 0.0, ta = 0.0, mb = -INFINITY, sb = 0.0;
+    float ma = -INFINITY, mb = -INFINITY;
     for (int v = 0; v < V; v++) {
-        double x = a[v], y = b[v];
-        if (x > ma) {
-            double r = exp(ma - x);
-            sa *= r;
-            ta *= r;
-            ma = x;
+        ma = a[v] > ma ? a[v] : ma;
+        mb = b[v] > mb ? b[v] : mb;
+    }
+    double sa = 0.0, sb = 0.0, ta = 0.0;
+    for (int v0 = 0; v0 < V; v0 += 256) {
+        int v1 = v0 + 256 < V ? v0 + 256 : V;
+        float fa = 0.0f, fb = 0.0f, ft = 0.0f;
+#pragma omp simd reduction(+ : fa, fb, ft)
+        for (int v = v0; v < v1; v++) {
+            float ea = expf(a[v] - ma);
+            fa += ea;
+            ft += ea * (a[v] - b[v]);
+            fb += expf(b[v] - mb);
         }
-        double e = exp(x - ma);
-        sa += e;
-        ta += e * (x - y);
-        if (y > mb) {
-            sb *= exp(mb - y);
-            mb = y;
-        }
-        sb += exp(y - mb);
+        sa += fa;
+        sb += fb;
+        ta += ft;
     }
     return ta / sa - (ma + log(sa)) + (mb + log(sb));
 }

@@ -123,7 +123,7 @@ static void test_rope_swiglu_kl(void) {
         kl += exp(lp) * (lp - lq);
     }
     double got = kl_row(a, b, V);
-    CHECK(rel_diff(got, kl) < 1e-9, "streaming KL = two-pass KL", "got %.12g want %.12g", got, kl);
+    CHECK(rel_diff(got, kl) < 1e-6, "streaming KL = two-pass double-precision KL (float exps)", "got %.12g want %.12g", got, kl);
     CHECK(fabs(kl_row(a, a, V)) < 1e-12, "KL(P||P) = 0", "got %g", kl_row(a, a, V));
 }
 
