@@ -3,13 +3,15 @@
 #   make demo    runs the main job on a generated model (MODEL=dir DATA=file for your own)
 #   make bench   CPU benchmarks            make format  clang-format
 CC ?= gcc
-CFLAGS ?= -O2 -g
+OPT ?= -O2 -g
+SAN ?=
 # -fno-math-errno lets expf vectorise (libmvec); nothing reads errno after math calls.
-CFLAGS += -std=gnu11 -Wall -Wextra -fopenmp -fno-math-errno -MMD -MP
+# CFLAGS / LDFLAGS given on the command line are appended, never replace these.
+XCFLAGS := $(OPT) $(SAN) -std=gnu11 -Wall -Wextra -fopenmp -fno-math-errno -MMD -MP $(CFLAGS)
 CPPFLAGS += -I. -I/usr/include/hdf5/serial -I/usr/include/x86_64-linux-gnu/openblas-openmp
 # The OpenMP build of OpenBLAS shares our OpenMP thread pool; the pthread build fights it for the cores.
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
-LDFLAGS += -fopenmp -L/usr/lib/x86_64-linux-gnu/hdf5/serial -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
+XLDFLAGS := $(SAN) -fopenmp -L/usr/lib/x86_64-linux-gnu/hdf5/serial -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) $(LDFLAGS)
 LDLIBS += -ljansson -l:libopenblas.so.0 -lhdf5 -lpcre2-8 -lutf8proc -lm
 
 BUILD ?= build
@@ -25,7 +27,7 @@ ifneq ($(NVCC),)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
 CPPFLAGS += -DAUTOQ_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
-LDFLAGS += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs
+XLDFLAGS += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs
 LDLIBS += -lcublas -lcudart -lstdc++
 NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra -I. -DAUTOQ_CUDA
 endif
@@ -38,11 +40,11 @@ autoq: $(BUILD)/autoq
 	cp $< $@
 
 $(BUILD)/autoq: $(BUILD)/autoq.o $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(XLDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(XCFLAGS) -c -o $@ $<
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
@@ -50,11 +52,11 @@ $(BUILD)/%.cu.o: %.cu
 
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $^ $(LDLIBS)
 
 test: $(BUILD)/autoq $(TEST_BIN)
 	@AQ=$(BUILD)/autoq bash tests/run.sh $(BUILD)
