@@ -20,16 +20,19 @@ ifeq ($(NO_CUDA),1)
 NVCC :=
 endif
 
-LIB_SRC := $(wildcard engine/*.c kernels/*.c scoring/*.c search/*.c datasets/*.c) cli_args.c $(wildcard cli_*.c)
+LIB_SRC := $(filter-out engine/gpu_none.c,$(wildcard engine/*.c kernels/*.c scoring/*.c search/*.c datasets/*.c)) \
+           cli_args.c $(wildcard cli_*.c)
 LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
 CU_SRC := $(wildcard kernels/*.cu engine/*.cu)
-ifneq ($(NVCC),)
+ifeq ($(NVCC),)
+LIB_OBJ += $(BUILD)/engine/gpu_none.o
+else
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
 CPPFLAGS += -DAUTOQ_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
 XLDFLAGS += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs
 LDLIBS += -lcublas -lcudart -lstdc++
-NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra -I. -DAUTOQ_CUDA
+NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra -I. -DAUTOQ_CUDA -MMD -MP
 endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -52,11 +55,11 @@ $(BUILD)/%.cu.o: %.cu
 
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS)
 
 test: $(BUILD)/autoq $(TEST_BIN)
 	@AQ=$(BUILD)/autoq bash tests/run.sh $(BUILD)
@@ -80,4 +83,4 @@ clean:
 	rm -rf $(BUILD) build-asan autoq
 
 .PHONY: all test test-asan demo bench format clean
--include $(LIB_OBJ:.o=.d) $(BUILD)/autoq.d
+-include $(LIB_OBJ:.o=.d) $(BUILD)/autoq.d $(TEST_BIN:=.d)

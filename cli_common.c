@@ -40,12 +40,15 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     j->disabled_csv = args_str(a, "--disabled-layers");
     if (!j->disabled_csv) j->disabled_csv = DEFAULT_DISABLED;
     j->no_grouping = args_flag(a, "--no-grouping");
-    j->batch_size = args_int(a, "--batch-size", 1, 1, 1 << 16);
+    j->batch_size = args_int(a, "--batch-size", 4, 1, 1 << 16);
     const char* dev = args_str(a, "--device");
     if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
         fail_input("%s: --device must be auto, cpu or cuda (got '%s')", a->cmd, dev);
-    if (dev && strcmp(dev, "cuda") == 0)
-        fail_input("%s: --device cuda: this build has no CUDA scoring backend yet; use --device cpu", a->cmd);
+    j->device = dev ? dev : "auto";
+    const char* gg = args_str(a, "--gpu-gemm");
+    if (gg && strcmp(gg, "bf16") && strcmp(gg, "bf16x2"))
+        fail_input("%s: --gpu-gemm must be bf16x2 or bf16 (got '%s')", a->cmd, gg);
+    j->gpu_split = !gg || strcmp(gg, "bf16x2") == 0;
     j->model_dir = args_pos(a, 0);
 }
 
@@ -53,7 +56,14 @@ void score_job_load(ScoreJob* j) {
     if (!j->model_dir) fail_input("MODEL folder missing");
     if (!j->data.path) fail_input("--data is required");
     j->nf = formats_load(j->fmts, MAX_FORMATS, j->format_csv, j->ct);
-    model_load(&j->model, j->model_dir);
+    // The CUDA engine scores kl; the gradient method runs on the CPU engine.
+    int want_gpu = strcmp(j->device, "cuda") == 0;
+    if (want_gpu && j->method == METHOD_GRADIENT)
+        fail_input("--device cuda: the gradient method has no CUDA backend yet; use --device cpu or --method kl");
+    if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
+    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && j->method == METHOD_KL && gpu_device_count() > 0);
+    if (j->use_gpu && !j->need_host) model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
+    else model_load(&j->model, j->model_dir);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
     if (j->disabled_csv != (const char*)DEFAULT_DISABLED && strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
@@ -117,7 +127,12 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
 }
 
 void score_job_free(ScoreJob* j) {
-    if (j->scorer.score) scorer_free(&j->scorer);
+    if (j->gpu) {
+        gpu_engine_free(j->gpu);
+        free(j->scorer.score);
+    } else if (j->scorer.score) {
+        scorer_free(&j->scorer);
+    }
     token_ids_free(&j->ids);
     groups_free(&j->groups);
     patterns_free(&j->dis);

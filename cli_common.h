@@ -7,6 +7,7 @@
 #include "datasets/data.h"
 #include "scoring/score.h"
 #include "scoring/table.h"
+#include "engine/gpu.h"
 
 typedef struct {
     const char* model_dir;
@@ -21,9 +22,15 @@ typedef struct {
     int ct;
     int no_grouping;
     int batch_size;
+    int use_gpu;          // resolved --device
+    int need_host;        // the caller runs the CPU engine too (search --verify)
+    const char* device;
+    int gpu_split;        // --gpu-gemm bf16x2 (default) or bf16
     const char* format_csv;
     const char* disabled_csv;
     Scorer scorer;
+    GpuEngine* gpu;
+    size_t gpu_peak;
     double seconds;
 } ScoreJob;
 

@@ -76,9 +76,26 @@ static int checkpoint_load(const char* path, json_t* id, Scorer* s) {
     return s->samples_done;
 }
 
+// Scores on the GPU in batches of --batch-size windows; the Scorer keeps only the sums.
+static void gpu_init(ScoreJob* j, Scorer* s) {
+    memset(s, 0, sizeof(*s));
+    s->m = &j->model;
+    s->gs = &j->groups;
+    s->fmts = j->fmts;
+    s->nf = j->nf;
+    s->method = j->method;
+    s->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
+    s->on_gpu = 1;
+    int B = j->batch_size < j->ids.n ? j->batch_size : j->ids.n;
+    j->gpu = gpu_engine_init(&j->model, j->ids.t, B, j->gpu_split);
+    info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
+             j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16");
+}
+
 void score_job_run(ScoreJob* j, const char* checkpoint) {
     Scorer* s = &j->scorer;
-    scorer_init(s, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t);
+    if (j->use_gpu) gpu_init(j, s);
+    else scorer_init(s, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t);
     json_t* id = run_identity(j);
     int start = checkpoint ? checkpoint_load(checkpoint, id, s) : 0;
     if (start > j->ids.n) fail_input("%s: checkpoint has more samples than the data", checkpoint);
@@ -89,12 +106,27 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
     Progress p;
     progress_init(&p, method_name(j->method), j->ids.n);
     progress_step(&p, start);
-    for (int i = start; i < j->ids.n; i++) {
-        scorer_add_sample(s, j->ids.ids + (long)i * j->ids.t);
+    for (int i = start; i < j->ids.n;) {
+        int nb = 1;
+        if (j->use_gpu) {
+            nb = j->ids.n - i < j->batch_size ? j->ids.n - i : j->batch_size;
+            gpu_score_kl(j->gpu, &j->groups, j->fmts, j->nf, j->ids.ids + (long)i * j->ids.t, nb, s->score);
+            s->samples_done += nb;
+            for (int g = 0; g < j->groups.n; g++)
+                if (!j->groups.g[g].disabled)
+                    s->forward_equiv += j->nf * nb * (double)(j->model.c.num_layers - j->groups.g[g].layer) /
+                                        j->model.c.num_layers;
+            s->forward_equiv += nb;
+            s->naive_equiv += nb * (1.0 + j->nf * j->groups.n_enabled);
+        } else {
+            scorer_add_sample(s, j->ids.ids + (long)i * j->ids.t);
+        }
+        i += nb;
         if (checkpoint) checkpoint_save(checkpoint, id, s);
-        progress_step(&p, 1);
+        progress_step(&p, nb);
         if (abort_after && s->samples_done == atoi(abort_after)) abort();
     }
+    if (j->use_gpu) j->gpu_peak = gpu_peak_bytes(j->gpu);
     progress_end(&p);
     j->seconds = time_now() - t0;
     json_decref(id);
@@ -116,9 +148,10 @@ int cmd_score(int argc, char** argv) {
     int json_stdout = json && strcmp(json, "-") == 0;
     if (!json_stdout) table_print(&t);
     Scorer* s = &j.scorer;
-    info_msg("score: %s, %d groups (%d enabled) x %d format(s), %d x %d tokens in %.2fs, peak RSS %.0f MiB",
+    info_msg("score: %s, %d groups (%d enabled) x %d format(s), %d x %d tokens in %.2fs (%.0f tokens/s), peak RSS %.0f MiB%s",
              method_name(j.method), j.groups.n, j.groups.n_enabled, j.nf, j.ids.n, j.ids.t, j.seconds,
-             peak_rss_bytes() / 1048576.0);
+             j.ids.n * (double)j.ids.t / j.seconds, peak_rss_bytes() / 1048576.0, j.use_gpu ? ", on the GPU" : "");
+    if (j.use_gpu) info_msg("score: peak GPU memory %.2f GiB", j.gpu_peak / 1073741824.0);
     if (j.method == METHOD_KL)
         info_msg("score: prefix reuse: %.1f forward-equivalents instead of %.1f (%.0f%% saved)", s->forward_equiv,
                  s->naive_equiv, 100.0 * (1.0 - s->forward_equiv / s->naive_equiv));

@@ -71,6 +71,7 @@ int cmd_search(int argc, char** argv) {
             j.format_csv = NULL;
         }
     } else {
+        j.need_host = verify;
         score_job_load(&j);
         have_model = 1;
         score_job_run(&j, NULL);

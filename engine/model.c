@@ -51,7 +51,7 @@ static void check_tensor(const Model* m, const Want* w, const StTensor* t) {
     }
 }
 
-void model_load(Model* m, const char* dir) {
+static void load(Model* m, const char* dir, int convert) {
     memset(m, 0, sizeof(*m));
     m->dir = xstrdup(dir);
     config_load(&m->c, dir);
@@ -86,10 +86,12 @@ void model_load(Model* m, const char* dir) {
     for (int i = 0; i < nw; i++) {
         const StTensor* t = st_find(&m->ck, w[i].name);
         size_t numel = (size_t)w[i].shape[0] * (w[i].ndim == 2 ? (size_t)w[i].shape[1] : 1);
+        m->n_params += numel;
+        if (!convert) continue;
         *w[i].dst = xmalloc(numel * sizeof(float));
         st_to_f32(t, *w[i].dst);
-        m->n_params += numel;
     }
+    m->host_weights = convert;
     if (!m->lm_head) m->lm_head = m->embed;
     free(w);
     for (int i = 0; i < m->ck.n; i++) m->n_visual += strncmp(m->ck.t[i].name, "model.visual.", 13) == 0;
@@ -112,6 +114,10 @@ void model_load(Model* m, const char* dir) {
         }
     }
 }
+
+void model_load(Model* m, const char* dir) { load(m, dir, 1); }
+
+void model_open(Model* m, const char* dir) { load(m, dir, 0); }
 
 void model_free(Model* m) {
     for (int l = 0; l < m->c.num_layers; l++) {

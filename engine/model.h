@@ -40,8 +40,12 @@ typedef struct {
     Linear* linears;
     int n_visual;  // tensors under model.visual.* (listed, never loaded)
     size_t n_params;
+    int host_weights; // fp32 copies present
 } Model;
 
 // Loads config and weights; validates every tensor's dtype and shape first.
 void model_load(Model* m, const char* dir);
+// The same checks, but weights stay in the mmapped checkpoint (no fp32 copies;
+// every float* is NULL): for the GPU path, which uploads bf16 directly.
+void model_open(Model* m, const char* dir);
 void model_free(Model* m);

@@ -1,0 +1,2 @@
+build-nocuda/engine/util.o: engine/util.c engine/util.h
+engine/util.h:

@@ -1,0 +1,31 @@
+// The CUDA engine: bf16 weights resident on one GPU, cuBLAS GEMMs with fp32
+// accumulation, fp32 norms and softmax statistics, exact int8 GEMMs for the
+// quantized group, and the KL score with prefix reuse. C interface.
+#pragma once
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "../scoring/format.h"
+#include "../scoring/groups.h"
+#include "model.h"
+
+typedef struct GpuEngine GpuEngine;
+
+// Number of CUDA devices (0 when none or when built without CUDA).
+int gpu_device_count(void);
+// Uploads the model (opened with model_open or model_load) for batches of up
+// to B windows of T tokens. split: GEMM inputs as bf16 hi + lo pairs (two
+// bf16 GEMMs, ~16-bit activations: matches the fp32 CPU engine); 0: plain bf16.
+GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split);
+void gpu_engine_free(GpuEngine* e);
+// Unquantized logits of nb windows (host ids (nb, T)) copied to host (nb*T, V).
+void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits);
+// Adds the kl scores of nb windows to score (nf, groups->n) on the host.
+void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb, double* score);
+size_t gpu_peak_bytes(GpuEngine* e); // device memory in use at its peak (cudaMemGetInfo deltas)
+const char* gpu_name(void);
+
+#ifdef __cplusplus
+}
+#endif
