@@ -56,12 +56,9 @@ void score_job_load(ScoreJob* j) {
     if (!j->model_dir) fail_input("MODEL folder missing");
     if (!j->data.path) fail_input("--data is required");
     j->nf = formats_load(j->fmts, MAX_FORMATS, j->format_csv, j->ct);
-    // The CUDA engine scores kl; the gradient method runs on the CPU engine.
     int want_gpu = strcmp(j->device, "cuda") == 0;
-    if (want_gpu && j->method == METHOD_GRADIENT)
-        fail_input("--device cuda: the gradient method has no CUDA backend yet; use --device cpu or --method kl");
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
-    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && j->method == METHOD_KL && gpu_device_count() > 0);
+    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
     if (j->use_gpu && !j->need_host) model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else model_load(&j->model, j->model_dir);
     patterns_parse(&j->dis, j->disabled_csv);

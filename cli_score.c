@@ -110,14 +110,20 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
         int nb = 1;
         if (j->use_gpu) {
             nb = j->ids.n - i < j->batch_size ? j->ids.n - i : j->batch_size;
-            gpu_score_kl(j->gpu, &j->groups, j->fmts, j->nf, j->ids.ids + (long)i * j->ids.t, nb, s->score);
+            const int* ids = j->ids.ids + (long)i * j->ids.t;
             s->samples_done += nb;
-            for (int g = 0; g < j->groups.n; g++)
-                if (!j->groups.g[g].disabled)
-                    s->forward_equiv += j->nf * nb * (double)(j->model.c.num_layers - j->groups.g[g].layer) /
-                                        j->model.c.num_layers;
-            s->forward_equiv += nb;
-            s->naive_equiv += nb * (1.0 + j->nf * j->groups.n_enabled);
+            if (j->method == METHOD_GRADIENT) {
+                gpu_score_gradient(j->gpu, &j->groups, j->fmts, j->nf, ids, nb, s->score);
+                s->forward_equiv += 4.0 * nb; // forward, recompute, backward (about twice a forward)
+            } else {
+                gpu_score_kl(j->gpu, &j->groups, j->fmts, j->nf, ids, nb, s->score);
+                for (int g = 0; g < j->groups.n; g++)
+                    if (!j->groups.g[g].disabled)
+                        s->forward_equiv += j->nf * nb * (double)(j->model.c.num_layers - j->groups.g[g].layer) /
+                                            j->model.c.num_layers;
+                s->forward_equiv += nb;
+                s->naive_equiv += nb * (1.0 + j->nf * j->groups.n_enabled);
+            }
         } else {
             scorer_add_sample(s, j->ids.ids + (long)i * j->ids.t);
         }

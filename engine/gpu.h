@@ -23,6 +23,9 @@ void gpu_engine_free(GpuEngine* e);
 void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits);
 // Adds the kl scores of nb windows to score (nf, groups->n) on the host.
 void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb, double* score);
+// Adds the gradient scores of nb windows; returns the summed per-window mean CE.
+double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
+                          double* score);
 size_t gpu_peak_bytes(GpuEngine* e); // device memory in use at its peak (cudaMemGetInfo deltas)
 const char* gpu_name(void);
 

@@ -15,6 +15,11 @@ void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) { (
 void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb, double* score) {
     (void)e, (void)gs, (void)fmts, (void)nf, (void)ids, (void)nb, (void)score;
 }
+double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
+                          double* score) {
+    (void)e, (void)gs, (void)fmts, (void)nf, (void)ids, (void)nb, (void)score;
+    return 0.0;
+}
 size_t gpu_peak_bytes(GpuEngine* e) {
     (void)e;
     return 0;

@@ -32,6 +32,12 @@ struct GpuEngine {
     int8_t* xq;
     float* sx;
     int32_t* acc;
+    // kept from the forward for the backward (one layer at a time: layers are recomputed)
+    float *q_lin, *k_lin, *q_rstd, *k_rstd, *a_rstd, *m_rstd, *f_rstd, *h_mid, *y_o, *y_down;
+    // gradients (allocated on the first gradient call)
+    float *dh, *da, *dq, *dk, *dv, *datt, *dm, *dg, *du, *dact, *dP, *yq;
+    __nv_bfloat16 *dy16, *dy_lo, *dlog16, *dlog_lo, *datt16, *datt_lo, *dS16, *dS_lo;
+    double *loss_rows, *grad_scratch;
     // the quantized group: up to three members
     int8_t* wq[3];
     float* sw[3];
@@ -173,6 +179,16 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     e->xq = (int8_t*)dalloc(e, M * mx);
     e->sx = (float*)dalloc(e, 4 * M);
     e->kl_scratch = (double*)dalloc(e, 8 * M);
+    e->q_lin = (float*)dalloc(e, 4 * M * qd);
+    e->k_lin = (float*)dalloc(e, 4 * M * kvd);
+    e->q_rstd = (float*)dalloc(e, 4 * M * c->num_heads);
+    e->k_rstd = (float*)dalloc(e, 4 * M * c->num_kv_heads);
+    e->a_rstd = (float*)dalloc(e, 4 * M);
+    e->m_rstd = (float*)dalloc(e, 4 * M);
+    e->f_rstd = (float*)dalloc(e, 4 * M);
+    e->h_mid = (float*)dalloc(e, 4 * M * D);
+    e->y_o = (float*)dalloc(e, 4 * M * D);
+    e->y_down = (float*)dalloc(e, 4 * M * D);
     e->acc = (int32_t*)dalloc(e, 4 * M * mx);
     long wmax = 0;
     for (int i = 0; i < m->n_linears; i++) {
@@ -235,15 +251,15 @@ static void linear(GpuEngine* e, int idx, float* y, const float* x, const __nv_b
 
 // One batched call per (sample, r): heads kv*rep + r of every kv head. With split,
 // X Y^T over hi + lo pairs is hi.hi + hi.lo + lo.hi (lo.lo is below 2^-16).
-static void att_gemm(GpuEngine* e, cublasOperation_t ta, int m, int n, int k, float alpha, const __nv_bfloat16* A_hi,
-                     const __nv_bfloat16* A_lo, long lda, long sa, const __nv_bfloat16* B_hi, const __nv_bfloat16* B_lo,
-                     long ldb, long sb, float* C, long ldc, long sc, int batch) {
+static void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                     const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, long lda, long sa, const __nv_bfloat16* B_hi,
+                     const __nv_bfloat16* B_lo, long ldb, long sb, float* C, long ldc, long sc, int batch, float beta0) {
     const __nv_bfloat16* As[3] = {A_hi, A_hi, A_lo};
     const __nv_bfloat16* Bs[3] = {B_hi, B_lo, B_hi};
     int n_terms = e->split ? 3 : 1;
     for (int i = 0; i < n_terms; i++) {
-        float beta = i ? 1.0f : 0.0f;
-        cublasCheck(cublasGemmStridedBatchedEx(e->blas, ta, CUBLAS_OP_N, m, n, k, &alpha, As[i], CUDA_R_16BF, lda, sa,
+        float beta = i ? 1.0f : beta0;
+        cublasCheck(cublasGemmStridedBatchedEx(e->blas, ta, tb, m, n, k, &alpha, As[i], CUDA_R_16BF, lda, sa,
                                                Bs[i], CUDA_R_16BF, ldb, sb, &beta, C, CUDA_R_32F, ldc, sc, batch,
                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
@@ -257,14 +273,14 @@ static void attention(GpuEngine* e, int M) {
     for (int b = 0; b < M / T; b++) {
         long qo = (long)b * T * qd, ko = (long)b * T * kvd;
         for (int r = 0; r < rep; r++) // S^T (col-major) = K_h . Q_h^T
-            att_gemm(e, CUBLAS_OP_T, T, T, hd, scale, e->k16 + ko, e->split ? e->k_lo + ko : NULL, kvd, hd,
+            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16 + ko, e->split ? e->k_lo + ko : NULL, kvd, hd,
                      e->q16 + qo + (long)r * hd, e->split ? e->q_lo + qo + (long)r * hd : NULL, qd, (long)rep * hd,
-                     e->S + (long)r * TT, T, (long)rep * TT, KV);
+                     e->S + (long)r * TT, T, (long)rep * TT, KV, 0.0f);
         gpu_causal_softmax((bf16_t*)e->P, (bf16_t*)e->P_lo, e->lse, e->S, H, T);
         for (int r = 0; r < rep; r++) // O_h^T (col-major) = V_h^T . P_h^T
-            att_gemm(e, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16 + ko, e->split ? e->v_lo + ko : NULL, kvd, hd,
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16 + ko, e->split ? e->v_lo + ko : NULL, kvd, hd,
                      e->P + (long)r * TT, e->split ? e->P_lo + (long)r * TT : NULL, T, (long)rep * TT,
-                     e->att + qo + (long)r * hd, qd, (long)rep * hd, KV);
+                     e->att + qo + (long)r * hd, qd, (long)rep * hd, KV, 0.0f);
     }
 }
 
@@ -274,28 +290,32 @@ static void layer_forward(GpuEngine* e, int l, int M) {
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     long I = c->intermediate_size;
     int base = l * LIN_PER_LAYER;
-    gpu_rmsnorm(e->a, NULL, NULL, e->h, (const bf16_t*)w->w_in, M, D, c->rms_eps);
+    gpu_rmsnorm(e->a, NULL, e->a_rstd, e->h, (const bf16_t*)w->w_in, M, D, c->rms_eps);
     gpu_split_bf16((bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a, (long)M * D);
-    linear(e, base + LIN_Q, e->q, e->a, e->a16, e->a_lo, w->q, M);
-    linear(e, base + LIN_K, e->k, e->a, e->a16, e->a_lo, w->k, M);
+    linear(e, base + LIN_Q, e->q_lin, e->a, e->a16, e->a_lo, w->q, M);
+    linear(e, base + LIN_K, e->k_lin, e->a, e->a16, e->a_lo, w->k, M);
     linear(e, base + LIN_V, e->v, e->a, e->a16, e->a_lo, w->v, M);
-    gpu_qk_norm_rope(e->q, NULL, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd, c->rms_eps);
-    gpu_qk_norm_rope(e->k, NULL, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd, c->rms_eps);
+    // q_lin, k_lin stay for the backward; the norm and RoPE work on copies
+    cudaCheck(cudaMemcpyAsync(e->q, e->q_lin, 4L * M * H * hd, cudaMemcpyDeviceToDevice));
+    cudaCheck(cudaMemcpyAsync(e->k, e->k_lin, 4L * M * KV * hd, cudaMemcpyDeviceToDevice));
+    gpu_qk_norm_rope(e->q, NULL, e->q_rstd, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd, c->rms_eps);
+    gpu_qk_norm_rope(e->k, NULL, e->k_rstd, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd, c->rms_eps);
     gpu_split_bf16((bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q, (long)M * H * hd);
     gpu_split_bf16((bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k, (long)M * KV * hd);
     gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
     attention(e, M);
     gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, (long)M * H * hd);
-    linear(e, base + LIN_O, e->y, e->att, e->att16, e->att_lo, w->o, M);
-    gpu_add(e->h, e->y, (long)M * D);
-    gpu_rmsnorm(e->m_, NULL, NULL, e->h, (const bf16_t*)w->w_post, M, D, c->rms_eps);
+    linear(e, base + LIN_O, e->y_o, e->att, e->att16, e->att_lo, w->o, M);
+    gpu_add(e->h, e->y_o, (long)M * D);
+    cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
+    gpu_rmsnorm(e->m_, NULL, e->m_rstd, e->h, (const bf16_t*)w->w_post, M, D, c->rms_eps);
     gpu_split_bf16((bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_, (long)M * D);
     linear(e, base + LIN_GATE, e->g, e->m_, e->m16, e->m_lo, w->gate, M);
     linear(e, base + LIN_UP, e->u, e->m_, e->m16, e->m_lo, w->up, M);
     gpu_swiglu(e->act, NULL, e->g, e->u, (long)M * I);
     gpu_split_bf16((bf16_t*)e->act16, (bf16_t*)e->act_lo, e->act, (long)M * I);
-    linear(e, base + LIN_DOWN, e->y, e->act, e->act16, e->act_lo, w->down, M);
-    gpu_add(e->h, e->y, (long)M * D);
+    linear(e, base + LIN_DOWN, e->y_down, e->act, e->act16, e->act_lo, w->down, M);
+    gpu_add(e->h, e->y_down, (long)M * D);
 }
 
 // Layers start..L-1 from e->h, then the final norm and lm_head into out.
@@ -307,7 +327,7 @@ static void forward_from(GpuEngine* e, int start, int M, float* out, int save) {
             cudaCheck(cudaMemcpyAsync(e->hsave + (long)l * M * D, e->h, 4 * M * D, cudaMemcpyDeviceToDevice));
         layer_forward(e, l, M);
     }
-    gpu_rmsnorm(e->a, NULL, NULL, e->h, (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
+    gpu_rmsnorm(e->a, NULL, e->f_rstd, e->h, (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
     gpu_split_bf16((bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a, M * D);
     gemm_bf16(e, out, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size);
 }
@@ -369,4 +389,178 @@ extern "C" void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts,
     cudaCheck(cudaMemcpy(h, e->dscore, sizeof(double) * nf * gs->n, cudaMemcpyDeviceToHost));
     for (int i = 0; i < nf * gs->n; i++) score[i] += h[i];
     free(h);
+}
+
+// ---- the gradient score: forward, then per layer (last first) recompute and backward ----
+
+static void grad_alloc(GpuEngine* e) {
+    const Config* c = &e->m->c;
+    long M = (long)e->B * e->T, D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, T = e->T;
+    long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
+    long mx = I > qd ? I : qd;
+    mx = mx > D ? mx : D;
+    e->dh = (float*)dalloc(e, 4 * M * D);
+    e->da = (float*)dalloc(e, 4 * M * D);
+    e->dm = (float*)dalloc(e, 4 * M * D);
+    e->dq = (float*)dalloc(e, 4 * M * qd);
+    e->dk = (float*)dalloc(e, 4 * M * kvd);
+    e->dv = (float*)dalloc(e, 4 * M * kvd);
+    e->datt = (float*)dalloc(e, 4 * M * qd);
+    e->dg = (float*)dalloc(e, 4 * M * I);
+    e->du = (float*)dalloc(e, 4 * M * I);
+    e->dact = (float*)dalloc(e, 4 * M * I);
+    e->yq = (float*)dalloc(e, 4 * M * mx);
+    e->dP = (float*)dalloc(e, 4L * c->num_heads * T * T);
+    e->dy16 = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
+    e->dy_lo = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
+    e->dlog16 = (__nv_bfloat16*)dalloc(e, 2 * M * V);
+    e->dlog_lo = (__nv_bfloat16*)dalloc(e, 2 * M * V);
+    e->datt16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+    e->datt_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+    e->dS16 = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
+    e->dS_lo = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
+    if (!e->P_lo) e->P_lo = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
+    e->loss_rows = (double*)dalloc(e, 8 * M);
+    e->grad_scratch = (double*)dalloc(e, 8 * 1024);
+}
+
+// dX (M, K) (+)= dY (M, N) . W (N, K), dY given as bf16 hi + lo.
+static void gemm_bwd(GpuEngine* e, float* dx, const __nv_bfloat16* hi, const __nv_bfloat16* lo, const __nv_bfloat16* w,
+                     int M, int K, int N, float beta) {
+    const float one = 1.0f;
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, hi, CUDA_R_16BF, N,
+                             &beta, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (lo)
+        cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, lo, CUDA_R_16BF,
+                                 N, &one, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static void split_dy(GpuEngine* e, const float* dy, long n) {
+    gpu_split_bf16((bf16_t*)e->dy16, e->split ? (bf16_t*)e->dy_lo : NULL, dy, n);
+}
+
+typedef struct {
+    const Groups* gs;
+    const Format* fmts;
+    int nf;
+} GradJob;
+
+// Adds (dY . (Yq - Y))^2 of linear idx for every format; X is its input in the unquantized pass.
+static void grad_linear(GpuEngine* e, const GradJob* job, int idx, const float* dy, const float* x, const float* y,
+                        int M) {
+    int g = job->gs->group_of[idx];
+    if (job->gs->g[g].disabled) return;
+    const Linear* l = &e->m->linears[idx];
+    for (int f = 0; f < job->nf; f++) {
+        const Format* fm = &job->fmts[f];
+        if (!fm->in_enable || !fm->w_enable) fail_other("CUDA path: formats need both quantizers (as w4a8, w8a8)");
+        e->in_spec = fm->in;
+        gpu_quant_rows_bf16(e->wq[0], e->sw[0], (const bf16_t*)weight_of(e, idx), l->out, l->in, fm->w);
+        gemm_int8(e, e->yq, x, 0, M, l->in, l->out);
+        gpu_grad_score(e->dscore + (long)f * job->gs->n + g, e->grad_scratch, dy, e->yq, y, (long)M * l->out);
+    }
+}
+
+static void attention_backward(GpuEngine* e, int M) {
+    const Config* c = &e->m->c;
+    int T = e->T, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, rep = H / KV;
+    long qd = (long)H * hd, kvd = (long)KV * hd, TT = (long)T * T;
+    float scale = 1.0f / sqrtf((float)hd);
+    int sp = e->split;
+    gpu_split_bf16((bf16_t*)e->datt16, sp ? (bf16_t*)e->datt_lo : NULL, e->datt, (long)M * qd);
+    for (int b = 0; b < M / T; b++) {
+        long qo = (long)b * T * qd, ko = (long)b * T * kvd;
+#define LO(p, o) (sp ? (p) + (o) : NULL)
+        for (int r = 0; r < rep; r++) { // S^T = K Q^T and dP^T = V dO^T
+            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16 + ko, LO(e->k_lo, ko), kvd, hd,
+                     e->q16 + qo + r * hd, LO(e->q_lo, qo + r * hd), qd, (long)rep * hd, e->S + r * TT, T,
+                     (long)rep * TT, KV, 0.0f);
+            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, e->v16 + ko, LO(e->v_lo, ko), kvd, hd,
+                     e->datt16 + qo + r * hd, LO(e->datt_lo, qo + r * hd), qd, (long)rep * hd, e->dP + r * TT, T,
+                     (long)rep * TT, KV, 0.0f);
+        }
+        gpu_attention_ds((bf16_t*)e->P, sp ? (bf16_t*)e->P_lo : NULL, (bf16_t*)e->dS16, sp ? (bf16_t*)e->dS_lo : NULL,
+                         e->S, e->dP, H, T, scale);
+        for (int r = 0; r < rep; r++) {
+            float beta = r ? 1.0f : 0.0f; // query heads of one kv head add into its dk, dv
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->k16 + ko, LO(e->k_lo, ko), kvd, hd, e->dS16 + r * TT,
+                     LO(e->dS_lo, r * TT), T, (long)rep * TT, e->dq + qo + r * hd, qd, (long)rep * hd, KV, 0.0f);
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->q16 + qo + r * hd, LO(e->q_lo, qo + r * hd), qd,
+                     (long)rep * hd, e->dS16 + r * TT, LO(e->dS_lo, r * TT), T, (long)rep * TT, e->dk + ko, kvd, hd, KV,
+                     beta);
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->datt16 + qo + r * hd, LO(e->datt_lo, qo + r * hd),
+                     qd, (long)rep * hd, e->P + r * TT, LO(e->P_lo, r * TT), T, (long)rep * TT, e->dv + ko, kvd, hd, KV,
+                     beta);
+        }
+#undef LO
+    }
+}
+
+// dh: dL/d(h_out) of layer l on entry, dL/d(h_in) on exit. Mirrors engine/backward.c.
+static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
+    const Config* c = &e->m->c;
+    const GpuLayer* w = &e->layers[l];
+    int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, I = c->intermediate_size;
+    int qd = H * hd, kvd = KV * hd, base = l * LIN_PER_LAYER;
+    const float* h_in = e->hsave + (long)l * M * D;
+    grad_linear(e, job, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
+    split_dy(e, e->dh, (long)M * D);
+    gemm_bwd(e, e->dact, e->dy16, e->split ? e->dy_lo : NULL, w->down, M, I, D, 0.0f);
+    gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
+    grad_linear(e, job, base + LIN_GATE, e->dg, e->m_, e->g, M);
+    grad_linear(e, job, base + LIN_UP, e->du, e->m_, e->u, M);
+    split_dy(e, e->dg, (long)M * I);
+    gemm_bwd(e, e->dm, e->dy16, e->split ? e->dy_lo : NULL, w->gate, M, D, I, 0.0f);
+    split_dy(e, e->du, (long)M * I);
+    gemm_bwd(e, e->dm, e->dy16, e->split ? e->dy_lo : NULL, w->up, M, D, I, 1.0f);
+    gpu_rmsnorm_backward(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, e->m_rstd, M, D, 1);
+    grad_linear(e, job, base + LIN_O, e->dh, e->att, e->y_o, M);
+    split_dy(e, e->dh, (long)M * D);
+    gemm_bwd(e, e->datt, e->dy16, e->split ? e->dy_lo : NULL, w->o, M, qd, D, 0.0f);
+    attention_backward(e, M);
+    gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T, H, hd);
+    gpu_qk_norm_rope_backward(e->dk, e->k_lin, (const bf16_t*)w->k_norm, e->k_rstd, e->cos_t, e->sin_t, M, e->T, KV, hd);
+    grad_linear(e, job, base + LIN_Q, e->dq, e->a, e->q_lin, M);
+    grad_linear(e, job, base + LIN_K, e->dk, e->a, e->k_lin, M);
+    grad_linear(e, job, base + LIN_V, e->dv, e->a, e->v, M);
+    split_dy(e, e->dq, (long)M * qd);
+    gemm_bwd(e, e->da, e->dy16, e->split ? e->dy_lo : NULL, w->q, M, D, qd, 0.0f);
+    split_dy(e, e->dk, (long)M * kvd);
+    gemm_bwd(e, e->da, e->dy16, e->split ? e->dy_lo : NULL, w->k, M, D, kvd, 1.0f);
+    split_dy(e, e->dv, (long)M * kvd);
+    gemm_bwd(e, e->da, e->dy16, e->split ? e->dy_lo : NULL, w->v, M, D, kvd, 1.0f);
+    gpu_rmsnorm_backward(e->dh, e->da, h_in, (const bf16_t*)w->w_in, e->a_rstd, M, D, 1);
+}
+
+extern "C" double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids,
+                                     int nb, double* score) {
+    const Config* c = &e->m->c;
+    int M = nb * e->T, L = c->num_layers;
+    long D = c->hidden_size, V = c->vocab_size;
+    if (!e->dh) grad_alloc(e);
+    if (!e->dscore) e->dscore = (double*)dalloc(e, sizeof(double) * nf * gs->n);
+    cudaCheck(cudaMemset(e->dscore, 0, sizeof(double) * nf * gs->n));
+    GradJob job = {gs, fmts, nf};
+    e->nq = 0;
+    embed(e, ids, nb);
+    forward_from(e, 0, M, e->logits, 1);
+    gpu_cross_entropy_backward((bf16_t*)e->dlog16, e->split ? (bf16_t*)e->dlog_lo : NULL, e->loss_rows, e->logits,
+                               e->ids, M, e->T, (int)V);
+    gemm_bwd(e, e->dm, e->dlog16, e->split ? e->dlog_lo : NULL, e->lm_head, M, (int)D, (int)V, 0.0f);
+    gpu_rmsnorm_backward(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->f_rstd, M, (int)D, 0);
+    for (int l = L - 1; l >= 0; l--) {
+        cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (long)l * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+        layer_forward(e, l, M); // recompute: only layer inputs were kept
+        layer_backward(e, &job, l, M);
+    }
+    double* h = (double*)xmalloc(sizeof(double) * nf * gs->n);
+    cudaCheck(cudaMemcpy(h, e->dscore, sizeof(double) * nf * gs->n, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < nf * gs->n; i++) score[i] += h[i];
+    free(h);
+    double* lr = (double*)xmalloc(sizeof(double) * M);
+    cudaCheck(cudaMemcpy(lr, e->loss_rows, sizeof(double) * M, cudaMemcpyDeviceToHost));
+    double loss = 0;
+    for (int i = 0; i < M; i++) loss += lr[i];
+    free(lr);
+    return loss / (e->T - 1); // summed over windows of each window's mean CE
 }

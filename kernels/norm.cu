@@ -35,7 +35,7 @@ __global__ void rmsnorm_kernel(float* out, __nv_bfloat16* out16, float* rstd, co
 }
 
 // One block per (row, head), hd/2 threads: thread i owns the RoPE pair (i, i + hd/2).
-__global__ void qk_norm_rope_kernel(float* x, __nv_bfloat16* x16, const __nv_bfloat16* w, const float* cos_t,
+__global__ void qk_norm_rope_kernel(float* x, __nv_bfloat16* x16, float* rstd, const __nv_bfloat16* w, const float* cos_t,
                                     const float* sin_t, int T, int nh, int hd, float eps) {
     int row = blockIdx.x / nh, head = blockIdx.x % nh, i = threadIdx.x, half = hd / 2;
     float* v = x + ((long)row * nh + head) * hd;
@@ -48,6 +48,7 @@ __global__ void qk_norm_rope_kernel(float* x, __nv_bfloat16* x16, const __nv_bfl
         __syncthreads();
     }
     float r = rsqrtf(red[0] / hd + eps);
+    if (rstd && i == 0) rstd[blockIdx.x] = r;
     a = __bfloat162float(w[i]) * (a * r);
     b = __bfloat162float(w[i + half]) * (b * r);
     int t = row % T;
@@ -68,13 +69,13 @@ extern "C" void gpu_rmsnorm(float* out, bf16_t* out16, float* rstd, const float*
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_qk_norm_rope(float* x, bf16_t* x16, const bf16_t* w, const float* cos_t, const float* sin_t,
-                                 int rows, int T, int nh, int hd, float eps) {
+extern "C" void gpu_qk_norm_rope(float* x, bf16_t* x16, float* rstd, const bf16_t* w, const float* cos_t,
+                                 const float* sin_t, int rows, int T, int nh, int hd, float eps) {
     if (hd / 2 > 128 || (hd / 2 & (hd / 2 - 1)) != 0) {
         fprintf(stderr, "autoq: head_dim %d not supported by the CUDA q/k norm (powers of two up to 256)\n", hd);
         exit(1);
     }
-    qk_norm_rope_kernel<<<rows * nh, hd / 2>>>(x, (__nv_bfloat16*)x16, (const __nv_bfloat16*)w, cos_t, sin_t, T, nh,
-                                                hd, eps);
+    qk_norm_rope_kernel<<<rows * nh, hd / 2>>>(x, (__nv_bfloat16*)x16, rstd, (const __nv_bfloat16*)w, cos_t, sin_t, T,
+                                                nh, hd, eps);
     cudaCheck(cudaGetLastError());
 }

@@ -68,7 +68,7 @@ static void test_kernels(void) {
     float* dcos = dput(rt.cos, sizeof(float) * T * HD / 2);
     float* dsin = dput(rt.sin, sizeof(float) * T * HD / 2);
     uint16_t* dhw = dput(hw16, sizeof(hw16));
-    gpu_qk_norm_rope(dq, NULL, dhw, dcos, dsin, T, T, NH, HD, 1e-6f);
+    gpu_qk_norm_rope(dq, NULL, NULL, dhw, dcos, dsin, T, T, NH, HD, 1e-6f);
     dget(qg, dq, sizeof(qg));
     worst = 0;
     for (int i = 0; i < T * NH * HD; i++) worst = fmax(worst, fabs(qg[i] - qn[i]));
@@ -160,6 +160,23 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
     snprintf(name, sizeof(name), "gpu %s kl scores within 1%% of cpu per group", label);
     CHECK(w2 < 0.01, name, "worst %.3g", w2);
     printf("  %s: kl scores worst relative difference %.3g over %d groups\n", label, w2, gs.n);
+    scorer_free(&sc);
+    // gradient scores against the CPU engine
+    memset(gsc, 0, sizeof(double) * gs.n);
+    double loss = gpu_score_gradient(e, &gs, &f, 1, ids.ids, n, gsc);
+    scorer_init(&sc, &m, &gs, &f, 1, METHOD_GRADIENT, T);
+    for (int i = 0; i < n; i++) scorer_add_sample(&sc, ids.ids + (long)i * T);
+    double w3 = 0, cpu_loss = 0;
+    for (int g = 0; g < gs.n; g++) w3 = fmax(w3, rel_diff(gsc[g], sc.score[g]));
+    for (int i = 0; i < n; i++) {
+        model_forward(&m, &s, ids.ids + (long)i * T, NULL);
+        cpu_loss += cross_entropy(NULL, s.logits, ids.ids + (long)i * T, T, V);
+    }
+    snprintf(name, sizeof(name), "gpu %s gradient scores within 1%% of cpu per group", label);
+    CHECK(w3 < 0.01, name, "worst %.3g", w3);
+    snprintf(name, sizeof(name), "gpu %s loss of the gradient pass = cpu", label);
+    CHECK(rel_diff(loss, cpu_loss) < 1e-4, name, "gpu %.8g cpu %.8g", loss, cpu_loss);
+    printf("  %s: gradient scores worst relative difference %.3g; loss %.6f vs %.6f\n", label, w3, loss, cpu_loss);
     scorer_free(&sc);
     free(gsc);
     groups_free(&gs);
