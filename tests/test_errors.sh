@@ -48,3 +48,14 @@ if ls "$tmp"/l.npy* >/dev/null 2>&1; then echo "FAIL errors: no partial output";
 $AQ eval tests/fixtures/qwen3-vl-tiny --data "$tmp/ok.npy" --logits "$tmp/l.npy" >/dev/null 2>&1
 sz=$(stat -c %s "$tmp/l.npy" 2>/dev/null || echo 0)
 [ "$sz" -eq $((128 + 8 * 512 * 4)) ] && echo "PASS errors: logits npy written" || echo "FAIL errors: logits npy size $sz"
+
+# The same weights as F32, as F16, and with the transformers-4 RoPE spelling give the same NLL.
+python3 tests/make_dtypes.py tests/fixtures/qwen3-vl-tiny "$tmp/dt"
+base=$($AQ eval tests/fixtures/qwen3-vl-tiny --data $ids --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['mean_nll'])")
+for v in f32 f16 rope_theta; do
+    got=$($AQ eval "$tmp/dt/$v" --data $ids --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['mean_nll'])")
+    tol=$([ $v = f16 ] && echo 1e-3 || echo 1e-12)
+    python3 -c "import sys; sys.exit(0 if abs($got - $base) <= $tol * abs($base) else 1)" 2>/dev/null &&
+        echo "PASS errors: $v checkpoint loads and matches BF16 (NLL $got)" || echo "FAIL errors: $v checkpoint: NLL '$got' vs $base"
+done
+$AQ info "$tmp/dt/rope_theta" | grep -q "rope theta 5e+06" && echo "PASS errors: rope_theta spelling read" || echo "FAIL errors: rope_theta spelling"
