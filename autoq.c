@@ -7,16 +7,16 @@
 #include "engine/util.h"
 
 static void usage(void) {
-    fprintf(stderr,
-            "usage:\n"
-            "  autoq info   MODEL [--disabled-layers P,...] [--json]\n"
-            "  autoq eval   MODEL --data D [--format F | --recipe R] [--logits OUT.npy] [--json]\n"
-            "               [--num-samples N] [--seq-len T]\n"
-            "  autoq score  MODEL --data D --method kl|gradient [--format w4a8[,w8a8]] [...]\n"
-            "  autoq search (--scores S.h5 | MODEL --data D --method M) --budget B [...]\n"
-            "  autoq tokenize MODEL_OR_TOKENIZER_JSON --text FILE [--json] [--decode]\n"
-            "  autoq gen    OUT_DIR [--preset tiny|0.6b|8b] [--seed S] [--ids OUT.npy --num-samples N --seq-len T]\n"
-            "Run 'autoq CMD --help' for the options of one command; see README.md.\n");
+    fprintf(stderr, "usage:\n"
+                    "  autoq info   MODEL [--disabled-layers P,...] [--json]\n"
+                    "  autoq eval   MODEL --data D [--format F | --recipe R] [--logits OUT.npy] [--json]\n"
+                    "               [--num-samples N] [--seq-len T]\n"
+                    "  autoq score  MODEL --data D --method kl|gradient [--format w4a8[,w8a8]] [...]\n"
+                    "  autoq search (--scores S.h5 | MODEL --data D --method M) --budget B [...]\n"
+                    "  autoq tokenize MODEL_OR_TOKENIZER_JSON --text FILE [--json] [--decode]\n"
+                    "  autoq gen    OUT_DIR [--preset tiny|0.6b|8b] [--seed S] [--ids OUT.npy --num-samples N "
+                    "--seq-len T]\n"
+                    "Run 'autoq CMD --help' for the options of one command; see README.md.\n");
 }
 
 int main(int argc, char** argv) {

@@ -6,7 +6,8 @@
 
 // Options that take no value in every command; every other --option takes the
 // next argument, except the command's own extra flags (--json in info and eval).
-static const char* const k_flags[] = {"--no-grouping", "--verify", "--decode", "--shuffle", "--quiet", "--help", NULL};
+static const char* const k_flags[] = {"--no-grouping", "--verify", "--decode", "--shuffle",
+                                      "--quiet",       "--help",   NULL};
 
 static const char* const* g_extra_flags;
 

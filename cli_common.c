@@ -27,14 +27,17 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     j->data.shuffle = args_flag(a, "--shuffle");
     j->data.seed = (unsigned long)args_int(a, "--seed", 0, 0, 1 << 30);
     const char* method = args_str(a, "--method");
-    if (method && strcmp(method, "kl") == 0) j->method = METHOD_KL;
-    else if (method && strcmp(method, "gradient") == 0) j->method = METHOD_GRADIENT;
+    if (method && strcmp(method, "kl") == 0)
+        j->method = METHOD_KL;
+    else if (method && strcmp(method, "gradient") == 0)
+        j->method = METHOD_GRADIENT;
     else if (method || need_method)
         fail_input("%s: --method must be kl or gradient (got '%s')", a->cmd, method ? method : "nothing");
     j->format_csv = args_str(a, "--format");
     if (!j->format_csv) j->format_csv = "w4a8";
     const char* num = args_str(a, "--numerics");
-    if (num && strcmp(num, "compressed-tensors") == 0) j->ct = 1;
+    if (num && strcmp(num, "compressed-tensors") == 0)
+        j->ct = 1;
     else if (num && strcmp(num, "modelopt") != 0)
         fail_input("%s: --numerics must be modelopt or compressed-tensors (got '%s')", a->cmd, num);
     j->disabled_csv = args_str(a, "--disabled-layers");
@@ -59,8 +62,10 @@ void score_job_load(ScoreJob* j) {
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
     j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
-    if (j->use_gpu && !j->need_host) model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
-    else model_load(&j->model, j->model_dir);
+    if (j->use_gpu && !j->need_host)
+        model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
+    else
+        model_load(&j->model, j->model_dir);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
     if (j->disabled_csv != (const char*)DEFAULT_DISABLED && strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
@@ -68,8 +73,8 @@ void score_job_load(ScoreJob* j) {
             if (!j->dis.hits[i])
                 warn_msg("--disabled-layers pattern '%s' matches no module of %s", j->dis.pat[i], j->model_dir);
     if (j->groups.n_enabled == 0)
-        fail_input("--disabled-layers '%s' disables every candidate group of %s: nothing to score", j->disabled_csv,
-                   j->model_dir);
+        fail_input("--disabled-layers '%s' disables every candidate group of %s: nothing to score",
+                   j->disabled_csv, j->model_dir);
     j->data.model_dir = j->model_dir;
     j->data.vocab = j->model.c.vocab_size;
     j->data.eos = j->model.c.eos_token_id;

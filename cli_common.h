@@ -22,10 +22,10 @@ typedef struct {
     int ct;
     int no_grouping;
     int batch_size;
-    int use_gpu;          // resolved --device
-    int need_host;        // the caller runs the CPU engine too (search --verify)
+    int use_gpu;   // resolved --device
+    int need_host; // the caller runs the CPU engine too (search --verify)
     const char* device;
-    int gpu_split;        // --gpu-gemm bf16x2 (default) or bf16
+    int gpu_split; // --gpu-gemm bf16x2 (default) or bf16
     const char* format_csv;
     const char* disabled_csv;
     Scorer scorer;

@@ -38,16 +38,18 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
     verify_run(m, ids, fmts, choice, &r);
     double el = time_now() - t0;
     if (json) {
-        json_t* j = json_pack("{s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "num_samples", ids->n, "seq_len",
-                              ids->t, "quantized_linears", r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref,
-                              "nll_quantized", r.nll_q, "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
+        json_t* j =
+            json_pack("{s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "num_samples", ids->n,
+                      "seq_len", ids->t, "quantized_linears", r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref,
+                      "nll_quantized", r.nll_q, "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
         print_json(j, NULL);
         json_decref(j);
     } else {
         printf("%d of %d linears quantized; %d x %d tokens\n", r.n_quantized, m->n_linears, ids->n, ids->t);
-        printf("mean nll %.6f -> %.6f (%+.6f), perplexity %.4f -> %.4f\n", r.nll_ref, r.nll_q, r.nll_q - r.nll_ref,
-               exp(r.nll_ref), exp(r.nll_q));
-        printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl, r.kl / ((double)ids->n * ids->t));
+        printf("mean nll %.6f -> %.6f (%+.6f), perplexity %.4f -> %.4f\n", r.nll_ref, r.nll_q,
+               r.nll_q - r.nll_ref, exp(r.nll_ref), exp(r.nll_q));
+        printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl,
+               r.kl / ((double)ids->n * ids->t));
     }
     free(choice);
     token_ids_free(ids);
@@ -112,8 +114,8 @@ int cmd_info(int argc, char** argv) {
                c->intermediate_size, c->vocab_size);
         printf("attention    %d heads x %d, %d kv heads, rope theta %g\n", c->num_heads, c->head_dim,
                c->num_kv_heads, c->rope_theta);
-        printf("lm_head      %s\n", c->tie_word_embeddings && m.lm_head == m.embed ? "tied to embed_tokens"
-                                                                                   : "own weight");
+        printf("lm_head      %s\n",
+               c->tie_word_embeddings && m.lm_head == m.embed ? "tied to embed_tokens" : "own weight");
         printf("parameters   %zu language model, %ld in candidate linears\n", m.n_params, cand);
         if (m.n_visual) printf("visual       %d tensors under model.visual.* (not loaded)\n", m.n_visual);
         printf("groups       %d (%d enabled), disabled patterns: %s\n\n", gs.n, gs.n_enabled,
@@ -198,8 +200,8 @@ int cmd_eval(int argc, char** argv) {
     } else {
         printf("%-8s %12s\n", "sample", "nll");
         for (int i = 0; i < ids.n; i++) printf("%-8d %12.6f\n", i, nll[i]);
-        printf("mean nll %.6f  perplexity %.4f  (%d x %d tokens, %.2fs, %.0f tokens/s)\n", mean, exp(mean), ids.n,
-               ids.t, el, ids.n * (double)ids.t / el);
+        printf("mean nll %.6f  perplexity %.4f  (%d x %d tokens, %.2fs, %.0f tokens/s)\n", mean, exp(mean),
+               ids.n, ids.t, el, ids.n * (double)ids.t / el);
     }
     free(nll);
     run_free(&s, &m);

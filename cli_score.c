@@ -61,8 +61,9 @@ static int checkpoint_load(const char* path, json_t* id, Scorer* s) {
     json_t* val;
     json_object_foreach(id, key, val) {
         if (!json_equal(val, json_object_get(run, key)))
-            fail_input("%s: checkpoint belongs to another run (field '%s' differs); remove it or pick another file",
-                       path, key);
+            fail_input(
+                "%s: checkpoint belongs to another run (field '%s' differs); remove it or pick another file",
+                path, key);
     }
     json_t* sc = json_object_get(j, "scores");
     json_t* done = json_object_get(j, "samples_done");
@@ -94,8 +95,10 @@ static void gpu_init(ScoreJob* j, Scorer* s) {
 
 void score_job_run(ScoreJob* j, const char* checkpoint) {
     Scorer* s = &j->scorer;
-    if (j->use_gpu) gpu_init(j, s);
-    else scorer_init(s, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t);
+    if (j->use_gpu)
+        gpu_init(j, s);
+    else
+        scorer_init(s, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t);
     json_t* id = run_identity(j);
     int start = checkpoint ? checkpoint_load(checkpoint, id, s) : 0;
     if (start > j->ids.n) fail_input("%s: checkpoint has more samples than the data", checkpoint);
@@ -119,7 +122,8 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
                 gpu_score_kl(j->gpu, &j->groups, j->fmts, j->nf, ids, nb, s->score);
                 for (int g = 0; g < j->groups.n; g++)
                     if (!j->groups.g[g].disabled)
-                        s->forward_equiv += j->nf * nb * (double)(j->model.c.num_layers - j->groups.g[g].layer) /
+                        s->forward_equiv += j->nf * nb *
+                                            (double)(j->model.c.num_layers - j->groups.g[g].layer) /
                                             j->model.c.num_layers;
                 s->forward_equiv += nb;
                 s->naive_equiv += nb * (1.0 + j->nf * j->groups.n_enabled);
@@ -154,13 +158,15 @@ int cmd_score(int argc, char** argv) {
     int json_stdout = json && strcmp(json, "-") == 0;
     if (!json_stdout) table_print(&t);
     Scorer* s = &j.scorer;
-    info_msg("score: %s, %d groups (%d enabled) x %d format(s), %d x %d tokens in %.2fs (%.0f tokens/s), peak RSS %.0f MiB%s",
+    info_msg("score: %s, %d groups (%d enabled) x %d format(s), %d x %d tokens in %.2fs (%.0f tokens/s), peak "
+             "RSS %.0f MiB%s",
              method_name(j.method), j.groups.n, j.groups.n_enabled, j.nf, j.ids.n, j.ids.t, j.seconds,
-             j.ids.n * (double)j.ids.t / j.seconds, peak_rss_bytes() / 1048576.0, j.use_gpu ? ", on the GPU" : "");
+             j.ids.n * (double)j.ids.t / j.seconds, peak_rss_bytes() / 1048576.0,
+             j.use_gpu ? ", on the GPU" : "");
     if (j.use_gpu) info_msg("score: peak GPU memory %.2f GiB", j.gpu_peak / 1073741824.0);
     if (j.method == METHOD_KL)
-        info_msg("score: prefix reuse: %.1f forward-equivalents instead of %.1f (%.0f%% saved)", s->forward_equiv,
-                 s->naive_equiv, 100.0 * (1.0 - s->forward_equiv / s->naive_equiv));
+        info_msg("score: prefix reuse: %.1f forward-equivalents instead of %.1f (%.0f%% saved)",
+                 s->forward_equiv, s->naive_equiv, 100.0 * (1.0 - s->forward_equiv / s->naive_equiv));
     if (json) table_write_json(&t, json);
     if (h5) table_h5_finish(table_h5_create(&t, h5), h5);
     table_free(&t);

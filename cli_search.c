@@ -30,7 +30,8 @@ static void linear_choice(const Model* m, const ScoreTable* t, const Solution* s
         int found = -1;
         for (int k = 0; k < m->n_linears && found < 0; k++)
             if (strcmp(m->linears[k].name, t->lname[i]) == 0) found = k;
-        if (found < 0) fail_input("%s: the scores name linear '%s', which this model does not have", m->dir, t->lname[i]);
+        if (found < 0)
+            fail_input("%s: the scores name linear '%s', which this model does not have", m->dir, t->lname[i]);
         choice[found] = s->sel[g];
     }
 }
@@ -51,7 +52,8 @@ int cmd_search(int argc, char** argv) {
     score_job_parse(&j, &a, scores == NULL);
     args_done(&a);
     Scope scope = SCOPE_CANDIDATES;
-    if (scope_s && strcmp(scope_s, "all") == 0) scope = SCOPE_ALL;
+    if (scope_s && strcmp(scope_s, "all") == 0)
+        scope = SCOPE_ALL;
     else if (scope_s && strcmp(scope_s, "candidates") != 0)
         fail_input("search: --budget-scope must be candidates or all (got '%s')", scope_s);
     if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
@@ -123,8 +125,10 @@ int cmd_search(int argc, char** argv) {
     solution_print(&ctx, &main_sol, 1);
     if (out) recipe_write_json(out, &ctx, &main_sol, fmts);
     for (int i = 0; i < ne; i++) {
-        if (strncmp(emits[i], "llmcompressor=", 14) == 0) export_llmcompressor(emits[i] + 14, &ctx, &main_sol, fmts);
-        else export_modelopt(emits[i] + 9, &ctx, &main_sol, fmts);
+        if (strncmp(emits[i], "llmcompressor=", 14) == 0)
+            export_llmcompressor(emits[i] + 14, &ctx, &main_sol, fmts);
+        else
+            export_modelopt(emits[i] + 9, &ctx, &main_sol, fmts);
     }
     if (h5) search_write_h5(h5, &ctx, &main_sol, sweep, ns);
     for (int i = 0; i < ns; i++) solution_free(&sweep[i]);

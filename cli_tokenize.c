@@ -34,7 +34,8 @@ int cmd_tokenize(int argc, char** argv) {
     if (json) {
         json_t* arr = json_array();
         for (size_t i = 0; i < ids.n; i++) json_array_append_new(arr, json_integer(ids.ids[i]));
-        json_t* j = json_pack("{s:o,s:i,s:i}", "ids", arr, "count", (json_int_t)ids.n, "bytes", (json_int_t)len);
+        json_t* j =
+            json_pack("{s:o,s:i,s:i}", "ids", arr, "count", (json_int_t)ids.n, "bytes", (json_int_t)len);
         if (back) {
             json_object_set_new(j, "decoded", json_stringn(back, dl));
             json_object_set_new(j, "roundtrip", json_boolean(dl == len && memcmp(back, text, len) == 0));
@@ -49,8 +50,11 @@ int cmd_tokenize(int argc, char** argv) {
             if (dl == 0 || back[dl - 1] != '\n') fputc('\n', stdout);
         }
     }
-    info_msg("tokenize: %zu bytes -> %zu tokens in %.3fs (%.1f MB/s)%s", len, ids.n, el, len / 1e6 / (el > 0 ? el : 1e-9),
-             back ? (dl == len && memcmp(back, text, len) == 0 ? "; decode round-trips" : "; decode differs (NFC?)") : "");
+    info_msg(
+        "tokenize: %zu bytes -> %zu tokens in %.3fs (%.1f MB/s)%s", len, ids.n, el,
+        len / 1e6 / (el > 0 ? el : 1e-9),
+        back ? (dl == len && memcmp(back, text, len) == 0 ? "; decode round-trips" : "; decode differs (NFC?)")
+             : "");
     free(back);
     idvec_free(&ids);
     tok_free(t);

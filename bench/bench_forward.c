@@ -54,9 +54,12 @@ int main(int argc, char** argv) {
     flops += 2.0 * T * c->hidden_size * c->vocab_size;
     printf("%s: %d layers, hidden %d, vocab %d; T=%d, %d samples; load %.2fs\n", argv[1], c->num_layers,
            c->hidden_size, c->vocab_size, T, S, load);
-    printf("  forward      %8.1f tokens/s  %7.1f GFLOP/s (GEMM FLOPs / forward time)\n", T / fwd, flops / fwd / 1e9);
-    printf("  OpenBLAS     %8.1f tokens/s  %7.1f GFLOP/s (the same GEMMs alone)\n", T / gemm, flops / gemm / 1e9);
-    printf("  GEMM share of the forward: %.0f%%; the rest is attention, norms, RoPE, SwiGLU\n", 100 * gemm / fwd);
+    printf("  forward      %8.1f tokens/s  %7.1f GFLOP/s (GEMM FLOPs / forward time)\n", T / fwd,
+           flops / fwd / 1e9);
+    printf("  OpenBLAS     %8.1f tokens/s  %7.1f GFLOP/s (the same GEMMs alone)\n", T / gemm,
+           flops / gemm / 1e9);
+    printf("  GEMM share of the forward: %.0f%%; the rest is attention, norms, RoPE, SwiGLU\n",
+           100 * gemm / fwd);
     free(ids);
     run_free(&s, &m);
     model_free(&m);

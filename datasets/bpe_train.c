@@ -32,8 +32,8 @@ void bpe_train_write(const char* path, const char* text, size_t len, int vocab_s
     // Distinct pre-tokens with counts (linear scan dedupe keeps this short; the corpus is small).
     int errc;
     PCRE2_SIZE erroff;
-    pcre2_code* re = pcre2_compile((PCRE2_SPTR)QWEN_SPLIT_REGEX, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &errc,
-                                   &erroff, NULL);
+    pcre2_code* re = pcre2_compile((PCRE2_SPTR)QWEN_SPLIT_REGEX, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
+                                   &errc, &erroff, NULL);
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(re, NULL);
     int cap = 1024, nw = 0;
     Word* words = xmalloc(sizeof(Word) * cap);
@@ -68,14 +68,15 @@ void bpe_train_write(const char* path, const char* text, size_t len, int vocab_s
     pcre2_match_data_free(md);
     pcre2_code_free(re);
     // Greedy merges: the most frequent adjacent pair, ties to the smallest ids.
-    int (*merges)[2] = xmalloc(sizeof(int[2]) * (n_merges ? n_merges : 1));
+    int(*merges)[2] = xmalloc(sizeof(int[2]) * (n_merges ? n_merges : 1));
     int done = 0;
     long* counts = xmalloc(sizeof(long) * (size_t)vocab_size * vocab_size);
     for (; done < n_merges; done++) {
         int V = 256 + done;
         memset(counts, 0, sizeof(long) * (size_t)V * V);
         for (int w = 0; w < nw; w++)
-            for (int k = 0; k + 1 < words[w].n; k++) counts[(size_t)words[w].sym[k] * V + words[w].sym[k + 1]] += words[w].count;
+            for (int k = 0; k + 1 < words[w].n; k++)
+                counts[(size_t)words[w].sym[k] * V + words[w].sym[k + 1]] += words[w].count;
         long best = 0;
         int ba = -1, bb = -1;
         for (int a = 0; a < V; a++)
@@ -112,22 +113,24 @@ void bpe_train_write(const char* path, const char* text, size_t len, int vocab_s
         json_object_set_new(vocab, pad, json_integer(i));
     }
     json_t* jm = json_array();
-    for (int i = 0; i < done; i++) json_array_append_new(jm, json_pack("[s,s]", strs[merges[i][0]], strs[merges[i][1]]));
+    for (int i = 0; i < done; i++)
+        json_array_append_new(jm, json_pack("[s,s]", strs[merges[i][0]], strs[merges[i][1]]));
     const char* specials[3] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
     json_t* added = json_array();
     for (int i = 0; i < 3; i++)
-        json_array_append_new(added, json_pack("{s:i,s:s,s:b,s:b,s:b,s:b,s:b}", "id", vocab_size - 3 + i, "content",
-                                               specials[i], "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0,
-                                               "special", 1));
+        json_array_append_new(added, json_pack("{s:i,s:s,s:b,s:b,s:b,s:b,s:b}", "id", vocab_size - 3 + i,
+                                               "content", specials[i], "single_word", 0, "lstrip", 0, "rstrip",
+                                               0, "normalized", 0, "special", 1));
     json_t* root = json_pack(
         "{s:s,s:n,s:n,s:o,s:{s:s},s:{s:s,s:[{s:s,s:{s:s},s:s,s:b},{s:s,s:b,s:b,s:b}]},s:n,s:{s:s,s:b,s:b,s:b},"
         "s:{s:s,s:n,s:n,s:s,s:s,s:b,s:b,s:b,s:o,s:o}}",
-        "version", "1.0", "truncation", "padding", "added_tokens", added, "normalizer", "type", "NFC", "pre_tokenizer",
-        "type", "Sequence", "pretokenizers", "type", "Split", "pattern", "Regex", QWEN_SPLIT_REGEX, "behavior",
-        "Isolated", "invert", 0, "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 0, "use_regex", 0,
-        "post_processor", "decoder", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 0, "use_regex", 0,
-        "model", "type", "BPE", "dropout", "unk_token", "continuing_subword_prefix", "", "end_of_word_suffix", "",
-        "fuse_unk", 0, "byte_fallback", 0, "ignore_merges", 0, "vocab", vocab, "merges", jm);
+        "version", "1.0", "truncation", "padding", "added_tokens", added, "normalizer", "type", "NFC",
+        "pre_tokenizer", "type", "Sequence", "pretokenizers", "type", "Split", "pattern", "Regex",
+        QWEN_SPLIT_REGEX, "behavior", "Isolated", "invert", 0, "type", "ByteLevel", "add_prefix_space", 0,
+        "trim_offsets", 0, "use_regex", 0, "post_processor", "decoder", "type", "ByteLevel", "add_prefix_space",
+        0, "trim_offsets", 0, "use_regex", 0, "model", "type", "BPE", "dropout", "unk_token",
+        "continuing_subword_prefix", "", "end_of_word_suffix", "", "fuse_unk", 0, "byte_fallback", 0,
+        "ignore_merges", 0, "vocab", vocab, "merges", jm);
     if (!root) fail_other("gen: cannot build tokenizer.json");
     OutFile o;
     out_open(&o, path);

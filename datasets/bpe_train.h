@@ -3,8 +3,9 @@
 #pragma once
 #include <stddef.h>
 
-#define QWEN_SPLIT_REGEX                                                                                          \
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|" \
+#define QWEN_SPLIT_REGEX                                                                                       \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "                                      \
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"                                                             \
     "\\s+(?!\\S)|\\s+"
 
 // Learns vocab_size - 256 - 3 merges from text and writes path (atomically).

@@ -40,7 +40,8 @@ static void pick_windows(TokenIds* t, const DataOpts* o) {
     if (o->shuffle) shuffle(order, t->n, o->seed);
     int n = (o->num_samples > 0 && o->num_samples < t->n) ? o->num_samples : t->n;
     int* ids = xmalloc(sizeof(int) * (size_t)n * t->t);
-    for (int i = 0; i < n; i++) memcpy(ids + (long)i * t->t, t->ids + (long)order[i] * t->t, sizeof(int) * t->t);
+    for (int i = 0; i < n; i++)
+        memcpy(ids + (long)i * t->t, t->ids + (long)order[i] * t->t, sizeof(int) * t->t);
     free(order);
     free(t->ids);
     t->ids = ids;
@@ -52,16 +53,18 @@ static void load_npy(TokenIds* out, const DataOpts* o) {
     int T = out->t;
     if (o->seq_len > 0) {
         if (o->seq_len > out->t)
-            fail_input("%s: --seq-len %d is longer than the %d tokens per row the file holds", o->path, o->seq_len,
-                       out->t);
+            fail_input("%s: --seq-len %d is longer than the %d tokens per row the file holds", o->path,
+                       o->seq_len, out->t);
         T = o->seq_len;
-        for (int i = 0; i < out->n; i++) memmove(out->ids + (long)i * T, out->ids + (long)i * out->t, sizeof(int) * T);
+        for (int i = 0; i < out->n; i++)
+            memmove(out->ids + (long)i * T, out->ids + (long)i * out->t, sizeof(int) * T);
         out->t = T;
     }
     if (T < 2) fail_input("%s: windows of %d token(s) leave nothing to predict; need at least 2", o->path, T);
     int rows = out->n;
     pick_windows(out, o);
-    info_msg("data: %s: %d of %d windows x %d tokens%s", o->path, out->n, rows, out->t, o->shuffle ? " (shuffled)" : "");
+    info_msg("data: %s: %d of %d windows x %d tokens%s", o->path, out->n, rows, out->t,
+             o->shuffle ? " (shuffled)" : "");
 }
 
 // The Qwen chat template for {"messages": [{"role", "content"}, ...]}.
@@ -86,8 +89,8 @@ static char* render_messages(const char* path, int line, json_t* msgs) {
     return s;
 }
 
-static void push_doc(Tokenizer* tk, IdVec* all, const char* text, size_t len, int eos, int* docs, const char* src,
-                     size_t base) {
+static void push_doc(Tokenizer* tk, IdVec* all, const char* text, size_t len, int eos, int* docs,
+                     const char* src, size_t base) {
     if (*docs > 0 && eos >= 0) idvec_push(all, eos);
     tok_encode(tk, text, len, all, src, base);
     (*docs)++;
@@ -115,11 +118,13 @@ static void load_text(TokenIds* out, const DataOpts* o, int jsonl) {
             if (n == 0) continue;
             json_error_t err;
             json_t* j = json_loadb(p, n, 0, &err);
-            if (!j || !json_is_object(j)) fail_input("%s:%d: not a JSON object (%s)", o->path, line, j ? "" : err.text);
+            if (!j || !json_is_object(j))
+                fail_input("%s:%d: not a JSON object (%s)", o->path, line, j ? "" : err.text);
             json_t* text = json_object_get(j, "text");
             json_t* msgs = json_object_get(j, "messages");
             if (json_is_string(text)) {
-                push_doc(tk, &all, json_string_value(text), json_string_length(text), o->eos, &docs, o->path, 0);
+                push_doc(tk, &all, json_string_value(text), json_string_length(text), o->eos, &docs, o->path,
+                         0);
             } else if (json_is_array(msgs)) {
                 char* r = render_messages(o->path, line, msgs);
                 push_doc(tk, &all, r, strlen(r), o->eos, &docs, o->path, 0);
@@ -134,8 +139,8 @@ static void load_text(TokenIds* out, const DataOpts* o, int jsonl) {
     int T = o->seq_len > 0 ? o->seq_len : DEFAULT_TEXT_SEQ_LEN;
     for (size_t i = 0; i < all.n; i++)
         if (all.ids[i] >= o->vocab)
-            fail_input("%s: token id %d from the tokenizer is outside the model's vocabulary (%d)", o->path, all.ids[i],
-                       o->vocab);
+            fail_input("%s: token id %d from the tokenizer is outside the model's vocabulary (%d)", o->path,
+                       all.ids[i], o->vocab);
     if (all.n < (size_t)T)
         fail_input("%s: %zu tokens are shorter than one window of --seq-len %d", o->path, all.n, T);
     int rows = (int)(all.n / (size_t)T);
@@ -144,15 +149,19 @@ static void load_text(TokenIds* out, const DataOpts* o, int jsonl) {
     out->ids = xmalloc(sizeof(int) * (size_t)rows * T);
     memcpy(out->ids, all.ids, sizeof(int) * (size_t)rows * T);
     pick_windows(out, o);
-    info_msg("data: %s: %zu tokens from %d document(s) -> %d windows of %d; using %d%s", o->path, all.n, docs, rows, T,
-             out->n, o->shuffle ? " (shuffled)" : "");
+    info_msg("data: %s: %zu tokens from %d document(s) -> %d windows of %d; using %d%s", o->path, all.n, docs,
+             rows, T, out->n, o->shuffle ? " (shuffled)" : "");
     idvec_free(&all);
     tok_free(tk);
 }
 
 void data_load(TokenIds* out, const DataOpts* o) {
-    if (ends_with(o->path, ".npy")) load_npy(out, o);
-    else if (ends_with(o->path, ".txt")) load_text(out, o, 0);
-    else if (ends_with(o->path, ".jsonl")) load_text(out, o, 1);
-    else fail_input("%s: unsupported --data type (expected .npy, .txt or .jsonl)", o->path);
+    if (ends_with(o->path, ".npy"))
+        load_npy(out, o);
+    else if (ends_with(o->path, ".txt"))
+        load_text(out, o, 0);
+    else if (ends_with(o->path, ".jsonl"))
+        load_text(out, o, 1);
+    else
+        fail_input("%s: unsupported --data type (expected .npy, .txt or .jsonl)", o->path);
 }

@@ -6,9 +6,9 @@ typedef struct {
     const char* path;
     const char* model_dir; // where tokenizer.json lives for text input
     int vocab;
-    int eos;              // joins documents of text input
-    int num_samples;      // 0: all
-    int seq_len;          // 0: as the file has it (npy) / required for text
+    int eos;         // joins documents of text input
+    int num_samples; // 0: all
+    int seq_len;     // 0: as the file has it (npy) / required for text
     int shuffle;
     unsigned long seed;
 } DataOpts;

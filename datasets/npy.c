@@ -41,9 +41,12 @@ void npy_read_ids(TokenIds* out, const char* path, int vocab) {
     hdr[hlen] = 0;
     const char* d = dict_field(path, hdr, "'descr'");
     int esize;
-    if (strncmp(d, "'<i8'", 5) == 0) esize = 8;
-    else if (strncmp(d, "'<i4'", 5) == 0) esize = 4;
-    else fail_input("%s: field 'descr' = %.8s: token ids must be int32 or int64 ('<i4' or '<i8')", path, d);
+    if (strncmp(d, "'<i8'", 5) == 0)
+        esize = 8;
+    else if (strncmp(d, "'<i4'", 5) == 0)
+        esize = 4;
+    else
+        fail_input("%s: field 'descr' = %.8s: token ids must be int32 or int64 ('<i4' or '<i8')", path, d);
     if (strncmp(dict_field(path, hdr, "'fortran_order'"), "False", 5) != 0)
         fail_input("%s: field 'fortran_order' must be False", path);
     const char* s = dict_field(path, hdr, "'shape'");
@@ -88,7 +91,8 @@ static void npy_write(const char* path, const void* data, const char* descr, int
     char dict[256], sh[128] = "";
     size_t numel = 1;
     for (int i = 0; i < ndim; i++) {
-        snprintf(sh + strlen(sh), sizeof(sh) - strlen(sh), "%ld%s", shape[i], ndim == 1 ? "," : (i + 1 < ndim ? ", " : ""));
+        snprintf(sh + strlen(sh), sizeof(sh) - strlen(sh), "%ld%s", shape[i],
+                 ndim == 1 ? "," : (i + 1 < ndim ? ", " : ""));
         numel *= (size_t)shape[i];
     }
     int n = snprintf(dict, sizeof(dict), "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, sh);

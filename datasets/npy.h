@@ -3,8 +3,8 @@
 #include <stdint.h>
 
 typedef struct {
-    int n, t;  // shape [N, T]
-    int* ids;  // (N, T)
+    int n, t; // shape [N, T]
+    int* ids; // (N, T)
 } TokenIds;
 
 // Reads a 2-D int32/int64 C-order array; exits 2 naming the file and field.

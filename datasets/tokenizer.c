@@ -115,7 +115,7 @@ struct Tokenizer {
     pcre2_match_data* md;
     int byte_id[256];
     uint8_t added_first[256]; // first bytes of added tokens: skip the scan elsewhere
-    int unicode_byte[512]; // byte-level alphabet code point -> byte, -1 if none
+    int unicode_byte[512];    // byte-level alphabet code point -> byte, -1 if none
     Cache cache;
 };
 
@@ -128,9 +128,7 @@ static void byte_alphabet(int* cp_of_byte) {
     }
 }
 
-static int encode_cp(int cp, char* out) {
-    return (int)utf8proc_encode_char(cp, (utf8proc_uint8_t*)out);
-}
+static int encode_cp(int cp, char* out) { return (int)utf8proc_encode_char(cp, (utf8proc_uint8_t*)out); }
 
 static const char* jstr(json_t* o, const char* k) {
     json_t* v = json_object_get(o, k);
@@ -157,7 +155,8 @@ static void check_supported(const char* path, json_t* root) {
                    jstr(norm, "type") ? jstr(norm, "type") : "?");
     json_t* dec = json_object_get(root, "decoder");
     if (dec && !json_is_null(dec) && !(jstr(dec, "type") && strcmp(jstr(dec, "type"), "ByteLevel") == 0))
-        fail_input("%s: decoder type '%s' is not supported (ByteLevel)", path, jstr(dec, "type") ? jstr(dec, "type") : "?");
+        fail_input("%s: decoder type '%s' is not supported (ByteLevel)", path,
+                   jstr(dec, "type") ? jstr(dec, "type") : "?");
 }
 
 // The pre-tokenizer must be Sequence[Split(regex, Isolated), ByteLevel(use_regex false)].
@@ -177,8 +176,8 @@ static const char* split_regex(const char* path, json_t* root) {
         fail_input("%s: pre_tokenizer Split behavior must be Isolated, not inverted", path);
     const char* re = jstr(json_object_get(sp, "pattern"), "Regex");
     if (!re) fail_input("%s: pre_tokenizer Split pattern must be a Regex", path);
-    if (!jstr(bl, "type") || strcmp(jstr(bl, "type"), "ByteLevel") != 0 || json_is_true(json_object_get(bl, "use_regex")) ||
-        json_is_true(json_object_get(bl, "add_prefix_space")))
+    if (!jstr(bl, "type") || strcmp(jstr(bl, "type"), "ByteLevel") != 0 ||
+        json_is_true(json_object_get(bl, "use_regex")) || json_is_true(json_object_get(bl, "add_prefix_space")))
         fail_input("%s: pre_tokenizer.pretokenizers[1] must be ByteLevel without regex or prefix space", path);
     return re;
 }
@@ -197,7 +196,8 @@ static void load_vocab(Tokenizer* t, const char* path, json_t* model, json_t* ad
     size_t ai;
     json_array_foreach(added, ai, v) {
         json_t* id = json_object_get(v, "id");
-        if (!json_is_integer(id) || !jstr(v, "content")) fail_input("%s: added_tokens[%zu] needs id and content", path, ai);
+        if (!json_is_integer(id) || !jstr(v, "content"))
+            fail_input("%s: added_tokens[%zu] needs id and content", path, ai);
         if (json_integer_value(id) + 1 > t->n_ids) t->n_ids = (int)json_integer_value(id) + 1;
     }
     t->id_str = xcalloc(t->n_ids, sizeof(char*));
@@ -250,7 +250,8 @@ static void load_merges(Tokenizer* t, const char* path, json_t* model) {
         char joined[2048];
         snprintf(joined, sizeof(joined), "%s%s", a, b);
         int ij = strmap_get(&t->vocab, joined, strlen(joined));
-        if (ia < 0 || ib < 0 || ij < 0) fail_input("%s: model.merges[%zu] ('%s' '%s') uses tokens not in the vocab", path, i, a, b);
+        if (ia < 0 || ib < 0 || ij < 0)
+            fail_input("%s: model.merges[%zu] ('%s' '%s') uses tokens not in the vocab", path, i, a, b);
         MergeSlot* s = merge_find(&t->merges, ia, ib);
         if (s->key) continue; // duplicate merge: the first (lowest rank) wins
         s->key = (((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib) + 1;
@@ -262,8 +263,10 @@ static void load_merges(Tokenizer* t, const char* path, json_t* model) {
 Tokenizer* tok_load(const char* path_in) {
     struct stat st;
     char* path = NULL;
-    if (stat(path_in, &st) == 0 && S_ISDIR(st.st_mode)) path = path_join(path_in, "tokenizer.json");
-    else path = xstrdup(path_in);
+    if (stat(path_in, &st) == 0 && S_ISDIR(st.st_mode))
+        path = path_join(path_in, "tokenizer.json");
+    else
+        path = xstrdup(path_in);
     json_error_t err;
     json_t* root = json_load_file(path, 0, &err);
     if (!root) fail_input("%s: cannot read tokenizer.json (line %d: %s)", path, err.line, err.text);
@@ -278,8 +281,8 @@ Tokenizer* tok_load(const char* path_in) {
     load_merges(t, path, json_object_get(root, "model"));
     int errcode;
     PCRE2_SIZE erroff;
-    t->re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &errcode,
-                          &erroff, NULL);
+    t->re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK,
+                          &errcode, &erroff, NULL);
     if (!t->re) fail_input("%s: pre_tokenizer regex does not compile at offset %zu", path, (size_t)erroff);
     pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE);
     t->md = pcre2_match_data_create_from_pattern(t->re, NULL);
@@ -493,7 +496,8 @@ void tok_encode(Tokenizer* t, const char* s, size_t n, IdVec* out, const char* s
         if (t->added_first[(unsigned char)s[i]]) {
             for (int a = 0; a < t->n_added; a++) {
                 int L = t->added[a].len;
-                if (L > blen && (size_t)L <= n - i && memcmp(s + i, t->added[a].content, L) == 0) best = a, blen = L;
+                if (L > blen && (size_t)L <= n - i && memcmp(s + i, t->added[a].content, L) == 0)
+                    best = a, blen = L;
             }
         }
         if (best < 0) {
@@ -512,7 +516,8 @@ char* tok_decode(const Tokenizer* t, const int* ids, size_t n, size_t* len) {
     size_t cap = 64 + n * 8, k = 0;
     char* out = xmalloc(cap);
     for (size_t i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= t->n_ids || !t->id_str[ids[i]]) fail_input("decode: id %d is not in the vocabulary", ids[i]);
+        if (ids[i] < 0 || ids[i] >= t->n_ids || !t->id_str[ids[i]])
+            fail_input("decode: id %d is not in the vocabulary", ids[i]);
         const char* s = t->id_str[ids[i]];
         size_t sl = strlen(s);
         if (k + sl + 8 > cap) {
@@ -526,7 +531,8 @@ char* tok_decode(const Tokenizer* t, const int* ids, size_t n, size_t* len) {
         }
         for (size_t j = 0; j < sl;) {
             utf8proc_int32_t cp;
-            utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t*)s + j, (utf8proc_ssize_t)(sl - j), &cp);
+            utf8proc_ssize_t r =
+                utf8proc_iterate((const utf8proc_uint8_t*)s + j, (utf8proc_ssize_t)(sl - j), &cp);
             if (r <= 0) break;
             j += (size_t)r;
             out[k++] = (char)(cp >= 0 && cp < 512 && t->unicode_byte[cp] >= 0 ? t->unicode_byte[cp] : '?');

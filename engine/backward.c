@@ -27,7 +27,8 @@ void grad_init(GradState* g, const Model* m, int T) {
 }
 
 void grad_free(GradState* g) {
-    float* ps[] = {g->dh, g->dh2, g->da, g->dq, g->dk, g->dv, g->datt, g->dm, g->dg, g->du, g->dact, g->dlogits};
+    float* ps[] = {g->dh,   g->dh2, g->da, g->dq, g->dk,   g->dv,
+                   g->datt, g->dm,  g->dg, g->du, g->dact, g->dlogits};
     for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++) free(ps[i]);
 }
 

@@ -31,9 +31,8 @@ static void acts_alloc(LayerActs* a, const Config* c, int T) {
 }
 
 static void acts_free(LayerActs* a) {
-    float* ps[] = {a->h_in, a->a,   a->rstd_in, a->q_lin, a->k_lin, a->q_rstd,    a->k_rstd,
-                   a->q,    a->k,   a->v,       a->att,   a->lse,   a->h_mid,     a->m,
-                   a->rstd_post, a->g, a->u, a->act};
+    float* ps[] = {a->h_in, a->a,   a->rstd_in, a->q_lin, a->k_lin, a->q_rstd,    a->k_rstd, a->q, a->k,
+                   a->v,    a->att, a->lse,     a->h_mid, a->m,     a->rstd_post, a->g,      a->u, a->act};
     for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++) free(ps[i]);
 }
 
@@ -51,8 +50,10 @@ void run_init(RunState* s, const Model* m, int T, int save) {
     s->acts = xcalloc(c->num_layers, sizeof(LayerActs));
     acts_alloc(&s->acts[0], c, T);
     for (int l = 1; l < c->num_layers; l++) {
-        if (save) acts_alloc(&s->acts[l], c, T);
-        else s->acts[l] = s->acts[0];
+        if (save)
+            acts_alloc(&s->acts[l], c, T);
+        else
+            s->acts[l] = s->acts[0];
     }
     // Without save the stream is updated in place: layer l's output is layer l+1's input.
     s->h_final = save ? falloc((long)T * c->hidden_size) : s->acts[0].h_in;

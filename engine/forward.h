@@ -34,13 +34,13 @@ typedef struct {
 
 typedef struct {
     int T;
-    int save;         // keep every layer's activations (needed by backward and prefix reuse)
-    LayerActs* acts;  // (L); without save every entry shares one set of buffers
-    float* h_final;   // (T, D)
-    float* hf;        // (T, D) final norm output
-    float* rstd_f;    // (T)
-    float* logits;    // (T, V)
-    float* xq;        // (T, max in) quantized input scratch
+    int save;        // keep every layer's activations (needed by backward and prefix reuse)
+    LayerActs* acts; // (L); without save every entry shares one set of buffers
+    float* h_final;  // (T, D)
+    float* hf;       // (T, D) final norm output
+    float* rstd_f;   // (T)
+    float* logits;   // (T, V)
+    float* xq;       // (T, max in) quantized input scratch
     RopeTable rope;
 } RunState;
 

@@ -67,15 +67,17 @@ static void fill(uint16_t* out, const GenTensor* t, uint64_t seed, const GenPres
 }
 
 void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) fail_input("%s: cannot create folder: %s", dir, strerror(errno));
-    int L = p->layers, D = p->hidden, I = p->inter, qd = p->heads * p->head_dim, kvd = p->kv_heads * p->head_dim;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        fail_input("%s: cannot create folder: %s", dir, strerror(errno));
+    int L = p->layers, D = p->hidden, I = p->inter, qd = p->heads * p->head_dim,
+        kvd = p->kv_heads * p->head_dim;
     int nt = 0;
     GenTensor* ts = xcalloc(11 * L + 3, sizeof(GenTensor));
-#define ADD(R, C, K, S, LY, ...)                                                                                  \
-    do {                                                                                                          \
-        GenTensor* t = &ts[nt++];                                                                                 \
-        snprintf(t->name, sizeof(t->name), __VA_ARGS__);                                                          \
-        t->rows = R, t->cols = C, t->kind = K, t->std = S, t->layer = LY;                                         \
+#define ADD(R, C, K, S, LY, ...)                                                                               \
+    do {                                                                                                       \
+        GenTensor* t = &ts[nt++];                                                                              \
+        snprintf(t->name, sizeof(t->name), __VA_ARGS__);                                                       \
+        t->rows = R, t->cols = C, t->kind = K, t->std = S, t->layer = LY;                                      \
     } while (0)
     ADD(p->vocab, D, 0, 0.05f, -1, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
@@ -103,10 +105,12 @@ void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed) {
     for (int i = 0; i < nt; i++) {
         size_t nb = (size_t)ts[i].rows * (ts[i].cols ? ts[i].cols : 1) * 2;
         if (ts[i].cols)
-            hl += snprintf(hdr + hl, cap - hl, ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld,%ld],\"data_offsets\":[%zu,%zu]}",
+            hl += snprintf(hdr + hl, cap - hl,
+                           ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld,%ld],\"data_offsets\":[%zu,%zu]}",
                            ts[i].name, ts[i].rows, ts[i].cols, off, off + nb);
         else
-            hl += snprintf(hdr + hl, cap - hl, ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld],\"data_offsets\":[%zu,%zu]}",
+            hl += snprintf(hdr + hl, cap - hl,
+                           ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld],\"data_offsets\":[%zu,%zu]}",
                            ts[i].name, ts[i].rows, off, off + nb);
         off += nb;
     }
@@ -159,8 +163,10 @@ void gen_ids(int* ids, int n, int t, int vocab, uint64_t seed) {
         for (int j = 0; j < t; j++) {
             ids[(long)i * t + j] = cur;
             uint64_t r = rng_next(&s);
-            if (r % 8 == 0) cur = (int)((r >> 8) % (uint64_t)vocab);
-            else cur = (int)(((uint64_t)cur * 2654435761ull + (r >> 3) % 4 * 7919ull) % (uint64_t)vocab);
+            if (r % 8 == 0)
+                cur = (int)((r >> 8) % (uint64_t)vocab);
+            else
+                cur = (int)(((uint64_t)cur * 2654435761ull + (r >> 3) % 4 * 7919ull) % (uint64_t)vocab);
         }
     }
 }

@@ -22,7 +22,8 @@ void gpu_engine_free(GpuEngine* e);
 // Unquantized logits of nb windows (host ids (nb, T)) copied to host (nb*T, V).
 void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits);
 // Adds the kl scores of nb windows to score (nf, groups->n) on the host.
-void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb, double* score);
+void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
+                  double* score);
 // Adds the gradient scores of nb windows; returns the summed per-window mean CE.
 double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
                           double* score);

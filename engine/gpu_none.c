@@ -11,8 +11,11 @@ GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     fail_input("--device cuda: this autoq was built without CUDA (nvcc not found at build time)");
 }
 void gpu_engine_free(GpuEngine* e) { (void)e; }
-void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) { (void)e, (void)ids, (void)nb, (void)logits; }
-void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb, double* score) {
+void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) {
+    (void)e, (void)ids, (void)nb, (void)logits;
+}
+void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
+                  double* score) {
     (void)e, (void)gs, (void)fmts, (void)nf, (void)ids, (void)nb, (void)score;
 }
 double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,

@@ -118,11 +118,12 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     e->lm_head = st_find(&m->ck, "lm_head.weight") ? upload(e, "lm_head.weight") : e->embed;
     for (int l = 0; l < c->num_layers; l++) {
         GpuLayer* g = &e->layers[l];
-        __nv_bfloat16** dst[11] = {&g->w_in, &g->q, &g->k, &g->v, &g->o, &g->q_norm, &g->k_norm, &g->w_post,
-                                   &g->gate, &g->up, &g->down};
-        const char* part[11] = {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
-                                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+        __nv_bfloat16** dst[11] = {&g->w_in,   &g->q,      &g->k,    &g->v,  &g->o,   &g->q_norm,
+                                   &g->k_norm, &g->w_post, &g->gate, &g->up, &g->down};
+        const char* part[11] = {
+            "input_layernorm",  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+            "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
+            "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
         for (int i = 0; i < 11; i++) {
             snprintf(name, sizeof(name), "%slayers.%d.%s.weight", P, l, part[i]);
             *dst[i] = upload(e, name);
@@ -217,11 +218,12 @@ extern "C" size_t gpu_peak_bytes(GpuEngine* e) { return e->free0 - e->min_free; 
 static void gemm_bf16(GpuEngine* e, float* y, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
                       const __nv_bfloat16* w, int M, int K, int N) {
     const float one = 1.0f, zero = 0.0f;
-    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, hi, CUDA_R_16BF,
-                             K, &zero, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, hi,
+                             CUDA_R_16BF, K, &zero, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (lo)
         cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, lo,
-                                 CUDA_R_16BF, K, &one, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                 CUDA_R_16BF, K, &one, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
 }
 
 // The quantized linear as an exact integer GEMM: int8 inputs and weights,
@@ -230,7 +232,8 @@ static void gemm_int8(GpuEngine* e, float* y, const float* x, int j, int M, int 
     gpu_quant_rows_f32(e->xq, e->sx, x, M, K, e->in_spec);
     const int32_t one = 1, zero = 0;
     cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, e->wq[j], CUDA_R_8I, K, e->xq,
-                             CUDA_R_8I, K, &zero, e->acc, CUDA_R_32I, N, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT));
+                             CUDA_R_8I, K, &zero, e->acc, CUDA_R_32I, N, CUBLAS_COMPUTE_32I,
+                             CUBLAS_GEMM_DEFAULT));
     gpu_dequant(y, e->acc, e->sx, e->sw[j], M, N);
 }
 
@@ -252,16 +255,17 @@ static void linear(GpuEngine* e, int idx, float* y, const float* x, const __nv_b
 // One batched call per (sample, r): heads kv*rep + r of every kv head. With split,
 // X Y^T over hi + lo pairs is hi.hi + hi.lo + lo.hi (lo.lo is below 2^-16).
 static void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
-                     const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, long lda, long sa, const __nv_bfloat16* B_hi,
-                     const __nv_bfloat16* B_lo, long ldb, long sb, float* C, long ldc, long sc, int batch, float beta0) {
+                     const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, long lda, long sa,
+                     const __nv_bfloat16* B_hi, const __nv_bfloat16* B_lo, long ldb, long sb, float* C,
+                     long ldc, long sc, int batch, float beta0) {
     const __nv_bfloat16* As[3] = {A_hi, A_hi, A_lo};
     const __nv_bfloat16* Bs[3] = {B_hi, B_lo, B_hi};
     int n_terms = e->split ? 3 : 1;
     for (int i = 0; i < n_terms; i++) {
         float beta = i ? 1.0f : beta0;
         cublasCheck(cublasGemmStridedBatchedEx(e->blas, ta, tb, m, n, k, &alpha, As[i], CUDA_R_16BF, lda, sa,
-                                               Bs[i], CUDA_R_16BF, ldb, sb, &beta, C, CUDA_R_32F, ldc, sc, batch,
-                                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                               Bs[i], CUDA_R_16BF, ldb, sb, &beta, C, CUDA_R_32F, ldc, sc,
+                                               batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 }
 
@@ -273,13 +277,13 @@ static void attention(GpuEngine* e, int M) {
     for (int b = 0; b < M / T; b++) {
         long qo = (long)b * T * qd, ko = (long)b * T * kvd;
         for (int r = 0; r < rep; r++) // S^T (col-major) = K_h . Q_h^T
-            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16 + ko, e->split ? e->k_lo + ko : NULL, kvd, hd,
-                     e->q16 + qo + (long)r * hd, e->split ? e->q_lo + qo + (long)r * hd : NULL, qd, (long)rep * hd,
-                     e->S + (long)r * TT, T, (long)rep * TT, KV, 0.0f);
+            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16 + ko, e->split ? e->k_lo + ko : NULL,
+                     kvd, hd, e->q16 + qo + (long)r * hd, e->split ? e->q_lo + qo + (long)r * hd : NULL, qd,
+                     (long)rep * hd, e->S + (long)r * TT, T, (long)rep * TT, KV, 0.0f);
         gpu_causal_softmax((bf16_t*)e->P, (bf16_t*)e->P_lo, e->lse, e->S, H, T);
         for (int r = 0; r < rep; r++) // O_h^T (col-major) = V_h^T . P_h^T
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16 + ko, e->split ? e->v_lo + ko : NULL, kvd, hd,
-                     e->P + (long)r * TT, e->split ? e->P_lo + (long)r * TT : NULL, T, (long)rep * TT,
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16 + ko, e->split ? e->v_lo + ko : NULL,
+                     kvd, hd, e->P + (long)r * TT, e->split ? e->P_lo + (long)r * TT : NULL, T, (long)rep * TT,
                      e->att + qo + (long)r * hd, qd, (long)rep * hd, KV, 0.0f);
     }
 }
@@ -298,8 +302,10 @@ static void layer_forward(GpuEngine* e, int l, int M) {
     // q_lin, k_lin stay for the backward; the norm and RoPE work on copies
     cudaCheck(cudaMemcpyAsync(e->q, e->q_lin, 4L * M * H * hd, cudaMemcpyDeviceToDevice));
     cudaCheck(cudaMemcpyAsync(e->k, e->k_lin, 4L * M * KV * hd, cudaMemcpyDeviceToDevice));
-    gpu_qk_norm_rope(e->q, NULL, e->q_rstd, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd, c->rms_eps);
-    gpu_qk_norm_rope(e->k, NULL, e->k_rstd, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd, c->rms_eps);
+    gpu_qk_norm_rope(e->q, NULL, e->q_rstd, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd,
+                     c->rms_eps);
+    gpu_qk_norm_rope(e->k, NULL, e->k_rstd, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd,
+                     c->rms_eps);
     gpu_split_bf16((bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q, (long)M * H * hd);
     gpu_split_bf16((bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k, (long)M * KV * hd);
     gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
@@ -380,9 +386,11 @@ extern "C" void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts,
             const Group* g = &gs->g[gi];
             if (g->disabled) continue;
             set_group(e, g, &fmts[f]);
-            cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (long)g->layer * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+            cudaCheck(
+                cudaMemcpyAsync(e->h, e->hsave + (long)g->layer * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
             forward_from(e, g->layer, M, e->logits, 0);
-            gpu_kl_rows(e->dscore + (long)f * gs->n + gi, e->kl_scratch, e->ref_logits, e->logits, M, c->vocab_size);
+            gpu_kl_rows(e->dscore + (long)f * gs->n + gi, e->kl_scratch, e->ref_logits, e->logits, M,
+                        c->vocab_size);
         }
     e->nq = 0;
     double* h = (double*)xmalloc(sizeof(double) * nf * gs->n);
@@ -425,14 +433,16 @@ static void grad_alloc(GpuEngine* e) {
 }
 
 // dX (M, K) (+)= dY (M, N) . W (N, K), dY given as bf16 hi + lo.
-static void gemm_bwd(GpuEngine* e, float* dx, const __nv_bfloat16* hi, const __nv_bfloat16* lo, const __nv_bfloat16* w,
-                     int M, int K, int N, float beta) {
+static void gemm_bwd(GpuEngine* e, float* dx, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
+                     const __nv_bfloat16* w, int M, int K, int N, float beta) {
     const float one = 1.0f;
-    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, hi, CUDA_R_16BF, N,
-                             &beta, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, hi,
+                             CUDA_R_16BF, N, &beta, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT));
     if (lo)
-        cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, lo, CUDA_R_16BF,
-                                 N, &one, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, lo,
+                                 CUDA_R_16BF, N, &one, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
 }
 
 static void split_dy(GpuEngine* e, const float* dy, long n) {
@@ -446,14 +456,15 @@ typedef struct {
 } GradJob;
 
 // Adds (dY . (Yq - Y))^2 of linear idx for every format; X is its input in the unquantized pass.
-static void grad_linear(GpuEngine* e, const GradJob* job, int idx, const float* dy, const float* x, const float* y,
-                        int M) {
+static void grad_linear(GpuEngine* e, const GradJob* job, int idx, const float* dy, const float* x,
+                        const float* y, int M) {
     int g = job->gs->group_of[idx];
     if (job->gs->g[g].disabled) return;
     const Linear* l = &e->m->linears[idx];
     for (int f = 0; f < job->nf; f++) {
         const Format* fm = &job->fmts[f];
-        if (!fm->in_enable || !fm->w_enable) fail_other("CUDA path: formats need both quantizers (as w4a8, w8a8)");
+        if (!fm->in_enable || !fm->w_enable)
+            fail_other("CUDA path: formats need both quantizers (as w4a8, w8a8)");
         e->in_spec = fm->in;
         gpu_quant_rows_bf16(e->wq[0], e->sw[0], (const bf16_t*)weight_of(e, idx), l->out, l->in, fm->w);
         gemm_int8(e, e->yq, x, 0, M, l->in, l->out);
@@ -476,21 +487,22 @@ static void attention_backward(GpuEngine* e, int M) {
                      e->q16 + qo + r * hd, LO(e->q_lo, qo + r * hd), qd, (long)rep * hd, e->S + r * TT, T,
                      (long)rep * TT, KV, 0.0f);
             att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, e->v16 + ko, LO(e->v_lo, ko), kvd, hd,
-                     e->datt16 + qo + r * hd, LO(e->datt_lo, qo + r * hd), qd, (long)rep * hd, e->dP + r * TT, T,
-                     (long)rep * TT, KV, 0.0f);
+                     e->datt16 + qo + r * hd, LO(e->datt_lo, qo + r * hd), qd, (long)rep * hd, e->dP + r * TT,
+                     T, (long)rep * TT, KV, 0.0f);
         }
-        gpu_attention_ds((bf16_t*)e->P, sp ? (bf16_t*)e->P_lo : NULL, (bf16_t*)e->dS16, sp ? (bf16_t*)e->dS_lo : NULL,
-                         e->S, e->dP, H, T, scale);
+        gpu_attention_ds((bf16_t*)e->P, sp ? (bf16_t*)e->P_lo : NULL, (bf16_t*)e->dS16,
+                         sp ? (bf16_t*)e->dS_lo : NULL, e->S, e->dP, H, T, scale);
         for (int r = 0; r < rep; r++) {
             float beta = r ? 1.0f : 0.0f; // query heads of one kv head add into its dk, dv
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->k16 + ko, LO(e->k_lo, ko), kvd, hd, e->dS16 + r * TT,
-                     LO(e->dS_lo, r * TT), T, (long)rep * TT, e->dq + qo + r * hd, qd, (long)rep * hd, KV, 0.0f);
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->q16 + qo + r * hd, LO(e->q_lo, qo + r * hd), qd,
-                     (long)rep * hd, e->dS16 + r * TT, LO(e->dS_lo, r * TT), T, (long)rep * TT, e->dk + ko, kvd, hd, KV,
-                     beta);
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->datt16 + qo + r * hd, LO(e->datt_lo, qo + r * hd),
-                     qd, (long)rep * hd, e->P + r * TT, LO(e->P_lo, r * TT), T, (long)rep * TT, e->dv + ko, kvd, hd, KV,
-                     beta);
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->k16 + ko, LO(e->k_lo, ko), kvd, hd,
+                     e->dS16 + r * TT, LO(e->dS_lo, r * TT), T, (long)rep * TT, e->dq + qo + r * hd, qd,
+                     (long)rep * hd, KV, 0.0f);
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->q16 + qo + r * hd,
+                     LO(e->q_lo, qo + r * hd), qd, (long)rep * hd, e->dS16 + r * TT, LO(e->dS_lo, r * TT), T,
+                     (long)rep * TT, e->dk + ko, kvd, hd, KV, beta);
+            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->datt16 + qo + r * hd,
+                     LO(e->datt_lo, qo + r * hd), qd, (long)rep * hd, e->P + r * TT, LO(e->P_lo, r * TT), T,
+                     (long)rep * TT, e->dv + ko, kvd, hd, KV, beta);
         }
 #undef LO
     }
@@ -518,8 +530,10 @@ static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
     split_dy(e, e->dh, (long)M * D);
     gemm_bwd(e, e->datt, e->dy16, e->split ? e->dy_lo : NULL, w->o, M, qd, D, 0.0f);
     attention_backward(e, M);
-    gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T, H, hd);
-    gpu_qk_norm_rope_backward(e->dk, e->k_lin, (const bf16_t*)w->k_norm, e->k_rstd, e->cos_t, e->sin_t, M, e->T, KV, hd);
+    gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T,
+                              H, hd);
+    gpu_qk_norm_rope_backward(e->dk, e->k_lin, (const bf16_t*)w->k_norm, e->k_rstd, e->cos_t, e->sin_t, M, e->T,
+                              KV, hd);
     grad_linear(e, job, base + LIN_Q, e->dq, e->a, e->q_lin, M);
     grad_linear(e, job, base + LIN_K, e->dk, e->a, e->k_lin, M);
     grad_linear(e, job, base + LIN_V, e->dv, e->a, e->v, M);
@@ -544,8 +558,8 @@ extern "C" double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Forma
     e->nq = 0;
     embed(e, ids, nb);
     forward_from(e, 0, M, e->logits, 1);
-    gpu_cross_entropy_backward((bf16_t*)e->dlog16, e->split ? (bf16_t*)e->dlog_lo : NULL, e->loss_rows, e->logits,
-                               e->ids, M, e->T, (int)V);
+    gpu_cross_entropy_backward((bf16_t*)e->dlog16, e->split ? (bf16_t*)e->dlog_lo : NULL, e->loss_rows,
+                               e->logits, e->ids, M, e->T, (int)V);
     gemm_bwd(e, e->dm, e->dlog16, e->split ? e->dlog_lo : NULL, e->lm_head, M, (int)D, (int)V, 0.0f);
     gpu_rmsnorm_backward(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->f_rstd, M, (int)D, 0);
     for (int l = L - 1; l >= 0; l--) {

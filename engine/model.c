@@ -45,8 +45,10 @@ static void check_tensor(const Model* m, const Want* w, const StTensor* t) {
         for (int i = 0; i < t->ndim && i < 4; i++)
             snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%lld", i ? ", " : "",
                      (long long)t->shape[i]);
-        if (w->ndim == 1) snprintf(exp, sizeof(exp), "%lld", (long long)w->shape[0]);
-        else snprintf(exp, sizeof(exp), "%lld, %lld", (long long)w->shape[0], (long long)w->shape[1]);
+        if (w->ndim == 1)
+            snprintf(exp, sizeof(exp), "%lld", (long long)w->shape[0]);
+        else
+            snprintf(exp, sizeof(exp), "%lld, %lld", (long long)w->shape[0], (long long)w->shape[1]);
         fail_input("%s: tensor '%s' has shape [%s] but config.json implies [%s]", t->file, w->name, got, exp);
     }
 }
@@ -99,7 +101,7 @@ static void load(Model* m, const char* dir, int convert) {
     m->linears = xcalloc(m->n_linears, sizeof(Linear));
     for (int l = 0; l < L; l++) {
         LayerWeights* lw = &m->layers[l];
-        float* ws[LIN_PER_LAYER] = {lw->q_proj, lw->k_proj, lw->v_proj, lw->o_proj,
+        float* ws[LIN_PER_LAYER] = {lw->q_proj,    lw->k_proj,  lw->v_proj,   lw->o_proj,
                                     lw->gate_proj, lw->up_proj, lw->down_proj};
         int outs[LIN_PER_LAYER] = {qd, kvd, kvd, D, I, I, D};
         int ins[LIN_PER_LAYER] = {D, D, D, qd, D, D, I};
@@ -122,7 +124,7 @@ void model_open(Model* m, const char* dir) { load(m, dir, 0); }
 void model_free(Model* m) {
     for (int l = 0; l < m->c.num_layers; l++) {
         LayerWeights* lw = &m->layers[l];
-        float* ps[] = {lw->w_in, lw->q_proj, lw->k_proj, lw->v_proj, lw->o_proj, lw->q_norm,
+        float* ps[] = {lw->w_in,   lw->q_proj, lw->k_proj,    lw->v_proj,  lw->o_proj,   lw->q_norm,
                        lw->k_norm, lw->w_post, lw->gate_proj, lw->up_proj, lw->down_proj};
         for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++) free(ps[i]);
     }

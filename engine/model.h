@@ -23,9 +23,9 @@ typedef struct {
 typedef struct {
     char name[160]; // Hugging Face module name, e.g. model.layers.3.mlp.up_proj
     int layer;
-    int kind;     // LIN_*
-    int out, in;  // weight is (out, in)
-    float* w;     // points into LayerWeights
+    int kind;    // LIN_*
+    int out, in; // weight is (out, in)
+    float* w;    // points into LayerWeights
 } Linear;
 
 typedef struct {
@@ -38,7 +38,7 @@ typedef struct {
     LayerWeights* layers;
     int n_linears; // 7 L
     Linear* linears;
-    int n_visual;  // tensors under model.visual.* (listed, never loaded)
+    int n_visual; // tensors under model.visual.* (listed, never loaded)
     size_t n_params;
     int host_weights; // fp32 copies present
 } Model;

@@ -16,9 +16,9 @@ static const struct {
     DType dt;
     int size;
 } k_dtypes[] = {
-    {"BF16", DT_BF16, 2}, {"F16", DT_F16, 2},  {"F32", DT_F32, 4},        {"F64", DT_F64, 8},
-    {"I64", DT_I64, 8},   {"I32", DT_I32, 4},  {"I16", DT_I16, 2},        {"I8", DT_I8, 1},
-    {"U8", DT_U8, 1},     {"BOOL", DT_BOOL, 1}, {"F8_E4M3", DT_F8, 1},    {"F8_E5M2", DT_F8, 1},
+    {"BF16", DT_BF16, 2}, {"F16", DT_F16, 2},   {"F32", DT_F32, 4},    {"F64", DT_F64, 8},
+    {"I64", DT_I64, 8},   {"I32", DT_I32, 4},   {"I16", DT_I16, 2},    {"I8", DT_I8, 1},
+    {"U8", DT_U8, 1},     {"BOOL", DT_BOOL, 1}, {"F8_E4M3", DT_F8, 1}, {"F8_E5M2", DT_F8, 1},
 };
 #define N_DTYPES (int)(sizeof(k_dtypes) / sizeof(k_dtypes[0]))
 
@@ -170,7 +170,8 @@ static void open_index(StCheckpoint* ck, const char* dir, const char* index_path
     json_object_foreach(wm, key, val) {
         if (!json_is_string(val)) fail_input("%s: weight_map['%s'] is not a file name", index_path, key);
         const char* s = json_string_value(val);
-        if (strchr(s, '/')) fail_input("%s: weight_map['%s'] names a path outside the model folder", index_path, key);
+        if (strchr(s, '/'))
+            fail_input("%s: weight_map['%s'] names a path outside the model folder", index_path, key);
         int seen = 0;
         for (int i = 0; i < nsh; i++) seen |= strcmp(shards[i], s) == 0;
         if (!seen) shards[nsh++] = s;
@@ -187,8 +188,9 @@ static void open_index(StCheckpoint* ck, const char* dir, const char* index_path
     finish(ck);
     json_object_foreach(wm, key, val) {
         const StTensor* t = st_find(ck, key);
-        if (!t) fail_input("%s: tensor '%s' is listed in weight_map but missing from %s", index_path, key,
-                           json_string_value(val));
+        if (!t)
+            fail_input("%s: tensor '%s' is listed in weight_map but missing from %s", index_path, key,
+                       json_string_value(val));
     }
     free(shards);
     json_decref(root);
@@ -229,7 +231,9 @@ void st_to_f32(const StTensor* t, float* out) {
     const uint8_t* d = t->data;
     uint16_t h;
     switch (t->dtype) {
-    case DT_F32: memcpy(out, d, n * 4); break;
+    case DT_F32:
+        memcpy(out, d, n * 4);
+        break;
     case DT_BF16:
         for (size_t i = 0; i < n; i++) {
             memcpy(&h, d + 2 * i, 2);

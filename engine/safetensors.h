@@ -14,7 +14,7 @@ typedef struct {
     int64_t shape[8];
     const uint8_t* data; // into the mmap
     size_t nbytes;
-    const char* file;    // owning shard path
+    const char* file; // owning shard path
 } StTensor;
 
 typedef struct {

@@ -223,8 +223,7 @@ static void progress_draw(Progress* p, double now) {
     char bar[64];
     for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
     bar[width] = 0;
-    fprintf(stderr, "\r%s [%s] %ld/%ld %.2f/s ETA %.0fs ", p->label, bar, p->done, p->total, rate,
-            eta);
+    fprintf(stderr, "\r%s [%s] %ld/%ld %.2f/s ETA %.0fs ", p->label, bar, p->done, p->total, rate, eta);
 }
 
 void progress_step(Progress* p, long n) {

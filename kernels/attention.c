@@ -39,8 +39,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
                 lse[(long)h * T + t] = m + logf(sum);
             }
             // out_h (T, hd; stride H*hd) = P (T, T) . v_h (T, hd; stride KV*hd)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T, v + (long)kh * hd, KV * hd,
-                        0.0f, out + (long)h * hd, H * hd);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T, v + (long)kh * hd,
+                        KV * hd, 0.0f, out + (long)h * hd, H * hd);
         }
         free(s);
     }
@@ -70,7 +70,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                 const float* qq = q + (long)h * hd;
                 const float* dd = dout + (long)h * hd;
                 scores(p, qq, ldq, kk, ldk, T, hd, scale);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dd, ldq, vv, ldk, 0.0f, dp, T);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dd, ldq, vv, ldk, 0.0f, dp,
+                            T);
                 for (int t = 0; t < T; t++) {
                     float* pr = p + (long)t * T;
                     float* dr = dp + (long)t * T;

@@ -5,47 +5,14 @@
 #include "cuda_common.cuh"
 #include "gpu.h"
 
-__device__ double bsum_d(double v) {
-    __shared__ double warp[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : 0.0;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    __shared__ double res;
-    if (threadIdx.x == 0) res = v;
-    __syncthreads();
-    return res;
-}
-
-__device__ float bmax_f(float v) {
-    __shared__ float warp[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : -INFINITY;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    __shared__ float res;
-    if (threadIdx.x == 0) res = v;
-    __syncthreads();
-    return res;
-}
-
 __global__ void rmsnorm_bwd_kernel(float* dx, const float* dout, const float* x, const __nv_bfloat16* w,
                                    const float* rstd, int C, int accumulate) {
     long base = (long)blockIdx.x * C;
     float r = rstd[blockIdx.x];
     double dot = 0.0;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) dot += (double)(__bfloat162float(w[j]) * dout[base + j]) * x[base + j];
-    dot = bsum_d(dot);
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        dot += (double)(__bfloat162float(w[j]) * dout[base + j]) * x[base + j];
+    dot = block_sum(dot);
     float c = (float)(dot * r * r * r / C);
     for (int j = threadIdx.x; j < C; j += blockDim.x) {
         float g = __bfloat162float(w[j]) * dout[base + j] * r - x[base + j] * c;
@@ -77,7 +44,8 @@ __global__ void qk_norm_rope_bwd_kernel(float* d, const float* xlin, const __nv_
     d[o + i + half] = wb * gb * r - xb * cc;
 }
 
-__global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const float* g, const float* u, long n) {
+__global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const float* g, const float* u,
+                                  long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= n) return;
     float sig = 1.0f / (1.0f + expf(-g[i]));
@@ -87,8 +55,8 @@ __global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const
 
 // One block per row of logits: loss of the next token and d(mean CE of the sample)/d(logits),
 // written as bf16 hi + lo halves for the lm_head backward GEMM. The last row of each window is zero.
-__global__ void ce_bwd_kernel(__nv_bfloat16* dhi, __nv_bfloat16* dlo, double* loss, const float* logits, const int* ids,
-                              int T, int V) {
+__global__ void ce_bwd_kernel(__nv_bfloat16* dhi, __nv_bfloat16* dlo, double* loss, const float* logits,
+                              const int* ids, int T, int V) {
     long row = blockIdx.x;
     int t = (int)(row % T);
     const float* x = logits + row * V;
@@ -104,10 +72,10 @@ __global__ void ce_bwd_kernel(__nv_bfloat16* dhi, __nv_bfloat16* dlo, double* lo
     }
     float m = -INFINITY;
     for (int v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, x[v]);
-    m = bmax_f(m);
+    m = block_max(m);
     double s = 0.0;
     for (int v = threadIdx.x; v < V; v += blockDim.x) s += expf(x[v] - m);
-    s = bsum_d(s);
+    s = block_sum(s);
     float lse = m + (float)log(s), inv_n = 1.0f / (T - 1);
     int y = ids[row + 1];
     for (int v = threadIdx.x; v < V; v += blockDim.x) {
@@ -121,20 +89,20 @@ __global__ void ce_bwd_kernel(__nv_bfloat16* dhi, __nv_bfloat16* dlo, double* lo
 
 // dS = P (dP - rowsum(P dP)) * scale from the recomputed scores s (masked, softmax in place)
 // and dP; writes P and dS as bf16 hi + lo. One block per (head, t).
-__global__ void attn_ds_kernel(__nv_bfloat16* p_hi, __nv_bfloat16* p_lo, __nv_bfloat16* ds_hi, __nv_bfloat16* ds_lo,
-                               const float* s, const float* dp, int T, float scale) {
+__global__ void attn_ds_kernel(__nv_bfloat16* p_hi, __nv_bfloat16* p_lo, __nv_bfloat16* ds_hi,
+                               __nv_bfloat16* ds_lo, const float* s, const float* dp, int T, float scale) {
     int h = blockIdx.x / T, t = blockIdx.x % T;
     long o = ((long)h * T + t) * T;
     float m = -INFINITY;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) m = fmaxf(m, s[o + j]);
-    m = bmax_f(m);
+    m = block_max(m);
     double sum = 0.0;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) sum += expf(s[o + j] - m);
-    sum = bsum_d(sum);
+    sum = block_sum(sum);
     float inv = (float)(1.0 / sum);
     double D = 0.0;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) D += (double)(expf(s[o + j] - m) * inv) * dp[o + j];
-    D = bsum_d(D);
+    D = block_sum(D);
     for (int j = threadIdx.x; j < T; j += blockDim.x) {
         float p = j <= t ? expf(s[o + j] - m) * inv : 0.0f;
         float g = j <= t ? p * (dp[o + j] - (float)D) * scale : 0.0f;
@@ -153,30 +121,33 @@ __global__ void grad_score_kernel(double* part, const float* dy, const float* yq
         double d = (double)dy[i] * ((double)yq[i] - (double)y[i]);
         acc += d * d;
     }
-    acc = bsum_d(acc);
+    acc = block_sum(acc);
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
 __global__ void sum_parts_kernel(double* total, const double* part, int n) {
     double s = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += part[i];
-    s = bsum_d(s);
+    s = block_sum(s);
     if (threadIdx.x == 0) *total += s;
 }
 
-extern "C" void gpu_rmsnorm_backward(float* dx, const float* dout, const float* x, const bf16_t* w, const float* rstd,
-                                     int M, int C, int accumulate) {
+extern "C" void gpu_rmsnorm_backward(float* dx, const float* dout, const float* x, const bf16_t* w,
+                                     const float* rstd, int M, int C, int accumulate) {
     rmsnorm_bwd_kernel<<<M, 256>>>(dx, dout, x, (const __nv_bfloat16*)w, rstd, C, accumulate);
     cudaCheck(cudaGetLastError());
 }
 
 extern "C" void gpu_qk_norm_rope_backward(float* d, const float* xlin, const bf16_t* w, const float* rstd,
-                                          const float* cos_t, const float* sin_t, int rows, int T, int nh, int hd) {
-    qk_norm_rope_bwd_kernel<<<rows * nh, hd / 2>>>(d, xlin, (const __nv_bfloat16*)w, rstd, cos_t, sin_t, T, nh, hd);
+                                          const float* cos_t, const float* sin_t, int rows, int T, int nh,
+                                          int hd) {
+    qk_norm_rope_bwd_kernel<<<rows * nh, hd / 2>>>(d, xlin, (const __nv_bfloat16*)w, rstd, cos_t, sin_t, T, nh,
+                                                   hd);
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_swiglu_backward(float* dg, float* du, const float* dout, const float* g, const float* u, long n) {
+extern "C" void gpu_swiglu_backward(float* dg, float* du, const float* dout, const float* g, const float* u,
+                                    long n) {
     swiglu_bwd_kernel<<<ceil_div(n, 256), 256>>>(dg, du, dout, g, u, n);
     cudaCheck(cudaGetLastError());
 }

@@ -14,16 +14,17 @@ typedef uint16_t bf16_t;
 // embed.cu: h (M, D) fp32 = table[ids] (bf16)
 void gpu_embed(float* h, const bf16_t* table, const int* ids, int M, int D);
 // norm.cu: out (M, C) = w * x * rstd (fp32 and bf16 copies; either may be NULL), rstd (M) may be NULL
-void gpu_rmsnorm(float* out, bf16_t* out16, float* rstd, const float* x, const bf16_t* w, int M, int C, float eps);
+void gpu_rmsnorm(float* out, bf16_t* out16, float* rstd, const float* x, const bf16_t* w, int M, int C,
+                 float eps);
 // norm.cu: per-head norm then RoPE on x (B*T, nh, hd) in place; writes a bf16 copy and the per-head
 // rstd (rows * nh) when not NULL; positions t = row % T
-void gpu_qk_norm_rope(float* x, bf16_t* x16, float* rstd, const bf16_t* w, const float* cos_t, const float* sin_t,
-                      int rows, int T, int nh, int hd, float eps);
+void gpu_qk_norm_rope(float* x, bf16_t* x16, float* rstd, const bf16_t* w, const float* cos_t,
+                      const float* sin_t, int rows, int T, int nh, int hd, float eps);
 // elementwise.cu
 void gpu_to_bf16(bf16_t* out, const float* x, long n);
 // x = hi + lo, both bf16 (lo may be NULL): bf16 GEMMs on both halves keep ~16 mantissa bits of x
 void gpu_split_bf16(bf16_t* hi, bf16_t* lo, const float* x, long n);
-void gpu_add(float* h, const float* y, long n);                        // h += y
+void gpu_add(float* h, const float* y, long n); // h += y
 void gpu_swiglu(float* out, bf16_t* out16, const float* g, const float* u, long n);
 // softmax.cu: causal softmax of s (T, T) fp32 per head (nb heads), writes p bf16 (and its low half
 // when p_lo is not NULL) and lse (nb, T)
@@ -38,15 +39,15 @@ void gpu_dequant(float* y, const int32_t* acc, const float* sx, const float* sw,
 void gpu_kl_rows(double* total, double* scratch, const float* p, const float* q, int rows, int V);
 
 // backward.cu (activation gradients only)
-void gpu_rmsnorm_backward(float* dx, const float* dout, const float* x, const bf16_t* w, const float* rstd, int M,
-                          int C, int accumulate);
+void gpu_rmsnorm_backward(float* dx, const float* dout, const float* x, const bf16_t* w, const float* rstd,
+                          int M, int C, int accumulate);
 // d: gradient of the rotated q/k (rows, nh, hd) in, gradient of the q_proj/k_proj output out
-void gpu_qk_norm_rope_backward(float* d, const float* xlin, const bf16_t* w, const float* rstd, const float* cos_t,
-                               const float* sin_t, int rows, int T, int nh, int hd);
+void gpu_qk_norm_rope_backward(float* d, const float* xlin, const bf16_t* w, const float* rstd,
+                               const float* cos_t, const float* sin_t, int rows, int T, int nh, int hd);
 void gpu_swiglu_backward(float* dg, float* du, const float* dout, const float* g, const float* u, long n);
 // d(sum over windows of mean next-token CE)/d(logits) as bf16 hi + lo (dlo may be NULL); loss per row
-void gpu_cross_entropy_backward(bf16_t* dhi, bf16_t* dlo, double* loss_rows, const float* logits, const int* ids,
-                                int M, int T, int V);
+void gpu_cross_entropy_backward(bf16_t* dhi, bf16_t* dlo, double* loss_rows, const float* logits,
+                                const int* ids, int M, int T, int V);
 // from recomputed scores s and dP (nb heads of T x T): P and dS = P (dP - rowsum(P dP)) * scale
 void gpu_attention_ds(bf16_t* p_hi, bf16_t* p_lo, bf16_t* ds_hi, bf16_t* ds_lo, const float* s, const float* dp,
                       int nb, int T, float scale);

@@ -42,9 +42,9 @@ void swiglu_backward(float* dg, float* du, const float* dout, const float* g, co
 
 // --- quant.c: SPEC §4 fake quantization ---
 typedef struct {
-    int bits;      // 4 or 8
-    int narrow;    // clamp to [-(2^(b-1)-1), 2^(b-1)-1] instead of [-2^(b-1), 2^(b-1)-1]
-    int ct;        // compressed-tensors numerics: scale amax / (2^(b-1) - 0.5)
+    int bits;   // 4 or 8
+    int narrow; // clamp to [-(2^(b-1)-1), 2^(b-1)-1] instead of [-2^(b-1), 2^(b-1)-1]
+    int ct;     // compressed-tensors numerics: scale amax / (2^(b-1) - 0.5)
 } QuantSpec;
 // Per output channel (row) of w (rows, cols).
 void quant_weight_rows(float* out, const float* w, int rows, int cols, QuantSpec q);

@@ -4,40 +4,6 @@
 #include "cuda_common.cuh"
 #include "gpu.h"
 
-__device__ double block_sum_d(double v) {
-    __shared__ double warp[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : 0.0;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    __shared__ double res;
-    if (threadIdx.x == 0) res = v;
-    __syncthreads();
-    return res;
-}
-
-__device__ float block_max2(float v) {
-    __shared__ float warp[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : -INFINITY;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    __shared__ float res;
-    if (threadIdx.x == 0) res = v;
-    __syncthreads();
-    return res;
-}
-
 // One block per row: maxima, then exponentials in float, sums in double.
 __global__ void kl_rows_kernel(double* out, const float* p, const float* q, int V) {
     const float* a = p + (long)blockIdx.x * V;
@@ -47,8 +13,8 @@ __global__ void kl_rows_kernel(double* out, const float* p, const float* q, int 
         ma = fmaxf(ma, a[v]);
         mb = fmaxf(mb, b[v]);
     }
-    ma = block_max2(ma);
-    mb = block_max2(mb);
+    ma = block_max(ma);
+    mb = block_max(mb);
     float fa = 0.0f, fb = 0.0f, ft = 0.0f;
     for (int v = threadIdx.x; v < V; v += blockDim.x) {
         float ea = expf(a[v] - ma);
@@ -56,7 +22,7 @@ __global__ void kl_rows_kernel(double* out, const float* p, const float* q, int 
         ft += ea * (a[v] - b[v]);
         fb += expf(b[v] - mb);
     }
-    double sa = block_sum_d(fa), sb = block_sum_d(fb), ta = block_sum_d(ft);
+    double sa = block_sum((double)fa), sb = block_sum((double)fb), ta = block_sum((double)ft);
     if (threadIdx.x == 0) out[blockIdx.x] = ta / sa - (ma + log(sa)) + (mb + log(sb));
 }
 
@@ -64,7 +30,7 @@ __global__ void kl_rows_kernel(double* out, const float* p, const float* q, int 
 __global__ void sum_rows_kernel(double* total, const double* rows, int n) {
     double s = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += rows[i];
-    s = block_sum_d(s);
+    s = block_sum(s);
     if (threadIdx.x == 0) *total += s;
 }
 

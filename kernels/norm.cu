@@ -3,23 +3,6 @@
 #include "gpu.h"
 
 // Sum over the block; blockDim.x a multiple of 32, at most 1024.
-__device__ float block_sum(float v) {
-    __shared__ float warp[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : 0.0f;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    __shared__ float total;
-    if (threadIdx.x == 0) total = v;
-    __syncthreads();
-    return total;
-}
-
 __global__ void rmsnorm_kernel(float* out, __nv_bfloat16* out16, float* rstd, const float* x,
                                const __nv_bfloat16* w, int C, float eps) {
     const float* xr = x + (long)blockIdx.x * C;
@@ -35,8 +18,8 @@ __global__ void rmsnorm_kernel(float* out, __nv_bfloat16* out16, float* rstd, co
 }
 
 // One block per (row, head), hd/2 threads: thread i owns the RoPE pair (i, i + hd/2).
-__global__ void qk_norm_rope_kernel(float* x, __nv_bfloat16* x16, float* rstd, const __nv_bfloat16* w, const float* cos_t,
-                                    const float* sin_t, int T, int nh, int hd, float eps) {
+__global__ void qk_norm_rope_kernel(float* x, __nv_bfloat16* x16, float* rstd, const __nv_bfloat16* w,
+                                    const float* cos_t, const float* sin_t, int T, int nh, int hd, float eps) {
     int row = blockIdx.x / nh, head = blockIdx.x % nh, i = threadIdx.x, half = hd / 2;
     float* v = x + ((long)row * nh + head) * hd;
     float a = v[i], b = v[i + half];
@@ -63,8 +46,8 @@ __global__ void qk_norm_rope_kernel(float* x, __nv_bfloat16* x16, float* rstd, c
     }
 }
 
-extern "C" void gpu_rmsnorm(float* out, bf16_t* out16, float* rstd, const float* x, const bf16_t* w, int M, int C,
-                            float eps) {
+extern "C" void gpu_rmsnorm(float* out, bf16_t* out16, float* rstd, const float* x, const bf16_t* w, int M,
+                            int C, float eps) {
     rmsnorm_kernel<<<M, 256>>>(out, (__nv_bfloat16*)out16, rstd, x, (const __nv_bfloat16*)w, C, eps);
     cudaCheck(cudaGetLastError());
 }
@@ -72,10 +55,11 @@ extern "C" void gpu_rmsnorm(float* out, bf16_t* out16, float* rstd, const float*
 extern "C" void gpu_qk_norm_rope(float* x, bf16_t* x16, float* rstd, const bf16_t* w, const float* cos_t,
                                  const float* sin_t, int rows, int T, int nh, int hd, float eps) {
     if (hd / 2 > 128 || (hd / 2 & (hd / 2 - 1)) != 0) {
-        fprintf(stderr, "autoq: head_dim %d not supported by the CUDA q/k norm (powers of two up to 256)\n", hd);
+        fprintf(stderr, "autoq: head_dim %d not supported by the CUDA q/k norm (powers of two up to 256)\n",
+                hd);
         exit(1);
     }
-    qk_norm_rope_kernel<<<rows * nh, hd / 2>>>(x, (__nv_bfloat16*)x16, rstd, (const __nv_bfloat16*)w, cos_t, sin_t, T,
-                                                nh, hd, eps);
+    qk_norm_rope_kernel<<<rows * nh, hd / 2>>>(x, (__nv_bfloat16*)x16, rstd, (const __nv_bfloat16*)w, cos_t,
+                                               sin_t, T, nh, hd, eps);
     cudaCheck(cudaGetLastError());
 }

@@ -5,33 +5,18 @@
 #include "cuda_common.cuh"
 #include "gpu.h"
 
-__device__ float block_max_abs(float v) {
-    __shared__ float warp[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : 0.0f;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    __shared__ float res;
-    if (threadIdx.x == 0) res = v;
-    __syncthreads();
-    return res;
-}
-
 template <typename T> __device__ float load(const T* p, long i);
 template <> __device__ float load<float>(const float* p, long i) { return p[i]; }
-template <> __device__ float load<__nv_bfloat16>(const __nv_bfloat16* p, long i) { return __bfloat162float(p[i]); }
+template <> __device__ float load<__nv_bfloat16>(const __nv_bfloat16* p, long i) {
+    return __bfloat162float(p[i]);
+}
 
 template <typename T>
 __global__ void quant_rows_kernel(int8_t* q, float* scale, const T* x, int cols, int bits, int narrow, int ct) {
     long base = (long)blockIdx.x * cols;
     float amax = 0.0f;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) amax = fmaxf(amax, fabsf(load(x, base + j)));
-    amax = block_max_abs(amax);
+    amax = block_max(amax);
     float m = (float)((1 << (bits - 1)) - 1);
     float hi = m, lo = (narrow && !ct) ? -m : -m - 1.0f;
     float s = amax / (ct ? m + 0.5f : m);
@@ -51,14 +36,16 @@ __global__ void dequant_kernel(float* y, const int32_t* acc, const float* sx, co
     y[i] = (float)acc[i] * (sx[r] * sw[c]);
 }
 
-extern "C" void gpu_quant_rows_f32(int8_t* q, float* scale, const float* x, int rows, int cols, QuantSpec spec) {
+extern "C" void gpu_quant_rows_f32(int8_t* q, float* scale, const float* x, int rows, int cols,
+                                   QuantSpec spec) {
     quant_rows_kernel<float><<<rows, 256>>>(q, scale, x, cols, spec.bits, spec.narrow, spec.ct);
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_quant_rows_bf16(int8_t* q, float* scale, const bf16_t* x, int rows, int cols, QuantSpec spec) {
-    quant_rows_kernel<__nv_bfloat16><<<rows, 256>>>(q, scale, (const __nv_bfloat16*)x, cols, spec.bits, spec.narrow,
-                                                    spec.ct);
+extern "C" void gpu_quant_rows_bf16(int8_t* q, float* scale, const bf16_t* x, int rows, int cols,
+                                    QuantSpec spec) {
+    quant_rows_kernel<__nv_bfloat16>
+        <<<rows, 256>>>(q, scale, (const __nv_bfloat16*)x, cols, spec.bits, spec.narrow, spec.ct);
     cudaCheck(cudaGetLastError());
 }
 

@@ -4,52 +4,19 @@
 #include "cuda_common.cuh"
 #include "gpu.h"
 
-__device__ float block_max_f(float v) {
-    __shared__ float warp[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : -INFINITY;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    __shared__ float res;
-    if (threadIdx.x == 0) res = v;
-    __syncthreads();
-    return res;
-}
-
-__device__ float block_sum_f(float v) {
-    __shared__ float warp[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) warp[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = threadIdx.x < nw ? warp[threadIdx.x] : 0.0f;
-    if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    __shared__ float res;
-    if (threadIdx.x == 0) res = v;
-    __syncthreads();
-    return res;
-}
-
 // One block per (head, query row t); s holds scaled scores.
-__global__ void causal_softmax_kernel(__nv_bfloat16* p, __nv_bfloat16* p_lo, float* lse, const float* s, int T) {
+__global__ void causal_softmax_kernel(__nv_bfloat16* p, __nv_bfloat16* p_lo, float* lse, const float* s,
+                                      int T) {
     int h = blockIdx.x / T, t = blockIdx.x % T;
     const float* row = s + ((long)h * T + t) * T;
     __nv_bfloat16* out = p + ((long)h * T + t) * T;
     __nv_bfloat16* out_lo = p_lo ? p_lo + ((long)h * T + t) * T : NULL;
     float m = -INFINITY;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) m = fmaxf(m, row[j]);
-    m = block_max_f(m);
+    m = block_max(m);
     float sum = 0.0f;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) sum += expf(row[j] - m);
-    sum = block_sum_f(sum);
+    sum = block_sum(sum);
     float inv = 1.0f / sum;
     for (int j = threadIdx.x; j < T; j += blockDim.x) {
         float v = j <= t ? expf(row[j] - m) * inv : 0.0f;

@@ -78,7 +78,8 @@ static void parse_weight(Format* f, json_t* v) {
 }
 
 static void parse_input(Format* f, json_t* v) {
-    static const char* const allowed[] = {"num_bits", "type", "block_sizes", "narrow_range", "enable", "axis", NULL};
+    static const char* const allowed[] = {"num_bits", "type", "block_sizes", "narrow_range",
+                                          "enable",   "axis", NULL};
     const char* q = "*input_quantizer";
     if (!json_is_object(v)) fail_input("%s: quant_cfg['%s'] must be an object", f->path, q);
     check_keys(f->path, q, v, allowed);
@@ -117,11 +118,15 @@ void format_load(Format* f, const char* name, int ct) {
     json_t* qc = json_object_get(root, "quant_cfg");
     if (!json_is_object(qc)) fail_input("%s: field 'quant_cfg' missing or not an object", f->path);
     json_object_foreach(qc, key, val) {
-        if (strcmp(key, "*weight_quantizer") == 0) parse_weight(f, val);
-        else if (strcmp(key, "*input_quantizer") == 0) parse_input(f, val);
-        else fail_input("%s: quant_cfg has unknown quantizer '%s'", f->path, key);
+        if (strcmp(key, "*weight_quantizer") == 0)
+            parse_weight(f, val);
+        else if (strcmp(key, "*input_quantizer") == 0)
+            parse_input(f, val);
+        else
+            fail_input("%s: quant_cfg has unknown quantizer '%s'", f->path, key);
     }
-    if (!json_object_get(qc, "*weight_quantizer")) fail_input("%s: quant_cfg['*weight_quantizer'] missing", f->path);
+    if (!json_object_get(qc, "*weight_quantizer"))
+        fail_input("%s: quant_cfg['*weight_quantizer'] missing", f->path);
     if (!f->w_enable && !f->in_enable) fail_input("%s: every quantizer is disabled", f->path);
     f->w.ct = f->in.ct = ct;
     f->bits = 16;

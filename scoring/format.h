@@ -3,14 +3,14 @@
 #include "../kernels/kernels.h"
 
 typedef struct {
-    char name[64];   // file stem, e.g. "w4a8"
+    char name[64]; // file stem, e.g. "w4a8"
     char path[512];
-    int builtin;     // named by stem (configs/formats/NAME.json), not by a path
+    int builtin; // named by stem (configs/formats/NAME.json), not by a path
     int w_enable;
-    QuantSpec w;     // per output channel, static
+    QuantSpec w; // per output channel, static
     int in_enable;
-    QuantSpec in;    // per token, dynamic
-    int bits;        // smallest num_bits among enabled quantizers (ModelOpt's cost)
+    QuantSpec in; // per token, dynamic
+    int bits;     // smallest num_bits among enabled quantizers (ModelOpt's cost)
 } Format;
 
 // NAME is a path to a .json file or the stem of configs/formats/NAME.json

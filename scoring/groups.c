@@ -69,7 +69,8 @@ void groups_build(Groups* gs, const Model* m, int no_grouping, Patterns* dis) {
     }
     for (int i = 0; i < gs->n; i++) {
         Group* g = &gs->g[i];
-        for (int j = 0; j < g->n_members; j++) g->disabled |= patterns_match(dis, m->linears[g->members[j]].name);
+        for (int j = 0; j < g->n_members; j++)
+            g->disabled |= patterns_match(dis, m->linears[g->members[j]].name);
         gs->n_enabled += !g->disabled;
     }
     // Other modules count for the "matches nothing" warning, never as candidates.

@@ -14,8 +14,10 @@ void qcache_init(QuantCache* qc, const Model* m, const Groups* gs, const Format*
             const Linear* l = &m->linears[i];
             if (gs->g[gs->group_of[i]].disabled) continue;
             float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
-            if (fmts[f].w_enable) quant_weight_rows(w, l->w, l->out, l->in, fmts[f].w);
-            else memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
+            if (fmts[f].w_enable)
+                quant_weight_rows(w, l->w, l->out, l->in, fmts[f].w);
+            else
+                memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
             qc->wq[(size_t)f * m->n_linears + i] = w;
         }
 }
@@ -45,14 +47,17 @@ void plan_set_group(QuantPlan* p, const QuantCache* qc, const Groups* gs, const 
     for (int j = 0; j < grp->n_members; j++) {
         int i = grp->members[j];
         p->wq[i] = qc->wq[(size_t)f * qc->nl + i];
-        if (fmts[f].in_enable) p->in_spec[i] = fmts[f].in;
-        else memset(&p->in_spec[i], 0, sizeof(QuantSpec));
+        if (fmts[f].in_enable)
+            p->in_spec[i] = fmts[f].in;
+        else
+            memset(&p->in_spec[i], 0, sizeof(QuantSpec));
     }
 }
 
 const char* method_name(Method m) { return m == METHOD_KL ? "kl" : "gradient"; }
 
-void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method, int T) {
+void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method,
+                 int T) {
     memset(s, 0, sizeof(*s));
     s->m = m;
     s->gs = gs;
@@ -77,8 +82,10 @@ void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts
 void scorer_free(Scorer* s) {
     const Model* m = s->m;
     run_free(&s->ref, m);
-    if (s->method == METHOD_KL) run_free(&s->q, m);
-    else grad_free(&s->grad);
+    if (s->method == METHOD_KL)
+        run_free(&s->q, m);
+    else
+        grad_free(&s->grad);
     plan_free(&s->plan);
     qcache_free(&s->qc);
     free(s->score);
@@ -114,11 +121,15 @@ static void add_sample_kl(Scorer* s, const int* ids) {
 static const float* linear_input(const RunState* r, const Linear* lin) {
     const LayerActs* a = &r->acts[lin->layer];
     switch (lin->kind) {
-    case LIN_O: return a->att;
+    case LIN_O:
+        return a->att;
     case LIN_GATE:
-    case LIN_UP: return a->m;
-    case LIN_DOWN: return a->act;
-    default: return a->a;
+    case LIN_UP:
+        return a->m;
+    case LIN_DOWN:
+        return a->act;
+    default:
+        return a->a;
     }
 }
 
@@ -153,7 +164,9 @@ static void add_sample_gradient(Scorer* s, const int* ids) {
 }
 
 void scorer_add_sample(Scorer* s, const int* ids) {
-    if (s->method == METHOD_KL) add_sample_kl(s, ids);
-    else add_sample_gradient(s, ids);
+    if (s->method == METHOD_KL)
+        add_sample_kl(s, ids);
+    else
+        add_sample_gradient(s, ids);
     s->samples_done++;
 }

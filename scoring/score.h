@@ -34,7 +34,7 @@ typedef struct {
     double forward_equiv; // work done, in full forward passes (kl: prefix reuse shows here)
     double naive_equiv;   // what one full forward per group would have cost
     int samples_done;
-    int on_gpu;           // sums only; the GPU engine does the work
+    int on_gpu; // sums only; the GPU engine does the work
     // scratch
     RunState ref, q;
     GradState grad;

@@ -54,8 +54,10 @@ static json_t* table_json(const ScoreTable* t) {
         json_object_set_new(o, "members", mem);
         json_object_set_new(o, "params", json_integer(t->params[g]));
         json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
-        if (t->disabled[g]) json_object_set_new(o, "score", json_null());
-        else json_object_set_new(o, "score", json_real(t->score[g]));
+        if (t->disabled[g])
+            json_object_set_new(o, "score", json_null());
+        else
+            json_object_set_new(o, "score", json_real(t->score[g]));
         if (t->nf > 1) {
             json_t* sc = json_object();
             for (int f = 0; f < t->nf; f++)
@@ -109,7 +111,8 @@ static void attr_num(hid_t obj, const char* name, hid_t type, const void* v) {
     H5Sclose(sp);
 }
 
-void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims, const void* data) {
+void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims,
+              const void* data) {
     hid_t sp = H5Screate_simple(rank, dims, NULL);
     hid_t d = H5Dcreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (d < 0 || H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)

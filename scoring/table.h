@@ -19,11 +19,11 @@ typedef struct {
     char** gmembers; // (ng) comma-joined linear names
     long* params;    // (ng)
     uint8_t* disabled;
-    double* score;   // (nf, ng)
+    double* score; // (nf, ng)
     int nl;
-    char** lname;    // (nl)
-    long* lshape;    // (nl, 2) out, in
-    int* lgroup;     // (nl)
+    char** lname; // (nl)
+    long* lshape; // (nl, 2) out, in
+    int* lgroup;  // (nl)
 } ScoreTable;
 
 struct Scorer;
@@ -34,6 +34,7 @@ void table_write_json(const ScoreTable* t, const char* path); // "-" = stdout
 long table_h5_create(const ScoreTable* t, const char* path);
 void table_h5_finish(long file, const char* path);
 // Writes one dataset under loc (an HDF5 file or group id); exits 1 on failure.
-void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims, const void* data);
+void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims,
+              const void* data);
 void table_read_h5(ScoreTable* t, const char* path);
 void table_print(const ScoreTable* t);

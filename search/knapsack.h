@@ -9,9 +9,9 @@
 
 typedef struct {
     int n_choices;
-    int64_t cost[KS_MAX_CHOICES];   // params x bits
+    int64_t cost[KS_MAX_CHOICES]; // params x bits
     double score[KS_MAX_CHOICES];
-    int64_t bf16[KS_MAX_CHOICES];   // params left in bf16 by this choice (tie-break)
+    int64_t bf16[KS_MAX_CHOICES]; // params left in bf16 by this choice (tie-break)
 } KsItem;
 
 typedef struct {

@@ -17,8 +17,10 @@ void search_init(SearchCtx* c, const ScoreTable* t, Scope scope) {
     c->scope = scope;
     for (int g = 0; g < t->ng; g++) {
         c->total[SCOPE_ALL] += t->params[g];
-        if (t->disabled[g]) c->fixed[SCOPE_ALL] += 16 * t->params[g];
-        else c->total[SCOPE_CANDIDATES] += t->params[g];
+        if (t->disabled[g])
+            c->fixed[SCOPE_ALL] += 16 * t->params[g];
+        else
+            c->total[SCOPE_CANDIDATES] += t->params[g];
     }
 }
 
@@ -168,14 +170,15 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
     json_object_set_new(j, "formats", fs);
     json_object_set_new(j, "budget", json_real(s->budget));
     json_object_set_new(j, "budget_scope", json_string(c->scope == SCOPE_ALL ? "all" : "candidates"));
-    json_object_set_new(j, "effective_bits", json_pack("{s:f,s:f}", "candidates", s->bits[0], "all", s->bits[1]));
+    json_object_set_new(j, "effective_bits",
+                        json_pack("{s:f,s:f}", "candidates", s->bits[0], "all", s->bits[1]));
     json_object_set_new(j, "effective_bits_with_scales",
                         json_pack("{s:f,s:f}", "candidates", s->bits_scales[0], "all", s->bits_scales[1]));
     json_object_set_new(j, "predicted_score", json_real(s->predicted));
     if (s->verified)
-        json_object_set_new(j, "measured", json_pack("{s:f,s:f,s:f,s:f}", "kl", s->v.kl, "nll_ref", s->v.nll_ref,
-                                                     "nll_quantized", s->v.nll_q, "nll_delta",
-                                                     s->v.nll_q - s->v.nll_ref));
+        json_object_set_new(j, "measured",
+                            json_pack("{s:f,s:f,s:f,s:f}", "kl", s->v.kl, "nll_ref", s->v.nll_ref,
+                                      "nll_quantized", s->v.nll_q, "nll_delta", s->v.nll_q - s->v.nll_ref));
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
         json_t* o = json_object();
@@ -183,9 +186,11 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
         json_object_set_new(o, "members", members_json(t->gmembers[g]));
         json_object_set_new(o, "params", json_integer(t->params[g]));
         json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
-        json_object_set_new(o, "choice", json_string(t->disabled[g] || s->sel[g] < 0 ? "bf16" : t->fmt_name[s->sel[g]]));
-        json_object_set_new(o, "score", t->disabled[g] || s->sel[g] < 0 ? json_null()
-                                                                       : json_real(t->score[(size_t)s->sel[g] * t->ng + g]));
+        json_object_set_new(o, "choice",
+                            json_string(t->disabled[g] || s->sel[g] < 0 ? "bf16" : t->fmt_name[s->sel[g]]));
+        json_object_set_new(
+            o, "score",
+            t->disabled[g] || s->sel[g] < 0 ? json_null() : json_real(t->score[(size_t)s->sel[g] * t->ng + g]));
         json_array_append_new(gs, o);
     }
     json_object_set_new(j, "groups", gs);
@@ -203,14 +208,19 @@ static void glob_to_regex(char* out, size_t cap, const char* g) {
     size_t n = 0;
     out[n++] = '^';
     for (const char* p = g; *p && n + 4 < cap; p++) {
-        if (*p == '*') out[n++] = '.', out[n++] = '*';
-        else if (*p == '?') out[n++] = '.';
+        if (*p == '*')
+            out[n++] = '.', out[n++] = '*';
+        else if (*p == '?')
+            out[n++] = '.';
         else if (*p == '[') {
             out[n++] = '[';
             if (p[1] == '!') out[n++] = '^', p++;
-        } else if (*p == ']') out[n++] = ']';
-        else if (strchr(".+()^$|{}\\", *p)) out[n++] = '\\', out[n++] = *p;
-        else out[n++] = *p;
+        } else if (*p == ']')
+            out[n++] = ']';
+        else if (strchr(".+()^$|{}\\", *p))
+            out[n++] = '\\', out[n++] = *p;
+        else
+            out[n++] = *p;
     }
     out[n++] = '$';
     out[n] = 0;
@@ -228,7 +238,8 @@ static void name_to_regex(char* out, size_t cap, const char* name) {
 }
 
 // Calls fn for every linear of groups with the given choice (-1: kept bf16 incl. disabled).
-static int for_members(const ScoreTable* t, const Solution* s, int want, void (*fn)(const char*, void*), void* ctx) {
+static int for_members(const ScoreTable* t, const Solution* s, int want, void (*fn)(const char*, void*),
+                       void* ctx) {
     int n = 0;
     for (int g = 0; g < t->ng; g++) {
         int ch = t->disabled[g] ? -2 : s->sel[g];
@@ -259,11 +270,13 @@ static void yaml_target_item(const char* name, void* ctx) { // an item of a conf
 
 static void yaml_scheme(FILE* f, const Format* fm, const char* indent) {
     if (fm->w_enable)
-        fprintf(f, "%sweights: {num_bits: %d, type: int, symmetric: true, strategy: channel, dynamic: false}\n", indent,
-                fm->w.bits);
+        fprintf(f, "%sweights: {num_bits: %d, type: int, symmetric: true, strategy: channel, dynamic: false}\n",
+                indent, fm->w.bits);
     if (fm->in_enable)
-        fprintf(f, "%sinput_activations: {num_bits: %d, type: int, symmetric: true, strategy: token, dynamic: true}\n",
-                indent, fm->in.bits);
+        fprintf(
+            f,
+            "%sinput_activations: {num_bits: %d, type: int, symmetric: true, strategy: token, dynamic: true}\n",
+            indent, fm->in.bits);
 }
 
 static int formats_used(const ScoreTable* t, const Solution* s, int* used) {
@@ -319,13 +332,14 @@ static void mo_disable(const char* name, void* ctx) {
 
 static json_t* mo_weight(const Format* f) {
     if (!f->w_enable) return json_pack("{s:b}", "enable", 0);
-    return json_pack("{s:i,s:i,s:b,s:b}", "num_bits", f->w.bits, "axis", 0, "narrow_range", f->w.narrow, "enable", 1);
+    return json_pack("{s:i,s:i,s:b,s:b}", "num_bits", f->w.bits, "axis", 0, "narrow_range", f->w.narrow,
+                     "enable", 1);
 }
 
 static json_t* mo_input(const Format* f) {
     if (!f->in_enable) return json_pack("{s:b}", "enable", 0);
-    return json_pack("{s:i,s:s,s:{s:n},s:b,s:b}", "num_bits", f->in.bits, "type", "dynamic", "block_sizes", "-1",
-                     "narrow_range", f->in.narrow, "enable", 1);
+    return json_pack("{s:i,s:s,s:{s:n},s:b,s:b}", "num_bits", f->in.bits, "type", "dynamic", "block_sizes",
+                     "-1", "narrow_range", f->in.narrow, "enable", 1);
 }
 
 typedef struct {

@@ -10,9 +10,9 @@ typedef enum { SCOPE_CANDIDATES, SCOPE_ALL } Scope;
 
 typedef struct {
     double budget;
-    int* sel;           // (ng) -1 bf16, else format index; disabled groups -1
-    double predicted;   // sum of the chosen groups' scores
-    double bits[2];     // achieved effective bits, [SCOPE_CANDIDATES], [SCOPE_ALL]
+    int* sel;              // (ng) -1 bf16, else format index; disabled groups -1
+    double predicted;      // sum of the chosen groups' scores
+    double bits[2];        // achieved effective bits, [SCOPE_CANDIDATES], [SCOPE_ALL]
     double bits_scales[2]; // the same with per-channel scale overhead (16 / in_features per weight)
     int verified;
     VerifyResult v;
@@ -21,8 +21,8 @@ typedef struct {
 typedef struct {
     const ScoreTable* t;
     Scope scope;
-    long total[2];      // params counted by each scope
-    long fixed[2];      // cost of disabled groups at 16 bits, per scope
+    long total[2]; // params counted by each scope
+    long fixed[2]; // cost of disabled groups at 16 bits, per scope
 } SearchCtx;
 
 void search_init(SearchCtx* c, const ScoreTable* t, Scope scope);

@@ -16,8 +16,10 @@ void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const i
         const Linear* l = &m->linears[i];
         const Format* f = &fmts[choice[i]];
         float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
-        if (f->w_enable) quant_weight_rows(w, l->w, l->out, l->in, f->w);
-        else memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
+        if (f->w_enable)
+            quant_weight_rows(w, l->w, l->out, l->in, f->w);
+        else
+            memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
         plan.wq[i] = w;
         if (f->in_enable) plan.in_spec[i] = f->in;
         r->n_quantized++;

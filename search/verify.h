@@ -7,8 +7,8 @@
 #include "../scoring/format.h"
 
 typedef struct {
-    double kl;       // sum over samples and positions
-    double nll_ref;  // mean over samples of the per-sample mean NLL
+    double kl;      // sum over samples and positions
+    double nll_ref; // mean over samples of the per-sample mean NLL
     double nll_q;
     int n_quantized; // linears quantized
 } VerifyResult;

@@ -7,23 +7,23 @@
 
 static int g_fail = 0;
 
-#define CHECK(cond, name, ...)                                                                                    \
-    do {                                                                                                          \
-        if (cond) {                                                                                               \
-            printf("PASS %s\n", name);                                                                            \
-        } else {                                                                                                  \
-            printf("FAIL %s: ", name);                                                                            \
-            printf(__VA_ARGS__);                                                                                  \
-            printf("  (%s:%d)\n", __FILE__, __LINE__);                                                            \
-            g_fail++;                                                                                             \
-        }                                                                                                         \
-        fflush(stdout);                                                                                           \
+#define CHECK(cond, name, ...)                                                                                 \
+    do {                                                                                                       \
+        if (cond) {                                                                                            \
+            printf("PASS %s\n", name);                                                                         \
+        } else {                                                                                               \
+            printf("FAIL %s: ", name);                                                                         \
+            printf(__VA_ARGS__);                                                                               \
+            printf("  (%s:%d)\n", __FILE__, __LINE__);                                                         \
+            g_fail++;                                                                                          \
+        }                                                                                                      \
+        fflush(stdout);                                                                                        \
     } while (0)
 
-#define SKIP(name, why)                                                                                           \
-    do {                                                                                                          \
-        printf("SKIP %s: %s\n", name, why);                                                                       \
-        fflush(stdout);                                                                                           \
+#define SKIP(name, why)                                                                                        \
+    do {                                                                                                       \
+        printf("SKIP %s: %s\n", name, why);                                                                    \
+        fflush(stdout);                                                                                        \
     } while (0)
 
 static inline int file_exists(const char* p) {

@@ -1,23 +1,9 @@
 #!/usr/bin/env bash
 # Bad input exits 2 with a message that names the problem (DEVELOPERS.md, SPEC §1).
 set -u
-AQ=${AQ:-./autoq}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+SUITE=errors
+. "$(dirname "$0")/lib.sh"
 python3 tests/make_bad.py tests/fixtures/qwen3-vl-tiny "$tmp"
-
-expect() { # name, expected message fragment, command...
-    local name=$1 want=$2
-    shift 2
-    local out rc
-    out=$("$@" 2>&1 >/dev/null)
-    rc=$?
-    if [ "$rc" -eq 2 ] && grep -qi -- "$want" <<<"$out"; then
-        echo "PASS errors: $name"
-    else
-        echo "FAIL errors: $name: exit $rc, message: $out (wanted exit 2 and '$want')"
-    fi
-}
 
 ids=tests/fixtures/qwen3_vl_tiny_ids.npy
 expect "truncated safetensors" "truncated file" $AQ eval "$tmp/truncated" --data $ids

@@ -57,7 +57,8 @@ static void compare(const char* label, const char* model_dir, const char* ids_pa
             for (size_t k = 0; k < nrows; k++) {
                 int row = (int)json_integer_value(json_array_get(rows, k));
                 for (int v = 0; v < m.c.vocab_size; v++) {
-                    double d = fabs(s.logits[(long)row * m.c.vocab_size + v] - ref_logits[k * m.c.vocab_size + v]);
+                    double d =
+                        fabs(s.logits[(long)row * m.c.vocab_size + v] - ref_logits[k * m.c.vocab_size + v]);
                     worst_logit = d > worst_logit ? d : worst_logit;
                 }
             }

@@ -176,7 +176,8 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
     CHECK(w3 < 0.01, name, "worst %.3g", w3);
     snprintf(name, sizeof(name), "gpu %s loss of the gradient pass = cpu", label);
     CHECK(rel_diff(loss, cpu_loss) < 1e-4, name, "gpu %.8g cpu %.8g", loss, cpu_loss);
-    printf("  %s: gradient scores worst relative difference %.3g; loss %.6f vs %.6f\n", label, w3, loss, cpu_loss);
+    printf("  %s: gradient scores worst relative difference %.3g; loss %.6f vs %.6f\n", label, w3, loss,
+           cpu_loss);
     scorer_free(&sc);
     free(gsc);
     groups_free(&gs);

@@ -123,7 +123,8 @@ static void test_rope_swiglu_kl(void) {
         kl += exp(lp) * (lp - lq);
     }
     double got = kl_row(a, b, V);
-    CHECK(rel_diff(got, kl) < 1e-6, "streaming KL = two-pass double-precision KL (float exps)", "got %.12g want %.12g", got, kl);
+    CHECK(rel_diff(got, kl) < 1e-6, "streaming KL = two-pass double-precision KL (float exps)",
+          "got %.12g want %.12g", got, kl);
     CHECK(fabs(kl_row(a, a, V)) < 1e-12, "KL(P||P) = 0", "got %g", kl_row(a, a, V));
 }
 
@@ -164,7 +165,8 @@ static void test_model_backward(void) {
         worst = fmax(worst, fabs(fd - dh[i]));
         scale = fmax(scale, fabs(fd));
     }
-    CHECK(worst < 2e-2 * scale + 1e-5, "model backward = finite differences", "worst %g (scale %g)", worst, scale);
+    CHECK(worst < 2e-2 * scale + 1e-5, "model backward = finite differences", "worst %g (scale %g)", worst,
+          scale);
     CHECK(calls == m.n_linears, "backward reaches every linear once", "%d hook calls for %d linears", calls,
           m.n_linears);
     free(dh);

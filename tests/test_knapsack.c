@@ -46,8 +46,10 @@ int main(void) {
             // Equal objectives (score, then bf16 params, then cost); equivalent choice vectors may differ.
             int64_t bx = 0, by = 0;
             for (int i = 0; rx == 0 && ry == 0 && i < n; i++) bx += it[i].bf16[x[i]], by += it[i].bf16[y[i]];
-            if (rx == ry && (rx != 0 || (sx == sy && bx == by && cx == cy))) agree++;
-            else if (rx == 0 && ry == 0) printf("  trial %d budget %d: dp %.9g brute %.9g\n", trial, b, sx, sy);
+            if (rx == ry && (rx != 0 || (sx == sy && bx == by && cx == cy)))
+                agree++;
+            else if (rx == 0 && ry == 0)
+                printf("  trial %d budget %d: dp %.9g brute %.9g\n", trial, b, sx, sy);
             if (rx == 0) {
                 within &= cx <= cap;
                 monotone &= sx <= prev;

@@ -54,7 +54,8 @@ int main(void) {
     // Format files
     Format f;
     format_load(&f, "configs/formats/w4a8.json", 0);
-    CHECK(f.w.bits == 4 && f.w.narrow && f.in.bits == 8 && f.in.narrow && f.bits == 4 && f.w_enable && f.in_enable,
+    CHECK(f.w.bits == 4 && f.w.narrow && f.in.bits == 8 && f.in.narrow && f.bits == 4 && f.w_enable &&
+              f.in_enable,
           "w4a8.json parsed", "bits %d/%d narrow %d/%d cost %d", f.w.bits, f.in.bits, f.w.narrow, f.in.narrow,
           f.bits);
     format_load(&f, "configs/formats/w8a8.json", 1);

@@ -17,7 +17,8 @@ static double spearman(const double* a, const double* b, int n) {
         ra[i] = ca, rb[i] = cb;
     }
     double m = (n - 1) / 2.0, cov = 0, va = 0, vb = 0;
-    for (int i = 0; i < n; i++) cov += (ra[i] - m) * (rb[i] - m), va += (ra[i] - m) * (ra[i] - m), vb += (rb[i] - m) * (rb[i] - m);
+    for (int i = 0; i < n; i++)
+        cov += (ra[i] - m) * (rb[i] - m), va += (ra[i] - m) * (ra[i] - m), vb += (rb[i] - m) * (rb[i] - m);
     free(ra);
     free(rb);
     return cov / sqrt(va * vb);

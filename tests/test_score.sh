@@ -1,22 +1,10 @@
 #!/usr/bin/env bash
 # autoq score from the command line: outputs, checkpoint/resume, groups and bad input.
 set -u
-AQ=${AQ:-./autoq}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+SUITE=score
+. "$(dirname "$0")/lib.sh"
 M=tests/fixtures/qwen3-vl-tiny
 D=tests/fixtures/qwen3_vl_tiny_ids.npy
-pass() { echo "PASS score: $1"; }
-fail() { echo "FAIL score: $1"; }
-
-expect() { # name, expected message fragment, command...
-    local name=$1 want=$2
-    shift 2
-    local out rc
-    out=$("$@" 2>&1 >/dev/null)
-    rc=$?
-    if [ "$rc" -eq 2 ] && grep -qi -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out"; fi
-}
 
 # JSON on stdout holds only JSON; every group of the VL model is scored.
 $AQ score $M --data $D --method kl --json - >"$tmp/kl.json" 2>"$tmp/err" || fail "kl run"

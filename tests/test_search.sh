@@ -2,21 +2,10 @@
 # autoq search end to end: budgets, scopes, sweep, verify, exports, bad input,
 # and the measured KL of autoq's recipe against the one ModelOpt's search picks.
 set -u
-AQ=${AQ:-./autoq}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+SUITE=search
+. "$(dirname "$0")/lib.sh"
 M=tests/fixtures/qwen3-vl-tiny
 D=tests/fixtures/qwen3_vl_tiny_ids.npy
-pass() { echo "PASS search: $1"; }
-fail() { echo "FAIL search: $1"; }
-expect() {
-    local name=$1 want=$2
-    shift 2
-    local out rc
-    out=$("$@" 2>&1 >/dev/null)
-    rc=$?
-    if [ "$rc" -eq 2 ] && grep -qi -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out"; fi
-}
 
 $AQ score $M --data $D --method gradient --format w4a8,w8a8 --out "$tmp/s.h5" >/dev/null 2>&1 || fail "score"
 $AQ search --scores "$tmp/s.h5" --budget 6 --out "$tmp/r.json" --h5 "$tmp/o.h5" --sweep 4:16:2 \

@@ -1,19 +1,8 @@
 #!/usr/bin/env bash
 # autoq tokenize and text --data: round trip, chat template, windows, bad input.
 set -u
-AQ=${AQ:-./autoq}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass() { echo "PASS tokenize: $1"; }
-fail() { echo "FAIL tokenize: $1"; }
-expect() {
-    local name=$1 want=$2
-    shift 2
-    local out rc
-    out=$("$@" 2>&1 >/dev/null)
-    rc=$?
-    if [ "$rc" -eq 2 ] && grep -qi -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out"; fi
-}
+SUITE=tokenize
+. "$(dirname "$0")/lib.sh"
 # A tokenizer of our own (the demo's generator), so this runs without ../shared.
 printf 'def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n' >"$tmp/corpus.txt"
 for i in 1 2 3 4 5 6; do cat README.md >>"$tmp/corpus.txt"; done

@@ -45,12 +45,13 @@ static void check_one(const char* name, const char* path, json_t* ref, const cha
         size_t first = 0;
         while (first < ids.n && first < (size_t)ref_ids.t && ids.ids[first] == ref_ids.ids[first]) first++;
         snprintf(label, sizeof(label), "tokenizer %s: first 200 KB of calib.txt, all ids identical", name);
-        CHECK(ids.n == (size_t)ref_ids.t && first == ids.n, label, "%zu ids vs %d, first difference at %zu", ids.n,
-              ref_ids.t, first);
+        CHECK(ids.n == (size_t)ref_ids.t && first == ids.n, label, "%zu ids vs %d, first difference at %zu",
+              ids.n, ref_ids.t, first);
         size_t dl;
         char* back = tok_decode(t, ids.ids, ids.n, &dl);
         snprintf(label, sizeof(label), "tokenizer %s: decode round-trips calib.txt", name);
-        CHECK(dl == calib_len && memcmp(back, calib, dl) == 0, label, "decoded %zu bytes of %zu", dl, calib_len);
+        CHECK(dl == calib_len && memcmp(back, calib, dl) == 0, label, "decoded %zu bytes of %zu", dl,
+              calib_len);
         free(back);
         idvec_free(&ids);
         token_ids_free(&ref_ids);
@@ -66,8 +67,10 @@ int main(void) {
     size_t len = 0;
     char* calib = read_file("../shared/data/calib.txt", &len);
     size_t want = (size_t)json_integer_value(json_object_get(ref, "calib_bytes"));
-    if (calib && len >= want) len = want;
-    else calib = NULL;
+    if (calib && len >= want)
+        len = want;
+    else
+        calib = NULL;
     check_one("qwen3", "../shared/data/qwen3-tokenizer/tokenizer.json", ref, calib, len);
     check_one("tiny", "../shared/models/qwen3-tiny/tokenizer.json", ref, calib, len);
     free(calib);

@@ -1,3 +1,0 @@
-build-nocuda/autoq.o: autoq.c cli.h engine/util.h
-cli.h:
-engine/util.h:

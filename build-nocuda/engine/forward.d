@@ -1,9 +1,0 @@
-build-nocuda/engine/forward.o: engine/forward.c engine/forward.h \
- engine/../kernels/kernels.h engine/model.h engine/config.h \
- engine/safetensors.h engine/util.h
-engine/forward.h:
-engine/../kernels/kernels.h:
-engine/model.h:
-engine/config.h:
-engine/safetensors.h:
-engine/util.h:

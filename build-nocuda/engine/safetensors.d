@@ -1,4 +1,0 @@
-build-nocuda/engine/safetensors.o: engine/safetensors.c \
- engine/safetensors.h engine/util.h
-engine/safetensors.h:
-engine/util.h:

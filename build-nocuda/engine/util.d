@@ -1,2 +1,0 @@
-build-nocuda/engine/util.o: engine/util.c engine/util.h
-engine/util.h:

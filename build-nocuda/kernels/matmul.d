@@ -1,7 +1,0 @@
-build-nocuda/kernels/matmul.o: kernels/matmul.c \
- /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h \
- /usr/include/x86_64-linux-gnu/openblas-openmp/openblas_config.h \
- kernels/kernels.h
-/usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h:
-/usr/include/x86_64-linux-gnu/openblas-openmp/openblas_config.h:
-kernels/kernels.h:

@@ -1,2 +1,0 @@
-build-nocuda/kernels/quant.o: kernels/quant.c kernels/kernels.h
-kernels/kernels.h:
