@@ -31,6 +31,12 @@ static json_t* run_identity(const ScoreJob* j) {
     json_object_set_new(id, "num_samples", json_integer(j->ids.n));
     json_object_set_new(id, "seq_len", json_integer(j->ids.t));
     json_object_set_new(id, "data_crc32", json_integer(crc32_ids(j->ids.ids, (size_t)j->ids.n * j->ids.t)));
+    // The engine and its batching fix the summation order, so a resumed run must use the same.
+    json_object_set_new(id, "engine", json_string(j->use_gpu ? "cuda" : "cpu"));
+    if (j->use_gpu) {
+        json_object_set_new(id, "batch_size", json_integer(j->batch_size));
+        json_object_set_new(id, "gpu_gemm", json_string(j->gpu_split ? "bf16x2" : "bf16"));
+    }
     return id;
 }
 
