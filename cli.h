@@ -10,6 +10,9 @@ typedef struct {
 } Args;
 
 // extra_flags: NULL-terminated options that take no value in this command (or NULL).
+// Prints every command and option to stderr (autoq --help, autoq CMD --help).
+void cli_usage(void);
+
 void args_init(Args* a, int argc, char** argv, const char* const* extra_flags);
 extern const char* const k_json_flag[]; // {"--json", NULL}
 // Value of --name, or NULL. Marks it used.

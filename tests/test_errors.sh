@@ -45,3 +45,5 @@ for v in f32 f16 rope_theta; do
         echo "PASS errors: $v checkpoint loads and matches BF16 (NLL $got)" || echo "FAIL errors: $v checkpoint: NLL '$got' vs $base"
 done
 $AQ info "$tmp/dt/rope_theta" | grep -q "rope theta 5e+06" && echo "PASS errors: rope_theta spelling read" || echo "FAIL errors: rope_theta spelling"
+$AQ score --help 2>"$tmp/help" && grep -q "autoq search" "$tmp/help" && pass "score --help lists every command, exit 0" || fail "--help"
+$AQ >/dev/null 2>&1; [ $? -eq 2 ] && pass "no command: usage, exit 2" || fail "no command exit status"
