@@ -52,6 +52,7 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     if (gg && strcmp(gg, "bf16") && strcmp(gg, "bf16x2"))
         fail_input("%s: --gpu-gemm must be bf16x2 or bf16 (got '%s')", a->cmd, gg);
     j->gpu_split = !gg || strcmp(gg, "bf16x2") == 0;
+    j->ngpus = args_int(a, "--gpus", 0, 1, 64);
     j->model_dir = args_pos(a, 0);
 }
 
@@ -62,6 +63,13 @@ void score_job_load(ScoreJob* j) {
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
     j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    if (j->ngpus && !j->use_gpu)
+        fail_input("--gpus %d: no CUDA device in use (--device cpu or none found)", j->ngpus);
+    if (j->use_gpu) {
+        int have = gpu_device_count();
+        if (j->ngpus > have) fail_input("--gpus %d: only %d CUDA device(s) visible", j->ngpus, have);
+        if (!j->ngpus) j->ngpus = have;
+    }
     if (j->use_gpu && !j->need_host)
         model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else
@@ -129,8 +137,8 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
 }
 
 void score_job_free(ScoreJob* j) {
-    if (j->gpu) {
-        gpu_engine_free(j->gpu);
+    if (j->scorer.on_gpu) {
+        if (j->gpu) gpu_engine_free(j->gpu);
         free(j->scorer.score);
     } else if (j->scorer.score) {
         scorer_free(&j->scorer);

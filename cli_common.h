@@ -26,6 +26,7 @@ typedef struct {
     int need_host; // the caller runs the CPU engine too (search --verify)
     const char* device;
     int gpu_split; // --gpu-gemm bf16x2 (default) or bf16
+    int ngpus;     // --gpus (0: every visible GPU)
     const char* format_csv;
     const char* disabled_csv;
     Scorer scorer;

@@ -27,7 +27,13 @@ void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, co
 // Adds the gradient scores of nb windows; returns the summed per-window mean CE.
 double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
                           double* score);
-size_t gpu_peak_bytes(GpuEngine* e); // device memory in use at its peak (cudaMemGetInfo deltas)
+size_t gpu_peak_bytes(GpuEngine* e);
+// Data parallelism over ngpus GPUs of this host (engine/gpu_multi.cu): each
+// scores a contiguous share of the n windows; sums combined with NCCL in fp64
+// and added to score. seconds and peak: the slowest GPU's time, the largest peak.
+void gpu_score_multi(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient, const int* ids,
+                     int n, int T, int B, int split, int ngpus, double* score, double* seconds,
+                     size_t* peak); // device memory in use at its peak (cudaMemGetInfo deltas)
 const char* gpu_name(void);
 
 #ifdef __cplusplus

@@ -27,3 +27,10 @@ size_t gpu_peak_bytes(GpuEngine* e) {
     (void)e;
     return 0;
 }
+
+void gpu_score_multi(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient, const int* ids,
+                     int n, int T, int B, int split, int ngpus, double* score, double* seconds, size_t* peak) {
+    (void)m, (void)gs, (void)fmts, (void)nf, (void)gradient, (void)ids, (void)n, (void)T, (void)B, (void)split;
+    (void)ngpus, (void)score, (void)seconds, (void)peak;
+    fail_input("--gpus: this autoq was built without CUDA");
+}

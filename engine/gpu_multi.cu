@@ -1,0 +1,105 @@
+// Data-parallel scoring on several GPUs of one host: one process, one host
+// thread per GPU (each holds the weights and scores its share of windows),
+// per-group sums combined with ncclAllReduce in fp64. One process keeps one
+// mmap of the checkpoint and needs no launcher.
+#include <nccl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cuda_common.cuh"
+#include "gpu.h"
+
+extern "C" {
+#include "partition.h"
+#include "util.h"
+}
+
+#define ncclCheck(call)                                                                                        \
+    do {                                                                                                       \
+        ncclResult_t r_ = (call);                                                                              \
+        if (r_ != ncclSuccess) {                                                                               \
+            fprintf(stderr, "autoq: NCCL error %s at %s:%d\n", ncclGetErrorString(r_), __FILE__, __LINE__);    \
+            exit(1);                                                                                           \
+        }                                                                                                      \
+    } while (0)
+
+typedef struct {
+    int dev, T, B, split, gradient, nf, lo, hi;
+    const Model* m;
+    const Groups* gs;
+    const Format* fmts;
+    const int* ids;
+    double* score; // (nf, ng) this GPU's sums
+    double seconds;
+    size_t peak;
+} Worker;
+
+static void* worker_main(void* arg) {
+    Worker* w = (Worker*)arg;
+    cudaCheck(cudaSetDevice(w->dev));
+    GpuEngine* e = gpu_engine_init(w->m, w->T, w->B, w->split);
+    double t0 = time_now();
+    for (int i = w->lo; i < w->hi; i += w->B) {
+        int nb = w->hi - i < w->B ? w->hi - i : w->B;
+        const int* ids = w->ids + (long)i * w->T;
+        if (w->gradient)
+            gpu_score_gradient(e, w->gs, w->fmts, w->nf, ids, nb, w->score);
+        else
+            gpu_score_kl(e, w->gs, w->fmts, w->nf, ids, nb, w->score);
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    w->seconds = time_now() - t0;
+    w->peak = gpu_peak_bytes(e);
+    gpu_engine_free(e);
+    return NULL;
+}
+
+extern "C" void gpu_score_multi(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
+                                const int* ids, int n, int T, int B, int split, int ngpus, double* score,
+                                double* seconds, size_t* peak) {
+    setenv("NCCL_NVLS_ENABLE", "0", 1); // never NVLink multicast (see the device notes)
+    int ng = gs->n * nf;
+    Worker* w = (Worker*)xcalloc(ngpus, sizeof(Worker));
+    pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
+    for (int i = 0; i < ngpus; i++) {
+        w[i] = (Worker){i, T, B, split, gradient, nf, 0, 0, m, gs, fmts, ids, NULL, 0, 0};
+        partition_windows(n, ngpus, i, &w[i].lo, &w[i].hi);
+        w[i].score = (double*)xcalloc(ng, sizeof(double));
+        if (pthread_create(&th[i], NULL, worker_main, &w[i]) != 0) fail_other("cannot start GPU thread %d", i);
+    }
+    for (int i = 0; i < ngpus; i++) pthread_join(th[i], NULL);
+    // Sum the per-GPU scores with NCCL, in fp64.
+    int* devs = (int*)xmalloc(sizeof(int) * ngpus);
+    for (int i = 0; i < ngpus; i++) devs[i] = i;
+    ncclComm_t* comms = (ncclComm_t*)xcalloc(ngpus, sizeof(ncclComm_t));
+    ncclCheck(ncclCommInitAll(comms, ngpus, devs));
+    double** buf = (double**)xcalloc(ngpus, sizeof(double*));
+    for (int i = 0; i < ngpus; i++) {
+        cudaCheck(cudaSetDevice(i));
+        cudaCheck(cudaMalloc(&buf[i], sizeof(double) * ng));
+        cudaCheck(cudaMemcpy(buf[i], w[i].score, sizeof(double) * ng, cudaMemcpyHostToDevice));
+    }
+    ncclCheck(ncclGroupStart());
+    for (int i = 0; i < ngpus; i++)
+        ncclCheck(ncclAllReduce(buf[i], buf[i], ng, ncclFloat64, ncclSum, comms[i], 0));
+    ncclCheck(ncclGroupEnd());
+    double* total = (double*)xmalloc(sizeof(double) * ng);
+    cudaCheck(cudaSetDevice(0));
+    cudaCheck(cudaMemcpy(total, buf[0], sizeof(double) * ng, cudaMemcpyDeviceToHost));
+    for (int k = 0; k < ng; k++) score[k] += total[k];
+    *seconds = 0;
+    *peak = 0;
+    for (int i = 0; i < ngpus; i++) {
+        info_msg("score: GPU %d: windows %d..%d in %.2fs, peak GPU memory %.2f GiB", i, w[i].lo, w[i].hi - 1,
+                 w[i].seconds, w[i].peak / 1073741824.0);
+        *seconds = w[i].seconds > *seconds ? w[i].seconds : *seconds;
+        *peak = w[i].peak > *peak ? w[i].peak : *peak;
+        cudaCheck(cudaSetDevice(i));
+        cudaCheck(cudaFree(buf[i]));
+        ncclCommDestroy(comms[i]);
+        free(w[i].score);
+    }
+    cudaCheck(cudaSetDevice(0));
+    free(total), free(buf), free(comms), free(devs), free(th), free(w);
+}
