@@ -12,5 +12,5 @@ expect() {
     local out rc
     out=$("$@" 2>&1 >/dev/null)
     rc=$?
-    if [ "$rc" -eq 2 ] && grep -qi -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out (wanted exit 2 and '$want')"; fi
+    if [ "$rc" -eq 2 ] && grep -qiF -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out (wanted exit 2 and '$want')"; fi
 }

@@ -11,7 +11,7 @@ expect "header length past end" "runs past the end" $AQ eval "$tmp/header_past_e
 expect "data offsets out of range" "out of range" $AQ eval "$tmp/offset_out_of_range" --data $ids
 expect "overlapping data offsets" "overlapping" $AQ eval "$tmp/overlap" --data $ids
 expect "unknown dtype" "unknown dtype 'Q7'" $AQ eval "$tmp/unknown_dtype" --data $ids
-expect "shape disagrees with config" "q_proj.weight' has shape \[128, 256\]" $AQ eval "$tmp/wrong_shape" --data $ids
+expect "shape disagrees with config" "q_proj.weight' has shape [128, 256]" $AQ eval "$tmp/wrong_shape" --data $ids
 expect "missing tensor" "q_proj.weight' is missing" $AQ info "$tmp/missing_tensor"
 expect "config field missing" "'hidden_size' is missing" $AQ info "$tmp/config_missing_field"
 expect "config field mistyped" "'num_hidden_layers' must be an integer" $AQ info "$tmp/config_mistyped_field"
