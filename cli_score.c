@@ -99,8 +99,33 @@ static void gpu_init(ScoreJob* j, Scorer* s) {
              j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16");
 }
 
+// Several GPUs: every window at once, data parallel (engine/gpu_multi.cu).
+static void run_multi(ScoreJob* j, Scorer* s, const char* checkpoint) {
+    if (checkpoint) fail_input("--checkpoint: not supported with --gpus %d (use one GPU)", j->ngpus);
+    memset(s, 0, sizeof(*s));
+    s->m = &j->model;
+    s->gs = &j->groups;
+    s->fmts = j->fmts;
+    s->nf = j->nf;
+    s->method = j->method;
+    s->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
+    s->on_gpu = 1;
+    int B = j->batch_size < j->ids.n ? j->batch_size : j->ids.n;
+    info_msg("score: %d CUDA devices (%s), batches of %d windows, data parallel", j->ngpus, gpu_name(), B);
+    double t0 = time_now(), gpu_seconds;
+    gpu_score_multi(&j->model, &j->groups, j->fmts, j->nf, j->method == METHOD_GRADIENT, j->ids.ids, j->ids.n,
+                    j->ids.t, B, j->gpu_split, j->ngpus, s->score, &gpu_seconds, &j->gpu_peak);
+    s->samples_done = j->ids.n;
+    j->seconds = gpu_seconds; // the slowest GPU's scoring, loading excluded as on one GPU
+    info_msg("score: %.2fs including the weight uploads", time_now() - t0);
+}
+
 void score_job_run(ScoreJob* j, const char* checkpoint) {
     Scorer* s = &j->scorer;
+    if (j->use_gpu && j->ngpus > 1) {
+        run_multi(j, s, checkpoint);
+        return;
+    }
     if (j->use_gpu)
         gpu_init(j, s);
     else
