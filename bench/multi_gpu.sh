@@ -25,8 +25,10 @@ run() { # label model ids method batch
     done
     cmp_scores "$out/multi_$1_$4_1.json" "$out/multi_$1_$4_$n.json"
 }
-echo "== qwen3-tiny, 8 x 256"
-for m in kl gradient; do run tiny "$tiny" tests/fixtures/qwen3_tiny_ids.npy $m 2; done
+if [ -f "$tiny/config.json" ]; then
+    echo "== qwen3-tiny, 8 x 256"
+    for m in kl gradient; do run tiny "$tiny" tests/fixtures/qwen3_tiny_ids.npy $m 2; done
+fi
 m8=$work/8b
 [ -f "$m8/model.safetensors" ] || $AQ gen "$m8" --preset 8b --seed 1
 python3 -c "import numpy as np; np.save('$m8/ids.npy', np.random.default_rng(1).integers(0, 151936, (128, 512), dtype=np.int32))"
