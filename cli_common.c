@@ -53,6 +53,16 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
         fail_input("%s: --gpu-gemm must be bf16x2 or bf16 (got '%s')", a->cmd, gg);
     j->gpu_split = !gg || strcmp(gg, "bf16x2") == 0;
     j->ngpus = args_int(a, "--gpus", 0, 1, 64);
+    j->nccl_init = args_str(a, "--nccl-init");
+    j->rank = args_int(a, "--rank", -1, 0, 1 << 20);
+    j->world = args_int(a, "--world-size", 0, 1, 1 << 20);
+    int given = (j->nccl_init != NULL) + (j->rank >= 0) + (j->world > 0);
+    if (given != 0 && given != 3) fail_input("%s: --nccl-init, --rank and --world-size go together", a->cmd);
+    if (j->nccl_init) rdv_parse(&j->rdv, j->nccl_init);
+    if (j->nccl_init && j->rank >= j->world)
+        fail_input("%s: --rank %d must be below --world-size %d", a->cmd, j->rank, j->world);
+    if (j->nccl_init && j->ngpus)
+        fail_input("%s: --gpus and --nccl-init exclude each other (one GPU per rank)", a->cmd);
     j->model_dir = args_pos(a, 0);
 }
 

@@ -25,8 +25,11 @@ typedef struct {
     int use_gpu;   // resolved --device
     int need_host; // the caller runs the CPU engine too (search --verify)
     const char* device;
-    int gpu_split; // --gpu-gemm bf16x2 (default) or bf16
-    int ngpus;     // --gpus (0: every visible GPU)
+    int gpu_split;         // --gpu-gemm bf16x2 (default) or bf16
+    int ngpus;             // --gpus (0: every visible GPU)
+    const char* nccl_init; // --nccl-init file:PATH|tcp:HOST:PORT (multi-process run)
+    int rank, world;
+    RdvSpec rdv;
     const char* format_csv;
     const char* disabled_csv;
     Scorer scorer;

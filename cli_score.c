@@ -120,8 +120,30 @@ static void run_multi(ScoreJob* j, Scorer* s, const char* checkpoint) {
     info_msg("score: %.2fs including the weight uploads", time_now() - t0);
 }
 
+// One rank of a multi-process run (--nccl-init): this process's GPU, its share of the windows.
+static void run_ranked(ScoreJob* j, Scorer* s, const char* checkpoint) {
+    if (checkpoint) fail_input("--checkpoint: not supported with --nccl-init");
+    memset(s, 0, sizeof(*s));
+    s->m = &j->model;
+    s->gs = &j->groups;
+    s->fmts = j->fmts;
+    s->nf = j->nf;
+    s->method = j->method;
+    s->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
+    s->on_gpu = 1;
+    int B = j->batch_size < j->ids.n ? j->batch_size : j->ids.n;
+    gpu_score_ranked(&j->model, &j->groups, j->fmts, j->nf, j->method == METHOD_GRADIENT, j->ids.ids, j->ids.n,
+                     j->ids.t, B, j->gpu_split, j->rank, j->world, &j->rdv, s->score, &j->seconds,
+                     &j->gpu_peak);
+    s->samples_done = j->ids.n;
+}
+
 void score_job_run(ScoreJob* j, const char* checkpoint) {
     Scorer* s = &j->scorer;
+    if (j->use_gpu && j->nccl_init) {
+        run_ranked(j, s, checkpoint);
+        return;
+    }
     if (j->use_gpu && j->ngpus > 1) {
         run_multi(j, s, checkpoint);
         return;
@@ -184,6 +206,10 @@ int cmd_score(int argc, char** argv) {
     args_done(&a);
     score_job_load(&j);
     score_job_run(&j, checkpoint);
+    if (j.nccl_init && j.rank != 0) { // rank 0 writes the results
+        score_job_free(&j);
+        return 0;
+    }
     ScoreTable t;
     score_job_table(&j, &t);
     int json_stdout = json && strcmp(json, "-") == 0;

@@ -9,6 +9,7 @@ extern "C" {
 #include "../scoring/format.h"
 #include "../scoring/groups.h"
 #include "model.h"
+#include "rendezvous.h"
 
 typedef struct GpuEngine GpuEngine;
 
@@ -31,6 +32,11 @@ size_t gpu_peak_bytes(GpuEngine* e);
 // Data parallelism over ngpus GPUs of this host (engine/gpu_multi.cu): each
 // scores a contiguous share of the n windows; sums combined with NCCL in fp64
 // and added to score. seconds and peak: the slowest GPU's time, the largest peak.
+// One rank of a multi-process (multi-host) run: this process's GPU scores its
+// share; the NCCL id comes through the rendezvous; sums all-reduced in fp64.
+void gpu_score_ranked(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
+                      const int* ids, int n, int T, int B, int split, int rank, int world, const RdvSpec* rdv,
+                      double* score, double* seconds, size_t* peak);
 void gpu_score_multi(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient, const int* ids,
                      int n, int T, int B, int split, int ngpus, double* score, double* seconds,
                      size_t* peak); // device memory in use at its peak (cudaMemGetInfo deltas)

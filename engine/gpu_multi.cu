@@ -12,6 +12,7 @@
 
 extern "C" {
 #include "partition.h"
+#include "rendezvous.h"
 #include "util.h"
 }
 
@@ -102,4 +103,44 @@ extern "C" void gpu_score_multi(const Model* m, const Groups* gs, const Format* 
     }
     cudaCheck(cudaSetDevice(0));
     free(total), free(buf), free(comms), free(devs), free(th), free(w);
+}
+
+// One process per GPU, possibly on several hosts: the NCCL id travels through
+// the rendezvous, each rank scores its share, the sums meet in an all-reduce.
+extern "C" void gpu_score_ranked(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
+                                 const int* ids, int n, int T, int B, int split, int rank, int world,
+                                 const RdvSpec* rdv, double* score, double* seconds, size_t* peak) {
+    setenv("NCCL_NVLS_ENABLE", "0", 1);
+    ncclUniqueId id;
+    if (rank == 0) {
+        ncclCheck(ncclGetUniqueId(&id));
+        rdv_publish(rdv, &id, sizeof(id), world, 600.0);
+    } else {
+        rdv_fetch(rdv, &id, sizeof(id), world, 600.0);
+    }
+    int count = 0;
+    cudaCheck(cudaGetDeviceCount(&count));
+    cudaCheck(cudaSetDevice(rank % count));
+    ncclComm_t comm;
+    ncclCheck(ncclCommInitRank(&comm, world, id, rank));
+    int ng = gs->n * nf;
+    Worker w = {rank % count, T, B, split, gradient, nf, 0, 0, m, gs, fmts, ids, NULL, 0, 0};
+    partition_windows(n, world, rank, &w.lo, &w.hi);
+    w.score = (double*)xcalloc(ng, sizeof(double));
+    worker_main(&w);
+    double* buf;
+    cudaCheck(cudaSetDevice(rank % count));
+    cudaCheck(cudaMalloc(&buf, sizeof(double) * ng));
+    cudaCheck(cudaMemcpy(buf, w.score, sizeof(double) * ng, cudaMemcpyHostToDevice));
+    ncclCheck(ncclAllReduce(buf, buf, ng, ncclFloat64, ncclSum, comm, 0));
+    cudaCheck(cudaMemcpy(w.score, buf, sizeof(double) * ng, cudaMemcpyDeviceToHost));
+    for (int k = 0; k < ng; k++) score[k] += w.score[k];
+    info_msg("score: rank %d of %d: windows %d..%d in %.2fs, peak GPU memory %.2f GiB", rank, world, w.lo,
+             w.hi - 1, w.seconds, w.peak / 1073741824.0);
+    *seconds = w.seconds;
+    *peak = w.peak;
+    cudaCheck(cudaFree(buf));
+    ncclCommDestroy(comm);
+    if (rank == 0) rdv_done(rdv);
+    free(w.score);
 }

@@ -61,3 +61,6 @@ if [ "$($AQ score $M --data $D --method kl --device cpu --gpus 2 2>&1 >/dev/null
     expect "--gpus without a GPU in use" "--gpus 2: no CUDA device in use" $AQ score $M --data $D --method kl --device cpu --gpus 2
 fi
 expect "--gpus out of range" "--gpus = '0' must be an integer in [1, 64]" $AQ score $M --data $D --method kl --gpus 0
+expect "--nccl-init needs --rank and --world-size" "--nccl-init, --rank and --world-size go together" $AQ score $M --data $D --method kl --nccl-init file:/tmp/x
+expect "--rank below --world-size" "--rank 2 must be below --world-size 2" $AQ score $M --data $D --method kl --nccl-init file:/tmp/x --rank 2 --world-size 2
+expect "bad --nccl-init" "must be file:PATH or tcp:HOST:PORT" $AQ score $M --data $D --method kl --nccl-init udp:x --rank 0 --world-size 2
