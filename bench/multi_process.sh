@@ -10,7 +10,7 @@ $AQ score "$model" --data "$ids" --method "$method" --device cuda --gpus 1 --jso
 for init in "file:/tmp/autoq-rdv-$$" "tcp:127.0.0.1:29517"; do
     for r in 0 1; do
         CUDA_VISIBLE_DEVICES=$r $AQ score "$model" --data "$ids" --method "$method" --device cuda \
-            --nccl-init "$init" --rank $r --world-size 2 --json "$out/mp_rank$r.json" 2>&1 | grep -E "rank|tokens/s" | sed "s/^/   [$init] /" &
+            --nccl-init "$init" --rank $r --world-size 2 --json "$out/mp_rank$r.json" 2>&1 | grep -E "rank|tokens/s" | sed "s|^|   [$init] |" &
     done
     wait
     python3 - "$out/mp_single.json" "$out/mp_rank0.json" "$init" <<'PY'
