@@ -6,18 +6,6 @@
 
 #include "engine/util.h"
 
-void print_json(json_t* j, const char* path) {
-    if (!path || strcmp(path, "-") == 0) {
-        json_dumpf(j, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
-        fputc('\n', stdout);
-        return;
-    }
-    OutFile o;
-    out_open(&o, path);
-    json_dumpf(j, o.f, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
-    fputc('\n', o.f);
-    out_close(&o);
-}
 
 void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     memset(j, 0, sizeof(*j));

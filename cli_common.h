@@ -46,4 +46,3 @@ void score_job_load(ScoreJob* j);
 void score_job_run(ScoreJob* j, const char* checkpoint);
 void score_job_table(const ScoreJob* j, ScoreTable* t);
 void score_job_free(ScoreJob* j);
-void print_json(json_t* j, const char* path);

@@ -42,7 +42,7 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
             json_pack("{s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "num_samples", ids->n,
                       "seq_len", ids->t, "quantized_linears", r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref,
                       "nll_quantized", r.nll_q, "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
-        print_json(j, NULL);
+        json_write_file(j, NULL);
         json_decref(j);
     } else {
         printf("%d of %d linears quantized; %d x %d tokens\n", r.n_quantized, m->n_linears, ids->n, ids->t);
@@ -106,7 +106,7 @@ int cmd_info(int argc, char** argv) {
             json_array_append_new(ls, o);
         }
         json_object_set_new(j, "linears", ls);
-        print_json(j, NULL);
+        json_write_file(j, NULL);
         json_decref(j);
     } else {
         printf("model        %s (%s)\n", dir, c->model_type);
@@ -195,7 +195,7 @@ int cmd_eval(int argc, char** argv) {
         json_object_set_new(j, "mean_nll", json_real(mean));
         json_object_set_new(j, "perplexity", json_real(exp(mean)));
         json_object_set_new(j, "seconds", json_real(el));
-        print_json(j, NULL);
+        json_write_file(j, NULL);
         json_decref(j);
     } else {
         printf("%-8s %12s\n", "sample", "nll");

@@ -83,8 +83,8 @@ static int checkpoint_load(const char* path, json_t* id, Scorer* s) {
     return s->samples_done;
 }
 
-// Scores on the GPU in batches of --batch-size windows; the Scorer keeps only the sums.
-static void gpu_init(ScoreJob* j, Scorer* s) {
+// On the GPU the Scorer keeps only the sums; returns the windows per batch.
+static int gpu_sums_init(ScoreJob* j, Scorer* s) {
     memset(s, 0, sizeof(*s));
     s->m = &j->model;
     s->gs = &j->groups;
@@ -93,7 +93,12 @@ static void gpu_init(ScoreJob* j, Scorer* s) {
     s->method = j->method;
     s->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
     s->on_gpu = 1;
-    int B = j->batch_size < j->ids.n ? j->batch_size : j->ids.n;
+    return j->batch_size < j->ids.n ? j->batch_size : j->ids.n;
+}
+
+// Scores on one GPU in batches of --batch-size windows.
+static void gpu_init(ScoreJob* j, Scorer* s) {
+    int B = gpu_sums_init(j, s);
     j->gpu = gpu_engine_init(&j->model, j->ids.t, B, j->gpu_split);
     info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
              j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16");
@@ -102,15 +107,7 @@ static void gpu_init(ScoreJob* j, Scorer* s) {
 // Several GPUs: every window at once, data parallel (engine/gpu_multi.cu).
 static void run_multi(ScoreJob* j, Scorer* s, const char* checkpoint) {
     if (checkpoint) fail_input("--checkpoint: not supported with --gpus %d (use one GPU)", j->ngpus);
-    memset(s, 0, sizeof(*s));
-    s->m = &j->model;
-    s->gs = &j->groups;
-    s->fmts = j->fmts;
-    s->nf = j->nf;
-    s->method = j->method;
-    s->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
-    s->on_gpu = 1;
-    int B = j->batch_size < j->ids.n ? j->batch_size : j->ids.n;
+    int B = gpu_sums_init(j, s);
     info_msg("score: %d CUDA devices (%s), batches of %d windows, data parallel", j->ngpus, gpu_name(), B);
     double t0 = time_now(), gpu_seconds;
     gpu_score_multi(&j->model, &j->groups, j->fmts, j->nf, j->method == METHOD_GRADIENT, j->ids.ids, j->ids.n,
@@ -123,15 +120,7 @@ static void run_multi(ScoreJob* j, Scorer* s, const char* checkpoint) {
 // One rank of a multi-process run (--nccl-init): this process's GPU, its share of the windows.
 static void run_ranked(ScoreJob* j, Scorer* s, const char* checkpoint) {
     if (checkpoint) fail_input("--checkpoint: not supported with --nccl-init");
-    memset(s, 0, sizeof(*s));
-    s->m = &j->model;
-    s->gs = &j->groups;
-    s->fmts = j->fmts;
-    s->nf = j->nf;
-    s->method = j->method;
-    s->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
-    s->on_gpu = 1;
-    int B = j->batch_size < j->ids.n ? j->batch_size : j->ids.n;
+    int B = gpu_sums_init(j, s);
     gpu_score_ranked(&j->model, &j->groups, j->fmts, j->nf, j->method == METHOD_GRADIENT, j->ids.ids, j->ids.n,
                      j->ids.t, B, j->gpu_split, j->rank, j->world, &j->rdv, s->score, &j->seconds,
                      &j->gpu_peak);

@@ -27,6 +27,29 @@ void table_free(ScoreTable* t) {
     memset(t, 0, sizeof(*t));
 }
 
+void json_write_file(json_t* j, const char* path) {
+    if (!path || strcmp(path, "-") == 0) {
+        json_dumpf(j, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+        fputc('\n', stdout);
+        return;
+    }
+    OutFile o;
+    out_open(&o, path);
+    json_dumpf(j, o.f, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    fputc('\n', o.f);
+    out_close(&o);
+}
+
+json_t* json_csv_list(const char* csv) {
+    json_t* a = json_array();
+    char* s = xstrdup(csv);
+    char* save = NULL;
+    for (char* tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        json_array_append_new(a, json_string(tok));
+    free(s);
+    return a;
+}
+
 static json_t* table_json(const ScoreTable* t) {
     json_t* j = json_object();
     json_object_set_new(j, "model", json_string(t->model));
@@ -45,13 +68,7 @@ static json_t* table_json(const ScoreTable* t) {
     for (int g = 0; g < t->ng; g++) {
         json_t* o = json_object();
         json_object_set_new(o, "name", json_string(t->gname[g]));
-        json_t* mem = json_array();
-        char* s = xstrdup(t->gmembers[g]);
-        char* save = NULL;
-        for (char* tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-            json_array_append_new(mem, json_string(tok));
-        free(s);
-        json_object_set_new(o, "members", mem);
+        json_object_set_new(o, "members", json_csv_list(t->gmembers[g]));
         json_object_set_new(o, "params", json_integer(t->params[g]));
         json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
         if (t->disabled[g])
@@ -73,16 +90,7 @@ static json_t* table_json(const ScoreTable* t) {
 
 void table_write_json(const ScoreTable* t, const char* path) {
     json_t* j = table_json(t);
-    if (strcmp(path, "-") == 0) {
-        json_dumpf(j, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
-        fputc('\n', stdout);
-    } else {
-        OutFile o;
-        out_open(&o, path);
-        json_dumpf(j, o.f, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
-        fputc('\n', o.f);
-        out_close(&o);
-    }
+    json_write_file(j, path);
     json_decref(j);
 }
 

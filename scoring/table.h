@@ -1,6 +1,7 @@
 // Scores as data: what `autoq score` writes (JSON, HDF5) and `autoq search`
 // reads back, independent of the model in memory.
 #pragma once
+#include <jansson.h>
 #include <stdint.h>
 
 #define MAX_FORMATS 4
@@ -26,8 +27,11 @@ typedef struct {
     int* lgroup;  // (nl)
 } ScoreTable;
 
-struct Scorer;
 void table_free(ScoreTable* t);
+// Writes j as indented JSON with doubles that round-trip, to path ("-" or NULL: stdout), atomically.
+void json_write_file(json_t* j, const char* path);
+// ["a", "b", ...] from "a,b,..."
+json_t* json_csv_list(const char* csv);
 void table_write_json(const ScoreTable* t, const char* path); // "-" = stdout
 // HDF5 in the SPEC §8 layout. The file is created under a temporary name;
 // table_h5_create returns its id and table_h5_finish closes and renames it.

@@ -144,16 +144,6 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
 }
 
 // ---- recipe JSON ----
-static json_t* members_json(const char* csv) {
-    json_t* a = json_array();
-    char* s = xstrdup(csv);
-    char* save = NULL;
-    for (char* tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-        json_array_append_new(a, json_string(tok));
-    free(s);
-    return a;
-}
-
 void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts) {
     const ScoreTable* t = c->t;
     json_t* j = json_object();
@@ -183,7 +173,7 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
     for (int g = 0; g < t->ng; g++) {
         json_t* o = json_object();
         json_object_set_new(o, "name", json_string(t->gname[g]));
-        json_object_set_new(o, "members", members_json(t->gmembers[g]));
+        json_object_set_new(o, "members", json_csv_list(t->gmembers[g]));
         json_object_set_new(o, "params", json_integer(t->params[g]));
         json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
         json_object_set_new(o, "choice",
@@ -194,11 +184,7 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
         json_array_append_new(gs, o);
     }
     json_object_set_new(j, "groups", gs);
-    OutFile o;
-    out_open(&o, path);
-    json_dumpf(j, o.f, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
-    fputc('\n', o.f);
-    out_close(&o);
+    json_write_file(j, path);
     json_decref(j);
 }
 
