@@ -6,7 +6,6 @@
 
 #include "engine/util.h"
 
-
 void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     memset(j, 0, sizeof(*j));
     j->data.path = args_str(a, "--data");
@@ -68,6 +67,11 @@ void score_job_load(ScoreJob* j) {
         if (j->ngpus > have) fail_input("--gpus %d: only %d CUDA device(s) visible", j->ngpus, have);
         if (!j->ngpus) j->ngpus = have;
     }
+    for (int f = 0; j->use_gpu && f < j->nf; f++)
+        if (!j->fmts[f].w_enable || !j->fmts[f].in_enable)
+            fail_input(
+                "%s: the CUDA engine runs formats with both a weight and an input quantizer; use --device cpu",
+                j->fmts[f].path);
     if (j->use_gpu && !j->need_host)
         model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else

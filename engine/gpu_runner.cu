@@ -43,7 +43,6 @@ struct GpuEngine {
     float* sw[3];
     int q_idx[3], nq; // linear indices now quantized
     QuantSpec in_spec;
-    int in_enable;
     double *dscore, *kl_scratch;
     size_t free0, min_free;
     void** allocs; // every cudaMalloc, freed by gpu_engine_free
@@ -241,12 +240,8 @@ static void linear(GpuEngine* e, int idx, float* y, const float* x, const __nv_b
                    const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M) {
     const Linear* l = &e->m->linears[idx];
     for (int j = 0; j < e->nq; j++)
-        if (e->q_idx[j] == idx) {
-            if (e->in_enable) {
-                gemm_int8(e, y, x, j, M, l->in, l->out);
-            } else { // weight-only: dequantize on the fly is not needed for w4a8/w8a8
-                fail_other("CUDA path: formats without an input quantizer are not supported");
-            }
+        if (e->q_idx[j] == idx) { // formats have both quantizers here (checked in score_job_load)
+            gemm_int8(e, y, x, j, M, l->in, l->out);
             return;
         }
     gemm_bf16(e, y, x16, x_lo, w, M, l->in, l->out);
@@ -361,12 +356,10 @@ static const __nv_bfloat16* weight_of(GpuEngine* e, int idx) {
 static void set_group(GpuEngine* e, const Group* g, const Format* f) {
     e->nq = g->n_members;
     e->in_spec = f->in;
-    e->in_enable = f->in_enable;
     for (int j = 0; j < g->n_members; j++) {
         int idx = g->members[j];
         const Linear* l = &e->m->linears[idx];
         e->q_idx[j] = idx;
-        if (!f->w_enable) fail_other("CUDA path: formats without a weight quantizer are not supported");
         gpu_quant_rows_bf16(e->wq[j], e->sw[j], (const bf16_t*)weight_of(e, idx), l->out, l->in, f->w);
     }
 }
@@ -463,8 +456,6 @@ static void grad_linear(GpuEngine* e, const GradJob* job, int idx, const float* 
     const Linear* l = &e->m->linears[idx];
     for (int f = 0; f < job->nf; f++) {
         const Format* fm = &job->fmts[f];
-        if (!fm->in_enable || !fm->w_enable)
-            fail_other("CUDA path: formats need both quantizers (as w4a8, w8a8)");
         e->in_spec = fm->in;
         gpu_quant_rows_bf16(e->wq[0], e->sw[0], (const bf16_t*)weight_of(e, idx), l->out, l->in, fm->w);
         gemm_int8(e, e->yq, x, 0, M, l->in, l->out);
