@@ -50,6 +50,15 @@ json_t* json_csv_list(const char* csv) {
     return a;
 }
 
+json_t* table_group_json(const ScoreTable* t, int g) {
+    json_t* o = json_object();
+    json_object_set_new(o, "name", json_string(t->gname[g]));
+    json_object_set_new(o, "members", json_csv_list(t->gmembers[g]));
+    json_object_set_new(o, "params", json_integer(t->params[g]));
+    json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
+    return o;
+}
+
 static json_t* table_json(const ScoreTable* t) {
     json_t* j = json_object();
     json_object_set_new(j, "model", json_string(t->model));
@@ -66,11 +75,7 @@ static json_t* table_json(const ScoreTable* t) {
     json_object_set_new(j, "seq_len", json_integer(t->seq_len));
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
-        json_t* o = json_object();
-        json_object_set_new(o, "name", json_string(t->gname[g]));
-        json_object_set_new(o, "members", json_csv_list(t->gmembers[g]));
-        json_object_set_new(o, "params", json_integer(t->params[g]));
-        json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
+        json_t* o = table_group_json(t, g);
         if (t->disabled[g])
             json_object_set_new(o, "score", json_null());
         else

@@ -30,6 +30,8 @@ typedef struct {
 void table_free(ScoreTable* t);
 // Writes j as indented JSON with doubles that round-trip, to path ("-" or NULL: stdout), atomically.
 void json_write_file(json_t* j, const char* path);
+// {"name", "members", "params", "disabled"} of group g: the part every group record shares.
+json_t* table_group_json(const ScoreTable* t, int g);
 // ["a", "b", ...] from "a,b,..."
 json_t* json_csv_list(const char* csv);
 void table_write_json(const ScoreTable* t, const char* path); // "-" = stdout

@@ -171,11 +171,7 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
                                       "nll_quantized", s->v.nll_q, "nll_delta", s->v.nll_q - s->v.nll_ref));
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
-        json_t* o = json_object();
-        json_object_set_new(o, "name", json_string(t->gname[g]));
-        json_object_set_new(o, "members", json_csv_list(t->gmembers[g]));
-        json_object_set_new(o, "params", json_integer(t->params[g]));
-        json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
+        json_t* o = table_group_json(t, g);
         json_object_set_new(o, "choice",
                             json_string(t->disabled[g] || s->sel[g] < 0 ? "bf16" : t->fmt_name[s->sel[g]]));
         json_object_set_new(
