@@ -78,7 +78,7 @@ void score_job_load(ScoreJob* j) {
         model_load(&j->model, j->model_dir);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
-    if (j->disabled_csv != (const char*)DEFAULT_DISABLED && strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
+    if (strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
         for (int i = 0; i < j->dis.n; i++)
             if (!j->dis.hits[i])
                 warn_msg("--disabled-layers pattern '%s' matches no module of %s", j->dis.pat[i], j->model_dir);

@@ -43,7 +43,6 @@ typedef struct {
 } GenTensor;
 
 static void fill(uint16_t* out, const GenTensor* t, uint64_t seed, const GenPreset* p) {
-    long n = t->rows * (t->cols ? t->cols : 1);
     // Each row gets its own stream so large tensors can be filled in parallel.
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < t->rows; r++) {
@@ -63,7 +62,6 @@ static void fill(uint16_t* out, const GenTensor* t, uint64_t seed, const GenPres
             out[r * c + j] = f32_to_bf16(x);
         }
     }
-    (void)n;
 }
 
 void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed) {

@@ -24,7 +24,7 @@ struct GpuEngine {
     float *cos_t, *sin_t;
     int* ids;
     // activations, (B*T, width)
-    float *h, *a, *q, *k, *v, *att, *y, *m_, *g, *u, *act, *S, *lse, *logits, *ref_logits, *hsave;
+    float *h, *a, *q, *k, *v, *att, *m_, *g, *u, *act, *S, *lse, *logits, *ref_logits, *hsave;
     // bf16 GEMM inputs; with split, *_lo holds x - bf16(x) so hi + lo carries ~16 mantissa bits
     __nv_bfloat16 *a16, *q16, *k16, *v16, *att16, *m16, *act16, *P;
     __nv_bfloat16 *a_lo, *q_lo, *k_lo, *v_lo, *att_lo, *m_lo, *act_lo, *P_lo;
@@ -148,7 +148,6 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     e->k = (float*)dalloc(e, 4 * M * kvd);
     e->v = (float*)dalloc(e, 4 * M * kvd);
     e->att = (float*)dalloc(e, 4 * M * qd);
-    e->y = (float*)dalloc(e, 4 * M * D);
     e->m_ = (float*)dalloc(e, 4 * M * D);
     e->g = (float*)dalloc(e, 4 * M * I);
     e->u = (float*)dalloc(e, 4 * M * I);
@@ -289,7 +288,7 @@ static void layer_forward(GpuEngine* e, int l, int M) {
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     long I = c->intermediate_size;
     int base = l * LIN_PER_LAYER;
-    gpu_rmsnorm(e->a, NULL, e->a_rstd, e->h, (const bf16_t*)w->w_in, M, D, c->rms_eps);
+    gpu_rmsnorm(e->a, e->a_rstd, e->h, (const bf16_t*)w->w_in, M, D, c->rms_eps);
     gpu_split_bf16((bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a, (long)M * D);
     linear(e, base + LIN_Q, e->q_lin, e->a, e->a16, e->a_lo, w->q, M);
     linear(e, base + LIN_K, e->k_lin, e->a, e->a16, e->a_lo, w->k, M);
@@ -297,9 +296,8 @@ static void layer_forward(GpuEngine* e, int l, int M) {
     // q_lin, k_lin stay for the backward; the norm and RoPE work on copies
     cudaCheck(cudaMemcpyAsync(e->q, e->q_lin, 4L * M * H * hd, cudaMemcpyDeviceToDevice));
     cudaCheck(cudaMemcpyAsync(e->k, e->k_lin, 4L * M * KV * hd, cudaMemcpyDeviceToDevice));
-    gpu_qk_norm_rope(e->q, NULL, e->q_rstd, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd,
-                     c->rms_eps);
-    gpu_qk_norm_rope(e->k, NULL, e->k_rstd, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd,
+    gpu_qk_norm_rope(e->q, e->q_rstd, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd, c->rms_eps);
+    gpu_qk_norm_rope(e->k, e->k_rstd, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd,
                      c->rms_eps);
     gpu_split_bf16((bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q, (long)M * H * hd);
     gpu_split_bf16((bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k, (long)M * KV * hd);
@@ -309,11 +307,11 @@ static void layer_forward(GpuEngine* e, int l, int M) {
     linear(e, base + LIN_O, e->y_o, e->att, e->att16, e->att_lo, w->o, M);
     gpu_add(e->h, e->y_o, (long)M * D);
     cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
-    gpu_rmsnorm(e->m_, NULL, e->m_rstd, e->h, (const bf16_t*)w->w_post, M, D, c->rms_eps);
+    gpu_rmsnorm(e->m_, e->m_rstd, e->h, (const bf16_t*)w->w_post, M, D, c->rms_eps);
     gpu_split_bf16((bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_, (long)M * D);
     linear(e, base + LIN_GATE, e->g, e->m_, e->m16, e->m_lo, w->gate, M);
     linear(e, base + LIN_UP, e->u, e->m_, e->m16, e->m_lo, w->up, M);
-    gpu_swiglu(e->act, NULL, e->g, e->u, (long)M * I);
+    gpu_swiglu(e->act, e->g, e->u, (long)M * I);
     gpu_split_bf16((bf16_t*)e->act16, (bf16_t*)e->act_lo, e->act, (long)M * I);
     linear(e, base + LIN_DOWN, e->y_down, e->act, e->act16, e->act_lo, w->down, M);
     gpu_add(e->h, e->y_down, (long)M * D);
@@ -328,7 +326,7 @@ static void forward_from(GpuEngine* e, int start, int M, float* out, int save) {
             cudaCheck(cudaMemcpyAsync(e->hsave + (long)l * M * D, e->h, 4 * M * D, cudaMemcpyDeviceToDevice));
         layer_forward(e, l, M);
     }
-    gpu_rmsnorm(e->a, NULL, e->f_rstd, e->h, (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
+    gpu_rmsnorm(e->a, e->f_rstd, e->h, (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
     gpu_split_bf16((bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a, M * D);
     gemm_bf16(e, out, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size);
 }

@@ -10,11 +10,6 @@ __global__ void embed_kernel(float* h, const __nv_bfloat16* table, const int* id
     h[i] = __bfloat162float(table[(long)ids[t] * D + d]);
 }
 
-__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* x, long n) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2bfloat16(x[i]);
-}
-
 // x = hi + lo with both in bf16: hi carries 8 mantissa bits, lo the next 8.
 __global__ void split_bf16_kernel(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* x, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
@@ -29,23 +24,16 @@ __global__ void add_kernel(float* h, const float* y, long n) {
     if (i < n) h[i] += y[i];
 }
 
-__global__ void swiglu_kernel(float* out, __nv_bfloat16* out16, const float* g, const float* u, long n) {
+__global__ void swiglu_kernel(float* out, const float* g, const float* u, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= n) return;
     float s = g[i] / (1.0f + expf(-g[i]));
-    float v = s * u[i];
-    if (out) out[i] = v;
-    if (out16) out16[i] = __float2bfloat16(v);
+    out[i] = s * u[i];
 }
 
 extern "C" void gpu_embed(float* h, const bf16_t* table, const int* ids, int M, int D) {
     long n = (long)M * D;
     embed_kernel<<<ceil_div(n, 256), 256>>>(h, (const __nv_bfloat16*)table, ids, M, D);
-    cudaCheck(cudaGetLastError());
-}
-
-extern "C" void gpu_to_bf16(bf16_t* out, const float* x, long n) {
-    to_bf16_kernel<<<ceil_div(n, 256), 256>>>((__nv_bfloat16*)out, x, n);
     cudaCheck(cudaGetLastError());
 }
 
@@ -59,7 +47,7 @@ extern "C" void gpu_add(float* h, const float* y, long n) {
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_swiglu(float* out, bf16_t* out16, const float* g, const float* u, long n) {
-    swiglu_kernel<<<ceil_div(n, 256), 256>>>(out, (__nv_bfloat16*)out16, g, u, n);
+extern "C" void gpu_swiglu(float* out, const float* g, const float* u, long n) {
+    swiglu_kernel<<<ceil_div(n, 256), 256>>>(out, g, u, n);
     cudaCheck(cudaGetLastError());
 }

@@ -13,19 +13,17 @@ typedef uint16_t bf16_t;
 
 // embed.cu: h (M, D) fp32 = table[ids] (bf16)
 void gpu_embed(float* h, const bf16_t* table, const int* ids, int M, int D);
-// norm.cu: out (M, C) = w * x * rstd (fp32 and bf16 copies; either may be NULL), rstd (M) may be NULL
-void gpu_rmsnorm(float* out, bf16_t* out16, float* rstd, const float* x, const bf16_t* w, int M, int C,
-                 float eps);
-// norm.cu: per-head norm then RoPE on x (B*T, nh, hd) in place; writes a bf16 copy and the per-head
-// rstd (rows * nh) when not NULL; positions t = row % T
-void gpu_qk_norm_rope(float* x, bf16_t* x16, float* rstd, const bf16_t* w, const float* cos_t,
-                      const float* sin_t, int rows, int T, int nh, int hd, float eps);
+// norm.cu: out (M, C) = w * x * rstd, rstd (M) may be NULL
+void gpu_rmsnorm(float* out, float* rstd, const float* x, const bf16_t* w, int M, int C, float eps);
+// norm.cu: per-head norm then RoPE on x (B*T, nh, hd) in place; writes the per-head rstd (rows * nh)
+// when not NULL; positions t = row % T
+void gpu_qk_norm_rope(float* x, float* rstd, const bf16_t* w, const float* cos_t, const float* sin_t, int rows,
+                      int T, int nh, int hd, float eps);
 // elementwise.cu
-void gpu_to_bf16(bf16_t* out, const float* x, long n);
 // x = hi + lo, both bf16 (lo may be NULL): bf16 GEMMs on both halves keep ~16 mantissa bits of x
 void gpu_split_bf16(bf16_t* hi, bf16_t* lo, const float* x, long n);
 void gpu_add(float* h, const float* y, long n); // h += y
-void gpu_swiglu(float* out, bf16_t* out16, const float* g, const float* u, long n);
+void gpu_swiglu(float* out, const float* g, const float* u, long n);
 // softmax.cu: causal softmax of s (T, T) fp32 per head (nb heads), writes p bf16 (and its low half
 // when p_lo is not NULL) and lse (nb, T)
 void gpu_causal_softmax(bf16_t* p, bf16_t* p_lo, float* lse, const float* s, int nb, int T);
