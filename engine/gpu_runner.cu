@@ -23,19 +23,32 @@ struct GpuEngine {
     __nv_bfloat16 *embed, *lm_head, *norm;
     float *cos_t, *sin_t;
     int* ids;
-    // activations, (B*T, width)
-    float *h, *a, *q, *k, *v, *att, *m_, *g, *u, *act, *S, *lse, *logits, *ref_logits, *hsave;
+    // activations, (B*T, width); S (B, H, T, T) scores of every head at once
+    float *h, *a, *v, *att, *m_, *g, *u, *act, *S, *lse, *logits, *ref_logits, *hsave;
     // bf16 GEMM inputs; with split, *_lo holds x - bf16(x) so hi + lo carries ~16 mantissa bits
     __nv_bfloat16 *a16, *q16, *k16, *v16, *att16, *m16, *act16, *P;
     __nv_bfloat16 *a_lo, *q_lo, *k_lo, *v_lo, *att_lo, *m_lo, *act_lo, *P_lo;
     int split;
+    int grad_mode; // keep each linear's own output (the gradient score needs Y)
+    // bf16 activations between GEMMs (plain bf16 mode outside the gradient pass): only the
+    // residual stream stays fp32, as in a bf16 PyTorch model with an fp32 residual
+    int bf16_act;
+    int flash;                // fused attention (plain bf16 inputs; kernels/flash.cu)
+    __nv_bfloat16 *g16, *u16; // (B*T, I), bf16_act only
+    __nv_bfloat16* qkv16;     // (B*T, (H + 2 KV) hd): q, k, v of the one-GEMM path (bf16_act, flash)
+    // pointer arrays of the batched attention GEMMs, one per (buffer, layout); built once
+    const void* pa_base[32];
+    int pa_lay[32], n_pa;
+    void** pa_dev[32];
     int8_t* xq;
     float* sx;
+    const float* xq_src; // what xq holds (gradient pass), with the format index xq_fmt
+    int xq_fmt;
     int32_t* acc;
     // kept from the forward for the backward (one layer at a time: layers are recomputed)
     float *q_lin, *k_lin, *q_rstd, *k_rstd, *a_rstd, *m_rstd, *f_rstd, *h_mid, *y_o, *y_down;
     // gradients (allocated on the first gradient call)
-    float *dh, *da, *dq, *dk, *dv, *datt, *dm, *dg, *du, *dact, *dP, *yq;
+    float *dh, *da, *dq, *dk, *dv, *dk_full, *dv_full, *datt, *dm, *dg, *du, *dact, *dP;
     __nv_bfloat16 *dy16, *dy_lo, *dlog16, *dlog_lo, *datt16, *datt_lo, *dS16, *dS_lo;
     double *loss_rows, *grad_scratch;
     // the quantized group: up to three members
@@ -45,9 +58,83 @@ struct GpuEngine {
     QuantSpec in_spec;
     double *dscore, *kl_scratch;
     size_t free0, min_free;
-    void** allocs; // every cudaMalloc, freed by gpu_engine_free
+    struct Prof* prof; // AUTOQ_GPU_PROFILE=1: time per part of the pass
+    void** allocs;     // every cudaMalloc, freed by gpu_engine_free
     int n_allocs, cap_allocs;
 };
+
+// ---- optional timing by CUDA events (AUTOQ_GPU_PROFILE=1, for bench/): each mark charges the
+// GPU time since the previous mark to a part; events are read back every PROF_N marks ----
+enum {
+    P_NORM,
+    P_QKV,
+    P_ROPE,
+    P_ATT,
+    P_O,
+    P_GATE_UP,
+    P_SWIGLU,
+    P_DOWN,
+    P_HEAD,
+    P_KL,
+    P_GROUP,
+    P_BWD,
+    P_SCORE,
+    P_N
+};
+static const char* prof_name[P_N] = {
+    "rmsnorm",       "q/k/v GEMMs", "q/k norm+rope", "attention",          "o GEMM+add",
+    "gate/up GEMMs", "swiglu",      "down GEMM+add", "final norm+lm_head", "kl",
+    "group set-up",  "backward",    "gradient score"};
+#define PROF_N 4096
+struct Prof {
+    cudaEvent_t ev[PROF_N];
+    int part[PROF_N], n;
+    double ms[P_N];
+};
+
+static void prof_flush(struct Prof* p) {
+    if (p->n < 2) return;
+    cudaCheck(cudaEventSynchronize(p->ev[p->n - 1]));
+    for (int i = 1; i < p->n; i++) {
+        float ms;
+        cudaCheck(cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]));
+        p->ms[p->part[i]] += ms;
+    }
+    cudaEvent_t last = p->ev[p->n - 1]; // keep the last mark as the next start
+    p->ev[p->n - 1] = p->ev[0];
+    p->ev[0] = last;
+    p->n = 1;
+}
+
+static void prof_mark(GpuEngine* e, int part) {
+    struct Prof* p = e->prof;
+    if (!p) return;
+    if (p->n == PROF_N) prof_flush(p);
+    cudaCheck(cudaEventRecord(p->ev[p->n], 0));
+    p->part[p->n++] = part;
+}
+
+static void prof_init(GpuEngine* e) {
+    const char* v = getenv("AUTOQ_GPU_PROFILE");
+    if (!v || strcmp(v, "1") != 0) return;
+    e->prof = (struct Prof*)xcalloc(1, sizeof(struct Prof));
+    for (int i = 0; i < PROF_N; i++) cudaCheck(cudaEventCreate(&e->prof->ev[i]));
+}
+
+static void prof_report(GpuEngine* e) {
+    struct Prof* p = e->prof;
+    if (!p) return;
+    prof_flush(p);
+    double tot = 0;
+    for (int i = 0; i < P_N; i++) tot += p->ms[i];
+    for (int i = 0; i < P_N; i++)
+        if (p->ms[i] > 0)
+            fprintf(stderr, "autoq: gpu profile: %-20s %9.1f ms %5.1f%%\n", prof_name[i], p->ms[i],
+                    100 * p->ms[i] / tot);
+    for (int i = 0; i < PROF_N; i++) cudaEventDestroy(p->ev[i]);
+    free(p);
+    e->prof = NULL;
+}
 
 static void* dalloc(GpuEngine* e, size_t bytes) {
     void* p;
@@ -64,15 +151,20 @@ static void* dalloc(GpuEngine* e, size_t bytes) {
     return p;
 }
 
-// Uploads a checkpoint tensor as bf16 (BF16 as is, F16/F32 converted).
-static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
+static const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n) {
     const StTensor* t = st_find(&e->m->ck, name);
     if (!t) fail_input("%s: tensor '%s' missing", e->m->dir, name);
-    size_t n = t->nbytes / (t->dtype == DT_F32 ? 4 : 2);
-    __nv_bfloat16* d = (__nv_bfloat16*)dalloc(e, n * 2);
+    *n = t->nbytes / (t->dtype == DT_F32 ? 4 : 2);
+    return t;
+}
+
+// Copies a checkpoint tensor to d as bf16 (BF16 as is, F16/F32 converted); returns d + its size.
+static __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
+    size_t n;
+    const StTensor* t = find_tensor(e, name, &n);
     if (t->dtype == DT_BF16) {
         cudaCheck(cudaMemcpy(d, t->data, n * 2, cudaMemcpyHostToDevice));
-        return d;
+        return d + n;
     }
     float* f = (float*)xmalloc(n * 4);
     st_to_f32(t, f);
@@ -81,6 +173,14 @@ static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
     cudaCheck(cudaMemcpy(d, h, n * 2, cudaMemcpyHostToDevice));
     free(f);
     free(h);
+    return d + n;
+}
+
+static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
+    size_t n;
+    find_tensor(e, name, &n);
+    __nv_bfloat16* d = (__nv_bfloat16*)dalloc(e, n * 2);
+    upload_to(e, name, d);
     return d;
 }
 
@@ -99,6 +199,7 @@ extern "C" const char* gpu_name(void) {
 extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     GpuEngine* e = (GpuEngine*)xcalloc(1, sizeof(GpuEngine));
     e->split = split;
+    e->flash = !split && gpu_flash_supported(T, m->c.head_dim);
     const Config* c = &m->c;
     e->m = m;
     e->T = T;
@@ -107,6 +208,7 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     cudaCheck(cudaMemGetInfo(&e->free0, &tot));
     e->min_free = e->free0;
     cublasCheck(cublasCreate(&e->blas));
+    prof_init(e);
     char name[256];
     const char* P = c->prefix;
     e->layers = (GpuLayer*)xcalloc(c->num_layers, sizeof(GpuLayer));
@@ -123,9 +225,18 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
             "input_layernorm",  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
             "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
             "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+        // q, k, v rows in one allocation, so one GEMM can compute all three
+        long qkv = (long)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * c->hidden_size;
+        g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
+        __nv_bfloat16* next = g->q;
         for (int i = 0; i < 11; i++) {
             snprintf(name, sizeof(name), "%slayers.%d.%s.weight", P, l, part[i]);
-            *dst[i] = upload(e, name);
+            if (i >= 1 && i <= 3) { // q_proj, k_proj, v_proj
+                *dst[i] = next;
+                next = upload_to(e, name, next);
+            } else {
+                *dst[i] = upload(e, name);
+            }
         }
     }
     // RoPE table as in kernels/rope.c (fp32 inv_freq, fp32 angle).
@@ -144,19 +255,17 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     e->ids = (int*)dalloc(e, sizeof(int) * M);
     e->h = (float*)dalloc(e, 4 * M * D);
     e->a = (float*)dalloc(e, 4 * M * D);
-    e->q = (float*)dalloc(e, 4 * M * qd);
-    e->k = (float*)dalloc(e, 4 * M * kvd);
     e->v = (float*)dalloc(e, 4 * M * kvd);
     e->att = (float*)dalloc(e, 4 * M * qd);
     e->m_ = (float*)dalloc(e, 4 * M * D);
     e->g = (float*)dalloc(e, 4 * M * I);
     e->u = (float*)dalloc(e, 4 * M * I);
     e->act = (float*)dalloc(e, 4 * M * I);
-    e->S = (float*)dalloc(e, 4L * c->num_heads * T * T);
-    e->P = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
-    e->lse = (float*)dalloc(e, 4L * c->num_heads * T);
+    long nTT = (long)B * c->num_heads * T * T;
+    e->S = (float*)dalloc(e, 4 * nTT);
+    e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
+    e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
     e->logits = (float*)dalloc(e, 4 * M * V);
-    e->ref_logits = (float*)dalloc(e, 4 * M * V);
     e->hsave = (float*)dalloc(e, 4 * M * D * c->num_layers);
     e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
@@ -165,6 +274,11 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     e->att16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
     e->m16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->act16 = (__nv_bfloat16*)dalloc(e, 2 * M * I);
+    if (!split) {
+        e->g16 = (__nv_bfloat16*)dalloc(e, 2 * M * I);
+        e->u16 = (__nv_bfloat16*)dalloc(e, 2 * M * I);
+    }
+    if (e->flash) e->qkv16 = (__nv_bfloat16*)dalloc(e, 2 * M * (qd + 2 * kvd));
     if (split) {
         e->a_lo = (__nv_bfloat16*)dalloc(e, 2 * M * D);
         e->q_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
@@ -173,7 +287,7 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
         e->att_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
         e->m_lo = (__nv_bfloat16*)dalloc(e, 2 * M * D);
         e->act_lo = (__nv_bfloat16*)dalloc(e, 2 * M * I);
-        e->P_lo = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
+        e->P_lo = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     }
     e->xq = (int8_t*)dalloc(e, M * mx);
     e->sx = (float*)dalloc(e, 4 * M);
@@ -202,6 +316,7 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
 }
 
 extern "C" void gpu_engine_free(GpuEngine* e) {
+    prof_report(e);
     cublasDestroy(e->blas);
     for (int i = 0; i < e->n_allocs; i++) cudaCheck(cudaFree(e->allocs[i]));
     free(e->allocs);
@@ -211,110 +326,210 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
 
 extern "C" size_t gpu_peak_bytes(GpuEngine* e) { return e->free0 - e->min_free; }
 
-// y (M, N) fp32 = (hi + lo) (M, K) . W (N, K)^T with bf16 inputs, fp32 accumulation. The
-// weights are exact in bf16, so with lo the product keeps ~16 bits of the fp32 activations.
-static void gemm_bf16(GpuEngine* e, float* y, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
-                      const __nv_bfloat16* w, int M, int K, int N) {
-    const float one = 1.0f, zero = 0.0f;
+// y (M, N) fp32 (+)= (hi + lo) (M, K) . W (N, K)^T with bf16 inputs, fp32 accumulation, or y16 (M, N)
+// bf16 = hi . W^T when y16 is given. The weights are exact in bf16, so with lo the product keeps ~16
+// bits of the fp32 activations.
+static void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi,
+                      const __nv_bfloat16* lo, const __nv_bfloat16* w, int M, int K, int N, int accumulate) {
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    void* out = y16 ? (void*)y16 : (void*)y;
+    cudaDataType ot = y16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, hi,
-                             CUDA_R_16BF, K, &zero, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                             CUDA_R_16BF, K, &beta, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (lo)
         cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, lo,
-                                 CUDA_R_16BF, K, &one, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
-                                 CUBLAS_GEMM_DEFAULT));
+                                 CUDA_R_16BF, K, &one, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// The quantized linear as an exact integer GEMM: int8 inputs and weights,
-// int32 accumulation, then per-token x per-channel scales.
-static void gemm_int8(GpuEngine* e, float* y, const float* x, int j, int M, int K, int N) {
-    gpu_quant_rows_f32(e->xq, e->sx, x, M, K, e->in_spec);
+// acc (M, N) int32 = xq (M, K) . wq[j] (N, K)^T: the quantized linear as an exact integer GEMM.
+static void gemm_i8(GpuEngine* e, int j, int M, int K, int N) {
     const int32_t one = 1, zero = 0;
     cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, e->wq[j], CUDA_R_8I, K, e->xq,
                              CUDA_R_8I, K, &zero, e->acc, CUDA_R_32I, N, CUBLAS_COMPUTE_32I,
                              CUBLAS_GEMM_DEFAULT));
-    gpu_dequant(y, e->acc, e->sx, e->sw[j], M, N);
 }
 
-static void linear(GpuEngine* e, int idx, float* y, const float* x, const __nv_bfloat16* x16,
-                   const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M) {
+// The quantized linear: int8 inputs (from x, or from x16 when x is NULL) and weights, then per-token
+// x per-channel scales into y (+)= or y16.
+static void gemm_int8(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
+                      int j, int M, int K, int N, int accumulate) {
+    if (x)
+        gpu_quant_rows_f32(e->xq, e->sx, x, M, K, e->in_spec);
+    else
+        gpu_quant_rows_bf16(e->xq, e->sx, (const bf16_t*)x16, M, K, e->in_spec);
+    e->xq_src = NULL;
+    gemm_i8(e, j, M, K, N);
+    gpu_dequant(y, (bf16_t*)y16, e->acc, e->sx, e->sw[j], M, N, accumulate);
+}
+
+// y (+)= linear idx of x, or y16 = it in bf16; x16 and x_lo are x as bf16 halves (x may be NULL
+// with bf16 activations).
+static void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x,
+                   const __nv_bfloat16* x16, const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M,
+                   int accumulate) {
     const Linear* l = &e->m->linears[idx];
     for (int j = 0; j < e->nq; j++)
         if (e->q_idx[j] == idx) { // formats have both quantizers here (checked in score_job_load)
-            gemm_int8(e, y, x, j, M, l->in, l->out);
+            gemm_int8(e, y, y16, x, x16, j, M, l->in, l->out, accumulate);
             return;
         }
-    gemm_bf16(e, y, x16, x_lo, w, M, l->in, l->out);
+    gemm_bf16(e, y, y16, x16, x_lo, w, M, l->in, l->out, accumulate);
 }
 
-// One batched call per (sample, r): heads kv*rep + r of every kv head. With split,
-// X Y^T over hi + lo pairs is hi.hi + hi.lo + lo.hi (lo.lo is below 2^-16).
+// Where head h of window b starts in a buffer laid out as (B*T, H, hd) queries, (B*T, KV, hd)
+// keys/values (query head h reads kv head h / rep) or (B, H, T, T) scores.
+enum { LAY_Q, LAY_KV, LAY_S };
+
+static long lay_offset(const GpuEngine* e, int lay, int b, int h) {
+    const Config* c = &e->m->c;
+    long T = e->T, hd = c->head_dim, rep = c->num_heads / c->num_kv_heads;
+    if (lay == LAY_Q) return b * T * c->num_heads * hd + h * hd;
+    if (lay == LAY_KV) return b * T * c->num_kv_heads * hd + h / rep * hd;
+    return (b * (long)c->num_heads + h) * T * T;
+}
+
+// Device array of the B*H head pointers into base (cached: buffers never move).
+static void* const* ptr_array(GpuEngine* e, const void* base, int elt, int lay) {
+    if (!base) return NULL;
+    for (int i = 0; i < e->n_pa; i++)
+        if (e->pa_base[i] == base && e->pa_lay[i] == lay) return e->pa_dev[i];
+    if (e->n_pa == 32) fail_other("internal: too many attention pointer arrays");
+    int H = e->m->c.num_heads, n = e->B * H;
+    void** h = (void**)xmalloc(sizeof(void*) * n);
+    for (int i = 0; i < n; i++) h[i] = (char*)base + elt * lay_offset(e, lay, i / H, i % H);
+    void** d = (void**)dalloc(e, sizeof(void*) * n);
+    cudaCheck(cudaMemcpy(d, h, sizeof(void*) * n, cudaMemcpyHostToDevice));
+    free(h);
+    e->pa_base[e->n_pa] = base;
+    e->pa_lay[e->n_pa] = lay;
+    e->pa_dev[e->n_pa++] = d;
+    return d;
+}
+
+// C_h = op(A_h) op(B_h) for every head h of nb windows in one batched call per term; C fp32, or
+// bf16 with c16. With split, products over hi + lo pairs are hi.hi + hi.lo + lo.hi (lo.lo is below
+// 2^-16).
 static void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
-                     const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, long lda, long sa,
-                     const __nv_bfloat16* B_hi, const __nv_bfloat16* B_lo, long ldb, long sb, float* C,
-                     long ldc, long sc, int batch, float beta0) {
+                     const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, int lda, int la,
+                     const __nv_bfloat16* B_hi, const __nv_bfloat16* B_lo, int ldb, int lb, void* C, int c16,
+                     int ldc, int lc, int nb) {
     const __nv_bfloat16* As[3] = {A_hi, A_hi, A_lo};
     const __nv_bfloat16* Bs[3] = {B_hi, B_lo, B_hi};
+    void* const* Cp = ptr_array(e, C, c16 ? 2 : 4, lc);
     int n_terms = e->split ? 3 : 1;
     for (int i = 0; i < n_terms; i++) {
-        float beta = i ? 1.0f : beta0;
-        cublasCheck(cublasGemmStridedBatchedEx(e->blas, ta, tb, m, n, k, &alpha, As[i], CUDA_R_16BF, lda, sa,
-                                               Bs[i], CUDA_R_16BF, ldb, sb, &beta, C, CUDA_R_32F, ldc, sc,
-                                               batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        float beta = i ? 1.0f : 0.0f;
+        void* const* Ap = ptr_array(e, As[i], 2, la);
+        void* const* Bp = ptr_array(e, Bs[i], 2, lb);
+        cublasCheck(cublasGemmBatchedEx(e->blas, ta, tb, m, n, k, &alpha, (const void* const*)Ap, CUDA_R_16BF,
+                                        lda, (const void* const*)Bp, CUDA_R_16BF, ldb, &beta, Cp,
+                                        c16 ? CUDA_R_16BF : CUDA_R_32F, ldc, nb * e->m->c.num_heads,
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 }
 
-static void attention(GpuEngine* e, int M) {
+// q, k, v bf16 with rows ldq, ldk elements apart: any layout for the fused kernel, e->q16, e->k16,
+// e->v16 for the cuBLAS path.
+static void attention(GpuEngine* e, int M, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                      const __nv_bfloat16* v, long ldq, long ldk) {
     const Config* c = &e->m->c;
-    int T = e->T, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, rep = H / KV;
-    long qd = (long)H * hd, kvd = (long)KV * hd, TT = (long)T * T;
+    int T = e->T, nb = M / T, H = c->num_heads, hd = c->head_dim;
+    int qd = H * hd, kvd = c->num_kv_heads * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int b = 0; b < M / T; b++) {
-        long qo = (long)b * T * qd, ko = (long)b * T * kvd;
-        for (int r = 0; r < rep; r++) // S^T (col-major) = K_h . Q_h^T
-            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16 + ko, e->split ? e->k_lo + ko : NULL,
-                     kvd, hd, e->q16 + qo + (long)r * hd, e->split ? e->q_lo + qo + (long)r * hd : NULL, qd,
-                     (long)rep * hd, e->S + (long)r * TT, T, (long)rep * TT, KV, 0.0f);
-        gpu_causal_softmax((bf16_t*)e->P, (bf16_t*)e->P_lo, e->lse, e->S, H, T);
-        for (int r = 0; r < rep; r++) // O_h^T (col-major) = V_h^T . P_h^T
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16 + ko, e->split ? e->v_lo + ko : NULL,
-                     kvd, hd, e->P + (long)r * TT, e->split ? e->P_lo + (long)r * TT : NULL, T, (long)rep * TT,
-                     e->att + qo + (long)r * hd, qd, (long)rep * hd, KV, 0.0f);
+    if (e->flash) {
+        gpu_flash_attention(e->bf16_act ? NULL : e->att, (bf16_t*)e->att16, (const bf16_t*)q, ldq,
+                            (const bf16_t*)k, (const bf16_t*)v, ldk, nb, T, H, c->num_kv_heads, hd);
+        return;
     }
+    // S_h^T (col-major) = K_h . Q_h^T, then O_h^T = V_h^T . P_h^T
+    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16, e->k_lo, kvd, LAY_KV, e->q16, e->q_lo, qd,
+             LAY_Q, e->S, 0, T, LAY_S, nb);
+    gpu_causal_softmax((bf16_t*)e->P, (bf16_t*)e->P_lo, e->lse, e->S, nb * H, T);
+    void* out = e->bf16_act ? (void*)e->att16 : (void*)e->att;
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16, e->v_lo, kvd, LAY_KV, e->P, e->P_lo, T, LAY_S,
+             out, e->bf16_act, qd, LAY_Q, nb);
 }
 
+// Whether the quantized group has a member among linears lo..hi.
+static int quantized_in(const GpuEngine* e, int lo, int hi) {
+    for (int j = 0; j < e->nq; j++)
+        if (e->q_idx[j] >= lo && e->q_idx[j] <= hi) return 1;
+    return 0;
+}
+
+// One decoder layer on e->h (fp32 residual stream). With bf16_act the GEMM outputs and every other
+// activation are bf16; otherwise fp32 with bf16 (hi + lo) copies as GEMM inputs.
 static void layer_forward(GpuEngine* e, int l, int M) {
     const Config* c = &e->m->c;
     const GpuLayer* w = &e->layers[l];
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     long I = c->intermediate_size;
-    int base = l * LIN_PER_LAYER;
-    gpu_rmsnorm(e->a, e->a_rstd, e->h, (const bf16_t*)w->w_in, M, D, c->rms_eps);
-    gpu_split_bf16((bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a, (long)M * D);
-    linear(e, base + LIN_Q, e->q_lin, e->a, e->a16, e->a_lo, w->q, M);
-    linear(e, base + LIN_K, e->k_lin, e->a, e->a16, e->a_lo, w->k, M);
-    linear(e, base + LIN_V, e->v, e->a, e->a16, e->a_lo, w->v, M);
-    // q_lin, k_lin stay for the backward; the norm and RoPE work on copies
-    cudaCheck(cudaMemcpyAsync(e->q, e->q_lin, 4L * M * H * hd, cudaMemcpyDeviceToDevice));
-    cudaCheck(cudaMemcpyAsync(e->k, e->k_lin, 4L * M * KV * hd, cudaMemcpyDeviceToDevice));
-    gpu_qk_norm_rope(e->q, e->q_rstd, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd, c->rms_eps);
-    gpu_qk_norm_rope(e->k, e->k_rstd, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd,
-                     c->rms_eps);
-    gpu_split_bf16((bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q, (long)M * H * hd);
-    gpu_split_bf16((bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k, (long)M * KV * hd);
-    gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
-    attention(e, M);
-    gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, (long)M * H * hd);
-    linear(e, base + LIN_O, e->y_o, e->att, e->att16, e->att_lo, w->o, M);
-    gpu_add(e->h, e->y_o, (long)M * D);
-    cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
-    gpu_rmsnorm(e->m_, e->m_rstd, e->h, (const bf16_t*)w->w_post, M, D, c->rms_eps);
-    gpu_split_bf16((bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_, (long)M * D);
-    linear(e, base + LIN_GATE, e->g, e->m_, e->m16, e->m_lo, w->gate, M);
-    linear(e, base + LIN_UP, e->u, e->m_, e->m16, e->m_lo, w->up, M);
-    gpu_swiglu(e->act, e->g, e->u, (long)M * I);
-    gpu_split_bf16((bf16_t*)e->act16, (bf16_t*)e->act_lo, e->act, (long)M * I);
-    linear(e, base + LIN_DOWN, e->y_down, e->act, e->act16, e->act_lo, w->down, M);
-    gpu_add(e->h, e->y_down, (long)M * D);
+    int base = l * LIN_PER_LAYER, keep = e->grad_mode, a16 = e->bf16_act;
+    float eps = c->rms_eps;
+    gpu_rmsnorm(a16 ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a_rstd, e->h, (const bf16_t*)w->w_in,
+                M, D, eps);
+    prof_mark(e, P_NORM);
+    const float* a = a16 ? NULL : e->a;
+    __nv_bfloat16 *q16 = e->q16, *k16 = e->k16, *v16 = e->v16;
+    long ldq = (long)H * hd, ldk = (long)KV * hd;
+    if (a16) {
+        if (e->flash && !quantized_in(e, base + LIN_Q, base + LIN_V)) { // one GEMM: [q | k | v] per row
+            long n = (long)(H + 2 * KV) * hd;
+            gemm_bf16(e, NULL, e->qkv16, e->a16, NULL, w->q, M, D, (int)n, 0);
+            q16 = e->qkv16, k16 = q16 + ldq, v16 = k16 + ldk, ldq = ldk = n;
+        } else {
+            linear(e, base + LIN_Q, NULL, q16, NULL, e->a16, NULL, w->q, M, 0);
+            linear(e, base + LIN_K, NULL, k16, NULL, e->a16, NULL, w->k, M, 0);
+            linear(e, base + LIN_V, NULL, v16, NULL, e->a16, NULL, w->v, M, 0);
+        }
+        prof_mark(e, P_QKV);
+        gpu_qk_norm_rope_bf16((bf16_t*)q16, ldq, NULL, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H,
+                              hd, eps);
+        gpu_qk_norm_rope_bf16((bf16_t*)k16, ldk, NULL, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T,
+                              KV, hd, eps);
+    } else {
+        linear(e, base + LIN_Q, e->q_lin, NULL, a, e->a16, e->a_lo, w->q, M, 0);
+        linear(e, base + LIN_K, e->k_lin, NULL, a, e->a16, e->a_lo, w->k, M, 0);
+        linear(e, base + LIN_V, e->v, NULL, a, e->a16, e->a_lo, w->v, M, 0);
+        prof_mark(e, P_QKV);
+        // the rotated q, k are only GEMM inputs: bf16 halves, no fp32 copy
+        gpu_qk_norm_rope(NULL, (bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q_rstd, e->q_lin, (const bf16_t*)w->q_norm,
+                         e->cos_t, e->sin_t, M, e->T, H, hd, eps);
+        gpu_qk_norm_rope(NULL, (bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k_rstd, e->k_lin, (const bf16_t*)w->k_norm,
+                         e->cos_t, e->sin_t, M, e->T, KV, hd, eps);
+        gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
+    }
+    prof_mark(e, P_ROPE);
+    attention(e, M, q16, k16, v16, ldq, ldk);
+    if (!a16 && !e->flash) gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, (long)M * H * hd);
+    prof_mark(e, P_ATT);
+    // the residual adds ride on the GEMM (beta = 1) unless the gradient needs the linear's own output
+    linear(e, base + LIN_O, keep ? e->y_o : e->h, NULL, a16 ? NULL : e->att, e->att16, e->att_lo, w->o, M,
+           !keep);
+    if (keep) {
+        gpu_add(e->h, e->y_o, (long)M * D);
+        cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
+    }
+    prof_mark(e, P_O);
+    gpu_rmsnorm(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
+                (const bf16_t*)w->w_post, M, D, eps);
+    prof_mark(e, P_NORM);
+    if (a16) {
+        linear(e, base + LIN_GATE, NULL, e->g16, NULL, e->m16, NULL, w->gate, M, 0);
+        linear(e, base + LIN_UP, NULL, e->u16, NULL, e->m16, NULL, w->up, M, 0);
+        prof_mark(e, P_GATE_UP);
+        gpu_swiglu_bf16((bf16_t*)e->act16, (const bf16_t*)e->g16, (const bf16_t*)e->u16, (long)M * I);
+    } else {
+        linear(e, base + LIN_GATE, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
+        linear(e, base + LIN_UP, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
+        prof_mark(e, P_GATE_UP);
+        gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I);
+    }
+    prof_mark(e, P_SWIGLU);
+    linear(e, base + LIN_DOWN, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down,
+           M, !keep);
+    if (keep) gpu_add(e->h, e->y_down, (long)M * D);
+    prof_mark(e, P_DOWN);
 }
 
 // Layers start..L-1 from e->h, then the final norm and lm_head into out.
@@ -326,9 +541,10 @@ static void forward_from(GpuEngine* e, int start, int M, float* out, int save) {
             cudaCheck(cudaMemcpyAsync(e->hsave + (long)l * M * D, e->h, 4 * M * D, cudaMemcpyDeviceToDevice));
         layer_forward(e, l, M);
     }
-    gpu_rmsnorm(e->a, e->f_rstd, e->h, (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
-    gpu_split_bf16((bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a, M * D);
-    gemm_bf16(e, out, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size);
+    gpu_rmsnorm(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
+                (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
+    gemm_bf16(e, out, NULL, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size, 0);
+    prof_mark(e, P_HEAD);
 }
 
 static void embed(GpuEngine* e, const int* ids, int nb) {
@@ -340,6 +556,8 @@ static void embed(GpuEngine* e, const int* ids, int nb) {
 extern "C" void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) {
     int M = nb * e->T;
     e->nq = 0;
+    e->grad_mode = 0;
+    e->bf16_act = !e->split;
     embed(e, ids, nb);
     forward_from(e, 0, M, e->logits, 0);
     cudaCheck(cudaMemcpy(logits, e->logits, sizeof(float) * M * e->m->c.vocab_size, cudaMemcpyDeviceToHost));
@@ -368,8 +586,11 @@ extern "C" void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts,
     int M = nb * e->T;
     long D = c->hidden_size;
     if (!e->dscore) e->dscore = (double*)dalloc(e, sizeof(double) * nf * gs->n);
+    if (!e->ref_logits) e->ref_logits = (float*)dalloc(e, 4L * e->B * e->T * c->vocab_size);
     cudaCheck(cudaMemset(e->dscore, 0, sizeof(double) * nf * gs->n));
     e->nq = 0;
+    e->grad_mode = 0;
+    e->bf16_act = !e->split;
     embed(e, ids, nb);
     forward_from(e, 0, M, e->ref_logits, 1);
     for (int f = 0; f < nf; f++)
@@ -379,9 +600,11 @@ extern "C" void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts,
             set_group(e, g, &fmts[f]);
             cudaCheck(
                 cudaMemcpyAsync(e->h, e->hsave + (long)g->layer * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+            prof_mark(e, P_GROUP);
             forward_from(e, g->layer, M, e->logits, 0);
             gpu_kl_rows(e->dscore + (long)f * gs->n + gi, e->kl_scratch, e->ref_logits, e->logits, M,
                         c->vocab_size);
+            prof_mark(e, P_KL);
         }
     e->nq = 0;
     double* h = (double*)xmalloc(sizeof(double) * nf * gs->n);
@@ -404,21 +627,24 @@ static void grad_alloc(GpuEngine* e) {
     e->dq = (float*)dalloc(e, 4 * M * qd);
     e->dk = (float*)dalloc(e, 4 * M * kvd);
     e->dv = (float*)dalloc(e, 4 * M * kvd);
+    e->dk_full = (float*)dalloc(e, 4 * M * qd);
+    e->dv_full = (float*)dalloc(e, 4 * M * qd);
     e->datt = (float*)dalloc(e, 4 * M * qd);
     e->dg = (float*)dalloc(e, 4 * M * I);
     e->du = (float*)dalloc(e, 4 * M * I);
     e->dact = (float*)dalloc(e, 4 * M * I);
-    e->yq = (float*)dalloc(e, 4 * M * mx);
-    e->dP = (float*)dalloc(e, 4L * c->num_heads * T * T);
+    long nTT = (long)e->B * c->num_heads * T * T;
+    e->dP = (float*)dalloc(e, 4 * nTT);
     e->dy16 = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
-    e->dy_lo = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
     e->dlog16 = (__nv_bfloat16*)dalloc(e, 2 * M * V);
-    e->dlog_lo = (__nv_bfloat16*)dalloc(e, 2 * M * V);
     e->datt16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
-    e->datt_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
-    e->dS16 = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
-    e->dS_lo = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
-    if (!e->P_lo) e->P_lo = (__nv_bfloat16*)dalloc(e, 2L * c->num_heads * T * T);
+    e->dS16 = (__nv_bfloat16*)dalloc(e, 2 * nTT);
+    if (e->split) { // the low halves
+        e->dy_lo = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
+        e->dlog_lo = (__nv_bfloat16*)dalloc(e, 2 * M * V);
+        e->datt_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+        e->dS_lo = (__nv_bfloat16*)dalloc(e, 2 * nTT);
+    }
     e->loss_rows = (double*)dalloc(e, 8 * M);
     e->grad_scratch = (double*)dalloc(e, 8 * 1024);
 }
@@ -437,7 +663,7 @@ static void gemm_bwd(GpuEngine* e, float* dx, const __nv_bfloat16* hi, const __n
 }
 
 static void split_dy(GpuEngine* e, const float* dy, long n) {
-    gpu_split_bf16((bf16_t*)e->dy16, e->split ? (bf16_t*)e->dy_lo : NULL, dy, n);
+    gpu_split_bf16((bf16_t*)e->dy16, (bf16_t*)e->dy_lo, dy, n);
 }
 
 typedef struct {
@@ -451,50 +677,46 @@ static void grad_linear(GpuEngine* e, const GradJob* job, int idx, const float* 
                         const float* y, int M) {
     int g = job->gs->group_of[idx];
     if (job->gs->g[g].disabled) return;
+    prof_mark(e, P_BWD);
     const Linear* l = &e->m->linears[idx];
     for (int f = 0; f < job->nf; f++) {
         const Format* fm = &job->fmts[f];
-        e->in_spec = fm->in;
         gpu_quant_rows_bf16(e->wq[0], e->sw[0], (const bf16_t*)weight_of(e, idx), l->out, l->in, fm->w);
-        gemm_int8(e, e->yq, x, 0, M, l->in, l->out);
-        gpu_grad_score(e->dscore + (long)f * job->gs->n + g, e->grad_scratch, dy, e->yq, y, (long)M * l->out);
+        if (e->xq_src != x || e->xq_fmt != f) { // q, k, v (and gate, up) share their input
+            gpu_quant_rows_f32(e->xq, e->sx, x, M, l->in, fm->in);
+            e->xq_src = x;
+            e->xq_fmt = f;
+        }
+        gemm_i8(e, 0, M, l->in, l->out);
+        gpu_grad_score(e->dscore + (long)f * job->gs->n + g, e->grad_scratch, dy, e->acc, e->sx, e->sw[0], y, M,
+                       l->out);
     }
+    prof_mark(e, P_SCORE);
 }
 
+// From dO (datt) and the forward's S, P: dq, dk, dv (before the q/k norm and RoPE backward).
 static void attention_backward(GpuEngine* e, int M) {
     const Config* c = &e->m->c;
-    int T = e->T, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, rep = H / KV;
-    long qd = (long)H * hd, kvd = (long)KV * hd, TT = (long)T * T;
+    int T = e->T, nb = M / T, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
+    int qd = H * hd, kvd = KV * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    int sp = e->split;
-    gpu_split_bf16((bf16_t*)e->datt16, sp ? (bf16_t*)e->datt_lo : NULL, e->datt, (long)M * qd);
-    for (int b = 0; b < M / T; b++) {
-        long qo = (long)b * T * qd, ko = (long)b * T * kvd;
-#define LO(p, o) (sp ? (p) + (o) : NULL)
-        for (int r = 0; r < rep; r++) { // S^T = K Q^T and dP^T = V dO^T
-            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16 + ko, LO(e->k_lo, ko), kvd, hd,
-                     e->q16 + qo + r * hd, LO(e->q_lo, qo + r * hd), qd, (long)rep * hd, e->S + r * TT, T,
-                     (long)rep * TT, KV, 0.0f);
-            att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, e->v16 + ko, LO(e->v_lo, ko), kvd, hd,
-                     e->datt16 + qo + r * hd, LO(e->datt_lo, qo + r * hd), qd, (long)rep * hd, e->dP + r * TT,
-                     T, (long)rep * TT, KV, 0.0f);
-        }
-        gpu_attention_ds((bf16_t*)e->P, sp ? (bf16_t*)e->P_lo : NULL, (bf16_t*)e->dS16,
-                         sp ? (bf16_t*)e->dS_lo : NULL, e->S, e->dP, H, T, scale);
-        for (int r = 0; r < rep; r++) {
-            float beta = r ? 1.0f : 0.0f; // query heads of one kv head add into its dk, dv
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->k16 + ko, LO(e->k_lo, ko), kvd, hd,
-                     e->dS16 + r * TT, LO(e->dS_lo, r * TT), T, (long)rep * TT, e->dq + qo + r * hd, qd,
-                     (long)rep * hd, KV, 0.0f);
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->q16 + qo + r * hd,
-                     LO(e->q_lo, qo + r * hd), qd, (long)rep * hd, e->dS16 + r * TT, LO(e->dS_lo, r * TT), T,
-                     (long)rep * TT, e->dk + ko, kvd, hd, KV, beta);
-            att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->datt16 + qo + r * hd,
-                     LO(e->datt_lo, qo + r * hd), qd, (long)rep * hd, e->P + r * TT, LO(e->P_lo, r * TT), T,
-                     (long)rep * TT, e->dv + ko, kvd, hd, KV, beta);
-        }
-#undef LO
-    }
+    gpu_split_bf16((bf16_t*)e->datt16, (bf16_t*)e->datt_lo, e->datt, (long)M * qd);
+    if (e->flash) // the fused forward kept no scores: S_h^T = K_h . Q_h^T again
+        att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16, e->k_lo, kvd, LAY_KV, e->q16, e->q_lo,
+                 qd, LAY_Q, e->S, 0, T, LAY_S, nb);
+    // dP^T = V . dO^T, then dS; dQ^T = K^T dS^T; per query head dK^T = Q^T dS, dV^T = dO^T P
+    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, e->v16, e->v_lo, kvd, LAY_KV, e->datt16, e->datt_lo,
+             qd, LAY_Q, e->dP, 0, T, LAY_S, nb);
+    gpu_attention_ds((bf16_t*)e->P, (bf16_t*)e->P_lo, (bf16_t*)e->dS16, (bf16_t*)e->dS_lo, e->S, e->dP, nb * H,
+                     T, scale);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->k16, e->k_lo, kvd, LAY_KV, e->dS16, e->dS_lo, T,
+             LAY_S, e->dq, 0, qd, LAY_Q, nb);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->q16, e->q_lo, qd, LAY_Q, e->dS16, e->dS_lo, T,
+             LAY_S, e->dk_full, 0, qd, LAY_Q, nb);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->datt16, e->datt_lo, qd, LAY_Q, e->P, e->P_lo, T,
+             LAY_S, e->dv_full, 0, qd, LAY_Q, nb);
+    gpu_sum_heads(e->dk, e->dk_full, M, KV, H / KV, hd);
+    gpu_sum_heads(e->dv, e->dv_full, M, KV, H / KV, hd);
 }
 
 // dh: dL/d(h_out) of layer l on entry, dL/d(h_in) on exit. Mirrors engine/backward.c.
@@ -504,20 +726,21 @@ static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, I = c->intermediate_size;
     int qd = H * hd, kvd = KV * hd, base = l * LIN_PER_LAYER;
     const float* h_in = e->hsave + (long)l * M * D;
+    e->xq_src = NULL; // the recompute rewrote the inputs
     grad_linear(e, job, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
     split_dy(e, e->dh, (long)M * D);
-    gemm_bwd(e, e->dact, e->dy16, e->split ? e->dy_lo : NULL, w->down, M, I, D, 0.0f);
+    gemm_bwd(e, e->dact, e->dy16, e->dy_lo, w->down, M, I, D, 0.0f);
     gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
     grad_linear(e, job, base + LIN_GATE, e->dg, e->m_, e->g, M);
     grad_linear(e, job, base + LIN_UP, e->du, e->m_, e->u, M);
     split_dy(e, e->dg, (long)M * I);
-    gemm_bwd(e, e->dm, e->dy16, e->split ? e->dy_lo : NULL, w->gate, M, D, I, 0.0f);
+    gemm_bwd(e, e->dm, e->dy16, e->dy_lo, w->gate, M, D, I, 0.0f);
     split_dy(e, e->du, (long)M * I);
-    gemm_bwd(e, e->dm, e->dy16, e->split ? e->dy_lo : NULL, w->up, M, D, I, 1.0f);
+    gemm_bwd(e, e->dm, e->dy16, e->dy_lo, w->up, M, D, I, 1.0f);
     gpu_rmsnorm_backward(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, e->m_rstd, M, D, 1);
     grad_linear(e, job, base + LIN_O, e->dh, e->att, e->y_o, M);
     split_dy(e, e->dh, (long)M * D);
-    gemm_bwd(e, e->datt, e->dy16, e->split ? e->dy_lo : NULL, w->o, M, qd, D, 0.0f);
+    gemm_bwd(e, e->datt, e->dy16, e->dy_lo, w->o, M, qd, D, 0.0f);
     attention_backward(e, M);
     gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T,
                               H, hd);
@@ -527,12 +750,13 @@ static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
     grad_linear(e, job, base + LIN_K, e->dk, e->a, e->k_lin, M);
     grad_linear(e, job, base + LIN_V, e->dv, e->a, e->v, M);
     split_dy(e, e->dq, (long)M * qd);
-    gemm_bwd(e, e->da, e->dy16, e->split ? e->dy_lo : NULL, w->q, M, D, qd, 0.0f);
+    gemm_bwd(e, e->da, e->dy16, e->dy_lo, w->q, M, D, qd, 0.0f);
     split_dy(e, e->dk, (long)M * kvd);
-    gemm_bwd(e, e->da, e->dy16, e->split ? e->dy_lo : NULL, w->k, M, D, kvd, 1.0f);
+    gemm_bwd(e, e->da, e->dy16, e->dy_lo, w->k, M, D, kvd, 1.0f);
     split_dy(e, e->dv, (long)M * kvd);
-    gemm_bwd(e, e->da, e->dy16, e->split ? e->dy_lo : NULL, w->v, M, D, kvd, 1.0f);
+    gemm_bwd(e, e->da, e->dy16, e->dy_lo, w->v, M, D, kvd, 1.0f);
     gpu_rmsnorm_backward(e->dh, e->da, h_in, (const bf16_t*)w->w_in, e->a_rstd, M, D, 1);
+    prof_mark(e, P_BWD);
 }
 
 extern "C" double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids,
@@ -545,11 +769,13 @@ extern "C" double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Forma
     cudaCheck(cudaMemset(e->dscore, 0, sizeof(double) * nf * gs->n));
     GradJob job = {gs, fmts, nf};
     e->nq = 0;
+    e->grad_mode = 1;
+    e->bf16_act = 0;
     embed(e, ids, nb);
     forward_from(e, 0, M, e->logits, 1);
-    gpu_cross_entropy_backward((bf16_t*)e->dlog16, e->split ? (bf16_t*)e->dlog_lo : NULL, e->loss_rows,
-                               e->logits, e->ids, M, e->T, (int)V);
-    gemm_bwd(e, e->dm, e->dlog16, e->split ? e->dlog_lo : NULL, e->lm_head, M, (int)D, (int)V, 0.0f);
+    gpu_cross_entropy_backward((bf16_t*)e->dlog16, (bf16_t*)e->dlog_lo, e->loss_rows, e->logits, e->ids, M,
+                               e->T, (int)V);
+    gemm_bwd(e, e->dm, e->dlog16, e->dlog_lo, e->lm_head, M, (int)D, (int)V, 0.0f);
     gpu_rmsnorm_backward(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->f_rstd, M, (int)D, 0);
     for (int l = L - 1; l >= 0; l--) {
         cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (long)l * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));

@@ -114,11 +114,14 @@ __global__ void attn_ds_kernel(__nv_bfloat16* p_hi, __nv_bfloat16* p_lo, __nv_bf
     }
 }
 
-// Partial sums of (dy (yq - y))^2 per block, in double.
-__global__ void grad_score_kernel(double* part, const float* dy, const float* yq, const float* y, long n) {
+// Partial sums of (dy (yq - y))^2 per block, in double; yq = acc * sx[row] * sw[col] is the int8
+// GEMM's result, dequantized here rather than written out and read back.
+__global__ void grad_score_kernel(double* part, const float* dy, const int32_t* iacc, const float* sx,
+                                  const float* sw, const float* y, int N, long n) {
     double acc = 0.0;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        double d = (double)dy[i] * ((double)yq[i] - (double)y[i]);
+        float yq = (float)iacc[i] * (sx[i / N] * sw[i % N]);
+        double d = (double)dy[i] * ((double)yq - (double)y[i]);
         acc += d * d;
     }
     acc = block_sum(acc);
@@ -165,10 +168,10 @@ extern "C" void gpu_attention_ds(bf16_t* p_hi, bf16_t* p_lo, bf16_t* ds_hi, bf16
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_grad_score(double* total, double* scratch, const float* dy, const float* yq, const float* y,
-                               long n) {
+extern "C" void gpu_grad_score(double* total, double* scratch, const float* dy, const int32_t* acc,
+                               const float* sx, const float* sw, const float* y, int M, int N) {
     int blocks = 1024;
-    grad_score_kernel<<<blocks, 256>>>(scratch, dy, yq, y, n);
+    grad_score_kernel<<<blocks, 256>>>(scratch, dy, acc, sx, sw, y, N, (long)M * N);
     cudaCheck(cudaGetLastError());
     sum_parts_kernel<<<1, 1024>>>(total, scratch, blocks);
     cudaCheck(cudaGetLastError());

@@ -58,4 +58,38 @@ template <typename T, int OP> __device__ T block_reduce(T v) {
 __device__ inline float block_sum(float v) { return block_reduce<float, 0>(v); }
 __device__ inline double block_sum(double v) { return block_reduce<double, 0>(v); }
 __device__ inline float block_max(float v) { return block_reduce<float, 1>(v); }
+
+__device__ inline float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+__device__ inline float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+template <typename T> __device__ inline float load(const T* p, long i);
+template <> __device__ inline float load<float>(const float* p, long i) { return p[i]; }
+template <> __device__ inline float load<__nv_bfloat16>(const __nv_bfloat16* p, long i) {
+    return __bfloat162float(p[i]);
+}
+
+// Four consecutive values from i (a multiple of 4) with one 16- or 8-byte load.
+__device__ inline void load4(const float* p, long i, float v[4]) {
+    float4 a = *(const float4*)(p + i);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+}
+__device__ inline void load4(const __nv_bfloat16* p, long i, float v[4]) {
+    uint2 a = *(const uint2*)(p + i);
+    const __nv_bfloat16* b = (const __nv_bfloat16*)&a;
+    for (int k = 0; k < 4; k++) v[k] = __bfloat162float(b[k]);
+}
+
+// Writes v as the bf16 pair hi + lo (next GEMM's input) when hi is not NULL; lo may be NULL.
+__device__ inline void store_split(__nv_bfloat16* hi, __nv_bfloat16* lo, long i, float v) {
+    if (!hi) return;
+    __nv_bfloat16 h = __float2bfloat16(v);
+    hi[i] = h;
+    if (lo) lo[i] = __float2bfloat16(v - __bfloat162float(h));
+}
 #endif

@@ -14,9 +14,7 @@ __global__ void embed_kernel(float* h, const __nv_bfloat16* table, const int* id
 __global__ void split_bf16_kernel(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* x, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= n) return;
-    __nv_bfloat16 h = __float2bfloat16(x[i]);
-    hi[i] = h;
-    if (lo) lo[i] = __float2bfloat16(x[i] - __bfloat162float(h));
+    store_split(hi, lo, i, x[i]);
 }
 
 __global__ void add_kernel(float* h, const float* y, long n) {
@@ -24,11 +22,46 @@ __global__ void add_kernel(float* h, const float* y, long n) {
     if (i < n) h[i] += y[i];
 }
 
-__global__ void swiglu_kernel(float* out, const float* g, const float* u, long n) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+// Four consecutive elements per thread (n % 4 == 0, checked by the caller).
+template <typename T>
+__global__ void swiglu_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, const T* g, const T* u,
+                              long n) {
+    long i = 4 * (blockIdx.x * (long)blockDim.x + threadIdx.x);
     if (i >= n) return;
-    float s = g[i] / (1.0f + expf(-g[i]));
-    out[i] = s * u[i];
+    float gv[4], uv[4];
+    load4(g, i, gv);
+    load4(u, i, uv);
+    for (int k = 0; k < 4; k++) {
+        gv[k] = gv[k] / (1.0f + expf(-gv[k])) * uv[k];
+        store_split(hi, lo, i + k, gv[k]);
+    }
+    if (out) *(float4*)(out + i) = make_float4(gv[0], gv[1], gv[2], gv[3]);
+}
+
+// bf16 in and out, eight elements per thread (16-byte accesses; n % 8 == 0).
+__global__ void swiglu8_kernel(__nv_bfloat16* out, const __nv_bfloat16* g, const __nv_bfloat16* u, long n) {
+    long i = 8 * (blockIdx.x * (long)blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    uint4 gv = *(const uint4*)(g + i), uv = *(const uint4*)(u + i), ov;
+    const __nv_bfloat162 *gp = (const __nv_bfloat162*)&gv, *up = (const __nv_bfloat162*)&uv;
+    __nv_bfloat162* op = (__nv_bfloat162*)&ov;
+    for (int k = 0; k < 4; k++) {
+        float2 a = __bfloat1622float2(gp[k]), b = __bfloat1622float2(up[k]);
+        op[k] = __floats2bfloat162_rn(a.x / (1.0f + expf(-a.x)) * b.x, a.y / (1.0f + expf(-a.y)) * b.y);
+    }
+    *(uint4*)(out + i) = ov;
+}
+
+// Grouped-query attention: the rep query heads of one kv head each have a gradient for it.
+__global__ void sum_heads_kernel(float* out, const float* in, long rows, int nkv, int rep, int hd) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= rows * nkv * hd) return;
+    long row = i / ((long)nkv * hd);
+    int kv = (int)(i / hd % nkv), d = (int)(i % hd);
+    const float* src = in + (row * nkv * rep + (long)kv * rep) * hd + d;
+    float s = 0.0f;
+    for (int r = 0; r < rep; r++) s += src[(long)r * hd];
+    out[i] = s;
 }
 
 extern "C" void gpu_embed(float* h, const bf16_t* table, const int* ids, int M, int D) {
@@ -47,7 +80,33 @@ extern "C" void gpu_add(float* h, const float* y, long n) {
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_swiglu(float* out, const float* g, const float* u, long n) {
-    swiglu_kernel<<<ceil_div(n, 256), 256>>>(out, g, u, n);
+static void check_four(long n) {
+    if (n % 4) {
+        fprintf(stderr, "autoq: intermediate size not supported by the CUDA SwiGLU (a multiple of 4)\n");
+        exit(1);
+    }
+}
+
+extern "C" void gpu_swiglu(float* out, bf16_t* hi, bf16_t* lo, const float* g, const float* u, long n) {
+    check_four(n);
+    swiglu_kernel<float><<<ceil_div(n / 4, 256), 256>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, g, u, n);
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_swiglu_bf16(bf16_t* out, const bf16_t* g, const bf16_t* u, long n) {
+    if (n % 8 == 0) {
+        swiglu8_kernel<<<ceil_div(n / 8, 256), 256>>>((__nv_bfloat16*)out, (const __nv_bfloat16*)g,
+                                                      (const __nv_bfloat16*)u, n);
+    } else {
+        check_four(n);
+        swiglu_kernel<__nv_bfloat16><<<ceil_div(n / 4, 256), 256>>>(
+            NULL, (__nv_bfloat16*)out, NULL, (const __nv_bfloat16*)g, (const __nv_bfloat16*)u, n);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_sum_heads(float* out, const float* in, long rows, int nkv, int rep, int hd) {
+    long n = rows * nkv * hd;
+    sum_heads_kernel<<<ceil_div(n, 256), 256>>>(out, in, rows, nkv, rep, hd);
     cudaCheck(cudaGetLastError());
 }

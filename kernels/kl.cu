@@ -4,25 +4,39 @@
 #include "cuda_common.cuh"
 #include "gpu.h"
 
-// One block per row: maxima, then exponentials in float, sums in double.
+// Running maxima and sums of one thread, rescaled when a maximum grows, so each row is read once.
+struct KlAcc {
+    float ma, fa, ft, mb, fb; // max and sum of exp(a - ma), sum of exp(a - ma) (a - b); the same for b
+};
+
+__device__ inline void kl_add(KlAcc& s, float a, float b) {
+    if (a > s.ma) {
+        float r = expf(s.ma - a);
+        s.fa *= r, s.ft *= r, s.ma = a;
+    }
+    float ea = expf(a - s.ma);
+    s.fa += ea, s.ft += ea * (a - b);
+    if (b > s.mb) s.fb *= expf(s.mb - b), s.mb = b;
+    s.fb += expf(b - s.mb);
+}
+
+// One block per row; sums combined in double. Rows of V % 4 == 0 floats are read 16 bytes at a time.
 __global__ void kl_rows_kernel(double* out, const float* p, const float* q, int V) {
     const float* a = p + (long)blockIdx.x * V;
     const float* b = q + (long)blockIdx.x * V;
-    float ma = -INFINITY, mb = -INFINITY;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        ma = fmaxf(ma, a[v]);
-        mb = fmaxf(mb, b[v]);
+    KlAcc s = {-INFINITY, 0.0f, 0.0f, -INFINITY, 0.0f};
+    if (V % 4 == 0) {
+        for (int v = 4 * threadIdx.x; v < V; v += 4 * blockDim.x) {
+            float4 x = *(const float4*)(a + v), y = *(const float4*)(b + v);
+            kl_add(s, x.x, y.x), kl_add(s, x.y, y.y), kl_add(s, x.z, y.z), kl_add(s, x.w, y.w);
+        }
+    } else {
+        for (int v = threadIdx.x; v < V; v += blockDim.x) kl_add(s, a[v], b[v]);
     }
-    ma = block_max(ma);
-    mb = block_max(mb);
-    float fa = 0.0f, fb = 0.0f, ft = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float ea = expf(a[v] - ma);
-        fa += ea;
-        ft += ea * (a[v] - b[v]);
-        fb += expf(b[v] - mb);
-    }
-    double sa = block_sum((double)fa), sb = block_sum((double)fb), ta = block_sum((double)ft);
+    float ma = block_max(s.ma), mb = block_max(s.mb);
+    float ra = s.ma == -INFINITY ? 0.0f : expf(s.ma - ma), rb = s.mb == -INFINITY ? 0.0f : expf(s.mb - mb);
+    double sa = block_sum((double)(s.fa * ra)), ta = block_sum((double)(s.ft * ra));
+    double sb = block_sum((double)(s.fb * rb));
     if (threadIdx.x == 0) out[blockIdx.x] = ta / sa - (ma + log(sa)) + (mb + log(sb));
 }
 

@@ -2,55 +2,107 @@
 #include "cuda_common.cuh"
 #include "gpu.h"
 
-// Sum over the block; blockDim.x a multiple of 32, at most 1024.
-__global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const __nv_bfloat16* w, int C,
-                               float eps) {
-    const float* xr = x + (long)blockIdx.x * C;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) ss += xr[j] * xr[j];
+// One block per row; four consecutive values per thread (C % 4 == 0, checked by the caller).
+__global__ void rmsnorm_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, float* rstd, const float* x,
+                               const __nv_bfloat16* w, int C, float eps) {
+    long base = (long)blockIdx.x * C;
+    float ss = 0.0f, v[4], wv[4];
+    for (int j = 4 * threadIdx.x; j < C; j += 4 * blockDim.x) {
+        load4(x, base + j, v);
+        ss += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
+    }
     float r = rsqrtf(block_sum(ss) / C + eps);
     if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = r;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) {
-        out[(long)blockIdx.x * C + j] = __bfloat162float(w[j]) * (xr[j] * r);
+    for (int j = 4 * threadIdx.x; j < C; j += 4 * blockDim.x) {
+        load4(x, base + j, v);
+        load4(w, j, wv);
+        for (int k = 0; k < 4; k++) {
+            v[k] = wv[k] * (v[k] * r);
+            store_split(hi, lo, base + j + k, v[k]);
+        }
+        if (out) *(float4*)(out + base + j) = make_float4(v[0], v[1], v[2], v[3]);
     }
 }
 
-// One block per (row, head), hd/2 threads: thread i owns the RoPE pair (i, i + hd/2).
-__global__ void qk_norm_rope_kernel(float* x, float* rstd, const __nv_bfloat16* w, const float* cos_t,
-                                    const float* sin_t, int T, int nh, int hd, float eps) {
-    int row = blockIdx.x / nh, head = blockIdx.x % nh, i = threadIdx.x, half = hd / 2;
-    float* v = x + ((long)row * nh + head) * hd;
-    float a = v[i], b = v[i + half];
-    __shared__ float red[128];
-    red[i] = a * a + b * b;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) { // blockDim is a power of two (hd/2)
-        if (i < s) red[i] += red[i + s];
-        __syncthreads();
-    }
-    float r = rsqrtf(red[0] / hd + eps);
-    if (rstd && i == 0) rstd[blockIdx.x] = r;
-    a = __bfloat162float(w[i]) * (a * r);
-    b = __bfloat162float(w[i + half]) * (b * r);
-    int t = row % T;
-    float c = cos_t[(long)t * half + i], s = sin_t[(long)t * half + i];
-    float ra = a * c - b * s, rb = b * c + a * s;
-    v[i] = ra;
-    v[i + half] = rb;
+// Two consecutive values at i (even) with one 8- or 4-byte access.
+__device__ inline void load2(const float* p, long i, float* a, float* b) {
+    float2 v = *(const float2*)(p + i);
+    *a = v.x, *b = v.y;
+}
+__device__ inline void load2(const __nv_bfloat16* p, long i, float* a, float* b) {
+    float2 v = __bfloat1622float2(*(const __nv_bfloat162*)(p + i));
+    *a = v.x, *b = v.y;
 }
 
-extern "C" void gpu_rmsnorm(float* out, float* rstd, const float* x, const bf16_t* w, int M, int C, float eps) {
-    rmsnorm_kernel<<<M, 256>>>(out, rstd, x, (const __nv_bfloat16*)w, C, eps);
+// One warp per (row, head) item; lane owns the RoPE pairs (i, i + hd/2) and (i + 1, i + 1 + hd/2) for
+// i = 2 lane, 2 lane + 64, ... (hd % 4 == 0, hd <= 256), all read before any write, so hi may be x
+// (in place). Rows of x and the outputs are ld elements apart.
+template <typename T>
+__global__ void qk_norm_rope_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, float* rstd, const T* x,
+                                    const __nv_bfloat16* w, const float* cos_t, const float* sin_t, int T_,
+                                    long items, int nh, int hd, long ld, float eps) {
+    long it = blockIdx.x * (long)(blockDim.x / 32) + threadIdx.x / 32;
+    if (it >= items) return;
+    int lane = threadIdx.x % 32, half = hd / 2, t = (int)(it / nh % T_), n = 0;
+    long o = it / nh * ld + it % nh * hd;
+    float a[4], b[4], ss = 0.0f; // a[n], a[n + 1]: elements i, i + 1; b: i + half, i + 1 + half
+    for (int i = 2 * lane; i < half; i += 64, n += 2) {
+        load2(x, o + i, &a[n], &a[n + 1]);
+        load2(x, o + i + half, &b[n], &b[n + 1]);
+        ss += a[n] * a[n] + a[n + 1] * a[n + 1] + b[n] * b[n] + b[n + 1] * b[n + 1];
+    }
+    float r = rsqrtf(warp_sum(ss) / hd + eps);
+    if (rstd && lane == 0) rstd[it] = r;
+    n = 0;
+    for (int i = 2 * lane; i < half; i += 64, n += 2)
+        for (int k = 0; k < 2; k++) {
+            int j = i + k;
+            float wa = __bfloat162float(w[j]) * (a[n + k] * r),
+                  wb = __bfloat162float(w[j + half]) * (b[n + k] * r);
+            float c = cos_t[(long)t * half + j], s = sin_t[(long)t * half + j];
+            float ra = wa * c - wb * s, rb = wb * c + wa * s;
+            if (out) out[o + j] = ra, out[o + j + half] = rb;
+            store_split(hi, lo, o + j, ra);
+            store_split(hi, lo, o + j + half, rb);
+        }
+}
+
+extern "C" void gpu_rmsnorm(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x, const bf16_t* w,
+                            int M, int C, float eps) {
+    if (C % 4) {
+        fprintf(stderr, "autoq: hidden size %d not supported by the CUDA RMSNorm (a multiple of 4)\n", C);
+        exit(1);
+    }
+    rmsnorm_kernel<<<M, 256>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, rstd, x, (const __nv_bfloat16*)w, C,
+                               eps);
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_qk_norm_rope(float* x, float* rstd, const bf16_t* w, const float* cos_t, const float* sin_t,
-                                 int rows, int T, int nh, int hd, float eps) {
-    if (hd / 2 > 128 || (hd / 2 & (hd / 2 - 1)) != 0) {
-        fprintf(stderr, "autoq: head_dim %d not supported by the CUDA q/k norm (powers of two up to 256)\n",
+static void check_head_dim(int hd) {
+    if (hd > 256 || hd % 4) {
+        fprintf(stderr, "autoq: head_dim %d not supported by the CUDA q/k norm (a multiple of 4, up to 256)\n",
                 hd);
         exit(1);
     }
-    qk_norm_rope_kernel<<<rows * nh, hd / 2>>>(x, rstd, (const __nv_bfloat16*)w, cos_t, sin_t, T, nh, hd, eps);
+}
+
+extern "C" void gpu_qk_norm_rope(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x,
+                                 const bf16_t* w, const float* cos_t, const float* sin_t, int rows, int T,
+                                 int nh, int hd, float eps) {
+    check_head_dim(hd);
+    long items = (long)rows * nh;
+    qk_norm_rope_kernel<float><<<ceil_div(items, 4), 128>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, rstd,
+                                                            x, (const __nv_bfloat16*)w, cos_t, sin_t, T, items,
+                                                            nh, hd, (long)nh * hd, eps);
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_qk_norm_rope_bf16(bf16_t* x, long ld, float* rstd, const bf16_t* w, const float* cos_t,
+                                      const float* sin_t, int rows, int T, int nh, int hd, float eps) {
+    check_head_dim(hd);
+    long items = (long)rows * nh;
+    qk_norm_rope_kernel<__nv_bfloat16>
+        <<<ceil_div(items, 4), 128>>>(NULL, (__nv_bfloat16*)x, NULL, rstd, (const __nv_bfloat16*)x,
+                                      (const __nv_bfloat16*)w, cos_t, sin_t, T, items, nh, hd, ld, eps);
     cudaCheck(cudaGetLastError());
 }

@@ -4,30 +4,29 @@
 #include "cuda_common.cuh"
 #include "gpu.h"
 
-// One block per (head, query row t); s holds scaled scores.
-__global__ void causal_softmax_kernel(__nv_bfloat16* p, __nv_bfloat16* p_lo, float* lse, const float* s,
-                                      int T) {
-    int h = blockIdx.x / T, t = blockIdx.x % T;
-    const float* row = s + ((long)h * T + t) * T;
-    __nv_bfloat16* out = p + ((long)h * T + t) * T;
-    __nv_bfloat16* out_lo = p_lo ? p_lo + ((long)h * T + t) * T : NULL;
+// One warp per row r = (head, query t): no block barriers; s holds scaled scores.
+__global__ void causal_softmax_kernel(__nv_bfloat16* p, __nv_bfloat16* p_lo, float* lse, const float* s, int T,
+                                      long rows) {
+    long r = blockIdx.x * (long)(blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    int lane = threadIdx.x % 32, t = (int)(r % T);
+    const float* row = s + r * T;
     float m = -INFINITY;
-    for (int j = threadIdx.x; j <= t; j += blockDim.x) m = fmaxf(m, row[j]);
-    m = block_max(m);
+    for (int j = lane; j <= t; j += 32) m = fmaxf(m, row[j]);
+    m = warp_max(m);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j <= t; j += blockDim.x) sum += expf(row[j] - m);
-    sum = block_sum(sum);
+    for (int j = lane; j <= t; j += 32) sum += expf(row[j] - m);
+    sum = warp_sum(sum);
     float inv = 1.0f / sum;
-    for (int j = threadIdx.x; j < T; j += blockDim.x) {
+    for (int j = lane; j < T; j += 32) {
         float v = j <= t ? expf(row[j] - m) * inv : 0.0f;
-        __nv_bfloat16 hv = __float2bfloat16(v);
-        out[j] = hv;
-        if (out_lo) out_lo[j] = __float2bfloat16(v - __bfloat162float(hv));
+        store_split(p, p_lo, r * T + j, v);
     }
-    if (threadIdx.x == 0) lse[(long)h * T + t] = m + logf(sum);
+    if (lane == 0) lse[r] = m + logf(sum);
 }
 
 extern "C" void gpu_causal_softmax(bf16_t* p, bf16_t* p_lo, float* lse, const float* s, int nb, int T) {
-    causal_softmax_kernel<<<nb * T, 128>>>((__nv_bfloat16*)p, (__nv_bfloat16*)p_lo, lse, s, T);
+    long rows = (long)nb * T;
+    causal_softmax_kernel<<<ceil_div(rows, 8), 256>>>((__nv_bfloat16*)p, (__nv_bfloat16*)p_lo, lse, s, T, rows);
     cudaCheck(cudaGetLastError());
 }
