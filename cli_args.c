@@ -7,8 +7,8 @@
 
 // Options that take no value in every command; every other --option takes the
 // next argument, except the command's own extra flags (--json in info and eval).
-static const char* const k_flags[] = {"--no-grouping", "--verify", "--decode", "--shuffle",
-                                      "--quiet",       "--help",   NULL};
+static const char* const k_flags[] = {"--no-grouping", "--verify", "--decode",       "--shuffle",
+                                      "--quiet",       "--help",   "--shard-layers", NULL};
 
 static const char* const* g_extra_flags;
 
@@ -123,8 +123,9 @@ void cli_usage(void) {
         "  autoq score    MODEL --data D --method kl|gradient [--format w4a8[,w8a8]]\n"
         "                 [--numerics modelopt|compressed-tensors] [--disabled-layers P,...] [--no-grouping]\n"
         "                 [--num-samples N] [--seq-len T] [--shuffle --seed S] [--device auto|cpu|cuda]\n"
-        "                 [--gpus N] [--batch-size B] [--gpu-gemm bf16x2|bf16] [--out scores.h5] [--json "
-        "FILE|-]\n"
+        "                 [--gpus N [--shard-layers]] [--batch-size B] [--gpu-gemm bf16x2|bf16] [--out "
+        "scores.h5]\n"
+        "                 [--json FILE|-]\n"
         "                 [--nccl-init file:PATH|tcp:HOST:PORT --rank R --world-size W]\n"
         "                 [--checkpoint FILE] [--quiet]\n"
         "  autoq search   (--scores scores.h5 | MODEL --data D --method M ...) --budget B\n"

@@ -38,7 +38,9 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     const char* gg = args_str(a, "--gpu-gemm");
     if (gg && strcmp(gg, "bf16") && strcmp(gg, "bf16x2"))
         fail_input("%s: --gpu-gemm must be bf16x2 or bf16 (got '%s')", a->cmd, gg);
-    j->gpu_split = !gg || strcmp(gg, "bf16x2") == 0;
+    // default: bf16 hi + lo for kl (small KL values sit below a plain-bf16 model's noise floor);
+    // plain bf16 for gradient, whose scores it already reproduces within 1% (tests/test_gpu.c)
+    j->gpu_split = gg ? strcmp(gg, "bf16x2") == 0 : j->method == METHOD_KL;
     j->ngpus = args_int(a, "--gpus", 0, 1, 64);
     j->nccl_init = args_str(a, "--nccl-init");
     j->rank = args_int(a, "--rank", -1, 0, 1 << 20);
@@ -50,6 +52,9 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
         fail_input("%s: --rank %d must be below --world-size %d", a->cmd, j->rank, j->world);
     if (j->nccl_init && j->ngpus)
         fail_input("%s: --gpus and --nccl-init exclude each other (one GPU per rank)", a->cmd);
+    j->shard = args_flag(a, "--shard-layers");
+    if (j->shard && j->nccl_init)
+        fail_input("%s: --shard-layers runs one process over --gpus N, not with --nccl-init", a->cmd);
     j->model_dir = args_pos(a, 0);
 }
 
@@ -67,6 +72,9 @@ void score_job_load(ScoreJob* j) {
         if (j->ngpus > have) fail_input("--gpus %d: only %d CUDA device(s) visible", j->ngpus, have);
         if (!j->ngpus) j->ngpus = have;
     }
+    if (j->shard && (!j->use_gpu || j->ngpus < 2))
+        fail_input("--shard-layers: needs 2 or more CUDA devices (--device cuda --gpus N; %d in use)",
+                   j->use_gpu ? j->ngpus : 0);
     for (int f = 0; j->use_gpu && f < j->nf; f++)
         if (!j->fmts[f].w_enable || !j->fmts[f].in_enable)
             fail_input(

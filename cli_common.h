@@ -27,6 +27,7 @@ typedef struct {
     const char* device;
     int gpu_split;         // --gpu-gemm bf16x2 (default) or bf16
     int ngpus;             // --gpus (0: every visible GPU)
+    int shard;             // --shard-layers: GPUs hold layer ranges (pipeline) instead of whole copies
     const char* nccl_init; // --nccl-init file:PATH|tcp:HOST:PORT (multi-process run)
     int rank, world;
     RdvSpec rdv;

@@ -101,7 +101,7 @@ static void gpu_init(ScoreJob* j, Scorer* s) {
     int B = gpu_sums_init(j, s);
     j->gpu = gpu_engine_init(&j->model, j->ids.t, B, j->gpu_split);
     info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
-             j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16");
+             j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16 (kl: bf16 activations, fp32 residual)");
 }
 
 // Several GPUs: every window at once, data parallel (engine/gpu_multi.cu).
@@ -114,6 +114,20 @@ static void run_multi(ScoreJob* j, Scorer* s, const char* checkpoint) {
                     j->ids.t, B, j->gpu_split, j->ngpus, s->score, &gpu_seconds, &j->gpu_peak);
     s->samples_done = j->ids.n;
     j->seconds = gpu_seconds; // the slowest GPU's scoring, loading excluded as on one GPU
+    info_msg("score: %.2fs including the weight uploads", time_now() - t0);
+}
+
+// Several GPUs, each holding a range of layers (engine/gpu_pipeline.cu).
+static void run_sharded(ScoreJob* j, Scorer* s, const char* checkpoint) {
+    if (checkpoint) fail_input("--checkpoint: not supported with --shard-layers");
+    int B = gpu_sums_init(j, s);
+    info_msg("score: %d CUDA devices (%s), batches of %d windows, layers sharded over the GPUs", j->ngpus,
+             gpu_name(), B);
+    double t0 = time_now(), gpu_seconds;
+    gpu_score_sharded(&j->model, &j->groups, j->fmts, j->nf, j->method == METHOD_GRADIENT, j->ids.ids, j->ids.n,
+                      j->ids.t, B, j->gpu_split, j->ngpus, s->score, &gpu_seconds, &j->gpu_peak);
+    s->samples_done = j->ids.n;
+    j->seconds = gpu_seconds;
     info_msg("score: %.2fs including the weight uploads", time_now() - t0);
 }
 
@@ -131,6 +145,10 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
     Scorer* s = &j->scorer;
     if (j->use_gpu && j->nccl_init) {
         run_ranked(j, s, checkpoint);
+        return;
+    }
+    if (j->use_gpu && j->shard) {
+        run_sharded(j, s, checkpoint);
         return;
     }
     if (j->use_gpu && j->ngpus > 1) {

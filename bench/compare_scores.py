@@ -1,4 +1,7 @@
-"""Compares the per-group scores and timings of gpu_bench.sh's runs of one shape."""
+"""Compares the per-group scores of gpu_bench.sh's runs of one shape: autoq (both GEMM input
+precisions) against plain PyTorch (b) and ModelOpt (c). Prints, per pair, the ratio range over all
+groups, how many groups agree within 1%, the ratio range over the groups whose reference score is
+at least 1% of the largest (above a plain-bf16 model's KL noise floor), and Spearman's rho."""
 import json, os, sys
 
 out, shape = sys.argv[1], sys.argv[2]
@@ -9,20 +12,45 @@ def load(name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
-def by_members(j):
-    return {tuple(sorted(g["members"])): g["score"] for g in j["groups"]} if j else {}
+def key(g, by):  # by "members" (ModelOpt's module lists) or by group "name" (PyTorch)
+    return tuple(sorted(g["members"])) if by == "members" else g["name"]
 
 
-a, a1, b, c = load("autoq_bf16x2"), load("autoq_bf16"), load("torch"), load("modelopt")
-if a and b:
-    bs = {g["name"]: g["score"] for g in b["groups"]}
-    for label, x in [("bf16x2", a), ("bf16", a1)]:
-        if not x:
-            continue
-        r = [g["score"] / bs[g["name"]] for g in x["groups"] if g["name"] in bs and bs[g["name"]] > 0]
-        print(f"   autoq {label} / pytorch per group: min {min(r):.4f} max {max(r):.4f} over {len(r)} groups")
-if a and c:
-    cs = by_members(c)
-    r = [g["score"] / cs[tuple(sorted(g["members"]))] for g in a["groups"] if tuple(sorted(g["members"])) in cs]
-    if r:
-        print(f"   autoq bf16x2 / modelopt per group: min {min(r):.4f} max {max(r):.4f} over {len(r)} groups")
+def ranks(xs):
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0] * len(xs)
+    for k, i in enumerate(order):
+        r[i] = k
+    return r
+
+
+def spearman(a, b):
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    d2 = sum((x - y) ** 2 for x, y in zip(ra, rb))
+    return 1 - 6 * d2 / (n * (n * n - 1))
+
+
+def compare(label, x, ref, ref_label):
+    by = "members" if "members" in ref["groups"][0] else "name"
+    rs = {key(g, by): g["score"] for g in ref["groups"]}
+    pairs = [(g["score"], rs[key(g, by)]) for g in x["groups"] if rs.get(key(g, by), 0) > 0]
+    if not pairs:
+        return
+    r = [a / b for a, b in pairs]
+    top = max(b for _, b in pairs)
+    big = [a / b for a, b in pairs if b >= 0.01 * top]
+    within = sum(abs(v - 1) <= 0.01 for v in r)
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    print(f"   autoq {label} / {ref_label}: {min(r):.4f}..{max(r):.4f} over {len(r)} groups, {within} within 1%; "
+          f"{min(big):.4f}..{max(big):.4f} over the {len(big)} groups >= 1% of the largest; Spearman {rho:.4f}")
+
+
+runs = {n: load(n) for n in ["autoq_bf16x2", "autoq_bf16", "torch", "modelopt"]}
+for label in ["bf16x2", "bf16"]:
+    x = runs[f"autoq_{label}"]
+    if not x:
+        continue
+    for ref_label, ref in [("pytorch", runs["torch"]), ("modelopt", runs["modelopt"])]:
+        if ref:
+            compare(label, x, ref, ref_label)

@@ -2,12 +2,15 @@
 # On the GPU machine, in one run: (a) autoq, (b) plain PyTorch with the same semantics
 # (bench/torch_scores.py), (c) ModelOpt auto_quantize (bench/modelopt_scores.py), on generated
 # Qwen3-0.6B- and Qwen3-8B-shaped checkpoints (random bf16 weights, real safetensors).
-#   METHOD=kl|gradient bash bench/gpu_bench.sh OUTDIR [N_06B] [N_8B]   (windows of 512 tokens)
+#   METHOD=kl|gradient [SHAPES="0.6b 8b"] [MODELOPT="0.6b 8b"] bash bench/gpu_bench.sh OUTDIR [N_06B] [N_8B]
+# (windows of 512 tokens; MODELOPT lists the shapes that also run (c))
 set -u
 out=${1:-bench/out}
 n06=${2:-128}
 n8=${3:-16}
 method=${METHOD:-kl}
+shapes=${SHAPES:-0.6b 8b}
+mo_shapes=${MODELOPT:-0.6b 8b}
 mo_method=$([ "$method" = kl ] && echo kl_div || echo gradient)
 AQ=${AQ:-./autoq}
 mkdir -p "$out"
@@ -26,8 +29,10 @@ run() { # shape n batch
         echo "(a) $g wall $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s including load"
     done
     python3 bench/torch_scores.py "$m" "$m/ids.npy" --method "$method" --batch-size "$b" --out "$out/${shape}_${method}_torch.json" 2>&1 | grep -E "^\(b\)|Error"
+    case " $mo_shapes " in *" $shape "*) ;; *) echo "(c) modelopt: not run for $shape"; python3 bench/compare_scores.py "$out" "${shape}_${method}"; return ;; esac
     python3 bench/modelopt_scores.py "$m" "$m/ids.npy" --method "$mo_method" --batch-size "$b" --out "$out/${shape}_${method}_modelopt.json" 2>&1 | grep -E "^\(c\)|Error"
     python3 bench/compare_scores.py "$out" "${shape}_${method}"
 }
-run 0.6b "$n06" 8
-run 8b "$n8" 4
+for s in $shapes; do
+    if [ "$s" = 0.6b ]; then run 0.6b "$n06" 8; else run 8b "$n8" 4; fi
+done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# On a machine with several GPUs: 1 GPU against all GPUs (data parallel, NCCL fp64 all-reduce),
-# scores equal up to summation order, wall times and per-GPU peak memory.
-#   bash bench/multi_gpu.sh OUT [TINY_MODEL]
+# On a machine with several GPUs: 1 GPU against all GPUs, data parallel (NCCL fp64 all-reduce) and
+# with the layers sharded over them (--shard-layers, ncclSend/ncclRecv between stages): scores
+# equal to the one-GPU run, wall times, per-GPU peak memory and busy fraction.
+#   [GEMM=bf16|bf16x2] bash bench/multi_gpu.sh OUT [TINY_MODEL]
 set -u
 out=${1:-bench/out}
 tiny=${2:-../shared/models/qwen3-tiny}
@@ -18,12 +19,19 @@ w = max(abs(x - y) / max(abs(x), abs(y), 1e-300) for x, y in zip(a, b))
 print(f"   worst relative difference 1 vs N GPUs: {w:.2e} over {len(a)} groups " + ("(<= 1e-6: ok)" if w <= 1e-6 else "(> 1e-6: FAIL)"))
 PY
 }
+gemm=${GEMM:+--gpu-gemm $GEMM}
 run() { # label model ids method batch
-    for g in 1 "$n"; do
-        $AQ score "$2" --data "$3" --method "$4" --device cuda --gpus "$g" --batch-size "$5" \
-            --json "$out/multi_$1_$4_$g.json" 2>&1 | grep -E "tokens/s|GPU [0-9]|peak GPU" | sed "s/^/   $g GPU(s): /"
+    for mode in 1 "$n" shard; do
+        local g=$mode flag=""
+        [ "$mode" = shard ] && g=$n flag=--shard-layers
+        $AQ score "$2" --data "$3" --method "$4" --device cuda --gpus "$g" --batch-size "$5" $gemm $flag \
+            --json "$out/multi_$1_$4_$mode.json" 2>&1 | grep -E "tokens/s|GPU [0-9]|peak GPU" |
+            sed "s/^/   $g GPU(s) $flag: /"
     done
+    echo "   data parallel:"
     cmp_scores "$out/multi_$1_$4_1.json" "$out/multi_$1_$4_$n.json"
+    echo "   layers sharded:"
+    cmp_scores "$out/multi_$1_$4_1.json" "$out/multi_$1_$4_shard.json"
 }
 if [ -f "$tiny/config.json" ]; then
     echo "== qwen3-tiny, 8 x 256"

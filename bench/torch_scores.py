@@ -2,7 +2,10 @@
 semantics of ModelOpt's auto_quantize (fake quantization on the fly, SPEC section 4 numerics), the
 way users would write it without autoq: one full forward per group for kl.
 
-usage: torch_scores.py MODEL IDS.npy --method kl|gradient --batch-size B --out scores.json
+usage: torch_scores.py MODEL IDS.npy --method kl|gradient --batch-size B [--dtype bfloat16|float32] --out scores.json
+
+--dtype float32 (TF32 off) gives the reference scores that bf16 rounding does not blur: the accuracy
+check of bench/gpu_accuracy.sh.
 """
 import argparse, json, time, types
 
@@ -46,12 +49,15 @@ def main():
     ap.add_argument("ids")
     ap.add_argument("--method", default="kl")
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--out")
     args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     from transformers import AutoModelForCausalLM
 
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).cuda().eval()
     load = time.time() - t0
     ids = torch.tensor(np.load(args.ids).astype(np.int64)).cuda()
     gs = groups_of(model)
@@ -102,9 +108,9 @@ def main():
     torch.cuda.synchronize()
     el = time.time() - t0
     tokens = ids.shape[0] * ids.shape[1]
-    res = {"impl": "pytorch", "method": args.method, "seconds": el, "load_seconds": load, "tokens_per_s": tokens / el,
+    res = {"impl": "pytorch", "dtype": args.dtype, "method": args.method, "seconds": el, "load_seconds": load, "tokens_per_s": tokens / el,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "groups": [{"name": n, "score": s} for n, s in scores.items()]}
-    print(f"(b) pytorch {args.method}: {el:.1f} s, {tokens / el:.0f} tokens/s, peak {res['peak_gib']:.1f} GiB, load {load:.1f} s")
+    print(f"(b) pytorch {args.dtype} {args.method}: {el:.1f} s, {tokens / el:.0f} tokens/s, peak {res['peak_gib']:.1f} GiB, load {load:.1f} s")
     if args.out:
         json.dump(res, open(args.out, "w"), indent=1)
 

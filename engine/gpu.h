@@ -20,6 +20,24 @@ int gpu_device_count(void);
 // bf16 GEMMs, ~16-bit activations: matches the fp32 CPU engine); 0: plain bf16.
 GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split);
 void gpu_engine_free(GpuEngine* e);
+// A pipeline stage: decoder layers l0..l1-1 only (plus the embedding when l0 == 0, the final norm
+// and lm_head when l1 is the last layer).
+GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1);
+
+// Passes in parts (what a pipeline stage runs; gpu_score_kl / gpu_score_gradient are these in
+// sequence). Asynchronous on the device's default stream unless they return host data.
+float* gpu_hidden(GpuEngine* e);      // (B*T, D) fp32 residual stream: what stages send / receive
+float* gpu_hidden_grad(GpuEngine* e); // its gradient (gradient passes)
+// zeroes nscores sums, sets the precision mode, uploads ids (nb, T); the first stage embeds them
+void gpu_pass_begin(GpuEngine* e, int gradient, int nscores, const int* ids, int nb);
+void gpu_pass_layers(GpuEngine* e, int from, int nb, int save); // layers from..l1-1 on the hidden state
+void gpu_pass_group(GpuEngine* e, const Group* g, const Format* f, int nb); // quantize g, restart at its layer
+void gpu_pass_ungroup(GpuEngine* e);
+void gpu_pass_kl(GpuEngine* e, int nb, int slot); // last stage: slot < 0 reference logits, else KL into slot
+void gpu_pass_grad_head(GpuEngine* e, int nb);    // last stage: loss and its gradient into the hidden grad
+void gpu_pass_backward(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, int nb);
+double gpu_pass_loss(GpuEngine* e, int nb);                  // last stage
+void gpu_pass_end(GpuEngine* e, double* score, int nscores); // adds this stage's sums to score (host)
 // Unquantized logits of nb windows (host ids (nb, T)) copied to host (nb*T, V).
 void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits);
 // Adds the kl scores of nb windows to score (nf, groups->n) on the host.
@@ -40,6 +58,13 @@ void gpu_score_ranked(const Model* m, const Groups* gs, const Format* fmts, int 
 void gpu_score_multi(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient, const int* ids,
                      int n, int T, int B, int split, int ngpus, double* score, double* seconds,
                      size_t* peak); // device memory in use at its peak (cudaMemGetInfo deltas)
+// Layer-sharded pipeline over ngpus GPUs of this host (engine/gpu_pipeline.cu): GPU s holds a
+// contiguous range of decoder layers; hidden states (and their gradients) move between stages with
+// ncclSend/ncclRecv. Same scores as one GPU. Reports per GPU its layers, time, busy fraction (time
+// computing rather than waiting on a neighbour) and peak memory.
+void gpu_score_sharded(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
+                       const int* ids, int n, int T, int B, int split, int ngpus, double* score,
+                       double* seconds, size_t* peak);
 const char* gpu_name(void);
 
 #ifdef __cplusplus

@@ -35,6 +35,14 @@ void gpu_score_multi(const Model* m, const Groups* gs, const Format* fmts, int n
     fail_input("--gpus: this autoq was built without CUDA");
 }
 
+void gpu_score_sharded(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
+                       const int* ids, int n, int T, int B, int split, int ngpus, double* score,
+                       double* seconds, size_t* peak) {
+    (void)m, (void)gs, (void)fmts, (void)nf, (void)gradient, (void)ids, (void)n, (void)T, (void)B, (void)split;
+    (void)ngpus, (void)score, (void)seconds, (void)peak;
+    fail_input("--shard-layers: this autoq was built without CUDA");
+}
+
 void gpu_score_ranked(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
                       const int* ids, int n, int T, int B, int split, int rank, int world, const RdvSpec* rdv,
                       double* score, double* seconds, size_t* peak) {

@@ -18,6 +18,7 @@ typedef struct {
 struct GpuEngine {
     const Model* m;
     int T, B;
+    int l0, l1; // the decoder layers held here (a pipeline stage holds a range); hsave is indexed l - l0
     cublasHandle_t blas;
     GpuLayer* layers;
     __nv_bfloat16 *embed, *lm_head, *norm;
@@ -197,7 +198,13 @@ extern "C" const char* gpu_name(void) {
 }
 
 extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
+    return gpu_engine_init_layers(m, T, B, split, 0, m->c.num_layers);
+}
+
+extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1) {
     GpuEngine* e = (GpuEngine*)xcalloc(1, sizeof(GpuEngine));
+    e->l0 = l0;
+    e->l1 = l1;
     e->split = split;
     e->flash = !split && gpu_flash_supported(T, m->c.head_dim);
     const Config* c = &m->c;
@@ -212,12 +219,16 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     char name[256];
     const char* P = c->prefix;
     e->layers = (GpuLayer*)xcalloc(c->num_layers, sizeof(GpuLayer));
+    // the embedding on the first stage, the final norm and lm_head (maybe the same table) on the last
+    int tied = !st_find(&m->ck, "lm_head.weight"), last = l1 == c->num_layers;
     snprintf(name, sizeof(name), "%sembed_tokens.weight", P);
-    e->embed = upload(e, name);
-    snprintf(name, sizeof(name), "%snorm.weight", P);
-    e->norm = upload(e, name);
-    e->lm_head = st_find(&m->ck, "lm_head.weight") ? upload(e, "lm_head.weight") : e->embed;
-    for (int l = 0; l < c->num_layers; l++) {
+    if (l0 == 0 || (last && tied)) e->embed = upload(e, name);
+    if (last) {
+        snprintf(name, sizeof(name), "%snorm.weight", P);
+        e->norm = upload(e, name);
+        e->lm_head = tied ? e->embed : upload(e, "lm_head.weight");
+    }
+    for (int l = l0; l < l1; l++) {
         GpuLayer* g = &e->layers[l];
         __nv_bfloat16** dst[11] = {&g->w_in,   &g->q,      &g->k,    &g->v,  &g->o,   &g->q_norm,
                                    &g->k_norm, &g->w_post, &g->gate, &g->up, &g->down};
@@ -265,8 +276,8 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
     e->S = (float*)dalloc(e, 4 * nTT);
     e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
-    e->logits = (float*)dalloc(e, 4 * M * V);
-    e->hsave = (float*)dalloc(e, 4 * M * D * c->num_layers);
+    if (last) e->logits = (float*)dalloc(e, 4 * M * V);
+    e->hsave = (float*)dalloc(e, 4 * M * D * (l1 - l0));
     e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
     e->k16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
@@ -532,25 +543,37 @@ static void layer_forward(GpuEngine* e, int l, int M) {
     prof_mark(e, P_DOWN);
 }
 
-// Layers start..L-1 from e->h, then the final norm and lm_head into out.
-static void forward_from(GpuEngine* e, int start, int M, float* out, int save) {
-    const Config* c = &e->m->c;
-    long D = c->hidden_size;
-    for (int l = start; l < c->num_layers; l++) {
+// Layers start..l1-1 on e->h; save: keep each layer's input in hsave.
+static void forward_layers(GpuEngine* e, int start, int M, int save) {
+    long D = e->m->c.hidden_size;
+    for (int l = start; l < e->l1; l++) {
         if (save)
-            cudaCheck(cudaMemcpyAsync(e->hsave + (long)l * M * D, e->h, 4 * M * D, cudaMemcpyDeviceToDevice));
+            cudaCheck(cudaMemcpyAsync(e->hsave + (long)(l - e->l0) * M * D, e->h, 4 * M * D,
+                                      cudaMemcpyDeviceToDevice));
         layer_forward(e, l, M);
     }
+}
+
+// The final norm and lm_head of e->h into out (the last stage).
+static void head(GpuEngine* e, int M, float* out) {
+    const Config* c = &e->m->c;
+    long D = c->hidden_size;
     gpu_rmsnorm(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
                 (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
     gemm_bf16(e, out, NULL, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size, 0);
     prof_mark(e, P_HEAD);
 }
 
+static void forward_from(GpuEngine* e, int start, int M, float* out, int save) {
+    forward_layers(e, start, M, save);
+    head(e, M, out);
+}
+
+// Token ids to the device (every stage: the last needs the targets); the first stage embeds them.
 static void embed(GpuEngine* e, const int* ids, int nb) {
     int M = nb * e->T;
     cudaCheck(cudaMemcpy(e->ids, ids, sizeof(int) * M, cudaMemcpyHostToDevice));
-    gpu_embed(e->h, (const bf16_t*)e->embed, e->ids, M, e->m->c.hidden_size);
+    if (e->l0 == 0) gpu_embed(e->h, (const bf16_t*)e->embed, e->ids, M, e->m->c.hidden_size);
 }
 
 extern "C" void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) {
@@ -580,37 +603,77 @@ static void set_group(GpuEngine* e, const Group* g, const Format* f) {
     }
 }
 
+// ---- passes in parts, so that a pipeline stage (engine/gpu_pipeline.cu) runs its share; the
+// one-GPU scorers below are the same parts in sequence ----
+
+static void grad_alloc(GpuEngine* e); // the gradient buffers, below
+
+extern "C" float* gpu_hidden(GpuEngine* e) { return e->h; }
+extern "C" float* gpu_hidden_grad(GpuEngine* e) { return e->dh; }
+
+extern "C" void gpu_pass_begin(GpuEngine* e, int gradient, int nscores, const int* ids, int nb) {
+    if (!e->dscore) e->dscore = (double*)dalloc(e, sizeof(double) * nscores);
+    cudaCheck(cudaMemset(e->dscore, 0, sizeof(double) * nscores));
+    if (gradient && !e->dh) grad_alloc(e);
+    if (!gradient && e->l1 == e->m->c.num_layers && !e->ref_logits)
+        e->ref_logits = (float*)dalloc(e, 4L * e->B * e->T * e->m->c.vocab_size);
+    e->nq = 0;
+    e->grad_mode = gradient;
+    e->bf16_act = !gradient && !e->split;
+    embed(e, ids, nb);
+}
+
+extern "C" void gpu_pass_layers(GpuEngine* e, int from, int nb, int save) {
+    forward_layers(e, from, nb * e->T, save);
+}
+
+// The quantized group g (in one of this stage's layers): its weights quantized, h its layer's input.
+extern "C" void gpu_pass_group(GpuEngine* e, const Group* g, const Format* f, int nb) {
+    long M = (long)nb * e->T, D = e->m->c.hidden_size;
+    set_group(e, g, f);
+    cudaCheck(
+        cudaMemcpyAsync(e->h, e->hsave + (g->layer - e->l0) * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+    prof_mark(e, P_GROUP);
+}
+
+extern "C" void gpu_pass_ungroup(GpuEngine* e) { e->nq = 0; }
+
+// Last stage, kl: slot < 0 keeps the reference logits; otherwise adds the KL to score slot.
+extern "C" void gpu_pass_kl(GpuEngine* e, int nb, int slot) {
+    int M = nb * e->T;
+    if (slot < 0) {
+        head(e, M, e->ref_logits);
+        return;
+    }
+    head(e, M, e->logits);
+    gpu_kl_rows(e->dscore + slot, e->kl_scratch, e->ref_logits, e->logits, M, e->m->c.vocab_size);
+    prof_mark(e, P_KL);
+}
+
+// Adds this stage's per-group sums to score (host).
+extern "C" void gpu_pass_end(GpuEngine* e, double* score, int nscores) {
+    e->nq = 0;
+    double* h = (double*)xmalloc(sizeof(double) * nscores);
+    cudaCheck(cudaMemcpy(h, e->dscore, sizeof(double) * nscores, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < nscores; i++) score[i] += h[i];
+    free(h);
+}
+
 extern "C" void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
                              double* score) {
-    const Config* c = &e->m->c;
-    int M = nb * e->T;
-    long D = c->hidden_size;
-    if (!e->dscore) e->dscore = (double*)dalloc(e, sizeof(double) * nf * gs->n);
-    if (!e->ref_logits) e->ref_logits = (float*)dalloc(e, 4L * e->B * e->T * c->vocab_size);
-    cudaCheck(cudaMemset(e->dscore, 0, sizeof(double) * nf * gs->n));
-    e->nq = 0;
-    e->grad_mode = 0;
-    e->bf16_act = !e->split;
-    embed(e, ids, nb);
-    forward_from(e, 0, M, e->ref_logits, 1);
+    gpu_pass_begin(e, 0, nf * gs->n, ids, nb);
+    gpu_pass_layers(e, 0, nb, 1);
+    gpu_pass_kl(e, nb, -1);
     for (int f = 0; f < nf; f++)
         for (int gi = 0; gi < gs->n; gi++) {
             const Group* g = &gs->g[gi];
             if (g->disabled) continue;
-            set_group(e, g, &fmts[f]);
-            cudaCheck(
-                cudaMemcpyAsync(e->h, e->hsave + (long)g->layer * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
-            prof_mark(e, P_GROUP);
-            forward_from(e, g->layer, M, e->logits, 0);
-            gpu_kl_rows(e->dscore + (long)f * gs->n + gi, e->kl_scratch, e->ref_logits, e->logits, M,
-                        c->vocab_size);
-            prof_mark(e, P_KL);
+            gpu_pass_group(e, g, &fmts[f], nb);
+            gpu_pass_layers(e, g->layer, nb, 0);
+            gpu_pass_ungroup(e);
+            gpu_pass_kl(e, nb, f * gs->n + gi);
         }
-    e->nq = 0;
-    double* h = (double*)xmalloc(sizeof(double) * nf * gs->n);
-    cudaCheck(cudaMemcpy(h, e->dscore, sizeof(double) * nf * gs->n, cudaMemcpyDeviceToHost));
-    for (int i = 0; i < nf * gs->n; i++) score[i] += h[i];
-    free(h);
+    gpu_pass_end(e, score, nf * gs->n);
 }
 
 // ---- the gradient score: forward, then per layer (last first) recompute and backward ----
@@ -636,12 +699,13 @@ static void grad_alloc(GpuEngine* e) {
     long nTT = (long)e->B * c->num_heads * T * T;
     e->dP = (float*)dalloc(e, 4 * nTT);
     e->dy16 = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
-    e->dlog16 = (__nv_bfloat16*)dalloc(e, 2 * M * V);
+    int last = e->l1 == c->num_layers; // the logits' gradient lives on the last stage only
+    if (last) e->dlog16 = (__nv_bfloat16*)dalloc(e, 2 * M * V);
     e->datt16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
     e->dS16 = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     if (e->split) { // the low halves
         e->dy_lo = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
-        e->dlog_lo = (__nv_bfloat16*)dalloc(e, 2 * M * V);
+        if (last) e->dlog_lo = (__nv_bfloat16*)dalloc(e, 2 * M * V);
         e->datt_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
         e->dS_lo = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     }
@@ -725,7 +789,7 @@ static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
     const GpuLayer* w = &e->layers[l];
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, I = c->intermediate_size;
     int qd = H * hd, kvd = KV * hd, base = l * LIN_PER_LAYER;
-    const float* h_in = e->hsave + (long)l * M * D;
+    const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
     e->xq_src = NULL; // the recompute rewrote the inputs
     grad_linear(e, job, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
     split_dy(e, e->dh, (long)M * D);
@@ -759,37 +823,47 @@ static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
     prof_mark(e, P_BWD);
 }
 
-extern "C" double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids,
-                                     int nb, double* score) {
+// Last stage, gradient: logits, the loss per row and its gradient into dh (at the final norm's input).
+extern "C" void gpu_pass_grad_head(GpuEngine* e, int nb) {
     const Config* c = &e->m->c;
-    int M = nb * e->T, L = c->num_layers;
+    int M = nb * e->T;
     long D = c->hidden_size, V = c->vocab_size;
-    if (!e->dh) grad_alloc(e);
-    if (!e->dscore) e->dscore = (double*)dalloc(e, sizeof(double) * nf * gs->n);
-    cudaCheck(cudaMemset(e->dscore, 0, sizeof(double) * nf * gs->n));
-    GradJob job = {gs, fmts, nf};
-    e->nq = 0;
-    e->grad_mode = 1;
-    e->bf16_act = 0;
-    embed(e, ids, nb);
-    forward_from(e, 0, M, e->logits, 1);
+    head(e, M, e->logits);
     gpu_cross_entropy_backward((bf16_t*)e->dlog16, (bf16_t*)e->dlog_lo, e->loss_rows, e->logits, e->ids, M,
                                e->T, (int)V);
     gemm_bwd(e, e->dm, e->dlog16, e->dlog_lo, e->lm_head, M, (int)D, (int)V, 0.0f);
     gpu_rmsnorm_backward(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->f_rstd, M, (int)D, 0);
-    for (int l = L - 1; l >= 0; l--) {
-        cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (long)l * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
-        layer_forward(e, l, M); // recompute: only layer inputs were kept
-        layer_backward(e, &job, l, M);
+}
+
+// dh holds dL/d(output of layer l1 - 1); layers l1-1..l0 are recomputed from their saved inputs and
+// backpropagated, adding their groups' scores; dh ends as dL/d(input of layer l0).
+extern "C" void gpu_pass_backward(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, int nb) {
+    long M = (long)nb * e->T, D = e->m->c.hidden_size;
+    GradJob job = {gs, fmts, nf};
+    for (int l = e->l1 - 1; l >= e->l0; l--) {
+        cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (l - e->l0) * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+        layer_forward(e, l, (int)M); // recompute: only layer inputs were kept
+        layer_backward(e, &job, l, (int)M);
     }
-    double* h = (double*)xmalloc(sizeof(double) * nf * gs->n);
-    cudaCheck(cudaMemcpy(h, e->dscore, sizeof(double) * nf * gs->n, cudaMemcpyDeviceToHost));
-    for (int i = 0; i < nf * gs->n; i++) score[i] += h[i];
-    free(h);
+}
+
+// Last stage: the summed per-window mean CE of the batch.
+extern "C" double gpu_pass_loss(GpuEngine* e, int nb) {
+    int M = nb * e->T;
     double* lr = (double*)xmalloc(sizeof(double) * M);
     cudaCheck(cudaMemcpy(lr, e->loss_rows, sizeof(double) * M, cudaMemcpyDeviceToHost));
     double loss = 0;
     for (int i = 0; i < M; i++) loss += lr[i];
     free(lr);
-    return loss / (e->T - 1); // summed over windows of each window's mean CE
+    return loss / (e->T - 1);
+}
+
+extern "C" double gpu_score_gradient(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids,
+                                     int nb, double* score) {
+    gpu_pass_begin(e, 1, nf * gs->n, ids, nb);
+    gpu_pass_layers(e, 0, nb, 1);
+    gpu_pass_grad_head(e, nb);
+    gpu_pass_backward(e, gs, fmts, nf, nb);
+    gpu_pass_end(e, score, nf * gs->n);
+    return gpu_pass_loss(e, nb);
 }

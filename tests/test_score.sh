@@ -64,3 +64,5 @@ expect "--gpus out of range" "--gpus = '0' must be an integer in [1, 64]" $AQ sc
 expect "--nccl-init needs --rank and --world-size" "--nccl-init, --rank and --world-size go together" $AQ score $M --data $D --method kl --nccl-init file:/tmp/x
 expect "--rank below --world-size" "--rank 2 must be below --world-size 2" $AQ score $M --data $D --method kl --nccl-init file:/tmp/x --rank 2 --world-size 2
 expect "bad --nccl-init" "must be file:PATH or tcp:HOST:PORT" $AQ score $M --data $D --method kl --nccl-init udp:x --rank 0 --world-size 2
+expect "--shard-layers on the CPU" "--shard-layers: needs 2 or more CUDA devices" $AQ score $M --data $D --method kl --device cpu --shard-layers
+expect "--shard-layers with --nccl-init" "--shard-layers runs one process over --gpus N" $AQ score $M --data $D --method kl --shard-layers --nccl-init file:/tmp/x --rank 0 --world-size 2

@@ -1,0 +1,201 @@
+// Layer-sharded scoring (--shard-layers) for models larger than one GPU: GPU s of N holds a
+// contiguous, balanced range of decoder layers (the first also the embedding, the last the final
+// norm and lm_head); one host thread per GPU. Hidden states move forward, and for the gradient
+// their gradients move back, with ncclSend/ncclRecv on each GPU's stream. Every stage walks the
+// passes in the same order, so in a kl run a stage starts the next group while the later stages
+// finish the previous one: the groups are the pipeline's micro-batches. Each group's score is
+// summed on one stage only (the last for kl, the owner of its layer for gradient), so the result
+// equals the one-GPU run exactly.
+#include <nccl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cuda_common.cuh"
+#include "gpu.h"
+
+extern "C" {
+#include "partition.h"
+#include "util.h"
+}
+
+#define ncclCheck(call)                                                                                        \
+    do {                                                                                                       \
+        ncclResult_t r_ = (call);                                                                              \
+        if (r_ != ncclSuccess) {                                                                               \
+            fprintf(stderr, "autoq: NCCL error %s at %s:%d\n", ncclGetErrorString(r_), __FILE__, __LINE__);    \
+            exit(1);                                                                                           \
+        }                                                                                                      \
+    } while (0)
+
+// Time a stage spends computing, as opposed to waiting for a neighbour: CUDA event pairs around
+// each compute stretch, read back when the pool fills.
+#define BUSY_N 256
+typedef struct {
+    cudaEvent_t ev[2 * BUSY_N];
+    int n;
+    double ms;
+} Busy;
+
+static void busy_flush(Busy* b) {
+    if (b->n == 0) return;
+    cudaCheck(cudaEventSynchronize(b->ev[2 * b->n - 1]));
+    for (int i = 0; i < b->n; i++) {
+        float ms;
+        cudaCheck(cudaEventElapsedTime(&ms, b->ev[2 * i], b->ev[2 * i + 1]));
+        b->ms += ms;
+    }
+    b->n = 0;
+}
+
+static void busy_mark(Busy* b, int end) {
+    if (!end && b->n == BUSY_N) busy_flush(b);
+    cudaCheck(cudaEventRecord(b->ev[2 * b->n + end], 0));
+    b->n += end;
+}
+
+typedef struct {
+    int s, n, l0, l1; // stage, stages, its layers
+    ncclComm_t comm;
+    const Model* m;
+    const Groups* gs;
+    const Format* fmts;
+    int nf, gradient, T, B, split, nwin;
+    const int* ids;
+    const int* owner; // stage of each layer
+    double* score;    // this stage's sums (nf, groups)
+    double seconds, busy_s;
+    size_t peak;
+} Stage;
+
+static void send_h(Stage* st, float* buf, int nb, int peer) {
+    size_t n = (size_t)nb * st->T * st->m->c.hidden_size;
+    ncclCheck(ncclSend(buf, n, ncclFloat32, peer, st->comm, 0));
+}
+
+static void recv_h(Stage* st, float* buf, int nb, int peer) {
+    size_t n = (size_t)nb * st->T * st->m->c.hidden_size;
+    ncclCheck(ncclRecv(buf, n, ncclFloat32, peer, st->comm, 0));
+}
+
+// One batch of kl: the reference pass, then every group's pass from its own layer on.
+static void stage_kl(Stage* st, GpuEngine* e, Busy* b, const int* ids, int nb) {
+    int last = st->s == st->n - 1, ns = st->nf * st->gs->n;
+    gpu_pass_begin(e, 0, ns, ids, nb);
+    if (st->s > 0) recv_h(st, gpu_hidden(e), nb, st->s - 1);
+    busy_mark(b, 0);
+    gpu_pass_layers(e, st->l0, nb, 1);
+    if (last) gpu_pass_kl(e, nb, -1);
+    busy_mark(b, 1);
+    if (!last) send_h(st, gpu_hidden(e), nb, st->s + 1);
+    for (int f = 0; f < st->nf; f++)
+        for (int gi = 0; gi < st->gs->n; gi++) {
+            const Group* g = &st->gs->g[gi];
+            int own = st->owner[g->layer];
+            if (g->disabled || own > st->s) continue; // the group's pass starts on a later stage
+            if (own < st->s) recv_h(st, gpu_hidden(e), nb, st->s - 1);
+            busy_mark(b, 0);
+            if (own == st->s) {
+                gpu_pass_group(e, g, &st->fmts[f], nb);
+                gpu_pass_layers(e, g->layer, nb, 0);
+                gpu_pass_ungroup(e);
+            } else {
+                gpu_pass_layers(e, st->l0, nb, 0);
+            }
+            if (last) gpu_pass_kl(e, nb, f * st->gs->n + gi);
+            busy_mark(b, 1);
+            if (!last) send_h(st, gpu_hidden(e), nb, st->s + 1);
+        }
+    gpu_pass_end(e, st->score, ns);
+}
+
+// One batch of gradient: the forward down the stages, the backward up.
+static void stage_gradient(Stage* st, GpuEngine* e, Busy* b, const int* ids, int nb) {
+    int last = st->s == st->n - 1, ns = st->nf * st->gs->n;
+    gpu_pass_begin(e, 1, ns, ids, nb);
+    if (st->s > 0) recv_h(st, gpu_hidden(e), nb, st->s - 1);
+    busy_mark(b, 0);
+    gpu_pass_layers(e, st->l0, nb, 1);
+    if (last) gpu_pass_grad_head(e, nb);
+    busy_mark(b, 1);
+    if (!last) {
+        send_h(st, gpu_hidden(e), nb, st->s + 1);
+        recv_h(st, gpu_hidden_grad(e), nb, st->s + 1);
+    }
+    busy_mark(b, 0);
+    gpu_pass_backward(e, st->gs, st->fmts, st->nf, nb);
+    busy_mark(b, 1);
+    if (st->s > 0) send_h(st, gpu_hidden_grad(e), nb, st->s - 1);
+    gpu_pass_end(e, st->score, ns);
+}
+
+static void* stage_main(void* arg) {
+    Stage* st = (Stage*)arg;
+    cudaCheck(cudaSetDevice(st->s));
+    GpuEngine* e = gpu_engine_init_layers(st->m, st->T, st->B, st->split, st->l0, st->l1);
+    Busy* b = (Busy*)xcalloc(1, sizeof(Busy));
+    for (int i = 0; i < 2 * BUSY_N; i++) cudaCheck(cudaEventCreate(&b->ev[i]));
+    cudaCheck(cudaDeviceSynchronize());
+    double t0 = time_now();
+    for (int i = 0; i < st->nwin; i += st->B) {
+        int nb = st->nwin - i < st->B ? st->nwin - i : st->B;
+        const int* ids = st->ids + (long)i * st->T;
+        if (st->gradient)
+            stage_gradient(st, e, b, ids, nb);
+        else
+            stage_kl(st, e, b, ids, nb);
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    st->seconds = time_now() - t0;
+    busy_flush(b);
+    st->busy_s = b->ms / 1000.0;
+    for (int i = 0; i < 2 * BUSY_N; i++) cudaEventDestroy(b->ev[i]);
+    free(b);
+    st->peak = gpu_peak_bytes(e);
+    gpu_engine_free(e);
+    return NULL;
+}
+
+extern "C" void gpu_score_sharded(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
+                                  const int* ids, int n, int T, int B, int split, int ngpus, double* score,
+                                  double* seconds, size_t* peak) {
+    setenv("NCCL_NVLS_ENABLE", "0", 1); // never NVLink multicast (see the device notes)
+    int L = m->c.num_layers, ns = gs->n * nf;
+    if (ngpus > L) fail_input("--shard-layers: %d GPUs for %d layers (at most one GPU per layer)", ngpus, L);
+    int* owner = (int*)xmalloc(sizeof(int) * L);
+    Stage* st = (Stage*)xcalloc(ngpus, sizeof(Stage));
+    int* devs = (int*)xmalloc(sizeof(int) * ngpus);
+    for (int i = 0; i < ngpus; i++) devs[i] = i;
+    ncclComm_t* comms = (ncclComm_t*)xcalloc(ngpus, sizeof(ncclComm_t));
+    ncclCheck(ncclCommInitAll(comms, ngpus, devs));
+    for (int i = 0; i < ngpus; i++) {
+        Stage* s = &st[i];
+        partition_windows(L, ngpus, i, &s->l0, &s->l1); // balanced contiguous layer ranges
+        for (int l = s->l0; l < s->l1; l++) owner[l] = i;
+    }
+    pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
+    for (int i = 0; i < ngpus; i++) {
+        Stage* s = &st[i];
+        s->s = i, s->n = ngpus, s->comm = comms[i], s->m = m, s->gs = gs, s->fmts = fmts;
+        s->nf = nf, s->gradient = gradient, s->T = T, s->B = B, s->split = split, s->nwin = n;
+        s->ids = ids, s->owner = owner;
+        s->score = (double*)xcalloc(ns, sizeof(double));
+        if (pthread_create(&th[i], NULL, stage_main, s) != 0) fail_other("cannot start GPU thread %d", i);
+    }
+    for (int i = 0; i < ngpus; i++) pthread_join(th[i], NULL);
+    *seconds = 0;
+    *peak = 0;
+    for (int i = 0; i < ngpus; i++) {
+        Stage* s = &st[i];
+        for (int k = 0; k < ns; k++) score[k] += s->score[k]; // each group's sum lives on one stage
+        info_msg("score: GPU %d: layers %d..%d, %.2fs, busy %.0f%% (computing, not waiting on a neighbour), "
+                 "peak GPU memory %.2f GiB",
+                 i, s->l0, s->l1 - 1, s->seconds, 100 * s->busy_s / s->seconds, s->peak / 1073741824.0);
+        *seconds = s->seconds > *seconds ? s->seconds : *seconds;
+        *peak = s->peak > *peak ? s->peak : *peak;
+        ncclCommDestroy(comms[i]);
+        free(s->score);
+    }
+    cudaCheck(cudaSetDevice(0));
+    free(th), free(st), free(owner), free(devs), free(comms);
+}
