@@ -21,8 +21,8 @@ int gpu_device_count(void);
 GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split);
 void gpu_engine_free(GpuEngine* e);
 // A pipeline stage: decoder layers l0..l1-1 only (plus the embedding when l0 == 0, the final norm
-// and lm_head when l1 is the last layer).
-GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1);
+// and lm_head when l1 is the last layer), with room for the layer inputs of `slots` batches.
+GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1, int slots);
 
 // Passes in parts (what a pipeline stage runs; gpu_score_kl / gpu_score_gradient are these in
 // sequence). Asynchronous on the device's default stream unless they return host data.
@@ -30,6 +30,7 @@ float* gpu_hidden(GpuEngine* e);      // (B*T, D) fp32 residual stream: what sta
 float* gpu_hidden_grad(GpuEngine* e); // its gradient (gradient passes)
 // zeroes nscores sums, sets the precision mode, uploads ids (nb, T); the first stage embeds them
 void gpu_pass_begin(GpuEngine* e, int gradient, int nscores, const int* ids, int nb);
+void gpu_pass_slot(GpuEngine* e, int k); // layer inputs of the next passes go to / come from slot k % slots
 void gpu_pass_layers(GpuEngine* e, int from, int nb, int save); // layers from..l1-1 on the hidden state
 void gpu_pass_group(GpuEngine* e, const Group* g, const Format* f, int nb); // quantize g, restart at its layer
 void gpu_pass_ungroup(GpuEngine* e);

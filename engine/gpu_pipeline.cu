@@ -1,11 +1,12 @@
 // Layer-sharded scoring (--shard-layers) for models larger than one GPU: GPU s of N holds a
 // contiguous, balanced range of decoder layers (the first also the embedding, the last the final
 // norm and lm_head); one host thread per GPU. Hidden states move forward, and for the gradient
-// their gradients move back, with ncclSend/ncclRecv on each GPU's stream. Every stage walks the
-// passes in the same order, so in a kl run a stage starts the next group while the later stages
-// finish the previous one: the groups are the pipeline's micro-batches. Each group's score is
-// summed on one stage only (the last for kl, the owner of its layer for gradient), so the result
-// equals the one-GPU run exactly.
+// their gradients move back, with ncclSend/ncclRecv on each GPU's stream. kl: every stage walks
+// the passes in the same order, so a stage starts the next group while the later stages finish
+// the previous one (the groups are the pipeline's micro-batches). gradient: the batches of windows
+// are the micro-batches of a one-forward-one-backward schedule (stage s keeps N - s in flight).
+// Each group's score is summed on one stage only (the last for kl, the owner of its layer for
+// gradient), so the result equals the one-GPU run.
 #include <nccl.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -109,41 +110,91 @@ static void stage_kl(Stage* st, GpuEngine* e, Busy* b, const int* ids, int nb) {
     gpu_pass_end(e, st->score, ns);
 }
 
-// One batch of gradient: the forward down the stages, the backward up.
-static void stage_gradient(Stage* st, GpuEngine* e, Busy* b, const int* ids, int nb) {
-    int last = st->s == st->n - 1, ns = st->nf * st->gs->n;
-    gpu_pass_begin(e, 1, ns, ids, nb);
-    if (st->s > 0) recv_h(st, gpu_hidden(e), nb, st->s - 1);
+// Batch k of the run: its first window and its size.
+static int batch_of(const Stage* st, int k, const int** ids) {
+    *ids = st->ids + (long)k * st->B * st->T;
+    int left = st->nwin - k * st->B;
+    return left < st->B ? left : st->B;
+}
+
+// Forward of batch k on this stage (its input already received); the last stage also computes the
+// loss gradient.
+static void grad_forward(Stage* st, GpuEngine* e, Busy* b, int k) {
+    const int* ids;
+    int nb = batch_of(st, k, &ids);
+    gpu_pass_begin(e, 1, st->nf * st->gs->n, ids, nb);
+    gpu_pass_slot(e, k);
     busy_mark(b, 0);
     gpu_pass_layers(e, st->l0, nb, 1);
-    if (last) gpu_pass_grad_head(e, nb);
+    if (st->s == st->n - 1) gpu_pass_grad_head(e, nb);
     busy_mark(b, 1);
-    if (!last) {
-        send_h(st, gpu_hidden(e), nb, st->s + 1);
-        recv_h(st, gpu_hidden_grad(e), nb, st->s + 1);
-    }
+}
+
+// Backward of batch k (the gradient of its output already received), adding its scores.
+static void grad_backward(Stage* st, GpuEngine* e, Busy* b, int k) {
+    const int* ids;
+    int nb = batch_of(st, k, &ids);
+    gpu_pass_slot(e, k);
     busy_mark(b, 0);
     gpu_pass_backward(e, st->gs, st->fmts, st->nf, nb);
     busy_mark(b, 1);
-    if (st->s > 0) send_h(st, gpu_hidden_grad(e), nb, st->s - 1);
-    gpu_pass_end(e, st->score, ns);
+    gpu_pass_end(e, st->score, st->nf * st->gs->n);
+}
+
+// Sends `send` to peer ps and receives `recv` from peer pr as one NCCL group, so that two stages
+// exchanging in opposite directions cannot wait on each other.
+static void exchange(Stage* st, float* send, int nbs, int ps, float* recv, int nbr, int pr) {
+    ncclCheck(ncclGroupStart());
+    send_h(st, send, nbs, ps);
+    recv_h(st, recv, nbr, pr);
+    ncclCheck(ncclGroupEnd());
+}
+
+// The gradient over all batches, one forward one backward (the non-interleaved schedule of
+// Megatron-LM): stage s runs N - s - 1 forwards ahead, then alternates, then drains.
+static void stage_gradient(Stage* st, GpuEngine* e, Busy* b) {
+    int nbat = (st->nwin + st->B - 1) / st->B, first = st->s == 0, last = st->s == st->n - 1;
+    int warm = st->n - st->s - 1 < nbat ? st->n - st->s - 1 : nbat, steady = nbat - warm, f = 0, k = 0;
+    const int* ids;
+    float *h = gpu_hidden(e), *dh;
+    for (int i = 0; i < warm; i++, f++) {
+        if (!first) recv_h(st, h, batch_of(st, f, &ids), st->s - 1);
+        grad_forward(st, e, b, f);
+        send_h(st, h, batch_of(st, f, &ids), st->s + 1);
+    }
+    if (steady > 0 && !first) recv_h(st, h, batch_of(st, f, &ids), st->s - 1);
+    for (int i = 0; i < steady; i++, f++, k++) {
+        grad_forward(st, e, b, f);
+        dh = gpu_hidden_grad(e);
+        if (!last) exchange(st, h, batch_of(st, f, &ids), st->s + 1, dh, batch_of(st, k, &ids), st->s + 1);
+        grad_backward(st, e, b, k);
+        if (first) continue;
+        if (i == steady - 1)
+            send_h(st, dh, batch_of(st, k, &ids), st->s - 1);
+        else
+            exchange(st, dh, batch_of(st, k, &ids), st->s - 1, h, batch_of(st, f + 1, &ids), st->s - 1);
+    }
+    for (int i = 0; i < warm; i++, k++) {
+        dh = gpu_hidden_grad(e);
+        recv_h(st, dh, batch_of(st, k, &ids), st->s + 1);
+        grad_backward(st, e, b, k);
+        if (!first) send_h(st, dh, batch_of(st, k, &ids), st->s - 1);
+    }
 }
 
 static void* stage_main(void* arg) {
     Stage* st = (Stage*)arg;
     cudaCheck(cudaSetDevice(st->s));
-    GpuEngine* e = gpu_engine_init_layers(st->m, st->T, st->B, st->split, st->l0, st->l1);
+    int slots = st->gradient ? st->n - st->s : 1; // batches in flight on this stage
+    GpuEngine* e = gpu_engine_init_layers(st->m, st->T, st->B, st->split, st->l0, st->l1, slots);
     Busy* b = (Busy*)xcalloc(1, sizeof(Busy));
     for (int i = 0; i < 2 * BUSY_N; i++) cudaCheck(cudaEventCreate(&b->ev[i]));
     cudaCheck(cudaDeviceSynchronize());
     double t0 = time_now();
-    for (int i = 0; i < st->nwin; i += st->B) {
+    if (st->gradient) stage_gradient(st, e, b);
+    for (int i = 0; i < st->nwin && !st->gradient; i += st->B) {
         int nb = st->nwin - i < st->B ? st->nwin - i : st->B;
-        const int* ids = st->ids + (long)i * st->T;
-        if (st->gradient)
-            stage_gradient(st, e, b, ids, nb);
-        else
-            stage_kl(st, e, b, ids, nb);
+        stage_kl(st, e, b, st->ids + (long)i * st->T, nb);
     }
     cudaCheck(cudaDeviceSynchronize());
     st->seconds = time_now() - t0;

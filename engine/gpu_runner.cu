@@ -26,6 +26,8 @@ struct GpuEngine {
     int* ids;
     // activations, (B*T, width); S (B, H, T, T) scores of every head at once
     float *h, *a, *v, *att, *m_, *g, *u, *act, *S, *lse, *logits, *ref_logits, *hsave;
+    float* hsave_all; // slots of hsave: a pipeline stage keeps the layer inputs of batches in flight
+    int slots;
     // bf16 GEMM inputs; with split, *_lo holds x - bf16(x) so hi + lo carries ~16 mantissa bits
     __nv_bfloat16 *a16, *q16, *k16, *v16, *att16, *m16, *act16, *P;
     __nv_bfloat16 *a_lo, *q_lo, *k_lo, *v_lo, *att_lo, *m_lo, *act_lo, *P_lo;
@@ -198,11 +200,13 @@ extern "C" const char* gpu_name(void) {
 }
 
 extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
-    return gpu_engine_init_layers(m, T, B, split, 0, m->c.num_layers);
+    return gpu_engine_init_layers(m, T, B, split, 0, m->c.num_layers, 1);
 }
 
-extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1) {
+extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1,
+                                             int slots) {
     GpuEngine* e = (GpuEngine*)xcalloc(1, sizeof(GpuEngine));
+    e->slots = slots;
     e->l0 = l0;
     e->l1 = l1;
     e->split = split;
@@ -277,7 +281,7 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
     e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
     if (last) e->logits = (float*)dalloc(e, 4 * M * V);
-    e->hsave = (float*)dalloc(e, 4 * M * D * (l1 - l0));
+    e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (l1 - l0) * slots);
     e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
     e->k16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
@@ -623,6 +627,10 @@ extern "C" void gpu_pass_begin(GpuEngine* e, int gradient, int nscores, const in
     embed(e, ids, nb);
 }
 
+extern "C" void gpu_pass_slot(GpuEngine* e, int k) {
+    e->hsave = e->hsave_all + (long)(k % e->slots) * e->B * e->T * e->m->c.hidden_size * (e->l1 - e->l0);
+}
+
 extern "C" void gpu_pass_layers(GpuEngine* e, int from, int nb, int save) {
     forward_layers(e, from, nb * e->T, save);
 }
@@ -657,6 +665,7 @@ extern "C" void gpu_pass_end(GpuEngine* e, double* score, int nscores) {
     cudaCheck(cudaMemcpy(h, e->dscore, sizeof(double) * nscores, cudaMemcpyDeviceToHost));
     for (int i = 0; i < nscores; i++) score[i] += h[i];
     free(h);
+    cudaCheck(cudaMemset(e->dscore, 0, sizeof(double) * nscores)); // a stage may run backwards back to back
 }
 
 extern "C" void gpu_score_kl(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, const int* ids, int nb,
