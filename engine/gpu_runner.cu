@@ -472,13 +472,40 @@ static int quantized_in(const GpuEngine* e, int lo, int hi) {
     return 0;
 }
 
+// The MLP half of layer l: post-attention norm, gate/up, SwiGLU, down and its residual add.
+static void mlp_block(GpuEngine* e, int l, int M) {
+    const Config* c = &e->m->c;
+    const GpuLayer* w = &e->layers[l];
+    int D = c->hidden_size, base = l * LIN_PER_LAYER, keep = e->grad_mode, a16 = e->bf16_act;
+    long I = c->intermediate_size;
+    float eps = c->rms_eps;
+    gpu_rmsnorm(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
+                (const bf16_t*)w->w_post, M, D, eps);
+    prof_mark(e, P_NORM);
+    if (a16) {
+        linear(e, base + LIN_GATE, NULL, e->g16, NULL, e->m16, NULL, w->gate, M, 0);
+        linear(e, base + LIN_UP, NULL, e->u16, NULL, e->m16, NULL, w->up, M, 0);
+        prof_mark(e, P_GATE_UP);
+        gpu_swiglu_bf16((bf16_t*)e->act16, (const bf16_t*)e->g16, (const bf16_t*)e->u16, (long)M * I);
+    } else {
+        linear(e, base + LIN_GATE, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
+        linear(e, base + LIN_UP, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
+        prof_mark(e, P_GATE_UP);
+        gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I);
+    }
+    prof_mark(e, P_SWIGLU);
+    linear(e, base + LIN_DOWN, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down,
+           M, !keep);
+    if (keep) gpu_add(e->h, e->y_down, (long)M * D);
+    prof_mark(e, P_DOWN);
+}
+
 // One decoder layer on e->h (fp32 residual stream). With bf16_act the GEMM outputs and every other
 // activation are bf16; otherwise fp32 with bf16 (hi + lo) copies as GEMM inputs.
 static void layer_forward(GpuEngine* e, int l, int M) {
     const Config* c = &e->m->c;
     const GpuLayer* w = &e->layers[l];
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
-    long I = c->intermediate_size;
     int base = l * LIN_PER_LAYER, keep = e->grad_mode, a16 = e->bf16_act;
     float eps = c->rms_eps;
     gpu_rmsnorm(a16 ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a_rstd, e->h, (const bf16_t*)w->w_in,
@@ -526,25 +553,7 @@ static void layer_forward(GpuEngine* e, int l, int M) {
         cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
     }
     prof_mark(e, P_O);
-    gpu_rmsnorm(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
-                (const bf16_t*)w->w_post, M, D, eps);
-    prof_mark(e, P_NORM);
-    if (a16) {
-        linear(e, base + LIN_GATE, NULL, e->g16, NULL, e->m16, NULL, w->gate, M, 0);
-        linear(e, base + LIN_UP, NULL, e->u16, NULL, e->m16, NULL, w->up, M, 0);
-        prof_mark(e, P_GATE_UP);
-        gpu_swiglu_bf16((bf16_t*)e->act16, (const bf16_t*)e->g16, (const bf16_t*)e->u16, (long)M * I);
-    } else {
-        linear(e, base + LIN_GATE, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
-        linear(e, base + LIN_UP, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
-        prof_mark(e, P_GATE_UP);
-        gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I);
-    }
-    prof_mark(e, P_SWIGLU);
-    linear(e, base + LIN_DOWN, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down,
-           M, !keep);
-    if (keep) gpu_add(e->h, e->y_down, (long)M * D);
-    prof_mark(e, P_DOWN);
+    mlp_block(e, l, M);
 }
 
 // Layers start..l1-1 on e->h; save: keep each layer's input in hsave.
