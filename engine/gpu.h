@@ -37,8 +37,9 @@ void gpu_pass_ungroup(GpuEngine* e);
 void gpu_pass_kl(GpuEngine* e, int nb, int slot); // last stage: slot < 0 reference logits, else KL into slot
 void gpu_pass_grad_head(GpuEngine* e, int nb);    // last stage: loss and its gradient into the hidden grad
 void gpu_pass_backward(GpuEngine* e, const Groups* gs, const Format* fmts, int nf, int nb);
-double gpu_pass_loss(GpuEngine* e, int nb);                  // last stage
-void gpu_pass_end(GpuEngine* e, double* score, int nscores); // adds this stage's sums to score (host)
+double gpu_pass_loss(GpuEngine* e, int nb); // last stage
+void gpu_pass_end(GpuEngine* e, double* score,
+                  int nscores); // adds this stage's sums to score (host), zeroes them
 // Unquantized logits of nb windows (host ids (nb, T)) copied to host (nb*T, V).
 void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits);
 // Adds the kl scores of nb windows to score (nf, groups->n) on the host.
