@@ -77,7 +77,7 @@ bench: autoq
 	@bash bench/run.sh
 
 format:
-	clang-format -i $(wildcard *.c *.h engine/*.[ch] kernels/*.[ch] kernels/*.cu kernels/*.cuh engine/*.cu scoring/*.[ch] search/*.[ch] datasets/*.[ch] tests/*.[ch] bench/*.c)
+	clang-format -i $(wildcard *.c *.h engine/*.[ch] kernels/*.[ch] kernels/*.cu kernels/*.cuh engine/*.cu engine/*.cuh scoring/*.[ch] search/*.[ch] datasets/*.[ch] tests/*.[ch] bench/*.c)
 
 clean:
 	rm -rf $(BUILD) build-asan autoq

@@ -2,28 +2,19 @@
 // thread per GPU (each holds the weights and scores its share of windows),
 // per-group sums combined with ncclAllReduce in fp64. One process keeps one
 // mmap of the checkpoint and needs no launcher.
-#include <nccl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../kernels/cuda_common.cuh"
 #include "gpu.h"
+#include "nccl_common.cuh"
 
 extern "C" {
 #include "partition.h"
 #include "rendezvous.h"
 #include "util.h"
 }
-
-#define ncclCheck(call)                                                                                        \
-    do {                                                                                                       \
-        ncclResult_t r_ = (call);                                                                              \
-        if (r_ != ncclSuccess) {                                                                               \
-            fprintf(stderr, "autoq: NCCL error %s at %s:%d\n", ncclGetErrorString(r_), __FILE__, __LINE__);    \
-            exit(1);                                                                                           \
-        }                                                                                                      \
-    } while (0)
 
 typedef struct {
     int dev, T, B, split, gradient, nf, lo, hi;

@@ -7,27 +7,18 @@
 // are the micro-batches of a one-forward-one-backward schedule (stage s keeps N - s in flight).
 // Each group's score is summed on one stage only (the last for kl, the owner of its layer for
 // gradient), so the result equals the one-GPU run.
-#include <nccl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../kernels/cuda_common.cuh"
 #include "gpu.h"
+#include "nccl_common.cuh"
 
 extern "C" {
 #include "partition.h"
 #include "util.h"
 }
-
-#define ncclCheck(call)                                                                                        \
-    do {                                                                                                       \
-        ncclResult_t r_ = (call);                                                                              \
-        if (r_ != ncclSuccess) {                                                                               \
-            fprintf(stderr, "autoq: NCCL error %s at %s:%d\n", ncclGetErrorString(r_), __FILE__, __LINE__);    \
-            exit(1);                                                                                           \
-        }                                                                                                      \
-    } while (0)
 
 // Time a stage spends computing, as opposed to waiting for a neighbour: CUDA event pairs around
 // each compute stretch, read back when the pool fills.
