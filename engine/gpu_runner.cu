@@ -589,11 +589,17 @@ static void embed(GpuEngine* e, const int* ids, int nb) {
     if (e->l0 == 0) gpu_embed(e->h, (const bf16_t*)e->embed, e->ids, M, e->m->c.hidden_size);
 }
 
+// The mode of the next passes: nothing quantized; fp32 activations kept for a gradient pass, bf16
+// activations in a plain-bf16 forward.
+static void set_mode(GpuEngine* e, int gradient) {
+    e->nq = 0;
+    e->grad_mode = gradient;
+    e->bf16_act = !gradient && !e->split;
+}
+
 extern "C" void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) {
     int M = nb * e->T;
-    e->nq = 0;
-    e->grad_mode = 0;
-    e->bf16_act = !e->split;
+    set_mode(e, 0);
     embed(e, ids, nb);
     forward_from(e, 0, M, e->logits, 0);
     cudaCheck(cudaMemcpy(logits, e->logits, sizeof(float) * M * e->m->c.vocab_size, cudaMemcpyDeviceToHost));
@@ -630,9 +636,7 @@ extern "C" void gpu_pass_begin(GpuEngine* e, int gradient, int nscores, const in
     if (gradient && !e->dh) grad_alloc(e);
     if (!gradient && e->l1 == e->m->c.num_layers && !e->ref_logits)
         e->ref_logits = (float*)dalloc(e, 4L * e->B * e->T * e->m->c.vocab_size);
-    e->nq = 0;
-    e->grad_mode = gradient;
-    e->bf16_act = !gradient && !e->split;
+    set_mode(e, gradient);
     embed(e, ids, nb);
 }
 
@@ -744,8 +748,11 @@ static void gemm_bwd(GpuEngine* e, float* dx, const __nv_bfloat16* hi, const __n
                                  CUBLAS_GEMM_DEFAULT));
 }
 
-static void split_dy(GpuEngine* e, const float* dy, long n) {
-    gpu_split_bf16((bf16_t*)e->dy16, (bf16_t*)e->dy_lo, dy, n);
+// dX (M, K) (+)= dY (M, N) . W (N, K) for fp32 dY: split into bf16 halves in dy16 / dy_lo first.
+static void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w, int M, int K, int N,
+                       float beta) {
+    gpu_split_bf16((bf16_t*)e->dy16, (bf16_t*)e->dy_lo, dy, (long)M * N);
+    gemm_bwd(e, dx, e->dy16, e->dy_lo, w, M, K, N, beta);
 }
 
 typedef struct {
@@ -810,19 +817,15 @@ static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
     const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
     e->xq_src = NULL; // the recompute rewrote the inputs
     grad_linear(e, job, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
-    split_dy(e, e->dh, (long)M * D);
-    gemm_bwd(e, e->dact, e->dy16, e->dy_lo, w->down, M, I, D, 0.0f);
+    linear_bwd(e, e->dact, e->dh, w->down, M, I, D, 0.0f);
     gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
     grad_linear(e, job, base + LIN_GATE, e->dg, e->m_, e->g, M);
     grad_linear(e, job, base + LIN_UP, e->du, e->m_, e->u, M);
-    split_dy(e, e->dg, (long)M * I);
-    gemm_bwd(e, e->dm, e->dy16, e->dy_lo, w->gate, M, D, I, 0.0f);
-    split_dy(e, e->du, (long)M * I);
-    gemm_bwd(e, e->dm, e->dy16, e->dy_lo, w->up, M, D, I, 1.0f);
+    linear_bwd(e, e->dm, e->dg, w->gate, M, D, I, 0.0f);
+    linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
     gpu_rmsnorm_backward(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, e->m_rstd, M, D, 1);
     grad_linear(e, job, base + LIN_O, e->dh, e->att, e->y_o, M);
-    split_dy(e, e->dh, (long)M * D);
-    gemm_bwd(e, e->datt, e->dy16, e->dy_lo, w->o, M, qd, D, 0.0f);
+    linear_bwd(e, e->datt, e->dh, w->o, M, qd, D, 0.0f);
     attention_backward(e, M);
     gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T,
                               H, hd);
@@ -831,12 +834,9 @@ static void layer_backward(GpuEngine* e, const GradJob* job, int l, int M) {
     grad_linear(e, job, base + LIN_Q, e->dq, e->a, e->q_lin, M);
     grad_linear(e, job, base + LIN_K, e->dk, e->a, e->k_lin, M);
     grad_linear(e, job, base + LIN_V, e->dv, e->a, e->v, M);
-    split_dy(e, e->dq, (long)M * qd);
-    gemm_bwd(e, e->da, e->dy16, e->dy_lo, w->q, M, D, qd, 0.0f);
-    split_dy(e, e->dk, (long)M * kvd);
-    gemm_bwd(e, e->da, e->dy16, e->dy_lo, w->k, M, D, kvd, 1.0f);
-    split_dy(e, e->dv, (long)M * kvd);
-    gemm_bwd(e, e->da, e->dy16, e->dy_lo, w->v, M, D, kvd, 1.0f);
+    linear_bwd(e, e->da, e->dq, w->q, M, D, qd, 0.0f);
+    linear_bwd(e, e->da, e->dk, w->k, M, D, kvd, 1.0f);
+    linear_bwd(e, e->da, e->dv, w->v, M, D, kvd, 1.0f);
     gpu_rmsnorm_backward(e->dh, e->da, h_in, (const bf16_t*)w->w_in, e->a_rstd, M, D, 1);
     prof_mark(e, P_BWD);
 }
