@@ -1,16 +1,56 @@
 // autoq: which linear layers of a Qwen3 / Qwen3-VL model can take W4A8.
-// Subcommands: info, eval, score, search, tokenize, gen (cli_*.c).
+// The program's entry: each command lives in the folder whose work it drives (README, "Layout").
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
 #include "engine/util.h"
 
+int cmd_gen(int argc, char** argv);      // engine/cmd_gen.c
+int cmd_tokenize(int argc, char** argv); // datasets/cmd_tokenize.c
+int cmd_info(int argc, char** argv);     // scoring/cmd_info.c
+int cmd_score(int argc, char** argv);    // scoring/cmd_score.c
+int cmd_search(int argc, char** argv);   // search/cmd_search.c
+int cmd_eval(int argc, char** argv);     // search/cmd_eval.c
+
+// Every command and option, on stderr (autoq --help, autoq CMD --help).
+static void cli_usage(void) {
+    fprintf(
+        stderr,
+        "usage:\n"
+        "  autoq info     MODEL [--disabled-layers P,...] [--no-grouping] [--json]\n"
+        "  autoq eval     MODEL --data D [--recipe R | --format F [--disabled-layers P,...]] [--logits "
+        "OUT.npy]\n"
+        "                 [--num-samples N] [--seq-len T] [--shuffle --seed S] [--json]\n"
+        "  autoq score    MODEL --data D --method kl|gradient [--format w4a8[,w8a8]]\n"
+        "                 [--numerics modelopt|compressed-tensors] [--disabled-layers P,...] [--no-grouping]\n"
+        "                 [--num-samples N] [--seq-len T] [--shuffle --seed S] [--device auto|cpu|cuda]\n"
+        "                 [--gpus N [--shard-layers]] [--batch-size B] [--gpu-gemm bf16x2|bf16] [--out "
+        "scores.h5]\n"
+        "                 [--json FILE|-]\n"
+        "                 [--nccl-init file:PATH|tcp:HOST:PORT --rank R --world-size W]\n"
+        "                 [--checkpoint FILE] [--min-expert-tokens N] [--quiet]\n"
+        "  autoq search   (--scores scores.h5 | MODEL --data D --method M ...) --budget B\n"
+        "                 [--budget-scope candidates|all] [--cost memory|active] [--sweep LO:HI:STEP]\n"
+        "                 [--verify [--data D]]\n"
+        "                 [--out recipe.json] [--h5 out.h5] [--emit llmcompressor=FILE] [--emit "
+        "modelopt=FILE]\n"
+        "  autoq tokenize MODEL_OR_TOKENIZER_JSON --text FILE [--json] [--decode]\n"
+        "  autoq gen      OUT_DIR [--preset tiny|0.6b|8b] [--seed S] [--corpus TEXT]\n"
+        "                 [--ids OUT.npy --num-samples N --seq-len T]\n"
+        "README.md explains each option.\n");
+}
+
 int main(int argc, char** argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    if (argc < 2) {
         cli_usage();
-        return argc < 2 ? EXIT_BAD_INPUT : 0;
+        return EXIT_BAD_INPUT;
     }
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            cli_usage();
+            return 0;
+        }
     const char* cmd = argv[1];
     if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);

@@ -3,10 +3,21 @@
 // build) runs single-threaded inside the parallel region.
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "attention.h"
+
+// T x T scratch of one head: a window too long for memory ends the run (exit 1), never a crash.
+static float* scratch(int T) {
+    float* p = malloc(sizeof(float) * (size_t)T * T);
+    if (!p) {
+        fprintf(stderr, "autoq: out of memory for the %d x %d attention scores of one head\n", T, T);
+        exit(1);
+    }
+    return p;
+}
 
 // s (T, T) = q_h (T, hd; row stride ldq) . k_h (T, hd; row stride ldk)^T * scale
 static void scores(float* s, const float* q, int ldq, const float* k, int ldk, int T, int hd, float scale) {
@@ -19,7 +30,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel
     {
-        float* s = malloc(sizeof(float) * (size_t)T * T);
+        float* s = scratch(T);
 #pragma omp for schedule(dynamic)
         for (int h = 0; h < H; h++) {
             int kh = h / rep;
@@ -56,8 +67,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     int ldq = H * hd, ldk = KV * hd;
 #pragma omp parallel
     {
-        float* p = malloc(sizeof(float) * (size_t)T * T);
-        float* dp = malloc(sizeof(float) * (size_t)T * T);
+        float* p = scratch(T);
+        float* dp = scratch(T);
 #pragma omp for schedule(dynamic)
         for (int kh = 0; kh < KV; kh++) {
             const float* kk = k + (long)kh * hd;

@@ -1,8 +1,8 @@
 #include <math.h>
 
-#include "kernels.h"
+#include "quant.h"
 
-// Below this amax a row is treated as all zeros (SPEC §4).
+// Below this amax a row is treated as all zeros (README §4).
 #define AMAX_MIN 5.9604644775390625e-08f // 2^-24
 
 static void bounds(QuantSpec q, float* maxb, float* lo, float* hi) {

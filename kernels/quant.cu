@@ -1,9 +1,9 @@
-// SPEC §4 quantization as integers plus scales, so the quantized linear runs
-// as an exact int8 GEMM. CPU twin: kernels/quant.c (which returns q * scale).
+// Quantization as integers plus scales, so the quantized linear runs as an exact int8 GEMM.
+// CPU twin: kernels/quant.c (which returns q * scale).
 #include <math.h>
 
 #include "cuda_common.cuh"
-#include "gpu.h"
+#include "quant.h"
 
 // One block per row, four consecutive values per thread (cols % 4 == 0, checked by the caller).
 template <typename T>

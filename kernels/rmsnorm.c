@@ -1,6 +1,6 @@
 #include <math.h>
 
-#include "kernels.h"
+#include "rmsnorm.h"
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int M, int C, float eps) {
 #pragma omp parallel for

@@ -1,7 +1,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "kernels.h"
+#include "rope.h"
 
 // Angles follow transformers: inv_freq in fp32, pos * inv_freq in fp32.
 void rope_init(RopeTable* r, int T, int hd, double theta) {

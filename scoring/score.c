@@ -64,7 +64,6 @@ void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts
     s->fmts = fmts;
     s->nf = nf;
     s->method = method;
-    s->score = xcalloc((size_t)nf * gs->n, sizeof(double));
     qcache_init(&s->qc, m, gs, fmts, nf);
     run_init(&s->ref, m, T, 1);
     plan_init(&s->plan, m);
@@ -75,7 +74,14 @@ void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts
         int mo = 0;
         for (int i = 0; i < m->n_linears; i++) mo = m->linears[i].out > mo ? m->linears[i].out : mo;
         s->y = xmalloc(sizeof(float) * (size_t)T * mo);
-        s->yq = xmalloc(sizeof(float) * (size_t)T * mo);
+        s->yq = xmalloc(sizeof(float) * (size_t)T * mo); // o_proj's out is D: holds a block output too
+        if (m->c.n_sparse) {
+            size_t TK = (size_t)T * m->c.top_k, Im = m->c.moe_intermediate;
+            s->mq.g = xmalloc(sizeof(float) * TK * Im);
+            s->mq.u = xmalloc(sizeof(float) * TK * Im);
+            s->mq.act = xmalloc(sizeof(float) * TK * Im);
+            s->mq.ye = xmalloc(sizeof(float) * TK * m->c.hidden_size);
+        }
     }
 }
 
@@ -88,9 +94,21 @@ void scorer_free(Scorer* s) {
         grad_free(&s->grad);
     plan_free(&s->plan);
     qcache_free(&s->qc);
-    free(s->score);
     free(s->y);
     free(s->yq);
+    free(s->mq.g);
+    free(s->mq.u);
+    free(s->mq.act);
+    free(s->mq.ye);
+}
+
+// Expert coverage of the unquantized pass just run (README §6).
+static void count_experts(Scorer* s) {
+    const Model* m = s->m;
+    if (!s->expert_tokens) return;
+    for (int l = 0, j = 0; l < m->c.num_layers; l++)
+        if (model_layer_sparse(m, l))
+            moe_count_tokens(m, &s->ref, l, s->expert_tokens + (size_t)j++ * m->c.num_experts);
 }
 
 // KL: the unquantized pass keeps every layer's input; each group's pass
@@ -98,10 +116,9 @@ void scorer_free(Scorer* s) {
 static void add_sample_kl(Scorer* s, const int* ids) {
     const Model* m = s->m;
     const Config* c = &m->c;
-    int T = s->ref.T, L = c->num_layers;
+    int T = s->ref.T;
     model_forward(m, &s->ref, ids, NULL);
-    s->forward_equiv += 1.0;
-    s->naive_equiv += 1.0;
+    count_experts(s);
     for (int f = 0; f < s->nf; f++)
         for (int g = 0; g < s->gs->n; g++) {
             const Group* grp = &s->gs->g[g];
@@ -112,8 +129,6 @@ static void add_sample_kl(Scorer* s, const int* ids) {
             plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, g, f);
             model_forward_from(m, &s->q, l, &s->plan);
             s->score[(size_t)f * s->gs->n + g] += kl_rows(s->ref.logits, s->q.logits, T, c->vocab_size);
-            s->forward_equiv += (double)(L - l) / L;
-            s->naive_equiv += 1.0;
         }
 }
 
@@ -133,9 +148,28 @@ static const float* linear_input(const RunState* r, const Linear* lin) {
     }
 }
 
+// A sparse layer's experts (README §6): dY = dL/dy_moe, and Yq the block output with every expert's
+// weights and inputs quantized on the unquantized pass's routing.
+static void grad_hook_experts(Scorer* s, int l, const float* dy) {
+    const Model* m = s->m;
+    int g = s->gs->group_of[model_lin(m, l, LIN_GATE, 0)];
+    if (s->gs->g[g].disabled) return;
+    long n = (long)s->ref.T * m->c.hidden_size;
+    for (int f = 0; f < s->nf; f++) {
+        plan_clear(&s->plan, m);
+        plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, g, f);
+        moe_experts_apply(m, &s->ref, l, &s->mq, s->yq, &s->plan);
+        s->score[(size_t)f * s->gs->n + g] += sq_diff_dot(dy, s->yq, s->ref.acts[l].y_moe, n);
+    }
+}
+
 static void grad_hook(int idx, const float* dy, void* ctx) {
     Scorer* s = ctx;
     const Model* m = s->m;
+    if (idx < 0) {
+        grad_hook_experts(s, moe_hook_layer(idx), dy);
+        return;
+    }
     int g = s->gs->group_of[idx];
     if (s->gs->g[g].disabled) return;
     const Linear* lin = &m->linears[idx];
@@ -147,26 +181,33 @@ static void grad_hook(int idx, const float* dy, void* ctx) {
         plan_clear(&s->plan, m);
         plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, g, f);
         linear_apply(m, &s->ref, idx, s->yq, x, &s->plan);
-        double acc = 0.0;
-#pragma omp parallel for reduction(+ : acc)
-        for (long i = 0; i < n; i++) {
-            double d = (double)dy[i] * ((double)s->yq[i] - s->y[i]);
-            acc += d * d;
-        }
-        s->score[(size_t)f * s->gs->n + g] += acc;
+        s->score[(size_t)f * s->gs->n + g] += sq_diff_dot(dy, s->yq, s->y, n);
     }
 }
 
 static void add_sample_gradient(Scorer* s, const int* ids) {
     model_forward(s->m, &s->ref, ids, NULL);
+    count_experts(s);
     model_backward(s->m, &s->ref, &s->grad, ids, grad_hook, s);
-    s->forward_equiv += 3.0; // forward + backward (about twice a forward)
 }
 
-void scorer_add_sample(Scorer* s, const int* ids) {
+void scorer_add_sample(Scorer* s, const int* ids, double* score) {
+    s->score = score;
     if (s->method == METHOD_KL)
         add_sample_kl(s, ids);
     else
         add_sample_gradient(s, ids);
-    s->samples_done++;
+}
+
+void work_add(Work* w, const Model* m, const Groups* gs, int nf, Method method, int nb, int recompute) {
+    if (method == METHOD_GRADIENT) { // a forward and a backward (about twice a forward), maybe a recompute
+        w->forward_equiv += nb * (recompute ? 4.0 : 3.0);
+        w->naive_equiv += nb * (recompute ? 4.0 : 3.0);
+        return;
+    }
+    int L = m->c.num_layers;
+    w->forward_equiv += nb;
+    w->naive_equiv += nb * (1.0 + (double)nf * gs->n_enabled);
+    for (int g = 0; g < gs->n; g++) // each group's pass restarts at its own layer
+        if (!gs->g[g].disabled) w->forward_equiv += (double)nf * nb * (L - gs->g[g].layer) / L;
 }

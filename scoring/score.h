@@ -1,4 +1,4 @@
-// Per-group sensitivity scores (SPEC §6): KL divergence with prefix reuse,
+// Per-group sensitivity scores on the CPU (README, "Scoring"): KL divergence with prefix reuse,
 // and the gradient (Fisher) proxy from one activation-only backward.
 #pragma once
 #include "../datasets/npy.h"
@@ -30,20 +30,28 @@ typedef struct {
     int nf;
     Method method;
     QuantCache qc;
-    double* score;        // (nf, n_groups), summed over samples
-    double forward_equiv; // work done, in full forward passes (kl: prefix reuse shows here)
-    double naive_equiv;   // what one full forward per group would have cost
-    int samples_done;
-    int on_gpu; // sums only; the GPU engine does the work
+    double* score; // (nf, n_groups): where the sample being scored adds
+    // (n_sparse, E) where the tokens routed to each expert of each sparse layer (in layer order)
+    // in the unquantized pass add, or NULL
+    long* expert_tokens;
     // scratch
     RunState ref, q;
     GradState grad;
     QuantPlan plan;
     float *ref_logits, *y, *yq;
+    MoeRows mq; // a sparse layer's expert rows in the gradient score's quantized block
 } Scorer;
 
 void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method, int T);
 void scorer_free(Scorer* s);
-// Adds one calibration window's contribution to s->score.
-void scorer_add_sample(Scorer* s, const int* ids);
+// Adds one calibration window's contribution to score (nf, n_groups).
+void scorer_add_sample(Scorer* s, const int* ids, double* score);
 const char* method_name(Method m);
+
+// Work done, in full forward passes, on any device: kl shows its prefix reuse here.
+typedef struct {
+    double forward_equiv; // what was computed
+    double naive_equiv;   // what one full forward per group would have cost
+} Work;
+// Adds the work of scoring nb windows; recompute: the gradient's backward recomputes each layer.
+void work_add(Work* w, const Model* m, const Groups* gs, int nf, Method method, int nb, int recompute);

@@ -1,8 +1,8 @@
-// SPEC §4 fake-quant numerics pinned at the rounding and clamping edges.
+// README §4 fake-quant numerics pinned at the rounding and clamping edges.
 #include <string.h>
 
 #include "check.h"
-#include "kernels/kernels.h"
+#include "kernels/quant.h"
 #include "scoring/format.h"
 
 static void expect_row(const char* name, const float* x, const float* want, int n, QuantSpec q) {

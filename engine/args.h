@@ -1,5 +1,5 @@
-// Command-line front ends, one function per subcommand, and the small
-// argument parser they share.
+// The small argument parser every command shares: `--name value` options, flags, positionals;
+// anything left unread is an error (exit 2).
 #pragma once
 
 typedef struct {
@@ -10,9 +10,6 @@ typedef struct {
 } Args;
 
 // extra_flags: NULL-terminated options that take no value in this command (or NULL).
-// Prints every command and option to stderr (autoq --help, autoq CMD --help).
-void cli_usage(void);
-
 void args_init(Args* a, int argc, char** argv, const char* const* extra_flags);
 extern const char* const k_json_flag[]; // {"--json", NULL}
 // Value of --name, or NULL. Marks it used.
@@ -26,10 +23,3 @@ double args_double(Args* a, const char* name, double def);
 const char* args_pos(Args* a, int i);
 // Exits 2 if any argument was not consumed.
 void args_done(Args* a);
-
-int cmd_info(int argc, char** argv);
-int cmd_eval(int argc, char** argv);
-int cmd_gen(int argc, char** argv);
-int cmd_score(int argc, char** argv);
-int cmd_search(int argc, char** argv);
-int cmd_tokenize(int argc, char** argv);

@@ -3,37 +3,64 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "cli_common.h"
-#include "engine/util.h"
-#include "search/recipe.h"
+#include "../engine/args.h"
+#include "../engine/forward.h"
+#include "../engine/util.h"
+#include "../scoring/job.h"
+#include "recipe.h"
 
 #define MAX_SWEEP 1000
 
 static int parse_sweep(const char* s, double* out) {
     double lo, hi, step;
     char tail;
-    if (sscanf(s, "%lf:%lf:%lf%c", &lo, &hi, &step, &tail) != 3 || !(step > 0) || hi < lo)
-        fail_input("search: --sweep '%s' must be LO:HI:STEP with LO <= HI and STEP > 0", s);
-    int n = (int)floor((hi - lo) / step + 1e-9) + 1;
-    if (n > MAX_SWEEP) fail_input("search: --sweep '%s' has %d points (at most %d)", s, n, MAX_SWEEP);
+    if (sscanf(s, "%lf:%lf:%lf%c", &lo, &hi, &step, &tail) != 3 || !isfinite(lo) || !isfinite(hi) ||
+        !isfinite(step) || !(step > 0) || hi < lo)
+        fail_input("search: --sweep '%s' must be LO:HI:STEP, finite numbers with LO <= HI and STEP > 0", s);
+    // count in double first: (hi - lo) / step can be far beyond any int
+    double points = floor((hi - lo) / step + 1e-9) + 1;
+    if (!(points <= MAX_SWEEP))
+        fail_input("search: --sweep '%s' has %.0f points (at most %d)", s, points, MAX_SWEEP);
+    int n = (int)points;
     for (int i = 0; i < n; i++) out[i] = lo + i * step;
     return n;
 }
 
+// Linear indices of m sorted by name, for name lookups in O(log n) (a 235B-scale MoE has ~36k).
+static const Model* g_sort_model;
+static int by_name(const void* a, const void* b) {
+    return strcmp(g_sort_model->linears[*(const int*)a].name, g_sort_model->linears[*(const int*)b].name);
+}
+
+static int find_linear(const Model* m, const int* sorted, const char* name) {
+    int lo = 0, hi = m->n_linears - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2, c = strcmp(m->linears[sorted[mid]].name, name);
+        if (c == 0) return sorted[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
+}
+
 // Per-linear choice of the loaded model for a solution (linear names must match).
 static void linear_choice(const Model* m, const ScoreTable* t, const Solution* s, int* choice) {
+    int* sorted = xmalloc(sizeof(int) * (m->n_linears ? m->n_linears : 1));
+    for (int i = 0; i < m->n_linears; i++) sorted[i] = i;
+    g_sort_model = m;
+    qsort(sorted, m->n_linears, sizeof(int), by_name);
     for (int i = 0; i < m->n_linears; i++) choice[i] = -1;
     for (int i = 0; i < t->nl; i++) {
         int g = t->lgroup[i];
         if (t->disabled[g] || s->sel[g] < 0) continue;
-        int found = -1;
-        for (int k = 0; k < m->n_linears && found < 0; k++)
-            if (strcmp(m->linears[k].name, t->lname[i]) == 0) found = k;
+        int found = find_linear(m, sorted, t->lname[i]);
         if (found < 0)
             fail_input("%s: the scores name linear '%s', which this model does not have", m->dir, t->lname[i]);
         choice[found] = s->sel[g];
     }
+    free(sorted);
 }
 
 int cmd_search(int argc, char** argv) {
@@ -42,6 +69,7 @@ int cmd_search(int argc, char** argv) {
     const char* scores = args_str(&a, "--scores");
     double budget = args_double(&a, "--budget", NAN);
     const char* scope_s = args_str(&a, "--budget-scope");
+    const char* cost_s = args_str(&a, "--cost");
     const char* out = args_str(&a, "--out");
     const char* h5 = args_str(&a, "--h5");
     const char* sweep_s = args_str(&a, "--sweep");
@@ -56,12 +84,23 @@ int cmd_search(int argc, char** argv) {
         scope = SCOPE_ALL;
     else if (scope_s && strcmp(scope_s, "candidates") != 0)
         fail_input("search: --budget-scope must be candidates or all (got '%s')", scope_s);
+    Cost cost = COST_MEMORY;
+    if (cost_s && strcmp(cost_s, "active") == 0)
+        cost = COST_ACTIVE;
+    else if (cost_s && strcmp(cost_s, "memory") != 0)
+        fail_input("search: --cost must be memory or active (got '%s')", cost_s);
     if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
     if (!isnan(budget) && !(budget > 0 && budget <= 16))
         fail_input("search: --budget %g must be in (0, 16] bits", budget);
     for (int i = 0; i < ne; i++)
         if (strncmp(emits[i], "llmcompressor=", 14) && strncmp(emits[i], "modelopt=", 9))
             fail_input("search: --emit '%s' must be llmcompressor=FILE or modelopt=FILE", emits[i]);
+    // every argument and output path is checked before any compute
+    if (out) out_check(out, "--out");
+    if (h5) out_check(h5, "--h5");
+    for (int i = 0; i < ne; i++) out_check(strchr(emits[i], '=') + 1, "--emit");
+    double pts[MAX_SWEEP + 1];
+    int ns = sweep_s ? parse_sweep(sweep_s, pts) : 0;
 
     ScoreTable t;
     int have_model = 0;
@@ -79,23 +118,21 @@ int cmd_search(int argc, char** argv) {
         score_job_run(&j, NULL);
         score_job_table(&j, &t);
     }
-    // Formats as the scores name them (their files give the exports' quantizer settings).
-    Format fmts[MAX_FORMATS];
-    int ct = strcmp(t.numerics, "compressed-tensors") == 0;
-    for (int f = 0; f < t.nf; f++) format_load(&fmts[f], t.fmt_name[f], ct);
+    // The scores' own format definitions, never a format file that happens to have the same name.
+    const Format* fmts = t.fmts;
     if (verify && !have_model) {
         model_load(&j.model, j.model_dir);
         j.data.model_dir = j.model_dir;
         j.data.vocab = j.model.c.vocab_size;
         j.data.eos = j.model.c.eos_token_id;
+        if (j.data.seq_len) model_check_seq_len(&j.model, j.data.seq_len, "--seq-len");
         data_load(&j.ids, &j.data);
+        model_check_seq_len(&j.model, j.ids.t, j.data.path);
         have_model = 1;
     }
 
     SearchCtx ctx;
-    search_init(&ctx, &t, scope);
-    double pts[MAX_SWEEP + 1];
-    int ns = sweep_s ? parse_sweep(sweep_s, pts) : 0;
+    search_init(&ctx, &t, scope, cost);
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     if (ns) search_solve(&ctx, pts, ns, sweep);
     Solution main_sol;

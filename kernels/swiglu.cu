@@ -1,26 +1,8 @@
-// Gathers, conversions and pointwise ops. CPU twins: engine/forward.c (embed,
-// residual add), kernels/swiglu.c.
+// SwiGLU forward (fp32 with its bf16 halves, and bf16 in / out) and backward. CPU twin: kernels/swiglu.c.
+#include <math.h>
+
 #include "cuda_common.cuh"
-#include "gpu.h"
-
-__global__ void embed_kernel(float* h, const __nv_bfloat16* table, const int* ids, int M, int D) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i >= (long)M * D) return;
-    int t = (int)(i / D), d = (int)(i % D);
-    h[i] = __bfloat162float(table[(long)ids[t] * D + d]);
-}
-
-// x = hi + lo with both in bf16: hi carries 8 mantissa bits, lo the next 8.
-__global__ void split_bf16_kernel(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* x, long n) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    store_split(hi, lo, i, x[i]);
-}
-
-__global__ void add_kernel(float* h, const float* y, long n) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i < n) h[i] += y[i];
-}
+#include "swiglu.h"
 
 // Four consecutive elements per thread (n % 4 == 0, checked by the caller).
 template <typename T>
@@ -52,34 +34,6 @@ __global__ void swiglu8_kernel(__nv_bfloat16* out, const __nv_bfloat16* g, const
     *(uint4*)(out + i) = ov;
 }
 
-// Grouped-query attention: the rep query heads of one kv head each have a gradient for it.
-__global__ void sum_heads_kernel(float* out, const float* in, long rows, int nkv, int rep, int hd) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i >= rows * nkv * hd) return;
-    long row = i / ((long)nkv * hd);
-    int kv = (int)(i / hd % nkv), d = (int)(i % hd);
-    const float* src = in + (row * nkv * rep + (long)kv * rep) * hd + d;
-    float s = 0.0f;
-    for (int r = 0; r < rep; r++) s += src[(long)r * hd];
-    out[i] = s;
-}
-
-extern "C" void gpu_embed(float* h, const bf16_t* table, const int* ids, int M, int D) {
-    long n = (long)M * D;
-    embed_kernel<<<ceil_div(n, 256), 256>>>(h, (const __nv_bfloat16*)table, ids, M, D);
-    cudaCheck(cudaGetLastError());
-}
-
-extern "C" void gpu_split_bf16(bf16_t* hi, bf16_t* lo, const float* x, long n) {
-    split_bf16_kernel<<<ceil_div(n, 256), 256>>>((__nv_bfloat16*)hi, (__nv_bfloat16*)lo, x, n);
-    cudaCheck(cudaGetLastError());
-}
-
-extern "C" void gpu_add(float* h, const float* y, long n) {
-    add_kernel<<<ceil_div(n, 256), 256>>>(h, y, n);
-    cudaCheck(cudaGetLastError());
-}
-
 static void check_four(long n) {
     if (n % 4) {
         fprintf(stderr, "autoq: intermediate size not supported by the CUDA SwiGLU (a multiple of 4)\n");
@@ -105,8 +59,17 @@ extern "C" void gpu_swiglu_bf16(bf16_t* out, const bf16_t* g, const bf16_t* u, l
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_sum_heads(float* out, const float* in, long rows, int nkv, int rep, int hd) {
-    long n = rows * nkv * hd;
-    sum_heads_kernel<<<ceil_div(n, 256), 256>>>(out, in, rows, nkv, rep, hd);
+__global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const float* g, const float* u,
+                                  long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float sig = 1.0f / (1.0f + expf(-g[i]));
+    du[i] = dout[i] * g[i] * sig;
+    dg[i] = dout[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+}
+
+extern "C" void gpu_swiglu_backward(float* dg, float* du, const float* dout, const float* g, const float* u,
+                                    long n) {
+    swiglu_bwd_kernel<<<ceil_div(n, 256), 256>>>(dg, du, dout, g, u, n);
     cudaCheck(cudaGetLastError());
 }

@@ -11,13 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/nccl_common.cuh"
 #include "../kernels/cuda_common.cuh"
-#include "gpu.h"
-#include "nccl_common.cuh"
+#include "score_gpu.h"
 
 extern "C" {
-#include "partition.h"
-#include "util.h"
+#include "../engine/partition.h"
+#include "../engine/util.h"
 }
 
 // Time a stage spends computing, as opposed to waiting for a neighbour: CUDA event pairs around
@@ -49,10 +49,10 @@ static void busy_mark(Busy* b, int end) {
 typedef struct {
     int s, n, l0, l1; // stage, stages, its layers
     ncclComm_t comm;
+    const GpuScoreSpec* sp;
     const Model* m;
     const Groups* gs;
-    const Format* fmts;
-    int nf, gradient, T, B, split, nwin;
+    int nf, T, B, nwin;
     const int* ids;
     const int* owner; // stage of each layer
     double* score;    // this stage's sums (nf, groups)
@@ -71,13 +71,14 @@ static void recv_h(Stage* st, float* buf, int nb, int peer) {
 }
 
 // One batch of kl: the reference pass, then every group's pass from its own layer on.
-static void stage_kl(Stage* st, GpuEngine* e, Busy* b, const int* ids, int nb) {
-    int last = st->s == st->n - 1, ns = st->nf * st->gs->n;
-    gpu_pass_begin(e, 0, ns, ids, nb);
+static void stage_kl(Stage* st, GpuScorer* sc, Busy* b, const int* ids, int nb) {
+    GpuEngine* e = sc->e;
+    int last = st->s == st->n - 1;
+    gpu_pass_begin(e, 0, ids, nb);
     if (st->s > 0) recv_h(st, gpu_hidden(e), nb, st->s - 1);
     busy_mark(b, 0);
-    gpu_pass_layers(e, st->l0, nb, 1);
-    if (last) gpu_pass_kl(e, nb, -1);
+    gpu_forward_layers(e, st->l0, nb, 1);
+    if (last) gpu_kl_reference(sc, nb);
     busy_mark(b, 1);
     if (!last) send_h(st, gpu_hidden(e), nb, st->s + 1);
     for (int f = 0; f < st->nf; f++)
@@ -88,17 +89,17 @@ static void stage_kl(Stage* st, GpuEngine* e, Busy* b, const int* ids, int nb) {
             if (own < st->s) recv_h(st, gpu_hidden(e), nb, st->s - 1);
             busy_mark(b, 0);
             if (own == st->s) {
-                gpu_pass_group(e, g, &st->fmts[f], nb);
-                gpu_pass_layers(e, g->layer, nb, 0);
-                gpu_pass_ungroup(e);
+                gpu_kl_group(sc, g, f, nb);
+                gpu_forward_layers(e, g->layer, nb, 0);
+                gpu_plan_clear(e);
             } else {
-                gpu_pass_layers(e, st->l0, nb, 0);
+                gpu_forward_layers(e, st->l0, nb, 0);
             }
-            if (last) gpu_pass_kl(e, nb, f * st->gs->n + gi);
+            if (last) gpu_kl_add(sc, nb, f * st->gs->n + gi);
             busy_mark(b, 1);
             if (!last) send_h(st, gpu_hidden(e), nb, st->s + 1);
         }
-    gpu_pass_end(e, st->score, ns);
+    gpu_scorer_end(sc, st->score);
 }
 
 // Batch k of the run: its first window and its size.
@@ -110,26 +111,26 @@ static int batch_of(const Stage* st, int k, const int** ids) {
 
 // Forward of batch k on this stage (its input already received); the last stage also computes the
 // loss gradient.
-static void grad_forward(Stage* st, GpuEngine* e, Busy* b, int k) {
+static void grad_forward(Stage* st, GpuScorer* sc, Busy* b, int k) {
     const int* ids;
     int nb = batch_of(st, k, &ids);
-    gpu_pass_begin(e, 1, st->nf * st->gs->n, ids, nb);
-    gpu_pass_slot(e, k);
+    gpu_pass_begin(sc->e, 1, ids, nb);
+    gpu_pass_slot(sc->e, k);
     busy_mark(b, 0);
-    gpu_pass_layers(e, st->l0, nb, 1);
-    if (st->s == st->n - 1) gpu_pass_grad_head(e, nb);
+    gpu_forward_layers(sc->e, st->l0, nb, 1);
+    if (st->s == st->n - 1) gpu_loss_backward(sc->e, nb);
     busy_mark(b, 1);
 }
 
 // Backward of batch k (the gradient of its output already received), adding its scores.
-static void grad_backward(Stage* st, GpuEngine* e, Busy* b, int k) {
+static void grad_backward(Stage* st, GpuScorer* sc, Busy* b, int k) {
     const int* ids;
     int nb = batch_of(st, k, &ids);
-    gpu_pass_slot(e, k);
+    gpu_pass_slot(sc->e, k);
     busy_mark(b, 0);
-    gpu_pass_backward(e, st->gs, st->fmts, st->nf, nb);
+    gpu_grad_backward(sc, nb);
     busy_mark(b, 1);
-    gpu_pass_end(e, st->score, st->nf * st->gs->n);
+    gpu_scorer_end(sc, st->score);
 }
 
 // Sends `send` to peer ps and receives `recv` from peer pr as one NCCL group, so that two stages
@@ -143,22 +144,23 @@ static void exchange(Stage* st, float* send, int nbs, int ps, float* recv, int n
 
 // The gradient over all batches, one forward one backward (the non-interleaved schedule of
 // Megatron-LM): stage s runs N - s - 1 forwards ahead, then alternates, then drains.
-static void stage_gradient(Stage* st, GpuEngine* e, Busy* b) {
+static void stage_gradient(Stage* st, GpuScorer* sc, Busy* b) {
+    GpuEngine* e = sc->e;
     int nbat = (st->nwin + st->B - 1) / st->B, first = st->s == 0, last = st->s == st->n - 1;
     int warm = st->n - st->s - 1 < nbat ? st->n - st->s - 1 : nbat, steady = nbat - warm, f = 0, k = 0;
     const int* ids;
     float *h = gpu_hidden(e), *dh;
     for (int i = 0; i < warm; i++, f++) {
         if (!first) recv_h(st, h, batch_of(st, f, &ids), st->s - 1);
-        grad_forward(st, e, b, f);
+        grad_forward(st, sc, b, f);
         send_h(st, h, batch_of(st, f, &ids), st->s + 1);
     }
     if (steady > 0 && !first) recv_h(st, h, batch_of(st, f, &ids), st->s - 1);
     for (int i = 0; i < steady; i++, f++, k++) {
-        grad_forward(st, e, b, f);
+        grad_forward(st, sc, b, f);
         dh = gpu_hidden_grad(e);
         if (!last) exchange(st, h, batch_of(st, f, &ids), st->s + 1, dh, batch_of(st, k, &ids), st->s + 1);
-        grad_backward(st, e, b, k);
+        grad_backward(st, sc, b, k);
         if (first) continue;
         if (i == steady - 1)
             send_h(st, dh, batch_of(st, k, &ids), st->s - 1);
@@ -168,7 +170,7 @@ static void stage_gradient(Stage* st, GpuEngine* e, Busy* b) {
     for (int i = 0; i < warm; i++, k++) {
         dh = gpu_hidden_grad(e);
         recv_h(st, dh, batch_of(st, k, &ids), st->s + 1);
-        grad_backward(st, e, b, k);
+        grad_backward(st, sc, b, k);
         if (!first) send_h(st, dh, batch_of(st, k, &ids), st->s - 1);
     }
 }
@@ -176,16 +178,19 @@ static void stage_gradient(Stage* st, GpuEngine* e, Busy* b) {
 static void* stage_main(void* arg) {
     Stage* st = (Stage*)arg;
     cudaCheck(cudaSetDevice(st->s));
-    int slots = st->gradient ? st->n - st->s : 1; // batches in flight on this stage
-    GpuEngine* e = gpu_engine_init_layers(st->m, st->T, st->B, st->split, st->l0, st->l1, slots);
+    const GpuScoreSpec* sp = st->sp;
+    int slots = sp->gradient ? st->n - st->s : 1; // batches in flight on this stage
+    GpuEngine* e = gpu_engine_init_layers(sp->m, sp->T, sp->B, sp->split, st->l0, st->l1, slots);
+    GpuScorer sc;
+    gpu_scorer_init(&sc, e, sp);
     Busy* b = (Busy*)xcalloc(1, sizeof(Busy));
     for (int i = 0; i < 2 * BUSY_N; i++) cudaCheck(cudaEventCreate(&b->ev[i]));
     cudaCheck(cudaDeviceSynchronize());
     double t0 = time_now();
-    if (st->gradient) stage_gradient(st, e, b);
-    for (int i = 0; i < st->nwin && !st->gradient; i += st->B) {
+    if (sp->gradient) stage_gradient(st, &sc, b);
+    for (int i = 0; i < st->nwin && !sp->gradient; i += st->B) {
         int nb = st->nwin - i < st->B ? st->nwin - i : st->B;
-        stage_kl(st, e, b, st->ids + (long)i * st->T, nb);
+        stage_kl(st, &sc, b, st->ids + (long)i * st->T, nb);
     }
     cudaCheck(cudaDeviceSynchronize());
     st->seconds = time_now() - t0;
@@ -198,11 +203,10 @@ static void* stage_main(void* arg) {
     return NULL;
 }
 
-extern "C" void gpu_score_sharded(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
-                                  const int* ids, int n, int T, int B, int split, int ngpus, double* score,
+extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score,
                                   double* seconds, size_t* peak) {
     setenv("NCCL_NVLS_ENABLE", "0", 1); // never NVLink multicast (see the device notes)
-    int L = m->c.num_layers, ns = gs->n * nf;
+    int L = sp->m->c.num_layers, ns = sp->gs->n * sp->nf;
     if (ngpus > L) fail_input("--shard-layers: %d GPUs for %d layers (at most one GPU per layer)", ngpus, L);
     int* owner = (int*)xmalloc(sizeof(int) * L);
     Stage* st = (Stage*)xcalloc(ngpus, sizeof(Stage));
@@ -218,8 +222,8 @@ extern "C" void gpu_score_sharded(const Model* m, const Groups* gs, const Format
     pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
     for (int i = 0; i < ngpus; i++) {
         Stage* s = &st[i];
-        s->s = i, s->n = ngpus, s->comm = comms[i], s->m = m, s->gs = gs, s->fmts = fmts;
-        s->nf = nf, s->gradient = gradient, s->T = T, s->B = B, s->split = split, s->nwin = n;
+        s->s = i, s->n = ngpus, s->comm = comms[i], s->sp = sp, s->m = sp->m, s->gs = sp->gs;
+        s->nf = sp->nf, s->T = sp->T, s->B = sp->B, s->nwin = n;
         s->ids = ids, s->owner = owner;
         s->score = (double*)xcalloc(ns, sizeof(double));
         if (pthread_create(&th[i], NULL, stage_main, s) != 0) fail_other("cannot start GPU thread %d", i);

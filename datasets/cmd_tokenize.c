@@ -4,10 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "cli_common.h"
-#include "datasets/tokenizer.h"
-#include "engine/util.h"
+#include "../engine/args.h"
+#include "../engine/util.h"
+#include "tokenizer.h"
 
 static const char* const k_tok_flags[] = {"--json", "--decode", NULL};
 

@@ -1,10 +1,90 @@
-// Causal attention without materialising the scores (flash-style): per block 64 queries of one
-// head, key tiles of 64 streamed through shared memory, online softmax with fp32 statistics, bf16
-// tensor-core products (mma.sync m16n8k16) with fp32 accumulation. CPU twin: kernels/attention.c.
+// Causal attention kernels: the row softmax and dS of the cuBLAS path and the backward, the GQA head sum,
+// and a fused flash-style forward (per block 64 queries of one head, key tiles of 64 streamed through
+// shared memory with cp.async, online softmax with fp32 statistics, bf16 tensor-core products (mma.sync
+// m16n8k16) with fp32 accumulation). CPU twin: kernels/attention.c.
 #include <math.h>
 
 #include "cuda_common.cuh"
-#include "gpu.h"
+#include "attention.h"
+
+// One warp per row r = (head, query t): no block barriers; s holds scaled scores.
+__global__ void causal_softmax_kernel(__nv_bfloat16* p, __nv_bfloat16* p_lo, float* lse, const float* s, int T,
+                                      long rows) {
+    long r = blockIdx.x * (long)(blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    int lane = threadIdx.x % 32, t = (int)(r % T);
+    const float* row = s + r * T;
+    float m = -INFINITY;
+    for (int j = lane; j <= t; j += 32) m = fmaxf(m, row[j]);
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j <= t; j += 32) sum += expf(row[j] - m);
+    sum = warp_sum(sum);
+    float inv = 1.0f / sum;
+    for (int j = lane; j < T; j += 32) {
+        float v = j <= t ? expf(row[j] - m) * inv : 0.0f;
+        store_split(p, p_lo, r * T + j, v);
+    }
+    if (lane == 0) lse[r] = m + logf(sum);
+}
+
+// dS = P (dP - rowsum(P dP)) * scale from the recomputed scores s (masked, softmax in place)
+// and dP; writes P and dS as bf16 hi + lo. One block per (head, t).
+__global__ void attn_ds_kernel(__nv_bfloat16* p_hi, __nv_bfloat16* p_lo, __nv_bfloat16* ds_hi,
+                               __nv_bfloat16* ds_lo, const float* s, const float* dp, int T, float scale) {
+    int h = blockIdx.x / T, t = blockIdx.x % T;
+    long o = ((long)h * T + t) * T;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) m = fmaxf(m, s[o + j]);
+    m = block_max(m);
+    double sum = 0.0;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) sum += expf(s[o + j] - m);
+    sum = block_sum(sum);
+    float inv = (float)(1.0 / sum);
+    double D = 0.0;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) D += (double)(expf(s[o + j] - m) * inv) * dp[o + j];
+    D = block_sum(D);
+    for (int j = threadIdx.x; j < T; j += blockDim.x) {
+        float p = j <= t ? expf(s[o + j] - m) * inv : 0.0f;
+        float g = j <= t ? p * (dp[o + j] - (float)D) * scale : 0.0f;
+        __nv_bfloat16 ph = __float2bfloat16(p), gh = __float2bfloat16(g);
+        p_hi[o + j] = ph;
+        ds_hi[o + j] = gh;
+        if (p_lo) p_lo[o + j] = __float2bfloat16(p - __bfloat162float(ph));
+        if (ds_lo) ds_lo[o + j] = __float2bfloat16(g - __bfloat162float(gh));
+    }
+}
+
+// Grouped-query attention: the rep query heads of one kv head each have a gradient for it.
+__global__ void sum_heads_kernel(float* out, const float* in, long rows, int nkv, int rep, int hd) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= rows * nkv * hd) return;
+    long row = i / ((long)nkv * hd);
+    int kv = (int)(i / hd % nkv), d = (int)(i % hd);
+    const float* src = in + (row * nkv * rep + (long)kv * rep) * hd + d;
+    float s = 0.0f;
+    for (int r = 0; r < rep; r++) s += src[(long)r * hd];
+    out[i] = s;
+}
+
+extern "C" void gpu_causal_softmax(bf16_t* p, bf16_t* p_lo, float* lse, const float* s, int nb, int T) {
+    long rows = (long)nb * T;
+    causal_softmax_kernel<<<ceil_div(rows, 8), 256>>>((__nv_bfloat16*)p, (__nv_bfloat16*)p_lo, lse, s, T, rows);
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_attention_ds(bf16_t* p_hi, bf16_t* p_lo, bf16_t* ds_hi, bf16_t* ds_lo, const float* s,
+                                 const float* dp, int nb, int T, float scale) {
+    attn_ds_kernel<<<nb * T, 128>>>((__nv_bfloat16*)p_hi, (__nv_bfloat16*)p_lo, (__nv_bfloat16*)ds_hi,
+                                    (__nv_bfloat16*)ds_lo, s, dp, T, scale);
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_sum_heads(float* out, const float* in, long rows, int nkv, int rep, int hd) {
+    long n = rows * nkv * hd;
+    sum_heads_kernel<<<ceil_div(n, 256), 256>>>(out, in, rows, nkv, rep, hd);
+    cudaCheck(cudaGetLastError());
+}
 
 #define FA_BQ 64 // queries per block: 4 warps of 16
 #define FA_BK 64 // keys per tile

@@ -6,21 +6,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/nccl_common.cuh"
 #include "../kernels/cuda_common.cuh"
-#include "gpu.h"
-#include "nccl_common.cuh"
+#include "score_gpu.h"
 
 extern "C" {
-#include "partition.h"
-#include "rendezvous.h"
-#include "util.h"
+#include "../engine/partition.h"
+#include "../engine/util.h"
 }
 
 typedef struct {
-    int dev, T, B, split, gradient, nf, lo, hi;
-    const Model* m;
-    const Groups* gs;
-    const Format* fmts;
+    int dev, lo, hi;
+    const GpuScoreSpec* sp;
     const int* ids;
     double* score; // (nf, ng) this GPU's sums
     double seconds;
@@ -30,15 +27,18 @@ typedef struct {
 static void* worker_main(void* arg) {
     Worker* w = (Worker*)arg;
     cudaCheck(cudaSetDevice(w->dev));
-    GpuEngine* e = gpu_engine_init(w->m, w->T, w->B, w->split);
+    const GpuScoreSpec* sp = w->sp;
+    GpuEngine* e = gpu_engine_init(sp->m, sp->T, sp->B, sp->split);
+    GpuScorer s;
+    gpu_scorer_init(&s, e, sp);
     double t0 = time_now();
-    for (int i = w->lo; i < w->hi; i += w->B) {
-        int nb = w->hi - i < w->B ? w->hi - i : w->B;
-        const int* ids = w->ids + (long)i * w->T;
-        if (w->gradient)
-            gpu_score_gradient(e, w->gs, w->fmts, w->nf, ids, nb, w->score);
+    for (int i = w->lo; i < w->hi; i += sp->B) {
+        int nb = w->hi - i < sp->B ? w->hi - i : sp->B;
+        const int* ids = w->ids + (long)i * sp->T;
+        if (sp->gradient)
+            gpu_score_gradient(&s, ids, nb, w->score);
         else
-            gpu_score_kl(e, w->gs, w->fmts, w->nf, ids, nb, w->score);
+            gpu_score_kl(&s, ids, nb, w->score);
     }
     cudaCheck(cudaDeviceSynchronize());
     w->seconds = time_now() - t0;
@@ -47,15 +47,14 @@ static void* worker_main(void* arg) {
     return NULL;
 }
 
-extern "C" void gpu_score_multi(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
-                                const int* ids, int n, int T, int B, int split, int ngpus, double* score,
+extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score,
                                 double* seconds, size_t* peak) {
     setenv("NCCL_NVLS_ENABLE", "0", 1); // never NVLink multicast (see the device notes)
-    int ng = gs->n * nf;
+    int ng = sp->gs->n * sp->nf;
     Worker* w = (Worker*)xcalloc(ngpus, sizeof(Worker));
     pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
     for (int i = 0; i < ngpus; i++) {
-        w[i] = (Worker){i, T, B, split, gradient, nf, 0, 0, m, gs, fmts, ids, NULL, 0, 0};
+        w[i] = (Worker){i, 0, 0, sp, ids, NULL, 0, 0};
         partition_windows(n, ngpus, i, &w[i].lo, &w[i].hi);
         w[i].score = (double*)xcalloc(ng, sizeof(double));
         if (pthread_create(&th[i], NULL, worker_main, &w[i]) != 0) fail_other("cannot start GPU thread %d", i);
@@ -98,8 +97,7 @@ extern "C" void gpu_score_multi(const Model* m, const Groups* gs, const Format* 
 
 // One process per GPU, possibly on several hosts: the NCCL id travels through
 // the rendezvous, each rank scores its share, the sums meet in an all-reduce.
-extern "C" void gpu_score_ranked(const Model* m, const Groups* gs, const Format* fmts, int nf, int gradient,
-                                 const int* ids, int n, int T, int B, int split, int rank, int world,
+extern "C" void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, int rank, int world,
                                  const RdvSpec* rdv, double* score, double* seconds, size_t* peak) {
     setenv("NCCL_NVLS_ENABLE", "0", 1);
     ncclUniqueId id;
@@ -114,8 +112,8 @@ extern "C" void gpu_score_ranked(const Model* m, const Groups* gs, const Format*
     cudaCheck(cudaSetDevice(rank % count));
     ncclComm_t comm;
     ncclCheck(ncclCommInitRank(&comm, world, id, rank));
-    int ng = gs->n * nf;
-    Worker w = {rank % count, T, B, split, gradient, nf, 0, 0, m, gs, fmts, ids, NULL, 0, 0};
+    int ng = sp->gs->n * sp->nf;
+    Worker w = {rank % count, 0, 0, sp, ids, NULL, 0, 0};
     partition_windows(n, world, rank, &w.lo, &w.hi);
     w.score = (double*)xcalloc(ng, sizeof(double));
     worker_main(&w);

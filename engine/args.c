@@ -1,14 +1,17 @@
+// The command-line parser shared by every command (engine/args.h).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "engine/util.h"
+#include "args.h"
+#include "util.h"
 
 // Options that take no value in every command; every other --option takes the
 // next argument, except the command's own extra flags (--json in info and eval).
 static const char* const k_flags[] = {"--no-grouping", "--verify", "--decode",       "--shuffle",
                                       "--quiet",       "--help",   "--shard-layers", NULL};
+
+const char* const k_json_flag[] = {"--json", NULL};
 
 static const char* const* g_extra_flags;
 
@@ -28,10 +31,6 @@ void args_init(Args* a, int argc, char** argv, const char* const* extra_flags) {
     a->used = calloc(argc, sizeof(int));
     a->used[0] = 1;
     if (args_flag(a, "--quiet")) g_quiet = 1;
-    if (args_flag(a, "--help")) {
-        cli_usage();
-        exit(0);
-    }
 }
 
 static int find(Args* a, const char* name) {
@@ -110,30 +109,4 @@ void args_done(Args* a) {
     for (int i = 1; i < a->argc; i++)
         if (!a->used[i]) fail_input("%s: unknown or misplaced argument '%s'", a->cmd, a->argv[i]);
     free(a->used);
-}
-
-void cli_usage(void) {
-    fprintf(
-        stderr,
-        "usage:\n"
-        "  autoq info     MODEL [--disabled-layers P,...] [--no-grouping] [--json]\n"
-        "  autoq eval     MODEL --data D [--recipe R | --format F [--disabled-layers P,...]] [--logits "
-        "OUT.npy]\n"
-        "                 [--num-samples N] [--seq-len T] [--shuffle --seed S] [--json]\n"
-        "  autoq score    MODEL --data D --method kl|gradient [--format w4a8[,w8a8]]\n"
-        "                 [--numerics modelopt|compressed-tensors] [--disabled-layers P,...] [--no-grouping]\n"
-        "                 [--num-samples N] [--seq-len T] [--shuffle --seed S] [--device auto|cpu|cuda]\n"
-        "                 [--gpus N [--shard-layers]] [--batch-size B] [--gpu-gemm bf16x2|bf16] [--out "
-        "scores.h5]\n"
-        "                 [--json FILE|-]\n"
-        "                 [--nccl-init file:PATH|tcp:HOST:PORT --rank R --world-size W]\n"
-        "                 [--checkpoint FILE] [--quiet]\n"
-        "  autoq search   (--scores scores.h5 | MODEL --data D --method M ...) --budget B\n"
-        "                 [--budget-scope candidates|all] [--sweep LO:HI:STEP] [--verify [--data D]]\n"
-        "                 [--out recipe.json] [--h5 out.h5] [--emit llmcompressor=FILE] [--emit "
-        "modelopt=FILE]\n"
-        "  autoq tokenize MODEL_OR_TOKENIZER_JSON --text FILE [--json] [--decode]\n"
-        "  autoq gen      OUT_DIR [--preset tiny|0.6b|8b] [--seed S] [--corpus TEXT]\n"
-        "                 [--ids OUT.npy --num-samples N --seq-len T]\n"
-        "README.md explains each option.\n");
 }

@@ -1,28 +1,8 @@
-// RMSNorm and the per-head q/k norm fused with RoPE. CPU twins: kernels/rmsnorm.c, kernels/rope.c.
-#include "cuda_common.cuh"
-#include "gpu.h"
+// The per-head q/k norm fused with RoPE, forward and backward. CPU twins: kernels/rmsnorm.c + kernels/rope.c.
+#include <math.h>
 
-// One block per row; four consecutive values per thread (C % 4 == 0, checked by the caller).
-__global__ void rmsnorm_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, float* rstd, const float* x,
-                               const __nv_bfloat16* w, int C, float eps) {
-    long base = (long)blockIdx.x * C;
-    float ss = 0.0f, v[4], wv[4];
-    for (int j = 4 * threadIdx.x; j < C; j += 4 * blockDim.x) {
-        load4(x, base + j, v);
-        ss += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
-    }
-    float r = rsqrtf(block_sum(ss) / C + eps);
-    if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = r;
-    for (int j = 4 * threadIdx.x; j < C; j += 4 * blockDim.x) {
-        load4(x, base + j, v);
-        load4(w, j, wv);
-        for (int k = 0; k < 4; k++) {
-            v[k] = wv[k] * (v[k] * r);
-            store_split(hi, lo, base + j + k, v[k]);
-        }
-        if (out) *(float4*)(out + base + j) = make_float4(v[0], v[1], v[2], v[3]);
-    }
-}
+#include "cuda_common.cuh"
+#include "rope.h"
 
 // Two consecutive values at i (even) with one 8- or 4-byte access.
 __device__ inline void load2(const float* p, long i, float* a, float* b) {
@@ -67,15 +47,28 @@ __global__ void qk_norm_rope_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16
         }
 }
 
-extern "C" void gpu_rmsnorm(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x, const bf16_t* w,
-                            int M, int C, float eps) {
-    if (C % 4) {
-        fprintf(stderr, "autoq: hidden size %d not supported by the CUDA RMSNorm (a multiple of 4)\n", C);
-        exit(1);
+// Inverse RoPE, then the per-head RMSNorm backward; d holds the gradient of the
+// rotated output on entry and of the pre-norm input (the linear's output) on exit.
+__global__ void qk_norm_rope_bwd_kernel(float* d, const float* xlin, const __nv_bfloat16* w, const float* rstd,
+                                        const float* cos_t, const float* sin_t, int T, int nh, int hd) {
+    int row = blockIdx.x / nh, head = blockIdx.x % nh, i = threadIdx.x, half = hd / 2;
+    long o = ((long)row * nh + head) * hd;
+    int t = row % T;
+    float c = cos_t[(long)t * half + i], s = sin_t[(long)t * half + i];
+    float da = d[o + i], db = d[o + i + half];
+    float ga = da * c + db * s, gb = db * c - da * s; // rotation by -angle
+    float wa = __bfloat162float(w[i]), wb = __bfloat162float(w[i + half]);
+    float xa = xlin[o + i], xb = xlin[o + i + half], r = rstd[(long)row * nh + head];
+    __shared__ float red[128];
+    red[i] = wa * ga * xa + wb * gb * xb;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (i < k) red[i] += red[i + k];
+        __syncthreads();
     }
-    rmsnorm_kernel<<<M, 256>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, rstd, x, (const __nv_bfloat16*)w, C,
-                               eps);
-    cudaCheck(cudaGetLastError());
+    float cc = red[0] * r * r * r / hd;
+    d[o + i] = wa * ga * r - xa * cc;
+    d[o + i + half] = wb * gb * r - xb * cc;
 }
 
 static void check_head_dim(int hd) {
@@ -104,5 +97,13 @@ extern "C" void gpu_qk_norm_rope_bf16(bf16_t* x, long ld, float* rstd, const bf1
     qk_norm_rope_kernel<__nv_bfloat16>
         <<<ceil_div(items, 4), 128>>>(NULL, (__nv_bfloat16*)x, NULL, rstd, (const __nv_bfloat16*)x,
                                       (const __nv_bfloat16*)w, cos_t, sin_t, T, items, nh, hd, ld, eps);
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_qk_norm_rope_backward(float* d, const float* xlin, const bf16_t* w, const float* rstd,
+                                          const float* cos_t, const float* sin_t, int rows, int T, int nh,
+                                          int hd) {
+    qk_norm_rope_bwd_kernel<<<rows * nh, hd / 2>>>(d, xlin, (const __nv_bfloat16*)w, rstd, cos_t, sin_t, T, nh,
+                                                   hd);
     cudaCheck(cudaGetLastError());
 }

@@ -1,0 +1,50 @@
+// autoq gen: a seeded Qwen3 checkpoint of a preset shape (with a byte-level BPE tokenizer trained on
+// a corpus, and token ids), for the demo, tests and benchmarks.
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../datasets/bpe_train.h"
+#include "../datasets/npy.h"
+#include "args.h"
+#include "generate.h"
+#include "util.h"
+
+int cmd_gen(int argc, char** argv) {
+    Args a;
+    args_init(&a, argc, argv, NULL);
+    const char* preset = args_str(&a, "--preset");
+    long seed = args_int(&a, "--seed", 1, 0, 1 << 30);
+    const char* ids_path = args_str(&a, "--ids");
+    const char* corpus = args_str(&a, "--corpus");
+    int n = args_int(&a, "--num-samples", 8, 1, 1 << 20);
+    int t = args_int(&a, "--seq-len", 128, 2, 1 << 20);
+    const char* dir = args_pos(&a, 0);
+    args_done(&a);
+    if (!dir) fail_input("gen: OUT_DIR missing");
+    const GenPreset* p = gen_preset(preset ? preset : "tiny");
+    if (!p) fail_input("gen: --preset '%s' is not one of tiny, 0.6b, 8b", preset);
+    double t0 = time_now();
+    gen_checkpoint(dir, p, (uint64_t)seed);
+    info_msg("gen: wrote %s (%s shape, seed %ld) in %.1fs", dir, p->name, seed, time_now() - t0);
+    if (corpus) {
+        size_t len;
+        char* text = read_file(corpus, &len);
+        if (!text) fail_input("%s: cannot read corpus", corpus);
+        char* tp = path_join(dir, "tokenizer.json");
+        bpe_train_write(tp, text, len, p->vocab);
+        info_msg("gen: wrote %s (byte-level BPE trained on %s)", tp, corpus);
+        free(tp);
+        free(text);
+    }
+    if (ids_path) {
+        int* ids = xmalloc(sizeof(int) * (size_t)n * t);
+        gen_ids(ids, n, t, p->vocab, (uint64_t)seed);
+        long shape[2] = {n, t};
+        npy_write_i32(ids_path, ids, 2, shape);
+        free(ids);
+        info_msg("gen: wrote %s (%d x %d token ids)", ids_path, n, t);
+    }
+    return 0;
+}

@@ -1,0 +1,182 @@
+// The CUDA activation-only backward: mirrors engine/backward.c. Only layer inputs are kept by the
+// forward; each layer is recomputed (last first) and backpropagated, and a hook sees every linear's
+// dL/dY with its input and output.
+#include <math.h>
+#include <string.h>
+
+#include "gpu_engine.cuh"
+
+extern "C" float* gpu_hidden_grad(GpuEngine* e) { return e->dh; }
+
+void grad_alloc(GpuEngine* e) {
+    const Config* c = &e->m->c;
+    long M = (long)e->B * e->T, D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, T = e->T;
+    long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
+    long mx = I > qd ? I : qd;
+    mx = mx > D ? mx : D;
+    e->dh = (float*)dalloc(e, 4 * M * D);
+    e->da = (float*)dalloc(e, 4 * M * D);
+    e->dm = (float*)dalloc(e, 4 * M * D);
+    e->dq = (float*)dalloc(e, 4 * M * qd);
+    e->dk = (float*)dalloc(e, 4 * M * kvd);
+    e->dv = (float*)dalloc(e, 4 * M * kvd);
+    e->dk_full = (float*)dalloc(e, 4 * M * qd);
+    e->dv_full = (float*)dalloc(e, 4 * M * qd);
+    e->datt = (float*)dalloc(e, 4 * M * qd);
+    e->dg = (float*)dalloc(e, 4 * M * I);
+    e->du = (float*)dalloc(e, 4 * M * I);
+    e->dact = (float*)dalloc(e, 4 * M * I);
+    long nTT = (long)e->B * c->num_heads * T * T;
+    e->dP = (float*)dalloc(e, 4 * nTT);
+    e->dy16 = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
+    int last = e->l1 == c->num_layers; // the logits' gradient lives on the last stage only
+    if (last) e->dlog16 = (__nv_bfloat16*)dalloc(e, 2 * M * V);
+    e->datt16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+    e->dS16 = (__nv_bfloat16*)dalloc(e, 2 * nTT);
+    if (e->split) { // the low halves
+        e->dy_lo = (__nv_bfloat16*)dalloc(e, 2 * M * mx);
+        if (last) e->dlog_lo = (__nv_bfloat16*)dalloc(e, 2 * M * V);
+        e->datt_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+        e->dS_lo = (__nv_bfloat16*)dalloc(e, 2 * nTT);
+    }
+    e->loss_rows = (double*)dalloc(e, 8 * M);
+}
+
+// dX (M, K) (+)= dY (M, N) . W (N, K), dY given as bf16 hi + lo.
+static void gemm_bwd(GpuEngine* e, float* dx, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
+                     const __nv_bfloat16* w, int M, int K, int N, float beta) {
+    const float one = 1.0f;
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, hi,
+                             CUDA_R_16BF, N, &beta, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT));
+    if (lo)
+        cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, lo,
+                                 CUDA_R_16BF, N, &one, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
+}
+
+// dX (M, K) (+)= dY (M, N) . W (N, K) for fp32 dY: split into bf16 halves in dy16 / dy_lo first.
+static void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w, int M, int K, int N,
+                       float beta) {
+    gpu_split_bf16((bf16_t*)e->dy16, (bf16_t*)e->dy_lo, dy, (long)M * N);
+    gemm_bwd(e, dx, e->dy16, e->dy_lo, w, M, K, N, beta);
+}
+
+// acc = Q(x) Q(W)^T for linear idx, the weight and input quantized with w and in: what the gradient
+// score of a hook needs. x's codes are reused while x and in stay the same (q, k, v share their
+// input, as do gate and up); the weight codes go to the plan's first slot, free in a gradient pass.
+extern "C" const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const float* x, int M, QuantSpec w,
+                                               QuantSpec in, const float** sx, const float** sw) {
+    if (e->nq) fail_other("internal: gpu_linear_quantized during a quantized pass");
+    const Linear* l = &e->m->linears[idx];
+    gpu_quant_rows_bf16(e->wq[0], e->sw[0], (const bf16_t*)weight_of(e, idx), l->out, l->in, w);
+    if (e->xq_src != x || memcmp(&e->xq_spec, &in, sizeof(in)) != 0) {
+        gpu_quant_rows_f32(e->xq, e->sx, x, M, l->in, in);
+        e->xq_src = x;
+        e->xq_spec = in;
+    }
+    gemm_i8(e, 0, M, l->in, l->out);
+    *sx = e->sx;
+    *sw = e->sw[0];
+    return e->acc;
+}
+
+// The hook sees dL/dY of linear idx, its input X and output Y in the unquantized pass.
+static void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
+                        const float* y, int M) {
+    prof_mark(e, P_BWD);
+    hook(e, idx, dy, x, y, M, ctx);
+    prof_mark(e, P_SCORE);
+}
+
+// From dO (datt) and the forward's S, P: dq, dk, dv (before the q/k norm and RoPE backward).
+static void attention_backward(GpuEngine* e, int M) {
+    const Config* c = &e->m->c;
+    int T = e->T, nb = M / T, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
+    int qd = H * hd, kvd = KV * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    gpu_split_bf16((bf16_t*)e->datt16, (bf16_t*)e->datt_lo, e->datt, (long)M * qd);
+    if (e->flash) // the fused forward kept no scores: S_h^T = K_h . Q_h^T again
+        att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16, e->k_lo, kvd, LAY_KV, e->q16, e->q_lo,
+                 qd, LAY_Q, e->S, 0, T, LAY_S, nb);
+    // dP^T = V . dO^T, then dS; dQ^T = K^T dS^T; per query head dK^T = Q^T dS, dV^T = dO^T P
+    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, e->v16, e->v_lo, kvd, LAY_KV, e->datt16, e->datt_lo,
+             qd, LAY_Q, e->dP, 0, T, LAY_S, nb);
+    gpu_attention_ds((bf16_t*)e->P, (bf16_t*)e->P_lo, (bf16_t*)e->dS16, (bf16_t*)e->dS_lo, e->S, e->dP, nb * H,
+                     T, scale);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->k16, e->k_lo, kvd, LAY_KV, e->dS16, e->dS_lo, T,
+             LAY_S, e->dq, 0, qd, LAY_Q, nb);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->q16, e->q_lo, qd, LAY_Q, e->dS16, e->dS_lo, T,
+             LAY_S, e->dk_full, 0, qd, LAY_Q, nb);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->datt16, e->datt_lo, qd, LAY_Q, e->P, e->P_lo, T,
+             LAY_S, e->dv_full, 0, qd, LAY_Q, nb);
+    gpu_sum_heads(e->dk, e->dk_full, M, KV, H / KV, hd);
+    gpu_sum_heads(e->dv, e->dv_full, M, KV, H / KV, hd);
+}
+
+// dh: dL/d(h_out) of layer l on entry, dL/d(h_in) on exit. Mirrors engine/backward.c.
+static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
+    const Config* c = &e->m->c;
+    const GpuLayer* w = &e->layers[l];
+    int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, I = c->intermediate_size;
+    int qd = H * hd, kvd = KV * hd, base = e->m->lin0[l];
+    const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
+    e->xq_src = NULL; // the recompute rewrote the inputs
+    grad_linear(e, hook, ctx, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
+    linear_bwd(e, e->dact, e->dh, w->down, M, I, D, 0.0f);
+    gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
+    grad_linear(e, hook, ctx, base + LIN_GATE, e->dg, e->m_, e->g, M);
+    grad_linear(e, hook, ctx, base + LIN_UP, e->du, e->m_, e->u, M);
+    linear_bwd(e, e->dm, e->dg, w->gate, M, D, I, 0.0f);
+    linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
+    gpu_rmsnorm_backward(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, e->m_rstd, M, D, 1);
+    grad_linear(e, hook, ctx, base + LIN_O, e->dh, e->att, e->y_o, M);
+    linear_bwd(e, e->datt, e->dh, w->o, M, qd, D, 0.0f);
+    attention_backward(e, M);
+    gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T,
+                              H, hd);
+    gpu_qk_norm_rope_backward(e->dk, e->k_lin, (const bf16_t*)w->k_norm, e->k_rstd, e->cos_t, e->sin_t, M, e->T,
+                              KV, hd);
+    grad_linear(e, hook, ctx, base + LIN_Q, e->dq, e->a, e->q_lin, M);
+    grad_linear(e, hook, ctx, base + LIN_K, e->dk, e->a, e->k_lin, M);
+    grad_linear(e, hook, ctx, base + LIN_V, e->dv, e->a, e->v, M);
+    linear_bwd(e, e->da, e->dq, w->q, M, D, qd, 0.0f);
+    linear_bwd(e, e->da, e->dk, w->k, M, D, kvd, 1.0f);
+    linear_bwd(e, e->da, e->dv, w->v, M, D, kvd, 1.0f);
+    gpu_rmsnorm_backward(e->dh, e->da, h_in, (const bf16_t*)w->w_in, e->a_rstd, M, D, 1);
+    prof_mark(e, P_BWD);
+}
+
+// Last stage, gradient: logits, the loss per row and its gradient into dh (at the final norm's input).
+extern "C" void gpu_loss_backward(GpuEngine* e, int nb) {
+    const Config* c = &e->m->c;
+    int M = nb * e->T;
+    long D = c->hidden_size, V = c->vocab_size;
+    head(e, M, e->logits);
+    gpu_cross_entropy_backward((bf16_t*)e->dlog16, (bf16_t*)e->dlog_lo, e->loss_rows, e->logits, e->ids, M,
+                               e->T, (int)V);
+    gemm_bwd(e, e->dm, e->dlog16, e->dlog_lo, e->lm_head, M, (int)D, (int)V, 0.0f);
+    gpu_rmsnorm_backward(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->f_rstd, M, (int)D, 0);
+}
+
+// dh holds dL/d(output of layer l1 - 1); layers l1-1..l0 are recomputed from their saved inputs and
+// backpropagated, calling hook for every linear; dh ends as dL/d(input of layer l0).
+extern "C" void gpu_backward_layers(GpuEngine* e, int nb, GpuGradHook hook, void* ctx) {
+    long M = (long)nb * e->T, D = e->m->c.hidden_size;
+    for (int l = e->l1 - 1; l >= e->l0; l--) {
+        cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (l - e->l0) * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+        layer_forward(e, l, (int)M); // recompute: only layer inputs were kept
+        layer_backward(e, hook, ctx, l, (int)M);
+    }
+}
+
+// Last stage: the summed per-window mean CE of the batch.
+extern "C" double gpu_loss(GpuEngine* e, int nb) {
+    int M = nb * e->T;
+    double* lr = (double*)xmalloc(sizeof(double) * M);
+    cudaCheck(cudaMemcpy(lr, e->loss_rows, sizeof(double) * M, cudaMemcpyDeviceToHost));
+    double loss = 0;
+    for (int i = 0; i < M; i++) loss += lr[i];
+    free(lr);
+    return loss / (e->T - 1);
+}

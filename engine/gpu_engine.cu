@@ -1,0 +1,294 @@
+// The CUDA engine's weights and buffers: bf16 weights uploaded straight from the mmapped checkpoint,
+// activation buffers for batches of B windows, the quantization plan, and an optional profiler.
+#include <math.h>
+#include <string.h>
+
+#include "gpu_engine.cuh"
+
+// ---- optional timing by CUDA events (AUTOQ_GPU_PROFILE=1, for bench/): each mark charges the
+// GPU time since the previous mark to a part; events are read back every PROF_N marks ----
+static const char* prof_name[P_N] = {
+    "rmsnorm", "q/k/v GEMMs",   "q/k norm+rope",      "attention",    "o GEMM+add", "gate/up GEMMs",
+    "swiglu",  "down GEMM+add", "final norm+lm_head", "group set-up", "backward",   "scores (kl, gradient)"};
+#define PROF_N 4096
+struct Prof {
+    cudaEvent_t ev[PROF_N];
+    int part[PROF_N], n;
+    double ms[P_N];
+};
+
+static void prof_flush(struct Prof* p) {
+    if (p->n < 2) return;
+    cudaCheck(cudaEventSynchronize(p->ev[p->n - 1]));
+    for (int i = 1; i < p->n; i++) {
+        float ms;
+        cudaCheck(cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]));
+        p->ms[p->part[i]] += ms;
+    }
+    cudaEvent_t last = p->ev[p->n - 1]; // keep the last mark as the next start
+    p->ev[p->n - 1] = p->ev[0];
+    p->ev[0] = last;
+    p->n = 1;
+}
+
+void prof_mark(GpuEngine* e, int part) {
+    struct Prof* p = e->prof;
+    if (!p) return;
+    if (p->n == PROF_N) prof_flush(p);
+    cudaCheck(cudaEventRecord(p->ev[p->n], 0));
+    p->part[p->n++] = part;
+}
+
+void prof_init(GpuEngine* e) {
+    const char* v = getenv("AUTOQ_GPU_PROFILE");
+    if (!v || strcmp(v, "1") != 0) return;
+    e->prof = (struct Prof*)xcalloc(1, sizeof(struct Prof));
+    for (int i = 0; i < PROF_N; i++) cudaCheck(cudaEventCreate(&e->prof->ev[i]));
+}
+
+void prof_report(GpuEngine* e) {
+    struct Prof* p = e->prof;
+    if (!p) return;
+    prof_flush(p);
+    double tot = 0;
+    for (int i = 0; i < P_N; i++) tot += p->ms[i];
+    for (int i = 0; i < P_N; i++)
+        if (p->ms[i] > 0)
+            fprintf(stderr, "autoq: gpu profile: %-20s %9.1f ms %5.1f%%\n", prof_name[i], p->ms[i],
+                    100 * p->ms[i] / tot);
+    for (int i = 0; i < PROF_N; i++) cudaEventDestroy(p->ev[i]);
+    free(p);
+    e->prof = NULL;
+}
+
+void* dalloc(GpuEngine* e, size_t bytes) {
+    void* p;
+    if (e->n_allocs == e->cap_allocs) {
+        e->cap_allocs = e->cap_allocs ? 2 * e->cap_allocs : 256;
+        e->allocs = (void**)realloc(e->allocs, sizeof(void*) * e->cap_allocs);
+        if (!e->allocs) fail_other("out of memory");
+    }
+    cudaCheck(cudaMalloc(&p, bytes ? bytes : 16));
+    e->allocs[e->n_allocs++] = p;
+    size_t fr, tot;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    if (fr < e->min_free) e->min_free = fr;
+    return p;
+}
+
+static const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n) {
+    const StTensor* t = st_find(&e->m->ck, name);
+    if (!t) fail_input("%s: tensor '%s' missing", e->m->dir, name);
+    *n = t->nbytes / (t->dtype == DT_F32 ? 4 : 2);
+    return t;
+}
+
+// Copies a checkpoint tensor to d as bf16 (BF16 as is, F16/F32 converted); returns d + its size.
+static __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
+    size_t n;
+    const StTensor* t = find_tensor(e, name, &n);
+    if (t->dtype == DT_BF16) {
+        cudaCheck(cudaMemcpy(d, t->data, n * 2, cudaMemcpyHostToDevice));
+        return d + n;
+    }
+    float* f = (float*)xmalloc(n * 4);
+    st_to_f32(t, f);
+    uint16_t* h = (uint16_t*)xmalloc(n * 2);
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(f[i]);
+    cudaCheck(cudaMemcpy(d, h, n * 2, cudaMemcpyHostToDevice));
+    free(f);
+    free(h);
+    return d + n;
+}
+
+static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
+    size_t n;
+    find_tensor(e, name, &n);
+    __nv_bfloat16* d = (__nv_bfloat16*)dalloc(e, n * 2);
+    upload_to(e, name, d);
+    return d;
+}
+
+extern "C" int gpu_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+    return n;
+}
+
+extern "C" const char* gpu_name(void) {
+    static cudaDeviceProp p;
+    cudaCheck(cudaGetDeviceProperties(&p, 0));
+    return p.name;
+}
+
+extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
+    return gpu_engine_init_layers(m, T, B, split, 0, m->c.num_layers, 1);
+}
+
+extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1,
+                                             int slots) {
+    GpuEngine* e = (GpuEngine*)xcalloc(1, sizeof(GpuEngine));
+    e->slots = slots;
+    e->l0 = l0;
+    e->l1 = l1;
+    e->split = split;
+    e->flash = !split && gpu_flash_supported(T, m->c.head_dim);
+    const Config* c = &m->c;
+    for (int l = l0; l < l1; l++)
+        if (model_layer_sparse(m, l))
+            fail_input(
+                "%s: the CUDA engine does not run mixture-of-experts layers yet (layer %d); use --device cpu",
+                m->dir, l);
+    e->m = m;
+    e->T = T;
+    e->B = B;
+    size_t tot;
+    cudaCheck(cudaMemGetInfo(&e->free0, &tot));
+    e->min_free = e->free0;
+    cublasCheck(cublasCreate(&e->blas));
+    prof_init(e);
+    char name[256];
+    const char* P = c->prefix;
+    e->layers = (GpuLayer*)xcalloc(c->num_layers, sizeof(GpuLayer));
+    // the embedding on the first stage, the final norm and lm_head (maybe the same table) on the last
+    int tied = !st_find(&m->ck, "lm_head.weight"), last = l1 == c->num_layers;
+    snprintf(name, sizeof(name), "%sembed_tokens.weight", P);
+    if (l0 == 0 || (last && tied)) e->embed = upload(e, name);
+    if (last) {
+        snprintf(name, sizeof(name), "%snorm.weight", P);
+        e->norm = upload(e, name);
+        e->lm_head = tied ? e->embed : upload(e, "lm_head.weight");
+    }
+    for (int l = l0; l < l1; l++) {
+        GpuLayer* g = &e->layers[l];
+        __nv_bfloat16** dst[11] = {&g->w_in,   &g->q,      &g->k,    &g->v,  &g->o,   &g->q_norm,
+                                   &g->k_norm, &g->w_post, &g->gate, &g->up, &g->down};
+        const char* part[11] = {
+            "input_layernorm",  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+            "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
+            "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+        // q, k, v rows in one allocation, so one GEMM can compute all three
+        long qkv = (long)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * c->hidden_size;
+        g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
+        __nv_bfloat16* next = g->q;
+        for (int i = 0; i < 11; i++) {
+            snprintf(name, sizeof(name), "%slayers.%d.%s.weight", P, l, part[i]);
+            if (i >= 1 && i <= 3) { // q_proj, k_proj, v_proj
+                *dst[i] = next;
+                next = upload_to(e, name, next);
+            } else {
+                *dst[i] = upload(e, name);
+            }
+        }
+    }
+    // RoPE table as in kernels/rope.c (fp32 inv_freq, fp32 angle).
+    RopeTable r;
+    rope_init(&r, T, c->head_dim, c->rope_theta);
+    size_t rb = sizeof(float) * T * (c->head_dim / 2);
+    e->cos_t = (float*)dalloc(e, rb);
+    e->sin_t = (float*)dalloc(e, rb);
+    cudaCheck(cudaMemcpy(e->cos_t, r.cos, rb, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->sin_t, r.sin, rb, cudaMemcpyHostToDevice));
+    rope_free(&r);
+    long M = (long)B * T, D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
+    long mx = I > qd ? I : qd;
+    mx = mx > D ? mx : D;
+    e->ids = (int*)dalloc(e, sizeof(int) * M);
+    e->h = (float*)dalloc(e, 4 * M * D);
+    e->a = (float*)dalloc(e, 4 * M * D);
+    e->v = (float*)dalloc(e, 4 * M * kvd);
+    e->att = (float*)dalloc(e, 4 * M * qd);
+    e->m_ = (float*)dalloc(e, 4 * M * D);
+    e->g = (float*)dalloc(e, 4 * M * I);
+    e->u = (float*)dalloc(e, 4 * M * I);
+    e->act = (float*)dalloc(e, 4 * M * I);
+    long nTT = (long)B * c->num_heads * T * T;
+    e->S = (float*)dalloc(e, 4 * nTT);
+    e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
+    e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
+    if (last) e->logits = (float*)dalloc(e, 4 * M * V);
+    e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (l1 - l0) * slots);
+    e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
+    e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+    e->k16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+    e->v16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+    e->att16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+    e->m16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
+    e->act16 = (__nv_bfloat16*)dalloc(e, 2 * M * I);
+    if (!split) {
+        e->g16 = (__nv_bfloat16*)dalloc(e, 2 * M * I);
+        e->u16 = (__nv_bfloat16*)dalloc(e, 2 * M * I);
+    }
+    if (e->flash) e->qkv16 = (__nv_bfloat16*)dalloc(e, 2 * M * (qd + 2 * kvd));
+    if (split) {
+        e->a_lo = (__nv_bfloat16*)dalloc(e, 2 * M * D);
+        e->q_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+        e->k_lo = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+        e->v_lo = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+        e->att_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+        e->m_lo = (__nv_bfloat16*)dalloc(e, 2 * M * D);
+        e->act_lo = (__nv_bfloat16*)dalloc(e, 2 * M * I);
+        e->P_lo = (__nv_bfloat16*)dalloc(e, 2 * nTT);
+    }
+    e->xq = (int8_t*)dalloc(e, M * mx);
+    e->sx = (float*)dalloc(e, 4 * M);
+    e->q_lin = (float*)dalloc(e, 4 * M * qd);
+    e->k_lin = (float*)dalloc(e, 4 * M * kvd);
+    e->q_rstd = (float*)dalloc(e, 4 * M * c->num_heads);
+    e->k_rstd = (float*)dalloc(e, 4 * M * c->num_kv_heads);
+    e->a_rstd = (float*)dalloc(e, 4 * M);
+    e->m_rstd = (float*)dalloc(e, 4 * M);
+    e->f_rstd = (float*)dalloc(e, 4 * M);
+    e->h_mid = (float*)dalloc(e, 4 * M * D);
+    e->y_o = (float*)dalloc(e, 4 * M * D);
+    e->y_down = (float*)dalloc(e, 4 * M * D);
+    e->acc = (int32_t*)dalloc(e, 4 * M * mx);
+    long wmax = 0;
+    for (int i = 0; i < m->n_linears; i++) {
+        long n = (long)m->linears[i].out * m->linears[i].in;
+        wmax = n > wmax ? n : wmax;
+    }
+    for (int j = 0; j < GPU_PLAN_MAX; j++) {
+        e->wq[j] = (int8_t*)dalloc(e, wmax);
+        e->sw[j] = (float*)dalloc(e, 4 * mx);
+    }
+    return e;
+}
+
+extern "C" void gpu_engine_free(GpuEngine* e) {
+    prof_report(e);
+    cublasDestroy(e->blas);
+    for (int i = 0; i < e->n_allocs; i++) cudaCheck(cudaFree(e->allocs[i]));
+    free(e->allocs);
+    free(e->layers);
+    free(e);
+}
+
+extern "C" size_t gpu_peak_bytes(GpuEngine* e) { return e->free0 - e->min_free; }
+
+extern "C" void* gpu_alloc(GpuEngine* e, size_t bytes) { return dalloc(e, bytes); }
+
+const __nv_bfloat16* weight_of(const GpuEngine* e, int idx) {
+    const Linear* l = &e->m->linears[idx];
+    const GpuLayer* w = &e->layers[l->layer];
+    const __nv_bfloat16* ws[LIN_PER_LAYER] = {w->q, w->k, w->v, w->o, w->gate, w->up, w->down};
+    return ws[l->kind];
+}
+
+// The next passes run linears[0..n) quantized: their weights as int8 codes now, their inputs on the fly.
+extern "C" void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in) {
+    if (n > GPU_PLAN_MAX)
+        fail_other("internal: a quantization plan of %d linears (at most %d)", n, GPU_PLAN_MAX);
+    e->nq = n;
+    e->in_spec = in;
+    for (int j = 0; j < n; j++) {
+        const Linear* l = &e->m->linears[linears[j]];
+        e->q_idx[j] = linears[j];
+        gpu_quant_rows_bf16(e->wq[j], e->sw[j], (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w);
+    }
+}
+
+extern "C" void gpu_plan_clear(GpuEngine* e) { e->nq = 0; }
+
+extern "C" void gpu_mark_scores(GpuEngine* e) { prof_mark(e, P_SCORE); }

@@ -1,0 +1,299 @@
+// The CUDA forward pass (README, "Forward pass"): mirrors engine/forward.c. fp32 residual stream;
+// GEMMs on cuBLAS with bf16 inputs (hi + lo pairs with split) and fp32 accumulation; the linears of
+// the quantization plan as exact int8 GEMMs.
+#include <math.h>
+#include <string.h>
+
+#include "gpu_engine.cuh"
+
+// y (M, N) fp32 (+)= (hi + lo) (M, K) . W (N, K)^T with bf16 inputs, fp32 accumulation, or y16 (M, N)
+// bf16 = hi . W^T when y16 is given. The weights are exact in bf16, so with lo the product keeps ~16
+// bits of the fp32 activations.
+void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
+               const __nv_bfloat16* w, int M, int K, int N, int accumulate) {
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    void* out = y16 ? (void*)y16 : (void*)y;
+    cudaDataType ot = y16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, hi,
+                             CUDA_R_16BF, K, &beta, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (lo)
+        cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, lo,
+                                 CUDA_R_16BF, K, &one, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// acc (M, N) int32 = xq (M, K) . wq[j] (N, K)^T: the quantized linear as an exact integer GEMM.
+void gemm_i8(GpuEngine* e, int j, int M, int K, int N) {
+    const int32_t one = 1, zero = 0;
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, e->wq[j], CUDA_R_8I, K, e->xq,
+                             CUDA_R_8I, K, &zero, e->acc, CUDA_R_32I, N, CUBLAS_COMPUTE_32I,
+                             CUBLAS_GEMM_DEFAULT));
+}
+
+// The quantized linear: int8 inputs (from x, or from x16 when x is NULL) and weights, then per-token
+// x per-channel scales into y (+)= or y16.
+static void gemm_int8(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
+                      int j, int M, int K, int N, int accumulate) {
+    if (x)
+        gpu_quant_rows_f32(e->xq, e->sx, x, M, K, e->in_spec);
+    else
+        gpu_quant_rows_bf16(e->xq, e->sx, (const bf16_t*)x16, M, K, e->in_spec);
+    e->xq_src = NULL;
+    gemm_i8(e, j, M, K, N);
+    gpu_dequant(y, (bf16_t*)y16, e->acc, e->sx, e->sw[j], M, N, accumulate);
+}
+
+// y (+)= linear idx of x, or y16 = it in bf16; x16 and x_lo are x as bf16 halves (x may be NULL
+// with bf16 activations).
+static void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x,
+                   const __nv_bfloat16* x16, const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M,
+                   int accumulate) {
+    const Linear* l = &e->m->linears[idx];
+    for (int j = 0; j < e->nq; j++)
+        if (e->q_idx[j] == idx) { // plans quantize weights and inputs both (the scoring job checks formats)
+            gemm_int8(e, y, y16, x, x16, j, M, l->in, l->out, accumulate);
+            return;
+        }
+    gemm_bf16(e, y, y16, x16, x_lo, w, M, l->in, l->out, accumulate);
+}
+
+// Where head h of window b starts in a buffer laid out as (B*T, H, hd) queries, (B*T, KV, hd)
+// keys/values (query head h reads kv head h / rep) or (B, H, T, T) scores.
+static long lay_offset(const GpuEngine* e, int lay, int b, int h) {
+    const Config* c = &e->m->c;
+    long T = e->T, hd = c->head_dim, rep = c->num_heads / c->num_kv_heads;
+    if (lay == LAY_Q) return b * T * c->num_heads * hd + h * hd;
+    if (lay == LAY_KV) return b * T * c->num_kv_heads * hd + h / rep * hd;
+    return (b * (long)c->num_heads + h) * T * T;
+}
+
+// Device array of the B*H head pointers into base (cached: buffers never move).
+static void* const* ptr_array(GpuEngine* e, const void* base, int elt, int lay) {
+    if (!base) return NULL;
+    for (int i = 0; i < e->n_pa; i++)
+        if (e->pa_base[i] == base && e->pa_lay[i] == lay) return e->pa_dev[i];
+    if (e->n_pa == 32) fail_other("internal: too many attention pointer arrays");
+    int H = e->m->c.num_heads, n = e->B * H;
+    void** h = (void**)xmalloc(sizeof(void*) * n);
+    for (int i = 0; i < n; i++) h[i] = (char*)base + elt * lay_offset(e, lay, i / H, i % H);
+    void** d = (void**)dalloc(e, sizeof(void*) * n);
+    cudaCheck(cudaMemcpy(d, h, sizeof(void*) * n, cudaMemcpyHostToDevice));
+    free(h);
+    e->pa_base[e->n_pa] = base;
+    e->pa_lay[e->n_pa] = lay;
+    e->pa_dev[e->n_pa++] = d;
+    return d;
+}
+
+// C_h = op(A_h) op(B_h) for every head h of nb windows in one batched call per term; C fp32, or
+// bf16 with c16. With split, products over hi + lo pairs are hi.hi + hi.lo + lo.hi (lo.lo is below
+// 2^-16).
+void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+              const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, int lda, int la, const __nv_bfloat16* B_hi,
+              const __nv_bfloat16* B_lo, int ldb, int lb, void* C, int c16, int ldc, int lc, int nb) {
+    const __nv_bfloat16* As[3] = {A_hi, A_hi, A_lo};
+    const __nv_bfloat16* Bs[3] = {B_hi, B_lo, B_hi};
+    void* const* Cp = ptr_array(e, C, c16 ? 2 : 4, lc);
+    int n_terms = e->split ? 3 : 1;
+    for (int i = 0; i < n_terms; i++) {
+        float beta = i ? 1.0f : 0.0f;
+        void* const* Ap = ptr_array(e, As[i], 2, la);
+        void* const* Bp = ptr_array(e, Bs[i], 2, lb);
+        cublasCheck(cublasGemmBatchedEx(e->blas, ta, tb, m, n, k, &alpha, (const void* const*)Ap, CUDA_R_16BF,
+                                        lda, (const void* const*)Bp, CUDA_R_16BF, ldb, &beta, Cp,
+                                        c16 ? CUDA_R_16BF : CUDA_R_32F, ldc, nb * e->m->c.num_heads,
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+// q, k, v bf16 with rows ldq, ldk elements apart: any layout for the fused kernel, e->q16, e->k16,
+// e->v16 for the cuBLAS path.
+static void attention(GpuEngine* e, int M, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                      const __nv_bfloat16* v, long ldq, long ldk) {
+    const Config* c = &e->m->c;
+    int T = e->T, nb = M / T, H = c->num_heads, hd = c->head_dim;
+    int qd = H * hd, kvd = c->num_kv_heads * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    if (e->flash) {
+        gpu_flash_attention(e->bf16_act ? NULL : e->att, (bf16_t*)e->att16, (const bf16_t*)q, ldq,
+                            (const bf16_t*)k, (const bf16_t*)v, ldk, nb, T, H, c->num_kv_heads, hd);
+        return;
+    }
+    // S_h^T (col-major) = K_h . Q_h^T, then O_h^T = V_h^T . P_h^T
+    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16, e->k_lo, kvd, LAY_KV, e->q16, e->q_lo, qd,
+             LAY_Q, e->S, 0, T, LAY_S, nb);
+    gpu_causal_softmax((bf16_t*)e->P, (bf16_t*)e->P_lo, e->lse, e->S, nb * H, T);
+    void* out = e->bf16_act ? (void*)e->att16 : (void*)e->att;
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16, e->v_lo, kvd, LAY_KV, e->P, e->P_lo, T, LAY_S,
+             out, e->bf16_act, qd, LAY_Q, nb);
+}
+
+// Whether the quantized group has a member among linears lo..hi.
+static int quantized_in(const GpuEngine* e, int lo, int hi) {
+    for (int j = 0; j < e->nq; j++)
+        if (e->q_idx[j] >= lo && e->q_idx[j] <= hi) return 1;
+    return 0;
+}
+
+// The MLP half of layer l: post-attention norm, gate/up, SwiGLU, down and its residual add.
+static void mlp_block(GpuEngine* e, int l, int M) {
+    const Config* c = &e->m->c;
+    const GpuLayer* w = &e->layers[l];
+    int D = c->hidden_size, base = e->m->lin0[l], keep = e->grad_mode, a16 = e->bf16_act;
+    long I = c->intermediate_size;
+    float eps = c->rms_eps;
+    gpu_rmsnorm(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
+                (const bf16_t*)w->w_post, M, D, eps);
+    prof_mark(e, P_NORM);
+    if (a16) {
+        linear(e, base + LIN_GATE, NULL, e->g16, NULL, e->m16, NULL, w->gate, M, 0);
+        linear(e, base + LIN_UP, NULL, e->u16, NULL, e->m16, NULL, w->up, M, 0);
+        prof_mark(e, P_GATE_UP);
+        gpu_swiglu_bf16((bf16_t*)e->act16, (const bf16_t*)e->g16, (const bf16_t*)e->u16, (long)M * I);
+    } else {
+        linear(e, base + LIN_GATE, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
+        linear(e, base + LIN_UP, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
+        prof_mark(e, P_GATE_UP);
+        gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I);
+    }
+    prof_mark(e, P_SWIGLU);
+    linear(e, base + LIN_DOWN, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down,
+           M, !keep);
+    if (keep) gpu_add(e->h, e->y_down, (long)M * D);
+    prof_mark(e, P_DOWN);
+}
+
+// One decoder layer on e->h (fp32 residual stream). With bf16_act the GEMM outputs and every other
+// activation are bf16; otherwise fp32 with bf16 (hi + lo) copies as GEMM inputs.
+void layer_forward(GpuEngine* e, int l, int M) {
+    const Config* c = &e->m->c;
+    const GpuLayer* w = &e->layers[l];
+    int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
+    int base = e->m->lin0[l], keep = e->grad_mode, a16 = e->bf16_act;
+    float eps = c->rms_eps;
+    gpu_rmsnorm(a16 ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a_rstd, e->h, (const bf16_t*)w->w_in,
+                M, D, eps);
+    prof_mark(e, P_NORM);
+    const float* a = a16 ? NULL : e->a;
+    __nv_bfloat16 *q16 = e->q16, *k16 = e->k16, *v16 = e->v16;
+    long ldq = (long)H * hd, ldk = (long)KV * hd;
+    if (a16) {
+        if (e->flash && !quantized_in(e, base + LIN_Q, base + LIN_V)) { // one GEMM: [q | k | v] per row
+            long n = (long)(H + 2 * KV) * hd;
+            gemm_bf16(e, NULL, e->qkv16, e->a16, NULL, w->q, M, D, (int)n, 0);
+            q16 = e->qkv16, k16 = q16 + ldq, v16 = k16 + ldk, ldq = ldk = n;
+        } else {
+            linear(e, base + LIN_Q, NULL, q16, NULL, e->a16, NULL, w->q, M, 0);
+            linear(e, base + LIN_K, NULL, k16, NULL, e->a16, NULL, w->k, M, 0);
+            linear(e, base + LIN_V, NULL, v16, NULL, e->a16, NULL, w->v, M, 0);
+        }
+        prof_mark(e, P_QKV);
+        gpu_qk_norm_rope_bf16((bf16_t*)q16, ldq, NULL, (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H,
+                              hd, eps);
+        gpu_qk_norm_rope_bf16((bf16_t*)k16, ldk, NULL, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T,
+                              KV, hd, eps);
+    } else {
+        linear(e, base + LIN_Q, e->q_lin, NULL, a, e->a16, e->a_lo, w->q, M, 0);
+        linear(e, base + LIN_K, e->k_lin, NULL, a, e->a16, e->a_lo, w->k, M, 0);
+        linear(e, base + LIN_V, e->v, NULL, a, e->a16, e->a_lo, w->v, M, 0);
+        prof_mark(e, P_QKV);
+        // the rotated q, k are only GEMM inputs: bf16 halves, no fp32 copy
+        gpu_qk_norm_rope(NULL, (bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q_rstd, e->q_lin, (const bf16_t*)w->q_norm,
+                         e->cos_t, e->sin_t, M, e->T, H, hd, eps);
+        gpu_qk_norm_rope(NULL, (bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k_rstd, e->k_lin, (const bf16_t*)w->k_norm,
+                         e->cos_t, e->sin_t, M, e->T, KV, hd, eps);
+        gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
+    }
+    prof_mark(e, P_ROPE);
+    attention(e, M, q16, k16, v16, ldq, ldk);
+    if (!a16 && !e->flash) gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, (long)M * H * hd);
+    prof_mark(e, P_ATT);
+    // the residual adds ride on the GEMM (beta = 1) unless the gradient needs the linear's own output
+    linear(e, base + LIN_O, keep ? e->y_o : e->h, NULL, a16 ? NULL : e->att, e->att16, e->att_lo, w->o, M,
+           !keep);
+    if (keep) {
+        gpu_add(e->h, e->y_o, (long)M * D);
+        cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
+    }
+    prof_mark(e, P_O);
+    mlp_block(e, l, M);
+}
+
+// Layers start..l1-1 on e->h; save: keep each layer's input in hsave.
+static void forward_layers(GpuEngine* e, int start, int M, int save) {
+    long D = e->m->c.hidden_size;
+    for (int l = start; l < e->l1; l++) {
+        if (save)
+            cudaCheck(cudaMemcpyAsync(e->hsave + (long)(l - e->l0) * M * D, e->h, 4 * M * D,
+                                      cudaMemcpyDeviceToDevice));
+        layer_forward(e, l, M);
+    }
+}
+
+// The final norm and lm_head of e->h into out (the last stage).
+void head(GpuEngine* e, int M, float* out) {
+    const Config* c = &e->m->c;
+    long D = c->hidden_size;
+    gpu_rmsnorm(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
+                (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
+    gemm_bf16(e, out, NULL, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size, 0);
+    prof_mark(e, P_HEAD);
+}
+
+static void forward_from(GpuEngine* e, int start, int M, float* out, int save) {
+    forward_layers(e, start, M, save);
+    head(e, M, out);
+}
+
+// Token ids to the device (every stage: the last needs the targets); the first stage embeds them.
+static void embed(GpuEngine* e, const int* ids, int nb) {
+    int M = nb * e->T;
+    cudaCheck(cudaMemcpy(e->ids, ids, sizeof(int) * M, cudaMemcpyHostToDevice));
+    if (e->l0 == 0) gpu_embed(e->h, (const bf16_t*)e->embed, e->ids, M, e->m->c.hidden_size);
+}
+
+// The mode of the next passes: nothing quantized; fp32 activations kept for a gradient pass, bf16
+// activations in a plain-bf16 forward.
+static void set_mode(GpuEngine* e, int gradient) {
+    e->nq = 0;
+    e->grad_mode = gradient;
+    e->bf16_act = !gradient && !e->split;
+}
+
+extern "C" void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) {
+    int M = nb * e->T;
+    set_mode(e, 0);
+    embed(e, ids, nb);
+    forward_from(e, 0, M, e->logits, 0);
+    cudaCheck(cudaMemcpy(logits, e->logits, sizeof(float) * M * e->m->c.vocab_size, cudaMemcpyDeviceToHost));
+}
+
+// ---- a pass in parts, so that a pipeline stage runs its share ----
+
+extern "C" float* gpu_hidden(GpuEngine* e) { return e->h; }
+
+extern "C" void gpu_pass_begin(GpuEngine* e, int gradient, const int* ids, int nb) {
+    if (gradient && !e->dh) grad_alloc(e);
+    set_mode(e, gradient);
+    embed(e, ids, nb);
+}
+
+extern "C" void gpu_pass_slot(GpuEngine* e, int k) {
+    e->hsave = e->hsave_all + (long)(k % e->slots) * e->B * e->T * e->m->c.hidden_size * (e->l1 - e->l0);
+}
+
+extern "C" void gpu_forward_layers(GpuEngine* e, int from, int nb, int save) {
+    forward_layers(e, from, nb * e->T, save);
+}
+
+// h = the input of layer l saved by the last forward with save (prefix reuse).
+extern "C" void gpu_restore_layer_input(GpuEngine* e, int l, int nb) {
+    long M = (long)nb * e->T, D = e->m->c.hidden_size;
+    cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (l - e->l0) * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+    prof_mark(e, P_GROUP);
+}
+
+extern "C" float* gpu_head_logits(GpuEngine* e, int nb, float* out) {
+    if (!out) out = e->logits;
+    head(e, nb * e->T, out);
+    return out;
+}

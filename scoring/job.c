@@ -1,0 +1,335 @@
+#include "job.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <signal.h>
+#include <string.h>
+
+#include "../engine/forward.h"
+#include "../engine/util.h"
+#include "checkpoint.h"
+
+void score_job_parse(ScoreJob* j, Args* a, int need_method) {
+    memset(j, 0, sizeof(*j));
+    j->data.path = args_str(a, "--data");
+    j->data.num_samples = args_int(a, "--num-samples", 0, 1, 1 << 30);
+    j->data.seq_len = args_int(a, "--seq-len", 0, 2, 1 << 20);
+    j->data.shuffle = args_flag(a, "--shuffle");
+    j->data.seed = (unsigned long)args_int(a, "--seed", 0, 0, 1 << 30);
+    const char* method = args_str(a, "--method");
+    if (method && strcmp(method, "kl") == 0)
+        j->method = METHOD_KL;
+    else if (method && strcmp(method, "gradient") == 0)
+        j->method = METHOD_GRADIENT;
+    else if (method || need_method)
+        fail_input("%s: --method must be kl or gradient (got '%s')", a->cmd, method ? method : "nothing");
+    j->format_csv = args_str(a, "--format");
+    if (!j->format_csv) j->format_csv = "w4a8";
+    const char* num = args_str(a, "--numerics");
+    if (num && strcmp(num, "compressed-tensors") == 0)
+        j->ct = 1;
+    else if (num && strcmp(num, "modelopt") != 0)
+        fail_input("%s: --numerics must be modelopt or compressed-tensors (got '%s')", a->cmd, num);
+    j->disabled_csv = args_str(a, "--disabled-layers");
+    if (!j->disabled_csv) j->disabled_csv = DEFAULT_DISABLED;
+    j->no_grouping = args_flag(a, "--no-grouping");
+    j->batch_size = args_int(a, "--batch-size", 4, 1, 1 << 16);
+    const char* dev = args_str(a, "--device");
+    if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
+        fail_input("%s: --device must be auto, cpu or cuda (got '%s')", a->cmd, dev);
+    j->device = dev ? dev : "auto";
+    const char* gg = args_str(a, "--gpu-gemm");
+    if (gg && strcmp(gg, "bf16") && strcmp(gg, "bf16x2"))
+        fail_input("%s: --gpu-gemm must be bf16x2 or bf16 (got '%s')", a->cmd, gg);
+    // default: bf16 hi + lo for kl (small KL values sit below a plain-bf16 model's noise floor);
+    // plain bf16 for gradient, whose scores it already reproduces within 1% (tests/test_gpu.c)
+    j->gpu_split = gg ? strcmp(gg, "bf16x2") == 0 : j->method == METHOD_KL;
+    j->ngpus = args_int(a, "--gpus", 0, 1, 64);
+    j->nccl_init = args_str(a, "--nccl-init");
+    j->rank = args_int(a, "--rank", -1, 0, 1 << 20);
+    j->world = args_int(a, "--world-size", 0, 1, 1 << 20);
+    int given = (j->nccl_init != NULL) + (j->rank >= 0) + (j->world > 0);
+    if (given != 0 && given != 3) fail_input("%s: --nccl-init, --rank and --world-size go together", a->cmd);
+    if (j->nccl_init) rdv_parse(&j->rdv, j->nccl_init);
+    if (j->nccl_init && j->rank >= j->world)
+        fail_input("%s: --rank %d must be below --world-size %d", a->cmd, j->rank, j->world);
+    if (j->nccl_init && j->ngpus)
+        fail_input("%s: --gpus and --nccl-init exclude each other (one GPU per rank)", a->cmd);
+    j->shard = args_flag(a, "--shard-layers");
+    if (j->shard && j->nccl_init)
+        fail_input("%s: --shard-layers runs one process over --gpus N, not with --nccl-init", a->cmd);
+    j->min_expert_tokens = args_int(a, "--min-expert-tokens", 16, 0, 1 << 30);
+    j->model_dir = args_pos(a, 0);
+}
+
+// The CUDA engine has no mixture-of-experts layers yet: --device cuda is refused, auto uses the CPU.
+static void check_moe_device(ScoreJob* j) {
+    if (strcmp(j->device, "cpu") == 0) return;
+    Config c;
+    config_load(&c, j->model_dir);
+    if (!c.n_sparse) return;
+    if (strcmp(j->device, "cuda") == 0)
+        fail_input("%s: the CUDA engine does not run mixture-of-experts layers yet; use --device cpu",
+                   j->model_dir);
+    if (gpu_device_count() > 0)
+        info_msg("score: %s has mixture-of-experts layers, which the CUDA engine does not run yet: scoring on "
+                 "the CPU",
+                 j->model_dir);
+    j->device = "cpu";
+}
+
+void score_job_load(ScoreJob* j) {
+    if (!j->model_dir) fail_input("MODEL folder missing");
+    if (!j->data.path) fail_input("--data is required");
+    j->nf = formats_load(j->fmts, MAX_FORMATS, j->format_csv, j->ct);
+    check_moe_device(j);
+    int want_gpu = strcmp(j->device, "cuda") == 0;
+    if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
+    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    if (j->ngpus && !j->use_gpu)
+        fail_input("--gpus %d: no CUDA device in use (--device cpu or none found)", j->ngpus);
+    if (j->use_gpu) {
+        int have = gpu_device_count();
+        if (j->ngpus > have) fail_input("--gpus %d: only %d CUDA device(s) visible", j->ngpus, have);
+        if (!j->ngpus) j->ngpus = have;
+    }
+    if (j->shard && (!j->use_gpu || j->ngpus < 2))
+        fail_input("--shard-layers: needs 2 or more CUDA devices (--device cuda --gpus N; %d in use)",
+                   j->use_gpu ? j->ngpus : 0);
+    for (int f = 0; j->use_gpu && f < j->nf; f++)
+        if (!j->fmts[f].w_enable || !j->fmts[f].in_enable)
+            fail_input(
+                "%s: the CUDA engine runs formats with both a weight and an input quantizer; use --device cpu",
+                j->fmts[f].path);
+    if (j->use_gpu && !j->need_host)
+        model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
+    else
+        model_load(&j->model, j->model_dir);
+    patterns_parse(&j->dis, j->disabled_csv);
+    groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
+    if (strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
+        for (int i = 0; i < j->dis.n; i++)
+            if (!j->dis.hits[i])
+                warn_msg("--disabled-layers pattern '%s' matches no module of %s", j->dis.pat[i], j->model_dir);
+    if (j->groups.n_enabled == 0)
+        fail_input("--disabled-layers '%s' disables every candidate group of %s: nothing to score",
+                   j->disabled_csv, j->model_dir);
+    j->data.model_dir = j->model_dir;
+    j->data.vocab = j->model.c.vocab_size;
+    j->data.eos = j->model.c.eos_token_id;
+    if (j->data.seq_len) model_check_seq_len(&j->model, j->data.seq_len, "--seq-len");
+    data_load(&j->ids, &j->data);
+    model_check_seq_len(&j->model, j->ids.t, j->data.path);
+}
+
+// The expert coverage counts, each row named by its layer's experts group.
+static void table_set_coverage(const ScoreJob* j, ScoreTable* t) {
+    const Config* c = &j->model.c;
+    if (!j->expert_tokens) return;
+    t->n_cov = c->n_sparse;
+    t->n_experts = c->num_experts;
+    t->min_expert_tokens = j->min_expert_tokens;
+    t->cov_name = xcalloc(c->n_sparse, sizeof(char*));
+    t->cov_tokens = xmalloc(sizeof(long) * c->n_sparse * c->num_experts);
+    memcpy(t->cov_tokens, j->expert_tokens, sizeof(long) * c->n_sparse * c->num_experts);
+    for (int r = 0; r < c->n_sparse; r++) {
+        char name[192];
+        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts", c->prefix, j->sparse_layers[r]);
+        t->cov_name[r] = xstrdup(name);
+    }
+}
+
+void score_job_table(const ScoreJob* j, ScoreTable* t) {
+    memset(t, 0, sizeof(*t));
+    const Model* m = &j->model;
+    const Groups* gs = &j->groups;
+    snprintf(t->model, sizeof(t->model), "%s", j->model_dir);
+    snprintf(t->method, sizeof(t->method), "%s", method_name(j->method));
+    snprintf(t->numerics, sizeof(t->numerics), "%s", j->ct ? "compressed-tensors" : "modelopt");
+    snprintf(t->disabled_csv, sizeof(t->disabled_csv), "%s", j->disabled_csv);
+    t->nf = j->nf;
+    for (int f = 0; f < j->nf; f++) t->fmts[f] = j->fmts[f];
+    t->num_samples = j->ids.n;
+    t->seq_len = j->ids.t;
+    t->ng = gs->n;
+    t->gname = xcalloc(gs->n, sizeof(char*));
+    t->gmembers = xcalloc(gs->n, sizeof(char*));
+    t->params = xmalloc(sizeof(long) * gs->n);
+    t->active = xmalloc(sizeof(long) * gs->n);
+    t->disabled = xmalloc(gs->n);
+    t->score = xmalloc(sizeof(double) * gs->n * j->nf);
+    for (int g = 0; g < gs->n; g++) {
+        const Group* gr = &gs->g[g];
+        t->gname[g] = xstrdup(gr->name);
+        size_t len = 1;
+        for (int k = 0; k < gr->n_members; k++) len += strlen(m->linears[gr->members[k]].name) + 1;
+        char* buf = xcalloc(len, 1);
+        for (int k = 0; k < gr->n_members; k++) {
+            if (k) strcat(buf, ",");
+            strcat(buf, m->linears[gr->members[k]].name);
+        }
+        t->gmembers[g] = buf;
+        t->params[g] = gr->params;
+        // a token reads top_k of the E experts (3 E I H params, so the product divides exactly)
+        t->active[g] = gr->experts ? gr->params / m->c.num_experts * m->c.top_k : gr->params;
+        t->disabled[g] = (uint8_t)gr->disabled;
+        for (int f = 0; f < j->nf; f++)
+            t->score[(size_t)f * gs->n + g] = gr->disabled ? 0.0 : j->score[(size_t)f * gs->n + g];
+    }
+    t->nl = m->n_linears;
+    t->lname = xcalloc(m->n_linears, sizeof(char*));
+    t->lshape = xmalloc(sizeof(long) * 2 * m->n_linears);
+    t->lgroup = xmalloc(sizeof(int) * m->n_linears);
+    for (int i = 0; i < m->n_linears; i++) {
+        t->lname[i] = xstrdup(m->linears[i].name);
+        t->lshape[2 * i] = m->linears[i].out;
+        t->lshape[2 * i + 1] = m->linears[i].in;
+        t->lgroup[i] = gs->group_of[i];
+    }
+    table_set_coverage(j, t);
+}
+
+static int cmp_long(const void* a, const void* b) {
+    long x = *(const long*)a, y = *(const long*)b;
+    return (x > y) - (x < y);
+}
+
+void score_job_report_experts(const ScoreJob* j) {
+    const Config* c = &j->model.c;
+    if (!j->expert_tokens) return;
+    int E = c->num_experts;
+    long* v = xmalloc(sizeof(long) * E);
+    for (int r = 0; r < c->n_sparse; r++) {
+        const long* n = j->expert_tokens + (size_t)r * E;
+        memcpy(v, n, sizeof(long) * E);
+        qsort(v, E, sizeof(long), cmp_long);
+        double med = E % 2 ? v[E / 2] : 0.5 * (v[E / 2 - 1] + v[E / 2]);
+        info_msg("score: %slayers.%d.mlp.experts: tokens per expert min %ld, median %g, max %ld (%d experts, "
+                 "top-%d)",
+                 c->prefix, j->sparse_layers[r], v[0], med, v[E - 1], E, c->top_k);
+        int few = 0;
+        for (int e = 0; e < E; e++) few += n[e] < j->min_expert_tokens;
+        if (!few) continue;
+        char list[512] = "";
+        int shown = 0;
+        for (int e = 0; e < E && shown < 32; e++)
+            if (n[e] < j->min_expert_tokens)
+                snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%d (%ld)", shown++ ? ", " : "", e,
+                         n[e]);
+        warn_msg("%slayers.%d.mlp.experts: %d of %d experts saw fewer than %d tokens (--min-expert-tokens), so "
+                 "their share of the score rests on little data: expert (tokens) %s%s",
+                 c->prefix, j->sparse_layers[r], few, E, j->min_expert_tokens, list,
+                 few > shown ? ", ..." : "");
+    }
+    free(v);
+}
+
+void score_job_free(ScoreJob* j) {
+    free(j->score);
+    free(j->expert_tokens);
+    free(j->sparse_layers);
+    token_ids_free(&j->ids);
+    groups_free(&j->groups);
+    patterns_free(&j->dis);
+    model_free(&j->model);
+}
+
+// ---- the run: one back end chosen once, then the windows in batches ----
+
+// Several GPUs (data parallel, ranks or a layer pipeline): every window at once, no checkpoint.
+static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint) {
+    const char* how = j->nccl_init ? "--nccl-init" : j->shard ? "--shard-layers" : "--gpus";
+    if (checkpoint) fail_input("--checkpoint: not supported with %s (use one GPU)", how);
+    double t0 = time_now();
+    if (j->nccl_init) {
+        gpu_score_ranked(sp, j->ids.ids, j->ids.n, j->rank, j->world, &j->rdv, j->score, &j->seconds,
+                         &j->gpu_peak);
+    } else {
+        info_msg("score: %d CUDA devices (%s), batches of %d windows, %s", j->ngpus, gpu_name(), sp->B,
+                 j->shard ? "layers sharded over the GPUs" : "data parallel");
+        if (j->shard)
+            gpu_score_sharded(sp, j->ids.ids, j->ids.n, j->ngpus, j->score, &j->seconds, &j->gpu_peak);
+        else
+            gpu_score_multi(sp, j->ids.ids, j->ids.n, j->ngpus, j->score, &j->seconds, &j->gpu_peak);
+        info_msg("score: %.2fs including the weight uploads", time_now() - t0);
+    }
+    j->samples_done = j->ids.n; // seconds: the slowest GPU's scoring, loading excluded as on one GPU
+    work_add(&j->work, &j->model, &j->groups, j->nf, j->method, j->ids.n, 1);
+}
+
+// One device: the CPU scorer one window at a time, or one GPU in batches of --batch-size windows.
+static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint) {
+    Scorer cpu;
+    GpuScorer gpu;
+    GpuEngine* e = NULL;
+    int B = 1;
+    if (j->use_gpu) {
+        B = sp->B;
+        e = gpu_engine_init(&j->model, j->ids.t, B, j->gpu_split);
+        gpu_scorer_init(&gpu, e, sp);
+        info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
+                 j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16 (kl: bf16 activations, fp32 residual)");
+    } else {
+        scorer_init(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t);
+        cpu.expert_tokens = j->expert_tokens;
+    }
+    json_t* id = checkpoint_identity(j);
+    int start = checkpoint ? checkpoint_load(checkpoint, id, j) : 0;
+    if (start) info_msg("score: resuming from %s after %d of %d samples", checkpoint, start, j->ids.n);
+    // Test hook: a run killed (SIGKILL, as kill -9) after K samples (tests/test_score.sh).
+    const char* abort_after = getenv("AUTOQ_TEST_ABORT_AFTER");
+    double t0 = time_now();
+    Progress p;
+    progress_init(&p, method_name(j->method), j->ids.n);
+    progress_step(&p, start);
+    for (int i = start; i < j->ids.n;) {
+        int nb = j->ids.n - i < B ? j->ids.n - i : B;
+        const int* ids = j->ids.ids + (long)i * j->ids.t;
+        if (!j->use_gpu) {
+            scorer_add_sample(&cpu, ids, j->score);
+        } else if (j->method == METHOD_GRADIENT) {
+            gpu_score_gradient(&gpu, ids, nb, j->score);
+        } else {
+            gpu_score_kl(&gpu, ids, nb, j->score);
+        }
+        work_add(&j->work, &j->model, &j->groups, j->nf, j->method, nb, j->use_gpu);
+        j->samples_done += nb;
+        i += nb;
+        if (checkpoint) checkpoint_save(checkpoint, id, j);
+        progress_step(&p, nb);
+        if (abort_after && j->samples_done == atoi(abort_after)) raise(SIGKILL); // as kill -9 would
+    }
+    progress_end(&p);
+    j->seconds = time_now() - t0;
+    json_decref(id);
+    if (e) {
+        j->gpu_peak = gpu_peak_bytes(e);
+        gpu_engine_free(e);
+    } else {
+        scorer_free(&cpu);
+    }
+}
+
+void score_job_run(ScoreJob* j, const char* checkpoint) {
+    j->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
+    const Config* c = &j->model.c;
+    if (c->n_sparse) {
+        j->expert_tokens = xcalloc((size_t)c->n_sparse * c->num_experts, sizeof(long));
+        j->sparse_layers = xcalloc(c->n_sparse, sizeof(int));
+        for (int l = 0, r = 0; l < c->num_layers; l++)
+            if (c->sparse[l]) j->sparse_layers[r++] = l;
+    }
+    GpuScoreSpec sp = {&j->model,
+                       &j->groups,
+                       j->fmts,
+                       j->nf,
+                       j->method == METHOD_GRADIENT,
+                       j->ids.t,
+                       j->batch_size < j->ids.n ? j->batch_size : j->ids.n,
+                       j->gpu_split};
+    if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))
+        run_gpus(j, &sp, checkpoint);
+    else
+        run_one(j, &sp, checkpoint);
+    score_job_report_experts(j);
+}

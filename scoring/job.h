@@ -1,0 +1,62 @@
+// One scoring job on any device: parse the scoring options, load the model, data, groups and
+// formats, then score every window with checkpoint / resume and work accounting, dispatching once
+// to a back end: the CPU scorer (score.c), one GPU (score_gpu.cu), several GPUs or ranks
+// (score_multi.cu) or a layer pipeline (score_pipeline.cu). `score` and `search` share it.
+#pragma once
+#include "../datasets/data.h"
+#include "../engine/args.h"
+#include "score.h"
+#include "score_gpu.h"
+#include "table.h"
+
+typedef struct {
+    const char* model_dir;
+    DataOpts data;
+    TokenIds ids;
+    Model model;
+    Patterns dis;
+    Groups groups;
+    Format fmts[MAX_FORMATS];
+    int nf;
+    Method method;
+    int ct;
+    int no_grouping;
+    int batch_size;
+    int use_gpu;   // resolved --device
+    int need_host; // the caller runs the CPU engine too (search --verify)
+    const char* device;
+    int gpu_split;         // --gpu-gemm bf16x2 (default for kl) or bf16
+    int ngpus;             // --gpus (0: every visible GPU)
+    int shard;             // --shard-layers: GPUs hold layer ranges (pipeline) instead of whole copies
+    const char* nccl_init; // --nccl-init file:PATH|tcp:HOST:PORT (multi-process run)
+    int rank, world;
+    RdvSpec rdv;
+    const char* format_csv;
+    const char* disabled_csv;
+    int min_expert_tokens; // --min-expert-tokens: fewer tokens routed to an expert is warned about
+    // results
+    double* score; // (nf, groups), summed over the windows done
+    // Expert coverage (README §6), mixture-of-experts models only (else NULL): the tokens routed to
+    // each expert in the unquantized passes, summed over the windows done; row j is the j-th sparse
+    // layer in layer order (sparse_layers[j]), E = model.c.num_experts columns.
+    long* expert_tokens; // (model.c.n_sparse, E)
+    int* sparse_layers;  // (model.c.n_sparse) the layer index of each row
+    int samples_done;
+    Work work;
+    size_t gpu_peak;
+    double seconds;
+} ScoreJob;
+
+// Reads MODEL, --data, --method, --format, --numerics, --disabled-layers, --no-grouping,
+// --num-samples, --seq-len, --batch-size, --device, --gpu-gemm, --gpus, --shard-layers,
+// --nccl-init, --rank, --world-size, --shuffle, --seed, --min-expert-tokens.
+void score_job_parse(ScoreJob* j, Args* a, int need_method);
+// Loads the model, data, groups and formats; exits 2 on bad input.
+void score_job_load(ScoreJob* j);
+// Scores every window; with checkpoint, saves the sums after each batch and resumes from them.
+void score_job_run(ScoreJob* j, const char* checkpoint);
+void score_job_table(const ScoreJob* j, ScoreTable* t);
+// Expert coverage on stderr, one line per sparse layer, and a warning for every layer with experts
+// that saw fewer than --min-expert-tokens tokens (never fatal).
+void score_job_report_experts(const ScoreJob* j);
+void score_job_free(ScoreJob* j);

@@ -1,0 +1,93 @@
+// The kl and gradient scores on one CUDA engine (README, "Scoring"): mirrors scoring/score.c. kl
+// keeps each layer's input from the reference pass and restarts each group's pass at its own layer
+// (prefix reuse); gradient adds (dY . (Yq - Y))^2 of every linear from a hook on the backward,
+// Yq from the exact int8 GEMM of the quantized weights and inputs.
+#include <string.h>
+
+#include "../kernels/cuda_common.cuh"
+#include "../kernels/loss.h"
+#include "score_gpu.h"
+
+extern "C" {
+#include "../engine/util.h"
+}
+
+extern "C" void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp) {
+    long n = (long)sp->nf * sp->gs->n, rows = (long)sp->B * sp->T;
+    s->e = e;
+    s->sp = sp;
+    s->dscore = (double*)gpu_alloc(e, sizeof(double) * n);
+    s->scratch = (double*)gpu_alloc(e, sizeof(double) * (rows > 1024 ? rows : 1024));
+    s->ref = NULL;
+    cudaCheck(cudaMemset(s->dscore, 0, sizeof(double) * n));
+}
+
+extern "C" void gpu_scorer_end(GpuScorer* s, double* score) {
+    int n = s->sp->nf * s->sp->gs->n;
+    double* h = (double*)xmalloc(sizeof(double) * n);
+    cudaCheck(cudaMemcpy(h, s->dscore, sizeof(double) * n, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; i++) score[i] += h[i];
+    free(h);
+    cudaCheck(cudaMemset(s->dscore, 0, sizeof(double) * n)); // a stage may run backwards back to back
+}
+
+extern "C" void gpu_kl_reference(GpuScorer* s, int nb) {
+    const GpuScoreSpec* sp = s->sp;
+    if (!s->ref) s->ref = (float*)gpu_alloc(s->e, sizeof(float) * sp->B * sp->T * sp->m->c.vocab_size);
+    gpu_head_logits(s->e, nb, s->ref);
+}
+
+extern "C" void gpu_kl_group(GpuScorer* s, const Group* g, int f, int nb) {
+    const Format* fm = &s->sp->fmts[f];
+    gpu_plan_set(s->e, g->members, g->n_members, fm->w, fm->in);
+    gpu_restore_layer_input(s->e, g->layer, nb);
+}
+
+extern "C" void gpu_kl_add(GpuScorer* s, int nb, int slot) {
+    gpu_plan_clear(s->e);
+    float* q = gpu_head_logits(s->e, nb, NULL);
+    gpu_kl_rows(s->dscore + slot, s->scratch, s->ref, q, nb * s->sp->T, s->sp->m->c.vocab_size);
+    gpu_mark_scores(s->e);
+}
+
+// Adds (dY . (Yq - Y))^2 of linear idx for every format.
+static void grad_hook(GpuEngine* e, int idx, const float* dy, const float* x, const float* y, int M,
+                      void* ctx) {
+    GpuScorer* s = (GpuScorer*)ctx;
+    const GpuScoreSpec* sp = s->sp;
+    int g = sp->gs->group_of[idx];
+    if (sp->gs->g[g].disabled) return;
+    const Linear* l = &sp->m->linears[idx];
+    for (int f = 0; f < sp->nf; f++) {
+        const float *sx, *sw;
+        const int32_t* acc = gpu_linear_quantized(e, idx, x, M, sp->fmts[f].w, sp->fmts[f].in, &sx, &sw);
+        gpu_grad_score(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, acc, sx, sw, y, M, l->out);
+    }
+}
+
+extern "C" void gpu_grad_backward(GpuScorer* s, int nb) { gpu_backward_layers(s->e, nb, grad_hook, s); }
+
+extern "C" void gpu_score_kl(GpuScorer* s, const int* ids, int nb, double* score) {
+    const Groups* gs = s->sp->gs;
+    gpu_pass_begin(s->e, 0, ids, nb);
+    gpu_forward_layers(s->e, 0, nb, 1);
+    gpu_kl_reference(s, nb);
+    for (int f = 0; f < s->sp->nf; f++)
+        for (int gi = 0; gi < gs->n; gi++) {
+            const Group* g = &gs->g[gi];
+            if (g->disabled) continue;
+            gpu_kl_group(s, g, f, nb);
+            gpu_forward_layers(s->e, g->layer, nb, 0);
+            gpu_kl_add(s, nb, f * gs->n + gi);
+        }
+    gpu_scorer_end(s, score);
+}
+
+extern "C" double gpu_score_gradient(GpuScorer* s, const int* ids, int nb, double* score) {
+    gpu_pass_begin(s->e, 1, ids, nb);
+    gpu_forward_layers(s->e, 0, nb, 1);
+    gpu_loss_backward(s->e, nb);
+    gpu_grad_backward(s, nb);
+    gpu_scorer_end(s, score);
+    return gpu_loss(s->e, nb);
+}

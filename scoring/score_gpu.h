@@ -1,0 +1,67 @@
+// Scoring on the GPU: the kl and gradient scores of scoring/score.c computed by the CUDA engine
+// (engine/gpu.h) through its quantization plan and backward hook, on one GPU (score_gpu.cu), data
+// parallel over the GPUs of a host or over ranks (score_multi.cu), or layer-sharded over the GPUs of
+// a host (score_pipeline.cu). Sums stay on the device in fp64 until a batch ends. C interface.
+#pragma once
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "../engine/gpu.h"
+#include "../engine/rendezvous.h"
+#include "format.h"
+#include "groups.h"
+
+// What is scored, and how: the same for every GPU of a run.
+typedef struct {
+    const Model* m;
+    const Groups* gs;
+    const Format* fmts;
+    int nf;
+    int gradient; // method: 1 gradient, 0 kl
+    int T, B;     // window length, windows per batch
+    int split;    // GEMM inputs as bf16 hi + lo (see gpu_engine_init)
+} GpuScoreSpec;
+
+// One engine's scorer: device sums (nf, groups) and scratch.
+typedef struct {
+    GpuEngine* e;
+    const GpuScoreSpec* sp;
+    double* dscore;  // (nf * groups) device
+    double* scratch; // (max(B*T, 1024)) device
+    float* ref;      // (B*T, V) device: the unquantized logits of a kl batch (last stage)
+} GpuScorer;
+
+void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp);
+// Adds the device sums to score (host, nf * groups) and zeroes them.
+void gpu_scorer_end(GpuScorer* s, double* score);
+
+// A batch in parts, for pipeline stages (the engine's pass already begun, its layers run):
+void gpu_kl_reference(GpuScorer* s, int nb); // last stage: the unquantized logits
+// Group g quantized with format f from here on; the hidden state restarts at g's layer input.
+void gpu_kl_group(GpuScorer* s, const Group* g, int f, int nb);
+void gpu_kl_add(GpuScorer* s, int nb, int slot); // last stage: the plan cleared, KL to the reference into slot
+void gpu_grad_backward(GpuScorer* s, int nb);    // the backward, adding (dY . dYq)^2 of every linear
+
+// One batch of nb windows (host ids (nb, T)) on one GPU, added to score (host). The gradient
+// returns the summed per-window mean CE.
+void gpu_score_kl(GpuScorer* s, const int* ids, int nb, double* score);
+double gpu_score_gradient(GpuScorer* s, const int* ids, int nb, double* score);
+
+// Every window (ids (n, T)) data parallel over ngpus GPUs of this host; sums combined with NCCL in
+// fp64 and added to score. seconds and peak: the slowest GPU's time, the largest peak.
+void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score, double* seconds,
+                     size_t* peak);
+// One rank of a multi-process (multi-host) run: this process's GPU scores its share of the windows;
+// the NCCL id comes through the rendezvous; sums all-reduced in fp64.
+void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, int rank, int world, const RdvSpec* rdv,
+                      double* score, double* seconds, size_t* peak);
+// Layer-sharded pipeline over ngpus GPUs of this host: GPU s holds a contiguous range of decoder
+// layers; hidden states (and their gradients) move between stages with ncclSend/ncclRecv. Same
+// scores as one GPU. Reports per GPU its layers, time, busy fraction and peak memory.
+void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score, double* seconds,
+                       size_t* peak);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,31 @@
+// Built instead of the GPU scorers when nvcc is absent. The scoring job checks for a device before it
+// gets here (engine/gpu_none.c reports none), so these only name the missing build.
+#include "../engine/util.h"
+#include "score_gpu.h"
+
+void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp) {
+    (void)s, (void)e, (void)sp;
+    fail_input("--device cuda: this autoq was built without CUDA");
+}
+void gpu_score_kl(GpuScorer* s, const int* ids, int nb, double* score) {
+    (void)s, (void)ids, (void)nb, (void)score;
+}
+double gpu_score_gradient(GpuScorer* s, const int* ids, int nb, double* score) {
+    (void)s, (void)ids, (void)nb, (void)score;
+    return 0.0;
+}
+void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score, double* seconds,
+                     size_t* peak) {
+    (void)sp, (void)ids, (void)n, (void)ngpus, (void)score, (void)seconds, (void)peak;
+    fail_input("--gpus: this autoq was built without CUDA");
+}
+void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, int rank, int world, const RdvSpec* rdv,
+                      double* score, double* seconds, size_t* peak) {
+    (void)sp, (void)ids, (void)n, (void)rank, (void)world, (void)rdv, (void)score, (void)seconds, (void)peak;
+    fail_input("--nccl-init: this autoq was built without CUDA");
+}
+void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score, double* seconds,
+                       size_t* peak) {
+    (void)sp, (void)ids, (void)n, (void)ngpus, (void)score, (void)seconds, (void)peak;
+    fail_input("--shard-layers: this autoq was built without CUDA");
+}

@@ -1,0 +1,131 @@
+// autoq eval: NLL of the model on calibration windows, or with --recipe / --format the quantized
+// model against the unquantized one (KL and NLL change).
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../datasets/data.h"
+#include "../engine/args.h"
+#include "../engine/forward.h"
+#include "../engine/util.h"
+#include "../scoring/groups.h"
+#include "../scoring/table.h"
+#include "recipe.h"
+
+// eval --recipe / --format: the quantized model against the unquantized one.
+static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const char* format, const char* dis_csv,
+                          int json) {
+    Format fmts[MAX_FORMATS];
+    int* choice = xmalloc(sizeof(int) * m->n_linears);
+    if (recipe) {
+        recipe_read(recipe, m, fmts, choice);
+    } else {
+        format_load(&fmts[0], format, 0);
+        Patterns dis;
+        patterns_parse(&dis, dis_csv ? dis_csv : DEFAULT_DISABLED);
+        Groups gs;
+        groups_build(&gs, m, 0, &dis);
+        for (int i = 0; i < m->n_linears; i++) choice[i] = gs.g[gs.group_of[i]].disabled ? -1 : 0;
+        groups_free(&gs);
+        patterns_free(&dis);
+    }
+    VerifyResult r;
+    double t0 = time_now();
+    verify_run(m, ids, fmts, choice, &r);
+    double el = time_now() - t0;
+    if (json) {
+        json_t* j =
+            json_pack("{s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "num_samples", ids->n,
+                      "seq_len", ids->t, "quantized_linears", r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref,
+                      "nll_quantized", r.nll_q, "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
+        json_write_file(j, NULL);
+        json_decref(j);
+    } else {
+        printf("%d of %d linears quantized; %d x %d tokens\n", r.n_quantized, m->n_linears, ids->n, ids->t);
+        printf("mean nll %.6f -> %.6f (%+.6f), perplexity %.4f -> %.4f\n", r.nll_ref, r.nll_q,
+               r.nll_q - r.nll_ref, exp(r.nll_ref), exp(r.nll_q));
+        printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl,
+               r.kl / ((double)ids->n * ids->t));
+    }
+    free(choice);
+    token_ids_free(ids);
+    model_free(m);
+    return 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+    Args a;
+    args_init(&a, argc, argv, k_json_flag);
+    DataOpts d = {0};
+    d.path = args_str(&a, "--data");
+    d.shuffle = args_flag(&a, "--shuffle");
+    d.seed = (unsigned long)args_int(&a, "--seed", 0, 0, 1 << 30);
+    d.num_samples = args_int(&a, "--num-samples", 0, 1, 1 << 30);
+    d.seq_len = args_int(&a, "--seq-len", 0, 2, 1 << 20);
+    const char* logits_path = args_str(&a, "--logits");
+    const char* recipe = args_str(&a, "--recipe");
+    const char* format = args_str(&a, "--format");
+    const char* dis_csv = args_str(&a, "--disabled-layers");
+    int json = args_flag(&a, "--json");
+    const char* dir = args_pos(&a, 0);
+    args_done(&a);
+    if (!dir) fail_input("eval: MODEL folder missing");
+    if (!d.path) fail_input("eval: --data is required");
+    if (recipe && format) fail_input("eval: give --recipe or --format, not both");
+    if (logits_path) out_check(logits_path, "--logits");
+    Model m;
+    model_load(&m, dir);
+    d.model_dir = dir;
+    d.vocab = m.c.vocab_size;
+    d.eos = m.c.eos_token_id;
+    if (d.seq_len) model_check_seq_len(&m, d.seq_len, "--seq-len");
+    TokenIds ids;
+    data_load(&ids, &d);
+    model_check_seq_len(&m, ids.t, d.path);
+    if (recipe || format) return eval_quantized(&m, &ids, recipe, format, dis_csv, json);
+    RunState s;
+    run_init(&s, &m, ids.t, 0);
+    double* nll = xcalloc(ids.n, sizeof(double));
+    double total = 0, t0 = time_now();
+    Progress p;
+    progress_init(&p, "eval", ids.n);
+    for (int i = 0; i < ids.n; i++) {
+        const int* x = ids.ids + (long)i * ids.t;
+        model_forward(&m, &s, x, NULL);
+        nll[i] = cross_entropy(NULL, s.logits, x, ids.t, m.c.vocab_size);
+        if (!isfinite(nll[i])) fail_other("eval: the NLL of window %d is not finite (%g)", i, nll[i]);
+        total += nll[i];
+        if (i == 0 && logits_path) {
+            long shape[2] = {ids.t, m.c.vocab_size};
+            npy_write_f32(logits_path, s.logits, 2, shape);
+        }
+        progress_step(&p, 1);
+    }
+    progress_end(&p);
+    double el = time_now() - t0, mean = total / ids.n;
+    if (json) {
+        json_t* j = json_object();
+        json_object_set_new(j, "model", json_string(dir));
+        json_object_set_new(j, "num_samples", json_integer(ids.n));
+        json_object_set_new(j, "seq_len", json_integer(ids.t));
+        json_t* arr = json_array();
+        for (int i = 0; i < ids.n; i++) json_array_append_new(arr, json_real(nll[i]));
+        json_object_set_new(j, "nll", arr);
+        json_object_set_new(j, "mean_nll", json_real(mean));
+        json_object_set_new(j, "perplexity", json_real(exp(mean)));
+        json_object_set_new(j, "seconds", json_real(el));
+        json_write_file(j, NULL);
+        json_decref(j);
+    } else {
+        printf("%-8s %12s\n", "sample", "nll");
+        for (int i = 0; i < ids.n; i++) printf("%-8d %12.6f\n", i, nll[i]);
+        printf("mean nll %.6f  perplexity %.4f  (%d x %d tokens, %.2fs, %.0f tokens/s)\n", mean, exp(mean),
+               ids.n, ids.t, el, ids.n * (double)ids.t / el);
+    }
+    free(nll);
+    run_free(&s, &m);
+    token_ids_free(&ids);
+    model_free(&m);
+    return 0;
+}

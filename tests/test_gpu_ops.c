@@ -1,0 +1,418 @@
+// Every CUDA kernel against its CPU twin, one small test per op (in the manner of ggml's
+// test-backend-ops): random inputs, the CPU reference, the GPU, one PASS/FAIL line per op and
+// shape. Without a GPU every op is reported as skipped.
+#include <string.h>
+
+#include "check.h"
+#include "engine/gpu.h"
+#include "engine/util.h"
+#include "kernels/attention.h"
+#include "kernels/embed.h"
+#include "kernels/loss.h"
+#include "kernels/matmul.h"
+#include "kernels/quant.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+#ifdef AUTOQ_CUDA
+#include <cuda_runtime.h>
+
+static unsigned g_seed = 99;
+static float frand(void) {
+    g_seed = g_seed * 1664525u + 1013904223u;
+    return ((g_seed >> 8) / 16777216.0f) * 2.0f - 1.0f;
+}
+static float* randv(long n, float scale) {
+    float* x = xmalloc(sizeof(float) * n);
+    for (long i = 0; i < n; i++) x[i] = scale * frand();
+    return x;
+}
+
+// Device copies: put (host to a new device buffer), get (device to host), zeros.
+static void* put(const void* h, size_t n) {
+    void* d;
+    cudaMalloc(&d, n);
+    cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+    return d;
+}
+static void* zeros(size_t n) {
+    void* d;
+    cudaMalloc(&d, n);
+    cudaMemset(d, 0, n);
+    return d;
+}
+static void get(void* h, const void* d, size_t n) { cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost); }
+
+// x rounded to bf16 in place; b gets the bits (what the GPU reads).
+static uint16_t* to_bf16(float* x, long n) {
+    uint16_t* b = xmalloc(sizeof(uint16_t) * n);
+    for (long i = 0; i < n; i++) {
+        b[i] = f32_to_bf16(x[i]);
+        x[i] = bf16_to_f32(b[i]);
+    }
+    return b;
+}
+
+// Largest |a - b| / (max |b| + floor): one error measure for every op.
+static double max_err(const float* a, const float* b, long n, double floor) {
+    double w = 0, m = 0;
+    for (long i = 0; i < n; i++) w = fmax(w, fabs(a[i] - b[i])), m = fmax(m, fabs(b[i]));
+    return w / (m + floor);
+}
+
+static void report(const char* op, const char* shape, double err, double tol) {
+    char name[160];
+    snprintf(name, sizeof(name), "gpu op %s %s = cpu", op, shape);
+    CHECK(err <= tol, name, "error %.3g > tolerance %.3g", err, tol);
+}
+
+static void op_embed(int M, int D, int V) {
+    float* table = randv((long)V * D, 1);
+    uint16_t* t16 = to_bf16(table, (long)V * D);
+    int* ids = xmalloc(sizeof(int) * M);
+    for (int i = 0; i < M; i++) ids[i] = (int)((frand() + 1) * 0.5f * (V - 1));
+    float *want = xmalloc(sizeof(float) * M * D), *got = xmalloc(sizeof(float) * M * D);
+    embed_forward(want, table, ids, M, D);
+    void *dt = put(t16, 2L * V * D), *di = put(ids, sizeof(int) * M), *dh = zeros(4L * M * D);
+    gpu_embed(dh, dt, di, M, D);
+    get(got, dh, 4L * M * D);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(M %d, D %d)", M, D);
+    report("embed", shape, max_err(got, want, (long)M * D, 0), 0);
+    cudaFree(dt), cudaFree(di), cudaFree(dh), free(table), free(t16), free(ids), free(want), free(got);
+}
+
+// fp32 to bf16 hi + lo: hi = bf16(x), hi + lo within 2^-16 of x; the residual add.
+static void op_split_add(long n) {
+    float *x = randv(n, 100), *y = randv(n, 1), *got = xmalloc(4 * n), *want = xmalloc(4 * n);
+    uint16_t *hi = xmalloc(2 * n), *lo = xmalloc(2 * n);
+    void *dx = put(x, 4 * n), *dy = put(y, 4 * n), *dhi = zeros(2 * n), *dlo = zeros(2 * n);
+    gpu_split_bf16(dhi, dlo, dx, n);
+    get(hi, dhi, 2 * n), get(lo, dlo, 2 * n);
+    double err = 0;
+    for (long i = 0; i < n; i++) {
+        if (hi[i] != f32_to_bf16(x[i])) err = 1;
+        err = fmax(err, fabs(bf16_to_f32(hi[i]) + bf16_to_f32(lo[i]) - x[i]) / fabs(x[i]) * 65536);
+    }
+    char shape[32];
+    snprintf(shape, sizeof(shape), "(n %ld)", n);
+    report("split_bf16 (hi = bf16(x), |hi + lo - x| in 2^-16 |x|)", shape, err, 1);
+    for (long i = 0; i < n; i++) want[i] = x[i] + y[i];
+    gpu_add(dx, dy, n);
+    get(got, dx, 4 * n);
+    report("add", shape, max_err(got, want, n, 0), 0);
+    cudaFree(dx), cudaFree(dy), cudaFree(dhi), cudaFree(dlo);
+    free(x), free(y), free(got), free(want), free(hi), free(lo);
+}
+
+static void op_rmsnorm(int M, int C) {
+    float *x = randv((long)M * C, 3), *w = randv(C, 0.5f), *dout = randv((long)M * C, 1);
+    for (int i = 0; i < C; i++) w[i] += 1;
+    uint16_t* w16 = to_bf16(w, C);
+    long n = (long)M * C;
+    float *want = xmalloc(4 * n), *got = xmalloc(4 * n), *rstd = xmalloc(4 * M);
+    rmsnorm_forward(want, rstd, x, w, M, C, 1e-6f);
+    void *dx = put(x, 4 * n), *dw = put(w16, 2 * C), *dout_ = zeros(4 * n), *dr = zeros(4 * M);
+    gpu_rmsnorm(dout_, NULL, NULL, dr, dx, dw, M, C, 1e-6f);
+    get(got, dout_, 4 * n);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(M %d, C %d)", M, C);
+    report("rmsnorm", shape, max_err(got, want, n, 0), 1e-6);
+    // backward, accumulating onto a non-zero dx
+    float *dx0 = randv(n, 1), *bwant = xmalloc(4 * n);
+    memcpy(bwant, dx0, 4 * n);
+    rmsnorm_backward(bwant, dout, x, w, rstd, M, C, 1);
+    void *ddx = put(dx0, 4 * n), *ddo = put(dout, 4 * n);
+    gpu_rmsnorm_backward(ddx, ddo, dx, dw, dr, M, C, 1);
+    get(got, ddx, 4 * n);
+    report("rmsnorm_backward", shape, max_err(got, bwant, n, 0), 1e-5);
+    cudaFree(dx), cudaFree(dw), cudaFree(dout_), cudaFree(dr), cudaFree(ddx), cudaFree(ddo);
+    free(x), free(w), free(w16), free(dout), free(want), free(got), free(rstd), free(dx0), free(bwant);
+}
+
+// The per-head q/k norm + RoPE (CPU: rmsnorm per head, then rope_forward), fp32 and bf16 in place,
+// and its backward (CPU: rope_backward, then rmsnorm_backward per head).
+static void op_qk_norm_rope(int T, int nh, int hd) {
+    long n = (long)T * nh * hd;
+    float *x = randv(n, 1), *w = randv(hd, 0.3f), *want = xmalloc(4 * n), *got = xmalloc(4 * n);
+    for (int i = 0; i < hd; i++) w[i] += 1;
+    uint16_t* w16 = to_bf16(w, hd);
+    float* rstd = xmalloc(sizeof(float) * T * nh);
+    RopeTable rt;
+    rope_init(&rt, T, hd, 1e6);
+    rmsnorm_forward(want, rstd, x, w, T * nh, hd, 1e-6f);
+    rope_forward(want, &rt, T, nh);
+    void *dx = put(x, 4 * n), *dw = put(w16, 2 * hd), *dr = zeros(4L * T * nh), *dout = zeros(4 * n);
+    void *dcos = put(rt.cos, 4L * T * hd / 2), *dsin = put(rt.sin, 4L * T * hd / 2);
+    gpu_qk_norm_rope(dout, NULL, NULL, dr, dx, dw, dcos, dsin, T, T, nh, hd, 1e-6f);
+    get(got, dout, 4 * n);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(T %d, heads %d, head_dim %d)", T, nh, hd);
+    report("qk_norm_rope", shape, max_err(got, want, n, 0), 1e-6);
+    // bf16 in place: the CPU on the same bf16 input, within bf16 rounding of the output
+    float* xb = xmalloc(4 * n);
+    memcpy(xb, x, 4 * n);
+    uint16_t *x16 = to_bf16(xb, n), *o16 = xmalloc(2 * n);
+    rmsnorm_forward(want, NULL, xb, w, T * nh, hd, 1e-6f);
+    rope_forward(want, &rt, T, nh);
+    void* dx16 = put(x16, 2 * n);
+    gpu_qk_norm_rope_bf16(dx16, (long)nh * hd, NULL, dw, dcos, dsin, T, T, nh, hd, 1e-6f);
+    get(o16, dx16, 2 * n);
+    for (long i = 0; i < n; i++) got[i] = bf16_to_f32(o16[i]);
+    report("qk_norm_rope_bf16", shape, max_err(got, want, n, 0), 1.0 / 128);
+    // backward: d (rotated) -> d (q_proj output)
+    float *d = randv(n, 1), *bwant = xmalloc(4 * n), *tmp = xmalloc(4 * n);
+    memcpy(tmp, d, 4 * n);
+    rope_backward(tmp, &rt, T, nh);
+    rmsnorm_backward(bwant, tmp, x, w, rstd, T * nh, hd, 0);
+    void* dd = put(d, 4 * n);
+    gpu_qk_norm_rope_backward(dd, dx, dw, dr, dcos, dsin, T, T, nh, hd);
+    get(got, dd, 4 * n);
+    report("qk_norm_rope_backward", shape, max_err(got, bwant, n, 0), 1e-5);
+    rope_free(&rt);
+    cudaFree(dx), cudaFree(dw), cudaFree(dr), cudaFree(dout), cudaFree(dcos), cudaFree(dsin), cudaFree(dx16);
+    cudaFree(dd);
+    free(x), free(w), free(w16), free(want), free(got), free(rstd), free(xb), free(x16), free(o16), free(d);
+    free(bwant), free(tmp);
+}
+
+static void op_swiglu(long n) {
+    float *g = randv(n, 4), *u = randv(n, 2), *dout = randv(n, 1), *want = xmalloc(4 * n),
+          *got = xmalloc(4 * n);
+    swiglu_forward(want, g, u, n);
+    void *dg = put(g, 4 * n), *du = put(u, 4 * n), *dout_ = zeros(4 * n);
+    gpu_swiglu(dout_, NULL, NULL, dg, du, n);
+    get(got, dout_, 4 * n);
+    char shape[32];
+    snprintf(shape, sizeof(shape), "(n %ld)", n);
+    report("swiglu", shape, max_err(got, want, n, 0), 1e-6);
+    // bf16 in and out (8 per thread when n % 8 == 0, else 4)
+    uint16_t *g16 = to_bf16(g, n), *u16 = to_bf16(u, n), *o16 = xmalloc(2 * n);
+    swiglu_forward(want, g, u, n);
+    void *dg16 = put(g16, 2 * n), *du16 = put(u16, 2 * n), *do16 = zeros(2 * n);
+    gpu_swiglu_bf16(do16, dg16, du16, n);
+    get(o16, do16, 2 * n);
+    for (long i = 0; i < n; i++) got[i] = bf16_to_f32(o16[i]);
+    report("swiglu_bf16", shape, max_err(got, want, n, 0), 1.0 / 256);
+    float *wg = xmalloc(4 * n), *wu = xmalloc(4 * n), *gg = xmalloc(4 * n), *gu = xmalloc(4 * n);
+    swiglu_backward(wg, wu, dout, g, u, n);
+    void *ddo = put(dout, 4 * n), *ddg = zeros(4 * n), *ddu = zeros(4 * n);
+    cudaMemcpy(dg, g, 4 * n, cudaMemcpyHostToDevice); // the bf16-rounded inputs of the CPU backward
+    cudaMemcpy(du, u, 4 * n, cudaMemcpyHostToDevice);
+    gpu_swiglu_backward(ddg, ddu, ddo, dg, du, n);
+    get(gg, ddg, 4 * n), get(gu, ddu, 4 * n);
+    report("swiglu_backward", shape, fmax(max_err(gg, wg, n, 0), max_err(gu, wu, n, 0)), 1e-6);
+    cudaFree(dg), cudaFree(du), cudaFree(dout_), cudaFree(dg16), cudaFree(du16), cudaFree(do16);
+    cudaFree(ddo), cudaFree(ddg), cudaFree(ddu);
+    free(g), free(u), free(dout), free(want), free(got), free(g16), free(u16), free(o16);
+    free(wg), free(wu), free(gg), free(gu);
+}
+
+// Fused causal attention on bf16 inputs against the CPU attention on the same values.
+static void op_flash(int T, int H, int KV, int hd, int nb) {
+    long qn = (long)nb * T * H * hd, kn = (long)nb * T * KV * hd;
+    float *q = randv(qn, 2), *k = randv(kn, 2), *v = randv(kn, 1);
+    float *want = xmalloc(4 * qn), *got = xmalloc(4 * qn), *lse = xmalloc(4L * H * T);
+    uint16_t *q16 = to_bf16(q, qn), *k16 = to_bf16(k, kn), *v16 = to_bf16(v, kn);
+    for (int b = 0; b < nb; b++)
+        attention_forward(want + (long)b * T * H * hd, lse, q + (long)b * T * H * hd, k + (long)b * T * KV * hd,
+                          v + (long)b * T * KV * hd, T, H, KV, hd);
+    void *dq = put(q16, 2 * qn), *dk = put(k16, 2 * kn), *dv = put(v16, 2 * kn), *dout = zeros(4 * qn);
+    gpu_flash_attention(dout, NULL, dq, (long)H * hd, dk, dv, (long)KV * hd, nb, T, H, KV, hd);
+    get(got, dout, 4 * qn);
+    char shape[96];
+    snprintf(shape, sizeof(shape), "(windows %d, T %d, heads %d, kv heads %d, head_dim %d)", nb, T, H, KV, hd);
+    // probabilities enter the P.V product as bf16 (as in the cuBLAS path): ~2^-9 relative
+    report("flash_attention", shape, max_err(got, want, qn, 0), 4e-3);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout);
+    free(q), free(k), free(v), free(want), free(got), free(lse), free(q16), free(k16), free(v16);
+}
+
+// The cuBLAS path's causal softmax (P and lse of each head) and the backward's dS from S and dP.
+static void op_softmax_ds(int nb, int T) {
+    long n = (long)nb * T * T;
+    float *s = randv(n, 4), *dp = randv(n, 1), *pw = xmalloc(4 * n), *dsw = xmalloc(4 * n);
+    float *lw = xmalloc(4L * nb * T), *lg = xmalloc(4L * nb * T), *got = xmalloc(4 * n);
+    float scale = 0.125f;
+    for (int h = 0; h < nb; h++)
+        for (int i = 0; i < T; i++) { // row i of head h: keys 0..i
+            const float* r = s + ((long)h * T + i) * T;
+            double m = -INFINITY, z = 0, dot = 0;
+            for (int j = 0; j <= i; j++) m = fmax(m, r[j]);
+            for (int j = 0; j <= i; j++) z += exp(r[j] - m);
+            lw[h * T + i] = (float)(m + log(z));
+            float* p = pw + ((long)h * T + i) * T;
+            const float* d = dp + ((long)h * T + i) * T;
+            for (int j = 0; j < T; j++) p[j] = j <= i ? (float)(exp(r[j] - m) / z) : 0.0f;
+            for (int j = 0; j <= i; j++) dot += p[j] * d[j];
+            for (int j = 0; j < T; j++) dsw[((long)h * T + i) * T + j] = (float)(p[j] * (d[j] - dot) * scale);
+        }
+    void *ds = put(s, 4 * n), *dpd = put(dp, 4 * n), *dphi = zeros(2 * n), *dplo = zeros(2 * n);
+    void *dl = zeros(4L * nb * T), *dshi = zeros(2 * n), *dslo = zeros(2 * n);
+    uint16_t *hi = xmalloc(2 * n), *lo = xmalloc(2 * n);
+    gpu_causal_softmax(dphi, dplo, dl, ds, nb, T);
+    get(hi, dphi, 2 * n), get(lo, dplo, 2 * n), get(lg, dl, 4L * nb * T);
+    for (long i = 0; i < n; i++) got[i] = bf16_to_f32(hi[i]) + bf16_to_f32(lo[i]);
+    char shape[48];
+    snprintf(shape, sizeof(shape), "(heads %d, T %d)", nb, T);
+    report("causal_softmax (P as bf16 hi + lo)", shape, max_err(got, pw, n, 0), 1e-5);
+    report("causal_softmax (lse)", shape, max_err(lg, lw, (long)nb * T, 1), 1e-6);
+    gpu_attention_ds(dphi, dplo, dshi, dslo, ds, dpd, nb, T, scale);
+    get(hi, dshi, 2 * n), get(lo, dslo, 2 * n);
+    for (long i = 0; i < n; i++) got[i] = bf16_to_f32(hi[i]) + bf16_to_f32(lo[i]);
+    report("attention_ds (dS as bf16 hi + lo)", shape, max_err(got, dsw, n, 0), 1e-5);
+    cudaFree(ds), cudaFree(dpd), cudaFree(dphi), cudaFree(dplo), cudaFree(dl), cudaFree(dshi), cudaFree(dslo);
+    free(s), free(dp), free(pw), free(dsw), free(lw), free(lg), free(got), free(hi), free(lo);
+}
+
+// The key/value gradient of grouped-query attention: the sum over the query heads of a kv head.
+static void op_sum_heads(int rows, int nkv, int rep, int hd) {
+    long n = (long)rows * nkv * rep * hd, m = (long)rows * nkv * hd;
+    float *in = randv(n, 1), *want = xmalloc(4 * m), *got = xmalloc(4 * m);
+    for (long i = 0; i < m; i++) {
+        long r = i / ((long)nkv * hd), k = i / hd % nkv, d = i % hd;
+        float acc = 0;
+        for (int j = 0; j < rep; j++) acc += in[((r * nkv + k) * rep + j) * hd + d];
+        want[i] = acc;
+    }
+    void *din = put(in, 4 * n), *dout = zeros(4 * m);
+    gpu_sum_heads(dout, din, rows, nkv, rep, hd);
+    get(got, dout, 4 * m);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(rows %d, kv heads %d, rep %d)", rows, nkv, rep);
+    report("sum_heads", shape, max_err(got, want, m, 0), 1e-6);
+    cudaFree(din), cudaFree(dout), free(in), free(want), free(got);
+}
+
+// q * scale of the GPU's integer codes equals the CPU's fake-quantized values exactly, for fp32 and
+// bf16 inputs; dequant applies the per-token and per-channel scales to int32 accumulators.
+static void op_quant(int rows, int cols, QuantSpec q) {
+    long n = (long)rows * cols;
+    float *x = randv(n, 3), *want = xmalloc(4 * n), *got = xmalloc(4 * n), *sc = xmalloc(4 * rows);
+    for (int c = 0; c < cols; c++) x[c] = 0; // an all-zero row
+    int8_t* qi = xmalloc(n);
+    void *dx = put(x, 4 * n), *dq = zeros(n), *ds = zeros(4 * rows);
+    char shape[80];
+    snprintf(shape, sizeof(shape), "(rows %d, cols %d, bits %d, narrow %d, ct %d)", rows, cols, q.bits,
+             q.narrow, q.ct);
+    for (int bf = 0; bf <= 1; bf++) {
+        uint16_t* x16 = NULL;
+        if (bf) {
+            x16 = to_bf16(x, n);
+            cudaFree(dx);
+            dx = put(x16, 2 * n);
+            gpu_quant_rows_bf16(dq, ds, dx, rows, cols, q);
+        } else {
+            gpu_quant_rows_f32(dq, ds, dx, rows, cols, q);
+        }
+        quant_input_rows(want, x, rows, cols, q);
+        get(qi, dq, n), get(sc, ds, 4 * rows);
+        for (long i = 0; i < n; i++) got[i] = (float)qi[i] * sc[i / cols];
+        report(bf ? "quant_rows_bf16" : "quant_rows_f32", shape, max_err(got, want, n, 0), 0);
+        free(x16);
+    }
+    // dequant of a small integer GEMM done on the host
+    int N = 17;
+    float *sw = randv(N, 0.1f), *y = xmalloc(4L * rows * N), *yw = xmalloc(4L * rows * N);
+    int32_t* acc = xmalloc(4L * rows * N);
+    for (long i = 0; i < (long)rows * N; i++) acc[i] = (int32_t)(5000 * frand());
+    for (long i = 0; i < (long)rows * N; i++) yw[i] = (float)acc[i] * (sc[i / N] * sw[i % N]);
+    void *dacc = put(acc, 4L * rows * N), *dsw = put(sw, 4 * N), *dy = zeros(4L * rows * N);
+    gpu_dequant(dy, NULL, dacc, ds, dsw, rows, N, 0);
+    get(y, dy, 4L * rows * N);
+    report("dequant", shape, max_err(y, yw, (long)rows * N, 0), 1e-7);
+    cudaFree(dx), cudaFree(dq), cudaFree(ds), cudaFree(dacc), cudaFree(dsw), cudaFree(dy);
+    free(x), free(want), free(got), free(sc), free(qi), free(sw), free(y), free(yw), free(acc);
+}
+
+static void op_kl(int rows, int V) {
+    float *a = randv((long)rows * V, 8), *b = xmalloc(4L * rows * V);
+    for (long i = 0; i < (long)rows * V; i++) b[i] = a[i] + 0.3f * frand();
+    double want = kl_rows(a, b, rows, V), have = 0;
+    void *da = put(a, 4L * rows * V), *db = put(b, 4L * rows * V), *dt = zeros(8), *dscr = zeros(8L * rows);
+    gpu_kl_rows(dt, dscr, da, db, rows, V);
+    get(&have, dt, 8);
+    char shape[48];
+    snprintf(shape, sizeof(shape), "(rows %d, V %d)", rows, V);
+    report("kl_rows", shape, rel_diff(have, want), 1e-5);
+    cudaFree(da), cudaFree(db), cudaFree(dt), cudaFree(dscr), free(a), free(b);
+}
+
+// d(mean next-token CE)/d(logits) of nb windows, as bf16 hi + lo, and the loss per row.
+static void op_cross_entropy(int nb, int T, int V) {
+    long n = (long)nb * T * V;
+    float *logits = randv(n, 5), *want = xmalloc(4 * n), *got = xmalloc(4 * n);
+    int* ids = xmalloc(sizeof(int) * nb * T);
+    for (int i = 0; i < nb * T; i++) ids[i] = (int)((frand() + 1) * 0.5f * (V - 1));
+    double want_loss = 0, have_loss = 0;
+    for (int b = 0; b < nb; b++)
+        want_loss += cross_entropy(want + (long)b * T * V, logits + (long)b * T * V, ids + b * T, T, V);
+    void *dl = put(logits, 4 * n), *di = put(ids, sizeof(int) * nb * T), *dhi = zeros(2 * n),
+         *dlo = zeros(2 * n);
+    void* dloss = zeros(8L * nb * T);
+    gpu_cross_entropy_backward(dhi, dlo, dloss, dl, di, nb * T, T, V);
+    uint16_t *hi = xmalloc(2 * n), *lo = xmalloc(2 * n);
+    double* lr = xmalloc(8L * nb * T);
+    get(hi, dhi, 2 * n), get(lo, dlo, 2 * n), get(lr, dloss, 8L * nb * T);
+    for (long i = 0; i < n; i++) got[i] = bf16_to_f32(hi[i]) + bf16_to_f32(lo[i]);
+    for (int i = 0; i < nb * T; i++) have_loss += lr[i];
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(windows %d, T %d, V %d)", nb, T, V);
+    report("cross_entropy_backward (gradient)", shape, max_err(got, want, n, 0), 1e-5);
+    report("cross_entropy_backward (loss)", shape, rel_diff(have_loss / (T - 1), want_loss), 1e-6);
+    cudaFree(dl), cudaFree(di), cudaFree(dhi), cudaFree(dlo), cudaFree(dloss);
+    free(logits), free(want), free(got), free(ids), free(hi), free(lo), free(lr);
+}
+
+static void op_grad_score(int M, int N) {
+    long n = (long)M * N;
+    int32_t* acc = xmalloc(4 * n);
+    for (long i = 0; i < n; i++) acc[i] = (int32_t)(1000 * frand());
+    float *dy = randv(n, 1), *y = randv(n, 1), *sx = randv(M, 0.005f), *sw = randv(N, 0.05f);
+    for (int i = 0; i < M; i++) sx[i] += 0.01f;
+    for (int i = 0; i < N; i++) sw[i] += 0.1f;
+    double want = grad_score(dy, acc, sx, sw, y, M, N), have = 0;
+    void *dacc = put(acc, 4 * n), *ddy = put(dy, 4 * n), *dyy = put(y, 4 * n), *dsx = put(sx, 4 * M);
+    void *dsw = put(sw, 4 * N), *dt = zeros(8), *dscr = zeros(8 * 1024);
+    gpu_grad_score(dt, dscr, ddy, dacc, dsx, dsw, dyy, M, N);
+    get(&have, dt, 8);
+    char shape[48];
+    snprintf(shape, sizeof(shape), "(M %d, N %d)", M, N);
+    report("grad_score", shape, rel_diff(have, want), 1e-12);
+    cudaFree(dacc), cudaFree(ddy), cudaFree(dyy), cudaFree(dsx), cudaFree(dsw), cudaFree(dt), cudaFree(dscr);
+    free(acc), free(dy), free(y), free(sx), free(sw);
+}
+#endif
+
+int main(void) {
+    if (gpu_device_count() == 0) {
+        SKIP("gpu ops", "no CUDA device (or built without nvcc)");
+        return 0;
+    }
+#ifdef AUTOQ_CUDA
+    printf("  device: %s\n", gpu_name());
+    op_embed(37, 320, 101);
+    op_split_add(4099);
+    op_rmsnorm(37, 320);
+    op_rmsnorm(5, 4096);
+    op_qk_norm_rope(16, 4, 64);
+    op_qk_norm_rope(8, 3, 128);
+    op_swiglu(4 * 999);
+    op_swiglu(8 * 1000);
+    op_flash(128, 4, 2, 64, 2);
+    op_flash(128, 4, 2, 128, 2);
+    op_flash(64, 8, 1, 128, 1);
+    op_softmax_ds(6, 33);
+    op_sum_heads(37, 2, 3, 8);
+    op_quant(37, 320, (QuantSpec){4, 1, 0});
+    op_quant(37, 320, (QuantSpec){8, 1, 0});
+    op_quant(37, 320, (QuantSpec){4, 0, 1});
+    op_quant(37, 320, (QuantSpec){8, 0, 1});
+    op_kl(5, 3001);
+    op_kl(3, 4096);
+    op_cross_entropy(2, 17, 1003);
+    op_grad_score(33, 70);
+#endif
+    return g_fail ? 1 : 0;
+}
