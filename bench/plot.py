@@ -16,7 +16,11 @@ import numpy as np
 path = sys.argv[1]
 prefix = sys.argv[2] if len(sys.argv) > 2 else path.rsplit(".", 1)[0]
 f = h5py.File(path, "r")
-names = [n.decode() if isinstance(n, bytes) else n for n in f["groups/name"][:]]
+def text(v):  # autoq writes fixed-length UTF-8 strings; h5py returns them as bytes
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+names = [text(n) for n in f["groups/name"][:]]
 score = f["groups/score"][:]
 if score.ndim == 2:
     score = score[:, 0]
@@ -54,9 +58,9 @@ for i, k in enumerate(kinds):
             marked = True
 ax.set_yscale("log")
 ax.set_xlabel("decoder layer")
-method = f.attrs["method"]
+method = text(f.attrs["method"])
 ax.set_ylabel(f"{method} score (log)")
-title = f"{f.attrs['model']}: {method} sensitivity to {f.attrs['format']}"
+title = f"{text(f.attrs['model'])}: {method} sensitivity to {text(f.attrs['format'])}"
 if selected is not None:
     title += f", budget {f['search'].attrs['budget']:.2f} bits (▼ kept bf16)"
 ax.set_title(title, fontsize=10)

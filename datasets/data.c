@@ -39,7 +39,7 @@ static void pick_windows(TokenIds* t, const DataOpts* o) {
     for (int i = 0; i < t->n; i++) order[i] = i;
     if (o->shuffle) shuffle(order, t->n, o->seed);
     int n = (o->num_samples > 0 && o->num_samples < t->n) ? o->num_samples : t->n;
-    int* ids = xmalloc(sizeof(int) * (size_t)n * t->t);
+    int* ids = xmalloc(size_mul3(sizeof(int), (size_t)n, (size_t)t->t, o->path));
     for (int i = 0; i < n; i++)
         memcpy(ids + (long)i * t->t, t->ids + (long)order[i] * t->t, sizeof(int) * t->t);
     free(order);
@@ -79,7 +79,7 @@ static char* render_messages(const char* path, int line, json_t* msgs) {
         if (!json_is_string(role) || !json_is_string(content))
             fail_input("%s:%d: messages[%zu] needs string fields 'role' and 'content'", path, line, i);
         size_t need = json_string_length(role) + json_string_length(content) + 32;
-        if (n + need >= cap) s = realloc(s, cap = 2 * (n + need));
+        if (n + need >= cap) s = xrealloc(s, cap = 2 * (n + need));
         n += (size_t)sprintf(s + n, "<|im_start|>%s\n", json_string_value(role));
         memcpy(s + n, json_string_value(content), json_string_length(content));
         n += json_string_length(content);
@@ -92,6 +92,9 @@ static char* render_messages(const char* path, int line, json_t* msgs) {
 static void push_doc(Tokenizer* tk, IdVec* all, const char* text, size_t len, int eos, int* docs,
                      const char* src, size_t base) {
     if (*docs > 0 && eos >= 0) idvec_push(all, eos);
+    if (*docs == 1 && eos < 0) // config.json may have eos_token_id null (some MoE exports)
+        warn_msg("%s: the model's config.json has no eos_token_id: documents are joined with no separator",
+                 src);
     tok_encode(tk, text, len, all, src, base);
     (*docs)++;
 }
@@ -101,8 +104,7 @@ static void load_text(TokenIds* out, const DataOpts* o, int jsonl) {
     Tokenizer* tk = tok_load(tpath);
     free(tpath);
     size_t len;
-    char* buf = read_file(o->path, &len);
-    if (!buf) fail_input("%s: cannot read: %s", o->path, strerror(errno));
+    char* buf = read_input(o->path, jsonl ? "JSON lines data" : "text data", MAX_TEXT_BYTES, &len);
     IdVec all = {0};
     int docs = 0;
     if (!jsonl) {
@@ -146,7 +148,7 @@ static void load_text(TokenIds* out, const DataOpts* o, int jsonl) {
     int rows = (int)(all.n / (size_t)T);
     out->n = rows;
     out->t = T;
-    out->ids = xmalloc(sizeof(int) * (size_t)rows * T);
+    out->ids = xmalloc(size_mul3(sizeof(int), (size_t)rows, (size_t)T, o->path));
     memcpy(out->ids, all.ids, sizeof(int) * (size_t)rows * T);
     pick_windows(out, o);
     info_msg("data: %s: %zu tokens from %d document(s) -> %d windows of %d; using %d%s", o->path, all.n, docs,

@@ -113,11 +113,18 @@ struct Tokenizer {
     int nfc;
     pcre2_code* re;
     pcre2_match_data* md;
+    pcre2_match_context* mctx; // a JIT stack larger than the 32 KiB default
+    pcre2_jit_stack* jstack;
     int byte_id[256];
     uint8_t added_first[256]; // first bytes of added tokens: skip the scan elsewhere
     int unicode_byte[512];    // byte-level alphabet code point -> byte, -1 if none
     Cache cache;
+    char* path; // tokenizer.json, for messages at encode time
 };
+
+// Ids above this are refused: far beyond any real vocabulary, and the id
+// tables are sized by the largest id.
+#define MAX_TOKEN_ID (1 << 24)
 
 // GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256+k.
 static void byte_alphabet(int* cp_of_byte) {
@@ -189,8 +196,11 @@ static void load_vocab(Tokenizer* t, const char* path, json_t* model, json_t* ad
     const char* k;
     json_t* v;
     json_object_foreach(vocab, k, v) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24))
-            fail_input("%s: model.vocab['%s'] is not a valid id", path, k);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= MAX_TOKEN_ID) {
+            char clip[CLIP_BUF];
+            fail_input("%s: model.vocab['%s'] is not a valid id in [0, %d)", path, str_clip(clip, k),
+                       MAX_TOKEN_ID);
+        }
         if (json_integer_value(v) + 1 > t->n_ids) t->n_ids = (int)json_integer_value(v) + 1;
     }
     size_t ai;
@@ -198,13 +208,19 @@ static void load_vocab(Tokenizer* t, const char* path, json_t* model, json_t* ad
         json_t* id = json_object_get(v, "id");
         if (!json_is_integer(id) || !jstr(v, "content"))
             fail_input("%s: added_tokens[%zu] needs id and content", path, ai);
-        if (json_integer_value(id) + 1 > t->n_ids) t->n_ids = (int)json_integer_value(id) + 1;
+        json_int_t x = json_integer_value(id);
+        if (x < 0 || x >= MAX_TOKEN_ID)
+            fail_input("%s: added_tokens[%zu].id = %lld is out of range [0, %d)", path, ai, (long long)x,
+                       MAX_TOKEN_ID);
+        if (!*jstr(v, "content")) fail_input("%s: added_tokens[%zu].content is empty", path, ai);
+        if (x + 1 > t->n_ids) t->n_ids = (int)x + 1;
     }
     t->id_str = xcalloc(t->n_ids, sizeof(char*));
     t->id_added = xcalloc(t->n_ids, sizeof(int));
     strmap_init(&t->vocab, json_object_size(vocab));
     json_object_foreach(vocab, k, v) {
         strmap_put(&t->vocab, k, strlen(k), (int)json_integer_value(v));
+        free(t->id_str[json_integer_value(v)]); // two strings with one id: the last wins
         t->id_str[json_integer_value(v)] = xstrdup(k);
     }
     t->n_added = (int)json_array_size(added);
@@ -221,37 +237,52 @@ static void load_vocab(Tokenizer* t, const char* path, json_t* model, json_t* ad
     }
 }
 
+// One merge as its two halves: ["a", "b"] or "a b" (split at the first
+// space, into heap copies: merge strings are untrusted and any length).
+static void merge_halves(const char* path, size_t i, json_t* m, char** a, char** b) {
+    const char* s;
+    if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
+        json_is_string(json_array_get(m, 1))) {
+        *a = xstrdup(json_string_value(json_array_get(m, 0)));
+        *b = xstrdup(json_string_value(json_array_get(m, 1)));
+    } else if (json_is_string(m) && strchr(s = json_string_value(m), ' ')) {
+        size_t la = (size_t)(strchr(s, ' ') - s);
+        *a = xmalloc(la + 1);
+        memcpy(*a, s, la);
+        (*a)[la] = 0;
+        *b = xstrdup(s + la + 1);
+    } else {
+        fail_input("%s: model.merges[%zu] is neither [a, b] nor \"a b\"", path, i);
+    }
+}
+
 static void load_merges(Tokenizer* t, const char* path, json_t* model) {
     json_t* merges = json_object_get(model, "merges");
     if (!json_is_array(merges)) fail_input("%s: model.merges missing or not a list", path);
     size_t n = json_array_size(merges);
+    if (n >= (size_t)INT32_MAX) fail_input("%s: model.merges has %zu entries", path, n);
     t->merges.cap = 16;
     while (t->merges.cap < 2 * n + 2) t->merges.cap *= 2;
     t->merges.s = xcalloc(t->merges.cap, sizeof(MergeSlot));
-    char buf[1024];
     size_t i;
     json_t* m;
     json_array_foreach(merges, i, m) {
-        const char *a, *b;
-        char* sp = NULL;
-        if (json_is_array(m) && json_array_size(m) == 2) {
-            a = json_string_value(json_array_get(m, 0));
-            b = json_string_value(json_array_get(m, 1));
-        } else if (json_is_string(m) && (sp = strchr(json_string_value(m), ' '))) {
-            snprintf(buf, sizeof(buf), "%s", json_string_value(m));
-            buf[sp - json_string_value(m)] = 0;
-            a = buf;
-            b = buf + (sp - json_string_value(m)) + 1;
-        } else {
-            fail_input("%s: model.merges[%zu] is neither [a, b] nor \"a b\"", path, i);
+        char *a, *b;
+        merge_halves(path, i, m, &a, &b);
+        size_t la = strlen(a), lb = strlen(b);
+        char* joined = xmalloc(la + lb + 1);
+        memcpy(joined, a, la);
+        memcpy(joined + la, b, lb + 1);
+        int ia = strmap_get(&t->vocab, a, la), ib = strmap_get(&t->vocab, b, lb);
+        int ij = strmap_get(&t->vocab, joined, la + lb);
+        if (ia < 0 || ib < 0 || ij < 0) {
+            char ca[CLIP_BUF], cb[CLIP_BUF];
+            fail_input("%s: model.merges[%zu] ('%s' '%s') uses tokens not in the vocab", path, i,
+                       str_clip(ca, a), str_clip(cb, b));
         }
-        if (!a || !b) fail_input("%s: model.merges[%zu] is malformed", path, i);
-        int ia = strmap_get(&t->vocab, a, strlen(a)), ib = strmap_get(&t->vocab, b, strlen(b));
-        char joined[2048];
-        snprintf(joined, sizeof(joined), "%s%s", a, b);
-        int ij = strmap_get(&t->vocab, joined, strlen(joined));
-        if (ia < 0 || ib < 0 || ij < 0)
-            fail_input("%s: model.merges[%zu] ('%s' '%s') uses tokens not in the vocab", path, i, a, b);
+        free(a);
+        free(b);
+        free(joined);
         MergeSlot* s = merge_find(&t->merges, ia, ib);
         if (s->key) continue; // duplicate merge: the first (lowest rank) wins
         s->key = (((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib) + 1;
@@ -268,24 +299,27 @@ Tokenizer* tok_load(const char* path_in) {
     else
         path = xstrdup(path_in);
     json_error_t err;
-    json_t* root = json_load_file(path, 0, &err);
+    size_t len;
+    char* text = read_input(path, "tokenizer.json", MAX_JSON_BYTES, &len);
+    json_t* root = json_loadb(text, len, 0, &err);
+    free(text);
     if (!root) fail_input("%s: cannot read tokenizer.json (line %d: %s)", path, err.line, err.text);
+    if (!json_is_object(root)) fail_input("%s: tokenizer.json is not a JSON object", path);
     check_supported(path, root);
     const char* re = split_regex(path, root);
     Tokenizer* t = xcalloc(1, sizeof(Tokenizer));
+    t->path = xstrdup(path);
     json_t* norm = json_object_get(root, "normalizer");
     t->nfc = norm && !json_is_null(norm);
     json_t* added = json_object_get(root, "added_tokens");
-    if (added && !json_is_array(added)) fail_input("%s: added_tokens must be a list", path);
-    load_vocab(t, path, json_object_get(root, "model"), added ? added : json_array());
+    if (added && !json_is_null(added) && !json_is_array(added))
+        fail_input("%s: added_tokens must be a list", path);
+    json_t* none = json_array();
+    load_vocab(t, path, json_object_get(root, "model"), json_is_array(added) ? added : none);
+    json_decref(none);
     load_merges(t, path, json_object_get(root, "model"));
-    int errcode;
-    PCRE2_SIZE erroff;
-    t->re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK,
-                          &errcode, &erroff, NULL);
-    if (!t->re) fail_input("%s: pre_tokenizer regex does not compile at offset %zu", path, (size_t)erroff);
-    pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE);
-    t->md = pcre2_match_data_create_from_pattern(t->re, NULL);
+    // The byte alphabet is checked before the regex is compiled: nothing after
+    // the compile fails, so no PCRE2 object is left behind by a bad file.
     int cp_of_byte[256];
     byte_alphabet(cp_of_byte);
     for (int i = 0; i < 512; i++) t->unicode_byte[i] = -1;
@@ -296,6 +330,22 @@ Tokenizer* tok_load(const char* path_in) {
         if (t->byte_id[b] < 0) fail_input("%s: model.vocab lacks the byte-level symbol for byte %d", path, b);
         t->unicode_byte[cp_of_byte[b]] = b;
     }
+    int errcode;
+    PCRE2_SIZE erroff;
+    t->re =
+        pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &errcode, &erroff, NULL);
+    if (!t->re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(errcode, msg, sizeof(msg));
+        fail_input("%s: pre_tokenizer regex does not compile at offset %zu: %s", path, (size_t)erroff,
+                   (char*)msg);
+    }
+    pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE);
+    t->md = pcre2_match_data_create_from_pattern(t->re, NULL);
+    t->mctx = pcre2_match_context_create(NULL);
+    t->jstack = pcre2_jit_stack_create(32 << 10, 8 << 20, NULL);
+    if (!t->md || !t->mctx || !t->jstack) fail_other("out of memory creating the regex match data");
+    pcre2_jit_stack_assign(t->mctx, NULL, t->jstack);
     strmap_init(&t->cache.map, 1 << 16);
     t->cache.cap = 1 << 20;
     t->cache.ids = xmalloc(sizeof(int) * t->cache.cap);
@@ -315,7 +365,10 @@ void tok_free(Tokenizer* t) {
     free(t->merges.s);
     free(t->cache.ids);
     pcre2_match_data_free(t->md);
+    pcre2_match_context_free(t->mctx);
+    pcre2_jit_stack_free(t->jstack);
     pcre2_code_free(t->re);
+    free(t->path);
     free(t);
 }
 
@@ -330,8 +383,7 @@ int tok_added_id(const Tokenizer* t, const char* content) {
 void idvec_push(IdVec* v, int id) {
     if (v->n == v->cap) {
         v->cap = v->cap ? 2 * v->cap : 1024;
-        v->ids = realloc(v->ids, sizeof(int) * v->cap);
-        if (!v->ids) fail_other("out of memory");
+        v->ids = xrealloc(v->ids, size_mul(sizeof(int), v->cap, "token ids"));
     }
     v->ids[v->n++] = id;
 }
@@ -437,6 +489,20 @@ static void encode_piece(Tokenizer* t, const char* p, size_t n, IdVec* out) {
     }
 }
 
+// A match error is not "no match": the text would be tokenized wrongly. Limits
+// hit (backtracking, depth, heap, memory) are resources (exit 1); anything
+// else comes from the tokenizer's regex (exit 2).
+static void match_failed(const Tokenizer* t, int rc, size_t pos) {
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(rc, msg, sizeof(msg));
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
+        rc == PCRE2_ERROR_NOMEMORY || rc == PCRE2_ERROR_JIT_STACKLIMIT)
+        fail_other("%s: pre_tokenizer regex ran out of resources at text byte %zu: %s", t->path, pos,
+                   (char*)msg);
+    fail_input("%s: pre_tokenizer regex failed at text byte %zu: %s (PCRE2 error %d)", t->path, pos, (char*)msg,
+               rc);
+}
+
 // A segment with no added tokens: NFC, regex split, byte-level BPE per piece.
 static void encode_segment(Tokenizer* t, const char* s, size_t n, IdVec* out) {
     if (n == 0) return;
@@ -457,11 +523,12 @@ static void encode_segment(Tokenizer* t, const char* s, size_t n, IdVec* out) {
     }
     PCRE2_SIZE pos = 0;
     while (pos < n) {
-        int rc = pcre2_match(t->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, t->md, NULL);
-        if (rc < 0) {
+        int rc = pcre2_match(t->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, t->md, t->mctx);
+        if (rc == PCRE2_ERROR_NOMATCH) {
             encode_piece(t, s + pos, n - pos, out); // trailing gap (Isolated keeps it)
             break;
         }
+        if (rc < 0) match_failed(t, rc, pos);
         PCRE2_SIZE* ov = pcre2_get_ovector_pointer(t->md);
         if (ov[0] > pos) encode_piece(t, s + pos, ov[0] - pos, out);
         if (ov[1] == ov[0]) { // empty match: step one character
@@ -522,7 +589,7 @@ char* tok_decode(const Tokenizer* t, const int* ids, size_t n, size_t* len) {
         size_t sl = strlen(s);
         if (k + sl + 8 > cap) {
             cap = 2 * (k + sl + 8);
-            out = realloc(out, cap);
+            out = xrealloc(out, cap);
         }
         if (t->id_added[ids[i]]) {
             memcpy(out + k, s, sl);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -50,15 +51,16 @@ static int cmp_span(const void* a, const void* b) {
 
 static void map_file(StFile* f, const char* path) {
     f->path = xstrdup(path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) fail_input("%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) fail_input("%s: cannot stat: %s", path, strerror(errno));
-    f->size = (size_t)st.st_size;
-    if (f->size < 8) fail_input("%s: truncated file: %zu bytes, header length needs 8", path, f->size);
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int fd = open_regular(path, "safetensors file", &f->size);
+    if (f->size < 8) {
+        close(fd);
+        fail_input("%s: truncated file: %zu bytes, header length needs 8", path, f->size);
+    }
+    void* map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
     close(fd);
-    if (f->map == MAP_FAILED) fail_input("%s: mmap failed: %s", path, strerror(errno));
+    if (map == MAP_FAILED) fail_input("%s: mmap failed: %s", path, strerror(e));
+    f->map = map;
 }
 
 static void parse_shape(const char* path, const char* name, json_t* shape, StTensor* t) {
@@ -80,6 +82,15 @@ static DType parse_dtype(const char* path, const char* name, json_t* dt) {
     fail_input("%s: tensor '%s': unknown dtype '%s'", path, name, json_string_value(dt));
 }
 
+// Bytes the shape and dtype need; a product that overflows exits 2 naming the tensor.
+static size_t tensor_bytes(const char* path, const char* name, const StTensor* t) {
+    char clip[CLIP_BUF], what[CLIP_BUF + 4096];
+    snprintf(what, sizeof(what), "%s: tensor '%s': field 'shape'", path, str_clip(clip, name));
+    size_t n = (size_t)dtype_size(t->dtype);
+    for (int i = 0; i < t->ndim; i++) n = size_mul(n, (size_t)t->shape[i], what);
+    return n;
+}
+
 // Appends the tensors of one mapped file to ck->t.
 static void parse_header(StCheckpoint* ck, StFile* f) {
     const uint8_t* p = f->map;
@@ -88,6 +99,9 @@ static void parse_header(StCheckpoint* ck, StFile* f) {
     if (hlen > f->size - 8)
         fail_input("%s: header length %llu runs past the end of the file (%zu bytes)", f->path,
                    (unsigned long long)hlen, f->size);
+    if (hlen > MAX_ST_HEADER_BYTES)
+        fail_input("%s: header length %llu is over the %zu MiB limit", f->path, (unsigned long long)hlen,
+                   MAX_ST_HEADER_BYTES >> 20);
     json_error_t err;
     json_t* root = json_loadb((const char*)p + 8, hlen, 0, &err);
     if (!root || !json_is_object(root))
@@ -96,8 +110,8 @@ static void parse_header(StCheckpoint* ck, StFile* f) {
     const uint8_t* data = p + 8 + hlen;
     size_t dsize = f->size - 8 - hlen;
     size_t n = json_object_size(root);
-    ck->t = realloc(ck->t, sizeof(StTensor) * (ck->n + n));
-    Span* spans = xmalloc(sizeof(Span) * (n ? n : 1));
+    ck->t = xrealloc(ck->t, size_mul(sizeof(StTensor), size_add((size_t)ck->n, n, f->path), f->path));
+    Span* spans = xcalloc(n, sizeof(Span));
     int ns = 0;
     const char* key;
     json_t* val;
@@ -117,11 +131,10 @@ static void parse_header(StCheckpoint* ck, StFile* f) {
         if (b < 0 || e < b || (uint64_t)e > dsize)
             fail_input("%s: tensor '%s': data_offsets [%lld, %lld] out of range (data section is %zu bytes)",
                        f->path, key, (long long)b, (long long)e, dsize);
-        size_t numel = 1;
-        for (int i = 0; i < t->ndim; i++) numel *= (size_t)t->shape[i];
-        if (numel * dtype_size(t->dtype) != (size_t)(e - b))
+        size_t need = tensor_bytes(f->path, key, t);
+        if (need != (size_t)(e - b))
             fail_input("%s: tensor '%s': data_offsets span %lld bytes but shape and dtype need %zu", f->path,
-                       key, (long long)(e - b), numel * dtype_size(t->dtype));
+                       key, (long long)(e - b), need);
         t->name = xstrdup(key);
         t->data = data + b;
         t->nbytes = (size_t)(e - b);
@@ -129,7 +142,7 @@ static void parse_header(StCheckpoint* ck, StFile* f) {
         spans[ns++] = (Span){(size_t)b, (size_t)e, t->name};
         ck->n++;
     }
-    qsort(spans, ns, sizeof(Span), cmp_span);
+    if (ns > 1) qsort(spans, ns, sizeof(Span), cmp_span);
     for (int i = 1; i < ns; i++)
         if (spans[i].begin < spans[i - 1].end)
             fail_input("%s: tensors '%s' and '%s' have overlapping data_offsets", f->path, spans[i - 1].name,
@@ -139,7 +152,7 @@ static void parse_header(StCheckpoint* ck, StFile* f) {
 }
 
 static void finish(StCheckpoint* ck) {
-    qsort(ck->t, ck->n, sizeof(StTensor), cmp_tensor_name);
+    if (ck->n > 1) qsort(ck->t, ck->n, sizeof(StTensor), cmp_tensor_name); // never qsort(NULL, 0)
     for (int i = 1; i < ck->n; i++)
         if (strcmp(ck->t[i].name, ck->t[i - 1].name) == 0)
             fail_input("%s: tensor '%s' appears twice (also in %s)", ck->t[i].file, ck->t[i].name,
@@ -155,29 +168,51 @@ void st_open_file(StCheckpoint* ck, const char* path) {
     finish(ck);
 }
 
-static void open_index(StCheckpoint* ck, const char* dir, const char* index_path) {
-    json_error_t err;
-    json_t* root = json_load_file(index_path, 0, &err);
-    if (!root) fail_input("%s: invalid JSON at line %d: %s", index_path, err.line, err.text);
-    json_t* wm = json_object_get(root, "weight_map");
-    if (!json_is_object(wm)) fail_input("%s: field 'weight_map' missing or not an object", index_path);
-    // Unique shard names, in first-seen order.
-    size_t cap = json_object_size(wm);
-    const char** shards = xmalloc(sizeof(char*) * (cap ? cap : 1));
-    int nsh = 0;
+static int cmp_str(const void* a, const void* b) {
+    return strcmp(*(const char* const*)a, *(const char* const*)b);
+}
+
+// Shard file names from weight_map, sorted and unique (sorting, not a
+// pairwise scan, so a hostile map with many names stays O(n log n)).
+static const char** index_shards(const char* index_path, json_t* wm, int* nsh) {
+    size_t n = json_object_size(wm);
+    const char** shards = xcalloc(n, sizeof(char*));
+    size_t k = 0;
     const char* key;
     json_t* val;
     json_object_foreach(wm, key, val) {
-        if (!json_is_string(val)) fail_input("%s: weight_map['%s'] is not a file name", index_path, key);
+        char clip[CLIP_BUF];
+        if (!json_is_string(val))
+            fail_input("%s: weight_map['%s'] is not a file name", index_path, str_clip(clip, key));
         const char* s = json_string_value(val);
-        if (strchr(s, '/'))
-            fail_input("%s: weight_map['%s'] names a path outside the model folder", index_path, key);
-        int seen = 0;
-        for (int i = 0; i < nsh; i++) seen |= strcmp(shards[i], s) == 0;
-        if (!seen) shards[nsh++] = s;
+        if (!*s || strchr(s, '/') || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+            fail_input("%s: weight_map['%s'] = '%s' is not a file name in the model folder", index_path,
+                       str_clip(clip, key), s);
+        shards[k++] = s;
     }
+    if (k > 1) qsort(shards, k, sizeof(char*), cmp_str);
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (u == 0 || strcmp(shards[u - 1], shards[i]) != 0) shards[u++] = shards[i];
+    if (u > 1000000) fail_input("%s: weight_map names %zu shard files", index_path, u);
+    *nsh = (int)u;
+    return shards;
+}
+
+static void open_index(StCheckpoint* ck, const char* dir, const char* index_path) {
+    json_error_t err;
+    size_t len;
+    char* text = read_input(index_path, "shard index", MAX_JSON_BYTES, &len);
+    json_t* root = json_loadb(text, len, 0, &err);
+    free(text);
+    if (!root) fail_input("%s: invalid JSON at line %d: %s", index_path, err.line, err.text);
+    json_t* wm = json_object_get(root, "weight_map");
+    if (!json_is_object(wm)) fail_input("%s: field 'weight_map' missing or not an object", index_path);
+    if (json_object_size(wm) == 0) fail_input("%s: field 'weight_map' is empty", index_path);
+    int nsh;
+    const char** shards = index_shards(index_path, wm, &nsh);
     memset(ck, 0, sizeof(*ck));
-    ck->files = xcalloc(nsh ? nsh : 1, sizeof(StFile));
+    ck->files = xcalloc(nsh, sizeof(StFile));
     for (int i = 0; i < nsh; i++) {
         char* p = path_join(dir, shards[i]);
         map_file(&ck->files[i], p);
@@ -186,11 +221,16 @@ static void open_index(StCheckpoint* ck, const char* dir, const char* index_path
         parse_header(ck, &ck->files[i]);
     }
     finish(ck);
+    const char* key;
+    json_t* val;
     json_object_foreach(wm, key, val) {
         const StTensor* t = st_find(ck, key);
         if (!t)
             fail_input("%s: tensor '%s' is listed in weight_map but missing from %s", index_path, key,
                        json_string_value(val));
+        if (strcmp(strrchr(t->file, '/') ? strrchr(t->file, '/') + 1 : t->file, json_string_value(val)) != 0)
+            fail_input("%s: tensor '%s' is listed in weight_map under %s but found in %s", index_path, key,
+                       json_string_value(val), t->file);
     }
     free(shards);
     json_decref(root);
@@ -210,10 +250,11 @@ void st_open(StCheckpoint* ck, const char* dir) {
     free(index);
 }
 
+// Also frees a checkpoint whose opening failed part way (the fuzz harness does).
 void st_free(StCheckpoint* ck) {
     for (int i = 0; i < ck->n; i++) free(ck->t[i].name);
     for (int i = 0; i < ck->nfiles; i++) {
-        munmap(ck->files[i].map, ck->files[i].size);
+        if (ck->files[i].map) munmap(ck->files[i].map, ck->files[i].size);
         free(ck->files[i].path);
     }
     free(ck->t);
@@ -223,6 +264,7 @@ void st_free(StCheckpoint* ck) {
 
 const StTensor* st_find(const StCheckpoint* ck, const char* name) {
     StTensor key = {.name = (char*)name};
+    if (ck->n == 0) return NULL; // never bsearch(NULL, 0)
     return bsearch(&key, ck->t, ck->n, sizeof(StTensor), cmp_tensor_name);
 }
 
@@ -250,4 +292,64 @@ void st_to_f32(const StTensor* t, float* out) {
         fail_input("%s: tensor '%s': dtype %s is not supported for weights (BF16, F16, F32)", t->file, t->name,
                    st_dtype_name(t->dtype));
     }
+}
+
+// Index of the first non-finite element, for the message (rare path, serial).
+static size_t first_nonfinite(const StTensor* t, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        uint32_t u;
+        if (t->dtype == DT_F32) {
+            memcpy(&u, t->data + 4 * i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) return i;
+        } else {
+            memcpy(&h, t->data + 2 * i, 2);
+            if ((h & (t->dtype == DT_BF16 ? 0x7f80 : 0x7c00)) == (t->dtype == DT_BF16 ? 0x7f80 : 0x7c00))
+                return i;
+        }
+    }
+    return n;
+}
+
+// Non-finite iff the exponent bits are all ones; chunks of 64 Ki elements in
+// parallel, each loop branch-free so it vectorises (memory speed, the
+// checkpoint is read once anyway).
+void st_check_finite(const StTensor* t) {
+    if (t->dtype != DT_BF16 && t->dtype != DT_F16 && t->dtype != DT_F32) return;
+    int es = dtype_size(t->dtype);
+    size_t n = t->nbytes / (size_t)es, chunk = (size_t)1 << 16, nchunks = (n + chunk - 1) / chunk;
+    const uint8_t* d = t->data;
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (nchunks > 4)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t i0 = c * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        int acc = 0;
+        if (t->dtype == DT_F32) {
+            for (size_t i = i0; i < i1; i++) {
+                uint32_t u;
+                memcpy(&u, d + 4 * i, 4);
+                acc |= (u & 0x7f800000u) == 0x7f800000u;
+            }
+        } else {
+            uint16_t m = t->dtype == DT_BF16 ? 0x7f80 : 0x7c00;
+            for (size_t i = i0; i < i1; i++) {
+                uint16_t h;
+                memcpy(&h, d + 2 * i, 2);
+                acc |= (h & m) == m;
+            }
+        }
+        bad |= acc;
+    }
+    if (!bad) return;
+    size_t i = first_nonfinite(t, n);
+    float v;
+    if (t->dtype == DT_F32) {
+        memcpy(&v, d + 4 * i, 4);
+    } else {
+        uint16_t h;
+        memcpy(&h, d + 2 * i, 2);
+        v = t->dtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+    fail_input("%s: tensor '%s': element %zu is %s; every score would be NaN", t->file, t->name, i,
+               isnan(v) ? "NaN" : "infinite");
 }

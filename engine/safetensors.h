@@ -37,5 +37,8 @@ void st_open_file(StCheckpoint* ck, const char* path); // one file only
 void st_free(StCheckpoint* ck);
 const StTensor* st_find(const StCheckpoint* ck, const char* name);
 const char* st_dtype_name(DType d);
+// Exits 2 naming the file, tensor and element when a BF16/F16/F32 tensor
+// holds a NaN or Inf (one such weight makes every score NaN). Other dtypes pass.
+void st_check_finite(const StTensor* t);
 // Converts a BF16/F16/F32 tensor to fp32 (exits 2 on any other dtype).
 void st_to_f32(const StTensor* t, float* out);

@@ -1,38 +1,84 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 int g_quiet = 0;
 
-#define MAX_TMP 16
-static char* g_tmp[MAX_TMP];
+#ifdef AUTOQ_FUZZ
+#include <setjmp.h>
+// Set by the fuzz harness (tests/fuzz): fail_* jump back to it instead of exiting.
+jmp_buf* g_fuzz_jmp;
+#endif
+
+// Temporary outputs, removed by fail_* and by the signal handler. Fixed
+// slots (no malloc, no pointers swapped under the handler's feet): a slot is
+// marked used only after its path is complete, and unused before it is
+// cleared, so the handler never reads a half-written path.
+#define MAX_TMP 32
+static char g_tmp[MAX_TMP][PATH_MAX];
+static volatile sig_atomic_t g_tmp_used[MAX_TMP];
+
+// Async-signal-safe: unlink and re-raise with the default action, so the
+// process still dies of the signal (exit status and core as usual).
+static void tmp_on_signal(int sig) {
+    for (int i = 0; i < MAX_TMP; i++)
+        if (g_tmp_used[i]) unlink(g_tmp[i]);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void tmp_install_handlers(void) {
+    static int done = 0;
+    if (done) return;
+    done = 1;
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        struct sigaction old;
+        // Leave alone a signal someone already ignores or handles.
+        if (sigaction(sigs[i], NULL, &old) != 0 || old.sa_handler != SIG_DFL) continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = tmp_on_signal;
+        sigfillset(&sa.sa_mask);
+        sa.sa_flags = SA_RESETHAND;
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
 
 void tmp_register(const char* path) {
+    if (strlen(path) >= PATH_MAX) fail_input("%s: output path is too long", path);
+    tmp_install_handlers();
     for (int i = 0; i < MAX_TMP; i++)
-        if (!g_tmp[i]) {
-            g_tmp[i] = xstrdup(path);
+        if (!g_tmp_used[i]) {
+            strcpy(g_tmp[i], path);
+            g_tmp_used[i] = 1;
             return;
         }
+    fail_other("%s: more than %d temporary outputs at once", path, MAX_TMP);
 }
 
 void tmp_unregister(const char* path) {
     for (int i = 0; i < MAX_TMP; i++)
-        if (g_tmp[i] && strcmp(g_tmp[i], path) == 0) {
-            free(g_tmp[i]);
-            g_tmp[i] = NULL;
+        if (g_tmp_used[i] && strcmp(g_tmp[i], path) == 0) {
+            g_tmp_used[i] = 0;
+            g_tmp[i][0] = 0;
         }
 }
 
 static void tmp_cleanup(void) {
     for (int i = 0; i < MAX_TMP; i++)
-        if (g_tmp[i]) unlink(g_tmp[i]);
+        if (g_tmp_used[i]) unlink(g_tmp[i]);
 }
 
 static void vmsg(const char* prefix, const char* fmt, va_list ap) {
@@ -42,22 +88,34 @@ static void vmsg(const char* prefix, const char* fmt, va_list ap) {
     fputc('\n', stderr);
 }
 
+__attribute__((noreturn)) static void fail_exit(int code, const char* fmt, va_list ap) {
+#ifdef AUTOQ_FUZZ
+    if (g_fuzz_jmp) {
+        // Still format the message (a bad format argument is a finding), quietly.
+        char buf[512];
+        va_list aq;
+        va_copy(aq, ap);
+        vsnprintf(buf, sizeof(buf), fmt, aq);
+        va_end(aq);
+        if (getenv("AUTOQ_FUZZ_VERBOSE")) fprintf(stderr, "autoq: error: %s\n", buf);
+        longjmp(*g_fuzz_jmp, code);
+    }
+#endif
+    vmsg("error: ", fmt, ap);
+    tmp_cleanup();
+    exit(code);
+}
+
 void fail_input(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vmsg("error: ", fmt, ap);
-    va_end(ap);
-    tmp_cleanup();
-    exit(EXIT_BAD_INPUT);
+    fail_exit(EXIT_BAD_INPUT, fmt, ap);
 }
 
 void fail_other(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vmsg("error: ", fmt, ap);
-    va_end(ap);
-    tmp_cleanup();
-    exit(EXIT_FAILURE_OTHER);
+    fail_exit(EXIT_FAILURE_OTHER, fmt, ap);
 }
 
 void warn_msg(const char* fmt, ...) {
@@ -82,9 +140,15 @@ void* xmalloc(size_t n) {
 }
 
 void* xcalloc(size_t n, size_t size) {
-    void* p = calloc(n ? n : 1, size ? size : 1);
+    void* p = calloc(n ? n : 1, size ? size : 1); // calloc checks n * size itself
     if (!p) fail_other("out of memory allocating %zu x %zu bytes", n, size);
     return p;
+}
+
+void* xrealloc(void* p, size_t n) {
+    void* q = realloc(p, n ? n : 1);
+    if (!q) fail_other("out of memory allocating %zu bytes", n);
+    return q;
 }
 
 char* xstrdup(const char* s) {
@@ -103,39 +167,213 @@ char* path_join(const char* dir, const char* name) {
     return p;
 }
 
-char* read_file(const char* path, size_t* len) {
-    FILE* f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char* buf = xmalloc(cap + 1);
+size_t size_mul(size_t a, size_t b, const char* what) {
     size_t r;
-    while ((r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap + 1);
-            if (!buf) fail_other("out of memory reading %s", path);
-        }
+    if (__builtin_mul_overflow(a, b, &r)) fail_input("%s: size %zu x %zu overflows", what, a, b);
+    return r;
+}
+
+size_t size_mul3(size_t a, size_t b, size_t c, const char* what) {
+    return size_mul(size_mul(a, b, what), c, what);
+}
+
+size_t size_add(size_t a, size_t b, const char* what) {
+    size_t r;
+    if (__builtin_add_overflow(a, b, &r)) fail_input("%s: size %zu + %zu overflows", what, a, b);
+    return r;
+}
+
+const char* str_clip(char* buf, const char* s) {
+    const size_t max = 80;
+    size_t n = 0;
+    while (s[n] && n < max) n++;
+    int cut = s[n] != 0;
+    if (cut) // back up to the start of a UTF-8 character
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
     }
-    int err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        errno = EIO;
-        return NULL;
+    strcpy(buf + n, cut ? "..." : "");
+    return buf;
+}
+
+// Opens without blocking and stats the open file (no race with a rename).
+// Returns the fd, -1 with errno set if it cannot be opened, -2 if not regular.
+static int open_regular_try(const char* path, size_t* size, const char** kind) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *kind = S_ISDIR(st.st_mode)    ? "a directory"
+                : S_ISFIFO(st.st_mode) ? "a FIFO"
+                : S_ISCHR(st.st_mode)  ? "a character device"
+                : S_ISBLK(st.st_mode)  ? "a block device"
+                : S_ISSOCK(st.st_mode) ? "a socket"
+                                       : "a special file";
+        close(fd);
+        return -2;
+    }
+    if (size) *size = (size_t)st.st_size;
+    return fd;
+}
+
+int open_regular(const char* path, const char* what, size_t* size) {
+    const char* kind = "";
+    int fd = open_regular_try(path, size, &kind);
+    if (fd == -1) fail_input("%s: cannot open %s: %s", path, what, strerror(errno));
+    if (fd == -2) fail_input("%s: %s is %s, not a regular file", path, what, kind);
+    return fd;
+}
+
+// Reads exactly size bytes (the size fstat gave; a file that shrinks meanwhile is an error).
+static char* read_fd(int fd, size_t size, size_t* len) {
+    char* buf = xmalloc(size_add(size, 1, "file size"));
+    size_t n = 0;
+    while (n < size) {
+        ssize_t r = read(fd, buf + n, size - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            free(buf);
+            if (r == 0) errno = EIO;
+            return NULL;
+        }
+        n += (size_t)r;
     }
     buf[n] = 0;
     if (len) *len = n;
     return buf;
 }
 
+static void check_cap(int fd, const char* path, const char* what, size_t size, size_t max) {
+    if (size <= max) return;
+    close(fd);
+    fail_input("%s: %s is %zu bytes, over the %zu MiB limit for this kind of input", path, what, size,
+               max >> 20);
+}
+
+char* read_input(const char* path, const char* what, size_t max, size_t* len) {
+    size_t size = 0;
+    int fd = open_regular(path, what, &size);
+    check_cap(fd, path, what, size, max);
+    char* buf = read_fd(fd, size, len);
+    int e = errno;
+    close(fd);
+    if (!buf) fail_input("%s: cannot read %s: %s", path, what, strerror(e));
+    return buf;
+}
+
+// A pipe (e.g. `--text <(cmd)` or /dev/stdin) read to its end, at most max bytes.
+static char* read_stream(int fd, const char* path, size_t max, size_t* len) {
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    size_t cap = 1 << 16, n = 0;
+    char* buf = xmalloc(cap + 1);
+    for (;;) {
+        if (n == cap) {
+            if (cap > max) {
+                close(fd);
+                fail_input("%s: input is over the %zu MiB limit for this kind of input", path, max >> 20);
+            }
+            cap *= 2;
+            buf = xrealloc(buf, cap + 1);
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            free(buf);
+            return NULL;
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    if (n > max) {
+        close(fd);
+        fail_input("%s: input is over the %zu MiB limit for this kind of input", path, max >> 20);
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+char* read_file(const char* path, size_t* len) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    char* buf;
+    if (S_ISFIFO(st.st_mode)) {
+        buf = read_stream(fd, path, MAX_TEXT_BYTES, len); // a pipe ends; no writer reads as empty
+    } else if (S_ISREG(st.st_mode)) {
+        check_cap(fd, path, "input", (size_t)st.st_size, MAX_TEXT_BYTES);
+        buf = read_fd(fd, (size_t)st.st_size, len);
+    } else {
+        close(fd);
+        fail_input("%s: is %s, not a regular file or a pipe", path,
+                   S_ISDIR(st.st_mode) ? "a directory" : "a device or socket");
+    }
+    int e = errno;
+    close(fd);
+    errno = e;
+    return buf;
+}
+
+// The folder part of path ("." when there is none); malloc'd.
+static char* path_dir(const char* path) {
+    const char* slash = strrchr(path, '/');
+    if (!slash) return xstrdup(".");
+    if (slash == path) return xstrdup("/");
+    char* d = xmalloc((size_t)(slash - path) + 1);
+    memcpy(d, path, (size_t)(slash - path));
+    d[slash - path] = 0;
+    return d;
+}
+
+void out_check(const char* path, const char* what) {
+    if (!path || !*path) fail_input("%s: the output path is empty", what);
+    if (strcmp(path, "-") == 0) return;
+    size_t n = strlen(path);
+    if (n + 32 >= PATH_MAX) fail_input("%s: %s: output path is too long", path, what);
+    struct stat st;
+    if (path[n - 1] == '/') fail_input("%s: %s names a directory, not a file", path, what);
+    // stat follows a symlink: a link to a device or FIFO is refused like the node itself.
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) fail_input("%s: %s is a directory, not a file", path, what);
+        if (!S_ISREG(st.st_mode))
+            fail_input(
+                "%s: %s is a device, FIFO or socket; outputs are written to a temporary file and renamed "
+                "into place, so autoq refuses to replace it",
+                path, what);
+    }
+    char* dir = path_dir(path);
+    if (stat(dir, &st) != 0) fail_input("%s: %s: folder %s does not exist", path, what, dir);
+    if (!S_ISDIR(st.st_mode)) fail_input("%s: %s: %s is not a folder", path, what, dir);
+    if (access(dir, W_OK | X_OK) != 0) fail_input("%s: %s: folder %s is not writable", path, what, dir);
+    free(dir);
+}
+
 void out_open(OutFile* o, const char* path) {
+    out_check(path, "output");
     o->path = xstrdup(path);
     o->tmp = xmalloc(strlen(path) + 32);
     sprintf(o->tmp, "%s.tmp.%d", path, (int)getpid());
-    o->f = fopen(o->tmp, "wb");
-    if (!o->f) fail_input("%s: cannot create output file: %s", path, strerror(errno));
+    // O_EXCL | O_NOFOLLOW: never write through a file or link planted under the temporary name.
+    unlink(o->tmp);
+    int fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0) fail_input("%s: cannot create output file: %s", path, strerror(errno));
     tmp_register(o->tmp);
+    o->f = fdopen(fd, "wb");
+    if (!o->f) fail_other("%s: fdopen: %s", path, strerror(errno));
 }
 
 void out_close(OutFile* o) {

@@ -1,11 +1,17 @@
 // Candidate formats read from JSON in ModelOpt's quant_cfg dialect (SPEC §4).
 #pragma once
-#include "../kernels/kernels.h"
+#include <jansson.h>
+
+#include "../kernels/quant.h"
+
+// The compact JSON text of a format file as loaded; every field is validated, so it stays small.
+#define FORMAT_DEF_MAX 1024
 
 typedef struct {
-    char name[64]; // file stem, e.g. "w4a8"
-    char path[512];
-    int builtin; // named by stem (configs/formats/NAME.json), not by a path
+    char name[64];            // file stem, e.g. "w4a8"; unique among the formats of one run
+    char path[512];           // where the definition came from: its file, or the scores / recipe file and field
+    int builtin;              // named by stem (configs/formats/NAME.json), not by a path
+    char def[FORMAT_DEF_MAX]; // {"quant_cfg": ..., "algorithm": ...} as loaded: what outputs store
     int w_enable;
     QuantSpec w; // per output channel, static
     int in_enable;
@@ -17,5 +23,11 @@ typedef struct {
 // (looked up beside the autoq binary, then in the working directory).
 // ct selects compressed-tensors numerics. Exits 2 naming the file and field.
 void format_load(Format* f, const char* name, int ct);
-// Comma-separated list; returns the count.
+// Comma-separated list; returns the count. Two formats with one name exit 2.
 int formats_load(Format* out, int max, const char* csv, int ct);
+// The whole format as data, for scores and recipe files:
+// {"name", "bits", "numerics", "definition": {"quant_cfg": ..., "algorithm": ...}}.
+json_t* format_to_json(const Format* f);
+// Rebuilds a format from format_to_json's record; `where` names the record in
+// messages (e.g. "s.h5: /formats/definition[0]"). Exits 2 on any bad field.
+void format_from_json(Format* f, const json_t* rec, const char* where);

@@ -1,30 +1,44 @@
 #define _GNU_SOURCE
 #include "table.h"
 
-#include <hdf5.h>
 #include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../engine/util.h"
 
-static void free_strs(char** s, int n) {
+void table_free_strs(char** s, int n) {
     if (!s) return;
     for (int i = 0; i < n; i++) free(s[i]);
     free(s);
 }
 
 void table_free(ScoreTable* t) {
-    free_strs(t->gname, t->ng);
-    free_strs(t->gmembers, t->ng);
-    free_strs(t->lname, t->nl);
+    table_free_strs(t->gname, t->ng);
+    table_free_strs(t->gmembers, t->ng);
+    table_free_strs(t->lname, t->nl);
     free(t->params);
+    free(t->active);
     free(t->disabled);
     free(t->score);
     free(t->lshape);
     free(t->lgroup);
+    table_free_strs(t->cov_name, t->n_cov);
+    free(t->cov_tokens);
     memset(t, 0, sizeof(*t));
+}
+
+json_t* json_text(const char* s, const char* what) {
+    json_t* j = json_string(s);
+    if (!j) fail_input("%s is not valid UTF-8; JSON cannot hold it", what);
+    return j;
+}
+
+void json_put(json_t* o, const char* key, json_t* v, const char* what) {
+    if (!v || json_object_set_new(o, key, v) != 0)
+        fail_input("%s is not valid UTF-8; JSON cannot hold it", what);
 }
 
 void json_write_file(json_t* j, const char* path) {
@@ -45,51 +59,89 @@ json_t* json_csv_list(const char* csv) {
     char* s = xstrdup(csv);
     char* save = NULL;
     for (char* tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-        json_array_append_new(a, json_string(tok));
+        json_array_append_new(a, json_text(tok, "a module name"));
     free(s);
     return a;
 }
 
+// A score as JSON; jansson has no NaN or infinity and would drop the value silently.
+static json_t* json_score(double v, const char* group) {
+    if (!isfinite(v)) fail_other("score of group %s is %g; JSON cannot hold it", group, v);
+    return json_real(v);
+}
+
 json_t* table_group_json(const ScoreTable* t, int g) {
     json_t* o = json_object();
-    json_object_set_new(o, "name", json_string(t->gname[g]));
+    json_put(o, "name", json_text(t->gname[g], "a group name"), "a group name");
     json_object_set_new(o, "members", json_csv_list(t->gmembers[g]));
     json_object_set_new(o, "params", json_integer(t->params[g]));
+    if (t->active[g] != t->params[g]) json_object_set_new(o, "active_params", json_integer(t->active[g]));
     json_object_set_new(o, "disabled", json_boolean(t->disabled[g]));
     return o;
 }
 
+static json_t* group_scores_json(const ScoreTable* t, int g) {
+    json_t* sc = json_object();
+    for (int f = 0; f < t->nf; f++)
+        json_object_set_new(sc, t->fmts[f].name,
+                            t->disabled[g] ? json_null()
+                                           : json_score(t->score[(size_t)f * t->ng + g], t->gname[g]));
+    return sc;
+}
+
+static int cmp_long(const void* a, const void* b) {
+    long x = *(const long*)a, y = *(const long*)b;
+    return (x > y) - (x < y);
+}
+
+// {"<experts group>": {"tokens": [per expert], "min", "median", "max", "below_min": [experts]}}
+static json_t* coverage_json(const ScoreTable* t) {
+    json_t* c = json_object();
+    long* v = xmalloc(sizeof(long) * t->n_experts);
+    for (int r = 0; r < t->n_cov; r++) {
+        const long* n = t->cov_tokens + (size_t)r * t->n_experts;
+        json_t *o = json_object(), *tok = json_array(), *few = json_array();
+        for (int e = 0; e < t->n_experts; e++) {
+            json_array_append_new(tok, json_integer(n[e]));
+            if (n[e] < t->min_expert_tokens) json_array_append_new(few, json_integer(e));
+            v[e] = n[e];
+        }
+        qsort(v, t->n_experts, sizeof(long), cmp_long);
+        json_object_set_new(o, "tokens", tok);
+        json_object_set_new(o, "min", json_integer(v[0]));
+        json_object_set_new(o, "median", json_integer(v[t->n_experts / 2]));
+        json_object_set_new(o, "max", json_integer(v[t->n_experts - 1]));
+        json_object_set_new(o, "below_min", few);
+        json_put(c, t->cov_name[r], o, "an experts group name");
+    }
+    free(v);
+    return c;
+}
+
 static json_t* table_json(const ScoreTable* t) {
     json_t* j = json_object();
-    json_object_set_new(j, "model", json_string(t->model));
+    json_object_set_new(j, "model", json_text(t->model, "the model path"));
     json_object_set_new(j, "method", json_string(t->method));
-    json_object_set_new(j, "format", json_string(t->fmt_name[0]));
-    if (t->nf > 1) {
-        json_t* fs = json_array();
-        for (int f = 0; f < t->nf; f++) json_array_append_new(fs, json_string(t->fmt_name[f]));
-        json_object_set_new(j, "formats", fs);
-    }
+    json_object_set_new(j, "format", json_string(t->fmts[0].name));
+    json_t* fs = json_array();
+    for (int f = 0; f < t->nf; f++) json_array_append_new(fs, format_to_json(&t->fmts[f]));
+    json_object_set_new(j, "formats", fs);
     json_object_set_new(j, "numerics", json_string(t->numerics));
-    json_object_set_new(j, "disabled_layers", json_string(t->disabled_csv));
+    json_object_set_new(j, "disabled_layers", json_text(t->disabled_csv, "--disabled-layers"));
     json_object_set_new(j, "num_samples", json_integer(t->num_samples));
     json_object_set_new(j, "seq_len", json_integer(t->seq_len));
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
         json_t* o = table_group_json(t, g);
-        if (t->disabled[g])
-            json_object_set_new(o, "score", json_null());
-        else
-            json_object_set_new(o, "score", json_real(t->score[g]));
-        if (t->nf > 1) {
-            json_t* sc = json_object();
-            for (int f = 0; f < t->nf; f++)
-                json_object_set_new(sc, t->fmt_name[f],
-                                    t->disabled[g] ? json_null() : json_real(t->score[(size_t)f * t->ng + g]));
-            json_object_set_new(o, "scores", sc);
-        }
+        json_object_set_new(o, "score", t->disabled[g] ? json_null() : json_score(t->score[g], t->gname[g]));
+        if (t->nf > 1) json_object_set_new(o, "scores", group_scores_json(t, g));
         json_array_append_new(gs, o);
     }
     json_object_set_new(j, "groups", gs);
+    if (t->n_cov) {
+        json_object_set_new(j, "min_expert_tokens", json_integer(t->min_expert_tokens));
+        json_object_set_new(j, "coverage", coverage_json(t));
+    }
     return j;
 }
 
@@ -99,209 +151,113 @@ void table_write_json(const ScoreTable* t, const char* path) {
     json_decref(j);
 }
 
-// ---- HDF5 ----
-static hid_t str_type(void) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    return t;
+// ---- checks of a table read from a file ----
+// Limits of a plausible scores file: beyond them a file is corrupt or hostile, never a model.
+#define MAX_GROUP_PARAMS (1L << 36)
+#define MAX_TOTAL_PARAMS (1L << 40) // a trillion weights: costs (x16 bits) stay exact in doubles
+
+static void bad(const char* path, const char* obj, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
+static void bad(const char* path, const char* obj, const char* fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fail_input("%s: %s: %s", path, obj, msg);
 }
 
-static void attr_str(hid_t obj, const char* name, const char* v) {
-    hid_t t = str_type(), sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    H5Awrite(a, t, &v);
-    H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-}
-
-static void attr_num(hid_t obj, const char* name, hid_t type, const void* v) {
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
-    H5Awrite(a, type, v);
-    H5Aclose(a);
-    H5Sclose(sp);
-}
-
-void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims,
-              const void* data) {
-    hid_t sp = H5Screate_simple(rank, dims, NULL);
-    hid_t d = H5Dcreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (d < 0 || H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
-        fail_other("HDF5: cannot write dataset %s", name);
-    H5Dclose(d);
-    H5Sclose(sp);
-}
-
-static void write_strs(hid_t loc, const char* name, char* const* s, int n) {
-    hid_t t = str_type();
-    hsize_t dims[1] = {(hsize_t)n};
-    h5_write(loc, name, t, 1, dims, s);
-    H5Tclose(t);
-}
-
-long table_h5_create(const ScoreTable* t, const char* path) {
-    char* tmp = xmalloc(strlen(path) + 32);
-    sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) fail_input("%s: cannot create HDF5 file", path);
-    tmp_register(tmp);
-    free(tmp);
-    attr_str(f, "model", t->model);
-    attr_str(f, "method", t->method);
-    char fmts[MAX_FORMATS * 65] = "";
-    for (int i = 0; i < t->nf; i++) {
-        if (i) strcat(fmts, ",");
-        strcat(fmts, t->fmt_name[i]);
+void table_check_group_values(const ScoreTable* t, const char* path) {
+    long total = 0;
+    int enabled = 0;
+    for (int g = 0; g < t->ng; g++) {
+        if (t->params[g] < 1 || t->params[g] > MAX_GROUP_PARAMS)
+            bad(path, "groups/params", "group %s has %ld parameters (1 to 2^36 is plausible)", t->gname[g],
+                t->params[g]);
+        total += t->params[g]; // at most 2^20 groups x 2^36: no overflow
+        if (t->disabled[g] > 1)
+            bad(path, "groups/disabled", "group %s has %d (0 or 1 allowed)", t->gname[g], t->disabled[g]);
+        enabled += !t->disabled[g];
+        for (int f = 0; f < t->nf && !t->disabled[g]; f++) {
+            double s = t->score[(size_t)f * t->ng + g];
+            if (!isfinite(s) || s < 0)
+                bad(path, "groups/score", "group %s has score %g for format %s (scores are finite and >= 0)",
+                    t->gname[g], s, t->fmts[f].name);
+        }
     }
-    attr_str(f, "format", fmts);
-    attr_str(f, "numerics", t->numerics);
-    attr_str(f, "disabled_layers", t->disabled_csv);
-    attr_num(f, "num_samples", H5T_NATIVE_INT, &t->num_samples);
-    attr_num(f, "seq_len", H5T_NATIVE_INT, &t->seq_len);
-    hsize_t nf = (hsize_t)t->nf;
-    h5_write(f, "format_bits", H5T_NATIVE_INT, 1, &nf, t->fmt_bits);
-    hid_t g = H5Gcreate2(f, "groups", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    write_strs(g, "name", t->gname, t->ng);
-    write_strs(g, "members", t->gmembers, t->ng);
-    hsize_t ng = (hsize_t)t->ng;
-    // One format: score is [G]; several: [G, F] (row g holds every format's score).
-    double* sc = xmalloc(sizeof(double) * t->ng * t->nf);
-    for (int i = 0; i < t->ng; i++)
-        for (int k = 0; k < t->nf; k++) sc[i * t->nf + k] = t->score[(size_t)k * t->ng + i];
-    hsize_t sdims[2] = {ng, nf};
-    h5_write(g, "score", H5T_NATIVE_DOUBLE, t->nf > 1 ? 2 : 1, sdims, sc);
-    free(sc);
-    h5_write(g, "params", H5T_NATIVE_LONG, 1, &ng, t->params);
-    h5_write(g, "disabled", H5T_NATIVE_UINT8, 1, &ng, t->disabled);
-    H5Gclose(g);
-    g = H5Gcreate2(f, "layers", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    write_strs(g, "name", t->lname, t->nl);
-    hsize_t ldims[2] = {(hsize_t)t->nl, 2};
-    h5_write(g, "shape", H5T_NATIVE_LONG, 2, ldims, t->lshape);
-    h5_write(g, "group", H5T_NATIVE_INT, 1, ldims, t->lgroup);
-    H5Gclose(g);
-    return (long)f;
+    if (total >= MAX_TOTAL_PARAMS)
+        bad(path, "groups/params", "%ld parameters in all is unrealistic (at most 2^40)", total);
+    if (enabled == 0) bad(path, "groups/disabled", "every group is disabled: there is nothing to search");
 }
 
-void table_h5_finish(long file, const char* path) {
-    char* tmp = xmalloc(strlen(path) + 32);
-    sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
-    if (H5Fclose((hid_t)file) < 0) fail_other("%s: HDF5 close failed", path);
-    if (rename(tmp, path) != 0) fail_other("%s: cannot rename into place", path);
-    tmp_unregister(tmp);
-    free(tmp);
+static int cmp_name(const void* a, const void* b, void* ctx) {
+    char** names = ctx;
+    return strcmp(names[*(const int*)a], names[*(const int*)b]);
 }
 
-// ---- reading ----
-static void h5_need(hid_t id, const char* path, const char* what) {
-    if (id < 0) fail_input("%s: not an autoq scores file (missing %s)", path, what);
+typedef struct {
+    char** names;
+    const int* order;
+    int n;
+} NameIndex;
+
+static int name_find(const NameIndex* ix, const char* name) {
+    int lo = 0, hi = ix->n - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(name, ix->names[ix->order[mid]]);
+        if (c == 0) return ix->order[mid];
+        if (c < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
+    }
+    return -1;
 }
 
-static int ds_len(hid_t d) {
-    hid_t sp = H5Dget_space(d);
-    hsize_t dims[2] = {0, 0};
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    H5Sclose(sp);
-    return (int)dims[0];
-}
-
-static char** read_strs(hid_t f, const char* path, const char* name, int* n) {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    h5_need(d, path, name);
-    *n = ds_len(d);
-    char** raw = xcalloc(*n, sizeof(char*));
-    hid_t t = str_type();
-    if (H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw) < 0) fail_input("%s: cannot read %s", path, name);
-    char** out = xcalloc(*n, sizeof(char*));
-    for (int i = 0; i < *n; i++) out[i] = xstrdup(raw[i] ? raw[i] : "");
-    hid_t sp = H5Dget_space(d);
-    H5Dvlen_reclaim(t, sp, H5P_DEFAULT, raw);
-    H5Sclose(sp);
-    free(raw);
-    H5Tclose(t);
-    H5Dclose(d);
-    return out;
-}
-
-static void read_num(hid_t f, const char* path, const char* name, hid_t type, void* out, size_t expect) {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    h5_need(d, path, name);
-    hid_t sp = H5Dget_space(d);
-    if ((size_t)H5Sget_simple_extent_npoints(sp) != expect)
-        fail_input("%s: dataset %s has %lld elements, expected %zu", path, name,
-                   (long long)H5Sget_simple_extent_npoints(sp), expect);
-    if (H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) fail_input("%s: cannot read %s", path, name);
-    H5Sclose(sp);
-    H5Dclose(d);
-}
-
-static void read_attr_str(hid_t f, const char* path, const char* name, char* out, size_t cap) {
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
-    h5_need(a, path, name);
-    hid_t t = str_type();
-    char* v = NULL;
-    if (H5Aread(a, t, &v) < 0) fail_input("%s: attribute %s is not a string", path, name);
-    snprintf(out, cap, "%s", v ? v : "");
-    H5free_memory(v);
-    H5Tclose(t);
-    H5Aclose(a);
-}
-
-static int read_attr_int(hid_t f, const char* path, const char* name) {
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
-    h5_need(a, path, name);
-    int v = 0;
-    H5Aread(a, H5T_NATIVE_INT, &v);
-    H5Aclose(a);
-    return v;
-}
-
-void table_read_h5(ScoreTable* t, const char* path) {
-    memset(t, 0, sizeof(*t));
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    if (access(path, R_OK) != 0) fail_input("%s: cannot read scores file", path);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) fail_input("%s: not an HDF5 file", path);
-    read_attr_str(f, path, "model", t->model, sizeof(t->model));
-    read_attr_str(f, path, "method", t->method, sizeof(t->method));
-    read_attr_str(f, path, "numerics", t->numerics, sizeof(t->numerics));
-    read_attr_str(f, path, "disabled_layers", t->disabled_csv, sizeof(t->disabled_csv));
-    char fmts[MAX_FORMATS * 65];
-    read_attr_str(f, path, "format", fmts, sizeof(fmts));
-    char* save = NULL;
-    for (char* tok = strtok_r(fmts, ",", &save); tok && t->nf < MAX_FORMATS; tok = strtok_r(NULL, ",", &save))
-        snprintf(t->fmt_name[t->nf++], 64, "%s", tok);
-    if (t->nf == 0) fail_input("%s: attribute 'format' is empty", path);
-    t->num_samples = read_attr_int(f, path, "num_samples");
-    t->seq_len = read_attr_int(f, path, "seq_len");
-    read_num(f, path, "format_bits", H5T_NATIVE_INT, t->fmt_bits, t->nf);
-    t->gname = read_strs(f, path, "groups/name", &t->ng);
-    int n2;
-    t->gmembers = read_strs(f, path, "groups/members", &n2);
-    if (n2 != t->ng) fail_input("%s: groups/members has %d rows, groups/name %d", path, n2, t->ng);
-    t->params = xmalloc(sizeof(long) * t->ng);
-    t->disabled = xmalloc(t->ng);
-    double* sc = xmalloc(sizeof(double) * t->ng * t->nf);
-    read_num(f, path, "groups/params", H5T_NATIVE_LONG, t->params, t->ng);
-    read_num(f, path, "groups/disabled", H5T_NATIVE_UINT8, t->disabled, t->ng);
-    read_num(f, path, "groups/score", H5T_NATIVE_DOUBLE, sc, (size_t)t->ng * t->nf);
-    t->score = xmalloc(sizeof(double) * t->ng * t->nf);
-    for (int i = 0; i < t->ng; i++)
-        for (int k = 0; k < t->nf; k++) t->score[(size_t)k * t->ng + i] = sc[i * t->nf + k];
-    free(sc);
-    t->lname = read_strs(f, path, "layers/name", &t->nl);
-    t->lshape = xmalloc(sizeof(long) * 2 * t->nl);
-    t->lgroup = xmalloc(sizeof(int) * t->nl);
-    read_num(f, path, "layers/shape", H5T_NATIVE_LONG, t->lshape, (size_t)t->nl * 2);
-    read_num(f, path, "layers/group", H5T_NATIVE_INT, t->lgroup, t->nl);
-    for (int i = 0; i < t->nl; i++)
-        if (t->lgroup[i] < 0 || t->lgroup[i] >= t->ng) fail_input("%s: layers/group[%d] out of range", path, i);
-    for (int i = 0; i < t->ng; i++)
-        if (t->params[i] <= 0) fail_input("%s: groups/params[%d] must be positive", path, i);
-    H5Fclose(f);
+// Each group's members are exactly the layers that point to it, and its params their weights:
+// exports use the members, effective bits the layers, so both must tell the same story.
+void table_check_members(const ScoreTable* t, const char* path) {
+    int* order = xmalloc(sizeof(int) * t->nl);
+    for (int i = 0; i < t->nl; i++) order[i] = i;
+    qsort_r(order, t->nl, sizeof(int), cmp_name, t->lname);
+    for (int i = 1; i < t->nl; i++)
+        if (strcmp(t->lname[order[i]], t->lname[order[i - 1]]) == 0)
+            bad(path, "layers/name", "'%s' appears twice", t->lname[order[i]]);
+    NameIndex ix = {t->lname, order, t->nl};
+    int* count = xcalloc(t->ng, sizeof(int));
+    int* seen = xmalloc(sizeof(int) * t->nl);
+    long* weights = xcalloc(t->ng, sizeof(long));
+    for (int i = 0; i < t->nl; i++) {
+        int g = t->lgroup[i];
+        count[g]++;
+        seen[i] = -1;
+        // Saturates past any valid group size (2^36): each term is at most 2^48, so no overflow.
+        if (weights[g] <= MAX_GROUP_PARAMS) weights[g] += t->lshape[2 * i] * t->lshape[2 * i + 1];
+    }
+    for (int g = 0; g < t->ng; g++) {
+        char* m = xstrdup(t->gmembers[g]);
+        char* save = NULL;
+        int n = 0;
+        for (char* tok = strtok_r(m, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
+            int l = name_find(&ix, tok);
+            if (l < 0 || t->lgroup[l] != g)
+                bad(path, "groups/members", "group %s names '%s', which is not one of its layers in /layers",
+                    t->gname[g], tok);
+            if (seen[l] == g) bad(path, "groups/members", "group %s names '%s' twice", t->gname[g], tok);
+            seen[l] = g;
+        }
+        free(m);
+        if (n != count[g])
+            bad(path, "groups/members", "group %s lists %d members, /layers/group %d", t->gname[g], n,
+                count[g]);
+        if (weights[g] != t->params[g])
+            bad(path, "groups/params", "group %s has %ld, but its layers hold %ld weights", t->gname[g],
+                t->params[g], weights[g]);
+    }
+    free(count);
+    free(seen);
+    free(weights);
+    free(order);
 }
 
 static int cmp_desc(const void* a, const void* b, void* ctx) {
@@ -324,7 +280,7 @@ void table_print(const ScoreTable* t) {
         qsort_r(order, ne, sizeof(int), cmp_desc, (void*)s);
         int* rank = xcalloc(t->ng, sizeof(int));
         for (int i = 0; i < ne; i++) rank[order[i]] = i + 1;
-        printf("%s scores, format %s (%d samples x %d tokens)\n", t->method, t->fmt_name[f], t->num_samples,
+        printf("%s scores, format %s (%d samples x %d tokens)\n", t->method, t->fmts[f].name, t->num_samples,
                t->seq_len);
         printf("%-44s %10s %14s %7s %5s\n", "group", "params", "score", "share", "rank");
         for (int g = 0; g < t->ng; g++) {

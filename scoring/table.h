@@ -4,6 +4,8 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "format.h"
+
 #define MAX_FORMATS 4
 
 typedef struct {
@@ -12,22 +14,36 @@ typedef struct {
     char numerics[32];
     char disabled_csv[1024]; // --disabled-layers patterns the scores were made with
     int nf;
-    char fmt_name[MAX_FORMATS][64];
-    int fmt_bits[MAX_FORMATS];
+    // Each format's whole definition, stored in the scores files: search and its exports use
+    // these, never a format file that happens to have the same name.
+    Format fmts[MAX_FORMATS];
     int num_samples, seq_len;
     int ng;
     char** gname;    // (ng)
     char** gmembers; // (ng) comma-joined linear names
     long* params;    // (ng)
+    long* active;    // (ng) parameters read per token: params, or params x top_k / E for an experts group
     uint8_t* disabled;
     double* score; // (nf, ng)
     int nl;
     char** lname; // (nl)
     long* lshape; // (nl, 2) out, in
     int* lgroup;  // (nl)
+    // Expert coverage of mixture-of-experts models (written, not read back): tokens of the
+    // calibration windows routed to each expert of each sparse layer, in the unquantized pass.
+    int n_cov, n_experts, min_expert_tokens;
+    char** cov_name;  // (n_cov) the layer's experts group, e.g. model.layers.3.mlp.experts
+    long* cov_tokens; // (n_cov, n_experts)
 } ScoreTable;
 
 void table_free(ScoreTable* t);
+// Frees n strings and the array holding them (NULL: nothing).
+void table_free_strs(char** s, int n);
+// json_string(s), or exit 2 naming `what` when s is not valid UTF-8 (jansson would return NULL
+// and the value would vanish from the output).
+json_t* json_text(const char* s, const char* what);
+// json_object_set_new that exits 2 naming `what` instead of dropping a key or value it cannot hold.
+void json_put(json_t* o, const char* key, json_t* v, const char* what);
 // Writes j as indented JSON with doubles that round-trip, to path ("-" or NULL: stdout), atomically.
 void json_write_file(json_t* j, const char* path);
 // {"name", "members", "params", "disabled"} of group g: the part every group record shares.
@@ -35,12 +51,25 @@ json_t* table_group_json(const ScoreTable* t, int g);
 // ["a", "b", ...] from "a,b,..."
 json_t* json_csv_list(const char* csv);
 void table_write_json(const ScoreTable* t, const char* path); // "-" = stdout
-// HDF5 in the SPEC §8 layout. The file is created under a temporary name;
-// table_h5_create returns its id and table_h5_finish closes and renames it.
+// ---- table_h5.c ----
+// HDF5 in the SPEC §8 layout, every string fixed-length (NUL-padded UTF-8). The file is created under a
+// temporary name; table_h5_create returns its id and table_h5_finish closes and renames it.
 long table_h5_create(const ScoreTable* t, const char* path);
 void table_h5_finish(long file, const char* path);
 // Writes one dataset under loc (an HDF5 file or group id); exits 1 on failure.
 void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims,
               const void* data);
+// Reads and validates a scores file (every attribute, dataset shape, type, string and value);
+// exits 2 naming the file and the object at fault. Formats come from /formats/definition;
+// a file without it (older autoq) falls back to configs/formats/NAME.json with a warning.
+// Variable-length strings, links other than hard ones, chunked, filtered or external storage and
+// non-standard number types are refused before libhdf5 reads any of their data.
 void table_read_h5(ScoreTable* t, const char* path);
+// ---- table.c ----
+// Checks of a table read from path, exit 2 naming the file and dataset: every group's params,
+// disabled flag and scores are plausible, and some group is enabled.
+void table_check_group_values(const ScoreTable* t, const char* path);
+// Each group's members are exactly the layers pointing to it, and its params their weights
+// (t->lgroup must already hold valid group indexes).
+void table_check_members(const ScoreTable* t, const char* path);
 void table_print(const ScoreTable* t);

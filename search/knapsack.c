@@ -41,7 +41,7 @@ int ks_build(Knapsack* ks, const KsItem* items, int n, int64_t max_cost, int64_t
     ks->unit = g ? g : 1;
     int64_t cap = max_cost / ks->unit;
     if (cap < 0) cap = 0;
-    if ((cap + 1) * (int64_t)(n + 1) > max_states) return -1;
+    if (cap >= max_states / (n + 1)) return -1; // (cap + 1) * (n + 1) > max_states, without overflow
     ks->cap = cap;
     size_t W = (size_t)cap + 1;
     ks->choice = xmalloc((size_t)n * W);

@@ -1,4 +1,4 @@
-// Exact multiple-choice knapsack (SPEC §7): each item (group) takes one of
+// Exact multiple-choice knapsack (README §7): each item (group) takes one of
 // its choices; minimise the summed score subject to the summed cost <= cap.
 // Costs are integers; dividing every cost by their gcd keeps the dynamic
 // programme small for transformer shapes (all dimensions share large factors).

@@ -1,53 +1,107 @@
 // Reading a recipe JSON back (autoq eval --recipe): per-linear choices.
 #include <jansson.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "../engine/util.h"
 #include "recipe.h"
 
-int recipe_read(const char* path, const Model* m, Format* fmts, int* choice) {
+#define RECIPE_FILE_MAX (256L << 20)
+
+static json_t* recipe_load(const char* path) {
+    struct stat st;
+    if (stat(path, &st) != 0) fail_input("%s: cannot read recipe", path);
+    // A FIFO or a device would never end; a recipe is far below this size.
+    if (!S_ISREG(st.st_mode) || st.st_size > RECIPE_FILE_MAX)
+        fail_input("%s: not a recipe file (a regular file of at most %ld bytes)", path, RECIPE_FILE_MAX);
     json_error_t err;
-    json_t* j = json_load_file(path, 0, &err);
+    json_t* j = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
     if (!j) fail_input("%s: invalid JSON at line %d: %s", path, err.line, err.text);
+    if (!json_is_object(j)) fail_input("%s: a recipe must be a JSON object", path);
+    return j;
+}
+
+// Stored definitions; a recipe written before they were stored names a built-in format or a file.
+static void recipe_format(const char* path, json_t* rec, int f, int ct, Format* out) {
+    char where[600];
+    snprintf(where, sizeof(where), "%s: formats[%d]", path, f);
+    if (json_object_get(rec, "definition")) {
+        format_from_json(out, rec, where);
+        return;
+    }
+    json_t* p = json_object_get(rec, "path");
+    json_t* n = json_object_get(rec, "name");
+    if (!json_is_string(n)) fail_input("%s.name missing or not a string", where);
+    if (p && !json_is_string(p)) fail_input("%s.path must be a string", where);
+    const char* src = p ? json_string_value(p) : json_string_value(n);
+    warn_msg("%s has no stored definition (an older recipe); loading format '%s'", where, src);
+    format_load(out, src, ct);
+}
+
+static int recipe_formats(const char* path, json_t* j, Format* fmts) {
     json_t* fs = json_object_get(j, "formats");
-    json_t* gs = json_object_get(j, "groups");
     json_t* num = json_object_get(j, "numerics");
     if (!json_is_array(fs) || json_array_size(fs) == 0 || json_array_size(fs) > MAX_FORMATS)
         fail_input("%s: field 'formats' must be a list of 1 to %d formats", path, MAX_FORMATS);
-    if (!json_is_array(gs)) fail_input("%s: field 'groups' missing or not a list", path);
-    int ct = json_is_string(num) && strcmp(json_string_value(num), "compressed-tensors") == 0;
+    const char* ns = json_is_string(num) ? json_string_value(num) : "";
+    if (num && strcmp(ns, "modelopt") && strcmp(ns, "compressed-tensors"))
+        fail_input("%s: field 'numerics' must be \"modelopt\" or \"compressed-tensors\"", path);
+    int ct = strcmp(ns, "compressed-tensors") == 0;
     int nf = (int)json_array_size(fs);
     for (int f = 0; f < nf; f++) {
-        json_t* p = json_object_get(json_array_get(fs, f), "path");
-        json_t* n = json_object_get(json_array_get(fs, f), "name");
-        if (!json_is_string(n)) fail_input("%s: formats[%d].name missing", path, f);
-        format_load(&fmts[f], json_is_string(p) ? json_string_value(p) : json_string_value(n), ct);
+        recipe_format(path, json_array_get(fs, f), f, ct, &fmts[f]);
+        if (num && fmts[f].w.ct != ct)
+            fail_input("%s: formats[%d].numerics disagrees with field 'numerics' ('%s')", path, f, ns);
+        for (int k = 0; k < f; k++)
+            if (strcmp(fmts[k].name, fmts[f].name) == 0)
+                fail_input("%s: formats[%d] and formats[%d] are both named '%s'", path, k, f, fmts[f].name);
     }
-    for (int i = 0; i < m->n_linears; i++) choice[i] = -1;
+    return nf;
+}
+
+static int recipe_choice(const char* path, size_t gi, json_t* ch, const Format* fmts, int nf) {
+    if (!json_is_string(ch)) fail_input("%s: groups[%zu].choice missing or not a string", path, gi);
+    for (int k = 0; k < nf; k++)
+        if (strcmp(fmts[k].name, json_string_value(ch)) == 0) return k;
+    if (strcmp(json_string_value(ch), "bf16") != 0)
+        fail_input("%s: groups[%zu].choice '%s' is neither bf16 nor a listed format", path, gi,
+                   json_string_value(ch));
+    return -1;
+}
+
+// A linear may take one choice only; -2 marks "not named yet".
+static void recipe_members(const char* path, size_t gi, json_t* mem, const Model* m, int f, int* choice) {
+    if (!json_is_array(mem)) fail_input("%s: groups[%zu].members missing or not a list", path, gi);
+    size_t mi;
+    json_t* name;
+    json_array_foreach(mem, mi, name) {
+        if (!json_is_string(name)) fail_input("%s: groups[%zu].members[%zu] is not a string", path, gi, mi);
+        int found = -1;
+        for (int k = 0; k < m->n_linears && found < 0; k++)
+            if (strcmp(m->linears[k].name, json_string_value(name)) == 0) found = k;
+        if (found < 0) fail_input("%s: groups[%zu].members[%zu] is not a linear of %s", path, gi, mi, m->dir);
+        if (choice[found] != -2)
+            fail_input("%s: groups[%zu].members[%zu] ('%s') is named a second time", path, gi, mi,
+                       json_string_value(name));
+        choice[found] = f;
+    }
+}
+
+int recipe_read(const char* path, const Model* m, Format* fmts, int* choice) {
+    json_t* j = recipe_load(path);
+    int nf = recipe_formats(path, j, fmts);
+    json_t* gs = json_object_get(j, "groups");
+    if (!json_is_array(gs)) fail_input("%s: field 'groups' missing or not a list", path);
+    for (int i = 0; i < m->n_linears; i++) choice[i] = -2;
     size_t gi;
     json_t* g;
     json_array_foreach(gs, gi, g) {
-        json_t* ch = json_object_get(g, "choice");
-        json_t* mem = json_object_get(g, "members");
-        if (!json_is_string(ch) || !json_is_array(mem))
-            fail_input("%s: groups[%zu] needs 'choice' (string) and 'members' (list)", path, gi);
-        int f = -1;
-        for (int k = 0; k < nf; k++)
-            if (strcmp(fmts[k].name, json_string_value(ch)) == 0) f = k;
-        if (f < 0 && strcmp(json_string_value(ch), "bf16") != 0)
-            fail_input("%s: groups[%zu].choice '%s' is neither bf16 nor a listed format", path, gi,
-                       json_string_value(ch));
-        size_t mi;
-        json_t* name;
-        json_array_foreach(mem, mi, name) {
-            int found = -1;
-            for (int k = 0; k < m->n_linears && found < 0; k++)
-                if (json_is_string(name) && strcmp(m->linears[k].name, json_string_value(name)) == 0) found = k;
-            if (found < 0)
-                fail_input("%s: groups[%zu].members[%zu] is not a linear of %s", path, gi, mi, m->dir);
-            choice[found] = f;
-        }
+        if (!json_is_object(g)) fail_input("%s: groups[%zu] is not an object", path, gi);
+        int f = recipe_choice(path, gi, json_object_get(g, "choice"), fmts, nf);
+        recipe_members(path, gi, json_object_get(g, "members"), m, f, choice);
     }
+    for (int i = 0; i < m->n_linears; i++)
+        if (choice[i] == -2) choice[i] = -1; // not in the recipe: kept bf16
     json_decref(j);
     return nf;
 }

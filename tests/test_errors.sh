@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bad input exits 2 with a message that names the problem (DEVELOPERS.md, SPEC §1).
+# Bad input exits 2 with a message that names the problem (README §1).
 set -u
 SUITE=errors
 . "$(dirname "$0")/lib.sh"

@@ -14,7 +14,8 @@ else fail "kl JSON on stdout"; fi
 
 # Checkpoint: a run killed after 1 of 3 samples resumes and ends with identical scores.
 $AQ score $M --data $D --method gradient --json "$tmp/full.json" >/dev/null 2>&1
-(AUTOQ_TEST_ABORT_AFTER=1 $AQ score $M --data $D --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json" >/dev/null 2>&1) 2>/dev/null
+killed_run() { sh -c '"$@" >/dev/null 2>&1; true' sh "$@" 2>/dev/null; } # the shell's "Killed" goes nowhere
+killed_run env AUTOQ_TEST_ABORT_AFTER=1 $AQ score $M --data $D --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json"
 [ -f "$tmp/res.json" ] && fail "killed run wrote no output" || pass "killed run wrote no output"
 grep -q '"samples_done": 1' "$tmp/ck.json" && pass "checkpoint holds 1 sample" || fail "checkpoint holds 1 sample"
 $AQ score $M --data $D --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json" >/dev/null 2>"$tmp/err"
@@ -22,7 +23,7 @@ grep -q "resuming" "$tmp/err" && pass "resume announced" || fail "resume announc
 cmp -s "$tmp/full.json" "$tmp/res.json" && pass "resumed scores identical" || fail "resumed scores differ"
 expect "checkpoint of another run" "belongs to another run (field 'method'" $AQ score $M --data $D --method kl --checkpoint "$tmp/ck.json"
 
-# HDF5 layout (SPEC §8), checked with h5dump when present.
+# HDF5 layout (README §8), checked with h5dump when present.
 $AQ score $M --data $D --method kl --format w4a8,w8a8 --out "$tmp/s.h5" --no-grouping >/dev/null 2>&1 || fail "h5 run"
 if command -v h5dump >/dev/null; then
     h5dump -H "$tmp/s.h5" >"$tmp/h"
@@ -66,3 +67,45 @@ expect "--rank below --world-size" "--rank 2 must be below --world-size 2" $AQ s
 expect "bad --nccl-init" "must be file:PATH or tcp:HOST:PORT" $AQ score $M --data $D --method kl --nccl-init udp:x --rank 0 --world-size 2
 expect "--shard-layers on the CPU" "--shard-layers: needs 2 or more CUDA devices" $AQ score $M --data $D --method kl --device cpu --shard-layers
 expect "--shard-layers with --nccl-init" "--shard-layers runs one process over --gpus N" $AQ score $M --data $D --method kl --shard-layers --nccl-init file:/tmp/x --rank 0 --world-size 2
+
+# Determinism: CPU scores are bit-identical for any thread count (both methods), and a run killed
+# with SIGKILL at 3 threads resumes to the same bits.
+for m in kl gradient; do
+    for t in 1 2 3 4; do
+        OMP_NUM_THREADS=$t $AQ score $M --data $D --method $m --device cpu --json "$tmp/t$t.json" >/dev/null 2>&1
+    done
+    cmp -s "$tmp/t1.json" "$tmp/t2.json" && cmp -s "$tmp/t1.json" "$tmp/t3.json" && cmp -s "$tmp/t1.json" "$tmp/t4.json" \
+        && pass "$m scores bit-identical for OMP_NUM_THREADS 1, 2, 3, 4" || fail "$m scores differ between thread counts"
+done
+rm -f "$tmp/k3.json"
+killed_run env OMP_NUM_THREADS=3 AUTOQ_TEST_ABORT_AFTER=2 $AQ score $M --data $D --method kl --device cpu \
+    --checkpoint "$tmp/k3.json" --json "$tmp/r3.json"
+OMP_NUM_THREADS=3 $AQ score $M --data $D --method kl --device cpu --checkpoint "$tmp/k3.json" --json "$tmp/r3.json" >/dev/null 2>&1
+OMP_NUM_THREADS=1 $AQ score $M --data $D --method kl --device cpu --json "$tmp/u1.json" >/dev/null 2>&1
+grep -q '"samples_done": 3' "$tmp/k3.json" && cmp -s "$tmp/r3.json" "$tmp/u1.json" \
+    && pass "killed (SIGKILL) at 3 threads and resumed = one unbroken run at 1 thread" || fail "resume at 3 threads differs"
+
+# Hostile checkpoints: exit 2 naming the field, never a wrong sum.
+$AQ score $M --data $D --method gradient --checkpoint "$tmp/h.json" >/dev/null 2>&1
+ck() { python3 -c "import json,sys; d=json.load(open('$tmp/h.json')); $1; json.dump(d, open('$tmp/hb.json','w'))"; }
+ck "d['samples_done'] = -1"
+expect "checkpoint samples_done negative" "'samples_done' must be an integer in [0, 3]" $AQ score $M --data $D --method gradient --checkpoint "$tmp/hb.json"
+ck "d['samples_done'] = 2**32"
+expect "checkpoint samples_done 2^32 (no wrap to 0)" "'samples_done' must be an integer in [0, 3]" $AQ score $M --data $D --method gradient --checkpoint "$tmp/hb.json"
+ck "d['samples_done'] = 2**31"
+expect "checkpoint samples_done 2^31" "'samples_done' must be an integer in [0, 3]" $AQ score $M --data $D --method gradient --checkpoint "$tmp/hb.json"
+ck "d['scores'][0] = 'x'"
+expect "checkpoint score not a number" "checkpoint field 'scores' must be a finite number" $AQ score $M --data $D --method gradient --checkpoint "$tmp/hb.json"
+ck "d['scores'] = d['scores'][:2]"
+expect "checkpoint scores of the wrong length" "checkpoint field 'scores' must be an array of 8 numbers" $AQ score $M --data $D --method gradient --checkpoint "$tmp/hb.json"
+ck "d['forward_equiv'] = None"
+expect "checkpoint forward_equiv null" "checkpoint field 'forward_equiv' must be a finite number" $AQ score $M --data $D --method gradient --checkpoint "$tmp/hb.json"
+echo '[1, 2]' >"$tmp/hb.json"
+expect "checkpoint not an object" "checkpoint is not a JSON object" $AQ score $M --data $D --method gradient --checkpoint "$tmp/hb.json"
+
+# Output paths are checked before any compute; windows longer than the model's positions are refused.
+start=$(date +%s)
+expect "--json into a missing folder, before scoring" "--json: folder $tmp/nodir does not exist" $AQ score $M --data $D --method kl --json "$tmp/nodir/x.json"
+expect "--out a directory" "--out" $AQ score $M --data $D --method kl --out "$tmp"
+expect "--checkpoint a device" "--checkpoint" $AQ score $M --data $D --method kl --checkpoint /dev/null
+expect "--seq-len beyond max_position_embeddings" "exceed the model's max_position_embeddings 1024" $AQ score $M --data $D --method kl --seq-len 4096

@@ -73,7 +73,18 @@ fi
 # tests/fixtures/exports_validation.json) are exactly what this build writes.
 $AQ search tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --method kl --format w4a8,w8a8 --budget 7 \
     --emit llmcompressor="$tmp/vl.yaml" --emit modelopt="$tmp/vl.json" >/dev/null 2>&1
-cmp -s "$tmp/vl.yaml" tests/fixtures/exports/vl_recipe.yaml && cmp -s "$tmp/vl.json" tests/fixtures/exports/vl_quant_cfg.json &&
+# The YAML is compared as parsed data (libyaml's layout and the comment line may differ from the file's).
+YJ="$(dirname "$AQ")/tests/test_outputs"
+[ -n "$("$YJ" --yaml-json "$tmp/vl.yaml")" ] &&
+    [ "$("$YJ" --yaml-json "$tmp/vl.yaml")" = "$("$YJ" --yaml-json tests/fixtures/exports/vl_recipe.yaml)" ] &&
+    cmp -s "$tmp/vl.json" tests/fixtures/exports/vl_quant_cfg.json &&
     pass "validated Qwen3-VL exports unchanged" || fail "Qwen3-VL exports differ from the validated ones"
 python3 -c "import json,sys; r=json.load(open('tests/fixtures/exports_validation.json')); sys.exit(0 if r['ok'] else 1)" &&
     pass "llm-compressor and ModelOpt applied the exports to exactly the intended modules" || fail "exports validation record"
+
+# Sweeps whose point count overflows, or that are not finite, exit 2 (never 1); output paths are
+# checked before the search runs.
+expect "--sweep with 10^10 points" "has 10000000001 points (at most 1000)" $AQ search --scores "$tmp/s.h5" --sweep 0:1e10:1
+expect "--sweep nan" "must be LO:HI:STEP, finite numbers" $AQ search --scores "$tmp/s.h5" --sweep nan:8:1
+expect "--sweep inf" "must be LO:HI:STEP, finite numbers" $AQ search --scores "$tmp/s.h5" --sweep 4:inf:1
+expect "--emit into a missing folder" "--emit: folder $tmp/nodir does not exist" $AQ search --scores "$tmp/s.h5" --budget 4.8 --emit llmcompressor="$tmp/nodir/r.yaml"

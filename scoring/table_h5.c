@@ -1,0 +1,579 @@
+// Scores files in HDF5 (README §8): the writer, and a reader that validates every object before
+// libhdf5 converts a byte of it. Every string is written and read as a fixed-length string, so a
+// damaged file can never send libhdf5 into its variable-length machinery (the global heap).
+#define _GNU_SOURCE
+#include <hdf5.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../engine/util.h"
+#include "table.h"
+
+// Limits of a plausible scores file: beyond them a file is corrupt or hostile, never a model.
+#define MAX_GROUPS (1 << 20)
+#define MAX_LAYERS (1 << 22)
+#define MAX_NAME 4096             // bytes of one group or linear name
+#define MAX_MEMBERS (1 << 20)     // bytes of one comma-joined member list
+#define MAX_READ_BYTES (1L << 30) // one fixed-length string dataset
+#define MAX_DIM (1L << 24)
+
+static int utf8_ok(const char* s) {
+    json_t* j = json_string(s);
+    json_decref(j);
+    return j != NULL;
+}
+
+// The output a write failure is about: the file of loc, less the temporary suffix.
+static const char* h5_file_of(hid_t loc, char* buf, size_t cap) {
+    if (H5Fget_name(loc, buf, cap) < 0) snprintf(buf, cap, "HDF5 output");
+    char* tmp = strstr(buf, ".tmp.");
+    if (tmp) *tmp = 0;
+    return buf;
+}
+
+static void h5_ok(hid_t loc, herr_t rc, const char* what) {
+    char buf[1024];
+    if (rc < 0) fail_other("%s: cannot write %s (disk full?)", h5_file_of(loc, buf, sizeof(buf)), what);
+}
+
+// A fixed-length string of size bytes (at least 1: HDF5 has no empty type), NUL-padded UTF-8.
+// Never variable-length: those live in the global heap, which a damaged file can send into loops.
+static hid_t str_type(size_t size) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t < 0 || H5Tset_size(t, size ? size : 1) < 0 || H5Tset_strpad(t, H5T_STR_NULLPAD) < 0 ||
+        H5Tset_cset(t, H5T_CSET_UTF8) < 0)
+        fail_other("HDF5: cannot make a string type");
+    return t;
+}
+
+static void attr_str(hid_t obj, const char* name, const char* v) {
+    hid_t t = str_type(strlen(v)), sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    if (sp < 0 || a < 0) h5_ok(obj, -1, name);
+    // The type may be one byte longer than v (v = ""): write from a padded copy.
+    char* buf = xcalloc(strlen(v) + 1, 1);
+    memcpy(buf, v, strlen(v));
+    h5_ok(obj, H5Awrite(a, t, buf), name);
+    free(buf);
+    h5_ok(obj, H5Aclose(a), name);
+    H5Sclose(sp);
+    H5Tclose(t);
+}
+
+static void attr_num(hid_t obj, const char* name, hid_t type, const void* v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    if (sp < 0 || a < 0) h5_ok(obj, -1, name);
+    h5_ok(obj, H5Awrite(a, type, v), name);
+    h5_ok(obj, H5Aclose(a), name);
+    H5Sclose(sp);
+}
+
+void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims,
+              const void* data) {
+    hid_t sp = H5Screate_simple(rank, dims, NULL);
+    hid_t d = sp < 0 ? -1 : H5Dcreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    // Data may reach the disk only at close: its failure is a failed write too.
+    if (d < 0 || H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0 || H5Dclose(d) < 0)
+        h5_ok(loc, -1, name);
+    H5Sclose(sp);
+}
+
+// n strings as one [n] dataset of fixed-length strings as long as the longest, NUL-padded.
+static void write_strs(hid_t loc, const char* name, char* const* s, int n) {
+    size_t size = 1;
+    for (int i = 0; i < n; i++) size = strlen(s[i]) > size ? strlen(s[i]) : size;
+    char* buf = xcalloc(n ? (size_t)n * size : 1, 1);
+    for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * size, s[i], strlen(s[i]));
+    hid_t t = str_type(size);
+    hsize_t dims[1] = {(hsize_t)n};
+    h5_write(loc, name, t, 1, dims, buf);
+    H5Tclose(t);
+    free(buf);
+}
+
+static hid_t group_create(hid_t f, const char* name) {
+    hid_t g = H5Gcreate2(f, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) h5_ok(f, -1, name);
+    return g;
+}
+
+// libhdf5's exit handler closes what is still open and crashes on a file whose close already
+// failed (a full disk); our failure paths delete what they wrote, so it is not needed. It can
+// only be declined before the library's first call, which in autoq is always one of these.
+static void h5_init(void) {
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); // our messages, not libhdf5's error stack
+}
+
+static char* h5_tmp_name(const char* path) {
+    char* tmp = xmalloc(strlen(path) + 32);
+    sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
+    return tmp;
+}
+
+// /formats/definition: one compact format_to_json record per format, the definition search uses.
+static void write_formats(hid_t f, const ScoreTable* t) {
+    char fmts[MAX_FORMATS * 65] = "";
+    int bits[MAX_FORMATS];
+    char* defs[MAX_FORMATS];
+    for (int i = 0; i < t->nf; i++) {
+        if (i) strcat(fmts, ",");
+        strcat(fmts, t->fmts[i].name);
+        bits[i] = t->fmts[i].bits;
+        json_t* j = format_to_json(&t->fmts[i]);
+        defs[i] = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        if (!defs[i]) fail_other("format '%s': cannot encode its definition", t->fmts[i].name);
+    }
+    attr_str(f, "format", fmts); // SPEC §8: the names, comma-joined
+    hsize_t nf = (hsize_t)t->nf;
+    h5_write(f, "format_bits", H5T_NATIVE_INT, 1, &nf, bits);
+    hid_t g = group_create(f, "formats");
+    write_strs(g, "definition", defs, t->nf);
+    h5_ok(f, H5Gclose(g), "/formats");
+    for (int i = 0; i < t->nf; i++) free(defs[i]);
+}
+
+static void write_groups(hid_t f, const ScoreTable* t) {
+    hid_t g = group_create(f, "groups");
+    write_strs(g, "name", t->gname, t->ng);
+    write_strs(g, "members", t->gmembers, t->ng);
+    hsize_t ng = (hsize_t)t->ng, nf = (hsize_t)t->nf;
+    // One format: score is [G]; several: [G, F] (row g holds every format's score).
+    double* sc = xmalloc(sizeof(double) * t->ng * t->nf);
+    for (int i = 0; i < t->ng; i++)
+        for (int k = 0; k < t->nf; k++) sc[i * t->nf + k] = t->score[(size_t)k * t->ng + i];
+    hsize_t sdims[2] = {ng, nf};
+    h5_write(g, "score", H5T_NATIVE_DOUBLE, t->nf > 1 ? 2 : 1, sdims, sc);
+    free(sc);
+    h5_write(g, "params", H5T_NATIVE_LONG, 1, &ng, t->params);
+    h5_write(g, "active_params", H5T_NATIVE_LONG, 1, &ng, t->active);
+    h5_write(g, "disabled", H5T_NATIVE_UINT8, 1, &ng, t->disabled);
+    h5_ok(f, H5Gclose(g), "/groups");
+}
+
+long table_h5_create(const ScoreTable* t, const char* path) {
+    // What table_read_h5 would reject is refused here, before anything is written.
+    if (!utf8_ok(t->model)) fail_input("%s: the model path is not valid UTF-8", path);
+    if (!utf8_ok(t->disabled_csv)) fail_input("%s: --disabled-layers is not valid UTF-8", path);
+    char* tmp = h5_tmp_name(path);
+    h5_init();
+    // Registered before creation: any failure from here on removes the temporary file.
+    tmp_register(tmp);
+    // The 1.8 file format (superblock and object headers version 2) checksums every piece of
+    // metadata: libhdf5 then refuses damaged metadata instead of decoding it (table_read_h5).
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0 || H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) < 0)
+        fail_other("HDF5: cannot set the file format version");
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    if (f < 0) fail_input("%s: cannot create HDF5 file", path);
+    free(tmp);
+    attr_str(f, "model", t->model);
+    attr_str(f, "method", t->method);
+    attr_str(f, "numerics", t->numerics);
+    attr_str(f, "disabled_layers", t->disabled_csv);
+    attr_num(f, "num_samples", H5T_NATIVE_INT, &t->num_samples);
+    attr_num(f, "seq_len", H5T_NATIVE_INT, &t->seq_len);
+    write_formats(f, t);
+    write_groups(f, t);
+    hid_t g = group_create(f, "layers");
+    write_strs(g, "name", t->lname, t->nl);
+    hsize_t ldims[2] = {(hsize_t)t->nl, 2};
+    h5_write(g, "shape", H5T_NATIVE_LONG, 2, ldims, t->lshape);
+    h5_write(g, "group", H5T_NATIVE_INT, 1, ldims, t->lgroup);
+    h5_ok(f, H5Gclose(g), "/layers");
+    if (t->n_cov) { // /coverage/<experts group>: tokens routed to each expert (i64)
+        hid_t c = group_create(f, "coverage");
+        hsize_t edims[1] = {(hsize_t)t->n_experts};
+        for (int r = 0; r < t->n_cov; r++)
+            h5_write(c, t->cov_name[r], H5T_NATIVE_LONG, 1, edims, t->cov_tokens + (size_t)r * t->n_experts);
+        attr_num(c, "min_expert_tokens", H5T_NATIVE_INT, &t->min_expert_tokens);
+        h5_ok(f, H5Gclose(c), "/coverage");
+    }
+    return (long)f;
+}
+
+void table_h5_finish(long file, const char* path) {
+    char* tmp = h5_tmp_name(path);
+    if (H5Fclose((hid_t)file) < 0) fail_other("%s: HDF5 close failed", path);
+    if (rename(tmp, path) != 0) fail_other("%s: cannot rename into place", path);
+    tmp_unregister(tmp);
+    free(tmp);
+}
+
+// ---- reading ----
+// Every HDF5 call is checked and every object's class, rank, shape and size validated before
+// it is read, so a damaged or hostile file ends in one clear message (exit 2), never in an
+// overflow or in libhdf5's own error stack.
+typedef struct {
+    hid_t f;
+    const char* path;
+} H5In;
+
+static void bad(const H5In* in, const char* obj, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
+static void bad(const H5In* in, const char* obj, const char* fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fail_input("%s: %s: %s", in->path, obj, msg);
+}
+
+// Whether name ("a" or "a/b") exists, each part a hard link: a soft or external link could point
+// into another file or loop, and autoq never writes one. H5Lexists on "a/b" needs "a" first.
+static int h5_exists(const H5In* in, const char* name) {
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", name);
+    for (char* p = buf;; p++) {
+        if (*p && *p != '/') continue;
+        char c = *p;
+        *p = 0;
+        htri_t e = H5Lexists(in->f, buf, H5P_DEFAULT);
+        H5L_info_t li;
+        if (e > 0 && (H5Lget_info(in->f, buf, &li, H5P_DEFAULT) < 0 || li.type != H5L_TYPE_HARD))
+            bad(in, buf, "is a soft or external link; autoq writes none");
+        *p = c;
+        if (e <= 0) return 0;
+        if (!c) return 1;
+    }
+}
+
+// A number type libhdf5 converts natively: a standard integer or IEEE float of either byte order.
+// A custom one (odd precision, offset, exponent bias) is nothing autoq writes.
+static int std_number(hid_t type) {
+    static const hid_t* const std[] = {
+        &H5T_STD_I8LE_g,  &H5T_STD_I8BE_g,   &H5T_STD_U8LE_g,   &H5T_STD_U8BE_g,   &H5T_STD_I16LE_g,
+        &H5T_STD_I16BE_g, &H5T_STD_U16LE_g,  &H5T_STD_U16BE_g,  &H5T_STD_I32LE_g,  &H5T_STD_I32BE_g,
+        &H5T_STD_U32LE_g, &H5T_STD_U32BE_g,  &H5T_STD_I64LE_g,  &H5T_STD_I64BE_g,  &H5T_STD_U64LE_g,
+        &H5T_STD_U64BE_g, &H5T_IEEE_F32LE_g, &H5T_IEEE_F32BE_g, &H5T_IEEE_F64LE_g, &H5T_IEEE_F64BE_g};
+    for (size_t i = 0; i < sizeof(std) / sizeof(std[0]); i++)
+        if (H5Tequal(type, *std[i]) > 0) return 1;
+    return 0;
+}
+
+// A fixed-length string type of 1 to maxlen bytes in ASCII or UTF-8; exits 2 on anything else,
+// a variable-length string above all (its data sits in the global heap, see the file's head).
+static size_t fixed_str_size(const H5In* in, const char* name, hid_t type, size_t maxlen) {
+    htri_t vl = H5Tis_variable_str(type);
+    if (vl < 0) bad(in, name, "unreadable string type");
+    if (vl) bad(in, name, "is a variable-length string; autoq writes fixed-length strings");
+    H5T_cset_t cs = H5Tget_cset(type);
+    if (cs != H5T_CSET_ASCII && cs != H5T_CSET_UTF8) bad(in, name, "strings are neither ASCII nor UTF-8");
+    size_t size = H5Tget_size(type);
+    if (size == 0 || size > maxlen) bad(in, name, "fixed-length strings of %zu bytes are out of range", size);
+    return size;
+}
+
+// The memory type for reading strings of the file type `type`: same size and character set, NUL-padded.
+static hid_t fixed_str_mem(hid_t type, size_t size) {
+    hid_t mem = H5Tcopy(H5T_C_S1);
+    if (mem < 0 || H5Tset_size(mem, size) < 0 || H5Tset_strpad(mem, H5T_STR_NULLPAD) < 0 ||
+        H5Tset_cset(mem, H5Tget_cset(type)) < 0)
+        fail_other("HDF5: cannot make a string type");
+    return mem;
+}
+
+typedef struct {
+    hid_t d, type, space;
+    int rank;
+    hsize_t dims[2];
+} Ds;
+
+// The data of an autoq dataset is one contiguous or compact block inside the file, unfiltered:
+// chunk indexes (B-trees), filters, external files and virtual sources are refused unread.
+static void ds_check_storage(const H5In* in, const char* name, const Ds* ds) {
+    hid_t pl = H5Dget_create_plist(ds->d);
+    if (pl < 0) bad(in, name, "unreadable storage properties");
+    H5D_layout_t lay = H5Pget_layout(pl);
+    if (lay != H5D_CONTIGUOUS && lay != H5D_COMPACT)
+        bad(in, name, "is chunked or virtual; autoq writes neither");
+    if (H5Pget_nfilters(pl) != 0) bad(in, name, "is filtered; autoq writes no filters");
+    if (H5Pget_external_count(pl) != 0) bad(in, name, "keeps its data in external files; autoq never does");
+    H5Pclose(pl);
+    hssize_t np = H5Sget_simple_extent_npoints(ds->space);
+    size_t es = H5Tget_size(ds->type);
+    hsize_t want = (hsize_t)np * es, size = 0; // np <= 2^22 x 2 and es <= 2^20 were checked
+    if (np < 0 || H5Dget_storage_size(ds->d) != want)
+        bad(in, name, "stores %llu bytes, its shape needs %llu", (unsigned long long)H5Dget_storage_size(ds->d),
+            (unsigned long long)want);
+    haddr_t off = H5Dget_offset(ds->d);
+    if (lay == H5D_CONTIGUOUS && want > 0 &&
+        (off == HADDR_UNDEF || H5Fget_filesize(in->f, &size) < 0 || off > size || want > size - off))
+        bad(in, name, "data lies outside the file (truncated?)");
+}
+
+// Opens a dataset of class cls and the given rank and checks its type; the caller checks the shape.
+static void ds_open(const H5In* in, const char* name, H5T_class_t cls, int rank, Ds* ds) {
+    static const char* const cls_name[] = {
+        [H5T_INTEGER] = "integers", [H5T_FLOAT] = "floats", [H5T_STRING] = "strings"};
+    memset(ds, 0, sizeof(*ds));
+    if (!h5_exists(in, name)) bad(in, name, "missing (not an autoq scores file?)");
+    ds->d = H5Dopen2(in->f, name, H5P_DEFAULT);
+    if (ds->d < 0) bad(in, name, "cannot open as a dataset");
+    ds->type = H5Dget_type(ds->d);
+    if (ds->type < 0 || H5Tget_class(ds->type) != cls) bad(in, name, "must hold %s", cls_name[cls]);
+    if (cls != H5T_STRING && !std_number(ds->type)) bad(in, name, "is no standard integer or float type");
+    ds->space = H5Dget_space(ds->d);
+    if (ds->space < 0 || H5Sget_simple_extent_type(ds->space) != H5S_SIMPLE)
+        bad(in, name, "has no simple shape");
+    ds->rank = H5Sget_simple_extent_ndims(ds->space);
+    if (ds->rank != rank) bad(in, name, "has %d dimensions, expected %d", ds->rank, rank);
+    if (H5Sget_simple_extent_dims(ds->space, ds->dims, NULL) != rank) bad(in, name, "unreadable shape");
+}
+
+static void ds_close(Ds* ds) {
+    H5Sclose(ds->space);
+    H5Tclose(ds->type);
+    H5Dclose(ds->d);
+}
+
+// A numeric dataset of exactly shape [d0] (rank 1) or [d0, d1] (rank 2), converted to mem.
+static void read_num(const H5In* in, const char* name, H5T_class_t cls, hid_t mem, void* out, int rank,
+                     hsize_t d0, hsize_t d1) {
+    Ds ds;
+    ds_open(in, name, cls, rank, &ds);
+    if (ds.dims[0] != d0 || (rank == 2 && ds.dims[1] != d1))
+        bad(in, name, "has shape [%llu%s%llu], expected [%llu%s%llu]", (unsigned long long)ds.dims[0],
+            rank == 2 ? ", " : "", rank == 2 ? (unsigned long long)ds.dims[1] : 0ULL, (unsigned long long)d0,
+            rank == 2 ? ", " : "", rank == 2 ? (unsigned long long)d1 : 0ULL);
+    ds_check_storage(in, name, &ds);
+    if (H5Dread(ds.d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+        bad(in, name, "cannot read (damaged file?)");
+    ds_close(&ds);
+}
+
+static char* check_str(const H5In* in, const char* name, int i, const char* s, size_t n, size_t maxlen) {
+    if (n == 0 || n > maxlen) bad(in, name, "element %d has %zu bytes (1 to %zu allowed)", i, n, maxlen);
+    char* out = strndup(s, n);
+    if (!out) fail_other("out of memory");
+    if (strlen(out) != n || !utf8_ok(out)) bad(in, name, "element %d is not valid UTF-8 text", i);
+    return out;
+}
+
+// A 1-D dataset of at most maxn fixed-length strings, each 1 to maxlen bytes of UTF-8.
+static char** read_strs(const H5In* in, const char* name, size_t maxlen, int maxn, int* n) {
+    Ds ds;
+    ds_open(in, name, H5T_STRING, 1, &ds);
+    if (ds.dims[0] > (hsize_t)maxn)
+        bad(in, name, "has %llu elements (at most %d)", (unsigned long long)ds.dims[0], maxn);
+    *n = (int)ds.dims[0];
+    size_t size = fixed_str_size(in, name, ds.type, maxlen);
+    if ((size_t)*n * size > MAX_READ_BYTES)
+        bad(in, name, "fixed-length strings of %zu bytes are out of range", size);
+    ds_check_storage(in, name, &ds);
+    hid_t mem = fixed_str_mem(ds.type, size);
+    char* buf = xcalloc(*n ? (size_t)*n * size : 1, 1);
+    if (H5Dread(ds.d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+        bad(in, name, "cannot read (damaged file?)");
+    char** out = xcalloc(*n ? *n : 1, sizeof(char*));
+    for (int i = 0; i < *n; i++) {
+        const char* s = buf + (size_t)i * size;
+        out[i] = check_str(in, name, i, s, strnlen(s, size), maxlen);
+    }
+    free(buf);
+    H5Tclose(mem);
+    ds_close(&ds);
+    return out;
+}
+
+static hid_t attr_open(const H5In* in, const char* name, H5T_class_t cls, hid_t* type) {
+    if (H5Aexists(in->f, name) <= 0) bad(in, name, "attribute missing (not an autoq scores file?)");
+    hid_t a = H5Aopen(in->f, name, H5P_DEFAULT);
+    if (a < 0) bad(in, name, "cannot open the attribute");
+    *type = H5Aget_type(a);
+    hid_t sp = H5Aget_space(a);
+    if (*type < 0 || H5Tget_class(*type) != cls)
+        bad(in, name, "attribute must be a %s", cls == H5T_STRING ? "string" : "number");
+    if (cls != H5T_STRING && !std_number(*type)) bad(in, name, "attribute is no standard integer type");
+    if (sp < 0 || H5Sget_simple_extent_npoints(sp) != 1) bad(in, name, "attribute must hold one value");
+    H5Sclose(sp);
+    return a;
+}
+
+static void read_attr_str(const H5In* in, const char* name, char* out, size_t cap) {
+    hid_t type, a = attr_open(in, name, H5T_STRING, &type);
+    memset(out, 0, cap);
+    size_t size = fixed_str_size(in, name, type, (size_t)-1);
+    if (size >= cap) bad(in, name, "attribute is longer than %zu bytes", cap - 1);
+    hid_t mem = fixed_str_mem(type, size);
+    if (H5Aread(a, mem, out) < 0) bad(in, name, "cannot read the attribute");
+    H5Tclose(mem);
+    if (!utf8_ok(out)) bad(in, name, "attribute is not valid UTF-8 text");
+    H5Tclose(type);
+    H5Aclose(a);
+}
+
+static long long read_attr_int(const H5In* in, const char* name, long long lo, long long hi) {
+    hid_t type, a = attr_open(in, name, H5T_INTEGER, &type);
+    long long v = 0;
+    if (H5Aread(a, H5T_NATIVE_LLONG, &v) < 0) bad(in, name, "cannot read the attribute");
+    if (v < lo || v > hi) bad(in, name, "attribute = %lld is out of range [%lld, %lld]", v, lo, hi);
+    H5Tclose(type);
+    H5Aclose(a);
+    return v;
+}
+
+static void read_header(const H5In* in, ScoreTable* t) {
+    read_attr_str(in, "model", t->model, sizeof(t->model));
+    read_attr_str(in, "method", t->method, sizeof(t->method));
+    if (strcmp(t->method, "kl") && strcmp(t->method, "gradient"))
+        bad(in, "method", "attribute '%s' is neither kl nor gradient", t->method);
+    read_attr_str(in, "numerics", t->numerics, sizeof(t->numerics));
+    if (strcmp(t->numerics, "modelopt") && strcmp(t->numerics, "compressed-tensors"))
+        bad(in, "numerics", "attribute '%s' is neither modelopt nor compressed-tensors", t->numerics);
+    read_attr_str(in, "disabled_layers", t->disabled_csv, sizeof(t->disabled_csv));
+    t->num_samples = (int)read_attr_int(in, "num_samples", 1, 1 << 30);
+    t->seq_len = (int)read_attr_int(in, "seq_len", 1, 1 << 30);
+}
+
+// Files of autoq before /formats/definition: the names in attribute `format` are looked up among
+// the built-in formats, never opened as paths.
+static int read_formats_by_name(const H5In* in, ScoreTable* t, int ct) {
+    char names[MAX_FORMATS * 65];
+    read_attr_str(in, "format", names, sizeof(names));
+    int n = 0;
+    char* save = NULL;
+    for (char* tok = strtok_r(names, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == MAX_FORMATS) bad(in, "format", "attribute names more than %d formats", MAX_FORMATS);
+        if (strspn(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(tok))
+            bad(in, "format",
+                "attribute names '%s', which is no built-in format (the file stores no definitions)", tok);
+        warn_msg("%s: no stored format definitions (written by an older autoq); using built-in format '%s'",
+                 in->path, tok);
+        format_load(&t->fmts[n++], tok, ct);
+    }
+    if (n == 0) bad(in, "format", "attribute is empty");
+    return n;
+}
+
+static int read_formats_stored(const H5In* in, ScoreTable* t) {
+    const char* name = "formats/definition";
+    int n;
+    char** defs = read_strs(in, name, FORMAT_DEF_MAX * 2, MAX_FORMATS, &n);
+    if (n == 0) bad(in, name, "holds no format");
+    for (int i = 0; i < n; i++) {
+        json_error_t err;
+        json_t* j = json_loads(defs[i], JSON_REJECT_DUPLICATES, &err);
+        if (!j) bad(in, name, "element %d is not JSON: %s", i, err.text);
+        char where[600];
+        snprintf(where, sizeof(where), "%s: /%s[%d]", in->path, name, i);
+        format_from_json(&t->fmts[i], j, where);
+        json_decref(j);
+        for (int k = 0; k < i; k++)
+            if (strcmp(t->fmts[k].name, t->fmts[i].name) == 0)
+                bad(in, name, "two formats are named '%s'", t->fmts[i].name);
+    }
+    table_free_strs(defs, n);
+    // The SPEC §8 attribute must name the same formats.
+    char attr[MAX_FORMATS * 65], want[MAX_FORMATS * 65] = "";
+    read_attr_str(in, "format", attr, sizeof(attr));
+    for (int i = 0; i < n; i++) {
+        if (i) strcat(want, ",");
+        strcat(want, t->fmts[i].name);
+    }
+    if (strcmp(attr, want)) bad(in, "format", "attribute '%s' disagrees with /%s ('%s')", attr, name, want);
+    return n;
+}
+
+static void read_formats(const H5In* in, ScoreTable* t) {
+    int ct = strcmp(t->numerics, "compressed-tensors") == 0;
+    t->nf = h5_exists(in, "formats/definition") ? read_formats_stored(in, t) : read_formats_by_name(in, t, ct);
+    int bits[MAX_FORMATS];
+    read_num(in, "format_bits", H5T_INTEGER, H5T_NATIVE_INT, bits, 1, (hsize_t)t->nf, 0);
+    for (int i = 0; i < t->nf; i++) {
+        if (bits[i] != t->fmts[i].bits)
+            bad(in, "format_bits", "[%d] = %d, but format '%s' costs %d bits", i, bits[i], t->fmts[i].name,
+                t->fmts[i].bits);
+        if (t->fmts[i].w.ct != ct)
+            bad(in, "numerics", "attribute '%s' disagrees with format '%s'", t->numerics, t->fmts[i].name);
+    }
+}
+
+static void read_groups(const H5In* in, ScoreTable* t) {
+    t->gname = read_strs(in, "groups/name", MAX_NAME, MAX_GROUPS, &t->ng);
+    if (t->ng == 0) bad(in, "groups/name", "holds no group");
+    int n2;
+    t->gmembers = read_strs(in, "groups/members", MAX_MEMBERS, MAX_GROUPS, &n2);
+    if (n2 != t->ng) bad(in, "groups/members", "has %d rows, /groups/name %d", n2, t->ng);
+    hsize_t ng = (hsize_t)t->ng;
+    t->params = xmalloc(sizeof(long) * t->ng);
+    t->disabled = xmalloc(t->ng);
+    read_num(in, "groups/params", H5T_INTEGER, H5T_NATIVE_LONG, t->params, 1, ng, 0);
+    read_num(in, "groups/disabled", H5T_INTEGER, H5T_NATIVE_UINT8, t->disabled, 1, ng, 0);
+    double* sc = xmalloc(sizeof(double) * t->ng * t->nf);
+    read_num(in, "groups/score", H5T_FLOAT, H5T_NATIVE_DOUBLE, sc, t->nf > 1 ? 2 : 1, ng, (hsize_t)t->nf);
+    t->score = xmalloc(sizeof(double) * t->ng * t->nf);
+    for (int i = 0; i < t->ng; i++)
+        for (int k = 0; k < t->nf; k++) t->score[(size_t)k * t->ng + i] = sc[(size_t)i * t->nf + k];
+    free(sc);
+    table_check_group_values(t, in->path);
+    t->active = xmalloc(sizeof(long) * t->ng); // checked against params, which are checked above
+    if (h5_exists(in, "groups/active_params")) // scores of mixture-of-experts models (--cost active)
+        read_num(in, "groups/active_params", H5T_INTEGER, H5T_NATIVE_LONG, t->active, 1, ng, 0);
+    else
+        memcpy(t->active, t->params, sizeof(long) * t->ng);
+    for (int g = 0; g < t->ng; g++)
+        if (t->active[g] < 1 || t->active[g] > t->params[g])
+            bad(in, "groups/active_params", "group %s reads %ld of its %ld parameters per token", t->gname[g],
+                t->active[g], t->params[g]);
+}
+
+static void read_layers(const H5In* in, ScoreTable* t) {
+    t->lname = read_strs(in, "layers/name", MAX_NAME, MAX_LAYERS, &t->nl);
+    if (t->nl == 0) bad(in, "layers/name", "holds no layer");
+    t->lshape = xmalloc(sizeof(long) * 2 * t->nl);
+    t->lgroup = xmalloc(sizeof(int) * t->nl);
+    read_num(in, "layers/shape", H5T_INTEGER, H5T_NATIVE_LONG, t->lshape, 2, (hsize_t)t->nl, 2);
+    read_num(in, "layers/group", H5T_INTEGER, H5T_NATIVE_INT, t->lgroup, 1, (hsize_t)t->nl, 0);
+    for (int i = 0; i < t->nl; i++) {
+        if (t->lgroup[i] < 0 || t->lgroup[i] >= t->ng)
+            bad(in, "layers/group", "[%d] = %d is not a group index (0 to %d)", i, t->lgroup[i], t->ng - 1);
+        for (int k = 0; k < 2; k++)
+            if (t->lshape[2 * i + k] < 1 || t->lshape[2 * i + k] > MAX_DIM)
+                bad(in, "layers/shape", "layer %s has dimension %ld (1 to 2^24 allowed)", t->lname[i],
+                    t->lshape[2 * i + k]);
+    }
+}
+
+// Only checksummed metadata may reach libhdf5: its decoders trust what they read, and a damaged
+// object header or heap of the older format overruns them (found by fuzzing). autoq writes the
+// signature at offset 0 (no user block) and superblock version 2, whose metadata is checksummed;
+// the version byte is checked here, before libhdf5 parses anything.
+static void check_superblock(const char* path) {
+    unsigned char head[9] = {0};
+    FILE* fp = fopen(path, "rb");
+    size_t n = fp ? fread(head, 1, sizeof(head), fp) : 0;
+    if (fp) fclose(fp);
+    if (n < sizeof(head) || memcmp(head, "\x89HDF\r\n\x1a\n", 8) != 0) fail_input("%s: not an HDF5 file", path);
+    if (head[8] < 2)
+        fail_input("%s: HDF5 superblock version %d has no metadata checksums; autoq writes version 2 "
+                   "(a file of an older autoq or another program?)",
+                   path, head[8]);
+}
+
+void table_read_h5(ScoreTable* t, const char* path) {
+    memset(t, 0, sizeof(*t));
+    h5_init();
+    struct stat st;
+    if (access(path, R_OK) != 0 || stat(path, &st) != 0) fail_input("%s: cannot read scores file", path);
+    if (!S_ISREG(st.st_mode)) fail_input("%s: not an HDF5 file (not a regular file)", path);
+    check_superblock(path);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) fail_input("%s: not an HDF5 file", path);
+    H5In in = {f, path};
+    read_header(&in, t);
+    read_formats(&in, t);
+    read_groups(&in, t);
+    read_layers(&in, t);
+    table_check_members(t, path);
+    H5Fclose(f);
+}

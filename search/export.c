@@ -1,0 +1,395 @@
+// The search's exports for other tools: llm-compressor's GPTQModifier recipe (YAML, through
+// libyaml) and ModelOpt's quant_cfg JSON, with the fnmatch-to-regex translation they need
+// (README §8).
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "../engine/util.h"
+#include "../scoring/groups.h"
+#include "recipe.h"
+
+// ---- regular expressions for llm-compressor's `re:` entries (Python `re` syntax) ----
+typedef struct {
+    char* s;
+    size_t n, cap;
+} Buf;
+
+static void buf_putc(Buf* b, char c) {
+    if (b->n + 2 > b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 64;
+        b->s = xrealloc(b->s, b->cap);
+    }
+    b->s[b->n++] = c;
+    b->s[b->n] = 0;
+}
+
+static void buf_puts(Buf* b, const char* s) {
+    while (*s) buf_putc(b, *s++);
+}
+
+// One character of a literal part: what Python's re.escape escapes gets a backslash; control
+// characters become \xHH, which Python and PCRE read alike and YAML shows as plain text.
+static void re_literal(Buf* b, unsigned char c, const char* special) {
+    if (c < 0x20 || c == 0x7f) {
+        char hex[8];
+        snprintf(hex, sizeof(hex), "\\x%02x", c);
+        buf_puts(b, hex);
+        return;
+    }
+    if (strchr(special, c)) buf_putc(b, '\\');
+    buf_putc(b, (char)c);
+}
+
+#define RE_SPECIAL "()[]{}?*+-|^$\\.&~# "
+#define RE_SET_SPECIAL "\\]^-[&~|"
+
+// Length of the UTF-8 sequence at p and its code point (a stray byte counts as itself).
+static int utf8_char(const unsigned char* p, unsigned* cp) {
+    int n = p[0] < 0x80 ? 1 : p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc0 ? 2 : 1;
+    for (int i = 1; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80) n = 1;
+    *cp = n == 1 ? p[0] : p[0] & (0xff >> (n + 1));
+    for (int i = 1; i < n; i++) *cp = (*cp << 6) | (p[i] & 0x3f);
+    return n;
+}
+
+static void re_set_char(Buf* b, const unsigned char* p, int n) {
+    if (n == 1)
+        re_literal(b, p[0], RE_SET_SPECIAL);
+    else
+        for (int i = 0; i < n; i++) buf_putc(b, (char)p[i]);
+}
+
+// A bracket expression starting at p ('['); returns the characters it used, or 0 when it never
+// closes (then '[' is a literal, as in fnmatch). Like Python's fnmatch.translate: '!' (and, as
+// glibc's fnmatch, '^') negates, a leading ']' is literal, reversed ranges are dropped.
+static int re_set(Buf* b, const char* pat) {
+    const unsigned char* p = (const unsigned char*)pat + 1;
+    int neg = *p == '!' || *p == '^';
+    if (neg) p++;
+    const unsigned char* q = p;
+    if (*q == ']') q++;
+    while (*q && *q != ']') q++;
+    if (!*q) return 0;
+    Buf in = {0};
+    for (const unsigned char* r = p; r < q;) {
+        unsigned lo, hi;
+        int n = utf8_char(r, &lo);
+        if (r + n + 1 < q && r[n] == '-') {
+            int m = utf8_char(r + n + 1, &hi);
+            if (lo <= hi) {
+                re_set_char(&in, r, n);
+                buf_putc(&in, '-');
+                re_set_char(&in, r + n + 1, m);
+            }
+            r += n + 1 + m;
+        } else {
+            re_set_char(&in, r, n);
+            r += n;
+        }
+    }
+    if (!in.n)
+        buf_puts(b, neg ? "." : "(?!)"); // an empty set: anything, or nothing
+    else {
+        buf_puts(b, neg ? "[^" : "[");
+        buf_puts(b, in.s);
+        buf_putc(b, ']');
+    }
+    free(in.s);
+    return (int)(q - (const unsigned char*)pat) + 1;
+}
+
+char* recipe_regex_glob(const char* glob) {
+    Buf b = {0};
+    buf_putc(&b, '^');
+    for (const char* p = glob; *p;) {
+        int used;
+        if (*p == '*') {
+            if (p == glob || p[-1] != '*') buf_puts(&b, ".*"); // a run of stars is one
+            p++;
+        } else if (*p == '?') {
+            buf_putc(&b, '.');
+            p++;
+        } else if (*p == '[' && (used = re_set(&b, p)) > 0) {
+            p += used;
+        } else {
+            re_literal(&b, (unsigned char)*p++, RE_SPECIAL);
+        }
+    }
+    buf_putc(&b, '$');
+    return b.s;
+}
+
+char* recipe_regex_name(const char* name) {
+    Buf b = {0};
+    buf_putc(&b, '^');
+    for (const char* p = name; *p; p++) re_literal(&b, (unsigned char)*p, RE_SPECIAL);
+    buf_putc(&b, '$');
+    return b.s;
+}
+
+// ---- exports ----
+// Calls fn for every linear of groups with the given choice (-1: kept bf16 incl. disabled).
+static int for_members(const ScoreTable* t, const Solution* s, int want, void (*fn)(const char*, void*),
+                       void* ctx) {
+    int n = 0;
+    for (int g = 0; g < t->ng; g++) {
+        int ch = t->disabled[g] ? -2 : s->sel[g];
+        if (want == -1 ? ch >= 0 : ch != want) continue;
+        if (want == -1 && t->disabled[g]) continue; // covered by the default patterns
+        char* m = xstrdup(t->gmembers[g]);
+        char* save = NULL;
+        for (char* tok = strtok_r(m, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            fn(tok, ctx);
+            n++;
+        }
+        free(m);
+    }
+    return n;
+}
+
+static int formats_used(const ScoreTable* t, const Solution* s, int* used) {
+    int n = 0;
+    for (int f = 0; f < t->nf; f++) used[f] = 0;
+    for (int g = 0; g < t->ng; g++)
+        if (!t->disabled[g] && s->sel[g] >= 0) used[s->sel[g]]++;
+    for (int f = 0; f < t->nf; f++) n += used[f] > 0;
+    return n;
+}
+
+// The YAML goes through libyaml's emitter, which quotes and escapes every string itself: no
+// name or pattern can break the document or add a line of its own.
+typedef struct {
+    yaml_emitter_t e;
+    const char* path;
+} Yaml;
+
+static void y_emit(Yaml* y, yaml_event_t* ev, int made) {
+    if (!made || !yaml_emitter_emit(&y->e, ev))
+        fail_input("%s: cannot write YAML: %s (names must be valid UTF-8)", y->path,
+                   y->e.problem ? y->e.problem : "bad string");
+}
+
+static void y_str(Yaml* y, const char* s, yaml_scalar_style_t style) {
+    yaml_event_t ev;
+    int made = yaml_scalar_event_initialize(&ev, NULL, NULL, (yaml_char_t*)s, (int)strlen(s), 1, 1, style);
+    y_emit(y, &ev, made);
+}
+
+static void y_key(Yaml* y, const char* key) { y_str(y, key, YAML_PLAIN_SCALAR_STYLE); }
+
+static void y_map(Yaml* y, int flow) {
+    yaml_event_t ev;
+    y_emit(y, &ev,
+           yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1,
+                                               flow ? YAML_FLOW_MAPPING_STYLE : YAML_BLOCK_MAPPING_STYLE));
+}
+
+static void y_map_end(Yaml* y) {
+    yaml_event_t ev;
+    y_emit(y, &ev, yaml_mapping_end_event_initialize(&ev));
+}
+
+static void y_seq(Yaml* y, int flow) {
+    yaml_event_t ev;
+    y_emit(y, &ev,
+           yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1,
+                                                flow ? YAML_FLOW_SEQUENCE_STYLE : YAML_BLOCK_SEQUENCE_STYLE));
+}
+
+static void y_seq_end(Yaml* y) {
+    yaml_event_t ev;
+    y_emit(y, &ev, yaml_sequence_end_event_initialize(&ev));
+}
+
+static void y_re(Yaml* y, char* re) { // consumes re
+    char* s = xmalloc(strlen(re) + 4);
+    sprintf(s, "re:%s", re);
+    y_str(y, s, YAML_SINGLE_QUOTED_SCALAR_STYLE);
+    free(s);
+    free(re);
+}
+
+static void yaml_name_item(const char* name, void* ctx) { y_re(ctx, recipe_regex_name(name)); }
+
+static void yaml_scheme_part(Yaml* y, const char* key, int bits, const char* strategy, int dynamic) {
+    char nb[16];
+    snprintf(nb, sizeof(nb), "%d", bits);
+    const char* kv[] = {"num_bits", nb,         "type",   "int",     "symmetric",
+                        "true",     "strategy", strategy, "dynamic", dynamic ? "true" : "false"};
+    y_key(y, key);
+    y_map(y, 1);
+    for (int i = 0; i < 10; i++) y_str(y, kv[i], YAML_PLAIN_SCALAR_STYLE);
+    y_map_end(y);
+}
+
+static void yaml_config_groups(Yaml* y, const ScoreTable* t, const Solution* s, const Format* fmts) {
+    int used[MAX_FORMATS];
+    int nu = formats_used(t, s, used);
+    y_key(y, "config_groups");
+    y_map(y, 0);
+    for (int k = 0, gi = 0; k < t->nf; k++) {
+        if (!used[k] && nu > 0) continue;
+        char name[32];
+        snprintf(name, sizeof(name), "group_%d", gi++);
+        y_key(y, name);
+        y_map(y, 0);
+        y_key(y, "targets");
+        y_seq(y, nu <= 1);
+        if (nu <= 1)
+            y_str(y, "Linear", YAML_SINGLE_QUOTED_SCALAR_STYLE);
+        else
+            for_members(t, s, k, yaml_name_item, y);
+        y_seq_end(y);
+        if (fmts[k].w_enable) yaml_scheme_part(y, "weights", fmts[k].w.bits, "channel", 0);
+        if (fmts[k].in_enable) yaml_scheme_part(y, "input_activations", fmts[k].in.bits, "token", 1);
+        y_map_end(y);
+        if (nu <= 1) break;
+    }
+    y_map_end(y);
+}
+
+// Whether the scores hold a mixture-of-experts layer (its experts group): routers must then be
+// left alone explicitly, since both tools would otherwise quantize a router that is an nn.Linear.
+static int has_experts(const ScoreTable* t) {
+    for (int g = 0; g < t->ng; g++) {
+        size_t n = strlen(t->gname[g]);
+        if (n >= 12 && strcmp(t->gname[g] + n - 12, ".mlp.experts") == 0) return 1;
+    }
+    return 0;
+}
+
+static void yaml_ignore(Yaml* y, const ScoreTable* t, const Solution* s) {
+    y_key(y, "ignore");
+    y_seq(y, 0);
+    y_str(y, "lm_head", YAML_PLAIN_SCALAR_STYLE);
+    if (has_experts(t)) y_str(y, "re:.*mlp\\.gate$", YAML_PLAIN_SCALAR_STYLE); // routers (README §5)
+    Patterns dis; // split and trimmed exactly as scoring matched them
+    patterns_parse(&dis, t->disabled_csv);
+    for (int i = 0; i < dis.n; i++) y_re(y, recipe_regex_glob(dis.pat[i]));
+    patterns_free(&dis);
+    for_members(t, s, -1, yaml_name_item, y);
+    y_seq_end(y);
+}
+
+// The comment line is the only text not written by the emitter: keep it on one line of UTF-8.
+static void yaml_comment(FILE* f, const SearchCtx* c, const Solution* s) {
+    const ScoreTable* t = c->t;
+    char* model = xstrdup(t->model);
+    json_t* valid = json_string(model);
+    for (unsigned char* p = (unsigned char*)model; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || (!valid && *p >= 0x80)) *p = '?';
+    json_decref(valid);
+    fprintf(f, "# autoq recipe for %s: %s scores, budget %.3f bits (%s scope), effective %.4f bits\n", model,
+            t->method, s->budget, c->scope == SCOPE_ALL ? "all" : "candidates", s->bits[c->scope]);
+    free(model);
+}
+
+void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts) {
+    OutFile o;
+    out_open(&o, path);
+    yaml_comment(o.f, c, s);
+    Yaml y = {.path = path};
+    if (!yaml_emitter_initialize(&y.e)) fail_other("out of memory");
+    yaml_emitter_set_output_file(&y.e, o.f);
+    yaml_emitter_set_unicode(&y.e, 1);
+    yaml_emitter_set_width(&y.e, -1); // never fold a long pattern
+    yaml_event_t ev;
+    y_emit(&y, &ev, yaml_stream_start_event_initialize(&ev, YAML_UTF8_ENCODING));
+    y_emit(&y, &ev, yaml_document_start_event_initialize(&ev, NULL, NULL, NULL, 1));
+    y_map(&y, 0);
+    y_key(&y, "quant_stage");
+    y_map(&y, 0);
+    y_key(&y, "quant_modifiers");
+    y_map(&y, 0);
+    y_key(&y, "GPTQModifier");
+    y_map(&y, 0);
+    yaml_ignore(&y, c->t, s);
+    yaml_config_groups(&y, c->t, s, fmts);
+    for (int i = 0; i < 4; i++) y_map_end(&y);
+    y_emit(&y, &ev, yaml_document_end_event_initialize(&ev, 1));
+    y_emit(&y, &ev, yaml_stream_end_event_initialize(&ev));
+    if (!yaml_emitter_flush(&y.e)) fail_other("%s: write failed", path);
+    yaml_emitter_delete(&y.e);
+    out_close(&o);
+}
+
+// A module name as an fnmatch pattern that matches only itself ('[[]' is a literal '[').
+static char* fnmatch_literal(const char* name, const char* suffix) {
+    Buf b = {0};
+    for (const char* p = name; *p; p++) {
+        if (strchr("*?[", *p)) buf_putc(&b, '[');
+        buf_putc(&b, *p);
+        if (strchr("*?[", *p)) buf_putc(&b, ']');
+    }
+    buf_puts(&b, suffix);
+    return b.s;
+}
+
+static void mo_disable(const char* name, void* ctx) {
+    char* key = fnmatch_literal(name, ".*");
+    json_put((json_t*)ctx, key, json_pack("{s:b}", "enable", 0), "a module name");
+    free(key);
+}
+
+static json_t* mo_weight(const Format* f) {
+    if (!f->w_enable) return json_pack("{s:b}", "enable", 0);
+    return json_pack("{s:i,s:i,s:b,s:b}", "num_bits", f->w.bits, "axis", 0, "narrow_range", f->w.narrow,
+                     "enable", 1);
+}
+
+static json_t* mo_input(const Format* f) {
+    if (!f->in_enable) return json_pack("{s:b}", "enable", 0);
+    return json_pack("{s:i,s:s,s:{s:n},s:b,s:b}", "num_bits", f->in.bits, "type", "dynamic", "block_sizes",
+                     "-1", "narrow_range", f->in.narrow, "enable", 1);
+}
+
+typedef struct {
+    json_t* qc;
+    const Format* f;
+} MoCtx;
+
+static void mo_override(const char* name, void* ctx) {
+    MoCtx* m = ctx;
+    char* key = fnmatch_literal(name, ".weight_quantizer");
+    json_put(m->qc, key, mo_weight(m->f), "a module name");
+    free(key);
+    key = fnmatch_literal(name, ".input_quantizer");
+    json_put(m->qc, key, mo_input(m->f), "a module name");
+    free(key);
+}
+
+void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts) {
+    const ScoreTable* t = c->t;
+    int used[MAX_FORMATS];
+    formats_used(t, s, used);
+    int main_f = 0;
+    for (int f = 1; f < t->nf; f++) main_f = used[f] > used[main_f] ? f : main_f;
+    json_t* qc = json_object();
+    json_object_set_new(qc, "*weight_quantizer", mo_weight(&fmts[main_f]));
+    json_object_set_new(qc, "*input_quantizer", mo_input(&fmts[main_f]));
+    Patterns dis;
+    patterns_parse(&dis, t->disabled_csv);
+    for (int i = 0; i < dis.n; i++)
+        json_put(qc, dis.pat[i], json_pack("{s:b}", "enable", 0), "--disabled-layers");
+    patterns_free(&dis);
+    // ModelOpt also gives nn.Embedding a weight quantizer, which "*weight_quantizer" would enable.
+    json_object_set_new(qc, "*embed_tokens*", json_pack("{s:b}", "enable", 0));
+    // Routers are never quantized; "*mlp.gate.*" leaves mlp.gate_proj (a dense MLP) alone.
+    if (has_experts(t)) json_object_set_new(qc, "*mlp.gate.*", json_pack("{s:b}", "enable", 0));
+    for (int f = 0; f < t->nf; f++) {
+        if (f == main_f || !used[f]) continue;
+        MoCtx m = {qc, &fmts[f]};
+        for_members(t, s, f, mo_override, &m);
+    }
+    for_members(t, s, -1, mo_disable, qc);
+    json_t* j = json_pack("{s:o,s:s}", "quant_cfg", qc, "algorithm", "max");
+    OutFile o;
+    out_open(&o, path);
+    json_dumpf(j, o.f, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    fputc('\n', o.f);
+    out_close(&o);
+    json_decref(j);
+}
