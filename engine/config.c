@@ -1,12 +1,22 @@
 #include "config.h"
 
 #include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "util.h"
 
-static int get_int(const char* path, json_t* obj, const char* key, int required, int def) {
+// Upper bounds far above any Qwen3 (235B: L 94, D 4096, I 12288, V 151936)
+// but low enough that products of two stay far from overflow.
+#define CONFIG_MAX_DIM (1 << 20)   // hidden, intermediate
+#define CONFIG_MAX_VOCAB (1 << 24) // vocab_size
+#define CONFIG_MAX_HEADS 4096      // attention and key/value heads
+#define CONFIG_MAX_HEAD_DIM 4096   // head_dim
+#define CONFIG_MAX_POS (1 << 30)   // max_position_embeddings
+
+static int get_int(const char* path, json_t* obj, const char* key, int required, int def, int max) {
     json_t* v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
         if (required) fail_input("%s: required field '%s' is missing", path, key);
@@ -14,7 +24,8 @@ static int get_int(const char* path, json_t* obj, const char* key, int required,
     }
     if (!json_is_integer(v)) fail_input("%s: field '%s' must be an integer", path, key);
     json_int_t x = json_integer_value(v);
-    if (x <= 0 || x > (1 << 30)) fail_input("%s: field '%s' = %lld is out of range", path, key, (long long)x);
+    if (x <= 0 || x > max)
+        fail_input("%s: field '%s' = %lld is out of range [1, %d]", path, key, (long long)x, max);
     return (int)x;
 }
 
@@ -34,10 +45,35 @@ static int get_bool(const char* path, json_t* obj, const char* key, int def) {
     return json_is_true(v);
 }
 
-static int get_eos(json_t* obj) {
+// eos_token_id: an integer or a list (the first is used; all are checked),
+// within [0, vocab). -1 when absent.
+static int get_eos(const char* path, json_t* obj, int vocab) {
     json_t* v = json_object_get(obj, "eos_token_id");
-    if (json_is_array(v)) v = json_array_get(v, 0);
-    return json_is_integer(v) ? (int)json_integer_value(v) : -1;
+    if (!v || json_is_null(v)) return -1;
+    json_t* one = v;
+    size_t n = 1;
+    if (json_is_array(v)) {
+        n = json_array_size(v);
+        if (n == 0) return -1;
+    }
+    int first = -1;
+    for (size_t i = 0; i < n; i++) {
+        one = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_integer(one))
+            fail_input("%s: field 'eos_token_id' must be an integer or a list of them", path);
+        json_int_t x = json_integer_value(one);
+        if (x < 0 || x >= vocab)
+            fail_input("%s: field 'eos_token_id' = %lld is outside the vocabulary [0, %d)", path, (long long)x,
+                       vocab);
+        if (i == 0) first = (int)x;
+    }
+    return first;
+}
+
+// a * b as an int, or exit 2 naming the fields: the engine indexes with int.
+static int int_mul(const char* path, long a, long b, const char* what) {
+    if (a * b > 0x7fffffffL) fail_input("%s: %s = %ld x %ld overflows an int", path, what, a, b);
+    return (int)(a * b);
 }
 
 // transformers < 5 writes rope_theta; transformers 5 writes rope_parameters.rope_theta.
@@ -54,51 +90,121 @@ static double get_rope_theta(const char* path, json_t* tc, double def) {
     return def;
 }
 
+// num_experts, or its other spelling num_local_experts (both must agree when both are given).
+static int get_num_experts(const char* path, json_t* tc) {
+    int a = get_int(path, tc, "num_experts", 0, 0, CONFIG_MAX_EXPERTS);
+    int b = get_int(path, tc, "num_local_experts", 0, 0, CONFIG_MAX_EXPERTS);
+    if (a && b && a != b)
+        fail_input("%s: field 'num_experts' = %d disagrees with 'num_local_experts' = %d", path, a, b);
+    if (!a && !b) fail_input("%s: required field 'num_experts' (or 'num_local_experts') is missing", path);
+    return a ? a : b;
+}
+
+// mlp_only_layers: a list of distinct layer indices in [0, L) that keep a dense MLP.
+static void get_mlp_only(Config* c, const char* path, json_t* tc) {
+    json_t* v = json_object_get(tc, "mlp_only_layers");
+    if (!v || json_is_null(v)) return;
+    if (!json_is_array(v)) fail_input("%s: field 'mlp_only_layers' must be a list of layer indices", path);
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        json_t* x = json_array_get(v, i);
+        if (!json_is_integer(x))
+            fail_input("%s: field 'mlp_only_layers'[%zu] must be an integer layer index", path, i);
+        json_int_t l = json_integer_value(x);
+        if (l < 0 || l >= c->num_layers)
+            fail_input("%s: field 'mlp_only_layers'[%zu] = %lld is not a layer in [0, %d)", path, i,
+                       (long long)l, c->num_layers);
+        if (c->sparse[l] == 2)
+            fail_input("%s: field 'mlp_only_layers' names layer %lld twice", path, (long long)l);
+        c->sparse[l] = 2; // marked; resolved in get_moe
+    }
+}
+
+// The mixture-of-experts fields and which layers are sparse (README §2).
+static void get_moe(Config* c, const char* path, json_t* tc) {
+    c->num_experts = get_num_experts(path, tc);
+    c->top_k = get_int(path, tc, "num_experts_per_tok", 1, 0, CONFIG_MAX_EXPERTS);
+    if (c->top_k > c->num_experts)
+        fail_input("%s: field 'num_experts_per_tok' = %d exceeds num_experts %d", path, c->top_k,
+                   c->num_experts);
+    c->moe_intermediate = get_int(path, tc, "moe_intermediate_size", 1, 0, CONFIG_MAX_DIM);
+    int_mul(path, c->moe_intermediate, c->hidden_size, "moe_intermediate_size x hidden_size");
+    int_mul(path, 2L * c->moe_intermediate, c->num_experts, "2 x moe_intermediate_size x num_experts");
+    int_mul(path, (long)c->num_experts * c->moe_intermediate, c->hidden_size,
+            "num_experts x moe_intermediate_size x hidden_size");
+    // Qwen3-VL-MoE's router always renormalises its top-k weights; Qwen3-MoE's follows the flag.
+    c->norm_topk = c->arch == ARCH_QWEN3_VL_MOE ? 1 : get_bool(path, tc, "norm_topk_prob", 0);
+    c->sparse_step = get_int(path, tc, "decoder_sparse_step", 0, 1, CONFIG_MAX_LAYERS);
+    get_mlp_only(c, path, tc);
+    for (int l = 0; l < c->num_layers; l++) {
+        c->sparse[l] = c->sparse[l] != 2 && (l + 1) % c->sparse_step == 0;
+        c->n_sparse += c->sparse[l];
+    }
+}
+
 void config_load(Config* c, const char* dir) {
     memset(c, 0, sizeof(*c));
     char* path = path_join(dir, "config.json");
     json_error_t err;
     if (access(path, R_OK) != 0) fail_input("%s: not a model folder (no readable config.json)", dir);
-    json_t* root = json_load_file(path, 0, &err);
+    size_t len;
+    char* text = read_input(path, "config.json", MAX_JSON_BYTES, &len);
+    json_t* root = json_loadb(text, len, 0, &err);
+    free(text);
     if (!root) fail_input("%s: invalid JSON at line %d: %s", path, err.line, err.text);
     if (!json_is_object(root)) fail_input("%s: not a JSON object", path);
     json_t* mt = json_object_get(root, "model_type");
     if (!json_is_string(mt)) fail_input("%s: field 'model_type' missing or not a string", path);
     snprintf(c->model_type, sizeof(c->model_type), "%s", json_string_value(mt));
     json_t* tc = root;
-    if (strcmp(c->model_type, "qwen3") == 0) {
-        c->arch = ARCH_QWEN3;
+    if (strcmp(c->model_type, "qwen3") == 0 || strcmp(c->model_type, "qwen3_moe") == 0) {
+        c->arch = c->model_type[5] ? ARCH_QWEN3_MOE : ARCH_QWEN3;
         strcpy(c->prefix, "model.");
-    } else if (strcmp(c->model_type, "qwen3_vl") == 0) {
-        c->arch = ARCH_QWEN3_VL;
+    } else if (strcmp(c->model_type, "qwen3_vl") == 0 || strcmp(c->model_type, "qwen3_vl_moe") == 0) {
+        c->arch = c->model_type[8] ? ARCH_QWEN3_VL_MOE : ARCH_QWEN3_VL;
         strcpy(c->prefix, "model.language_model.");
         tc = json_object_get(root, "text_config");
         if (!json_is_object(tc)) fail_input("%s: field 'text_config' missing or not an object", path);
     } else {
-        fail_input("%s: field 'model_type' = '%s' is not supported (qwen3, qwen3_vl)", path, c->model_type);
+        char clip[CLIP_BUF];
+        fail_input("%s: field 'model_type' = '%s' is not supported (qwen3, qwen3_vl, qwen3_moe, qwen3_vl_moe)",
+                   path, str_clip(clip, json_string_value(mt)));
     }
-    c->vocab_size = get_int(path, tc, "vocab_size", 1, 0);
-    c->hidden_size = get_int(path, tc, "hidden_size", 1, 0);
-    c->intermediate_size = get_int(path, tc, "intermediate_size", 1, 0);
-    c->num_layers = get_int(path, tc, "num_hidden_layers", 1, 0);
-    c->num_heads = get_int(path, tc, "num_attention_heads", 1, 0);
-    c->num_kv_heads = get_int(path, tc, "num_key_value_heads", 0, c->num_heads);
-    c->head_dim = get_int(path, tc, "head_dim", 0, c->hidden_size / c->num_heads);
+    c->vocab_size = get_int(path, tc, "vocab_size", 1, 0, CONFIG_MAX_VOCAB);
+    c->hidden_size = get_int(path, tc, "hidden_size", 1, 0, CONFIG_MAX_DIM);
+    c->intermediate_size = get_int(path, tc, "intermediate_size", 1, 0, CONFIG_MAX_DIM);
+    c->num_layers = get_int(path, tc, "num_hidden_layers", 1, 0, CONFIG_MAX_LAYERS);
+    c->num_heads = get_int(path, tc, "num_attention_heads", 1, 0, CONFIG_MAX_HEADS);
+    c->num_kv_heads = get_int(path, tc, "num_key_value_heads", 0, c->num_heads, CONFIG_MAX_HEADS);
+    c->head_dim = get_int(path, tc, "head_dim", 0, c->hidden_size / c->num_heads, CONFIG_MAX_HEAD_DIM);
+    if (c->head_dim < 2 || c->head_dim > CONFIG_MAX_HEAD_DIM)
+        fail_input("%s: field 'head_dim' = %d is out of range [2, %d]", path, c->head_dim, CONFIG_MAX_HEAD_DIM);
+    c->max_pos = get_int(path, tc, "max_position_embeddings", 0, 0, CONFIG_MAX_POS);
+    // Every weight matrix's element count and row length must fit the engine's int arithmetic.
+    long D = c->hidden_size, V = c->vocab_size;
+    int qd = int_mul(path, c->num_heads, c->head_dim, "num_attention_heads x head_dim");
+    int_mul(path, c->num_kv_heads, c->head_dim, "num_key_value_heads x head_dim");
+    int_mul(path, qd, D, "num_attention_heads x head_dim x hidden_size");
+    int_mul(path, c->intermediate_size, D, "intermediate_size x hidden_size");
+    int_mul(path, V, D, "vocab_size x hidden_size");
     int found;
     double eps = get_num(path, tc, "rms_norm_eps", &found);
     c->rms_eps = found ? (float)eps : 1e-6f;
+    if (!isfinite(c->rms_eps) || !(c->rms_eps > 0))
+        fail_input("%s: field 'rms_norm_eps' = %g must be a finite positive number", path, eps);
     c->rope_theta = get_rope_theta(path, tc, c->arch == ARCH_QWEN3_VL ? 5e6 : 1e4);
-    if (!(c->rope_theta > 0)) fail_input("%s: field 'rope_theta' must be positive", path);
+    if (!isfinite(c->rope_theta) || !(c->rope_theta > 0))
+        fail_input("%s: field 'rope_theta' = %g must be a finite positive number", path, c->rope_theta);
     // Qwen3-VL keeps tie_word_embeddings at the top level; older exports put it in text_config.
     int tie = get_bool(path, root, "tie_word_embeddings", 0);
     if (tc != root) tie = get_bool(path, tc, "tie_word_embeddings", tie);
     c->tie_word_embeddings = tie;
-    c->eos_token_id = get_eos(tc);
-    if (c->eos_token_id < 0) c->eos_token_id = get_eos(root);
+    c->eos_token_id = get_eos(path, tc, c->vocab_size);
+    if (c->eos_token_id < 0 && tc != root) c->eos_token_id = get_eos(path, root, c->vocab_size);
     if (c->num_heads % c->num_kv_heads != 0)
         fail_input("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->num_heads,
                    c->num_kv_heads);
     if (c->head_dim % 2 != 0) fail_input("%s: field 'head_dim' = %d must be even for RoPE", path, c->head_dim);
+    if (c->arch == ARCH_QWEN3_MOE || c->arch == ARCH_QWEN3_VL_MOE) get_moe(c, path, tc);
     json_decref(root);
     free(path);
 }

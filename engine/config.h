@@ -1,7 +1,10 @@
 // Model hyper-parameters read from a Hugging Face config.json (SPEC §2).
 #pragma once
 
-typedef enum { ARCH_QWEN3, ARCH_QWEN3_VL } Arch;
+typedef enum { ARCH_QWEN3, ARCH_QWEN3_VL, ARCH_QWEN3_MOE, ARCH_QWEN3_VL_MOE } Arch;
+
+#define CONFIG_MAX_LAYERS 4096  // num_hidden_layers
+#define CONFIG_MAX_EXPERTS 4096 // num_experts
 
 typedef struct {
     Arch arch;
@@ -16,9 +19,25 @@ typedef struct {
     float rms_eps;
     double rope_theta;
     int tie_word_embeddings;
-    int eos_token_id; // -1 when absent
-    char prefix[32];  // "model." or "model.language_model."
+    int eos_token_id; // -1 when absent; else in [0, vocab_size)
+    // max_position_embeddings, 0 when absent: the longest window the model was
+    // trained for. config_load only reads it; the commands compare --seq-len with it.
+    int max_pos;
+    char prefix[32]; // "model." or "model.language_model."
+    // Mixture of experts (qwen3_moe, qwen3_vl_moe); num_experts 0 for dense models.
+    int num_experts;                // E (also spelled num_local_experts)
+    int top_k;                      // K = num_experts_per_tok, <= E
+    int moe_intermediate;           // I_moe = moe_intermediate_size
+    int norm_topk;                  // renormalise the top-k weights (always for qwen3_vl_moe)
+    int sparse_step;                // decoder_sparse_step (default 1)
+    int n_sparse;                   // sparse layers
+    char sparse[CONFIG_MAX_LAYERS]; // 1: layer l runs experts (see config_load)
 } Config;
 
 // Parses dir/config.json; exits 2 naming the file and field on any problem.
+// Every dimension has an upper bound (CONFIG_MAX_*) and the products the
+// engine forms (heads x head_dim, vocab x hidden, ...) are checked to fit an
+// int, so later int arithmetic on shapes cannot overflow.
+// Layer l is sparse iff num_experts > 0, l is not in mlp_only_layers and
+// (l + 1) % decoder_sparse_step == 0 (transformers' Qwen3MoeDecoderLayer).
 void config_load(Config* c, const char* dir);

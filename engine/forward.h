@@ -1,8 +1,16 @@
-// The Qwen3 decoder forward pass (SPEC §3) and its backward with respect to
+// The Qwen3 decoder forward pass (README §3) and its backward with respect to
 // activations only (the gradient score needs dL/dY of every linear, never
 // weight gradients). One sample of T tokens at a time, fp32 on the CPU.
 #pragma once
-#include "../kernels/kernels.h"
+#include "../kernels/attention.h"
+#include "../kernels/embed.h"
+#include "../kernels/loss.h"
+#include "../kernels/matmul.h"
+#include "../kernels/moe.h"
+#include "../kernels/quant.h"
+#include "../kernels/rmsnorm.h"
+#include "../kernels/rope.h"
+#include "../kernels/swiglu.h"
 #include "model.h"
 
 // What one forward pass does to each linear: NULL wq keeps it in full precision.
@@ -10,6 +18,15 @@ typedef struct {
     const float** wq;   // (n_linears) fake-quantized weight (out, in) or NULL
     QuantSpec* in_spec; // (n_linears) input quantizer; bits == 0 disables it
 } QuantPlan;
+
+// The rows of a sparse layer's experts, one per assignment (token t, rank k), grouped by expert in
+// the order of LayerActs.order.
+typedef struct {
+    float* g;   // (T K, I_moe) gate outputs
+    float* u;   // (T K, I_moe) up outputs
+    float* act; // (T K, I_moe) silu(g) * u: the input of down
+    float* ye;  // (T K, D) down outputs, before the routing weight
+} MoeRows;
 
 typedef struct {
     float* h_in;      // (T, D) residual stream entering the layer
@@ -30,6 +47,16 @@ typedef struct {
     float* g;         // (T, I)
     float* u;         // (T, I)
     float* act;       // (T, I) silu(g) * u: the input of down_proj
+    // sparse layers only (README §3): routing on m, then the experts on their tokens
+    float* r_logits; // (T, E) router logits
+    float* probs;    // (T, E) their softmax
+    int* idx;        // (T, K) top-k experts of each token, rank order
+    float* w;        // (T, K) their weights (renormalised when the config says)
+    int* order;      // (T K) assignments t K + k sorted by expert (moe_sort)
+    int* offs;       // (E+1) first row of each expert in order
+    int* pos;        // (T K) row of each assignment
+    MoeRows ex;
+    float* y_moe; // (T, D) the block output before the residual add
 } LayerActs;
 
 typedef struct {
@@ -40,10 +67,13 @@ typedef struct {
     float* hf;       // (T, D) final norm output
     float* rstd_f;   // (T)
     float* logits;   // (T, V)
-    float* xq;       // (T, max in) quantized input scratch
+    float* xq;       // (T max(K, 1), max in) quantized input scratch
+    float* xs;       // (T K, D) a sparse layer's inputs gathered by expert
     RopeTable rope;
 } RunState;
 
+// Exits 2 when windows of T tokens are longer than the model's max_position_embeddings.
+void model_check_seq_len(const Model* m, int T, const char* what);
 void run_init(RunState* s, const Model* m, int T, int save);
 void run_free(RunState* s, const Model* m);
 // Embeds ids into acts[0].h_in.
@@ -53,10 +83,17 @@ void model_forward_from(const Model* m, RunState* s, int start, const QuantPlan*
 // Full forward of ids; plan may be NULL.
 void model_forward(const Model* m, RunState* s, const int* ids, const QuantPlan* plan);
 
-// Called with dL/dY of linear `index` (T, out) as backward reaches it.
+// Called with dL/dY of linear `index` (T, out) as backward reaches it. A sparse layer's experts
+// are seen as one block instead (their linears get no call): index = moe_hook_index(l) < 0, dy =
+// dL/dY of the block output acts[l].y_moe (T, D), which equals dL/dh there; the block's input is
+// acts[l].m.
 typedef void (*GradHook)(int index, const float* dy, void* ctx);
+static inline int moe_hook_index(int l) { return -1 - l; }
+static inline int moe_hook_layer(int index) { return -1 - index; }
 typedef struct {
     float *dh, *dh2, *da, *dq, *dk, *dv, *datt, *dm, *dg, *du, *dact, *dlogits;
+    // sparse layers: routing weights (T K), router logits (T, E), rows (T K, D) and (T K, I_moe)
+    float *dw, *drl, *dye, *dxs, *dgm, *dum, *dactm;
 } GradState;
 void grad_init(GradState* g, const Model* m, int T);
 void grad_free(GradState* g);
@@ -66,3 +103,14 @@ double model_backward(const Model* m, RunState* s, GradState* g, const int* ids,
 
 // Applies one linear, quantized or not, as the plan says: out (T, lin.out).
 void linear_apply(const Model* m, RunState* s, int index, float* out, const float* x, const QuantPlan* plan);
+// The same on n rows (n <= T max(K, 1)).
+void linear_apply_rows(const Model* m, RunState* s, int index, float* out, const float* x, int n,
+                       const QuantPlan* plan);
+// The experts of sparse layer l on the routing saved in acts[l] (router and routing are never
+// quantized): y (T, D) = sum over k of w_k down_e(silu(gate_e(m)) * up_e(m)), every expert linear
+// quantized as the plan says; r receives the per-assignment rows.
+void moe_experts_apply(const Model* m, RunState* s, int l, const MoeRows* r, float* y, const QuantPlan* plan);
+// Tokens routed to each expert of sparse layer l in the last pass: counts (E) += them.
+void moe_count_tokens(const Model* m, const RunState* s, int l, long* counts);
+// The largest row count of the quantization scratch: T, or T K with experts.
+int run_rows(const Model* m, int T);

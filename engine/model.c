@@ -11,18 +11,41 @@ const char* const k_linear_names[LIN_PER_LAYER] = {
     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
 };
 
+// How a checkpoint tensor reaches the fp32 weights.
+typedef enum {
+    W_OWN,       // its own allocation at *dst
+    W_EX_GATE,   // expert e's gate (I_moe, D) into ex_gate
+    W_EX_UP,     // expert e's up (I_moe, D) into ex_up
+    W_EX_DOWN,   // expert e's down (D, I_moe) into ex_down
+    W_GU_FUSED,  // (E, 2 I_moe, D): gate rows then up rows of each expert
+    W_GU_FUSED4, // (E, D, 2 I_moe), transformers 4: transposed
+    W_DN_FUSED,  // (E, D, I_moe) straight into ex_down
+    W_DN_FUSED4, // (E, I_moe, D), transformers 4: transposed
+} WantHow;
+
 typedef struct {
     char name[192];
     int ndim;
-    int64_t shape[2];
+    int64_t shape[3];
     float** dst;
+    int how, layer, expert;
 } Want;
 
-static void want(Want* w, int* n, float** dst, int ndim, int64_t a, int64_t b, const char* fmt, ...)
+typedef struct {
+    Want* w;
+    int n, cap;
+} Wants;
+
+static Want* want(Wants* ws, float** dst, int ndim, int64_t a, int64_t b, int64_t c, const char* fmt, ...)
     __attribute__((format(printf, 7, 8)));
 
-static void want(Want* w, int* n, float** dst, int ndim, int64_t a, int64_t b, const char* fmt, ...) {
-    Want* x = &w[(*n)++];
+static Want* want(Wants* ws, float** dst, int ndim, int64_t a, int64_t b, int64_t c, const char* fmt, ...) {
+    if (ws->n == ws->cap) {
+        ws->cap = ws->cap ? 2 * ws->cap : 64;
+        ws->w = xrealloc(ws->w, sizeof(Want) * (size_t)ws->cap);
+    }
+    Want* x = &ws->w[ws->n++];
+    memset(x, 0, sizeof(*x));
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(x->name, sizeof(x->name), fmt, ap);
@@ -30,7 +53,22 @@ static void want(Want* w, int* n, float** dst, int ndim, int64_t a, int64_t b, c
     x->ndim = ndim;
     x->shape[0] = a;
     x->shape[1] = b;
+    x->shape[2] = c;
     x->dst = dst;
+    x->expert = -1;
+    return x;
+}
+
+static void shape_str(char* buf, size_t n, int ndim, const int64_t* shape) {
+    buf[0] = 0;
+    for (int i = 0; i < ndim && i < 4; i++)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%s%lld", i ? ", " : "", (long long)shape[i]);
+}
+
+static int shape_is(const StTensor* t, int ndim, const int64_t* shape) {
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    return ok;
 }
 
 static void check_tensor(const Model* m, const Want* w, const StTensor* t) {
@@ -38,18 +76,168 @@ static void check_tensor(const Model* m, const Want* w, const StTensor* t) {
     if (t->dtype != DT_BF16 && t->dtype != DT_F16 && t->dtype != DT_F32)
         fail_input("%s: tensor '%s': dtype %s is not supported (BF16, F16, F32)", t->file, w->name,
                    st_dtype_name(t->dtype));
-    int ok = t->ndim == w->ndim;
-    for (int i = 0; ok && i < w->ndim; i++) ok = t->shape[i] == w->shape[i];
-    if (!ok) {
-        char got[64] = "", exp[64];
-        for (int i = 0; i < t->ndim && i < 4; i++)
-            snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%lld", i ? ", " : "",
-                     (long long)t->shape[i]);
-        if (w->ndim == 1)
-            snprintf(exp, sizeof(exp), "%lld", (long long)w->shape[0]);
-        else
-            snprintf(exp, sizeof(exp), "%lld, %lld", (long long)w->shape[0], (long long)w->shape[1]);
+    if (!shape_is(t, w->ndim, w->shape)) {
+        char got[96], exp[96];
+        shape_str(got, sizeof(got), t->ndim, t->shape);
+        shape_str(exp, sizeof(exp), w->ndim, w->shape);
         fail_input("%s: tensor '%s' has shape [%s] but config.json implies [%s]", t->file, w->name, got, exp);
+    }
+}
+
+// Reads the decimal index after name's prefix pre (e.g. the layer of "model.layers.12.mlp"); -1
+// when name does not continue with digits then '.' or its end.
+static long index_after(const char* name, const char* pre) {
+    size_t np = strlen(pre);
+    if (strncmp(name, pre, np) != 0) return -1;
+    const char* d = name + np;
+    long x = 0;
+    int digits = 0;
+    while (*d >= '0' && *d <= '9' && digits < 10) x = x * 10 + (*d++ - '0'), digits++;
+    return digits == 0 || (*d != '.' && *d != 0) ? -1 : x;
+}
+
+// A tensor of a layer (or an expert) the config does not have means config and checkpoint
+// disagree (e.g. num_hidden_layers or num_experts edited down): refuse rather than ignore it.
+static void check_layer_range(const Model* m) {
+    const Config* c = &m->c;
+    char want[64], ex[96], clip[CLIP_BUF];
+    snprintf(want, sizeof(want), "%slayers.", c->prefix);
+    for (int i = 0; i < m->ck.n; i++) {
+        const char* name = m->ck.t[i].name;
+        long layer = index_after(name, want);
+        if (layer < 0) continue;
+        if (layer >= c->num_layers)
+            fail_input("%s: tensor '%s' belongs to layer %ld but config.json has num_hidden_layers %d",
+                       m->ck.t[i].file, str_clip(clip, name), layer, c->num_layers);
+        if (!c->sparse[layer]) continue;
+        snprintf(ex, sizeof(ex), "%s%ld.mlp.experts.", want, layer);
+        long e = index_after(name, ex);
+        if (e >= c->num_experts)
+            fail_input("%s: tensor '%s' belongs to expert %ld but config.json has num_experts %d",
+                       m->ck.t[i].file, str_clip(clip, name), e, c->num_experts);
+    }
+}
+
+// The router and experts of sparse layer l, in whichever layout the checkpoint has (model.h).
+static void want_experts(Model* m, Wants* ws, int l) {
+    const Config* c = &m->c;
+    LayerWeights* lw = &m->layers[l];
+    int E = c->num_experts, I = c->moe_intermediate, D = c->hidden_size;
+    const char* P = c->prefix;
+    want(ws, &lw->router, 2, E, D, 0, "%slayers.%d.mlp.gate.weight", P, l);
+    char gu[192];
+    snprintf(gu, sizeof(gu), "%slayers.%d.mlp.experts.gate_up_proj", P, l);
+    const StTensor* t = st_find(&m->ck, gu);
+    if (t) {
+        int64_t v5[3] = {E, 2L * I, D};
+        int v4 = !shape_is(t, 3, v5) && t->ndim == 3 && t->shape[0] == E && t->shape[1] == D &&
+                 t->shape[2] == 2L * I;
+        Want* w = v4 ? want(ws, NULL, 3, E, D, 2L * I, "%s", gu) : want(ws, NULL, 3, E, 2L * I, D, "%s", gu);
+        w->how = v4 ? W_GU_FUSED4 : W_GU_FUSED;
+        w->layer = l;
+        w = v4 ? want(ws, NULL, 3, E, I, D, "%slayers.%d.mlp.experts.down_proj", P, l)
+               : want(ws, NULL, 3, E, D, I, "%slayers.%d.mlp.experts.down_proj", P, l);
+        w->how = v4 ? W_DN_FUSED4 : W_DN_FUSED;
+        w->layer = l;
+        return;
+    }
+    for (int e = 0; e < E; e++) {
+        const char* parts[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int k = 0; k < 3; k++) {
+            Want* w = want(ws, NULL, 2, k == 2 ? D : I, k == 2 ? I : D, 0,
+                           "%slayers.%d.mlp.experts.%d.%s.weight", P, l, e, parts[k]);
+            w->how = W_EX_GATE + k;
+            w->layer = l;
+            w->expert = e;
+        }
+    }
+}
+
+// (E, a, b) -> (E, b, a)
+static void transpose_experts(float* dst, const float* src, int E, int a, int b) {
+    for (long e = 0; e < E; e++)
+        for (long i = 0; i < a; i++)
+            for (long j = 0; j < b; j++) dst[(e * b + j) * a + i] = src[(e * a + i) * b + j];
+}
+
+// Converts one validated tensor to fp32 where w says.
+static void convert_tensor(Model* m, const Want* w, const StTensor* t, size_t numel) {
+    if (w->how == W_OWN) {
+        *w->dst = xmalloc(size_mul(numel, sizeof(float), w->name));
+        st_to_f32(t, *w->dst);
+        return;
+    }
+    LayerWeights* lw = &m->layers[w->layer];
+    long E = m->c.num_experts, I = m->c.moe_intermediate, D = m->c.hidden_size, one = I * D;
+    if (w->how == W_EX_GATE || w->how == W_EX_UP || w->how == W_EX_DOWN) {
+        float* base = w->how == W_EX_GATE ? lw->ex_gate : w->how == W_EX_UP ? lw->ex_up : lw->ex_down;
+        st_to_f32(t, base + w->expert * one);
+        return;
+    }
+    if (w->how == W_DN_FUSED) {
+        st_to_f32(t, lw->ex_down);
+        return;
+    }
+    float* tmp = xmalloc(size_mul(numel, sizeof(float), w->name));
+    st_to_f32(t, tmp);
+    if (w->how == W_DN_FUSED4) {
+        transpose_experts(lw->ex_down, tmp, (int)E, (int)I, (int)D);
+    } else {
+        float* gu = tmp;
+        if (w->how == W_GU_FUSED4) { // (E, D, 2I) -> (E, 2I, D)
+            gu = xmalloc(size_mul(numel, sizeof(float), w->name));
+            transpose_experts(gu, tmp, (int)E, (int)D, (int)(2 * I));
+        }
+        for (long e = 0; e < E; e++) {
+            memcpy(lw->ex_gate + e * one, gu + 2 * e * one, sizeof(float) * (size_t)one);
+            memcpy(lw->ex_up + e * one, gu + (2 * e + 1) * one, sizeof(float) * (size_t)one);
+        }
+        if (gu != tmp) free(gu);
+    }
+    free(tmp);
+}
+
+// The table of linears (model.h): per layer q, k, v, o, then the dense MLP or every expert.
+static void build_linears(Model* m) {
+    const Config* c = &m->c;
+    int L = c->num_layers, D = c->hidden_size, I = c->intermediate_size, Im = c->moe_intermediate;
+    int qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
+    m->lin0 = xcalloc((size_t)L + 1, sizeof(int));
+    for (int l = 0; l < L; l++) {
+        long n = c->sparse[l] ? 4 + 3L * c->num_experts : LIN_PER_LAYER;
+        if (m->lin0[l] + n > 0x7fffffffL) fail_input("%s: too many linears (%ld in layer %d)", m->dir, n, l);
+        m->lin0[l + 1] = m->lin0[l] + (int)n;
+    }
+    m->n_linears = m->lin0[L];
+    m->linears = xcalloc(m->n_linears, sizeof(Linear));
+    for (int l = 0; l < L; l++) {
+        LayerWeights* lw = &m->layers[l];
+        int ne = c->sparse[l] ? c->num_experts : 1;
+        for (int e = 0; e < ne; e++)
+            for (int k = e ? LIN_GATE : 0; k < LIN_PER_LAYER; k++) {
+                Linear* lin = &m->linears[model_lin(m, l, k, e)];
+                lin->layer = l;
+                lin->kind = k;
+                lin->expert = c->sparse[l] && k >= LIN_GATE ? e : -1;
+                if (lin->expert >= 0) {
+                    const char* parts[3] = {"gate_proj", "up_proj", "down_proj"};
+                    snprintf(lin->name, sizeof(lin->name), "%slayers.%d.mlp.experts.%d.%s", c->prefix, l, e,
+                             parts[k - LIN_GATE]);
+                    float* base = k == LIN_GATE ? lw->ex_gate : k == LIN_UP ? lw->ex_up : lw->ex_down;
+                    lin->out = k == LIN_DOWN ? D : Im;
+                    lin->in = k == LIN_DOWN ? Im : D;
+                    lin->w = base ? base + (size_t)e * Im * D : NULL;
+                    continue;
+                }
+                snprintf(lin->name, sizeof(lin->name), "%slayers.%d.%s", c->prefix, l, k_linear_names[k]);
+                float* ws[LIN_PER_LAYER] = {lw->q_proj,    lw->k_proj,  lw->v_proj,   lw->o_proj,
+                                            lw->gate_proj, lw->up_proj, lw->down_proj};
+                int outs[LIN_PER_LAYER] = {qd, kvd, kvd, D, I, I, D};
+                int ins[LIN_PER_LAYER] = {D, D, D, qd, D, D, I};
+                lin->out = outs[k];
+                lin->in = ins[k];
+                lin->w = ws[k];
+            }
     }
 }
 
@@ -63,58 +251,55 @@ static void load(Model* m, const char* dir, int convert) {
     int qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim, hd = c->head_dim;
     const char* P = c->prefix;
     m->layers = xcalloc(L, sizeof(LayerWeights));
-    int nw = 0;
-    Want* w = xcalloc(11 * L + 3, sizeof(Want));
-    want(w, &nw, &m->embed, 2, V, D, "%sembed_tokens.weight", P);
-    want(w, &nw, &m->norm, 1, D, 0, "%snorm.weight", P);
+    Wants ws = {0};
+    want(&ws, &m->embed, 2, V, D, 0, "%sembed_tokens.weight", P);
+    want(&ws, &m->norm, 1, D, 0, 0, "%snorm.weight", P);
     int has_head = st_find(&m->ck, "lm_head.weight") != NULL;
-    if (has_head || !c->tie_word_embeddings) want(w, &nw, &m->lm_head, 2, V, D, "lm_head.weight");
+    if (has_head || !c->tie_word_embeddings) want(&ws, &m->lm_head, 2, V, D, 0, "lm_head.weight");
     for (int l = 0; l < L; l++) {
         LayerWeights* lw = &m->layers[l];
-        want(w, &nw, &lw->w_in, 1, D, 0, "%slayers.%d.input_layernorm.weight", P, l);
-        want(w, &nw, &lw->q_proj, 2, qd, D, "%slayers.%d.self_attn.q_proj.weight", P, l);
-        want(w, &nw, &lw->k_proj, 2, kvd, D, "%slayers.%d.self_attn.k_proj.weight", P, l);
-        want(w, &nw, &lw->v_proj, 2, kvd, D, "%slayers.%d.self_attn.v_proj.weight", P, l);
-        want(w, &nw, &lw->o_proj, 2, D, qd, "%slayers.%d.self_attn.o_proj.weight", P, l);
-        want(w, &nw, &lw->q_norm, 1, hd, 0, "%slayers.%d.self_attn.q_norm.weight", P, l);
-        want(w, &nw, &lw->k_norm, 1, hd, 0, "%slayers.%d.self_attn.k_norm.weight", P, l);
-        want(w, &nw, &lw->w_post, 1, D, 0, "%slayers.%d.post_attention_layernorm.weight", P, l);
-        want(w, &nw, &lw->gate_proj, 2, I, D, "%slayers.%d.mlp.gate_proj.weight", P, l);
-        want(w, &nw, &lw->up_proj, 2, I, D, "%slayers.%d.mlp.up_proj.weight", P, l);
-        want(w, &nw, &lw->down_proj, 2, D, I, "%slayers.%d.mlp.down_proj.weight", P, l);
+        want(&ws, &lw->w_in, 1, D, 0, 0, "%slayers.%d.input_layernorm.weight", P, l);
+        want(&ws, &lw->q_proj, 2, qd, D, 0, "%slayers.%d.self_attn.q_proj.weight", P, l);
+        want(&ws, &lw->k_proj, 2, kvd, D, 0, "%slayers.%d.self_attn.k_proj.weight", P, l);
+        want(&ws, &lw->v_proj, 2, kvd, D, 0, "%slayers.%d.self_attn.v_proj.weight", P, l);
+        want(&ws, &lw->o_proj, 2, D, qd, 0, "%slayers.%d.self_attn.o_proj.weight", P, l);
+        want(&ws, &lw->q_norm, 1, hd, 0, 0, "%slayers.%d.self_attn.q_norm.weight", P, l);
+        want(&ws, &lw->k_norm, 1, hd, 0, 0, "%slayers.%d.self_attn.k_norm.weight", P, l);
+        want(&ws, &lw->w_post, 1, D, 0, 0, "%slayers.%d.post_attention_layernorm.weight", P, l);
+        if (c->sparse[l]) {
+            want_experts(m, &ws, l);
+            continue;
+        }
+        want(&ws, &lw->gate_proj, 2, I, D, 0, "%slayers.%d.mlp.gate_proj.weight", P, l);
+        want(&ws, &lw->up_proj, 2, I, D, 0, "%slayers.%d.mlp.up_proj.weight", P, l);
+        want(&ws, &lw->down_proj, 2, D, I, 0, "%slayers.%d.mlp.down_proj.weight", P, l);
     }
-    // Validate everything before converting anything.
+    // Validate everything before converting anything: shapes first (cheap),
+    // then every value finite (one pass over the weights, GPU path included).
+    check_layer_range(m);
+    Want* w = ws.w;
+    int nw = ws.n;
     for (int i = 0; i < nw; i++) check_tensor(m, &w[i], st_find(&m->ck, w[i].name));
+    for (int i = 0; i < nw; i++) st_check_finite(st_find(&m->ck, w[i].name));
+    size_t ex = size_mul3((size_t)c->num_experts, (size_t)c->moe_intermediate, (size_t)D, "experts");
+    for (int l = 0; convert && l < L; l++) {
+        if (!c->sparse[l]) continue;
+        m->layers[l].ex_gate = xmalloc(size_mul(ex, sizeof(float), "experts"));
+        m->layers[l].ex_up = xmalloc(size_mul(ex, sizeof(float), "experts"));
+        m->layers[l].ex_down = xmalloc(size_mul(ex, sizeof(float), "experts"));
+    }
     for (int i = 0; i < nw; i++) {
         const StTensor* t = st_find(&m->ck, w[i].name);
-        size_t numel = (size_t)w[i].shape[0] * (w[i].ndim == 2 ? (size_t)w[i].shape[1] : 1);
+        size_t numel = 1;
+        for (int d = 0; d < w[i].ndim; d++) numel = size_mul(numel, (size_t)w[i].shape[d], w[i].name);
         m->n_params += numel;
-        if (!convert) continue;
-        *w[i].dst = xmalloc(numel * sizeof(float));
-        st_to_f32(t, *w[i].dst);
+        if (convert) convert_tensor(m, &w[i], t, numel);
     }
     m->host_weights = convert;
     if (!m->lm_head) m->lm_head = m->embed;
     free(w);
     for (int i = 0; i < m->ck.n; i++) m->n_visual += strncmp(m->ck.t[i].name, "model.visual.", 13) == 0;
-    m->n_linears = LIN_PER_LAYER * L;
-    m->linears = xcalloc(m->n_linears, sizeof(Linear));
-    for (int l = 0; l < L; l++) {
-        LayerWeights* lw = &m->layers[l];
-        float* ws[LIN_PER_LAYER] = {lw->q_proj,    lw->k_proj,  lw->v_proj,   lw->o_proj,
-                                    lw->gate_proj, lw->up_proj, lw->down_proj};
-        int outs[LIN_PER_LAYER] = {qd, kvd, kvd, D, I, I, D};
-        int ins[LIN_PER_LAYER] = {D, D, D, qd, D, D, I};
-        for (int k = 0; k < LIN_PER_LAYER; k++) {
-            Linear* lin = &m->linears[l * LIN_PER_LAYER + k];
-            snprintf(lin->name, sizeof(lin->name), "%slayers.%d.%s", P, l, k_linear_names[k]);
-            lin->layer = l;
-            lin->kind = k;
-            lin->out = outs[k];
-            lin->in = ins[k];
-            lin->w = ws[k];
-        }
-    }
+    build_linears(m);
 }
 
 void model_load(Model* m, const char* dir) { load(m, dir, 1); }
@@ -124,8 +309,9 @@ void model_open(Model* m, const char* dir) { load(m, dir, 0); }
 void model_free(Model* m) {
     for (int l = 0; l < m->c.num_layers; l++) {
         LayerWeights* lw = &m->layers[l];
-        float* ps[] = {lw->w_in,   lw->q_proj, lw->k_proj,    lw->v_proj,  lw->o_proj,   lw->q_norm,
-                       lw->k_norm, lw->w_post, lw->gate_proj, lw->up_proj, lw->down_proj};
+        float* ps[] = {lw->w_in,      lw->q_proj, lw->k_proj,  lw->v_proj,    lw->o_proj,
+                       lw->q_norm,    lw->k_norm, lw->w_post,  lw->gate_proj, lw->up_proj,
+                       lw->down_proj, lw->router, lw->ex_gate, lw->ex_up,     lw->ex_down};
         for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++) free(ps[i]);
     }
     if (m->lm_head != m->embed) free(m->lm_head);
@@ -133,6 +319,7 @@ void model_free(Model* m) {
     free(m->norm);
     free(m->layers);
     free(m->linears);
+    free(m->lin0);
     st_free(&m->ck);
     free(m->dir);
     memset(m, 0, sizeof(*m));

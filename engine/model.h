@@ -1,4 +1,5 @@
-// The Qwen3 decoder's weights in fp32 and the table of its linear layers.
+// The Qwen3 decoder's weights in fp32 and the table of its linear layers (dense and
+// mixture-of-experts layers).
 #pragma once
 #include "config.h"
 #include "safetensors.h"
@@ -18,14 +19,27 @@ typedef struct {
     float* gate_proj; // (I, D)
     float* up_proj;   // (I, D)
     float* down_proj; // (D, I)
+    // A sparse layer (README §2) has no dense MLP (the three above are NULL) but a router and E
+    // experts, stored expert after expert whichever layout the checkpoint has:
+    //  - per expert (Qwen3-MoE): mlp.experts.E.{gate,up}_proj.weight (I_moe, D) and
+    //    mlp.experts.E.down_proj.weight (D, I_moe);
+    //  - fused (Qwen3-VL-MoE): mlp.experts.gate_up_proj (E, 2 I_moe, D), gate rows then up rows,
+    //    and mlp.experts.down_proj (E, D, I_moe), as transformers 5 writes them; or the
+    //    transformers 4 layout (E, D, 2 I_moe) and (E, I_moe, D), used only when the shape cannot
+    //    be read as transformers 5's (when D == 2 I_moe the shape is read as transformers 5's).
+    float* router;  // (E, D) mlp.gate.weight; fp32, never quantized
+    float* ex_gate; // (E, I_moe, D)
+    float* ex_up;   // (E, I_moe, D)
+    float* ex_down; // (E, D, I_moe)
 } LayerWeights;
 
 typedef struct {
     char name[160]; // Hugging Face module name, e.g. model.layers.3.mlp.up_proj
     int layer;
     int kind;    // LIN_*
+    int expert;  // -1 for a dense linear; else its expert in a sparse layer
     int out, in; // weight is (out, in)
-    float* w;    // points into LayerWeights
+    float* w;    // points into LayerWeights (NULL without fp32 copies)
 } Linear;
 
 typedef struct {
@@ -36,12 +50,23 @@ typedef struct {
     float* lm_head; // (V, D); == embed when tied
     float* norm;    // (D) final norm
     LayerWeights* layers;
-    int n_linears; // 7 L
+    // The table of linears, layer after layer: layer l owns linears lin0[l] .. lin0[l+1]-1, in the
+    // order q, k, v, o, then gate, up, down of the dense MLP or of expert 0, expert 1, ... (7 or
+    // 4 + 3 E per layer). model_lin finds one; nothing else may assume a fixed count per layer.
+    int n_linears;
     Linear* linears;
+    int* lin0;    // (L+1) first linear of each layer
     int n_visual; // tensors under model.visual.* (listed, never loaded)
     size_t n_params;
     int host_weights; // fp32 copies present
 } Model;
+
+// Index of linear `kind` (LIN_*) of layer l; e: the expert for gate, up and down of a sparse
+// layer (-1 or 0.. for the rest).
+static inline int model_lin(const Model* m, int l, int kind, int e) {
+    return m->lin0[l] + kind + (kind >= LIN_GATE && e > 0 ? 3 * e : 0);
+}
+static inline int model_layer_sparse(const Model* m, int l) { return m->c.sparse[l]; }
 
 // Loads config and weights; validates every tensor's dtype and shape first.
 void model_load(Model* m, const char* dir);

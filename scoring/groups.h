@@ -1,5 +1,5 @@
 // Layer groups that share one quantization decision and the disabled_layers
-// wildcards of SPEC §5.
+// wildcards of README §5.
 #pragma once
 #include "../engine/model.h"
 
@@ -19,8 +19,9 @@ int patterns_match(Patterns* p, const char* name);
 
 typedef struct {
     char name[160];
-    int members[3]; // linear indices
+    int* members; // (n_members) linear indices; a layer's experts group holds 3 E of them
     int n_members;
+    int experts; // 1: the experts group of a sparse layer (scored as one block, README §6)
     long params;
     int layer;
     int disabled;
@@ -34,7 +35,9 @@ typedef struct {
 } Groups;
 
 // Groups {q,k,v}, {gate,up}, o_proj, down_proj (or one per linear with
-// no_grouping); marks groups with any disabled member. Warns for patterns
-// that match no module of the model (candidates, lm_head, visual tower).
+// no_grouping); in a sparse layer every expert's gate, up and down form one
+// group <prefix>layers.L.mlp.experts (no_grouping too), and the router is never
+// a candidate. Marks groups with any disabled member. Warns for patterns that
+// match no module of the model (candidates, routers, lm_head, visual tower).
 void groups_build(Groups* gs, const Model* m, int no_grouping, Patterns* disabled);
 void groups_free(Groups* gs);
