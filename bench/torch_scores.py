@@ -1,5 +1,5 @@
 """(b) in bench/gpu_bench.sh: per-group W4A8 scores with plain PyTorch + transformers (bf16 model), the
-semantics of ModelOpt's auto_quantize (fake quantization on the fly, SPEC section 4 numerics), the
+semantics of ModelOpt's auto_quantize (fake quantization on the fly, README §4 numerics), the
 way users would write it without autoq: one full forward per group for kl.
 
 usage: torch_scores.py MODEL IDS.npy --method kl|gradient --batch-size B [--dtype bfloat16|float32] --out scores.json
@@ -93,7 +93,7 @@ def main():
                 prm.requires_grad_(False)
             emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
             logits = model(inputs_embeds=emb).logits.float()
-            # per-sample mean next-token CE, summed over the batch (SPEC section 6)
+            # per-sample mean next-token CE, summed over the batch (README §6)
             loss = sum(F.cross_entropy(logits[i, :-1], x[i, 1:]) for i in range(x.shape[0]))
             loss.backward()
             for h in hs:

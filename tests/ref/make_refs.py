@@ -9,7 +9,7 @@ Writes (all small, committed):
   qwen3-vl-tiny/              a Qwen3-VL checkpoint made here (untied lm_head, heads*head_dim != hidden,
                               4 query heads per kv head, rope theta 5e6, tiny vision tower), bf16
   qwen3_vl_tiny_ids.npy, qwen3_vl_tiny_ref.json, qwen3_vl_tiny_logits.npy
-  qwen3_tiny_scores_ref.json  per-group KL and gradient scores (SPEC section 6) computed with PyTorch
+  qwen3_tiny_scores_ref.json  per-group KL and gradient scores (README §6) computed with PyTorch
 """
 import argparse, json, os, types
 
@@ -77,7 +77,7 @@ def make_vl(out):
     return d
 
 
-# ---- SPEC section 4 numerics (ModelOpt dialect), independent of autoq ----
+# ---- README §4 numerics (ModelOpt dialect), independent of autoq ----
 def fq(x, bits, narrow=True):
     m = 2 ** (bits - 1) - 1
     amax = x.abs().amax(dim=-1, keepdim=True)

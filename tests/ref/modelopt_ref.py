@@ -3,7 +3,7 @@
 Needs torch, transformers and nvidia-modelopt (the GPU machine, with wheels carried):
     python3 tests/ref/modelopt_ref.py --model ../shared/models/qwen3-tiny --out tests/fixtures
 Uses the 8 x 256 windows in tests/fixtures/qwen3_tiny_ids.npy, batch size 1, the custom W4A8 format of
-recipe-mapping.md, method gradient and kl_div, disabled_layers the SPEC default, budgets 4.5 / 4.8 / 6.0.
+recipe-mapping.md, method gradient and kl_div, disabled_layers the README §5 default, budgets 4.5 / 4.8 / 6.0.
 Writes modelopt_scores.json: for each method, candidate_stats (formats, scores, costs, module names)
 and the recipe ModelOpt's search picked at each budget.
 """
