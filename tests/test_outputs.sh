@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Scores files carry their formats' definitions (issue 11); exports survive hostile names and
-# failed writes leave nothing behind (issue 12). The HDF5 reader itself: tests/test_outputs.c.
+# failed writes leave nothing behind (issue 12). The HDF5 reader itself: tests/test_h5.c.
 set -u
 SUITE=outputs
 . "$(dirname "$0")/lib.sh"

@@ -1,0 +1,407 @@
+// The HDF5 scores file (issues 11, 12): stored format definitions survive a round trip through
+// HDF5 and JSON, and the hardened reader turns crafted and bit-flipped files into exit 2 with one
+// clear message, never a crash or a hang. YAML, regex, recipe and export checks: tests/test_outputs.c.
+#define _GNU_SOURCE
+#include <hdf5.h>
+#include <jansson.h>
+
+#include "outputs_common.h"
+#include "search/recipe.h"
+
+// ---- editing an HDF5 file the way a damaged or hostile one would look ----
+static hid_t h5_edit(const char* path) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) fail_other("cannot open %s", path);
+    return f;
+}
+
+static void h5_put(hid_t f, const char* name, hid_t type, int rank, const hsize_t* dims, const void* data) {
+    if (H5Lexists(f, name, H5P_DEFAULT) > 0) H5Ldelete(f, name, H5P_DEFAULT);
+    h5_write(f, name, type, rank, (const unsigned long long*)dims, data);
+}
+
+// String size for the helpers below: VLEN writes variable-length strings (what autoq refuses),
+// 0 fixed-length ones as long as the longest, anything else fixed-length ones of that size.
+#define VLEN ((size_t)-1)
+
+static hid_t h5_str_type(const char* const* s, int n, size_t fixed) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (fixed == 0)
+        for (int i = 0; i < n; i++) fixed = strlen(s[i]) > fixed ? strlen(s[i]) : fixed;
+    H5Tset_size(t, fixed == VLEN ? H5T_VARIABLE : fixed ? fixed : 1);
+    return t;
+}
+
+// n strings packed for type t: the pointers themselves for variable-length ones.
+static void* h5_str_buf(hid_t t, const char* const* s, int n) {
+    if (H5Tis_variable_str(t) > 0) return NULL;
+    size_t size = H5Tget_size(t);
+    char* buf = xcalloc(n, size);
+    for (int i = 0; i < n; i++) strncpy(buf + i * size, s[i], size);
+    return buf;
+}
+
+static void h5_put_strs(hid_t f, const char* name, const char** s, int n, size_t fixed) {
+    hid_t t = h5_str_type(s, n, fixed);
+    hsize_t d = (hsize_t)n;
+    void* buf = h5_str_buf(t, s, n);
+    h5_put(f, name, t, 1, &d, buf ? buf : (void*)s);
+    free(buf);
+    H5Tclose(t);
+}
+
+// A string attribute (size as for h5_put_strs), `n` copies (1: scalar).
+static void h5_put_attr(hid_t f, const char* name, const char* v, size_t fixed, int n) {
+    if (H5Aexists(f, name) > 0) H5Adelete(f, name);
+    const char* vs[4] = {v, v, v, v};
+    hid_t t = h5_str_type(vs, n, fixed);
+    hsize_t d = (hsize_t)n;
+    hid_t sp = n == 1 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &d, NULL);
+    hid_t a = H5Acreate2(f, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    void* buf = h5_str_buf(t, vs, n);
+    H5Awrite(a, t, buf ? buf : (void*)vs);
+    free(buf);
+    H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+}
+
+static void h5_put_attr_int(hid_t f, const char* name, long long v) {
+    if (H5Aexists(f, name) > 0) H5Adelete(f, name);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, name, H5T_NATIVE_LLONG, sp, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(a, H5T_NATIVE_LLONG, &v);
+    H5Aclose(a);
+    H5Sclose(sp);
+}
+
+static void read_child(const void* path) {
+    ScoreTable t;
+    table_read_h5(&t, path);
+    SearchCtx c;
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    table_free(&t);
+}
+
+typedef void (*Edit)(hid_t f);
+
+// Writes the good table (ng groups), applies edit, and expects exit `want` naming `fragment`.
+static void bad_h5(const char* name, int ng, Edit edit, int want, const char* fragment) {
+    ScoreTable t;
+    table_make(&t, ng, 1);
+    char* path = tmp_path("bad.h5");
+    table_write(&t, path);
+    table_free(&t);
+    hid_t f = h5_edit(path);
+    edit(f);
+    H5Fclose(f);
+    expect_exit(name, read_child, path, want, fragment);
+}
+
+static void e_name_rank2(hid_t f) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, 1);
+    hsize_t d[2] = {2, 2};
+    h5_put(f, "groups/name", t, 2, d, "abcd");
+    H5Tclose(t);
+}
+static void e_name_int(hid_t f) {
+    int v[3] = {1, 2, 3};
+    hsize_t d = 3;
+    h5_put(f, "groups/name", H5T_NATIVE_INT, 1, &d, v);
+}
+static void e_name_fixed_long(hid_t f) {
+    static char big[9000];
+    memset(big, 'a', sizeof(big) - 1);
+    const char* s[3] = {big, big, big};
+    h5_put_strs(f, "groups/name", s, 3, sizeof(big));
+}
+static void e_name_fixed_ok(hid_t f) { // longer, NUL-terminated ASCII fixed-length strings read too
+    const char* s[3] = {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
+                        "model.layers.2.mlp.down_proj"};
+    h5_put_strs(f, "groups/name", s, 3, 40);
+    h5_put_attr(f, "model", "models/tiny", 16, 1);
+}
+static void e_name_vlen(hid_t f) {
+    const char* s[3] = {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
+                        "model.layers.2.mlp.down_proj"};
+    h5_put_strs(f, "groups/name", s, 3, VLEN);
+}
+static void e_model_vlen(hid_t f) { h5_put_attr(f, "model", "models/tiny", VLEN, 1); }
+static void e_score_chunked(hid_t f) {
+    double v[3] = {1, 2, 3};
+    hsize_t d = 3, chunk = 1;
+    H5Ldelete(f, "groups/score", H5P_DEFAULT);
+    hid_t sp = H5Screate_simple(1, &d, NULL), pl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(pl, 1, &chunk);
+    hid_t ds = H5Dcreate2(f, "groups/score", H5T_NATIVE_DOUBLE, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
+    H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+    H5Dclose(ds);
+    H5Pclose(pl);
+    H5Sclose(sp);
+}
+static void e_score_soft_link(hid_t f) {
+    H5Lmove(f, "groups/score", f, "elsewhere", H5P_DEFAULT, H5P_DEFAULT);
+    H5Lcreate_soft("/elsewhere", f, "groups/score", H5P_DEFAULT, H5P_DEFAULT);
+}
+static void e_score_custom_float(hid_t f) { // a 64-bit float with a bias of its own
+    double v[3] = {1, 2, 3};
+    hsize_t d = 3;
+    hid_t t = H5Tcopy(H5T_IEEE_F64LE);
+    H5Tset_ebias(t, 7);
+    h5_put(f, "groups/score", t, 1, &d, v);
+    H5Tclose(t);
+}
+static void e_name_bad_utf8(hid_t f) {
+    const char* s[3] = {"model.layers.0.mlp.\xff\xfe", "b", "c"};
+    h5_put_strs(f, "groups/name", s, 3, 0);
+}
+static void e_name_count(hid_t f) {
+    const char* s[2] = {"a", "b"};
+    h5_put_strs(f, "groups/name", s, 2, 0);
+}
+static void e_model_long(hid_t f) {
+    static char big[5000];
+    memset(big, 'm', sizeof(big) - 1);
+    h5_put_attr(f, "model", big, 0, 1);
+}
+static void e_model_fixed_long(hid_t f) { h5_put_attr(f, "model", "x", 4000, 1); }
+static void e_method_array(hid_t f) { h5_put_attr(f, "method", "kl", 0, 3); }
+static void e_method_bogus(hid_t f) { h5_put_attr(f, "method", "magic", 0, 1); }
+static void e_samples_str(hid_t f) { h5_put_attr(f, "num_samples", "8", 0, 1); }
+static void e_samples_huge(hid_t f) { h5_put_attr_int(f, "num_samples", 1LL << 40); }
+static void e_numerics_bogus(hid_t f) { h5_put_attr(f, "numerics", "fp8", 0, 1); }
+static void e_params(hid_t f, long v) {
+    long p[3] = {32, v, 32};
+    hsize_t d = 3;
+    h5_put(f, "groups/params", H5T_NATIVE_LONG, 1, &d, p);
+}
+static void e_params_2_40(hid_t f) { e_params(f, 1L << 40); }
+static void e_params_2_62(hid_t f) { e_params(f, 1L << 62); }
+static void e_params_neg(hid_t f) { e_params(f, -5); }
+static void e_params_mismatch(hid_t f) { e_params(f, 33); }
+static void e_params_total(hid_t f) { // 17 groups of 2^36: each plausible, the sum is not
+    long p[17];
+    hsize_t d = 17;
+    for (int i = 0; i < 17; i++) p[i] = 1L << 36;
+    h5_put(f, "groups/params", H5T_NATIVE_LONG, 1, &d, p);
+}
+static void e_score(hid_t f, double v) {
+    double s[3] = {1, v, 1};
+    hsize_t d = 3;
+    h5_put(f, "groups/score", H5T_NATIVE_DOUBLE, 1, &d, s);
+}
+static void e_score_nan(hid_t f) { e_score(f, NAN); }
+static void e_score_inf(hid_t f) { e_score(f, INFINITY); }
+static void e_score_neg(hid_t f) { e_score(f, -1); }
+static void e_score_int(hid_t f) {
+    int s[3] = {1, 2, 3};
+    hsize_t d = 3;
+    h5_put(f, "groups/score", H5T_NATIVE_INT, 1, &d, s);
+}
+static void e_score_shape(hid_t f) {
+    double s[6] = {0};
+    hsize_t d[2] = {3, 2};
+    h5_put(f, "groups/score", H5T_NATIVE_DOUBLE, 2, d, s);
+}
+static void e_disabled(hid_t f, uint8_t a, uint8_t b, uint8_t c) {
+    uint8_t v[3] = {a, b, c};
+    hsize_t d = 3;
+    h5_put(f, "groups/disabled", H5T_NATIVE_UINT8, 1, &d, v);
+}
+static void e_all_disabled(hid_t f) { e_disabled(f, 1, 1, 1); }
+static void e_disabled_7(hid_t f) { e_disabled(f, 0, 7, 0); }
+static void e_layer_group(hid_t f) {
+    int v[3] = {0, 9, 2};
+    hsize_t d = 3;
+    h5_put(f, "layers/group", H5T_NATIVE_INT, 1, &d, v);
+}
+static void e_layer_shape(hid_t f) {
+    long v[9] = {0};
+    hsize_t d[2] = {3, 3};
+    h5_put(f, "layers/shape", H5T_NATIVE_LONG, 2, d, v);
+}
+static void e_layer_dim(hid_t f) {
+    long v[6] = {4, 8, 1L << 40, 8, 4, 8};
+    hsize_t d[2] = {3, 2};
+    h5_put(f, "layers/shape", H5T_NATIVE_LONG, 2, d, v);
+}
+static void e_members(hid_t f) {
+    const char* s[3] = {"model.layers.0.mlp.down_proj", "model.layers.0.mlp.down_proj", "x"};
+    h5_put_strs(f, "groups/members", s, 3, 0);
+}
+static void e_no_layers(hid_t f) { H5Ldelete(f, "layers/name", H5P_DEFAULT); }
+static void e_formats_group(hid_t f) { H5Ldelete(f, "formats", H5P_DEFAULT); }
+static void e_old_file(hid_t f) { e_formats_group(f); } // before /formats/definition existed
+static void e_old_path(hid_t f) {
+    e_formats_group(f);
+    h5_put_attr(f, "format", "../../tmp/w4a8", 0, 1);
+}
+static void e_format_attr(hid_t f) { h5_put_attr(f, "format", "w8a8", 0, 1); }
+static void e_format_bits(hid_t f) {
+    int b = 8;
+    hsize_t d = 1;
+    h5_put(f, "format_bits", H5T_NATIVE_INT, 1, &d, &b);
+}
+static void e_def(hid_t f, const char* def) { h5_put_strs(f, "formats/definition", &def, 1, 0); }
+static void e_def_not_json(hid_t f) { e_def(f, "{\"name\": "); }
+static void e_def_bits(hid_t f) {
+    e_def(f, "{\"name\":\"w4a8\",\"bits\":4,\"numerics\":\"modelopt\",\"definition\":{\"quant_cfg\":{"
+             "\"*weight_quantizer\":{\"num_bits\":-2147483648,\"axis\":0}}}}");
+}
+static void e_def_unknown(hid_t f) {
+    e_def(
+        f,
+        "{\"name\":\"w4a8\",\"bits\":4,\"numerics\":\"modelopt\",\"path\":\"/etc/passwd\",\"definition\":{}}");
+}
+static void e_def_cost(hid_t f) { // the record's bits disagree with its own definition
+    e_def(f, "{\"name\":\"w4a8\",\"bits\":2,\"numerics\":\"modelopt\",\"definition\":{\"quant_cfg\":{"
+             "\"*weight_quantizer\":{\"num_bits\":4,\"axis\":0}}}}");
+}
+static void e_none(hid_t f) { (void)f; }
+
+static void test_bad_h5(void) {
+    bad_h5("h5 good file reads", 3, e_none, 0, "");
+    bad_h5("h5 fixed-length strings read", 3, e_name_fixed_ok, 0, "");
+    bad_h5("h5 groups/name variable-length", 3, e_name_vlen, 2,
+           "groups/name: is a variable-length string; autoq writes fixed-length strings");
+    bad_h5("h5 model attribute variable-length", 3, e_model_vlen, 2,
+           "model: is a variable-length string; autoq writes fixed-length strings");
+    bad_h5("h5 groups/score chunked", 3, e_score_chunked, 2, "groups/score: is chunked or virtual");
+    bad_h5("h5 groups/score a soft link", 3, e_score_soft_link, 2, "groups/score: is a soft or external link");
+    bad_h5("h5 groups/score custom float", 3, e_score_custom_float, 2,
+           "groups/score: is no standard integer or float type");
+    bad_h5("h5 groups/name rank 2", 3, e_name_rank2, 2, "groups/name: has 2 dimensions");
+    bad_h5("h5 groups/name of integers", 3, e_name_int, 2, "groups/name: must hold strings");
+    bad_h5("h5 groups/name fixed strings too long", 3, e_name_fixed_long, 2,
+           "groups/name: fixed-length strings");
+    bad_h5("h5 groups/name invalid UTF-8", 3, e_name_bad_utf8, 2, "groups/name: element 0 is not valid UTF-8");
+    bad_h5("h5 groups/name count", 3, e_name_count, 2, "groups/members: has 3 rows, /groups/name 2");
+    bad_h5("h5 model attribute too long", 3, e_model_long, 2, "model: attribute is longer than 511");
+    bad_h5("h5 fixed model attribute too long", 3, e_model_fixed_long, 2,
+           "model: attribute is longer than 511");
+    bad_h5("h5 method attribute of 3 strings", 3, e_method_array, 2, "method: attribute must hold one value");
+    bad_h5("h5 method unknown", 3, e_method_bogus, 2, "'magic' is neither kl nor gradient");
+    bad_h5("h5 num_samples a string", 3, e_samples_str, 2, "num_samples: attribute must be a number");
+    bad_h5("h5 num_samples 2^40", 3, e_samples_huge, 2,
+           "num_samples: attribute = 1099511627776 is out of range");
+    bad_h5("h5 numerics unknown", 3, e_numerics_bogus, 2, "'fp8' is neither modelopt");
+    bad_h5("h5 params 2^40", 3, e_params_2_40, 2, "has 1099511627776 parameters");
+    bad_h5("h5 params 2^62", 3, e_params_2_62, 2, "has 4611686018427387904 parameters");
+    bad_h5("h5 params negative", 3, e_params_neg, 2, "has -5 parameters");
+    bad_h5("h5 params total near 2^40", 17, e_params_total, 2, "parameters in all is unrealistic");
+    bad_h5("h5 params disagree with layer shapes", 3, e_params_mismatch, 2, "has 33, but its layers hold 32");
+    bad_h5("h5 score NaN", 3, e_score_nan, 2, "group model.layers.1.mlp.down_proj has score nan");
+    bad_h5("h5 score Inf", 3, e_score_inf, 2, "has score inf");
+    bad_h5("h5 score negative", 3, e_score_neg, 2, "has score -1");
+    bad_h5("h5 score of integers", 3, e_score_int, 2, "groups/score: must hold floats");
+    bad_h5("h5 score shape", 3, e_score_shape, 2, "groups/score: has 2 dimensions, expected 1");
+    bad_h5("h5 every group disabled", 3, e_all_disabled, 2, "every group is disabled");
+    bad_h5("h5 disabled not 0/1", 3, e_disabled_7, 2, "has 7 (0 or 1 allowed)");
+    bad_h5("h5 layer group out of range", 3, e_layer_group, 2, "layers/group: [1] = 9 is not a group index");
+    bad_h5("h5 layer shape [L,3]", 3, e_layer_shape, 2, "layers/shape: has shape [3, 3], expected [3, 2]");
+    bad_h5("h5 layer dimension 2^40", 3, e_layer_dim, 2, "has dimension 1099511627776");
+    bad_h5("h5 members disagree with layers", 3, e_members, 2,
+           "groups/members: group model.layers.1.mlp.down_proj names");
+    bad_h5("h5 layers/name missing", 3, e_no_layers, 2, "layers/name: missing");
+    bad_h5("h5 old file: built-in format by name, with a warning", 3, e_old_file, 0, "older autoq");
+    bad_h5("h5 old file: format attribute never opened as a path", 3, e_old_path, 2, "no built-in format");
+    bad_h5("h5 format attribute disagrees with definitions", 3, e_format_attr, 2,
+           "disagrees with /formats/definition");
+    bad_h5("h5 format_bits disagree", 3, e_format_bits, 2, "format_bits: [0] = 8, but format 'w4a8' costs 4");
+    bad_h5("h5 definition not JSON", 3, e_def_not_json, 2, "formats/definition: element 0 is not JSON");
+    bad_h5("h5 definition num_bits INT_MIN", 3, e_def_bits, 2, "num_bits = -2147483648 is not supported");
+    bad_h5("h5 definition unknown field", 3, e_def_unknown, 2, "unknown field 'path'");
+    bad_h5("h5 definition bits disagree", 3, e_def_cost, 2,
+           "field 'bits' must be an integer equal to the definition's 4");
+}
+
+// Every byte of the interesting part of a file flipped in turn: the reader exits 0 or 2, never crashes or
+// hangs.
+static void flip_child(const void* path) { read_child(path); }
+
+static void test_bit_flips(void) {
+    ScoreTable t;
+    table_make(&t, 3, 2);
+    char* good = tmp_path("good.h5");
+    table_write(&t, good);
+    table_free(&t);
+    size_t len;
+    char* data = read_file(good, &len);
+    char* path = tmp_path("flip.h5");
+    int cases = 0, bad = 0, rejected = 0;
+    char err[4096], first[4200] = "";
+    size_t step = len / 300 + 1;
+    for (size_t off = 0; off < len; off += step, cases++) {
+        data[off] ^= (char)(1 << (off % 8));
+        FILE* f = fopen(path, "wb");
+        fwrite(data, 1, len, f);
+        fclose(f);
+        data[off] ^= (char)(1 << (off % 8));
+        int rc = run_child(flip_child, path, err, sizeof(err));
+        rejected += rc == 2;
+        if (rc != 0 && rc != 2 && !bad++)
+            snprintf(first, sizeof(first), "offset %zu: exit %d: %s", off, rc, err);
+        if (rc == 2 && (strstr(err, "HDF5-DIAG") || !strstr(err, path)))
+            if (!bad++) snprintf(first, sizeof(first), "offset %zu: unclear message: %s", off, err);
+    }
+    free(data);
+    CHECK(bad == 0, "h5 bit flips: exit 0 or 2 with one clear message", "%d of %d cases: first %s", bad, cases,
+          first);
+    printf("  %d bit-flipped files of %zu bytes, %d rejected\n", cases, len, rejected);
+}
+
+// ---- stored formats: HDF5 and JSON round trip ----
+static void test_roundtrip(void) {
+    ScoreTable t, r;
+    table_make(&t, 3, 2);
+    // A custom definition whose name is a built-in's: the stored one must win.
+    char* custom = tmp_path("w4a8.json");
+    FILE* f = fopen(custom, "w");
+    fputs("{\"quant_cfg\": {\"*weight_quantizer\": {\"num_bits\": 8, \"axis\": 0, \"enable\": true},"
+          " \"*input_quantizer\": {\"enable\": false}}, \"algorithm\": \"max\"}",
+          f);
+    fclose(f);
+    format_load(&t.fmts[0], custom, 1);
+    snprintf(t.numerics, sizeof(t.numerics), "compressed-tensors");
+    t.fmts[1].w.ct = t.fmts[1].in.ct = 1;
+    char* path = tmp_path("rt.h5");
+    table_write(&t, path);
+    unlink(custom);
+    table_read_h5(&r, path);
+    int same = r.nf == 2 && r.ng == 3 && r.nl == 3 && strcmp(r.model, t.model) == 0;
+    for (int i = 0; i < 2 && same; i++)
+        same = strcmp(r.fmts[i].name, t.fmts[i].name) == 0 && strcmp(r.fmts[i].def, t.fmts[i].def) == 0 &&
+               r.fmts[i].bits == t.fmts[i].bits && r.fmts[i].w.bits == t.fmts[i].w.bits &&
+               r.fmts[i].in_enable == t.fmts[i].in_enable && r.fmts[i].w.ct == 1;
+    for (int k = 0; k < 6 && same; k++) same = r.score[k] == t.score[k];
+    CHECK(same, "h5 round trip keeps every format's definition", "custom w4a8: bits %d w %d in %d, def %s",
+          r.fmts[0].bits, r.fmts[0].w.bits, r.fmts[0].in_enable, r.fmts[0].def);
+    CHECK(r.fmts[0].bits == 8 && !r.fmts[0].in_enable, "h5 custom 'w4a8' is the stored one, not the built-in",
+          "bits %d", r.fmts[0].bits);
+    table_write_json(&r, tmp_path("rt.json"));
+    json_t* j = json_load_file(tmp_path("rt.json"), 0, NULL);
+    json_t* rec = json_array_get(json_object_get(j, "formats"), 0);
+    Format back;
+    format_from_json(&back, rec, "rt.json formats[0]");
+    CHECK(back.bits == 8 && strcmp(back.def, r.fmts[0].def) == 0 &&
+              strcmp(json_string_value(json_object_get(j, "format")), "w4a8") == 0,
+          "scores JSON stores the definitions beside 'format'", "bits %d", back.bits);
+    json_decref(j);
+    table_free(&t);
+    table_free(&r);
+}
+
+int main(void) {
+    snprintf(g_dir, sizeof(g_dir), "/tmp/autoq_h5_XXXXXX");
+    if (!mkdtemp(g_dir)) return 1;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    g_quiet = 1;
+    test_roundtrip();
+    test_bad_h5();
+    test_bit_flips();
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
+    if (system(cmd) != 0) printf("  could not remove %s\n", g_dir);
+    return g_fail ? 1 : 0;
+}
