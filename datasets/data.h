@@ -1,4 +1,4 @@
-// Calibration windows from --data (SPEC §1): .npy ids now, text via the tokenizer.
+// Calibration windows from --data (README §1): .npy ids now, text via the tokenizer.
 #pragma once
 #include "npy.h"
 

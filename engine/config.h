@@ -1,4 +1,4 @@
-// Model hyper-parameters read from a Hugging Face config.json (SPEC §2).
+// Model hyper-parameters read from a Hugging Face config.json (README §2).
 #pragma once
 
 typedef enum { ARCH_QWEN3, ARCH_QWEN3_VL, ARCH_QWEN3_MOE, ARCH_QWEN3_VL_MOE } Arch;

@@ -1,6 +1,6 @@
 // Small helpers shared by every module: error exits, checked allocation,
 // atomic file writes. Errors in user input exit with status 2, anything
-// else with status 1 (SPEC §1).
+// else with status 1 (README §1).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-// Candidate formats read from JSON in ModelOpt's quant_cfg dialect (SPEC §4).
+// Candidate formats read from JSON in ModelOpt's quant_cfg dialect (README §4).
 #pragma once
 #include <jansson.h>
 

@@ -52,7 +52,7 @@ json_t* table_group_json(const ScoreTable* t, int g);
 json_t* json_csv_list(const char* csv);
 void table_write_json(const ScoreTable* t, const char* path); // "-" = stdout
 // ---- table_h5.c ----
-// HDF5 in the SPEC §8 layout, every string fixed-length (NUL-padded UTF-8). The file is created under a
+// HDF5 in the README §8 layout, every string fixed-length (NUL-padded UTF-8). The file is created under a
 // temporary name; table_h5_create returns its id and table_h5_finish closes and renames it.
 long table_h5_create(const ScoreTable* t, const char* path);
 void table_h5_finish(long file, const char* path);

@@ -131,7 +131,7 @@ static void write_formats(hid_t f, const ScoreTable* t) {
         json_decref(j);
         if (!defs[i]) fail_other("format '%s': cannot encode its definition", t->fmts[i].name);
     }
-    attr_str(f, "format", fmts); // SPEC §8: the names, comma-joined
+    attr_str(f, "format", fmts); // README §8: the names, comma-joined
     hsize_t nf = (hsize_t)t->nf;
     h5_write(f, "format_bits", H5T_NATIVE_INT, 1, &nf, bits);
     hid_t g = group_create(f, "formats");
@@ -473,7 +473,7 @@ static int read_formats_stored(const H5In* in, ScoreTable* t) {
                 bad(in, name, "two formats are named '%s'", t->fmts[i].name);
     }
     table_free_strs(defs, n);
-    // The SPEC §8 attribute must name the same formats.
+    // The README §8 attribute must name the same formats.
     char attr[MAX_FORMATS * 65], want[MAX_FORMATS * 65] = "";
     read_attr_str(in, "format", attr, sizeof(attr));
     for (int i = 0; i < n; i++) {

@@ -1,4 +1,4 @@
-// Solving the budgeted search over a ScoreTable and writing the recipe (SPEC §7-§8): recipe.c
+// Solving the budgeted search over a ScoreTable and writing the recipe (README §7-§8): recipe.c
 // solves and writes the recipe JSON and HDF5; export.c the llm-compressor YAML and ModelOpt
 // quant_cfg JSON.
 #pragma once
