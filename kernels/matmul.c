@@ -15,7 +15,7 @@ static int col_block(int N) {
 
 void matmul_forward(float* out, const float* in, const float* w, int M, int K, int N, float beta) {
     int B = col_block(N), nb = (N + B - 1) / B;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(static)
     for (int c = 0; c < nb; c++) {
         int n0 = c * B, nn = N - n0 < B ? N - n0 : B;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nn, K, 1.0f, in, K, w + (long)n0 * K, K, beta,
@@ -25,7 +25,7 @@ void matmul_forward(float* out, const float* in, const float* w, int M, int K, i
 
 void matmul_backward_input(float* din, const float* dout, const float* w, int M, int K, int N, float beta) {
     int B = col_block(K), nb = (K + B - 1) / B;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(static)
     for (int c = 0; c < nb; c++) {
         int k0 = c * B, kk = K - k0 < B ? K - k0 : B;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, kk, N, 1.0f, dout, N, w + k0, K, beta,
