@@ -9,6 +9,12 @@
 #include "../engine/util.h"
 #include "checkpoint.h"
 
+static void require_utf8(const char* cmd, const char* what, const char* s) {
+    json_t* v = s ? json_string(s) : NULL; // jansson validates UTF-8
+    if (s && !v) fail_input("%s: %s is not valid UTF-8", cmd, what);
+    json_decref(v);
+}
+
 void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     memset(j, 0, sizeof(*j));
     j->data.path = args_str(a, "--data");
@@ -60,6 +66,9 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
         fail_input("%s: --shard-layers runs one process over --gpus N, not with --nccl-init", a->cmd);
     j->min_expert_tokens = args_int(a, "--min-expert-tokens", 16, 0, 1 << 30);
     j->model_dir = args_pos(a, 0);
+    // Both end up in the JSON and HDF5 outputs, which hold UTF-8 only: refuse them now, not after a run.
+    require_utf8(a->cmd, "MODEL", j->model_dir);
+    require_utf8(a->cmd, "--disabled-layers", j->disabled_csv);
 }
 
 // The CUDA engine has no mixture-of-experts layers yet: --device cuda is refused, auto uses the CPU.

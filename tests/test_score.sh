@@ -109,3 +109,4 @@ expect "--json into a missing folder, before scoring" "--json: folder $tmp/nodir
 expect "--out a directory" "--out" $AQ score $M --data $D --method kl --out "$tmp"
 expect "--checkpoint a device" "--checkpoint" $AQ score $M --data $D --method kl --checkpoint /dev/null
 expect "--seq-len beyond max_position_embeddings" "exceed the model's max_position_embeddings 1024" $AQ score $M --data $D --method kl --seq-len 4096
+expect "--disabled-layers not UTF-8, before scoring" "--disabled-layers is not valid UTF-8" $AQ score $M --data $D --method kl --disabled-layers $'\xff*'
