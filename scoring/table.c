@@ -156,9 +156,7 @@ void table_write_json(const ScoreTable* t, const char* path) {
 #define MAX_GROUP_PARAMS (1L << 36)
 #define MAX_TOTAL_PARAMS (1L << 40) // a trillion weights: costs (x16 bits) stay exact in doubles
 
-static void bad(const char* path, const char* obj, const char* fmt, ...)
-    __attribute__((format(printf, 3, 4), noreturn));
-static void bad(const char* path, const char* obj, const char* fmt, ...) {
+void table_bad(const char* path, const char* obj, const char* fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -172,22 +170,23 @@ void table_check_group_values(const ScoreTable* t, const char* path) {
     int enabled = 0;
     for (int g = 0; g < t->ng; g++) {
         if (t->params[g] < 1 || t->params[g] > MAX_GROUP_PARAMS)
-            bad(path, "groups/params", "group %s has %ld parameters (1 to 2^36 is plausible)", t->gname[g],
-                t->params[g]);
+            table_bad(path, "groups/params", "group %s has %ld parameters (1 to 2^36 is plausible)",
+                      t->gname[g], t->params[g]);
         total += t->params[g]; // at most 2^20 groups x 2^36: no overflow
         if (t->disabled[g] > 1)
-            bad(path, "groups/disabled", "group %s has %d (0 or 1 allowed)", t->gname[g], t->disabled[g]);
+            table_bad(path, "groups/disabled", "group %s has %d (0 or 1 allowed)", t->gname[g], t->disabled[g]);
         enabled += !t->disabled[g];
         for (int f = 0; f < t->nf && !t->disabled[g]; f++) {
             double s = t->score[(size_t)f * t->ng + g];
             if (!isfinite(s) || s < 0)
-                bad(path, "groups/score", "group %s has score %g for format %s (scores are finite and >= 0)",
-                    t->gname[g], s, t->fmts[f].name);
+                table_bad(path, "groups/score",
+                          "group %s has score %g for format %s (scores are finite and >= 0)", t->gname[g], s,
+                          t->fmts[f].name);
         }
     }
     if (total >= MAX_TOTAL_PARAMS)
-        bad(path, "groups/params", "%ld parameters in all is unrealistic (at most 2^40)", total);
-    if (enabled == 0) bad(path, "groups/disabled", "every group is disabled: there is nothing to search");
+        table_bad(path, "groups/params", "%ld parameters in all is unrealistic (at most 2^40)", total);
+    if (enabled == 0) table_bad(path, "groups/disabled", "every group is disabled: there is nothing to search");
 }
 
 static int cmp_name(const void* a, const void* b, void* ctx) {
@@ -222,7 +221,7 @@ void table_check_members(const ScoreTable* t, const char* path) {
     qsort_r(order, t->nl, sizeof(int), cmp_name, t->lname);
     for (int i = 1; i < t->nl; i++)
         if (strcmp(t->lname[order[i]], t->lname[order[i - 1]]) == 0)
-            bad(path, "layers/name", "'%s' appears twice", t->lname[order[i]]);
+            table_bad(path, "layers/name", "'%s' appears twice", t->lname[order[i]]);
     NameIndex ix = {t->lname, order, t->nl};
     int* count = xcalloc(t->ng, sizeof(int));
     int* seen = xmalloc(sizeof(int) * t->nl);
@@ -241,18 +240,18 @@ void table_check_members(const ScoreTable* t, const char* path) {
         for (char* tok = strtok_r(m, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
             int l = name_find(&ix, tok);
             if (l < 0 || t->lgroup[l] != g)
-                bad(path, "groups/members", "group %s names '%s', which is not one of its layers in /layers",
-                    t->gname[g], tok);
-            if (seen[l] == g) bad(path, "groups/members", "group %s names '%s' twice", t->gname[g], tok);
+                table_bad(path, "groups/members",
+                          "group %s names '%s', which is not one of its layers in /layers", t->gname[g], tok);
+            if (seen[l] == g) table_bad(path, "groups/members", "group %s names '%s' twice", t->gname[g], tok);
             seen[l] = g;
         }
         free(m);
         if (n != count[g])
-            bad(path, "groups/members", "group %s lists %d members, /layers/group %d", t->gname[g], n,
-                count[g]);
+            table_bad(path, "groups/members", "group %s lists %d members, /layers/group %d", t->gname[g], n,
+                      count[g]);
         if (weights[g] != t->params[g])
-            bad(path, "groups/params", "group %s has %ld, but its layers hold %ld weights", t->gname[g],
-                t->params[g], weights[g]);
+            table_bad(path, "groups/params", "group %s has %ld, but its layers hold %ld weights", t->gname[g],
+                      t->params[g], weights[g]);
     }
     free(count);
     free(seen);

@@ -66,6 +66,9 @@ void h5_write(long loc, const char* name, long type, int rank, const unsigned lo
 // non-standard number types are refused before libhdf5 reads any of their data.
 void table_read_h5(ScoreTable* t, const char* path);
 // ---- table.c ----
+// Exits 2 with "path: obj: message": a scores file's object at fault.
+void table_bad(const char* path, const char* obj, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
 // Checks of a table read from path, exit 2 naming the file and dataset: every group's params,
 // disabled flag and scores are plausible, and some group is enabled.
 void table_check_group_values(const ScoreTable* t, const char* path);

@@ -217,17 +217,6 @@ typedef struct {
     const char* path;
 } H5In;
 
-static void bad(const H5In* in, const char* obj, const char* fmt, ...)
-    __attribute__((format(printf, 3, 4), noreturn));
-static void bad(const H5In* in, const char* obj, const char* fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    fail_input("%s: %s: %s", in->path, obj, msg);
-}
-
 // Whether name ("a" or "a/b") exists, each part a hard link: a soft or external link could point
 // into another file or loop, and autoq never writes one. H5Lexists on "a/b" needs "a" first.
 static int h5_exists(const H5In* in, const char* name) {
@@ -240,7 +229,7 @@ static int h5_exists(const H5In* in, const char* name) {
         htri_t e = H5Lexists(in->f, buf, H5P_DEFAULT);
         H5L_info_t li;
         if (e > 0 && (H5Lget_info(in->f, buf, &li, H5P_DEFAULT) < 0 || li.type != H5L_TYPE_HARD))
-            bad(in, buf, "is a soft or external link; autoq writes none");
+            table_bad(in->path, buf, "is a soft or external link; autoq writes none");
         *p = c;
         if (e <= 0) return 0;
         if (!c) return 1;
@@ -264,12 +253,14 @@ static int std_number(hid_t type) {
 // a variable-length string above all (its data sits in the global heap, see the file's head).
 static size_t fixed_str_size(const H5In* in, const char* name, hid_t type, size_t maxlen) {
     htri_t vl = H5Tis_variable_str(type);
-    if (vl < 0) bad(in, name, "unreadable string type");
-    if (vl) bad(in, name, "is a variable-length string; autoq writes fixed-length strings");
+    if (vl < 0) table_bad(in->path, name, "unreadable string type");
+    if (vl) table_bad(in->path, name, "is a variable-length string; autoq writes fixed-length strings");
     H5T_cset_t cs = H5Tget_cset(type);
-    if (cs != H5T_CSET_ASCII && cs != H5T_CSET_UTF8) bad(in, name, "strings are neither ASCII nor UTF-8");
+    if (cs != H5T_CSET_ASCII && cs != H5T_CSET_UTF8)
+        table_bad(in->path, name, "strings are neither ASCII nor UTF-8");
     size_t size = H5Tget_size(type);
-    if (size == 0 || size > maxlen) bad(in, name, "fixed-length strings of %zu bytes are out of range", size);
+    if (size == 0 || size > maxlen)
+        table_bad(in->path, name, "fixed-length strings of %zu bytes are out of range", size);
     return size;
 }
 
@@ -292,23 +283,24 @@ typedef struct {
 // chunk indexes (B-trees), filters, external files and virtual sources are refused unread.
 static void ds_check_storage(const H5In* in, const char* name, const Ds* ds) {
     hid_t pl = H5Dget_create_plist(ds->d);
-    if (pl < 0) bad(in, name, "unreadable storage properties");
+    if (pl < 0) table_bad(in->path, name, "unreadable storage properties");
     H5D_layout_t lay = H5Pget_layout(pl);
     if (lay != H5D_CONTIGUOUS && lay != H5D_COMPACT)
-        bad(in, name, "is chunked or virtual; autoq writes neither");
-    if (H5Pget_nfilters(pl) != 0) bad(in, name, "is filtered; autoq writes no filters");
-    if (H5Pget_external_count(pl) != 0) bad(in, name, "keeps its data in external files; autoq never does");
+        table_bad(in->path, name, "is chunked or virtual; autoq writes neither");
+    if (H5Pget_nfilters(pl) != 0) table_bad(in->path, name, "is filtered; autoq writes no filters");
+    if (H5Pget_external_count(pl) != 0)
+        table_bad(in->path, name, "keeps its data in external files; autoq never does");
     H5Pclose(pl);
     hssize_t np = H5Sget_simple_extent_npoints(ds->space);
     size_t es = H5Tget_size(ds->type);
     hsize_t want = (hsize_t)np * es, size = 0; // np <= 2^22 x 2 and es <= 2^20 were checked
     if (np < 0 || H5Dget_storage_size(ds->d) != want)
-        bad(in, name, "stores %llu bytes, its shape needs %llu", (unsigned long long)H5Dget_storage_size(ds->d),
-            (unsigned long long)want);
+        table_bad(in->path, name, "stores %llu bytes, its shape needs %llu",
+                  (unsigned long long)H5Dget_storage_size(ds->d), (unsigned long long)want);
     haddr_t off = H5Dget_offset(ds->d);
     if (lay == H5D_CONTIGUOUS && want > 0 &&
         (off == HADDR_UNDEF || H5Fget_filesize(in->f, &size) < 0 || off > size || want > size - off))
-        bad(in, name, "data lies outside the file (truncated?)");
+        table_bad(in->path, name, "data lies outside the file (truncated?)");
 }
 
 // Opens a dataset of class cls and the given rank and checks its type; the caller checks the shape.
@@ -316,18 +308,20 @@ static void ds_open(const H5In* in, const char* name, H5T_class_t cls, int rank,
     static const char* const cls_name[] = {
         [H5T_INTEGER] = "integers", [H5T_FLOAT] = "floats", [H5T_STRING] = "strings"};
     memset(ds, 0, sizeof(*ds));
-    if (!h5_exists(in, name)) bad(in, name, "missing (not an autoq scores file?)");
+    if (!h5_exists(in, name)) table_bad(in->path, name, "missing (not an autoq scores file?)");
     ds->d = H5Dopen2(in->f, name, H5P_DEFAULT);
-    if (ds->d < 0) bad(in, name, "cannot open as a dataset");
+    if (ds->d < 0) table_bad(in->path, name, "cannot open as a dataset");
     ds->type = H5Dget_type(ds->d);
-    if (ds->type < 0 || H5Tget_class(ds->type) != cls) bad(in, name, "must hold %s", cls_name[cls]);
-    if (cls != H5T_STRING && !std_number(ds->type)) bad(in, name, "is no standard integer or float type");
+    if (ds->type < 0 || H5Tget_class(ds->type) != cls) table_bad(in->path, name, "must hold %s", cls_name[cls]);
+    if (cls != H5T_STRING && !std_number(ds->type))
+        table_bad(in->path, name, "is no standard integer or float type");
     ds->space = H5Dget_space(ds->d);
     if (ds->space < 0 || H5Sget_simple_extent_type(ds->space) != H5S_SIMPLE)
-        bad(in, name, "has no simple shape");
+        table_bad(in->path, name, "has no simple shape");
     ds->rank = H5Sget_simple_extent_ndims(ds->space);
-    if (ds->rank != rank) bad(in, name, "has %d dimensions, expected %d", ds->rank, rank);
-    if (H5Sget_simple_extent_dims(ds->space, ds->dims, NULL) != rank) bad(in, name, "unreadable shape");
+    if (ds->rank != rank) table_bad(in->path, name, "has %d dimensions, expected %d", ds->rank, rank);
+    if (H5Sget_simple_extent_dims(ds->space, ds->dims, NULL) != rank)
+        table_bad(in->path, name, "unreadable shape");
 }
 
 static void ds_close(Ds* ds) {
@@ -342,20 +336,22 @@ static void read_num(const H5In* in, const char* name, H5T_class_t cls, hid_t me
     Ds ds;
     ds_open(in, name, cls, rank, &ds);
     if (ds.dims[0] != d0 || (rank == 2 && ds.dims[1] != d1))
-        bad(in, name, "has shape [%llu%s%llu], expected [%llu%s%llu]", (unsigned long long)ds.dims[0],
-            rank == 2 ? ", " : "", rank == 2 ? (unsigned long long)ds.dims[1] : 0ULL, (unsigned long long)d0,
-            rank == 2 ? ", " : "", rank == 2 ? (unsigned long long)d1 : 0ULL);
+        table_bad(in->path, name, "has shape [%llu%s%llu], expected [%llu%s%llu]",
+                  (unsigned long long)ds.dims[0], rank == 2 ? ", " : "",
+                  rank == 2 ? (unsigned long long)ds.dims[1] : 0ULL, (unsigned long long)d0,
+                  rank == 2 ? ", " : "", rank == 2 ? (unsigned long long)d1 : 0ULL);
     ds_check_storage(in, name, &ds);
     if (H5Dread(ds.d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
-        bad(in, name, "cannot read (damaged file?)");
+        table_bad(in->path, name, "cannot read (damaged file?)");
     ds_close(&ds);
 }
 
 static char* check_str(const H5In* in, const char* name, int i, const char* s, size_t n, size_t maxlen) {
-    if (n == 0 || n > maxlen) bad(in, name, "element %d has %zu bytes (1 to %zu allowed)", i, n, maxlen);
+    if (n == 0 || n > maxlen)
+        table_bad(in->path, name, "element %d has %zu bytes (1 to %zu allowed)", i, n, maxlen);
     char* out = strndup(s, n);
     if (!out) fail_other("out of memory");
-    if (strlen(out) != n || !utf8_ok(out)) bad(in, name, "element %d is not valid UTF-8 text", i);
+    if (strlen(out) != n || !utf8_ok(out)) table_bad(in->path, name, "element %d is not valid UTF-8 text", i);
     return out;
 }
 
@@ -364,16 +360,16 @@ static char** read_strs(const H5In* in, const char* name, size_t maxlen, int max
     Ds ds;
     ds_open(in, name, H5T_STRING, 1, &ds);
     if (ds.dims[0] > (hsize_t)maxn)
-        bad(in, name, "has %llu elements (at most %d)", (unsigned long long)ds.dims[0], maxn);
+        table_bad(in->path, name, "has %llu elements (at most %d)", (unsigned long long)ds.dims[0], maxn);
     *n = (int)ds.dims[0];
     size_t size = fixed_str_size(in, name, ds.type, maxlen);
     if ((size_t)*n * size > MAX_READ_BYTES)
-        bad(in, name, "fixed-length strings of %zu bytes are out of range", size);
+        table_bad(in->path, name, "fixed-length strings of %zu bytes are out of range", size);
     ds_check_storage(in, name, &ds);
     hid_t mem = fixed_str_mem(ds.type, size);
     char* buf = xcalloc(*n ? (size_t)*n * size : 1, 1);
     if (H5Dread(ds.d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
-        bad(in, name, "cannot read (damaged file?)");
+        table_bad(in->path, name, "cannot read (damaged file?)");
     char** out = xcalloc(*n ? *n : 1, sizeof(char*));
     for (int i = 0; i < *n; i++) {
         const char* s = buf + (size_t)i * size;
@@ -386,15 +382,17 @@ static char** read_strs(const H5In* in, const char* name, size_t maxlen, int max
 }
 
 static hid_t attr_open(const H5In* in, const char* name, H5T_class_t cls, hid_t* type) {
-    if (H5Aexists(in->f, name) <= 0) bad(in, name, "attribute missing (not an autoq scores file?)");
+    if (H5Aexists(in->f, name) <= 0) table_bad(in->path, name, "attribute missing (not an autoq scores file?)");
     hid_t a = H5Aopen(in->f, name, H5P_DEFAULT);
-    if (a < 0) bad(in, name, "cannot open the attribute");
+    if (a < 0) table_bad(in->path, name, "cannot open the attribute");
     *type = H5Aget_type(a);
     hid_t sp = H5Aget_space(a);
     if (*type < 0 || H5Tget_class(*type) != cls)
-        bad(in, name, "attribute must be a %s", cls == H5T_STRING ? "string" : "number");
-    if (cls != H5T_STRING && !std_number(*type)) bad(in, name, "attribute is no standard integer type");
-    if (sp < 0 || H5Sget_simple_extent_npoints(sp) != 1) bad(in, name, "attribute must hold one value");
+        table_bad(in->path, name, "attribute must be a %s", cls == H5T_STRING ? "string" : "number");
+    if (cls != H5T_STRING && !std_number(*type))
+        table_bad(in->path, name, "attribute is no standard integer type");
+    if (sp < 0 || H5Sget_simple_extent_npoints(sp) != 1)
+        table_bad(in->path, name, "attribute must hold one value");
     H5Sclose(sp);
     return a;
 }
@@ -403,11 +401,11 @@ static void read_attr_str(const H5In* in, const char* name, char* out, size_t ca
     hid_t type, a = attr_open(in, name, H5T_STRING, &type);
     memset(out, 0, cap);
     size_t size = fixed_str_size(in, name, type, (size_t)-1);
-    if (size >= cap) bad(in, name, "attribute is longer than %zu bytes", cap - 1);
+    if (size >= cap) table_bad(in->path, name, "attribute is longer than %zu bytes", cap - 1);
     hid_t mem = fixed_str_mem(type, size);
-    if (H5Aread(a, mem, out) < 0) bad(in, name, "cannot read the attribute");
+    if (H5Aread(a, mem, out) < 0) table_bad(in->path, name, "cannot read the attribute");
     H5Tclose(mem);
-    if (!utf8_ok(out)) bad(in, name, "attribute is not valid UTF-8 text");
+    if (!utf8_ok(out)) table_bad(in->path, name, "attribute is not valid UTF-8 text");
     H5Tclose(type);
     H5Aclose(a);
 }
@@ -415,8 +413,8 @@ static void read_attr_str(const H5In* in, const char* name, char* out, size_t ca
 static long long read_attr_int(const H5In* in, const char* name, long long lo, long long hi) {
     hid_t type, a = attr_open(in, name, H5T_INTEGER, &type);
     long long v = 0;
-    if (H5Aread(a, H5T_NATIVE_LLONG, &v) < 0) bad(in, name, "cannot read the attribute");
-    if (v < lo || v > hi) bad(in, name, "attribute = %lld is out of range [%lld, %lld]", v, lo, hi);
+    if (H5Aread(a, H5T_NATIVE_LLONG, &v) < 0) table_bad(in->path, name, "cannot read the attribute");
+    if (v < lo || v > hi) table_bad(in->path, name, "attribute = %lld is out of range [%lld, %lld]", v, lo, hi);
     H5Tclose(type);
     H5Aclose(a);
     return v;
@@ -426,10 +424,11 @@ static void read_header(const H5In* in, ScoreTable* t) {
     read_attr_str(in, "model", t->model, sizeof(t->model));
     read_attr_str(in, "method", t->method, sizeof(t->method));
     if (strcmp(t->method, "kl") && strcmp(t->method, "gradient"))
-        bad(in, "method", "attribute '%s' is neither kl nor gradient", t->method);
+        table_bad(in->path, "method", "attribute '%s' is neither kl nor gradient", t->method);
     read_attr_str(in, "numerics", t->numerics, sizeof(t->numerics));
     if (strcmp(t->numerics, "modelopt") && strcmp(t->numerics, "compressed-tensors"))
-        bad(in, "numerics", "attribute '%s' is neither modelopt nor compressed-tensors", t->numerics);
+        table_bad(in->path, "numerics", "attribute '%s' is neither modelopt nor compressed-tensors",
+                  t->numerics);
     read_attr_str(in, "disabled_layers", t->disabled_csv, sizeof(t->disabled_csv));
     t->num_samples = (int)read_attr_int(in, "num_samples", 1, 1 << 30);
     t->seq_len = (int)read_attr_int(in, "seq_len", 1, 1 << 30);
@@ -443,15 +442,17 @@ static int read_formats_by_name(const H5In* in, ScoreTable* t, int ct) {
     int n = 0;
     char* save = NULL;
     for (char* tok = strtok_r(names, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n == MAX_FORMATS) bad(in, "format", "attribute names more than %d formats", MAX_FORMATS);
+        if (n == MAX_FORMATS)
+            table_bad(in->path, "format", "attribute names more than %d formats", MAX_FORMATS);
         if (strspn(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(tok))
-            bad(in, "format",
-                "attribute names '%s', which is no built-in format (the file stores no definitions)", tok);
+            table_bad(in->path, "format",
+                      "attribute names '%s', which is no built-in format (the file stores no definitions)",
+                      tok);
         warn_msg("%s: no stored format definitions (written by an older autoq); using built-in format '%s'",
                  in->path, tok);
         format_load(&t->fmts[n++], tok, ct);
     }
-    if (n == 0) bad(in, "format", "attribute is empty");
+    if (n == 0) table_bad(in->path, "format", "attribute is empty");
     return n;
 }
 
@@ -459,18 +460,18 @@ static int read_formats_stored(const H5In* in, ScoreTable* t) {
     const char* name = "formats/definition";
     int n;
     char** defs = read_strs(in, name, FORMAT_DEF_MAX * 2, MAX_FORMATS, &n);
-    if (n == 0) bad(in, name, "holds no format");
+    if (n == 0) table_bad(in->path, name, "holds no format");
     for (int i = 0; i < n; i++) {
         json_error_t err;
         json_t* j = json_loads(defs[i], JSON_REJECT_DUPLICATES, &err);
-        if (!j) bad(in, name, "element %d is not JSON: %s", i, err.text);
+        if (!j) table_bad(in->path, name, "element %d is not JSON: %s", i, err.text);
         char where[600];
         snprintf(where, sizeof(where), "%s: /%s[%d]", in->path, name, i);
         format_from_json(&t->fmts[i], j, where);
         json_decref(j);
         for (int k = 0; k < i; k++)
             if (strcmp(t->fmts[k].name, t->fmts[i].name) == 0)
-                bad(in, name, "two formats are named '%s'", t->fmts[i].name);
+                table_bad(in->path, name, "two formats are named '%s'", t->fmts[i].name);
     }
     table_free_strs(defs, n);
     // The README §8 attribute must name the same formats.
@@ -480,7 +481,8 @@ static int read_formats_stored(const H5In* in, ScoreTable* t) {
         if (i) strcat(want, ",");
         strcat(want, t->fmts[i].name);
     }
-    if (strcmp(attr, want)) bad(in, "format", "attribute '%s' disagrees with /%s ('%s')", attr, name, want);
+    if (strcmp(attr, want))
+        table_bad(in->path, "format", "attribute '%s' disagrees with /%s ('%s')", attr, name, want);
     return n;
 }
 
@@ -491,19 +493,20 @@ static void read_formats(const H5In* in, ScoreTable* t) {
     read_num(in, "format_bits", H5T_INTEGER, H5T_NATIVE_INT, bits, 1, (hsize_t)t->nf, 0);
     for (int i = 0; i < t->nf; i++) {
         if (bits[i] != t->fmts[i].bits)
-            bad(in, "format_bits", "[%d] = %d, but format '%s' costs %d bits", i, bits[i], t->fmts[i].name,
-                t->fmts[i].bits);
+            table_bad(in->path, "format_bits", "[%d] = %d, but format '%s' costs %d bits", i, bits[i],
+                      t->fmts[i].name, t->fmts[i].bits);
         if (t->fmts[i].w.ct != ct)
-            bad(in, "numerics", "attribute '%s' disagrees with format '%s'", t->numerics, t->fmts[i].name);
+            table_bad(in->path, "numerics", "attribute '%s' disagrees with format '%s'", t->numerics,
+                      t->fmts[i].name);
     }
 }
 
 static void read_groups(const H5In* in, ScoreTable* t) {
     t->gname = read_strs(in, "groups/name", MAX_NAME, MAX_GROUPS, &t->ng);
-    if (t->ng == 0) bad(in, "groups/name", "holds no group");
+    if (t->ng == 0) table_bad(in->path, "groups/name", "holds no group");
     int n2;
     t->gmembers = read_strs(in, "groups/members", MAX_MEMBERS, MAX_GROUPS, &n2);
-    if (n2 != t->ng) bad(in, "groups/members", "has %d rows, /groups/name %d", n2, t->ng);
+    if (n2 != t->ng) table_bad(in->path, "groups/members", "has %d rows, /groups/name %d", n2, t->ng);
     hsize_t ng = (hsize_t)t->ng;
     t->params = xmalloc(sizeof(long) * t->ng);
     t->disabled = xmalloc(t->ng);
@@ -523,24 +526,25 @@ static void read_groups(const H5In* in, ScoreTable* t) {
         memcpy(t->active, t->params, sizeof(long) * t->ng);
     for (int g = 0; g < t->ng; g++)
         if (t->active[g] < 1 || t->active[g] > t->params[g])
-            bad(in, "groups/active_params", "group %s reads %ld of its %ld parameters per token", t->gname[g],
-                t->active[g], t->params[g]);
+            table_bad(in->path, "groups/active_params", "group %s reads %ld of its %ld parameters per token",
+                      t->gname[g], t->active[g], t->params[g]);
 }
 
 static void read_layers(const H5In* in, ScoreTable* t) {
     t->lname = read_strs(in, "layers/name", MAX_NAME, MAX_LAYERS, &t->nl);
-    if (t->nl == 0) bad(in, "layers/name", "holds no layer");
+    if (t->nl == 0) table_bad(in->path, "layers/name", "holds no layer");
     t->lshape = xmalloc(sizeof(long) * 2 * t->nl);
     t->lgroup = xmalloc(sizeof(int) * t->nl);
     read_num(in, "layers/shape", H5T_INTEGER, H5T_NATIVE_LONG, t->lshape, 2, (hsize_t)t->nl, 2);
     read_num(in, "layers/group", H5T_INTEGER, H5T_NATIVE_INT, t->lgroup, 1, (hsize_t)t->nl, 0);
     for (int i = 0; i < t->nl; i++) {
         if (t->lgroup[i] < 0 || t->lgroup[i] >= t->ng)
-            bad(in, "layers/group", "[%d] = %d is not a group index (0 to %d)", i, t->lgroup[i], t->ng - 1);
+            table_bad(in->path, "layers/group", "[%d] = %d is not a group index (0 to %d)", i, t->lgroup[i],
+                      t->ng - 1);
         for (int k = 0; k < 2; k++)
             if (t->lshape[2 * i + k] < 1 || t->lshape[2 * i + k] > MAX_DIM)
-                bad(in, "layers/shape", "layer %s has dimension %ld (1 to 2^24 allowed)", t->lname[i],
-                    t->lshape[2 * i + k]);
+                table_bad(in->path, "layers/shape", "layer %s has dimension %ld (1 to 2^24 allowed)",
+                          t->lname[i], t->lshape[2 * i + k]);
     }
 }
 
