@@ -28,7 +28,8 @@ static void cli_usage(void) {
         "                 [--gpus N [--shard-layers]] [--batch-size B] [--gpu-gemm bf16x2|bf16] [--out "
         "scores.h5]\n"
         "                 [--json FILE|-]\n"
-        "                 [--nccl-init file:PATH|tcp:HOST:PORT --rank R --world-size W]\n"
+        "                 [--nccl-init file:PATH|tcp:HOST:PORT --rank R --world-size W [--shard-layers "
+        "[--stages S]]]\n"
         "                 [--checkpoint FILE] [--min-expert-tokens N] [--quiet]\n"
         "  autoq search   (--scores scores.h5 | MODEL --data D --method M ...) --budget B\n"
         "                 [--budget-scope candidates|all] [--cost memory|active] [--sweep LO:HI:STEP]\n"
@@ -36,8 +37,8 @@ static void cli_usage(void) {
         "                 [--out recipe.json] [--h5 out.h5] [--emit llmcompressor=FILE] [--emit "
         "modelopt=FILE]\n"
         "  autoq tokenize MODEL_OR_TOKENIZER_JSON --text FILE [--json] [--decode]\n"
-        "  autoq gen      OUT_DIR [--preset tiny|0.6b|8b] [--seed S] [--corpus TEXT]\n"
-        "                 [--ids OUT.npy --num-samples N --seq-len T]\n"
+        "  autoq gen      OUT_DIR [--preset tiny|0.6b|8b|moe-small|30b-a3b] [--layers N] [--shard-mib M]\n"
+        "                 [--seed S] [--corpus TEXT] [--ids OUT.npy --num-samples N --seq-len T]\n"
         "README.md explains each option.\n");
 }
 

@@ -4,6 +4,8 @@ groups, how many groups agree within 1%, the ratio range over the groups whose r
 at least 1% of the largest (above a plain-bf16 model's KL noise floor), and Spearman's rho."""
 import json, os, sys
 
+from rank_stats import spearman
+
 out, shape = sys.argv[1], sys.argv[2]
 
 
@@ -14,21 +16,6 @@ def load(name):
 
 def key(g, by):  # by "members" (ModelOpt's module lists) or by group "name" (PyTorch)
     return tuple(sorted(g["members"])) if by == "members" else g["name"]
-
-
-def ranks(xs):
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    r = [0] * len(xs)
-    for k, i in enumerate(order):
-        r[i] = k
-    return r
-
-
-def spearman(a, b):
-    ra, rb = ranks(a), ranks(b)
-    n = len(a)
-    d2 = sum((x - y) ** 2 for x, y in zip(ra, rb))
-    return 1 - 6 * d2 / (n * (n * n - 1))
 
 
 def compare(label, x, ref, ref_label):

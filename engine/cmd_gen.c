@@ -1,5 +1,5 @@
-// autoq gen: a seeded Qwen3 checkpoint of a preset shape (with a byte-level BPE tokenizer trained on
-// a corpus, and token ids), for the demo, tests and benchmarks.
+// autoq gen: a seeded Qwen3 or Qwen3-MoE checkpoint of a preset shape (with a byte-level BPE tokenizer
+// trained on a corpus, and token ids), for the demo, tests and benchmarks.
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -8,6 +8,7 @@
 #include "../datasets/bpe_train.h"
 #include "../datasets/npy.h"
 #include "args.h"
+#include "config.h"
 #include "generate.h"
 #include "util.h"
 
@@ -20,27 +21,43 @@ int cmd_gen(int argc, char** argv) {
     const char* corpus = args_str(&a, "--corpus");
     int n = args_int(&a, "--num-samples", 8, 1, 1 << 20);
     int t = args_int(&a, "--seq-len", 128, 2, 1 << 20);
+    int layers = args_int(&a, "--layers", 0, 1, CONFIG_MAX_LAYERS); // 0: the preset's
+    int shard_mib = args_int(&a, "--shard-mib", -1, 0, 1 << 20);    // -1: the preset's
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("gen: OUT_DIR missing");
-    const GenPreset* p = gen_preset(preset ? preset : "tiny");
-    if (!p) fail_input("gen: --preset '%s' is not one of tiny, 0.6b, 8b", preset);
+    const GenPreset* found = gen_preset(preset ? preset : "tiny");
+    if (!found) fail_input("gen: --preset '%s' is not one of %s", preset, gen_preset_names());
+    GenPreset p = *found;
+    if (layers) {
+        // Fewer layers (the accuracy checks use a 4-layer 30b-a3b shape): mlp_only_layers beyond
+        // the last layer go.
+        p.layers = layers;
+        int k = 0;
+        for (int i = 0; i < p.n_mlp_only; i++)
+            if (p.mlp_only[i] < layers) p.mlp_only[k++] = p.mlp_only[i];
+        p.n_mlp_only = k;
+    }
+    if (shard_mib >= 0) p.shard_mib = shard_mib;
     double t0 = time_now();
-    gen_checkpoint(dir, p, (uint64_t)seed);
-    info_msg("gen: wrote %s (%s shape, seed %ld) in %.1fs", dir, p->name, seed, time_now() - t0);
+    gen_checkpoint(dir, &p, (uint64_t)seed);
+    double el = time_now() - t0;
+    double gb = (double)gen_weight_bytes(&p) / 1e9;
+    info_msg("gen: wrote %s (%s shape, %d layers, seed %ld): %.2f GB of weights in %.1fs (%.2f GB/s)", dir,
+             p.name, p.layers, seed, gb, el, gb / (el > 1e-9 ? el : 1e-9));
     if (corpus) {
         size_t len;
         char* text = read_file(corpus, &len);
         if (!text) fail_input("%s: cannot read corpus", corpus);
         char* tp = path_join(dir, "tokenizer.json");
-        bpe_train_write(tp, text, len, p->vocab);
+        bpe_train_write(tp, text, len, p.vocab);
         info_msg("gen: wrote %s (byte-level BPE trained on %s)", tp, corpus);
         free(tp);
         free(text);
     }
     if (ids_path) {
         int* ids = xmalloc(sizeof(int) * (size_t)n * t);
-        gen_ids(ids, n, t, p->vocab, (uint64_t)seed);
+        gen_ids(ids, n, t, p.vocab, (uint64_t)seed);
         long shape[2] = {n, t};
         npy_write_i32(ids_path, ids, 2, shape);
         free(ids);

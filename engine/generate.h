@@ -1,19 +1,36 @@
-// Seeded synthetic Qwen3 checkpoints in Hugging Face format (config.json +
-// model.safetensors, bf16), for the demo and the benchmarks.
+// Seeded synthetic Qwen3 and Qwen3-MoE checkpoints in Hugging Face format (config.json +
+// model.safetensors, or shards + model.safetensors.index.json; bf16), for the demo, tests and
+// benchmarks.
 #pragma once
 #include <stdint.h>
+
+#define GEN_MAX_MLP_ONLY 8
 
 typedef struct {
     const char* name;
     int vocab, hidden, inter, layers, heads, kv_heads, head_dim;
     int tie;
+    // Mixture of experts (model_type qwen3_moe, README §2); experts 0: a dense qwen3 model.
+    int experts, top_k, moe_inter;
+    int n_mlp_only;                 // layers that keep a dense MLP of `inter` (mlp_only_layers)
+    int mlp_only[GEN_MAX_MLP_ONLY]; // ascending
+    // Largest shard in MiB (model-0000k-of-0000n.safetensors + index, as Hugging Face shards);
+    // 0: one model.safetensors.
+    int shard_mib;
 } GenPreset;
 
-// "tiny" (demo), "0.6b", "8b" (Qwen3 shapes); NULL when unknown.
+// "tiny" (demo), "0.6b", "8b" (Qwen3 shapes), "moe-small" (tests), "30b-a3b" (the Qwen3-30B-A3B
+// shape); NULL when unknown.
 const GenPreset* gen_preset(const char* name);
-// Writes dir/config.json and dir/model.safetensors. Some hidden channels get
-// large norm gains in some layers, as real LLMs have, so layers differ.
+// The preset names, comma-separated, for messages.
+const char* gen_preset_names(void);
+// Writes dir/config.json and the weights, each file filled in parallel straight into its mapped
+// pages (memory stays small whatever the model's size). Some hidden channels get large norm gains
+// in some layers, as real LLMs have, so layers differ. Exits 2 when the folder's file system has
+// too little free space for the weights.
 void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed);
+// Bytes of the weights gen_checkpoint writes (tensor data, headers excluded).
+uint64_t gen_weight_bytes(const GenPreset* p);
 // Calibration ids: n windows of t tokens drawn from a seeded Markov chain
 // over the vocabulary (not uniform noise, so the model sees repetition).
 void gen_ids(int* ids, int n, int t, int vocab, uint64_t seed);

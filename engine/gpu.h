@@ -30,7 +30,7 @@ void gpu_mark_scores(GpuEngine* e);
 
 // The quantization plan of the next passes (QuantPlan on the CPU): linears[0..n) run with int8
 // weight codes (quantized now with w) and inputs quantized on the fly with in.
-#define GPU_PLAN_MAX 3
+// A group never spans layers; a sparse layer's experts are always planned all together.
 void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in);
 void gpu_plan_clear(GpuEngine* e);
 
@@ -52,7 +52,9 @@ void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits);
 
 // ---- activation-only backward (gpu_backward.cu) ----
 // Called for every linear as the backward reaches it: dy = dL/dY (M, out), x its input (M, in) and
-// y its output (M, out) in the unquantized pass; all device pointers.
+// y its output (M, out) in the unquantized pass; all device pointers. A sparse layer l's experts
+// are seen as one block (README §6): linear = -1 - l (moe_hook_index), dy = dL/dY of the block
+// output y (M, D), x the block's input m (M, D).
 typedef void (*GpuGradHook)(GpuEngine* e, int linear, const float* dy, const float* x, const float* y, int M,
                             void* ctx);
 float* gpu_hidden_grad(GpuEngine* e); // its gradient (gradient passes)
@@ -65,6 +67,14 @@ double gpu_loss(GpuEngine* e, int nb); // last stage: the summed per-window mean
 // the per-token and per-channel scales: Yq = acc * sx * sw. For hooks, outside quantized passes.
 const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const float* x, int M, QuantSpec w, QuantSpec in,
                                     const float** sx, const float** sw);
+
+// For the experts hook of sparse layer l: the block output Yq (M, D, device) with every expert's
+// weights quantized with w and inputs with in, on the routing of the pass (README §6).
+const float* gpu_moe_quantized(GpuEngine* e, int l, int M, QuantSpec w, QuantSpec in);
+// Moves the tokens routed to each expert in the engine's reference passes (forward with save) since
+// the last call into counts (n_sparse, E), rows in sparse-layer order (added; the engine's zeroed);
+// layers outside the engine's range add nothing.
+void gpu_expert_tokens(GpuEngine* e, long* counts);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,7 @@ void grad_alloc(GpuEngine* e) {
     long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
     long mx = I > qd ? I : qd;
     mx = mx > D ? mx : D;
+    mx = mx > c->num_experts ? mx : c->num_experts; // the router's backward splits (M, E)
     e->dh = (float*)dalloc(e, 4 * M * D);
     e->da = (float*)dalloc(e, 4 * M * D);
     e->dm = (float*)dalloc(e, 4 * M * D);
@@ -40,6 +41,7 @@ void grad_alloc(GpuEngine* e) {
         e->dS_lo = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     }
     e->loss_rows = (double*)dalloc(e, 8 * M);
+    if (e->moe.E) moe_alloc(e, 1);
 }
 
 // dX (M, K) (+)= dY (M, N) . W (N, K), dY given as bf16 hi + lo.
@@ -56,8 +58,8 @@ static void gemm_bwd(GpuEngine* e, float* dx, const __nv_bfloat16* hi, const __n
 }
 
 // dX (M, K) (+)= dY (M, N) . W (N, K) for fp32 dY: split into bf16 halves in dy16 / dy_lo first.
-static void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w, int M, int K, int N,
-                       float beta) {
+void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w, int M, int K, int N,
+                float beta) {
     gpu_split_bf16((bf16_t*)e->dy16, (bf16_t*)e->dy_lo, dy, (long)M * N);
     gemm_bwd(e, dx, e->dy16, e->dy_lo, w, M, K, N, beta);
 }
@@ -69,21 +71,21 @@ extern "C" const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const floa
                                                QuantSpec in, const float** sx, const float** sw) {
     if (e->nq) fail_other("internal: gpu_linear_quantized during a quantized pass");
     const Linear* l = &e->m->linears[idx];
-    gpu_quant_rows_bf16(e->wq[0], e->sw[0], (const bf16_t*)weight_of(e, idx), l->out, l->in, w);
+    gpu_quant_rows_bf16(e->wq_pool, e->sw_pool, (const bf16_t*)weight_of(e, idx), l->out, l->in, w);
     if (e->xq_src != x || memcmp(&e->xq_spec, &in, sizeof(in)) != 0) {
         gpu_quant_rows_f32(e->xq, e->sx, x, M, l->in, in);
         e->xq_src = x;
         e->xq_spec = in;
     }
-    gemm_i8(e, 0, M, l->in, l->out);
+    gemm_i8(e, e->acc, e->xq, e->wq_pool, M, l->in, l->out);
     *sx = e->sx;
-    *sw = e->sw[0];
+    *sw = e->sw_pool;
     return e->acc;
 }
 
 // The hook sees dL/dY of linear idx, its input X and output Y in the unquantized pass.
-static void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
-                        const float* y, int M) {
+void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
+                 const float* y, int M) {
     prof_mark(e, P_BWD);
     hook(e, idx, dy, x, y, M, ctx);
     prof_mark(e, P_SCORE);
@@ -122,13 +124,17 @@ static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int
     int qd = H * hd, kvd = KV * hd, base = e->m->lin0[l];
     const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
     e->xq_src = NULL; // the recompute rewrote the inputs
-    grad_linear(e, hook, ctx, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
-    linear_bwd(e, e->dact, e->dh, w->down, M, I, D, 0.0f);
-    gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
-    grad_linear(e, hook, ctx, base + LIN_GATE, e->dg, e->m_, e->g, M);
-    grad_linear(e, hook, ctx, base + LIN_UP, e->du, e->m_, e->u, M);
-    linear_bwd(e, e->dm, e->dg, w->gate, M, D, I, 0.0f);
-    linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
+    if (model_layer_sparse(e->m, l)) {
+        moe_backward(e, l, M, hook, ctx);
+    } else {
+        grad_linear(e, hook, ctx, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
+        linear_bwd(e, e->dact, e->dh, w->down, M, I, D, 0.0f);
+        gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
+        grad_linear(e, hook, ctx, base + LIN_GATE, e->dg, e->m_, e->g, M);
+        grad_linear(e, hook, ctx, base + LIN_UP, e->du, e->m_, e->u, M);
+        linear_bwd(e, e->dm, e->dg, w->gate, M, D, I, 0.0f);
+        linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
+    }
     gpu_rmsnorm_backward(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, e->m_rstd, M, D, 1);
     grad_linear(e, hook, ctx, base + LIN_O, e->dh, e->att, e->y_o, M);
     linear_bwd(e, e->datt, e->dh, w->o, M, qd, D, 0.0f);

@@ -76,7 +76,7 @@ void* dalloc(GpuEngine* e, size_t bytes) {
     return p;
 }
 
-static const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n) {
+const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n) {
     const StTensor* t = st_find(&e->m->ck, name);
     if (!t) fail_input("%s: tensor '%s' missing", e->m->dir, name);
     *n = t->nbytes / (t->dtype == DT_F32 ? 4 : 2);
@@ -84,7 +84,7 @@ static const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n) {
 }
 
 // Copies a checkpoint tensor to d as bf16 (BF16 as is, F16/F32 converted); returns d + its size.
-static __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
+__nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
     size_t n;
     const StTensor* t = find_tensor(e, name, &n);
     if (t->dtype == DT_BF16) {
@@ -134,11 +134,6 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
     e->split = split;
     e->flash = !split && gpu_flash_supported(T, m->c.head_dim);
     const Config* c = &m->c;
-    for (int l = l0; l < l1; l++)
-        if (model_layer_sparse(m, l))
-            fail_input(
-                "%s: the CUDA engine does not run mixture-of-experts layers yet (layer %d); use --device cpu",
-                m->dir, l);
     e->m = m;
     e->T = T;
     e->B = B;
@@ -163,6 +158,8 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
         GpuLayer* g = &e->layers[l];
         __nv_bfloat16** dst[11] = {&g->w_in,   &g->q,      &g->k,    &g->v,  &g->o,   &g->q_norm,
                                    &g->k_norm, &g->w_post, &g->gate, &g->up, &g->down};
+        int parts = model_layer_sparse(m, l) ? 8 : 11; // a sparse layer's MLP: moe_upload
+        if (parts == 8) moe_upload(e, l);
         const char* part[11] = {
             "input_layernorm",  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
             "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
@@ -171,7 +168,7 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
         long qkv = (long)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * c->hidden_size;
         g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
         __nv_bfloat16* next = g->q;
-        for (int i = 0; i < 11; i++) {
+        for (int i = 0; i < parts; i++) {
             snprintf(name, sizeof(name), "%slayers.%d.%s.weight", P, l, part[i]);
             if (i >= 1 && i <= 3) { // q_proj, k_proj, v_proj
                 *dst[i] = next;
@@ -244,15 +241,25 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
     e->y_o = (float*)dalloc(e, 4 * M * D);
     e->y_down = (float*)dalloc(e, 4 * M * D);
     e->acc = (int32_t*)dalloc(e, 4 * M * mx);
-    long wmax = 0;
-    for (int i = 0; i < m->n_linears; i++) {
-        long n = (long)m->linears[i].out * m->linears[i].in;
-        wmax = n > wmax ? n : wmax;
+    // the plan's pools: a group never spans layers, so one layer's linears bound it
+    long wmax = 0, smax = 0;
+    for (int l = l0; l < l1; l++) {
+        long w = 0, o = 0;
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+            w += (long)m->linears[i].out * m->linears[i].in;
+            o += m->linears[i].out;
+        }
+        wmax = w > wmax ? w : wmax;
+        smax = o > smax ? o : smax;
+        e->cap_q = m->lin0[l + 1] - m->lin0[l] > e->cap_q ? m->lin0[l + 1] - m->lin0[l] : e->cap_q;
     }
-    for (int j = 0; j < GPU_PLAN_MAX; j++) {
-        e->wq[j] = (int8_t*)dalloc(e, wmax);
-        e->sw[j] = (float*)dalloc(e, 4 * mx);
-    }
+    e->wq_pool = (int8_t*)dalloc(e, wmax);
+    e->sw_pool = (float*)dalloc(e, 4 * smax);
+    e->wq = (int8_t**)xcalloc(e->cap_q, sizeof(int8_t*));
+    e->sw = (float**)xcalloc(e->cap_q, sizeof(float*));
+    e->q_idx = (int*)xcalloc(e->cap_q, sizeof(int));
+    e->moe.q_layer = -1;
+    if (c->n_sparse) moe_alloc(e, 0);
     return e;
 }
 
@@ -262,6 +269,10 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     for (int i = 0; i < e->n_allocs; i++) cudaCheck(cudaFree(e->allocs[i]));
     free(e->allocs);
     free(e->layers);
+    free(e->wq), free(e->sw), free(e->q_idx);
+    if (e->moe.E) {
+        free(e->moe.h_offs), free(e->moe.ex_id);
+    }
     free(e);
 }
 
@@ -277,18 +288,32 @@ const __nv_bfloat16* weight_of(const GpuEngine* e, int idx) {
 }
 
 // The next passes run linears[0..n) quantized: their weights as int8 codes now, their inputs on the fly.
+// A sparse layer's experts (always all of them: README §5) are quantized together, in their
+// fused layout (moe_plan_set); other linears one by one, their codes one after another in the pool.
 extern "C" void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in) {
-    if (n > GPU_PLAN_MAX)
-        fail_other("internal: a quantization plan of %d linears (at most %d)", n, GPU_PLAN_MAX);
-    e->nq = n;
+    gpu_plan_clear(e);
     e->in_spec = in;
+    int8_t* wq = e->wq_pool;
+    float* sw = e->sw_pool;
     for (int j = 0; j < n; j++) {
         const Linear* l = &e->m->linears[linears[j]];
-        e->q_idx[j] = linears[j];
-        gpu_quant_rows_bf16(e->wq[j], e->sw[j], (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w);
+        if (l->expert >= 0) {
+            if (e->moe.q_layer < 0) moe_plan_set(e, l->layer, w);
+            continue;
+        }
+        if (e->nq == e->cap_q) fail_other("internal: a quantization plan spanning layers");
+        e->q_idx[e->nq] = linears[j];
+        e->wq[e->nq] = wq;
+        e->sw[e->nq++] = sw;
+        gpu_quant_rows_bf16(wq, sw, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w);
+        wq += (long)l->out * l->in;
+        sw += l->out;
     }
 }
 
-extern "C" void gpu_plan_clear(GpuEngine* e) { e->nq = 0; }
+extern "C" void gpu_plan_clear(GpuEngine* e) {
+    e->nq = 0;
+    e->moe.q_layer = -1;
+}
 
 extern "C" void gpu_mark_scores(GpuEngine* e) { prof_mark(e, P_SCORE); }

@@ -6,6 +6,7 @@
 #include "../kernels/embed.h"
 #include "../kernels/loss.h"
 #include "../kernels/matmul.h"
+#include "../kernels/moe.h"
 #include "../kernels/quant.h"
 #include "../kernels/rmsnorm.h"
 #include "../kernels/rope.h"
@@ -18,7 +19,40 @@ extern "C" {
 
 typedef struct {
     __nv_bfloat16 *w_in, *q, *k, *v, *o, *q_norm, *k_norm, *w_post, *gate, *up, *down;
+    // a sparse layer (gate, up, down NULL): router (E, D); experts' gate and up rows (E, 2 I, D),
+    // gate rows then up rows of each expert (transformers 5's gate_up_proj); down (E, D, I)
+    __nv_bfloat16 *router, *ex_gu, *ex_down;
 } GpuLayer;
+
+// The sparse layers' working set (gpu_moe.cu), for the layer being run: its routing, the rows of
+// its experts (assignments grouped by expert, as engine/forward.c's MoeRows), and the gradients.
+// MK = B T K rows, I = moe_intermediate.
+typedef struct {
+    int E, K, I;
+    float *logits, *probs, *w;                 // (M, E), (M, E), (M, K)
+    int *idx, *order, *pos, *offs;             // (M K) x 3, (E+1) device: the sort runs on the device
+    int* sort_scratch;                         // moe_sort_scratch(M K, E)
+    int *h_offs, n_ex, *ex_id;                 // AUTOQ_MOE_GEMM=loop: offs on the host, the experts with rows
+    __nv_bfloat16 *xs16, *xs_lo;               // (MK, D) gathered GEMM inputs
+    __nv_bfloat16 *r16, *r_lo;                 // (M, D) the router's input as hi + lo (plain bf16 GEMMs)
+    float *g, *u, *act, *ye;                   // (MK, I) x 3, (MK, D)
+    __nv_bfloat16 *g16, *u16, *act16, *act_lo; // (MK, I)
+    float *y, *yq;                             // (M, D) block output, and quantized (gradient hook)
+    int8_t* xq;                                // (MK, max(D, I)) int8 rows of a quantized pass
+    float *sx, *sxs;                           // (M) per-token scales, (MK) gathered
+    int32_t* acc;                              // (MK, max(D, I))
+    // the plan's experts (q_layer >= 0): codes and scales, same layouts as ex_gu, ex_down
+    int q_layer;
+    int8_t *wgu, *wdn;
+    float *sgu, *sdn;
+    // backward
+    float *dw, *drl, *dye, *dxs, *dg, *du, *dact; // (M K), (M, E), (MK, D) x 2, (MK, I) x 3
+    __nv_bfloat16 *d16, *d_lo;                    // (MK, max(D, I)) bf16 halves of a gradient
+    int *tiles, nt;    // the grouped GEMMs' tiles (gpu_moe_tiles), (3, nt) with spare ones
+    int grouped;       // the grouped kernels (AUTOQ_MOE_GEMM=loop: one cuBLAS GEMM per expert)
+    long long* counts; // (L, E) device: tokens routed to each expert in the reference passes
+    int count;         // the current pass counts
+} GpuMoe;
 
 struct GpuEngine {
     const Model* m;
@@ -59,11 +93,15 @@ struct GpuEngine {
     float *dh, *da, *dq, *dk, *dv, *dk_full, *dv_full, *datt, *dm, *dg, *du, *dact, *dP;
     __nv_bfloat16 *dy16, *dy_lo, *dlog16, *dlog_lo, *datt16, *datt_lo, *dS16, *dS_lo;
     double* loss_rows;
-    // the quantization plan: linears q_idx[0..nq) run on int8 codes wq[j] (scales sw[j]), inputs in_spec
-    int8_t* wq[GPU_PLAN_MAX];
-    float* sw[GPU_PLAN_MAX];
-    int q_idx[GPU_PLAN_MAX], nq;
+    // the quantization plan: linears q_idx[0..nq) run on int8 codes wq[j] (scales sw[j]), inputs
+    // in_spec; the codes live one after another in the pools (sized for a whole layer)
+    int8_t* wq_pool;
+    float* sw_pool;
+    int8_t** wq;
+    float** sw;
+    int *q_idx, nq, cap_q;
     QuantSpec in_spec;
+    GpuMoe moe; // sparse layers only (moe.E == 0 otherwise)
     size_t free0, min_free;
     struct Prof* prof; // AUTOQ_GPU_PROFILE=1: time per part of the pass
     void** allocs;     // every cudaMalloc, freed by gpu_engine_free
@@ -79,11 +117,17 @@ void prof_report(GpuEngine* e);
 
 void* dalloc(GpuEngine* e, size_t bytes);                    // freed with the engine; counted in its peak
 const __nv_bfloat16* weight_of(const GpuEngine* e, int idx); // linear idx's bf16 weight (out, in)
+const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n); // exits 2 when missing
+// Copies a checkpoint tensor to d as bf16 (converted from F16 / F32); returns d + its size.
+__nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d);
 
 // gpu_forward.cu
 void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
                const __nv_bfloat16* w, int M, int K, int N, int accumulate);
-void gemm_i8(GpuEngine* e, int j, int M, int K, int N);
+void gemm_i8(GpuEngine* e, int32_t* acc, const int8_t* xq, const int8_t* wq, int M, int K, int N);
+// The quantized linear: int8 inputs (from x, or from x16 when x is NULL) and weights j of the plan.
+void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
+            const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M, int accumulate);
 enum { LAY_Q, LAY_KV, LAY_S }; // buffer layouts of the batched attention GEMMs
 void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
               const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, int lda, int la, const __nv_bfloat16* B_hi,
@@ -92,3 +136,13 @@ void layer_forward(GpuEngine* e, int l, int M);
 void head(GpuEngine* e, int M, float* out); // final norm and lm_head of e->h
 // gpu_backward.cu
 void grad_alloc(GpuEngine* e);
+void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w, int M, int K, int N,
+                float beta);
+void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
+                 const float* y, int M);
+// gpu_moe.cu: the MLP half of a sparse layer, from e->m_ / e->m16 (the post-attention norm's output)
+void moe_alloc(GpuEngine* e, int grad); // grad: the backward's buffers
+void moe_upload(GpuEngine* e, int l);
+void moe_plan_set(GpuEngine* e, int l, QuantSpec w);
+void moe_forward(GpuEngine* e, int l, int M); // h += the block output (kept in moe.y in gradient passes)
+void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx); // dh in, e->dm out

@@ -21,12 +21,11 @@ void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* 
                                  CUDA_R_16BF, K, &one, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// acc (M, N) int32 = xq (M, K) . wq[j] (N, K)^T: the quantized linear as an exact integer GEMM.
-void gemm_i8(GpuEngine* e, int j, int M, int K, int N) {
+// acc (M, N) int32 = xq (M, K) . wq (N, K)^T: the quantized linear as an exact integer GEMM.
+void gemm_i8(GpuEngine* e, int32_t* acc, const int8_t* xq, const int8_t* wq, int M, int K, int N) {
     const int32_t one = 1, zero = 0;
-    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, e->wq[j], CUDA_R_8I, K, e->xq,
-                             CUDA_R_8I, K, &zero, e->acc, CUDA_R_32I, N, CUBLAS_COMPUTE_32I,
-                             CUBLAS_GEMM_DEFAULT));
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wq, CUDA_R_8I, K, xq, CUDA_R_8I,
+                             K, &zero, acc, CUDA_R_32I, N, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT));
 }
 
 // The quantized linear: int8 inputs (from x, or from x16 when x is NULL) and weights, then per-token
@@ -38,15 +37,14 @@ static void gemm_int8(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x
     else
         gpu_quant_rows_bf16(e->xq, e->sx, (const bf16_t*)x16, M, K, e->in_spec);
     e->xq_src = NULL;
-    gemm_i8(e, j, M, K, N);
+    gemm_i8(e, e->acc, e->xq, e->wq[j], M, K, N);
     gpu_dequant(y, (bf16_t*)y16, e->acc, e->sx, e->sw[j], M, N, accumulate);
 }
 
 // y (+)= linear idx of x, or y16 = it in bf16; x16 and x_lo are x as bf16 halves (x may be NULL
 // with bf16 activations).
-static void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x,
-                   const __nv_bfloat16* x16, const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M,
-                   int accumulate) {
+void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
+            const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M, int accumulate) {
     const Linear* l = &e->m->linears[idx];
     for (int j = 0; j < e->nq; j++)
         if (e->q_idx[j] == idx) { // plans quantize weights and inputs both (the scoring job checks formats)
@@ -144,6 +142,10 @@ static void mlp_block(GpuEngine* e, int l, int M) {
     gpu_rmsnorm(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
                 (const bf16_t*)w->w_post, M, D, eps);
     prof_mark(e, P_NORM);
+    if (model_layer_sparse(e->m, l)) {
+        moe_forward(e, l, M);
+        return;
+    }
     if (a16) {
         linear(e, base + LIN_GATE, NULL, e->g16, NULL, e->m16, NULL, w->gate, M, 0);
         linear(e, base + LIN_UP, NULL, e->u16, NULL, e->m16, NULL, w->up, M, 0);
@@ -219,14 +221,17 @@ void layer_forward(GpuEngine* e, int l, int M) {
 }
 
 // Layers start..l1-1 on e->h; save: keep each layer's input in hsave.
+// The saving pass is the unquantized reference of a batch: it counts the tokens of each expert.
 static void forward_layers(GpuEngine* e, int start, int M, int save) {
     long D = e->m->c.hidden_size;
+    e->moe.count = save;
     for (int l = start; l < e->l1; l++) {
         if (save)
             cudaCheck(cudaMemcpyAsync(e->hsave + (long)(l - e->l0) * M * D, e->h, 4 * M * D,
                                       cudaMemcpyDeviceToDevice));
         layer_forward(e, l, M);
     }
+    e->moe.count = 0;
 }
 
 // The final norm and lm_head of e->h into out (the last stage).

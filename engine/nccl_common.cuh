@@ -1,9 +1,15 @@
-// Shared by the NCCL users (gpu_multi.cu, gpu_pipeline.cu): the error-checking macro, reporting
-// file and line like cudaCheck.
+// Shared by the NCCL users (scoring/score_multi.cu, scoring/score_pipeline.cu): the error-checking
+// macro, reporting file and line like cudaCheck, and the set-up of a rank of a multi-process run.
 #pragma once
 #include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "../kernels/cuda_common.cuh"
+
+extern "C" {
+#include "rendezvous.h"
+}
 
 #define ncclCheck(call)                                                                                        \
     do {                                                                                                       \
@@ -13,3 +19,22 @@
             exit(1);                                                                                           \
         }                                                                                                      \
     } while (0)
+
+// Rank `rank` of `world` processes: rank 0 makes the NCCL id and publishes it through the
+// rendezvous, the others fetch it; this process takes GPU rank % (GPUs it sees) and joins the
+// communicator. Returns that GPU. Never NVLink multicast (see the device notes).
+static inline int nccl_join(ncclComm_t* comm, const RdvSpec* rdv, int rank, int world) {
+    setenv("NCCL_NVLS_ENABLE", "0", 1);
+    ncclUniqueId id;
+    if (rank == 0) {
+        ncclCheck(ncclGetUniqueId(&id));
+        rdv_publish(rdv, &id, sizeof(id), world, 600.0);
+    } else {
+        rdv_fetch(rdv, &id, sizeof(id), world, 600.0);
+    }
+    int count = 0;
+    cudaCheck(cudaGetDeviceCount(&count));
+    cudaCheck(cudaSetDevice(rank % count));
+    ncclCheck(ncclCommInitRank(comm, world, id, rank));
+    return rank % count;
+}

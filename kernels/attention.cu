@@ -95,39 +95,6 @@ __device__ inline uint32_t pack_bf16(float a, float b) {
     return *(uint32_t*)&v;
 }
 
-// c (16x8 fp32) += a (16x16 bf16, row) . b (16x8 bf16, col); fragment layouts as in the PTX ISA:
-// lane = 4 g + t holds rows g and g + 8, columns 2t, 2t + 1 (and + 8 for a's k).
-__device__ inline void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// Four 8x8 bf16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8
-// and receives of each matrix the pair (row l / 4, columns 2 (l % 4) + 0, 1); .trans: the pair
-// (rows 2 (l % 4) + 0, 1, column l / 4).
-__device__ inline void ldsm4(uint32_t r[4], const void* p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ inline void ldsm4_t(uint32_t r[4], const void* p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
-// 16 bytes global -> shared without a register round trip; completion by groups (cp_wait).
-__device__ inline void cp_async16(void* dst, const void* src) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src));
-}
-__device__ inline void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ inline void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 // Grid (T / 64, H, windows), 128 threads. q (B*T, H, HD), k and v (B*T, KV, HD) bf16; o fp32 and/or
 // o16 bf16 (B*T, H, HD). scale_log2 = log2(e) / sqrt(HD): exponentials in base 2.
 template <int HD>

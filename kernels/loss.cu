@@ -96,6 +96,16 @@ __global__ void grad_score_kernel(double* part, const float* dy, const int32_t* 
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
+__global__ void sq_diff_dot_kernel(double* part, const float* dy, const float* yq, const float* y, long n) {
+    double acc = 0.0;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        double d = (double)dy[i] * ((double)yq[i] - (double)y[i]);
+        acc += d * d;
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+
 extern "C" void gpu_kl_rows(double* total, double* scratch, const float* p, const float* q, int rows, int V) {
     kl_rows_kernel<<<rows, 512>>>(scratch, p, q, V);
     cudaCheck(cudaGetLastError());
@@ -113,6 +123,15 @@ extern "C" void gpu_grad_score(double* total, double* scratch, const float* dy, 
                                const float* sx, const float* sw, const float* y, int M, int N) {
     int blocks = 1024;
     grad_score_kernel<<<blocks, 256>>>(scratch, dy, acc, sx, sw, y, N, (long)M * N);
+    cudaCheck(cudaGetLastError());
+    sum_rows_kernel<<<1, 1024>>>(total, scratch, blocks);
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_sq_diff_dot(double* total, double* scratch, const float* dy, const float* yq,
+                                const float* y, long n) {
+    int blocks = 1024;
+    sq_diff_dot_kernel<<<blocks, 256>>>(scratch, dy, yq, y, n);
     cudaCheck(cudaGetLastError());
     sum_rows_kernel<<<1, 1024>>>(total, scratch, blocks);
     cudaCheck(cudaGetLastError());

@@ -32,6 +32,8 @@ void gpu_cross_entropy_backward(bf16_t* dhi, bf16_t* dlo, double* loss_rows, con
 // *total += grad_score(...) over (M, N), deterministic; scratch holds 1024 doubles
 void gpu_grad_score(double* total, double* scratch, const float* dy, const int32_t* acc, const float* sx,
                     const float* sw, const float* y, int M, int N);
+// *total += sq_diff_dot(dy, yq, y, n), deterministic; scratch holds 1024 doubles
+void gpu_sq_diff_dot(double* total, double* scratch, const float* dy, const float* yq, const float* y, long n);
 
 #ifdef __cplusplus
 }

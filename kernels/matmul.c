@@ -32,3 +32,41 @@ void matmul_backward_input(float* din, const float* dout, const float* w, int M,
                     din + k0, K);
     }
 }
+
+void matmul_grouped(float* y, const float* x, const float* w, long wstride, const int* offs, int E, int K,
+                    int N, int bwd, float beta) {
+    for (int e = 0; e < E; e++) {
+        long r0 = offs[e];
+        int n = offs[e + 1] - offs[e];
+        if (n == 0) continue;
+        if (bwd)
+            matmul_backward_input(y + r0 * N, x + r0 * K, w + e * wstride, n, N, K, beta);
+        else
+            matmul_forward(y + r0 * N, x + r0 * K, w + e * wstride, n, K, N, beta);
+    }
+}
+
+int matmul_grouped_tiles(int* tiles, const int* offs, int E) {
+    int nt = 0, k = 0;
+    for (int e = 0; e < E; e++) nt += (offs[e + 1] - offs[e] + GROUPED_ROWS - 1) / GROUPED_ROWS;
+    for (int e = 0; e < E; e++)
+        for (int r = offs[e]; r < offs[e + 1]; r += GROUPED_ROWS, k++) {
+            tiles[k] = e;
+            tiles[nt + k] = r;
+            tiles[2 * nt + k] = offs[e + 1] - r < GROUPED_ROWS ? offs[e + 1] - r : GROUPED_ROWS;
+        }
+    return nt;
+}
+
+void matmul_grouped_i8(float* y, const int8_t* xq, const float* sx, const int8_t* wq, long wstride,
+                       const float* sw, long swstride, const int* offs, int E, int K, int N) {
+    for (int e = 0; e < E; e++)
+#pragma omp parallel for schedule(static)
+        for (int r = offs[e]; r < offs[e + 1]; r++)
+            for (int c = 0; c < N; c++) {
+                const int8_t *a = xq + (long)r * K, *b = wq + e * wstride + (long)c * K;
+                int32_t acc = 0;
+                for (int k = 0; k < K; k++) acc += (int32_t)a[k] * b[k];
+                y[(long)r * N + c] = (float)acc * (sx[r] * sw[e * swstride + c]);
+            }
+}

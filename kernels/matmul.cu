@@ -25,3 +25,248 @@ extern "C" void gpu_add(float* h, const float* y, long n) {
     add_kernel<<<ceil_div(n, 256), 256>>>(h, y, n);
     cudaCheck(cudaGetLastError());
 }
+
+// ---- the experts' grouped GEMM: one CTA per (tile of GROUPED_ROWS rows of one expert, GG_BN output
+// columns), 8 warps of GROUPED_ROWS / 2 x 32; mma.sync bf16 with fp32 accumulators, fragments through ldmatrix,
+// GG_STAGES-deep cp.async pipeline; hi and lo inputs share the weight's fragments ----
+#include <mma.h>
+#include <type_traits>
+#define GG_BN 128
+#define GG_MT (GROUPED_ROWS / 32) // m16 tiles of each warp: 2 warps of GROUPED_ROWS / 2 rows
+#define GG_BK 32
+#define GG_PAD 8 // keeps rows 16-byte aligned and ldmatrix off shared-memory bank conflicts
+#define GG_STAGES 3
+#define GG_LDA (GG_BK + GG_PAD)   // A rows (and forward B rows: n-major, k contiguous)
+#define GG_LDB_T (GG_BN + GG_PAD) // backward B rows: k-major, n contiguous
+#define GG_A_ELEMS (GROUPED_ROWS * GG_LDA)
+#define GG_B_ELEMS (GG_BN * GG_LDA > GG_BK * GG_LDB_T ? GG_BN * GG_LDA : GG_BK * GG_LDB_T)
+#define GG_STAGE_ELEMS (2 * GG_A_ELEMS + GG_B_ELEMS)
+
+// Whether kernel k (0 bf16, 1 int8) runs on the current device for the first time: kernel
+// attributes are per device (several GPUs may share this process, one host thread each).
+static int first_use_on_device(int k) {
+    static volatile char seen[2][64];
+    int d;
+    cudaCheck(cudaGetDevice(&d));
+    if (d >= 64 || seen[k][d]) return d >= 64; // setting an attribute twice is harmless
+    seen[k][d] = 1;
+    return 1;
+}
+
+// Stage st: A (hi, lo) rows r0.. of x and B = the weight's tile at k0 (zeros outside the tile's
+// rows, the weight's columns and K).
+template <bool BWD>
+__device__ inline void gg_load(__nv_bfloat16* st, const __nv_bfloat16* xhi, const __nv_bfloat16* xlo,
+                               const __nv_bfloat16* we, int r0, int rn, int n0, int k0, int K, int N, int tid) {
+    for (int v = tid; v < GROUPED_ROWS * GG_BK / 8; v += 256) {
+        int row = v / (GG_BK / 8), col = (v % (GG_BK / 8)) * 8;
+        bool ok = row < rn && k0 + col < K;
+        long off = ok ? (long)(r0 + row) * K + k0 + col : 0;
+        cp_async16_zfill(st + row * GG_LDA + col, xhi + off, ok);
+        if (xlo) cp_async16_zfill(st + GG_A_ELEMS + row * GG_LDA + col, xlo + off, ok);
+    }
+    __nv_bfloat16* b = st + 2 * GG_A_ELEMS;
+    for (int v = tid; v < GG_BN * GG_BK / 8; v += 256) {
+        if (BWD) { // W_e (K, N): rows k0.., columns n0..
+            int r = v / (GG_BN / 8), c = (v % (GG_BN / 8)) * 8;
+            bool ok = n0 + c < N && k0 + r < K;
+            cp_async16_zfill(b + r * GG_LDB_T + c, we + (ok ? (long)(k0 + r) * N + n0 + c : 0), ok);
+        } else { // W_e (N, K): rows n0.., columns k0..
+            int r = v / (GG_BK / 8), c = (v % (GG_BK / 8)) * 8;
+            bool ok = n0 + r < N && k0 + c < K;
+            cp_async16_zfill(b + r * GG_LDA + c, we + (ok ? (long)(n0 + r) * K + k0 + c : 0), ok);
+        }
+    }
+}
+
+template <bool BWD>
+__global__ void __launch_bounds__(256)
+    grouped_kernel(float* y, __nv_bfloat16* y16, const __nv_bfloat16* xhi, const __nv_bfloat16* xlo,
+                   const __nv_bfloat16* w, long wstride, const int* tiles, int nt, int K, int N, float beta) {
+    extern __shared__ __align__(128) __nv_bfloat16 gg_smem[];
+    int t = blockIdx.x, e = tiles[t], r0 = tiles[nt + t], rn = tiles[2 * nt + t], n0 = blockIdx.y * GG_BN;
+    if (rn == 0) return; // a spare tile of a device-built list (gpu_moe_tiles)
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp / 4, wn = warp % 4;
+    const __nv_bfloat16* we = w + e * wstride;
+    int parts = xlo ? 2 : 1, nk = (K + GG_BK - 1) / GG_BK;
+    float c[GG_MT][4][4] = {}; // (m16 tile, n8 tile, fragment)
+    for (int s = 0; s < GG_STAGES - 1; s++) {
+        if (s < nk) gg_load<BWD>(gg_smem + s * GG_STAGE_ELEMS, xhi, xlo, we, r0, rn, n0, s * GG_BK, K, N, tid);
+        cp_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        cp_wait<GG_STAGES - 2>();
+        __syncthreads(); // stage kt landed for every thread; stage kt - 1 is free
+        int nx = kt + GG_STAGES - 1;
+        if (nx < nk)
+            gg_load<BWD>(gg_smem + (nx % GG_STAGES) * GG_STAGE_ELEMS, xhi, xlo, we, r0, rn, n0, nx * GG_BK, K,
+                         N, tid);
+        cp_commit();
+        const __nv_bfloat16* st = gg_smem + (kt % GG_STAGES) * GG_STAGE_ELEMS;
+        const __nv_bfloat16* bs = st + 2 * GG_A_ELEMS;
+        for (int kk = 0; kk < GG_BK && kt * GG_BK + kk < K; kk += 16) {
+            uint32_t b[4][2];
+#pragma unroll
+            for (int np = 0; np < 2; np++) { // two n8 tiles per ldmatrix.x4
+                uint32_t r[4];
+                int q = lane / 8, n = wn * 32 + np * 16;
+                if (BWD) {
+                    ldsm4_t(r, bs + (kk + (q % 2) * 8 + lane % 8) * GG_LDB_T + n + (q / 2) * 8);
+                } else {
+                    ldsm4(r, bs + (n + (q / 2) * 8 + lane % 8) * GG_LDA + kk + (q % 2) * 8);
+                }
+                b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int p = 0; p < 2; p++)
+#pragma unroll
+                for (int mt = 0; mt < GG_MT; mt++) {
+                    if (p >= parts) break;
+                    uint32_t a[4];
+                    ldsm4(a, st + p * GG_A_ELEMS + (wm * (GROUPED_ROWS / 2) + mt * 16 + lane % 16) * GG_LDA +
+                                 kk + (lane / 16) * 8);
+#pragma unroll
+                    for (int j = 0; j < 4; j++) mma_bf16(c[mt][j], a, b[j]);
+                }
+        }
+    }
+    cp_wait<0>();
+    // fragments straight to global: lane 4 g + t holds rows g, g + 8 and columns 2t, 2t + 1
+    int g = lane / 4, tq = lane % 4;
+#pragma unroll
+    for (int mt = 0; mt < GG_MT; mt++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int row = wm * (GROUPED_ROWS / 2) + mt * 16 + g + 8 * h, col = n0 + wn * 32 + j * 8 + 2 * tq;
+                if (row >= rn || col >= N) continue;
+                long o = (long)(r0 + row) * N + col;
+                float v0 = c[mt][j][2 * h], v1 = c[mt][j][2 * h + 1];
+                if (y16) {
+                    *(__nv_bfloat162*)(y16 + o) = __floats2bfloat162_rn(v0, v1);
+                } else {
+                    float2 old = beta == 0.0f ? make_float2(0, 0) : *(float2*)(y + o);
+                    *(float2*)(y + o) = make_float2(v0 + beta * old.x, v1 + beta * old.y);
+                }
+            }
+}
+
+extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
+                                   long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta) {
+    if (K % 16 || N % 8) {
+        fprintf(stderr, "autoq: internal: grouped GEMM needs K %% 16 == 0 and N %% 8 == 0 (K %d, N %d)\n", K,
+                N);
+        exit(1);
+    }
+    if (nt == 0) return;
+    dim3 grid(nt, ceil_div(N, GG_BN));
+    const __nv_bfloat16 *hi = (const __nv_bfloat16*)xhi, *lo = (const __nv_bfloat16*)xlo;
+    const __nv_bfloat16* wb = (const __nv_bfloat16*)w;
+    size_t smem = sizeof(__nv_bfloat16) * GG_STAGES * GG_STAGE_ELEMS;
+    if (first_use_on_device(0)) { // the pipeline needs more than the default 48 KiB of shared memory
+        cudaCheck(
+            cudaFuncSetAttribute(grouped_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        cudaCheck(cudaFuncSetAttribute(grouped_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)smem));
+    }
+    if (bwd)
+        grouped_kernel<true>
+            <<<grid, 256, smem>>>(y, (__nv_bfloat16*)y16, hi, lo, wb, wstride, tiles, nt, K, N, beta);
+    else
+        grouped_kernel<false>
+            <<<grid, 256, smem>>>(y, (__nv_bfloat16*)y16, hi, lo, wb, wstride, tiles, nt, K, N, beta);
+    cudaCheck(cudaGetLastError());
+}
+
+// The int8 form: WMMA needs 32-byte aligned fragments, so each 16-wide k chunk of a tile is its own
+// array of 32-byte rows; two stages of cp.async loads. Epilogue: the int32 sums dequantized with
+// per-row and per-column scales.
+#define GI_BK 64
+#define GI_NC (GI_BK / 16)
+struct GiStage {
+    int8_t a[GI_NC][GROUPED_ROWS][32];
+    int8_t b[GI_NC][GG_BN][32];
+};
+
+__device__ inline void gi_load(GiStage* st, const int8_t* xq, const int8_t* we, int r0, int rn, int n0, int k0,
+                               int K, int N, int tid) {
+    for (int v = tid; v < GROUPED_ROWS * GI_NC; v += 256) {
+        int row = v / GI_NC, ch = v % GI_NC, k = k0 + ch * 16;
+        bool ok = row < rn && k < K;
+        cp_async16_zfill(&st->a[ch][row][0], xq + (ok ? (long)(r0 + row) * K + k : 0), ok);
+    }
+    for (int v = tid; v < GG_BN * GI_NC; v += 256) {
+        int row = v / GI_NC, ch = v % GI_NC, k = k0 + ch * 16;
+        bool ok = n0 + row < N && k < K;
+        cp_async16_zfill(&st->b[ch][row][0], we + (ok ? (long)(n0 + row) * K + k : 0), ok);
+    }
+}
+
+__global__ void __launch_bounds__(256)
+    grouped_i8_kernel(float* y, const int8_t* xq, const float* sx, const int8_t* wq, long wstride,
+                      const float* sw, long swstride, const int* tiles, int nt, int K, int N) {
+    using namespace nvcuda;
+    extern __shared__ __align__(128) GiStage gi_smem[];
+    int t = blockIdx.x, e = tiles[t], r0 = tiles[nt + t], rn = tiles[2 * nt + t], n0 = blockIdx.y * GG_BN;
+    if (rn == 0) return;
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp / 4, wn = warp % 4;
+    const int8_t* we = wq + e * wstride;
+    int nk = (K + GI_BK - 1) / GI_BK;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, int> c[GG_MT][2]; // each warp GROUPED_ROWS / 2 x 32
+    for (int i = 0; i < GG_MT; i++)
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(c[i][j], 0);
+    gi_load(&gi_smem[0], xq, we, r0, rn, n0, 0, K, N, tid);
+    cp_commit();
+    for (int kt = 0; kt < nk; kt++) {
+        if (kt + 1 < nk) gi_load(&gi_smem[(kt + 1) & 1], xq, we, r0, rn, n0, (kt + 1) * GI_BK, K, N, tid);
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        const GiStage* st = &gi_smem[kt & 1];
+        for (int ch = 0; ch < GI_NC && kt * GI_BK + ch * 16 < K; ch++) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> b[2];
+            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(b[j], &st->b[ch][wn * 32 + j * 16][0], 32);
+            for (int i = 0; i < GG_MT; i++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> a;
+                wmma::load_matrix_sync(a, &st->a[ch][wm * (GROUPED_ROWS / 2) + i * 16][0], 32);
+                for (int j = 0; j < 2; j++) wmma::mma_sync(c[i][j], a, b[j], c[i][j]);
+            }
+        }
+        __syncthreads(); // the stage is reloaded next
+    }
+    cp_wait<0>();
+    int* cs = (int*)&gi_smem[0] + warp * 16 * 16; // scratch in the idle stage memory
+    for (int i = 0; i < GG_MT; i++)
+        for (int j = 0; j < 2; j++) {
+            wmma::store_matrix_sync(cs, c[i][j], 16, wmma::mem_row_major);
+            __syncwarp();
+            int row = wm * (GROUPED_ROWS / 2) + i * 16 + lane / 2, col = n0 + wn * 32 + j * 16 + (lane % 2) * 8;
+            if (row < rn && col < N) {
+                long o = (long)(r0 + row) * N + col;
+                const int* v = cs + (lane / 2) * 16 + (lane % 2) * 8;
+                float s = sx[r0 + row];
+                const float* w = sw + e * swstride + col;
+                for (int q = 0; q < 8; q++) y[o + q] = (float)v[q] * (s * w[q]);
+            }
+            __syncwarp();
+        }
+}
+
+extern "C" void gpu_matmul_grouped_i8(float* y, const int8_t* xq, const float* sx, const int8_t* wq,
+                                      long wstride, const float* sw, long swstride, const int* tiles, int nt,
+                                      int K, int N) {
+    if (K % 16 || N % 8) {
+        fprintf(stderr, "autoq: internal: int8 grouped GEMM needs K %% 16 == 0 and N %% 8 == 0 (K %d, N %d)\n",
+                K, N);
+        exit(1);
+    }
+    if (nt == 0) return;
+    dim3 grid(nt, ceil_div(N, GG_BN));
+    size_t smem = 2 * sizeof(GiStage);
+    if (first_use_on_device(1))
+        cudaCheck(
+            cudaFuncSetAttribute(grouped_i8_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    grouped_i8_kernel<<<grid, 256, smem>>>(y, xq, sx, wq, wstride, sw, swstride, tiles, nt, K, N);
+    cudaCheck(cudaGetLastError());
+}

@@ -1,5 +1,7 @@
 // y = x W^T, the shape of every nn.Linear, and what feeds the GPU's GEMMs. CPU matmul.c (OpenBLAS);
-// the GPU GEMMs are cuBLAS calls in the engine, matmul.cu holds the conversions around them.
+// the GPU's dense GEMMs are cuBLAS calls in the engine; matmul.cu holds the conversions around them
+// and the grouped GEMM of a sparse layer's experts (cuBLAS's grouped GEMM has no bf16-in, fp32-out
+// form).
 #pragma once
 #include <stdint.h>
 
@@ -13,6 +15,28 @@ extern "C" {
 void matmul_forward(float* out, const float* in, const float* w, int M, int K, int N, float beta);
 // din (M, K) = dout (M, N) . w (N, K) ; beta 0 overwrites, 1 accumulates
 void matmul_backward_input(float* din, const float* dout, const float* w, int M, int K, int N, float beta);
+
+// The experts' GEMMs (README §3): group e owns rows offs[e] .. offs[e+1]-1 of x (rows, K) and y
+// (rows, N) and the weight w + e * wstride. y's rows (+)= x's rows . W_e^T with W_e (N, K), or with
+// bwd x's rows . W_e with W_e (K, N) (the input gradient of the forward's linear).
+void matmul_grouped(float* y, const float* x, const float* w, long wstride, const int* offs, int E, int K,
+                    int N, int bwd, float beta);
+// The GPU's tiles: GROUPED_ROWS rows of one group each, tiles (3, nt) = group, first row, rows;
+// returns nt (at most rows / GROUPED_ROWS + E).
+#define GROUPED_ROWS 128
+int matmul_grouped_tiles(int* tiles, const int* offs, int E);
+// GPU (tiles on the device, nt of them): x = hi + lo bf16 (lo may be NULL), w bf16; y fp32, or y16
+// bf16 with beta 0. Tensor cores, fp32 accumulation; K a multiple of 16 and N of 8.
+void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
+                        long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta);
+
+// The same with int8 codes (the quantized experts, README §4): y's rows = (x's codes . W_e's codes^T)
+// * sx[row] * sw[e * swstride + column], exactly as the dequantized int32 GEMM of kernels/quant.h.
+void matmul_grouped_i8(float* y, const int8_t* xq, const float* sx, const int8_t* wq, long wstride,
+                       const float* sw, long swstride, const int* offs, int E, int K, int N);
+// GPU (tiles as above): K a multiple of 16, N of 8.
+void gpu_matmul_grouped_i8(float* y, const int8_t* xq, const float* sx, const int8_t* wq, long wstride,
+                           const float* sw, long swstride, const int* tiles, int nt, int K, int N);
 
 // x = hi + lo, both bf16 (lo may be NULL): bf16 GEMMs on both halves keep ~16 mantissa bits of x.
 // Producers of a GEMM input also write it as bf16 hi (+ lo) when hi is not NULL.

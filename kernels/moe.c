@@ -7,48 +7,13 @@
 
 void moe_route_forward(float* probs, int* idx, float* w, const float* logits, int T, int E, int K, int renorm) {
 #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        const float* x = logits + (long)t * E;
-        float* p = probs + (long)t * E;
-        float mx = x[0], sum = 0;
-        for (int e = 1; e < E; e++) mx = x[e] > mx ? x[e] : mx;
-        for (int e = 0; e < E; e++) sum += p[e] = expf(x[e] - mx);
-        for (int e = 0; e < E; e++) p[e] /= sum;
-        int* id = idx + (long)t * K;
-        float* wt = w + (long)t * K;
-        float s = 0;
-        for (int k = 0; k < K; k++) { // selection: strict > keeps the lowest index among ties
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k && !taken; j++) taken = id[j] == e;
-                if (!taken && (best < 0 || p[e] > p[best])) best = e;
-            }
-            id[k] = best;
-            s += wt[k] = p[best];
-        }
-        for (int k = 0; renorm && k < K; k++) wt[k] /= s;
-    }
+    for (int t = 0; t < T; t++) moe_route_token((long)t, probs, idx, w, logits, E, K, renorm);
 }
 
 void moe_route_backward(float* dlogits, const float* dw, const float* probs, const int* idx, int T, int E,
                         int K, int renorm) {
 #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        const float* p = probs + (long)t * E;
-        const int* id = idx + (long)t * K;
-        const float* g = dw + (long)t * K;
-        float* dl = dlogits + (long)t * E;
-        // w_k = p_k / S (S the sum of the selected probabilities) gives dp_k = (dw_k - sum_j dw_j w_j) / S
-        float s = 0, gw = 0;
-        for (int k = 0; k < K; k++) s += p[id[k]];
-        for (int k = 0; k < K; k++) gw += g[k] * (p[id[k]] / s);
-        // softmax: dlogit_e = p_e (dp_e - sum_j dp_j p_j), dp zero off the selected experts
-        float dot = 0;
-        for (int k = 0; k < K; k++) dot += (renorm ? (g[k] - gw) / s : g[k]) * p[id[k]];
-        for (int e = 0; e < E; e++) dl[e] = -p[e] * dot;
-        for (int k = 0; k < K; k++) dl[id[k]] += p[id[k]] * (renorm ? (g[k] - gw) / s : g[k]);
-    }
+    for (int t = 0; t < T; t++) moe_route_token_backward((long)t, dlogits, dw, probs, idx, E, K, renorm);
 }
 
 void moe_sort(int* order, int* offs, int* pos, const int* idx, int T, int E, int K) {
@@ -110,3 +75,5 @@ void moe_scatter_backward(float* dye, float* dw, const float* dy, const float* y
             dw[a] = (float)dot;
         }
 }
+
+long moe_sort_scratch(long n, int E) { return (n + MOE_SORT_CHUNK - 1) / MOE_SORT_CHUNK * (long)E; }

@@ -62,8 +62,12 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     if (j->nccl_init && j->ngpus)
         fail_input("%s: --gpus and --nccl-init exclude each other (one GPU per rank)", a->cmd);
     j->shard = args_flag(a, "--shard-layers");
-    if (j->shard && j->nccl_init)
-        fail_input("%s: --shard-layers runs one process over --gpus N, not with --nccl-init", a->cmd);
+    j->stages = args_int(a, "--stages", 0, 1, 1 << 16);
+    if (j->stages && !(j->shard && j->nccl_init))
+        fail_input("%s: --stages goes with --shard-layers and --nccl-init (ranks per pipeline)", a->cmd);
+    if (j->stages && j->world % j->stages)
+        fail_input("%s: --stages %d must divide --world-size %d (ranks p S .. p S + S - 1 form pipeline p)",
+                   a->cmd, j->stages, j->world);
     j->min_expert_tokens = args_int(a, "--min-expert-tokens", 16, 0, 1 << 30);
     j->model_dir = args_pos(a, 0);
     // Both end up in the JSON and HDF5 outputs, which hold UTF-8 only: refuse them now, not after a run.
@@ -71,27 +75,10 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     require_utf8(a->cmd, "--disabled-layers", j->disabled_csv);
 }
 
-// The CUDA engine has no mixture-of-experts layers yet: --device cuda is refused, auto uses the CPU.
-static void check_moe_device(ScoreJob* j) {
-    if (strcmp(j->device, "cpu") == 0) return;
-    Config c;
-    config_load(&c, j->model_dir);
-    if (!c.n_sparse) return;
-    if (strcmp(j->device, "cuda") == 0)
-        fail_input("%s: the CUDA engine does not run mixture-of-experts layers yet; use --device cpu",
-                   j->model_dir);
-    if (gpu_device_count() > 0)
-        info_msg("score: %s has mixture-of-experts layers, which the CUDA engine does not run yet: scoring on "
-                 "the CPU",
-                 j->model_dir);
-    j->device = "cpu";
-}
-
 void score_job_load(ScoreJob* j) {
     if (!j->model_dir) fail_input("MODEL folder missing");
     if (!j->data.path) fail_input("--data is required");
     j->nf = formats_load(j->fmts, MAX_FORMATS, j->format_csv, j->ct);
-    check_moe_device(j);
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
     j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
@@ -102,7 +89,13 @@ void score_job_load(ScoreJob* j) {
         if (j->ngpus > have) fail_input("--gpus %d: only %d CUDA device(s) visible", j->ngpus, have);
         if (!j->ngpus) j->ngpus = have;
     }
-    if (j->shard && (!j->use_gpu || j->ngpus < 2))
+    if (j->shard && j->nccl_init) { // a pipeline of --stages ranks per host, data parallel across hosts
+        if (!j->use_gpu) fail_input("--shard-layers: needs CUDA devices (--device cuda)");
+        if (!j->stages) j->stages = j->ngpus < j->world ? j->ngpus : j->world;
+        if (j->world % j->stages)
+            fail_input("--stages %d must divide --world-size %d (ranks p S .. p S + S - 1 form pipeline p)",
+                       j->stages, j->world);
+    } else if (j->shard && (!j->use_gpu || j->ngpus < 2))
         fail_input("--shard-layers: needs 2 or more CUDA devices (--device cuda --gpus N; %d in use)",
                    j->use_gpu ? j->ngpus : 0);
     for (int f = 0; j->use_gpu && f < j->nf; f++)
@@ -250,7 +243,10 @@ static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint
     const char* how = j->nccl_init ? "--nccl-init" : j->shard ? "--shard-layers" : "--gpus";
     if (checkpoint) fail_input("--checkpoint: not supported with %s (use one GPU)", how);
     double t0 = time_now();
-    if (j->nccl_init) {
+    if (j->nccl_init && j->shard) {
+        gpu_score_sharded_ranked(sp, j->ids.ids, j->ids.n, j->stages, j->rank, j->world, &j->rdv, j->score,
+                                 &j->seconds, &j->gpu_peak);
+    } else if (j->nccl_init) {
         gpu_score_ranked(sp, j->ids.ids, j->ids.n, j->rank, j->world, &j->rdv, j->score, &j->seconds,
                          &j->gpu_peak);
     } else {
@@ -301,6 +297,7 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint)
         } else {
             gpu_score_kl(&gpu, ids, nb, j->score);
         }
+        if (e && j->expert_tokens) gpu_expert_tokens(e, j->expert_tokens); // with the batch, for checkpoints
         work_add(&j->work, &j->model, &j->groups, j->nf, j->method, nb, j->use_gpu);
         j->samples_done += nb;
         i += nb;
@@ -335,7 +332,8 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
                        j->method == METHOD_GRADIENT,
                        j->ids.t,
                        j->batch_size < j->ids.n ? j->batch_size : j->ids.n,
-                       j->gpu_split};
+                       j->gpu_split,
+                       j->expert_tokens};
     if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))
         run_gpus(j, &sp, checkpoint);
     else

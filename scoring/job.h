@@ -28,6 +28,7 @@ typedef struct {
     int gpu_split;         // --gpu-gemm bf16x2 (default for kl) or bf16
     int ngpus;             // --gpus (0: every visible GPU)
     int shard;             // --shard-layers: GPUs hold layer ranges (pipeline) instead of whole copies
+    int stages;            // --stages: with --shard-layers and --nccl-init, ranks per pipeline (a host's GPUs)
     const char* nccl_init; // --nccl-init file:PATH|tcp:HOST:PORT (multi-process run)
     int rank, world;
     RdvSpec rdv;
@@ -48,7 +49,7 @@ typedef struct {
 } ScoreJob;
 
 // Reads MODEL, --data, --method, --format, --numerics, --disabled-layers, --no-grouping,
-// --num-samples, --seq-len, --batch-size, --device, --gpu-gemm, --gpus, --shard-layers,
+// --num-samples, --seq-len, --batch-size, --device, --gpu-gemm, --gpus, --shard-layers, --stages,
 // --nccl-init, --rank, --world-size, --shuffle, --seed, --min-expert-tokens.
 void score_job_parse(ScoreJob* j, Args* a, int need_method);
 // Loads the model, data, groups and formats; exits 2 on bad input.

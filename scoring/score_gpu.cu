@@ -50,11 +50,27 @@ extern "C" void gpu_kl_add(GpuScorer* s, int nb, int slot) {
     gpu_mark_scores(s->e);
 }
 
+// A sparse layer's experts block (README §6): (dY . (Yq - Y))^2 at the block output.
+static void grad_hook_experts(GpuScorer* s, int l, const float* dy, const float* y, int M) {
+    const GpuScoreSpec* sp = s->sp;
+    int g = sp->gs->group_of[model_lin(sp->m, l, LIN_GATE, 0)];
+    if (sp->gs->g[g].disabled) return;
+    for (int f = 0; f < sp->nf; f++) {
+        const float* yq = gpu_moe_quantized(s->e, l, M, sp->fmts[f].w, sp->fmts[f].in);
+        gpu_sq_diff_dot(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, yq, y,
+                        (long)M * sp->m->c.hidden_size);
+    }
+}
+
 // Adds (dY . (Yq - Y))^2 of linear idx for every format.
 static void grad_hook(GpuEngine* e, int idx, const float* dy, const float* x, const float* y, int M,
                       void* ctx) {
     GpuScorer* s = (GpuScorer*)ctx;
     const GpuScoreSpec* sp = s->sp;
+    if (idx < 0) {
+        grad_hook_experts(s, -1 - idx, dy, y, M);
+        return;
+    }
     int g = sp->gs->group_of[idx];
     if (sp->gs->g[g].disabled) return;
     const Linear* l = &sp->m->linears[idx];

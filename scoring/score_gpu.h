@@ -18,10 +18,16 @@ typedef struct {
     const Groups* gs;
     const Format* fmts;
     int nf;
-    int gradient; // method: 1 gradient, 0 kl
-    int T, B;     // window length, windows per batch
-    int split;    // GEMM inputs as bf16 hi + lo (see gpu_engine_init)
+    int gradient;        // method: 1 gradient, 0 kl
+    int T, B;            // window length, windows per batch
+    int split;           // GEMM inputs as bf16 hi + lo (see gpu_engine_init)
+    long* expert_tokens; // (n_sparse, E): where the tokens routed to each expert add up, or NULL
 } GpuScoreSpec;
+
+// Entries of sp->expert_tokens: n_sparse * E, or 0 without it.
+static inline long gpu_spec_counts(const GpuScoreSpec* sp) {
+    return sp->expert_tokens ? (long)sp->m->c.n_sparse * sp->m->c.num_experts : 0;
+}
 
 // One engine's scorer: device sums (nf, groups) and scratch.
 typedef struct {
@@ -61,6 +67,12 @@ void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, int rank, i
 // scores as one GPU. Reports per GPU its layers, time, busy fraction and peak memory.
 void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score, double* seconds,
                        size_t* peak);
+
+// --shard-layers with --nccl-init: one process per GPU; ranks [p S, p S + S) form pipeline p of S
+// stages (the GPUs of a host), the pipelines are data parallel (windows split between them) and
+// the sums all-reduced over every rank. Same scores as one GPU.
+void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids, int n, int stages, int rank, int world,
+                              const RdvSpec* rdv, double* score, double* seconds, size_t* peak);
 
 #ifdef __cplusplus
 }

@@ -29,3 +29,9 @@ void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n, int ngpus,
     (void)sp, (void)ids, (void)n, (void)ngpus, (void)score, (void)seconds, (void)peak;
     fail_input("--shard-layers: this autoq was built without CUDA");
 }
+void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids, int n, int stages, int rank, int world,
+                              const RdvSpec* rdv, double* score, double* seconds, size_t* peak) {
+    (void)sp, (void)ids, (void)n, (void)stages, (void)rank, (void)world, (void)rdv, (void)score, (void)seconds,
+        (void)peak;
+    fail_input("--shard-layers: this autoq was built without CUDA");
+}

@@ -19,10 +19,17 @@ typedef struct {
     int dev, lo, hi;
     const GpuScoreSpec* sp;
     const int* ids;
-    double* score; // (nf, ng) this GPU's sums
+    double* score; // (nf, ng) this GPU's sums, then its expert token counts (gpu_spec_counts)
     double seconds;
     size_t peak;
 } Worker;
+
+// The all-reduced sums: scores, then the expert token counts.
+static void add_sums(const GpuScoreSpec* sp, double* score, const double* total) {
+    long ns = (long)sp->gs->n * sp->nf, nc = gpu_spec_counts(sp);
+    for (long k = 0; k < ns; k++) score[k] += total[k];
+    for (long i = 0; i < nc; i++) sp->expert_tokens[i] += (long)total[ns + i];
+}
 
 static void* worker_main(void* arg) {
     Worker* w = (Worker*)arg;
@@ -43,6 +50,13 @@ static void* worker_main(void* arg) {
     cudaCheck(cudaDeviceSynchronize());
     w->seconds = time_now() - t0;
     w->peak = gpu_peak_bytes(e);
+    long nc = gpu_spec_counts(sp), ng = (long)sp->gs->n * sp->nf;
+    if (nc) { // counts travel with the sums, as doubles (exact below 2^53)
+        long* t = (long*)xcalloc(nc, sizeof(long));
+        gpu_expert_tokens(e, t);
+        for (long i = 0; i < nc; i++) w->score[ng + i] += (double)t[i];
+        free(t);
+    }
     gpu_engine_free(e);
     return NULL;
 }
@@ -50,7 +64,7 @@ static void* worker_main(void* arg) {
 extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score,
                                 double* seconds, size_t* peak) {
     setenv("NCCL_NVLS_ENABLE", "0", 1); // never NVLink multicast (see the device notes)
-    int ng = sp->gs->n * sp->nf;
+    int ns = sp->gs->n * sp->nf, ng = ns + (int)gpu_spec_counts(sp);
     Worker* w = (Worker*)xcalloc(ngpus, sizeof(Worker));
     pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
     for (int i = 0; i < ngpus; i++) {
@@ -78,7 +92,7 @@ extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, i
     double* total = (double*)xmalloc(sizeof(double) * ng);
     cudaCheck(cudaSetDevice(0));
     cudaCheck(cudaMemcpy(total, buf[0], sizeof(double) * ng, cudaMemcpyDeviceToHost));
-    for (int k = 0; k < ng; k++) score[k] += total[k];
+    add_sums(sp, score, total);
     *seconds = 0;
     *peak = 0;
     for (int i = 0; i < ngpus; i++) {
@@ -99,31 +113,20 @@ extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, i
 // the rendezvous, each rank scores its share, the sums meet in an all-reduce.
 extern "C" void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, int rank, int world,
                                  const RdvSpec* rdv, double* score, double* seconds, size_t* peak) {
-    setenv("NCCL_NVLS_ENABLE", "0", 1);
-    ncclUniqueId id;
-    if (rank == 0) {
-        ncclCheck(ncclGetUniqueId(&id));
-        rdv_publish(rdv, &id, sizeof(id), world, 600.0);
-    } else {
-        rdv_fetch(rdv, &id, sizeof(id), world, 600.0);
-    }
-    int count = 0;
-    cudaCheck(cudaGetDeviceCount(&count));
-    cudaCheck(cudaSetDevice(rank % count));
     ncclComm_t comm;
-    ncclCheck(ncclCommInitRank(&comm, world, id, rank));
-    int ng = sp->gs->n * sp->nf;
-    Worker w = {rank % count, 0, 0, sp, ids, NULL, 0, 0};
+    int dev = nccl_join(&comm, rdv, rank, world);
+    int ng = sp->gs->n * sp->nf + (int)gpu_spec_counts(sp);
+    Worker w = {dev, 0, 0, sp, ids, NULL, 0, 0};
     partition_windows(n, world, rank, &w.lo, &w.hi);
     w.score = (double*)xcalloc(ng, sizeof(double));
     worker_main(&w);
     double* buf;
-    cudaCheck(cudaSetDevice(rank % count));
+    cudaCheck(cudaSetDevice(dev));
     cudaCheck(cudaMalloc(&buf, sizeof(double) * ng));
     cudaCheck(cudaMemcpy(buf, w.score, sizeof(double) * ng, cudaMemcpyHostToDevice));
     ncclCheck(ncclAllReduce(buf, buf, ng, ncclFloat64, ncclSum, comm, 0));
     cudaCheck(cudaMemcpy(w.score, buf, sizeof(double) * ng, cudaMemcpyDeviceToHost));
-    for (int k = 0; k < ng; k++) score[k] += w.score[k];
+    add_sums(sp, score, w.score);
     info_msg("score: rank %d of %d: windows %d..%d in %.2fs, peak GPU memory %.2f GiB", rank, world, w.lo,
              w.hi - 1, w.seconds, w.peak / 1073741824.0);
     *seconds = w.seconds;

@@ -48,6 +48,7 @@ static void busy_mark(Busy* b, int end) {
 
 typedef struct {
     int s, n, l0, l1; // stage, stages, its layers
+    int base, dev;    // the communicator rank of this pipeline's stage 0; this stage's CUDA device
     ncclComm_t comm;
     const GpuScoreSpec* sp;
     const Model* m;
@@ -56,18 +57,19 @@ typedef struct {
     const int* ids;
     const int* owner; // stage of each layer
     double* score;    // this stage's sums (nf, groups)
+    long* tokens;     // its expert token counts (gpu_spec_counts), or NULL
     double seconds, busy_s;
     size_t peak;
 } Stage;
 
 static void send_h(Stage* st, float* buf, int nb, int peer) {
     size_t n = (size_t)nb * st->T * st->m->c.hidden_size;
-    ncclCheck(ncclSend(buf, n, ncclFloat32, peer, st->comm, 0));
+    ncclCheck(ncclSend(buf, n, ncclFloat32, st->base + peer, st->comm, 0));
 }
 
 static void recv_h(Stage* st, float* buf, int nb, int peer) {
     size_t n = (size_t)nb * st->T * st->m->c.hidden_size;
-    ncclCheck(ncclRecv(buf, n, ncclFloat32, peer, st->comm, 0));
+    ncclCheck(ncclRecv(buf, n, ncclFloat32, st->base + peer, st->comm, 0));
 }
 
 // One batch of kl: the reference pass, then every group's pass from its own layer on.
@@ -177,7 +179,7 @@ static void stage_gradient(Stage* st, GpuScorer* sc, Busy* b) {
 
 static void* stage_main(void* arg) {
     Stage* st = (Stage*)arg;
-    cudaCheck(cudaSetDevice(st->s));
+    cudaCheck(cudaSetDevice(st->dev));
     const GpuScoreSpec* sp = st->sp;
     int slots = sp->gradient ? st->n - st->s : 1; // batches in flight on this stage
     GpuEngine* e = gpu_engine_init_layers(sp->m, sp->T, sp->B, sp->split, st->l0, st->l1, slots);
@@ -199,33 +201,51 @@ static void* stage_main(void* arg) {
     for (int i = 0; i < 2 * BUSY_N; i++) cudaEventDestroy(b->ev[i]);
     free(b);
     st->peak = gpu_peak_bytes(e);
+    if (gpu_spec_counts(sp)) {
+        st->tokens = (long*)xcalloc(gpu_spec_counts(sp), sizeof(long));
+        gpu_expert_tokens(e, st->tokens);
+    }
     gpu_engine_free(e);
     return NULL;
+}
+
+// Stage s of n, its layers (balanced contiguous ranges) and the owner of every layer.
+static void stage_setup(Stage* st, const GpuScoreSpec* sp, int s, int n, int* owner) {
+    int L = sp->m->c.num_layers;
+    if (n > L) fail_input("--shard-layers: %d stages for %d layers (at most one GPU per layer)", n, L);
+    for (int i = 0; i < n; i++) {
+        int l0, l1;
+        partition_windows(L, n, i, &l0, &l1);
+        for (int l = l0; l < l1; l++) owner[l] = i;
+        if (i == s) st->l0 = l0, st->l1 = l1;
+    }
+    st->s = s, st->n = n, st->sp = sp, st->m = sp->m, st->gs = sp->gs;
+    st->nf = sp->nf, st->T = sp->T, st->B = sp->B, st->owner = owner;
+    st->score = (double*)xcalloc((size_t)sp->gs->n * sp->nf, sizeof(double));
+}
+
+static void stage_report(const Stage* st, const char* who) {
+    info_msg("score: %s: layers %d..%d, %.2fs, busy %.0f%% (computing, not waiting on a neighbour), peak GPU "
+             "memory %.2f GiB",
+             who, st->l0, st->l1 - 1, st->seconds, 100 * st->busy_s / st->seconds, st->peak / 1073741824.0);
 }
 
 extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score,
                                   double* seconds, size_t* peak) {
     setenv("NCCL_NVLS_ENABLE", "0", 1); // never NVLink multicast (see the device notes)
     int L = sp->m->c.num_layers, ns = sp->gs->n * sp->nf;
-    if (ngpus > L) fail_input("--shard-layers: %d GPUs for %d layers (at most one GPU per layer)", ngpus, L);
+    long nc = gpu_spec_counts(sp);
     int* owner = (int*)xmalloc(sizeof(int) * L);
     Stage* st = (Stage*)xcalloc(ngpus, sizeof(Stage));
     int* devs = (int*)xmalloc(sizeof(int) * ngpus);
     for (int i = 0; i < ngpus; i++) devs[i] = i;
     ncclComm_t* comms = (ncclComm_t*)xcalloc(ngpus, sizeof(ncclComm_t));
     ncclCheck(ncclCommInitAll(comms, ngpus, devs));
-    for (int i = 0; i < ngpus; i++) {
-        Stage* s = &st[i];
-        partition_windows(L, ngpus, i, &s->l0, &s->l1); // balanced contiguous layer ranges
-        for (int l = s->l0; l < s->l1; l++) owner[l] = i;
-    }
     pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
     for (int i = 0; i < ngpus; i++) {
         Stage* s = &st[i];
-        s->s = i, s->n = ngpus, s->comm = comms[i], s->sp = sp, s->m = sp->m, s->gs = sp->gs;
-        s->nf = sp->nf, s->T = sp->T, s->B = sp->B, s->nwin = n;
-        s->ids = ids, s->owner = owner;
-        s->score = (double*)xcalloc(ns, sizeof(double));
+        stage_setup(s, sp, i, ngpus, owner);
+        s->base = 0, s->dev = i, s->comm = comms[i], s->nwin = n, s->ids = ids;
         if (pthread_create(&th[i], NULL, stage_main, s) != 0) fail_other("cannot start GPU thread %d", i);
     }
     for (int i = 0; i < ngpus; i++) pthread_join(th[i], NULL);
@@ -234,14 +254,57 @@ extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n,
     for (int i = 0; i < ngpus; i++) {
         Stage* s = &st[i];
         for (int k = 0; k < ns; k++) score[k] += s->score[k]; // each group's sum lives on one stage
-        info_msg("score: GPU %d: layers %d..%d, %.2fs, busy %.0f%% (computing, not waiting on a neighbour), "
-                 "peak GPU memory %.2f GiB",
-                 i, s->l0, s->l1 - 1, s->seconds, 100 * s->busy_s / s->seconds, s->peak / 1073741824.0);
+        for (long k = 0; k < nc; k++) sp->expert_tokens[k] += s->tokens[k];
+        char who[32];
+        snprintf(who, sizeof(who), "GPU %d", i);
+        stage_report(s, who);
         *seconds = s->seconds > *seconds ? s->seconds : *seconds;
         *peak = s->peak > *peak ? s->peak : *peak;
         ncclCommDestroy(comms[i]);
         free(s->score);
+        free(s->tokens);
     }
     cudaCheck(cudaSetDevice(0));
     free(th), free(st), free(owner), free(devs), free(comms);
+}
+
+// One process per GPU, on one or several hosts: ranks [p S, p S + S) form pipeline p (a host's
+// GPUs), which scores its share of the windows; every group's sum lives on one stage of each
+// pipeline, so one all-reduce over all ranks gives the total, as in gpu_score_ranked.
+extern "C" void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids, int n, int stages, int rank,
+                                         int world, const RdvSpec* rdv, double* score, double* seconds,
+                                         size_t* peak) {
+    ncclComm_t comm;
+    int dev = nccl_join(&comm, rdv, rank, world);
+    int L = sp->m->c.num_layers, ns = sp->gs->n * sp->nf, p = rank / stages, lo, hi;
+    long nc = gpu_spec_counts(sp);
+    int* owner = (int*)xmalloc(sizeof(int) * L);
+    Stage st;
+    memset(&st, 0, sizeof(st));
+    stage_setup(&st, sp, rank % stages, stages, owner);
+    partition_windows(n, world / stages, p, &lo, &hi);
+    st.base = p * stages, st.dev = dev, st.comm = comm, st.nwin = hi - lo;
+    st.ids = ids + (long)lo * sp->T;
+    stage_main(&st);
+    // the stage's sums and counts, all-reduced in fp64 over every rank
+    double* h = (double*)xcalloc(ns + nc, sizeof(double));
+    memcpy(h, st.score, sizeof(double) * ns);
+    for (long k = 0; k < nc; k++) h[ns + k] = (double)st.tokens[k];
+    double* buf;
+    cudaCheck(cudaMalloc(&buf, sizeof(double) * (ns + nc)));
+    cudaCheck(cudaMemcpy(buf, h, sizeof(double) * (ns + nc), cudaMemcpyHostToDevice));
+    ncclCheck(ncclAllReduce(buf, buf, ns + nc, ncclFloat64, ncclSum, comm, 0));
+    cudaCheck(cudaMemcpy(h, buf, sizeof(double) * (ns + nc), cudaMemcpyDeviceToHost));
+    for (int k = 0; k < ns; k++) score[k] += h[k];
+    for (long k = 0; k < nc; k++) sp->expert_tokens[k] += (long)h[ns + k];
+    char who[96];
+    snprintf(who, sizeof(who), "rank %d of %d (pipeline %d, stage %d, windows %d..%d)", rank, world, p, st.s,
+             lo, hi - 1);
+    stage_report(&st, who);
+    *seconds = st.seconds;
+    *peak = st.peak;
+    cudaCheck(cudaFree(buf));
+    ncclCommDestroy(comm);
+    if (rank == 0) rdv_done(rdv);
+    free(h), free(owner), free(st.score), free(st.tokens);
 }

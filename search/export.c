@@ -131,23 +131,50 @@ char* recipe_regex_name(const char* name) {
 }
 
 // ---- exports ----
-// Calls fn for every linear of groups with the given choice (-1: kept bf16 incl. disabled).
-static int for_members(const ScoreTable* t, const Solution* s, int want, void (*fn)(const char*, void*),
-                       void* ctx) {
-    int n = 0;
+// Whether group g is a mixture-of-experts layer's experts group whose members are exactly
+// "<group>.N.{gate,up,down}_proj". The exports then name the group once instead of its 3 E
+// linears: ModelOpt keeps transformers 5's fused experts as one module whose per-expert quantizers
+// (gate_up_proj_weight_quantizers.N, down_proj_weight_quantizers.N) no linear's name matches,
+// and llm-compressor tries every ignore pattern on every linear, recompiling each regex once
+// there are more than 512 of them (hours for a model with thousands of experts).
+static int experts_group(const ScoreTable* t, int g) {
+    const char* name = t->gname[g];
+    size_t n = strlen(name);
+    if (n < 12 || strcmp(name + n - 12, ".mlp.experts") != 0) return 0;
+    const char* m = t->gmembers[g];
+    while (*m) {
+        if (strncmp(m, name, n) != 0 || m[n] != '.') return 0;
+        const char* p = m + n + 1;
+        const char* digits = p;
+        while (*p >= '0' && *p <= '9') p++;
+        if (p == digits || *p != '.') return 0;
+        p++;
+        size_t len = strcspn(p, ",");
+        if (!((len == 9 && !strncmp(p, "gate_proj", 9)) || (len == 7 && !strncmp(p, "up_proj", 7)) ||
+              (len == 9 && !strncmp(p, "down_proj", 9))))
+            return 0;
+        m = p + len + (p[len] == ',');
+    }
+    return 1;
+}
+
+// Calls fn for every linear of groups with the given choice (-1: kept bf16 incl. disabled), or
+// once with the group's name and experts = 1 for an experts group (experts_group).
+static void for_members(const ScoreTable* t, const Solution* s, int want,
+                        void (*fn)(const char*, int experts, void*), void* ctx) {
     for (int g = 0; g < t->ng; g++) {
         int ch = t->disabled[g] ? -2 : s->sel[g];
         if (want == -1 ? ch >= 0 : ch != want) continue;
         if (want == -1 && t->disabled[g]) continue; // covered by the default patterns
+        if (experts_group(t, g)) {
+            fn(t->gname[g], 1, ctx);
+            continue;
+        }
         char* m = xstrdup(t->gmembers[g]);
         char* save = NULL;
-        for (char* tok = strtok_r(m, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-            fn(tok, ctx);
-            n++;
-        }
+        for (char* tok = strtok_r(m, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) fn(tok, 0, ctx);
         free(m);
     }
-    return n;
 }
 
 static int formats_used(const ScoreTable* t, const Solution* s, int* used) {
@@ -212,7 +239,20 @@ static void y_re(Yaml* y, char* re) { // consumes re
     free(re);
 }
 
-static void yaml_name_item(const char* name, void* ctx) { y_re(ctx, recipe_regex_name(name)); }
+// An experts group's linears as one regex: every expert's gate_proj, up_proj and down_proj, the
+// names llm-compressor gives them when it unfuses the experts (LinearExperts2D) before quantizing.
+static char* regex_experts(const char* group) {
+    char* re = recipe_regex_name(group);
+    size_t n = strlen(re);
+    const char* tail = "\\.[0-9]+\\.(gate_proj|up_proj|down_proj)$";
+    re = xrealloc(re, n + strlen(tail));
+    strcpy(re + n - 1, tail); // replaces the closing '$'
+    return re;
+}
+
+static void yaml_name_item(const char* name, int experts, void* ctx) {
+    y_re(ctx, experts ? regex_experts(name) : recipe_regex_name(name));
+}
 
 static void yaml_scheme_part(Yaml* y, const char* key, int bits, const char* strategy, int dynamic) {
     char nb[16];
@@ -328,7 +368,9 @@ static char* fnmatch_literal(const char* name, const char* suffix) {
     return b.s;
 }
 
-static void mo_disable(const char* name, void* ctx) {
+// "<name>.*" also covers every quantizer under an experts group, whatever its layout.
+static void mo_disable(const char* name, int experts, void* ctx) {
+    (void)experts;
     char* key = fnmatch_literal(name, ".*");
     json_put((json_t*)ctx, key, json_pack("{s:b}", "enable", 0), "a module name");
     free(key);
@@ -351,12 +393,16 @@ typedef struct {
     const Format* f;
 } MoCtx;
 
-static void mo_override(const char* name, void* ctx) {
+// An experts group's "<group>.*weight_quantizer" matches per-expert linears
+// (experts.N.gate_proj.weight_quantizer) and ModelOpt's fused-experts quantizers, whose names it
+// matches with the index dropped (experts.gate_up_proj_weight_quantizers.N ->
+// experts.gate_up_proj_weight_quantizer).
+static void mo_override(const char* name, int experts, void* ctx) {
     MoCtx* m = ctx;
-    char* key = fnmatch_literal(name, ".weight_quantizer");
+    char* key = fnmatch_literal(name, experts ? ".*weight_quantizer" : ".weight_quantizer");
     json_put(m->qc, key, mo_weight(m->f), "a module name");
     free(key);
-    key = fnmatch_literal(name, ".input_quantizer");
+    key = fnmatch_literal(name, experts ? ".*input_quantizer" : ".input_quantizer");
     json_put(m->qc, key, mo_input(m->f), "a module name");
     free(key);
 }
@@ -368,6 +414,10 @@ void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, co
     int main_f = 0;
     for (int f = 1; f < t->nf; f++) main_f = used[f] > used[main_f] ? f : main_f;
     json_t* qc = json_object();
+    // Everything off first, as ModelOpt's own configs start: its attention wrapper adds q/k/v/softmax
+    // bmm quantizers that are on (8 bits) until a config turns them off, and autoq's formats
+    // quantize linears only.
+    json_object_set_new(qc, "*", json_pack("{s:b}", "enable", 0));
     json_object_set_new(qc, "*weight_quantizer", mo_weight(&fmts[main_f]));
     json_object_set_new(qc, "*input_quantizer", mo_input(&fmts[main_f]));
     Patterns dis;

@@ -10,6 +10,7 @@
 #include "kernels/embed.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
+#include "kernels/moe.h"
 #include "kernels/quant.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -383,6 +384,172 @@ static void op_grad_score(int M, int N) {
     cudaFree(dacc), cudaFree(ddy), cudaFree(dyy), cudaFree(dsx), cudaFree(dsw), cudaFree(dt), cudaFree(dscr);
     free(acc), free(dy), free(y), free(sx), free(sw);
 }
+
+static void op_sq_diff_dot(long n) {
+    float *dy = randv(n, 1), *yq = randv(n, 1), *y = randv(n, 1);
+    double want = sq_diff_dot(dy, yq, y, n), have = 0;
+    void *ddy = put(dy, 4 * n), *dyq = put(yq, 4 * n), *dyy = put(y, 4 * n), *dt = zeros(8),
+         *dscr = zeros(8 * 1024);
+    gpu_sq_diff_dot(dt, dscr, ddy, dyq, dyy, n);
+    get(&have, dt, 8);
+    char shape[48];
+    snprintf(shape, sizeof(shape), "(n %ld)", n);
+    report("sq_diff_dot", shape, rel_diff(have, want), 1e-12);
+    cudaFree(ddy), cudaFree(dyq), cudaFree(dyy), cudaFree(dt), cudaFree(dscr);
+    free(dy), free(yq), free(y);
+}
+
+// Routing (softmax, top-k, renormalisation) and its backward; then the sort on the host and the row
+// moves between tokens and experts, each direction and its backward.
+static void op_moe(int T, int E, int K, int D, int renorm) {
+    long TK = (long)T * K;
+    float *logits = randv((long)T * E, 3), *probs = xmalloc(4L * T * E), *w = xmalloc(4 * TK);
+    int *idx = xmalloc(4 * TK), *gidx = xmalloc(4 * TK);
+    float *gprobs = xmalloc(4L * T * E), *gw = xmalloc(4 * TK);
+    moe_route_forward(probs, idx, w, logits, T, E, K, renorm);
+    void *dl = put(logits, 4L * T * E), *dp = zeros(4L * T * E), *di = zeros(4 * TK), *dw = zeros(4 * TK);
+    gpu_moe_route_forward(dp, di, dw, dl, T, E, K, renorm);
+    get(gprobs, dp, 4L * T * E), get(gidx, di, 4 * TK), get(gw, dw, 4 * TK);
+    char shape[80];
+    snprintf(shape, sizeof(shape), "(T %d, E %d, K %d%s)", T, E, K, renorm ? ", renormalised" : "");
+    int same = memcmp(idx, gidx, 4 * TK) == 0;
+    CHECK(same, "gpu op moe_route top-k experts = cpu", "%s: expert choices differ", shape);
+    report("moe_route probs", shape, max_err(gprobs, probs, (long)T * E, 0), 1e-6);
+    report("moe_route weights", shape, max_err(gw, w, TK, 0), 1e-6);
+    // backward from random dw
+    float *g = randv(TK, 1), *dlog = xmalloc(4L * T * E), *gdlog = xmalloc(4L * T * E);
+    moe_route_backward(dlog, g, probs, idx, T, E, K, renorm);
+    void *dg = put(g, 4 * TK), *ddl = zeros(4L * T * E), *dpc = put(probs, 4L * T * E), *dic = put(idx, 4 * TK);
+    gpu_moe_route_backward(ddl, dg, dpc, dic, T, E, K, renorm);
+    get(gdlog, ddl, 4L * T * E);
+    report("moe_route_backward", shape, max_err(gdlog, dlog, (long)T * E, 1e-6), 1e-5);
+    // rows: sort on the host, gather (fp32 rows, bf16 rows as bytes), scatter, their backwards
+    int *order = xmalloc(4 * TK), *offs = xmalloc(4L * (E + 1)), *pos = xmalloc(4 * TK);
+    moe_sort(order, offs, pos, idx, T, E, K);
+    { // the device sort and the grouped GEMMs' tiles
+        int *gord = xmalloc(4 * TK), *goffs = xmalloc(4L * (E + 1)), *gpos = xmalloc(4 * TK);
+        int cap = (int)(TK / GROUPED_ROWS + E), *tl = xmalloc(4L * 3 * cap), *gtl = xmalloc(4L * 3 * cap);
+        long long* gcnt = xmalloc(sizeof(long long) * E);
+        void *so = zeros(4 * TK), *sf = zeros(4L * (E + 1)), *sp = zeros(4 * TK);
+        void *sc = zeros(4 * moe_sort_scratch(TK, E)), *st = zeros(4L * 3 * cap), *sn = zeros(8L * E);
+        gpu_moe_sort(so, sf, sp, dic, T, E, K, sc);
+        gpu_moe_tiles(st, cap, sn, sf, E);
+        get(gord, so, 4 * TK), get(goffs, sf, 4L * (E + 1)), get(gpos, sp, 4 * TK);
+        get(gtl, st, 4L * 3 * cap), get(gcnt, sn, 8L * E);
+        int same =
+            !memcmp(gord, order, 4 * TK) && !memcmp(goffs, offs, 4L * (E + 1)) && !memcmp(gpos, pos, 4 * TK);
+        CHECK(same, "gpu op moe_sort = cpu (order, offsets, positions)", "%s", shape);
+        int nt = matmul_grouped_tiles(tl, offs, E), ok = 1;
+        for (int t = 0; t < cap; t++)
+            ok &= t < nt ? gtl[t] == tl[t] && gtl[cap + t] == tl[nt + t] && gtl[2 * cap + t] == tl[2 * nt + t]
+                         : gtl[2 * cap + t] == 0;
+        for (int e = 0; e < E; e++) ok &= gcnt[e] == offs[e + 1] - offs[e];
+        CHECK(ok, "gpu op moe_tiles = matmul_grouped_tiles, counts = the experts' rows", "%s", shape);
+        cudaFree(so), cudaFree(sf), cudaFree(sp), cudaFree(sc), cudaFree(st), cudaFree(sn);
+        free(gord), free(goffs), free(gpos), free(tl), free(gtl), free(gcnt);
+    }
+    float *x = randv((long)T * D, 1), *rows = xmalloc(4 * TK * D), *grows = xmalloc(4 * TK * D);
+    moe_gather(rows, x, order, (int)TK, K, D);
+    void *dx = put(x, 4L * T * D), *drows = zeros(4 * TK * D), *dord = put(order, 4 * TK),
+         *dpos = put(pos, 4 * TK);
+    gpu_moe_gather(drows, dx, dord, (int)TK, K, 4 * D);
+    get(grows, drows, 4 * TK * D);
+    report("moe_gather", shape, max_err(grows, rows, TK * D, 0), 0);
+    float *dxw = xcalloc((size_t)T * D, 4), *gdx = xmalloc(4L * T * D);
+    moe_gather_backward(dxw, rows, pos, T, K, D);
+    void* ddx = zeros(4L * T * D);
+    gpu_moe_gather_backward(ddx, drows, dpos, T, K, D);
+    get(gdx, ddx, 4L * T * D);
+    report("moe_gather_backward", shape, max_err(gdx, dxw, (long)T * D, 0), 0);
+    float *y = xmalloc(4L * T * D), *gy = xmalloc(4L * T * D), *gh = xmalloc(4L * T * D);
+    moe_scatter(y, rows, w, pos, T, K, D);
+    void *dy = zeros(4L * T * D), *dh = put(x, 4L * T * D), *dwc = put(w, 4 * TK);
+    gpu_moe_scatter(dy, dh, drows, dwc, dpos, T, K, D);
+    get(gy, dy, 4L * T * D), get(gh, dh, 4L * T * D);
+    report("moe_scatter", shape, max_err(gy, y, (long)T * D, 0), 1e-6);
+    for (long i = 0; i < (long)T * D; i++) y[i] += x[i]; // the residual add rides on it
+    report("moe_scatter + residual", shape, max_err(gh, y, (long)T * D, 0), 1e-6);
+    float *up = randv((long)T * D, 1), *dye = xmalloc(4 * TK * D), *gdye = xmalloc(4 * TK * D);
+    float *dwt = xmalloc(4 * TK), *gdwt = xmalloc(4 * TK);
+    moe_scatter_backward(dye, dwt, up, rows, w, pos, T, K, D);
+    void *dup = put(up, 4L * T * D), *ddye = zeros(4 * TK * D), *ddw = zeros(4 * TK);
+    gpu_moe_scatter_backward(ddye, ddw, dup, drows, dwc, dpos, T, K, D);
+    get(gdye, ddye, 4 * TK * D), get(gdwt, ddw, 4 * TK);
+    report("moe_scatter_backward rows", shape, max_err(gdye, dye, TK * D, 0), 0);
+    report("moe_scatter_backward weights", shape, max_err(gdwt, dwt, TK, 1e-6), 1e-6);
+    void* ds[] = {dl, dp, di, dw, dg, ddl, dpc, dic, dx, drows, dord, dpos, ddx, dy, dh, dwc, dup, ddye, ddw};
+    for (size_t i = 0; i < sizeof(ds) / sizeof(ds[0]); i++) cudaFree(ds[i]);
+    void* hs[] = {logits, probs, w,     idx, gidx, gprobs, gw, g,  dlog, gdlog, order, offs, pos,
+                  x,      rows,  grows, dxw, gdx,  y,      gy, gh, up,   dye,   gdye,  dwt,  gdwt};
+    for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) free(hs[i]);
+}
+
+// The experts' grouped GEMM (forward and backward layouts, hi + lo inputs, bf16 output, beta 1)
+// against the CPU's per-expert GEMMs on bf16-exact inputs; some experts get no rows, some a
+// partial tile.
+static void op_grouped(int E, int K, int N, int bwd, int split) {
+    int* offs = xmalloc(sizeof(int) * (E + 1));
+    offs[0] = 0;
+    for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + (e % 3 == 1 ? 0 : 1 + (e * 37) % 150);
+    int rows = offs[E];
+    long wsz = (long)N * K;
+    float *x = randv((long)rows * K, 1), *w = randv(wsz * E, 0.1f), *y = randv((long)rows * N, 1);
+    uint16_t *w16 = to_bf16(w, wsz * E), *hi = xmalloc(2L * rows * K), *lo = xmalloc(2L * rows * K);
+    for (long i = 0; i < (long)rows * K; i++) { // x = hi + lo exactly on the CPU side
+        hi[i] = f32_to_bf16(x[i]);
+        lo[i] = f32_to_bf16(x[i] - bf16_to_f32(hi[i]));
+        x[i] = split ? bf16_to_f32(hi[i]) + bf16_to_f32(lo[i]) : bf16_to_f32(hi[i]);
+    }
+    float *want = xmalloc(4L * rows * N), *got = xmalloc(4L * rows * N);
+    memcpy(want, y, 4L * rows * N);
+    matmul_grouped(want, x, w, wsz, offs, E, K, N, bwd, 1.0f);
+    int* tiles = xmalloc(sizeof(int) * 3 * (rows / GROUPED_ROWS + E));
+    int nt = matmul_grouped_tiles(tiles, offs, E);
+    void *dx = put(hi, 2L * rows * K), *dl = put(lo, 2L * rows * K), *dw = put(w16, 2 * wsz * E);
+    void *dy = put(y, 4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt), *dy16 = zeros(2L * rows * N);
+    gpu_matmul_grouped(dy, NULL, dx, split ? dl : NULL, dw, wsz, dt, nt, K, N, bwd, 1.0f);
+    get(got, dy, 4L * rows * N);
+    char shape[96];
+    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s, beta 1)", E, rows, K, N,
+             bwd ? ", backward" : "", split ? ", hi + lo" : "");
+    report("matmul_grouped", shape, max_err(got, want, (long)rows * N, 0), 1e-5);
+    matmul_grouped(want, x, w, wsz, offs, E, K, N, bwd, 0.0f); // bf16 output
+    gpu_matmul_grouped(NULL, dy16, dx, NULL, dw, wsz, dt, nt, K, N, bwd, 0.0f);
+    uint16_t* g16 = xmalloc(2L * rows * N);
+    get(g16, dy16, 2L * rows * N);
+    for (long i = 0; i < (long)rows * N; i++) got[i] = bf16_to_f32(g16[i]);
+    if (!split) report("matmul_grouped bf16 output", shape, max_err(got, want, (long)rows * N, 0), 8e-3);
+    cudaFree(dx), cudaFree(dl), cudaFree(dw), cudaFree(dy), cudaFree(dt), cudaFree(dy16);
+    free(offs), free(x), free(w), free(y), free(w16), free(hi), free(lo), free(want), free(got), free(tiles),
+        free(g16);
+}
+
+// The int8 grouped GEMM with its dequantizing epilogue against the CPU's exact integer sums.
+static void op_grouped_i8(int E, int K, int N) {
+    int* offs = xmalloc(sizeof(int) * (E + 1));
+    offs[0] = 0;
+    for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + (e % 4 == 2 ? 0 : 1 + (e * 53) % 140);
+    int rows = offs[E];
+    long ws = (long)N * K;
+    int8_t *xq = xmalloc((long)rows * K), *wq = xmalloc(ws * E);
+    for (long i = 0; i < (long)rows * K; i++) xq[i] = (int8_t)(127 * frand());
+    for (long i = 0; i < ws * E; i++) wq[i] = (int8_t)(7 * frand());
+    float *sx = randv(rows, 0.01f), *sw = randv((long)N * E, 0.01f);
+    float *want = xmalloc(4L * rows * N), *got = xmalloc(4L * rows * N);
+    matmul_grouped_i8(want, xq, sx, wq, ws, sw, N, offs, E, K, N);
+    int* tiles = xmalloc(sizeof(int) * 3 * (rows / GROUPED_ROWS + E));
+    int nt = matmul_grouped_tiles(tiles, offs, E);
+    void *dx = put(xq, (long)rows * K), *dw = put(wq, ws * E), *dsx = put(sx, 4L * rows),
+         *dsw = put(sw, 4L * N * E);
+    void *dy = zeros(4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt);
+    gpu_matmul_grouped_i8(dy, dx, dsx, dw, ws, dsw, N, dt, nt, K, N);
+    get(got, dy, 4L * rows * N);
+    char shape[80];
+    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d)", E, rows, K, N);
+    report("matmul_grouped_i8", shape, max_err(got, want, (long)rows * N, 0), 0);
+    cudaFree(dx), cudaFree(dw), cudaFree(dsx), cudaFree(dsw), cudaFree(dy), cudaFree(dt);
+    free(offs), free(xq), free(wq), free(sx), free(sw), free(want), free(got), free(tiles);
+}
 #endif
 
 int main(void) {
@@ -413,6 +580,21 @@ int main(void) {
     op_kl(3, 4096);
     op_cross_entropy(2, 17, 1003);
     op_grad_score(33, 70);
+    op_sq_diff_dot(100003);
+    op_moe(77, 8, 2, 64, 1);
+    op_moe(300, 128, 8, 96, 1);
+    op_moe(4096, 128, 8, 64, 1);
+    op_moe(50, 60, 4, 32, 0);
+    op_grouped(8, 64, 32, 0, 1);
+    op_grouped(8, 32, 64, 1, 1);
+    op_grouped(13, 256, 200, 0, 0);
+    op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0);
+    op_grouped(5, 2048, 768, 0, 1);
+    op_grouped(5, 768, 2048, 1, 1);
+    op_grouped_i8(8, 32, 64);
+    op_grouped_i8(8, 64, 32);
+    op_grouped_i8(13, 2048, 768);
+    op_grouped_i8(13, 784, 200);
 #endif
     return g_fail ? 1 : 0;
 }

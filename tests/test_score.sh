@@ -66,7 +66,7 @@ expect "--nccl-init needs --rank and --world-size" "--nccl-init, --rank and --wo
 expect "--rank below --world-size" "--rank 2 must be below --world-size 2" $AQ score $M --data $D --method kl --nccl-init file:/tmp/x --rank 2 --world-size 2
 expect "bad --nccl-init" "must be file:PATH or tcp:HOST:PORT" $AQ score $M --data $D --method kl --nccl-init udp:x --rank 0 --world-size 2
 expect "--shard-layers on the CPU" "--shard-layers: needs 2 or more CUDA devices" $AQ score $M --data $D --method kl --device cpu --shard-layers
-expect "--shard-layers with --nccl-init" "--shard-layers runs one process over --gpus N" $AQ score $M --data $D --method kl --shard-layers --nccl-init file:/tmp/x --rank 0 --world-size 2
+expect "--shard-layers --nccl-init with --stages not dividing the ranks" "--stages 3 must divide --world-size 2" $AQ score $M --data $D --method kl --shard-layers --stages 3 --nccl-init file:/tmp/x --rank 0 --world-size 2
 
 # Determinism: CPU scores are bit-identical for any thread count (both methods), and a run killed
 # with SIGKILL at 3 threads resumes to the same bits.

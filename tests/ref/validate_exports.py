@@ -1,98 +1,130 @@
-"""Loads autoq's exports with the real tools and checks which modules they quantize.
+"""Applies autoq's exports with the real tools, as their users do, and checks which modules they quantize.
 
-Needs torch, transformers, nvidia-modelopt, llmcompressor and compressed-tensors:
+Needs torch, torchvision, transformers 5.17, llmcompressor, compressed-tensors and nvidia-modelopt (CPU is enough):
+    pip install torch torchvision transformers==5.17.0 llmcompressor compressed-tensors nvidia-modelopt
     python3 tests/ref/validate_exports.py --tiny ../shared/models/qwen3-tiny --out tests/fixtures/exports_validation.json
-For tests/fixtures/exports/{tiny,vl}_*:
-- llm-compressor: Recipe.create_instance parses the YAML; the GPTQModifier resolves its config groups
-  into a compressed-tensors QuantizationConfig; apply_quantization_config puts it on the real model and
-  we read which modules received a quantization scheme (and its bits).
-- ModelOpt: mtq.quantize applies the quant_cfg JSON to the real model; we read which modules have an
-  enabled weight quantizer (and its bits).
-Both sets must equal the recipe's quantized linears, with the recipe's formats; vision-tower and lm_head
-modules of the Qwen3-VL model must stay unquantized.
+For tests/fixtures/exports/{tiny,vl,moe,vl_moe}_* (qwen3-tiny, Qwen3-VL, Qwen3-MoE and Qwen3-VL-MoE):
+- llm-compressor: the model is loaded inside llmcompressor's load_quantizable_moe (the MoE loading path it
+  asks for: transformers 5 keeps a layer's experts as fused 3-D parameters, which it unfuses into per-expert
+  Linear modules mlp.experts.N.{gate,up,down}_proj) and oneshot runs the YAML recipe (GPTQ) on the fixture's
+  token windows. We read which modules carry a quantization scheme (weight and input bits) and which
+  parameters GPTQ changed: exactly the scheme-carrying linears' weights, never a router, lm_head or vision tower.
+  save_pretrained(save_compressed=True) must then hold a weight_scale for exactly those linears.
+- ModelOpt: mtq.quantize applies the quant_cfg JSON to the model as transformers loads it; ModelOpt wraps
+  fused experts itself (_QuantFusedExperts: per-expert weight quantizers gate_up_proj_weight_quantizers.N
+  and down_proj_weight_quantizers.N, one input quantizer per projection). Every enabled quantizer is mapped
+  to the linears it quantizes (a gate_up quantizer to expert N's gate_proj and up_proj); one that maps to no
+  linear (attention bmm, router, embedding) is reported as unexpected.
+Both must give exactly the recipe's quantized linears, with the recipe's weight bits and 8-bit inputs.
 """
-import argparse, importlib, importlib.abc, importlib.machinery, json, os, sys, types
+import argparse, hashlib, importlib.metadata, json, os, re
 
+import numpy as np
 import torch
 
-
-class _Stub(types.ModuleType):
-    """Stands in for heavy optional imports of llmcompressor (datasets, auto_round) that recipe
-    parsing never calls."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return type(name, (), {"__init__": lambda self, *a, **k: None, "__call__": lambda self, *a, **k: None})
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, roots):
-        self.roots = roots
-
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in self.roots:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        m = _Stub(spec.name)
-        m.__path__ = []
-        return m
-
-    def exec_module(self, module):
-        pass
+KINDS = [  # name, model folder (tiny: --tiny), token windows, transformers class
+    ("tiny", None, "tests/fixtures/qwen3_tiny_ids.npy", "AutoModelForCausalLM"),
+    ("vl", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", "Qwen3VLForConditionalGeneration"),
+    ("moe", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", "AutoModelForCausalLM"),
+    ("vl_moe", "tests/fixtures/qwen3-vl-moe-tiny", "tests/fixtures/qwen3_vl_moe_tiny_ids.npy",
+     "Qwen3VLMoeForConditionalGeneration"),
+]
+FORMAT_BITS = {"w4a8": (4, 8), "w8a8": (8, 8)}  # weight bits, input-activation bits
+EXPERT = re.compile(r"(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$")
 
 
-def stub_missing(names):
-    missing = []
-    for n in names:
-        try:
-            importlib.import_module(n)
-        except Exception:
-            missing.append(n)
-    if missing:
-        sys.meta_path.insert(0, _StubFinder(set(missing)))
-    return missing
+def versions():
+    return {p: importlib.metadata.version(p) for p in
+            ("torch", "torchvision", "transformers", "llmcompressor", "compressed-tensors", "nvidia-modelopt")}
 
 
-def recipe_sets(path):
+def intended(path):
+    """Linear name -> (weight bits, input bits) for every linear the recipe quantizes."""
     r = json.load(open(path))
-    want = {}
-    for g in r["groups"]:
-        if g["choice"] != "bf16":
-            for m in g["members"]:
-                want[m] = g["choice"]
-    return want
+    return {m: FORMAT_BITS[g["choice"]] for g in r["groups"] if g["choice"] != "bf16" for m in g["members"]}
 
 
-def load(kind, d):
-    from transformers import AutoModelForCausalLM, Qwen3VLForConditionalGeneration
+def model_class(name):
+    import transformers
 
-    cls = Qwen3VLForConditionalGeneration if kind == "vl" else AutoModelForCausalLM
-    return cls.from_pretrained(d, dtype=torch.float32).eval()
-
-
-def bits_of(fmt):
-    return {"w4a8": 4, "w8a8": 8}[fmt]
+    return getattr(transformers, name)
 
 
-def check_llmcompressor(kind, d, prefix):
-    from llmcompressor.recipe import Recipe
-    from compressed_tensors.quantization import apply_quantization_config
+def diff(got, want):
+    """[linear, bits the tool gave (None: unquantized), bits the recipe wants (None: bf16)] where they differ."""
+    return sorted([n, list(got[n]) if n in got else None, list(want[n]) if n in want else None]
+                  for n in set(got) | set(want) if got.get(n) != want.get(n))
 
-    recipe = Recipe.create_instance(prefix + "_recipe.yaml")
-    mods = [m for m in recipe.modifiers]
-    gptq = [m for m in mods if type(m).__name__ == "GPTQModifier"][0]
-    config = gptq.resolve_quantization_config()
-    model = load(kind, d)
-    apply_quantization_config(model, config)
-    got = {}
+
+def routers(model):
+    return [n for n, m in model.named_modules() if n.endswith("mlp.gate")]
+
+
+def forbidden(names):
+    """Modules no export may quantize: lm_head, the vision tower, routers."""
+    return sorted(n for n in names if n.split(".")[0] == "lm_head" or "visual" in n.split(".") or ".mlp.gate." in n + ".")
+
+
+def check_llmcompressor(d, cls_name, recipe, windows, want):
+    from torch.utils.data import DataLoader
+    from llmcompressor import oneshot
+    from llmcompressor.modeling.moe.linearize import load_quantizable_moe
+
+    cls = model_class(cls_name)
+    with load_quantizable_moe(cls):
+        model = cls.from_pretrained(d, dtype=torch.float32).eval()
+    experts = [n for n, m in model.named_modules() if EXPERT.match(n) and isinstance(m, torch.nn.Linear)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batches = [{"input_ids": torch.tensor(w, dtype=torch.long)[None], "attention_mask": torch.ones(1, len(w), dtype=torch.long)}
+               for w in windows]
+    # The fixtures ship no tokenizer or processor: the batches are token ids already, so oneshot never
+    # calls the processor it insists on when a dataset is given.
+    oneshot(model=model, recipe=recipe, dataset=DataLoader(batches, batch_size=None), processor=object(),
+            num_calibration_samples=len(batches))
+    got, scaled = {}, 0
     for name, m in model.named_modules():
         s = getattr(m, "quantization_scheme", None)
         if s is not None and s.weights is not None:
-            got[name] = s.weights.num_bits
-    return got, [type(m).__name__ for m in mods]
+            got[name] = (s.weights.num_bits, s.input_activations.num_bits if s.input_activations else None)
+            scaled += hasattr(m, "weight_scale")
+    changed = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
+    rts = routers(model)
+    saved = saved_weight_scales(model)
+    res = {"modifiers": [type(m).__name__ for m in _modifiers(recipe)], "quantized": len(got), "match": got == want,
+           "with_weight_scale": scaled, "gptq_changed_exactly_quantized": changed == set(got),
+           "lm_head_visual_router_quantized": forbidden(set(got) | changed),
+           "saved_weight_scales": len(saved), "saved_weight_scales_match": saved == set(got)}
+    if experts:
+        res["expert_linears"] = len(experts)
+        res["expert_linears_quantized"] = sum(1 for n in got if EXPERT.match(n))
+        res["routers"] = len(rts)
+        res["routers_untouched"] = not any(r in got or r in changed for r in rts)
+    if got != want:
+        res["diff"] = diff(got, want)
+    if changed != set(got):
+        res["changed_diff"] = sorted(changed ^ set(got))
+    return res
+
+
+def saved_weight_scales(model):
+    """Saves the quantized model as users do (compressed-tensors checkpoint) and returns the modules
+    whose weight_scale it holds."""
+    import glob, tempfile
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as out:
+        model.save_pretrained(out, save_compressed=True)
+        keys = []
+        for f in glob.glob(out + "/*.safetensors"):
+            with safe_open(f, "pt") as st:
+                keys += list(st.keys())
+    return {k.removesuffix(".weight_scale") for k in keys if k.endswith(".weight_scale")}
+
+
+def _modifiers(recipe):
+    from llmcompressor.recipe import Recipe
+
+    return Recipe.create_instance(recipe).modifiers
 
 
 def load_quant_cfg(path):
@@ -111,54 +143,112 @@ def load_quant_cfg(path):
     return cfg
 
 
-def check_modelopt(kind, d, prefix, ids):
+FUSED_W = re.compile(r"(.*\.mlp\.experts)\.(gate_up|down)_proj_weight_quantizers\.(\d+)$")
+FUSED_A = re.compile(r"(.*\.mlp\.experts)\.(gate_up|down)_proj_input_quantizer$")
+
+
+def quantized_linears(model):
+    """Enabled ModelOpt quantizers -> {linear: [weight bits, input bits]}, the quantizers that map to
+    no linear, and the enabled weight quantizers without a calibrated amax."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    num_experts = {n: m.num_experts for n, m in model.named_modules() if hasattr(m, "gate_up_proj_weight_quantizers")}
+    w, a, unexpected, uncalibrated = {}, {}, [], []
+    for name, q in model.named_modules():
+        if not isinstance(q, TensorQuantizer) or not q.is_enabled:
+            continue
+        if m := FUSED_W.match(name):
+            projs = ["gate_proj", "up_proj"] if m[2] == "gate_up" else ["down_proj"]
+            targets, into = [f"{m[1]}.{m[3]}.{p}" for p in projs], w
+        elif m := FUSED_A.match(name):
+            projs = ["gate_proj", "up_proj"] if m[2] == "gate_up" else ["down_proj"]
+            targets, into = [f"{m[1]}.{e}.{p}" for e in range(num_experts[m[1]]) for p in projs], a
+        elif name.endswith(".weight_quantizer") and isinstance(model.get_submodule(name[:-17]), torch.nn.Linear):
+            targets, into = [name[:-17]], w
+        elif name.endswith(".input_quantizer") and isinstance(model.get_submodule(name[:-16]), torch.nn.Linear):
+            targets, into = [name[:-16]], a
+        else:
+            unexpected.append(name)
+            continue
+        for t in targets:
+            into[t] = q.num_bits
+        if into is w and getattr(q, "amax", None) is None:
+            uncalibrated.append(name)
+    return {n: (w.get(n), a.get(n)) for n in set(w) | set(a)}, unexpected, uncalibrated
+
+
+def check_modelopt(d, cls_name, quant_cfg, windows, want):
     import modelopt.torch.quantization as mtq
 
-    cfg = load_quant_cfg(prefix + "_quant_cfg.json")
-    model = load(kind, d)
-    mtq.quantize(model, cfg, forward_loop=lambda m: m(input_ids=ids))
-    got = {}
-    for name, m in model.named_modules():
-        wq = getattr(m, "weight_quantizer", None)
-        if wq is not None and wq.is_enabled:
-            got[name] = wq.num_bits
-    return got
+    model = model_class(cls_name).from_pretrained(d, dtype=torch.float32).eval()
+    ids = [torch.tensor(w, dtype=torch.long)[None] for w in windows]
+
+    def forward_loop(m):
+        for x in ids:
+            m(input_ids=x)
+
+    mtq.quantize(model, load_quant_cfg(quant_cfg), forward_loop=forward_loop)
+    got, unexpected, uncalibrated = quantized_linears(model)
+    res = {"quantized": len(got), "match": got == want and not unexpected and not uncalibrated,
+           "lm_head_visual_router_quantized": forbidden(set(got) | set(unexpected))}
+    fused = [n for n, m in model.named_modules() if hasattr(m, "gate_up_proj_weight_quantizers")]
+    if fused:
+        res["fused_experts_modules"] = len(fused)
+        res["expert_linears_quantized"] = sum(1 for n in got if EXPERT.match(n))
+        rts = routers(model)
+        res["routers"] = len(rts)
+        res["routers_untouched"] = not any(n.startswith(r + ".") for n in unexpected for r in rts)
+        # transformers 5's routers (TopKRouter) are no nn.Linear: ModelOpt gives them no quantizer at all
+        res["router_quantizers"] = sum(1 for n, _ in model.named_modules() for r in rts if n.startswith(r + ".") and n.endswith("quantizer"))
+    if got != want:
+        res["diff"] = diff(got, want)
+    if unexpected:
+        res["unexpected_enabled_quantizers"] = unexpected
+    if uncalibrated:
+        res["uncalibrated_weight_quantizers"] = uncalibrated
+    return res
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", default="../shared/models/qwen3-tiny")
     ap.add_argument("--out", default="tests/fixtures/exports_validation.json")
+    ap.add_argument("--exports", default="tests/fixtures/exports", help="folder of the exports to apply")
+    ap.add_argument("--only", default="", help="comma-separated kinds (default: all)")
     args = ap.parse_args()
-    stubbed = stub_missing(["datasets", "auto_round"])
-    res = {"stubbed_imports": stubbed}
+    res = {"versions": versions(), "device": "cpu", "applied_with": {
+        "llmcompressor": "load_quantizable_moe(cls): cls.from_pretrained; oneshot(model, recipe=YAML, dataset=fixture windows)",
+        "modelopt": "cls.from_pretrained; mtq.quantize(model, quant_cfg JSON, forward_loop over fixture windows)"}}
     ok = True
-    for kind, d in [("tiny", args.tiny), ("vl", "tests/fixtures/qwen3-vl-tiny")]:
-        prefix = f"tests/fixtures/exports/{kind}"
-        want = recipe_sets(prefix + "_recipe.json")
-        want_bits = {m: bits_of(f) for m, f in want.items()}
-        ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
-        entry = {}
-        try:
-            got, mods = check_llmcompressor(kind, d, prefix)
-            entry["llmcompressor"] = {"modifiers": mods, "quantized": len(got), "match": got == want_bits}
-            if got != want_bits:
-                entry["llmcompressor"]["diff"] = sorted(set(got.items()) ^ set(want_bits.items()))
-        except Exception as e:
-            entry["llmcompressor"] = {"error": repr(e)}
-        try:
-            got = check_modelopt(kind, d, prefix, ids)
-            entry["modelopt"] = {"quantized": len(got), "match": got == want_bits}
-            if got != want_bits:
-                entry["modelopt"]["diff"] = sorted(set(got.items()) ^ set(want_bits.items()))
-        except Exception as e:
-            entry["modelopt"] = {"error": repr(e)}
-        entry["intended"] = len(want_bits)
+    for kind, d, ids_path, cls_name in KINDS:
+        if args.only and kind not in args.only.split(","):
+            continue
+        d = d or args.tiny
+        prefix = f"{args.exports}/{kind}"
+        want = intended(prefix + "_recipe.json")
+        windows = np.load(ids_path).tolist()
+        # What was applied, so that a test can tell when the committed exports no longer are these files.
+        entry = {"model": d, "intended": len(want), "sha256": {
+            os.path.basename(prefix + suffix): hashlib.sha256(open(prefix + suffix, "rb").read()).hexdigest()
+            for suffix in ("_recipe.json", "_recipe.yaml", "_quant_cfg.json")}}
+        experts = sum(1 for n in want if EXPERT.match(n))
+        if experts:
+            entry["intended_expert_linears"] = experts
+        for tool, fn, path in (("llmcompressor", check_llmcompressor, prefix + "_recipe.yaml"),
+                               ("modelopt", check_modelopt, prefix + "_quant_cfg.json")):
+            try:
+                entry[tool] = fn(d, cls_name, path, windows, want)
+            except Exception as e:
+                entry[tool] = {"error": repr(e)}
+            t = entry[tool]
+            ok &= bool(t.get("match", False)) and t.get("routers_untouched", True) and \
+                t.get("gptq_changed_exactly_quantized", True) and t.get("saved_weight_scales_match", True) and \
+                t.get("lm_head_visual_router_quantized") == []
         res[kind] = entry
-        ok &= entry["llmcompressor"].get("match", False) and entry["modelopt"].get("match", False)
-        print(kind, json.dumps(entry)[:2000])
+        print(kind, json.dumps(entry)[:3000], flush=True)
     res["ok"] = bool(ok)
     json.dump(res, open(args.out, "w"), indent=1)
+    print("ok" if ok else "MISMATCH")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+// The experts' grouped GEMM (kernels/matmul.cu) at the Qwen3-30B-A3B shape against cuBLAS on one
+// dense GEMM of the same total size (its ceiling: no grouping, no ragged tiles), and against one
+// cuBLAS GEMM per expert (AUTOQ_MOE_GEMM=loop). Rows per expert as a batch of 8 x 512 tokens,
+// top-8 of 128 experts, spreads them: uniform, or skewed (expert e gets a share growing with e).
+//   build-dev/bench/bench_grouped [ROWS]
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "engine/util.h"
+#include "kernels/matmul.h"
+
+#ifdef AUTOQ_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+static double time_ms(cudaEvent_t a, cudaEvent_t b) {
+    float ms;
+    cudaEventSynchronize(b);
+    cudaEventElapsedTime(&ms, a, b);
+    return ms;
+}
+
+int main(int argc, char** argv) {
+    int rows = argc > 1 ? atoi(argv[1]) : 32768, E = 128, reps = 20;
+    int shapes[3][3] = {{2048, 768, 0}, {768, 2048, 0}, {768, 2048, 1}}; // gate/up, down, down backward
+    const char* names[3] = {"gate (K 2048, N 768)", "down (K 768, N 2048)", "down backward (K 2048, N 768)"};
+    void *x, *w, *y;
+    cudaMalloc(&x, 2L * rows * 2048);
+    cudaMalloc(&y, 4L * rows * 2048);
+    cudaMalloc(&w, 2L * E * 2048 * 768);
+    cudaMemset(x, 0, 2L * rows * 2048);
+    cudaMemset(w, 0, 2L * E * 2048 * 768);
+    int *offs = xmalloc(sizeof(int) * (E + 1)), *tiles = xmalloc(sizeof(int) * 3 * (rows / GROUPED_ROWS + E));
+    cublasHandle_t h;
+    cublasCreate(&h);
+    cudaEvent_t a, b;
+    cudaEventCreate(&a), cudaEventCreate(&b);
+    for (int skew = 0; skew < 2; skew++) {
+        offs[0] = 0;
+        for (int e = 0; e < E; e++) // skewed: shares 1..E, the largest expert 2x the mean
+            offs[e + 1] =
+                skew ? (int)((long)rows * (e + 1) * (e + 2) / (E * (E + 1))) : (int)((long)rows * (e + 1) / E);
+        int nt = matmul_grouped_tiles(tiles, offs, E);
+        int* dt;
+        cudaMalloc((void**)&dt, sizeof(int) * 3 * nt);
+        cudaMemcpy(dt, tiles, sizeof(int) * 3 * nt, cudaMemcpyHostToDevice);
+        for (int s = 0; s < 3; s++) {
+            int K = shapes[s][0], N = shapes[s][1], bwd = shapes[s][2];
+            double flop = 2.0 * rows * K * N, ms[3];
+            for (int impl = 0; impl < 3; impl++) {
+                const float one = 1, zero = 0;
+                for (int r = -2; r < reps; r++) { // two warm-up runs
+                    if (r == 0) cudaEventRecord(a, 0);
+                    if (impl == 0) {
+                        gpu_matmul_grouped(y, NULL, x, NULL, w, (long)K * N, dt, nt, K, N, bwd, 0.0f);
+                    } else if (impl == 1) {
+                        cublasGemmEx(h, bwd ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, N, rows, K, &one, w,
+                                     CUDA_R_16BF, bwd ? N : K, x, CUDA_R_16BF, K, &zero, y, CUDA_R_32F, N,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                    } else {
+                        for (int e = 0; e < E; e++) {
+                            int n = offs[e + 1] - offs[e];
+                            if (!n) continue;
+                            cublasGemmEx(h, bwd ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, N, n, K, &one,
+                                         (char*)w + 2L * e * K * N, CUDA_R_16BF, bwd ? N : K,
+                                         (char*)x + 2L * offs[e] * K, CUDA_R_16BF, K, &zero,
+                                         (char*)y + 4L * offs[e] * N, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT);
+                        }
+                    }
+                }
+                cudaEventRecord(b, 0);
+                ms[impl] = time_ms(a, b) / reps;
+            }
+            printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); one cuBLAS GEMM of the same size "
+                   "%.3f ms "
+                   "(%.0f); cuBLAS per expert %.3f ms (%.0f)\n",
+                   skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[1],
+                   flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9);
+        }
+        cudaFree(dt);
+    }
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) fprintf(stderr, "CUDA error %s\n", cudaGetErrorString(err));
+    return err != cudaSuccess;
+}
+#else
+int main(void) {
+    fprintf(stderr, "bench_grouped: built without CUDA\n");
+    return 0;
+}
+#endif
