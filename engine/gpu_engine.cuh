@@ -40,7 +40,7 @@ typedef struct {
     float *y, *yq;                             // (M, D) block output, and quantized (gradient hook)
     int8_t* xq;                                // (MK, max(D, I)) int8 rows of a quantized pass
     float *sx, *sxs;                           // (M) per-token scales, (MK) gathered
-    int32_t* acc;                              // (MK, max(D, I))
+    int32_t* acc;                              // (MK, max(D, I)), AUTOQ_MOE_GEMM=loop only
     // the plan's experts (q_layer >= 0): codes and scales, same layouts as ex_gu, ex_down
     int q_layer;
     int8_t *wgu, *wdn;

@@ -1,11 +1,10 @@
 // The MLP half of a sparse (mixture-of-experts) layer on the GPU: mirrors moe_route,
 // moe_experts_apply and moe_backward of engine/forward.c and engine/backward.c (README §3, §6).
-// The router's logits are an fp32-output GEMM, softmax and top-k run per token on the device, and
-// the assignments are sorted by expert on the host (the expert GEMMs need the row counts there):
-// one small copy each way per layer. Each expert then runs on its own rows: one grouped GEMM per
-// projection (kernels/matmul.cu; cuBLAS's grouped GEMM refuses bf16 inputs with fp32 outputs), or
-// one cuBLAS GEMM per expert with AUTOQ_MOE_GEMM=loop; a quantized experts group runs as exact int8
-// cuBLAS GEMMs, one per expert.
+// The router's logits are an fp32-output GEMM; softmax, top-k, the sort by expert and the grouped
+// GEMMs' tiles all run on the device (kernels/moe.cu), with no host round trip. Each expert then
+// runs on its own rows: one grouped GEMM per projection (kernels/matmul.cu; cuBLAS's grouped GEMM
+// refuses bf16 inputs with fp32 outputs), on int8 codes for a quantized experts group; with
+// AUTOQ_MOE_GEMM=loop, one cuBLAS GEMM per expert instead (for bench/).
 #include <string.h>
 
 #include "gpu_engine.cuh"
@@ -59,13 +58,13 @@ void moe_alloc(GpuEngine* e, int grad) {
     x->xq = (int8_t*)dalloc(e, MK * mx);
     x->sx = (float*)dalloc(e, 4 * M);
     x->sxs = (float*)dalloc(e, 4 * MK);
-    x->acc = (int32_t*)dalloc(e, 4 * MK * mx);
     x->nt = (int)(MK / GROUPED_ROWS + E);
     x->tiles = (int*)dalloc(e, 4 * 3 * x->nt);
     x->counts = (long long*)dalloc(e, sizeof(long long) * c->num_layers * E);
     cudaCheck(cudaMemset(x->counts, 0, sizeof(long long) * c->num_layers * E));
     const char* how = getenv("AUTOQ_MOE_GEMM");
     x->grouped = !(how && strcmp(how, "loop") == 0) && D % 16 == 0 && I % 16 == 0; // the kernels' shapes
+    if (!x->grouped) x->acc = (int32_t*)dalloc(e, 4 * MK * mx); // the grouped int8 kernel dequantizes in place
     if (!e->split) { // the router's input as hi + lo when the GEMMs read plain bf16 (route)
         x->r16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
         x->r_lo = (__nv_bfloat16*)dalloc(e, 2 * M * D);
@@ -77,14 +76,14 @@ void moe_alloc(GpuEngine* e, int grad) {
 static void upload_transposed(GpuEngine* e, const char* name, __nv_bfloat16* d, long E, long a, long b) {
     size_t n;
     const StTensor* t = find_tensor(e, name, &n);
-    float* f = (float*)xmalloc(n * 4);
+    float *f = (float*)xmalloc(n * 4), *ft = (float*)xmalloc(n * 4);
     st_to_f32(t, f);
+    model_transpose_experts(ft, f, (int)E, (int)a, (int)b);
     uint16_t* h = (uint16_t*)xmalloc(n * 2);
-    for (long x = 0; x < E; x++)
-        for (long i = 0; i < a; i++)
-            for (long j = 0; j < b; j++) h[(x * b + j) * a + i] = f32_to_bf16(f[(x * a + i) * b + j]);
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(ft[i]);
     cudaCheck(cudaMemcpy(d, h, n * 2, cudaMemcpyHostToDevice));
     free(f);
+    free(ft);
     free(h);
 }
 

@@ -153,8 +153,7 @@ static void want_experts(Model* m, Wants* ws, int l) {
     }
 }
 
-// (E, a, b) -> (E, b, a)
-static void transpose_experts(float* dst, const float* src, int E, int a, int b) {
+void model_transpose_experts(float* dst, const float* src, int E, int a, int b) {
     for (long e = 0; e < E; e++)
         for (long i = 0; i < a; i++)
             for (long j = 0; j < b; j++) dst[(e * b + j) * a + i] = src[(e * a + i) * b + j];
@@ -181,12 +180,12 @@ static void convert_tensor(Model* m, const Want* w, const StTensor* t, size_t nu
     float* tmp = xmalloc(size_mul(numel, sizeof(float), w->name));
     st_to_f32(t, tmp);
     if (w->how == W_DN_FUSED4) {
-        transpose_experts(lw->ex_down, tmp, (int)E, (int)I, (int)D);
+        model_transpose_experts(lw->ex_down, tmp, (int)E, (int)I, (int)D);
     } else {
         float* gu = tmp;
         if (w->how == W_GU_FUSED4) { // (E, D, 2I) -> (E, 2I, D)
             gu = xmalloc(size_mul(numel, sizeof(float), w->name));
-            transpose_experts(gu, tmp, (int)E, (int)D, (int)(2 * I));
+            model_transpose_experts(gu, tmp, (int)E, (int)D, (int)(2 * I));
         }
         for (long e = 0; e < E; e++) {
             memcpy(lw->ex_gate + e * one, gu + 2 * e * one, sizeof(float) * (size_t)one);

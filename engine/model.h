@@ -68,6 +68,9 @@ static inline int model_lin(const Model* m, int l, int kind, int e) {
 }
 static inline int model_layer_sparse(const Model* m, int l) { return m->c.sparse[l]; }
 
+// (E, a, b) -> (E, b, a): transformers 4's fused expert layouts into transformers 5's.
+void model_transpose_experts(float* dst, const float* src, int E, int a, int b);
+
 // Loads config and weights; validates every tensor's dtype and shape first.
 void model_load(Model* m, const char* dir);
 // The same checks, but weights stay in the mmapped checkpoint (no fp32 copies;

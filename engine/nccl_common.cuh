@@ -20,6 +20,16 @@ extern "C" {
         }                                                                                                      \
     } while (0)
 
+// h (n, host) = its sum over every rank of comm, in fp64 (through a device buffer of this GPU).
+static inline void nccl_allreduce_host(double* h, long n, ncclComm_t comm) {
+    double* buf;
+    cudaCheck(cudaMalloc(&buf, sizeof(double) * n));
+    cudaCheck(cudaMemcpy(buf, h, sizeof(double) * n, cudaMemcpyHostToDevice));
+    ncclCheck(ncclAllReduce(buf, buf, n, ncclFloat64, ncclSum, comm, 0));
+    cudaCheck(cudaMemcpy(h, buf, sizeof(double) * n, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaFree(buf));
+}
+
 // Rank `rank` of `world` processes: rank 0 makes the NCCL id and publishes it through the
 // rendezvous, the others fetch it; this process takes GPU rank % (GPUs it sees) and joins the
 // communicator. Returns that GPU. Never NVLink multicast (see the device notes).

@@ -2,6 +2,7 @@
 // the top-k weights, and moving rows between tokens and experts, each with its backward. CPU
 // moe.c, CUDA moe.cu.
 #pragma once
+#include <math.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -59,8 +60,6 @@ void gpu_moe_scatter_backward(float* dye, float* dw, const float* dy, const floa
 #else
 #define MOE_HD
 #endif
-#include <math.h>
-
 static inline MOE_HD void moe_route_token(long t, float* probs, int* idx, float* w, const float* logits, int E,
                                           int K, int renorm) {
     const float* x = logits + t * E;

@@ -29,6 +29,14 @@ static inline long gpu_spec_counts(const GpuScoreSpec* sp) {
     return sp->expert_tokens ? (long)sp->m->c.n_sparse * sp->m->c.num_experts : 0;
 }
 
+// Adds combined sums, laid out as scores (nf, groups) then the expert token counts, to score and
+// to sp->expert_tokens.
+static inline void gpu_spec_add_sums(const GpuScoreSpec* sp, double* score, const double* total) {
+    long ns = (long)sp->gs->n * sp->nf, nc = gpu_spec_counts(sp);
+    for (long k = 0; k < ns; k++) score[k] += total[k];
+    for (long i = 0; i < nc; i++) sp->expert_tokens[i] += (long)total[ns + i];
+}
+
 // One engine's scorer: device sums (nf, groups) and scratch.
 typedef struct {
     GpuEngine* e;

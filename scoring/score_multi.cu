@@ -24,13 +24,6 @@ typedef struct {
     size_t peak;
 } Worker;
 
-// The all-reduced sums: scores, then the expert token counts.
-static void add_sums(const GpuScoreSpec* sp, double* score, const double* total) {
-    long ns = (long)sp->gs->n * sp->nf, nc = gpu_spec_counts(sp);
-    for (long k = 0; k < ns; k++) score[k] += total[k];
-    for (long i = 0; i < nc; i++) sp->expert_tokens[i] += (long)total[ns + i];
-}
-
 static void* worker_main(void* arg) {
     Worker* w = (Worker*)arg;
     cudaCheck(cudaSetDevice(w->dev));
@@ -92,7 +85,7 @@ extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, i
     double* total = (double*)xmalloc(sizeof(double) * ng);
     cudaCheck(cudaSetDevice(0));
     cudaCheck(cudaMemcpy(total, buf[0], sizeof(double) * ng, cudaMemcpyDeviceToHost));
-    add_sums(sp, score, total);
+    gpu_spec_add_sums(sp, score, total);
     *seconds = 0;
     *peak = 0;
     for (int i = 0; i < ngpus; i++) {
@@ -120,18 +113,13 @@ extern "C" void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, 
     partition_windows(n, world, rank, &w.lo, &w.hi);
     w.score = (double*)xcalloc(ng, sizeof(double));
     worker_main(&w);
-    double* buf;
     cudaCheck(cudaSetDevice(dev));
-    cudaCheck(cudaMalloc(&buf, sizeof(double) * ng));
-    cudaCheck(cudaMemcpy(buf, w.score, sizeof(double) * ng, cudaMemcpyHostToDevice));
-    ncclCheck(ncclAllReduce(buf, buf, ng, ncclFloat64, ncclSum, comm, 0));
-    cudaCheck(cudaMemcpy(w.score, buf, sizeof(double) * ng, cudaMemcpyDeviceToHost));
-    add_sums(sp, score, w.score);
+    nccl_allreduce_host(w.score, ng, comm);
+    gpu_spec_add_sums(sp, score, w.score);
     info_msg("score: rank %d of %d: windows %d..%d in %.2fs, peak GPU memory %.2f GiB", rank, world, w.lo,
              w.hi - 1, w.seconds, w.peak / 1073741824.0);
     *seconds = w.seconds;
     *peak = w.peak;
-    cudaCheck(cudaFree(buf));
     ncclCommDestroy(comm);
     if (rank == 0) rdv_done(rdv);
     free(w.score);

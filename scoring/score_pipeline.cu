@@ -290,20 +290,14 @@ extern "C" void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids,
     double* h = (double*)xcalloc(ns + nc, sizeof(double));
     memcpy(h, st.score, sizeof(double) * ns);
     for (long k = 0; k < nc; k++) h[ns + k] = (double)st.tokens[k];
-    double* buf;
-    cudaCheck(cudaMalloc(&buf, sizeof(double) * (ns + nc)));
-    cudaCheck(cudaMemcpy(buf, h, sizeof(double) * (ns + nc), cudaMemcpyHostToDevice));
-    ncclCheck(ncclAllReduce(buf, buf, ns + nc, ncclFloat64, ncclSum, comm, 0));
-    cudaCheck(cudaMemcpy(h, buf, sizeof(double) * (ns + nc), cudaMemcpyDeviceToHost));
-    for (int k = 0; k < ns; k++) score[k] += h[k];
-    for (long k = 0; k < nc; k++) sp->expert_tokens[k] += (long)h[ns + k];
+    nccl_allreduce_host(h, ns + nc, comm);
+    gpu_spec_add_sums(sp, score, h);
     char who[96];
     snprintf(who, sizeof(who), "rank %d of %d (pipeline %d, stage %d, windows %d..%d)", rank, world, p, st.s,
              lo, hi - 1);
     stage_report(&st, who);
     *seconds = st.seconds;
     *peak = st.peak;
-    cudaCheck(cudaFree(buf));
     ncclCommDestroy(comm);
     if (rank == 0) rdv_done(rdv);
     free(h), free(owner), free(st.score), free(st.tokens);
