@@ -53,14 +53,6 @@ static float rng_normal(uint64_t* s) {
     return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
 }
 
-// f32_to_bf16 of util.c, inlined into the fill loops (the values are finite here).
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
 enum { KIND_NORMAL, KIND_GAIN, KIND_FAST };
 
 typedef struct {
@@ -93,7 +85,7 @@ static void fill_rows(uint16_t* out, const GenTensor* t, long r0, long r1, const
                 z ^= z >> 31;
                 int a =
                     (int)(z & 0xffff) + (int)((z >> 16) & 0xffff) + (int)((z >> 32) & 0xffff) + (int)(z >> 48);
-                o[j] = to_bf16(k * (float)(a - 131070));
+                o[j] = f32_to_bf16(k * (float)(a - 131070));
             }
             continue;
         }
@@ -108,7 +100,7 @@ static void fill_rows(uint16_t* out, const GenTensor* t, long r0, long r1, const
                 if (t->cols == 0 && t->rows == p->hidden && ch % 37 == 5 && t->layer >= 0)
                     x *= 4.0f + 6.0f * (float)(t->layer % 3);
             }
-            o[j] = to_bf16(x);
+            o[j] = f32_to_bf16(x);
         }
     }
 }

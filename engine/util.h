@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../kernels/bf16.h" // bf16_to_f32, f32_to_bf16
+
 #define EXIT_BAD_INPUT 2
 #define EXIT_FAILURE_OTHER 1
 
@@ -79,8 +81,6 @@ void tmp_unregister(const char* path);
 
 double time_now(void); // seconds, monotonic
 size_t peak_rss_bytes(void);
-float bf16_to_f32(uint16_t h);
-uint16_t f32_to_bf16(float f); // round to nearest even
 float f16_to_f32(uint16_t h);
 
 // Progress bar on stderr when it is a terminal: rate and ETA.
