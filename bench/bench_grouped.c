@@ -2,6 +2,8 @@
 // dense GEMM of the same total size (its ceiling: no grouping, no ragged tiles), and against one
 // cuBLAS GEMM per expert (AUTOQ_MOE_GEMM=loop). Rows per expert as a batch of 8 x 512 tokens,
 // top-8 of 128 experts, spreads them: uniform, or skewed (expert e gets a share growing with e).
+// Also cuBLAS's own grouped GEMM (cublasGemmGroupedBatchedEx: one group per expert, sizes on the
+// host, so the engine would have to read the routing counts back first).
 //   build-dev/bench/bench_grouped [ROWS]
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,46 @@ static double time_ms(cudaEvent_t a, cudaEvent_t b) {
     cudaEventSynchronize(b);
     cudaEventElapsedTime(&ms, a, b);
     return ms;
+}
+
+// cublasGemmGroupedBatchedEx arguments: one group of one GEMM per expert with rows.
+static struct {
+    int n, m[128], nn[128], k[128], lda[128], ldb[128], ldc[128], size[128];
+    cublasOperation_t ta[128], tb[128];
+    float alpha[128], beta[128];
+    void **A, **B, **C; // device pointer arrays
+} G;
+
+static void grouped_setup(const int* offs, int E, int K, int N, int bwd, void* x, void* w, void* y) {
+    void *hA[128], *hB[128], *hC[128];
+    G.n = 0;
+    for (int e = 0; e < E; e++) {
+        int n = offs[e + 1] - offs[e], i = G.n;
+        if (!n) continue;
+        G.ta[i] = bwd ? CUBLAS_OP_N : CUBLAS_OP_T, G.tb[i] = CUBLAS_OP_N;
+        G.m[i] = N, G.nn[i] = n, G.k[i] = K, G.lda[i] = bwd ? N : K, G.ldb[i] = K, G.ldc[i] = N;
+        G.alpha[i] = 1, G.beta[i] = 0, G.size[i] = 1;
+        hA[i] = (char*)w + 2L * e * K * N, hB[i] = (char*)x + 2L * offs[e] * K,
+        hC[i] = (char*)y + 4L * offs[e] * N;
+        G.n++;
+    }
+    if (!G.A)
+        cudaMalloc((void**)&G.A, sizeof(hA)), cudaMalloc((void**)&G.B, sizeof(hB)),
+            cudaMalloc((void**)&G.C, sizeof(hC));
+    cudaMemcpy(G.A, hA, sizeof(void*) * G.n, cudaMemcpyHostToDevice);
+    cudaMemcpy(G.B, hB, sizeof(void*) * G.n, cudaMemcpyHostToDevice);
+    cudaMemcpy(G.C, hC, sizeof(void*) * G.n, cudaMemcpyHostToDevice);
+}
+
+static void grouped_cublas(cublasHandle_t h) {
+    cublasStatus_t st =
+        cublasGemmGroupedBatchedEx(h, G.ta, G.tb, G.m, G.nn, G.k, G.alpha, (const void* const*)G.A, CUDA_R_16BF,
+                                   G.lda, (const void* const*)G.B, CUDA_R_16BF, G.ldb, G.beta, G.C, CUDA_R_16BF,
+                                   G.ldc, G.n, G.size, CUBLAS_COMPUTE_32F);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cublasGemmGroupedBatchedEx: status %d\n", (int)st);
+        exit(1);
+    }
 }
 
 int main(int argc, char** argv) {
@@ -46,8 +88,9 @@ int main(int argc, char** argv) {
         cudaMemcpy(dt, tiles, sizeof(int) * 3 * nt, cudaMemcpyHostToDevice);
         for (int s = 0; s < 3; s++) {
             int K = shapes[s][0], N = shapes[s][1], bwd = shapes[s][2];
-            double flop = 2.0 * rows * K * N, ms[3];
-            for (int impl = 0; impl < 3; impl++) {
+            double flop = 2.0 * rows * K * N, ms[4];
+            grouped_setup(offs, E, K, N, bwd, x, w, y);
+            for (int impl = 0; impl < 4; impl++) {
                 const float one = 1, zero = 0;
                 for (int r = -2; r < reps; r++) { // two warm-up runs
                     if (r == 0) cudaEventRecord(a, 0);
@@ -57,6 +100,8 @@ int main(int argc, char** argv) {
                         cublasGemmEx(h, bwd ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, N, rows, K, &one, w,
                                      CUDA_R_16BF, bwd ? N : K, x, CUDA_R_16BF, K, &zero, y, CUDA_R_32F, N,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                    } else if (impl == 3) {
+                        grouped_cublas(h);
                     } else {
                         for (int e = 0; e < E; e++) {
                             int n = offs[e + 1] - offs[e];
@@ -74,9 +119,9 @@ int main(int argc, char** argv) {
             }
             printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); one cuBLAS GEMM of the same size "
                    "%.3f ms "
-                   "(%.0f); cuBLAS per expert %.3f ms (%.0f)\n",
+                   "(%.0f); cuBLAS per expert %.3f ms (%.0f); cuBLAS grouped %.3f ms (%.0f)\n",
                    skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[1],
-                   flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9);
+                   flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9, ms[3], flop / ms[3] / 1e9);
         }
         cudaFree(dt);
     }
