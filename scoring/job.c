@@ -98,11 +98,20 @@ void score_job_load(ScoreJob* j) {
     } else if (j->shard && (!j->use_gpu || j->ngpus < 2))
         fail_input("--shard-layers: needs 2 or more CUDA devices (--device cuda --gpus N; %d in use)",
                    j->use_gpu ? j->ngpus : 0);
-    for (int f = 0; j->use_gpu && f < j->nf; f++)
-        if (!j->fmts[f].w_enable || !j->fmts[f].in_enable)
+    // The GPU engine runs a quantized linear as an exact int8 GEMM of integer per-row codes; the block and
+    // floating-point formats (fake-quantized by kernels/quant.cu's gpu_fake_quant_*) are not wired into it.
+    for (int f = 0; j->use_gpu && f < j->nf; f++) {
+        const Format* fm = &j->fmts[f];
+        if (!fm->w_enable || !fm->in_enable)
             fail_input(
                 "%s: the CUDA engine runs formats with both a weight and an input quantizer; use --device cpu",
-                j->fmts[f].path);
+                fm->path);
+        if (!quant_is_int_rows(fm->w) || !quant_is_int_rows(fm->in))
+            fail_input(
+                "%s: format '%s' (E4M3 / E2M1 values or block scales) is not supported by the CUDA engine "
+                "yet, which runs integer per-channel / per-token formats (w4a8, w8a8) only; use --device cpu",
+                fm->path, fm->name);
+    }
     if (j->use_gpu && !j->need_host)
         model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else

@@ -208,7 +208,7 @@ static void test_yaml(void) {
     Solution s;
     nasty_table(&t, &s);
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
     char* path = tmp_path("r.yaml");
     export_llmcompressor(path, &c, &s, t.fmts);
     json_t* j = yaml_file_json(path);
@@ -268,7 +268,7 @@ static void utf8_child(const void* unused) {
     nasty_table(&t, &s);
     snprintf(t.disabled_csv, sizeof(t.disabled_csv), "*\xff*");
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
     recipe_write_json(tmp_path("u.json"), &c, &s, t.fmts);
 }
 
@@ -278,7 +278,7 @@ static void all_disabled_child(const void* unused) {
     table_make(&t, 2, 1);
     t.disabled[0] = t.disabled[1] = 1;
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
 }
 
 // ---- the recipe reader ----
