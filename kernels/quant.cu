@@ -116,7 +116,8 @@ static void fake_quant(float* out, const T* x, int rows, int cols, QuantSpec q, 
         cudaCheck(cudaMalloc(&amax, sizeof(float)));
         cudaCheck(cudaMemset(amax, 0, sizeof(float)));
         int grid = ceil_div(n, 256);
-        tensor_amax_kernel<T> < <<grid<1024 ? grid : 1024, 256>>>(amax, x, n);
+        if (grid > 1024) grid = 1024; // grid-stride loop beyond
+        tensor_amax_kernel<T><<<grid, 256>>>(amax, x, n);
         cudaCheck(cudaGetLastError());
     }
     fake_quant_kernel<T><<<rows, 256>>>(out, x, cols, q, amax);
