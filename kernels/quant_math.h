@@ -77,6 +77,18 @@ QHD float qm_int(float x, float amax, QuantSpec q) {
     return r * s;
 }
 
+// Integer blocks (w4a16's groups) in ModelOpt's own arithmetic: r = rint(x * (m / amax)), clamped, then
+// r / (m / amax); zeros for amax <= 2^-24. It differs from qm_int only where x m / amax lies within an ulp of
+// a rounding midpoint; the per-row formats keep qm_int, which the existing scores were made with.
+QHD float qm_int_modelopt(float x, float amax, QuantSpec q) {
+    if (amax <= QUANT_AMAX_MIN) return 0.0f;
+    float m = (float)((1 << (q.bits - 1)) - 1);
+    float lo = q.narrow ? -m : -m - 1.0f, scale = m / amax;
+    float r = rintf(x * scale);
+    r = r < lo ? lo : (r > m ? m : r);
+    return r / scale;
+}
+
 // FP8 E4M3 with one scale: ModelOpt multiplies by 448 / amax and back by its fp32 inverse;
 // compressed-tensors divides by amax / 448 and multiplies by it.
 QHD float qm_fp8(float x, float amax, int ct) {
@@ -99,7 +111,7 @@ QHD float qm_nvfp4_global(float global_amax) { return global_amax / 2688.0f; } /
 
 // One value of a block: amax is the block's (or row's) amax, gs the NVFP4 global scale.
 QHD float qm_value(float x, float amax, float gs, QuantSpec q) {
-    if (q.kind == QUANT_INT) return qm_int(x, amax, q);
+    if (q.kind == QUANT_INT) return q.block && !q.ct ? qm_int_modelopt(x, amax, q) : qm_int(x, amax, q);
     if (q.kind == QUANT_FP8_E4M3) return qm_fp8(x, amax, q.ct);
     if (q.scale == QSCALE_E8M0) {
         if (!(amax > 0.0f)) return 0.0f * x;

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "engine/util.h"
 #include "kernels/quant.h"
 #include "scoring/format.h"
 
@@ -130,6 +131,80 @@ static void test_float_formats(void) {
     }
 }
 
+// ModelOpt's own quantizers on the same bf16-valued rows (tests/ref/modelopt_quant_ref.py), value for value:
+// fp8 and int4 groups (its TensorQuantizer), nvfp4 and mxfp4 (its NVFP4QTensor / MXFP4QTensor quantize +
+// dequantize, the CPU path ModelOpt has for them).
+static void test_modelopt_ref(void) {
+    const char* path = "tests/fixtures/modelopt_quant_ref.json";
+    json_error_t err;
+    json_t* root = json_load_file(path, 0, &err);
+    if (!root) {
+        CHECK(0, "ModelOpt reference values load", "%s: %s", path, err.text);
+        return;
+    }
+    int rows = (int)json_integer_value(json_object_get(root, "rows"));
+    int cols = (int)json_integer_value(json_object_get(root, "cols")), n = rows * cols;
+    float *x = xmalloc(sizeof(float) * n), *want = xmalloc(sizeof(float) * n),
+          *got = xmalloc(sizeof(float) * n);
+    json_t* jx = json_object_get(root, "x");
+    for (int i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)json_integer_value(json_array_get(jx, i));
+        memcpy(&x[i], &u, 4);
+    }
+    size_t k;
+    json_t* c;
+    json_array_foreach(json_object_get(root, "cases"), k, c) {
+        const char* name = json_string_value(json_object_get(c, "format"));
+        char fpath[96];
+        snprintf(fpath, sizeof(fpath), "configs/formats/%s.json", name);
+        Format f;
+        format_load(&f, fpath, 0);
+        for (int role = 0; role < 2; role++) {
+            json_t* jy = json_object_get(c, role ? "input" : "weight");
+            if (!json_is_array(jy)) continue;
+            for (int i = 0; i < n; i++) {
+                uint32_t u = (uint32_t)json_integer_value(json_array_get(jy, i));
+                memcpy(&want[i], &u, 4);
+            }
+            if (role)
+                quant_input_rows(got, x, rows, cols, f.in);
+            else
+                quant_weight_rows(got, x, rows, cols, f.w);
+            // ModelOpt's MXFP4 export (MXFP4QTensor) rounds E2M1 midpoints down, where its fake-quant kernel
+            // (tensor_quant_mx.cu) and autoq round to even: a difference is allowed only at a midpoint
+            // 0.75, 1.75 or 3.5 of the block's scale, with ModelOpt one grid step below.
+            int bad = 0, worst = 0, ties = 0, bs = f.w.block ? f.w.block : cols;
+            double wd = 0;
+            for (int i = 0; i < n; i++) {
+                if (got[i] == want[i]) continue;
+                float amax = 0;
+                for (int j = i - i % bs; j < i - i % bs + bs; j++) amax = fmaxf(amax, fabsf(x[j]));
+                float un = f.w.scale == QSCALE_E8M0 ? mx_e8m0_unscale(amax) : 0,
+                      a = fabsf(x[i]) / (un ? un : 1);
+                if (un && (a == 0.75f || a == 1.75f || a == 3.5f) &&
+                    fabsf(want[i]) == fp4_e2m1_round(a - 0.01f) * un &&
+                    fabsf(got[i]) == fp4_e2m1_round(a) * un) {
+                    ties++;
+                    continue;
+                }
+                bad++;
+                double d = fabs((double)got[i] - want[i]);
+                if (d > wd) wd = d, worst = i;
+            }
+            if (ties)
+                printf("  %s: %d E2M1 midpoints ModelOpt's export rounds down (fake quant: to even)\n", name,
+                       ties);
+            char cname[96];
+            snprintf(cname, sizeof(cname), "%s %s = ModelOpt's quantizer on %d values", name,
+                     role ? "input" : "weight", n);
+            CHECK(bad == 0, cname, "%d values differ; worst [%d] %.9g vs ModelOpt %.9g (|d| %.3g)", bad, worst,
+                  got[worst], want[worst], wd);
+        }
+    }
+    free(x), free(want), free(got);
+    json_decref(root);
+}
+
 int main(void) {
     QuantSpec w4 = {.bits = 4, .narrow = 1, .ct = 0}, w4wide = {.bits = 4, .narrow = 0, .ct = 0},
               a8 = {.bits = 8, .narrow = 1, .ct = 0}, ct4 = {.bits = 4, .narrow = 0, .ct = 1},
@@ -179,5 +254,6 @@ int main(void) {
     format_load(&f, "configs/formats/w8a8.json", 1);
     CHECK(f.w.bits == 8 && f.bits == 8 && f.w.ct && f.in.ct, "w8a8.json parsed", "bits %d", f.bits);
     test_float_formats();
+    test_modelopt_ref();
     return g_fail ? 1 : 0;
 }

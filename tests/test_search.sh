@@ -94,13 +94,44 @@ if [ -f "$tmp/t_gradient.h5" ]; then
         cmp -s "$tmp/t.json" tests/fixtures/exports/tiny_quant_cfg.json &&
         pass "validated qwen3-tiny exports unchanged" || fail "qwen3-tiny exports differ from the validated ones"
 fi
+# The floating-point and block formats (configs/formats), validated the same way: qwen3-tiny with all seven
+# formats scored at once (the committed scores, whose recipe mixes w4a8, w8a8, nvfp4 and w4a16), Qwen3-VL with
+# mxfp4 + fp8, and with w4a8_fp8 (int4 groups, FP8 tokens).
+E=tests/fixtures/exports
+$AQ search --scores $E/tiny_formats_scores.h5 --budget 4.6 --out "$tmp/tf.json" --emit llmcompressor="$tmp/tf.yaml" \
+    --emit modelopt="$tmp/tf_q.json" >/dev/null 2>&1
+$AQ search $M --data $D --method kl --format mxfp4,fp8 --budget 6 --out "$tmp/vf.json" \
+    --emit llmcompressor="$tmp/vf.yaml" --emit modelopt="$tmp/vf_q.json" >/dev/null 2>&1
+$AQ search $M --data $D --method kl --format w4a8_fp8 --budget 8 --out "$tmp/vw.json" \
+    --emit llmcompressor="$tmp/vw.yaml" --emit modelopt="$tmp/vw_q.json" >/dev/null 2>&1
+for k in tf:tiny_formats vf:vl_formats vw:vl_w4a8fp8; do
+    a=${k%%:*} b=${k#*:}
+    [ -n "$("$YJ" --yaml-json "$tmp/$a.yaml")" ] &&
+        [ "$("$YJ" --yaml-json "$tmp/$a.yaml")" = "$("$YJ" --yaml-json $E/${b}_recipe.yaml)" ] &&
+        cmp -s "$tmp/${a}_q.json" $E/${b}_quant_cfg.json && cmp -s "$tmp/$a.json" $E/${b}_recipe.json &&
+        pass "validated $b exports unchanged" || fail "$b exports differ from the validated ones in $E"
+    "$YJ" --yaml-json "$tmp/$a.yaml" >"$tmp/$a.yaml.json"
+    out=$(python3 tests/ref/check_exports.py "$tmp/$a.json" "$tmp/$a.yaml.json" "$tmp/${a}_q.json" 2>&1) &&
+        pass "$b export patterns select exactly the intended formats" || fail "$b export patterns: $out"
+done
+python3 - "$tmp" <<'PY' && pass "the format recipes use the formats they were made for" || fail "format recipes"
+import json, sys
+d = sys.argv[1]
+used = lambda f: {g["choice"] for g in json.load(open(f"{d}/{f}"))["groups"]} - {"bf16"}
+assert used("tf.json") == {"w4a8", "w8a8", "nvfp4", "w4a16"}, used("tf.json")
+assert used("vf.json") == {"mxfp4", "fp8"} and used("vw.json") == {"w4a8_fp8"}
+y = json.load(open(f"{d}/tf.yaml.json"))["quant_stage"]["quant_modifiers"]["GPTQModifier"]["config_groups"]
+assert len(y) == 4 and {(g["weights"]["type"], g["weights"]["strategy"]) for g in y.values()} == \
+    {("int", "channel"), ("float", "tensor_group"), ("int", "group")}, y
+PY
+
 # The record covers the committed files as they are, and says both tools quantized exactly the intended
 # modules of each model (the MoE record's details: tests/test_moe.sh).
 python3 - <<'PY' && pass "llm-compressor and ModelOpt applied the committed exports to exactly the intended modules" || fail "exports validation record (tests/fixtures/exports_validation.json) or the exports it covers"
 import hashlib, json
 r = json.load(open("tests/fixtures/exports_validation.json"))
 assert r["ok"] is True
-for kind in ("tiny", "vl", "moe", "vl_moe"):
+for kind in ("tiny", "vl", "moe", "vl_moe", "tiny_formats", "vl_formats", "vl_w4a8fp8"):
     e = r[kind]
     for name, h in e["sha256"].items():
         assert hashlib.sha256(open("tests/fixtures/exports/" + name, "rb").read()).hexdigest() == h, name + " changed since validation"
