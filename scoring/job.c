@@ -82,6 +82,14 @@ void score_job_load(ScoreJob* j) {
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
     j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    // --device auto leaves the GPU for the CPU when a format runs only there (the refusal below is for cuda).
+    for (int f = 0; j->use_gpu && !want_gpu && f < j->nf; f++)
+        if (!quant_is_int_rows(j->fmts[f].w) || !quant_is_int_rows(j->fmts[f].in) || !j->fmts[f].w_enable ||
+            !j->fmts[f].in_enable) {
+            warn_msg("format '%s' runs on the CPU engine only: scoring on the CPU (--device auto)",
+                     j->fmts[f].name);
+            j->use_gpu = 0;
+        }
     if (j->ngpus && !j->use_gpu)
         fail_input("--gpus %d: no CUDA device in use (--device cpu or none found)", j->ngpus);
     if (j->use_gpu) {

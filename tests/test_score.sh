@@ -67,6 +67,18 @@ $AQ score $M --data $D --method kl --format w4a16,fp8 --numerics compressed-tens
     python3 -c "import json; j=json.load(open('$tmp/ct.json')); assert {f['numerics'] for f in j['formats']} == {'compressed-tensors'}" &&
     pass "compressed-tensors numerics for w4a16 and fp8" || fail "compressed-tensors numerics for w4a16, fp8"
 
+# The GPU engine runs the integer per-channel formats only: --device cuda refuses the others by name (exit 2),
+# --device auto scores them on the CPU with a warning.
+if $AQ score $M --data $D --method kl --device cuda --num-samples 1 --json "$tmp/probe.json" >/dev/null 2>&1; then
+    expect "nvfp4 on --device cuda" "format 'nvfp4' (E4M3 / E2M1 values or block scales) is not supported by the CUDA engine" \
+        $AQ score $M --data $D --method kl --device cuda --format nvfp4
+    $AQ score $M --data $D --method kl --format w4a8,fp8 --json "$tmp/auto.json" >/dev/null 2>"$tmp/err" &&
+        grep -q "format 'fp8' runs on the CPU engine only" "$tmp/err" && pass "--device auto scores fp8 on the CPU" ||
+        fail "--device auto with fp8: $(cat "$tmp/err")"
+else
+    echo "SKIP score: GPU refusal of the new formats: no CUDA device"
+fi
+
 # Disabled layers: a group with one disabled member stays bf16; * crosses dots.
 $AQ score $M --data $D --method kl --disabled-layers '*layers.1.*k_proj' --json "$tmp/d.json" >/dev/null 2>&1
 python3 -c "import json; g={x['name']:x for x in json.load(open('$tmp/d.json'))['groups']}; assert g['model.language_model.layers.1.self_attn.qkv']['disabled'] and g['model.language_model.layers.1.self_attn.qkv']['score'] is None and not g['model.language_model.layers.0.self_attn.qkv']['disabled']" \
