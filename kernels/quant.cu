@@ -87,6 +87,10 @@ template <typename T> __global__ void tensor_amax_kernel(float* amax, const T* x
 template <typename T>
 __global__ void fake_quant_kernel(float* out, const T* x, int cols, QuantSpec q, const float* tensor_amax) {
     long base = (long)blockIdx.x * cols;
+    if (q.bits == 0) { // no quantizer: x as fp32
+        for (int j = threadIdx.x; j < cols; j += blockDim.x) out[base + j] = load(x, base + j);
+        return;
+    }
     int nvfp4 = q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3;
     float row_amax = 0.0f;
     if (q.block == 0 || (nvfp4 && !tensor_amax)) {
@@ -111,7 +115,7 @@ __global__ void fake_quant_kernel(float* out, const T* x, int cols, QuantSpec q,
 template <typename T>
 static void fake_quant(float* out, const T* x, int rows, int cols, QuantSpec q, int weight) {
     float* amax = NULL;
-    if (weight && q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3) {
+    if (weight && q.bits && q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3) {
         long n = (long)rows * cols;
         cudaCheck(cudaMalloc(&amax, sizeof(float)));
         cudaCheck(cudaMemset(amax, 0, sizeof(float)));

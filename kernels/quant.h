@@ -43,6 +43,11 @@ float fp4_e2m1_round(float x);
 float mx_e8m0_unscale(float amax);
 // Whether the GPU runs q as integer codes plus per-row scales (an exact int8 GEMM).
 static inline int quant_is_int_rows(QuantSpec q) { return q.kind == QUANT_INT && q.block == 0; }
+// Whether the GPU engine emulates a weight / input pair (fake-quantized fp32 operands, an fp32 GEMM)
+// instead of the exact int8 GEMM: every format but integer per-row weights with integer per-token inputs.
+static inline int quant_gpu_emulated(QuantSpec w, QuantSpec in) {
+    return !(quant_is_int_rows(w) && quant_is_int_rows(in) && in.bits > 0);
+}
 
 // GPU: per-row integer quantization as integers: q (rows, cols) int8, scale (rows) fp32
 void gpu_quant_rows_f32(int8_t* q, float* scale, const float* x, int rows, int cols, QuantSpec spec);
@@ -52,6 +57,7 @@ void gpu_dequant(float* y, bf16_t* y16, const int32_t* acc, const float* sx, con
                  int accumulate);
 // GPU twins of quant_weight_rows (weight = 1) and quant_input_rows (weight = 0) for any spec: out (rows,
 // cols) fp32 = the fake-quantized x. A weight's NVFP4 global amax is reduced over the whole matrix first.
+// spec.bits == 0 (no quantizer) copies x as fp32.
 void gpu_fake_quant_f32(float* out, const float* x, int rows, int cols, QuantSpec spec, int weight);
 void gpu_fake_quant_bf16(float* out, const bf16_t* x, int rows, int cols, QuantSpec spec, int weight);
 

@@ -67,16 +67,20 @@ $AQ score $M --data $D --method kl --format w4a16,fp8 --numerics compressed-tens
     python3 -c "import json; j=json.load(open('$tmp/ct.json')); assert {f['numerics'] for f in j['formats']} == {'compressed-tensors'}" &&
     pass "compressed-tensors numerics for w4a16 and fp8" || fail "compressed-tensors numerics for w4a16, fp8"
 
-# The GPU engine runs the integer per-channel formats only: --device cuda refuses the others by name (exit 2),
-# --device auto scores them on the CPU with a warning.
+# The GPU engine emulates the new formats on dense layers (tests/test_gpu.c checks the scores); on a
+# mixture-of-experts model --device cuda refuses them by name (exit 2) and --device auto scores on the CPU.
+moe=tests/fixtures/qwen3-moe-tiny
+moe_ids=tests/fixtures/qwen3_moe_tiny_ids.npy
 if $AQ score $M --data $D --method kl --device cuda --num-samples 1 --json "$tmp/probe.json" >/dev/null 2>&1; then
-    expect "nvfp4 on --device cuda" "format 'nvfp4' (E4M3 / E2M1 values or block scales) is not supported by the CUDA engine" \
-        $AQ score $M --data $D --method kl --device cuda --format nvfp4
-    $AQ score $M --data $D --method kl --format w4a8,fp8 --json "$tmp/auto.json" >/dev/null 2>"$tmp/err" &&
-        grep -q "format 'fp8' runs on the CPU engine only" "$tmp/err" && pass "--device auto scores fp8 on the CPU" ||
-        fail "--device auto with fp8: $(cat "$tmp/err")"
+    $AQ score $M --data $D --method gradient --device cuda --format fp8,nvfp4,w4a16 --json "$tmp/gpu_fmt.json" >/dev/null 2>"$tmp/err" &&
+        pass "fp8, nvfp4, w4a16 on --device cuda (dense)" || fail "new formats on the GPU: $(cat "$tmp/err")"
+    expect "nvfp4 on --device cuda, MoE" "format 'nvfp4' (E4M3 / E2M1 values, block scales or no input quantizer) is emulated by the CUDA engine for dense layers only" \
+        $AQ score $moe --data $moe_ids --method kl --device cuda --format nvfp4
+    $AQ score $moe --data $moe_ids --method kl --format w4a8,fp8 --num-samples 1 --json "$tmp/auto.json" >/dev/null 2>"$tmp/err" &&
+        grep -q "format 'fp8' (E4M3 / E2M1 values, block scales or no input quantizer) is emulated by the CUDA engine for dense layers only, and this model has mixture-of-experts layers: scoring on the CPU" "$tmp/err" &&
+        pass "--device auto scores fp8 on a MoE model on the CPU" || fail "--device auto with fp8 on MoE: $(cat "$tmp/err")"
 else
-    echo "SKIP score: GPU refusal of the new formats: no CUDA device"
+    echo "SKIP score: the new formats on the GPU: no CUDA device"
 fi
 
 # Disabled layers: a group with one disabled member stays bf16; * crosses dots.
