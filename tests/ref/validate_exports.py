@@ -16,6 +16,12 @@ For tests/fixtures/exports/{tiny,vl,moe,vl_moe}_* (qwen3-tiny, Qwen3-VL, Qwen3-M
   to the linears it quantizes (a gate_up quantizer to expert N's gate_proj and up_proj); one that maps to no
   linear (attention bmm, router, embedding) is reported as unexpected.
 Both must give exactly the recipe's quantized linears, with the recipe's weight bits and 8-bit inputs.
+The recipes of the new formats (tiny_formats, vl_formats, vl_w4a8fp8) are compared finer: each linear's weight
+and input numerics as "<int|float><bits>/<granularity>" (channel, token, group<N>, tensor_group<N>), read from
+llm-compressor's QuantizationArgs and from ModelOpt's TensorQuantizers (num_bits, block_sizes, axis); an MXFP4
+weight quantizer needs no calibrated amax (its scales come from each block).
+    python3 tests/ref/validate_exports.py --only tiny_formats,vl_formats,vl_w4a8fp8 --out new.json
+writes only those kinds (their entries were merged into tests/fixtures/exports_validation.json).
 """
 import argparse, hashlib, importlib.metadata, json, os, re
 
