@@ -145,7 +145,7 @@ static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, I = c->intermediate_size;
     int qd = H * hd, kvd = KV * hd, base = e->m->lin0[l];
     const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
-    e->xq_src = NULL; // the recompute rewrote the inputs
+    e->xq_src = e->xf_src = NULL; // the recompute rewrote the inputs
     if (model_layer_sparse(e->m, l)) {
         moe_backward(e, l, M, hook, ctx);
     } else {
