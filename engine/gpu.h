@@ -68,6 +68,10 @@ double gpu_loss(GpuEngine* e, int nb); // last stage: the summed per-window mean
 const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const float* x, int M, QuantSpec w, QuantSpec in,
                                     const float** sx, const float** sw);
 
+// The same for an emulated format (quant_gpu_emulated): Yq (M, out) fp32 = fq(x) fq(W)^T, device memory
+// valid until the next call.
+const float* gpu_linear_fake(GpuEngine* e, int idx, const float* x, int M, QuantSpec w, QuantSpec in);
+
 // For the experts hook of sparse layer l: the block output Yq (M, D, device) with every expert's
 // weights quantized with w and inputs with in, on the routing of the pass (README §6).
 const float* gpu_moe_quantized(GpuEngine* e, int l, int M, QuantSpec w, QuantSpec in);

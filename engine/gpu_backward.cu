@@ -83,6 +83,28 @@ extern "C" const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const floa
     return e->acc;
 }
 
+// yq (M, out) fp32 = fq(x) fq(W)^T for linear idx under an emulated format (quant_gpu_emulated): the
+// gradient score's Yq. The weight is fake-quantized into the pool's start (free in a gradient pass); x's
+// fake-quantized copy is reused while x and in stay the same.
+extern "C" const float* gpu_linear_fake(GpuEngine* e, int idx, const float* x, int M, QuantSpec w,
+                                        QuantSpec in) {
+    if (e->nq) fail_other("internal: gpu_linear_fake during a quantized pass");
+    emu_alloc(e);
+    const Linear* l = &e->m->linears[idx];
+    gpu_fake_quant_bf16(e->wf_pool, (const bf16_t*)weight_of(e, idx), l->out, l->in, w, 1);
+    const float* xin = x;
+    if (in.bits) {
+        if (e->xf_src != x || memcmp(&e->xf_spec, &in, sizeof(in)) != 0) {
+            gpu_fake_quant_f32(e->xf, x, M, l->in, in, 0);
+            e->xf_src = x;
+            e->xf_spec = in;
+        }
+        xin = e->xf;
+    }
+    gemm_f32(e, e->yf, xin, e->wf_pool, M, l->in, l->out, 0);
+    return e->yf;
+}
+
 // The hook sees dL/dY of linear idx, its input X and output Y in the unquantized pass.
 void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
                  const float* y, int M) {
@@ -123,7 +145,7 @@ static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, I = c->intermediate_size;
     int qd = H * hd, kvd = KV * hd, base = e->m->lin0[l];
     const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
-    e->xq_src = NULL; // the recompute rewrote the inputs
+    e->xq_src = e->xf_src = NULL; // the recompute rewrote the inputs
     if (model_layer_sparse(e->m, l)) {
         moe_backward(e, l, M, hook, ctx);
     } else {

@@ -253,6 +253,8 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
         smax = o > smax ? o : smax;
         e->cap_q = m->lin0[l + 1] - m->lin0[l] > e->cap_q ? m->lin0[l + 1] - m->lin0[l] : e->cap_q;
     }
+    e->wmax = wmax;
+    e->xf_cap = M * mx;
     e->wq_pool = (int8_t*)dalloc(e, wmax);
     e->sw_pool = (float*)dalloc(e, 4 * smax);
     e->wq = (int8_t**)xcalloc(e->cap_q, sizeof(int8_t*));
@@ -269,7 +271,7 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     for (int i = 0; i < e->n_allocs; i++) cudaCheck(cudaFree(e->allocs[i]));
     free(e->allocs);
     free(e->layers);
-    free(e->wq), free(e->sw), free(e->q_idx);
+    free(e->wq), free(e->sw), free(e->q_idx), free(e->wf);
     if (e->moe.E) {
         free(e->moe.h_offs), free(e->moe.ex_id);
     }
@@ -290,25 +292,45 @@ const __nv_bfloat16* weight_of(const GpuEngine* e, int idx) {
 // The next passes run linears[0..n) quantized: their weights as int8 codes now, their inputs on the fly.
 // A sparse layer's experts (always all of them: README §5) are quantized together, in their
 // fused layout (moe_plan_set); other linears one by one, their codes one after another in the pool.
+// Emulated formats (quant_gpu_emulated) keep fp32 fake-quantized weights instead (wf_pool); their experts
+// are not supported (the scoring job refuses them for mixture-of-experts models).
 extern "C" void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in) {
     gpu_plan_clear(e);
     e->in_spec = in;
+    e->emu = quant_gpu_emulated(w, in);
+    if (e->emu) emu_alloc(e);
     int8_t* wq = e->wq_pool;
     float* sw = e->sw_pool;
+    float* wf = e->wf_pool;
     for (int j = 0; j < n; j++) {
         const Linear* l = &e->m->linears[linears[j]];
         if (l->expert >= 0) {
+            if (e->emu) fail_other("internal: an emulated format planned for experts");
             if (e->moe.q_layer < 0) moe_plan_set(e, l->layer, w);
             continue;
         }
         if (e->nq == e->cap_q) fail_other("internal: a quantization plan spanning layers");
         e->q_idx[e->nq] = linears[j];
+        if (e->emu) {
+            e->wf[e->nq++] = wf;
+            gpu_fake_quant_bf16(wf, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w, 1);
+            wf += (long)l->out * l->in;
+            continue;
+        }
         e->wq[e->nq] = wq;
         e->sw[e->nq++] = sw;
         gpu_quant_rows_bf16(wq, sw, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w);
         wq += (long)l->out * l->in;
         sw += l->out;
     }
+}
+
+void emu_alloc(GpuEngine* e) {
+    if (e->wf_pool) return;
+    e->wf_pool = (float*)dalloc(e, 4 * e->wmax);
+    e->wf = (float**)xcalloc(e->cap_q, sizeof(float*));
+    e->xf = (float*)dalloc(e, 4 * e->xf_cap);
+    e->yf = (float*)dalloc(e, 4 * e->xf_cap);
 }
 
 extern "C" void gpu_plan_clear(GpuEngine* e) {

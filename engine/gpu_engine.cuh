@@ -101,6 +101,17 @@ struct GpuEngine {
     float** sw;
     int *q_idx, nq, cap_q;
     QuantSpec in_spec;
+    // Emulated formats (quant_gpu_emulated: FP8, NVFP4, MXFP4, integer groups, weight-only): the plan's
+    // weights fake-quantized to fp32 once (wf[j], in wf_pool), each input fake-quantized per call into xf,
+    // then an fp32 GEMM (yf: its output when a bf16 one is wanted). Allocated on first use.
+    int emu;
+    long wmax;           // elements of the largest layer's linears: the pools' size
+    float* wf_pool;      // (wmax)
+    float** wf;          // (cap_q)
+    float *xf, *yf;      // (M, widest linear)
+    long xf_cap;         // elements of xf and yf
+    const float* xf_src; // what xf holds (gradient pass), quantized with xf_spec
+    QuantSpec xf_spec;
     GpuMoe moe; // sparse layers only (moe.E == 0 otherwise)
     size_t free0, min_free;
     struct Prof* prof; // AUTOQ_GPU_PROFILE=1: time per part of the pass
@@ -125,6 +136,9 @@ __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d);
 void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
                const __nv_bfloat16* w, int M, int K, int N, int accumulate);
 void gemm_i8(GpuEngine* e, int32_t* acc, const int8_t* xq, const int8_t* wq, int M, int K, int N);
+// y (M, N) fp32 (+)= x (M, K) . w (N, K)^T, fp32 inputs and fp32 accumulation (no TF32): emulated formats.
+void gemm_f32(GpuEngine* e, float* y, const float* x, const float* w, int M, int K, int N, int accumulate);
+void emu_alloc(GpuEngine* e); // the emulation buffers, once
 // The quantized linear: int8 inputs (from x, or from x16 when x is NULL) and weights j of the plan.
 void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
             const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M, int accumulate);

@@ -28,6 +28,35 @@ void gemm_i8(GpuEngine* e, int32_t* acc, const int8_t* xq, const int8_t* wq, int
                              K, &zero, acc, CUDA_R_32I, N, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT));
 }
 
+void gemm_f32(GpuEngine* e, float* y, const float* x, const float* w, int M, int K, int N, int accumulate) {
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_32F, K, x, CUDA_R_32F,
+                             K, &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT));
+}
+
+// An emulated format's linear: the input fake-quantized (from x, or from x16 when x is NULL) into xf, then
+// the fp32 GEMM with the plan's fake-quantized weight j: the CPU's fake-quantized product up to the GEMM's
+// summation order. A bf16 output goes through yf.
+static void gemm_emulated(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
+                          int j, int M, int K, int N, int accumulate) {
+    const float* xin = x;
+    if (!x || e->in_spec.bits) {
+        if (x)
+            gpu_fake_quant_f32(e->xf, x, M, K, e->in_spec, 0);
+        else
+            gpu_fake_quant_bf16(e->xf, (const bf16_t*)x16, M, K, e->in_spec, 0);
+        xin = e->xf;
+        e->xf_src = NULL;
+    }
+    if (!y16) {
+        gemm_f32(e, y, xin, e->wf[j], M, K, N, accumulate);
+        return;
+    }
+    if (accumulate) fail_other("internal: an accumulating bf16 output of an emulated linear");
+    gemm_f32(e, e->yf, xin, e->wf[j], M, K, N, 0);
+    gpu_split_bf16((bf16_t*)y16, NULL, e->yf, (long)M * N);
+}
+
 // The quantized linear: int8 inputs (from x, or from x16 when x is NULL) and weights, then per-token
 // x per-channel scales into y (+)= or y16.
 static void gemm_int8(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
@@ -47,8 +76,11 @@ void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x,
             const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M, int accumulate) {
     const Linear* l = &e->m->linears[idx];
     for (int j = 0; j < e->nq; j++)
-        if (e->q_idx[j] == idx) { // plans quantize weights and inputs both (the scoring job checks formats)
-            gemm_int8(e, y, y16, x, x16, j, M, l->in, l->out, accumulate);
+        if (e->q_idx[j] == idx) { // an integer plan quantizes weights and inputs both (the scoring job checks)
+            if (e->emu)
+                gemm_emulated(e, y, y16, x, x16, j, M, l->in, l->out, accumulate);
+            else
+                gemm_int8(e, y, y16, x, x16, j, M, l->in, l->out, accumulate);
             return;
         }
     gemm_bf16(e, y, y16, x16, x_lo, w, M, l->in, l->out, accumulate);

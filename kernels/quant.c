@@ -1,42 +1,46 @@
-#include <math.h>
-
 #include "quant.h"
 
-// Below this amax a row is treated as all zeros (README §4).
-#define AMAX_MIN 5.9604644775390625e-08f // 2^-24
+#include <math.h>
 
-static void bounds(QuantSpec q, float* maxb, float* lo, float* hi) {
-    float m = (float)((1 << (q.bits - 1)) - 1); // 7 or 127
-    *hi = m;
-    *lo = (q.narrow && !q.ct) ? -m : -m - 1.0f;
-    *maxb = q.ct ? m + 0.5f : m; // compressed-tensors: amax / 7.5, amax / 127.5
+#include "quant_math.h"
+
+float quant_value(float x, float amax, QuantSpec q) { return qm_int(x, amax, q); }
+float fp8_e4m3_round(float x) { return qm_e4m3(x); }
+float fp4_e2m1_round(float x) { return qm_e2m1(x); }
+float mx_e8m0_unscale(float amax) { return qm_e8m0_unscale(amax); }
+
+static float amax_of(const float* x, long n) {
+    float amax = 0.0f;
+    for (long j = 0; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
+    return amax;
 }
 
-float quant_value(float x, float amax, QuantSpec q) {
-    if (!(amax >= AMAX_MIN)) return 0.0f;
-    float maxb, lo, hi;
-    bounds(q, &maxb, &lo, &hi);
-    float s = amax / maxb;
-    float r = rintf(x / s); // default rounding mode: half to even
-    r = r < lo ? lo : (r > hi ? hi : r);
-    return r * s;
-}
-
-static void quant_rows(float* out, const float* x, int rows, int cols, QuantSpec q) {
+// Each row in blocks of q.block values (the last may be shorter: ModelOpt pads it with zeros, which
+// leaves its amax unchanged), or as one block. tensor_amax >= 0 is an NVFP4 weight's global amax;
+// < 0 takes each row's own amax (dynamic inputs).
+static void quant_rows(float* out, const float* x, int rows, int cols, QuantSpec q, float tensor_amax) {
+    int bs = q.block > 0 ? q.block : cols;
 #pragma omp parallel for
     for (int i = 0; i < rows; i++) {
         const float* xi = x + (long)i * cols;
         float* oi = out + (long)i * cols;
-        float amax = 0.0f;
-        for (int j = 0; j < cols; j++) amax = fmaxf(amax, fabsf(xi[j]));
-        for (int j = 0; j < cols; j++) oi[j] = quant_value(xi[j], amax, q);
+        float gs = 0.0f;
+        if (q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3)
+            gs = qm_nvfp4_global(tensor_amax >= 0.0f ? tensor_amax : amax_of(xi, cols));
+        for (int j0 = 0; j0 < cols; j0 += bs) {
+            int n = cols - j0 < bs ? cols - j0 : bs;
+            float amax = amax_of(xi + j0, n);
+            for (int j = j0; j < j0 + n; j++) oi[j] = qm_value(xi[j], amax, gs, q);
+        }
     }
 }
 
 void quant_weight_rows(float* out, const float* w, int rows, int cols, QuantSpec q) {
-    quant_rows(out, w, rows, cols, q);
+    float t = -1.0f;
+    if (q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3) t = amax_of(w, (long)rows * cols);
+    quant_rows(out, w, rows, cols, q, t);
 }
 
 void quant_input_rows(float* out, const float* x, int rows, int cols, QuantSpec q) {
-    quant_rows(out, x, rows, cols, q);
+    quant_rows(out, x, rows, cols, q, -1.0f);
 }

@@ -1,9 +1,11 @@
-// Quantization as integers plus scales, so the quantized linear runs as an exact int8 GEMM.
-// CPU twin: kernels/quant.c (which returns q * scale).
+// Integer per-row quantization as integers plus scales, so the quantized linear runs as an exact int8 GEMM;
+// every other format fake-quantized to fp32 values for the emulated (fp32-accumulated) GEMM.
+// CPU twin: kernels/quant.c (which returns q * scale); both round through kernels/quant_math.h.
 #include <math.h>
 
 #include "cuda_common.cuh"
 #include "quant.h"
+#include "quant_math.h"
 
 // One block per row, four consecutive values per thread (cols % 4 == 0, checked by the caller).
 template <typename T>
@@ -68,4 +70,69 @@ extern "C" void gpu_dequant(float* y, bf16_t* y16, const int32_t* acc, const flo
     long n = (long)M * N;
     dequant_kernel<<<ceil_div(n, 256), 256>>>(y, (__nv_bfloat16*)y16, acc, sx, sw, M, N, accumulate);
     cudaCheck(cudaGetLastError());
+}
+
+// The amax of a whole matrix into *amax (zeroed by the caller): non-negative floats order as their bits.
+template <typename T> __global__ void tensor_amax_kernel(float* amax, const T* x, long n) {
+    float m = 0.0f;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        m = fmaxf(m, fabsf(load(x, i)));
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax((int*)amax, __float_as_int(m));
+}
+
+// One CUDA block per row. A row in one quantization block (block == 0) shares the row's amax; otherwise
+// each thread takes whole blocks of `bs` values (the last may be shorter, as in quant.c). An NVFP4 global
+// scale comes from *tensor_amax when given, else from the row.
+template <typename T>
+__global__ void fake_quant_kernel(float* out, const T* x, int cols, QuantSpec q, const float* tensor_amax) {
+    long base = (long)blockIdx.x * cols;
+    if (q.bits == 0) { // no quantizer: x as fp32
+        for (int j = threadIdx.x; j < cols; j += blockDim.x) out[base + j] = load(x, base + j);
+        return;
+    }
+    int nvfp4 = q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3;
+    float row_amax = 0.0f;
+    if (q.block == 0 || (nvfp4 && !tensor_amax)) {
+        for (int j = threadIdx.x; j < cols; j += blockDim.x)
+            row_amax = fmaxf(row_amax, fabsf(load(x, base + j)));
+        row_amax = block_max(row_amax);
+    }
+    float gs = nvfp4 ? qm_nvfp4_global(tensor_amax ? *tensor_amax : row_amax) : 0.0f;
+    if (q.block == 0) {
+        for (int j = threadIdx.x; j < cols; j += blockDim.x)
+            out[base + j] = qm_value(load(x, base + j), row_amax, gs, q);
+        return;
+    }
+    for (int j0 = threadIdx.x * q.block; j0 < cols; j0 += blockDim.x * q.block) {
+        int n = cols - j0 < q.block ? cols - j0 : q.block;
+        float amax = 0.0f;
+        for (int j = j0; j < j0 + n; j++) amax = fmaxf(amax, fabsf(load(x, base + j)));
+        for (int j = j0; j < j0 + n; j++) out[base + j] = qm_value(load(x, base + j), amax, gs, q);
+    }
+}
+
+template <typename T>
+static void fake_quant(float* out, const T* x, int rows, int cols, QuantSpec q, int weight) {
+    float* amax = NULL;
+    if (weight && q.bits && q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3) {
+        long n = (long)rows * cols;
+        cudaCheck(cudaMalloc(&amax, sizeof(float)));
+        cudaCheck(cudaMemset(amax, 0, sizeof(float)));
+        int grid = ceil_div(n, 256);
+        if (grid > 1024) grid = 1024; // grid-stride loop beyond
+        tensor_amax_kernel<T><<<grid, 256>>>(amax, x, n);
+        cudaCheck(cudaGetLastError());
+    }
+    fake_quant_kernel<T><<<rows, 256>>>(out, x, cols, q, amax);
+    cudaCheck(cudaGetLastError());
+    if (amax) cudaCheck(cudaFree(amax)); // cudaFree waits for the kernel: the plan is built once
+}
+
+extern "C" void gpu_fake_quant_f32(float* out, const float* x, int rows, int cols, QuantSpec q, int weight) {
+    fake_quant<float>(out, x, rows, cols, q, weight);
+}
+
+extern "C" void gpu_fake_quant_bf16(float* out, const bf16_t* x, int rows, int cols, QuantSpec q, int weight) {
+    fake_quant<__nv_bfloat16>(out, (const __nv_bfloat16*)x, rows, cols, q, weight);
 }

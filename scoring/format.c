@@ -58,13 +58,30 @@ static void set_stem(Format* f) {
     memcpy(f->name, buf, strlen(buf) + 1); // check_name bounds it by sizeof(f->name)
 }
 
-static int get_bits(const char* path, const char* q, json_t* v) {
+// num_bits: an integer (4 or 8: int) or ModelOpt's (E, M) tuple as a JSON pair: [4, 3] E4M3, [2, 1] E2M1.
+static void get_bits(const char* path, const char* q, json_t* v, QuantSpec* s) {
     json_t* b = json_object_get(v, "num_bits");
-    if (!json_is_integer(b)) fail_input("%s: quant_cfg['%s'].num_bits missing or not an integer", path, q);
+    if (json_is_array(b) && json_array_size(b) == 2 && json_is_integer(json_array_get(b, 0)) &&
+        json_is_integer(json_array_get(b, 1))) {
+        json_int_t e = json_integer_value(json_array_get(b, 0)), m = json_integer_value(json_array_get(b, 1));
+        if (e == 4 && m == 3)
+            s->kind = QUANT_FP8_E4M3, s->bits = 8;
+        else if (e == 2 && m == 1)
+            s->kind = QUANT_FP4_E2M1, s->bits = 4;
+        else
+            fail_input(
+                "%s: quant_cfg['%s'].num_bits = [%lld, %lld] is not supported ([4, 3] E4M3 or [2, 1] E2M1)",
+                path, q, (long long)e, (long long)m);
+        return;
+    }
+    if (!json_is_integer(b))
+        fail_input("%s: quant_cfg['%s'].num_bits missing or not an integer (4 or 8) or an [E, M] pair ([4, 3], "
+                   "[2, 1])",
+                   path, q);
     json_int_t bits = json_integer_value(b);
     if (bits != 4 && bits != 8)
         fail_input("%s: quant_cfg['%s'].num_bits = %lld is not supported (4 or 8)", path, q, (long long)bits);
-    return (int)bits;
+    s->kind = QUANT_INT, s->bits = (int)bits;
 }
 
 static int get_bool(const char* path, const char* q, json_t* v, const char* key, int def) {
@@ -84,20 +101,87 @@ static void check_keys(const char* path, const char* q, json_t* v, const char* c
     }
 }
 
+// block_sizes with a block along the input: {"-1": N, "type": "static" | "dynamic", "scale_bits": [4, 3] |
+// [8, 0]}. Integers take fp32 scales (no scale_bits); E2M1 needs E4M3 (NVFP4: blocks of 16 or 32) or E8M0
+// (MXFP4: blocks of 32) scales; E4M3 values come per channel or per token, never in blocks here.
+static void parse_blocks(const char* path, const char* q, json_t* bs, QuantSpec* s, int weight) {
+    static const char* const allowed[] = {"-1", "type", "scale_bits", NULL};
+    char field[64];
+    snprintf(field, sizeof(field), "%s'].block_sizes", q);
+    check_keys(path, field, bs, allowed);
+    json_t* n = json_object_get(bs, "-1");
+    if (!json_is_integer(n) || json_integer_value(n) < 1 || json_integer_value(n) > 4096)
+        fail_input("%s: quant_cfg['%s'].block_sizes['-1'] must be a block size from 1 to 4096", path, q);
+    s->block = (int)json_integer_value(n);
+    json_t* type = json_object_get(bs, "type");
+    const char* ts = json_is_string(type) ? json_string_value(type) : "";
+    // A weight's max-calibrated static block amax is its dynamic one; inputs are dynamic only.
+    if (!(strcmp(ts, "dynamic") == 0 || (weight && strcmp(ts, "static") == 0)))
+        fail_input("%s: quant_cfg['%s'].block_sizes.type must be \"dynamic\"%s", path, q,
+                   weight ? " or \"static\"" : " (inputs are quantized per call)");
+    json_t* sb = json_object_get(bs, "scale_bits");
+    s->scale = QSCALE_F32;
+    if (sb) {
+        json_int_t e = -1, m = -1;
+        if (json_is_array(sb) && json_array_size(sb) == 2 && json_is_integer(json_array_get(sb, 0)) &&
+            json_is_integer(json_array_get(sb, 1)))
+            e = json_integer_value(json_array_get(sb, 0)), m = json_integer_value(json_array_get(sb, 1));
+        if (e == 4 && m == 3)
+            s->scale = QSCALE_E4M3;
+        else if (e == 8 && m == 0)
+            s->scale = QSCALE_E8M0;
+        else
+            fail_input("%s: quant_cfg['%s'].block_sizes.scale_bits must be [4, 3] (E4M3) or [8, 0] (E8M0)",
+                       path, q);
+    }
+    if (s->kind == QUANT_INT && s->scale != QSCALE_F32)
+        fail_input("%s: quant_cfg['%s'].block_sizes.scale_bits: integer blocks take fp32 scales (leave it out)",
+                   path, q);
+    if (s->kind == QUANT_FP8_E4M3)
+        fail_input(
+            "%s: quant_cfg['%s'].block_sizes: E4M3 values in blocks (MXFP8) are not supported; E4M3 is per "
+            "channel (weights, axis 0) or per token (inputs, {\"-1\": null})",
+            path, q);
+    if (s->kind == QUANT_FP4_E2M1 && s->scale == QSCALE_F32)
+        fail_input(
+            "%s: quant_cfg['%s'].block_sizes.scale_bits is required for E2M1 ([4, 3] NVFP4, [8, 0] MXFP4)",
+            path, q);
+    if (s->scale == QSCALE_E4M3 && s->block != 16 && s->block != 32)
+        fail_input("%s: quant_cfg['%s'].block_sizes['-1'] = %d: E4M3-scaled E2M1 blocks are 16 (NVFP4) or 32",
+                   path, q, s->block);
+    if (s->scale == QSCALE_E8M0 && s->block != 32)
+        fail_input("%s: quant_cfg['%s'].block_sizes['-1'] = %d: E8M0-scaled (MX) blocks are 32", path, q,
+                   s->block);
+}
+
 // Every field is checked when present, also in a disabled quantizer: what is stored is what was validated.
+// Weights: per output channel (axis 0, int or E4M3) or in blocks along the input (block_sizes, axis null).
 static void parse_weight(Format* f, json_t* v) {
-    static const char* const allowed[] = {"num_bits", "axis", "narrow_range", "enable", NULL};
+    static const char* const allowed[] = {"num_bits", "axis", "narrow_range", "enable", "block_sizes", NULL};
     const char* q = "*weight_quantizer";
     if (!json_is_object(v)) fail_input("%s: quant_cfg['%s'] must be an object", f->path, q);
     check_keys(f->path, q, v, allowed);
     f->w_enable = get_bool(f->path, q, v, "enable", 1);
     f->w.narrow = get_bool(f->path, q, v, "narrow_range", 0);
-    if (f->w_enable || json_object_get(v, "num_bits")) f->w.bits = get_bits(f->path, q, v);
+    if (f->w_enable || json_object_get(v, "num_bits")) get_bits(f->path, q, v, &f->w);
     json_t* axis = json_object_get(v, "axis");
+    json_t* bs = json_object_get(v, "block_sizes");
+    if (bs && !json_is_null(bs)) {
+        if (!json_is_object(bs)) fail_input("%s: quant_cfg['%s'].block_sizes must be an object", f->path, q);
+        if (axis && !json_is_null(axis))
+            fail_input(
+                "%s: quant_cfg['%s'].axis must be null beside block_sizes (ModelOpt: they cannot coexist)",
+                f->path, q);
+        parse_blocks(f->path, q, bs, &f->w, 1);
+        return;
+    }
     if ((f->w_enable || axis) && (!json_is_integer(axis) || json_integer_value(axis) != 0))
         fail_input("%s: quant_cfg['%s'].axis must be 0 (per output channel)", f->path, q);
+    if (f->w_enable && f->w.kind == QUANT_FP4_E2M1)
+        fail_input("%s: quant_cfg['%s']: E2M1 weights need block_sizes (NVFP4 or MXFP4)", f->path, q);
 }
 
+// Inputs: per token ({"-1": null}, "type": "dynamic"; int or E4M3) or in dynamic blocks (E2M1).
 static void parse_input(Format* f, json_t* v) {
     static const char* const allowed[] = {"num_bits", "type", "block_sizes", "narrow_range",
                                           "enable",   "axis", NULL};
@@ -106,16 +190,31 @@ static void parse_input(Format* f, json_t* v) {
     check_keys(f->path, q, v, allowed);
     f->in_enable = get_bool(f->path, q, v, "enable", 1);
     f->in.narrow = get_bool(f->path, q, v, "narrow_range", 0);
-    if (f->in_enable || json_object_get(v, "num_bits")) f->in.bits = get_bits(f->path, q, v);
+    if (f->in_enable || json_object_get(v, "num_bits")) get_bits(f->path, q, v, &f->in);
     json_t* type = json_object_get(v, "type");
-    if ((f->in_enable || type) && (!json_is_string(type) || strcmp(json_string_value(type), "dynamic") != 0))
-        fail_input("%s: quant_cfg['%s'].type must be \"dynamic\" (per-token inputs)", f->path, q);
-    // Per token: block_sizes {"-1": null} (ModelOpt's spelling of amax over the last dimension).
     json_t* bs = json_object_get(v, "block_sizes");
-    json_t* last = bs ? json_object_get(bs, "-1") : NULL;
-    if ((f->in_enable || bs) &&
-        (!json_is_object(bs) || json_object_size(bs) != 1 || !last || !json_is_null(last)))
-        fail_input("%s: quant_cfg['%s'].block_sizes must be {\"-1\": null} (per token)", f->path, q);
+    json_t* last = json_is_object(bs) ? json_object_get(bs, "-1") : NULL;
+    if (json_is_object(bs) && last && json_is_integer(last)) { // blocks along the input
+        if (type && !(json_is_string(type) && strcmp(json_string_value(type), "dynamic") == 0))
+            fail_input("%s: quant_cfg['%s'].type must be \"dynamic\" (inputs are quantized per call)", f->path,
+                       q);
+        parse_blocks(f->path, q, bs, &f->in, 0);
+        if (f->in.kind != QUANT_FP4_E2M1)
+            fail_input(
+                "%s: quant_cfg['%s'].block_sizes: only E2M1 inputs come in blocks; int and E4M3 inputs are "
+                "per token ({\"-1\": null})",
+                f->path, q);
+    } else {
+        if ((f->in_enable || type) &&
+            (!json_is_string(type) || strcmp(json_string_value(type), "dynamic") != 0))
+            fail_input("%s: quant_cfg['%s'].type must be \"dynamic\" (per-token inputs)", f->path, q);
+        // Per token: block_sizes {"-1": null} (ModelOpt's spelling of amax over the last dimension).
+        if ((f->in_enable || bs) &&
+            (!json_is_object(bs) || json_object_size(bs) != 1 || !last || !json_is_null(last)))
+            fail_input("%s: quant_cfg['%s'].block_sizes must be {\"-1\": null} (per token)", f->path, q);
+        if (f->in_enable && f->in.kind == QUANT_FP4_E2M1)
+            fail_input("%s: quant_cfg['%s']: E2M1 inputs need block_sizes (NVFP4 or MXFP4)", f->path, q);
+    }
     // block_sizes sets the granularity; an axis beside it could only contradict it.
     json_t* axis = json_object_get(v, "axis");
     if (axis && !json_is_null(axis))
@@ -148,6 +247,13 @@ static void parse_root(Format* f, json_t* root, int ct) {
         fail_input("%s: quant_cfg['*weight_quantizer'] missing", f->path);
     if (!f->w_enable && !f->in_enable) fail_input("%s: every quantizer is disabled", f->path);
     f->w.ct = f->in.ct = ct;
+    if (ct)
+        for (int k = 0; k < 2; k++)
+            if ((k ? f->in_enable : f->w_enable) && (k ? f->in : f->w).kind == QUANT_FP4_E2M1)
+                fail_input(
+                    "%s: quant_cfg['%s']: --numerics compressed-tensors is not implemented for E2M1 (NVFP4, "
+                    "MXFP4) quantizers; score them with --numerics modelopt",
+                    f->path, k ? "*input_quantizer" : "*weight_quantizer");
     f->bits = 16;
     if (f->w_enable && f->w.bits < f->bits) f->bits = f->w.bits;
     if (f->in_enable && f->in.bits < f->bits) f->bits = f->in.bits;
@@ -231,4 +337,13 @@ void format_from_json(Format* f, const json_t* rec, const char* where) {
     json_t* bits = json_object_get(rec, "bits");
     if (!json_is_integer(bits) || json_integer_value(bits) != f->bits)
         fail_input("%s: field 'bits' must be an integer equal to the definition's %d bits", where, f->bits);
+}
+
+int64_t format_weight_bits(const Format* f, long out, long in) {
+    int64_t n = (int64_t)out * in;
+    if (!f->w_enable) return 16 * n;
+    const QuantSpec* w = &f->w;
+    if (w->block == 0) return w->bits * n + 16 * (int64_t)out;
+    int64_t blocks = (int64_t)out * ((in + w->block - 1) / w->block);
+    return w->bits * n + blocks * (w->scale == QSCALE_F32 ? 16 : 8);
 }

@@ -1,6 +1,7 @@
 // Candidate formats read from JSON in ModelOpt's quant_cfg dialect (README §4).
 #pragma once
 #include <jansson.h>
+#include <stdint.h>
 
 #include "../kernels/quant.h"
 
@@ -16,8 +17,15 @@ typedef struct {
     QuantSpec w; // per output channel, static
     int in_enable;
     QuantSpec in; // per token, dynamic
-    int bits;     // smallest num_bits among enabled quantizers (ModelOpt's cost)
+    int bits;     // smallest num_bits among enabled quantizers, E + M + 1 for floats (ModelOpt's cost)
 } Format;
+
+// The true storage cost in bits of one weight (out, in) under f (README §7): its values plus their scales.
+// Integer / E4M3 per channel: bits x out x in + 16 out (a bf16 scale per row); blocks along the input:
+// bits x out x in + out x ceil(in / block) x scale bits (fp32 scales stored as bf16: 16; E4M3 and E8M0:
+// 8). NVFP4's one fp32 global scale per tensor is left out (see README §7). A disabled weight quantizer
+// stores bf16: 16 x out x in.
+int64_t format_weight_bits(const Format* f, long out, long in);
 
 // NAME is a path to a .json file or the stem of configs/formats/NAME.json
 // (looked up beside the autoq binary, then in the working directory).

@@ -82,6 +82,30 @@ void score_job_load(ScoreJob* j) {
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
     j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    // What the GPU engine cannot run: formats without a weight quantizer, and emulated formats (every one but
+    // the integer per-channel ones) on mixture-of-experts layers. --device auto leaves the GPU for the CPU
+    // then; --device cuda refuses below.
+    const char* gpu_why = NULL;
+    const Format* gpu_fmt = NULL;
+    if (j->use_gpu) {
+        static Config cfg; // ~4 KiB: the model's shape before loading it one way or the other
+        config_load(&cfg, j->model_dir);
+        for (int f = 0; f < j->nf && !gpu_why; f++) {
+            const Format* fm = &j->fmts[f];
+            QuantSpec none = {0};
+            if (!fm->w_enable)
+                gpu_why = "has no weight quantizer", gpu_fmt = fm;
+            else if (cfg.n_sparse && quant_gpu_emulated(fm->w, fm->in_enable ? fm->in : none))
+                gpu_why =
+                    "(E4M3 / E2M1 values, block scales or no input quantizer) is emulated by the CUDA engine "
+                    "for dense layers only, and this model has mixture-of-experts layers",
+                gpu_fmt = fm;
+        }
+    }
+    if (gpu_why && !want_gpu) {
+        warn_msg("format '%s' %s: scoring on the CPU (--device auto)", gpu_fmt->name, gpu_why);
+        j->use_gpu = 0;
+    }
     if (j->ngpus && !j->use_gpu)
         fail_input("--gpus %d: no CUDA device in use (--device cpu or none found)", j->ngpus);
     if (j->use_gpu) {
@@ -98,11 +122,8 @@ void score_job_load(ScoreJob* j) {
     } else if (j->shard && (!j->use_gpu || j->ngpus < 2))
         fail_input("--shard-layers: needs 2 or more CUDA devices (--device cuda --gpus N; %d in use)",
                    j->use_gpu ? j->ngpus : 0);
-    for (int f = 0; j->use_gpu && f < j->nf; f++)
-        if (!j->fmts[f].w_enable || !j->fmts[f].in_enable)
-            fail_input(
-                "%s: the CUDA engine runs formats with both a weight and an input quantizer; use --device cpu",
-                j->fmts[f].path);
+    if (gpu_why && j->use_gpu)
+        fail_input("%s: format '%s' %s; use --device cpu", gpu_fmt->path, gpu_fmt->name, gpu_why);
     if (j->use_gpu && !j->need_host)
         model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else

@@ -1,7 +1,8 @@
 // The kl and gradient scores on one CUDA engine (README, "Scoring"): mirrors scoring/score.c. kl
 // keeps each layer's input from the reference pass and restarts each group's pass at its own layer
 // (prefix reuse); gradient adds (dY . (Yq - Y))^2 of every linear from a hook on the backward,
-// Yq from the exact int8 GEMM of the quantized weights and inputs.
+// Yq from the exact int8 GEMM of the quantized weights and inputs, or for emulated formats from the fp32
+// GEMM of the fake-quantized ones (gpu_linear_fake).
 #include <string.h>
 
 #include "../kernels/cuda_common.cuh"
@@ -37,9 +38,16 @@ extern "C" void gpu_kl_reference(GpuScorer* s, int nb) {
     gpu_head_logits(s->e, nb, s->ref);
 }
 
+// A format's input quantizer as the engine takes it: bits 0 when the format has none (weight-only).
+static QuantSpec in_spec(const Format* fm) {
+    QuantSpec none;
+    memset(&none, 0, sizeof(none));
+    return fm->in_enable ? fm->in : none;
+}
+
 extern "C" void gpu_kl_group(GpuScorer* s, const Group* g, int f, int nb) {
     const Format* fm = &s->sp->fmts[f];
-    gpu_plan_set(s->e, g->members, g->n_members, fm->w, fm->in);
+    gpu_plan_set(s->e, g->members, g->n_members, fm->w, in_spec(fm));
     gpu_restore_layer_input(s->e, g->layer, nb);
 }
 
@@ -75,8 +83,14 @@ static void grad_hook(GpuEngine* e, int idx, const float* dy, const float* x, co
     if (sp->gs->g[g].disabled) return;
     const Linear* l = &sp->m->linears[idx];
     for (int f = 0; f < sp->nf; f++) {
+        QuantSpec in = in_spec(&sp->fmts[f]);
+        if (quant_gpu_emulated(sp->fmts[f].w, in)) {
+            const float* yq = gpu_linear_fake(e, idx, x, M, sp->fmts[f].w, in);
+            gpu_sq_diff_dot(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, yq, y, (long)M * l->out);
+            continue;
+        }
         const float *sx, *sw;
-        const int32_t* acc = gpu_linear_quantized(e, idx, x, M, sp->fmts[f].w, sp->fmts[f].in, &sx, &sw);
+        const int32_t* acc = gpu_linear_quantized(e, idx, x, M, sp->fmts[f].w, in, &sx, &sw);
         gpu_grad_score(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, acc, sx, sw, y, M, l->out);
     }
 }

@@ -6,7 +6,8 @@
 
 #include "format.h"
 
-#define MAX_FORMATS 4
+#define MAX_FORMATS                                                                                            \
+    7 // every format of configs/formats at once: with bf16, KS_MAX_CHOICES (8) choices per group
 
 typedef struct {
     char model[512];

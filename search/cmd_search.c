@@ -70,6 +70,7 @@ int cmd_search(int argc, char** argv) {
     double budget = args_double(&a, "--budget", NAN);
     const char* scope_s = args_str(&a, "--budget-scope");
     const char* cost_s = args_str(&a, "--cost");
+    const char* bits_s = args_str(&a, "--bits");
     const char* out = args_str(&a, "--out");
     const char* h5 = args_str(&a, "--h5");
     const char* sweep_s = args_str(&a, "--sweep");
@@ -89,6 +90,11 @@ int cmd_search(int argc, char** argv) {
         cost = COST_ACTIVE;
     else if (cost_s && strcmp(cost_s, "memory") != 0)
         fail_input("search: --cost must be memory or active (got '%s')", cost_s);
+    Bits bits = BITS_TRUE;
+    if (bits_s && strcmp(bits_s, "modelopt") == 0)
+        bits = BITS_MODELOPT;
+    else if (bits_s && strcmp(bits_s, "true") != 0)
+        fail_input("search: --bits must be true or modelopt (got '%s')", bits_s);
     if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
     if (!isnan(budget) && !(budget > 0 && budget <= 16))
         fail_input("search: --budget %g must be in (0, 16] bits", budget);
@@ -132,7 +138,7 @@ int cmd_search(int argc, char** argv) {
     }
 
     SearchCtx ctx;
-    search_init(&ctx, &t, scope, cost);
+    search_init(&ctx, &t, scope, cost, bits);
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     if (ns) search_solve(&ctx, pts, ns, sweep);
     Solution main_sol;
@@ -171,6 +177,7 @@ int cmd_search(int argc, char** argv) {
     for (int i = 0; i < ns; i++) solution_free(&sweep[i]);
     free(sweep);
     solution_free(&main_sol);
+    search_free(&ctx);
     free(choice);
     table_free(&t);
     if (have_model) score_job_free(&j);

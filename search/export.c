@@ -254,14 +254,32 @@ static void yaml_name_item(const char* name, int experts, void* ctx) {
     y_re(ctx, experts ? regex_experts(name) : recipe_regex_name(name));
 }
 
-static void yaml_scheme_part(Yaml* y, const char* key, int bits, const char* strategy, int dynamic) {
-    char nb[16];
-    snprintf(nb, sizeof(nb), "%d", bits);
-    const char* kv[] = {"num_bits", nb,         "type",   "int",     "symmetric",
-                        "true",     "strategy", strategy, "dynamic", dynamic ? "true" : "false"};
+// One quantizer as compressed-tensors QuantizationArgs, field for field as its presets define the same
+// numerics: integers per channel / per token (autoq's w4a8, w8a8) and in groups (W4A16's group 128), FP8
+// per channel / per token (FP8_DYNAMIC), NVFP4 (tensor_group of 16, E4M3 scales, inputs "local" dynamic
+// with the static_minmax global scale), MXFP4 (group of 32, uint8 E8M0 scales).
+static void yaml_scheme_part(Yaml* y, const char* key, QuantSpec q, int input) {
+    const char* kv[24];
+    int n = 0;
+    char nb[16], gs[16];
+    snprintf(nb, sizeof(nb), "%d", q.bits);
+    snprintf(gs, sizeof(gs), "%d", q.block);
+    int nvfp4 = q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3, mx = q.scale == QSCALE_E8M0;
+    kv[n++] = "num_bits", kv[n++] = nb;
+    kv[n++] = "type", kv[n++] = q.kind == QUANT_INT ? "int" : "float";
+    kv[n++] = "symmetric", kv[n++] = "true";
+    kv[n++] = "strategy";
+    kv[n++] = q.block == 0 ? (input ? "token" : "channel") : nvfp4 ? "tensor_group" : "group";
+    if (q.block) kv[n++] = "group_size", kv[n++] = gs;
+    kv[n++] = "dynamic", kv[n++] = !input ? "false" : nvfp4 ? "local" : "true";
+    if (input && nvfp4) kv[n++] = "observer", kv[n++] = "static_minmax";
+    if (nvfp4 || mx) {
+        kv[n++] = "scale_dtype", kv[n++] = nvfp4 ? "float8_e4m3fn" : "uint8";
+        kv[n++] = "zp_dtype", kv[n++] = nvfp4 ? "float8_e4m3fn" : "uint8";
+    }
     y_key(y, key);
     y_map(y, 1);
-    for (int i = 0; i < 10; i++) y_str(y, kv[i], YAML_PLAIN_SCALAR_STYLE);
+    for (int i = 0; i < n; i++) y_str(y, kv[i], YAML_PLAIN_SCALAR_STYLE);
     y_map_end(y);
 }
 
@@ -283,8 +301,8 @@ static void yaml_config_groups(Yaml* y, const ScoreTable* t, const Solution* s, 
         else
             for_members(t, s, k, yaml_name_item, y);
         y_seq_end(y);
-        if (fmts[k].w_enable) yaml_scheme_part(y, "weights", fmts[k].w.bits, "channel", 0);
-        if (fmts[k].in_enable) yaml_scheme_part(y, "input_activations", fmts[k].in.bits, "token", 1);
+        if (fmts[k].w_enable) yaml_scheme_part(y, "weights", fmts[k].w, 0);
+        if (fmts[k].in_enable) yaml_scheme_part(y, "input_activations", fmts[k].in, 1);
         y_map_end(y);
         if (nu <= 1) break;
     }
@@ -376,14 +394,42 @@ static void mo_disable(const char* name, int experts, void* ctx) {
     free(key);
 }
 
+// ModelOpt's num_bits: an integer, or the (E, M) tuple as a JSON pair.
+static json_t* mo_bits(QuantSpec q) {
+    if (q.kind == QUANT_FP8_E4M3) return json_pack("[i,i]", 4, 3);
+    if (q.kind == QUANT_FP4_E2M1) return json_pack("[i,i]", 2, 1);
+    return json_integer(q.bits);
+}
+
+// Blocks along the input: {"-1": N, "type": ..., "scale_bits": [E, M]} (integers: fp32 scales, none given).
+static json_t* mo_blocks(QuantSpec q, int input) {
+    json_t* b =
+        json_pack("{s:i,s:s}", "-1", q.block, "type", input || q.kind != QUANT_INT ? "dynamic" : "static");
+    if (q.scale == QSCALE_E4M3) json_object_set_new(b, "scale_bits", json_pack("[i,i]", 4, 3));
+    if (q.scale == QSCALE_E8M0) json_object_set_new(b, "scale_bits", json_pack("[i,i]", 8, 0));
+    return b;
+}
+
+// The integer per-channel weight keeps the layout the validated exports were written in.
 static json_t* mo_weight(const Format* f) {
     if (!f->w_enable) return json_pack("{s:b}", "enable", 0);
+    if (f->w.block)
+        return json_pack("{s:o,s:o,s:n,s:b}", "num_bits", mo_bits(f->w), "block_sizes", mo_blocks(f->w, 0),
+                         "axis", "enable", 1);
+    if (f->w.kind != QUANT_INT)
+        return json_pack("{s:o,s:i,s:b}", "num_bits", mo_bits(f->w), "axis", 0, "enable", 1);
     return json_pack("{s:i,s:i,s:b,s:b}", "num_bits", f->w.bits, "axis", 0, "narrow_range", f->w.narrow,
                      "enable", 1);
 }
 
 static json_t* mo_input(const Format* f) {
     if (!f->in_enable) return json_pack("{s:b}", "enable", 0);
+    if (f->in.block)
+        return json_pack("{s:o,s:o,s:n,s:b}", "num_bits", mo_bits(f->in), "block_sizes", mo_blocks(f->in, 1),
+                         "axis", "enable", 1);
+    if (f->in.kind != QUANT_INT)
+        return json_pack("{s:o,s:s,s:{s:n},s:b}", "num_bits", mo_bits(f->in), "type", "dynamic", "block_sizes",
+                         "-1", "enable", 1);
     return json_pack("{s:i,s:s,s:{s:n},s:b,s:b}", "num_bits", f->in.bits, "type", "dynamic", "block_sizes",
                      "-1", "narrow_range", f->in.narrow, "enable", 1);
 }

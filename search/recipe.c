@@ -11,12 +11,14 @@
 
 #define MAX_DP_STATES 400000000LL
 
+_Static_assert(MAX_FORMATS + 1 <= KS_MAX_CHOICES, "a group chooses bf16 or one of MAX_FORMATS formats");
+
 // Group g's parameters under a cost.
 static long weight(const ScoreTable* t, Cost cost, int g) {
     return cost == COST_ACTIVE ? t->active[g] : t->params[g];
 }
 
-void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost) {
+void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits bits) {
     memset(c, 0, sizeof(*c));
     int enabled = 0;
     for (int g = 0; g < t->ng; g++) enabled += !t->disabled[g];
@@ -25,6 +27,12 @@ void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost) {
     c->t = t;
     c->scope = scope;
     c->cost = cost;
+    c->bits = bits;
+    c->gtrue = xcalloc((size_t)(t->nf ? t->nf : 1) * t->ng, sizeof(int64_t));
+    for (int f = 0; f < t->nf; f++)
+        for (int i = 0; i < t->nl; i++)
+            c->gtrue[(size_t)f * t->ng + t->lgroup[i]] +=
+                format_weight_bits(&t->fmts[f], t->lshape[2 * i], t->lshape[2 * i + 1]);
     for (int k = 0; k < 2; k++)
         for (int g = 0; g < t->ng; g++) {
             long w = weight(t, (Cost)k, g);
@@ -36,39 +44,53 @@ void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost) {
         }
 }
 
-static int min_bits(const ScoreTable* t) {
-    int b = 16;
-    for (int f = 0; f < t->nf; f++) b = t->fmts[f].bits < b ? t->fmts[f].bits : b;
-    return b;
+void search_free(SearchCtx* c) {
+    free(c->gtrue);
+    c->gtrue = NULL;
+}
+
+// The cost in bits of group g under choice f (-1: bf16), in a cost and a bit convention. A true cost under
+// the active cost scales the stored bits by the group's active share (exact for an experts group, whose
+// experts all have one shape: its stored bits are E x one expert's, its active params K x one expert's).
+static int64_t choice_cost(const SearchCtx* c, Cost k, Bits b, int g, int f) {
+    const ScoreTable* t = c->t;
+    long w = weight(t, k, g);
+    if (f < 0) return 16 * (int64_t)w;
+    if (b == BITS_MODELOPT) return (int64_t)t->fmts[f].bits * w;
+    int64_t bits = c->gtrue[(size_t)f * t->ng + g];
+    if (k == COST_MEMORY || t->active[g] == t->params[g]) return bits;
+    return (int64_t)((__int128)bits * t->active[g] / t->params[g]);
 }
 
 double search_min_budget(const SearchCtx* c) {
-    long cost = c->fixed[c->cost][c->scope];
-    for (int g = 0; g < c->t->ng; g++)
-        if (!c->t->disabled[g]) cost += (long)min_bits(c->t) * weight(c->t, c->cost, g);
+    int64_t cost = c->fixed[c->cost][c->scope];
+    for (int g = 0; g < c->t->ng; g++) {
+        if (c->t->disabled[g]) continue;
+        int64_t best = choice_cost(c, c->cost, c->bits, g, -1);
+        for (int f = 0; f < c->t->nf; f++) {
+            int64_t x = choice_cost(c, c->cost, c->bits, g, f);
+            best = x < best ? x : best;
+        }
+        cost += best;
+    }
     return (double)cost / c->total[c->cost][c->scope];
 }
 
-// Achieved bits of a selection in both scopes and both costs, with and without scale overhead
-// (memory: every row of a quantized weight stores one bf16 scale).
+// Achieved bits of a selection in both scopes, both costs and both bit conventions.
 static void measure_bits(const SearchCtx* c, Solution* s) {
     const ScoreTable* t = c->t;
-    double cost[2] = {0, 0}, scales = 0;
+    double cost[2][2] = {{0, 0}, {0, 0}}; // [cost][bits]
     for (int g = 0; g < t->ng; g++) {
         if (t->disabled[g]) continue;
-        int f = s->sel[g];
-        for (int k = 0; k < 2; k++) cost[k] += (double)weight(t, (Cost)k, g) * (f < 0 ? 16 : t->fmts[f].bits);
+        for (int k = 0; k < 2; k++)
+            for (int b = 0; b < 2; b++) cost[k][b] += (double)choice_cost(c, (Cost)k, (Bits)b, g, s->sel[g]);
     }
-    for (int i = 0; i < t->nl; i++) {
-        int g = t->lgroup[i];
-        if (!t->disabled[g] && s->sel[g] >= 0) scales += 16.0 * t->lshape[2 * i];
-    }
-    for (int k = 0; k < 2; k++)
-        for (int sc = 0; sc < 2; sc++) s->bits_cost[k][sc] = (cost[k] + c->fixed[k][sc]) / c->total[k][sc];
     for (int sc = 0; sc < 2; sc++) {
+        for (int k = 0; k < 2; k++)
+            s->bits_cost[k][sc] = (cost[k][c->bits] + c->fixed[k][sc]) / c->total[k][sc];
+        for (int b = 0; b < 2; b++)
+            s->bits_conv[b][sc] = (cost[c->cost][b] + c->fixed[c->cost][sc]) / c->total[c->cost][sc];
         s->bits[sc] = s->bits_cost[c->cost][sc];
-        s->bits_scales[sc] =
-            (cost[COST_MEMORY] + c->fixed[COST_MEMORY][sc] + scales) / c->total[COST_MEMORY][sc];
     }
 }
 
@@ -82,12 +104,11 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
         KsItem* it = &items[n];
         gidx[n++] = g;
         it->n_choices = t->nf + 1;
-        int64_t w = weight(t, c->cost, g);
-        it->cost[0] = 16 * w; // choice 0: bf16
+        it->cost[0] = choice_cost(c, c->cost, c->bits, g, -1); // choice 0: bf16
         it->score[0] = 0.0;
         it->bf16[0] = t->params[g];
         for (int f = 0; f < t->nf; f++) {
-            it->cost[f + 1] = (int64_t)t->fmts[f].bits * w;
+            it->cost[f + 1] = choice_cost(c, c->cost, c->bits, g, f);
             it->score[f + 1] = t->score[(size_t)f * t->ng + g];
             it->bf16[f + 1] = 0;
         }
@@ -103,8 +124,9 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
     Knapsack ks;
     int64_t max_cap = (int64_t)floor(hi * c->total[c->cost][c->scope] + 1e-6) - c->fixed[c->cost][c->scope];
     if (ks_build(&ks, items, n, max_cap, MAX_DP_STATES) != 0)
-        fail_other("exact search table too large (%d groups, capacity %lld units); try fewer formats", n,
-                   (long long)(max_cap / (ks.unit ? ks.unit : 1)));
+        fail_other("exact search table too large (%d groups, capacity %lld units); try fewer formats or --bits "
+                   "modelopt (whose costs share a larger common factor)",
+                   n, (long long)(max_cap / (ks.unit ? ks.unit : 1)));
     int* ch = xmalloc(sizeof(int) * (n ? n : 1));
     for (int i = 0; i < nb; i++) {
         Solution* s = &out[i];
@@ -157,10 +179,13 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
     }
     int kept = 0;
     for (int g = 0; g < t->ng; g++) kept += !t->disabled[g] && s->sel[g] < 0;
+    int other = c->bits == BITS_TRUE ? BITS_MODELOPT : BITS_TRUE;
     printf("budget %.3f (%s): %d of %d enabled groups kept bf16; effective bits %.4f candidates, %.4f all "
-           "(%.4f / %.4f with scales); predicted %s %.6g",
+           "(%s; %s %.4f / %.4f); predicted %s %.6g",
            s->budget, c->scope == SCOPE_ALL ? "all" : "candidates", kept, c->t->ng, s->bits[0], s->bits[1],
-           s->bits_scales[0], s->bits_scales[1], t->method, s->predicted);
+           c->bits == BITS_TRUE ? "true bits, scales counted" : "ModelOpt's num_bits",
+           c->bits == BITS_TRUE ? "ModelOpt's num_bits" : "true bits, scales counted", s->bits_conv[other][0],
+           s->bits_conv[other][1], t->method, s->predicted);
     if (moe_table(t)) // both costs, whichever the search used
         printf("; memory bits %.4f / %.4f, active bits %.4f / %.4f (candidates / all; cost %s)",
                s->bits_cost[COST_MEMORY][0], s->bits_cost[COST_MEMORY][1], s->bits_cost[COST_ACTIVE][0],
@@ -186,8 +211,13 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
     json_object_set_new(j, "budget_scope", json_string(c->scope == SCOPE_ALL ? "all" : "candidates"));
     json_object_set_new(j, "effective_bits",
                         json_pack("{s:f,s:f}", "candidates", s->bits[0], "all", s->bits[1]));
-    json_object_set_new(j, "effective_bits_with_scales",
-                        json_pack("{s:f,s:f}", "candidates", s->bits_scales[0], "all", s->bits_scales[1]));
+    json_object_set_new(j, "bits", json_string(c->bits == BITS_TRUE ? "true" : "modelopt"));
+    json_object_set_new(
+        j, "effective_bits_true",
+        json_pack("{s:f,s:f}", "candidates", s->bits_conv[BITS_TRUE][0], "all", s->bits_conv[BITS_TRUE][1]));
+    json_object_set_new(j, "effective_bits_modelopt",
+                        json_pack("{s:f,s:f}", "candidates", s->bits_conv[BITS_MODELOPT][0], "all",
+                                  s->bits_conv[BITS_MODELOPT][1]));
     json_object_set_new(j, "cost", json_string(c->cost == COST_ACTIVE ? "active" : "memory"));
     json_object_set_new(j, "effective_bits_memory",
                         json_pack("{s:f,s:f}", "candidates", s->bits_cost[COST_MEMORY][0], "all",
@@ -233,6 +263,8 @@ void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, co
     h5_write(g, "selected", H5T_NATIVE_INT, 1, &ng, s->sel);
     h5_attr_double(g, "budget", s->budget, path);
     h5_attr_double(g, "effective_bits", s->bits[c->scope], path);
+    h5_attr_double(g, "effective_bits_true", s->bits_conv[BITS_TRUE][c->scope], path);
+    h5_attr_double(g, "effective_bits_modelopt", s->bits_conv[BITS_MODELOPT][c->scope], path);
     h5_attr_double(g, "predicted_score", s->predicted, path);
     if (s->verified) {
         h5_attr_double(g, "measured_kl", s->v.kl, path);

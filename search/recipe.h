@@ -11,14 +11,18 @@ typedef enum { SCOPE_CANDIDATES, SCOPE_ALL } Scope;
 // What a bit costs: every stored parameter (memory), or the parameters a token reads (active: a
 // routed expert's parameters count top_k / E, as ModelOpt's active-MoE cost does).
 typedef enum { COST_MEMORY, COST_ACTIVE } Cost;
+// How a format's bits are counted (README §7): true (values and their scales, format_weight_bits), or
+// ModelOpt's convention (the smallest num_bits of the enabled quantizers, W4A8 = 4).
+typedef enum { BITS_TRUE, BITS_MODELOPT } Bits;
 
 typedef struct {
     double budget;
-    int* sel;               // (ng) -1 bf16, else format index; disabled groups -1
-    double predicted;       // sum of the chosen groups' scores
-    double bits[2];         // achieved effective bits, [SCOPE_CANDIDATES], [SCOPE_ALL], in the search's cost
-    double bits_cost[2][2]; // the same in each cost: [COST_MEMORY | COST_ACTIVE][scope]
-    double bits_scales[2];  // the same with per-channel scale overhead (16 / in_features per weight)
+    int* sel;         // (ng) -1 bf16, else format index; disabled groups -1
+    double predicted; // sum of the chosen groups' scores
+    double bits[2];   // achieved effective bits, [SCOPE_CANDIDATES], [SCOPE_ALL], in the search's cost and bits
+    double bits_cost[2][2]; // the same in each cost: [COST_MEMORY | COST_ACTIVE][scope], in the search's bits
+    double bits_conv[2][2]; // the same in each convention: [BITS_TRUE | BITS_MODELOPT][scope], in the search's
+                            // cost
     int verified;
     VerifyResult v;
 } Solution;
@@ -27,11 +31,14 @@ typedef struct {
     const ScoreTable* t;
     Scope scope;
     Cost cost;
+    Bits bits;
     long total[2][2]; // [cost][scope]: params counted by each scope
     long fixed[2][2]; // [cost][scope]: cost of disabled groups at 16 bits
+    int64_t* gtrue;   // (nf, ng) true memory bits of each group under each format (format_weight_bits)
 } SearchCtx;
 
-void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost);
+void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits bits);
+void search_free(SearchCtx* c);
 // Smallest budget that any choice satisfies, in the context's scope.
 double search_min_budget(const SearchCtx* c);
 // Solves each budget exactly; exits 2 on an infeasible one (naming the smallest feasible budget).

@@ -19,7 +19,7 @@ set -x
 ./autoq eval "$model" --data "$data" --num-samples 8 --seq-len 128
 ./autoq score "$model" --data "$data" --num-samples 8 --seq-len 128 --method kl --out "$out/kl.h5" --json "$out/kl.json"
 ./autoq score "$model" --data "$data" --num-samples 8 --seq-len 128 --method gradient --out "$out/gradient.h5"
-./autoq search --scores "$out/kl.h5" --budget 4.8 --sweep 4:8:0.5 --verify --data "$data" --num-samples 8 --seq-len 128 \
+./autoq search --scores "$out/kl.h5" --budget 4.8 --sweep 4.5:8:0.5 --verify --data "$data" --num-samples 8 --seq-len 128 \
     --out "$out/recipe.json" --h5 "$out/search.h5" \
     --emit llmcompressor="$out/recipe.yaml" --emit modelopt="$out/quant_cfg.json"
 { set +x; } 2>/dev/null

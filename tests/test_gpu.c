@@ -156,6 +156,104 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
     token_ids_free(&ids);
     model_free(&m);
 }
+// The emulated formats (everything but w4a8 / w8a8) on a dense model: one linear's Yq from
+// gpu_linear_fake against the CPU's fake-quantized product (fp32 GEMMs both, so only the summation order
+// differs), then kl (bf16x2) and gradient (bf16x2, and plain bf16, its default) scores of all seven formats
+// at once against the CPU engine per group and format.
+static void test_emulated(const char* label, const char* dir, const char* ids_path, int nsamp) {
+    char name[200];
+    snprintf(name, sizeof(name), "%s/config.json", dir);
+    if (!file_exists(name)) {
+        snprintf(name, sizeof(name), "gpu %s emulated formats", label);
+        SKIP(name, "model missing");
+        return;
+    }
+    Model m;
+    model_load(&m, dir);
+    TokenIds ids;
+    npy_read_ids(&ids, ids_path, m.c.vocab_size);
+    int n = ids.n < nsamp ? ids.n : nsamp, T = ids.t;
+    Format f[7];
+    int nf = formats_load(f, 7, "w4a8,w8a8,fp8,nvfp4,mxfp4,w4a16,w4a8_fp8", 0);
+    // one linear: layer 0's q_proj on random rows
+    GpuEngine* e = gpu_engine_init(&m, T, n, 1);
+    const Linear* l = &m.linears[0];
+    int M = T, K = l->in, N = l->out;
+    float *x = xmalloc(sizeof(float) * M * K), *xq = xmalloc(sizeof(float) * M * K);
+    float *wq = xmalloc(sizeof(float) * (size_t)N * K), *got = xmalloc(sizeof(float) * M * N);
+    unsigned seed = 7;
+    for (long i = 0; i < (long)M * K; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = ((seed >> 8) / 16777216.0f - 0.5f) * (i % 97 == 0 ? 40.0f : 2.0f); // a few outliers
+    }
+    float* dx = gpu_alloc(e, sizeof(float) * M * K);
+    cudaMemcpy(dx, x, sizeof(float) * M * K, cudaMemcpyHostToDevice);
+    for (int k = 2; k < nf; k++) {
+        QuantSpec in = f[k].in;
+        if (!f[k].in_enable) memset(&in, 0, sizeof(in));
+        const float* dy = gpu_linear_fake(e, 0, dx, M, f[k].w, in);
+        cudaMemcpy(got, dy, sizeof(float) * M * N, cudaMemcpyDeviceToHost);
+        quant_weight_rows(wq, l->w, N, K, f[k].w);
+        if (in.bits)
+            quant_input_rows(xq, x, M, K, in);
+        else
+            memcpy(xq, x, sizeof(float) * M * K);
+        double worst = 0, ymax = 0;
+        for (int i = 0; i < M; i++)
+            for (int o = 0; o < N; o++) {
+                double acc = 0;
+                for (int c = 0; c < K; c++) acc += (double)xq[(long)i * K + c] * wq[(long)o * K + c];
+                worst = fmax(worst, fabs(acc - got[(long)i * N + o]));
+                ymax = fmax(ymax, fabs(acc));
+            }
+        snprintf(name, sizeof(name), "gpu %s %.63s: emulated linear = the CPU's fake-quantized product", label,
+                 f[k].name);
+        CHECK(worst <= 1e-5 * ymax, name, "worst %.3g of max %.3g", worst, ymax);
+    }
+    free(x), free(xq), free(wq), free(got);
+    gpu_engine_free(e);
+    // scores
+    Patterns dis;
+    patterns_parse(&dis, DEFAULT_DISABLED);
+    Groups gs;
+    groups_build(&gs, &m, 0, &dis);
+    double *cpu[2], *gpu = xcalloc((size_t)nf * gs.n, sizeof(double));
+    for (int method = 0; method < 2; method++) {
+        cpu[method] = xcalloc((size_t)nf * gs.n, sizeof(double));
+        Scorer sc;
+        scorer_init(&sc, &m, &gs, f, nf, method ? METHOD_GRADIENT : METHOD_KL, T);
+        for (int i = 0; i < n; i++) scorer_add_sample(&sc, ids.ids + (long)i * T, cpu[method]);
+        scorer_free(&sc);
+    }
+    for (int run = 0; run < 3; run++) { // kl bf16x2, gradient bf16x2, gradient bf16
+        int gradient = run > 0, split = run < 2;
+        double tol = split ? 0.01 : 0.02;
+        e = gpu_engine_init(&m, T, n, split);
+        GpuScoreSpec sp = {&m, &gs, f, nf, gradient, T, n, split, NULL};
+        GpuScorer sc;
+        gpu_scorer_init(&sc, e, &sp);
+        memset(gpu, 0, sizeof(double) * nf * gs.n);
+        if (gradient)
+            gpu_score_gradient(&sc, ids.ids, n, gpu);
+        else
+            gpu_score_kl(&sc, ids.ids, n, gpu);
+        for (int k = 0; k < nf; k++) {
+            double w = 0;
+            for (int g = 0; g < gs.n; g++)
+                if (!gs.g[g].disabled)
+                    w = fmax(w, rel_diff(gpu[(long)k * gs.n + g], cpu[gradient][(long)k * gs.n + g]));
+            snprintf(name, sizeof(name), "gpu %s %.63s %s %s scores within %g%% of cpu per group", label,
+                     f[k].name, split ? "bf16x2" : "bf16", gradient ? "gradient" : "kl", 100 * tol);
+            CHECK(w < tol, name, "worst %.3g", w);
+        }
+        gpu_engine_free(e);
+    }
+    free(cpu[0]), free(cpu[1]), free(gpu);
+    groups_free(&gs);
+    patterns_free(&dis);
+    token_ids_free(&ids);
+    model_free(&m);
+}
 #endif
 
 int main(void) {
@@ -177,6 +275,9 @@ int main(void) {
                2);
     test_model("qwen3-vl-moe-tiny", "tests/fixtures/qwen3-vl-moe-tiny",
                "tests/fixtures/qwen3_vl_moe_tiny_ids.npy", 1, 2);
+    test_emulated("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 3);
+    test_emulated("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
+                  "tests/fixtures/qwen3_tiny_ids.npy", 4);
 #endif
     return g_fail ? 1 : 0;
 }

@@ -327,6 +327,43 @@ static void op_quant(int rows, int cols, QuantSpec q) {
     free(x), free(want), free(got), free(sc), free(qi), free(sw), free(y), free(yw), free(acc);
 }
 
+// The fake-quantizers of the block and floating-point formats (gpu_fake_quant_*) equal quant.c's exactly,
+// for fp32 and bf16 inputs, as weights (NVFP4: the matrix's global amax) and as inputs (each row's). Rows
+// span magnitudes 2^-20 .. 2^10 so block scales reach E4M3's subnormals and E8M0's small exponents.
+static void op_fake_quant(int rows, int cols, QuantSpec q, const char* label) {
+    long n = (long)rows * cols;
+    float *x = randv(n, 1), *want = xmalloc(4 * n), *got = xmalloc(4 * n);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) x[(long)r * cols + c] *= ldexpf(1.0f, r % 31 - 20);
+    for (int c = 0; c < cols; c++) x[c] = 0; // an all-zero row
+    void *dx = put(x, 4 * n), *dy = zeros(4 * n);
+    for (int bf = 0; bf <= 1; bf++)
+        for (int weight = 0; weight <= 1; weight++) {
+            uint16_t* x16 = NULL;
+            if (bf) {
+                x16 = to_bf16(x, n);
+                cudaFree(dx);
+                dx = put(x16, 2 * n);
+                gpu_fake_quant_bf16(dy, dx, rows, cols, q, weight);
+            } else {
+                gpu_fake_quant_f32(dy, dx, rows, cols, q, weight);
+            }
+            if (weight)
+                quant_weight_rows(want, x, rows, cols, q);
+            else
+                quant_input_rows(want, x, rows, cols, q);
+            get(got, dy, 4 * n);
+            char op[64], shape[80];
+            snprintf(op, sizeof(op), "fake_quant_%s %s %s", bf ? "bf16" : "f32", label,
+                     weight ? "weight" : "input");
+            snprintf(shape, sizeof(shape), "(rows %d, cols %d)", rows, cols);
+            report(op, shape, max_err(got, want, n, 0), 0);
+            free(x16);
+        }
+    cudaFree(dx), cudaFree(dy);
+    free(x), free(want), free(got);
+}
+
 static void op_kl(int rows, int V) {
     float *a = randv((long)rows * V, 8), *b = xmalloc(4L * rows * V);
     for (long i = 0; i < (long)rows * V; i++) b[i] = a[i] + 0.3f * frand();
@@ -572,10 +609,20 @@ int main(void) {
     op_flash(64, 8, 1, 128, 1);
     op_softmax_ds(6, 33);
     op_sum_heads(37, 2, 3, 8);
-    op_quant(37, 320, (QuantSpec){4, 1, 0});
-    op_quant(37, 320, (QuantSpec){8, 1, 0});
-    op_quant(37, 320, (QuantSpec){4, 0, 1});
-    op_quant(37, 320, (QuantSpec){8, 0, 1});
+    op_quant(37, 320, (QuantSpec){.bits = 4, .narrow = 1, .ct = 0});
+    op_quant(37, 320, (QuantSpec){.bits = 8, .narrow = 1, .ct = 0});
+    op_quant(37, 320, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
+    op_quant(37, 320, (QuantSpec){.bits = 8, .narrow = 0, .ct = 1});
+    op_fake_quant(37, 320, (QuantSpec){.bits = 8, .kind = QUANT_FP8_E4M3}, "fp8");
+    op_fake_quant(37, 320, (QuantSpec){.bits = 8, .ct = 1, .kind = QUANT_FP8_E4M3}, "fp8-ct");
+    op_fake_quant(37, 320, (QuantSpec){.bits = 4, .kind = QUANT_FP4_E2M1, .block = 16, .scale = QSCALE_E4M3},
+                  "nvfp4");
+    op_fake_quant(37, 4096, (QuantSpec){.bits = 4, .kind = QUANT_FP4_E2M1, .block = 16, .scale = QSCALE_E4M3},
+                  "nvfp4");
+    op_fake_quant(37, 320, (QuantSpec){.bits = 4, .kind = QUANT_FP4_E2M1, .block = 32, .scale = QSCALE_E8M0},
+                  "mxfp4");
+    op_fake_quant(37, 320, (QuantSpec){.bits = 4, .block = 128}, "int4-g128");
+    op_fake_quant(37, 320, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1, .block = 128}, "int4-g128-ct");
     op_kl(5, 3001);
     op_kl(3, 4096);
     op_cross_entropy(2, 17, 1003);

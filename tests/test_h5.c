@@ -79,7 +79,7 @@ static void read_child(const void* path) {
     ScoreTable t;
     table_read_h5(&t, path);
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
     table_free(&t);
 }
 

@@ -94,10 +94,10 @@ expect "--cost unknown" "--cost must be memory or active" $AQ search --scores "$
 # the intended modules: each experts group once, for unfused (per-expert Linear) and fused experts alike.
 YJ="$(dirname "$AQ")/tests/test_outputs" # --yaml-json FILE: YAML as canonical JSON (libyaml)
 E=tests/fixtures/exports
-$AQ search $moe --data $ids --method gradient --device cpu --budget 10 --out "$tmp/x_moe.json" \
+$AQ search $moe --data $ids --method gradient --device cpu --budget 10 --bits modelopt --out "$tmp/x_moe.json" \
     --emit llmcompressor="$tmp/x_moe.yaml" --emit modelopt="$tmp/x_moe_q.json" >/dev/null 2>&1
 $AQ search $vl --data tests/fixtures/qwen3_vl_moe_tiny_ids.npy --method gradient --format w4a8,w8a8 --device cpu \
-    --budget 7 --out "$tmp/x_vl_moe.json" --emit llmcompressor="$tmp/x_vl_moe.yaml" --emit modelopt="$tmp/x_vl_moe_q.json" >/dev/null 2>&1
+    --budget 7 --bits modelopt --out "$tmp/x_vl_moe.json" --emit llmcompressor="$tmp/x_vl_moe.yaml" --emit modelopt="$tmp/x_vl_moe_q.json" >/dev/null 2>&1
 for k in moe vl_moe; do
     [ -n "$("$YJ" --yaml-json "$tmp/x_$k.yaml")" ] &&
         [ "$("$YJ" --yaml-json "$tmp/x_$k.yaml")" = "$("$YJ" --yaml-json $E/${k}_recipe.yaml)" ] &&

@@ -62,6 +62,15 @@ static void format_child(const void* text) {
     format_load(&fm, path, 0);
 }
 
+static void format_child_ct(const void* text) {
+    char* path = tmp_path("fmt.json");
+    FILE* f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    Format fm;
+    format_load(&fm, path, 1);
+}
+
 static void formats_child(const void* csv) {
     Format f[MAX_FORMATS];
     formats_load(f, MAX_FORMATS, csv, 0);
@@ -98,6 +107,57 @@ static void test_formats(void) {
                 "{\"num_bits\": 8, \"type\": \"dynamic\", \"block_sizes\": {\"-1\": null}, \"axis\": [1,2]}}}",
                 2, "axis must be null");
     expect_exit("format not an object", format_child, "[1, 2]", 2, "must be a JSON object");
+    // ModelOpt's floating-point and block spellings: what autoq does not implement is named, never guessed.
+    bad_format("format num_bits [5, 2] (E5M2)", "{\"num_bits\": [5, 2], \"axis\": 0}",
+               "num_bits = [5, 2] is not supported");
+    bad_format("format E2M1 weight without blocks", "{\"num_bits\": [2, 1], \"axis\": 0}",
+               "E2M1 weights need block_sizes");
+    bad_format("format E2M1 without scale_bits",
+               "{\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 16, \"type\": \"dynamic\"}}",
+               "block_sizes.scale_bits is required for E2M1");
+    bad_format(
+        "format NVFP4 blocks of 64",
+        "{\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 64, \"type\": \"dynamic\", \"scale_bits\": [4, 3]}}",
+        "E4M3-scaled E2M1 blocks are 16 (NVFP4) or 32");
+    bad_format(
+        "format MX blocks of 16",
+        "{\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 16, \"type\": \"dynamic\", \"scale_bits\": [8, 0]}}",
+        "E8M0-scaled (MX) blocks are 32");
+    bad_format(
+        "format scale_bits E5M2",
+        "{\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 16, \"type\": \"dynamic\", \"scale_bits\": [5, 2]}}",
+        "scale_bits must be [4, 3] (E4M3) or [8, 0] (E8M0)");
+    bad_format(
+        "format MXFP8 (E4M3 in blocks)",
+        "{\"num_bits\": [4, 3], \"block_sizes\": {\"-1\": 32, \"type\": \"dynamic\", \"scale_bits\": [8, 0]}}",
+        "E4M3 values in blocks (MXFP8) are not supported");
+    bad_format(
+        "format int blocks with E4M3 scales",
+        "{\"num_bits\": 4, \"block_sizes\": {\"-1\": 128, \"type\": \"static\", \"scale_bits\": [4, 3]}}",
+        "integer blocks take fp32 scales");
+    bad_format("format block size 0", "{\"num_bits\": 4, \"block_sizes\": {\"-1\": 0, \"type\": \"static\"}}",
+               "block_sizes['-1'] must be a block size from 1 to 4096");
+    bad_format("format axis beside block_sizes",
+               "{\"num_bits\": 4, \"axis\": 0, \"block_sizes\": {\"-1\": 128, \"type\": \"static\"}}",
+               "axis must be null beside block_sizes");
+    bad_format("format unknown block_sizes key",
+               "{\"num_bits\": 4, \"block_sizes\": {\"-1\": 128, \"type\": \"static\", \"-2\": 4}}",
+               "block_sizes'] has unknown field '-2'");
+    bad_format("format per-tensor FP8 weight (axis null)", "{\"num_bits\": [4, 3], \"axis\": null}",
+               "axis must be 0 (per output channel)");
+    expect_exit(
+        "format static NVFP4 input", format_child,
+        "{\"quant_cfg\": {\"*weight_quantizer\": {\"num_bits\": 4, \"axis\": 0}, \"*input_quantizer\": "
+        "{\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 16, \"type\": \"static\", \"scale_bits\": [4, 3]}}}}",
+        2, "block_sizes.type must be \"dynamic\" (inputs are quantized per call)");
+    expect_exit("format int8 input in blocks", format_child,
+                "{\"quant_cfg\": {\"*weight_quantizer\": {\"num_bits\": 4, \"axis\": 0}, \"*input_quantizer\": "
+                "{\"num_bits\": 8, \"block_sizes\": {\"-1\": 32, \"type\": \"dynamic\"}}}}",
+                2, "only E2M1 inputs come in blocks");
+    expect_exit("format nvfp4 under compressed-tensors numerics", format_child_ct,
+                "{\"quant_cfg\": {\"*weight_quantizer\": {\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 16, "
+                "\"type\": \"dynamic\", \"scale_bits\": [4, 3]}}}}",
+                2, "--numerics compressed-tensors is not implemented for E2M1");
     expect_exit("two formats of one name", formats_child, "w4a8,configs/formats/w4a8.json", 2,
                 "are both named 'w4a8'");
 }
@@ -208,7 +268,7 @@ static void test_yaml(void) {
     Solution s;
     nasty_table(&t, &s);
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
     char* path = tmp_path("r.yaml");
     export_llmcompressor(path, &c, &s, t.fmts);
     json_t* j = yaml_file_json(path);
@@ -268,7 +328,7 @@ static void utf8_child(const void* unused) {
     nasty_table(&t, &s);
     snprintf(t.disabled_csv, sizeof(t.disabled_csv), "*\xff*");
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
     recipe_write_json(tmp_path("u.json"), &c, &s, t.fmts);
 }
 
@@ -278,7 +338,7 @@ static void all_disabled_child(const void* unused) {
     table_make(&t, 2, 1);
     t.disabled[0] = t.disabled[1] = 1;
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY);
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
 }
 
 // ---- the recipe reader ----
@@ -321,7 +381,7 @@ static void test_recipe(void) {
         const char* fragment;
     } bad[] = {
         {"recipe not an object", "[]", "must be a JSON object"},
-        {"recipe formats empty", "{\"formats\": [], \"groups\": []}", "'formats' must be a list of 1 to 4"},
+        {"recipe formats empty", "{\"formats\": [], \"groups\": []}", "'formats' must be a list of 1 to 7"},
         {"recipe numerics unknown", "{\"numerics\": 3, \"formats\": [" W4A8_REC "], \"groups\": []}",
          "'numerics' must be"},
         {"recipe format record bad bits",

@@ -15,7 +15,7 @@ sed 's/"narrow_range": true/"narrow_range": false/g' configs/formats/w4a8.json >
 $AQ score $M --data $D --method gradient --format "$tmp/fmt/w4a8.json,$tmp/fmt/my.json" --out "$tmp/c.h5" \
     --json "$tmp/c.json" >/dev/null 2>"$tmp/err" || fail "score with custom formats: $(cat "$tmp/err")"
 rm -rf "$tmp/fmt" # search must use the stored definitions: nothing is left to reload
-$AQ search --scores "$tmp/c.h5" --budget 6 --out "$tmp/r.json" --emit llmcompressor="$tmp/r.yaml" \
+$AQ search --scores "$tmp/c.h5" --budget 6 --bits modelopt --out "$tmp/r.json" --emit llmcompressor="$tmp/r.yaml" \
     --emit modelopt="$tmp/q.json" >/dev/null 2>"$tmp/err" || fail "search with custom formats: $(cat "$tmp/err")"
 "$YJ" --yaml-json "$tmp/r.yaml" >"$tmp/r.yaml.json" || fail "custom-format YAML does not parse"
 python3 - "$tmp" <<'PY' && pass "custom formats: recipe, YAML, ModelOpt and bits use the stored definitions" || fail "custom formats"

@@ -39,6 +39,50 @@ else
 fi
 ls "$tmp"/s.h5.tmp* >/dev/null 2>&1 && fail "h5 temp left behind" || pass "no h5 temp left behind"
 
+# Every format of configs/formats in one run: a score per group x format in JSON and HDF5, each format's
+# scores the same as when it is scored alone, and the search picks one choice per group.
+all=w4a8,w8a8,fp8,nvfp4,mxfp4,w4a16,w4a8_fp8
+$AQ score $M --data $D --method gradient --format $all --json "$tmp/all.json" --out "$tmp/all.h5" >/dev/null 2>"$tmp/err" ||
+    fail "score with all seven formats: $(cat "$tmp/err")"
+$AQ score $M --data $D --method gradient --format nvfp4 --json "$tmp/nv.json" >/dev/null 2>&1
+python3 - "$tmp" <<'PY' && pass "seven formats: a score per group and format, each as when scored alone" || fail "seven formats"
+import json, sys
+d = sys.argv[1]
+a, n = json.load(open(f"{d}/all.json")), json.load(open(f"{d}/nv.json"))
+names = ["w4a8", "w8a8", "fp8", "nvfp4", "mxfp4", "w4a16", "w4a8_fp8"]
+assert [f["name"] for f in a["formats"]] == names and [f["bits"] for f in a["formats"]] == [4, 8, 8, 4, 4, 4, 4]
+assert all(list(g["scores"]) == names and all(v > 0 for v in g["scores"].values()) for g in a["groups"])
+assert [g["scores"]["nvfp4"] for g in a["groups"]] == [g["score"] for g in n["groups"]]
+PY
+if command -v h5dump >/dev/null; then
+    h5dump -H "$tmp/all.h5" | grep -q 'DATASPACE  SIMPLE { ( 8, 7 ) / ( 8, 7 ) }' && pass "HDF5 score is [8 groups, 7 formats]" ||
+        fail "HDF5 score of seven formats"
+fi
+$AQ search --scores "$tmp/all.h5" --budget 5 --out "$tmp/all_r.json" >/dev/null 2>&1 &&
+    python3 -c "import json; r=json.load(open('$tmp/all_r.json')); assert all(g['choice'] in ('bf16','w4a8','w8a8','fp8','nvfp4','mxfp4','w4a16','w4a8_fp8') for g in r['groups']) and r['effective_bits']['candidates'] <= 5" &&
+    pass "search over seven formats: one choice per group within the budget" || fail "search over seven formats"
+expect "compressed-tensors numerics for nvfp4" "--numerics compressed-tensors is not implemented for E2M1" \
+    $AQ score $M --data $D --method kl --format nvfp4 --numerics compressed-tensors
+$AQ score $M --data $D --method kl --format w4a16,fp8 --numerics compressed-tensors --json "$tmp/ct.json" >/dev/null 2>&1 &&
+    python3 -c "import json; j=json.load(open('$tmp/ct.json')); assert {f['numerics'] for f in j['formats']} == {'compressed-tensors'}" &&
+    pass "compressed-tensors numerics for w4a16 and fp8" || fail "compressed-tensors numerics for w4a16, fp8"
+
+# The GPU engine emulates the new formats on dense layers (tests/test_gpu.c checks the scores); on a
+# mixture-of-experts model --device cuda refuses them by name (exit 2) and --device auto scores on the CPU.
+moe=tests/fixtures/qwen3-moe-tiny
+moe_ids=tests/fixtures/qwen3_moe_tiny_ids.npy
+if $AQ score $M --data $D --method kl --device cuda --num-samples 1 --json "$tmp/probe.json" >/dev/null 2>&1; then
+    $AQ score $M --data $D --method gradient --device cuda --format fp8,nvfp4,w4a16 --json "$tmp/gpu_fmt.json" >/dev/null 2>"$tmp/err" &&
+        pass "fp8, nvfp4, w4a16 on --device cuda (dense)" || fail "new formats on the GPU: $(cat "$tmp/err")"
+    expect "nvfp4 on --device cuda, MoE" "format 'nvfp4' (E4M3 / E2M1 values, block scales or no input quantizer) is emulated by the CUDA engine for dense layers only" \
+        $AQ score $moe --data $moe_ids --method kl --device cuda --format nvfp4
+    $AQ score $moe --data $moe_ids --method kl --format w4a8,fp8 --num-samples 1 --json "$tmp/auto.json" >/dev/null 2>"$tmp/err" &&
+        grep -q "format 'fp8' (E4M3 / E2M1 values, block scales or no input quantizer) is emulated by the CUDA engine for dense layers only, and this model has mixture-of-experts layers: scoring on the CPU" "$tmp/err" &&
+        pass "--device auto scores fp8 on a MoE model on the CPU" || fail "--device auto with fp8 on MoE: $(cat "$tmp/err")"
+else
+    echo "SKIP score: the new formats on the GPU: no CUDA device"
+fi
+
 # Disabled layers: a group with one disabled member stays bf16; * crosses dots.
 $AQ score $M --data $D --method kl --disabled-layers '*layers.1.*k_proj' --json "$tmp/d.json" >/dev/null 2>&1
 python3 -c "import json; g={x['name']:x for x in json.load(open('$tmp/d.json'))['groups']}; assert g['model.language_model.layers.1.self_attn.qkv']['disabled'] and g['model.language_model.layers.1.self_attn.qkv']['score'] is None and not g['model.language_model.layers.0.self_attn.qkv']['disabled']" \

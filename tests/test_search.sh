@@ -9,13 +9,15 @@ D=tests/fixtures/qwen3_vl_tiny_ids.npy
 YJ="$(dirname "$AQ")/tests/test_outputs" # --yaml-json FILE: YAML as canonical JSON (libyaml)
 
 $AQ score $M --data $D --method gradient --format w4a8,w8a8 --out "$tmp/s.h5" >/dev/null 2>&1 || fail "score"
-$AQ search --scores "$tmp/s.h5" --budget 6 --out "$tmp/r.json" --h5 "$tmp/o.h5" --sweep 4:16:2 \
+$AQ search --scores "$tmp/s.h5" --budget 6 --out "$tmp/r.json" --h5 "$tmp/o.h5" --sweep 4.2:16.2:2 \
     --emit llmcompressor="$tmp/r.yaml" --emit modelopt="$tmp/q.json" >"$tmp/out" 2>&1 || fail "search run: $(cat "$tmp/out")"
 python3 - "$tmp" <<'PY' && pass "recipe JSON: budget respected, both formats, bits in both scopes" || fail "recipe JSON"
 import json, sys
 r = json.load(open(sys.argv[1] + "/r.json"))
 assert r["budget"] == 6 and r["effective_bits"]["candidates"] <= 6 + 1e-9
-assert r["effective_bits_with_scales"]["candidates"] > r["effective_bits"]["candidates"]
+# --bits true (the default) counts the scales: above ModelOpt's num_bits count of the same choice.
+assert r["bits"] == "true" and r["effective_bits_true"]["candidates"] == r["effective_bits"]["candidates"]
+assert r["effective_bits_modelopt"]["candidates"] < r["effective_bits_true"]["candidates"]
 assert {g["choice"] for g in r["groups"]} <= {"bf16", "w4a8", "w8a8"} and len(r["groups"]) == 8
 PY
 grep -q "Pareto frontier (7 budgets)" "$tmp/out" && pass "sweep solves 7 budgets" || fail "sweep"
@@ -35,9 +37,13 @@ python3 -c "import json; q=json.load(open('$tmp/q.json'))['quant_cfg']; assert q
 
 # Scopes: 'all' counts disabled groups at 16 bits, so the same budget quantizes more when nothing is disabled.
 $AQ search --scores "$tmp/s.h5" --budget 8 --budget-scope all >"$tmp/all" 2>&1 && grep -q "budget 8.000 (all)" "$tmp/all" && pass "budget scope all" || fail "budget scope all: $(tail -1 "$tmp/all")"
-expect "infeasible budget names the smallest" "smallest feasible budget is 4.0000" $AQ search --scores "$tmp/s.h5" --budget 3
+expect "infeasible budget names the smallest (ModelOpt's bits)" "smallest feasible budget is 4.0000" $AQ search --scores "$tmp/s.h5" --budget 3 --bits modelopt
+# True bits of w4a8 everywhere: 4 per weight + 16 per output row (a bf16 scale): 2 layers x 16 x (384 + 128
+# + 512 + 128) rows = 36864 bits over 360448 weights = 4.10227, rounded up.
+expect "infeasible budget names the smallest (true bits)" "smallest feasible budget is 4.1023" $AQ search --scores "$tmp/s.h5" --budget 4
+expect "bad --bits" "--bits must be true or modelopt" $AQ search --scores "$tmp/s.h5" --budget 5 --bits half
 $AQ score $M --data $D --method kl --disabled-layers '*layers.0.*' --out "$tmp/d.h5" >/dev/null 2>&1
-expect "infeasible in scope all" "smallest feasible budget is 10.0000 bits (scope all)" $AQ search --scores "$tmp/d.h5" --budget 5 --budget-scope all
+expect "infeasible in scope all" "smallest feasible budget is 10.0000 bits (scope all)" $AQ search --scores "$tmp/d.h5" --budget 5 --budget-scope all --bits modelopt
 expect "bad scope" "budget-scope must be" $AQ search --scores "$tmp/s.h5" --budget 5 --budget-scope some
 expect "bad sweep" "must be LO:HI:STEP" $AQ search --scores "$tmp/s.h5" --sweep 6:4:1
 expect "not a scores file" "not an HDF5 file" $AQ search --scores $D --budget 5
@@ -50,7 +56,8 @@ $AQ eval $M --data $D --recipe "$tmp/v.json" --json >"$tmp/e.json" 2>/dev/null
 python3 -c "import json; a=json.load(open('$tmp/v.json'))['measured']['kl']; b=json.load(open('$tmp/e.json'))['kl']; assert abs(a-b) <= 1e-9*abs(a)" &&
     pass "eval --recipe reproduces the verified KL" || fail "eval --recipe"
 
-# qwen3-tiny: autoq's recipe is no worse (measured KL) than the one ModelOpt's own search picked.
+# qwen3-tiny: autoq's recipe is no worse (measured KL) than the one ModelOpt's own search picked, both
+# budgeted in ModelOpt's convention (num_bits, W4A8 = 4).
 T=../shared/models/qwen3-tiny
 if [ -f $T/config.json ]; then
     ids=tests/fixtures/qwen3_tiny_ids.npy
@@ -58,7 +65,7 @@ if [ -f $T/config.json ]; then
         $AQ score $T --data $ids --method $method --out "$tmp/t_$method.h5" >/dev/null 2>&1
         mo=$([ $method = kl ] && echo kl_div || echo gradient)
         for b in 4.5 4.8 6.0; do
-            $AQ search --scores "$tmp/t_$method.h5" --budget $b --verify --data $ids --out "$tmp/a.json" >/dev/null 2>&1
+            $AQ search --scores "$tmp/t_$method.h5" --budget $b --bits modelopt --verify --data $ids --out "$tmp/a.json" >/dev/null 2>&1
             mobits=$(python3 tests/ref/modelopt_recipe.py $mo $b "$tmp/m.json")
             $AQ eval $T --data $ids --recipe "$tmp/m.json" --json >"$tmp/me.json" 2>/dev/null
             read -r ak abits mk < <(python3 -c "import json; a=json.load(open('$tmp/a.json')); m=json.load(open('$tmp/me.json')); print(a['measured']['kl'], a['effective_bits']['candidates'], m['kl'])")
@@ -72,8 +79,9 @@ else
 fi
 
 # The exports checked by llm-compressor and ModelOpt (tests/ref/validate_exports.py, results in
-# tests/fixtures/exports_validation.json) are exactly what this build writes.
-$AQ search tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --method kl --format w4a8,w8a8 --budget 7 \
+# tests/fixtures/exports_validation.json) are exactly what this build writes (they were budgeted in
+# ModelOpt's convention, before --bits true became the default).
+$AQ search tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --method kl --format w4a8,w8a8 --budget 7 --bits modelopt \
     --emit llmcompressor="$tmp/vl.yaml" --emit modelopt="$tmp/vl.json" >/dev/null 2>&1
 # The YAML is compared as parsed data (libyaml's layout and the comment line may differ from the file's).
 [ -n "$("$YJ" --yaml-json "$tmp/vl.yaml")" ] &&
@@ -81,18 +89,49 @@ $AQ search tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.
     cmp -s "$tmp/vl.json" tests/fixtures/exports/vl_quant_cfg.json &&
     pass "validated Qwen3-VL exports unchanged" || fail "Qwen3-VL exports differ from the validated ones"
 if [ -f "$tmp/t_gradient.h5" ]; then
-    $AQ search --scores "$tmp/t_gradient.h5" --budget 4.8 --emit llmcompressor="$tmp/t.yaml" --emit modelopt="$tmp/t.json" >/dev/null 2>&1
+    $AQ search --scores "$tmp/t_gradient.h5" --budget 4.8 --bits modelopt --emit llmcompressor="$tmp/t.yaml" --emit modelopt="$tmp/t.json" >/dev/null 2>&1
     [ "$("$YJ" --yaml-json "$tmp/t.yaml")" = "$("$YJ" --yaml-json tests/fixtures/exports/tiny_recipe.yaml)" ] &&
         cmp -s "$tmp/t.json" tests/fixtures/exports/tiny_quant_cfg.json &&
         pass "validated qwen3-tiny exports unchanged" || fail "qwen3-tiny exports differ from the validated ones"
 fi
+# The floating-point and block formats (configs/formats), validated the same way: qwen3-tiny with all seven
+# formats scored at once (the committed scores, whose recipe mixes w4a8, w8a8, nvfp4 and w4a16), Qwen3-VL with
+# mxfp4 + fp8, and with w4a8_fp8 (int4 groups, FP8 tokens).
+E=tests/fixtures/exports
+$AQ search --scores $E/tiny_formats_scores.h5 --budget 4.6 --out "$tmp/tf.json" --emit llmcompressor="$tmp/tf.yaml" \
+    --emit modelopt="$tmp/tf_q.json" >/dev/null 2>&1
+$AQ search $M --data $D --method kl --format mxfp4,fp8 --budget 6 --out "$tmp/vf.json" \
+    --emit llmcompressor="$tmp/vf.yaml" --emit modelopt="$tmp/vf_q.json" >/dev/null 2>&1
+$AQ search $M --data $D --method kl --format w4a8_fp8 --budget 8 --out "$tmp/vw.json" \
+    --emit llmcompressor="$tmp/vw.yaml" --emit modelopt="$tmp/vw_q.json" >/dev/null 2>&1
+for k in tf:tiny_formats vf:vl_formats vw:vl_w4a8fp8; do
+    a=${k%%:*} b=${k#*:}
+    [ -n "$("$YJ" --yaml-json "$tmp/$a.yaml")" ] &&
+        [ "$("$YJ" --yaml-json "$tmp/$a.yaml")" = "$("$YJ" --yaml-json $E/${b}_recipe.yaml)" ] &&
+        cmp -s "$tmp/${a}_q.json" $E/${b}_quant_cfg.json && cmp -s "$tmp/$a.json" $E/${b}_recipe.json &&
+        pass "validated $b exports unchanged" || fail "$b exports differ from the validated ones in $E"
+    "$YJ" --yaml-json "$tmp/$a.yaml" >"$tmp/$a.yaml.json"
+    out=$(python3 tests/ref/check_exports.py "$tmp/$a.json" "$tmp/$a.yaml.json" "$tmp/${a}_q.json" 2>&1) &&
+        pass "$b export patterns select exactly the intended formats" || fail "$b export patterns: $out"
+done
+python3 - "$tmp" <<'PY' && pass "the format recipes use the formats they were made for" || fail "format recipes"
+import json, sys
+d = sys.argv[1]
+used = lambda f: {g["choice"] for g in json.load(open(f"{d}/{f}"))["groups"]} - {"bf16"}
+assert used("tf.json") == {"w4a8", "w8a8", "nvfp4", "w4a16"}, used("tf.json")
+assert used("vf.json") == {"mxfp4", "fp8"} and used("vw.json") == {"w4a8_fp8"}
+y = json.load(open(f"{d}/tf.yaml.json"))["quant_stage"]["quant_modifiers"]["GPTQModifier"]["config_groups"]
+assert len(y) == 4 and {(g["weights"]["type"], g["weights"]["strategy"]) for g in y.values()} == \
+    {("int", "channel"), ("float", "tensor_group"), ("int", "group")}, y
+PY
+
 # The record covers the committed files as they are, and says both tools quantized exactly the intended
 # modules of each model (the MoE record's details: tests/test_moe.sh).
 python3 - <<'PY' && pass "llm-compressor and ModelOpt applied the committed exports to exactly the intended modules" || fail "exports validation record (tests/fixtures/exports_validation.json) or the exports it covers"
 import hashlib, json
 r = json.load(open("tests/fixtures/exports_validation.json"))
 assert r["ok"] is True
-for kind in ("tiny", "vl", "moe", "vl_moe"):
+for kind in ("tiny", "vl", "moe", "vl_moe", "tiny_formats", "vl_formats", "vl_w4a8fp8"):
     e = r[kind]
     for name, h in e["sha256"].items():
         assert hashlib.sha256(open("tests/fixtures/exports/" + name, "rb").read()).hexdigest() == h, name + " changed since validation"

@@ -1,4 +1,4 @@
-"""Checks that autoq's exports select exactly the intended modules with the intended bits (stdlib only).
+"""Checks that autoq's exports select exactly the intended modules with the intended formats (stdlib only).
 
 usage: check_exports.py RECIPE.json RECIPE_YAML QUANT_CFG.json
 RECIPE_YAML is the llm-compressor recipe as JSON (tests/test_outputs --yaml-json), or the YAML itself
@@ -15,6 +15,9 @@ models their matching rules so that CI, which has neither, checks every export i
   8 bits. The quantizers: weight and input quantizers of every linear above (experts both per expert and
   as transformers 5's fused experts: gate_up_proj / down_proj weight quantizers per expert, one input
   quantizer each), the embedding's, and each attention's q/k/v/p bmm quantizers.
+A quantizer is compared as a description of its numerics, "<int|float><bits>/<granularity>": channel, token,
+tensor (ModelOpt's default), group<N> (fp32 or E8M0 scales) or tensor_group<N> (NVFP4's E4M3 scales under a
+global scale), read alike from a ModelOpt quantizer config and from compressed-tensors QuantizationArgs.
 """
 import fnmatch, json, re, sys
 
@@ -30,15 +33,35 @@ qcfg = json.load(open(sys.argv[3]))["quant_cfg"]
 gptq = lc["quant_stage"]["quant_modifiers"]["GPTQModifier"]
 
 
-def fmt_bits(f):
+def mo_desc(cfg):
+    """A ModelOpt quantizer config (autoq's format dialect) as a description."""
+    nb = cfg.get("num_bits", 8)
+    kind = f"int{nb}" if isinstance(nb, int) else {(4, 3): "float8", (2, 1): "float4"}[tuple(nb)]
+    bs = cfg.get("block_sizes")
+    if bs and bs.get("-1") is not None:
+        gran = ("tensor_group" if bs.get("scale_bits") == [4, 3] else "group") + str(bs["-1"])
+    elif bs:
+        gran = "token"
+    else:
+        gran = "channel" if cfg.get("axis") == 0 else "tensor"
+    return f"{kind}/{gran}"
+
+
+def ct_desc(args):
+    """compressed-tensors QuantizationArgs (as the recipe spells them) as a description."""
+    st = args["strategy"]
+    return f"{args['type']}{int(args['num_bits'])}/{st}" + (str(int(args["group_size"])) if "group" in st else "")
+
+
+def fmt_desc(f):
     q = f.get("definition", {}).get("quant_cfg", {})
-    a = q.get("*input_quantizer", {"num_bits": 8})
-    return int(f["bits"]), int(a["num_bits"]) if a.get("enable", True) else None
+    a = q.get("*input_quantizer", {"enable": False})
+    return mo_desc(q["*weight_quantizer"]), mo_desc(a) if a.get("enable", True) else None
 
 
-fbits = {f["name"]: fmt_bits(f) for f in recipe["formats"]}
-linears, want = [], {}  # want: linear -> (weight bits, input bits)
-experts = {}  # experts group -> (quantized bits or None, number of experts)
+fbits = {f["name"]: fmt_desc(f) for f in recipe["formats"]}
+linears, want = [], {}  # want: linear -> (weight description, input description)
+experts = {}  # experts group -> (quantized descriptions or None, number of experts)
 for g in recipe["groups"]:
     linears += g["members"]
     bits = None if g["choice"] == "bf16" else fbits[g["choice"]]
@@ -73,7 +96,7 @@ for name in universe:
     for cg in gptq["config_groups"].values():
         if any(lc_match(name, t) for t in cg["targets"]):
             a = cg.get("input_activations")
-            got_lc[name] = (int(cg["weights"]["num_bits"]), int(a["num_bits"]) if a else None)
+            got_lc[name] = (ct_desc(cg["weights"]), ct_desc(a) if a else None)
             break
 if got_lc != want:
     print("llm-compressor mismatch (module, got, want):",
@@ -87,14 +110,14 @@ def normalized(name):
 
 
 def quantizer(name):
-    """(enabled, bits) after every matching quant_cfg entry."""
-    on, bits = True, 8
+    """(enabled, description) after every matching quant_cfg entry."""
+    on, bits = True, "int8/tensor"
     for pat, cfg in qcfg.items():
         if fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(normalized(name), pat):
             if set(cfg) == {"enable"}:
                 on = cfg["enable"]
             else:
-                on, bits = cfg.get("enable", True), cfg.get("num_bits", 8)
+                on, bits = cfg.get("enable", True), mo_desc(cfg)
     return on, bits
 
 
@@ -116,7 +139,7 @@ for q, w in quantizers.items():
     if (bits if on else None) != w:
         bad.append((q, bits if on else None, w))
 if bad:
-    print("ModelOpt mismatch (quantizer, got bits, want bits):", sorted(bad))
+    print("ModelOpt mismatch (quantizer, got, want):", sorted(bad))
     sys.exit(1)
 print(f"exports ok: {len(want)} linears quantized ({sum(1 for b in experts.values() if b[0])} of {len(experts)} "
       f"experts groups), {len(universe) - len(want)} modules left alone, {len(quantizers)} ModelOpt quantizers checked")

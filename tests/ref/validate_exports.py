@@ -16,6 +16,12 @@ For tests/fixtures/exports/{tiny,vl,moe,vl_moe}_* (qwen3-tiny, Qwen3-VL, Qwen3-M
   to the linears it quantizes (a gate_up quantizer to expert N's gate_proj and up_proj); one that maps to no
   linear (attention bmm, router, embedding) is reported as unexpected.
 Both must give exactly the recipe's quantized linears, with the recipe's weight bits and 8-bit inputs.
+The recipes of the new formats (tiny_formats, vl_formats, vl_w4a8fp8) are compared finer: each linear's weight
+and input numerics as "<int|float><bits>/<granularity>" (channel, token, group<N>, tensor_group<N>), read from
+llm-compressor's QuantizationArgs and from ModelOpt's TensorQuantizers (num_bits, block_sizes, axis); an MXFP4
+weight quantizer needs no calibrated amax (its scales come from each block).
+    python3 tests/ref/validate_exports.py --only tiny_formats,vl_formats,vl_w4a8fp8 --out new.json
+writes only those kinds (their entries were merged into tests/fixtures/exports_validation.json).
 """
 import argparse, hashlib, importlib.metadata, json, os, re
 
@@ -28,8 +34,13 @@ KINDS = [  # name, model folder (tiny: --tiny), token windows, transformers clas
     ("moe", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", "AutoModelForCausalLM"),
     ("vl_moe", "tests/fixtures/qwen3-vl-moe-tiny", "tests/fixtures/qwen3_vl_moe_tiny_ids.npy",
      "Qwen3VLMoeForConditionalGeneration"),
+    # the floating-point and block formats (configs/formats): mixed recipes, every format in one of them
+    ("tiny_formats", None, "tests/fixtures/qwen3_tiny_ids.npy", "AutoModelForCausalLM"),
+    ("vl_formats", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", "Qwen3VLForConditionalGeneration"),
+    ("vl_w4a8fp8", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", "Qwen3VLForConditionalGeneration"),
 ]
-FORMAT_BITS = {"w4a8": (4, 8), "w8a8": (8, 8)}  # weight bits, input-activation bits
+# The first four were validated when formats were compared by bits alone; their records keep that form.
+BITS_ONLY = ("tiny", "vl", "moe", "vl_moe")
 EXPERT = re.compile(r"(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$")
 
 
@@ -38,10 +49,57 @@ def versions():
             ("torch", "torchvision", "transformers", "llmcompressor", "compressed-tensors", "nvidia-modelopt")}
 
 
-def intended(path):
-    """Linear name -> (weight bits, input bits) for every linear the recipe quantizes."""
+def mo_desc(cfg):
+    """A quantizer config of autoq's format dialect as "<int|float><bits>/<granularity>" (as check_exports.py)."""
+    nb = cfg.get("num_bits", 8)
+    kind = f"int{nb}" if isinstance(nb, int) else {(4, 3): "float8", (2, 1): "float4"}[tuple(nb)]
+    bs = cfg.get("block_sizes")
+    if bs and bs.get("-1") is not None:
+        gran = ("tensor_group" if bs.get("scale_bits") == [4, 3] else "group") + str(bs["-1"])
+    elif bs:
+        gran = "token"
+    else:
+        gran = "channel" if cfg.get("axis") == 0 else "tensor"
+    return f"{kind}/{gran}"
+
+
+def intended(path, bits_only):
+    """Linear name -> (weight, input) for every linear the recipe quantizes: bits, or descriptions."""
     r = json.load(open(path))
-    return {m: FORMAT_BITS[g["choice"]] for g in r["groups"] if g["choice"] != "bf16" for m in g["members"]}
+    fm = {}
+    for f in r["formats"]:
+        q = f["definition"]["quant_cfg"]
+        a = q.get("*input_quantizer", {"enable": False})
+        a = a if a.get("enable", True) else None
+        if bits_only:
+            fm[f["name"]] = (f["bits"], a["num_bits"] if a else None)
+        else:
+            fm[f["name"]] = (mo_desc(q["*weight_quantizer"]), mo_desc(a) if a else None)
+    return {m: fm[g["choice"]] for g in r["groups"] if g["choice"] != "bf16" for m in g["members"]}
+
+
+def ct_desc(args):
+    """compressed-tensors QuantizationArgs as the same description."""
+    st, ty = getattr(args.strategy, "value", args.strategy), getattr(args.type, "value", args.type)
+    return f"{ty}{args.num_bits}/{st}" + (str(args.group_size) if "group" in st else "")
+
+
+def mo_quantizer_desc(q, weight):
+    """A ModelOpt TensorQuantizer as the same description. After a forward, ModelOpt keeps a per-token
+    input ({-1: None}) as the axis of the leading dimensions ((0, 1) for [batch, tokens, features])."""
+    nb = q.num_bits
+    kind = f"int{nb}" if isinstance(nb, int) else {(4, 3): "float8", (2, 1): "float4"}[tuple(nb)]
+    bs = q.block_sizes
+    if bs and bs.get(-1) is not None:
+        gran = ("tensor_group" if tuple(bs.get("scale_bits") or ()) == (4, 3) else "group") + str(bs[-1])
+    elif bs:
+        gran = "token"
+    elif weight:
+        gran = "channel" if q.axis in (0, (0,)) else "tensor"
+    else:
+        ax = q.axis if isinstance(q.axis, tuple) else (q.axis,) if q.axis is not None else ()
+        gran = "token" if ax and ax == tuple(range(len(ax))) else "tensor"
+    return f"{kind}/{gran}"
 
 
 def model_class(name):
@@ -65,7 +123,7 @@ def forbidden(names):
     return sorted(n for n in names if n.split(".")[0] == "lm_head" or "visual" in n.split(".") or ".mlp.gate." in n + ".")
 
 
-def check_llmcompressor(d, cls_name, recipe, windows, want):
+def check_llmcompressor(d, cls_name, recipe, windows, want, bits_only):
     from torch.utils.data import DataLoader
     from llmcompressor import oneshot
     from llmcompressor.modeling.moe.linearize import load_quantizable_moe
@@ -85,7 +143,9 @@ def check_llmcompressor(d, cls_name, recipe, windows, want):
     for name, m in model.named_modules():
         s = getattr(m, "quantization_scheme", None)
         if s is not None and s.weights is not None:
-            got[name] = (s.weights.num_bits, s.input_activations.num_bits if s.input_activations else None)
+            a = s.input_activations
+            got[name] = ((s.weights.num_bits, a.num_bits if a else None) if bits_only else
+                         (ct_desc(s.weights), ct_desc(a) if a else None))
             scaled += hasattr(m, "weight_scale")
     changed = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
     rts = routers(model)
@@ -147,7 +207,7 @@ FUSED_W = re.compile(r"(.*\.mlp\.experts)\.(gate_up|down)_proj_weight_quantizers
 FUSED_A = re.compile(r"(.*\.mlp\.experts)\.(gate_up|down)_proj_input_quantizer$")
 
 
-def quantized_linears(model):
+def quantized_linears(model, bits_only=True):
     """Enabled ModelOpt quantizers -> {linear: [weight bits, input bits]}, the quantizers that map to
     no linear, and the enabled weight quantizers without a calibrated amax."""
     from modelopt.torch.quantization.nn import TensorQuantizer
@@ -171,13 +231,14 @@ def quantized_linears(model):
             unexpected.append(name)
             continue
         for t in targets:
-            into[t] = q.num_bits
-        if into is w and getattr(q, "amax", None) is None:
+            into[t] = q.num_bits if bits_only else mo_quantizer_desc(q, into is w)
+        mx = q.block_sizes and tuple(q.block_sizes.get("scale_bits") or ()) == (8, 0)  # MX: scales from the block alone
+        if into is w and getattr(q, "amax", None) is None and not mx:
             uncalibrated.append(name)
     return {n: (w.get(n), a.get(n)) for n in set(w) | set(a)}, unexpected, uncalibrated
 
 
-def check_modelopt(d, cls_name, quant_cfg, windows, want):
+def check_modelopt(d, cls_name, quant_cfg, windows, want, bits_only):
     import modelopt.torch.quantization as mtq
 
     model = model_class(cls_name).from_pretrained(d, dtype=torch.float32).eval()
@@ -188,7 +249,7 @@ def check_modelopt(d, cls_name, quant_cfg, windows, want):
             m(input_ids=x)
 
     mtq.quantize(model, load_quant_cfg(quant_cfg), forward_loop=forward_loop)
-    got, unexpected, uncalibrated = quantized_linears(model)
+    got, unexpected, uncalibrated = quantized_linears(model, bits_only)
     res = {"quantized": len(got), "match": got == want and not unexpected and not uncalibrated,
            "lm_head_visual_router_quantized": forbidden(set(got) | set(unexpected))}
     fused = [n for n, m in model.named_modules() if hasattr(m, "gate_up_proj_weight_quantizers")]
@@ -225,7 +286,8 @@ def main():
             continue
         d = d or args.tiny
         prefix = f"{args.exports}/{kind}"
-        want = intended(prefix + "_recipe.json")
+        bits_only = kind in BITS_ONLY
+        want = intended(prefix + "_recipe.json", bits_only)
         windows = np.load(ids_path).tolist()
         # What was applied, so that a test can tell when the committed exports no longer are these files.
         entry = {"model": d, "intended": len(want), "sha256": {
@@ -237,7 +299,7 @@ def main():
         for tool, fn, path in (("llmcompressor", check_llmcompressor, prefix + "_recipe.yaml"),
                                ("modelopt", check_modelopt, prefix + "_quant_cfg.json")):
             try:
-                entry[tool] = fn(d, cls_name, path, windows, want)
+                entry[tool] = fn(d, cls_name, path, windows, want, bits_only)
             except Exception as e:
                 entry[tool] = {"error": repr(e)}
             t = entry[tool]
