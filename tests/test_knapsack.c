@@ -25,7 +25,7 @@ static void make(KsItem* it, int n, int nf) {
 }
 
 int main(void) {
-    int agree = 0, trials = 0, monotone = 1, within = 1;
+    int agree = 0, sparse_agree = 0, trials = 0, monotone = 1, within = 1;
     for (int trial = 0; trial < 300; trial++) {
         int nf = 1 + trial % 2;
         int n = nf == 1 ? 1 + rnd() % 20 : 1 + rnd() % 12; // brute force: 2^20 or 3^12 combinations at most
@@ -33,16 +33,22 @@ int main(void) {
         make(it, n, nf);
         int64_t total = 0;
         for (int i = 0; i < n; i++) total += it[i].bf16[0];
-        Knapsack ks;
+        Knapsack ks, sp;
         if (ks_build(&ks, it, n, 16 * total, 1LL << 30) != 0) continue;
+        if (ks_build_sparse(&sp, it, n, 16 * total, 1LL << 30) != 0) continue;
         double prev = INFINITY;
         for (int b = 4; b <= 16; b++) {
             int64_t cap = b * total - (int64_t)(rnd() % 2048);
             int x[20], y[20];
-            double sx, sy;
-            int64_t cx, cy;
+            double sx, sy, sz;
+            int64_t cx, cy, cz;
             int rx = ks_solve(&ks, cap, x, &sx, &cx), ry = ks_brute(it, n, cap, y, &sy, &cy);
+            int z[20], rz = ks_solve(&sp, cap, z, &sz, &cz);
             trials++;
+            // the sparse frontier gives the dense table's objective (score, bf16 params, cost)
+            int64_t bz = 0, bd = 0;
+            for (int i = 0; rz == 0 && rx == 0 && i < n; i++) bz += it[i].bf16[z[i]], bd += it[i].bf16[x[i]];
+            sparse_agree += rz == rx && (rz != 0 || (sz == sx && bz == bd && cz == cx));
             // Equal objectives (score, then bf16 params, then cost); equivalent choice vectors may differ.
             int64_t bx = 0, by = 0;
             for (int i = 0; rx == 0 && ry == 0 && i < n; i++) bx += it[i].bf16[x[i]], by += it[i].bf16[y[i]];
@@ -57,7 +63,10 @@ int main(void) {
             }
         }
         ks_free(&ks);
+        ks_free(&sp);
     }
+    CHECK(sparse_agree == trials, "sparse Pareto table equals the dense one (1-2 formats, up to 20 groups)",
+          "%d of %d agree", sparse_agree, trials);
     CHECK(agree == trials, "knapsack equals brute force (1-2 formats, up to 20 groups, ties included)",
           "%d of %d agree", agree, trials);
     CHECK(monotone, "optimum never worsens as the budget grows", "violated");

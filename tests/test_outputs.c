@@ -417,8 +417,14 @@ static void test_recipe(void) {
 static void test_knapsack_overflow(void) {
     KsItem it[2] = {{2, {16, 4}, {0, 1}, {1, 0}}, {2, {16, 4}, {0, 1}, {1, 0}}};
     Knapsack ks;
-    int rc = ks_build(&ks, it, 2, INT64_MAX / 2, 400000000LL);
-    CHECK(rc == -1, "knapsack refuses a huge table without overflow", "rc %d", rc);
+    int rc = ks_build(&ks, it, 2, INT64_MAX / 2, 400000000LL), x[2] = {0, 0};
+    double s = 0;
+    int64_t c = 0;
+    int rs = rc == 0 ? ks_solve(&ks, INT64_MAX / 2, x, &s, &c) : -1;
+    CHECK(rc == 0 && ks.sparse && rs == 0 && x[0] == 0 && x[1] == 0 && c == 32,
+          "a capacity past the dense table's limit takes the sparse table, without overflow",
+          "rc %d sparse %d solve %d choices %d %d cost %lld", rc, ks.sparse, rs, x[0], x[1], (long long)c);
+    if (rc == 0) ks_free(&ks);
 }
 
 int main(int argc, char** argv) {

@@ -12,13 +12,14 @@ if python3 -c "import json,sys; d=json.load(open('$tmp/kl.json')); g=d['groups']
     pass "kl JSON on stdout, 8 groups, names and members"
 else fail "kl JSON on stdout"; fi
 
-# Checkpoint: a run killed after 1 of 3 samples resumes and ends with identical scores.
-$AQ score $M --data $D --method gradient --json "$tmp/full.json" >/dev/null 2>&1
+# Checkpoint: a run killed after 1 of 3 samples resumes and ends with identical scores (on the CPU, one
+# window per step: a GPU's batch of 4 would hold all 3).
+$AQ score $M --data $D --device cpu --method gradient --json "$tmp/full.json" >/dev/null 2>&1
 killed_run() { sh -c '"$@" >/dev/null 2>&1; true' sh "$@" 2>/dev/null; } # the shell's "Killed" goes nowhere
-killed_run env AUTOQ_TEST_ABORT_AFTER=1 $AQ score $M --data $D --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json"
+killed_run env AUTOQ_TEST_ABORT_AFTER=1 $AQ score $M --data $D --device cpu --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json"
 [ -f "$tmp/res.json" ] && fail "killed run wrote no output" || pass "killed run wrote no output"
 grep -q '"samples_done": 1' "$tmp/ck.json" && pass "checkpoint holds 1 sample" || fail "checkpoint holds 1 sample"
-$AQ score $M --data $D --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json" >/dev/null 2>"$tmp/err"
+$AQ score $M --data $D --device cpu --method gradient --checkpoint "$tmp/ck.json" --json "$tmp/res.json" >/dev/null 2>"$tmp/err"
 grep -q "resuming" "$tmp/err" && pass "resume announced" || fail "resume announced: $(cat "$tmp/err")"
 cmp -s "$tmp/full.json" "$tmp/res.json" && pass "resumed scores identical" || fail "resumed scores differ"
 expect "checkpoint of another run" "belongs to another run (field 'method'" $AQ score $M --data $D --method kl --checkpoint "$tmp/ck.json"
