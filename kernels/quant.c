@@ -12,6 +12,13 @@ static void bounds(QuantSpec q, float* maxb, float* lo, float* hi) {
     *maxb = q.ct ? m + 0.5f : m; // compressed-tensors: amax / 7.5, amax / 127.5
 }
 
+float quant_scale(float amax, QuantSpec q) {
+    if (!(amax >= AMAX_MIN)) return 0.0f;
+    float maxb, lo, hi;
+    bounds(q, &maxb, &lo, &hi);
+    return amax / maxb;
+}
+
 float quant_value(float x, float amax, QuantSpec q) {
     if (!(amax >= AMAX_MIN)) return 0.0f;
     float maxb, lo, hi;

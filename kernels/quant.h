@@ -21,6 +21,8 @@ void quant_weight_rows(float* out, const float* w, int rows, int cols, QuantSpec
 void quant_input_rows(float* out, const float* x, int rows, int cols, QuantSpec q);
 // One value with a given amax: the scalar the two functions above apply.
 float quant_value(float x, float amax, QuantSpec q);
+// The scale quant_value uses for amax (0 for a row treated as zeros): values are code * scale.
+float quant_scale(float amax, QuantSpec q);
 
 // GPU: per-row quantization as integers: q (rows, cols) int8, scale (rows) fp32
 void gpu_quant_rows_f32(int8_t* q, float* scale, const float* x, int rows, int cols, QuantSpec spec);

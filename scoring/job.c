@@ -29,6 +29,7 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
         j->method = METHOD_GRADIENT;
     else if (method || need_method)
         fail_input("%s: --method must be kl or gradient (got '%s')", a->cmd, method ? method : "nothing");
+    quantizer_parse(&j->quant, a);
     j->format_csv = args_str(a, "--format");
     if (!j->format_csv) j->format_csv = "w4a8";
     const char* num = args_str(a, "--numerics");
@@ -107,6 +108,7 @@ void score_job_load(ScoreJob* j) {
         model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else
         model_load(&j->model, j->model_dir);
+    quantizer_check(&j->quant, &j->model, j->use_gpu);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
     if (strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
@@ -265,6 +267,7 @@ static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint
 // One device: the CPU scorer one window at a time, or one GPU in batches of --batch-size windows.
 static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint) {
     Scorer cpu;
+    QuantCache qc;
     GpuScorer gpu;
     GpuEngine* e = NULL;
     int B = 1;
@@ -275,7 +278,8 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint)
         info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
                  j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16 (kl: bf16 activations, fp32 residual)");
     } else {
-        scorer_init(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t);
+        qcache_build(&qc, &j->model, &j->groups, j->fmts, j->nf, &j->quant, &j->ids);
+        scorer_init_with(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t, &qc);
         cpu.expert_tokens = j->expert_tokens;
     }
     json_t* id = checkpoint_identity(j);
@@ -313,6 +317,7 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint)
         gpu_engine_free(e);
     } else {
         scorer_free(&cpu);
+        qcache_free(&qc);
     }
 }
 

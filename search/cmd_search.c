@@ -130,6 +130,7 @@ int cmd_search(int argc, char** argv) {
         model_check_seq_len(&j.model, j.ids.t, j.data.path);
         have_model = 1;
     }
+    if (verify) quantizer_check(&j.quant, &j.model, 0);
 
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost);
@@ -144,12 +145,12 @@ int cmd_search(int argc, char** argv) {
         progress_init(&p, "verify", ns + 1);
         for (int i = 0; i < ns; i++) {
             linear_choice(&j.model, &t, &sweep[i], choice);
-            verify_run(&j.model, &j.ids, fmts, choice, &sweep[i].v);
+            verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &sweep[i].v);
             sweep[i].verified = 1;
             progress_step(&p, 1);
         }
         linear_choice(&j.model, &t, &main_sol, choice);
-        verify_run(&j.model, &j.ids, fmts, choice, &main_sol.v);
+        verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &main_sol.v);
         main_sol.verified = 1;
         progress_step(&p, 1);
         progress_end(&p);
