@@ -72,12 +72,12 @@ void gptq_prepare(double* hp, unsigned char* dead, const float* h, const int* pe
     for (int a = 0; a < cols; a++) hp[(size_t)a * cols + a] += damp * mean;
 }
 
-void gptq_row_amax(float* amax, const float* w, int rows, int cols) {
+void gptq_row_scales(float* out, const float* given, const float* w, int rows, int cols, QuantSpec q) {
 #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
         float m = 0.0f;
-        for (int j = 0; j < cols; j++) m = fmaxf(m, fabsf(w[(size_t)r * cols + j]));
-        amax[r] = m;
+        for (int j = 0; given == NULL && j < cols; j++) m = fmaxf(m, fabsf(w[(size_t)r * cols + j]));
+        out[r] = given ? given[r] : quant_scale(m, q);
     }
 }
 
@@ -93,16 +93,17 @@ static int inverse_cholesky(double* hp, int n) {
     return info != 0;
 }
 
-int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q, GptqOpts o) {
+int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q, GptqOpts o,
+                  const float* scale) {
     int* perm = xmalloc(sizeof(int) * cols);
     unsigned char* dead = xmalloc(cols);
     double* hp = xmalloc(sizeof(double) * cols * cols);
     float* u = xmalloc(sizeof(float) * cols * cols);
     float* W = xmalloc(sizeof(float) * rows * cols); // (rows, cols) the working copy, permuted
-    float* amax = xmalloc(sizeof(float) * rows);
+    float* sc = xmalloc(sizeof(float) * rows);
     int B = o.block > 0 ? o.block : 128;
     float* err = xmalloc(sizeof(float) * rows * B); // (rows, B) a block's scaled errors
-    gptq_row_amax(amax, w, rows, cols);             // the scale comes from the original weights
+    gptq_row_scales(sc, scale, w, rows, cols, q);   // fixed before GPTQ moves any weight
     gptq_order(perm, h, cols, o.order);
     gptq_prepare(hp, dead, h, perm, cols, o.damp);
     int fallback = inverse_cholesky(hp, cols);
@@ -122,7 +123,7 @@ int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols,
             float* wr = W + (size_t)r * cols;
             for (int i = i1; i < i2; i++) {
                 const float* ui = u + (size_t)i * cols;
-                float x = wr[i], qv = quant_value(x, amax[r], q);
+                float x = wr[i], qv = quant_value_scaled(x, sc[r], q);
                 float e = (x - qv) / ui[i];
                 wr[i] = qv;
                 err[(size_t)r * B + (i - i1)] = e;
@@ -142,7 +143,7 @@ int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols,
     free(hp);
     free(u);
     free(W);
-    free(amax);
+    free(sc);
     free(err);
     return fallback;
 }

@@ -28,15 +28,15 @@ __global__ void gptq_upper_kernel(float* u, const double* hp, int n, int identit
 }
 
 // One thread per row: quantize columns i1..i2-1 in turn, each error pushed to the block's later
-// columns; err (rows, B) keeps the scaled errors for the GEMM. Same arithmetic as quant_value.
-__global__ void gptq_block_kernel(float* W, float* err, const float* u, const float* amax, int rows, int cols,
+// columns; err (rows, B) keeps the scaled errors for the GEMM. Same arithmetic as quant_value_scaled.
+__global__ void gptq_block_kernel(float* W, float* err, const float* u, const float* scale, int rows, int cols,
                                   int i1, int i2, int B, int bits, int narrow, int ct) {
     int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     float m = (float)((1 << (bits - 1)) - 1);
     float hi = m, lo = (narrow && !ct) ? -m : -m - 1.0f;
-    float a = amax[r], s = a / (ct ? m + 0.5f : m);
-    int zero = !(a >= 5.9604644775390625e-08f);
+    float s = scale[r];
+    int zero = !(s > 0.0f);
     float* wr = W + (long)r * cols;
     for (int i = i1; i < i2; i++) {
         const float* ui = u + (long)i * cols;
@@ -50,18 +50,18 @@ __global__ void gptq_block_kernel(float* W, float* err, const float* u, const fl
 }
 
 extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q,
-                                 GptqOpts o) {
+                                 GptqOpts o, const float* scale) {
     int B = o.block > 0 ? o.block : 128;
     int* perm = (int*)malloc(sizeof(int) * cols);
     unsigned char* dead = (unsigned char*)malloc(cols);
     double* hp = (double*)malloc(sizeof(double) * cols * cols);
     float* W = (float*)malloc(sizeof(float) * rows * cols);
-    float* amax = (float*)malloc(sizeof(float) * rows);
-    if (!perm || !dead || !hp || !W || !amax) {
+    float* sc = (float*)malloc(sizeof(float) * rows);
+    if (!perm || !dead || !hp || !W || !sc) {
         fprintf(stderr, "autoq: out of memory (GPTQ of a %d x %d weight)\n", rows, cols);
         exit(1);
     }
-    gptq_row_amax(amax, w, rows, cols);
+    gptq_row_scales(sc, scale, w, rows, cols, q);
     gptq_order(perm, h, cols, o.order);
     gptq_prepare(hp, dead, h, perm, cols, o.damp);
     for (int r = 0; r < rows; r++)
@@ -72,17 +72,17 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     cusolverCheck(cusolverDnCreate(&sol));
     cublasCheck(cublasCreate(&blas));
     double *d_h, *d_work;
-    float *d_u, *d_w, *d_err, *d_amax;
+    float *d_u, *d_w, *d_err, *d_scale;
     int *d_info, info = 0, lwork = 0, lwork2 = 0;
     cudaCheck(cudaMalloc(&d_h, sizeof(double) * cols * cols));
     cudaCheck(cudaMalloc(&d_u, sizeof(float) * cols * cols));
     cudaCheck(cudaMalloc(&d_w, sizeof(float) * rows * cols));
     cudaCheck(cudaMalloc(&d_err, sizeof(float) * rows * B));
-    cudaCheck(cudaMalloc(&d_amax, sizeof(float) * rows));
+    cudaCheck(cudaMalloc(&d_scale, sizeof(float) * rows));
     cudaCheck(cudaMalloc(&d_info, sizeof(int)));
     cudaCheck(cudaMemcpy(d_h, hp, sizeof(double) * cols * cols, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(d_w, W, sizeof(float) * rows * cols, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(d_amax, amax, sizeof(float) * rows, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_scale, sc, sizeof(float) * rows, cudaMemcpyHostToDevice));
     const cublasFillMode_t lower = CUBLAS_FILL_MODE_LOWER; // LAPACK's "L", as gptq.c calls it
     cusolverCheck(cusolverDnDpotrf_bufferSize(sol, lower, cols, d_h, cols, &lwork));
     cusolverCheck(cusolverDnDpotri_bufferSize(sol, lower, cols, d_h, cols, &lwork2));
@@ -103,7 +103,7 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     const float minus_one = -1.0f, one = 1.0f;
     for (int i1 = 0; i1 < cols; i1 += B) {
         int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
-        gptq_block_kernel<<<ceil_div(rows, 128), 128>>>(d_w, d_err, d_u, d_amax, rows, cols, i1, i2, B, q.bits,
+        gptq_block_kernel<<<ceil_div(rows, 128), 128>>>(d_w, d_err, d_u, d_scale, rows, cols, i1, i2, B, q.bits,
                                                         q.narrow, q.ct);
         cudaCheck(cudaGetLastError());
         // row-major W[:, i2:] -= err (rows, nb) u[i1:i2, i2:]; column-major that is
@@ -119,7 +119,7 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     cudaFree(d_u);
     cudaFree(d_w);
     cudaFree(d_err);
-    cudaFree(d_amax);
+    cudaFree(d_scale);
     cudaFree(d_info);
     cudaFree(d_work);
     cublasDestroy(blas);
@@ -128,6 +128,6 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     free(dead);
     free(hp);
     free(W);
-    free(amax);
+    free(sc);
     return fallback;
 }

@@ -34,12 +34,14 @@ void hessian_add(Hessian* h, const float* x, int T);
 // h (n, n) full symmetric = 2 xtx / tokens (what gptq_quantize takes).
 void hessian_get(const Hessian* h, float* out);
 
-// wq (rows, cols) = GPTQ-quantized w (rows, cols) (dequantized values q * scale, the scale of each
-// row being RTN's on the original row) under the Hessian h (cols, cols, symmetric; any positive
-// multiple gives the same result). Dead columns (zero diagonal) come out zero. Returns 1 when the
-// dampened Hessian is not positive definite: wq is then round-to-nearest, as llm-compressor falls
-// back to; 0 otherwise.
-int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q, GptqOpts o);
+// wq (rows, cols) = GPTQ-quantized w (rows, cols): dequantized values code * scale, scale (rows)
+// given (a checkpoint's scales in its dtype) or NULL for RTN's scale of each original row, as
+// llm-compressor's observer fixes it before GPTQ; under the Hessian h (cols, cols, symmetric; any
+// positive multiple gives the same result). Dead columns (zero diagonal) come out zero. Returns 1
+// when the dampened Hessian is not positive definite: wq is then round-to-nearest, as
+// llm-compressor falls back to; 0 otherwise.
+int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q, GptqOpts o,
+                  const float* scale);
 
 // The steps gptq_quantize shares with its CUDA twin.
 // perm (cols): the column order (identity, or descending diagonal of h, ties by index).
@@ -47,11 +49,12 @@ void gptq_order(int* perm, const float* h, int cols, GptqOrder order);
 // hp (cols, cols) double = h permuted, dead diagonal set to 1 and dampened; dead (cols) marks
 // the permuted columns whose diagonal was zero.
 void gptq_prepare(double* hp, unsigned char* dead, const float* h, const int* perm, int cols, double damp);
-// amax (rows) of each original row.
-void gptq_row_amax(float* amax, const float* w, int rows, int cols);
+// scale (rows): given, or RTN's of each original row of w.
+void gptq_row_scales(float* out, const float* given, const float* w, int rows, int cols, QuantSpec q);
 
 // GPU twin, host pointers in and out (uploads, runs, downloads); same contract as gptq_quantize.
-int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q, GptqOpts o);
+int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q, GptqOpts o,
+                      const float* scale);
 
 #ifdef __cplusplus
 }

@@ -19,15 +19,16 @@ float quant_scale(float amax, QuantSpec q) {
     return amax / maxb;
 }
 
-float quant_value(float x, float amax, QuantSpec q) {
-    if (!(amax >= AMAX_MIN)) return 0.0f;
+float quant_value_scaled(float x, float s, QuantSpec q) {
+    if (!(s > 0.0f)) return 0.0f;
     float maxb, lo, hi;
     bounds(q, &maxb, &lo, &hi);
-    float s = amax / maxb;
     float r = rintf(x / s); // default rounding mode: half to even
     r = r < lo ? lo : (r > hi ? hi : r);
     return r * s;
 }
+
+float quant_value(float x, float amax, QuantSpec q) { return quant_value_scaled(x, quant_scale(amax, q), q); }
 
 static void quant_rows(float* out, const float* x, int rows, int cols, QuantSpec q) {
 #pragma omp parallel for

@@ -92,7 +92,7 @@ static void gptq_layer(float** out, const Model* m, int l, const Hessian* hs, co
                 hessian_get(&hs[site], h);
                 have = 1;
             }
-            if (gptq_quantize(out[i], lin->w, h, lin->out, lin->in, f->w, *o))
+            if (gptq_quantize(out[i], lin->w, h, lin->out, lin->in, f->w, *o, NULL))
                 warn_msg(
                     "%s: the dampened Hessian is not positive definite; quantized round-to-nearest instead, "
                     "as llm-compressor does (raise --gptq-dampening or add calibration data)",

@@ -570,8 +570,8 @@ static void op_gptq(int rows, int cols, int T, GptqOrder order, QuantSpec q) {
     GptqOpts o = gptq_defaults;
     o.order = order;
     float *want = xmalloc(sizeof(float) * rows * cols), *got = xmalloc(sizeof(float) * rows * cols);
-    int fc = gptq_quantize(want, w, h, rows, cols, q, o);
-    int fg = gpu_gptq_quantize(got, w, h, rows, cols, q, o);
+    int fc = gptq_quantize(want, w, h, rows, cols, q, o, NULL);
+    int fg = gpu_gptq_quantize(got, w, h, rows, cols, q, o, NULL);
     long same = 0, n = (long)rows * cols;
     for (long i = 0; i < n; i++) same += fabsf(got[i] - want[i]) <= 1e-6f * fabsf(want[i]);
     double ec = 0, eg = 0;
