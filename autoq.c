@@ -12,6 +12,7 @@ int cmd_info(int argc, char** argv);     // scoring/cmd_info.c
 int cmd_score(int argc, char** argv);    // scoring/cmd_score.c
 int cmd_search(int argc, char** argv);   // search/cmd_search.c
 int cmd_eval(int argc, char** argv);     // search/cmd_eval.c
+int cmd_quantize(int argc, char** argv); // search/quantize.c
 
 // Every command and option, on stderr (autoq --help, autoq CMD --help).
 static void cli_usage(void) {
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
     if (strcmp(cmd, "gen") == 0) return cmd_gen(argc - 1, argv + 1);
     if (strcmp(cmd, "score") == 0) return cmd_score(argc - 1, argv + 1);
     if (strcmp(cmd, "search") == 0) return cmd_search(argc - 1, argv + 1);
+    if (strcmp(cmd, "quantize") == 0) return cmd_quantize(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
     cli_usage();
     fail_input("unknown command '%s'", cmd);

@@ -12,6 +12,11 @@ static void bounds(QuantSpec q, float* maxb, float* lo, float* hi) {
     *maxb = q.ct ? m + 0.5f : m; // compressed-tensors: amax / 7.5, amax / 127.5
 }
 
+void quant_bounds(QuantSpec q, float* lo, float* hi) {
+    float maxb;
+    bounds(q, &maxb, lo, hi);
+}
+
 float quant_scale(float amax, QuantSpec q) {
     if (!(amax >= AMAX_MIN)) return 0.0f;
     float maxb, lo, hi;

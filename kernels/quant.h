@@ -23,6 +23,8 @@ void quant_input_rows(float* out, const float* x, int rows, int cols, QuantSpec 
 float quant_value(float x, float amax, QuantSpec q);
 // The scale quant_value uses for amax (0 for a row treated as zeros): values are code * scale.
 float quant_scale(float amax, QuantSpec q);
+// The codes' range: [lo, hi].
+void quant_bounds(QuantSpec q, float* lo, float* hi);
 // One value with a given scale (0: zero): the clamped, rounded code times the scale.
 float quant_value_scaled(float x, float scale, QuantSpec q);
 

@@ -82,7 +82,9 @@ void score_job_load(ScoreJob* j) {
     j->nf = formats_load(j->fmts, MAX_FORMATS, j->format_csv, j->ct);
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
-    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    // --device auto with GPTQ scores on the CPU: the CUDA engine runs round-to-nearest weights only
+    j->use_gpu = want_gpu ||
+                 (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0 && j->quant.kind != QUANTIZER_GPTQ);
     if (j->ngpus && !j->use_gpu)
         fail_input("--gpus %d: no CUDA device in use (--device cpu or none found)", j->ngpus);
     if (j->use_gpu) {

@@ -74,7 +74,7 @@ static int site_width(const Model* m, int site) {
 
 // GPTQ of every linear of layer l that want[i] names, with format want[i]: out[i] gets its weights.
 static void gptq_layer(float** out, const Model* m, int l, const Hessian* hs, const Format* fmts,
-                       const int* want, const GptqOpts* o, Progress* p) {
+                       const int* want, const Quantizer* q, Progress* p) {
     float* h = NULL;
     for (int site = 0; site < SITES; site++) {
         int n = site_width(m, site), have = 0;
@@ -92,7 +92,8 @@ static void gptq_layer(float** out, const Model* m, int l, const Hessian* hs, co
                 hessian_get(&hs[site], h);
                 have = 1;
             }
-            if (gptq_quantize(out[i], lin->w, h, lin->out, lin->in, f->w, *o, NULL))
+            if (gptq_quantize(out[i], lin->w, h, lin->out, lin->in, f->w, q->gptq,
+                              q->scales ? q->scales[i] : NULL))
                 warn_msg(
                     "%s: the dampened Hessian is not positive definite; quantized round-to-nearest instead, "
                     "as llm-compressor does (raise --gptq-dampening or add calibration data)",
@@ -127,6 +128,7 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     qc->wq = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
     GptqCacheKey key;
     gptq_cache_key(&key, "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
+    if (q->scales) fail_other("qcache_build: given scales apply to one recipe (gptq_sequential) only");
     if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf)) return;
     // every layer's Hessians from the unquantized model (one pass per window keeps all layers)
     double t0 = time_now();
@@ -150,7 +152,7 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     for (int f = 0; f < nf; f++) {
         for (int i = 0; i < m->n_linears; i++) want[i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
         for (int l = 0; l < L; l++)
-            gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, hs + SITES * l, fmts, want, &q->gptq, &p);
+            gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, hs + SITES * l, fmts, want, q, &p);
     }
     progress_end(&p);
     info_msg("gptq: %d linears x %d format(s) from %d x %d tokens in %.2fs", count, nf, ids->n, T,
@@ -168,7 +170,8 @@ void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Form
     memset(wq, 0, sizeof(float*) * m->n_linears);
     GptqCacheKey key;
     gptq_cache_key(&key, "sequential", m, ids, fmts, 1, choice, NULL, &q->gptq);
-    if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
+    int cache = q->cache_dir && !q->scales; // the cache holds weights on RTN's scales only
+    if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
     double t0 = time_now();
     size_t TD = (size_t)T * D;
     float* h = xmalloc(sizeof(float) * TD * ids->n); // (n, T, D) each window's stream at layer l
@@ -193,7 +196,7 @@ void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Form
                 model_forward_layer(m, &s, l, s.acts[l].h_in, NULL);
                 hessians_add(hs, &s, l);
             }
-            gptq_layer(wq, m, l, hs, fmts, choice, &q->gptq, NULL);
+            gptq_layer(wq, m, l, hs, fmts, choice, q, NULL);
             hessians_free(hs);
             for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) plan.wq[i] = wq[i];
         }
@@ -209,5 +212,5 @@ void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Form
     plan_free(&plan);
     run_free(&s, m);
     free(h);
-    if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice);
+    if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice);
 }

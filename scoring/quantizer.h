@@ -14,6 +14,9 @@ typedef struct {
     QuantizerKind kind;
     GptqOpts gptq;
     const char* cache_dir; // --gptq-cache DIR: GPTQ weights kept between runs, or NULL
+    // (n_linears) the per-row scales each linear is quantized with, or NULL: RTN's scale of each
+    // original row (autoq quantize gives the scales its checkpoint stores, rounded to its dtype)
+    float** scales;
 } Quantizer;
 
 // --quantizer rtn|gptq, --gptq-dampening F, --gptq-actorder none|static|group, --gptq-cache DIR
