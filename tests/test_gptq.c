@@ -159,7 +159,7 @@ static void against_llmcompressor(void) {
     npy_read_ids(&ids, "tests/fixtures/qwen3_tiny_ids.npy", m.c.vocab_size);
     Format f;
     format_load(&f, "configs/formats/w4a8.json", 1); // llm-compressor's numerics
-    Quantizer q = {QUANTIZER_GPTQ, gptq_defaults, NULL};
+    Quantizer q = {QUANTIZER_GPTQ, gptq_defaults, NULL, NULL};
     // x^T x of every site on the unquantized model, for the output errors
     Hessian* hs = xcalloc(4 * m.c.num_layers, sizeof(Hessian));
     for (int i = 0; i < m.n_linears; i++)
