@@ -152,6 +152,7 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
     snprintf(t->model, sizeof(t->model), "%s", j->model_dir);
     snprintf(t->method, sizeof(t->method), "%s", method_name(j->method));
     snprintf(t->numerics, sizeof(t->numerics), "%s", j->ct ? "compressed-tensors" : "modelopt");
+    snprintf(t->quantizer, sizeof(t->quantizer), "%s", quantizer_name(&j->quant));
     snprintf(t->disabled_csv, sizeof(t->disabled_csv), "%s", j->disabled_csv);
     t->nf = j->nf;
     for (int f = 0; f < j->nf; f++) t->fmts[f] = j->fmts[f];

@@ -50,6 +50,9 @@ void quantizer_check(const Quantizer* q, const Model* m, int use_gpu) {
 
 enum { SITE_ATTN, SITE_O, SITE_MLP, SITE_DOWN, SITES };
 
+// Memory for the Hessians held at once while scoring (fp32; Qwen3-8B: 0.8 GB a layer).
+#define HESSIAN_BYTES ((size_t)8 << 30)
+
 int hessian_site(const Model* m, int linear) {
     const Linear* l = &m->linears[linear];
     int site = l->kind == LIN_O      ? SITE_O
@@ -130,35 +133,43 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     gptq_cache_key(&key, "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
     if (q->scales) fail_other("qcache_build: given scales apply to one recipe (gptq_sequential) only");
     if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf)) return;
-    // every layer's Hessians from the unquantized model (one pass per window keeps all layers)
+    // Hessians from the unquantized model, for as many layers at a time as HESSIAN_BYTES holds
+    // (each chunk one pass over the windows, up to its last layer)
     double t0 = time_now();
-    Hessian* hs = xmalloc(sizeof(Hessian) * SITES * L);
-    for (int l = 0; l < L; l++) hessians_init(hs + SITES * l, m);
-    RunState s;
-    run_init(&s, m, T, 1);
-    Progress p;
-    progress_init(&p, "hessians", ids->n);
-    for (int w = 0; w < ids->n; w++) {
-        model_forward(m, &s, ids->ids + (long)w * T, NULL);
-        for (int l = 0; l < L; l++) hessians_add(hs + SITES * l, &s, l);
-        progress_step(&p, 1);
-    }
-    progress_end(&p);
-    run_free(&s, m);
+    size_t per_layer = 0;
+    for (int site = 0; site < SITES; site++)
+        per_layer += sizeof(float) * site_width(m, site) * site_width(m, site);
+    int chunk = (int)(HESSIAN_BYTES / per_layer) > 1 ? (int)(HESSIAN_BYTES / per_layer) : 1;
+    Hessian* hs = xmalloc(sizeof(Hessian) * SITES * (chunk < L ? chunk : L));
     int* want = xmalloc(sizeof(int) * m->n_linears);
     int count = 0;
     for (int i = 0; i < m->n_linears; i++) count += !gs->g[gs->group_of[i]].disabled;
+    RunState s;
+    run_init(&s, m, T, 1);
+    Progress p;
     progress_init(&p, "gptq", (long)count * nf);
-    for (int f = 0; f < nf; f++) {
-        for (int i = 0; i < m->n_linears; i++) want[i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
-        for (int l = 0; l < L; l++)
-            gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, hs + SITES * l, fmts, want, q, &p);
+    for (int l0 = 0; l0 < L; l0 += chunk) {
+        int l1 = l0 + chunk < L ? l0 + chunk : L;
+        for (int l = l0; l < l1; l++) hessians_init(hs + SITES * (l - l0), m);
+        for (int w = 0; w < ids->n; w++) {
+            model_embed(m, &s, ids->ids + (long)w * T);
+            for (int l = 0; l < l1; l++) {
+                model_forward_layer(m, &s, l, l + 1 < L ? s.acts[l + 1].h_in : s.h_final, NULL);
+                if (l >= l0) hessians_add(hs + SITES * (l - l0), &s, l);
+            }
+        }
+        for (int f = 0; f < nf; f++) {
+            for (int i = 0; i < m->n_linears; i++) want[i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
+            for (int l = l0; l < l1; l++)
+                gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, hs + SITES * (l - l0), fmts, want, q, &p);
+        }
+        for (int l = l0; l < l1; l++) hessians_free(hs + SITES * (l - l0));
     }
     progress_end(&p);
+    run_free(&s, m);
     info_msg("gptq: %d linears x %d format(s) from %d x %d tokens in %.2fs", count, nf, ids->n, T,
              time_now() - t0);
     free(want);
-    for (int l = 0; l < L; l++) hessians_free(hs + SITES * l);
     free(hs);
     if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL);
 }

@@ -20,6 +20,7 @@ void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, cons
     float** wq = xcalloc(m->n_linears, sizeof(float*));
     gptq_sequential(wq, m, ids, fmts, choice, q);
     verify_run_with(m, ids, fmts, choice, wq, r);
+    r->gptq = 1;
     for (int i = 0; i < m->n_linears; i++) free(wq[i]);
     free(wq);
 }

@@ -12,6 +12,7 @@ typedef struct {
     double nll_ref; // mean over samples of the per-sample mean NLL
     double nll_q;
     int n_quantized; // linears quantized
+    int gptq;        // deployed with GPTQ's sequential pipeline (else round-to-nearest)
 } VerifyResult;
 
 // choice[i] per linear of the model: -1 keeps it, else an index into fmts.
