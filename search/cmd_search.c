@@ -106,6 +106,14 @@ int cmd_search(int argc, char** argv) {
     int have_model = 0;
     if (scores) {
         table_read_h5(&t, scores);
+        if (!verify && j.quant.kind == QUANTIZER_GPTQ)
+            warn_msg("search: --quantizer gptq changes nothing without --verify (the scores in %s are taken as "
+                     "they are)",
+                     scores);
+        if (verify && j.quant.kind != QUANTIZER_GPTQ && strcmp(t.quantizer, "gptq") == 0)
+            warn_msg("search: %s holds GPTQ scores, but --verify deploys the recipe round-to-nearest (add "
+                     "--quantizer gptq)",
+                     scores);
         if (verify) {
             if (!j.model_dir) j.model_dir = t.model;
             if (!j.data.path) fail_input("search: --verify with --scores needs --data");

@@ -384,6 +384,9 @@ int cmd_quantize(int argc, char** argv) {
     if (!dir) fail_input("quantize: MODEL folder missing");
     if (!recipe) fail_input("quantize: --recipe is required");
     if (!out) fail_input("quantize: --out is required");
+    char* out_buf = xstrdup(out); // DIR/ names DIR: the temporary folder goes beside it
+    for (size_t n = strlen(out_buf); n > 1 && out_buf[n - 1] == '/'; n--) out_buf[n - 1] = 0;
+    out = out_buf;
     if (q.kind == QUANTIZER_GPTQ && !d.path)
         fail_input("quantize: --quantizer gptq needs --data (calibration)");
     out_dir_check(out, force);
@@ -444,7 +447,7 @@ int cmd_quantize(int argc, char** argv) {
              quantizer_name(&q), bytes / 1048576.0, out, time_now() - t0);
     json_decref(qc);
     for (int i = 0; i < m.n_linears; i++) free(z.codes[i]), free(z.scales[i]);
-    free(z.codes), free(z.scales), free(z.sdtype), free(st), free(tmp), free(choice);
+    free(z.codes), free(z.scales), free(z.sdtype), free(st), free(tmp), free(choice), free(out_buf);
     if (ids.ids) token_ids_free(&ids);
     model_free(&m);
     return 0;

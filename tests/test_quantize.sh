@@ -96,6 +96,12 @@ expect "--gptq-dampening range" "--gptq-dampening" $AQ score $M --data $D --meth
 expect "--gptq-actorder value" "--gptq-actorder must be" $AQ score $M --data $D --method kl --quantizer gptq --gptq-actorder random
 expect "gptq on a mixture-of-experts model" "mixture-of-experts" $AQ score tests/fixtures/qwen3-moe-tiny \
     --data tests/fixtures/qwen3_moe_tiny_ids.npy --method kl --quantizer gptq --device cpu
+if nvidia-smi -L >/dev/null 2>&1; then # the CUDA engine scores RTN only: GPTQ there is refused, never RTN
+    expect "gptq with --device cuda refused" "use --device cpu" $AQ score $M --data $D --num-samples 2 --method kl \
+        --quantizer gptq --device cuda
+else
+    echo "SKIP quantize: gptq with --device cuda (no GPU)"
+fi
 r=$($AQ eval $M --data $D --num-samples 2 --format w4a8 --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
 g=$($AQ eval $M --data $D --num-samples 2 --format w4a8 --quantizer gptq --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
 python3 -c "import sys; r, g = float(sys.argv[1]), float(sys.argv[2]); assert 0 < g < 0.6 * r" "$r" "$g" &&
