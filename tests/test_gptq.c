@@ -1,5 +1,5 @@
-// GPTQ (kernels/gptq.c, scoring/quantizer.c): properties on synthetic layers, then qwen3-tiny
-// against llm-compressor's own GPTQ (tests/ref/gptq_ref.py -> tests/fixtures/gptq_qwen3_tiny_ref.json).
+// GPTQ (kernels/gptq.c, scoring/quantizer.c): properties on synthetic layers, then qwen3-tiny and the
+// Qwen3-VL fixture against llm-compressor's own GPTQ (tests/ref/gptq_ref.py -> tests/fixtures/gptq_*_ref.json).
 // With every Hessian from the unquantized model (llm-compressor's basic pipeline, autoq's scores):
 // >= 99% of the recorded int4 codes equal and every linear's output error within 1%. Sequentially
 // (layer after layer): layer 0's codes >= 99% equal, the total output error within 1%, each linear's
@@ -141,22 +141,24 @@ static Agreement compare(const Model* m, float** wq, const Hessian* hs, json_t* 
     return a;
 }
 
-static void against_llmcompressor(void) {
-    const char* dir = "../shared/models/qwen3-tiny";
-    if (!file_exists("../shared/models/qwen3-tiny/config.json")) {
-        SKIP("gptq vs llm-compressor", "../shared/models/qwen3-tiny missing");
+static void against_llmcompressor(const char* dir, const char* ids_path, const char* path, const char* tag) {
+    char cfg[512], name[256];
+    snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
+    if (!file_exists(cfg)) {
+        snprintf(name, sizeof(name), "gptq vs llm-compressor, %s", tag);
+        SKIP(name, "model folder missing");
         return;
     }
     json_error_t jerr;
-    const char* path = "tests/fixtures/gptq_qwen3_tiny_ref.json";
     json_t* ref = json_load_file(path, 0, &jerr);
-    CHECK(ref != NULL, "gptq reference fixture loads", "%s", jerr.text);
+    snprintf(name, sizeof(name), "gptq reference fixture loads, %s", tag);
+    CHECK(ref != NULL, name, "%s", jerr.text);
     if (!ref) return;
     int rows = (int)json_integer_value(json_object_get(ref, "rows"));
     Model m;
     model_load(&m, dir);
     TokenIds ids;
-    npy_read_ids(&ids, "tests/fixtures/qwen3_tiny_ids.npy", m.c.vocab_size);
+    npy_read_ids(&ids, ids_path, m.c.vocab_size);
     Format f;
     format_load(&f, "configs/formats/w4a8.json", 1); // llm-compressor's numerics
     Quantizer q = {QUANTIZER_GPTQ, gptq_defaults, NULL, NULL};
@@ -181,51 +183,52 @@ static void against_llmcompressor(void) {
     QuantCache qc;
     double t0 = time_now();
     qcache_build(&qc, &m, &gs, &f, 1, &q, &ids);
-    double t_basic = time_now() - t0;
+    double secs = time_now() - t0;
     Agreement b = compare(&m, qc.wq, hs, json_object_get(ref, "basic"), rows, f.w);
     json_t* self = json_object_get(ref, "basic_float32_vs_float64");
-    printf("  basic: %.3f%% of %ld codes equal llm-compressor's (llm-compressor float32 vs float64: %.3f%%); "
-           "worst "
-           "output error %.3f%% off (%s); %.2fs\n",
-           100.0 * b.same / b.total, b.total, 100 * json_number_value(json_object_get(self, "codes_equal")),
-           100 * b.worst, b.worst_name, t_basic);
-    CHECK(b.total > 0 && b.same >= 0.99 * b.total,
-          "gptq codes = llm-compressor's (>= 99%), unquantized Hessians", "%.3f%% equal",
-          100.0 * b.same / b.total);
-    CHECK(b.worst <= 0.01,
-          "gptq output error within 1% of llm-compressor's, every linear, unquantized Hessians", "%s: %.3f%%",
-          b.worst_name, 100 * b.worst);
+    printf("  %s, basic: %.3f%% of %ld codes equal llm-compressor's (llm-compressor float32 vs float64: "
+           "%.3f%%); worst output error %.3f%% off (%s); %.2fs\n",
+           tag, 100.0 * b.same / b.total, b.total,
+           100 * json_number_value(json_object_get(self, "codes_equal")), 100 * b.worst, b.worst_name, secs);
+    snprintf(name, sizeof(name), "gptq codes = llm-compressor's (>= 99%%), unquantized Hessians, %s", tag);
+    CHECK(b.total > 0 && b.same >= 0.99 * b.total, name, "%.3f%% equal", 100.0 * b.same / b.total);
+    snprintf(name, sizeof(name), "gptq output error within 1%% of llm-compressor's, each linear, basic, %s",
+             tag);
+    CHECK(b.worst <= 0.01, name, "%s: %.3f%%", b.worst_name, 100 * b.worst);
     qcache_free(&qc);
 
     // sequential pipeline: the same codes in layer 0; later layers' codes move with any rounding
     // (llm-compressor's own float32 and float64 runs differ as much), their errors do not
-    int* choice = xcalloc(m.n_linears, sizeof(int)); // every linear w4a8, as the reference
-    float** wq = xcalloc(m.n_linears, sizeof(float*));
-    t0 = time_now();
-    gptq_sequential(wq, &m, &ids, &f, choice, &q);
-    double t_seq = time_now() - t0;
-    Agreement a = compare(&m, wq, hs, json_object_get(ref, "sequential"), rows, f.w);
-    self = json_object_get(ref, "sequential_float32_vs_float64");
-    double self_worst = json_number_value(json_object_get(self, "worst_output_error_diff"));
-    printf(
-        "  sequential: %.3f%% of codes equal llm-compressor's (layer 0: %.3f%%; llm-compressor float32 vs "
-        "float64: %.3f%%); output error %.4g vs %.4g, worst linear %.3f%% off (%s; llm-compressor float32 vs "
-        "float64: %.3f%%); %.2fs\n",
-        100.0 * a.same / a.total, 100.0 * a.same0 / a.total0,
-        100 * json_number_value(json_object_get(self, "codes_equal")), a.err, a.err_ref, 100 * a.worst,
-        a.worst_name, 100 * self_worst, t_seq);
-    CHECK(a.total0 > 0 && a.same0 >= 0.99 * a.total0,
-          "gptq sequential layer 0 codes = llm-compressor's (>= 99%)", "%.3f%% equal",
-          100.0 * a.same0 / a.total0);
-    CHECK(rel_diff(a.err, a.err_ref) <= 0.01,
-          "gptq sequential output error within 1% of llm-compressor's, all linears", "%g vs %g", a.err,
-          a.err_ref);
-    CHECK(a.worst <= 0.03, "gptq sequential output error within 3% of llm-compressor's, every linear",
-          "%s: %.3f%%", a.worst_name, 100 * a.worst);
+    if (json_object_get(ref, "sequential")) {
+        int* choice = xcalloc(m.n_linears, sizeof(int)); // every linear w4a8, as the reference
+        float** wq = xcalloc(m.n_linears, sizeof(float*));
+        t0 = time_now();
+        gptq_sequential(wq, &m, &ids, &f, choice, &q);
+        secs = time_now() - t0;
+        Agreement a = compare(&m, wq, hs, json_object_get(ref, "sequential"), rows, f.w);
+        self = json_object_get(ref, "sequential_float32_vs_float64");
+        printf("  %s, sequential: %.3f%% of codes equal llm-compressor's (layer 0: %.3f%%; llm-compressor "
+               "float32 vs float64: %.3f%%); output error %.4g vs %.4g, worst linear %.3f%% off (%s; "
+               "llm-compressor float32 vs float64: %.3f%%); %.2fs\n",
+               tag, 100.0 * a.same / a.total, 100.0 * a.same0 / a.total0,
+               100 * json_number_value(json_object_get(self, "codes_equal")), a.err, a.err_ref, 100 * a.worst,
+               a.worst_name, 100 * json_number_value(json_object_get(self, "worst_output_error_diff")), secs);
+        snprintf(name, sizeof(name), "gptq sequential layer 0 codes = llm-compressor's (>= 99%%), %s", tag);
+        CHECK(a.total0 > 0 && a.same0 >= 0.99 * a.total0, name, "%.3f%% equal", 100.0 * a.same0 / a.total0);
+        snprintf(name, sizeof(name), "gptq sequential output error within 1%% of llm-compressor's, total, %s",
+                 tag);
+        CHECK(rel_diff(a.err, a.err_ref) <= 0.01, name, "%g vs %g", a.err, a.err_ref);
+        snprintf(name, sizeof(name),
+                 "gptq sequential output error within 3%% of llm-compressor's, each linear, %s", tag);
+        CHECK(a.worst <= 0.03, name, "%s: %.3f%%", a.worst_name, 100 * a.worst);
+        for (int i = 0; i < m.n_linears; i++) free(wq[i]);
+        free(wq), free(choice);
+    } else {
+        snprintf(name, sizeof(name), "gptq sequential vs llm-compressor, %s", tag);
+        SKIP(name, "the reference ran llm-compressor's basic pipeline only");
+    }
     for (int site = 0; site < 4 * m.c.num_layers; site++) hessian_free(&hs[site]);
     free(hs);
-    for (int i = 0; i < m.n_linears; i++) free(wq[i]);
-    free(wq), free(choice);
     groups_free(&gs);
     patterns_free(&dis);
     token_ids_free(&ids);
@@ -235,6 +238,9 @@ static void against_llmcompressor(void) {
 
 int main(void) {
     synthetic();
-    against_llmcompressor();
+    against_llmcompressor("../shared/models/qwen3-tiny", "tests/fixtures/qwen3_tiny_ids.npy",
+                          "tests/fixtures/gptq_qwen3_tiny_ref.json", "qwen3-tiny");
+    against_llmcompressor("tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy",
+                          "tests/fixtures/gptq_qwen3_vl_tiny_ref.json", "qwen3-vl-tiny");
     return g_fail ? 1 : 0;
 }

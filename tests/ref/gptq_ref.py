@@ -1,9 +1,9 @@
 """llm-compressor's GPTQ on qwen3-tiny: the reference tests/test_gptq.c checks autoq's GPTQ against.
 
-usage: gptq_ref.py MODEL IDS.npy OUT.json [--save DIR]
+usage: gptq_ref.py MODEL IDS.npy OUT.json [--save DIR] [--pipelines basic,sequential] [--processor DIR]
 
 Runs llm-compressor's oneshot with the GPTQModifier recipe autoq emits for "every linear W4A8"
-(int4 per-channel symmetric weights, int8 dynamic per-token inputs, lm_head ignored; GPTQ defaults:
+(int4 per-channel symmetric weights, int8 dynamic per-token inputs, lm_head and a vision tower ignored; GPTQ defaults:
 block 128, dampening 0.01, actorder static) on the calibration windows of IDS.npy, the model in
 float32 as autoq's CPU engine computes. Writes:
 - OUT.json: per pipeline and linear its shape, the sha256 of all its int4 codes (int8 bytes), its output error
@@ -26,11 +26,15 @@ ROWS = 8
 
 model_dir, ids_path, out = sys.argv[1:4]
 save = sys.argv[sys.argv.index("--save") + 1] if "--save" in sys.argv else None
+# llm-compressor wants a processor beside a dataset even of token ids: --processor names a folder
+# with a tokenizer when MODEL has none (the Qwen3-VL fixture)
+processor = sys.argv[sys.argv.index("--processor") + 1] if "--processor" in sys.argv else None
+pipelines = sys.argv[sys.argv.index("--pipelines") + 1].split(",") if "--pipelines" in sys.argv else ["basic", "sequential"]
 
 import compressed_tensors, llmcompressor, transformers
 from datasets import Dataset
 from llmcompressor import oneshot
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 import llmcompressor.modifiers.gptq.gptq_quantize as gq
 import llmcompressor.modifiers.gptq.helpers as gh
@@ -40,7 +44,7 @@ recipe = """
 quant_stage:
   quant_modifiers:
     GPTQModifier:
-      ignore: [lm_head]
+      ignore: [lm_head, 're:.*visual.*']
       config_groups:
         group_0:
           targets: ['Linear']
@@ -50,7 +54,9 @@ quant_stage:
 
 
 def load():
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    vl = "ForConditionalGeneration" in AutoConfig.from_pretrained(model_dir).architectures[0]  # Qwen3-VL
+    cls = AutoModelForImageTextToText if vl else AutoModelForCausalLM
+    return cls.from_pretrained(model_dir, dtype=torch.float32)
 
 
 def linear_inputs(model):
@@ -78,7 +84,8 @@ def gptq(pipeline, precision):
     model = load()
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()})
     oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(ids), max_seq_length=ids.shape[1],
-            pipeline=pipeline, shuffle_calibration_samples=False)
+            pipeline=pipeline, shuffle_calibration_samples=False,
+            processor=AutoTokenizer.from_pretrained(processor) if processor else None)
     out = {}
     for name in xtx:
         mod = model.get_submodule(name)
@@ -108,7 +115,7 @@ result = {"model": model_dir.rstrip("/").split("/")[-1], "ids": ids_path.split("
                        "gptq_precision": "float32", "numerics": "compressed-tensors"},
           "versions": {"llmcompressor": llmcompressor.__version__, "compressed_tensors": compressed_tensors.__version__,
                        "transformers": transformers.__version__, "torch": torch.__version__}}
-for pipeline in ("basic", "sequential"):
+for pipeline in pipelines:
     res = gptq(pipeline, torch.float32)
     result[pipeline] = [{"name": n, "shape": list(w.shape), "output_error": output_error(n, w),
                          "codes_sha256": hashlib.sha256(c.numpy().tobytes()).hexdigest(),
