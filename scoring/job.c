@@ -110,7 +110,7 @@ void score_job_load(ScoreJob* j) {
         model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else
         model_load(&j->model, j->model_dir);
-    quantizer_check(&j->quant, &j->model, j->use_gpu);
+    quantizer_check(&j->quant, j->use_gpu);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
     if (strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../engine/util.h"
+#include "../kernels/swiglu.h"
 #include "gptq_cache.h"
 
 void quantizer_parse(Quantizer* q, Args* a) {
@@ -36,16 +37,12 @@ void quantizer_parse(Quantizer* q, Args* a) {
 
 const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }
 
-void quantizer_check(const Quantizer* q, const Model* m, int use_gpu) {
+void quantizer_check(const Quantizer* q, int use_gpu) {
     if (q->kind != QUANTIZER_GPTQ) return;
     if (use_gpu)
         fail_input(
             "--quantizer gptq: the CUDA engine scores round-to-nearest weights only for now; use --device "
             "cpu");
-    if (m->c.n_sparse)
-        fail_input("--quantizer gptq: %s has mixture-of-experts layers, whose per-expert Hessians are not "
-                   "collected yet; use --quantizer rtn",
-                   m->dir);
 }
 
 enum { SITE_ATTN, SITE_O, SITE_MLP, SITE_DOWN, SITES };
@@ -53,13 +50,25 @@ enum { SITE_ATTN, SITE_O, SITE_MLP, SITE_DOWN, SITES };
 // Memory for the Hessians held at once while scoring (fp32; Qwen3-8B: 0.8 GB a layer).
 #define HESSIAN_BYTES ((size_t)8 << 30)
 
+// A layer's Hessians: the four sites, then in a sparse layer one per expert's down_proj (its
+// gate and up read the layer's MLP input, as the dense ones do).
+typedef struct {
+    int n;      // SITES + E (sparse) or SITES
+    Hessian* h; // (n); xtx NULL where no linear reads the site (a sparse layer's dense down)
+} LayerHessians;
+
+// The site of linear i within its layer's Hessians.
+static int linear_site(const Model* m, int i) {
+    const Linear* l = &m->linears[i];
+    if (l->expert >= 0 && l->kind == LIN_DOWN) return SITES + l->expert;
+    return l->kind == LIN_O      ? SITE_O
+           : l->kind == LIN_DOWN ? SITE_DOWN
+           : l->kind >= LIN_GATE ? SITE_MLP
+                                 : SITE_ATTN;
+}
+
 int hessian_site(const Model* m, int linear) {
-    const Linear* l = &m->linears[linear];
-    int site = l->kind == LIN_O      ? SITE_O
-               : l->kind == LIN_DOWN ? SITE_DOWN
-               : l->kind >= LIN_GATE ? SITE_MLP
-                                     : SITE_ATTN;
-    return l->layer * SITES + site;
+    return m->linears[linear].layer * SITES + linear_site(m, linear);
 }
 
 const float* site_input(const RunState* s, int l, int site) {
@@ -70,19 +79,59 @@ const float* site_input(const RunState* s, int l, int site) {
 // The width of a site's input.
 static int site_width(const Model* m, int site) {
     const Config* c = &m->c;
-    return site == SITE_O      ? c->num_heads * c->head_dim
+    return site >= SITES       ? c->moe_intermediate
+           : site == SITE_O    ? c->num_heads * c->head_dim
            : site == SITE_DOWN ? c->intermediate_size
                                : c->hidden_size;
 }
 
+static void layer_hessians_init(LayerHessians* lh, const Model* m, int l) {
+    int sparse = model_layer_sparse(m, l);
+    lh->n = SITES + (sparse ? m->c.num_experts : 0);
+    lh->h = xcalloc(lh->n, sizeof(Hessian));
+    for (int site = 0; site < lh->n; site++)
+        if (!(sparse && site == SITE_DOWN)) hessian_init(&lh->h[site], site_width(m, site));
+}
+
+static void layer_hessians_free(LayerHessians* lh) {
+    for (int site = 0; site < lh->n; site++) hessian_free(&lh->h[site]);
+    free(lh->h);
+}
+
+static size_t layer_hessian_bytes(const Model* m, int l) {
+    size_t b = 0;
+    int n = SITES + (model_layer_sparse(m, l) ? m->c.num_experts : 0);
+    for (int site = 0; site < n; site++) b += sizeof(float) * site_width(m, site) * site_width(m, site);
+    return b;
+}
+
+// Adds the window just run through layer l. Each expert's down_proj sees every token, as
+// llm-compressor calibrates experts by default (moe_calibrate_all_experts): its input
+// silu(m Wg^T) * (m Wu^T) over all T tokens, not only those routed to it.
+static void layer_hessians_add(LayerHessians* lh, const Model* m, const RunState* s, int l) {
+    int T = s->T;
+    for (int site = 0; site < SITES; site++)
+        if (lh->h[site].xtx) hessian_add(&lh->h[site], site_input(s, l, site), T);
+    if (lh->n == SITES) return;
+    int I = m->c.moe_intermediate, D = m->c.hidden_size;
+    float *g = xmalloc(sizeof(float) * T * I), *u = xmalloc(sizeof(float) * T * I);
+    for (int e = 0; e < m->c.num_experts; e++) {
+        matmul_forward(g, s->acts[l].m, m->linears[model_lin(m, l, LIN_GATE, e)].w, T, D, I, 0.0f);
+        matmul_forward(u, s->acts[l].m, m->linears[model_lin(m, l, LIN_UP, e)].w, T, D, I, 0.0f);
+        swiglu_forward(g, g, u, (long)T * I);
+        hessian_add(&lh->h[SITES + e], g, T);
+    }
+    free(g), free(u);
+}
+
 // GPTQ of every linear of layer l that want[i] names, with format want[i]: out[i] gets its weights.
-static void gptq_layer(float** out, const Model* m, int l, const Hessian* hs, const Format* fmts,
+static void gptq_layer(float** out, const Model* m, int l, const LayerHessians* lh, const Format* fmts,
                        const int* want, const Quantizer* q, Progress* p) {
     float* h = NULL;
-    for (int site = 0; site < SITES; site++) {
+    for (int site = 0; site < lh->n; site++) {
         int n = site_width(m, site), have = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
-            if (want[i] < 0 || hessian_site(m, i) != l * SITES + site) continue;
+            if (want[i] < 0 || linear_site(m, i) != site) continue;
             const Linear* lin = &m->linears[i];
             const Format* f = &fmts[want[i]];
             out[i] = xmalloc(sizeof(float) * lin->out * lin->in);
@@ -92,7 +141,7 @@ static void gptq_layer(float** out, const Model* m, int l, const Hessian* hs, co
             }
             if (!have) {
                 h = xrealloc(h, sizeof(float) * n * n);
-                hessian_get(&hs[site], h);
+                hessian_get(&lh->h[site], h);
                 have = 1;
             }
             if (gptq_quantize(out[i], lin->w, h, lin->out, lin->in, f->w, q->gptq,
@@ -105,18 +154,6 @@ static void gptq_layer(float** out, const Model* m, int l, const Hessian* hs, co
         }
     }
     free(h);
-}
-
-static void hessians_init(Hessian* hs, const Model* m) {
-    for (int site = 0; site < SITES; site++) hessian_init(&hs[site], site_width(m, site));
-}
-
-static void hessians_free(Hessian* hs) {
-    for (int site = 0; site < SITES; site++) hessian_free(&hs[site]);
-}
-
-static void hessians_add(Hessian* hs, const RunState* s, int l) {
-    for (int site = 0; site < SITES; site++) hessian_add(&hs[site], site_input(s, l, site), s->T);
 }
 
 void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf,
@@ -136,11 +173,11 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     // Hessians from the unquantized model, for as many layers at a time as HESSIAN_BYTES holds
     // (each chunk one pass over the windows, up to its last layer)
     double t0 = time_now();
-    size_t per_layer = 0;
-    for (int site = 0; site < SITES; site++)
-        per_layer += sizeof(float) * site_width(m, site) * site_width(m, site);
+    size_t per_layer = 1;
+    for (int l = 0; l < L; l++)
+        if (layer_hessian_bytes(m, l) > per_layer) per_layer = layer_hessian_bytes(m, l);
     int chunk = (int)(HESSIAN_BYTES / per_layer) > 1 ? (int)(HESSIAN_BYTES / per_layer) : 1;
-    Hessian* hs = xmalloc(sizeof(Hessian) * SITES * (chunk < L ? chunk : L));
+    LayerHessians* hs = xmalloc(sizeof(LayerHessians) * (chunk < L ? chunk : L));
     int* want = xmalloc(sizeof(int) * m->n_linears);
     int count = 0;
     for (int i = 0; i < m->n_linears; i++) count += !gs->g[gs->group_of[i]].disabled;
@@ -150,20 +187,20 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     progress_init(&p, "gptq", (long)count * nf);
     for (int l0 = 0; l0 < L; l0 += chunk) {
         int l1 = l0 + chunk < L ? l0 + chunk : L;
-        for (int l = l0; l < l1; l++) hessians_init(hs + SITES * (l - l0), m);
+        for (int l = l0; l < l1; l++) layer_hessians_init(&hs[l - l0], m, l);
         for (int w = 0; w < ids->n; w++) {
             model_embed(m, &s, ids->ids + (long)w * T);
             for (int l = 0; l < l1; l++) {
                 model_forward_layer(m, &s, l, l + 1 < L ? s.acts[l + 1].h_in : s.h_final, NULL);
-                if (l >= l0) hessians_add(hs + SITES * (l - l0), &s, l);
+                if (l >= l0) layer_hessians_add(&hs[l - l0], m, &s, l);
             }
         }
         for (int f = 0; f < nf; f++) {
             for (int i = 0; i < m->n_linears; i++) want[i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
             for (int l = l0; l < l1; l++)
-                gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, hs + SITES * (l - l0), fmts, want, q, &p);
+                gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, &hs[l - l0], fmts, want, q, &p);
         }
-        for (int l = l0; l < l1; l++) hessians_free(hs + SITES * (l - l0));
+        for (int l = l0; l < l1; l++) layer_hessians_free(&hs[l - l0]);
     }
     progress_end(&p);
     run_free(&s, m);
@@ -194,21 +231,21 @@ void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Form
     }
     QuantPlan plan; // weights only: llm-compressor calibrates with activation quantization disabled
     plan_init(&plan, m);
-    Hessian hs[SITES];
+    LayerHessians hs;
     Progress p;
     progress_init(&p, "gptq layers", L);
     for (int l = 0; l < L; l++) {
         int any = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) any |= choice[i] >= 0;
         if (any) {
-            hessians_init(hs, m);
+            layer_hessians_init(&hs, m, l);
             for (int w = 0; w < ids->n; w++) { // this layer as it is, on the stream so far
                 memcpy(s.acts[l].h_in, h + TD * w, sizeof(float) * TD);
                 model_forward_layer(m, &s, l, s.acts[l].h_in, NULL);
-                hessians_add(hs, &s, l);
+                layer_hessians_add(&hs, m, &s, l);
             }
-            gptq_layer(wq, m, l, hs, fmts, choice, q, NULL);
-            hessians_free(hs);
+            gptq_layer(wq, m, l, &hs, fmts, choice, q, NULL);
+            layer_hessians_free(&hs);
             for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) plan.wq[i] = wq[i];
         }
         for (int w = 0; w < ids->n; w++) { // the stream through the quantized layer

@@ -1,7 +1,7 @@
 // The weight quantizer behind every candidate (README, "GPTQ"): round-to-nearest, or GPTQ with
-// Hessians collected here from the calibration windows. Scoring uses each linear's GPTQ weights
-// under the unquantized model's inputs; a recipe is deployed with llm-compressor's sequential
-// pipeline (layer after layer, quantized layers feeding the next Hessians).
+// Hessians collected here from the calibration windows (experts: every token through every expert). Scoring
+// uses each linear's GPTQ weights under the unquantized model's inputs; a recipe is deployed with
+// llm-compressor's sequential pipeline (layer after layer, quantized layers feeding the next Hessians).
 #pragma once
 #include "../datasets/npy.h"
 #include "../engine/args.h"
@@ -23,11 +23,12 @@ typedef struct {
 // (the gptq options without --quantizer gptq are an error, exit 2).
 void quantizer_parse(Quantizer* q, Args* a);
 const char* quantizer_name(const Quantizer* q);
-// Exits 2 when the quantizer cannot run on this model or device (GPTQ: dense models, CPU engine).
-void quantizer_check(const Quantizer* q, const Model* m, int use_gpu);
+// Exits 2 when the quantizer cannot run on the device (GPTQ: the CPU engine only, for now).
+void quantizer_check(const Quantizer* q, int use_gpu);
 
-// The Hessian a linear's input feeds, 4 per layer: q/k/v share the attention input, gate/up the
-// MLP input; o_proj and down_proj have their own.
+// The Hessian a linear's input feeds, layer * 4 + site: q/k/v share the attention input (0), o_proj
+// has its own (1), gate/up share the MLP input (2, experts' too), down_proj its own (3); an expert's
+// down_proj is 4 + its expert, past its layer's four (its input differs per expert).
 int hessian_site(const Model* m, int linear);
 // The input of that site in a forward pass's saved activations of layer l.
 const float* site_input(const RunState* s, int l, int site);

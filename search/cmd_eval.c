@@ -81,7 +81,6 @@ int cmd_eval(int argc, char** argv) {
         fail_input("eval: --quantizer gptq goes with --recipe or --format (what to quantize)");
     Model m;
     model_load(&m, dir);
-    quantizer_check(&q, &m, 0);
     d.model_dir = dir;
     d.vocab = m.c.vocab_size;
     d.eos = m.c.eos_token_id;

@@ -138,7 +138,6 @@ int cmd_search(int argc, char** argv) {
         model_check_seq_len(&j.model, j.ids.t, j.data.path);
         have_model = 1;
     }
-    if (verify) quantizer_check(&j.quant, &j.model, 0);
 
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost);

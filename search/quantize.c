@@ -394,7 +394,6 @@ int cmd_quantize(int argc, char** argv) {
     model_load(&m, dir);
     if (m.c.n_sparse)
         fail_input("quantize: %s has mixture-of-experts layers, which autoq quantize does not write yet", dir);
-    quantizer_check(&q, &m, 0);
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice);

@@ -94,8 +94,14 @@ expect "--quantizer value" "--quantizer must be rtn or gptq" $AQ score $M --data
 expect "--gptq-* without gptq" "go with --quantizer gptq" $AQ eval $M --data $D --format w4a8 --gptq-actorder none
 expect "--gptq-dampening range" "--gptq-dampening" $AQ score $M --data $D --method kl --quantizer gptq --gptq-dampening 2
 expect "--gptq-actorder value" "--gptq-actorder must be" $AQ score $M --data $D --method kl --quantizer gptq --gptq-actorder random
-expect "gptq on a mixture-of-experts model" "mixture-of-experts" $AQ score tests/fixtures/qwen3-moe-tiny \
-    --data tests/fixtures/qwen3_moe_tiny_ids.npy --method kl --quantizer gptq --device cpu
+MM=tests/fixtures/qwen3-moe-tiny
+MD=tests/fixtures/qwen3_moe_tiny_ids.npy
+expect "quantize refuses a mixture-of-experts model" "mixture-of-experts" $AQ quantize $MM --recipe "$tmp/all.json" \
+    --out "$tmp/moe"
+r=$($AQ eval $MM --data $MD --format w4a8 --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
+g=$($AQ eval $MM --data $MD --format w4a8 --quantizer gptq --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
+python3 -c "import sys; r, g = float(sys.argv[1]), float(sys.argv[2]); assert 0 < g < 0.8 * r" "$r" "$g" &&
+    pass "eval, MoE: GPTQ (experts included) below RTN's KL ($g vs $r)" || fail "eval MoE gptq KL $g vs rtn $r"
 if nvidia-smi -L >/dev/null 2>&1; then # the CUDA engine scores RTN only: GPTQ there is refused, never RTN
     expect "gptq with --device cuda refused" "use --device cpu" $AQ score $M --data $D --num-samples 2 --method kl \
         --quantizer gptq --device cuda

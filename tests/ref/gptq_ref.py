@@ -6,7 +6,7 @@ Runs llm-compressor's oneshot with the GPTQModifier recipe autoq emits for "ever
 (int4 per-channel symmetric weights, int8 dynamic per-token inputs, lm_head and a vision tower ignored; GPTQ defaults:
 block 128, dampening 0.01, actorder static) on the calibration windows of IDS.npy, the model in
 float32 as autoq's CPU engine computes. Writes:
-- OUT.json: per pipeline and linear its shape, the sha256 of all its int4 codes (int8 bytes), its output error
+- OUT.json: per pipeline and linear (an expert's output error is null: see linear_inputs) its shape, the sha256 of all its int4 codes (int8 bytes), its output error
   sum over the calibration tokens of ||x W^T - x Wq^T||^2 with x the unquantized model's inputs, and
   the codes of its first ROWS output channels as hex digits of code + 8 (small enough to commit).
 Two pipelines: "basic" (every Hessian from the unquantized model, what autoq's scores use) and
@@ -34,6 +34,7 @@ pipelines = sys.argv[sys.argv.index("--pipelines") + 1].split(",") if "--pipelin
 import compressed_tensors, llmcompressor, transformers
 from datasets import Dataset
 from llmcompressor import oneshot
+from llmcompressor.modeling.moe.linearize import load_quantizable_moe
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 import llmcompressor.modifiers.gptq.gptq_quantize as gq
@@ -44,7 +45,7 @@ recipe = """
 quant_stage:
   quant_modifiers:
     GPTQModifier:
-      ignore: [lm_head, 're:.*visual.*']
+      ignore: [lm_head, 're:.*visual.*', 're:.*mlp\\.gate$']
       config_groups:
         group_0:
           targets: ['Linear']
@@ -56,14 +57,19 @@ quant_stage:
 def load():
     vl = "ForConditionalGeneration" in AutoConfig.from_pretrained(model_dir).architectures[0]  # Qwen3-VL
     cls = AutoModelForImageTextToText if vl else AutoModelForCausalLM
-    return cls.from_pretrained(model_dir, dtype=torch.float32)
+    # mixture of experts: llm-compressor's own loading path, one nn.Linear per expert projection
+    with load_quantizable_moe(cls):
+        return cls.from_pretrained(model_dir, dtype=torch.float32)
 
 
 def linear_inputs(model):
     """x^T x over the calibration tokens of every decoder linear's input, unquantized model."""
     xtx, hooks = {}, []
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and ".layers." in name:
+        # experts are left out: calibration sends every token through every expert
+        # (moe_calibrate_all_experts), a plain forward only the routed ones
+        if isinstance(mod, torch.nn.Linear) and ".layers." in name and ".experts." not in name \
+                and not name.endswith("mlp.gate"):
 
             def hook(m, args, _out, name=name):
                 x = args[0].reshape(-1, args[0].shape[-1]).double()
@@ -87,8 +93,9 @@ def gptq(pipeline, precision):
             pipeline=pipeline, shuffle_calibration_samples=False,
             processor=AutoTokenizer.from_pretrained(processor) if processor else None)
     out = {}
-    for name in xtx:
-        mod = model.get_submodule(name)
+    for name, mod in model.named_modules():
+        if not hasattr(mod, "weight_scale"):
+            continue
         w = mod.weight.detach().double()
         scale = mod.weight_scale.detach().double()  # (out, 1)
         codes = torch.round(w / scale).to(torch.int8)
@@ -100,6 +107,8 @@ def gptq(pipeline, precision):
 
 
 def output_error(name, w):
+    if name not in xtx:
+        return None  # an expert (see linear_inputs)
     d = orig[name] - w
     return float(torch.einsum("ij,jk,ik->", d, xtx[name], d))  # sum_t ||x_t (W - Wq)^T||^2
 
@@ -125,7 +134,7 @@ for pipeline in pipelines:
     res64 = gptq(pipeline, torch.float64)
     eq = sum(int((res[n][1] == res64[n][1]).sum()) for n in res)
     total = sum(res[n][1].numel() for n in res)
-    worst = max(abs(output_error(n, res[n][0]) / output_error(n, res64[n][0]) - 1) for n in res)
+    worst = max(abs(output_error(n, res[n][0]) / output_error(n, res64[n][0]) - 1) for n in res if n in xtx)
     result[pipeline + "_float32_vs_float64"] = {"codes_equal": eq / total, "worst_output_error_diff": worst}
 json.dump(result, open(out, "w"), indent=1)
-print(f"{len(xtx)} linears -> {out}: " + json.dumps({k: v for k, v in result.items() if k.endswith("float64")}))
+print(f"{len(result['basic'])} linears -> {out}: " + json.dumps({k: v for k, v in result.items() if k.endswith("float64")}))
