@@ -551,7 +551,6 @@ static void op_grouped_i8(int E, int K, int N) {
     cudaFree(dx), cudaFree(dw), cudaFree(dsx), cudaFree(dsw), cudaFree(dy), cudaFree(dt);
     free(offs), free(xq), free(wq), free(sx), free(sw), free(want), free(got), free(tiles);
 }
-#endif
 
 // GPTQ: cuSOLVER's factors and cuBLAS's sums differ from LAPACK's in rounding, which can flip a
 // code near a rounding boundary and carry on through the later columns; so the test asks for
@@ -594,6 +593,8 @@ static void op_gptq(int rows, int cols, int T, GptqOrder order, QuantSpec q) {
     hessian_free(&hs);
     free(w), free(x), free(h), free(want), free(got), free(d);
 }
+
+#endif
 
 int main(void) {
     if (gpu_device_count() == 0) {
