@@ -32,7 +32,7 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
 CPPFLAGS += -DAUTOQ_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
 XLDFLAGS += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs
-LDLIBS += -lcublas -lcudart -lnccl -lstdc++ -lpthread
+LDLIBS += -lcublas -lcusolver -lcudart -lnccl -lstdc++ -lpthread
 NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra -I. -DAUTOQ_CUDA -MMD -MP
 endif
 TEST_SRC := $(wildcard tests/test_*.c)

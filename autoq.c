@@ -12,6 +12,7 @@ int cmd_info(int argc, char** argv);     // scoring/cmd_info.c
 int cmd_score(int argc, char** argv);    // scoring/cmd_score.c
 int cmd_search(int argc, char** argv);   // search/cmd_search.c
 int cmd_eval(int argc, char** argv);     // search/cmd_eval.c
+int cmd_quantize(int argc, char** argv); // search/quantize.c
 
 // Every command and option, on stderr (autoq --help, autoq CMD --help).
 static void cli_usage(void) {
@@ -21,7 +22,8 @@ static void cli_usage(void) {
         "  autoq info     MODEL [--disabled-layers P,...] [--no-grouping] [--json]\n"
         "  autoq eval     MODEL --data D [--recipe R | --format F [--disabled-layers P,...]] [--logits "
         "OUT.npy]\n"
-        "                 [--num-samples N] [--seq-len T] [--shuffle --seed S] [--json]\n"
+        "                 [--quantizer rtn|gptq [GPTQ]] [--num-samples N] [--seq-len T] [--shuffle --seed S] "
+        "[--json]\n"
         "  autoq score    MODEL --data D --method kl|gradient [--format F[,F...]]\n"
         "                 (F: w4a8 w8a8 fp8 nvfp4 mxfp4 w4a16 w4a8_fp8, or a quant_cfg JSON file)\n"
         "                 [--numerics modelopt|compressed-tensors] [--disabled-layers P,...] [--no-grouping]\n"
@@ -31,13 +33,16 @@ static void cli_usage(void) {
         "                 [--json FILE|-]\n"
         "                 [--nccl-init file:PATH|tcp:HOST:PORT --rank R --world-size W [--shard-layers "
         "[--stages S]]]\n"
-        "                 [--checkpoint FILE] [--min-expert-tokens N] [--quiet]\n"
+        "                 [--checkpoint FILE] [--min-expert-tokens N] [--quantizer rtn|gptq [GPTQ]] [--quiet]\n"
         "  autoq search   (--scores scores.h5 | MODEL --data D --method M ...) --budget B\n"
         "                 [--budget-scope candidates|all] [--cost memory|active] [--bits true|modelopt]\n"
         "                 [--sweep LO:HI:STEP]\n"
-        "                 [--verify [--data D]]\n"
+        "                 [--verify [--data D] [--quantizer rtn|gptq [GPTQ]]]\n"
         "                 [--out recipe.json] [--h5 out.h5] [--emit llmcompressor=FILE] [--emit "
         "modelopt=FILE]\n"
+        "  autoq quantize MODEL --recipe R --out DIR [--quantizer rtn|gptq [GPTQ] --data D [--num-samples N]\n"
+        "                 [--seq-len T]] [--force]\n"
+        "  GPTQ: [--gptq-dampening F] [--gptq-actorder none|static|group] [--gptq-cache DIR]\n"
         "  autoq tokenize MODEL_OR_TOKENIZER_JSON --text FILE [--json] [--decode]\n"
         "  autoq gen      OUT_DIR [--preset tiny|0.6b|8b|moe-small|30b-a3b] [--layers N] [--shard-mib M]\n"
         "                 [--seed S] [--corpus TEXT] [--ids OUT.npy --num-samples N --seq-len T]\n"
@@ -60,6 +65,7 @@ int main(int argc, char** argv) {
     if (strcmp(cmd, "gen") == 0) return cmd_gen(argc - 1, argv + 1);
     if (strcmp(cmd, "score") == 0) return cmd_score(argc - 1, argv + 1);
     if (strcmp(cmd, "search") == 0) return cmd_search(argc - 1, argv + 1);
+    if (strcmp(cmd, "quantize") == 0) return cmd_quantize(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
     cli_usage();
     fail_input("unknown command '%s'", cmd);

@@ -1,5 +1,5 @@
 // Backward through a saved forward pass, gradients with respect to
-// activations only. Mirrors layer_forward in forward.c step by step.
+// activations only. Mirrors model_forward_layer in forward.c step by step.
 #include <stdlib.h>
 #include <string.h>
 

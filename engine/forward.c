@@ -187,7 +187,7 @@ static void mlp_forward(const Model* m, RunState* s, int l, float* h_out, const 
     for (long i = 0; i < TD; i++) h_out[i] += a->h_mid[i];
 }
 
-static void layer_forward(const Model* m, RunState* s, int l, float* h_out, const QuantPlan* plan) {
+void model_forward_layer(const Model* m, RunState* s, int l, float* h_out, const QuantPlan* plan) {
     const Config* c = &m->c;
     const LayerWeights* w = &m->layers[l];
     LayerActs* a = &s->acts[l];
@@ -211,7 +211,8 @@ static void layer_forward(const Model* m, RunState* s, int l, float* h_out, cons
 void model_forward_from(const Model* m, RunState* s, int start, const QuantPlan* plan) {
     const Config* c = &m->c;
     int L = c->num_layers;
-    for (int l = start; l < L; l++) layer_forward(m, s, l, l + 1 < L ? s->acts[l + 1].h_in : s->h_final, plan);
+    for (int l = start; l < L; l++)
+        model_forward_layer(m, s, l, l + 1 < L ? s->acts[l + 1].h_in : s->h_final, plan);
     rmsnorm_forward(s->hf, s->rstd_f, s->h_final, m->norm, s->T, c->hidden_size, c->rms_eps);
     matmul_forward(s->logits, s->hf, m->lm_head, s->T, c->hidden_size, c->vocab_size, 0.0f);
 }

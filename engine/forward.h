@@ -80,6 +80,8 @@ void run_free(RunState* s, const Model* m);
 void model_embed(const Model* m, RunState* s, const int* ids);
 // Runs layers start..L-1 from acts[start].h_in, then the final norm and lm_head.
 void model_forward_from(const Model* m, RunState* s, int start, const QuantPlan* plan);
+// Layer l alone, from acts[l].h_in into h_out (T, D) (GPTQ's sequential pass, one layer at a time).
+void model_forward_layer(const Model* m, RunState* s, int l, float* h_out, const QuantPlan* plan);
 // Full forward of ids; plan may be NULL.
 void model_forward(const Model* m, RunState* s, const int* ids, const QuantPlan* plan);
 

@@ -32,8 +32,8 @@ static volatile sig_atomic_t g_tmp_used[MAX_TMP];
 // Async-signal-safe: unlink and re-raise with the default action, so the
 // process still dies of the signal (exit status and core as usual).
 static void tmp_on_signal(int sig) {
-    for (int i = 0; i < MAX_TMP; i++)
-        if (g_tmp_used[i]) unlink(g_tmp[i]);
+    for (int i = MAX_TMP - 1; i >= 0; i--) // newest first: a folder's files before the folder
+        if (g_tmp_used[i] && unlink(g_tmp[i]) != 0) rmdir(g_tmp[i]);
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -59,7 +59,10 @@ static void tmp_install_handlers(void) {
 void tmp_register(const char* path) {
     if (strlen(path) >= PATH_MAX) fail_input("%s: output path is too long", path);
     tmp_install_handlers();
-    for (int i = 0; i < MAX_TMP; i++)
+    // after every live entry, so the slots keep registration order (cleanup goes newest first)
+    int last = MAX_TMP - 1;
+    while (last >= 0 && !g_tmp_used[last]) last--;
+    for (int i = last + 1; i < MAX_TMP; i++)
         if (!g_tmp_used[i]) {
             strcpy(g_tmp[i], path);
             g_tmp_used[i] = 1;
@@ -77,8 +80,8 @@ void tmp_unregister(const char* path) {
 }
 
 static void tmp_cleanup(void) {
-    for (int i = 0; i < MAX_TMP; i++)
-        if (g_tmp_used[i]) unlink(g_tmp[i]);
+    for (int i = MAX_TMP - 1; i >= 0; i--) // newest first: a folder's files before the folder
+        if (g_tmp_used[i] && unlink(g_tmp[i]) != 0) rmdir(g_tmp[i]);
 }
 
 static void vmsg(const char* prefix, const char* fmt, va_list ap) {

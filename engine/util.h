@@ -73,7 +73,8 @@ void out_check(const char* path, const char* what);
 void out_open(OutFile* o, const char* path);
 void out_close(OutFile* o); // flush, fsync-free rename
 void out_abort(OutFile* o);
-// Registers a temporary path removed if the process exits through fail_* or
+// Registers a temporary path (a file, or an empty folder: rmdir) removed, newest first, if the
+// process exits through fail_* or
 // is killed by SIGINT, SIGTERM, SIGHUP or SIGPIPE (handlers installed on the
 // first registration where the signal still has its default action).
 void tmp_register(const char* path);

@@ -5,6 +5,9 @@
 #include "quant_math.h"
 
 float quant_value(float x, float amax, QuantSpec q) { return qm_int(x, amax, q); }
+float quant_scale(float amax, QuantSpec q) { return qm_int_scale(amax, q); }
+void quant_bounds(QuantSpec q, float* lo, float* hi) { qm_int_bounds(q, lo, hi); }
+float quant_value_scaled(float x, float scale, QuantSpec q) { return qm_int_scaled(x, scale, q); }
 float fp8_e4m3_round(float x) { return qm_e4m3(x); }
 float fp4_e2m1_round(float x) { return qm_e2m1(x); }
 float mx_e8m0_unscale(float amax) { return qm_e8m0_unscale(amax); }

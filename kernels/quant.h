@@ -34,6 +34,11 @@ void quant_weight_rows(float* out, const float* w, int rows, int cols, QuantSpec
 void quant_input_rows(float* out, const float* x, int rows, int cols, QuantSpec q);
 // One value with a given amax under an integer per-row spec: the scalar the two functions above apply.
 float quant_value(float x, float amax, QuantSpec q);
+// Integer specs only (GPTQ): the scale quant_value uses for amax (0 for a row treated as zeros), the
+// codes' range [lo, hi], and one value with a given scale (0: zero): the clamped, rounded code x scale.
+float quant_scale(float amax, QuantSpec q);
+void quant_bounds(QuantSpec q, float* lo, float* hi);
+float quant_value_scaled(float x, float scale, QuantSpec q);
 // Round to the nearest FP8 E4M3 (fn) value, ties to even, subnormals down to 2^-9, saturating at +-448.
 float fp8_e4m3_round(float x);
 // Round to the nearest FP4 E2M1 value {0, 0.5, 1, 1.5, 2, 3, 4, 6} (signed), ties to even, saturating at 6.

@@ -66,16 +66,33 @@ QHD float qm_e8m0_unscale(float amax) {
     return ldexpf(1.0f, e);
 }
 
-// Integer, one scale s = amax / maxb; `zero` when amax is below QUANT_AMAX_MIN.
-QHD float qm_int(float x, float amax, QuantSpec q) {
-    if (!(amax >= QUANT_AMAX_MIN)) return 0.0f;
+// Integer codes' range [lo, hi]: narrow (ModelOpt's narrow_range) drops -2^(b-1).
+QHD void qm_int_bounds(QuantSpec q, float* lo, float* hi) {
     float m = (float)((1 << (q.bits - 1)) - 1); // 7 or 127
-    float hi = m, lo = (q.narrow && !q.ct) ? -m : -m - 1.0f;
-    float s = amax / (q.ct ? m + 0.5f : m); // compressed-tensors: amax / 7.5, amax / 127.5
-    float r = rintf(x / s);                 // default rounding mode: half to even
+    *hi = m;
+    *lo = (q.narrow && !q.ct) ? -m : -m - 1.0f;
+}
+
+// Integer scale s = amax / maxb (compressed-tensors: amax / 7.5, amax / 127.5); 0 (all zeros) when amax is
+// below QUANT_AMAX_MIN.
+QHD float qm_int_scale(float amax, QuantSpec q) {
+    if (!(amax >= QUANT_AMAX_MIN)) return 0.0f;
+    float m = (float)((1 << (q.bits - 1)) - 1);
+    return amax / (q.ct ? m + 0.5f : m);
+}
+
+// One value under a given scale (GPTQ fixes each row's scale first): the clamped code times s.
+QHD float qm_int_scaled(float x, float s, QuantSpec q) {
+    if (!(s > 0.0f)) return 0.0f;
+    float lo, hi;
+    qm_int_bounds(q, &lo, &hi);
+    float r = rintf(x / s); // default rounding mode: half to even
     r = r < lo ? lo : (r > hi ? hi : r);
     return r * s;
 }
+
+// Integer, one scale per row or token.
+QHD float qm_int(float x, float amax, QuantSpec q) { return qm_int_scaled(x, qm_int_scale(amax, q), q); }
 
 // Integer blocks (w4a16's groups) in ModelOpt's own arithmetic: r = rint(x * (m / amax)), clamped, then
 // r / (m / amax); zeros for amax <= 2^-24. It differs from qm_int only where x m / amax lies within an ulp of

@@ -21,6 +21,11 @@ json_t* checkpoint_identity(const ScoreJob* j) {
     json_object_set_new(id, "model", json_string(j->model_dir));
     json_object_set_new(id, "method", json_string(method_name(j->method)));
     json_object_set_new(id, "formats", json_string(j->format_csv));
+    if (j->quant.kind == QUANTIZER_GPTQ) { // absent for rtn, so earlier checkpoints still resume
+        json_object_set_new(id, "quantizer", json_string("gptq"));
+        json_object_set_new(id, "gptq_dampening", json_real(j->quant.gptq.damp));
+        json_object_set_new(id, "gptq_actorder", json_integer(j->quant.gptq.order));
+    }
     json_object_set_new(id, "numerics", json_string(j->ct ? "compressed-tensors" : "modelopt"));
     json_object_set_new(id, "disabled_layers", json_string(j->disabled_csv));
     json_object_set_new(id, "no_grouping", json_boolean(j->no_grouping));

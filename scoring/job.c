@@ -29,6 +29,7 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
         j->method = METHOD_GRADIENT;
     else if (method || need_method)
         fail_input("%s: --method must be kl or gradient (got '%s')", a->cmd, method ? method : "nothing");
+    quantizer_parse(&j->quant, a);
     j->format_csv = args_str(a, "--format");
     if (!j->format_csv) j->format_csv = "w4a8";
     const char* num = args_str(a, "--numerics");
@@ -87,7 +88,9 @@ void score_job_load(ScoreJob* j) {
         if (j->fmts[f].bits >= 8) j->gpu_split = 1;
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
-    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    // --device auto with GPTQ scores on the CPU: the CUDA engine runs round-to-nearest weights only
+    j->use_gpu = want_gpu ||
+                 (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0 && j->quant.kind != QUANTIZER_GPTQ);
     // What the GPU engine cannot run: formats without a weight quantizer, and emulated formats (every one but
     // the integer per-channel ones) on mixture-of-experts layers. --device auto leaves the GPU for the CPU
     // then; --device cuda refuses below.
@@ -134,6 +137,7 @@ void score_job_load(ScoreJob* j) {
         model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
     else
         model_load(&j->model, j->model_dir);
+    quantizer_check(&j->quant, j->use_gpu);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
     if (strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
@@ -175,6 +179,7 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
     snprintf(t->model, sizeof(t->model), "%s", j->model_dir);
     snprintf(t->method, sizeof(t->method), "%s", method_name(j->method));
     snprintf(t->numerics, sizeof(t->numerics), "%s", j->ct ? "compressed-tensors" : "modelopt");
+    snprintf(t->quantizer, sizeof(t->quantizer), "%s", quantizer_name(&j->quant));
     snprintf(t->disabled_csv, sizeof(t->disabled_csv), "%s", j->disabled_csv);
     t->nf = j->nf;
     for (int f = 0; f < j->nf; f++) t->fmts[f] = j->fmts[f];
@@ -292,6 +297,7 @@ static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint
 // One device: the CPU scorer one window at a time, or one GPU in batches of --batch-size windows.
 static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint) {
     Scorer cpu;
+    QuantCache qc;
     GpuScorer gpu;
     GpuEngine* e = NULL;
     int B = 1;
@@ -302,7 +308,8 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint)
         info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
                  j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16 (kl: bf16 activations, fp32 residual)");
     } else {
-        scorer_init(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t);
+        qcache_build(&qc, &j->model, &j->groups, j->fmts, j->nf, &j->quant, &j->ids);
+        scorer_init_with(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t, &qc);
         cpu.expert_tokens = j->expert_tokens;
     }
     json_t* id = checkpoint_identity(j);
@@ -340,6 +347,7 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint)
         gpu_engine_free(e);
     } else {
         scorer_free(&cpu);
+        qcache_free(&qc);
     }
 }
 

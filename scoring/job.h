@@ -6,6 +6,7 @@
 #include "../datasets/data.h"
 #include "../engine/args.h"
 #include "score.h"
+#include "quantizer.h"
 #include "score_gpu.h"
 #include "table.h"
 
@@ -19,6 +20,7 @@ typedef struct {
     Format fmts[MAX_FORMATS];
     int nf;
     Method method;
+    Quantizer quant; // --quantizer: the candidates' weights, round-to-nearest or GPTQ
     int ct;
     int no_grouping;
     int batch_size;
@@ -51,7 +53,8 @@ typedef struct {
 
 // Reads MODEL, --data, --method, --format, --numerics, --disabled-layers, --no-grouping,
 // --num-samples, --seq-len, --batch-size, --device, --gpu-gemm, --gpus, --shard-layers, --stages,
-// --nccl-init, --rank, --world-size, --shuffle, --seed, --min-expert-tokens.
+// --nccl-init, --rank, --world-size, --shuffle, --seed, --min-expert-tokens, --quantizer and the
+// --gptq-* options.
 void score_job_parse(ScoreJob* j, Args* a, int need_method);
 // Loads the model, data, groups and formats; exits 2 on bad input.
 void score_job_load(ScoreJob* j);

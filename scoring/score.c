@@ -58,13 +58,22 @@ const char* method_name(Method m) { return m == METHOD_KL ? "kl" : "gradient"; }
 
 void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method,
                  int T) {
+    scorer_init_with(s, m, gs, fmts, nf, method, T, NULL);
+}
+
+void scorer_init_with(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method,
+                      int T, const QuantCache* qc) {
     memset(s, 0, sizeof(*s));
     s->m = m;
     s->gs = gs;
     s->fmts = fmts;
     s->nf = nf;
     s->method = method;
-    qcache_init(&s->qc, m, gs, fmts, nf);
+    if (qc)
+        s->qc = *qc; // the caller's (GPTQ) weights, freed by the caller
+    else
+        qcache_init(&s->qc, m, gs, fmts, nf);
+    s->qc_owned = !qc;
     run_init(&s->ref, m, T, 1);
     plan_init(&s->plan, m);
     if (method == METHOD_KL) {
@@ -93,7 +102,7 @@ void scorer_free(Scorer* s) {
     else
         grad_free(&s->grad);
     plan_free(&s->plan);
-    qcache_free(&s->qc);
+    if (s->qc_owned) qcache_free(&s->qc);
     free(s->y);
     free(s->yq);
     free(s->mq.g);

@@ -30,6 +30,7 @@ typedef struct {
     int nf;
     Method method;
     QuantCache qc;
+    int qc_owned;  // qc built by scorer_init (round-to-nearest), not given
     double* score; // (nf, n_groups): where the sample being scored adds
     // (n_sparse, E) where the tokens routed to each expert of each sparse layer (in layer order)
     // in the unquantized pass add, or NULL
@@ -43,6 +44,9 @@ typedef struct {
 } Scorer;
 
 void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method, int T);
+// The same with the candidate weights given (GPTQ, scoring/quantizer.h); qc must outlive s.
+void scorer_init_with(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method,
+                      int T, const QuantCache* qc);
 void scorer_free(Scorer* s);
 // Adds one calibration window's contribution to score (nf, n_groups).
 void scorer_add_sample(Scorer* s, const int* ids, double* score);

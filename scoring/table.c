@@ -127,6 +127,7 @@ static json_t* table_json(const ScoreTable* t) {
     for (int f = 0; f < t->nf; f++) json_array_append_new(fs, format_to_json(&t->fmts[f]));
     json_object_set_new(j, "formats", fs);
     json_object_set_new(j, "numerics", json_string(t->numerics));
+    json_object_set_new(j, "quantizer", json_string(t->quantizer[0] ? t->quantizer : "rtn"));
     json_object_set_new(j, "disabled_layers", json_text(t->disabled_csv, "--disabled-layers"));
     json_object_set_new(j, "num_samples", json_integer(t->num_samples));
     json_object_set_new(j, "seq_len", json_integer(t->seq_len));

@@ -13,6 +13,7 @@ typedef struct {
     char model[512];
     char method[16];
     char numerics[32];
+    char quantizer[8];       // the candidates' weights: "rtn" or "gptq" (README §9)
     char disabled_csv[1024]; // --disabled-layers patterns the scores were made with
     int nf;
     // Each format's whole definition, stored in the scores files: search and its exports use

@@ -178,6 +178,7 @@ long table_h5_create(const ScoreTable* t, const char* path) {
     attr_str(f, "model", t->model);
     attr_str(f, "method", t->method);
     attr_str(f, "numerics", t->numerics);
+    attr_str(f, "quantizer", t->quantizer[0] ? t->quantizer : "rtn"); // a table built without one: rtn
     attr_str(f, "disabled_layers", t->disabled_csv);
     attr_num(f, "num_samples", H5T_NATIVE_INT, &t->num_samples);
     attr_num(f, "seq_len", H5T_NATIVE_INT, &t->seq_len);
@@ -429,6 +430,10 @@ static void read_header(const H5In* in, ScoreTable* t) {
     if (strcmp(t->numerics, "modelopt") && strcmp(t->numerics, "compressed-tensors"))
         table_bad(in->path, "numerics", "attribute '%s' is neither modelopt nor compressed-tensors",
                   t->numerics);
+    snprintf(t->quantizer, sizeof(t->quantizer), "rtn"); // files written before GPTQ have none
+    if (H5Aexists(in->f, "quantizer") > 0) read_attr_str(in, "quantizer", t->quantizer, sizeof(t->quantizer));
+    if (strcmp(t->quantizer, "rtn") && strcmp(t->quantizer, "gptq"))
+        table_bad(in->path, "quantizer", "attribute '%s' is neither rtn nor gptq", t->quantizer);
     read_attr_str(in, "disabled_layers", t->disabled_csv, sizeof(t->disabled_csv));
     t->num_samples = (int)read_attr_int(in, "num_samples", 1, 1 << 30);
     t->seq_len = (int)read_attr_int(in, "seq_len", 1, 1 << 30);

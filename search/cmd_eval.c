@@ -15,7 +15,7 @@
 
 // eval --recipe / --format: the quantized model against the unquantized one.
 static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const char* format, const char* dis_csv,
-                          int json) {
+                          const Quantizer* q, int json) {
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m->n_linears);
     if (recipe) {
@@ -32,17 +32,18 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
     }
     VerifyResult r;
     double t0 = time_now();
-    verify_run(m, ids, fmts, choice, &r);
+    verify_recipe(m, ids, fmts, choice, q, &r);
     double el = time_now() - t0;
     if (json) {
-        json_t* j =
-            json_pack("{s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "num_samples", ids->n,
-                      "seq_len", ids->t, "quantized_linears", r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref,
-                      "nll_quantized", r.nll_q, "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
+        json_t* j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "quantizer",
+                              quantizer_name(q), "num_samples", ids->n, "seq_len", ids->t, "quantized_linears",
+                              r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref, "nll_quantized", r.nll_q,
+                              "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
         json_write_file(j, NULL);
         json_decref(j);
     } else {
-        printf("%d of %d linears quantized; %d x %d tokens\n", r.n_quantized, m->n_linears, ids->n, ids->t);
+        printf("%d of %d linears quantized (%s); %d x %d tokens\n", r.n_quantized, m->n_linears,
+               quantizer_name(q), ids->n, ids->t);
         printf("mean nll %.6f -> %.6f (%+.6f), perplexity %.4f -> %.4f\n", r.nll_ref, r.nll_q,
                r.nll_q - r.nll_ref, exp(r.nll_ref), exp(r.nll_q));
         printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl,
@@ -68,12 +69,16 @@ int cmd_eval(int argc, char** argv) {
     const char* format = args_str(&a, "--format");
     const char* dis_csv = args_str(&a, "--disabled-layers");
     int json = args_flag(&a, "--json");
+    Quantizer q;
+    quantizer_parse(&q, &a);
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("eval: MODEL folder missing");
     if (!d.path) fail_input("eval: --data is required");
     if (recipe && format) fail_input("eval: give --recipe or --format, not both");
     if (logits_path) out_check(logits_path, "--logits");
+    if (q.kind == QUANTIZER_GPTQ && !recipe && !format)
+        fail_input("eval: --quantizer gptq goes with --recipe or --format (what to quantize)");
     Model m;
     model_load(&m, dir);
     d.model_dir = dir;
@@ -83,7 +88,7 @@ int cmd_eval(int argc, char** argv) {
     TokenIds ids;
     data_load(&ids, &d);
     model_check_seq_len(&m, ids.t, d.path);
-    if (recipe || format) return eval_quantized(&m, &ids, recipe, format, dis_csv, json);
+    if (recipe || format) return eval_quantized(&m, &ids, recipe, format, dis_csv, &q, json);
     RunState s;
     run_init(&s, &m, ids.t, 0);
     double* nll = xcalloc(ids.n, sizeof(double));

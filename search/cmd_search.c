@@ -112,6 +112,14 @@ int cmd_search(int argc, char** argv) {
     int have_model = 0;
     if (scores) {
         table_read_h5(&t, scores);
+        if (!verify && j.quant.kind == QUANTIZER_GPTQ)
+            warn_msg("search: --quantizer gptq changes nothing without --verify (the scores in %s are taken as "
+                     "they are)",
+                     scores);
+        if (verify && j.quant.kind != QUANTIZER_GPTQ && strcmp(t.quantizer, "gptq") == 0)
+            warn_msg("search: %s holds GPTQ scores, but --verify deploys the recipe round-to-nearest (add "
+                     "--quantizer gptq)",
+                     scores);
         if (verify) {
             if (!j.model_dir) j.model_dir = t.model;
             if (!j.data.path) fail_input("search: --verify with --scores needs --data");
@@ -150,12 +158,12 @@ int cmd_search(int argc, char** argv) {
         progress_init(&p, "verify", ns + 1);
         for (int i = 0; i < ns; i++) {
             linear_choice(&j.model, &t, &sweep[i], choice);
-            verify_run(&j.model, &j.ids, fmts, choice, &sweep[i].v);
+            verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &sweep[i].v);
             sweep[i].verified = 1;
             progress_step(&p, 1);
         }
         linear_choice(&j.model, &t, &main_sol, choice);
-        verify_run(&j.model, &j.ids, fmts, choice, &main_sol.v);
+        verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &main_sol.v);
         main_sol.verified = 1;
         progress_step(&p, 1);
         progress_end(&p);

@@ -191,8 +191,8 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
                s->bits_cost[COST_MEMORY][0], s->bits_cost[COST_MEMORY][1], s->bits_cost[COST_ACTIVE][0],
                s->bits_cost[COST_ACTIVE][1], c->cost == COST_ACTIVE ? "active" : "memory");
     if (s->verified)
-        printf("; measured KL %.6g, NLL %.6f -> %.6f (%+.6f)", s->v.kl, s->v.nll_ref, s->v.nll_q,
-               s->v.nll_q - s->v.nll_ref);
+        printf("; measured KL %.6g, NLL %.6f -> %.6f (%+.6f)%s", s->v.kl, s->v.nll_ref, s->v.nll_q,
+               s->v.nll_q - s->v.nll_ref, s->v.gptq ? ", deployed with GPTQ" : "");
     printf("\n");
 }
 
@@ -203,6 +203,7 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
     json_object_set_new(j, "model", json_text(t->model, "the model path"));
     json_object_set_new(j, "method", json_string(t->method));
     json_object_set_new(j, "numerics", json_string(t->numerics));
+    json_object_set_new(j, "quantizer", json_string(t->quantizer[0] ? t->quantizer : "rtn")); // of the scores
     json_object_set_new(j, "disabled_layers", json_text(t->disabled_csv, "--disabled-layers"));
     json_t* fs = json_array();
     for (int f = 0; f < t->nf; f++) json_array_append_new(fs, format_to_json(&fmts[f]));
@@ -228,8 +229,9 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
     json_object_set_new(j, "predicted_score", json_real(s->predicted));
     if (s->verified)
         json_object_set_new(j, "measured",
-                            json_pack("{s:f,s:f,s:f,s:f}", "kl", s->v.kl, "nll_ref", s->v.nll_ref,
-                                      "nll_quantized", s->v.nll_q, "nll_delta", s->v.nll_q - s->v.nll_ref));
+                            json_pack("{s:f,s:f,s:f,s:f,s:s}", "kl", s->v.kl, "nll_ref", s->v.nll_ref,
+                                      "nll_quantized", s->v.nll_q, "nll_delta", s->v.nll_q - s->v.nll_ref,
+                                      "quantizer", s->v.gptq ? "gptq" : "rtn"));
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
         json_t* o = table_group_json(t, g);

@@ -5,8 +5,28 @@
 
 #include "../engine/forward.h"
 #include "../engine/util.h"
+#include "../scoring/quantizer.h"
 
 void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
+    verify_run_with(m, ids, fmts, choice, NULL, r);
+}
+
+void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                   const Quantizer* q, VerifyResult* r) {
+    if (q->kind == QUANTIZER_RTN) {
+        verify_run(m, ids, fmts, choice, r);
+        return;
+    }
+    float** wq = xcalloc(m->n_linears, sizeof(float*));
+    gptq_sequential(wq, m, ids, fmts, choice, q);
+    verify_run_with(m, ids, fmts, choice, wq, r);
+    r->gptq = 1;
+    for (int i = 0; i < m->n_linears; i++) free(wq[i]);
+    free(wq);
+}
+
+void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                     float* const* given, VerifyResult* r) {
     memset(r, 0, sizeof(*r));
     QuantPlan plan;
     plan.wq = xcalloc(m->n_linears, sizeof(float*));
@@ -16,7 +36,9 @@ void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const i
         const Linear* l = &m->linears[i];
         const Format* f = &fmts[choice[i]];
         float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
-        if (f->w_enable)
+        if (given && given[i])
+            memcpy(w, given[i], sizeof(float) * (size_t)l->out * l->in);
+        else if (f->w_enable)
             quant_weight_rows(w, l->w, l->out, l->in, f->w);
         else
             memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);

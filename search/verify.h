@@ -5,13 +5,22 @@
 #include "../datasets/npy.h"
 #include "../engine/model.h"
 #include "../scoring/format.h"
+#include "../scoring/quantizer.h"
 
 typedef struct {
     double kl;      // sum over samples and positions
     double nll_ref; // mean over samples of the per-sample mean NLL
     double nll_q;
     int n_quantized; // linears quantized
+    int gptq;        // deployed with GPTQ's sequential pipeline (else round-to-nearest)
 } VerifyResult;
 
 // choice[i] per linear of the model: -1 keeps it, else an index into fmts.
 void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r);
+// The same with given weights for the linears where given[i] is not NULL (the rest round-to-nearest).
+void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                     float* const* given, VerifyResult* r);
+// The recipe deployed with quantizer q: round-to-nearest, or GPTQ's sequential pipeline on ids
+// (gptq_sequential), then measured on the same windows.
+void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                   const Quantizer* q, VerifyResult* r);

@@ -1,0 +1,202 @@
+// File layout: "AQGPTQ1\n", key (u64), nf, n_linears (i32); per entry (format-major) a kind byte
+// (0 none, 1 codes, 2 the unquantized weight), for codes out, in (i32), scales (out f32), codes
+// (out in, i8); then a checksum (u64) of every byte before it. Native byte order: a cache is local.
+#include "gptq_cache.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../engine/util.h"
+
+static const char k_magic[8] = {'A', 'Q', 'G', 'P', 'T', 'Q', '1', '\n'};
+
+// 64-bit FNV-1a over 8-byte words (then the tail bytes): fast enough to hash a checkpoint's weights.
+static uint64_t hash_bytes(uint64_t h, const void* p, size_t n) {
+    const unsigned char* b = p;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    for (; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t hash_spec(uint64_t h, const Format* f) {
+    int spec[4] = {f->w_enable, f->w.bits, f->w.narrow, f->w.ct};
+    return hash_bytes(h, spec, sizeof(spec));
+}
+
+void gptq_cache_key(GptqCacheKey* k, const char* mode, const Model* m, const TokenIds* ids, const Format* fmts,
+                    int nf, const int* choice, const Groups* gs, const GptqOpts* o) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = hash_bytes(h, mode, strlen(mode) + 1);
+    for (int i = 0; i < m->n_linears; i++) {
+        const Linear* l = &m->linears[i];
+        h = hash_bytes(h, l->name, strlen(l->name) + 1);
+        h = hash_bytes(h, l->w, sizeof(float) * l->out * l->in);
+        int sel = choice ? choice[i] : gs->g[gs->group_of[i]].disabled ? -1 : 0;
+        h = hash_bytes(h, &sel, sizeof(sel));
+        if (choice && sel >= 0) h = hash_spec(h, &fmts[sel]);
+    }
+    int shape[3] = {ids->n, ids->t, nf};
+    h = hash_bytes(h, shape, sizeof(shape));
+    h = hash_bytes(h, ids->ids, sizeof(int) * ids->n * ids->t);
+    for (int f = 0; !choice && f < nf; f++) h = hash_spec(h, &fmts[f]);
+    double opts[3] = {o->damp, (double)o->order, (double)o->block};
+    h = hash_bytes(h, opts, sizeof(opts));
+    k->hash = h;
+}
+
+static char* cache_path(const char* dir, const GptqCacheKey* k) {
+    char name[64];
+    snprintf(name, sizeof(name), "gptq-%016llx.bin", (unsigned long long)k->hash);
+    return path_join(dir, name);
+}
+
+// A bounded reader over the file's bytes: every read checks what is left.
+typedef struct {
+    const unsigned char* p;
+    size_t left;
+} Reader;
+static int take(Reader* r, void* out, size_t n) {
+    if (n > r->left) return 0;
+    memcpy(out, r->p, n);
+    r->p += n, r->left -= n;
+    return 1;
+}
+
+// 1 when every entry decodes; fills tmp (nf, nl), which the caller frees on failure.
+static int decode(Reader* r, const Model* m, float** tmp, int nf) {
+    for (long e = 0; e < (long)nf * m->n_linears; e++) {
+        const Linear* l = &m->linears[e % m->n_linears];
+        unsigned char kind;
+        if (!take(r, &kind, 1) || kind > 2) return 0;
+        if (kind == 0) continue;
+        size_t n = (size_t)l->out * l->in;
+        tmp[e] = xmalloc(sizeof(float) * n);
+        if (kind == 2) {
+            memcpy(tmp[e], l->w, sizeof(float) * n);
+            continue;
+        }
+        int shape[2];
+        if (!take(r, shape, sizeof(shape)) || shape[0] != l->out || shape[1] != l->in) return 0;
+        float* scale = xmalloc(sizeof(float) * l->out);
+        int ok = take(r, scale, sizeof(float) * l->out) && n <= r->left;
+        for (size_t j = 0; ok && j < n; j++) tmp[e][j] = (float)(int8_t)r->p[j] * scale[j / l->in];
+        free(scale);
+        if (!ok) return 0;
+        r->p += n, r->left -= n;
+    }
+    return 1;
+}
+
+int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf) {
+    char* path = cache_path(dir, k);
+    FILE* f = fopen(path, "rb");
+    if (!f) {
+        free(path);
+        return 0;
+    }
+    struct stat st;
+    unsigned char* buf = NULL;
+    int ok = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 32;
+    size_t size = ok ? (size_t)st.st_size : 0;
+    if (ok) {
+        buf = xmalloc(size);
+        ok = fread(buf, 1, size, f) == size;
+    }
+    fclose(f);
+    uint64_t sum = 0, key = 0;
+    int counts[2] = {0, 0};
+    Reader r = {buf, ok ? size - 8 : 0};
+    if (ok) memcpy(&sum, buf + size - 8, 8);
+    ok = ok && sum == hash_bytes(0xcbf29ce484222325ull, buf, size - 8) && memcmp(buf, k_magic, 8) == 0;
+    r.p += 8, r.left = ok ? r.left - 8 : 0;
+    ok = ok && take(&r, &key, 8) && key == k->hash && take(&r, counts, sizeof(counts)) && counts[0] == nf &&
+         counts[1] == m->n_linears;
+    float** tmp = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
+    ok = ok && decode(&r, m, tmp, nf) && r.left == 0;
+    if (ok) {
+        memcpy(wq, tmp, sizeof(float*) * nf * m->n_linears);
+        info_msg("gptq: weights from the cache %s", path);
+    } else {
+        for (long e = 0; e < (long)nf * m->n_linears; e++) free(tmp[e]);
+        warn_msg("%s: not a valid GPTQ cache for this model, data and settings (corrupt, truncated or stale); "
+                 "ignored, recomputing",
+                 path);
+    }
+    free(tmp);
+    free(buf);
+    free(path);
+    return ok;
+}
+
+void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf,
+                     const Format* fmts, const int* choice) {
+    char* path = cache_path(dir, k);
+    char* tmp = xmalloc(strlen(path) + 32);
+    sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE* f = fopen(tmp, "wb");
+    if (!f) {
+        warn_msg("%s: cannot write the GPTQ cache: %s", tmp, strerror(errno));
+        free(tmp), free(path);
+        return;
+    }
+    tmp_register(tmp);
+    // built in memory and hashed in one piece, as the reader checks it
+    size_t cap = 24 + (size_t)nf * m->n_linears, len = 0; // header, then a kind byte per entry
+    for (long e = 0; e < (long)nf * m->n_linears; e++) {
+        const Linear* l = &m->linears[e % m->n_linears];
+        if (wq[e]) cap += 8 + (sizeof(float) + l->in) * l->out;
+    }
+    unsigned char* buf = xmalloc(cap);
+#define PUT(p, n) (memcpy(buf + len, (p), (n)), len += (n))
+    int counts[2] = {nf, m->n_linears}, ok = 1;
+    PUT(k_magic, 8);
+    PUT(&k->hash, 8);
+    PUT(counts, sizeof(counts));
+    for (long e = 0; e < (long)nf * m->n_linears && ok; e++) {
+        int i = (int)(e % m->n_linears);
+        const Linear* l = &m->linears[i];
+        const Format* fm = &fmts[choice ? (choice[i] < 0 ? 0 : choice[i]) : e / m->n_linears];
+        unsigned char kind = !wq[e] ? 0 : fm->w_enable ? 1 : 2;
+        PUT(&kind, 1);
+        if (kind != 1) continue;
+        int shape[2] = {l->out, l->in};
+        PUT(shape, sizeof(shape));
+        float* scale = (float*)(buf + len);
+        len += sizeof(float) * l->out;
+        for (int row = 0; row < l->out && ok; row++) {
+            float amax = 0;
+            for (int j = 0; j < l->in; j++) amax = fmaxf(amax, fabsf(l->w[(size_t)row * l->in + j]));
+            float s = quant_scale(amax, fm->w);
+            memcpy(&scale[row], &s, sizeof(s));
+            for (int j = 0; j < l->in; j++) {
+                float v = wq[e][(size_t)row * l->in + j], c = s > 0 ? rintf(v / s) : 0.0f;
+                ok = ok && fabsf(c) <= 128 && c * s == v; // every weight must be exactly code * scale
+                buf[len + (size_t)row * l->in + j] = (unsigned char)(int8_t)c;
+            }
+        }
+        len += (size_t)l->out * l->in;
+    }
+#undef PUT
+    uint64_t sum = hash_bytes(0xcbf29ce484222325ull, buf, len);
+    ok = ok && fwrite(buf, 1, len, f) == len && fwrite(&sum, 1, 8, f) == 8;
+    ok = (fclose(f) == 0) && ok;
+    if (ok && rename(tmp, path) == 0) {
+        info_msg("gptq: weights cached in %s", path);
+    } else {
+        unlink(tmp);
+        warn_msg("%s: the GPTQ cache was not written (%s)", path, ok ? strerror(errno) : "write failed");
+    }
+    tmp_unregister(tmp);
+    free(buf);
+    free(tmp);
+    free(path);
+}

@@ -1,0 +1,27 @@
+// GPTQ weights kept between runs (README, "GPTQ"): --gptq-cache DIR holds one file per
+// checkpoint + data + settings, DIR/gptq-<key>.bin, the key a hash of the linears' weights, the
+// token ids, the formats' weight quantizers, the GPTQ options and what was quantized. A file that
+// does not match its key, is truncated or fails its checksum is ignored with a warning and
+// recomputed (then replaced); a write that fails is a warning, never a failed run.
+#pragma once
+#include <stdint.h>
+
+#include "../datasets/npy.h"
+#include "../kernels/gptq.h"
+#include "format.h"
+#include "groups.h"
+
+typedef struct {
+    uint64_t hash;
+} GptqCacheKey;
+
+// mode: "scores" (every enabled linear of gs, per format) or "sequential" (the linears choice
+// names, choice[i] indexing fmts; nf is then 1 and fmts the recipe's formats).
+void gptq_cache_key(GptqCacheKey* k, const char* mode, const Model* m, const TokenIds* ids, const Format* fmts,
+                    int nf, const int* choice, const Groups* gs, const GptqOpts* o);
+// Fills wq (nf, n_linears) from the cache file; 1 when found and valid, else 0 (wq untouched).
+int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf);
+// Writes wq (nf, n_linears; NULL entries skipped) as int8 codes and per-row scales; entry (f, i)
+// was quantized with fmts[choice ? choice[i] : f].
+void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf,
+                     const Format* fmts, const int* choice);

@@ -1,0 +1,274 @@
+#include "quantizer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/util.h"
+#include "../kernels/swiglu.h"
+#include "gptq_cache.h"
+
+void quantizer_parse(Quantizer* q, Args* a) {
+    memset(q, 0, sizeof(*q));
+    q->gptq = gptq_defaults;
+    const char* kind = args_str(a, "--quantizer");
+    if (kind && strcmp(kind, "gptq") == 0)
+        q->kind = QUANTIZER_GPTQ;
+    else if (kind && strcmp(kind, "rtn") != 0)
+        fail_input("%s: --quantizer must be rtn or gptq (got '%s')", a->cmd, kind);
+    const char* damp = args_str(a, "--gptq-dampening");
+    const char* order = args_str(a, "--gptq-actorder");
+    q->cache_dir = args_str(a, "--gptq-cache");
+    if ((damp || order || q->cache_dir) && q->kind != QUANTIZER_GPTQ)
+        fail_input("%s: --gptq-dampening, --gptq-actorder and --gptq-cache go with --quantizer gptq", a->cmd);
+    if (damp) {
+        char* end;
+        q->gptq.damp = strtod(damp, &end);
+        if (*end || end == damp || !(q->gptq.damp >= 0 && q->gptq.damp <= 1))
+            fail_input("%s: --gptq-dampening '%s' must be a number in [0, 1] (a fraction of the mean diagonal)",
+                       a->cmd, damp);
+    }
+    if (order && strcmp(order, "none") == 0)
+        q->gptq.order = GPTQ_ORDER_NONE;
+    else if (order && strcmp(order, "group") == 0)
+        q->gptq.order = GPTQ_ORDER_GROUP;
+    else if (order && strcmp(order, "static") != 0)
+        fail_input("%s: --gptq-actorder must be none, static or group (got '%s')", a->cmd, order);
+}
+
+const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }
+
+void quantizer_check(const Quantizer* q, int use_gpu) {
+    if (q->kind != QUANTIZER_GPTQ) return;
+    if (use_gpu)
+        fail_input(
+            "--quantizer gptq: the CUDA engine scores round-to-nearest weights only for now; use --device "
+            "cpu");
+}
+
+enum { SITE_ATTN, SITE_O, SITE_MLP, SITE_DOWN, SITES };
+
+// Memory for the Hessians held at once while scoring (fp32; Qwen3-8B: 0.8 GB a layer).
+#define HESSIAN_BYTES ((size_t)8 << 30)
+
+// A layer's Hessians: the four sites, then in a sparse layer one per expert's down_proj (its
+// gate and up read the layer's MLP input, as the dense ones do).
+typedef struct {
+    int n;      // SITES + E (sparse) or SITES
+    Hessian* h; // (n); xtx NULL where no linear reads the site (a sparse layer's dense down)
+} LayerHessians;
+
+// The site of linear i within its layer's Hessians.
+static int linear_site(const Model* m, int i) {
+    const Linear* l = &m->linears[i];
+    if (l->expert >= 0 && l->kind == LIN_DOWN) return SITES + l->expert;
+    return l->kind == LIN_O      ? SITE_O
+           : l->kind == LIN_DOWN ? SITE_DOWN
+           : l->kind >= LIN_GATE ? SITE_MLP
+                                 : SITE_ATTN;
+}
+
+int hessian_site(const Model* m, int linear) {
+    return m->linears[linear].layer * SITES + linear_site(m, linear);
+}
+
+const float* site_input(const RunState* s, int l, int site) {
+    const LayerActs* a = &s->acts[l];
+    return site == SITE_O ? a->att : site == SITE_DOWN ? a->act : site == SITE_MLP ? a->m : a->a;
+}
+
+// The width of a site's input.
+static int site_width(const Model* m, int site) {
+    const Config* c = &m->c;
+    return site >= SITES       ? c->moe_intermediate
+           : site == SITE_O    ? c->num_heads * c->head_dim
+           : site == SITE_DOWN ? c->intermediate_size
+                               : c->hidden_size;
+}
+
+static void layer_hessians_init(LayerHessians* lh, const Model* m, int l) {
+    int sparse = model_layer_sparse(m, l);
+    lh->n = SITES + (sparse ? m->c.num_experts : 0);
+    lh->h = xcalloc(lh->n, sizeof(Hessian));
+    for (int site = 0; site < lh->n; site++)
+        if (!(sparse && site == SITE_DOWN)) hessian_init(&lh->h[site], site_width(m, site));
+}
+
+static void layer_hessians_free(LayerHessians* lh) {
+    for (int site = 0; site < lh->n; site++) hessian_free(&lh->h[site]);
+    free(lh->h);
+}
+
+static size_t layer_hessian_bytes(const Model* m, int l) {
+    size_t b = 0;
+    int n = SITES + (model_layer_sparse(m, l) ? m->c.num_experts : 0);
+    for (int site = 0; site < n; site++) b += sizeof(float) * site_width(m, site) * site_width(m, site);
+    return b;
+}
+
+// Adds the window just run through layer l. Each expert's down_proj sees every token, as
+// llm-compressor calibrates experts by default (moe_calibrate_all_experts): its input
+// silu(m Wg^T) * (m Wu^T) over all T tokens, not only those routed to it.
+static void layer_hessians_add(LayerHessians* lh, const Model* m, const RunState* s, int l) {
+    int T = s->T;
+    for (int site = 0; site < SITES; site++)
+        if (lh->h[site].xtx) hessian_add(&lh->h[site], site_input(s, l, site), T);
+    if (lh->n == SITES) return;
+    int I = m->c.moe_intermediate, D = m->c.hidden_size;
+    float *g = xmalloc(sizeof(float) * T * I), *u = xmalloc(sizeof(float) * T * I);
+    for (int e = 0; e < m->c.num_experts; e++) {
+        matmul_forward(g, s->acts[l].m, m->linears[model_lin(m, l, LIN_GATE, e)].w, T, D, I, 0.0f);
+        matmul_forward(u, s->acts[l].m, m->linears[model_lin(m, l, LIN_UP, e)].w, T, D, I, 0.0f);
+        swiglu_forward(g, g, u, (long)T * I);
+        hessian_add(&lh->h[SITES + e], g, T);
+    }
+    free(g), free(u);
+}
+
+// GPTQ of every linear of layer l that want[i] names, with format want[i]: out[i] gets its weights.
+static void gptq_layer(float** out, const Model* m, int l, const LayerHessians* lh, const Format* fmts,
+                       const int* want, const Quantizer* q, Progress* p) {
+    float* h = NULL;
+    for (int site = 0; site < lh->n; site++) {
+        int n = site_width(m, site), have = 0;
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+            if (want[i] < 0 || linear_site(m, i) != site) continue;
+            const Linear* lin = &m->linears[i];
+            const Format* f = &fmts[want[i]];
+            out[i] = xmalloc(sizeof(float) * lin->out * lin->in);
+            if (!f->w_enable) {
+                memcpy(out[i], lin->w, sizeof(float) * lin->out * lin->in);
+                continue;
+            }
+            if (!have) {
+                h = xrealloc(h, sizeof(float) * n * n);
+                hessian_get(&lh->h[site], h);
+                have = 1;
+            }
+            if (gptq_quantize(out[i], lin->w, h, lin->out, lin->in, f->w, q->gptq,
+                              q->scales ? q->scales[i] : NULL))
+                warn_msg(
+                    "%s: the dampened Hessian is not positive definite; quantized round-to-nearest instead, "
+                    "as llm-compressor does (raise --gptq-dampening or add calibration data)",
+                    lin->name);
+            if (p) progress_step(p, 1);
+        }
+    }
+    free(h);
+}
+
+// GPTQ rounds integer codes on one scale per row (llm-compressor's channel strategy): other formats exit 2.
+static void gptq_check_format(const Format* f) {
+    if (f->w_enable && quant_is_int_rows(f->w)) return;
+    fail_input("%s: --quantizer gptq takes integer per-channel weight formats (w4a8, w8a8); format '%s' has %s",
+               f->path, f->name, f->w_enable ? "E4M3 / E2M1 values or block scales" : "no weight quantizer");
+}
+
+void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf,
+                  const Quantizer* q, const TokenIds* ids) {
+    if (q->kind == QUANTIZER_RTN) {
+        qcache_init(qc, m, gs, fmts, nf);
+        return;
+    }
+    for (int f = 0; f < nf; f++) gptq_check_format(&fmts[f]);
+    int L = m->c.num_layers, T = ids->t;
+    qc->nf = nf;
+    qc->nl = m->n_linears;
+    qc->wq = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
+    GptqCacheKey key;
+    gptq_cache_key(&key, "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
+    if (q->scales) fail_other("qcache_build: given scales apply to one recipe (gptq_sequential) only");
+    if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf)) return;
+    // Hessians from the unquantized model, for as many layers at a time as HESSIAN_BYTES holds
+    // (each chunk one pass over the windows, up to its last layer)
+    double t0 = time_now();
+    size_t per_layer = 1;
+    for (int l = 0; l < L; l++)
+        if (layer_hessian_bytes(m, l) > per_layer) per_layer = layer_hessian_bytes(m, l);
+    int chunk = (int)(HESSIAN_BYTES / per_layer) > 1 ? (int)(HESSIAN_BYTES / per_layer) : 1;
+    LayerHessians* hs = xmalloc(sizeof(LayerHessians) * (chunk < L ? chunk : L));
+    int* want = xmalloc(sizeof(int) * m->n_linears);
+    int count = 0;
+    for (int i = 0; i < m->n_linears; i++) count += !gs->g[gs->group_of[i]].disabled;
+    RunState s;
+    run_init(&s, m, T, 1);
+    Progress p;
+    progress_init(&p, "gptq", (long)count * nf);
+    for (int l0 = 0; l0 < L; l0 += chunk) {
+        int l1 = l0 + chunk < L ? l0 + chunk : L;
+        for (int l = l0; l < l1; l++) layer_hessians_init(&hs[l - l0], m, l);
+        for (int w = 0; w < ids->n; w++) {
+            model_embed(m, &s, ids->ids + (long)w * T);
+            for (int l = 0; l < l1; l++) {
+                model_forward_layer(m, &s, l, l + 1 < L ? s.acts[l + 1].h_in : s.h_final, NULL);
+                if (l >= l0) layer_hessians_add(&hs[l - l0], m, &s, l);
+            }
+        }
+        for (int f = 0; f < nf; f++) {
+            for (int i = 0; i < m->n_linears; i++) want[i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
+            for (int l = l0; l < l1; l++)
+                gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, &hs[l - l0], fmts, want, q, &p);
+        }
+        for (int l = l0; l < l1; l++) layer_hessians_free(&hs[l - l0]);
+    }
+    progress_end(&p);
+    run_free(&s, m);
+    info_msg("gptq: %d linears x %d format(s) from %d x %d tokens in %.2fs", count, nf, ids->n, T,
+             time_now() - t0);
+    free(want);
+    free(hs);
+    if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL);
+}
+
+void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                     const Quantizer* q) {
+    const Config* c = &m->c;
+    int L = c->num_layers, T = ids->t, D = c->hidden_size;
+    for (int i = 0; i < m->n_linears; i++)
+        if (choice[i] >= 0) gptq_check_format(&fmts[choice[i]]);
+    memset(wq, 0, sizeof(float*) * m->n_linears);
+    GptqCacheKey key;
+    gptq_cache_key(&key, "sequential", m, ids, fmts, 1, choice, NULL, &q->gptq);
+    int cache = q->cache_dir && !q->scales; // the cache holds weights on RTN's scales only
+    if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
+    double t0 = time_now();
+    size_t TD = (size_t)T * D;
+    float* h = xmalloc(sizeof(float) * TD * ids->n); // (n, T, D) each window's stream at layer l
+    RunState s;
+    run_init(&s, m, T, 0);
+    for (int w = 0; w < ids->n; w++) {
+        model_embed(m, &s, ids->ids + (long)w * T);
+        memcpy(h + TD * w, s.acts[0].h_in, sizeof(float) * TD);
+    }
+    QuantPlan plan; // weights only: llm-compressor calibrates with activation quantization disabled
+    plan_init(&plan, m);
+    LayerHessians hs;
+    Progress p;
+    progress_init(&p, "gptq layers", L);
+    for (int l = 0; l < L; l++) {
+        int any = 0;
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) any |= choice[i] >= 0;
+        if (any) {
+            layer_hessians_init(&hs, m, l);
+            for (int w = 0; w < ids->n; w++) { // this layer as it is, on the stream so far
+                memcpy(s.acts[l].h_in, h + TD * w, sizeof(float) * TD);
+                model_forward_layer(m, &s, l, s.acts[l].h_in, NULL);
+                layer_hessians_add(&hs, m, &s, l);
+            }
+            gptq_layer(wq, m, l, &hs, fmts, choice, q, NULL);
+            layer_hessians_free(&hs);
+            for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) plan.wq[i] = wq[i];
+        }
+        for (int w = 0; w < ids->n; w++) { // the stream through the quantized layer
+            memcpy(s.acts[l].h_in, h + TD * w, sizeof(float) * TD);
+            model_forward_layer(m, &s, l, s.acts[l].h_in, &plan);
+            memcpy(h + TD * w, s.acts[l].h_in, sizeof(float) * TD);
+        }
+        progress_step(&p, 1);
+    }
+    progress_end(&p);
+    info_msg("gptq: sequential pass over %d layers, %d x %d tokens in %.2fs", L, ids->n, T, time_now() - t0);
+    plan_free(&plan);
+    run_free(&s, m);
+    free(h);
+    if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice);
+}

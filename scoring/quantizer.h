@@ -1,0 +1,46 @@
+// The weight quantizer behind every candidate (README, "GPTQ"): round-to-nearest, or GPTQ with
+// Hessians collected here from the calibration windows (experts: every token through every expert). Scoring
+// uses each linear's GPTQ weights under the unquantized model's inputs; a recipe is deployed with
+// llm-compressor's sequential pipeline (layer after layer, quantized layers feeding the next Hessians).
+#pragma once
+#include "../datasets/npy.h"
+#include "../engine/args.h"
+#include "../kernels/gptq.h"
+#include "score.h"
+
+typedef enum { QUANTIZER_RTN, QUANTIZER_GPTQ } QuantizerKind;
+
+typedef struct {
+    QuantizerKind kind;
+    GptqOpts gptq;
+    const char* cache_dir; // --gptq-cache DIR: GPTQ weights kept between runs, or NULL
+    // (n_linears) the per-row scales each linear is quantized with, or NULL: RTN's scale of each
+    // original row (autoq quantize gives the scales its checkpoint stores, rounded to its dtype)
+    float** scales;
+} Quantizer;
+
+// --quantizer rtn|gptq, --gptq-dampening F, --gptq-actorder none|static|group, --gptq-cache DIR
+// (the gptq options without --quantizer gptq are an error, exit 2).
+void quantizer_parse(Quantizer* q, Args* a);
+const char* quantizer_name(const Quantizer* q);
+// Exits 2 when the quantizer cannot run on the device (GPTQ: the CPU engine only, for now).
+void quantizer_check(const Quantizer* q, int use_gpu);
+
+// The Hessian a linear's input feeds, layer * 4 + site: q/k/v share the attention input (0), o_proj
+// has its own (1), gate/up share the MLP input (2, experts' too), down_proj its own (3); an expert's
+// down_proj is 4 + its expert, past its layer's four (its input differs per expert).
+int hessian_site(const Model* m, int linear);
+// The input of that site in a forward pass's saved activations of layer l.
+const float* site_input(const RunState* s, int l, int site);
+
+// The candidate weights of every (format, enabled linear): RTN, or GPTQ from the unquantized
+// model's inputs on ids (cached in q->cache_dir when set).
+void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf,
+                  const Quantizer* q, const TokenIds* ids);
+
+// A recipe deployed with GPTQ, layer after layer (llm-compressor's sequential pipeline): wq (n_linears)
+// receives the weights of each chosen linear (choice[i] >= 0 indexes fmts; others NULL, caller
+// frees). Layer l's Hessians come from the windows run through layers 0..l-1 with their GPTQ
+// weights and unquantized activations, as llm-compressor calibrates.
+void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                     const Quantizer* q);

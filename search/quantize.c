@@ -1,0 +1,459 @@
+// autoq quantize: a recipe applied to a checkpoint and written as llm-compressor saves it
+// (README, "Quantize"): the compressed-tensors "int-quantized" format, each quantized linear's
+// weight as int8 codes (out, in) and weight_scale (out, 1) in the checkpoint's dtype, every other
+// tensor byte for byte, config.json with its quantization_config, the other files (tokenizer,
+// generation config) copied. Written into OUT.tmp.PID and renamed, so no failure leaves half a folder.
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "../datasets/data.h"
+#include "../engine/args.h"
+#include "../engine/util.h"
+#include "../scoring/quantizer.h"
+#include "recipe.h"
+
+typedef struct {
+    const Model* m;
+    const int* choice; // (n_linears) format index or -1
+    int8_t** codes;    // (n_linears) (out, in) for chosen linears
+    float** scales;    // (n_linears) (out) in the checkpoint's dtype's values
+    DType* sdtype;     // (n_linears) the dtype of the source weight, which the scale takes
+} Quantized;
+
+// The folder --out goes in.
+static char* out_parent(const char* out) {
+    char* parent = xstrdup(out);
+    char* slash = strrchr(parent, '/');
+    if (slash == parent)
+        slash[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else
+        strcpy(parent, ".");
+    return parent;
+}
+
+// --out: refused when it exists unless --force, and then only a folder of files (a checkpoint we
+// may replace), never one with sub-folders; its parent must be a writable folder.
+static void out_dir_check(const char* out, int force) {
+    struct stat st;
+    if (lstat(out, &st) == 0) {
+        if (!force) fail_input("quantize: --out %s exists (add --force to replace it)", out);
+        if (!S_ISDIR(st.st_mode)) fail_input("quantize: --out %s exists and is not a folder", out);
+        DIR* d = opendir(out);
+        if (!d) fail_input("quantize: --out %s: %s", out, strerror(errno));
+        struct dirent* e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char* p = path_join(out, e->d_name);
+            int sub = lstat(p, &st) == 0 && S_ISDIR(st.st_mode);
+            free(p);
+            if (sub)
+                fail_input("quantize: --out %s holds the folder '%s'; --force replaces folders of files only",
+                           out, e->d_name);
+        }
+        closedir(d);
+    }
+    char* parent = out_parent(out);
+    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK) != 0)
+        fail_input("quantize: --out %s: its folder %s is not a writable folder", out, parent);
+    free(parent);
+}
+
+// Every format the recipe uses must hold what int-quantized stores: integer per-channel weights.
+static void check_formats(const char* recipe, const Format* fmts, int nf, const Model* m, const int* choice) {
+    for (int k = 0; k < nf; k++) {
+        int used = 0;
+        for (int i = 0; i < m->n_linears; i++) used |= choice[i] == k;
+        if (!used) continue;
+        if (!fmts[k].w_enable)
+            fail_input(
+                "%s: formats[%d] ('%s') has no weight quantizer, which a compressed-tensors int-quantized "
+                "checkpoint needs",
+                recipe, k, fmts[k].name);
+        if (!quant_is_int_rows(fmts[k].w) || (fmts[k].in_enable && !quant_is_int_rows(fmts[k].in)))
+            fail_input(
+                "%s: formats[%d] ('%s'): autoq quantize writes integer per-channel weights with integer "
+                "per-token or no input quantization (int-quantized); E4M3 / E2M1 values and block scales "
+                "are not written yet",
+                recipe, k, fmts[k].name);
+        if (!fmts[k].w.ct)
+            warn_msg("%s: formats[%d] ('%s') has modelopt numerics: the weights are stored exactly, but "
+                     "compressed-tensors quantizes activations with its own (amax / 127.5)",
+                     recipe, k, fmts[k].name);
+    }
+}
+
+// The scale a checkpoint of dtype d stores: its value after rounding to d.
+static float scale_in(float s, DType d) { return d == DT_BF16 ? bf16_to_f32(f32_to_bf16(s)) : s; }
+
+static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* q, const TokenIds* ids) {
+    const Model* m = z->m;
+    for (int i = 0; i < m->n_linears; i++) {
+        if (z->choice[i] < 0) continue;
+        const Linear* l = &m->linears[i];
+        char name[200];
+        snprintf(name, sizeof(name), "%s.weight", l->name);
+        const StTensor* t = st_find(&m->ck, name);
+        if (!t || (t->dtype != DT_BF16 && t->dtype != DT_F32))
+            fail_input(
+                "%s: %s must be a BF16 or F32 tensor to be quantized (llm-compressor stores its scale in "
+                "the weight's dtype)",
+                m->dir, name);
+        z->sdtype[i] = t->dtype;
+        z->scales[i] = xmalloc(sizeof(float) * l->out);
+        gptq_row_scales(z->scales[i], NULL, l->w, l->out, l->in, fmts[z->choice[i]].w);
+        for (int r = 0; r < l->out; r++) z->scales[i][r] = scale_in(z->scales[i][r], t->dtype);
+    }
+    float** wq = xcalloc(m->n_linears, sizeof(float*));
+    if (q->kind == QUANTIZER_GPTQ) {
+        Quantizer qs = *q;
+        qs.scales = z->scales;
+        gptq_sequential(wq, m, ids, fmts, z->choice, &qs);
+    }
+    for (int i = 0; i < m->n_linears; i++) {
+        if (z->choice[i] < 0) continue;
+        const Linear* l = &m->linears[i];
+        float lo, hi;
+        quant_bounds(fmts[z->choice[i]].w, &lo, &hi);
+        int bf = z->sdtype[i] == DT_BF16;
+        z->codes[i] = xmalloc((size_t)l->out * l->in);
+#pragma omp parallel for
+        for (int r = 0; r < l->out; r++) {
+            float sc = z->scales[i][r];
+            for (int j = 0; j < l->in; j++) {
+                size_t k = (size_t)r * l->in + j;
+                float c = 0.0f;
+                if (sc > 0 && wq[i]) { // GPTQ's values are exactly code * scale
+                    c = rintf(wq[i][k] / sc);
+                } else if (sc > 0) {
+                    // round-to-nearest as compressed-tensors runs it on the checkpoint's own dtype: a
+                    // bf16 weight over a bf16 scale is a bf16 quotient, rounded before the rounding
+                    float x = l->w[k] / sc;
+                    c = rintf(bf ? bf16_to_f32(f32_to_bf16(x)) : x);
+                    c = c < lo ? lo : c > hi ? hi : c;
+                }
+                z->codes[i][k] = (int8_t)c;
+            }
+        }
+        free(wq[i]);
+    }
+    free(wq);
+}
+
+// ---- the compressed-tensors checkpoint ----
+
+static json_t* qargs(int bits, const char* strategy, int dynamic, const char* observer, const char* actorder) {
+    return json_pack("{s:o,s:n,s:b,s:n,s:i,s:o,s:{},s:n,s:s,s:b,s:s,s:n}", "actorder",
+                     actorder ? json_string(actorder) : json_null(), "block_structure", "dynamic", dynamic,
+                     "group_size", "num_bits", bits, "observer", observer ? json_string(observer) : json_null(),
+                     "observer_kwargs", "scale_dtype", "strategy", strategy, "symmetric", 1, "type", "int",
+                     "zp_dtype");
+}
+
+// quantization_config as compressed-tensors writes it: a config group per format used, targets
+// 'Linear' when one format covers every quantized linear, else the exact names as "re:" patterns;
+// ignore: lm_head and every linear kept in bf16.
+static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, const Quantizer* q) {
+    const Model* m = z->m;
+    const char* order = q->kind == QUANTIZER_RTN            ? NULL
+                        : q->gptq.order == GPTQ_ORDER_NONE  ? NULL
+                        : q->gptq.order == GPTQ_ORDER_GROUP ? "group"
+                                                            : "static";
+    int used[MAX_FORMATS] = {0}, nu = 0;
+    for (int i = 0; i < m->n_linears; i++)
+        if (z->choice[i] >= 0 && !used[z->choice[i]]++) nu++;
+    json_t* groups = json_object();
+    for (int k = 0, gi = 0; k < nf; k++) {
+        if (!used[k]) continue;
+        json_t* targets = json_array();
+        if (nu == 1)
+            json_array_append_new(targets, json_string("Linear"));
+        else
+            for (int i = 0; i < m->n_linears; i++)
+                if (z->choice[i] == k) {
+                    char* re = recipe_regex_name(m->linears[i].name);
+                    char* t = xmalloc(strlen(re) + 4);
+                    sprintf(t, "re:%s", re);
+                    json_array_append_new(targets, json_string(t));
+                    free(t), free(re);
+                }
+        const Format* f = &fmts[k];
+        json_t* g = json_pack("{s:s,s:o,s:n,s:o,s:o}", "format", "int-quantized", "input_activations",
+                              f->in_enable ? qargs(f->in.bits, "token", 1, NULL, NULL) : json_null(),
+                              "output_activations", "targets", targets, "weights",
+                              qargs(f->w.bits, "channel", 0, "memoryless_minmax", order));
+        char name[32];
+        snprintf(name, sizeof(name), "group_%d", gi++);
+        json_object_set_new(groups, name, g);
+    }
+    json_t* ignore = json_array();
+    json_array_append_new(ignore, json_string("lm_head"));
+    for (int i = 0; i < m->n_linears; i++)
+        if (z->choice[i] < 0) json_array_append_new(ignore, json_string(m->linears[i].name));
+    return json_pack("{s:o,s:s,s:n,s:o,s:n,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",
+                     "int-quantized", "global_compression_ratio", "ignore", ignore, "kv_cache_scheme",
+                     "quant_method", "compressed-tensors", "quantization_status", "compressed",
+                     "sparsity_config", "transform_config", "version", "0.19.0");
+}
+
+// The linear whose weight tensor t is, if it is quantized; else -1.
+static int quantized_linear(const Quantized* z, const StTensor* t) {
+    size_t n = strlen(t->name);
+    if (n < 7 || strcmp(t->name + n - 7, ".weight")) return -1;
+    for (int i = 0; i < z->m->n_linears; i++)
+        if (z->choice[i] >= 0 && strlen(z->m->linears[i].name) == n - 7 &&
+            strncmp(z->m->linears[i].name, t->name, n - 7) == 0)
+            return i;
+    return -1;
+}
+
+// One safetensors file: every tensor of the source in name order, quantized weights replaced by
+// their codes and scales. Returns its size.
+static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
+    const StCheckpoint* ck = &z->m->ck;
+    int* lin = xmalloc(sizeof(int) * (ck->n ? ck->n : 1));
+    json_t* hdr = json_object();
+    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    size_t off = 0;
+    for (int k = 0; k < ck->n; k++) {
+        const StTensor* t = &ck->t[k];
+        lin[k] = quantized_linear(z, t);
+        json_t* shape = json_array();
+        if (lin[k] < 0) {
+            for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+            json_object_set_new(hdr, t->name,
+                                json_pack("{s:s,s:o,s:[I,I]}", "dtype", st_dtype_name(t->dtype), "shape", shape,
+                                          "data_offsets", (json_int_t)off, (json_int_t)(off + t->nbytes)));
+            off += t->nbytes;
+            continue;
+        }
+        const Linear* l = &z->m->linears[lin[k]];
+        // the scale takes the source weight's dtype (BF16 or F32, checked by quantize_weights)
+        size_t nc = (size_t)l->out * l->in, ns = (size_t)l->out * (t->dtype == DT_BF16 ? 2 : 4);
+        json_object_set_new(hdr, t->name,
+                            json_pack("{s:s,s:[i,i],s:[I,I]}", "dtype", "I8", "shape", l->out, l->in,
+                                      "data_offsets", (json_int_t)off, (json_int_t)(off + nc)));
+        off += nc;
+        char sname[208];
+        snprintf(sname, sizeof(sname), "%s_scale", t->name);
+        json_object_set_new(hdr, sname,
+                            json_pack("{s:s,s:[i,i],s:[I,I]}", "dtype", st_dtype_name(t->dtype), "shape",
+                                      l->out, 1, "data_offsets", (json_int_t)off, (json_int_t)(off + ns)));
+        off += ns;
+        json_decref(shape);
+    }
+    char* text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(hdr);
+    size_t hl = strlen(text), pad = (8 - hl % 8) % 8;
+    size_t total = 8 + hl + pad + off;
+    if (dry) {
+        free(text), free(lin);
+        return total;
+    }
+    OutFile o;
+    out_open(&o, path);
+    uint64_t h64 = hl + pad;
+    fwrite(&h64, 8, 1, o.f); // little-endian hosts only, as the reader
+    fwrite(text, 1, hl, o.f);
+    fwrite("        ", 1, pad, o.f);
+    Progress p;
+    progress_init(&p, "write", ck->n);
+    for (int k = 0; k < ck->n; k++) {
+        const StTensor* t = &ck->t[k];
+        if (lin[k] < 0) {
+            fwrite(t->data, 1, t->nbytes, o.f);
+        } else {
+            const Linear* l = &z->m->linears[lin[k]];
+            fwrite(z->codes[lin[k]], 1, (size_t)l->out * l->in, o.f);
+            for (int r = 0; r < l->out; r++) {
+                float s = z->scales[lin[k]][r];
+                uint16_t b = f32_to_bf16(s);
+                if (z->sdtype[lin[k]] == DT_BF16)
+                    fwrite(&b, 2, 1, o.f);
+                else
+                    fwrite(&s, 4, 1, o.f);
+            }
+        }
+        progress_step(&p, 1);
+    }
+    progress_end(&p);
+    out_close(&o); // checks every write (a full disk fails here, the temporary file removed)
+    tmp_register(path);
+    free(text), free(lin);
+    return total;
+}
+
+static void write_config(const char* dir, const char* src_dir, json_t* qc) {
+    char* src = path_join(src_dir, "config.json");
+    json_error_t err;
+    json_t* c = json_load_file(src, 0, &err);
+    if (!json_is_object(c)) fail_input("%s: not a JSON object (%s)", src, err.text);
+    json_object_set(c, "quantization_config", qc);
+    char* path = path_join(dir, "config.json");
+    OutFile o;
+    out_open(&o, path);
+    json_dumpf(c, o.f, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    fputc('\n', o.f);
+    out_close(&o);
+    tmp_register(path);
+    json_decref(c);
+    free(src), free(path);
+}
+
+// Every other regular file of the model folder (tokenizer, generation config, chat template, ...).
+static void copy_files(const char* dir, const char* src_dir) {
+    DIR* d = opendir(src_dir);
+    if (!d) fail_input("%s: %s", src_dir, strerror(errno));
+    struct dirent* e;
+    while ((e = readdir(d))) {
+        const char* n = e->d_name;
+        size_t len = strlen(n);
+        if (n[0] == '.' || !strcmp(n, "config.json") || !strcmp(n, "model.safetensors.index.json") ||
+            (len > 12 && !strcmp(n + len - 12, ".safetensors")))
+            continue;
+        char* from = path_join(src_dir, n);
+        struct stat st;
+        if (stat(from, &st) != 0 || !S_ISREG(st.st_mode)) {
+            free(from);
+            continue;
+        }
+        FILE* in = fopen(from, "rb");
+        if (!in) fail_input("%s: %s", from, strerror(errno));
+        char* to = path_join(dir, n);
+        OutFile o;
+        out_open(&o, to);
+        char buf[1 << 16];
+        size_t k;
+        while ((k = fread(buf, 1, sizeof(buf), in)) > 0) fwrite(buf, 1, k, o.f);
+        if (ferror(in)) fail_other("%s: read failed", from);
+        fclose(in);
+        out_close(&o);
+        tmp_register(to);
+        free(from), free(to);
+    }
+    closedir(d);
+}
+
+// Swaps the finished folder in: OUT (when --force) moves aside, the new folder takes its name,
+// and the old one's files go.
+static void install(const char* tmp, const char* out) {
+    char* old = xmalloc(strlen(out) + 32);
+    sprintf(old, "%s.old.%d", out, (int)getpid());
+    struct stat st;
+    int had = lstat(out, &st) == 0;
+    if (had && rename(out, old) != 0) fail_other("%s: cannot move aside: %s", out, strerror(errno));
+    if (rename(tmp, out) != 0) {
+        if (had) rename(old, out);
+        fail_other("%s: cannot rename into place: %s", out, strerror(errno));
+    }
+    tmp_unregister(tmp); // in place: nothing of it is temporary any more
+    if (had) {
+        DIR* d = opendir(old);
+        struct dirent* e;
+        while (d && (e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char* p = path_join(old, e->d_name);
+            unlink(p);
+            free(p);
+        }
+        if (d) closedir(d);
+        if (rmdir(old) != 0)
+            warn_msg("%s: the replaced checkpoint could not be removed: %s", old, strerror(errno));
+    }
+    free(old);
+}
+
+int cmd_quantize(int argc, char** argv) {
+    Args a;
+    args_init(&a, argc, argv, NULL);
+    const char* recipe = args_str(&a, "--recipe");
+    const char* out = args_str(&a, "--out");
+    int force = args_flag(&a, "--force");
+    DataOpts d = {0};
+    d.path = args_str(&a, "--data");
+    d.shuffle = args_flag(&a, "--shuffle");
+    d.seed = (unsigned long)args_int(&a, "--seed", 0, 0, 1 << 30);
+    d.num_samples = args_int(&a, "--num-samples", 0, 1, 1 << 30);
+    d.seq_len = args_int(&a, "--seq-len", 0, 2, 1 << 20);
+    Quantizer q;
+    quantizer_parse(&q, &a);
+    const char* dir = args_pos(&a, 0);
+    args_done(&a);
+    if (!dir) fail_input("quantize: MODEL folder missing");
+    if (!recipe) fail_input("quantize: --recipe is required");
+    if (!out) fail_input("quantize: --out is required");
+    char* out_buf = xstrdup(out); // DIR/ names DIR: the temporary folder goes beside it
+    for (size_t n = strlen(out_buf); n > 1 && out_buf[n - 1] == '/'; n--) out_buf[n - 1] = 0;
+    out = out_buf;
+    if (q.kind == QUANTIZER_GPTQ && !d.path)
+        fail_input("quantize: --quantizer gptq needs --data (calibration)");
+    out_dir_check(out, force);
+    Model m;
+    model_load(&m, dir);
+    if (m.c.n_sparse)
+        fail_input("quantize: %s has mixture-of-experts layers, which autoq quantize does not write yet", dir);
+    Format fmts[MAX_FORMATS];
+    int* choice = xmalloc(sizeof(int) * m.n_linears);
+    int nf = recipe_read(recipe, &m, fmts, choice);
+    check_formats(recipe, fmts, nf, &m, choice);
+    TokenIds ids = {0};
+    if (q.kind == QUANTIZER_GPTQ) {
+        d.model_dir = dir;
+        d.vocab = m.c.vocab_size;
+        d.eos = m.c.eos_token_id;
+        if (d.seq_len) model_check_seq_len(&m, d.seq_len, "--seq-len");
+        data_load(&ids, &d);
+        model_check_seq_len(&m, ids.t, d.path);
+    }
+    Quantized z = {&m, choice, xcalloc(m.n_linears, sizeof(int8_t*)), xcalloc(m.n_linears, sizeof(float*)),
+                   xcalloc(m.n_linears, sizeof(DType))};
+    // room for the weights before any compute (a full disk later still fails cleanly)
+    size_t need = write_safetensors(NULL, &z, 1);
+    struct statvfs sv;
+    char* parent = out_parent(out);
+    if (statvfs(parent, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < need + (need >> 6))
+        fail_input("quantize: --out %s: the checkpoint needs %.2f GiB but its file system has %.2f GiB free",
+                   out, need / 1073741824.0, (double)sv.f_bavail * sv.f_frsize / 1073741824.0);
+    free(parent);
+    double t0 = time_now();
+    quantize_weights(&z, fmts, &q, &ids);
+    char* tmp = xmalloc(strlen(out) + 32);
+    sprintf(tmp, "%s.tmp.%d", out, (int)getpid());
+    if (mkdir(tmp, 0755) != 0) fail_input("%s: cannot create folder: %s", tmp, strerror(errno));
+    tmp_register(tmp);
+    char* st = path_join(tmp, "model.safetensors");
+    size_t bytes = write_safetensors(st, &z, 0);
+    // Test hook: a write failing after the weights, as a full disk would (tests/test_quantize.sh).
+    if (getenv("AUTOQ_TEST_FAIL_WRITE")) fail_other("%s: write failed (AUTOQ_TEST_FAIL_WRITE)", tmp);
+    json_t* qc = quant_config(&z, fmts, nf, &q);
+    write_config(tmp, dir, qc);
+    copy_files(tmp, dir);
+    // the folder's files stop being temporary with it
+    DIR* dd = opendir(tmp);
+    struct dirent* e;
+    while (dd && (e = readdir(dd))) {
+        char* p = path_join(tmp, e->d_name);
+        tmp_unregister(p);
+        free(p);
+    }
+    if (dd) closedir(dd);
+    install(tmp, out);
+    int nq = 0;
+    for (int i = 0; i < m.n_linears; i++) nq += choice[i] >= 0;
+    info_msg("quantize: %d of %d linears int-quantized (%s), %.1f MiB in %s, %.2fs", nq, m.n_linears,
+             quantizer_name(&q), bytes / 1048576.0, out, time_now() - t0);
+    json_decref(qc);
+    for (int i = 0; i < m.n_linears; i++) free(z.codes[i]), free(z.scales[i]);
+    free(z.codes), free(z.scales), free(z.sdtype), free(st), free(tmp), free(choice), free(out_buf);
+    if (ids.ids) token_ids_free(&ids);
+    model_free(&m);
+    return 0;
+}

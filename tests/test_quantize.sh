@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# autoq quantize on qwen3-tiny against llm-compressor's own checkpoints (tests/ref/quantize_ref.py ->
+# tests/fixtures/quantize_qwen3_tiny_ref.json): round-to-nearest byte for byte, GPTQ the same layout
+# and quantization_config; the --quantizer / --gptq-* options of score, search and eval; bad input.
+set -u
+SUITE=quantize
+. "$(dirname "$0")/lib.sh"
+M=../shared/models/qwen3-tiny
+D=tests/fixtures/qwen3_tiny_ids.npy
+REF=tests/fixtures/quantize_qwen3_tiny_ref.json
+if [ ! -f $M/config.json ]; then
+    echo "SKIP quantize: $M missing"
+    exit 0
+fi
+
+# Every linear W4A8 (budget 4 in ModelOpt's bits), and a mixed recipe.
+$AQ score $M --data $D --num-samples 2 --method gradient --numerics compressed-tensors --out "$tmp/s.h5" >/dev/null 2>&1 || fail "score"
+$AQ search --scores "$tmp/s.h5" --budget 4 --bits modelopt --out "$tmp/all.json" >/dev/null 2>&1 || fail "search all"
+$AQ search --scores "$tmp/s.h5" --budget 4.8 --bits modelopt --out "$tmp/mixed.json" >/dev/null 2>&1 || fail "search mixed"
+
+# layout.py DIR: the checkpoint as tests/ref/quantize_ref.py records llm-compressor's.
+cat >"$tmp/layout.py" <<'PY'
+import hashlib, json, os, struct, sys
+def layout(d):
+    with open(os.path.join(d, "model.safetensors"), "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        hdr = json.loads(f.read(n))
+        data = f.read()
+    t = {}
+    for k, v in sorted(hdr.items()):
+        if k != "__metadata__":
+            a, b = v["data_offsets"]
+            t[k] = [v["dtype"], v["shape"], hashlib.sha256(data[a:b]).hexdigest()]
+    return json.load(open(os.path.join(d, "config.json")))["quantization_config"], t
+PY
+
+$AQ quantize $M --recipe "$tmp/all.json" --out "$tmp/rtn" 2>"$tmp/err" || fail "quantize rtn: $(cat "$tmp/err")"
+python3 - "$tmp" $REF <<'PY' && pass "rtn checkpoint = llm-compressor's, byte for byte" || fail "rtn checkpoint differs"
+import json, sys
+sys.path.insert(0, sys.argv[1]); from layout import layout
+qc, t = layout(sys.argv[1] + "/rtn")
+ref = json.load(open(sys.argv[2]))["llmcompressor_rtn"]
+assert qc == ref["quantization_config"], qc
+bad = [k for k in ref["tensors"] if t.get(k) != ref["tensors"][k]]
+assert not bad and len(t) == len(ref["tensors"]), bad[:5]
+PY
+cmp -s $M/tokenizer.json "$tmp/rtn/tokenizer.json" && pass "tokenizer copied" || fail "tokenizer not copied"
+
+$AQ quantize $M --recipe "$tmp/all.json" --data $D --num-samples 2 --quantizer gptq --out "$tmp/gptq" 2>"$tmp/err" ||
+    fail "quantize gptq: $(cat "$tmp/err")"
+python3 - "$tmp" $REF <<'PY' && pass "gptq checkpoint: llm-compressor's layout and quantization_config" || fail "gptq checkpoint layout"
+import json, sys
+sys.path.insert(0, sys.argv[1]); from layout import layout
+qc, t = layout(sys.argv[1] + "/gptq")
+ref = json.load(open(sys.argv[2]))["llmcompressor_gptq"]
+assert qc == ref["quantization_config"], qc
+assert {k: v[:2] for k, v in t.items()} == ref["tensors"]
+PY
+
+$AQ quantize $M --recipe "$tmp/mixed.json" --out "$tmp/mixed" 2>"$tmp/err" || fail "quantize mixed: $(cat "$tmp/err")"
+python3 - "$tmp" <<'PY' && pass "mixed recipe: bf16 groups unchanged and ignored" || fail "mixed recipe checkpoint"
+import json, sys
+sys.path.insert(0, sys.argv[1]); from layout import layout
+qc, t = layout(sys.argv[1] + "/mixed")
+_, full = layout(sys.argv[1] + "/rtn")
+r = json.load(open(sys.argv[1] + "/mixed.json"))
+kept = [m for g in r["groups"] if g["choice"] == "bf16" for m in g["members"]]
+assert kept and sorted(qc["ignore"]) == sorted(["lm_head"] + kept), qc["ignore"]
+for m in kept:
+    assert t[m + ".weight"][0] == "BF16" and m + ".weight_scale" not in t
+for k, v in t.items():  # every quantized tensor as in the all-W4A8 checkpoint
+    if v[0] == "I8" or k.endswith("weight_scale"):
+        assert full[k] == v, k
+PY
+
+# Refusals: nothing written, exit 2, the file and field named.
+expect "existing --out refused" "exists" $AQ quantize $M --recipe "$tmp/all.json" --out "$tmp/rtn"
+$AQ quantize $M --recipe "$tmp/all.json" --out "$tmp/rtn" --force 2>/dev/null && [ -f "$tmp/rtn/config.json" ] &&
+    ! ls -d "$tmp"/rtn.* 2>/dev/null | grep -q . && pass "--force replaces it" || fail "--force"
+sed 's/model.layers.0.self_attn.q_proj/model.layers.0.self_attn.x_proj/' "$tmp/all.json" >"$tmp/other.json"
+expect "recipe for another model" "groups[0].members[0] is not a linear" $AQ quantize $M --recipe "$tmp/other.json" --out "$tmp/o1"
+sed 's/"choice": "w4a8"/"choice": "w3a8"/' "$tmp/all.json" >"$tmp/unk.json"
+expect "unknown format in recipe" "neither bf16 nor a listed format" $AQ quantize $M --recipe "$tmp/unk.json" --out "$tmp/o2"
+$AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format fp8 --budget 9 \
+    --out "$tmp/fp8r.json" >/dev/null 2>&1 || fail "fp8 recipe"
+expect "quantize refuses a float format" "not written yet" $AQ quantize $M --recipe "$tmp/fp8r.json" --out "$tmp/o4"
+expect "gptq refuses a float format" "takes integer per-channel weight formats" $AQ score $M --data $D --num-samples 1 \
+    --method gradient --device cpu --format fp8 --quantizer gptq
+expect "gptq needs --data" "needs --data" $AQ quantize $M --recipe "$tmp/all.json" --quantizer gptq --out "$tmp/o3"
+expect "--out in a missing folder" "not a writable folder" $AQ quantize $M --recipe "$tmp/all.json" --out "$tmp/no/such"
+ls -d "$tmp"/o1* "$tmp"/o2* "$tmp"/o3* 2>/dev/null | grep -q . && fail "refused runs left files" || pass "refused runs leave nothing"
+# A write failing after the weights (as a full disk would) leaves no folder behind.
+AUTOQ_TEST_FAIL_WRITE=1 $AQ quantize $M --recipe "$tmp/all.json" --out "$tmp/failed" 2>"$tmp/err"
+[ $? -eq 1 ] && grep -q "AUTOQ_TEST_FAIL_WRITE" "$tmp/err" && ! ls -d "$tmp"/failed* 2>/dev/null | grep -q . &&
+    pass "failed write leaves nothing half-written" || fail "failed write: $(ls -d "$tmp"/failed* 2>&1) $(cat "$tmp/err")"
+
+# The options on the other commands.
+expect "--quantizer value" "--quantizer must be rtn or gptq" $AQ score $M --data $D --method kl --quantizer awq
+expect "--gptq-* without gptq" "go with --quantizer gptq" $AQ eval $M --data $D --format w4a8 --gptq-actorder none
+expect "--gptq-dampening range" "--gptq-dampening" $AQ score $M --data $D --method kl --quantizer gptq --gptq-dampening 2
+expect "--gptq-actorder value" "--gptq-actorder must be" $AQ score $M --data $D --method kl --quantizer gptq --gptq-actorder random
+MM=tests/fixtures/qwen3-moe-tiny
+MD=tests/fixtures/qwen3_moe_tiny_ids.npy
+expect "quantize refuses a mixture-of-experts model" "mixture-of-experts" $AQ quantize $MM --recipe "$tmp/all.json" \
+    --out "$tmp/moe"
+r=$($AQ eval $MM --data $MD --format w4a8 --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
+g=$($AQ eval $MM --data $MD --format w4a8 --quantizer gptq --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
+python3 -c "import sys; r, g = float(sys.argv[1]), float(sys.argv[2]); assert 0 < g < 0.8 * r" "$r" "$g" &&
+    pass "eval, MoE: GPTQ (experts included) below RTN's KL ($g vs $r)" || fail "eval MoE gptq KL $g vs rtn $r"
+if nvidia-smi -L >/dev/null 2>&1; then # the CUDA engine scores RTN only: GPTQ there is refused, never RTN
+    expect "gptq with --device cuda refused" "use --device cpu" $AQ score $M --data $D --num-samples 2 --method kl \
+        --quantizer gptq --device cuda
+else
+    echo "SKIP quantize: gptq with --device cuda (no GPU)"
+fi
+r=$($AQ eval $M --data $D --num-samples 2 --format w4a8 --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
+g=$($AQ eval $M --data $D --num-samples 2 --format w4a8 --quantizer gptq --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kl'])")
+python3 -c "import sys; r, g = float(sys.argv[1]), float(sys.argv[2]); assert 0 < g < 0.6 * r" "$r" "$g" &&
+    pass "eval: GPTQ's KL well below RTN's ($g vs $r)" || fail "eval gptq KL $g vs rtn $r"
+# Cache: the second score reads the first's GPTQ weights and gives the same scores; a corrupt file is
+# ignored with a warning and rewritten.
+mkdir "$tmp/cache"
+$AQ score $M --data $D --num-samples 2 --method gradient --quantizer gptq --gptq-cache "$tmp/cache" --json "$tmp/g1.json" >/dev/null 2>"$tmp/e1"
+$AQ score $M --data $D --num-samples 2 --method gradient --quantizer gptq --gptq-cache "$tmp/cache" --json "$tmp/g2.json" >/dev/null 2>"$tmp/e2"
+grep -q "from the cache" "$tmp/e2" && cmp -s "$tmp/g1.json" "$tmp/g2.json" && pass "gptq cache reused, same scores" ||
+    fail "gptq cache: $(cat "$tmp/e2")"
+f=$(ls "$tmp"/cache/gptq-*.bin | head -1)
+printf 'x' | dd of="$f" bs=1 seek=100 conv=notrunc 2>/dev/null
+$AQ score $M --data $D --num-samples 2 --method gradient --quantizer gptq --gptq-cache "$tmp/cache" --json "$tmp/g3.json" >/dev/null 2>"$tmp/e3"
+grep -q "not a valid GPTQ cache" "$tmp/e3" && cmp -s "$tmp/g1.json" "$tmp/g3.json" && pass "corrupt gptq cache ignored" ||
+    fail "corrupt cache: $(cat "$tmp/e3")"
