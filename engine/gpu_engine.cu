@@ -289,6 +289,21 @@ const __nv_bfloat16* weight_of(const GpuEngine* e, int idx) {
     return ws[l->kind];
 }
 
+extern "C" void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx) {
+    e->cap = fn;
+    e->cap_ctx = ctx;
+}
+
+extern "C" void gpu_linear_set_weight(GpuEngine* e, int idx, const float* w) {
+    const Linear* l = &e->m->linears[idx];
+    if (l->expert >= 0) fail_other("internal: gpu_linear_set_weight on an expert (%s)", l->name);
+    size_t n = (size_t)l->out * l->in;
+    bf16_t* h = (bf16_t*)xmalloc(sizeof(bf16_t) * n);
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(w[i]);
+    cudaCheck(cudaMemcpy((void*)weight_of(e, idx), h, sizeof(bf16_t) * n, cudaMemcpyHostToDevice));
+    free(h);
+}
+
 // The next passes run linears[0..n) quantized: their weights as int8 codes now, their inputs on the fly.
 // A sparse layer's experts (always all of them: README §5) are quantized together, in their
 // fused layout (moe_plan_set); other linears one by one, their codes one after another in the pool.

@@ -112,7 +112,9 @@ struct GpuEngine {
     long xf_cap;         // elements of xf and yf
     const float* xf_src; // what xf holds (gradient pass), quantized with xf_spec
     QuantSpec xf_spec;
-    GpuMoe moe; // sparse layers only (moe.E == 0 otherwise)
+    GpuMoe moe;     // sparse layers only (moe.E == 0 otherwise)
+    GpuCapture cap; // gpu_set_capture: sees each dense linear's fp32 input
+    void* cap_ctx;
     size_t free0, min_free;
     struct Prof* prof; // AUTOQ_GPU_PROFILE=1: time per part of the pass
     void** allocs;     // every cudaMalloc, freed by gpu_engine_free

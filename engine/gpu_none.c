@@ -16,3 +16,5 @@ size_t gpu_peak_bytes(GpuEngine* e) {
     return 0;
 }
 void gpu_expert_tokens(GpuEngine* e, long* counts) { (void)e, (void)counts; }
+void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx) { (void)e, (void)fn, (void)ctx; }
+void gpu_linear_set_weight(GpuEngine* e, int idx, const float* w) { (void)e, (void)idx, (void)w; }

@@ -226,10 +226,15 @@ void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Form
     for (int i = 0; i < m->n_linears; i++)
         if (choice[i] >= 0) gptq_check_format(&fmts[choice[i]]);
     memset(wq, 0, sizeof(float*) * m->n_linears);
-    GptqCacheKey key;
-    gptq_cache_key(&key, "sequential", m, ids, fmts, 1, choice, NULL, &q->gptq);
+    GptqCacheKey key; // the GPU rounds its quantized layers to bf16: its own entries
+    gptq_cache_key(&key, q->use_gpu ? "sequential-gpu" : "sequential", m, ids, fmts, 1, choice, NULL, &q->gptq);
     int cache = q->cache_dir && !q->scales; // the cache holds weights on RTN's scales only
     if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
+    if (q->use_gpu) {
+        gptq_sequential_gpu(wq, m, ids, fmts, choice, q);
+        if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice);
+        return;
+    }
     double t0 = time_now();
     size_t TD = (size_t)T * D;
     float* h = xmalloc(sizeof(float) * TD * ids->n); // (n, T, D) each window's stream at layer l

@@ -17,6 +17,7 @@ typedef struct {
     // (n_linears) the per-row scales each linear is quantized with, or NULL: RTN's scale of each
     // original row (autoq quantize gives the scales its checkpoint stores, rounded to its dtype)
     float** scales;
+    int use_gpu; // gptq_sequential on the GPU (gptq_sequential_gpu) for dense models
 } Quantizer;
 
 // --quantizer rtn|gptq, --gptq-dampening F, --gptq-actorder none|static|group, --gptq-cache DIR
@@ -44,3 +45,7 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
 // weights and unquantized activations, as llm-compressor calibrates.
 void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                      const Quantizer* q);
+// The same on one GPU (scoring/gptq_gpu.cu), dense models only: the layer passes, X^T X and the GPTQ
+// updates on the device, one decoder layer resident at a time, quantized layers rounded to bf16.
+void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                         const Quantizer* q);

@@ -1,6 +1,7 @@
 // Built instead of the GPU scorers when nvcc is absent. The scoring job checks for a device before it
 // gets here (engine/gpu_none.c reports none), so these only name the missing build.
 #include "../engine/util.h"
+#include "quantizer.h"
 #include "score_gpu.h"
 
 void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp) {
@@ -34,4 +35,9 @@ void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids, int n, int
     (void)sp, (void)ids, (void)n, (void)stages, (void)rank, (void)world, (void)rdv, (void)score, (void)seconds,
         (void)peak;
     fail_input("--shard-layers: this autoq was built without CUDA");
+}
+void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                         const Quantizer* q) {
+    (void)wq, (void)m, (void)ids, (void)fmts, (void)choice, (void)q;
+    fail_input("--device cuda: this autoq was built without CUDA");
 }

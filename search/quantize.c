@@ -15,6 +15,7 @@
 
 #include "../datasets/data.h"
 #include "../engine/args.h"
+#include "../engine/gpu.h"
 #include "../engine/util.h"
 #include "../scoring/quantizer.h"
 #include "recipe.h"
@@ -385,6 +386,9 @@ int cmd_quantize(int argc, char** argv) {
     d.seq_len = args_int(&a, "--seq-len", 0, 2, 1 << 20);
     Quantizer q;
     quantizer_parse(&q, &a);
+    const char* dev = args_str(&a, "--device");
+    if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
+        fail_input("quantize: --device must be auto, cpu or cuda (got '%s')", dev);
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("quantize: MODEL folder missing");
@@ -398,6 +402,12 @@ int cmd_quantize(int argc, char** argv) {
     out_dir_check(out, force);
     Model m;
     model_load(&m, dir);
+    // GPTQ's layer passes on the GPU (dense models) unless --device cpu
+    int want = dev && strcmp(dev, "cuda") == 0;
+    if (want && gpu_device_count() == 0) fail_input("quantize: --device cuda: no CUDA device found");
+    if (want && m.c.n_sparse) fail_input("quantize: --device cuda: %s has mixture-of-experts layers", dir);
+    q.use_gpu = q.kind == QUANTIZER_GPTQ && (want || (!dev || strcmp(dev, "auto") == 0)) &&
+                gpu_device_count() > 0 && !m.c.n_sparse;
     if (m.c.n_sparse)
         fail_input("quantize: %s has mixture-of-experts layers, which autoq quantize does not write yet", dir);
     Format fmts[MAX_FORMATS];
