@@ -33,7 +33,7 @@ CPPFLAGS += -DAUTOQ_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
 XLDFLAGS += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs
 LDLIBS += -lcublas -lcusolver -lcudart -lnccl -lstdc++ -lpthread
-NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra -I. -DAUTOQ_CUDA -MMD -MP
+NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra,-fopenmp -I. -DAUTOQ_CUDA -MMD -MP
 endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))

@@ -61,8 +61,10 @@ void gptq_order(int* perm, const float* h, int cols, GptqOrder order) {
 
 void gptq_prepare(double* hp, unsigned char* dead, const float* h, const int* perm, int cols, double damp) {
     double mean = 0;
-    for (int a = 0; a < cols; a++) {
+#pragma omp parallel for
+    for (int a = 0; a < cols; a++)
         for (int b = 0; b < cols; b++) hp[(size_t)a * cols + b] = h[(size_t)perm[a] * cols + perm[b]];
+    for (int a = 0; a < cols; a++) { // in order: the mean's sum does not depend on the thread count
         double* d = &hp[(size_t)a * cols + a];
         dead[a] = *d == 0.0;
         if (dead[a]) *d = 1.0; // a column no token ever used: its weights are zeroed instead

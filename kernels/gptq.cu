@@ -1,7 +1,7 @@
 // GPTQ on the GPU: the twin of kernels/gptq.c (tests/test_gpu_ops.c compares them). The host
 // orders, dampens and permutes (O(cols^2), shared with the CPU code); cuSOLVER factorises in fp64
-// (Cholesky, inverse, Cholesky of the inverse) and the column loop runs one thread per row, each
-// block's error pushed to the remaining columns by one cuBLAS GEMM.
+// (Cholesky, inverse, Cholesky of the inverse) and the column loop runs one thread per row on shared
+// memory, each block's error pushed to the remaining columns by one cuBLAS GEMM.
 #include <cusolverDn.h>
 #include <math.h>
 #include <stdlib.h>
@@ -27,27 +27,55 @@ __global__ void gptq_upper_kernel(float* u, const double* hp, int n, int identit
     u[k] = j < i ? 0.0f : identity ? (float)(i == j) : (float)hp[k];
 }
 
-// One thread per row: quantize columns i1..i2-1 in turn, each error pushed to the block's later
-// columns; err (rows, B) keeps the scaled errors for the GEMM. Same arithmetic as quant_value_scaled.
+// GPTQ_ROWS rows per thread block, one thread per row: quantize columns i1..i2-1 in turn, each error
+// pushed to the block's later columns; err (rows, B) keeps the scaled errors for the GEMM. The rows'
+// block of columns, their errors and u's triangle for the block live in shared memory (row stride B + 1:
+// thread t's element j sits in bank (t + j) % 32, so a warp never conflicts; u's row is a broadcast).
+// Same arithmetic as quant_value_scaled.
+#define GPTQ_ROWS 32
+static size_t block_smem(int B) { return sizeof(float) * (size_t)(B + 2 * GPTQ_ROWS) * (B + 1); }
+
 __global__ void gptq_block_kernel(float* W, float* err, const float* u, const float* scale, int rows, int cols,
                                   int i1, int i2, int B, int bits, int narrow, int ct) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows) return;
-    float m = (float)((1 << (bits - 1)) - 1);
-    float hi = m, lo = (narrow && !ct) ? -m : -m - 1.0f;
-    float s = scale[r];
-    int zero = !(s > 0.0f);
-    float* wr = W + (long)r * cols;
-    for (int i = i1; i < i2; i++) {
-        const float* ui = u + (long)i * cols;
-        float x = wr[i];
-        float qv = zero ? 0.0f : fminf(fmaxf(rintf(__fdiv_rn(x, s)), lo), hi) * s;
-        float e = __fdiv_rn(x - qv, ui[i]);
-        wr[i] = qv;
-        err[(long)r * B + (i - i1)] = e;
-        for (int j = i + 1; j < i2; j++) wr[j] = __fsub_rn(wr[j], __fmul_rn(e, ui[j]));
+    extern __shared__ float sm[];
+    int nb = i2 - i1, ld = B + 1, t = threadIdx.x, r0 = blockIdx.x * GPTQ_ROWS;
+    float *us = sm, *ws = sm + (size_t)B * ld, *es = ws + GPTQ_ROWS * ld;
+    for (int k = t; k < nb * nb; k += GPTQ_ROWS)
+        us[(k / nb) * ld + k % nb] = u[(long)(i1 + k / nb) * cols + i1 + k % nb];
+    for (int k = t; k < GPTQ_ROWS * nb; k += GPTQ_ROWS) {
+        int rr = k / nb, j = k % nb;
+        if (r0 + rr < rows) ws[rr * ld + j] = W[(long)(r0 + rr) * cols + i1 + j];
+    }
+    __syncthreads();
+    int r = r0 + t;
+    if (r < rows) {
+        float m = (float)((1 << (bits - 1)) - 1);
+        float hi = m, lo = (narrow && !ct) ? -m : -m - 1.0f;
+        float s = scale[r];
+        int zero = !(s > 0.0f);
+        float *wr = ws + t * ld, *er = es + t * ld;
+        for (int i = 0; i < nb; i++) {
+            const float* ui = us + i * ld;
+            float x = wr[i];
+            float qv = zero ? 0.0f : fminf(fmaxf(rintf(__fdiv_rn(x, s)), lo), hi) * s;
+            float e = __fdiv_rn(x - qv, ui[i]);
+            wr[i] = qv;
+            er[i] = e;
+            for (int j = i + 1; j < nb; j++) wr[j] = __fsub_rn(wr[j], __fmul_rn(e, ui[j]));
+        }
+    }
+    __syncthreads();
+    for (int k = t; k < GPTQ_ROWS * nb; k += GPTQ_ROWS) {
+        int rr = k / nb, j = k % nb;
+        if (r0 + rr >= rows) continue;
+        W[(long)(r0 + rr) * cols + i1 + j] = ws[rr * ld + j];
+        err[(long)(r0 + rr) * B + j] = es[rr * ld + j];
     }
 }
+
+// One cuSOLVER and one cuBLAS handle for every call (creating them costs milliseconds each).
+static cusolverDnHandle_t g_sol;
+static cublasHandle_t g_blas;
 
 extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q,
                                  GptqOpts o, const float* scale) {
@@ -64,13 +92,18 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     gptq_row_scales(sc, scale, w, rows, cols, q);
     gptq_order(perm, h, cols, o.order);
     gptq_prepare(hp, dead, h, perm, cols, o.damp);
+#pragma omp parallel for
     for (int r = 0; r < rows; r++)
         for (int k = 0; k < cols; k++) W[(size_t)r * cols + k] = dead[k] ? 0.0f : w[(size_t)r * cols + perm[k]];
 
-    cusolverDnHandle_t sol;
-    cublasHandle_t blas;
-    cusolverCheck(cusolverDnCreate(&sol));
-    cublasCheck(cublasCreate(&blas));
+    if (!g_sol) {
+        cusolverCheck(cusolverDnCreate(&g_sol));
+        cublasCheck(cublasCreate(&g_blas));
+    }
+    cudaCheck(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)block_smem(B)));
+    cusolverDnHandle_t sol = g_sol;
+    cublasHandle_t blas = g_blas;
     double *d_h, *d_work;
     float *d_u, *d_w, *d_err, *d_scale;
     int *d_info, info = 0, lwork = 0, lwork2 = 0;
@@ -103,8 +136,8 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     const float minus_one = -1.0f, one = 1.0f;
     for (int i1 = 0; i1 < cols; i1 += B) {
         int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
-        gptq_block_kernel<<<ceil_div(rows, 128), 128>>>(d_w, d_err, d_u, d_scale, rows, cols, i1, i2, B, q.bits,
-                                                        q.narrow, q.ct);
+        gptq_block_kernel<<<ceil_div(rows, GPTQ_ROWS), GPTQ_ROWS, block_smem(B)>>>(
+            d_w, d_err, d_u, d_scale, rows, cols, i1, i2, B, q.bits, q.narrow, q.ct);
         cudaCheck(cudaGetLastError());
         // row-major W[:, i2:] -= err (rows, nb) u[i1:i2, i2:]; column-major that is
         // W^T (cols - i2, rows) -= u^T (cols - i2, nb) err^T (nb, rows)
@@ -113,6 +146,7 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
                                     d_u + (long)i1 * cols + i2, cols, d_err, B, &one, d_w + i2, cols));
     }
     cudaCheck(cudaMemcpy(W, d_w, sizeof(float) * rows * cols, cudaMemcpyDeviceToHost));
+#pragma omp parallel for
     for (int r = 0; r < rows; r++)
         for (int k = 0; k < cols; k++) wq[(size_t)r * cols + perm[k]] = W[(size_t)r * cols + k];
     cudaFree(d_h);
@@ -122,8 +156,6 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     cudaFree(d_scale);
     cudaFree(d_info);
     cudaFree(d_work);
-    cublasDestroy(blas);
-    cusolverDnDestroy(sol);
     free(perm);
     free(dead);
     free(hp);

@@ -68,6 +68,7 @@ static void layer_gptq(float** wq, GpuEngine* e, Capture* c, int l, const Format
         h = (float*)xrealloc(h, sizeof(float) * n * n);
         cudaCheck(cudaMemcpy(h, c->xtx[site], sizeof(float) * n * n, cudaMemcpyDeviceToHost));
         float k = 2.0f / (float)c->tokens; // H = 2 X^T X / tokens, as hessian_get
+#pragma omp parallel for
         for (long j = 0; j < (long)n * n; j++) h[j] *= k;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
             const Linear* lin = &m->linears[i];
@@ -101,7 +102,8 @@ extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* 
     Progress p;
     progress_init(&p, "gptq layers (GPU)", L);
     for (int l = 0; l < L; l++) {
-        GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, l, l + 1, 1);
+        // bf16 hi + lo GEMM inputs: the Hessians' inputs as the fp32 CPU engine computes them
+        GpuEngine* e = gpu_engine_init_layers(m, T, B, 1, l, l + 1, 1);
         int any = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
             if (choice[i] < 0) continue;

@@ -43,9 +43,9 @@ ls "$tmp"/s.h5.tmp* >/dev/null 2>&1 && fail "h5 temp left behind" || pass "no h5
 # Every format of configs/formats in one run: a score per group x format in JSON and HDF5, each format's
 # scores the same as when it is scored alone, and the search picks one choice per group.
 all=w4a8,w8a8,fp8,nvfp4,mxfp4,w4a16,w4a8_fp8
-$AQ score $M --data $D --method gradient --format $all --json "$tmp/all.json" --out "$tmp/all.h5" >/dev/null 2>"$tmp/err" ||
+$AQ score $M --data $D --device cpu --method gradient --format $all --json "$tmp/all.json" --out "$tmp/all.h5" >/dev/null 2>"$tmp/err" ||
     fail "score with all seven formats: $(cat "$tmp/err")"
-$AQ score $M --data $D --method gradient --format nvfp4 --json "$tmp/nv.json" >/dev/null 2>&1
+$AQ score $M --data $D --device cpu --method gradient --format nvfp4 --json "$tmp/nv.json" >/dev/null 2>&1
 python3 - "$tmp" <<'PY' && pass "seven formats: a score per group and format, each as when scored alone" || fail "seven formats"
 import json, sys
 d = sys.argv[1]
