@@ -40,6 +40,8 @@ grep -E "gptq:" "$out/autoq.log"
 echo "autoq wall $($PY -c "print(round($(date +%s.%N) - $t0, 1))") s including load and writing the checkpoint"
 rm -rf "$out/autoq_gptq"
 echo "== llm-compressor GPTQModifier, $n x 512"
-peak timeout "${LLMC_TIMEOUT:-420}" $PY bench/llmc_gptq.py "$m" "$m/ids.npy" --num-samples "$n" \
-    --json "$out/llmc.json" >"$out/llmc.log" 2>&1 || { echo "llm-compressor: exit $? (timeout ${LLMC_TIMEOUT:-420} s?)"; grep -E "Error|error" "$out/llmc.log" | tail -3; }
+# (its output to a log inside the measured command, so that peak's own line reaches the terminal)
+peak sh -c 'timeout "$1" "$2" bench/llmc_gptq.py "$3" "$3/ids.npy" --num-samples "$4" --json "$5/llmc.json" >"$5/llmc.log" 2>&1' \
+    sh "${LLMC_TIMEOUT:-420}" "$PY" "$m" "$n" "$out" ||
+    { echo "llm-compressor: exit $? (timeout ${LLMC_TIMEOUT:-420} s?)"; grep -E "Error|error" "$out/llmc.log" | tail -3; }
 [ -f "$out/llmc.json" ] && cat "$out/llmc.json"
