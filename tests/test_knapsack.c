@@ -71,6 +71,31 @@ int main(void) {
           "%d of %d agree", agree, trials);
     CHECK(monotone, "optimum never worsens as the budget grows", "violated");
     CHECK(within, "returned cost never exceeds the budget", "violated");
+    // A Qwen3-8B-shaped instance in true bits (4 x in x out + 16 x out per quantized linear): 144 groups
+    // of four shapes, where the dense table still fits; the sparse frontiers must find its optimum.
+    {
+        KsItem big[144];
+        static const int64_t shape[4][2] = {
+            {6144, 4096}, {4096, 4096}, {24576, 4096}, {4096, 12288}}; // out, in
+        int64_t total = 0;
+        for (int i = 0; i < 144; i++) {
+            int64_t out = shape[i % 4][0], in = shape[i % 4][1], p = out * in;
+            big[i] = (KsItem){2, {16 * p, 4 * p + 16 * out}, {0, (rnd() % 100000) / 1000.0}, {p, 0}};
+            total += p;
+        }
+        Knapsack d, sp;
+        int64_t cap = (int64_t)(4.8 * total);
+        int rd = ks_build(&d, big, 144, cap, 1LL << 30), rs = ks_build_sparse(&sp, big, 144, cap, 1LL << 30);
+        int xd[144], xs[144];
+        double sd = 0, ss = 1;
+        int64_t cd = 0, cs = 1;
+        if (rd == 0 && rs == 0 && !d.sparse) ks_solve(&d, cap, xd, &sd, &cd), ks_solve(&sp, cap, xs, &ss, &cs);
+        CHECK(rd == 0 && rs == 0 && !d.sparse && sd == ss && cd == cs,
+              "Qwen3-8B shape, true bits, 4.8: the sparse frontiers give the dense table's optimum",
+              "dense %.6f (%lld), sparse %.6f (%lld)", sd, (long long)cd, ss, (long long)cs);
+        if (rd == 0) ks_free(&d);
+        if (rs == 0) ks_free(&sp);
+    }
     // Infeasible: below the all-4-bit cost.
     KsItem one = {2, {16 * 100, 4 * 100}, {0, 1}, {100, 0}};
     Knapsack ks;
