@@ -195,10 +195,20 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
         snprintf(name, sizeof(name), "group_%d", gi++);
         json_object_set_new(groups, name, g);
     }
+    // in module order, as compressed-tensors lists the linears it left alone: each layer's bf16 linears
+    // (a sparse layer's experts, then its router), lm_head last
     json_t* ignore = json_array();
+    for (int l = 0; l < m->c.num_layers; l++) {
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
+            if (z->choice[i] < 0) json_array_append_new(ignore, json_string(m->linears[i].name));
+        if (!model_layer_sparse(m, l)) continue;
+        const char* e = m->linears[model_lin(m, l, LIN_GATE, 0)].name;
+        const char* cut = strstr(e, ".experts.");
+        char router[200];
+        snprintf(router, sizeof(router), "%.*s.gate", (int)(cut ? cut - e : 0), e);
+        json_array_append_new(ignore, json_string(router));
+    }
     json_array_append_new(ignore, json_string("lm_head"));
-    for (int i = 0; i < m->n_linears; i++)
-        if (z->choice[i] < 0) json_array_append_new(ignore, json_string(m->linears[i].name));
     return json_pack("{s:o,s:s,s:n,s:o,s:n,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",
                      "int-quantized", "global_compression_ratio", "ignore", ignore, "kv_cache_scheme",
                      "quant_method", "compressed-tensors", "quantization_status", "compressed",
@@ -408,8 +418,17 @@ int cmd_quantize(int argc, char** argv) {
     if (want && m.c.n_sparse) fail_input("quantize: --device cuda: %s has mixture-of-experts layers", dir);
     q.use_gpu = q.kind == QUANTIZER_GPTQ && (want || (!dev || strcmp(dev, "auto") == 0)) &&
                 gpu_device_count() > 0 && !m.c.n_sparse;
-    if (m.c.n_sparse)
-        fail_input("quantize: %s has mixture-of-experts layers, which autoq quantize does not write yet", dir);
+    // experts stored fused (Qwen3-VL-MoE: mlp.experts.gate_up_proj) would have to be unfused as
+    // llm-compressor does; per-expert tensors (Qwen3-MoE) are written as they are
+    for (int l = 0; l < m.c.num_layers; l++) {
+        if (!model_layer_sparse(&m, l)) continue;
+        char name[240];
+        snprintf(name, sizeof(name), "%s.weight", m.linears[model_lin(&m, l, LIN_GATE, 0)].name);
+        if (!st_find(&m.ck, name))
+            fail_input("quantize: %s stores its experts fused (%s is absent), which autoq quantize does not "
+                       "write yet (per-expert Qwen3-MoE checkpoints are written)",
+                       dir, name);
+    }
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice);
