@@ -95,14 +95,36 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
 // The scale a checkpoint of dtype d stores: its value after rounding to d.
 static float scale_in(float s, DType d) { return d == DT_BF16 ? bf16_to_f32(f32_to_bf16(s)) : s; }
 
+// The tensor linear i's weight is stored in: its own `.weight`, or for fused experts (Qwen3-VL-MoE) its
+// layer's `mlp.experts.gate_up_proj` / `down_proj`. name receives the name looked for first.
+static const StTensor* weight_tensor(const Model* m, int i, char* name, size_t cap) {
+    const Linear* l = &m->linears[i];
+    snprintf(name, cap, "%s.weight", l->name);
+    const StTensor* t = st_find(&m->ck, name);
+    const char* cut = l->expert >= 0 ? strstr(l->name, ".experts.") : NULL;
+    if (t || !cut) return t;
+    char fused[240];
+    snprintf(fused, sizeof(fused), "%.*s.experts.%s", (int)(cut - l->name), l->name,
+             l->kind == LIN_DOWN ? "down_proj" : "gate_up_proj");
+    return st_find(&m->ck, fused);
+}
+
+// Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
+static int fused_experts(const StTensor* t) {
+    size_t n = strlen(t->name);
+    const char* a = ".mlp.experts.gate_up_proj";
+    const char* b = ".mlp.experts.down_proj";
+    return t->ndim == 3 && ((n > strlen(a) && !strcmp(t->name + n - strlen(a), a)) ||
+                            (n > strlen(b) && !strcmp(t->name + n - strlen(b), b)));
+}
+
 static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* q, const TokenIds* ids) {
     const Model* m = z->m;
     for (int i = 0; i < m->n_linears; i++) {
         if (z->choice[i] < 0) continue;
         const Linear* l = &m->linears[i];
         char name[200];
-        snprintf(name, sizeof(name), "%s.weight", l->name);
-        const StTensor* t = st_find(&m->ck, name);
+        const StTensor* t = weight_tensor(m, i, name, sizeof(name));
         if (!t || (t->dtype != DT_BF16 && t->dtype != DT_F32))
             fail_input(
                 "%s: %s must be a BF16 or F32 tensor to be quantized (llm-compressor stores its scale in "
@@ -198,6 +220,9 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
     // in module order, as compressed-tensors lists the linears it left alone: each layer's bf16 linears
     // (a sparse layer's experts, then its router), lm_head last
     json_t* ignore = json_array();
+    // a vision tower (never loaded, so its linears' names are unknown here) as one pattern, where
+    // llm-compressor lists its linears by name: the same modules
+    if (m->n_visual) json_array_append_new(ignore, json_string("re:^model\\.visual\\..*$"));
     for (int l = 0; l < m->c.num_layers; l++) {
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
             if (z->choice[i] < 0) json_array_append_new(ignore, json_string(m->linears[i].name));
@@ -226,47 +251,108 @@ static int quantized_linear(const Quantized* z, const StTensor* t) {
     return -1;
 }
 
-// One safetensors file: every tensor of the source in name order, quantized weights replaced by
-// their codes and scales. Returns its size.
-static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
+// What the checkpoint holds, in order: each source tensor (src >= 0) as it is, or a linear (lin >= 0)
+// as codes + scale when quantized, else as its bf16 weight (a fused expert's own slice).
+typedef struct {
+    int src, lin;
+} Entry;
+
+// The entries: every source tensor in order, a quantized linear's weight in its place; fused experts
+// tensors give way to per-expert linears, as llm-compressor unfuses and saves them.
+static Entry* entries(const Quantized* z, int* n) {
+    const Model* m = z->m;
+    const StCheckpoint* ck = &m->ck;
+    Entry* e = xmalloc(sizeof(Entry) * (ck->n + m->n_linears + 1));
+    int k = 0;
+    for (int t = 0; t < ck->n; t++) {
+        if (fused_experts(&ck->t[t])) continue;
+        e[k++] = (Entry){t, quantized_linear(z, &ck->t[t])};
+    }
+    for (int i = 0; i < m->n_linears; i++) {
+        char name[240];
+        if (m->linears[i].expert < 0) continue;
+        snprintf(name, sizeof(name), "%s.weight", m->linears[i].name);
+        if (!st_find(ck, name)) e[k++] = (Entry){-1, i};
+    }
+    *n = k;
+    return e;
+}
+
+static void header_add(json_t* hdr, const char* name, const char* dtype, int rows, int cols, size_t* off,
+                       size_t bytes) {
+    json_object_set_new(hdr, name,
+                        json_pack("{s:s,s:[i,i],s:[I,I]}", "dtype", dtype, "shape", rows, cols, "data_offsets",
+                                  (json_int_t)*off, (json_int_t)(*off + bytes)));
+    *off += bytes;
+}
+
+// One entry's header records.
+static void entry_header(json_t* hdr, const Quantized* z, Entry en, size_t* off) {
     const StCheckpoint* ck = &z->m->ck;
-    int* lin = xmalloc(sizeof(int) * (ck->n ? ck->n : 1));
+    if (en.lin < 0) {
+        const StTensor* t = &ck->t[en.src];
+        json_t* shape = json_array();
+        for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+        json_object_set_new(hdr, t->name,
+                            json_pack("{s:s,s:o,s:[I,I]}", "dtype", st_dtype_name(t->dtype), "shape", shape,
+                                      "data_offsets", (json_int_t)*off, (json_int_t)(*off + t->nbytes)));
+        *off += t->nbytes;
+        return;
+    }
+    const Linear* l = &z->m->linears[en.lin];
+    char name[240], sname[248];
+    snprintf(name, sizeof(name), "%s.weight", l->name);
+    if (z->choice[en.lin] < 0) { // a fused expert kept in bf16: its slice, exact in bf16
+        header_add(hdr, name, "BF16", l->out, l->in, off, (size_t)l->out * l->in * 2);
+        return;
+    }
+    // the scale takes the source weight's dtype (BF16 or F32, checked by quantize_weights)
+    DType d = z->sdtype[en.lin];
+    header_add(hdr, name, "I8", l->out, l->in, off, (size_t)l->out * l->in);
+    snprintf(sname, sizeof(sname), "%s_scale", name);
+    header_add(hdr, sname, st_dtype_name(d), l->out, 1, off, (size_t)l->out * (d == DT_BF16 ? 2 : 4));
+}
+
+static void entry_write(FILE* f, const Quantized* z, Entry en) {
+    if (en.lin < 0) {
+        const StTensor* t = &z->m->ck.t[en.src];
+        fwrite(t->data, 1, t->nbytes, f);
+        return;
+    }
+    const Linear* l = &z->m->linears[en.lin];
+    size_t n = (size_t)l->out * l->in;
+    if (z->choice[en.lin] < 0) {
+        for (size_t j = 0; j < n; j++) {
+            uint16_t b = f32_to_bf16(l->w[j]);
+            fwrite(&b, 2, 1, f);
+        }
+        return;
+    }
+    fwrite(z->codes[en.lin], 1, n, f);
+    for (int r = 0; r < l->out; r++) {
+        float s = z->scales[en.lin][r];
+        uint16_t b = f32_to_bf16(s);
+        if (z->sdtype[en.lin] == DT_BF16)
+            fwrite(&b, 2, 1, f);
+        else
+            fwrite(&s, 4, 1, f);
+    }
+}
+
+// One safetensors file of the entries. Returns its size.
+static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
+    int n;
+    Entry* en = entries(z, &n);
     json_t* hdr = json_object();
     json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
     size_t off = 0;
-    for (int k = 0; k < ck->n; k++) {
-        const StTensor* t = &ck->t[k];
-        lin[k] = quantized_linear(z, t);
-        json_t* shape = json_array();
-        if (lin[k] < 0) {
-            for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
-            json_object_set_new(hdr, t->name,
-                                json_pack("{s:s,s:o,s:[I,I]}", "dtype", st_dtype_name(t->dtype), "shape", shape,
-                                          "data_offsets", (json_int_t)off, (json_int_t)(off + t->nbytes)));
-            off += t->nbytes;
-            continue;
-        }
-        const Linear* l = &z->m->linears[lin[k]];
-        // the scale takes the source weight's dtype (BF16 or F32, checked by quantize_weights)
-        size_t nc = (size_t)l->out * l->in, ns = (size_t)l->out * (t->dtype == DT_BF16 ? 2 : 4);
-        json_object_set_new(hdr, t->name,
-                            json_pack("{s:s,s:[i,i],s:[I,I]}", "dtype", "I8", "shape", l->out, l->in,
-                                      "data_offsets", (json_int_t)off, (json_int_t)(off + nc)));
-        off += nc;
-        char sname[208];
-        snprintf(sname, sizeof(sname), "%s_scale", t->name);
-        json_object_set_new(hdr, sname,
-                            json_pack("{s:s,s:[i,i],s:[I,I]}", "dtype", st_dtype_name(t->dtype), "shape",
-                                      l->out, 1, "data_offsets", (json_int_t)off, (json_int_t)(off + ns)));
-        off += ns;
-        json_decref(shape);
-    }
+    for (int k = 0; k < n; k++) entry_header(hdr, z, en[k], &off);
     char* text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(hdr);
     size_t hl = strlen(text), pad = (8 - hl % 8) % 8;
     size_t total = 8 + hl + pad + off;
     if (dry) {
-        free(text), free(lin);
+        free(text), free(en);
         return total;
     }
     OutFile o;
@@ -276,29 +362,15 @@ static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
     fwrite(text, 1, hl, o.f);
     fwrite("        ", 1, pad, o.f);
     Progress p;
-    progress_init(&p, "write", ck->n);
-    for (int k = 0; k < ck->n; k++) {
-        const StTensor* t = &ck->t[k];
-        if (lin[k] < 0) {
-            fwrite(t->data, 1, t->nbytes, o.f);
-        } else {
-            const Linear* l = &z->m->linears[lin[k]];
-            fwrite(z->codes[lin[k]], 1, (size_t)l->out * l->in, o.f);
-            for (int r = 0; r < l->out; r++) {
-                float s = z->scales[lin[k]][r];
-                uint16_t b = f32_to_bf16(s);
-                if (z->sdtype[lin[k]] == DT_BF16)
-                    fwrite(&b, 2, 1, o.f);
-                else
-                    fwrite(&s, 4, 1, o.f);
-            }
-        }
+    progress_init(&p, "write", n);
+    for (int k = 0; k < n; k++) {
+        entry_write(o.f, z, en[k]);
         progress_step(&p, 1);
     }
     progress_end(&p);
     out_close(&o); // checks every write (a full disk fails here, the temporary file removed)
     tmp_register(path);
-    free(text), free(lin);
+    free(text), free(en);
     return total;
 }
 
@@ -418,17 +490,6 @@ int cmd_quantize(int argc, char** argv) {
     if (want && m.c.n_sparse) fail_input("quantize: --device cuda: %s has mixture-of-experts layers", dir);
     q.use_gpu = q.kind == QUANTIZER_GPTQ && (want || (!dev || strcmp(dev, "auto") == 0)) &&
                 gpu_device_count() > 0 && !m.c.n_sparse;
-    // experts stored fused (Qwen3-VL-MoE: mlp.experts.gate_up_proj) would have to be unfused as
-    // llm-compressor does; per-expert tensors (Qwen3-MoE) are written as they are
-    for (int l = 0; l < m.c.num_layers; l++) {
-        if (!model_layer_sparse(&m, l)) continue;
-        char name[240];
-        snprintf(name, sizeof(name), "%s.weight", m.linears[model_lin(&m, l, LIN_GATE, 0)].name);
-        if (!st_find(&m.ck, name))
-            fail_input("quantize: %s stores its experts fused (%s is absent), which autoq quantize does not "
-                       "write yet (per-expert Qwen3-MoE checkpoints are written)",
-                       dir, name);
-    }
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice);
