@@ -10,6 +10,15 @@
 
 #define DEFAULT_TEXT_SEQ_LEN 256
 
+void data_opts_parse(DataOpts* o, Args* a) {
+    memset(o, 0, sizeof(*o));
+    o->path = args_str(a, "--data");
+    o->num_samples = args_int(a, "--num-samples", 0, 1, 1 << 30);
+    o->seq_len = args_int(a, "--seq-len", 0, 2, 1 << 20);
+    o->shuffle = args_flag(a, "--shuffle");
+    o->seed = (unsigned long)args_int(a, "--seed", 0, 0, 1 << 30);
+}
+
 static int ends_with(const char* s, const char* suf) {
     size_t a = strlen(s), b = strlen(suf);
     return a >= b && strcmp(s + a - b, suf) == 0;

@@ -1,5 +1,6 @@
 // Calibration windows from --data (README §1): .npy ids now, text via the tokenizer.
 #pragma once
+#include "../engine/args.h"
 #include "npy.h"
 
 typedef struct {
@@ -13,5 +14,7 @@ typedef struct {
     unsigned long seed;
 } DataOpts;
 
+// --data, --num-samples, --seq-len, --shuffle, --seed into o (the rest of o zeroed).
+void data_opts_parse(DataOpts* o, Args* a);
 // Loads windows [N, T]; exits 2 on bad input; reports what was used on stderr.
 void data_load(TokenIds* out, const DataOpts* o);

@@ -15,25 +15,18 @@ extern "C" {
 #include "quantizer.h"
 }
 
-enum { GSITE_ATTN, GSITE_O, GSITE_MLP, GSITE_DOWN, GSITES };
-
 typedef struct {
     const Model* m;
     cublasHandle_t blas; // default math: fp32 products stay fp32
-    float* xtx[GSITES];  // (n, n) device sums of x x^T, NULL where no linear of the site is chosen
+    float* xtx[SITES];   // (n, n) device sums of x x^T, NULL where no linear of the site is chosen
     long tokens;
 } Capture;
-
-// The Hessian site a linear's input feeds: q/k/v share the attention input and gate/up the MLP input.
-static int lin_site(int kind) {
-    return kind <= LIN_V ? GSITE_ATTN : kind == LIN_O ? GSITE_O : kind == LIN_DOWN ? GSITE_DOWN : GSITE_MLP;
-}
 
 static void capture_input(GpuEngine* e, int idx, const float* x, int M, void* ctx) {
     (void)e;
     Capture* c = (Capture*)ctx;
     const Linear* l = &c->m->linears[idx];
-    int site = lin_site(l->kind);
+    int site = linear_site(c->m, idx);
     if (l->kind == LIN_Q) c->tokens += M;
     // each site's input once, at its first linear
     if ((l->kind == LIN_K || l->kind == LIN_V || l->kind == LIN_UP) || !c->xtx[site]) return;
@@ -60,11 +53,9 @@ static void layer_gptq(float** wq, GpuEngine* e, Capture* c, int l, const Format
                        const Quantizer* q) {
     const Model* m = c->m;
     float* h = NULL;
-    for (int site = 0; site < GSITES; site++) {
+    for (int site = 0; site < SITES; site++) {
         if (!c->xtx[site]) continue;
-        int n = 0;
-        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
-            if (lin_site(m->linears[i].kind) == site) n = m->linears[i].in;
+        int n = site_width(m, site);
         h = (float*)xrealloc(h, sizeof(float) * n * n);
         cudaCheck(cudaMemcpy(h, c->xtx[site], sizeof(float) * n * n, cudaMemcpyDeviceToHost));
         float k = 2.0f / (float)c->tokens; // H = 2 X^T X / tokens, as hessian_get
@@ -72,7 +63,7 @@ static void layer_gptq(float** wq, GpuEngine* e, Capture* c, int l, const Format
         for (long j = 0; j < (long)n * n; j++) h[j] *= k;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
             const Linear* lin = &m->linears[i];
-            if (choice[i] < 0 || lin_site(lin->kind) != site) continue;
+            if (choice[i] < 0 || linear_site(m, i) != site) continue;
             wq[i] = (float*)xmalloc(sizeof(float) * lin->out * lin->in);
             if (gpu_gptq_quantize(wq[i], lin->w, h, lin->out, lin->in, fmts[choice[i]].w, q->gptq,
                                   q->scales ? q->scales[i] : NULL))
@@ -107,8 +98,8 @@ extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* 
         int any = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
             if (choice[i] < 0) continue;
-            int s = lin_site(m->linears[i].kind);
-            size_t n = m->linears[i].in;
+            int s = linear_site(m, i);
+            size_t n = site_width(m, s);
             if (!cap.xtx[s]) {
                 cudaCheck(cudaMalloc(&cap.xtx[s], sizeof(float) * n * n));
                 cudaCheck(cudaMemset(cap.xtx[s], 0, sizeof(float) * n * n));
@@ -124,7 +115,7 @@ extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* 
         }
         for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1); // through the quantized layer
         cudaCheck(cudaDeviceSynchronize());
-        for (int s = 0; s < GSITES; s++) cudaFree(cap.xtx[s]), cap.xtx[s] = NULL;
+        for (int s = 0; s < SITES; s++) cudaFree(cap.xtx[s]), cap.xtx[s] = NULL;
         gpu_engine_free(e);
         progress_step(&p, 1);
     }

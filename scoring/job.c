@@ -17,11 +17,7 @@ static void require_utf8(const char* cmd, const char* what, const char* s) {
 
 void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     memset(j, 0, sizeof(*j));
-    j->data.path = args_str(a, "--data");
-    j->data.num_samples = args_int(a, "--num-samples", 0, 1, 1 << 30);
-    j->data.seq_len = args_int(a, "--seq-len", 0, 2, 1 << 20);
-    j->data.shuffle = args_flag(a, "--shuffle");
-    j->data.seed = (unsigned long)args_int(a, "--seed", 0, 0, 1 << 30);
+    data_opts_parse(&j->data, a);
     const char* method = args_str(a, "--method");
     if (method && strcmp(method, "kl") == 0)
         j->method = METHOD_KL;

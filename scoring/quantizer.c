@@ -45,8 +45,6 @@ void quantizer_check(const Quantizer* q, int use_gpu) {
             "cpu");
 }
 
-enum { SITE_ATTN, SITE_O, SITE_MLP, SITE_DOWN, SITES };
-
 // Memory for the Hessians held at once while scoring (fp32; Qwen3-8B: 0.8 GB a layer).
 #define HESSIAN_BYTES ((size_t)8 << 30)
 
@@ -57,8 +55,7 @@ typedef struct {
     Hessian* h; // (n); xtx NULL where no linear reads the site (a sparse layer's dense down)
 } LayerHessians;
 
-// The site of linear i within its layer's Hessians.
-static int linear_site(const Model* m, int i) {
+int linear_site(const Model* m, int i) {
     const Linear* l = &m->linears[i];
     if (l->expert >= 0 && l->kind == LIN_DOWN) return SITES + l->expert;
     return l->kind == LIN_O      ? SITE_O
@@ -76,8 +73,7 @@ const float* site_input(const RunState* s, int l, int site) {
     return site == SITE_O ? a->att : site == SITE_DOWN ? a->act : site == SITE_MLP ? a->m : a->a;
 }
 
-// The width of a site's input.
-static int site_width(const Model* m, int site) {
+int site_width(const Model* m, int site) {
     const Config* c = &m->c;
     return site >= SITES       ? c->moe_intermediate
            : site == SITE_O    ? c->num_heads * c->head_dim

@@ -27,6 +27,12 @@ const char* quantizer_name(const Quantizer* q);
 // Exits 2 when the quantizer cannot run on the device (GPTQ: the CPU engine only, for now).
 void quantizer_check(const Quantizer* q, int use_gpu);
 
+// A layer's Hessian sites: the attention input (q/k/v), o_proj's, the MLP input (gate/up, experts' too),
+// down_proj's; past SITES, one per expert's down_proj.
+enum { SITE_ATTN, SITE_O, SITE_MLP, SITE_DOWN, SITES };
+// The site of linear i within its layer's Hessians, and the width of a site's input.
+int linear_site(const Model* m, int i);
+int site_width(const Model* m, int site);
 // The Hessian a linear's input feeds, layer * 4 + site: q/k/v share the attention input (0), o_proj
 // has its own (1), gate/up share the MLP input (2, experts' too), down_proj its own (3); an expert's
 // down_proj is 4 + its expert, past its layer's four (its input differs per expert).

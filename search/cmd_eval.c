@@ -58,12 +58,8 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
 int cmd_eval(int argc, char** argv) {
     Args a;
     args_init(&a, argc, argv, k_json_flag);
-    DataOpts d = {0};
-    d.path = args_str(&a, "--data");
-    d.shuffle = args_flag(&a, "--shuffle");
-    d.seed = (unsigned long)args_int(&a, "--seed", 0, 0, 1 << 30);
-    d.num_samples = args_int(&a, "--num-samples", 0, 1, 1 << 30);
-    d.seq_len = args_int(&a, "--seq-len", 0, 2, 1 << 20);
+    DataOpts d;
+    data_opts_parse(&d, &a);
     const char* logits_path = args_str(&a, "--logits");
     const char* recipe = args_str(&a, "--recipe");
     const char* format = args_str(&a, "--format");

@@ -460,12 +460,8 @@ int cmd_quantize(int argc, char** argv) {
     const char* recipe = args_str(&a, "--recipe");
     const char* out = args_str(&a, "--out");
     int force = args_flag(&a, "--force");
-    DataOpts d = {0};
-    d.path = args_str(&a, "--data");
-    d.shuffle = args_flag(&a, "--shuffle");
-    d.seed = (unsigned long)args_int(&a, "--seed", 0, 0, 1 << 30);
-    d.num_samples = args_int(&a, "--num-samples", 0, 1, 1 << 30);
-    d.seq_len = args_int(&a, "--seq-len", 0, 2, 1 << 20);
+    DataOpts d;
+    data_opts_parse(&d, &a);
     Quantizer q;
     quantizer_parse(&q, &a);
     const char* dev = args_str(&a, "--device");
@@ -488,8 +484,8 @@ int cmd_quantize(int argc, char** argv) {
     int want = dev && strcmp(dev, "cuda") == 0;
     if (want && gpu_device_count() == 0) fail_input("quantize: --device cuda: no CUDA device found");
     if (want && m.c.n_sparse) fail_input("quantize: --device cuda: %s has mixture-of-experts layers", dir);
-    q.use_gpu = q.kind == QUANTIZER_GPTQ && (want || (!dev || strcmp(dev, "auto") == 0)) &&
-                gpu_device_count() > 0 && !m.c.n_sparse;
+    q.use_gpu = q.kind == QUANTIZER_GPTQ && !(dev && strcmp(dev, "cpu") == 0) && gpu_device_count() > 0 &&
+                !m.c.n_sparse;
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice);

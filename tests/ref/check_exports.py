@@ -21,6 +21,8 @@ global scale), read alike from a ModelOpt quantizer config and from compressed-t
 """
 import fnmatch, json, re, sys
 
+from quant_desc import mo_desc  # beside this file
+
 recipe = json.load(open(sys.argv[1]))
 text = open(sys.argv[2]).read()
 if text.lstrip().startswith("{"):
@@ -31,20 +33,6 @@ else:
     lc = yaml.safe_load(text)
 qcfg = json.load(open(sys.argv[3]))["quant_cfg"]
 gptq = lc["quant_stage"]["quant_modifiers"]["GPTQModifier"]
-
-
-def mo_desc(cfg):
-    """A ModelOpt quantizer config (autoq's format dialect) as a description."""
-    nb = cfg.get("num_bits", 8)
-    kind = f"int{nb}" if isinstance(nb, int) else {(4, 3): "float8", (2, 1): "float4"}[tuple(nb)]
-    bs = cfg.get("block_sizes")
-    if bs and bs.get("-1") is not None:
-        gran = ("tensor_group" if bs.get("scale_bits") == [4, 3] else "group") + str(bs["-1"])
-    elif bs:
-        gran = "token"
-    else:
-        gran = "channel" if cfg.get("axis") == 0 else "tensor"
-    return f"{kind}/{gran}"
 
 
 def ct_desc(args):

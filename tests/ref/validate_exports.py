@@ -28,6 +28,8 @@ import argparse, hashlib, importlib.metadata, json, os, re
 import numpy as np
 import torch
 
+from quant_desc import mo_desc  # beside this file
+
 KINDS = [  # name, model folder (tiny: --tiny), token windows, transformers class
     ("tiny", None, "tests/fixtures/qwen3_tiny_ids.npy", "AutoModelForCausalLM"),
     ("vl", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", "Qwen3VLForConditionalGeneration"),
@@ -47,20 +49,6 @@ EXPERT = re.compile(r"(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$")
 def versions():
     return {p: importlib.metadata.version(p) for p in
             ("torch", "torchvision", "transformers", "llmcompressor", "compressed-tensors", "nvidia-modelopt")}
-
-
-def mo_desc(cfg):
-    """A quantizer config of autoq's format dialect as "<int|float><bits>/<granularity>" (as check_exports.py)."""
-    nb = cfg.get("num_bits", 8)
-    kind = f"int{nb}" if isinstance(nb, int) else {(4, 3): "float8", (2, 1): "float4"}[tuple(nb)]
-    bs = cfg.get("block_sizes")
-    if bs and bs.get("-1") is not None:
-        gran = ("tensor_group" if bs.get("scale_bits") == [4, 3] else "group") + str(bs["-1"])
-    elif bs:
-        gran = "token"
-    else:
-        gran = "channel" if cfg.get("axis") == 0 else "tensor"
-    return f"{kind}/{gran}"
 
 
 def intended(path, bits_only):
