@@ -72,13 +72,14 @@ const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const float* x, int M
 // valid until the next call.
 const float* gpu_linear_fake(GpuEngine* e, int idx, const float* x, int M, QuantSpec w, QuantSpec in);
 
-// Calls fn(e, linear, x, M, ctx) with every dense linear's fp32 input x (M, in) as a pass reaches it
-// (gradient passes, which keep fp32 activations; GPTQ's Hessians); fn NULL stops it.
-typedef void (*GpuCapture)(GpuEngine* e, int linear, const float* x, int M, void* ctx);
+// Calls fn(e, linear, x16, M, ctx) with every dense linear's GEMM input x16 (M, in) bf16 (the high half
+// in split mode) as a pass reaches it (GPTQ's Hessians); fn NULL stops it. While set, q, k and v run
+// as three GEMMs (each is seen).
+typedef void (*GpuCapture)(GpuEngine* e, int linear, const void* x16, int M, void* ctx);
 void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx);
-// Replaces dense linear idx's weight on the device by w (out, in) fp32 host, rounded to bf16 (GPTQ's
-// sequential pipeline runs the next windows through a quantized layer).
-void gpu_linear_set_weight(GpuEngine* e, int idx, const float* w);
+// Dense linear idx's weight (out, in) bf16 on the device, to be overwritten (GPTQ's sequential
+// pipeline runs the next windows through a quantized layer).
+void* gpu_linear_weight(GpuEngine* e, int idx);
 
 // For the experts hook of sparse layer l: the block output Yq (M, D, device) with every expert's
 // weights quantized with w and inputs with in, on the routing of the pass (README §6).

@@ -294,14 +294,10 @@ extern "C" void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx) {
     e->cap_ctx = ctx;
 }
 
-extern "C" void gpu_linear_set_weight(GpuEngine* e, int idx, const float* w) {
+extern "C" void* gpu_linear_weight(GpuEngine* e, int idx) {
     const Linear* l = &e->m->linears[idx];
-    if (l->expert >= 0) fail_other("internal: gpu_linear_set_weight on an expert (%s)", l->name);
-    size_t n = (size_t)l->out * l->in;
-    bf16_t* h = (bf16_t*)xmalloc(sizeof(bf16_t) * n);
-    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(w[i]);
-    cudaCheck(cudaMemcpy((void*)weight_of(e, idx), h, sizeof(bf16_t) * n, cudaMemcpyHostToDevice));
-    free(h);
+    if (l->expert >= 0) fail_other("internal: gpu_linear_weight on an expert (%s)", l->name);
+    return (void*)weight_of(e, idx);
 }
 
 // The next passes run linears[0..n) quantized: their weights as int8 codes now, their inputs on the fly.

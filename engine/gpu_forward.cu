@@ -75,7 +75,7 @@ static void gemm_int8(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x
 void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
             const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M, int accumulate) {
     const Linear* l = &e->m->linears[idx];
-    if (e->cap && x) e->cap(e, idx, x, M, e->cap_ctx);
+    if (e->cap) e->cap(e, idx, x16, M, e->cap_ctx);
     for (int j = 0; j < e->nq; j++)
         if (e->q_idx[j] == idx) { // an integer plan quantizes weights and inputs both (the scoring job checks)
             if (e->emu)
@@ -212,7 +212,8 @@ void layer_forward(GpuEngine* e, int l, int M) {
     __nv_bfloat16 *q16 = e->q16, *k16 = e->k16, *v16 = e->v16;
     long ldq = (long)H * hd, ldk = (long)KV * hd;
     if (a16) {
-        if (e->flash && !quantized_in(e, base + LIN_Q, base + LIN_V)) { // one GEMM: [q | k | v] per row
+        if (e->flash && !e->cap &&
+            !quantized_in(e, base + LIN_Q, base + LIN_V)) { // one GEMM: [q | k | v] per row
             long n = (long)(H + 2 * KV) * hd;
             gemm_bf16(e, NULL, e->qkv16, e->a16, NULL, w->q, M, D, (int)n, 0);
             q16 = e->qkv16, k16 = q16 + ldq, v16 = k16 + ldk, ldq = ldk = n;

@@ -17,4 +17,4 @@ size_t gpu_peak_bytes(GpuEngine* e) {
 }
 void gpu_expert_tokens(GpuEngine* e, long* counts) { (void)e, (void)counts; }
 void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx) { (void)e, (void)fn, (void)ctx; }
-void gpu_linear_set_weight(GpuEngine* e, int idx, const float* w) { (void)e, (void)idx, (void)w; }
+void* gpu_linear_weight(GpuEngine* e, int idx) { return (void)e, (void)idx, NULL; }

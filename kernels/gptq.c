@@ -49,14 +49,11 @@ static int by_diag_desc(const void* a, const void* b) {
     return (i > j) - (i < j); // ties by index: a stable order
 }
 
-void gptq_order(int* perm, const float* h, int cols, GptqOrder order) {
+void gptq_order(int* perm, const float* diag, int cols, GptqOrder order) {
     for (int i = 0; i < cols; i++) perm[i] = i;
     if (order == GPTQ_ORDER_NONE) return;
-    float* d = xmalloc(sizeof(float) * cols);
-    for (int i = 0; i < cols; i++) d[i] = h[(size_t)i * cols + i];
-    g_diag = d;
+    g_diag = diag;
     qsort(perm, cols, sizeof(int), by_diag_desc);
-    free(d);
 }
 
 void gptq_prepare(double* hp, unsigned char* dead, const float* h, const int* perm, int cols, double damp) {
@@ -106,7 +103,10 @@ int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols,
     int B = o.block > 0 ? o.block : 128;
     float* err = xmalloc(sizeof(float) * rows * B); // (rows, B) a block's scaled errors
     gptq_row_scales(sc, scale, w, rows, cols, q);   // fixed before GPTQ moves any weight
-    gptq_order(perm, h, cols, o.order);
+    float* diag = xmalloc(sizeof(float) * cols);
+    for (int i = 0; i < cols; i++) diag[i] = h[(size_t)i * cols + i];
+    gptq_order(perm, diag, cols, o.order);
+    free(diag);
     gptq_prepare(hp, dead, h, perm, cols, o.damp);
     int fallback = inverse_cholesky(hp, cols);
     for (int i = 0; i < cols; i++)

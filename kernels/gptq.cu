@@ -1,13 +1,16 @@
-// GPTQ on the GPU: the twin of kernels/gptq.c (tests/test_gpu_ops.c compares them). The host
-// orders, dampens and permutes (O(cols^2), shared with the CPU code); cuSOLVER factorises in fp64
-// (Cholesky, inverse, Cholesky of the inverse) and the column loop runs one thread per row on shared
-// memory, each block's error pushed to the remaining columns by one cuBLAS GEMM.
+// GPTQ on the GPU: the twin of kernels/gptq.c (tests/test_gpu_ops.c compares them). The Hessian is
+// ordered and dampened on the device, factorised by cuSOLVER in fp64 and reused by every linear that
+// reads the same input; the column loop runs one thread per row on shared memory, each block's error
+// pushed to the remaining columns by one cuBLAS GEMM. The codes come out in int8, so a pipeline can keep
+// weights, Hessians and codes on the card (scoring/gptq_gpu.cu).
 #include <cusolverDn.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
 #include "gptq.h"
+#include "quant_math.h"
 
 #define cusolverCheck(call)                                                                                    \
     do {                                                                                                       \
@@ -18,25 +21,185 @@
         }                                                                                                      \
     } while (0)
 
-// u (n, n) fp32 row-major upper from the fp64 factor (row-major upper = column-major lower), or
-// the identity when the factorisation failed.
-__global__ void gptq_upper_kernel(float* u, const double* hp, int n, int identity) {
-    long k = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (k >= (long)n * n) return;
-    int i = (int)(k / n), j = (int)(k % n);
-    u[k] = j < i ? 0.0f : identity ? (float)(i == j) : (float)hp[k];
+// AUTOQ_GPU_PROFILE=1: GPU time per step (cuda events), printed by gpu_gptq_profile_report.
+enum { GP_GATHER, GP_POTRF, GP_TRTRI, GP_UPPER, GP_COLUMNS, GP_GEMM, GP_N };
+static const char* gp_names[GP_N] = {"order+dampen", "potrf", "trtri", "upper", "column kernel", "update GEMM"};
+static double gp_ms[GP_N];
+static int gp_on = -1;
+static cudaEvent_t gp_ev[2];
+static void gp_mark(int part) { // charges the time since the previous mark (or since -1's) to part
+    if (gp_on < 0) {
+        const char* v = getenv("AUTOQ_GPU_PROFILE");
+        gp_on = v && *v && strcmp(v, "0") != 0;
+        if (gp_on) cudaEventCreate(&gp_ev[0]), cudaEventCreate(&gp_ev[1]);
+    }
+    if (!gp_on) return;
+    cudaCheck(cudaEventRecord(gp_ev[1]));
+    cudaCheck(cudaEventSynchronize(gp_ev[1]));
+    float ms = 0;
+    if (part >= 0) cudaCheck(cudaEventElapsedTime(&ms, gp_ev[0], gp_ev[1]));
+    if (part >= 0) gp_ms[part] += ms;
+    cudaCheck(cudaEventRecord(gp_ev[0]));
+}
+
+extern "C" void gpu_gptq_profile_report(void) {
+    if (gp_on <= 0) return;
+    fprintf(stderr, "autoq: gptq GPU profile:");
+    for (int i = 0; i < GP_N; i++)
+        fprintf(stderr, " %s %.0f ms%s", gp_names[i], gp_ms[i], i + 1 < GP_N ? "," : "\n");
+}
+
+// One cuSOLVER and one cuBLAS handle for every call (creating them costs milliseconds each).
+static cusolverDnHandle_t g_sol;
+static cublasHandle_t g_blas;
+static void handles_init(void) {
+    if (g_sol) return;
+    cusolverCheck(cusolverDnCreate(&g_sol));
+    cublasCheck(cublasCreate(&g_blas));
+}
+
+static void* host_alloc(size_t bytes) {
+    void* p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "autoq: out of memory (%zu bytes for GPTQ)\n", bytes);
+        exit(1);
+    }
+    return p;
+}
+
+extern "C" void gpu_gptq_factor_init(GpuGptqFactor* f, int cap) {
+    handles_init();
+    memset(f, 0, sizeof(*f));
+    f->cap = cap;
+    size_t nn = (size_t)cap * cap;
+    cudaCheck(cudaMalloc(&f->perm, sizeof(int) * cap));
+    cudaCheck(cudaMalloc(&f->dead, cap));
+    cudaCheck(cudaMalloc(&f->u, sizeof(float) * nn));
+    cudaCheck(cudaMalloc(&f->a, sizeof(double) * nn));
+    cudaCheck(cudaMalloc(&f->info, sizeof(int)));
+    int lw = 0;
+    cusolverCheck(cusolverDnDpotrf_bufferSize(g_sol, CUBLAS_FILL_MODE_LOWER, cap, f->a, cap, &lw));
+    size_t dev = 0, host = 0;
+    cusolverCheck(cusolverDnXtrtri_bufferSize(g_sol, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, cap,
+                                              CUDA_R_64F, f->a, cap, &dev, &host));
+    f->work_bytes = sizeof(double) * (size_t)lw > dev ? sizeof(double) * (size_t)lw : dev;
+    f->hwork_bytes = host;
+    cudaCheck(cudaMalloc(&f->work, f->work_bytes ? f->work_bytes : 1));
+    f->hwork = host_alloc(host);
+    f->hdiag = (float*)host_alloc(sizeof(float) * cap);
+    f->hperm = (int*)host_alloc(sizeof(int) * cap);
+    f->hdead = (unsigned char*)host_alloc(cap);
+}
+
+extern "C" void gpu_gptq_factor_free(GpuGptqFactor* f) {
+    cudaFree(f->perm);
+    cudaFree(f->dead);
+    cudaFree(f->u);
+    cudaFree(f->a);
+    cudaFree(f->info);
+    cudaFree(f->work);
+    free(f->hwork);
+    free(f->hdiag);
+    free(f->hperm);
+    free(f->hdead);
+    memset(f, 0, sizeof(*f));
+}
+
+// a (n, n) = J Hp J, Hp the ordered, dampened Hessian (gptq_prepare's hp) and J the reversal: the
+// lower Cholesky factor L of J Hp J gives Hp^-1's upper factor as J L^-1 J (one factorisation and one
+// triangular inverse where potrf, potri, potrf take twice the work). Symmetric, so either layout.
+__global__ void gptq_gather_kernel(double* a, const float* xtx, float k, const int* perm,
+                                   const unsigned char* dead, double damp, int n) {
+    long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (idx >= (long)n * n) return;
+    int i = n - 1 - (int)(idx % n), j = n - 1 - (int)(idx / n); // positions in the order
+    int p = perm[i], q = perm[j], lo = p < q ? p : q, hi = p < q ? q : p;
+    double v = (double)(k * xtx[(long)lo * n + hi]); // the upper triangle, as hessian_get reads it
+    if (i == j) v = (dead[i] ? 1.0 : v) + damp;
+    a[idx] = v;
+}
+
+// u (n, n) row-major upper: U[i][j] = Linv[n-1-i][n-1-j] (Linv column-major lower in a), or the
+// identity when the factorisation failed.
+__global__ void gptq_upper_kernel(float* u, const double* a, int n, int identity) {
+    long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (idx >= (long)n * n) return;
+    int i = (int)(idx / n), j = (int)(idx % n);
+    u[idx] = j < i ? 0.0f : identity ? (float)(i == j) : (float)a[(long)(n - 1 - i) + (long)(n - 1 - j) * n];
+}
+
+extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o) {
+    if (n > f->cap) {
+        fprintf(stderr, "autoq: internal: GPTQ factor of %d columns in buffers for %d\n", n, f->cap);
+        exit(1);
+    }
+    f->n = n;
+    gp_mark(-1);
+    // the diagonal to the host: the order and the dampening's mean, in gptq_prepare's arithmetic
+    cudaCheck(cudaMemcpy2D(f->hdiag, sizeof(float), xtx, sizeof(float) * (n + 1), sizeof(float), n,
+                           cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; i++) f->hdiag[i] *= k;
+    gptq_order(f->hperm, f->hdiag, n, o.order);
+    double mean = 0;
+    for (int a = 0; a < n; a++) {
+        double d = (double)f->hdiag[f->hperm[a]];
+        f->hdead[a] = d == 0.0;
+        mean += f->hdead[a] ? 1.0 : d;
+    }
+    mean /= n;
+    cudaCheck(cudaMemcpy(f->perm, f->hperm, sizeof(int) * n, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(f->dead, f->hdead, n, cudaMemcpyHostToDevice));
+    long nn = (long)n * n;
+    gptq_gather_kernel<<<ceil_div(nn, 256), 256>>>(f->a, xtx, k, f->perm, f->dead, o.damp * mean, n);
+    cudaCheck(cudaGetLastError());
+    gp_mark(GP_GATHER);
+    int info = 0, lw = (int)(f->work_bytes / sizeof(double));
+    cusolverCheck(cusolverDnDpotrf(g_sol, CUBLAS_FILL_MODE_LOWER, n, f->a, n, (double*)f->work, lw, f->info));
+    cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
+    gp_mark(GP_POTRF);
+    if (info == 0) {
+        cusolverCheck(cusolverDnXtrtri(g_sol, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_64F, f->a,
+                                       n, f->work, f->work_bytes, f->hwork, f->hwork_bytes, f->info));
+        cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
+    }
+    gp_mark(GP_TRTRI);
+    f->fallback = info != 0;
+    gptq_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->u, f->a, n, f->fallback);
+    cudaCheck(cudaGetLastError());
+    gp_mark(GP_UPPER);
+    return f->fallback;
+}
+
+template <typename T>
+__global__ void gptq_load_kernel(float* W, const T* w, const int* perm, const unsigned char* dead, int rows,
+                                 int n) {
+    long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (idx >= (long)rows * n) return;
+    long r = idx / n;
+    int k = (int)(idx % n);
+    W[idx] = dead[k] ? 0.0f : (float)w[r * n + perm[k]];
+}
+
+extern "C" void gpu_gptq_load(float* W, const void* w, int w_bf16, int rows, const GpuGptqFactor* f) {
+    long n = (long)rows * f->n;
+    if (w_bf16)
+        gptq_load_kernel<<<ceil_div(n, 256), 256>>>(W, (const __nv_bfloat16*)w, f->perm, f->dead, rows, f->n);
+    else
+        gptq_load_kernel<<<ceil_div(n, 256), 256>>>(W, (const float*)w, f->perm, f->dead, rows, f->n);
+    cudaCheck(cudaGetLastError());
 }
 
 // GPTQ_ROWS rows per thread block, one thread per row: quantize columns i1..i2-1 in turn, each error
-// pushed to the block's later columns; err (rows, B) keeps the scaled errors for the GEMM. The rows'
-// block of columns, their errors and u's triangle for the block live in shared memory (row stride B + 1:
-// thread t's element j sits in bank (t + j) % 32, so a warp never conflicts; u's row is a broadcast).
-// Same arithmetic as quant_value_scaled.
+// pushed to the block's later columns; err (rows, B) keeps the scaled errors for the GEMM, the codes go
+// to their input column. The rows' block of columns, their errors and u's triangle for the block live in
+// shared memory (row stride B + 1: thread t's element j sits in bank (t + j) % 32, so a warp never
+// conflicts; u's row is a broadcast). The arithmetic is quant_value_scaled's and gptq.c's, with every
+// product and difference rounded on its own (no FMA contraction), as the CPU computes them.
 #define GPTQ_ROWS 32
 static size_t block_smem(int B) { return sizeof(float) * (size_t)(B + 2 * GPTQ_ROWS) * (B + 1); }
 
-__global__ void gptq_block_kernel(float* W, float* err, const float* u, const float* scale, int rows, int cols,
-                                  int i1, int i2, int B, int bits, int narrow, int ct) {
+__global__ void gptq_block_kernel(int8_t* codes, const float* W, float* err, const float* u, const float* scale,
+                                  const int* perm, int rows, int cols, int i1, int i2, int B, QuantSpec q) {
     extern __shared__ float sm[];
     int nb = i2 - i1, ld = B + 1, t = threadIdx.x, r0 = blockIdx.x * GPTQ_ROWS;
     float *us = sm, *ws = sm + (size_t)B * ld, *es = ws + GPTQ_ROWS * ld;
@@ -49,17 +212,17 @@ __global__ void gptq_block_kernel(float* W, float* err, const float* u, const fl
     __syncthreads();
     int r = r0 + t;
     if (r < rows) {
-        float m = (float)((1 << (bits - 1)) - 1);
-        float hi = m, lo = (narrow && !ct) ? -m : -m - 1.0f;
-        float s = scale[r];
+        float lo, hi, s = scale[r];
+        qm_int_bounds(q, &lo, &hi);
         int zero = !(s > 0.0f);
         float *wr = ws + t * ld, *er = es + t * ld;
+        int8_t* cr = codes + (long)r * cols;
         for (int i = 0; i < nb; i++) {
             const float* ui = us + i * ld;
             float x = wr[i];
-            float qv = zero ? 0.0f : fminf(fmaxf(rintf(__fdiv_rn(x, s)), lo), hi) * s;
-            float e = __fdiv_rn(x - qv, ui[i]);
-            wr[i] = qv;
+            float c = zero ? 0.0f : fminf(fmaxf(rintf(__fdiv_rn(x, s)), lo), hi);
+            float e = __fdiv_rn(__fsub_rn(x, __fmul_rn(c, s)), ui[i]);
+            cr[perm[i1 + i]] = (int8_t)c;
             er[i] = e;
             for (int j = i + 1; j < nb; j++) wr[j] = __fsub_rn(wr[j], __fmul_rn(e, ui[j]));
         }
@@ -67,99 +230,74 @@ __global__ void gptq_block_kernel(float* W, float* err, const float* u, const fl
     __syncthreads();
     for (int k = t; k < GPTQ_ROWS * nb; k += GPTQ_ROWS) {
         int rr = k / nb, j = k % nb;
-        if (r0 + rr >= rows) continue;
-        W[(long)(r0 + rr) * cols + i1 + j] = ws[rr * ld + j];
-        err[(long)(r0 + rr) * B + j] = es[rr * ld + j];
+        if (r0 + rr < rows) err[(long)(r0 + rr) * B + j] = es[rr * ld + j];
     }
 }
 
-// One cuSOLVER and one cuBLAS handle for every call (creating them costs milliseconds each).
-static cusolverDnHandle_t g_sol;
-static cublasHandle_t g_blas;
-
-extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q,
-                                 GptqOpts o, const float* scale) {
-    int B = o.block > 0 ? o.block : 128;
-    int* perm = (int*)malloc(sizeof(int) * cols);
-    unsigned char* dead = (unsigned char*)malloc(cols);
-    double* hp = (double*)malloc(sizeof(double) * cols * cols);
-    float* W = (float*)malloc(sizeof(float) * rows * cols);
-    float* sc = (float*)malloc(sizeof(float) * rows);
-    if (!perm || !dead || !hp || !W || !sc) {
-        fprintf(stderr, "autoq: out of memory (GPTQ of a %d x %d weight)\n", rows, cols);
-        exit(1);
-    }
-    gptq_row_scales(sc, scale, w, rows, cols, q);
-    gptq_order(perm, h, cols, o.order);
-    gptq_prepare(hp, dead, h, perm, cols, o.damp);
-#pragma omp parallel for
-    for (int r = 0; r < rows; r++)
-        for (int k = 0; k < cols; k++) W[(size_t)r * cols + k] = dead[k] ? 0.0f : w[(size_t)r * cols + perm[k]];
-
-    if (!g_sol) {
-        cusolverCheck(cusolverDnCreate(&g_sol));
-        cublasCheck(cublasCreate(&g_blas));
-    }
+extern "C" void gpu_gptq_run(int8_t* codes, float* W, float* err, const float* scale, int rows,
+                             const GpuGptqFactor* f, QuantSpec q, int block) {
+    int B = block > 0 ? block : 128, cols = f->n;
     cudaCheck(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    (int)block_smem(B)));
-    cusolverDnHandle_t sol = g_sol;
-    cublasHandle_t blas = g_blas;
-    double *d_h, *d_work;
-    float *d_u, *d_w, *d_err, *d_scale;
-    int *d_info, info = 0, lwork = 0, lwork2 = 0;
-    cudaCheck(cudaMalloc(&d_h, sizeof(double) * cols * cols));
-    cudaCheck(cudaMalloc(&d_u, sizeof(float) * cols * cols));
-    cudaCheck(cudaMalloc(&d_w, sizeof(float) * rows * cols));
-    cudaCheck(cudaMalloc(&d_err, sizeof(float) * rows * B));
-    cudaCheck(cudaMalloc(&d_scale, sizeof(float) * rows));
-    cudaCheck(cudaMalloc(&d_info, sizeof(int)));
-    cudaCheck(cudaMemcpy(d_h, hp, sizeof(double) * cols * cols, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(d_w, W, sizeof(float) * rows * cols, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(d_scale, sc, sizeof(float) * rows, cudaMemcpyHostToDevice));
-    const cublasFillMode_t lower = CUBLAS_FILL_MODE_LOWER; // LAPACK's "L", as gptq.c calls it
-    cusolverCheck(cusolverDnDpotrf_bufferSize(sol, lower, cols, d_h, cols, &lwork));
-    cusolverCheck(cusolverDnDpotri_bufferSize(sol, lower, cols, d_h, cols, &lwork2));
-    if (lwork2 > lwork) lwork = lwork2;
-    cudaCheck(cudaMalloc(&d_work, sizeof(double) * (lwork > 0 ? lwork : 1)));
-    // each step only when the previous succeeded: a failure means round-to-nearest
-    for (int step = 0; step < 3 && info == 0; step++) {
-        if (step == 1)
-            cusolverCheck(cusolverDnDpotri(sol, lower, cols, d_h, cols, d_work, lwork, d_info));
-        else
-            cusolverCheck(cusolverDnDpotrf(sol, lower, cols, d_h, cols, d_work, lwork, d_info));
-        cudaCheck(cudaMemcpy(&info, d_info, sizeof(int), cudaMemcpyDeviceToHost));
-    }
-    int fallback = info != 0;
-    long nn = (long)cols * cols;
-    gptq_upper_kernel<<<ceil_div(nn, 256), 256>>>(d_u, d_h, cols, fallback);
-    cudaCheck(cudaGetLastError());
     const float minus_one = -1.0f, one = 1.0f;
+    gp_mark(-1);
     for (int i1 = 0; i1 < cols; i1 += B) {
         int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
         gptq_block_kernel<<<ceil_div(rows, GPTQ_ROWS), GPTQ_ROWS, block_smem(B)>>>(
-            d_w, d_err, d_u, d_scale, rows, cols, i1, i2, B, q.bits, q.narrow, q.ct);
+            codes, W, err, f->u, scale, f->perm, rows, cols, i1, i2, B, q);
         cudaCheck(cudaGetLastError());
+        gp_mark(GP_COLUMNS);
         // row-major W[:, i2:] -= err (rows, nb) u[i1:i2, i2:]; column-major that is
         // W^T (cols - i2, rows) -= u^T (cols - i2, nb) err^T (nb, rows)
         if (i2 < cols)
-            cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, rows, nb, &minus_one,
-                                    d_u + (long)i1 * cols + i2, cols, d_err, B, &one, d_w + i2, cols));
+            cublasCheck(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, rows, nb, &minus_one,
+                                    f->u + (long)i1 * cols + i2, cols, err, B, &one, W + i2, cols));
+        gp_mark(GP_GEMM);
     }
-    cudaCheck(cudaMemcpy(W, d_w, sizeof(float) * rows * cols, cudaMemcpyDeviceToHost));
-#pragma omp parallel for
-    for (int r = 0; r < rows; r++)
-        for (int k = 0; k < cols; k++) wq[(size_t)r * cols + perm[k]] = W[(size_t)r * cols + k];
-    cudaFree(d_h);
-    cudaFree(d_u);
-    cudaFree(d_w);
-    cudaFree(d_err);
-    cudaFree(d_scale);
-    cudaFree(d_info);
-    cudaFree(d_work);
-    free(perm);
-    free(dead);
-    free(hp);
-    free(W);
+}
+
+__global__ void gptq_dequant_kernel(__nv_bfloat16* w, const int8_t* codes, const float* scale, int rows,
+                                    int cols) {
+    long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (idx >= (long)rows * cols) return;
+    w[idx] = __float2bfloat16_rn(__fmul_rn((float)codes[idx], scale[idx / cols]));
+}
+
+extern "C" void gpu_gptq_dequant_bf16(void* w, const int8_t* codes, const float* scale, int rows, int cols) {
+    long n = (long)rows * cols;
+    gptq_dequant_kernel<<<ceil_div(n, 256), 256>>>((__nv_bfloat16*)w, codes, scale, rows, cols);
+    cudaCheck(cudaGetLastError());
+}
+
+// The host-pointer twin of gptq_quantize: h (cols, cols) symmetric host, uploaded as the "sums" with k = 1.
+extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q,
+                                 GptqOpts o, const float* scale) {
+    float* sc = (float*)host_alloc(sizeof(float) * rows);
+    int8_t* codes = (int8_t*)host_alloc((size_t)rows * cols);
+    gptq_row_scales(sc, scale, w, rows, cols, q);
+    GpuGptqFactor f;
+    gpu_gptq_factor_init(&f, cols);
+    float *d_h, *d_w, *d_W, *d_err, *d_sc;
+    int8_t* d_codes;
+    size_t wn = (size_t)rows * cols;
+    int B = o.block > 0 ? o.block : 128;
+    cudaCheck(cudaMalloc(&d_h, sizeof(float) * cols * cols));
+    cudaCheck(cudaMalloc(&d_w, sizeof(float) * wn));
+    cudaCheck(cudaMalloc(&d_W, sizeof(float) * wn));
+    cudaCheck(cudaMalloc(&d_err, sizeof(float) * rows * B));
+    cudaCheck(cudaMalloc(&d_sc, sizeof(float) * rows));
+    cudaCheck(cudaMalloc(&d_codes, wn));
+    cudaCheck(cudaMemcpy(d_h, h, sizeof(float) * cols * cols, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_w, w, sizeof(float) * wn, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_sc, sc, sizeof(float) * rows, cudaMemcpyHostToDevice));
+    int fallback = gpu_gptq_factor(&f, d_h, 1.0f, cols, o);
+    gpu_gptq_load(d_W, d_w, 0, rows, &f);
+    gpu_gptq_run(d_codes, d_W, d_err, d_sc, rows, &f, q, B);
+    cudaCheck(cudaMemcpy(codes, d_codes, wn, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < wn; i++) wq[i] = (float)codes[i] * sc[i / cols];
+    gpu_gptq_factor_free(&f);
+    cudaFree(d_h), cudaFree(d_w), cudaFree(d_W), cudaFree(d_err), cudaFree(d_sc), cudaFree(d_codes);
     free(sc);
+    free(codes);
     return fallback;
 }

@@ -44,8 +44,8 @@ int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols,
                   const float* scale);
 
 // The steps gptq_quantize shares with its CUDA twin.
-// perm (cols): the column order (identity, or descending diagonal of h, ties by index).
-void gptq_order(int* perm, const float* h, int cols, GptqOrder order);
+// perm (cols): the column order (identity, or descending diag, the Hessian's diagonal, ties by index).
+void gptq_order(int* perm, const float* diag, int cols, GptqOrder order);
 // hp (cols, cols) double = h permuted, dead diagonal set to 1 and dampened; dead (cols) marks
 // the permuted columns whose diagonal was zero.
 void gptq_prepare(double* hp, unsigned char* dead, const float* h, const int* perm, int cols, double damp);
@@ -55,6 +55,40 @@ void gptq_row_scales(float* out, const float* given, const float* w, int rows, i
 // GPU twin, host pointers in and out (uploads, runs, downloads); same contract as gptq_quantize.
 int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols, QuantSpec q, GptqOpts o,
                       const float* scale);
+
+// ---- the GPU steps on device pointers (gptq.cu), for a pipeline that keeps everything on the card ----
+// A Hessian ordered, dampened and factorised once for every linear that reads its input (q/k/v,
+// gate/up): the buffers are sized for up to cap columns.
+typedef struct {
+    int n, cap;
+    int fallback;        // the dampened Hessian is not positive definite: u is the identity (RTN)
+    int* perm;           // (n) device: column i of the order is input column perm[i]
+    unsigned char* dead; // (n) device, by position in the order: no token used the input
+    float* u;            // (n, n) device row-major: upper Cholesky factor of the inverse Hessian
+    double* a;           // (n, n) device: the ordered, dampened Hessian, then its factor
+    void *work, *hwork;  // cuSOLVER's device and host workspaces
+    size_t work_bytes, hwork_bytes;
+    int* info;            // device
+    float* hdiag;         // (cap) host
+    int* hperm;           // (cap) host
+    unsigned char* hdead; // (cap) host
+} GpuGptqFactor;
+void gpu_gptq_factor_init(GpuGptqFactor* f, int cap);
+void gpu_gptq_factor_free(GpuGptqFactor* f);
+// From xtx (n, n) device, symmetric sums of x x^T: the Hessian k xtx (k = 2 / tokens, as hessian_get)
+// ordered and dampened as gptq_order and gptq_prepare do, then factorised in fp64. Returns f->fallback.
+int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o);
+// W (rows, n) device fp32 = w (rows, n) device (bf16 when w_bf16, else fp32) in f's column order, dead
+// columns zeroed: GPTQ's working copy.
+void gpu_gptq_load(float* W, const void* w, int w_bf16, int rows, const GpuGptqFactor* f);
+// GPTQ of the working copy W (rows, n; consumed) on the row scales (rows): codes (rows, n) int8 in the
+// input's column order; err (rows, block) device scratch.
+void gpu_gptq_run(int8_t* codes, float* W, float* err, const float* scale, int rows, const GpuGptqFactor* f,
+                  QuantSpec q, int block);
+// With AUTOQ_GPU_PROFILE=1 (each step then synchronises): GPU time per step so far, on stderr.
+void gpu_gptq_profile_report(void);
+// w (rows, cols) bf16 device = codes * scale rounded to bf16 (a quantized layer for the next passes).
+void gpu_gptq_dequant_bf16(void* w, const int8_t* codes, const float* scale, int rows, int cols);
 
 #ifdef __cplusplus
 }

@@ -1,9 +1,11 @@
 // GPTQ's sequential pipeline (README §9) on one GPU, for dense models: scoring/quantizer.c's
 // gptq_sequential with the layer passes, the Hessians and the GPTQ updates on the device. One decoder
-// layer is resident at a time (a one-layer pipeline-stage engine), the residual stream of every window
-// waits in a device pool between layers, and each layer runs twice over the windows: once to collect
-// its inputs' X^T X (fp32 GEMMs, no TF32), once through its GPTQ weights (rounded to bf16, the model's
-// dtype) to give the next layer its inputs.
+// layer is resident at a time (a one-layer pipeline-stage engine) and the residual stream of every
+// window waits in a device pool between layers. Each layer runs twice over the windows: once to sum its
+// inputs' X^T X, once through its GPTQ weights to give the next layer its inputs. The passes run as a
+// bf16 model does (bf16 GEMM inputs and activations, an fp32 residual stream), and X^T X sums those
+// very bf16 inputs in fp32 on the tensor cores, as llm-compressor sums its bf16 model's inputs. Weights,
+// Hessians and codes never leave the card until the codes are done (1 byte a weight).
 #include <cublas_v2.h>
 #include <string.h>
 
@@ -17,12 +19,22 @@ extern "C" {
 
 typedef struct {
     const Model* m;
-    cublasHandle_t blas; // default math: fp32 products stay fp32
-    float* xtx[SITES];   // (n, n) device sums of x x^T, NULL where no linear of the site is chosen
+    cublasHandle_t blas;
+    float* xtx[SITES]; // (n, n) device sums of x x^T, NULL where no linear of the site is chosen
     long tokens;
 } Capture;
 
-static void capture_input(GpuEngine* e, int idx, const float* x, int M, void* ctx) {
+// The device buffers of one site's GPTQ, sized for the largest (rows of a site's linears stacked).
+typedef struct {
+    GpuGptqFactor fac;
+    float *W, *err, *scale, *w32; // (rows, n) working copy, (rows, 128), (rows), (rows, n) fp32 source
+    int8_t* codes;                // (rows, n) device
+    int8_t* h_codes;              // (rows, n) pinned host
+    float* h_scale;               // (rows) pinned host
+    double t_hess, t_factor, t_gptq, t_copy; // seconds, for the closing line
+} GptqWork;
+
+static void capture_input(GpuEngine* e, int idx, const void* x16, int M, void* ctx) {
     (void)e;
     Capture* c = (Capture*)ctx;
     const Linear* l = &c->m->linears[idx];
@@ -32,9 +44,11 @@ static void capture_input(GpuEngine* e, int idx, const float* x, int M, void* ct
     if ((l->kind == LIN_K || l->kind == LIN_V || l->kind == LIN_UP) || !c->xtx[site]) return;
     const float one = 1.0f;
     int n = l->in;
-    // x is (M, n) row-major = (n, M) column-major: xtx += x^T x, symmetric either way
-    cublasCheck(
-        cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, M, &one, x, n, x, n, &one, c->xtx[site], n));
+    // x is (M, n) row-major = (n, M) column-major: xtx += x^T x, symmetric either way; bf16 products
+    // are exact in fp32
+    cublasCheck(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, M, &one, x16, CUDA_R_16BF, n, x16,
+                             CUDA_R_16BF, n, &one, c->xtx[site], CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT));
 }
 
 // Windows [b B, b B + nb) through layer l of e: the residual stream from the pool (the embedding at
@@ -42,62 +56,188 @@ static void capture_input(GpuEngine* e, int idx, const float* x, int M, void* ct
 static void run_batch(GpuEngine* e, int l, const TokenIds* ids, int b, int B, float* pool, int keep) {
     int nb = ids->n - b * B < B ? ids->n - b * B : B;
     size_t TD = (size_t)ids->t * e->m->c.hidden_size, bytes = sizeof(float) * TD * nb;
-    gpu_pass_begin(e, 1, ids->ids + (size_t)b * B * ids->t, nb);
+    gpu_pass_begin(e, 0, ids->ids + (size_t)b * B * ids->t, nb);
     if (l > 0) cudaCheck(cudaMemcpy(gpu_hidden(e), pool + TD * b * B, bytes, cudaMemcpyDeviceToDevice));
     gpu_forward_layers(e, l, nb, 0);
     if (keep) cudaCheck(cudaMemcpy(pool + TD * b * B, gpu_hidden(e), bytes, cudaMemcpyDeviceToDevice));
 }
 
-// GPTQ of layer l's chosen linears from the captured sums; their weights go into wq and into e.
-static void layer_gptq(float** wq, GpuEngine* e, Capture* c, int l, const Format* fmts, const int* choice,
+static int any_chosen(const int* choices, int nsets, int nl, int i) {
+    for (int set = 0; set < nsets; set++)
+        if (choices[(size_t)set * nl + i] >= 0) return 1;
+    return 0;
+}
+
+// Linear i's original weight on the device: the engine's own copy when the checkpoint stores it in
+// bf16 (then it is exact), else the fp32 host copy uploaded into w32. Returns whether it is bf16.
+static int original_weight(const void** w, GpuEngine* e, GptqWork* wk, int i) {
+    const Linear* lin = &e->m->linears[i];
+    char name[200];
+    snprintf(name, sizeof(name), "%s.weight", lin->name);
+    const StTensor* t = st_find(&e->m->ck, name);
+    if (t && t->dtype == DT_BF16) {
+        *w = gpu_linear_weight(e, i);
+        return 1;
+    }
+    cudaCheck(cudaMemcpy(wk->w32, lin->w, sizeof(float) * lin->out * lin->in, cudaMemcpyHostToDevice));
+    *w = wk->w32;
+    return 0;
+}
+
+// The linears of layer l reading `site` with format f stacked row after row into the working copy (their
+// scales given, or RTN's of the original rows); returns the rows.
+static int site_load(GptqWork* wk, GpuEngine* e, int l, int site, int f, const int* choice, const Format* fmts,
+                     const Quantizer* q) {
+    const Model* m = e->m;
+    int rows = 0, n = wk->fac.n;
+    for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+        if (choice[i] != f || linear_site(m, i) != site) continue;
+        const Linear* lin = &m->linears[i];
+        const void* w;
+        int bf16 = original_weight(&w, e, wk, i);
+        float* sc = wk->scale + rows;
+        if (q->scales)
+            cudaCheck(cudaMemcpy(sc, q->scales[i], sizeof(float) * lin->out, cudaMemcpyHostToDevice));
+        else if (bf16) // the codes buffer is scratch until gpu_gptq_run
+            gpu_quant_rows_bf16(wk->codes, sc, (const bf16_t*)w, lin->out, n, fmts[f].w);
+        else
+            gpu_quant_rows_f32(wk->codes, sc, (const float*)w, lin->out, n, fmts[f].w);
+        gpu_gptq_load(wk->W + (size_t)rows * n, w, bf16, lin->out, &wk->fac);
+        rows += lin->out;
+    }
+    return rows;
+}
+
+// The codes of the stacked linears into the engine (bf16 weights for the next pass) and to the host: as
+// codes where the caller takes them (q->codes), else as weights code * scale into wq.
+static void site_store(float** wq, GptqWork* wk, GpuEngine* e, int l, int site, int f, const int* choice,
                        const Quantizer* q) {
+    const Model* m = e->m;
+    int rows = 0, n = wk->fac.n;
+    for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+        if (choice[i] != f || linear_site(m, i) != site) continue;
+        const Linear* lin = &m->linears[i];
+        size_t nw = (size_t)lin->out * n;
+        const int8_t* dc = wk->codes + (size_t)rows * n;
+        gpu_gptq_dequant_bf16(gpu_linear_weight(e, i), dc, wk->scale + rows, lin->out, n);
+        rows += lin->out;
+        if (q->codes && q->scales) {
+            q->codes[i] = (int8_t*)xmalloc(nw);
+            cudaCheck(cudaMemcpy(wk->h_codes, dc, nw, cudaMemcpyDeviceToHost));
+            memcpy(q->codes[i], wk->h_codes, nw);
+            continue;
+        }
+        cudaCheck(cudaMemcpy(wk->h_codes, dc, nw, cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(wk->h_scale, wk->scale + rows - lin->out, sizeof(float) * lin->out,
+                             cudaMemcpyDeviceToHost));
+        wq[i] = (float*)xmalloc(sizeof(float) * nw);
+        const int8_t* c = wk->h_codes;
+        const float* s = wk->h_scale;
+#pragma omp parallel for
+        for (int r = 0; r < lin->out; r++)
+            for (int k = 0; k < n; k++) wq[i][(size_t)r * n + k] = (float)c[(size_t)r * n + k] * s[r];
+    }
+}
+
+// GPTQ of layer l's chosen linears from the captured sums, for each set of choices (nsets, n_linears)
+// into wq (nsets, n_linears): one factorisation per site, one column loop per (set, site, format) over
+// the site's linears stacked. The engine's weights end as the last set's (the sequential pipeline has one).
+static void layer_gptq(float** wq, GptqWork* wk, GpuEngine* e, Capture* c, int l, const Format* fmts,
+                       const int* choices, int nsets, const Quantizer* q, int nf) {
     const Model* m = c->m;
-    float* h = NULL;
     for (int site = 0; site < SITES; site++) {
         if (!c->xtx[site]) continue;
-        int n = site_width(m, site);
-        h = (float*)xrealloc(h, sizeof(float) * n * n);
-        cudaCheck(cudaMemcpy(h, c->xtx[site], sizeof(float) * n * n, cudaMemcpyDeviceToHost));
-        float k = 2.0f / (float)c->tokens; // H = 2 X^T X / tokens, as hessian_get
-#pragma omp parallel for
-        for (long j = 0; j < (long)n * n; j++) h[j] *= k;
-        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
-            const Linear* lin = &m->linears[i];
-            if (choice[i] < 0 || linear_site(m, i) != site) continue;
-            wq[i] = (float*)xmalloc(sizeof(float) * lin->out * lin->in);
-            if (gpu_gptq_quantize(wq[i], lin->w, h, lin->out, lin->in, fmts[choice[i]].w, q->gptq,
-                                  q->scales ? q->scales[i] : NULL))
+        double t0 = time_now();
+        int fallback =
+            gpu_gptq_factor(&wk->fac, c->xtx[site], 2.0f / (float)c->tokens, site_width(m, site), q->gptq);
+        cudaCheck(cudaDeviceSynchronize());
+        wk->t_factor += time_now() - t0;
+        for (int set = 0; set < nsets; set++) {
+            const int* choice = choices + (size_t)set * m->n_linears;
+            for (int f = 0; f < nf; f++) {
+                t0 = time_now();
+                int rows = site_load(wk, e, l, site, f, choice, fmts, q);
+                if (!rows) continue;
+                gpu_gptq_run(wk->codes, wk->W, wk->err, wk->scale, rows, &wk->fac, fmts[f].w, q->gptq.block);
+                cudaCheck(cudaDeviceSynchronize());
+                wk->t_gptq += time_now() - t0;
+                t0 = time_now();
+                site_store(wq + (size_t)set * m->n_linears, wk, e, l, site, f, choice, q);
+                wk->t_copy += time_now() - t0;
+            }
+        }
+        for (int i = m->lin0[l]; fallback && i < m->lin0[l + 1]; i++)
+            if (linear_site(m, i) == site && any_chosen(choices, nsets, m->n_linears, i))
                 warn_msg(
                     "%s: the dampened Hessian is not positive definite; quantized round-to-nearest instead, "
                     "as llm-compressor does (raise --gptq-dampening or add calibration data)",
-                    lin->name);
-            gpu_linear_set_weight(e, i, wq[i]);
-        }
+                    m->linears[i].name);
     }
-    free(h);
 }
 
-extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
-                                    const int* choice, const Quantizer* q) {
+// The largest stacked site (rows x width) and the widest site over the chosen linears of every set.
+static void work_init(GptqWork* wk, const Model* m, const int* choices, int nsets) {
+    memset(wk, 0, sizeof(*wk));
+    size_t most = 1, lin_most = 1, rows_most = 1;
+    int width = 1;
+    for (int l = 0; l < m->c.num_layers; l++)
+        for (int site = 0; site < SITES; site++) {
+            size_t rows = 0;
+            for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
+                if (any_chosen(choices, nsets, m->n_linears, i) && linear_site(m, i) == site) {
+                    rows += m->linears[i].out;
+                    size_t w = (size_t)m->linears[i].out * m->linears[i].in;
+                    if (w > lin_most) lin_most = w;
+                }
+            if (!rows) continue;
+            size_t n = site_width(m, site);
+            if (rows * n > most) most = rows * n;
+            if (rows > rows_most) rows_most = rows;
+            if ((int)n > width) width = (int)n;
+        }
+    gpu_gptq_factor_init(&wk->fac, width);
+    cudaCheck(cudaMalloc(&wk->W, sizeof(float) * most));
+    cudaCheck(cudaMalloc(&wk->codes, most));
+    cudaCheck(cudaMalloc(&wk->err, sizeof(float) * rows_most * 128));
+    cudaCheck(cudaMalloc(&wk->scale, sizeof(float) * rows_most));
+    cudaCheck(cudaMalloc(&wk->w32, sizeof(float) * lin_most));
+    cudaCheck(cudaMallocHost(&wk->h_codes, lin_most));
+    cudaCheck(cudaMallocHost(&wk->h_scale, sizeof(float) * rows_most));
+}
+
+static void work_free(GptqWork* wk) {
+    gpu_gptq_factor_free(&wk->fac);
+    cudaFree(wk->W), cudaFree(wk->codes), cudaFree(wk->err), cudaFree(wk->scale), cudaFree(wk->w32);
+    cudaFreeHost(wk->h_codes), cudaFreeHost(wk->h_scale);
+}
+
+// Layer after layer: sum each chosen site's X^T X over the windows, GPTQ, then move the stream on; in the
+// sequential pipeline through the quantized layer (a second pass), in the basic one through the
+// unquantized layer in the summing pass itself (every Hessian from the unquantized model).
+static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choices,
+                        int nsets, const Quantizer* q, int sequential) {
     const Config* c = &m->c;
     if (c->n_sparse)
         fail_input("GPTQ on the GPU: mixture-of-experts layers run on the CPU only (--device cpu)");
-    int L = c->num_layers, T = ids->t, B = 8, nbat = (ids->n + B - 1) / B;
-    double t0 = time_now();
+    int L = c->num_layers, T = ids->t, B = 8, nbat = (ids->n + B - 1) / B, nf = 0, nl = m->n_linears;
+    for (size_t i = 0; i < (size_t)nsets * nl; i++) nf = choices[i] + 1 > nf ? choices[i] + 1 : nf;
+    if (q->gptq.block > 128) fail_other("internal: GPTQ blocks of more than 128 columns on the GPU");
+    double t0 = time_now(), t_pass = 0;
     float* pool;
     cudaCheck(cudaMalloc(&pool, sizeof(float) * (size_t)ids->n * T * c->hidden_size));
     Capture cap;
     memset(&cap, 0, sizeof(cap));
     cap.m = m;
     cublasCheck(cublasCreate(&cap.blas));
+    GptqWork wk;
+    work_init(&wk, m, choices, nsets);
     Progress p;
-    progress_init(&p, "gptq layers (GPU)", L);
+    progress_init(&p, sequential ? "gptq layers (GPU)" : "gptq (GPU)", L);
     for (int l = 0; l < L; l++) {
-        // bf16 hi + lo GEMM inputs: the Hessians' inputs as the fp32 CPU engine computes them
-        GpuEngine* e = gpu_engine_init_layers(m, T, B, 1, l, l + 1, 1);
+        GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, l, l + 1, 1);
         int any = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
-            if (choice[i] < 0) continue;
+            if (!any_chosen(choices, nsets, nl, i)) continue;
             int s = linear_site(m, i);
             size_t n = site_width(m, s);
             if (!cap.xtx[s]) {
@@ -107,21 +247,45 @@ extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* 
             any = 1;
         }
         if (any) { // this layer as it is, on the stream so far
+            double t1 = time_now();
             cap.tokens = 0;
             gpu_set_capture(e, capture_input, &cap);
-            for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, 0);
+            for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, !sequential);
             gpu_set_capture(e, NULL, NULL);
-            layer_gptq(wq, e, &cap, l, fmts, choice, q);
+            cudaCheck(cudaDeviceSynchronize());
+            wk.t_hess += time_now() - t1;
+            layer_gptq(wq, &wk, e, &cap, l, fmts, choices, nsets, q, nf);
         }
-        for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1); // through the quantized layer
+        double t1 = time_now();
+        for (int b = 0; (sequential || !any) && b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1);
         cudaCheck(cudaDeviceSynchronize());
+        t_pass += time_now() - t1;
         for (int s = 0; s < SITES; s++) cudaFree(cap.xtx[s]), cap.xtx[s] = NULL;
         gpu_engine_free(e);
         progress_step(&p, 1);
     }
     progress_end(&p);
+    gpu_gptq_profile_report();
+    work_free(&wk);
     cublasDestroy(cap.blas);
     cudaFree(pool);
-    info_msg("gptq: sequential pass over %d layers on the GPU (%s), %d x %d tokens in %.2fs", L, gpu_name(),
-             ids->n, T, time_now() - t0);
+    info_msg("gptq: %s pipeline over %d layers on the GPU (%s), %d x %d tokens in %.2fs (passes with X^T X "
+             "%.2fs, factorisations %.2fs, column loops %.2fs, codes to the host %.2fs, other passes %.2fs)",
+             sequential ? "sequential" : "basic", L, gpu_name(), ids->n, T, time_now() - t0, wk.t_hess,
+             wk.t_factor, wk.t_gptq, wk.t_copy, t_pass);
+}
+
+extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
+                                    const int* choice, const Quantizer* q) {
+    gptq_layers(wq, m, ids, fmts, choice, 1, q, 1);
+}
+
+extern "C" void gptq_basic_gpu_sets(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
+                                    const int* choices, int nsets, const Quantizer* q) {
+    gptq_layers(wq, m, ids, fmts, choices, nsets, q, 0);
+}
+
+extern "C" void gptq_basic_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
+                               const int* choice, const Quantizer* q) {
+    gptq_layers(wq, m, ids, fmts, choice, 1, q, 0);
 }

@@ -17,6 +17,9 @@ typedef struct {
     // (n_linears) the per-row scales each linear is quantized with, or NULL: RTN's scale of each
     // original row (autoq quantize gives the scales its checkpoint stores, rounded to its dtype)
     float** scales;
+    // (n_linears) or NULL: with scales given, the GPU pipeline hands each linear's int8 codes (out, in)
+    // here instead of its weights in wq (autoq quantize stores codes; 1 byte a weight off the card)
+    int8_t** codes;
     int use_gpu; // gptq_sequential on the GPU (gptq_sequential_gpu) for dense models
 } Quantizer;
 
@@ -24,6 +27,10 @@ typedef struct {
 // (the gptq options without --quantizer gptq are an error, exit 2).
 void quantizer_parse(Quantizer* q, Args* a);
 const char* quantizer_name(const Quantizer* q);
+// --device auto|cpu|cuda of a command whose GPTQ may run on the GPU (quantize, eval): GPTQ's layer
+// passes on the GPU for dense models unless cpu; cuda without a device or on a mixture-of-experts
+// model is exit 2.
+void quantizer_set_device(Quantizer* q, const char* dev, const Model* m, const char* cmd);
 // Exits 2 when the quantizer cannot run on the device (GPTQ: the CPU engine only, for now).
 void quantizer_check(const Quantizer* q, int use_gpu);
 
@@ -55,3 +62,7 @@ void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Form
 // updates on the device, one decoder layer resident at a time, quantized layers rounded to bf16.
 void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                          const Quantizer* q);
+// The basic pipeline on one GPU (every Hessian from the unquantized model, one pass per layer) for nsets
+// recipes at once: choices and wq (nsets, n_linears), e.g. one set per format for the scores.
+void gptq_basic_gpu_sets(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
+                         const int* choices, int nsets, const Quantizer* q);

@@ -67,6 +67,7 @@ int cmd_eval(int argc, char** argv) {
     int json = args_flag(&a, "--json");
     Quantizer q;
     quantizer_parse(&q, &a);
+    const char* dev = args_str(&a, "--device");
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("eval: MODEL folder missing");
@@ -77,6 +78,7 @@ int cmd_eval(int argc, char** argv) {
         fail_input("eval: --quantizer gptq goes with --recipe or --format (what to quantize)");
     Model m;
     model_load(&m, dir);
+    quantizer_set_device(&q, dev, &m, "eval"); // the GPTQ step; the measuring passes run on the CPU
     d.model_dir = dir;
     d.vocab = m.c.vocab_size;
     d.eos = m.c.eos_token_id;

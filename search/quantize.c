@@ -139,10 +139,11 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
     if (q->kind == QUANTIZER_GPTQ) {
         Quantizer qs = *q;
         qs.scales = z->scales;
+        qs.codes = z->codes; // the GPU's codes come straight back
         gptq_sequential(wq, m, ids, fmts, z->choice, &qs);
     }
     for (int i = 0; i < m->n_linears; i++) {
-        if (z->choice[i] < 0) continue;
+        if (z->choice[i] < 0 || z->codes[i]) continue;
         const Linear* l = &m->linears[i];
         float lo, hi;
         quant_bounds(fmts[z->choice[i]].w, &lo, &hi);
@@ -465,8 +466,6 @@ int cmd_quantize(int argc, char** argv) {
     Quantizer q;
     quantizer_parse(&q, &a);
     const char* dev = args_str(&a, "--device");
-    if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
-        fail_input("quantize: --device must be auto, cpu or cuda (got '%s')", dev);
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("quantize: MODEL folder missing");
@@ -480,12 +479,7 @@ int cmd_quantize(int argc, char** argv) {
     out_dir_check(out, force);
     Model m;
     model_load(&m, dir);
-    // GPTQ's layer passes on the GPU (dense models) unless --device cpu
-    int want = dev && strcmp(dev, "cuda") == 0;
-    if (want && gpu_device_count() == 0) fail_input("quantize: --device cuda: no CUDA device found");
-    if (want && m.c.n_sparse) fail_input("quantize: --device cuda: %s has mixture-of-experts layers", dir);
-    q.use_gpu = q.kind == QUANTIZER_GPTQ && !(dev && strcmp(dev, "cpu") == 0) && gpu_device_count() > 0 &&
-                !m.c.n_sparse;
+    quantizer_set_device(&q, dev, &m, "quantize");
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice);
