@@ -139,7 +139,7 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
     if (q->kind == QUANTIZER_GPTQ) {
         Quantizer qs = *q;
         qs.scales = z->scales;
-        gptq_sequential(wq, m, ids, fmts, z->choice, &qs);
+        gptq_recipe(wq, m, ids, fmts, z->choice, &qs);
     }
     for (int i = 0; i < m->n_linears; i++) {
         if (z->choice[i] < 0) continue;
