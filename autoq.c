@@ -44,6 +44,7 @@ static void cli_usage(void) {
         "  autoq quantize MODEL --recipe R --out DIR [--quantizer rtn|gptq [GPTQ] --data D [--num-samples N]\n"
         "                 [--seq-len T]] [--device auto|cpu|cuda] [--force]\n"
         "  GPTQ: [--gptq-dampening F] [--gptq-actorder none|static|group] [--gptq-cache DIR]\n"
+        "        [--gptq-pipeline sequential|basic] (search --verify, eval, quantize)\n"
         "  autoq tokenize MODEL_OR_TOKENIZER_JSON --text FILE [--json] [--decode]\n"
         "  autoq gen      OUT_DIR [--preset tiny|0.6b|8b|moe-small|30b-a3b] [--layers N] [--shard-mib M]\n"
         "                 [--seed S] [--corpus TEXT] [--ids OUT.npy --num-samples N --seq-len T]\n"

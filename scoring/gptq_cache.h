@@ -15,8 +15,9 @@ typedef struct {
     uint64_t hash;
 } GptqCacheKey;
 
-// mode: "scores" (every enabled linear of gs, per format) or "sequential" (the linears choice
-// names, choice[i] indexing fmts; nf is then 1 and fmts the recipe's formats).
+// mode: "scores" (every enabled linear of gs, per format) or a recipe's pipeline, "sequential" or
+// "basic" ("-gpu" appended on the GPU: the linears choice names, choice[i] indexing fmts; nf is then
+// 1 and fmts the recipe's formats). The mode is hashed first, so no two pipelines share a file.
 void gptq_cache_key(GptqCacheKey* k, const char* mode, const Model* m, const TokenIds* ids, const Format* fmts,
                     int nf, const int* choice, const Groups* gs, const GptqOpts* o);
 // Fills wq (nf, n_linears) from the cache file; 1 when found and valid, else 0 (wq untouched).

@@ -18,9 +18,19 @@ void quantizer_parse(Quantizer* q, Args* a) {
         fail_input("%s: --quantizer must be rtn or gptq (got '%s')", a->cmd, kind);
     const char* damp = args_str(a, "--gptq-dampening");
     const char* order = args_str(a, "--gptq-actorder");
+    const char* pipe = args_str(a, "--gptq-pipeline");
     q->cache_dir = args_str(a, "--gptq-cache");
-    if ((damp || order || q->cache_dir) && q->kind != QUANTIZER_GPTQ)
-        fail_input("%s: --gptq-dampening, --gptq-actorder and --gptq-cache go with --quantizer gptq", a->cmd);
+    if ((damp || order || pipe || q->cache_dir) && q->kind != QUANTIZER_GPTQ)
+        fail_input(
+            "%s: --gptq-dampening, --gptq-actorder, --gptq-pipeline and --gptq-cache go with --quantizer gptq",
+            a->cmd);
+    if (pipe && strcmp(pipe, "basic") == 0)
+        q->pipeline = GPTQ_PIPELINE_BASIC;
+    else if (pipe && strcmp(pipe, "sequential") != 0)
+        fail_input("%s: --gptq-pipeline must be basic or sequential (got '%s')", a->cmd, pipe);
+    if (pipe && strcmp(a->cmd, "score") == 0)
+        fail_input("score: --gptq-pipeline chooses how a recipe is deployed (search --verify, eval, quantize); "
+                   "scores always quantize with the basic pipeline");
     if (damp) {
         char* end;
         q->gptq.damp = strtod(damp, &end);
@@ -47,6 +57,8 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Model* m, const c
 }
 
 const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }
+
+const char* gptq_pipeline_name(GptqPipeline p) { return p == GPTQ_PIPELINE_BASIC ? "basic" : "sequential"; }
 
 void quantizer_check(const Quantizer* q, int use_gpu) {
     if (q->kind != QUANTIZER_GPTQ) return;
@@ -170,36 +182,25 @@ static void gptq_check_format(const Format* f) {
                f->path, f->name, f->w_enable ? "E4M3 / E2M1 values or block scales" : "no weight quantizer");
 }
 
-void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf,
-                  const Quantizer* q, const TokenIds* ids) {
-    if (q->kind == QUANTIZER_RTN) {
-        qcache_init(qc, m, gs, fmts, nf);
-        return;
-    }
-    for (int f = 0; f < nf; f++) gptq_check_format(&fmts[f]);
-    int L = m->c.num_layers, T = ids->t;
-    qc->nf = nf;
-    qc->nl = m->n_linears;
-    qc->wq = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
-    GptqCacheKey key;
-    gptq_cache_key(&key, "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
-    if (q->scales) fail_other("qcache_build: given scales apply to one recipe (gptq_sequential) only");
-    if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf)) return;
-    // Hessians from the unquantized model, for as many layers at a time as HESSIAN_BYTES holds
-    // (each chunk one pass over the windows, up to its last layer)
+// GPTQ under the unquantized model's inputs (llm-compressor's basic pipeline), for ns selections at
+// once: out[k * n_linears + i] receives linear i's weights in format want[k * n_linears + i] (-1: none).
+// The Hessians of as many layers at a time as HESSIAN_BYTES holds, each chunk one pass over the
+// windows up to its last layer, serve every selection (the scores' formats, or one recipe).
+static void gptq_unquantized(float** out, const Model* m, const TokenIds* ids, const Format* fmts,
+                             const int* want, int ns, const Quantizer* q) {
+    int L = m->c.num_layers, T = ids->t, nl = m->n_linears;
     double t0 = time_now();
     size_t per_layer = 1;
     for (int l = 0; l < L; l++)
         if (layer_hessian_bytes(m, l) > per_layer) per_layer = layer_hessian_bytes(m, l);
     int chunk = (int)(HESSIAN_BYTES / per_layer) > 1 ? (int)(HESSIAN_BYTES / per_layer) : 1;
     LayerHessians* hs = xmalloc(sizeof(LayerHessians) * (chunk < L ? chunk : L));
-    int* want = xmalloc(sizeof(int) * m->n_linears);
-    int count = 0;
-    for (int i = 0; i < m->n_linears; i++) count += !gs->g[gs->group_of[i]].disabled;
+    long count = 0;
+    for (long k = 0; k < (long)ns * nl; k++) count += want[k] >= 0;
     RunState s;
     run_init(&s, m, T, 1);
     Progress p;
-    progress_init(&p, "gptq", (long)count * nf);
+    progress_init(&p, "gptq", count);
     for (int l0 = 0; l0 < L; l0 += chunk) {
         int l1 = l0 + chunk < L ? l0 + chunk : L;
         for (int l = l0; l < l1; l++) layer_hessians_init(&hs[l - l0], m, l);
@@ -210,38 +211,46 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
                 if (l >= l0) layer_hessians_add(&hs[l - l0], m, &s, l);
             }
         }
-        for (int f = 0; f < nf; f++) {
-            for (int i = 0; i < m->n_linears; i++) want[i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
+        for (int k = 0; k < ns; k++)
             for (int l = l0; l < l1; l++)
-                gptq_layer(qc->wq + (size_t)f * m->n_linears, m, l, &hs[l - l0], fmts, want, q, &p);
-        }
+                gptq_layer(out + (size_t)k * nl, m, l, &hs[l - l0], fmts, want + (size_t)k * nl, q, &p);
         for (int l = l0; l < l1; l++) layer_hessians_free(&hs[l - l0]);
     }
     progress_end(&p);
     run_free(&s, m);
-    info_msg("gptq: %d linears x %d format(s) from %d x %d tokens in %.2fs", count, nf, ids->n, T,
+    info_msg("gptq: %ld linear weights from the unquantized model's %d x %d tokens in %.2fs", count, ids->n, T,
              time_now() - t0);
-    free(want);
     free(hs);
+}
+
+void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf,
+                  const Quantizer* q, const TokenIds* ids) {
+    if (q->kind == QUANTIZER_RTN) {
+        qcache_init(qc, m, gs, fmts, nf);
+        return;
+    }
+    for (int f = 0; f < nf; f++) gptq_check_format(&fmts[f]);
+    qc->nf = nf;
+    qc->nl = m->n_linears;
+    qc->wq = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
+    GptqCacheKey key;
+    gptq_cache_key(&key, "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
+    if (q->scales) fail_other("qcache_build: given scales apply to one recipe (gptq_recipe) only");
+    if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf)) return;
+    int* want = xmalloc(sizeof(int) * nf * m->n_linears); // every enabled linear in each format
+    for (int f = 0; f < nf; f++)
+        for (int i = 0; i < m->n_linears; i++)
+            want[(size_t)f * m->n_linears + i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
+    gptq_unquantized(qc->wq, m, ids, fmts, want, nf, q);
+    free(want);
     if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL);
 }
 
-void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
-                     const Quantizer* q) {
+// The sequential pipeline on the CPU (gptq_recipe's contract).
+static void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
+                            const int* choice, const Quantizer* q) {
     const Config* c = &m->c;
     int L = c->num_layers, T = ids->t, D = c->hidden_size;
-    for (int i = 0; i < m->n_linears; i++)
-        if (choice[i] >= 0) gptq_check_format(&fmts[choice[i]]);
-    memset(wq, 0, sizeof(float*) * m->n_linears);
-    GptqCacheKey key; // the GPU rounds its quantized layers to bf16: its own entries
-    gptq_cache_key(&key, q->use_gpu ? "sequential-gpu" : "sequential", m, ids, fmts, 1, choice, NULL, &q->gptq);
-    int cache = q->cache_dir && !q->scales; // the cache holds weights on RTN's scales only
-    if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
-    if (q->use_gpu) {
-        gptq_sequential_gpu(wq, m, ids, fmts, choice, q);
-        if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice);
-        return;
-    }
     double t0 = time_now();
     size_t TD = (size_t)T * D;
     float* h = xmalloc(sizeof(float) * TD * ids->n); // (n, T, D) each window's stream at layer l
@@ -282,5 +291,28 @@ void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Form
     plan_free(&plan);
     run_free(&s, m);
     free(h);
+}
+
+void gptq_recipe(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                 const Quantizer* q) {
+    for (int i = 0; i < m->n_linears; i++)
+        if (choice[i] >= 0) gptq_check_format(&fmts[choice[i]]);
+    memset(wq, 0, sizeof(float*) * m->n_linears);
+    // each pipeline its own entries, and the GPU's too (it rounds its quantized layers to bf16)
+    int basic = q->pipeline == GPTQ_PIPELINE_BASIC;
+    const char* mode =
+        basic ? (q->use_gpu ? "basic-gpu" : "basic") : (q->use_gpu ? "sequential-gpu" : "sequential");
+    GptqCacheKey key;
+    gptq_cache_key(&key, mode, m, ids, fmts, 1, choice, NULL, &q->gptq);
+    int cache = q->cache_dir && !q->scales; // the cache holds weights on RTN's scales only
+    if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
+    if (basic && q->use_gpu)
+        gptq_basic_gpu(wq, m, ids, fmts, choice, q);
+    else if (basic)
+        gptq_unquantized(wq, m, ids, fmts, choice, 1, q);
+    else if (q->use_gpu)
+        gptq_sequential_gpu(wq, m, ids, fmts, choice, q);
+    else
+        gptq_sequential(wq, m, ids, fmts, choice, q);
     if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice);
 }

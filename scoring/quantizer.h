@@ -1,7 +1,8 @@
 // The weight quantizer behind every candidate (README, "GPTQ"): round-to-nearest, or GPTQ with
 // Hessians collected here from the calibration windows (experts: every token through every expert). Scoring
 // uses each linear's GPTQ weights under the unquantized model's inputs; a recipe is deployed with
-// llm-compressor's sequential pipeline (layer after layer, quantized layers feeding the next Hessians).
+// llm-compressor's sequential pipeline (layer after layer, quantized layers feeding the next Hessians)
+// or, with --gptq-pipeline basic, its basic one (every Hessian from the unquantized model).
 #pragma once
 #include "../datasets/npy.h"
 #include "../engine/args.h"
@@ -9,6 +10,8 @@
 #include "score.h"
 
 typedef enum { QUANTIZER_RTN, QUANTIZER_GPTQ } QuantizerKind;
+// How a recipe's GPTQ weights are calibrated (llm-compressor's oneshot pipeline); scores are always basic.
+typedef enum { GPTQ_PIPELINE_SEQUENTIAL, GPTQ_PIPELINE_BASIC } GptqPipeline;
 
 typedef struct {
     QuantizerKind kind;
@@ -20,17 +23,20 @@ typedef struct {
     // (n_linears) or NULL: with scales given, the GPU pipeline hands each linear's int8 codes (out, in)
     // here instead of its weights in wq (autoq quantize stores codes; 1 byte a weight off the card)
     int8_t** codes;
-    int use_gpu; // gptq_sequential on the GPU (gptq_sequential_gpu) for dense models
+    int use_gpu;           // gptq_recipe on the GPU (gptq_sequential_gpu, gptq_basic_gpu) for dense models
+    GptqPipeline pipeline; // --gptq-pipeline: how gptq_recipe deploys (default sequential, llm-compressor's)
 } Quantizer;
 
-// --quantizer rtn|gptq, --gptq-dampening F, --gptq-actorder none|static|group, --gptq-cache DIR
-// (the gptq options without --quantizer gptq are an error, exit 2).
+// --quantizer rtn|gptq, --gptq-dampening F, --gptq-actorder none|static|group, --gptq-cache DIR,
+// --gptq-pipeline basic|sequential (the gptq options without --quantizer gptq are an error, exit 2;
+// --gptq-pipeline on score too: scores are always basic).
 void quantizer_parse(Quantizer* q, Args* a);
 const char* quantizer_name(const Quantizer* q);
 // --device auto|cpu|cuda of a command whose GPTQ may run on the GPU (quantize, eval): GPTQ's layer
 // passes on the GPU for dense models unless cpu; cuda without a device or on a mixture-of-experts
 // model is exit 2.
 void quantizer_set_device(Quantizer* q, const char* dev, const Model* m, const char* cmd);
+const char* gptq_pipeline_name(GptqPipeline p);
 // Exits 2 when the quantizer cannot run on the device (GPTQ: the CPU engine only, for now).
 void quantizer_check(const Quantizer* q, int use_gpu);
 
@@ -52,17 +58,21 @@ const float* site_input(const RunState* s, int l, int site);
 void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf,
                   const Quantizer* q, const TokenIds* ids);
 
-// A recipe deployed with GPTQ, layer after layer (llm-compressor's sequential pipeline): wq (n_linears)
-// receives the weights of each chosen linear (choice[i] >= 0 indexes fmts; others NULL, caller
-// frees). Layer l's Hessians come from the windows run through layers 0..l-1 with their GPTQ
-// weights and unquantized activations, as llm-compressor calibrates.
-void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
-                     const Quantizer* q);
-// The same on one GPU (scoring/gptq_gpu.cu), dense models only: the layer passes, X^T X and the GPTQ
-// updates on the device, one decoder layer resident at a time, quantized layers rounded to bf16.
+// A recipe deployed with GPTQ in q->pipeline: wq (n_linears) receives the weights of each chosen
+// linear (choice[i] >= 0 indexes fmts; others NULL, caller frees), from the cache when q->cache_dir
+// holds them. Sequential (llm-compressor's default): layer l's Hessians come from the windows run
+// through layers 0..l-1 with their GPTQ weights and unquantized activations, as llm-compressor
+// calibrates. Basic: every Hessian from the unquantized model, as the scores quantize.
+void gptq_recipe(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                 const Quantizer* q);
+// The sequential pipeline on one GPU (scoring/gptq_gpu.cu), dense models only: the layer passes, X^T X
+// and the GPTQ updates on the device, one decoder layer resident at a time, quantized layers rounded to bf16.
 void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                          const Quantizer* q);
 // The basic pipeline on one GPU (every Hessian from the unquantized model, one pass per layer) for nsets
 // recipes at once: choices and wq (nsets, n_linears), e.g. one set per format for the scores.
 void gptq_basic_gpu_sets(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
                          const int* choices, int nsets, const Quantizer* q);
+// The basic pipeline on one GPU, dense models only (same contract; wq zeroed by the caller).
+void gptq_basic_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                    const Quantizer* q);

@@ -47,3 +47,9 @@ void gptq_basic_gpu_sets(float** wq, const Model* m, const TokenIds* ids, const 
     (void)wq, (void)m, (void)ids, (void)fmts, (void)choices, (void)nsets, (void)q;
     fail_input("--device cuda: this autoq was built without CUDA");
 }
+
+void gptq_basic_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                    const Quantizer* q) {
+    (void)wq, (void)m, (void)ids, (void)fmts, (void)choice, (void)q;
+    fail_input("--device cuda: this autoq was built without CUDA");
+}

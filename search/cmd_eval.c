@@ -39,11 +39,13 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
                               quantizer_name(q), "num_samples", ids->n, "seq_len", ids->t, "quantized_linears",
                               r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref, "nll_quantized", r.nll_q,
                               "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
+        if (r.gptq) json_object_set_new(j, "gptq_pipeline", json_string(gptq_pipeline_name(r.pipeline)));
         json_write_file(j, NULL);
         json_decref(j);
     } else {
-        printf("%d of %d linears quantized (%s); %d x %d tokens\n", r.n_quantized, m->n_linears,
-               quantizer_name(q), ids->n, ids->t);
+        printf("%d of %d linears quantized (%s%s%s); %d x %d tokens\n", r.n_quantized, m->n_linears,
+               quantizer_name(q), r.gptq ? ", pipeline " : "", r.gptq ? gptq_pipeline_name(r.pipeline) : "",
+               ids->n, ids->t);
         printf("mean nll %.6f -> %.6f (%+.6f), perplexity %.4f -> %.4f\n", r.nll_ref, r.nll_q,
                r.nll_q - r.nll_ref, exp(r.nll_ref), exp(r.nll_q));
         printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl,

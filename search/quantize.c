@@ -140,7 +140,7 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
         Quantizer qs = *q;
         qs.scales = z->scales;
         qs.codes = z->codes; // the GPU's codes come straight back
-        gptq_sequential(wq, m, ids, fmts, z->choice, &qs);
+        gptq_recipe(wq, m, ids, fmts, z->choice, &qs);
     }
     for (int i = 0; i < m->n_linears; i++) {
         if (z->choice[i] < 0 || z->codes[i]) continue;

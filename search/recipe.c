@@ -191,8 +191,9 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
                s->bits_cost[COST_MEMORY][0], s->bits_cost[COST_MEMORY][1], s->bits_cost[COST_ACTIVE][0],
                s->bits_cost[COST_ACTIVE][1], c->cost == COST_ACTIVE ? "active" : "memory");
     if (s->verified)
-        printf("; measured KL %.6g, NLL %.6f -> %.6f (%+.6f)%s", s->v.kl, s->v.nll_ref, s->v.nll_q,
-               s->v.nll_q - s->v.nll_ref, s->v.gptq ? ", deployed with GPTQ" : "");
+        printf("; measured KL %.6g, NLL %.6f -> %.6f (%+.6f)%s%s%s", s->v.kl, s->v.nll_ref, s->v.nll_q,
+               s->v.nll_q - s->v.nll_ref, s->v.gptq ? ", deployed with GPTQ (" : "",
+               s->v.gptq ? gptq_pipeline_name(s->v.pipeline) : "", s->v.gptq ? " pipeline)" : "");
     printf("\n");
 }
 
@@ -227,11 +228,13 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
                         json_pack("{s:f,s:f}", "candidates", s->bits_cost[COST_ACTIVE][0], "all",
                                   s->bits_cost[COST_ACTIVE][1]));
     json_object_set_new(j, "predicted_score", json_real(s->predicted));
-    if (s->verified)
-        json_object_set_new(j, "measured",
-                            json_pack("{s:f,s:f,s:f,s:f,s:s}", "kl", s->v.kl, "nll_ref", s->v.nll_ref,
-                                      "nll_quantized", s->v.nll_q, "nll_delta", s->v.nll_q - s->v.nll_ref,
-                                      "quantizer", s->v.gptq ? "gptq" : "rtn"));
+    if (s->verified) {
+        json_t* mj = json_pack("{s:f,s:f,s:f,s:f,s:s}", "kl", s->v.kl, "nll_ref", s->v.nll_ref, "nll_quantized",
+                               s->v.nll_q, "nll_delta", s->v.nll_q - s->v.nll_ref, "quantizer",
+                               s->v.gptq ? "gptq" : "rtn");
+        if (s->v.gptq) json_object_set_new(mj, "gptq_pipeline", json_string(gptq_pipeline_name(s->v.pipeline)));
+        json_object_set_new(j, "measured", mj);
+    }
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
         json_t* o = table_group_json(t, g);

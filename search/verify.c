@@ -18,9 +18,10 @@ void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, cons
         return;
     }
     float** wq = xcalloc(m->n_linears, sizeof(float*));
-    gptq_sequential(wq, m, ids, fmts, choice, q);
+    gptq_recipe(wq, m, ids, fmts, choice, q);
     verify_run_with(m, ids, fmts, choice, wq, r);
     r->gptq = 1;
+    r->pipeline = q->pipeline;
     for (int i = 0; i < m->n_linears; i++) free(wq[i]);
     free(wq);
 }

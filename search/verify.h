@@ -11,8 +11,9 @@ typedef struct {
     double kl;      // sum over samples and positions
     double nll_ref; // mean over samples of the per-sample mean NLL
     double nll_q;
-    int n_quantized; // linears quantized
-    int gptq;        // deployed with GPTQ's sequential pipeline (else round-to-nearest)
+    int n_quantized;       // linears quantized
+    int gptq;              // deployed with GPTQ (else round-to-nearest)
+    GptqPipeline pipeline; // GPTQ's: sequential or basic
 } VerifyResult;
 
 // choice[i] per linear of the model: -1 keeps it, else an index into fmts.
@@ -20,7 +21,7 @@ void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const i
 // The same with given weights for the linears where given[i] is not NULL (the rest round-to-nearest).
 void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                      float* const* given, VerifyResult* r);
-// The recipe deployed with quantizer q: round-to-nearest, or GPTQ's sequential pipeline on ids
-// (gptq_sequential), then measured on the same windows.
+// The recipe deployed with quantizer q: round-to-nearest, or GPTQ in q->pipeline on ids
+// (gptq_recipe), then measured on the same windows.
 void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                    const Quantizer* q, VerifyResult* r);

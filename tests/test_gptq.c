@@ -162,7 +162,7 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
     npy_read_ids(&ids, ids_path, m.c.vocab_size);
     Format f;
     format_load(&f, "configs/formats/w4a8.json", 1); // llm-compressor's numerics
-    Quantizer q = {QUANTIZER_GPTQ, gptq_defaults, NULL, NULL};
+    Quantizer q = {.kind = QUANTIZER_GPTQ, .gptq = gptq_defaults};
     // x^T x of every site on the unquantized model, for the output errors
     Hessian* hs = xcalloc(4 * m.c.num_layers, sizeof(Hessian));
     for (int i = 0; i < m.n_linears; i++) // experts: no output error (see tests/ref/gptq_ref.py)
@@ -197,6 +197,24 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
     snprintf(name, sizeof(name), "gptq output error within 1%% of llm-compressor's, each linear, basic, %s",
              tag);
     CHECK(b.worst <= 0.01, name, "%s: %.3f%%", b.worst_name, 100 * b.worst);
+    // a recipe deployed with --gptq-pipeline basic: the scores' weights of the linears it quantizes
+    int* pick = xmalloc(sizeof(int) * m.n_linears);
+    for (int i = 0; i < m.n_linears; i++) pick[i] = qc.wq[i] && i % 3 ? 0 : -1;
+    float** wb = xcalloc(m.n_linears, sizeof(float*));
+    Quantizer qb = q;
+    qb.pipeline = GPTQ_PIPELINE_BASIC;
+    gptq_recipe(wb, &m, &ids, &f, pick, &qb);
+    int same = 1, n_pick = 0;
+    for (int i = 0; i < m.n_linears; i++) {
+        const Linear* l = &m.linears[i];
+        n_pick += pick[i] >= 0;
+        if (pick[i] < 0 ? wb[i] != NULL : !wb[i] || memcmp(wb[i], qc.wq[i], sizeof(float) * l->out * l->in))
+            same = 0;
+        free(wb[i]);
+    }
+    snprintf(name, sizeof(name), "gptq_recipe basic = the scores' GPTQ weights, chosen linears only, %s", tag);
+    CHECK(n_pick > 0 && same, name, "%d chosen linears", n_pick);
+    free(wb), free(pick);
     qcache_free(&qc);
 
     // sequential pipeline: the same codes in layer 0; later layers' codes move with any rounding
@@ -205,7 +223,7 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
         int* choice = xcalloc(m.n_linears, sizeof(int)); // every linear w4a8, as the reference
         float** wq = xcalloc(m.n_linears, sizeof(float*));
         t0 = time_now();
-        gptq_sequential(wq, &m, &ids, &f, choice, &q);
+        gptq_recipe(wq, &m, &ids, &f, choice, &q);
         secs = time_now() - t0;
         Agreement a = compare(&m, wq, hs, json_object_get(ref, "sequential"), rows, f.w);
         self = json_object_get(ref, "sequential_float32_vs_float64");
