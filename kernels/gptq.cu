@@ -49,6 +49,8 @@ extern "C" void gpu_gptq_profile_report(void) {
         fprintf(stderr, " %s %.0f ms%s", gp_names[i], gp_ms[i], i + 1 < GP_N ? "," : "\n");
 }
 
+#define TRTRI_LEAF 512 // lower_inverse hands blocks this small to cuSOLVER's trtri
+
 // One cuSOLVER and one cuBLAS handle for every call (creating them costs milliseconds each).
 static cusolverDnHandle_t g_sol;
 static cublasHandle_t g_blas;
@@ -128,6 +130,28 @@ __global__ void gptq_upper_kernel(float* u, const double* a, int n, int identity
     u[idx] = j < i ? 0.0f : identity ? (float)(i == j) : (float)a[(long)(n - 1 - i) + (long)(n - 1 - j) * n];
 }
 
+// a (n, n) column-major lower triangular with leading dimension lda, replaced by its inverse: halves
+// recursively, inv [A 0; B C] = [A^-1 0; -C^-1 B A^-1, C^-1] with the off-diagonal block from two
+// triangular products (cuBLAS trmm, at GEMM speed); cuSOLVER's trtri below 512 columns. (cuSOLVER's trtri
+// of a 12288 matrix alone took 101 ms on an H200, potrf 18 ms: bench/gptq_factor_bench.cu.) The
+// diagonal is positive (a Cholesky factor): nothing to fail.
+static void lower_inverse(GpuGptqFactor* f, double* a, int n, int lda) {
+    if (n <= TRTRI_LEAF) {
+        cusolverCheck(cusolverDnXtrtri(g_sol, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_64F, a,
+                                       lda, f->work, f->work_bytes, f->hwork, f->hwork_bytes, f->info));
+        return;
+    }
+    int n1 = n / 2, n2 = n - n1;
+    double *a11 = a, *a21 = a + n1, *a22 = a + n1 + (long)n1 * lda;
+    lower_inverse(f, a11, n1, lda);
+    lower_inverse(f, a22, n2, lda);
+    const double one = 1.0, minus_one = -1.0;
+    cublasCheck(cublasDtrmm(g_blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N,
+                            CUBLAS_DIAG_NON_UNIT, n2, n1, &one, a11, lda, a21, lda, a21, lda)); // B A^-1
+    cublasCheck(cublasDtrmm(g_blas, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT,
+                            n2, n1, &minus_one, a22, lda, a21, lda, a21, lda)); // -C^-1 (B A^-1)
+}
+
 extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o) {
     if (n > f->cap) {
         fprintf(stderr, "autoq: internal: GPTQ factor of %d columns in buffers for %d\n", n, f->cap);
@@ -157,11 +181,7 @@ extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int 
     cusolverCheck(cusolverDnDpotrf(g_sol, CUBLAS_FILL_MODE_LOWER, n, f->a, n, (double*)f->work, lw, f->info));
     cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
     gp_mark(GP_POTRF);
-    if (info == 0) {
-        cusolverCheck(cusolverDnXtrtri(g_sol, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_64F, f->a,
-                                       n, f->work, f->work_bytes, f->hwork, f->hwork_bytes, f->info));
-        cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
-    }
+    if (info == 0) lower_inverse(f, f->a, n, n);
     gp_mark(GP_TRTRI);
     f->fallback = info != 0;
     gptq_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->u, f->a, n, f->fallback);
@@ -189,61 +209,75 @@ extern "C" void gpu_gptq_load(float* W, const void* w, int w_bf16, int rows, con
     cudaCheck(cudaGetLastError());
 }
 
-// GPTQ_ROWS rows per thread block, one thread per row: quantize columns i1..i2-1 in turn, each error
-// pushed to the block's later columns; err (rows, B) keeps the scaled errors for the GEMM, the codes go
-// to their input column. The rows' block of columns, their errors and u's triangle for the block live in
-// shared memory (row stride B + 1: thread t's element j sits in bank (t + j) % 32, so a warp never
-// conflicts; u's row is a broadcast). The arithmetic is quant_value_scaled's and gptq.c's, with every
-// product and difference rounded on its own (no FMA contraction), as the CPU computes them.
-#define GPTQ_ROWS 32
-static size_t block_smem(int B) { return sizeof(float) * (size_t)(B + 2 * GPTQ_ROWS) * (B + 1); }
+// One warp per row, GPTQ_WARPS rows per thread block: the row's block of columns i1..i2-1 sits in
+// registers, column j in lane j % 32 (B <= 128: four per lane). Each column in turn: its owner lane
+// broadcasts it, every lane rounds it and pushes its error into its own later columns; err (rows, B)
+// keeps the scaled errors for the GEMM, the codes go to their input column. u's triangle for the block
+// is in shared memory (lane-consecutive columns: no bank conflicts). The arithmetic is
+// quant_value_scaled's and gptq.c's, every product and difference rounded on its own (no FMA
+// contraction), as the CPU computes them.
+#define GPTQ_WARPS 8
+#define GPTQ_KMAX 4 // columns per lane: blocks of up to 128 columns
 
 __global__ void gptq_block_kernel(int8_t* codes, const float* W, float* err, const float* u, const float* scale,
                                   const int* perm, int rows, int cols, int i1, int i2, int B, QuantSpec q) {
-    extern __shared__ float sm[];
-    int nb = i2 - i1, ld = B + 1, t = threadIdx.x, r0 = blockIdx.x * GPTQ_ROWS;
-    float *us = sm, *ws = sm + (size_t)B * ld, *es = ws + GPTQ_ROWS * ld;
-    for (int k = t; k < nb * nb; k += GPTQ_ROWS)
-        us[(k / nb) * ld + k % nb] = u[(long)(i1 + k / nb) * cols + i1 + k % nb];
-    for (int k = t; k < GPTQ_ROWS * nb; k += GPTQ_ROWS) {
-        int rr = k / nb, j = k % nb;
-        if (r0 + rr < rows) ws[rr * ld + j] = W[(long)(r0 + rr) * cols + i1 + j];
-    }
+    extern __shared__ float us[]; // (nb, B) u[i1 + i][i1 + j]
+    int nb = i2 - i1, lane = threadIdx.x & 31, r = blockIdx.x * GPTQ_WARPS + (threadIdx.x >> 5);
+    for (int k = threadIdx.x; k < nb * nb; k += blockDim.x)
+        us[(k / nb) * B + k % nb] = u[(long)(i1 + k / nb) * cols + i1 + k % nb];
     __syncthreads();
-    int r = r0 + t;
-    if (r < rows) {
-        float lo, hi, s = scale[r];
-        qm_int_bounds(q, &lo, &hi);
-        int zero = !(s > 0.0f);
-        float *wr = ws + t * ld, *er = es + t * ld;
-        int8_t* cr = codes + (long)r * cols;
-        for (int i = 0; i < nb; i++) {
-            const float* ui = us + i * ld;
-            float x = wr[i];
-            float c = zero ? 0.0f : fminf(fmaxf(rintf(__fdiv_rn(x, s)), lo), hi);
-            float e = __fdiv_rn(__fsub_rn(x, __fmul_rn(c, s)), ui[i]);
-            cr[perm[i1 + i]] = (int8_t)c;
-            er[i] = e;
-            for (int j = i + 1; j < nb; j++) wr[j] = __fsub_rn(wr[j], __fmul_rn(e, ui[j]));
+    if (r >= rows) return;
+    float w[GPTQ_KMAX], e_own[GPTQ_KMAX], c_own[GPTQ_KMAX];
+#pragma unroll
+    for (int k = 0; k < GPTQ_KMAX; k++) {
+        int j = lane + 32 * k;
+        w[k] = j < nb ? W[(long)r * cols + i1 + j] : 0.0f;
+        e_own[k] = c_own[k] = 0.0f;
+    }
+    float lo, hi, s = scale[r];
+    qm_int_bounds(q, &lo, &hi);
+    int zero = !(s > 0.0f);
+    for (int i = 0; i < nb; i++) {
+        int slot = i >> 5;
+        float mine = w[0];
+#pragma unroll
+        for (int k = 1; k < GPTQ_KMAX; k++)
+            if (slot == k) mine = w[k];
+        float x = __shfl_sync(0xffffffffu, mine, i & 31);
+        const float* ui = us + i * B;
+        float c = zero ? 0.0f : fminf(fmaxf(rintf(__fdiv_rn(x, s)), lo), hi);
+        float e = __fdiv_rn(__fsub_rn(x, __fmul_rn(c, s)), ui[i]);
+#pragma unroll
+        for (int k = 0; k < GPTQ_KMAX; k++) {
+            int j = lane + 32 * k;
+            if (j == i) e_own[k] = e, c_own[k] = c;
+            if (j > i && j < nb) w[k] = __fsub_rn(w[k], __fmul_rn(e, ui[j]));
         }
     }
-    __syncthreads();
-    for (int k = t; k < GPTQ_ROWS * nb; k += GPTQ_ROWS) {
-        int rr = k / nb, j = k % nb;
-        if (r0 + rr < rows) err[(long)(r0 + rr) * B + j] = es[rr * ld + j];
+#pragma unroll
+    for (int k = 0; k < GPTQ_KMAX; k++) {
+        int j = lane + 32 * k;
+        if (j >= nb) continue;
+        err[(long)r * B + j] = e_own[k];
+        codes[(long)r * cols + perm[i1 + j]] = (int8_t)c_own[k];
     }
 }
 
 extern "C" void gpu_gptq_run(int8_t* codes, float* W, float* err, const float* scale, int rows,
                              const GpuGptqFactor* f, QuantSpec q, int block) {
     int B = block > 0 ? block : 128, cols = f->n;
-    cudaCheck(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)block_smem(B)));
+    if (B > 32 * GPTQ_KMAX) {
+        fprintf(stderr, "autoq: internal: GPTQ blocks of %d columns on the GPU (at most %d)\n", B,
+                32 * GPTQ_KMAX);
+        exit(1);
+    }
+    size_t smem = sizeof(float) * (size_t)B * B;
+    cudaCheck(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const float minus_one = -1.0f, one = 1.0f;
     gp_mark(-1);
     for (int i1 = 0; i1 < cols; i1 += B) {
         int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
-        gptq_block_kernel<<<ceil_div(rows, GPTQ_ROWS), GPTQ_ROWS, block_smem(B)>>>(
+        gptq_block_kernel<<<ceil_div(rows, GPTQ_WARPS), 32 * GPTQ_WARPS, smem>>>(
             codes, W, err, f->u, scale, f->perm, rows, cols, i1, i2, B, q);
         cudaCheck(cudaGetLastError());
         gp_mark(GP_COLUMNS);

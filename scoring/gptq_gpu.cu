@@ -7,6 +7,7 @@
 // very bf16 inputs in fp32 on the tensor cores, as llm-compressor sums its bf16 model's inputs. Weights,
 // Hessians and codes never leave the card until the codes are done (1 byte a weight).
 #include <cublas_v2.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "../engine/gpu_engine.cuh"
@@ -24,13 +25,116 @@ typedef struct {
     long tokens;
 } Capture;
 
+// Finished codes reach the caller's arrays on a worker thread while the card goes on: the first touch
+// of fresh host memory (an 8 GB model's codes) costs seconds. Each layer's codes and scales land in one
+// of two pinned slots (layer l in slot l % 2); a layer waits for the jobs of the one before last.
+typedef struct {
+    const int8_t* codes; // (rows, cols) pinned
+    const float* scale;  // (rows) pinned
+    int rows, cols, slot;
+    int8_t** dst_codes; // the caller's codes, or NULL
+    float** dst_w;      // else its weights code * scale
+} CopyJob;
+
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    CopyJob* jobs;
+    int head, tail, cap, stop;
+    long queued[2], done[2];
+    int8_t* pinned[2]; // slots, `slot_bytes` each
+    size_t slot_bytes, used;
+} Copier;
+
+static void copy_job_run(const CopyJob* j) {
+    size_t n = (size_t)j->rows * j->cols;
+    if (j->dst_codes) {
+        *j->dst_codes = (int8_t*)xmalloc(n);
+        memcpy(*j->dst_codes, j->codes, n);
+        return;
+    }
+    float* w = (float*)xmalloc(sizeof(float) * n);
+#pragma omp parallel for
+    for (int r = 0; r < j->rows; r++)
+        for (int k = 0; k < j->cols; k++)
+            w[(size_t)r * j->cols + k] = (float)j->codes[(size_t)r * j->cols + k] * j->scale[r];
+    *j->dst_w = w;
+}
+
+static void* copier_main(void* arg) {
+    Copier* c = (Copier*)arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (c->head == c->tail && !c->stop) pthread_cond_wait(&c->cv, &c->mu);
+        if (c->head == c->tail) break;
+        CopyJob j = c->jobs[c->head++];
+        pthread_mutex_unlock(&c->mu);
+        copy_job_run(&j);
+        pthread_mutex_lock(&c->mu);
+        c->done[j.slot]++;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static void copier_init(Copier* c, size_t slot_bytes) {
+    memset(c, 0, sizeof(*c));
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    c->slot_bytes = slot_bytes;
+    for (int k = 0; k < 2; k++) cudaCheck(cudaMallocHost(&c->pinned[k], slot_bytes));
+    if (pthread_create(&c->thread, NULL, copier_main, c)) fail_other("gptq: cannot start the copying thread");
+}
+
+// Layer l starts: its slot is free once the jobs of layer l - 2 are done.
+static void copier_layer(Copier* c, int l) {
+    pthread_mutex_lock(&c->mu);
+    while (c->done[l % 2] != c->queued[l % 2]) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    c->used = 0;
+}
+
+// rows x cols codes and rows scales from the device into layer l's slot, then a job for the worker.
+static void copier_push(Copier* c, int l, const int8_t* d_codes, const float* d_scale, int rows, int cols,
+                        int8_t** dst_codes, float** dst_w) {
+    size_t n = (size_t)rows * cols, need = n + sizeof(float) * rows + 16;
+    if (c->used + need > c->slot_bytes) fail_other("internal: gptq copy slot overflow");
+    int8_t* h = c->pinned[l % 2] + c->used;
+    float* hs = (float*)(((uintptr_t)(h + n) + 15) & ~(uintptr_t)15);
+    c->used += need;
+    cudaCheck(cudaMemcpy(h, d_codes, n, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(hs, d_scale, sizeof(float) * rows, cudaMemcpyDeviceToHost));
+    pthread_mutex_lock(&c->mu);
+    if (c->tail == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 64;
+        c->jobs = (CopyJob*)xrealloc(c->jobs, sizeof(CopyJob) * c->cap);
+    }
+    c->jobs[c->tail++] = (CopyJob){h, hs, rows, cols, l % 2, dst_codes, dst_w};
+    c->queued[l % 2]++;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void copier_free(Copier* c) {
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    for (int k = 0; k < 2; k++) cudaFreeHost(c->pinned[k]);
+    free(c->jobs);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+}
+
 // The device buffers of one site's GPTQ, sized for the largest (rows of a site's linears stacked).
 typedef struct {
     GpuGptqFactor fac;
     float *W, *err, *scale, *w32; // (rows, n) working copy, (rows, 128), (rows), (rows, n) fp32 source
     int8_t* codes;                // (rows, n) device
-    int8_t* h_codes;              // (rows, n) pinned host
-    float* h_scale;               // (rows) pinned host
+    Copier copier;
     double t_hess, t_factor, t_gptq, t_copy; // seconds, for the closing line
 } GptqWork;
 
@@ -117,25 +221,12 @@ static void site_store(float** wq, GptqWork* wk, GpuEngine* e, int l, int site, 
     for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
         if (choice[i] != f || linear_site(m, i) != site) continue;
         const Linear* lin = &m->linears[i];
-        size_t nw = (size_t)lin->out * n;
         const int8_t* dc = wk->codes + (size_t)rows * n;
         gpu_gptq_dequant_bf16(gpu_linear_weight(e, i), dc, wk->scale + rows, lin->out, n);
+        int give_codes = q->codes && q->scales;
+        copier_push(&wk->copier, l, dc, wk->scale + rows, lin->out, n, give_codes ? &q->codes[i] : NULL,
+                    give_codes ? NULL : &wq[i]);
         rows += lin->out;
-        if (q->codes && q->scales) {
-            q->codes[i] = (int8_t*)xmalloc(nw);
-            cudaCheck(cudaMemcpy(wk->h_codes, dc, nw, cudaMemcpyDeviceToHost));
-            memcpy(q->codes[i], wk->h_codes, nw);
-            continue;
-        }
-        cudaCheck(cudaMemcpy(wk->h_codes, dc, nw, cudaMemcpyDeviceToHost));
-        cudaCheck(cudaMemcpy(wk->h_scale, wk->scale + rows - lin->out, sizeof(float) * lin->out,
-                             cudaMemcpyDeviceToHost));
-        wq[i] = (float*)xmalloc(sizeof(float) * nw);
-        const int8_t* c = wk->h_codes;
-        const float* s = wk->h_scale;
-#pragma omp parallel for
-        for (int r = 0; r < lin->out; r++)
-            for (int k = 0; k < n; k++) wq[i][(size_t)r * n + k] = (float)c[(size_t)r * n + k] * s[r];
     }
 }
 
@@ -178,9 +269,16 @@ static void layer_gptq(float** wq, GptqWork* wk, GpuEngine* e, Capture* c, int l
 // The largest stacked site (rows x width) and the widest site over the chosen linears of every set.
 static void work_init(GptqWork* wk, const Model* m, const int* choices, int nsets) {
     memset(wk, 0, sizeof(*wk));
-    size_t most = 1, lin_most = 1, rows_most = 1;
+    size_t most = 1, lin_most = 1, rows_most = 1, layer_most = 1;
     int width = 1;
-    for (int l = 0; l < m->c.num_layers; l++)
+    for (int l = 0; l < m->c.num_layers; l++) {
+        size_t bytes = 0; // every set's codes and scales of the layer, as copier_push packs them
+        for (size_t k = 0; k < (size_t)nsets * m->n_linears; k++) {
+            const Linear* lin = &m->linears[k % m->n_linears];
+            if (choices[k] >= 0 && lin->layer == l)
+                bytes += (size_t)lin->out * lin->in + sizeof(float) * lin->out + 16;
+        }
+        if (bytes > layer_most) layer_most = bytes;
         for (int site = 0; site < SITES; site++) {
             size_t rows = 0;
             for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
@@ -195,20 +293,20 @@ static void work_init(GptqWork* wk, const Model* m, const int* choices, int nset
             if (rows > rows_most) rows_most = rows;
             if ((int)n > width) width = (int)n;
         }
+    }
     gpu_gptq_factor_init(&wk->fac, width);
     cudaCheck(cudaMalloc(&wk->W, sizeof(float) * most));
     cudaCheck(cudaMalloc(&wk->codes, most));
     cudaCheck(cudaMalloc(&wk->err, sizeof(float) * rows_most * 128));
     cudaCheck(cudaMalloc(&wk->scale, sizeof(float) * rows_most));
     cudaCheck(cudaMalloc(&wk->w32, sizeof(float) * lin_most));
-    cudaCheck(cudaMallocHost(&wk->h_codes, lin_most));
-    cudaCheck(cudaMallocHost(&wk->h_scale, sizeof(float) * rows_most));
+    copier_init(&wk->copier, layer_most);
 }
 
 static void work_free(GptqWork* wk) {
     gpu_gptq_factor_free(&wk->fac);
     cudaFree(wk->W), cudaFree(wk->codes), cudaFree(wk->err), cudaFree(wk->scale), cudaFree(wk->w32);
-    cudaFreeHost(wk->h_codes), cudaFreeHost(wk->h_scale);
+    copier_free(&wk->copier);
 }
 
 // Layer after layer: sum each chosen site's X^T X over the windows, GPTQ, then move the stream on; in the
@@ -235,6 +333,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     progress_init(&p, sequential ? "gptq layers (GPU)" : "gptq (GPU)", L);
     for (int l = 0; l < L; l++) {
         GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, l, l + 1, 1);
+        copier_layer(&wk.copier, l);
         int any = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
             if (!any_chosen(choices, nsets, nl, i)) continue;
