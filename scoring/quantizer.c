@@ -1,5 +1,6 @@
 #include "quantizer.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,14 +37,6 @@ void quantizer_parse(Quantizer* q, Args* a) {
 }
 
 const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }
-
-void quantizer_check(const Quantizer* q, int use_gpu) {
-    if (q->kind != QUANTIZER_GPTQ) return;
-    if (use_gpu)
-        fail_input(
-            "--quantizer gptq: the CUDA engine scores round-to-nearest weights only for now; use --device "
-            "cpu");
-}
 
 // Memory for the Hessians held at once while scoring (fp32; Qwen3-8B: 0.8 GB a layer).
 #define HESSIAN_BYTES ((size_t)8 << 30)
@@ -213,6 +206,28 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     free(want);
     free(hs);
     if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL);
+}
+
+void qcache_codes(int8_t* codes, float* scales, const float* wq, const Linear* l, QuantSpec w) {
+    if (!l->w) fail_other("internal: %s: GPTQ's codes need the fp32 weights (model_load)", l->name);
+    gptq_row_scales(scales, NULL, l->w, l->out, l->in, w); // the scales gptq_quantize fixed
+    float lo, hi;
+    quant_bounds(w, &lo, &hi);
+    long bad = 0;
+#pragma omp parallel for reduction(+ : bad)
+    for (int r = 0; r < l->out; r++) {
+        float s = scales[r];
+        for (int j = 0; j < l->in; j++) {
+            size_t k = (size_t)r * l->in + j;
+            float c = s > 0 ? rintf(wq[k] / s) : 0.0f;
+            int ok = c >= lo && c <= hi && c * s == wq[k];
+            codes[k] = ok ? (int8_t)c : 0;
+            bad += !ok;
+        }
+    }
+    if (bad)
+        fail_other("%s: %ld of its GPTQ weights are not an integer code times RTN's row scale (scale mismatch)",
+                   l->name, bad);
 }
 
 void gptq_sequential(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,

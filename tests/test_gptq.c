@@ -162,7 +162,7 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
     npy_read_ids(&ids, ids_path, m.c.vocab_size);
     Format f;
     format_load(&f, "configs/formats/w4a8.json", 1); // llm-compressor's numerics
-    Quantizer q = {QUANTIZER_GPTQ, gptq_defaults, NULL, NULL};
+    Quantizer q = {QUANTIZER_GPTQ, gptq_defaults, NULL, NULL, 0};
     // x^T x of every site on the unquantized model, for the output errors
     Hessian* hs = xcalloc(4 * m.c.num_layers, sizeof(Hessian));
     for (int i = 0; i < m.n_linears; i++) // experts: no output error (see tests/ref/gptq_ref.py)
@@ -197,6 +197,25 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
     snprintf(name, sizeof(name), "gptq output error within 1%% of llm-compressor's, each linear, basic, %s",
              tag);
     CHECK(b.worst <= 0.01, name, "%s: %.3f%%", b.worst_name, 100 * b.worst);
+    // the form the GPU engine scores them in: int8 codes x RTN's row scales, exactly (experts included);
+    // GPTQ must have moved some codes off round-to-nearest's
+    long bad = 0, moved = 0, n_w = 0;
+    for (int i = 0; i < m.n_linears; i++) {
+        const Linear* l = &m.linears[i];
+        if (!qc.wq[i]) continue;
+        int8_t* codes = xmalloc((size_t)l->out * l->in);
+        float* scales = xmalloc(sizeof(float) * l->out);
+        qcache_codes(codes, scales, qc.wq[i], l, f.w);
+        for (size_t k = 0; k < (size_t)l->out * l->in; k++) {
+            float s = scales[k / l->in], rtn = quant_value_scaled(l->w[k], s, f.w);
+            bad += codes[k] * s != qc.wq[i][k];
+            moved += rtn != qc.wq[i][k];
+            n_w++;
+        }
+        free(codes), free(scales);
+    }
+    snprintf(name, sizeof(name), "gptq weights = int8 codes x RTN's row scales (the GPU's form), %s", tag);
+    CHECK(n_w > 0 && bad == 0 && moved > 0, name, "%ld of %ld differ, %ld moved off RTN", bad, n_w, moved);
     qcache_free(&qc);
 
     // sequential pipeline: the same codes in layer 0; later layers' codes move with any rounding
