@@ -28,10 +28,23 @@ void* gpu_alloc(GpuEngine* e, size_t bytes); // device memory freed with the eng
 // With AUTOQ_GPU_PROFILE=1: the GPU time since the engine's last mark went to computing scores.
 void gpu_mark_scores(GpuEngine* e);
 
+// The decoder layers the engine holds: l0..l1-1.
+void gpu_engine_layers(const GpuEngine* e, int* l0, int* l1);
+
+// Given candidate weights (GPTQ's, README "GPTQ"): nf sets of int8 codes and per-row scales, set f
+// taken for format f by the plan and the hooks instead of quantizing the bf16 weights. They stay on
+// the device (nf x the engine's weights, one byte each), so a group's pass uploads nothing.
+// gpu_given_init once, then gpu_given_set for every (set, linear) of the engine's layers that may be
+// planned: codes (out, in) int8 and scales (out) fp32, host. An expert's codes go to their place in
+// their layer's fused layout (moe_plan_set's), so a layer's experts are given all or none.
+void gpu_given_init(GpuEngine* e, int nf);
+void gpu_given_set(GpuEngine* e, int f, int idx, const int8_t* codes, const float* scales);
+
 // The quantization plan of the next passes (QuantPlan on the CPU): linears[0..n) run with int8
-// weight codes (quantized now with w) and inputs quantized on the fly with in.
+// weight codes (given set f when the engine holds given weights, else quantized now with w) and
+// inputs quantized on the fly with in.
 // A group never spans layers; a sparse layer's experts are always planned all together.
-void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in);
+void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in, int f);
 void gpu_plan_clear(GpuEngine* e);
 
 // ---- forward (gpu_forward.cu), in parts so that a pipeline stage runs its share. Asynchronous on
@@ -63,10 +76,11 @@ void gpu_loss_backward(GpuEngine* e, int nb);
 // Layers l1-1..l0 recomputed from their saved inputs and backpropagated from the hidden grad.
 void gpu_backward_layers(GpuEngine* e, int nb, GpuGradHook hook, void* ctx);
 double gpu_loss(GpuEngine* e, int nb); // last stage: the summed per-window mean CE of the batch
-// acc (M, out) int32 = Q(x) Q(W)^T of linear idx (inputs and weights quantized with in and w), and
-// the per-token and per-channel scales: Yq = acc * sx * sw. For hooks, outside quantized passes.
+// acc (M, out) int32 = Q(x) Q(W)^T of linear idx (inputs quantized with in; weights given set f, or
+// quantized with w without given weights), and the per-token and per-channel scales: Yq = acc * sx * sw.
+// For hooks, outside quantized passes.
 const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const float* x, int M, QuantSpec w, QuantSpec in,
-                                    const float** sx, const float** sw);
+                                    int f, const float** sx, const float** sw);
 
 // The same for an emulated format (quant_gpu_emulated): Yq (M, out) fp32 = fq(x) fq(W)^T, device memory
 // valid until the next call.
@@ -82,8 +96,9 @@ void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx);
 void* gpu_linear_weight(GpuEngine* e, int idx);
 
 // For the experts hook of sparse layer l: the block output Yq (M, D, device) with every expert's
-// weights quantized with w and inputs with in, on the routing of the pass (README §6).
-const float* gpu_moe_quantized(GpuEngine* e, int l, int M, QuantSpec w, QuantSpec in);
+// weights given set f (or quantized with w) and inputs quantized with in, on the routing of the pass
+// (README §6).
+const float* gpu_moe_quantized(GpuEngine* e, int l, int M, QuantSpec w, QuantSpec in, int f);
 // Moves the tokens routed to each expert in the engine's reference passes (forward with save) since
 // the last call into counts (n_sparse, E), rows in sparse-layer order (added; the engine's zeroed);
 // layers outside the engine's range add nothing.

@@ -66,20 +66,26 @@ void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w
 
 // acc = Q(x) Q(W)^T for linear idx, the weight and input quantized with w and in: what the gradient
 // score of a hook needs. x's codes are reused while x and in stay the same (q, k, v share their
-// input, as do gate and up); the weight codes go to the plan's first slot, free in a gradient pass.
+// input, as do gate and up); the weight codes are given set f's, or go to the plan's first slot, free
+// in a gradient pass.
 extern "C" const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const float* x, int M, QuantSpec w,
-                                               QuantSpec in, const float** sx, const float** sw) {
+                                               QuantSpec in, int f, const float** sx, const float** sw) {
     if (e->nq) fail_other("internal: gpu_linear_quantized during a quantized pass");
     const Linear* l = &e->m->linears[idx];
-    gpu_quant_rows_bf16(e->wq_pool, e->sw_pool, (const bf16_t*)weight_of(e, idx), l->out, l->in, w);
+    int8_t* wq = e->wq_pool;
+    float* s = e->sw_pool;
+    if (e->n_given)
+        wq = given_codes(e, f, idx, &s);
+    else
+        gpu_quant_rows_bf16(wq, s, (const bf16_t*)weight_of(e, idx), l->out, l->in, w);
     if (e->xq_src != x || memcmp(&e->xq_spec, &in, sizeof(in)) != 0) {
         gpu_quant_rows_f32(e->xq, e->sx, x, M, l->in, in);
         e->xq_src = x;
         e->xq_spec = in;
     }
-    gemm_i8(e, e->acc, e->xq, e->wq_pool, M, l->in, l->out);
+    gemm_i8(e, e->acc, e->xq, wq, M, l->in, l->out);
     *sx = e->sx;
-    *sw = e->sw_pool;
+    *sw = s;
     return e->acc;
 }
 
@@ -89,6 +95,7 @@ extern "C" const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const floa
 extern "C" const float* gpu_linear_fake(GpuEngine* e, int idx, const float* x, int M, QuantSpec w,
                                         QuantSpec in) {
     if (e->nq) fail_other("internal: gpu_linear_fake during a quantized pass");
+    if (e->n_given) fail_other("internal: given weights with an emulated format");
     emu_alloc(e);
     const Linear* l = &e->m->linears[idx];
     gpu_fake_quant_bf16(e->wf_pool, (const bf16_t*)weight_of(e, idx), l->out, l->in, w, 1);

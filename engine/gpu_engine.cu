@@ -272,6 +272,7 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     free(e->allocs);
     free(e->layers);
     free(e->wq), free(e->sw), free(e->q_idx), free(e->wf);
+    free(e->gq), free(e->gsw);
     if (e->moe.E) {
         free(e->moe.h_offs), free(e->moe.ex_id);
     }
@@ -300,15 +301,74 @@ extern "C" void* gpu_linear_weight(GpuEngine* e, int idx) {
     return (void*)weight_of(e, idx);
 }
 
-// The next passes run linears[0..n) quantized: their weights as int8 codes now, their inputs on the fly.
-// A sparse layer's experts (always all of them: README §5) are quantized together, in their
-// fused layout (moe_plan_set); other linears one by one, their codes one after another in the pool.
-// Emulated formats (quant_gpu_emulated) keep fp32 fake-quantized weights instead (wf_pool); their experts
-// are not supported (the scoring job refuses them for mixture-of-experts models).
-extern "C" void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in) {
+extern "C" void gpu_engine_layers(const GpuEngine* e, int* l0, int* l1) {
+    *l0 = e->l0;
+    *l1 = e->l1;
+}
+
+extern "C" void gpu_given_init(GpuEngine* e, int nf) {
+    if (e->n_given) fail_other("internal: gpu_given_init called twice");
+    long n = (long)nf * e->m->n_linears;
+    e->n_given = nf;
+    e->gq = (int8_t**)xcalloc(n, sizeof(int8_t*));
+    e->gsw = (float**)xcalloc(n, sizeof(float*));
+}
+
+// Room for set f of linear idx. A sparse layer's experts share one block per set, laid out as
+// moe_plan_set lays out its pool (every expert's gate rows then up rows, then every expert's down
+// rows), so that the plan takes the block as it is.
+static void given_alloc(GpuEngine* e, int f, int idx) {
+    const Model* m = e->m;
+    const Linear* l = &m->linears[idx];
+    int8_t** gq = e->gq + (long)f * m->n_linears;
+    float** gs = e->gsw + (long)f * m->n_linears;
+    if (l->expert < 0) {
+        gq[idx] = (int8_t*)dalloc(e, (size_t)l->out * l->in);
+        gs[idx] = (float*)dalloc(e, sizeof(float) * l->out);
+        return;
+    }
+    long E = m->c.num_experts, I = m->c.moe_intermediate, D = m->c.hidden_size;
+    int8_t* q = (int8_t*)dalloc(e, E * 3 * I * D);                 // (E, 2 I, D) then (E, D, I)
+    float* s = (float*)dalloc(e, sizeof(float) * E * (2 * I + D)); // (E, 2 I) then (E, D)
+    for (int x = 0; x < E; x++) {
+        int g = model_lin(m, l->layer, LIN_GATE, x), u = model_lin(m, l->layer, LIN_UP, x);
+        int d = model_lin(m, l->layer, LIN_DOWN, x);
+        gq[g] = q + x * 2 * I * D, gs[g] = s + x * 2 * I;
+        gq[u] = gq[g] + I * D, gs[u] = gs[g] + I;
+        gq[d] = q + E * 2 * I * D + x * D * I, gs[d] = s + E * 2 * I + x * D;
+    }
+}
+
+extern "C" void gpu_given_set(GpuEngine* e, int f, int idx, const int8_t* codes, const float* scales) {
+    const Linear* l = &e->m->linears[idx];
+    if (f < 0 || f >= e->n_given || l->layer < e->l0 || l->layer >= e->l1)
+        fail_other("internal: gpu_given_set: set %d of %s outside the engine", f, l->name);
+    long k = (long)f * e->m->n_linears + idx;
+    if (!e->gq[k]) given_alloc(e, f, idx);
+    cudaCheck(cudaMemcpy(e->gq[k], codes, (size_t)l->out * l->in, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->gsw[k], scales, sizeof(float) * l->out, cudaMemcpyHostToDevice));
+}
+
+int8_t* given_codes(const GpuEngine* e, int f, int idx, float** sw) {
+    long k = (long)f * e->m->n_linears + idx;
+    if (f < 0 || f >= e->n_given || !e->gq[k])
+        fail_other("internal: no given weights of %s for format %d", e->m->linears[idx].name, f);
+    *sw = e->gsw[k];
+    return e->gq[k];
+}
+
+// The next passes run linears[0..n) quantized: their weights as int8 codes (given ones as they are, or
+// quantized now), their inputs on the fly. A sparse layer's experts (always all of them: README §5)
+// are quantized together, in their fused layout (moe_plan_set); other linears one by one, their codes
+// one after another in the pool. Emulated formats (quant_gpu_emulated) keep fp32 fake-quantized weights
+// instead (wf_pool); their experts are not supported (the scoring job refuses them for
+// mixture-of-experts models), nor are given weights (int8 GEMMs only: the scoring job refuses GPTQ
+// with them).
+extern "C" void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in, int f) {
     gpu_plan_clear(e);
     e->in_spec = in;
     e->emu = quant_gpu_emulated(w, in);
+    if (e->emu && e->n_given) fail_other("internal: given weights planned with an emulated format");
     if (e->emu) emu_alloc(e);
     int8_t* wq = e->wq_pool;
     float* sw = e->sw_pool;
@@ -317,11 +377,16 @@ extern "C" void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec 
         const Linear* l = &e->m->linears[linears[j]];
         if (l->expert >= 0) {
             if (e->emu) fail_other("internal: an emulated format planned for experts");
-            if (e->moe.q_layer < 0) moe_plan_set(e, l->layer, w);
+            if (e->moe.q_layer < 0) moe_plan_set(e, l->layer, w, f);
             continue;
         }
         if (e->nq == e->cap_q) fail_other("internal: a quantization plan spanning layers");
         e->q_idx[e->nq] = linears[j];
+        if (e->n_given) { // GPTQ's codes, resident: nothing to quantize
+            e->wq[e->nq] = given_codes(e, f, linears[j], &e->sw[e->nq]);
+            e->nq++;
+            continue;
+        }
         if (e->emu) {
             e->wf[e->nq++] = wf;
             gpu_fake_quant_bf16(wf, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w, 1);

@@ -101,6 +101,12 @@ struct GpuEngine {
     float** sw;
     int *q_idx, nq, cap_q;
     QuantSpec in_spec;
+    // given weights (gpu_given_init): set f of linear idx at gq[f * n_linears + idx] (codes) and
+    // gsw[...] (scales), device; NULL where none was given. A sparse layer's experts point into one
+    // fused block per set, laid out as moe_plan_set's pool.
+    int n_given;
+    int8_t** gq;
+    float** gsw;
     // Emulated formats (quant_gpu_emulated: FP8, NVFP4, MXFP4, integer groups, weight-only): the plan's
     // weights fake-quantized to fp32 once (wf[j], in wf_pool), each input fake-quantized per call into xf,
     // then an fp32 GEMM (yf: its output when a bf16 one is wanted). Allocated on first use.
@@ -128,8 +134,10 @@ void prof_mark(GpuEngine* e, int part); // charges the GPU time since the previo
 void prof_init(GpuEngine* e);
 void prof_report(GpuEngine* e);
 
-void* dalloc(GpuEngine* e, size_t bytes);                    // freed with the engine; counted in its peak
-const __nv_bfloat16* weight_of(const GpuEngine* e, int idx); // linear idx's bf16 weight (out, in)
+void* dalloc(GpuEngine* e, size_t bytes); // freed with the engine; counted in its peak
+// Given set f's codes of linear idx and its scales (*sw); exits when they were never given.
+int8_t* given_codes(const GpuEngine* e, int f, int idx, float** sw);
+const __nv_bfloat16* weight_of(const GpuEngine* e, int idx);            // linear idx's bf16 weight (out, in)
 const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n); // exits 2 when missing
 // Copies a checkpoint tensor to d as bf16 (converted from F16 / F32); returns d + its size.
 __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d);
@@ -159,6 +167,6 @@ void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float
 // gpu_moe.cu: the MLP half of a sparse layer, from e->m_ / e->m16 (the post-attention norm's output)
 void moe_alloc(GpuEngine* e, int grad); // grad: the backward's buffers
 void moe_upload(GpuEngine* e, int l);
-void moe_plan_set(GpuEngine* e, int l, QuantSpec w);
+void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f); // given set f, or quantized with w
 void moe_forward(GpuEngine* e, int l, int M); // h += the block output (kept in moe.y in gradient passes)
 void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx); // dh in, e->dm out

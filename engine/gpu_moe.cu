@@ -125,12 +125,18 @@ void moe_upload(GpuEngine* e, int l) {
     }
 }
 
-// The next passes run layer l's experts on int8 codes of their weights (in the plan's pool).
-void moe_plan_set(GpuEngine* e, int l, QuantSpec w) {
+// The next passes run layer l's experts on int8 codes of their weights: given set f (gpu_given_set
+// laid them out as the pool), or quantized now with w into the plan's pool.
+void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f) {
     GpuMoe* x = &e->moe;
     const GpuLayer* g = &e->layers[l];
     long D = e->m->c.hidden_size, E = x->E, I = x->I;
     x->q_layer = l;
+    if (e->n_given) { // expert 0's gate and down rows start the two halves of the fused block
+        x->wgu = given_codes(e, f, model_lin(e->m, l, LIN_GATE, 0), &x->sgu);
+        x->wdn = given_codes(e, f, model_lin(e->m, l, LIN_DOWN, 0), &x->sdn);
+        return;
+    }
     x->wgu = e->wq_pool;
     x->wdn = e->wq_pool + E * 2 * I * D;
     x->sgu = e->sw_pool;
@@ -292,12 +298,12 @@ void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx) {
 
 // The gradient score's quantized block (README §6): layer l's experts on int8 codes of w and
 // inputs quantized with in, on the routing of the pass (just recomputed): Yq (M, D).
-extern "C" const float* gpu_moe_quantized(GpuEngine* e, int l, int M, QuantSpec w, QuantSpec in) {
+extern "C" const float* gpu_moe_quantized(GpuEngine* e, int l, int M, QuantSpec w, QuantSpec in, int f) {
     GpuMoe* x = &e->moe;
     if (e->nq || x->q_layer >= 0) fail_other("internal: gpu_moe_quantized during a quantized pass");
     QuantSpec keep = e->in_spec;
     e->in_spec = in;
-    moe_plan_set(e, l, w);
+    moe_plan_set(e, l, w, f);
     experts_int8(e, M);
     gpu_moe_scatter(x->yq, NULL, x->ye, x->w, x->pos, M, x->K, e->m->c.hidden_size);
     x->q_layer = -1;

@@ -84,11 +84,10 @@ void score_job_load(ScoreJob* j) {
         if (j->fmts[f].bits >= 8) j->gpu_split = 1;
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
-    // --device auto with GPTQ scores on the CPU: the CUDA engine runs round-to-nearest weights only
-    j->use_gpu = want_gpu ||
-                 (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0 && j->quant.kind != QUANTIZER_GPTQ);
-    // What the GPU engine cannot run: formats without a weight quantizer, and emulated formats (every one but
-    // the integer per-channel ones) on mixture-of-experts layers. --device auto leaves the GPU for the CPU
+    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    // What the GPU engine cannot run: formats without a weight quantizer, emulated formats (every one but
+    // the integer per-channel ones) on mixture-of-experts layers, and GPTQ weights under an emulated format
+    // (the engine holds them as int8 codes for its int8 GEMM). --device auto leaves the GPU for the CPU
     // then; --device cuda refuses below.
     const char* gpu_why = NULL;
     const Format* gpu_fmt = NULL;
@@ -98,8 +97,14 @@ void score_job_load(ScoreJob* j) {
         for (int f = 0; f < j->nf && !gpu_why; f++) {
             const Format* fm = &j->fmts[f];
             QuantSpec none = {0};
+            int gptq = j->quant.kind == QUANTIZER_GPTQ;
             if (!fm->w_enable)
                 gpu_why = "has no weight quantizer", gpu_fmt = fm;
+            else if (gptq && quant_is_int_rows(fm->w) &&
+                     quant_gpu_emulated(fm->w, fm->in_enable ? fm->in : none))
+                gpu_why = "has no integer per-token input quantizer, which --quantizer gptq needs on the CUDA "
+                          "engine (its GPTQ weights run as int8 GEMMs)",
+                gpu_fmt = fm;
             else if (cfg.n_sparse && quant_gpu_emulated(fm->w, fm->in_enable ? fm->in : none))
                 gpu_why =
                     "(E4M3 / E2M1 values, block scales or no input quantizer) is emulated by the CUDA engine "
@@ -129,11 +134,12 @@ void score_job_load(ScoreJob* j) {
                    j->use_gpu ? j->ngpus : 0);
     if (gpu_why && j->use_gpu)
         fail_input("%s: format '%s' %s; use --device cpu", gpu_fmt->path, gpu_fmt->name, gpu_why);
-    if (j->use_gpu && !j->need_host)
-        model_open(&j->model, j->model_dir); // bf16 to the GPU, no fp32 host copy
+    // bf16 to the GPU, no fp32 host copy, unless the host runs passes too: GPTQ's Hessians (and its codes'
+    // scales) or search --verify
+    if (j->use_gpu && !j->need_host && j->quant.kind != QUANTIZER_GPTQ)
+        model_open(&j->model, j->model_dir);
     else
         model_load(&j->model, j->model_dir);
-    quantizer_check(&j->quant, j->use_gpu);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
     if (strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
@@ -290,10 +296,10 @@ static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint
     work_add(&j->work, &j->model, &j->groups, j->nf, j->method, j->ids.n, 1);
 }
 
-// One device: the CPU scorer one window at a time, or one GPU in batches of --batch-size windows.
-static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint) {
+// One device: the CPU scorer one window at a time (on the candidate weights qc), or one GPU in batches of
+// --batch-size windows.
+static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
     Scorer cpu;
-    QuantCache qc;
     GpuScorer gpu;
     GpuEngine* e = NULL;
     int B = 1;
@@ -304,8 +310,7 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint)
         info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
                  j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16 (kl: bf16 activations, fp32 residual)");
     } else {
-        qcache_build(&qc, &j->model, &j->groups, j->fmts, j->nf, &j->quant, &j->ids);
-        scorer_init_with(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t, &qc);
+        scorer_init_with(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t, qc);
         cpu.expert_tokens = j->expert_tokens;
     }
     json_t* id = checkpoint_identity(j);
@@ -343,7 +348,6 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint)
         gpu_engine_free(e);
     } else {
         scorer_free(&cpu);
-        qcache_free(&qc);
     }
 }
 
@@ -364,10 +368,24 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
                        j->ids.t,
                        j->batch_size < j->ids.n ? j->batch_size : j->ids.n,
                        j->gpu_split,
-                       j->expert_tokens};
+                       j->expert_tokens,
+                       NULL};
+    // The candidates' weights, built here for every back end: the CPU scorer takes them as they are, the
+    // GPU engines take GPTQ's as int8 codes (round-to-nearest they quantize themselves, from bf16).
+    QuantCache qc;
+    memset(&qc, 0, sizeof(qc));
+    int build = !j->use_gpu || j->quant.kind == QUANTIZER_GPTQ;
+    // GPTQ's Hessians and weights on the GPU too, for dense models (gptq_basic_gpu_sets)
+    j->quant.use_gpu = j->use_gpu && j->quant.kind == QUANTIZER_GPTQ && !j->model.c.n_sparse;
+    if (build) qcache_build(&qc, &j->model, &j->groups, j->fmts, j->nf, &j->quant, &j->ids);
+    if (j->use_gpu && build) {
+        sp.qc = &qc;
+        info_msg("score: GPTQ weights resident on the GPU as int8 codes + row scales (%d format(s))", j->nf);
+    }
     if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))
         run_gpus(j, &sp, checkpoint);
     else
-        run_one(j, &sp, checkpoint);
+        run_one(j, &sp, &qc, checkpoint);
+    if (build) qcache_free(&qc);
     score_job_report_experts(j);
 }

@@ -1,5 +1,6 @@
 #include "quantizer.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,14 +60,6 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Model* m, const c
 const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }
 
 const char* gptq_pipeline_name(GptqPipeline p) { return p == GPTQ_PIPELINE_BASIC ? "basic" : "sequential"; }
-
-void quantizer_check(const Quantizer* q, int use_gpu) {
-    if (q->kind != QUANTIZER_GPTQ) return;
-    if (use_gpu)
-        fail_input(
-            "--quantizer gptq: the CUDA engine scores round-to-nearest weights only for now; use --device "
-            "cpu");
-}
 
 // Memory for the Hessians held at once while scoring (fp32; Qwen3-8B: 0.8 GB a layer).
 #define HESSIAN_BYTES ((size_t)8 << 30)
@@ -233,17 +226,42 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     qc->nf = nf;
     qc->nl = m->n_linears;
     qc->wq = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
-    GptqCacheKey key;
-    gptq_cache_key(&key, "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
+    GptqCacheKey key; // the GPU's Hessians are of bf16 passes: its own entries
+    gptq_cache_key(&key, q->use_gpu ? "scores-gpu" : "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
     if (q->scales) fail_other("qcache_build: given scales apply to one recipe (gptq_recipe) only");
     if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf)) return;
     int* want = xmalloc(sizeof(int) * nf * m->n_linears); // every enabled linear in each format
     for (int f = 0; f < nf; f++)
         for (int i = 0; i < m->n_linears; i++)
             want[(size_t)f * m->n_linears + i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
-    gptq_unquantized(qc->wq, m, ids, fmts, want, nf, q);
+    if (q->use_gpu)
+        gptq_basic_gpu_sets(qc->wq, m, ids, fmts, want, nf, q);
+    else
+        gptq_unquantized(qc->wq, m, ids, fmts, want, nf, q);
     free(want);
     if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL);
+}
+
+void qcache_codes(int8_t* codes, float* scales, const float* wq, const Linear* l, QuantSpec w) {
+    if (!l->w) fail_other("internal: %s: GPTQ's codes need the fp32 weights (model_load)", l->name);
+    gptq_row_scales(scales, NULL, l->w, l->out, l->in, w); // the scales gptq_quantize fixed
+    float lo, hi;
+    quant_bounds(w, &lo, &hi);
+    long bad = 0;
+#pragma omp parallel for reduction(+ : bad)
+    for (int r = 0; r < l->out; r++) {
+        float s = scales[r];
+        for (int j = 0; j < l->in; j++) {
+            size_t k = (size_t)r * l->in + j;
+            float c = s > 0 ? rintf(wq[k] / s) : 0.0f;
+            int ok = c >= lo && c <= hi && c * s == wq[k];
+            codes[k] = ok ? (int8_t)c : 0;
+            bad += !ok;
+        }
+    }
+    if (bad)
+        fail_other("%s: %ld of its GPTQ weights are not an integer code times RTN's row scale (scale mismatch)",
+                   l->name, bad);
 }
 
 // The sequential pipeline on the CPU (gptq_recipe's contract).

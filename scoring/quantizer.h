@@ -37,8 +37,6 @@ const char* quantizer_name(const Quantizer* q);
 // model is exit 2.
 void quantizer_set_device(Quantizer* q, const char* dev, const Model* m, const char* cmd);
 const char* gptq_pipeline_name(GptqPipeline p);
-// Exits 2 when the quantizer cannot run on the device (GPTQ: the CPU engine only, for now).
-void quantizer_check(const Quantizer* q, int use_gpu);
 
 // A layer's Hessian sites: the attention input (q/k/v), o_proj's, the MLP input (gate/up, experts' too),
 // down_proj's; past SITES, one per expert's down_proj.
@@ -57,6 +55,11 @@ const float* site_input(const RunState* s, int l, int site);
 // model's inputs on ids (cached in q->cache_dir when set).
 void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format* fmts, int nf,
                   const Quantizer* q, const TokenIds* ids);
+
+// GPTQ weights wq (l->out, l->in) as the CUDA engine runs them: codes (out, in) int8 and scales (out),
+// each row's scale RTN's of the original row (l->w, fp32 host: model_load), as GPTQ fixed it, so that
+// codes x scale == wq exactly. Exits (status 1) when a weight is not: the scales do not match.
+void qcache_codes(int8_t* codes, float* scales, const float* wq, const Linear* l, QuantSpec w);
 
 // A recipe deployed with GPTQ in q->pipeline: wq (n_linears) receives the weights of each chosen
 // linear (choice[i] >= 0 indexes fmts; others NULL, caller frees), from the cache when q->cache_dir

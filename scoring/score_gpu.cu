@@ -1,8 +1,8 @@
 // The kl and gradient scores on one CUDA engine (README, "Scoring"): mirrors scoring/score.c. kl
 // keeps each layer's input from the reference pass and restarts each group's pass at its own layer
 // (prefix reuse); gradient adds (dY . (Yq - Y))^2 of every linear from a hook on the backward,
-// Yq from the exact int8 GEMM of the quantized weights and inputs, or for emulated formats from the fp32
-// GEMM of the fake-quantized ones (gpu_linear_fake).
+// Yq from the exact int8 GEMM of the quantized weights (or the given ones: GPTQ's) and inputs, or for
+// emulated formats from the fp32 GEMM of the fake-quantized ones (gpu_linear_fake).
 #include <string.h>
 
 #include "../kernels/cuda_common.cuh"
@@ -11,6 +11,36 @@
 
 extern "C" {
 #include "../engine/util.h"
+#include "quantizer.h"
+}
+
+// The given weights (GPTQ's) of the engine's layers as int8 codes and row scales, uploaded once: a
+// group's pass then quantizes nothing and moves nothing over PCIe.
+static void scorer_give(GpuScorer* s) {
+    const GpuScoreSpec* sp = s->sp;
+    const QuantCache* qc = sp->qc;
+    const Model* m = sp->m;
+    if (qc->nf != sp->nf || qc->nl != m->n_linears) fail_other("internal: given weights for another run");
+    int l0, l1;
+    gpu_engine_layers(s->e, &l0, &l1);
+    size_t most = 0, rows = 0;
+    for (int i = m->lin0[l0]; i < m->lin0[l1]; i++) {
+        const Linear* l = &m->linears[i];
+        most = (size_t)l->out * l->in > most ? (size_t)l->out * l->in : most;
+        rows = (size_t)l->out > rows ? (size_t)l->out : rows;
+    }
+    int8_t* codes = (int8_t*)xmalloc(most);
+    float* scales = (float*)xmalloc(sizeof(float) * rows);
+    gpu_given_init(s->e, sp->nf);
+    for (int f = 0; f < sp->nf; f++)
+        for (int i = m->lin0[l0]; i < m->lin0[l1]; i++) {
+            const float* wq = qc->wq[(size_t)f * qc->nl + i];
+            if (!wq) continue; // a disabled group's linear: never planned
+            qcache_codes(codes, scales, wq, &m->linears[i], sp->fmts[f].w);
+            gpu_given_set(s->e, f, i, codes, scales);
+        }
+    free(codes);
+    free(scales);
 }
 
 extern "C" void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp) {
@@ -21,6 +51,7 @@ extern "C" void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* 
     s->scratch = (double*)gpu_alloc(e, sizeof(double) * (rows > 1024 ? rows : 1024));
     s->ref = NULL;
     cudaCheck(cudaMemset(s->dscore, 0, sizeof(double) * n));
+    if (sp->qc) scorer_give(s);
 }
 
 extern "C" void gpu_scorer_end(GpuScorer* s, double* score) {
@@ -47,7 +78,7 @@ static QuantSpec in_spec(const Format* fm) {
 
 extern "C" void gpu_kl_group(GpuScorer* s, const Group* g, int f, int nb) {
     const Format* fm = &s->sp->fmts[f];
-    gpu_plan_set(s->e, g->members, g->n_members, fm->w, in_spec(fm));
+    gpu_plan_set(s->e, g->members, g->n_members, fm->w, in_spec(fm), f);
     gpu_restore_layer_input(s->e, g->layer, nb);
 }
 
@@ -64,7 +95,7 @@ static void grad_hook_experts(GpuScorer* s, int l, const float* dy, const float*
     int g = sp->gs->group_of[model_lin(sp->m, l, LIN_GATE, 0)];
     if (sp->gs->g[g].disabled) return;
     for (int f = 0; f < sp->nf; f++) {
-        const float* yq = gpu_moe_quantized(s->e, l, M, sp->fmts[f].w, sp->fmts[f].in);
+        const float* yq = gpu_moe_quantized(s->e, l, M, sp->fmts[f].w, sp->fmts[f].in, f);
         gpu_sq_diff_dot(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, yq, y,
                         (long)M * sp->m->c.hidden_size);
     }
@@ -90,7 +121,7 @@ static void grad_hook(GpuEngine* e, int idx, const float* dy, const float* x, co
             continue;
         }
         const float *sx, *sw;
-        const int32_t* acc = gpu_linear_quantized(e, idx, x, M, sp->fmts[f].w, in, &sx, &sw);
+        const int32_t* acc = gpu_linear_quantized(e, idx, x, M, sp->fmts[f].w, in, f, &sx, &sw);
         gpu_grad_score(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, acc, sx, sw, y, M, l->out);
     }
 }

@@ -11,6 +11,7 @@ extern "C" {
 #include "../engine/rendezvous.h"
 #include "format.h"
 #include "groups.h"
+#include "score.h"
 
 // What is scored, and how: the same for every GPU of a run.
 typedef struct {
@@ -22,6 +23,9 @@ typedef struct {
     int T, B;            // window length, windows per batch
     int split;           // GEMM inputs as bf16 hi + lo (see gpu_engine_init)
     long* expert_tokens; // (n_sparse, E): where the tokens routed to each expert add up, or NULL
+    // The candidates' weights as given (GPTQ's, qcache_build; nf formats), or NULL: the engines quantize
+    // their bf16 weights round-to-nearest. Each engine holds its own layers' as int8 codes (gpu_given_set).
+    const QuantCache* qc;
 } GpuScoreSpec;
 
 // Entries of sp->expert_tokens: n_sparse * E, or 0 without it.
@@ -46,6 +50,7 @@ typedef struct {
     float* ref;      // (B*T, V) device: the unquantized logits of a kl batch (last stage)
 } GpuScorer;
 
+// With sp->qc, uploads the given weights of e's layers (its one upload of them).
 void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp);
 // Adds the device sums to score (host, nf * groups) and zeroes them.
 void gpu_scorer_end(GpuScorer* s, double* score);

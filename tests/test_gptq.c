@@ -215,6 +215,25 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
     snprintf(name, sizeof(name), "gptq_recipe basic = the scores' GPTQ weights, chosen linears only, %s", tag);
     CHECK(n_pick > 0 && same, name, "%d chosen linears", n_pick);
     free(wb), free(pick);
+    // the form the GPU engine scores them in: int8 codes x RTN's row scales, exactly (experts included);
+    // GPTQ must have moved some codes off round-to-nearest's
+    long bad = 0, moved = 0, n_w = 0;
+    for (int i = 0; i < m.n_linears; i++) {
+        const Linear* l = &m.linears[i];
+        if (!qc.wq[i]) continue;
+        int8_t* codes = xmalloc((size_t)l->out * l->in);
+        float* scales = xmalloc(sizeof(float) * l->out);
+        qcache_codes(codes, scales, qc.wq[i], l, f.w);
+        for (size_t k = 0; k < (size_t)l->out * l->in; k++) {
+            float s = scales[k / l->in], rtn = quant_value_scaled(l->w[k], s, f.w);
+            bad += codes[k] * s != qc.wq[i][k];
+            moved += rtn != qc.wq[i][k];
+            n_w++;
+        }
+        free(codes), free(scales);
+    }
+    snprintf(name, sizeof(name), "gptq weights = int8 codes x RTN's row scales (the GPU's form), %s", tag);
+    CHECK(n_w > 0 && bad == 0 && moved > 0, name, "%ld of %ld differ, %ld moved off RTN", bad, n_w, moved);
     qcache_free(&qc);
 
     // sequential pipeline: the same codes in layer 0; later layers' codes move with any rounding

@@ -7,6 +7,7 @@
 #include "datasets/npy.h"
 #include "engine/forward.h"
 #include "engine/util.h"
+#include "scoring/quantizer.h"
 #include "scoring/score.h"
 #include "scoring/score_gpu.h"
 
@@ -83,7 +84,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
             gpu_engine_free(e);
             e = gpu_engine_init(&m, T, n, 0);
         }
-        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, split, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, split, NULL, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gsc, 0, sizeof(double) * gs.n);
@@ -123,7 +124,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
         double *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double)), secs;
         size_t peak;
         int B = 2; // several batches, the last maybe short: the pipeline's schedule is exercised
-        GpuScoreSpec sp = {&m, &gs, &f, 1, gradient, T, B, split, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, gradient, T, B, split, NULL, NULL};
         GpuEngine* e1 = gpu_engine_init(&m, T, B, split);
         GpuScorer sc;
         gpu_scorer_init(&sc, e1, &sp);
@@ -229,7 +230,7 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
         int gradient = run > 0, split = run < 2;
         double tol = split ? 0.01 : 0.02;
         e = gpu_engine_init(&m, T, n, split);
-        GpuScoreSpec sp = {&m, &gs, f, nf, gradient, T, n, split, NULL};
+        GpuScoreSpec sp = {&m, &gs, f, nf, gradient, T, n, split, NULL, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gpu, 0, sizeof(double) * nf * gs.n);
@@ -252,6 +253,120 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
         gpu_engine_free(e);
     }
     free(cpu[0]), free(cpu[1]), free(gpu);
+    groups_free(&gs);
+    patterns_free(&dis);
+    token_ids_free(&ids);
+    model_free(&m);
+}
+
+// Scores of formats fm[0..nf) on one GPU, on given weights qc (NULL: round-to-nearest), one batch.
+static void gpu_scores(double* out, const Model* m, const Groups* gs, const Format* fm, int nf, int gradient,
+                       int split, const QuantCache* qc, const TokenIds* ids, int n) {
+    GpuEngine* e = gpu_engine_init(m, ids->t, n, split);
+    GpuScoreSpec sp = {m, gs, fm, nf, gradient, ids->t, n, split, NULL, qc};
+    GpuScorer sc;
+    gpu_scorer_init(&sc, e, &sp);
+    memset(out, 0, sizeof(double) * nf * gs->n);
+    if (gradient)
+        gpu_score_gradient(&sc, ids->ids, n, out);
+    else
+        gpu_score_kl(&sc, ids->ids, n, out);
+    gpu_engine_free(e);
+}
+
+// GPTQ's candidate weights, one QuantCache built once on the CPU, scored by the GPU engine (held as
+// int8 codes + row scales) against the CPU engine per group and format, with the RTN tests'
+// tolerances: w4a8 kl (bf16x2) and gradient (plain bf16, its default), then w4a8 + w8a8 at once (bf16x2,
+// an 8-bit format's default, both methods). GPTQ's kl must also fall below RTN's on the GPU, so that a
+// GPU ignoring the given weights cannot pass; and with two GPUs, layers sharded give the one-GPU scores.
+static void test_gptq(const char* label, const char* dir, const char* ids_path, int first, int nsamp) {
+    char name[200];
+    snprintf(name, sizeof(name), "%s/config.json", dir);
+    if (!file_exists(name)) {
+        snprintf(name, sizeof(name), "gpu %s gptq", label);
+        SKIP(name, "model missing");
+        return;
+    }
+    Model m;
+    model_load(&m, dir);
+    TokenIds ids;
+    npy_read_ids(&ids, ids_path, m.c.vocab_size);
+    memmove(ids.ids, ids.ids + (long)first * ids.t, sizeof(int) * (size_t)(ids.n - first) * ids.t);
+    ids.n = ids.n - first < nsamp ? ids.n - first : nsamp; // GPTQ calibrates on the windows it scores
+    int n = ids.n, T = ids.t, sparse = m.c.n_sparse > 0;
+    Patterns dis;
+    patterns_parse(&dis, DEFAULT_DISABLED);
+    Groups gs;
+    groups_build(&gs, &m, 0, &dis);
+    Format f[2];
+    int nf = formats_load(f, 2, "w4a8,w8a8", 0);
+    Quantizer q;
+    memset(&q, 0, sizeof(q));
+    q.kind = QUANTIZER_GPTQ;
+    q.gptq = gptq_defaults;
+    QuantCache qc;
+    qcache_build(&qc, &m, &gs, f, nf, &q, &ids);
+    QuantCache w4 = {1, qc.nl, qc.wq}; // w4a8's weights alone: the cache is format-major
+    double *cpu = xcalloc((size_t)nf * gs.n, sizeof(double)), *gpu = xcalloc((size_t)nf * gs.n, sizeof(double));
+    double* rtn = xcalloc((size_t)nf * gs.n, sizeof(double));
+    const struct {
+        int nf, gradient, split;
+        double tol;
+    } runs[4] = {{1, 0, 1, 0.01}, {1, 1, 0, sparse ? 0.02 : 0.01}, {2, 0, 1, 0.01}, {2, 1, 1, 0.01}};
+    for (int r = 0; r < 4; r++) {
+        const QuantCache* c = runs[r].nf == 1 ? &w4 : &qc;
+        Scorer sc;
+        scorer_init_with(&sc, &m, &gs, f, runs[r].nf, runs[r].gradient ? METHOD_GRADIENT : METHOD_KL, T, c);
+        memset(cpu, 0, sizeof(double) * nf * gs.n);
+        for (int i = 0; i < n; i++) scorer_add_sample(&sc, ids.ids + (long)i * T, cpu);
+        scorer_free(&sc);
+        gpu_scores(gpu, &m, &gs, f, runs[r].nf, runs[r].gradient, runs[r].split, c, &ids, n);
+        for (int k = 0; k < runs[r].nf; k++) {
+            double w = 0;
+            for (int g = 0; g < gs.n; g++)
+                if (!gs.g[g].disabled) w = fmax(w, rel_diff(gpu[(long)k * gs.n + g], cpu[(long)k * gs.n + g]));
+            snprintf(name, sizeof(name), "gpu %s gptq %.63s%s %s %s scores within %g%% of cpu per group", label,
+                     f[k].name, runs[r].nf > 1 ? " (of w4a8,w8a8)" : "", runs[r].split ? "bf16x2" : "bf16",
+                     runs[r].gradient ? "gradient" : "kl", 100 * runs[r].tol);
+            CHECK(w < runs[r].tol, name, "worst %.3g", w);
+            printf("  %s gptq %s %s %s: worst relative difference %.3g over %d groups\n", label, f[k].name,
+                   runs[r].split ? "bf16x2" : "bf16", runs[r].gradient ? "gradient" : "kl", w, gs.n);
+        }
+        if (r != 0) continue;
+        gpu_scores(rtn, &m, &gs, f, 1, 0, 1, NULL, &ids, n);
+        double sg = 0, sr = 0;
+        for (int g = 0; g < gs.n; g++) sg += gpu[g], sr += rtn[g];
+        snprintf(name, sizeof(name), "gpu %s gptq w4a8 kl below rtn's (the given weights are used)", label);
+        CHECK(sg < 0.9 * sr, name, "gptq %.6g rtn %.6g", sg, sr);
+    }
+    for (int gradient = 0; gradient <= 1 && gpu_device_count() >= 2; gradient++) {
+        int split = !gradient, B = 1; // several batches through the pipeline
+        double secs, *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double));
+        size_t peak;
+        GpuScoreSpec sp = {&m, &gs, f, 1, gradient, T, B, split, NULL, &w4};
+        GpuEngine* e1 = gpu_engine_init(&m, T, B, split);
+        GpuScorer sc;
+        gpu_scorer_init(&sc, e1, &sp);
+        for (int i = 0; i < n; i++)
+            if (gradient)
+                gpu_score_gradient(&sc, ids.ids + (long)i * T, 1, one);
+            else
+                gpu_score_kl(&sc, ids.ids + (long)i * T, 1, one);
+        gpu_engine_free(e1);
+        gpu_score_sharded(&sp, ids.ids, n, 2, two, &secs, &peak);
+        double w = 0;
+        for (int g = 0; g < gs.n; g++) w = fmax(w, rel_diff(two[g], one[g]));
+        snprintf(name, sizeof(name), "gpu %s gptq %s scores with layers sharded over 2 GPUs = one GPU", label,
+                 gradient ? "gradient" : "kl");
+        CHECK(w <= 1e-12, name, "worst relative difference %.3g", w);
+        free(one), free(two);
+    }
+    if (gpu_device_count() < 2) {
+        snprintf(name, sizeof(name), "gpu %s gptq layers sharded over 2 GPUs", label);
+        SKIP(name, "one CUDA device");
+    }
+    free(cpu), free(gpu), free(rtn);
+    qcache_free(&qc);
     groups_free(&gs);
     patterns_free(&dis);
     token_ids_free(&ids);
@@ -281,6 +396,9 @@ int main(void) {
     test_emulated("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 3);
     test_emulated("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
                   "tests/fixtures/qwen3_tiny_ids.npy", 4);
+    test_gptq("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
+              "tests/fixtures/qwen3_tiny_ids.npy", 0, 4);
+    test_gptq("qwen3-moe-tiny", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", 1, 2);
 #endif
     return g_fail ? 1 : 0;
 }
