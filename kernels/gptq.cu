@@ -78,6 +78,7 @@ extern "C" void gpu_gptq_factor_init(GpuGptqFactor* f, int cap) {
     cudaCheck(cudaMalloc(&f->dead, cap));
     cudaCheck(cudaMalloc(&f->u, sizeof(float) * nn));
     cudaCheck(cudaMalloc(&f->a, sizeof(double) * nn));
+    cudaCheck(cudaMalloc(&f->t, sizeof(double) * ((size_t)cap / 2 + 1) * ((size_t)cap / 2 + 1)));
     cudaCheck(cudaMalloc(&f->info, sizeof(int)));
     int lw = 0;
     cusolverCheck(cusolverDnDpotrf_bufferSize(g_sol, CUBLAS_FILL_MODE_LOWER, cap, f->a, cap, &lw));
@@ -98,6 +99,7 @@ extern "C" void gpu_gptq_factor_free(GpuGptqFactor* f) {
     cudaFree(f->dead);
     cudaFree(f->u);
     cudaFree(f->a);
+    cudaFree(f->t);
     cudaFree(f->info);
     cudaFree(f->work);
     free(f->hwork);
@@ -130,11 +132,17 @@ __global__ void gptq_upper_kernel(float* u, const double* a, int n, int identity
     u[idx] = j < i ? 0.0f : identity ? (float)(i == j) : (float)a[(long)(n - 1 - i) + (long)(n - 1 - j) * n];
 }
 
-// a (n, n) column-major lower triangular with leading dimension lda, replaced by its inverse: halves
-// recursively, inv [A 0; B C] = [A^-1 0; -C^-1 B A^-1, C^-1] with the off-diagonal block from two
-// triangular products (cuBLAS trmm, at GEMM speed); cuSOLVER's trtri below 512 columns. (cuSOLVER's trtri
-// of a 12288 matrix alone took 101 ms on an H200, potrf 18 ms: bench/gptq_factor_bench.cu.) The
-// diagonal is positive (a Cholesky factor): nothing to fail.
+// a (n, n) column-major: its strict upper triangle zeroed (a full matrix for lower_inverse's GEMMs).
+__global__ void zero_upper_kernel(double* a, int n) {
+    long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (idx < (long)n * n && idx % n < idx / n) a[idx] = 0.0;
+}
+
+// a (n, n) column-major lower triangular (zeros above) with leading dimension lda, replaced by its
+// inverse: halves recursively, inv [A 0; B C] = [A^-1 0; -C^-1 B A^-1, C^-1], the off-diagonal block by
+// two fp64 GEMMs (twice trmm's products, at the tensor cores' rate), through f->t; cuSOLVER's trtri at
+// 512 columns and below. (On an H200, cuSOLVER's trtri of a 12288 matrix alone took 101 ms, potrf 18 ms:
+// bench/gptq_factor_bench.cu.) The diagonal is positive (a Cholesky factor): nothing to fail.
 static void lower_inverse(GpuGptqFactor* f, double* a, int n, int lda) {
     if (n <= TRTRI_LEAF) {
         cusolverCheck(cusolverDnXtrtri(g_sol, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_64F, a,
@@ -145,11 +153,11 @@ static void lower_inverse(GpuGptqFactor* f, double* a, int n, int lda) {
     double *a11 = a, *a21 = a + n1, *a22 = a + n1 + (long)n1 * lda;
     lower_inverse(f, a11, n1, lda);
     lower_inverse(f, a22, n2, lda);
-    const double one = 1.0, minus_one = -1.0;
-    cublasCheck(cublasDtrmm(g_blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N,
-                            CUBLAS_DIAG_NON_UNIT, n2, n1, &one, a11, lda, a21, lda, a21, lda)); // B A^-1
-    cublasCheck(cublasDtrmm(g_blas, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT,
-                            n2, n1, &minus_one, a22, lda, a21, lda, a21, lda)); // -C^-1 (B A^-1)
+    const double one = 1.0, minus_one = -1.0, zero = 0.0;
+    cublasCheck(cublasDgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, n2, n1, n1, &one, a21, lda, a11, lda, &zero, f->t,
+                            n2)); // B A^-1
+    cublasCheck(cublasDgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, n2, n1, n2, &minus_one, a22, lda, f->t, n2, &zero,
+                            a21, lda)); // -C^-1 (B A^-1)
 }
 
 extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o) {
@@ -181,7 +189,11 @@ extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int 
     cusolverCheck(cusolverDnDpotrf(g_sol, CUBLAS_FILL_MODE_LOWER, n, f->a, n, (double*)f->work, lw, f->info));
     cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
     gp_mark(GP_POTRF);
-    if (info == 0) lower_inverse(f, f->a, n, n);
+    if (info == 0) {
+        zero_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->a, n);
+        cudaCheck(cudaGetLastError());
+        lower_inverse(f, f->a, n, n);
+    }
     gp_mark(GP_TRTRI);
     f->fallback = info != 0;
     gptq_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->u, f->a, n, f->fallback);
@@ -216,11 +228,12 @@ extern "C" void gpu_gptq_load(float* W, const void* w, int w_bf16, int rows, con
 // is in shared memory (lane-consecutive columns: no bank conflicts). The arithmetic is
 // quant_value_scaled's and gptq.c's, every product and difference rounded on its own (no FMA
 // contraction), as the CPU computes them.
-#define GPTQ_WARPS 8
+#define GPTQ_WARPS 16
 #define GPTQ_KMAX 4 // columns per lane: blocks of up to 128 columns
 
-__global__ void gptq_block_kernel(int8_t* codes, const float* W, float* err, const float* u, const float* scale,
-                                  const int* perm, int rows, int cols, int i1, int i2, int B, QuantSpec q) {
+__global__ void gptq_block_kernel(int8_t* codes, const float* W, float* err, int ld_err, const float* u,
+                                  const float* scale, const int* perm, int rows, int cols, int i1, int i2,
+                                  int B, QuantSpec q) {
     extern __shared__ float us[]; // (nb, B) u[i1 + i][i1 + j]
     int nb = i2 - i1, lane = threadIdx.x & 31, r = blockIdx.x * GPTQ_WARPS + (threadIdx.x >> 5);
     for (int k = threadIdx.x; k < nb * nb; k += blockDim.x)
@@ -258,14 +271,14 @@ __global__ void gptq_block_kernel(int8_t* codes, const float* W, float* err, con
     for (int k = 0; k < GPTQ_KMAX; k++) {
         int j = lane + 32 * k;
         if (j >= nb) continue;
-        err[(long)r * B + j] = e_own[k];
+        err[(long)r * ld_err + j] = e_own[k];
         codes[(long)r * cols + perm[i1 + j]] = (int8_t)c_own[k];
     }
 }
 
 extern "C" void gpu_gptq_run(int8_t* codes, float* W, float* err, const float* scale, int rows,
                              const GpuGptqFactor* f, QuantSpec q, int block) {
-    int B = block > 0 ? block : 128, cols = f->n;
+    int B = block > 0 ? block : 128, cols = f->n, S = GPTQ_ERR_COLS / B * B;
     if (B > 32 * GPTQ_KMAX) {
         fprintf(stderr, "autoq: internal: GPTQ blocks of %d columns on the GPU (at most %d)\n", B,
                 32 * GPTQ_KMAX);
@@ -275,17 +288,27 @@ extern "C" void gpu_gptq_run(int8_t* codes, float* W, float* err, const float* s
     cudaCheck(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const float minus_one = -1.0f, one = 1.0f;
     gp_mark(-1);
-    for (int i1 = 0; i1 < cols; i1 += B) {
-        int i2 = i1 + B < cols ? i1 + B : cols, nb = i2 - i1;
-        gptq_block_kernel<<<ceil_div(rows, GPTQ_WARPS), 32 * GPTQ_WARPS, smem>>>(
-            codes, W, err, f->u, scale, f->perm, rows, cols, i1, i2, B, q);
-        cudaCheck(cudaGetLastError());
-        gp_mark(GP_COLUMNS);
-        // row-major W[:, i2:] -= err (rows, nb) u[i1:i2, i2:]; column-major that is
-        // W^T (cols - i2, rows) -= u^T (cols - i2, nb) err^T (nb, rows)
-        if (i2 < cols)
-            cublasCheck(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, rows, nb, &minus_one,
-                                    f->u + (long)i1 * cols + i2, cols, err, B, &one, W + i2, cols));
+    // Lazy updates on two levels: a block's error reaches the rest of its super-block of S columns at
+    // once (K = B), and the columns past the super-block at its end (K = S, where the GEMM runs fastest).
+    // The same sums as gptq.c's, in another order. Row-major W[:, c0:c1] -= err (rows, k) u[.., c0:c1]
+    // is, column-major, W^T (c1 - c0, rows) -= u^T (c1 - c0, k) err^T (k, rows).
+    for (int s0 = 0; s0 < cols; s0 += S) {
+        int s1 = s0 + S < cols ? s0 + S : cols;
+        for (int i1 = s0; i1 < s1; i1 += B) {
+            int i2 = i1 + B < s1 ? i1 + B : s1, nb = i2 - i1;
+            gptq_block_kernel<<<ceil_div(rows, GPTQ_WARPS), 32 * GPTQ_WARPS, smem>>>(
+                codes, W, err + (i1 - s0), S, f->u, scale, f->perm, rows, cols, i1, i2, B, q);
+            cudaCheck(cudaGetLastError());
+            gp_mark(GP_COLUMNS);
+            if (i2 < s1)
+                cublasCheck(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, s1 - i2, rows, nb, &minus_one,
+                                        f->u + (long)i1 * cols + i2, cols, err + (i1 - s0), S, &one, W + i2,
+                                        cols));
+            gp_mark(GP_GEMM);
+        }
+        if (s1 < cols)
+            cublasCheck(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, cols - s1, rows, s1 - s0, &minus_one,
+                                    f->u + (long)s0 * cols + s1, cols, err, S, &one, W + s1, cols));
         gp_mark(GP_GEMM);
     }
 }
@@ -318,7 +341,7 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     cudaCheck(cudaMalloc(&d_h, sizeof(float) * cols * cols));
     cudaCheck(cudaMalloc(&d_w, sizeof(float) * wn));
     cudaCheck(cudaMalloc(&d_W, sizeof(float) * wn));
-    cudaCheck(cudaMalloc(&d_err, sizeof(float) * rows * B));
+    cudaCheck(cudaMalloc(&d_err, sizeof(float) * rows * GPTQ_ERR_COLS));
     cudaCheck(cudaMalloc(&d_sc, sizeof(float) * rows));
     cudaCheck(cudaMalloc(&d_codes, wn));
     cudaCheck(cudaMemcpy(d_h, h, sizeof(float) * cols * cols, cudaMemcpyHostToDevice));

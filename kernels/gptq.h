@@ -66,6 +66,7 @@ typedef struct {
     unsigned char* dead; // (n) device, by position in the order: no token used the input
     float* u;            // (n, n) device row-major: upper Cholesky factor of the inverse Hessian
     double* a;           // (n, n) device: the ordered, dampened Hessian, then its factor
+    double* t;           // (cap / 2 + 1)^2 device: the triangular inverse's scratch
     void *work, *hwork;  // cuSOLVER's device and host workspaces
     size_t work_bytes, hwork_bytes;
     int* info;            // device
@@ -82,7 +83,8 @@ int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts
 // columns zeroed: GPTQ's working copy.
 void gpu_gptq_load(float* W, const void* w, int w_bf16, int rows, const GpuGptqFactor* f);
 // GPTQ of the working copy W (rows, n; consumed) on the row scales (rows): codes (rows, n) int8 in the
-// input's column order; err (rows, block) device scratch.
+// input's column order; err (rows, GPTQ_ERR_COLS) device scratch.
+#define GPTQ_ERR_COLS 1024
 void gpu_gptq_run(int8_t* codes, float* W, float* err, const float* scale, int rows, const GpuGptqFactor* f,
                   QuantSpec q, int block);
 // With AUTOQ_GPU_PROFILE=1 (each step then synchronises): GPU time per step so far, on stderr.

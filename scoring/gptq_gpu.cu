@@ -132,8 +132,9 @@ static void copier_free(Copier* c) {
 // The device buffers of one site's GPTQ, sized for the largest (rows of a site's linears stacked).
 typedef struct {
     GpuGptqFactor fac;
-    float *W, *err, *scale, *w32; // (rows, n) working copy, (rows, 128), (rows), (rows, n) fp32 source
-    int8_t* codes;                // (rows, n) device
+    float *W, *err, *scale,
+        *w32;      // (rows, n) working copy, (rows, GPTQ_ERR_COLS), (rows), (rows, n) fp32 source
+    int8_t* codes; // (rows, n) device
     Copier copier;
     double t_hess, t_factor, t_gptq, t_copy; // seconds, for the closing line
 } GptqWork;
@@ -297,7 +298,7 @@ static void work_init(GptqWork* wk, const Model* m, const int* choices, int nset
     gpu_gptq_factor_init(&wk->fac, width);
     cudaCheck(cudaMalloc(&wk->W, sizeof(float) * most));
     cudaCheck(cudaMalloc(&wk->codes, most));
-    cudaCheck(cudaMalloc(&wk->err, sizeof(float) * rows_most * 128));
+    cudaCheck(cudaMalloc(&wk->err, sizeof(float) * rows_most * GPTQ_ERR_COLS));
     cudaCheck(cudaMalloc(&wk->scale, sizeof(float) * rows_most));
     cudaCheck(cudaMalloc(&wk->w32, sizeof(float) * lin_most));
     copier_init(&wk->copier, layer_most);
@@ -320,7 +321,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     int L = c->num_layers, T = ids->t, B = 8, nbat = (ids->n + B - 1) / B, nf = 0, nl = m->n_linears;
     for (size_t i = 0; i < (size_t)nsets * nl; i++) nf = choices[i] + 1 > nf ? choices[i] + 1 : nf;
     if (q->gptq.block > 128) fail_other("internal: GPTQ blocks of more than 128 columns on the GPU");
-    double t0 = time_now(), t_pass = 0;
+    double t0 = time_now(), t_pass = 0, t_load = 0;
     float* pool;
     cudaCheck(cudaMalloc(&pool, sizeof(float) * (size_t)ids->n * T * c->hidden_size));
     Capture cap;
@@ -332,7 +333,9 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     Progress p;
     progress_init(&p, sequential ? "gptq layers (GPU)" : "gptq (GPU)", L);
     for (int l = 0; l < L; l++) {
-        GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, l, l + 1, 1);
+        double tl = time_now();
+        GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, l, l + 1, 1); // uploads the layer's weights
+        t_load += time_now() - tl;
         copier_layer(&wk.copier, l);
         int any = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
@@ -368,10 +371,12 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     work_free(&wk);
     cublasDestroy(cap.blas);
     cudaFree(pool);
-    info_msg("gptq: %s pipeline over %d layers on the GPU (%s), %d x %d tokens in %.2fs (passes with X^T X "
-             "%.2fs, factorisations %.2fs, column loops %.2fs, codes to the host %.2fs, other passes %.2fs)",
-             sequential ? "sequential" : "basic", L, gpu_name(), ids->n, T, time_now() - t0, wk.t_hess,
-             wk.t_factor, wk.t_gptq, wk.t_copy, t_pass);
+    info_msg(
+        "gptq: %s pipeline over %d layers on the GPU (%s), %d x %d tokens in %.2fs (weights to the GPU "
+        "%.2fs, passes with X^T X %.2fs, factorisations %.2fs, column loops %.2fs, codes to the host %.2fs, "
+        "other passes %.2fs)",
+        sequential ? "sequential" : "basic", L, gpu_name(), ids->n, T, time_now() - t0, t_load, wk.t_hess,
+        wk.t_factor, wk.t_gptq, wk.t_copy, t_pass);
 }
 
 extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,
