@@ -83,12 +83,51 @@ const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n) {
     return t;
 }
 
+// Host to device at the bus's speed from pageable memory (the checkpoint's mapping): through two pinned
+// buffers of this thread, host copies by every core into one while the other goes over the bus. A plain
+// cudaMemcpy from the mapping ran at 5.4 GB/s on an H200 host. In order with the default stream's work
+// before it, finished when it returns, as cudaMemcpy is.
+#define STAGE_BYTES ((size_t)64 << 20)
+static void upload_bytes(void* d, const void* src, size_t bytes) {
+    static __thread char* stage[2];
+    static __thread cudaStream_t ss;
+    static __thread cudaEvent_t done[2], before;
+    if (bytes < ((size_t)4 << 20)) {
+        cudaCheck(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
+        return;
+    }
+    if (!stage[0]) {
+        for (int k = 0; k < 2; k++) {
+            cudaCheck(cudaMallocHost(&stage[k], STAGE_BYTES));
+            cudaCheck(cudaEventCreateWithFlags(&done[k], cudaEventDisableTiming));
+        }
+        cudaCheck(cudaEventCreateWithFlags(&before, cudaEventDisableTiming));
+        cudaCheck(cudaStreamCreateWithFlags(&ss, cudaStreamNonBlocking));
+    }
+    cudaCheck(cudaEventRecord(before, 0)); // the default stream's earlier work may still read d
+    cudaCheck(cudaStreamWaitEvent(ss, before, 0));
+    for (size_t off = 0, k = 0; off < bytes; off += STAGE_BYTES, k ^= 1) {
+        size_t n = bytes - off < STAGE_BYTES ? bytes - off : STAGE_BYTES, piece = (n + 15) / 16;
+        cudaCheck(cudaEventSynchronize(done[k])); // buffer k's last transfer is over
+        char* dst = stage[k];
+        const char* from = (const char*)src + off;
+#pragma omp parallel for
+        for (int p = 0; p < 16; p++) {
+            size_t a = p * piece, b = a + piece < n ? a + piece : n;
+            if (a < b) memcpy(dst + a, from + a, b - a);
+        }
+        cudaCheck(cudaMemcpyAsync((char*)d + off, dst, n, cudaMemcpyHostToDevice, ss));
+        cudaCheck(cudaEventRecord(done[k], ss));
+    }
+    cudaCheck(cudaStreamSynchronize(ss));
+}
+
 // Copies a checkpoint tensor to d as bf16 (BF16 as is, F16/F32 converted); returns d + its size.
 __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
     size_t n;
     const StTensor* t = find_tensor(e, name, &n);
     if (t->dtype == DT_BF16) {
-        cudaCheck(cudaMemcpy(d, t->data, n * 2, cudaMemcpyHostToDevice));
+        upload_bytes(d, t->data, n * 2);
         return d + n;
     }
     float* f = (float*)xmalloc(n * 4);
