@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../engine/util.h"
+#include "../kernels/gptq.h"
 
 static const char k_magic[8] = {'A', 'Q', 'G', 'P', 'T', 'Q', '1', '\n'};
 
@@ -138,7 +139,7 @@ int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, floa
 }
 
 void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf,
-                     const Format* fmts, const int* choice) {
+                     const Format* fmts, const int* choice, float* const* scales) {
     char* path = cache_path(dir, k);
     char* tmp = xmalloc(strlen(path) + 32);
     sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
@@ -170,12 +171,12 @@ void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, flo
         if (kind != 1) continue;
         int shape[2] = {l->out, l->in};
         PUT(shape, sizeof(shape));
-        float* scale = (float*)(buf + len);
+        float* scale = (float*)(buf + len); // unaligned in buf: written by memcpy
         len += sizeof(float) * l->out;
+        float* rs = xmalloc(sizeof(float) * l->out);
+        gptq_row_scales(rs, scales ? scales[i] : NULL, l->w, l->out, l->in, fm->w);
         for (int row = 0; row < l->out && ok; row++) {
-            float amax = 0;
-            for (int j = 0; j < l->in; j++) amax = fmaxf(amax, fabsf(l->w[(size_t)row * l->in + j]));
-            float s = quant_scale(amax, fm->w);
+            float s = rs[row];
             memcpy(&scale[row], &s, sizeof(s));
             for (int j = 0; j < l->in; j++) {
                 float v = wq[e][(size_t)row * l->in + j], c = s > 0 ? rintf(v / s) : 0.0f;
@@ -184,6 +185,7 @@ void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, flo
             }
         }
         len += (size_t)l->out * l->in;
+        free(rs);
     }
 #undef PUT
     uint64_t sum = hash_bytes(0xcbf29ce484222325ull, buf, len);

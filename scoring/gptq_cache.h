@@ -23,6 +23,7 @@ void gptq_cache_key(GptqCacheKey* k, const char* mode, const Model* m, const Tok
 // Fills wq (nf, n_linears) from the cache file; 1 when found and valid, else 0 (wq untouched).
 int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf);
 // Writes wq (nf, n_linears; NULL entries skipped) as int8 codes and per-row scales; entry (f, i)
-// was quantized with fmts[choice ? choice[i] : f].
+// was quantized with fmts[choice ? choice[i] : f] on scales[i] (n_linears, one recipe), or on RTN's
+// scales of the original rows when scales is NULL.
 void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf,
-                     const Format* fmts, const int* choice);
+                     const Format* fmts, const int* choice, float* const* scales);

@@ -239,7 +239,7 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     else
         gptq_unquantized(qc->wq, m, ids, fmts, want, nf, q);
     free(want);
-    if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL);
+    if (q->cache_dir) gptq_cache_save(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL, NULL);
 }
 
 void qcache_codes(int8_t* codes, float* scales, const float* wq, const Linear* l, QuantSpec w) {
@@ -318,11 +318,13 @@ void gptq_recipe(float** wq, const Model* m, const TokenIds* ids, const Format* 
     memset(wq, 0, sizeof(float*) * m->n_linears);
     // each pipeline its own entries, and the GPU's too (it rounds its quantized layers to bf16)
     int basic = q->pipeline == GPTQ_PIPELINE_BASIC;
-    const char* mode =
-        basic ? (q->use_gpu ? "basic-gpu" : "basic") : (q->use_gpu ? "sequential-gpu" : "sequential");
+    char mode[48];
+    snprintf(mode, sizeof(mode), "%s%s%s", basic ? "basic" : "sequential", q->use_gpu ? "-gpu" : "",
+             q->scales ? "-ckpt" : "");
     GptqCacheKey key;
     gptq_cache_key(&key, mode, m, ids, fmts, 1, choice, NULL, &q->gptq);
-    int cache = q->cache_dir && !q->scales; // the cache holds weights on RTN's scales only
+    // the cache holds weights on RTN's scales, or on the checkpoint's (a function of the model)
+    int cache = q->cache_dir && (!q->scales || q->ckpt_scales);
     if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
     if (basic && q->use_gpu)
         gptq_basic_gpu(wq, m, ids, fmts, choice, q);
@@ -332,5 +334,5 @@ void gptq_recipe(float** wq, const Model* m, const TokenIds* ids, const Format* 
         gptq_sequential_gpu(wq, m, ids, fmts, choice, q);
     else
         gptq_sequential(wq, m, ids, fmts, choice, q);
-    if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice);
+    if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice, q->scales);
 }

@@ -20,6 +20,7 @@ typedef struct {
     // (n_linears) the per-row scales each linear is quantized with, or NULL: RTN's scale of each
     // original row (autoq quantize gives the scales its checkpoint stores, rounded to its dtype)
     float** scales;
+    int ckpt_scales; // scales are quantize_scales' (search/quantize.h), a function of the model: cacheable
     // (n_linears) or NULL: with scales given, the GPU pipeline hands each linear's int8 codes (out, in)
     // here instead of its weights in wq (autoq quantize stores codes; 1 byte a weight off the card)
     int8_t** codes;

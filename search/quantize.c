@@ -18,6 +18,7 @@
 #include "../engine/gpu.h"
 #include "../engine/util.h"
 #include "../scoring/quantizer.h"
+#include "quantize.h"
 #include "recipe.h"
 
 typedef struct {
@@ -93,7 +94,6 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
 }
 
 // The scale a checkpoint of dtype d stores: its value after rounding to d.
-static float scale_in(float s, DType d) { return d == DT_BF16 ? bf16_to_f32(f32_to_bf16(s)) : s; }
 
 // The tensor linear i's weight is stored in: its own `.weight`, or for fused experts (Qwen3-VL-MoE) its
 // layer's `mlp.experts.gate_up_proj` / `down_proj`. name receives the name looked for first.
@@ -109,6 +109,19 @@ static const StTensor* weight_tensor(const Model* m, int i, char* name, size_t c
     return st_find(&m->ck, fused);
 }
 
+void quantize_scales(float** scales, const Model* m, const Format* fmts, const int* choice) {
+    for (int i = 0; i < m->n_linears; i++) {
+        if (choice[i] < 0) continue;
+        const Linear* l = &m->linears[i];
+        char name[200];
+        const StTensor* t = weight_tensor(m, i, name, sizeof(name));
+        int bf16 = t && t->dtype == DT_BF16;
+        scales[i] = xmalloc(sizeof(float) * l->out);
+        gptq_row_scales(scales[i], NULL, l->w, l->out, l->in, fmts[choice[i]].w);
+        for (int r = 0; bf16 && r < l->out; r++) scales[i][r] = bf16_to_f32(f32_to_bf16(scales[i][r]));
+    }
+}
+
 // Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
 static int fused_experts(const StTensor* t) {
     size_t n = strlen(t->name);
@@ -122,7 +135,6 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
     const Model* m = z->m;
     for (int i = 0; i < m->n_linears; i++) {
         if (z->choice[i] < 0) continue;
-        const Linear* l = &m->linears[i];
         char name[200];
         const StTensor* t = weight_tensor(m, i, name, sizeof(name));
         if (!t || (t->dtype != DT_BF16 && t->dtype != DT_F32))
@@ -131,14 +143,13 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
                 "the weight's dtype)",
                 m->dir, name);
         z->sdtype[i] = t->dtype;
-        z->scales[i] = xmalloc(sizeof(float) * l->out);
-        gptq_row_scales(z->scales[i], NULL, l->w, l->out, l->in, fmts[z->choice[i]].w);
-        for (int r = 0; r < l->out; r++) z->scales[i][r] = scale_in(z->scales[i][r], t->dtype);
     }
+    quantize_scales(z->scales, m, fmts, z->choice);
     float** wq = xcalloc(m->n_linears, sizeof(float*));
     if (q->kind == QUANTIZER_GPTQ) {
         Quantizer qs = *q;
         qs.scales = z->scales;
+        qs.ckpt_scales = 1;
         qs.codes = z->codes; // the GPU's codes come straight back
         gptq_recipe(wq, m, ids, fmts, z->choice, &qs);
     }

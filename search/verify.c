@@ -6,6 +6,7 @@
 #include "../engine/forward.h"
 #include "../engine/util.h"
 #include "../scoring/quantizer.h"
+#include "quantize.h"
 
 void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
     verify_run_with(m, ids, fmts, choice, NULL, r);
@@ -17,13 +18,18 @@ void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, cons
         verify_run(m, ids, fmts, choice, r);
         return;
     }
+    // on the scales autoq quantize stores (bf16 for a bf16 checkpoint): the model it would write
+    float** sc = xcalloc(m->n_linears, sizeof(float*));
+    quantize_scales(sc, m, fmts, choice);
+    Quantizer qs = *q;
+    qs.scales = sc, qs.ckpt_scales = 1;
     float** wq = xcalloc(m->n_linears, sizeof(float*));
-    gptq_recipe(wq, m, ids, fmts, choice, q);
+    gptq_recipe(wq, m, ids, fmts, choice, &qs);
     verify_run_with(m, ids, fmts, choice, wq, r);
     r->gptq = 1;
     r->pipeline = q->pipeline;
-    for (int i = 0; i < m->n_linears; i++) free(wq[i]);
-    free(wq);
+    for (int i = 0; i < m->n_linears; i++) free(wq[i]), free(sc[i]);
+    free(wq), free(sc);
 }
 
 void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
