@@ -213,17 +213,18 @@ static int site_load(GptqWork* wk, GpuEngine* e, int l, int site, int f, const i
     return rows;
 }
 
-// The codes of the stacked linears into the engine (bf16 weights for the next pass) and to the host: as
-// codes where the caller takes them (q->codes), else as weights code * scale into wq.
+// The codes of the stacked linears to the host, as codes where the caller takes them (q->codes), else as
+// weights code * scale into wq; and with `into_engine` into the engine too, bf16 weights for the next
+// pass (the sequential pipeline: only then, since every set of the basic one reads the original weights).
 static void site_store(float** wq, GptqWork* wk, GpuEngine* e, int l, int site, int f, const int* choice,
-                       const Quantizer* q) {
+                       const Quantizer* q, int into_engine) {
     const Model* m = e->m;
     int rows = 0, n = wk->fac.n;
     for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
         if (choice[i] != f || linear_site(m, i) != site) continue;
         const Linear* lin = &m->linears[i];
         const int8_t* dc = wk->codes + (size_t)rows * n;
-        gpu_gptq_dequant_bf16(gpu_linear_weight(e, i), dc, wk->scale + rows, lin->out, n);
+        if (into_engine) gpu_gptq_dequant_bf16(gpu_linear_weight(e, i), dc, wk->scale + rows, lin->out, n);
         int give_codes = q->codes && q->scales;
         copier_push(&wk->copier, l, dc, wk->scale + rows, lin->out, n, give_codes ? &q->codes[i] : NULL,
                     give_codes ? NULL : &wq[i]);
@@ -233,9 +234,9 @@ static void site_store(float** wq, GptqWork* wk, GpuEngine* e, int l, int site, 
 
 // GPTQ of layer l's chosen linears from the captured sums, for each set of choices (nsets, n_linears)
 // into wq (nsets, n_linears): one factorisation per site, one column loop per (set, site, format) over
-// the site's linears stacked. The engine's weights end as the last set's (the sequential pipeline has one).
+// the site's linears stacked. `sequential` (one set): the engine then runs the quantized layer.
 static void layer_gptq(float** wq, GptqWork* wk, GpuEngine* e, Capture* c, int l, const Format* fmts,
-                       const int* choices, int nsets, const Quantizer* q, int nf) {
+                       const int* choices, int nsets, const Quantizer* q, int nf, int sequential) {
     const Model* m = c->m;
     for (int site = 0; site < SITES; site++) {
         if (!c->xtx[site]) continue;
@@ -254,7 +255,7 @@ static void layer_gptq(float** wq, GptqWork* wk, GpuEngine* e, Capture* c, int l
                 cudaCheck(cudaDeviceSynchronize());
                 wk->t_gptq += time_now() - t0;
                 t0 = time_now();
-                site_store(wq + (size_t)set * m->n_linears, wk, e, l, site, f, choice, q);
+                site_store(wq + (size_t)set * m->n_linears, wk, e, l, site, f, choice, q, sequential);
                 wk->t_copy += time_now() - t0;
             }
         }
@@ -356,7 +357,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
             gpu_set_capture(e, NULL, NULL);
             cudaCheck(cudaDeviceSynchronize());
             wk.t_hess += time_now() - t1;
-            layer_gptq(wq, &wk, e, &cap, l, fmts, choices, nsets, q, nf);
+            layer_gptq(wq, &wk, e, &cap, l, fmts, choices, nsets, q, nf, sequential);
         }
         double t1 = time_now();
         for (int b = 0; (sequential || !any) && b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1);
