@@ -92,11 +92,15 @@ static void upload_bytes(void* d, const void* src, size_t bytes) {
     static __thread char* stage[2];
     static __thread cudaStream_t ss;
     static __thread cudaEvent_t done[2], before;
-    if (bytes < ((size_t)4 << 20)) {
-        cudaCheck(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
+    static __thread int dev = -1; // the device ss and the events belong to
+    int cur;
+    cudaCheck(cudaGetDevice(&cur));
+    if (bytes < ((size_t)4 << 20) || (dev >= 0 && cur != dev)) {      // a thread that drives several devices:
+        cudaCheck(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice)); // the plain copy on the others
         return;
     }
     if (!stage[0]) {
+        dev = cur;
         for (int k = 0; k < 2; k++) {
             cudaCheck(cudaMallocHost(&stage[k], STAGE_BYTES));
             cudaCheck(cudaEventCreateWithFlags(&done[k], cudaEventDisableTiming));
