@@ -14,6 +14,8 @@ typedef struct GpuEngine GpuEngine;
 
 // Number of CUDA devices (0 when none or when built without CUDA).
 int gpu_device_count(void);
+// Makes device d current for this thread's next CUDA work.
+void gpu_select_device(int d);
 const char* gpu_name(void);
 // Uploads the model (opened with model_open or model_load) for batches of up to B windows of T
 // tokens. split: GEMM inputs as bf16 hi + lo pairs (two bf16 GEMMs, ~16-bit activations: matches

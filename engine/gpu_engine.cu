@@ -322,6 +322,8 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     free(e);
 }
 
+extern "C" void gpu_select_device(int d) { cudaCheck(cudaSetDevice(d)); }
+
 extern "C" size_t gpu_peak_bytes(GpuEngine* e) { return e->free0 - e->min_free; }
 
 extern "C" void* gpu_alloc(GpuEngine* e, size_t bytes) { return dalloc(e, bytes); }

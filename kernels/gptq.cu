@@ -1,8 +1,8 @@
 // GPTQ on the GPU: the twin of kernels/gptq.c (tests/test_gpu_ops.c compares them). The Hessian is
-// ordered and dampened on the device, factorised by cuSOLVER in fp64 and reused by every linear that
-// reads the same input; the column loop runs one thread per row on shared memory, each block's error
-// pushed to the remaining columns by one cuBLAS GEMM. The codes come out in int8, so a pipeline can keep
-// weights, Hessians and codes on the card (scoring/gptq_gpu.cu).
+// ordered and dampened on the device, factorised in fp64 (cuSOLVER's potrf, a triangular inverse by
+// GEMMs) and reused by every linear that reads the same input; the column loop runs one warp per row,
+// each block's error pushed to the rest of its super-block, and past it, by cuBLAS GEMMs. The codes come out in
+// int8, so a pipeline can keep weights, Hessians and codes on the card (scoring/gptq_gpu.cu).
 #include <cusolverDn.h>
 #include <math.h>
 #include <stdlib.h>
@@ -170,7 +170,8 @@ extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int 
     // the diagonal to the host: the order and the dampening's mean, in gptq_prepare's arithmetic
     cudaCheck(cudaMemcpy2D(f->hdiag, sizeof(float), xtx, sizeof(float) * (n + 1), sizeof(float), n,
                            cudaMemcpyDeviceToHost));
-    for (int i = 0; i < n; i++) f->hdiag[i] *= k;
+    int finite = 1;
+    for (int i = 0; i < n; i++) f->hdiag[i] *= k, finite &= isfinite(f->hdiag[i]) != 0;
     gptq_order(f->hperm, f->hdiag, n, o.order);
     double mean = 0;
     for (int a = 0; a < n; a++) {
@@ -185,9 +186,13 @@ extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int 
     gptq_gather_kernel<<<ceil_div(nn, 256), 256>>>(f->a, xtx, k, f->perm, f->dead, o.damp * mean, n);
     cudaCheck(cudaGetLastError());
     gp_mark(GP_GATHER);
-    int info = 0, lw = (int)(f->work_bytes / sizeof(double));
-    cusolverCheck(cusolverDnDpotrf(g_sol, CUBLAS_FILL_MODE_LOWER, n, f->a, n, (double*)f->work, lw, f->info));
-    cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
+    // a NaN or Inf diagonal (LAPACK's potrf stops at it; cuSOLVER's need not): round-to-nearest
+    int info = !finite, lw = (int)(f->work_bytes / sizeof(double));
+    if (!info) {
+        cusolverCheck(
+            cusolverDnDpotrf(g_sol, CUBLAS_FILL_MODE_LOWER, n, f->a, n, (double*)f->work, lw, f->info));
+        cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
+    }
     gp_mark(GP_POTRF);
     if (info == 0) {
         zero_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->a, n);

@@ -164,6 +164,7 @@ void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, flo
     PUT(counts, sizeof(counts));
     for (long e = 0; e < (long)nf * m->n_linears && ok; e++) {
         int i = (int)(e % m->n_linears);
+        ok = !(choice && choice[i] >= 0 && !wq[e]); // a chosen linear without weights: never cache that
         const Linear* l = &m->linears[i];
         const Format* fm = &fmts[choice ? (choice[i] < 0 ? 0 : choice[i]) : e / m->n_linears];
         unsigned char kind = !wq[e] ? 0 : fm->w_enable ? 1 : 2;

@@ -322,6 +322,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     int L = c->num_layers, T = ids->t, B = 8, nbat = (ids->n + B - 1) / B, nf = 0, nl = m->n_linears;
     for (size_t i = 0; i < (size_t)nsets * nl; i++) nf = choices[i] + 1 > nf ? choices[i] + 1 : nf;
     if (q->gptq.block > 128) fail_other("internal: GPTQ blocks of more than 128 columns on the GPU");
+    if (q->codes && nsets > 1) fail_other("internal: GPTQ codes handed back for one recipe only");
     double t0 = time_now(), t_pass = 0, t_load = 0;
     float* pool;
     cudaCheck(cudaMalloc(&pool, sizeof(float) * (size_t)ids->n * T * c->hidden_size));

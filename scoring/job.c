@@ -377,6 +377,8 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
     int build = !j->use_gpu || j->quant.kind == QUANTIZER_GPTQ;
     // GPTQ's Hessians and weights on the GPU too, for dense models (gptq_basic_gpu_sets)
     j->quant.use_gpu = j->use_gpu && j->quant.kind == QUANTIZER_GPTQ && !j->model.c.n_sparse;
+    // each rank of a host on its own device (nccl_join's choice, made here already), not all on device 0
+    if (j->quant.use_gpu && j->nccl_init) gpu_select_device(j->rank % gpu_device_count());
     if (build) qcache_build(&qc, &j->model, &j->groups, j->fmts, j->nf, &j->quant, &j->ids);
     if (j->use_gpu && build) {
         sp.qc = &qc;

@@ -334,5 +334,7 @@ void gptq_recipe(float** wq, const Model* m, const TokenIds* ids, const Format* 
         gptq_sequential_gpu(wq, m, ids, fmts, choice, q);
     else
         gptq_sequential(wq, m, ids, fmts, choice, q);
-    if (cache) gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice, q->scales);
+    // the GPU handed quantize its codes instead of wq: nothing to cache
+    if (cache && !(q->use_gpu && q->codes))
+        gptq_cache_save(q->cache_dir, &key, m, wq, 1, fmts, choice, q->scales);
 }

@@ -688,6 +688,10 @@ int main(void) {
     op_grouped_i8(13, 784, 200);
     op_gptq(96, 320, 512, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
     op_gptq(64, 300, 256, GPTQ_ORDER_NONE, (QuantSpec){.bits = 4, .narrow = 1, .ct = 0});
+    // rows not a multiple of a thread block's 16 warps, more columns than a 1024-column super-block (the
+    // last one and the last 128-column block short), a Hessian wider than cuSOLVER's 512-column leaves
+    // (the triangular inverse by recursive GEMMs, halves of unequal size)
+    op_gptq(100, 2100, 4096, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
 #endif
     return g_fail ? 1 : 0;
 }
