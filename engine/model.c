@@ -305,6 +305,18 @@ void model_load(Model* m, const char* dir) { load(m, dir, 1); }
 
 void model_open(Model* m, const char* dir) { load(m, dir, 0); }
 
+const StTensor* model_weight_tensor(const Model* m, int i, char* name, size_t cap) {
+    const Linear* l = &m->linears[i];
+    snprintf(name, cap, "%s.weight", l->name);
+    const StTensor* t = st_find(&m->ck, name);
+    const char* cut = l->expert >= 0 ? strstr(l->name, ".experts.") : NULL;
+    if (t || !cut) return t;
+    char fused[240];
+    snprintf(fused, sizeof(fused), "%.*s.experts.%s", (int)(cut - l->name), l->name,
+             l->kind == LIN_DOWN ? "down_proj" : "gate_up_proj");
+    return st_find(&m->ck, fused);
+}
+
 void model_free(Model* m) {
     for (int l = 0; l < m->c.num_layers; l++) {
         LayerWeights* lw = &m->layers[l];

@@ -77,3 +77,7 @@ void model_load(Model* m, const char* dir);
 // every float* is NULL): for the GPU path, which uploads bf16 directly.
 void model_open(Model* m, const char* dir);
 void model_free(Model* m);
+// The checkpoint tensor linear i's weight is stored in: its own `.weight`, or for fused experts
+// (Qwen3-VL-MoE) its layer's `mlp.experts.gate_up_proj` / `down_proj`; NULL when neither is there.
+// name (cap bytes) receives the name looked for first.
+const StTensor* model_weight_tensor(const Model* m, int i, char* name, size_t cap);

@@ -178,8 +178,7 @@ static int any_chosen(const int* choices, int nsets, int nl, int i) {
 static int original_weight(const void** w, GpuEngine* e, GptqWork* wk, int i) {
     const Linear* lin = &e->m->linears[i];
     char name[200];
-    snprintf(name, sizeof(name), "%s.weight", lin->name);
-    const StTensor* t = st_find(&e->m->ck, name);
+    const StTensor* t = model_weight_tensor(e->m, i, name, sizeof(name));
     if (t && t->dtype == DT_BF16) {
         *w = gpu_linear_weight(e, i);
         return 1;

@@ -93,28 +93,12 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
     }
 }
 
-// The scale a checkpoint of dtype d stores: its value after rounding to d.
-
-// The tensor linear i's weight is stored in: its own `.weight`, or for fused experts (Qwen3-VL-MoE) its
-// layer's `mlp.experts.gate_up_proj` / `down_proj`. name receives the name looked for first.
-static const StTensor* weight_tensor(const Model* m, int i, char* name, size_t cap) {
-    const Linear* l = &m->linears[i];
-    snprintf(name, cap, "%s.weight", l->name);
-    const StTensor* t = st_find(&m->ck, name);
-    const char* cut = l->expert >= 0 ? strstr(l->name, ".experts.") : NULL;
-    if (t || !cut) return t;
-    char fused[240];
-    snprintf(fused, sizeof(fused), "%.*s.experts.%s", (int)(cut - l->name), l->name,
-             l->kind == LIN_DOWN ? "down_proj" : "gate_up_proj");
-    return st_find(&m->ck, fused);
-}
-
 void quantize_scales(float** scales, const Model* m, const Format* fmts, const int* choice) {
     for (int i = 0; i < m->n_linears; i++) {
         if (choice[i] < 0) continue;
         const Linear* l = &m->linears[i];
         char name[200];
-        const StTensor* t = weight_tensor(m, i, name, sizeof(name));
+        const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
         int bf16 = t && t->dtype == DT_BF16;
         scales[i] = xmalloc(sizeof(float) * l->out);
         gptq_row_scales(scales[i], NULL, l->w, l->out, l->in, fmts[choice[i]].w);
@@ -136,7 +120,7 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
     for (int i = 0; i < m->n_linears; i++) {
         if (z->choice[i] < 0) continue;
         char name[200];
-        const StTensor* t = weight_tensor(m, i, name, sizeof(name));
+        const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
         if (!t || (t->dtype != DT_BF16 && t->dtype != DT_F32))
             fail_input(
                 "%s: %s must be a BF16 or F32 tensor to be quantized (llm-compressor stores its scale in "
