@@ -14,21 +14,30 @@
 #ifdef AUTOQ_CUDA
 #include <cuda_runtime.h>
 
-// Windows first .. first + nsamp - 1 of ids_path.
-static void test_model(const char* label, const char* dir, const char* ids_path, int first, int nsamp) {
+// dir's model and the windows of ids_path from `first` on; 0, after a visible skip named skip, when the
+// model is missing.
+static int fixture_load(Model* m, TokenIds* ids, const char* skip, const char* dir, const char* ids_path,
+                        int first) {
     char name[200];
     snprintf(name, sizeof(name), "%s/config.json", dir);
     if (!file_exists(name)) {
-        snprintf(name, sizeof(name), "gpu %s", label);
-        SKIP(name, "model missing");
-        return;
+        SKIP(skip, "model missing");
+        return 0;
     }
+    model_load(m, dir);
+    npy_read_ids(ids, ids_path, m->c.vocab_size);
+    memmove(ids->ids, ids->ids + (long)first * ids->t, sizeof(int) * (size_t)(ids->n - first) * ids->t);
+    ids->n -= first;
+    return 1;
+}
+
+// Windows first .. first + nsamp - 1 of ids_path.
+static void test_model(const char* label, const char* dir, const char* ids_path, int first, int nsamp) {
+    char name[200];
+    snprintf(name, sizeof(name), "gpu %s", label);
     Model m;
-    model_load(&m, dir);
     TokenIds ids;
-    npy_read_ids(&ids, ids_path, m.c.vocab_size);
-    memmove(ids.ids, ids.ids + (long)first * ids.t, sizeof(int) * (size_t)(ids.n - first) * ids.t);
-    ids.n -= first;
+    if (!fixture_load(&m, &ids, name, dir, ids_path, first)) return;
     int n = ids.n < nsamp ? ids.n : nsamp, T = ids.t, V = m.c.vocab_size;
     GpuEngine* e = gpu_engine_init(&m, T, n, 1);
     float* gl = xmalloc(sizeof(float) * (size_t)n * T * V);
@@ -163,16 +172,10 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
 // at once against the CPU engine per group and format.
 static void test_emulated(const char* label, const char* dir, const char* ids_path, int nsamp) {
     char name[200];
-    snprintf(name, sizeof(name), "%s/config.json", dir);
-    if (!file_exists(name)) {
-        snprintf(name, sizeof(name), "gpu %s emulated formats", label);
-        SKIP(name, "model missing");
-        return;
-    }
+    snprintf(name, sizeof(name), "gpu %s emulated formats", label);
     Model m;
-    model_load(&m, dir);
     TokenIds ids;
-    npy_read_ids(&ids, ids_path, m.c.vocab_size);
+    if (!fixture_load(&m, &ids, name, dir, ids_path, 0)) return;
     int n = ids.n < nsamp ? ids.n : nsamp, T = ids.t;
     Format f[7];
     int nf = formats_load(f, 7, "w4a8,w8a8,fp8,nvfp4,mxfp4,w4a16,w4a8_fp8", 0);
@@ -281,18 +284,11 @@ static void gpu_scores(double* out, const Model* m, const Groups* gs, const Form
 // GPU ignoring the given weights cannot pass; and with two GPUs, layers sharded give the one-GPU scores.
 static void test_gptq(const char* label, const char* dir, const char* ids_path, int first, int nsamp) {
     char name[200];
-    snprintf(name, sizeof(name), "%s/config.json", dir);
-    if (!file_exists(name)) {
-        snprintf(name, sizeof(name), "gpu %s gptq", label);
-        SKIP(name, "model missing");
-        return;
-    }
+    snprintf(name, sizeof(name), "gpu %s gptq", label);
     Model m;
-    model_load(&m, dir);
     TokenIds ids;
-    npy_read_ids(&ids, ids_path, m.c.vocab_size);
-    memmove(ids.ids, ids.ids + (long)first * ids.t, sizeof(int) * (size_t)(ids.n - first) * ids.t);
-    ids.n = ids.n - first < nsamp ? ids.n - first : nsamp; // GPTQ calibrates on the windows it scores
+    if (!fixture_load(&m, &ids, name, dir, ids_path, first)) return;
+    ids.n = ids.n < nsamp ? ids.n : nsamp; // GPTQ calibrates on the windows it scores
     int n = ids.n, T = ids.t, sparse = m.c.n_sparse > 0;
     Patterns dis;
     patterns_parse(&dis, DEFAULT_DISABLED);
