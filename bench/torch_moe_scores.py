@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch_scores import Dev  # now(): seconds, after the GPU's queued work
 from torch_scores import patch as patch_linear  # a linear with fake-quantized weights and inputs
 
 
@@ -194,19 +195,6 @@ def load_direct(path, dt, dev, experts_impl):
     return model
 
 
-class Clock:
-    def __init__(self, dev):
-        self.dev = dev
-
-    def sync(self):
-        if self.dev == "cuda":
-            torch.cuda.synchronize()
-
-    def now(self):
-        self.sync()
-        return time.time()
-
-
 def run_kl(model, ids, gs, bs, clock, deadline):
     """Scores, reference-pass seconds, group-pass seconds and windows done (fewer than asked when
     the next batch would end past the deadline)."""
@@ -343,8 +331,8 @@ def main():
 
     transformers.utils.logging.disable_progress_bar()  # keeps logs small: one bar step per tensor
 
-    clock = Clock(dev)
-    t0 = time.time()
+    clock = Dev(dev)
+    t0 = clock.now()
     # from_pretrained, straight onto the GPU where accelerate is installed (device_map needs it);
     # on a GPU without accelerate, load_direct (no host copy of the model).
     loader = args.loader
