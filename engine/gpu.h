@@ -25,6 +25,14 @@ GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split);
 // and lm_head when l1 is the last layer), with room for the layer inputs of `slots` batches.
 GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1, int slots);
 void gpu_engine_free(GpuEngine* e);
+// GPTQ's walk through a dense model with one decoder layer resident: the engine of a single layer
+// (gpu_engine_init_layers with l1 = l0 + 1) gets a second set of layer weights. gpu_engine_prefetch(e, l)
+// fills it with layer l's weights, from any host thread, at once on a stream of its own: no work still
+// queued may read that set (the layer before the resident one, when the set last held it, is done).
+// gpu_engine_advance(e, l), after the prefetch returned, makes layer l the resident one.
+void gpu_engine_walk_init(GpuEngine* e);
+void gpu_engine_prefetch(GpuEngine* e, int l);
+void gpu_engine_advance(GpuEngine* e, int l);
 size_t gpu_peak_bytes(GpuEngine* e);         // device memory in use at its peak (cudaMemGetInfo deltas)
 void* gpu_alloc(GpuEngine* e, size_t bytes); // device memory freed with the engine, counted in its peak
 // With AUTOQ_GPU_PROFILE=1: the GPU time since the engine's last mark went to computing scores.
@@ -90,8 +98,9 @@ const float* gpu_linear_fake(GpuEngine* e, int idx, const float* x, int M, Quant
 
 // Calls fn(e, linear, x16, M, ctx) with every dense linear's GEMM input x16 (M, in) bf16 (the high half
 // in split mode) as a pass reaches it (GPTQ's Hessians); fn NULL stops it. While set, q, k and v run
-// as three GEMMs (each is seen).
-typedef void (*GpuCapture)(GpuEngine* e, int linear, const void* x16, int M, void* ctx);
+// as three GEMMs (each is seen). fn returns 1 to skip the linear's GEMM, whose output nothing will
+// read (the last linear of a pass whose result is dropped), else 0.
+typedef int (*GpuCapture)(GpuEngine* e, int linear, const void* x16, int M, void* ctx);
 void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx);
 // Dense linear idx's weight (out, in) bf16 on the device, to be overwritten (GPTQ's sequential
 // pipeline runs the next windows through a quantized layer).

@@ -85,17 +85,18 @@ const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n) {
 
 // Host to device at the bus's speed from pageable memory (the checkpoint's mapping): through two pinned
 // buffers of this thread, host copies by every core into one while the other goes over the bus. A plain
-// cudaMemcpy from the mapping ran at 5.4 GB/s on an H200 host. In order with the default stream's work
-// before it, finished when it returns, as cudaMemcpy is.
+// cudaMemcpy from the mapping ran at 5.4 GB/s on an H200 host. Finished when it returns, as cudaMemcpy
+// is; `ordered`: after the default stream's work before it (which may still read d), else at once on
+// this thread's own stream (d is memory no queued work reads: the walking engine's spare layer).
 #define STAGE_BYTES ((size_t)64 << 20)
-static void upload_bytes(void* d, const void* src, size_t bytes) {
+static void upload_bytes(void* d, const void* src, size_t bytes, int ordered) {
     static __thread char* stage[2];
     static __thread cudaStream_t ss;
     static __thread cudaEvent_t done[2], before;
     static __thread int dev = -1; // the device ss and the events belong to
     int cur;
     cudaCheck(cudaGetDevice(&cur));
-    if (bytes < ((size_t)4 << 20) || (dev >= 0 && cur != dev)) {      // a thread that drives several devices:
+    if (dev >= 0 && cur != dev) {                                     // a thread that drives several devices:
         cudaCheck(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice)); // the plain copy on the others
         return;
     }
@@ -108,8 +109,15 @@ static void upload_bytes(void* d, const void* src, size_t bytes) {
         cudaCheck(cudaEventCreateWithFlags(&before, cudaEventDisableTiming));
         cudaCheck(cudaStreamCreateWithFlags(&ss, cudaStreamNonBlocking));
     }
-    cudaCheck(cudaEventRecord(before, 0)); // the default stream's earlier work may still read d
-    cudaCheck(cudaStreamWaitEvent(ss, before, 0));
+    if (ordered) { // the default stream's earlier work may still read d
+        cudaCheck(cudaEventRecord(before, 0));
+        cudaCheck(cudaStreamWaitEvent(ss, before, 0));
+    }
+    if (bytes < ((size_t)4 << 20)) { // small: straight from pageable memory
+        cudaCheck(cudaMemcpyAsync(d, src, bytes, cudaMemcpyHostToDevice, ss));
+        cudaCheck(cudaStreamSynchronize(ss));
+        return;
+    }
     for (size_t off = 0, k = 0; off < bytes; off += STAGE_BYTES, k ^= 1) {
         size_t n = bytes - off < STAGE_BYTES ? bytes - off : STAGE_BYTES, piece = (n + 15) / 16;
         cudaCheck(cudaEventSynchronize(done[k])); // buffer k's last transfer is over
@@ -126,22 +134,27 @@ static void upload_bytes(void* d, const void* src, size_t bytes) {
     cudaCheck(cudaStreamSynchronize(ss));
 }
 
-// Copies a checkpoint tensor to d as bf16 (BF16 as is, F16/F32 converted); returns d + its size.
-__nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
+// A checkpoint tensor to d as bf16 (BF16 as is, F16/F32 converted), `ordered` as upload_bytes; returns
+// d + its size.
+static __nv_bfloat16* upload_into(GpuEngine* e, const char* name, __nv_bfloat16* d, int ordered) {
     size_t n;
     const StTensor* t = find_tensor(e, name, &n);
     if (t->dtype == DT_BF16) {
-        upload_bytes(d, t->data, n * 2);
+        upload_bytes(d, t->data, n * 2, ordered);
         return d + n;
     }
     float* f = (float*)xmalloc(n * 4);
     st_to_f32(t, f);
     uint16_t* h = (uint16_t*)xmalloc(n * 2);
     for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(f[i]);
-    cudaCheck(cudaMemcpy(d, h, n * 2, cudaMemcpyHostToDevice));
+    upload_bytes(d, h, n * 2, ordered);
     free(f);
     free(h);
     return d + n;
+}
+
+__nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
+    return upload_into(e, name, d, 1);
 }
 
 static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
@@ -150,6 +163,36 @@ static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
     __nv_bfloat16* d = (__nv_bfloat16*)dalloc(e, n * 2);
     upload_to(e, name, d);
     return d;
+}
+
+// Layer l's weights into g: the norms and attention, and the dense MLP unless the layer is sparse
+// (moe_upload). With `alloc`, g's buffers are allocated first (q, k and v rows in one, so one GEMM can
+// compute all three); else they exist with the same shapes. `up`: UP_ORDERED and UP_NOW upload as
+// upload_bytes's ordered and not; UP_NONE allocates only.
+enum { UP_NONE, UP_ORDERED, UP_NOW };
+static void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
+    const Config* c = &e->m->c;
+    char name[256];
+    __nv_bfloat16** dst[11] = {&g->w_in,   &g->q,      &g->k,    &g->v,  &g->o,   &g->q_norm,
+                               &g->k_norm, &g->w_post, &g->gate, &g->up, &g->down};
+    const char* part[11] = {
+        "input_layernorm",  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+        "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
+        "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+    int parts = model_layer_sparse(e->m, l) ? 8 : 11;
+    long qkv = (long)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * c->hidden_size;
+    if (alloc) g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
+    __nv_bfloat16* next = g->q;
+    for (int i = 0; i < parts; i++) {
+        snprintf(name, sizeof(name), "%slayers.%d.%s.weight", c->prefix, l, part[i]);
+        size_t n;
+        find_tensor(e, name, &n);
+        if (i >= 1 && i <= 3) // q_proj, k_proj, v_proj
+            *dst[i] = next, next += n;
+        else if (alloc)
+            *dst[i] = (__nv_bfloat16*)dalloc(e, n * 2);
+        if (up != UP_NONE) upload_into(e, name, *dst[i], up == UP_ORDERED);
+    }
 }
 
 extern "C" int gpu_device_count(void) {
@@ -198,28 +241,8 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
         e->lm_head = tied ? e->embed : upload(e, "lm_head.weight");
     }
     for (int l = l0; l < l1; l++) {
-        GpuLayer* g = &e->layers[l];
-        __nv_bfloat16** dst[11] = {&g->w_in,   &g->q,      &g->k,    &g->v,  &g->o,   &g->q_norm,
-                                   &g->k_norm, &g->w_post, &g->gate, &g->up, &g->down};
-        int parts = model_layer_sparse(m, l) ? 8 : 11; // a sparse layer's MLP: moe_upload
-        if (parts == 8) moe_upload(e, l);
-        const char* part[11] = {
-            "input_layernorm",  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-            "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
-            "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-        // q, k, v rows in one allocation, so one GEMM can compute all three
-        long qkv = (long)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * c->hidden_size;
-        g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
-        __nv_bfloat16* next = g->q;
-        for (int i = 0; i < parts; i++) {
-            snprintf(name, sizeof(name), "%slayers.%d.%s.weight", P, l, part[i]);
-            if (i >= 1 && i <= 3) { // q_proj, k_proj, v_proj
-                *dst[i] = next;
-                next = upload_to(e, name, next);
-            } else {
-                *dst[i] = upload(e, name);
-            }
-        }
+        if (model_layer_sparse(m, l)) moe_upload(e, l);
+        layer_upload(e, l, &e->layers[l], 1, UP_ORDERED);
     }
     // RoPE table as in kernels/rope.c (fp32 inv_freq, fp32 angle).
     RopeTable r;
@@ -306,6 +329,31 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
     e->moe.q_layer = -1;
     if (c->n_sparse) moe_alloc(e, 0);
     return e;
+}
+
+extern "C" void gpu_engine_walk_init(GpuEngine* e) {
+    if (e->l1 != e->l0 + 1 || e->m->c.n_sparse) fail_other("internal: a walking engine holds one dense layer");
+    int l = e->l0;
+    memset(&e->spare, 0, sizeof(e->spare));
+    layer_upload(e, l, &e->spare, 1, UP_NONE); // every dense layer has these shapes
+    e->spare_l = -1;
+}
+
+extern "C" void gpu_engine_prefetch(GpuEngine* e, int l) {
+    if (l < 0 || l >= e->m->c.num_layers || l == e->l0) fail_other("internal: prefetch of layer %d", l);
+    layer_upload(e, l, &e->spare, 0, UP_NOW);
+    e->spare_l = l;
+}
+
+extern "C" void gpu_engine_advance(GpuEngine* e, int l) {
+    if (e->spare_l != l) fail_other("internal: layer %d advanced to before its prefetch", l);
+    GpuLayer old = e->layers[e->l0];
+    memset(&e->layers[e->l0], 0, sizeof(old));
+    e->layers[l] = e->spare;
+    e->spare = old;
+    e->spare_l = -1;
+    e->l0 = l;
+    e->l1 = l + 1;
 }
 
 extern "C" void gpu_engine_free(GpuEngine* e) {

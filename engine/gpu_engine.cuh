@@ -60,6 +60,8 @@ struct GpuEngine {
     int l0, l1; // the decoder layers held here (a pipeline stage holds a range); hsave is indexed l - l0
     cublasHandle_t blas;
     GpuLayer* layers;
+    GpuLayer spare; // a walking engine's second set of layer weights (gpu_engine_walk_init)
+    int spare_l;    // the layer gpu_engine_prefetch put there, or -1
     __nv_bfloat16 *embed, *lm_head, *norm;
     float *cos_t, *sin_t;
     int* ids;

@@ -75,7 +75,7 @@ static void gemm_int8(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x
 void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
             const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M, int accumulate) {
     const Linear* l = &e->m->linears[idx];
-    if (e->cap) e->cap(e, idx, x16, M, e->cap_ctx);
+    if (e->cap && e->cap(e, idx, x16, M, e->cap_ctx)) return;
     for (int j = 0; j < e->nq; j++)
         if (e->q_idx[j] == idx) { // an integer plan quantizes weights and inputs both (the scoring job checks)
             if (e->emu)

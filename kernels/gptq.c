@@ -104,11 +104,13 @@ int gptq_quantize(float* wq, const float* w, const float* h, int rows, int cols,
     float* err = xmalloc(sizeof(float) * rows * B); // (rows, B) a block's scaled errors
     gptq_row_scales(sc, scale, w, rows, cols, q);   // fixed before GPTQ moves any weight
     float* diag = xmalloc(sizeof(float) * cols);
-    for (int i = 0; i < cols; i++) diag[i] = h[(size_t)i * cols + i];
+    int finite = 1;
+    for (int i = 0; i < cols; i++) diag[i] = h[(size_t)i * cols + i], finite &= isfinite(diag[i]) != 0;
     gptq_order(perm, diag, cols, o.order);
     free(diag);
     gptq_prepare(hp, dead, h, perm, cols, o.damp);
-    int fallback = inverse_cholesky(hp, cols);
+    // a NaN or Inf input makes its diagonal so; OpenBLAS's potrf (unlike LAPACK's) goes on through a NaN
+    int fallback = !finite || inverse_cholesky(hp, cols);
     for (int i = 0; i < cols; i++)
         for (int j = 0; j < cols; j++) // identity on failure: plain round-to-nearest
             u[(size_t)i * cols + j] = j < i      ? 0.0f

@@ -27,7 +27,8 @@ static const char* gp_names[GP_N] = {"order+dampen", "potrf", "trtri", "upper", 
 static double gp_ms[GP_N];
 static int gp_on = -1;
 static cudaEvent_t gp_ev[2];
-static void gp_mark(int part) { // charges the time since the previous mark (or since -1's) to part
+// Charges the time since the previous mark (or since -1's) to part.
+static void gp_mark(int part) {
     if (gp_on < 0) {
         const char* v = getenv("AUTOQ_GPU_PROFILE");
         gp_on = v && *v && strcmp(v, "0") != 0;
@@ -51,7 +52,9 @@ extern "C" void gpu_gptq_profile_report(void) {
 
 #define TRTRI_LEAF 512 // lower_inverse hands blocks this small to cuSOLVER's trtri
 
-// One cuSOLVER and one cuBLAS handle for every call (creating them costs milliseconds each).
+// One cuSOLVER and one cuBLAS handle for every call (creating them costs milliseconds each). Everything
+// runs on the default stream: on an H200 the fp64 factorisations and the fp32 column loops of other
+// sites did not overlap when given streams of their own (each kind fills the card).
 static cusolverDnHandle_t g_sol;
 static cublasHandle_t g_blas;
 static void handles_init(void) {
@@ -79,7 +82,8 @@ extern "C" void gpu_gptq_factor_init(GpuGptqFactor* f, int cap) {
     cudaCheck(cudaMalloc(&f->u, sizeof(float) * nn));
     cudaCheck(cudaMalloc(&f->a, sizeof(double) * nn));
     cudaCheck(cudaMalloc(&f->t, sizeof(double) * ((size_t)cap / 2 + 1) * ((size_t)cap / 2 + 1)));
-    cudaCheck(cudaMalloc(&f->info, sizeof(int)));
+    cudaCheck(cudaMalloc(&f->info, 2 * sizeof(int)));
+    cudaCheck(cudaMallocHost(&f->hinfo, sizeof(int)));
     int lw = 0;
     cusolverCheck(cusolverDnDpotrf_bufferSize(g_sol, CUBLAS_FILL_MODE_LOWER, cap, f->a, cap, &lw));
     size_t dev = 0, host = 0;
@@ -90,8 +94,8 @@ extern "C" void gpu_gptq_factor_init(GpuGptqFactor* f, int cap) {
     cudaCheck(cudaMalloc(&f->work, f->work_bytes ? f->work_bytes : 1));
     f->hwork = host_alloc(host);
     f->hdiag = (float*)host_alloc(sizeof(float) * cap);
-    f->hperm = (int*)host_alloc(sizeof(int) * cap);
-    f->hdead = (unsigned char*)host_alloc(cap);
+    cudaCheck(cudaMallocHost(&f->hperm, sizeof(int) * cap)); // pinned: copied up without waiting
+    cudaCheck(cudaMallocHost(&f->hdead, cap));
 }
 
 extern "C" void gpu_gptq_factor_free(GpuGptqFactor* f) {
@@ -101,11 +105,12 @@ extern "C" void gpu_gptq_factor_free(GpuGptqFactor* f) {
     cudaFree(f->a);
     cudaFree(f->t);
     cudaFree(f->info);
+    cudaFreeHost(f->hinfo);
     cudaFree(f->work);
     free(f->hwork);
     free(f->hdiag);
-    free(f->hperm);
-    free(f->hdead);
+    cudaFreeHost(f->hperm);
+    cudaFreeHost(f->hdead);
     memset(f, 0, sizeof(*f));
 }
 
@@ -124,12 +129,12 @@ __global__ void gptq_gather_kernel(double* a, const float* xtx, float k, const i
 }
 
 // u (n, n) row-major upper: U[i][j] = Linv[n-1-i][n-1-j] (Linv column-major lower in a), or the
-// identity when the factorisation failed.
-__global__ void gptq_upper_kernel(float* u, const double* a, int n, int identity) {
+// identity when the factorisation failed (*info != 0; a was then inverted all the same, in vain).
+__global__ void gptq_upper_kernel(float* u, const double* a, int n, const int* info) {
     long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (idx >= (long)n * n) return;
     int i = (int)(idx / n), j = (int)(idx % n);
-    u[idx] = j < i ? 0.0f : identity ? (float)(i == j) : (float)a[(long)(n - 1 - i) + (long)(n - 1 - j) * n];
+    u[idx] = j < i ? 0.0f : *info ? (float)(i == j) : (float)a[(long)(n - 1 - i) + (long)(n - 1 - j) * n];
 }
 
 // a (n, n) column-major: its strict upper triangle zeroed (a full matrix for lower_inverse's GEMMs).
@@ -146,7 +151,7 @@ __global__ void zero_upper_kernel(double* a, int n) {
 static void lower_inverse(GpuGptqFactor* f, double* a, int n, int lda) {
     if (n <= TRTRI_LEAF) {
         cusolverCheck(cusolverDnXtrtri(g_sol, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_64F, a,
-                                       lda, f->work, f->work_bytes, f->hwork, f->hwork_bytes, f->info));
+                                       lda, f->work, f->work_bytes, f->hwork, f->hwork_bytes, f->info + 1));
         return;
     }
     int n1 = n / 2, n2 = n - n1;
@@ -160,16 +165,79 @@ static void lower_inverse(GpuGptqFactor* f, double* a, int n, int lda) {
                             a21, lda)); // -C^-1 (B A^-1)
 }
 
-extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o) {
+// Every diagonal block of size b (<= LEAF_MAX) of a (n, n) column-major lower triangular, inverted in
+// place, one thread block each: thread j computes column j of the block's inverse by forward
+// substitution, all threads in step over the rows so that each reads the same L[i][k] (a broadcast).
+#define LEAF_MAX 96
+#define TRMM_PAIRS 4 // levels with this few joins multiply by the triangles (trmm); the rest batch GEMMs
+__global__ void gptq_leaf_inverse_kernel(double* a, int n, int b) {
+    extern __shared__ double sm[]; // L (b, b) then X (b, b), row i at i * b
+    double *L = sm, *X = sm + b * b;
+    double* blk = a + (long)blockIdx.x * b * (n + 1);
+    int j = threadIdx.x;
+    for (int k = threadIdx.x; k < b * b; k += blockDim.x)
+        L[(k % b) * b + k / b] = blk[(long)(k / b) * n + k % b];
+    __syncthreads();
+    if (j >= b) return;
+    for (int i = 0; i < b; i++) {
+        double v = i == j ? 1.0 : 0.0;
+        for (int q = 0; q < i; q++) v -= L[i * b + q] * X[q * b + j]; // X[q][j] = 0 for q < j
+        X[i * b + j] = i < j ? 0.0 : v / L[i * b + i];
+    }
+    for (int i = j; i < b; i++) blk[i + (long)j * n] = X[i * b + j];
+}
+
+// The inverse of a (n, n) column-major lower triangular when n = b 2^levels with b <= LEAF_MAX: the
+// diagonal blocks of b at once, then level by level every pair of inverted neighbours [A 0; B C] joined
+// by two fp64 products (B := -C^-1 B A^-1, through f->t): strided-batched GEMMs while the joins are
+// many and small, trmm (half a GEMM's products) for the last few large ones. A few dozen launches where
+// lower_inverse's recursion takes one cuSOLVER trtri per leaf (milliseconds each at these sizes).
+// Returns 0 when n has no such form.
+static int lower_inverse_batched(GpuGptqFactor* f, double* a, int n) {
+    int b = n, levels = 0;
+    while (b > LEAF_MAX && b % 2 == 0) b /= 2, levels++;
+    if (b > LEAF_MAX) return 0;
+    size_t smem = 2 * sizeof(double) * b * b;
+    cudaCheck(
+        cudaFuncSetAttribute(gptq_leaf_inverse_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    gptq_leaf_inverse_kernel<<<n / b, (b + 31) / 32 * 32, smem>>>(a, n, b);
+    cudaCheck(cudaGetLastError());
+    const double one = 1.0, minus_one = -1.0, zero = 0.0;
+    for (int sz = b; sz < n; sz *= 2) {
+        int pairs = n / (2 * sz);
+        long step = 2L * sz * (n + 1), ts = (long)sz * sz;
+        double *a11 = a, *a21 = a + sz, *a22 = a + sz + (long)sz * n;
+        if (pairs > TRMM_PAIRS) { // many small joins: batched GEMMs (the zeros multiplied too)
+            cublasCheck(cublasDgemmStridedBatched(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, sz, sz, sz, &one, a21, n,
+                                                  step, a11, n, step, &zero, f->t, sz, ts, pairs)); // B A^-1
+            cublasCheck(cublasDgemmStridedBatched(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, sz, sz, sz, &minus_one, a22,
+                                                  n, step, f->t, sz, ts, &zero, a21, n, step,
+                                                  pairs)); // -C^-1 .
+            continue;
+        }
+        for (int p = 0; p < pairs; p++) { // the few large ones, most of the work: half the products
+            long o = p * step;
+            cublasCheck(cublasDtrmm(g_blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N,
+                                    CUBLAS_DIAG_NON_UNIT, sz, sz, &one, a11 + o, n, a21 + o, n, f->t, sz));
+            cublasCheck(cublasDtrmm(g_blas, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N,
+                                    CUBLAS_DIAG_NON_UNIT, sz, sz, &minus_one, a22 + o, n, f->t, sz, a21 + o,
+                                    n));
+        }
+    }
+    return 1;
+}
+
+extern "C" void gpu_gptq_prepare(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o) {
     if (n > f->cap) {
         fprintf(stderr, "autoq: internal: GPTQ factor of %d columns in buffers for %d\n", n, f->cap);
         exit(1);
     }
     f->n = n;
-    gp_mark(-1);
+    f->k = k;
     // the diagonal to the host: the order and the dampening's mean, in gptq_prepare's arithmetic
-    cudaCheck(cudaMemcpy2D(f->hdiag, sizeof(float), xtx, sizeof(float) * (n + 1), sizeof(float), n,
-                           cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy2DAsync(f->hdiag, sizeof(float), xtx, sizeof(float) * (n + 1), sizeof(float), n,
+                                cudaMemcpyDeviceToHost, 0));
+    cudaCheck(cudaStreamSynchronize(0));
     int finite = 1;
     for (int i = 0; i < n; i++) f->hdiag[i] *= k, finite &= isfinite(f->hdiag[i]) != 0;
     gptq_order(f->hperm, f->hdiag, n, o.order);
@@ -179,31 +247,49 @@ extern "C" int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int 
         f->hdead[a] = d == 0.0;
         mean += f->hdead[a] ? 1.0 : d;
     }
-    mean /= n;
-    cudaCheck(cudaMemcpy(f->perm, f->hperm, sizeof(int) * n, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(f->dead, f->hdead, n, cudaMemcpyHostToDevice));
+    f->damp = o.damp * (mean / n);
+    f->finite = finite;
+}
+
+extern "C" void gpu_gptq_factorise(GpuGptqFactor* f, const float* xtx) {
+    int n = f->n;
+    gp_mark(-1);
+    cudaCheck(cudaMemcpyAsync(f->perm, f->hperm, sizeof(int) * n, cudaMemcpyHostToDevice, 0)); // pinned
+    cudaCheck(cudaMemcpyAsync(f->dead, f->hdead, n, cudaMemcpyHostToDevice, 0));
     long nn = (long)n * n;
-    gptq_gather_kernel<<<ceil_div(nn, 256), 256>>>(f->a, xtx, k, f->perm, f->dead, o.damp * mean, n);
+    gptq_gather_kernel<<<ceil_div(nn, 256), 256>>>(f->a, xtx, f->k, f->perm, f->dead, f->damp, n);
     cudaCheck(cudaGetLastError());
     gp_mark(GP_GATHER);
-    // a NaN or Inf diagonal (LAPACK's potrf stops at it; cuSOLVER's need not): round-to-nearest
-    int info = !finite, lw = (int)(f->work_bytes / sizeof(double));
-    if (!info) {
+    // Nothing waits on the host for potrf's verdict: the inverse runs either way and the upper kernel
+    // writes the identity where it failed. A NaN or Inf diagonal (LAPACK's potrf stops at it; cuSOLVER's
+    // need not) fails it too: round-to-nearest.
+    int lw = (int)(f->work_bytes / sizeof(double));
+    if (f->finite)
         cusolverCheck(
             cusolverDnDpotrf(g_sol, CUBLAS_FILL_MODE_LOWER, n, f->a, n, (double*)f->work, lw, f->info));
-        cudaCheck(cudaMemcpy(&info, f->info, sizeof(int), cudaMemcpyDeviceToHost));
-    }
+    else
+        cudaCheck(cudaMemsetAsync(f->info, 0x01, sizeof(int), 0)); // nonzero
+    cudaCheck(cudaMemcpyAsync(f->hinfo, f->info, sizeof(int), cudaMemcpyDeviceToHost, 0));
     gp_mark(GP_POTRF);
-    if (info == 0) {
+    if (f->finite) {
         zero_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->a, n);
         cudaCheck(cudaGetLastError());
-        lower_inverse(f, f->a, n, n);
+        if (!lower_inverse_batched(f, f->a, n)) lower_inverse(f, f->a, n, n);
     }
     gp_mark(GP_TRTRI);
-    f->fallback = info != 0;
-    gptq_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->u, f->a, n, f->fallback);
+    gptq_upper_kernel<<<ceil_div(nn, 256), 256>>>(f->u, f->a, n, f->info);
     cudaCheck(cudaGetLastError());
     gp_mark(GP_UPPER);
+}
+
+extern "C" void gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o) {
+    gpu_gptq_prepare(f, xtx, k, n, o);
+    gpu_gptq_factorise(f, xtx);
+}
+
+extern "C" int gpu_gptq_fallback(GpuGptqFactor* f) {
+    cudaCheck(cudaStreamSynchronize(0));
+    f->fallback = !f->finite || *f->hinfo != 0;
     return f->fallback;
 }
 
@@ -352,7 +438,8 @@ extern "C" int gpu_gptq_quantize(float* wq, const float* w, const float* h, int 
     cudaCheck(cudaMemcpy(d_h, h, sizeof(float) * cols * cols, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(d_w, w, sizeof(float) * wn, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(d_sc, sc, sizeof(float) * rows, cudaMemcpyHostToDevice));
-    int fallback = gpu_gptq_factor(&f, d_h, 1.0f, cols, o);
+    gpu_gptq_factor(&f, d_h, 1.0f, cols, o);
+    int fallback = gpu_gptq_fallback(&f);
     gpu_gptq_load(d_W, d_w, 0, rows, &f);
     gpu_gptq_run(d_codes, d_W, d_err, d_sc, rows, &f, q, B);
     cudaCheck(cudaMemcpy(codes, d_codes, wn, cudaMemcpyDeviceToHost));

@@ -69,16 +69,28 @@ typedef struct {
     double* t;           // (cap / 2 + 1)^2 device: the triangular inverse's scratch
     void *work, *hwork;  // cuSOLVER's device and host workspaces
     size_t work_bytes, hwork_bytes;
-    int* info;            // device
+    int* info;            // (2) device: potrf's, then the triangular inverse's scratch
+    int* hinfo;           // (1) pinned: potrf's, once the stream reaches it
     float* hdiag;         // (cap) host
-    int* hperm;           // (cap) host
-    unsigned char* hdead; // (cap) host
+    int* hperm;           // (cap) pinned host
+    unsigned char* hdead; // (cap) pinned host
+    int finite;           // the diagonal was finite
+    float k;              // the sums' scale (2 / tokens)
+    double damp;          // the dampening added to the ordered diagonal
 } GpuGptqFactor;
 void gpu_gptq_factor_init(GpuGptqFactor* f, int cap);
 void gpu_gptq_factor_free(GpuGptqFactor* f);
 // From xtx (n, n) device, symmetric sums of x x^T: the Hessian k xtx (k = 2 / tokens, as hessian_get)
-// ordered and dampened as gptq_order and gptq_prepare do, then factorised in fp64. Returns f->fallback.
-int gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o);
+// ordered and dampened as gptq_order and gptq_prepare do, then factorised in fp64 (on the default
+// stream, as is every step here). gpu_gptq_fallback then says whether the dampened Hessian was not
+// positive definite (u is then the identity: round-to-nearest), waiting for the stream.
+void gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o);
+// gpu_gptq_factor in its two halves: the host's (the diagonal read back, the order and the dampening;
+// it waits for the stream) and the device's (queued: the host goes on). A pipeline prepares every site
+// first, then queues the factorisations and column loops of a whole layer without waiting.
+void gpu_gptq_prepare(GpuGptqFactor* f, const float* xtx, float k, int n, GptqOpts o);
+void gpu_gptq_factorise(GpuGptqFactor* f, const float* xtx);
+int gpu_gptq_fallback(GpuGptqFactor* f);
 // W (rows, n) device fp32 = w (rows, n) device (bf16 when w_bf16, else fp32) in f's column order, dead
 // columns zeroed: GPTQ's working copy.
 void gpu_gptq_load(float* W, const void* w, int w_bf16, int rows, const GpuGptqFactor* f);

@@ -5,7 +5,9 @@
 // inputs' X^T X, once through its GPTQ weights to give the next layer its inputs. The passes run as a
 // bf16 model does (bf16 GEMM inputs and activations, an fp32 residual stream), and X^T X sums those
 // very bf16 inputs in fp32 on the tensor cores, as llm-compressor sums its bf16 model's inputs. Weights,
-// Hessians and codes never leave the card until the codes are done (1 byte a weight).
+// Hessians and codes never leave the card until the codes are done (1 byte a weight). The next layer's
+// weights go up from a second host thread into a spare set of the engine's layer buffers while the card
+// works, and the codes come down asynchronously to a worker thread that hands them to the caller.
 #include <cublas_v2.h>
 #include <pthread.h>
 #include <string.h>
@@ -21,7 +23,10 @@ extern "C" {
 typedef struct {
     const Model* m;
     cublasHandle_t blas;
-    float* xtx[SITES]; // (n, n) device sums of x x^T, NULL where no linear of the site is chosen
+    float* xtx[SITES]; // (n, n) device column-major sums of x x^T, the lower triangle only (all that
+                       // gpu_gptq_factor reads), NULL where no linear of the site is chosen
+    int on[SITES];     // the current layer chose a linear of the site
+    int drop;          // the summing pass's output is dropped (the sequential pipeline): skip down's GEMM
     long tokens;
 } Capture;
 
@@ -34,6 +39,7 @@ typedef struct {
     int rows, cols, slot;
     int8_t** dst_codes; // the caller's codes, or NULL
     float** dst_w;      // else its weights code * scale
+    cudaEvent_t copied; // the copies into the slot are done
 } CopyJob;
 
 typedef struct {
@@ -45,6 +51,7 @@ typedef struct {
     long queued[2], done[2];
     int8_t* pinned[2]; // slots, `slot_bytes` each
     size_t slot_bytes, used;
+    int dev;
 } Copier;
 
 static void copy_job_run(const CopyJob* j) {
@@ -64,12 +71,15 @@ static void copy_job_run(const CopyJob* j) {
 
 static void* copier_main(void* arg) {
     Copier* c = (Copier*)arg;
+    cudaCheck(cudaSetDevice(c->dev));
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (c->head == c->tail && !c->stop) pthread_cond_wait(&c->cv, &c->mu);
         if (c->head == c->tail) break;
         CopyJob j = c->jobs[c->head++];
         pthread_mutex_unlock(&c->mu);
+        cudaCheck(cudaEventSynchronize(j.copied));
+        cudaCheck(cudaEventDestroy(j.copied));
         copy_job_run(&j);
         pthread_mutex_lock(&c->mu);
         c->done[j.slot]++;
@@ -84,6 +94,7 @@ static void copier_init(Copier* c, size_t slot_bytes) {
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     c->slot_bytes = slot_bytes;
+    cudaCheck(cudaGetDevice(&c->dev));
     for (int k = 0; k < 2; k++) cudaCheck(cudaMallocHost(&c->pinned[k], slot_bytes));
     if (pthread_create(&c->thread, NULL, copier_main, c)) fail_other("gptq: cannot start the copying thread");
 }
@@ -96,7 +107,8 @@ static void copier_layer(Copier* c, int l) {
     c->used = 0;
 }
 
-// rows x cols codes and rows scales from the device into layer l's slot, then a job for the worker.
+// rows x cols codes and rows scales from the device into layer l's slot, in the default stream's order
+// (the host goes on), then a job for the worker, which waits for the copies.
 static void copier_push(Copier* c, int l, const int8_t* d_codes, const float* d_scale, int rows, int cols,
                         int8_t** dst_codes, float** dst_w) {
     size_t n = (size_t)rows * cols, need = n + sizeof(float) * rows + 16;
@@ -104,14 +116,17 @@ static void copier_push(Copier* c, int l, const int8_t* d_codes, const float* d_
     int8_t* h = c->pinned[l % 2] + c->used;
     float* hs = (float*)(((uintptr_t)(h + n) + 15) & ~(uintptr_t)15);
     c->used += need;
-    cudaCheck(cudaMemcpy(h, d_codes, n, cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(hs, d_scale, sizeof(float) * rows, cudaMemcpyDeviceToHost));
+    cudaEvent_t copied;
+    cudaCheck(cudaMemcpyAsync(h, d_codes, n, cudaMemcpyDeviceToHost, 0));
+    cudaCheck(cudaMemcpyAsync(hs, d_scale, sizeof(float) * rows, cudaMemcpyDeviceToHost, 0));
+    cudaCheck(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming | cudaEventBlockingSync));
+    cudaCheck(cudaEventRecord(copied, 0));
     pthread_mutex_lock(&c->mu);
     if (c->tail == c->cap) {
         c->cap = c->cap ? 2 * c->cap : 64;
         c->jobs = (CopyJob*)xrealloc(c->jobs, sizeof(CopyJob) * c->cap);
     }
-    c->jobs[c->tail++] = (CopyJob){h, hs, rows, cols, l % 2, dst_codes, dst_w};
+    c->jobs[c->tail++] = (CopyJob){h, hs, rows, cols, l % 2, dst_codes, dst_w, copied};
     c->queued[l % 2]++;
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
@@ -129,31 +144,98 @@ static void copier_free(Copier* c) {
     pthread_cond_destroy(&c->cv);
 }
 
-// The device buffers of one site's GPTQ, sized for the largest (rows of a site's linears stacked).
+// The next layer's weights go up on this thread while the card works on the current one.
 typedef struct {
-    GpuGptqFactor fac;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    GpuEngine* e;
+    int dev, want, done, stop; // the layer asked for, and the last one uploaded
+} Prefetch;
+
+static void* prefetch_main(void* arg) {
+    Prefetch* p = (Prefetch*)arg;
+    cudaCheck(cudaSetDevice(p->dev));
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->want == p->done && !p->stop) pthread_cond_wait(&p->cv, &p->mu);
+        if (p->stop) break;
+        int l = p->want;
+        pthread_mutex_unlock(&p->mu);
+        gpu_engine_prefetch(p->e, l);
+        pthread_mutex_lock(&p->mu);
+        p->done = l;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void prefetch_init(Prefetch* p, GpuEngine* e) {
+    memset(p, 0, sizeof(*p));
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->e = e;
+    p->want = p->done = -1;
+    cudaCheck(cudaGetDevice(&p->dev));
+    if (pthread_create(&p->thread, NULL, prefetch_main, p)) fail_other("gptq: cannot start the upload thread");
+}
+
+static void prefetch_start(Prefetch* p, int l) {
+    pthread_mutex_lock(&p->mu);
+    p->want = l;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void prefetch_wait(Prefetch* p, int l) {
+    pthread_mutex_lock(&p->mu);
+    while (p->done != l) pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void prefetch_free(Prefetch* p) {
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+}
+
+// The device buffers of GPTQ: a factor per site (every site of a layer is prepared before any is
+// factorised), and the column loop's buffers sized for the largest site (its linears' rows stacked).
+typedef struct {
+    GpuGptqFactor fac[SITES]; // cap 0 where no linear of the site is chosen
     float *W, *err, *scale,
         *w32;      // (rows, n) working copy, (rows, GPTQ_ERR_COLS), (rows), (rows, n) fp32 source
     int8_t* codes; // (rows, n) device
     Copier copier;
-    double t_hess, t_factor, t_gptq, t_copy; // seconds, for the closing line
+    double t_load, t_hess, t_gptq, t_pass; // seconds, for the closing line
 } GptqWork;
 
-static void capture_input(GpuEngine* e, int idx, const void* x16, int M, void* ctx) {
+static int capture_input(GpuEngine* e, int idx, const void* x16, int M, void* ctx) {
     (void)e;
     Capture* c = (Capture*)ctx;
     const Linear* l = &c->m->linears[idx];
-    int site = linear_site(c->m, idx);
+    int site = linear_site(c->m, idx), skip = c->drop && l->kind == LIN_DOWN; // the layer's last GEMM
     if (l->kind == LIN_Q) c->tokens += M;
     // each site's input once, at its first linear
-    if ((l->kind == LIN_K || l->kind == LIN_V || l->kind == LIN_UP) || !c->xtx[site]) return;
+    if ((l->kind == LIN_K || l->kind == LIN_V || l->kind == LIN_UP) || !c->on[site]) return skip;
     const float one = 1.0f;
-    int n = l->in;
-    // x is (M, n) row-major = (n, M) column-major: xtx += x^T x, symmetric either way; bf16 products
-    // are exact in fp32
-    cublasCheck(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, M, &one, x16, CUDA_R_16BF, n, x16,
-                             CUDA_R_16BF, n, &one, c->xtx[site], CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                             CUBLAS_GEMM_DEFAULT));
+    int n = l->in, nb = n >= 8192 ? (n + 3) / 4 : (n + 1) / 2;
+    // x is (M, n) row-major = (n, M) column-major: xtx += x x^T over the tokens (bf16 products are exact
+    // in fp32), the lower triangle by column blocks (of 4: 10/16 of the products, blocks still large
+    // enough to fill the card): xtx[j0:, j0:j0+w] += x[j0:] x[j0:j0+w]^T
+    for (int j0 = 0; j0 < n; j0 += nb) {
+        int w = n - j0 < nb ? n - j0 : nb;
+        const __nv_bfloat16* x = (const __nv_bfloat16*)x16;
+        cublasCheck(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, n - j0, w, M, &one, x + j0, CUDA_R_16BF, n,
+                                 x + j0, CUDA_R_16BF, n, &one, c->xtx[site] + j0 + (size_t)j0 * n, CUDA_R_32F,
+                                 n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return skip;
 }
 
 // Windows [b B, b B + nb) through layer l of e: the residual stream from the pool (the embedding at
@@ -193,7 +275,7 @@ static int original_weight(const void** w, GpuEngine* e, GptqWork* wk, int i) {
 static int site_load(GptqWork* wk, GpuEngine* e, int l, int site, int f, const int* choice, const Format* fmts,
                      const Quantizer* q) {
     const Model* m = e->m;
-    int rows = 0, n = wk->fac.n;
+    int rows = 0, n = wk->fac[site].n;
     for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
         if (choice[i] != f || linear_site(m, i) != site) continue;
         const Linear* lin = &m->linears[i];
@@ -206,7 +288,7 @@ static int site_load(GptqWork* wk, GpuEngine* e, int l, int site, int f, const i
             gpu_quant_rows_bf16(wk->codes, sc, (const bf16_t*)w, lin->out, n, fmts[f].w);
         else
             gpu_quant_rows_f32(wk->codes, sc, (const float*)w, lin->out, n, fmts[f].w);
-        gpu_gptq_load(wk->W + (size_t)rows * n, w, bf16, lin->out, &wk->fac);
+        gpu_gptq_load(wk->W + (size_t)rows * n, w, bf16, lin->out, &wk->fac[site]);
         rows += lin->out;
     }
     return rows;
@@ -218,7 +300,7 @@ static int site_load(GptqWork* wk, GpuEngine* e, int l, int site, int f, const i
 static void site_store(float** wq, GptqWork* wk, GpuEngine* e, int l, int site, int f, const int* choice,
                        const Quantizer* q, int into_engine) {
     const Model* m = e->m;
-    int rows = 0, n = wk->fac.n;
+    int rows = 0, n = wk->fac[site].n;
     for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
         if (choice[i] != f || linear_site(m, i) != site) continue;
         const Linear* lin = &m->linears[i];
@@ -233,32 +315,32 @@ static void site_store(float** wq, GptqWork* wk, GpuEngine* e, int l, int site, 
 
 // GPTQ of layer l's chosen linears from the captured sums, for each set of choices (nsets, n_linears)
 // into wq (nsets, n_linears): one factorisation per site, one column loop per (set, site, format) over
-// the site's linears stacked. `sequential` (one set): the engine then runs the quantized layer.
+// the site's linears stacked. `sequential` (one set): the engine then runs the quantized layer. The host
+// reads every site's diagonal first, then only queues the work.
 static void layer_gptq(float** wq, GptqWork* wk, GpuEngine* e, Capture* c, int l, const Format* fmts,
                        const int* choices, int nsets, const Quantizer* q, int nf, int sequential) {
     const Model* m = c->m;
+    for (int site = 0; site < SITES; site++)
+        if (c->on[site])
+            gpu_gptq_prepare(&wk->fac[site], c->xtx[site], 2.0f / (float)c->tokens, site_width(m, site),
+                             q->gptq);
     for (int site = 0; site < SITES; site++) {
-        if (!c->xtx[site]) continue;
-        double t0 = time_now();
-        int fallback =
-            gpu_gptq_factor(&wk->fac, c->xtx[site], 2.0f / (float)c->tokens, site_width(m, site), q->gptq);
-        cudaCheck(cudaDeviceSynchronize());
-        wk->t_factor += time_now() - t0;
+        if (!c->on[site]) continue;
+        GpuGptqFactor* fac = &wk->fac[site];
+        gpu_gptq_factorise(fac, c->xtx[site]);
         for (int set = 0; set < nsets; set++) {
             const int* choice = choices + (size_t)set * m->n_linears;
             for (int f = 0; f < nf; f++) {
-                t0 = time_now();
                 int rows = site_load(wk, e, l, site, f, choice, fmts, q);
                 if (!rows) continue;
-                gpu_gptq_run(wk->codes, wk->W, wk->err, wk->scale, rows, &wk->fac, fmts[f].w, q->gptq.block);
-                cudaCheck(cudaDeviceSynchronize());
-                wk->t_gptq += time_now() - t0;
-                t0 = time_now();
+                gpu_gptq_run(wk->codes, wk->W, wk->err, wk->scale, rows, fac, fmts[f].w, q->gptq.block);
                 site_store(wq + (size_t)set * m->n_linears, wk, e, l, site, f, choice, q, sequential);
-                wk->t_copy += time_now() - t0;
             }
         }
-        for (int i = m->lin0[l]; fallback && i < m->lin0[l + 1]; i++)
+    }
+    for (int site = 0; site < SITES; site++) {
+        if (!c->on[site] || !gpu_gptq_fallback(&wk->fac[site])) continue;
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
             if (linear_site(m, i) == site && any_chosen(choices, nsets, m->n_linears, i))
                 warn_msg(
                     "%s: the dampened Hessian is not positive definite; quantized round-to-nearest instead, "
@@ -267,11 +349,12 @@ static void layer_gptq(float** wq, GptqWork* wk, GpuEngine* e, Capture* c, int l
     }
 }
 
-// The largest stacked site (rows x width) and the widest site over the chosen linears of every set.
-static void work_init(GptqWork* wk, const Model* m, const int* choices, int nsets) {
+// Per site, the widest input and most stacked rows over the chosen linears of every set; the sums and
+// factor of every site that is ever chosen; the column loop's buffers for the largest site.
+static void work_init(GptqWork* wk, Capture* cap, const Model* m, const int* choices, int nsets) {
     memset(wk, 0, sizeof(*wk));
     size_t most = 1, lin_most = 1, rows_most = 1, layer_most = 1;
-    int width = 1;
+    int width[SITES] = {0};
     for (int l = 0; l < m->c.num_layers; l++) {
         size_t bytes = 0; // every set's codes and scales of the layer, as copier_push packs them
         for (size_t k = 0; k < (size_t)nsets * m->n_linears; k++) {
@@ -292,10 +375,14 @@ static void work_init(GptqWork* wk, const Model* m, const int* choices, int nset
             size_t n = site_width(m, site);
             if (rows * n > most) most = rows * n;
             if (rows > rows_most) rows_most = rows;
-            if ((int)n > width) width = (int)n;
+            if ((int)n > width[site]) width[site] = (int)n;
         }
     }
-    gpu_gptq_factor_init(&wk->fac, width);
+    for (int site = 0; site < SITES; site++) {
+        if (!width[site]) continue;
+        gpu_gptq_factor_init(&wk->fac[site], width[site]);
+        cudaCheck(cudaMalloc(&cap->xtx[site], sizeof(float) * width[site] * width[site]));
+    }
     cudaCheck(cudaMalloc(&wk->W, sizeof(float) * most));
     cudaCheck(cudaMalloc(&wk->codes, most));
     cudaCheck(cudaMalloc(&wk->err, sizeof(float) * rows_most * GPTQ_ERR_COLS));
@@ -304,80 +391,97 @@ static void work_init(GptqWork* wk, const Model* m, const int* choices, int nset
     copier_init(&wk->copier, layer_most);
 }
 
-static void work_free(GptqWork* wk) {
-    gpu_gptq_factor_free(&wk->fac);
+static void work_free(GptqWork* wk, Capture* cap) {
+    for (int site = 0; site < SITES; site++) {
+        if (wk->fac[site].cap) gpu_gptq_factor_free(&wk->fac[site]);
+        cudaFree(cap->xtx[site]);
+    }
     cudaFree(wk->W), cudaFree(wk->codes), cudaFree(wk->err), cudaFree(wk->scale), cudaFree(wk->w32);
     copier_free(&wk->copier);
 }
 
+// Layer l's chosen sites (cap->on), their sums zeroed; whether there is any.
+static int layer_sites(Capture* cap, const Model* m, int l, const int* choices, int nsets) {
+    int any = 0;
+    memset(cap->on, 0, sizeof(cap->on));
+    for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+        if (!any_chosen(choices, nsets, m->n_linears, i)) continue;
+        int s = linear_site(m, i);
+        size_t n = site_width(m, s);
+        if (!cap->on[s]) cudaCheck(cudaMemsetAsync(cap->xtx[s], 0, sizeof(float) * n * n, 0));
+        cap->on[s] = any = 1;
+    }
+    return any;
+}
+
 // Layer after layer: sum each chosen site's X^T X over the windows, GPTQ, then move the stream on; in the
 // sequential pipeline through the quantized layer (a second pass), in the basic one through the
-// unquantized layer in the summing pass itself (every Hessian from the unquantized model).
+// unquantized layer in the summing pass itself (every Hessian from the unquantized model). The engine
+// holds one layer and walks (gpu_engine_walk_init); nothing here synchronises the whole device, which
+// would wait for the next layer's upload too.
 static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const Format* fmts, const int* choices,
                         int nsets, const Quantizer* q, int sequential) {
     const Config* c = &m->c;
     if (c->n_sparse)
         fail_input("GPTQ on the GPU: mixture-of-experts layers run on the CPU only (--device cpu)");
-    int L = c->num_layers, T = ids->t, B = 8, nbat = (ids->n + B - 1) / B, nf = 0, nl = m->n_linears;
+    int L = c->num_layers, T = ids->t, B = 16, nbat = (ids->n + B - 1) / B, nf = 0, nl = m->n_linears;
     for (size_t i = 0; i < (size_t)nsets * nl; i++) nf = choices[i] + 1 > nf ? choices[i] + 1 : nf;
     if (q->gptq.block > 128) fail_other("internal: GPTQ blocks of more than 128 columns on the GPU");
     if (q->codes && nsets > 1) fail_other("internal: GPTQ codes handed back for one recipe only");
-    double t0 = time_now(), t_pass = 0, t_load = 0;
+    double t0 = time_now();
     float* pool;
     cudaCheck(cudaMalloc(&pool, sizeof(float) * (size_t)ids->n * T * c->hidden_size));
     Capture cap;
     memset(&cap, 0, sizeof(cap));
     cap.m = m;
+    cap.drop = sequential;
     cublasCheck(cublasCreate(&cap.blas));
     GptqWork wk;
-    work_init(&wk, m, choices, nsets);
+    work_init(&wk, &cap, m, choices, nsets);
+    GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, 0, 1, 1); // uploads layer 0
+    gpu_engine_walk_init(e);
+    wk.t_load = time_now() - t0;
+    Prefetch pf;
+    prefetch_init(&pf, e);
     Progress p;
     progress_init(&p, sequential ? "gptq layers (GPU)" : "gptq (GPU)", L);
     for (int l = 0; l < L; l++) {
-        double tl = time_now();
-        GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, l, l + 1, 1); // uploads the layer's weights
-        t_load += time_now() - tl;
+        double t1 = time_now();
+        if (l > 0) prefetch_wait(&pf, l), gpu_engine_advance(e, l);
+        wk.t_load += time_now() - t1;
+        if (l + 1 < L) prefetch_start(&pf, l + 1); // into the set of layer l - 1, whose work is done
         copier_layer(&wk.copier, l);
-        int any = 0;
-        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
-            if (!any_chosen(choices, nsets, nl, i)) continue;
-            int s = linear_site(m, i);
-            size_t n = site_width(m, s);
-            if (!cap.xtx[s]) {
-                cudaCheck(cudaMalloc(&cap.xtx[s], sizeof(float) * n * n));
-                cudaCheck(cudaMemset(cap.xtx[s], 0, sizeof(float) * n * n));
-            }
-            any = 1;
-        }
+        int any = layer_sites(&cap, m, l, choices, nsets);
         if (any) { // this layer as it is, on the stream so far
-            double t1 = time_now();
+            t1 = time_now();
             cap.tokens = 0;
             gpu_set_capture(e, capture_input, &cap);
             for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, !sequential);
             gpu_set_capture(e, NULL, NULL);
-            cudaCheck(cudaDeviceSynchronize());
+            cudaCheck(cudaStreamSynchronize(0));
             wk.t_hess += time_now() - t1;
+            t1 = time_now();
             layer_gptq(wq, &wk, e, &cap, l, fmts, choices, nsets, q, nf, sequential);
+            cudaCheck(cudaStreamSynchronize(0));
+            wk.t_gptq += time_now() - t1;
         }
-        double t1 = time_now();
+        t1 = time_now();
         for (int b = 0; (sequential || !any) && b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1);
-        cudaCheck(cudaDeviceSynchronize());
-        t_pass += time_now() - t1;
-        for (int s = 0; s < SITES; s++) cudaFree(cap.xtx[s]), cap.xtx[s] = NULL;
-        gpu_engine_free(e);
+        cudaCheck(cudaStreamSynchronize(0));
+        wk.t_pass += time_now() - t1;
         progress_step(&p, 1);
     }
     progress_end(&p);
+    prefetch_free(&pf);
+    gpu_engine_free(e);
     gpu_gptq_profile_report();
-    work_free(&wk);
+    work_free(&wk, &cap);
     cublasDestroy(cap.blas);
     cudaFree(pool);
-    info_msg(
-        "gptq: %s pipeline over %d layers on the GPU (%s), %d x %d tokens in %.2fs (weights to the GPU "
-        "%.2fs, passes with X^T X %.2fs, factorisations %.2fs, column loops %.2fs, codes to the host %.2fs, "
-        "other passes %.2fs)",
-        sequential ? "sequential" : "basic", L, gpu_name(), ids->n, T, time_now() - t0, t_load, wk.t_hess,
-        wk.t_factor, wk.t_gptq, wk.t_copy, t_pass);
+    info_msg("gptq: %s pipeline over %d layers on the GPU (%s), %d x %d tokens in %.2fs (waiting for weights "
+             "%.2fs, passes with X^T X %.2fs, GPTQ %.2fs, other passes %.2fs)",
+             sequential ? "sequential" : "basic", L, gpu_name(), ids->n, T, time_now() - t0, wk.t_load,
+             wk.t_hess, wk.t_gptq, wk.t_pass);
 }
 
 extern "C" void gptq_sequential_gpu(float** wq, const Model* m, const TokenIds* ids, const Format* fmts,

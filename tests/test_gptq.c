@@ -95,6 +95,12 @@ static void synthetic(void) {
     fb = gptq_quantize(g1, w, h, rows, cols, q, nodamp, NULL);
     CHECK(fb == 1 && memcmp(g1, rtn, sizeof(float) * rows * cols) == 0, "gptq falls back to rtn", "fallback %d",
           fb);
+    // a NaN input makes its diagonal NaN: round-to-nearest too (OpenBLAS's potrf would go on through it)
+    for (int i = 0; i < cols * cols; i++) h[i] = -h[i];
+    h[(long)3 * cols + 3] = NAN;
+    fb = gptq_quantize(g1, w, h, rows, cols, q, gptq_defaults, NULL);
+    CHECK(fb == 1 && memcmp(g1, rtn, sizeof(float) * rows * cols) == 0,
+          "gptq on a NaN Hessian falls back to rtn", "fallback %d", fb);
     hessian_free(&hs);
     free(w), free(x), free(h), free(g), free(g1), free(rtn);
 }

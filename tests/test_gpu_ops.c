@@ -631,6 +631,27 @@ static void op_gptq(int rows, int cols, int T, GptqOrder order, QuantSpec q) {
     free(w), free(x), free(h), free(want), free(got), free(d);
 }
 
+// A Hessian that is not positive definite (a negative diagonal) or not finite (a NaN on it): both
+// engines fall back to round-to-nearest, the GPU deciding on the device after inverting in vain.
+static void op_gptq_fallback(int rows, int cols, int nan) {
+    float* w = randv((long)rows * cols, 0.05f);
+    float* h = xcalloc((size_t)cols * cols, sizeof(float));
+    for (int i = 0; i < cols; i++) h[(long)i * cols + i] = -1.0f - 0.01f * i;
+    if (nan) h[(long)7 * cols + 7] = NAN, h[0] = 1.0f; // else potrf fails at the first column
+    QuantSpec q = {.bits = 4, .narrow = 0, .ct = 1};
+    float *want = xmalloc(sizeof(float) * rows * cols), *got = xmalloc(sizeof(float) * rows * cols);
+    int fc = gptq_quantize(want, w, h, rows, cols, q, gptq_defaults, NULL);
+    int fg = gpu_gptq_quantize(got, w, h, rows, cols, q, gptq_defaults, NULL);
+    long same = 0, n = (long)rows * cols;
+    for (long i = 0; i < n; i++) same += got[i] == want[i];
+    char name[160];
+    snprintf(name, sizeof(name), "gpu op gptq fallback to round-to-nearest (%s, %d x %d) = cpu",
+             nan ? "NaN diagonal" : "not positive definite", rows, cols);
+    CHECK(fc == 1 && fg == 1 && same == n, name, "fallback cpu %d gpu %d, %ld of %ld weights equal", fc, fg,
+          same, n);
+    free(w), free(h), free(want), free(got);
+}
+
 #endif
 
 int main(void) {
@@ -692,6 +713,11 @@ int main(void) {
     // last one and the last 128-column block short), a Hessian wider than cuSOLVER's 512-column leaves
     // (the triangular inverse by recursive GEMMs, halves of unequal size)
     op_gptq(100, 2100, 4096, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
+    // 96 x 2^4 columns: the batched inverse (16 diagonal blocks of 96, four levels of joins); 320 and 300
+    // above take it with blocks of 80 and 75, 2100 the recursion
+    op_gptq(48, 1536, 2048, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
+    op_gptq_fallback(40, 700, 0);
+    op_gptq_fallback(40, 700, 1);
 #endif
     return g_fail ? 1 : 0;
 }
