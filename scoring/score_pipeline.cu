@@ -1,6 +1,7 @@
 // Layer-sharded scoring (--shard-layers) for models larger than one GPU: GPU s of N holds a
-// contiguous, balanced range of decoder layers (the first also the embedding, the last the final
-// norm and lm_head); one host thread per GPU. Hidden states move forward, and for the gradient
+// contiguous range of decoder layers (the first also the embedding, the last the final norm and
+// lm_head), the ranges balanced by work within each GPU's memory (scoring/shard_plan.c); one host
+// thread per GPU. Hidden states move forward, and for the gradient
 // their gradients move back, with ncclSend/ncclRecv on each GPU's stream. kl: every stage walks
 // the passes in the same order, so a stage starts the next group while the later stages finish
 // the previous one (the groups are the pipeline's micro-batches). gradient: the batches of windows
@@ -18,6 +19,7 @@
 extern "C" {
 #include "../engine/partition.h"
 #include "../engine/util.h"
+#include "shard_plan.h"
 }
 
 // Time a stage spends computing, as opposed to waiting for a neighbour: CUDA event pairs around
@@ -209,16 +211,22 @@ static void* stage_main(void* arg) {
     return NULL;
 }
 
-// Stage s of n, its layers (balanced contiguous ranges) and the owner of every layer.
-static void stage_setup(Stage* st, const GpuScoreSpec* sp, int s, int n, int* owner) {
+// Where the n stages cut the layers (bounds, n + 1): by work, each stage within its GPU's memory
+// (mem[s]; scoring/shard_plan.c). Every rank of a multi-process pipeline computes the same cuts from the
+// same inputs.
+static void stage_bounds(const GpuScoreSpec* sp, int n, const double* mem, int* bounds) {
     int L = sp->m->c.num_layers;
     if (n > L) fail_input("--shard-layers: %d stages for %d layers (at most one GPU per layer)", n, L);
-    for (int i = 0; i < n; i++) {
-        int l0, l1;
-        partition_windows(L, n, i, &l0, &l1);
-        for (int l = l0; l < l1; l++) owner[l] = i;
-        if (i == s) st->l0 = l0, st->l1 = l1;
-    }
+    if (!shard_plan(&sp->m->c, sp->gs, sp->nf, sp->gradient, sp->T, sp->B, n, mem, bounds))
+        warn_msg("--shard-layers: no split by work fits the GPUs' memory (by autoq's estimate of each stage's "
+                 "buffers); the layers are split to need the least memory on the fullest GPU");
+}
+
+// Stage s of n, its layers (bounds[s]..bounds[s+1]-1) and the owner of every layer.
+static void stage_setup(Stage* st, const GpuScoreSpec* sp, int s, int n, const int* bounds, int* owner) {
+    for (int i = 0; i < n; i++)
+        for (int l = bounds[i]; l < bounds[i + 1]; l++) owner[l] = i;
+    st->l0 = bounds[s], st->l1 = bounds[s + 1];
     st->s = s, st->n = n, st->sp = sp, st->m = sp->m, st->gs = sp->gs;
     st->nf = sp->nf, st->T = sp->T, st->B = sp->B, st->owner = owner;
     st->score = (double*)xcalloc((size_t)sp->gs->n * sp->nf, sizeof(double));
@@ -242,9 +250,18 @@ extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n,
     ncclComm_t* comms = (ncclComm_t*)xcalloc(ngpus, sizeof(ncclComm_t));
     ncclCheck(ncclCommInitAll(comms, ngpus, devs));
     pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
+    double* mem = (double*)xmalloc(sizeof(double) * ngpus);
+    int* bounds = (int*)xmalloc(sizeof(int) * (ngpus + 1));
+    for (int i = 0; i < ngpus; i++) {
+        size_t fr, tot;
+        cudaCheck(cudaSetDevice(i));
+        cudaCheck(cudaMemGetInfo(&fr, &tot));
+        mem[i] = (double)tot;
+    }
+    stage_bounds(sp, ngpus, mem, bounds);
     for (int i = 0; i < ngpus; i++) {
         Stage* s = &st[i];
-        stage_setup(s, sp, i, ngpus, owner);
+        stage_setup(s, sp, i, ngpus, bounds, owner);
         s->base = 0, s->dev = i, s->comm = comms[i], s->nwin = n, s->ids = ids;
         if (pthread_create(&th[i], NULL, stage_main, s) != 0) fail_other("cannot start GPU thread %d", i);
     }
@@ -265,7 +282,7 @@ extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n,
         free(s->tokens);
     }
     cudaCheck(cudaSetDevice(0));
-    free(th), free(st), free(owner), free(devs), free(comms);
+    free(th), free(st), free(owner), free(devs), free(comms), free(mem), free(bounds);
 }
 
 // One process per GPU, on one or several hosts: ranks [p S, p S + S) form pipeline p (a host's
@@ -281,7 +298,14 @@ extern "C" void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids,
     int* owner = (int*)xmalloc(sizeof(int) * L);
     Stage st;
     memset(&st, 0, sizeof(st));
-    stage_setup(&st, sp, rank % stages, stages, owner);
+    // every rank assumes its peers' GPUs hold what its own does (the same cuts everywhere)
+    size_t fr, tot;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    double* mem = (double*)xmalloc(sizeof(double) * stages);
+    int* bounds = (int*)xmalloc(sizeof(int) * (stages + 1));
+    for (int s = 0; s < stages; s++) mem[s] = (double)tot;
+    stage_bounds(sp, stages, mem, bounds);
+    stage_setup(&st, sp, rank % stages, stages, bounds, owner);
     partition_windows(n, world / stages, p, &lo, &hi);
     st.base = p * stages, st.dev = dev, st.comm = comm, st.nwin = hi - lo;
     st.ids = ids + (long)lo * sp->T;
@@ -300,5 +324,5 @@ extern "C" void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids,
     *peak = st.peak;
     ncclCommDestroy(comm);
     if (rank == 0) rdv_done(rdv);
-    free(h), free(owner), free(st.score), free(st.tokens);
+    free(h), free(owner), free(st.score), free(st.tokens), free(mem), free(bounds);
 }

@@ -1,0 +1,23 @@
+// Where --shard-layers cuts the decoder into pipeline stages: by work, as the scoring method spreads
+// it over the layers, within each GPU's memory (README "Several GPUs").
+#pragma once
+#include "../engine/config.h"
+#include "groups.h"
+
+// Stage s of `parts` holds layers bounds[s]..bounds[s+1]-1, with batches of B windows of T tokens.
+// Work is counted in FLOPs per token of each pass's GEMMs and attention products. kl (gradient 0)
+// runs the reference pass through every layer and, per format (nf), each enabled group's pass from
+// its own layer on, each ending in lm_head and the KL on the last stage: layer l sees 1 + nf x
+// (enabled groups at layers <= l) passes and the head 1 + nf x (enabled groups). The gradient runs
+// every layer and lm_head forward, then backward with the quantized outputs (three passes' products
+// for a layer, two for lm_head). A stage must fit 90% of mem[s] (its GPU's memory) by
+// shard_stage_bytes. Without a split by work that fits, the split whose fullest stage needs the least
+// memory. Returns 1 when the split is by work.
+int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, int B, int parts,
+               const double* mem, int* bounds);
+// What stage s of `parts` needs holding layers l0..l1-1: its bf16 weights (the embedding on the first,
+// the final norm and lm_head on the last) and an upper estimate of the engine's other buffers:
+// activations and their bf16 copies, the attention scores, the quantized plan's int8 pool (a layer),
+// the layer inputs kept for the batches in flight, the last stage's logits (twice), a sparse layer's
+// expert rows, 1 GiB for the CUDA context and library workspaces; the gradient's buffers twice.
+double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts, int s, int l0, int l1);
