@@ -2,7 +2,8 @@
 # On the GPU machine, in one run: (a) autoq, (b) plain PyTorch with the same semantics
 # (bench/torch_scores.py), (c) ModelOpt auto_quantize (bench/modelopt_scores.py), on generated
 # Qwen3-0.6B- and Qwen3-8B-shaped checkpoints (random bf16 weights, real safetensors).
-#   METHOD=kl|gradient [SHAPES="0.6b 8b"] [MODELOPT="0.6b 8b"] bash bench/gpu_bench.sh OUTDIR [N_06B] [N_8B]
+#   METHOD=kl|gradient [SHAPES="0.6b 8b"] [MODELOPT="0.6b 8b"] [TORCH_BATCH=auto|B] [TORCH_COMPILE=1]
+#   bash bench/gpu_bench.sh OUTDIR [N_06B] [N_8B]
 # (windows of 512 tokens; MODELOPT lists the shapes that also run (c))
 set -u
 out=${1:-bench/out}
@@ -28,7 +29,9 @@ run() { # shape n batch
             --json "$out/${shape}_${method}_autoq_$g.json" 2>&1 | grep -E "tokens/s|GPU mem" | sed "s/^/(a) $g /"
         echo "(a) $g wall $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s including load"
     done
-    python3 bench/torch_scores.py "$m" "$m/ids.npy" --method "$method" --batch-size "$b" --out "$out/${shape}_${method}_torch.json" 2>&1 | grep -E "^\(b\)|Error"
+    # (b) at its own fastest batch size (TORCH_BATCH=auto, the default) and, with TORCH_COMPILE=1, compiled
+    python3 bench/torch_scores.py "$m" "$m/ids.npy" --method "$method" --batch-size "${TORCH_BATCH:-auto}" \
+        ${TORCH_COMPILE:+--compile} --out "$out/${shape}_${method}_torch.json" 2>&1 | grep -E "^\(b\)|Error"
     case " $mo_shapes " in *" $shape "*) ;; *) echo "(c) modelopt: not run for $shape"; python3 bench/compare_scores.py "$out" "${shape}_${method}"; return ;; esac
     python3 bench/modelopt_scores.py "$m" "$m/ids.npy" --method "$mo_method" --batch-size "$b" --out "$out/${shape}_${method}_modelopt.json" 2>&1 | grep -E "^\(c\)|Error"
     python3 bench/compare_scores.py "$out" "${shape}_${method}"

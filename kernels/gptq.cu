@@ -194,8 +194,8 @@ __global__ void gptq_leaf_inverse_kernel(double* a, int n, int b) {
 // lower_inverse's recursion takes one cuSOLVER trtri per leaf (milliseconds each at these sizes).
 // Returns 0 when n has no such form.
 static int lower_inverse_batched(GpuGptqFactor* f, double* a, int n) {
-    int b = n, levels = 0;
-    while (b > LEAF_MAX && b % 2 == 0) b /= 2, levels++;
+    int b = n;
+    while (b > LEAF_MAX && b % 2 == 0) b /= 2;
     if (b > LEAF_MAX) return 0;
     size_t smem = 2 * sizeof(double) * b * b;
     cudaCheck(
