@@ -317,6 +317,18 @@ const StTensor* model_weight_tensor(const Model* m, int i, char* name, size_t ca
     return st_find(&m->ck, fused);
 }
 
+const float* model_linear_f32(const Model* m, int i, float** tmp) {
+    const Linear* l = &m->linears[i];
+    *tmp = NULL;
+    if (l->w) return l->w;
+    char name[240];
+    const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
+    if (!t || l->expert >= 0) fail_other("internal: %s: no fp32 weights (model_open) for an expert", l->name);
+    *tmp = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+    st_to_f32(t, *tmp);
+    return *tmp;
+}
+
 void model_free(Model* m) {
     for (int l = 0; l < m->c.num_layers; l++) {
         LayerWeights* lw = &m->layers[l];

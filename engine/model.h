@@ -81,3 +81,7 @@ void model_free(Model* m);
 // (Qwen3-VL-MoE) its layer's `mlp.experts.gate_up_proj` / `down_proj`; NULL when neither is there.
 // name (cap bytes) receives the name looked for first.
 const StTensor* model_weight_tensor(const Model* m, int i, char* name, size_t cap);
+// Linear i's weight (out, in) in fp32: the host copy of a loaded model (model_load), else converted
+// from the checkpoint into *tmp, which the caller frees (NULL when nothing was allocated). An opened
+// model's experts are refused (fused tensors hold them; model_load slices those).
+const float* model_linear_f32(const Model* m, int i, float** tmp);

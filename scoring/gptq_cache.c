@@ -40,7 +40,15 @@ void gptq_cache_key(GptqCacheKey* k, const char* mode, const Model* m, const Tok
     for (int i = 0; i < m->n_linears; i++) {
         const Linear* l = &m->linears[i];
         h = hash_bytes(h, l->name, strlen(l->name) + 1);
-        h = hash_bytes(h, l->w, sizeof(float) * l->out * l->in);
+        if (l->w) {
+            h = hash_bytes(h, l->w, sizeof(float) * l->out * l->in);
+        } else { // an opened model (quantize on the GPU): the checkpoint's own bytes
+            char name[240];
+            const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
+            if (!t) fail_other("internal: %s: no checkpoint tensor to key the GPTQ cache", l->name);
+            h = hash_bytes(h, &t->dtype, sizeof(t->dtype));
+            h = hash_bytes(h, t->data, t->nbytes);
+        }
         int sel = choice ? choice[i] : gs->g[gs->group_of[i]].disabled ? -1 : 0;
         h = hash_bytes(h, &sel, sizeof(sel));
         if (choice && sel >= 0) h = hash_spec(h, &fmts[sel]);

@@ -256,7 +256,8 @@ static int any_chosen(const int* choices, int nsets, int nl, int i) {
 }
 
 // Linear i's original weight on the device: the engine's own copy when the checkpoint stores it in
-// bf16 (then it is exact), else the fp32 host copy uploaded into w32. Returns whether it is bf16.
+// bf16 (then it is exact), else its fp32 values (model_linear_f32) uploaded into w32. Returns whether it
+// is bf16.
 static int original_weight(const void** w, GpuEngine* e, GptqWork* wk, int i) {
     const Linear* lin = &e->m->linears[i];
     char name[200];
@@ -265,7 +266,10 @@ static int original_weight(const void** w, GpuEngine* e, GptqWork* wk, int i) {
         *w = gpu_linear_weight(e, i);
         return 1;
     }
-    cudaCheck(cudaMemcpy(wk->w32, lin->w, sizeof(float) * lin->out * lin->in, cudaMemcpyHostToDevice));
+    float* tmp;
+    const float* w32 = model_linear_f32(e->m, i, &tmp); // quantize's model stays in its mapping
+    cudaCheck(cudaMemcpy(wk->w32, w32, sizeof(float) * lin->out * lin->in, cudaMemcpyHostToDevice));
+    free(tmp);
     *w = wk->w32;
     return 0;
 }

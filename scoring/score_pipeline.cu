@@ -298,13 +298,14 @@ extern "C" void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids,
     int* owner = (int*)xmalloc(sizeof(int) * L);
     Stage st;
     memset(&st, 0, sizeof(st));
-    // every rank assumes its peers' GPUs hold what its own does (the same cuts everywhere)
+    // every rank's GPU memory to every rank: each stage of a pipeline then computes the same cuts
     size_t fr, tot;
     cudaCheck(cudaMemGetInfo(&fr, &tot));
-    double* mem = (double*)xmalloc(sizeof(double) * stages);
+    double* mem = (double*)xcalloc(world, sizeof(double));
     int* bounds = (int*)xmalloc(sizeof(int) * (stages + 1));
-    for (int s = 0; s < stages; s++) mem[s] = (double)tot;
-    stage_bounds(sp, stages, mem, bounds);
+    mem[rank] = (double)tot;
+    nccl_allreduce_host(mem, world, comm);
+    stage_bounds(sp, stages, mem + p * stages, bounds);
     stage_setup(&st, sp, rank % stages, stages, bounds, owner);
     partition_windows(n, world / stages, p, &lo, &hi);
     st.base = p * stages, st.dev = dev, st.comm = comm, st.nwin = hi - lo;

@@ -101,7 +101,9 @@ void quantize_scales(float** scales, const Model* m, const Format* fmts, const i
         const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
         int bf16 = t && t->dtype == DT_BF16;
         scales[i] = xmalloc(sizeof(float) * l->out);
-        gptq_row_scales(scales[i], NULL, l->w, l->out, l->in, fmts[choice[i]].w);
+        float* tmp;
+        gptq_row_scales(scales[i], NULL, model_linear_f32(m, i, &tmp), l->out, l->in, fmts[choice[i]].w);
+        free(tmp);
         for (int r = 0; bf16 && r < l->out; r++) scales[i][r] = bf16_to_f32(f32_to_bf16(scales[i][r]));
     }
 }
@@ -143,6 +145,8 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
         float lo, hi;
         quant_bounds(fmts[z->choice[i]].w, &lo, &hi);
         int bf = z->sdtype[i] == DT_BF16;
+        float* tmp = NULL;
+        const float* w = wq[i] ? NULL : model_linear_f32(m, i, &tmp); // round-to-nearest's source
         z->codes[i] = xmalloc((size_t)l->out * l->in);
 #pragma omp parallel for
         for (int r = 0; r < l->out; r++) {
@@ -155,7 +159,7 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
                 } else if (sc > 0) {
                     // round-to-nearest as compressed-tensors runs it on the checkpoint's own dtype: a
                     // bf16 weight over a bf16 scale is a bf16 quotient, rounded before the rounding
-                    float x = l->w[k] / sc;
+                    float x = w[k] / sc;
                     c = rintf(bf ? bf16_to_f32(f32_to_bf16(x)) : x);
                     c = c < lo ? lo : c > hi ? hi : c;
                 }
@@ -163,6 +167,7 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
             }
         }
         free(wq[i]);
+        free(tmp);
     }
     free(wq);
 }
@@ -472,9 +477,15 @@ int cmd_quantize(int argc, char** argv) {
     if (q.kind == QUANTIZER_GPTQ && !d.path)
         fail_input("quantize: --quantizer gptq needs --data (calibration)");
     out_dir_check(out, force);
+    // the weights stay in the checkpoint's mapping (each linear converted when its turn comes) unless
+    // the CPU's GPTQ runs the model, or experts are fused in the checkpoint (model_load slices them)
     Model m;
-    model_load(&m, dir);
+    model_open(&m, dir);
     quantizer_set_device(&q, dev, &m, "quantize");
+    if ((q.kind == QUANTIZER_GPTQ && !q.use_gpu) || m.c.n_sparse) {
+        model_free(&m);
+        model_load(&m, dir);
+    }
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice);
