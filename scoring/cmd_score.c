@@ -4,6 +4,7 @@
 #include "../engine/args.h"
 #include "../engine/util.h"
 #include "job.h"
+#include "shard_plan.h"
 
 int cmd_score(int argc, char** argv) {
     Args a;
@@ -34,6 +35,11 @@ int cmd_score(int argc, char** argv) {
              j.ids.n * (double)j.ids.t / j.seconds, peak_rss_bytes() / 1048576.0,
              j.use_gpu ? ", on the GPU" : "");
     if (j.use_gpu) info_msg("score: peak GPU memory %.2f GiB", j.gpu_peak / 1073741824.0);
+    double flops = shard_work_flops(&j.model.c, &j.groups, j.nf, j.method == METHOD_GRADIENT, j.ids.t);
+    flops *= (double)j.ids.n * j.ids.t;
+    info_msg("score: %.3g TFLOP of the passes' GEMM and attention products (README \"Several GPUs\"), %.3g "
+             "TFLOP/s",
+             flops / 1e12, flops / 1e12 / j.seconds);
     if (j.method == METHOD_KL)
         info_msg("score: prefix reuse: %.1f forward-equivalents instead of %.1f (%.0f%% saved)",
                  j.work.forward_equiv, j.work.naive_equiv,

@@ -51,23 +51,37 @@ double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts,
     return b + (s == 0 ? table_bytes(c) : 0) + (s == parts - 1 ? table_bytes(c) : 0);
 }
 
+// The work per token of each layer (L) and of the head (the return), as shard_plan counts it.
+static double plan_work(const Config* c, const Groups* gs, int nf, int gradient, int T, double* work) {
+    int L = c->num_layers;
+    double* groups_at = xcalloc(L + 1, sizeof(double)); // enabled groups at layers <= l, from l + 1
+    for (int i = 0; i < gs->n; i++)
+        if (!gs->g[i].disabled) groups_at[gs->g[i].layer + 1] += 1;
+    for (int l = 0; l < L; l++) groups_at[l + 1] += groups_at[l];
+    for (int l = 0; l < L; l++) work[l] = (gradient ? 3 : 1 + nf * groups_at[l + 1]) * layer_flops(c, l, T);
+    double head = (gradient ? 2 : 1 + nf * groups_at[L]) * 2.0 * c->vocab_size * c->hidden_size;
+    free(groups_at);
+    return head;
+}
+
+double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T) {
+    double* work = xcalloc(c->num_layers, sizeof(double));
+    double total = plan_work(c, gs, nf, gradient, T, work);
+    for (int l = 0; l < c->num_layers; l++) total += work[l];
+    free(work);
+    return total;
+}
+
 int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, int B, int parts,
                const double* mem, int* bounds) {
     int L = c->num_layers;
     double *work = xcalloc(L, sizeof(double)), *bytes = xcalloc(L, sizeof(double));
     double* cap = xcalloc(parts, sizeof(double));
-    double* groups_at = xcalloc(L + 1, sizeof(double)); // enabled groups at layers <= l, from l + 1
-    for (int i = 0; i < gs->n; i++)
-        if (!gs->g[i].disabled) groups_at[gs->g[i].layer + 1] += 1;
-    for (int l = 0; l < L; l++) groups_at[l + 1] += groups_at[l];
-    for (int l = 0; l < L; l++) {
-        double passes = gradient ? 3 : 1 + nf * groups_at[l + 1];
-        work[l] = passes * layer_flops(c, l, T);
-        bytes[l] = layer_mem(c, gradient, T, B, parts, l);
-    }
+    double head = plan_work(c, gs, nf, gradient, T, work);
+    for (int l = 0; l < L; l++) bytes[l] = layer_mem(c, gradient, T, B, parts, l);
     for (int s = 0; s < parts; s++) cap[s] = 0.9 * mem[s] - fixed_mem(c, gradient, T, B, s == parts - 1);
-    double head = 2.0 * c->vocab_size * c->hidden_size, table = table_bytes(c);
-    LayerSplit p = {L, parts, work, bytes, 0, (gradient ? 2 : 1 + nf * groups_at[L]) * head, table, table, cap};
+    double table = table_bytes(c);
+    LayerSplit p = {L, parts, work, bytes, 0, head, table, table, cap};
     int by_work = partition_layers(&p, bounds);
     if (!by_work) { // memory first: the same search with the stages' memory as their work, no caps
         for (int s = 0; s < parts; s++) cap[s] = INFINITY;
@@ -76,6 +90,6 @@ int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, i
         if (!partition_layers(&q, bounds))
             fail_other("internal: no split of %d layers into %d stages", L, parts);
     }
-    free(work), free(bytes), free(cap), free(groups_at);
+    free(work), free(bytes), free(cap);
     return by_work;
 }

@@ -21,3 +21,6 @@ int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, i
 // the layer inputs kept for the batches in flight, the last stage's logits (twice), a sparse layer's
 // expert rows, 1 GiB for the CUDA context and library workspaces; the gradient's buffers twice.
 double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts, int s, int l0, int l1);
+// The whole work per token of scoring, as shard_plan counts it (the passes' GEMM and attention
+// products): what `score` divides by its time for the TFLOP/s it reports.
+double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T);

@@ -105,6 +105,11 @@ static void test_shard_plan(void) {
     double worst = m0 > m1 ? m0 : m1;
     CHECK(!by_work && b[0] == 0 && b[2] == 36 && worst <= (n0 > m1 ? n0 : m1) && worst <= (m0 > n1 ? m0 : n1),
           "shard plan: nothing fits, memory first", "by work %d, cut at %d", by_work, b[1]);
+    // the work score reports: the gradient's three passes through every layer and two through lm_head
+    double att = 2.0 * 4096 * 128 * 48 + 2.0 * 4096 * 4096 + 4.0 * 256 * 128 * 32;
+    double want = 36 * 3 * (att + 6.0 * 4096 * 12288) + 2 * 2.0 * 151936 * 4096;
+    double got = shard_work_flops(&c, &gs, 1, 1, 512);
+    CHECK(fabs(got - want) <= 1e-9 * want, "shard plan: the gradient's work per token", "%g vs %g", got, want);
     // disabled groups run no pass: with the last half's groups off, kl cuts earlier
     for (int i = 72; i < 144; i++) g[i].disabled = 1;
     mem[0] = mem[1] = 1e15;
