@@ -47,14 +47,14 @@ void quantizer_parse(Quantizer* q, Args* a) {
         fail_input("%s: --gptq-actorder must be none, static or group (got '%s')", a->cmd, order);
 }
 
-void quantizer_set_device(Quantizer* q, const char* dev, const Model* m, const char* cmd) {
+void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const char* dir, const char* cmd) {
     if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
         fail_input("%s: --device must be auto, cpu or cuda (got '%s')", cmd, dev);
     int want = dev && strcmp(dev, "cuda") == 0;
     if (want && gpu_device_count() == 0) fail_input("%s: --device cuda: no CUDA device found", cmd);
-    if (want && m->c.n_sparse) fail_input("%s: --device cuda: %s has mixture-of-experts layers", cmd, m->dir);
+    if (want && c->n_sparse) fail_input("%s: --device cuda: %s has mixture-of-experts layers", cmd, dir);
     q->use_gpu = q->kind == QUANTIZER_GPTQ && !(dev && strcmp(dev, "cpu") == 0) && gpu_device_count() > 0 &&
-                 !m->c.n_sparse;
+                 !c->n_sparse;
 }
 
 const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }

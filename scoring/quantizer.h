@@ -35,8 +35,9 @@ void quantizer_parse(Quantizer* q, Args* a);
 const char* quantizer_name(const Quantizer* q);
 // --device auto|cpu|cuda of a command whose GPTQ may run on the GPU (quantize, eval): GPTQ's layer
 // passes on the GPU for dense models unless cpu; cuda without a device or on a mixture-of-experts
-// model is exit 2.
-void quantizer_set_device(Quantizer* q, const char* dev, const Model* m, const char* cmd);
+// model (c, from the folder dir) is exit 2. Needs only the config: a command can choose how to load
+// the model from it.
+void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const char* dir, const char* cmd);
 const char* gptq_pipeline_name(GptqPipeline p);
 
 // A layer's Hessian sites: the attention input (q/k/v), o_proj's, the MLP input (gate/up, experts' too),

@@ -80,7 +80,7 @@ int cmd_eval(int argc, char** argv) {
         fail_input("eval: --quantizer gptq goes with --recipe or --format (what to quantize)");
     Model m;
     model_load(&m, dir);
-    quantizer_set_device(&q, dev, &m, "eval"); // the GPTQ step; the measuring passes run on the CPU
+    quantizer_set_device(&q, dev, &m.c, dir, "eval"); // the GPTQ step; the measuring passes run on the CPU
     d.model_dir = dir;
     d.vocab = m.c.vocab_size;
     d.eos = m.c.eos_token_id;

@@ -478,14 +478,16 @@ int cmd_quantize(int argc, char** argv) {
         fail_input("quantize: --quantizer gptq needs --data (calibration)");
     out_dir_check(out, force);
     // the weights stay in the checkpoint's mapping (each linear converted when its turn comes) unless
-    // the CPU's GPTQ runs the model, or experts are fused in the checkpoint (model_load slices them)
+    // the CPU's GPTQ runs the model, or experts are fused in the checkpoint (model_load slices them):
+    // decided from the config, so that the checkpoint is read and checked once
+    Config cfg;
+    config_load(&cfg, dir);
+    quantizer_set_device(&q, dev, &cfg, dir, "quantize");
     Model m;
-    model_open(&m, dir);
-    quantizer_set_device(&q, dev, &m, "quantize");
-    if ((q.kind == QUANTIZER_GPTQ && !q.use_gpu) || m.c.n_sparse) {
-        model_free(&m);
+    if ((q.kind == QUANTIZER_GPTQ && !q.use_gpu) || cfg.n_sparse)
         model_load(&m, dir);
-    }
+    else
+        model_open(&m, dir);
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice);
