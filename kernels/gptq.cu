@@ -289,8 +289,7 @@ extern "C" void gpu_gptq_factor(GpuGptqFactor* f, const float* xtx, float k, int
 
 extern "C" int gpu_gptq_fallback(GpuGptqFactor* f) {
     cudaCheck(cudaStreamSynchronize(0));
-    f->fallback = !f->finite || *f->hinfo != 0;
-    return f->fallback;
+    return *f->hinfo != 0; // potrf's info, or the nonzero put there for a diagonal that is not finite
 }
 
 template <typename T>

@@ -61,7 +61,6 @@ int gpu_gptq_quantize(float* wq, const float* w, const float* h, int rows, int c
 // gate/up): the buffers are sized for up to cap columns.
 typedef struct {
     int n, cap;
-    int fallback;        // the dampened Hessian is not positive definite: u is the identity (RTN)
     int* perm;           // (n) device: column i of the order is input column perm[i]
     unsigned char* dead; // (n) device, by position in the order: no token used the input
     float* u;            // (n, n) device row-major: upper Cholesky factor of the inverse Hessian
