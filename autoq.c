@@ -29,7 +29,7 @@ static void cli_usage(void) {
         "                 (F: w4a8 w8a8 fp8 nvfp4 mxfp4 w4a16 w4a8_fp8, or a quant_cfg JSON file)\n"
         "                 [--numerics modelopt|compressed-tensors] [--disabled-layers P,...] [--no-grouping]\n"
         "                 [--num-samples N] [--seq-len T] [--shuffle --seed S] [--device auto|cpu|cuda]\n"
-        "                 [--gpus N [--shard-layers]] [--batch-size B] [--gpu-gemm bf16x2|bf16] [--out "
+        "                 [--gpus N [--shard-layers]] [--batch-size B] [--gpu-gemm fp16|bf16x2|bf16] [--out "
         "scores.h5]\n"
         "                 [--json FILE|-]\n"
         "                 [--nccl-init file:PATH|tcp:HOST:PORT --rank R --world-size W [--shard-layers "

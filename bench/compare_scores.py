@@ -1,4 +1,4 @@
-"""Compares the per-group scores of gpu_bench.sh's runs of one shape: autoq (both GEMM input
+"""Compares the per-group scores of gpu_bench.sh's runs of one shape: autoq (each GEMM input
 precisions) against plain PyTorch (b) and ModelOpt (c). Prints, per pair, the ratio range over all
 groups, how many groups agree within 1%, the ratio range over the groups whose reference score is
 at least 1% of the largest (above a plain-bf16 model's KL noise floor), and Spearman's rho."""
@@ -33,8 +33,8 @@ def compare(label, x, ref, ref_label):
           f"{min(big):.4f}..{max(big):.4f} over the {len(big)} groups >= 1% of the largest; Spearman {rho:.4f}")
 
 
-runs = {n: load(n) for n in ["autoq_bf16x2", "autoq_bf16", "torch", "modelopt"]}
-for label in ["bf16x2", "bf16"]:
+runs = {n: load(n) for n in ["autoq_fp16", "autoq_bf16x2", "autoq_bf16", "torch", "modelopt"]}
+for label in ["fp16", "bf16x2", "bf16"]:
     x = runs[f"autoq_{label}"]
     if not x:
         continue

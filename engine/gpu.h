@@ -17,13 +17,20 @@ int gpu_device_count(void);
 // Makes device d current for this thread's next CUDA work.
 void gpu_select_device(int d);
 const char* gpu_name(void);
+// The GEMM inputs of an engine: GEMM_BF16 plain bf16; GEMM_BF16X2 bf16 hi + lo pairs (two bf16 GEMMs,
+// ~16-bit activations: matches the fp32 CPU engine); GEMM_FP16 fp16 activations and weights (one GEMM,
+// 11-bit activations, fp32 GEMM outputs; forward passes of dense models with fused attention only:
+// gpu_fp16_supported).
+enum { GEMM_BF16 = 0, GEMM_BF16X2 = 1, GEMM_FP16 = 2 };
+int gpu_fp16_supported(const Config* c, int T);
 // Uploads the model (opened with model_open or model_load) for batches of up to B windows of T
-// tokens. split: GEMM inputs as bf16 hi + lo pairs (two bf16 GEMMs, ~16-bit activations: matches
-// the fp32 CPU engine); 0: plain bf16.
-GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split);
+// tokens, with GEMM inputs `gemm` (GEMM_*). GEMM_FP16 rewrites the linears' weights as fp16 (exact for
+// every bf16 weight of magnitude 2^-14 to 65504; smaller ones keep fewer bits; larger ones become
+// infinities, with a warning, and the scores NaN).
+GpuEngine* gpu_engine_init(const Model* m, int T, int B, int gemm);
 // A pipeline stage: decoder layers l0..l1-1 only (plus the embedding when l0 == 0, the final norm
 // and lm_head when l1 is the last layer), with room for the layer inputs of `slots` batches.
-GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1, int slots);
+GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int gemm, int l0, int l1, int slots);
 void gpu_engine_free(GpuEngine* e);
 // GPTQ's walk through a dense model with one decoder layer resident: the engine of a single layer
 // (gpu_engine_init_layers with l1 = l0 + 1) gets a second set of layer weights. gpu_engine_prefetch(e, l)

@@ -165,6 +165,13 @@ static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
     return d;
 }
 
+// The fp16 mode's weights: t (n values) rewritten as fp16 in place. A value beyond fp16's range becomes
+// an infinity, and every score NaN: the scoring job then scores again with bf16 hi + lo.
+static void weight_to_f16(GpuEngine* e, __nv_bfloat16* t, size_t n, const char* what) {
+    long over = gpu_bf16_to_f16((uint16_t*)t, (long)n);
+    if (over) warn_msg("%s: %s holds %ld weights beyond fp16's range (65504)", e->m->dir, what, over);
+}
+
 // Layer l's weights into g: the norms and attention, and the dense MLP unless the layer is sparse
 // (moe_upload). With `alloc`, g's buffers are allocated first (q, k and v rows in one, so one GEMM can
 // compute all three); else they exist with the same shapes. `up`: UP_ORDERED and UP_NOW upload as
@@ -192,6 +199,8 @@ static void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
         else if (alloc)
             *dst[i] = (__nv_bfloat16*)dalloc(e, n * 2);
         if (up != UP_NONE) upload_into(e, name, *dst[i], up == UP_ORDERED);
+        int norm = i == 0 || (i >= 5 && i <= 7);
+        if (up != UP_NONE && e->f16 && !norm) weight_to_f16(e, *dst[i], n, name);
     }
 }
 
@@ -207,17 +216,25 @@ extern "C" const char* gpu_name(void) {
     return p.name;
 }
 
-extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
-    return gpu_engine_init_layers(m, T, B, split, 0, m->c.num_layers, 1);
+extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int gemm) {
+    return gpu_engine_init_layers(m, T, B, gemm, 0, m->c.num_layers, 1);
 }
 
-extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int split, int l0, int l1,
+extern "C" int gpu_fp16_supported(const Config* c, int T) {
+    return !c->n_sparse && gpu_flash_supported(T, c->head_dim);
+}
+
+extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int gemm, int l0, int l1,
                                              int slots) {
+    if (gemm == GEMM_FP16 && !gpu_fp16_supported(&m->c, T))
+        fail_other("internal: the fp16 GEMM mode on a model it does not support");
     GpuEngine* e = (GpuEngine*)xcalloc(1, sizeof(GpuEngine));
     e->slots = slots;
     e->l0 = l0;
     e->l1 = l1;
+    int split = gemm == GEMM_BF16X2;
     e->split = split;
+    e->f16 = gemm == GEMM_FP16;
     e->flash = !split && gpu_flash_supported(T, m->c.head_dim);
     const Config* c = &m->c;
     e->m = m;
@@ -239,6 +256,14 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int s
         snprintf(name, sizeof(name), "%snorm.weight", P);
         e->norm = upload(e, name);
         e->lm_head = tied ? e->embed : upload(e, "lm_head.weight");
+        if (e->f16) {
+            size_t n = (size_t)c->vocab_size * c->hidden_size;
+            if (tied) { // the embedding lookup still reads bf16
+                e->lm_head = (__nv_bfloat16*)dalloc(e, 2 * n);
+                cudaCheck(cudaMemcpy(e->lm_head, e->embed, 2 * n, cudaMemcpyDeviceToDevice));
+            }
+            weight_to_f16(e, e->lm_head, n, "lm_head");
+        }
     }
     for (int l = l0; l < l1; l++) {
         if (model_layer_sparse(m, l)) moe_upload(e, l);
@@ -482,13 +507,19 @@ extern "C" void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec 
         }
         if (e->emu) {
             e->wf[e->nq++] = wf;
-            gpu_fake_quant_bf16(wf, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w, 1);
+            if (e->f16) // the same values: fp16 holds the bf16 weights (bar those below 2^-14)
+                gpu_fake_quant_f16(wf, (const uint16_t*)weight_of(e, linears[j]), l->out, l->in, w, 1);
+            else
+                gpu_fake_quant_bf16(wf, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w, 1);
             wf += (long)l->out * l->in;
             continue;
         }
         e->wq[e->nq] = wq;
         e->sw[e->nq++] = sw;
-        gpu_quant_rows_bf16(wq, sw, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w);
+        if (e->f16)
+            gpu_quant_rows_f16(wq, sw, (const uint16_t*)weight_of(e, linears[j]), l->out, l->in, w);
+        else
+            gpu_quant_rows_bf16(wq, sw, (const bf16_t*)weight_of(e, linears[j]), l->out, l->in, w);
         wq += (long)l->out * l->in;
         sw += l->out;
     }

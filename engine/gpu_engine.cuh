@@ -73,6 +73,7 @@ struct GpuEngine {
     __nv_bfloat16 *a16, *q16, *k16, *v16, *att16, *m16, *act16, *P;
     __nv_bfloat16 *a_lo, *q_lo, *k_lo, *v_lo, *att_lo, *m_lo, *act_lo, *P_lo;
     int split;
+    int f16;       // GEMM_FP16: the linears' weights and every 16-bit GEMM input hold fp16 (no lo halves)
     int grad_mode; // keep each linear's own output (the gradient score needs Y)
     // bf16 activations between GEMMs (plain bf16 mode outside the gradient pass): only the
     // residual stream stays fp32, as in a bf16 PyTorch model with an fp32 residual

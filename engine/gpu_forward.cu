@@ -8,14 +8,15 @@
 
 // y (M, N) fp32 (+)= (hi + lo) (M, K) . W (N, K)^T with bf16 inputs, fp32 accumulation, or y16 (M, N)
 // bf16 = hi . W^T when y16 is given. The weights are exact in bf16, so with lo the product keeps ~16
-// bits of the fp32 activations.
+// bits of the fp32 activations. In the fp16 mode hi and W hold fp16 values (and lo is NULL).
 void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
                const __nv_bfloat16* w, int M, int K, int N, int accumulate) {
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     void* out = y16 ? (void*)y16 : (void*)y;
-    cudaDataType ot = y16 ? CUDA_R_16BF : CUDA_R_32F;
-    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, hi,
-                             CUDA_R_16BF, K, &beta, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cudaDataType ot = y16 ? CUDA_R_16BF : CUDA_R_32F, it = e->f16 ? CUDA_R_16F : CUDA_R_16BF;
+    if (e->f16 && (y16 || lo)) fail_other("internal: a bf16 output or low half in the fp16 mode");
+    cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, it, K, hi, it, K, &beta, out,
+                             ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (lo)
         cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, lo,
                                  CUDA_R_16BF, K, &one, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -146,7 +147,7 @@ static void attention(GpuEngine* e, int M, const __nv_bfloat16* q, const __nv_bf
     float scale = 1.0f / sqrtf((float)hd);
     if (e->flash) {
         gpu_flash_attention(e->bf16_act ? NULL : e->att, (bf16_t*)e->att16, (const bf16_t*)q, ldq,
-                            (const bf16_t*)k, (const bf16_t*)v, ldk, nb, T, H, c->num_kv_heads, hd);
+                            (const bf16_t*)k, (const bf16_t*)v, ldk, nb, T, H, c->num_kv_heads, hd, e->f16);
         return;
     }
     // S_h^T (col-major) = K_h . Q_h^T, then O_h^T = V_h^T . P_h^T
@@ -173,7 +174,7 @@ static void mlp_block(GpuEngine* e, int l, int M) {
     long I = c->intermediate_size;
     float eps = c->rms_eps;
     gpu_rmsnorm(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
-                (const bf16_t*)w->w_post, M, D, eps);
+                (const bf16_t*)w->w_post, M, D, eps, e->f16);
     prof_mark(e, P_NORM);
     if (model_layer_sparse(e->m, l)) {
         moe_forward(e, l, M);
@@ -188,7 +189,7 @@ static void mlp_block(GpuEngine* e, int l, int M) {
         linear(e, base + LIN_GATE, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
         linear(e, base + LIN_UP, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
         prof_mark(e, P_GATE_UP);
-        gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I);
+        gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I, e->f16);
     }
     prof_mark(e, P_SWIGLU);
     linear(e, base + LIN_DOWN, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down,
@@ -206,7 +207,7 @@ void layer_forward(GpuEngine* e, int l, int M) {
     int base = e->m->lin0[l], keep = e->grad_mode, a16 = e->bf16_act;
     float eps = c->rms_eps;
     gpu_rmsnorm(a16 ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a_rstd, e->h, (const bf16_t*)w->w_in,
-                M, D, eps);
+                M, D, eps, e->f16);
     prof_mark(e, P_NORM);
     const float* a = a16 ? NULL : e->a;
     __nv_bfloat16 *q16 = e->q16, *k16 = e->k16, *v16 = e->v16;
@@ -234,10 +235,13 @@ void layer_forward(GpuEngine* e, int l, int M) {
         prof_mark(e, P_QKV);
         // the rotated q, k are only GEMM inputs: bf16 halves, no fp32 copy
         gpu_qk_norm_rope(NULL, (bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q_rstd, e->q_lin, (const bf16_t*)w->q_norm,
-                         e->cos_t, e->sin_t, M, e->T, H, hd, eps);
+                         e->cos_t, e->sin_t, M, e->T, H, hd, eps, e->f16);
         gpu_qk_norm_rope(NULL, (bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k_rstd, e->k_lin, (const bf16_t*)w->k_norm,
-                         e->cos_t, e->sin_t, M, e->T, KV, hd, eps);
-        gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
+                         e->cos_t, e->sin_t, M, e->T, KV, hd, eps, e->f16);
+        if (e->f16)
+            gpu_round_f16((uint16_t*)e->v16, e->v, (long)M * KV * hd);
+        else
+            gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
     }
     prof_mark(e, P_ROPE);
     attention(e, M, q16, k16, v16, ldq, ldk);
@@ -273,7 +277,7 @@ void head(GpuEngine* e, int M, float* out) {
     const Config* c = &e->m->c;
     long D = c->hidden_size;
     gpu_rmsnorm(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
-                (const bf16_t*)e->norm, M, (int)D, c->rms_eps);
+                (const bf16_t*)e->norm, M, (int)D, c->rms_eps, e->f16);
     gemm_bf16(e, out, NULL, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size, 0);
     prof_mark(e, P_HEAD);
 }
@@ -293,9 +297,10 @@ static void embed(GpuEngine* e, const int* ids, int nb) {
 // The mode of the next passes: nothing quantized; fp32 activations kept for a gradient pass, bf16
 // activations in a plain-bf16 forward.
 static void set_mode(GpuEngine* e, int gradient) {
+    if (gradient && e->f16) fail_other("internal: a gradient pass in the fp16 GEMM mode");
     e->nq = 0;
     e->grad_mode = gradient;
-    e->bf16_act = !gradient && !e->split;
+    e->bf16_act = !gradient && !e->split && !e->f16;
 }
 
 extern "C" void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) {

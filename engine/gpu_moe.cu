@@ -243,7 +243,7 @@ static void experts_int8(GpuEngine* e, int M) {
     long gs = 2L * I * D, ss = 2L * I;
     ex_int8(e, x->g, x->wgu, gs, x->sgu, ss, D, I);
     ex_int8(e, x->u, x->wgu + (long)I * D, gs, x->sgu + I, ss, D, I);
-    gpu_swiglu(x->act, NULL, NULL, x->g, x->u, MK * I);
+    gpu_swiglu(x->act, NULL, NULL, x->g, x->u, MK * I, 0);
     gpu_quant_rows_f32(x->xq, x->sxs, x->act, (int)MK, I, e->in_spec);
     ex_int8(e, x->ye, x->wdn, (long)D * I, x->sdn, D, I, D);
 }
@@ -265,7 +265,7 @@ void moe_forward(GpuEngine* e, int l, int M) {
         if (e->bf16_act)
             gpu_swiglu_bf16((bf16_t*)x->act16, (const bf16_t*)x->g16, (const bf16_t*)x->u16, MK * I);
         else
-            gpu_swiglu(NULL, (bf16_t*)x->act16, (bf16_t*)x->act_lo, x->g, x->u, MK * I);
+            gpu_swiglu(NULL, (bf16_t*)x->act16, (bf16_t*)x->act_lo, x->g, x->u, MK * I, 0);
         prof_mark(e, P_SWIGLU);
         ex_gemm(e, l, G_DOWN, 0.0f);
     }

@@ -6,10 +6,11 @@
 
 int gpu_device_count(void) { return 0; }
 const char* gpu_name(void) { return "none"; }
-GpuEngine* gpu_engine_init(const Model* m, int T, int B, int split) {
-    (void)m, (void)T, (void)B, (void)split;
+GpuEngine* gpu_engine_init(const Model* m, int T, int B, int gemm) {
+    (void)m, (void)T, (void)B, (void)gemm;
     fail_input("--device cuda: this autoq was built without CUDA (nvcc not found at build time)");
 }
+int gpu_fp16_supported(const Config* c, int T) { return (void)c, (void)T, 0; }
 void gpu_engine_free(GpuEngine* e) { (void)e; }
 size_t gpu_peak_bytes(GpuEngine* e) {
     (void)e;

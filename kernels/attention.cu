@@ -90,14 +90,27 @@ extern "C" void gpu_sum_heads(float* out, const float* in, long rows, int nkv, i
 #define FA_BK 64 // keys per tile
 
 // Two floats as one bf16x2 register, a in the low half (the lower k index of an mma fragment).
-__device__ inline uint32_t pack_bf16(float a, float b) {
+// With F16, as one fp16x2 register.
+template <int F16> __device__ inline uint32_t pack16(float a, float b) {
+    if (F16) {
+        __half2 v = __floats2half2_rn(a, b);
+        return *(uint32_t*)&v;
+    }
     __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
     return *(uint32_t*)&v;
 }
 
+template <int F16> __device__ inline void mma16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    if (F16)
+        mma_f16(c, a, b);
+    else
+        mma_bf16(c, a, b);
+}
+
 // Grid (T / 64, H, windows), 128 threads. q (B*T, H, HD), k and v (B*T, KV, HD) bf16; o fp32 and/or
-// o16 bf16 (B*T, H, HD). scale_log2 = log2(e) / sqrt(HD): exponentials in base 2.
-template <int HD>
+// o16 bf16 (B*T, H, HD). scale_log2 = log2(e) / sqrt(HD): exponentials in base 2. With F16, q, k, v,
+// o16 and the probabilities are fp16 instead (the fp16 mode), in the same buffers.
+template <int HD, int F16>
 __global__ void __launch_bounds__(128)
     flash_kernel(float* o, __nv_bfloat16* o16, const __nv_bfloat16* q, const __nv_bfloat16* k,
                  const __nv_bfloat16* v, long ldq, long ldk, int T, int H, int KV, float scale_log2) {
@@ -150,8 +163,8 @@ __global__ void __launch_bounds__(128)
             for (int kc = 0; kc < HD / 16; kc += 2) { // B fragments of k chunks kc, kc + 1: keys j*8.. by hd
                 uint32_t bf[4];
                 ldsm4(bf, &ks[cur][j * 8 + mr][kc * 16 + mi * 8]);
-                mma_bf16(s[j], qf[kc], bf);
-                mma_bf16(s[j], qf[kc + 1], bf + 2);
+                mma16<F16>(s[j], qf[kc], bf);
+                mma16<F16>(s[j], qf[kc + 1], bf + 2);
             }
         }
         float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -178,8 +191,8 @@ __global__ void __launch_bounds__(128)
             float p0 = exp2f(s[j][0] - m0), p1 = exp2f(s[j][1] - m0);
             float p2 = exp2f(s[j][2] - m1), p3 = exp2f(s[j][3] - m1);
             rs0 += p0 + p1, rs1 += p2 + p3;
-            pf[j / 2][(j % 2) * 2] = pack_bf16(p0, p1);
-            pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(p2, p3);
+            pf[j / 2][(j % 2) * 2] = pack16<F16>(p0, p1);
+            pf[j / 2][(j % 2) * 2 + 1] = pack16<F16>(p2, p3);
         }
         l0 = l0 * al0 + rs0, l1 = l1 * al1 + rs1;
         for (int n = 0; n < HD / 8; n++) acc[n][0] *= al0, acc[n][1] *= al0, acc[n][2] *= al1, acc[n][3] *= al1;
@@ -187,8 +200,8 @@ __global__ void __launch_bounds__(128)
             for (int n = 0; n < HD / 8; n += 2) { // B fragments of n tiles n, n + 1: keys kc*16.. by hd
                 uint32_t bf[4];
                 ldsm4_t(bf, &vs[cur][kc * 16 + (mi % 2) * 8 + mr][(n + mi / 2) * 8]);
-                mma_bf16(acc[n], pf[kc], bf);
-                mma_bf16(acc[n + 1], pf[kc], bf + 2);
+                mma16<F16>(acc[n], pf[kc], bf);
+                mma16<F16>(acc[n + 1], pf[kc], bf + 2);
             }
         __syncthreads(); // buffer cur is loaded again at kt + 1
     }
@@ -205,16 +218,28 @@ __global__ void __launch_bounds__(128)
             *(float2*)(o + c) = make_float2(acc[n][2] * i1, acc[n][3] * i1);
         }
         if (o16) {
-            *(__nv_bfloat162*)(o16 + a) = __floats2bfloat162_rn(acc[n][0] * i0, acc[n][1] * i0);
-            *(__nv_bfloat162*)(o16 + c) = __floats2bfloat162_rn(acc[n][2] * i1, acc[n][3] * i1);
+            *(uint32_t*)(o16 + a) = pack16<F16>(acc[n][0] * i0, acc[n][1] * i0);
+            *(uint32_t*)(o16 + c) = pack16<F16>(acc[n][2] * i1, acc[n][3] * i1);
         }
     }
 }
 
 extern "C" int gpu_flash_supported(int T, int hd) { return T % FA_BQ == 0 && (hd == 64 || hd == 128); }
 
+template <int HD, int F16>
+static void flash_launch(dim3 grid, size_t smem, float* o, bf16_t* o16, const bf16_t* q, long ldq,
+                         const bf16_t* k, const bf16_t* v, long ldk, int T, int H, int KV, float sl2) {
+    // above 48 KiB of dynamic shared memory needs an opt-in (per device: set at every launch)
+    if (smem > 48 * 1024)
+        cudaCheck(cudaFuncSetAttribute(flash_kernel<HD, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)smem));
+    flash_kernel<HD, F16><<<grid, 128, smem>>>(o, (__nv_bfloat16*)o16, (const __nv_bfloat16*)q,
+                                               (const __nv_bfloat16*)k, (const __nv_bfloat16*)v, ldq, ldk, T, H,
+                                               KV, sl2);
+}
+
 extern "C" void gpu_flash_attention(float* o, bf16_t* o16, const bf16_t* q, long ldq, const bf16_t* k,
-                                    const bf16_t* v, long ldk, int nb, int T, int H, int KV, int hd) {
+                                    const bf16_t* v, long ldk, int nb, int T, int H, int KV, int hd, int f16) {
     if (!gpu_flash_supported(T, hd)) {
         fprintf(stderr, "autoq: flash attention needs T %% 64 == 0 and head_dim 64 or 128 (T %d, hd %d)\n", T,
                 hd);
@@ -222,16 +247,14 @@ extern "C" void gpu_flash_attention(float* o, bf16_t* o16, const bf16_t* q, long
     }
     dim3 grid(T / FA_BQ, H, nb);
     size_t smem = 4L * FA_BK * (hd + 8) * sizeof(__nv_bfloat16);
-    // above 48 KiB of dynamic shared memory needs an opt-in (per device: set at every launch)
-    if (hd == 128)
-        cudaCheck(
-            cudaFuncSetAttribute(flash_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     float sl2 = 1.4426950408889634f / sqrtf((float)hd);
-    const __nv_bfloat16 *qq = (const __nv_bfloat16*)q, *kk = (const __nv_bfloat16*)k,
-                        *vv = (const __nv_bfloat16*)v;
-    if (hd == 128)
-        flash_kernel<128><<<grid, 128, smem>>>(o, (__nv_bfloat16*)o16, qq, kk, vv, ldq, ldk, T, H, KV, sl2);
+    if (hd == 128 && f16)
+        flash_launch<128, 1>(grid, smem, o, o16, q, ldq, k, v, ldk, T, H, KV, sl2);
+    else if (hd == 128)
+        flash_launch<128, 0>(grid, smem, o, o16, q, ldq, k, v, ldk, T, H, KV, sl2);
+    else if (f16)
+        flash_launch<64, 1>(grid, smem, o, o16, q, ldq, k, v, ldk, T, H, KV, sl2);
     else
-        flash_kernel<64><<<grid, 128, smem>>>(o, (__nv_bfloat16*)o16, qq, kk, vv, ldq, ldk, T, H, KV, sl2);
+        flash_launch<64, 0>(grid, smem, o, o16, q, ldq, k, v, ldk, T, H, KV, sl2);
     cudaCheck(cudaGetLastError());
 }

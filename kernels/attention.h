@@ -22,10 +22,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 void gpu_causal_softmax(bf16_t* p, bf16_t* p_lo, float* lse, const float* s, int nb, int T);
 // Fused causal attention without the score matrix, for nb windows of T tokens; q (nb*T, H, hd), k and v
 // (nb*T, KV, hd) bf16 with rows ldq / ldk elements apart (k and v alike); o fp32 and/or o16 bf16
-// (nb*T, H, hd), either may be NULL. Needs gpu_flash_supported(T, hd): T % 64 == 0, hd 64 or 128.
+// (nb*T, H, hd), either may be NULL. Needs gpu_flash_supported(T, hd): T % 64 == 0, hd 64 or 128. With
+// f16, q, k, v and o16 hold fp16 values instead (the fp16 mode) and P enters P.V in fp16.
 int gpu_flash_supported(int T, int hd);
 void gpu_flash_attention(float* o, bf16_t* o16, const bf16_t* q, long ldq, const bf16_t* k, const bf16_t* v,
-                         long ldk, int nb, int T, int H, int KV, int hd);
+                         long ldk, int nb, int T, int H, int KV, int hd, int f16);
 // Backward: from recomputed scores s and dP (nb heads of T x T): P and dS = P (dP - rowsum(P dP)) * scale
 void gpu_attention_ds(bf16_t* p_hi, bf16_t* p_lo, bf16_t* ds_hi, bf16_t* ds_lo, const float* s, const float* dp,
                       int nb, int T, float scale);

@@ -2,6 +2,7 @@
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,7 @@ template <> __device__ inline float load<float>(const float* p, long i) { return
 template <> __device__ inline float load<__nv_bfloat16>(const __nv_bfloat16* p, long i) {
     return __bfloat162float(p[i]);
 }
+template <> __device__ inline float load<__half>(const __half* p, long i) { return __half2float(p[i]); }
 
 // Four consecutive values from i (a multiple of 4) with one 16- or 8-byte load.
 __device__ inline void load4(const float* p, long i, float v[4]) {
@@ -84,11 +86,23 @@ __device__ inline void load4(const __nv_bfloat16* p, long i, float v[4]) {
     const __nv_bfloat16* b = (const __nv_bfloat16*)&a;
     for (int k = 0; k < 4; k++) v[k] = __bfloat162float(b[k]);
 }
+__device__ inline void load4(const __half* p, long i, float v[4]) {
+    uint2 a = *(const uint2*)(p + i);
+    const __half* b = (const __half*)&a;
+    for (int k = 0; k < 4; k++) v[k] = __half2float(b[k]);
+}
 
 // c (16x8 fp32) += a (16x16 bf16, row) . b (16x8 bf16, col); fragment layouts as in the PTX ISA:
 // lane = 4 g + t holds rows g and g + 8, columns 2t, 2t + 1 (and + 8 for a's k).
 __device__ inline void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// The same with fp16 a and b.
+__device__ inline void mma_f16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -123,9 +137,14 @@ __device__ inline void cp_async16_zfill(void* dst, const void* src, bool ok) {
 __device__ inline void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ inline void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Writes v as the bf16 pair hi + lo (next GEMM's input) when hi is not NULL; lo may be NULL.
-__device__ inline void store_split(__nv_bfloat16* hi, __nv_bfloat16* lo, long i, float v) {
+// Writes v as the next GEMM's 16-bit input when hi is not NULL: the bf16 pair hi + lo (lo may be NULL)
+// or, with f16 (the fp16 GEMM mode), fp16 bits in hi's buffer and no lo.
+__device__ inline void store_split(__nv_bfloat16* hi, __nv_bfloat16* lo, long i, float v, int f16 = 0) {
     if (!hi) return;
+    if (f16) {
+        ((__half*)hi)[i] = __float2half_rn(v);
+        return;
+    }
     __nv_bfloat16 h = __float2bfloat16(v);
     hi[i] = h;
     if (lo) lo[i] = __float2bfloat16(v - __bfloat162float(h));

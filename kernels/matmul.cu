@@ -11,6 +11,21 @@ __global__ void split_bf16_kernel(__nv_bfloat16* hi, __nv_bfloat16* lo, const fl
     store_split(hi, lo, i, x[i]);
 }
 
+__global__ void round_f16_kernel(__half* out, const float* x, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2half_rn(x[i]);
+}
+
+// In place; counts the values beyond fp16's largest finite one (65504 and the rounding margin above it).
+__global__ void bf16_to_f16_kernel(void* w, long n, unsigned long long* over) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = __bfloat162float(((const __nv_bfloat16*)w)[i]);
+    __half h = __float2half_rn(v);
+    if (__hisinf(h) && !isinf(v)) atomicAdd(over, 1ULL);
+    ((__half*)w)[i] = h;
+}
+
 __global__ void add_kernel(float* h, const float* y, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i < n) h[i] += y[i];
@@ -19,6 +34,23 @@ __global__ void add_kernel(float* h, const float* y, long n) {
 extern "C" void gpu_split_bf16(bf16_t* hi, bf16_t* lo, const float* x, long n) {
     split_bf16_kernel<<<ceil_div(n, 256), 256>>>((__nv_bfloat16*)hi, (__nv_bfloat16*)lo, x, n);
     cudaCheck(cudaGetLastError());
+}
+
+extern "C" void gpu_round_f16(uint16_t* out, const float* x, long n) {
+    round_f16_kernel<<<ceil_div(n, 256), 256>>>((__half*)out, x, n);
+    cudaCheck(cudaGetLastError());
+}
+
+extern "C" long gpu_bf16_to_f16(uint16_t* w, long n) {
+    unsigned long long* over;
+    unsigned long long h = 0;
+    cudaCheck(cudaMalloc(&over, sizeof(*over)));
+    cudaCheck(cudaMemset(over, 0, sizeof(*over)));
+    bf16_to_f16_kernel<<<ceil_div(n, 256), 256>>>(w, n, over);
+    cudaCheck(cudaGetLastError());
+    cudaCheck(cudaMemcpy(&h, over, sizeof(h), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaFree(over));
+    return (long)h;
 }
 
 extern "C" void gpu_add(float* h, const float* y, long n) {

@@ -41,6 +41,11 @@ void gpu_matmul_grouped_i8(float* y, const int8_t* xq, const float* sx, const in
 // x = hi + lo, both bf16 (lo may be NULL): bf16 GEMMs on both halves keep ~16 mantissa bits of x.
 // Producers of a GEMM input also write it as bf16 hi (+ lo) when hi is not NULL.
 void gpu_split_bf16(bf16_t* hi, bf16_t* lo, const float* x, long n);
+// out (n) = x rounded to fp16 (raw bits): the GEMM inputs of the fp16 mode
+void gpu_round_f16(uint16_t* out, const float* x, long n);
+// w (n) bf16 rewritten in place as fp16 (raw bits), for the fp16 mode's GEMMs; returns how many values
+// fall outside fp16's range (they became infinities), waiting for the count
+long gpu_bf16_to_f16(uint16_t* w, long n);
 void gpu_add(float* h, const float* y, long n); // h += y (a residual add)
 
 #ifdef __cplusplus

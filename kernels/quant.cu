@@ -65,6 +65,13 @@ extern "C" void gpu_quant_rows_bf16(int8_t* q, float* scale, const bf16_t* x, in
     cudaCheck(cudaGetLastError());
 }
 
+extern "C" void gpu_quant_rows_f16(int8_t* q, float* scale, const uint16_t* x, int rows, int cols,
+                                   QuantSpec spec) {
+    check_cols(cols);
+    quant_rows_kernel<__half><<<rows, 256>>>(q, scale, (const __half*)x, cols, spec.bits, spec.narrow, spec.ct);
+    cudaCheck(cudaGetLastError());
+}
+
 extern "C" void gpu_dequant(float* y, bf16_t* y16, const int32_t* acc, const float* sx, const float* sw, int M,
                             int N, int accumulate) {
     long n = (long)M * N;
@@ -135,4 +142,8 @@ extern "C" void gpu_fake_quant_f32(float* out, const float* x, int rows, int col
 
 extern "C" void gpu_fake_quant_bf16(float* out, const bf16_t* x, int rows, int cols, QuantSpec q, int weight) {
     fake_quant<__nv_bfloat16>(out, (const __nv_bfloat16*)x, rows, cols, q, weight);
+}
+
+extern "C" void gpu_fake_quant_f16(float* out, const uint16_t* x, int rows, int cols, QuantSpec q, int weight) {
+    fake_quant<__half>(out, (const __half*)x, rows, cols, q, weight);
 }

@@ -57,6 +57,8 @@ static inline int quant_gpu_emulated(QuantSpec w, QuantSpec in) {
 // GPU: per-row integer quantization as integers: q (rows, cols) int8, scale (rows) fp32
 void gpu_quant_rows_f32(int8_t* q, float* scale, const float* x, int rows, int cols, QuantSpec spec);
 void gpu_quant_rows_bf16(int8_t* q, float* scale, const bf16_t* x, int rows, int cols, QuantSpec spec);
+// the same from fp16 values (the fp16 mode's weights, raw bits)
+void gpu_quant_rows_f16(int8_t* q, float* scale, const uint16_t* x, int rows, int cols, QuantSpec spec);
 // y (M, N) (+)= acc (M, N) int32 * sx (M) * sw (N), or y16 = that in bf16 when y16 is not NULL
 void gpu_dequant(float* y, bf16_t* y16, const int32_t* acc, const float* sx, const float* sw, int M, int N,
                  int accumulate);
@@ -65,6 +67,7 @@ void gpu_dequant(float* y, bf16_t* y16, const int32_t* acc, const float* sx, con
 // spec.bits == 0 (no quantizer) copies x as fp32.
 void gpu_fake_quant_f32(float* out, const float* x, int rows, int cols, QuantSpec spec, int weight);
 void gpu_fake_quant_bf16(float* out, const bf16_t* x, int rows, int cols, QuantSpec spec, int weight);
+void gpu_fake_quant_f16(float* out, const uint16_t* x, int rows, int cols, QuantSpec spec, int weight);
 
 #ifdef __cplusplus
 }

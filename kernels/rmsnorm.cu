@@ -6,7 +6,7 @@
 
 // One block per row; four consecutive values per thread (C % 4 == 0, checked by the caller).
 __global__ void rmsnorm_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, float* rstd, const float* x,
-                               const __nv_bfloat16* w, int C, float eps) {
+                               const __nv_bfloat16* w, int C, float eps, int f16) {
     long base = (long)blockIdx.x * C;
     float ss = 0.0f, v[4], wv[4];
     for (int j = 4 * threadIdx.x; j < C; j += 4 * blockDim.x) {
@@ -20,7 +20,7 @@ __global__ void rmsnorm_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo,
         load4(w, j, wv);
         for (int k = 0; k < 4; k++) {
             v[k] = wv[k] * (v[k] * r);
-            store_split(hi, lo, base + j + k, v[k]);
+            store_split(hi, lo, base + j + k, v[k], f16);
         }
         if (out) *(float4*)(out + base + j) = make_float4(v[0], v[1], v[2], v[3]);
     }
@@ -42,13 +42,13 @@ __global__ void rmsnorm_bwd_kernel(float* dx, const float* dout, const float* x,
 }
 
 extern "C" void gpu_rmsnorm(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x, const bf16_t* w,
-                            int M, int C, float eps) {
+                            int M, int C, float eps, int f16) {
     if (C % 4) {
         fprintf(stderr, "autoq: hidden size %d not supported by the CUDA RMSNorm (a multiple of 4)\n", C);
         exit(1);
     }
     rmsnorm_kernel<<<M, 256>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, rstd, x, (const __nv_bfloat16*)w, C,
-                               eps);
+                               eps, f16);
     cudaCheck(cudaGetLastError());
 }
 

@@ -14,9 +14,10 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, in
 void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int M,
                       int C, int accumulate);
 
-// GPU, w bf16: out (M, C) (may be NULL) and its bf16 halves hi, lo (may be NULL); rstd (M) may be NULL
+// GPU, w bf16: out (M, C) (may be NULL) and its bf16 halves hi, lo (may be NULL), or with f16 its fp16
+// values in hi (no lo); rstd (M) may be NULL
 void gpu_rmsnorm(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x, const bf16_t* w, int M, int C,
-                 float eps);
+                 float eps, int f16);
 void gpu_rmsnorm_backward(float* dx, const float* dout, const float* x, const bf16_t* w, const float* rstd,
                           int M, int C, int accumulate);
 

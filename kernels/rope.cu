@@ -20,7 +20,7 @@ __device__ inline void load2(const __nv_bfloat16* p, long i, float* a, float* b)
 template <typename T>
 __global__ void qk_norm_rope_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, float* rstd, const T* x,
                                     const __nv_bfloat16* w, const float* cos_t, const float* sin_t, int T_,
-                                    long items, int nh, int hd, long ld, float eps) {
+                                    long items, int nh, int hd, long ld, float eps, int f16) {
     long it = blockIdx.x * (long)(blockDim.x / 32) + threadIdx.x / 32;
     if (it >= items) return;
     int lane = threadIdx.x % 32, half = hd / 2, t = (int)(it / nh % T_), n = 0;
@@ -42,8 +42,8 @@ __global__ void qk_norm_rope_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16
             float c = cos_t[(long)t * half + j], s = sin_t[(long)t * half + j];
             float ra = wa * c - wb * s, rb = wb * c + wa * s;
             if (out) out[o + j] = ra, out[o + j + half] = rb;
-            store_split(hi, lo, o + j, ra);
-            store_split(hi, lo, o + j + half, rb);
+            store_split(hi, lo, o + j, ra, f16);
+            store_split(hi, lo, o + j + half, rb, f16);
         }
 }
 
@@ -81,12 +81,12 @@ static void check_head_dim(int hd) {
 
 extern "C" void gpu_qk_norm_rope(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x,
                                  const bf16_t* w, const float* cos_t, const float* sin_t, int rows, int T,
-                                 int nh, int hd, float eps) {
+                                 int nh, int hd, float eps, int f16) {
     check_head_dim(hd);
     long items = (long)rows * nh;
     qk_norm_rope_kernel<float><<<ceil_div(items, 4), 128>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, rstd,
                                                             x, (const __nv_bfloat16*)w, cos_t, sin_t, T, items,
-                                                            nh, hd, (long)nh * hd, eps);
+                                                            nh, hd, (long)nh * hd, eps, f16);
     cudaCheck(cudaGetLastError());
 }
 
@@ -96,7 +96,7 @@ extern "C" void gpu_qk_norm_rope_bf16(bf16_t* x, long ld, float* rstd, const bf1
     long items = (long)rows * nh;
     qk_norm_rope_kernel<__nv_bfloat16>
         <<<ceil_div(items, 4), 128>>>(NULL, (__nv_bfloat16*)x, NULL, rstd, (const __nv_bfloat16*)x,
-                                      (const __nv_bfloat16*)w, cos_t, sin_t, T, items, nh, hd, ld, eps);
+                                      (const __nv_bfloat16*)w, cos_t, sin_t, T, items, nh, hd, ld, eps, 0);
     cudaCheck(cudaGetLastError());
 }
 

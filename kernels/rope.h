@@ -21,9 +21,10 @@ void rope_forward(float* x, const RopeTable* r, int T, int nh);
 void rope_backward(float* dx, const RopeTable* r, int T, int nh);
 
 // GPU: per-head norm then RoPE of x (B*T, nh, hd) into out (may be x); writes the per-head rstd
-// (rows * nh) when not NULL; positions t = row % T; out may be NULL (bf16 halves only)
+// (rows * nh) when not NULL; positions t = row % T; out may be NULL (bf16 halves only); f16: fp16 in hi
 void gpu_qk_norm_rope(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x, const bf16_t* w,
-                      const float* cos_t, const float* sin_t, int rows, int T, int nh, int hd, float eps);
+                      const float* cos_t, const float* sin_t, int rows, int T, int nh, int hd, float eps,
+                      int f16);
 // the same on bf16 x with rows ld elements apart, in place (the bf16-activation forward)
 void gpu_qk_norm_rope_bf16(bf16_t* x, long ld, float* rstd, const bf16_t* w, const float* cos_t,
                            const float* sin_t, int rows, int T, int nh, int hd, float eps);

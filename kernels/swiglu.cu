@@ -6,8 +6,8 @@
 
 // Four consecutive elements per thread (n % 4 == 0, checked by the caller).
 template <typename T>
-__global__ void swiglu_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, const T* g, const T* u,
-                              long n) {
+__global__ void swiglu_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, const T* g, const T* u, long n,
+                              int f16) {
     long i = 4 * (blockIdx.x * (long)blockDim.x + threadIdx.x);
     if (i >= n) return;
     float gv[4], uv[4];
@@ -15,7 +15,7 @@ __global__ void swiglu_kernel(float* out, __nv_bfloat16* hi, __nv_bfloat16* lo, 
     load4(u, i, uv);
     for (int k = 0; k < 4; k++) {
         gv[k] = gv[k] / (1.0f + expf(-gv[k])) * uv[k];
-        store_split(hi, lo, i + k, gv[k]);
+        store_split(hi, lo, i + k, gv[k], f16);
     }
     if (out) *(float4*)(out + i) = make_float4(gv[0], gv[1], gv[2], gv[3]);
 }
@@ -41,9 +41,11 @@ static void check_four(long n) {
     }
 }
 
-extern "C" void gpu_swiglu(float* out, bf16_t* hi, bf16_t* lo, const float* g, const float* u, long n) {
+extern "C" void gpu_swiglu(float* out, bf16_t* hi, bf16_t* lo, const float* g, const float* u, long n,
+                           int f16) {
     check_four(n);
-    swiglu_kernel<float><<<ceil_div(n / 4, 256), 256>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, g, u, n);
+    swiglu_kernel<float>
+        <<<ceil_div(n / 4, 256), 256>>>(out, (__nv_bfloat16*)hi, (__nv_bfloat16*)lo, g, u, n, f16);
     cudaCheck(cudaGetLastError());
 }
 
@@ -54,7 +56,7 @@ extern "C" void gpu_swiglu_bf16(bf16_t* out, const bf16_t* g, const bf16_t* u, l
     } else {
         check_four(n);
         swiglu_kernel<__nv_bfloat16><<<ceil_div(n / 4, 256), 256>>>(
-            NULL, (__nv_bfloat16*)out, NULL, (const __nv_bfloat16*)g, (const __nv_bfloat16*)u, n);
+            NULL, (__nv_bfloat16*)out, NULL, (const __nv_bfloat16*)g, (const __nv_bfloat16*)u, n, 0);
     }
     cudaCheck(cudaGetLastError());
 }

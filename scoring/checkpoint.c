@@ -36,7 +36,8 @@ json_t* checkpoint_identity(const ScoreJob* j) {
     json_object_set_new(id, "engine", json_string(j->use_gpu ? "cuda" : "cpu"));
     if (j->use_gpu) {
         json_object_set_new(id, "batch_size", json_integer(j->batch_size));
-        json_object_set_new(id, "gpu_gemm", json_string(j->gpu_split ? "bf16x2" : "bf16"));
+        const char* gemm[3] = {"bf16", "bf16x2", "fp16"};
+        json_object_set_new(id, "gpu_gemm", json_string(gemm[j->gpu_gemm]));
     }
     return id;
 }

@@ -1,9 +1,11 @@
 #include "job.h"
 
 #include <jansson.h>
-#include <stdlib.h>
+#include <math.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../engine/forward.h"
 #include "../engine/util.h"
@@ -42,12 +44,18 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
         fail_input("%s: --device must be auto, cpu or cuda (got '%s')", a->cmd, dev);
     j->device = dev ? dev : "auto";
     const char* gg = args_str(a, "--gpu-gemm");
-    if (gg && strcmp(gg, "bf16") && strcmp(gg, "bf16x2"))
-        fail_input("%s: --gpu-gemm must be bf16x2 or bf16 (got '%s')", a->cmd, gg);
-    // default: bf16 hi + lo for kl (small KL values sit below a plain-bf16 model's noise floor);
-    // plain bf16 for gradient, whose 4-bit scores it reproduces within 2% (tests/test_gpu.c; 8-bit formats
-    // are settled in score_job_load once the formats are known)
-    j->gpu_split = gg ? strcmp(gg, "bf16x2") == 0 : j->method == METHOD_KL;
+    if (gg && strcmp(gg, "bf16") && strcmp(gg, "bf16x2") && strcmp(gg, "fp16"))
+        fail_input("%s: --gpu-gemm must be fp16, bf16x2 or bf16 (got '%s')", a->cmd, gg);
+    if (gg && !strcmp(gg, "fp16") && j->method != METHOD_KL)
+        fail_input("%s: --gpu-gemm fp16 is for --method kl (forward passes only)", a->cmd);
+    // default: fp16 GEMM inputs for kl (small KL values sit below a plain-bf16 model's noise floor; fp16's
+    // 3 more bits lift them off it at bf16's cost), bf16 hi + lo where fp16 cannot run (settled in
+    // score_job_load); plain bf16 for gradient, whose 4-bit scores it reproduces within 2% (tests/test_gpu.c;
+    // 8-bit formats are settled in score_job_load once the formats are known)
+    if (gg)
+        j->gpu_gemm = !strcmp(gg, "fp16") ? GEMM_FP16 : !strcmp(gg, "bf16x2") ? GEMM_BF16X2 : GEMM_BF16;
+    else
+        j->gpu_gemm = j->method == METHOD_KL ? GEMM_FP16 : GEMM_BF16;
     j->gpu_gemm_given = gg != NULL;
     j->ngpus = args_int(a, "--gpus", 0, 1, 64);
     j->nccl_init = args_str(a, "--nccl-init");
@@ -81,7 +89,7 @@ void score_job_load(ScoreJob* j) {
     // An 8-bit format's perturbation (~2^-8 of an activation) is the size of plain bf16's input rounding,
     // so plain-bf16 gradient scores of w8a8 / fp8 stray by up to 7% on qwen3-tiny: take hi + lo for them.
     for (int f = 0; f < j->nf && !j->gpu_gemm_given; f++)
-        if (j->fmts[f].bits >= 8) j->gpu_split = 1;
+        if (j->fmts[f].bits >= 8) j->gpu_gemm = GEMM_BF16X2;
     int want_gpu = strcmp(j->device, "cuda") == 0;
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
     j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
@@ -155,6 +163,15 @@ void score_job_load(ScoreJob* j) {
     if (j->data.seq_len) model_check_seq_len(&j->model, j->data.seq_len, "--seq-len");
     data_load(&j->ids, &j->data);
     model_check_seq_len(&j->model, j->ids.t, j->data.path);
+    if (j->use_gpu && j->gpu_gemm == GEMM_FP16 && !gpu_fp16_supported(&j->model.c, j->ids.t)) {
+        if (j->gpu_gemm_given)
+            fail_input(
+                "--gpu-gemm fp16: runs dense models with windows a multiple of 64 tokens and head_dim 64 "
+                "or 128 (%s: %s, seq_len %d, head_dim %d); use bf16x2",
+                j->model_dir, j->model.c.n_sparse ? "mixture-of-experts" : "dense", j->ids.t,
+                j->model.c.head_dim);
+        j->gpu_gemm = GEMM_BF16X2;
+    }
 }
 
 // The expert coverage counts, each row named by its layer's experts group.
@@ -296,19 +313,29 @@ static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint
     work_add(&j->work, &j->model, &j->groups, j->nf, j->method, j->ids.n, 1);
 }
 
+// Whether every score so far is finite. In the fp16 GEMM mode an activation beyond fp16's range (65504)
+// becomes an infinity, and the passes through it NaN.
+static int scores_finite(const ScoreJob* j) {
+    for (long i = 0; i < (long)j->nf * j->groups.n; i++)
+        if (!isfinite(j->score[i])) return 0;
+    return 1;
+}
+
 // One device: the CPU scorer one window at a time (on the candidate weights qc), or one GPU in batches of
-// --batch-size windows.
-static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
+// --batch-size windows. Returns 0, or 1 when the fp16 GEMM mode overflowed (the run stopped there).
+static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
     Scorer cpu;
     GpuScorer gpu;
     GpuEngine* e = NULL;
     int B = 1;
     if (j->use_gpu) {
         B = sp->B;
-        e = gpu_engine_init(&j->model, j->ids.t, B, j->gpu_split);
+        e = gpu_engine_init(&j->model, j->ids.t, B, j->gpu_gemm);
         gpu_scorer_init(&gpu, e, sp);
+        const char* how[3] = {"bf16 (kl: bf16 activations, fp32 residual)", "bf16 hi+lo (~16 bits)",
+                              "fp16 (11 bits), fp32 GEMM outputs"};
         info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
-                 j->gpu_split ? "bf16 hi+lo (~16 bits)" : "bf16 (kl: bf16 activations, fp32 residual)");
+                 how[j->gpu_gemm]);
     } else {
         scorer_init_with(&cpu, &j->model, &j->groups, j->fmts, j->nf, j->method, j->ids.t, qc);
         cpu.expert_tokens = j->expert_tokens;
@@ -322,6 +349,7 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, c
     Progress p;
     progress_init(&p, method_name(j->method), j->ids.n);
     progress_step(&p, start);
+    int overflow = 0;
     for (int i = start; i < j->ids.n;) {
         int nb = j->ids.n - i < B ? j->ids.n - i : B;
         const int* ids = j->ids.ids + (long)i * j->ids.t;
@@ -336,6 +364,10 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, c
         work_add(&j->work, &j->model, &j->groups, j->nf, j->method, nb, j->use_gpu);
         j->samples_done += nb;
         i += nb;
+        if (j->use_gpu && j->gpu_gemm == GEMM_FP16 && !scores_finite(j)) {
+            overflow = 1;
+            break;
+        }
         if (checkpoint) checkpoint_save(checkpoint, id, j);
         progress_step(&p, nb);
         if (abort_after && j->samples_done == atoi(abort_after)) raise(SIGKILL); // as kill -9 would
@@ -349,6 +381,7 @@ static void run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, c
     } else {
         scorer_free(&cpu);
     }
+    return overflow;
 }
 
 void score_job_run(ScoreJob* j, const char* checkpoint) {
@@ -367,7 +400,7 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
                        j->method == METHOD_GRADIENT,
                        j->ids.t,
                        j->batch_size < j->ids.n ? j->batch_size : j->ids.n,
-                       j->gpu_split,
+                       j->gpu_gemm,
                        j->expert_tokens,
                        NULL};
     // The candidates' weights, built here for every back end: the CPU scorer takes them as they are, the
@@ -384,10 +417,27 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
         sp.qc = &qc;
         info_msg("score: GPTQ weights resident on the GPU as int8 codes + row scales (%d format(s))", j->nf);
     }
-    if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))
+    int overflow;
+    if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1)) {
         run_gpus(j, &sp, checkpoint);
-    else
-        run_one(j, &sp, &qc, checkpoint);
+        overflow = j->gpu_gemm == GEMM_FP16 && !scores_finite(j);
+    } else {
+        overflow = run_one(j, &sp, &qc, checkpoint);
+    }
+    if (overflow) { // from the start, with the GEMM inputs that keep fp32's range
+        warn_msg("score: fp16 GEMM inputs overflowed (activations beyond 65504) and gave non-finite scores; "
+                 "scoring again with --gpu-gemm bf16x2");
+        if (checkpoint) unlink(checkpoint); // it holds the fp16 run's progress, and its identity
+        memset(j->score, 0, sizeof(double) * j->nf * j->groups.n);
+        if (j->expert_tokens) memset(j->expert_tokens, 0, sizeof(long) * c->n_sparse * c->num_experts);
+        j->work = (Work){0};
+        j->samples_done = 0;
+        j->gpu_gemm = sp.split = GEMM_BF16X2;
+        if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))
+            run_gpus(j, &sp, checkpoint);
+        else
+            run_one(j, &sp, &qc, checkpoint);
+    }
     if (build) qcache_free(&qc);
     score_job_report_experts(j);
 }

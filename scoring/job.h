@@ -27,7 +27,8 @@ typedef struct {
     int use_gpu;   // resolved --device
     int need_host; // the caller runs the CPU engine too (search --verify)
     const char* device;
-    int gpu_split;         // --gpu-gemm bf16x2 (default for kl, and for gradient with an 8-bit format) or bf16
+    int gpu_gemm;          // --gpu-gemm: GEMM_FP16 (default for kl), GEMM_BF16X2 (kl where fp16 cannot run, and
+                           // any method with an 8-bit format) or GEMM_BF16 (default for gradient)
     int gpu_gemm_given;    // --gpu-gemm was on the command line
     int ngpus;             // --gpus (0: every visible GPU)
     int shard;             // --shard-layers: GPUs hold layer ranges (pipeline) instead of whole copies

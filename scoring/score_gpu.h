@@ -21,7 +21,7 @@ typedef struct {
     int nf;
     int gradient;        // method: 1 gradient, 0 kl
     int T, B;            // window length, windows per batch
-    int split;           // GEMM inputs as bf16 hi + lo (see gpu_engine_init)
+    int split;           // the GEMM inputs, GEMM_* (see gpu_engine_init)
     long* expert_tokens; // (n_sparse, E): where the tokens routed to each expert add up, or NULL
     // The candidates' weights as given (GPTQ's, qcache_build; nf formats), or NULL: the engines quantize
     // their bf16 weights round-to-nearest. Each engine holds its own layers' as int8 codes (gpu_given_set).

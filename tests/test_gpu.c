@@ -122,6 +122,32 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
         printf("  %s %s: kl worst relative difference %.3g, gradient %.3g over %d groups; loss %.6f vs %.6f\n",
                label, mode_name[split], w2, w3, gs.n, loss, cpu_loss);
     }
+    // The fp16 GEMM mode (kl's default where it runs: dense, head_dim 64 or 128, T % 64 == 0): the issue's
+    // bar, within 1% of the fp32 engine on every group of at least 1% of the largest score; every group
+    // within 5% (its noise floor lies 8 times below plain bf16's).
+    if (gpu_fp16_supported(&m.c, T)) {
+        gpu_engine_free(e);
+        e = gpu_engine_init(&m, T, n, GEMM_FP16);
+        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, GEMM_FP16, NULL, NULL};
+        GpuScorer sc;
+        gpu_scorer_init(&sc, e, &sp);
+        memset(gsc, 0, sizeof(double) * gs.n);
+        gpu_score_kl(&sc, ids.ids, n, gsc);
+        double top = 0, w_big = 0, w_all = 0;
+        for (int g = 0; g < gs.n; g++) top = fmax(top, cpu_kl[g]);
+        for (int g = 0; g < gs.n; g++) {
+            double d = rel_diff(gsc[g], cpu_kl[g]);
+            w_all = fmax(w_all, d);
+            if (cpu_kl[g] >= 0.01 * top) w_big = fmax(w_big, d);
+        }
+        snprintf(name, sizeof(name), "gpu %s fp16 kl scores within 1%% of cpu on groups >= 1%% of the largest",
+                 label);
+        CHECK(w_big < 0.01, name, "worst %.3g", w_big);
+        snprintf(name, sizeof(name), "gpu %s fp16 kl scores within 5%% of cpu on every group", label);
+        CHECK(w_all < 0.05, name, "worst %.3g", w_all);
+        printf("  %s fp16: kl worst relative difference %.3g on groups >= 1%% of the largest, %.3g on all %d\n",
+               label, w_big, w_all, gs.n);
+    }
     free(gsc);
     free(cpu_tok);
     free(gpu_tok);

@@ -56,6 +56,22 @@ static uint16_t* to_bf16(float* x, long n) {
     return b;
 }
 
+// float to fp16 bits (round to nearest even) by the compiler's _Float16; back by util.h's f16_to_f32.
+static uint16_t f32_to_f16(float x) {
+    _Float16 h = (_Float16)x;
+    uint16_t b;
+    memcpy(&b, &h, 2);
+    return b;
+}
+static float* f16_values(const void* d, long n) {
+    uint16_t* b = xmalloc(2 * n);
+    float* f = xmalloc(4 * n);
+    get(b, d, 2 * n);
+    for (long i = 0; i < n; i++) f[i] = f16_to_f32(b[i]);
+    free(b);
+    return f;
+}
+
 // Largest |a - b| / (max |b| + floor): one error measure for every op.
 static double max_err(const float* a, const float* b, long n, double floor) {
     double w = 0, m = 0;
@@ -104,6 +120,22 @@ static void op_split_add(long n) {
     gpu_add(dx, dy, n);
     get(got, dx, 4 * n);
     report("add", shape, max_err(got, want, n, 0), 0);
+    // fp16 rounding (the fp16 mode's GEMM inputs), bit for bit; bf16 weights rewritten as fp16 in place,
+    // with one value beyond fp16's range counted
+    cudaMemcpy(dx, x, 4 * n, cudaMemcpyHostToDevice); // gpu_add changed it
+    gpu_round_f16(dhi, dx, n);
+    get(hi, dhi, 2 * n);
+    err = 0;
+    for (long i = 0; i < n; i++) err += hi[i] != f32_to_f16(x[i]);
+    report("round_f16 (values differing from _Float16's)", shape, err, 0);
+    for (long i = 0; i < n; i++) lo[i] = f32_to_bf16(x[i]);
+    lo[n / 2] = f32_to_bf16(1e6f);
+    cudaMemcpy(dlo, lo, 2 * n, cudaMemcpyHostToDevice);
+    long over = gpu_bf16_to_f16(dlo, n);
+    get(hi, dlo, 2 * n);
+    err = over != 1;
+    for (long i = 0; i < n; i++) err += hi[i] != f32_to_f16(bf16_to_f32(lo[i]));
+    report("bf16_to_f16 in place (differences, overflow count)", shape, err, 0);
     cudaFree(dx), cudaFree(dy), cudaFree(dhi), cudaFree(dlo);
     free(x), free(y), free(got), free(want), free(hi), free(lo);
 }
@@ -116,11 +148,16 @@ static void op_rmsnorm(int M, int C) {
     float *want = xmalloc(4 * n), *got = xmalloc(4 * n), *rstd = xmalloc(4 * M);
     rmsnorm_forward(want, rstd, x, w, M, C, 1e-6f);
     void *dx = put(x, 4 * n), *dw = put(w16, 2 * C), *dout_ = zeros(4 * n), *dr = zeros(4 * M);
-    gpu_rmsnorm(dout_, NULL, NULL, dr, dx, dw, M, C, 1e-6f);
+    gpu_rmsnorm(dout_, NULL, NULL, dr, dx, dw, M, C, 1e-6f, 0);
     get(got, dout_, 4 * n);
     char shape[64];
     snprintf(shape, sizeof(shape), "(M %d, C %d)", M, C);
     report("rmsnorm", shape, max_err(got, want, n, 0), 1e-6);
+    void* dh = zeros(2 * n); // fp16 output only (the fp16 mode): within fp16's rounding, 2^-11
+    gpu_rmsnorm(NULL, dh, NULL, NULL, dx, dw, M, C, 1e-6f, 1);
+    float* h = f16_values(dh, n);
+    report("rmsnorm fp16", shape, max_err(h, want, n, 0), 5e-4);
+    cudaFree(dh), free(h);
     // backward, accumulating onto a non-zero dx
     float *dx0 = randv(n, 1), *bwant = xmalloc(4 * n);
     memcpy(bwant, dx0, 4 * n);
@@ -147,11 +184,16 @@ static void op_qk_norm_rope(int T, int nh, int hd) {
     rope_forward(want, &rt, T, nh);
     void *dx = put(x, 4 * n), *dw = put(w16, 2 * hd), *dr = zeros(4L * T * nh), *dout = zeros(4 * n);
     void *dcos = put(rt.cos, 4L * T * hd / 2), *dsin = put(rt.sin, 4L * T * hd / 2);
-    gpu_qk_norm_rope(dout, NULL, NULL, dr, dx, dw, dcos, dsin, T, T, nh, hd, 1e-6f);
+    gpu_qk_norm_rope(dout, NULL, NULL, dr, dx, dw, dcos, dsin, T, T, nh, hd, 1e-6f, 0);
     get(got, dout, 4 * n);
     char shape[64];
     snprintf(shape, sizeof(shape), "(T %d, heads %d, head_dim %d)", T, nh, hd);
     report("qk_norm_rope", shape, max_err(got, want, n, 0), 1e-6);
+    void* dh = zeros(2 * n); // fp16 output only (the fp16 mode): within fp16's rounding
+    gpu_qk_norm_rope(NULL, dh, NULL, NULL, dx, dw, dcos, dsin, T, T, nh, hd, 1e-6f, 1);
+    float* h = f16_values(dh, n);
+    report("qk_norm_rope fp16", shape, max_err(h, want, n, 0), 5e-4);
+    cudaFree(dh), free(h);
     // bf16 in place: the CPU on the same bf16 input, within bf16 rounding of the output
     float* xb = xmalloc(4 * n);
     memcpy(xb, x, 4 * n);
@@ -184,11 +226,16 @@ static void op_swiglu(long n) {
           *got = xmalloc(4 * n);
     swiglu_forward(want, g, u, n);
     void *dg = put(g, 4 * n), *du = put(u, 4 * n), *dout_ = zeros(4 * n);
-    gpu_swiglu(dout_, NULL, NULL, dg, du, n);
+    gpu_swiglu(dout_, NULL, NULL, dg, du, n, 0);
     get(got, dout_, 4 * n);
     char shape[32];
     snprintf(shape, sizeof(shape), "(n %ld)", n);
     report("swiglu", shape, max_err(got, want, n, 0), 1e-6);
+    void* dh = zeros(2 * n); // fp16 output only (the fp16 mode): within fp16's rounding
+    gpu_swiglu(NULL, dh, NULL, dg, du, n, 1);
+    float* h = f16_values(dh, n);
+    report("swiglu fp16", shape, max_err(h, want, n, 0), 5e-4);
+    cudaFree(dh), free(h);
     // bf16 in and out (8 per thread when n % 8 == 0, else 4)
     uint16_t *g16 = to_bf16(g, n), *u16 = to_bf16(u, n), *o16 = xmalloc(2 * n);
     swiglu_forward(want, g, u, n);
@@ -212,7 +259,17 @@ static void op_swiglu(long n) {
 }
 
 // Fused causal attention on bf16 inputs against the CPU attention on the same values.
-static void op_flash(int T, int H, int KV, int hd, int nb) {
+// fp32 values on the device as fp16 (gpu_round_f16), in a new buffer.
+static void* put_f16(const float* x, long n) {
+    void* d32 = put(x, 4 * n);
+    void* d = zeros(2 * n);
+    gpu_round_f16(d, d32, n);
+    cudaFree(d32);
+    return d;
+}
+
+// f16: q, k, v in fp16 (the fp16 mode), else bf16.
+static void op_flash(int T, int H, int KV, int hd, int nb, int f16) {
     long qn = (long)nb * T * H * hd, kn = (long)nb * T * KV * hd;
     float *q = randv(qn, 2), *k = randv(kn, 2), *v = randv(kn, 1);
     float *want = xmalloc(4 * qn), *got = xmalloc(4 * qn), *lse = xmalloc(4L * H * T);
@@ -220,13 +277,19 @@ static void op_flash(int T, int H, int KV, int hd, int nb) {
     for (int b = 0; b < nb; b++)
         attention_forward(want + (long)b * T * H * hd, lse, q + (long)b * T * H * hd, k + (long)b * T * KV * hd,
                           v + (long)b * T * KV * hd, T, H, KV, hd);
-    void *dq = put(q16, 2 * qn), *dk = put(k16, 2 * kn), *dv = put(v16, 2 * kn), *dout = zeros(4 * qn);
-    gpu_flash_attention(dout, NULL, dq, (long)H * hd, dk, dv, (long)KV * hd, nb, T, H, KV, hd);
+    void *dq, *dk, *dv, *dout = zeros(4 * qn);
+    if (f16)
+        dq = put_f16(q, qn), dk = put_f16(k, kn), dv = put_f16(v, kn);
+    else
+        dq = put(q16, 2 * qn), dk = put(k16, 2 * kn), dv = put(v16, 2 * kn);
+    gpu_flash_attention(dout, NULL, dq, (long)H * hd, dk, dv, (long)KV * hd, nb, T, H, KV, hd, f16);
     get(got, dout, 4 * qn);
-    char shape[96];
-    snprintf(shape, sizeof(shape), "(windows %d, T %d, heads %d, kv heads %d, head_dim %d)", nb, T, H, KV, hd);
-    // probabilities enter the P.V product as bf16 (as in the cuBLAS path): ~2^-9 relative
-    report("flash_attention", shape, max_err(got, want, qn, 0), 4e-3);
+    char shape[112];
+    snprintf(shape, sizeof(shape), "(%s, windows %d, T %d, heads %d, kv heads %d, head_dim %d)",
+             f16 ? "fp16" : "bf16", nb, T, H, KV, hd);
+    // inputs and the probabilities entering P.V rounded to bf16 (as in the cuBLAS path): ~2^-9 relative;
+    // in fp16 ~2^-12, so the fp16 bound is 8 times tighter
+    report("flash_attention", shape, max_err(got, want, qn, 0), f16 ? 5e-4 : 4e-3);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout);
     free(q), free(k), free(v), free(want), free(got), free(lse), free(q16), free(k16), free(v16);
 }
@@ -669,9 +732,11 @@ int main(void) {
     op_qk_norm_rope(8, 3, 128);
     op_swiglu(4 * 999);
     op_swiglu(8 * 1000);
-    op_flash(128, 4, 2, 64, 2);
-    op_flash(128, 4, 2, 128, 2);
-    op_flash(64, 8, 1, 128, 1);
+    for (int f16 = 0; f16 < 2; f16++) {
+        op_flash(128, 4, 2, 64, 2, f16);
+        op_flash(128, 4, 2, 128, 2, f16);
+        op_flash(64, 8, 1, 128, 1, f16);
+    }
     op_softmax_ds(6, 33);
     op_sum_heads(37, 2, 3, 8);
     op_quant(37, 320, (QuantSpec){.bits = 4, .narrow = 1, .ct = 0});
