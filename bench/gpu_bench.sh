@@ -2,7 +2,7 @@
 # On the GPU machine, in one run: (a) autoq, (b) plain PyTorch with the same semantics
 # (bench/torch_scores.py), (c) ModelOpt auto_quantize (bench/modelopt_scores.py), on generated
 # Qwen3-0.6B- and Qwen3-8B-shaped checkpoints (random bf16 weights, real safetensors).
-#   METHOD=kl|gradient [SHAPES="0.6b 8b"] [MODELOPT="0.6b 8b"] [TORCH_BATCH=auto|B] [TORCH_COMPILE=1]
+#   METHOD=kl|gradient [SHAPES="0.6b 8b"] [MODELOPT="0.6b 8b", empty for none] [TORCH_BATCH=auto|B] [TORCH_COMPILE=1]
 #   [MODES="fp16 bf16x2 bf16": autoq's GEMM inputs for kl] [NO_TORCH=1]
 #   bash bench/gpu_bench.sh OUTDIR [N_06B] [N_8B]
 # (windows of 512 tokens; MODELOPT lists the shapes that also run (c))
@@ -12,7 +12,7 @@ n06=${2:-128}
 n8=${3:-16}
 method=${METHOD:-kl}
 shapes=${SHAPES:-0.6b 8b}
-mo_shapes=${MODELOPT:-0.6b 8b}
+mo_shapes=${MODELOPT-0.6b 8b} # empty: none
 mo_method=$([ "$method" = kl ] && echo kl_div || echo gradient)
 AQ=${AQ:-./autoq}
 mkdir -p "$out"
