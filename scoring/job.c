@@ -384,6 +384,14 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     return overflow;
 }
 
+// Every window on the job's devices: several GPUs at once, or one device. Returns 1 when the fp16 GEMM
+// mode overflowed (non-finite scores).
+static int run_scores(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
+    if (!(j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))) return run_one(j, sp, qc, checkpoint);
+    run_gpus(j, sp, checkpoint);
+    return j->gpu_gemm == GEMM_FP16 && !scores_finite(j);
+}
+
 void score_job_run(ScoreJob* j, const char* checkpoint) {
     j->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
     const Config* c = &j->model.c;
@@ -417,14 +425,7 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
         sp.qc = &qc;
         info_msg("score: GPTQ weights resident on the GPU as int8 codes + row scales (%d format(s))", j->nf);
     }
-    int overflow;
-    if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1)) {
-        run_gpus(j, &sp, checkpoint);
-        overflow = j->gpu_gemm == GEMM_FP16 && !scores_finite(j);
-    } else {
-        overflow = run_one(j, &sp, &qc, checkpoint);
-    }
-    if (overflow) { // from the start, with the GEMM inputs that keep fp32's range
+    if (run_scores(j, &sp, &qc, checkpoint)) { // from the start, with the GEMM inputs that keep fp32's range
         warn_msg("score: fp16 GEMM inputs overflowed (activations beyond 65504) and gave non-finite scores; "
                  "scoring again with --gpu-gemm bf16x2");
         if (checkpoint) unlink(checkpoint); // it holds the fp16 run's progress, and its identity
@@ -433,10 +434,7 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
         j->work = (Work){0};
         j->samples_done = 0;
         j->gpu_gemm = sp.split = GEMM_BF16X2;
-        if (j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))
-            run_gpus(j, &sp, checkpoint);
-        else
-            run_one(j, &sp, &qc, checkpoint);
+        run_scores(j, &sp, &qc, checkpoint);
     }
     if (build) qcache_free(&qc);
     score_job_report_experts(j);
