@@ -4,16 +4,11 @@
 #include "cuda_common.cuh"
 #include "matmul.h"
 
-// x = hi + lo with both in bf16: hi carries 8 mantissa bits, lo the next 8.
-__global__ void split_bf16_kernel(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* x, long n) {
+// x = hi + lo with both in bf16: hi carries 8 mantissa bits, lo the next 8; with f16, x in fp16 in hi.
+__global__ void split_bf16_kernel(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* x, long n, int f16) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= n) return;
-    store_split(hi, lo, i, x[i]);
-}
-
-__global__ void round_f16_kernel(__half* out, const float* x, long n) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2half_rn(x[i]);
+    store_split(hi, lo, i, x[i], f16);
 }
 
 // In place; counts the values beyond fp16's largest finite one (65504 and the rounding margin above it).
@@ -32,12 +27,12 @@ __global__ void add_kernel(float* h, const float* y, long n) {
 }
 
 extern "C" void gpu_split_bf16(bf16_t* hi, bf16_t* lo, const float* x, long n) {
-    split_bf16_kernel<<<ceil_div(n, 256), 256>>>((__nv_bfloat16*)hi, (__nv_bfloat16*)lo, x, n);
+    split_bf16_kernel<<<ceil_div(n, 256), 256>>>((__nv_bfloat16*)hi, (__nv_bfloat16*)lo, x, n, 0);
     cudaCheck(cudaGetLastError());
 }
 
 extern "C" void gpu_round_f16(uint16_t* out, const float* x, long n) {
-    round_f16_kernel<<<ceil_div(n, 256), 256>>>((__half*)out, x, n);
+    split_bf16_kernel<<<ceil_div(n, 256), 256>>>((__nv_bfloat16*)out, NULL, x, n, 1);
     cudaCheck(cudaGetLastError());
 }
 
