@@ -30,6 +30,34 @@ typedef struct {
     long tokens;
 } Capture;
 
+// A host thread beside the card's work (the copier, the uploader): its lock, its signal, the request to
+// stop, and the device it drives (the caller's).
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop, dev;
+} Worker;
+
+static void worker_start(Worker* w, void* (*fn)(void*), void* arg, const char* what) {
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->stop = 0;
+    cudaCheck(cudaGetDevice(&w->dev));
+    if (pthread_create(&w->thread, NULL, fn, arg)) fail_other("gptq: cannot start the %s thread", what);
+}
+
+// Asks the thread to stop, waits for it, and releases its lock and signal.
+static void worker_stop(Worker* w) {
+    pthread_mutex_lock(&w->mu);
+    w->stop = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+}
+
 // Finished codes reach the caller's arrays on a worker thread while the card goes on: the first touch
 // of fresh host memory (an 8 GB model's codes) costs seconds. Each layer's codes and scales land in one
 // of two pinned slots (layer l in slot l % 2); a layer waits for the jobs of the one before last.
@@ -43,15 +71,12 @@ typedef struct {
 } CopyJob;
 
 typedef struct {
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+    Worker w;
     CopyJob* jobs;
-    int head, tail, cap, stop;
+    int head, tail, cap;
     long queued[2], done[2];
     int8_t* pinned[2]; // slots, `slot_bytes` each
     size_t slot_bytes, used;
-    int dev;
 } Copier;
 
 static void copy_job_run(const CopyJob* j) {
@@ -71,39 +96,36 @@ static void copy_job_run(const CopyJob* j) {
 
 static void* copier_main(void* arg) {
     Copier* c = (Copier*)arg;
-    cudaCheck(cudaSetDevice(c->dev));
-    pthread_mutex_lock(&c->mu);
+    cudaCheck(cudaSetDevice(c->w.dev));
+    pthread_mutex_lock(&c->w.mu);
     for (;;) {
-        while (c->head == c->tail && !c->stop) pthread_cond_wait(&c->cv, &c->mu);
+        while (c->head == c->tail && !c->w.stop) pthread_cond_wait(&c->w.cv, &c->w.mu);
         if (c->head == c->tail) break;
         CopyJob j = c->jobs[c->head++];
-        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(&c->w.mu);
         cudaCheck(cudaEventSynchronize(j.copied));
         cudaCheck(cudaEventDestroy(j.copied));
         copy_job_run(&j);
-        pthread_mutex_lock(&c->mu);
+        pthread_mutex_lock(&c->w.mu);
         c->done[j.slot]++;
-        pthread_cond_broadcast(&c->cv);
+        pthread_cond_broadcast(&c->w.cv);
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->w.mu);
     return NULL;
 }
 
 static void copier_init(Copier* c, size_t slot_bytes) {
     memset(c, 0, sizeof(*c));
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
     c->slot_bytes = slot_bytes;
-    cudaCheck(cudaGetDevice(&c->dev));
     for (int k = 0; k < 2; k++) cudaCheck(cudaMallocHost(&c->pinned[k], slot_bytes));
-    if (pthread_create(&c->thread, NULL, copier_main, c)) fail_other("gptq: cannot start the copying thread");
+    worker_start(&c->w, copier_main, c, "copying");
 }
 
 // Layer l starts: its slot is free once the jobs of layer l - 2 are done.
 static void copier_layer(Copier* c, int l) {
-    pthread_mutex_lock(&c->mu);
-    while (c->done[l % 2] != c->queued[l % 2]) pthread_cond_wait(&c->cv, &c->mu);
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_lock(&c->w.mu);
+    while (c->done[l % 2] != c->queued[l % 2]) pthread_cond_wait(&c->w.cv, &c->w.mu);
+    pthread_mutex_unlock(&c->w.mu);
     c->used = 0;
 }
 
@@ -121,88 +143,69 @@ static void copier_push(Copier* c, int l, const int8_t* d_codes, const float* d_
     cudaCheck(cudaMemcpyAsync(hs, d_scale, sizeof(float) * rows, cudaMemcpyDeviceToHost, 0));
     cudaCheck(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming | cudaEventBlockingSync));
     cudaCheck(cudaEventRecord(copied, 0));
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(&c->w.mu);
     if (c->tail == c->cap) {
         c->cap = c->cap ? 2 * c->cap : 64;
         c->jobs = (CopyJob*)xrealloc(c->jobs, sizeof(CopyJob) * c->cap);
     }
     c->jobs[c->tail++] = (CopyJob){h, hs, rows, cols, l % 2, dst_codes, dst_w, copied};
     c->queued[l % 2]++;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
+    pthread_cond_broadcast(&c->w.cv);
+    pthread_mutex_unlock(&c->w.mu);
 }
 
 static void copier_free(Copier* c) {
-    pthread_mutex_lock(&c->mu);
-    c->stop = 1;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    pthread_join(c->thread, NULL);
+    worker_stop(&c->w); // after the jobs queued so far
     for (int k = 0; k < 2; k++) cudaFreeHost(c->pinned[k]);
     free(c->jobs);
-    pthread_mutex_destroy(&c->mu);
-    pthread_cond_destroy(&c->cv);
 }
 
 // The next layer's weights go up on this thread while the card works on the current one.
 typedef struct {
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+    Worker w;
     GpuEngine* e;
-    int dev, want, done, stop; // the layer asked for, and the last one uploaded
+    int want, done; // the layer asked for, and the last one uploaded
 } Prefetch;
 
 static void* prefetch_main(void* arg) {
     Prefetch* p = (Prefetch*)arg;
-    cudaCheck(cudaSetDevice(p->dev));
-    pthread_mutex_lock(&p->mu);
+    cudaCheck(cudaSetDevice(p->w.dev));
+    pthread_mutex_lock(&p->w.mu);
     for (;;) {
-        while (p->want == p->done && !p->stop) pthread_cond_wait(&p->cv, &p->mu);
-        if (p->stop) break;
+        while (p->want == p->done && !p->w.stop) pthread_cond_wait(&p->w.cv, &p->w.mu);
+        if (p->w.stop) break;
         int l = p->want;
-        pthread_mutex_unlock(&p->mu);
+        pthread_mutex_unlock(&p->w.mu);
         gpu_engine_prefetch(p->e, l);
-        pthread_mutex_lock(&p->mu);
+        pthread_mutex_lock(&p->w.mu);
         p->done = l;
-        pthread_cond_broadcast(&p->cv);
+        pthread_cond_broadcast(&p->w.cv);
     }
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->w.mu);
     return NULL;
 }
 
 static void prefetch_init(Prefetch* p, GpuEngine* e) {
     memset(p, 0, sizeof(*p));
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
     p->e = e;
     p->want = p->done = -1;
-    cudaCheck(cudaGetDevice(&p->dev));
-    if (pthread_create(&p->thread, NULL, prefetch_main, p)) fail_other("gptq: cannot start the upload thread");
+    worker_start(&p->w, prefetch_main, p, "upload");
 }
 
 static void prefetch_start(Prefetch* p, int l) {
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->w.mu);
     p->want = l;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
+    pthread_cond_broadcast(&p->w.cv);
+    pthread_mutex_unlock(&p->w.mu);
 }
 
 static void prefetch_wait(Prefetch* p, int l) {
-    pthread_mutex_lock(&p->mu);
-    while (p->done != l) pthread_cond_wait(&p->cv, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_lock(&p->w.mu);
+    while (p->done != l) pthread_cond_wait(&p->w.cv, &p->w.mu);
+    pthread_mutex_unlock(&p->w.mu);
 }
 
-static void prefetch_free(Prefetch* p) {
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    pthread_join(p->thread, NULL);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv);
-}
+static void prefetch_free(Prefetch* p) { worker_stop(&p->w); }
 
 // The device buffers of GPTQ: a factor per site (every site of a layer is prepared before any is
 // factorised), and the column loop's buffers sized for the largest site (its linears' rows stacked).
