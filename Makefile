@@ -33,7 +33,8 @@ CPPFLAGS += -DAUTOQ_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
 XLDFLAGS += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs
 LDLIBS += -lcublas -lcusolver -lcudart -lnccl -lstdc++ -lpthread
-NVFLAGS ?= -O2 -arch=sm_90 -Xcompiler -Wall,-Wextra,-fopenmp -I. -DAUTOQ_CUDA -MMD -MP
+AQ_GENCODE = -arch=sm_90
+NVFLAGS ?= -O2 $(AQ_GENCODE) -Xcompiler -Wall,-Wextra,-fopenmp -I. -DAUTOQ_CUDA -MMD -MP
 endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -70,6 +71,10 @@ $(BUILD)/autoq: $(BUILD)/autoq.o $(LIB_OBJ)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(XCFLAGS) -c -o $@ $<
+
+# The experts' Hopper GEMM (wgmma) exists in sm_90a code only; compute_90 PTX keeps the file's other
+# kernels (and the mma.sync grouped GEMM it falls back to) for other GPUs.
+$(BUILD)/kernels/matmul.cu.o: AQ_GENCODE = -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=[sm_90,compute_90]
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)

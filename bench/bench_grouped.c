@@ -1,6 +1,7 @@
 // The experts' grouped GEMM (kernels/matmul.cu) at the Qwen3-30B-A3B shape against cuBLAS on one
 // dense GEMM of the same total size (its ceiling: no grouping, no ragged tiles), and against one
-// cuBLAS GEMM per expert (AUTOQ_MOE_GEMM=loop). Rows per expert as a batch of 8 x 512 tokens,
+// cuBLAS GEMM per expert (AUTOQ_MOE_GEMM=loop), and the sm_90 (wgmma) kernel against the mma.sync
+// one (AUTOQ_MOE_GEMM=mma), bf16 and int8. Rows per expert as a batch of 8 x 512 tokens,
 // top-8 of 128 experts, spreads them: uniform, or skewed (expert e gets a share growing with e).
 // Also cuBLAS's own grouped GEMM (cublasGemmGroupedBatchedEx: one group per expert, sizes on the
 // host, so the engine would have to read the routing counts back first).
@@ -72,6 +73,11 @@ int main(int argc, char** argv) {
     cudaMalloc(&w, 2L * E * 2048 * 768);
     cudaMemset(x, 0, 2L * rows * 2048);
     cudaMemset(w, 0, 2L * E * 2048 * 768);
+    float *sx, *sw; // the int8 runs' scales
+    cudaMalloc((void**)&sx, 4L * rows);
+    cudaMalloc((void**)&sw, 4L * E * 2048);
+    cudaMemset(sx, 0, 4L * rows);
+    cudaMemset(sw, 0, 4L * E * 2048);
     int *offs = xmalloc(sizeof(int) * (E + 1)), *tiles = xmalloc(sizeof(int) * 3 * (rows / GROUPED_ROWS + E));
     cublasHandle_t h;
     cublasCreate(&h);
@@ -88,14 +94,18 @@ int main(int argc, char** argv) {
         cudaMemcpy(dt, tiles, sizeof(int) * 3 * nt, cudaMemcpyHostToDevice);
         for (int s = 0; s < 3; s++) {
             int K = shapes[s][0], N = shapes[s][1], bwd = shapes[s][2];
-            double flop = 2.0 * rows * K * N, ms[4];
+            double flop = 2.0 * rows * K * N, ms[7];
             grouped_setup(offs, E, K, N, bwd, x, w, y);
-            for (int impl = 0; impl < 4; impl++) {
+            for (int impl = 0; impl < 7; impl++) {
                 const float one = 1, zero = 0;
+                if (impl == 4) setenv("AUTOQ_MOE_GEMM", "mma", 1);
+                if (impl == 6) unsetenv("AUTOQ_MOE_GEMM");
                 for (int r = -2; r < reps; r++) { // two warm-up runs
                     if (r == 0) cudaEventRecord(a, 0);
-                    if (impl == 0) {
+                    if (impl == 0 || impl == 4) {
                         gpu_matmul_grouped(y, NULL, x, NULL, w, (long)K * N, dt, nt, K, N, bwd, 0.0f);
+                    } else if (impl == 5 || impl == 6) { // int8 codes (the buffers reread as bytes)
+                        if (!bwd) gpu_matmul_grouped_i8(y, x, sx, w, (long)K * N, sw, N, dt, nt, K, N);
                     } else if (impl == 1) {
                         cublasGemmEx(h, bwd ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, N, rows, K, &one, w,
                                      CUDA_R_16BF, bwd ? N : K, x, CUDA_R_16BF, K, &zero, y, CUDA_R_32F, N,
@@ -117,11 +127,16 @@ int main(int argc, char** argv) {
                 cudaEventRecord(b, 0);
                 ms[impl] = time_ms(a, b) / reps;
             }
-            printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); one cuBLAS GEMM of the same size "
-                   "%.3f ms "
-                   "(%.0f); cuBLAS per expert %.3f ms (%.0f); cuBLAS grouped %.3f ms (%.0f)\n",
-                   skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[1],
-                   flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9, ms[3], flop / ms[3] / 1e9);
+            printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); mma.sync kernel %.3f ms (%.0f); one "
+                   "cuBLAS GEMM of the same size %.3f ms (%.0f); cuBLAS per expert %.3f ms (%.0f); cuBLAS "
+                   "grouped %.3f ms (%.0f)",
+                   skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[4],
+                   flop / ms[4] / 1e9, ms[1], flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9, ms[3],
+                   flop / ms[3] / 1e9);
+            if (!bwd)
+                printf("; int8 grouped %.3f ms (%.0f TOP/s), int8 mma.sync %.3f ms (%.0f)", ms[6],
+                       flop / ms[6] / 1e9, ms[5], flop / ms[5] / 1e9);
+            printf("\n");
         }
         cudaFree(dt);
     }

@@ -7,9 +7,21 @@
 
 // ---- optional timing by CUDA events (AUTOQ_GPU_PROFILE=1, for bench/): each mark charges the
 // GPU time since the previous mark to a part; events are read back every PROF_N marks ----
-static const char* prof_name[P_N] = {
-    "rmsnorm", "q/k/v GEMMs",   "q/k norm+rope",      "attention",    "o GEMM+add", "gate/up GEMMs",
-    "swiglu",  "down GEMM+add", "final norm+lm_head", "group set-up", "backward",   "scores (kl, gradient)"};
+static const char* prof_name[P_N] = {"rmsnorm",
+                                     "q/k/v GEMMs",
+                                     "q/k norm+rope",
+                                     "attention",
+                                     "o GEMM+add",
+                                     "experts: routing, gather",
+                                     "gate/up GEMMs",
+                                     "swiglu",
+                                     "down GEMM+add",
+                                     "final norm+lm_head",
+                                     "group set-up",
+                                     "backward",
+                                     "experts: backward GEMMs",
+                                     "experts: int8 block",
+                                     "scores (kl, gradient)"};
 #define PROF_N 4096
 struct Prof {
     cudaEvent_t ev[PROF_N];
@@ -278,7 +290,7 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
     cudaCheck(cudaMemcpy(e->cos_t, r.cos, rb, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(e->sin_t, r.sin, rb, cudaMemcpyHostToDevice));
     rope_free(&r);
-    long M = (long)B * T, D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    long M = (long)B * T, D = c->hidden_size, I = c->intermediate_size;
     long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
     long mx = I > qd ? I : qd;
     mx = mx > D ? mx : D;
@@ -295,7 +307,6 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
     e->S = (float*)dalloc(e, 4 * nTT);
     e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
-    if (last) e->logits = (float*)dalloc(e, 4 * M * V);
     e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (l1 - l0) * slots);
     e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);

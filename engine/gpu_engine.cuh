@@ -67,6 +67,10 @@ struct GpuEngine {
     int* ids;
     // activations, (B*T, width); S (B, H, T, T) scores of every head at once
     float *h, *a, *v, *att, *m_, *g, *u, *act, *S, *lse, *logits, *hsave;
+    // the gradient pass's logits, (head_rows, V): its lm_head runs in chunks of head_rows (whole windows),
+    // so the logits and their gradient take a fraction of the (B*T, V) that kl's logits need
+    float* glogits;
+    int head_rows;
     float* hsave_all; // slots of hsave: a pipeline stage keeps the layer inputs of batches in flight
     int slots;
     // bf16 GEMM inputs; with split, *_lo holds x - bf16(x) so hi + lo carries ~16 mantissa bits
@@ -132,7 +136,24 @@ struct GpuEngine {
 
 // ---- optional timing by CUDA events (AUTOQ_GPU_PROFILE=1, for bench/): each mark charges the
 // GPU time since the previous mark to a part; events are read back every PROF_N marks ----
-enum { P_NORM, P_QKV, P_ROPE, P_ATT, P_O, P_GATE_UP, P_SWIGLU, P_DOWN, P_HEAD, P_GROUP, P_BWD, P_SCORE, P_N };
+enum {
+    P_NORM,
+    P_QKV,
+    P_ROPE,
+    P_ATT,
+    P_O,
+    P_ROUTE,
+    P_GATE_UP,
+    P_SWIGLU,
+    P_DOWN,
+    P_HEAD,
+    P_GROUP,
+    P_BWD,
+    P_EX_BWD,
+    P_EX_Q,
+    P_SCORE,
+    P_N
+};
 void prof_mark(GpuEngine* e, int part); // charges the GPU time since the previous mark to part
 void prof_init(GpuEngine* e);
 void prof_report(GpuEngine* e);
@@ -160,7 +181,9 @@ void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, i
               const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, int lda, int la, const __nv_bfloat16* B_hi,
               const __nv_bfloat16* B_lo, int ldb, int lb, void* C, int c16, int ldc, int lc, int nb);
 void layer_forward(GpuEngine* e, int l, int M);
-void head(GpuEngine* e, int M, float* out); // final norm and lm_head of e->h
+void head(GpuEngine* e, int M, float* out);                 // final norm and lm_head of e->h
+void head_norm(GpuEngine* e, int M);                        // the final norm alone, into the lm_head's inputs
+void head_rows(GpuEngine* e, int r0, int rows, float* out); // lm_head of head_norm's rows r0 ..
 // gpu_backward.cu
 void grad_alloc(GpuEngine* e);
 void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w, int M, int K, int N,

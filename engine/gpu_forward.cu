@@ -273,12 +273,23 @@ static void forward_layers(GpuEngine* e, int start, int M, int save) {
 }
 
 // The final norm and lm_head of e->h into out (the last stage).
-void head(GpuEngine* e, int M, float* out) {
+void head_norm(GpuEngine* e, int M) {
+    const Config* c = &e->m->c;
+    gpu_rmsnorm(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
+                (const bf16_t*)e->norm, M, c->hidden_size, c->rms_eps, e->f16);
+}
+
+// out (rows, V) = lm_head of the normed rows r0 .. r0 + rows - 1 (head_norm's a16 / a_lo).
+void head_rows(GpuEngine* e, int r0, int rows, float* out) {
     const Config* c = &e->m->c;
     long D = c->hidden_size;
-    gpu_rmsnorm(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
-                (const bf16_t*)e->norm, M, (int)D, c->rms_eps, e->f16);
-    gemm_bf16(e, out, NULL, e->a16, e->a_lo, e->lm_head, M, (int)D, c->vocab_size, 0);
+    gemm_bf16(e, out, NULL, e->a16 + r0 * D, e->a_lo ? e->a_lo + r0 * D : NULL, e->lm_head, rows, (int)D,
+              c->vocab_size, 0);
+}
+
+void head(GpuEngine* e, int M, float* out) {
+    head_norm(e, M);
+    head_rows(e, 0, M, out);
     prof_mark(e, P_HEAD);
 }
 
@@ -303,11 +314,17 @@ static void set_mode(GpuEngine* e, int gradient) {
     e->bf16_act = !gradient && !e->split && !e->f16;
 }
 
+// The (B*T, V) logits of the last stage, allocated on first use: a gradient-only run never needs them.
+static float* full_logits(GpuEngine* e) {
+    if (!e->logits) e->logits = (float*)dalloc(e, 4L * e->B * e->T * e->m->c.vocab_size);
+    return e->logits;
+}
+
 extern "C" void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits) {
     int M = nb * e->T;
     set_mode(e, 0);
     embed(e, ids, nb);
-    forward_from(e, 0, M, e->logits, 0);
+    forward_from(e, 0, M, full_logits(e), 0);
     cudaCheck(cudaMemcpy(logits, e->logits, sizeof(float) * M * e->m->c.vocab_size, cudaMemcpyDeviceToHost));
 }
 
@@ -337,7 +354,7 @@ extern "C" void gpu_restore_layer_input(GpuEngine* e, int l, int nb) {
 }
 
 extern "C" float* gpu_head_logits(GpuEngine* e, int nb, float* out) {
-    if (!out) out = e->logits;
+    if (!out) out = full_logits(e);
     head(e, nb * e->T, out);
     return out;
 }

@@ -253,12 +253,14 @@ void moe_forward(GpuEngine* e, int l, int M) {
     int D = e->m->c.hidden_size, K = x->K;
     long MK = (long)M * K, I = x->I;
     route(e, l, M);
-    prof_mark(e, P_GATE_UP);
+    prof_mark(e, P_ROUTE);
     if (x->q_layer == l) {
         experts_int8(e, M);
+        prof_mark(e, P_EX_Q);
     } else {
         gpu_moe_gather(x->xs16, e->m16, x->order, (int)MK, K, 2 * D);
         if (e->split) gpu_moe_gather(x->xs_lo, e->m_lo, x->order, (int)MK, K, 2 * D);
+        prof_mark(e, P_ROUTE);
         ex_gemm(e, l, G_GATE, 0.0f);
         ex_gemm(e, l, G_UP, 0.0f);
         prof_mark(e, P_GATE_UP);
@@ -282,12 +284,18 @@ void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx) {
     long MK = (long)M * K, I = x->I;
     gpu_moe_scatter_backward(x->dye, x->dw, e->dh, x->ye, x->w, x->pos, M, K, D);
     gpu_split_bf16((bf16_t*)x->d16, (bf16_t*)x->d_lo, x->dye, MK * D);
+    prof_mark(e, P_BWD);
     ex_gemm(e, l, G_DOWN_BWD, 0.0f);
+    prof_mark(e, P_EX_BWD);
     gpu_swiglu_backward(x->dg, x->du, x->dact, x->g, x->u, MK * I);
     gpu_split_bf16((bf16_t*)x->d16, (bf16_t*)x->d_lo, x->dg, MK * I);
+    prof_mark(e, P_BWD);
     ex_gemm(e, l, G_GATE_BWD, 0.0f);
+    prof_mark(e, P_EX_BWD);
     gpu_split_bf16((bf16_t*)x->d16, (bf16_t*)x->d_lo, x->du, MK * I);
+    prof_mark(e, P_BWD);
     ex_gemm(e, l, G_UP_BWD, 1.0f);
+    prof_mark(e, P_EX_BWD);
     cudaCheck(cudaMemsetAsync(e->dm, 0, 4L * M * D));
     gpu_moe_gather_backward(e->dm, x->dxs, x->pos, M, K, D);
     gpu_moe_route_backward(x->drl, x->dw, x->probs, x->idx, M, E, K, c->norm_topk);
@@ -303,8 +311,11 @@ extern "C" const float* gpu_moe_quantized(GpuEngine* e, int l, int M, QuantSpec 
     if (e->nq || x->q_layer >= 0) fail_other("internal: gpu_moe_quantized during a quantized pass");
     QuantSpec keep = e->in_spec;
     e->in_spec = in;
+    prof_mark(e, P_SCORE);
     moe_plan_set(e, l, w, f);
+    prof_mark(e, P_GROUP);
     experts_int8(e, M);
+    prof_mark(e, P_EX_Q);
     gpu_moe_scatter(x->yq, NULL, x->ye, x->w, x->pos, M, x->K, e->m->c.hidden_size);
     x->q_layer = -1;
     e->in_spec = keep;

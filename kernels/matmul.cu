@@ -1,5 +1,7 @@
 // Conversions around the cuBLAS GEMMs: fp32 to bf16 hi + lo pairs, residual adds.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
 #include "matmul.h"
@@ -179,6 +181,237 @@ __global__ void __launch_bounds__(256)
             }
 }
 
+// ---- the same GEMMs on Hopper's warpgroup MMA (wgmma, sm_90a only): one CTA of two warpgroups per
+// (tile of GROUPED_ROWS rows of one expert, 128 output columns), each warpgroup m64n128 of it. Operands
+// come through a cp.async pipeline (ragged expert rows and the ends of K zero-filled as above) into
+// the 128-byte-swizzled layout wgmma reads from shared memory: rows of 128 bytes (64 bf16 or 128 int8
+// of K), 16-byte piece c of row r stored at piece c ^ (r % 8). The backward's W_e (K, N) is read
+// MN-major (two 64-column halves of 64 k rows), so no transposed copy of the weights is needed.
+// mma.sync above stays for other GPUs and for AUTOQ_MOE_GEMM=mma. ----
+#define WG_TILE (GROUPED_ROWS * 128) // bytes of one operand tile: 128 rows of 128 bytes of K
+// Measured on an H200 (bench/README.md): 3 stages, no group left running, 2 CTAs per SM gave 331 / 311
+// / 308 TFLOP/s on the 30B-A3B gate / down / down-backward shapes, against 311 / 278 / 262 for 4
+// stages, one group running, one CTA. (Tuning: bench_grouped rebuilt with -DWG_STAGES=.. etc.)
+#ifndef WG_STAGES
+#define WG_STAGES 3 // shared-memory stages: 96 KiB for one input, so two CTAs share an SM
+#endif
+#ifndef WG_INFLIGHT
+#define WG_INFLIGHT 0 // wgmma groups left running while the next tile's loads are issued
+#endif
+#ifndef WG_MINB
+#define WG_MINB 2 // CTAs per SM the registers must allow (one CTA's barrier is the other's multiply)
+#endif
+#define WG_AHEAD (WG_STAGES - 1 - WG_INFLIGHT) // tiles loading ahead of the one multiplying
+#define WG_REGS                                                                                                \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "    \
+    "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "     \
+    "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "     \
+    "%62, %63}"
+#define WG_D8(C, i)                                                                                            \
+    C(d[i]), C(d[i + 1]), C(d[i + 2]), C(d[i + 3]), C(d[i + 4]), C(d[i + 5]), C(d[i + 6]), C(d[i + 7])
+#define WG_D64(C)                                                                                              \
+    WG_D8(C, 0), WG_D8(C, 8), WG_D8(C, 16), WG_D8(C, 24), WG_D8(C, 32), WG_D8(C, 40), WG_D8(C, 48), WG_D8(C, 56)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_ON 1
+#endif
+
+// A shared-memory matrix descriptor: start, leading and stride byte offsets (16-byte units), 128-byte
+// swizzle. K-major tiles: 8-row groups SBO = 1024 apart (LBO unused); MN-major: 64-wide halves LBO
+// apart, 8-k-row groups SBO = 1024 apart.
+__device__ inline uint64_t wg_desc(const void* p, uint32_t lbo, uint32_t sbo) {
+    uint64_t a = (uint64_t)__cvta_generic_to_shared(p);
+    return ((a & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+// d (64x128 fp32 per warpgroup) += A (64x16 bf16) . B (16x128 bf16); TB: B MN-major
+template <int TB> __device__ inline void wg_mma_bf16(float* d, uint64_t a, uint64_t b) {
+#ifdef WG_ON
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS
+                 ", %64, %65, p, 1, 1, 0, %67;\n}\n"
+                 : WG_D64("+f")
+                 : "l"(a), "l"(b), "r"(1), "n"(TB));
+#endif
+}
+// d (64x128 int32) += A (64x32 int8) . B (32x128 int8), both K-major
+__device__ inline void wg_mma_s8(int* d, uint64_t a, uint64_t b) {
+#ifdef WG_ON
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 " WG_REGS ", %64, %65, p;\n}\n"
+                 : WG_D64("+r")
+                 : "l"(a), "l"(b), "r"(1));
+#endif
+}
+__device__ inline void wg_fence() {
+#ifdef WG_ON
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ inline void wg_commit() {
+#ifdef WG_ON
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+// Waits until at most N groups are in flight; the accumulators are pinned behind the wait.
+__device__ inline void wg_pin(float* d) {
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ inline void wg_pin(int* d) {
+    for (int i = 0; i < 64; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+template <int N, typename T> __device__ inline void wg_wait(T* d) {
+#ifdef WG_ON
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+    wg_pin(d);
+}
+
+// 128 rows of 128 bytes from src rows r0.. (row length rb bytes, rows < rn valid) at byte column cb.
+__device__ inline void wg_load_rows(uint8_t* dst, const uint8_t* src, long rb, int rn, long cb, int tid) {
+    for (int v = tid; v < GROUPED_ROWS * 8; v += 256) {
+        int r = v / 8, c = v % 8;
+        bool ok = r < rn && cb + 16 * c < rb;
+        cp_async16_zfill(dst + r * 128 + ((c ^ (r & 7)) << 4), src + (ok ? r * rb + cb + 16 * c : 0), ok);
+    }
+}
+// W_e (K, N) bf16, k rows k0 .. k0 + 63, columns n0 .. n0 + 127, MN-major: half j at j * 8192.
+__device__ inline void wg_load_kn(uint8_t* dst, const __nv_bfloat16* we, int k0, int n0, int K, int N,
+                                  int tid) {
+    for (int v = tid; v < 1024; v += 256) {
+        int j = v / 512, r = (v / 8) % 64, c = v % 8, n = n0 + 64 * j + 8 * c;
+        bool ok = k0 + r < K && n < N;
+        cp_async16_zfill(dst + j * 8192 + r * 128 + ((c ^ (r & 7)) << 4),
+                         we + (ok ? (long)(k0 + r) * N + n : 0), ok);
+    }
+}
+
+// MODE 0: bf16, W_e (N, K); 1: bf16, W_e (K, N) (the backward); 2: int8, W_e (N, K) with the
+// dequantizing epilogue. A stage: A hi, A lo (when xlo), then B, one WG_TILE each.
+template <int MODE, bool LO>
+__global__ void __launch_bounds__(256, WG_MINB)
+    grouped_wg_kernel(float* y, __nv_bfloat16* y16, const void* xhi, const void* xlo, const void* w,
+                      long wstride, const float* sx, const float* sw, long swstride, const int* tiles, int nt,
+                      int K, int N, float beta) {
+    extern __shared__ uint8_t wg_raw[];
+    uint8_t* smem = (uint8_t*)(((uintptr_t)wg_raw + 1023) & ~(uintptr_t)1023); // the swizzle's alignment
+    // blockIdx.x runs over the columns: a tile's rows and an expert's weights are reused from L2 at once
+    int t = blockIdx.y, e = tiles[t], r0 = tiles[nt + t], rn = tiles[2 * nt + t], n0 = blockIdx.x * 128;
+    if (rn == 0) return;
+    const int es = MODE == 2 ? 1 : 2; // bytes per element
+    const int parts = LO ? 2 : 1, sb = (parts + 1) * WG_TILE;
+    int tid = threadIdx.x, wg = tid / 128;
+    long rb = (long)K * es;
+    int nk = (int)((rb + 127) / 128);
+    const uint8_t *a0 = (const uint8_t*)xhi + r0 * rb, *a1 = LO ? (const uint8_t*)xlo + r0 * rb : NULL;
+    const uint8_t* we = (const uint8_t*)w + e * wstride * es;
+    typedef typename std::conditional<MODE == 2, int, float>::type acc_t;
+    acc_t d[64];
+    for (int i = 0; i < 64; i++) d[i] = 0;
+    auto load = [&](int kt) {
+        uint8_t* st = smem + (kt % WG_STAGES) * sb;
+        wg_load_rows(st, a0, rb, rn, kt * 128L, tid);
+        if (LO) wg_load_rows(st + WG_TILE, a1, rb, rn, kt * 128L, tid);
+        if (MODE == 1)
+            wg_load_kn(st + parts * WG_TILE, (const __nv_bfloat16*)we, kt * 64, n0, K, N, tid);
+        else
+            wg_load_rows(st + parts * WG_TILE, we + n0 * rb, rb, N - n0, kt * 128L, tid);
+    };
+    for (int s = 0; s < WG_AHEAD; s++) {
+        if (s < nk) load(s);
+        cp_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        cp_wait<WG_AHEAD - 1>();
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async's writes, then wgmma's reads
+        __syncthreads(); // tile kt landed; the multiplies of the stage loaded next are done everywhere
+        if (kt + WG_AHEAD < nk) load(kt + WG_AHEAD);
+        cp_commit();
+        const uint8_t* st = smem + (kt % WG_STAGES) * sb;
+        const uint8_t* b = st + parts * WG_TILE;
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) { // four k steps of 32 bytes (16 bf16, 32 int8)
+            uint64_t db = MODE == 1 ? wg_desc(b + ks * 2048, 8192, 1024) : wg_desc(b + ks * 32, 16, 1024);
+#pragma unroll
+            for (int p = 0; p < parts; p++) {
+                uint64_t da = wg_desc(st + p * WG_TILE + wg * 8192 + ks * 32, 16, 1024);
+                if constexpr (MODE == 2)
+                    wg_mma_s8(d, da, db);
+                else
+                    wg_mma_bf16<MODE == 1>(d, da, db);
+            }
+        }
+        wg_commit();
+        wg_wait<WG_INFLIGHT>(d);
+    }
+    wg_wait<0>(d);
+    // fragments as mma.sync's, per warp of the warpgroup: lane 4 g + q holds rows g, g + 8 of its 16
+    // and columns 8 j + 2 q, + 1 for j = 0 .. 15
+    int lane = tid % 32, g = lane / 4, q = lane % 4, wr = wg * 64 + (tid % 128) / 32 * 16;
+    for (int j = 0; j < 16; j++)
+        for (int h = 0; h < 2; h++) {
+            int row = wr + g + 8 * h, col = n0 + 8 * j + 2 * q;
+            if (row >= rn || col >= N) continue;
+            long o = (long)(r0 + row) * N + col;
+            float v0 = (float)d[4 * j + 2 * h], v1 = (float)d[4 * j + 2 * h + 1];
+            if constexpr (MODE == 2) {
+                float s = sx[r0 + row];
+                const float* ws = sw + e * swstride + col;
+                *(float2*)(y + o) = make_float2(v0 * (s * ws[0]), v1 * (s * ws[1]));
+            } else if (y16) {
+                *(__nv_bfloat162*)(y16 + o) = __floats2bfloat162_rn(v0, v1);
+            } else {
+                float2 old = beta == 0.0f ? make_float2(0, 0) : *(float2*)(y + o);
+                *(float2*)(y + o) = make_float2(v0 + beta * old.x, v1 + beta * old.y);
+            }
+        }
+}
+
+// Whether the wgmma kernels serve this call: a compute capability 9.0 device (their sm_90a code
+// runs there only) and AUTOQ_MOE_GEMM not "mma". Also sets their shared-memory limit once per device.
+static int use_wgmma(void) {
+    static volatile signed char cc90[64];
+    const char* how = getenv("AUTOQ_MOE_GEMM");
+    if (how && strcmp(how, "mma") == 0) return 0;
+    int dev;
+    cudaCheck(cudaGetDevice(&dev));
+    if (dev >= 64) return 0;
+    if (cc90[dev] == 0) {
+        int ma, mi, on;
+        cudaCheck(cudaDeviceGetAttribute(&ma, cudaDevAttrComputeCapabilityMajor, dev));
+        cudaCheck(cudaDeviceGetAttribute(&mi, cudaDevAttrComputeCapabilityMinor, dev));
+        on = ma == 9 && mi == 0;
+        int smem = WG_STAGES * 3 * WG_TILE + 1024;
+        if (on) {
+            const void* k[] = {
+                (const void*)grouped_wg_kernel<0, false>, (const void*)grouped_wg_kernel<0, true>,
+                (const void*)grouped_wg_kernel<1, false>, (const void*)grouped_wg_kernel<1, true>,
+                (const void*)grouped_wg_kernel<2, false>};
+            for (int i = 0; i < 5; i++)
+                cudaCheck(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        }
+        cc90[dev] = on ? 1 : -1;
+    }
+    return cc90[dev] > 0;
+}
+
+static void grouped_wg(int mode, float* y, __nv_bfloat16* y16, const void* xhi, const void* xlo, const void* w,
+                       long wstride, const float* sx, const float* sw, long swstride, const int* tiles, int nt,
+                       int K, int N, float beta) {
+    dim3 grid(ceil_div(N, 128), nt);
+    size_t smem = WG_STAGES * (xlo ? 3 : 2) * WG_TILE + 1024;
+#define WG_LAUNCH(M, L)                                                                                        \
+    grouped_wg_kernel<M, L>                                                                                    \
+        <<<grid, 256, smem>>>(y, y16, xhi, xlo, w, wstride, sx, sw, swstride, tiles, nt, K, N, beta)
+    if (mode == 0 && !xlo) WG_LAUNCH(0, false);
+    if (mode == 0 && xlo) WG_LAUNCH(0, true);
+    if (mode == 1 && !xlo) WG_LAUNCH(1, false);
+    if (mode == 1 && xlo) WG_LAUNCH(1, true);
+    if (mode == 2) WG_LAUNCH(2, false);
+#undef WG_LAUNCH
+    cudaCheck(cudaGetLastError());
+}
+
 extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
                                    long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta) {
     if (K % 16 || N % 8) {
@@ -187,6 +420,11 @@ extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, con
         exit(1);
     }
     if (nt == 0) return;
+    if (use_wgmma()) {
+        grouped_wg(bwd ? 1 : 0, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0, tiles, nt, K, N,
+                   beta);
+        return;
+    }
     dim3 grid(nt, ceil_div(N, GG_BN));
     const __nv_bfloat16 *hi = (const __nv_bfloat16*)xhi, *lo = (const __nv_bfloat16*)xlo;
     const __nv_bfloat16* wb = (const __nv_bfloat16*)w;
@@ -289,6 +527,10 @@ extern "C" void gpu_matmul_grouped_i8(float* y, const int8_t* xq, const float* s
         exit(1);
     }
     if (nt == 0) return;
+    if (use_wgmma()) {
+        grouped_wg(2, y, NULL, xq, NULL, wq, wstride, sx, sw, swstride, tiles, nt, K, N, 0.0f);
+        return;
+    }
     dim3 grid(nt, ceil_div(N, GG_BN));
     size_t smem = 2 * sizeof(GiStage);
     if (first_use_on_device(1))

@@ -26,7 +26,8 @@ void matmul_grouped(float* y, const float* x, const float* w, long wstride, cons
 #define GROUPED_ROWS 128
 int matmul_grouped_tiles(int* tiles, const int* offs, int E);
 // GPU (tiles on the device, nt of them): x = hi + lo bf16 (lo may be NULL), w bf16; y fp32, or y16
-// bf16 with beta 0. Tensor cores, fp32 accumulation; K a multiple of 16 and N of 8.
+// bf16 with beta 0. Tensor cores, fp32 accumulation; K a multiple of 16 and N of 8. wgmma on compute
+// capability 9.0, mma.sync elsewhere or with AUTOQ_MOE_GEMM=mma (the same sums, in the same order).
 void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
                         long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta);
 

@@ -1,15 +1,48 @@
 // Mixture-of-experts routing on the GPU: the CUDA twins of kernels/moe.c, same orders of
-// summation (one thread or block per token or assignment, k in rank order; the routing itself is
-// moe.h's per-token code), so that they agree with the CPU to float rounding of expf.
+// summation (one thread, warp or block per token or assignment, k in rank order; the routing's
+// backward is moe.h's per-token code), so that they agree with the CPU to float rounding of expf.
 #include "cuda_common.cuh"
 #include "matmul.h"
 #include "moe.h"
 
-// One thread per token: E and K are small (at most a few hundred and a few dozen).
+// One warp per token, the token's probabilities in shared memory: moe_route_token's arithmetic (the
+// softmax sum in expert order by one lane, the selection as its scan: the largest probability, the
+// lowest expert among ties), so the choices are the CPU's. A thread per token ran the selection's
+// K x E loop alone and took as long as the gate and up GEMMs.
+#define ROUTE_WARPS 8
 __global__ void route_kernel(float* probs, int* idx, float* w, const float* logits, int T, int E, int K,
                              int renorm) {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t < T) moe_route_token(t, probs, idx, w, logits, E, K, renorm);
+    extern __shared__ float route_p[]; // (ROUTE_WARPS, E)
+    int lane = threadIdx.x % 32;
+    long t = blockIdx.x * (long)ROUTE_WARPS + threadIdx.x / 32;
+    if (t >= T) return; // the whole warp
+    const float* x = logits + t * E;
+    float *p = route_p + (threadIdx.x / 32) * E, mx = x[0], sum = 0;
+    for (int e = lane; e < E; e += 32) mx = x[e] > mx ? x[e] : mx;
+    mx = warp_max(mx);
+    for (int e = lane; e < E; e += 32) p[e] = expf(x[e] - mx);
+    __syncwarp();
+    if (lane == 0)
+        for (int e = 0; e < E; e++) sum += p[e];
+    sum = __shfl_sync(0xffffffffu, sum, 0);
+    for (int e = lane; e < E; e += 32) probs[t * E + e] = p[e] = p[e] / sum;
+    __syncwarp();
+    float s = 0;
+    for (int k = 0; k < K; k++) {
+        float bv = -1.0f; // probabilities are >= 0; a taken expert is marked -1
+        int bi = E;
+        for (int e = lane; e < E; e += 32)
+            if (p[e] > bv) bv = p[e], bi = e;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+        }
+        s += bv;
+        if (lane == 0) idx[t * K + k] = bi, w[t * K + k] = bv, p[bi] = -1.0f;
+        __syncwarp();
+    }
+    for (int k = lane; renorm && k < K; k += 32) w[t * K + k] /= s;
 }
 
 __global__ void route_backward_kernel(float* dlogits, const float* dw, const float* probs, const int* idx,
@@ -63,7 +96,12 @@ __global__ void scatter_backward_kernel(float* dye, float* dw, const float* dy, 
 
 extern "C" void gpu_moe_route_forward(float* probs, int* idx, float* w, const float* logits, int T, int E,
                                       int K, int renorm) {
-    route_kernel<<<ceil_div(T, 128), 128>>>(probs, idx, w, logits, T, E, K, renorm);
+    if (E > 1536) { // ROUTE_WARPS rows of E floats in 48 KiB of shared memory
+        fprintf(stderr, "autoq: internal: the GPU router takes at most 1536 experts (%d)\n", E);
+        exit(1);
+    }
+    route_kernel<<<ceil_div(T, ROUTE_WARPS), 32 * ROUTE_WARPS, sizeof(float) * ROUTE_WARPS * E>>>(
+        probs, idx, w, logits, T, E, K, renorm);
     cudaCheck(cudaGetLastError());
 }
 

@@ -53,8 +53,10 @@ void gpu_moe_scatter(float* y, float* h, const float* ye, const float* w, const 
 void gpu_moe_scatter_backward(float* dye, float* dw, const float* dy, const float* ye, const float* w,
                               const int* pos, int T, int K, int D);
 
-// One token's routing and its backward: the loop bodies of moe_route_forward / _backward, shared
-// by the CPU loops and the CUDA kernels (one thread per token) so that the two cannot drift apart.
+// One token's routing and its backward: the loop bodies of moe_route_forward / _backward. The
+// backward is shared by the CPU loop and the CUDA kernel (one thread per token) so that the two
+// cannot drift apart; the forward's CUDA kernel (a warp per token) repeats its arithmetic in the
+// same order, and tests/test_gpu_ops.c holds it to the same expert choices.
 #ifdef __CUDACC__
 #define MOE_HD __host__ __device__
 #else

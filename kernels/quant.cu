@@ -7,22 +7,28 @@
 #include "quant.h"
 #include "quant_math.h"
 
-// One block per row, four consecutive values per thread (cols % 4 == 0, checked by the caller).
+// One warp per row (QR_WARPS rows a block), four consecutive values per lane (cols % 4 == 0, checked
+// by the caller): no block-wide barrier, since a block per row spent most of its time in them on
+// rows of a few hundred values (the experts' weights, quantized per gradient batch).
+#define QR_WARPS 8
 template <typename T>
-__global__ void quant_rows_kernel(int8_t* q, float* scale, const T* x, int cols, int bits, int narrow, int ct) {
-    long base = (long)blockIdx.x * cols;
+__global__ void quant_rows_kernel(int8_t* q, float* scale, const T* x, int rows, int cols, int bits, int narrow,
+                                  int ct) {
+    long row = blockIdx.x * (long)QR_WARPS + threadIdx.x / 32, base = row * cols;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return; // the whole warp
     float amax = 0.0f, v[4];
-    for (int j = 4 * threadIdx.x; j < cols; j += 4 * blockDim.x) {
+    for (int j = 4 * lane; j < cols; j += 128) {
         load4(x, base + j, v);
         amax = fmaxf(amax, fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
     }
-    amax = block_max(amax);
+    amax = warp_max(amax);
     float m = (float)((1 << (bits - 1)) - 1);
     float hi = m, lo = (narrow && !ct) ? -m : -m - 1.0f;
     float s = amax / (ct ? m + 0.5f : m);
     int zero = !(amax >= 5.9604644775390625e-08f);
-    if (threadIdx.x == 0) scale[blockIdx.x] = zero ? 0.0f : s;
-    for (int j = 4 * threadIdx.x; j < cols; j += 4 * blockDim.x) {
+    if (lane == 0) scale[row] = zero ? 0.0f : s;
+    for (int j = 4 * lane; j < cols; j += 128) {
         load4(x, base + j, v);
         char4 c;
         int8_t* cp = (int8_t*)&c;
@@ -53,22 +59,24 @@ static void check_cols(int cols) {
 extern "C" void gpu_quant_rows_f32(int8_t* q, float* scale, const float* x, int rows, int cols,
                                    QuantSpec spec) {
     check_cols(cols);
-    quant_rows_kernel<float><<<rows, 256>>>(q, scale, x, cols, spec.bits, spec.narrow, spec.ct);
+    quant_rows_kernel<float>
+        <<<ceil_div(rows, QR_WARPS), 32 * QR_WARPS>>>(q, scale, x, rows, cols, spec.bits, spec.narrow, spec.ct);
     cudaCheck(cudaGetLastError());
 }
 
 extern "C" void gpu_quant_rows_bf16(int8_t* q, float* scale, const bf16_t* x, int rows, int cols,
                                     QuantSpec spec) {
     check_cols(cols);
-    quant_rows_kernel<__nv_bfloat16>
-        <<<rows, 256>>>(q, scale, (const __nv_bfloat16*)x, cols, spec.bits, spec.narrow, spec.ct);
+    quant_rows_kernel<__nv_bfloat16><<<ceil_div(rows, QR_WARPS), 32 * QR_WARPS>>>(
+        q, scale, (const __nv_bfloat16*)x, rows, cols, spec.bits, spec.narrow, spec.ct);
     cudaCheck(cudaGetLastError());
 }
 
 extern "C" void gpu_quant_rows_f16(int8_t* q, float* scale, const uint16_t* x, int rows, int cols,
                                    QuantSpec spec) {
     check_cols(cols);
-    quant_rows_kernel<__half><<<rows, 256>>>(q, scale, (const __half*)x, cols, spec.bits, spec.narrow, spec.ct);
+    quant_rows_kernel<__half><<<ceil_div(rows, QR_WARPS), 32 * QR_WARPS>>>(
+        q, scale, (const __half*)x, rows, cols, spec.bits, spec.narrow, spec.ct);
     cudaCheck(cudaGetLastError());
 }
 

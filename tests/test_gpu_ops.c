@@ -585,6 +585,8 @@ static void op_moe(int T, int E, int K, int D, int renorm) {
     for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) free(hs[i]);
 }
 
+static const char* g_grouped = ""; // which grouped kernel runs (AUTOQ_MOE_GEMM)
+
 // The experts' grouped GEMM (forward and backward layouts, hi + lo inputs, bf16 output, beta 1)
 // against the CPU's per-expert GEMMs on bf16-exact inputs; some experts get no rows, some a
 // partial tile.
@@ -610,9 +612,9 @@ static void op_grouped(int E, int K, int N, int bwd, int split) {
     void *dy = put(y, 4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt), *dy16 = zeros(2L * rows * N);
     gpu_matmul_grouped(dy, NULL, dx, split ? dl : NULL, dw, wsz, dt, nt, K, N, bwd, 1.0f);
     get(got, dy, 4L * rows * N);
-    char shape[96];
-    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s, beta 1)", E, rows, K, N,
-             bwd ? ", backward" : "", split ? ", hi + lo" : "");
+    char shape[128];
+    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s, beta 1%s)", E, rows, K, N,
+             bwd ? ", backward" : "", split ? ", hi + lo" : "", g_grouped);
     report("matmul_grouped", shape, max_err(got, want, (long)rows * N, 0), 1e-5);
     matmul_grouped(want, x, w, wsz, offs, E, K, N, bwd, 0.0f); // bf16 output
     gpu_matmul_grouped(NULL, dy16, dx, NULL, dw, wsz, dt, nt, K, N, bwd, 0.0f);
@@ -645,8 +647,8 @@ static void op_grouped_i8(int E, int K, int N) {
     void *dy = zeros(4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt);
     gpu_matmul_grouped_i8(dy, dx, dsx, dw, ws, dsw, N, dt, nt, K, N);
     get(got, dy, 4L * rows * N);
-    char shape[80];
-    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d)", E, rows, K, N);
+    char shape[96];
+    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s)", E, rows, K, N, g_grouped);
     report("matmul_grouped_i8", shape, max_err(got, want, (long)rows * N, 0), 0);
     cudaFree(dx), cudaFree(dw), cudaFree(dsx), cudaFree(dsw), cudaFree(dy), cudaFree(dt);
     free(offs), free(xq), free(wq), free(sx), free(sw), free(want), free(got), free(tiles);
@@ -743,6 +745,8 @@ int main(void) {
     op_quant(37, 320, (QuantSpec){.bits = 8, .narrow = 1, .ct = 0});
     op_quant(37, 320, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
     op_quant(37, 320, (QuantSpec){.bits = 8, .narrow = 0, .ct = 1});
+    op_quant(1001, 2048,
+             (QuantSpec){.bits = 4, .narrow = 1, .ct = 0}); // rows not a multiple of a block's 8 warps
     op_fake_quant(37, 320, (QuantSpec){.bits = 8, .kind = QUANT_FP8_E4M3}, "fp8");
     op_fake_quant(37, 320, (QuantSpec){.bits = 8, .ct = 1, .kind = QUANT_FP8_E4M3}, "fp8-ct");
     op_fake_quant(37, 320, (QuantSpec){.bits = 4, .kind = QUANT_FP4_E2M1, .block = 16, .scale = QSCALE_E4M3},
@@ -762,16 +766,23 @@ int main(void) {
     op_moe(300, 128, 8, 96, 1);
     op_moe(4096, 128, 8, 64, 1);
     op_moe(50, 60, 4, 32, 0);
-    op_grouped(8, 64, 32, 0, 1);
-    op_grouped(8, 32, 64, 1, 1);
-    op_grouped(13, 256, 200, 0, 0);
-    op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0);
-    op_grouped(5, 2048, 768, 0, 1);
-    op_grouped(5, 768, 2048, 1, 1);
-    op_grouped_i8(8, 32, 64);
-    op_grouped_i8(8, 64, 32);
-    op_grouped_i8(13, 2048, 768);
-    op_grouped_i8(13, 784, 200);
+    // both grouped kernels: wgmma where the device is sm_90 (else mma.sync twice), then mma.sync
+    for (int k = 0; k < 2; k++) {
+        g_grouped = k ? ", mma.sync" : ", default kernel";
+        if (k) setenv("AUTOQ_MOE_GEMM", "mma", 1);
+        op_grouped(8, 64, 32, 0, 1);
+        op_grouped(8, 32, 64, 1, 1);
+        op_grouped(13, 256, 200, 0, 0);
+        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0);
+        op_grouped(5, 2048, 768, 0, 1);
+        op_grouped(5, 768, 2048, 1, 1);
+        op_grouped(5, 2048, 768, 1, 0);
+        op_grouped_i8(8, 32, 64);
+        op_grouped_i8(8, 64, 32);
+        op_grouped_i8(13, 2048, 768);
+        op_grouped_i8(13, 784, 200);
+    }
+    unsetenv("AUTOQ_MOE_GEMM");
     op_gptq(96, 320, 512, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
     op_gptq(64, 300, 256, GPTQ_ORDER_NONE, (QuantSpec){.bits = 4, .narrow = 1, .ct = 0});
     // rows not a multiple of a thread block's 16 warps, more columns than a 1024-column super-block (the
