@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
                 for (int r = -2; r < reps; r++) { // two warm-up runs
                     if (r == 0) cudaEventRecord(a, 0);
                     if (impl == 0 || impl == 4) {
-                        gpu_matmul_grouped(y, NULL, x, NULL, w, (long)K * N, dt, nt, K, N, bwd, 0.0f);
+                        gpu_matmul_grouped(y, NULL, x, NULL, w, (long)K * N, dt, nt, K, N, bwd, 0.0f, 0);
                     } else if (impl == 5 || impl == 6) { // int8 codes (the buffers reread as bytes)
                         if (!bwd) gpu_matmul_grouped_i8(y, x, sx, w, (long)K * N, sw, N, dt, nt, K, N);
                     } else if (impl == 1) {

@@ -179,7 +179,7 @@ static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
 
 // The fp16 mode's weights: t (n values) rewritten as fp16 in place. A value beyond fp16's range becomes
 // an infinity, and every score NaN: the scoring job then scores again with bf16 hi + lo.
-static void weight_to_f16(GpuEngine* e, __nv_bfloat16* t, size_t n, const char* what) {
+void weight_to_f16(GpuEngine* e, __nv_bfloat16* t, size_t n, const char* what) {
     long over = gpu_bf16_to_f16((uint16_t*)t, (long)n);
     if (over) warn_msg("%s: %s holds %ld weights beyond fp16's range (65504)", e->m->dir, what, over);
 }
@@ -233,7 +233,8 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int gemm) {
 }
 
 extern "C" int gpu_fp16_supported(const Config* c, int T) {
-    return !c->n_sparse && gpu_flash_supported(T, c->head_dim);
+    return gpu_flash_supported(T, c->head_dim) && c->hidden_size % 16 == 0 &&
+           (!c->n_sparse || c->moe_intermediate % 16 == 0); // the experts' grouped GEMMs' shapes
 }
 
 extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int gemm, int l0, int l1,

@@ -169,6 +169,11 @@ __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d);
 // gpu_forward.cu
 void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
                const __nv_bfloat16* w, int M, int K, int N, int accumulate);
+// y (M, N) fp32 = (hi + lo) . W^T in bf16 whatever the mode: the router, which stays bf16 in the fp16 mode
+void gemm_bf16_always(GpuEngine* e, float* y, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
+                      const __nv_bfloat16* w, int M, int K, int N);
+// The fp16 mode's weights: t (n values) rewritten as fp16 in place, with a warning for values beyond range
+void weight_to_f16(GpuEngine* e, __nv_bfloat16* t, size_t n, const char* what);
 void gemm_i8(GpuEngine* e, int32_t* acc, const int8_t* xq, const int8_t* wq, int M, int K, int N);
 // y (M, N) fp32 (+)= x (M, K) . w (N, K)^T, fp32 inputs and fp32 accumulation (no TF32): emulated formats.
 void gemm_f32(GpuEngine* e, float* y, const float* x, const float* w, int M, int K, int N, int accumulate);

@@ -9,17 +9,28 @@
 // y (M, N) fp32 (+)= (hi + lo) (M, K) . W (N, K)^T with bf16 inputs, fp32 accumulation, or y16 (M, N)
 // bf16 = hi . W^T when y16 is given. The weights are exact in bf16, so with lo the product keeps ~16
 // bits of the fp32 activations. In the fp16 mode hi and W hold fp16 values (and lo is NULL).
-void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
-               const __nv_bfloat16* w, int M, int K, int N, int accumulate) {
+static void gemm_16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi,
+                    const __nv_bfloat16* lo, const __nv_bfloat16* w, int M, int K, int N, int accumulate,
+                    cudaDataType it) {
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     void* out = y16 ? (void*)y16 : (void*)y;
-    cudaDataType ot = y16 ? CUDA_R_16BF : CUDA_R_32F, it = e->f16 ? CUDA_R_16F : CUDA_R_16BF;
-    if (e->f16 && (y16 || lo)) fail_other("internal: a bf16 output or low half in the fp16 mode");
+    cudaDataType ot = y16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, it, K, hi, it, K, &beta, out,
                              ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (lo)
-        cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, CUDA_R_16BF, K, lo,
-                                 CUDA_R_16BF, K, &one, out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        cublasCheck(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, it, K, lo, it, K, &one,
+                                 out, ot, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
+               const __nv_bfloat16* w, int M, int K, int N, int accumulate) {
+    if (e->f16 && (y16 || lo)) fail_other("internal: a bf16 output or low half in the fp16 mode");
+    gemm_16(e, y, y16, hi, lo, w, M, K, N, accumulate, e->f16 ? CUDA_R_16F : CUDA_R_16BF);
+}
+
+void gemm_bf16_always(GpuEngine* e, float* y, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
+                      const __nv_bfloat16* w, int M, int K, int N) {
+    gemm_16(e, y, NULL, hi, lo, w, M, K, N, 0, CUDA_R_16BF);
 }
 
 // acc (M, N) int32 = xq (M, K) . wq (N, K)^T: the quantized linear as an exact integer GEMM.

@@ -4,7 +4,8 @@
 // GEMMs' tiles all run on the device (kernels/moe.cu), with no host round trip. Each expert then
 // runs on its own rows: one grouped GEMM per projection (kernels/matmul.cu; cuBLAS's grouped GEMM
 // refuses bf16 inputs with fp32 outputs), on int8 codes for a quantized experts group; with
-// AUTOQ_MOE_GEMM=loop, one cuBLAS GEMM per expert instead (for bench/).
+// AUTOQ_MOE_GEMM=loop, one cuBLAS GEMM per expert instead (for bench/). In the fp16 GEMM mode the
+// experts' weights and inputs are fp16 and the router stays bf16 (hi + lo inputs, as bf16x2 routes).
 #include <string.h>
 
 #include "gpu_engine.cuh"
@@ -113,15 +114,21 @@ void moe_upload(GpuEngine* e, int l) {
             upload_to(e, name, g->ex_down);
         else
             upload_transposed(e, name, g->ex_down, E, I, D);
-        return;
+    } else {
+        for (long x = 0; x < E; x++) {
+            snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.gate_proj.weight", P, l, x);
+            upload_to(e, name, g->ex_gu + x * 2 * I * D);
+            snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.up_proj.weight", P, l, x);
+            upload_to(e, name, g->ex_gu + x * 2 * I * D + I * D);
+            snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.down_proj.weight", P, l, x);
+            upload_to(e, name, g->ex_down + x * D * I);
+        }
     }
-    for (long x = 0; x < E; x++) {
-        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.gate_proj.weight", P, l, x);
-        upload_to(e, name, g->ex_gu + x * 2 * I * D);
-        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.up_proj.weight", P, l, x);
-        upload_to(e, name, g->ex_gu + x * 2 * I * D + I * D);
-        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.down_proj.weight", P, l, x);
-        upload_to(e, name, g->ex_down + x * D * I);
+    if (e->f16) { // the experts' GEMMs read fp16 in this mode; the router stays bf16 (route)
+        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts (gate and up)", P, l);
+        weight_to_f16(e, g->ex_gu, E * 2 * I * D, name);
+        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts (down)", P, l);
+        weight_to_f16(e, g->ex_down, E * D * I, name);
     }
 }
 
@@ -141,6 +148,11 @@ void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f) {
     x->wdn = e->wq_pool + E * 2 * I * D;
     x->sgu = e->sw_pool;
     x->sdn = e->sw_pool + E * 2 * I;
+    if (e->f16) { // the same values, held as fp16 in this mode
+        gpu_quant_rows_f16(x->wgu, x->sgu, (const uint16_t*)g->ex_gu, (int)(E * 2 * I), (int)D, w);
+        gpu_quant_rows_f16(x->wdn, x->sdn, (const uint16_t*)g->ex_down, (int)(E * D), (int)I, w);
+        return;
+    }
     gpu_quant_rows_bf16(x->wgu, x->sgu, (const bf16_t*)g->ex_gu, (int)(E * 2 * I), (int)D, w);
     gpu_quant_rows_bf16(x->wdn, x->sdn, (const bf16_t*)g->ex_down, (int)(E * D), (int)I, w);
 }
@@ -159,7 +171,7 @@ static void route(GpuEngine* e, int l, int M) {
         gpu_split_bf16((bf16_t*)x->r16, (bf16_t*)x->r_lo, e->m_, (long)M * c->hidden_size);
         rh = x->r16, rl = x->r_lo;
     }
-    gemm_bf16(e, x->logits, NULL, rh, rl, e->layers[l].router, M, c->hidden_size, E, 0);
+    gemm_bf16_always(e, x->logits, rh, rl, e->layers[l].router, M, c->hidden_size, E); // bf16 in every mode
     gpu_moe_route_forward(x->probs, x->idx, x->w, x->logits, M, E, K, c->norm_topk);
     gpu_moe_sort(x->order, x->offs, x->pos, x->idx, M, E, K, x->sort_scratch);
     gpu_moe_tiles(x->tiles, x->nt, x->count ? x->counts + (long)l * E : NULL, x->offs, E);
@@ -191,20 +203,21 @@ static void ex_gemm(GpuEngine* e, int l, int g, float beta) {
     if (!e->split) lo = NULL;
     if (x->grouped) {
         gpu_matmul_grouped(a16 ? NULL : y, (bf16_t*)y16, (const bf16_t*)hi, (const bf16_t*)lo, (const bf16_t*)w,
-                           ws, x->tiles, x->nt, (int)K, (int)N, bwd, beta);
+                           ws, x->tiles, x->nt, (int)K, (int)N, bwd, beta, e->f16);
         return;
     }
     const float one = 1.0f;
+    cudaDataType it = e->f16 ? CUDA_R_16F : CUDA_R_16BF;
     for (int j = 0; j < x->n_ex; j++) {
         int ex = x->ex_id[j], n = x->h_offs[ex + 1] - x->h_offs[ex];
         long r0 = x->h_offs[ex];
         void* out = a16 ? (void*)(y16 + r0 * N) : (void*)(y + r0 * N);
         for (int p = 0; p < (lo ? 2 : 1); p++) {
             const float b = p ? 1.0f : beta;
-            cublasCheck(cublasGemmEx(
-                e->blas, bwd ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, (int)N, n, (int)K, &one, w + ex * ws,
-                CUDA_R_16BF, bwd ? (int)N : (int)K, (p ? lo : hi) + r0 * K, CUDA_R_16BF, (int)K, &b, out,
-                a16 ? CUDA_R_16BF : CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            cublasCheck(cublasGemmEx(e->blas, bwd ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, (int)N, n, (int)K,
+                                     &one, w + ex * ws, it, bwd ? (int)N : (int)K, (p ? lo : hi) + r0 * K, it,
+                                     (int)K, &b, out, a16 ? CUDA_R_16BF : CUDA_R_32F, (int)N,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         }
     }
 }
@@ -267,7 +280,7 @@ void moe_forward(GpuEngine* e, int l, int M) {
         if (e->bf16_act)
             gpu_swiglu_bf16((bf16_t*)x->act16, (const bf16_t*)x->g16, (const bf16_t*)x->u16, MK * I);
         else
-            gpu_swiglu(NULL, (bf16_t*)x->act16, (bf16_t*)x->act_lo, x->g, x->u, MK * I, 0);
+            gpu_swiglu(NULL, (bf16_t*)x->act16, (bf16_t*)x->act_lo, x->g, x->u, MK * I, e->f16);
         prof_mark(e, P_SWIGLU);
         ex_gemm(e, l, G_DOWN, 0.0f);
     }

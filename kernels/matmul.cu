@@ -108,7 +108,7 @@ __device__ inline void gg_load(__nv_bfloat16* st, const __nv_bfloat16* xhi, cons
     }
 }
 
-template <bool BWD>
+template <bool BWD, bool F16>
 __global__ void __launch_bounds__(256)
     grouped_kernel(float* y, __nv_bfloat16* y16, const __nv_bfloat16* xhi, const __nv_bfloat16* xlo,
                    const __nv_bfloat16* w, long wstride, const int* tiles, int nt, int K, int N, float beta) {
@@ -155,7 +155,12 @@ __global__ void __launch_bounds__(256)
                     ldsm4(a, st + p * GG_A_ELEMS + (wm * (GROUPED_ROWS / 2) + mt * 16 + lane % 16) * GG_LDA +
                                  kk + (lane / 16) * 8);
 #pragma unroll
-                    for (int j = 0; j < 4; j++) mma_bf16(c[mt][j], a, b[j]);
+                    for (int j = 0; j < 4; j++) {
+                        if (F16)
+                            mma_f16(c[mt][j], a, b[j]);
+                        else
+                            mma_bf16(c[mt][j], a, b[j]);
+                    }
                 }
         }
     }
@@ -223,14 +228,21 @@ __device__ inline uint64_t wg_desc(const void* p, uint32_t lbo, uint32_t sbo) {
     return ((a & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) | (1ull << 62);
 }
 
-// d (64x128 fp32 per warpgroup) += A (64x16 bf16) . B (16x128 bf16); TB: B MN-major
-template <int TB> __device__ inline void wg_mma_bf16(float* d, uint64_t a, uint64_t b) {
+// d (64x128 fp32 per warpgroup) += A (64x16) . B (16x128), bf16 or (F16) fp16; TB: B MN-major
+template <int TB, bool F16> __device__ inline void wg_mma_16(float* d, uint64_t a, uint64_t b) {
 #ifdef WG_ON
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS
-                 ", %64, %65, p, 1, 1, 0, %67;\n}\n"
-                 : WG_D64("+f")
-                 : "l"(a), "l"(b), "r"(1), "n"(TB));
+    if constexpr (F16)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS
+                     ", %64, %65, p, 1, 1, 0, %67;\n}\n"
+                     : WG_D64("+f")
+                     : "l"(a), "l"(b), "r"(1), "n"(TB));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS
+                     ", %64, %65, p, 1, 1, 0, %67;\n}\n"
+                     : WG_D64("+f")
+                     : "l"(a), "l"(b), "r"(1), "n"(TB));
 #endif
 }
 // d (64x128 int32) += A (64x32 int8) . B (32x128 int8), both K-major
@@ -286,7 +298,8 @@ __device__ inline void wg_load_kn(uint8_t* dst, const __nv_bfloat16* we, int k0,
 }
 
 // MODE 0: bf16, W_e (N, K); 1: bf16, W_e (K, N) (the backward); 2: int8, W_e (N, K) with the
-// dequantizing epilogue. A stage: A hi, A lo (when xlo), then B, one WG_TILE each.
+// dequantizing epilogue; 3, 4: as 0, 1 in fp16 (the fp16 GEMM mode). A stage: A hi, A lo (when xlo), then B,
+// one WG_TILE each.
 template <int MODE, bool LO>
 __global__ void __launch_bounds__(256, WG_MINB)
     grouped_wg_kernel(float* y, __nv_bfloat16* y16, const void* xhi, const void* xlo, const void* w,
@@ -311,7 +324,7 @@ __global__ void __launch_bounds__(256, WG_MINB)
         uint8_t* st = smem + (kt % WG_STAGES) * sb;
         wg_load_rows(st, a0, rb, rn, kt * 128L, tid);
         if (LO) wg_load_rows(st + WG_TILE, a1, rb, rn, kt * 128L, tid);
-        if (MODE == 1)
+        if (MODE == 1 || MODE == 4)
             wg_load_kn(st + parts * WG_TILE, (const __nv_bfloat16*)we, kt * 64, n0, K, N, tid);
         else
             wg_load_rows(st + parts * WG_TILE, we + n0 * rb, rb, N - n0, kt * 128L, tid);
@@ -331,14 +344,15 @@ __global__ void __launch_bounds__(256, WG_MINB)
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ks++) { // four k steps of 32 bytes (16 bf16, 32 int8)
-            uint64_t db = MODE == 1 ? wg_desc(b + ks * 2048, 8192, 1024) : wg_desc(b + ks * 32, 16, 1024);
+            uint64_t db =
+                MODE == 1 || MODE == 4 ? wg_desc(b + ks * 2048, 8192, 1024) : wg_desc(b + ks * 32, 16, 1024);
 #pragma unroll
             for (int p = 0; p < parts; p++) {
                 uint64_t da = wg_desc(st + p * WG_TILE + wg * 8192 + ks * 32, 16, 1024);
                 if constexpr (MODE == 2)
                     wg_mma_s8(d, da, db);
                 else
-                    wg_mma_bf16<MODE == 1>(d, da, db);
+                    wg_mma_16<MODE == 1 || MODE == 4, (MODE >= 3)>(d, da, db);
             }
         }
         wg_commit();
@@ -386,8 +400,9 @@ static int use_wgmma(void) {
             const void* k[] = {
                 (const void*)grouped_wg_kernel<0, false>, (const void*)grouped_wg_kernel<0, true>,
                 (const void*)grouped_wg_kernel<1, false>, (const void*)grouped_wg_kernel<1, true>,
-                (const void*)grouped_wg_kernel<2, false>};
-            for (int i = 0; i < 5; i++)
+                (const void*)grouped_wg_kernel<2, false>, (const void*)grouped_wg_kernel<3, false>,
+                (const void*)grouped_wg_kernel<4, false>};
+            for (int i = 0; i < 7; i++)
                 cudaCheck(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         }
         cc90[dev] = on ? 1 : -1;
@@ -408,12 +423,19 @@ static void grouped_wg(int mode, float* y, __nv_bfloat16* y16, const void* xhi, 
     if (mode == 1 && !xlo) WG_LAUNCH(1, false);
     if (mode == 1 && xlo) WG_LAUNCH(1, true);
     if (mode == 2) WG_LAUNCH(2, false);
+    if (mode == 3) WG_LAUNCH(3, false);
+    if (mode == 4) WG_LAUNCH(4, false);
 #undef WG_LAUNCH
     cudaCheck(cudaGetLastError());
 }
 
 extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
-                                   long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta) {
+                                   long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta,
+                                   int f16) {
+    if (f16 && (xlo || y16)) {
+        fprintf(stderr, "autoq: internal: an fp16 grouped GEMM with a low half or a bf16 output\n");
+        exit(1);
+    }
     if (K % 16 || N % 8) {
         fprintf(stderr, "autoq: internal: grouped GEMM needs K %% 16 == 0 and N %% 8 == 0 (K %d, N %d)\n", K,
                 N);
@@ -421,8 +443,8 @@ extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, con
     }
     if (nt == 0) return;
     if (use_wgmma()) {
-        grouped_wg(bwd ? 1 : 0, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0, tiles, nt, K, N,
-                   beta);
+        grouped_wg((bwd ? 1 : 0) + (f16 ? 3 : 0), y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0,
+                   tiles, nt, K, N, beta);
         return;
     }
     dim3 grid(nt, ceil_div(N, GG_BN));
@@ -430,17 +452,19 @@ extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, con
     const __nv_bfloat16* wb = (const __nv_bfloat16*)w;
     size_t smem = sizeof(__nv_bfloat16) * GG_STAGES * GG_STAGE_ELEMS;
     if (first_use_on_device(0)) { // the pipeline needs more than the default 48 KiB of shared memory
-        cudaCheck(
-            cudaFuncSetAttribute(grouped_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        cudaCheck(cudaFuncSetAttribute(grouped_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)smem));
+        const void* k[] = {(const void*)grouped_kernel<false, false>, (const void*)grouped_kernel<true, false>,
+                           (const void*)grouped_kernel<false, true>, (const void*)grouped_kernel<true, true>};
+        for (int i = 0; i < 4; i++)
+            cudaCheck(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     }
-    if (bwd)
-        grouped_kernel<true>
-            <<<grid, 256, smem>>>(y, (__nv_bfloat16*)y16, hi, lo, wb, wstride, tiles, nt, K, N, beta);
-    else
-        grouped_kernel<false>
-            <<<grid, 256, smem>>>(y, (__nv_bfloat16*)y16, hi, lo, wb, wstride, tiles, nt, K, N, beta);
+#define GG_LAUNCH(B, H)                                                                                        \
+    grouped_kernel<B, H>                                                                                       \
+        <<<grid, 256, smem>>>(y, (__nv_bfloat16*)y16, hi, lo, wb, wstride, tiles, nt, K, N, beta)
+    if (bwd && f16) GG_LAUNCH(true, true);
+    if (bwd && !f16) GG_LAUNCH(true, false);
+    if (!bwd && f16) GG_LAUNCH(false, true);
+    if (!bwd && !f16) GG_LAUNCH(false, false);
+#undef GG_LAUNCH
     cudaCheck(cudaGetLastError());
 }
 

@@ -28,8 +28,9 @@ int matmul_grouped_tiles(int* tiles, const int* offs, int E);
 // GPU (tiles on the device, nt of them): x = hi + lo bf16 (lo may be NULL), w bf16; y fp32, or y16
 // bf16 with beta 0. Tensor cores, fp32 accumulation; K a multiple of 16 and N of 8. wgmma on compute
 // capability 9.0, mma.sync elsewhere or with AUTOQ_MOE_GEMM=mma (the same sums, in the same order).
+// With f16, x and w hold fp16 values (the fp16 GEMM mode; no lo, no y16).
 void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
-                        long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta);
+                        long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta, int f16);
 
 // The same with int8 codes (the quantized experts, README §4): y's rows = (x's codes . W_e's codes^T)
 // * sx[row] * sw[e * swstride + column], exactly as the dequantized int32 GEMM of kernels/quant.h.

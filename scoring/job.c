@@ -166,10 +166,9 @@ void score_job_load(ScoreJob* j) {
     if (j->use_gpu && j->gpu_gemm == GEMM_FP16 && !gpu_fp16_supported(&j->model.c, j->ids.t)) {
         if (j->gpu_gemm_given)
             fail_input(
-                "--gpu-gemm fp16: runs dense models with windows a multiple of 64 tokens and head_dim 64 "
-                "or 128 (%s: %s, seq_len %d, head_dim %d); use bf16x2",
-                j->model_dir, j->model.c.n_sparse ? "mixture-of-experts" : "dense", j->ids.t,
-                j->model.c.head_dim);
+                "--gpu-gemm fp16: runs windows a multiple of 64 tokens, head_dim 64 or 128, hidden and expert "
+                "sizes multiples of 16 (%s: seq_len %d, head_dim %d); use bf16x2",
+                j->model_dir, j->ids.t, j->model.c.head_dim);
         j->gpu_gemm = GEMM_BF16X2;
     }
 }

@@ -19,7 +19,7 @@ if ! "$AQ" score $M --data $D --num-samples 1 --method kl --device cuda --json "
     echo "SKIP $SUITE: fp16 kl on the GPU (no CUDA device, or built without nvcc)"
     exit 0
 fi
-expect "--gpu-gemm fp16 on a mixture-of-experts model" "runs dense models" \
+expect "--gpu-gemm fp16 with head_dim 16 (the MoE fixture)" "head_dim 64 or 128" \
     "$AQ" score $moe --data tests/fixtures/qwen3_moe_tiny_ids.npy --method kl --device cuda --gpu-gemm fp16
 
 # compare A B TOL: every group of at least 1% of the largest score within TOL (relative), every score finite
@@ -44,6 +44,20 @@ grep -q "GEMM inputs fp16" "$tmp/err" && pass "kl's default GEMM inputs on the G
     fail "kl's default GEMM inputs: $(grep 'GEMM inputs' "$tmp/err")"
 out=$(compare "$tmp/gpu.json" "$tmp/cpu.json" 0.01) && pass "fp16 kl within 1% of the CPU on groups >= 1% of the largest ($out)" ||
     fail "fp16 kl against the CPU: $out"
+
+# a mixture-of-experts model fp16 can run (2 layers of the Qwen3-30B-A3B shape: head_dim 128, 128 experts,
+# top-8): the GPU's default kl against the CPU engine
+"$AQ" gen "$tmp/moe" --preset 30b-a3b --layers 2 --seed 3 --ids "$tmp/moe_ids.npy" --num-samples 2 --seq-len 128 \
+    >/dev/null 2>&1 || fail "gen 30b-a3b --layers 2"
+"$AQ" score "$tmp/moe" --data "$tmp/moe_ids.npy" --method kl --device cpu --json "$tmp/moe_cpu.json" >/dev/null 2>&1 ||
+    fail "MoE kl on the CPU"
+"$AQ" score "$tmp/moe" --data "$tmp/moe_ids.npy" --method kl --device cuda --json "$tmp/moe_gpu.json" 2>"$tmp/err" \
+    >/dev/null || fail "MoE kl on the GPU: $(tail -3 "$tmp/err")"
+grep -q "GEMM inputs fp16" "$tmp/err" && pass "MoE kl's default GEMM inputs on the GPU are fp16" ||
+    fail "MoE kl's default GEMM inputs: $(grep 'GEMM inputs' "$tmp/err")"
+out=$(compare "$tmp/moe_gpu.json" "$tmp/moe_cpu.json" 0.01) &&
+    pass "MoE fp16 kl within 1% of the CPU on groups >= 1% of the largest ($out)" || fail "MoE fp16 kl against the CPU: $out"
+rm -rf "$tmp/moe"
 
 # layer 0's post-attention norm weight x 20000: the MLP's activations reach 1e8, beyond fp16 (not fp32)
 cp -r "$M" "$tmp/big"

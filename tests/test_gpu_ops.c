@@ -588,9 +588,9 @@ static void op_moe(int T, int E, int K, int D, int renorm) {
 static const char* g_grouped = ""; // which grouped kernel runs (AUTOQ_MOE_GEMM)
 
 // The experts' grouped GEMM (forward and backward layouts, hi + lo inputs, bf16 output, beta 1)
-// against the CPU's per-expert GEMMs on bf16-exact inputs; some experts get no rows, some a
-// partial tile.
-static void op_grouped(int E, int K, int N, int bwd, int split) {
+// against the CPU's per-expert GEMMs on bf16-exact inputs (fp16-exact with f16, the fp16 GEMM mode);
+// some experts get no rows, some a partial tile.
+static void op_grouped(int E, int K, int N, int bwd, int split, int f16) {
     int* offs = xmalloc(sizeof(int) * (E + 1));
     offs[0] = 0;
     for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + (e % 3 == 1 ? 0 : 1 + (e * 37) % 150);
@@ -598,7 +598,16 @@ static void op_grouped(int E, int K, int N, int bwd, int split) {
     long wsz = (long)N * K;
     float *x = randv((long)rows * K, 1), *w = randv(wsz * E, 0.1f), *y = randv((long)rows * N, 1);
     uint16_t *w16 = to_bf16(w, wsz * E), *hi = xmalloc(2L * rows * K), *lo = xmalloc(2L * rows * K);
+    for (long i = 0; f16 && i < wsz * E; i++) { // fp16 weights hold the bf16 values (all in range here)
+        w16[i] = f32_to_f16(w[i]);
+        w[i] = f16_to_f32(w16[i]);
+    }
     for (long i = 0; i < (long)rows * K; i++) { // x = hi + lo exactly on the CPU side
+        if (f16) {
+            hi[i] = f32_to_f16(x[i]);
+            x[i] = f16_to_f32(hi[i]);
+            continue;
+        }
         hi[i] = f32_to_bf16(x[i]);
         lo[i] = f32_to_bf16(x[i] - bf16_to_f32(hi[i]));
         x[i] = split ? bf16_to_f32(hi[i]) + bf16_to_f32(lo[i]) : bf16_to_f32(hi[i]);
@@ -610,18 +619,23 @@ static void op_grouped(int E, int K, int N, int bwd, int split) {
     int nt = matmul_grouped_tiles(tiles, offs, E);
     void *dx = put(hi, 2L * rows * K), *dl = put(lo, 2L * rows * K), *dw = put(w16, 2 * wsz * E);
     void *dy = put(y, 4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt), *dy16 = zeros(2L * rows * N);
-    gpu_matmul_grouped(dy, NULL, dx, split ? dl : NULL, dw, wsz, dt, nt, K, N, bwd, 1.0f);
+    gpu_matmul_grouped(dy, NULL, dx, split ? dl : NULL, dw, wsz, dt, nt, K, N, bwd, 1.0f, f16);
     get(got, dy, 4L * rows * N);
     char shape[128];
     snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s, beta 1%s)", E, rows, K, N,
-             bwd ? ", backward" : "", split ? ", hi + lo" : "", g_grouped);
+             bwd ? ", backward" : "",
+             split ? ", hi + lo"
+             : f16 ? ", fp16"
+                   : "",
+             g_grouped);
     report("matmul_grouped", shape, max_err(got, want, (long)rows * N, 0), 1e-5);
     matmul_grouped(want, x, w, wsz, offs, E, K, N, bwd, 0.0f); // bf16 output
-    gpu_matmul_grouped(NULL, dy16, dx, NULL, dw, wsz, dt, nt, K, N, bwd, 0.0f);
     uint16_t* g16 = xmalloc(2L * rows * N);
+    if (!f16) gpu_matmul_grouped(NULL, dy16, dx, NULL, dw, wsz, dt, nt, K, N, bwd, 0.0f, 0);
     get(g16, dy16, 2L * rows * N);
     for (long i = 0; i < (long)rows * N; i++) got[i] = bf16_to_f32(g16[i]);
-    if (!split) report("matmul_grouped bf16 output", shape, max_err(got, want, (long)rows * N, 0), 8e-3);
+    if (!split && !f16)
+        report("matmul_grouped bf16 output", shape, max_err(got, want, (long)rows * N, 0), 8e-3);
     cudaFree(dx), cudaFree(dl), cudaFree(dw), cudaFree(dy), cudaFree(dt), cudaFree(dy16);
     free(offs), free(x), free(w), free(y), free(w16), free(hi), free(lo), free(want), free(got), free(tiles),
         free(g16);
@@ -770,13 +784,17 @@ int main(void) {
     for (int k = 0; k < 2; k++) {
         g_grouped = k ? ", mma.sync" : ", default kernel";
         if (k) setenv("AUTOQ_MOE_GEMM", "mma", 1);
-        op_grouped(8, 64, 32, 0, 1);
-        op_grouped(8, 32, 64, 1, 1);
-        op_grouped(13, 256, 200, 0, 0);
-        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0);
-        op_grouped(5, 2048, 768, 0, 1);
-        op_grouped(5, 768, 2048, 1, 1);
-        op_grouped(5, 2048, 768, 1, 0);
+        op_grouped(8, 64, 32, 0, 1, 0);
+        op_grouped(8, 32, 64, 1, 1, 0);
+        op_grouped(13, 256, 200, 0, 0, 0);
+        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0, 0);
+        op_grouped(5, 2048, 768, 0, 1, 0);
+        op_grouped(5, 768, 2048, 1, 1, 0);
+        op_grouped(5, 2048, 768, 1, 0, 0);
+        op_grouped(13, 256, 200, 0, 0, 1);
+        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0, 1);
+        op_grouped(5, 2048, 768, 0, 0, 1);
+        op_grouped(5, 768, 2048, 1, 0, 1);
         op_grouped_i8(8, 32, 64);
         op_grouped_i8(8, 64, 32);
         op_grouped_i8(13, 2048, 768);
