@@ -5,12 +5,13 @@
 #  2. speed: the Qwen3-30B-A3B shape (48 layers, 128 experts, top-8; 57 GiB of bf16, written by
 #     `autoq gen --preset 30b-a3b` into /dev/shm), autoq against plain PyTorch + transformers
 #     (bench/torch_moe_scores.py, bf16): gradient over N windows of 512 tokens, kl over KL_N windows
-#     (PyTorch kl on PT_KL_GROUPS groups x PT_KL_N windows, extrapolated to all groups x KL_N: each of
-#     its group passes is a full forward, so its time is linear in both).
+#     (autoq's default kl, fp16 GEMMs; PyTorch kl with prefix reuse at its fastest batch, on
+#     PT_KL_GROUPS groups (0: all) x PT_KL_N windows, extrapolated to all groups x KL_N by each pass's
+#     cost in decoder layers).
 # Then one table and the accuracy summary (bench/moe_report.py). Outputs (JSON, logs) stay small.
 #   AQ=path/to/autoq PY=python3 bash bench/moe_bench.sh OUTDIR
 # Environment: BUDGET seconds for the whole run (570); WORK checkpoint folder (/dev/shm/autoq-moe when
-# it has room for 60 GiB, else /tmp/autoq-moe); N (128), KL_N (16), PT_KL_N (4), PT_KL_GROUPS (6),
+# it has room for 60 GiB, else /tmp/autoq-moe); N (128), KL_N (16), PT_KL_N (KL_N), PT_KL_GROUPS (0: all),
 # ACC_N (8) windows; PT_BATCH largest PyTorch gradient batch tried (4; 8 on cards over 100 GB; it halves
 # on running out of memory); for a dry run on a machine without a GPU: DEVICE=cpu PRESET=moe-small.
 set -u
@@ -20,8 +21,8 @@ PY=${PY:-python3}
 budget=${BUDGET:-570}
 n=${N:-128}
 kl_n=${KL_N:-16}
-pt_kl_n=${PT_KL_N:-4}
-pt_kl_groups=${PT_KL_GROUPS:-6}
+pt_kl_n=${PT_KL_N:-$kl_n}
+pt_kl_groups=${PT_KL_GROUPS:-0}
 acc_n=${ACC_N:-8}
 dev=${DEVICE:-cuda}
 preset=${PRESET:-30b-a3b}
@@ -100,7 +101,7 @@ for method in gradient kl; do
     done
 done
 step acc_torch 180 "$PY" "$bench/torch_moe_scores.py" "$acc" "$work/acc_ids.npy" --method gradient,kl \
-    --dtype float32 --device "$dev" --batch-size 4 --out "$out/acc_{method}_torch.json"
+    --dtype float32 --device "$dev" --batch-size 4 --kl-batch-size 4 --out "$out/acc_{method}_torch.json"
 grep -h "^(b)" "$out/acc_torch.log" | cut -c1-300 | sed 's/^/   /'
 rm -rf "$acc" "$work/acc_ids.npy"
 
@@ -110,9 +111,10 @@ echo "== speed: $preset shape, windows of 512 tokens, gradient $n windows, kl $k
 step gen 150 "$AQ" gen "$m" --preset "$preset" --seed 1 --ids "$work/ids.npy" --num-samples "$n" --seq-len 512 &&
     grep -h "gen: wrote $m " "$out/gen.log" | sed 's/^/   /'
 aq_score gradient_autoq 180 "$m" "$work/ids.npy" gradient --gpu-gemm bf16
-aq_score kl_autoq 150 "$m" "$work/ids.npy" kl --gpu-gemm bf16 --num-samples "$kl_n"
+aq_score kl_autoq 150 "$m" "$work/ids.npy" kl --num-samples "$kl_n"
 grep -h "tokens/s\|GPU memory" "$out/gradient_autoq.log" "$out/kl_autoq.log" 2>/dev/null | sed 's/^/   /'
-# PyTorch: one load for both methods; kl first (a few groups), then the gradient until the budget ends.
+# PyTorch: one load for both methods; kl first (prefix reuse, its fastest batch), then the gradient until
+# the budget ends.
 tl=$(($(left) - 45)) # its own deadline, before the time-out: it writes what it measured
 [ "$tl" -lt 1 ] && tl=1
 step torch 100000 "$PY" "$bench/torch_moe_scores.py" "$m" "$work/ids.npy" --method kl,gradient --dtype bfloat16 \

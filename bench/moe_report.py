@@ -63,7 +63,8 @@ def speed(method, label):
         rows.append([method, f"autoq ({label})", "-", "did not run or failed", "", "", ""])
     if t:
         if method == "kl":
-            rows.append([method, f"PyTorch bf16, {t['groups_scored']} of {t['groups_total']} groups, batch {t['batch_size']}",
+            how = "prefix reuse" if t.get("prefix_reuse") else "full forward per group"
+            rows.append([method, f"PyTorch bf16 ({how}), {t['groups_scored']} of {t['groups_total']} groups, batch {t['batch_size']}",
                          t["num_samples"], f"{t['seconds']:.1f}", f"{t['tokens_per_s']:.0f}", f"{t['peak_gib']:.1f}",
                          "(measured)"])
             x = t["extrapolated"]
@@ -108,7 +109,7 @@ gen = re.search(r"gen: wrote \S+ \(([^)]*)\): (.*)", text("gen.log"))
 if gen:
     print(f"checkpoint: {gen[1]}: {gen[2]}")
 speed("gradient", "bf16")
-speed("kl", "bf16")
+speed("kl", "default: fp16 GEMMs")
 hdr = ["method", "tool", "windows", "seconds", "tokens/s", "peak GPU GiB", "speed-up"]
 w = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
 for r in [hdr] + rows:

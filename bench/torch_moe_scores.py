@@ -4,7 +4,8 @@ Qwen3-30B-A3B shape of `autoq gen --preset 30b-a3b`): per-group W4A8 scores with
 bench/moe_bench.sh. The dense twin is bench/torch_scores.py; the output JSON has its fields, so
 bench/compare_scores.py reads both.
 
-usage: torch_moe_scores.py MODEL IDS.npy --method kl|gradient[,...] [--batch-size B] [--num-samples N]
+usage: torch_moe_scores.py MODEL IDS.npy --method kl|gradient[,...] [--batch-size B]
+           [--kl-batch-size B|auto] [--kl-full-forward] [--num-samples N]
            [--kl-num-samples N] [--max-groups G | --group-layers L,L,...] [--extrapolate-windows W]
            [--dtype bfloat16|float32] [--device cuda|cpu] [--loader auto|transformers|direct]
            [--time-limit S] [--out OUT.json]
@@ -21,10 +22,14 @@ usage: torch_moe_scores.py MODEL IDS.npy --method kl|gradient[,...] [--batch-siz
   output before the residual add and Yq = the same block with every expert quantized on the same
   routing. L = per-window mean next-token cross-entropy. --batch-size is the largest tried: on an
   out-of-memory error in the first batch it halves and starts again (the JSON says which one ran).
-- kl: per batch one unquantized forward, then one full forward per group with only that group
-  quantized; KL(P||Q) summed over positions and vocabulary in fp32. --max-groups (or --group-layers)
-  scores a subset of the groups and --extrapolate-windows W gives the time all groups over W windows
-  would take (every group's pass is a full forward, so the time is linear in both).
+- kl: per batch one unquantized forward that keeps each decoder layer's input, then per group only
+  that group's suffix of layers (from the reference's input to its layer) with only that group
+  quantized, the final norm and lm_head (prefix reuse; --kl-full-forward runs a full forward per
+  group instead, the old baseline); KL(P||Q) summed over positions and vocabulary in fp32.
+  --kl-batch-size auto (default) takes the fastest batch per window, searched as
+  bench/torch_scores.py does. --max-groups (or --group-layers) scores a subset of the groups and
+  --extrapolate-windows W gives the time all groups over W windows would take (each pass's cost in
+  decoder layers: the reference's L + 1, a group of layer l's L - l + 1).
 - --method kl,gradient runs both on one loaded model (loading 57 GiB is slow); --out then takes
   '{method}' in its path. --time-limit S starts no batch that would end more than S seconds after
   the start: the JSON then holds the windows done (num_samples) and their time.
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_scores import Dev  # now(): seconds, after the GPU's queued work
+from torch_scores import auto_batch  # the fastest batch per window, as the dense baseline picks it
 from torch_scores import patch as patch_linear  # a linear with fake-quantized weights and inputs
 
 
@@ -195,32 +201,78 @@ def load_direct(path, dt, dev, experts_impl):
     return model
 
 
-def run_kl(model, ids, gs, bs, clock, deadline):
-    """Scores, reference-pass seconds, group-pass seconds and windows done (fewer than asked when
-    the next batch would end past the deadline)."""
+@torch.no_grad()
+def kl_batch(model, x, gs, full_forward=False):
+    """This batch's KL per group (floats, in gs order). With prefix reuse (the default) one
+    unquantized forward records each decoder layer's input and keyword arguments (position
+    embeddings, mask); a group of layer l then runs only layers l.. from that input, then the final
+    norm and lm_head, as Qwen3MoeForCausalLM does: the layers before l see no quantized weight, so
+    their output is the reference's, and each group costs its suffix instead of a full forward.
+    full_forward=True runs a whole forward per group (the old baseline)."""
+    layers = model.model.layers
+    caps = [None] * len(layers)
+
+    def cap(mod, args, kwargs, l):  # the input of decoder layer l and its keyword arguments
+        h = args[0] if args else kwargs["hidden_states"]
+        caps[l] = (h, {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+    hs = [] if full_forward else [
+        layer.register_forward_pre_hook(lambda mod, a, kw, l=l: cap(mod, a, kw, l), with_kwargs=True)
+        for l, layer in enumerate(layers)]
+    try:
+        logits = model(input_ids=x, use_cache=False).logits
+    finally:
+        for h in hs:
+            h.remove()
+    lp = F.log_softmax(logits, -1, dtype=torch.float32)
+    del logits
+    p = lp.exp()
+    out = []
+    for n, ms, blk in gs:
+        set_quant(ms, blk, True)
+        try:
+            if full_forward:
+                lg = model(input_ids=x, use_cache=False).logits
+            else:
+                h, kw = caps[layer_of(n)]
+                for layer in layers[layer_of(n):]:
+                    h = layer(h, **kw)
+                    h = h[0] if isinstance(h, tuple) else h
+                lg = model.lm_head(model.model.norm(h))  # as Qwen3MoeForCausalLM (logits_to_keep=0)
+                del h
+        finally:
+            set_quant(ms, blk, False)
+        lq = F.log_softmax(lg, -1, dtype=torch.float32)
+        del lg
+        out.append(lq.neg_().add_(lp).mul_(p).sum())  # = (p * (lp - lq)).sum()
+        del lq
+    del lp, p
+    return torch.stack(out).tolist() if out else []  # one device sync per batch
+
+
+def run_kl(model, ids, gs, bs, clock, deadline, full_forward):
+    """Scores, seconds, and windows done (fewer than asked when the next batch would end past the
+    deadline)."""
     scores = {n: 0.0 for n, _, _ in gs}
-    t_ref = t_groups = 0.0
+    t = 0.0
     done = 0
     for b0 in range(0, ids.shape[0], bs):
-        if done and time.time() + (t_ref + t_groups) / done * bs > deadline:
+        if done and time.time() + t / done * bs > deadline:
             break
         x = ids[b0 : b0 + bs]
-        with torch.no_grad():
-            t0 = clock.now()
-            lp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
-            p = lp.exp()
-            t1 = clock.now()
-            t_ref += t1 - t0
-            for n, ms, blk in gs:
-                set_quant(ms, blk, True)
-                lq = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
-                set_quant(ms, blk, False)
-                scores[n] += (p * (lp - lq)).sum().item()
-                del lq
-            t_groups += clock.now() - t1
-            del lp, p
+        t0 = clock.now()
+        vals = kl_batch(model, x, gs, full_forward)
+        t += clock.now() - t0
+        for (n, _, _), v in zip(gs, vals):
+            scores[n] += v
         done += x.shape[0]
-    return scores, t_ref, t_groups, done
+    return scores, t, done
+
+
+def kl_cost(gs, nl, full_forward):
+    """Passes' cost in units of one decoder layer (+1 for the head each pass runs): the
+    extrapolation from a subset of groups to all of them."""
+    return sum((nl if full_forward else nl - layer_of(n)) + 1 for n, _, _ in gs)
 
 
 def run_gradient_batch(model, x, gs, scores):
@@ -299,7 +351,11 @@ def main():
     ap.add_argument("model")
     ap.add_argument("ids")
     ap.add_argument("--method", default="kl", help="kl, gradient, or both as 'gradient,kl'")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4, help="gradient: the largest batch tried")
+    ap.add_argument("--kl-batch-size", default="auto",
+                    help="kl: windows per batch, or 'auto': the fastest per window (bench/torch_scores.py's search)")
+    ap.add_argument("--kl-full-forward", action="store_true",
+                    help="kl: a full forward per group (the old baseline) instead of prefix reuse")
     ap.add_argument("--num-samples", type=int, default=0, help="first N windows (0: all)")
     ap.add_argument("--kl-num-samples", type=int, default=0, help="windows for kl (default --num-samples)")
     ap.add_argument("--max-groups", type=int, default=0, help="kl: score this many groups (0: all)")
@@ -372,17 +428,31 @@ def main():
                "num_samples": int(ids.shape[0]), "seq_len": int(ids.shape[1])}
         if method == "kl":
             gs = pick_groups(gs_all, args.max_groups, args.group_layers)
-            scores, t_ref, t_groups, done = run_kl(model, ids, gs, args.batch_size, clock, deadline)
-            el = t_ref + t_groups
+            nl = len(model.model.layers)
+            auto = None
+            if args.kl_batch_size == "auto":  # times the reference + layer 0's groups (the longest suffixes)
+                first = [g for g in gs_all if layer_of(g[0]) == 0]
+                kbs, rows, why = auto_batch(lambda b: kl_batch(model, ids[:b], first, args.kl_full_forward),
+                                            int(ids.shape[0]), clock)
+                auto = {"tried": rows, "why": why}
+                print(f"(b) pytorch kl: batch size auto: using {kbs} ({why})", flush=True)
+            else:
+                kbs = int(args.kl_batch_size)
+                kl_batch(model, ids[: min(kbs, ids.shape[0])], gs[:1], args.kl_full_forward)  # warm-up
+            clock.free_cache()
+            clock.reset_peak()
+            scores, el, done = run_kl(model, ids, gs, kbs, clock, deadline, args.kl_full_forward)
             w = args.extrapolate_windows or ids.shape[0]
-            # every group's pass is a full forward: time linear in groups and windows
-            est = (t_ref + t_groups * len(gs_all) / len(gs)) * w / max(done, 1)
-            res.update({"batch_size": args.batch_size, "groups_scored": len(gs), "groups_total": len(gs_all),
-                        "reference_seconds": t_ref, "group_pass_seconds": t_groups / len(gs) / max(done, 1),
+            # in decoder-layer units: the reference forward (nl + head) plus each group's suffix + head
+            share = (nl + 1 + kl_cost(gs_all, nl, args.kl_full_forward)) / (nl + 1 + kl_cost(gs, nl, args.kl_full_forward))
+            est = el * share * w / max(done, 1)
+            res.update({"batch_size": kbs, "batch_size_auto": auto, "prefix_reuse": not args.kl_full_forward,
+                        "groups_scored": len(gs), "groups_total": len(gs_all),
                         "extrapolated": {"windows": w, "groups": len(gs_all), "seconds": est,
                                          "tokens_per_s": w * ids.shape[1] / est}})
             note = (f"; all {len(gs_all)} groups x {w} windows extrapolated: {est:.1f} s"
                     if len(gs) < len(gs_all) or w != done else "")
+            note += f", batch {kbs}, {'full forward per group' if args.kl_full_forward else 'prefix reuse'}"
         else:
             gs = gs_all
             scores, el, bs, tried, done = run_gradient(model, ids, gs, args.batch_size, clock, dev, deadline)
