@@ -90,20 +90,23 @@ aq_score() { # NAME CAP MODEL IDS METHOD ARGS...
         --json "$out/$name.json" "$@"
 }
 
-# 1. Accuracy: a 4-layer model of the same shape, autoq on the GPU against float32 PyTorch.
+# 1. Accuracy: a 4-layer model of the same shape, autoq on the GPU against float32 PyTorch (ACCURACY=0
+# skips it).
 acc=$work/acc4
-echo "== accuracy: $preset shape, 4 layers, $acc_n x 512 tokens, autoq against PyTorch float32"
-step acc_gen 120 "$AQ" gen "$acc" --preset "$preset" --layers 4 --seed 1 --ids "$work/acc_ids.npy" \
-    --num-samples "$acc_n" --seq-len 512
-for method in gradient kl; do
-    for g in bf16 bf16x2; do
-        aq_score "acc_${method}_autoq_$g" 90 "$acc" "$work/acc_ids.npy" $method --gpu-gemm $g
+if [ "${ACCURACY:-1}" != 0 ]; then
+    echo "== accuracy: $preset shape, 4 layers, $acc_n x 512 tokens, autoq against PyTorch float32"
+    step acc_gen 120 "$AQ" gen "$acc" --preset "$preset" --layers 4 --seed 1 --ids "$work/acc_ids.npy" \
+        --num-samples "$acc_n" --seq-len 512
+    for method in gradient kl; do
+        for g in bf16 bf16x2; do
+            aq_score "acc_${method}_autoq_$g" 90 "$acc" "$work/acc_ids.npy" $method --gpu-gemm $g
+        done
     done
-done
-step acc_torch 180 "$PY" "$bench/torch_moe_scores.py" "$acc" "$work/acc_ids.npy" --method gradient,kl \
-    --dtype float32 --device "$dev" --batch-size 4 --kl-batch-size 4 --out "$out/acc_{method}_torch.json"
-grep -h "^(b)" "$out/acc_torch.log" | cut -c1-300 | sed 's/^/   /'
-rm -rf "$acc" "$work/acc_ids.npy"
+    step acc_torch 180 "$PY" "$bench/torch_moe_scores.py" "$acc" "$work/acc_ids.npy" --method gradient,kl \
+        --dtype float32 --device "$dev" --batch-size 4 --kl-batch-size 4 --out "$out/acc_{method}_torch.json"
+    grep -h "^(b)" "$out/acc_torch.log" | cut -c1-300 | sed 's/^/   /'
+    rm -rf "$acc" "$work/acc_ids.npy"
+fi
 
 # 2. Speed: the full shape.
 m=$work/$preset
