@@ -78,6 +78,58 @@ else
     echo "SKIP search: ModelOpt comparison: ../shared/models/qwen3-tiny missing"
 fi
 
+# The README's Scoring and Searching examples, run as printed: every number they show (scores, chosen
+# formats, effective bits, predicted score, measured KL and NLL) within a relative 1e-3 of this run's.
+if [ -f $T/config.json ] && [ -f ../shared/data/calib.txt ]; then
+    $AQ score $T --data ../shared/data/calib.txt --num-samples 8 --seq-len 256 --method gradient --out "$tmp/rs.h5" >"$tmp/rs.out" 2>&1
+    $AQ search --scores "$tmp/rs.h5" --budget 4.8 --verify --data ../shared/data/calib.txt --num-samples 8 --seq-len 256 \
+        --out "$tmp/rr.json" >"$tmp/rq.out" 2>&1
+    out=$(python3 - "$tmp/rs.out" "$tmp/rq.out" <<'PY' 2>&1) && pass "README's Scoring and Searching examples match a run" || fail "README examples: $out"
+import re, sys
+readme = open("README.md").read()
+num = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+def block(title):  # the first code block after the heading
+    return readme.split("\n" + title + "\n", 1)[1].split("```", 2)[1]
+def close(a, b):
+    return abs(float(a) - float(b)) <= 1e-3 * max(abs(float(a)), abs(float(b)))
+def rows(text):  # group lines: name -> the fields after it
+    return {l.split()[0]: l.split()[1:] for l in text.splitlines() if l.startswith("model.")}
+for title, run in (("### Scoring", sys.argv[1]), ("### Searching", sys.argv[2])):
+    want, got = rows(block(title)), rows(open(run).read())
+    assert want, title + ": no group lines in the README"
+    for name, fields in want.items():
+        g = got.get(name)
+        assert g and len(g) == len(fields), (title, name, g)
+        for a, b in zip(fields, g):  # numbers within the tolerance, the rest (chosen format, share) as printed
+            assert close(a.rstrip("%"), b.rstrip("%")) if num.fullmatch(a.rstrip("%")) else a == b, (title, name, fields, g)
+want = " ".join(block("### Searching").split("\nbudget ", 1)[1].split())
+got = [l for l in open(sys.argv[2]) if l.startswith("budget ")][0].split("budget ", 1)[1].strip()
+assert num.sub("#", want) == num.sub("#", got), (want, got)
+for a, b in zip(num.findall(want), num.findall(got)):
+    assert close(a, b), (a, b, got)
+PY
+else
+    echo "SKIP search: README examples: ../shared/models/qwen3-tiny or ../shared/data/calib.txt missing"
+fi
+# The README's mixture-of-experts example (the committed fixture): its printed lines, numbers within 1e-3.
+$AQ score tests/fixtures/qwen3-moe-tiny --data tests/fixtures/qwen3_moe_tiny_ids.npy --method gradient --min-expert-tokens 30 \
+    --out "$tmp/rm.h5" >"$tmp/rm.out" 2>&1
+$AQ search --scores "$tmp/rm.h5" --budget 5 --cost active >>"$tmp/rm.out" 2>&1
+out=$(python3 - "$tmp/rm.out" <<'PY' 2>&1) && pass "README's mixture-of-experts example matches a run" || fail "README MoE example: $out"
+import re, sys
+readme = open("README.md").read()
+want = readme.split("\n### Mixture-of-experts models\n", 1)[1].split("```", 2)[1].splitlines()
+got = open(sys.argv[1]).read().splitlines()
+num = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+printed = [l for l in want if l.startswith(("autoq:", "model.", "budget "))]
+assert len(printed) == 4, printed
+for w in printed:  # the run's line of the same words, its numbers within the tolerance
+    same = [g for g in got if num.sub("#", g) == num.sub("#", w)]
+    assert same, ("no line like", w)
+    ok = lambda g: all(abs(float(a) - float(b)) <= 1e-3 * max(abs(float(a)), abs(float(b))) for a, b in zip(num.findall(w), num.findall(g)))
+    assert any(ok(g) for g in same), (w, same)
+PY
+
 # The exports checked by llm-compressor and ModelOpt (tests/ref/validate_exports.py, results in
 # tests/fixtures/exports_validation.json) are what this build writes (they were budgeted in ModelOpt's
 # convention, before --bits true became the default). Compared as data on any CPU (tests/same_json.py):
