@@ -137,21 +137,25 @@ static void bpe_progress(Progress* p, long n, double* last_line) {
     }
 }
 
-// Distinct pre-tokens (QWEN_SPLIT_REGEX) with their counts, deduplicated by a hash of their bytes.
-static Word* pretokenize(const char* text, size_t len, int* n_words) {
-    PCRE2_SIZE bad = 0;
+void bpe_check_text(const char* text, size_t len, const char* name) {
+    if (!len) return;
+    // Checked once: pcre2_match would check the rest of the text again on every call.
     int errc;
-    if (len) {
-        // Checked once: pcre2_match would check the rest of the text again on every call.
-        pcre2_code* probe = pcre2_compile((PCRE2_SPTR) "", 0, PCRE2_UTF, &errc, &bad, NULL);
-        pcre2_match_data* pmd = pcre2_match_data_create(1, NULL);
-        int rc = pcre2_match(probe, (PCRE2_SPTR)text, len, 0, 0, pmd, NULL);
-        bad = pcre2_get_startchar(pmd);
-        pcre2_match_data_free(pmd);
-        pcre2_code_free(probe);
-        if (rc < 0 && rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
-            fail_input("gen: the corpus is not UTF-8 text (an invalid sequence at byte %zu)", (size_t)bad);
-    }
+    PCRE2_SIZE bad = 0;
+    pcre2_code* probe = pcre2_compile((PCRE2_SPTR) "", 0, PCRE2_UTF, &errc, &bad, NULL);
+    pcre2_match_data* pmd = pcre2_match_data_create(1, NULL);
+    int rc = pcre2_match(probe, (PCRE2_SPTR)text, len, 0, 0, pmd, NULL);
+    bad = pcre2_get_startchar(pmd);
+    pcre2_match_data_free(pmd);
+    pcre2_code_free(probe);
+    if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
+        fail_input("%s: not UTF-8 text (an invalid sequence at byte %zu)", name, (size_t)bad);
+}
+
+// Distinct pre-tokens (QWEN_SPLIT_REGEX) with their counts, deduplicated by a hash of their bytes.
+static Word* pretokenize(const char* text, size_t len, const char* name, int* n_words) {
+    int errc;
+    bpe_check_text(text, len, name);
     PCRE2_SIZE erroff;
     pcre2_code* re = pcre2_compile((PCRE2_SPTR)QWEN_SPLIT_REGEX, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
                                    &errc, &erroff, NULL);
@@ -212,9 +216,9 @@ static Word* pretokenize(const char* text, size_t len, int* n_words) {
 
 // Greedy merges: the most frequent adjacent pair, ties to the smallest ids, until n_merges or no
 // pair occurs twice. Incremental: each merge recounts only the words holding its pair.
-int bpe_learn(const char* text, size_t len, int n_merges, int (*merges)[2]) {
+int bpe_learn(const char* text, size_t len, const char* name, int n_merges, int (*merges)[2]) {
     int nw;
-    Word* words = pretokenize(text, len, &nw);
+    Word* words = pretokenize(text, len, name, &nw);
     PairStats ps = {0};
     for (int w = 0; w < nw; w++)
         for (int k = 0; k + 1 < words[w].n; k++)
@@ -277,7 +281,7 @@ int bpe_learn(const char* text, size_t len, int n_merges, int (*merges)[2]) {
     return done;
 }
 
-void bpe_train_write(const char* path, const char* text, size_t len, int vocab_size) {
+void bpe_train_write(const char* path, const char* text, size_t len, const char* name, int vocab_size) {
     int n_merges = vocab_size - 256 - 3;
     if (n_merges < 0) fail_input("gen: vocab %d is too small for a byte-level tokenizer (>= 259)", vocab_size);
     // Symbol strings in the byte-level alphabet.
@@ -290,7 +294,7 @@ void bpe_train_write(const char* path, const char* text, size_t len, int vocab_s
         utf8proc_encode_char(cp, (utf8proc_uint8_t*)strs[b]);
     }
     int(*merges)[2] = xmalloc(sizeof(int[2]) * (n_merges ? n_merges : 1));
-    int done = bpe_learn(text, len, n_merges, merges);
+    int done = bpe_learn(text, len, name, n_merges, merges);
     for (int i = 0; i < done; i++) {
         const char *x = strs[merges[i][0]], *y = strs[merges[i][1]];
         strs[256 + i] = xmalloc(strlen(x) + strlen(y) + 1);

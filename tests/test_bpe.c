@@ -2,7 +2,6 @@
 // pre-tokens deduplicated by a linear scan, every merge recounting every pair of every word in a
 // V x V table. Both must learn the same merges, in the same order, on text of many kinds.
 #define PCRE2_CODE_UNIT_WIDTH 8
-#include <fcntl.h>
 #include <pcre2.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -96,7 +95,7 @@ static int ref_learn(const char* text, size_t len, int n_merges, int (*merges)[2
 static void same_merges(const char* name, const char* text, size_t len, int n_merges) {
     int(*a)[2] = xmalloc(sizeof(int[2]) * (n_merges + 1));
     int(*b)[2] = xmalloc(sizeof(int[2]) * (n_merges + 1));
-    int na = bpe_learn(text, len, n_merges, a), nb = ref_learn(text, len, n_merges, b);
+    int na = bpe_learn(text, len, name, n_merges, a), nb = ref_learn(text, len, n_merges, b);
     int first = -1;
     for (int i = 0; i < na && i < nb && first < 0; i++)
         if (a[i][0] != b[i][0] || a[i][1] != b[i][1]) first = i;
@@ -116,20 +115,26 @@ static unsigned rnd(unsigned n) {
 static void bad_utf8(const void* arg) {
     (void)arg;
     int m[4][2];
-    bpe_learn("ok \xff\xfe text", 10, 4, m);
+    bpe_learn("ok \xff\xfe text", 10, "bad.txt", 4, m);
 }
 
-static int child_status(void (*fn)(const void*), const void* arg) {
+// Runs fn in a child with stderr in err (up to cap bytes); returns its exit status.
+static int child_status(void (*fn)(const void*), const void* arg, char* err, size_t cap) {
+    char path[] = "/tmp/test_bpe_XXXXXX";
+    int fd = mkstemp(path);
     fflush(stdout);
     pid_t p = fork();
     if (p == 0) {
-        int fd = open("/dev/null", O_WRONLY);
         dup2(fd, 2);
         fn(arg);
         _exit(0);
     }
     int st;
     waitpid(p, &st, 0);
+    ssize_t n = pread(fd, err, cap - 1, 0);
+    err[n > 0 ? n : 0] = 0;
+    close(fd);
+    unlink(path);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
@@ -164,6 +169,9 @@ int main(void) {
     n = (size_t)sprintf(buf, "hello hello world");
     same_merges("stops when no pair occurs twice", buf, n, 100);
     free(buf);
-    CHECK(child_status(bad_utf8, NULL) == 2, "bpe: a corpus that is not UTF-8 exits 2", "status");
+    char err[512];
+    int st = child_status(bad_utf8, NULL, err, sizeof(err));
+    CHECK(st == 2 && strstr(err, "bad.txt: not UTF-8 text (an invalid sequence at byte 3)"),
+          "bpe: a corpus that is not UTF-8 exits 2 naming the file and byte", "exit %d: %s", st, err);
     return g_fail ? 1 : 0;
 }
