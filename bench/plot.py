@@ -1,8 +1,11 @@
 """Plots from autoq's HDF5 output (h5py + matplotlib).
 
 usage: python3 bench/plot.py OUT.h5 [PREFIX]
-Writes PREFIX-sensitivity.png (per-group score by layer, coloured by group kind, bf16 choices marked)
-and, when the file has /pareto, PREFIX-pareto.png (effective bits vs predicted and measured KL).
+Writes PREFIX-sensitivity.png: per-group score by layer, one panel per scored format, bars coloured by
+group kind (qkv, o_proj, gate_up, down_proj, a mixture-of-experts layer's experts group, and any other
+kind the file holds, e.g. no_grouping's single linears); with /search, the groups kept bf16 (▼) and
+each panel's groups that chose its format (●). When the file has /pareto, PREFIX-pareto.png (effective
+bits vs predicted and measured KL). Prints what it plotted.
 """
 import sys
 
@@ -16,58 +19,71 @@ import numpy as np
 path = sys.argv[1]
 prefix = sys.argv[2] if len(sys.argv) > 2 else path.rsplit(".", 1)[0]
 f = h5py.File(path, "r")
+
+
 def text(v):  # autoq writes fixed-length UTF-8 strings; h5py returns them as bytes
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
 names = [text(n) for n in f["groups/name"][:]]
 score = f["groups/score"][:]
-if score.ndim == 2:
-    score = score[:, 0]
+if score.ndim == 1:
+    score = score[:, None]
+formats = text(f.attrs["format"]).split(",")
 disabled = f["groups/disabled"][:].astype(bool)
 selected = f["search/selected"][:] if "search" in f else None
-kinds = ["qkv", "o_proj", "gate_up", "down_proj"]
-colours = dict(zip(kinds, ["tab:blue", "tab:orange", "tab:green", "tab:red"]))
+known = ["qkv", "o_proj", "gate_up", "down_proj", "experts"]
 
 
 def kind_of(n):
-    for k in kinds:
+    for k in known:
         if n.endswith(k):
             return k
     return n.rsplit(".", 1)[-1]
 
 
 def layer_of(n):
-    return int(n.split("layers.")[1].split(".")[0])
+    return int(n.split("layers.")[1].split(".")[0]) if "layers." in n else -1
 
 
-fig, ax = plt.subplots(figsize=(10, 4.5))
-width = 0.2
-marked = False
-for i, k in enumerate(kinds):
-    idx = [j for j, n in enumerate(names) if kind_of(n) == k and not disabled[j]]
-    if not idx:
-        continue
-    x = np.array([layer_of(names[j]) for j in idx]) + (i - 1.5) * width
-    ax.bar(x, score[idx], width, color=colours[k], label=k)
-    if selected is not None:
-        keep = [m for m, j in enumerate(idx) if selected[j] < 0]
-        if keep:
-            ax.scatter(x[keep], score[idx][keep] * 1.15, marker="v", color="black", s=25,
-                       label=None if marked else "kept bf16")
-            marked = True
-ax.set_yscale("log")
-ax.set_xlabel("decoder layer")
+plotted = [j for j in range(len(names)) if not disabled[j]]
+kinds = [k for k in known if any(kind_of(names[j]) == k for j in plotted)]
+kinds += sorted({kind_of(names[j]) for j in plotted} - set(known))
+cmap = plt.get_cmap("tab10")
+colours = {k: cmap(i % 10) for i, k in enumerate(kinds)}
 method = text(f.attrs["method"])
-ax.set_ylabel(f"{method} score (log)")
-title = f"{text(f.attrs['model'])}: {method} sensitivity to {text(f.attrs['format'])}"
+nf = score.shape[1]
+fig, axes = plt.subplots(nf, 1, figsize=(10, 1.2 + 3.3 * nf), sharex=True, squeeze=False)
+width = 0.8 / max(len(kinds), 1)
+for fi, ax in enumerate(axes[:, 0]):
+    marked = set()
+    for i, k in enumerate(kinds):
+        idx = [j for j in plotted if kind_of(names[j]) == k]
+        x = np.array([layer_of(names[j]) for j in idx]) + (i - (len(kinds) - 1) / 2) * width
+        y = score[idx, fi]
+        ax.bar(x, y, width, color=colours[k], label=k if fi == 0 else None)
+        if selected is None:
+            continue
+        for what, keep, marker in (("kept bf16", selected[idx] < 0, "v"), ("chose " + formats[fi], selected[idx] == fi, "o")):
+            if keep.any():
+                ax.scatter(x[keep], y[keep] * 1.15, marker=marker, color="black", s=20,
+                           label=None if what in marked else what)
+                marked.add(what)
+    positive = score[plotted, fi] > 0
+    ax.set_yscale("log" if positive.all() else "symlog")
+    ax.set_ylabel(f"{method} score, {formats[fi]}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+layers = sorted({layer_of(names[j]) for j in plotted})
+axes[-1, 0].set_xticks(layers)
+axes[-1, 0].set_xlabel("decoder layer")
+title = f"{text(f.attrs['model'])}: {method} sensitivity to {', '.join(formats)}"
 if selected is not None:
-    title += f", budget {f['search'].attrs['budget']:.2f} bits (▼ kept bf16)"
-ax.set_title(title, fontsize=10)
-ax.legend(fontsize=8)
-fig.tight_layout()
+    title += f"; budget {f['search'].attrs['budget']:.2f} bits"
+fig.suptitle(title, fontsize=10)
+fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
 fig.savefig(prefix + "-sensitivity.png", dpi=110)
-print("wrote", prefix + "-sensitivity.png")
+print(f"wrote {prefix}-sensitivity.png: {len(plotted)} groups ({', '.join(kinds)}) x {nf} formats ({', '.join(formats)})")
 
 if "pareto" in f:
     p = f["pareto"]
@@ -85,4 +101,4 @@ if "pareto" in f:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(prefix + "-pareto.png", dpi=110)
-    print("wrote", prefix + "-pareto.png")
+    print(f"wrote {prefix}-pareto.png: {len(p['bits'])} budgets")

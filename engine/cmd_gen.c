@@ -39,6 +39,11 @@ int cmd_gen(int argc, char** argv) {
         p.n_mlp_only = k;
     }
     if (shard_mib >= 0) p.shard_mib = shard_mib;
+    // The corpus is read and checked first: bad text leaves no weights behind.
+    size_t len = 0;
+    char* text = corpus ? read_file(corpus, &len) : NULL;
+    if (corpus && !text) fail_input("%s: cannot read corpus", corpus);
+    if (text) bpe_check_text(text, len, corpus);
     double t0 = time_now();
     gen_checkpoint(dir, &p, (uint64_t)seed);
     double el = time_now() - t0;
@@ -46,11 +51,8 @@ int cmd_gen(int argc, char** argv) {
     info_msg("gen: wrote %s (%s shape, %d layers, seed %ld): %.2f GB of weights in %.1fs (%.2f GB/s)", dir,
              p.name, p.layers, seed, gb, el, gb / (el > 1e-9 ? el : 1e-9));
     if (corpus) {
-        size_t len;
-        char* text = read_file(corpus, &len);
-        if (!text) fail_input("%s: cannot read corpus", corpus);
         char* tp = path_join(dir, "tokenizer.json");
-        bpe_train_write(tp, text, len, p.vocab);
+        bpe_train_write(tp, text, len, corpus, p.vocab);
         info_msg("gen: wrote %s (byte-level BPE trained on %s)", tp, corpus);
         free(tp);
         free(text);

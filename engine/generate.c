@@ -328,6 +328,8 @@ void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed) {
         remove_stale(dir, "model.safetensors");
         char fname[64];
         int t0 = 0;
+        Progress pr; // the 30b-a3b preset writes 57 GiB
+        progress_init(&pr, "gen: shards", nsh);
         for (int s = 0; s < nsh; s++) {
             int t1 = t0;
             while (t1 < nt && ts[t1].shard == s) t1++;
@@ -336,7 +338,9 @@ void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed) {
             write_shard(path, ts, t0, t1, p);
             free(path);
             t0 = t1;
+            progress_step(&pr, 1);
         }
+        progress_end(&pr);
         // The index last: a folder whose writing was cut off has no index naming missing shards.
         char* path = path_join(dir, "model.safetensors.index.json");
         OutFile o;

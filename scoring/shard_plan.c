@@ -51,6 +51,14 @@ double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts,
     return b + (s == 0 ? table_bytes(c) : 0) + (s == parts - 1 ? table_bytes(c) : 0);
 }
 
+// The gradient's products per token beside its forward and backward: each enabled group's linears
+// once unquantized and once per format (scoring/score.c grad_hook), an experts group once per format
+// on the top_k experts a token is routed to (its unquantized output is the saved pass's).
+static double gradient_group_flops(const Config* c, const Group* g, int nf) {
+    if (g->experts) return nf * 2.0 * g->params * c->top_k / c->num_experts;
+    return (1 + nf) * 2.0 * g->params;
+}
+
 // The work per token of each layer (L) and of the head (the return), as shard_plan counts it.
 static double plan_work(const Config* c, const Groups* gs, int nf, int gradient, int T, double* work) {
     int L = c->num_layers;
@@ -59,6 +67,8 @@ static double plan_work(const Config* c, const Groups* gs, int nf, int gradient,
         if (!gs->g[i].disabled) groups_at[gs->g[i].layer + 1] += 1;
     for (int l = 0; l < L; l++) groups_at[l + 1] += groups_at[l];
     for (int l = 0; l < L; l++) work[l] = (gradient ? 3 : 1 + nf * groups_at[l + 1]) * layer_flops(c, l, T);
+    for (int i = 0; i < gs->n && gradient; i++)
+        if (!gs->g[i].disabled) work[gs->g[i].layer] += gradient_group_flops(c, &gs->g[i], nf);
     double head = (gradient ? 2 : 1 + nf * groups_at[L]) * 2.0 * c->vocab_size * c->hidden_size;
     free(groups_at);
     return head;

@@ -25,5 +25,8 @@ set -x
 { set +x; } 2>/dev/null
 if python3 -c "import h5py, matplotlib" 2>/dev/null; then
     python3 bench/plot.py "$out/search.h5" "$out/demo"
+else # the plots are optional: say why there are none and how to get them
+    echo "make demo: no plots ($out/demo-*.png): python3 lacks h5py or matplotlib; install them with:" >&2
+    echo "    python3 -m pip install h5py matplotlib" >&2
 fi
 echo "demo outputs in $out/: recipe.json recipe.yaml quant_cfg.json kl.json kl.h5 gradient.h5 search.h5"

@@ -110,6 +110,23 @@ static void test_shard_plan(void) {
     double want = 36 * 3 * (att + 6.0 * 4096 * 12288) + 2 * 2.0 * 151936 * 4096;
     double got = shard_work_flops(&c, &gs, 1, 1, 512);
     CHECK(fabs(got - want) <= 1e-9 * want, "shard plan: the gradient's work per token", "%g vs %g", got, want);
+    // the gradient's quantized products: every enabled group's linears once unquantized and once per
+    // format, so seven formats count 6 more of them than one; an experts group only its top_k experts
+    for (int i = 0; i < 144; i++) // {q,k,v}, o_proj, {gate,up}, down_proj of Qwen3-8B
+        g[i].params = (long[]){4096L * 6144, 4096L * 4096, 4096L * 24576, 12288L * 4096}[i % 4];
+    double layer_params = 4096.0 * 6144 + 4096.0 * 4096 + 4096.0 * 24576 + 12288.0 * 4096;
+    double one = shard_work_flops(&c, &gs, 1, 1, 512), seven = shard_work_flops(&c, &gs, 7, 1, 512);
+    CHECK(fabs(one - (want + 36 * 2 * 2.0 * layer_params)) <= 1e-9 * one &&
+              fabs(seven - one - 36 * 6 * 2.0 * layer_params) <= 1e-9 * seven,
+          "shard plan: the gradient's work counts each format's products", "one %g, seven %g", one, seven);
+    Config moe = c;
+    moe.num_experts = 128, moe.top_k = 8;
+    Group e = {.experts = 1, .params = 3L * 128 * 4096 * 768, .layer = 0};
+    Groups ge = {.n = 1, .g = &e};
+    double e1 = shard_work_flops(&moe, &ge, 1, 1, 512), e7 = shard_work_flops(&moe, &ge, 7, 1, 512);
+    CHECK(fabs(e7 - e1 - 6 * 2.0 * 3 * 8 * 4096 * 768) <= 1e-9 * e7,
+          "shard plan: an experts group's per-format products are its top_k experts'", "%g vs %g", e1, e7);
+    for (int i = 0; i < 144; i++) g[i].params = 0;
     // disabled groups run no pass: with the last half's groups off, kl cuts earlier
     for (int i = 72; i < 144; i++) g[i].disabled = 1;
     mem[0] = mem[1] = 1e15;
