@@ -23,6 +23,7 @@ int cmd_gen(int argc, char** argv) {
     int t = args_int(&a, "--seq-len", 128, 2, 1 << 20);
     int layers = args_int(&a, "--layers", 0, 1, CONFIG_MAX_LAYERS); // 0: the preset's
     int shard_mib = args_int(&a, "--shard-mib", -1, 0, 1 << 20);    // -1: the preset's
+    int force = args_flag(&a, "--force");
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("gen: OUT_DIR missing");
@@ -39,22 +40,28 @@ int cmd_gen(int argc, char** argv) {
         p.n_mlp_only = k;
     }
     if (shard_mib >= 0) p.shard_mib = shard_mib;
+    // A model folder is never overwritten by accident (README, gen): an existing non-empty OUT_DIR
+    // needs --force; the model is built in a temporary folder beside it and swapped in whole.
+    outdir_check(dir, force, 1, "gen");
+    char* tmp = outdir_begin(dir);
     double t0 = time_now();
-    gen_checkpoint(dir, &p, (uint64_t)seed);
+    gen_checkpoint(tmp, dir, &p, (uint64_t)seed);
     double el = time_now() - t0;
     double gb = (double)gen_weight_bytes(&p) / 1e9;
-    info_msg("gen: wrote %s (%s shape, %d layers, seed %ld): %.2f GB of weights in %.1fs (%.2f GB/s)", dir,
-             p.name, p.layers, seed, gb, el, gb / (el > 1e-9 ? el : 1e-9));
     if (corpus) {
         size_t len;
         char* text = read_file(corpus, &len);
         if (!text) fail_input("%s: cannot read corpus", corpus);
-        char* tp = path_join(dir, "tokenizer.json");
+        char* tp = path_join(tmp, "tokenizer.json");
         bpe_train_write(tp, text, len, p.vocab);
-        info_msg("gen: wrote %s (byte-level BPE trained on %s)", tp, corpus);
         free(tp);
         free(text);
     }
+    outdir_install(tmp, dir);
+    free(tmp);
+    info_msg("gen: wrote %s (%s shape, %d layers, seed %ld): %.2f GB of weights in %.1fs (%.2f GB/s)", dir,
+             p.name, p.layers, seed, gb, el, gb / (el > 1e-9 ? el : 1e-9));
+    if (corpus) info_msg("gen: wrote %s/tokenizer.json (byte-level BPE trained on %s)", dir, corpus);
     if (ids_path) {
         int* ids = xmalloc(sizeof(int) * (size_t)n * t);
         gen_ids(ids, n, t, p.vocab, (uint64_t)seed);
