@@ -2,6 +2,7 @@
 // trained on a corpus, and token ids), for the demo, tests and benchmarks.
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,8 @@ int cmd_gen(int argc, char** argv) {
         free(tp);
         free(text);
     }
+    // Test hook: a signal once the files are written (tests/test_harden2.sh)
+    if (getenv("AUTOQ_TEST_SIGNAL_WRITE")) raise(SIGTERM);
     outdir_install(tmp, dir);
     free(tmp);
     info_msg("gen: wrote %s (%s shape, %d layers, seed %ld): %.2f GB of weights in %.1fs (%.2f GB/s)", dir,

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -459,6 +460,7 @@ int cmd_quantize(int argc, char** argv) {
     size_t bytes = write_safetensors(st, &z, 0);
     // Test hook: a write failing after the weights, as a full disk would (tests/test_quantize.sh).
     if (getenv("AUTOQ_TEST_FAIL_WRITE")) fail_other("%s: write failed (AUTOQ_TEST_FAIL_WRITE)", tmp);
+    if (getenv("AUTOQ_TEST_SIGNAL_WRITE")) raise(SIGTERM); // and a signal there (tests/test_harden2.sh)
     json_t* qc = quant_config(&z, fmts, nf, &q);
     write_config(tmp, dir, qc);
     copy_files(tmp, dir);
