@@ -128,6 +128,9 @@ void fail_other(const char* fmt, ...) {
 }
 
 void warn_msg(const char* fmt, ...) {
+#ifdef AUTOQ_FUZZ
+    if (g_fuzz_jmp && !getenv("AUTOQ_FUZZ_VERBOSE")) return; // a warning per input would drown the fuzzer
+#endif
     va_list ap;
     va_start(ap, fmt);
     vmsg("warning: ", fmt, ap);
