@@ -9,6 +9,7 @@
 #include <utf8proc.h>
 
 #include "../engine/util.h"
+#include "../engine/input.h"
 
 // ---- open-addressing hash maps ----
 typedef struct {
@@ -298,12 +299,7 @@ Tokenizer* tok_load(const char* path_in) {
         path = path_join(path_in, "tokenizer.json");
     else
         path = xstrdup(path_in);
-    json_error_t err;
-    size_t len;
-    char* text = read_input(path, "tokenizer.json", MAX_JSON_BYTES, &len);
-    json_t* root = json_loadb(text, len, 0, &err);
-    free(text);
-    if (!root) fail_input("%s: cannot read tokenizer.json (line %d: %s)", path, err.line, err.text);
+    json_t* root = input_json(path, "tokenizer.json", 0);
     if (!json_is_object(root)) fail_input("%s: tokenizer.json is not a JSON object", path);
     check_supported(path, root);
     const char* re = split_regex(path, root);

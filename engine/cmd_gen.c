@@ -2,6 +2,7 @@
 // trained on a corpus, and token ids), for the demo, tests and benchmarks.
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,7 @@ int cmd_gen(int argc, char** argv) {
     int t = args_int(&a, "--seq-len", 128, 2, 1 << 20);
     int layers = args_int(&a, "--layers", 0, 1, CONFIG_MAX_LAYERS); // 0: the preset's
     int shard_mib = args_int(&a, "--shard-mib", -1, 0, 1 << 20);    // -1: the preset's
+    int force = args_flag(&a, "--force");
     const char* dir = args_pos(&a, 0);
     args_done(&a);
     if (!dir) fail_input("gen: OUT_DIR missing");
@@ -44,19 +46,27 @@ int cmd_gen(int argc, char** argv) {
     char* text = corpus ? read_file(corpus, &len) : NULL;
     if (corpus && !text) fail_input("%s: cannot read corpus", corpus);
     if (text) bpe_check_text(text, len, corpus);
+    // A model folder is never overwritten by accident (README, gen): an existing non-empty OUT_DIR
+    // needs --force; the model is built in a temporary folder beside it and swapped in whole.
+    outdir_check(dir, force, 1, "gen");
+    char* tmp = outdir_begin(dir);
     double t0 = time_now();
-    gen_checkpoint(dir, &p, (uint64_t)seed);
+    gen_checkpoint(tmp, dir, &p, (uint64_t)seed);
     double el = time_now() - t0;
     double gb = (double)gen_weight_bytes(&p) / 1e9;
-    info_msg("gen: wrote %s (%s shape, %d layers, seed %ld): %.2f GB of weights in %.1fs (%.2f GB/s)", dir,
-             p.name, p.layers, seed, gb, el, gb / (el > 1e-9 ? el : 1e-9));
     if (corpus) {
-        char* tp = path_join(dir, "tokenizer.json");
+        char* tp = path_join(tmp, "tokenizer.json");
         bpe_train_write(tp, text, len, corpus, p.vocab);
-        info_msg("gen: wrote %s (byte-level BPE trained on %s)", tp, corpus);
         free(tp);
         free(text);
     }
+    // Test hook: a signal once the files are written (tests/test_harden2.sh)
+    if (getenv("AUTOQ_TEST_SIGNAL_WRITE")) raise(SIGTERM);
+    outdir_install(tmp, dir);
+    free(tmp);
+    info_msg("gen: wrote %s (%s shape, %d layers, seed %ld): %.2f GB of weights in %.1fs (%.2f GB/s)", dir,
+             p.name, p.layers, seed, gb, el, gb / (el > 1e-9 ? el : 1e-9));
+    if (corpus) info_msg("gen: wrote %s/tokenizer.json (byte-level BPE trained on %s)", dir, corpus);
     if (ids_path) {
         int* ids = xmalloc(sizeof(int) * (size_t)n * t);
         gen_ids(ids, n, t, p.vocab, (uint64_t)seed);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "util.h"
+#include "input.h"
 
 // Upper bounds far above any Qwen3 (235B: L 94, D 4096, I 12288, V 151936)
 // but low enough that products of two stay far from overflow.
@@ -144,13 +145,8 @@ static void get_moe(Config* c, const char* path, json_t* tc) {
 void config_load(Config* c, const char* dir) {
     memset(c, 0, sizeof(*c));
     char* path = path_join(dir, "config.json");
-    json_error_t err;
     if (access(path, R_OK) != 0) fail_input("%s: not a model folder (no readable config.json)", dir);
-    size_t len;
-    char* text = read_input(path, "config.json", MAX_JSON_BYTES, &len);
-    json_t* root = json_loadb(text, len, 0, &err);
-    free(text);
-    if (!root) fail_input("%s: invalid JSON at line %d: %s", path, err.line, err.text);
+    json_t* root = input_json(path, "config.json", 0);
     if (!json_is_object(root)) fail_input("%s: not a JSON object", path);
     json_t* mt = json_object_get(root, "model_type");
     if (!json_is_string(mt)) fail_input("%s: field 'model_type' missing or not a string", path);

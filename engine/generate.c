@@ -229,10 +229,8 @@ static void write_shard(const char* path, const GenTensor* ts, int t0, int t1, c
     }
     OutFile o;
     out_open(&o, path);
-    // out_open's descriptor is write-only; a shared writable mapping needs one opened for reading too
-    // (the temporary file is ours: out_open created it exclusively).
-    int fd = open(o.tmp, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) fail_other("%s: cannot reopen: %s", o.tmp, strerror(errno));
+    // out_open's descriptor is read-write (tmp_create), as a shared writable mapping needs
+    int fd = fileno(o.f);
     if (ftruncate(fd, (off_t)total) != 0) fail_other("%s: cannot size the file: %s", path, strerror(errno));
     uint8_t* map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) fail_other("%s: mmap: %s", path, strerror(errno));
@@ -247,7 +245,6 @@ static void write_shard(const char* path, const GenTensor* ts, int t0, int t1, c
         fill_rows((uint16_t*)(base + t->off + (size_t)ch[k][1] * rb), t, ch[k][1], ch[k][2], p);
     }
     if (munmap(map, total) != 0) fail_other("%s: munmap: %s", path, strerror(errno));
-    close(fd);
     out_close(&o);
     free(ch);
     free(hdr);
@@ -296,17 +293,7 @@ static void write_config(const char* dir, const GenPreset* p) {
     free(path);
 }
 
-// Removes a file of the other layout (a stale index would win over a fresh model.safetensors
-// when the folder is read, README §2).
-static void remove_stale(const char* dir, const char* name) {
-    char* path = path_join(dir, name);
-    if (unlink(path) != 0 && errno != ENOENT) fail_input("%s: cannot remove: %s", path, strerror(errno));
-    free(path);
-}
-
-void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        fail_input("%s: cannot create folder: %s", dir, strerror(errno));
+void gen_checkpoint(const char* dir, const char* shown, const GenPreset* p, uint64_t seed) {
     int nt;
     GenTensor* ts = tensor_list(p, &nt);
     for (int i = 0; i < nt; i++) ts[i].seed += seed;
@@ -317,15 +304,13 @@ void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed) {
     for (int i = 0; i < nt; i++) need += ts[i].nbytes;
     struct statvfs sv;
     if (statvfs(dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < need + (need >> 6))
-        fail_input("%s: the weights need %.2f GiB but its file system has %.2f GiB free", dir,
+        fail_input("%s: the weights need %.2f GiB but its file system has %.2f GiB free", shown,
                    need / 1073741824.0, (double)sv.f_bavail * sv.f_frsize / 1073741824.0);
     if (nsh == 1) {
-        remove_stale(dir, "model.safetensors.index.json");
         char* path = path_join(dir, "model.safetensors");
         write_shard(path, ts, 0, nt, p);
         free(path);
     } else {
-        remove_stale(dir, "model.safetensors");
         char fname[64];
         int t0 = 0;
         Progress pr; // the 30b-a3b preset writes 57 GiB

@@ -24,11 +24,12 @@ typedef struct {
 const GenPreset* gen_preset(const char* name);
 // The preset names, comma-separated, for messages.
 const char* gen_preset_names(void);
-// Writes dir/config.json and the weights, each file filled in parallel straight into its mapped
-// pages (memory stays small whatever the model's size). Some hidden channels get large norm gains
-// in some layers, as real LLMs have, so layers differ. Exits 2 when the folder's file system has
-// too little free space for the weights.
-void gen_checkpoint(const char* dir, const GenPreset* p, uint64_t seed);
+// Writes dir/config.json and the weights into dir, an empty folder (cmd_gen's temporary one), each
+// file filled in parallel straight into its mapped pages (memory stays small whatever the size). Some hidden
+// channels get large norm gains in some layers, as real LLMs have, so layers differ. Exits 2 when the folder's
+// file system has too little free space for the weights (the caller removes the folder); messages name `shown`
+// (OUT_DIR).
+void gen_checkpoint(const char* dir, const char* shown, const GenPreset* p, uint64_t seed);
 // Bytes of the weights gen_checkpoint writes (tensor data, headers excluded).
 uint64_t gen_weight_bytes(const GenPreset* p);
 // Calibration ids: n windows of t tokens drawn from a seeded Markov chain

@@ -65,12 +65,13 @@ static void file_publish(const RdvSpec* r, const unsigned char* buf, size_t len)
 static void file_fetch(const RdvSpec* r, unsigned char* buf, size_t len, double timeout_s) {
     double t0 = time_now();
     for (;;) {
-        FILE* f = fopen(r->path, "rb");
-        if (f) {
-            size_t got = fread(buf, 1, len, f);
-            fclose(f);
-            if (got == len) return;
-        }
+        char why[160];
+        size_t got = 0;
+        char* data = input_read(r->path, 1 << 20, 0, &got, why, sizeof(why)); // never a FIFO (README §1)
+        if (!data && errno != ENOENT) fail_input("%s: rendezvous file %s", r->path, why);
+        if (data && got >= len) memcpy(buf, data, len);
+        free(data);
+        if (data && got >= len) return;
         if (time_now() - t0 > timeout_s)
             fail_other("%s: rendezvous timed out after %.0f s waiting for rank 0", r->path, timeout_s);
         usleep(50000);

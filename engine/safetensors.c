@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "util.h"
+#include "input.h"
 
 static const struct {
     const char* name;
@@ -200,12 +201,7 @@ static const char** index_shards(const char* index_path, json_t* wm, int* nsh) {
 }
 
 static void open_index(StCheckpoint* ck, const char* dir, const char* index_path) {
-    json_error_t err;
-    size_t len;
-    char* text = read_input(index_path, "shard index", MAX_JSON_BYTES, &len);
-    json_t* root = json_loadb(text, len, 0, &err);
-    free(text);
-    if (!root) fail_input("%s: invalid JSON at line %d: %s", index_path, err.line, err.text);
+    json_t* root = input_json(index_path, "shard index", 0);
     json_t* wm = json_object_get(root, "weight_map");
     if (!json_is_object(wm)) fail_input("%s: field 'weight_map' missing or not an object", index_path);
     if (json_object_size(wm) == 0) fail_input("%s: field 'weight_map' is empty", index_path);

@@ -1,5 +1,7 @@
+#define _GNU_SOURCE // renameat2, getrandom
 #include "util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -8,8 +10,10 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,11 +33,18 @@ jmp_buf* g_fuzz_jmp;
 static char g_tmp[MAX_TMP][PATH_MAX];
 static volatile sig_atomic_t g_tmp_used[MAX_TMP];
 
+static int rm_folder(const char* path);
+
+// Newest first; a folder (unlink: EISDIR) goes with its files. Async-signal-safe.
+static void tmp_cleanup(void) {
+    for (int i = MAX_TMP - 1; i >= 0; i--)
+        if (g_tmp_used[i] && unlink(g_tmp[i]) != 0 && errno == EISDIR) rm_folder(g_tmp[i]);
+}
+
 // Async-signal-safe: unlink and re-raise with the default action, so the
 // process still dies of the signal (exit status and core as usual).
 static void tmp_on_signal(int sig) {
-    for (int i = MAX_TMP - 1; i >= 0; i--) // newest first: a folder's files before the folder
-        if (g_tmp_used[i] && unlink(g_tmp[i]) != 0) rmdir(g_tmp[i]);
+    tmp_cleanup();
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -79,11 +90,6 @@ void tmp_unregister(const char* path) {
         }
 }
 
-static void tmp_cleanup(void) {
-    for (int i = MAX_TMP - 1; i >= 0; i--) // newest first: a folder's files before the folder
-        if (g_tmp_used[i] && unlink(g_tmp[i]) != 0) rmdir(g_tmp[i]);
-}
-
 static void vmsg(const char* prefix, const char* fmt, va_list ap) {
     fflush(stdout);
     fprintf(stderr, "autoq: %s", prefix);
@@ -122,6 +128,9 @@ void fail_other(const char* fmt, ...) {
 }
 
 void warn_msg(const char* fmt, ...) {
+#ifdef AUTOQ_FUZZ
+    if (g_fuzz_jmp && !getenv("AUTOQ_FUZZ_VERBOSE")) return; // a warning per input would drown the fuzzer
+#endif
     va_list ap;
     va_start(ap, fmt);
     vmsg("warning: ", fmt, ap);
@@ -201,37 +210,53 @@ const char* str_clip(char* buf, const char* s) {
     return buf;
 }
 
-// Opens without blocking and stats the open file (no race with a rename).
-// Returns the fd, -1 with errno set if it cannot be opened, -2 if not regular.
-static int open_regular_try(const char* path, size_t* size, const char** kind) {
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return -1;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+// ---- Inputs: one policy for every file autoq reads (README §1) ----
+// Opened O_NONBLOCK (a FIFO cannot stall the open; O_NOFOLLOW too where a link could be planted),
+// then fstat'd: a FIFO, device, socket or directory is refused before a byte is read, and so is a
+// file over the caller's cap. why gets the reason, to follow "PATH: WHAT ".
+
+static const char* node_kind(mode_t m) {
+    return S_ISDIR(m)    ? "a directory"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+           : S_ISLNK(m)  ? "a symbolic link"
+                         : "a special file";
+}
+
+int input_open(const char* path, size_t max, int flags, size_t* size, char* why, size_t cap) {
+    int of = O_RDONLY | O_NONBLOCK | O_CLOEXEC | (flags & INPUT_NOFOLLOW ? O_NOFOLLOW : 0);
+    int fd = open(path, of);
+    if (fd < 0) {
         int e = errno;
+        // O_NOFOLLOW on a link fails with ELOOP: say what it is
+        if (e == ELOOP && (flags & INPUT_NOFOLLOW))
+            snprintf(why, cap, "is a symbolic link, refused here");
+        else
+            snprintf(why, cap, "cannot be opened: %s", strerror(e));
+        errno = e;
+        return -1;
+    }
+    struct stat st;
+    int e = 0;
+    if (fstat(fd, &st) != 0) {
+        e = errno;
+        snprintf(why, cap, "cannot be read: %s", strerror(e));
+    } else if (!S_ISREG(st.st_mode)) {
+        e = EINVAL;
+        snprintf(why, cap, "is %s, not a regular file", node_kind(st.st_mode));
+    } else if ((uint64_t)st.st_size > (uint64_t)max) {
+        e = EFBIG;
+        snprintf(why, cap, "is %lld bytes, over the %zu MiB limit for this kind of input",
+                 (long long)st.st_size, max >> 20);
+    }
+    if (e) {
         close(fd);
         errno = e;
         return -1;
     }
-    if (!S_ISREG(st.st_mode)) {
-        *kind = S_ISDIR(st.st_mode)    ? "a directory"
-                : S_ISFIFO(st.st_mode) ? "a FIFO"
-                : S_ISCHR(st.st_mode)  ? "a character device"
-                : S_ISBLK(st.st_mode)  ? "a block device"
-                : S_ISSOCK(st.st_mode) ? "a socket"
-                                       : "a special file";
-        close(fd);
-        return -2;
-    }
     if (size) *size = (size_t)st.st_size;
-    return fd;
-}
-
-int open_regular(const char* path, const char* what, size_t* size) {
-    const char* kind = "";
-    int fd = open_regular_try(path, size, &kind);
-    if (fd == -1) fail_input("%s: cannot open %s: %s", path, what, strerror(errno));
-    if (fd == -2) fail_input("%s: %s is %s, not a regular file", path, what, kind);
     return fd;
 }
 
@@ -254,22 +279,46 @@ static char* read_fd(int fd, size_t size, size_t* len) {
     return buf;
 }
 
+char* input_read(const char* path, size_t max, int flags, size_t* len, char* why, size_t cap) {
+    size_t size = 0;
+    int fd = input_open(path, max, flags, &size, why, cap);
+    if (fd < 0) return NULL;
+    char* buf = read_fd(fd, size, len);
+    int e = errno;
+    close(fd);
+    if (!buf) {
+        snprintf(why, cap, "cannot be read: %s", strerror(e));
+        errno = e;
+    }
+    return buf;
+}
+
+int open_regular(const char* path, const char* what, size_t* size) {
+    char why[160];
+    int fd = input_open(path, (size_t)-1, 0, size, why, sizeof(why));
+    if (fd < 0) fail_input("%s: %s %s", path, what, why);
+    return fd;
+}
+
+char* read_input(const char* path, const char* what, size_t max, size_t* len) {
+    char why[160];
+    char* buf = input_read(path, max, 0, len, why, sizeof(why));
+    if (!buf) fail_input("%s: %s %s", path, what, why);
+    return buf;
+}
+
+char* read_input_opt(const char* path, const char* what, size_t max, size_t* len) {
+    char why[160];
+    char* buf = input_read(path, max, 0, len, why, sizeof(why));
+    if (!buf && errno != ENOENT) fail_input("%s: %s %s", path, what, why);
+    return buf;
+}
+
 static void check_cap(int fd, const char* path, const char* what, size_t size, size_t max) {
     if (size <= max) return;
     close(fd);
     fail_input("%s: %s is %zu bytes, over the %zu MiB limit for this kind of input", path, what, size,
                max >> 20);
-}
-
-char* read_input(const char* path, const char* what, size_t max, size_t* len) {
-    size_t size = 0;
-    int fd = open_regular(path, what, &size);
-    check_cap(fd, path, what, size, max);
-    char* buf = read_fd(fd, size, len);
-    int e = errno;
-    close(fd);
-    if (!buf) fail_input("%s: cannot read %s: %s", path, what, strerror(e));
-    return buf;
 }
 
 // A pipe (e.g. `--text <(cmd)` or /dev/stdin) read to its end, at most max bytes.
@@ -365,16 +414,76 @@ void out_check(const char* path, const char* what) {
     free(dir);
 }
 
+// A name beside path no other run uses: PATH.tmp.XXXXXX (six random characters, as mkstemp's), so
+// nothing a killed run left behind, or someone planted, can collide with it.
+static char* tmp_name(const char* path) {
+    static const char k_chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    static uint64_t counter;
+    unsigned char r[6];
+    if (getrandom(r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r)) {
+        uint64_t x = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)(time_now() * 1e9) ^ ++counter;
+        for (int i = 0; i < 6; i++) r[i] = (unsigned char)(x >> (8 * i));
+    }
+    size_t n = strlen(path);
+    if (n + 16 >= PATH_MAX) fail_input("%s: output path is too long", path);
+    char* t = xmalloc(n + 16);
+    memcpy(t, path, n);
+    memcpy(t + n, ".tmp.", 5);
+    for (int i = 0; i < 6; i++) t[n + 5 + i] = k_chars[r[i] % (sizeof(k_chars) - 1)];
+    t[n + 11] = 0;
+    return t;
+}
+
+// Signals that remove temporary outputs, held off while one is created and registered (so a signal
+// can neither leave it unregistered nor remove a file of that name that is not ours).
+static void sig_hold(sigset_t* old) {
+    sigset_t block;
+    sigemptyset(&block);
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) sigaddset(&block, sigs[i]);
+    sigprocmask(SIG_BLOCK, &block, old);
+}
+
+static void sig_release(const sigset_t* old) { sigprocmask(SIG_SETMASK, old, NULL); }
+
+int tmp_create(const char* path, char** tmp) {
+    for (int tries = 0; tries < 100; tries++) {
+        char* t = tmp_name(path);
+        sigset_t old;
+        sig_hold(&old);
+        // O_EXCL | O_NOFOLLOW: never a file or link planted under the name (O_EXCL fails on a link)
+        int fd = open(t, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        int e = errno;
+        if (fd >= 0) tmp_register(t);
+        sig_release(&old);
+        if (fd >= 0) {
+            *tmp = t;
+            return fd;
+        }
+        free(t);
+        errno = e;
+        if (e != EEXIST) return -1;
+    }
+    return -1;
+}
+
+int tmp_commit(const char* tmp, const char* path) {
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        tmp_unregister(tmp);
+        errno = e;
+        return -1;
+    }
+    tmp_unregister(tmp);
+    return 0;
+}
+
 void out_open(OutFile* o, const char* path) {
     out_check(path, "output");
     o->path = xstrdup(path);
-    o->tmp = xmalloc(strlen(path) + 32);
-    sprintf(o->tmp, "%s.tmp.%d", path, (int)getpid());
-    // O_EXCL | O_NOFOLLOW: never write through a file or link planted under the temporary name.
-    unlink(o->tmp);
-    int fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    int fd = tmp_create(path, &o->tmp);
     if (fd < 0) fail_input("%s: cannot create output file: %s", path, strerror(errno));
-    tmp_register(o->tmp);
     o->f = fdopen(fd, "wb");
     if (!o->f) fail_other("%s: fdopen: %s", path, strerror(errno));
 }
@@ -385,11 +494,8 @@ void out_close(OutFile* o) {
         unlink(o->tmp);
         fail_other("%s: write failed", o->path);
     }
-    if (rename(o->tmp, o->path) != 0) {
-        unlink(o->tmp);
+    if (tmp_commit(o->tmp, o->path) != 0)
         fail_other("%s: cannot rename into place: %s", o->path, strerror(errno));
-    }
-    tmp_unregister(o->tmp);
     free(o->path);
     free(o->tmp);
 }
@@ -400,6 +506,124 @@ void out_abort(OutFile* o) {
     tmp_unregister(o->tmp);
     free(o->path);
     free(o->tmp);
+}
+
+// ---- Output folders (quantize --out, gen OUT_DIR) ----
+
+void outdir_check(const char* out, int force, int empty_ok, const char* what) {
+    if (!*out) fail_input("%s: the output folder path is empty", what);
+    const char* base = strrchr(out, '/');
+    base = base ? base + 1 : out;
+    // "/", ".", "..": a folder that cannot be renamed into place
+    if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
+        fail_input("%s: %s: name the output folder itself (not '/', '.' or '..')", what, out);
+    if (strlen(out) + 16 >= PATH_MAX) fail_input("%s: %s: output path is too long", what, out);
+    struct stat st;
+    if (lstat(out, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) fail_input("%s: %s exists and is not a folder", what, out);
+        DIR* d = opendir(out);
+        if (!d) fail_input("%s: %s: %s", what, out, strerror(errno));
+        int n = 0;
+        struct dirent* e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            n++;
+            char* p = path_join(out, e->d_name);
+            int sub = lstat(p, &st) == 0 && S_ISDIR(st.st_mode);
+            free(p);
+            if (sub && force) {
+                closedir(d);
+                fail_input("%s: %s holds the folder '%s'; --force replaces folders of files only", what, out,
+                           e->d_name);
+            }
+        }
+        closedir(d);
+        if (!force && (n || !empty_ok))
+            fail_input("%s: %s exists%s (add --force to replace it)", what, out, n ? " and is not empty" : "");
+    }
+    char* parent = path_dir(out);
+    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK | X_OK) != 0)
+        fail_input("%s: %s: its folder %s is not a writable folder", what, out, parent);
+    free(parent);
+}
+
+char* outdir_begin(const char* out) {
+    for (int tries = 0; tries < 100; tries++) {
+        char* t = tmp_name(out);
+        sigset_t old;
+        sig_hold(&old);
+        int ok = mkdir(t, 0755) == 0, e = errno;
+        if (ok) tmp_register(t); // a folder: removed with its files (tmp_cleanup)
+        sig_release(&old);
+        if (ok) return t;
+        free(t);
+        if (e != EEXIST) fail_input("%s: cannot create a folder beside it: %s", out, strerror(e));
+    }
+    fail_other("%s: no free temporary folder name", out);
+}
+
+// The files of folder path (not its sub-folders), then the folder; async-signal-safe (raw getdents64,
+// no malloc), so the signal handler uses it too. 0 when the folder is gone.
+static int rm_folder(const char* path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return rmdir(path);
+    char buf[4096] __attribute__((aligned(8)));
+    for (int pass = 0; pass < 8; pass++) { // entries removed while listing may hide others: list again
+        long n, removed = 0;
+        lseek(fd, 0, SEEK_SET);
+        while ((n = syscall(SYS_getdents64, fd, buf, sizeof(buf))) > 0)
+            for (long off = 0; off < n;) {
+                struct {
+                    uint64_t ino;
+                    int64_t off;
+                    unsigned short reclen;
+                    unsigned char type;
+                    char name[];
+                }* de = (void*)(buf + off);
+                off += de->reclen;
+                if (de->name[0] == '.' && (!de->name[1] || (de->name[1] == '.' && !de->name[2]))) continue;
+                removed += unlinkat(fd, de->name, 0) == 0;
+            }
+        if (!removed) break;
+    }
+    close(fd);
+    return rmdir(path);
+}
+
+void outdir_install(const char* tmp, const char* out) {
+    // No signal between the swap and the end of the clean-up: OUT is always a whole checkpoint.
+    sigset_t old;
+    sig_hold(&old);
+    struct stat st;
+    int had = lstat(out, &st) == 0;
+    // An existing OUT (outdir_check: a folder of files) swaps atomically with the new one, which
+    // then holds the old files under the temporary name, removed below.
+    int swapped = had && renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_EXCHANGE) == 0;
+    if (had && !swapped) { // a file system without RENAME_EXCHANGE: move OUT aside under a fresh name
+        char* aside = outdir_begin(out);
+        if (rename(out, aside) != 0) fail_other("%s: cannot move aside: %s", out, strerror(errno));
+        if (rename(tmp, out) != 0) {
+            int e = errno;
+            rename(aside, out);
+            fail_other("%s: cannot rename into place: %s", out, strerror(e));
+        }
+        tmp_unregister(tmp);
+        if (rm_folder(aside) != 0)
+            warn_msg("%s: the replaced folder could not be removed: %s", aside, strerror(errno));
+        tmp_unregister(aside);
+        free(aside);
+    } else if (swapped) {
+        if (rm_folder(tmp) != 0)
+            warn_msg("%s: the replaced folder could not be removed: %s", tmp, strerror(errno));
+        tmp_unregister(tmp);
+    } else {
+        // RENAME_NOREPLACE: a folder that appeared since outdir_check is not replaced
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_NOREPLACE) != 0 &&
+            (errno != EINVAL || rename(tmp, out) != 0))
+            fail_other("%s: cannot rename into place: %s", out, strerror(errno));
+        tmp_unregister(tmp);
+    }
+    sig_release(&old);
 }
 
 double time_now(void) {

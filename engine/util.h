@@ -38,15 +38,23 @@ size_t size_add(size_t a, size_t b, const char* what);
 #define MAX_JSON_BYTES ((size_t)256 << 20)      // config.json, tokenizer.json, index, recipes: 256 MiB
 #define MAX_ST_HEADER_BYTES ((size_t)100 << 20) // a safetensors JSON header (the format's own limit)
 
-// Opens an input read-only and refuses anything but a regular file (a FIFO,
-// device or directory would block, never end, or fail obscurely). The open
-// itself is O_NONBLOCK so a FIFO cannot block it. Exits 2 naming path and
-// `what` ("config.json", "weights", ...) on any failure. Returns the fd;
-// *size gets the file size when size is not NULL.
+// ---- Inputs: one policy for every file autoq reads (README §1) ----
+// Every input goes through input_open: opened O_NONBLOCK (a FIFO cannot block the open), plus
+// O_NOFOLLOW with INPUT_NOFOLLOW (a folder others may write to: the GPTQ cache), then fstat'd on the
+// open descriptor (no race with a rename): anything but a regular file (FIFO, device, socket,
+// directory) is refused before a byte is read, and so is a file over max bytes (MAX_TEXT_BYTES,
+// MAX_JSON_BYTES, ...). JSON files are read by input_json (engine/input.h) on top of this.
+#define INPUT_NOFOLLOW 1
+// Returns the fd (*size = the file size), or -1 with errno set (ENOENT: missing) and why = the
+// reason, worded to follow "PATH: WHAT " ("is a FIFO, not a regular file", ...). Never exits.
+int input_open(const char* path, size_t max, int flags, size_t* size, char* why, size_t cap);
+// The whole file (NUL-terminated, *len its size), or NULL as input_open. Never exits.
+char* input_read(const char* path, size_t max, int flags, size_t* len, char* why, size_t cap);
+// input_open / input_read that exit 2 naming path and `what` ("config.json", "weights", ...).
 int open_regular(const char* path, const char* what, size_t* size);
-// Reads a whole regular file of at most max bytes (NUL-terminated); exits 2
-// naming the path, `what` and the cap otherwise.
 char* read_input(const char* path, const char* what, size_t max, size_t* len);
+// read_input, but NULL (errno ENOENT) when the file does not exist.
+char* read_input_opt(const char* path, const char* what, size_t max, size_t* len);
 // Reads a whole file or pipe (`--text <(cmd)`), for text given on the command
 // line; returns NULL (errno set) when it cannot be opened. Exits 2 for a
 // directory or device (/dev/zero would never end) and over MAX_TEXT_BYTES.
@@ -56,9 +64,10 @@ char* read_file(const char* path, size_t* len);
 #define CLIP_BUF 96
 const char* str_clip(char* buf, const char* s);
 
-// Atomic output: write to PATH.tmp.PID, rename on close, remove on abort.
-// Every file autoq writes goes through this, so a failure never leaves a
-// half-written output behind.
+// ---- Outputs ----
+// Atomic output: written to PATH.tmp.XXXXXX (tmp_create), renamed on close, removed on abort, on
+// fail_* and on SIGINT, SIGTERM, SIGHUP and SIGPIPE. Every file autoq writes goes through this, so
+// a failure never leaves a half-written output behind.
 typedef struct {
     FILE* f;
     char* path;
@@ -73,12 +82,31 @@ void out_check(const char* path, const char* what);
 void out_open(OutFile* o, const char* path);
 void out_close(OutFile* o); // flush, fsync-free rename
 void out_abort(OutFile* o);
-// Registers a temporary path (a file, or an empty folder: rmdir) removed, newest first, if the
-// process exits through fail_* or
-// is killed by SIGINT, SIGTERM, SIGHUP or SIGPIPE (handlers installed on the
-// first registration where the signal still has its default action).
+// Creates a temporary file for output path: PATH.tmp.XXXXXX (six random characters, retried while
+// taken), O_CREAT | O_EXCL | O_NOFOLLOW (never a file or link planted under the name), read-write,
+// mode 0666 less the umask, registered (tmp_register). Returns the fd and *tmp (malloc'd), or -1
+// with errno set. Never exits: the GPTQ cache's failures are warnings.
+int tmp_create(const char* path, char** tmp);
+// Renames tmp onto path and unregisters it; on failure removes tmp and returns -1 (errno set).
+int tmp_commit(const char* tmp, const char* path);
+// Registers a temporary path removed, newest first, if the process exits through fail_* or is
+// killed by SIGINT, SIGTERM, SIGHUP or SIGPIPE (handlers installed on the first registration where
+// the signal still has its default action). A folder goes with the files in it (not sub-folders).
 void tmp_register(const char* path);
 void tmp_unregister(const char* path);
+
+// Output folders (quantize --out, gen OUT_DIR): built in a temporary folder beside OUT, swapped in.
+// outdir_check, before any compute: OUT not empty, not "/", "." or ".."; when it exists, a folder
+// (not a link), refused (exit 2) unless force, or empty and empty_ok; with force it must hold files
+// only (no sub-folders); its parent a writable folder. `what` starts messages ("quantize: --out").
+void outdir_check(const char* out, int force, int empty_ok, const char* what);
+// Creates OUT.tmp.XXXXXX (0755 less the umask), registered: on failure or signal it is removed
+// with its files. Returns its path (malloc'd).
+char* outdir_begin(const char* out);
+// Puts tmp in OUT's place: an existing OUT is swapped atomically (renameat2 RENAME_EXCHANGE; on a file
+// system without it, moved aside under a fresh name first) and its old files removed; signals are
+// held meanwhile, so OUT is always either the old folder or the new one, and nothing else is left.
+void outdir_install(const char* tmp, const char* out);
 
 double time_now(void); // seconds, monotonic
 size_t peak_rss_bytes(void);

@@ -1,4 +1,5 @@
 #include "checkpoint.h"
+#include "../engine/input.h"
 
 #include <math.h>
 #include <string.h>
@@ -72,10 +73,8 @@ static double number_field(const char* path, json_t* v, const char* field) {
 }
 
 int checkpoint_load(const char* path, json_t* id, ScoreJob* j) {
-    if (access(path, F_OK) != 0) return 0;
-    json_error_t err;
-    json_t* o = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
-    if (!o) fail_input("%s: checkpoint is not valid JSON (line %d: %s)", path, err.line, err.text);
+    json_t* o = input_json_opt(path, "checkpoint", JSON_REJECT_DUPLICATES);
+    if (!o) return 0; // none yet: a fresh run
     if (!json_is_object(o)) fail_input("%s: checkpoint is not a JSON object", path);
     json_t* run = json_object_get(o, "run");
     const char* key;

@@ -1,4 +1,5 @@
 #include "format.h"
+#include "../engine/input.h"
 
 #include <jansson.h>
 #include <libgen.h>
@@ -9,9 +10,6 @@
 #include <unistd.h>
 
 #include "../engine/util.h"
-
-// A format file is a few hundred bytes; anything this large is not one (and a FIFO never ends).
-#define FORMAT_FILE_MAX (1 << 20)
 
 static void find_path(char* out, size_t cap, const char* name) {
     if (strchr(name, '/') || strstr(name, ".json")) {
@@ -265,13 +263,8 @@ static void parse_root(Format* f, json_t* root, int ct) {
 }
 
 static json_t* load_file(const char* path, const char* name) {
-    struct stat st;
-    if (access(path, R_OK) != 0 || stat(path, &st) != 0) fail_input("%s: format '%s' not found", path, name);
-    if (!S_ISREG(st.st_mode) || st.st_size > FORMAT_FILE_MAX)
-        fail_input("%s: format '%s' is not a regular file of at most %d bytes", path, name, FORMAT_FILE_MAX);
-    json_error_t err;
-    json_t* root = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
-    if (!root) fail_input("%s: invalid JSON at line %d: %s", path, err.line, err.text);
+    json_t* root = input_json_opt(path, "format file", JSON_REJECT_DUPLICATES);
+    if (!root) fail_input("%s: format '%s' not found", path, name);
     return root;
 }
 

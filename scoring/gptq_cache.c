@@ -12,6 +12,7 @@
 
 #include "../engine/util.h"
 #include "../kernels/gptq.h"
+#include "../kernels/quant.h"
 
 static const char k_magic[8] = {'A', 'Q', 'G', 'P', 'T', 'Q', '1', '\n'};
 
@@ -80,84 +81,120 @@ static int take(Reader* r, void* out, size_t n) {
     return 1;
 }
 
-// 1 when every entry decodes; fills tmp (nf, nl), which the caller frees on failure.
-static int decode(Reader* r, const Model* m, float** tmp, int nf) {
+// What each entry must be, from the same inputs gptq_cache_save took: a linear quantized with a
+// format's weight quantizer holds codes within that quantizer's range on exactly the row scales
+// save derives (gptq_row_scales), so a file with a valid checksum but a changed, infinite or NaN
+// scale or an out-of-range code is refused, never decoded into the model.
+typedef struct {
+    const Format* fmts;
+    const int* choice;
+    float* const* scales;
+} Expect;
+
+// NULL when every entry decodes and matches; else the reason. Fills tmp (nf, nl), which the caller
+// frees on failure.
+static const char* decode(Reader* r, const Model* m, float** tmp, int nf, const Expect* x) {
     for (long e = 0; e < (long)nf * m->n_linears; e++) {
-        const Linear* l = &m->linears[e % m->n_linears];
+        int i = (int)(e % m->n_linears);
+        const Linear* l = &m->linears[i];
+        int sel = x->choice ? x->choice[i] : (int)(e / m->n_linears);
         unsigned char kind;
-        if (!take(r, &kind, 1) || kind > 2) return 0;
-        if (kind == 0) continue;
+        if (!take(r, &kind, 1) || kind > 2) return "an entry's kind is not 0, 1 or 2";
+        if (kind == 0) {
+            if (x->choice && sel >= 0) return "a chosen linear has no entry";
+            continue;
+        }
+        if (sel < 0) return "an entry for a linear that is not quantized";
+        const Format* fm = &x->fmts[sel];
+        if (kind != (fm->w_enable ? 1 : 2)) return "an entry's kind does not match its format";
         size_t n = (size_t)l->out * l->in;
-        tmp[e] = xmalloc(sizeof(float) * n);
         if (kind == 2) {
+            if (!l->w) return "an unquantized entry without the model's weight at hand";
+            tmp[e] = xmalloc(sizeof(float) * n);
             memcpy(tmp[e], l->w, sizeof(float) * n);
             continue;
         }
         int shape[2];
-        if (!take(r, shape, sizeof(shape)) || shape[0] != l->out || shape[1] != l->in) return 0;
+        if (!take(r, shape, sizeof(shape)) || shape[0] != l->out || shape[1] != l->in)
+            return "an entry's shape is not its linear's";
+        if (!x->scales && !l->w) return "no weight to check an entry's scales against";
         float* scale = xmalloc(sizeof(float) * l->out);
-        int ok = take(r, scale, sizeof(float) * l->out) && n <= r->left;
-        for (size_t j = 0; ok && j < n; j++) tmp[e][j] = (float)(int8_t)r->p[j] * scale[j / l->in];
-        free(scale);
-        if (!ok) return 0;
+        float* want = xmalloc(sizeof(float) * l->out);
+        gptq_row_scales(want, x->scales ? x->scales[i] : NULL, l->w, l->out, l->in, fm->w);
+        const char* bad = NULL;
+        if (!take(r, scale, sizeof(float) * l->out) || n > r->left)
+            bad = "truncated";
+        else if (memcmp(scale, want, sizeof(float) * l->out) != 0)
+            bad = "an entry's row scales are not the ones its format gives (changed, infinite or NaN)";
+        float lo, hi;
+        quant_bounds(fm->w, &lo, &hi);
+        tmp[e] = bad ? NULL : xmalloc(sizeof(float) * n);
+        for (size_t j = 0; !bad && j < n; j++) {
+            float c = (float)(int8_t)r->p[j];
+            if (c < lo || c > hi) bad = "an entry's code is outside its format's range";
+            tmp[e][j] = c * scale[j / l->in];
+        }
+        free(scale), free(want);
+        if (bad) return bad;
         r->p += n, r->left -= n;
     }
-    return 1;
+    return NULL;
 }
 
-int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf) {
+int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf,
+                    const Format* fmts, const int* choice, float* const* scales) {
     char* path = cache_path(dir, k);
-    FILE* f = fopen(path, "rb");
-    if (!f) {
+    char why[160];
+    size_t size = 0;
+    // INPUT_NOFOLLOW: a cache folder may be shared; a FIFO, device or link planted there is skipped
+    unsigned char* buf = (unsigned char*)input_read(path, (size_t)-1, INPUT_NOFOLLOW, &size, why, sizeof(why));
+    if (!buf) {
+        if (errno != ENOENT) warn_msg("%s: GPTQ cache file %s; ignored, recomputing", path, why);
         free(path);
         return 0;
     }
-    struct stat st;
-    unsigned char* buf = NULL;
-    int ok = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 32;
-    size_t size = ok ? (size_t)st.st_size : 0;
-    if (ok) {
-        buf = xmalloc(size);
-        ok = fread(buf, 1, size, f) == size;
-    }
-    fclose(f);
     uint64_t sum = 0, key = 0;
     int counts[2] = {0, 0};
-    Reader r = {buf, ok ? size - 8 : 0};
-    if (ok) memcpy(&sum, buf + size - 8, 8);
-    ok = ok && sum == hash_bytes(0xcbf29ce484222325ull, buf, size - 8) && memcmp(buf, k_magic, 8) == 0;
-    r.p += 8, r.left = ok ? r.left - 8 : 0;
-    ok = ok && take(&r, &key, 8) && key == k->hash && take(&r, counts, sizeof(counts)) && counts[0] == nf &&
-         counts[1] == m->n_linears;
+    const char* bad = NULL;
+    Reader r = {buf + 8, size >= 32 ? size - 16 : 0};
+    if (size < 32) bad = "truncated";
+    if (!bad) memcpy(&sum, buf + size - 8, 8);
+    if (!bad && (memcmp(buf, k_magic, 8) != 0 || sum != hash_bytes(0xcbf29ce484222325ull, buf, size - 8)))
+        bad = "corrupt (bad magic or checksum)";
+    if (!bad && !(take(&r, &key, 8) && key == k->hash && take(&r, counts, sizeof(counts)) && counts[0] == nf &&
+                  counts[1] == m->n_linears))
+        bad = "written for another model, data or settings";
     float** tmp = xcalloc((size_t)nf * m->n_linears, sizeof(float*));
-    ok = ok && decode(&r, m, tmp, nf) && r.left == 0;
-    if (ok) {
+    Expect x = {fmts, choice, scales};
+    if (!bad) bad = decode(&r, m, tmp, nf, &x);
+    if (!bad && r.left != 0) bad = "trailing bytes";
+    if (!bad) {
         memcpy(wq, tmp, sizeof(float*) * nf * m->n_linears);
         info_msg("gptq: weights from the cache %s", path);
     } else {
         for (long e = 0; e < (long)nf * m->n_linears; e++) free(tmp[e]);
-        warn_msg("%s: not a valid GPTQ cache for this model, data and settings (corrupt, truncated or stale); "
-                 "ignored, recomputing",
-                 path);
+        warn_msg("%s: not a valid GPTQ cache for this model, data and settings (%s); ignored, recomputing",
+                 path, bad);
     }
     free(tmp);
     free(buf);
     free(path);
-    return ok;
+    return !bad;
 }
 
 void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf,
                      const Format* fmts, const int* choice, float* const* scales) {
     char* path = cache_path(dir, k);
-    char* tmp = xmalloc(strlen(path) + 32);
-    sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE* f = fopen(tmp, "wb");
+    char* tmp = NULL;
+    // exclusive, no-follow, under a fresh name, removed on failure or signal (engine/util.h)
+    int fd = tmp_create(path, &tmp);
+    FILE* f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
-        warn_msg("%s: cannot write the GPTQ cache: %s", tmp, strerror(errno));
+        warn_msg("%s: cannot write the GPTQ cache: %s", path, strerror(errno));
+        if (fd >= 0) close(fd), unlink(tmp), tmp_unregister(tmp);
         free(tmp), free(path);
         return;
     }
-    tmp_register(tmp);
     // built in memory and hashed in one piece, as the reader checks it
     size_t cap = 24 + (size_t)nf * m->n_linears, len = 0; // header, then a kind byte per entry
     for (long e = 0; e < (long)nf * m->n_linears; e++) {
@@ -200,13 +237,15 @@ void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, flo
     uint64_t sum = hash_bytes(0xcbf29ce484222325ull, buf, len);
     ok = ok && fwrite(buf, 1, len, f) == len && fwrite(&sum, 1, 8, f) == 8;
     ok = (fclose(f) == 0) && ok;
-    if (ok && rename(tmp, path) == 0) {
+    if (!ok) {
+        unlink(tmp);
+        tmp_unregister(tmp);
+        warn_msg("%s: the GPTQ cache was not written (write failed)", path);
+    } else if (tmp_commit(tmp, path) == 0) {
         info_msg("gptq: weights cached in %s", path);
     } else {
-        unlink(tmp);
-        warn_msg("%s: the GPTQ cache was not written (%s)", path, ok ? strerror(errno) : "write failed");
+        warn_msg("%s: the GPTQ cache was not written (%s)", path, strerror(errno));
     }
-    tmp_unregister(tmp);
     free(buf);
     free(tmp);
     free(path);

@@ -1,7 +1,8 @@
 // GPTQ weights kept between runs (README, "GPTQ"): --gptq-cache DIR holds one file per
 // checkpoint + data + settings, DIR/gptq-<key>.bin, the key a hash of the linears' weights, the
 // token ids, the formats' weight quantizers, the GPTQ options and what was quantized. A file that
-// does not match its key, is truncated or fails its checksum is ignored with a warning and
+// does not match its key, is truncated, fails its checksum or holds scales or codes its formats
+// would not give (or is not a regular file: a FIFO or link is never opened) is ignored with a warning and
 // recomputed (then replaced); a write that fails is a warning, never a failed run.
 #pragma once
 #include <stdint.h>
@@ -21,7 +22,11 @@ typedef struct {
 void gptq_cache_key(GptqCacheKey* k, const char* mode, const Model* m, const TokenIds* ids, const Format* fmts,
                     int nf, const int* choice, const Groups* gs, const GptqOpts* o);
 // Fills wq (nf, n_linears) from the cache file; 1 when found and valid, else 0 (wq untouched).
-int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf);
+// fmts, choice and scales as gptq_cache_save took them: each entry must hold exactly the row scales
+// and the code range they give. The file is read as any input (engine/util.h: never a FIFO, device
+// or symbolic link); anything wrong with it is a warning and 0, never an error.
+int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, float** wq, int nf,
+                    const Format* fmts, const int* choice, float* const* scales);
 // Writes wq (nf, n_linears; NULL entries skipped) as int8 codes and per-row scales; entry (f, i)
 // was quantized with fmts[choice ? choice[i] : f] on scales[i] (n_linears, one recipe), or on RTN's
 // scales of the original rows when scales is NULL.

@@ -229,7 +229,7 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     GptqCacheKey key; // the GPU's Hessians are of bf16 passes: its own entries
     gptq_cache_key(&key, q->use_gpu ? "scores-gpu" : "scores", m, ids, fmts, nf, NULL, gs, &q->gptq);
     if (q->scales) fail_other("qcache_build: given scales apply to one recipe (gptq_recipe) only");
-    if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf)) return;
+    if (q->cache_dir && gptq_cache_load(q->cache_dir, &key, m, qc->wq, nf, fmts, NULL, NULL)) return;
     int* want = xmalloc(sizeof(int) * nf * m->n_linears); // every enabled linear in each format
     for (int f = 0; f < nf; f++)
         for (int i = 0; i < m->n_linears; i++)
@@ -325,7 +325,7 @@ void gptq_recipe(float** wq, const Model* m, const TokenIds* ids, const Format* 
     gptq_cache_key(&key, mode, m, ids, fmts, 1, choice, NULL, &q->gptq);
     // the cache holds weights on RTN's scales, or on the checkpoint's (a function of the model)
     int cache = q->cache_dir && (!q->scales || q->ckpt_scales);
-    if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1)) return;
+    if (cache && gptq_cache_load(q->cache_dir, &key, m, wq, 1, fmts, choice, q->scales)) return;
     if (basic && q->use_gpu)
         gptq_basic_gpu(wq, m, ids, fmts, choice, q);
     else if (basic)

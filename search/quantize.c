@@ -2,11 +2,13 @@
 // (README, "Quantize"): the compressed-tensors "int-quantized" format, each quantized linear's
 // weight as int8 codes (out, in) and weight_scale (out, 1) in the checkpoint's dtype, every other
 // tensor byte for byte, config.json with its quantization_config, the other files (tokenizer,
-// generation config) copied. Written into OUT.tmp.PID and renamed, so no failure leaves half a folder.
+// generation config) copied. Written into a fresh OUT.tmp.XXXXXX and swapped in (outdir_install), so no failure
+// or signal leaves half a folder or a temporary one.
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -16,6 +18,7 @@
 #include "../datasets/data.h"
 #include "../engine/args.h"
 #include "../engine/gpu.h"
+#include "../engine/input.h"
 #include "../engine/util.h"
 #include "../scoring/quantizer.h"
 #include "quantize.h"
@@ -29,44 +32,14 @@ typedef struct {
     DType* sdtype;     // (n_linears) the dtype of the source weight, which the scale takes
 } Quantized;
 
-// The folder --out goes in.
+// The folder --out goes in (never empty: outdir_check refused an empty --out).
 static char* out_parent(const char* out) {
+    const char* slash = strrchr(out, '/');
+    if (!slash) return xstrdup(".");
+    if (slash == out) return xstrdup("/");
     char* parent = xstrdup(out);
-    char* slash = strrchr(parent, '/');
-    if (slash == parent)
-        slash[1] = 0;
-    else if (slash)
-        *slash = 0;
-    else
-        strcpy(parent, ".");
+    parent[slash - out] = 0;
     return parent;
-}
-
-// --out: refused when it exists unless --force, and then only a folder of files (a checkpoint we
-// may replace), never one with sub-folders; its parent must be a writable folder.
-static void out_dir_check(const char* out, int force) {
-    struct stat st;
-    if (lstat(out, &st) == 0) {
-        if (!force) fail_input("quantize: --out %s exists (add --force to replace it)", out);
-        if (!S_ISDIR(st.st_mode)) fail_input("quantize: --out %s exists and is not a folder", out);
-        DIR* d = opendir(out);
-        if (!d) fail_input("quantize: --out %s: %s", out, strerror(errno));
-        struct dirent* e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char* p = path_join(out, e->d_name);
-            int sub = lstat(p, &st) == 0 && S_ISDIR(st.st_mode);
-            free(p);
-            if (sub)
-                fail_input("quantize: --out %s holds the folder '%s'; --force replaces folders of files only",
-                           out, e->d_name);
-        }
-        closedir(d);
-    }
-    char* parent = out_parent(out);
-    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode) || access(parent, W_OK) != 0)
-        fail_input("quantize: --out %s: its folder %s is not a writable folder", out, parent);
-    free(parent);
 }
 
 // Every format the recipe uses must hold what int-quantized stores: integer per-channel weights.
@@ -370,16 +343,14 @@ static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
     }
     progress_end(&p);
     out_close(&o); // checks every write (a full disk fails here, the temporary file removed)
-    tmp_register(path);
     free(text), free(en);
     return total;
 }
 
 static void write_config(const char* dir, const char* src_dir, json_t* qc) {
     char* src = path_join(src_dir, "config.json");
-    json_error_t err;
-    json_t* c = json_load_file(src, 0, &err);
-    if (!json_is_object(c)) fail_input("%s: not a JSON object (%s)", src, err.text);
+    json_t* c = input_json(src, "config.json", 0);
+    if (!json_is_object(c)) fail_input("%s: not a JSON object", src);
     json_object_set(c, "quantization_config", qc);
     char* path = path_join(dir, "config.json");
     OutFile o;
@@ -387,7 +358,6 @@ static void write_config(const char* dir, const char* src_dir, json_t* qc) {
     json_dumpf(c, o.f, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
     fputc('\n', o.f);
     out_close(&o);
-    tmp_register(path);
     json_decref(c);
     free(src), free(path);
 }
@@ -404,13 +374,15 @@ static void copy_files(const char* dir, const char* src_dir) {
             (len > 12 && !strcmp(n + len - 12, ".safetensors")))
             continue;
         char* from = path_join(src_dir, n);
-        struct stat st;
-        if (stat(from, &st) != 0 || !S_ISREG(st.st_mode)) {
+        char why[160];
+        int fd = input_open(from, (size_t)-1, 0, NULL, why, sizeof(why)); // never blocks on a FIFO
+        if (fd < 0 && errno == EINVAL) { // not a regular file (a FIFO, a folder, ...): not copied
             free(from);
             continue;
         }
-        FILE* in = fopen(from, "rb");
-        if (!in) fail_input("%s: %s", from, strerror(errno));
+        if (fd < 0) fail_input("%s: %s", from, why);
+        FILE* in = fdopen(fd, "rb");
+        if (!in) fail_other("%s: fdopen: %s", from, strerror(errno));
         char* to = path_join(dir, n);
         OutFile o;
         out_open(&o, to);
@@ -420,39 +392,9 @@ static void copy_files(const char* dir, const char* src_dir) {
         if (ferror(in)) fail_other("%s: read failed", from);
         fclose(in);
         out_close(&o);
-        tmp_register(to);
         free(from), free(to);
     }
     closedir(d);
-}
-
-// Swaps the finished folder in: OUT (when --force) moves aside, the new folder takes its name,
-// and the old one's files go.
-static void install(const char* tmp, const char* out) {
-    char* old = xmalloc(strlen(out) + 32);
-    sprintf(old, "%s.old.%d", out, (int)getpid());
-    struct stat st;
-    int had = lstat(out, &st) == 0;
-    if (had && rename(out, old) != 0) fail_other("%s: cannot move aside: %s", out, strerror(errno));
-    if (rename(tmp, out) != 0) {
-        if (had) rename(old, out);
-        fail_other("%s: cannot rename into place: %s", out, strerror(errno));
-    }
-    tmp_unregister(tmp); // in place: nothing of it is temporary any more
-    if (had) {
-        DIR* d = opendir(old);
-        struct dirent* e;
-        while (d && (e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char* p = path_join(old, e->d_name);
-            unlink(p);
-            free(p);
-        }
-        if (d) closedir(d);
-        if (rmdir(old) != 0)
-            warn_msg("%s: the replaced checkpoint could not be removed: %s", old, strerror(errno));
-    }
-    free(old);
 }
 
 int cmd_quantize(int argc, char** argv) {
@@ -476,7 +418,7 @@ int cmd_quantize(int argc, char** argv) {
     out = out_buf;
     if (q.kind == QUANTIZER_GPTQ && !d.path)
         fail_input("quantize: --quantizer gptq needs --data (calibration)");
-    out_dir_check(out, force);
+    outdir_check(out, force, 0, "quantize: --out");
     // the weights stay in the checkpoint's mapping (each linear converted when its turn comes) unless
     // the CPU's GPTQ runs the model, or experts are fused in the checkpoint (model_load slices them):
     // decided from the config, so that the checkpoint is read and checked once
@@ -513,27 +455,16 @@ int cmd_quantize(int argc, char** argv) {
     free(parent);
     double t0 = time_now();
     quantize_weights(&z, fmts, &q, &ids);
-    char* tmp = xmalloc(strlen(out) + 32);
-    sprintf(tmp, "%s.tmp.%d", out, (int)getpid());
-    if (mkdir(tmp, 0755) != 0) fail_input("%s: cannot create folder: %s", tmp, strerror(errno));
-    tmp_register(tmp);
+    char* tmp = outdir_begin(out); // removed with its files on any failure or signal
     char* st = path_join(tmp, "model.safetensors");
     size_t bytes = write_safetensors(st, &z, 0);
     // Test hook: a write failing after the weights, as a full disk would (tests/test_quantize.sh).
     if (getenv("AUTOQ_TEST_FAIL_WRITE")) fail_other("%s: write failed (AUTOQ_TEST_FAIL_WRITE)", tmp);
+    if (getenv("AUTOQ_TEST_SIGNAL_WRITE")) raise(SIGTERM); // and a signal there (tests/test_harden2.sh)
     json_t* qc = quant_config(&z, fmts, nf, &q);
     write_config(tmp, dir, qc);
     copy_files(tmp, dir);
-    // the folder's files stop being temporary with it
-    DIR* dd = opendir(tmp);
-    struct dirent* e;
-    while (dd && (e = readdir(dd))) {
-        char* p = path_join(tmp, e->d_name);
-        tmp_unregister(p);
-        free(p);
-    }
-    if (dd) closedir(dd);
-    install(tmp, out);
+    outdir_install(tmp, out);
     int nq = 0;
     for (int i = 0; i < m.n_linears; i++) nq += choice[i] >= 0;
     info_msg("quantize: %d of %d linears int-quantized (%s), %.1f MiB in %s, %.2fs", nq, m.n_linears,

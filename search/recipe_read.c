@@ -4,19 +4,11 @@
 #include <sys/stat.h>
 
 #include "../engine/util.h"
+#include "../engine/input.h"
 #include "recipe.h"
 
-#define RECIPE_FILE_MAX (256L << 20)
-
 static json_t* recipe_load(const char* path) {
-    struct stat st;
-    if (stat(path, &st) != 0) fail_input("%s: cannot read recipe", path);
-    // A FIFO or a device would never end; a recipe is far below this size.
-    if (!S_ISREG(st.st_mode) || st.st_size > RECIPE_FILE_MAX)
-        fail_input("%s: not a recipe file (a regular file of at most %ld bytes)", path, RECIPE_FILE_MAX);
-    json_error_t err;
-    json_t* j = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
-    if (!j) fail_input("%s: invalid JSON at line %d: %s", path, err.line, err.text);
+    json_t* j = input_json(path, "recipe", JSON_REJECT_DUPLICATES);
     if (!json_is_object(j)) fail_input("%s: a recipe must be a JSON object", path);
     return j;
 }

@@ -167,7 +167,7 @@ a, b = (json.load(open(p)) for p in sys.argv[2:4])
 assert a["groups"] == b["groups"] and a["coverage"] == b["coverage"]
 PY
 $AQ gen "$tmp/ms2" --preset moe-small --layers 2 2>/dev/null && $AQ info "$tmp/ms2" 2>/dev/null | grep -q "sparse       1 of 2 layers: 0" &&
-    $AQ gen "$tmp/ms2" --preset moe-small --layers 1 2>/dev/null && $AQ info "$tmp/ms2" 2>/dev/null | grep -q "sparse       1 of 1 layers: 0" &&
+    $AQ gen "$tmp/ms2" --preset moe-small --layers 1 --force 2>/dev/null && $AQ info "$tmp/ms2" 2>/dev/null | grep -q "sparse       1 of 1 layers: 0" &&
     grep -q '"mlp_only_layers": \[\]' "$tmp/ms2/config.json" && pass "gen --layers: fewer layers, mlp_only_layers past the last dropped" ||
     fail "gen --layers"
 $AQ gen "$tmp/tiny" --preset tiny 2>/dev/null

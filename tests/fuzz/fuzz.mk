@@ -9,13 +9,13 @@ FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_CI_SECONDS ?= 15
 FUZZ_BUILD ?= build-fuzz
-FUZZ_TARGETS ?= safetensors config index tokenizer encode npy data format table recipe
+FUZZ_TARGETS ?= safetensors config index tokenizer encode npy data format table recipe gptq_cache
 FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
               -Wall -Wextra -DAUTOQ_FUZZ -std=gnu11 -fopenmp -I. -I/usr/include/hdf5/serial
 # Every malloc/free from autoq's objects goes through the tracker in fuzz_common.c.
 FUZZ_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
 FUZZ_LIBS := -L/usr/lib/x86_64-linux-gnu/hdf5/serial -ljansson -lhdf5 -lpcre2-8 -lutf8proc -lm
-FUZZ_LIB_SRC := engine/util.c engine/args.c engine/config.c engine/safetensors.c engine/model.c datasets/tokenizer.c \
+FUZZ_LIB_SRC := engine/util.c engine/input.c engine/args.c engine/config.c engine/safetensors.c engine/model.c datasets/tokenizer.c \
                 datasets/npy.c datasets/data.c scoring/format.c scoring/table.c scoring/table_h5.c \
                 search/recipe_read.c
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC)) $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_common.o
@@ -31,6 +31,11 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer $(FUZZ_WRAP) -o $@ $^ $(FUZZ_LIBS)
+
+# The GPTQ cache's reader checks row scales with the GPTQ kernels, which need OpenBLAS / LAPACK.
+BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+$(FUZZ_BUILD)/fuzz_gptq_cache: $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,scoring/gptq_cache.c kernels/gptq.c kernels/quant.c)
+$(FUZZ_BUILD)/fuzz_gptq_cache: FUZZ_LIBS += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -l:libopenblas.so.0
 
 # Keep the objects (make would delete them as intermediates of the pattern chain).
 .PRECIOUS: $(FUZZ_BUILD)/obj/%.o
