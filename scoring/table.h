@@ -59,6 +59,9 @@ void table_write_json(const ScoreTable* t, const char* path); // "-" = stdout
 // (exclusive, no-follow temporary name, renamed).
 long table_h5_create(const ScoreTable* t, const char* path);
 void table_h5_finish(long file, const char* path);
+// Stores the data checksum of an open scores file as its root attribute checksum (README §8), replacing
+// one already there: table_h5_finish does it last; tests re-stamp the files they edit.
+void table_h5_stamp(long file, const char* path);
 // A fixed-length UTF-8 string attribute of obj (an HDF5 file, group or dataset id); exits 1 on failure.
 void h5_attr_str(long obj, const char* name, const char* v);
 // Attributes `units` (unless NULL) and `description` of the object name under loc (README §8).

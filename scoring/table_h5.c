@@ -275,12 +275,18 @@ long table_h5_create(const ScoreTable* t, const char* path) {
     return (long)f;
 }
 
-void table_h5_finish(long file, const char* path) {
+void table_h5_stamp(long file, const char* path) {
     hid_t f = (hid_t)file;
     H5In in = {f, path};
     char sum[32];
     snprintf(sum, sizeof(sum), "crc32:%08x", h5_checksum(&in));
+    if (H5Aexists(f, "checksum") > 0) H5Adelete(f, "checksum");
     h5_attr_str(f, "checksum", sum);
+}
+
+void table_h5_finish(long file, const char* path) {
+    hid_t f = (hid_t)file;
+    table_h5_stamp(file, path);
     char tmp[PATH_MAX + 64];
     ssize_t n = H5Fget_name(f, tmp, sizeof(tmp));
     if (n <= 0 || n >= (ssize_t)sizeof(tmp)) fail_other("%s: HDF5 lost the temporary file's name", path);
