@@ -394,7 +394,8 @@ static void moe_child(const void* arg) {
 }
 
 static void test_active_params(void) {
-    MoeCase ok = {4, 2, 0, 0}, all = {4, 4, 0, 0}, dense = {4, 2, 1, 0}, frac = {4, 2, 0, 100}, more = {4, 2, 0, 480};
+    MoeCase ok = {4, 2, 0, 0}, all = {4, 4, 0, 0}, dense = {4, 2, 1, 0}, frac = {4, 2, 0, 100},
+            more = {4, 2, 0, 480};
     expect_exit("h5 experts group reading top_k of E experts reads", moe_child, &ok, 0, "");
     expect_exit("h5 experts group reading every expert reads", moe_child, &all, 0, "");
     expect_exit("h5 dense group's active_params 1 (issue 25 #9)", moe_child, &dense, 2,
