@@ -2,16 +2,16 @@
 // libhdf5 converts a byte of it. Every string is written and read as a fixed-length string, so a
 // damaged file can never send libhdf5 into its variable-length machinery (the global heap).
 #define _GNU_SOURCE
+#include <errno.h>
 #include <hdf5.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <errno.h>
-#include <limits.h>
 
 #include "../engine/util.h"
 #include "table.h"
