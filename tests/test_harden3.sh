@@ -65,7 +65,7 @@ if [ $rc -eq 0 ] && ! grep -q "allow-partial" <<<"$out"; then pass "#11 a recipe
 else fail "#11 own recipe: exit $rc: $out"; fi
 
 # #12: single-bit flips of the scores file: each refused naming the file, or the identical recipe.
-python3 - "$AQ" "$tmp/s.h5" "$tmp/r4.json" "$tmp" <<'PY' && pass "#12 200 random bit flips of a scores file: refused or the identical recipe" || fail "#12 bit flips"
+python3 - "$AQ" "$tmp/s.h5" "$tmp/r4.json" "$tmp" <<'PY' && pass "#12 400 random bit flips of a scores file: refused or the identical recipe" || fail "#12 bit flips"
 import json, random, subprocess, sys
 aq, good, recipe, tmp = sys.argv[1:5]
 data = bytearray(open(good, "rb").read())
@@ -73,7 +73,7 @@ want = json.load(open(recipe))
 want.pop("model", None)
 rng = random.Random(25)  # fixed seed: the same bits on every run
 refused = same = 0
-for k in range(200):
+for k in range(400):
     bit = rng.randrange(len(data) * 8)
     data[bit // 8] ^= 1 << (bit % 8)
     path = f"{tmp}/flip.h5"
@@ -91,7 +91,7 @@ for k in range(200):
         print(f"bit {bit}: exit {p.returncode}: {p.stderr.strip()[:300]} (recipe differs: {got != want})")
         sys.exit(1)
     same += 1
-print(f"  200 bit flips of a {len(data)}-byte scores file: {refused} refused, {same} the identical recipe")
+print(f"  400 bit flips of a {len(data)}-byte scores file: {refused} refused, {same} the identical recipe")
 PY
 
 # #13: a link planted at the temporary name of an HDF5 output is never followed or renamed into place.
