@@ -485,18 +485,21 @@ static void encode_piece(Tokenizer* t, const char* p, size_t n, IdVec* out) {
     }
 }
 
-// A match error is not "no match": the text would be tokenized wrongly. Limits
-// hit (backtracking, depth, heap, memory) are resources (exit 1); anything
-// else comes from the tokenizer's regex (exit 2).
+// A match error is not "no match": the text would be tokenized wrongly. Every one comes from the
+// tokenizer's regex, limits hit included (a pattern that backtracks catastrophically, such as
+// "(.*)*x", runs into PCRE2's match limit on ordinary text): bad input, exit 2.
 static void match_failed(const Tokenizer* t, int rc, size_t pos) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(rc, msg, sizeof(msg));
-    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
-        rc == PCRE2_ERROR_NOMEMORY || rc == PCRE2_ERROR_JIT_STACKLIMIT)
-        fail_other("%s: pre_tokenizer regex ran out of resources at text byte %zu: %s", t->path, pos,
-                   (char*)msg);
-    fail_input("%s: pre_tokenizer regex failed at text byte %zu: %s (PCRE2 error %d)", t->path, pos, (char*)msg,
-               rc);
+    if (rc == PCRE2_ERROR_NOMEMORY) fail_other("%s: out of memory matching the pre_tokenizer regex", t->path);
+    const char* why =
+        rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
+                rc == PCRE2_ERROR_JIT_STACKLIMIT
+            ? " (the pattern backtracks too much; the tokenizer's regex is at fault, not the text)"
+            : "";
+    fail_input(
+        "%s: pre_tokenizer.pretokenizers[0].pattern.Regex failed at text byte %zu: %s (PCRE2 error %d)%s",
+        t->path, pos, (char*)msg, rc, why);
 }
 
 // A segment with no added tokens: NFC, regex split, byte-level BPE per piece.

@@ -260,6 +260,59 @@ void table_check_members(const ScoreTable* t, const char* path) {
     free(order);
 }
 
+// The experts a group holds when it is a sparse layer's experts group: its members are exactly
+// "<name>.N.{gate,up,down}_proj" for N = 0 .. E-1 (README §5). Returns E, or 0 for any other group.
+static int experts_of(const ScoreTable* t, int g) {
+    size_t len = strlen(t->gname[g]);
+    int n = 0, max = -1, ok = 1;
+    char* m = xstrdup(t->gmembers[g]);
+    char* save = NULL;
+    for (char* tok = strtok_r(m, ",", &save); ok && tok; tok = strtok_r(NULL, ",", &save), n++) {
+        ok = strncmp(tok, t->gname[g], len) == 0 && tok[len] == '.';
+        const char* p = ok ? tok + len + 1 : tok;
+        char* end = NULL;
+        // canonical decimal expert numbers only, so that distinct names are distinct experts
+        ok = ok && *p >= '0' && *p <= '9' && (*p != '0' || p[1] == '.');
+        long e = ok ? strtol(p, &end, 10) : 0;
+        ok = ok && e < (1 << 20) &&
+             (!strcmp(end, ".gate_proj") || !strcmp(end, ".up_proj") || !strcmp(end, ".down_proj"));
+        if (ok && e > max) max = (int)e;
+    }
+    free(m);
+    // table_check_members made the names unique, so 3 (max + 1) members are every expert's three
+    return ok && max >= 0 && n == 3 * (max + 1) ? max + 1 : 0;
+}
+
+// What a token reads, as the writer derives it (scoring/job.c): a group's params, or for an experts
+// group of E experts params / E x top_k, top_k (num_experts_per_tok) one number for the whole model.
+void table_check_active(const ScoreTable* t, const char* path) {
+    int top_k = 0, first = -1;
+    for (int g = 0; g < t->ng; g++) {
+        int E = experts_of(t, g);
+        if (!E || t->params[g] % E) {
+            if (t->active[g] != t->params[g])
+                table_bad(path, "groups/active_params",
+                          "group %s reads %ld of its %ld parameters per token; a group that is not a layer's "
+                          "experts reads all of them",
+                          t->gname[g], t->active[g], t->params[g]);
+            continue;
+        }
+        long per = t->params[g] / E;
+        long k = t->active[g] / per;
+        if (t->active[g] % per || k < 1 || k > E)
+            table_bad(path, "groups/active_params",
+                      "group %s reads %ld parameters per token, which is no whole number of its %d experts of "
+                      "%ld parameters (params x num_experts_per_tok / num_experts)",
+                      t->gname[g], t->active[g], E, per);
+        if (first >= 0 && k != top_k)
+            table_bad(
+                path, "groups/active_params",
+                "group %s reads %ld experts per token, group %s %d: one model has one num_experts_per_tok",
+                t->gname[g], k, t->gname[first], top_k);
+        top_k = (int)k, first = g;
+    }
+}
+
 static int cmp_desc(const void* a, const void* b, void* ctx) {
     const double* s = ctx;
     double x = s[*(const int*)a], y = s[*(const int*)b];

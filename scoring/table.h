@@ -54,10 +54,20 @@ json_t* table_group_json(const ScoreTable* t, int g);
 json_t* json_csv_list(const char* csv);
 void table_write_json(const ScoreTable* t, const char* path); // "-" = stdout
 // ---- table_h5.c ----
-// HDF5 in the README §8 layout, every string fixed-length (NUL-padded UTF-8). The file is created under a
-// temporary name; table_h5_create returns its id and table_h5_finish closes and renames it.
+// HDF5 in the README §8 layout, every string fixed-length (NUL-padded UTF-8). table_h5_create builds the
+// file in memory and returns its id; table_h5_finish adds the data checksum and writes it out atomically
+// (exclusive, no-follow temporary name, renamed).
 long table_h5_create(const ScoreTable* t, const char* path);
 void table_h5_finish(long file, const char* path);
+// Stores the data checksum of an open scores file as its root attribute checksum (README §8), replacing
+// one already there: table_h5_finish does it last; tests re-stamp the files they edit.
+void table_h5_stamp(long file, const char* path);
+// A fixed-length UTF-8 string attribute of obj (an HDF5 file, group or dataset id); exits 1 on failure.
+void h5_attr_str(long obj, const char* name, const char* v);
+// Attributes `units` (unless NULL) and `description` of the object name under loc (README §8).
+void h5_describe(long loc, const char* name, const char* units, const char* description);
+// The units of the scores: "nats" (kl) or "nats^2" (gradient, the Fisher proxy).
+const char* table_score_units(const ScoreTable* t);
 // Writes one dataset under loc (an HDF5 file or group id); exits 1 on failure.
 void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims,
               const void* data);
@@ -77,4 +87,7 @@ void table_check_group_values(const ScoreTable* t, const char* path);
 // Each group's members are exactly the layers pointing to it, and its params their weights
 // (t->lgroup must already hold valid group indexes).
 void table_check_members(const ScoreTable* t, const char* path);
+// Each group's active_params are its params, or for a sparse layer's experts group (members
+// <group>.N.{gate,up,down}_proj) params x top_k / E, top_k one whole number for every such group.
+void table_check_active(const ScoreTable* t, const char* path);
 void table_print(const ScoreTable* t);

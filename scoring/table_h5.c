@@ -2,8 +2,10 @@
 // libhdf5 converts a byte of it. Every string is written and read as a fixed-length string, so a
 // damaged file can never send libhdf5 into its variable-length machinery (the global heap).
 #define _GNU_SOURCE
+#include <errno.h>
 #include <hdf5.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -21,6 +23,14 @@
 #define MAX_MEMBERS (1 << 20)     // bytes of one comma-joined member list
 #define MAX_READ_BYTES (1L << 30) // one fixed-length string dataset
 #define MAX_DIM (1L << 24)
+#define H5_TMP_NAME "out.h5" // the file inside the temporary folder of table_h5_create
+
+// An open file and its path, for messages.
+typedef struct {
+    hid_t f;
+    const char* path;
+} H5In;
+static uint32_t h5_checksum(const H5In* in);
 
 static int utf8_ok(const char* s) {
     json_t* j = json_string(s);
@@ -51,7 +61,7 @@ static hid_t str_type(size_t size) {
     return t;
 }
 
-static void attr_str(hid_t obj, const char* name, const char* v) {
+void h5_attr_str(long obj, const char* name, const char* v) {
     hid_t t = str_type(strlen(v)), sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
     if (sp < 0 || a < 0) h5_ok(obj, -1, name);
@@ -72,6 +82,15 @@ static void attr_num(hid_t obj, const char* name, hid_t type, const void* v) {
     h5_ok(obj, H5Awrite(a, type, v), name);
     h5_ok(obj, H5Aclose(a), name);
     H5Sclose(sp);
+}
+
+// Attributes `units` (when not NULL) and `description` of object name under loc (README §8).
+void h5_describe(long loc, const char* name, const char* units, const char* description) {
+    hid_t o = H5Oopen(loc, name, H5P_DEFAULT);
+    if (o < 0) h5_ok(loc, -1, name);
+    if (units) h5_attr_str(o, "units", units);
+    h5_attr_str(o, "description", description);
+    h5_ok(loc, H5Oclose(o), name);
 }
 
 void h5_write(long loc, const char* name, long type, int rank, const unsigned long long* dims,
@@ -111,12 +130,6 @@ static void h5_init(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); // our messages, not libhdf5's error stack
 }
 
-static char* h5_tmp_name(const char* path) {
-    char* tmp = xmalloc(strlen(path) + 32);
-    sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
-    return tmp;
-}
-
 // /formats/definition: one compact format_to_json record per format, the definition search uses.
 static void write_formats(hid_t f, const ScoreTable* t) {
     char fmts[MAX_FORMATS * 65] = "";
@@ -131,19 +144,35 @@ static void write_formats(hid_t f, const ScoreTable* t) {
         json_decref(j);
         if (!defs[i]) fail_other("format '%s': cannot encode its definition", t->fmts[i].name);
     }
-    attr_str(f, "format", fmts); // README §8: the names, comma-joined
+    h5_attr_str(f, "format", fmts); // README §8: the names, comma-joined
     hsize_t nf = (hsize_t)t->nf;
     h5_write(f, "format_bits", H5T_NATIVE_INT, 1, &nf, bits);
+    h5_describe(f, "format_bits", "bits per weight",
+                "per format (rows of /formats/definition): its cost in ModelOpt's num_bits convention, the "
+                "smallest num_bits among its enabled quantizers (w4a8 4, w8a8 and fp8 8, nvfp4 4); not the "
+                "true bits (values and scales) that search counts by default (README §7)");
+    hid_t d = H5Oopen(f, "format_bits", H5P_DEFAULT);
+    if (d < 0) h5_ok(f, -1, "format_bits");
+    h5_attr_str(d, "bits_convention", "modelopt");
+    h5_ok(f, H5Oclose(d), "format_bits");
     hid_t g = group_create(f, "formats");
     write_strs(g, "definition", defs, t->nf);
+    h5_describe(g, "definition", NULL,
+                "one JSON record per format, in the order of the root attribute format and of the columns of "
+                "/groups/score: name, bits (ModelOpt's convention), numerics and definition (the quant_cfg as "
+                "loaded); search uses these, never a format file of the same name");
     h5_ok(f, H5Gclose(g), "/formats");
     for (int i = 0; i < t->nf; i++) free(defs[i]);
 }
 
+const char* table_score_units(const ScoreTable* t) { return strcmp(t->method, "kl") == 0 ? "nats" : "nats^2"; }
+
 static void write_groups(hid_t f, const ScoreTable* t) {
     hid_t g = group_create(f, "groups");
     write_strs(g, "name", t->gname, t->ng);
+    h5_describe(g, "name", NULL, "each group's name; groups share one quantization decision (README §5)");
     write_strs(g, "members", t->gmembers, t->ng);
+    h5_describe(g, "members", NULL, "each group's linears, comma-joined full module names");
     hsize_t ng = (hsize_t)t->ng, nf = (hsize_t)t->nf;
     // One format: score is [G]; several: [G, F] (row g holds every format's score).
     double* sc = xmalloc(sizeof(double) * t->ng * t->nf);
@@ -152,71 +181,127 @@ static void write_groups(hid_t f, const ScoreTable* t) {
     hsize_t sdims[2] = {ng, nf};
     h5_write(g, "score", H5T_NATIVE_DOUBLE, t->nf > 1 ? 2 : 1, sdims, sc);
     free(sc);
+    h5_describe(
+        g, "score", table_score_units(t),
+        strcmp(t->method, "kl") == 0
+            ? "sensitivity of each group ([groups], or [groups, formats] with several formats, column f the "
+              "format of /formats/definition[f]): KL(P || Q_g) in nats, summed over calibration windows, "
+              "positions and the vocabulary, Q_g the model with only group g quantized (README §6); 0 for a "
+              "disabled group"
+            : "sensitivity of each group ([groups], or [groups, formats] with several formats, column f the "
+              "format of /formats/definition[f]): ModelOpt's Fisher proxy, the sum over calibration windows, "
+              "the group's linears and their output elements of (dL/dY * dY)^2, L a window's mean next-token "
+              "cross-entropy in nats, so nats squared (README §6); 0 for a disabled group");
     h5_write(g, "params", H5T_NATIVE_LONG, 1, &ng, t->params);
+    h5_describe(g, "params", "parameters", "weights each group stores: the sum of out x in over its linears");
     h5_write(g, "active_params", H5T_NATIVE_LONG, 1, &ng, t->active);
+    h5_describe(g, "active_params", "parameters",
+                "weights a token reads: params, or for a mixture-of-experts layer's experts group params x "
+                "num_experts_per_tok / num_experts (search --cost active)");
     h5_write(g, "disabled", H5T_NATIVE_UINT8, 1, &ng, t->disabled);
+    h5_describe(g, "disabled", NULL,
+                "1: a member matches --disabled-layers and the group stays bf16, unscored; 0: a candidate");
     h5_ok(f, H5Gclose(g), "/groups");
+}
+
+static void write_layers(hid_t f, const ScoreTable* t) {
+    hid_t g = group_create(f, "layers");
+    write_strs(g, "name", t->lname, t->nl);
+    h5_describe(g, "name", NULL, "every candidate linear's full module name");
+    hsize_t ldims[2] = {(hsize_t)t->nl, 2};
+    h5_write(g, "shape", H5T_NATIVE_LONG, 2, ldims, t->lshape);
+    h5_describe(g, "shape", NULL, "[linears, 2]: each linear's weight shape, out_features and in_features");
+    h5_write(g, "group", H5T_NATIVE_INT, 1, ldims, t->lgroup);
+    h5_describe(g, "group", NULL, "each linear's group: a row index of /groups");
+    h5_ok(f, H5Gclose(g), "/layers");
+}
+
+// /coverage/<experts group>: tokens routed to each expert (i64).
+static void write_coverage(hid_t f, const ScoreTable* t) {
+    hid_t c = group_create(f, "coverage");
+    hsize_t edims[1] = {(hsize_t)t->n_experts};
+    for (int r = 0; r < t->n_cov; r++) {
+        h5_write(c, t->cov_name[r], H5T_NATIVE_LONG, 1, edims, t->cov_tokens + (size_t)r * t->n_experts);
+        h5_describe(c, t->cov_name[r], "tokens",
+                    "tokens of the calibration windows routed to each expert of this layer in the unquantized "
+                    "passes (README §6)");
+    }
+    attr_num(c, "min_expert_tokens", H5T_NATIVE_INT, &t->min_expert_tokens);
+    h5_attr_str(c, "description",
+                "per experts group, tokens routed to each expert; experts below min_expert_tokens were warned "
+                "about");
+    h5_ok(f, H5Gclose(c), "/coverage");
 }
 
 long table_h5_create(const ScoreTable* t, const char* path) {
     // What table_read_h5 would reject is refused here, before anything is written.
     if (!utf8_ok(t->model)) fail_input("%s: the model path is not valid UTF-8", path);
     if (!utf8_ok(t->disabled_csv)) fail_input("%s: --disabled-layers is not valid UTF-8", path);
-    char* tmp = h5_tmp_name(path);
     h5_init();
-    // Registered before creation: any failure from here on removes the temporary file.
+    // libhdf5 opens files by name and follows links: the file is created in a fresh folder of our own
+    // (mkdtemp: unpredictable name, mode 0700) beside PATH, where nothing can be planted, and renamed
+    // into place by table_h5_finish. The 1.8 file format (superblock and object headers version 2)
+    // checksums every piece of metadata: libhdf5 then refuses damaged metadata instead of decoding it
+    // (table_read_h5); the root attribute checksum covers the data.
+    char* dir = xmalloc(strlen(path) + 16);
+    sprintf(dir, "%s.tmp.XXXXXX", path);
+    if (!mkdtemp(dir)) fail_input("%s: cannot create a temporary folder beside it: %s", path, strerror(errno));
+    tmp_register(dir); // removed after the file inside: cleanup goes newest first
+    char* tmp = path_join(dir, H5_TMP_NAME);
     tmp_register(tmp);
-    // The 1.8 file format (superblock and object headers version 2) checksums every piece of
-    // metadata: libhdf5 then refuses damaged metadata instead of decoding it (table_read_h5).
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl < 0 || H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) < 0)
         fail_other("HDF5: cannot set the file format version");
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (f < 0) fail_input("%s: cannot create HDF5 file", path);
     free(tmp);
-    attr_str(f, "model", t->model);
-    attr_str(f, "method", t->method);
-    attr_str(f, "numerics", t->numerics);
-    attr_str(f, "quantizer", t->quantizer[0] ? t->quantizer : "rtn"); // a table built without one: rtn
-    attr_str(f, "disabled_layers", t->disabled_csv);
+    free(dir);
+    h5_attr_str(
+        f, "description",
+        "autoq scores: each layer group's sensitivity to quantization (README §8 lists every dataset and "
+        "attribute)");
+    h5_attr_str(f, "model", t->model);
+    h5_attr_str(f, "method", t->method);
+    h5_attr_str(f, "numerics", t->numerics);
+    h5_attr_str(f, "quantizer", t->quantizer[0] ? t->quantizer : "rtn"); // a table built without one: rtn
+    h5_attr_str(f, "disabled_layers", t->disabled_csv);
     attr_num(f, "num_samples", H5T_NATIVE_INT, &t->num_samples);
     attr_num(f, "seq_len", H5T_NATIVE_INT, &t->seq_len);
     write_formats(f, t);
     write_groups(f, t);
-    hid_t g = group_create(f, "layers");
-    write_strs(g, "name", t->lname, t->nl);
-    hsize_t ldims[2] = {(hsize_t)t->nl, 2};
-    h5_write(g, "shape", H5T_NATIVE_LONG, 2, ldims, t->lshape);
-    h5_write(g, "group", H5T_NATIVE_INT, 1, ldims, t->lgroup);
-    h5_ok(f, H5Gclose(g), "/layers");
-    if (t->n_cov) { // /coverage/<experts group>: tokens routed to each expert (i64)
-        hid_t c = group_create(f, "coverage");
-        hsize_t edims[1] = {(hsize_t)t->n_experts};
-        for (int r = 0; r < t->n_cov; r++)
-            h5_write(c, t->cov_name[r], H5T_NATIVE_LONG, 1, edims, t->cov_tokens + (size_t)r * t->n_experts);
-        attr_num(c, "min_expert_tokens", H5T_NATIVE_INT, &t->min_expert_tokens);
-        h5_ok(f, H5Gclose(c), "/coverage");
-    }
+    write_layers(f, t);
+    if (t->n_cov) write_coverage(f, t);
     return (long)f;
 }
 
+void table_h5_stamp(long file, const char* path) {
+    hid_t f = (hid_t)file;
+    H5In in = {f, path};
+    char sum[32];
+    snprintf(sum, sizeof(sum), "crc32:%08x", h5_checksum(&in));
+    if (H5Aexists(f, "checksum") > 0) H5Adelete(f, "checksum");
+    h5_attr_str(f, "checksum", sum);
+}
+
 void table_h5_finish(long file, const char* path) {
-    char* tmp = h5_tmp_name(path);
-    if (H5Fclose((hid_t)file) < 0) fail_other("%s: HDF5 close failed", path);
-    if (rename(tmp, path) != 0) fail_other("%s: cannot rename into place", path);
+    hid_t f = (hid_t)file;
+    table_h5_stamp(file, path);
+    char tmp[PATH_MAX + 64];
+    ssize_t n = H5Fget_name(f, tmp, sizeof(tmp));
+    if (n <= 0 || n >= (ssize_t)sizeof(tmp)) fail_other("%s: HDF5 lost the temporary file's name", path);
+    if (H5Fclose(f) < 0) fail_other("%s: HDF5 close failed (disk full?)", path);
+    if (rename(tmp, path) != 0) fail_other("%s: cannot rename into place: %s", path, strerror(errno));
     tmp_unregister(tmp);
-    free(tmp);
+    tmp[n - strlen("/" H5_TMP_NAME)] = 0; // the folder
+    rmdir(tmp);
+    tmp_unregister(tmp);
 }
 
 // ---- reading ----
 // Every HDF5 call is checked and every object's class, rank, shape and size validated before
 // it is read, so a damaged or hostile file ends in one clear message (exit 2), never in an
 // overflow or in libhdf5's own error stack.
-typedef struct {
-    hid_t f;
-    const char* path;
-} H5In;
 
 // Whether name ("a" or "a/b") exists, each part a hard link: a soft or external link could point
 // into another file or loop, and autoq never writes one. H5Lexists on "a/b" needs "a" first.
@@ -553,6 +638,182 @@ static void read_layers(const H5In* in, ScoreTable* t) {
     }
 }
 
+// ---- the data checksum (README §8) ----
+// HDF5 1.8 files checksum their metadata but not the data; the root attribute checksum covers the
+// rest: CRC-32 (zlib's polynomial, so Python's zlib.crc32 gives the same) over every object, depth
+// first with each group's links in increasing name order, the root first: each attribute of the
+// object in increasing name order as "<object path>@<name>" NUL <its bytes as stored>, then a
+// dataset's "<path>" NUL <its bytes as stored> (row-major, numbers in the file's byte order,
+// strings NUL-padded). The root's own checksum attribute is left out.
+#define SUM_MAX_OBJECTS 4096 // groups and datasets of one file
+#define SUM_MAX_ATTRS 64     // attributes of one object
+#define SUM_MAX_NAME 256     // bytes of an attribute or link name
+#define SUM_MAX_ATTR_BYTES (1 << 20)
+
+static uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
+    static uint32_t table[256];
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+            table[i] = c;
+        }
+    const unsigned char* p = data;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+typedef struct {
+    const H5In* in;
+    uint32_t crc;
+    int objects;
+} Sum;
+
+static void sum_name(Sum* s, const char* a, const char* b) {
+    s->crc = crc32_update(s->crc, a, strlen(a));
+    if (b) s->crc = crc32_update(s->crc, "@", 1), s->crc = crc32_update(s->crc, b, strlen(b));
+    s->crc = crc32_update(s->crc, "", 1);
+}
+
+typedef struct {
+    char name[SUM_MAX_ATTRS][SUM_MAX_NAME];
+    int n, bad;
+} AttrNames;
+
+// Collects names only: nothing in a libhdf5 callback may exit (the fuzzers' exit is a longjmp).
+static herr_t attr_name_cb(hid_t loc, const char* name, const H5A_info_t* info, void* data) {
+    (void)loc, (void)info;
+    AttrNames* l = data;
+    if (l->n == SUM_MAX_ATTRS || strlen(name) >= SUM_MAX_NAME) {
+        l->bad = 1;
+        return 1;
+    }
+    snprintf(l->name[l->n++], SUM_MAX_NAME, "%s", name);
+    return 0;
+}
+
+// A type autoq writes: a standard integer or float, or a fixed-length string of at most maxlen bytes.
+static void sum_check_type(const Sum* s, const char* obj, hid_t type, size_t maxlen) {
+    H5T_class_t cls = type < 0 ? H5T_NO_CLASS : H5Tget_class(type);
+    if (cls == H5T_STRING)
+        fixed_str_size(s->in, obj, type, maxlen);
+    else if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || !std_number(type))
+        table_bad(s->in->path, obj, "is neither a standard number nor a fixed-length string");
+}
+
+static void sum_attrs(Sum* s, hid_t obj, const char* path) {
+    static AttrNames l; // 16 KiB: off the stack
+    memset(&l, 0, sizeof(l));
+    hsize_t idx = 0;
+    if (H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx, attr_name_cb, &l) < 0 || l.bad)
+        table_bad(s->in->path, path, "unreadable attributes (or more than %d)", SUM_MAX_ATTRS);
+    for (int i = 0; i < l.n; i++) {
+        if (strcmp(path, "/") == 0 && strcmp(l.name[i], "checksum") == 0) continue;
+        char what[600];
+        snprintf(what, sizeof(what), "%s@%s", path, l.name[i]);
+        hid_t a = H5Aopen(obj, l.name[i], H5P_DEFAULT);
+        if (a < 0) table_bad(s->in->path, what, "cannot open the attribute");
+        hid_t type = H5Aget_type(a), sp = H5Aget_space(a);
+        sum_check_type(s, what, type, SUM_MAX_ATTR_BYTES);
+        hssize_t np = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+        size_t es = H5Tget_size(type);
+        if (np < 0 || es == 0 || (size_t)np > SUM_MAX_ATTR_BYTES / es)
+            table_bad(s->in->path, what, "attribute holds more than %d bytes", SUM_MAX_ATTR_BYTES);
+        size_t bytes = (size_t)np * es;
+        char* buf = xcalloc(bytes ? bytes : 1, 1);
+        if (bytes && H5Aread(a, type, buf) < 0) table_bad(s->in->path, what, "cannot read the attribute");
+        sum_name(s, path, l.name[i]);
+        s->crc = crc32_update(s->crc, buf, bytes);
+        free(buf);
+        H5Sclose(sp);
+        H5Tclose(type);
+        H5Aclose(a);
+    }
+}
+
+static void sum_dataset(Sum* s, hid_t d, const char* path) {
+    Ds ds = {.d = d};
+    ds.type = H5Dget_type(d);
+    sum_check_type(s, path, ds.type, MAX_MEMBERS);
+    ds.space = H5Dget_space(d);
+    if (ds.space < 0 || H5Sget_simple_extent_type(ds.space) != H5S_SIMPLE)
+        table_bad(s->in->path, path, "has no simple shape");
+    ds.rank = H5Sget_simple_extent_ndims(ds.space);
+    if (ds.rank < 1 || ds.rank > 2 || H5Sget_simple_extent_dims(ds.space, ds.dims, NULL) != ds.rank)
+        table_bad(s->in->path, path, "has %d dimensions; autoq writes 1 or 2", ds.rank);
+    size_t es = H5Tget_size(ds.type);
+    hssize_t np = H5Sget_simple_extent_npoints(ds.space);
+    if (np < 0 || (size_t)np > MAX_READ_BYTES / es)
+        table_bad(s->in->path, path, "holds more than %ld bytes", MAX_READ_BYTES);
+    ds_check_storage(s->in, path, &ds);
+    size_t bytes = (size_t)np * es;
+    char* buf = xcalloc(bytes ? bytes : 1, 1);
+    if (bytes && H5Dread(d, ds.type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+        table_bad(s->in->path, path, "cannot read (damaged file?)");
+    sum_name(s, path, NULL);
+    s->crc = crc32_update(s->crc, buf, bytes);
+    free(buf);
+    H5Sclose(ds.space);
+    H5Tclose(ds.type);
+}
+
+// Group g at path ("/" or "/name"): its attributes, then every link's object by increasing name.
+// autoq nests one level of groups under the root.
+static void sum_group(Sum* s, hid_t g, const char* path, int depth) {
+    sum_attrs(s, g, path);
+    H5G_info_t gi;
+    if (H5Gget_info(g, &gi) < 0) table_bad(s->in->path, path, "unreadable group");
+    for (hsize_t i = 0; i < gi.nlinks; i++) {
+        char name[SUM_MAX_NAME], child[SUM_MAX_NAME + 8];
+        ssize_t len =
+            H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT);
+        if (len <= 0 || len >= (ssize_t)sizeof(name))
+            table_bad(s->in->path, path, "link %llu has an unreadable or too long name", (unsigned long long)i);
+        snprintf(child, sizeof(child), "%s/%s", depth ? path : "", name);
+        H5L_info_t li;
+        if (H5Lget_info(g, name, &li, H5P_DEFAULT) < 0 || li.type != H5L_TYPE_HARD)
+            table_bad(s->in->path, child, "is a soft or external link; autoq writes none");
+        if (++s->objects > SUM_MAX_OBJECTS)
+            table_bad(s->in->path, path, "holds more than %d objects", SUM_MAX_OBJECTS);
+        hid_t o = H5Oopen(g, name, H5P_DEFAULT);
+        H5I_type_t kind = o < 0 ? H5I_BADID : H5Iget_type(o);
+        if (kind == H5I_GROUP && depth == 0)
+            sum_group(s, o, child, 1);
+        else if (kind == H5I_DATASET) {
+            sum_attrs(s, o, child);
+            sum_dataset(s, o, child);
+        } else
+            table_bad(s->in->path, child, "is neither a dataset nor a group under the root");
+        H5Oclose(o);
+    }
+}
+
+static uint32_t h5_checksum(const H5In* in) {
+    Sum s = {in, 0, 0};
+    sum_group(&s, in->f, "/", 0);
+    return s.crc;
+}
+
+// The stored checksum against the data: the last check of a read, after every object was validated.
+static void check_checksum(const H5In* in) {
+    char stored[32];
+    if (H5Aexists(in->f, "checksum") <= 0)
+        table_bad(in->path, "checksum",
+                  "attribute missing: the file was written by an autoq before data checksums (score again) or "
+                  "by another program");
+    read_attr_str(in, "checksum", stored, sizeof(stored));
+    unsigned v = 0;
+    int end = 0;
+    if (sscanf(stored, "crc32:%8x%n", &v, &end) != 1 || end != 14 || stored[end])
+        table_bad(in->path, "checksum", "attribute '%s' is not crc32: and 8 hex digits", stored);
+    uint32_t got = h5_checksum(in);
+    if (got != v)
+        table_bad(in->path, "checksum",
+                  "the data does not match: stored %08x, computed %08x (the file is damaged or was edited)", v,
+                  got);
+}
+
 // Only checksummed metadata may reach libhdf5: its decoders trust what they read, and a damaged
 // object header or heap of the older format overruns them (found by fuzzing). autoq writes the
 // signature at offset 0 (no user block) and superblock version 2, whose metadata is checksummed;
@@ -584,5 +845,7 @@ void table_read_h5(ScoreTable* t, const char* path) {
     read_groups(&in, t);
     read_layers(&in, t);
     table_check_members(t, path);
+    table_check_active(t, path);
+    check_checksum(&in);
     H5Fclose(f);
 }

@@ -15,11 +15,11 @@
 
 // eval --recipe / --format: the quantized model against the unquantized one.
 static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const char* format, const char* dis_csv,
-                          const Quantizer* q, int json) {
+                          const Quantizer* q, int json, int allow_partial) {
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m->n_linears);
     if (recipe) {
-        recipe_read(recipe, m, fmts, choice);
+        recipe_read(recipe, m, fmts, choice, allow_partial);
     } else {
         format_load(&fmts[0], format, 0);
         Patterns dis;
@@ -67,6 +67,7 @@ int cmd_eval(int argc, char** argv) {
     const char* format = args_str(&a, "--format");
     const char* dis_csv = args_str(&a, "--disabled-layers");
     int json = args_flag(&a, "--json");
+    int allow_partial = args_flag(&a, "--allow-partial");
     Quantizer q;
     quantizer_parse(&q, &a);
     const char* dev = args_str(&a, "--device");
@@ -88,7 +89,7 @@ int cmd_eval(int argc, char** argv) {
     TokenIds ids;
     data_load(&ids, &d);
     model_check_seq_len(&m, ids.t, d.path);
-    if (recipe || format) return eval_quantized(&m, &ids, recipe, format, dis_csv, &q, json);
+    if (recipe || format) return eval_quantized(&m, &ids, recipe, format, dis_csv, &q, json, allow_partial);
     RunState s;
     run_init(&s, &m, ids.t, 0);
     double* nll = xcalloc(ids.n, sizeof(double));

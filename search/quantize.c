@@ -403,6 +403,7 @@ int cmd_quantize(int argc, char** argv) {
     const char* recipe = args_str(&a, "--recipe");
     const char* out = args_str(&a, "--out");
     int force = args_flag(&a, "--force");
+    int allow_partial = args_flag(&a, "--allow-partial");
     DataOpts d;
     data_opts_parse(&d, &a);
     Quantizer q;
@@ -432,7 +433,7 @@ int cmd_quantize(int argc, char** argv) {
         model_open(&m, dir);
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m.n_linears);
-    int nf = recipe_read(recipe, &m, fmts, choice);
+    int nf = recipe_read(recipe, &m, fmts, choice, allow_partial);
     check_formats(recipe, fmts, nf, &m, choice);
     TokenIds ids = {0};
     if (q.kind == QUANTIZER_GPTQ) {

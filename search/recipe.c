@@ -259,6 +259,59 @@ static void h5_attr_double(hid_t obj, const char* name, double v, const char* pa
     H5Sclose(sp);
 }
 
+// The attributes that say how /search's and /pareto's bits were counted (README §7, §8).
+static void h5_conventions(hid_t g, const SearchCtx* c) {
+    h5_attr_str(g, "bits", c->bits == BITS_TRUE ? "true" : "modelopt");
+    h5_attr_str(g, "budget_scope", c->scope == SCOPE_ALL ? "all" : "candidates");
+    h5_attr_str(g, "cost", c->cost == COST_ACTIVE ? "active" : "memory");
+}
+
+static void pareto_write(hid_t f, const SearchCtx* c, const Solution* sweep, int ns, const char* path) {
+    const ScoreTable* t = c->t;
+    hid_t g = H5Gcreate2(f, "pareto", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) fail_other("%s: cannot create group /pareto", path);
+    h5_conventions(g, c);
+    h5_attr_str(
+        g, "description",
+        "one row per --sweep budget; budget and bits in bits per weight, counted in the convention "
+        "(bits: true = values and scales, modelopt = ModelOpt's num_bits), scope (budget_scope) and cost "
+        "of these attributes");
+    double* buf = xmalloc(sizeof(double) * ns);
+    hsize_t n = (hsize_t)ns, ng = (hsize_t)t->ng;
+    for (int i = 0; i < ns; i++) buf[i] = sweep[i].budget;
+    h5_write(g, "budget", H5T_NATIVE_DOUBLE, 1, &n, buf);
+    h5_describe(g, "budget", "bits per weight", "each sweep point's budget");
+    for (int i = 0; i < ns; i++) buf[i] = sweep[i].bits[c->scope];
+    h5_write(g, "bits", H5T_NATIVE_DOUBLE, 1, &n, buf);
+    h5_describe(g, "bits", "bits per weight", "each sweep point's achieved effective bits");
+    for (int i = 0; i < ns; i++) buf[i] = sweep[i].predicted;
+    h5_write(g, "score", H5T_NATIVE_DOUBLE, 1, &n, buf);
+    h5_describe(g, "score", table_score_units(t),
+                "each sweep point's predicted score: the sum of its quantized groups' /groups/score");
+    if (sweep[0].verified) {
+        for (int i = 0; i < ns; i++) buf[i] = sweep[i].v.kl;
+        h5_write(g, "measured_kl", H5T_NATIVE_DOUBLE, 1, &n, buf);
+        h5_describe(g, "measured_kl", "nats",
+                    "--verify: KL of the deployed recipe to the unquantized model, summed over windows, "
+                    "positions and the vocabulary");
+        for (int i = 0; i < ns; i++) buf[i] = sweep[i].v.nll_q - sweep[i].v.nll_ref;
+        h5_write(g, "measured_nll_delta", H5T_NATIVE_DOUBLE, 1, &n, buf);
+        h5_describe(g, "measured_nll_delta", "nats per token",
+                    "--verify: mean next-token cross-entropy of the deployed recipe minus the unquantized "
+                    "model's");
+    }
+    int* sel = xmalloc(sizeof(int) * ns * t->ng);
+    for (int i = 0; i < ns; i++) memcpy(sel + (size_t)i * t->ng, sweep[i].sel, sizeof(int) * t->ng);
+    hsize_t d2[2] = {n, ng};
+    h5_write(g, "selected", H5T_NATIVE_INT, 2, d2, sel);
+    h5_describe(g, "selected", NULL,
+                "[points, groups]: each sweep point's choice per group (columns: rows of /groups); -1 bf16 "
+                "(disabled groups too), else a row index of /formats/definition");
+    free(sel);
+    free(buf);
+    if (H5Gclose(g) < 0) fail_other("%s: cannot write group /pareto (disk full?)", path);
+}
+
 void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, const Solution* sweep, int ns) {
     const ScoreTable* t = c->t;
     hid_t f = (hid_t)table_h5_create(t, path);
@@ -266,6 +319,16 @@ void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, co
     if (g < 0) fail_other("%s: cannot create group /search", path);
     hsize_t ng = (hsize_t)t->ng;
     h5_write(g, "selected", H5T_NATIVE_INT, 1, &ng, s->sel);
+    h5_describe(g, "selected", NULL,
+                "the recipe's choice per group (rows of /groups): -1 bf16 (disabled groups too), else a row "
+                "index of /formats/definition");
+    h5_conventions(g, c);
+    h5_attr_str(
+        g, "description",
+        "the --budget solution; budget and effective_bits in bits per weight in the convention (bits), "
+        "scope (budget_scope) and cost of these attributes, effective_bits_true and "
+        "effective_bits_modelopt the same in each convention; predicted_score in the units of "
+        "/groups/score; --verify adds measured_kl (nats, summed) and measured_nll_delta (nats per token)");
     h5_attr_double(g, "budget", s->budget, path);
     h5_attr_double(g, "effective_bits", s->bits[c->scope], path);
     h5_attr_double(g, "effective_bits_true", s->bits_conv[BITS_TRUE][c->scope], path);
@@ -276,30 +339,6 @@ void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, co
         h5_attr_double(g, "measured_nll_delta", s->v.nll_q - s->v.nll_ref, path);
     }
     if (H5Gclose(g) < 0) fail_other("%s: cannot write group /search (disk full?)", path);
-    if (ns > 0) {
-        g = H5Gcreate2(f, "pareto", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (g < 0) fail_other("%s: cannot create group /pareto", path);
-        double* buf = xmalloc(sizeof(double) * ns);
-        hsize_t n = (hsize_t)ns;
-        for (int i = 0; i < ns; i++) buf[i] = sweep[i].budget;
-        h5_write(g, "budget", H5T_NATIVE_DOUBLE, 1, &n, buf);
-        for (int i = 0; i < ns; i++) buf[i] = sweep[i].bits[c->scope];
-        h5_write(g, "bits", H5T_NATIVE_DOUBLE, 1, &n, buf);
-        for (int i = 0; i < ns; i++) buf[i] = sweep[i].predicted;
-        h5_write(g, "score", H5T_NATIVE_DOUBLE, 1, &n, buf);
-        if (sweep[0].verified) {
-            for (int i = 0; i < ns; i++) buf[i] = sweep[i].v.kl;
-            h5_write(g, "measured_kl", H5T_NATIVE_DOUBLE, 1, &n, buf);
-            for (int i = 0; i < ns; i++) buf[i] = sweep[i].v.nll_q - sweep[i].v.nll_ref;
-            h5_write(g, "measured_nll_delta", H5T_NATIVE_DOUBLE, 1, &n, buf);
-        }
-        int* sel = xmalloc(sizeof(int) * ns * t->ng);
-        for (int i = 0; i < ns; i++) memcpy(sel + (size_t)i * t->ng, sweep[i].sel, sizeof(int) * t->ng);
-        hsize_t d2[2] = {n, ng};
-        h5_write(g, "selected", H5T_NATIVE_INT, 2, d2, sel);
-        free(sel);
-        free(buf);
-        if (H5Gclose(g) < 0) fail_other("%s: cannot write group /pareto (disk full?)", path);
-    }
+    if (ns > 0) pareto_write(f, c, sweep, ns, path);
     table_h5_finish(f, path);
 }

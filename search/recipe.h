@@ -46,8 +46,10 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
 void solution_free(Solution* s);
 // Reads a recipe JSON written by recipe_write_json: fills fmts from the stored
 // definitions (returns their count) and choice[i] per linear of m (-1 keeps bf16).
-// Exits 2 naming the field on bad input.
-int recipe_read(const char* path, const Model* m, Format* fmts, int* choice);
+// Exits 2 naming the field on bad input, and when the recipe does not fit m (names a linear m
+// lacks, or leaves one of m's linears out) unless allow_partial, which warns instead and keeps
+// the linears left out bf16.
+int recipe_read(const char* path, const Model* m, Format* fmts, int* choice, int allow_partial);
 
 void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts);
 void search_write_h5(const char* path, const SearchCtx* c, const Solution* main, const Solution* sweep, int ns);

@@ -61,25 +61,56 @@ static int recipe_choice(const char* path, size_t gi, json_t* ch, const Format* 
     return -1;
 }
 
-// A linear may take one choice only; -2 marks "not named yet".
-static void recipe_members(const char* path, size_t gi, json_t* mem, const Model* m, int f, int* choice) {
+// A linear may take one choice only; -2 marks "not named yet". Returns how many members name no
+// linear of m: exit 2 unless allow_partial (a recipe made for another model).
+static int recipe_members(const char* path, size_t gi, json_t* mem, const Model* m, int f, int* choice,
+                          int allow_partial) {
     if (!json_is_array(mem)) fail_input("%s: groups[%zu].members missing or not a list", path, gi);
     size_t mi;
     json_t* name;
+    int unknown = 0;
     json_array_foreach(mem, mi, name) {
         if (!json_is_string(name)) fail_input("%s: groups[%zu].members[%zu] is not a string", path, gi, mi);
         int found = -1;
         for (int k = 0; k < m->n_linears && found < 0; k++)
             if (strcmp(m->linears[k].name, json_string_value(name)) == 0) found = k;
-        if (found < 0) fail_input("%s: groups[%zu].members[%zu] is not a linear of %s", path, gi, mi, m->dir);
+        if (found < 0 && !allow_partial)
+            fail_input("%s: groups[%zu].members[%zu] ('%s') is not a linear of %s: a recipe for another model? "
+                       "(--allow-partial skips it)",
+                       path, gi, mi, json_string_value(name), m->dir);
+        if (found < 0) {
+            unknown++;
+            continue;
+        }
         if (choice[found] != -2)
             fail_input("%s: groups[%zu].members[%zu] ('%s') is named a second time", path, gi, mi,
                        json_string_value(name));
         choice[found] = f;
     }
+    return unknown;
 }
 
-int recipe_read(const char* path, const Model* m, Format* fmts, int* choice) {
+// A recipe fits the model when it names every linear of it, each once, and nothing else: autoq's
+// recipes list every group, kept and disabled ones too (README §8). Anything less would deploy part of
+// a recipe made for another model without a word.
+static void recipe_check_fit(const char* path, const Model* m, const int* choice, int unknown,
+                             int allow_partial) {
+    int missing = 0, first = -1;
+    for (int i = 0; i < m->n_linears; i++)
+        if (choice[i] == -2 && !missing++) first = i;
+    if (missing && !allow_partial)
+        fail_input("%s: field 'groups' assigns nothing to %d of the %d linears of %s (first %s): a recipe for "
+                   "another model? (--allow-partial keeps them bf16)",
+                   path, missing, m->n_linears, m->dir, m->linears[first].name);
+    if (missing)
+        warn_msg("%s: %d of the %d linears of %s are not in the recipe and stay bf16 (--allow-partial)", path,
+                 missing, m->n_linears, m->dir);
+    if (unknown)
+        warn_msg("%s: %d members are not linears of %s and are skipped (--allow-partial)", path, unknown,
+                 m->dir);
+}
+
+int recipe_read(const char* path, const Model* m, Format* fmts, int* choice, int allow_partial) {
     json_t* j = recipe_load(path);
     int nf = recipe_formats(path, j, fmts);
     json_t* gs = json_object_get(j, "groups");
@@ -87,13 +118,15 @@ int recipe_read(const char* path, const Model* m, Format* fmts, int* choice) {
     for (int i = 0; i < m->n_linears; i++) choice[i] = -2;
     size_t gi;
     json_t* g;
+    int unknown = 0;
     json_array_foreach(gs, gi, g) {
         if (!json_is_object(g)) fail_input("%s: groups[%zu] is not an object", path, gi);
         int f = recipe_choice(path, gi, json_object_get(g, "choice"), fmts, nf);
-        recipe_members(path, gi, json_object_get(g, "members"), m, f, choice);
+        unknown += recipe_members(path, gi, json_object_get(g, "members"), m, f, choice, allow_partial);
     }
+    recipe_check_fit(path, m, choice, unknown, allow_partial);
     for (int i = 0; i < m->n_linears; i++)
-        if (choice[i] == -2) choice[i] = -1; // not in the recipe: kept bf16
+        if (choice[i] == -2) choice[i] = -1; // not in the recipe (--allow-partial): kept bf16
     json_decref(j);
     return nf;
 }

@@ -1,6 +1,8 @@
-// The HDF5 scores file (issues 11, 12): stored format definitions survive a round trip through
-// HDF5 and JSON, and the hardened reader turns crafted and bit-flipped files into exit 2 with one
-// clear message, never a crash or a hang. YAML, regex, recipe and export checks: tests/test_outputs.c.
+// The HDF5 scores file (issues 11, 12, 25): stored format definitions survive a round trip through
+// HDF5 and JSON, the hardened reader turns crafted and bit-flipped files into exit 2 with one clear
+// message, never a crash or a hang, the data checksum catches every flipped bit that would change a
+// recipe, active_params must follow from params, and every dataset and attribute written is the one
+// README §8 lists. YAML, regex, recipe and export checks: tests/test_outputs.c.
 #define _GNU_SOURCE
 #include <hdf5.h>
 #include <jansson.h>
@@ -94,6 +96,9 @@ static void bad_h5(const char* name, int ng, Edit edit, int want, const char* fr
     table_free(&t);
     hid_t f = h5_edit(path);
     edit(f);
+    // A file that should read needs the checksum of its edited data; the validators a failing
+    // edit is about run before the checksum is compared.
+    if (want == 0) table_h5_stamp(f, path);
     H5Fclose(f);
     expect_exit(name, read_child, path, want, fragment);
 }
@@ -259,6 +264,21 @@ static void e_def_cost(hid_t f) { // the record's bits disagree with its own def
              "\"*weight_quantizer\":{\"num_bits\":4,\"axis\":0}}}}");
 }
 static void e_none(hid_t f) { (void)f; }
+static void e_score_valid(hid_t f) { e_score(f, 2.5); } // plausible, but not what was written
+static void e_no_checksum(hid_t f) { H5Adelete(f, "checksum"); }
+static void e_checksum_bad(hid_t f) { h5_put_attr(f, "checksum", "sha1:0", 0, 1); }
+static void e_extra_vlen(hid_t f) { // an object the reader does not use is still checked
+    const char* s[1] = {"x"};
+    h5_put_strs(f, "extra", s, 1, VLEN);
+}
+static void e_extra_attr(hid_t f) { // a compound attribute on a dataset
+    hid_t d = H5Dopen2(f, "groups/params", H5P_DEFAULT), t = H5Tcreate(H5T_COMPOUND, 8);
+    H5Tinsert(t, "a", 0, H5T_NATIVE_LLONG);
+    hid_t sp = H5Screate(H5S_SCALAR), a = H5Acreate2(d, "odd", t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    long long v = 1;
+    H5Awrite(a, t, &v);
+    H5Aclose(a), H5Sclose(sp), H5Tclose(t), H5Dclose(d);
+}
 
 static void test_bad_h5(void) {
     bad_h5("h5 good file reads", 3, e_none, 0, "");
@@ -314,6 +334,76 @@ static void test_bad_h5(void) {
     bad_h5("h5 definition unknown field", 3, e_def_unknown, 2, "unknown field 'path'");
     bad_h5("h5 definition bits disagree", 3, e_def_cost, 2,
            "field 'bits' must be an integer equal to the definition's 4");
+    // issue 25 #12: the data is checksummed, not only the metadata
+    bad_h5("h5 a plausible score edited without its checksum", 3, e_score_valid, 2,
+           "checksum: the data does not match");
+    bad_h5("h5 checksum attribute missing", 3, e_no_checksum, 2, "checksum: attribute missing");
+    bad_h5("h5 checksum attribute malformed", 3, e_checksum_bad, 2, "'sha1:0' is not crc32");
+    bad_h5("h5 unused dataset of variable-length strings", 3, e_extra_vlen, 2,
+           "/extra: is a variable-length string");
+    bad_h5("h5 compound attribute", 3, e_extra_attr, 2,
+           "/groups/params@odd: is neither a standard number nor a fixed-length string");
+}
+
+// ---- active_params (issue 25 #9) ----
+// A dense group (layer 0's down_proj, 4 x 8) and layer 1's experts group: E experts of gate, up [4, 8]
+// and down [8, 4], top_k of them read per token.
+static void table_make_moe(ScoreTable* t, int E, int top_k) {
+    table_make(t, 2, 1);
+    table_free_strs(t->lname, t->nl);
+    free(t->lshape), free(t->lgroup), free(t->gmembers[1]), free(t->gname[1]);
+    t->nl = 1 + 3 * E;
+    t->lname = xcalloc(t->nl, sizeof(char*));
+    t->lshape = xmalloc(sizeof(long) * 2 * t->nl);
+    t->lgroup = xmalloc(sizeof(int) * t->nl);
+    t->lname[0] = xstrdup("model.layers.0.mlp.down_proj");
+    t->lshape[0] = 4, t->lshape[1] = 8, t->lgroup[0] = 0;
+    t->gname[1] = xstrdup("model.layers.1.mlp.experts");
+    char* members = xcalloc(64 * t->nl, 1);
+    const char* proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int e = 0, i = 1; e < E; e++)
+        for (int k = 0; k < 3; k++, i++) {
+            char name[64];
+            snprintf(name, sizeof(name), "model.layers.1.mlp.experts.%d.%s", e, proj[k]);
+            t->lname[i] = xstrdup(name);
+            t->lshape[2 * i] = k == 2 ? 8 : 4, t->lshape[2 * i + 1] = k == 2 ? 4 : 8;
+            t->lgroup[i] = 1;
+            if (i > 1) strcat(members, ",");
+            strcat(members, name);
+        }
+    t->gmembers[1] = members;
+    t->params[1] = 96L * E;
+    t->active[1] = 96L * top_k;
+}
+
+typedef struct {
+    int E, top_k;
+    long dense_active, experts_active; // 0: as written
+} MoeCase;
+
+static void moe_child(const void* arg) {
+    const MoeCase* c = arg;
+    ScoreTable t;
+    table_make_moe(&t, c->E, c->top_k);
+    if (c->dense_active) t.active[0] = c->dense_active;
+    if (c->experts_active) t.active[1] = c->experts_active;
+    char* path = tmp_path("moe.h5");
+    table_write(&t, path);
+    table_free(&t);
+    read_child(path);
+}
+
+static void test_active_params(void) {
+    MoeCase ok = {4, 2, 0, 0}, all = {4, 4, 0, 0}, dense = {4, 2, 1, 0}, frac = {4, 2, 0, 100},
+            more = {4, 2, 0, 480};
+    expect_exit("h5 experts group reading top_k of E experts reads", moe_child, &ok, 0, "");
+    expect_exit("h5 experts group reading every expert reads", moe_child, &all, 0, "");
+    expect_exit("h5 dense group's active_params 1 (issue 25 #9)", moe_child, &dense, 2,
+                "groups/active_params: group model.layers.0.mlp.down_proj reads 1 of its 32 parameters");
+    expect_exit("h5 experts group reading a fraction of an expert", moe_child, &frac, 2,
+                "group model.layers.1.mlp.experts reads 100 parameters per token, which is no whole number of "
+                "its 4 experts of 96");
+    expect_exit("h5 experts group reading more than its experts", moe_child, &more, 2, "groups/active_params");
 }
 
 // Every byte of the interesting part of a file flipped in turn: the reader exits 0 or 2, never crashes or
@@ -349,6 +439,251 @@ static void test_bit_flips(void) {
     CHECK(bad == 0, "h5 bit flips: exit 0 or 2 with one clear message", "%d of %d cases: first %s", bad, cases,
           first);
     printf("  %d bit-flipped files of %zu bytes, %d rejected\n", cases, len, rejected);
+}
+
+// ---- 400 random single-bit flips (issue 25 #12) ----
+// Each flipped file must be refused (exit 2 naming it) or read back to the very table and recipe of
+// the original: the file of search --h5 with a sweep, so /search and /pareto are flipped too.
+static ScoreTable g_orig;
+static int g_orig_sel[8];
+
+static void solve_one(const ScoreTable* t, double budget, int* sel) {
+    SearchCtx c;
+    search_init(&c, t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
+    Solution s;
+    search_solve(&c, &budget, 1, &s);
+    memcpy(sel, s.sel, sizeof(int) * t->ng);
+    solution_free(&s);
+    search_free(&c);
+}
+
+static int same_strs(char** a, char** b, int n) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(a[i], b[i])) return 0;
+    return 1;
+}
+
+static int same_table(const ScoreTable* a, const ScoreTable* b) {
+    if (a->ng != b->ng || a->nl != b->nl || a->nf != b->nf || a->num_samples != b->num_samples ||
+        a->seq_len != b->seq_len || strcmp(a->model, b->model) || strcmp(a->method, b->method) ||
+        strcmp(a->numerics, b->numerics) || strcmp(a->disabled_csv, b->disabled_csv))
+        return 0;
+    for (int f = 0; f < a->nf; f++)
+        if (strcmp(a->fmts[f].def, b->fmts[f].def) || a->fmts[f].bits != b->fmts[f].bits) return 0;
+    return same_strs(a->gname, b->gname, a->ng) && same_strs(a->gmembers, b->gmembers, a->ng) &&
+           same_strs(a->lname, b->lname, a->nl) && !memcmp(a->params, b->params, sizeof(long) * a->ng) &&
+           !memcmp(a->active, b->active, sizeof(long) * a->ng) && !memcmp(a->disabled, b->disabled, a->ng) &&
+           !memcmp(a->score, b->score, sizeof(double) * a->ng * a->nf) &&
+           !memcmp(a->lshape, b->lshape, sizeof(long) * 2 * a->nl) &&
+           !memcmp(a->lgroup, b->lgroup, sizeof(int) * a->nl);
+}
+
+static void flip_recipe_child(const void* path) {
+    ScoreTable t;
+    table_read_h5(&t, path);
+    int sel[8];
+    solve_one(&t, 7.0, sel);
+    if (!same_table(&t, &g_orig) || memcmp(sel, g_orig_sel, sizeof(int) * t.ng)) {
+        fprintf(stderr, "read back a different table or recipe\n");
+        exit(3);
+    }
+}
+
+// The file of search --h5: the table of table_make, /search, /pareto of 3 budgets (verified).
+static void write_search_file(const ScoreTable* t, const char* path) {
+    SearchCtx c;
+    search_init(&c, t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
+    double b[3] = {7.0, 8.0, 16.0};
+    Solution s[3];
+    search_solve(&c, b, 3, s);
+    for (int i = 0; i < 3; i++) {
+        s[i].verified = 1;
+        s[i].v.kl = 0.5 * i, s[i].v.nll_ref = 2.0, s[i].v.nll_q = 2.0 + 0.1 * i;
+    }
+    search_write_h5(path, &c, &s[0], s, 3);
+    for (int i = 0; i < 3; i++) solution_free(&s[i]);
+    search_free(&c);
+}
+
+static void test_flip_recipes(void) {
+    table_make(&g_orig, 4, 2);
+    g_orig.score[1] = 7.0; // distinct scores: a flipped score would change the recipe
+    solve_one(&g_orig, 7.0, g_orig_sel);
+    char* good = tmp_path("search.h5");
+    write_search_file(&g_orig, good);
+    size_t len;
+    char* data = read_file(good, &len);
+    char* path = tmp_path("flip_recipe.h5");
+    int bad = 0, refused = 0, same = 0;
+    char err[4096], first[4200] = "";
+    uint64_t x = 0x9e3779b97f4a7c15ull; // fixed seed: the same 400 bits on every run
+    for (int k = 0; k < 400; k++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17; // xorshift64
+        size_t bit = x % (len * 8);
+        data[bit / 8] ^= (char)(1 << (bit % 8));
+        FILE* f = fopen(path, "wb");
+        fwrite(data, 1, len, f);
+        fclose(f);
+        data[bit / 8] ^= (char)(1 << (bit % 8));
+        int rc = run_child(flip_recipe_child, path, err, sizeof(err));
+        refused += rc == 2, same += rc == 0;
+        if ((rc != 0 && rc != 2) || (rc == 2 && !strstr(err, path)))
+            if (!bad++) snprintf(first, sizeof(first), "bit %zu: exit %d: %s", bit, rc, err);
+    }
+    free(data);
+    CHECK(bad == 0, "h5 400 random bit flips: each refused naming the file, or the identical recipe",
+          "%d of 400: first %s", bad, first);
+    printf("  400 single-bit flips of a %zu-byte search file: %d refused, %d read the identical table\n", len,
+           refused, same);
+}
+
+// ---- self-describing files (issue 25) and README §8's list of them ----
+typedef struct {
+    char path[128];
+    char attrs[1024]; // " a b c " in name order
+} ObjAttrs;
+
+typedef struct {
+    ObjAttrs o[64];
+    int n;
+} ObjList;
+
+static herr_t attr_collect(hid_t loc, const char* name, const H5A_info_t* info, void* data) {
+    (void)loc, (void)info;
+    ObjAttrs* o = data;
+    size_t n = strlen(o->attrs);
+    snprintf(o->attrs + n, sizeof(o->attrs) - n, "%s%s ", n ? "" : " ", name);
+    return 0;
+}
+
+static herr_t obj_collect(hid_t g, const char* name, const H5L_info_t* info, void* data) {
+    (void)info;
+    ObjList* l = data;
+    if (l->n == 64) return 1;
+    ObjAttrs* o = &l->o[l->n++];
+    snprintf(o->path, sizeof(o->path), "/%s", name);
+    hsize_t idx = 0;
+    H5Aiterate_by_name(g, name, H5_INDEX_NAME, H5_ITER_INC, &idx, attr_collect, o, H5P_DEFAULT);
+    return 0;
+}
+
+static void file_objects(const char* path, ObjList* l) {
+    memset(l, 0, sizeof(*l));
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    snprintf(l->o[0].path, sizeof(l->o[0].path), "/");
+    hsize_t idx = 0;
+    H5Aiterate2(f, H5_INDEX_NAME, H5_ITER_INC, &idx, attr_collect, &l->o[0]);
+    l->n = 1;
+    H5Lvisit(f, H5_INDEX_NAME, H5_ITER_INC, obj_collect, l);
+    H5Fclose(f);
+}
+
+// README §8's table: rows "| `/path` | ... | `attr` `attr` ... | meaning |", the attributes in the
+// third cell. Returns the rows found in §8.
+static int readme_objects(ObjList* l) {
+    memset(l, 0, sizeof(*l));
+    size_t len;
+    char* text = read_file("README.md", &len);
+    if (!text) return 0;
+    char* sec = strstr(text, "\n### §8 ");
+    char* end = sec ? strstr(sec, "\n### §9 ") : NULL;
+    if (!sec || !end) return free(text), 0;
+    *end = 0;
+    for (char* line = strstr(sec, "\n| `/"); line && l->n < 64; line = strstr(line + 1, "\n| `/")) {
+        char* eol = strchr(line + 1, '\n');
+        if (eol) *eol = 0;
+        ObjAttrs* o = &l->o[l->n++];
+        sscanf(line + 4, "%127[^`]", o->path);
+        // the third cell: between the third and fourth '|'
+        char* c = line + 1;
+        for (int k = 0; k < 2 && c; k++) c = strchr(c + 1, '|');
+        char* c_end = c ? strchr(c + 1, '|') : NULL;
+        if (!c || !c_end) continue;
+        *c_end = 0;
+        // backticked names, sorted as HDF5 iterates them (by name, bytewise)
+        char names[32][64];
+        int nn = 0;
+        for (char* p = strchr(c, '`'); p && nn < 32; p = strchr(p + 1, '`')) {
+            char* q = strchr(p + 1, '`');
+            if (!q) break;
+            snprintf(names[nn++], sizeof(names[0]), "%.*s", (int)(q - p - 1), p + 1);
+            p = q;
+        }
+        qsort(names, nn, sizeof(names[0]), (int (*)(const void*, const void*))strcmp);
+        for (int i = 0; i < nn; i++) {
+            size_t n = strlen(o->attrs);
+            snprintf(o->attrs + n, sizeof(o->attrs) - n, "%s%s ", n ? "" : " ", names[i]);
+        }
+        if (eol) *eol = '\n';
+        line = c_end;
+    }
+    free(text);
+    return l->n;
+}
+
+// A README path matches a file path exactly, or "<...>" stands for one name.
+static int path_match(const char* pattern, const char* path) {
+    const char* lt = strchr(pattern, '<');
+    if (!lt) return strcmp(pattern, path) == 0;
+    size_t n = (size_t)(lt - pattern);
+    return strncmp(pattern, path, n) == 0 && path[n] && !strchr(path + n, '/');
+}
+
+static void test_self_describing(void) {
+    ScoreTable t;
+    table_make(&t, 3, 2);
+    t.n_cov = 1, t.n_experts = 4, t.min_expert_tokens = 16;
+    t.cov_name = xcalloc(1, sizeof(char*));
+    t.cov_name[0] = xstrdup("model.layers.1.mlp.experts");
+    t.cov_tokens = xcalloc(4, sizeof(long));
+    char* path = tmp_path("full.h5");
+    write_search_file(&t, path); // every optional part: coverage, /search, /pareto, --verify
+    table_free(&t);
+    ObjList file, doc;
+    file_objects(path, &file);
+    int nd = readme_objects(&doc);
+    // the attributes the issue asks for
+    const struct {
+        const char* obj;
+        const char* attrs;
+    } want[] = {
+        {"/groups/score", " description units "},
+        {"/format_bits", " bits_convention description units "},
+        {"/search/selected", " description "},
+        {"/pareto/budget", " description units "},
+    };
+    int ok = 1;
+    char what[512] = "";
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        for (int k = 0; k < file.n; k++)
+            if (!strcmp(file.o[k].path, want[i].obj) && strcmp(file.o[k].attrs, want[i].attrs))
+                ok = 0, snprintf(what, sizeof(what), "%s has [%s]", want[i].obj, file.o[k].attrs);
+    for (int k = 0; k < file.n; k++)
+        if (!strcmp(file.o[k].path, "/pareto") || !strcmp(file.o[k].path, "/search"))
+            if (!strstr(file.o[k].attrs, " bits ") || !strstr(file.o[k].attrs, " budget_scope ") ||
+                !strstr(file.o[k].attrs, " cost "))
+                ok = 0, snprintf(what, sizeof(what), "%s has [%s]", file.o[k].path, file.o[k].attrs);
+    CHECK(ok, "h5 units, conventions and descriptions are attributes of the file", "%s", what);
+    // README §8 lists exactly the objects and attributes written
+    int match = nd > 10;
+    snprintf(what, sizeof(what), "README §8 has %d rows", nd);
+    for (int k = 0; k < file.n && match; k++) {
+        int found = 0;
+        for (int d = 0; d < nd && !found; d++)
+            if (path_match(doc.o[d].path, file.o[k].path)) {
+                found = 1;
+                if (strcmp(doc.o[d].attrs, file.o[k].attrs))
+                    match = 0, snprintf(what, sizeof(what), "%s: README lists [%s], the file has [%s]",
+                                        file.o[k].path, doc.o[d].attrs, file.o[k].attrs);
+            }
+        if (!found) match = 0, snprintf(what, sizeof(what), "%s is missing from README §8", file.o[k].path);
+    }
+    for (int d = 0; d < nd && match; d++) {
+        int found = 0;
+        for (int k = 0; k < file.n && !found; k++) found = path_match(doc.o[d].path, file.o[k].path);
+        if (!found) match = 0, snprintf(what, sizeof(what), "README §8 lists %s, never written", doc.o[d].path);
+    }
+    CHECK(match, "README §8 lists every object and attribute a scores / search file holds", "%s", what);
 }
 
 // ---- stored formats: HDF5 and JSON round trip ----
@@ -399,7 +734,10 @@ int main(void) {
     g_quiet = 1;
     test_roundtrip();
     test_bad_h5();
+    test_active_params();
     test_bit_flips();
+    test_flip_recipes();
+    test_self_describing();
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
     if (system(cmd) != 0) printf("  could not remove %s\n", g_dir);

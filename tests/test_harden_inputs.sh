@@ -39,7 +39,7 @@ rc=$?
 if [ $rc -eq 2 ] && grep -q '\.\.\.' <<<"$out" && iconv -f UTF-8 -t UTF-8 <<<"$out" >/dev/null 2>&1; then pass "long UTF-8 merge: message cut cleanly"; else fail "long UTF-8 merge: exit $rc: $out"; fi
 out=$($T $AQ tokenize "$tmp/tok_backtrack.json" --text "$tmp/backtrack.txt" 2>&1)
 rc=$?
-if [ $rc -eq 1 ] && grep -q "tok_backtrack.json: pre_tokenizer regex ran out of resources" <<<"$out"; then pass "PCRE2 match limit is an error, not 'no match'"; else fail "PCRE2 error: exit $rc: $out"; fi
+if [ $rc -eq 2 ] && grep -q "tok_backtrack.json: pre_tokenizer.pretokenizers\[0\].pattern.Regex failed" <<<"$out"; then pass "PCRE2 match limit is bad input (exit 2), not 'no match'"; else fail "PCRE2 error: exit $rc: $out"; fi
 
 # .npy
 expect "3-D npy" "field 'shape' = (2, 2, 4): token ids must be a 2-D array" $T $AQ eval tests/fixtures/qwen3-vl-tiny --data "$tmp/npy_3d.npy"

@@ -351,7 +351,7 @@ static void recipe_child(const void* text) {
     fclose(f);
     Format fmts[MAX_FORMATS];
     int choice[2];
-    recipe_read(path, &g_model, fmts, choice);
+    recipe_read(path, &g_model, fmts, choice, 0);
 }
 
 #define W4A8_REC                                                                                               \
@@ -372,7 +372,7 @@ static void test_recipe(void) {
     fclose(f);
     Format fmts[MAX_FORMATS];
     int choice[2];
-    int nf = recipe_read(path, &g_model, fmts, choice);
+    int nf = recipe_read(path, &g_model, fmts, choice, 1); // names one of the two linears
     CHECK(nf == 1 && fmts[0].bits == 4 && choice[0] == 0 && choice[1] == -1, "recipe reads stored definitions",
           "nf %d choice %d %d", nf, choice[0], choice[1]);
     struct {

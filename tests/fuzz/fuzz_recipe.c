@@ -22,6 +22,6 @@ int LLVMFuzzerInitialize(int* argc, char*** argv) {
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t n) {
     const char* path = fuzz_file("recipe.json", data, n);
     static Format fmts[MAX_FORMATS];
-    FUZZ_RUN(1, (void)0, recipe_read(path, &g_model, fmts, g_choice));
+    FUZZ_RUN(1, (void)0, recipe_read(path, &g_model, fmts, g_choice, 0));
     return 0;
 }
