@@ -234,7 +234,10 @@ static const Command k_commands[] = {
      k_eval, cmd_eval},
     {"score", "Per-group sensitivity over calibration windows: a table on stdout, JSON and HDF5.", k_score,
      cmd_score},
-    {"search", "The exact budgeted choice of a format (or bf16) per group; sweep, verification and exports.",
+    {"search",
+     "The exact budgeted choice of a format (or bf16) per group; sweep, verification and exports. It scores\n"
+     "MODEL, or reads --scores: then the scoring options are refused, and --data, the quantizer's and MODEL\n"
+     "are for --verify only.",
      k_search, cmd_search},
     {"quantize", "A recipe applied to the checkpoint, written as llm-compressor's int-quantized checkpoint.",
      k_quantize, cmd_quantize},
