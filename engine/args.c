@@ -29,8 +29,8 @@ static int find_row(const Args* a, const char* name) {
     return -1;
 }
 
-// "a|b|c" as "a, b or c".
-static void choices_text(char* out, size_t cap, const char* choices) {
+// "a|b|c" as "a, b or c" (each followed by suffix: "=FILE").
+static void choices_text(char* out, size_t cap, const char* choices, const char* suffix) {
     out[0] = 0;
     int n = 1;
     for (const char* p = choices; *p; p++) n += *p == '|';
@@ -39,7 +39,7 @@ static void choices_text(char* out, size_t cap, const char* choices) {
         const char* bar = strchr(p, '|');
         size_t len = bar ? (size_t)(bar - p) : strlen(p);
         size_t at = strlen(out);
-        snprintf(out + at, cap - at, "%s%.*s", i == 0 ? "" : i == n - 1 ? " or " : ", ", (int)len, p);
+        snprintf(out + at, cap - at, "%s%.*s%s", i == 0 ? "" : i == n - 1 ? " or " : ", ", (int)len, p, suffix);
         p = bar ? bar + 1 : p + len;
     }
 }
@@ -76,7 +76,7 @@ static void check_value(const Args* a, const Opt* o, const char* v) {
     }
     case OPT_ENUM:
         if (!in_choices(o->choices, v, strlen(v))) {
-            choices_text(buf, sizeof(buf), o->choices);
+            choices_text(buf, sizeof(buf), o->choices, "");
             fail_input("%s: %s must be %s (got '%s')", a->cmd, o->name, buf, v);
         }
         break;
@@ -84,16 +84,7 @@ static void check_value(const Args* a, const Opt* o, const char* v) {
         if (o->flags & OPT_KEYED) {
             const char* eq = strchr(v, '=');
             if (!eq || !eq[1] || !in_choices(o->choices, v, (size_t)(eq - v))) {
-                char keyed[256] = ""; // "a|b" as "a=FILE|b=FILE"
-                for (const char* p = o->choices; *p; p++) {
-                    size_t at = strlen(keyed);
-                    if (*p == '|')
-                        snprintf(keyed + at, sizeof(keyed) - at, "=FILE|");
-                    else
-                        snprintf(keyed + at, sizeof(keyed) - at, "%c", *p);
-                }
-                snprintf(keyed + strlen(keyed), sizeof(keyed) - strlen(keyed), "=FILE");
-                choices_text(buf, sizeof(buf), keyed);
+                choices_text(buf, sizeof(buf), o->choices, "=FILE");
                 fail_input("%s: %s '%s' must be %s", a->cmd, o->name, v, buf);
             }
         }
@@ -215,7 +206,7 @@ void args_parse(Args* a, const Command* c, int argc, char** argv) {
         if (!(o->flags & OPT_REQUIRED) || a->count[r] || is_pos(o)) continue;
         if (o->type == OPT_ENUM) {
             char buf[256];
-            choices_text(buf, sizeof(buf), o->choices);
+            choices_text(buf, sizeof(buf), o->choices, "");
             fail_input("%s: %s is required (%s)", a->cmd, o->name, buf);
         }
         fail_input("%s: %s is required", a->cmd, o->name);
