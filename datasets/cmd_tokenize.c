@@ -8,18 +8,12 @@
 #include "../engine/util.h"
 #include "tokenizer.h"
 
-static const char* const k_tok_flags[] = {"--json", "--decode", NULL};
-
-int cmd_tokenize(int argc, char** argv) {
-    Args a;
-    args_init(&a, argc, argv, k_tok_flags);
-    const char* text_path = args_str(&a, "--text");
-    int json = args_flag(&a, "--json");
-    int decode = args_flag(&a, "--decode");
-    const char* src = args_pos(&a, 0);
-    args_done(&a);
-    if (!src) fail_input("tokenize: MODEL folder or tokenizer.json missing");
-    if (!text_path) fail_input("tokenize: --text FILE is required");
+int cmd_tokenize(Args* a) {
+    const char* text_path = args_str(a, "--text"); // both required by the table (autoq.c)
+    int json = args_flag(a, "--json");
+    int decode = args_flag(a, "--decode");
+    const char* src = args_pos(a, 0);
+    args_done(a);
     size_t len;
     char* text = read_file(text_path, &len);
     if (!text) fail_input("%s: cannot read: %s", text_path, strerror(errno));

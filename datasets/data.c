@@ -13,10 +13,10 @@
 void data_opts_parse(DataOpts* o, Args* a) {
     memset(o, 0, sizeof(*o));
     o->path = args_str(a, "--data");
-    o->num_samples = args_int(a, "--num-samples", 0, 1, 1 << 30);
-    o->seq_len = args_int(a, "--seq-len", 0, 2, 1 << 20);
+    o->num_samples = args_int(a, "--num-samples", 0); // ranges: the option tables (autoq.c)
+    o->seq_len = args_int(a, "--seq-len", 0);
     o->shuffle = args_flag(a, "--shuffle");
-    o->seed = (unsigned long)args_int(a, "--seed", 0, 0, 1 << 30);
+    o->seed = (unsigned long)args_int(a, "--seed", 0);
 }
 
 static int ends_with(const char* s, const char* suf) {

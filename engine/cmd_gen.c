@@ -13,21 +13,19 @@
 #include "generate.h"
 #include "util.h"
 
-int cmd_gen(int argc, char** argv) {
-    Args a;
-    args_init(&a, argc, argv, NULL);
-    const char* preset = args_str(&a, "--preset");
-    long seed = args_int(&a, "--seed", 1, 0, 1 << 30);
-    const char* ids_path = args_str(&a, "--ids");
-    const char* corpus = args_str(&a, "--corpus");
-    int n = args_int(&a, "--num-samples", 8, 1, 1 << 20);
-    int t = args_int(&a, "--seq-len", 128, 2, 1 << 20);
-    int layers = args_int(&a, "--layers", 0, 1, CONFIG_MAX_LAYERS); // 0: the preset's
-    int shard_mib = args_int(&a, "--shard-mib", -1, 0, 1 << 20);    // -1: the preset's
-    int force = args_flag(&a, "--force");
-    const char* dir = args_pos(&a, 0);
-    args_done(&a);
-    if (!dir) fail_input("gen: OUT_DIR missing");
+int cmd_gen(Args* a) {
+    const char* preset = args_str(a, "--preset");
+    long seed = args_int(a, "--seed", 1);
+    const char* ids_path = args_str(a, "--ids");
+    const char* corpus = args_str(a, "--corpus");
+    if (!ids_path) args_refuse(a, G_IDS, "without --ids");
+    int n = args_int(a, "--num-samples", 8);
+    int t = args_int(a, "--seq-len", 128);
+    int layers = args_int(a, "--layers", 0);        // 0: the preset's
+    int shard_mib = args_int(a, "--shard-mib", -1); // -1: the preset's
+    int force = args_flag(a, "--force");
+    const char* dir = args_pos(a, 0); // required by the table (autoq.c)
+    args_done(a);
     const GenPreset* found = gen_preset(preset ? preset : "tiny");
     if (!found) fail_input("gen: --preset '%s' is not one of %s", preset, gen_preset_names());
     GenPreset p = *found;

@@ -21,15 +21,12 @@ static void print_moe(const Model* m) {
     printf("\n");
 }
 
-int cmd_info(int argc, char** argv) {
-    Args a;
-    args_init(&a, argc, argv, k_json_flag);
-    const char* dis_csv = args_str(&a, "--disabled-layers");
-    int json = args_flag(&a, "--json");
-    int no_grouping = args_flag(&a, "--no-grouping");
-    const char* dir = args_pos(&a, 0);
-    args_done(&a);
-    if (!dir) fail_input("info: MODEL folder missing");
+int cmd_info(Args* a) {
+    const char* dis_csv = args_str(a, "--disabled-layers");
+    int json = args_flag(a, "--json");
+    int no_grouping = args_flag(a, "--no-grouping");
+    const char* dir = args_pos(a, 0); // required by the table (autoq.c)
+    args_done(a);
     Model m;
     model_load(&m, dir);
     Patterns dis;

@@ -6,15 +6,13 @@
 #include "job.h"
 #include "shard_plan.h"
 
-int cmd_score(int argc, char** argv) {
-    Args a;
-    args_init(&a, argc, argv, NULL);
+int cmd_score(Args* a) {
     ScoreJob j;
-    score_job_parse(&j, &a, 1);
-    const char* h5 = args_str(&a, "--out");
-    const char* json = args_str(&a, "--json");
-    const char* checkpoint = args_str(&a, "--checkpoint");
-    args_done(&a);
+    score_job_parse(&j, a, 1);
+    const char* h5 = args_str(a, "--out");
+    const char* json = args_str(a, "--json");
+    const char* checkpoint = args_str(a, "--checkpoint");
+    args_done(a);
     // every output path is checked before any compute, so a typo never costs a whole run
     if (h5) out_check(h5, "--out");
     if (json) out_check(json, "--json");

@@ -1,15 +1,23 @@
 #include "format.h"
 #include "../engine/input.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "../engine/util.h"
+
+// A format file is a few hundred bytes; anything this large is not one (and a FIFO never ends).
+#define FORMAT_FILE_MAX (1 << 20)
+// ModelOpt's config names for formats (resolve_alias), beside the format files: not a format.
+#define ALIASES_NAME "aliases"
+#define ALIASES_FILE ALIASES_NAME ".json"
 
 static void find_path(char* out, size_t cap, const char* name) {
     if (strchr(name, '/') || strstr(name, ".json")) {
@@ -268,10 +276,75 @@ static json_t* load_file(const char* path, const char* name) {
     return root;
 }
 
+static int cmp_str(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
+
+// The format names of configs/formats/ (dir), comma-separated, sorted; aliases.json is not one.
+static void known_formats(char* out, size_t cap, const char* dir) {
+    char* names[64];
+    int n = 0;
+    DIR* d = opendir(dir);
+    struct dirent* e;
+    while (d && (e = readdir(d)) && n < 64) {
+        size_t len = strlen(e->d_name);
+        if (len > 5 && !strcmp(e->d_name + len - 5, ".json") && strcmp(e->d_name, ALIASES_FILE))
+            names[n++] = strndup(e->d_name, len - 5);
+    }
+    if (d) closedir(d);
+    qsort(names, n, sizeof(char*), cmp_str);
+    out[0] = 0;
+    for (int i = 0; i < n; i++) {
+        size_t at = strlen(out);
+        snprintf(out + at, cap - at, "%s%s", i ? ", " : "", names[i]);
+        free(names[i]);
+    }
+}
+
+// A built-in name with no file of its own: one of ModelOpt's config names that configs/formats/
+// aliases.json maps to the autoq format of the same quantizers (f->path becomes that file), or
+// exit 2 saying why that config is none of ours, or listing the names known.
+static void resolve_alias(Format* f, const char* name) {
+    char apath[sizeof(f->path)], dir[sizeof(f->path)];
+    find_path(apath, sizeof(apath), ALIASES_NAME);
+    snprintf(dir, sizeof(dir), "%s", apath);
+    char* slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    json_t* root = json_load_file(apath, JSON_REJECT_DUPLICATES, NULL);
+    json_t* mo = json_object_get(root, "modelopt");
+    char mo_names[2048] = "";
+    const char* key;
+    json_t* v;
+    json_object_foreach(mo, key, v) {
+        const char* to = json_string_value(json_object_get(v, "format"));
+        const char* differs = json_string_value(json_object_get(v, "differs"));
+        if (strcasecmp(key, name) == 0 && to && !strchr(to, '/')) {
+            char path[sizeof(f->path) + 128];
+            snprintf(path, sizeof(path), "%s/%.100s.json", dir, to);
+            if (strlen(path) >= sizeof(f->path)) fail_input("%s: path too long", dir);
+            memcpy(f->path, path, strlen(path) + 1);
+            json_decref(root);
+            return;
+        }
+        if (strcasecmp(key, name) == 0 && differs)
+            fail_input(
+                "--format %s: ModelOpt's %s has %s, so no autoq format equals it (a quant_cfg JSON file of "
+                "its quantizers may be given instead)",
+                name, key, differs);
+        size_t at = strlen(mo_names);
+        if (to) snprintf(mo_names + at, sizeof(mo_names) - at, "%s%s (%s)", at ? ", " : "", key, to);
+    }
+    json_decref(root);
+    char known[1024];
+    known_formats(known, sizeof(known), dir);
+    fail_input("--format: format '%s' not found: the formats are %s (%s), or a quant_cfg JSON file's path; "
+               "ModelOpt config names accepted: %s",
+               name, known, dir, mo_names[0] ? mo_names : "none (aliases.json missing)");
+}
+
 void format_load(Format* f, const char* name, int ct) {
     memset(f, 0, sizeof(*f));
     find_path(f->path, sizeof(f->path), name);
     f->builtin = !(strchr(name, '/') || strstr(name, ".json"));
+    if (f->builtin && (access(f->path, R_OK) != 0 || strcmp(name, ALIASES_NAME) == 0)) resolve_alias(f, name);
     set_stem(f);
     json_t* root = load_file(f->path, name);
     parse_root(f, root, ct);

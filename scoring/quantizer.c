@@ -12,11 +12,9 @@
 void quantizer_parse(Quantizer* q, Args* a) {
     memset(q, 0, sizeof(*q));
     q->gptq = gptq_defaults;
+    // values already checked against the command's table (autoq.c)
     const char* kind = args_str(a, "--quantizer");
-    if (kind && strcmp(kind, "gptq") == 0)
-        q->kind = QUANTIZER_GPTQ;
-    else if (kind && strcmp(kind, "rtn") != 0)
-        fail_input("%s: --quantizer must be rtn or gptq (got '%s')", a->cmd, kind);
+    if (kind && strcmp(kind, "gptq") == 0) q->kind = QUANTIZER_GPTQ;
     const char* damp = args_str(a, "--gptq-dampening");
     const char* order = args_str(a, "--gptq-actorder");
     const char* pipe = args_str(a, "--gptq-pipeline");
@@ -25,26 +23,12 @@ void quantizer_parse(Quantizer* q, Args* a) {
         fail_input(
             "%s: --gptq-dampening, --gptq-actorder, --gptq-pipeline and --gptq-cache go with --quantizer gptq",
             a->cmd);
-    if (pipe && strcmp(pipe, "basic") == 0)
-        q->pipeline = GPTQ_PIPELINE_BASIC;
-    else if (pipe && strcmp(pipe, "sequential") != 0)
-        fail_input("%s: --gptq-pipeline must be basic or sequential (got '%s')", a->cmd, pipe);
-    if (pipe && strcmp(a->cmd, "score") == 0)
-        fail_input("score: --gptq-pipeline chooses how a recipe is deployed (search --verify, eval, quantize); "
-                   "scores always quantize with the basic pipeline");
-    if (damp) {
-        char* end;
-        q->gptq.damp = strtod(damp, &end);
-        if (*end || end == damp || !(q->gptq.damp >= 0 && q->gptq.damp <= 1))
-            fail_input("%s: --gptq-dampening '%s' must be a number in [0, 1] (a fraction of the mean diagonal)",
-                       a->cmd, damp);
-    }
+    if (pipe && strcmp(pipe, "basic") == 0) q->pipeline = GPTQ_PIPELINE_BASIC;
+    if (damp) q->gptq.damp = args_double(a, "--gptq-dampening", q->gptq.damp);
     if (order && strcmp(order, "none") == 0)
         q->gptq.order = GPTQ_ORDER_NONE;
     else if (order && strcmp(order, "group") == 0)
         q->gptq.order = GPTQ_ORDER_GROUP;
-    else if (order && strcmp(order, "static") != 0)
-        fail_input("%s: --gptq-actorder must be none, static or group (got '%s')", a->cmd, order);
 }
 
 void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const char* dir, const char* cmd) {

@@ -57,25 +57,23 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
     return 0;
 }
 
-int cmd_eval(int argc, char** argv) {
-    Args a;
-    args_init(&a, argc, argv, k_json_flag);
+int cmd_eval(Args* a) {
     DataOpts d;
-    data_opts_parse(&d, &a);
-    const char* logits_path = args_str(&a, "--logits");
-    const char* recipe = args_str(&a, "--recipe");
-    const char* format = args_str(&a, "--format");
-    const char* dis_csv = args_str(&a, "--disabled-layers");
-    int json = args_flag(&a, "--json");
-    int allow_partial = args_flag(&a, "--allow-partial");
+    data_opts_parse(&d, a); // --data: required by the table (autoq.c), as MODEL
+    const char* logits_path = args_str(a, "--logits");
+    const char* recipe = args_str(a, "--recipe");
+    const char* format = args_str(a, "--format");
+    const char* dis_csv = args_str(a, "--disabled-layers");
+    int json = args_flag(a, "--json");
+    int allow_partial = args_flag(a, "--allow-partial");
     Quantizer q;
-    quantizer_parse(&q, &a);
-    const char* dev = args_str(&a, "--device");
-    const char* dir = args_pos(&a, 0);
-    args_done(&a);
-    if (!dir) fail_input("eval: MODEL folder missing");
-    if (!d.path) fail_input("eval: --data is required");
+    quantizer_parse(&q, a);
+    const char* dev = args_str(a, "--device");
+    const char* dir = args_pos(a, 0);
     if (recipe && format) fail_input("eval: give --recipe or --format, not both");
+    if (!format) args_refuse(a, G_FORMAT, "without --format (a recipe names its own disabled groups)");
+    if (recipe || format) args_refuse(a, G_PLAIN, "with --recipe or --format (it is the unquantized model's)");
+    args_done(a);
     if (logits_path) out_check(logits_path, "--logits");
     if (q.kind == QUANTIZER_GPTQ && !recipe && !format)
         fail_input("eval: --quantizer gptq goes with --recipe or --format (what to quantize)");

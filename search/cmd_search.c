@@ -63,44 +63,29 @@ static void linear_choice(const Model* m, const ScoreTable* t, const Solution* s
     free(sorted);
 }
 
-int cmd_search(int argc, char** argv) {
-    Args a;
-    args_init(&a, argc, argv, NULL);
-    const char* scores = args_str(&a, "--scores");
-    double budget = args_double(&a, "--budget", NAN);
-    const char* scope_s = args_str(&a, "--budget-scope");
-    const char* cost_s = args_str(&a, "--cost");
-    const char* bits_s = args_str(&a, "--bits");
-    const char* out = args_str(&a, "--out");
-    const char* h5 = args_str(&a, "--h5");
-    const char* sweep_s = args_str(&a, "--sweep");
-    int verify = args_flag(&a, "--verify");
+int cmd_search(Args* a) {
+    // values, --emit's NAME=FILE and the outputs' aliasing already checked (autoq.c's table)
+    const char* scores = args_str(a, "--scores");
+    double budget = args_double(a, "--budget", NAN);
+    const char* scope_s = args_str(a, "--budget-scope");
+    const char* cost_s = args_str(a, "--cost");
+    const char* bits_s = args_str(a, "--bits");
+    const char* out = args_str(a, "--out");
+    const char* h5 = args_str(a, "--h5");
+    const char* sweep_s = args_str(a, "--sweep");
+    int verify = args_flag(a, "--verify");
     const char* emits[4];
-    int ne = args_multi(&a, "--emit", emits, 4);
+    int ne = args_multi(a, "--emit", emits, 4);
+    // --scores: nothing is scored, so no scoring option means anything; --verify alone reads data
+    if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
+    if (scores && !verify) args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify");
     ScoreJob j;
-    score_job_parse(&j, &a, scores == NULL);
-    args_done(&a);
-    Scope scope = SCOPE_CANDIDATES;
-    if (scope_s && strcmp(scope_s, "all") == 0)
-        scope = SCOPE_ALL;
-    else if (scope_s && strcmp(scope_s, "candidates") != 0)
-        fail_input("search: --budget-scope must be candidates or all (got '%s')", scope_s);
-    Cost cost = COST_MEMORY;
-    if (cost_s && strcmp(cost_s, "active") == 0)
-        cost = COST_ACTIVE;
-    else if (cost_s && strcmp(cost_s, "memory") != 0)
-        fail_input("search: --cost must be memory or active (got '%s')", cost_s);
-    Bits bits = BITS_TRUE;
-    if (bits_s && strcmp(bits_s, "modelopt") == 0)
-        bits = BITS_MODELOPT;
-    else if (bits_s && strcmp(bits_s, "true") != 0)
-        fail_input("search: --bits must be true or modelopt (got '%s')", bits_s);
+    score_job_parse(&j, a, scores == NULL);
+    args_done(a);
+    Scope scope = scope_s && strcmp(scope_s, "all") == 0 ? SCOPE_ALL : SCOPE_CANDIDATES;
+    Cost cost = cost_s && strcmp(cost_s, "active") == 0 ? COST_ACTIVE : COST_MEMORY;
+    Bits bits = bits_s && strcmp(bits_s, "modelopt") == 0 ? BITS_MODELOPT : BITS_TRUE;
     if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
-    if (!isnan(budget) && !(budget > 0 && budget <= 16))
-        fail_input("search: --budget %g must be in (0, 16] bits", budget);
-    for (int i = 0; i < ne; i++)
-        if (strncmp(emits[i], "llmcompressor=", 14) && strncmp(emits[i], "modelopt=", 9))
-            fail_input("search: --emit '%s' must be llmcompressor=FILE or modelopt=FILE", emits[i]);
     // every argument and output path is checked before any compute
     if (out) out_check(out, "--out");
     if (h5) out_check(h5, "--h5");
@@ -112,10 +97,6 @@ int cmd_search(int argc, char** argv) {
     int have_model = 0;
     if (scores) {
         table_read_h5(&t, scores);
-        if (!verify && j.quant.kind == QUANTIZER_GPTQ)
-            warn_msg("search: --quantizer gptq changes nothing without --verify (the scores in %s are taken as "
-                     "they are)",
-                     scores);
         if (verify && j.quant.kind != QUANTIZER_GPTQ && strcmp(t.quantizer, "gptq") == 0)
             warn_msg("search: %s holds GPTQ scores, but --verify deploys the recipe round-to-nearest (add "
                      "--quantizer gptq)",

@@ -397,23 +397,18 @@ static void copy_files(const char* dir, const char* src_dir) {
     closedir(d);
 }
 
-int cmd_quantize(int argc, char** argv) {
-    Args a;
-    args_init(&a, argc, argv, NULL);
-    const char* recipe = args_str(&a, "--recipe");
-    const char* out = args_str(&a, "--out");
-    int force = args_flag(&a, "--force");
-    int allow_partial = args_flag(&a, "--allow-partial");
+int cmd_quantize(Args* a) {
+    const char* recipe = args_str(a, "--recipe"); // MODEL, --recipe, --out: required by the table (autoq.c)
+    const char* out = args_str(a, "--out");       // and never an input or holding one (args_parse)
+    int force = args_flag(a, "--force");
+    int allow_partial = args_flag(a, "--allow-partial");
     DataOpts d;
-    data_opts_parse(&d, &a);
+    data_opts_parse(&d, a);
     Quantizer q;
-    quantizer_parse(&q, &a);
-    const char* dev = args_str(&a, "--device");
-    const char* dir = args_pos(&a, 0);
-    args_done(&a);
-    if (!dir) fail_input("quantize: MODEL folder missing");
-    if (!recipe) fail_input("quantize: --recipe is required");
-    if (!out) fail_input("quantize: --out is required");
+    quantizer_parse(&q, a);
+    const char* dev = args_str(a, "--device");
+    const char* dir = args_pos(a, 0);
+    args_done(a);
     char* out_buf = xstrdup(out); // DIR/ names DIR: the temporary folder goes beside it
     for (size_t n = strlen(out_buf); n > 1 && out_buf[n - 1] == '/'; n--) out_buf[n - 1] = 0;
     out = out_buf;

@@ -102,7 +102,7 @@ expect "unknown top-level field" "unknown field 'extra'" $AQ score $M --data $D 
 expect "data shorter than one window" "longer than the 64 tokens" $AQ score $M --data $D --method kl --seq-len 65
 expect "everything disabled" "disables every candidate group" $AQ score $M --data $D --method kl --disabled-layers '*'
 expect "unknown method" "--method must be kl or gradient" $AQ score $M --data $D --method fisher
-expect "missing method" "--method must be kl or gradient" $AQ score $M --data $D
+expect "missing method" "--method is required (kl or gradient)" $AQ score $M --data $D
 if [ "$($AQ score $M --data $D --method kl --device cpu --gpus 2 2>&1 >/dev/null; echo $?)" != 0 ]; then
     expect "--gpus without a GPU in use" "--gpus 2: no CUDA device in use" $AQ score $M --data $D --method kl --device cpu --gpus 2
 fi
