@@ -120,8 +120,8 @@ static void gates_forward(const GdnShape* s, const GdnParams* p, const float* b,
 }
 
 // One token of the delta rule on S (dk, dv): S = e^g S; u = v - S^T k; S += k (beta u)^T; o = S^T q.
-static void delta_step(float* S, int dk, int dv, const float* q, const float* k, const float* v, float beta,
-                       float g, float* u, float* o) {
+static void delta_step(float* restrict S, int dk, int dv, const float* restrict q, const float* restrict k,
+                       const float* restrict v, float beta, float g, float* restrict u, float* restrict o) {
     float eg = expf(g);
     for (int j = 0; j < dv; j++) u[j] = 0.0f;
     for (int i = 0; i < dk; i++) {
@@ -216,9 +216,11 @@ static void gated_norm_backward(const GdnShape* s, const float* w, const GdnCach
 
 // One token of the delta rule backward. St: the state after the token, Sp: the state before it (not
 // decayed); dS (dk, dv): in, the gradient of St; out, that of Sp. Gradients of q (scaled), k, v, beta, g.
-static void delta_step_backward(const float* St, const float* Sp, float* dS, int dk, int dv, const float* q,
-                                const float* k, const float* u, float beta, float g, const float* dO, float* dq,
-                                float* dk_, float* dv_, float* dbeta, float* dg, float* ddelta) {
+static void delta_step_backward(const float* restrict St, const float* restrict Sp, float* restrict dS, int dk,
+                                int dv, const float* restrict q, const float* restrict k,
+                                const float* restrict u, float beta, float g, const float* restrict dO,
+                                float* restrict dq, float* restrict dk_, float* restrict dv_, float* dbeta,
+                                float* dg, float* restrict ddelta) {
     float eg = expf(g);
     // o = St^T q: dS += q dO^T, dq = St dO; S = S' + k delta^T: ddelta = dS^T k, dk = dS delta
     for (int j = 0; j < dv; j++) ddelta[j] = 0.0f;
