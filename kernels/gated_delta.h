@@ -12,6 +12,10 @@
 // backward is with respect to activations only (the gradient score never needs weight gradients).
 #pragma once
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int T;     // tokens of one window
     int Hk;    // linear_num_key_heads
@@ -44,3 +48,21 @@ void gdn_forward(const GdnShape* s, const GdnParams* p, const float* qkv, const 
 // dout (T, Hv dv) -> dqkv (T, C), dz (T, Hv dv), db, da (T, Hv); overwritten, not accumulated.
 void gdn_backward(const GdnShape* s, const GdnParams* p, const GdnCache* cache, const float* dout, float* dqkv,
                   float* dz, float* db, float* da);
+
+// GPU (kernels/gated_delta.cu): the same computation on device buffers (p's pointers too), fp32, the delta
+// rule in chunked form (chunks of GDN_GPU_CHUNK tokens, the WY representation: within a chunk the UT
+// transform (I + strictly-lower(beta k k^T with decays))^-1, between chunks the state). Within fp32
+// rounding of the CPU's token-by-token result, not bit-equal to it. The cache holds the forward's
+// intermediates and the backward's scratch; unlike the CPU's, it is required (cudaMalloc per call is slow).
+#define GDN_GPU_CHUNK 64
+typedef struct GdnGpuCache GdnGpuCache;
+GdnGpuCache* gpu_gdn_cache_init(const GdnShape* s);
+void gpu_gdn_cache_free(GdnGpuCache* c);
+void gpu_gdn_forward(const GdnShape* s, const GdnParams* p, const float* qkv, const float* z, const float* b,
+                     const float* a, float* out, GdnGpuCache* cache);
+void gpu_gdn_backward(const GdnShape* s, const GdnParams* p, GdnGpuCache* cache, const float* dout, float* dqkv,
+                      float* dz, float* db, float* da);
+
+#ifdef __cplusplus
+}
+#endif
