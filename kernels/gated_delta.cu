@@ -7,6 +7,7 @@
 //   Vn = U - W h                                             (the delta rule's corrected values)
 //   O = diag(G) Q h + Aqk Vn,  Aqk = lower-with-diagonal((q_r . k_s) G_r / G_s)
 //   h' = e^gL h + K^T diag(e^(gL - gc)) Vn
+// Several windows at once (nb): each its own sequence from a zero state.
 // Kernels: prep (per chunk: M, Tm, W, U, Aqk), state (sequential over chunks, per value head and block
 // of 32 state columns, which evolve independently), out (per chunk). The backward walks the same
 // pieces in reverse: dh (sequential, dVn and the state gradients), then per chunk the gradients of
@@ -21,7 +22,7 @@
 
 struct GdnGpuCache {
     GdnShape s;
-    int nc;
+    int nb; // windows it holds
     // forward: pre (T, C); qhat, khat (T, Hk, dk); rq, rk (T, Hk); v, U, Vn, o, z (T, Hv, dv); W (T, Hv, dk);
     // beta, gc, dgda, rstd (T, Hv); Tm, Aqk (nc, Hv, CH, CH); h (nc, Hv, dk, dv) the state at each chunk's
     // start
@@ -31,14 +32,16 @@ struct GdnGpuCache {
     float *dO, *dVn, *Y, *dW, *X, *dq, *dk, *dT, *P, *dM, *KK, *dA, *dhn, *dact;
 };
 
+// Windows are independent and laid one after another: token arrays hold nb T rows, chunk arrays nb nc
+// chunks (global chunk cg = window nc + chunk); a chunk never crosses a window.
 struct Dims {
-    int T, Hk, Hv, dk, dv, K, C, rep, nc;
+    int T, Hk, Hv, dk, dv, K, C, rep, nc, nb;
     float eps, scale;
 };
 
-static Dims dims_of(const GdnShape* s) {
+static Dims dims_of(const GdnShape* s, int nb) {
     Dims d;
-    d.T = s->T, d.Hk = s->Hk, d.Hv = s->Hv, d.dk = s->dk, d.dv = s->dv, d.K = s->K;
+    d.nb = nb, d.T = s->T, d.Hk = s->Hk, d.Hv = s->Hv, d.dk = s->dk, d.dv = s->dv, d.K = s->K;
     d.C = gdn_channels(s), d.rep = s->Hv / s->Hk, d.nc = (s->T + CH - 1) / CH;
     d.eps = s->eps, d.scale = 1.0f / sqrtf((float)s->dk);
     return d;
@@ -50,7 +53,9 @@ __device__ inline float silu_grad_d(float x) {
     float s = sigmoid_d(x);
     return s * (1.0f + x * (1.0f - s));
 }
-__device__ inline int chunk_len(const Dims& d, int c) { return min(CH, d.T - c * CH); }
+__device__ inline int chunk_len(const Dims& d, int cg) { return min(CH, d.T - (cg % d.nc) * CH); }
+// the global token row of chunk cg's first token
+__device__ inline int chunk_t0(const Dims& d, int cg) { return (cg / d.nc) * d.T + (cg % d.nc) * CH; }
 // the key head's row of (T, Hk, dk) for token t of value head h
 __device__ inline const float* key_row(const float* x, const Dims& d, int t, int h) {
     return x + ((long)t * d.Hk + h / d.rep) * d.dk;
@@ -67,12 +72,12 @@ __device__ inline long cstate(const Dims& d, int c, int h) { return ((long)c * d
 // pre (T, C) = causal depthwise conv of x with w (C, K), no bias
 __global__ void gdn_conv_kernel(float* pre, const float* x, const float* w, Dims d) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)d.T * d.C) return;
-    int t = (int)(i / d.C), c = (int)(i % d.C);
+    if (i >= (long)d.nb * d.T * d.C) return;
+    int t = (int)(i / d.C), c = (int)(i % d.C), tl = t % d.T; // tl: the token within its window
     float acc = 0.0f;
     for (int j = 0; j < d.K; j++) {
-        int tt = t - d.K + 1 + j;
-        if (tt >= 0) acc += w[(long)c * d.K + j] * x[(long)tt * d.C + c];
+        int tt = tl - d.K + 1 + j;
+        if (tt >= 0) acc += w[(long)c * d.K + j] * x[(long)(t - tl + tt) * d.C + c];
     }
     pre[i] = acc;
 }
@@ -81,7 +86,7 @@ __global__ void gdn_conv_kernel(float* pre, const float* x, const float* w, Dims
 __global__ void gdn_l2norm_kernel(float* qhat, float* khat, float* rq, float* rk, const float* pre, Dims d) {
     long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    long n = (long)d.T * d.Hk;
+    long n = (long)d.nb * d.T * d.Hk;
     if (w >= 2 * n) return;
     int isk = w >= n;
     long row = w % n; // t * Hk + kh
@@ -104,7 +109,7 @@ __global__ void gdn_l2norm_kernel(float* qhat, float* khat, float* rq, float* rk
 __global__ void gdn_v_kernel(float* v, const float* pre, Dims d) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long hv = (long)d.Hv * d.dv;
-    if (i >= (long)d.T * hv) return;
+    if (i >= (long)d.nb * d.T * hv) return;
     long t = i / hv;
     v[i] = silu_d(pre[t * d.C + 2L * d.Hk * d.dk + i % hv]);
 }
@@ -114,11 +119,11 @@ __global__ void gdn_v_kernel(float* v, const float* pre, Dims d) {
 __global__ void gdn_gates_kernel(float* beta, float* gc, float* dgda, const float* b, const float* a,
                                  const float* A_log, const float* dt_bias, Dims d) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= d.nc * d.Hv) return;
+    if (i >= d.nb * d.nc * d.Hv) return;
     int c = i / d.Hv, h = i % d.Hv;
     float A = expf(A_log[h]), cum = 0.0f;
     for (int r = 0; r < chunk_len(d, c); r++) {
-        long ti = vrow(d, c * CH + r, h);
+        long ti = vrow(d, chunk_t0(d, c) + r, h);
         float x = a[ti] + dt_bias[h];
         beta[ti] = sigmoid_d(b[ti]);
         cum += -A * (x > 20.0f ? x : log1pf(expf(x)));
@@ -137,7 +142,7 @@ __device__ inline float dotg(const float* a, const float* b, int n) {
 __global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, const float* qhat,
                                 const float* khat, const float* v, const float* beta, const float* gc, Dims d) {
     __shared__ float M[CH][CH + 1], Tm[CH][CH + 1], sg[CH], sb[CH];
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = c * CH;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     for (int r = threadIdx.x; r < CH; r += blockDim.x) {
         sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
         sb[r] = r < L ? beta[vrow(d, t0 + r, h)] : 0.0f;
@@ -187,12 +192,13 @@ __global__ void gdn_state_kernel(float* hs, float* Vn, const float* W, const flo
                                  const float* gc, Dims d) {
     extern __shared__ float sm[];
     float *S = sm, *sv = sm + d.dk * 32;
-    int h = blockIdx.x, jj = threadIdx.x % 32, rg = threadIdx.x / 32, j = blockIdx.y * 32 + jj;
+    int wnd = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, jj = threadIdx.x % 32, rg = threadIdx.x / 32;
+    int j = blockIdx.y * 32 + jj;
     bool ok = j < d.dv;
     for (int i = rg; i < d.dk; i += 8) S[i * 32 + jj] = 0.0f;
     __syncthreads();
-    for (int c = 0; c < d.nc; c++) {
-        int L = chunk_len(d, c), t0 = c * CH;
+    for (int c = wnd * d.nc; c < (wnd + 1) * d.nc; c++) {
+        int L = chunk_len(d, c), t0 = chunk_t0(d, c);
         if (ok)
             for (int i = rg; i < d.dk; i += 8) hs[cstate(d, c, h) + (long)i * d.dv + j] = S[i * 32 + jj];
         for (int r = rg; r < L; r += 8) {
@@ -219,7 +225,7 @@ __global__ void gdn_state_kernel(float* hs, float* Vn, const float* W, const flo
 // Vn_s.
 __global__ void gdn_out_kernel(float* o, const float* qhat, const float* hs, const float* Aqk, const float* Vn,
                                const float* gc, Dims d) {
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = c * CH;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     for (int i = threadIdx.x; i < L * d.dv; i += blockDim.x) {
         int r = i / d.dv, j = i % d.dv;
         const float* q = key_row(qhat, d, t0 + r, h);
@@ -237,7 +243,7 @@ __global__ void gdn_norm_kernel(float* out, float* rstd, const float* o, const f
                                 Dims d) {
     long row = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    if (row >= (long)d.T * d.Hv) return;
+    if (row >= (long)d.nb * d.T * d.Hv) return;
     const float *x = o + row * d.dv, *zz = z + row * d.dv;
     float ss = 0.0f;
     for (int j = lane; j < d.dv; j += 32) ss += x[j] * x[j];
@@ -254,7 +260,7 @@ __global__ void gdn_norm_bwd_kernel(float* dO, float* dz, const float* dout, con
                                     const float* rstd, const float* w, Dims d) {
     long row = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    if (row >= (long)d.T * d.Hv) return;
+    if (row >= (long)d.nb * d.T * d.Hv) return;
     const float *x = o + row * d.dv, *zz = z + row * d.dv, *dy = dout + row * d.dv;
     float rs = rstd[row], dot = 0.0f;
     for (int j = lane; j < d.dv; j += 32) {
@@ -272,12 +278,13 @@ __global__ void gdn_dh_kernel(float* dhn, float* dVn, const float* dO, const flo
                               const float* qhat, const float* khat, const float* gc, Dims d) {
     extern __shared__ float sm[];
     float *dh = sm, *sv = sm + d.dk * 32;
-    int h = blockIdx.x, jj = threadIdx.x % 32, rg = threadIdx.x / 32, j = blockIdx.y * 32 + jj;
+    int wnd = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, jj = threadIdx.x % 32, rg = threadIdx.x / 32;
+    int j = blockIdx.y * 32 + jj;
     bool ok = j < d.dv;
     for (int i = rg; i < d.dk; i += 8) dh[i * 32 + jj] = 0.0f;
     __syncthreads();
-    for (int c = d.nc - 1; c >= 0; c--) {
-        int L = chunk_len(d, c), t0 = c * CH;
+    for (int c = (wnd + 1) * d.nc - 1; c >= wnd * d.nc; c--) {
+        int L = chunk_len(d, c), t0 = chunk_t0(d, c);
         float gL = gc[vrow(d, t0 + L - 1, h)];
         if (ok)
             for (int i = rg; i < d.dk; i += 8) dhn[cstate(d, c, h) + (long)i * d.dv + j] = dh[i * 32 + jj];
@@ -310,10 +317,10 @@ __global__ void gdn_dh_kernel(float* dhn, float* dVn, const float* dO, const flo
 // dW (T, Hv, dk) = -dVn h^T, per token row of its chunk.
 __global__ void gdn_dw_kernel(float* dW, const float* dVn, const float* hs, Dims d) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)d.T * d.Hv * d.dk) return;
+    if (i >= (long)d.nb * d.T * d.Hv * d.dk) return;
     long row = i / d.dk;
-    int k = (int)(i % d.dk), t = (int)(row / d.Hv), h = (int)(row % d.Hv);
-    const float *S = hs + cstate(d, t / CH, h) + (long)k * d.dv, *g = dVn + row * d.dv;
+    int k = (int)(i % d.dk), t = (int)(row / d.Hv), h = (int)(row % d.Hv), cg = t / d.T * d.nc + t % d.T / CH;
+    const float *S = hs + cstate(d, cg, h) + (long)k * d.dv, *g = dVn + row * d.dv;
     float acc = 0.0f;
     for (int j = 0; j < d.dv; j++) acc += g[j] * S[j];
     dW[i] = -acc;
@@ -324,7 +331,7 @@ __global__ void gdn_dw_kernel(float* dW, const float* dVn, const float* hs, Dims
 __global__ void gdn_pairs_kernel(float* dA, float* dT, float* KK, const float* dO, const float* Vn,
                                  const float* dW, const float* dVn, const float* khat, const float* v,
                                  const float* beta, const float* gc, Dims d) {
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = c * CH;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
         int r = i / CH, s = i % CH;
         float a = 0.0f, t = 0.0f, kk = 0.0f;
@@ -369,7 +376,7 @@ __global__ void gdn_dm_kernel(float* dM, const float* P, const float* Tm, Dims d
 
 // X = Tm^T dW (T, Hv, dk) and Y = Tm^T dVn (T, Hv, dv), per chunk: X_s = sum_{r >= s} Tm[r][s] dW_r.
 __global__ void gdn_xy_kernel(float* X, float* Y, const float* Tm, const float* dW, const float* dVn, Dims d) {
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = c * CH, n = d.dk + d.dv;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c), n = d.dk + d.dv;
     const float* tm = Tm + cmat(d, c, h);
     for (int i = threadIdx.x; i < L * n; i += blockDim.x) {
         int s = i / n, k = i % n;
@@ -387,7 +394,7 @@ __global__ void gdn_dqk_kernel(float* dq, float* dk, const float* dO, const floa
                                const float* Vn, const float* dA, const float* dM, const float* X,
                                const float* qhat, const float* khat, const float* beta, const float* gc,
                                Dims d) {
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = c * CH;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     const float *da = dA + cmat(d, c, h), *dm = dM + cmat(d, c, h);
     float gL = gc[vrow(d, t0 + L - 1, h)];
     for (int e = threadIdx.x; e < L * d.dk; e += blockDim.x) {
@@ -417,7 +424,7 @@ __global__ void gdn_dqk_kernel(float* dq, float* dk, const float* dO, const floa
 __global__ void gdn_dv_kernel(float* dact, const float* Y, const float* beta, Dims d) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long hv = (long)d.Hv * d.dv;
-    if (i >= (long)d.T * hv) return;
+    if (i >= (long)d.nb * d.T * hv) return;
     long t = i / hv;
     dact[t * d.C + 2L * d.Hk * d.dk + i % hv] = beta[i / d.dv] * Y[i];
 }
@@ -430,7 +437,7 @@ __global__ void gdn_dgate_kernel(float* db, float* da, const float* dO, const fl
                                  const float* qhat, const float* khat, const float* beta, const float* gc,
                                  const float* dgda, Dims d) {
     __shared__ float dgc[CH], st[CH];
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = c * CH, r = threadIdx.x;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c), r = threadIdx.x;
     long m0 = cmat(d, c, h);
     float gL = gc[vrow(d, t0 + L - 1, h)], er = 0.0f, sh = 0.0f, g = 0.0f;
     const float *S = hs + cstate(d, c, h), *dS = dhn + cstate(d, c, h);
@@ -493,7 +500,7 @@ __global__ void gdn_l2norm_bwd_kernel(float* dact, const float* dq, const float*
                                       const float* khat, const float* rq, const float* rk, Dims d) {
     long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    long n = (long)d.T * d.Hk;
+    long n = (long)d.nb * d.T * d.Hk;
     if (w >= 2 * n) return;
     int isk = w >= n;
     long row = w % n;
@@ -517,18 +524,37 @@ __global__ void gdn_l2norm_bwd_kernel(float* dact, const float* dq, const float*
 // dqkv (T, C): through silu' and the conv's transpose.
 __global__ void gdn_conv_bwd_kernel(float* dqkv, const float* dact, const float* pre, const float* w, Dims d) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)d.T * d.C) return;
-    int t = (int)(i / d.C), c = (int)(i % d.C);
+    if (i >= (long)d.nb * d.T * d.C) return;
+    int t = (int)(i / d.C), c = (int)(i % d.C), tl = t % d.T;
     float acc = 0.0f;
     for (int j = 0; j < d.K; j++) {
-        int to = t + d.K - 1 - j;
-        if (to < d.T)
-            acc += w[(long)c * d.K + j] * dact[(long)to * d.C + c] * silu_grad_d(pre[(long)to * d.C + c]);
+        int to = tl + d.K - 1 - j; // the output (in the window) that read x[t] through tap j
+        long o = (long)(t - tl + to) * d.C + c;
+        if (to < d.T) acc += w[(long)c * d.K + j] * dact[o] * silu_grad_d(pre[o]);
     }
     dqkv[i] = acc;
 }
 
 // ---------------------------------------------------------------------------------------------------
+
+// The cache's buffers, in floats: (what, count) in one table so that init, free and bytes agree.
+// clang-format off
+#define GDN_BUFFERS(F)                                                                                         \
+    F(pre, tc) F(qhat, tk) F(khat, tk) F(rq, th_k) F(rk, th_k) F(v, vv) F(U, vv) F(Vn, vv) F(o, vv)           \
+    F(z, vv) F(W, vk) F(beta, th) F(gc, th) F(dgda, th) F(rstd, th) F(Tm, mm) F(Aqk, mm) F(h, ss)             \
+    F(dO, vv) F(dVn, vv) F(Y, vv) F(dW, vk) F(X, vk) F(dq, vk) F(dk, vk) F(dT, mm) F(P, mm) F(dM, mm)         \
+    F(KK, mm) F(dA, mm) F(dhn, ss) F(dact, tc)
+// clang-format on
+
+struct GdnSizes {
+    long tc, tk, th_k, vv, vk, th, mm, ss;
+};
+
+static GdnSizes sizes_of(const Dims& d) {
+    long T = (long)d.nb * d.T, ncs = (long)d.nb * d.nc * d.Hv;
+    return GdnSizes{T * d.C,         T * d.Hk * d.dk, T * d.Hk,      T * d.Hv * d.dv,
+                    T * d.Hv * d.dk, T * d.Hv,        ncs * CH * CH, ncs * d.dk * d.dv};
+}
 
 static float* dalloc(long n) {
     float* p;
@@ -536,41 +562,56 @@ static float* dalloc(long n) {
     return p;
 }
 
-extern "C" GdnGpuCache* gpu_gdn_cache_init(const GdnShape* s) {
+static void check_shape(const GdnShape* s, int nb) {
+    if (s->T < 1 || s->Hk < 1 || s->Hv < 1 || s->Hv % s->Hk || s->dk < 1 || s->dv < 1 || s->K < 1 || nb < 1) {
+        fprintf(stderr, "autoq: gpu_gdn: bad shape (T %d, Hk %d, Hv %d, dk %d, dv %d, K %d, windows %d)\n",
+                s->T, s->Hk, s->Hv, s->dk, s->dv, s->K, nb);
+        exit(1);
+    }
+}
+
+extern "C" size_t gpu_gdn_cache_bytes(const GdnShape* s, int nb) {
+    GdnSizes z = sizes_of(dims_of(s, nb));
+    size_t n = 0;
+#define GDN_COUNT(name, count) n += (size_t)z.count;
+    GDN_BUFFERS(GDN_COUNT)
+#undef GDN_COUNT
+    return n * sizeof(float);
+}
+
+extern "C" GdnGpuCache* gpu_gdn_cache_init(const GdnShape* s, int nb) {
+    check_shape(s, nb);
     GdnGpuCache* c = (GdnGpuCache*)calloc(1, sizeof(GdnGpuCache));
     if (!c) {
         fprintf(stderr, "autoq: out of memory\n");
         exit(1);
     }
-    Dims d = dims_of(s);
-    c->s = *s, c->nc = d.nc;
-    long T = d.T, tk = T * d.Hk * d.dk, vk = T * d.Hv * d.dk, vv = T * d.Hv * d.dv, th = T * d.Hv;
-    long mm = (long)d.nc * d.Hv * CH * CH, ss = (long)d.nc * d.Hv * d.dk * d.dv;
-    c->pre = dalloc(T * d.C), c->qhat = dalloc(tk), c->khat = dalloc(tk), c->rq = dalloc(T * d.Hk);
-    c->rk = dalloc(T * d.Hk), c->v = dalloc(vv), c->U = dalloc(vv), c->Vn = dalloc(vv), c->o = dalloc(vv);
-    c->z = dalloc(vv), c->W = dalloc(vk), c->beta = dalloc(th), c->gc = dalloc(th), c->dgda = dalloc(th);
-    c->rstd = dalloc(th), c->Tm = dalloc(mm), c->Aqk = dalloc(mm), c->h = dalloc(ss);
-    c->dO = dalloc(vv), c->dVn = dalloc(vv), c->Y = dalloc(vv), c->dW = dalloc(vk), c->X = dalloc(vk);
-    c->dq = dalloc(vk), c->dk = dalloc(vk), c->dT = dalloc(mm), c->P = dalloc(mm), c->dM = dalloc(mm);
-    c->KK = dalloc(mm), c->dA = dalloc(mm), c->dhn = dalloc(ss), c->dact = dalloc(T * d.C);
+    c->s = *s, c->nb = nb;
+    GdnSizes z = sizes_of(dims_of(s, nb));
+#define GDN_ALLOC(name, count) c->name = dalloc(z.count);
+    GDN_BUFFERS(GDN_ALLOC)
+#undef GDN_ALLOC
     return c;
 }
 
 extern "C" void gpu_gdn_cache_free(GdnGpuCache* c) {
     if (!c) return;
-    float* all[] = {c->pre,  c->qhat, c->khat, c->rq,   c->rk, c->v,   c->U,  c->Vn, c->o,   c->z,   c->W,
-                    c->beta, c->gc,   c->dgda, c->rstd, c->Tm, c->Aqk, c->h,  c->dO, c->dVn, c->Y,   c->dW,
-                    c->X,    c->dq,   c->dk,   c->dT,   c->P,  c->dM,  c->KK, c->dA, c->dhn, c->dact};
-    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) cudaFree(all[i]);
+#define GDN_FREE(name, count) cudaFree(c->name);
+    GDN_BUFFERS(GDN_FREE)
+#undef GDN_FREE
     free(c);
 }
 
-static void check_shape(const GdnShape* s, const GdnGpuCache* c) {
+// The call's shape must be the cache's, with at most its windows.
+static Dims call_dims(const GdnShape* s, const GdnGpuCache* c, int nb) {
     if (s->T != c->s.T || s->Hk != c->s.Hk || s->Hv != c->s.Hv || s->dk != c->s.dk || s->dv != c->s.dv ||
-        s->K != c->s.K || s->Hk < 1 || s->Hv % s->Hk) {
-        fprintf(stderr, "autoq: gpu_gdn: shape does not match the cache's (or Hv not a multiple of Hk)\n");
+        s->K != c->s.K || nb < 1 || nb > c->nb) {
+        fprintf(stderr,
+                "autoq: gpu_gdn: the shape or window count (%d) does not fit the cache's (%d windows)\n", nb,
+                c->nb);
         exit(1);
     }
+    return dims_of(s, nb);
 }
 
 // dynamic shared memory of the state / dh kernels: (dk + CH) x 32 floats
@@ -581,49 +622,47 @@ static size_t state_smem(const Dims& d, const void* kernel) {
     return n;
 }
 
-extern "C" void gpu_gdn_forward(const GdnShape* s, const GdnParams* p, const float* qkv, const float* z,
+extern "C" void gpu_gdn_forward(const GdnShape* s, int nb, const GdnParams* p, const float* qkv, const float* z,
                                 const float* b, const float* a, float* out, GdnGpuCache* c) {
-    check_shape(s, c);
-    Dims d = dims_of(s);
-    long tc = (long)d.T * d.C, vv = (long)d.T * d.Hv * d.dv;
-    int heads = d.nc * d.Hv;
+    Dims d = call_dims(s, c, nb);
+    long rows = (long)nb * d.T, tc = rows * d.C, vv = rows * d.Hv * d.dv;
+    int chunks = nb * d.nc * d.Hv;
     gdn_conv_kernel<<<ceil_div(tc, 256), 256>>>(c->pre, qkv, p->conv_w, d);
-    gdn_l2norm_kernel<<<ceil_div(2L * d.T * d.Hk * 32, 256), 256>>>(c->qhat, c->khat, c->rq, c->rk, c->pre, d);
+    gdn_l2norm_kernel<<<ceil_div(2 * rows * d.Hk * 32, 256), 256>>>(c->qhat, c->khat, c->rq, c->rk, c->pre, d);
     gdn_v_kernel<<<ceil_div(vv, 256), 256>>>(c->v, c->pre, d);
-    gdn_gates_kernel<<<ceil_div(heads, 128), 128>>>(c->beta, c->gc, c->dgda, b, a, p->A_log, p->dt_bias, d);
+    gdn_gates_kernel<<<ceil_div(chunks, 128), 128>>>(c->beta, c->gc, c->dgda, b, a, p->A_log, p->dt_bias, d);
     cudaCheck(cudaMemcpyAsync(c->z, z, sizeof(float) * vv, cudaMemcpyDeviceToDevice));
-    gdn_prep_kernel<<<heads, 256>>>(c->Tm, c->W, c->U, c->Aqk, c->qhat, c->khat, c->v, c->beta, c->gc, d);
-    dim3 sg(d.Hv, ceil_div(d.dv, 32));
+    gdn_prep_kernel<<<chunks, 256>>>(c->Tm, c->W, c->U, c->Aqk, c->qhat, c->khat, c->v, c->beta, c->gc, d);
+    dim3 sg(nb * d.Hv, ceil_div(d.dv, 32));
     gdn_state_kernel<<<sg, 256, state_smem(d, (const void*)gdn_state_kernel)>>>(c->h, c->Vn, c->W, c->U,
                                                                                 c->khat, c->gc, d);
-    gdn_out_kernel<<<heads, 256>>>(c->o, c->qhat, c->h, c->Aqk, c->Vn, c->gc, d);
-    gdn_norm_kernel<<<ceil_div((long)d.T * d.Hv * 32, 256), 256>>>(out, c->rstd, c->o, c->z, p->norm_w, d);
+    gdn_out_kernel<<<chunks, 256>>>(c->o, c->qhat, c->h, c->Aqk, c->Vn, c->gc, d);
+    gdn_norm_kernel<<<ceil_div(rows * d.Hv * 32, 256), 256>>>(out, c->rstd, c->o, c->z, p->norm_w, d);
     cudaCheck(cudaGetLastError());
 }
 
-extern "C" void gpu_gdn_backward(const GdnShape* s, const GdnParams* p, GdnGpuCache* c, const float* dout,
-                                 float* dqkv, float* dz, float* db, float* da) {
-    check_shape(s, c);
-    Dims d = dims_of(s);
-    long tc = (long)d.T * d.C, vv = (long)d.T * d.Hv * d.dv, vk = (long)d.T * d.Hv * d.dk;
-    int heads = d.nc * d.Hv;
-    gdn_norm_bwd_kernel<<<ceil_div((long)d.T * d.Hv * 32, 256), 256>>>(c->dO, dz, dout, c->o, c->z, c->rstd,
-                                                                       p->norm_w, d);
-    dim3 sg(d.Hv, ceil_div(d.dv, 32));
+extern "C" void gpu_gdn_backward(const GdnShape* s, int nb, const GdnParams* p, GdnGpuCache* c,
+                                 const float* dout, float* dqkv, float* dz, float* db, float* da) {
+    Dims d = call_dims(s, c, nb);
+    long rows = (long)nb * d.T, tc = rows * d.C, vv = rows * d.Hv * d.dv, vk = rows * d.Hv * d.dk;
+    int chunks = nb * d.nc * d.Hv;
+    gdn_norm_bwd_kernel<<<ceil_div(rows * d.Hv * 32, 256), 256>>>(c->dO, dz, dout, c->o, c->z, c->rstd,
+                                                                  p->norm_w, d);
+    dim3 sg(nb * d.Hv, ceil_div(d.dv, 32));
     gdn_dh_kernel<<<sg, 256, state_smem(d, (const void*)gdn_dh_kernel)>>>(c->dhn, c->dVn, c->dO, c->Aqk, c->W,
                                                                           c->qhat, c->khat, c->gc, d);
     gdn_dw_kernel<<<ceil_div(vk, 256), 256>>>(c->dW, c->dVn, c->h, d);
-    gdn_pairs_kernel<<<heads, 256>>>(c->dA, c->dT, c->KK, c->dO, c->Vn, c->dW, c->dVn, c->khat, c->v, c->beta,
-                                     c->gc, d);
-    gdn_p_kernel<<<heads, 256>>>(c->P, c->Tm, c->dT, d);
-    gdn_dm_kernel<<<heads, 256>>>(c->dM, c->P, c->Tm, d);
-    gdn_xy_kernel<<<heads, 256>>>(c->X, c->Y, c->Tm, c->dW, c->dVn, d);
-    gdn_dqk_kernel<<<heads, 256>>>(c->dq, c->dk, c->dO, c->h, c->dhn, c->Vn, c->dA, c->dM, c->X, c->qhat,
-                                   c->khat, c->beta, c->gc, d);
+    gdn_pairs_kernel<<<chunks, 256>>>(c->dA, c->dT, c->KK, c->dO, c->Vn, c->dW, c->dVn, c->khat, c->v, c->beta,
+                                      c->gc, d);
+    gdn_p_kernel<<<chunks, 256>>>(c->P, c->Tm, c->dT, d);
+    gdn_dm_kernel<<<chunks, 256>>>(c->dM, c->P, c->Tm, d);
+    gdn_xy_kernel<<<chunks, 256>>>(c->X, c->Y, c->Tm, c->dW, c->dVn, d);
+    gdn_dqk_kernel<<<chunks, 256>>>(c->dq, c->dk, c->dO, c->h, c->dhn, c->Vn, c->dA, c->dM, c->X, c->qhat,
+                                    c->khat, c->beta, c->gc, d);
     gdn_dv_kernel<<<ceil_div(vv, 256), 256>>>(c->dact, c->Y, c->beta, d);
-    gdn_dgate_kernel<<<heads, CH>>>(db, da, c->dO, c->h, c->dhn, c->Vn, c->v, c->X, c->Y, c->dA, c->Aqk, c->dM,
-                                    c->KK, c->qhat, c->khat, c->beta, c->gc, c->dgda, d);
-    gdn_l2norm_bwd_kernel<<<ceil_div(2L * d.T * d.Hk * 32, 256), 256>>>(c->dact, c->dq, c->dk, c->qhat, c->khat,
+    gdn_dgate_kernel<<<chunks, CH>>>(db, da, c->dO, c->h, c->dhn, c->Vn, c->v, c->X, c->Y, c->dA, c->Aqk, c->dM,
+                                     c->KK, c->qhat, c->khat, c->beta, c->gc, c->dgda, d);
+    gdn_l2norm_bwd_kernel<<<ceil_div(2 * rows * d.Hk * 32, 256), 256>>>(c->dact, c->dq, c->dk, c->qhat, c->khat,
                                                                         c->rq, c->rk, d);
     gdn_conv_bwd_kernel<<<ceil_div(tc, 256), 256>>>(dqkv, c->dact, c->pre, p->conv_w, d);
     cudaCheck(cudaGetLastError());

@@ -733,51 +733,58 @@ static void op_gptq_fallback(int rows, int cols, int nan) {
 }
 
 // The Gated DeltaNet core (gated_delta.cu, the delta rule chunked) against the CPU's token-by-token
-// gated_delta.c: forward and every input's gradient, fp32 both, within 1e-4 (forward) and 5e-4
-// (backward) of the tensor's largest value; the GPU's time per window printed for the largest shape.
-static void op_gated_delta(int T, int Hk, int Hv, int dk, int dv, int K) {
+// gated_delta.c on each of nb windows: forward and every input's gradient, fp32 both, within 1e-4
+// (forward) and 5e-4 (backward) of the tensor's largest value; the GPU's time per call printed for the
+// largest shape.
+static void op_gated_delta(int nb, int T, int Hk, int Hv, int dk, int dv, int K) {
     GdnShape s = {T, Hk, Hv, dk, dv, K, 1e-6f};
     long C = gdn_channels(&s), nq = (long)T * C, nv = (long)T * Hv * dv, nh = (long)T * Hv;
-    float *qkv = randv(nq, 2), *z = randv(nv, 2), *b = randv(nh, 3), *a = randv(nh, 3), *dout = randv(nv, 1);
-    float *w = randv(C * K, 0.8f), *A_log = randv(Hv, 1.5f), *dt = randv(Hv, 0.5f), *nw = randv(dv, 0.3f);
+    long n[5] = {nv, nq, nv, nh, nh}; // per window: out (and dz), dqkv, dz, db, da
+    float *qkv = randv(nb * nq, 2), *z = randv(nb * nv, 2), *b = randv(nb * nh, 3), *a = randv(nb * nh, 3);
+    float *dout = randv(nb * nv, 1), *w = randv(C * K, 0.8f), *A_log = randv(Hv, 1.5f), *dt = randv(Hv, 0.5f);
+    float* nw = randv(dv, 0.3f);
     for (int i = 0; i < Hv; i++) A_log[i] -= 1;
     for (int i = 0; i < dv; i++) nw[i] += 1;
-    float* want[5] = {xmalloc(4 * nv), xmalloc(4 * nq), xmalloc(4 * nv), xmalloc(4 * nh), xmalloc(4 * nh)};
-    long n[5] = {nv, nq, nv, nh, nh};
+    float *want[5], *got[5];
+    for (int i = 0; i < 5; i++) want[i] = xmalloc(4 * nb * n[i]), got[i] = zeros(4 * nb * n[i]);
     GdnParams p = {w, A_log, dt, nw};
     GdnCache* c = gdn_cache_init(&s);
-    gdn_forward(&s, &p, qkv, z, b, a, want[0], c);
-    gdn_backward(&s, &p, c, dout, want[1], want[2], want[3], want[4]);
+    for (int e = 0; e < nb; e++) {
+        gdn_forward(&s, &p, qkv + e * nq, z + e * nv, b + e * nh, a + e * nh, want[0] + e * nv, c);
+        gdn_backward(&s, &p, c, dout + e * nv, want[1] + e * nq, want[2] + e * nv, want[3] + e * nh,
+                     want[4] + e * nh);
+    }
     gdn_cache_free(c);
     GdnParams dp = {put(w, 4 * C * K), put(A_log, 4 * Hv), put(dt, 4 * Hv), put(nw, 4 * dv)};
-    float *dqkv = put(qkv, 4 * nq), *dz = put(z, 4 * nv), *db = put(b, 4 * nh), *da = put(a, 4 * nh);
-    float* ddout = put(dout, 4 * nv);
-    float* got[5] = {zeros(4 * nv), zeros(4 * nq), zeros(4 * nv), zeros(4 * nh), zeros(4 * nh)};
-    GdnGpuCache* gc = gpu_gdn_cache_init(&s);
-    gpu_gdn_forward(&s, &dp, dqkv, dz, db, da, got[0], gc);
-    gpu_gdn_backward(&s, &dp, gc, ddout, got[1], got[2], got[3], got[4]);
-    char shape[96];
-    snprintf(shape, sizeof(shape), "(T %d, Hk %d, Hv %d, dk %d, dv %d, K %d)", T, Hk, Hv, dk, dv, K);
+    float *dqkv = put(qkv, 4 * nb * nq), *dz = put(z, 4 * nb * nv), *db = put(b, 4 * nb * nh);
+    float *da = put(a, 4 * nb * nh), *ddout = put(dout, 4 * nb * nv);
+    GdnGpuCache* gc = gpu_gdn_cache_init(&s, nb);
+    gpu_gdn_forward(&s, nb, &dp, dqkv, dz, db, da, got[0], gc);
+    gpu_gdn_backward(&s, nb, &dp, gc, ddout, got[1], got[2], got[3], got[4]);
+    char shape[112];
+    snprintf(shape, sizeof(shape), "(windows %d, T %d, Hk %d, Hv %d, dk %d, dv %d, K %d)", nb, T, Hk, Hv, dk,
+             dv, K);
     static const char* what[5] = {"gated_delta forward", "gated_delta dqkv", "gated_delta dz", "gated_delta db",
                                   "gated_delta da"};
     for (int i = 0; i < 5; i++) {
-        float* h = xmalloc(4 * n[i]);
-        get(h, got[i], 4 * n[i]);
-        report(what[i], shape, max_err(h, want[i], n[i], 0), i ? 5e-4 : 1e-4);
+        float* h = xmalloc(4 * nb * n[i]);
+        get(h, got[i], 4 * nb * n[i]);
+        report(what[i], shape, max_err(h, want[i], nb * n[i], 0), i ? 5e-4 : 1e-4);
         free(h);
     }
     if (T >= 512) {
         cudaEvent_t e0, e1, e2;
         cudaEventCreate(&e0), cudaEventCreate(&e1), cudaEventCreate(&e2);
         cudaEventRecord(e0, 0);
-        gpu_gdn_forward(&s, &dp, dqkv, dz, db, da, got[0], gc);
+        gpu_gdn_forward(&s, nb, &dp, dqkv, dz, db, da, got[0], gc);
         cudaEventRecord(e1, 0);
-        gpu_gdn_backward(&s, &dp, gc, ddout, got[1], got[2], got[3], got[4]);
+        gpu_gdn_backward(&s, nb, &dp, gc, ddout, got[1], got[2], got[3], got[4]);
         cudaEventRecord(e2, 0);
         cudaEventSynchronize(e2);
         float f, bw;
         cudaEventElapsedTime(&f, e0, e1), cudaEventElapsedTime(&bw, e1, e2);
-        printf("  gated_delta %s: GPU forward %.3f ms, backward %.3f ms per window\n", shape, f, bw);
+        printf("  gated_delta %s: GPU forward %.3f ms, backward %.3f ms; cache %.1f MiB\n", shape, f, bw,
+               gpu_gdn_cache_bytes(&s, nb) / 1048576.0);
         cudaEventDestroy(e0), cudaEventDestroy(e1), cudaEventDestroy(e2);
     }
     gpu_gdn_cache_free(gc);
@@ -787,7 +794,6 @@ static void op_gated_delta(int T, int Hk, int Hv, int dk, int dv, int K) {
     for (int i = 0; i < 5; i++) cudaFree(got[i]), free(want[i]);
     free(qkv), free(z), free(b), free(a), free(dout), free(w), free(A_log), free(dt), free(nw);
 }
-
 #endif
 
 int main(void) {
@@ -869,10 +875,11 @@ int main(void) {
     op_gptq(48, 1536, 2048, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
     op_gptq_fallback(40, 700, 0);
     op_gptq_fallback(40, 700, 1);
-    op_gated_delta(70, 2, 4, 16, 8, 4);       // Hv > Hk, two chunks, the second partial
-    op_gated_delta(64, 1, 1, 32, 40, 2);      // one full chunk, dv not a multiple of 32
-    op_gated_delta(200, 2, 2, 64, 64, 4);     // four chunks
-    op_gated_delta(512, 16, 32, 128, 128, 4); // Qwen3.5-35B-A3B's linear-attention layer
+    op_gated_delta(1, 70, 2, 4, 16, 8, 4);       // Hv > Hk, two chunks, the second partial
+    op_gated_delta(1, 64, 1, 1, 32, 40, 2);      // one full chunk, dv not a multiple of 32
+    op_gated_delta(3, 100, 2, 2, 64, 64, 4);     // three windows of two chunks
+    op_gated_delta(1, 512, 16, 32, 128, 128, 4); // Qwen3.5-35B-A3B's linear-attention layer
+    op_gated_delta(4, 512, 16, 32, 128, 128, 4); // four of its windows
 #endif
     return g_fail ? 1 : 0;
 }
