@@ -141,11 +141,12 @@ __device__ inline float dotg(const float* a, const float* b, int n) {
 // One block per (chunk, value head): M, Tm = (I + M)^-1 by forward substitution, W, U, Aqk.
 __global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, const float* qhat,
                                 const float* khat, const float* v, const float* beta, const float* gc, Dims d) {
-    __shared__ float M[CH][CH + 1], Tm[CH][CH + 1], sg[CH], sb[CH];
+    __shared__ float M[CH][CH + 1], Tm[CH][CH + 1], sg[CH], sb[CH], sbg[CH]; // sbg: beta e^gc
     int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     for (int r = threadIdx.x; r < CH; r += blockDim.x) {
         sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
         sb[r] = r < L ? beta[vrow(d, t0 + r, h)] : 0.0f;
+        sbg[r] = sb[r] * expf(sg[r]);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
@@ -175,7 +176,7 @@ __global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, con
     for (int i = threadIdx.x; i < L * d.dk; i += blockDim.x) {
         int r = i / d.dk, j = i % d.dk;
         float acc = 0.0f;
-        for (int s = 0; s <= r; s++) acc += Tm[r][s] * (sb[s] * expf(sg[s])) * key_row(khat, d, t0 + s, h)[j];
+        for (int s = 0; s <= r; s++) acc += Tm[r][s] * sbg[s] * key_row(khat, d, t0 + s, h)[j];
         W[vrow(d, t0 + r, h) * d.dk + j] = acc;
     }
     for (int i = threadIdx.x; i < L * d.dv; i += blockDim.x) {
@@ -187,7 +188,8 @@ __global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, con
 }
 
 // One block per (value head, 32 state columns), 256 threads (32 columns x 8 row groups); over the chunks
-// in order: h[c] = S; Vn = U - W S; S = e^gL S + K^T diag(e^(gL - gc)) Vn. smem: S (dk, 32), Vn (CH, 32).
+// in order: h[c] = S; Vn = U - W S; S = e^gL S + K^T diag(e^(gL - gc)) Vn. smem: S (dk, 32), the decayed
+// Vn (CH, 32).
 __global__ void gdn_state_kernel(float* hs, float* Vn, const float* W, const float* U, const float* khat,
                                  const float* gc, Dims d) {
     extern __shared__ float sm[];
@@ -199,6 +201,7 @@ __global__ void gdn_state_kernel(float* hs, float* Vn, const float* W, const flo
     __syncthreads();
     for (int c = wnd * d.nc; c < (wnd + 1) * d.nc; c++) {
         int L = chunk_len(d, c), t0 = chunk_t0(d, c);
+        float gL = gc[vrow(d, t0 + L - 1, h)];
         if (ok)
             for (int i = rg; i < d.dk; i += 8) hs[cstate(d, c, h) + (long)i * d.dv + j] = S[i * 32 + jj];
         for (int r = rg; r < L; r += 8) {
@@ -206,15 +209,14 @@ __global__ void gdn_state_kernel(float* hs, float* Vn, const float* W, const flo
             float acc = 0.0f;
             for (int i = 0; i < d.dk; i++) acc += w[i] * S[i * 32 + jj];
             float x = ok ? U[vrow(d, t0 + r, h) * d.dv + j] - acc : 0.0f;
-            sv[r * 32 + jj] = x;
+            sv[r * 32 + jj] = expf(gL - gc[vrow(d, t0 + r, h)]) * x; // decayed to the chunk's end
             if (ok) Vn[vrow(d, t0 + r, h) * d.dv + j] = x;
         }
         __syncthreads();
-        float gL = gc[vrow(d, t0 + L - 1, h)], eL = expf(gL);
+        float eL = expf(gL);
         for (int i = rg; i < d.dk; i += 8) {
             float acc = 0.0f;
-            for (int r = 0; r < L; r++)
-                acc += key_row(khat, d, t0 + r, h)[i] * expf(gL - gc[vrow(d, t0 + r, h)]) * sv[r * 32 + jj];
+            for (int r = 0; r < L; r++) acc += key_row(khat, d, t0 + r, h)[i] * sv[r * 32 + jj];
             S[i * 32 + jj] = eL * S[i * 32 + jj] + acc;
         }
         __syncthreads();
@@ -277,7 +279,7 @@ __global__ void gdn_norm_bwd_kernel(float* dO, float* dz, const float* dout, con
 __global__ void gdn_dh_kernel(float* dhn, float* dVn, const float* dO, const float* Aqk, const float* W,
                               const float* qhat, const float* khat, const float* gc, Dims d) {
     extern __shared__ float sm[];
-    float *dh = sm, *sv = sm + d.dk * 32;
+    float *dh = sm, *sv = sm + d.dk * 32, *sdo = sv + CH * 32; // sdo: G_r dO_r times q's scale
     int wnd = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, jj = threadIdx.x % 32, rg = threadIdx.x / 32;
     int j = blockIdx.y * 32 + jj;
     bool ok = j < d.dv;
@@ -295,19 +297,19 @@ __global__ void gdn_dh_kernel(float* dhn, float* dVn, const float* dO, const flo
                     acc += Aqk[cmat(d, c, h) + s * CH + r] * dO[vrow(d, t0 + s, h) * d.dv + j];
             const float* k = key_row(khat, d, t0 + r, h);
             for (int i = 0; i < d.dk; i++) st += k[i] * dh[i * 32 + jj];
-            float x = acc + expf(gL - gc[vrow(d, t0 + r, h)]) * st;
+            long tr = vrow(d, t0 + r, h);
+            float x = acc + expf(gL - gc[tr]) * st;
             sv[r * 32 + jj] = ok ? x : 0.0f;
-            if (ok) dVn[vrow(d, t0 + r, h) * d.dv + j] = x;
+            sdo[r * 32 + jj] = ok ? d.scale * expf(gc[tr]) * dO[tr * d.dv + j] : 0.0f;
+            if (ok) dVn[tr * d.dv + j] = x;
         }
         __syncthreads();
         for (int i = rg; i < d.dk; i += 8) {
             float acc = 0.0f;
             if (ok)
-                for (int r = 0; r < L; r++) {
-                    long ti = vrow(d, t0 + r, h);
-                    acc += key_row(qhat, d, t0 + r, h)[i] * d.scale * expf(gc[ti]) * dO[ti * d.dv + j] -
-                           W[ti * d.dk + i] * sv[r * 32 + jj];
-                }
+                for (int r = 0; r < L; r++)
+                    acc += key_row(qhat, d, t0 + r, h)[i] * sdo[r * 32 + jj] -
+                           W[vrow(d, t0 + r, h) * d.dk + i] * sv[r * 32 + jj];
             dh[i * 32 + jj] = expf(gL) * dh[i * 32 + jj] + acc;
         }
         __syncthreads();
@@ -429,61 +431,65 @@ __global__ void gdn_dv_kernel(float* dact, const float* Y, const float* beta, Di
     dact[t * d.C + 2L * d.Hk * d.dk + i % hv] = beta[i / d.dv] * Y[i];
 }
 
-// One block of CH threads per (chunk, value head), thread r: dbeta_r and the gradient of gc_r, then
-// dg = the reverse cumulative sum of dgc; db, da.
+// One block of GDN_DG_PARTS x CH threads per (chunk, value head). Thread (part, r) sums its part of the
+// O(dk dv) terms of token r (o's inter-chunk part, the state update's k_r Vn_r term, <dh', h>); then thread
+// r: dbeta_r and the gradient of gc_r, and thread 0 dg = the reverse cumulative sum of dgc; db, da.
+#define GDN_DG_PARTS 4
 __global__ void gdn_dgate_kernel(float* db, float* da, const float* dO, const float* hs, const float* dhn,
                                  const float* Vn, const float* v, const float* X, const float* Y,
                                  const float* dA, const float* Aqk, const float* dM, const float* KK,
                                  const float* qhat, const float* khat, const float* beta, const float* gc,
                                  const float* dgda, Dims d) {
-    __shared__ float dgc[CH], st[CH];
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c), r = threadIdx.x;
+    __shared__ float po[GDN_DG_PARTS][CH], pe[GDN_DG_PARTS][CH], ph[GDN_DG_PARTS][CH], dgc[CH];
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
+    int r = threadIdx.x % CH, part = threadIdx.x / CH;
     long m0 = cmat(d, c, h);
-    float gL = gc[vrow(d, t0 + L - 1, h)], er = 0.0f, sh = 0.0f, g = 0.0f;
+    float gL = gc[vrow(d, t0 + L - 1, h)], oi = 0.0f, er = 0.0f, sh = 0.0f;
     const float *S = hs + cstate(d, c, h), *dS = dhn + cstate(d, c, h);
     if (r < L) {
         long tr = vrow(d, t0 + r, h);
         const float *q = key_row(qhat, d, t0 + r, h), *k = key_row(khat, d, t0 + r, h);
-        float gr = gc[tr], kx = dotg(k, X + tr * d.dk, d.dk), oi = 0.0f;
-        float dbeta = expf(gr) * kx + dotg(v + tr * d.dv, Y + tr * d.dv, d.dv);
-        g = beta[tr] * expf(gr) * kx;
-        for (int i = 0; i < d.dk; i++) { // o's inter-chunk part and the state update's k_r Vn_r term
+        for (int i = part; i < d.dk; i += GDN_DG_PARTS) {
             float a = 0.0f, b = 0.0f;
             for (int j = 0; j < d.dv; j++)
                 a += S[(long)i * d.dv + j] * dO[tr * d.dv + j], b += dS[(long)i * d.dv + j] * Vn[tr * d.dv + j];
             oi += q[i] * d.scale * a, er += k[i] * b;
         }
-        g += expf(gr) * oi;
-        er *= expf(gL - gr);
-        g -= er;
-        for (int s = 0; s < L; s++) {
-            if (s < r) {
-                dbeta += dM[m0 + r * CH + s] * KK[m0 + r * CH + s];
-                g += dM[m0 + r * CH + s] * beta[tr] * KK[m0 + r * CH + s];
+        long n = (long)d.dk * d.dv, step = (long)L * GDN_DG_PARTS;
+        for (long i = r + (long)part * L; i < n; i += step) sh += dS[i] * S[i];
+    }
+    po[part][r] = oi, pe[part][r] = er, ph[part][r] = sh;
+    __syncthreads();
+    if (part == 0) {
+        float g = 0.0f;
+        er = 0.0f, oi = 0.0f;
+        for (int p = 0; p < GDN_DG_PARTS; p++) oi += po[p][r], er += pe[p][r];
+        if (r < L) {
+            long tr = vrow(d, t0 + r, h);
+            float gr = gc[tr], kx = dotg(key_row(khat, d, t0 + r, h), X + tr * d.dk, d.dk);
+            float dbeta = expf(gr) * kx + dotg(v + tr * d.dv, Y + tr * d.dv, d.dv);
+            er *= expf(gL - gr);
+            g = beta[tr] * expf(gr) * kx + expf(gr) * oi - er;
+            for (int s = 0; s < L; s++) {
+                if (s < r) {
+                    dbeta += dM[m0 + r * CH + s] * KK[m0 + r * CH + s];
+                    g += dM[m0 + r * CH + s] * beta[tr] * KK[m0 + r * CH + s];
+                }
+                if (s > r) g -= dM[m0 + s * CH + r] * beta[vrow(d, t0 + s, h)] * KK[m0 + s * CH + r];
+                if (s <= r) g += dA[m0 + r * CH + s] * Aqk[m0 + r * CH + s];
+                if (s >= r) g -= dA[m0 + s * CH + r] * Aqk[m0 + s * CH + r];
             }
-            if (s > r) g -= dM[m0 + s * CH + r] * beta[vrow(d, t0 + s, h)] * KK[m0 + s * CH + r];
-            if (s <= r) g += dA[m0 + r * CH + s] * Aqk[m0 + r * CH + s];
-            if (s >= r) g -= dA[m0 + s * CH + r] * Aqk[m0 + s * CH + r];
+            db[tr] = dbeta * beta[tr] * (1.0f - beta[tr]);
         }
-        db[tr] = dbeta * beta[tr] * (1.0f - beta[tr]);
-        for (long i = r; i < (long)d.dk * d.dv; i += L) sh += dS[i] * S[i]; // <dh', h>, spread over the threads
-    }
-    dgc[r] = g;
-    st[r] = er;
-    __syncthreads();
-    if (r == 0) {
-        float tot = 0.0f;
-        for (int s = 0; s < L; s++) tot += st[s];
-        st[0] = tot;
+        dgc[r] = g;
+        pe[0][r] = er; // the decayed e_r, for the sum below
     }
     __syncthreads();
-    float esum = st[0];
-    __syncthreads();
-    st[r] = sh;
-    __syncthreads();
-    if (r == 0) {
-        float hsum = 0.0f;
-        for (int s = 0; s < L; s++) hsum += st[s];
+    if (threadIdx.x == 0) {
+        float esum = 0.0f, hsum = 0.0f;
+        for (int s = 0; s < L; s++) esum += pe[0][s];
+        for (int p = 0; p < GDN_DG_PARTS; p++)
+            for (int s = 0; s < L; s++) hsum += ph[p][s];
         dgc[L - 1] += esum + expf(gL) * hsum; // h' = e^gL h + sum_r e^(gL - gc_r) k_r Vn_r^T
         float acc = 0.0f;
         for (int s = L - 1; s >= 0; s--) {
@@ -614,9 +620,9 @@ static Dims call_dims(const GdnShape* s, const GdnGpuCache* c, int nb) {
     return dims_of(s, nb);
 }
 
-// dynamic shared memory of the state / dh kernels: (dk + CH) x 32 floats
+// dynamic shared memory of the state / dh kernels: (dk + 2 CH) x 32 floats
 static size_t state_smem(const Dims& d, const void* kernel) {
-    size_t n = sizeof(float) * (d.dk + CH) * 32;
+    size_t n = sizeof(float) * (d.dk + 2 * CH) * 32;
     if (n > 48 * 1024)
         cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)n));
     return n;
@@ -660,8 +666,9 @@ extern "C" void gpu_gdn_backward(const GdnShape* s, int nb, const GdnParams* p, 
     gdn_dqk_kernel<<<chunks, 256>>>(c->dq, c->dk, c->dO, c->h, c->dhn, c->Vn, c->dA, c->dM, c->X, c->qhat,
                                     c->khat, c->beta, c->gc, d);
     gdn_dv_kernel<<<ceil_div(vv, 256), 256>>>(c->dact, c->Y, c->beta, d);
-    gdn_dgate_kernel<<<chunks, CH>>>(db, da, c->dO, c->h, c->dhn, c->Vn, c->v, c->X, c->Y, c->dA, c->Aqk, c->dM,
-                                     c->KK, c->qhat, c->khat, c->beta, c->gc, c->dgda, d);
+    gdn_dgate_kernel<<<chunks, GDN_DG_PARTS * CH>>>(db, da, c->dO, c->h, c->dhn, c->Vn, c->v, c->X, c->Y, c->dA,
+                                                    c->Aqk, c->dM, c->KK, c->qhat, c->khat, c->beta, c->gc,
+                                                    c->dgda, d);
     gdn_l2norm_bwd_kernel<<<ceil_div(2 * rows * d.Hk * 32, 256), 256>>>(c->dact, c->dq, c->dk, c->qhat, c->khat,
                                                                         c->rq, c->rk, d);
     gdn_conv_bwd_kernel<<<ceil_div(tc, 256), 256>>>(dqkv, c->dact, c->pre, p->conv_w, d);

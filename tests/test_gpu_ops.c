@@ -741,9 +741,10 @@ static void op_gated_delta(int nb, int T, int Hk, int Hv, int dk, int dv, int K)
     long C = gdn_channels(&s), nq = (long)T * C, nv = (long)T * Hv * dv, nh = (long)T * Hv;
     long n[5] = {nv, nq, nv, nh, nh}; // per window: out (and dz), dqkv, dz, db, da
     float *qkv = randv(nb * nq, 2), *z = randv(nb * nv, 2), *b = randv(nb * nh, 3), *a = randv(nb * nh, 3);
-    float *dout = randv(nb * nv, 1), *w = randv(C * K, 0.8f), *A_log = randv(Hv, 1.5f), *dt = randv(Hv, 0.5f);
+    float *dout = randv(nb * nv, 1), *w = randv(C * K, 0.8f), *A_log = randv(Hv, 2), *dt = randv(Hv, 0.5f);
     float* nw = randv(dv, 0.3f);
-    for (int i = 0; i < Hv; i++) A_log[i] -= 1;
+    // A_log in [-5, -1]: per-token decays from ~0.3 to ~0.9997, so that states carry across chunks
+    for (int i = 0; i < Hv; i++) A_log[i] -= 3;
     for (int i = 0; i < dv; i++) nw[i] += 1;
     float *want[5], *got[5];
     for (int i = 0; i < 5; i++) want[i] = xmalloc(4 * nb * n[i]), got[i] = zeros(4 * nb * n[i]);

@@ -52,7 +52,7 @@ def make_module(T, Hk, Hv, dk, dv, K, eps, gen):
         m.in_proj_a.weight.copy_(eye[C + VD + Hv:])
         m.out_proj.weight.copy_(eye[:, :VD])
         m.conv1d.weight.copy_(0.5 * torch.randn(C, 1, K, generator=gen))
-        m.A_log.copy_(torch.log(torch.empty(Hv).uniform_(0.05, 2.0, generator=gen)))
+        m.A_log.copy_(torch.log(torch.empty(Hv).uniform_(0.005, 0.5, generator=gen)))  # slow and fast decays
         m.dt_bias.copy_(0.5 * torch.randn(Hv, generator=gen))
         m.norm.weight.copy_(1 + 0.3 * torch.randn(dv, generator=gen))
     return m
