@@ -33,7 +33,23 @@ struct GdnCache {
 
 static int n_ckpt(const GdnShape* s) { return (s->T + GDN_CKPT - 1) / GDN_CKPT; }
 
+// The config loader rejects such shapes with exit 2 naming the field; reaching here is a bug.
+static void check_shape(const GdnShape* s) {
+    if (s->T < 1 || s->Hk < 1 || s->Hv < 1 || s->Hv % s->Hk || s->dk < 1 || s->dv < 1 || s->K < 1 ||
+        !(s->eps >= 0))
+        fail_other("gated delta: bad shape (T %d, Hk %d, Hv %d, dk %d, dv %d, K %d)", s->T, s->Hk, s->Hv, s->dk,
+                   s->dv, s->K);
+}
+
+static void check_cache(const GdnShape* s, const GdnCache* c) {
+    check_shape(s);
+    if (s->T != c->s.T || s->Hk != c->s.Hk || s->Hv != c->s.Hv || s->dk != c->s.dk || s->dv != c->s.dv ||
+        s->K != c->s.K)
+        fail_other("gated delta: the shape differs from its cache's");
+}
+
 GdnCache* gdn_cache_init(const GdnShape* s) {
+    check_shape(s);
     GdnCache* c = xcalloc(1, sizeof(GdnCache));
     long T = s->T, C = gdn_channels(s), kd = (long)s->Hk * s->dk, vd = (long)s->Hv * s->dv;
     c->s = *s;
@@ -181,6 +197,7 @@ static void gated_norm_forward(const GdnShape* s, const float* w, GdnCache* c, f
 void gdn_forward(const GdnShape* s, const GdnParams* p, const float* qkv, const float* z, const float* b,
                  const float* a, float* out, GdnCache* cache) {
     GdnCache* c = cache ? cache : gdn_cache_init(s);
+    check_cache(s, c);
     int T = s->T, C = gdn_channels(s);
     conv_forward(s, p->conv_w, qkv, c->pre);
     l2norm_forward(c->pre, T, C, 0, s->Hk, s->dk, c->qhat, c->rq);
@@ -348,6 +365,7 @@ static void conv_backward(const GdnShape* s, const float* w, const float* pre, f
 
 void gdn_backward(const GdnShape* s, const GdnParams* p, const GdnCache* c, const float* dout, float* dqkv,
                   float* dz, float* db, float* da) {
+    check_cache(s, c);
     int T = s->T, Hv = s->Hv, C = gdn_channels(s);
     long vd = (long)T * Hv * s->dv, kd = (long)T * Hv * s->dk;
     float *dO = xmalloc(sizeof(float) * vd), *dq = xmalloc(sizeof(float) * kd),
