@@ -80,13 +80,14 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) $(CPPFLAGS) -c -o $@ $<
 
+# $< and the objects only: a .c that a test includes (test_gated_delta's float64 twin) is in its .d too.
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $< $(filter %.o,$^) $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(XCFLAGS) $(XLDFLAGS) -o $@ $< $(filter %.o,$^) $(LDLIBS)
 
 test: deps $(BUILD)/autoq $(TEST_BIN)
 	@AQ=$(BUILD)/autoq bash tests/run.sh $(BUILD)

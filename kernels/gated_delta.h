@@ -11,6 +11,11 @@
 // engine's, so quantization of those stays where every other linear's is. fp32 on the CPU; the
 // backward is with respect to activations only (the gradient score never needs weight gradients).
 #pragma once
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct {
     int T;     // tokens of one window
@@ -44,3 +49,24 @@ void gdn_forward(const GdnShape* s, const GdnParams* p, const float* qkv, const 
 // dout (T, Hv dv) -> dqkv (T, C), dz (T, Hv dv), db, da (T, Hv); overwritten, not accumulated.
 void gdn_backward(const GdnShape* s, const GdnParams* p, const GdnCache* cache, const float* dout, float* dqkv,
                   float* dz, float* db, float* da);
+
+// GPU (kernels/gated_delta.cu): the same computation on device buffers (p's pointers too), fp32, for nb
+// windows at once (each from a zero state; inputs and outputs window after window, e.g. qkv (nb, T, C)),
+// the delta rule in chunked form (chunks of GDN_GPU_CHUNK tokens, the WY representation: within a chunk
+// the UT transform (I + strictly-lower(beta k k^T with decays))^-1, between chunks the state). Within
+// fp32 rounding of the CPU's token-by-token result, not bit-equal to it. The cache holds the forward's
+// intermediates and the backward's scratch for up to its nb windows (gpu_gdn_cache_bytes: its size);
+// unlike the CPU's it is required. Runs on the default stream.
+#define GDN_GPU_CHUNK 64
+typedef struct GdnGpuCache GdnGpuCache;
+size_t gpu_gdn_cache_bytes(const GdnShape* s, int nb);
+GdnGpuCache* gpu_gdn_cache_init(const GdnShape* s, int nb);
+void gpu_gdn_cache_free(GdnGpuCache* c);
+void gpu_gdn_forward(const GdnShape* s, int nb, const GdnParams* p, const float* qkv, const float* z,
+                     const float* b, const float* a, float* out, GdnGpuCache* cache);
+void gpu_gdn_backward(const GdnShape* s, int nb, const GdnParams* p, GdnGpuCache* cache, const float* dout,
+                      float* dqkv, float* dz, float* db, float* da);
+
+#ifdef __cplusplus
+}
+#endif
