@@ -175,6 +175,12 @@ long arch_dim(const Config* c, ArchDim d) {
 
 const ArchTensor* arch_linear(const ArchFamily* f, int kind) {
     for (int i = 0; i < f->n_tensors; i++)
-        if (f->tensors[i].lin == kind) return &f->tensors[i];
+        if (f->tensors[i].lin == kind && f->tensors[i].layout != LAYOUT_EXPERTS) return &f->tensors[i];
+    return NULL;
+}
+
+const ArchTensor* arch_experts(const ArchFamily* f) {
+    for (int i = 0; i < f->n_tensors; i++)
+        if (f->tensors[i].layout == LAYOUT_EXPERTS) return &f->tensors[i];
     return NULL;
 }

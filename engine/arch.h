@@ -108,5 +108,7 @@ const char* arch_list(void);
 int arch_layer_has(const Config* c, int l, ArchPart p);
 // The value of a symbolic dimension under config c.
 long arch_dim(const Config* c, ArchDim d);
-// The family's row for linear kind k, NULL when it has none.
+// The family's row for linear kind k outside the experts, NULL when it has none.
 const ArchTensor* arch_linear(const ArchFamily* f, int kind);
+// The family's routed experts row, NULL without experts.
+const ArchTensor* arch_experts(const ArchFamily* f);
