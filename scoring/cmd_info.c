@@ -71,6 +71,32 @@ static void print_others(const Model* m) {
     }
 }
 
+// The largest block along the input, a power of two up to 128, that divides every member's input width
+// of group g: formats with larger blocks are not offered for it (README §5, format_misfit_block).
+static int group_max_block(const Model* m, const Group* g) {
+    int b = 128;
+    for (int j = 0; j < g->n_members; j++)
+        while (b > 1 && m->linears[g->members[j]].in % b) b /= 2;
+    return b;
+}
+
+// Groups that cannot take blocks of 128 (int4 groups of 128; NVFP4 needs 16, MXFP4 32), by limit.
+static void print_block_limits(const Model* m, const Groups* gs) {
+    for (int lim = 64; lim >= 1; lim /= 2) {
+        int n = 0;
+        for (int i = 0; i < gs->n; i++) n += group_max_block(m, &gs->g[i]) == lim;
+        if (!n) continue;
+        printf("blocks       %d group(s) take blocks of at most %d along the input (formats with larger blocks "
+               "are "
+               "not offered for them):",
+               n, lim);
+        int shown = 0;
+        for (int i = 0; i < gs->n && shown < 4; i++)
+            if (group_max_block(m, &gs->g[i]) == lim) printf("%s %s", shown++ ? "," : "", gs->g[i].name);
+        printf("%s\n", n > 4 ? ", ..." : "");
+    }
+}
+
 int cmd_info(int argc, char** argv) {
     Args a;
     args_init(&a, argc, argv, k_json_flag);
@@ -149,6 +175,8 @@ int cmd_info(int argc, char** argv) {
             json_object_set_new(o, "params", json_integer((long)l->out * l->in));
             json_object_set_new(o, "group", json_string(g->name));
             json_object_set_new(o, "disabled", json_boolean(g->disabled));
+            int mb = group_max_block(&m, g);
+            if (mb < 128) json_object_set_new(o, "max_block", json_integer(mb));
             json_array_append_new(ls, o);
         }
         json_object_set_new(j, "linears", ls);
@@ -168,6 +196,7 @@ int cmd_info(int argc, char** argv) {
         if (m.n_visual) printf("visual       %d tensors under model.visual.* (not loaded)\n", m.n_visual);
         if (m.n_mtp)
             printf("mtp          %d multi-token-prediction tensors under mtp.* (not loaded)\n", m.n_mtp);
+        print_block_limits(&m, &gs);
         printf("groups       %d (%d enabled), disabled patterns: %s\n\n", gs.n, gs.n_enabled,
                dis_csv ? dis_csv : DEFAULT_DISABLED);
         printf("%-48s %-13s %10s  %-40s %s\n", "linear", "shape", "params", "group", "disabled");
