@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "util.h"
 #include "input.h"
 
@@ -132,14 +133,112 @@ static void get_moe(Config* c, const char* path, json_t* tc) {
     int_mul(path, 2L * c->moe_intermediate, c->num_experts, "2 x moe_intermediate_size x num_experts");
     int_mul(path, (long)c->num_experts * c->moe_intermediate, c->hidden_size,
             "num_experts x moe_intermediate_size x hidden_size");
-    // Qwen3-VL-MoE's router always renormalises its top-k weights; Qwen3-MoE's follows the flag.
-    c->norm_topk = c->arch == ARCH_QWEN3_VL_MOE ? 1 : get_bool(path, tc, "norm_topk_prob", 0);
+    // Qwen3-VL-MoE's and Qwen3.5-MoE's routers always renormalise their top-k weights; Qwen3-MoE's
+    // follows the flag (default false), Qwen3-Next's too (default true, as its config class).
+    c->norm_topk = c->fam->always_renorm ? 1 : get_bool(path, tc, "norm_topk_prob", c->fam->hybrid);
+    if (c->fam->shared_expert) {
+        c->shared_inter = get_int(path, tc, "shared_expert_intermediate_size", 1, 0, CONFIG_MAX_DIM);
+        int_mul(path, c->shared_inter, c->hidden_size, "shared_expert_intermediate_size x hidden_size");
+    }
+    if (c->fam->all_sparse) { // Qwen3.5-MoE: every layer sparse; the fields do not exist there
+        for (int l = 0; l < c->num_layers; l++) c->sparse[l] = 1;
+        c->n_sparse = c->num_layers;
+        c->sparse_step = 1;
+        return;
+    }
     c->sparse_step = get_int(path, tc, "decoder_sparse_step", 0, 1, CONFIG_MAX_LAYERS);
     get_mlp_only(c, path, tc);
     for (int l = 0; l < c->num_layers; l++) {
         c->sparse[l] = c->sparse[l] != 2 && (l + 1) % c->sparse_step == 0;
         c->n_sparse += c->sparse[l];
     }
+}
+
+// partial_rotary_factor: rope_parameters' first (transformers 5 moves it there), then the top level,
+// else transformers' default for these families, 0.25. The rotated width must be even.
+static void get_rotary(Config* c, const char* path, json_t* tc) {
+    json_t* rp = json_object_get(tc, "rope_parameters");
+    int found = 0;
+    double f = 0;
+    if (json_is_object(rp)) f = get_num(path, rp, "partial_rotary_factor", &found);
+    if (!found) f = get_num(path, tc, "partial_rotary_factor", &found);
+    if (!found) f = 0.25;
+    if (!isfinite(f) || !(f > 0) || f > 1)
+        fail_input("%s: field 'partial_rotary_factor' = %g must be in (0, 1]", path, f);
+    c->partial_rotary = f;
+    c->rotary_dim = (int)(c->head_dim * f); // transformers: int(head_dim * partial_rotary_factor)
+    if (c->rotary_dim < 2 || c->rotary_dim % 2)
+        fail_input(
+            "%s: field 'partial_rotary_factor' = %g gives %d rotary dimensions of head_dim %d (must be even, "
+            ">= 2)",
+            path, f, c->rotary_dim, c->head_dim);
+    // mrope_section splits the rotary frequencies between the text, height and width positions;
+    // text-only input gives all three the same position, so the sections change nothing (README §3).
+    json_t* ms = json_is_object(rp) ? json_object_get(rp, "mrope_section") : NULL;
+    if (!ms || json_is_null(ms)) ms = json_object_get(tc, "mrope_section");
+    if (ms && !json_is_null(ms)) {
+        if (!json_is_array(ms) || json_array_size(ms) != 3)
+            fail_input("%s: field 'mrope_section' must be a list of 3 integers", path);
+        long sum = 0;
+        for (int i = 0; i < 3; i++) {
+            json_t* x = json_array_get(ms, i);
+            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > CONFIG_MAX_HEAD_DIM)
+                fail_input("%s: field 'mrope_section'[%d] must be an integer in [0, %d]", path, i,
+                           CONFIG_MAX_HEAD_DIM);
+            c->mrope_section[i] = (int)json_integer_value(x);
+            sum += c->mrope_section[i];
+        }
+        if (sum > c->rotary_dim / 2)
+            fail_input("%s: field 'mrope_section' sums to %ld, more than the %d rotary frequencies", path, sum,
+                       c->rotary_dim / 2);
+    }
+    c->mrope_interleaved = json_is_object(rp) ? get_bool(path, rp, "mrope_interleaved", 0) : 0;
+}
+
+// layer_types (each "linear_attention" or "full_attention"), else full_attention_interval n (layer l is
+// full attention iff (l + 1) % n == 0; default 4), as transformers' config classes.
+static void get_layer_types(Config* c, const char* path, json_t* tc) {
+    json_t* lt = json_object_get(tc, "layer_types");
+    int L = c->num_layers;
+    if (lt && !json_is_null(lt)) {
+        if (!json_is_array(lt)) fail_input("%s: field 'layer_types' must be a list of strings", path);
+        if ((int)json_array_size(lt) != L)
+            fail_input("%s: field 'layer_types' has %zu entries but num_hidden_layers is %d", path,
+                       json_array_size(lt), L);
+        for (int l = 0; l < L; l++) {
+            const char* t = json_string_value(json_array_get(lt, l));
+            if (t && strcmp(t, "linear_attention") == 0)
+                c->linear[l] = 1;
+            else if (!t || strcmp(t, "full_attention") != 0)
+                fail_input("%s: field 'layer_types'[%d] must be \"linear_attention\" or \"full_attention\"",
+                           path, l);
+        }
+    } else {
+        int n = get_int(path, tc, "full_attention_interval", 0, 4, CONFIG_MAX_LAYERS);
+        for (int l = 0; l < L; l++) c->linear[l] = (l + 1) % n != 0;
+    }
+    for (int l = 0; l < L; l++) c->n_linear += c->linear[l];
+}
+
+// The Gated DeltaNet fields, the attention's partial RoPE and the layer types (README §2).
+static void get_hybrid(Config* c, const char* path, json_t* tc) {
+    get_rotary(c, path, tc);
+    get_layer_types(c, path, tc);
+    c->lin_hk = get_int(path, tc, "linear_num_key_heads", 1, 0, CONFIG_MAX_HEADS);
+    c->lin_hv = get_int(path, tc, "linear_num_value_heads", 1, 0, CONFIG_MAX_HEADS);
+    c->lin_dk = get_int(path, tc, "linear_key_head_dim", 1, 0, CONFIG_MAX_HEAD_DIM);
+    c->lin_dv = get_int(path, tc, "linear_value_head_dim", 1, 0, CONFIG_MAX_HEAD_DIM);
+    c->lin_conv = get_int(path, tc, "linear_conv_kernel_dim", 1, 0, 64);
+    if (c->lin_hv % c->lin_hk != 0)
+        fail_input("%s: field 'linear_num_value_heads' = %d is not a multiple of linear_num_key_heads %d", path,
+                   c->lin_hv, c->lin_hk);
+    long kd = int_mul(path, c->lin_hk, c->lin_dk, "linear_num_key_heads x linear_key_head_dim");
+    long vd = int_mul(path, c->lin_hv, c->lin_dv, "linear_num_value_heads x linear_value_head_dim");
+    int_mul(path, 2 * kd + 2 * vd, c->hidden_size, "in_proj_qkvz rows x hidden_size");
+    int_mul(path, 2 * kd + vd, c->lin_conv, "conv1d channels x linear_conv_kernel_dim");
+    // the gated attention's q_proj has 2 H hd rows
+    int_mul(path, 2L * c->num_heads * c->head_dim, c->hidden_size,
+            "2 x num_attention_heads x head_dim x hidden_size");
 }
 
 void config_load(Config* c, const char* dir) {
@@ -152,22 +251,22 @@ void config_load(Config* c, const char* dir) {
     if (!json_is_string(mt)) fail_input("%s: field 'model_type' missing or not a string", path);
     snprintf(c->model_type, sizeof(c->model_type), "%s", json_string_value(mt));
     json_t* tc = root;
-    if (strcmp(c->model_type, "qwen3") == 0 || strcmp(c->model_type, "qwen3_moe") == 0) {
-        c->arch = c->model_type[5] ? ARCH_QWEN3_MOE : ARCH_QWEN3;
-        strcpy(c->prefix, "model.");
-    } else if (strcmp(c->model_type, "qwen3_vl") == 0 || strcmp(c->model_type, "qwen3_vl_moe") == 0) {
-        c->arch = c->model_type[8] ? ARCH_QWEN3_VL_MOE : ARCH_QWEN3_VL;
-        strcpy(c->prefix, "model.language_model.");
+    const ArchFamily* fam = arch_find(c->model_type);
+    if (!fam) {
+        char clip[CLIP_BUF];
+        fail_input("%s: field 'model_type' = '%s' is not supported (%s)", path,
+                   str_clip(clip, json_string_value(mt)), arch_list());
+    }
+    c->fam = fam;
+    snprintf(c->prefix, sizeof(c->prefix), "%s", fam->prefix);
+    if (fam->text_config) {
         tc = json_object_get(root, "text_config");
         if (!json_is_object(tc)) fail_input("%s: field 'text_config' missing or not an object", path);
-    } else {
-        char clip[CLIP_BUF];
-        fail_input("%s: field 'model_type' = '%s' is not supported (qwen3, qwen3_vl, qwen3_moe, qwen3_vl_moe)",
-                   path, str_clip(clip, json_string_value(mt)));
     }
     c->vocab_size = get_int(path, tc, "vocab_size", 1, 0, CONFIG_MAX_VOCAB);
     c->hidden_size = get_int(path, tc, "hidden_size", 1, 0, CONFIG_MAX_DIM);
-    c->intermediate_size = get_int(path, tc, "intermediate_size", 1, 0, CONFIG_MAX_DIM);
+    // Qwen3.5-MoE has no dense MLP and no intermediate_size.
+    c->intermediate_size = get_int(path, tc, "intermediate_size", !fam->all_sparse, 0, CONFIG_MAX_DIM);
     c->num_layers = get_int(path, tc, "num_hidden_layers", 1, 0, CONFIG_MAX_LAYERS);
     c->num_heads = get_int(path, tc, "num_attention_heads", 1, 0, CONFIG_MAX_HEADS);
     c->num_kv_heads = get_int(path, tc, "num_key_value_heads", 0, c->num_heads, CONFIG_MAX_HEADS);
@@ -187,7 +286,7 @@ void config_load(Config* c, const char* dir) {
     c->rms_eps = found ? (float)eps : 1e-6f;
     if (!isfinite(c->rms_eps) || !(c->rms_eps > 0))
         fail_input("%s: field 'rms_norm_eps' = %g must be a finite positive number", path, eps);
-    c->rope_theta = get_rope_theta(path, tc, c->arch == ARCH_QWEN3_VL ? 5e6 : 1e4);
+    c->rope_theta = get_rope_theta(path, tc, fam->rope_theta);
     if (!isfinite(c->rope_theta) || !(c->rope_theta > 0))
         fail_input("%s: field 'rope_theta' = %g must be a finite positive number", path, c->rope_theta);
     // Qwen3-VL keeps tie_word_embeddings at the top level; older exports put it in text_config.
@@ -200,7 +299,10 @@ void config_load(Config* c, const char* dir) {
         fail_input("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->num_heads,
                    c->num_kv_heads);
     if (c->head_dim % 2 != 0) fail_input("%s: field 'head_dim' = %d must be even for RoPE", path, c->head_dim);
-    if (c->arch == ARCH_QWEN3_MOE || c->arch == ARCH_QWEN3_VL_MOE) get_moe(c, path, tc);
+    c->rotary_dim = c->head_dim;
+    c->partial_rotary = 1;
+    if (fam->hybrid) get_hybrid(c, path, tc);
+    if (fam->moe) get_moe(c, path, tc);
     json_decref(root);
     free(path);
 }

@@ -1,13 +1,13 @@
 // Model hyper-parameters read from a Hugging Face config.json (README §2).
 #pragma once
 
-typedef enum { ARCH_QWEN3, ARCH_QWEN3_VL, ARCH_QWEN3_MOE, ARCH_QWEN3_VL_MOE } Arch;
+struct ArchFamily_; // arch.h
 
 #define CONFIG_MAX_LAYERS 4096  // num_hidden_layers
 #define CONFIG_MAX_EXPERTS 4096 // num_experts
 
 typedef struct {
-    Arch arch;
+    const struct ArchFamily_* fam; // the family's row of the architecture table (arch.h)
     char model_type[32];
     int vocab_size;
     int hidden_size;       // D
@@ -32,6 +32,17 @@ typedef struct {
     int sparse_step;                // decoder_sparse_step (default 1)
     int n_sparse;                   // sparse layers
     char sparse[CONFIG_MAX_LAYERS]; // 1: layer l runs experts (see config_load)
+    int shared_inter;               // shared_expert_intermediate_size (0: no shared expert)
+    // Hybrid families (qwen3_next, qwen3_5, qwen3_5_moe; README §2). 0 / plain for the others.
+    int rotary_dim;        // RoPE on the first rotary_dim of each head (head_dim unless partial)
+    double partial_rotary; // partial_rotary_factor (1 when absent from a non-hybrid family)
+    int mrope_section[3];  // read and checked; text-only positions make the sections equal
+    int mrope_interleaved;
+    int n_linear;                   // Gated DeltaNet layers
+    char linear[CONFIG_MAX_LAYERS]; // 1: layer l is linear_attention (Gated DeltaNet), 0: full_attention
+    int lin_hk, lin_hv;             // linear_num_key_heads, linear_num_value_heads (a multiple of hk)
+    int lin_dk, lin_dv;             // linear_key_head_dim, linear_value_head_dim
+    int lin_conv;                   // linear_conv_kernel_dim
 } Config;
 
 // Parses dir/config.json; exits 2 naming the file and field on any problem.

@@ -4,6 +4,7 @@
 #pragma once
 #include "../kernels/attention.h"
 #include "../kernels/embed.h"
+#include "../kernels/gated_delta.h"
 #include "../kernels/loss.h"
 #include "../kernels/matmul.h"
 #include "../kernels/moe.h"
@@ -56,7 +57,26 @@ typedef struct {
     int* offs;       // (E+1) first row of each expert in order
     int* pos;        // (T K) row of each assignment
     MoeRows ex;
-    float* y_moe; // (T, D) the block output before the residual add
+    float* y_moe; // (T, D) the routed experts' sum (without the shared expert) before the residual add
+    // gated attention (hybrid families): q_proj yields query and gate per head
+    float* q_raw; // (T, 2 H hd) q_proj output: per head hd query values then hd gate values
+    float* gate;  // (T, H hd) the gate logits
+    float* att_g; // (T, H hd) att * sigmoid(gate): the input of o_proj
+    // Gated DeltaNet layers (README §3)
+    float* g_raw;  // (T, 2 Hk dk + 2 Hv dv) Qwen3-Next's in_proj_qkvz output, per key-head group
+    float* g_raw2; // (T, 2 Hv) Qwen3-Next's in_proj_ba output
+    float* g_qkv;  // (T, C) q | k | v before the conv
+    float* g_z;    // (T, Hv dv)
+    float* g_b;    // (T, Hv)
+    float* g_a;    // (T, Hv)
+    float* g_out;  // (T, Hv dv) the core's output: the input of out_proj
+    GdnCache* gdn; // saved for the backward (save only)
+    // the shared expert of a sparse layer: y += sigmoid(m sh_w^T) down(silu(gate(m)) * up(m))
+    float* sh_g;   // (T, I_sh)
+    float* sh_u;   // (T, I_sh)
+    float* sh_act; // (T, I_sh) the input of shared_expert.down_proj
+    float* sh_y;   // (T, D) shared_expert.down_proj output
+    float* sh_s;   // (T) sigmoid of the shared expert gate
 } LayerActs;
 
 typedef struct {
@@ -96,6 +116,9 @@ typedef struct {
     float *dh, *dh2, *da, *dq, *dk, *dv, *datt, *dm, *dg, *du, *dact, *dlogits;
     // sparse layers: routing weights (T K), router logits (T, E), rows (T K, D) and (T K, I_moe)
     float *dw, *drl, *dye, *dxs, *dgm, *dum, *dactm;
+    // hybrid families: gated attention, Gated DeltaNet, shared expert
+    float *dgate, *dqraw, *dg_qkv, *dg_z, *dg_b, *dg_a, *dg_raw, *dg_raw2, *dg_out, *dsh_g, *dsh_u, *dsh_act,
+        *dsh_y;
 } GradState;
 void grad_init(GradState* g, const Model* m, int T);
 void grad_free(GradState* g);
@@ -116,3 +139,5 @@ void moe_experts_apply(const Model* m, RunState* s, int l, const MoeRows* r, flo
 void moe_count_tokens(const Model* m, const RunState* s, int l, long* counts);
 // The largest row count of the quantization scratch: T, or T K with experts.
 int run_rows(const Model* m, int T);
+// The input X of linear lin in a saved pass (experts: their layer's MLP input, before gathering).
+const float* model_linear_input(const RunState* r, const Linear* lin);

@@ -29,6 +29,7 @@ typedef struct {
     int64_t shape[3];
     float** dst;
     int how, layer, expert;
+    int plus1; // a norm used as 1 + w: 1 is added once at load (README §3)
 } Want;
 
 typedef struct {
@@ -121,10 +122,8 @@ static void check_layer_range(const Model* m) {
 // The router and experts of sparse layer l, in whichever layout the checkpoint has (model.h).
 static void want_experts(Model* m, Wants* ws, int l) {
     const Config* c = &m->c;
-    LayerWeights* lw = &m->layers[l];
     int E = c->num_experts, I = c->moe_intermediate, D = c->hidden_size;
     const char* P = c->prefix;
-    want(ws, &lw->router, 2, E, D, 0, "%slayers.%d.mlp.gate.weight", P, l);
     char gu[192];
     snprintf(gu, sizeof(gu), "%slayers.%d.mlp.experts.gate_up_proj", P, l);
     const StTensor* t = st_find(&m->ck, gu);
@@ -164,6 +163,7 @@ static void convert_tensor(Model* m, const Want* w, const StTensor* t, size_t nu
     if (w->how == W_OWN) {
         *w->dst = xmalloc(size_mul(numel, sizeof(float), w->name));
         st_to_f32(t, *w->dst);
+        for (size_t i = 0; w->plus1 && i < numel; i++) (*w->dst)[i] += 1.0f;
         return;
     }
     LayerWeights* lw = &m->layers[w->layer];
@@ -196,47 +196,92 @@ static void convert_tensor(Model* m, const Want* w, const StTensor* t, size_t nu
     free(tmp);
 }
 
-// The table of linears (model.h): per layer q, k, v, o, then the dense MLP or every expert.
+// Linears of layer l's rows in the architecture table: one per linear row, 3 E for the experts.
+static long layer_linears(const Config* c, int l) {
+    const ArchFamily* f = c->fam;
+    long n = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const ArchTensor* r = &f->tensors[i];
+        if (r->lin >= 0 && arch_layer_has(c, l, r->part))
+            n += r->layout == LAYOUT_EXPERTS ? 3L * c->num_experts : 1;
+    }
+    return n;
+}
+
+// Expert e's gate, up and down of sparse layer l at linears i, i+1, i+2.
+static void expert_linears(Model* m, int l, int e, int i) {
+    const Config* c = &m->c;
+    LayerWeights* lw = &m->layers[l];
+    int D = c->hidden_size, Im = c->moe_intermediate;
+    const char* parts[3] = {"gate_proj", "up_proj", "down_proj"};
+    float* bases[3] = {lw->ex_gate, lw->ex_up, lw->ex_down};
+    for (int k = 0; k < 3; k++) {
+        Linear* lin = &m->linears[i + k];
+        lin->layer = l;
+        lin->kind = LIN_GATE + k;
+        lin->expert = e;
+        snprintf(lin->name, sizeof(lin->name), "%slayers.%d.mlp.experts.%d.%s", c->prefix, l, e, parts[k]);
+        lin->out = k == 2 ? D : Im;
+        lin->in = k == 2 ? Im : D;
+        lin->w = bases[k] ? bases[k] + (size_t)e * Im * D : NULL;
+    }
+}
+
+// The table of linears (model.h), from the family's rows in the architecture table.
 static void build_linears(Model* m) {
     const Config* c = &m->c;
-    int L = c->num_layers, D = c->hidden_size, I = c->intermediate_size, Im = c->moe_intermediate;
-    int qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
+    const ArchFamily* f = c->fam;
+    int L = c->num_layers;
     m->lin0 = xcalloc((size_t)L + 1, sizeof(int));
+    m->slot = xmalloc(sizeof(int) * (size_t)L * LIN_KINDS);
     for (int l = 0; l < L; l++) {
-        long n = c->sparse[l] ? 4 + 3L * c->num_experts : LIN_PER_LAYER;
+        long n = layer_linears(c, l);
         if (m->lin0[l] + n > 0x7fffffffL) fail_input("%s: too many linears (%ld in layer %d)", m->dir, n, l);
         m->lin0[l + 1] = m->lin0[l] + (int)n;
     }
     m->n_linears = m->lin0[L];
     m->linears = xcalloc(m->n_linears, sizeof(Linear));
     for (int l = 0; l < L; l++) {
-        LayerWeights* lw = &m->layers[l];
-        int ne = c->sparse[l] ? c->num_experts : 1;
-        for (int e = 0; e < ne; e++)
-            for (int k = e ? LIN_GATE : 0; k < LIN_PER_LAYER; k++) {
-                Linear* lin = &m->linears[model_lin(m, l, k, e)];
-                lin->layer = l;
-                lin->kind = k;
-                lin->expert = c->sparse[l] && k >= LIN_GATE ? e : -1;
-                if (lin->expert >= 0) {
-                    const char* parts[3] = {"gate_proj", "up_proj", "down_proj"};
-                    snprintf(lin->name, sizeof(lin->name), "%slayers.%d.mlp.experts.%d.%s", c->prefix, l, e,
-                             parts[k - LIN_GATE]);
-                    float* base = k == LIN_GATE ? lw->ex_gate : k == LIN_UP ? lw->ex_up : lw->ex_down;
-                    lin->out = k == LIN_DOWN ? D : Im;
-                    lin->in = k == LIN_DOWN ? Im : D;
-                    lin->w = base ? base + (size_t)e * Im * D : NULL;
-                    continue;
-                }
-                snprintf(lin->name, sizeof(lin->name), "%slayers.%d.%s", c->prefix, l, k_linear_names[k]);
-                float* ws[LIN_PER_LAYER] = {lw->q_proj,    lw->k_proj,  lw->v_proj,   lw->o_proj,
-                                            lw->gate_proj, lw->up_proj, lw->down_proj};
-                int outs[LIN_PER_LAYER] = {qd, kvd, kvd, D, I, I, D};
-                int ins[LIN_PER_LAYER] = {D, D, D, qd, D, D, I};
-                lin->out = outs[k];
-                lin->in = ins[k];
-                lin->w = ws[k];
+        int* slot = m->slot + (size_t)l * LIN_KINDS;
+        for (int k = 0; k < LIN_KINDS; k++) slot[k] = -1;
+        int pos = 0;
+        for (int i = 0; i < f->n_tensors; i++) {
+            const ArchTensor* r = &f->tensors[i];
+            if (r->lin < 0 || !arch_layer_has(c, l, r->part)) continue;
+            if (r->layout == LAYOUT_EXPERTS) {
+                for (int k = 0; k < 3; k++) slot[LIN_GATE + k] = pos + k;
+                for (int e = 0; e < c->num_experts; e++, pos += 3) expert_linears(m, l, e, m->lin0[l] + pos);
+                continue;
             }
+            slot[r->lin] = pos;
+            Linear* lin = &m->linears[m->lin0[l] + pos++];
+            lin->layer = l;
+            lin->kind = r->lin;
+            lin->expert = -1;
+            size_t nl = strlen(r->name) - strlen(".weight"); // the module: the row's name without .weight
+            snprintf(lin->name, sizeof(lin->name), "%slayers.%d.%.*s", c->prefix, l, (int)nl, r->name);
+            lin->out = (int)arch_dim(c, r->shape[0]);
+            lin->in = (int)arch_dim(c, r->shape[1]);
+            lin->w = *(float**)((char*)&m->layers[l] + r->field);
+        }
+    }
+}
+
+// Every tensor of layer l its family's table lists for the parts the layer has.
+static void want_layer(Model* m, Wants* ws, int l) {
+    const Config* c = &m->c;
+    const ArchFamily* f = c->fam;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const ArchTensor* r = &f->tensors[i];
+        if (!arch_layer_has(c, l, r->part)) continue;
+        if (r->layout == LAYOUT_EXPERTS) {
+            want_experts(m, ws, l);
+            continue;
+        }
+        float** dst = (float**)((char*)&m->layers[l] + r->field);
+        Want* w = want(ws, dst, r->ndim, arch_dim(c, r->shape[0]), arch_dim(c, r->shape[1]),
+                       arch_dim(c, r->shape[2]), "%slayers.%d.%s", c->prefix, l, r->name);
+        w->plus1 = r->plus1 && f->hybrid;
     }
 }
 
@@ -246,33 +291,15 @@ static void load(Model* m, const char* dir, int convert) {
     config_load(&m->c, dir);
     st_open(&m->ck, dir);
     const Config* c = &m->c;
-    int L = c->num_layers, D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
-    int qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim, hd = c->head_dim;
+    int L = c->num_layers, D = c->hidden_size, V = c->vocab_size;
     const char* P = c->prefix;
     m->layers = xcalloc(L, sizeof(LayerWeights));
     Wants ws = {0};
     want(&ws, &m->embed, 2, V, D, 0, "%sembed_tokens.weight", P);
-    want(&ws, &m->norm, 1, D, 0, 0, "%snorm.weight", P);
+    want(&ws, &m->norm, 1, D, 0, 0, "%snorm.weight", P)->plus1 = c->fam->hybrid;
     int has_head = st_find(&m->ck, "lm_head.weight") != NULL;
     if (has_head || !c->tie_word_embeddings) want(&ws, &m->lm_head, 2, V, D, 0, "lm_head.weight");
-    for (int l = 0; l < L; l++) {
-        LayerWeights* lw = &m->layers[l];
-        want(&ws, &lw->w_in, 1, D, 0, 0, "%slayers.%d.input_layernorm.weight", P, l);
-        want(&ws, &lw->q_proj, 2, qd, D, 0, "%slayers.%d.self_attn.q_proj.weight", P, l);
-        want(&ws, &lw->k_proj, 2, kvd, D, 0, "%slayers.%d.self_attn.k_proj.weight", P, l);
-        want(&ws, &lw->v_proj, 2, kvd, D, 0, "%slayers.%d.self_attn.v_proj.weight", P, l);
-        want(&ws, &lw->o_proj, 2, D, qd, 0, "%slayers.%d.self_attn.o_proj.weight", P, l);
-        want(&ws, &lw->q_norm, 1, hd, 0, 0, "%slayers.%d.self_attn.q_norm.weight", P, l);
-        want(&ws, &lw->k_norm, 1, hd, 0, 0, "%slayers.%d.self_attn.k_norm.weight", P, l);
-        want(&ws, &lw->w_post, 1, D, 0, 0, "%slayers.%d.post_attention_layernorm.weight", P, l);
-        if (c->sparse[l]) {
-            want_experts(m, &ws, l);
-            continue;
-        }
-        want(&ws, &lw->gate_proj, 2, I, D, 0, "%slayers.%d.mlp.gate_proj.weight", P, l);
-        want(&ws, &lw->up_proj, 2, I, D, 0, "%slayers.%d.mlp.up_proj.weight", P, l);
-        want(&ws, &lw->down_proj, 2, D, I, 0, "%slayers.%d.mlp.down_proj.weight", P, l);
-    }
+    for (int l = 0; l < L; l++) want_layer(m, &ws, l);
     // Validate everything before converting anything: shapes first (cheap),
     // then every value finite (one pass over the weights, GPU path included).
     check_layer_range(m);
@@ -297,7 +324,10 @@ static void load(Model* m, const char* dir, int convert) {
     m->host_weights = convert;
     if (!m->lm_head) m->lm_head = m->embed;
     free(w);
-    for (int i = 0; i < m->ck.n; i++) m->n_visual += strncmp(m->ck.t[i].name, "model.visual.", 13) == 0;
+    for (int i = 0; i < m->ck.n; i++) {
+        m->n_visual += strncmp(m->ck.t[i].name, "model.visual.", 13) == 0;
+        m->n_mtp += strncmp(m->ck.t[i].name, "mtp.", 4) == 0;
+    }
     build_linears(m);
 }
 
@@ -330,12 +360,10 @@ const float* model_linear_f32(const Model* m, int i, float** tmp) {
 }
 
 void model_free(Model* m) {
-    for (int l = 0; l < m->c.num_layers; l++) {
-        LayerWeights* lw = &m->layers[l];
-        float* ps[] = {lw->w_in,      lw->q_proj, lw->k_proj,  lw->v_proj,    lw->o_proj,
-                       lw->q_norm,    lw->k_norm, lw->w_post,  lw->gate_proj, lw->up_proj,
-                       lw->down_proj, lw->router, lw->ex_gate, lw->ex_up,     lw->ex_down};
-        for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++) free(ps[i]);
+    // LayerWeights holds only float pointers, each its own allocation or NULL.
+    for (int l = 0; m->layers && l < m->c.num_layers; l++) {
+        float** ps = (float**)&m->layers[l];
+        for (size_t i = 0; i < sizeof(LayerWeights) / sizeof(float*); i++) free(ps[i]);
     }
     if (m->lm_head != m->embed) free(m->lm_head);
     free(m->embed);
@@ -343,6 +371,7 @@ void model_free(Model* m) {
     free(m->layers);
     free(m->linears);
     free(m->lin0);
+    free(m->slot);
     st_free(&m->ck);
     free(m->dir);
     memset(m, 0, sizeof(*m));

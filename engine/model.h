@@ -1,11 +1,11 @@
 // The Qwen3 decoder's weights in fp32 and the table of its linear layers (dense and
 // mixture-of-experts layers).
 #pragma once
+#include "arch.h"
 #include "config.h"
 #include "safetensors.h"
 
-enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_PER_LAYER };
-extern const char* const k_linear_names[LIN_PER_LAYER]; // "self_attn.q_proj", ...
+extern const char* const k_linear_names[LIN_PER_LAYER]; // "self_attn.q_proj", ... (Qwen3's seven)
 
 typedef struct {
     float* w_in;      // (D) input_layernorm
@@ -31,6 +31,22 @@ typedef struct {
     float* ex_gate; // (E, I_moe, D)
     float* ex_up;   // (E, I_moe, D)
     float* ex_down; // (E, D, I_moe)
+    // Hybrid families (arch.h): norms above already hold 1 + w where the family says so.
+    float* gdn_qkv;  // (C, D) linear_attn.in_proj_qkv, C = 2 Hk dk + Hv dv
+    float* gdn_z;    // (Hv dv, D) in_proj_z
+    float* gdn_b;    // (Hv, D) in_proj_b
+    float* gdn_a;    // (Hv, D) in_proj_a
+    float* gdn_qkvz; // (2 Hk dk + 2 Hv dv, D) Qwen3-Next's in_proj_qkvz, per key-head group
+    float* gdn_ba;   // (2 Hv, D) Qwen3-Next's in_proj_ba, per key-head group
+    float* gdn_out;  // (D, Hv dv) out_proj
+    float* gdn_conv; // (C, K) conv1d.weight [C, 1, K]
+    float* gdn_alog; // (Hv) A_log
+    float* gdn_dt;   // (Hv) dt_bias
+    float* gdn_norm; // (dv) the gated RMSNorm's weight (used as w)
+    float* sh_gate;  // (I_sh, D) mlp.shared_expert.gate_proj
+    float* sh_up;    // (I_sh, D)
+    float* sh_down;  // (D, I_sh)
+    float* sh_w;     // (1, D) mlp.shared_expert_gate: sigmoid(m sh_w^T) scales the shared expert
 } LayerWeights;
 
 typedef struct {
@@ -51,12 +67,15 @@ typedef struct {
     float* norm;    // (D) final norm
     LayerWeights* layers;
     // The table of linears, layer after layer: layer l owns linears lin0[l] .. lin0[l+1]-1, in the
-    // order q, k, v, o, then gate, up, down of the dense MLP or of expert 0, expert 1, ... (7 or
-    // 4 + 3 E per layer). model_lin finds one; nothing else may assume a fixed count per layer.
+    // order of its family's rows in the architecture table (arch.c): for Qwen3 q, k, v, o, then
+    // gate, up, down of the dense MLP or of expert 0, expert 1, ... (7 or 4 + 3 E per layer), then
+    // a shared expert's. model_lin finds one; nothing else may assume a fixed count per layer.
     int n_linears;
     Linear* linears;
     int* lin0;    // (L+1) first linear of each layer
+    int* slot;    // (L LIN_KINDS) position of kind k in layer l's linears, -1 when absent
     int n_visual; // tensors under model.visual.* (listed, never loaded)
+    int n_mtp;    // tensors under mtp.* (listed, never loaded)
     size_t n_params;
     int host_weights; // fp32 copies present
 } Model;
@@ -64,8 +83,11 @@ typedef struct {
 // Index of linear `kind` (LIN_*) of layer l; e: the expert for gate, up and down of a sparse
 // layer (-1 or 0.. for the rest).
 static inline int model_lin(const Model* m, int l, int kind, int e) {
-    return m->lin0[l] + kind + (kind >= LIN_GATE && e > 0 ? 3 * e : 0);
+    return m->lin0[l] + m->slot[l * LIN_KINDS + kind] +
+           (kind >= LIN_GATE && kind <= LIN_DOWN && e > 0 ? 3 * e : 0);
 }
+// Whether layer l has linear kind k.
+static inline int model_has_lin(const Model* m, int l, int kind) { return m->slot[l * LIN_KINDS + kind] >= 0; }
 static inline int model_layer_sparse(const Model* m, int l) { return m->c.sparse[l]; }
 
 // (E, a, b) -> (E, b, a): transformers 4's fused expert layouts into transformers 5's.

@@ -25,8 +25,9 @@ void rope_free(RopeTable* r) {
     free(r->sin);
 }
 
-static void rotate(float* x, const RopeTable* r, int T, int nh, float sign) {
-    int hd = r->hd, half = hd / 2;
+// The first r->hd values of each head of hd rotated (hd == r->hd: the whole head).
+static void rotate(float* x, const RopeTable* r, int T, int nh, int hd, float sign) {
+    int half = r->hd / 2;
 #pragma omp parallel for
     for (int t = 0; t < T; t++) {
         const float* c = r->cos + (long)t * half;
@@ -42,7 +43,13 @@ static void rotate(float* x, const RopeTable* r, int T, int nh, float sign) {
     }
 }
 
-void rope_forward(float* x, const RopeTable* r, int T, int nh) { rotate(x, r, T, nh, 1.0f); }
+void rope_forward(float* x, const RopeTable* r, int T, int nh) { rotate(x, r, T, nh, r->hd, 1.0f); }
 
 // The rotation is orthogonal: its transpose is the rotation by -angle.
-void rope_backward(float* dx, const RopeTable* r, int T, int nh) { rotate(dx, r, T, nh, -1.0f); }
+void rope_backward(float* dx, const RopeTable* r, int T, int nh) { rotate(dx, r, T, nh, r->hd, -1.0f); }
+
+void rope_forward_heads(float* x, const RopeTable* r, int T, int nh, int hd) { rotate(x, r, T, nh, hd, 1.0f); }
+
+void rope_backward_heads(float* dx, const RopeTable* r, int T, int nh, int hd) {
+    rotate(dx, r, T, nh, hd, -1.0f);
+}

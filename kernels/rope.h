@@ -19,6 +19,9 @@ void rope_free(RopeTable* r);
 // x (T, nh, hd) rotated in place; backward applies the inverse rotation
 void rope_forward(float* x, const RopeTable* r, int T, int nh);
 void rope_backward(float* dx, const RopeTable* r, int T, int nh);
+// Partial RoPE: x (T, nh, hd) with r->hd <= hd; the first r->hd of each head rotated, the rest kept
+void rope_forward_heads(float* x, const RopeTable* r, int T, int nh, int hd);
+void rope_backward_heads(float* dx, const RopeTable* r, int T, int nh, int hd);
 
 // GPU: per-head norm then RoPE of x (B*T, nh, hd) into out (may be x); writes the per-head rstd
 // (rows * nh) when not NULL; positions t = row % T; out may be NULL (bf16 halves only); f16: fp16 in hi

@@ -21,6 +21,82 @@ static void print_moe(const Model* m) {
     printf("\n");
 }
 
+// The hybrid families' layer types, Gated DeltaNet shape, partial RoPE and shared expert (README §2).
+static void print_hybrid(const Model* m) {
+    const Config* c = &m->c;
+    printf("layer types  %d linear_attention (Gated DeltaNet), %d full_attention:", c->n_linear,
+           c->num_layers - c->n_linear);
+    for (int l = 0; l < c->num_layers; l++)
+        if (!c->linear[l]) printf(" %d", l);
+    printf(" full\n");
+    printf("deltanet     %d key heads x %d, %d value heads x %d, conv kernel %d%s\n", c->lin_hk, c->lin_dk,
+           c->lin_hv, c->lin_dv, c->lin_conv,
+           c->fam->fused_gdn ? "; in_proj_qkvz / in_proj_ba stored fused" : "");
+    printf("gated attn   q_proj rows %d (query + output gate per head); rope on %d of %d dims "
+           "(partial_rotary_factor "
+           "%g)%s\n",
+           2 * c->num_heads * c->head_dim, c->rotary_dim, c->head_dim, c->partial_rotary,
+           c->mrope_section[0] + c->mrope_section[1] + c->mrope_section[2]
+               ? "; mrope_section read, text positions make it plain RoPE"
+               : "");
+    if (c->shared_inter)
+        printf("shared       expert of intermediate %d in every sparse layer, gated by "
+               "sigmoid(shared_expert_gate)\n",
+               c->shared_inter);
+}
+
+// The architecture table's non-candidate tensors of every layer other than norms: routers, shared
+// expert gates, the Gated DeltaNet's conv1d, A_log, dt_bias and gated norm.
+static void print_others(const Model* m) {
+    const Config* c = &m->c;
+    const ArchFamily* f = c->fam;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const ArchTensor* r = &f->tensors[i];
+        if (r->lin >= 0 || !r->role || strcmp(r->role, "norm") == 0) continue;
+        for (int l = 0; l < c->num_layers; l++) {
+            if (!arch_layer_has(c, l, r->part)) continue;
+            char name[160], shape[32], why[64];
+            snprintf(name, sizeof(name), "%slayers.%d.%s", c->prefix, l, r->name);
+            size_t n = strlen(name);
+            if (n > 7 && strcmp(name + n - 7, ".weight") == 0) name[n - 7] = 0;
+            long a = arch_dim(c, r->shape[0]), b = r->ndim > 1 ? arch_dim(c, r->shape[1]) : 1;
+            long k = r->ndim > 2 ? arch_dim(c, r->shape[2]) : 1;
+            if (r->ndim > 1)
+                snprintf(shape, sizeof(shape), "%ldx%ld", a, b * k);
+            else
+                snprintf(shape, sizeof(shape), "%ld", a);
+            snprintf(why, sizeof(why), "%s, never a candidate", r->role);
+            printf("%-48s %-13s %10ld  %-40s %s\n", name, shape, a * b * k, "-", why);
+        }
+    }
+}
+
+// The largest block along the input, a power of two up to 128, that divides every member's input width
+// of group g: formats with larger blocks are not offered for it (README §5, format_misfit_block).
+static int group_max_block(const Model* m, const Group* g) {
+    int b = 128;
+    for (int j = 0; j < g->n_members; j++)
+        while (b > 1 && m->linears[g->members[j]].in % b) b /= 2;
+    return b;
+}
+
+// Groups that cannot take blocks of 128 (int4 groups of 128; NVFP4 needs 16, MXFP4 32), by limit.
+static void print_block_limits(const Model* m, const Groups* gs) {
+    for (int lim = 64; lim >= 1; lim /= 2) {
+        int n = 0;
+        for (int i = 0; i < gs->n; i++) n += group_max_block(m, &gs->g[i]) == lim;
+        if (!n) continue;
+        printf("blocks       %d group(s) take blocks of at most %d along the input (formats with larger blocks "
+               "are "
+               "not offered for them):",
+               n, lim);
+        int shown = 0;
+        for (int i = 0; i < gs->n && shown < 4; i++)
+            if (group_max_block(m, &gs->g[i]) == lim) printf("%s %s", shown++ ? "," : "", gs->g[i].name);
+        printf("%s\n", n > 4 ? ", ..." : "");
+    }
+}
+
 int cmd_info(Args* a) {
     const char* dis_csv = args_str(a, "--disabled-layers");
     int json = args_flag(a, "--json");
@@ -54,6 +130,25 @@ int cmd_info(Args* a) {
         json_object_set_new(j, "params", json_integer((json_int_t)m.n_params));
         json_object_set_new(j, "candidate_params", json_integer(cand));
         json_object_set_new(j, "visual_tensors", json_integer(m.n_visual));
+        if (c->fam->hybrid) {
+            json_t* h = json_object();
+            json_t* lt = json_array();
+            for (int l = 0; l < c->num_layers; l++)
+                json_array_append_new(lt, json_string(c->linear[l] ? "linear_attention" : "full_attention"));
+            json_object_set_new(h, "layer_types", lt);
+            json_object_set_new(h, "linear_num_key_heads", json_integer(c->lin_hk));
+            json_object_set_new(h, "linear_num_value_heads", json_integer(c->lin_hv));
+            json_object_set_new(h, "linear_key_head_dim", json_integer(c->lin_dk));
+            json_object_set_new(h, "linear_value_head_dim", json_integer(c->lin_dv));
+            json_object_set_new(h, "linear_conv_kernel_dim", json_integer(c->lin_conv));
+            json_object_set_new(h, "fused_in_proj", json_boolean(c->fam->fused_gdn));
+            json_object_set_new(h, "partial_rotary_factor", json_real(c->partial_rotary));
+            json_object_set_new(h, "rotary_dim", json_integer(c->rotary_dim));
+            json_object_set_new(h, "attn_output_gate", json_boolean(c->fam->attn_gate));
+            json_object_set_new(h, "shared_expert_intermediate_size", json_integer(c->shared_inter));
+            json_object_set_new(j, "hybrid", h);
+            json_object_set_new(j, "mtp_tensors", json_integer(m.n_mtp));
+        }
         if (c->n_sparse) {
             json_t* moe = json_object();
             json_object_set_new(moe, "num_experts", json_integer(c->num_experts));
@@ -77,6 +172,8 @@ int cmd_info(Args* a) {
             json_object_set_new(o, "params", json_integer((long)l->out * l->in));
             json_object_set_new(o, "group", json_string(g->name));
             json_object_set_new(o, "disabled", json_boolean(g->disabled));
+            int mb = group_max_block(&m, g);
+            if (mb < 128) json_object_set_new(o, "max_block", json_integer(mb));
             json_array_append_new(ls, o);
         }
         json_object_set_new(j, "linears", ls);
@@ -92,7 +189,11 @@ int cmd_info(Args* a) {
                c->tie_word_embeddings && m.lm_head == m.embed ? "tied to embed_tokens" : "own weight");
         printf("parameters   %zu language model, %ld in candidate linears\n", m.n_params, cand);
         if (c->n_sparse) print_moe(&m);
+        if (c->fam->hybrid) print_hybrid(&m);
         if (m.n_visual) printf("visual       %d tensors under model.visual.* (not loaded)\n", m.n_visual);
+        if (m.n_mtp)
+            printf("mtp          %d multi-token-prediction tensors under mtp.* (not loaded)\n", m.n_mtp);
+        print_block_limits(&m, &gs);
         printf("groups       %d (%d enabled), disabled patterns: %s\n\n", gs.n, gs.n_enabled,
                dis_csv ? dis_csv : DEFAULT_DISABLED);
         printf("%-48s %-13s %10s  %-40s %s\n", "linear", "shape", "params", "group", "disabled");
@@ -104,14 +205,7 @@ int cmd_info(Args* a) {
             printf("%-48s %-13s %10ld  %-40s %s\n", l->name, shape, (long)l->out * l->in, g->name,
                    g->disabled ? "yes" : "no");
         }
-        for (int l = 0; l < c->num_layers; l++) {
-            if (!c->sparse[l]) continue;
-            char name[96], shape[32];
-            snprintf(name, sizeof(name), "%slayers.%d.mlp.gate", c->prefix, l);
-            snprintf(shape, sizeof(shape), "%dx%d", c->num_experts, c->hidden_size);
-            printf("%-48s %-13s %10ld  %-40s %s\n", name, shape, (long)c->num_experts * c->hidden_size, "-",
-                   "router, never a candidate");
-        }
+        print_others(&m);
         printf("%-48s %-13s %10ld  %-40s %s\n", "lm_head", "", (long)c->vocab_size * c->hidden_size, "-",
                "never a candidate");
     }

@@ -413,3 +413,9 @@ int64_t format_weight_bits(const Format* f, long out, long in) {
     int64_t blocks = (int64_t)out * ((in + w->block - 1) / w->block);
     return w->bits * n + blocks * (w->scale == QSCALE_F32 ? 16 : 8);
 }
+
+int format_misfit_block(const Format* f, long in) {
+    if (f->w_enable && f->w.block > 0 && in % f->w.block) return f->w.block;
+    if (f->in_enable && f->in.block > 0 && in % f->in.block) return f->in.block;
+    return 0;
+}

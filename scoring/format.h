@@ -27,6 +27,12 @@ typedef struct {
 // stores bf16: 16 x out x in.
 int64_t format_weight_bits(const Format* f, long out, long in);
 
+// A format applies to a linear only when its blocks along the input (the weight's or the input's) divide
+// the input width: a padded last block is what ModelOpt's fake quantization does, but vLLM and
+// compressed-tensors cannot serve such a group, so search never offers it (README §5). Returns the
+// block size that does not divide in, 0 when f applies.
+int format_misfit_block(const Format* f, long in);
+
 // NAME is a path to a .json file or the stem of configs/formats/NAME.json
 // (looked up beside the autoq binary, then in the working directory).
 // ct selects compressed-tensors numerics. Exits 2 naming the file and field.

@@ -40,41 +40,74 @@ int patterns_match(Patterns* p, const char* name) {
     return any;
 }
 
-static Group* new_group(Groups* gs, int l, int cap, const char* fmt, const char* a, const char* b) {
+static Group* new_group(Groups* gs, int l, int cap, const char* name) {
     Group* g = &gs->g[gs->n++];
     g->layer = l;
     g->members = xcalloc(cap, sizeof(int));
-    snprintf(g->name, sizeof(g->name), fmt, a, b);
+    snprintf(g->name, sizeof(g->name), "%s", name);
     return g;
 }
 
-static void add_member(Groups* gs, const Model* m, int idx) {
-    Group* g = &gs->g[gs->n - 1];
+static void add_member(Groups* gs, const Model* m, Group* g, int idx) {
     g->members[g->n_members++] = idx;
     g->params += (long)m->linears[idx].out * m->linears[idx].in;
-    gs->group_of[idx] = gs->n - 1;
+    gs->group_of[idx] = (int)(g - gs->g);
 }
 
-// Layer l's groups: attention {q,k,v} and o_proj, then {gate,up} and down_proj or the experts.
+// The architecture table's row of linear lin (the experts' row for an expert's linear).
+static const ArchTensor* linear_row(const Model* m, const Linear* lin) {
+    return lin->expert >= 0 ? arch_experts(m->c.fam) : arch_linear(m->c.fam, lin->kind);
+}
+
+// Layer l's groups (README §5) as its family's table says: a linear joins the group its row names
+// (q, k, v: self_attn.qkv; gate, up: mlp.gate_up; in_proj_qkv, in_proj_z: linear_attn.in_proj_qkvz; ...),
+// or stands alone under its own name; a sparse layer's experts are one group whatever no_grouping says.
 static void layer_groups(Groups* gs, const Model* m, int l, int no_grouping) {
-    char pre[64];
-    snprintf(pre, sizeof(pre), "%slayers.%d.", m->c.prefix, l);
-    int base = m->lin0[l], n = m->lin0[l + 1] - base;
+    int base = m->lin0[l], n = m->lin0[l + 1] - base, first = gs->n;
     for (int k = 0; k < n; k++) {
         int idx = base + k;
         const Linear* lin = &m->linears[idx];
-        if (lin->expert >= 0) {
-            if (lin->expert == 0 && lin->kind == LIN_GATE)
-                new_group(gs, l, n - LIN_GATE, "%s%s", pre, "mlp.experts")->experts = 1;
-            add_member(gs, m, idx);
-            continue;
+        const ArchTensor* row = linear_row(m, lin);
+        char name[160];
+        if (row && row->group && (lin->expert >= 0 || !no_grouping))
+            snprintf(name, sizeof(name), "%slayers.%d.%s", m->c.prefix, l, row->group);
+        else
+            snprintf(name, sizeof(name), "%s", lin->name);
+        Group* g = NULL;
+        for (int j = first; j < gs->n && !g; j++)
+            if (strcmp(gs->g[j].name, name) == 0) g = &gs->g[j];
+        if (!g) {
+            g = new_group(gs, l, n, name);
+            g->experts = lin->expert >= 0;
         }
-        int joins = !no_grouping && (k == LIN_K || k == LIN_V || k == LIN_UP);
-        if (!joins && (no_grouping || k == LIN_O || k == LIN_DOWN))
-            new_group(gs, l, 1, "%s%s", lin->name, "");
-        else if (!joins)
-            new_group(gs, l, 3, "%s%s", pre, k == LIN_Q ? "self_attn.qkv" : "mlp.gate_up");
-        add_member(gs, m, idx);
+        add_member(gs, m, g, idx);
+    }
+}
+
+// Module names that are never candidates count for the "matches nothing" warning: lm_head, every
+// non-linear row of the architecture table (routers, shared expert gates, conv1d, norms, A_log,
+// dt_bias), the vision tower and the multi-token-prediction tensors.
+static void match_others(const Model* m, Patterns* dis) {
+    const Config* c = &m->c;
+    const ArchFamily* f = c->fam;
+    char name[256];
+    patterns_match(dis, "lm_head");
+    for (int l = 0; l < c->num_layers; l++)
+        for (int i = 0; i < f->n_tensors; i++) {
+            const ArchTensor* r = &f->tensors[i];
+            if (r->lin >= 0 || !arch_layer_has(c, l, r->part)) continue;
+            snprintf(name, sizeof(name), "%slayers.%d.%s", c->prefix, l, r->name);
+            size_t n = strlen(name);
+            if (n > 7 && strcmp(name + n - 7, ".weight") == 0) name[n - 7] = 0; // the module's name
+            patterns_match(dis, name);
+        }
+    for (int i = 0; i < m->ck.n; i++) {
+        const char* t = m->ck.t[i].name;
+        if (strncmp(t, "model.visual.", 13) != 0 && strncmp(t, "mtp.", 4) != 0) continue;
+        snprintf(name, sizeof(name), "%s", t);
+        char* dot = strrchr(name, '.');
+        if (dot) *dot = 0; // module name: drop .weight / .bias
+        patterns_match(dis, name);
     }
 }
 
@@ -89,22 +122,7 @@ void groups_build(Groups* gs, const Model* m, int no_grouping, Patterns* dis) {
             g->disabled |= patterns_match(dis, m->linears[g->members[j]].name);
         gs->n_enabled += !g->disabled;
     }
-    // Other modules count for the "matches nothing" warning, never as candidates.
-    patterns_match(dis, "lm_head");
-    char name[256];
-    for (int l = 0; l < m->c.num_layers; l++) { // routers: counted, never candidates
-        if (!model_layer_sparse(m, l)) continue;
-        snprintf(name, sizeof(name), "%slayers.%d.mlp.gate", m->c.prefix, l);
-        patterns_match(dis, name);
-    }
-    for (int i = 0; i < m->ck.n; i++) {
-        const char* t = m->ck.t[i].name;
-        if (strncmp(t, "model.visual.", 13) != 0) continue;
-        snprintf(name, sizeof(name), "%s", t);
-        char* dot = strrchr(name, '.');
-        if (dot) *dot = 0; // module name: drop .weight / .bias
-        patterns_match(dis, name);
-    }
+    match_others(m, dis);
 }
 
 void groups_free(Groups* gs) {

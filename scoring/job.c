@@ -72,6 +72,28 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     require_utf8(a->cmd, "--disabled-layers", j->disabled_csv);
 }
 
+// The hybrid families (Gated DeltaNet layers) run on the CPU engine with RTN only for now (README
+// "Not done yet"): --device cuda and --quantizer gptq are refused, --device auto scores on the CPU.
+static void hybrid_check(ScoreJob* j, int want_gpu) {
+    static Config c; // ~12 KiB: read before the model is loaded one way or the other
+    config_load(&c, j->model_dir);
+    if (!c.fam->hybrid) return;
+    if (want_gpu)
+        fail_input("--device cuda: %s (%s) has Gated DeltaNet layers, which the CUDA engine does not run yet; "
+                   "use --device cpu",
+                   j->model_dir, c.model_type);
+    if (j->quant.kind == QUANTIZER_GPTQ)
+        fail_input("--quantizer gptq: %s (%s) has Gated DeltaNet layers, which GPTQ does not handle yet; use "
+                   "--quantizer rtn",
+                   j->model_dir, c.model_type);
+    if (gpu_device_count() > 0)
+        warn_msg(
+            "%s (%s) has Gated DeltaNet layers, which the CUDA engine does not run yet: scoring on the CPU "
+            "(--device auto)",
+            j->model_dir, c.model_type);
+    j->cpu_only = 1;
+}
+
 void score_job_load(ScoreJob* j) {
     if (!j->model_dir) fail_input("MODEL folder missing");
     if (!j->data.path) fail_input("--data is required");
@@ -81,8 +103,9 @@ void score_job_load(ScoreJob* j) {
     for (int f = 0; f < j->nf && !j->gpu_gemm_given; f++)
         if (j->fmts[f].bits >= 8) j->gpu_gemm = GEMM_BF16X2;
     int want_gpu = strcmp(j->device, "cuda") == 0;
+    hybrid_check(j, want_gpu);
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
-    j->use_gpu = want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0);
+    j->use_gpu = !j->cpu_only && (want_gpu || (strcmp(j->device, "auto") == 0 && gpu_device_count() > 0));
     // What the GPU engine cannot run: formats without a weight quantizer, emulated formats (every one but
     // the integer per-channel ones) on mixture-of-experts layers, and GPTQ weights under an emulated format
     // (the engine holds them as int8 codes for its int8 GEMM). --device auto leaves the GPU for the CPU

@@ -142,20 +142,7 @@ static void add_sample_kl(Scorer* s, const int* ids) {
 }
 
 // The input X_m of linear m in the saved unquantized pass.
-static const float* linear_input(const RunState* r, const Linear* lin) {
-    const LayerActs* a = &r->acts[lin->layer];
-    switch (lin->kind) {
-    case LIN_O:
-        return a->att;
-    case LIN_GATE:
-    case LIN_UP:
-        return a->m;
-    case LIN_DOWN:
-        return a->act;
-    default:
-        return a->a;
-    }
-}
+static const float* linear_input(const RunState* r, const Linear* lin) { return model_linear_input(r, lin); }
 
 // A sparse layer's experts (README §6): dY = dL/dy_moe, and Yq the block output with every expert's
 // weights and inputs quantized on the unquantized pass's routing.

@@ -62,17 +62,44 @@ static int64_t choice_cost(const SearchCtx* c, Cost k, Bits b, int g, int f) {
     return (int64_t)((__int128)bits * t->active[g] / t->params[g]);
 }
 
+// misfit (nf, ng): 1 where format f's blocks do not divide the input width of a member of group g
+// (format_misfit_block, README §5); says which groups and why, once per format.
+static uint8_t* search_misfits(const ScoreTable* t, int warn) {
+    uint8_t* mis = xcalloc((size_t)t->nf * t->ng + 1, 1);
+    for (int f = 0; f < t->nf; f++) {
+        int n = 0, block = 0;
+        char names[512] = "";
+        for (int i = 0; i < t->nl; i++) {
+            int g = t->lgroup[i], b = format_misfit_block(&t->fmts[f], t->lshape[2 * i + 1]);
+            if (!b || t->disabled[g] || mis[(size_t)f * t->ng + g]) continue;
+            mis[(size_t)f * t->ng + g] = 1;
+            block = b;
+            if (n++ < 4)
+                snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s (input %ld)",
+                         n > 1 ? ", " : "", t->gname[g], t->lshape[2 * i + 1]);
+        }
+        if (n && warn)
+            warn_msg(
+                "format '%s' is not offered for %d group(s) whose input width its blocks of %d do not divide "
+                "(served checkpoints cannot pad them): %s%s",
+                t->fmts[f].name, n, block, names, n > 4 ? ", ..." : "");
+    }
+    return mis;
+}
+
 double search_min_budget(const SearchCtx* c) {
     int64_t cost = c->fixed[c->cost][c->scope];
+    uint8_t* misfit = search_misfits(c->t, 0);
     for (int g = 0; g < c->t->ng; g++) {
         if (c->t->disabled[g]) continue;
         int64_t best = choice_cost(c, c->cost, c->bits, g, -1);
         for (int f = 0; f < c->t->nf; f++) {
             int64_t x = choice_cost(c, c->cost, c->bits, g, f);
-            best = x < best ? x : best;
+            if (!misfit[(size_t)f * c->t->ng + g]) best = x < best ? x : best;
         }
         cost += best;
     }
+    free(misfit);
     return (double)cost / c->total[c->cost][c->scope];
 }
 
@@ -96,6 +123,7 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
 
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out) {
     const ScoreTable* t = c->t;
+    uint8_t* misfit = search_misfits(t, 1);
     int* gidx = xmalloc(sizeof(int) * t->ng);
     KsItem* items = xcalloc(t->ng, sizeof(KsItem));
     int n = 0;
@@ -111,6 +139,11 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
             it->cost[f + 1] = choice_cost(c, c->cost, c->bits, g, f);
             it->score[f + 1] = t->score[(size_t)f * t->ng + g];
             it->bf16[f + 1] = 0;
+            if (misfit[(size_t)f * t->ng +
+                       g]) { // not offered: dominated by bf16 (twice its cost, a huge score)
+                it->cost[f + 1] = 2 * it->cost[0];
+                it->score[f + 1] = 1e30;
+            }
         }
     }
     double hi = 0;
@@ -148,6 +181,7 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
     free(ch);
     ks_free(&ks);
     free(items);
+    free(misfit);
     free(gidx);
 }
 
