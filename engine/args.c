@@ -127,7 +127,8 @@ static void check_aliasing(const Args* a) {
                         fail_input("%s: %s %s and %s %s name the same file; an output may not overwrite %s",
                                    a->cmd, o->name, out, p->name, other, input ? "an input" : "another output");
                     if (input && o->type == OPT_OUT_DIR && path_within(other, out))
-                        fail_input("%s: %s %s holds the input %s %s, which replacing the folder would delete",
+                        fail_input("%s: %s %s holds the input %s %s; an output folder may not hold an input "
+                                   "(it may be replaced)",
                                    a->cmd, o->name, out, p->name, other);
                 }
             }

@@ -153,6 +153,8 @@ cmp -s $F/model.safetensors "$tmp/m/model.safetensors" && pass "quantize --out M
 cp "$tmp/r.json" "$tmp/q/r.json"
 expect "quantize --recipe inside --out --force" "holds the input --recipe" \
     $AQ quantize $F --recipe "$tmp/q/r.json" --out "$tmp/q" --force
+mkdir -p "$tmp/g2" && echo text >"$tmp/g2/tokenizer.json"
+expect "gen OUT_DIR holding --corpus" "OUT_DIR $tmp/g2 holds the input --corpus" $AQ gen "$tmp/g2" --corpus "$tmp/g2/tokenizer.json"
 expect "gen --ids = --corpus" "an output may not overwrite an input" $AQ gen "$tmp/g" --corpus "$tmp/i.npy" --ids "$tmp/i.npy"
 $AQ score $F --data $I --method kl --num-samples 1 --json - --out "$tmp/s2.h5" 2>/dev/null | python3 -c "import json,sys; json.load(sys.stdin)" &&
     pass "--json - (stdout) beside --out" || fail "--json - beside --out"
