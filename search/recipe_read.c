@@ -75,9 +75,9 @@ static int recipe_members(const char* path, size_t gi, json_t* mem, const Model*
         for (int k = 0; k < m->n_linears && found < 0; k++)
             if (strcmp(m->linears[k].name, json_string_value(name)) == 0) found = k;
         if (found < 0 && !allow_partial)
-            fail_input("%s: groups[%zu].members[%zu] ('%s') is not a linear of %s: a recipe for another model? "
+            fail_input("%s: groups[%zu].members[%zu] is not a linear of %s ('%s'): a recipe for another model? "
                        "(--allow-partial skips it)",
-                       path, gi, mi, json_string_value(name), m->dir);
+                       path, gi, mi, m->dir, json_string_value(name));
         if (found < 0) {
             unknown++;
             continue;

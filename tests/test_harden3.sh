@@ -52,7 +52,7 @@ else fail "#11 quantize --allow-partial: exit $rc: $out"; fi
 $T $AQ score "$tmp/G8" --data "$I" --method gradient --device cpu --out "$tmp/s8.h5" >/dev/null 2>&1 &&
     $T $AQ search --scores "$tmp/s8.h5" --budget 5 --out "$tmp/r8.json" >/dev/null 2>&1 || fail "score/search G8"
 expect "#11 quantize: 8-layer recipe on the 4-layer model" \
-    "is not a linear of $G: a recipe for another model? (--allow-partial skips it)" \
+    "members[0] is not a linear of $G ('model.layers.4.self_attn.q_proj'): a recipe for another model? (--allow-partial skips it)" \
     $T $AQ quantize "$G" --recipe "$tmp/r8.json" --out "$tmp/q4"
 out=$($T $AQ eval "$G" --data "$I" --recipe "$tmp/r8.json" --allow-partial 2>&1)
 rc=$?
