@@ -78,13 +78,15 @@ else
     echo "SKIP search: ModelOpt comparison: ../shared/models/qwen3-tiny missing"
 fi
 
-# The README's Scoring and Searching examples, run as printed: every number they show (scores, chosen
-# formats, effective bits, predicted score, measured KL and NLL) within a relative 1e-3 of this run's.
+# The README's Scoring and Searching examples, run as printed: every number they show within a relative
+# 1e-3 of this run's (scores, chosen formats, effective bits, predicted score), the measured KL and NLL
+# within 1e-2: the quantized model's int8 activations flip on rounding edges when the BLAS kernels' last
+# digits move (the same recipe's measured KL 101.917 on OpenBLAS's SkylakeX kernels, 102.073 on Haswell's).
 if [ -f $T/config.json ] && [ -f ../shared/data/calib.txt ]; then
     $AQ score $T --data ../shared/data/calib.txt --num-samples 8 --seq-len 256 --method gradient --out "$tmp/rs.h5" >"$tmp/rs.out" 2>&1
     $AQ search --scores "$tmp/rs.h5" --budget 4.8 --verify --data ../shared/data/calib.txt --num-samples 8 --seq-len 256 \
         --out "$tmp/rr.json" >"$tmp/rq.out" 2>&1
-    out=$(python3 - "$tmp/rs.out" "$tmp/rq.out" <<'PY' 2>&1) && pass "README's Scoring and Searching examples match a run" || fail "README examples: $out"
+    python3 - "$tmp/rs.out" "$tmp/rq.out" >"$tmp/readme.err" 2>&1 <<'PY' && pass "README's Scoring and Searching examples match a run" || fail "README examples: $(tail -3 "$tmp/readme.err")"
 import re, sys
 readme = open("README.md").read()
 num = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -105,8 +107,9 @@ for title, run in (("### Scoring", sys.argv[1]), ("### Searching", sys.argv[2]))
 want = " ".join(block("### Searching").split("\nbudget ", 1)[1].split())
 got = [l for l in open(sys.argv[2]) if l.startswith("budget ")][0].split("budget ", 1)[1].strip()
 assert num.sub("#", want) == num.sub("#", got), (want, got)
-for a, b in zip(num.findall(want), num.findall(got)):
-    assert close(a, b), (a, b, got)
+for part, tol in ((0, 1e-3), (1, 1e-2)):  # before "measured KL", and from it on
+    for a, b in zip(num.findall(want.split("measured KL")[part]), num.findall(got.split("measured KL")[part])):
+        assert abs(float(a) - float(b)) <= tol * max(abs(float(a)), abs(float(b))), (a, b, tol, got)
 PY
 else
     echo "SKIP search: README examples: ../shared/models/qwen3-tiny or ../shared/data/calib.txt missing"
@@ -115,7 +118,7 @@ fi
 $AQ score tests/fixtures/qwen3-moe-tiny --data tests/fixtures/qwen3_moe_tiny_ids.npy --method gradient --min-expert-tokens 30 \
     --out "$tmp/rm.h5" >"$tmp/rm.out" 2>&1
 $AQ search --scores "$tmp/rm.h5" --budget 5 --cost active >>"$tmp/rm.out" 2>&1
-out=$(python3 - "$tmp/rm.out" <<'PY' 2>&1) && pass "README's mixture-of-experts example matches a run" || fail "README MoE example: $out"
+python3 - "$tmp/rm.out" >"$tmp/readme_moe.err" 2>&1 <<'PY' && pass "README's mixture-of-experts example matches a run" || fail "README MoE example: $(tail -3 "$tmp/readme_moe.err")"
 import re, sys
 readme = open("README.md").read()
 want = readme.split("\n### Mixture-of-experts models\n", 1)[1].split("```", 2)[1].splitlines()
