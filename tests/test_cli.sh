@@ -183,3 +183,20 @@ a = json.load(open("configs/formats/aliases.json"))["modelopt"]
 assert all(("format" in v) != ("differs" in v) for v in a.values())
 assert all(os.path.isfile(f"configs/formats/{v['format']}.json") for v in a.values() if "format" in v)
 PY
+
+# Every option the code reads is declared in a command's table: args_str & co. return nothing for an
+# undeclared name (shared parsers read options some commands lack), so a forgotten row would make an
+# option silently unusable.
+python3 - <<'PY' && pass "every option the code reads is declared in autoq.c's tables" || fail "options read but never declared"
+import glob, re, sys
+read = set()
+for f in glob.glob("*/*.c") + glob.glob("*/*.cu"):
+    if f.startswith("tests/") or f.startswith("bench/"):
+        continue
+    read |= set(re.findall(r'args_(?:str|flag|int|double|multi|refuse)\(\s*[a-z&>-]+,\s*"(--[a-z0-9-]+)"', open(f).read()))
+decl = set(re.findall(r'"(--[a-z0-9-]+)",[\s\\]*OPT_', open("autoq.c").read() + open("engine/args.c").read()))
+missing = sorted(read - decl)
+if missing:
+    print("read but not declared:", missing)
+    sys.exit(1)
+PY
