@@ -74,6 +74,24 @@ assert sum(v for g in j['groups'] for v in g['scores'].values()) > 0
 " && pass "score $meth ${m%%:*}: every format, finite" || fail "score $meth ${m%%:*}"
     done
 done
+# kl and gradient scores (W4A8) against PyTorch + transformers 5.17 (make_hybrid_fixtures.py): within 1%
+# relative on every group of at least 1% of the largest (a quantized group may flip a later layer's routing)
+for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-tiny:qwen3_next_tiny; do
+    d=$F/${m%%:*} s=$F/${m##*:}
+    for meth in kl gradient; do
+        $AQ score $d --data ${s}_ids.npy --method $meth --format w4a8 --json "$tmp/r_$meth.json" >/dev/null 2>&1 &&
+            python3 -c "
+import json
+a = {g['name']: g['score'] for g in json.load(open('$tmp/r_$meth.json'))['groups']}
+r = json.load(open('${s}_ref.json'))['$meth']
+assert set(a) == set(r), set(a) ^ set(r)
+mx = max(r.values())
+w = max(abs(a[n] - r[n]) / max(abs(r[n]), 0.01 * mx) for n in r)
+print('  ${m%%:*} $meth: %d groups, worst relative difference %.2e' % (len(r), w))
+assert w <= 1e-2, w
+" && pass "score $meth ${m%%:*}: equal to PyTorch's per group" || fail "score $meth ${m%%:*} against PyTorch"
+    done
+done
 # the same scores for any thread count (README §6)
 $AQ score $nxt --data $F/qwen3_next_tiny_ids.npy --method gradient --format w4a8 --json "$tmp/t1.json" >/dev/null 2>&1
 OMP_NUM_THREADS=1 $AQ score $nxt --data $F/qwen3_next_tiny_ids.npy --method gradient --format w4a8 --json "$tmp/t2.json" >/dev/null 2>&1

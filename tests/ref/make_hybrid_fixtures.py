@@ -13,7 +13,9 @@ Writes, deterministically (seeded), all small and committed:
                        in mlp_only_layers (a dense MLP), the rest experts + shared expert, mtp.* tensors
   <name>_ids.npy       2 x 24 random ids (int32)
   <name>_logits.npy    the logits of every window, float32 [2 * 24, V]
-  <name>_ref.json      per-window mean next-token NLL and the checkpoint's tensor names and shapes
+  <name>_ref.json      per-window mean next-token NLL, the checkpoint's tensor names and shapes, and
+                       per-group kl and gradient scores (W4A8, ModelOpt numerics, README §6) with autoq's
+                       groups (README §5): the experts group scored at the routed sum (routing unchanged)
 Weights are stored as bf16 and the reference runs in fp32 on those bf16 values, so autoq reads
 exactly the weights the reference used. Norm weights, A_log, dt_bias and the gated norm are
 non-default so every path matters.
@@ -26,11 +28,15 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import types
+
 import transformers
 from transformers import (Qwen3_5ForCausalLM, Qwen3_5MoeForConditionalGeneration, Qwen3NextForCausalLM)
 from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
 from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeConfig
 from transformers.models.qwen3_next.configuration_qwen3_next import Qwen3NextConfig
+
+from make_refs import fq  # README §4 fake quantization (ModelOpt dialect): weights per row, inputs per token
 
 N, T, V = 2, 24, 256
 MTP = {  # a few multi-token-prediction tensors, as the released checkpoints carry (never loaded by autoq)
@@ -104,6 +110,117 @@ def check_reload(cls, d, ids, logits):
     assert err < 1e-5, f"{d}: reloaded logits differ by {err}"
 
 
+def patch_linear(mod):
+    mod.q_on = False
+    mod.wq = fq(mod.weight.detach(), 4)
+
+    def fwd(self, x):
+        return F.linear(fq(x, 8), self.wq) if self.q_on else F.linear(x, self.weight)
+
+    mod.forward = types.MethodType(fwd, mod)
+
+
+def patch_experts(ex):
+    """The routed experts (transformers' fused Experts module) with every expert's weights and inputs
+    fake-quantized when q_on; the routing comes in from the block, unquantized."""
+    ex.q_on = False
+    orig = ex.forward
+
+    def fwd(self, x, idx, w):
+        if not self.q_on:
+            return orig(x, idx, w)
+        gu, dn = fq(self.gate_up_proj.detach(), 4), fq(self.down_proj.detach(), 4)
+        xq, out = fq(x, 8), torch.zeros_like(x)
+        for e in range(gu.shape[0]):
+            tok, slot = torch.where(idx == e)
+            if tok.numel() == 0:
+                continue
+            g, u = F.linear(xq[tok], gu[e]).chunk(2, dim=-1)
+            h = fq(self.act_fn(g) * u, 8)
+            out.index_add_(0, tok, F.linear(h, dn[e]) * w[tok, slot, None])
+        return out
+
+    ex.forward = types.MethodType(fwd, ex)
+
+
+def groups_of(model):
+    """(name, dense linears, experts module or None) per group, in autoq's order (README §5)."""
+    m = model.model
+    layers, p0 = (m.language_model.layers, "model.language_model.layers.") if hasattr(m, "language_model") else (
+        m.layers, "model.layers.")
+    gs = []
+    for l, layer in enumerate(layers):
+        p = f"{p0}{l}."
+        if hasattr(layer, "linear_attn"):
+            a = layer.linear_attn
+            if hasattr(a, "in_proj_qkvz"):
+                gs += [(p + "linear_attn.in_proj_qkvz", [a.in_proj_qkvz], None),
+                       (p + "linear_attn.in_proj_ba", [a.in_proj_ba], None)]
+            else:
+                gs += [(p + "linear_attn.in_proj_qkvz", [a.in_proj_qkv, a.in_proj_z], None),
+                       (p + "linear_attn.in_proj_ba", [a.in_proj_b, a.in_proj_a], None)]
+            gs.append((p + "linear_attn.out_proj", [a.out_proj], None))
+        else:
+            a = layer.self_attn
+            gs += [(p + "self_attn.qkv", [a.q_proj, a.k_proj, a.v_proj], None), (p + "self_attn.o_proj", [a.o_proj], None)]
+        mlp = layer.mlp
+        if hasattr(mlp, "experts"):
+            gs.append((p + "mlp.experts", [], mlp.experts))
+            sh = mlp.shared_expert
+            gs += [(p + "mlp.shared_expert.gate_up", [sh.gate_proj, sh.up_proj], None),
+                   (p + "mlp.shared_expert.down_proj", [sh.down_proj], None)]
+        else:
+            gs += [(p + "mlp.gate_up", [mlp.gate_proj, mlp.up_proj], None), (p + "mlp.down_proj", [mlp.down_proj], None)]
+    return gs
+
+
+def scores_ref(model, ids):
+    """kl: sum over windows and positions of KL(P || Q_g); gradient: sum of (dL/dY . dY)^2 over the group's
+    linears (experts: Y the routed sum), L the mean next-token cross-entropy (README §6)."""
+    gs = groups_of(model)
+    for _, ms, ex in gs:
+        for m in ms:
+            patch_linear(m)
+        if ex is not None:
+            patch_experts(ex)
+    kl = {n: 0.0 for n, _, _ in gs}
+    grad = {n: 0.0 for n, _, _ in gs}
+    for i in range(ids.shape[0]):
+        x = torch.tensor(ids[i:i + 1], dtype=torch.long)
+        with torch.no_grad():
+            lp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float()[0], -1)
+            for n, ms, ex in gs:
+                for mod in ms + ([ex] if ex is not None else []):
+                    mod.q_on = True
+                lq = F.log_softmax(model(input_ids=x, use_cache=False).logits.float()[0], -1)
+                for mod in ms + ([ex] if ex is not None else []):
+                    mod.q_on = False
+                kl[n] += (lp.exp().double() * (lp.double() - lq.double())).sum().item()
+        saved = {}
+
+        def hook(mod, inp, outp):
+            outp.retain_grad()
+            saved[mod] = (tuple(t.detach() for t in inp), outp)
+
+        mods = [m for _, ms, _ in gs for m in ms] + [ex for _, _, ex in gs if ex is not None]
+        hs = [m.register_forward_hook(hook) for m in mods]
+        logits = model(input_ids=x, use_cache=False).logits.float()[0]
+        loss = F.cross_entropy(logits[:-1], x[0, 1:], reduction="mean")
+        model.zero_grad()
+        loss.backward()
+        for h in hs:
+            h.remove()
+        with torch.no_grad():
+            for n, ms, ex in gs:
+                for mod in ms + ([ex] if ex is not None else []):
+                    inp, Y = saved[mod]
+                    mod.q_on = True
+                    Yq = mod(*inp)
+                    mod.q_on = False
+                    grad[n] += ((Y.grad.double() * (Yq - Y.detach()).double()) ** 2).sum().item()
+    return kl, grad
+
+
 def make(out, name, cls, config, seed):
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
@@ -117,8 +234,9 @@ def make(out, name, cls, config, seed):
     stem = name.replace("-", "_")
     np.save(os.path.join(out, f"{stem}_ids.npy"), ids)
     np.save(os.path.join(out, f"{stem}_logits.npy"), logits.reshape(N * T, V).numpy().astype(np.float32))
+    kl, grad = scores_ref(model, ids)
     ref = {"nll": nll, "num_samples": N, "seq_len": T, "transformers": transformers.__version__,
-           "torch": torch.__version__, "tensors": shapes}
+           "torch": torch.__version__, "format": "w4a8", "kl": kl, "gradient": grad, "tensors": shapes}
     with open(os.path.join(out, f"{stem}_ref.json"), "w") as f:
         json.dump(ref, f, indent=1)
     print(name, "nll", nll, "params", sum(p.numel() for p in model.parameters()))
