@@ -252,6 +252,16 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
         t->lgroup[i] = gs->group_of[i];
     }
     table_set_coverage(j, t);
+    if (j->wscore && j->samples_done == j->ids.n) { // disabled groups: 0, as their scores
+        size_t n = (size_t)j->nf * gs->n;
+        t->nw = j->ids.n;
+        t->wscore = xmalloc(sizeof(double) * n * t->nw);
+        memcpy(t->wscore, j->wscore, sizeof(double) * n * t->nw);
+        for (int w = 0; w < t->nw; w++)
+            for (int f = 0; f < j->nf; f++)
+                for (int g = 0; g < gs->n; g++)
+                    if (gs->g[g].disabled) t->wscore[(size_t)w * n + (size_t)f * gs->n + g] = 0.0;
+    }
 }
 
 static int cmp_long(const void* a, const void* b) {
@@ -291,6 +301,7 @@ void score_job_report_experts(const ScoreJob* j) {
 
 void score_job_free(ScoreJob* j) {
     free(j->score);
+    free(j->wscore);
     free(j->expert_tokens);
     free(j->sparse_layers);
     token_ids_free(&j->ids);
@@ -333,6 +344,17 @@ static int scores_finite(const ScoreJob* j) {
     return 1;
 }
 
+// One window on the CPU scorer, its contribution kept apart: the difference of the sums around it, so the
+// sums themselves add in the same order as without it (bit-identical scores).
+static void add_window(ScoreJob* j, Scorer* cpu, const int* ids, int w) {
+    size_t n = (size_t)j->nf * j->groups.n;
+    double* out = j->wscore ? j->wscore + (size_t)w * n : NULL;
+    if (out) memcpy(out, j->score, sizeof(double) * n);
+    scorer_add_sample(cpu, ids, j->score);
+    if (out)
+        for (size_t k = 0; k < n; k++) out[k] = j->score[k] - out[k];
+}
+
 // One device: the CPU scorer one window at a time (on the candidate weights qc), or one GPU in batches of
 // --batch-size windows. Returns 0, or 1 when the fp16 GEMM mode overflowed (the run stopped there).
 static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
@@ -354,6 +376,10 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     }
     json_t* id = checkpoint_identity(j);
     int start = checkpoint ? checkpoint_load(checkpoint, id, j) : 0;
+    if (start) { // the windows before a resume left no contributions
+        free(j->wscore);
+        j->wscore = NULL;
+    }
     if (start) info_msg("score: resuming from %s after %d of %d samples", checkpoint, start, j->ids.n);
     // Test hook: a run killed (SIGKILL, as kill -9) after K samples (tests/test_score.sh).
     const char* abort_after = getenv("AUTOQ_TEST_ABORT_AFTER");
@@ -366,7 +392,7 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
         int nb = j->ids.n - i < B ? j->ids.n - i : B;
         const int* ids = j->ids.ids + (long)i * j->ids.t;
         if (!j->use_gpu) {
-            scorer_add_sample(&cpu, ids, j->score);
+            add_window(j, &cpu, ids, i);
         } else if (j->method == METHOD_GRADIENT) {
             gpu_score_gradient(&gpu, ids, nb, j->score);
         } else {
@@ -406,6 +432,12 @@ static int run_scores(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc,
 
 void score_job_run(ScoreJob* j, const char* checkpoint) {
     j->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
+    // The GPU back ends keep no per-window contributions yet (README §8); beyond 1 GiB they are left out.
+    size_t wbytes = sizeof(double) * (size_t)j->ids.n * j->nf * j->groups.n;
+    if (!j->use_gpu && wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
+    if (!j->use_gpu && !j->wscore)
+        warn_msg("score: per-window scores would take %.1f GiB: not kept (search --bootstrap needs them)",
+                 wbytes / 1073741824.0);
     const Config* c = &j->model.c;
     if (c->n_sparse) {
         j->expert_tokens = xcalloc((size_t)c->n_sparse * c->num_experts, sizeof(long));

@@ -7,6 +7,7 @@
 #include "../engine/forward.h"
 #include "../engine/util.h"
 #include "../scoring/job.h"
+#include "bootstrap.h"
 #include "recipe.h"
 
 #define MAX_SWEEP 1000
@@ -76,6 +77,8 @@ int cmd_search(Args* a) {
     int verify = args_flag(a, "--verify");
     const char* emits[4];
     int ne = args_multi(a, "--emit", emits, 4);
+    int nboot = args_int(a, "--bootstrap", 0);
+    int boot_seed = args_int(a, "--bootstrap-seed", 1);
     // --scores: nothing is scored, so no scoring option means anything; --verify alone reads data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
     if (scores && !verify) args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify");
@@ -134,6 +137,15 @@ int cmd_search(Args* a) {
     double b = isnan(budget) ? pts[ns - 1] : budget;
     search_solve(&ctx, &b, 1, &main_sol);
     int* choice = have_model ? xmalloc(sizeof(int) * j.model.n_linears) : NULL;
+    Bootstrap boot;
+    if (nboot) {
+        if (!t.nw)
+            fail_input("search: --bootstrap: %s holds no per-window scores (/groups/window_scores; README §8): "
+                       "score again on the CPU without resuming a checkpoint (the GPU back ends keep none yet)",
+                       scores ? scores : "the scores");
+        bootstrap_run(&boot, &ctx, &main_sol, nboot, (uint64_t)boot_seed);
+        main_sol.boot = &boot;
+    }
     if (verify) {
         Progress p;
         progress_init(&p, "verify", ns + 1);
@@ -155,6 +167,7 @@ int cmd_search(Args* a) {
         printf("\n");
     }
     solution_print(&ctx, &main_sol, 1);
+    if (nboot) bootstrap_print(&boot, &ctx, &main_sol);
     if (out) recipe_write_json(out, &ctx, &main_sol, fmts);
     for (int i = 0; i < ne; i++) {
         if (strncmp(emits[i], "llmcompressor=", 14) == 0)
@@ -166,6 +179,7 @@ int cmd_search(Args* a) {
     for (int i = 0; i < ns; i++) solution_free(&sweep[i]);
     free(sweep);
     solution_free(&main_sol);
+    if (nboot) bootstrap_free(&boot);
     search_free(&ctx);
     free(choice);
     table_free(&t);

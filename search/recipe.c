@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../engine/util.h"
+#include "bootstrap.h"
 #include "knapsack.h"
 
 #define MAX_DP_STATES 400000000LL
@@ -123,7 +124,7 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
 
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out) {
     const ScoreTable* t = c->t;
-    uint8_t* misfit = search_misfits(t, 1);
+    uint8_t* misfit = search_misfits(t, !c->quiet);
     int* gidx = xmalloc(sizeof(int) * t->ng);
     KsItem* items = xcalloc(t->ng, sizeof(KsItem));
     int n = 0;
@@ -269,6 +270,7 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
         if (s->v.gptq) json_object_set_new(mj, "gptq_pipeline", json_string(gptq_pipeline_name(s->v.pipeline)));
         json_object_set_new(j, "measured", mj);
     }
+    if (s->boot) json_object_set_new(j, "bootstrap", bootstrap_json(s->boot));
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
         json_t* o = table_group_json(t, g);
@@ -277,6 +279,8 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
         json_object_set_new(
             o, "score",
             t->disabled[g] || s->sel[g] < 0 ? json_null() : json_real(t->score[(size_t)s->sel[g] * t->ng + g]));
+        if (s->boot && !t->disabled[g])
+            json_object_set_new(o, "bootstrap", bootstrap_group_json(s->boot, t, g));
         json_array_append_new(gs, o);
     }
     json_object_set_new(j, "groups", gs);
@@ -374,5 +378,6 @@ void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, co
     }
     if (H5Gclose(g) < 0) fail_other("%s: cannot write group /search (disk full?)", path);
     if (ns > 0) pareto_write(f, c, sweep, ns, path);
+    if (s->boot) bootstrap_write_h5(f, s->boot, t, path);
     table_h5_finish(f, path);
 }

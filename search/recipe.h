@@ -25,6 +25,7 @@ typedef struct {
                             // cost
     int verified;
     VerifyResult v;
+    const struct Bootstrap* boot; // search --bootstrap's confidence (bootstrap.h), or NULL
 } Solution;
 
 typedef struct {
@@ -35,6 +36,7 @@ typedef struct {
     long total[2][2]; // [cost][scope]: params counted by each scope
     long fixed[2][2]; // [cost][scope]: cost of disabled groups at 16 bits
     int64_t* gtrue;   // (nf, ng) true memory bits of each group under each format (format_weight_bits)
+    int quiet;        // no warnings from search_solve (the bootstrap's many re-solves)
 } SearchCtx;
 
 void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits bits);

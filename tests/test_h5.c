@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "outputs_common.h"
+#include "search/bootstrap.h"
 #include "search/recipe.h"
 
 // ---- editing an HDF5 file the way a damaged or hostile one would look ----
@@ -500,7 +501,13 @@ static void write_search_file(const ScoreTable* t, const char* path) {
         s[i].verified = 1;
         s[i].v.kl = 0.5 * i, s[i].v.nll_ref = 2.0, s[i].v.nll_q = 2.0 + 0.1 * i;
     }
+    Bootstrap bo;
+    if (t->nw) { // per-window scores: the bootstrap's /bootstrap too
+        bootstrap_run(&bo, &c, &s[0], 8, 1);
+        s[0].boot = &bo;
+    }
     search_write_h5(path, &c, &s[0], s, 3);
+    if (t->nw) bootstrap_free(&bo);
     for (int i = 0; i < 3; i++) solution_free(&s[i]);
     search_free(&c);
 }
@@ -636,6 +643,10 @@ static void test_self_describing(void) {
     t.cov_name = xcalloc(1, sizeof(char*));
     t.cov_name[0] = xstrdup("model.layers.1.mlp.experts");
     t.cov_tokens = xcalloc(4, sizeof(long));
+    t.nw = t.num_samples; // per-window scores: each window an equal share
+    t.wscore = xmalloc(sizeof(double) * t.nw * t.nf * t.ng);
+    for (int w = 0; w < t.nw; w++)
+        for (int k = 0; k < t.nf * t.ng; k++) t.wscore[(size_t)w * t.nf * t.ng + k] = t.score[k] / t.nw;
     char* path = tmp_path("full.h5");
     write_search_file(&t, path); // every optional part: coverage, /search, /pareto, --verify
     table_free(&t);
