@@ -250,6 +250,33 @@ static void write_coverage(hid_t f, const ScoreTable* t) {
     h5_ok(f, H5Gclose(c), "/coverage");
 }
 
+// /domains (score --data NAME=FILE ...): each domain's name, windows and scores [domains, groups, formats].
+static void write_domains(hid_t f, const ScoreTable* t) {
+    hid_t g = group_create(f, "domains");
+    char* names[MAX_DOMAINS];
+    for (int d = 0; d < t->nd; d++) names[d] = (char*)t->dname[d];
+    write_strs(g, "name", names, t->nd);
+    h5_describe(g, "name", NULL, "each calibration domain's name (score --data NAME=FILE), in window order");
+    hsize_t nd = (hsize_t)t->nd;
+    h5_write(g, "num_samples", H5T_NATIVE_INT, 1, &nd, t->dsamples);
+    h5_describe(g, "num_samples", NULL,
+                "each domain's windows: the file's windows are the domains' in order (rows of "
+                "/groups/window_scores' last axis)");
+    size_t ng = t->ng, nf = t->nf;
+    double* v = xmalloc(sizeof(double) * t->nd * ng * nf);
+    for (int d = 0; d < t->nd; d++)
+        for (size_t i = 0; i < ng; i++)
+            for (size_t k = 0; k < nf; k++)
+                v[((size_t)d * ng + i) * nf + k] = t->dscore[((size_t)d * nf + k) * ng + i];
+    hsize_t dims[3] = {nd, ng, nf};
+    h5_write(g, "score", H5T_NATIVE_DOUBLE, 3, dims, v);
+    free(v);
+    h5_describe(g, "score", table_score_units(t),
+                "[domains, groups, formats]: /groups/score of each domain's windows alone (their sum over "
+                "domains is /groups/score, up to rounding)");
+    h5_ok(f, H5Gclose(g), "/domains");
+}
+
 long table_h5_create(const ScoreTable* t, const char* path) {
     // What table_read_h5 would reject is refused here, before anything is written.
     if (!utf8_ok(t->model)) fail_input("%s: the model path is not valid UTF-8", path);
@@ -291,6 +318,7 @@ long table_h5_create(const ScoreTable* t, const char* path) {
     write_groups(f, t);
     write_layers(f, t);
     if (t->n_cov) write_coverage(f, t);
+    if (t->nd) write_domains(f, t);
     return (long)f;
 }
 
@@ -675,6 +703,57 @@ static void read_window_scores(const H5In* in, ScoreTable* t) {
     free(v);
 }
 
+// /domains, when present: names unique, windows summing to num_samples, scores finite and >= 0.
+static void read_domains(const H5In* in, ScoreTable* t) {
+    if (!h5_exists(in, "domains/name")) return;
+    int nd;
+    char** names = read_strs(in, "domains/name", MAX_DOMAIN_NAME, MAX_DOMAINS, &nd);
+    if (nd < 1) table_bad(in->path, "domains/name", "holds no domain");
+    t->nd = nd;
+    for (int d = 0; d < nd; d++) {
+        snprintf(t->dname[d], sizeof(t->dname[d]), "%s", names[d]);
+        for (int e = 0; e < d; e++)
+            if (!strcmp(t->dname[e], t->dname[d]))
+                table_bad(in->path, "domains/name", "two domains are named '%s'", names[d]);
+    }
+    table_free_strs(names, nd);
+    read_num(in, "domains/num_samples", H5T_INTEGER, H5T_NATIVE_INT, t->dsamples, 1, (hsize_t)nd, 0);
+    long total = 0;
+    for (int d = 0; d < nd; d++) {
+        if (t->dsamples[d] < 1)
+            table_bad(in->path, "domains/num_samples", "[%d] = %d (at least 1)", d, t->dsamples[d]);
+        total += t->dsamples[d];
+    }
+    if (total != t->num_samples)
+        table_bad(in->path, "domains/num_samples", "sums to %ld, the root attribute num_samples is %d", total,
+                  t->num_samples);
+    const char* name = "domains/score";
+    Ds ds;
+    ds_open(in, name, H5T_FLOAT, 3, &ds);
+    size_t ng = t->ng, nf = t->nf;
+    if (ds.dims[0] != (hsize_t)nd || ds.dims[1] != ng || ds.dims[2] != nf)
+        table_bad(in->path, name,
+                  "has shape [%llu, %llu, %llu], expected [%d, %zu, %zu] (domains, groups, formats)",
+                  (unsigned long long)ds.dims[0], (unsigned long long)ds.dims[1],
+                  (unsigned long long)ds.dims[2], nd, ng, nf);
+    ds_check_storage(in, name, &ds);
+    double* v = xmalloc(sizeof(double) * nd * ng * nf);
+    if (H5Dread(ds.d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0)
+        table_bad(in->path, name, "cannot read (damaged file?)");
+    ds_close(&ds);
+    t->dscore = xmalloc(sizeof(double) * nd * ng * nf);
+    for (int d = 0; d < nd; d++)
+        for (size_t i = 0; i < ng; i++)
+            for (size_t k = 0; k < nf; k++) {
+                double x = v[((size_t)d * ng + i) * nf + k];
+                if (!isfinite(x) || x < 0)
+                    table_bad(in->path, name, "domain %s, group %s, format %s holds %g (finite and >= 0)",
+                              t->dname[d], t->gname[i], t->fmts[k].name, x);
+                t->dscore[((size_t)d * nf + k) * ng + i] = x;
+            }
+    free(v);
+}
+
 static void read_layers(const H5In* in, ScoreTable* t) {
     t->lname = read_strs(in, "layers/name", MAX_NAME, MAX_LAYERS, &t->nl);
     if (t->nl == 0) table_bad(in->path, "layers/name", "holds no layer");
@@ -899,6 +978,7 @@ void table_read_h5(ScoreTable* t, const char* path) {
     read_formats(&in, t);
     read_groups(&in, t);
     read_window_scores(&in, t);
+    read_domains(&in, t);
     read_layers(&in, t);
     table_check_members(t, path);
     table_check_active(t, path);

@@ -15,11 +15,16 @@ static uint64_t splitmix64(uint64_t* x) {
     return z ^ (z >> 31);
 }
 
-void boot_counts(uint64_t seed, int r, int nw, int* counts) {
+void boot_counts_strata(uint64_t seed, int r, int ns, const int* sizes, int* counts) {
     uint64_t x = seed * 0x100000001b3ULL ^ ((uint64_t)r + 1) * 0xd1342543de82ef95ULL;
-    memset(counts, 0, sizeof(int) * nw);
-    for (int i = 0; i < nw; i++) counts[(int)(((unsigned __int128)splitmix64(&x) * (unsigned)nw) >> 64)]++;
+    for (int k = 0, at = 0; k < ns; at += sizes[k++]) {
+        memset(counts + at, 0, sizeof(int) * sizes[k]);
+        for (int i = 0; i < sizes[k]; i++)
+            counts[at + (int)(((unsigned __int128)splitmix64(&x) * (unsigned)sizes[k]) >> 64)]++;
+    }
 }
+
+void boot_counts(uint64_t seed, int r, int nw, int* counts) { boot_counts_strata(seed, r, 1, &nw, counts); }
 
 static int cmp_double(const void* a, const void* b) {
     double x = *(const double*)a, y = *(const double*)b;
@@ -34,7 +39,8 @@ static double quantile(const double* v, int n, double p) {
     return v[i] + (pos - i) * (v[i + 1] - v[i]);
 }
 
-void bootstrap_run(Bootstrap* b, const SearchCtx* c, const Solution* s, int n, uint64_t seed) {
+void bootstrap_run(Bootstrap* b, const SearchCtx* c, const Objective* o, const Solution* s, int n,
+                   uint64_t seed) {
     const ScoreTable* t = c->t;
     int ng = t->ng, nf = t->nf, nw = t->nw;
     size_t cells = (size_t)nf * ng;
@@ -53,6 +59,9 @@ void bootstrap_run(Bootstrap* b, const SearchCtx* c, const Solution* s, int n, u
     // A shallow copy of the table whose scores are the resample's, searched quietly in the same context.
     ScoreTable tb = *t;
     tb.score = xmalloc(sizeof(double) * cells);
+    tb.dscore = t->nd ? xmalloc(sizeof(double) * cells * t->nd) : NULL;
+    int one = nw, ns = t->nd ? t->nd : 1;
+    const int* sizes = t->nd ? t->dsamples : &one; // domains resample within themselves
     SearchCtx cb = *c;
     cb.t = &tb;
     cb.quiet = 1;
@@ -60,14 +69,20 @@ void bootstrap_run(Bootstrap* b, const SearchCtx* c, const Solution* s, int n, u
     Progress p;
     progress_init(&p, "bootstrap", n);
     for (int r = 0; r < n; r++) {
-        boot_counts(seed, r, nw, counts);
+        boot_counts_strata(seed, r, ns, sizes, counts);
         memset(tb.score, 0, sizeof(double) * cells);
-        for (int w = 0; w < nw; w++)
-            if (counts[w])
-                for (size_t k = 0; k < cells; k++) tb.score[k] += counts[w] * t->wscore[(size_t)w * cells + k];
+        if (tb.dscore) memset(tb.dscore, 0, sizeof(double) * cells * t->nd);
+        for (int k = 0, w = 0; k < ns; k++)
+            for (int i = 0; i < sizes[k]; i++, w++)
+                if (counts[w])
+                    for (size_t q = 0; q < cells; q++) {
+                        double v = counts[w] * t->wscore[(size_t)w * cells + q];
+                        tb.score[q] += v;
+                        if (tb.dscore) tb.dscore[k * cells + q] += v;
+                    }
         for (size_t k = 0; k < cells; k++) draws[k * n + r] = tb.score[k];
         Solution sr;
-        search_solve(&cb, &s->budget, 1, &sr);
+        objective_solve(&cb, o, s->budget, &sr);
         int whole = 1;
         for (int g = 0; g < ng; g++) {
             if (t->disabled[g]) continue;
@@ -97,6 +112,7 @@ void bootstrap_run(Bootstrap* b, const SearchCtx* c, const Solution* s, int n, u
         b->n_noisy += b->noisy[g];
     }
     free(tb.score);
+    free(tb.dscore);
     free(counts);
     free(draws);
 }

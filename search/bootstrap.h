@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "milp.h"
 #include "recipe.h"
 
 // A decision is "in the noise" when the recipe's choice for a group comes back in fewer than this fraction
@@ -26,8 +27,12 @@ typedef struct Bootstrap {
 // Resample r of a seeded bootstrap: how many times each of nw windows is drawn (nw draws with replacement,
 // splitmix64 seeded with seed and r, so any resample can be recomputed alone).
 void boot_counts(uint64_t seed, int r, int nw, int* counts);
-// Bootstraps solution s of c (whose table holds window scores) n times at s->budget.
-void bootstrap_run(Bootstrap* b, const SearchCtx* c, const Solution* s, int n, uint64_t seed);
+// The same within ns strata of sizes[k] consecutive windows each (calibration domains): each stratum draws its
+// own size from itself; one stratum is boot_counts.
+void boot_counts_strata(uint64_t seed, int r, int ns, const int* sizes, int* counts);
+// Bootstraps solution s of c (whose table holds window scores) n times at s->budget under objective o.
+void bootstrap_run(Bootstrap* b, const SearchCtx* c, const Objective* o, const Solution* s, int n,
+                   uint64_t seed);
 void bootstrap_free(Bootstrap* b);
 void bootstrap_print(const Bootstrap* b, const SearchCtx* c, const Solution* s);
 // {"resamples", "seed", "stable_threshold", "recipe_agreement", "noisy_groups"} for the recipe JSON, and

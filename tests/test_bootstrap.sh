@@ -50,3 +50,47 @@ with h5py.File(sys.argv[1]) as f:
     assert w.shape == s.shape + (3,), (w.shape, s.shape)
     assert np.allclose(w.sum(axis=2), s, rtol=1e-12, atol=0) and (w >= 0).all()
 PY
+
+# Calibration domains (README §7, §8): score --data NAME=FILE repeated, search --objective
+"$TB" --write-domains "$tmp/d.h5" || fail "writing the domains case"
+for o in max mean weights:code=0.8,prose=0.2; do
+    $AQ search --scores "$tmp/d.h5" --budget 6.4 --bits modelopt --objective $o --out "$tmp/$o.json" --h5 "$tmp/$o.h5" \
+        >"$tmp/o.$o" 2>&1 || fail "search --objective $o: $(cat "$tmp/o.$o")"
+done
+python3 - "$tmp" <<'PY' && pass "objectives: recipes and predicted loss per domain" || fail "objectives JSON"
+import json, sys
+t = sys.argv[1]
+mx, mn = json.load(open(t + "/max.json")), json.load(open(t + "/mean.json"))
+assert mx["objective"] == "max" and set(mx["predicted_loss"]) == {"code", "prose"}
+assert abs(mx["predicted_score"] - max(mx["predicted_loss"].values())) < 1e-9
+assert abs(mn["predicted_score"] - sum(mn["predicted_loss"].values()) / 2) < 1e-9
+# max never has a worse worst domain than mean, mean never a worse average than max
+assert max(mx["predicted_loss"].values()) <= max(mn["predicted_loss"].values()) + 1e-12
+assert sum(mn["predicted_loss"].values()) <= sum(mx["predicted_loss"].values()) + 1e-12
+PY
+grep -q "objective max, predicted loss per window code" "$tmp/o.max" && pass "search prints each domain's loss" ||
+    fail "domain losses line: $(cat "$tmp/o.max")"
+expect "--objective needs domains" "needs a scores file with calibration domains" \
+    $AQ search --scores "$tmp/w.h5" --budget 6 --objective max
+expect "--objective names a known domain" "no domain 'chat'" \
+    $AQ search --scores "$tmp/d.h5" --budget 6.4 --objective weights:chat=1
+expect "--objective bad weight" "must be a finite number >= 0" \
+    $AQ search --scores "$tmp/d.h5" --budget 6.4 --objective weights:code=-1
+expect "several --data are NAME=FILE" "must each be NAME=FILE" \
+    $AQ score $M --data tests/fixtures/qwen3_vl_tiny_ids.npy --data b=tests/fixtures/qwen3_vl_tiny_ids.npy --method kl
+expect "domain names unique" "given twice" \
+    $AQ score $M --data a=tests/fixtures/qwen3_vl_tiny_ids.npy --data a=tests/fixtures/qwen3_vl_tiny_ids.npy --method kl
+$AQ score $M --data a=tests/fixtures/qwen3_vl_tiny_ids.npy --data bb=tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 2 \
+    --seq-len 16 --method kl --format w4a8,fp8 --device cpu --out "$tmp/sd.h5" >/dev/null 2>&1 || fail "score with domains"
+python3 - "$tmp/sd.h5" <<'PY' && pass "score --data NAME=FILE: one file, each domain's scores" || fail "domains file"
+import sys
+import h5py, numpy as np
+with h5py.File(sys.argv[1]) as f:
+    assert [n.decode() for n in f["domains/name"][:]] == ["a", "bb"] and list(f["domains/num_samples"][:]) == [2, 2]
+    d, s, w = f["domains/score"][:], f["groups/score"][:], f["groups/window_scores"][:]
+    assert f.attrs["num_samples"] == 4 and w.shape[2] == 4
+    assert np.allclose(d.sum(axis=0), s, rtol=1e-12) and np.array_equal(d[0], d[1])  # the same windows twice
+PY
+$AQ search --scores "$tmp/sd.h5" --budget 6 --objective max --bootstrap 10 >"$tmp/sdo" 2>&1 &&
+    grep -q "bootstrap: 10 resamples" "$tmp/sdo" && pass "bootstrap under --objective max (domains resampled apart)" ||
+    fail "bootstrap with domains: $(cat "$tmp/sdo")"

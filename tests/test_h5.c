@@ -9,6 +9,7 @@
 
 #include "outputs_common.h"
 #include "search/bootstrap.h"
+#include "search/milp.h"
 #include "search/recipe.h"
 
 // ---- editing an HDF5 file the way a damaged or hostile one would look ----
@@ -503,8 +504,14 @@ static void write_search_file(const ScoreTable* t, const char* path) {
     }
     Bootstrap bo;
     if (t->nw) { // per-window scores: the bootstrap's /bootstrap too
-        bootstrap_run(&bo, &c, &s[0], 8, 1);
+        Objective sum = {OBJ_SUM, {0}};
+        bootstrap_run(&bo, &c, &sum, &s[0], 8, 1);
         s[0].boot = &bo;
+    }
+    if (t->nd) { // calibration domains: the objective and each domain's loss
+        s[0].objective = "max";
+        s[0].nd = t->nd;
+        objective_losses(t, s[0].sel, s[0].dloss);
     }
     search_write_h5(path, &c, &s[0], s, 3);
     if (t->nw) bootstrap_free(&bo);
@@ -647,6 +654,13 @@ static void test_self_describing(void) {
     t.wscore = xmalloc(sizeof(double) * t.nw * t.nf * t.ng);
     for (int w = 0; w < t.nw; w++)
         for (int k = 0; k < t.nf * t.ng; k++) t.wscore[(size_t)w * t.nf * t.ng + k] = t.score[k] / t.nw;
+    t.nd = 2; // two calibration domains of one window each, each half the scores
+    snprintf(t.dname[0], sizeof(t.dname[0]), "code");
+    snprintf(t.dname[1], sizeof(t.dname[1]), "prose");
+    t.dsamples[0] = t.dsamples[1] = 1;
+    t.dscore = xmalloc(sizeof(double) * 2 * t.nf * t.ng);
+    for (int d = 0; d < 2; d++)
+        for (int k = 0; k < t.nf * t.ng; k++) t.dscore[(size_t)d * t.nf * t.ng + k] = t.score[k] / 2;
     char* path = tmp_path("full.h5");
     write_search_file(&t, path); // every optional part: coverage, /search, /pareto, --verify
     table_free(&t);
