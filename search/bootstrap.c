@@ -145,7 +145,7 @@ void bootstrap_print(const Bootstrap* b, const SearchCtx* c, const Solution* s) 
                 snprintf(ch + strlen(ch), sizeof(ch) - strlen(ch), "%s%s %.0f%%", ch[0] ? ", " : "",
                          fmt_name(t, k), 100 * q);
         }
-        printf("%-44s %-10s %7.0f%% [%12.6g, %12.6g]  %s%s\n", t->gname[g], fmt_name(t, s->sel[g]),
+        printf("%-44s %-10s %7.1f%% [%12.6g, %12.6g]  %s%s\n", t->gname[g], fmt_name(t, s->sel[g]),
                100 * b->same[g], b->lo[(size_t)f * t->ng + g], b->hi[(size_t)f * t->ng + g], ch,
                b->noisy[g] ? "  NOISY" : "");
     }
