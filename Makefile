@@ -12,7 +12,7 @@ CPPFLAGS += -I. -I/usr/include/hdf5/serial -I/usr/include/x86_64-linux-gnu/openb
 # The OpenMP build of OpenBLAS shares our OpenMP thread pool; the pthread build fights it for the cores.
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 XLDFLAGS := $(SAN) -fopenmp -L/usr/lib/x86_64-linux-gnu/hdf5/serial -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) $(LDFLAGS)
-LDLIBS += -ljansson -lyaml -l:libopenblas.so.0 -lhdf5 -lpcre2-8 -lutf8proc -lm
+LDLIBS += -ljansson -lyaml -l:libopenblas.so.0 -lhdf5 -lpcre2-8 -lutf8proc -lglpk -lm
 
 BUILD ?= build
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
@@ -45,8 +45,8 @@ all: autoq
 # packages (as root, or through sudo when it needs no password); otherwise stop before compiling with
 # the one command that would. Headers found (CPPFLAGS may point elsewhere): nothing to do.
 DEB_PKGS := build-essential pkg-config libjansson-dev libhdf5-dev libopenblas-openmp-dev libpcre2-dev \
-            libutf8proc-dev libyaml-dev
-DEP_HEADERS := jansson.h hdf5.h cblas.h yaml.h utf8proc.h
+            libutf8proc-dev libyaml-dev libglpk-dev
+DEP_HEADERS := jansson.h hdf5.h cblas.h yaml.h utf8proc.h glpk.h
 deps:
 	@printf '$(foreach h,$(DEP_HEADERS),#include <$(h)>\n)#define PCRE2_CODE_UNIT_WIDTH 8\n#include <pcre2.h>\n' | \
 	    $(CC) $(CPPFLAGS) -E -x c - >/dev/null 2>&1 && exit 0; \

@@ -80,7 +80,7 @@ int cmd_quantize(Args* a); // search/quantize.c
 // A scoring run's options (score, and search without --scores); search passes the modes its data and
 // quantizer options belong to (--verify uses them too).
 #define SCORE_OPTS(flags, group, data_group, quant_group)                                                        \
-    DATA_OPTS(flags, data_group),                                                                                \
+    DATA_OPTS(flags | OPT_REPEAT, data_group),                                                                   \
         {"--method", OPT_ENUM, NULL, "kl|gradient", 0, 0, flags, group, "the sensitivity measure"},              \
         {"--format",                                                                                             \
          OPT_STR,                                                                                                \
@@ -187,6 +187,11 @@ static const Opt k_search[] = {
     {"--sweep", OPT_STR, "LO:HI:STEP", NULL, 0, 0, 0, 0,
      "solve every budget of the range (the Pareto frontier)"},
     {"--verify", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "measure each recipe's KL and NLL on --data"},
+    {"--bootstrap", OPT_INT, "N", NULL, 1, 100000, 0, 0,
+     "resample the windows N times: each group's score interval and how often each choice comes back"},
+    {"--bootstrap-seed", OPT_INT, "S", NULL, 0, 1 << 30, 0, 0, "the seed of --bootstrap (default 1)"},
+    {"--objective", OPT_STR, "mean|max|weights:NAME=W,...", NULL, 0, 0, 0, 0,
+     "over calibration domains (score --data NAME=FILE): mean, worst-case or weighted predicted loss"},
     SCORE_OPTS(0, G_SCORE, G_DATA, G_QUANT),
     GPTQ_PIPELINE(G_QUANT),
     {"--out", OPT_OUT, "recipe.json", NULL, 0, 0, 0, 0, "the recipe (eval --recipe, quantize --recipe)"},

@@ -32,6 +32,9 @@ if score.ndim == 1:
 formats = text(f.attrs["format"]).split(",")
 disabled = f["groups/disabled"][:].astype(bool)
 selected = f["search/selected"][:] if "search" in f else None
+# search --bootstrap: each score's 95% interval as an error bar, noisy decisions marked x
+interval = f["bootstrap/score_interval"][:] if "bootstrap" in f else None
+noisy = f["bootstrap/noisy"][:].astype(bool) if "bootstrap" in f else None
 known = ["qkv", "o_proj", "gate_up", "down_proj", "experts"]
 
 
@@ -61,7 +64,17 @@ for fi, ax in enumerate(axes[:, 0]):
         idx = [j for j in plotted if kind_of(names[j]) == k]
         x = np.array([layer_of(names[j]) for j in idx]) + (i - (len(kinds) - 1) / 2) * width
         y = score[idx, fi]
-        ax.bar(x, y, width, color=colours[k], label=k if fi == 0 else None)
+        yerr = None
+        if interval is not None:
+            iv = interval[idx, fi]
+            yerr = np.clip(np.stack([y - iv[:, 0], iv[:, 1] - y]), 0, None)
+        ax.bar(x, y, width, color=colours[k], label=k if fi == 0 else None, yerr=yerr, capsize=1.5,
+               error_kw={"elinewidth": 0.7})
+        if noisy is not None and noisy[idx].any():
+            nz = noisy[idx]
+            ax.scatter(x[nz], y[nz] * 1.4, marker="x", color="red", s=24,
+                       label=None if "noisy" in marked else "noisy (bootstrap)")
+            marked.add("noisy")
         if selected is None:
             continue
         for what, keep, marker in (("kept bf16", selected[idx] < 0, "v"), ("chose " + formats[fi], selected[idx] == fi, "o")):
@@ -84,6 +97,8 @@ fig.suptitle(title, fontsize=10)
 fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
 fig.savefig(prefix + "-sensitivity.png", dpi=110)
 print(f"wrote {prefix}-sensitivity.png: {len(plotted)} groups ({', '.join(kinds)}) x {nf} formats ({', '.join(formats)})")
+if interval is not None:
+    print(f"bootstrap: 95% intervals drawn, {int(noisy.sum())} noisy decision(s) marked")
 
 if "pareto" in f:
     p = f["pareto"]

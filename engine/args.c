@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "paths.h"
 #include "util.h"
@@ -99,6 +100,9 @@ static const char* value_path(const Opt* o, const char* v) {
     if (o->type != OPT_IN && o->type != OPT_OUT && o->type != OPT_OUT_DIR) return NULL;
     if ((o->flags & OPT_STDOUT) && strcmp(v, "-") == 0) return NULL;
     if (o->flags & OPT_KEYED) return strchr(v, '=') + 1;
+    // a repeated input may be NAME=FILE (score --data, README §1): the FILE, unless the whole value is a file
+    const char* eq = strchr(v, '=');
+    if (o->type == OPT_IN && (o->flags & OPT_REPEAT) && eq && access(v, F_OK) != 0) return eq + 1;
     return v;
 }
 

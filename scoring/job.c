@@ -17,6 +17,38 @@ static void require_utf8(const char* cmd, const char* what, const char* s) {
     json_decref(v);
 }
 
+// --data NAME=FILE, repeated: calibration domains (README §1). One plain --data FILE is no domain at all.
+static void parse_domains(ScoreJob* j, Args* a) {
+    const char* v[MAX_DOMAINS + 1];
+    int n = args_multi(a, "--data", v, MAX_DOMAINS);
+    if (n == 1 && (!strchr(v[0], '=') || access(v[0], F_OK) == 0)) return;
+    for (int d = 0; d < n; d++) {
+        const char* eq = strchr(v[d], '=');
+        size_t len = eq ? (size_t)(eq - v[d]) : 0;
+        if (!eq || access(v[d], F_OK) == 0)
+            fail_input("%s: --data '%s': several --data must each be NAME=FILE (calibration domains)", a->cmd,
+                       v[d]);
+        if (len == 0 || len > MAX_DOMAIN_NAME ||
+            strspn(v[d], "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                         "0123456789_-") != len ||
+            !eq[1])
+            fail_input("%s: --data '%s': NAME must be 1 to %d letters, digits, '_' or '-', and FILE given",
+                       a->cmd, v[d], MAX_DOMAIN_NAME);
+        memcpy(j->dname[d], v[d], len);
+        j->dname[d][len] = 0;
+        j->dpath[d] = eq + 1;
+        for (int e = 0; e < d; e++)
+            if (!strcmp(j->dname[e], j->dname[d]))
+                fail_input("%s: --data: domain '%s' given twice", a->cmd, j->dname[d]);
+    }
+    j->nd = n;
+    j->data.path = j->dpath[0];
+    if (j->quant.kind == QUANTIZER_GPTQ)
+        fail_input("%s: --data NAME=FILE: GPTQ's weights depend on the calibration data; several domains score "
+                   "with --quantizer rtn only",
+                   a->cmd);
+}
+
 void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     memset(j, 0, sizeof(*j));
     data_opts_parse(&j->data, a);
@@ -65,6 +97,7 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     if (j->stages && j->world % j->stages)
         fail_input("%s: --stages %d must divide --world-size %d (ranks p S .. p S + S - 1 form pipeline p)",
                    a->cmd, j->stages, j->world);
+    parse_domains(j, a);
     j->min_expert_tokens = args_int(a, "--min-expert-tokens", 16);
     j->model_dir = args_pos(a, 0);
     // Both end up in the JSON and HDF5 outputs, which hold UTF-8 only: refuse them now, not after a run.
@@ -214,7 +247,7 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
     snprintf(t->disabled_csv, sizeof(t->disabled_csv), "%s", j->disabled_csv);
     t->nf = j->nf;
     for (int f = 0; f < j->nf; f++) t->fmts[f] = j->fmts[f];
-    t->num_samples = j->ids.n;
+    t->num_samples = j->nd ? j->total_windows : j->ids.n;
     t->seq_len = j->ids.t;
     t->ng = gs->n;
     t->gname = xcalloc(gs->n, sizeof(char*));
@@ -252,6 +285,23 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
         t->lgroup[i] = gs->group_of[i];
     }
     table_set_coverage(j, t);
+    if (j->nd) {
+        t->nd = j->nd;
+        memcpy(t->dname, j->dname, sizeof(t->dname));
+        memcpy(t->dsamples, j->dsamples, sizeof(t->dsamples));
+        t->dscore = xmalloc(sizeof(double) * j->nd * j->nf * gs->n);
+        memcpy(t->dscore, j->dscore, sizeof(double) * j->nd * j->nf * gs->n);
+    }
+    if (j->wscore && (j->nd || j->samples_done == j->ids.n)) { // disabled groups: 0, as their scores
+        size_t n = (size_t)j->nf * gs->n;
+        t->nw = t->num_samples;
+        t->wscore = xmalloc(sizeof(double) * n * t->nw);
+        memcpy(t->wscore, j->wscore, sizeof(double) * n * t->nw);
+        for (int w = 0; w < t->nw; w++)
+            for (int f = 0; f < j->nf; f++)
+                for (int g = 0; g < gs->n; g++)
+                    if (gs->g[g].disabled) t->wscore[(size_t)w * n + (size_t)f * gs->n + g] = 0.0;
+    }
 }
 
 static int cmp_long(const void* a, const void* b) {
@@ -291,6 +341,8 @@ void score_job_report_experts(const ScoreJob* j) {
 
 void score_job_free(ScoreJob* j) {
     free(j->score);
+    free(j->dscore);
+    free(j->wscore);
     free(j->expert_tokens);
     free(j->sparse_layers);
     token_ids_free(&j->ids);
@@ -333,6 +385,17 @@ static int scores_finite(const ScoreJob* j) {
     return 1;
 }
 
+// One window on the CPU scorer, its contribution kept apart: the difference of the sums around it, so the
+// sums themselves add in the same order as without it (bit-identical scores).
+static void add_window(ScoreJob* j, Scorer* cpu, const int* ids, int w) {
+    size_t n = (size_t)j->nf * j->groups.n;
+    double* out = j->wscore ? j->wscore + (size_t)w * n : NULL;
+    if (out) memcpy(out, j->score, sizeof(double) * n);
+    scorer_add_sample(cpu, ids, j->score);
+    if (out)
+        for (size_t k = 0; k < n; k++) out[k] = j->score[k] - out[k];
+}
+
 // One device: the CPU scorer one window at a time (on the candidate weights qc), or one GPU in batches of
 // --batch-size windows. Returns 0, or 1 when the fp16 GEMM mode overflowed (the run stopped there).
 static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
@@ -354,6 +417,10 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     }
     json_t* id = checkpoint_identity(j);
     int start = checkpoint ? checkpoint_load(checkpoint, id, j) : 0;
+    if (start) { // the windows before a resume left no contributions
+        free(j->wscore);
+        j->wscore = NULL;
+    }
     if (start) info_msg("score: resuming from %s after %d of %d samples", checkpoint, start, j->ids.n);
     // Test hook: a run killed (SIGKILL, as kill -9) after K samples (tests/test_score.sh).
     const char* abort_after = getenv("AUTOQ_TEST_ABORT_AFTER");
@@ -366,7 +433,7 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
         int nb = j->ids.n - i < B ? j->ids.n - i : B;
         const int* ids = j->ids.ids + (long)i * j->ids.t;
         if (!j->use_gpu) {
-            scorer_add_sample(&cpu, ids, j->score);
+            add_window(j, &cpu, ids, i);
         } else if (j->method == METHOD_GRADIENT) {
             gpu_score_gradient(&gpu, ids, nb, j->score);
         } else {
@@ -404,8 +471,14 @@ static int run_scores(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc,
     return j->gpu_gemm == GEMM_FP16 && !scores_finite(j);
 }
 
-void score_job_run(ScoreJob* j, const char* checkpoint) {
+static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
     j->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
+    // The GPU back ends keep no per-window contributions yet (README §8); beyond 1 GiB they are left out.
+    size_t wbytes = sizeof(double) * (size_t)j->ids.n * j->nf * j->groups.n;
+    if (!j->use_gpu && wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
+    if (!j->use_gpu && !j->wscore)
+        warn_msg("score: per-window scores would take %.1f GiB: not kept (search --bootstrap needs them)",
+                 wbytes / 1073741824.0);
     const Config* c = &j->model.c;
     if (c->n_sparse) {
         j->expert_tokens = xcalloc((size_t)c->n_sparse * c->num_experts, sizeof(long));
@@ -450,4 +523,72 @@ void score_job_run(ScoreJob* j, const char* checkpoint) {
     }
     if (build) qcache_free(&qc);
     score_job_report_experts(j);
+}
+
+// Every domain in turn (README §8 /domains): each domain's windows loaded and scored as one plain run, the
+// sums, window scores and expert counts then joined in domain order.
+void score_job_run(ScoreJob* j, const char* checkpoint) {
+    if (!j->nd) {
+        score_job_run_one(j, checkpoint);
+        return;
+    }
+    if (checkpoint) fail_input("--checkpoint: not supported with several --data domains");
+    if (j->nccl_init) fail_input("--nccl-init: not supported with several --data domains");
+    size_t n = (size_t)j->nf * j->groups.n;
+    const Config* c = &j->model.c;
+    size_t ne = (size_t)c->n_sparse * c->num_experts;
+    double* total = xcalloc(n, sizeof(double));
+    double* wall = NULL;
+    long* experts = ne ? xcalloc(ne, sizeof(long)) : NULL;
+    int have_w = 1, T = j->ids.t;
+    Work work = {0};
+    double seconds = 0;
+    j->dscore = xcalloc(n * j->nd, sizeof(double));
+    j->total_windows = 0;
+    for (int d = 0; d < j->nd; d++) {
+        if (d) { // the next domain's windows, as score_job_load read the first's
+            token_ids_free(&j->ids);
+            j->data.path = j->dpath[d];
+            data_load(&j->ids, &j->data);
+            model_check_seq_len(&j->model, j->ids.t, j->data.path);
+            if (j->ids.t != T)
+                fail_input("--data %s=%s: windows of %d tokens, domain %s's have %d (give --seq-len)",
+                           j->dname[d], j->dpath[d], j->ids.t, j->dname[0], T);
+            free(j->score);
+            free(j->wscore);
+            free(j->expert_tokens);
+            free(j->sparse_layers);
+            j->score = j->wscore = NULL;
+            j->expert_tokens = NULL;
+            j->sparse_layers = NULL;
+            j->work = (Work){0};
+            j->samples_done = 0;
+        }
+        info_msg("score: domain %s (%s), %d windows", j->dname[d], j->dpath[d], j->ids.n);
+        score_job_run_one(j, NULL);
+        j->dsamples[d] = j->ids.n;
+        for (size_t k = 0; k < n; k++) total[k] += j->score[k];
+        memcpy(j->dscore + d * n, j->score, sizeof(double) * n);
+        have_w &= j->wscore != NULL;
+        if (have_w) {
+            wall = realloc(wall, sizeof(double) * n * (j->total_windows + j->ids.n));
+            if (!wall) fail_other("out of memory");
+            memcpy(wall + n * j->total_windows, j->wscore, sizeof(double) * n * j->ids.n);
+        }
+        for (size_t k = 0; k < ne; k++) experts[k] += j->expert_tokens[k];
+        work.forward_equiv += j->work.forward_equiv;
+        work.naive_equiv += j->work.naive_equiv;
+        seconds += j->seconds;
+        j->total_windows += j->ids.n;
+    }
+    memcpy(j->score, total, sizeof(double) * n);
+    free(total);
+    free(j->wscore);
+    j->wscore = have_w ? wall : NULL;
+    if (!have_w) free(wall);
+    if (ne) memcpy(j->expert_tokens, experts, sizeof(long) * ne);
+    free(experts);
+    j->work = work;
+    j->seconds = seconds;
+    j->samples_done = j->total_windows;
 }

@@ -42,6 +42,17 @@ typedef struct {
     int min_expert_tokens; // --min-expert-tokens: fewer tokens routed to an expert is warned about
     // results
     double* score; // (nf, groups), summed over the windows done
+    // Each window's contribution (README §8 /groups/window_scores): (windows, nf, groups), the CPU scorer
+    // only; NULL when unavailable (a GPU back end, or a run resumed from a checkpoint).
+    double* wscore;
+    // Calibration domains (--data NAME=FILE repeated, README §8 /domains): nd = 0 for one plain --data FILE.
+    // Each domain is scored in turn; score, wscore and the expert counts then cover every domain's windows.
+    int nd;
+    char dname[MAX_DOMAINS][MAX_DOMAIN_NAME + 1];
+    const char* dpath[MAX_DOMAINS];
+    int dsamples[MAX_DOMAINS];
+    double* dscore;    // (nd, nf, groups)
+    int total_windows; // with domains: every domain's windows
     // Expert coverage (README §6), mixture-of-experts models only (else NULL): the tokens routed to
     // each expert in the unquantized passes, summed over the windows done; row j is the j-th sparse
     // layer in layer order (sparse_layers[j]), E = model.c.num_experts columns.

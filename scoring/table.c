@@ -23,6 +23,8 @@ void table_free(ScoreTable* t) {
     free(t->active);
     free(t->disabled);
     free(t->score);
+    free(t->wscore);
+    free(t->dscore);
     free(t->lshape);
     free(t->lgroup);
     table_free_strs(t->cov_name, t->n_cov);

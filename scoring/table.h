@@ -9,6 +9,12 @@
 #define MAX_FORMATS                                                                                            \
     7 // every format of configs/formats at once: with bf16, KS_MAX_CHOICES (8) choices per group
 
+// The scores file's root attribute format_version (README §8): 2 added /groups/window_scores; files without
+// the attribute are version 1.
+#define SCORES_FORMAT_VERSION 2
+#define MAX_DOMAINS 16
+#define MAX_DOMAIN_NAME 64
+
 typedef struct {
     char model[512];
     char method[16];
@@ -27,6 +33,16 @@ typedef struct {
     long* active;    // (ng) parameters read per token: params, or params x top_k / E for an experts group
     uint8_t* disabled;
     double* score; // (nf, ng)
+    // Each calibration window's contribution to score (README §8 /groups/window_scores), for search
+    // --bootstrap: (nw, nf, ng); nw = 0 and NULL when the scores file holds none.
+    int nw;
+    double* wscore;
+    // Calibration domains (score --data NAME=FILE, README §8 /domains): nd = 0 for one unnamed domain. The
+    // windows are the domains' in order (dsamples[d] each, summing to num_samples), and score their sum.
+    int nd;
+    char dname[MAX_DOMAINS][MAX_DOMAIN_NAME + 1];
+    int dsamples[MAX_DOMAINS];
+    double* dscore; // (nd, nf, ng) each domain's scores, summed over its windows
     int nl;
     char** lname; // (nl)
     long* lshape; // (nl, 2) out, in

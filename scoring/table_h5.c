@@ -167,6 +167,22 @@ static void write_formats(hid_t f, const ScoreTable* t) {
 
 const char* table_score_units(const ScoreTable* t) { return strcmp(t->method, "kl") == 0 ? "nats" : "nats^2"; }
 
+// /groups/window_scores [groups, formats, windows]: each window's contribution, for search --bootstrap.
+static void write_window_scores(hid_t g, const ScoreTable* t) {
+    size_t nf = t->nf, ng = t->ng, nw = t->nw;
+    double* v = xmalloc(sizeof(double) * ng * nf * nw);
+    for (size_t w = 0; w < nw; w++)
+        for (size_t f = 0; f < nf; f++)
+            for (size_t i = 0; i < ng; i++) v[(i * nf + f) * nw + w] = t->wscore[(w * nf + f) * ng + i];
+    hsize_t dims[3] = {ng, nf, nw};
+    h5_write(g, "window_scores", H5T_NATIVE_DOUBLE, 3, dims, v);
+    free(v);
+    h5_describe(g, "window_scores", table_score_units(t),
+                "[groups, formats, windows]: each calibration window's contribution to /groups/score (their "
+                "sum over windows, up to rounding); search --bootstrap resamples the windows. Written by the "
+                "CPU scorer when no checkpoint was resumed; absent otherwise");
+}
+
 static void write_groups(hid_t f, const ScoreTable* t) {
     hid_t g = group_create(f, "groups");
     write_strs(g, "name", t->gname, t->ng);
@@ -192,6 +208,7 @@ static void write_groups(hid_t f, const ScoreTable* t) {
               "format of /formats/definition[f]): ModelOpt's Fisher proxy, the sum over calibration windows, "
               "the group's linears and their output elements of (dL/dY * dY)^2, L a window's mean next-token "
               "cross-entropy in nats, so nats squared (README §6); 0 for a disabled group");
+    if (t->nw) write_window_scores(g, t);
     h5_write(g, "params", H5T_NATIVE_LONG, 1, &ng, t->params);
     h5_describe(g, "params", "parameters", "weights each group stores: the sum of out x in over its linears");
     h5_write(g, "active_params", H5T_NATIVE_LONG, 1, &ng, t->active);
@@ -233,6 +250,33 @@ static void write_coverage(hid_t f, const ScoreTable* t) {
     h5_ok(f, H5Gclose(c), "/coverage");
 }
 
+// /domains (score --data NAME=FILE ...): each domain's name, windows and scores [domains, groups, formats].
+static void write_domains(hid_t f, const ScoreTable* t) {
+    hid_t g = group_create(f, "domains");
+    char* names[MAX_DOMAINS];
+    for (int d = 0; d < t->nd; d++) names[d] = (char*)t->dname[d];
+    write_strs(g, "name", names, t->nd);
+    h5_describe(g, "name", NULL, "each calibration domain's name (score --data NAME=FILE), in window order");
+    hsize_t nd = (hsize_t)t->nd;
+    h5_write(g, "num_samples", H5T_NATIVE_INT, 1, &nd, t->dsamples);
+    h5_describe(g, "num_samples", NULL,
+                "each domain's windows: the file's windows are the domains' in order (rows of "
+                "/groups/window_scores' last axis)");
+    size_t ng = t->ng, nf = t->nf;
+    double* v = xmalloc(sizeof(double) * t->nd * ng * nf);
+    for (int d = 0; d < t->nd; d++)
+        for (size_t i = 0; i < ng; i++)
+            for (size_t k = 0; k < nf; k++)
+                v[((size_t)d * ng + i) * nf + k] = t->dscore[((size_t)d * nf + k) * ng + i];
+    hsize_t dims[3] = {nd, ng, nf};
+    h5_write(g, "score", H5T_NATIVE_DOUBLE, 3, dims, v);
+    free(v);
+    h5_describe(g, "score", table_score_units(t),
+                "[domains, groups, formats]: /groups/score of each domain's windows alone (their sum over "
+                "domains is /groups/score, up to rounding)");
+    h5_ok(f, H5Gclose(g), "/domains");
+}
+
 long table_h5_create(const ScoreTable* t, const char* path) {
     // What table_read_h5 would reject is refused here, before anything is written.
     if (!utf8_ok(t->model)) fail_input("%s: the model path is not valid UTF-8", path);
@@ -268,10 +312,13 @@ long table_h5_create(const ScoreTable* t, const char* path) {
     h5_attr_str(f, "disabled_layers", t->disabled_csv);
     attr_num(f, "num_samples", H5T_NATIVE_INT, &t->num_samples);
     attr_num(f, "seq_len", H5T_NATIVE_INT, &t->seq_len);
+    int version = SCORES_FORMAT_VERSION;
+    attr_num(f, "format_version", H5T_NATIVE_INT, &version);
     write_formats(f, t);
     write_groups(f, t);
     write_layers(f, t);
     if (t->n_cov) write_coverage(f, t);
+    if (t->nd) write_domains(f, t);
     return (long)f;
 }
 
@@ -362,7 +409,7 @@ static hid_t fixed_str_mem(hid_t type, size_t size) {
 typedef struct {
     hid_t d, type, space;
     int rank;
-    hsize_t dims[2];
+    hsize_t dims[3];
 } Ds;
 
 // The data of an autoq dataset is one contiguous or compact block inside the file, unfiltered:
@@ -522,6 +569,8 @@ static void read_header(const H5In* in, ScoreTable* t) {
     read_attr_str(in, "disabled_layers", t->disabled_csv, sizeof(t->disabled_csv));
     t->num_samples = (int)read_attr_int(in, "num_samples", 1, 1 << 30);
     t->seq_len = (int)read_attr_int(in, "seq_len", 1, 1 << 30);
+    if (H5Aexists(in->f, "format_version") > 0) // files before version 2 have none
+        read_attr_int(in, "format_version", 1, SCORES_FORMAT_VERSION);
 }
 
 // Files of autoq before /formats/definition: the names in attribute `format` are looked up among
@@ -618,6 +667,91 @@ static void read_groups(const H5In* in, ScoreTable* t) {
         if (t->active[g] < 1 || t->active[g] > t->params[g])
             table_bad(in->path, "groups/active_params", "group %s reads %ld of its %ld parameters per token",
                       t->gname[g], t->active[g], t->params[g]);
+}
+
+// /groups/window_scores, when present: [groups, formats, num_samples], finite and >= 0.
+static void read_window_scores(const H5In* in, ScoreTable* t) {
+    const char* name = "groups/window_scores";
+    if (!h5_exists(in, name)) return;
+    Ds ds;
+    ds_open(in, name, H5T_FLOAT, 3, &ds);
+    size_t ng = t->ng, nf = t->nf, nw = t->num_samples;
+    if (ds.dims[0] != ng || ds.dims[1] != nf || ds.dims[2] != nw)
+        table_bad(in->path, name,
+                  "has shape [%llu, %llu, %llu], expected [%zu, %zu, %zu] (groups, formats, "
+                  "num_samples)",
+                  (unsigned long long)ds.dims[0], (unsigned long long)ds.dims[1],
+                  (unsigned long long)ds.dims[2], ng, nf, nw);
+    if (ng * nf > MAX_READ_BYTES / sizeof(double) / nw)
+        table_bad(in->path, name, "holds more than %ld bytes", MAX_READ_BYTES);
+    ds_check_storage(in, name, &ds);
+    double* v = xmalloc(sizeof(double) * ng * nf * nw);
+    if (H5Dread(ds.d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0)
+        table_bad(in->path, name, "cannot read (damaged file?)");
+    ds_close(&ds);
+    t->nw = (int)nw;
+    t->wscore = xmalloc(sizeof(double) * ng * nf * nw);
+    for (size_t i = 0; i < ng; i++)
+        for (size_t f = 0; f < nf; f++)
+            for (size_t w = 0; w < nw; w++) {
+                double x = v[(i * nf + f) * nw + w];
+                if (!isfinite(x) || x < 0)
+                    table_bad(in->path, name, "group %s, format %s, window %zu holds %g (finite and >= 0)",
+                              t->gname[i], t->fmts[f].name, w, x);
+                t->wscore[(w * nf + f) * ng + i] = x;
+            }
+    free(v);
+}
+
+// /domains, when present: names unique, windows summing to num_samples, scores finite and >= 0.
+static void read_domains(const H5In* in, ScoreTable* t) {
+    if (!h5_exists(in, "domains/name")) return;
+    int nd;
+    char** names = read_strs(in, "domains/name", MAX_DOMAIN_NAME, MAX_DOMAINS, &nd);
+    if (nd < 1) table_bad(in->path, "domains/name", "holds no domain");
+    t->nd = nd;
+    for (int d = 0; d < nd; d++) {
+        snprintf(t->dname[d], sizeof(t->dname[d]), "%s", names[d]);
+        for (int e = 0; e < d; e++)
+            if (!strcmp(t->dname[e], t->dname[d]))
+                table_bad(in->path, "domains/name", "two domains are named '%s'", names[d]);
+    }
+    table_free_strs(names, nd);
+    read_num(in, "domains/num_samples", H5T_INTEGER, H5T_NATIVE_INT, t->dsamples, 1, (hsize_t)nd, 0);
+    long total = 0;
+    for (int d = 0; d < nd; d++) {
+        if (t->dsamples[d] < 1)
+            table_bad(in->path, "domains/num_samples", "[%d] = %d (at least 1)", d, t->dsamples[d]);
+        total += t->dsamples[d];
+    }
+    if (total != t->num_samples)
+        table_bad(in->path, "domains/num_samples", "sums to %ld, the root attribute num_samples is %d", total,
+                  t->num_samples);
+    const char* name = "domains/score";
+    Ds ds;
+    ds_open(in, name, H5T_FLOAT, 3, &ds);
+    size_t ng = t->ng, nf = t->nf;
+    if (ds.dims[0] != (hsize_t)nd || ds.dims[1] != ng || ds.dims[2] != nf)
+        table_bad(in->path, name,
+                  "has shape [%llu, %llu, %llu], expected [%d, %zu, %zu] (domains, groups, formats)",
+                  (unsigned long long)ds.dims[0], (unsigned long long)ds.dims[1],
+                  (unsigned long long)ds.dims[2], nd, ng, nf);
+    ds_check_storage(in, name, &ds);
+    double* v = xmalloc(sizeof(double) * nd * ng * nf);
+    if (H5Dread(ds.d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0)
+        table_bad(in->path, name, "cannot read (damaged file?)");
+    ds_close(&ds);
+    t->dscore = xmalloc(sizeof(double) * nd * ng * nf);
+    for (int d = 0; d < nd; d++)
+        for (size_t i = 0; i < ng; i++)
+            for (size_t k = 0; k < nf; k++) {
+                double x = v[((size_t)d * ng + i) * nf + k];
+                if (!isfinite(x) || x < 0)
+                    table_bad(in->path, name, "domain %s, group %s, format %s holds %g (finite and >= 0)",
+                              t->dname[d], t->gname[i], t->fmts[k].name, x);
+                t->dscore[((size_t)d * nf + k) * ng + i] = x;
+            }
+    free(v);
 }
 
 static void read_layers(const H5In* in, ScoreTable* t) {
@@ -740,8 +874,8 @@ static void sum_dataset(Sum* s, hid_t d, const char* path) {
     if (ds.space < 0 || H5Sget_simple_extent_type(ds.space) != H5S_SIMPLE)
         table_bad(s->in->path, path, "has no simple shape");
     ds.rank = H5Sget_simple_extent_ndims(ds.space);
-    if (ds.rank < 1 || ds.rank > 2 || H5Sget_simple_extent_dims(ds.space, ds.dims, NULL) != ds.rank)
-        table_bad(s->in->path, path, "has %d dimensions; autoq writes 1 or 2", ds.rank);
+    if (ds.rank < 1 || ds.rank > 3 || H5Sget_simple_extent_dims(ds.space, ds.dims, NULL) != ds.rank)
+        table_bad(s->in->path, path, "has %d dimensions; autoq writes 1 to 3", ds.rank);
     size_t es = H5Tget_size(ds.type);
     hssize_t np = H5Sget_simple_extent_npoints(ds.space);
     if (np < 0 || (size_t)np > MAX_READ_BYTES / es)
@@ -843,6 +977,8 @@ void table_read_h5(ScoreTable* t, const char* path) {
     read_header(&in, t);
     read_formats(&in, t);
     read_groups(&in, t);
+    read_window_scores(&in, t);
+    read_domains(&in, t);
     read_layers(&in, t);
     table_check_members(t, path);
     table_check_active(t, path);

@@ -7,6 +7,8 @@
 #include "../engine/forward.h"
 #include "../engine/util.h"
 #include "../scoring/job.h"
+#include "bootstrap.h"
+#include "milp.h"
 #include "recipe.h"
 
 #define MAX_SWEEP 1000
@@ -63,6 +65,14 @@ static void linear_choice(const Model* m, const ScoreTable* t, const Solution* s
     free(sorted);
 }
 
+// One budget under the objective, with each calibration domain's predicted loss.
+static void solve_point(const SearchCtx* c, const Objective* o, double budget, Solution* s) {
+    objective_solve(c, o, budget, s);
+    s->objective = objective_name(o);
+    s->nd = c->t->nd;
+    if (s->nd) objective_losses(c->t, s->sel, s->dloss);
+}
+
 int cmd_search(Args* a) {
     // values, --emit's NAME=FILE and the outputs' aliasing already checked (autoq.c's table)
     const char* scores = args_str(a, "--scores");
@@ -76,6 +86,9 @@ int cmd_search(Args* a) {
     int verify = args_flag(a, "--verify");
     const char* emits[4];
     int ne = args_multi(a, "--emit", emits, 4);
+    int nboot = args_int(a, "--bootstrap", 0);
+    int boot_seed = args_int(a, "--bootstrap-seed", 1);
+    const char* objective_s = args_str(a, "--objective");
     // --scores: nothing is scored, so no scoring option means anything; --verify alone reads data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
     if (scores && !verify) args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify");
@@ -129,11 +142,22 @@ int cmd_search(Args* a) {
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost, bits);
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
-    if (ns) search_solve(&ctx, pts, ns, sweep);
+    Objective obj;
+    objective_parse(&obj, objective_s, &t);
+    for (int i = 0; i < ns; i++) solve_point(&ctx, &obj, pts[i], &sweep[i]);
     Solution main_sol;
     double b = isnan(budget) ? pts[ns - 1] : budget;
-    search_solve(&ctx, &b, 1, &main_sol);
+    solve_point(&ctx, &obj, b, &main_sol);
     int* choice = have_model ? xmalloc(sizeof(int) * j.model.n_linears) : NULL;
+    Bootstrap boot;
+    if (nboot) {
+        if (!t.nw)
+            fail_input("search: --bootstrap: %s holds no per-window scores (/groups/window_scores; README §8): "
+                       "score again on the CPU without resuming a checkpoint (the GPU back ends keep none yet)",
+                       scores ? scores : "the scores");
+        bootstrap_run(&boot, &ctx, &obj, &main_sol, nboot, (uint64_t)boot_seed);
+        main_sol.boot = &boot;
+    }
     if (verify) {
         Progress p;
         progress_init(&p, "verify", ns + 1);
@@ -155,6 +179,7 @@ int cmd_search(Args* a) {
         printf("\n");
     }
     solution_print(&ctx, &main_sol, 1);
+    if (nboot) bootstrap_print(&boot, &ctx, &main_sol);
     if (out) recipe_write_json(out, &ctx, &main_sol, fmts);
     for (int i = 0; i < ne; i++) {
         if (strncmp(emits[i], "llmcompressor=", 14) == 0)
@@ -166,6 +191,7 @@ int cmd_search(Args* a) {
     for (int i = 0; i < ns; i++) solution_free(&sweep[i]);
     free(sweep);
     solution_free(&main_sol);
+    if (nboot) bootstrap_free(&boot);
     search_free(&ctx);
     free(choice);
     table_free(&t);

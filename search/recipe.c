@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../engine/util.h"
+#include "bootstrap.h"
 #include "knapsack.h"
 
 #define MAX_DP_STATES 400000000LL
@@ -121,9 +122,16 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
     }
 }
 
+int64_t search_choice_cost(const SearchCtx* c, int g, int f) { return choice_cost(c, c->cost, c->bits, g, f); }
+uint8_t* search_misfit_table(const SearchCtx* c) { return search_misfits(c->t, 0); }
+int64_t search_cap(const SearchCtx* c, double budget) {
+    return (int64_t)floor(budget * c->total[c->cost][c->scope] + 1e-6) - c->fixed[c->cost][c->scope];
+}
+void search_measure(const SearchCtx* c, Solution* s) { measure_bits(c, s); }
+
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out) {
     const ScoreTable* t = c->t;
-    uint8_t* misfit = search_misfits(t, 1);
+    uint8_t* misfit = search_misfits(t, !c->quiet);
     int* gidx = xmalloc(sizeof(int) * t->ng);
     KsItem* items = xcalloc(t->ng, sizeof(KsItem));
     int n = 0;
@@ -224,6 +232,10 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
         printf("; memory bits %.4f / %.4f, active bits %.4f / %.4f (candidates / all; cost %s)",
                s->bits_cost[COST_MEMORY][0], s->bits_cost[COST_MEMORY][1], s->bits_cost[COST_ACTIVE][0],
                s->bits_cost[COST_ACTIVE][1], c->cost == COST_ACTIVE ? "active" : "memory");
+    if (s->nd) {
+        printf("; objective %s, predicted loss per window", s->objective);
+        for (int d = 0; d < s->nd; d++) printf("%s %s %.6g", d ? "," : "", t->dname[d], s->dloss[d]);
+    }
     if (s->verified)
         printf("; measured KL %.6g, NLL %.6f -> %.6f (%+.6f)%s%s%s", s->v.kl, s->v.nll_ref, s->v.nll_q,
                s->v.nll_q - s->v.nll_ref, s->v.gptq ? ", deployed with GPTQ (" : "",
@@ -269,6 +281,13 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
         if (s->v.gptq) json_object_set_new(mj, "gptq_pipeline", json_string(gptq_pipeline_name(s->v.pipeline)));
         json_object_set_new(j, "measured", mj);
     }
+    if (s->boot) json_object_set_new(j, "bootstrap", bootstrap_json(s->boot));
+    if (s->nd) {
+        json_object_set_new(j, "objective", json_string(s->objective));
+        json_t* dl = json_object();
+        for (int d = 0; d < s->nd; d++) json_object_set_new(dl, t->dname[d], json_real(s->dloss[d]));
+        json_object_set_new(j, "predicted_loss", dl);
+    }
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
         json_t* o = table_group_json(t, g);
@@ -277,6 +296,8 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
         json_object_set_new(
             o, "score",
             t->disabled[g] || s->sel[g] < 0 ? json_null() : json_real(t->score[(size_t)s->sel[g] * t->ng + g]));
+        if (s->boot && !t->disabled[g])
+            json_object_set_new(o, "bootstrap", bootstrap_group_json(s->boot, t, g));
         json_array_append_new(gs, o);
     }
     json_object_set_new(j, "groups", gs);
@@ -374,5 +395,16 @@ void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, co
     }
     if (H5Gclose(g) < 0) fail_other("%s: cannot write group /search (disk full?)", path);
     if (ns > 0) pareto_write(f, c, sweep, ns, path);
+    if (s->nd) {
+        hid_t sg = H5Gopen2(f, "search", H5P_DEFAULT);
+        h5_attr_str(sg, "objective", s->objective);
+        hsize_t nd = (hsize_t)s->nd;
+        h5_write(sg, "predicted_loss", H5T_NATIVE_DOUBLE, 1, &nd, s->dloss);
+        h5_describe(sg, "predicted_loss", table_score_units(t),
+                    "each calibration domain's predicted loss (rows of /domains/name): the chosen formats' "
+                    "/domains/score summed, divided by the domain's windows");
+        H5Gclose(sg);
+    }
+    if (s->boot) bootstrap_write_h5(f, s->boot, t, path);
     table_h5_finish(f, path);
 }

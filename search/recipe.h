@@ -25,6 +25,12 @@ typedef struct {
                             // cost
     int verified;
     VerifyResult v;
+    const struct Bootstrap* boot; // search --bootstrap's confidence (bootstrap.h), or NULL
+    // Calibration domains (README §7): the objective searched ("sum" without --objective) and each domain's
+    // predicted loss (summed score over its windows / its windows), nd = the table's domains.
+    const char* objective;
+    int nd;
+    double dloss[MAX_DOMAINS];
 } Solution;
 
 typedef struct {
@@ -35,6 +41,7 @@ typedef struct {
     long total[2][2]; // [cost][scope]: params counted by each scope
     long fixed[2][2]; // [cost][scope]: cost of disabled groups at 16 bits
     int64_t* gtrue;   // (nf, ng) true memory bits of each group under each format (format_weight_bits)
+    int quiet;        // no warnings from search_solve (the bootstrap's many re-solves)
 } SearchCtx;
 
 void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits bits);
@@ -44,6 +51,13 @@ double search_min_budget(const SearchCtx* c);
 // Solves each budget exactly; exits 2 on an infeasible one (naming the smallest feasible budget).
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out);
 void solution_free(Solution* s);
+// Pieces of search_solve for other solvers (milp.c): group g's cost under choice f (-1 bf16) in the context's
+// cost and bits; (nf, ng) 1 where format f is not offered to group g (malloc'd); the capacity a budget leaves
+// the enabled groups; a solution's achieved bits from its sel.
+int64_t search_choice_cost(const SearchCtx* c, int g, int f);
+uint8_t* search_misfit_table(const SearchCtx* c);
+int64_t search_cap(const SearchCtx* c, double budget);
+void search_measure(const SearchCtx* c, Solution* s);
 // Reads a recipe JSON written by recipe_write_json: fills fmts from the stored
 // definitions (returns their count) and choice[i] per linear of m (-1 keeps bf16).
 // Exits 2 naming the field on bad input, and when the recipe does not fit m (names a linear m

@@ -8,6 +8,8 @@
 #include <jansson.h>
 
 #include "outputs_common.h"
+#include "search/bootstrap.h"
+#include "search/milp.h"
 #include "search/recipe.h"
 
 // ---- editing an HDF5 file the way a damaged or hostile one would look ----
@@ -500,7 +502,19 @@ static void write_search_file(const ScoreTable* t, const char* path) {
         s[i].verified = 1;
         s[i].v.kl = 0.5 * i, s[i].v.nll_ref = 2.0, s[i].v.nll_q = 2.0 + 0.1 * i;
     }
+    Bootstrap bo;
+    if (t->nw) { // per-window scores: the bootstrap's /bootstrap too
+        Objective sum = {OBJ_SUM, {0}};
+        bootstrap_run(&bo, &c, &sum, &s[0], 8, 1);
+        s[0].boot = &bo;
+    }
+    if (t->nd) { // calibration domains: the objective and each domain's loss
+        s[0].objective = "max";
+        s[0].nd = t->nd;
+        objective_losses(t, s[0].sel, s[0].dloss);
+    }
     search_write_h5(path, &c, &s[0], s, 3);
+    if (t->nw) bootstrap_free(&bo);
     for (int i = 0; i < 3; i++) solution_free(&s[i]);
     search_free(&c);
 }
@@ -636,6 +650,17 @@ static void test_self_describing(void) {
     t.cov_name = xcalloc(1, sizeof(char*));
     t.cov_name[0] = xstrdup("model.layers.1.mlp.experts");
     t.cov_tokens = xcalloc(4, sizeof(long));
+    t.nw = t.num_samples; // per-window scores: each window an equal share
+    t.wscore = xmalloc(sizeof(double) * t.nw * t.nf * t.ng);
+    for (int w = 0; w < t.nw; w++)
+        for (int k = 0; k < t.nf * t.ng; k++) t.wscore[(size_t)w * t.nf * t.ng + k] = t.score[k] / t.nw;
+    t.nd = 2; // two calibration domains of one window each, each half the scores
+    snprintf(t.dname[0], sizeof(t.dname[0]), "code");
+    snprintf(t.dname[1], sizeof(t.dname[1]), "prose");
+    t.dsamples[0] = t.dsamples[1] = 1;
+    t.dscore = xmalloc(sizeof(double) * 2 * t.nf * t.ng);
+    for (int d = 0; d < 2; d++)
+        for (int k = 0; k < t.nf * t.ng; k++) t.dscore[(size_t)d * t.nf * t.ng + k] = t.score[k] / 2;
     char* path = tmp_path("full.h5");
     write_search_file(&t, path); // every optional part: coverage, /search, /pareto, --verify
     table_free(&t);

@@ -27,3 +27,9 @@ $AQ score tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.n
 out=$(python3 bench/plot.py "$tmp/ng.h5" "$tmp/ng" 2>&1)
 grep -q "14 groups (o_proj, down_proj, gate_proj, k_proj, q_proj, up_proj, v_proj) x 1 formats (w4a8)" <<<"$out" &&
     [ -s "$tmp/ng-sensitivity.png" ] && pass "no_grouping: each linear kind" || fail "no_grouping plot: $out"
+# search --bootstrap: intervals as error bars, noisy decisions marked
+"$(dirname "$AQ")/tests/test_bootstrap" --write "$tmp/bw.h5" "$tmp/bnw.h5" &&
+    $AQ search --scores "$tmp/bw.h5" --budget 5.34 --bits modelopt --bootstrap 40 --h5 "$tmp/bs.h5" >/dev/null 2>&1
+out=$(python3 bench/plot.py "$tmp/bs.h5" "$tmp/bs" 2>&1)
+grep -q "bootstrap: 95% intervals drawn, [1-9][0-9]* noisy decision(s) marked" <<<"$out" && [ -s "$tmp/bs-sensitivity.png" ] &&
+    pass "bootstrap: intervals and noisy decisions" || fail "bootstrap plot: $out"

@@ -1,0 +1,179 @@
+#include "milp.h"
+
+#include <glpk.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/util.h"
+
+static int domain_index(const ScoreTable* t, const char* name, size_t len) {
+    for (int d = 0; d < t->nd; d++)
+        if (strlen(t->dname[d]) == len && !strncmp(t->dname[d], name, len)) return d;
+    return -1;
+}
+
+void objective_parse(Objective* o, const char* s, const ScoreTable* t) {
+    memset(o, 0, sizeof(*o));
+    if (!s) return;
+    if (!t->nd)
+        fail_input(
+            "search: --objective %s needs a scores file with calibration domains (score --data NAME=FILE, "
+            "README §8 /domains)",
+            s);
+    if (!strcmp(s, "max")) {
+        o->kind = OBJ_MAX;
+        return;
+    }
+    if (!strcmp(s, "mean")) {
+        o->kind = OBJ_MEAN;
+        for (int d = 0; d < t->nd; d++) o->w[d] = 1.0 / t->nd;
+        return;
+    }
+    if (strncmp(s, "weights:", 8))
+        fail_input("search: --objective '%s' must be mean, max or weights:NAME=W,... (NAME a domain)", s);
+    o->kind = OBJ_WEIGHTS;
+    int seen[MAX_DOMAINS] = {0}, any = 0;
+    for (const char* p = s + 8; *p;) {
+        const char* end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char* eq = memchr(p, '=', len);
+        if (!eq) fail_input("search: --objective '%s': '%.*s' is not NAME=W", s, (int)len, p);
+        int d = domain_index(t, p, (size_t)(eq - p));
+        if (d < 0) fail_input("search: --objective '%s': no domain '%.*s' in the scores", s, (int)(eq - p), p);
+        if (seen[d]++) fail_input("search: --objective '%s': domain %s given twice", s, t->dname[d]);
+        char num[64], *e;
+        snprintf(num, sizeof(num), "%.*s", (int)(len - (size_t)(eq + 1 - p)), eq + 1);
+        double w = strtod(num, &e);
+        if (!num[0] || *e || !isfinite(w) || w < 0)
+            fail_input("search: --objective '%s': weight '%s' of %s must be a finite number >= 0", s, num,
+                       t->dname[d]);
+        o->w[d] = w;
+        any |= w > 0;
+        p += len + (end != NULL);
+        if (end && !*p) fail_input("search: --objective '%s' ends with ','", s);
+    }
+    if (!any) fail_input("search: --objective '%s': some weight must be above 0", s);
+}
+
+const char* objective_name(const Objective* o) {
+    static const char* n[] = {"sum", "mean", "weights", "max"};
+    return n[o->kind];
+}
+
+void objective_losses(const ScoreTable* t, const int* sel, double* loss) {
+    for (int d = 0; d < t->nd; d++) {
+        const double* sc = t->dscore + (size_t)d * t->nf * t->ng;
+        double l = 0;
+        for (int g = 0; g < t->ng; g++)
+            if (!t->disabled[g] && sel[g] >= 0) l += sc[(size_t)sel[g] * t->ng + g];
+        loss[d] = l / t->dsamples[d];
+    }
+}
+
+// The weighted sum's knapsack: the table with scores Σ_d w_d score_d / windows_d.
+static void solve_weighted(const SearchCtx* c, const Objective* o, double budget, Solution* out) {
+    const ScoreTable* t = c->t;
+    size_t n = (size_t)t->nf * t->ng;
+    ScoreTable tb = *t;
+    tb.score = xcalloc(n, sizeof(double));
+    for (int d = 0; d < t->nd; d++)
+        for (size_t k = 0; k < n; k++) tb.score[k] += o->w[d] * t->dscore[d * n + k] / t->dsamples[d];
+    SearchCtx cb = *c;
+    cb.t = &tb;
+    search_solve(&cb, &budget, 1, out);
+    free(tb.score);
+}
+
+int milp_solve_max(const SearchCtx* c, double budget, int* sel, double* z) {
+    const ScoreTable* t = c->t;
+    int ng = t->ng, nf = t->nf, nd = t->nd;
+    uint8_t* misfit = search_misfit_table(c);
+    int64_t cap = search_cap(c, budget);
+    // columns: 1 = z, then x[g][k] for enabled g, k = 0 (bf16) .. nf, misfits left out
+    int* col = xmalloc(sizeof(int) * ng * (nf + 1));
+    int ncol = 1;
+    for (int g = 0; g < ng; g++)
+        for (int k = 0; k <= nf; k++) {
+            int ok = !t->disabled[g] && (k == 0 || !misfit[(size_t)(k - 1) * ng + g]);
+            col[g * (nf + 1) + k] = ok ? ++ncol : 0;
+        }
+    int ngr = 0;
+    for (int g = 0; g < ng; g++) ngr += !t->disabled[g];
+    glp_prob* lp = glp_create_prob();
+    glp_set_obj_dir(lp, GLP_MIN);
+    glp_add_cols(lp, ncol);
+    glp_set_col_bnds(lp, 1, GLP_LO, 0.0, 0.0);
+    glp_set_obj_coef(lp, 1, 1.0);
+    for (int j = 2; j <= ncol; j++) glp_set_col_kind(lp, j, GLP_BV);
+    // rows: one choice per enabled group, the budget, each domain's loss <= z
+    glp_add_rows(lp, ngr + 1 + nd);
+    int nnz_max = ncol * (nd + 2) + 1, nnz = 0;
+    int *ia = xmalloc(sizeof(int) * nnz_max), *ja = xmalloc(sizeof(int) * nnz_max);
+    double* ar = xmalloc(sizeof(double) * nnz_max);
+    int r = 0;
+    for (int g = 0; g < ng; g++) {
+        if (t->disabled[g]) continue;
+        glp_set_row_bnds(lp, ++r, GLP_FX, 1.0, 1.0);
+        for (int k = 0; k <= nf; k++)
+            if (col[g * (nf + 1) + k]) ++nnz, ia[nnz] = r, ja[nnz] = col[g * (nf + 1) + k], ar[nnz] = 1.0;
+    }
+    glp_set_row_bnds(lp, ++r, GLP_UP, 0.0, (double)cap);
+    for (int g = 0; g < ng; g++)
+        for (int k = 0; k <= nf; k++)
+            if (col[g * (nf + 1) + k])
+                ++nnz, ia[nnz] = r, ja[nnz] = col[g * (nf + 1) + k],
+                       ar[nnz] = (double)search_choice_cost(c, g, k - 1);
+    for (int d = 0; d < nd; d++) {
+        glp_set_row_bnds(lp, ++r, GLP_UP, 0.0, 0.0);
+        ++nnz, ia[nnz] = r, ja[nnz] = 1, ar[nnz] = -1.0;
+        for (int g = 0; g < ng; g++)
+            for (int k = 1; k <= nf; k++) // bf16 scores 0: no entry
+                if (col[g * (nf + 1) + k]) {
+                    double v = t->dscore[((size_t)d * nf + k - 1) * ng + g] / t->dsamples[d];
+                    if (v != 0) ++nnz, ia[nnz] = r, ja[nnz] = col[g * (nf + 1) + k], ar[nnz] = v;
+                }
+    }
+    glp_load_matrix(lp, nnz, ia, ja, ar);
+    glp_iocp parm;
+    glp_init_iocp(&parm);
+    parm.presolve = GLP_ON;
+    parm.msg_lev = GLP_MSG_OFF;
+    parm.mip_gap = 0.0; // exact: proven optimal, not within a gap
+    int rc = glp_intopt(lp, &parm), st = glp_mip_status(lp);
+    int res = -1;
+    if (rc == 0 && st == GLP_OPT) {
+        res = 0;
+        *z = glp_mip_obj_val(lp);
+        for (int g = 0; g < ng; g++) {
+            sel[g] = -1;
+            for (int k = 1; k <= nf; k++)
+                if (col[g * (nf + 1) + k] && glp_mip_col_val(lp, col[g * (nf + 1) + k]) > 0.5) sel[g] = k - 1;
+        }
+    } else if (rc != 0 && rc != GLP_ENOPFS && rc != GLP_ENODFS) {
+        fail_other("search: GLPK failed on the max objective's programme (glp_intopt %d)", rc);
+    }
+    glp_delete_prob(lp);
+    free(ia), free(ja), free(ar), free(col), free(misfit);
+    return res;
+}
+
+void objective_solve(const SearchCtx* c, const Objective* o, double budget, Solution* out) {
+    const ScoreTable* t = c->t;
+    if (o->kind == OBJ_SUM) {
+        search_solve(c, &budget, 1, out);
+        return;
+    }
+    if (o->kind != OBJ_MAX || t->nd == 1) { // one domain's max is its own knapsack
+        Objective one = *o;
+        if (o->kind == OBJ_MAX) one.w[0] = 1.0;
+        solve_weighted(c, &one, budget, out);
+        return;
+    }
+    search_solve(c, &budget, 1, out); // checks the budget's feasibility, names the smallest one
+    double z;
+    if (milp_solve_max(c, budget, out->sel, &z) != 0)
+        fail_input("--budget %.4g is infeasible under --objective max", budget);
+    out->predicted = z;
+    search_measure(c, out);
+}

@@ -1,0 +1,292 @@
+// search --bootstrap (README §7) against a direct computation on a small case: 3 groups x 2 formats x 3
+// windows; each resample's scores summed by hand and its recipe found by brute force over every assignment.
+// The domain objectives (mean, weights, max through GLPK) against brute force on 4 groups x 2 formats x 2
+// domains. With --write WITH.h5 WITHOUT.h5: writes the case as scores files, with and without per-window scores
+// (tests/test_bootstrap.sh runs autoq search on them).
+#include <string.h>
+
+#include "check.h"
+#include "search/bootstrap.h"
+#include "search/milp.h"
+
+enum { NG = 3, NF = 2, NW = 3 };
+// wscore[w][f][g]: group 1 and 2 gain about as much from w8a8, so which one gets it turns on the sample
+static const double k_ws[NW][NF][NG] = {
+    {{1.0, 2.0, 2.2}, {0.10, 0.20, 0.25}},
+    {{1.2, 2.6, 1.9}, {0.12, 0.21, 0.20}},
+    {{0.9, 1.7, 2.4}, {0.09, 0.19, 0.26}},
+};
+
+static char* dup(const char* s) { return strdup(s); }
+
+static void make_table(ScoreTable* t, int windows) {
+    memset(t, 0, sizeof(*t));
+    snprintf(t->model, sizeof(t->model), "tests/bootstrap-case");
+    snprintf(t->method, sizeof(t->method), "kl");
+    snprintf(t->numerics, sizeof(t->numerics), "modelopt");
+    snprintf(t->quantizer, sizeof(t->quantizer), "rtn");
+    snprintf(t->disabled_csv, sizeof(t->disabled_csv), "*lm_head*");
+    t->nf = NF;
+    format_load(&t->fmts[0], "w4a8", 0);
+    format_load(&t->fmts[1], "w8a8", 0);
+    t->num_samples = NW;
+    t->seq_len = 8;
+    t->ng = t->nl = NG;
+    t->gname = calloc(NG, sizeof(char*));
+    t->gmembers = calloc(NG, sizeof(char*));
+    t->lname = calloc(NG, sizeof(char*));
+    t->params = calloc(NG, sizeof(long));
+    t->active = calloc(NG, sizeof(long));
+    t->disabled = calloc(NG, 1);
+    t->score = calloc(NF * NG, sizeof(double));
+    t->lshape = calloc(2 * NG, sizeof(long));
+    t->lgroup = calloc(NG, sizeof(int));
+    for (int g = 0; g < NG; g++) {
+        char name[64];
+        snprintf(name, sizeof(name), "model.layers.%d.mlp.down_proj", g);
+        t->gname[g] = dup(name);
+        t->gmembers[g] = dup(name);
+        t->lname[g] = dup(name);
+        t->params[g] = t->active[g] = 128 * 256;
+        t->lshape[2 * g] = 128, t->lshape[2 * g + 1] = 256;
+        t->lgroup[g] = g;
+        for (int f = 0; f < NF; f++)
+            for (int w = 0; w < NW; w++) t->score[f * NG + g] += k_ws[w][f][g];
+    }
+    if (!windows) return;
+    t->nw = NW;
+    t->wscore = malloc(sizeof(k_ws));
+    memcpy(t->wscore, k_ws, sizeof(k_ws));
+}
+
+// The best assignment by brute force: ModelOpt's bits (cost = bits x params, bf16 16), within budget.
+static void brute(const double sc[NF][NG], double budget, int* sel) {
+    double best = INFINITY;
+    for (int code = 0; code < 27; code++) {
+        int c[NG], x = code;
+        double cost = 0, s = 0;
+        for (int g = 0; g < NG; g++, x /= 3) {
+            c[g] = x % 3 - 1; // -1 bf16, 0 w4a8, 1 w8a8
+            cost += c[g] < 0 ? 16 : c[g] == 0 ? 4 : 8;
+            s += c[g] < 0 ? 0 : sc[c[g]][g];
+        }
+        if (cost / NG <= budget + 1e-12 && s < best) {
+            best = s;
+            memcpy(sel, c, sizeof(c));
+        }
+    }
+}
+
+// A case with 4 groups, 2 formats and 2 domains (2 and 3 windows) whose domains disagree on which groups
+// matter: the max objective trades one against the other.
+enum { DG = 4, DD = 2 };
+static const double k_ds[DD][NF][DG] = {
+    {{3.0, 0.4, 2.0, 0.5}, {0.3, 0.05, 0.2, 0.06}},
+    {{0.6, 4.5, 0.7, 2.9}, {0.07, 0.5, 0.08, 0.3}},
+};
+static const int k_dn[DD] = {2, 3};
+
+static void make_domains(ScoreTable* t) {
+    memset(t, 0, sizeof(*t));
+    snprintf(t->model, sizeof(t->model), "tests/domains-case");
+    snprintf(t->method, sizeof(t->method), "kl");
+    snprintf(t->numerics, sizeof(t->numerics), "modelopt");
+    snprintf(t->quantizer, sizeof(t->quantizer), "rtn");
+    snprintf(t->disabled_csv, sizeof(t->disabled_csv), "*lm_head*");
+    t->nf = NF;
+    format_load(&t->fmts[0], "w4a8", 0);
+    format_load(&t->fmts[1], "w8a8", 0);
+    t->num_samples = k_dn[0] + k_dn[1];
+    t->seq_len = 8;
+    t->ng = t->nl = DG;
+    t->gname = calloc(DG, sizeof(char*));
+    t->gmembers = calloc(DG, sizeof(char*));
+    t->lname = calloc(DG, sizeof(char*));
+    t->params = calloc(DG, sizeof(long));
+    t->active = calloc(DG, sizeof(long));
+    t->disabled = calloc(DG, 1);
+    t->score = calloc(NF * DG, sizeof(double));
+    t->lshape = calloc(2 * DG, sizeof(long));
+    t->lgroup = calloc(DG, sizeof(int));
+    t->nd = DD;
+    snprintf(t->dname[0], sizeof(t->dname[0]), "code");
+    snprintf(t->dname[1], sizeof(t->dname[1]), "prose");
+    t->dscore = malloc(sizeof(k_ds));
+    memcpy(t->dscore, k_ds, sizeof(k_ds));
+    for (int g = 0; g < DG; g++) {
+        char name[64];
+        snprintf(name, sizeof(name), "model.layers.%d.mlp.down_proj", g);
+        t->gname[g] = dup(name);
+        t->gmembers[g] = dup(name);
+        t->lname[g] = dup(name);
+        t->params[g] = t->active[g] = 128 * 256 * (g == 1 ? 2 : 1);
+        t->lshape[2 * g] = 128 * (g == 1 ? 2 : 1), t->lshape[2 * g + 1] = 256;
+        t->lgroup[g] = g;
+        for (int d = 0; d < DD; d++) {
+            t->dsamples[d] = k_dn[d];
+            for (int f = 0; f < NF; f++) t->score[f * DG + g] += k_ds[d][f][g];
+        }
+    }
+}
+
+// Brute force over all 3^4 assignments: the smallest objective (max, or weights w) within budget.
+static double brute_domains(const ScoreTable* t, double budget, const double* w, int* best_sel) {
+    double best = INFINITY, total = 0;
+    for (int g = 0; g < DG; g++) total += t->params[g];
+    for (int code = 0; code < 81; code++) {
+        int c[DG], x = code;
+        double cost = 0, loss[DD] = {0};
+        for (int g = 0; g < DG; g++, x /= 3) {
+            c[g] = x % 3 - 1;
+            cost += (c[g] < 0 ? 16 : c[g] == 0 ? 4 : 8) * (double)t->params[g];
+            for (int d = 0; d < DD; d++) loss[d] += c[g] < 0 ? 0 : k_ds[d][c[g]][g] / k_dn[d];
+        }
+        double obj = w ? w[0] * loss[0] + w[1] * loss[1] : fmax(loss[0], loss[1]);
+        if (cost <= budget * total + 1e-6 && obj < best) best = obj, memcpy(best_sel, c, sizeof(c));
+    }
+    return best;
+}
+
+static void test_objectives(void) {
+    ScoreTable t;
+    make_domains(&t);
+    SearchCtx c;
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
+    c.quiet = 1;
+    Objective omax, omean, ow;
+    objective_parse(&omax, "max", &t);
+    objective_parse(&omean, "mean", &t);
+    objective_parse(&ow, "weights:code=0.8,prose=0.2", &t);
+    const double budgets[] = {4.0, 4.8, 5.6, 6.4, 8.0, 10.0, 12.0, 16.0};
+    double err_max = 0, err_mean = 0, err_w = 0;
+    int differ = 0, bad_sel = 0;
+    for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
+        int bsel[DG];
+        double half[2] = {0.5, 0.5}, w[2] = {0.8, 0.2}, loss[DD];
+        Solution s;
+        double want = brute_domains(&t, budgets[i], NULL, bsel);
+        objective_solve(&c, &omax, budgets[i], &s);
+        objective_losses(&t, s.sel, loss);
+        err_max = fmax(err_max, fmax(rel_diff(s.predicted, want), rel_diff(fmax(loss[0], loss[1]), want)));
+        int msel[DG];
+        memcpy(msel, s.sel, sizeof(msel));
+        bad_sel |= s.bits[0] > budgets[i] + 1e-9;
+        solution_free(&s);
+        double wm = brute_domains(&t, budgets[i], half, bsel);
+        objective_solve(&c, &omean, budgets[i], &s);
+        objective_losses(&t, s.sel, loss);
+        err_mean = fmax(err_mean, fmax(rel_diff(s.predicted, wm), rel_diff(0.5 * loss[0] + 0.5 * loss[1], wm)));
+        differ |= memcmp(msel, s.sel, sizeof(msel)) != 0;
+        solution_free(&s);
+        double ww = brute_domains(&t, budgets[i], w, bsel);
+        objective_solve(&c, &ow, budgets[i], &s);
+        err_w = fmax(err_w, rel_diff(s.predicted, ww));
+        solution_free(&s);
+    }
+    CHECK(err_max < 1e-9 && !bad_sel, "objective_max_vs_brute_force", "largest relative difference %g",
+          err_max);
+    CHECK(err_mean < 1e-9 && err_w < 1e-9, "objective_mean_weights_vs_brute_force", "mean %g, weights %g",
+          err_mean, err_w);
+    CHECK(differ, "objective_max_differs_from_mean", "max and mean chose the same recipe at every budget");
+    search_free(&c);
+    table_free(&t);
+}
+
+static int cmp_d(const void* a, const void* b) {
+    double x = *(const double*)a, y = *(const double*)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char** argv) {
+    ScoreTable t;
+    if (argc == 3 && strcmp(argv[1], "--write-domains") == 0) {
+        make_domains(&t);
+        table_h5_finish(table_h5_create(&t, argv[2]), argv[2]);
+        table_free(&t);
+        return 0;
+    }
+    if (argc == 4 && strcmp(argv[1], "--write") == 0) {
+        for (int k = 0; k < 2; k++) {
+            make_table(&t, k == 0);
+            table_h5_finish(table_h5_create(&t, argv[2 + k]), argv[2 + k]);
+            table_free(&t);
+        }
+        return 0;
+    }
+    int counts[NW], again[NW], other[NW], differ = 0, sums = 1;
+    for (int r = 0; r < 50; r++) {
+        boot_counts(11, r, NW, counts);
+        boot_counts(11, r, NW, again);
+        boot_counts(12, r, NW, other);
+        sums &= counts[0] + counts[1] + counts[2] == NW && !memcmp(counts, again, sizeof(counts));
+        differ |= memcmp(counts, other, sizeof(counts)) != 0;
+    }
+    CHECK(sums && differ, "bootstrap_counts", "draws do not sum to the windows, repeat, or depend on the seed");
+
+    make_table(&t, 1);
+    SearchCtx c;
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_MODELOPT);
+    c.quiet = 1;
+    double budget = 16.0 / 3; // two groups w4a8, one w8a8
+    Solution s;
+    search_solve(&c, &budget, 1, &s);
+    enum { N = 64 };
+    Objective obj = {OBJ_SUM, {0}};
+    Bootstrap b;
+    bootstrap_run(&b, &c, &obj, &s, N, 11);
+    // The same statistics, computed directly
+    double draws[NF][NG][N], freq[NF + 1][NG] = {{0}}, same[NG] = {0}, all = 0;
+    for (int r = 0; r < N; r++) {
+        boot_counts(11, r, NW, counts);
+        double sc[NF][NG] = {{0}};
+        for (int f = 0; f < NF; f++)
+            for (int g = 0; g < NG; g++) {
+                for (int w = 0; w < NW; w++) sc[f][g] += counts[w] * k_ws[w][f][g];
+                draws[f][g][r] = sc[f][g];
+            }
+        int sel[NG], whole = 1;
+        brute(sc, budget, sel);
+        for (int g = 0; g < NG; g++) {
+            freq[sel[g] + 1][g] += 1.0 / N;
+            same[g] += sel[g] == s.sel[g] ? 1.0 / N : 0;
+            whole &= sel[g] == s.sel[g];
+        }
+        all += whole;
+    }
+    double err = fabs(all / N - b.all_same);
+    int flipped = 0;
+    for (int g = 0; g < NG; g++) {
+        err = fmax(err, fabs(same[g] - b.same[g]));
+        flipped |= same[g] < 1;
+        for (int k = 0; k <= NF; k++) err = fmax(err, fabs(freq[k][g] - b.freq[k * NG + g]));
+        for (int f = 0; f < NF; f++) {
+            qsort(draws[f][g], N, sizeof(double), cmp_d);
+            // 2.5%: position 0.025 x 63 = 1.575; 97.5%: 61.425
+            double lo = draws[f][g][1] + 0.575 * (draws[f][g][2] - draws[f][g][1]);
+            double hi = draws[f][g][61] + 0.425 * (draws[f][g][62] - draws[f][g][61]);
+            err = fmax(err, fmax(rel_diff(lo, b.lo[f * NG + g]), rel_diff(hi, b.hi[f * NG + g])));
+        }
+    }
+    CHECK(err < 1e-12 && flipped, "bootstrap_direct", "largest difference %g, a decision flipped: %d", err,
+          flipped);
+    int noisy_ok = 1;
+    for (int g = 0; g < NG; g++) noisy_ok &= b.noisy[g] == (same[g] < BOOT_STABLE);
+    CHECK(noisy_ok && b.n_noisy > 0, "bootstrap_noisy_rule", "noisy flags differ from agreement < %.2f",
+          BOOT_STABLE);
+    Bootstrap b2;
+    bootstrap_run(&b2, &c, &obj, &s, N, 11);
+    int same_seed = !memcmp(b.lo, b2.lo, sizeof(double) * NF * NG) &&
+                    !memcmp(b.freq, b2.freq, sizeof(double) * (NF + 1) * NG);
+    bootstrap_free(&b2);
+    bootstrap_run(&b2, &c, &obj, &s, N, 12);
+    int other_seed = memcmp(b.lo, b2.lo, sizeof(double) * NF * NG) != 0;
+    CHECK(same_seed && other_seed, "bootstrap_seeded", "same seed same result: %d, other seed differs: %d",
+          same_seed, other_seed);
+    bootstrap_free(&b2);
+    bootstrap_free(&b);
+    solution_free(&s);
+    search_free(&c);
+    table_free(&t);
+    test_objectives();
+    return g_fail != 0;
+}

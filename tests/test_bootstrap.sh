@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# search --bootstrap end to end (README §7, §8): per-window scores written by score, the confidence in the
+# recipe JSON and HDF5, determinism by seed, and exit 2 on a scores file without per-window scores.
+set -u
+SUITE=bootstrap
+. "$(dirname "$0")/lib.sh"
+TB="$(dirname "$AQ")/tests/test_bootstrap"
+"$TB" --write "$tmp/w.h5" "$tmp/nw.h5" || fail "writing the small case"
+
+run() { $AQ search --scores "$tmp/w.h5" --budget 5.34 --bits modelopt --bootstrap 40 "$@"; }
+run --bootstrap-seed 5 --out "$tmp/a.json" --h5 "$tmp/a.h5" >"$tmp/out" 2>&1 || fail "search --bootstrap: $(cat "$tmp/out")"
+run --bootstrap-seed 5 --out "$tmp/b.json" >/dev/null 2>&1
+run --bootstrap-seed 6 --out "$tmp/c.json" >/dev/null 2>&1
+cmp -s "$tmp/a.json" "$tmp/b.json" && ! cmp -s "$tmp/a.json" "$tmp/c.json" && pass "deterministic by seed" ||
+    fail "same seed must repeat, another differ"
+grep -q "NOISY" "$tmp/out" && grep -q "whole recipe comes back in" "$tmp/out" && pass "table flags noisy decisions" ||
+    fail "bootstrap table: $(cat "$tmp/out")"
+python3 - "$tmp" <<'PY' && pass "recipe JSON and HDF5 carry the bootstrap" || fail "bootstrap JSON / HDF5"
+import json, sys
+import h5py
+r = json.load(open(sys.argv[1] + "/a.json"))
+b = r["bootstrap"]
+assert b["resamples"] == 40 and b["seed"] == 5 and b["stable_threshold"] == 0.8
+for g in r["groups"]:
+    gb = g["bootstrap"]
+    assert abs(sum(gb["choice_frequency"].values()) - 1) < 1e-9
+    assert gb["choice_agreement"] == gb["choice_frequency"][g["choice"]]
+    assert gb["noisy"] == (gb["choice_agreement"] < 0.8)
+    for lo, hi in gb["score_interval"].values():
+        assert 0 <= lo <= hi
+with h5py.File(sys.argv[1] + "/a.h5") as f:
+    assert f["groups/window_scores"].shape == (3, 2, 3) and f.attrs["format_version"] == 2
+    assert f["bootstrap/score_interval"].shape == (3, 2, 2) and f["bootstrap/choice_frequency"].shape == (3, 3)
+    assert list(f["bootstrap/noisy"][:]) == [int(g["bootstrap"]["noisy"]) for g in r["groups"]]
+PY
+expect "--bootstrap needs per-window scores" "holds no per-window scores" \
+    $AQ search --scores "$tmp/nw.h5" --budget 6 --bootstrap 10
+$AQ search --scores "$tmp/nw.h5" --budget 6 >/dev/null 2>&1 && pass "files without per-window scores still search" ||
+    fail "search of a version-1 style file"
+
+# score keeps each window's contribution; their sum is the score (up to rounding)
+M=tests/fixtures/qwen3-vl-tiny
+$AQ score $M --data tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 3 --seq-len 16 --method kl --format w4a8,fp8 \
+    --device cpu --out "$tmp/s.h5" >/dev/null 2>&1 || fail "score"
+python3 - "$tmp/s.h5" <<'PY' && pass "score writes window scores summing to the scores" || fail "window scores"
+import sys
+import h5py, numpy as np
+with h5py.File(sys.argv[1]) as f:
+    w, s = f["groups/window_scores"][:], f["groups/score"][:]
+    assert w.shape == s.shape + (3,), (w.shape, s.shape)
+    assert np.allclose(w.sum(axis=2), s, rtol=1e-12, atol=0) and (w >= 0).all()
+PY
+
+# Calibration domains (README §7, §8): score --data NAME=FILE repeated, search --objective
+"$TB" --write-domains "$tmp/d.h5" || fail "writing the domains case"
+for o in max mean weights:code=0.8,prose=0.2; do
+    $AQ search --scores "$tmp/d.h5" --budget 6.4 --bits modelopt --objective $o --out "$tmp/$o.json" --h5 "$tmp/$o.h5" \
+        >"$tmp/o.$o" 2>&1 || fail "search --objective $o: $(cat "$tmp/o.$o")"
+done
+python3 - "$tmp" <<'PY' && pass "objectives: recipes and predicted loss per domain" || fail "objectives JSON"
+import json, sys
+t = sys.argv[1]
+mx, mn = json.load(open(t + "/max.json")), json.load(open(t + "/mean.json"))
+assert mx["objective"] == "max" and set(mx["predicted_loss"]) == {"code", "prose"}
+assert abs(mx["predicted_score"] - max(mx["predicted_loss"].values())) < 1e-9
+assert abs(mn["predicted_score"] - sum(mn["predicted_loss"].values()) / 2) < 1e-9
+# max never has a worse worst domain than mean, mean never a worse average than max
+assert max(mx["predicted_loss"].values()) <= max(mn["predicted_loss"].values()) + 1e-12
+assert sum(mn["predicted_loss"].values()) <= sum(mx["predicted_loss"].values()) + 1e-12
+PY
+grep -q "objective max, predicted loss per window code" "$tmp/o.max" && pass "search prints each domain's loss" ||
+    fail "domain losses line: $(cat "$tmp/o.max")"
+expect "--objective needs domains" "needs a scores file with calibration domains" \
+    $AQ search --scores "$tmp/w.h5" --budget 6 --objective max
+expect "--objective names a known domain" "no domain 'chat'" \
+    $AQ search --scores "$tmp/d.h5" --budget 6.4 --objective weights:chat=1
+expect "--objective bad weight" "must be a finite number >= 0" \
+    $AQ search --scores "$tmp/d.h5" --budget 6.4 --objective weights:code=-1
+expect "several --data are NAME=FILE" "must each be NAME=FILE" \
+    $AQ score $M --data tests/fixtures/qwen3_vl_tiny_ids.npy --data b=tests/fixtures/qwen3_vl_tiny_ids.npy --method kl
+expect "domain names unique" "given twice" \
+    $AQ score $M --data a=tests/fixtures/qwen3_vl_tiny_ids.npy --data a=tests/fixtures/qwen3_vl_tiny_ids.npy --method kl
+$AQ score $M --data a=tests/fixtures/qwen3_vl_tiny_ids.npy --data bb=tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 2 \
+    --seq-len 16 --method kl --format w4a8,fp8 --device cpu --out "$tmp/sd.h5" >/dev/null 2>&1 || fail "score with domains"
+python3 - "$tmp/sd.h5" <<'PY' && pass "score --data NAME=FILE: one file, each domain's scores" || fail "domains file"
+import sys
+import h5py, numpy as np
+with h5py.File(sys.argv[1]) as f:
+    assert [n.decode() for n in f["domains/name"][:]] == ["a", "bb"] and list(f["domains/num_samples"][:]) == [2, 2]
+    d, s, w = f["domains/score"][:], f["groups/score"][:], f["groups/window_scores"][:]
+    assert f.attrs["num_samples"] == 4 and w.shape[2] == 4
+    assert np.allclose(d.sum(axis=0), s, rtol=1e-12) and np.array_equal(d[0], d[1])  # the same windows twice
+PY
+$AQ search --scores "$tmp/sd.h5" --budget 6 --objective max --bootstrap 10 >"$tmp/sdo" 2>&1 &&
+    grep -q "bootstrap: 10 resamples" "$tmp/sdo" && pass "bootstrap under --objective max (domains resampled apart)" ||
+    fail "bootstrap with domains: $(cat "$tmp/sdo")"
