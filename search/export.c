@@ -8,6 +8,7 @@
 
 #include "../engine/util.h"
 #include "../scoring/groups.h"
+#include "../kernels/gptq.h"
 #include "recipe.h"
 
 // ---- regular expressions for llm-compressor's `re:` entries (Python `re` syntax) ----
@@ -333,7 +334,7 @@ static void yaml_ignore(Yaml* y, const ScoreTable* t, const Solution* s) {
 }
 
 // The comment line is the only text not written by the emitter: keep it on one line of UTF-8.
-static void yaml_comment(FILE* f, const SearchCtx* c, const Solution* s) {
+static void yaml_comment(FILE* f, const SearchCtx* c, const Solution* s, const Quantizer* q) {
     const ScoreTable* t = c->t;
     char* model = xstrdup(t->model);
     json_t* valid = json_string(model);
@@ -342,13 +343,38 @@ static void yaml_comment(FILE* f, const SearchCtx* c, const Solution* s) {
     json_decref(valid);
     fprintf(f, "# autoq recipe for %s: %s scores, budget %.3f bits (%s scope), effective %.4f bits\n", model,
             t->method, s->budget, c->scope == SCOPE_ALL ? "all" : "candidates", s->bits[c->scope]);
+    // the calibration pipeline is oneshot's argument, not the recipe's: said where a user reads it
+    if (q && q->kind == QUANTIZER_GPTQ && q->pipeline == GPTQ_PIPELINE_BASIC)
+        fprintf(f, "# verified with --gptq-pipeline basic: run oneshot(..., pipeline=\"basic\")\n");
     free(model);
 }
 
-void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts) {
+// The GPTQ settings autoq quantized with, as GPTQModifier's own fields, so that llm-compressor runs
+// them rather than its defaults: dampening_frac (--gptq-dampening), actorder (--gptq-actorder; null for
+// none), block_size (autoq's 128 columns per lazy update).
+static void yaml_gptq_settings(Yaml* y, const Quantizer* q) {
+    GptqOpts o = q ? q->gptq : gptq_defaults;
+    char v[32];
+    snprintf(v, sizeof(v), "%.15g", o.damp);
+    if (strtod(v, NULL) != o.damp) snprintf(v, sizeof(v), "%.17g", o.damp);
+    y_key(y, "dampening_frac");
+    y_str(y, v, YAML_PLAIN_SCALAR_STYLE);
+    y_key(y, "actorder");
+    y_str(y,
+          o.order == GPTQ_ORDER_NONE    ? "null"
+          : o.order == GPTQ_ORDER_GROUP ? "group"
+                                        : "static",
+          YAML_PLAIN_SCALAR_STYLE);
+    snprintf(v, sizeof(v), "%d", o.block);
+    y_key(y, "block_size");
+    y_str(y, v, YAML_PLAIN_SCALAR_STYLE);
+}
+
+void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts,
+                          const Quantizer* q) {
     OutFile o;
     out_open(&o, path);
-    yaml_comment(o.f, c, s);
+    yaml_comment(o.f, c, s, q);
     Yaml y = {.path = path};
     if (!yaml_emitter_initialize(&y.e)) fail_other("out of memory");
     yaml_emitter_set_output_file(&y.e, o.f);
@@ -366,6 +392,7 @@ void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* 
     y_map(&y, 0);
     yaml_ignore(&y, c->t, s);
     yaml_config_groups(&y, c->t, s, fmts);
+    yaml_gptq_settings(&y, q);
     for (int i = 0; i < 4; i++) y_map_end(&y);
     y_emit(&y, &ev, yaml_document_end_event_initialize(&ev, 1));
     y_emit(&y, &ev, yaml_stream_end_event_initialize(&ev));
@@ -453,7 +480,9 @@ static void mo_override(const char* name, int experts, void* ctx) {
     free(key);
 }
 
-void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts) {
+void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts,
+                     const Quantizer* q) {
+    (void)q; // ModelOpt's "max" algorithm has no GPTQ settings: its export is round-to-nearest (README §8)
     const ScoreTable* t = c->t;
     int used[MAX_FORMATS];
     formats_used(t, s, used);
