@@ -20,6 +20,7 @@
 #include "../engine/gpu.h"
 #include "../engine/input.h"
 #include "../engine/util.h"
+#include "../kernels/quant_math.h"
 #include "../scoring/quantizer.h"
 #include "quantize.h"
 #include "recipe.h"
@@ -53,7 +54,7 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
                 "%s: formats[%d] ('%s') has no weight quantizer, which a compressed-tensors int-quantized "
                 "checkpoint needs",
                 recipe, k, fmts[k].name);
-        if (!quant_is_int_rows(fmts[k].w) || (fmts[k].in_enable && !quant_is_int_rows(fmts[k].in)))
+        if (!quantize_writable(&fmts[k]))
             fail_input(
                 "%s: formats[%d] ('%s'): autoq quantize writes integer per-channel weights with integer "
                 "per-token or no input quantization (int-quantized); E4M3 / E2M1 values and block scales "
@@ -66,19 +67,133 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
     }
 }
 
+int quantize_scale_cols(QuantSpec q, int in) { return q.block ? (in + q.block - 1) / q.block : 1; }
+
+// One stored scale from the amax of its row or group, in the scores' numerics: integers amax / 7 (ModelOpt)
+// or amax / 7.5 (compressed-tensors), and so on (qm_int_scale); FP8 amax / 448; 0 for an all-zero block.
+static float stored_scale(float amax, QuantSpec q) {
+    if (q.kind == QUANT_FP8_E4M3) return amax > QUANT_AMAX_MIN ? amax / 448.0f : 0.0f;
+    return quant_scale(amax, q);
+}
+
 void quantize_scales(float** scales, const Model* m, const Format* fmts, const int* choice) {
     for (int i = 0; i < m->n_linears; i++) {
         if (choice[i] < 0) continue;
         const Linear* l = &m->linears[i];
+        QuantSpec q = fmts[choice[i]].w;
         char name[200];
         const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
         int bf16 = t && t->dtype == DT_BF16;
-        scales[i] = xmalloc(sizeof(float) * l->out);
+        int ng = quantize_scale_cols(q, l->in), bs = q.block ? q.block : l->in;
+        scales[i] = xmalloc(sizeof(float) * l->out * ng);
         float* tmp;
-        gptq_row_scales(scales[i], NULL, model_linear_f32(m, i, &tmp), l->out, l->in, fmts[choice[i]].w);
+        const float* w = model_linear_f32(m, i, &tmp);
+#pragma omp parallel for
+        for (int r = 0; r < l->out; r++)
+            for (int g = 0; g < ng; g++) {
+                float amax = 0.0f;
+                for (int j = g * bs; j < l->in && j < (g + 1) * bs; j++)
+                    amax = fmaxf(amax, fabsf(w[(size_t)r * l->in + j]));
+                float sc = stored_scale(amax, q);
+                scales[i][(size_t)r * ng + g] = bf16 ? bf16_to_f32(f32_to_bf16(sc)) : sc;
+            }
         free(tmp);
-        for (int r = 0; bf16 && r < l->out; r++) scales[i][r] = bf16_to_f32(f32_to_bf16(scales[i][r]));
     }
+}
+
+// The E4M3 byte of v, a value e4m3() returned (OCP "fn": bias 7, subnormals k 2^-9).
+static uint8_t e4m3_byte(float v) {
+    uint8_t sign = v < 0 ? 0x80 : 0;
+    float a = fabsf(v);
+    if (a == 0.0f) return sign;
+    int e;
+    frexpf(a, &e); // a = f 2^e, f in [0.5, 1)
+    e -= 1;        // a = (1 + m/8) 2^e
+    if (e < -6) return sign | (uint8_t)lrintf(a * 512.0f);
+    int mant = (int)lrintf((a / ldexpf(1.0f, e) - 1.0f) * 8.0f);
+    return sign | (uint8_t)((e + 7) << 3) | (uint8_t)mant;
+}
+
+static float e4m3_value(uint8_t b) {
+    int e = (b >> 3) & 15, mant = b & 7;
+    float a = e ? ldexpf(1.0f + mant / 8.0f, e - 7) : ldexpf((float)mant, -9);
+    return b & 0x80 ? -a : a;
+}
+
+void quantize_codes(int8_t* codes, const float* w, int out, int in, const float* sc, QuantSpec q, int bf) {
+    int ng = quantize_scale_cols(q, in), bs = q.block ? q.block : in;
+    float lo = 0, hi = 0;
+    if (q.kind == QUANT_INT) quant_bounds(q, &lo, &hi);
+#pragma omp parallel for
+    for (int r = 0; r < out; r++)
+        for (int j = 0; j < in; j++) {
+            size_t k = (size_t)r * in + j;
+            float s = sc[(size_t)r * ng + j / bs], c = 0.0f;
+            // as compressed-tensors runs it on the checkpoint's own dtype: a bf16 weight over a bf16
+            // scale is a bf16 quotient, rounded before the rounding
+            float x = s > 0 ? w[k] / s : 0.0f;
+            if (bf) x = bf16_to_f32(f32_to_bf16(x));
+            if (q.kind == QUANT_FP8_E4M3) {
+                codes[k] = (int8_t)e4m3_byte(fp8_e4m3_round(fminf(fmaxf(x, -448.0f), 448.0f)));
+                continue;
+            }
+            c = rintf(x);
+            codes[k] = (int8_t)(c < lo ? lo : c > hi ? hi : c);
+        }
+}
+
+void quantize_dequant(float* wq, const int8_t* codes, int out, int in, const float* sc, QuantSpec q, int bf) {
+    int ng = quantize_scale_cols(q, in), bs = q.block ? q.block : in;
+#pragma omp parallel for
+    for (int r = 0; r < out; r++)
+        for (int j = 0; j < in; j++) {
+            size_t k = (size_t)r * in + j;
+            float c = q.kind == QUANT_FP8_E4M3 ? e4m3_value((uint8_t)codes[k]) : (float)codes[k];
+            float v = c * sc[(size_t)r * ng + j / bs]; // compressed-tensors: code.to(dtype) * scale
+            wq[k] = bf ? bf16_to_f32(f32_to_bf16(v)) : v;
+        }
+}
+
+// Whether linear i's checkpoint tensor is bf16 (its scales, quotients and products are then bf16).
+static int weight_bf16(const Model* m, int i) {
+    char name[200];
+    const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
+    return t && t->dtype == DT_BF16;
+}
+
+void quantize_deployed(float** wq, const Model* m, const Format* fmts, const int* choice) {
+    float** sc = xcalloc(m->n_linears, sizeof(float*));
+    int* ch = xmalloc(sizeof(int) * m->n_linears);
+    for (int i = 0; i < m->n_linears; i++)
+        ch[i] =
+            choice[i] >= 0 && fmts[choice[i]].w_enable && quantize_writable(&fmts[choice[i]]) ? choice[i] : -1;
+    quantize_scales(sc, m, fmts, ch);
+    for (int i = 0; i < m->n_linears; i++) {
+        if (ch[i] < 0) continue;
+        const Linear* l = &m->linears[i];
+        int bf = weight_bf16(m, i);
+        int8_t* codes = xmalloc((size_t)l->out * l->in);
+        float* tmp;
+        quantize_codes(codes, model_linear_f32(m, i, &tmp), l->out, l->in, sc[i], fmts[ch[i]].w, bf);
+        free(tmp);
+        wq[i] = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+        quantize_dequant(wq[i], codes, l->out, l->in, sc[i], fmts[ch[i]].w, bf);
+        free(codes), free(sc[i]);
+    }
+    free(sc), free(ch);
+}
+
+void quantize_round_deployed(float** wq, const Model* m) {
+    for (int i = 0; i < m->n_linears; i++) {
+        if (!wq[i] || !weight_bf16(m, i)) continue;
+        size_t n = (size_t)m->linears[i].out * m->linears[i].in;
+        for (size_t k = 0; k < n; k++) wq[i][k] = bf16_to_f32(f32_to_bf16(wq[i][k]));
+    }
+}
+
+int quantize_writable(const Format* f) {
+    if (!f->w_enable) return 0;
+    return quant_is_int_rows(f->w) && (!f->in_enable || quant_is_int_rows(f->in));
 }
 
 // Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
@@ -115,31 +230,22 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
     for (int i = 0; i < m->n_linears; i++) {
         if (z->choice[i] < 0 || z->codes[i]) continue;
         const Linear* l = &m->linears[i];
-        float lo, hi;
-        quant_bounds(fmts[z->choice[i]].w, &lo, &hi);
-        int bf = z->sdtype[i] == DT_BF16;
-        float* tmp = NULL;
-        const float* w = wq[i] ? NULL : model_linear_f32(m, i, &tmp); // round-to-nearest's source
+        QuantSpec qw = fmts[z->choice[i]].w;
         z->codes[i] = xmalloc((size_t)l->out * l->in);
-#pragma omp parallel for
-        for (int r = 0; r < l->out; r++) {
-            float sc = z->scales[i][r];
-            for (int j = 0; j < l->in; j++) {
-                size_t k = (size_t)r * l->in + j;
-                float c = 0.0f;
-                if (sc > 0 && wq[i]) { // GPTQ's values are exactly code * scale
-                    c = rintf(wq[i][k] / sc);
-                } else if (sc > 0) {
-                    // round-to-nearest as compressed-tensors runs it on the checkpoint's own dtype: a
-                    // bf16 weight over a bf16 scale is a bf16 quotient, rounded before the rounding
-                    float x = w[k] / sc;
-                    c = rintf(bf ? bf16_to_f32(f32_to_bf16(x)) : x);
-                    c = c < lo ? lo : c > hi ? hi : c;
+        if (wq[i]) { // GPTQ's values are exactly code * scale (integer per-channel formats only)
+            for (int r = 0; r < l->out; r++) {
+                float sc = z->scales[i][r];
+                for (int j = 0; j < l->in; j++) {
+                    size_t k = (size_t)r * l->in + j;
+                    z->codes[i][k] = (int8_t)(sc > 0 ? rintf(wq[i][k] / sc) : 0.0f);
                 }
-                z->codes[i][k] = (int8_t)c;
             }
+            free(wq[i]);
+            continue;
         }
-        free(wq[i]);
+        float* tmp = NULL;
+        quantize_codes(z->codes[i], model_linear_f32(m, i, &tmp), l->out, l->in, z->scales[i], qw,
+                       z->sdtype[i] == DT_BF16);
         free(tmp);
     }
     free(wq);

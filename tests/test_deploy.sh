@@ -22,3 +22,90 @@ print(g.get("dampening_frac"), g.get("actorder"), g.get("block_size"))')
     [ "$out" = "$damp $order 128" ] && pass "recipe.yaml carries dampening_frac $damp, actorder $order" ||
         fail "recipe.yaml GPTQ settings: got '$out', want '$damp $order 128'"
 done
+
+# 2. eval --recipe deploys what quantize writes: the checkpoint's weights (codes x bf16 scales, in bf16),
+# dequantized here with numpy into a plain bf16 model and run by plain eval, give the very logits of
+# eval --recipe --logits (a weight-only per-channel format, so that no input quantizer is involved).
+M=../shared/models/qwen3-tiny
+D=tests/fixtures/qwen3_tiny_ids.npy
+# deq.py SRC OUT: the quantized checkpoint SRC as a plain bf16 model OUT (code x scale rounded to bf16).
+cat >"$tmp/deq.py" <<'PY'
+import json, os, shutil, struct, sys
+import numpy as np
+src, dst = sys.argv[1:3]
+os.mkdir(dst)
+with open(src + "/model.safetensors", "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    hdr = json.loads(f.read(n))
+    data = f.read()
+def arr(k):
+    v = hdr[k]; a, b = v["data_offsets"]
+    dt = {"I8": np.int8, "BF16": np.uint16, "F32": np.float32, "I32": np.int32, "F8_E4M3": np.uint8}[v["dtype"]]
+    return np.frombuffer(data[a:b], dtype=dt).reshape(v["shape"])
+def f32(bf): return (bf.astype(np.uint32) << 16).view(np.float32)
+def bf16(x):  # round to nearest even
+    u = x.astype(np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+def e4m3(b):
+    b = b.astype(np.int32); e = (b >> 3) & 15; m = (b & 7).astype(np.float32)
+    v = np.where(e > 0, (1 + m / 8) * np.exp2(e - 7.0), m * 2.0 ** -9)
+    return np.where(b & 0x80, -v, v).astype(np.float32)
+out, blobs, off = {}, [], 0
+for k in sorted(k for k in hdr if k != "__metadata__"):
+    if k.endswith("_scale") or k.endswith("weight_shape"):
+        continue
+    v = hdr[k]
+    if k.endswith(".weight_packed"):  # int4, 8 to an int32 from the lowest bits, offset by 8
+        p = arr(k).astype(np.uint32); name = k[:-7]
+        shape = [int(x) for x in arr(name + "_shape")]
+        c = np.stack([(p >> (4 * i)) & 15 for i in range(8)], -1).reshape(shape[0], -1)[:, :shape[1]]
+        c = c.astype(np.float32) - 8
+        s = f32(arr(name + "_scale")); g = shape[1] // s.shape[1]
+        w = bf16(c * np.repeat(s, g, axis=1)); k = name
+    elif v["dtype"] in ("I8", "F8_E4M3"):
+        c = arr(k).astype(np.float32) if v["dtype"] == "I8" else e4m3(arr(k))
+        w = bf16(c * f32(arr(k + "_scale")))
+    else:
+        w = arr(k); assert v["dtype"] == "BF16", k
+    b = w.astype(np.uint16).tobytes()
+    out[k] = {"dtype": "BF16", "shape": list(w.shape), "data_offsets": [off, off + len(b)]}
+    blobs.append(b); off += len(b)
+text = json.dumps(out).encode(); text += b" " * (-len(text) % 8)
+with open(dst + "/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(text)) + text)
+    for b in blobs: f.write(b)
+cfg = json.load(open(src + "/config.json")); cfg.pop("quantization_config")
+json.dump(cfg, open(dst + "/config.json", "w"))
+shutil.copy(src + "/tokenizer.json", dst)
+PY
+# cmp.py A B: the largest |difference| of two .npy logits (1e-4 allowed: the same weights, the same engine)
+cat >"$tmp/cmp.py" <<'PY'
+import sys
+import numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+d = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+print(f"max |dlogit| {d:.3g}")
+sys.exit(0 if d <= 1e-4 else 1)
+PY
+cat >"$tmp/w4ch.json" <<'J'
+{"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
+ "algorithm": "max"}
+J
+if [ -f $M/config.json ]; then
+    $AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format "$tmp/w4ch.json" --budget 4.6 \
+        --out "$tmp/w4ch_r.json" >/dev/null 2>"$tmp/err" || fail "w4 channel recipe: $(cat "$tmp/err")"
+    $AQ quantize $M --recipe "$tmp/w4ch_r.json" --out "$tmp/w4ch_q" 2>"$tmp/err" || fail "quantize w4ch: $(cat "$tmp/err")"
+    $AQ eval $M --data $D --num-samples 1 --recipe "$tmp/w4ch_r.json" --logits "$tmp/w4ch_eval.npy" >/dev/null 2>"$tmp/err" ||
+        fail "eval --recipe --logits: $(cat "$tmp/err")"
+    [ -s "$tmp/w4ch_eval.npy" ] && pass "eval --recipe --logits writes the quantized model's logits" ||
+        fail "eval --recipe --logits wrote nothing"
+    python3 "$tmp/deq.py" "$tmp/w4ch_q" "$tmp/w4ch_deq" && $AQ eval "$tmp/w4ch_deq" --data $D --num-samples 1 \
+        --logits "$tmp/w4ch_plain.npy" >/dev/null 2>"$tmp/err" || fail "dequantized checkpoint eval: $(cat "$tmp/err")"
+    out=$(python3 "$tmp/cmp.py" "$tmp/w4ch_eval.npy" "$tmp/w4ch_plain.npy" 2>&1) &&
+        pass "eval --recipe = the checkpoint quantize writes, as loaded: $out" || fail "eval --recipe vs checkpoint: $out"
+    $AQ eval $M --data $D --num-samples 1 --logits "$tmp/plain.npy" >/dev/null 2>&1
+    python3 "$tmp/cmp.py" "$tmp/w4ch_eval.npy" "$tmp/plain.npy" >/dev/null 2>&1 &&
+        fail "eval --recipe --logits wrote the unquantized model's logits" || pass "the logits are the quantized model's"
+else
+    echo "SKIP deploy: $M missing (eval --recipe against the checkpoint)"
+fi
