@@ -60,10 +60,17 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
                 "per-token or no input quantization (int-quantized); E4M3 / E2M1 values and block scales "
                 "are not written yet",
                 recipe, k, fmts[k].name);
-        if (!fmts[k].w.ct)
-            warn_msg("%s: formats[%d] ('%s') has modelopt numerics: the weights are stored exactly, but "
-                     "compressed-tensors quantizes activations with its own (amax / 127.5)",
-                     recipe, k, fmts[k].name);
+        // the weights are stored exactly as scored (their scales in the scores' numerics); a serving engine
+        // quantizes the inputs with compressed-tensors' own numerics
+        Format in_only = fmts[k];
+        in_only.w_enable = 0;
+        char note[512];
+        if (export_numerics_note(&in_only, 1, note, sizeof(note)) > 0)
+            warn_msg(
+                "%s: formats[%d] ('%s') has ModelOpt numerics: the weights are stored as scored (scales "
+                "amax/%d), but compressed-tensors quantizes the inputs with its own: %s; quantize a recipe "
+                "scored with --numerics compressed-tensors to deploy what was scored",
+                recipe, k, fmts[k].name, (1 << (fmts[k].w.bits - 1)) - 1, note);
     }
 }
 

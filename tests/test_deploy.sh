@@ -11,8 +11,8 @@ VD=tests/fixtures/qwen3_vl_tiny_ids.npy
 # 1. GPTQ settings in the llm-compressor recipe: the ones given, or autoq's defaults.
 $AQ search $V --data $VD --method kl --format w4a8 --quantizer gptq --gptq-dampening 0.05 --gptq-actorder none \
     --budget 6 --emit llmcompressor="$tmp/g.yaml" >/dev/null 2>"$tmp/err" || fail "gptq search: $(cat "$tmp/err")"
-$AQ search $V --data $VD --method kl --format w4a8 --budget 6 --emit llmcompressor="$tmp/r.yaml" >/dev/null 2>&1 ||
-    fail "rtn search"
+$AQ search $V --data $VD --method kl --format w4a8 --budget 6 --emit llmcompressor="$tmp/r.yaml" \
+    --emit modelopt="$tmp/r.json" >/dev/null 2>"$tmp/r.err" || fail "rtn search"
 for k in g:0.05:null r:0.01:static; do
     IFS=: read -r f damp order <<<"$k"
     out=$("$YJ" --yaml-json "$tmp/$f.yaml" | python3 -c '
@@ -22,6 +22,16 @@ print(g.get("dampening_frac"), g.get("actorder"), g.get("block_size"))')
     [ "$out" = "$damp $order 128" ] && pass "recipe.yaml carries dampening_frac $damp, actorder $order" ||
         fail "recipe.yaml GPTQ settings: got '$out', want '$damp $order 128'"
 done
+
+# 3. An export whose tool applies other numerics than the scores' says so, by how much, and how to rescore.
+grep -q "WHAT IS SCORED IS NOT WHAT IS SHIPPED.*w4a8 weights scale amax/7 -> amax/7.5 (x0.9333).*w4a8 inputs scale amax/127 -> amax/127.5.*--numerics compressed-tensors" "$tmp/r.err" &&
+    ! grep -q "emit modelopt" "$tmp/r.err" && pass "llm-compressor export of ModelOpt-numerics scores warns with the numbers" ||
+    fail "numerics warning (llmcompressor): $(cat "$tmp/r.err")"
+$AQ search $V --data $VD --method kl --format w4a8 --numerics compressed-tensors --budget 6 \
+    --emit llmcompressor="$tmp/c.yaml" --emit modelopt="$tmp/c.json" >/dev/null 2>"$tmp/c.err" || fail "ct search"
+! grep -q "emit llmcompressor" "$tmp/c.err" && grep -q "emit modelopt=.*amax/7.5 -> amax/7 (x1.0714).*--numerics modelopt" "$tmp/c.err" &&
+    pass "ModelOpt export of compressed-tensors scores warns, llm-compressor's does not" ||
+    fail "numerics warning (modelopt): $(cat "$tmp/c.err")"
 
 # 2. eval --recipe deploys what quantize writes: the checkpoint's weights (codes x bf16 scales, in bf16),
 # dequantized here with numpy into a plain bf16 model and run by plain eval, give the very logits of
