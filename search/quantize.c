@@ -27,10 +27,11 @@
 
 typedef struct {
     const Model* m;
-    const int* choice; // (n_linears) format index or -1
-    int8_t** codes;    // (n_linears) (out, in) for chosen linears
-    float** scales;    // (n_linears) (out) in the checkpoint's dtype's values
-    DType* sdtype;     // (n_linears) the dtype of the source weight, which the scale takes
+    const int* choice;  // (n_linears) format index or -1
+    int8_t** codes;     // (n_linears) (out, in) for chosen linears
+    float** scales;     // (n_linears) (out) in the checkpoint's dtype's values
+    DType* sdtype;      // (n_linears) the dtype of the source weight, which the scale takes
+    const Format* fmts; // the recipe's formats, choice[i]'s
 } Quantized;
 
 // The folder --out goes in (never empty: outdir_check refused an empty --out).
@@ -57,8 +58,10 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
         if (!quantize_writable(&fmts[k]))
             fail_input(
                 "%s: formats[%d] ('%s'): autoq quantize writes integer per-channel weights with integer "
-                "per-token or no input quantization (int-quantized); E4M3 / E2M1 values and block scales "
-                "are not written yet",
+                "per-token or no input quantization (int-quantized), int4 groups of 128 with FP8 per-token or "
+                "no "
+                "inputs (pack-quantized) and FP8 per-channel weights (float-quantized); E2M1 formats (nvfp4, "
+                "mxfp4) are not written yet",
                 recipe, k, fmts[k].name);
         // the weights are stored exactly as scored (their scales in the scores' numerics); a serving engine
         // quantizes the inputs with compressed-tensors' own numerics
@@ -200,7 +203,18 @@ void quantize_round_deployed(float** wq, const Model* m) {
 
 int quantize_writable(const Format* f) {
     if (!f->w_enable) return 0;
-    return quant_is_int_rows(f->w) && (!f->in_enable || quant_is_int_rows(f->in));
+    QuantSpec w = f->w, in = f->in;
+    int fp8_tokens = in.kind == QUANT_FP8_E4M3 && in.block == 0;
+    if (quant_is_int_rows(w)) return !f->in_enable || quant_is_int_rows(in); // int-quantized
+    if (w.kind == QUANT_INT && w.bits == 4 && w.block == 128) return !f->in_enable || fp8_tokens; // pack
+    if (w.kind == QUANT_FP8_E4M3 && w.block == 0) return !f->in_enable || fp8_tokens; // float-quantized
+    return 0;
+}
+
+// The compressed-tensors format a writable format is stored in.
+static const char* ct_format(const Format* f) {
+    if (f->w.kind == QUANT_FP8_E4M3) return "float-quantized";
+    return f->w.block ? "pack-quantized" : "int-quantized";
 }
 
 // Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
@@ -260,11 +274,14 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
 
 // ---- the compressed-tensors checkpoint ----
 
-static json_t* qargs(int bits, const char* strategy, int dynamic, const char* observer, const char* actorder) {
-    return json_pack("{s:o,s:n,s:b,s:n,s:i,s:o,s:{},s:n,s:s,s:b,s:s,s:n}", "actorder",
+static json_t* qargs(QuantSpec q, const char* strategy, int dynamic, const char* observer,
+                     const char* actorder) {
+    json_t* gs = q.block ? json_integer(q.block) : json_null();
+    return json_pack("{s:o,s:n,s:b,s:o,s:i,s:o,s:{},s:n,s:s,s:b,s:s,s:n}", "actorder",
                      actorder ? json_string(actorder) : json_null(), "block_structure", "dynamic", dynamic,
-                     "group_size", "num_bits", bits, "observer", observer ? json_string(observer) : json_null(),
-                     "observer_kwargs", "scale_dtype", "strategy", strategy, "symmetric", 1, "type", "int",
+                     "group_size", gs, "num_bits", q.bits, "observer",
+                     observer ? json_string(observer) : json_null(), "observer_kwargs", "scale_dtype",
+                     "strategy", strategy, "symmetric", 1, "type", q.kind == QUANT_INT ? "int" : "float",
                      "zp_dtype");
 }
 
@@ -281,6 +298,7 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
     for (int i = 0; i < m->n_linears; i++)
         if (z->choice[i] >= 0 && !used[z->choice[i]]++) nu++;
     json_t* groups = json_object();
+    const char* fmt = NULL; // the checkpoint's format: its groups', or mixed-precision
     for (int k = 0, gi = 0; k < nf; k++) {
         if (!used[k]) continue;
         json_t* targets = json_array();
@@ -296,10 +314,12 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
                     free(t), free(re);
                 }
         const Format* f = &fmts[k];
-        json_t* g = json_pack("{s:s,s:o,s:n,s:o,s:o}", "format", "int-quantized", "input_activations",
-                              f->in_enable ? qargs(f->in.bits, "token", 1, NULL, NULL) : json_null(),
+        if (!fmt) fmt = ct_format(f);
+        if (strcmp(fmt, ct_format(f))) fmt = "mixed-precision";
+        json_t* g = json_pack("{s:s,s:o,s:n,s:o,s:o}", "format", ct_format(f), "input_activations",
+                              f->in_enable ? qargs(f->in, "token", 1, NULL, NULL) : json_null(),
                               "output_activations", "targets", targets, "weights",
-                              qargs(f->w.bits, "channel", 0, "memoryless_minmax", order));
+                              qargs(f->w, f->w.block ? "group" : "channel", 0, "memoryless_minmax", order));
         char name[32];
         snprintf(name, sizeof(name), "group_%d", gi++);
         json_object_set_new(groups, name, g);
@@ -322,9 +342,9 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
     }
     json_array_append_new(ignore, json_string("lm_head"));
     return json_pack("{s:o,s:s,s:n,s:o,s:n,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",
-                     "int-quantized", "global_compression_ratio", "ignore", ignore, "kv_cache_scheme",
-                     "quant_method", "compressed-tensors", "quantization_status", "compressed",
-                     "sparsity_config", "transform_config", "version", "0.19.0");
+                     fmt ? fmt : "int-quantized", "global_compression_ratio", "ignore", ignore,
+                     "kv_cache_scheme", "quant_method", "compressed-tensors", "quantization_status",
+                     "compressed", "sparsity_config", "transform_config", "version", "0.19.0");
 }
 
 // The linear whose weight tensor t is, if it is quantized; else -1.
@@ -395,9 +415,25 @@ static void entry_header(json_t* hdr, const Quantized* z, Entry en, size_t* off)
     }
     // the scale takes the source weight's dtype (BF16 or F32, checked by quantize_weights)
     DType d = z->sdtype[en.lin];
-    header_add(hdr, name, "I8", l->out, l->in, off, (size_t)l->out * l->in);
+    QuantSpec q = z->fmts[z->choice[en.lin]].w;
+    int ng = quantize_scale_cols(q, l->in);
+    if (q.kind == QUANT_INT && q.block) { // pack-quantized: 8 int4 codes an int32, the shape beside them
+        int words = (l->in + 7) / 8;
+        snprintf(sname, sizeof(sname), "%s_packed", name);
+        header_add(hdr, sname, "I32", l->out, words, off, (size_t)l->out * words * 4);
+    } else {
+        header_add(hdr, name, q.kind == QUANT_FP8_E4M3 ? "F8_E4M3" : "I8", l->out, l->in, off,
+                   (size_t)l->out * l->in);
+    }
     snprintf(sname, sizeof(sname), "%s_scale", name);
-    header_add(hdr, sname, st_dtype_name(d), l->out, 1, off, (size_t)l->out * (d == DT_BF16 ? 2 : 4));
+    header_add(hdr, sname, st_dtype_name(d), l->out, ng, off, (size_t)l->out * ng * (d == DT_BF16 ? 2 : 4));
+    if (q.kind == QUANT_INT && q.block) {
+        snprintf(sname, sizeof(sname), "%s_shape", name);
+        json_object_set_new(hdr, sname,
+                            json_pack("{s:s,s:[i],s:[I,I]}", "dtype", "I64", "shape", 2, "data_offsets",
+                                      (json_int_t)*off, (json_int_t)(*off + 16)));
+        *off += 16;
+    }
 }
 
 static void entry_write(FILE* f, const Quantized* z, Entry en) {
@@ -415,14 +451,31 @@ static void entry_write(FILE* f, const Quantized* z, Entry en) {
         }
         return;
     }
-    fwrite(z->codes[en.lin], 1, n, f);
-    for (int r = 0; r < l->out; r++) {
+    QuantSpec q = z->fmts[z->choice[en.lin]].w;
+    int packed = q.kind == QUANT_INT && q.block, ng = quantize_scale_cols(q, l->in);
+    if (packed) { // compressed-tensors' pack_to_int32: code + 8, column 8k + i at bits 4i of word k
+        int words = (l->in + 7) / 8;
+        for (int r = 0; r < l->out; r++)
+            for (int k = 0; k < words; k++) {
+                uint32_t u = 0;
+                for (int i = 0; i < 8 && 8 * k + i < l->in; i++)
+                    u |= (uint32_t)((z->codes[en.lin][(size_t)r * l->in + 8 * k + i] + 8) & 15) << (4 * i);
+                fwrite(&u, 4, 1, f);
+            }
+    } else {
+        fwrite(z->codes[en.lin], 1, n, f);
+    }
+    for (size_t r = 0; r < (size_t)l->out * ng; r++) {
         float s = z->scales[en.lin][r];
         uint16_t b = f32_to_bf16(s);
         if (z->sdtype[en.lin] == DT_BF16)
             fwrite(&b, 2, 1, f);
         else
             fwrite(&s, 4, 1, f);
+    }
+    if (packed) {
+        int64_t shape[2] = {l->out, l->in};
+        fwrite(shape, 8, 2, f);
     }
 }
 
@@ -552,8 +605,12 @@ int cmd_quantize(Args* a) {
         data_load(&ids, &d);
         model_check_seq_len(&m, ids.t, d.path);
     }
-    Quantized z = {&m, choice, xcalloc(m.n_linears, sizeof(int8_t*)), xcalloc(m.n_linears, sizeof(float*)),
-                   xcalloc(m.n_linears, sizeof(DType))};
+    Quantized z = {&m,
+                   choice,
+                   xcalloc(m.n_linears, sizeof(int8_t*)),
+                   xcalloc(m.n_linears, sizeof(float*)),
+                   xcalloc(m.n_linears, sizeof(DType)),
+                   fmts};
     // room for the weights before any compute (a full disk later still fails cleanly)
     size_t need = write_safetensors(NULL, &z, 1);
     struct statvfs sv;
@@ -576,7 +633,7 @@ int cmd_quantize(Args* a) {
     outdir_install(tmp, out);
     int nq = 0;
     for (int i = 0; i < m.n_linears; i++) nq += choice[i] >= 0;
-    info_msg("quantize: %d of %d linears int-quantized (%s), %.1f MiB in %s, %.2fs", nq, m.n_linears,
+    info_msg("quantize: %d of %d linears quantized (%s), %.1f MiB in %s, %.2fs", nq, m.n_linears,
              quantizer_name(&q), bytes / 1048576.0, out, time_now() - t0);
     json_decref(qc);
     for (int i = 0; i < m.n_linears; i++) free(z.codes[i]), free(z.scales[i]);

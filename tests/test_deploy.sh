@@ -50,7 +50,7 @@ with open(src + "/model.safetensors", "rb") as f:
     data = f.read()
 def arr(k):
     v = hdr[k]; a, b = v["data_offsets"]
-    dt = {"I8": np.int8, "BF16": np.uint16, "F32": np.float32, "I32": np.int32, "F8_E4M3": np.uint8}[v["dtype"]]
+    dt = {"I8": np.int8, "BF16": np.uint16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "F8_E4M3": np.uint8}[v["dtype"]]
     return np.frombuffer(data[a:b], dtype=dt).reshape(v["shape"])
 def f32(bf): return (bf.astype(np.uint32) << 16).view(np.float32)
 def bf16(x):  # round to nearest even
@@ -101,7 +101,25 @@ cat >"$tmp/w4ch.json" <<'J'
 {"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
  "algorithm": "max"}
 J
+cat >"$tmp/fp8w.json" <<'J'
+{"quant_cfg": {"*weight_quantizer": {"num_bits": [4, 3], "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
+ "algorithm": "max"}
+J
 if [ -f $M/config.json ]; then
+    # 4. the formats quantize writes beyond int-quantized: pack-quantized int4 groups (w4a16) and
+    # float-quantized FP8 (weights only here), each loaded as the plain model eval --recipe measures
+    for f in w4a16:configs/formats/w4a16.json:4.6 fp8w:$tmp/fp8w.json:9; do
+        IFS=: read -r n fmt b <<<"$f"
+        $AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format "$fmt" --budget $b \
+            --out "$tmp/${n}_r.json" >/dev/null 2>"$tmp/err" || fail "$n recipe: $(cat "$tmp/err")"
+        $AQ quantize $M --recipe "$tmp/${n}_r.json" --out "$tmp/${n}_q" 2>"$tmp/err" || fail "quantize $n: $(cat "$tmp/err")"
+        $AQ eval $M --data $D --num-samples 1 --recipe "$tmp/${n}_r.json" --logits "$tmp/${n}_eval.npy" >/dev/null 2>&1
+        python3 "$tmp/deq.py" "$tmp/${n}_q" "$tmp/${n}_deq" && $AQ eval "$tmp/${n}_deq" --data $D --num-samples 1 \
+            --logits "$tmp/${n}_plain.npy" >/dev/null 2>"$tmp/err" || fail "$n dequantized eval: $(cat "$tmp/err")"
+        out=$(python3 "$tmp/cmp.py" "$tmp/${n}_eval.npy" "$tmp/${n}_plain.npy" 2>&1) &&
+            pass "$n checkpoint ($(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['quantization_config']['format'])" "$tmp/${n}_q/config.json")) as loaded = eval --recipe: $out" ||
+            fail "$n checkpoint vs eval --recipe: $out"
+    done
     $AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format "$tmp/w4ch.json" --budget 4.6 \
         --out "$tmp/w4ch_r.json" >/dev/null 2>"$tmp/err" || fail "w4 channel recipe: $(cat "$tmp/err")"
     $AQ quantize $M --recipe "$tmp/w4ch_r.json" --out "$tmp/w4ch_q" 2>"$tmp/err" || fail "quantize w4ch: $(cat "$tmp/err")"
