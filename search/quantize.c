@@ -1,6 +1,7 @@
 // autoq quantize: a recipe applied to a checkpoint and written as llm-compressor saves it
-// (README, "Quantize"): the compressed-tensors "int-quantized" format, each quantized linear's
-// weight as int8 codes (out, in) and weight_scale (out, 1) in the checkpoint's dtype, every other
+// (README §10): compressed-tensors' "int-quantized" format, each quantized linear's weight as int8
+// codes (out, in) and weight_scale (out, 1) in the checkpoint's dtype ("pack-quantized" int4 groups and
+// "float-quantized" FP8 likewise), every other
 // tensor byte for byte, config.json with its quantization_config, the other files (tokenizer,
 // generation config) copied. Written into a fresh OUT.tmp.XXXXXX and swapped in (outdir_install), so no failure
 // or signal leaves half a folder or a temporary one.
