@@ -134,6 +134,16 @@ if [ -f $M/config.json ]; then
     $AQ eval $M --data $D --num-samples 1 --logits "$tmp/plain.npy" >/dev/null 2>&1
     python3 "$tmp/cmp.py" "$tmp/w4ch_eval.npy" "$tmp/plain.npy" >/dev/null 2>&1 &&
         fail "eval --recipe --logits wrote the unquantized model's logits" || pass "the logits are the quantized model's"
+    # The same checkpoints through transformers + compressed-tensors (when they import): no missing or
+    # unexpected keys, logits within 1e-3 of eval --recipe (tests/ref/check_quantize_formats.py); weight-only
+    # formats: transformers' decompressed path (dequantize=True) leaves the inputs unquantized.
+    out=$(python3 tests/ref/check_quantize_formats.py $D "$tmp/w4ch_q:$tmp/w4ch_eval.npy" "$tmp/w4a16_q:$tmp/w4a16_eval.npy" \
+        "$tmp/fp8w_q:$tmp/fp8w_eval.npy" 2>/dev/null)
+    case $? in
+    0) pass "transformers + compressed-tensors load every written format as eval --recipe measures it: $(echo $out | tr '\n' ' ')" ;;
+    77) echo "SKIP deploy: transformers + compressed-tensors: $out" ;;
+    *) fail "transformers + compressed-tensors: $out" ;;
+    esac
 else
     echo "SKIP deploy: $M missing (eval --recipe against the checkpoint)"
 fi
