@@ -398,6 +398,11 @@ static void warn_numerics(const char* path, const SearchCtx* c, const Solution* 
             snprintf(all + strlen(all), sizeof(all) - strlen(all), "%s%s", all[0] ? "; " : "", one);
     }
     if (!all[0]) return;
+    // one line: a control character in the folder's name cannot start a line of its own
+    char model[sizeof(t->model)];
+    snprintf(model, sizeof(model), "%s", t->model);
+    for (unsigned char* p = (unsigned char*)model; *p; p++)
+        if (*p < 0x20 || *p == 0x7f) *p = '?';
     char names[512] = "";
     for (int k = 0; k < t->nf; k++)
         if (strlen(names) + strlen(t->fmts[k].name) + 2 < sizeof(names))
@@ -409,8 +414,8 @@ static void warn_numerics(const char* path, const SearchCtx* c, const Solution* 
         "codes, README §8). Score in the tool's numerics: autoq search %s --data DATA --method %s "
         "--numerics %s --format %s ...",
         ct ? "llmcompressor" : "modelopt", path, ct ? "ModelOpt" : "compressed-tensors",
-        ct ? "llm-compressor" : "ModelOpt", ct ? "compressed-tensors" : "ModelOpt", all, 100.0 * worst,
-        t->model, t->method, ct ? "compressed-tensors" : "modelopt", names);
+        ct ? "llm-compressor" : "ModelOpt", ct ? "compressed-tensors" : "ModelOpt", all, 100.0 * worst, model,
+        t->method, ct ? "compressed-tensors" : "modelopt", names);
 }
 
 // The GPTQ settings autoq quantized with, as GPTQModifier's own fields, so that llm-compressor runs
