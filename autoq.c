@@ -155,7 +155,8 @@ static const Opt k_eval[] = {
     QUANT_OPTS(0),
     GPTQ_PIPELINE(0),
     DEVICE_OPT(0),
-    {"--logits", OPT_OUT, "OUT.npy", NULL, 0, 0, 0, G_PLAIN, "the first window's logits [T, V] float32"},
+    {"--logits", OPT_OUT, "OUT.npy", NULL, 0, 0, 0, 0,
+     "the first window's logits [T, V] float32 (the quantized model's with --recipe or --format)"},
     {"--json", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "JSON on stdout instead of the table"},
     {NULL},
 };

@@ -15,7 +15,7 @@
 
 // eval --recipe / --format: the quantized model against the unquantized one.
 static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const char* format, const char* dis_csv,
-                          const Quantizer* q, int json, int allow_partial) {
+                          const Quantizer* q, int json, int allow_partial, const char* logits) {
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m->n_linears);
     if (recipe) {
@@ -32,7 +32,7 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
     }
     VerifyResult r;
     double t0 = time_now();
-    verify_recipe(m, ids, fmts, choice, q, &r);
+    verify_recipe_logits(m, ids, fmts, choice, q, logits, &r);
     double el = time_now() - t0;
     if (json) {
         json_t* j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "quantizer",
@@ -72,7 +72,6 @@ int cmd_eval(Args* a) {
     const char* dir = args_pos(a, 0);
     if (recipe && format) fail_input("eval: give --recipe or --format, not both");
     if (!format) args_refuse(a, G_FORMAT, "without --format (a recipe names its own disabled groups)");
-    if (recipe || format) args_refuse(a, G_PLAIN, "with --recipe or --format (it is the unquantized model's)");
     args_done(a);
     if (logits_path) out_check(logits_path, "--logits");
     if (q.kind == QUANTIZER_GPTQ && !recipe && !format)
@@ -87,7 +86,8 @@ int cmd_eval(Args* a) {
     TokenIds ids;
     data_load(&ids, &d);
     model_check_seq_len(&m, ids.t, d.path);
-    if (recipe || format) return eval_quantized(&m, &ids, recipe, format, dis_csv, &q, json, allow_partial);
+    if (recipe || format)
+        return eval_quantized(&m, &ids, recipe, format, dis_csv, &q, json, allow_partial, logits_path);
     RunState s;
     run_init(&s, &m, ids.t, 0);
     double* nll = xcalloc(ids.n, sizeof(double));

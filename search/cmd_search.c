@@ -183,9 +183,9 @@ int cmd_search(Args* a) {
     if (out) recipe_write_json(out, &ctx, &main_sol, fmts);
     for (int i = 0; i < ne; i++) {
         if (strncmp(emits[i], "llmcompressor=", 14) == 0)
-            export_llmcompressor(emits[i] + 14, &ctx, &main_sol, fmts);
+            export_llmcompressor(emits[i] + 14, &ctx, &main_sol, fmts, &j.quant);
         else
-            export_modelopt(emits[i] + 9, &ctx, &main_sol, fmts);
+            export_modelopt(emits[i] + 9, &ctx, &main_sol, fmts, &j.quant);
     }
     if (h5) search_write_h5(h5, &ctx, &main_sol, sweep, ns);
     for (int i = 0; i < ns; i++) solution_free(&sweep[i]);

@@ -2,12 +2,14 @@
 // libyaml) and ModelOpt's quant_cfg JSON, with the fnmatch-to-regex translation they need
 // (README §8).
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
 
 #include "../engine/util.h"
 #include "../scoring/groups.h"
+#include "../kernels/gptq.h"
 #include "recipe.h"
 
 // ---- regular expressions for llm-compressor's `re:` entries (Python `re` syntax) ----
@@ -333,7 +335,7 @@ static void yaml_ignore(Yaml* y, const ScoreTable* t, const Solution* s) {
 }
 
 // The comment line is the only text not written by the emitter: keep it on one line of UTF-8.
-static void yaml_comment(FILE* f, const SearchCtx* c, const Solution* s) {
+static void yaml_comment(FILE* f, const SearchCtx* c, const Solution* s, const Quantizer* q) {
     const ScoreTable* t = c->t;
     char* model = xstrdup(t->model);
     json_t* valid = json_string(model);
@@ -342,13 +344,107 @@ static void yaml_comment(FILE* f, const SearchCtx* c, const Solution* s) {
     json_decref(valid);
     fprintf(f, "# autoq recipe for %s: %s scores, budget %.3f bits (%s scope), effective %.4f bits\n", model,
             t->method, s->budget, c->scope == SCOPE_ALL ? "all" : "candidates", s->bits[c->scope]);
+    // the calibration pipeline is oneshot's argument, not the recipe's: said where a user reads it
+    if (q && q->kind == QUANTIZER_GPTQ && q->pipeline == GPTQ_PIPELINE_BASIC)
+        fprintf(f, "# verified with --gptq-pipeline basic: run oneshot(..., pipeline=\"basic\")\n");
     free(model);
 }
 
-void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts) {
+// ---- numerics: what was scored against what the tool applies ----
+// One quantizer's difference: integers amax / m (ModelOpt) against amax / (m + 0.5) (compressed-tensors),
+// ModelOpt's narrow range [-m, m] against [-m - 1, m]; FP8 the same scale amax / 448 (the two differ in the
+// last bit of a quotient only); E2M1 formats llm-compressor's own observers, not modelled (autoq refuses
+// compressed-tensors numerics for them). Appends to buf; returns the relative scale change.
+static double numerics_part(const char* what, QuantSpec q, int ct, char* buf, size_t n) {
+    size_t len = strlen(buf);
+    if (q.kind == QUANT_INT) {
+        double m = (1 << (q.bits - 1)) - 1, from = q.ct ? m + 0.5 : m, to = ct ? m + 0.5 : m;
+        snprintf(buf + len, n - len, "%s%s scale amax/%g -> amax/%g (x%.4f)%s", len ? "; " : "", what, from, to,
+                 from / to,
+                 !ct && q.narrow ? ", codes [-m, m]"
+                 : !ct           ? ""
+                                 : ", codes [-m-1, m]");
+        return fabs(from / to - 1.0);
+    }
+    if (q.kind == QUANT_FP4_E2M1)
+        snprintf(buf + len, n - len, "%s%s: the tool's own E2M1 block scales (not modelled by autoq)",
+                 len ? "; " : "", what);
+    return 0.0;
+}
+
+double export_numerics_note(const Format* f, int ct, char* buf, size_t n) {
+    buf[0] = 0;
+    double d = 0.0;
+    char w[96], in[96];
+    snprintf(w, sizeof(w), "%s weights", f->name);
+    snprintf(in, sizeof(in), "%s inputs", f->name);
+    if (f->w_enable && f->w.ct != ct) d = fmax(d, numerics_part(w, f->w, ct, buf, n));
+    if (f->in_enable && f->in.ct != ct) d = fmax(d, numerics_part(in, f->in, ct, buf, n));
+    return d;
+}
+
+// The warning of an export whose tool applies other numerics than the scores': which quantizers, by how
+// much, and the command that scores in the tool's numerics (README §8).
+static void warn_numerics(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts, int ct) {
+    const ScoreTable* t = c->t;
+    int used[MAX_FORMATS];
+    formats_used(t, s, used);
+    char all[2048] = "", one[512];
+    double worst = 0.0;
+    for (int k = 0; k < t->nf; k++) {
+        if (!used[k]) continue;
+        worst = fmax(worst, export_numerics_note(&fmts[k], ct, one, sizeof(one)));
+        if (one[0] && strlen(all) + strlen(one) + 3 < sizeof(all))
+            snprintf(all + strlen(all), sizeof(all) - strlen(all), "%s%s", all[0] ? "; " : "", one);
+    }
+    if (!all[0]) return;
+    // one line: a control character in the folder's name cannot start a line of its own
+    char model[sizeof(t->model)];
+    snprintf(model, sizeof(model), "%s", t->model);
+    for (unsigned char* p = (unsigned char*)model; *p; p++)
+        if (*p < 0x20 || *p == 0x7f) *p = '?';
+    char names[512] = "";
+    for (int k = 0; k < t->nf; k++)
+        if (strlen(names) + strlen(t->fmts[k].name) + 2 < sizeof(names))
+            snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", k ? "," : "",
+                     t->fmts[k].name);
+    warn_msg(
+        "--emit %s=%s: WHAT IS SCORED IS NOT WHAT IS SHIPPED: these scores use %s numerics, and %s applies "
+        "%s numerics: %s (largest scale change %.1f%%; on qwen3-tiny W4A8 this changes 13%% of the int4 "
+        "codes, README §8). Score in the tool's numerics: autoq search %s --data DATA --method %s "
+        "--numerics %s --format %s ...",
+        ct ? "llmcompressor" : "modelopt", path, ct ? "ModelOpt" : "compressed-tensors",
+        ct ? "llm-compressor" : "ModelOpt", ct ? "compressed-tensors" : "ModelOpt", all, 100.0 * worst, model,
+        t->method, ct ? "compressed-tensors" : "modelopt", names);
+}
+
+// The GPTQ settings autoq quantized with, as GPTQModifier's own fields, so that llm-compressor runs
+// them rather than its defaults: dampening_frac (--gptq-dampening), actorder (--gptq-actorder; null for
+// none), block_size (autoq's 128 columns per lazy update).
+static void yaml_gptq_settings(Yaml* y, const Quantizer* q) {
+    GptqOpts o = q ? q->gptq : gptq_defaults;
+    char v[32];
+    snprintf(v, sizeof(v), "%.15g", o.damp);
+    if (strtod(v, NULL) != o.damp) snprintf(v, sizeof(v), "%.17g", o.damp);
+    y_key(y, "dampening_frac");
+    y_str(y, v, YAML_PLAIN_SCALAR_STYLE);
+    y_key(y, "actorder");
+    y_str(y,
+          o.order == GPTQ_ORDER_NONE    ? "null"
+          : o.order == GPTQ_ORDER_GROUP ? "group"
+                                        : "static",
+          YAML_PLAIN_SCALAR_STYLE);
+    snprintf(v, sizeof(v), "%d", o.block);
+    y_key(y, "block_size");
+    y_str(y, v, YAML_PLAIN_SCALAR_STYLE);
+}
+
+void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts,
+                          const Quantizer* q) {
     OutFile o;
     out_open(&o, path);
-    yaml_comment(o.f, c, s);
+    warn_numerics(path, c, s, fmts, 1);
+    yaml_comment(o.f, c, s, q);
     Yaml y = {.path = path};
     if (!yaml_emitter_initialize(&y.e)) fail_other("out of memory");
     yaml_emitter_set_output_file(&y.e, o.f);
@@ -366,6 +462,7 @@ void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* 
     y_map(&y, 0);
     yaml_ignore(&y, c->t, s);
     yaml_config_groups(&y, c->t, s, fmts);
+    yaml_gptq_settings(&y, q);
     for (int i = 0; i < 4; i++) y_map_end(&y);
     y_emit(&y, &ev, yaml_document_end_event_initialize(&ev, 1));
     y_emit(&y, &ev, yaml_stream_end_event_initialize(&ev));
@@ -453,7 +550,15 @@ static void mo_override(const char* name, int experts, void* ctx) {
     free(key);
 }
 
-void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts) {
+void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts,
+                     const Quantizer* q) {
+    // ModelOpt's "max" algorithm has no GPTQ settings: its export is round-to-nearest (README §8)
+    if (q && q->kind == QUANTIZER_GPTQ)
+        warn_msg(
+            "--emit modelopt=%s: ModelOpt's quant_cfg (algorithm max) quantizes round-to-nearest, not with "
+            "the GPTQ weights autoq scored",
+            path);
+    warn_numerics(path, c, s, fmts, 0);
     const ScoreTable* t = c->t;
     int used[MAX_FORMATS];
     formats_used(t, s, used);

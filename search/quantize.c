@@ -1,6 +1,7 @@
 // autoq quantize: a recipe applied to a checkpoint and written as llm-compressor saves it
-// (README, "Quantize"): the compressed-tensors "int-quantized" format, each quantized linear's
-// weight as int8 codes (out, in) and weight_scale (out, 1) in the checkpoint's dtype, every other
+// (README §10): compressed-tensors' "int-quantized" format, each quantized linear's weight as int8
+// codes (out, in) and weight_scale (out, 1) in the checkpoint's dtype ("pack-quantized" int4 groups and
+// "float-quantized" FP8 likewise), every other
 // tensor byte for byte, config.json with its quantization_config, the other files (tokenizer,
 // generation config) copied. Written into a fresh OUT.tmp.XXXXXX and swapped in (outdir_install), so no failure
 // or signal leaves half a folder or a temporary one.
@@ -20,16 +21,18 @@
 #include "../engine/gpu.h"
 #include "../engine/input.h"
 #include "../engine/util.h"
+#include "../kernels/quant_math.h"
 #include "../scoring/quantizer.h"
 #include "quantize.h"
 #include "recipe.h"
 
 typedef struct {
     const Model* m;
-    const int* choice; // (n_linears) format index or -1
-    int8_t** codes;    // (n_linears) (out, in) for chosen linears
-    float** scales;    // (n_linears) (out) in the checkpoint's dtype's values
-    DType* sdtype;     // (n_linears) the dtype of the source weight, which the scale takes
+    const int* choice;  // (n_linears) format index or -1
+    int8_t** codes;     // (n_linears) (out, in) for chosen linears
+    float** scales;     // (n_linears) (out) in the checkpoint's dtype's values
+    DType* sdtype;      // (n_linears) the dtype of the source weight, which the scale takes
+    const Format* fmts; // the recipe's formats, choice[i]'s
 } Quantized;
 
 // The folder --out goes in (never empty: outdir_check refused an empty --out).
@@ -53,32 +56,166 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
                 "%s: formats[%d] ('%s') has no weight quantizer, which a compressed-tensors int-quantized "
                 "checkpoint needs",
                 recipe, k, fmts[k].name);
-        if (!quant_is_int_rows(fmts[k].w) || (fmts[k].in_enable && !quant_is_int_rows(fmts[k].in)))
+        if (!quantize_writable(&fmts[k]))
             fail_input(
                 "%s: formats[%d] ('%s'): autoq quantize writes integer per-channel weights with integer "
-                "per-token or no input quantization (int-quantized); E4M3 / E2M1 values and block scales "
-                "are not written yet",
+                "per-token or no input quantization (int-quantized), int4 groups of 128 with FP8 per-token or "
+                "no "
+                "inputs (pack-quantized) and FP8 per-channel weights (float-quantized); E2M1 formats (nvfp4, "
+                "mxfp4) are not written yet",
                 recipe, k, fmts[k].name);
-        if (!fmts[k].w.ct)
-            warn_msg("%s: formats[%d] ('%s') has modelopt numerics: the weights are stored exactly, but "
-                     "compressed-tensors quantizes activations with its own (amax / 127.5)",
-                     recipe, k, fmts[k].name);
+        // the weights are stored exactly as scored (their scales in the scores' numerics); a serving engine
+        // quantizes the inputs with compressed-tensors' own numerics
+        Format in_only = fmts[k];
+        in_only.w_enable = 0;
+        char note[512];
+        if (export_numerics_note(&in_only, 1, note, sizeof(note)) > 0)
+            warn_msg(
+                "%s: formats[%d] ('%s') has ModelOpt numerics: the weights are stored as scored (scales "
+                "amax/%d), but compressed-tensors quantizes the inputs with its own: %s; quantize a recipe "
+                "scored with --numerics compressed-tensors to deploy what was scored",
+                recipe, k, fmts[k].name, (1 << (fmts[k].w.bits - 1)) - 1, note);
     }
+}
+
+int quantize_scale_cols(QuantSpec q, int in) { return q.block ? (in + q.block - 1) / q.block : 1; }
+
+// One stored scale from the amax of its row or group, in the scores' numerics: integers amax / 7 (ModelOpt)
+// or amax / 7.5 (compressed-tensors), and so on (qm_int_scale); FP8 amax / 448; 0 for an all-zero block.
+static float stored_scale(float amax, QuantSpec q) {
+    if (q.kind == QUANT_FP8_E4M3) return amax > QUANT_AMAX_MIN ? amax / 448.0f : 0.0f;
+    return quant_scale(amax, q);
 }
 
 void quantize_scales(float** scales, const Model* m, const Format* fmts, const int* choice) {
     for (int i = 0; i < m->n_linears; i++) {
         if (choice[i] < 0) continue;
         const Linear* l = &m->linears[i];
+        QuantSpec q = fmts[choice[i]].w;
         char name[200];
         const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
         int bf16 = t && t->dtype == DT_BF16;
-        scales[i] = xmalloc(sizeof(float) * l->out);
+        int ng = quantize_scale_cols(q, l->in), bs = q.block ? q.block : l->in;
+        scales[i] = xmalloc(sizeof(float) * l->out * ng);
         float* tmp;
-        gptq_row_scales(scales[i], NULL, model_linear_f32(m, i, &tmp), l->out, l->in, fmts[choice[i]].w);
+        const float* w = model_linear_f32(m, i, &tmp);
+#pragma omp parallel for
+        for (int r = 0; r < l->out; r++)
+            for (int g = 0; g < ng; g++) {
+                float amax = 0.0f;
+                for (int j = g * bs; j < l->in && j < (g + 1) * bs; j++)
+                    amax = fmaxf(amax, fabsf(w[(size_t)r * l->in + j]));
+                float sc = stored_scale(amax, q);
+                scales[i][(size_t)r * ng + g] = bf16 ? bf16_to_f32(f32_to_bf16(sc)) : sc;
+            }
         free(tmp);
-        for (int r = 0; bf16 && r < l->out; r++) scales[i][r] = bf16_to_f32(f32_to_bf16(scales[i][r]));
     }
+}
+
+// The E4M3 byte of v, a value e4m3() returned (OCP "fn": bias 7, subnormals k 2^-9).
+static uint8_t e4m3_byte(float v) {
+    uint8_t sign = v < 0 ? 0x80 : 0;
+    float a = fabsf(v);
+    if (a == 0.0f) return sign;
+    int e;
+    frexpf(a, &e); // a = f 2^e, f in [0.5, 1)
+    e -= 1;        // a = (1 + m/8) 2^e
+    if (e < -6) return sign | (uint8_t)lrintf(a * 512.0f);
+    int mant = (int)lrintf((a / ldexpf(1.0f, e) - 1.0f) * 8.0f);
+    return sign | (uint8_t)((e + 7) << 3) | (uint8_t)mant;
+}
+
+static float e4m3_value(uint8_t b) {
+    int e = (b >> 3) & 15, mant = b & 7;
+    float a = e ? ldexpf(1.0f + mant / 8.0f, e - 7) : ldexpf((float)mant, -9);
+    return b & 0x80 ? -a : a;
+}
+
+void quantize_codes(int8_t* codes, const float* w, int out, int in, const float* sc, QuantSpec q, int bf) {
+    int ng = quantize_scale_cols(q, in), bs = q.block ? q.block : in;
+    float lo = 0, hi = 0;
+    if (q.kind == QUANT_INT) quant_bounds(q, &lo, &hi);
+#pragma omp parallel for
+    for (int r = 0; r < out; r++)
+        for (int j = 0; j < in; j++) {
+            size_t k = (size_t)r * in + j;
+            float s = sc[(size_t)r * ng + j / bs], c = 0.0f;
+            // as compressed-tensors runs it on the checkpoint's own dtype: a bf16 weight over a bf16
+            // scale is a bf16 quotient, rounded before the rounding
+            float x = s > 0 ? w[k] / s : 0.0f;
+            if (bf) x = bf16_to_f32(f32_to_bf16(x));
+            if (q.kind == QUANT_FP8_E4M3) {
+                codes[k] = (int8_t)e4m3_byte(fp8_e4m3_round(fminf(fmaxf(x, -448.0f), 448.0f)));
+                continue;
+            }
+            c = rintf(x);
+            codes[k] = (int8_t)(c < lo ? lo : c > hi ? hi : c);
+        }
+}
+
+void quantize_dequant(float* wq, const int8_t* codes, int out, int in, const float* sc, QuantSpec q, int bf) {
+    int ng = quantize_scale_cols(q, in), bs = q.block ? q.block : in;
+#pragma omp parallel for
+    for (int r = 0; r < out; r++)
+        for (int j = 0; j < in; j++) {
+            size_t k = (size_t)r * in + j;
+            float c = q.kind == QUANT_FP8_E4M3 ? e4m3_value((uint8_t)codes[k]) : (float)codes[k];
+            float v = c * sc[(size_t)r * ng + j / bs]; // compressed-tensors: code.to(dtype) * scale
+            wq[k] = bf ? bf16_to_f32(f32_to_bf16(v)) : v;
+        }
+}
+
+// Whether linear i's checkpoint tensor is bf16 (its scales, quotients and products are then bf16).
+static int weight_bf16(const Model* m, int i) {
+    char name[200];
+    const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
+    return t && t->dtype == DT_BF16;
+}
+
+void quantize_deployed(float** wq, const Model* m, const Format* fmts, const int* choice) {
+    float** sc = xcalloc(m->n_linears, sizeof(float*));
+    int* ch = xmalloc(sizeof(int) * m->n_linears);
+    for (int i = 0; i < m->n_linears; i++)
+        ch[i] =
+            choice[i] >= 0 && fmts[choice[i]].w_enable && quantize_writable(&fmts[choice[i]]) ? choice[i] : -1;
+    quantize_scales(sc, m, fmts, ch);
+    for (int i = 0; i < m->n_linears; i++) {
+        if (ch[i] < 0) continue;
+        const Linear* l = &m->linears[i];
+        int bf = weight_bf16(m, i);
+        int8_t* codes = xmalloc((size_t)l->out * l->in);
+        float* tmp;
+        quantize_codes(codes, model_linear_f32(m, i, &tmp), l->out, l->in, sc[i], fmts[ch[i]].w, bf);
+        free(tmp);
+        wq[i] = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+        quantize_dequant(wq[i], codes, l->out, l->in, sc[i], fmts[ch[i]].w, bf);
+        free(codes), free(sc[i]);
+    }
+    free(sc), free(ch);
+}
+
+void quantize_round_deployed(float** wq, const Model* m) {
+    for (int i = 0; i < m->n_linears; i++) {
+        if (!wq[i] || !weight_bf16(m, i)) continue;
+        size_t n = (size_t)m->linears[i].out * m->linears[i].in;
+        for (size_t k = 0; k < n; k++) wq[i][k] = bf16_to_f32(f32_to_bf16(wq[i][k]));
+    }
+}
+
+int quantize_writable(const Format* f) {
+    if (!f->w_enable) return 0;
+    QuantSpec w = f->w, in = f->in;
+    int fp8_tokens = in.kind == QUANT_FP8_E4M3 && in.block == 0;
+    if (quant_is_int_rows(w)) return !f->in_enable || quant_is_int_rows(in); // int-quantized
+    if (w.kind == QUANT_INT && w.bits == 4 && w.block == 128) return !f->in_enable || fp8_tokens; // pack
+    if (w.kind == QUANT_FP8_E4M3 && w.block == 0) return !f->in_enable || fp8_tokens; // float-quantized
+    return 0;
+}
+
+// The compressed-tensors format a writable format is stored in.
+static const char* ct_format(const Format* f) {
+    if (f->w.kind == QUANT_FP8_E4M3) return "float-quantized";
+    return f->w.block ? "pack-quantized" : "int-quantized";
 }
 
 // Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
@@ -115,31 +252,22 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
     for (int i = 0; i < m->n_linears; i++) {
         if (z->choice[i] < 0 || z->codes[i]) continue;
         const Linear* l = &m->linears[i];
-        float lo, hi;
-        quant_bounds(fmts[z->choice[i]].w, &lo, &hi);
-        int bf = z->sdtype[i] == DT_BF16;
-        float* tmp = NULL;
-        const float* w = wq[i] ? NULL : model_linear_f32(m, i, &tmp); // round-to-nearest's source
+        QuantSpec qw = fmts[z->choice[i]].w;
         z->codes[i] = xmalloc((size_t)l->out * l->in);
-#pragma omp parallel for
-        for (int r = 0; r < l->out; r++) {
-            float sc = z->scales[i][r];
-            for (int j = 0; j < l->in; j++) {
-                size_t k = (size_t)r * l->in + j;
-                float c = 0.0f;
-                if (sc > 0 && wq[i]) { // GPTQ's values are exactly code * scale
-                    c = rintf(wq[i][k] / sc);
-                } else if (sc > 0) {
-                    // round-to-nearest as compressed-tensors runs it on the checkpoint's own dtype: a
-                    // bf16 weight over a bf16 scale is a bf16 quotient, rounded before the rounding
-                    float x = w[k] / sc;
-                    c = rintf(bf ? bf16_to_f32(f32_to_bf16(x)) : x);
-                    c = c < lo ? lo : c > hi ? hi : c;
+        if (wq[i]) { // GPTQ's values are exactly code * scale (integer per-channel formats only)
+            for (int r = 0; r < l->out; r++) {
+                float sc = z->scales[i][r];
+                for (int j = 0; j < l->in; j++) {
+                    size_t k = (size_t)r * l->in + j;
+                    z->codes[i][k] = (int8_t)(sc > 0 ? rintf(wq[i][k] / sc) : 0.0f);
                 }
-                z->codes[i][k] = (int8_t)c;
             }
+            free(wq[i]);
+            continue;
         }
-        free(wq[i]);
+        float* tmp = NULL;
+        quantize_codes(z->codes[i], model_linear_f32(m, i, &tmp), l->out, l->in, z->scales[i], qw,
+                       z->sdtype[i] == DT_BF16);
         free(tmp);
     }
     free(wq);
@@ -147,11 +275,14 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
 
 // ---- the compressed-tensors checkpoint ----
 
-static json_t* qargs(int bits, const char* strategy, int dynamic, const char* observer, const char* actorder) {
-    return json_pack("{s:o,s:n,s:b,s:n,s:i,s:o,s:{},s:n,s:s,s:b,s:s,s:n}", "actorder",
+static json_t* qargs(QuantSpec q, const char* strategy, int dynamic, const char* observer,
+                     const char* actorder) {
+    json_t* gs = q.block ? json_integer(q.block) : json_null();
+    return json_pack("{s:o,s:n,s:b,s:o,s:i,s:o,s:{},s:n,s:s,s:b,s:s,s:n}", "actorder",
                      actorder ? json_string(actorder) : json_null(), "block_structure", "dynamic", dynamic,
-                     "group_size", "num_bits", bits, "observer", observer ? json_string(observer) : json_null(),
-                     "observer_kwargs", "scale_dtype", "strategy", strategy, "symmetric", 1, "type", "int",
+                     "group_size", gs, "num_bits", q.bits, "observer",
+                     observer ? json_string(observer) : json_null(), "observer_kwargs", "scale_dtype",
+                     "strategy", strategy, "symmetric", 1, "type", q.kind == QUANT_INT ? "int" : "float",
                      "zp_dtype");
 }
 
@@ -168,6 +299,7 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
     for (int i = 0; i < m->n_linears; i++)
         if (z->choice[i] >= 0 && !used[z->choice[i]]++) nu++;
     json_t* groups = json_object();
+    const char* fmt = NULL; // the checkpoint's format: its groups', or mixed-precision
     for (int k = 0, gi = 0; k < nf; k++) {
         if (!used[k]) continue;
         json_t* targets = json_array();
@@ -183,10 +315,12 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
                     free(t), free(re);
                 }
         const Format* f = &fmts[k];
-        json_t* g = json_pack("{s:s,s:o,s:n,s:o,s:o}", "format", "int-quantized", "input_activations",
-                              f->in_enable ? qargs(f->in.bits, "token", 1, NULL, NULL) : json_null(),
+        if (!fmt) fmt = ct_format(f);
+        if (strcmp(fmt, ct_format(f))) fmt = "mixed-precision";
+        json_t* g = json_pack("{s:s,s:o,s:n,s:o,s:o}", "format", ct_format(f), "input_activations",
+                              f->in_enable ? qargs(f->in, "token", 1, NULL, NULL) : json_null(),
                               "output_activations", "targets", targets, "weights",
-                              qargs(f->w.bits, "channel", 0, "memoryless_minmax", order));
+                              qargs(f->w, f->w.block ? "group" : "channel", 0, "memoryless_minmax", order));
         char name[32];
         snprintf(name, sizeof(name), "group_%d", gi++);
         json_object_set_new(groups, name, g);
@@ -209,9 +343,9 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
     }
     json_array_append_new(ignore, json_string("lm_head"));
     return json_pack("{s:o,s:s,s:n,s:o,s:n,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",
-                     "int-quantized", "global_compression_ratio", "ignore", ignore, "kv_cache_scheme",
-                     "quant_method", "compressed-tensors", "quantization_status", "compressed",
-                     "sparsity_config", "transform_config", "version", "0.19.0");
+                     fmt ? fmt : "int-quantized", "global_compression_ratio", "ignore", ignore,
+                     "kv_cache_scheme", "quant_method", "compressed-tensors", "quantization_status",
+                     "compressed", "sparsity_config", "transform_config", "version", "0.19.0");
 }
 
 // The linear whose weight tensor t is, if it is quantized; else -1.
@@ -282,9 +416,25 @@ static void entry_header(json_t* hdr, const Quantized* z, Entry en, size_t* off)
     }
     // the scale takes the source weight's dtype (BF16 or F32, checked by quantize_weights)
     DType d = z->sdtype[en.lin];
-    header_add(hdr, name, "I8", l->out, l->in, off, (size_t)l->out * l->in);
+    QuantSpec q = z->fmts[z->choice[en.lin]].w;
+    int ng = quantize_scale_cols(q, l->in);
+    if (q.kind == QUANT_INT && q.block) { // pack-quantized: 8 int4 codes an int32, the shape beside them
+        int words = (l->in + 7) / 8;
+        snprintf(sname, sizeof(sname), "%s_packed", name);
+        header_add(hdr, sname, "I32", l->out, words, off, (size_t)l->out * words * 4);
+    } else {
+        header_add(hdr, name, q.kind == QUANT_FP8_E4M3 ? "F8_E4M3" : "I8", l->out, l->in, off,
+                   (size_t)l->out * l->in);
+    }
     snprintf(sname, sizeof(sname), "%s_scale", name);
-    header_add(hdr, sname, st_dtype_name(d), l->out, 1, off, (size_t)l->out * (d == DT_BF16 ? 2 : 4));
+    header_add(hdr, sname, st_dtype_name(d), l->out, ng, off, (size_t)l->out * ng * (d == DT_BF16 ? 2 : 4));
+    if (q.kind == QUANT_INT && q.block) {
+        snprintf(sname, sizeof(sname), "%s_shape", name);
+        json_object_set_new(hdr, sname,
+                            json_pack("{s:s,s:[i],s:[I,I]}", "dtype", "I64", "shape", 2, "data_offsets",
+                                      (json_int_t)*off, (json_int_t)(*off + 16)));
+        *off += 16;
+    }
 }
 
 static void entry_write(FILE* f, const Quantized* z, Entry en) {
@@ -302,14 +452,31 @@ static void entry_write(FILE* f, const Quantized* z, Entry en) {
         }
         return;
     }
-    fwrite(z->codes[en.lin], 1, n, f);
-    for (int r = 0; r < l->out; r++) {
+    QuantSpec q = z->fmts[z->choice[en.lin]].w;
+    int packed = q.kind == QUANT_INT && q.block, ng = quantize_scale_cols(q, l->in);
+    if (packed) { // compressed-tensors' pack_to_int32: code + 8, column 8k + i at bits 4i of word k
+        int words = (l->in + 7) / 8;
+        for (int r = 0; r < l->out; r++)
+            for (int k = 0; k < words; k++) {
+                uint32_t u = 0;
+                for (int i = 0; i < 8 && 8 * k + i < l->in; i++)
+                    u |= (uint32_t)((z->codes[en.lin][(size_t)r * l->in + 8 * k + i] + 8) & 15) << (4 * i);
+                fwrite(&u, 4, 1, f);
+            }
+    } else {
+        fwrite(z->codes[en.lin], 1, n, f);
+    }
+    for (size_t r = 0; r < (size_t)l->out * ng; r++) {
         float s = z->scales[en.lin][r];
         uint16_t b = f32_to_bf16(s);
         if (z->sdtype[en.lin] == DT_BF16)
             fwrite(&b, 2, 1, f);
         else
             fwrite(&s, 4, 1, f);
+    }
+    if (packed) {
+        int64_t shape[2] = {l->out, l->in};
+        fwrite(shape, 8, 2, f);
     }
 }
 
@@ -439,8 +606,12 @@ int cmd_quantize(Args* a) {
         data_load(&ids, &d);
         model_check_seq_len(&m, ids.t, d.path);
     }
-    Quantized z = {&m, choice, xcalloc(m.n_linears, sizeof(int8_t*)), xcalloc(m.n_linears, sizeof(float*)),
-                   xcalloc(m.n_linears, sizeof(DType))};
+    Quantized z = {&m,
+                   choice,
+                   xcalloc(m.n_linears, sizeof(int8_t*)),
+                   xcalloc(m.n_linears, sizeof(float*)),
+                   xcalloc(m.n_linears, sizeof(DType)),
+                   fmts};
     // room for the weights before any compute (a full disk later still fails cleanly)
     size_t need = write_safetensors(NULL, &z, 1);
     struct statvfs sv;
@@ -463,7 +634,7 @@ int cmd_quantize(Args* a) {
     outdir_install(tmp, out);
     int nq = 0;
     for (int i = 0; i < m.n_linears; i++) nq += choice[i] >= 0;
-    info_msg("quantize: %d of %d linears int-quantized (%s), %.1f MiB in %s, %.2fs", nq, m.n_linears,
+    info_msg("quantize: %d of %d linears quantized (%s), %.1f MiB in %s, %.2fs", nq, m.n_linears,
              quantizer_name(&q), bytes / 1048576.0, out, time_now() - t0);
     json_decref(qc);
     for (int i = 0; i < m.n_linears; i++) free(z.codes[i]), free(z.scales[i]);

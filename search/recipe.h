@@ -75,6 +75,14 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail);
 char* recipe_regex_glob(const char* glob);
 // A module name -> anchored regular expression matching exactly that name; malloc'd.
 char* recipe_regex_name(const char* name);
-// llm-compressor GPTQModifier recipe (YAML, through libyaml's emitter).
-void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts);
-void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts);
+// llm-compressor GPTQModifier recipe (YAML, through libyaml's emitter). q: the quantizer the search
+// used (its GPTQ settings travel as dampening_frac, actorder, block_size); NULL: autoq's defaults.
+// Both exports warn when the scores' numerics are not the ones the tool applies (export_numerics_note).
+void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts,
+                          const Quantizer* q);
+void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts,
+                     const Quantizer* q);
+// How format f's numerics differ from those of the tool that deploys them (ct: compressed-tensors /
+// llm-compressor numerics, else ModelOpt's), as one line into buf ("" when they are the same):
+// which quantizer and its scale ratio. Returns the largest relative scale change (0 when none).
+double export_numerics_note(const Format* f, int ct, char* buf, size_t n);

@@ -8,32 +8,53 @@
 #include "../scoring/quantizer.h"
 #include "quantize.h"
 
-void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
-    verify_run_with(m, ids, fmts, choice, NULL, r);
-}
+static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                        float* const* given, const char* logits, VerifyResult* r);
 
-void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
-                   const Quantizer* q, VerifyResult* r) {
-    if (q->kind == QUANTIZER_RTN) {
-        verify_run(m, ids, fmts, choice, r);
-        return;
-    }
-    // on the scales autoq quantize stores (bf16 for a bf16 checkpoint): the model it would write
-    float** sc = xcalloc(m->n_linears, sizeof(float*));
-    quantize_scales(sc, m, fmts, choice);
-    Quantizer qs = *q;
-    qs.scales = sc, qs.ckpt_scales = 1;
-    float** wq = xcalloc(m->n_linears, sizeof(float*));
-    gptq_recipe(wq, m, ids, fmts, choice, &qs);
-    verify_run_with(m, ids, fmts, choice, wq, r);
-    r->gptq = 1;
-    r->pipeline = q->pipeline;
-    for (int i = 0; i < m->n_linears; i++) free(wq[i]), free(sc[i]);
-    free(wq), free(sc);
+void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
+    verify_core(m, ids, fmts, choice, NULL, NULL, r);
 }
 
 void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                      float* const* given, VerifyResult* r) {
+    verify_core(m, ids, fmts, choice, given, NULL, r);
+}
+
+void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                   const Quantizer* q, VerifyResult* r) {
+    verify_recipe_logits(m, ids, fmts, choice, q, NULL, r);
+}
+
+void verify_recipe_logits(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                          const Quantizer* q, const char* logits, VerifyResult* r) {
+    float** wq = xcalloc(m->n_linears, sizeof(float*));
+    if (q->kind == QUANTIZER_RTN) {
+        // the weights the checkpoint autoq quantize writes loads as: codes on the stored (bf16) scales,
+        // times those scales in bf16 (README §10); formats quantize does not write are fake-quantized
+        quantize_deployed(wq, m, fmts, choice);
+    } else {
+        // on the scales autoq quantize stores (bf16 for a bf16 checkpoint): the model it would write
+        float** sc = xcalloc(m->n_linears, sizeof(float*));
+        quantize_scales(sc, m, fmts, choice);
+        Quantizer qs = *q;
+        qs.scales = sc, qs.ckpt_scales = 1;
+        gptq_recipe(wq, m, ids, fmts, choice, &qs);
+        quantize_round_deployed(wq, m);
+        for (int i = 0; i < m->n_linears; i++) free(sc[i]);
+        free(sc);
+    }
+    verify_core(m, ids, fmts, choice, wq, logits, r);
+    if (q->kind == QUANTIZER_GPTQ) {
+        r->gptq = 1;
+        r->pipeline = q->pipeline;
+    }
+    for (int i = 0; i < m->n_linears; i++) free(wq[i]);
+    free(wq);
+}
+
+// logits: where the quantized model's logits of the first window go (.npy, (T, V)), or NULL.
+static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                        float* const* given, const char* logits, VerifyResult* r) {
     memset(r, 0, sizeof(*r));
     QuantPlan plan;
     plan.wq = xcalloc(m->n_linears, sizeof(float*));
@@ -64,6 +85,10 @@ void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, co
         r->kl += kl_rows(ref.logits, q.logits, T, V);
         r->nll_ref += cross_entropy(NULL, ref.logits, x, T, V);
         r->nll_q += cross_entropy(NULL, q.logits, x, T, V);
+        if (s == 0 && logits) {
+            long shape[2] = {T, V};
+            npy_write_f32(logits, q.logits, 2, shape);
+        }
     }
     r->nll_ref /= ids->n;
     r->nll_q /= ids->n;

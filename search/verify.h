@@ -25,3 +25,6 @@ void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, co
 // (gptq_recipe), then measured on the same windows.
 void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                    const Quantizer* q, VerifyResult* r);
+// The same, writing the quantized model's logits of the first window to logits (.npy, (T, V)) unless NULL.
+void verify_recipe_logits(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                          const Quantizer* q, const char* logits, VerifyResult* r);

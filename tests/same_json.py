@@ -5,7 +5,8 @@
 The same keys, list lengths, strings, booleans and integers; numbers with a fraction within a relative
 tolerance R (default 1e-3): scores are sums of float products whose last digits depend on the CPU's
 BLAS kernels (OpenBLAS picks Haswell, SkylakeX, Sandybridge, ... code by CPU model). --drop KEY=VALUE:
-A's top-level KEY must hold VALUE and is left out (a key added after the fixture was made).
+A's KEY (a top-level key, or a dotted path to a nested one) must hold VALUE and is left out (a key added
+after the fixture was made).
 Prints the path of the first difference and exits 1, or exits 0. Plain python3: no numpy.
 """
 import json
@@ -55,10 +56,14 @@ def main(argv):
         sys.exit(__doc__)
     a, b = (json.load(open(f)) for f in files)
     for key, value in drop:
-        if a.get(key) != value:
-            print(f"{files[0]}: '{key}' is {a.get(key)!r}, expected {value!r}")
+        *path, last = key.split(".")
+        obj = a
+        for k in path:
+            obj = obj.get(k, {}) if isinstance(obj, dict) else {}
+        if not isinstance(obj, dict) or obj.get(last) != value:
+            print(f"{files[0]}: '{key}' is {obj.get(last) if isinstance(obj, dict) else None!r}, expected {value!r}")
             return 1
-        del a[key]
+        del obj[last]
     d = diff(a, b, rtol)
     if d:
         print(f"{files[0]} vs {files[1]}: {d}")

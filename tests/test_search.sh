@@ -139,16 +139,18 @@ PY
 # the YAML as parsed (libyaml's layout and the comment line may differ from the file's), every key,
 # string and chosen format exactly; the exports hold no score, so no tolerance applies to them.
 E=tests/fixtures/exports
+# the GPTQ settings the recipes gained after validation (autoq's defaults there): present, then left out
+GD="--drop quant_stage.quant_modifiers.GPTQModifier.dampening_frac=0.01 --drop quant_stage.quant_modifiers.GPTQModifier.actorder=static --drop quant_stage.quant_modifiers.GPTQModifier.block_size=128"
 SJ="python3 tests/same_json.py"
 $AQ search tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --method kl --format w4a8,w8a8 --budget 7 --bits modelopt \
     --emit llmcompressor="$tmp/vl.yaml" --emit modelopt="$tmp/vl.json" >/dev/null 2>&1
 out="" && "$YJ" --yaml-json "$tmp/vl.yaml" >"$tmp/vl.yaml.json" && "$YJ" --yaml-json $E/vl_recipe.yaml >"$tmp/vl_ref.yaml.json" &&
-    out=$($SJ "$tmp/vl.yaml.json" "$tmp/vl_ref.yaml.json" && $SJ "$tmp/vl.json" $E/vl_quant_cfg.json) &&
+    out=$($SJ "$tmp/vl.yaml.json" "$tmp/vl_ref.yaml.json" $GD && $SJ "$tmp/vl.json" $E/vl_quant_cfg.json) &&
     pass "validated Qwen3-VL exports unchanged" || fail "Qwen3-VL exports differ from the validated ones: $out"
 if [ -f "$tmp/t_gradient.h5" ]; then
     $AQ search --scores "$tmp/t_gradient.h5" --budget 4.8 --bits modelopt --emit llmcompressor="$tmp/t.yaml" --emit modelopt="$tmp/t.json" >/dev/null 2>&1
     out="" && "$YJ" --yaml-json "$tmp/t.yaml" >"$tmp/t.yaml.json" && "$YJ" --yaml-json $E/tiny_recipe.yaml >"$tmp/t_ref.yaml.json" &&
-        out=$($SJ "$tmp/t.yaml.json" "$tmp/t_ref.yaml.json" && $SJ "$tmp/t.json" $E/tiny_quant_cfg.json) &&
+        out=$($SJ "$tmp/t.yaml.json" "$tmp/t_ref.yaml.json" $GD && $SJ "$tmp/t.json" $E/tiny_quant_cfg.json) &&
         pass "validated qwen3-tiny exports unchanged" || fail "qwen3-tiny exports differ from the validated ones: $out"
 fi
 # The floating-point and block formats (configs/formats), validated the same way: qwen3-tiny with all seven
@@ -166,7 +168,7 @@ $AQ search $M --data $D --method kl --format w4a8_fp8 --budget 8 --out "$tmp/vw.
 for k in tf:tiny_formats vf:vl_formats vw:vl_w4a8fp8; do
     a=${k%%:*} b=${k#*:}
     out="" && "$YJ" --yaml-json "$tmp/$a.yaml" >"$tmp/$a.yaml.json" && "$YJ" --yaml-json $E/${b}_recipe.yaml >"$tmp/${b}_ref.yaml.json" &&
-        out=$($SJ "$tmp/$a.yaml.json" "$tmp/${b}_ref.yaml.json" && $SJ "$tmp/${a}_q.json" $E/${b}_quant_cfg.json &&
+        out=$($SJ "$tmp/$a.yaml.json" "$tmp/${b}_ref.yaml.json" $GD && $SJ "$tmp/${a}_q.json" $E/${b}_quant_cfg.json &&
             $SJ "$tmp/$a.json" $E/${b}_recipe.json --rtol 1e-3 --drop quantizer=rtn) &&
         pass "validated $b exports unchanged" || fail "$b exports differ from the validated ones in $E: $out"
     out=$(python3 tests/ref/check_exports.py "$tmp/$a.json" "$tmp/$a.yaml.json" "$tmp/${a}_q.json" 2>&1) &&
