@@ -138,32 +138,11 @@ __device__ inline float dotg(const float* a, const float* b, int n) {
     return s;
 }
 
-// A chunk's rows into shared memory: CH rows of w values from src (row stride `stride`), row r at
-// dst + r (w + 1) (the padding keeps a warp reading 32 rows' same column off one bank); rows >= L zero.
-__device__ inline void stage_rows(float* dst, const float* src, long stride, int L, int w) {
-    for (int e = threadIdx.x; e < CH * w; e += blockDim.x) {
-        int r = e / w, j = e % w;
-        dst[r * (w + 1) + j] = r < L ? src[r * stride + j] : 0.0f;
-    }
-}
-// a chunk's rows of a (tokens, Hv, w) array, and of q / k (tokens, Hk, dk)
-__device__ inline void stage_v(float* dst, const float* x, const Dims& d, int t0, int h, int L, int w) {
-    stage_rows(dst, x + vrow(d, t0, h) * w, (long)d.Hv * w, L, w);
-}
-__device__ inline void stage_k(float* dst, const float* x, const Dims& d, int t0, int h, int L) {
-    stage_rows(dst, key_row(x, d, t0, h), (long)d.Hk * d.dk, L, d.dk);
-}
-
-// One block per (chunk, value head): M, Tm = (I + M)^-1 by forward substitution, W, U, Aqk. Dynamic
-// shared memory: the chunk's k and q rows (2 CH (dk + 1) floats).
+// One block per (chunk, value head): M, Tm = (I + M)^-1 by forward substitution, W, U, Aqk.
 __global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, const float* qhat,
                                 const float* khat, const float* v, const float* beta, const float* gc, Dims d) {
     __shared__ float M[CH][CH + 1], Tm[CH][CH + 1], sg[CH], sb[CH], sbg[CH]; // sbg: beta e^gc
-    extern __shared__ float sm[];
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c), ld = d.dk + 1;
-    float *Ks = sm, *Qs = sm + CH * ld;
-    stage_k(Ks, khat, d, t0, h, L);
-    stage_k(Qs, qhat, d, t0, h, L);
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     for (int r = threadIdx.x; r < CH; r += blockDim.x) {
         sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
         sb[r] = r < L ? beta[vrow(d, t0 + r, h)] : 0.0f;
@@ -174,10 +153,10 @@ __global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, con
         int r = i / CH, s = i % CH;
         float m = 0.0f, aq = 0.0f;
         if (r < L && s <= r) {
-            const float* ks = Ks + s * ld;
+            const float* ks = key_row(khat, d, t0 + s, h);
             float decay = expf(sg[r] - sg[s]);
-            if (s < r) m = sb[r] * dotg(Ks + r * ld, ks, d.dk) * decay;
-            aq = dotg(Qs + r * ld, ks, d.dk) * d.scale * decay;
+            if (s < r) m = sb[r] * dotg(key_row(khat, d, t0 + r, h), ks, d.dk) * decay;
+            aq = dotg(key_row(qhat, d, t0 + r, h), ks, d.dk) * d.scale * decay;
         }
         M[r][s] = m;
         Tm[r][s] = r == s ? 1.0f : 0.0f;
@@ -197,7 +176,7 @@ __global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, con
     for (int i = threadIdx.x; i < L * d.dk; i += blockDim.x) {
         int r = i / d.dk, j = i % d.dk;
         float acc = 0.0f;
-        for (int s = 0; s <= r; s++) acc += Tm[r][s] * sbg[s] * Ks[s * ld + j];
+        for (int s = 0; s <= r; s++) acc += Tm[r][s] * sbg[s] * key_row(khat, d, t0 + s, h)[j];
         W[vrow(d, t0 + r, h) * d.dk + j] = acc;
     }
     for (int i = threadIdx.x; i < L * d.dv; i += blockDim.x) {
@@ -337,59 +316,38 @@ __global__ void gdn_dh_kernel(float* dhn, float* dVn, const float* dO, const flo
     }
 }
 
-// One block per (chunk, value head): dW = -dVn h^T (L, dk); thread (r, i), r fastest, so that a warp
-// reads one row of h; the chunk's dVn rows staged (CH (dv + 1) floats of dynamic shared memory).
+// dW (T, Hv, dk) = -dVn h^T, per token row of its chunk.
 __global__ void gdn_dw_kernel(float* dW, const float* dVn, const float* hs, Dims d) {
-    extern __shared__ float sm[];
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c), ld = d.dv + 1;
-    stage_v(sm, dVn, d, t0, h, L, d.dv);
-    __syncthreads();
-    for (int e = threadIdx.x; e < CH * d.dk; e += blockDim.x) {
-        int r = e % CH, i = e / CH;
-        if (r < L)
-            dW[vrow(d, t0 + r, h) * d.dk + i] = -dotg(sm + r * ld, hs + cstate(d, c, h) + (long)i * d.dv, d.dv);
-    }
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)d.nb * d.T * d.Hv * d.dk) return;
+    long row = i / d.dk;
+    int k = (int)(i % d.dk), t = (int)(row / d.Hv), h = (int)(row % d.Hv), cg = t / d.T * d.nc + t % d.T / CH;
+    const float *S = hs + cstate(d, cg, h) + (long)k * d.dv, *g = dVn + row * d.dv;
+    float acc = 0.0f;
+    for (int j = 0; j < d.dv; j++) acc += g[j] * S[j];
+    dW[i] = -acc;
 }
 
-// One block per (chunk, value head), thread per (r, s): dA = dO_r . Vn_s (s <= r);
-// dT = beta_s (G_s dW_r . k_s + dVn_r . v_s), KK = (k_r . k_s) G_r / G_s (s < r); zero elsewhere. Two tiles
-// of rows at a time in dynamic shared memory (2 CH (max(dk, dv) + 1) floats).
+// One thread per (chunk, head, r, s): dA = dO_r . Vn_s (s <= r); dT = beta_s (G_s dW_r . k_s + dVn_r . v_s),
+// KK = (k_r . k_s) G_r / G_s (s < r); zero elsewhere.
 __global__ void gdn_pairs_kernel(float* dA, float* dT, float* KK, const float* dO, const float* Vn,
                                  const float* dW, const float* dVn, const float* khat, const float* v,
                                  const float* beta, const float* gc, Dims d) {
-    extern __shared__ float sm[];
     int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
-    int wmax = max(d.dk, d.dv), ldk = d.dk + 1, ldv = d.dv + 1;
-    float *A = sm, *B = sm + CH * (wmax + 1);
-    long m0 = cmat(d, c, h);
-    stage_v(A, dO, d, t0, h, L, d.dv);
-    stage_v(B, Vn, d, t0, h, L, d.dv);
-    __syncthreads();
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
         int r = i / CH, s = i % CH;
-        dA[m0 + i] = r < L && s <= r ? dotg(A + r * ldv, B + s * ldv, d.dv) : 0.0f;
-    }
-    __syncthreads();
-    stage_k(A, khat, d, t0, h, L);
-    stage_v(B, dW, d, t0, h, L, d.dk);
-    __syncthreads();
-    for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
-        int r = i / CH, s = i % CH;
-        float kk = 0.0f, t = 0.0f;
-        if (r < L && s < r) {
+        float a = 0.0f, t = 0.0f, kk = 0.0f;
+        if (r < L && s <= r) {
             long tr = vrow(d, t0 + r, h), ts = vrow(d, t0 + s, h);
-            kk = dotg(A + r * ldk, A + s * ldk, d.dk) * expf(gc[tr] - gc[ts]);
-            t = beta[ts] * expf(gc[ts]) * dotg(B + r * ldk, A + s * ldk, d.dk);
+            a = dotg(dO + tr * d.dv, Vn + ts * d.dv, d.dv);
+            if (s < r) {
+                const float* ks = key_row(khat, d, t0 + s, h);
+                t = beta[ts] * (expf(gc[ts]) * dotg(dW + tr * d.dk, ks, d.dk) +
+                                dotg(dVn + tr * d.dv, v + ts * d.dv, d.dv));
+                kk = dotg(key_row(khat, d, t0 + r, h), ks, d.dk) * expf(gc[tr] - gc[ts]);
+            }
         }
-        KK[m0 + i] = kk, dT[m0 + i] = t;
-    }
-    __syncthreads();
-    stage_v(A, dVn, d, t0, h, L, d.dv);
-    stage_v(B, v, d, t0, h, L, d.dv);
-    __syncthreads();
-    for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
-        int r = i / CH, s = i % CH;
-        if (r < L && s < r) dT[m0 + i] += beta[vrow(d, t0 + s, h)] * dotg(A + r * ldv, B + s * ldv, d.dv);
+        dA[cmat(d, c, h) + i] = a, dT[cmat(d, c, h) + i] = t, KK[cmat(d, c, h) + i] = kk;
     }
 }
 
@@ -405,20 +363,16 @@ __global__ void gdn_p_kernel(float* P, const float* Tm, const float* dT, Dims d)
     }
 }
 
-// dM = -P Tm^T, strictly lower; P and Tm staged in shared memory
+// dM = -P Tm^T, strictly lower
 __global__ void gdn_dm_kernel(float* dM, const float* P, const float* Tm, Dims d) {
-    __shared__ float Ps[CH][CH + 1], Ts[CH][CH + 1];
     int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c);
-    long m0 = cmat(d, c, h);
-    for (int i = threadIdx.x; i < CH * CH; i += blockDim.x)
-        Ps[i / CH][i % CH] = P[m0 + i], Ts[i / CH][i % CH] = Tm[m0 + i];
-    __syncthreads();
+    const float *tm = Tm + cmat(d, c, h), *p = P + cmat(d, c, h);
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
         int r = i / CH, s = i % CH;
         float acc = 0.0f;
         if (r < L && s < r)
-            for (int b = 0; b <= s; b++) acc += Ps[r][b] * Ts[s][b];
-        dM[m0 + i] = -acc;
+            for (int b = 0; b <= s; b++) acc += p[r * CH + b] * tm[s * CH + b];
+        dM[cmat(d, c, h) + i] = -acc;
     }
 }
 
@@ -437,44 +391,32 @@ __global__ void gdn_xy_kernel(float* X, float* Y, const float* Tm, const float* 
     }
 }
 
-// One block per (chunk, value head), thread per (r, i), r fastest (a warp reads one row of h and dh'):
-// dq (of the scaled q) and dk for value head h, (T, Hv, dk). Shared memory: dA, dM, and (dynamic) the
-// chunk's dO and Vn rows (2 CH (dv + 1) floats).
+// One thread per (chunk, head, r, i): dq (of the scaled q) and dk for value head h, (T, Hv, dk).
 __global__ void gdn_dqk_kernel(float* dq, float* dk, const float* dO, const float* hs, const float* dhn,
                                const float* Vn, const float* dA, const float* dM, const float* X,
                                const float* qhat, const float* khat, const float* beta, const float* gc,
                                Dims d) {
-    __shared__ float das[CH][CH + 1], dms[CH][CH + 1], sg[CH], sb[CH];
-    extern __shared__ float sm[];
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c), ld = d.dv + 1;
-    float *dOs = sm, *Vns = sm + CH * ld;
-    long m0 = cmat(d, c, h);
-    stage_v(dOs, dO, d, t0, h, L, d.dv);
-    stage_v(Vns, Vn, d, t0, h, L, d.dv);
-    for (int i = threadIdx.x; i < CH * CH; i += blockDim.x)
-        das[i / CH][i % CH] = dA[m0 + i], dms[i / CH][i % CH] = dM[m0 + i];
-    for (int r = threadIdx.x; r < CH; r += blockDim.x) {
-        sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
-        sb[r] = r < L ? beta[vrow(d, t0 + r, h)] : 0.0f;
-    }
-    __syncthreads();
-    float gL = sg[L - 1];
-    for (int e = threadIdx.x; e < CH * d.dk; e += blockDim.x) {
-        int r = e % CH, i = e / CH;
-        if (r >= L) continue;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
+    const float *da = dA + cmat(d, c, h), *dm = dM + cmat(d, c, h);
+    float gL = gc[vrow(d, t0 + L - 1, h)];
+    for (int e = threadIdx.x; e < L * d.dk; e += blockDim.x) {
+        int r = e / d.dk, i = e % d.dk;
         long tr = vrow(d, t0 + r, h);
-        float gr = sg[r];
-        float a = dotg(dOs + r * ld, hs + cstate(d, c, h) + (long)i * d.dv, d.dv);  // (h dO_r)_i
-        float b = dotg(Vns + r * ld, dhn + cstate(d, c, h) + (long)i * d.dv, d.dv); // (dh' Vn_r)_i
-        float q = expf(gr) * a, k = expf(gL - gr) * b + sb[r] * expf(gr) * X[tr * d.dk + i];
+        float gr = gc[tr];
+        const float *S = hs + cstate(d, c, h) + (long)i * d.dv, *dS = dhn + cstate(d, c, h) + (long)i * d.dv;
+        float a = 0.0f, b = 0.0f;
+        for (int j = 0; j < d.dv; j++) a += dO[tr * d.dv + j] * S[j], b += dS[j] * Vn[tr * d.dv + j];
+        float q = expf(gr) * a, k = expf(gL - gr) * b + beta[tr] * expf(gr) * X[tr * d.dk + i];
         for (int s = 0; s <= r; s++) // Aqk's row r: q_r, and its column r: k_r
-            q += das[r][s] * expf(gr - sg[s]) * key_row(khat, d, t0 + s, h)[i];
+            q += da[r * CH + s] * expf(gr - gc[vrow(d, t0 + s, h)]) * key_row(khat, d, t0 + s, h)[i];
         for (int s = r; s < L; s++)
-            k += das[s][r] * expf(sg[s] - gr) * key_row(qhat, d, t0 + s, h)[i] * d.scale;
+            k += da[s * CH + r] * expf(gc[vrow(d, t0 + s, h)] - gr) * key_row(qhat, d, t0 + s, h)[i] * d.scale;
         for (int s = 0; s < r; s++) // M's row r and column r
-            k += dms[r][s] * sb[r] * expf(gr - sg[s]) * key_row(khat, d, t0 + s, h)[i];
-        for (int s = r + 1; s < L; s++)
-            k += dms[s][r] * sb[s] * expf(sg[s] - gr) * key_row(khat, d, t0 + s, h)[i];
+            k += dm[r * CH + s] * beta[tr] * expf(gr - gc[vrow(d, t0 + s, h)]) * key_row(khat, d, t0 + s, h)[i];
+        for (int s = r + 1; s < L; s++) {
+            long ts = vrow(d, t0 + s, h);
+            k += dm[s * CH + r] * beta[ts] * expf(gc[ts] - gr) * key_row(khat, d, t0 + s, h)[i];
+        }
         dq[tr * d.dk + i] = q;
         dk[tr * d.dk + i] = k;
     }
@@ -492,7 +434,6 @@ __global__ void gdn_dv_kernel(float* dact, const float* Y, const float* beta, Di
 // One block of GDN_DG_PARTS x CH threads per (chunk, value head). Thread (part, r) sums its part of the
 // O(dk dv) terms of token r (o's inter-chunk part, the state update's k_r Vn_r term, <dh', h>); then thread
 // r: dbeta_r and the gradient of gc_r, and thread 0 dg = the reverse cumulative sum of dgc; db, da.
-// Dynamic shared memory: the chunk's dO and Vn rows (2 CH (dv + 1) floats).
 #define GDN_DG_PARTS 4
 __global__ void gdn_dgate_kernel(float* db, float* da, const float* dO, const float* hs, const float* dhn,
                                  const float* Vn, const float* v, const float* X, const float* Y,
@@ -500,21 +441,18 @@ __global__ void gdn_dgate_kernel(float* db, float* da, const float* dO, const fl
                                  const float* qhat, const float* khat, const float* beta, const float* gc,
                                  const float* dgda, Dims d) {
     __shared__ float po[GDN_DG_PARTS][CH], pe[GDN_DG_PARTS][CH], ph[GDN_DG_PARTS][CH], dgc[CH];
-    extern __shared__ float sm[];
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c), ld = d.dv + 1;
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     int r = threadIdx.x % CH, part = threadIdx.x / CH;
     long m0 = cmat(d, c, h);
     float gL = gc[vrow(d, t0 + L - 1, h)], oi = 0.0f, er = 0.0f, sh = 0.0f;
     const float *S = hs + cstate(d, c, h), *dS = dhn + cstate(d, c, h);
-    float *dOs = sm, *Vns = sm + CH * ld; // the chunk's dO and Vn rows
-    stage_v(dOs, dO, d, t0, h, L, d.dv);
-    stage_v(Vns, Vn, d, t0, h, L, d.dv);
-    __syncthreads();
     if (r < L) {
+        long tr = vrow(d, t0 + r, h);
         const float *q = key_row(qhat, d, t0 + r, h), *k = key_row(khat, d, t0 + r, h);
         for (int i = part; i < d.dk; i += GDN_DG_PARTS) {
-            float a = dotg(dOs + r * ld, S + (long)i * d.dv, d.dv),
-                  b = dotg(Vns + r * ld, dS + (long)i * d.dv, d.dv);
+            float a = 0.0f, b = 0.0f;
+            for (int j = 0; j < d.dv; j++)
+                a += S[(long)i * d.dv + j] * dO[tr * d.dv + j], b += dS[(long)i * d.dv + j] * Vn[tr * d.dv + j];
             oi += q[i] * d.scale * a, er += k[i] * b;
         }
         long n = (long)d.dk * d.dv, step = (long)L * GDN_DG_PARTS;
@@ -682,12 +620,12 @@ static Dims call_dims(const GdnShape* s, const GdnGpuCache* c, int nb) {
     return dims_of(s, nb);
 }
 
-// n floats of dynamic shared memory for kernel (opted in past 48 KiB)
-static size_t smem(const void* kernel, long n) {
-    size_t b = sizeof(float) * n;
-    if (b > 48 * 1024)
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b));
-    return b;
+// dynamic shared memory of the state / dh kernels: (dk + 2 CH) x 32 floats
+static size_t state_smem(const Dims& d, const void* kernel) {
+    size_t n = sizeof(float) * (d.dk + 2 * CH) * 32;
+    if (n > 48 * 1024)
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)n));
+    return n;
 }
 
 extern "C" void gpu_gdn_forward(const GdnShape* s, int nb, const GdnParams* p, const float* qkv, const float* z,
@@ -700,11 +638,10 @@ extern "C" void gpu_gdn_forward(const GdnShape* s, int nb, const GdnParams* p, c
     gdn_v_kernel<<<ceil_div(vv, 256), 256>>>(c->v, c->pre, d);
     gdn_gates_kernel<<<ceil_div(chunks, 128), 128>>>(c->beta, c->gc, c->dgda, b, a, p->A_log, p->dt_bias, d);
     cudaCheck(cudaMemcpyAsync(c->z, z, sizeof(float) * vv, cudaMemcpyDeviceToDevice));
-    gdn_prep_kernel<<<chunks, 256, smem((const void*)gdn_prep_kernel, 2L * CH * (d.dk + 1))>>>(
-        c->Tm, c->W, c->U, c->Aqk, c->qhat, c->khat, c->v, c->beta, c->gc, d);
+    gdn_prep_kernel<<<chunks, 256>>>(c->Tm, c->W, c->U, c->Aqk, c->qhat, c->khat, c->v, c->beta, c->gc, d);
     dim3 sg(nb * d.Hv, ceil_div(d.dv, 32));
-    gdn_state_kernel<<<sg, 256, smem((const void*)gdn_state_kernel, (d.dk + 2L * CH) * 32)>>>(
-        c->h, c->Vn, c->W, c->U, c->khat, c->gc, d);
+    gdn_state_kernel<<<sg, 256, state_smem(d, (const void*)gdn_state_kernel)>>>(c->h, c->Vn, c->W, c->U,
+                                                                                c->khat, c->gc, d);
     gdn_out_kernel<<<chunks, 256>>>(c->o, c->qhat, c->h, c->Aqk, c->Vn, c->gc, d);
     gdn_norm_kernel<<<ceil_div(rows * d.Hv * 32, 256), 256>>>(out, c->rstd, c->o, c->z, p->norm_w, d);
     cudaCheck(cudaGetLastError());
@@ -713,26 +650,25 @@ extern "C" void gpu_gdn_forward(const GdnShape* s, int nb, const GdnParams* p, c
 extern "C" void gpu_gdn_backward(const GdnShape* s, int nb, const GdnParams* p, GdnGpuCache* c,
                                  const float* dout, float* dqkv, float* dz, float* db, float* da) {
     Dims d = call_dims(s, c, nb);
-    long rows = (long)nb * d.T, tc = rows * d.C, vv = rows * d.Hv * d.dv;
+    long rows = (long)nb * d.T, tc = rows * d.C, vv = rows * d.Hv * d.dv, vk = rows * d.Hv * d.dk;
     int chunks = nb * d.nc * d.Hv;
     gdn_norm_bwd_kernel<<<ceil_div(rows * d.Hv * 32, 256), 256>>>(c->dO, dz, dout, c->o, c->z, c->rstd,
                                                                   p->norm_w, d);
     dim3 sg(nb * d.Hv, ceil_div(d.dv, 32));
-    gdn_dh_kernel<<<sg, 256, smem((const void*)gdn_dh_kernel, (d.dk + 2L * CH) * 32)>>>(
-        c->dhn, c->dVn, c->dO, c->Aqk, c->W, c->qhat, c->khat, c->gc, d);
-    long rows_v = CH * (d.dv + 1L), wmax = d.dk > d.dv ? d.dk : d.dv;
-    gdn_dw_kernel<<<chunks, 256, smem((const void*)gdn_dw_kernel, rows_v)>>>(c->dW, c->dVn, c->h, d);
-    gdn_pairs_kernel<<<chunks, 256, smem((const void*)gdn_pairs_kernel, 2 * CH * (wmax + 1))>>>(
-        c->dA, c->dT, c->KK, c->dO, c->Vn, c->dW, c->dVn, c->khat, c->v, c->beta, c->gc, d);
+    gdn_dh_kernel<<<sg, 256, state_smem(d, (const void*)gdn_dh_kernel)>>>(c->dhn, c->dVn, c->dO, c->Aqk, c->W,
+                                                                          c->qhat, c->khat, c->gc, d);
+    gdn_dw_kernel<<<ceil_div(vk, 256), 256>>>(c->dW, c->dVn, c->h, d);
+    gdn_pairs_kernel<<<chunks, 256>>>(c->dA, c->dT, c->KK, c->dO, c->Vn, c->dW, c->dVn, c->khat, c->v, c->beta,
+                                      c->gc, d);
     gdn_p_kernel<<<chunks, 256>>>(c->P, c->Tm, c->dT, d);
     gdn_dm_kernel<<<chunks, 256>>>(c->dM, c->P, c->Tm, d);
     gdn_xy_kernel<<<chunks, 256>>>(c->X, c->Y, c->Tm, c->dW, c->dVn, d);
-    gdn_dqk_kernel<<<chunks, 256, smem((const void*)gdn_dqk_kernel, 2 * rows_v)>>>(
-        c->dq, c->dk, c->dO, c->h, c->dhn, c->Vn, c->dA, c->dM, c->X, c->qhat, c->khat, c->beta, c->gc, d);
+    gdn_dqk_kernel<<<chunks, 256>>>(c->dq, c->dk, c->dO, c->h, c->dhn, c->Vn, c->dA, c->dM, c->X, c->qhat,
+                                    c->khat, c->beta, c->gc, d);
     gdn_dv_kernel<<<ceil_div(vv, 256), 256>>>(c->dact, c->Y, c->beta, d);
-    gdn_dgate_kernel<<<chunks, GDN_DG_PARTS * CH, smem((const void*)gdn_dgate_kernel, 2 * rows_v)>>>(
-        db, da, c->dO, c->h, c->dhn, c->Vn, c->v, c->X, c->Y, c->dA, c->Aqk, c->dM, c->KK, c->qhat, c->khat,
-        c->beta, c->gc, c->dgda, d);
+    gdn_dgate_kernel<<<chunks, GDN_DG_PARTS * CH>>>(db, da, c->dO, c->h, c->dhn, c->Vn, c->v, c->X, c->Y, c->dA,
+                                                    c->Aqk, c->dM, c->KK, c->qhat, c->khat, c->beta, c->gc,
+                                                    c->dgda, d);
     gdn_l2norm_bwd_kernel<<<ceil_div(2 * rows * d.Hk * 32, 256), 256>>>(c->dact, c->dq, c->dk, c->qhat, c->khat,
                                                                         c->rq, c->rk, d);
     gdn_conv_bwd_kernel<<<ceil_div(tc, 256), 256>>>(dqkv, c->dact, c->pre, p->conv_w, d);

@@ -878,7 +878,7 @@ int main(void) {
     op_gptq_fallback(40, 700, 1);
     op_gated_delta(1, 70, 2, 4, 16, 8, 4);       // Hv > Hk, two chunks, the second partial
     op_gated_delta(1, 64, 1, 1, 32, 40, 2);      // one full chunk, dv not a multiple of 32
-    op_gated_delta(3, 150, 2, 2, 64, 64, 4);     // three windows of three chunks, the last partial
+    op_gated_delta(3, 100, 2, 2, 64, 64, 4);     // three windows of two chunks
     op_gated_delta(1, 512, 16, 32, 128, 128, 4); // Qwen3.5-35B-A3B's linear-attention layer
     op_gated_delta(4, 512, 16, 32, 128, 128, 4); // four of its windows
 #endif
