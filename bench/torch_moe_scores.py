@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from torch_scores import Dev  # now(): seconds, after the GPU's queued work
 from torch_scores import auto_batch  # the fastest batch per window, as the dense baseline picks it
+from torch_scores import forward_keeping_inputs, suffix_logits  # prefix reuse, as the dense baseline
 from torch_scores import patch as patch_linear  # a linear with fake-quantized weights and inputs
 
 
@@ -203,27 +204,11 @@ def load_direct(path, dt, dev, experts_impl):
 
 @torch.no_grad()
 def kl_batch(model, x, gs, full_forward=False):
-    """This batch's KL per group (floats, in gs order). With prefix reuse (the default) one
-    unquantized forward records each decoder layer's input and keyword arguments (position
-    embeddings, mask); a group of layer l then runs only layers l.. from that input, then the final
-    norm and lm_head, as Qwen3MoeForCausalLM does: the layers before l see no quantized weight, so
-    their output is the reference's, and each group costs its suffix instead of a full forward.
+    """This batch's KL per group (floats, in gs order): with prefix reuse (the default) each group
+    runs only its suffix of layers from the reference's input to its layer (bench/torch_scores.py's
+    forward_keeping_inputs and suffix_logits), so it costs its suffix instead of a full forward;
     full_forward=True runs a whole forward per group (the old baseline)."""
-    layers = model.model.layers
-    caps = [None] * len(layers)
-
-    def cap(mod, args, kwargs, l):  # the input of decoder layer l and its keyword arguments
-        h = args[0] if args else kwargs["hidden_states"]
-        caps[l] = (h, {k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-    hs = [] if full_forward else [
-        layer.register_forward_pre_hook(lambda mod, a, kw, l=l: cap(mod, a, kw, l), with_kwargs=True)
-        for l, layer in enumerate(layers)]
-    try:
-        logits = model(input_ids=x, use_cache=False).logits
-    finally:
-        for h in hs:
-            h.remove()
+    logits, caps = forward_keeping_inputs(model, x, not full_forward)
     lp = F.log_softmax(logits, -1, dtype=torch.float32)
     del logits
     p = lp.exp()
@@ -231,15 +216,7 @@ def kl_batch(model, x, gs, full_forward=False):
     for n, ms, blk in gs:
         set_quant(ms, blk, True)
         try:
-            if full_forward:
-                lg = model(input_ids=x, use_cache=False).logits
-            else:
-                h, kw = caps[layer_of(n)]
-                for layer in layers[layer_of(n):]:
-                    h = layer(h, **kw)
-                    h = h[0] if isinstance(h, tuple) else h
-                lg = model.lm_head(model.model.norm(h))  # as Qwen3MoeForCausalLM (logits_to_keep=0)
-                del h
+            lg = model(input_ids=x, use_cache=False).logits if full_forward else suffix_logits(model, caps, layer_of(n))
         finally:
             set_quant(ms, blk, False)
         lq = F.log_softmax(lg, -1, dtype=torch.float32)

@@ -103,9 +103,9 @@ def patch(mod, no_compile=False):
 # kl
 
 
-def kl_batch(model, x, gs, wq, full_forward=False, layers_only=None):
-    """This batch's KL per group (0-dim fp32 tensors, in gs order; groups of layers outside
-    layers_only are skipped: the auto batch search times only a few)."""
+def forward_keeping_inputs(model, x, keep=True):
+    """The unquantized logits and, with keep, each decoder layer's input and keyword arguments
+    (position embeddings, mask): what prefix reuse starts a group's pass from."""
     layers = model.model.layers
     caps = [None] * len(layers)
 
@@ -113,14 +113,31 @@ def kl_batch(model, x, gs, wq, full_forward=False, layers_only=None):
         h = args[0] if args else kwargs["hidden_states"]
         caps[l] = (h, {k: v for k, v in kwargs.items() if k != "hidden_states"})
 
-    hs = [] if full_forward else [
-        layer.register_forward_pre_hook(lambda mod, a, kw, l=l: cap(mod, a, kw, l), with_kwargs=True)
-        for l, layer in enumerate(layers)]
+    hs = [layer.register_forward_pre_hook(lambda mod, a, kw, l=l: cap(mod, a, kw, l), with_kwargs=True)
+          for l, layer in enumerate(layers)] if keep else []
     try:
         logits = model(input_ids=x, use_cache=False).logits
     finally:
         for h in hs:
             h.remove()
+    return logits, caps
+
+
+def suffix_logits(model, caps, l):
+    """Layers l.. from the reference's input to layer l, then the final norm and lm_head, as
+    Qwen3ForCausalLM / Qwen3MoeForCausalLM do (logits_to_keep=0): the layers before l see no quantized
+    weight, so their output is the reference's."""
+    h, kw = caps[l]
+    for layer in model.model.layers[l:]:
+        h = layer(h, **kw)
+        h = h[0] if isinstance(h, tuple) else h
+    return model.lm_head(model.model.norm(h))
+
+
+def kl_batch(model, x, gs, wq, full_forward=False, layers_only=None):
+    """This batch's KL per group (0-dim fp32 tensors, in gs order; groups of layers outside
+    layers_only are skipped: the auto batch search times only a few)."""
+    logits, caps = forward_keeping_inputs(model, x, not full_forward)
     lp = F.log_softmax(logits, -1, dtype=torch.float32)
     del logits
     p = lp.exp()
@@ -132,15 +149,7 @@ def kl_batch(model, x, gs, wq, full_forward=False, layers_only=None):
         for m in ms:
             m.wq = wq[m]
         try:
-            if full_forward:
-                lg = model(input_ids=x, use_cache=False).logits
-            else:
-                h, kw = caps[l]
-                for layer in layers[l:]:
-                    h = layer(h, **kw)
-                    h = h[0] if isinstance(h, tuple) else h
-                lg = model.lm_head(model.model.norm(h))  # as Qwen3ForCausalLM (logits_to_keep=0)
-                del h
+            lg = model(input_ids=x, use_cache=False).logits if full_forward else suffix_logits(model, caps, l)
         finally:
             for m in ms:
                 m.wq = None

@@ -17,7 +17,7 @@
 static const char k_magic[8] = {'A', 'Q', 'G', 'P', 'T', 'Q', '1', '\n'};
 
 // 64-bit FNV-1a over 8-byte words (then the tail bytes): fast enough to hash a checkpoint's weights.
-static uint64_t hash_bytes(uint64_t h, const void* p, size_t n) {
+uint64_t gptq_cache_hash(uint64_t h, const void* p, size_t n) {
     const unsigned char* b = p;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -31,35 +31,35 @@ static uint64_t hash_bytes(uint64_t h, const void* p, size_t n) {
 
 static uint64_t hash_spec(uint64_t h, const Format* f) {
     int spec[4] = {f->w_enable, f->w.bits, f->w.narrow, f->w.ct};
-    return hash_bytes(h, spec, sizeof(spec));
+    return gptq_cache_hash(h, spec, sizeof(spec));
 }
 
 void gptq_cache_key(GptqCacheKey* k, const char* mode, const Model* m, const TokenIds* ids, const Format* fmts,
                     int nf, const int* choice, const Groups* gs, const GptqOpts* o) {
     uint64_t h = 0xcbf29ce484222325ull;
-    h = hash_bytes(h, mode, strlen(mode) + 1);
+    h = gptq_cache_hash(h, mode, strlen(mode) + 1);
     for (int i = 0; i < m->n_linears; i++) {
         const Linear* l = &m->linears[i];
-        h = hash_bytes(h, l->name, strlen(l->name) + 1);
+        h = gptq_cache_hash(h, l->name, strlen(l->name) + 1);
         if (l->w) {
-            h = hash_bytes(h, l->w, sizeof(float) * l->out * l->in);
+            h = gptq_cache_hash(h, l->w, sizeof(float) * l->out * l->in);
         } else { // an opened model (quantize on the GPU): the checkpoint's own bytes
             char name[240];
             const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
             if (!t) fail_other("internal: %s: no checkpoint tensor to key the GPTQ cache", l->name);
-            h = hash_bytes(h, &t->dtype, sizeof(t->dtype));
-            h = hash_bytes(h, t->data, t->nbytes);
+            h = gptq_cache_hash(h, &t->dtype, sizeof(t->dtype));
+            h = gptq_cache_hash(h, t->data, t->nbytes);
         }
         int sel = choice ? choice[i] : gs->g[gs->group_of[i]].disabled ? -1 : 0;
-        h = hash_bytes(h, &sel, sizeof(sel));
+        h = gptq_cache_hash(h, &sel, sizeof(sel));
         if (choice && sel >= 0) h = hash_spec(h, &fmts[sel]);
     }
     int shape[3] = {ids->n, ids->t, nf};
-    h = hash_bytes(h, shape, sizeof(shape));
-    h = hash_bytes(h, ids->ids, sizeof(int) * ids->n * ids->t);
+    h = gptq_cache_hash(h, shape, sizeof(shape));
+    h = gptq_cache_hash(h, ids->ids, sizeof(int) * ids->n * ids->t);
     for (int f = 0; !choice && f < nf; f++) h = hash_spec(h, &fmts[f]);
     double opts[3] = {o->damp, (double)o->order, (double)o->block};
-    h = hash_bytes(h, opts, sizeof(opts));
+    h = gptq_cache_hash(h, opts, sizeof(opts));
     k->hash = h;
 }
 
@@ -159,7 +159,7 @@ int gptq_cache_load(const char* dir, const GptqCacheKey* k, const Model* m, floa
     Reader r = {buf + 8, size >= 32 ? size - 16 : 0};
     if (size < 32) bad = "truncated";
     if (!bad) memcpy(&sum, buf + size - 8, 8);
-    if (!bad && (memcmp(buf, k_magic, 8) != 0 || sum != hash_bytes(0xcbf29ce484222325ull, buf, size - 8)))
+    if (!bad && (memcmp(buf, k_magic, 8) != 0 || sum != gptq_cache_hash(0xcbf29ce484222325ull, buf, size - 8)))
         bad = "corrupt (bad magic or checksum)";
     if (!bad && !(take(&r, &key, 8) && key == k->hash && take(&r, counts, sizeof(counts)) && counts[0] == nf &&
                   counts[1] == m->n_linears))
@@ -234,7 +234,7 @@ void gptq_cache_save(const char* dir, const GptqCacheKey* k, const Model* m, flo
         free(rs);
     }
 #undef PUT
-    uint64_t sum = hash_bytes(0xcbf29ce484222325ull, buf, len);
+    uint64_t sum = gptq_cache_hash(0xcbf29ce484222325ull, buf, len);
     ok = ok && fwrite(buf, 1, len, f) == len && fwrite(&sum, 1, 8, f) == 8;
     ok = (fclose(f) == 0) && ok;
     if (!ok) {

@@ -16,6 +16,10 @@ typedef struct {
     uint64_t hash;
 } GptqCacheKey;
 
+// FNV-1a over n bytes (8 at a time), continuing from h (start: 0xcbf29ce484222325): the key's hash
+// and the file's checksum (tests/fuzz/fuzz_gptq_cache.c fixes checksums up with it).
+uint64_t gptq_cache_hash(uint64_t h, const void* p, size_t n);
+
 // mode: "scores" (every enabled linear of gs, per format) or a recipe's pipeline, "sequential" or
 // "basic" ("-gpu" appended on the GPU: the linears choice names, choice[i] indexing fmts; nf is then
 // 1 and fmts the recipe's formats). The mode is hashed first, so no two pipelines share a file.

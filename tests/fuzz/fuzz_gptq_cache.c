@@ -25,19 +25,6 @@ static char g_name[64];
 static uint8_t* g_base; // the valid file of mode 2
 static size_t g_base_len;
 
-// The cache's checksum: 64-bit FNV-1a over 8-byte words, then the tail bytes (gptq_cache.c).
-static uint64_t fnv(const uint8_t* b, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, b + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-    }
-    for (; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 static void free_all(float** wq, int n) {
     for (int i = 0; i < n; i++) free(wq[i]);
 }
@@ -95,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t n) {
     }
     if (mode && len >= 24) {
         memcpy(file + 8, &k_key.hash, 8);
-        uint64_t sum = fnv(file, len - 8);
+        uint64_t sum = gptq_cache_hash(0xcbf29ce484222325ull, file, len - 8);
         memcpy(file + len - 8, &sum, 8);
     }
     fuzz_file(g_name, file, len);
