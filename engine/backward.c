@@ -99,18 +99,30 @@ static void moe_backward(const Model* m, RunState* s, GradState* g, int l, GradH
     matmul_backward_input(g->dm, g->drl, w->router, T, D, E, 1.0f);
 }
 
+// A SwiGLU MLP y = down(silu(gate(x)) * up(x)), I wide: dy = dL/dy -> dx = beta dx + dL/dx (the dense MLP
+// writes dm, the shared expert adds to the routed experts' share); dg, du, dact are scratch (T, I); the
+// hook sees each linear's output gradient.
+static void swiglu_mlp_backward(float* dx, float beta, const float* dy, const float* w_gate, const float* w_up,
+                                const float* w_down, const float* g_out, const float* u_out, float* dg,
+                                float* du, float* dact, int T, int D, int I, int lin_gate, int lin_up,
+                                int lin_down, GradHook hook, void* ctx) {
+    hook(lin_down, dy, ctx);
+    matmul_backward_input(dact, dy, w_down, T, I, D, 0.0f);
+    swiglu_backward(dg, du, dact, g_out, u_out, (long)T * I);
+    hook(lin_gate, dg, ctx);
+    hook(lin_up, du, ctx);
+    matmul_backward_input(dx, dg, w_gate, T, D, I, beta);
+    matmul_backward_input(dx, du, w_up, T, D, I, 1.0f);
+}
+
 // A dense MLP: h_out = h_mid + down(silu(gate(m)) * up(m)); dm = dL/dm on exit.
 static void mlp_backward(const Model* m, RunState* s, GradState* g, int l, GradHook hook, void* ctx) {
     const LayerWeights* w = &m->layers[l];
     LayerActs* a = &s->acts[l];
     int T = s->T, D = m->c.hidden_size, I = m->c.intermediate_size;
-    hook(model_lin(m, l, LIN_DOWN, -1), g->dh, ctx);
-    matmul_backward_input(g->dact, g->dh, w->down_proj, T, I, D, 0.0f);
-    swiglu_backward(g->dg, g->du, g->dact, a->g, a->u, (long)T * I);
-    hook(model_lin(m, l, LIN_GATE, -1), g->dg, ctx);
-    hook(model_lin(m, l, LIN_UP, -1), g->du, ctx);
-    matmul_backward_input(g->dm, g->dg, w->gate_proj, T, D, I, 0.0f);
-    matmul_backward_input(g->dm, g->du, w->up_proj, T, D, I, 1.0f);
+    swiglu_mlp_backward(g->dm, 0.0f, g->dh, w->gate_proj, w->up_proj, w->down_proj, a->g, a->u, g->dg, g->du,
+                        g->dact, T, D, I, model_lin(m, l, LIN_GATE, -1), model_lin(m, l, LIN_UP, -1),
+                        model_lin(m, l, LIN_DOWN, -1), hook, ctx);
 }
 
 // The shared expert of sparse layer l: h_out += sh_s * sh_y, sh_s = sigmoid(m sh_w^T); dh = dL/dh_out on
@@ -129,13 +141,9 @@ static void shared_backward(const Model* m, RunState* s, GradState* g, int l, Gr
         float dl = (float)(dsig * a->sh_s[t] * (1.0 - a->sh_s[t]));
         for (int i = 0; i < D; i++) g->dm[(long)t * D + i] += dl * w->sh_w[i];
     }
-    hook(model_lin(m, l, LIN_SH_DOWN, -1), g->dsh_y, ctx);
-    matmul_backward_input(g->dsh_act, g->dsh_y, w->sh_down, T, Is, D, 0.0f);
-    swiglu_backward(g->dsh_g, g->dsh_u, g->dsh_act, a->sh_g, a->sh_u, (long)T * Is);
-    hook(model_lin(m, l, LIN_SH_GATE, -1), g->dsh_g, ctx);
-    hook(model_lin(m, l, LIN_SH_UP, -1), g->dsh_u, ctx);
-    matmul_backward_input(g->dm, g->dsh_g, w->sh_gate, T, D, Is, 1.0f);
-    matmul_backward_input(g->dm, g->dsh_u, w->sh_up, T, D, Is, 1.0f);
+    swiglu_mlp_backward(g->dm, 1.0f, g->dsh_y, w->sh_gate, w->sh_up, w->sh_down, a->sh_g, a->sh_u, g->dsh_g,
+                        g->dsh_u, g->dsh_act, T, D, Is, model_lin(m, l, LIN_SH_GATE, -1),
+                        model_lin(m, l, LIN_SH_UP, -1), model_lin(m, l, LIN_SH_DOWN, -1), hook, ctx);
 }
 
 // Full attention: dh = dL/d(o_proj output) on entry; da = dL/da on exit. With the output gate, o_proj
