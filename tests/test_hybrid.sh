@@ -164,3 +164,41 @@ assert json.load(sys.stdin)['hybrid']['layer_types'] == ['linear_attention', 'fu
 " && pass "full_attention_interval gives the layer types" || fail "full_attention_interval"
 edit kdim $nxt "t['linear_key_head_dim'] = 8"
 expect "fused in_proj_qkvz of another shape" "in_proj_qkvz.weight' has shape [128, 64] but config.json implies [96, 64]" $AQ info "$tmp/kdim"
+
+# gen: the hybrid presets walk the architecture table. The small ones (every tensor kind) hold exactly the
+# tensor names of the committed transformers fixture of their family (layer and expert indices aside), are
+# read by autoq, and load in transformers 5.17 with logits equal to autoq's (tests/ref/check_gen_hybrid.py).
+for m in qwen3.5-small:qwen3_5-tiny qwen3.5-moe-small:qwen3_5-moe-tiny qwen3-next-small:qwen3-next-tiny; do
+    pr=${m%%:*} fx=$F/${m##*:}
+    $AQ gen "$tmp/g_$pr" --preset $pr --ids "$tmp/g_$pr.npy" --num-samples 2 --seq-len 32 >/dev/null 2>&1 &&
+        python3 - "$tmp/g_$pr/model.safetensors" "$fx/model.safetensors" <<'PY' && pass "gen $pr: the tensors of its family's fixture" || fail "gen $pr tensors"
+import json, re, struct, sys
+def names(p):
+    f = open(p, "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); h.pop("__metadata__", None)
+    out = set()
+    for k, v in h.items():
+        if k.startswith(("mtp.", "model.visual.")): continue
+        k = re.sub(r"\.(layers|experts)\.[0-9]+\.", r".\1.N.", k.replace("model.language_model.", "model."))
+        out.add((k, len(v["shape"])))
+    return out
+a, b = names(sys.argv[1]), names(sys.argv[2])
+assert a == b, (sorted(a - b), sorted(b - a))
+PY
+    $AQ eval "$tmp/g_$pr" --data "$tmp/g_$pr.npy" --device cpu --logits "$tmp/g_$pr.l.npy" >/dev/null 2>"$tmp/err" || fail "gen $pr: eval: $(tail -2 "$tmp/err")"
+    python3 tests/ref/check_gen_hybrid.py "$tmp/g_$pr" "$tmp/g_$pr.npy" "$tmp/g_$pr.l.npy" >"$tmp/out" 2>&1
+    case $? in
+    0) pass "gen $pr: loads in transformers, logits equal autoq's ($(grep -o 'max |logit difference| [^ ]*' "$tmp/out"))" ;;
+    77) echo "SKIP $SUITE: gen $pr in transformers: $(tail -1 "$tmp/out")" ;;
+    *) fail "gen $pr in transformers: $(tail -3 "$tmp/out")" ;;
+    esac
+done
+$AQ gen "$tmp/g_l1" --preset qwen3-next-small --layers 2 >/dev/null 2>&1 && $AQ info "$tmp/g_l1" --json 2>/dev/null | python3 -c "
+import json, sys
+j = json.load(sys.stdin)
+assert j['hybrid']['layer_types'] == ['linear_attention'] * 2, j['hybrid']
+assert json.load(open('$tmp/g_l1/config.json'))['mlp_only_layers'] == [1]
+" && pass "gen --layers on a hybrid preset: layer_types and mlp_only_layers follow" ||
+    fail "gen --layers hybrid: $(head -c 600 "$tmp/g_l1/config.json")"
+# The large presets are refused before a byte is written where they do not fit (Qwen3-Next-80B-A3B's 48
+# layers at 1000 layers: far beyond any disk), naming the size.
+expect "gen: qwen3-next-80b-a3b at 1000 layers does not fit" "but its file system has" $AQ gen "$tmp/big" --preset qwen3-next-80b-a3b --layers 1000
