@@ -121,6 +121,41 @@ assert 'mtp.fc.weight' in h and 'model.layers.0.linear_attn.conv1d.weight' in h
 assert any(k.endswith('in_proj_qkvz.weight_scale') or k.endswith('shared_expert.gate_proj.weight_scale') for k in h)
 " && pass "quantize: Qwen3-Next compressed-tensors checkpoint with mtp.* kept" || fail "quantize qwen3_next"
 
+# quantize writes compressed-tensors as llm-compressor saves these models (names as the checkpoint stores
+# them, routers and shared-expert gates in the ignore list): loaded by transformers 5.17 + compressed-tensors
+# with no missing or unexpected keys, logits within 1e-3 of eval --recipe, RTN and GPTQ
+# (tests/ref/check_quantize_hybrid.py: bf16 experts fused as transformers 5 holds them, the only change).
+cat >"$tmp/w4ch.json" <<'J'
+{"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
+ "algorithm": "max"}
+J
+pairs=()
+for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-tiny:qwen3_next_tiny; do
+    d=$F/${m%%:*} s=$F/${m##*:} n=${m##*:}
+    $AQ score $d --data ${s}_ids.npy --method kl --format "$tmp/w4ch.json" --disabled-layers '*lm_head*,*visual*,*mlp.experts*' \
+        --out "$tmp/$n.h5" >/dev/null 2>&1 && $AQ search --scores "$tmp/$n.h5" --budget 5 --out "$tmp/$n.r.json" >/dev/null 2>&1 &&
+        for qz in rtn gptq; do
+            $AQ quantize $d --recipe "$tmp/$n.r.json" --quantizer $qz --data ${s}_ids.npy --out "$tmp/$n.$qz.q" >/dev/null 2>&1 &&
+                $AQ eval $d --data ${s}_ids.npy --recipe "$tmp/$n.r.json" --quantizer $qz --logits "$tmp/$n.$qz.npy" >/dev/null 2>&1 &&
+                pairs+=("$tmp/$n.$qz.q:$tmp/$n.$qz.npy") || fail "quantize --quantizer $qz ${m%%:*}"
+        done
+    python3 -c "
+import json
+q = json.load(open('$tmp/$n.rtn.q/config.json'))['quantization_config']
+ig = q['ignore']
+for l in (0, 2):
+    pre = '$d'.endswith('moe-tiny') and 'model.language_model.' or 'model.'
+    if '$n' != 'qwen3_5_tiny':
+        assert pre + 'layers.%d.mlp.gate' % l in ig and pre + 'layers.%d.mlp.shared_expert_gate' % l in ig, ig
+" && pass "quantize ${m%%:*}: routers and shared-expert gates in the ignore list" || fail "quantize ${m%%:*} ignore list"
+    out=$(python3 tests/ref/check_quantize_hybrid.py ${s}_ids.npy "${pairs[@]}" 2>/dev/null | grep '^ok\|^BAD\|missing')
+    case $? in
+    0) if grep -q BAD <<<"$out"; then fail "quantize ${m%%:*} in transformers: $out"; else pass "quantize ${m%%:*} (rtn, gptq) loads in transformers + compressed-tensors, logits as eval --recipe: $(echo $out | grep -o 'dlogit| [^ ,]*' | tr '\n' ' ')"; fi ;;
+    *) if python3 -c "import compressed_tensors, transformers" 2>/dev/null; then fail "quantize ${m%%:*} in transformers: $out"; else echo "SKIP $SUITE: quantize ${m%%:*} in transformers: packages missing"; fi ;;
+    esac
+    pairs=()
+done
+
 # refusals: the CUDA engine does not run these models yet
 expect "score --device cuda refused" "Gated DeltaNet layers, which the CUDA engine does not run yet" \
     $AQ score $q35 --data $F/qwen3_5_tiny_ids.npy --method kl --device cuda
