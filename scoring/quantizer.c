@@ -102,10 +102,11 @@ int site_width(const Model* m, int site) {
 }
 
 // The first linear of layer l that reads `site` (below SITES; -1 when none does): its input is the
-// site's (model_linear_input), and its width the site's, whatever part of the layer it belongs to.
+// site's (model_linear_input), and its width the site's, whatever part of the layer it belongs to (the
+// experts' gate and up read the MLP input; their down_proj have sites of their own, past SITES).
 static int site_linear(const Model* m, int l, int site) {
     for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
-        if (m->linears[i].expert < 0 && linear_site(m, i) == site) return i;
+        if (linear_site(m, i) == site) return i;
     return -1;
 }
 
