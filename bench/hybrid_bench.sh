@@ -11,8 +11,8 @@
 #     KL_N, gradient at its largest batch that fits).
 # Then one table and the accuracy summary (bench/moe_report.py), each step's time and peak memory.
 #   AQ=path/to/autoq PY=python3 FLA_WHL=path/to/fla_core-0.6.0-py3-none-any.whl bash bench/hybrid_bench.sh OUTDIR
-# Environment: FLA_WHL, the fla-core wheel, installed with pip --no-deps when fla does not import (fla needs
-# einops and triton); BUDGET seconds for the whole run (570); WORK checkpoint folder (/dev/shm/autoq-hybrid
+# Environment: FLA_WHL, the fla-core wheel (and einops', space-separated), installed with pip --no-deps when
+# fla does not import (fla needs einops and triton); BUDGET seconds for the whole run (570); WORK checkpoint folder (/dev/shm/autoq-hybrid
 # when it has room for 70 GiB, else /tmp/autoq-hybrid); N (128), KL_N (16), KL_N2 (128), PT_KL_N (KL_N),
 # PT_KL_GROUPS (0: all), ACC_N (8) windows; PT_BATCH largest PyTorch gradient batch tried (4; 8 on cards
 # over 100 GB); LAYERS (the preset's) to bench fewer layers; for a dry run on a machine without a GPU:
@@ -56,7 +56,8 @@ else
 fi
 # flash-linear-attention's kernels for the PyTorch baseline (transformers uses them when fla imports)
 if ! $PY -c "import fla" >/dev/null 2>&1 && [ -n "${FLA_WHL:-}" ]; then
-    $PY -m pip install --no-deps -q "$FLA_WHL" >"$out/fla_install.log" 2>&1 || tail -2 "$out/fla_install.log"
+    # shellcheck disable=SC2086  # FLA_WHL may list several wheels (fla-core and einops, which fla imports)
+    $PY -m pip install --no-deps -q $FLA_WHL >"$out/fla_install.log" 2>&1 || tail -2 "$out/fla_install.log"
 fi
 echo "== fla: $($PY -c 'import fla; print("fla", fla.__version__, "imports")' 2>&1 | tail -1)"
 echo "== work folder $work ($(df -h --output=avail "$work" | tail -1 | tr -d ' ') free), budget ${budget}s," \
