@@ -102,6 +102,8 @@ static const ArchFamily k_families[] = {
     {"qwen3_5_moe", 1, "model.language_model.", 1, 1, 1, 0, 1, 1, 1, 1e4, ROWS(k_qwen3_5_moe), k_visual_mtp},
 };
 
+const char* const arch_expert_proj[3] = {"gate_proj", "up_proj", "down_proj"};
+
 const ArchFamily* arch_find(const char* model_type) {
     for (size_t i = 0; i < sizeof(k_families) / sizeof(k_families[0]); i++)
         if (strcmp(k_families[i].model_type, model_type) == 0) return &k_families[i];

@@ -112,3 +112,16 @@ long arch_dim(const Config* c, ArchDim d);
 const ArchTensor* arch_linear(const ArchFamily* f, int kind);
 // The family's routed experts row, NULL without experts.
 const ArchTensor* arch_experts(const ArchFamily* f);
+
+// The routed experts' projections, as Hugging Face names them per expert
+// ("<prefix>layers.N.mlp.experts.E.<proj>.weight"), in the order each expert's tensors are written.
+extern const char* const arch_expert_proj[3];
+// A layer's experts group, "<prefix>layers.N" + ARCH_EXPERTS_GROUP.
+#define ARCH_EXPERTS_GROUP ".mlp.experts"
+// Linears of the families that are never candidates yet are nn.Linear modules in transformers, so both
+// tools would quantize them unless told not to (the exports leave them alone, README §5, §8): the routers
+// ("<layer>.mlp.gate") and the shared experts' sigmoid gates ("<layer>.mlp.shared_expert_gate").
+#define ARCH_ROUTER ".mlp.gate"
+#define ARCH_SHARED_GATE ".mlp.shared_expert_gate"
+// The shared expert's linears sit under "<layer>" + ARCH_SHARED_EXPERT + ".".
+#define ARCH_SHARED_EXPERT ".mlp.shared_expert"

@@ -8,8 +8,12 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <jansson.h>
+#include <stddef.h>
 #include <unistd.h>
 
+#include "arch.h"
+#include "model.h"
 #include "util.h"
 
 // Existing presets keep their fields (and so their bytes): tests and benchmarks depend on them.
@@ -27,6 +31,36 @@ static const GenPreset k_presets[] = {
     // shards of at most 4 GiB (Hugging Face's own files are about that size).
     {.name = "30b-a3b", 151936,  2048,  6144,   48,   32,  4, 128, .experts = 128, .top_k = 8, .moe_inter = 768,
      .shard_mib = 4096},
+    // The hybrid families (README §2). Qwen3.5-27B: its published config.json's text shape (64 layers, 3
+    // Gated DeltaNet layers to one gated full attention; 16 key and 48 value heads of 128 in the Gated
+    // DeltaNet, which its 27.8 B parameters imply), rope theta 1e7, mrope sections 11, 11, 10.
+    {.name = "qwen3.5-27b", 248320, 5120, 17408,   64,   24,  4, 256, .model_type = "qwen3_5_text",
+     .lin_hk = 16, .lin_hv = 48, .lin_dk = 128, .lin_dv = 128, .lin_conv = 4, .full_interval = 4,
+     .rope_theta = 1e7, .partial_rotary = 0.25, .mrope = {11, 11, 10}, .max_pos = 262144, .shard_mib = 4096},
+    // Qwen3.5-35B-A3B: transformers 5.17's Qwen3_5MoeTextConfig defaults (40 layers, every one sparse: 256
+    // experts of 512, top-8, a shared expert of 512; no dense MLP).
+    {.name = "qwen3.5-35b-a3b", 248320, 2048, 0,   40,   16,  2, 256, .model_type = "qwen3_5_moe_text",
+     .experts = 256, .top_k = 8, .moe_inter = 512, .shared_inter = 512,
+     .lin_hk = 16, .lin_hv = 32, .lin_dk = 128, .lin_dv = 128, .lin_conv = 4, .full_interval = 4,
+     .rope_theta = 1e4, .partial_rotary = 0.25, .max_pos = 32768, .shard_mib = 4096},
+    // Qwen3-Next-80B-A3B: Qwen3NextConfig's defaults (48 layers, 512 experts of 512, top-10, a shared
+    // expert of 512, fused in_proj_qkvz / in_proj_ba).
+    {.name = "qwen3-next-80b-a3b", 151936, 2048, 5632, 48,   16,  2, 256, .model_type = "qwen3_next",
+     .experts = 512, .top_k = 10, .moe_inter = 512, .shared_inter = 512,
+     .lin_hk = 16, .lin_hv = 32, .lin_dk = 128, .lin_dv = 128, .lin_conv = 4, .full_interval = 4,
+     .rope_theta = 1e4, .partial_rotary = 0.25, .max_pos = 32768, .shard_mib = 4096},
+    // Small models of the three hybrid families for tests (every tensor kind, a few MB each).
+    {.name = "qwen3.5-small", 512,  128,   256,    4,    4,  2, 32, .model_type = "qwen3_5_text",
+     .lin_hk = 2, .lin_hv = 4, .lin_dk = 32, .lin_dv = 32, .lin_conv = 4, .full_interval = 4,
+     .rope_theta = 1e7, .partial_rotary = 0.25, .mrope = {2, 1, 1}, .max_pos = 4096},
+    {.name = "qwen3.5-moe-small", 512, 128,  0,    4,    4,  2, 32, .model_type = "qwen3_5_moe_text",
+     .experts = 8, .top_k = 2, .moe_inter = 64, .shared_inter = 96,
+     .lin_hk = 2, .lin_hv = 4, .lin_dk = 32, .lin_dv = 32, .lin_conv = 4, .full_interval = 4,
+     .rope_theta = 1e4, .partial_rotary = 0.25, .max_pos = 4096},
+    {.name = "qwen3-next-small", 512, 128,   256,    4,    4,  2, 32, .model_type = "qwen3_next",
+     .experts = 8, .top_k = 2, .moe_inter = 64, .shared_inter = 96, .n_mlp_only = 1, .mlp_only = {1},
+     .lin_hk = 2, .lin_hv = 4, .lin_dk = 32, .lin_dv = 32, .lin_conv = 4, .full_interval = 4,
+     .rope_theta = 1e4, .partial_rotary = 0.25, .max_pos = 4096},
 };
 // clang-format on
 #define N_PRESETS (int)(sizeof(k_presets) / sizeof(k_presets[0]))
@@ -37,7 +71,10 @@ const GenPreset* gen_preset(const char* name) {
     return NULL;
 }
 
-const char* gen_preset_names(void) { return "tiny, 0.6b, 8b, moe-small, 30b-a3b"; }
+const char* gen_preset_names(void) {
+    return "tiny, 0.6b, 8b, moe-small, 30b-a3b, qwen3.5-27b, qwen3.5-35b-a3b, qwen3-next-80b-a3b, "
+           "qwen3.5-small, qwen3.5-moe-small, qwen3-next-small";
+}
 
 static uint64_t rng_next(uint64_t* s) { // splitmix64
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -53,12 +90,15 @@ static float rng_normal(uint64_t* s) {
     return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
 }
 
-enum { KIND_NORMAL, KIND_GAIN, KIND_FAST };
+// KIND_ALOG: a Gated DeltaNet's A_log, log(A) with A uniform in [1, 16] as transformers initialises it
+enum { KIND_NORMAL, KIND_GAIN, KIND_FAST, KIND_ALOG };
 
 typedef struct {
     char name[128];
     long rows, cols; // cols 0: 1-D
+    int conv;        // stored [rows, 1, cols] (a depthwise conv1d)
     int kind;        // KIND_NORMAL normal(std), KIND_GAIN norm gains, KIND_FAST about normal(std)
+    int minus1;      // a (1 + w) norm: the gain minus 1 is stored
     float std;
     int layer;
     uint64_t seed; // the tensor's stream; row r mixes in r and the layer
@@ -93,76 +133,132 @@ static void fill_rows(uint16_t* out, const GenTensor* t, long r0, long r1, const
             float x;
             if (t->kind == KIND_NORMAL) {
                 x = t->std * rng_normal(&s);
+            } else if (t->kind == KIND_ALOG) {
+                x = logf(1.0f + 15.0f * rng_uniform(&s));
             } else {
                 x = 1.0f + 0.1f * rng_normal(&s);
                 // Outlier channels: a few hidden dims carry large gains, more in later layers.
                 long ch = r * c + j;
                 if (t->cols == 0 && t->rows == p->hidden && ch % 37 == 5 && t->layer >= 0)
                     x *= 4.0f + 6.0f * (float)(t->layer % 3);
+                if (t->minus1) x -= 1.0f;
             }
             o[j] = f32_to_bf16(x);
         }
     }
 }
 
-static int layer_sparse(const GenPreset* p, int l) {
-    if (p->experts == 0) return 0;
-    for (int i = 0; i < p->n_mlp_only; i++)
-        if (p->mlp_only[i] == l) return 0;
-    return 1; // decoder_sparse_step 1
+// The preset's family: its own, else qwen3 or qwen3_moe.
+static const ArchFamily* preset_family(const GenPreset* p) {
+    return arch_find(p->model_type ? p->model_type : p->experts ? "qwen3_moe" : "qwen3");
 }
 
-// The tensors in file order, seeded by their index (which fixes the dense presets' bytes).
+// The Config the preset's config.json describes, for the architecture table's shapes and parts.
+static Config* preset_config(const GenPreset* p) {
+    Config* c = xcalloc(1, sizeof(Config));
+    c->fam = preset_family(p);
+    if (p->layers > CONFIG_MAX_LAYERS) fail_input("gen: --layers %d is above %d", p->layers, CONFIG_MAX_LAYERS);
+    c->vocab_size = p->vocab, c->hidden_size = p->hidden, c->intermediate_size = p->inter;
+    c->num_layers = p->layers, c->num_heads = p->heads, c->num_kv_heads = p->kv_heads;
+    c->head_dim = p->head_dim;
+    c->num_experts = p->experts, c->top_k = p->top_k, c->moe_intermediate = p->moe_inter;
+    c->shared_inter = p->shared_inter;
+    c->lin_hk = p->lin_hk, c->lin_hv = p->lin_hv, c->lin_dk = p->lin_dk, c->lin_dv = p->lin_dv;
+    c->lin_conv = p->lin_conv;
+    for (int l = 0; l < p->layers; l++) {
+        int sparse = p->experts > 0; // decoder_sparse_step 1
+        for (int i = 0; i < p->n_mlp_only; i++) sparse &= p->mlp_only[i] != l;
+        c->sparse[l] = (char)sparse;
+        c->n_sparse += sparse;
+        c->linear[l] = c->fam->hybrid && (l + 1) % p->full_interval != 0;
+    }
+    return c;
+}
+
+// The order a layer's tensors are written in: the input norm, the token mixer (attention or Gated
+// DeltaNet), the post-attention norm, the MLP (dense, routed experts, shared expert); each phase in the
+// table's order. (This is the order the Qwen3 presets always had, which fixes their bytes.)
+static int row_phase(const ArchTensor* r, int first_norm) {
+    switch (r->part) {
+    case PART_LAYER:
+        return first_norm ? 0 : 2;
+    case PART_ATTN:
+    case PART_GDN:
+        return 1;
+    default:
+        return 3;
+    }
+}
+
+// The tensors in file order, seeded by their index (which fixes the dense presets' bytes), each
+// row of the family's table (arch.h) that the layer has.
 static GenTensor* tensor_list(const GenPreset* p, int* nt_out) {
-    int L = p->layers, D = p->hidden, I = p->inter, E = p->experts, Im = p->moe_inter;
-    int qd = p->heads * p->head_dim, kvd = p->kv_heads * p->head_dim;
-    size_t cap = 3;
-    for (int l = 0; l < L; l++) cap += layer_sparse(p, l) ? 9 + 3 * (size_t)E : 11;
+    Config* c = preset_config(p);
+    const ArchFamily* f = c->fam;
+    int L = p->layers, D = p->hidden, E = p->experts, Im = p->moe_inter;
+    size_t cap = 3 + (size_t)L * (f->n_tensors + 3 * (size_t)E);
     GenTensor* ts = xcalloc(cap, sizeof(GenTensor));
     int nt = 0;
-    // Dense presets keep Box-Muller normals; MoE presets (30 G elements) draw the cheaper kind.
-    int wk = E ? KIND_FAST : KIND_NORMAL;
+    // Dense Qwen3 presets keep Box-Muller normals; the larger ones (30 G elements) draw the cheaper kind.
+    int wk = E || f->hybrid ? KIND_FAST : KIND_NORMAL;
+    const char* P = f->prefix;
 #define ADD(R, C, K, S, LY, ...)                                                                               \
     do {                                                                                                       \
         GenTensor* t = &ts[nt++];                                                                              \
         snprintf(t->name, sizeof(t->name), __VA_ARGS__);                                                       \
         t->rows = R, t->cols = C, t->kind = K, t->std = S, t->layer = LY;                                      \
     } while (0)
-    ADD(p->vocab, D, wk, 0.05f, -1, "model.embed_tokens.weight");
+    ADD(p->vocab, D, wk, 0.05f, -1, "%sembed_tokens.weight", P);
     for (int l = 0; l < L; l++) {
-        float s_in = 1.0f / sqrtf((float)D), s_mid = 1.0f / sqrtf((float)I);
-        float s_o = 1.0f / sqrtf((float)qd) / sqrtf(2.0f * L);
-        ADD(D, 0, KIND_GAIN, 0, l, "model.layers.%d.input_layernorm.weight", l);
-        ADD(qd, D, wk, s_in, l, "model.layers.%d.self_attn.q_proj.weight", l);
-        ADD(kvd, D, wk, s_in, l, "model.layers.%d.self_attn.k_proj.weight", l);
-        ADD(kvd, D, wk, s_in, l, "model.layers.%d.self_attn.v_proj.weight", l);
-        ADD(D, qd, wk, s_o, l, "model.layers.%d.self_attn.o_proj.weight", l);
-        ADD(p->head_dim, 0, KIND_GAIN, 0, -2, "model.layers.%d.self_attn.q_norm.weight", l);
-        ADD(p->head_dim, 0, KIND_GAIN, 0, -2, "model.layers.%d.self_attn.k_norm.weight", l);
-        ADD(D, 0, KIND_GAIN, 0, l + 1, "model.layers.%d.post_attention_layernorm.weight", l);
-        if (layer_sparse(p, l)) {
-            // Router rows of the inputs' scale: logits of a few units, so the softmax over E is
-            // neither flat nor one-hot and tokens spread over the experts.
-            ADD(E, D, wk, s_in, l, "model.layers.%d.mlp.gate.weight", l);
-            float s_down = 1.0f / sqrtf((float)Im) / sqrtf(2.0f * L);
-            for (int e = 0; e < E; e++) {
-                ADD(Im, D, wk, s_in, l, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
-                ADD(Im, D, wk, s_in, l, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
-                ADD(D, Im, wk, s_down, l, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+        for (int ph = 0; ph < 4; ph++) {
+            int norms = 0;
+            for (int i = 0; i < f->n_tensors; i++) {
+                const ArchTensor* r = &f->tensors[i];
+                int first = r->part == PART_LAYER && norms++ == 0;
+                if (row_phase(r, first) != ph || !arch_layer_has(c, l, r->part)) continue;
+                if (r->layout == LAYOUT_EXPERTS) {
+                    float s_in = 1.0f / sqrtf((float)D), s_down = 1.0f / sqrtf((float)Im) / sqrtf(2.0f * L);
+                    const char* const* x = arch_expert_proj;
+                    for (int e = 0; e < E; e++) {
+                        ADD(Im, D, wk, s_in, l, "%slayers.%d.%s.%d.%s.weight", P, l, r->name, e, x[0]);
+                        ADD(Im, D, wk, s_in, l, "%slayers.%d.%s.%d.%s.weight", P, l, r->name, e, x[1]);
+                        ADD(D, Im, wk, s_down, l, "%slayers.%d.%s.%d.%s.weight", P, l, r->name, e, x[2]);
+                    }
+                    continue;
+                }
+                long rows = arch_dim(c, r->shape[0]);
+                if (r->layout == LAYOUT_CONV) {
+                    long k = arch_dim(c, r->shape[2]);
+                    ADD(rows, k, wk, 1.0f / sqrtf((float)k), l, "%slayers.%d.%s", P, l, r->name);
+                    ts[nt - 1].conv = 1;
+                } else if (r->ndim == 2) {
+                    // Linears, routers and the shared expert's gate: rows of the inputs' scale (a router's
+                    // logits of a few units, so tokens spread over the experts); a linear that writes the
+                    // residual stream is scaled down with depth.
+                    long in = arch_dim(c, r->shape[1]);
+                    float s = 1.0f / sqrtf((float)in);
+                    if (r->lin >= 0 && r->shape[0] == DIM_D) s = s / sqrtf(2.0f * L);
+                    ADD(rows, in, wk, s, l, "%slayers.%d.%s", P, l, r->name);
+                } else if (r->field == offsetof(LayerWeights, gdn_alog)) {
+                    ADD(rows, 0, KIND_ALOG, 0, -2, "%slayers.%d.%s", P, l, r->name);
+                } else {
+                    // Norm gains (and dt_bias, about 1): the layer's two norms carry its outlier channels.
+                    int tag = r->part == PART_LAYER ? (first ? l : l + 1) : -2;
+                    ADD(rows, 0, KIND_GAIN, 0, tag, "%slayers.%d.%s", P, l, r->name);
+                    ts[nt - 1].minus1 = r->plus1 && f->hybrid;
+                }
             }
-        } else {
-            ADD(I, D, wk, s_in, l, "model.layers.%d.mlp.gate_proj.weight", l);
-            ADD(I, D, wk, s_in, l, "model.layers.%d.mlp.up_proj.weight", l);
-            ADD(D, I, wk, s_mid / sqrtf(2.0f * L), l, "model.layers.%d.mlp.down_proj.weight", l);
         }
     }
-    ADD(D, 0, KIND_GAIN, 0, -2, "model.norm.weight");
+    ADD(D, 0, KIND_GAIN, 0, -2, "%snorm.weight", P);
+    ts[nt - 1].minus1 = f->hybrid;
     if (!p->tie) ADD(p->vocab, D, wk, 1.0f / sqrtf((float)D), -1, "lm_head.weight");
 #undef ADD
     for (int i = 0; i < nt; i++) {
         ts[i].nbytes = (size_t)ts[i].rows * (ts[i].cols ? ts[i].cols : 1) * 2;
         ts[i].seed = 1000003ull * (uint64_t)i; // + the run's seed, added by gen_checkpoint
     }
+    free(c);
     *nt_out = nt;
     return ts;
 }
@@ -201,7 +297,11 @@ static void write_shard(const char* path, const GenTensor* ts, int t0, int t1, c
     hl += snprintf(hdr + hl, cap - hl, "{\"__metadata__\":{\"format\":\"pt\"}");
     for (int i = t0; i < t1; i++) {
         const GenTensor* t = &ts[i];
-        if (t->cols)
+        if (t->conv)
+            hl += snprintf(hdr + hl, cap - hl,
+                           ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld,1,%ld],\"data_offsets\":[%zu,%zu]}",
+                           t->name, t->rows, t->cols, t->off, t->off + t->nbytes);
+        else if (t->cols)
             hl += snprintf(hdr + hl, cap - hl,
                            ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld,%ld],\"data_offsets\":[%zu,%zu]}",
                            t->name, t->rows, t->cols, t->off, t->off + t->nbytes);
@@ -250,12 +350,85 @@ static void write_shard(const char* path, const GenTensor* ts, int t0, int t1, c
     free(hdr);
 }
 
+// A hybrid family's config.json (README §2), as transformers 5.17's config classes save theirs: the
+// layer types spelled out, partial RoPE in rope_parameters, the shared expert's width.
+static json_t* hybrid_config(const GenPreset* p, const ArchFamily* f) {
+    static const struct {
+        const char *model_type, *arch;
+    } k_arch[] = {{"qwen3_next", "Qwen3NextForCausalLM"},
+                  {"qwen3_5_text", "Qwen3_5ForCausalLM"},
+                  {"qwen3_5_moe_text", "Qwen3_5MoeForCausalLM"}};
+    const char* arch = NULL;
+    for (size_t i = 0; i < sizeof(k_arch) / sizeof(k_arch[0]); i++)
+        if (!strcmp(k_arch[i].model_type, f->model_type)) arch = k_arch[i].arch;
+    if (!arch) fail_other("gen: no config writer for model_type %s", f->model_type);
+    json_t* j = json_object();
+    json_object_set_new(j, "architectures", json_pack("[s]", arch));
+    json_object_set_new(j, "model_type", json_string(f->model_type));
+    json_object_set_new(j, "vocab_size", json_integer(p->vocab));
+    json_object_set_new(j, "hidden_size", json_integer(p->hidden));
+    if (!f->all_sparse) json_object_set_new(j, "intermediate_size", json_integer(p->inter));
+    json_object_set_new(j, "num_hidden_layers", json_integer(p->layers));
+    json_object_set_new(j, "num_attention_heads", json_integer(p->heads));
+    json_object_set_new(j, "num_key_value_heads", json_integer(p->kv_heads));
+    json_object_set_new(j, "head_dim", json_integer(p->head_dim));
+    json_t* lt = json_array();
+    for (int l = 0; l < p->layers; l++)
+        json_array_append_new(lt,
+                              json_string((l + 1) % p->full_interval ? "linear_attention" : "full_attention"));
+    json_object_set_new(j, "layer_types", lt);
+    json_object_set_new(j, "full_attention_interval", json_integer(p->full_interval));
+    json_object_set_new(j, "linear_num_key_heads", json_integer(p->lin_hk));
+    json_object_set_new(j, "linear_num_value_heads", json_integer(p->lin_hv));
+    json_object_set_new(j, "linear_key_head_dim", json_integer(p->lin_dk));
+    json_object_set_new(j, "linear_value_head_dim", json_integer(p->lin_dv));
+    json_object_set_new(j, "linear_conv_kernel_dim", json_integer(p->lin_conv));
+    if (f->moe) {
+        json_object_set_new(j, "num_experts", json_integer(p->experts));
+        json_object_set_new(j, "num_experts_per_tok", json_integer(p->top_k));
+        json_object_set_new(j, "moe_intermediate_size", json_integer(p->moe_inter));
+        json_object_set_new(j, "shared_expert_intermediate_size", json_integer(p->shared_inter));
+        if (!f->always_renorm) json_object_set_new(j, "norm_topk_prob", json_true());
+        if (!f->all_sparse) {
+            json_object_set_new(j, "decoder_sparse_step", json_integer(1));
+            json_t* only = json_array();
+            for (int i = 0; i < p->n_mlp_only; i++) json_array_append_new(only, json_integer(p->mlp_only[i]));
+            json_object_set_new(j, "mlp_only_layers", only);
+        }
+        json_object_set_new(j, "output_router_logits", json_false());
+        json_object_set_new(j, "router_aux_loss_coef", json_real(0.001));
+    }
+    json_t* rp = json_pack("{s:s,s:f,s:f}", "rope_type", "default", "rope_theta", p->rope_theta,
+                           "partial_rotary_factor", p->partial_rotary);
+    if (p->mrope[0] + p->mrope[1] + p->mrope[2] > 0) {
+        json_object_set_new(rp, "mrope_section", json_pack("[i,i,i]", p->mrope[0], p->mrope[1], p->mrope[2]));
+        json_object_set_new(rp, "mrope_interleaved", json_true());
+    }
+    json_object_set_new(j, "rope_parameters", rp);
+    json_object_set_new(j, "partial_rotary_factor", json_real(p->partial_rotary));
+    json_object_set_new(j, "rms_norm_eps", json_real(1e-6));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(p->tie));
+    json_object_set_new(j, "bos_token_id", json_integer(p->vocab - 1));
+    json_object_set_new(j, "eos_token_id", json_integer(p->vocab - 1));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "attention_bias", json_false());
+    json_object_set_new(j, "max_position_embeddings", json_integer(p->max_pos));
+    json_object_set_new(j, "dtype", json_string("bfloat16"));
+    return j;
+}
+
 static void write_config(const char* dir, const GenPreset* p) {
     char* path = path_join(dir, "config.json");
     OutFile o;
     out_open(&o, path);
     int D = p->hidden, I = p->inter, L = p->layers;
-    if (!p->experts) {
+    const ArchFamily* f = preset_family(p);
+    if (f->hybrid) {
+        json_t* j = hybrid_config(p, f);
+        json_dumpf(j, o.f, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+        fputc('\n', o.f);
+        json_decref(j);
+    } else if (!p->experts) {
         fprintf(
             o.f,
             "{\n  \"architectures\": [\"Qwen3ForCausalLM\"],\n  \"model_type\": \"qwen3\",\n"

@@ -1,6 +1,6 @@
-// Seeded synthetic Qwen3 and Qwen3-MoE checkpoints in Hugging Face format (config.json +
-// model.safetensors, or shards + model.safetensors.index.json; bf16), for the demo, tests and
-// benchmarks.
+// Seeded synthetic checkpoints of any family of the architecture table (engine/arch.h) in Hugging
+// Face format (config.json + model.safetensors, or shards + model.safetensors.index.json; bf16), for
+// the demo, tests and benchmarks.
 #pragma once
 #include <stdint.h>
 
@@ -17,10 +17,20 @@ typedef struct {
     // Largest shard in MiB (model-0000k-of-0000n.safetensors + index, as Hugging Face shards);
     // 0: one model.safetensors.
     int shard_mib;
+    // The family (arch.h); NULL: qwen3, or qwen3_moe with experts. The fields below are the hybrid
+    // families' (README §2): Gated DeltaNet heads and widths, every full_interval-th layer full
+    // attention, the shared expert's width, RoPE on partial_rotary of each head.
+    const char* model_type;
+    int lin_hk, lin_hv, lin_dk, lin_dv, lin_conv;
+    int full_interval, shared_inter;
+    double rope_theta, partial_rotary;
+    int mrope[3]; // mrope_section, all 0: none written
+    int max_pos;
 } GenPreset;
 
 // "tiny" (demo), "0.6b", "8b" (Qwen3 shapes), "moe-small" (tests), "30b-a3b" (the Qwen3-30B-A3B
-// shape); NULL when unknown.
+// shape), "qwen3.5-27b", "qwen3.5-35b-a3b", "qwen3-next-80b-a3b" (the hybrid shapes); NULL when
+// unknown.
 const GenPreset* gen_preset(const char* name);
 // The preset names, comma-separated, for messages.
 const char* gen_preset_names(void);

@@ -105,8 +105,8 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     require_utf8(a->cmd, "--disabled-layers", j->disabled_csv);
 }
 
-// The hybrid families (Gated DeltaNet layers) run on the CPU engine with RTN only for now (README
-// "Not done yet"): --device cuda and --quantizer gptq are refused, --device auto scores on the CPU.
+// The hybrid families (Gated DeltaNet layers) run on the CPU engine only for now (README "Not done
+// yet"): --device cuda is refused, --device auto scores on the CPU (GPTQ's passes too).
 static void hybrid_check(ScoreJob* j, int want_gpu) {
     static Config c; // ~12 KiB: read before the model is loaded one way or the other
     config_load(&c, j->model_dir);
@@ -114,10 +114,6 @@ static void hybrid_check(ScoreJob* j, int want_gpu) {
     if (want_gpu)
         fail_input("--device cuda: %s (%s) has Gated DeltaNet layers, which the CUDA engine does not run yet; "
                    "use --device cpu",
-                   j->model_dir, c.model_type);
-    if (j->quant.kind == QUANTIZER_GPTQ)
-        fail_input("--quantizer gptq: %s (%s) has Gated DeltaNet layers, which GPTQ does not handle yet; use "
-                   "--quantizer rtn",
                    j->model_dir, c.model_type);
     if (gpu_device_count() > 0)
         warn_msg(

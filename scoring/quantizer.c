@@ -35,10 +35,7 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const 
     if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
         fail_input("%s: --device must be auto, cpu or cuda (got '%s')", cmd, dev);
     int want = dev && strcmp(dev, "cuda") == 0;
-    // The hybrid families (Gated DeltaNet layers): the CPU with RTN only for now (README "Not done yet").
-    if (c->fam->hybrid && q->kind == QUANTIZER_GPTQ)
-        fail_input("%s: --quantizer gptq: %s (%s) has Gated DeltaNet layers, which GPTQ does not handle yet",
-                   cmd, dir, c->model_type);
+    // The hybrid families (Gated DeltaNet layers) run on the CPU engine only (README "Not done yet").
     if (want && c->fam->hybrid)
         fail_input(
             "%s: --device cuda: %s (%s) has Gated DeltaNet layers, which the CUDA engine does not run yet", cmd,
@@ -46,7 +43,7 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const 
     if (want && gpu_device_count() == 0) fail_input("%s: --device cuda: no CUDA device found", cmd);
     if (want && c->n_sparse) fail_input("%s: --device cuda: %s has mixture-of-experts layers", cmd, dir);
     q->use_gpu = q->kind == QUANTIZER_GPTQ && !(dev && strcmp(dev, "cpu") == 0) && gpu_device_count() > 0 &&
-                 !c->n_sparse;
+                 !c->n_sparse && !c->fam->hybrid;
 }
 
 const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }
@@ -63,13 +60,28 @@ typedef struct {
     Hessian* h; // (n); xtx NULL where no linear reads the site (a sparse layer's dense down)
 } LayerHessians;
 
+// Linears that read the same input share a site (README §9): q/k/v and the Gated DeltaNet's input
+// projections the normed hidden state, o_proj the (gated) attention output, out_proj the gated norm's
+// output (a layer has one of the two), gate/up and the shared expert's gate/up the MLP input, down_proj
+// or the shared expert's down its SwiGLU (a layer has one of the two).
 int linear_site(const Model* m, int i) {
     const Linear* l = &m->linears[i];
     if (l->expert >= 0 && l->kind == LIN_DOWN) return SITES + l->expert;
-    return l->kind == LIN_O      ? SITE_O
-           : l->kind == LIN_DOWN ? SITE_DOWN
-           : l->kind >= LIN_GATE ? SITE_MLP
-                                 : SITE_ATTN;
+    switch (l->kind) {
+    case LIN_O:
+    case LIN_GDN_OUT:
+        return SITE_O;
+    case LIN_DOWN:
+    case LIN_SH_DOWN:
+        return SITE_DOWN;
+    case LIN_GATE:
+    case LIN_UP:
+    case LIN_SH_GATE:
+    case LIN_SH_UP:
+        return SITE_MLP;
+    default:
+        return SITE_ATTN;
+    }
 }
 
 int hessian_site(const Model* m, int linear) {
@@ -89,12 +101,26 @@ int site_width(const Model* m, int site) {
                                : c->hidden_size;
 }
 
+// The first linear of layer l that reads `site` (below SITES; -1 when none does): its input is the
+// site's (model_linear_input), and its width the site's, whatever part of the layer it belongs to (the
+// experts' gate and up read the MLP input; their down_proj have sites of their own, past SITES).
+static int site_linear(const Model* m, int l, int site) {
+    for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
+        if (linear_site(m, i) == site) return i;
+    return -1;
+}
+
+// A Hessian for each site some linear of the layer reads (a sparse layer's SITE_DOWN only with a
+// shared expert).
 static void layer_hessians_init(LayerHessians* lh, const Model* m, int l) {
     int sparse = model_layer_sparse(m, l);
     lh->n = SITES + (sparse ? m->c.num_experts : 0);
     lh->h = xcalloc(lh->n, sizeof(Hessian));
-    for (int site = 0; site < lh->n; site++)
-        if (!(sparse && site == SITE_DOWN)) hessian_init(&lh->h[site], site_width(m, site));
+    for (int site = 0; site < SITES; site++) {
+        int i = site_linear(m, l, site);
+        if (i >= 0) hessian_init(&lh->h[site], m->linears[i].in);
+    }
+    for (int site = SITES; site < lh->n; site++) hessian_init(&lh->h[site], m->c.moe_intermediate);
 }
 
 static void layer_hessians_free(LayerHessians* lh) {
@@ -103,9 +129,12 @@ static void layer_hessians_free(LayerHessians* lh) {
 }
 
 static size_t layer_hessian_bytes(const Model* m, int l) {
-    size_t b = 0;
-    int n = SITES + (model_layer_sparse(m, l) ? m->c.num_experts : 0);
-    for (int site = 0; site < n; site++) b += sizeof(float) * site_width(m, site) * site_width(m, site);
+    size_t b = 0, n = m->c.moe_intermediate;
+    for (int site = 0; site < SITES; site++) {
+        int i = site_linear(m, l, site);
+        if (i >= 0) b += sizeof(float) * m->linears[i].in * m->linears[i].in;
+    }
+    if (model_layer_sparse(m, l)) b += sizeof(float) * n * n * m->c.num_experts;
     return b;
 }
 
@@ -115,7 +144,8 @@ static size_t layer_hessian_bytes(const Model* m, int l) {
 static void layer_hessians_add(LayerHessians* lh, const Model* m, const RunState* s, int l) {
     int T = s->T;
     for (int site = 0; site < SITES; site++)
-        if (lh->h[site].xtx) hessian_add(&lh->h[site], site_input(s, l, site), T);
+        if (lh->h[site].xtx)
+            hessian_add(&lh->h[site], model_linear_input(s, &m->linears[site_linear(m, l, site)]), T);
     if (lh->n == SITES) return;
     int I = m->c.moe_intermediate, D = m->c.hidden_size;
     float *g = xmalloc(sizeof(float) * T * I), *u = xmalloc(sizeof(float) * T * I);
@@ -133,7 +163,7 @@ static void gptq_layer(float** out, const Model* m, int l, const LayerHessians* 
                        const int* want, const Quantizer* q, Progress* p) {
     float* h = NULL;
     for (int site = 0; site < lh->n; site++) {
-        int n = site_width(m, site), have = 0;
+        int n = lh->h[site].n, have = 0;
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
             if (want[i] < 0 || linear_site(m, i) != site) continue;
             const Linear* lin = &m->linears[i];

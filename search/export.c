@@ -7,6 +7,7 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "../engine/arch.h"
 #include "../engine/util.h"
 #include "../scoring/groups.h"
 #include "../kernels/gptq.h"
@@ -141,8 +142,8 @@ char* recipe_regex_name(const char* name) {
 // there are more than 512 of them (hours for a model with thousands of experts).
 static int experts_group(const ScoreTable* t, int g) {
     const char* name = t->gname[g];
-    size_t n = strlen(name);
-    if (n < 12 || strcmp(name + n - 12, ".mlp.experts") != 0) return 0;
+    size_t n = strlen(name), k = strlen(ARCH_EXPERTS_GROUP);
+    if (n < k || strcmp(name + n - k, ARCH_EXPERTS_GROUP) != 0) return 0;
     const char* m = t->gmembers[g];
     while (*m) {
         if (strncmp(m, name, n) != 0 || m[n] != '.') return 0;
@@ -152,9 +153,10 @@ static int experts_group(const ScoreTable* t, int g) {
         if (p == digits || *p != '.') return 0;
         p++;
         size_t len = strcspn(p, ",");
-        if (!((len == 9 && !strncmp(p, "gate_proj", 9)) || (len == 7 && !strncmp(p, "up_proj", 7)) ||
-              (len == 9 && !strncmp(p, "down_proj", 9))))
-            return 0;
+        int known = 0;
+        for (int x = 0; x < 3; x++)
+            known |= len == strlen(arch_expert_proj[x]) && !strncmp(p, arch_expert_proj[x], len);
+        if (!known) return 0;
         m = p + len + (p[len] == ',');
     }
     return 1;
@@ -311,21 +313,26 @@ static void yaml_config_groups(Yaml* y, const ScoreTable* t, const Solution* s, 
     y_map_end(y);
 }
 
-// Whether the scores hold a mixture-of-experts layer (its experts group): routers must then be
-// left alone explicitly, since both tools would otherwise quantize a router that is an nn.Linear.
-static int has_experts(const ScoreTable* t) {
+// Whether the scores hold a group whose name ends with `tail` (a layer's experts group) or holds `part`
+// (a shared expert's group): routers and shared-expert gates must then be left alone explicitly, since both
+// tools would otherwise quantize these nn.Linear modules (README §5).
+static int has_group(const ScoreTable* t, const char* tail, const char* part) {
     for (int g = 0; g < t->ng; g++) {
-        size_t n = strlen(t->gname[g]);
-        if (n >= 12 && strcmp(t->gname[g] + n - 12, ".mlp.experts") == 0) return 1;
+        size_t n = strlen(t->gname[g]), k = tail ? strlen(tail) : 0;
+        if (tail && n >= k && strcmp(t->gname[g] + n - k, tail) == 0) return 1;
+        if (part && strstr(t->gname[g], part)) return 1;
     }
     return 0;
 }
+static int has_experts(const ScoreTable* t) { return has_group(t, ARCH_EXPERTS_GROUP, NULL); }
+static int has_shared_expert(const ScoreTable* t) { return has_group(t, NULL, ARCH_SHARED_EXPERT "."); }
 
 static void yaml_ignore(Yaml* y, const ScoreTable* t, const Solution* s) {
     y_key(y, "ignore");
     y_seq(y, 0);
     y_str(y, "lm_head", YAML_PLAIN_SCALAR_STYLE);
     if (has_experts(t)) y_str(y, "re:.*mlp\\.gate$", YAML_PLAIN_SCALAR_STYLE); // routers (README §5)
+    if (has_shared_expert(t)) y_str(y, "re:.*mlp\\.shared_expert_gate$", YAML_PLAIN_SCALAR_STYLE);
     Patterns dis; // split and trimmed exactly as scoring matched them
     patterns_parse(&dis, t->disabled_csv);
     for (int i = 0; i < dis.n; i++) y_re(y, recipe_regex_glob(dis.pat[i]));
@@ -580,6 +587,8 @@ void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, co
     json_object_set_new(qc, "*embed_tokens*", json_pack("{s:b}", "enable", 0));
     // Routers are never quantized; "*mlp.gate.*" leaves mlp.gate_proj (a dense MLP) alone.
     if (has_experts(t)) json_object_set_new(qc, "*mlp.gate.*", json_pack("{s:b}", "enable", 0));
+    if (has_shared_expert(t))
+        json_object_set_new(qc, "*" ARCH_SHARED_GATE ".*", json_pack("{s:b}", "enable", 0));
     for (int f = 0; f < t->nf; f++) {
         if (f == main_f || !used[f]) continue;
         MoCtx m = {qc, &fmts[f]};

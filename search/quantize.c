@@ -221,8 +221,8 @@ static const char* ct_format(const Format* f) {
 // Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
 static int fused_experts(const StTensor* t) {
     size_t n = strlen(t->name);
-    const char* a = ".mlp.experts.gate_up_proj";
-    const char* b = ".mlp.experts.down_proj";
+    const char* a = ARCH_EXPERTS_GROUP ".gate_up_proj";
+    const char* b = ARCH_EXPERTS_GROUP ".down_proj";
     return t->ndim == 3 && ((n > strlen(a) && !strcmp(t->name + n - strlen(a), a)) ||
                             (n > strlen(b) && !strcmp(t->name + n - strlen(b), b)));
 }
@@ -326,7 +326,8 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
         json_object_set_new(groups, name, g);
     }
     // in module order, as compressed-tensors lists the linears it left alone: each layer's bf16 linears
-    // (a sparse layer's experts, then its router), lm_head last
+    // (a sparse layer's experts, then its router and the shared expert's gate, nn.Linear modules that are
+    // never candidates, README §5), lm_head last
     json_t* ignore = json_array();
     // a vision tower (never loaded, so its linears' names are unknown here) as one pattern, where
     // llm-compressor lists its linears by name: the same modules
@@ -335,11 +336,12 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
             if (z->choice[i] < 0) json_array_append_new(ignore, json_string(m->linears[i].name));
         if (!model_layer_sparse(m, l)) continue;
-        const char* e = m->linears[model_lin(m, l, LIN_GATE, 0)].name;
-        const char* cut = strstr(e, ".experts.");
-        char router[200];
-        snprintf(router, sizeof(router), "%.*s.gate", (int)(cut ? cut - e : 0), e);
-        json_array_append_new(ignore, json_string(router));
+        char name[200];
+        snprintf(name, sizeof(name), "%.32slayers.%d" ARCH_ROUTER, m->c.prefix, l);
+        json_array_append_new(ignore, json_string(name));
+        if (!m->c.shared_inter) continue;
+        snprintf(name, sizeof(name), "%.32slayers.%d" ARCH_SHARED_GATE, m->c.prefix, l);
+        json_array_append_new(ignore, json_string(name));
     }
     json_array_append_new(ignore, json_string("lm_head"));
     return json_pack("{s:o,s:s,s:n,s:o,s:n,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",

@@ -121,14 +121,72 @@ assert 'mtp.fc.weight' in h and 'model.layers.0.linear_attn.conv1d.weight' in h
 assert any(k.endswith('in_proj_qkvz.weight_scale') or k.endswith('shared_expert.gate_proj.weight_scale') for k in h)
 " && pass "quantize: Qwen3-Next compressed-tensors checkpoint with mtp.* kept" || fail "quantize qwen3_next"
 
-# refusals: the CUDA engine and GPTQ do not run these models yet
+# quantize writes compressed-tensors as llm-compressor saves these models (names as the checkpoint stores
+# them, routers and shared-expert gates in the ignore list): loaded by transformers 5.17 + compressed-tensors
+# with no missing or unexpected keys, logits within 1e-3 of eval --recipe, RTN and GPTQ
+# (tests/ref/check_quantize_hybrid.py: bf16 experts fused as transformers 5 holds them, the only change).
+cat >"$tmp/w4ch.json" <<'J'
+{"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
+ "algorithm": "max"}
+J
+pairs=()
+for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-tiny:qwen3_next_tiny; do
+    d=$F/${m%%:*} s=$F/${m##*:} n=${m##*:}
+    $AQ score $d --data ${s}_ids.npy --method kl --format "$tmp/w4ch.json" --disabled-layers '*lm_head*,*visual*,*mlp.experts*' \
+        --out "$tmp/$n.h5" >/dev/null 2>&1 && $AQ search --scores "$tmp/$n.h5" --budget 5 --out "$tmp/$n.r.json" >/dev/null 2>&1 &&
+        for qz in rtn gptq; do
+            $AQ quantize $d --recipe "$tmp/$n.r.json" --quantizer $qz --data ${s}_ids.npy --out "$tmp/$n.$qz.q" >/dev/null 2>&1 &&
+                $AQ eval $d --data ${s}_ids.npy --recipe "$tmp/$n.r.json" --quantizer $qz --logits "$tmp/$n.$qz.npy" >/dev/null 2>&1 &&
+                pairs+=("$tmp/$n.$qz.q:$tmp/$n.$qz.npy") || fail "quantize --quantizer $qz ${m%%:*}"
+        done
+    python3 -c "
+import json
+q = json.load(open('$tmp/$n.rtn.q/config.json'))['quantization_config']
+ig = q['ignore']
+for l in (0, 2):
+    pre = '$d'.endswith('moe-tiny') and 'model.language_model.' or 'model.'
+    if '$n' != 'qwen3_5_tiny':
+        assert pre + 'layers.%d.mlp.gate' % l in ig and pre + 'layers.%d.mlp.shared_expert_gate' % l in ig, ig
+" && pass "quantize ${m%%:*}: routers and shared-expert gates in the ignore list" || fail "quantize ${m%%:*} ignore list"
+    out=$(python3 tests/ref/check_quantize_hybrid.py ${s}_ids.npy "${pairs[@]}" 2>/dev/null | grep '^ok\|^BAD\|missing')
+    case $? in
+    0) if grep -q BAD <<<"$out"; then fail "quantize ${m%%:*} in transformers: $out"; else pass "quantize ${m%%:*} (rtn, gptq) loads in transformers + compressed-tensors, logits as eval --recipe: $(echo $out | grep -o 'dlogit| [^ ,]*' | tr '\n' ' ')"; fi ;;
+    *) if python3 -c "import compressed_tensors, transformers" 2>/dev/null; then fail "quantize ${m%%:*} in transformers: $out"; else echo "SKIP $SUITE: quantize ${m%%:*} in transformers: packages missing"; fi ;;
+    esac
+    pairs=()
+done
+
+# refusals: the CUDA engine does not run these models yet
 expect "score --device cuda refused" "Gated DeltaNet layers, which the CUDA engine does not run yet" \
     $AQ score $q35 --data $F/qwen3_5_tiny_ids.npy --method kl --device cuda
-expect "score --quantizer gptq refused" "which GPTQ does not handle yet" \
-    $AQ score $q35 --data $F/qwen3_5_tiny_ids.npy --method kl --quantizer gptq
-expect "eval --quantizer gptq refused" "which GPTQ does not handle yet" \
-    $AQ eval $nxt --data $F/qwen3_next_tiny_ids.npy --format w4a8 --quantizer gptq
 
+# GPTQ (README §9): the Gated DeltaNet's input projections read the normed hidden state (the attention's
+# site), out_proj the gated norm's output, the gated o_proj the gated attention output, the shared expert
+# the MLP input and its own SwiGLU. Deployed W4A8 with GPTQ beats round-to-nearest's KL on each fixture,
+# in both pipelines, and the scores and quantize run with it.
+for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-tiny:qwen3_next_tiny; do
+    d=$F/${m%%:*} s=$F/${m##*:}
+    $AQ eval $d --data ${s}_ids.npy --format w4a8 --json >"$tmp/rtn.json" 2>/dev/null
+    $AQ eval $d --data ${s}_ids.npy --format w4a8 --quantizer gptq --json >"$tmp/gs.json" 2>/dev/null
+    $AQ eval $d --data ${s}_ids.npy --format w4a8 --quantizer gptq --gptq-pipeline basic --json >"$tmp/gb.json" 2>/dev/null
+    python3 -c "
+import json
+r, s, b = (json.load(open('$tmp/%s.json' % n)) for n in ('rtn', 'gs', 'gb'))
+k = lambda e: e['kl']
+print('  ${m%%:*}: KL rtn %.3f, gptq sequential %.3f, basic %.3f' % (k(r), k(s), k(b)))
+assert k(s) < 0.8 * k(r) and k(b) < 0.8 * k(r)
+" && pass "gptq ${m%%:*}: deployed W4A8 KL below RTN's (sequential and basic)" || fail "gptq ${m%%:*} eval: $(head -c 300 "$tmp/gs.json")"
+    for meth in kl gradient; do
+        $AQ score $d --data ${s}_ids.npy --method $meth --quantizer gptq --format w4a8,w8a8 --json "$tmp/gq.json" >/dev/null 2>"$tmp/err" &&
+            python3 -c "
+import json, math
+j = json.load(open('$tmp/gq.json'))
+assert j['quantizer'] == 'gptq' if 'quantizer' in j else True
+v = [x for g in j['groups'] for x in g['scores'].values()]
+assert all(math.isfinite(x) and x >= 0 for x in v) and sum(v) > 0
+" && pass "gptq ${m%%:*}: $meth scores" || fail "gptq ${m%%:*} $meth scores: $(tail -2 "$tmp/err")"
+    done
+done
 # bad configs and checkpoints: exit 2 naming the field or the tensor
 edit() { # edit NAME SRC PYTHON: a copy of SRC with config.json changed by PYTHON (c is the dict)
     mkdir -p "$tmp/$1" && cp "$2/model.safetensors" "$tmp/$1/" &&
@@ -164,3 +222,41 @@ assert json.load(sys.stdin)['hybrid']['layer_types'] == ['linear_attention', 'fu
 " && pass "full_attention_interval gives the layer types" || fail "full_attention_interval"
 edit kdim $nxt "t['linear_key_head_dim'] = 8"
 expect "fused in_proj_qkvz of another shape" "in_proj_qkvz.weight' has shape [128, 64] but config.json implies [96, 64]" $AQ info "$tmp/kdim"
+
+# gen: the hybrid presets walk the architecture table. The small ones (every tensor kind) hold exactly the
+# tensor names of the committed transformers fixture of their family (layer and expert indices aside), are
+# read by autoq, and load in transformers 5.17 with logits equal to autoq's (tests/ref/check_gen_hybrid.py).
+for m in qwen3.5-small:qwen3_5-tiny qwen3.5-moe-small:qwen3_5-moe-tiny qwen3-next-small:qwen3-next-tiny; do
+    pr=${m%%:*} fx=$F/${m##*:}
+    $AQ gen "$tmp/g_$pr" --preset $pr --ids "$tmp/g_$pr.npy" --num-samples 2 --seq-len 32 >/dev/null 2>&1 &&
+        python3 - "$tmp/g_$pr/model.safetensors" "$fx/model.safetensors" <<'PY' && pass "gen $pr: the tensors of its family's fixture" || fail "gen $pr tensors"
+import json, re, struct, sys
+def names(p):
+    f = open(p, "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); h.pop("__metadata__", None)
+    out = set()
+    for k, v in h.items():
+        if k.startswith(("mtp.", "model.visual.")): continue
+        k = re.sub(r"\.(layers|experts)\.[0-9]+\.", r".\1.N.", k.replace("model.language_model.", "model."))
+        out.add((k, len(v["shape"])))
+    return out
+a, b = names(sys.argv[1]), names(sys.argv[2])
+assert a == b, (sorted(a - b), sorted(b - a))
+PY
+    $AQ eval "$tmp/g_$pr" --data "$tmp/g_$pr.npy" --device cpu --logits "$tmp/g_$pr.l.npy" >/dev/null 2>"$tmp/err" || fail "gen $pr: eval: $(tail -2 "$tmp/err")"
+    python3 tests/ref/check_gen_hybrid.py "$tmp/g_$pr" "$tmp/g_$pr.npy" "$tmp/g_$pr.l.npy" >"$tmp/out" 2>&1
+    case $? in
+    0) pass "gen $pr: loads in transformers, logits equal autoq's ($(grep -o 'max |logit difference| [^ ]*' "$tmp/out"))" ;;
+    77) echo "SKIP $SUITE: gen $pr in transformers: $(tail -1 "$tmp/out")" ;;
+    *) fail "gen $pr in transformers: $(tail -3 "$tmp/out")" ;;
+    esac
+done
+$AQ gen "$tmp/g_l1" --preset qwen3-next-small --layers 2 >/dev/null 2>&1 && $AQ info "$tmp/g_l1" --json 2>/dev/null | python3 -c "
+import json, sys
+j = json.load(sys.stdin)
+assert j['hybrid']['layer_types'] == ['linear_attention'] * 2, j['hybrid']
+assert json.load(open('$tmp/g_l1/config.json'))['mlp_only_layers'] == [1]
+" && pass "gen --layers on a hybrid preset: layer_types and mlp_only_layers follow" ||
+    fail "gen --layers hybrid: $(head -c 600 "$tmp/g_l1/config.json")"
+# The large presets are refused before a byte is written where they do not fit (Qwen3-Next-80B-A3B's 48
+# layers at 1000 layers: far beyond any disk), naming the size.
+expect "gen: qwen3-next-80b-a3b at 1000 layers does not fit" "but its file system has" $AQ gen "$tmp/big" --preset qwen3-next-80b-a3b --layers 1000

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Hybrid-family scoring (issue 26) on one GPU, in one call of at most 10 minutes:
+#  1. accuracy: autoq's GPU scores (both --gpu-gemm modes) against float32 PyTorch (TF32 off) per group on
+#     a 4-layer model of the Qwen3.5-35B-A3B shape (3 Gated DeltaNet layers, 1 gated full attention, every
+#     layer 256 experts + a shared expert);
+#  2. speed: the Qwen3.5-35B-A3B shape (`autoq gen --preset qwen3.5-35b-a3b`: 40 layers, 67 GiB of bf16,
+#     written into /dev/shm), autoq (gradient over N windows of 512 tokens, kl over KL_N and over KL_N2
+#     windows) against plain PyTorch + transformers 5.17 (bench/torch_hybrid_scores.py, bf16:
+#     flash-linear-attention's kernels when fla imports, grouped_mm experts, SDPA, kl with prefix reuse at
+#     its fastest batch on PT_KL_GROUPS groups (0: all) x PT_KL_N windows, extrapolated to all groups x
+#     KL_N, gradient at its largest batch that fits).
+# Then one table and the accuracy summary (bench/moe_report.py), each step's time and peak memory.
+#   AQ=path/to/autoq PY=python3 FLA_WHL=path/to/fla_core-0.6.0-py3-none-any.whl bash bench/hybrid_bench.sh OUTDIR
+# Environment: FLA_WHL, the fla-core wheel (and einops', space-separated), installed with pip --no-deps when
+# fla does not import (fla needs einops and triton); BUDGET seconds for the whole run (570); WORK checkpoint folder (/dev/shm/autoq-hybrid
+# when it has room for 70 GiB, else /tmp/autoq-hybrid); N (128), KL_N (16), KL_N2 (128), PT_KL_N (KL_N),
+# PT_KL_GROUPS (0: all), ACC_N (8) windows; PT_BATCH largest PyTorch gradient batch tried (4; 8 on cards
+# over 100 GB); LAYERS (the preset's) to bench fewer layers; for a dry run on a machine without a GPU:
+# DEVICE=cpu PRESET=qwen3.5-moe-small.
+set -u
+out=${1:?usage: AQ=path/to/autoq PY=python3 bash bench/hybrid_bench.sh OUTDIR}
+AQ=${AQ:?set AQ to the autoq binary}
+PY=${PY:-python3}
+budget=${BUDGET:-570}
+n=${N:-128}
+kl_n=${KL_N:-16}
+pt_kl_n=${PT_KL_N:-$kl_n}
+pt_kl_groups=${PT_KL_GROUPS:-0}
+acc_n=${ACC_N:-8}
+dev=${DEVICE:-cuda}
+kl_n2=${KL_N2:-128}
+preset=${PRESET:-qwen3.5-35b-a3b}
+layers=${LAYERS:+--layers $LAYERS}
+bench=$(cd "$(dirname "$0")" && pwd)
+t_start=$(date +%s)
+mkdir -p "$out" || exit 2
+# Only this script's files, so that a step that fails leaves no stale result for the report.
+for f in acc_gen gen torch acc_torch gradient_autoq kl_autoq kl_autoq_all gradient_torch kl_torch acc_gradient_torch acc_kl_torch \
+    acc_{gradient,kl}_autoq_{bf16,bf16x2}; do
+    rm -f "$out/$f.json" "$out/$f.log" "$out/$f.wall"
+done
+
+if [ -z "${WORK:-}" ]; then
+    free_gib=$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)
+    free_gib=$(( ${free_gib:-0} / 1048576 ))
+    if [ "$free_gib" -ge 70 ] || [ "$preset" != qwen3.5-35b-a3b ]; then WORK=/dev/shm/autoq-hybrid; else WORK=/tmp/autoq-hybrid; fi
+fi
+work=$WORK
+mkdir -p "$work" || exit 2
+if [ "$dev" = cuda ]; then
+    gpu_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1
+    pt_batch=${PT_BATCH:-$([ "${gpu_gib:-0}" -gt 100000 ] && echo 8 || echo 4)}
+else
+    pt_batch=${PT_BATCH:-4}
+fi
+# flash-linear-attention's kernels for the PyTorch baseline (transformers uses them when fla imports)
+if ! $PY -c "import fla" >/dev/null 2>&1 && [ -n "${FLA_WHL:-}" ]; then
+    # shellcheck disable=SC2086  # FLA_WHL may list several wheels (fla-core and einops, which fla imports)
+    $PY -m pip install --no-deps -q $FLA_WHL >"$out/fla_install.log" 2>&1 || tail -2 "$out/fla_install.log"
+fi
+echo "== fla: $($PY -c 'import fla; print("fla", fla.__version__, "imports")' 2>&1 | tail -1)"
+echo "== work folder $work ($(df -h --output=avail "$work" | tail -1 | tr -d ' ') free), budget ${budget}s," \
+    "$(nproc) cores, python $($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tail -1)"
+
+left() { echo $((budget - ($(date +%s) - t_start))); }
+# step NAME CAP CMD...: CMD under a time-out of CAP seconds or what is left of the budget, less 15 s
+# for the report; stdout (dropped when QUIET_STDOUT=1) and stderr to OUTDIR/NAME.log, wall seconds to
+# OUTDIR/NAME.wall. CMD runs directly under timeout, so a time-out ends CMD itself.
+step() {
+    local name=$1 cap=$2 t
+    shift 2
+    t=$(($(left) - 15))
+    [ "$t" -gt "$cap" ] && t=$cap
+    if [ "$t" -lt 10 ]; then
+        echo "   $name: skipped, the time budget is spent"
+        return 1
+    fi
+    local t0 rc
+    t0=$(date +%s.%N)
+    if [ "${QUIET_STDOUT:-0}" = 1 ]; then
+        timeout -k 5 "$t" "$@" 2>"$out/$name.log" >/dev/null
+    else
+        timeout -k 5 "$t" "$@" >"$out/$name.log" 2>&1
+    fi
+    rc=$?
+    $PY -c "print(round($(date +%s.%N) - $t0, 1))" >"$out/$name.wall"
+    if [ $rc -ne 0 ]; then
+        echo "   $name: exit $rc$([ $rc -eq 124 ] && echo " (time-out after ${t}s)"); last lines of $out/$name.log:"
+        tail -3 "$out/$name.log" | cut -c1-300 | sed 's/^/      /'
+    else
+        echo "   $name: $(cat "$out/$name.wall") s"
+    fi
+    return $rc
+}
+# autoq scores to OUTDIR/NAME.json; its table (stdout) is dropped, its stderr kept in NAME.log
+aq_score() { # NAME CAP MODEL IDS METHOD ARGS...
+    local name=$1 cap=$2 m=$3 ids=$4 method=$5
+    shift 5
+    QUIET_STDOUT=1 step "$name" "$cap" "$AQ" score "$m" --data "$ids" --method "$method" --device "$dev" \
+        --json "$out/$name.json" "$@"
+}
+
+# 1. Accuracy: a 4-layer model of the same shape, autoq on the GPU against float32 PyTorch (ACCURACY=0
+# skips it).
+acc=$work/acc4
+if [ "${ACCURACY:-1}" != 0 ]; then
+    echo "== accuracy: $preset shape, 4 layers, $acc_n x 512 tokens, autoq against PyTorch float32"
+    step acc_gen 120 "$AQ" gen "$acc" --preset "$preset" --layers 4 --seed 1 --ids "$work/acc_ids.npy" \
+        --num-samples "$acc_n" --seq-len 512
+    for method in gradient kl; do
+        for g in bf16 bf16x2; do
+            aq_score "acc_${method}_autoq_$g" 90 "$acc" "$work/acc_ids.npy" $method --gpu-gemm $g
+        done
+    done
+    step acc_torch 180 "$PY" "$bench/torch_hybrid_scores.py" "$acc" "$work/acc_ids.npy" --method gradient,kl \
+        --dtype float32 --device "$dev" --batch-size 4 --kl-batch-size 4 --out "$out/acc_{method}_torch.json"
+    grep -h "^(b)" "$out/acc_torch.log" | cut -c1-300 | sed 's/^/   /'
+    rm -rf "$acc" "$work/acc_ids.npy"
+fi
+
+# 2. Speed: the full shape.
+m=$work/$preset
+echo "== speed: $preset shape, windows of 512 tokens, gradient $n windows, kl $kl_n windows"
+step gen 150 "$AQ" gen "$m" --preset "$preset" $layers --seed 1 --ids "$work/ids.npy" --num-samples "$n" --seq-len 512 &&
+    grep -h "gen: wrote $m " "$out/gen.log" | sed 's/^/   /'
+aq_score gradient_autoq 180 "$m" "$work/ids.npy" gradient --gpu-gemm bf16
+aq_score kl_autoq 150 "$m" "$work/ids.npy" kl --num-samples "$kl_n"
+aq_score kl_autoq_all 300 "$m" "$work/ids.npy" kl --num-samples "$kl_n2"
+grep -h "tokens/s\|GPU memory" "$out/gradient_autoq.log" "$out/kl_autoq.log" "$out/kl_autoq_all.log" 2>/dev/null | sed 's/^/   /'
+# PyTorch: one load for both methods; kl first (prefix reuse, its fastest batch), then the gradient until
+# the budget ends.
+tl=$(($(left) - 45)) # its own deadline, before the time-out: it writes what it measured
+[ "$tl" -lt 1 ] && tl=1
+step torch 100000 "$PY" "$bench/torch_hybrid_scores.py" "$m" "$work/ids.npy" --method kl,gradient --dtype bfloat16 \
+    --device "$dev" --batch-size "$pt_batch" --num-samples "$n" --kl-num-samples "$pt_kl_n" \
+    --max-groups "$pt_kl_groups" --extrapolate-windows "$kl_n" --time-limit "$tl" --out "$out/{method}_torch.json"
+grep -h "^(b)" "$out/torch.log" | cut -c1-400 | sed 's/^/   /'
+rm -rf "$m" "$work/ids.npy"
+
+echo "== report"
+$PY "$bench/moe_report.py" "$out"
+echo "== total $(( $(date +%s) - t_start )) s"
