@@ -35,14 +35,10 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const 
     if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
         fail_input("%s: --device must be auto, cpu or cuda (got '%s')", cmd, dev);
     int want = dev && strcmp(dev, "cuda") == 0;
-    // The hybrid families (Gated DeltaNet layers): the CPU with RTN only for now (README "Not done yet").
+    // The hybrid families (Gated DeltaNet layers): RTN only for now (README "Not done yet").
     if (c->fam->hybrid && q->kind == QUANTIZER_GPTQ)
         fail_input("%s: --quantizer gptq: %s (%s) has Gated DeltaNet layers, which GPTQ does not handle yet",
                    cmd, dir, c->model_type);
-    if (want && c->fam->hybrid)
-        fail_input(
-            "%s: --device cuda: %s (%s) has Gated DeltaNet layers, which the CUDA engine does not run yet", cmd,
-            dir, c->model_type);
     if (want && gpu_device_count() == 0) fail_input("%s: --device cuda: no CUDA device found", cmd);
     if (want && c->n_sparse) fail_input("%s: --device cuda: %s has mixture-of-experts layers", cmd, dir);
     q->use_gpu = q->kind == QUANTIZER_GPTQ && !(dev && strcmp(dev, "cpu") == 0) && gpu_device_count() > 0 &&

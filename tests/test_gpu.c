@@ -421,6 +421,14 @@ int main(void) {
     test_emulated("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 3);
     test_emulated("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
                   "tests/fixtures/qwen3_tiny_ids.npy", 4);
+    // The hybrid families (README §3): Gated DeltaNet layers, gated attention with partial RoPE and (1 + w)
+    // norms, shared experts; both windows of each fixture, with the tolerances above.
+    test_model("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 0, 2);
+    test_model("qwen3_5-moe-tiny", "tests/fixtures/qwen3_5-moe-tiny", "tests/fixtures/qwen3_5_moe_tiny_ids.npy",
+               0, 2);
+    test_model("qwen3-next-tiny", "tests/fixtures/qwen3-next-tiny", "tests/fixtures/qwen3_next_tiny_ids.npy", 0,
+               2);
+    test_emulated("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 2);
     test_gptq("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
               "tests/fixtures/qwen3_tiny_ids.npy", 0, 4);
     test_gptq("qwen3-moe-tiny", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", 1, 2);

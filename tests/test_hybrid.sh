@@ -121,9 +121,9 @@ assert 'mtp.fc.weight' in h and 'model.layers.0.linear_attn.conv1d.weight' in h
 assert any(k.endswith('in_proj_qkvz.weight_scale') or k.endswith('shared_expert.gate_proj.weight_scale') for k in h)
 " && pass "quantize: Qwen3-Next compressed-tensors checkpoint with mtp.* kept" || fail "quantize qwen3_next"
 
-# refusals: the CUDA engine and GPTQ do not run these models yet
-expect "score --device cuda refused" "Gated DeltaNet layers, which the CUDA engine does not run yet" \
-    $AQ score $q35 --data $F/qwen3_5_tiny_ids.npy --method kl --device cuda
+# refusals: GPTQ and --shard-layers do not run these models yet (the CUDA engine does: tests/test_gpu_hybrid.sh)
+expect "score --shard-layers refused" "which the layer cuts do not model yet" \
+    $AQ score $nxt --data $F/qwen3_next_tiny_ids.npy --method kl --device cuda --gpus 2 --shard-layers
 expect "score --quantizer gptq refused" "which GPTQ does not handle yet" \
     $AQ score $q35 --data $F/qwen3_5_tiny_ids.npy --method kl --quantizer gptq
 expect "eval --quantizer gptq refused" "which GPTQ does not handle yet" \
