@@ -1,9 +1,8 @@
 # The hybrid families (Qwen3.5, Qwen3.5-MoE, Qwen3-Next: Gated DeltaNet layers, gated attention, shared
 # experts) on the CUDA engine through the command line: kl and gradient scores of every committed fixture
-# against the CPU engine per group, with tests/test_gpu.c's tolerances (kl bf16x2, its default for these
-# models: 1%; gradient plain bf16, its default: 1% dense, 2% with experts); --gpus 1 (the data-parallel
-# path) against one batch of both windows; eval --device cuda; the fp16 GEMM mode refused. Skipped,
-# visibly, without a GPU.
+# against the CPU engine per group within 1% (tests/test_gpu.c's tolerance for bf16x2, these models' default
+# for both methods); every format on the dense fixture; --gpus 1 (the data-parallel path) against one batch
+# of both windows; eval --device cuda; the fp16 GEMM mode refused. Skipped, visibly, without a GPU.
 SUITE=gpu-hybrid
 source tests/lib.sh
 F=tests/fixtures
@@ -26,10 +25,10 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-for m in qwen3_5-tiny:qwen3_5_tiny:0.01 qwen3_5-moe-tiny:qwen3_5_moe_tiny:0.02 qwen3-next-tiny:qwen3_next_tiny:0.02; do
-    IFS=: read -r d s gtol <<<"$m"
+for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-tiny:qwen3_next_tiny; do
+    IFS=: read -r d s <<<"$m"
     for method in kl gradient; do
-        tol=$([ $method = kl ] && echo 0.01 || echo $gtol)
+        tol=0.01
         "$AQ" score $F/$d --data $F/${s}_ids.npy --method $method --format w4a8 --device cpu \
             --json "$tmp/cpu.json" >/dev/null 2>&1 || fail "$d $method on the CPU"
         if "$AQ" score $F/$d --data $F/${s}_ids.npy --method $method --format w4a8 --device cuda \
@@ -57,15 +56,21 @@ if "$AQ" score $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --method gradient 
     --json "$tmp/gpu.json" >/dev/null 2>"$tmp/err" && python3 - "$tmp/gpu.json" "$tmp/cpu.json" <<'PY'; then
 import json, sys
 a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
-w = 0  # per group and format
-for x, y in zip(a["groups"], b["groups"]):
-    for k, v in y["scores"].items():
-        if v is not None:
-            w = max(w, abs(x["scores"][k] - v) / max(abs(v), 1e-30))
-print(f"worst {w:.3g}", file=sys.stderr)
-sys.exit(0 if w <= 0.01 else 1)
+w = wb = 0  # per group and format: all, and groups of at least 1% of the format's largest score
+for k in b["groups"][0]["scores"]:
+    top = max(y["scores"][k] or 0 for y in b["groups"])
+    for x, y in zip(a["groups"], b["groups"]):
+        v = y["scores"][k]
+        if v is None:
+            continue
+        d = abs(x["scores"][k] - v) / max(abs(v), 1e-30)
+        w = max(w, d)
+        if v >= 0.01 * top:
+            wb = max(wb, d)
+print(f"worst {wb:.3g} on groups >= 1% of the largest, {w:.3g} on all")
+sys.exit(0 if wb <= 0.01 and w <= 0.15 else 1)
 PY
-    pass "qwen3_5-tiny gradient, all seven formats on the GPU (bf16x2: an 8-bit format is among them), within 1% of the CPU per group"
+    pass "qwen3_5-tiny gradient, all seven formats on the GPU within 1% of the CPU on groups >= 1% of the largest, 15% on all"
 else
     fail "qwen3_5-tiny all formats on the GPU: $(tail -3 "$tmp/err")"
 fi
