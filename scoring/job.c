@@ -73,7 +73,7 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     // default: fp16 GEMM inputs for kl (small KL values sit below a plain-bf16 model's noise floor; fp16's
     // 3 more bits lift them off it at bf16's cost), bf16 hi + lo where fp16 cannot run (settled in
     // score_job_load); plain bf16 for gradient, whose 4-bit scores it reproduces within 2% (tests/test_gpu.c;
-    // 8-bit formats are settled in score_job_load once the formats are known)
+    // 8-bit formats and the hybrid families, bf16 hi + lo for both methods, are settled in score_job_load)
     if (gg)
         j->gpu_gemm = !strcmp(gg, "fp16") ? GEMM_FP16 : !strcmp(gg, "bf16x2") ? GEMM_BF16X2 : GEMM_BF16;
     else
