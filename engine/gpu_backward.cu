@@ -12,8 +12,7 @@ void grad_alloc(GpuEngine* e) {
     const Config* c = &e->m->c;
     long M = (long)e->B * e->T, D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, T = e->T;
     long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
-    long mx = I > qd ? I : qd;
-    mx = mx > D ? mx : D;
+    long mx = widest_linear(e->m, e->l0, e->l1);
     mx = mx > c->num_experts ? mx : c->num_experts; // the router's backward splits (M, E)
     e->dh = (float*)dalloc(e, 4 * M * D);
     e->da = (float*)dalloc(e, 4 * M * D);
@@ -47,6 +46,7 @@ void grad_alloc(GpuEngine* e) {
     }
     e->loss_rows = (double*)dalloc(e, 8 * M);
     if (e->moe.E) moe_alloc(e, 1);
+    if (e->hy.on) hybrid_alloc(e, 1);
 }
 
 // dX (M, K) (+)= dY (M, N) . W (N, K), dY given as bf16 hi + lo.
@@ -150,26 +150,126 @@ static void attention_backward(GpuEngine* e, int M) {
     gpu_sum_heads(e->dv, e->dv_full, M, KV, H / KV, hd);
 }
 
+// The shared expert of sparse layer l (backward.c's shared_backward): dh = dL/d(layer output) on entry; dm +=
+// its share (moe_backward wrote dm first).
+static void shared_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
+    const Model* md = e->m;
+    const GpuLayer* w = &e->layers[l];
+    GpuHybrid* y = &e->hy;
+    int D = md->c.hidden_size, Is = md->c.shared_inter;
+    gpu_shared_gate_backward(y->dsh_y, e->dm, e->dh, y->sh_s, y->sh_y, (const bf16_t*)w->sh_w, M, D);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_DOWN, -1), y->dsh_y, y->sh_act, y->sh_y, M);
+    linear_bwd(e, y->dsh_act, y->dsh_y, w->sh_down, M, Is, D, 0.0f);
+    gpu_swiglu_backward(y->dsh_g, y->dsh_u, y->dsh_act, y->sh_g, y->sh_u, (long)M * Is);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_GATE, -1), y->dsh_g, e->m_, y->sh_g, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_UP, -1), y->dsh_u, e->m_, y->sh_u, M);
+    linear_bwd(e, e->dm, y->dsh_g, w->sh_gate, M, D, Is, 1.0f);
+    linear_bwd(e, e->dm, y->dsh_u, w->sh_up, M, D, Is, 1.0f);
+}
+
+// A Gated DeltaNet token mixer (backward.c's gdn_layer_backward): dh = dL/d(out_proj output) on entry; e->da
+// = dL/da on exit.
+static void gdn_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
+    const Model* md = e->m;
+    const Config* c = &md->c;
+    const GpuLayer* w = &e->layers[l];
+    GpuHybrid* y = &e->hy;
+    int D = c->hidden_size, Hv = c->lin_hv, C = (int)arch_dim(c, DIM_GCONV), vd = (int)arch_dim(c, DIM_GVD);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_OUT, -1), e->dh, y->out, e->y_o, M);
+    linear_bwd(e, y->dout, e->dh, w->gdn_out, M, vd, D, 0.0f);
+    GdnShape sh = {e->T, c->lin_hk, Hv, c->lin_dk, c->lin_dv, c->lin_conv, c->rms_eps};
+    GdnParams p = {w->gdn_conv, w->gdn_alog, w->gdn_dt, w->gdn_norm};
+    gpu_gdn_backward(&sh, M / e->T, &p, y->cache, y->dout, y->dqkv, y->dz, y->dgb, y->dga);
+    prof_mark(e, P_BWD);
+    if (c->fam->fused_gdn) { // back into the fused projections' columns
+        gpu_scatter_cols(y->draw, C + vd, y->dqkv, y->map_qkv, M, C);
+        gpu_scatter_cols(y->draw, C + vd, y->dz, y->map_z, M, vd);
+        gpu_scatter_cols(y->draw2, 2 * Hv, y->dgb, y->map_b, M, Hv);
+        gpu_scatter_cols(y->draw2, 2 * Hv, y->dga, y->map_a, M, Hv);
+        grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_QKVZ, -1), y->draw, e->a, y->raw, M);
+        grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_BA, -1), y->draw2, e->a, y->raw2, M);
+        linear_bwd(e, e->da, y->draw, w->gdn_qkvz, M, D, C + vd, 0.0f);
+        linear_bwd(e, e->da, y->draw2, w->gdn_ba, M, D, 2 * Hv, 1.0f);
+        return;
+    }
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_QKV, -1), y->dqkv, e->a, y->qkv, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_Z, -1), y->dz, e->a, y->z, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_B, -1), y->dgb, e->a, y->b, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_A, -1), y->dga, e->a, y->a, M);
+    linear_bwd(e, e->da, y->dqkv, w->gdn_qkv, M, D, C, 0.0f);
+    linear_bwd(e, e->da, y->dz, w->gdn_z, M, D, vd, 1.0f);
+    linear_bwd(e, e->da, y->dgb, w->gdn_b, M, D, Hv, 1.0f);
+    linear_bwd(e, e->da, y->dga, w->gdn_a, M, D, Hv, 1.0f);
+}
+
+// A hybrid family's full attention (backward.c's attn_backward): dh = dL/d(o_proj output) on entry; e->da on
+// exit. With the output gate, q_proj's gradient rows are per head hd query then hd gate values (dqraw).
+static void gated_attention_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
+    const Model* md = e->m;
+    const Config* c = &md->c;
+    const GpuLayer* w = &e->layers[l];
+    GpuHybrid* y = &e->hy;
+    int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, gated = c->fam->attn_gate;
+    long qd = (long)H * hd, kvd = (long)KV * hd, qrows = arch_dim(c, DIM_QROWS);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_O, -1), e->dh, gated ? y->att_g : e->att, e->y_o, M);
+    linear_bwd(e, e->datt, e->dh, w->o, M, (int)qd, D, 0.0f);
+    float* dq = gated ? y->dqraw : e->dq; // q_proj's output gradient
+    if (gated)
+        gpu_attn_gate_backward(e->datt, dq + hd, e->datt, e->att, e->q_lin + hd, 2 * qd, 2 * hd, M, H, hd);
+    attention_backward(e, M);
+    gpu_qk_norm_rope_part_backward(dq, qrows, gated ? 2 * hd : hd, e->dq, e->q_lin, (const bf16_t*)w->q_norm,
+                                   y->w_add, e->q_rstd, e->cos_t, e->sin_t, M, e->T, H, hd, c->rotary_dim);
+    gpu_qk_norm_rope_part_backward(e->dk, kvd, hd, e->dk, e->k_lin, (const bf16_t*)w->k_norm, y->w_add,
+                                   e->k_rstd, e->cos_t, e->sin_t, M, e->T, KV, hd, c->rotary_dim);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_Q, -1), dq, e->a, e->q_lin, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_K, -1), e->dk, e->a, e->k_lin, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_V, -1), e->dv, e->a, e->v, M);
+    linear_bwd(e, e->da, dq, w->q, M, D, (int)qrows, 0.0f);
+    linear_bwd(e, e->da, e->dk, w->k, M, D, (int)kvd, 1.0f);
+    linear_bwd(e, e->da, e->dv, w->v, M, D, (int)kvd, 1.0f);
+}
+
+// The dense MLP's backward: dh = dL/d(its output) in, e->dm out.
+static void mlp_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
+    const Model* md = e->m;
+    const GpuLayer* w = &e->layers[l];
+    int D = md->c.hidden_size, I = md->c.intermediate_size;
+    int lg = model_lin(md, l, LIN_GATE, -1), lu = model_lin(md, l, LIN_UP, -1),
+        ld = model_lin(md, l, LIN_DOWN, -1);
+    grad_linear(e, hook, ctx, ld, e->dh, e->act, e->y_down, M);
+    linear_bwd(e, e->dact, e->dh, w->down, M, I, D, 0.0f);
+    gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
+    grad_linear(e, hook, ctx, lg, e->dg, e->m_, e->g, M);
+    grad_linear(e, hook, ctx, lu, e->du, e->m_, e->u, M);
+    linear_bwd(e, e->dm, e->dg, w->gate, M, D, I, 0.0f);
+    linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
+}
+
 // dh: dL/d(h_out) of layer l on entry, dL/d(h_in) on exit. Mirrors engine/backward.c.
 static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
     const Config* c = &e->m->c;
     const GpuLayer* w = &e->layers[l];
-    int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, I = c->intermediate_size;
+    int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     int qd = H * hd, kvd = KV * hd, base = e->m->lin0[l];
+    float w_add = e->hy.w_add;
     const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
     e->xq_src = e->xf_src = NULL; // the recompute rewrote the inputs
     if (model_layer_sparse(e->m, l)) {
         moe_backward(e, l, M, hook, ctx);
+        if (c->shared_inter) shared_backward(e, hook, ctx, l, M);
     } else {
-        grad_linear(e, hook, ctx, base + LIN_DOWN, e->dh, e->act, e->y_down, M);
-        linear_bwd(e, e->dact, e->dh, w->down, M, I, D, 0.0f);
-        gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
-        grad_linear(e, hook, ctx, base + LIN_GATE, e->dg, e->m_, e->g, M);
-        grad_linear(e, hook, ctx, base + LIN_UP, e->du, e->m_, e->u, M);
-        linear_bwd(e, e->dm, e->dg, w->gate, M, D, I, 0.0f);
-        linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
+        mlp_backward(e, hook, ctx, l, M);
     }
-    gpu_rmsnorm_backward(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, e->m_rstd, M, D, 1);
+    gpu_rmsnorm_backward_add(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, w_add, e->m_rstd, M, D, 1);
+    if (e->hy.on) {
+        if (c->linear[l])
+            gdn_backward(e, hook, ctx, l, M);
+        else
+            gated_attention_backward(e, hook, ctx, l, M);
+        gpu_rmsnorm_backward_add(e->dh, e->da, h_in, (const bf16_t*)w->w_in, w_add, e->a_rstd, M, D, 1);
+        prof_mark(e, P_BWD);
+        return;
+    }
     grad_linear(e, hook, ctx, base + LIN_O, e->dh, e->att, e->y_o, M);
     linear_bwd(e, e->datt, e->dh, w->o, M, qd, D, 0.0f);
     attention_backward(e, M);
@@ -203,7 +303,7 @@ extern "C" void gpu_loss_backward(GpuEngine* e, int nb) {
         gemm_bwd(e, e->dm + r0 * D, e->dlog16, e->dlog_lo, e->lm_head, rows, (int)D, (int)V, 0.0f);
     }
     prof_mark(e, P_HEAD);
-    gpu_rmsnorm_backward(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->f_rstd, M, (int)D, 0);
+    gpu_rmsnorm_backward_add(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->hy.w_add, e->f_rstd, M, (int)D, 0);
 }
 
 // dh holds dL/d(output of layer l1 - 1); layers l1-1..l0 are recomputed from their saved inputs and

@@ -146,11 +146,10 @@ static void upload_bytes(void* d, const void* src, size_t bytes, int ordered) {
     cudaCheck(cudaStreamSynchronize(ss));
 }
 
-// A checkpoint tensor to d as bf16 (BF16 as is, F16/F32 converted), `ordered` as upload_bytes; returns
+// Checkpoint tensor t to d as bf16 (BF16 as is, F16/F32 converted), `ordered` as upload_bytes; returns
 // d + its size.
-static __nv_bfloat16* upload_into(GpuEngine* e, const char* name, __nv_bfloat16* d, int ordered) {
-    size_t n;
-    const StTensor* t = find_tensor(e, name, &n);
+static __nv_bfloat16* upload_st(const StTensor* t, __nv_bfloat16* d, int ordered) {
+    size_t n = t->nbytes / (t->dtype == DT_F32 ? 4 : 2);
     if (t->dtype == DT_BF16) {
         upload_bytes(d, t->data, n * 2, ordered);
         return d + n;
@@ -165,6 +164,13 @@ static __nv_bfloat16* upload_into(GpuEngine* e, const char* name, __nv_bfloat16*
     return d + n;
 }
 
+__nv_bfloat16* upload_tensor(const StTensor* t, __nv_bfloat16* d) { return upload_st(t, d, 1); }
+
+static __nv_bfloat16* upload_into(GpuEngine* e, const char* name, __nv_bfloat16* d, int ordered) {
+    size_t n;
+    return upload_st(find_tensor(e, name, &n), d, ordered);
+}
+
 __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
     return upload_into(e, name, d, 1);
 }
@@ -177,6 +183,17 @@ static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
     return d;
 }
 
+// A checkpoint tensor to d in fp32 (the Gated DeltaNet's conv, decays and gated norm, which its kernels
+// read as fp32, as the CPU does).
+static void upload_f32(GpuEngine* e, const char* name, float* d) {
+    size_t n;
+    const StTensor* t = find_tensor(e, name, &n);
+    float* f = (float*)xmalloc(n * 4);
+    st_to_f32(t, f);
+    cudaCheck(cudaMemcpy(d, f, n * 4, cudaMemcpyHostToDevice));
+    free(f);
+}
+
 // The fp16 mode's weights: t (n values) rewritten as fp16 in place. A value beyond fp16's range becomes
 // an infinity, and every score NaN: the scoring job then scores again with bf16 hi + lo.
 void weight_to_f16(GpuEngine* e, __nv_bfloat16* t, size_t n, const char* what) {
@@ -184,35 +201,83 @@ void weight_to_f16(GpuEngine* e, __nv_bfloat16* t, size_t n, const char* what) {
     if (over) warn_msg("%s: %s holds %ld weights beyond fp16's range (65504)", e->m->dir, what, over);
 }
 
-// Layer l's weights into g: the norms and attention, and the dense MLP unless the layer is sparse
-// (moe_upload). With `alloc`, g's buffers are allocated first (q, k and v rows in one, so one GEMM can
-// compute all three); else they exist with the same shapes. `up`: UP_ORDERED and UP_NOW upload as
-// upload_bytes's ordered and not; UP_NONE allocates only.
+// Where each LayerWeights field of the architecture table lives in a GpuLayer, and whether it is fp32.
+#define SLOT(x, f32)                                                                                           \
+    { offsetof(LayerWeights, x), offsetof(GpuLayer, x), f32 }
+static const struct {
+    size_t lw, gl;
+    int f32;
+} k_slots[] = {SLOT(w_in, 0),
+               SLOT(w_post, 0),
+               SLOT(q_norm, 0),
+               SLOT(k_norm, 0),
+               SLOT(router, 0),
+               SLOT(gdn_qkv, 0),
+               SLOT(gdn_z, 0),
+               SLOT(gdn_b, 0),
+               SLOT(gdn_a, 0),
+               SLOT(gdn_qkvz, 0),
+               SLOT(gdn_ba, 0),
+               SLOT(gdn_out, 0),
+               SLOT(gdn_conv, 1),
+               SLOT(gdn_alog, 1),
+               SLOT(gdn_dt, 1),
+               SLOT(gdn_norm, 1),
+               SLOT(sh_gate, 0),
+               SLOT(sh_up, 0),
+               SLOT(sh_down, 0),
+               SLOT(sh_w, 0),
+               {offsetof(LayerWeights, q_proj), offsetof(GpuLayer, q), 0},
+               {offsetof(LayerWeights, k_proj), offsetof(GpuLayer, k), 0},
+               {offsetof(LayerWeights, v_proj), offsetof(GpuLayer, v), 0},
+               {offsetof(LayerWeights, o_proj), offsetof(GpuLayer, o), 0},
+               {offsetof(LayerWeights, gate_proj), offsetof(GpuLayer, gate), 0},
+               {offsetof(LayerWeights, up_proj), offsetof(GpuLayer, up), 0},
+               {offsetof(LayerWeights, down_proj), offsetof(GpuLayer, down), 0}};
+
+// g's pointer for the table row's LayerWeights field (*f32: whether it holds fp32).
+static void** slot_of(const GpuLayer* g, size_t lw_field, int* f32) {
+    for (size_t i = 0; i < sizeof(k_slots) / sizeof(k_slots[0]); i++)
+        if (k_slots[i].lw == lw_field) {
+            if (f32) *f32 = k_slots[i].f32;
+            return (void**)((char*)g + k_slots[i].gl);
+        }
+    fail_other("internal: a LayerWeights field the GPU engine does not hold");
+}
+
+// Layer l's weights into g, from its family's rows of the architecture table (engine/arch.h): every part the
+// layer has but the routed experts (moe_upload). With `alloc`, g's buffers are allocated first (q, k and v
+// rows in one, so one GEMM can compute all three); else they exist with the same shapes. `up`: UP_ORDERED
+// and UP_NOW upload as upload_bytes's ordered and not; UP_NONE allocates only.
 enum { UP_NONE, UP_ORDERED, UP_NOW };
 static void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
     const Config* c = &e->m->c;
+    const ArchFamily* f = c->fam;
     char name[256];
-    __nv_bfloat16** dst[11] = {&g->w_in,   &g->q,      &g->k,    &g->v,  &g->o,   &g->q_norm,
-                               &g->k_norm, &g->w_post, &g->gate, &g->up, &g->down};
-    const char* part[11] = {
-        "input_layernorm",  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-        "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
-        "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-    int parts = model_layer_sparse(e->m, l) ? 8 : 11;
-    long qkv = (long)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim * c->hidden_size;
-    if (alloc) g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
-    __nv_bfloat16* next = g->q;
-    for (int i = 0; i < parts; i++) {
-        snprintf(name, sizeof(name), "%slayers.%d.%s.weight", c->prefix, l, part[i]);
+    __nv_bfloat16* next = NULL; // where the next of q, k, v goes
+    if (arch_layer_has(c, l, PART_ATTN)) {
+        long qkv = (arch_dim(c, DIM_QROWS) + 2 * arch_dim(c, DIM_KVD)) * c->hidden_size;
+        if (alloc) g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
+        next = g->q;
+    }
+    for (int i = 0; i < f->n_tensors; i++) {
+        const ArchTensor* r = &f->tensors[i];
+        if (r->layout == LAYOUT_EXPERTS || !arch_layer_has(c, l, r->part)) continue;
+        snprintf(name, sizeof(name), "%slayers.%d.%s", c->prefix, l, r->name);
         size_t n;
         find_tensor(e, name, &n);
-        if (i >= 1 && i <= 3) // q_proj, k_proj, v_proj
-            *dst[i] = next, next += n;
+        int f32;
+        void** p = slot_of(g, r->field, &f32);
+        if (r->lin == LIN_Q || r->lin == LIN_K || r->lin == LIN_V)
+            *p = next, next += n;
         else if (alloc)
-            *dst[i] = (__nv_bfloat16*)dalloc(e, n * 2);
-        if (up != UP_NONE) upload_into(e, name, *dst[i], up == UP_ORDERED);
-        int norm = i == 0 || (i >= 5 && i <= 7);
-        if (up != UP_NONE && e->f16 && !norm) weight_to_f16(e, *dst[i], n, name);
+            *p = dalloc(e, n * (f32 ? 4 : 2));
+        if (up == UP_NONE) continue;
+        if (f32)
+            upload_f32(e, name, (float*)*p);
+        else
+            upload_into(e, name, (__nv_bfloat16*)*p, up == UP_ORDERED);
+        if (e->f16 && r->lin >= 0) weight_to_f16(e, (__nv_bfloat16*)*p, n, name); // linears only
     }
 }
 
@@ -233,7 +298,7 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int gemm) {
 }
 
 extern "C" int gpu_fp16_supported(const Config* c, int T) {
-    return gpu_flash_supported(T, c->head_dim) && c->hidden_size % 16 == 0 &&
+    return !c->fam->hybrid && gpu_flash_supported(T, c->head_dim) && c->hidden_size % 16 == 0 &&
            (!c->n_sparse || c->moe_intermediate % 16 == 0); // the experts' grouped GEMMs' shapes
 }
 
@@ -282,10 +347,10 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
         if (model_layer_sparse(m, l)) moe_upload(e, l);
         layer_upload(e, l, &e->layers[l], 1, UP_ORDERED);
     }
-    // RoPE table as in kernels/rope.c (fp32 inv_freq, fp32 angle).
+    // RoPE table as in kernels/rope.c (fp32 inv_freq, fp32 angle), over the rotated part of a head.
     RopeTable r;
-    rope_init(&r, T, c->head_dim, c->rope_theta);
-    size_t rb = sizeof(float) * T * (c->head_dim / 2);
+    rope_init(&r, T, c->rotary_dim, c->rope_theta);
+    size_t rb = sizeof(float) * T * (c->rotary_dim / 2);
     e->cos_t = (float*)dalloc(e, rb);
     e->sin_t = (float*)dalloc(e, rb);
     cudaCheck(cudaMemcpy(e->cos_t, r.cos, rb, cudaMemcpyHostToDevice));
@@ -293,8 +358,7 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
     rope_free(&r);
     long M = (long)B * T, D = c->hidden_size, I = c->intermediate_size;
     long qd = (long)c->num_heads * c->head_dim, kvd = (long)c->num_kv_heads * c->head_dim;
-    long mx = I > qd ? I : qd;
-    mx = mx > D ? mx : D;
+    long mx = widest_linear(m, l0, l1);
     e->ids = (int*)dalloc(e, sizeof(int) * M);
     e->h = (float*)dalloc(e, 4 * M * D);
     e->a = (float*)dalloc(e, 4 * M * D);
@@ -333,7 +397,7 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
     }
     e->xq = (int8_t*)dalloc(e, M * mx);
     e->sx = (float*)dalloc(e, 4 * M);
-    e->q_lin = (float*)dalloc(e, 4 * M * qd);
+    e->q_lin = (float*)dalloc(e, 4 * M * arch_dim(c, DIM_QROWS)); // with the output gate: query and gate rows
     e->k_lin = (float*)dalloc(e, 4 * M * kvd);
     e->q_rstd = (float*)dalloc(e, 4 * M * c->num_heads);
     e->k_rstd = (float*)dalloc(e, 4 * M * c->num_kv_heads);
@@ -365,7 +429,90 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
     e->q_idx = (int*)xcalloc(e->cap_q, sizeof(int));
     e->moe.q_layer = -1;
     if (c->n_sparse) moe_alloc(e, 0);
+    if (c->fam->hybrid) hybrid_alloc(e, 0);
     return e;
+}
+
+// Qwen3-Next's fused projections: the columns of in_proj_qkvz's output (rows per key head h: q dk | k dk |
+// v r dv | z r dv, r = Hv / Hk) and in_proj_ba's (b r | a r) that make q | k | v, z, b and a (forward.c's
+// gdn_unfuse). Device arrays.
+static void unfuse_maps(GpuEngine* e) {
+    const Config* c = &e->m->c;
+    GpuHybrid* y = &e->hy;
+    int Hk = c->lin_hk, dk = c->lin_dk, r = c->lin_hv / c->lin_hk, rdv = r * c->lin_dv, kd = Hk * dk;
+    int C = (int)arch_dim(c, DIM_GCONV), vd = (int)arch_dim(c, DIM_GVD), Hv = c->lin_hv, W = 2 * dk + 2 * rdv;
+    int *mq = (int*)xmalloc(sizeof(int) * C), *mz = (int*)xmalloc(sizeof(int) * vd);
+    int *mb = (int*)xmalloc(sizeof(int) * Hv), *ma = (int*)xmalloc(sizeof(int) * Hv);
+    for (int h = 0; h < Hk; h++) {
+        for (int i = 0; i < dk; i++) mq[h * dk + i] = h * W + i, mq[kd + h * dk + i] = h * W + dk + i;
+        for (int i = 0; i < rdv; i++)
+            mq[2 * kd + h * rdv + i] = h * W + 2 * dk + i, mz[h * rdv + i] = h * W + 2 * dk + rdv + i;
+        for (int i = 0; i < r; i++) mb[h * r + i] = 2 * h * r + i, ma[h * r + i] = 2 * h * r + r + i;
+    }
+    int** dst[4] = {&y->map_qkv, &y->map_z, &y->map_b, &y->map_a};
+    int* src[4] = {mq, mz, mb, ma};
+    int n[4] = {C, vd, Hv, Hv};
+    for (int k = 0; k < 4; k++) {
+        *dst[k] = (int*)dalloc(e, sizeof(int) * n[k]);
+        cudaCheck(cudaMemcpy(*dst[k], src[k], sizeof(int) * n[k], cudaMemcpyHostToDevice));
+        free(src[k]);
+    }
+}
+
+void hybrid_alloc(GpuEngine* e, int grad) {
+    const Config* c = &e->m->c;
+    GpuHybrid* y = &e->hy;
+    long M = (long)e->B * e->T, D = c->hidden_size, C = arch_dim(c, DIM_GCONV), vd = arch_dim(c, DIM_GVD);
+    long Hv = c->lin_hv, qd = arch_dim(c, DIM_QD), Is = c->shared_inter;
+    int gdn = 0, attn = 0, fused = c->fam->fused_gdn;
+    for (int l = e->l0; l < e->l1; l++) gdn |= c->linear[l], attn |= !c->linear[l];
+    if (grad) {
+        if (gdn) {
+            y->dqkv = (float*)dalloc(e, 4 * M * C);
+            y->dz = (float*)dalloc(e, 4 * M * vd);
+            y->dgb = (float*)dalloc(e, 4 * M * Hv);
+            y->dga = (float*)dalloc(e, 4 * M * Hv);
+            y->dout = (float*)dalloc(e, 4 * M * vd);
+            if (fused)
+                y->draw = (float*)dalloc(e, 4 * M * (C + vd)), y->draw2 = (float*)dalloc(e, 4 * M * 2 * Hv);
+        }
+        if (attn && c->fam->attn_gate) y->dqraw = (float*)dalloc(e, 4 * M * 2 * qd);
+        if (Is) {
+            y->dsh_y = (float*)dalloc(e, 4 * M * D);
+            y->dsh_g = (float*)dalloc(e, 4 * M * Is);
+            y->dsh_u = (float*)dalloc(e, 4 * M * Is);
+            y->dsh_act = (float*)dalloc(e, 4 * M * Is);
+        }
+        return;
+    }
+    y->on = 1;
+    y->w_add = 1.0f; // README §3: (1 + w) norms in every hybrid family
+    if (gdn) {
+        GdnShape sh = {e->T, c->lin_hk, c->lin_hv, c->lin_dk, c->lin_dv, c->lin_conv, c->rms_eps};
+        y->cache = gpu_gdn_cache_init(&sh, e->B);
+        y->qkv = (float*)dalloc(e, 4 * M * C); // (its allocation also notes the cache in the peak)
+        y->z = (float*)dalloc(e, 4 * M * vd);
+        y->b = (float*)dalloc(e, 4 * M * Hv);
+        y->a = (float*)dalloc(e, 4 * M * Hv);
+        y->out = (float*)dalloc(e, 4 * M * vd);
+        y->out16 = (__nv_bfloat16*)dalloc(e, 2 * M * vd);
+        if (e->split) y->out_lo = (__nv_bfloat16*)dalloc(e, 2 * M * vd);
+        if (fused) {
+            y->raw = (float*)dalloc(e, 4 * M * (C + vd));
+            y->raw2 = (float*)dalloc(e, 4 * M * 2 * Hv);
+            unfuse_maps(e);
+        }
+    }
+    if (attn && c->fam->attn_gate) y->att_g = (float*)dalloc(e, 4 * M * qd);
+    if (Is) {
+        y->sh_g = (float*)dalloc(e, 4 * M * Is);
+        y->sh_u = (float*)dalloc(e, 4 * M * Is);
+        y->sh_act = (float*)dalloc(e, 4 * M * Is);
+        y->sh_y = (float*)dalloc(e, 4 * M * D);
+        y->sh_s = (float*)dalloc(e, 4 * M);
+        y->sh_act16 = (__nv_bfloat16*)dalloc(e, 2 * M * Is);
+        if (e->split) y->sh_act_lo = (__nv_bfloat16*)dalloc(e, 2 * M * Is);
+    }
 }
 
 extern "C" void gpu_engine_walk_init(GpuEngine* e) {
@@ -404,6 +551,7 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     if (e->moe.E) {
         free(e->moe.h_offs), free(e->moe.ex_id);
     }
+    gpu_gdn_cache_free(e->hy.cache);
     free(e);
 }
 
@@ -415,9 +563,18 @@ extern "C" void* gpu_alloc(GpuEngine* e, size_t bytes) { return dalloc(e, bytes)
 
 const __nv_bfloat16* weight_of(const GpuEngine* e, int idx) {
     const Linear* l = &e->m->linears[idx];
-    const GpuLayer* w = &e->layers[l->layer];
-    const __nv_bfloat16* ws[LIN_PER_LAYER] = {w->q, w->k, w->v, w->o, w->gate, w->up, w->down};
-    return ws[l->kind];
+    const ArchTensor* r = arch_linear(e->m->c.fam, l->kind);
+    if (l->expert >= 0 || !r) fail_other("internal: weight_of %s", l->name);
+    return *(__nv_bfloat16* const*)slot_of(&e->layers[l->layer], r->field, NULL);
+}
+
+long widest_linear(const Model* m, int l0, int l1) {
+    long mx = m->c.hidden_size;
+    for (int i = m->lin0[l0]; i < m->lin0[l1]; i++) {
+        mx = m->linears[i].out > mx ? m->linears[i].out : mx;
+        mx = m->linears[i].in > mx ? m->linears[i].in : mx;
+    }
+    return mx;
 }
 
 extern "C" void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx) {

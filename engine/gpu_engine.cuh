@@ -4,6 +4,8 @@
 #include "../kernels/attention.h"
 #include "../kernels/cuda_common.cuh"
 #include "../kernels/embed.h"
+#include "../kernels/gated_delta.h"
+#include "../kernels/hybrid.h"
 #include "../kernels/loss.h"
 #include "../kernels/matmul.h"
 #include "../kernels/moe.h"
@@ -17,12 +19,39 @@ extern "C" {
 #include "util.h"
 }
 
+// A decoder layer's weights on the device, filled from the architecture table (engine/arch.h): each row's
+// LayerWeights field has its GpuLayer twin here (gpu_engine.cu's k_slots); NULL where the layer has no
+// such part. bf16 unless said otherwise.
 typedef struct {
     __nv_bfloat16 *w_in, *q, *k, *v, *o, *q_norm, *k_norm, *w_post, *gate, *up, *down;
     // a sparse layer (gate, up, down NULL): router (E, D); experts' gate and up rows (E, 2 I, D),
     // gate rows then up rows of each expert (transformers 5's gate_up_proj); down (E, D, I)
     __nv_bfloat16 *router, *ex_gu, *ex_down;
+    // hybrid families: a Gated DeltaNet layer's linears (the four of Qwen3.5 or the two fused of Qwen3-Next)
+    __nv_bfloat16 *gdn_qkv, *gdn_z, *gdn_b, *gdn_a, *gdn_qkvz, *gdn_ba, *gdn_out;
+    float *gdn_conv, *gdn_alog, *gdn_dt, *gdn_norm; // fp32: read by kernels/gated_delta.cu
+    // a sparse layer's shared expert and its gate (1, D)
+    __nv_bfloat16 *sh_gate, *sh_up, *sh_down, *sh_w;
 } GpuLayer;
+
+// The hybrid families' state (gpu_forward.cu, gpu_backward.cu): Gated DeltaNet layers, the attention
+// output gate, the shared expert. M = B T rows; C = 2 Hk dk + Hv dv, vd = Hv dv, Hv value heads.
+typedef struct {
+    int on;                               // the model has any of it
+    float w_add;                          // 1: every RMSNorm but the gated one is x / rms(x) (1 + w)
+    GdnGpuCache* cache;                   // the Gated DeltaNet core's intermediates (one layer at a time)
+    float *qkv, *z, *b, *a, *out;         // (M, C), (M, vd), (M, Hv) x 2, (M, vd): the core's inputs, output
+    float *raw, *raw2;                    // (M, C + vd), (M, 2 Hv): Qwen3-Next's fused projections' outputs
+    int *map_qkv, *map_z, *map_b, *map_a; // their columns of q | k | v, z, b, a (forward.c's gdn_unfuse)
+    __nv_bfloat16 *out16, *out_lo;        // (M, vd) out_proj's GEMM input
+    float* att_g;                         // (M, H hd) attention output times sigmoid(gate)
+    // the shared expert (M, Ish) x 3, its output (M, D), the gate per row (M)
+    float *sh_g, *sh_u, *sh_act, *sh_y, *sh_s;
+    __nv_bfloat16 *sh_act16, *sh_act_lo;
+    // backward
+    float *dqkv, *dz, *dgb, *dga, *dout, *draw, *draw2, *dqraw; // dqraw (M, 2 H hd): q_proj's rows
+    float *dsh_y, *dsh_g, *dsh_u, *dsh_act;
+} GpuHybrid;
 
 // The sparse layers' working set (gpu_moe.cu), for the layer being run: its routing, the rows of
 // its experts (assignments grouped by expert, as engine/forward.c's MoeRows), and the gradients.
@@ -126,6 +155,7 @@ struct GpuEngine {
     const float* xf_src; // what xf holds (gradient pass), quantized with xf_spec
     QuantSpec xf_spec;
     GpuMoe moe;     // sparse layers only (moe.E == 0 otherwise)
+    GpuHybrid hy;   // hybrid families only (hy.on == 0 otherwise)
     GpuCapture cap; // gpu_set_capture: sees each dense linear's fp32 input
     void* cap_ctx;
     size_t free0, min_free;
@@ -166,6 +196,12 @@ const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n); // exits
 // Copies a checkpoint tensor to d as bf16 (converted from F16 / F32); returns d + its size.
 __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d);
 
+// Copies checkpoint tensor t to d as bf16; returns d + its size.
+__nv_bfloat16* upload_tensor(const StTensor* t, __nv_bfloat16* d);
+// The widest linear dimension (rows or columns) among layers l0..l1-1: the shared activation buffers' width.
+long widest_linear(const Model* m, int l0, int l1);
+void hybrid_alloc(GpuEngine* e, int grad); // the hybrid families' buffers; with grad, the backward's
+
 // gpu_forward.cu
 void gemm_bf16(GpuEngine* e, float* y, __nv_bfloat16* y16, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
                const __nv_bfloat16* w, int M, int K, int N, int accumulate);
@@ -186,6 +222,10 @@ void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, i
               const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, int lda, int la, const __nv_bfloat16* B_hi,
               const __nv_bfloat16* B_lo, int ldb, int lb, void* C, int c16, int ldc, int lc, int nb);
 void layer_forward(GpuEngine* e, int l, int M);
+// The hybrid families' parts of a layer (gpu_forward.cu): a Gated DeltaNet token mixer from e->a into the
+// residual stream; the shared expert of a sparse layer from e->m_ (after moe_forward).
+void gdn_forward(GpuEngine* e, int l, int M);
+void shared_forward(GpuEngine* e, int l, int M);
 void head(GpuEngine* e, int M, float* out);                 // final norm and lm_head of e->h
 void head_norm(GpuEngine* e, int M);                        // the final norm alone, into the lm_head's inputs
 void head_rows(GpuEngine* e, int r0, int rows, float* out); // lm_head of head_norm's rows r0 ..

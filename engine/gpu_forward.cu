@@ -177,41 +177,162 @@ static int quantized_in(const GpuEngine* e, int lo, int hi) {
     return 0;
 }
 
-// The MLP half of layer l: post-attention norm, gate/up, SwiGLU, down and its residual add.
+// The MLP half of layer l: post-attention norm, gate/up, SwiGLU, down and its residual add; a sparse layer's
+// experts (and shared expert) instead.
 static void mlp_block(GpuEngine* e, int l, int M) {
-    const Config* c = &e->m->c;
+    const Model* md = e->m;
+    const Config* c = &md->c;
     const GpuLayer* w = &e->layers[l];
-    int D = c->hidden_size, base = e->m->lin0[l], keep = e->grad_mode, a16 = e->bf16_act;
+    int D = c->hidden_size, keep = e->grad_mode, a16 = e->bf16_act;
     long I = c->intermediate_size;
     float eps = c->rms_eps;
-    gpu_rmsnorm(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
-                (const bf16_t*)w->w_post, M, D, eps, e->f16);
+    gpu_rmsnorm_add(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
+                    (const bf16_t*)w->w_post, e->hy.w_add, M, D, eps, e->f16);
     prof_mark(e, P_NORM);
-    if (model_layer_sparse(e->m, l)) {
+    if (model_layer_sparse(md, l)) {
         moe_forward(e, l, M);
+        if (c->shared_inter) shared_forward(e, l, M);
         return;
     }
+    int lg = model_lin(md, l, LIN_GATE, -1), lu = model_lin(md, l, LIN_UP, -1),
+        ld = model_lin(md, l, LIN_DOWN, -1);
     if (a16) {
-        linear(e, base + LIN_GATE, NULL, e->g16, NULL, e->m16, NULL, w->gate, M, 0);
-        linear(e, base + LIN_UP, NULL, e->u16, NULL, e->m16, NULL, w->up, M, 0);
+        linear(e, lg, NULL, e->g16, NULL, e->m16, NULL, w->gate, M, 0);
+        linear(e, lu, NULL, e->u16, NULL, e->m16, NULL, w->up, M, 0);
         prof_mark(e, P_GATE_UP);
         gpu_swiglu_bf16((bf16_t*)e->act16, (const bf16_t*)e->g16, (const bf16_t*)e->u16, (long)M * I);
     } else {
-        linear(e, base + LIN_GATE, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
-        linear(e, base + LIN_UP, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
+        linear(e, lg, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
+        linear(e, lu, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
         prof_mark(e, P_GATE_UP);
         gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I, e->f16);
     }
     prof_mark(e, P_SWIGLU);
-    linear(e, base + LIN_DOWN, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down,
-           M, !keep);
+    linear(e, ld, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down, M, !keep);
     if (keep) gpu_add(e->h, e->y_down, (long)M * D);
     prof_mark(e, P_DOWN);
+}
+
+// The shared expert of sparse layer l (README §3): h += sigmoid(m . w_g) down(silu(gate(m)) * up(m)), after
+// moe_forward added the routed experts' sum. Its linears keep their outputs (the gradient's Y).
+void shared_forward(GpuEngine* e, int l, int M) {
+    const Model* md = e->m;
+    const GpuLayer* w = &e->layers[l];
+    GpuHybrid* y = &e->hy;
+    long Is = md->c.shared_inter;
+    linear(e, model_lin(md, l, LIN_SH_GATE, -1), y->sh_g, NULL, e->m_, e->m16, e->m_lo, w->sh_gate, M, 0);
+    linear(e, model_lin(md, l, LIN_SH_UP, -1), y->sh_u, NULL, e->m_, e->m16, e->m_lo, w->sh_up, M, 0);
+    prof_mark(e, P_GATE_UP);
+    gpu_swiglu(y->sh_act, (bf16_t*)y->sh_act16, (bf16_t*)y->sh_act_lo, y->sh_g, y->sh_u, M * Is, e->f16);
+    prof_mark(e, P_SWIGLU);
+    linear(e, model_lin(md, l, LIN_SH_DOWN, -1), y->sh_y, NULL, y->sh_act, y->sh_act16, y->sh_act_lo,
+           w->sh_down, M, 0);
+    gpu_shared_gate(e->h, y->sh_s, e->m_, (const bf16_t*)w->sh_w, y->sh_y, M, md->c.hidden_size);
+    prof_mark(e, P_DOWN);
+}
+
+// A Gated DeltaNet token mixer (README §3) from e->a: its input projections (or Qwen3-Next's two fused ones,
+// their columns then regrouped), the core (kernels/gated_delta.cu), and out_proj into y (+)= (accumulate:
+// the residual add).
+static void gdn_mixer(GpuEngine* e, int l, int M, float* y_out, int accumulate) {
+    const Model* md = e->m;
+    const Config* c = &md->c;
+    const GpuLayer* w = &e->layers[l];
+    GpuHybrid* y = &e->hy;
+    long C = arch_dim(c, DIM_GCONV), vd = arch_dim(c, DIM_GVD), Hv = c->lin_hv;
+    if (c->fam->fused_gdn) {
+        linear(e, model_lin(md, l, LIN_GDN_QKVZ, -1), y->raw, NULL, e->a, e->a16, e->a_lo, w->gdn_qkvz, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_BA, -1), y->raw2, NULL, e->a, e->a16, e->a_lo, w->gdn_ba, M, 0);
+        gpu_gather_cols(y->qkv, y->raw, y->map_qkv, M, (int)C, C + vd);
+        gpu_gather_cols(y->z, y->raw, y->map_z, M, (int)vd, C + vd);
+        gpu_gather_cols(y->b, y->raw2, y->map_b, M, (int)Hv, 2 * Hv);
+        gpu_gather_cols(y->a, y->raw2, y->map_a, M, (int)Hv, 2 * Hv);
+    } else {
+        linear(e, model_lin(md, l, LIN_GDN_QKV, -1), y->qkv, NULL, e->a, e->a16, e->a_lo, w->gdn_qkv, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_Z, -1), y->z, NULL, e->a, e->a16, e->a_lo, w->gdn_z, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_B, -1), y->b, NULL, e->a, e->a16, e->a_lo, w->gdn_b, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_A, -1), y->a, NULL, e->a, e->a16, e->a_lo, w->gdn_a, M, 0);
+    }
+    prof_mark(e, P_QKV);
+    GdnShape sh = {e->T, c->lin_hk, c->lin_hv, c->lin_dk, c->lin_dv, c->lin_conv, c->rms_eps};
+    GdnParams p = {w->gdn_conv, w->gdn_alog, w->gdn_dt, w->gdn_norm};
+    gpu_gdn_forward(&sh, M / e->T, &p, y->qkv, y->z, y->b, y->a, y->out, y->cache);
+    if (e->f16)
+        gpu_round_f16((uint16_t*)y->out16, y->out, M * vd);
+    else
+        gpu_split_bf16((bf16_t*)y->out16, (bf16_t*)y->out_lo, y->out, M * vd);
+    prof_mark(e, P_ATT);
+    linear(e, model_lin(md, l, LIN_GDN_OUT, -1), y_out, NULL, y->out, y->out16, y->out_lo, w->gdn_out, M,
+           accumulate);
+}
+
+// Full attention of a hybrid family (fp32 activations): q_proj's rows per head are hd query values then (with
+// the output gate) hd gate values; the per-head norms take 1 + w and RoPE turns the first rotary_dim of each
+// head; o_proj reads att * sigmoid(gate). Into y (+)=.
+static void gated_attention(GpuEngine* e, int l, int M, float* y_out, int accumulate) {
+    const Model* md = e->m;
+    const Config* c = &md->c;
+    const GpuLayer* w = &e->layers[l];
+    GpuHybrid* y = &e->hy;
+    int H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, gated = c->fam->attn_gate;
+    long qd = (long)H * hd, kvd = (long)KV * hd, qrows = arch_dim(c, DIM_QROWS);
+    float eps = c->rms_eps;
+    linear(e, model_lin(md, l, LIN_Q, -1), e->q_lin, NULL, e->a, e->a16, e->a_lo, w->q, M, 0);
+    linear(e, model_lin(md, l, LIN_K, -1), e->k_lin, NULL, e->a, e->a16, e->a_lo, w->k, M, 0);
+    linear(e, model_lin(md, l, LIN_V, -1), e->v, NULL, e->a, e->a16, e->a_lo, w->v, M, 0);
+    prof_mark(e, P_QKV);
+    gpu_qk_norm_rope_part((bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q_rstd, e->q_lin, qrows, gated ? 2 * hd : hd,
+                          (const bf16_t*)w->q_norm, y->w_add, e->cos_t, e->sin_t, M, e->T, H, hd, c->rotary_dim,
+                          eps, e->f16);
+    gpu_qk_norm_rope_part((bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k_rstd, e->k_lin, kvd, hd,
+                          (const bf16_t*)w->k_norm, y->w_add, e->cos_t, e->sin_t, M, e->T, KV, hd,
+                          c->rotary_dim, eps, e->f16);
+    if (e->f16)
+        gpu_round_f16((uint16_t*)e->v16, e->v, M * kvd);
+    else
+        gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, M * kvd);
+    prof_mark(e, P_ROPE);
+    attention(e, M, e->q16, e->k16, e->v16, qd, kvd);
+    const float* x = e->att;
+    if (gated) {
+        gpu_attn_gate(y->att_g, (bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, e->q_lin + hd, 2 * qd, 2 * hd, M,
+                      H, hd, e->f16);
+        x = y->att_g;
+    } else if (!e->flash) {
+        gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, M * qd);
+    }
+    prof_mark(e, P_ATT);
+    linear(e, model_lin(md, l, LIN_O, -1), y_out, NULL, x, e->att16, e->att_lo, w->o, M, accumulate);
+}
+
+// One decoder layer of a hybrid family on e->h (fp32 activations, bf16 or hi + lo GEMM inputs): a Gated
+// DeltaNet or full-attention token mixer, then the MLP half.
+static void hybrid_layer_forward(GpuEngine* e, int l, int M) {
+    const Config* c = &e->m->c;
+    int D = c->hidden_size, keep = e->grad_mode;
+    gpu_rmsnorm_add(e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a_rstd, e->h, (const bf16_t*)e->layers[l].w_in,
+                    e->hy.w_add, M, D, c->rms_eps, e->f16);
+    prof_mark(e, P_NORM);
+    // the residual add rides on the GEMM (beta = 1) unless the gradient needs the linear's own output
+    if (c->linear[l])
+        gdn_mixer(e, l, M, keep ? e->y_o : e->h, !keep);
+    else
+        gated_attention(e, l, M, keep ? e->y_o : e->h, !keep);
+    if (keep) {
+        gpu_add(e->h, e->y_o, (long)M * D);
+        cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
+    }
+    prof_mark(e, P_O);
+    mlp_block(e, l, M);
 }
 
 // One decoder layer on e->h (fp32 residual stream). With bf16_act the GEMM outputs and every other
 // activation are bf16; otherwise fp32 with bf16 (hi + lo) copies as GEMM inputs.
 void layer_forward(GpuEngine* e, int l, int M) {
+    if (e->hy.on) {
+        hybrid_layer_forward(e, l, M);
+        return;
+    }
     const Config* c = &e->m->c;
     const GpuLayer* w = &e->layers[l];
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
@@ -286,8 +407,8 @@ static void forward_layers(GpuEngine* e, int start, int M, int save) {
 // The final norm and lm_head of e->h into out (the last stage).
 void head_norm(GpuEngine* e, int M) {
     const Config* c = &e->m->c;
-    gpu_rmsnorm(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
-                (const bf16_t*)e->norm, M, c->hidden_size, c->rms_eps, e->f16);
+    gpu_rmsnorm_add(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
+                    (const bf16_t*)e->norm, e->hy.w_add, M, c->hidden_size, c->rms_eps, e->f16);
 }
 
 // out (rows, V) = lm_head of the normed rows r0 .. r0 + rows - 1 (head_norm's a16 / a_lo).
@@ -322,7 +443,7 @@ static void set_mode(GpuEngine* e, int gradient) {
     if (gradient && e->f16) fail_other("internal: a gradient pass in the fp16 GEMM mode");
     e->nq = 0;
     e->grad_mode = gradient;
-    e->bf16_act = !gradient && !e->split && !e->f16;
+    e->bf16_act = !gradient && !e->split && !e->f16 && !e->hy.on; // the hybrid layers keep fp32 activations
 }
 
 // The (B*T, V) logits of the last stage, allocated on first use: a gradient-only run never needs them.

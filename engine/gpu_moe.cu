@@ -74,9 +74,8 @@ void moe_alloc(GpuEngine* e, int grad) {
 }
 
 // Host (E, a, b) -> device bf16 (E, b, a): transformers 4's fused layouts (engine/model.h).
-static void upload_transposed(GpuEngine* e, const char* name, __nv_bfloat16* d, long E, long a, long b) {
-    size_t n;
-    const StTensor* t = find_tensor(e, name, &n);
+static void upload_transposed(const StTensor* t, __nv_bfloat16* d, long E, long a, long b) {
+    size_t n = (size_t)(E * a * b);
     float *f = (float*)xmalloc(n * 4), *ft = (float*)xmalloc(n * 4);
     st_to_f32(t, f);
     model_transpose_experts(ft, f, (int)E, (int)a, (int)b);
@@ -88,46 +87,43 @@ static void upload_transposed(GpuEngine* e, const char* name, __nv_bfloat16* d, 
     free(h);
 }
 
-// Router and experts of sparse layer l, from either checkpoint layout (shapes already validated by
-// model_open), into the fused layouts of GpuLayer.
+// The routed experts of sparse layer l, from either checkpoint layout (the tensors model_weight_tensor finds
+// for them; shapes already validated by model_open), into the fused layouts of GpuLayer. The router is a
+// row of the architecture table (layer_upload).
 void moe_upload(GpuEngine* e, int l) {
-    const Config* c = &e->m->c;
+    const Model* m = e->m;
+    const Config* c = &m->c;
     GpuLayer* g = &e->layers[l];
     long E = c->num_experts, I = c->moe_intermediate, D = c->hidden_size;
     char name[256];
-    const char* P = c->prefix;
-    g->router = (__nv_bfloat16*)dalloc(e, 2 * E * D);
     g->ex_gu = (__nv_bfloat16*)dalloc(e, 2 * E * 2 * I * D);
     g->ex_down = (__nv_bfloat16*)dalloc(e, 2 * E * D * I);
-    snprintf(name, sizeof(name), "%slayers.%d.mlp.gate.weight", P, l);
-    upload_to(e, name, g->router);
-    snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.gate_up_proj", P, l);
-    const StTensor* t = st_find(&e->m->ck, name);
-    if (t) {
+    const StTensor* t = model_weight_tensor(m, model_lin(m, l, LIN_GATE, 0), name, sizeof(name));
+    if (t && t->ndim == 3) { // fused: (E, 2 I, D) and (E, D, I), or transformers 4's (E, D, 2 I), (E, I, D)
         int v5 = t->shape[1] == 2 * I && t->shape[2] == D; // model_open decided the same way
         if (v5)
-            upload_to(e, name, g->ex_gu);
+            upload_tensor(t, g->ex_gu);
         else
-            upload_transposed(e, name, g->ex_gu, E, D, 2 * I);
-        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.down_proj", P, l);
+            upload_transposed(t, g->ex_gu, E, D, 2 * I);
+        t = model_weight_tensor(m, model_lin(m, l, LIN_DOWN, 0), name, sizeof(name));
         if (v5)
-            upload_to(e, name, g->ex_down);
+            upload_tensor(t, g->ex_down);
         else
-            upload_transposed(e, name, g->ex_down, E, I, D);
+            upload_transposed(t, g->ex_down, E, I, D);
     } else {
         for (long x = 0; x < E; x++) {
-            snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.gate_proj.weight", P, l, x);
-            upload_to(e, name, g->ex_gu + x * 2 * I * D);
-            snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.up_proj.weight", P, l, x);
-            upload_to(e, name, g->ex_gu + x * 2 * I * D + I * D);
-            snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.%ld.down_proj.weight", P, l, x);
-            upload_to(e, name, g->ex_down + x * D * I);
+            upload_tensor(model_weight_tensor(m, model_lin(m, l, LIN_GATE, (int)x), name, sizeof(name)),
+                          g->ex_gu + x * 2 * I * D);
+            upload_tensor(model_weight_tensor(m, model_lin(m, l, LIN_UP, (int)x), name, sizeof(name)),
+                          g->ex_gu + x * 2 * I * D + I * D);
+            upload_tensor(model_weight_tensor(m, model_lin(m, l, LIN_DOWN, (int)x), name, sizeof(name)),
+                          g->ex_down + x * D * I);
         }
     }
     if (e->f16) { // the experts' GEMMs read fp16 in this mode; the router stays bf16 (route)
-        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts (gate and up)", P, l);
+        snprintf(name, sizeof(name), "%slayers.%d experts (gate and up)", c->prefix, l);
         weight_to_f16(e, g->ex_gu, E * 2 * I * D, name);
-        snprintf(name, sizeof(name), "%slayers.%d.mlp.experts (down)", P, l);
+        snprintf(name, sizeof(name), "%slayers.%d experts (down)", c->prefix, l);
         weight_to_f16(e, g->ex_down, E * D * I, name);
     }
 }

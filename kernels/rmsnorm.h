@@ -20,6 +20,12 @@ void gpu_rmsnorm(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x
                  float eps, int f16);
 void gpu_rmsnorm_backward(float* dx, const float* dout, const float* x, const bf16_t* w, const float* rstd,
                           int M, int C, int accumulate);
+// The same with the weight read as w + w_add: the hybrid families' x / rms(x) (1 + w) norms take w_add 1
+// (the sum in fp32, as the CPU adds 1 to its fp32 copy at load), every other norm 0.
+void gpu_rmsnorm_add(float* out, bf16_t* hi, bf16_t* lo, float* rstd, const float* x, const bf16_t* w,
+                     float w_add, int M, int C, float eps, int f16);
+void gpu_rmsnorm_backward_add(float* dx, const float* dout, const float* x, const bf16_t* w, float w_add,
+                              const float* rstd, int M, int C, int accumulate);
 
 #ifdef __cplusplus
 }

@@ -25,7 +25,6 @@ typedef struct {
     int no_grouping;
     int batch_size;
     int use_gpu;   // resolved --device
-    int cpu_only;  // the model runs on the CPU engine only (hybrid families, README "Not done yet")
     int need_host; // the caller runs the CPU engine too (search --verify)
     const char* device;
     int gpu_gemm;          // --gpu-gemm: GEMM_FP16 (default for kl), GEMM_BF16X2 (kl where fp16 cannot run, and

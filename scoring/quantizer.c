@@ -35,13 +35,13 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const 
     if (dev && strcmp(dev, "auto") && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
         fail_input("%s: --device must be auto, cpu or cuda (got '%s')", cmd, dev);
     int want = dev && strcmp(dev, "cuda") == 0;
-    // The hybrid families (Gated DeltaNet layers) run on the CPU engine only (README "Not done yet").
-    if (want && c->fam->hybrid)
-        fail_input(
-            "%s: --device cuda: %s (%s) has Gated DeltaNet layers, which the CUDA engine does not run yet", cmd,
-            dir, c->model_type);
     if (want && gpu_device_count() == 0) fail_input("%s: --device cuda: no CUDA device found", cmd);
     if (want && c->n_sparse) fail_input("%s: --device cuda: %s has mixture-of-experts layers", cmd, dir);
+    // GPTQ on the CUDA engine knows Qwen3's Hessian sites only: a hybrid model's GPTQ runs on the CPU.
+    if (want && c->fam->hybrid && q->kind == QUANTIZER_GPTQ)
+        fail_input("%s: --device cuda --quantizer gptq: %s (%s) has Gated DeltaNet layers, whose GPTQ runs on "
+                   "the CPU engine only; use --device cpu",
+                   cmd, dir, c->model_type);
     q->use_gpu = q->kind == QUANTIZER_GPTQ && !(dev && strcmp(dev, "cpu") == 0) && gpu_device_count() > 0 &&
                  !c->n_sparse && !c->fam->hybrid;
 }

@@ -87,6 +87,10 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
     // The experts' plain-bf16 gradient (the default) reads bf16 rows of m for Y but fp32 m for Yq, as
     // the dense down_proj does; on these 64-wide fixtures that costs up to 1.3%.
     double tol_kl[2] = {m.c.n_sparse ? 0.3 : 0.15, 0.01}, tol_grad[2] = {m.c.n_sparse ? 0.02 : 0.01, 0.01};
+    // The hybrid fixtures (Gated DeltaNet layers) sit on plain bf16's noise floor for both methods (one H100:
+    // kl up to 66%, gradient up to 20% from the CPU), which is why bf16x2 is their default for both; plain
+    // bf16 is checked loosely, so that the path cannot silently break.
+    if (m.c.fam->hybrid) tol_kl[0] = 1.0, tol_grad[0] = 0.5;
     double* gsc = xcalloc(gs.n, sizeof(double));
     for (int split = 1; split >= 0; split--) {
         if (!split) {
@@ -268,13 +272,28 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
         else
             gpu_score_kl(&sc, ids.ids, n, gpu);
         for (int k = 0; k < nf; k++) {
-            double w = 0;
+            double w = 0, top = 0, w_big = 0;
+            int wg = 0;
+            for (int g = 0; g < gs.n; g++) top = fmax(top, cpu[gradient][(long)k * gs.n + g]);
             for (int g = 0; g < gs.n; g++)
-                if (!gs.g[g].disabled)
-                    w = fmax(w, rel_diff(gpu[(long)k * gs.n + g], cpu[gradient][(long)k * gs.n + g]));
+                if (!gs.g[g].disabled) {
+                    double d = rel_diff(gpu[(long)k * gs.n + g], cpu[gradient][(long)k * gs.n + g]);
+                    if (d > w) w = d, wg = g;
+                    if (cpu[gradient][(long)k * gs.n + g] >= 0.01 * top) w_big = fmax(w_big, d);
+                }
             // 8-bit formats perturb by about bf16's own rounding: plain bf16 strays up to 7.3% (measured on
             // one H200), which is why the scoring job gives them bf16x2 by default
             double t = !split && f[k].bits >= 8 ? 0.1 : tol;
+            if (m.c.fam->hybrid) {
+                // The hybrid fixture's small scores (an 8-bit format's, its 512-weight in_proj_ba) move with
+                // fp32 summation order already (the CPU against float32 PyTorch: 0.7% on w4a8 kl). Measured on
+                // one H100 with bf16x2: 4-bit formats within 1.4%, 8-bit within 10.5% (w8a8 kl); plain bf16
+                // (not these models' default) within 38%.
+                printf("  %s %s %s %s: worst %.3g (%s, %.2g of the largest), %.3g on groups >= 1%%\n", label,
+                       f[k].name, split ? "bf16x2" : "bf16", gradient ? "gradient" : "kl", w, gs.g[wg].name,
+                       cpu[gradient][(long)k * gs.n + wg] / top, w_big);
+                t = !split ? 0.5 : f[k].bits >= 8 ? 0.15 : 0.02;
+            }
             snprintf(name, sizeof(name), "gpu %s %.63s %s %s scores within %g%% of cpu per group", label,
                      f[k].name, split ? "bf16x2" : "bf16", gradient ? "gradient" : "kl", 100 * t);
             CHECK(w < t, name, "worst %.3g", w);
@@ -406,6 +425,7 @@ int main(void) {
     }
 #ifdef AUTOQ_CUDA
     printf("  device: %s\n", gpu_name());
+    if (getenv("AUTOQ_GPU_TEST_HYBRID")) goto hybrid; // the hybrid families alone (a short GPU call)
     test_model("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 0, 3);
     test_model("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
                "tests/fixtures/qwen3_tiny_ids.npy", 0, 8);
@@ -424,6 +444,15 @@ int main(void) {
     test_gptq("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
               "tests/fixtures/qwen3_tiny_ids.npy", 0, 4);
     test_gptq("qwen3-moe-tiny", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", 1, 2);
+hybrid:
+    // The hybrid families (README §3): Gated DeltaNet layers, gated attention with partial RoPE and (1 + w)
+    // norms, shared experts; both windows of each fixture, with the tolerances above.
+    test_model("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 0, 2);
+    test_model("qwen3_5-moe-tiny", "tests/fixtures/qwen3_5-moe-tiny", "tests/fixtures/qwen3_5_moe_tiny_ids.npy",
+               0, 2);
+    test_model("qwen3-next-tiny", "tests/fixtures/qwen3-next-tiny", "tests/fixtures/qwen3_next_tiny_ids.npy", 0,
+               2);
+    test_emulated("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 2);
 #endif
     return g_fail ? 1 : 0;
 }

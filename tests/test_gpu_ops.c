@@ -10,6 +10,7 @@
 #include "kernels/embed.h"
 #include "kernels/gated_delta.h"
 #include "kernels/gptq.h"
+#include "kernels/hybrid.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
 #include "kernels/moe.h"
@@ -797,6 +798,147 @@ static void op_gated_delta(int nb, int T, int Hk, int Hv, int dk, int dv, int K)
 }
 #endif
 
+// The hybrid families' (1 + w) RMSNorm: gpu_rmsnorm_add with w_add 1 against the CPU's norm of w + 1 (the
+// CPU adds 1 at load), forward and backward.
+static void op_rmsnorm_plus1(int M, int C) {
+    long n = (long)M * C;
+    float *x = randv(n, 3), *w = randv(C, 0.5f), *dout = randv(n, 1);
+    uint16_t* w16 = to_bf16(w, C);
+    float *w1 = xmalloc(4 * C), *want = xmalloc(4 * n), *got = xmalloc(4 * n), *rstd = xmalloc(4 * M);
+    for (int i = 0; i < C; i++) w1[i] = w[i] + 1.0f;
+    rmsnorm_forward(want, rstd, x, w1, M, C, 1e-6f);
+    void *dx = put(x, 4 * n), *dw = put(w16, 2 * C), *dout_ = zeros(4 * n), *dr = zeros(4 * M);
+    gpu_rmsnorm_add(dout_, NULL, NULL, dr, dx, dw, 1.0f, M, C, 1e-6f, 0);
+    get(got, dout_, 4 * n);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(M %d, C %d)", M, C);
+    report("rmsnorm (1 + w)", shape, max_err(got, want, n, 0), 1e-6);
+    float* bwant = xcalloc(n, 4);
+    rmsnorm_backward(bwant, dout, x, w1, rstd, M, C, 0);
+    void *ddx = zeros(4 * n), *ddo = put(dout, 4 * n);
+    gpu_rmsnorm_backward_add(ddx, ddo, dx, dw, 1.0f, dr, M, C, 0);
+    get(got, ddx, 4 * n);
+    report("rmsnorm_backward (1 + w)", shape, max_err(got, bwant, n, 0), 1e-5);
+    cudaFree(dx), cudaFree(dw), cudaFree(dout_), cudaFree(dr), cudaFree(ddx), cudaFree(ddo);
+    free(x), free(w), free(w16), free(w1), free(dout), free(want), free(got), free(rstd), free(bwant);
+}
+
+// The q/k norm with (1 + w) weights and partial RoPE (the first rd of each head) on q_proj rows that carry
+// query then gate per head (head stride 2 hd): against the CPU's rmsnorm_forward + rope_forward_heads of the
+// query part, and the backward against rope_backward_heads + rmsnorm_backward.
+static void op_qk_norm_rope_part(int T, int nh, int hd, int rd, int gated) {
+    long n = (long)T * nh * hd, hs = gated ? 2 * hd : hd, ld = nh * hs, nx = (long)T * ld;
+    float *x = randv(nx, 1), *w = randv(hd, 0.3f), *want = xmalloc(4 * n), *got = xmalloc(4 * n);
+    uint16_t* w16 = to_bf16(w, hd);
+    float *w1 = xmalloc(4 * hd), *xq = xmalloc(4 * n), *rstd = xmalloc(4L * T * nh);
+    for (int i = 0; i < hd; i++) w1[i] = w[i] + 1.0f;
+    for (long r = 0; r < (long)T * nh; r++) memcpy(xq + r * hd, x + r * hs, 4L * hd); // the query part
+    RopeTable rt;
+    rope_init(&rt, T, rd, 1e4);
+    rmsnorm_forward(want, rstd, xq, w1, T * nh, hd, 1e-6f);
+    rope_forward_heads(want, &rt, T, nh, hd);
+    void *dx = put(x, 4 * nx), *dw = put(w16, 2 * hd), *dr = zeros(4L * T * nh), *dhi = zeros(2 * n),
+         *dlo = zeros(2 * n);
+    void *dcos = put(rt.cos, 4L * T * rd / 2), *dsin = put(rt.sin, 4L * T * rd / 2);
+    gpu_qk_norm_rope_part(dhi, dlo, dr, dx, ld, hs, dw, 1.0f, dcos, dsin, T, T, nh, hd, rd, 1e-6f, 0);
+    uint16_t *hi = xmalloc(2 * n), *lo = xmalloc(2 * n);
+    get(hi, dhi, 2 * n), get(lo, dlo, 2 * n);
+    for (long i = 0; i < n; i++) got[i] = bf16_to_f32(hi[i]) + bf16_to_f32(lo[i]);
+    char shape[80];
+    snprintf(shape, sizeof(shape), "(T %d, heads %d, head_dim %d, rotary %d%s)", T, nh, hd, rd,
+             gated ? ", gated rows" : "");
+    report("qk_norm_rope_part", shape, max_err(got, want, n, 0), 1e-5);
+    float *d = randv(n, 1), *tmp = xmalloc(4 * n), *bq = xmalloc(4 * n), *bwant = xcalloc(nx, 4),
+          *bgot = xmalloc(4 * nx);
+    memcpy(tmp, d, 4 * n);
+    rope_backward_heads(tmp, &rt, T, nh, hd);
+    rmsnorm_backward(bq, tmp, xq, w1, rstd, T * nh, hd, 0);
+    for (long r = 0; r < (long)T * nh; r++) memcpy(bwant + r * hs, bq + r * hd, 4L * hd);
+    void *dd = put(d, 4 * n), *ddx = zeros(4 * nx);
+    gpu_qk_norm_rope_part_backward(ddx, ld, hs, dd, dx, dw, 1.0f, dr, dcos, dsin, T, T, nh, hd, rd);
+    get(bgot, ddx, 4 * nx);
+    report("qk_norm_rope_part_backward", shape, max_err(bgot, bwant, nx, 0), 1e-5);
+    rope_free(&rt);
+    cudaFree(dx), cudaFree(dw), cudaFree(dr), cudaFree(dhi), cudaFree(dlo), cudaFree(dcos), cudaFree(dsin);
+    cudaFree(dd), cudaFree(ddx);
+    free(x), free(w), free(w16), free(w1), free(xq), free(rstd), free(want), free(got), free(hi), free(lo);
+    free(d), free(tmp), free(bq), free(bwant), free(bgot);
+}
+
+// The attention output gate on q_proj rows of query then gate per head, forward (with bf16 halves) and
+// backward, against hybrid.c.
+static void op_attn_gate(int M, int H, int hd) {
+    long n = (long)M * H * hd, ldg = 2L * H * hd, hsg = 2L * hd;
+    float *att = randv(n, 2), *q = randv((long)M * ldg, 4), *dout = randv(n, 1);
+    float *want = xmalloc(4 * n), *got = xmalloc(4 * n);
+    attn_gate_forward(want, att, q + hd, ldg, hsg, M, H, hd);
+    void *da = put(att, 4 * n), *dq = put(q, 4L * M * ldg), *dout_ = zeros(4 * n), *dhi = zeros(2 * n),
+         *dlo = zeros(2 * n);
+    gpu_attn_gate(dout_, dhi, dlo, da, (float*)dq + hd, ldg, hsg, M, H, hd, 0);
+    get(got, dout_, 4 * n);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(M %d, heads %d, head_dim %d)", M, H, hd);
+    report("attn_gate", shape, max_err(got, want, n, 0), 1e-6);
+    float *bd = xmalloc(4 * n), *bg = xcalloc((long)M * ldg, 4), *gd = xmalloc(4 * n),
+          *gg = xmalloc(4L * M * ldg);
+    attn_gate_backward(bd, bg + hd, dout, att, q + hd, ldg, hsg, M, H, hd);
+    void *ddo = put(dout, 4 * n), *dgate = zeros(4L * M * ldg);
+    gpu_attn_gate_backward(ddo, (float*)dgate + hd, ddo, da, (float*)dq + hd, ldg, hsg, M, H, hd); // in place
+    get(gd, ddo, 4 * n), get(gg, dgate, 4L * M * ldg);
+    report("attn_gate_backward", shape, fmax(max_err(gd, bd, n, 0), max_err(gg, bg, (long)M * ldg, 0)), 1e-6);
+    cudaFree(da), cudaFree(dq), cudaFree(dout_), cudaFree(dhi), cudaFree(dlo), cudaFree(ddo), cudaFree(dgate);
+    free(att), free(q), free(dout), free(want), free(got), free(bd), free(bg), free(gd), free(gg);
+}
+
+// Columns gathered from and scattered to a wider matrix (Qwen3-Next's fused projections), by a permutation.
+static void op_cols(long M, int n, int ld) {
+    float *in = randv(M * ld, 1), *want = xmalloc(4 * M * n), *got = xmalloc(4 * M * n);
+    int* map = xmalloc(sizeof(int) * n);
+    for (int j = 0; j < n; j++) map[j] = (int)((7L * j + 3) % ld); // distinct while gcd(7, ld) = 1
+    gather_cols(want, in, map, M, n, ld);
+    void *din = put(in, 4 * M * ld), *dmap = put(map, sizeof(int) * n), *dout = zeros(4 * M * n);
+    gpu_gather_cols(dout, din, dmap, M, n, ld);
+    get(got, dout, 4 * M * n);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(M %ld, %d of %d columns)", M, n, ld);
+    report("gather_cols", shape, max_err(got, want, M * n, 0), 0);
+    float *swant = randv(M * ld, 1), *sgot = xmalloc(4 * M * ld);
+    void* dw = put(swant, 4 * M * ld);
+    scatter_cols(swant, ld, want, map, M, n);
+    gpu_scatter_cols(dw, ld, dout, dmap, M, n);
+    get(sgot, dw, 4 * M * ld);
+    report("scatter_cols", shape, max_err(sgot, swant, M * ld, 0), 0);
+    cudaFree(din), cudaFree(dmap), cudaFree(dout), cudaFree(dw);
+    free(in), free(want), free(got), free(map), free(swant), free(sgot);
+}
+
+// The shared expert's sigmoid gate, forward (h += s y) and backward (dy, dm +=), against hybrid.c.
+static void op_shared_gate(int M, int D) {
+    long n = (long)M * D;
+    float *h = randv(n, 1), *m = randv(n, 1), *w = randv(D, 0.2f), *y = randv(n, 2), *dh = randv(n, 1);
+    uint16_t* w16 = to_bf16(w, D);
+    float *hw = xmalloc(4 * n), *s = xmalloc(4 * M), *got = xmalloc(4 * n), *sg = xmalloc(4 * M);
+    memcpy(hw, h, 4 * n);
+    shared_gate_forward(hw, s, m, w, y, M, D);
+    void *dh_ = put(h, 4 * n), *dm_ = put(m, 4 * n), *dw = put(w16, 2 * D), *dy = put(y, 4 * n),
+         *ds = zeros(4 * M);
+    gpu_shared_gate(dh_, ds, dm_, dw, dy, M, D);
+    get(got, dh_, 4 * n), get(sg, ds, 4 * M);
+    char shape[64];
+    snprintf(shape, sizeof(shape), "(M %d, D %d)", M, D);
+    report("shared_gate", shape, fmax(max_err(got, hw, n, 0), max_err(sg, s, M, 0)), 1e-5);
+    float *bdy = xmalloc(4 * n), *bdm = randv(n, 1), *gdy = xmalloc(4 * n), *gdm = xmalloc(4 * n);
+    void *ddm = put(bdm, 4 * n), *ddy = zeros(4 * n), *ddh = put(dh, 4 * n), *ds2 = put(s, 4 * M);
+    shared_gate_backward(bdy, bdm, dh, s, y, w, M, D);
+    gpu_shared_gate_backward(ddy, ddm, ddh, ds2, dy, dw, M, D);
+    get(gdy, ddy, 4 * n), get(gdm, ddm, 4 * n);
+    report("shared_gate_backward", shape, fmax(max_err(gdy, bdy, n, 0), max_err(gdm, bdm, n, 0)), 1e-5);
+    cudaFree(dh_), cudaFree(dm_), cudaFree(dw), cudaFree(dy), cudaFree(ds), cudaFree(ddm), cudaFree(ddy);
+    cudaFree(ddh), cudaFree(ds2);
+    free(h), free(m), free(w), free(w16), free(y), free(dh), free(hw), free(s), free(got), free(sg), free(bdy);
+    free(bdm), free(gdy), free(gdm);
+}
+
 int main(void) {
     if (gpu_device_count() == 0) {
         SKIP("gpu ops", "no CUDA device (or built without nvcc)");
@@ -810,6 +952,15 @@ int main(void) {
     op_rmsnorm(5, 4096);
     op_qk_norm_rope(16, 4, 64);
     op_qk_norm_rope(8, 3, 128);
+    op_rmsnorm_plus1(37, 320);
+    op_qk_norm_rope_part(24, 4, 16, 4, 1);  // the hybrid fixtures' shape (partial_rotary_factor 0.25)
+    op_qk_norm_rope_part(9, 3, 256, 64, 1); // Qwen3.5 / Qwen3-Next (head_dim 256, factor 0.25)
+    op_qk_norm_rope_part(5, 2, 128, 128, 0);
+    op_attn_gate(37, 4, 16);
+    op_attn_gate(9, 3, 256);
+    op_cols(37, 96, 131);
+    op_shared_gate(37, 64);
+    op_shared_gate(5, 2048);
     op_swiglu(4 * 999);
     op_swiglu(8 * 1000);
     for (int f16 = 0; f16 < 2; f16++) {

@@ -156,9 +156,9 @@ for l in (0, 2):
     pairs=()
 done
 
-# refusals: the CUDA engine does not run these models yet
-expect "score --device cuda refused" "Gated DeltaNet layers, which the CUDA engine does not run yet" \
-    $AQ score $q35 --data $F/qwen3_5_tiny_ids.npy --method kl --device cuda
+# refusals: --shard-layers does not run these models yet (the CUDA engine does: tests/test_gpu_hybrid.sh)
+expect "score --shard-layers refused" "which the layer cuts do not model yet" \
+    $AQ score $nxt --data $F/qwen3_next_tiny_ids.npy --method kl --device cuda --gpus 2 --shard-layers
 
 # GPTQ (README §9): the Gated DeltaNet's input projections read the normed hidden state (the attention's
 # site), out_proj the gated norm's output, the gated o_proj the gated attention output, the shared expert
