@@ -90,15 +90,17 @@ static void upload_transposed(GpuEngine* e, const char* name, __nv_bfloat16* d, 
 
 // Router and experts of sparse layer l, from either checkpoint layout (shapes already validated by
 // model_open), into the fused layouts of GpuLayer.
-void moe_upload(GpuEngine* e, int l) {
+void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc) {
     const Config* c = &e->m->c;
-    GpuLayer* g = &e->layers[l];
     long E = c->num_experts, I = c->moe_intermediate, D = c->hidden_size;
     char name[256];
     const char* P = c->prefix;
-    g->router = (__nv_bfloat16*)dalloc(e, 2 * E * D);
-    g->ex_gu = (__nv_bfloat16*)dalloc(e, 2 * E * 2 * I * D);
-    g->ex_down = (__nv_bfloat16*)dalloc(e, 2 * E * D * I);
+    if (alloc) {
+        g->router = (__nv_bfloat16*)dalloc(e, 2 * E * D);
+        g->ex_gu = (__nv_bfloat16*)dalloc(e, 2 * E * 2 * I * D);
+        g->ex_down = (__nv_bfloat16*)dalloc(e, 2 * E * D * I);
+    }
+    if (alloc < 0) return; // allocate only (a streaming slot)
     snprintf(name, sizeof(name), "%slayers.%d.mlp.gate.weight", P, l);
     upload_to(e, name, g->router);
     snprintf(name, sizeof(name), "%slayers.%d.mlp.experts.gate_up_proj", P, l);

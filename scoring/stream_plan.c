@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "../engine/util.h"
+#include "shard_plan.h"
 
 int stream_states_after(const StreamSpec* s, int l) {
     int n = 1;
@@ -154,4 +155,33 @@ double stream_parse_size(const char* s) {
         return v * mul;
     }
     return -1;
+}
+
+void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
+                       int windows, double cap) {
+    memset(s, 0, sizeof(*s));
+    int L = c->num_layers;
+    double* lb = xmalloc(sizeof(double) * L);
+    for (int l = 0; l < L; l++) lb[l] = shard_layer_bytes(c, l);
+    s->L = L;
+    s->layer_bytes = lb;
+    double table = 2.0 * c->vocab_size * c->hidden_size, M = (double)B * T;
+    s->fixed_bytes = shard_stage_bytes(c, gradient, T, B, 1, 0, 0, 0) - table - 0.75 * 1073741824.0 +
+                     4 * M * c->hidden_size; // the engine's one layer of saved inputs
+    s->state_bytes = 4 * M * c->hidden_size;
+    s->cap = cap;
+    s->gradient = gradient;
+    int* births = xmalloc(sizeof(int) * ((size_t)nf * gs->n + 1));
+    for (int f = 0; f < nf && !gradient; f++)
+        for (int g = 0; g < gs->n; g++)
+            if (!gs->g[g].disabled) births[s->n_births++] = gs->g[g].layer;
+    s->birth_layer = births;
+    s->batches = (windows + B - 1) / B;
+    s->h2d_bw = STREAM_EST_BW;
+    s->batch_compute_s = shard_work_flops(c, gs, nf, gradient, T) * M / STREAM_EST_FLOPS;
+}
+
+void stream_spec_free(StreamSpec* s) {
+    free((double*)s->layer_bytes);
+    free((int*)s->birth_layer);
 }

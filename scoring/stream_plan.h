@@ -12,6 +12,8 @@
 // stay in flight longest), each spilled state crossing once each way per layer it lives through (kl)
 // or once each way per batch (the gradient's kept inputs).
 #pragma once
+#include "../engine/config.h"
+#include "groups.h"
 
 typedef struct {
     int L;                     // decoder layers
@@ -52,6 +54,16 @@ double stream_spill_bytes(const StreamSpec* s, int k, int g);
 // (p->gpu_bytes then says what the smallest plan needs).
 int stream_plan(const StreamSpec* s, StreamPlan* p);
 void stream_plan_free(StreamPlan* p);
+// The spec of a scoring run (README "Streaming"): its layers' bf16 bytes, the engine's other buffers by
+// shard_stage_bytes's upper estimate (without the embedding table, which stays on the host unless lm_head
+// shares it, and with 256 MiB of workspaces instead of its 1 GiB for the CUDA context, which the peak
+// does not count), a kl pass born per (format, enabled group) at the group's layer, and compute and bus
+// estimates (STREAM_EST_*) for the batch choice. Allocates what stream_spec_free frees.
+#define STREAM_EST_FLOPS 200e12 // sustained GEMM rate of an H100 / H200 on these passes
+#define STREAM_EST_BW 20e9      // staged host->GPU copies from the checkpoint's mapping
+void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
+                       int windows, double cap);
+void stream_spec_free(StreamSpec* s);
 // Parses a --gpu-memory SIZE: bytes, or a number with K, M, G, T (powers of 1000) or KiB, MiB, GiB,
 // TiB (powers of 1024), B optional. Returns -1 when malformed.
 double stream_parse_size(const char* s);
