@@ -411,7 +411,11 @@ static void add_window(ScoreJob* j, Scorer* cpu, const int* ids, int w) {
 // Whether the run streams its layers (README "Streaming"): under --gpu-memory when the plan says the model
 // does not fit it, and without it when the weights alone exceed 90% of the GPU's free memory. Plans into
 // plan; exits 2 when not even one batch with two layer slots fits.
-static int stream_decide(ScoreJob* j, const GpuScoreSpec* sp, StreamPlan* plan) {
+// Whether the run streams its layers (README "Streaming"): under --gpu-memory when the plan says the model
+// does not fit it, and without it when the weights alone exceed 90% of the GPU's free memory. Plans into
+// plan, with the engine batch *B (--batch-size) halved until a streamed plan fits; exits 2 when not even
+// one window with two layer slots fits.
+static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     const Config* c = &j->model.c;
     if (!j->use_gpu || j->quant.kind == QUANTIZER_GPTQ || j->shard || j->nccl_init || j->ngpus > 1) return 0;
     double free_b = (double)gpu_stream_free_memory(), cap = j->gpu_mem;
@@ -421,20 +425,38 @@ static int stream_decide(ScoreJob* j, const GpuScoreSpec* sp, StreamPlan* plan) 
         if (w <= 0.9 * free_b) return 0;
         cap = 0.9 * free_b;
     }
-    StreamSpec s;
-    stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, sp->B, j->ids.n, cap);
-    int ok = stream_plan(&s, plan);
-    stream_spec_free(&s);
+    const char* kf = getenv("AUTOQ_STREAM_BATCHES"); // tests and bench: engine batches per streamed batch
+    int b = *B, ok;
+    for (;;) {
+        StreamSpec s;
+        stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b, j->ids.n, cap);
+        s.k_force = kf ? atoi(kf) : 0;
+        ok = stream_plan(&s, plan);
+        stream_spec_free(&s);
+        if (ok || b == 1) break;
+        if (!plan->streamed) break; // resident: the cap holds the whole model
+        stream_plan_free(plan);
+        b /= 2;
+    }
     if (!ok)
-        fail_input("--gpu-memory: %.2f GiB is too small for %s with batches of %d windows of %d tokens: streaming "
-                   "needs at least %.2f GiB (try a smaller --batch-size)",
-                   cap / 1073741824.0, j->model_dir, sp->B, j->ids.t, plan->gpu_bytes / 1073741824.0);
-    if (!plan->streamed) return 0;
+        fail_input("--gpu-memory: %.3f GiB is too small for %s with windows of %d tokens: streaming needs at "
+                   "least %.3f GiB (%.0f bytes)",
+                   cap / 1073741824.0, j->model_dir, j->ids.t, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
+    if (!plan->streamed) {
+        info_msg("score: --gpu-memory %.3f GiB: the model fits (planned peak %.3f GiB, %.0f bytes): every layer "
+                 "resident",
+                 cap / 1073741824.0, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
+        stream_plan_free(plan);
+        return 0;
+    }
+    if (b < *B) warn_msg("--gpu-memory: engine batches of %d windows instead of --batch-size %d (the cap)", b, *B);
+    *B = b;
+    int on_gpu = plan->states_gpu < plan->states_peak ? plan->states_gpu - 1 : plan->states_peak;
     info_msg("score: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows, "
-             "%d of %d in-flight states on the GPU (the rest in pinned host memory), planned peak %.2f GiB of "
-             "%.2f GiB",
-             plan->n_resident, c->num_layers, plan->k, sp->B, plan->states_gpu < plan->states_peak ? plan->states_gpu - 1 : plan->states_peak,
-             plan->states_peak, plan->gpu_bytes / 1073741824.0, cap / 1073741824.0);
+             "%d of %d in-flight states on the GPU (the rest in pinned host memory), planned peak %.3f GiB of "
+             "%.3f GiB, %.2f GiB host->GPU per batch",
+             plan->n_resident, c->num_layers, plan->k, b, on_gpu, plan->states_peak, plan->gpu_bytes / 1073741824.0,
+             cap / 1073741824.0, (plan->weight_h2d + plan->spill_h2d) / 1073741824.0);
     return 1;
 }
 
@@ -446,11 +468,12 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     memset(&plan, 0, sizeof(plan));
     GpuEngine* e = NULL;
     int B = 1;
-    j->streamed = stream_decide(j, sp, &plan);
+    GpuScoreSpec ssp = *sp; // a streamed run's engine batch may be smaller
+    j->streamed = stream_decide(j, &ssp.B, &plan);
     if (j->streamed) {
-        gpu_stream_scorer_init(&ss, sp, &plan);
+        gpu_stream_scorer_init(&ss, &ssp, &plan);
         e = ss.e;
-        B = plan.k * sp->B;
+        B = plan.k * ssp.B;
         const char* how[3] = {"bf16", "bf16 hi+lo", "fp16"};
         info_msg("score: CUDA device %s, streamed batches of %d windows, GEMM inputs %s", gpu_name(), B,
                  how[j->gpu_gemm]);

@@ -123,6 +123,10 @@ int stream_plan(const StreamSpec* s, StreamPlan* p) {
         if (t < best_t * 0.99) best_t = t, best = k;
         if (q.copy_s <= q.comp_s) break; // hidden: a larger batch only holds more memory
     }
+    if (s->k_force > 0) {
+        int k = s->k_force < batches ? s->k_force : batches;
+        if (plan_k(s, k, &q)) best = k;
+    }
     free(q.res);
     plan_k(s, best, p);
     p->streamed = 1;
@@ -168,6 +172,8 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf,
     double table = 2.0 * c->vocab_size * c->hidden_size, M = (double)B * T;
     s->fixed_bytes = shard_stage_bytes(c, gradient, T, B, 1, 0, 0, 0) - table - 0.75 * 1073741824.0 +
                      4 * M * c->hidden_size; // the engine's one layer of saved inputs
+    if (gradient) // its lm_head runs one window at a time: logits and their gradient (fp32, bf16 halves)
+        s->fixed_bytes += 8.0 * T * c->vocab_size - 8 * M * c->vocab_size;
     s->state_bytes = 4 * M * c->hidden_size;
     s->cap = cap;
     s->gradient = gradient;

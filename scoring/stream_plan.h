@@ -26,7 +26,8 @@ typedef struct {
     int n_births;              // kl: the passes (enabled group, format) and the layer each is born at
     const int* birth_layer;    // (n_births)
     int batches;               // engine batches in the run (windows / B, rounded up)
-    int force;                 // stream even when everything fits (tests, --gpu-memory below the model)
+    int force;                 // stream even when everything fits
+    int k_force;               // > 0: this many engine batches per streamed batch when they fit (tests, bench)
     // estimates for the batch choice: host->GPU bytes per second, and seconds of compute per engine batch
     double h2d_bw, batch_compute_s;
 } StreamSpec;

@@ -105,6 +105,12 @@ static void test_batch_choice(void) {
     CHECK(p.k == 8 && p.states_gpu == 16 && fabs(p.spill_h2d - 320) < 1e-9,
           "stream_plan_batch_spills_when_faster", "k %d gpu %d spill %g", p.k, p.states_gpu, p.spill_h2d);
     stream_plan_free(&p);
+    // a forced batch, when it fits
+    StreamSpec h = spec(50 + 20 + 200 + 160, 0);
+    h.k_force = 3;
+    stream_plan(&h, &p);
+    CHECK(p.k == 3 && p.states_gpu == 12, "stream_plan_forced_batch", "k %d gpu %d", p.k, p.states_gpu);
+    stream_plan_free(&p);
     // forced streaming keeps layers resident with the memory left
     StreamSpec f = spec(1e9, 0);
     f.force = 1;
