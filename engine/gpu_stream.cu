@@ -61,8 +61,9 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
     for (int k = 0; k < 2; k++) {
         st->slot_l[k] = -1;
         cudaCheck(cudaEventCreateWithFlags(&st->slot_free[k], cudaEventDisableTiming));
-        if (dense < 0 && sparse < 0) continue;     // every layer resident
-        layer_upload(e, dense >= 0 ? dense : sparse, &st->slot[k], 1, UP_NONE); // a dense layer's shapes hold both
+        if (dense < 0 && sparse < 0) continue; // every layer resident
+        layer_upload(e, dense >= 0 ? dense : sparse, &st->slot[k], 1,
+                     UP_NONE); // a dense layer's shapes hold both
         if (sparse >= 0) moe_upload(e, sparse, &st->slot[k], -1);
     }
     for (int i = 0; i < MARKS; i++) cudaCheck(cudaEventCreate(&st->mark[i]));

@@ -193,7 +193,8 @@ void score_job_load(ScoreJob* j) {
                    j->use_gpu ? j->ngpus : 0);
     if (gpu_why && j->use_gpu)
         fail_input("%s: format '%s' %s; use --device cpu", gpu_fmt->path, gpu_fmt->name, gpu_why);
-    if (j->gpu_mem && !j->use_gpu) fail_input("--gpu-memory: no CUDA device in use (--device cpu or none found)");
+    if (j->gpu_mem && !j->use_gpu)
+        fail_input("--gpu-memory: no CUDA device in use (--device cpu or none found)");
     if (j->gpu_mem && (j->shard || j->nccl_init || j->ngpus > 1))
         fail_input("--gpu-memory: streamed layers run on one GPU for now (--gpus 1; README \"Not done yet\")");
     if (j->gpu_mem && j->quant.kind == QUANTIZER_GPTQ)
@@ -443,20 +444,23 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
                    "least %.3f GiB (%.0f bytes)",
                    cap / 1073741824.0, j->model_dir, j->ids.t, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
     if (!plan->streamed) {
-        info_msg("score: --gpu-memory %.3f GiB: the model fits (planned peak %.3f GiB, %.0f bytes): every layer "
-                 "resident",
-                 cap / 1073741824.0, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
+        info_msg(
+            "score: --gpu-memory %.3f GiB: the model fits (planned peak %.3f GiB, %.0f bytes): every layer "
+            "resident",
+            cap / 1073741824.0, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
         stream_plan_free(plan);
         return 0;
     }
-    if (b < *B) warn_msg("--gpu-memory: engine batches of %d windows instead of --batch-size %d (the cap)", b, *B);
+    if (b < *B)
+        warn_msg("--gpu-memory: engine batches of %d windows instead of --batch-size %d (the cap)", b, *B);
     *B = b;
     int on_gpu = plan->states_gpu < plan->states_peak ? plan->states_gpu - 1 : plan->states_peak;
     info_msg("score: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows, "
              "%d of %d in-flight states on the GPU (the rest in pinned host memory), planned peak %.3f GiB of "
              "%.3f GiB, %.2f GiB host->GPU per batch",
-             plan->n_resident, c->num_layers, plan->k, b, on_gpu, plan->states_peak, plan->gpu_bytes / 1073741824.0,
-             cap / 1073741824.0, (plan->weight_h2d + plan->spill_h2d) / 1073741824.0);
+             plan->n_resident, c->num_layers, plan->k, b, on_gpu, plan->states_peak,
+             plan->gpu_bytes / 1073741824.0, cap / 1073741824.0,
+             (plan->weight_h2d + plan->spill_h2d) / 1073741824.0);
     return 1;
 }
 

@@ -102,6 +102,7 @@ static void kl_layer(GpuStreamScorer* ss, int l, int k, int nb) {
     GpuEngine* e = ss->e;
     const Groups* gs = ss->sp->gs;
     e->l0 = l, e->l1 = l + 1;
+    gpu_plan_clear(e); // the last pass's group may be in this layer
     e->h = state_use(ss, kl_ref(k), nb, 1);
     gpu_forward_layers(e, l, nb, 1);
     state_done(ss, kl_ref(k), nb);
@@ -170,7 +171,7 @@ static int gr_keep(const GpuStreamScorer* ss, int k, int l) {
 }
 
 extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score,
-                                             int more) {
+                                            int more) {
     GpuEngine* e = ss->e;
     const GpuScoreSpec* sp = ss->sp;
     int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
@@ -197,7 +198,8 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
             gpu_forward_layers(e, l, nb, 1);
             if (spilled(ss, gr_keep(ss, k, l))) { // the kept input to host memory
                 size_t b = state_bytes(ss) / B * nb;
-                cudaCheck(cudaMemcpyAsync(ss->state[gr_keep(ss, k, l)], e->hsave, b, cudaMemcpyDeviceToHost, 0));
+                cudaCheck(
+                    cudaMemcpyAsync(ss->state[gr_keep(ss, k, l)], e->hsave, b, cudaMemcpyDeviceToHost, 0));
             }
             state_done(ss, gr_h(ss, k), nb);
         }
