@@ -32,23 +32,51 @@ static size_t state_bytes(const GpuStreamScorer* ss) {
 
 static int spilled(const GpuStreamScorer* ss, int i) { return i >= ss->n_gpu; }
 
-// State i on the GPU for work: its own buffer, or the stage with its contents (load) copied up.
+typedef struct {
+    cudaStream_t ld, wb;                            // loads, write-backs (non-blocking: they overlap compute)
+    cudaEvent_t loaded[2], computed[2], written[2]; // per ring slot: written = the slot may be refilled
+    cudaEvent_t* out;                               // (n_state) a spilled state's last write-back, done
+    int n_out;
+} Ring;
+
+// State i on the GPU for the work queued next: its own buffer, or a ring slot, its contents loaded from
+// host memory (load) once the slot's last state is written back. At most two states are in use at once.
 static float* state_use(GpuStreamScorer* ss, int i, int nb, int load) {
     if (!spilled(ss, i)) return ss->state[i];
+    Ring* g = (Ring*)ss->ring_ev;
+    int r = ss->ring_next;
+    ss->ring_next ^= 1;
+    ss->ring_state[r] = i;
     if (load) {
         size_t b = state_bytes(ss) / ss->sp->B * nb;
-        cudaCheck(cudaMemcpyAsync(ss->stage, ss->state[i], b, cudaMemcpyHostToDevice, 0));
+        cudaCheck(cudaStreamWaitEvent(g->ld, g->written[r], 0));
+        cudaCheck(cudaStreamWaitEvent(g->ld, g->out[i], 0)); // the state's host copy is complete
+        cudaCheck(cudaMemcpyAsync(ss->ring[r], ss->state[i], b, cudaMemcpyHostToDevice, g->ld));
+        cudaCheck(cudaEventRecord(g->loaded[r], g->ld));
+        cudaCheck(cudaStreamWaitEvent(0, g->loaded[r], 0));
         gpu_stream_count_spill(ss->st, (double)b, 0);
         ss->spill_bytes += (double)b;
+    } else {
+        cudaCheck(cudaStreamWaitEvent(0, g->written[r], 0)); // the slot's last state is out
     }
-    return ss->stage;
+    return ss->ring[r];
 }
 
-// After the work on state i: a spilled one goes back to host memory.
-static void state_done(GpuStreamScorer* ss, int i, int nb) {
+// The work on state i is queued: a spilled one goes back to host memory when `dirty` (it changed).
+static void state_done(GpuStreamScorer* ss, int i, int nb, int dirty) {
     if (!spilled(ss, i)) return;
+    Ring* g = (Ring*)ss->ring_ev;
+    int r = ss->ring_state[0] == i ? 0 : 1;
+    cudaCheck(cudaEventRecord(g->computed[r], 0));
+    if (!dirty) {
+        cudaCheck(cudaEventRecord(g->written[r], 0));
+        return;
+    }
     size_t b = state_bytes(ss) / ss->sp->B * nb;
-    cudaCheck(cudaMemcpyAsync(ss->state[i], ss->stage, b, cudaMemcpyDeviceToHost, 0));
+    cudaCheck(cudaStreamWaitEvent(g->wb, g->computed[r], 0));
+    cudaCheck(cudaMemcpyAsync(ss->state[i], ss->ring[r], b, cudaMemcpyDeviceToHost, g->wb));
+    cudaCheck(cudaEventRecord(g->written[r], g->wb));
+    cudaCheck(cudaEventRecord(g->out[i], g->wb));
 }
 
 extern "C" size_t gpu_stream_free_memory(void) {
@@ -77,16 +105,46 @@ extern "C" void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* 
     } else {
         ss->n_state = K * (L + 2);
     }
-    ss->n_gpu = plan->states_gpu < ss->n_state ? plan->states_gpu - 1 : ss->n_state; // one stage if any spill
+    // with spills, two of the GPU's states are the ring's slots
+    ss->n_gpu = plan->states_gpu < ss->n_state ? plan->states_gpu - 2 : ss->n_state;
     if (ss->n_gpu < 1) ss->n_gpu = 1;
     size_t b = state_bytes(ss);
     ss->state = (float**)xcalloc(ss->n_state, sizeof(float*));
     for (int i = 0; i < ss->n_state; i++)
         ss->state[i] = spilled(ss, i) ? (float*)gpu_stream_host_alloc(ss->st, b) : (float*)gpu_alloc(ss->e, b);
-    if (ss->n_gpu < ss->n_state) ss->stage = (float*)gpu_alloc(ss->e, b);
+    if (ss->n_gpu < ss->n_state) {
+        Ring* g = (Ring*)xcalloc(1, sizeof(Ring));
+        cudaCheck(cudaStreamCreateWithFlags(&g->ld, cudaStreamNonBlocking));
+        cudaCheck(cudaStreamCreateWithFlags(&g->wb, cudaStreamNonBlocking));
+        for (int r = 0; r < 2; r++) {
+            ss->ring[r] = (float*)gpu_alloc(ss->e, b);
+            cudaCheck(cudaEventCreateWithFlags(&g->loaded[r], cudaEventDisableTiming));
+            cudaCheck(cudaEventCreateWithFlags(&g->computed[r], cudaEventDisableTiming));
+            cudaCheck(cudaEventCreateWithFlags(&g->written[r], cudaEventDisableTiming));
+        }
+        g->n_out = ss->n_state;
+        g->out = (cudaEvent_t*)xcalloc(ss->n_state, sizeof(cudaEvent_t));
+        for (int i = ss->n_gpu; i < ss->n_state; i++)
+            cudaCheck(cudaEventCreateWithFlags(&g->out[i], cudaEventDisableTiming));
+        ss->ring_ev = g;
+    }
 }
 
 extern "C" void gpu_stream_scorer_free(GpuStreamScorer* ss) {
+    cudaCheck(cudaDeviceSynchronize());
+    if (ss->ring_ev) {
+        Ring* g = (Ring*)ss->ring_ev;
+        for (int r = 0; r < 2; r++) {
+            cudaEventDestroy(g->loaded[r]);
+            cudaEventDestroy(g->computed[r]);
+            cudaEventDestroy(g->written[r]);
+        }
+        for (int i = ss->n_gpu; i < g->n_out; i++) cudaEventDestroy(g->out[i]);
+        free(g->out);
+        cudaStreamDestroy(g->ld);
+        cudaStreamDestroy(g->wb);
+        free(g);
+    }
     gpu_stream_free(ss->st);
     free(ss->state);
     free(ss->order);
@@ -105,7 +163,7 @@ static void kl_layer(GpuStreamScorer* ss, int l, int k, int nb) {
     gpu_plan_clear(e); // the last pass's group may be in this layer
     e->h = state_use(ss, kl_ref(k), nb, 1);
     gpu_forward_layers(e, l, nb, 1);
-    state_done(ss, kl_ref(k), nb);
+    state_done(ss, kl_ref(k), nb, 1);
     for (int p = 0; p < ss->n_pass; p++) {
         const Group* g = &gs->g[ss->order[2 * p + 1]];
         if (g->layer > l) break; // birth order
@@ -116,7 +174,7 @@ static void kl_layer(GpuStreamScorer* ss, int l, int k, int nb) {
         else
             gpu_plan_clear(e); // the group's linears are in an earlier layer
         gpu_forward_layers(e, l, nb, 0);
-        state_done(ss, i, nb);
+        state_done(ss, i, nb, 1);
     }
 }
 
@@ -138,7 +196,7 @@ extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw,
         e->l0 = 0;
         float* h = state_use(ss, kl_ref(k), nb, 0);
         gpu_stream_embed(ss->st, ids + (long)k * B * T, nb, h);
-        state_done(ss, kl_ref(k), nb);
+        state_done(ss, kl_ref(k), nb, 1);
     }
     for (int l = 0; l < L; l++) {
         gpu_stream_begin(ss->st, l);
@@ -152,10 +210,12 @@ extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw,
         int nb = batch_windows(ss, nw, k);
         e->h = state_use(ss, kl_ref(k), nb, 1);
         gpu_kl_reference(&ss->s, nb);
+        state_done(ss, kl_ref(k), nb, 0);
         for (int p = 0; p < ss->n_pass; p++) {
             int f = ss->order[2 * p], g = ss->order[2 * p + 1];
             e->h = state_use(ss, kl_pass(ss, p, k), nb, 1);
             gpu_kl_add(&ss->s, nb, f * sp->gs->n + g);
+            state_done(ss, kl_pass(ss, p, k), nb, 0);
         }
         gpu_scorer_end(&ss->s, score);
     }
@@ -185,7 +245,7 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
         own = own_save(e); // grad_alloc may have just made dh
         float* h = state_use(ss, gr_h(ss, k), nb, 0);
         gpu_stream_embed(ss->st, ids + (long)k * B * T, nb, h);
-        state_done(ss, gr_h(ss, k), nb);
+        state_done(ss, gr_h(ss, k), nb, 1);
     }
     for (int l = 0; l < L; l++) { // the forward, keeping every layer's input
         gpu_stream_begin(ss->st, l);
@@ -194,14 +254,9 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
             e->l0 = l, e->l1 = l + 1;
             e->h = state_use(ss, gr_h(ss, k), nb, 1);
             e->hsave = state_use(ss, gr_keep(ss, k, l), nb, 0);
-            if (spilled(ss, gr_h(ss, k)) && spilled(ss, gr_keep(ss, k, l))) e->hsave = own.hsave;
             gpu_forward_layers(e, l, nb, 1);
-            if (spilled(ss, gr_keep(ss, k, l))) { // the kept input to host memory
-                size_t b = state_bytes(ss) / B * nb;
-                cudaCheck(
-                    cudaMemcpyAsync(ss->state[gr_keep(ss, k, l)], e->hsave, b, cudaMemcpyDeviceToHost, 0));
-            }
-            state_done(ss, gr_h(ss, k), nb);
+            state_done(ss, gr_keep(ss, k, l), nb, 1);
+            state_done(ss, gr_h(ss, k), nb, 1);
         }
         gpu_stream_end(ss->st, l, l + 1 < L ? l + 1 : -1);
     }
@@ -211,35 +266,23 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
         int nb = batch_windows(ss, nw, k);
         cudaCheck(cudaMemcpy(e->ids, ids + (long)k * B * T, sizeof(int) * nb * T, cudaMemcpyHostToDevice));
         e->h = state_use(ss, gr_h(ss, k), nb, 1);
-        e->dh = spilled(ss, gr_dh(ss, k)) ? own.dh : ss->state[gr_dh(ss, k)];
+        e->dh = state_use(ss, gr_dh(ss, k), nb, 0);
         gpu_loss_backward(e, nb);
         loss += gpu_loss(e, nb);
-        if (spilled(ss, gr_dh(ss, k)))
-            cudaCheck(cudaMemcpyAsync(ss->state[gr_dh(ss, k)], e->dh, state_bytes(ss) / B * nb,
-                                      cudaMemcpyDeviceToHost, 0));
+        state_done(ss, gr_dh(ss, k), nb, 1);
+        state_done(ss, gr_h(ss, k), nb, 0);
     }
     for (int l = L - 1; l >= 0; l--) { // the backward, layer by layer from the last
         gpu_stream_begin(ss->st, l);
         for (int k = 0; k < K; k++) {
             int nb = batch_windows(ss, nw, k);
-            size_t b = state_bytes(ss) / B * nb;
             e->l0 = l, e->l1 = l + 1;
             e->h = own.h;
             e->hsave = state_use(ss, gr_keep(ss, k, l), nb, 1);
-            e->dh = own.dh;
-            if (spilled(ss, gr_dh(ss, k))) {
-                if (e->hsave == ss->stage) { // both spilled: the kept input through the engine's hsave
-                    cudaCheck(cudaMemcpyAsync(own.hsave, ss->stage, b, cudaMemcpyDeviceToDevice, 0));
-                    e->hsave = own.hsave;
-                }
-                cudaCheck(cudaMemcpyAsync(own.dh, ss->state[gr_dh(ss, k)], b, cudaMemcpyHostToDevice, 0));
-                gpu_stream_count_spill(ss->st, (double)b, 0);
-            } else {
-                e->dh = ss->state[gr_dh(ss, k)];
-            }
+            e->dh = state_use(ss, gr_dh(ss, k), nb, 1);
             gpu_grad_backward(&ss->s, nb);
-            if (spilled(ss, gr_dh(ss, k)))
-                cudaCheck(cudaMemcpyAsync(ss->state[gr_dh(ss, k)], own.dh, b, cudaMemcpyDeviceToHost, 0));
+            state_done(ss, gr_dh(ss, k), nb, 1);
+            state_done(ss, gr_keep(ss, k, l), nb, 0);
         }
         gpu_stream_end(ss->st, l, l > 0 ? l - 1 : -1);
     }

@@ -20,7 +20,11 @@ typedef struct {
     int n_state;   // states of a streamed batch (plan->states_peak)
     int n_gpu;     // of those, held on the GPU
     float** state; // (n_state) device buffers, or pinned host ones for spilled states
-    float* stage;  // a spilled state's device copy while it computes
+    // spilled states compute in one of two device slots, loaded on one copy stream and written back on
+    // another, so that the next state's load and the last one's write-back overlap this one's compute
+    float* ring[2];
+    int ring_state[2], ring_next;
+    void* ring_ev; // the slots' events and the two copy streams (score_stream.cu)
     int* order;    // kl: the passes (format, group index into sp->gs), sorted by birth layer
     int n_pass;
     double spill_bytes; // bytes each way through spilled states
