@@ -260,6 +260,7 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
         }
         gpu_stream_end(ss->st, l, l + 1 < L ? l + 1 : -1);
     }
+    gpu_stream_break(ss->st); // the losses are work, not a wait
     own_restore(e, own);
     double loss = 0;
     for (int k = 0; k < K; k++) { // the losses and their gradients at the final norm's input
