@@ -105,9 +105,9 @@ int stream_plan(const StreamSpec* s, StreamPlan* p) {
     }
     p->streamed = 1;
     if (!plan_k(s, 1, p)) return 0;
-    // The batch: the fewest engine batches whose copies hide behind their compute, else the one with the
-    // least time per engine batch (max of copy and compute, over k). Without estimates: the most that keep
-    // every state on the GPU.
+    // The batch: the k with the least estimated time over the run, ceil(batches / k) streamed batches of
+    // max(copies, compute) each (copies and compute overlap), the smaller k on a tie (it holds less memory).
+    // Without estimates: the most that keep every state on the GPU.
     int known = s->h2d_bw > 0 && s->batch_compute_s > 0, best = 1;
     double best_t = INFINITY;
     StreamPlan q = *p;
@@ -119,9 +119,8 @@ int stream_plan(const StreamSpec* s, StreamPlan* p) {
             best = k;
             continue;
         }
-        double t = (q.copy_s > q.comp_s ? q.copy_s : q.comp_s) / k;
-        if (t < best_t * 0.99) best_t = t, best = k;
-        if (q.copy_s <= q.comp_s) break; // hidden: a larger batch only holds more memory
+        double t = (double)((batches + k - 1) / k) * (q.copy_s > q.comp_s ? q.copy_s : q.comp_s);
+        if (t < best_t * 0.999) best_t = t, best = k;
     }
     if (s->k_force > 0) {
         int k = s->k_force < batches ? s->k_force : batches;
