@@ -13,7 +13,7 @@ static double* score_order(const Model* m, const Groups* gs, const Format* f, in
                            int n, const char* order, long* tokens) {
     setenv("AUTOQ_KL_ORDER", order, 1);
     Scorer s;
-    int T = ids->t < 64 ? ids->t : 64; // the windows' first 64 tokens: a quick test
+    int T = ids->t < 32 ? ids->t : 32; // the windows' first 32 tokens: a quick test
     scorer_init(&s, m, gs, f, nf, METHOD_KL, T);
     s.expert_tokens = tokens;
     double* score = xcalloc((size_t)nf * gs->n, sizeof(double));
