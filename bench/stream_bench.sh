@@ -9,7 +9,8 @@
 #   AQ=path/to/autoq bash bench/stream_bench.sh OUTDIR
 # Environment: SHAPES ("8b:4GiB 30b-a3b:16GiB": preset:cap), LAYERS (the presets' depth), N (128), KL_N (16),
 # T (512), B (4: --batch-size of both runs; a streamed run may halve it, and then the resident run of the
-# comparison uses the same), WORK (/dev/shm/autoq-stream), PY (python3).
+# comparison uses the same), WORK (/dev/shm/autoq-stream), PY (python3), PIN_COMPARE (1: each streamed
+# run again with AUTOQ_STREAM_PIN=0, the copies through staging buffers instead of the page-locked mapping).
 set -u
 out=${1:?usage: AQ=path/to/autoq bash bench/stream_bench.sh OUTDIR}
 AQ=${AQ:?set AQ to the autoq binary}
@@ -43,7 +44,7 @@ run() {
     local t0=$(date +%s.%N)
     "$AQ" score "$@" --json "$out/$name.json" >/dev/null 2>"$out/$name.log"
     local rc=$?
-    echo "$(echo "$(date +%s.%N) - $t0" | bc)" >"$out/$name.wall"
+    awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f\n", b - a }' >"$out/$name.wall"
     [ $rc -eq 0 ] || echo "# $name failed (exit $rc): $(tail -2 "$out/$name.log")"
     return $rc
 }
@@ -54,8 +55,9 @@ summary() { # NAME: time, peak, bytes moved, unhidden
     s=$(sed -n 's/.* tokens in \([0-9.]*\)s .*/\1/p' "$f" | tail -1)
     p=$(sed -n 's/.*peak GPU memory \([0-9.]*\) GiB.*/\1/p' "$f" | tail -1)
     h=$(sed -n 's/.*streamed layers: \(.*\)/\1/p' "$f" | tail -1)
-    printf '%-28s %8ss  peak %6s GiB  %s\n' "$1" "${s:-?}" "${p:-?}" "${h:-resident}"
-    grep -h "streaming layers\|engine batches of" "$f" | sed 's/^/    /'
+    printf '%-28s %8ss (wall %6ss)  peak %6s GiB  %s\n' "$1" "${s:-?}" "$(cat "$out/$1.wall" 2>/dev/null)" "${p:-?}" \
+        "${h:-resident}"
+    grep -h "streaming layers\|engine batches of\|page-lock" "$f" | sed 's/^/    /'
 }
 
 compare() { # A B: the largest relative difference of A's scores from B's
@@ -97,6 +99,11 @@ for sc in $shapes; do
         # compute per layer (resident): the run's time over its layers
         L=$($PY -c "import json; print(json.load(open('$m/config.json'))['num_hidden_layers'])")
         s=$(sed -n 's/.* tokens in \([0-9.]*\)s .*/\1/p' "$out/${base}_resident.log" | tail -1)
-        [ -n "$s" ] && echo "    resident compute per layer: $(echo "scale=4; $s / $L" | bc) s ($L layers, $k windows)"
+        [ -n "$s" ] && awk -v s="$s" -v L="$L" -v k="$k" \
+            'BEGIN { printf "    resident compute per layer: %.4f s (%d layers, %d windows)\n", s / L, L, k }'
+        if [ "${PIN_COMPARE:-0}" = 1 ]; then # the same streamed run through the staging buffers
+            AUTOQ_STREAM_PIN=0 run "${base}_stream_staged" "${a[@]}" --batch-size "$B" --gpu-memory "$cap"
+            summary "${base}_stream_staged"
+        fi
     done
 done

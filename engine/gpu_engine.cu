@@ -125,7 +125,10 @@ static void upload_bytes(void* d, const void* src, size_t bytes, int ordered) {
         cudaCheck(cudaEventRecord(before, 0));
         cudaCheck(cudaStreamWaitEvent(ss, before, 0));
     }
-    if (bytes < ((size_t)4 << 20)) { // small: straight from pageable memory
+    cudaPointerAttributes at;
+    int pinned = cudaPointerGetAttributes(&at, src) == cudaSuccess && at.type == cudaMemoryTypeHost;
+    (void)cudaGetLastError();
+    if (bytes < ((size_t)4 << 20) || pinned) { // small, or page-locked (a streamed checkpoint): straight over
         cudaCheck(cudaMemcpyAsync(d, src, bytes, cudaMemcpyHostToDevice, ss));
         cudaCheck(cudaStreamSynchronize(ss));
         return;

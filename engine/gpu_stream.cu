@@ -2,6 +2,7 @@
 // checkpoint's mapping through the engine's pinned staging buffers (upload_bytes) on the uploading
 // thread's own stream, so that the next layer crosses the bus while the queued work of this one runs.
 #include <string.h>
+#include <unistd.h>
 
 #include "gpu_engine.cuh"
 #include "gpu_stream.h"
@@ -25,7 +26,34 @@ struct GpuStream {
     double gap_s;
     void** host; // pinned allocations
     int n_host;
+    int registered; // the checkpoint's mappings are page-locked (cudaHostRegister): copies go straight over
 };
+
+// Page-locks the checkpoint's mappings, so that a layer's copy is one DMA from the page cache (55 GB/s on an
+// H100 host, against 7 GB/s from pageable memory and the staging copies' host memcpy) instead of host copies
+// into staging buffers. Only when the checkpoint fits well within the host's memory (else it must stay
+// pageable, read from disk as the page cache cycles) and not with AUTOQ_STREAM_PIN=0; a failure falls back
+// to the staging buffers.
+static int register_checkpoint(const Model* m) {
+    const char* v = getenv("AUTOQ_STREAM_PIN");
+    if (v && !strcmp(v, "0")) return 0;
+    double total = 0, ram = (double)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < m->ck.nfiles; i++) total += m->ck.files[i].size;
+    if (total > 0.6 * ram) return 0;
+    double t0 = time_now();
+    for (int i = 0; i < m->ck.nfiles; i++)
+        if (cudaHostRegister(m->ck.files[i].map, m->ck.files[i].size, cudaHostRegisterReadOnly) !=
+            cudaSuccess) {
+            (void)cudaGetLastError();
+            for (int j = 0; j < i; j++) cudaHostUnregister(m->ck.files[j].map);
+            warn_msg("%s: could not page-lock the checkpoint for streaming: copies go through staging buffers",
+                     m->dir);
+            return 0;
+        }
+    info_msg("score: page-locked the checkpoint's %.1f GiB for streaming in %.1fs", total / 1073741824.0,
+             time_now() - t0);
+    return 1;
+}
 
 // Bytes of layer l's weights on the GPU: every checkpoint tensor of the layer, as bf16.
 static double layer_bytes_ck(const Model* m, int l) {
@@ -68,6 +96,7 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
     }
     for (int i = 0; i < MARKS; i++) cudaCheck(cudaEventCreate(&st->mark[i]));
     st->last = 1;
+    st->registered = register_checkpoint(m);
     *out = st;
     return e;
 }
@@ -195,6 +224,8 @@ extern "C" void gpu_stream_free(GpuStream* st) {
     }
     for (int i = 0; i < MARKS; i++) cudaEventDestroy(st->mark[i]);
     for (int i = 0; i < st->n_host; i++) cudaFreeHost(st->host[i]);
+    for (int i = 0; st->registered && i < st->e->m->ck.nfiles; i++)
+        cudaHostUnregister(st->e->m->ck.files[i].map);
     free(st->host);
     free(st->lbytes);
     free(st);

@@ -445,7 +445,7 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
                    cap / 1073741824.0, j->model_dir, j->ids.t, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
     if (!plan->streamed) {
         info_msg(
-            "score: --gpu-memory %.3f GiB: the model fits (planned peak %.3f GiB, %.0f bytes): every layer "
+            "score: --gpu-memory %.3f GiB: the model fits (planned peak %.3f GiB (%.0f bytes)): every layer "
             "resident",
             cap / 1073741824.0, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
         stream_plan_free(plan);
