@@ -10,7 +10,8 @@
 # Environment: SHAPES ("8b:4GiB 30b-a3b:16GiB": preset:cap), LAYERS (the presets' depth), N (128), KL_N (16),
 # T (512), B (4: --batch-size of both runs; a streamed run may halve it, and then the resident run of the
 # comparison uses the same), WORK (/dev/shm/autoq-stream), PY (python3), PIN_COMPARE (1: each streamed
-# run again with AUTOQ_STREAM_PIN=0, the copies through staging buffers instead of the page-locked mapping).
+# run again with AUTOQ_STREAM_PIN=0, the copies through staging buffers instead of the page-locked mapping),
+# LAYER_MAJOR (1: kl also in the layer-major order with every layer resident, AUTOQ_STREAM=1).
 set -u
 out=${1:?usage: AQ=path/to/autoq bash bench/stream_bench.sh OUTDIR}
 AQ=${AQ:?set AQ to the autoq binary}
@@ -101,6 +102,11 @@ for sc in $shapes; do
         s=$(sed -n 's/.* tokens in \([0-9.]*\)s .*/\1/p' "$out/${base}_resident.log" | tail -1)
         [ -n "$s" ] && awk -v s="$s" -v L="$L" -v k="$k" \
             'BEGIN { printf "    resident compute per layer: %.4f s (%d layers, %d windows)\n", s / L, L, k }'
+        if [ $method = kl ] && [ "${LAYER_MAJOR:-0}" = 1 ]; then # resident layers in the layer-major order
+            AUTOQ_STREAM=1 run "${base}_resident_layer_major" "${a[@]}" --batch-size "${b:-$B}"
+            summary "${base}_resident_layer_major"
+            compare "${base}_resident_layer_major" "${base}_resident"
+        fi
         if [ "${PIN_COMPARE:-0}" = 1 ]; then # the same streamed run through the staging buffers
             AUTOQ_STREAM_PIN=0 run "${base}_stream_staged" "${a[@]}" --batch-size "$B" --gpu-memory "$cap"
             summary "${base}_stream_staged"

@@ -420,6 +420,10 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     const Config* c = &j->model.c;
     if (!j->use_gpu || j->quant.kind == QUANTIZER_GPTQ || j->shard || j->nccl_init || j->ngpus > 1) return 0;
     double free_b = (double)gpu_stream_free_memory(), cap = j->gpu_mem;
+    // bench: the streamed code path (layer-major) even where the model fits, its layers then resident
+    const char* force = getenv("AUTOQ_STREAM");
+    int forced = force && !strcmp(force, "1");
+    if (!cap && forced) cap = 0.9 * free_b;
     if (!cap) {
         double w = 2.0 * c->vocab_size * c->hidden_size;
         for (int l = 0; l < c->num_layers; l++) w += shard_layer_bytes(c, l);
@@ -432,6 +436,7 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
         StreamSpec s;
         stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b, j->ids.n, cap);
         s.k_force = kf ? atoi(kf) : 0;
+        s.force = forced;
         ok = stream_plan(&s, plan);
         stream_spec_free(&s);
         if (ok || b == 1) break;
