@@ -106,6 +106,15 @@ int cmd_quantize(Args* a); // search/quantize.c
         {"--gpus", OPT_INT, "N", NULL, 1, 64, 0, group, "CUDA devices to use (default: all visible)"},           \
         {"--shard-layers", OPT_FLAG, NULL, NULL, 0, 0, 0, group, "split the layers over the GPUs (a pipeline)"}, \
         {"--batch-size", OPT_INT, "B", NULL, 1, 1 << 16, 0, group, "windows per GPU pass (default 4)"},          \
+        {"--gpu-memory",                                                                                         \
+         OPT_STR,                                                                                                \
+         "SIZE",                                                                                                 \
+         NULL,                                                                                                   \
+         0,                                                                                                      \
+         0,                                                                                                      \
+         0,                                                                                                      \
+         group,                                                                                                  \
+         "cap on GPU memory (16GiB, 4G); beyond it layers stream from host memory"},                             \
         {"--gpu-gemm",                                                                                           \
          OPT_ENUM,                                                                                               \
          NULL,                                                                                                   \

@@ -125,7 +125,10 @@ static void upload_bytes(void* d, const void* src, size_t bytes, int ordered) {
         cudaCheck(cudaEventRecord(before, 0));
         cudaCheck(cudaStreamWaitEvent(ss, before, 0));
     }
-    if (bytes < ((size_t)4 << 20)) { // small: straight from pageable memory
+    cudaPointerAttributes at;
+    int pinned = cudaPointerGetAttributes(&at, src) == cudaSuccess && at.type == cudaMemoryTypeHost;
+    (void)cudaGetLastError();
+    if (bytes < ((size_t)4 << 20) || pinned) { // small, or page-locked (a streamed checkpoint): straight over
         cudaCheck(cudaMemcpyAsync(d, src, bytes, cudaMemcpyHostToDevice, ss));
         cudaCheck(cudaStreamSynchronize(ss));
         return;
@@ -164,7 +167,9 @@ static __nv_bfloat16* upload_st(const StTensor* t, __nv_bfloat16* d, int ordered
     return d + n;
 }
 
-__nv_bfloat16* upload_tensor(const StTensor* t, __nv_bfloat16* d) { return upload_st(t, d, 1); }
+__nv_bfloat16* upload_tensor(GpuEngine* e, const StTensor* t, __nv_bfloat16* d) {
+    return upload_st(t, d, !e->up_now);
+}
 
 static __nv_bfloat16* upload_into(GpuEngine* e, const char* name, __nv_bfloat16* d, int ordered) {
     size_t n;
@@ -172,7 +177,7 @@ static __nv_bfloat16* upload_into(GpuEngine* e, const char* name, __nv_bfloat16*
 }
 
 __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d) {
-    return upload_into(e, name, d, 1);
+    return upload_into(e, name, d, !e->up_now);
 }
 
 static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
@@ -249,8 +254,7 @@ static void** slot_of(const GpuLayer* g, size_t lw_field, int* f32) {
 // layer has but the routed experts (moe_upload). With `alloc`, g's buffers are allocated first (q, k and v
 // rows in one, so one GEMM can compute all three); else they exist with the same shapes. `up`: UP_ORDERED
 // and UP_NOW upload as upload_bytes's ordered and not; UP_NONE allocates only.
-enum { UP_NONE, UP_ORDERED, UP_NOW };
-static void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
+void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
     const Config* c = &e->m->c;
     const ArchFamily* f = c->fam;
     char name[256];
@@ -302,8 +306,10 @@ extern "C" int gpu_fp16_supported(const Config* c, int T) {
            (!c->n_sparse || c->moe_intermediate % 16 == 0); // the experts' grouped GEMMs' shapes
 }
 
-extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int gemm, int l0, int l1,
-                                             int slots) {
+// res (streaming, engine/gpu_stream.cu): only layers with res[l] uploaded, no embedding table unless
+// lm_head shares it, and the saved inputs of one layer; NULL: every layer of l0..l1-1.
+static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, int l1, int slots,
+                              const unsigned char* res) {
     if (gemm == GEMM_FP16 && !gpu_fp16_supported(&m->c, T))
         fail_other("internal: the fp16 GEMM mode on a model it does not support");
     GpuEngine* e = (GpuEngine*)xcalloc(1, sizeof(GpuEngine));
@@ -329,7 +335,7 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
     // the embedding on the first stage, the final norm and lm_head (maybe the same table) on the last
     int tied = !st_find(&m->ck, "lm_head.weight"), last = l1 == c->num_layers;
     snprintf(name, sizeof(name), "%sembed_tokens.weight", P);
-    if (l0 == 0 || (last && tied)) e->embed = upload(e, name);
+    if ((l0 == 0 && !res) || (last && tied)) e->embed = upload(e, name);
     if (last) {
         snprintf(name, sizeof(name), "%snorm.weight", P);
         e->norm = upload(e, name);
@@ -344,7 +350,8 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
         }
     }
     for (int l = l0; l < l1; l++) {
-        if (model_layer_sparse(m, l)) moe_upload(e, l);
+        if (res && !res[l]) continue;
+        if (model_layer_sparse(m, l)) moe_upload(e, l, &e->layers[l], 1);
         layer_upload(e, l, &e->layers[l], 1, UP_ORDERED);
     }
     // RoPE table as in kernels/rope.c (fp32 inv_freq, fp32 angle), over the rotated part of a head.
@@ -372,7 +379,7 @@ extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int g
     e->S = (float*)dalloc(e, 4 * nTT);
     e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
-    e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (l1 - l0) * slots);
+    e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (res ? 1 : l1 - l0) * slots);
     e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
     e->k16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
@@ -513,6 +520,15 @@ void hybrid_alloc(GpuEngine* e, int grad) {
         y->sh_act16 = (__nv_bfloat16*)dalloc(e, 2 * M * Is);
         if (e->split) y->sh_act_lo = (__nv_bfloat16*)dalloc(e, 2 * M * Is);
     }
+}
+
+extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int gemm, int l0, int l1,
+                                             int slots) {
+    return engine_init(m, T, B, gemm, l0, l1, slots, NULL);
+}
+
+GpuEngine* engine_init_stream(const Model* m, int T, int B, int gemm, const unsigned char* res) {
+    return engine_init(m, T, B, gemm, 0, m->c.num_layers, 1, res);
 }
 
 extern "C" void gpu_engine_walk_init(GpuEngine* e) {

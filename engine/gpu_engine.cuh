@@ -158,6 +158,7 @@ struct GpuEngine {
     GpuHybrid hy;   // hybrid families only (hy.on == 0 otherwise)
     GpuCapture cap; // gpu_set_capture: sees each dense linear's fp32 input
     void* cap_ctx;
+    int up_now; // upload_to copies at once on its own stream (streaming: into a layer slot no queued work reads)
     size_t free0, min_free;
     struct Prof* prof; // AUTOQ_GPU_PROFILE=1: time per part of the pass
     void** allocs;     // every cudaMalloc, freed by gpu_engine_free
@@ -195,9 +196,19 @@ const __nv_bfloat16* weight_of(const GpuEngine* e, int idx);            // linea
 const StTensor* find_tensor(GpuEngine* e, const char* name, size_t* n); // exits 2 when missing
 // Copies a checkpoint tensor to d as bf16 (converted from F16 / F32); returns d + its size.
 __nv_bfloat16* upload_to(GpuEngine* e, const char* name, __nv_bfloat16* d);
+// Layer l's weights into g (README "The GPU engine"): the norms and attention, and the dense MLP unless the
+// layer is sparse (moe_upload). With `alloc`, g's buffers are allocated first (q, k and v rows in one, so
+// one GEMM can compute all three); else they exist with the same shapes. `up`: UP_ORDERED after the
+// default stream's queued work, UP_NOW at once on the uploading thread's stream; UP_NONE allocates only.
+enum { UP_NONE, UP_ORDERED, UP_NOW };
+void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up);
+// Streaming (engine/gpu_stream.cu): an engine of every layer that uploads only those with res[l] (the
+// others are copied into layer slots as passes reach them), without the embedding table unless lm_head
+// shares it, and with one layer's saved inputs.
+GpuEngine* engine_init_stream(const Model* m, int T, int B, int gemm, const unsigned char* res);
 
 // Copies checkpoint tensor t to d as bf16; returns d + its size.
-__nv_bfloat16* upload_tensor(const StTensor* t, __nv_bfloat16* d);
+__nv_bfloat16* upload_tensor(GpuEngine* e, const StTensor* t, __nv_bfloat16* d);
 // The widest linear dimension (rows or columns) among layers l0..l1-1: the shared activation buffers' width.
 long widest_linear(const Model* m, int l0, int l1);
 void hybrid_alloc(GpuEngine* e, int grad); // the hybrid families' buffers; with grad, the backward's
@@ -237,7 +248,7 @@ void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float
                  const float* y, int M);
 // gpu_moe.cu: the MLP half of a sparse layer, from e->m_ / e->m16 (the post-attention norm's output)
 void moe_alloc(GpuEngine* e, int grad); // grad: the backward's buffers
-void moe_upload(GpuEngine* e, int l);
+void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc); // into g, its buffers allocated first with alloc
 void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f); // given set f, or quantized with w
 void moe_forward(GpuEngine* e, int l, int M); // h += the block output (kept in moe.y in gradient passes)
 void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx); // dh in, e->dm out

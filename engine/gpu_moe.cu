@@ -88,35 +88,41 @@ static void upload_transposed(const StTensor* t, __nv_bfloat16* d, long E, long 
 }
 
 // The routed experts of sparse layer l, from either checkpoint layout (the tensors model_weight_tensor finds
-// for them; shapes already validated by model_open), into the fused layouts of GpuLayer. The router is a
-// row of the architecture table (layer_upload).
-void moe_upload(GpuEngine* e, int l) {
+// for them; shapes already validated by model_open), into the fused layouts of g: its buffers allocated
+// first with alloc, only allocated with alloc < 0 (a streaming slot). The router is a row of the
+// architecture table (layer_upload).
+void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc) {
     const Model* m = e->m;
     const Config* c = &m->c;
-    GpuLayer* g = &e->layers[l];
     long E = c->num_experts, I = c->moe_intermediate, D = c->hidden_size;
     char name[256];
-    g->ex_gu = (__nv_bfloat16*)dalloc(e, 2 * E * 2 * I * D);
-    g->ex_down = (__nv_bfloat16*)dalloc(e, 2 * E * D * I);
+    if (alloc) {
+        g->ex_gu = (__nv_bfloat16*)dalloc(e, 2 * E * 2 * I * D);
+        g->ex_down = (__nv_bfloat16*)dalloc(e, 2 * E * D * I);
+    }
+    // A streaming slot is laid out by a dense layer's rows when the model has one (gpu_stream.cu): the
+    // router, a row of sparse layers only, then needs its own buffer.
+    if (alloc < 0 && !g->router) g->router = (__nv_bfloat16*)dalloc(e, 2 * E * D);
+    if (alloc < 0) return;
     const StTensor* t = model_weight_tensor(m, model_lin(m, l, LIN_GATE, 0), name, sizeof(name));
     if (t && t->ndim == 3) { // fused: (E, 2 I, D) and (E, D, I), or transformers 4's (E, D, 2 I), (E, I, D)
         int v5 = t->shape[1] == 2 * I && t->shape[2] == D; // model_open decided the same way
         if (v5)
-            upload_tensor(t, g->ex_gu);
+            upload_tensor(e, t, g->ex_gu);
         else
             upload_transposed(t, g->ex_gu, E, D, 2 * I);
         t = model_weight_tensor(m, model_lin(m, l, LIN_DOWN, 0), name, sizeof(name));
         if (v5)
-            upload_tensor(t, g->ex_down);
+            upload_tensor(e, t, g->ex_down);
         else
             upload_transposed(t, g->ex_down, E, I, D);
     } else {
         for (long x = 0; x < E; x++) {
-            upload_tensor(model_weight_tensor(m, model_lin(m, l, LIN_GATE, (int)x), name, sizeof(name)),
+            upload_tensor(e, model_weight_tensor(m, model_lin(m, l, LIN_GATE, (int)x), name, sizeof(name)),
                           g->ex_gu + x * 2 * I * D);
-            upload_tensor(model_weight_tensor(m, model_lin(m, l, LIN_UP, (int)x), name, sizeof(name)),
+            upload_tensor(e, model_weight_tensor(m, model_lin(m, l, LIN_UP, (int)x), name, sizeof(name)),
                           g->ex_gu + x * 2 * I * D + I * D);
-            upload_tensor(model_weight_tensor(m, model_lin(m, l, LIN_DOWN, (int)x), name, sizeof(name)),
+            upload_tensor(e, model_weight_tensor(m, model_lin(m, l, LIN_DOWN, (int)x), name, sizeof(name)),
                           g->ex_down + x * D * I);
         }
     }

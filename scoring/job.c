@@ -10,6 +10,8 @@
 #include "../engine/forward.h"
 #include "../engine/util.h"
 #include "checkpoint.h"
+#include "score_stream.h"
+#include "shard_plan.h"
 
 static void require_utf8(const char* cmd, const char* what, const char* s) {
     json_t* v = s ? json_string(s) : NULL; // jansson validates UTF-8
@@ -97,6 +99,9 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     if (j->stages && j->world % j->stages)
         fail_input("%s: --stages %d must divide --world-size %d (ranks p S .. p S + S - 1 form pipeline p)",
                    a->cmd, j->stages, j->world);
+    const char* gm = args_str(a, "--gpu-memory");
+    if (gm && (j->gpu_mem = stream_parse_size(gm)) <= 0)
+        fail_input("%s: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", a->cmd, gm);
     parse_domains(j, a);
     j->min_expert_tokens = args_int(a, "--min-expert-tokens", 16);
     j->model_dir = args_pos(a, 0);
@@ -114,6 +119,10 @@ static void hybrid_check(ScoreJob* j) {
     // Plain bf16 GEMM inputs strayed by up to 20% (gradient) and 66% (kl) from the fp32 CPU engine on the
     // hybrid fixtures (one H100; bf16 hi + lo: within 0.2% and 0.5%): hi + lo is their default.
     if (!j->gpu_gemm_given) j->gpu_gemm = GEMM_BF16X2;
+    // The streaming planner's layer sizes (shard_layer_bytes) and slots know attention and MLP layers only.
+    if (j->gpu_mem)
+        fail_input("--gpu-memory: %s (%s) has Gated DeltaNet layers, which streaming does not handle yet",
+                   j->model_dir, c.model_type);
     // The layer cuts' work and memory model (shard_plan.c) counts attention and MLP layers only.
     if (j->shard)
         fail_input("--shard-layers: %s (%s) has Gated DeltaNet layers, which the layer cuts do not model yet; "
@@ -198,6 +207,12 @@ void score_job_load(ScoreJob* j) {
                    j->use_gpu ? j->ngpus : 0);
     if (gpu_why && j->use_gpu)
         fail_input("%s: format '%s' %s; use --device cpu", gpu_fmt->path, gpu_fmt->name, gpu_why);
+    if (j->gpu_mem && !j->use_gpu)
+        fail_input("--gpu-memory: no CUDA device in use (--device cpu or none found)");
+    if (j->gpu_mem && (j->shard || j->nccl_init || j->ngpus > 1))
+        fail_input("--gpu-memory: streamed layers run on one GPU for now (--gpus 1; README \"Not done yet\")");
+    if (j->gpu_mem && j->quant.kind == QUANTIZER_GPTQ)
+        fail_input("--gpu-memory: GPTQ does not stream its layers yet (README \"Not done yet\")");
     // bf16 to the GPU, no fp32 host copy, unless the host runs passes too: GPTQ's Hessians (and its codes'
     // scales) or search --verify
     if (j->use_gpu && !j->need_host && j->quant.kind != QUANTIZER_GPTQ)
@@ -410,14 +425,85 @@ static void add_window(ScoreJob* j, Scorer* cpu, const int* ids, int w) {
         for (size_t k = 0; k < n; k++) out[k] = j->score[k] - out[k];
 }
 
+// Whether the run streams its layers (README "Streaming"): under --gpu-memory when the plan says the model
+// does not fit it, and without it when the weights alone exceed 90% of the GPU's free memory. Plans into
+// plan, with the engine batch *B (--batch-size) halved until a streamed plan fits; exits 2 when not even
+// one window with two layer slots fits.
+static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
+    const Config* c = &j->model.c;
+    if (!j->use_gpu || j->quant.kind == QUANTIZER_GPTQ || j->shard || j->nccl_init || j->ngpus > 1 ||
+        c->fam->hybrid)
+        return 0;
+    double free_b = (double)gpu_stream_free_memory(), cap = j->gpu_mem;
+    // bench: the streamed code path (layer-major) even where the model fits, its layers then resident
+    const char* force = getenv("AUTOQ_STREAM");
+    int forced = force && !strcmp(force, "1");
+    if (!cap && forced) cap = 0.9 * free_b;
+    if (!cap) {
+        double w = 2.0 * c->vocab_size * c->hidden_size;
+        for (int l = 0; l < c->num_layers; l++) w += shard_layer_bytes(c, l);
+        if (w <= 0.9 * free_b) return 0;
+        cap = 0.9 * free_b;
+    }
+    const char* kf = getenv("AUTOQ_STREAM_BATCHES"); // tests and bench: engine batches per streamed batch
+    int b = *B, ok;
+    for (;;) {
+        StreamSpec s;
+        stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b, j->ids.n, cap);
+        s.k_force = kf ? atoi(kf) : 0;
+        s.force = forced;
+        ok = stream_plan(&s, plan);
+        stream_spec_free(&s);
+        if (ok || b == 1) break;
+        if (!plan->streamed) break; // resident: the cap holds the whole model
+        stream_plan_free(plan);
+        b /= 2;
+    }
+    if (!ok)
+        fail_input("--gpu-memory: %.3f GiB is too small for %s with windows of %d tokens: streaming needs at "
+                   "least %.3f GiB (%.0f bytes)",
+                   cap / 1073741824.0, j->model_dir, j->ids.t, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
+    if (!plan->streamed) {
+        info_msg(
+            "score: --gpu-memory %.3f GiB: the model fits (planned peak %.3f GiB (%.0f bytes)): every layer "
+            "resident",
+            cap / 1073741824.0, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
+        stream_plan_free(plan);
+        return 0;
+    }
+    if (b < *B)
+        warn_msg("--gpu-memory: engine batches of %d windows instead of --batch-size %d (the cap)", b, *B);
+    *B = b;
+    int on_gpu = plan->states_gpu < plan->states_peak ? plan->states_gpu - 1 : plan->states_peak;
+    info_msg("score: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows, "
+             "%d of %d in-flight states on the GPU (the rest in pinned host memory), planned peak %.3f GiB of "
+             "%.3f GiB, %.2f GiB host->GPU per batch",
+             plan->n_resident, c->num_layers, plan->k, b, on_gpu, plan->states_peak,
+             plan->gpu_bytes / 1073741824.0, cap / 1073741824.0,
+             (plan->weight_h2d + plan->spill_h2d) / 1073741824.0);
+    return 1;
+}
+
 // One device: the CPU scorer one window at a time (on the candidate weights qc), or one GPU in batches of
 // --batch-size windows. Returns 0, or 1 when the fp16 GEMM mode overflowed (the run stopped there).
 static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
     Scorer cpu;
     GpuScorer gpu;
+    GpuStreamScorer ss;
+    StreamPlan plan;
+    memset(&plan, 0, sizeof(plan));
     GpuEngine* e = NULL;
     int B = 1;
-    if (j->use_gpu) {
+    GpuScoreSpec ssp = *sp; // a streamed run's engine batch may be smaller
+    j->streamed = stream_decide(j, &ssp.B, &plan);
+    if (j->streamed) {
+        gpu_stream_scorer_init(&ss, &ssp, &plan);
+        e = ss.e;
+        B = plan.k * ssp.B;
+        const char* how[3] = {"bf16", "bf16 hi+lo", "fp16"};
+        info_msg("score: CUDA device %s, streamed batches of %d windows, GEMM inputs %s", gpu_name(), B,
+                 how[j->gpu_gemm]);
+    } else if (j->use_gpu) {
         B = sp->B;
         e = gpu_engine_init(&j->model, j->ids.t, B, j->gpu_gemm);
         gpu_scorer_init(&gpu, e, sp);
@@ -448,6 +534,10 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
         const int* ids = j->ids.ids + (long)i * j->ids.t;
         if (!j->use_gpu) {
             add_window(j, &cpu, ids, i);
+        } else if (j->streamed && j->method == METHOD_GRADIENT) {
+            gpu_stream_score_gradient(&ss, ids, nb, j->score, i + nb < j->ids.n);
+        } else if (j->streamed) {
+            gpu_stream_score_kl(&ss, ids, nb, j->score, i + nb < j->ids.n);
         } else if (j->method == METHOD_GRADIENT) {
             gpu_score_gradient(&gpu, ids, nb, j->score);
         } else {
@@ -470,10 +560,15 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     json_decref(id);
     if (e) {
         j->gpu_peak = gpu_peak_bytes(e);
+        if (j->streamed) {
+            gpu_stream_stats(ss.st, &j->stream_h2d, &j->stream_unhidden);
+            gpu_stream_scorer_free(&ss);
+        }
         gpu_engine_free(e);
     } else {
         scorer_free(&cpu);
     }
+    stream_plan_free(&plan);
     return overflow;
 }
 

@@ -8,6 +8,7 @@
 #include "score.h"
 #include "quantizer.h"
 #include "score_gpu.h"
+#include "stream_plan.h"
 #include "table.h"
 
 typedef struct {
@@ -39,6 +40,12 @@ typedef struct {
     const char* format_csv;
     const char* disabled_csv;
     int min_expert_tokens; // --min-expert-tokens: fewer tokens routed to an expert is warned about
+    // --gpu-memory (bytes, 0 when not given): the cap on what autoq uses of the GPU; a model that does not
+    // fit it (or the GPU) streams its layers from host memory (README "Streaming")
+    double gpu_mem;
+    int streamed;           // the run streamed its layers
+    double stream_h2d;      // bytes copied host->GPU (layers, spilled states)
+    double stream_unhidden; // seconds the GPU waited between layers (copies not hidden)
     // results
     double* score; // (nf, groups), summed over the windows done
     // Each window's contribution (README §8 /groups/window_scores): (windows, nf, groups), the CPU scorer
@@ -65,7 +72,7 @@ typedef struct {
 
 // Reads MODEL, --data, --method, --format, --numerics, --disabled-layers, --no-grouping,
 // --num-samples, --seq-len, --batch-size, --device, --gpu-gemm, --gpus, --shard-layers, --stages,
-// --nccl-init, --rank, --world-size, --shuffle, --seed, --min-expert-tokens, --quantizer and the
+// --nccl-init, --rank, --world-size, --gpu-memory, --shuffle, --seed, --min-expert-tokens, --quantizer and the
 // --gptq-* options.
 void score_job_parse(ScoreJob* j, Args* a, int need_method);
 // Loads the model, data, groups and formats; exits 2 on bad input.

@@ -56,6 +56,28 @@ void plan_set_group(QuantPlan* p, const QuantCache* qc, const Groups* gs, const 
 
 const char* method_name(Method m) { return m == METHOD_KL ? "kl" : "gradient"; }
 
+int kl_order_layer_major(void) {
+    const char* v = getenv("AUTOQ_KL_ORDER");
+    if (!v || !*v || !strcmp(v, "group-major")) return 0;
+    if (!strcmp(v, "layer-major")) return 1;
+    fail_input("AUTOQ_KL_ORDER: '%s' is neither layer-major nor group-major", v);
+    return 0;
+}
+
+// The passes of a layer-major kl sample, in the group-major order, and a state for each.
+static void passes_init(Scorer* s, int T) {
+    int n = 0;
+    for (int g = 0; g < s->gs->n; g++) n += !s->gs->g[g].disabled;
+    n *= s->nf;
+    s->n_pass = 0;
+    s->pass_f = xmalloc(sizeof(int) * (n ? n : 1));
+    s->pass_g = xmalloc(sizeof(int) * (n ? n : 1));
+    for (int f = 0; f < s->nf; f++)
+        for (int g = 0; g < s->gs->n; g++)
+            if (!s->gs->g[g].disabled) s->pass_f[s->n_pass] = f, s->pass_g[s->n_pass++] = g;
+    s->states = xmalloc(sizeof(float) * ((size_t)n ? (size_t)n : 1) * T * s->m->c.hidden_size);
+}
+
 void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method,
                  int T) {
     scorer_init_with(s, m, gs, fmts, nf, method, T, NULL);
@@ -78,6 +100,8 @@ void scorer_init_with(Scorer* s, const Model* m, const Groups* gs, const Format*
     plan_init(&s->plan, m);
     if (method == METHOD_KL) {
         run_init(&s->q, m, T, 0);
+        s->layer_major = kl_order_layer_major();
+        if (s->layer_major) passes_init(s, T);
     } else {
         grad_init(&s->grad, m, T);
         int mo = 0;
@@ -96,6 +120,9 @@ void scorer_init_with(Scorer* s, const Model* m, const Groups* gs, const Format*
 
 void scorer_free(Scorer* s) {
     const Model* m = s->m;
+    free(s->pass_f);
+    free(s->pass_g);
+    free(s->states);
     run_free(&s->ref, m);
     if (s->method == METHOD_KL)
         run_free(&s->q, m);
@@ -139,6 +166,41 @@ static void add_sample_kl(Scorer* s, const int* ids) {
             model_forward_from(m, &s->q, l, &s->plan);
             s->score[(size_t)f * s->gs->n + g] += kl_rows(s->ref.logits, s->q.logits, T, c->vocab_size);
         }
+}
+
+// KL, layer-major (README "Streaming"): the order a streamed run needs, each layer once per sample. While
+// layer l runs, the reference advances, the passes of l's groups are born from its input there, and every
+// pass born so far advances through l; the heads and KLs come after the last layer. Each pass does the
+// arithmetic of add_sample_kl's, so the scores are the same to the last bit.
+static void add_sample_kl_layer_major(Scorer* s, const int* ids) {
+    const Model* m = s->m;
+    const Config* c = &m->c;
+    int T = s->ref.T, L = c->num_layers;
+    size_t TD = (size_t)T * c->hidden_size;
+    model_embed(m, &s->ref, ids);
+    for (int l = 0; l < L; l++) {
+        model_forward_layer(m, &s->ref, l, l + 1 < L ? s->ref.acts[l + 1].h_in : s->ref.h_final, NULL);
+        float* shared = s->q.acts[l].h_in; // without save every layer's entry shares these buffers
+        for (int p = 0; p < s->n_pass; p++) {
+            const Group* grp = &s->gs->g[s->pass_g[p]];
+            if (grp->layer > l) continue;
+            float* h = s->states + p * TD;
+            if (grp->layer == l) memcpy(h, s->ref.acts[l].h_in, sizeof(float) * TD);
+            plan_clear(&s->plan, m);
+            plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, s->pass_g[p], s->pass_f[p]);
+            s->q.acts[l].h_in = h;
+            model_forward_layer(m, &s->q, l, h, &s->plan);
+            s->q.acts[l].h_in = shared;
+        }
+    }
+    model_forward_from(m, &s->ref, L, NULL); // the final norm and lm_head
+    count_experts(s);
+    for (int p = 0; p < s->n_pass; p++) {
+        memcpy(s->q.h_final, s->states + p * TD, sizeof(float) * TD);
+        model_forward_from(m, &s->q, L, NULL);
+        s->score[(size_t)s->pass_f[p] * s->gs->n + s->pass_g[p]] +=
+            kl_rows(s->ref.logits, s->q.logits, T, c->vocab_size);
+    }
 }
 
 // The input X_m of linear m in the saved unquantized pass.
@@ -189,7 +251,9 @@ static void add_sample_gradient(Scorer* s, const int* ids) {
 
 void scorer_add_sample(Scorer* s, const int* ids, double* score) {
     s->score = score;
-    if (s->method == METHOD_KL)
+    if (s->method == METHOD_KL && s->layer_major)
+        add_sample_kl_layer_major(s, ids);
+    else if (s->method == METHOD_KL)
         add_sample_kl(s, ids);
     else
         add_sample_gradient(s, ids);

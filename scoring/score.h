@@ -41,6 +41,13 @@ typedef struct {
     QuantPlan plan;
     float *ref_logits, *y, *yq;
     MoeRows mq; // a sparse layer's expert rows in the gradient score's quantized block
+    // kl in layer-major order (AUTOQ_KL_ORDER=layer-major): while layer l runs, the reference and every
+    // pass born at or before l (a (format, group) pass is born at its group's layer from the reference's
+    // input there) advance through it; states (n_pass, T, D), one per pass
+    int layer_major;
+    int n_pass;
+    int *pass_f, *pass_g; // (n_pass) the format and group of each pass, in the group-major order
+    float* states;
 } Scorer;
 
 void scorer_init(Scorer* s, const Model* m, const Groups* gs, const Format* fmts, int nf, Method method, int T);
@@ -51,6 +58,9 @@ void scorer_free(Scorer* s);
 // Adds one calibration window's contribution to score (nf, n_groups).
 void scorer_add_sample(Scorer* s, const int* ids, double* score);
 const char* method_name(Method m);
+// The kl order: 1 layer-major, 0 group-major (the default: on the CPU it is the faster, README "Streaming"),
+// from AUTOQ_KL_ORDER (layer-major | group-major); exits 2 on another value.
+int kl_order_layer_major(void);
 
 // Work done, in full forward passes, on any device: kl shows its prefix reuse here.
 typedef struct {

@@ -3,6 +3,7 @@
 #include "../engine/util.h"
 #include "quantizer.h"
 #include "score_gpu.h"
+#include "score_stream.h"
 
 void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp) {
     (void)s, (void)e, (void)sp;
@@ -52,4 +53,21 @@ void gptq_basic_gpu(float** wq, const Model* m, const TokenIds* ids, const Forma
                     const Quantizer* q) {
     (void)wq, (void)m, (void)ids, (void)fmts, (void)choice, (void)q;
     fail_input("--device cuda: this autoq was built without CUDA");
+}
+size_t gpu_stream_free_memory(void) { return 0; }
+void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const StreamPlan* plan) {
+    (void)ss, (void)sp, (void)plan;
+    fail_input("--gpu-memory: this autoq was built without CUDA");
+}
+void gpu_stream_scorer_free(GpuStreamScorer* ss) { (void)ss; }
+void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more) {
+    (void)ss, (void)ids, (void)nw, (void)score, (void)more;
+}
+double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more) {
+    (void)ss, (void)ids, (void)nw, (void)score, (void)more;
+    return 0.0;
+}
+void gpu_stream_stats(GpuStream* st, double* h2d_bytes, double* unhidden_s) {
+    (void)st;
+    *h2d_bytes = *unhidden_s = 0;
 }

@@ -15,8 +15,7 @@ static double layer_flops(const Config* c, int l, int T) {
     return att + 3 * 2 * D * c->intermediate_size;
 }
 
-// bf16 bytes of layer l's weights (a sparse layer holds every expert).
-static double layer_bytes(const Config* c, int l) {
+double shard_layer_bytes(const Config* c, int l) {
     double D = c->hidden_size, hd = c->head_dim, H = c->num_heads, KV = c->num_kv_heads;
     double p = D * hd * (H + 2 * KV) + H * hd * D + 2 * D + 2 * hd;
     if (c->sparse[l])
@@ -30,7 +29,7 @@ static double layer_bytes(const Config* c, int l) {
 // for the batches in flight: the gradient's first stage keeps `parts`), the tables of the first and
 // last stage, and what every stage holds whatever its layers.
 static double layer_mem(const Config* c, int gradient, int T, int B, int parts, int l) {
-    return layer_bytes(c, l) + 4.0 * B * T * c->hidden_size * (gradient ? parts : 1);
+    return shard_layer_bytes(c, l) + 4.0 * B * T * c->hidden_size * (gradient ? parts : 1);
 }
 
 static double table_bytes(const Config* c) { return 2.0 * c->vocab_size * c->hidden_size; }
@@ -40,7 +39,7 @@ static double fixed_mem(const Config* c, int gradient, int T, int B, int last) {
     double qd = (double)c->num_heads * c->head_dim, kvd = (double)c->num_kv_heads * c->head_dim;
     double act = 4 * M * (8 * D + 4 * qd + 4 * kvd + 6 * I) + 8.0 * B * c->num_heads * T * T;
     double most = 0; // the largest layer: the plan's int8 pool
-    for (int l = 0; l < c->num_layers; l++) most = layer_bytes(c, l) / 2 > most ? layer_bytes(c, l) / 2 : most;
+    for (int l = 0; l < c->num_layers; l++) most = shard_layer_bytes(c, l) / 2 > most ? shard_layer_bytes(c, l) / 2 : most;
     if (c->n_sparse) act += 4 * M * c->top_k * (D + 3.0 * c->moe_intermediate);
     return (gradient ? 2 : 1) * act + most + (last ? 2 * 4 * M * V + 2 * D : 0) + 1073741824.0;
 }

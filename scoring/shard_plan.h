@@ -24,3 +24,5 @@ double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts,
 // The whole work per token of scoring, as shard_plan counts it (the passes' GEMM and attention
 // products): what `score` divides by its time for the TFLOP/s it reports.
 double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T);
+// bf16 bytes of layer l's weights (a sparse layer holds every expert).
+double shard_layer_bytes(const Config* c, int l);

@@ -95,6 +95,8 @@ int cmd_search(Args* a) {
     ScoreJob j;
     score_job_parse(&j, a, scores == NULL);
     args_done(a);
+    if (verify && j.gpu_mem) // README "Not done yet"
+        fail_input("search: --gpu-memory with --verify: the verification does not stream its layers yet");
     Scope scope = scope_s && strcmp(scope_s, "all") == 0 ? SCOPE_ALL : SCOPE_CANDIDATES;
     Cost cost = cost_s && strcmp(cost_s, "active") == 0 ? COST_ACTIVE : COST_MEMORY;
     Bits bits = bits_s && strcmp(bits_s, "modelopt") == 0 ? BITS_MODELOPT : BITS_TRUE;

@@ -1,0 +1,232 @@
+// Streaming layers from host memory (engine/gpu_stream.h): two layer slots on the GPU, filled from the
+// checkpoint's mapping through the engine's pinned staging buffers (upload_bytes) on the uploading
+// thread's own stream, so that the next layer crosses the bus while the queued work of this one runs.
+#include <string.h>
+#include <unistd.h>
+
+#include "gpu_engine.cuh"
+#include "gpu_stream.h"
+
+#define MARKS 8192 // timing events kept before they are read back
+
+struct GpuStream {
+    GpuEngine* e;
+    const unsigned char* res;
+    GpuLayer slot[2];
+    int slot_l[2];            // the layer each slot holds, or -1
+    cudaEvent_t slot_free[2]; // recorded after the last work queued on the slot's layer
+    int last;                 // the slot of the layer begun last
+    double* lbytes;           // (L) bytes of each layer's weights as the GPU holds them
+    double h2d;               // bytes copied host->GPU: layers and spilled states
+    // start and end marks of each layer's work, in queue order; the gaps between an end and the next
+    // start are GPU time spent waiting (for a copy, or for the host)
+    cudaEvent_t mark[MARKS];
+    unsigned char start[MARKS];
+    int n_mark;
+    double gap_s;
+    void** host; // pinned allocations
+    int n_host;
+    int registered; // the checkpoint's mappings are page-locked (cudaHostRegister): copies go straight over
+};
+
+// Page-locks the checkpoint's mappings, so that a layer's copy is one DMA from the page cache (55 GB/s on an
+// H100 host, against 7 GB/s from pageable memory and the staging copies' host memcpy) instead of host copies
+// into staging buffers. Only when the checkpoint fits well within the host's memory (else it must stay
+// pageable, read from disk as the page cache cycles) and not with AUTOQ_STREAM_PIN=0; a failure falls back
+// to the staging buffers.
+static int register_checkpoint(const Model* m) {
+    const char* v = getenv("AUTOQ_STREAM_PIN");
+    if (v && !strcmp(v, "0")) return 0;
+    double total = 0, ram = (double)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < m->ck.nfiles; i++) total += m->ck.files[i].size;
+    if (total > 0.6 * ram) return 0;
+    double t0 = time_now();
+    for (int i = 0; i < m->ck.nfiles; i++)
+        if (cudaHostRegister(m->ck.files[i].map, m->ck.files[i].size, cudaHostRegisterReadOnly) !=
+            cudaSuccess) {
+            (void)cudaGetLastError();
+            for (int j = 0; j < i; j++) cudaHostUnregister(m->ck.files[j].map);
+            warn_msg("%s: could not page-lock the checkpoint for streaming: copies go through staging buffers",
+                     m->dir);
+            return 0;
+        }
+    info_msg("score: page-locked the checkpoint's %.1f GiB for streaming in %.1fs", total / 1073741824.0,
+             time_now() - t0);
+    return 1;
+}
+
+// Bytes of layer l's weights on the GPU: every checkpoint tensor of the layer, as bf16.
+static double layer_bytes_ck(const Model* m, int l) {
+    char pre[64];
+    snprintf(pre, sizeof(pre), "%slayers.%d.", m->c.prefix, l);
+    size_t n = strlen(pre);
+    double b = 0;
+    for (int i = 0; i < m->ck.n; i++) {
+        const StTensor* t = &m->ck.t[i];
+        if (strncmp(t->name, pre, n)) continue;
+        b += t->dtype == DT_F32 ? t->nbytes / 2.0 : t->nbytes;
+    }
+    return b;
+}
+
+extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
+                                        GpuStream** out) {
+    GpuEngine* e = engine_init_stream(m, T, B, gemm, res);
+    GpuStream* st = (GpuStream*)xcalloc(1, sizeof(GpuStream));
+    st->e = e;
+    st->res = res;
+    int L = m->c.num_layers, dense = -1, sparse = -1;
+    st->lbytes = (double*)xcalloc(L, sizeof(double));
+    for (int l = 0; l < L; l++) {
+        st->lbytes[l] = layer_bytes_ck(m, l);
+        if (res[l]) {
+            st->h2d += st->lbytes[l];
+            continue;
+        }
+        if (model_layer_sparse(m, l) && sparse < 0) sparse = l;
+        if (!model_layer_sparse(m, l) && dense < 0) dense = l;
+    }
+    for (int k = 0; k < 2; k++) {
+        st->slot_l[k] = -1;
+        cudaCheck(cudaEventCreateWithFlags(&st->slot_free[k], cudaEventDisableTiming));
+        if (dense < 0 && sparse < 0) continue; // every layer resident
+        layer_upload(e, dense >= 0 ? dense : sparse, &st->slot[k], 1,
+                     UP_NONE); // a dense layer's shapes hold both
+        if (sparse >= 0) moe_upload(e, sparse, &st->slot[k], -1);
+    }
+    for (int i = 0; i < MARKS; i++) cudaCheck(cudaEventCreate(&st->mark[i]));
+    st->last = 1;
+    st->registered = register_checkpoint(m);
+    *out = st;
+    return e;
+}
+
+// Reads the marks back: the waits between one layer's end and the next one's start.
+static void marks_flush(GpuStream* st) {
+    if (!st->n_mark) return;
+    cudaCheck(cudaEventSynchronize(st->mark[st->n_mark - 1]));
+    for (int i = 1; i < st->n_mark; i++)
+        if (!st->start[i - 1] && st->start[i]) {
+            float ms;
+            cudaCheck(cudaEventElapsedTime(&ms, st->mark[i - 1], st->mark[i]));
+            st->gap_s += ms / 1e3;
+        }
+    cudaEvent_t t = st->mark[0]; // the last mark stays, to measure the gap after it
+    st->mark[0] = st->mark[st->n_mark - 1];
+    st->mark[st->n_mark - 1] = t;
+    st->start[0] = st->start[st->n_mark - 1];
+    st->n_mark = 1;
+}
+
+static void mark(GpuStream* st, int start) {
+    if (st->n_mark == MARKS) marks_flush(st);
+    cudaCheck(cudaEventRecord(st->mark[st->n_mark], 0));
+    st->start[st->n_mark++] = start;
+}
+
+extern "C" void gpu_stream_break(GpuStream* st) {
+    if (st->n_mark) st->start[st->n_mark - 1] = 1; // what runs until the next start is work, not a wait
+}
+
+// Layer l into slot k: waits for the work that last read the slot, then copies at once on this thread's
+// stream (the slot's previous layer is done, nothing else reads it).
+static void slot_fill(GpuStream* st, int k, int l) {
+    GpuEngine* e = st->e;
+    cudaCheck(cudaEventSynchronize(st->slot_free[k]));
+    if (st->slot_l[k] >= 0) memset(&e->layers[st->slot_l[k]], 0, sizeof(GpuLayer));
+    e->up_now = 1;
+    if (model_layer_sparse(e->m, l)) moe_upload(e, l, &st->slot[k], 0);
+    layer_upload(e, l, &st->slot[k], 0, UP_NOW);
+    e->up_now = 0;
+    st->slot_l[k] = l;
+    st->h2d += st->lbytes[l];
+}
+
+extern "C" void gpu_stream_begin(GpuStream* st, int l) {
+    GpuEngine* e = st->e;
+    if (!st->res[l]) {
+        int k = st->slot_l[0] == l ? 0 : st->slot_l[1] == l ? 1 : -1;
+        if (k < 0) { // not prefetched: the slot not holding the layer begun last
+            k = st->last ^ 1;
+            slot_fill(st, k, l);
+        }
+        e->layers[l] = st->slot[k];
+        st->last = k;
+    }
+    mark(st, 1);
+}
+
+extern "C" void gpu_stream_end(GpuStream* st, int l, int next) {
+    mark(st, 0);
+    if (!st->res[l]) cudaCheck(cudaEventRecord(st->slot_free[st->last], 0));
+    if (next < 0 || st->res[next] || st->slot_l[0] == next || st->slot_l[1] == next) return;
+    slot_fill(st, st->last ^ 1, next); // the slot not begun last: its work was queued first
+}
+
+extern "C" void gpu_stream_embed(GpuStream* st, const int* ids, int nb, float* h) {
+    GpuEngine* e = st->e;
+    const Config* c = &e->m->c;
+    int M = nb * e->T, D = c->hidden_size;
+    cudaCheck(cudaMemcpy(e->ids, ids, sizeof(int) * M, cudaMemcpyHostToDevice));
+    if (e->embed) { // lm_head shares the table: it is on the GPU
+        gpu_embed(h, (const bf16_t*)e->embed, e->ids, M, D);
+        return;
+    }
+    char name[256];
+    snprintf(name, sizeof(name), "%sembed_tokens.weight", c->prefix);
+    size_t n;
+    const StTensor* t = find_tensor(e, name, &n);
+    float* x = (float*)xmalloc(sizeof(float) * (size_t)M * D);
+    for (int i = 0; i < M; i++) {
+        long r = (long)ids[i] * D;
+        float* o = x + (long)i * D;
+        for (int j = 0; j < D; j++) {
+            float v;
+            if (t->dtype == DT_BF16)
+                v = bf16_to_f32(((const uint16_t*)t->data)[r + j]);
+            else if (t->dtype == DT_F16)
+                v = bf16_to_f32(f32_to_bf16(f16_to_f32(((const uint16_t*)t->data)[r + j])));
+            else
+                v = bf16_to_f32(f32_to_bf16(((const float*)t->data)[r + j]));
+            o[j] = v;
+        }
+    }
+    cudaCheck(cudaMemcpy(h, x, sizeof(float) * (size_t)M * D, cudaMemcpyHostToDevice));
+    free(x);
+}
+
+extern "C" void* gpu_stream_host_alloc(GpuStream* st, size_t bytes) {
+    void* p;
+    cudaCheck(cudaMallocHost(&p, bytes ? bytes : 16));
+    st->host = (void**)realloc(st->host, sizeof(void*) * (st->n_host + 1));
+    if (!st->host) fail_other("out of memory");
+    st->host[st->n_host++] = p;
+    return p;
+}
+
+extern "C" void gpu_stream_count_spill(GpuStream* st, double h2d, double d2h) {
+    (void)d2h;
+    st->h2d += h2d;
+}
+
+extern "C" void gpu_stream_stats(GpuStream* st, double* h2d_bytes, double* unhidden_s) {
+    cudaCheck(cudaDeviceSynchronize());
+    marks_flush(st);
+    *h2d_bytes = st->h2d;
+    *unhidden_s = st->gap_s;
+}
+
+extern "C" void gpu_stream_free(GpuStream* st) {
+    cudaCheck(cudaDeviceSynchronize());
+    for (int k = 0; k < 2; k++) {
+        cudaEventDestroy(st->slot_free[k]);
+        if (st->slot_l[k] >= 0) memset(&st->e->layers[st->slot_l[k]], 0, sizeof(GpuLayer));
+    }
+    for (int i = 0; i < MARKS; i++) cudaEventDestroy(st->mark[i]);
+    for (int i = 0; i < st->n_host; i++) cudaFreeHost(st->host[i]);
+    for (int i = 0; st->registered && i < st->e->m->ck.nfiles; i++)
+        cudaHostUnregister(st->e->m->ck.files[i].map);
+    free(st->host);
+    free(st->lbytes);
+    free(st);
+}

@@ -1,0 +1,37 @@
+// Streaming layers from host memory (README "Streaming"): an engine whose streamed decoder layers live in
+// the checkpoint's mapping and are copied, through the pinned staging buffers of the engine's uploads,
+// into one of two layer slots on the GPU as passes reach them: layer l + 1 (or the next one the caller
+// names) goes over the bus while layer l computes. C interface.
+#pragma once
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "gpu.h"
+
+typedef struct GpuStream GpuStream;
+
+// An engine for batches of B windows of T tokens holding the layers with res[l] (and lm_head, the final
+// norm); the others stream through two slots. *st receives the streaming state (freed before the engine).
+GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res, GpuStream** st);
+void gpu_stream_free(GpuStream* st);
+// Layer l's weights ready for the work queued next (blocks until its copy is over); marks the start of l.
+void gpu_stream_begin(GpuStream* st, int l);
+// Layer l's work is queued: marks its end; then copies layer `next` (-1: none) into the other slot once the
+// work that last read that slot is done, while l computes.
+void gpu_stream_end(GpuStream* st, int l, int next);
+// What the GPU runs until the next gpu_stream_begin is work (a head, a loss), not a wait for a copy.
+void gpu_stream_break(GpuStream* st);
+// Embeds ids (nb, T) into h (device, (nb T, D) fp32) from the checkpoint's table on the host: the rows
+// gpu_embed would read, converted the same way (bf16 as is, F16 / F32 through bf16).
+void gpu_stream_embed(GpuStream* st, const int* ids, int nb, float* h);
+// Pinned host memory for spilled states (freed with the stream), and the bytes moved each way through it.
+void* gpu_stream_host_alloc(GpuStream* st, size_t bytes);
+void gpu_stream_count_spill(GpuStream* st, double h2d, double d2h);
+// Waits for the queued work, then: bytes copied host->GPU (layers and spilled states), and the seconds the
+// GPU waited between layers' work (the copies not hidden behind compute), since the stream began.
+void gpu_stream_stats(GpuStream* st, double* h2d_bytes, double* unhidden_s);
+
+#ifdef __cplusplus
+}
+#endif

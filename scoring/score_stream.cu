@@ -1,0 +1,294 @@
+// Scoring with streamed layers (scoring/score_stream.h). The engine runs one layer at a time on one engine
+// batch (B windows): its range is narrowed to that layer (l0 = l, l1 = l + 1) and its residual stream,
+// saved input and hidden gradient point at the batch's own states, so score_gpu.cu's steps (a group's
+// restart from the saved input, the heads and KLs, the hooked backward) run unchanged.
+#include <string.h>
+
+#include "../engine/gpu_engine.cuh"
+#include "score_stream.h"
+
+extern "C" {
+#include "../engine/util.h"
+}
+
+// The engine's own buffers, put back after every streamed batch.
+typedef struct {
+    float *h, *hsave, *dh;
+} Own;
+
+static Own own_save(GpuEngine* e) {
+    Own o = {e->h, e->hsave, e->dh};
+    return o;
+}
+
+static void own_restore(GpuEngine* e, Own o) {
+    e->h = o.h, e->hsave = o.hsave, e->dh = o.dh;
+    e->l0 = 0, e->l1 = e->m->c.num_layers;
+}
+
+static size_t state_bytes(const GpuStreamScorer* ss) {
+    return sizeof(float) * ss->sp->B * ss->sp->T * ss->sp->m->c.hidden_size;
+}
+
+static int spilled(const GpuStreamScorer* ss, int i) { return i >= ss->n_gpu; }
+
+typedef struct {
+    cudaStream_t ld, wb;                            // loads, write-backs (non-blocking: they overlap compute)
+    cudaEvent_t loaded[2], computed[2], written[2]; // per ring slot: written = the slot may be refilled
+    cudaEvent_t* out;                               // (n_state) a spilled state's last write-back, done
+    int n_out;
+} Ring;
+
+// State i on the GPU for the work queued next: its own buffer, or a ring slot, its contents loaded from
+// host memory (load) once the slot's last state is written back. At most two states are in use at once.
+static float* state_use(GpuStreamScorer* ss, int i, int nb, int load) {
+    if (!spilled(ss, i)) return ss->state[i];
+    Ring* g = (Ring*)ss->ring_ev;
+    int r = ss->ring_next;
+    ss->ring_next ^= 1;
+    ss->ring_state[r] = i;
+    if (load) {
+        size_t b = state_bytes(ss) / ss->sp->B * nb;
+        cudaCheck(cudaStreamWaitEvent(g->ld, g->written[r], 0));
+        cudaCheck(cudaStreamWaitEvent(g->ld, g->out[i], 0)); // the state's host copy is complete
+        cudaCheck(cudaMemcpyAsync(ss->ring[r], ss->state[i], b, cudaMemcpyHostToDevice, g->ld));
+        cudaCheck(cudaEventRecord(g->loaded[r], g->ld));
+        cudaCheck(cudaStreamWaitEvent(0, g->loaded[r], 0));
+        gpu_stream_count_spill(ss->st, (double)b, 0);
+        ss->spill_bytes += (double)b;
+    } else {
+        cudaCheck(cudaStreamWaitEvent(0, g->written[r], 0)); // the slot's last state is out
+    }
+    return ss->ring[r];
+}
+
+// The work on state i is queued: a spilled one goes back to host memory when `dirty` (it changed).
+static void state_done(GpuStreamScorer* ss, int i, int nb, int dirty) {
+    if (!spilled(ss, i)) return;
+    Ring* g = (Ring*)ss->ring_ev;
+    int r = ss->ring_state[0] == i ? 0 : 1;
+    cudaCheck(cudaEventRecord(g->computed[r], 0));
+    if (!dirty) {
+        cudaCheck(cudaEventRecord(g->written[r], 0));
+        return;
+    }
+    size_t b = state_bytes(ss) / ss->sp->B * nb;
+    cudaCheck(cudaStreamWaitEvent(g->wb, g->computed[r], 0));
+    cudaCheck(cudaMemcpyAsync(ss->state[i], ss->ring[r], b, cudaMemcpyDeviceToHost, g->wb));
+    cudaCheck(cudaEventRecord(g->written[r], g->wb));
+    cudaCheck(cudaEventRecord(g->out[i], g->wb));
+}
+
+extern "C" size_t gpu_stream_free_memory(void) {
+    size_t fr, tot;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    return fr;
+}
+
+extern "C" void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const StreamPlan* plan) {
+    if (sp->qc) fail_other("internal: streamed layers with given weights");
+    memset(ss, 0, sizeof(*ss));
+    ss->sp = sp;
+    ss->plan = plan;
+    ss->e = gpu_stream_engine(sp->m, sp->T, sp->B, sp->split, plan->res, &ss->st);
+    gpu_scorer_init(&ss->s, ss->e, sp);
+    const Groups* gs = sp->gs;
+    int L = sp->m->c.num_layers, K = plan->k;
+    if (!sp->gradient) { // the passes in birth order (stable: the group-major order within a layer)
+        ss->order = (int*)xmalloc(sizeof(int) * 2 * (sp->nf * gs->n + 1));
+        for (int l = 0; l < L; l++)
+            for (int f = 0; f < sp->nf; f++)
+                for (int g = 0; g < gs->n; g++)
+                    if (!gs->g[g].disabled && gs->g[g].layer == l)
+                        ss->order[2 * ss->n_pass] = f, ss->order[2 * ss->n_pass++ + 1] = g;
+        ss->n_state = K * (1 + ss->n_pass);
+    } else {
+        ss->n_state = K * (L + 2);
+    }
+    // with spills, two of the GPU's states are the ring's slots
+    ss->n_gpu = plan->states_gpu < ss->n_state ? plan->states_gpu - 2 : ss->n_state;
+    if (ss->n_gpu < 1) ss->n_gpu = 1;
+    size_t b = state_bytes(ss);
+    ss->state = (float**)xcalloc(ss->n_state, sizeof(float*));
+    for (int i = 0; i < ss->n_state; i++)
+        ss->state[i] = spilled(ss, i) ? (float*)gpu_stream_host_alloc(ss->st, b) : (float*)gpu_alloc(ss->e, b);
+    if (ss->n_gpu < ss->n_state) {
+        Ring* g = (Ring*)xcalloc(1, sizeof(Ring));
+        cudaCheck(cudaStreamCreateWithFlags(&g->ld, cudaStreamNonBlocking));
+        cudaCheck(cudaStreamCreateWithFlags(&g->wb, cudaStreamNonBlocking));
+        for (int r = 0; r < 2; r++) {
+            ss->ring[r] = (float*)gpu_alloc(ss->e, b);
+            cudaCheck(cudaEventCreateWithFlags(&g->loaded[r], cudaEventDisableTiming));
+            cudaCheck(cudaEventCreateWithFlags(&g->computed[r], cudaEventDisableTiming));
+            cudaCheck(cudaEventCreateWithFlags(&g->written[r], cudaEventDisableTiming));
+        }
+        g->n_out = ss->n_state;
+        g->out = (cudaEvent_t*)xcalloc(ss->n_state, sizeof(cudaEvent_t));
+        for (int i = ss->n_gpu; i < ss->n_state; i++)
+            cudaCheck(cudaEventCreateWithFlags(&g->out[i], cudaEventDisableTiming));
+        ss->ring_ev = g;
+    }
+}
+
+extern "C" void gpu_stream_scorer_free(GpuStreamScorer* ss) {
+    cudaCheck(cudaDeviceSynchronize());
+    if (ss->ring_ev) {
+        Ring* g = (Ring*)ss->ring_ev;
+        for (int r = 0; r < 2; r++) {
+            cudaEventDestroy(g->loaded[r]);
+            cudaEventDestroy(g->computed[r]);
+            cudaEventDestroy(g->written[r]);
+        }
+        for (int i = ss->n_gpu; i < g->n_out; i++) cudaEventDestroy(g->out[i]);
+        free(g->out);
+        cudaStreamDestroy(g->ld);
+        cudaStreamDestroy(g->wb);
+        free(g);
+    }
+    gpu_stream_free(ss->st);
+    free(ss->state);
+    free(ss->order);
+}
+
+// kl states: the references first (one per engine batch), then the passes in birth order, batch by batch.
+static int kl_ref(int k) { return k; }
+static int kl_pass(const GpuStreamScorer* ss, int p, int k) { return ss->plan->k + p * ss->plan->k + k; }
+
+// One layer l for engine batch k (nb windows at ids): the reference keeps its input (the engine's one-layer
+// hsave), the passes born at l start from it with their group quantized, the older ones advance.
+static void kl_layer(GpuStreamScorer* ss, int l, int k, int nb) {
+    GpuEngine* e = ss->e;
+    const Groups* gs = ss->sp->gs;
+    e->l0 = l, e->l1 = l + 1;
+    gpu_plan_clear(e); // the last pass's group may be in this layer
+    e->h = state_use(ss, kl_ref(k), nb, 1);
+    gpu_forward_layers(e, l, nb, 1);
+    state_done(ss, kl_ref(k), nb, 1);
+    for (int p = 0; p < ss->n_pass; p++) {
+        const Group* g = &gs->g[ss->order[2 * p + 1]];
+        if (g->layer > l) break; // birth order
+        int i = kl_pass(ss, p, k), born = g->layer == l;
+        e->h = state_use(ss, i, nb, !born);
+        if (born)
+            gpu_kl_group(&ss->s, g, ss->order[2 * p], nb); // plan set, h = the reference's input here
+        else
+            gpu_plan_clear(e); // the group's linears are in an earlier layer
+        gpu_forward_layers(e, l, nb, 0);
+        state_done(ss, i, nb, 1);
+    }
+}
+
+static int batch_windows(const GpuStreamScorer* ss, int nw, int k) {
+    int B = ss->sp->B, r = nw - k * B;
+    return r < B ? r : B;
+}
+
+extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more) {
+    GpuEngine* e = ss->e;
+    const GpuScoreSpec* sp = ss->sp;
+    int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
+    Own own = own_save(e);
+    gpu_stream_break(ss->st);
+    for (int k = 0; k < K; k++) {
+        int nb = batch_windows(ss, nw, k);
+        e->l0 = 1; // the mode, the ids; the embedding comes from the host table
+        gpu_pass_begin(e, 0, ids + (long)k * B * T, nb);
+        e->l0 = 0;
+        float* h = state_use(ss, kl_ref(k), nb, 0);
+        gpu_stream_embed(ss->st, ids + (long)k * B * T, nb, h);
+        state_done(ss, kl_ref(k), nb, 1);
+    }
+    for (int l = 0; l < L; l++) {
+        gpu_stream_begin(ss->st, l);
+        for (int k = 0; k < K; k++) kl_layer(ss, l, k, batch_windows(ss, nw, k));
+        gpu_stream_end(ss->st, l, l + 1 < L ? l + 1 : more ? 0 : -1);
+    }
+    gpu_stream_break(ss->st);
+    own_restore(e, own);
+    // the heads and KLs, batch by batch as the resident run adds them
+    for (int k = 0; k < K; k++) {
+        int nb = batch_windows(ss, nw, k);
+        e->h = state_use(ss, kl_ref(k), nb, 1);
+        gpu_kl_reference(&ss->s, nb);
+        state_done(ss, kl_ref(k), nb, 0);
+        for (int p = 0; p < ss->n_pass; p++) {
+            int f = ss->order[2 * p], g = ss->order[2 * p + 1];
+            e->h = state_use(ss, kl_pass(ss, p, k), nb, 1);
+            gpu_kl_add(&ss->s, nb, f * sp->gs->n + g);
+            state_done(ss, kl_pass(ss, p, k), nb, 0);
+        }
+        gpu_scorer_end(&ss->s, score);
+    }
+    own_restore(e, own);
+}
+
+// gradient states: per engine batch k, its running state, its hidden gradient, then the inputs kept of
+// layers L-1 .. 0 (the earliest last: they are the first to spill, and the last the backward reads).
+static int gr_h(const GpuStreamScorer* ss, int k) { return k * (ss->sp->m->c.num_layers + 2); }
+static int gr_dh(const GpuStreamScorer* ss, int k) { return gr_h(ss, k) + 1; }
+static int gr_keep(const GpuStreamScorer* ss, int k, int l) {
+    return gr_h(ss, k) + 2 + (ss->sp->m->c.num_layers - 1 - l);
+}
+
+extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score,
+                                            int more) {
+    GpuEngine* e = ss->e;
+    const GpuScoreSpec* sp = ss->sp;
+    int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
+    Own own = own_save(e);
+    gpu_stream_break(ss->st);
+    for (int k = 0; k < K; k++) { // the mode (the gradient's buffers on the first call, at l1 = L)
+        int nb = batch_windows(ss, nw, k);
+        e->l0 = 1;
+        gpu_pass_begin(e, 1, ids + (long)k * B * T, nb);
+        e->l0 = 0;
+        own = own_save(e); // grad_alloc may have just made dh
+        float* h = state_use(ss, gr_h(ss, k), nb, 0);
+        gpu_stream_embed(ss->st, ids + (long)k * B * T, nb, h);
+        state_done(ss, gr_h(ss, k), nb, 1);
+    }
+    for (int l = 0; l < L; l++) { // the forward, keeping every layer's input
+        gpu_stream_begin(ss->st, l);
+        for (int k = 0; k < K; k++) {
+            int nb = batch_windows(ss, nw, k);
+            e->l0 = l, e->l1 = l + 1;
+            e->h = state_use(ss, gr_h(ss, k), nb, 1);
+            e->hsave = state_use(ss, gr_keep(ss, k, l), nb, 0);
+            gpu_forward_layers(e, l, nb, 1);
+            state_done(ss, gr_keep(ss, k, l), nb, 1);
+            state_done(ss, gr_h(ss, k), nb, 1);
+        }
+        gpu_stream_end(ss->st, l, l + 1 < L ? l + 1 : -1);
+    }
+    gpu_stream_break(ss->st); // the losses are work, not a wait
+    own_restore(e, own);
+    double loss = 0;
+    for (int k = 0; k < K; k++) { // the losses and their gradients at the final norm's input
+        int nb = batch_windows(ss, nw, k);
+        cudaCheck(cudaMemcpy(e->ids, ids + (long)k * B * T, sizeof(int) * nb * T, cudaMemcpyHostToDevice));
+        e->h = state_use(ss, gr_h(ss, k), nb, 1);
+        e->dh = state_use(ss, gr_dh(ss, k), nb, 0);
+        gpu_loss_backward(e, nb);
+        loss += gpu_loss(e, nb);
+        state_done(ss, gr_dh(ss, k), nb, 1);
+        state_done(ss, gr_h(ss, k), nb, 0);
+    }
+    for (int l = L - 1; l >= 0; l--) { // the backward, layer by layer from the last
+        gpu_stream_begin(ss->st, l);
+        for (int k = 0; k < K; k++) {
+            int nb = batch_windows(ss, nw, k);
+            e->l0 = l, e->l1 = l + 1;
+            e->h = own.h;
+            e->hsave = state_use(ss, gr_keep(ss, k, l), nb, 1);
+            e->dh = state_use(ss, gr_dh(ss, k), nb, 1);
+            gpu_grad_backward(&ss->s, nb);
+            state_done(ss, gr_dh(ss, k), nb, 1);
+            state_done(ss, gr_keep(ss, k, l), nb, 0);
+        }
+        gpu_stream_end(ss->st, l, l > 0 ? l - 1 : -1);
+    }
+    (void)more; // the next batch's forward begins with layer 0, still in its slot
+    own_restore(e, own);
+    gpu_scorer_end(&ss->s, score);
+    return loss;
+}

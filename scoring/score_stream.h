@@ -1,0 +1,46 @@
+// Scoring with streamed layers (README "Streaming"): kl layer-major over every in-flight pass of a
+// streamed batch of windows, and the gradient as a streamed forward that keeps every layer's input (on
+// the GPU or spilled to pinned host memory) then a streamed backward in reverse layer order. The
+// arithmetic of each pass is score_gpu.cu's, so the scores equal the resident run's. C interface.
+#pragma once
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "../engine/gpu_stream.h"
+#include "score_gpu.h"
+#include "stream_plan.h"
+
+typedef struct {
+    GpuEngine* e;
+    GpuStream* st;
+    GpuScorer s;
+    const GpuScoreSpec* sp;
+    const StreamPlan* plan;
+    int n_state;   // states of a streamed batch (plan->states_peak)
+    int n_gpu;     // of those, held on the GPU
+    float** state; // (n_state) device buffers, or pinned host ones for spilled states
+    // spilled states compute in one of two device slots, loaded on one copy stream and written back on
+    // another, so that the next state's load and the last one's write-back overlap this one's compute
+    float* ring[2];
+    int ring_state[2], ring_next;
+    void* ring_ev; // the slots' events and the two copy streams (score_stream.cu)
+    int* order;    // kl: the passes (format, group index into sp->gs), sorted by birth layer
+    int n_pass;
+    double spill_bytes; // bytes each way through spilled states
+} GpuStreamScorer;
+
+// Free memory of the current GPU, bytes.
+size_t gpu_stream_free_memory(void);
+// The engine and scorer of a streamed run planned by plan (plan->streamed; no given weights).
+void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const StreamPlan* plan);
+void gpu_stream_scorer_free(GpuStreamScorer* ss);
+// nw windows (ids (nw, T), nw <= plan->k B) as one streamed batch, added to score; more: another batch
+// follows (its first layer is copied while this batch's heads run). The gradient returns the summed
+// per-window mean CE.
+void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more);
+double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more);
+
+#ifdef __cplusplus
+}
+#endif

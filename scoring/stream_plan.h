@@ -1,0 +1,70 @@
+// Scoring a model larger than its GPU (README "Streaming"): which decoder layers stay resident and
+// which are copied from host memory once per batch, layer-major; how many windows a streamed batch
+// holds; where the batch's in-flight states live (on the GPU, or spilled to pinned host memory); and
+// the bytes that cross PCIe. Pure arithmetic on byte counts, so the CPU tests check it.
+//
+// A "state" is one engine batch's (B windows) hidden state, B T D fp32. kl runs layer-major: while
+// layer l is on the GPU the reference state and every pass born at or before l (a group's pass is
+// born at its own layer from the reference's input there) go through it, so a streamed batch of K
+// engine batches holds K (1 + births at layers <= l) states after layer l. The gradient keeps every
+// layer's input for the backward (K L states), plus the running state and its gradient (2 K).
+// States beyond what fits on the GPU are spilled: the latest-born go to host memory (the earliest
+// stay in flight longest), each spilled state crossing once each way per layer it lives through (kl)
+// or once each way per batch (the gradient's kept inputs).
+#pragma once
+#include "../engine/config.h"
+#include "groups.h"
+
+typedef struct {
+    int L;                     // decoder layers
+    const double* layer_bytes; // (L) each layer's weights as the GPU holds them
+    double fixed_bytes;        // held whatever streams: embedding, final norm, lm_head, context, workspaces
+    double batch_bytes;        // the engine's buffers for one engine batch (activations, logits, plan pool)
+    double state_bytes;        // one state: B T D fp32
+    double cap;                // bytes autoq may use on the GPU (--gpu-memory, else the GPU's memory)
+    int gradient;              // 1 gradient, 0 kl
+    int n_births;              // kl: the passes (enabled group, format) and the layer each is born at
+    const int* birth_layer;    // (n_births)
+    int batches;               // engine batches in the run (windows / B, rounded up)
+    int force;                 // stream even when everything fits
+    int k_force;               // > 0: this many engine batches per streamed batch when they fit (tests, bench)
+    // estimates for the batch choice: host->GPU bytes per second, and seconds of compute per engine batch
+    double h2d_bw, batch_compute_s;
+} StreamSpec;
+
+typedef struct {
+    int streamed;          // 0: every layer resident (the model fits), 1: some layers stream
+    unsigned char* res;    // (L) 1 when layer l stays resident
+    int n_resident;        // layers resident
+    int k;                 // engine batches per streamed batch (the windows that share one crossing)
+    int states_gpu;        // states the GPU holds at most
+    int states_peak;       // states in flight at most (per streamed batch)
+    int states_spilled;    // of those, most spilled to host at once
+    double gpu_bytes;      // predicted peak GPU memory
+    double weight_h2d;     // weight bytes host->GPU per streamed batch
+    double spill_h2d;      // spilled-state bytes host->GPU per streamed batch (as many GPU->host)
+    double total_h2d;      // over the run: weights (incl. the first upload of resident layers) and spills
+    double copy_s, comp_s; // per streamed batch, from the estimates: copies and compute
+} StreamPlan;
+
+// States in flight after layer l (kl), per engine batch: 1 + births at layers <= l.
+int stream_states_after(const StreamSpec* s, int l);
+// Spilled-state bytes each way of one streamed batch of k engine batches with g states on the GPU.
+double stream_spill_bytes(const StreamSpec* s, int k, int g);
+// Plans the run. Returns 1, or 0 when not even one engine batch with two layer slots fits the cap
+// (p->gpu_bytes then says what the smallest plan needs).
+int stream_plan(const StreamSpec* s, StreamPlan* p);
+void stream_plan_free(StreamPlan* p);
+// The spec of a scoring run (README "Streaming"): its layers' bf16 bytes, the engine's other buffers by
+// shard_stage_bytes's upper estimate (without the embedding table, which stays on the host unless lm_head
+// shares it, and with 256 MiB of workspaces instead of its 1 GiB for the CUDA context, which the peak
+// does not count), a kl pass born per (format, enabled group) at the group's layer, and compute and bus
+// estimates (STREAM_EST_*) for the batch choice. Allocates what stream_spec_free frees.
+#define STREAM_EST_FLOPS 200e12 // sustained GEMM rate of an H100 / H200 on these passes
+#define STREAM_EST_BW 20e9      // staged host->GPU copies from the checkpoint's mapping
+void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
+                       int windows, double cap);
+void stream_spec_free(StreamSpec* s);
+// Parses a --gpu-memory SIZE: bytes, or a number with K, M, G, T (powers of 1000) or KiB, MiB, GiB,
+// TiB (powers of 1024), B optional. Returns -1 when malformed.
+double stream_parse_size(const char* s);

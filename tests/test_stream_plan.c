@@ -1,0 +1,142 @@
+// The streaming planner (scoring/stream_plan.c): resident or streamed layers, the spill accounting of
+// in-flight states, and the batch choice, on byte counts small enough to count by hand.
+#include <string.h>
+
+#include "check.h"
+#include "scoring/stream_plan.h"
+
+#define NL 4
+static const double k_layer[NL] = {100, 100, 100, 100};
+// kl: 2 groups at layer 0, 1 at layer 2 (one format): after layers 0..3 there are 3, 3, 4, 4 states
+static const int k_birth[3] = {0, 0, 2};
+
+static StreamSpec spec(double cap, int gradient) {
+    StreamSpec s;
+    memset(&s, 0, sizeof(s));
+    s.L = NL;
+    s.layer_bytes = k_layer;
+    s.fixed_bytes = 50;
+    s.batch_bytes = 20;
+    s.state_bytes = 10;
+    s.cap = cap;
+    s.gradient = gradient;
+    s.n_births = gradient ? 0 : 3;
+    s.birth_layer = k_birth;
+    s.batches = 8;
+    return s;
+}
+
+static void test_states(void) {
+    StreamSpec s = spec(1e9, 0);
+    int want[NL] = {3, 3, 4, 4}, ok = 1;
+    for (int l = 0; l < NL; l++) ok &= stream_states_after(&s, l) == want[l];
+    CHECK(ok, "stream_plan_states_after", "births per layer miscounted");
+}
+
+static void test_resident(void) {
+    // 50 fixed + 20 batch + 400 layers + 4 states x 10 = 510
+    StreamSpec s = spec(510, 0);
+    StreamPlan p;
+    int ok = stream_plan(&s, &p);
+    CHECK(ok && !p.streamed && p.n_resident == NL && p.gpu_bytes == 510 && p.total_h2d == 400,
+          "stream_plan_resident_when_it_fits", "ok %d streamed %d resident %d bytes %g h2d %g", ok, p.streamed,
+          p.n_resident, p.gpu_bytes, p.total_h2d);
+    stream_plan_free(&p);
+    s.cap = 509;
+    ok = stream_plan(&s, &p);
+    CHECK(ok && p.streamed, "stream_plan_streams_one_byte_short", "ok %d streamed %d", ok, p.streamed);
+    stream_plan_free(&p);
+}
+
+static void test_spill_kl(void) {
+    StreamSpec s = spec(1e9, 0);
+    // k = 2 batches: 6, 6, 8, 8 states after each layer; 5 on the GPU: 1 + 1 + 3 + 3 spilled x 10 bytes
+    CHECK(stream_spill_bytes(&s, 2, 5) == 80, "stream_plan_spill_kl", "got %g", stream_spill_bytes(&s, 2, 5));
+    CHECK(stream_spill_bytes(&s, 2, 8) == 0, "stream_plan_no_spill_when_all_fit", "got %g",
+          stream_spill_bytes(&s, 2, 8));
+    StreamSpec g = spec(1e9, 1); // gradient: k (L + 2) = 12 states for k = 2; 5 on the GPU
+    CHECK(stream_spill_bytes(&g, 2, 5) == 70, "stream_plan_spill_gradient", "got %g",
+          stream_spill_bytes(&g, 2, 5));
+}
+
+static void test_streamed_layout(void) {
+    // cap 330: 50 + 20 + 2 slots x 100 = 270; room 60: 4 states (the kl peak of k = 1) + 20 left: no
+    // layer resident; without estimates the batch is the most that spill nothing: k = 1 (k = 2 needs 8)
+    StreamSpec s = spec(330, 0);
+    StreamPlan p;
+    int ok = stream_plan(&s, &p);
+    CHECK(ok && p.streamed && p.k == 1 && p.states_gpu == 4 && p.states_spilled == 0 && p.n_resident == 0 &&
+              p.gpu_bytes == 310 && p.weight_h2d == 400 && p.spill_h2d == 0 && p.total_h2d == 8 * 400,
+          "stream_plan_streamed_layout",
+          "ok %d k %d gpu %d spilled %d resident %d bytes %g w %g spill %g total %g", ok, p.k, p.states_gpu,
+          p.states_spilled, p.n_resident, p.gpu_bytes, p.weight_h2d, p.spill_h2d, p.total_h2d);
+    stream_plan_free(&p);
+    // cap 450: room 180 -> with k = 2 (8 states, 80) 100 left: one layer resident; k = 4 (16 states) 20 left
+    s.cap = 450;
+    ok = stream_plan(&s, &p);
+    CHECK(ok && p.k == 4 && p.states_gpu == 16 && p.n_resident == 0, "stream_plan_batch_fills_memory",
+          "k %d gpu %d resident %d", p.k, p.states_gpu, p.n_resident);
+    stream_plan_free(&p);
+    // cap 280: room 10 < 3 states: nothing works
+    s.cap = 280;
+    ok = stream_plan(&s, &p);
+    CHECK(!ok && p.gpu_bytes == 300, "stream_plan_too_small", "ok %d needs %g", ok, p.gpu_bytes);
+    stream_plan_free(&p);
+}
+
+static void test_batch_choice(void) {
+    // 400 weight bytes at 100 B/s: 4 s per streamed batch (kl); 1 s of compute per engine batch, so k = 4
+    // hides the copies; the cap keeps every state on the GPU up to k = 4 (16 states)
+    StreamSpec s = spec(50 + 20 + 200 + 160, 0);
+    s.h2d_bw = 100;
+    s.batch_compute_s = 1;
+    StreamPlan p;
+    stream_plan(&s, &p);
+    CHECK(p.k == 4 && p.copy_s == 4 && p.comp_s == 4, "stream_plan_batch_hides_copies", "k %d copy %g comp %g",
+          p.k, p.copy_s, p.comp_s);
+    stream_plan_free(&p);
+    // the gradient walks the layers twice: 800 bytes, 8 s; k = 8 would hide them but only 16 states fit
+    // (k = 1 needs L + 2 = 6): k = 2 keeps 12 on the GPU; k = 8 spills 48 - 16 = 32 states, 320 bytes:
+    // 11.2 s / 8 = 1.4 s per engine batch, against 8 s / 2 = 4 at k = 2
+    StreamSpec g = spec(50 + 20 + 200 + 160, 1);
+    g.h2d_bw = 100;
+    g.batch_compute_s = 1;
+    stream_plan(&g, &p);
+    CHECK(p.k == 8 && p.states_gpu == 16 && fabs(p.spill_h2d - 320) < 1e-9,
+          "stream_plan_batch_spills_when_faster", "k %d gpu %d spill %g", p.k, p.states_gpu, p.spill_h2d);
+    stream_plan_free(&p);
+    // a forced batch, when it fits
+    StreamSpec h = spec(50 + 20 + 200 + 160, 0);
+    h.k_force = 3;
+    stream_plan(&h, &p);
+    CHECK(p.k == 3 && p.states_gpu == 12, "stream_plan_forced_batch", "k %d gpu %d", p.k, p.states_gpu);
+    stream_plan_free(&p);
+    // forced streaming keeps layers resident with the memory left
+    StreamSpec f = spec(1e9, 0);
+    f.force = 1;
+    f.batches = 1;
+    stream_plan(&f, &p);
+    CHECK(p.streamed && p.n_resident == NL && p.weight_h2d == 0, "stream_plan_force_keeps_resident",
+          "streamed %d resident %d", p.streamed, p.n_resident);
+    stream_plan_free(&p);
+}
+
+static void test_sizes(void) {
+    CHECK(stream_parse_size("16GiB") == 16.0 * (1 << 30) && stream_parse_size("4G") == 4e9 &&
+              stream_parse_size("512MiB") == 512.0 * (1 << 20) && stream_parse_size("1000") == 1000 &&
+              stream_parse_size("2kb") == 2000 && stream_parse_size("1.5GiB") == 1.5 * (1 << 30),
+          "stream_parse_size", "sizes misread");
+    CHECK(stream_parse_size("GiB") < 0 && stream_parse_size("4 GiB") < 0 && stream_parse_size("4XB") < 0 &&
+              stream_parse_size("-4G") < 0 && stream_parse_size("") < 0,
+          "stream_parse_size_bad", "a malformed size accepted");
+}
+
+int main(void) {
+    test_states();
+    test_resident();
+    test_spill_kl();
+    test_streamed_layout();
+    test_batch_choice();
+    test_sizes();
+    return g_fail ? 1 : 0;
+}
