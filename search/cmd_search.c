@@ -100,7 +100,9 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
     verify_ref_init(&ref, &j->model, held);
     RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref, ctx->t, xmalloc(sizeof(int) * j->model.n_linears)};
     info_msg("search: --refine on %d held-out window(s) of %d tokens", held->n, held->t);
-    refine_run(rf, ctx, obj, main, refine_measure, &rc, ro);
+    RefineOpts o = *ro;
+    o.windows = held->n; // --scores: --data may hold fewer than --refine-windows
+    refine_run(rf, ctx, obj, main, refine_measure, &rc, &o);
     memcpy(main->sel, rf->tries[rf->best].sel, sizeof(int) * ctx->t->ng);
     main->predicted = rf->tries[rf->best].score;
     search_measure(ctx, main);
