@@ -43,10 +43,8 @@ static void parse_domains(ScoreJob* j, Args* a) {
     }
     j->nd = n;
     j->data.path = j->dpath[0];
-    if (j->quant.kind == QUANTIZER_GPTQ)
-        fail_input("%s: --data NAME=FILE: GPTQ's weights depend on the calibration data; several domains score "
-                   "with --quantizer rtn only",
-                   a->cmd);
+    // --quantizer gptq: GPTQ's weights depend on the calibration data, so each domain is scored with GPTQ
+    // weights calibrated on its own windows (score_job_run_one per domain: per-domain GPTQ, README §7).
 }
 
 void score_job_parse(ScoreJob* j, Args* a, int need_method) {
@@ -416,11 +414,7 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
         cpu.expert_tokens = j->expert_tokens;
     }
     json_t* id = checkpoint_identity(j);
-    int start = checkpoint ? checkpoint_load(checkpoint, id, j) : 0;
-    if (start) { // the windows before a resume left no contributions
-        free(j->wscore);
-        j->wscore = NULL;
-    }
+    int start = checkpoint ? checkpoint_load(checkpoint, id, j) : 0; // window scores too, where it kept them
     if (start) info_msg("score: resuming from %s after %d of %d samples", checkpoint, start, j->ids.n);
     // Test hook: a run killed (SIGKILL, as kill -9) after K samples (tests/test_score.sh).
     const char* abort_after = getenv("AUTOQ_TEST_ABORT_AFTER");
