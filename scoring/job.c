@@ -428,10 +428,12 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
         const int* ids = j->ids.ids + (long)i * j->ids.t;
         if (!j->use_gpu) {
             add_window(j, &cpu, ids, i);
-        } else if (j->method == METHOD_GRADIENT) {
-            gpu_score_gradient(&gpu, ids, nb, j->score);
-        } else {
-            gpu_score_kl(&gpu, ids, nb, j->score);
+        } else { // the batch's per-window scores into its rows
+            gpu_scorer_windows(&gpu, j->wscore ? j->wscore + (size_t)i * j->nf * j->groups.n : NULL);
+            if (j->method == METHOD_GRADIENT)
+                gpu_score_gradient(&gpu, ids, nb, j->score);
+            else
+                gpu_score_kl(&gpu, ids, nb, j->score);
         }
         if (e && j->expert_tokens) gpu_expert_tokens(e, j->expert_tokens); // with the batch, for checkpoints
         work_add(&j->work, &j->model, &j->groups, j->nf, j->method, nb, j->use_gpu);
@@ -467,10 +469,11 @@ static int run_scores(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc,
 
 static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
     j->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
-    // The GPU back ends keep no per-window contributions yet (README §8); beyond 1 GiB they are left out.
+    // Each window's contribution (README §8), on every back end of one process (a multi-process --nccl-init
+    // run keeps none: each rank sees its own windows only); beyond 1 GiB they are left out.
     size_t wbytes = sizeof(double) * (size_t)j->ids.n * j->nf * j->groups.n;
-    if (!j->use_gpu && wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
-    if (!j->use_gpu && !j->wscore)
+    if (!j->nccl_init && wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
+    if (!j->nccl_init && !j->wscore)
         warn_msg("score: per-window scores would take %.1f GiB: not kept (search --bootstrap needs them)",
                  wbytes / 1073741824.0);
     const Config* c = &j->model.c;
@@ -489,7 +492,8 @@ static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
                        j->batch_size < j->ids.n ? j->batch_size : j->ids.n,
                        j->gpu_gemm,
                        j->expert_tokens,
-                       NULL};
+                       NULL,
+                       j->wscore};
     // The candidates' weights, built here for every back end: the CPU scorer takes them as they are, the
     // GPU engines take GPTQ's as int8 codes (round-to-nearest they quantize themselves, from bf16).
     QuantCache qc;
@@ -509,6 +513,7 @@ static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
                  "scoring again with --gpu-gemm bf16x2");
         if (checkpoint) unlink(checkpoint); // it holds the fp16 run's progress, and its identity
         memset(j->score, 0, sizeof(double) * j->nf * j->groups.n);
+        if (j->wscore) memset(j->wscore, 0, wbytes);
         if (j->expert_tokens) memset(j->expert_tokens, 0, sizeof(long) * c->n_sparse * c->num_experts);
         j->work = (Work){0};
         j->samples_done = 0;
