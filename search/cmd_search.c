@@ -102,6 +102,7 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
     info_msg("search: --refine on %d held-out window(s) of %d tokens", held->n, held->t);
     RefineOpts o = *ro;
     o.windows = held->n; // --scores: --data may hold fewer than --refine-windows
+    o.seq_len = held->t;
     refine_run(rf, ctx, obj, main, refine_measure, &rc, &o);
     memcpy(main->sel, rf->tries[rf->best].sel, sizeof(int) * ctx->t->ng);
     main->predicted = rf->tries[rf->best].score;
@@ -130,7 +131,7 @@ int cmd_search(Args* a) {
     const char* objective_s = args_str(a, "--objective");
     int refine = args_flag(a, "--refine");
     RefineOpts ro = {args_int(a, "--refine-rounds", 3), args_int(a, "--refine-candidates", 6),
-                     args_int(a, "--refine-windows", 8)};
+                     args_int(a, "--refine-windows", 8), 0};
     if (!refine) args_refuse(a, G_REFINE, "without --refine");
     // --scores: nothing is scored, so no scoring option means anything; --verify and --refine alone read data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");

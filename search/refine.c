@@ -233,7 +233,7 @@ static void apply(int* x, const int* base, int ng, const Cand* m) {
         if (m->g[i] >= 0) x[m->g[i]] = m->k[i];
 }
 
-static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solution* plain, int windows) {
+static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solution* plain, const RefineOpts* opt) {
     const ScoreTable* t = c->t;
     memset(s, 0, sizeof(*s));
     s->c = c;
@@ -259,8 +259,10 @@ static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solut
         }
     }
     s->a0 = additive(s, plain->sel);
-    // kl scores are KL summed over windows: per window times the held-out windows is the same measure
-    s->alpha = strcmp(t->method, "kl") == 0 ? windows / norm : 0;
+    // kl scores are KL summed over windows and positions: per scored token times the held-out tokens is the
+    // same measure
+    double ratio = opt->seq_len > 0 && t->seq_len > 0 ? (double)opt->seq_len / t->seq_len : 1.0;
+    s->alpha = strcmp(t->method, "kl") == 0 ? opt->windows * ratio / norm : 0;
 }
 
 void refine_run(Refine* r, const SearchCtx* c, const Objective* o, const Solution* s, RefineMeasure measure,
@@ -270,7 +272,7 @@ void refine_run(Refine* r, const SearchCtx* c, const Objective* o, const Solutio
     memset(r, 0, sizeof(*r));
     r->windows = opt->windows;
     Fit f;
-    fit_init(&f, c, o, s, opt->windows);
+    fit_init(&f, c, o, s, opt);
     int kl = f.alpha > 0;
     add_try(r, &f, s->sel, 0, TRY_PLAIN, kl ? f.alpha * f.a0 : NAN, measure, ctx);
     f.m0 = r->tries[0].v.kl;

@@ -18,6 +18,7 @@ typedef struct {
     int rounds;     // at most this many rounds after the plain recipe's measurement
     int candidates; // neighbours measured per round (each with its moves alone, for the fit)
     int windows;    // held-out windows (reported; the measure function holds them)
+    int seq_len;    // their tokens (kl scores convert per token: 0 as the scores' windows)
 } RefineOpts;
 
 typedef enum { TRY_PLAIN, TRY_NEIGHBOUR, TRY_MOVE, TRY_SOLVED } TryKind;
@@ -38,7 +39,7 @@ typedef struct Refine {
     int n, cap;
     RefineTry* tries;
     int best;     // the best measured recipe within the budget (tries[0] is the plain one)
-    double alpha; // nats on the held-out windows per unit of the additive prediction
+    double alpha; // nats on the held-out windows per unit of the additive prediction (kl: the tokens' ratio)
     int nterms;   // the fitted pairwise interactions (nats), at the end
     QuadTerm* terms;
     double seconds;   // measuring

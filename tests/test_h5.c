@@ -522,7 +522,7 @@ static void write_search_file(const ScoreTable* t, const char* path) {
     Refine rf; // --refine's /refine, on a made-up measurement
     if (t->nw) {
         Objective sum = {OBJ_SUM, {0}};
-        RefineOpts ro = {1, 2, 1};
+        RefineOpts ro = {1, 2, 1, 0};
         refine_run(&rf, &c, &sum, &s[0], fake_measure, (void*)&t->ng, &ro);
         s[0].refine = &rf;
     }

@@ -122,7 +122,7 @@ static void test_refine(const SearchCtx* c) {
     CHECK(s.sel[1] == 1 && s.sel[0] == 0 && s.sel[2] == 0 && s.sel[3] == 0,
           "the additive optimum gives group 1 w8a8", "sel %d %d %d %d", s.sel[0], s.sel[1], s.sel[2], s.sel[3]);
     Objective sum = {OBJ_SUM, {0}};
-    RefineOpts o = {3, 4, 2}; // windows = the scores' windows: additive KL in the measured units
+    RefineOpts o = {3, 4, 2, 8}; // windows = the scores' windows: additive KL in the measured units
     Refine r;
     refine_run(&r, c, &sum, &s, measure, (void*)c->t, &o);
     const RefineTry *p = &r.tries[0], *b = &r.tries[r.best];
