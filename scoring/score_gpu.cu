@@ -66,8 +66,8 @@ extern "C" void gpu_scorer_windows(GpuScorer* s, double* out) {
     s->wout = out;
 }
 
-// The gradient's per-window sums go to the window rows only (scores_of); its totals are their sums, in window
-// order. kl adds both (gpu_kl_add), its totals unchanged by keeping windows.
+// The gradient's per-window sums go to the window rows only (add_sq_diff, add_grad_score); its totals are their
+// sums, in window order. kl adds both (gpu_kl_add), its totals unchanged by keeping windows.
 extern "C" void gpu_scorer_end(GpuScorer* s, double* score) {
     int n = s->sp->nf * s->sp->gs->n;
     double* h = (double*)xmalloc(sizeof(double) * n);
@@ -126,6 +126,7 @@ static void add_sq_diff(GpuScorer* s, long slot, const float* dy, const float* y
         return;
     }
     long r = M / s->nb, n = (long)s->sp->nf * s->sp->gs->n;
+    if (r * s->nb != M) fail_other("internal: %d rows are not %d windows' rows", M, s->nb);
     for (int w = 0; w < s->nb; w++)
         gpu_sq_diff_dot(s->dwscore + w * n + slot, s->scratch, dy + w * r * N, yq + w * r * N, y + w * r * N,
                         r * N);
@@ -138,6 +139,7 @@ static void add_grad_score(GpuScorer* s, long slot, const float* dy, const int32
         return;
     }
     long r = M / s->nb, n = (long)s->sp->nf * s->sp->gs->n;
+    if (r * s->nb != M) fail_other("internal: %d rows are not %d windows' rows", M, s->nb);
     for (int w = 0; w < s->nb; w++)
         gpu_grad_score(s->dwscore + w * n + slot, s->scratch, dy + w * r * N, acc + w * r * N, sx + w * r, sw,
                        y + w * r * N, (int)r, N);
