@@ -113,6 +113,18 @@ extern "C" void gpu_kl_rows(double* total, double* scratch, const float* p, cons
     cudaCheck(cudaGetLastError());
 }
 
+__global__ void sum_windows_kernel(double* out, long stride, const double* rows, int T) {
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < T; i += blockDim.x) acc += rows[(long)blockIdx.x * T + i];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) out[(long)blockIdx.x * stride] += acc;
+}
+
+extern "C" void gpu_sum_windows(double* out, long stride, const double* rows, int nb, int T) {
+    sum_windows_kernel<<<nb, 256>>>(out, stride, rows, T);
+    cudaCheck(cudaGetLastError());
+}
+
 extern "C" void gpu_cross_entropy_backward(bf16_t* dhi, bf16_t* dlo, double* loss_rows, const float* logits,
                                            const int* ids, int M, int T, int V) {
     ce_bwd_kernel<<<M, 512>>>((__nv_bfloat16*)dhi, (__nv_bfloat16*)dlo, loss_rows, logits, ids, T, V);

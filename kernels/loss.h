@@ -32,6 +32,9 @@ void gpu_cross_entropy_backward(bf16_t* dhi, bf16_t* dlo, double* loss_rows, con
 // *total += grad_score(...) over (M, N), deterministic; scratch holds 1024 doubles
 void gpu_grad_score(double* total, double* scratch, const float* dy, const int32_t* acc, const float* sx,
                     const float* sw, const float* y, int M, int N);
+// out[w * stride] += Σ of rows[w T .. w T + T - 1], w = 0 .. nb - 1 (one window's share of gpu_kl_rows' per-row
+// values, which it leaves in its scratch), deterministic
+void gpu_sum_windows(double* out, long stride, const double* rows, int nb, int T);
 // *total += sq_diff_dot(dy, yq, y, n), deterministic; scratch holds 1024 doubles
 void gpu_sq_diff_dot(double* total, double* scratch, const float* dy, const float* yq, const float* y, long n);
 

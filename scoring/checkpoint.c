@@ -52,6 +52,14 @@ void checkpoint_save(const char* path, json_t* id, const ScoreJob* j) {
     json_t* sc = json_array();
     for (int i = 0; i < j->nf * j->groups.n; i++) json_array_append_new(sc, json_real(j->score[i]));
     json_object_set_new(o, "scores", sc);
+    // each window's contribution (README §8 /groups/window_scores), while the checkpoint stays small: it is
+    // rewritten after every window
+    size_t nw = (size_t)j->samples_done * j->nf * j->groups.n;
+    if (j->wscore && nw <= CHECKPOINT_MAX_WINDOW_NUMBERS) {
+        json_t* ws = json_array();
+        for (size_t i = 0; i < nw; i++) json_array_append_new(ws, json_real(j->wscore[i]));
+        json_object_set_new(o, "window_scores", ws);
+    }
     if (j->expert_tokens) { // expert coverage resumes with the sums
         json_t* et = json_array();
         for (long i = 0; i < (long)j->model.c.n_sparse * j->model.c.num_experts; i++)
@@ -107,6 +115,26 @@ int checkpoint_load(const char* path, json_t* id, ScoreJob* j) {
     if (!json_is_integer(done) || json_integer_value(done) < 0 || json_integer_value(done) > j->ids.n)
         fail_input("%s: checkpoint field 'samples_done' must be an integer in [0, %d]", path, j->ids.n);
     j->samples_done = (int)json_integer_value(done);
+    // A checkpoint without window scores (an older one, or one past the size limit) resumes without them.
+    json_t* ws = json_object_get(o, "window_scores");
+    size_t nw = (size_t)j->samples_done * n;
+    if (j->wscore && j->samples_done && json_is_array(ws) && json_array_size(ws) == nw) {
+        for (size_t i = 0; i < nw; i++) {
+            json_t* v = json_array_get(ws, i);
+            if (!json_is_number(v) || !isfinite(json_number_value(v)))
+                fail_input("%s: checkpoint field 'window_scores' must hold finite numbers", path);
+            j->wscore[i] = json_number_value(v);
+        }
+    } else if (ws && !json_is_array(ws)) {
+        fail_input("%s: checkpoint field 'window_scores' must be an array", path);
+    } else if (j->samples_done && j->wscore) {
+        if (ws) fail_input("%s: checkpoint field 'window_scores' must hold %zu numbers", path, nw);
+        warn_msg(
+            "score: %s holds no per-window scores: the resumed run keeps none (search --bootstrap needs them)",
+            path);
+        free(j->wscore);
+        j->wscore = NULL;
+    }
     j->work.forward_equiv = number_field(path, json_object_get(o, "forward_equiv"), "forward_equiv");
     j->work.naive_equiv = number_field(path, json_object_get(o, "naive_equiv"), "naive_equiv");
     json_decref(o);

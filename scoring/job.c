@@ -45,10 +45,8 @@ static void parse_domains(ScoreJob* j, Args* a) {
     }
     j->nd = n;
     j->data.path = j->dpath[0];
-    if (j->quant.kind == QUANTIZER_GPTQ)
-        fail_input("%s: --data NAME=FILE: GPTQ's weights depend on the calibration data; several domains score "
-                   "with --quantizer rtn only",
-                   a->cmd);
+    // --quantizer gptq: GPTQ's weights depend on the calibration data, so each domain is scored with GPTQ
+    // weights calibrated on its own windows (score_job_run_one per domain: per-domain GPTQ, README §7).
 }
 
 void score_job_parse(ScoreJob* j, Args* a, int need_method) {
@@ -496,6 +494,11 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     int B = 1;
     GpuScoreSpec ssp = *sp; // a streamed run's engine batch may be smaller
     j->streamed = stream_decide(j, &ssp.B, &plan);
+    if (j->streamed && j->wscore) { // the streamed passes sum over a batch's windows (README "Not done yet")
+        warn_msg("score: a streamed run keeps no per-window scores yet (search --bootstrap needs them)");
+        free(j->wscore);
+        j->wscore = NULL;
+    }
     if (j->streamed) {
         gpu_stream_scorer_init(&ss, &ssp, &plan);
         e = ss.e;
@@ -516,11 +519,7 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
         cpu.expert_tokens = j->expert_tokens;
     }
     json_t* id = checkpoint_identity(j);
-    int start = checkpoint ? checkpoint_load(checkpoint, id, j) : 0;
-    if (start) { // the windows before a resume left no contributions
-        free(j->wscore);
-        j->wscore = NULL;
-    }
+    int start = checkpoint ? checkpoint_load(checkpoint, id, j) : 0; // window scores too, where it kept them
     if (start) info_msg("score: resuming from %s after %d of %d samples", checkpoint, start, j->ids.n);
     // Test hook: a run killed (SIGKILL, as kill -9) after K samples (tests/test_score.sh).
     const char* abort_after = getenv("AUTOQ_TEST_ABORT_AFTER");
@@ -538,10 +537,12 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
             gpu_stream_score_gradient(&ss, ids, nb, j->score, i + nb < j->ids.n);
         } else if (j->streamed) {
             gpu_stream_score_kl(&ss, ids, nb, j->score, i + nb < j->ids.n);
-        } else if (j->method == METHOD_GRADIENT) {
-            gpu_score_gradient(&gpu, ids, nb, j->score);
-        } else {
-            gpu_score_kl(&gpu, ids, nb, j->score);
+        } else { // the batch's per-window scores into its rows
+            gpu_scorer_windows(&gpu, j->wscore ? j->wscore + (size_t)i * j->nf * j->groups.n : NULL);
+            if (j->method == METHOD_GRADIENT)
+                gpu_score_gradient(&gpu, ids, nb, j->score);
+            else
+                gpu_score_kl(&gpu, ids, nb, j->score);
         }
         if (e && j->expert_tokens) gpu_expert_tokens(e, j->expert_tokens); // with the batch, for checkpoints
         work_add(&j->work, &j->model, &j->groups, j->nf, j->method, nb, j->use_gpu);
@@ -582,10 +583,11 @@ static int run_scores(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc,
 
 static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
     j->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
-    // The GPU back ends keep no per-window contributions yet (README §8); beyond 1 GiB they are left out.
+    // Each window's contribution (README §8), on every back end of one process (a multi-process --nccl-init
+    // run keeps none: each rank sees its own windows only); beyond 1 GiB they are left out.
     size_t wbytes = sizeof(double) * (size_t)j->ids.n * j->nf * j->groups.n;
-    if (!j->use_gpu && wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
-    if (!j->use_gpu && !j->wscore)
+    if (!j->nccl_init && wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
+    if (!j->nccl_init && !j->wscore)
         warn_msg("score: per-window scores would take %.1f GiB: not kept (search --bootstrap needs them)",
                  wbytes / 1073741824.0);
     const Config* c = &j->model.c;
@@ -604,7 +606,8 @@ static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
                        j->batch_size < j->ids.n ? j->batch_size : j->ids.n,
                        j->gpu_gemm,
                        j->expert_tokens,
-                       NULL};
+                       NULL,
+                       j->wscore};
     // The candidates' weights, built here for every back end: the CPU scorer takes them as they are, the
     // GPU engines take GPTQ's as int8 codes (round-to-nearest they quantize themselves, from bf16).
     QuantCache qc;
@@ -624,6 +627,7 @@ static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
                  "scoring again with --gpu-gemm bf16x2");
         if (checkpoint) unlink(checkpoint); // it holds the fp16 run's progress, and its identity
         memset(j->score, 0, sizeof(double) * j->nf * j->groups.n);
+        if (j->wscore) memset(j->wscore, 0, wbytes);
         if (j->expert_tokens) memset(j->expert_tokens, 0, sizeof(long) * c->n_sparse * c->num_experts);
         j->work = (Work){0};
         j->samples_done = 0;

@@ -50,10 +50,24 @@ extern "C" void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* 
     s->dscore = (double*)gpu_alloc(e, sizeof(double) * n);
     s->scratch = (double*)gpu_alloc(e, sizeof(double) * (rows > 1024 ? rows : 1024));
     s->ref = NULL;
+    s->dwscore = NULL;
+    s->wout = NULL;
+    s->nb = 0;
     cudaCheck(cudaMemset(s->dscore, 0, sizeof(double) * n));
     if (sp->qc) scorer_give(s);
 }
 
+extern "C" void gpu_scorer_windows(GpuScorer* s, double* out) {
+    long n = (long)s->sp->nf * s->sp->gs->n;
+    if (out && !s->dwscore) {
+        s->dwscore = (double*)gpu_alloc(s->e, sizeof(double) * s->sp->B * n);
+        cudaCheck(cudaMemset(s->dwscore, 0, sizeof(double) * s->sp->B * n));
+    }
+    s->wout = out;
+}
+
+// The gradient's per-window sums go to the window rows only (add_sq_diff, add_grad_score); its totals are their
+// sums, in window order. kl adds both (gpu_kl_add), its totals unchanged by keeping windows.
 extern "C" void gpu_scorer_end(GpuScorer* s, double* score) {
     int n = s->sp->nf * s->sp->gs->n;
     double* h = (double*)xmalloc(sizeof(double) * n);
@@ -61,6 +75,17 @@ extern "C" void gpu_scorer_end(GpuScorer* s, double* score) {
     for (int i = 0; i < n; i++) score[i] += h[i];
     free(h);
     cudaCheck(cudaMemset(s->dscore, 0, sizeof(double) * n)); // a stage may run backwards back to back
+    if (!s->wout) return;
+    size_t nw = (size_t)s->nb * n;
+    double* w = (double*)xmalloc(sizeof(double) * (nw ? nw : 1));
+    cudaCheck(cudaMemcpy(w, s->dwscore, sizeof(double) * nw, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < nw; i++) s->wout[i] += w[i];
+    if (s->sp->gradient)
+        for (int b = 0; b < s->nb; b++)
+            for (int i = 0; i < n; i++) score[i] += w[(size_t)b * n + i];
+    free(w);
+    cudaCheck(cudaMemset(s->dwscore, 0, sizeof(double) * nw));
+    s->wout = NULL; // each batch names its rows
 }
 
 extern "C" void gpu_kl_reference(GpuScorer* s, int nb) {
@@ -86,7 +111,38 @@ extern "C" void gpu_kl_add(GpuScorer* s, int nb, int slot) {
     gpu_plan_clear(s->e);
     float* q = gpu_head_logits(s->e, nb, NULL);
     gpu_kl_rows(s->dscore + slot, s->scratch, s->ref, q, nb * s->sp->T, s->sp->m->c.vocab_size);
+    s->nb = nb;
+    if (s->wout) // the per-row KL is still in scratch: each window's rows summed apart
+        gpu_sum_windows(s->dwscore + slot, (long)s->sp->nf * s->sp->gs->n, s->scratch, nb, s->sp->T);
     gpu_mark_scores(s->e);
+}
+
+// Where a gradient score of slot goes: the batch's total, or with per-window scores each window apart (M rows
+// of N values, the batch's windows in order).
+static void add_sq_diff(GpuScorer* s, long slot, const float* dy, const float* yq, const float* y, int M,
+                        int N) {
+    if (!s->wout) {
+        gpu_sq_diff_dot(s->dscore + slot, s->scratch, dy, yq, y, (long)M * N);
+        return;
+    }
+    long r = M / s->nb, n = (long)s->sp->nf * s->sp->gs->n;
+    if (r * s->nb != M) fail_other("internal: %d rows are not %d windows' rows", M, s->nb);
+    for (int w = 0; w < s->nb; w++)
+        gpu_sq_diff_dot(s->dwscore + w * n + slot, s->scratch, dy + w * r * N, yq + w * r * N, y + w * r * N,
+                        r * N);
+}
+
+static void add_grad_score(GpuScorer* s, long slot, const float* dy, const int32_t* acc, const float* sx,
+                           const float* sw, const float* y, int M, int N) {
+    if (!s->wout) {
+        gpu_grad_score(s->dscore + slot, s->scratch, dy, acc, sx, sw, y, M, N);
+        return;
+    }
+    long r = M / s->nb, n = (long)s->sp->nf * s->sp->gs->n;
+    if (r * s->nb != M) fail_other("internal: %d rows are not %d windows' rows", M, s->nb);
+    for (int w = 0; w < s->nb; w++)
+        gpu_grad_score(s->dwscore + w * n + slot, s->scratch, dy + w * r * N, acc + w * r * N, sx + w * r, sw,
+                       y + w * r * N, (int)r, N);
 }
 
 // A sparse layer's experts block (README §6): (dY . (Yq - Y))^2 at the block output.
@@ -96,8 +152,7 @@ static void grad_hook_experts(GpuScorer* s, int l, const float* dy, const float*
     if (sp->gs->g[g].disabled) return;
     for (int f = 0; f < sp->nf; f++) {
         const float* yq = gpu_moe_quantized(s->e, l, M, sp->fmts[f].w, sp->fmts[f].in, f);
-        gpu_sq_diff_dot(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, yq, y,
-                        (long)M * sp->m->c.hidden_size);
+        add_sq_diff(s, (long)f * sp->gs->n + g, dy, yq, y, M, sp->m->c.hidden_size);
     }
 }
 
@@ -117,16 +172,19 @@ static void grad_hook(GpuEngine* e, int idx, const float* dy, const float* x, co
         QuantSpec in = in_spec(&sp->fmts[f]);
         if (quant_gpu_emulated(sp->fmts[f].w, in)) {
             const float* yq = gpu_linear_fake(e, idx, x, M, sp->fmts[f].w, in);
-            gpu_sq_diff_dot(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, yq, y, (long)M * l->out);
+            add_sq_diff(s, (long)f * sp->gs->n + g, dy, yq, y, M, l->out);
             continue;
         }
         const float *sx, *sw;
         const int32_t* acc = gpu_linear_quantized(e, idx, x, M, sp->fmts[f].w, in, f, &sx, &sw);
-        gpu_grad_score(s->dscore + (long)f * sp->gs->n + g, s->scratch, dy, acc, sx, sw, y, M, l->out);
+        add_grad_score(s, (long)f * sp->gs->n + g, dy, acc, sx, sw, y, M, l->out);
     }
 }
 
-extern "C" void gpu_grad_backward(GpuScorer* s, int nb) { gpu_backward_layers(s->e, nb, grad_hook, s); }
+extern "C" void gpu_grad_backward(GpuScorer* s, int nb) {
+    s->nb = nb;
+    gpu_backward_layers(s->e, nb, grad_hook, s);
+}
 
 extern "C" void gpu_score_kl(GpuScorer* s, const int* ids, int nb, double* score) {
     const Groups* gs = s->sp->gs;

@@ -26,6 +26,9 @@ typedef struct {
     // The candidates' weights as given (GPTQ's, qcache_build; nf formats), or NULL: the engines quantize
     // their bf16 weights round-to-nearest. Each engine holds its own layers' as int8 codes (gpu_given_set).
     const QuantCache* qc;
+    // Each window's contribution (README §8 /groups/window_scores): host (n windows, nf * groups) where the
+    // one-process back ends add them (window i of the run at row i), or NULL: none kept (multi-process runs).
+    double* wscore;
 } GpuScoreSpec;
 
 // Entries of sp->expert_tokens: n_sparse * E, or 0 without it.
@@ -48,12 +51,23 @@ typedef struct {
     double* dscore;  // (nf * groups) device
     double* scratch; // (max(B*T, 1024)) device
     float* ref;      // (B*T, V) device: the unquantized logits of a kl batch (last stage)
+    // Per-window scores of the batch being scored (gpu_scorer_windows), or NULL: dwscore (B, nf * groups) on
+    // the device, added at gpu_scorer_end to wout (host, the batch's first window's row). With them the
+    // gradient sums each window apart, and its totals are the sums of its windows (kl keeps its totals as
+    // before).
+    double* dwscore;
+    double* wout;
+    int nb; // windows in the batch being scored
 } GpuScorer;
 
 // With sp->qc, uploads the given weights of e's layers (its one upload of them).
 void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp);
-// Adds the device sums to score (host, nf * groups) and zeroes them.
+// Adds the device sums to score (host, nf * groups) and zeroes them; with per-window scores also adds the
+// batch's (nb rows) to the rows gpu_scorer_windows named.
 void gpu_scorer_end(GpuScorer* s, double* score);
+// The next batch's per-window scores go to out (host, its first window's row of (windows, nf * groups)); NULL:
+// none for it.
+void gpu_scorer_windows(GpuScorer* s, double* out);
 
 // A batch in parts, for pipeline stages (the engine's pass already begun, its layers run):
 void gpu_kl_reference(GpuScorer* s, int nb); // last stage: the unquantized logits

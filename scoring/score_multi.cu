@@ -35,6 +35,7 @@ static void* worker_main(void* arg) {
     for (int i = w->lo; i < w->hi; i += sp->B) {
         int nb = w->hi - i < sp->B ? w->hi - i : sp->B;
         const int* ids = w->ids + (long)i * sp->T;
+        gpu_scorer_windows(&s, sp->wscore ? sp->wscore + (size_t)i * sp->nf * sp->gs->n : NULL); // own rows
         if (sp->gradient)
             gpu_score_gradient(&s, ids, nb, w->score);
         else

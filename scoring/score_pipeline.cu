@@ -59,6 +59,7 @@ typedef struct {
     const int* ids;
     const int* owner; // stage of each layer
     double* score;    // this stage's sums (nf, groups)
+    double* wscore;   // this stage's per-window scores (nwin, nf * groups), or NULL (sp->wscore NULL)
     long* tokens;     // its expert token counts (gpu_spec_counts), or NULL
     double seconds, busy_s;
     size_t peak;
@@ -132,6 +133,7 @@ static void grad_backward(Stage* st, GpuScorer* sc, Busy* b, int k) {
     int nb = batch_of(st, k, &ids);
     gpu_pass_slot(sc->e, k);
     busy_mark(b, 0);
+    if (st->wscore) gpu_scorer_windows(sc, st->wscore + (size_t)k * st->B * st->nf * st->gs->n);
     gpu_grad_backward(sc, nb);
     busy_mark(b, 1);
     gpu_scorer_end(sc, st->score);
@@ -194,6 +196,8 @@ static void* stage_main(void* arg) {
     if (sp->gradient) stage_gradient(st, &sc, b);
     for (int i = 0; i < st->nwin && !sp->gradient; i += st->B) {
         int nb = st->nwin - i < st->B ? st->nwin - i : st->B;
+        if (st->wscore && st->s == st->n - 1) // the last stage computes every KL
+            gpu_scorer_windows(&sc, st->wscore + (size_t)i * st->nf * st->gs->n);
         stage_kl(st, &sc, b, st->ids + (long)i * st->T, nb);
     }
     cudaCheck(cudaDeviceSynchronize());
@@ -263,6 +267,7 @@ extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n,
         Stage* s = &st[i];
         stage_setup(s, sp, i, ngpus, bounds, owner);
         s->base = 0, s->dev = i, s->comm = comms[i], s->nwin = n, s->ids = ids;
+        if (sp->wscore) s->wscore = (double*)xcalloc((size_t)n * ns, sizeof(double));
         if (pthread_create(&th[i], NULL, stage_main, s) != 0) fail_other("cannot start GPU thread %d", i);
     }
     for (int i = 0; i < ngpus; i++) pthread_join(th[i], NULL);
@@ -271,6 +276,7 @@ extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n,
     for (int i = 0; i < ngpus; i++) {
         Stage* s = &st[i];
         for (int k = 0; k < ns; k++) score[k] += s->score[k]; // each group's sum lives on one stage
+        for (size_t k = 0; s->wscore && k < (size_t)n * ns; k++) sp->wscore[k] += s->wscore[k];
         for (long k = 0; k < nc; k++) sp->expert_tokens[k] += s->tokens[k];
         char who[32];
         snprintf(who, sizeof(who), "GPU %d", i);
@@ -279,6 +285,7 @@ extern "C" void gpu_score_sharded(const GpuScoreSpec* sp, const int* ids, int n,
         *peak = s->peak > *peak ? s->peak : *peak;
         ncclCommDestroy(comms[i]);
         free(s->score);
+        free(s->wscore);
         free(s->tokens);
     }
     cudaCheck(cudaSetDevice(0));

@@ -120,6 +120,50 @@ static json_t* coverage_json(const ScoreTable* t) {
     return c;
 }
 
+// The calibration domains and per-window scores (README §8), as HDF5 holds them: "format_version", a
+// "domains" list (name, num_samples, in window order) and per group "domain_scores" ({domain: {format:
+// score}}) and "window_scores" ({format: [one per window]}); null for a disabled group. Keys only added, so
+// readers of the earlier JSON keep working.
+static void table_json_windows(const ScoreTable* t, json_t* j) {
+    json_object_set_new(j, "format_version", json_integer(SCORES_FORMAT_VERSION));
+    json_t* gs = json_object_get(j, "groups");
+    if (t->nd) {
+        json_t* ds = json_array();
+        for (int d = 0; d < t->nd; d++)
+            json_array_append_new(ds,
+                                  json_pack("{s:s,s:i}", "name", t->dname[d], "num_samples", t->dsamples[d]));
+        json_object_set_new(j, "domains", ds);
+    }
+    for (int g = 0; g < t->ng; g++) {
+        json_t* o = json_array_get(gs, g);
+        if (t->nd) {
+            json_t* dsc = json_object();
+            for (int d = 0; d < t->nd; d++) {
+                json_t* sc = json_object();
+                for (int f = 0; f < t->nf; f++)
+                    json_object_set_new(
+                        sc, t->fmts[f].name,
+                        t->disabled[g]
+                            ? json_null()
+                            : json_score(t->dscore[((size_t)d * t->nf + f) * t->ng + g], t->gname[g]));
+                json_object_set_new(dsc, t->dname[d], sc);
+            }
+            json_object_set_new(o, "domain_scores", dsc);
+        }
+        if (t->nw) {
+            json_t* ws = json_object();
+            for (int f = 0; f < t->nf; f++) {
+                json_t* a = t->disabled[g] ? json_null() : json_array();
+                for (int w = 0; w < t->nw && !t->disabled[g]; w++)
+                    json_array_append_new(
+                        a, json_score(t->wscore[((size_t)w * t->nf + f) * t->ng + g], t->gname[g]));
+                json_object_set_new(ws, t->fmts[f].name, a);
+            }
+            json_object_set_new(o, "window_scores", ws);
+        }
+    }
+}
+
 static json_t* table_json(const ScoreTable* t) {
     json_t* j = json_object();
     json_object_set_new(j, "model", json_text(t->model, "the model path"));
@@ -141,6 +185,7 @@ static json_t* table_json(const ScoreTable* t) {
         json_array_append_new(gs, o);
     }
     json_object_set_new(j, "groups", gs);
+    table_json_windows(t, j);
     if (t->n_cov) {
         json_object_set_new(j, "min_expert_tokens", json_integer(t->min_expert_tokens));
         json_object_set_new(j, "coverage", coverage_json(t));

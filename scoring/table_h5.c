@@ -179,8 +179,8 @@ static void write_window_scores(hid_t g, const ScoreTable* t) {
     free(v);
     h5_describe(g, "window_scores", table_score_units(t),
                 "[groups, formats, windows]: each calibration window's contribution to /groups/score (their "
-                "sum over windows, up to rounding); search --bootstrap resamples the windows. Written by the "
-                "CPU scorer when no checkpoint was resumed; absent otherwise");
+                "sum over windows, up to rounding); search --bootstrap resamples the windows. Written by "
+                "every scorer of one process (CPU, one or several GPUs); absent for --nccl-init runs");
 }
 
 static void write_groups(hid_t f, const ScoreTable* t) {

@@ -10,6 +10,7 @@
 #include "bootstrap.h"
 #include "milp.h"
 #include "recipe.h"
+#include "refine.h"
 
 #define MAX_SWEEP 1000
 
@@ -73,6 +74,45 @@ static void solve_point(const SearchCtx* c, const Objective* o, double budget, S
     if (s->nd) objective_losses(c->t, s->sel, s->dloss);
 }
 
+// search --refine's measurement: a recipe's joint KL and NLL on the held-out windows (verify_recipe's
+// deployment, the unquantized passes computed once).
+typedef struct {
+    const Model* m;
+    const TokenIds* held;
+    const Format* fmts;
+    const Quantizer* q;
+    const VerifyRef* ref;
+    const ScoreTable* t;
+    int* choice;
+} RefineCtx;
+
+static void refine_measure(void* ctx, const int* sel, VerifyResult* v) {
+    RefineCtx* r = ctx;
+    Solution s = {.sel = (int*)sel};
+    linear_choice(r->m, r->t, &s, r->choice);
+    verify_recipe_ref(r->m, r->held, r->fmts, r->choice, r->q, r->ref, v);
+}
+
+// Refines main (README §7) on the held-out windows and makes it the best measured recipe.
+static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj, Solution* main, ScoreJob* j,
+                          const TokenIds* held, const Format* fmts, const RefineOpts* ro) {
+    VerifyRef ref;
+    verify_ref_init(&ref, &j->model, held);
+    RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref, ctx->t, xmalloc(sizeof(int) * j->model.n_linears)};
+    info_msg("search: --refine on %d held-out window(s) of %d tokens", held->n, held->t);
+    RefineOpts o = *ro;
+    o.windows = held->n; // --scores: --data may hold fewer than --refine-windows
+    o.seq_len = held->t;
+    refine_run(rf, ctx, obj, main, refine_measure, &rc, &o);
+    memcpy(main->sel, rf->tries[rf->best].sel, sizeof(int) * ctx->t->ng);
+    main->predicted = rf->tries[rf->best].score;
+    search_measure(ctx, main);
+    if (main->nd) objective_losses(ctx->t, main->sel, main->dloss);
+    main->refine = rf;
+    free(rc.choice);
+    verify_ref_free(&ref);
+}
+
 int cmd_search(Args* a) {
     // values, --emit's NAME=FILE and the outputs' aliasing already checked (autoq.c's table)
     const char* scores = args_str(a, "--scores");
@@ -89,9 +129,14 @@ int cmd_search(Args* a) {
     int nboot = args_int(a, "--bootstrap", 0);
     int boot_seed = args_int(a, "--bootstrap-seed", 1);
     const char* objective_s = args_str(a, "--objective");
-    // --scores: nothing is scored, so no scoring option means anything; --verify alone reads data
+    int refine = args_flag(a, "--refine");
+    RefineOpts ro = {args_int(a, "--refine-rounds", 3), args_int(a, "--refine-candidates", 6),
+                     args_int(a, "--refine-windows", 8), 0};
+    if (!refine) args_refuse(a, G_REFINE, "without --refine");
+    // --scores: nothing is scored, so no scoring option means anything; --verify and --refine alone read data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
-    if (scores && !verify) args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify");
+    if (scores && !verify && !refine)
+        args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify or --refine");
     ScoreJob j;
     score_job_parse(&j, a, scores == NULL);
     args_done(a);
@@ -101,6 +146,13 @@ int cmd_search(Args* a) {
     Cost cost = cost_s && strcmp(cost_s, "active") == 0 ? COST_ACTIVE : COST_MEMORY;
     Bits bits = bits_s && strcmp(bits_s, "modelopt") == 0 ? BITS_MODELOPT : BITS_TRUE;
     if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
+    if (refine && objective_s && !strcmp(objective_s, "max"))
+        fail_input(
+            "search: --refine measures one held-out set, so it cannot keep --objective max's worst domain "
+            "(use mean or weights:)");
+    if (refine && !scores && j.nd)
+        fail_input("search: --refine with several --data domains: score them first (score --out), then search "
+                   "--scores FILE --refine --data HELD-OUT");
     // every argument and output path is checked before any compute
     if (out) out_check(out, "--out");
     if (h5) out_check(h5, "--h5");
@@ -109,28 +161,41 @@ int cmd_search(Args* a) {
     int ns = sweep_s ? parse_sweep(sweep_s, pts) : 0;
 
     ScoreTable t;
+    TokenIds held = {0, 0, NULL};
     int have_model = 0;
     if (scores) {
         table_read_h5(&t, scores);
-        if (verify && j.quant.kind != QUANTIZER_GPTQ && strcmp(t.quantizer, "gptq") == 0)
+        if ((verify || refine) && j.quant.kind != QUANTIZER_GPTQ && strcmp(t.quantizer, "gptq") == 0)
             warn_msg("search: %s holds GPTQ scores, but --verify deploys the recipe round-to-nearest (add "
                      "--quantizer gptq)",
                      scores);
-        if (verify) {
+        if (verify || refine) {
             if (!j.model_dir) j.model_dir = t.model;
-            if (!j.data.path) fail_input("search: --verify with --scores needs --data");
+            if (!j.data.path)
+                fail_input("search: %s with --scores needs --data",
+                           verify ? "--verify" : "--refine (held-out windows)");
             j.format_csv = NULL;
         }
     } else {
-        j.need_host = verify;
+        j.need_host = verify || refine;
+        if (refine && j.data.num_samples) j.data.num_samples += ro.windows; // the held-out ones after them
         score_job_load(&j);
         have_model = 1;
+        if (refine) { // the last --refine-windows windows are held out: never scored
+            if (j.ids.n <= ro.windows)
+                fail_input(
+                    "search: --refine: %s has %d window(s); holding out --refine-windows %d leaves none to "
+                    "score",
+                    j.data.path, j.ids.n, ro.windows);
+            j.ids.n -= ro.windows;
+            held = (TokenIds){ro.windows, j.ids.t, j.ids.ids + (long)j.ids.n * j.ids.t};
+        }
         score_job_run(&j, NULL);
         score_job_table(&j, &t);
     }
     // The scores' own format definitions, never a format file that happens to have the same name.
     const Format* fmts = t.fmts;
-    if (verify && !have_model) {
+    if ((verify || refine) && !have_model) {
         model_load(&j.model, j.model_dir);
         j.data.model_dir = j.model_dir;
         j.data.vocab = j.model.c.vocab_size;
@@ -139,6 +204,7 @@ int cmd_search(Args* a) {
         data_load(&j.ids, &j.data);
         model_check_seq_len(&j.model, j.ids.t, j.data.path);
         have_model = 1;
+        held = (TokenIds){j.ids.n < ro.windows ? j.ids.n : ro.windows, j.ids.t, j.ids.ids};
     }
 
     SearchCtx ctx;
@@ -151,6 +217,8 @@ int cmd_search(Args* a) {
     double b = isnan(budget) ? pts[ns - 1] : budget;
     solve_point(&ctx, &obj, b, &main_sol);
     int* choice = have_model ? xmalloc(sizeof(int) * j.model.n_linears) : NULL;
+    Refine rf;
+    if (refine) search_refine(&rf, &ctx, &obj, &main_sol, &j, &held, fmts, &ro);
     Bootstrap boot;
     if (nboot) {
         if (!t.nw)
@@ -181,6 +249,7 @@ int cmd_search(Args* a) {
         printf("\n");
     }
     solution_print(&ctx, &main_sol, 1);
+    if (refine) refine_print(&rf, &ctx);
     if (nboot) bootstrap_print(&boot, &ctx, &main_sol);
     if (out) recipe_write_json(out, &ctx, &main_sol, fmts);
     for (int i = 0; i < ne; i++) {
@@ -194,6 +263,7 @@ int cmd_search(Args* a) {
     free(sweep);
     solution_free(&main_sol);
     if (nboot) bootstrap_free(&boot);
+    if (refine) refine_free(&rf);
     search_free(&ctx);
     free(choice);
     table_free(&t);

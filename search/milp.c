@@ -177,3 +177,89 @@ void objective_solve(const SearchCtx* c, const Objective* o, double budget, Solu
     out->predicted = z;
     search_measure(c, out);
 }
+
+int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, const QuadTerm* terms, int nt,
+                         int* sel, double* value) {
+    const ScoreTable* t = c->t;
+    int ng = t->ng, nf = t->nf, nc = nf + 1;
+    uint8_t* misfit = search_misfit_table(c);
+    int64_t cap = search_cap(c, budget);
+    // columns: x[g][k] for enabled g, k = 0 (bf16) .. nf, misfits left out; then one w per usable term
+    int* col = xmalloc(sizeof(int) * ng * nc);
+    int ncol = 0, ngr = 0;
+    for (int g = 0; g < ng; g++) {
+        ngr += !t->disabled[g];
+        for (int k = 0; k < nc; k++) {
+            int ok = !t->disabled[g] && (k == 0 || !misfit[(size_t)(k - 1) * ng + g]);
+            col[g * nc + k] = ok ? ++ncol : 0;
+        }
+    }
+    int nx = ncol, nw = 0;
+    int* tcol = xmalloc(sizeof(int) * (nt ? nt : 1)); // each term's w column, 0 when a factor is not offered
+    for (int i = 0; i < nt; i++) {
+        int a = col[terms[i].g * nc + terms[i].k + 1], b = col[terms[i].h * nc + terms[i].l + 1];
+        tcol[i] = a && b && terms[i].g != terms[i].h ? nx + ++nw : 0;
+    }
+    glp_prob* lp = glp_create_prob();
+    glp_set_obj_dir(lp, GLP_MIN);
+    glp_add_cols(lp, nx + nw);
+    for (int j = 1; j <= nx; j++) glp_set_col_kind(lp, j, GLP_BV);
+    for (int g = 0; g < ng; g++)
+        for (int k = 0; k < nc; k++)
+            if (col[g * nc + k]) glp_set_obj_coef(lp, col[g * nc + k], lin[(size_t)g * nc + k]);
+    for (int i = 0; i < nt; i++)
+        if (tcol[i]) {
+            glp_set_col_bnds(lp, tcol[i], GLP_DB, 0.0, 1.0);
+            glp_set_obj_coef(lp, tcol[i], terms[i].coef);
+        }
+    // rows: one choice per enabled group, the budget, three per product
+    glp_add_rows(lp, ngr + 1 + 3 * nw);
+    int nnz_max = 2 * nx + 7 * nw + 1, nnz = 0;
+    int *ia = xmalloc(sizeof(int) * nnz_max), *ja = xmalloc(sizeof(int) * nnz_max);
+    double* ar = xmalloc(sizeof(double) * nnz_max);
+    int r = 0;
+#define NZ(row, column, v) (++nnz, ia[nnz] = (row), ja[nnz] = (column), ar[nnz] = (v))
+    for (int g = 0; g < ng; g++) {
+        if (t->disabled[g]) continue;
+        glp_set_row_bnds(lp, ++r, GLP_FX, 1.0, 1.0);
+        for (int k = 0; k < nc; k++)
+            if (col[g * nc + k]) NZ(r, col[g * nc + k], 1.0);
+    }
+    glp_set_row_bnds(lp, ++r, GLP_UP, 0.0, (double)cap);
+    for (int g = 0; g < ng; g++)
+        for (int k = 0; k < nc; k++)
+            if (col[g * nc + k]) NZ(r, col[g * nc + k], (double)search_choice_cost(c, g, k - 1));
+    for (int i = 0; i < nt; i++) {
+        if (!tcol[i]) continue;
+        int a = col[terms[i].g * nc + terms[i].k + 1], b = col[terms[i].h * nc + terms[i].l + 1];
+        glp_set_row_bnds(lp, ++r, GLP_LO, -1.0, 0.0); // w - a - b >= -1
+        NZ(r, tcol[i], 1.0), NZ(r, a, -1.0), NZ(r, b, -1.0);
+        glp_set_row_bnds(lp, ++r, GLP_UP, 0.0, 0.0); // w - a <= 0
+        NZ(r, tcol[i], 1.0), NZ(r, a, -1.0);
+        glp_set_row_bnds(lp, ++r, GLP_UP, 0.0, 0.0); // w - b <= 0
+        NZ(r, tcol[i], 1.0), NZ(r, b, -1.0);
+    }
+#undef NZ
+    glp_load_matrix(lp, nnz, ia, ja, ar);
+    glp_iocp parm;
+    glp_init_iocp(&parm);
+    parm.presolve = GLP_ON;
+    parm.msg_lev = GLP_MSG_OFF;
+    parm.mip_gap = 0.0;
+    int rc = glp_intopt(lp, &parm), st = glp_mip_status(lp);
+    int res = -1;
+    if (rc == 0 && st == GLP_OPT) {
+        res = 0;
+        *value = glp_mip_obj_val(lp);
+        for (int g = 0; g < ng; g++) {
+            sel[g] = -1;
+            for (int k = 1; k < nc; k++)
+                if (col[g * nc + k] && glp_mip_col_val(lp, col[g * nc + k]) > 0.5) sel[g] = k - 1;
+        }
+    } else if (rc != 0 && rc != GLP_ENOPFS && rc != GLP_ENODFS) {
+        fail_other("search: GLPK failed on the refinement's programme (glp_intopt %d)", rc);
+    }
+    glp_delete_prob(lp);
+    free(ia), free(ja), free(ar), free(col), free(tcol), free(misfit);
+    return res;
+}

@@ -23,3 +23,17 @@ void objective_losses(const ScoreTable* t, const int* sel, double* loss);
 // The max objective's MILP alone (tests): min z s.t. one choice per enabled group, cost <= cap, and each
 // domain's loss <= z. Returns 0 and sel (ng, -1 bf16), or -1 when infeasible.
 int milp_solve_max(const SearchCtx* c, double budget, int* sel, double* z);
+
+// A pairwise term of a quadratic objective: coef × x[g][k] × x[h][l] (choices k, l: -1 bf16, else a format).
+typedef struct {
+    int g, k, h, l;
+    double coef;
+} QuadTerm;
+
+// The budgeted choice with pairwise terms (search --refine, README §7): minimise Σ lin[g][k + 1] x[g][k] +
+// Σ terms' coef x[g][k] x[h][l], one choice per enabled group, cost <= the budget's capacity; lin is (ng, nf +
+// 1), column 0 bf16. Each product is linearised (w >= x + y - 1, w <= x, w <= y, 0 <= w <= 1) and the programme
+// solved to proven optimality by GLPK. Returns 0 with sel (ng, -1 bf16) and the objective's value, -1 when
+// infeasible.
+int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, const QuadTerm* terms, int nt,
+                         int* sel, double* value);

@@ -9,6 +9,7 @@
 #include "../engine/util.h"
 #include "bootstrap.h"
 #include "knapsack.h"
+#include "refine.h"
 
 #define MAX_DP_STATES 400000000LL
 
@@ -282,6 +283,7 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
         json_object_set_new(j, "measured", mj);
     }
     if (s->boot) json_object_set_new(j, "bootstrap", bootstrap_json(s->boot));
+    if (s->refine) json_object_set_new(j, "refine", refine_json(s->refine, c));
     if (s->nd) {
         json_object_set_new(j, "objective", json_string(s->objective));
         json_t* dl = json_object();
@@ -406,5 +408,6 @@ void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, co
         H5Gclose(sg);
     }
     if (s->boot) bootstrap_write_h5(f, s->boot, t, path);
+    if (s->refine) refine_write_h5(f, s->refine, c, path);
     table_h5_finish(f, path);
 }

@@ -26,6 +26,7 @@ typedef struct {
     int verified;
     VerifyResult v;
     const struct Bootstrap* boot; // search --bootstrap's confidence (bootstrap.h), or NULL
+    const struct Refine* refine;  // search --refine's measurements (refine.h), or NULL
     // Calibration domains (README §7): the objective searched ("sum" without --objective) and each domain's
     // predicted loss (summed score over its windows / its windows), nd = the table's domains.
     const char* objective;

@@ -9,15 +9,17 @@
 #include "quantize.h"
 
 static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
-                        float* const* given, const char* logits, VerifyResult* r);
+                        float* const* given, const char* logits, const VerifyRef* ref, VerifyResult* r);
+static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                        const Quantizer* q, const char* logits, const VerifyRef* ref, VerifyResult* r);
 
 void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
-    verify_core(m, ids, fmts, choice, NULL, NULL, r);
+    verify_core(m, ids, fmts, choice, NULL, NULL, NULL, r);
 }
 
 void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                      float* const* given, VerifyResult* r) {
-    verify_core(m, ids, fmts, choice, given, NULL, r);
+    verify_core(m, ids, fmts, choice, given, NULL, NULL, r);
 }
 
 void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
@@ -25,8 +27,42 @@ void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, cons
     verify_recipe_logits(m, ids, fmts, choice, q, NULL, r);
 }
 
+void verify_recipe_ref(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                       const Quantizer* q, const VerifyRef* ref, VerifyResult* r) {
+    recipe_core(m, ids, fmts, choice, q, NULL, ref, r);
+}
+
 void verify_recipe_logits(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                           const Quantizer* q, const char* logits, VerifyResult* r) {
+    recipe_core(m, ids, fmts, choice, q, logits, NULL, r);
+}
+
+void verify_ref_init(VerifyRef* ref, const Model* m, const TokenIds* ids) {
+    int T = ids->t, V = m->c.vocab_size;
+    size_t per = (size_t)T * V;
+    memset(ref, 0, sizeof(*ref));
+    ref->n = ids->n;
+    if (sizeof(float) * per * ids->n > (1UL << 30)) return;
+    ref->logits = xmalloc(sizeof(float) * per * ids->n);
+    RunState rs;
+    run_init(&rs, m, T, 0);
+    for (int s = 0; s < ids->n; s++) {
+        const int* x = ids->ids + (long)s * T;
+        model_forward(m, &rs, x, NULL);
+        memcpy(ref->logits + per * s, rs.logits, sizeof(float) * per);
+        ref->nll += cross_entropy(NULL, rs.logits, x, T, V);
+    }
+    ref->nll /= ids->n;
+    run_free(&rs, m);
+}
+
+void verify_ref_free(VerifyRef* ref) {
+    free(ref->logits);
+    ref->logits = NULL;
+}
+
+static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                        const Quantizer* q, const char* logits, const VerifyRef* ref, VerifyResult* r) {
     float** wq = xcalloc(m->n_linears, sizeof(float*));
     if (q->kind == QUANTIZER_RTN) {
         // the weights the checkpoint autoq quantize writes loads as: codes on the stored (bf16) scales,
@@ -43,7 +79,7 @@ void verify_recipe_logits(const Model* m, const TokenIds* ids, const Format* fmt
         for (int i = 0; i < m->n_linears; i++) free(sc[i]);
         free(sc);
     }
-    verify_core(m, ids, fmts, choice, wq, logits, r);
+    verify_core(m, ids, fmts, choice, wq, logits, ref, r);
     if (q->kind == QUANTIZER_GPTQ) {
         r->gptq = 1;
         r->pipeline = q->pipeline;
@@ -54,7 +90,7 @@ void verify_recipe_logits(const Model* m, const TokenIds* ids, const Format* fmt
 
 // logits: where the quantized model's logits of the first window go (.npy, (T, V)), or NULL.
 static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
-                        float* const* given, const char* logits, VerifyResult* r) {
+                        float* const* given, const char* logits, const VerifyRef* vref, VerifyResult* r) {
     memset(r, 0, sizeof(*r));
     QuantPlan plan;
     plan.wq = xcalloc(m->n_linears, sizeof(float*));
@@ -78,19 +114,21 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
     RunState ref, q;
     run_init(&ref, m, T, 0);
     run_init(&q, m, T, 0);
+    int cached = vref && vref->logits && vref->n == ids->n;
     for (int s = 0; s < ids->n; s++) {
         const int* x = ids->ids + (long)s * T;
-        model_forward(m, &ref, x, NULL);
+        const float* rl = cached ? vref->logits + (size_t)s * T * V : ref.logits;
+        if (!cached) model_forward(m, &ref, x, NULL);
         model_forward(m, &q, x, &plan);
-        r->kl += kl_rows(ref.logits, q.logits, T, V);
-        r->nll_ref += cross_entropy(NULL, ref.logits, x, T, V);
+        r->kl += kl_rows(rl, q.logits, T, V);
+        if (!cached) r->nll_ref += cross_entropy(NULL, ref.logits, x, T, V);
         r->nll_q += cross_entropy(NULL, q.logits, x, T, V);
         if (s == 0 && logits) {
             long shape[2] = {T, V};
             npy_write_f32(logits, q.logits, 2, shape);
         }
     }
-    r->nll_ref /= ids->n;
+    r->nll_ref = cached ? vref->nll : r->nll_ref / ids->n;
     r->nll_q /= ids->n;
     run_free(&ref, m);
     run_free(&q, m);

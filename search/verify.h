@@ -25,6 +25,18 @@ void verify_run_with(const Model* m, const TokenIds* ids, const Format* fmts, co
 // (gptq_recipe), then measured on the same windows.
 void verify_recipe(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                    const Quantizer* q, VerifyResult* r);
+// The unquantized model's logits of every window, computed once for repeated measurements (search --refine):
+// logits NULL when they would pass 1 GiB (each measurement then runs the reference pass again).
+typedef struct {
+    float* logits; // (n, T, V)
+    double nll;    // mean over windows of the per-window mean NLL
+    int n;
+} VerifyRef;
+void verify_ref_init(VerifyRef* ref, const Model* m, const TokenIds* ids);
+void verify_ref_free(VerifyRef* ref);
+// verify_recipe with the reference passes taken from ref (NULL: computed).
+void verify_recipe_ref(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                       const Quantizer* q, const VerifyRef* ref, VerifyResult* r);
 // The same, writing the quantized model's logits of the first window to logits (.npy, (T, V)) unless NULL.
 void verify_recipe_logits(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                           const Quantizer* q, const char* logits, VerifyResult* r);

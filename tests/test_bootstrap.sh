@@ -94,3 +94,65 @@ PY
 $AQ search --scores "$tmp/sd.h5" --budget 6 --objective max --bootstrap 10 >"$tmp/sdo" 2>&1 &&
     grep -q "bootstrap: 10 resamples" "$tmp/sdo" && pass "bootstrap under --objective max (domains resampled apart)" ||
     fail "bootstrap with domains: $(cat "$tmp/sdo")"
+
+# The scores JSON carries the domains and per-window scores as the HDF5 does (README §8)
+$AQ score $M --data a=tests/fixtures/qwen3_vl_tiny_ids.npy --data bb=tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 2 \
+    --seq-len 16 --method kl --format w4a8,fp8 --device cpu --disabled-layers '*layers.1.mlp*' --out "$tmp/sj.h5" \
+    --json "$tmp/sj.json" >/dev/null 2>&1 || fail "score --json with domains"
+python3 - "$tmp/sj.h5" "$tmp/sj.json" <<'PY' && pass "scores JSON: domains and window scores equal the HDF5's" || fail "scores JSON domains"
+import json, sys
+import h5py, numpy as np
+j = json.load(open(sys.argv[2]))
+with h5py.File(sys.argv[1]) as f:
+    fm = f.attrs["format"].decode().split(",")
+    assert j["format_version"] == 2 and [(d["name"], d["num_samples"]) for d in j["domains"]] == [("a", 2), ("bb", 2)]
+    w, d, dis = f["groups/window_scores"][:], f["domains/score"][:], f["groups/disabled"][:]
+    assert dis.any()
+    for g, grp in enumerate(j["groups"]):
+        if dis[g]:
+            assert all(v is None for v in grp["window_scores"].values())
+            assert all(v is None for s in grp["domain_scores"].values() for v in s.values())
+            continue
+        for k, name in enumerate(fm):
+            assert grp["window_scores"][name] == list(w[g, k]), (g, name)
+            assert [grp["domain_scores"][dn][name] for dn in ("a", "bb")] == list(d[:, g, k])
+PY
+
+# A run resumed from --checkpoint keeps its per-window scores (bit-identical to an unbroken run's)
+$AQ score $M --data tests/fixtures/qwen3_vl_tiny_ids.npy --seq-len 16 --method kl --format w4a8 --device cpu \
+    --out "$tmp/ck_full.h5" >/dev/null 2>&1
+sh -c '"$@" >/dev/null 2>&1; true' sh env AUTOQ_TEST_ABORT_AFTER=2 $AQ score $M --data tests/fixtures/qwen3_vl_tiny_ids.npy \
+    --seq-len 16 --method kl --format w4a8 --device cpu --checkpoint "$tmp/ck.json" --out "$tmp/ck_res.h5" 2>/dev/null
+$AQ score $M --data tests/fixtures/qwen3_vl_tiny_ids.npy --seq-len 16 --method kl --format w4a8 --device cpu \
+    --checkpoint "$tmp/ck.json" --out "$tmp/ck_res.h5" >/dev/null 2>"$tmp/err" || fail "resume: $(cat "$tmp/err")"
+python3 - "$tmp/ck_full.h5" "$tmp/ck_res.h5" <<'PY' && pass "resumed --checkpoint keeps per-window scores" ||
+import sys
+import h5py, numpy as np
+with h5py.File(sys.argv[1]) as a, h5py.File(sys.argv[2]) as b:
+    assert np.array_equal(a["groups/window_scores"][:], b["groups/window_scores"][:])
+    assert np.array_equal(a["groups/score"][:], b["groups/score"][:])
+PY
+    fail "resumed window scores"
+$AQ search --scores "$tmp/ck_res.h5" --budget 5 --bootstrap 5 >/dev/null 2>&1 && pass "bootstrap on resumed scores" ||
+    fail "bootstrap on resumed scores"
+
+# Domains with GPTQ: each domain's GPTQ weights come from its own windows, so its scores are a plain GPTQ
+# score of that domain's file alone
+python3 -c "import numpy as np, sys; a = np.load(sys.argv[1]); np.save(sys.argv[2], a[:1]); np.save(sys.argv[3], a[1:])" \
+    tests/fixtures/qwen3_vl_tiny_ids.npy "$tmp/g1.npy" "$tmp/g2.npy"
+G="--seq-len 16 --method kl --format w4a8 --device cpu --quantizer gptq"
+$AQ score $M --data one="$tmp/g1.npy" --data two="$tmp/g2.npy" $G --out "$tmp/gd.h5" >/dev/null 2>"$tmp/err" ||
+    fail "GPTQ domains: $(tail -2 "$tmp/err")"
+$AQ score $M --data "$tmp/g1.npy" $G --out "$tmp/g1.h5" >/dev/null 2>&1
+$AQ score $M --data "$tmp/g2.npy" $G --out "$tmp/g2.h5" >/dev/null 2>&1
+python3 - "$tmp" <<'PY' && pass "GPTQ domains: per-domain GPTQ, each domain's scores its own run's" || fail "GPTQ domains"
+import sys
+import h5py, numpy as np
+t = sys.argv[1]
+with h5py.File(t + "/gd.h5") as f, h5py.File(t + "/g1.h5") as a, h5py.File(t + "/g2.h5") as b:
+    assert f.attrs["quantizer"] == b"gptq"
+    d = f["domains/score"][:]
+    assert np.array_equal(d[0].ravel(), a["groups/score"][:].ravel())
+    assert np.array_equal(d[1].ravel(), b["groups/score"][:].ravel())
+    assert not np.array_equal(d[0], d[1])  # different data, different GPTQ weights
+PY

@@ -97,7 +97,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
             gpu_engine_free(e);
             e = gpu_engine_init(&m, T, n, 0);
         }
-        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, split, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, split, NULL, NULL, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gsc, 0, sizeof(double) * gs.n);
@@ -132,7 +132,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
     if (gpu_fp16_supported(&m.c, T)) {
         gpu_engine_free(e);
         e = gpu_engine_init(&m, T, n, GEMM_FP16);
-        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, GEMM_FP16, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, GEMM_FP16, NULL, NULL, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gsc, 0, sizeof(double) * gs.n);
@@ -163,7 +163,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
         double *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double)), secs;
         size_t peak;
         int B = 2; // several batches, the last maybe short: the pipeline's schedule is exercised
-        GpuScoreSpec sp = {&m, &gs, &f, 1, gradient, T, B, split, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, gradient, T, B, split, NULL, NULL, NULL};
         GpuEngine* e1 = gpu_engine_init(&m, T, B, split);
         GpuScorer sc;
         gpu_scorer_init(&sc, e1, &sp);
@@ -263,7 +263,7 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
         int gradient = run > 0, split = run < 2;
         double tol = split ? 0.01 : 0.02;
         e = gpu_engine_init(&m, T, n, split);
-        GpuScoreSpec sp = {&m, &gs, f, nf, gradient, T, n, split, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, f, nf, gradient, T, n, split, NULL, NULL, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gpu, 0, sizeof(double) * nf * gs.n);
@@ -311,7 +311,7 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
 static void gpu_scores(double* out, const Model* m, const Groups* gs, const Format* fm, int nf, int gradient,
                        int split, const QuantCache* qc, const TokenIds* ids, int n) {
     GpuEngine* e = gpu_engine_init(m, ids->t, n, split);
-    GpuScoreSpec sp = {m, gs, fm, nf, gradient, ids->t, n, split, NULL, qc};
+    GpuScoreSpec sp = {m, gs, fm, nf, gradient, ids->t, n, split, NULL, qc, NULL};
     GpuScorer sc;
     gpu_scorer_init(&sc, e, &sp);
     memset(out, 0, sizeof(double) * nf * gs->n);
@@ -387,7 +387,7 @@ static void test_gptq(const char* label, const char* dir, const char* ids_path, 
         int split = !gradient, B = 1; // several batches through the pipeline
         double secs, *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double));
         size_t peak;
-        GpuScoreSpec sp = {&m, &gs, f, 1, gradient, T, B, split, NULL, &w4};
+        GpuScoreSpec sp = {&m, &gs, f, 1, gradient, T, B, split, NULL, &w4, NULL};
         GpuEngine* e1 = gpu_engine_init(&m, T, B, split);
         GpuScorer sc;
         gpu_scorer_init(&sc, e1, &sp);

@@ -11,6 +11,7 @@
 #include "search/bootstrap.h"
 #include "search/milp.h"
 #include "search/recipe.h"
+#include "search/refine.h"
 
 // ---- editing an HDF5 file the way a damaged or hostile one would look ----
 static hid_t h5_edit(const char* path) {
@@ -492,6 +493,11 @@ static void flip_recipe_child(const void* path) {
 }
 
 // The file of search --h5: the table of table_make, /search, /pareto of 3 budgets (verified).
+static void fake_measure(void* ctx, const int* sel, VerifyResult* v) {
+    memset(v, 0, sizeof(*v));
+    for (int g = 0; g < *(const int*)ctx; g++) v->kl += 1.0 + sel[g] * (g + 1) * 0.5;
+}
+
 static void write_search_file(const ScoreTable* t, const char* path) {
     SearchCtx c;
     search_init(&c, t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
@@ -513,8 +519,15 @@ static void write_search_file(const ScoreTable* t, const char* path) {
         s[0].nd = t->nd;
         objective_losses(t, s[0].sel, s[0].dloss);
     }
+    Refine rf; // --refine's /refine, on a made-up measurement
+    if (t->nw) {
+        Objective sum = {OBJ_SUM, {0}};
+        RefineOpts ro = {1, 2, 1, 0};
+        refine_run(&rf, &c, &sum, &s[0], fake_measure, (void*)&t->ng, &ro);
+        s[0].refine = &rf;
+    }
     search_write_h5(path, &c, &s[0], s, 3);
-    if (t->nw) bootstrap_free(&bo);
+    if (t->nw) bootstrap_free(&bo), refine_free(&rf);
     for (int i = 0; i < 3; i++) solution_free(&s[i]);
     search_free(&c);
 }

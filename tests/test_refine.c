@@ -1,0 +1,160 @@
+// search --refine (README §7) on small cases: the quadratic knapsack (GLPK, pairwise products linearised)
+// against brute force over every assignment, and the refinement against a known "measured" function whose
+// pairwise interaction makes the additive optimum wrong: it must find the true optimum, measure it, and
+// never end worse than the plain recipe.
+#include <math.h>
+#include <string.h>
+
+#include "check.h"
+#include "search/refine.h"
+
+enum { NG = 4, NF = 2, NC = NF + 1 };
+// kl scores summed over 2 windows: w8a8 helps group 1 a little more than group 2
+static const double k_score[NF][NG] = {{1.0, 2.0, 1.9, 0.5}, {0.1, 0.2, 0.2, 0.05}};
+
+static void make_table(ScoreTable* t) {
+    memset(t, 0, sizeof(*t));
+    snprintf(t->model, sizeof(t->model), "tests/refine-case");
+    snprintf(t->method, sizeof(t->method), "kl");
+    snprintf(t->numerics, sizeof(t->numerics), "modelopt");
+    snprintf(t->quantizer, sizeof(t->quantizer), "rtn");
+    t->nf = NF;
+    format_load(&t->fmts[0], "w4a8", 0);
+    format_load(&t->fmts[1], "w8a8", 0);
+    t->num_samples = 2;
+    t->seq_len = 8;
+    t->ng = t->nl = NG;
+    t->gname = calloc(NG, sizeof(char*));
+    t->gmembers = calloc(NG, sizeof(char*));
+    t->lname = calloc(NG, sizeof(char*));
+    t->params = calloc(NG, sizeof(long));
+    t->active = calloc(NG, sizeof(long));
+    t->disabled = calloc(NG, 1);
+    t->score = calloc(NF * NG, sizeof(double));
+    t->lshape = calloc(2 * NG, sizeof(long));
+    t->lgroup = calloc(NG, sizeof(int));
+    for (int g = 0; g < NG; g++) {
+        char name[64];
+        snprintf(name, sizeof(name), "model.layers.%d.mlp.down_proj", g);
+        t->gname[g] = strdup(name);
+        t->gmembers[g] = strdup(name);
+        t->lname[g] = strdup(name);
+        t->params[g] = t->active[g] = 128 * 256;
+        t->lshape[2 * g] = 128, t->lshape[2 * g + 1] = 256;
+        t->lgroup[g] = g;
+        for (int f = 0; f < NF; f++) t->score[f * NG + g] = k_score[f][g];
+    }
+}
+
+static int64_t cost_of(const SearchCtx* c, const int* sel) {
+    int64_t s = 0;
+    for (int g = 0; g < NG; g++) s += search_choice_cost(c, g, sel[g]);
+    return s;
+}
+
+// Every assignment (3^4), the best value of lin + terms within the budget.
+static double brute_quadratic(const SearchCtx* c, double budget, const double* lin, const QuadTerm* q, int nt,
+                              int* best) {
+    double bv = INFINITY;
+    int sel[NG];
+    for (int code = 0; code < 81; code++) {
+        for (int g = 0, x = code; g < NG; g++, x /= NC) sel[g] = x % NC - 1;
+        if (cost_of(c, sel) > search_cap(c, budget)) continue;
+        double v = 0;
+        for (int g = 0; g < NG; g++) v += lin[g * NC + sel[g] + 1];
+        for (int i = 0; i < nt; i++) v += sel[q[i].g] == q[i].k && sel[q[i].h] == q[i].l ? q[i].coef : 0;
+        if (v < bv) bv = v, memcpy(best, sel, sizeof(sel));
+    }
+    return bv;
+}
+
+static void test_quadratic(const SearchCtx* c) {
+    uint64_t x = 0x2545f4914f6cdd1dull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (double)(x % 20001) / 10000.0 - 1.0)
+    int bad = 0, cases = 0;
+    char first[256] = "";
+    const double budgets[] = {4.07, 5.07, 6.1, 8.07, 10.0, 16.0};
+    for (int rep = 0; rep < 20; rep++)
+        for (size_t b = 0; b < sizeof(budgets) / sizeof(budgets[0]); b++) {
+            double lin[NG * NC];
+            for (int g = 0; g < NG; g++) {
+                lin[g * NC] = 0; // bf16
+                for (int k = 1; k < NC; k++) lin[g * NC + k] = 2.0 + RND();
+            }
+            QuadTerm q[6];
+            int nt = 0;
+            for (int g = 0; g < NG; g++)
+                for (int h = g + 1; h < NG && nt < 6; h++)
+                    q[nt++] = (QuadTerm){g, (int)(x % NC) - 1, h, (int)((x >> 8) % NC) - 1, 1.5 * RND()};
+            int sel[NG], bsel[NG];
+            double v, bv = brute_quadratic(c, budgets[b], lin, q, nt, bsel);
+            int rc = milp_solve_quadratic(c, budgets[b], lin, q, nt, sel, &v);
+            cases++;
+            if (rc != 0 || fabs(v - bv) > 1e-9 * (1 + fabs(bv)) || cost_of(c, sel) > search_cap(c, budgets[b]))
+                if (!bad++)
+                    snprintf(first, sizeof(first), "rep %d budget %g: GLPK %d %.12g, brute force %.12g", rep,
+                             budgets[b], rc, v, bv);
+        }
+    CHECK(bad == 0, "quadratic knapsack (GLPK) equals brute force", "%d of %d: %s", bad, cases, first);
+}
+
+// The "measured" KL: the additive scores plus a penalty when group 1 takes w8a8 while group 3 keeps w4a8.
+static int g_calls;
+static double truth(const ScoreTable* t, const int* sel) {
+    double v = 0;
+    for (int g = 0; g < NG; g++)
+        if (sel[g] >= 0) v += t->score[sel[g] * NG + g];
+    if (sel[1] == 1 && sel[3] == 0) v += 0.5;
+    return v;
+}
+
+static void measure(void* ctx, const int* sel, VerifyResult* r) {
+    memset(r, 0, sizeof(*r));
+    r->kl = truth(ctx, sel);
+    r->nll_ref = 2.0, r->nll_q = 2.0 + r->kl / 100;
+    g_calls++;
+}
+
+static void test_refine(const SearchCtx* c) {
+    double budget = 5.07; // one group w8a8, the rest w4a8
+    Solution s;
+    search_solve(c, &budget, 1, &s);
+    CHECK(s.sel[1] == 1 && s.sel[0] == 0 && s.sel[2] == 0 && s.sel[3] == 0,
+          "the additive optimum gives group 1 w8a8", "sel %d %d %d %d", s.sel[0], s.sel[1], s.sel[2], s.sel[3]);
+    Objective sum = {OBJ_SUM, {0}};
+    RefineOpts o = {3, 4, 2, 8}; // windows = the scores' windows: additive KL in the measured units
+    Refine r;
+    refine_run(&r, c, &sum, &s, measure, (void*)c->t, &o);
+    const RefineTry *p = &r.tries[0], *b = &r.tries[r.best];
+    CHECK(fabs(p->pred_kl - 3.6) < 1e-12 && fabs(p->v.kl - 4.1) < 1e-12,
+          "the plain recipe: predicted and measured", "%g %g", p->pred_kl, p->v.kl);
+    int want[NG] = {0, 0, 1, 0};
+    CHECK(!memcmp(b->sel, want, sizeof(want)) && fabs(b->v.kl - 3.7) < 1e-12 && b->in_budget,
+          "refine finds the true optimum the interaction hides", "best %d %d %d %d, KL %g", b->sel[0],
+          b->sel[1], b->sel[2], b->sel[3], b->v.kl);
+    int ok = 1;
+    for (int i = 0; i < r.n; i++) {
+        ok &= fabs(r.tries[i].v.kl - truth(c->t, r.tries[i].sel)) < 1e-12;
+        ok &= r.tries[i].in_budget == (cost_of(c, r.tries[i].sel) <= search_cap(c, budget));
+        ok &= !r.tries[i].in_budget || r.tries[i].v.kl >= b->v.kl;
+    }
+    CHECK(ok && g_calls == r.n && r.n > 2, "every recipe tried is measured once; the best in budget is kept",
+          "%d tries, %d measurements", r.n, g_calls);
+    printf("  refine: %d recipes measured, %d rounds, stopped: %s, %d interaction terms\n", r.n, r.rounds,
+           r.stop, r.nterms);
+    refine_free(&r);
+    solution_free(&s);
+}
+
+int main(void) {
+    ScoreTable t;
+    make_table(&t);
+    SearchCtx c;
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
+    c.quiet = 1;
+    test_quadratic(&c);
+    test_refine(&c);
+    search_free(&c);
+    table_free(&t);
+    return g_fail != 0;
+}

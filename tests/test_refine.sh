@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# search --refine end to end (README §7, §8; issue 28): on the VL and MoE fixtures and qwen3-tiny, formats
+# w4a8,nvfp4,mxfp4,fp8,w4a16, budgets 4.25, 4.5, 4.8 and 5.5 bits, the refined recipe's measured KL on
+# held-out windows is never worse than the plain recipe's; the gain at each budget is printed. Scores from 2
+# windows of 32 tokens, the held-out windows are other rows of the same ids file (small, for CI time).
+set -u
+SUITE=refine
+. "$(dirname "$0")/lib.sh"
+FMT=w4a8,nvfp4,mxfp4,fp8,w4a16
+models=("qwen3-vl-tiny tests/fixtures/qwen3-vl-tiny tests/fixtures/qwen3_vl_tiny_ids.npy"
+    "qwen3-moe-tiny tests/fixtures/qwen3-moe-tiny tests/fixtures/qwen3_moe_tiny_ids.npy")
+if [ -d ../shared/models/qwen3-tiny ]; then
+    models+=("qwen3-tiny ../shared/models/qwen3-tiny tests/fixtures/qwen3_tiny_ids.npy")
+else
+    echo "SKIP refine: qwen3-tiny: ../shared/models/qwen3-tiny missing"
+fi
+for m in "${models[@]}"; do
+    read -r name dir ids <<<"$m"
+    python3 -c "import numpy as np, sys; a = np.load(sys.argv[1]); np.save(sys.argv[2], a[2:3])" "$ids" \
+        "$tmp/$name.held.npy" || fail "$name: held-out rows"
+    $AQ score "$dir" --data "$ids" --num-samples 2 --seq-len 32 --method kl --format $FMT --device cpu \
+        --out "$tmp/$name.h5" >/dev/null 2>"$tmp/err" || { fail "$name: score: $(tail -3 "$tmp/err")"; continue; }
+    for b in 4.25 4.5 4.8 5.5; do
+        $AQ search --scores "$tmp/$name.h5" --budget $b --refine --data "$tmp/$name.held.npy" --seq-len 32 \
+            --refine-rounds 2 --refine-candidates 3 --out "$tmp/$name.$b.json" --h5 "$tmp/$name.$b.h5" \
+            >"$tmp/out" 2>"$tmp/err" || { fail "$name $b: search --refine: $(tail -3 "$tmp/err")"; continue; }
+        python3 - "$tmp/$name.$b.json" "$tmp/$name.$b.h5" "$name" "$b" <<'PY' || fail "$name $b: refined recipe"
+import json, sys
+import h5py, numpy as np
+r = json.load(open(sys.argv[1]))
+f = r["refine"]
+t, best = f["tries"], f["best"]
+assert f["refined_measured_kl"] <= f["plain_measured_kl"], f
+assert t[0]["kind"] == "plain" and t[0]["measured_kl"] == f["plain_measured_kl"]
+assert t[best]["in_budget"] and t[best]["measured_kl"] == min(x["measured_kl"] for x in t if x["in_budget"])
+assert r["effective_bits"]["candidates"] <= float(sys.argv[4]) + 1e-9
+plain = {g["name"]: g["choice"] for g in r["groups"]}
+for g, c in t[best]["changes"].items():
+    assert plain[g] == c  # the recipe written is the best measured one
+with h5py.File(sys.argv[2]) as h:
+    g = h["refine"]
+    assert g["selected"].shape == (len(t), len(r["groups"])) and g.attrs["best"] == best
+    assert np.allclose(g["measured_kl"][:], [x["measured_kl"] for x in t], rtol=0, atol=0)
+    assert list(h["search/selected"][:]) == list(g["selected"][best])
+p, q = f["plain_measured_kl"], f["refined_measured_kl"]
+print(f"  {sys.argv[3]:15s} budget {sys.argv[4]:5s} plain {p:10.6g} refined {q:10.6g} gain {100 * (p - q) / p:6.3f}%"
+      f"  ({len(t)} recipes, {f['rounds']} rounds, {f['seconds']:.2f} s measuring)")
+PY
+    done
+    pass "$name: refined measured KL <= plain at 4.25, 4.5, 4.8, 5.5 bits"
+done
+
+# search MODEL --refine scores the first windows and holds out the last --refine-windows ones
+V=tests/fixtures/qwen3-vl-tiny
+$AQ search $V --data tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 2 --seq-len 32 --method kl --format w4a8,fp8 \
+    --device cpu --budget 5 --refine --refine-windows 1 --refine-rounds 1 --h5 "$tmp/split.h5" >/dev/null 2>&1 ||
+    fail "search MODEL --refine"
+python3 - "$tmp/split.h5" <<'PY' && pass "search MODEL --refine: 2 windows scored, the next one held out" ||
+import sys
+import h5py
+with h5py.File(sys.argv[1]) as f:
+    assert f.attrs["num_samples"] == 2 and f["refine"].attrs["windows"] == 1, dict(f.attrs)
+PY
+    fail "scored and held-out windows"
+expect "held out everything" "leaves none to score" $AQ search $V --data tests/fixtures/qwen3_vl_tiny_ids.npy \
+    --seq-len 32 --method kl --device cpu --budget 5 --refine --refine-windows 3
+expect "--refine-rounds without --refine" "--refine-rounds" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 \
+    --refine-rounds 2
+expect "--refine with --scores needs --data" "needs --data" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 \
+    --refine
+"$(dirname "$AQ")/tests/test_bootstrap" --write-domains "$tmp/d.h5" >/dev/null 2>&1
+expect "--refine --objective max" "--objective max" $AQ search --scores "$tmp/d.h5" --budget 6.4 --objective max \
+    --refine --data tests/fixtures/qwen3_vl_tiny_ids.npy
