@@ -59,6 +59,7 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
     QuantPlan plan;
     plan.wq = xcalloc(m->n_linears, sizeof(float*));
     plan.in_spec = xcalloc(m->n_linears, sizeof(QuantSpec));
+    plan.kv = NULL;
     for (int i = 0; i < m->n_linears; i++) {
         if (choice[i] < 0) continue;
         const Linear* l = &m->linears[i];
