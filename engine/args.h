@@ -27,8 +27,8 @@ enum {
 
 // The modes an option belongs to (Opt.group), which a command refuses where it does not use them
 // (args_refuse): scoring a model (search without --scores), calibration data and the quantizer
-// (search --scores without --verify), gen's --ids, eval --format, plain eval.
-enum { G_SCORE = 1, G_DATA = 2, G_QUANT = 4, G_IDS = 8, G_FORMAT = 16, G_PLAIN = 32 };
+// (search --scores without --verify), gen's --ids, eval --format, plain eval, search --memory-budget.
+enum { G_SCORE = 1, G_DATA = 2, G_QUANT = 4, G_IDS = 8, G_FORMAT = 16, G_PLAIN = 32, G_MEM = 64 };
 
 // One option, or a positional argument when name does not start with '-'.
 typedef struct {

@@ -1,7 +1,9 @@
 // autoq search: the exact budgeted recipe search, sweep, verification and exports.
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../engine/args.h"
 #include "../engine/forward.h"
@@ -13,18 +15,49 @@
 
 #define MAX_SWEEP 1000
 
-static int parse_sweep(const char* s, double* out) {
+// A size in bytes: a number (decimal or exponent) and an optional unit B, KB, MB, GB, TB (powers of 1000) or
+// KiB, MiB, GiB, TiB (powers of 1024), case-insensitive, rounded down to whole bytes, at most 1 PiB; at least
+// 1 byte unless zero_ok. Anything else is exit 2 naming the option.
+static double size_arg(const char* s, const char* opt, int zero_ok) {
+    static const struct {
+        const char* unit;
+        double mult;
+    } units[] = {
+        {"", 1},      {"b", 1},        {"kb", 1e3},        {"mb", 1e6},           {"gb", 1e9},
+        {"tb", 1e12}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"tib", 1099511627776.0}};
+    char* end = NULL;
+    double v = strtod(s, &end), b = -1;
+    if (end != s && isfinite(v) && v >= 0 && !isspace((unsigned char)*s))
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+            if (strcasecmp(end, units[i].unit) == 0) b = floor(v * units[i].mult);
+    if (!(b >= (zero_ok ? 0 : 1) && b <= 1125899906842624.0))
+        fail_input(
+            "search: %s '%s' must be a size: a number and a unit B, KB, MB, GB, TB, KiB, MiB, GiB or TiB "
+            "(24GiB), %s to 1 PiB",
+            opt, s, zero_ok ? "0" : "1 byte");
+    return b;
+}
+
+static int parse_sweep(const char* s, double* out, int sizes) {
     double lo, hi, step;
     char tail;
-    if (sscanf(s, "%lf:%lf:%lf%c", &lo, &hi, &step, &tail) != 3 || !isfinite(lo) || !isfinite(hi) ||
-        !isfinite(step) || !(step > 0) || hi < lo)
+    if (sizes) { // LO:HI:STEP of sizes
+        char buf[3][64];
+        if (strlen(s) > 190 || sscanf(s, "%63[^:]:%63[^:]:%63s%c", buf[0], buf[1], buf[2], &tail) != 3)
+            fail_input("search: --sweep '%s' must be LO:HI:STEP sizes with --memory-budget (12GiB:24GiB:4GiB)",
+                       s);
+        lo = size_arg(buf[0], "--sweep", 0), hi = size_arg(buf[1], "--sweep", 0),
+        step = size_arg(buf[2], "--sweep", 0);
+        if (hi < lo) fail_input("search: --sweep '%s' must have LO <= HI", s);
+    } else if (sscanf(s, "%lf:%lf:%lf%c", &lo, &hi, &step, &tail) != 3 || !isfinite(lo) || !isfinite(hi) ||
+               !isfinite(step) || !(step > 0) || hi < lo)
         fail_input("search: --sweep '%s' must be LO:HI:STEP, finite numbers with LO <= HI and STEP > 0", s);
     // count in double first: (hi - lo) / step can be far beyond any int
     double points = floor((hi - lo) / step + 1e-9) + 1;
     if (!(points <= MAX_SWEEP))
         fail_input("search: --sweep '%s' has %.0f points (at most %d)", s, points, MAX_SWEEP);
     int n = (int)points;
-    for (int i = 0; i < n; i++) out[i] = lo + i * step;
+    for (int i = 0; i < n; i++) out[i] = sizes ? floor(lo + i * step) : lo + i * step;
     return n;
 }
 
@@ -89,6 +122,27 @@ int cmd_search(Args* a) {
     int nboot = args_int(a, "--bootstrap", 0);
     int boot_seed = args_int(a, "--bootstrap-seed", 1);
     const char* objective_s = args_str(a, "--objective");
+    const char* mem_s = args_str(a, "--memory-budget");
+    MemBudget mb = {0};
+    if (!mem_s) args_refuse(a, G_MEM, "without --memory-budget");
+    if (mem_s) {
+        mb.on = 1;
+        mb.context = args_int(a, "--context", 0);
+        mb.batch = args_int(a, "--batch", 1);
+        const char* ov = args_str(a, "--overhead");
+        mb.overhead = (int64_t)(ov ? size_arg(ov, "--overhead", 1) : 1073741824.0);
+        if (!isnan(budget)) fail_input("search: --memory-budget and --budget are two budgets: give one");
+        if (bits_s || scope_s || cost_s)
+            fail_input(
+                "search: --memory-budget counts every byte (true bits, all weights, as stored): %s does not "
+                "apply",
+                bits_s    ? "--bits"
+                : scope_s ? "--budget-scope"
+                          : "--cost");
+        if (!mb.context)
+            fail_input("search: --memory-budget needs --context (tokens per sequence in the KV cache)");
+        budget = size_arg(mem_s, "--memory-budget", 0);
+    }
     // --scores: nothing is scored, so no scoring option means anything; --verify alone reads data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
     if (scores && !verify) args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify");
@@ -104,7 +158,7 @@ int cmd_search(Args* a) {
     if (h5) out_check(h5, "--h5");
     for (int i = 0; i < ne; i++) out_check(strchr(emits[i], '=') + 1, "--emit");
     double pts[MAX_SWEEP + 1];
-    int ns = sweep_s ? parse_sweep(sweep_s, pts) : 0;
+    int ns = sweep_s ? parse_sweep(sweep_s, pts, mb.on) : 0;
 
     ScoreTable t;
     int have_model = 0;
@@ -141,6 +195,7 @@ int cmd_search(Args* a) {
 
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost, bits);
+    if (mb.on) search_set_memory(&ctx, &mb);
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     Objective obj;
     objective_parse(&obj, objective_s, &t);
