@@ -98,6 +98,17 @@ static void linear_choice(const Model* m, const ScoreTable* t, const Solution* s
     free(sorted);
 }
 
+// Per-layer KV-cache choice of the loaded model for a solution (-1 bf16).
+static void kv_choice(const Model* m, const ScoreTable* t, const Solution* s, int* kv) {
+    for (int l = 0; l < m->c.num_layers; l++) {
+        kv[l] = -1;
+        char name[192];
+        kv_group_name(name, sizeof(name), m, l);
+        for (int g = 0; g < t->ng; g++)
+            if (t->gkv[g] && !t->disabled[g] && strcmp(t->gname[g], name) == 0) kv[l] = s->sel[g];
+    }
+}
+
 // One budget under the objective, with each calibration domain's predicted loss.
 static void solve_point(const SearchCtx* c, const Objective* o, double budget, Solution* s) {
     objective_solve(c, o, budget, s);
@@ -204,6 +215,8 @@ int cmd_search(Args* a) {
     double b = isnan(budget) ? pts[ns - 1] : budget;
     solve_point(&ctx, &obj, b, &main_sol);
     int* choice = have_model ? xmalloc(sizeof(int) * j.model.n_linears) : NULL;
+    int* kv = have_model ? xmalloc(sizeof(int) * j.model.c.num_layers) : NULL;
+    verify_set_kv(kv);
     Bootstrap boot;
     if (nboot) {
         if (!t.nw)
@@ -218,11 +231,13 @@ int cmd_search(Args* a) {
         progress_init(&p, "verify", ns + 1);
         for (int i = 0; i < ns; i++) {
             linear_choice(&j.model, &t, &sweep[i], choice);
+            kv_choice(&j.model, &t, &sweep[i], kv);
             verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &sweep[i].v);
             sweep[i].verified = 1;
             progress_step(&p, 1);
         }
         linear_choice(&j.model, &t, &main_sol, choice);
+        kv_choice(&j.model, &t, &main_sol, kv);
         verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &main_sol.v);
         main_sol.verified = 1;
         progress_step(&p, 1);
@@ -248,6 +263,8 @@ int cmd_search(Args* a) {
     solution_free(&main_sol);
     if (nboot) bootstrap_free(&boot);
     search_free(&ctx);
+    verify_set_kv(NULL);
+    free(kv);
     free(choice);
     table_free(&t);
     if (have_model) score_job_free(&j);

@@ -86,6 +86,12 @@ void search_measure(const SearchCtx* c, Solution* s);
 // the linears left out bf16.
 int recipe_read(const char* path, const Model* m, Format* fmts, int* choice, int allow_partial);
 
+// The KV-cache choice of each layer of m in the recipe at path (fmts as recipe_read loaded them): kv[l] a
+// format index, or -1 (bf16, no KV-cache group, or a Gated DeltaNet layer). A KV-cache group naming no
+// full-attention layer of m is exit 2 (a warning with allow_partial). Returns how many layers take a KV-cache
+// format.
+int recipe_read_kv(const char* path, const Model* m, const Format* fmts, int nf, int* kv, int allow_partial);
+
 void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts);
 void search_write_h5(const char* path, const SearchCtx* c, const Solution* main, const Solution* sweep, int ns);
 void solution_print(const SearchCtx* c, const Solution* s, int detail);
