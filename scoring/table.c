@@ -188,9 +188,9 @@ void table_check_group_values(const ScoreTable* t, const char* path) {
     long total = 0;
     int enabled = 0;
     for (int g = 0; g < t->ng; g++) {
-        if (t->gkv[g] ? t->params[g] != 0 : (t->params[g] < 1 || t->params[g] > MAX_GROUP_PARAMS))
+        if (table_kv(t, g) ? t->params[g] != 0 : (t->params[g] < 1 || t->params[g] > MAX_GROUP_PARAMS))
             table_bad(path, "groups/params", "group %s has %ld parameters (%s)", t->gname[g], t->params[g],
-                      t->gkv[g] ? "a KV-cache group has 0" : "1 to 2^36 is plausible");
+                      table_kv(t, g) ? "a KV-cache group has 0" : "1 to 2^36 is plausible");
         total += t->params[g]; // at most 2^20 groups x 2^36: no overflow
         if (t->disabled[g] > 1)
             table_bad(path, "groups/disabled", "group %s has %d (0 or 1 allowed)", t->gname[g], t->disabled[g]);

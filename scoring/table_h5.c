@@ -695,7 +695,7 @@ static void read_groups(const H5In* in, ScoreTable* t) {
     else
         memcpy(t->active, t->params, sizeof(long) * t->ng);
     for (int g = 0; g < t->ng; g++)
-        if (t->gkv[g] ? t->active[g] != 0 : (t->active[g] < 1 || t->active[g] > t->params[g]))
+        if (table_kv(t, g) ? t->active[g] != 0 : (t->active[g] < 1 || t->active[g] > t->params[g]))
             table_bad(in->path, "groups/active_params", "group %s reads %ld of its %ld parameters per token",
                       t->gname[g], t->active[g], t->params[g]);
 }
@@ -819,7 +819,7 @@ static void read_memory(const H5In* in, ScoreTable* t) {
             table_bad(in->path, "memory/kv_values", "[%d] = %ld values per token (1 to 2^24)", i,
                       t->kvl_values[i]);
     for (int g = 0; g < t->ng; g++) {
-        int found = !t->gkv[g];
+        int found = !table_kv(t, g);
         for (int i = 0; i < t->n_kvl && !found; i++) found = strcmp(t->kvl_name[i], t->gname[g]) == 0;
         if (!found)
             table_bad(in->path, "groups/name", "KV-cache group %s is not a layer of /memory/kv_layer",

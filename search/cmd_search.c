@@ -105,7 +105,7 @@ static void kv_choice(const Model* m, const ScoreTable* t, const Solution* s, in
         char name[192];
         kv_group_name(name, sizeof(name), m, l);
         for (int g = 0; g < t->ng; g++)
-            if (t->gkv[g] && !t->disabled[g] && strcmp(t->gname[g], name) == 0) kv[l] = s->sel[g];
+            if (table_kv(t, g) && !t->disabled[g] && strcmp(t->gname[g], name) == 0) kv[l] = s->sel[g];
     }
 }
 

@@ -183,7 +183,7 @@ static int formats_used(const ScoreTable* t, const Solution* s, int* used) {
     int n = 0;
     for (int f = 0; f < t->nf; f++) used[f] = 0;
     for (int g = 0; g < t->ng; g++)
-        if (!t->disabled[g] && !t->gkv[g] && s->sel[g] >= 0) used[s->sel[g]]++;
+        if (!t->disabled[g] && !table_kv(t, g) && s->sel[g] >= 0) used[s->sel[g]]++;
     for (int f = 0; f < t->nf; f++) n += used[f] > 0;
     return n;
 }
@@ -196,7 +196,7 @@ static int kv_main(const ScoreTable* t, const Solution* s, int* kv_used, int* bf
     *bf16 = 0;
     for (int f = 0; f < t->nf; f++) kv_used[f] = 0;
     for (int g = 0; g < t->ng; g++) {
-        if (t->disabled[g] || !t->gkv[g]) continue;
+        if (t->disabled[g] || !table_kv(t, g)) continue;
         if (s->sel[g] < 0)
             (*bf16)++;
         else
@@ -645,7 +645,7 @@ void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, co
     }
     for_members(t, s, -1, mo_disable, qc);
     for (int g = 0; g < t->ng; g++) // each quantized KV cache: ModelOpt's k_bmm_quantizer and v_bmm_quantizer
-        if (t->gkv[g] && !t->disabled[g] && s->sel[g] >= 0) {
+        if (table_kv(t, g) && !t->disabled[g] && s->sel[g] >= 0) {
             size_t n = strlen(t->gname[g]) - strlen("kv_cache");
             char* layer = xstrdup(t->gname[g]);
             layer[n] = 0; // "<prefix>layers.L.self_attn."

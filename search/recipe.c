@@ -65,7 +65,7 @@ void search_set_memory(SearchCtx* c, const MemBudget* mb) {
     c->gkvv = xcalloc(t->ng, sizeof(long));
     int64_t tokens = (int64_t)mb->context * mb->batch;
     for (int g = 0; g < t->ng; g++) {
-        if (!t->gkv[g]) {
+        if (!table_kv(t, g)) {
             if (t->disabled[g]) c->mem_fixed[MEM_LINEARS] += 16 * (int64_t)t->params[g];
             continue;
         }
@@ -76,7 +76,7 @@ void search_set_memory(SearchCtx* c, const MemBudget* mb) {
     for (int i = 0; i < t->n_kvl; i++) { // layers whose KV cache is not searched: bf16
         int searched = 0;
         for (int g = 0; g < t->ng && !searched; g++)
-            searched = t->gkv[g] && !t->disabled[g] && strcmp(t->kvl_name[i], t->gname[g]) == 0;
+            searched = table_kv(t, g) && !t->disabled[g] && strcmp(t->kvl_name[i], t->gname[g]) == 0;
         if (!searched) c->mem_fixed[MEM_KV] += format_kv_bits(NULL, t->kvl_values[i] * tokens);
     }
     c->mem_fixed[MEM_OVERHEAD] = 8 * mb->overhead;
@@ -86,7 +86,7 @@ void search_set_memory(SearchCtx* c, const MemBudget* mb) {
 // group's cache at context x batch tokens plus its scale tensors.
 static int64_t mem_cost(const SearchCtx* c, int g, int f) {
     const ScoreTable* t = c->t;
-    if (!t->gkv[g]) return f < 0 ? 16 * (int64_t)t->params[g] : c->gtrue[(size_t)f * t->ng + g];
+    if (!table_kv(t, g)) return f < 0 ? 16 * (int64_t)t->params[g] : c->gtrue[(size_t)f * t->ng + g];
     const Format* fm = f < 0 ? NULL : &t->fmts[f];
     int64_t n = (int64_t)c->gkvv[g] * c->mem.context * c->mem.batch;
     return format_kv_bits(fm, n) + format_kv_scale_bits(fm);
@@ -172,7 +172,7 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
     if (c->mem.on) {
         for (int p = 0; p < 4; p++) s->mem[p] = c->mem_fixed[p];
         for (int g = 0; g < t->ng; g++)
-            if (!t->disabled[g]) s->mem[t->gkv[g] ? MEM_KV : MEM_LINEARS] += mem_cost(c, g, s->sel[g]);
+            if (!t->disabled[g]) s->mem[table_kv(t, g) ? MEM_KV : MEM_LINEARS] += mem_cost(c, g, s->sel[g]);
         s->mem[MEM_TOTAL] = 0;
         for (int p = 0; p < 4; p++) s->mem[MEM_TOTAL] += s->mem[p];
         for (int p = 0; p < 5; p++) s->mem[p] = (s->mem[p] + 7) / 8; // bits to bytes (each part whole bytes)
@@ -295,9 +295,9 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
     }
     int kept = 0, kv = 0, kvq = 0;
     for (int g = 0; g < t->ng; g++) {
-        kept += !t->disabled[g] && !t->gkv[g] && s->sel[g] < 0;
-        kv += !t->disabled[g] && t->gkv[g];
-        kvq += !t->disabled[g] && t->gkv[g] && s->sel[g] >= 0;
+        kept += !t->disabled[g] && !table_kv(t, g) && s->sel[g] < 0;
+        kv += !t->disabled[g] && table_kv(t, g);
+        kvq += !t->disabled[g] && table_kv(t, g) && s->sel[g] >= 0;
     }
     int other = c->bits == BITS_TRUE ? BITS_MODELOPT : BITS_TRUE;
     if (c->mem.on) { // the byte breakdown (README §7)
@@ -311,7 +311,7 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
     } else
         printf("budget %.3f (%s): ", s->budget, c->scope == SCOPE_ALL ? "all" : "candidates");
     int nkv = 0;
-    for (int g = 0; g < t->ng; g++) nkv += t->gkv[g];
+    for (int g = 0; g < t->ng; g++) nkv += table_kv(t, g);
     printf("%d of %d enabled groups kept bf16", kept, c->t->ng - nkv);
     if (kv) printf(", %d of %d KV caches quantized", kvq, kv);
     printf("; effective bits %.4f candidates, %.4f all (%s; %s %.4f / %.4f); predicted %s %.6g", s->bits[0],
