@@ -193,6 +193,8 @@ static const Opt k_search[] = {
      "--memory-budget: sequences the KV cache holds at once (default 1)"},
     {"--overhead", OPT_STR, "SIZE", NULL, 0, 0, 0, G_MEM,
      "--memory-budget: fixed bytes for the runtime (activations, CUDA context; default 1GiB)"},
+    {"--kv-uniform", OPT_FLAG, NULL, NULL, 0, 0, 0, 0,
+     "one KV-cache format for every full-attention layer (as vLLM and SGLang serve it)"},
     {"--sweep", OPT_STR, "LO:HI:STEP", NULL, 0, 0, 0, 0,
      "solve every budget of the range (the Pareto frontier; sizes with --memory-budget)"},
     {"--verify", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "measure each recipe's KL and NLL on --data"},

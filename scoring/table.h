@@ -118,6 +118,7 @@ void table_check_active(const ScoreTable* t, const char* path);
 void table_print(const ScoreTable* t);
 // Sets t->gkv from the groups read: a KV-cache group has no members and a name ending in ".self_attn.kv_cache".
 void table_mark_kv(ScoreTable* t);
-// Whether group g is a KV-cache group (gkv may be NULL: none); whether format f may be group g's choice (KV-cache formats for KV-cache groups only).
+// Whether group g is a KV-cache group (gkv may be NULL: none); whether format f may be group g's choice
+// (KV-cache formats for KV-cache groups only).
 static inline int table_kv(const ScoreTable* t, int g) { return t->gkv && t->gkv[g]; }
 static inline int table_fits(const ScoreTable* t, int f, int g) { return t->fmts[f].kv == table_kv(t, g); }

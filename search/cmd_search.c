@@ -134,6 +134,7 @@ int cmd_search(Args* a) {
     int boot_seed = args_int(a, "--bootstrap-seed", 1);
     const char* objective_s = args_str(a, "--objective");
     const char* mem_s = args_str(a, "--memory-budget");
+    int kv_uniform = args_flag(a, "--kv-uniform");
     MemBudget mb = {0};
     if (!mem_s) args_refuse(a, G_MEM, "without --memory-budget");
     if (mem_s) {
@@ -207,9 +208,13 @@ int cmd_search(Args* a) {
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost, bits);
     if (mb.on) search_set_memory(&ctx, &mb);
+    ctx.kv_uniform = kv_uniform;
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     Objective obj;
     objective_parse(&obj, objective_s, &t);
+    if (kv_uniform && obj.kind == OBJ_MAX && t.nd > 1)
+        fail_input(
+            "search: --kv-uniform is not implemented with --objective max (its mixed-integer programme)");
     for (int i = 0; i < ns; i++) solve_point(&ctx, &obj, pts[i], &sweep[i]);
     Solution main_sol;
     double b = isnan(budget) ? pts[ns - 1] : budget;

@@ -346,9 +346,9 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
     }
     json_array_append_new(ignore, json_string("lm_head"));
     // an E4M3 KV cache: one static per-tensor scale each for K and V (the tensors k_scale, v_scale)
-    json_t* kv = z->kv_scale ? json_pack("{s:i,s:s,s:b,s:s,s:b,s:n,s:n,s:n,s:n}", "num_bits", 8, "type", "float",
-                                         "symmetric", 1, "strategy", "tensor", "dynamic", 0, "group_size",
-                                         "block_structure", "actorder", "observer")
+    json_t* kv = z->kv_scale ? json_pack("{s:i,s:s,s:b,s:s,s:b,s:n,s:n,s:n,s:n}", "num_bits", 8, "type",
+                                         "float", "symmetric", 1, "strategy", "tensor", "dynamic", 0,
+                                         "group_size", "block_structure", "actorder", "observer")
                              : json_null();
     return json_pack("{s:o,s:s,s:n,s:o,s:o,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",
                      fmt ? fmt : "int-quantized", "global_compression_ratio", "ignore", ignore,
@@ -599,15 +599,17 @@ static void copy_files(const char* dir, const char* src_dir) {
 // The recipe's KV-cache choice (README §10): E4M3 only (NVFP4 KV caches are not written yet); the
 // checkpoint holds one KV-cache format for every full-attention layer (compressed-tensors' kv_cache_scheme),
 // so a mixed choice is warned about. Returns the scales' storage (2 num_layers).
-static float* kv_check(const char* recipe, const Model* m, const Format* fmts, int nf, int* kv, int allow_partial) {
+static float* kv_check(const char* recipe, const Model* m, const Format* fmts, int nf, int* kv,
+                       int allow_partial) {
     recipe_read_kv(recipe, m, fmts, nf, kv, allow_partial);
     int full = 0, fp8 = 0;
     for (int l = 0; l < m->c.num_layers; l++) {
         full += !m->c.linear[l];
         if (kv[l] >= 0 && fmts[kv[l]].kvq.kind != QUANT_FP8_E4M3)
-            fail_input("%s: %s chooses KV-cache format '%s': autoq quantize writes E4M3 KV caches (kv_fp8) only; "
-                       "NVFP4 KV caches are not written yet",
-                       recipe, m->dir, fmts[kv[l]].name);
+            fail_input(
+                "%s: %s chooses KV-cache format '%s': autoq quantize writes E4M3 KV caches (kv_fp8) only; "
+                "NVFP4 KV caches are not written yet",
+                recipe, m->dir, fmts[kv[l]].name);
         fp8 += kv[l] >= 0;
     }
     if (fp8 < full)
@@ -643,7 +645,8 @@ int cmd_quantize(Args* a) {
     quantizer_set_device(&q, dev, &cfg, dir, "quantize");
     Model m;
     int uses_kv = kv_recipe_uses_kv(recipe); // its scales are calibrated on the CPU engine: fp32 weights
-    if (uses_kv && !d.path) fail_input("quantize: %s chooses a KV-cache format, whose scales need --data", recipe);
+    if (uses_kv && !d.path)
+        fail_input("quantize: %s chooses a KV-cache format, whose scales need --data", recipe);
     if ((q.kind == QUANTIZER_GPTQ && !q.use_gpu) || cfg.n_sparse || uses_kv)
         model_load(&m, dir);
     else

@@ -208,11 +208,11 @@ static void infeasible(const SearchCtx* c, double budget, double minb, const cha
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out) {
     const ScoreTable* t = c->t;
     uint8_t* misfit = search_misfits(t, !c->quiet);
-    int* gidx = xmalloc(sizeof(int) * t->ng);
-    KsItem* items = xcalloc(t->ng, sizeof(KsItem));
+    int* gidx = xmalloc(sizeof(int) * (t->ng + 1));
+    KsItem* items = xcalloc(t->ng + 1, sizeof(KsItem));
     int n = 0;
     for (int g = 0; g < t->ng; g++) {
-        if (t->disabled[g]) continue;
+        if (t->disabled[g] || (c->kv_uniform && table_kv(t, g))) continue;
         KsItem* it = &items[n];
         gidx[n++] = g;
         it->n_choices = t->nf + 1;
@@ -230,6 +230,24 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
             }
         }
     }
+    int kv_item = -1; // --kv-uniform: the enabled KV-cache groups as one item, gidx -1 (README §7)
+    for (int g = 0; g < t->ng && c->kv_uniform; g++) {
+        if (t->disabled[g] || !table_kv(t, g)) continue;
+        if (kv_item < 0) {
+            kv_item = n++;
+            gidx[kv_item] = -1;
+            items[kv_item].n_choices = t->nf + 1;
+        }
+        KsItem* it = &items[kv_item];
+        it->cost[0] += choice_cost(c, c->cost, c->bits, g, -1);
+        for (int f = 0; f < t->nf; f++) {
+            it->cost[f + 1] += choice_cost(c, c->cost, c->bits, g, f);
+            it->score[f + 1] += misfit[(size_t)f * t->ng + g] ? 1e30 : t->score[(size_t)f * t->ng + g];
+        }
+    }
+    if (kv_item >= 0)
+        for (int f = 0; f < t->nf; f++)
+            if (items[kv_item].score[f + 1] >= 1e30) items[kv_item].cost[f + 1] = 2 * items[kv_item].cost[0];
     double hi = 0;
     for (int i = 0; i < nb; i++) hi = budgets[i] > hi ? budgets[i] : hi;
     double minb = search_min_budget(c);
@@ -255,7 +273,10 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
         double score;
         int64_t cost;
         if (ks_solve(&ks, cap, ch, &score, &cost) != 0) infeasible(c, budgets[i], minb, scope);
-        for (int k = 0; k < n; k++) s->sel[gidx[k]] = ch[k] - 1;
+        for (int k = 0; k < n; k++)
+            if (gidx[k] >= 0) s->sel[gidx[k]] = ch[k] - 1;
+        for (int g = 0; g < t->ng && kv_item >= 0; g++)
+            if (!t->disabled[g] && table_kv(t, g)) s->sel[g] = ch[kv_item] - 1;
         s->predicted = score;
         measure_bits(c, s);
     }

@@ -57,6 +57,7 @@ typedef struct {
     int64_t* gtrue;       // (nf, ng) true memory bits of each group under each format (format_weight_bits)
     int quiet;            // no warnings from search_solve (the bootstrap's many re-solves)
     MemBudget mem;        // byte budgets: costs are bits of memory, budgets bytes
+    int kv_uniform;       // --kv-uniform: every enabled KV-cache group takes one choice (one knapsack item)
     long* gkvv;           // (ng) K and V values per token of a KV-cache group (0 for the rest)
     int64_t mem_fixed[4]; // bits every recipe stores: [MEM_LINEARS] disabled linears, [MEM_OTHER], [MEM_KV] the
                           // KV caches of layers without an enabled KV-cache group (bf16), [MEM_OVERHEAD]

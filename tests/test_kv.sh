@@ -164,6 +164,18 @@ $AQ search --scores "$tmp/g.h5" --memory-budget 40MiB --context 16384 --batch 1 
 import json; r=json.load(open('$tmp/long.json'))
 kv=[g['choice'] for g in r['groups'] if g['name'].endswith('kv_cache')]
 assert all(c != 'bf16' for c in kv), kv" && pass "long context: every KV cache quantized" || fail "long context KV choice"
+# --kv-uniform: one KV-cache choice for every layer (as vLLM serves it), never better than per layer
+out=$(for b in 22MiB 24MiB 27MiB 30MiB; do
+    $AQ search --scores "$tmp/g.h5" --memory-budget $b --context 2048 --batch 4 --overhead 1MiB --kv-uniform \
+        --out "$tmp/u_$b.json" >/dev/null 2>&1 || echo "search $b failed"
+    python3 -c "
+import json; u=json.load(open('$tmp/u_$b.json')); p=json.load(open('$tmp/m_$b.json'))
+k={g['choice'] for g in u['groups'] if g['name'].endswith('kv_cache')}
+assert len(k)==1, k
+assert u['predicted_score'] >= p['predicted_score'] - 1e-12 and u['memory']['bytes']['total'] <= u['memory']['budget_bytes']" 2>&1 || echo "$b"
+done)
+[ -z "$out" ] && pass "--kv-uniform: one KV-cache format for every layer, within budget, never better than per layer" ||
+    fail "--kv-uniform: $out"
 # --budget (bits) leaves the KV caches bf16: they hold no weights
 $AQ search --scores "$tmp/g.h5" --budget 5 --out "$tmp/bits.json" >/dev/null 2>&1 &&
     python3 -c "
