@@ -37,6 +37,7 @@ size_t size_add(size_t a, size_t b, const char* what);
 #define MAX_TEXT_BYTES ((size_t)1 << 30)        // .txt / .jsonl calibration text: 1 GiB
 #define MAX_JSON_BYTES ((size_t)256 << 20)      // config.json, tokenizer.json, index, recipes: 256 MiB
 #define MAX_ST_HEADER_BYTES ((size_t)100 << 20) // a safetensors JSON header (the format's own limit)
+#define MAX_H5_BYTES ((size_t)1 << 30)          // a scores file (HDF5): 1 GiB
 
 // ---- Inputs: one policy for every file autoq reads (README §1) ----
 // Every input goes through input_open: opened O_NONBLOCK (a FIFO cannot block the open), plus

@@ -1007,27 +1007,39 @@ static void check_checksum(const H5In* in) {
 // object header or heap of the older format overruns them (found by fuzzing). autoq writes the
 // signature at offset 0 (no user block) and superblock version 2, whose metadata is checksummed;
 // the version byte is checked here, before libhdf5 parses anything.
-static void check_superblock(const char* path) {
-    unsigned char head[9] = {0};
-    FILE* fp = fopen(path, "rb");
-    size_t n = fp ? fread(head, 1, sizeof(head), fp) : 0;
-    if (fp) fclose(fp);
-    if (n < sizeof(head) || memcmp(head, "\x89HDF\r\n\x1a\n", 8) != 0) fail_input("%s: not an HDF5 file", path);
+static void check_superblock(const char* path, const unsigned char* head, size_t n) {
+    if (n < 9 || memcmp(head, "\x89HDF\r\n\x1a\n", 8) != 0) fail_input("%s: not an HDF5 file", path);
     if (head[8] < 2)
         fail_input("%s: HDF5 superblock version %d has no metadata checksums; autoq writes version 2 "
                    "(a file of an older autoq or another program?)",
                    path, head[8]);
 }
 
+// Opens the scores file from one read of its bytes (read_input: a regular file, bounded size, no
+// race between the checks and the open): HDF5's core driver serves the image from memory, so the
+// file on disk is never opened a second time.
+static hid_t open_h5_image(const char* path, char** image) {
+    size_t n = 0;
+    *image = read_input(path, "scores file", MAX_H5_BYTES, &n);
+    check_superblock(path, (const unsigned char*)*image, n);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0 || H5Pset_fapl_core(fapl, 1 << 20, 0) < 0 || H5Pset_file_image(fapl, *image, n) < 0)
+        fail_input("%s: cannot open the HDF5 image", path);
+    // The core driver refuses the name of a file that exists on disk: the image gets one that
+    // cannot (as the HDF5 high-level library's H5LTopen_file_image does).
+    char name[64];
+    snprintf(name, sizeof(name), "/proc/autoq-scores-image-%d-%p", (int)getpid(), (void*)*image);
+    hid_t f = H5Fopen(name, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    if (f < 0) fail_input("%s: not an HDF5 file", path);
+    return f;
+}
+
 void table_read_h5(ScoreTable* t, const char* path) {
     memset(t, 0, sizeof(*t));
     h5_init();
-    struct stat st;
-    if (access(path, R_OK) != 0 || stat(path, &st) != 0) fail_input("%s: cannot read scores file", path);
-    if (!S_ISREG(st.st_mode)) fail_input("%s: not an HDF5 file (not a regular file)", path);
-    check_superblock(path);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) fail_input("%s: not an HDF5 file", path);
+    char* image = NULL;
+    hid_t f = open_h5_image(path, &image);
     H5In in = {f, path};
     read_header(&in, t);
     read_formats(&in, t);
@@ -1040,4 +1052,5 @@ void table_read_h5(ScoreTable* t, const char* path) {
     table_check_active(t, path);
     check_checksum(&in);
     H5Fclose(f);
+    free(image);
 }
