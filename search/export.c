@@ -336,7 +336,7 @@ static void yaml_config_groups(Yaml* y, const ScoreTable* t, const Solution* s, 
     y_key(y, "config_groups");
     y_map(y, 0);
     for (int k = 0, gi = 0; k < t->nf; k++) {
-        if (!used[k] && nu > 0) continue;
+        if ((!used[k] && nu > 0) || fmts[k].kv) continue; // KV-cache formats: kv_cache_scheme
         char name[32];
         snprintf(name, sizeof(name), "group_%d", gi++);
         y_key(y, name);
