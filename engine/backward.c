@@ -163,6 +163,10 @@ static void attn_backward(const Model* m, RunState* s, GradState* g, int l, Grad
             g->datt[i] *= sg;
         }
     attention_backward(g->dq, g->dk, g->dv, g->datt, a->q, a->k, a->v, a->lse, T, H, KV, hd);
+    if (g->kv_hooks) { // the KV cache's gradients: at K and V as the cache stores them (README §6)
+        hook(kv_hook_index(c->num_layers, l, 0), g->dk, ctx);
+        hook(kv_hook_index(c->num_layers, l, 1), g->dv, ctx);
+    }
     rope_backward_heads(g->dq, &s->rope, T, H, hd);
     rope_backward_heads(g->dk, &s->rope, T, KV, hd);
     // dq, dk become gradients of the q_proj / k_proj outputs (through the per-head norms).

@@ -283,6 +283,10 @@ static void attn_forward(const Model* m, RunState* s, int l, const QuantPlan* pl
     rmsnorm_forward(a->k, a->k_rstd, a->k_lin, w->k_norm, T * KV, hd, c->rms_eps);
     rope_forward_heads(a->q, &s->rope, T, H, hd);
     rope_forward_heads(a->k, &s->rope, T, KV, hd);
+    if (plan && plan->kv && plan->kv[l].bits) { // the cache stores K and V quantized; attention reads them
+        quant_kv_tensor(a->k, a->k, T * KV, hd, plan->kv[l]);
+        quant_kv_tensor(a->v, a->v, T * KV, hd, plan->kv[l]);
+    }
     attention_forward(a->att, a->lse, a->q, a->k, a->v, T, H, KV, hd);
     if (gated)
         for (long i = 0; i < T * qd; i++) a->att_g[i] = a->att[i] * sigmoidf(a->gate[i]);

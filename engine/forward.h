@@ -18,6 +18,9 @@
 typedef struct {
     const float** wq;   // (n_linears) fake-quantized weight (out, in) or NULL
     QuantSpec* in_spec; // (n_linears) input quantizer; bits == 0 disables it
+    // (num_layers) KV-cache quantizer of each full-attention layer (README §4): K (after k_norm and RoPE) and
+    // V fake-quantized as the cache stores them, before attention reads them; NULL or bits == 0: bf16.
+    QuantSpec* kv;
 } QuantPlan;
 
 // The rows of a sparse layer's experts, one per assignment (token t, rank k), grouped by expert in
@@ -112,6 +115,11 @@ void model_forward(const Model* m, RunState* s, const int* ids, const QuantPlan*
 typedef void (*GradHook)(int index, const float* dy, void* ctx);
 static inline int moe_hook_index(int l) { return -1 - l; }
 static inline int moe_hook_layer(int index) { return -1 - index; }
+// With GradState.kv_hooks, full-attention layer l also calls the hook with dL/dK (which 0; post-RoPE K, (T,
+// KV hd)) and dL/dV (which 1) as attention reads them: index kv_hook_index(L, l, which) < -L.
+static inline int kv_hook_index(int L, int l, int which) { return -1 - L - 2 * l - which; }
+static inline int kv_hook_layer(int L, int index) { return (-1 - L - index) / 2; }
+static inline int kv_hook_which(int L, int index) { return (-1 - L - index) % 2; }
 typedef struct {
     float *dh, *dh2, *da, *dq, *dk, *dv, *datt, *dm, *dg, *du, *dact, *dlogits;
     // sparse layers: routing weights (T K), router logits (T, E), rows (T K, D) and (T K, I_moe)
@@ -119,6 +127,7 @@ typedef struct {
     // hybrid families: gated attention, Gated DeltaNet, shared expert
     float *dgate, *dqraw, *dg_qkv, *dg_z, *dg_b, *dg_a, *dg_raw, *dg_raw2, *dg_out, *dsh_g, *dsh_u, *dsh_act,
         *dsh_y;
+    int kv_hooks; // call the hook with dL/dK and dL/dV of every full-attention layer (kv_hook_index)
 } GradState;
 void grad_init(GradState* g, const Model* m, int T);
 void grad_free(GradState* g);

@@ -47,3 +47,14 @@ void quant_weight_rows(float* out, const float* w, int rows, int cols, QuantSpec
 void quant_input_rows(float* out, const float* x, int rows, int cols, QuantSpec q) {
     quant_rows(out, x, rows, cols, q, -1.0f);
 }
+
+void quant_kv_tensor(float* out, const float* x, int rows, int cols, QuantSpec q) {
+    if (q.block == 0) { // one per-tensor scale: the whole tensor as one row
+        long n = (long)rows * cols;
+        float amax = amax_of(x, n);
+#pragma omp parallel for
+        for (long i = 0; i < n; i++) out[i] = qm_value(x[i], amax, 0.0f, q);
+        return;
+    }
+    quant_weight_rows(out, x, rows, cols, q);
+}

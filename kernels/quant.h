@@ -32,6 +32,10 @@ void quant_weight_rows(float* out, const float* w, int rows, int cols, QuantSpec
 // Per token (row) of x (rows, cols), dynamic, or per block of a row; an NVFP4 global scale comes from the
 // token's own amax. out may alias x.
 void quant_input_rows(float* out, const float* x, int rows, int cols, QuantSpec q);
+// A KV-cache tensor x (rows, cols) (one layer's K or V of a window: rows = tokens x KV heads, cols = head_dim):
+// E4M3 (block 0) with one scale from the whole tensor's amax, as ModelOpt's k/v_bmm_quantizer (axis None);
+// NVFP4 in blocks of q.block along head_dim under one global scale from the tensor's amax. out may alias x.
+void quant_kv_tensor(float* out, const float* x, int rows, int cols, QuantSpec q);
 // One value with a given amax under an integer per-row spec: the scalar the two functions above apply.
 float quant_value(float x, float amax, QuantSpec q);
 // Integer specs only (GPTQ): the scale quant_value uses for amax (0 for a row treated as zeros), the

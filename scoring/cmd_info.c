@@ -97,6 +97,47 @@ static void print_block_limits(const Model* m, const Groups* gs) {
     }
 }
 
+// The KV-cache groups (README §5): one per full-attention layer, scored with a KV-cache format (kv_fp8,
+// kv_nvfp4); a Gated DeltaNet layer keeps a fixed-size recurrent state instead. disabled[l]: a pattern
+// matches the group's name.
+static void kv_disabled(const Model* m, Patterns* dis, int* disabled) {
+    for (int l = 0; l < m->c.num_layers; l++) {
+        char name[192];
+        kv_group_name(name, sizeof(name), m, l);
+        disabled[l] = !m->c.linear[l] && patterns_match(dis, name);
+    }
+}
+
+static json_t* kv_json(const Model* m, const int* disabled) {
+    json_t* a = json_array();
+    for (int l = 0; l < m->c.num_layers; l++) {
+        char name[192];
+        kv_group_name(name, sizeof(name), m, l);
+        if (m->c.linear[l]) continue;
+        json_array_append_new(a, json_pack("{s:s,s:i,s:i,s:b}", "name", name, "layer", l, "values_per_token",
+                                           2 * m->c.num_kv_heads * m->c.head_dim, "disabled", disabled[l]));
+    }
+    return a;
+}
+
+static void kv_print(const Model* m, const int* disabled) {
+    int full = 0;
+    for (int l = 0; l < m->c.num_layers; l++) full += !m->c.linear[l];
+    long v = 2L * m->c.num_kv_heads * m->c.head_dim;
+    printf("\n%-48s %-13s %10s  %s\n", "KV cache (KV-cache formats kv_fp8, kv_nvfp4)", "per token",
+           "bf16 bytes", "disabled");
+    for (int l = 0; l < m->c.num_layers; l++) {
+        char name[192];
+        kv_group_name(name, sizeof(name), m, l);
+        if (m->c.linear[l])
+            printf("%-48s %-13s %10s  %s\n", name, "-", "-",
+                   "Gated DeltaNet: a fixed-size recurrent state, no KV cache");
+        else
+            printf("%-48s %-13ld %10ld  %s\n", name, v, 2 * v, disabled[l] ? "yes" : "no");
+    }
+    printf("%d full-attention layers: %ld bytes of bf16 KV cache per token\n", full, 2 * v * full);
+}
+
 int cmd_info(Args* a) {
     const char* dis_csv = args_str(a, "--disabled-layers");
     int json = args_flag(a, "--json");
@@ -109,6 +150,8 @@ int cmd_info(Args* a) {
     patterns_parse(&dis, dis_csv ? dis_csv : DEFAULT_DISABLED);
     Groups gs;
     groups_build(&gs, &m, no_grouping, &dis);
+    int* kvdis = xcalloc(m.c.num_layers, sizeof(int));
+    kv_disabled(&m, &dis, kvdis);
     for (int i = 0; dis_csv && i < dis.n; i++)
         if (!dis.hits[i]) warn_msg("--disabled-layers pattern '%s' matches no module of %s", dis.pat[i], dir);
     const Config* c = &m.c;
@@ -177,6 +220,7 @@ int cmd_info(Args* a) {
             json_array_append_new(ls, o);
         }
         json_object_set_new(j, "linears", ls);
+        json_object_set_new(j, "kv_caches", kv_json(&m, kvdis));
         json_write_file(j, NULL);
         json_decref(j);
     } else {
@@ -208,7 +252,9 @@ int cmd_info(Args* a) {
         print_others(&m);
         printf("%-48s %-13s %10ld  %-40s %s\n", "lm_head", "", (long)c->vocab_size * c->hidden_size, "-",
                "never a candidate");
+        kv_print(&m, kvdis);
     }
+    free(kvdis);
     groups_free(&gs);
     patterns_free(&dis);
     model_free(&m);

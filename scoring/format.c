@@ -227,6 +227,39 @@ static void parse_input(Format* f, json_t* v) {
         fail_input("%s: quant_cfg['%s'].axis must be null (block_sizes gives per token)", f->path, q);
 }
 
+// A KV-cache quantizer (ModelOpt's "*[kv]_bmm_quantizer"): E4M3 with one per-tensor scale ("axis": null,
+// no block_sizes; FP8_KV_CFG) or NVFP4 (E2M1 in dynamic blocks of 16, E4M3 scales; NVFP4_KV_CFG).
+static void parse_kv(Format* f, json_t* v) {
+    static const char* const allowed[] = {"num_bits", "axis", "enable", "block_sizes", NULL};
+    const char* q = KV_QUANTIZER_KEY;
+    if (!json_is_object(v)) fail_input("%s: quant_cfg['%s'] must be an object", f->path, q);
+    check_keys(f->path, q, v, allowed);
+    if (!get_bool(f->path, q, v, "enable", 1))
+        fail_input("%s: quant_cfg['%s'].enable must be true (bf16 is always a KV-cache choice)", f->path, q);
+    get_bits(f->path, q, v, &f->kvq);
+    json_t* axis = json_object_get(v, "axis");
+    if (axis && !json_is_null(axis))
+        fail_input("%s: quant_cfg['%s'].axis must be null (one scale per tensor, or blocks)", f->path, q);
+    json_t* bs = json_object_get(v, "block_sizes");
+    if (f->kvq.kind == QUANT_FP8_E4M3) {
+        if (bs && !json_is_null(bs))
+            fail_input(
+                "%s: quant_cfg['%s'].block_sizes: an E4M3 KV cache has one per-tensor scale (leave it out)",
+                f->path, q);
+        return;
+    }
+    if (f->kvq.kind != QUANT_FP4_E2M1 || !json_is_object(bs))
+        fail_input(
+            "%s: quant_cfg['%s']: a KV cache is E4M3 ([4, 3], one per-tensor scale) or NVFP4 ([2, 1] with "
+            "block_sizes)",
+            f->path, q);
+    parse_blocks(f->path, q, bs, &f->kvq, 0);
+    if (f->kvq.scale != QSCALE_E4M3 || f->kvq.block != 16)
+        fail_input(
+            "%s: quant_cfg['%s'].block_sizes: an E2M1 KV cache is NVFP4: blocks of 16, scale_bits [4, 3]",
+            f->path, q);
+}
+
 // The {"quant_cfg", "algorithm"} object; f->path names it in messages.
 static void parse_root(Format* f, json_t* root, int ct) {
     if (!json_is_object(root)) fail_input("%s: a format must be a JSON object", f->path);
@@ -246,13 +279,22 @@ static void parse_root(Format* f, json_t* root, int ct) {
             parse_weight(f, val);
         else if (strcmp(key, "*input_quantizer") == 0)
             parse_input(f, val);
+        else if (strcmp(key, KV_QUANTIZER_KEY) == 0)
+            f->kv = 1, parse_kv(f, val);
         else
             fail_input("%s: quant_cfg has unknown quantizer '%s'", f->path, key);
     }
-    if (!json_object_get(qc, "*weight_quantizer"))
+    if (f->kv && json_object_size(qc) != 1)
+        fail_input("%s: quant_cfg['%s'] is a KV-cache format: it stands alone (no weight or input quantizer)",
+                   f->path, KV_QUANTIZER_KEY);
+    if (!f->kv && !json_object_get(qc, "*weight_quantizer"))
         fail_input("%s: quant_cfg['*weight_quantizer'] missing", f->path);
-    if (!f->w_enable && !f->in_enable) fail_input("%s: every quantizer is disabled", f->path);
-    f->w.ct = f->in.ct = ct;
+    if (!f->kv && !f->w_enable && !f->in_enable) fail_input("%s: every quantizer is disabled", f->path);
+    f->w.ct = f->in.ct = f->kvq.ct = ct;
+    if (ct && f->kv && f->kvq.kind == QUANT_FP4_E2M1)
+        fail_input("%s: quant_cfg['%s']: --numerics compressed-tensors is not implemented for E2M1 (NVFP4) "
+                   "quantizers; score them with --numerics modelopt",
+                   f->path, KV_QUANTIZER_KEY);
     if (ct)
         for (int k = 0; k < 2; k++)
             if ((k ? f->in_enable : f->w_enable) && (k ? f->in : f->w).kind == QUANT_FP4_E2M1)
@@ -263,6 +305,7 @@ static void parse_root(Format* f, json_t* root, int ct) {
     f->bits = 16;
     if (f->w_enable && f->w.bits < f->bits) f->bits = f->w.bits;
     if (f->in_enable && f->in.bits < f->bits) f->bits = f->in.bits;
+    if (f->kv) f->bits = f->kvq.bits;
     char* text = json_dumps(root, JSON_COMPACT);
     if (!text || strlen(text) >= sizeof(f->def))
         fail_input("%s: the format definition is longer than %zu bytes", f->path, sizeof(f->def) - 1);
@@ -419,3 +462,11 @@ int format_misfit_block(const Format* f, long in) {
     if (f->in_enable && f->in.block > 0 && in % f->in.block) return f->in.block;
     return 0;
 }
+
+int64_t format_kv_bits(const Format* f, int64_t n) {
+    if (!f) return 16 * n;
+    if (f->kvq.block == 0) return f->kvq.bits * n;
+    return f->kvq.bits * n + 8 * ((n + f->kvq.block - 1) / f->kvq.block);
+}
+
+int64_t format_kv_scale_bits(const Format* f) { return f ? 64 : 0; }

@@ -18,7 +18,21 @@ typedef struct {
     int in_enable;
     QuantSpec in; // per token, dynamic
     int bits;     // smallest num_bits among enabled quantizers, E + M + 1 for floats (ModelOpt's cost)
+    // A KV-cache format (README §4): ModelOpt's "*[kv]_bmm_quantizer" alone, no weight or input quantizer.
+    // It applies to a full-attention layer's K and V as its cache stores them (K after k_norm and RoPE).
+    int kv;
+    QuantSpec kvq; // E4M3 with one per-tensor scale (block 0), or NVFP4 blocks of 16 along head_dim
 } Format;
+
+// The quantizer key of a KV-cache format, as ModelOpt's FP8_KV_CFG / NVFP4_KV_CFG spell it.
+#define KV_QUANTIZER_KEY "*[kv]_bmm_quantizer"
+
+// The storage bits of n cached K or V values under KV-cache format f (NULL: bf16, 16 n): E4M3 8 n; NVFP4
+// 4 n + 8 per block of 16 (its E4M3 block scales; n a multiple of 16). The per-tensor fp32 scales a
+// checkpoint stores (k_scale, v_scale) are format_kv_scale_bits.
+int64_t format_kv_bits(const Format* f, int64_t n);
+// The bits of the per-layer scale tensors a KV-cache format stores (fp32 k_scale and v_scale: 64), 0 for bf16.
+int64_t format_kv_scale_bits(const Format* f);
 
 // The true storage cost in bits of one weight (out, in) under f (README §7): its values plus their scales.
 // Integer / E4M3 per channel: bits x out x in + 16 out (a bf16 scale per row); blocks along the input:

@@ -125,6 +125,32 @@ void groups_build(Groups* gs, const Model* m, int no_grouping, Patterns* dis) {
     match_others(m, dis);
 }
 
+void kv_group_name(char* out, size_t cap, const Model* m, int l) {
+    snprintf(out, cap, "%slayers.%d.self_attn.kv_cache", m->c.prefix, l);
+}
+
+void groups_add_kv(Groups* gs, const Model* m, Patterns* dis) {
+    int L = m->c.num_layers, n = gs->n;
+    Group* old = gs->g;
+    gs->g = xcalloc((size_t)n + L, sizeof(Group));
+    int k = 0, out = 0;
+    for (int l = 0; l < L; l++) {
+        while (k < n && old[k].layer == l) gs->g[out++] = old[k++];
+        if (m->c.linear[l]) continue;
+        Group* g = &gs->g[out++];
+        g->layer = l;
+        g->kv = 1;
+        kv_group_name(g->name, sizeof(g->name), m, l);
+        g->disabled = patterns_match(dis, g->name);
+        gs->n_enabled += !g->disabled;
+    }
+    while (k < n) gs->g[out++] = old[k++];
+    free(old);
+    gs->n = out;
+    for (int g = 0; g < gs->n; g++)
+        for (int j = 0; j < gs->g[g].n_members; j++) gs->group_of[gs->g[g].members[j]] = g;
+}
+
 void groups_free(Groups* gs) {
     for (int i = 0; i < gs->n; i++) free(gs->g[i].members);
     free(gs->g);

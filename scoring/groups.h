@@ -22,6 +22,8 @@ typedef struct {
     int* members; // (n_members) linear indices; a layer's experts group holds 3 E of them
     int n_members;
     int experts; // 1: the experts group of a sparse layer (scored as one block, README §6)
+    int kv;      // 1: a full-attention layer's KV cache (<prefix>layers.L.self_attn.kv_cache): no members, no
+                 // weights (params 0); its choices are the KV-cache formats (README §5)
     long params;
     int layer;
     int disabled;
@@ -41,3 +43,9 @@ typedef struct {
 // match no module of the model (candidates, routers, lm_head, visual tower).
 void groups_build(Groups* gs, const Model* m, int no_grouping, Patterns* disabled);
 void groups_free(Groups* gs);
+// Adds the KV-cache group of every full-attention layer (a Gated DeltaNet layer's recurrent state is
+// fixed-size: no KV cache, no group), each after its layer's groups; disabled when a pattern matches its
+// name. Call once after groups_build when a KV-cache format is scored.
+void groups_add_kv(Groups* gs, const Model* m, Patterns* disabled);
+// The KV-cache group name of layer l: "<prefix>layers.L.self_attn.kv_cache".
+void kv_group_name(char* out, size_t cap, const Model* m, int l);

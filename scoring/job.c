@@ -153,7 +153,9 @@ void score_job_load(ScoreJob* j) {
             const Format* fm = &j->fmts[f];
             QuantSpec none = {0};
             int gptq = j->quant.kind == QUANTIZER_GPTQ;
-            if (!fm->w_enable)
+            if (fm->kv)
+                gpu_why = "is a KV-cache format, which the CUDA engine does not score yet", gpu_fmt = fm;
+            else if (!fm->w_enable)
                 gpu_why = "has no weight quantizer", gpu_fmt = fm;
             else if (gptq && quant_is_int_rows(fm->w) &&
                      quant_gpu_emulated(fm->w, fm->in_enable ? fm->in : none))
@@ -219,6 +221,15 @@ void score_job_load(ScoreJob* j) {
         model_load(&j->model, j->model_dir);
     patterns_parse(&j->dis, j->disabled_csv);
     groups_build(&j->groups, &j->model, j->no_grouping, &j->dis);
+    int any_kv = 0;
+    for (int f = 0; f < j->nf; f++) {
+        any_kv |= j->fmts[f].kv;
+        if (j->fmts[f].kv && j->fmts[f].kvq.block && j->model.c.head_dim % j->fmts[f].kvq.block)
+            fail_input("%s: KV-cache format '%s' has blocks of %d, which do not divide head_dim %d of %s",
+                       j->fmts[f].path, j->fmts[f].name, j->fmts[f].kvq.block, j->model.c.head_dim,
+                       j->model_dir);
+    }
+    if (any_kv) groups_add_kv(&j->groups, &j->model, &j->dis);
     if (strcmp(j->disabled_csv, DEFAULT_DISABLED) != 0)
         for (int i = 0; i < j->dis.n; i++)
             if (!j->dis.hits[i])
@@ -243,6 +254,33 @@ void score_job_load(ScoreJob* j) {
                 "sizes multiples of 16 (%s: seq_len %d, head_dim %d); use bf16x2",
                 j->model_dir, j->ids.t, j->model.c.head_dim);
         j->gpu_gemm = GEMM_BF16X2;
+    }
+}
+
+// What a byte budget needs beside the groups (README §7): the parameters outside the candidate linears that a
+// server loads (every checkpoint tensor but mtp.*, less the linears' weights: embeddings, lm_head unless tied,
+// norms, routers, a vision tower, ...), and each full-attention layer's K and V values per token.
+void table_set_memory(ScoreTable* t, const Model* m) {
+    long total = 0, lin = 0;
+    for (int i = 0; i < m->ck.n; i++) {
+        const StTensor* s = &m->ck.t[i];
+        if (strncmp(s->name, "mtp.", 4) == 0) continue;
+        long n = 1;
+        for (int d = 0; d < s->ndim; d++) n *= (long)s->shape[d];
+        total += n;
+    }
+    for (int i = 0; i < m->n_linears; i++) lin += (long)m->linears[i].out * m->linears[i].in;
+    t->has_memory = 1;
+    t->other_params = total - lin;
+    t->n_kvl = 0;
+    t->kvl_name = xcalloc(m->c.num_layers, sizeof(char*));
+    t->kvl_values = xmalloc(sizeof(long) * m->c.num_layers);
+    for (int l = 0; l < m->c.num_layers; l++) {
+        if (m->c.linear[l]) continue; // Gated DeltaNet: a fixed-size recurrent state, no KV cache
+        char name[192];
+        kv_group_name(name, sizeof(name), m, l);
+        t->kvl_name[t->n_kvl] = xstrdup(name);
+        t->kvl_values[t->n_kvl++] = 2L * m->c.num_kv_heads * m->c.head_dim;
     }
 }
 
@@ -282,6 +320,7 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
     t->params = xmalloc(sizeof(long) * gs->n);
     t->active = xmalloc(sizeof(long) * gs->n);
     t->disabled = xmalloc(gs->n);
+    t->gkv = xcalloc(gs->n, 1);
     t->score = xmalloc(sizeof(double) * gs->n * j->nf);
     for (int g = 0; g < gs->n; g++) {
         const Group* gr = &gs->g[g];
@@ -298,6 +337,7 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
         // a token reads top_k of the E experts (3 E I H params, so the product divides exactly)
         t->active[g] = gr->experts ? gr->params / m->c.num_experts * m->c.top_k : gr->params;
         t->disabled[g] = (uint8_t)gr->disabled;
+        t->gkv[g] = (uint8_t)gr->kv;
         for (int f = 0; f < j->nf; f++)
             t->score[(size_t)f * gs->n + g] = gr->disabled ? 0.0 : j->score[(size_t)f * gs->n + g];
     }
@@ -312,6 +352,7 @@ void score_job_table(const ScoreJob* j, ScoreTable* t) {
         t->lgroup[i] = gs->group_of[i];
     }
     table_set_coverage(j, t);
+    table_set_memory(t, m);
     if (j->nd) {
         t->nd = j->nd;
         memcpy(t->dname, j->dname, sizeof(t->dname));

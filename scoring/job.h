@@ -80,6 +80,8 @@ void score_job_load(ScoreJob* j);
 // Scores every window; with checkpoint, saves the sums after each batch and resumes from them.
 void score_job_run(ScoreJob* j, const char* checkpoint);
 void score_job_table(const ScoreJob* j, ScoreTable* t);
+// The byte budget's model facts (ScoreTable's other_params and KV layers) from a loaded model.
+void table_set_memory(ScoreTable* t, const Model* m);
 // Expert coverage on stderr, one line per sparse layer, and a warning for every layer with experts
 // that saw fewer than --min-expert-tokens tokens (never fatal).
 void score_job_report_experts(const ScoreJob* j);

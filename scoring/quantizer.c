@@ -192,6 +192,7 @@ static void gptq_layer(float** out, const Model* m, int l, const LayerHessians* 
 
 // GPTQ rounds integer codes on one scale per row (llm-compressor's channel strategy): other formats exit 2.
 static void gptq_check_format(const Format* f) {
+    if (f->kv) return; // a KV-cache format quantizes no weight
     if (f->w_enable && quant_is_int_rows(f->w)) return;
     fail_input("%s: --quantizer gptq takes integer per-channel weight formats (w4a8, w8a8); format '%s' has %s",
                f->path, f->name, f->w_enable ? "E4M3 / E2M1 values or block scales" : "no weight quantizer");
@@ -255,7 +256,7 @@ void qcache_build(QuantCache* qc, const Model* m, const Groups* gs, const Format
     int* want = xmalloc(sizeof(int) * nf * m->n_linears); // every enabled linear in each format
     for (int f = 0; f < nf; f++)
         for (int i = 0; i < m->n_linears; i++)
-            want[(size_t)f * m->n_linears + i] = gs->g[gs->group_of[i]].disabled ? -1 : f;
+            want[(size_t)f * m->n_linears + i] = gs->g[gs->group_of[i]].disabled || fmts[f].kv ? -1 : f;
     if (q->use_gpu)
         gptq_basic_gpu_sets(qc->wq, m, ids, fmts, want, nf, q);
     else

@@ -12,7 +12,7 @@ void qcache_init(QuantCache* qc, const Model* m, const Groups* gs, const Format*
     for (int f = 0; f < nf; f++)
         for (int i = 0; i < m->n_linears; i++) {
             const Linear* l = &m->linears[i];
-            if (gs->g[gs->group_of[i]].disabled) continue;
+            if (gs->g[gs->group_of[i]].disabled || fmts[f].kv) continue;
             float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
             if (fmts[f].w_enable)
                 quant_weight_rows(w, l->w, l->out, l->in, fmts[f].w);
@@ -30,20 +30,27 @@ void qcache_free(QuantCache* qc) {
 void plan_init(QuantPlan* p, const Model* m) {
     p->wq = xcalloc(m->n_linears, sizeof(float*));
     p->in_spec = xcalloc(m->n_linears, sizeof(QuantSpec));
+    p->kv = xcalloc(m->c.num_layers, sizeof(QuantSpec));
 }
 
 void plan_free(QuantPlan* p) {
     free(p->wq);
     free(p->in_spec);
+    free(p->kv);
 }
 
 void plan_clear(QuantPlan* p, const Model* m) {
     memset(p->wq, 0, sizeof(float*) * m->n_linears);
     memset(p->in_spec, 0, sizeof(QuantSpec) * m->n_linears);
+    memset(p->kv, 0, sizeof(QuantSpec) * m->c.num_layers);
 }
 
 void plan_set_group(QuantPlan* p, const QuantCache* qc, const Groups* gs, const Format* fmts, int g, int f) {
     const Group* grp = &gs->g[g];
+    if (grp->kv) {
+        p->kv[grp->layer] = fmts[f].kvq;
+        return;
+    }
     for (int j = 0; j < grp->n_members; j++) {
         int i = grp->members[j];
         p->wq[i] = qc->wq[(size_t)f * qc->nl + i];
@@ -98,14 +105,19 @@ void scorer_init_with(Scorer* s, const Model* m, const Groups* gs, const Format*
     s->qc_owned = !qc;
     run_init(&s->ref, m, T, 1);
     plan_init(&s->plan, m);
+    s->kv_group = xmalloc(sizeof(int) * m->c.num_layers);
+    for (int l = 0; l < m->c.num_layers; l++) s->kv_group[l] = -1;
+    for (int g = 0; g < gs->n; g++)
+        if (gs->g[g].kv) s->kv_group[gs->g[g].layer] = g;
     if (method == METHOD_KL) {
         run_init(&s->q, m, T, 0);
         s->layer_major = kl_order_layer_major();
         if (s->layer_major) passes_init(s, T);
     } else {
         grad_init(&s->grad, m, T);
-        int mo = 0;
+        int mo = m->c.num_kv_heads * m->c.head_dim; // a K or V tensor for the KV-cache scores
         for (int i = 0; i < m->n_linears; i++) mo = m->linears[i].out > mo ? m->linears[i].out : mo;
+        for (int g = 0; g < gs->n; g++) s->grad.kv_hooks |= gs->g[g].kv;
         s->y = xmalloc(sizeof(float) * (size_t)T * mo);
         s->yq = xmalloc(sizeof(float) * (size_t)T * mo); // o_proj's out is D: holds a block output too
         if (m->c.n_sparse) {
@@ -129,6 +141,7 @@ void scorer_free(Scorer* s) {
     else
         grad_free(&s->grad);
     plan_free(&s->plan);
+    free(s->kv_group);
     if (s->qc_owned) qcache_free(&s->qc);
     free(s->y);
     free(s->yq);
@@ -158,7 +171,7 @@ static void add_sample_kl(Scorer* s, const int* ids) {
     for (int f = 0; f < s->nf; f++)
         for (int g = 0; g < s->gs->n; g++) {
             const Group* grp = &s->gs->g[g];
-            if (grp->disabled) continue;
+            if (grp->disabled || !format_fits(&s->fmts[f], grp)) continue;
             int l = grp->layer;
             memcpy(s->q.acts[l].h_in, s->ref.acts[l].h_in, sizeof(float) * (size_t)T * c->hidden_size);
             plan_clear(&s->plan, m);
@@ -214,6 +227,7 @@ static void grad_hook_experts(Scorer* s, int l, const float* dy) {
     if (s->gs->g[g].disabled) return;
     long n = (long)s->ref.T * m->c.hidden_size;
     for (int f = 0; f < s->nf; f++) {
+        if (s->fmts[f].kv) continue;
         plan_clear(&s->plan, m);
         plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, g, f);
         moe_experts_apply(m, &s->ref, l, &s->mq, s->yq, &s->plan);
@@ -221,9 +235,30 @@ static void grad_hook_experts(Scorer* s, int l, const float* dy) {
     }
 }
 
+// A full-attention layer's KV cache (README §6): dY = dL/dK (which 0) or dL/dV (1) as attention reads them,
+// and the quantization error of the tensor the cache stores; K's and V's terms add into one group score.
+static void grad_hook_kv(Scorer* s, int l, int which, const float* dy) {
+    const Model* m = s->m;
+    int g = s->kv_group[l];
+    if (g < 0 || s->gs->g[g].disabled) return;
+    const LayerActs* a = &s->ref.acts[l];
+    const float* x = which ? a->v : a->k;
+    int T = s->ref.T, rows = T * m->c.num_kv_heads, hd = m->c.head_dim;
+    for (int f = 0; f < s->nf; f++) {
+        if (!s->fmts[f].kv) continue;
+        quant_kv_tensor(s->yq, x, rows, hd, s->fmts[f].kvq);
+        s->score[(size_t)f * s->gs->n + g] += sq_diff_dot(dy, s->yq, x, (long)rows * hd);
+    }
+}
+
 static void grad_hook(int idx, const float* dy, void* ctx) {
     Scorer* s = ctx;
     const Model* m = s->m;
+    if (idx < -m->c.num_layers) {
+        int L = m->c.num_layers;
+        grad_hook_kv(s, kv_hook_layer(L, idx), kv_hook_which(L, idx), dy);
+        return;
+    }
     if (idx < 0) {
         grad_hook_experts(s, moe_hook_layer(idx), dy);
         return;
@@ -236,6 +271,7 @@ static void grad_hook(int idx, const float* dy, void* ctx) {
     long n = (long)T * lin->out;
     matmul_forward(s->y, x, lin->w, T, lin->in, lin->out, 0.0f);
     for (int f = 0; f < s->nf; f++) {
+        if (s->fmts[f].kv) continue;
         plan_clear(&s->plan, m);
         plan_set_group(&s->plan, &s->qc, s->gs, s->fmts, g, f);
         linear_apply(m, &s->ref, idx, s->yq, x, &s->plan);

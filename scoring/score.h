@@ -8,6 +8,10 @@
 
 typedef enum { METHOD_KL, METHOD_GRADIENT } Method;
 
+// Whether format f is a choice of group g: KV-cache formats for KV-cache groups, the others for linears
+// (the other pairs are never scored: their score is 0 and search never offers them).
+static inline int format_fits(const Format* f, const Group* g) { return f->kv == g->kv; }
+
 // Fake-quantized weights for every (format, candidate linear of an enabled group).
 typedef struct {
     int nf, nl;
@@ -39,6 +43,7 @@ typedef struct {
     RunState ref, q;
     GradState grad;
     QuantPlan plan;
+    int* kv_group; // (num_layers) the KV-cache group of each layer, or -1
     float *ref_logits, *y, *yq;
     MoeRows mq; // a sparse layer's expert rows in the gradient score's quantized block
     // kl in layer-major order (AUTOQ_KL_ORDER=layer-major): while layer l runs, the reference and every

@@ -22,12 +22,15 @@ void table_free(ScoreTable* t) {
     free(t->params);
     free(t->active);
     free(t->disabled);
+    free(t->gkv);
     free(t->score);
     free(t->wscore);
     free(t->dscore);
     free(t->lshape);
     free(t->lgroup);
     table_free_strs(t->cov_name, t->n_cov);
+    table_free_strs(t->kvl_name, t->n_kvl);
+    free(t->kvl_values);
     free(t->cov_tokens);
     memset(t, 0, sizeof(*t));
 }
@@ -85,9 +88,10 @@ json_t* table_group_json(const ScoreTable* t, int g) {
 static json_t* group_scores_json(const ScoreTable* t, int g) {
     json_t* sc = json_object();
     for (int f = 0; f < t->nf; f++)
-        json_object_set_new(sc, t->fmts[f].name,
-                            t->disabled[g] ? json_null()
-                                           : json_score(t->score[(size_t)f * t->ng + g], t->gname[g]));
+        if (table_fits(t, f, g))
+            json_object_set_new(sc, t->fmts[f].name,
+                                t->disabled[g] ? json_null()
+                                               : json_score(t->score[(size_t)f * t->ng + g], t->gname[g]));
     return sc;
 }
 
@@ -180,12 +184,24 @@ static json_t* table_json(const ScoreTable* t) {
     json_t* gs = json_array();
     for (int g = 0; g < t->ng; g++) {
         json_t* o = table_group_json(t, g);
-        json_object_set_new(o, "score", t->disabled[g] ? json_null() : json_score(t->score[g], t->gname[g]));
+        int f0 = 0; // the first format that applies to the group
+        while (f0 + 1 < t->nf && !table_fits(t, f0, g)) f0++;
+        json_object_set_new(o, "score",
+                            t->disabled[g] || !table_fits(t, f0, g)
+                                ? json_null()
+                                : json_score(t->score[(size_t)f0 * t->ng + g], t->gname[g]));
         if (t->nf > 1) json_object_set_new(o, "scores", group_scores_json(t, g));
         json_array_append_new(gs, o);
     }
     json_object_set_new(j, "groups", gs);
     table_json_windows(t, j);
+    if (t->has_memory) {
+        json_t* kv = json_object();
+        for (int i = 0; i < t->n_kvl; i++)
+            json_put(kv, t->kvl_name[i], json_integer(t->kvl_values[i]), "a layer name");
+        json_object_set_new(
+            j, "memory", json_pack("{s:I,s:o}", "other_params", (json_int_t)t->other_params, "kv_values", kv));
+    }
     if (t->n_cov) {
         json_object_set_new(j, "min_expert_tokens", json_integer(t->min_expert_tokens));
         json_object_set_new(j, "coverage", coverage_json(t));
@@ -217,9 +233,9 @@ void table_check_group_values(const ScoreTable* t, const char* path) {
     long total = 0;
     int enabled = 0;
     for (int g = 0; g < t->ng; g++) {
-        if (t->params[g] < 1 || t->params[g] > MAX_GROUP_PARAMS)
-            table_bad(path, "groups/params", "group %s has %ld parameters (1 to 2^36 is plausible)",
-                      t->gname[g], t->params[g]);
+        if (table_kv(t, g) ? t->params[g] != 0 : (t->params[g] < 1 || t->params[g] > MAX_GROUP_PARAMS))
+            table_bad(path, "groups/params", "group %s has %ld parameters (%s)", t->gname[g], t->params[g],
+                      table_kv(t, g) ? "a KV-cache group has 0" : "1 to 2^36 is plausible");
         total += t->params[g]; // at most 2^20 groups x 2^36: no overflow
         if (t->disabled[g] > 1)
             table_bad(path, "groups/disabled", "group %s has %d (0 or 1 allowed)", t->gname[g], t->disabled[g]);
@@ -235,6 +251,17 @@ void table_check_group_values(const ScoreTable* t, const char* path) {
     if (total >= MAX_TOTAL_PARAMS)
         table_bad(path, "groups/params", "%ld parameters in all is unrealistic (at most 2^40)", total);
     if (enabled == 0) table_bad(path, "groups/disabled", "every group is disabled: there is nothing to search");
+}
+
+void table_mark_kv(ScoreTable* t) {
+    static const char suffix[] = ".self_attn.kv_cache";
+    size_t k = sizeof(suffix) - 1;
+    free(t->gkv);
+    t->gkv = xcalloc(t->ng ? t->ng : 1, 1);
+    for (int g = 0; g < t->ng; g++) {
+        size_t n = strlen(t->gname[g]);
+        t->gkv[g] = t->gmembers[g][0] == 0 && n > k && strcmp(t->gname[g] + n - k, suffix) == 0;
+    }
 }
 
 static int cmp_name(const void* a, const void* b, void* ctx) {
@@ -373,7 +400,7 @@ void table_print(const ScoreTable* t) {
         int ne = 0;
         int* order = xmalloc(sizeof(int) * t->ng);
         for (int g = 0; g < t->ng; g++)
-            if (!t->disabled[g]) {
+            if (!t->disabled[g] && table_fits(t, f, g)) {
                 total += s[g];
                 order[ne++] = g;
             }
@@ -384,6 +411,7 @@ void table_print(const ScoreTable* t) {
                t->seq_len);
         printf("%-44s %10s %14s %7s %5s\n", "group", "params", "score", "share", "rank");
         for (int g = 0; g < t->ng; g++) {
+            if (!table_fits(t, f, g)) continue;
             if (t->disabled[g]) {
                 printf("%-44s %10ld %14s %7s %5s\n", t->gname[g], t->params[g], "disabled", "-", "-");
                 continue;

@@ -32,6 +32,7 @@ typedef struct {
     long* params;    // (ng)
     long* active;    // (ng) parameters read per token: params, or params x top_k / E for an experts group
     uint8_t* disabled;
+    uint8_t* gkv;  // (ng) 1: a KV-cache group (no members, params 0; README §5)
     double* score; // (nf, ng)
     // Each calibration window's contribution to score (README §8 /groups/window_scores), for search
     // --bootstrap: (nw, nf, ng); nw = 0 and NULL when the scores file holds none.
@@ -52,6 +53,14 @@ typedef struct {
     int n_cov, n_experts, min_expert_tokens;
     char** cov_name;  // (n_cov) the layer's experts group, e.g. model.layers.3.mlp.experts
     long* cov_tokens; // (n_cov, n_experts)
+    // What search --memory-budget counts beside the groups (README §7, §8 /memory); has_memory = 0 for files
+    // written before it. other_params: parameters outside the candidate linears a server loads (stored bf16);
+    // each full-attention layer's KV-cache group name and its K and V values per token (2 KV head_dim).
+    int has_memory;
+    long other_params;
+    int n_kvl;
+    char** kvl_name;  // (n_kvl)
+    long* kvl_values; // (n_kvl)
 } ScoreTable;
 
 void table_free(ScoreTable* t);
@@ -107,3 +116,9 @@ void table_check_members(const ScoreTable* t, const char* path);
 // <group>.N.{gate,up,down}_proj) params x top_k / E, top_k one whole number for every such group.
 void table_check_active(const ScoreTable* t, const char* path);
 void table_print(const ScoreTable* t);
+// Sets t->gkv from the groups read: a KV-cache group has no members and a name ending in ".self_attn.kv_cache".
+void table_mark_kv(ScoreTable* t);
+// Whether group g is a KV-cache group (gkv may be NULL: none); whether format f may be group g's choice
+// (KV-cache formats for KV-cache groups only).
+static inline int table_kv(const ScoreTable* t, int g) { return t->gkv && t->gkv[g]; }
+static inline int table_fits(const ScoreTable* t, int f, int g) { return t->fmts[f].kv == table_kv(t, g); }

@@ -277,6 +277,29 @@ static void write_domains(hid_t f, const ScoreTable* t) {
     h5_ok(f, H5Gclose(g), "/domains");
 }
 
+// /memory (README §8): what search --memory-budget counts beside the groups.
+static void write_memory(hid_t f, const ScoreTable* t) {
+    hid_t g = group_create(f, "memory");
+    h5_attr_str(g, "description",
+                "what a byte budget (search --memory-budget) counts beside the groups: the parameters outside "
+                "the candidate linears and each full-attention layer's KV cache per token (README §7)");
+    hsize_t one = 1, n = (hsize_t)t->n_kvl;
+    h5_write(g, "other_params", H5T_NATIVE_LONG, 1, &one, &t->other_params);
+    h5_describe(
+        g, "other_params", "parameters",
+        "[1]: parameters a server loads outside the candidate linears (every checkpoint tensor but "
+        "mtp.*: embeddings, lm_head unless tied, norms, routers, vision tower, ...), counted at 16 bits");
+    char** names = t->n_kvl ? t->kvl_name : (char*[]){""};
+    write_strs(g, "kv_layer", names, t->n_kvl);
+    h5_describe(g, "kv_layer", NULL,
+                "each full-attention layer's KV-cache group name (<layer>.self_attn.kv_cache); Gated DeltaNet "
+                "layers keep a fixed-size state and have none");
+    h5_write(g, "kv_values", H5T_NATIVE_LONG, 1, &n, t->kvl_values);
+    h5_describe(g, "kv_values", "values per token",
+                "K and V values each token adds to that layer's cache: 2 x num_key_value_heads x head_dim");
+    h5_ok(f, H5Gclose(g), "/memory");
+}
+
 long table_h5_create(const ScoreTable* t, const char* path) {
     // What table_read_h5 would reject is refused here, before anything is written.
     if (!utf8_ok(t->model)) fail_input("%s: the model path is not valid UTF-8", path);
@@ -319,6 +342,7 @@ long table_h5_create(const ScoreTable* t, const char* path) {
     write_layers(f, t);
     if (t->n_cov) write_coverage(f, t);
     if (t->nd) write_domains(f, t);
+    if (t->has_memory) write_memory(f, t);
     return (long)f;
 }
 
@@ -479,8 +503,9 @@ static void read_num(const H5In* in, const char* name, H5T_class_t cls, hid_t me
     ds_close(&ds);
 }
 
-static char* check_str(const H5In* in, const char* name, int i, const char* s, size_t n, size_t maxlen) {
-    if (n == 0 || n > maxlen)
+static char* check_str(const H5In* in, const char* name, int i, const char* s, size_t n, size_t maxlen,
+                       int empty_ok) {
+    if ((n == 0 && !empty_ok) || n > maxlen)
         table_bad(in->path, name, "element %d has %zu bytes (1 to %zu allowed)", i, n, maxlen);
     char* out = strndup(s, n);
     if (!out) fail_other("out of memory");
@@ -488,8 +513,8 @@ static char* check_str(const H5In* in, const char* name, int i, const char* s, s
     return out;
 }
 
-// A 1-D dataset of at most maxn fixed-length strings, each 1 to maxlen bytes of UTF-8.
-static char** read_strs(const H5In* in, const char* name, size_t maxlen, int maxn, int* n) {
+// A 1-D dataset of at most maxn fixed-length strings, each 1 (0 with empty_ok) to maxlen bytes of UTF-8.
+static char** read_strs_ex(const H5In* in, const char* name, size_t maxlen, int maxn, int* n, int empty_ok) {
     Ds ds;
     ds_open(in, name, H5T_STRING, 1, &ds);
     if (ds.dims[0] > (hsize_t)maxn)
@@ -506,12 +531,16 @@ static char** read_strs(const H5In* in, const char* name, size_t maxlen, int max
     char** out = xcalloc(*n ? *n : 1, sizeof(char*));
     for (int i = 0; i < *n; i++) {
         const char* s = buf + (size_t)i * size;
-        out[i] = check_str(in, name, i, s, strnlen(s, size), maxlen);
+        out[i] = check_str(in, name, i, s, strnlen(s, size), maxlen, empty_ok);
     }
     free(buf);
     H5Tclose(mem);
     ds_close(&ds);
     return out;
+}
+
+static char** read_strs(const H5In* in, const char* name, size_t maxlen, int maxn, int* n) {
+    return read_strs_ex(in, name, maxlen, maxn, n, 0);
 }
 
 static hid_t attr_open(const H5In* in, const char* name, H5T_class_t cls, hid_t* type) {
@@ -644,13 +673,15 @@ static void read_groups(const H5In* in, ScoreTable* t) {
     t->gname = read_strs(in, "groups/name", MAX_NAME, MAX_GROUPS, &t->ng);
     if (t->ng == 0) table_bad(in->path, "groups/name", "holds no group");
     int n2;
-    t->gmembers = read_strs(in, "groups/members", MAX_MEMBERS, MAX_GROUPS, &n2);
+    t->gmembers = read_strs_ex(in, "groups/members", MAX_MEMBERS, MAX_GROUPS, &n2, 1); // KV-cache groups: ""
+
     if (n2 != t->ng) table_bad(in->path, "groups/members", "has %d rows, /groups/name %d", n2, t->ng);
     hsize_t ng = (hsize_t)t->ng;
     t->params = xmalloc(sizeof(long) * t->ng);
     t->disabled = xmalloc(t->ng);
     read_num(in, "groups/params", H5T_INTEGER, H5T_NATIVE_LONG, t->params, 1, ng, 0);
     read_num(in, "groups/disabled", H5T_INTEGER, H5T_NATIVE_UINT8, t->disabled, 1, ng, 0);
+    table_mark_kv(t);
     double* sc = xmalloc(sizeof(double) * t->ng * t->nf);
     read_num(in, "groups/score", H5T_FLOAT, H5T_NATIVE_DOUBLE, sc, t->nf > 1 ? 2 : 1, ng, (hsize_t)t->nf);
     t->score = xmalloc(sizeof(double) * t->ng * t->nf);
@@ -664,7 +695,7 @@ static void read_groups(const H5In* in, ScoreTable* t) {
     else
         memcpy(t->active, t->params, sizeof(long) * t->ng);
     for (int g = 0; g < t->ng; g++)
-        if (t->active[g] < 1 || t->active[g] > t->params[g])
+        if (table_kv(t, g) ? t->active[g] != 0 : (t->active[g] < 1 || t->active[g] > t->params[g]))
             table_bad(in->path, "groups/active_params", "group %s reads %ld of its %ld parameters per token",
                       t->gname[g], t->active[g], t->params[g]);
 }
@@ -769,6 +800,30 @@ static void read_layers(const H5In* in, ScoreTable* t) {
             if (t->lshape[2 * i + k] < 1 || t->lshape[2 * i + k] > MAX_DIM)
                 table_bad(in->path, "layers/shape", "layer %s has dimension %ld (1 to 2^24 allowed)",
                           t->lname[i], t->lshape[2 * i + k]);
+    }
+}
+
+// /memory, when present (files written before it have none: search --memory-budget refuses them).
+static void read_memory(const H5In* in, ScoreTable* t) {
+    if (!h5_exists(in, "memory/other_params")) return;
+    t->has_memory = 1;
+    read_num(in, "memory/other_params", H5T_INTEGER, H5T_NATIVE_LONG, &t->other_params, 1, 1, 0);
+    if (t->other_params < 0 || t->other_params > (1L << 40))
+        table_bad(in->path, "memory/other_params", "%ld parameters is out of range (0 to 2^40)",
+                  t->other_params);
+    t->kvl_name = read_strs(in, "memory/kv_layer", MAX_NAME, MAX_LAYERS, &t->n_kvl);
+    t->kvl_values = xmalloc(sizeof(long) * (t->n_kvl ? t->n_kvl : 1));
+    read_num(in, "memory/kv_values", H5T_INTEGER, H5T_NATIVE_LONG, t->kvl_values, 1, (hsize_t)t->n_kvl, 0);
+    for (int i = 0; i < t->n_kvl; i++)
+        if (t->kvl_values[i] < 1 || t->kvl_values[i] > (1L << 24))
+            table_bad(in->path, "memory/kv_values", "[%d] = %ld values per token (1 to 2^24)", i,
+                      t->kvl_values[i]);
+    for (int g = 0; g < t->ng; g++) {
+        int found = !table_kv(t, g);
+        for (int i = 0; i < t->n_kvl && !found; i++) found = strcmp(t->kvl_name[i], t->gname[g]) == 0;
+        if (!found)
+            table_bad(in->path, "groups/name", "KV-cache group %s is not a layer of /memory/kv_layer",
+                      t->gname[g]);
     }
 }
 
@@ -992,6 +1047,7 @@ void table_read_h5(ScoreTable* t, const char* path) {
     read_window_scores(&in, t);
     read_domains(&in, t);
     read_layers(&in, t);
+    read_memory(&in, t);
     table_check_members(t, path);
     table_check_active(t, path);
     check_checksum(&in);

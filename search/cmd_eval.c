@@ -18,15 +18,24 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
                           const Quantizer* q, int json, int allow_partial, const char* logits) {
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m->n_linears);
+    int* kv = xmalloc(sizeof(int) * m->c.num_layers);
     if (recipe) {
-        recipe_read(recipe, m, fmts, choice, allow_partial);
+        int nf = recipe_read(recipe, m, fmts, choice, allow_partial);
+        if (recipe_read_kv(recipe, m, fmts, nf, kv, allow_partial)) verify_set_kv(kv);
     } else {
         format_load(&fmts[0], format, 0);
         Patterns dis;
         patterns_parse(&dis, dis_csv ? dis_csv : DEFAULT_DISABLED);
         Groups gs;
         groups_build(&gs, m, 0, &dis);
-        for (int i = 0; i < m->n_linears; i++) choice[i] = gs.g[gs.group_of[i]].disabled ? -1 : 0;
+        for (int i = 0; i < m->n_linears; i++) choice[i] = gs.g[gs.group_of[i]].disabled || fmts[0].kv ? -1 : 0;
+        if (fmts[0].kv) { // a KV-cache format: every full-attention layer's KV cache, no linear
+            groups_add_kv(&gs, m, &dis);
+            for (int l = 0; l < m->c.num_layers; l++) kv[l] = -1;
+            for (int g = 0; g < gs.n; g++)
+                if (gs.g[g].kv && !gs.g[g].disabled) kv[gs.g[g].layer] = 0;
+            verify_set_kv(kv);
+        }
         groups_free(&gs);
         patterns_free(&dis);
     }
@@ -51,6 +60,8 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
         printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl,
                r.kl / ((double)ids->n * ids->t));
     }
+    verify_set_kv(NULL);
+    free(kv);
     free(choice);
     token_ids_free(ids);
     model_free(m);

@@ -1,7 +1,9 @@
 // autoq search: the exact budgeted recipe search, sweep, verification and exports.
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../engine/args.h"
 #include "../engine/forward.h"
@@ -14,18 +16,49 @@
 
 #define MAX_SWEEP 1000
 
-static int parse_sweep(const char* s, double* out) {
+// A size in bytes: a number (decimal or exponent) and an optional unit B, KB, MB, GB, TB (powers of 1000) or
+// KiB, MiB, GiB, TiB (powers of 1024), case-insensitive, rounded down to whole bytes, at most 1 PiB; at least
+// 1 byte unless zero_ok. Anything else is exit 2 naming the option.
+static double size_arg(const char* s, const char* opt, int zero_ok) {
+    static const struct {
+        const char* unit;
+        double mult;
+    } units[] = {
+        {"", 1},      {"b", 1},        {"kb", 1e3},        {"mb", 1e6},           {"gb", 1e9},
+        {"tb", 1e12}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"tib", 1099511627776.0}};
+    char* end = NULL;
+    double v = strtod(s, &end), b = -1;
+    if (end != s && isfinite(v) && v >= 0 && !isspace((unsigned char)*s))
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+            if (strcasecmp(end, units[i].unit) == 0) b = floor(v * units[i].mult);
+    if (!(b >= (zero_ok ? 0 : 1) && b <= 1125899906842624.0))
+        fail_input(
+            "search: %s '%s' must be a size: a number and a unit B, KB, MB, GB, TB, KiB, MiB, GiB or TiB "
+            "(24GiB), %s to 1 PiB",
+            opt, s, zero_ok ? "0" : "1 byte");
+    return b;
+}
+
+static int parse_sweep(const char* s, double* out, int sizes) {
     double lo, hi, step;
     char tail;
-    if (sscanf(s, "%lf:%lf:%lf%c", &lo, &hi, &step, &tail) != 3 || !isfinite(lo) || !isfinite(hi) ||
-        !isfinite(step) || !(step > 0) || hi < lo)
+    if (sizes) { // LO:HI:STEP of sizes
+        char buf[3][64];
+        if (strlen(s) > 190 || sscanf(s, "%63[^:]:%63[^:]:%63s%c", buf[0], buf[1], buf[2], &tail) != 3)
+            fail_input("search: --sweep '%s' must be LO:HI:STEP sizes with --memory-budget (12GiB:24GiB:4GiB)",
+                       s);
+        lo = size_arg(buf[0], "--sweep", 0), hi = size_arg(buf[1], "--sweep", 0),
+        step = size_arg(buf[2], "--sweep", 0);
+        if (hi < lo) fail_input("search: --sweep '%s' must have LO <= HI", s);
+    } else if (sscanf(s, "%lf:%lf:%lf%c", &lo, &hi, &step, &tail) != 3 || !isfinite(lo) || !isfinite(hi) ||
+               !isfinite(step) || !(step > 0) || hi < lo)
         fail_input("search: --sweep '%s' must be LO:HI:STEP, finite numbers with LO <= HI and STEP > 0", s);
     // count in double first: (hi - lo) / step can be far beyond any int
     double points = floor((hi - lo) / step + 1e-9) + 1;
     if (!(points <= MAX_SWEEP))
         fail_input("search: --sweep '%s' has %.0f points (at most %d)", s, points, MAX_SWEEP);
     int n = (int)points;
-    for (int i = 0; i < n; i++) out[i] = lo + i * step;
+    for (int i = 0; i < n; i++) out[i] = sizes ? floor(lo + i * step) : lo + i * step;
     return n;
 }
 
@@ -64,6 +97,17 @@ static void linear_choice(const Model* m, const ScoreTable* t, const Solution* s
         choice[found] = s->sel[g];
     }
     free(sorted);
+}
+
+// Per-layer KV-cache choice of the loaded model for a solution (-1 bf16).
+static void kv_choice(const Model* m, const ScoreTable* t, const Solution* s, int* kv) {
+    for (int l = 0; l < m->c.num_layers; l++) {
+        kv[l] = -1;
+        char name[192];
+        kv_group_name(name, sizeof(name), m, l);
+        for (int g = 0; g < t->ng; g++)
+            if (table_kv(t, g) && !t->disabled[g] && strcmp(t->gname[g], name) == 0) kv[l] = s->sel[g];
+    }
 }
 
 // One budget under the objective, with each calibration domain's predicted loss.
@@ -133,6 +177,28 @@ int cmd_search(Args* a) {
     RefineOpts ro = {args_int(a, "--refine-rounds", 3), args_int(a, "--refine-candidates", 6),
                      args_int(a, "--refine-windows", 8), 0};
     if (!refine) args_refuse(a, G_REFINE, "without --refine");
+    const char* mem_s = args_str(a, "--memory-budget");
+    int kv_uniform = args_flag(a, "--kv-uniform");
+    MemBudget mb = {0};
+    if (!mem_s) args_refuse(a, G_MEM, "without --memory-budget");
+    if (mem_s) {
+        mb.on = 1;
+        mb.context = args_int(a, "--context", 0);
+        mb.batch = args_int(a, "--batch", 1);
+        const char* ov = args_str(a, "--overhead");
+        mb.overhead = (int64_t)(ov ? size_arg(ov, "--overhead", 1) : 1073741824.0);
+        if (!isnan(budget)) fail_input("search: --memory-budget and --budget are two budgets: give one");
+        if (bits_s || scope_s || cost_s)
+            fail_input(
+                "search: --memory-budget counts every byte (true bits, all weights, as stored): %s does not "
+                "apply",
+                bits_s    ? "--bits"
+                : scope_s ? "--budget-scope"
+                          : "--cost");
+        if (!mb.context)
+            fail_input("search: --memory-budget needs --context (tokens per sequence in the KV cache)");
+        budget = size_arg(mem_s, "--memory-budget", 0);
+    }
     // --scores: nothing is scored, so no scoring option means anything; --verify and --refine alone read data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
     if (scores && !verify && !refine)
@@ -158,7 +224,7 @@ int cmd_search(Args* a) {
     if (h5) out_check(h5, "--h5");
     for (int i = 0; i < ne; i++) out_check(strchr(emits[i], '=') + 1, "--emit");
     double pts[MAX_SWEEP + 1];
-    int ns = sweep_s ? parse_sweep(sweep_s, pts) : 0;
+    int ns = sweep_s ? parse_sweep(sweep_s, pts, mb.on) : 0;
 
     ScoreTable t;
     TokenIds held = {0, 0, NULL};
@@ -209,14 +275,27 @@ int cmd_search(Args* a) {
 
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost, bits);
+    if (mb.on) search_set_memory(&ctx, &mb);
+    ctx.kv_uniform = kv_uniform;
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     Objective obj;
     objective_parse(&obj, objective_s, &t);
+    if (kv_uniform && obj.kind == OBJ_MAX && t.nd > 1)
+        fail_input(
+            "search: --kv-uniform is not implemented with --objective max (its mixed-integer programme)");
     for (int i = 0; i < ns; i++) solve_point(&ctx, &obj, pts[i], &sweep[i]);
     Solution main_sol;
     double b = isnan(budget) ? pts[ns - 1] : budget;
     solve_point(&ctx, &obj, b, &main_sol);
     int* choice = have_model ? xmalloc(sizeof(int) * j.model.n_linears) : NULL;
+    int* kv = have_model ? xmalloc(sizeof(int) * j.model.c.num_layers) : NULL;
+    verify_set_kv(kv);
+    // --refine's measured neighbours are weight recipes: a KV-cache choice would not reach its measurements.
+    for (int g = 0; refine && g < t.ng; g++)
+        if (table_kv(&t, g) && !t.disabled[g])
+            fail_input("search --refine: %s is a KV-cache group, which the refinement does not measure yet; "
+                       "--disabled-layers '*kv_cache*' leaves the KV cache bf16",
+                       t.gname[g]);
     Refine rf;
     if (refine) search_refine(&rf, &ctx, &obj, &main_sol, &j, &held, fmts, &ro);
     Bootstrap boot;
@@ -233,11 +312,13 @@ int cmd_search(Args* a) {
         progress_init(&p, "verify", ns + 1);
         for (int i = 0; i < ns; i++) {
             linear_choice(&j.model, &t, &sweep[i], choice);
+            kv_choice(&j.model, &t, &sweep[i], kv);
             verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &sweep[i].v);
             sweep[i].verified = 1;
             progress_step(&p, 1);
         }
         linear_choice(&j.model, &t, &main_sol, choice);
+        kv_choice(&j.model, &t, &main_sol, kv);
         verify_recipe(&j.model, &j.ids, fmts, choice, &j.quant, &main_sol.v);
         main_sol.verified = 1;
         progress_step(&p, 1);
@@ -265,6 +346,8 @@ int cmd_search(Args* a) {
     if (nboot) bootstrap_free(&boot);
     if (refine) refine_free(&rf);
     search_free(&ctx);
+    verify_set_kv(NULL);
+    free(kv);
     free(choice);
     table_free(&t);
     if (have_model) score_job_free(&j);

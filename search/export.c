@@ -185,9 +185,39 @@ static int formats_used(const ScoreTable* t, const Solution* s, int* used) {
     int n = 0;
     for (int f = 0; f < t->nf; f++) used[f] = 0;
     for (int g = 0; g < t->ng; g++)
-        if (!t->disabled[g] && s->sel[g] >= 0) used[s->sel[g]]++;
+        if (!t->disabled[g] && !table_kv(t, g) && s->sel[g] >= 0) used[s->sel[g]]++;
     for (int f = 0; f < t->nf; f++) n += used[f] > 0;
     return n;
+}
+
+// The KV-cache choices of a recipe (README §8): kv_used[f] layers take KV-cache format f; returns the most
+// used one (-1: every KV cache stays bf16) and sets *bf16 to the enabled KV-cache groups kept bf16. Engines
+// and compressed-tensors' kv_cache_scheme hold one KV-cache format per model: a mixed choice is warned about.
+static int kv_main(const ScoreTable* t, const Solution* s, int* kv_used, int* bf16) {
+    int best = -1;
+    *bf16 = 0;
+    for (int f = 0; f < t->nf; f++) kv_used[f] = 0;
+    for (int g = 0; g < t->ng; g++) {
+        if (t->disabled[g] || !table_kv(t, g)) continue;
+        if (s->sel[g] < 0)
+            (*bf16)++;
+        else
+            kv_used[s->sel[g]]++;
+    }
+    for (int f = 0; f < t->nf; f++)
+        if (kv_used[f] && (best < 0 || kv_used[f] > kv_used[best])) best = f;
+    return best;
+}
+
+static void warn_kv_mixed(const char* path, const ScoreTable* t, const Solution* s, const char* tool) {
+    int used[MAX_FORMATS], bf16, main = kv_main(t, s, used, &bf16), other = bf16;
+    if (main < 0) return;
+    for (int f = 0; f < t->nf; f++) other += f != main ? used[f] : 0;
+    if (other)
+        warn_msg(
+            "--emit %s: the recipe mixes KV-cache formats (%d layer(s) %s, %d other); %s holds one KV-cache "
+            "format per model, so every full-attention layer gets %s (search per layer only for ModelOpt)",
+            path, used[main], t->fmts[main].name, other, tool, t->fmts[main].name);
 }
 
 // The YAML goes through libyaml's emitter, which quotes and escapes every string itself: no
@@ -287,13 +317,28 @@ static void yaml_scheme_part(Yaml* y, const char* key, QuantSpec q, int input) {
     y_map_end(y);
 }
 
+// compressed-tensors' kv_cache_scheme (QuantizationArgs of the attention's cached K and V): FP8 one static
+// per-tensor scale (k_scale, v_scale); NVFP4 as its NVFP4 input activations (tensor_group of 16).
+static void yaml_kv_cache(Yaml* y, const Format* f) {
+    if (f->kvq.kind == QUANT_FP4_E2M1) {
+        yaml_scheme_part(y, "kv_cache_scheme", f->kvq, 1);
+        return;
+    }
+    y_key(y, "kv_cache_scheme");
+    y_map(y, 1);
+    const char* kv[] = {"num_bits", "8",        "type",   "float",   "symmetric",
+                        "true",     "strategy", "tensor", "dynamic", "false"};
+    for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) y_str(y, kv[i], YAML_PLAIN_SCALAR_STYLE);
+    y_map_end(y);
+}
+
 static void yaml_config_groups(Yaml* y, const ScoreTable* t, const Solution* s, const Format* fmts) {
     int used[MAX_FORMATS];
     int nu = formats_used(t, s, used);
     y_key(y, "config_groups");
     y_map(y, 0);
     for (int k = 0, gi = 0; k < t->nf; k++) {
-        if (!used[k] && nu > 0) continue;
+        if ((!used[k] && nu > 0) || fmts[k].kv) continue; // KV-cache formats: kv_cache_scheme
         char name[32];
         snprintf(name, sizeof(name), "group_%d", gi++);
         y_key(y, name);
@@ -469,6 +514,11 @@ void export_llmcompressor(const char* path, const SearchCtx* c, const Solution* 
     y_map(&y, 0);
     yaml_ignore(&y, c->t, s);
     yaml_config_groups(&y, c->t, s, fmts);
+    int kv_used[MAX_FORMATS], kv_bf16, kv = kv_main(c->t, s, kv_used, &kv_bf16);
+    if (kv >= 0) {
+        warn_kv_mixed(path, c->t, s, "compressed-tensors' kv_cache_scheme (and vLLM)");
+        yaml_kv_cache(&y, &fmts[kv]);
+    }
     yaml_gptq_settings(&y, q);
     for (int i = 0; i < 4; i++) y_map_end(&y);
     y_emit(&y, &ev, yaml_document_end_event_initialize(&ev, 1));
@@ -538,6 +588,14 @@ static json_t* mo_input(const Format* f) {
                      "-1", "narrow_range", f->in.narrow, "enable", 1);
 }
 
+// A KV-cache format as ModelOpt's FP8_KV_CFG / NVFP4_KV_CFG spell their k/v_bmm_quantizer.
+static json_t* mo_kv(const Format* f) {
+    if (f->kvq.block)
+        return json_pack("{s:o,s:o,s:n,s:b}", "num_bits", mo_bits(f->kvq), "block_sizes", mo_blocks(f->kvq, 1),
+                         "axis", "enable", 1);
+    return json_pack("{s:o,s:n,s:b}", "num_bits", mo_bits(f->kvq), "axis", "enable", 1);
+}
+
 typedef struct {
     json_t* qc;
     const Format* f;
@@ -595,6 +653,16 @@ void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, co
         for_members(t, s, f, mo_override, &m);
     }
     for_members(t, s, -1, mo_disable, qc);
+    for (int g = 0; g < t->ng; g++) // each quantized KV cache: ModelOpt's k_bmm_quantizer and v_bmm_quantizer
+        if (table_kv(t, g) && !t->disabled[g] && s->sel[g] >= 0) {
+            size_t n = strlen(t->gname[g]) - strlen("kv_cache");
+            char* layer = xstrdup(t->gname[g]);
+            layer[n] = 0; // "<prefix>layers.L.self_attn."
+            char* key = fnmatch_literal(layer, "[kv]_bmm_quantizer");
+            json_put(qc, key, mo_kv(&fmts[s->sel[g]]), "a module name");
+            free(key);
+            free(layer);
+        }
     json_t* j = json_pack("{s:o,s:s}", "quant_cfg", qc, "algorithm", "max");
     OutFile o;
     out_open(&o, path);

@@ -24,6 +24,7 @@
 #include "../kernels/quant_math.h"
 #include "../scoring/quantizer.h"
 #include "quantize.h"
+#include "kv_scales.h"
 #include "recipe.h"
 
 typedef struct {
@@ -33,6 +34,8 @@ typedef struct {
     float** scales;     // (n_linears) (out) in the checkpoint's dtype's values
     DType* sdtype;      // (n_linears) the dtype of the source weight, which the scale takes
     const Format* fmts; // the recipe's formats, choice[i]'s
+    // (2 num_layers) each full-attention layer's k_scale and v_scale (an E4M3 KV cache), or NULL (kv_scales.h)
+    const float* kv_scale;
 } Quantized;
 
 // The folder --out goes in (never empty: outdir_check refused an empty --out).
@@ -344,9 +347,14 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
         json_array_append_new(ignore, json_string(name));
     }
     json_array_append_new(ignore, json_string("lm_head"));
-    return json_pack("{s:o,s:s,s:n,s:o,s:n,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",
+    // an E4M3 KV cache: one static per-tensor scale each for K and V (the tensors k_scale, v_scale)
+    json_t* kv = z->kv_scale ? json_pack("{s:i,s:s,s:b,s:s,s:b,s:n,s:n,s:n,s:n}", "num_bits", 8, "type",
+                                         "float", "symmetric", 1, "strategy", "tensor", "dynamic", 0,
+                                         "group_size", "block_structure", "actorder", "observer")
+                             : json_null();
+    return json_pack("{s:o,s:s,s:n,s:o,s:o,s:s,s:s,s:{},s:{},s:s}", "config_groups", groups, "format",
                      fmt ? fmt : "int-quantized", "global_compression_ratio", "ignore", ignore,
-                     "kv_cache_scheme", "quant_method", "compressed-tensors", "quantization_status",
+                     "kv_cache_scheme", kv, "quant_method", "compressed-tensors", "quantization_status",
                      "compressed", "sparsity_config", "transform_config", "version", "0.19.0");
 }
 
@@ -482,6 +490,28 @@ static void entry_write(FILE* f, const Quantized* z, Entry en) {
     }
 }
 
+// The KV-cache scales last: `<layer>.self_attn.k_scale` and `v_scale`, F32 [1] (compressed-tensors' tensor
+// strategy; vLLM reads any float dtype).
+static void kv_scales_header(json_t* hdr, const Quantized* z, size_t* off) {
+    const Model* m = z->m;
+    for (int l = 0; z->kv_scale && l < m->c.num_layers; l++) {
+        if (m->c.linear[l]) continue;
+        for (int k = 0; k < 2; k++) {
+            char name[240];
+            snprintf(name, sizeof(name), "%slayers.%d.self_attn.%s", m->c.prefix, l, k ? "v_scale" : "k_scale");
+            json_object_set_new(hdr, name,
+                                json_pack("{s:s,s:[i],s:[I,I]}", "dtype", "F32", "shape", 1, "data_offsets",
+                                          (json_int_t)*off, (json_int_t)(*off + 4)));
+            *off += 4;
+        }
+    }
+}
+
+static void kv_scales_write(FILE* f, const Quantized* z) {
+    for (int l = 0; z->kv_scale && l < z->m->c.num_layers; l++)
+        if (!z->m->c.linear[l]) fwrite(z->kv_scale + 2 * l, 4, 2, f);
+}
+
 // One safetensors file of the entries. Returns its size.
 static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
     int n;
@@ -490,6 +520,7 @@ static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
     json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
     size_t off = 0;
     for (int k = 0; k < n; k++) entry_header(hdr, z, en[k], &off);
+    kv_scales_header(hdr, z, &off);
     char* text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(hdr);
     size_t hl = strlen(text), pad = (8 - hl % 8) % 8;
@@ -510,6 +541,7 @@ static size_t write_safetensors(const char* path, const Quantized* z, int dry) {
         entry_write(o.f, z, en[k]);
         progress_step(&p, 1);
     }
+    kv_scales_write(o.f, z);
     progress_end(&p);
     out_close(&o); // checks every write (a full disk fails here, the temporary file removed)
     free(text), free(en);
@@ -566,6 +598,29 @@ static void copy_files(const char* dir, const char* src_dir) {
     closedir(d);
 }
 
+// The recipe's KV-cache choice (README §10): E4M3 only (NVFP4 KV caches are not written yet); the
+// checkpoint holds one KV-cache format for every full-attention layer (compressed-tensors' kv_cache_scheme),
+// so a mixed choice is warned about. Returns the scales' storage (2 num_layers).
+static float* kv_check(const char* recipe, const Model* m, const Format* fmts, int nf, int* kv,
+                       int allow_partial) {
+    recipe_read_kv(recipe, m, fmts, nf, kv, allow_partial);
+    int full = 0, fp8 = 0;
+    for (int l = 0; l < m->c.num_layers; l++) {
+        full += !m->c.linear[l];
+        if (kv[l] >= 0 && fmts[kv[l]].kvq.kind != QUANT_FP8_E4M3)
+            fail_input(
+                "%s: %s chooses KV-cache format '%s': autoq quantize writes E4M3 KV caches (kv_fp8) only; "
+                "NVFP4 KV caches are not written yet",
+                recipe, m->dir, fmts[kv[l]].name);
+        fp8 += kv[l] >= 0;
+    }
+    if (fp8 < full)
+        warn_msg("%s: %d of %d full-attention layers choose an E4M3 KV cache; the checkpoint's kv_cache_scheme "
+                 "(one per model, as vLLM serves it) stores every layer's KV cache in E4M3",
+                 recipe, fp8, full);
+    return xcalloc(2 * m->c.num_layers, sizeof(float));
+}
+
 int cmd_quantize(Args* a) {
     const char* recipe = args_str(a, "--recipe"); // MODEL, --recipe, --out: required by the table (autoq.c)
     const char* out = args_str(a, "--out");       // and never an input or holding one (args_parse)
@@ -591,7 +646,10 @@ int cmd_quantize(Args* a) {
     config_load(&cfg, dir);
     quantizer_set_device(&q, dev, &cfg, dir, "quantize");
     Model m;
-    if ((q.kind == QUANTIZER_GPTQ && !q.use_gpu) || cfg.n_sparse)
+    int uses_kv = kv_recipe_uses_kv(recipe); // its scales are calibrated on the CPU engine: fp32 weights
+    if (uses_kv && !d.path)
+        fail_input("quantize: %s chooses a KV-cache format, whose scales need --data", recipe);
+    if ((q.kind == QUANTIZER_GPTQ && !q.use_gpu) || cfg.n_sparse || uses_kv)
         model_load(&m, dir);
     else
         model_open(&m, dir);
@@ -599,8 +657,10 @@ int cmd_quantize(Args* a) {
     int* choice = xmalloc(sizeof(int) * m.n_linears);
     int nf = recipe_read(recipe, &m, fmts, choice, allow_partial);
     check_formats(recipe, fmts, nf, &m, choice);
+    int* kv = xmalloc(sizeof(int) * m.c.num_layers);
+    float* kv_scale = uses_kv ? kv_check(recipe, &m, fmts, nf, kv, allow_partial) : NULL;
     TokenIds ids = {0};
-    if (q.kind == QUANTIZER_GPTQ) {
+    if (q.kind == QUANTIZER_GPTQ || uses_kv) {
         d.model_dir = dir;
         d.vocab = m.c.vocab_size;
         d.eos = m.c.eos_token_id;
@@ -613,7 +673,12 @@ int cmd_quantize(Args* a) {
                    xcalloc(m.n_linears, sizeof(int8_t*)),
                    xcalloc(m.n_linears, sizeof(float*)),
                    xcalloc(m.n_linears, sizeof(DType)),
-                   fmts};
+                   fmts,
+                   kv_scale};
+    if (kv_scale) { // calibrated on the unquantized model, as the scores' K and V
+        kv_calibrate(&m, &ids, kv_scale);
+        for (int l = 0; l < 2 * m.c.num_layers; l++) kv_scale[l] = kv_fp8_scale(kv_scale[l]);
+    }
     // room for the weights before any compute (a full disk later still fails cleanly)
     size_t need = write_safetensors(NULL, &z, 1);
     struct statvfs sv;
@@ -641,6 +706,7 @@ int cmd_quantize(Args* a) {
     json_decref(qc);
     for (int i = 0; i < m.n_linears; i++) free(z.codes[i]), free(z.scales[i]);
     free(z.codes), free(z.scales), free(z.sdtype), free(st), free(tmp), free(choice), free(out_buf);
+    free(kv), free(kv_scale);
     if (ids.ids) token_ids_free(&ids);
     model_free(&m);
     return 0;

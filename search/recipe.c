@@ -47,14 +47,66 @@ void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits
 }
 
 void search_free(SearchCtx* c) {
+    free(c->gkvv);
+    c->gkvv = NULL;
     free(c->gtrue);
     c->gtrue = NULL;
+}
+
+static int64_t choice_bits(const SearchCtx* c, Cost k, Bits b, int g, int f);
+
+const char* const mem_part_name[5] = {"linears", "other", "kv_cache", "overhead", "total"};
+
+void search_set_memory(SearchCtx* c, const MemBudget* mb) {
+    const ScoreTable* t = c->t;
+    if (!t->has_memory)
+        fail_input("search --memory-budget: %s's scores file predates /memory (README §8): score it again",
+                   t->model);
+    c->mem = *mb;
+    c->gkvv = xcalloc(t->ng, sizeof(long));
+    int64_t tokens = (int64_t)mb->context * mb->batch;
+    for (int g = 0; g < t->ng; g++) {
+        if (!table_kv(t, g)) {
+            if (t->disabled[g]) c->mem_fixed[MEM_LINEARS] += 16 * (int64_t)t->params[g];
+            continue;
+        }
+        for (int i = 0; i < t->n_kvl; i++)
+            if (strcmp(t->kvl_name[i], t->gname[g]) == 0) c->gkvv[g] = t->kvl_values[i];
+    }
+    c->mem_fixed[MEM_OTHER] = 16 * (int64_t)t->other_params;
+    for (int i = 0; i < t->n_kvl; i++) { // layers whose KV cache is not searched: bf16
+        int searched = 0;
+        for (int g = 0; g < t->ng && !searched; g++)
+            searched = table_kv(t, g) && !t->disabled[g] && strcmp(t->kvl_name[i], t->gname[g]) == 0;
+        if (!searched) c->mem_fixed[MEM_KV] += format_kv_bits(NULL, t->kvl_values[i] * tokens);
+    }
+    c->mem_fixed[MEM_OVERHEAD] = 8 * mb->overhead;
+}
+
+// Bits of memory of group g under choice f (-1: bf16): a linear group's stored weights (true bits), a KV-cache
+// group's cache at context x batch tokens plus its scale tensors.
+static int64_t mem_cost(const SearchCtx* c, int g, int f) {
+    const ScoreTable* t = c->t;
+    if (!table_kv(t, g)) return f < 0 ? 16 * (int64_t)t->params[g] : c->gtrue[(size_t)f * t->ng + g];
+    const Format* fm = f < 0 ? NULL : &t->fmts[f];
+    int64_t n = (int64_t)c->gkvv[g] * c->mem.context * c->mem.batch;
+    return format_kv_bits(fm, n) + format_kv_scale_bits(fm);
+}
+
+static int64_t mem_fixed_total(const SearchCtx* c) {
+    return c->mem_fixed[0] + c->mem_fixed[1] + c->mem_fixed[2] + c->mem_fixed[3];
 }
 
 // The cost in bits of group g under choice f (-1: bf16), in a cost and a bit convention. A true cost under
 // the active cost scales the stored bits by the group's active share (exact for an experts group, whose
 // experts all have one shape: its stored bits are E x one expert's, its active params K x one expert's).
 static int64_t choice_cost(const SearchCtx* c, Cost k, Bits b, int g, int f) {
+    if (c->mem.on) return mem_cost(c, g, f);
+    return choice_bits(c, k, b, g, f);
+}
+
+// The same in bits of weights, whatever the budget (effective bits; a KV-cache group holds none).
+static int64_t choice_bits(const SearchCtx* c, Cost k, Bits b, int g, int f) {
     const ScoreTable* t = c->t;
     long w = weight(t, k, g);
     if (f < 0) return 16 * (int64_t)w;
@@ -68,11 +120,14 @@ static int64_t choice_cost(const SearchCtx* c, Cost k, Bits b, int g, int f) {
 // (format_misfit_block, README §5); says which groups and why, once per format.
 static uint8_t* search_misfits(const ScoreTable* t, int warn) {
     uint8_t* mis = xcalloc((size_t)t->nf * t->ng + 1, 1);
+    for (int f = 0; f < t->nf; f++) // KV-cache formats are the KV-cache groups' choices only (README §5)
+        for (int g = 0; g < t->ng; g++) mis[(size_t)f * t->ng + g] = !table_fits(t, f, g);
     for (int f = 0; f < t->nf; f++) {
         int n = 0, block = 0;
         char names[512] = "";
         for (int i = 0; i < t->nl; i++) {
-            int g = t->lgroup[i], b = format_misfit_block(&t->fmts[f], t->lshape[2 * i + 1]);
+            int g = t->lgroup[i],
+                b = t->fmts[f].kv ? 0 : format_misfit_block(&t->fmts[f], t->lshape[2 * i + 1]);
             if (!b || t->disabled[g] || mis[(size_t)f * t->ng + g]) continue;
             mis[(size_t)f * t->ng + g] = 1;
             block = b;
@@ -90,7 +145,7 @@ static uint8_t* search_misfits(const ScoreTable* t, int warn) {
 }
 
 double search_min_budget(const SearchCtx* c) {
-    int64_t cost = c->fixed[c->cost][c->scope];
+    int64_t cost = c->mem.on ? mem_fixed_total(c) : c->fixed[c->cost][c->scope];
     uint8_t* misfit = search_misfits(c->t, 0);
     for (int g = 0; g < c->t->ng; g++) {
         if (c->t->disabled[g]) continue;
@@ -102,6 +157,7 @@ double search_min_budget(const SearchCtx* c) {
         cost += best;
     }
     free(misfit);
+    if (c->mem.on) return (double)((cost + 7) / 8); // bytes
     return (double)cost / c->total[c->cost][c->scope];
 }
 
@@ -112,7 +168,15 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
     for (int g = 0; g < t->ng; g++) {
         if (t->disabled[g]) continue;
         for (int k = 0; k < 2; k++)
-            for (int b = 0; b < 2; b++) cost[k][b] += (double)choice_cost(c, (Cost)k, (Bits)b, g, s->sel[g]);
+            for (int b = 0; b < 2; b++) cost[k][b] += (double)choice_bits(c, (Cost)k, (Bits)b, g, s->sel[g]);
+    }
+    if (c->mem.on) {
+        for (int p = 0; p < 4; p++) s->mem[p] = c->mem_fixed[p];
+        for (int g = 0; g < t->ng; g++)
+            if (!t->disabled[g]) s->mem[table_kv(t, g) ? MEM_KV : MEM_LINEARS] += mem_cost(c, g, s->sel[g]);
+        s->mem[MEM_TOTAL] = 0;
+        for (int p = 0; p < 4; p++) s->mem[MEM_TOTAL] += s->mem[p];
+        for (int p = 0; p < 5; p++) s->mem[p] = (s->mem[p] + 7) / 8; // bits to bytes (each part whole bytes)
     }
     for (int sc = 0; sc < 2; sc++) {
         for (int k = 0; k < 2; k++)
@@ -126,18 +190,30 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
 int64_t search_choice_cost(const SearchCtx* c, int g, int f) { return choice_cost(c, c->cost, c->bits, g, f); }
 uint8_t* search_misfit_table(const SearchCtx* c) { return search_misfits(c->t, 0); }
 int64_t search_cap(const SearchCtx* c, double budget) {
+    if (c->mem.on) return (int64_t)budget * 8 - mem_fixed_total(c);
     return (int64_t)floor(budget * c->total[c->cost][c->scope] + 1e-6) - c->fixed[c->cost][c->scope];
 }
 void search_measure(const SearchCtx* c, Solution* s) { measure_bits(c, s); }
 
+static void infeasible(const SearchCtx* c, double budget, double minb, const char* scope) {
+    if (c->mem.on)
+        fail_input(
+            "--memory-budget %.0f bytes (%.3f GiB) is infeasible at --context %ld --batch %ld: the smallest "
+            "feasible is %.0f bytes (%.3f GiB), overhead %lld bytes included",
+            budget, budget / 1073741824.0, c->mem.context, c->mem.batch, minb, minb / 1073741824.0,
+            (long long)c->mem.overhead);
+    fail_input("--budget %.4g is infeasible: the smallest feasible budget is %.4f bits (scope %s)", budget,
+               ceil(minb * 1e4) / 1e4, scope);
+}
+
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out) {
     const ScoreTable* t = c->t;
     uint8_t* misfit = search_misfits(t, !c->quiet);
-    int* gidx = xmalloc(sizeof(int) * t->ng);
-    KsItem* items = xcalloc(t->ng, sizeof(KsItem));
+    int* gidx = xmalloc(sizeof(int) * (t->ng + 1));
+    KsItem* items = xcalloc(t->ng + 1, sizeof(KsItem));
     int n = 0;
     for (int g = 0; g < t->ng; g++) {
-        if (t->disabled[g]) continue;
+        if (t->disabled[g] || (c->kv_uniform && table_kv(t, g))) continue;
         KsItem* it = &items[n];
         gidx[n++] = g;
         it->n_choices = t->nf + 1;
@@ -155,16 +231,34 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
             }
         }
     }
+    int kv_item = -1; // --kv-uniform: the enabled KV-cache groups as one item, gidx -1 (README §7)
+    for (int g = 0; g < t->ng && c->kv_uniform; g++) {
+        if (t->disabled[g] || !table_kv(t, g)) continue;
+        if (kv_item < 0) {
+            kv_item = n++;
+            gidx[kv_item] = -1;
+            items[kv_item].n_choices = t->nf + 1;
+        }
+        KsItem* it = &items[kv_item];
+        it->cost[0] += choice_cost(c, c->cost, c->bits, g, -1);
+        for (int f = 0; f < t->nf; f++) {
+            it->cost[f + 1] += choice_cost(c, c->cost, c->bits, g, f);
+            it->score[f + 1] += misfit[(size_t)f * t->ng + g] ? 1e30 : t->score[(size_t)f * t->ng + g];
+        }
+    }
+    if (kv_item >= 0)
+        for (int f = 0; f < t->nf; f++)
+            if (items[kv_item].score[f + 1] >= 1e30) items[kv_item].cost[f + 1] = 2 * items[kv_item].cost[0];
     double hi = 0;
     for (int i = 0; i < nb; i++) hi = budgets[i] > hi ? budgets[i] : hi;
     double minb = search_min_budget(c);
     const char* scope = c->scope == SCOPE_ALL ? "all" : "candidates";
     for (int i = 0; i < nb; i++)
-        if (budgets[i] * c->total[c->cost][c->scope] < minb * c->total[c->cost][c->scope] - 1e-6)
-            fail_input("--budget %.4g is infeasible: the smallest feasible budget is %.4f bits (scope %s)",
-                       budgets[i], ceil(minb * 1e4) / 1e4, scope);
+        if (search_cap(c, budgets[i]) < 0 || (!c->mem.on && budgets[i] * c->total[c->cost][c->scope] <
+                                                                minb * c->total[c->cost][c->scope] - 1e-6))
+            infeasible(c, budgets[i], minb, scope);
     Knapsack ks;
-    int64_t max_cap = (int64_t)floor(hi * c->total[c->cost][c->scope] + 1e-6) - c->fixed[c->cost][c->scope];
+    int64_t max_cap = search_cap(c, hi);
     if (ks_build(&ks, items, n, max_cap, MAX_DP_STATES) != 0)
         fail_other("exact search table too large (%d groups, capacity %lld units); try fewer formats or --bits "
                    "modelopt (whose costs share a larger common factor)",
@@ -176,14 +270,14 @@ void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* o
         s->budget = budgets[i];
         s->sel = xmalloc(sizeof(int) * t->ng);
         for (int g = 0; g < t->ng; g++) s->sel[g] = -1;
-        int64_t cap =
-            (int64_t)floor(budgets[i] * c->total[c->cost][c->scope] + 1e-6) - c->fixed[c->cost][c->scope];
+        int64_t cap = search_cap(c, budgets[i]);
         double score;
         int64_t cost;
-        if (ks_solve(&ks, cap, ch, &score, &cost) != 0)
-            fail_input("--budget %.4g is infeasible: the smallest feasible budget is %.4f bits (scope %s)",
-                       budgets[i], ceil(minb * 1e4) / 1e4, scope);
-        for (int k = 0; k < n; k++) s->sel[gidx[k]] = ch[k] - 1;
+        if (ks_solve(&ks, cap, ch, &score, &cost) != 0) infeasible(c, budgets[i], minb, scope);
+        for (int k = 0; k < n; k++)
+            if (gidx[k] >= 0) s->sel[gidx[k]] = ch[k] - 1;
+        for (int g = 0; g < t->ng && kv_item >= 0; g++)
+            if (!t->disabled[g] && table_kv(t, g)) s->sel[g] = ch[kv_item] - 1;
         s->predicted = score;
         measure_bits(c, s);
     }
@@ -216,17 +310,34 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail) {
     if (detail) {
         printf("%-44s %10s %14s  %s\n", "group", "params", "score", "choice");
         for (int g = 0; g < t->ng; g++) {
-            double sc = t->disabled[g] ? NAN : t->score[(size_t)(s->sel[g] < 0 ? 0 : s->sel[g]) * t->ng + g];
+            double sc = t->disabled[g] || s->sel[g] < 0 ? (t->disabled[g] ? NAN : 0.0)
+                                                        : t->score[(size_t)s->sel[g] * t->ng + g];
             printf("%-44s %10ld %14.6g  %s\n", t->gname[g], t->params[g], sc, choice_name(t, s, g));
         }
     }
-    int kept = 0;
-    for (int g = 0; g < t->ng; g++) kept += !t->disabled[g] && s->sel[g] < 0;
+    int kept = 0, kv = 0, kvq = 0;
+    for (int g = 0; g < t->ng; g++) {
+        kept += !t->disabled[g] && !table_kv(t, g) && s->sel[g] < 0;
+        kv += !t->disabled[g] && table_kv(t, g);
+        kvq += !t->disabled[g] && table_kv(t, g) && s->sel[g] >= 0;
+    }
     int other = c->bits == BITS_TRUE ? BITS_MODELOPT : BITS_TRUE;
-    printf("budget %.3f (%s): %d of %d enabled groups kept bf16; effective bits %.4f candidates, %.4f all "
-           "(%s; %s %.4f / %.4f); predicted %s %.6g",
-           s->budget, c->scope == SCOPE_ALL ? "all" : "candidates", kept, c->t->ng, s->bits[0], s->bits[1],
-           c->bits == BITS_TRUE ? "true bits, scales counted" : "ModelOpt's num_bits",
+    if (c->mem.on) { // the byte breakdown (README §7)
+        const double G = 1073741824.0;
+        printf(
+            "memory budget %.0f bytes (%.3f GiB) at context %ld x batch %ld: linears %.3f GiB + other weights "
+            "%.3f GiB + KV cache %.3f GiB + overhead %.3f GiB = %lld bytes (%.3f GiB); ",
+            s->budget, s->budget / G, c->mem.context, c->mem.batch, s->mem[MEM_LINEARS] / G,
+            s->mem[MEM_OTHER] / G, s->mem[MEM_KV] / G, s->mem[MEM_OVERHEAD] / G, (long long)s->mem[MEM_TOTAL],
+            s->mem[MEM_TOTAL] / G);
+    } else
+        printf("budget %.3f (%s): ", s->budget, c->scope == SCOPE_ALL ? "all" : "candidates");
+    int nkv = 0;
+    for (int g = 0; g < t->ng; g++) nkv += table_kv(t, g);
+    printf("%d of %d enabled groups kept bf16", kept, c->t->ng - nkv);
+    if (kv) printf(", %d of %d KV caches quantized", kvq, kv);
+    printf("; effective bits %.4f candidates, %.4f all (%s; %s %.4f / %.4f); predicted %s %.6g", s->bits[0],
+           s->bits[1], c->bits == BITS_TRUE ? "true bits, scales counted" : "ModelOpt's num_bits",
            c->bits == BITS_TRUE ? "ModelOpt's num_bits" : "true bits, scales counted", s->bits_conv[other][0],
            s->bits_conv[other][1], t->method, s->predicted);
     if (moe_table(t)) // both costs, whichever the search used
@@ -275,6 +386,15 @@ void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, 
                         json_pack("{s:f,s:f}", "candidates", s->bits_cost[COST_ACTIVE][0], "all",
                                   s->bits_cost[COST_ACTIVE][1]));
     json_object_set_new(j, "predicted_score", json_real(s->predicted));
+    if (c->mem.on) {
+        json_t* mb = json_pack("{s:I,s:I,s:I,s:I}", "budget_bytes", (json_int_t)s->budget, "context",
+                               (json_int_t)c->mem.context, "batch", (json_int_t)c->mem.batch, "overhead_bytes",
+                               (json_int_t)c->mem.overhead);
+        json_t* parts = json_object();
+        for (int p = 0; p < 5; p++) json_object_set_new(parts, mem_part_name[p], json_integer(s->mem[p]));
+        json_object_set_new(mb, "bytes", parts);
+        json_object_set_new(j, "memory", mb);
+    }
     if (s->verified) {
         json_t* mj = json_pack("{s:f,s:f,s:f,s:f,s:s}", "kl", s->v.kl, "nll_ref", s->v.nll_ref, "nll_quantized",
                                s->v.nll_q, "nll_delta", s->v.nll_q - s->v.nll_ref, "quantizer",
@@ -337,7 +457,12 @@ static void pareto_write(hid_t f, const SearchCtx* c, const Solution* sweep, int
     hsize_t n = (hsize_t)ns, ng = (hsize_t)t->ng;
     for (int i = 0; i < ns; i++) buf[i] = sweep[i].budget;
     h5_write(g, "budget", H5T_NATIVE_DOUBLE, 1, &n, buf);
-    h5_describe(g, "budget", "bits per weight", "each sweep point's budget");
+    h5_describe(g, "budget", c->mem.on ? "bytes" : "bits per weight", "each sweep point's budget");
+    if (c->mem.on) {
+        for (int i = 0; i < ns; i++) buf[i] = (double)sweep[i].mem[MEM_TOTAL];
+        h5_write(g, "memory_bytes", H5T_NATIVE_DOUBLE, 1, &n, buf);
+        h5_describe(g, "memory_bytes", "bytes", "--memory-budget: each sweep point's total bytes (README §7)");
+    }
     for (int i = 0; i < ns; i++) buf[i] = sweep[i].bits[c->scope];
     h5_write(g, "bits", H5T_NATIVE_DOUBLE, 1, &n, buf);
     h5_describe(g, "bits", "bits per weight", "each sweep point's achieved effective bits");
@@ -391,6 +516,18 @@ void search_write_h5(const char* path, const SearchCtx* c, const Solution* s, co
     h5_attr_double(g, "effective_bits_true", s->bits_conv[BITS_TRUE][c->scope], path);
     h5_attr_double(g, "effective_bits_modelopt", s->bits_conv[BITS_MODELOPT][c->scope], path);
     h5_attr_double(g, "predicted_score", s->predicted, path);
+    if (c->mem.on) {
+        hsize_t five = 5;
+        double v[5];
+        for (int p = 0; p < 5; p++) v[p] = (double)s->mem[p];
+        h5_write(g, "memory_bytes", H5T_NATIVE_DOUBLE, 1, &five, v);
+        h5_describe(
+            g, "memory_bytes", "bytes",
+            "--memory-budget: the recipe's bytes: candidate linears, other weights, KV cache at context x "
+            "batch, overhead, total (README §7)");
+        h5_attr_double(g, "context", (double)c->mem.context, path);
+        h5_attr_double(g, "batch", (double)c->mem.batch, path);
+    }
     if (s->verified) {
         h5_attr_double(g, "measured_kl", s->v.kl, path);
         h5_attr_double(g, "measured_nll_delta", s->v.nll_q - s->v.nll_ref, path);

@@ -32,18 +32,40 @@ typedef struct {
     const char* objective;
     int nd;
     double dloss[MAX_DOMAINS];
+    // A byte budget (search --memory-budget, README §7): the recipe's bytes, MEM_* parts and their total.
+    int64_t mem[5];
 } Solution;
+
+// The parts of a byte budget: candidate linears (their choices; disabled ones bf16), every other parameter
+// (bf16), the KV cache at --context x --batch (with its scale tensors), the fixed --overhead, and the total.
+enum { MEM_LINEARS, MEM_OTHER, MEM_KV, MEM_OVERHEAD, MEM_TOTAL };
+extern const char* const mem_part_name[5];
+
+// A byte budget's setting (README §7).
+typedef struct {
+    int on;              // --memory-budget given: budgets are bytes
+    long context, batch; // tokens per sequence and sequences the KV cache holds
+    int64_t overhead;    // bytes
+} MemBudget;
 
 typedef struct {
     const ScoreTable* t;
     Scope scope;
     Cost cost;
     Bits bits;
-    long total[2][2]; // [cost][scope]: params counted by each scope
-    long fixed[2][2]; // [cost][scope]: cost of disabled groups at 16 bits
-    int64_t* gtrue;   // (nf, ng) true memory bits of each group under each format (format_weight_bits)
-    int quiet;        // no warnings from search_solve (the bootstrap's many re-solves)
+    long total[2][2];     // [cost][scope]: params counted by each scope
+    long fixed[2][2];     // [cost][scope]: cost of disabled groups at 16 bits
+    int64_t* gtrue;       // (nf, ng) true memory bits of each group under each format (format_weight_bits)
+    int quiet;            // no warnings from search_solve (the bootstrap's many re-solves)
+    MemBudget mem;        // byte budgets: costs are bits of memory, budgets bytes
+    int kv_uniform;       // --kv-uniform: every enabled KV-cache group takes one choice (one knapsack item)
+    long* gkvv;           // (ng) K and V values per token of a KV-cache group (0 for the rest)
+    int64_t mem_fixed[4]; // bits every recipe stores: [MEM_LINEARS] disabled linears, [MEM_OTHER], [MEM_KV] the
+                          // KV caches of layers without an enabled KV-cache group (bf16), [MEM_OVERHEAD]
 } SearchCtx;
+
+// A byte budget over the table (after search_init): exits 2 when the scores file predates /memory.
+void search_set_memory(SearchCtx* c, const MemBudget* mb);
 
 void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits bits);
 void search_free(SearchCtx* c);
@@ -65,6 +87,12 @@ void search_measure(const SearchCtx* c, Solution* s);
 // lacks, or leaves one of m's linears out) unless allow_partial, which warns instead and keeps
 // the linears left out bf16.
 int recipe_read(const char* path, const Model* m, Format* fmts, int* choice, int allow_partial);
+
+// The KV-cache choice of each layer of m in the recipe at path (fmts as recipe_read loaded them): kv[l] a
+// format index, or -1 (bf16, no KV-cache group, or a Gated DeltaNet layer). A KV-cache group naming no
+// full-attention layer of m is exit 2 (a warning with allow_partial). Returns how many layers take a KV-cache
+// format.
+int recipe_read_kv(const char* path, const Model* m, const Format* fmts, int nf, int* kv, int allow_partial);
 
 void recipe_write_json(const char* path, const SearchCtx* c, const Solution* s, const Format* fmts);
 void search_write_h5(const char* path, const SearchCtx* c, const Solution* main, const Solution* sweep, int ns);

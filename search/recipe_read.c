@@ -5,6 +5,7 @@
 
 #include "../engine/util.h"
 #include "../engine/input.h"
+#include "../scoring/groups.h"
 #include "recipe.h"
 
 static json_t* recipe_load(const char* path) {
@@ -129,4 +130,47 @@ int recipe_read(const char* path, const Model* m, Format* fmts, int* choice, int
         if (choice[i] == -2) choice[i] = -1; // not in the recipe (--allow-partial): kept bf16
     json_decref(j);
     return nf;
+}
+
+int recipe_read_kv(const char* path, const Model* m, const Format* fmts, int nf, int* kv, int allow_partial) {
+    json_t* j = recipe_load(path);
+    json_t* gs = json_object_get(j, "groups");
+    for (int l = 0; l < m->c.num_layers; l++) kv[l] = -1;
+    size_t gi;
+    json_t* g;
+    int n = 0;
+    json_array_foreach(gs, gi, g) {
+        json_t* mem = json_object_get(g, "members");
+        const char* name = json_string_value(json_object_get(g, "name"));
+        int f = recipe_choice(path, gi, json_object_get(g, "choice"), fmts, nf);
+        if (!(f >= 0 && fmts[f].kv) && !(json_is_array(mem) && json_array_size(mem) == 0)) continue;
+        if (f >= 0 && !fmts[f].kv)
+            fail_input(
+                "%s: groups[%zu] (a KV-cache group, no members) chooses '%s', which is not a KV-cache format",
+                path, gi, fmts[f].name);
+        if (f >= 0 && (!json_is_array(mem) || json_array_size(mem)))
+            fail_input(
+                "%s: groups[%zu] chooses KV-cache format '%s' but has members (only KV-cache groups may)", path,
+                gi, fmts[f].name);
+        int layer = -1;
+        for (int l = 0; l < m->c.num_layers && layer < 0 && name; l++) {
+            char want[192];
+            kv_group_name(want, sizeof(want), m, l);
+            if (!m->c.linear[l] && strcmp(want, name) == 0) layer = l;
+        }
+        if (layer < 0 && !allow_partial)
+            fail_input(
+                "%s: groups[%zu].name '%s' is no full-attention layer's KV cache of %s (--allow-partial skips "
+                "it)",
+                path, gi, name ? name : "(missing)", m->dir);
+        if (layer < 0) {
+            warn_msg("%s: groups[%zu] ('%s') is skipped (--allow-partial)", path, gi,
+                     name ? name : "(missing)");
+            continue;
+        }
+        kv[layer] = f;
+        n += f >= 0;
+    }
+    json_decref(j);
+    return n;
 }

@@ -13,6 +13,10 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
 static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                         const Quantizer* q, const char* logits, const VerifyRef* ref, VerifyResult* r);
 
+static const int* g_kv; // verify_set_kv's choices
+
+void verify_set_kv(const int* kv) { g_kv = kv; }
+
 void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
     verify_core(m, ids, fmts, choice, NULL, NULL, NULL, r);
 }
@@ -95,8 +99,14 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
     QuantPlan plan;
     plan.wq = xcalloc(m->n_linears, sizeof(float*));
     plan.in_spec = xcalloc(m->n_linears, sizeof(QuantSpec));
+    plan.kv = NULL;
+    if (g_kv) { // the KV caches as the recipe stores them
+        plan.kv = xcalloc(m->c.num_layers, sizeof(QuantSpec));
+        for (int l = 0; l < m->c.num_layers; l++)
+            if (g_kv[l] >= 0 && fmts[g_kv[l]].kv) plan.kv[l] = fmts[g_kv[l]].kvq;
+    }
     for (int i = 0; i < m->n_linears; i++) {
-        if (choice[i] < 0) continue;
+        if (choice[i] < 0 || fmts[choice[i]].kv) continue;
         const Linear* l = &m->linears[i];
         const Format* f = &fmts[choice[i]];
         float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
@@ -135,4 +145,5 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
     for (int i = 0; i < m->n_linears; i++) free((void*)plan.wq[i]);
     free(plan.wq);
     free(plan.in_spec);
+    free(plan.kv);
 }

@@ -16,6 +16,9 @@ typedef struct {
     GptqPipeline pipeline; // GPTQ's: sequential or basic
 } VerifyResult;
 
+// The KV-cache choice of each layer the next verify calls deploy (an index into their fmts, -1 bf16), or NULL
+// for none (README §7): the caller keeps kv alive until then.
+void verify_set_kv(const int* kv);
 // choice[i] per linear of the model: -1 keeps it, else an index into fmts.
 void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r);
 // The same with given weights for the linears where given[i] is not NULL (the rest round-to-nearest).

@@ -502,6 +502,12 @@ static void write_search_file(const ScoreTable* t, const char* path) {
     SearchCtx c;
     search_init(&c, t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
     double b[3] = {7.0, 8.0, 16.0};
+    if (t->has_memory) { // a byte budget: /search's memory_bytes, context and batch, /pareto/memory_bytes
+        MemBudget mb = {1, 64, 2, 1024};
+        search_set_memory(&c, &mb);
+        double lo = search_min_budget(&c);
+        b[0] = lo, b[1] = lo + 64, b[2] = 4 * lo;
+    }
     Solution s[3];
     search_solve(&c, b, 3, s);
     for (int i = 0; i < 3; i++) {
@@ -674,8 +680,15 @@ static void test_self_describing(void) {
     t.dscore = xmalloc(sizeof(double) * 2 * t.nf * t.ng);
     for (int d = 0; d < 2; d++)
         for (int k = 0; k < t.nf * t.ng; k++) t.dscore[(size_t)d * t.nf * t.ng + k] = t.score[k] / 2;
+    t.has_memory = 1; // a byte budget's model facts (/memory) and a search in bytes
+    t.other_params = 1000;
+    t.n_kvl = 1;
+    t.kvl_name = xcalloc(1, sizeof(char*));
+    t.kvl_name[0] = xstrdup("model.layers.0.self_attn.kv_cache");
+    t.kvl_values = xcalloc(1, sizeof(long));
+    t.kvl_values[0] = 256;
     char* path = tmp_path("full.h5");
-    write_search_file(&t, path); // every optional part: coverage, /search, /pareto, --verify
+    write_search_file(&t, path); // every optional part: coverage, /search, /pareto, --verify, /memory
     table_free(&t);
     ObjList file, doc;
     file_objects(path, &file);
