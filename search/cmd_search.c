@@ -10,6 +10,7 @@
 #include "bootstrap.h"
 #include "milp.h"
 #include "recipe.h"
+#include "target.h"
 
 #define MAX_SWEEP 1000
 
@@ -89,6 +90,10 @@ int cmd_search(Args* a) {
     int nboot = args_int(a, "--bootstrap", 0);
     int boot_seed = args_int(a, "--bootstrap-seed", 1);
     const char* objective_s = args_str(a, "--objective");
+    const char* target_s = args_str(a, "--target");
+    const char* arch_s = args_str(a, "--arch");
+    if (arch_s && !target_s)
+        fail_input("search: --arch goes with --target (the engine whose kernels it names)");
     // --scores: nothing is scored, so no scoring option means anything; --verify alone reads data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
     if (scores && !verify) args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify");
@@ -141,6 +146,13 @@ int cmd_search(Args* a) {
 
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost, bits);
+    Target target;
+    uint8_t* deny = NULL;
+    if (target_s) { // the engine's rules: formats it does not serve on --arch are never offered
+        target_load(&target, target_s, arch_s);
+        deny = target_deny_table(&target, &t);
+        ctx.deny = deny;
+    }
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     Objective obj;
     objective_parse(&obj, objective_s, &t);
@@ -193,6 +205,8 @@ int cmd_search(Args* a) {
     solution_free(&main_sol);
     if (nboot) bootstrap_free(&boot);
     search_free(&ctx);
+    if (target_s) target_free(&target);
+    free(deny);
     free(choice);
     table_free(&t);
     if (have_model) score_job_free(&j);

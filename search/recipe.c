@@ -65,8 +65,10 @@ static int64_t choice_cost(const SearchCtx* c, Cost k, Bits b, int g, int f) {
 
 // misfit (nf, ng): 1 where format f's blocks do not divide the input width of a member of group g
 // (format_misfit_block, README §5); says which groups and why, once per format.
-static uint8_t* search_misfits(const ScoreTable* t, int warn) {
+static uint8_t* search_misfits(const SearchCtx* c, int warn) {
+    const ScoreTable* t = c->t;
     uint8_t* mis = xcalloc((size_t)t->nf * t->ng + 1, 1);
+    if (c->deny) memcpy(mis, c->deny, (size_t)t->nf * t->ng); // not served by --target: never offered
     for (int f = 0; f < t->nf; f++) {
         int n = 0, block = 0;
         char names[512] = "";
@@ -90,7 +92,7 @@ static uint8_t* search_misfits(const ScoreTable* t, int warn) {
 
 double search_min_budget(const SearchCtx* c) {
     int64_t cost = c->fixed[c->cost][c->scope];
-    uint8_t* misfit = search_misfits(c->t, 0);
+    uint8_t* misfit = search_misfits(c, 0);
     for (int g = 0; g < c->t->ng; g++) {
         if (c->t->disabled[g]) continue;
         int64_t best = choice_cost(c, c->cost, c->bits, g, -1);
@@ -123,7 +125,7 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
 }
 
 int64_t search_choice_cost(const SearchCtx* c, int g, int f) { return choice_cost(c, c->cost, c->bits, g, f); }
-uint8_t* search_misfit_table(const SearchCtx* c) { return search_misfits(c->t, 0); }
+uint8_t* search_misfit_table(const SearchCtx* c) { return search_misfits(c, 0); }
 int64_t search_cap(const SearchCtx* c, double budget) {
     return (int64_t)floor(budget * c->total[c->cost][c->scope] + 1e-6) - c->fixed[c->cost][c->scope];
 }
@@ -131,7 +133,7 @@ void search_measure(const SearchCtx* c, Solution* s) { measure_bits(c, s); }
 
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out) {
     const ScoreTable* t = c->t;
-    uint8_t* misfit = search_misfits(t, !c->quiet);
+    uint8_t* misfit = search_misfits(c, !c->quiet);
     int* gidx = xmalloc(sizeof(int) * t->ng);
     KsItem* items = xcalloc(t->ng, sizeof(KsItem));
     int n = 0;

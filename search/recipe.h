@@ -38,10 +38,11 @@ typedef struct {
     Scope scope;
     Cost cost;
     Bits bits;
-    long total[2][2]; // [cost][scope]: params counted by each scope
-    long fixed[2][2]; // [cost][scope]: cost of disabled groups at 16 bits
-    int64_t* gtrue;   // (nf, ng) true memory bits of each group under each format (format_weight_bits)
-    int quiet;        // no warnings from search_solve (the bootstrap's many re-solves)
+    long total[2][2];    // [cost][scope]: params counted by each scope
+    long fixed[2][2];    // [cost][scope]: cost of disabled groups at 16 bits
+    int64_t* gtrue;      // (nf, ng) true memory bits of each group under each format (format_weight_bits)
+    int quiet;           // no warnings from search_solve (the bootstrap's many re-solves)
+    const uint8_t* deny; // (nf, ng) 1 where --target's engine does not serve format f (target.h), or NULL
 } SearchCtx;
 
 void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits bits);
