@@ -66,7 +66,7 @@ static void finding(Findings* fs, const char* module, const char* rule, const ch
 }
 
 static void qargs_read(QArgs* q, json_t* o, const char* path, const char* where) {
-    memset(q, 0, sizeof(*q));
+    memset(q, 0, sizeof(*q)); // whole, padding included: same_scheme compares the bytes
     if (!o || json_is_null(o)) return;
     if (!json_is_object(o)) fail_input("%s: field '%s' must be an object or null", path, where);
     q->present = 1;
@@ -364,6 +364,15 @@ static void check_kv(Findings* fs, const Target* t, json_t* qc, const Module* ms
     }
 }
 
+// Two schemes alike: the same weight and input arguments and compression format (two config groups may
+// spell one scheme; the engine compares what they say).
+static int same_scheme(const CGroup* gs, int a, int b) {
+    if (a < 0 || b < 0) return a == b;
+    const CGroup *x = &gs[a], *y = &gs[b];
+    return memcmp(&x->w, &y->w, sizeof(QArgs)) == 0 && memcmp(&x->in, &y->in, sizeof(QArgs)) == 0 &&
+           strcmp(x->format ? x->format : "", y->format ? y->format : "") == 0;
+}
+
 // Fused modules and a MoE layer's experts share one scheme (the engine loads them as one module).
 static void check_fused(Findings* fs, const Target* t, const Module* ms, int nm, const CGroup* gs) {
     typedef struct {
@@ -383,7 +392,7 @@ static void check_fused(Findings* fs, const Target* t, const Module* ms, int nm,
         int b = a + 1;
         while (b < n && strcmp(ks[b].key, ks[a].key) == 0) b++;
         int s0 = ms[ks[a].i].scheme, same = 1;
-        for (int k = a + 1; k < b; k++) same &= ms[ks[k].i].scheme == s0;
+        for (int k = a + 1; k < b; k++) same &= same_scheme(gs, ms[ks[k].i].scheme, s0);
         if (!same)
             for (int k = a; k < b; k++) {
                 int s = ms[ks[k].i].scheme;

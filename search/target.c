@@ -238,8 +238,9 @@ uint8_t* target_deny_table(const Target* t, const ScoreTable* st) {
             continue;
         }
         for (int g = 0; g < st->ng; g++) deny[(size_t)f * st->ng + g] = 1;
-        warn_msg("--target %s --arch %s: format '%s'%s%s is not offered: %s [%s]", t->name, t->arch,
-                 st->fmts[f].name, kind ? " (" : "", kind ? kind : "", why ? why : "", src ? src : "");
+        warn_msg("--target %s --arch %s: format '%s' (%s) is not offered: %s [%s]", t->name, t->arch,
+                 st->fmts[f].name, kind ? kind : "a combination no profile names", why ? why : "",
+                 src ? src : "");
     }
     return deny;
 }
