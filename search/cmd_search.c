@@ -97,9 +97,26 @@ int cmd_search(Args* a) {
     // --scores: nothing is scored, so no scoring option means anything; --verify alone reads data
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
     if (scores && !verify) args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify");
+    int numerics_given = args_str(a, "--numerics") != NULL;
     ScoreJob j;
     score_job_parse(&j, a, scores == NULL);
     args_done(a);
+    int n_lc = 0, n_mo = 0;
+    for (int i = 0; i < ne; i++) *(strncmp(emits[i], "llmcompressor=", 14) == 0 ? &n_lc : &n_mo) += 1;
+    // The emit target decides the numerics the user did not choose (README §8): llm-compressor alone
+    // applies compressed-tensors' quantizers, so score with them (E2M1 formats have no such numerics here).
+    if (!scores && n_lc && !n_mo && !numerics_given) {
+        Format probe[MAX_FORMATS];
+        int nf = formats_load(probe, MAX_FORMATS, j.format_csv, 0), e2m1 = 0;
+        for (int f = 0; f < nf; f++)
+            e2m1 |= (probe[f].w_enable && probe[f].w.kind == QUANT_FP4_E2M1) ||
+                    (probe[f].in_enable && probe[f].in.kind == QUANT_FP4_E2M1);
+        if (!e2m1) {
+            j.ct = 1;
+            info_msg("search: scoring with --numerics compressed-tensors, the quantizers llm-compressor applies to "
+                     "--emit llmcompressor's recipe (--numerics modelopt scores ModelOpt's instead)");
+        }
+    }
     Scope scope = scope_s && strcmp(scope_s, "all") == 0 ? SCOPE_ALL : SCOPE_CANDIDATES;
     Cost cost = cost_s && strcmp(cost_s, "active") == 0 ? COST_ACTIVE : COST_MEMORY;
     Bits bits = bits_s && strcmp(bits_s, "modelopt") == 0 ? BITS_MODELOPT : BITS_TRUE;
@@ -133,6 +150,16 @@ int cmd_search(Args* a) {
     }
     // The scores' own format definitions, never a format file that happens to have the same name.
     const Format* fmts = t.fmts;
+    if (scores && n_lc && !n_mo && strcmp(t.numerics, "compressed-tensors") != 0) // what is scored is not shipped
+        for (int f = 0; f < t.nf; f++) {
+            char note[512];
+            if (export_numerics_note(&fmts[f], 1, note, sizeof(note)) > 0)
+                fail_input("search: --emit llmcompressor: %s holds %s-numerics scores, but llm-compressor applies "
+                           "compressed-tensors' quantizers (%s); score again with them: autoq score %s --data ... "
+                           "--numerics compressed-tensors --out SCORES.h5 (or emit --emit modelopt=FILE too, to keep "
+                           "these scores for both tools with a warning)",
+                           scores, t.numerics, note, t.model);
+        }
     if (verify && !have_model) {
         model_load(&j.model, j.model_dir);
         j.data.model_dir = j.model_dir;

@@ -33,6 +33,19 @@ $AQ search $V --data $VD --method kl --format w4a8 --numerics compressed-tensors
     pass "ModelOpt export of compressed-tensors scores warns, llm-compressor's does not" ||
     fail "numerics warning (modelopt): $(cat "$tmp/c.err")"
 
+# 3b. The emit target decides the numerics the user did not choose: llm-compressor alone -> scored in its
+# numerics (said on stderr, no warning); ModelOpt-numerics scores for llm-compressor alone -> exit 2 with the fix.
+$AQ search $V --data $VD --method kl --format w4a8 --budget 6 --emit llmcompressor="$tmp/a.yaml" --out "$tmp/a.json" \
+    >/dev/null 2>"$tmp/a.err" || fail "llmcompressor-only search: $(cat "$tmp/a.err")"
+grep -q '"numerics": "compressed-tensors"' "$tmp/a.json" && grep -q "scoring with --numerics compressed-tensors" "$tmp/a.err" &&
+    ! grep -q "WHAT IS SCORED" "$tmp/a.err" && pass "--emit llmcompressor alone scores in compressed-tensors numerics, what llm-compressor ships" ||
+    fail "llmcompressor-only numerics: $(cat "$tmp/a.err"; grep -o '"numerics": "[a-z-]*"' "$tmp/a.json" | head -2)"
+$AQ score $V --data $VD --method kl --format w4a8 --out "$tmp/mo.h5" >/dev/null 2>&1
+expect "llm-compressor recipe from ModelOpt-numerics scores is refused with the command that fixes it" \
+    "score again with them: autoq score $V --data ... --numerics compressed-tensors" \
+    $AQ search --scores "$tmp/mo.h5" --budget 6 --emit llmcompressor="$tmp/mo.yaml"
+[ ! -e "$tmp/mo.yaml" ] && pass "nothing written when refused" || fail "the refused recipe.yaml was written"
+
 # 2. eval --recipe deploys what quantize writes: the checkpoint's weights (codes x bf16 scales, in bf16),
 # dequantized here with numpy into a plain bf16 model and run by plain eval, give the very logits of
 # eval --recipe --logits (a weight-only per-channel format, so that no input quantizer is involved).
