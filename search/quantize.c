@@ -212,10 +212,16 @@ int quantize_writable(const Format* f) {
     return 0;
 }
 
+// Integer weights packed into int32 words (pack-quantized): int4 groups, and every integer weight-only
+// format, as compressed-tensors infers it (its int-quantized compressor takes only schemes with input
+// activations). transformers 5.17 loads per-expert MoE weights only packed (or FP8): its
+// DecompressExperts reads weight_packed / weight_shape.
+static int packed_fmt(const Format* f) { return f->w.kind == QUANT_INT && (f->w.block || !f->in_enable); }
+
 // The compressed-tensors format a writable format is stored in.
 static const char* ct_format(const Format* f) {
     if (f->w.kind == QUANT_FP8_E4M3) return "float-quantized";
-    return f->w.block ? "pack-quantized" : "int-quantized";
+    return packed_fmt(f) ? "pack-quantized" : "int-quantized";
 }
 
 // Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
@@ -417,9 +423,9 @@ static void entry_header(json_t* hdr, const Quantized* z, Entry en, size_t* off)
     // the scale takes the source weight's dtype (BF16 or F32, checked by quantize_weights)
     DType d = z->sdtype[en.lin];
     QuantSpec q = z->fmts[z->choice[en.lin]].w;
-    int ng = quantize_scale_cols(q, l->in);
-    if (q.kind == QUANT_INT && q.block) { // pack-quantized: 8 int4 codes an int32, the shape beside them
-        int words = (l->in + 7) / 8;
+    int ng = quantize_scale_cols(q, l->in), packed = packed_fmt(&z->fmts[z->choice[en.lin]]);
+    if (packed) { // pack-quantized: 32 / bits codes an int32, the shape beside them
+        int words = (int)(((long)l->in * q.bits + 31) / 32);
         snprintf(sname, sizeof(sname), "%s_packed", name);
         header_add(hdr, sname, "I32", l->out, words, off, (size_t)l->out * words * 4);
     } else {
@@ -428,7 +434,7 @@ static void entry_header(json_t* hdr, const Quantized* z, Entry en, size_t* off)
     }
     snprintf(sname, sizeof(sname), "%s_scale", name);
     header_add(hdr, sname, st_dtype_name(d), l->out, ng, off, (size_t)l->out * ng * (d == DT_BF16 ? 2 : 4));
-    if (q.kind == QUANT_INT && q.block) {
+    if (packed) {
         snprintf(sname, sizeof(sname), "%s_shape", name);
         json_object_set_new(hdr, sname,
                             json_pack("{s:s,s:[i],s:[I,I]}", "dtype", "I64", "shape", 2, "data_offsets",
@@ -453,14 +459,16 @@ static void entry_write(FILE* f, const Quantized* z, Entry en) {
         return;
     }
     QuantSpec q = z->fmts[z->choice[en.lin]].w;
-    int packed = q.kind == QUANT_INT && q.block, ng = quantize_scale_cols(q, l->in);
-    if (packed) { // compressed-tensors' pack_to_int32: code + 8, column 8k + i at bits 4i of word k
-        int words = (l->in + 7) / 8;
+    int packed = packed_fmt(&z->fmts[z->choice[en.lin]]), ng = quantize_scale_cols(q, l->in);
+    if (packed) { // compressed-tensors' pack_to_int32: code + 2^(b-1), column c at bit b c of the row's words
+        int b = q.bits, per = 32 / b, words = (int)(((long)l->in * b + 31) / 32);
+        uint32_t mask = (1u << b) - 1;
         for (int r = 0; r < l->out; r++)
             for (int k = 0; k < words; k++) {
                 uint32_t u = 0;
-                for (int i = 0; i < 8 && 8 * k + i < l->in; i++)
-                    u |= (uint32_t)((z->codes[en.lin][(size_t)r * l->in + 8 * k + i] + 8) & 15) << (4 * i);
+                for (int i = 0; i < per && per * k + i < l->in; i++)
+                    u |= ((uint32_t)(z->codes[en.lin][(size_t)r * l->in + per * k + i] + (1 << (b - 1))) & mask)
+                         << (b * i);
                 fwrite(&u, 4, 1, f);
             }
     } else {

@@ -78,11 +78,12 @@ for k in sorted(k for k in hdr if k != "__metadata__"):
     if k.endswith("_scale") or k.endswith("weight_shape"):
         continue
     v = hdr[k]
-    if k.endswith(".weight_packed"):  # int4, 8 to an int32 from the lowest bits, offset by 8
+    if k.endswith(".weight_packed"):  # intB, 32 / B to an int32 from the lowest bits, offset by 2^(B-1)
         p = arr(k).astype(np.uint32); name = k[:-7]
         shape = [int(x) for x in arr(name + "_shape")]
-        c = np.stack([(p >> (4 * i)) & 15 for i in range(8)], -1).reshape(shape[0], -1)[:, :shape[1]]
-        c = c.astype(np.float32) - 8
+        b = p.shape[1] * 32 // shape[1]; per = 32 // b
+        c = np.stack([(p >> (b * i)) & ((1 << b) - 1) for i in range(per)], -1).reshape(shape[0], -1)[:, :shape[1]]
+        c = c.astype(np.float32) - (1 << (b - 1))
         s = f32(arr(name + "_scale")); g = shape[1] // s.shape[1]
         w = bf16(c * np.repeat(s, g, axis=1)); k = name
     elif v["dtype"] in ("I8", "F8_E4M3"):
