@@ -161,3 +161,44 @@ if [ -f $M/config.json ]; then
 else
     echo "SKIP deploy: $M missing (eval --recipe against the checkpoint)"
 fi
+
+# 5. Every family autoq reads, written by quantize, loads in transformers + compressed-tensors with no missing or
+# unexpected keys and gives eval --recipe's logits (tests/ref/check_quantize_formats.py): the Qwen3-MoE and
+# Qwen3-VL(-MoE) fixtures with integer weight-only formats (pack-quantized, experts per expert), and on qwen3-tiny
+# the formats that quantize inputs (int8 and FP8 per token), compressed-tensors numerics, whose numerics the
+# script compares exactly per linear (logits: within transformers' own float32-vs-float64 spread, NLL 1e-3).
+cat >"$tmp/w8ch.json" <<'J'
+{"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
+ "algorithm": "max"}
+J
+pairs=()
+for c in qwen3-moe-tiny:w4ch:4.6 qwen3-vl-moe-tiny:w4ch:4.6 qwen3-vl-tiny:w8ch:8.2 qwen3-moe-tiny:w8ch:8.3; do
+    IFS=: read -r F f b <<<"$c"
+    I=tests/fixtures/$(echo "$F" | tr - _)_ids.npy
+    $AQ search tests/fixtures/$F --data $I --num-samples 2 --method gradient --device cpu --format "$tmp/$f.json" \
+        --budget $b --out "$tmp/${F}_$f.json" >/dev/null 2>"$tmp/err" || fail "$F $f recipe: $(cat "$tmp/err")"
+    $AQ quantize tests/fixtures/$F --recipe "$tmp/${F}_$f.json" --out "$tmp/${F}_${f}_q" 2>"$tmp/err" || fail "quantize $F: $(cat "$tmp/err")"
+    $AQ eval tests/fixtures/$F --data $I --num-samples 1 --recipe "$tmp/${F}_$f.json" --logits "$tmp/${F}_${f}.npy" >/dev/null 2>&1
+    pairs+=("$I@$tmp/${F}_${f}_q:$tmp/${F}_${f}.npy")
+done
+if [ -f $M/config.json ]; then
+    for f in w4a8_fp8:4.6 w8a8:8.2; do
+        IFS=: read -r n b <<<"$f"
+        $AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format $n --numerics compressed-tensors \
+            --budget $b --out "$tmp/ct_$n.json" >/dev/null 2>"$tmp/err" || fail "$n ct recipe: $(cat "$tmp/err")"
+        $AQ quantize $M --recipe "$tmp/ct_$n.json" --out "$tmp/ct_${n}_q" 2>/dev/null || fail "quantize $n"
+        $AQ eval $M --data $D --num-samples 1 --recipe "$tmp/ct_$n.json" --logits "$tmp/ct_$n.npy" >/dev/null 2>&1
+        pairs+=("$D@$tmp/ct_${n}_q:$tmp/ct_$n.npy")
+    done
+fi
+for p in "${pairs[@]}"; do
+    ids=${p%%@*}
+    out=$(python3 tests/ref/check_quantize_formats.py "$ids" "${p#*@}" 2>/dev/null)
+    rc=$?
+    out=$(tail -1 <<<"$out")
+    case $rc in
+    0) pass "transformers + compressed-tensors load it, eval --recipe's logits: $out" ;;
+    77) echo "SKIP deploy: transformers + compressed-tensors: $out" ;;
+    *) fail "transformers + compressed-tensors: $out" ;;
+    esac
+done
