@@ -101,6 +101,8 @@ static const char* scheme_kind(const QArgs* w, const QArgs* in) {
     if (isint && w->bits == 4 && grp) return no_in ? "w4a16" : in_fp8 ? "w4a8_fp8" : NULL;
     if (isflt && w->bits == 8 && (chan || strcmp(w->strategy, "tensor") == 0))
         return no_in ? "fp8_weight_only" : in_fp8 ? "fp8" : NULL;
+    if (isflt && w->bits == 4 && no_in && strcmp(w->strategy, "tensor_group") == 0 && w->group_size == 16)
+        return "nvfp4_weight_only";
     if (isflt && w->bits == 4 && !no_in && strcmp(in->type, "float") == 0 && in->bits == 4) {
         if (strcmp(w->strategy, "tensor_group") == 0 && w->group_size == 16 && in->group_size == 16)
             return "nvfp4";

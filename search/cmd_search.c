@@ -113,8 +113,9 @@ int cmd_search(Args* a) {
                     (probe[f].in_enable && probe[f].in.kind == QUANT_FP4_E2M1);
         if (!e2m1) {
             j.ct = 1;
-            info_msg("search: scoring with --numerics compressed-tensors, the quantizers llm-compressor applies to "
-                     "--emit llmcompressor's recipe (--numerics modelopt scores ModelOpt's instead)");
+            info_msg(
+                "search: scoring with --numerics compressed-tensors, the quantizers llm-compressor applies to "
+                "--emit llmcompressor's recipe (--numerics modelopt scores ModelOpt's instead)");
         }
     }
     Scope scope = scope_s && strcmp(scope_s, "all") == 0 ? SCOPE_ALL : SCOPE_CANDIDATES;
@@ -150,15 +151,17 @@ int cmd_search(Args* a) {
     }
     // The scores' own format definitions, never a format file that happens to have the same name.
     const Format* fmts = t.fmts;
-    if (scores && n_lc && !n_mo && strcmp(t.numerics, "compressed-tensors") != 0) // what is scored is not shipped
+    if (scores && n_lc && !n_mo &&
+        strcmp(t.numerics, "compressed-tensors") != 0) // what is scored is not shipped
         for (int f = 0; f < t.nf; f++) {
             char note[512];
             if (export_numerics_note(&fmts[f], 1, note, sizeof(note)) > 0)
-                fail_input("search: --emit llmcompressor: %s holds %s-numerics scores, but llm-compressor applies "
-                           "compressed-tensors' quantizers (%s); score again with them: autoq score %s --data ... "
-                           "--numerics compressed-tensors --out SCORES.h5 (or emit --emit modelopt=FILE too, to keep "
-                           "these scores for both tools with a warning)",
-                           scores, t.numerics, note, t.model);
+                fail_input(
+                    "search: --emit llmcompressor: %s holds %s-numerics scores, but llm-compressor applies "
+                    "compressed-tensors' quantizers (%s); score again with them: autoq score %s --data ... "
+                    "--numerics compressed-tensors --out SCORES.h5 (or emit --emit modelopt=FILE too, to keep "
+                    "these scores for both tools with a warning)",
+                    scores, t.numerics, note, t.model);
         }
     if (verify && !have_model) {
         model_load(&j.model, j.model_dir);

@@ -135,6 +135,8 @@ const char* target_format_kind(const Format* f) {
     }
     if (w.kind == QUANT_INT && w.bits == 4 && w.block > 0) return no_in ? "w4a16" : fp8_tok ? "w4a8_fp8" : NULL;
     if (w.kind == QUANT_FP8_E4M3 && w.block == 0) return no_in ? "fp8_weight_only" : fp8_tok ? "fp8" : NULL;
+    if (w.kind == QUANT_FP4_E2M1 && no_in && w.block == 16 && w.scale == QSCALE_E4M3)
+        return "nvfp4_weight_only";
     if (w.kind == QUANT_FP4_E2M1 && !no_in && in.kind == QUANT_FP4_E2M1) {
         if (w.block == 16 && w.scale == QSCALE_E4M3 && in.block == 16) return "nvfp4";
         if (w.block == 32 && w.scale == QSCALE_E8M0 && in.block == 32) return "mxfp4";

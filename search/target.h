@@ -35,7 +35,8 @@ typedef struct {
 void target_load(Target* t, const char* name, const char* arch);
 void target_free(Target* t);
 // The kind of a format by its numerics (configs/targets' keys: w4a8, w8a8, fp8, nvfp4, mxfp4, w4a16,
-// w4a8_fp8, w4a16_channel, w8a16, fp8_weight_only), or NULL for a combination no profile names.
+// w4a8_fp8, w4a16_channel, w8a16, fp8_weight_only, nvfp4_weight_only), or NULL for a combination no profile
+// names.
 const char* target_format_kind(const Format* f);
 // The status of a kind on the target's arch, *why the rule's reason and *source its source + version
 // (pointers into the profile; may be NULL).

@@ -63,7 +63,7 @@ with open(src + "/model.safetensors", "rb") as f:
     data = f.read()
 def arr(k):
     v = hdr[k]; a, b = v["data_offsets"]
-    dt = {"I8": np.int8, "BF16": np.uint16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "F8_E4M3": np.uint8}[v["dtype"]]
+    dt = {"I8": np.int8, "BF16": np.uint16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "F8_E4M3": np.uint8, "U8": np.uint8}[v["dtype"]]
     return np.frombuffer(data[a:b], dtype=dt).reshape(v["shape"])
 def f32(bf): return (bf.astype(np.uint32) << 16).view(np.float32)
 def bf16(x):  # round to nearest even
@@ -75,10 +75,17 @@ def e4m3(b):
     return np.where(b & 0x80, -v, v).astype(np.float32)
 out, blobs, off = {}, [], 0
 for k in sorted(k for k in hdr if k != "__metadata__"):
-    if k.endswith("_scale") or k.endswith("weight_shape"):
+    if k.endswith("_scale") or k.endswith("weight_shape"):  # _global_scale too
         continue
     v = hdr[k]
-    if k.endswith(".weight_packed"):  # intB, 32 / B to an int32 from the lowest bits, offset by 2^(B-1)
+    if k.endswith(".weight_packed") and v["dtype"] == "U8":  # NVFP4: two E2M1 codes a byte, low nibble first
+        p = arr(k); name = k[:-7]
+        e2m1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float32)
+        c = np.stack([p & 15, p >> 4], -1).reshape(p.shape[0], -1)
+        c = np.where(c & 8, -1, 1) * e2m1[c & 7]
+        s = e4m3(arr(name + "_scale")) / arr(name + "_global_scale").view(np.float32)[0]
+        w = bf16(c * np.repeat(s, 16, axis=1)); k = name
+    elif k.endswith(".weight_packed"):  # intB, 32 / B to an int32 from the lowest bits, offset by 2^(B-1)
         p = arr(k).astype(np.uint32); name = k[:-7]
         shape = [int(x) for x in arr(name + "_shape")]
         b = p.shape[1] * 32 // shape[1]; per = 32 // b
@@ -115,6 +122,10 @@ cat >"$tmp/w4ch.json" <<'J'
 {"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
  "algorithm": "max"}
 J
+cat >"$tmp/nvfp4w.json" <<'J'
+{"quant_cfg": {"*weight_quantizer": {"num_bits": [2, 1], "block_sizes": {"-1": 16, "type": "dynamic", "scale_bits": [4, 3]},
+   "axis": null, "enable": true}, "*input_quantizer": {"enable": false}}, "algorithm": "max"}
+J
 cat >"$tmp/fp8w.json" <<'J'
 {"quant_cfg": {"*weight_quantizer": {"num_bits": [4, 3], "axis": 0, "enable": true}, "*input_quantizer": {"enable": false}},
  "algorithm": "max"}
@@ -122,7 +133,7 @@ J
 if [ -f $M/config.json ]; then
     # 4. the formats quantize writes beyond int-quantized: pack-quantized int4 groups (w4a16) and
     # float-quantized FP8 (weights only here), each loaded as the plain model eval --recipe measures
-    for f in w4a16:configs/formats/w4a16.json:4.6 fp8w:$tmp/fp8w.json:9; do
+    for f in w4a16:configs/formats/w4a16.json:4.6 fp8w:$tmp/fp8w.json:9 nvfp4w:$tmp/nvfp4w.json:4.6; do
         IFS=: read -r n fmt b <<<"$f"
         $AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format "$fmt" --budget $b \
             --out "$tmp/${n}_r.json" >/dev/null 2>"$tmp/err" || fail "$n recipe: $(cat "$tmp/err")"
@@ -152,7 +163,7 @@ if [ -f $M/config.json ]; then
     # unexpected keys, logits within 1e-3 of eval --recipe (tests/ref/check_quantize_formats.py); weight-only
     # formats: transformers' decompressed path (dequantize=True) leaves the inputs unquantized.
     out=$(python3 tests/ref/check_quantize_formats.py $D "$tmp/w4ch_q:$tmp/w4ch_eval.npy" "$tmp/w4a16_q:$tmp/w4a16_eval.npy" \
-        "$tmp/fp8w_q:$tmp/fp8w_eval.npy" 2>/dev/null)
+        "$tmp/fp8w_q:$tmp/fp8w_eval.npy" "$tmp/nvfp4w_q:$tmp/nvfp4w_eval.npy" 2>/dev/null)
     case $? in
     0) pass "transformers + compressed-tensors load every written format as eval --recipe measures it: $(echo $out | tr '\n' ' ')" ;;
     77) echo "SKIP deploy: transformers + compressed-tensors: $out" ;;
@@ -202,3 +213,34 @@ for p in "${pairs[@]}"; do
     *) fail "transformers + compressed-tensors: $out" ;;
     esac
 done
+
+# 6. NVFP4 W4A4: each linear's static input_global_scale calibrated on --data (refused without it); the
+# checkpoint passes check-checkpoint on Blackwell, and on Hopper it is served weights-only (a warning); q/k/v
+# and gate/up share one weight_global_scale (one fused module in vLLM).
+if [ -f $M/config.json ]; then
+    $AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format nvfp4 --budget 4.6 \
+        --out "$tmp/nv.json" >/dev/null 2>&1
+    expect "quantize NVFP4 inputs without --data" "NVFP4 inputs need --data" $AQ quantize $M --recipe "$tmp/nv.json" --out "$tmp/nv_x"
+    $AQ quantize $M --recipe "$tmp/nv.json" --data $D --num-samples 2 --out "$tmp/nv_q" 2>/dev/null || fail "quantize nvfp4 W4A4"
+    $AQ check-checkpoint "$tmp/nv_q" --target vllm --arch sm100 >"$tmp/out" 2>&1 &&
+        pass "NVFP4 W4A4 checkpoint passes check-checkpoint --target vllm --arch sm100: $(tail -1 "$tmp/out")" ||
+        fail "nvfp4 check-checkpoint: $(cat "$tmp/out")"
+    out=$(python3 - "$tmp/nv_q" <<'PY'
+import json, struct, sys
+d = sys.argv[1]
+raw = open(d + "/model.safetensors", "rb").read()
+h = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+def val(k):
+    a, b = h[k]["data_offsets"]; o = 8 + struct.unpack("<Q", raw[:8])[0]
+    return struct.unpack("<f", raw[o + a:o + b])[0]
+p = "model.layers.0."
+g = [val(p + n + ".weight_global_scale") for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")]
+u = [val(p + n + ".weight_global_scale") for n in ("mlp.gate_proj", "mlp.up_proj")]
+i = val(p + "self_attn.q_proj.input_global_scale")
+cfg = json.load(open(d + "/config.json"))["quantization_config"]
+ok = len(set(g)) == 1 and len(set(u)) == 1 and i > 0 and cfg["format"] == "nvfp4-pack-quantized"
+print(("ok" if ok else "BAD") + f" q/k/v global {g}, gate/up {u}, input_global_scale {i:.4g}")
+PY
+)
+    [ "${out%% *}" = ok ] && pass "NVFP4: fused siblings share weight_global_scale, input_global_scale stored: $out" || fail "nvfp4 scales: $out"
+fi
