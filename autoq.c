@@ -11,13 +11,14 @@
 #include "engine/config.h"
 #include "engine/util.h"
 
-int cmd_gen(Args* a);      // engine/cmd_gen.c
-int cmd_tokenize(Args* a); // datasets/cmd_tokenize.c
-int cmd_info(Args* a);     // scoring/cmd_info.c
-int cmd_score(Args* a);    // scoring/cmd_score.c
-int cmd_search(Args* a);   // search/cmd_search.c
-int cmd_eval(Args* a);     // search/cmd_eval.c
-int cmd_quantize(Args* a); // search/quantize.c
+int cmd_gen(Args* a);              // engine/cmd_gen.c
+int cmd_tokenize(Args* a);         // datasets/cmd_tokenize.c
+int cmd_info(Args* a);             // scoring/cmd_info.c
+int cmd_score(Args* a);            // scoring/cmd_score.c
+int cmd_search(Args* a);           // search/cmd_search.c
+int cmd_eval(Args* a);             // search/cmd_eval.c
+int cmd_quantize(Args* a);         // search/quantize.c
+int cmd_check_checkpoint(Args* a); // search/check_checkpoint.c
 
 #define MODEL_ARG(flags, group)                                                                                \
     { "MODEL", OPT_IN, "MODEL folder", NULL, 0, 0, flags, group, "a Hugging Face model folder" }
@@ -69,6 +70,13 @@ int cmd_quantize(Args* a); // search/quantize.c
     {                                                                                                          \
         "--device", OPT_ENUM, NULL, "auto|cpu|cuda", 0, 0, 0, group,                                           \
             "where to compute (default auto: a GPU if any)"                                                    \
+    }
+
+// The serving engine whose rules apply (configs/targets/NAME.json) and its GPU architecture.
+#define TARGET_OPTS(what)                                                                                      \
+    {"--target", OPT_ENUM, NULL, "vllm|sglang|trtllm", 0, 0, 0, 0, what}, {                                    \
+        "--arch", OPT_ENUM, NULL, "sm90|sm100", 0, 0, 0, 0,                                                    \
+            "with --target: the GPU architecture (default sm90, Hopper; sm100 Blackwell)"                      \
     }
 
 #define DISABLED_OPT(group)                                                                                    \
@@ -144,10 +152,11 @@ int cmd_quantize(Args* a); // search/quantize.c
     }
 
 static const Opt k_info[] = {
-    MODEL_ARG(OPT_REQUIRED, 0),
+    MODEL_ARG(0, 0),
     DISABLED_OPT(0),
     {"--no-grouping", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "one group per linear"},
     {"--json", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "JSON on stdout instead of the table"},
+    TARGET_OPTS("list the rules this serving engine imposes (MODEL then optional)"),
     {NULL},
 };
 
@@ -221,6 +230,7 @@ static const Opt k_search[] = {
      "--refine: neighbours measured per round (default 6)"},
     SCORE_OPTS(0, G_SCORE, G_DATA, G_QUANT),
     GPTQ_PIPELINE(G_QUANT),
+    TARGET_OPTS("offer each group only the formats this serving engine runs (configs/targets/)"),
     {"--out", OPT_OUT, "recipe.json", NULL, 0, 0, 0, 0, "the recipe (eval --recipe, quantize --recipe)"},
     {"--h5", OPT_OUT, "out.h5", NULL, 0, 0, 0, 0, "the solution and sweep as HDF5 (bench/plot.py)"},
     {"--emit", OPT_OUT, "FILE", "llmcompressor|modelopt", 0, 0, OPT_KEYED | OPT_REPEAT, 0,
@@ -239,6 +249,15 @@ static const Opt k_quantize[] = {
     GPTQ_PIPELINE(0),
     DATA_OPTS(0, 0),
     DEVICE_OPT(0),
+    {NULL},
+};
+
+static const Opt k_check[] = {
+    {"DIR", OPT_IN, "DIR", NULL, 0, 0, OPT_REQUIRED, 0, "a compressed-tensors checkpoint folder"},
+    {"--target", OPT_ENUM, NULL, "vllm|sglang|trtllm", 0, 0, OPT_REQUIRED, 0,
+     "the serving engine whose rules apply (configs/targets/)"},
+    {"--arch", OPT_ENUM, NULL, "sm90|sm100", 0, 0, 0, 0, "the GPU architecture (default: the profile's, sm90)"},
+    {"--json", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "the findings as JSON on stdout"},
     {NULL},
 };
 
@@ -280,6 +299,11 @@ static const Command k_commands[] = {
      k_search, cmd_search},
     {"quantize", "A recipe applied to the checkpoint, written as llm-compressor's int-quantized checkpoint.",
      k_quantize, cmd_quantize},
+    {"check-checkpoint",
+     "Validates a written compressed-tensors checkpoint against a serving engine's rules: exit 0 clean, 1 "
+     "with\n"
+     "findings (each offending module named), 2 bad input.",
+     k_check, cmd_check_checkpoint},
     {"tokenize", "Text to token ids with a Hugging Face tokenizer.json, and back.", k_tokenize, cmd_tokenize},
     {"gen", "A seeded Qwen3 or Qwen3-MoE checkpoint of a preset shape (and tokenizer, token ids).", k_gen,
      cmd_gen},

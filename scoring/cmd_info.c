@@ -8,6 +8,7 @@
 #include "../engine/util.h"
 #include "groups.h"
 #include "table.h"
+#include "../search/target.h"
 
 // The mixture-of-experts structure: experts, top-k, which layers are sparse; routers never candidates.
 static void print_moe(const Model* m) {
@@ -142,8 +143,24 @@ int cmd_info(Args* a) {
     const char* dis_csv = args_str(a, "--disabled-layers");
     int json = args_flag(a, "--json");
     int no_grouping = args_flag(a, "--no-grouping");
-    const char* dir = args_pos(a, 0); // required by the table (autoq.c)
+    const char* dir = args_pos(a, 0);
+    const char* target_s = args_str(a, "--target");
+    const char* arch_s = args_str(a, "--arch");
     args_done(a);
+    if (arch_s && !target_s) fail_input("info: --arch goes with --target");
+    if (!dir && !target_s) fail_input("info: MODEL is required (or --target alone, to list its rules)");
+    Target target;
+    if (target_s) target_load(&target, target_s, arch_s);
+    if (!dir) { // the engine's rules alone
+        if (json) {
+            json_t* j = target_to_json(&target);
+            json_write_file(j, NULL);
+            json_decref(j);
+        } else
+            target_print(&target, stdout);
+        target_free(&target);
+        return 0;
+    }
     Model m;
     model_load(&m, dir);
     Patterns dis;
@@ -221,6 +238,7 @@ int cmd_info(Args* a) {
         }
         json_object_set_new(j, "linears", ls);
         json_object_set_new(j, "kv_caches", kv_json(&m, kvdis));
+        if (target_s) json_object_set_new(j, "target", target_to_json(&target));
         json_write_file(j, NULL);
         json_decref(j);
     } else {
@@ -253,8 +271,13 @@ int cmd_info(Args* a) {
         printf("%-48s %-13s %10ld  %-40s %s\n", "lm_head", "", (long)c->vocab_size * c->hidden_size, "-",
                "never a candidate");
         kv_print(&m, kvdis);
+        if (target_s) {
+            printf("\n");
+            target_print(&target, stdout);
+        }
     }
     free(kvdis);
+    if (target_s) target_free(&target);
     groups_free(&gs);
     patterns_free(&dis);
     model_free(&m);

@@ -13,6 +13,7 @@
 #include "milp.h"
 #include "recipe.h"
 #include "refine.h"
+#include "target.h"
 
 #define MAX_SWEEP 1000
 
@@ -173,6 +174,10 @@ int cmd_search(Args* a) {
     int nboot = args_int(a, "--bootstrap", 0);
     int boot_seed = args_int(a, "--bootstrap-seed", 1);
     const char* objective_s = args_str(a, "--objective");
+    const char* target_s = args_str(a, "--target");
+    const char* arch_s = args_str(a, "--arch");
+    if (arch_s && !target_s)
+        fail_input("search: --arch goes with --target (the engine whose kernels it names)");
     int refine = args_flag(a, "--refine");
     RefineOpts ro = {args_int(a, "--refine-rounds", 3), args_int(a, "--refine-candidates", 6),
                      args_int(a, "--refine-windows", 8), 0};
@@ -203,11 +208,29 @@ int cmd_search(Args* a) {
     if (scores) args_refuse(a, G_SCORE, "with --scores (the scores are read, not computed)");
     if (scores && !verify && !refine)
         args_refuse(a, G_DATA | G_QUANT, "with --scores without --verify or --refine");
+    int numerics_given = args_str(a, "--numerics") != NULL;
     ScoreJob j;
     score_job_parse(&j, a, scores == NULL);
     args_done(a);
     if (verify && j.gpu_mem) // README "Not done yet"
         fail_input("search: --gpu-memory with --verify: the verification does not stream its layers yet");
+    int n_lc = 0, n_mo = 0;
+    for (int i = 0; i < ne; i++) *(strncmp(emits[i], "llmcompressor=", 14) == 0 ? &n_lc : &n_mo) += 1;
+    // The emit target decides the numerics the user did not choose (README §8): llm-compressor alone
+    // applies compressed-tensors' quantizers, so score with them (E2M1 formats have no such numerics here).
+    if (!scores && n_lc && !n_mo && !numerics_given) {
+        Format probe[MAX_FORMATS];
+        int nf = formats_load(probe, MAX_FORMATS, j.format_csv, 0), e2m1 = 0;
+        for (int f = 0; f < nf; f++)
+            e2m1 |= (probe[f].w_enable && probe[f].w.kind == QUANT_FP4_E2M1) ||
+                    (probe[f].in_enable && probe[f].in.kind == QUANT_FP4_E2M1);
+        if (!e2m1) {
+            j.ct = 1;
+            info_msg(
+                "search: scoring with --numerics compressed-tensors, the quantizers llm-compressor applies to "
+                "--emit llmcompressor's recipe (--numerics modelopt scores ModelOpt's instead)");
+        }
+    }
     Scope scope = scope_s && strcmp(scope_s, "all") == 0 ? SCOPE_ALL : SCOPE_CANDIDATES;
     Cost cost = cost_s && strcmp(cost_s, "active") == 0 ? COST_ACTIVE : COST_MEMORY;
     Bits bits = bits_s && strcmp(bits_s, "modelopt") == 0 ? BITS_MODELOPT : BITS_TRUE;
@@ -261,6 +284,18 @@ int cmd_search(Args* a) {
     }
     // The scores' own format definitions, never a format file that happens to have the same name.
     const Format* fmts = t.fmts;
+    if (scores && n_lc && !n_mo &&
+        strcmp(t.numerics, "compressed-tensors") != 0) // what is scored is not shipped
+        for (int f = 0; f < t.nf; f++) {
+            char note[512];
+            if (export_numerics_note(&fmts[f], 1, note, sizeof(note)) > 0)
+                fail_input(
+                    "search: --emit llmcompressor: %s holds %s-numerics scores, but llm-compressor applies "
+                    "compressed-tensors' quantizers (%s); score again with them: autoq score %s --data ... "
+                    "--numerics compressed-tensors --out SCORES.h5 (or emit --emit modelopt=FILE too, to keep "
+                    "these scores for both tools with a warning)",
+                    scores, t.numerics, note, t.model);
+        }
     if ((verify || refine) && !have_model) {
         model_load(&j.model, j.model_dir);
         j.data.model_dir = j.model_dir;
@@ -277,6 +312,13 @@ int cmd_search(Args* a) {
     search_init(&ctx, &t, scope, cost, bits);
     if (mb.on) search_set_memory(&ctx, &mb);
     ctx.kv_uniform = kv_uniform;
+    Target target;
+    uint8_t* deny = NULL;
+    if (target_s) { // the engine's rules: formats it does not serve on --arch are never offered
+        target_load(&target, target_s, arch_s);
+        deny = target_deny_table(&target, &t);
+        ctx.deny = deny;
+    }
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     Objective obj;
     objective_parse(&obj, objective_s, &t);
@@ -348,6 +390,8 @@ int cmd_search(Args* a) {
     search_free(&ctx);
     verify_set_kv(NULL);
     free(kv);
+    if (target_s) target_free(&target);
+    free(deny);
     free(choice);
     table_free(&t);
     if (have_model) score_job_free(&j);

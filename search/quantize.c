@@ -36,6 +36,7 @@ typedef struct {
     const Format* fmts; // the recipe's formats, choice[i]'s
     // (2 num_layers) each full-attention layer's k_scale and v_scale (an E4M3 KV cache), or NULL (kv_scales.h)
     const float* kv_scale;
+    float* in_gscale;   // (n_linears) NVFP4 inputs: input_global_scale, 2688 / the calibrated input amax
 } Quantized;
 
 // The folder --out goes in (never empty: outdir_check refused an empty --out).
@@ -64,8 +65,8 @@ static void check_formats(const char* recipe, const Format* fmts, int nf, const 
                 "%s: formats[%d] ('%s'): autoq quantize writes integer per-channel weights with integer "
                 "per-token or no input quantization (int-quantized), int4 groups of 128 with FP8 per-token or "
                 "no "
-                "inputs (pack-quantized) and FP8 per-channel weights (float-quantized); E2M1 formats (nvfp4, "
-                "mxfp4) are not written yet",
+                "inputs (pack-quantized), FP8 per-channel weights (float-quantized) and NVFP4 "
+                "(nvfp4-pack-quantized); MXFP4 is not written yet",
                 recipe, k, fmts[k].name);
         // the weights are stored exactly as scored (their scales in the scores' numerics); a serving engine
         // quantizes the inputs with compressed-tensors' own numerics
@@ -90,11 +91,90 @@ static float stored_scale(float amax, QuantSpec q) {
     return quant_scale(amax, q);
 }
 
+int quantize_is_nvfp4(QuantSpec q) {
+    return q.kind == QUANT_FP4_E2M1 && q.scale == QSCALE_E4M3 && q.block == 16;
+}
+
+// NVFP4 (README §4, §10): block scales s_b = e4m3(min(amax_b / (6 g), 448)) under g = amax / 2688 (amax: the
+// fused unit's, nvfp4_group_amax); the checkpoint stores s_b (E4M3) and compressed-tensors' weight_global_scale
+// G = 1 / g, and loads the weight as e2m1 x (s_b / G). scales = (out, in / 16) s_b values, then G.
+static void nvfp4_scales(float* sc, const float* w, int out, int in, float amax) {
+    float g = qm_nvfp4_global(amax), G = amax > QUANT_AMAX_MIN ? 1.0f / g : 1.0f;
+    int ng = quantize_scale_cols((QuantSpec){.block = 16}, in);
+#pragma omp parallel for
+    for (int r = 0; r < out; r++)
+        for (int b = 0; b < ng; b++) {
+            float ab = 0.0f;
+            for (int j = b * 16; j < in && j < (b + 1) * 16; j++) ab = fmaxf(ab, fabsf(w[(size_t)r * in + j]));
+            sc[(size_t)r * ng + b] =
+                amax > QUANT_AMAX_MIN ? fp8_e4m3_round(fminf(ab / (6.0f * g), 448.0f)) : 0.0f;
+        }
+    sc[(size_t)out * ng] = G;
+}
+
+// The unit a serving engine fuses a linear into (q/k/v, gate/up of one MLP or expert, the Gated DeltaNet's
+// in_proj_qkv + z and b + a): 0 for a linear fused with nothing.
+static int fused_unit(int kind) {
+    switch (kind) {
+    case LIN_Q:
+    case LIN_K:
+    case LIN_V:
+        return 1;
+    case LIN_GATE:
+    case LIN_UP:
+        return 2;
+    case LIN_SH_GATE:
+    case LIN_SH_UP:
+        return 3;
+    case LIN_GDN_QKV:
+    case LIN_GDN_Z:
+        return 4;
+    case LIN_GDN_B:
+    case LIN_GDN_A:
+        return 5;
+    default:
+        return 0;
+    }
+}
+
+static float weight_amax(const Model* m, int i) {
+    float* tmp;
+    const float* w = model_linear_f32(m, i, &tmp);
+    float a = 0.0f;
+    for (size_t k = 0; k < (size_t)m->linears[i].out * m->linears[i].in; k++) a = fmaxf(a, fabsf(w[k]));
+    free(tmp);
+    return a;
+}
+
+// NVFP4 global amax of linear i: the largest over the siblings fused with it that take NVFP4 too, since a
+// fused module has one weight_global_scale (vLLM takes the max of its shards' and llm-compressor sets them
+// equal, the smallest global scale): every sibling's block scales are then relative to the same g.
+static float nvfp4_group_amax(const Model* m, const Format* fmts, const int* choice, int i) {
+    const Linear* l = &m->linears[i];
+    int u = fused_unit(l->kind);
+    float a = weight_amax(m, i);
+    for (int j = m->lin0[l->layer]; u && j < m->lin0[l->layer + 1]; j++) {
+        const Linear* o = &m->linears[j];
+        if (j != i && fused_unit(o->kind) == u && o->expert == l->expert && choice[j] >= 0 &&
+            quantize_is_nvfp4(fmts[choice[j]].w))
+            a = fmaxf(a, weight_amax(m, j));
+    }
+    return a;
+}
+
 void quantize_scales(float** scales, const Model* m, const Format* fmts, const int* choice) {
     for (int i = 0; i < m->n_linears; i++) {
         if (choice[i] < 0) continue;
         const Linear* l = &m->linears[i];
         QuantSpec q = fmts[choice[i]].w;
+        if (quantize_is_nvfp4(q)) {
+            scales[i] = xmalloc(sizeof(float) * ((size_t)l->out * quantize_scale_cols(q, l->in) + 1));
+            float* tmp;
+            nvfp4_scales(scales[i], model_linear_f32(m, i, &tmp), l->out, l->in,
+                         nvfp4_group_amax(m, fmts, choice, i));
+            free(tmp);
+            continue;
+        }
         char name[200];
         const StTensor* t = model_weight_tensor(m, i, name, sizeof(name));
         int bf16 = t && t->dtype == DT_BF16;
@@ -136,6 +216,17 @@ static float e4m3_value(uint8_t b) {
 
 void quantize_codes(int8_t* codes, const float* w, int out, int in, const float* sc, QuantSpec q, int bf) {
     int ng = quantize_scale_cols(q, in), bs = q.block ? q.block : in;
+    if (quantize_is_nvfp4(q)) { // codes 2 x the E2M1 value (-12 .. 12), on the scale the checkpoint loads
+        float G = sc[(size_t)out * ng];
+#pragma omp parallel for
+        for (int r = 0; r < out; r++)
+            for (int j = 0; j < in; j++) {
+                size_t k = (size_t)r * in + j;
+                float s = sc[(size_t)r * ng + j / 16] / G;
+                codes[k] = (int8_t)(s > 0 ? 2.0f * fp4_e2m1_round(w[k] / s) : 0.0f);
+            }
+        return;
+    }
     float lo = 0, hi = 0;
     if (q.kind == QUANT_INT) quant_bounds(q, &lo, &hi);
 #pragma omp parallel for
@@ -158,6 +249,17 @@ void quantize_codes(int8_t* codes, const float* w, int out, int in, const float*
 
 void quantize_dequant(float* wq, const int8_t* codes, int out, int in, const float* sc, QuantSpec q, int bf) {
     int ng = quantize_scale_cols(q, in), bs = q.block ? q.block : in;
+    if (quantize_is_nvfp4(q)) { // compressed-tensors: e2m1 x (weight_scale / weight_global_scale), to dtype
+        float G = sc[(size_t)out * ng];
+#pragma omp parallel for
+        for (int r = 0; r < out; r++)
+            for (int j = 0; j < in; j++) {
+                size_t k = (size_t)r * in + j;
+                float v = 0.5f * (float)codes[k] * (sc[(size_t)r * ng + j / 16] / G);
+                wq[k] = bf ? bf16_to_f32(f32_to_bf16(v)) : v;
+            }
+        return;
+    }
 #pragma omp parallel for
     for (int r = 0; r < out; r++)
         for (int j = 0; j < in; j++) {
@@ -212,13 +314,21 @@ int quantize_writable(const Format* f) {
     if (quant_is_int_rows(w)) return !f->in_enable || quant_is_int_rows(in); // int-quantized
     if (w.kind == QUANT_INT && w.bits == 4 && w.block == 128) return !f->in_enable || fp8_tokens; // pack
     if (w.kind == QUANT_FP8_E4M3 && w.block == 0) return !f->in_enable || fp8_tokens; // float-quantized
+    if (quantize_is_nvfp4(w)) return !f->in_enable || quantize_is_nvfp4(in);          // nvfp4-pack-quantized
     return 0;
 }
 
+// Integer weights packed into int32 words (pack-quantized): int4 groups, and every integer weight-only
+// format, as compressed-tensors infers it (its int-quantized compressor takes only schemes with input
+// activations). transformers 5.17 loads per-expert MoE weights only packed (or FP8): its
+// DecompressExperts reads weight_packed / weight_shape.
+static int packed_fmt(const Format* f) { return f->w.kind == QUANT_INT && (f->w.block || !f->in_enable); }
+
 // The compressed-tensors format a writable format is stored in.
 static const char* ct_format(const Format* f) {
+    if (quantize_is_nvfp4(f->w)) return "nvfp4-pack-quantized";
     if (f->w.kind == QUANT_FP8_E4M3) return "float-quantized";
-    return f->w.block ? "pack-quantized" : "int-quantized";
+    return packed_fmt(f) ? "pack-quantized" : "int-quantized";
 }
 
 // Whether source tensor t is a fused experts tensor, which the checkpoint stores per expert instead.
@@ -276,6 +386,33 @@ static void quantize_weights(Quantized* z, const Format* fmts, const Quantizer* 
     free(wq);
 }
 
+// NVFP4 inputs take one static global scale per linear in a served checkpoint (input_global_scale, as
+// llm-compressor's static_minmax observer calibrates it): 2688 / the largest |x| of the linear's input over
+// every calibration token of the unquantized model. (autoq's scores and eval use each token's own amax, §4.)
+static void nvfp4_input_scales(Quantized* z, const TokenIds* ids) {
+    const Model* m = z->m;
+    int L = m->c.num_layers, T = ids->t;
+    float* amax = xcalloc(m->n_linears, sizeof(float));
+    RunState s;
+    run_init(&s, m, T, 1);
+    for (int w = 0; w < ids->n; w++) {
+        model_forward(m, &s, ids->ids + (long)w * T, NULL);
+        for (int i = 0; i < m->n_linears; i++) {
+            if (z->choice[i] < 0 || !z->fmts[z->choice[i]].in_enable ||
+                !quantize_is_nvfp4(z->fmts[z->choice[i]].in))
+                continue;
+            const Linear* l = &m->linears[i];
+            const float* x = model_linear_input(&s, l);
+            for (size_t k = 0; k < (size_t)T * l->in; k++) amax[i] = fmaxf(amax[i], fabsf(x[k]));
+        }
+    }
+    (void)L;
+    for (int i = 0; i < m->n_linears; i++)
+        z->in_gscale[i] = amax[i] > QUANT_AMAX_MIN ? 2688.0f / amax[i] : 1.0f;
+    run_free(&s, m);
+    free(amax);
+}
+
 // ---- the compressed-tensors checkpoint ----
 
 static json_t* qargs(QuantSpec q, const char* strategy, int dynamic, const char* observer,
@@ -287,6 +424,16 @@ static json_t* qargs(QuantSpec q, const char* strategy, int dynamic, const char*
                      observer ? json_string(observer) : json_null(), "observer_kwargs", "scale_dtype",
                      "strategy", strategy, "symmetric", 1, "type", q.kind == QUANT_INT ? "int" : "float",
                      "zp_dtype");
+}
+
+// NVFP4's QuantizationArgs as compressed-tensors' NVFP4 preset spells them (E4M3 scales under a global one;
+// inputs dynamic per block under the calibrated static global scale).
+static json_t* qargs_nvfp4(int input) {
+    return json_pack("{s:n,s:n,s:o,s:i,s:i,s:s,s:{},s:s,s:s,s:b,s:s,s:s}", "actorder", "block_structure",
+                     "dynamic", input ? json_string("local") : json_false(), "group_size", 16, "num_bits", 4,
+                     "observer", input ? "static_minmax" : "memoryless_minmax", "observer_kwargs",
+                     "scale_dtype", "float8_e4m3fn", "strategy", "tensor_group", "symmetric", 1, "type",
+                     "float", "zp_dtype", "float8_e4m3fn");
 }
 
 // quantization_config as compressed-tensors writes it: a config group per format used, targets
@@ -320,10 +467,14 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
         const Format* f = &fmts[k];
         if (!fmt) fmt = ct_format(f);
         if (strcmp(fmt, ct_format(f))) fmt = "mixed-precision";
-        json_t* g = json_pack("{s:s,s:o,s:n,s:o,s:o}", "format", ct_format(f), "input_activations",
-                              f->in_enable ? qargs(f->in, "token", 1, NULL, NULL) : json_null(),
-                              "output_activations", "targets", targets, "weights",
-                              qargs(f->w, f->w.block ? "group" : "channel", 0, "memoryless_minmax", order));
+        int nv = quantize_is_nvfp4(f->w);
+        json_t* g = json_pack(
+            "{s:s,s:o,s:n,s:o,s:o}", "format", ct_format(f), "input_activations",
+            !f->in_enable ? json_null()
+            : nv          ? qargs_nvfp4(1)
+                          : qargs(f->in, "token", 1, NULL, NULL),
+            "output_activations", "targets", targets, "weights",
+            nv ? qargs_nvfp4(0) : qargs(f->w, f->w.block ? "group" : "channel", 0, "memoryless_minmax", order));
         char name[32];
         snprintf(name, sizeof(name), "group_%d", gi++);
         json_object_set_new(groups, name, g);
@@ -427,9 +578,24 @@ static void entry_header(json_t* hdr, const Quantized* z, Entry en, size_t* off)
     // the scale takes the source weight's dtype (BF16 or F32, checked by quantize_weights)
     DType d = z->sdtype[en.lin];
     QuantSpec q = z->fmts[z->choice[en.lin]].w;
-    int ng = quantize_scale_cols(q, l->in);
-    if (q.kind == QUANT_INT && q.block) { // pack-quantized: 8 int4 codes an int32, the shape beside them
-        int words = (l->in + 7) / 8;
+    if (quantize_is_nvfp4(q)) { // nvfp4-pack-quantized: two E2M1 codes a byte, E4M3 block scales, globals
+        snprintf(sname, sizeof(sname), "%s_packed", name);
+        header_add(hdr, sname, "U8", l->out, l->in / 2, off, (size_t)l->out * (l->in / 2));
+        snprintf(sname, sizeof(sname), "%s_scale", name);
+        header_add(hdr, sname, "F8_E4M3", l->out, l->in / 16, off, (size_t)l->out * (l->in / 16));
+        for (int k = 0; k < 1 + z->fmts[z->choice[en.lin]].in_enable; k++) {
+            char gname[280]; // <linear>.weight_global_scale, then <linear>.input_global_scale
+            snprintf(gname, sizeof(gname), "%s.%s_global_scale", l->name, k ? "input" : "weight");
+            json_object_set_new(hdr, gname,
+                                json_pack("{s:s,s:[i],s:[I,I]}", "dtype", "F32", "shape", 1, "data_offsets",
+                                          (json_int_t)*off, (json_int_t)(*off + 4)));
+            *off += 4;
+        }
+        return;
+    }
+    int ng = quantize_scale_cols(q, l->in), packed = packed_fmt(&z->fmts[z->choice[en.lin]]);
+    if (packed) { // pack-quantized: 32 / bits codes an int32, the shape beside them
+        int words = (int)(((long)l->in * q.bits + 31) / 32);
         snprintf(sname, sizeof(sname), "%s_packed", name);
         header_add(hdr, sname, "I32", l->out, words, off, (size_t)l->out * words * 4);
     } else {
@@ -438,7 +604,7 @@ static void entry_header(json_t* hdr, const Quantized* z, Entry en, size_t* off)
     }
     snprintf(sname, sizeof(sname), "%s_scale", name);
     header_add(hdr, sname, st_dtype_name(d), l->out, ng, off, (size_t)l->out * ng * (d == DT_BF16 ? 2 : 4));
-    if (q.kind == QUANT_INT && q.block) {
+    if (packed) {
         snprintf(sname, sizeof(sname), "%s_shape", name);
         json_object_set_new(hdr, sname,
                             json_pack("{s:s,s:[i],s:[I,I]}", "dtype", "I64", "shape", 2, "data_offsets",
@@ -463,14 +629,33 @@ static void entry_write(FILE* f, const Quantized* z, Entry en) {
         return;
     }
     QuantSpec q = z->fmts[z->choice[en.lin]].w;
-    int packed = q.kind == QUANT_INT && q.block, ng = quantize_scale_cols(q, l->in);
-    if (packed) { // compressed-tensors' pack_to_int32: code + 8, column 8k + i at bits 4i of word k
-        int words = (l->in + 7) / 8;
+    if (quantize_is_nvfp4(q)) { // pack_fp4_to_uint8: index | sign << 3, even column in the low nibble
+        static const uint8_t idx[13] = {0, 1, 2, 3, 4, 0, 5, 0, 6, 0, 0, 0, 7}; // by |2 x value|
+        const int8_t* c = z->codes[en.lin];
+        for (size_t k = 0; k < n; k += 2) {
+            uint8_t lo = idx[abs(c[k])] | (c[k] < 0) << 3, hi = idx[abs(c[k + 1])] | (c[k + 1] < 0) << 3;
+            uint8_t b = lo | hi << 4;
+            fwrite(&b, 1, 1, f);
+        }
+        int ng = quantize_scale_cols(q, l->in);
+        for (size_t r = 0; r < (size_t)l->out * ng; r++) {
+            uint8_t b = e4m3_byte(z->scales[en.lin][r]);
+            fwrite(&b, 1, 1, f);
+        }
+        fwrite(&z->scales[en.lin][(size_t)l->out * ng], 4, 1, f); // weight_global_scale
+        if (z->fmts[z->choice[en.lin]].in_enable) fwrite(&z->in_gscale[en.lin], 4, 1, f);
+        return;
+    }
+    int packed = packed_fmt(&z->fmts[z->choice[en.lin]]), ng = quantize_scale_cols(q, l->in);
+    if (packed) { // compressed-tensors' pack_to_int32: code + 2^(b-1), column c at bit b c of the row's words
+        int b = q.bits, per = 32 / b, words = (int)(((long)l->in * b + 31) / 32);
+        uint32_t mask = (1u << b) - 1;
         for (int r = 0; r < l->out; r++)
             for (int k = 0; k < words; k++) {
                 uint32_t u = 0;
-                for (int i = 0; i < 8 && 8 * k + i < l->in; i++)
-                    u |= (uint32_t)((z->codes[en.lin][(size_t)r * l->in + 8 * k + i] + 8) & 15) << (4 * i);
+                for (int i = 0; i < per && per * k + i < l->in; i++)
+                    u |= ((uint32_t)(z->codes[en.lin][(size_t)r * l->in + per * k + i] + (1 << (b - 1))) & mask)
+                         << (b * i);
                 fwrite(&u, 4, 1, f);
             }
     } else {
@@ -649,7 +834,8 @@ int cmd_quantize(Args* a) {
     int uses_kv = kv_recipe_uses_kv(recipe); // its scales are calibrated on the CPU engine: fp32 weights
     if (uses_kv && !d.path)
         fail_input("quantize: %s chooses a KV-cache format, whose scales need --data", recipe);
-    if ((q.kind == QUANTIZER_GPTQ && !q.use_gpu) || cfg.n_sparse || uses_kv)
+    int loaded = (q.kind == QUANTIZER_GPTQ && !q.use_gpu) || cfg.n_sparse || uses_kv, nv_in = 0;
+    if (loaded)
         model_load(&m, dir);
     else
         model_open(&m, dir);
@@ -659,8 +845,24 @@ int cmd_quantize(Args* a) {
     check_formats(recipe, fmts, nf, &m, choice);
     int* kv = xmalloc(sizeof(int) * m.c.num_layers);
     float* kv_scale = uses_kv ? kv_check(recipe, &m, fmts, nf, kv, allow_partial) : NULL;
+    nv_in = 0;
+    for (int i = 0; i < m.n_linears; i++) {
+        if (choice[i] < 0 || !fmts[choice[i]].in_enable || !quantize_is_nvfp4(fmts[choice[i]].in)) continue;
+        if (m.linears[i].expert >= 0)
+            fail_input("%s: formats[%d] ('%s'): NVFP4 inputs of experts (%s) are not written yet (their static "
+                       "input_global_scale is calibrated over the tokens routed to each expert)",
+                       recipe, choice[i], fmts[choice[i]].name, m.linears[i].name);
+        nv_in = 1;
+    }
+    if (nv_in && !d.path)
+        fail_input("quantize: NVFP4 inputs need --data: the checkpoint stores each linear's static "
+                   "input_global_scale, calibrated on it");
+    if (nv_in && !loaded) { // the calibration forward runs the fp32 model (same linears, same order)
+        model_free(&m);
+        model_load(&m, dir);
+    }
     TokenIds ids = {0};
-    if (q.kind == QUANTIZER_GPTQ || uses_kv) {
+    if (q.kind == QUANTIZER_GPTQ || nv_in || uses_kv) {
         d.model_dir = dir;
         d.vocab = m.c.vocab_size;
         d.eos = m.c.eos_token_id;
@@ -674,11 +876,13 @@ int cmd_quantize(Args* a) {
                    xcalloc(m.n_linears, sizeof(float*)),
                    xcalloc(m.n_linears, sizeof(DType)),
                    fmts,
-                   kv_scale};
+                   kv_scale,
+                   xcalloc(m.n_linears, sizeof(float))};
     if (kv_scale) { // calibrated on the unquantized model, as the scores' K and V
         kv_calibrate(&m, &ids, kv_scale);
         for (int l = 0; l < 2 * m.c.num_layers; l++) kv_scale[l] = kv_fp8_scale(kv_scale[l]);
     }
+    if (nv_in) nvfp4_input_scales(&z, &ids);
     // room for the weights before any compute (a full disk later still fails cleanly)
     size_t need = write_safetensors(NULL, &z, 1);
     struct statvfs sv;
@@ -705,7 +909,8 @@ int cmd_quantize(Args* a) {
              quantizer_name(&q), bytes / 1048576.0, out, time_now() - t0);
     json_decref(qc);
     for (int i = 0; i < m.n_linears; i++) free(z.codes[i]), free(z.scales[i]);
-    free(z.codes), free(z.scales), free(z.sdtype), free(st), free(tmp), free(choice), free(out_buf);
+    free(z.codes), free(z.scales), free(z.sdtype), free(z.in_gscale), free(st), free(tmp), free(choice),
+        free(out_buf);
     free(kv), free(kv_scale);
     if (ids.ids) token_ids_free(&ids);
     model_free(&m);

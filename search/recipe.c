@@ -118,10 +118,14 @@ static int64_t choice_bits(const SearchCtx* c, Cost k, Bits b, int g, int f) {
 
 // misfit (nf, ng): 1 where format f's blocks do not divide the input width of a member of group g
 // (format_misfit_block, README §5); says which groups and why, once per format.
-static uint8_t* search_misfits(const ScoreTable* t, int warn) {
+static uint8_t* search_misfits(const SearchCtx* c, int warn) {
+    const ScoreTable* t = c->t;
     uint8_t* mis = xcalloc((size_t)t->nf * t->ng + 1, 1);
     for (int f = 0; f < t->nf; f++) // KV-cache formats are the KV-cache groups' choices only (README §5)
-        for (int g = 0; g < t->ng; g++) mis[(size_t)f * t->ng + g] = !table_fits(t, f, g);
+        for (int g = 0; g < t->ng; g++) {
+            size_t i = (size_t)f * t->ng + g; // and --target's engine's unserved formats are never offered
+            mis[i] = !table_fits(t, f, g) || (c->deny && c->deny[i]);
+        }
     for (int f = 0; f < t->nf; f++) {
         int n = 0, block = 0;
         char names[512] = "";
@@ -146,7 +150,7 @@ static uint8_t* search_misfits(const ScoreTable* t, int warn) {
 
 double search_min_budget(const SearchCtx* c) {
     int64_t cost = c->mem.on ? mem_fixed_total(c) : c->fixed[c->cost][c->scope];
-    uint8_t* misfit = search_misfits(c->t, 0);
+    uint8_t* misfit = search_misfits(c, 0);
     for (int g = 0; g < c->t->ng; g++) {
         if (c->t->disabled[g]) continue;
         int64_t best = choice_cost(c, c->cost, c->bits, g, -1);
@@ -188,7 +192,7 @@ static void measure_bits(const SearchCtx* c, Solution* s) {
 }
 
 int64_t search_choice_cost(const SearchCtx* c, int g, int f) { return choice_cost(c, c->cost, c->bits, g, f); }
-uint8_t* search_misfit_table(const SearchCtx* c) { return search_misfits(c->t, 0); }
+uint8_t* search_misfit_table(const SearchCtx* c) { return search_misfits(c, 0); }
 int64_t search_cap(const SearchCtx* c, double budget) {
     if (c->mem.on) return (int64_t)budget * 8 - mem_fixed_total(c);
     return (int64_t)floor(budget * c->total[c->cost][c->scope] + 1e-6) - c->fixed[c->cost][c->scope];
@@ -208,7 +212,7 @@ static void infeasible(const SearchCtx* c, double budget, double minb, const cha
 
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out) {
     const ScoreTable* t = c->t;
-    uint8_t* misfit = search_misfits(t, !c->quiet);
+    uint8_t* misfit = search_misfits(c, !c->quiet);
     int* gidx = xmalloc(sizeof(int) * (t->ng + 1));
     KsItem* items = xcalloc(t->ng + 1, sizeof(KsItem));
     int n = 0;

@@ -62,6 +62,7 @@ typedef struct {
     long* gkvv;           // (ng) K and V values per token of a KV-cache group (0 for the rest)
     int64_t mem_fixed[4]; // bits every recipe stores: [MEM_LINEARS] disabled linears, [MEM_OTHER], [MEM_KV] the
                           // KV caches of layers without an enabled KV-cache group (bf16), [MEM_OVERHEAD]
+    const uint8_t* deny;  // (nf, ng) 1 where --target's engine does not serve format f (target.h), or NULL
 } SearchCtx;
 
 // A byte budget over the table (after search_init): exits 2 when the scores file predates /memory.

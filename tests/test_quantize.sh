@@ -153,9 +153,9 @@ sed 's/model.layers.0.self_attn.q_proj/model.layers.0.self_attn.x_proj/' "$tmp/a
 expect "recipe for another model" "is not a linear of" $AQ quantize $M --recipe "$tmp/other.json" --out "$tmp/o1"
 sed 's/"choice": "w4a8"/"choice": "w3a8"/' "$tmp/all.json" >"$tmp/unk.json"
 expect "unknown format in recipe" "neither bf16 nor a listed format" $AQ quantize $M --recipe "$tmp/unk.json" --out "$tmp/o2"
-$AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format nvfp4 --budget 5 \
-    --out "$tmp/fp4r.json" >/dev/null 2>&1 || fail "nvfp4 recipe"
-expect "quantize refuses an E2M1 format" "not written yet" $AQ quantize $M --recipe "$tmp/fp4r.json" --out "$tmp/o4"
+$AQ search $M --data $D --num-samples 1 --method gradient --device cpu --format mxfp4 --budget 5 \
+    --out "$tmp/fp4r.json" >/dev/null 2>&1 || fail "mxfp4 recipe"
+expect "quantize refuses MXFP4 (NVFP4 is written: test_deploy.sh)" "MXFP4 is not written yet" $AQ quantize $M --recipe "$tmp/fp4r.json" --out "$tmp/o4"
 expect "gptq refuses a float format" "takes integer per-channel weight formats" $AQ score $M --data $D --num-samples 1 \
     --method gradient --device cpu --format fp8 --quantizer gptq
 expect "gptq needs --data" "needs --data" $AQ quantize $M --recipe "$tmp/all.json" --quantizer gptq --out "$tmp/o3"
