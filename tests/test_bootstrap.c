@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "synth_table.h"
 #include "search/bootstrap.h"
 #include "search/milp.h"
 
@@ -17,42 +18,12 @@ static const double k_ws[NW][NF][NG] = {
     {{0.9, 1.7, 2.4}, {0.09, 0.19, 0.26}},
 };
 
-static char* dup(const char* s) { return strdup(s); }
-
 static void make_table(ScoreTable* t, int windows) {
-    memset(t, 0, sizeof(*t));
-    snprintf(t->model, sizeof(t->model), "tests/bootstrap-case");
-    snprintf(t->method, sizeof(t->method), "kl");
-    snprintf(t->numerics, sizeof(t->numerics), "modelopt");
-    snprintf(t->quantizer, sizeof(t->quantizer), "rtn");
+    synth_table_init(t, "tests/bootstrap-case", NG, NW);
     snprintf(t->disabled_csv, sizeof(t->disabled_csv), "*lm_head*");
-    t->nf = NF;
-    format_load(&t->fmts[0], "w4a8", 0);
-    format_load(&t->fmts[1], "w8a8", 0);
-    t->num_samples = NW;
-    t->seq_len = 8;
-    t->ng = t->nl = NG;
-    t->gname = calloc(NG, sizeof(char*));
-    t->gmembers = calloc(NG, sizeof(char*));
-    t->lname = calloc(NG, sizeof(char*));
-    t->params = calloc(NG, sizeof(long));
-    t->active = calloc(NG, sizeof(long));
-    t->disabled = calloc(NG, 1);
-    t->score = calloc(NF * NG, sizeof(double));
-    t->lshape = calloc(2 * NG, sizeof(long));
-    t->lgroup = calloc(NG, sizeof(int));
-    for (int g = 0; g < NG; g++) {
-        char name[64];
-        snprintf(name, sizeof(name), "model.layers.%d.mlp.down_proj", g);
-        t->gname[g] = dup(name);
-        t->gmembers[g] = dup(name);
-        t->lname[g] = dup(name);
-        t->params[g] = t->active[g] = 128 * 256;
-        t->lshape[2 * g] = 128, t->lshape[2 * g + 1] = 256;
-        t->lgroup[g] = g;
+    for (int g = 0; g < NG; g++)
         for (int f = 0; f < NF; f++)
             for (int w = 0; w < NW; w++) t->score[f * NG + g] += k_ws[w][f][g];
-    }
     if (!windows) return;
     t->nw = NW;
     t->wscore = malloc(sizeof(k_ws));
@@ -87,46 +58,20 @@ static const double k_ds[DD][NF][DG] = {
 static const int k_dn[DD] = {2, 3};
 
 static void make_domains(ScoreTable* t) {
-    memset(t, 0, sizeof(*t));
-    snprintf(t->model, sizeof(t->model), "tests/domains-case");
-    snprintf(t->method, sizeof(t->method), "kl");
-    snprintf(t->numerics, sizeof(t->numerics), "modelopt");
-    snprintf(t->quantizer, sizeof(t->quantizer), "rtn");
+    synth_table_init(t, "tests/domains-case", DG, k_dn[0] + k_dn[1]);
     snprintf(t->disabled_csv, sizeof(t->disabled_csv), "*lm_head*");
-    t->nf = NF;
-    format_load(&t->fmts[0], "w4a8", 0);
-    format_load(&t->fmts[1], "w8a8", 0);
-    t->num_samples = k_dn[0] + k_dn[1];
-    t->seq_len = 8;
-    t->ng = t->nl = DG;
-    t->gname = calloc(DG, sizeof(char*));
-    t->gmembers = calloc(DG, sizeof(char*));
-    t->lname = calloc(DG, sizeof(char*));
-    t->params = calloc(DG, sizeof(long));
-    t->active = calloc(DG, sizeof(long));
-    t->disabled = calloc(DG, 1);
-    t->score = calloc(NF * DG, sizeof(double));
-    t->lshape = calloc(2 * DG, sizeof(long));
-    t->lgroup = calloc(DG, sizeof(int));
     t->nd = DD;
     snprintf(t->dname[0], sizeof(t->dname[0]), "code");
     snprintf(t->dname[1], sizeof(t->dname[1]), "prose");
     t->dscore = malloc(sizeof(k_ds));
     memcpy(t->dscore, k_ds, sizeof(k_ds));
-    for (int g = 0; g < DG; g++) {
-        char name[64];
-        snprintf(name, sizeof(name), "model.layers.%d.mlp.down_proj", g);
-        t->gname[g] = dup(name);
-        t->gmembers[g] = dup(name);
-        t->lname[g] = dup(name);
-        t->params[g] = t->active[g] = 128 * 256 * (g == 1 ? 2 : 1);
-        t->lshape[2 * g] = 128 * (g == 1 ? 2 : 1), t->lshape[2 * g + 1] = 256;
-        t->lgroup[g] = g;
+    t->params[1] = t->active[1] = 128 * 256 * 2; // one group twice as large
+    t->lshape[2] = 128 * 2;
+    for (int g = 0; g < DG; g++)
         for (int d = 0; d < DD; d++) {
             t->dsamples[d] = k_dn[d];
             for (int f = 0; f < NF; f++) t->score[f * DG + g] += k_ds[d][f][g];
         }
-    }
 }
 
 // Brute force over all 3^4 assignments: the smallest objective (max, or weights w) within budget.

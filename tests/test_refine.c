@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "synth_table.h"
 #include "search/refine.h"
 
 enum { NG = 4, NF = 2, NC = NF + 1 };
@@ -13,37 +14,9 @@ enum { NG = 4, NF = 2, NC = NF + 1 };
 static const double k_score[NF][NG] = {{1.0, 2.0, 1.9, 0.5}, {0.1, 0.2, 0.2, 0.05}};
 
 static void make_table(ScoreTable* t) {
-    memset(t, 0, sizeof(*t));
-    snprintf(t->model, sizeof(t->model), "tests/refine-case");
-    snprintf(t->method, sizeof(t->method), "kl");
-    snprintf(t->numerics, sizeof(t->numerics), "modelopt");
-    snprintf(t->quantizer, sizeof(t->quantizer), "rtn");
-    t->nf = NF;
-    format_load(&t->fmts[0], "w4a8", 0);
-    format_load(&t->fmts[1], "w8a8", 0);
-    t->num_samples = 2;
-    t->seq_len = 8;
-    t->ng = t->nl = NG;
-    t->gname = calloc(NG, sizeof(char*));
-    t->gmembers = calloc(NG, sizeof(char*));
-    t->lname = calloc(NG, sizeof(char*));
-    t->params = calloc(NG, sizeof(long));
-    t->active = calloc(NG, sizeof(long));
-    t->disabled = calloc(NG, 1);
-    t->score = calloc(NF * NG, sizeof(double));
-    t->lshape = calloc(2 * NG, sizeof(long));
-    t->lgroup = calloc(NG, sizeof(int));
-    for (int g = 0; g < NG; g++) {
-        char name[64];
-        snprintf(name, sizeof(name), "model.layers.%d.mlp.down_proj", g);
-        t->gname[g] = strdup(name);
-        t->gmembers[g] = strdup(name);
-        t->lname[g] = strdup(name);
-        t->params[g] = t->active[g] = 128 * 256;
-        t->lshape[2 * g] = 128, t->lshape[2 * g + 1] = 256;
-        t->lgroup[g] = g;
+    synth_table_init(t, "tests/refine-case", NG, 2);
+    for (int g = 0; g < NG; g++)
         for (int f = 0; f < NF; f++) t->score[f * NG + g] = k_score[f][g];
-    }
 }
 
 static int64_t cost_of(const SearchCtx* c, const int* sel) {

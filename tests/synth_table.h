@@ -1,0 +1,43 @@
+// A small synthetic scores table for the search tests (test_bootstrap.c, test_refine.c): ng groups
+// "model.layers.g.mlp.down_proj" of one 128 x 256 linear each, formats w4a8 and w8a8, kl scores, all zero
+// (the test fills t->score).
+#pragma once
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "scoring/format.h"
+#include "scoring/table.h"
+
+static void synth_table_init(ScoreTable* t, const char* model, int ng, int num_samples) {
+    memset(t, 0, sizeof(*t));
+    snprintf(t->model, sizeof(t->model), "%s", model);
+    snprintf(t->method, sizeof(t->method), "kl");
+    snprintf(t->numerics, sizeof(t->numerics), "modelopt");
+    snprintf(t->quantizer, sizeof(t->quantizer), "rtn");
+    t->nf = 2;
+    format_load(&t->fmts[0], "w4a8", 0);
+    format_load(&t->fmts[1], "w8a8", 0);
+    t->num_samples = num_samples;
+    t->seq_len = 8;
+    t->ng = t->nl = ng;
+    t->gname = calloc(ng, sizeof(char*));
+    t->gmembers = calloc(ng, sizeof(char*));
+    t->lname = calloc(ng, sizeof(char*));
+    t->params = calloc(ng, sizeof(long));
+    t->active = calloc(ng, sizeof(long));
+    t->disabled = calloc(ng, 1);
+    t->score = calloc((size_t)t->nf * ng, sizeof(double));
+    t->lshape = calloc(2 * (size_t)ng, sizeof(long));
+    t->lgroup = calloc(ng, sizeof(int));
+    for (int g = 0; g < ng; g++) {
+        char name[64];
+        snprintf(name, sizeof(name), "model.layers.%d.mlp.down_proj", g);
+        t->gname[g] = strdup(name);
+        t->gmembers[g] = strdup(name);
+        t->lname[g] = strdup(name);
+        t->params[g] = t->active[g] = 128 * 256;
+        t->lshape[2 * g] = 128, t->lshape[2 * g + 1] = 256;
+        t->lgroup[g] = g;
+    }
+}
