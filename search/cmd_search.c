@@ -331,6 +331,7 @@ int cmd_search(Args* a) {
     solve_point(&ctx, &obj, b, &main_sol);
     int* choice = have_model ? xmalloc(sizeof(int) * j.model.n_linears) : NULL;
     int* kv = have_model ? xmalloc(sizeof(int) * j.model.c.num_layers) : NULL;
+    for (int l = 0; kv && l < j.model.c.num_layers; l++) kv[l] = -1; // bf16 KV caches until a recipe's are set
     verify_set_kv(kv);
     // --refine's measured neighbours are weight recipes: a KV-cache choice would not reach its measurements.
     for (int g = 0; refine && g < t.ng; g++)
