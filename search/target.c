@@ -229,7 +229,20 @@ static void check_fused_groups(const Target* t, const ScoreTable* st) {
 uint8_t* target_deny_table(const Target* t, const ScoreTable* st) {
     check_fused_groups(t, st);
     uint8_t* deny = xcalloc((size_t)st->nf * st->ng + 1, 1);
+    const char* kvs[8];
+    int nkv = target_kv_formats(t, kvs, 8);
     for (int f = 0; f < st->nf; f++) {
+        if (st->fmts[f].kv) { // a KV-cache format: offered where the profile's kv_cache_formats serve it
+            const char* kk = st->fmts[f].kvq.kind == QUANT_FP8_E4M3 ? "fp8_e4m3" : "nvfp4";
+            int ok = 0;
+            for (int i = 0; i < nkv; i++) ok |= strcmp(kvs[i], kk) == 0;
+            if (ok) continue;
+            for (int g = 0; g < st->ng; g++) deny[(size_t)f * st->ng + g] = 1;
+            warn_msg("--target %s --arch %s: KV-cache format '%s' (%s) is not offered: the profile's "
+                     "kv_cache_formats do not serve it on this architecture [%s]",
+                     t->name, t->arch, st->fmts[f].name, kk, t->path);
+            continue;
+        }
         const char *why, *src, *kind = target_format_kind(&st->fmts[f]);
         TargetStatus s = target_kind_status(t, kind, &why, &src);
         if (s == TS_NATIVE) continue;

@@ -295,3 +295,18 @@ if $AQ score $T --data "$tmp/tiny_ids.npy" --method kl --format kv_fp8 --device 
 else
     expect "KV-cache formats on the CUDA engine" "KV-cache format" $AQ score $T --data "$tmp/tiny_ids.npy" --method kl --format kv_fp8 --device cuda
 fi
+
+# --target: a KV-cache format is offered where the profile's kv_cache_formats serve it (vLLM: FP8 E4M3 on
+# Hopper and Blackwell, no FP4 cache), never filtered as a weight format.
+$AQ score tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 2 --seq-len 32 \
+    --method kl --format w8a8,kv_fp8,kv_nvfp4 --device cpu --out "$tmp/tg.h5" >/dev/null 2>&1 || fail "score for --target"
+$AQ search --scores "$tmp/tg.h5" --memory-budget 3MiB --context 4096 --batch 2 --overhead 0 --target vllm --arch sm90 --out "$tmp/tg.json" >/dev/null 2>"$tmp/tg.err" || fail "search --target vllm: $(tail -2 "$tmp/tg.err")"
+if ! grep -q "'kv_fp8'.*not offered" "$tmp/tg.err" && grep -q "KV-cache format 'kv_nvfp4' (nvfp4) is not offered" "$tmp/tg.err" &&
+    python3 -c "
+import json, sys
+r = json.load(open(sys.argv[1]))
+ch = {g['name']: g['choice'] for g in r['groups']}
+kv = [c for n, c in ch.items() if n.endswith('kv_cache')]
+assert kv and 'kv_nvfp4' not in kv and 'kv_fp8' in kv, ch
+" "$tmp/tg.json"; then pass "--target vllm: kv_fp8 offered (and chosen under 3 MiB at 4096 x 2), kv_nvfp4 not"
+else fail "--target vllm and KV-cache formats: $(cat "$tmp/tg.err" | head -3)"; fi
