@@ -29,7 +29,16 @@ enum {
 // (args_refuse): scoring a model (search without --scores), calibration data and the quantizer
 // (search --scores without --verify), gen's --ids, eval --format, plain eval, search --refine's settings,
 // search --memory-budget's.
-enum { G_SCORE = 1, G_DATA = 2, G_QUANT = 4, G_IDS = 8, G_FORMAT = 16, G_PLAIN = 32, G_REFINE = 64, G_MEM = 128 };
+enum {
+    G_SCORE = 1,
+    G_DATA = 2,
+    G_QUANT = 4,
+    G_IDS = 8,
+    G_FORMAT = 16,
+    G_PLAIN = 32,
+    G_REFINE = 64,
+    G_MEM = 128
+};
 
 // One option, or a positional argument when name does not start with '-'.
 typedef struct {

@@ -158,7 +158,8 @@ struct GpuEngine {
     GpuHybrid hy;   // hybrid families only (hy.on == 0 otherwise)
     GpuCapture cap; // gpu_set_capture: sees each dense linear's fp32 input
     void* cap_ctx;
-    int up_now; // upload_to copies at once on its own stream (streaming: into a layer slot no queued work reads)
+    int up_now; // upload_to copies at once on its own stream (streaming: into a layer slot no queued work
+                // reads)
     size_t free0, min_free;
     struct Prof* prof; // AUTOQ_GPU_PROFILE=1: time per part of the pass
     void** allocs;     // every cudaMalloc, freed by gpu_engine_free
@@ -247,8 +248,8 @@ void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w
 void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
                  const float* y, int M);
 // gpu_moe.cu: the MLP half of a sparse layer, from e->m_ / e->m16 (the post-attention norm's output)
-void moe_alloc(GpuEngine* e, int grad); // grad: the backward's buffers
+void moe_alloc(GpuEngine* e, int grad);                       // grad: the backward's buffers
 void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc); // into g, its buffers allocated first with alloc
-void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f); // given set f, or quantized with w
+void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f);   // given set f, or quantized with w
 void moe_forward(GpuEngine* e, int l, int M); // h += the block output (kept in moe.y in gradient passes)
 void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx); // dh in, e->dm out

@@ -39,7 +39,8 @@ static double fixed_mem(const Config* c, int gradient, int T, int B, int last) {
     double qd = (double)c->num_heads * c->head_dim, kvd = (double)c->num_kv_heads * c->head_dim;
     double act = 4 * M * (8 * D + 4 * qd + 4 * kvd + 6 * I) + 8.0 * B * c->num_heads * T * T;
     double most = 0; // the largest layer: the plan's int8 pool
-    for (int l = 0; l < c->num_layers; l++) most = shard_layer_bytes(c, l) / 2 > most ? shard_layer_bytes(c, l) / 2 : most;
+    for (int l = 0; l < c->num_layers; l++)
+        most = shard_layer_bytes(c, l) / 2 > most ? shard_layer_bytes(c, l) / 2 : most;
     if (c->n_sparse) act += 4 * M * c->top_k * (D + 3.0 * c->moe_intermediate);
     return (gradient ? 2 : 1) * act + most + (last ? 2 * 4 * M * V + 2 * D : 0) + 1073741824.0;
 }

@@ -36,7 +36,7 @@ typedef struct {
     const Format* fmts; // the recipe's formats, choice[i]'s
     // (2 num_layers) each full-attention layer's k_scale and v_scale (an E4M3 KV cache), or NULL (kv_scales.h)
     const float* kv_scale;
-    float* in_gscale;   // (n_linears) NVFP4 inputs: input_global_scale, 2688 / the calibrated input amax
+    float* in_gscale; // (n_linears) NVFP4 inputs: input_global_scale, 2688 / the calibrated input amax
 } Quantized;
 
 // The folder --out goes in (never empty: outdir_check refused an empty --out).

@@ -233,7 +233,8 @@ static void apply(int* x, const int* base, int ng, const Cand* m) {
         if (m->g[i] >= 0) x[m->g[i]] = m->k[i];
 }
 
-static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solution* plain, const RefineOpts* opt) {
+static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solution* plain,
+                     const RefineOpts* opt) {
     const ScoreTable* t = c->t;
     memset(s, 0, sizeof(*s));
     s->c = c;
