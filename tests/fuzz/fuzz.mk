@@ -17,7 +17,7 @@ FUZZ_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
 FUZZ_LIBS := -L/usr/lib/x86_64-linux-gnu/hdf5/serial -ljansson -lhdf5 -lpcre2-8 -lutf8proc -lm
 FUZZ_LIB_SRC := engine/util.c engine/input.c engine/args.c engine/paths.c engine/arch.c engine/config.c engine/safetensors.c engine/model.c datasets/tokenizer.c \
                 datasets/npy.c datasets/data.c scoring/format.c scoring/table.c scoring/table_h5.c \
-                search/recipe_read.c
+                scoring/groups.c search/recipe_read.c
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC)) $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_common.o
 FUZZ_CI_TARGETS ?= $(FUZZ_TARGETS)
 FUZZ_BINS := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
