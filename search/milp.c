@@ -85,6 +85,30 @@ static void solve_weighted(const SearchCtx* c, const Objective* o, double budget
     free(tb.score);
 }
 
+// Solves lp exactly (a proven optimum, no gap). col[g nc + k] is group g's column for choice k - 1 (k >= 1;
+// 0 where the choice is not offered); sel[g] gets the chosen format, -1 for bf16, *obj the optimum.
+// Returns 0, or -1 when the programme has no feasible solution; exits on a GLPK failure.
+static int milp_run(glp_prob* lp, const int* col, int ng, int nc, int* sel, double* obj, const char* what) {
+    glp_iocp parm;
+    glp_init_iocp(&parm);
+    parm.presolve = GLP_ON;
+    parm.msg_lev = GLP_MSG_OFF;
+    parm.mip_gap = 0.0;
+    int rc = glp_intopt(lp, &parm), st = glp_mip_status(lp);
+    if (rc == 0 && st == GLP_OPT) {
+        *obj = glp_mip_obj_val(lp);
+        for (int g = 0; g < ng; g++) {
+            sel[g] = -1;
+            for (int k = 1; k < nc; k++)
+                if (col[g * nc + k] && glp_mip_col_val(lp, col[g * nc + k]) > 0.5) sel[g] = k - 1;
+        }
+        return 0;
+    }
+    if (rc != 0 && rc != GLP_ENOPFS && rc != GLP_ENODFS)
+        fail_other("search: GLPK failed on %s (glp_intopt %d)", what, rc);
+    return -1;
+}
+
 int milp_solve_max(const SearchCtx* c, double budget, int* sel, double* z) {
     const ScoreTable* t = c->t;
     int ng = t->ng, nf = t->nf, nd = t->nd;
@@ -135,24 +159,7 @@ int milp_solve_max(const SearchCtx* c, double budget, int* sel, double* z) {
                 }
     }
     glp_load_matrix(lp, nnz, ia, ja, ar);
-    glp_iocp parm;
-    glp_init_iocp(&parm);
-    parm.presolve = GLP_ON;
-    parm.msg_lev = GLP_MSG_OFF;
-    parm.mip_gap = 0.0; // exact: proven optimal, not within a gap
-    int rc = glp_intopt(lp, &parm), st = glp_mip_status(lp);
-    int res = -1;
-    if (rc == 0 && st == GLP_OPT) {
-        res = 0;
-        *z = glp_mip_obj_val(lp);
-        for (int g = 0; g < ng; g++) {
-            sel[g] = -1;
-            for (int k = 1; k <= nf; k++)
-                if (col[g * (nf + 1) + k] && glp_mip_col_val(lp, col[g * (nf + 1) + k]) > 0.5) sel[g] = k - 1;
-        }
-    } else if (rc != 0 && rc != GLP_ENOPFS && rc != GLP_ENODFS) {
-        fail_other("search: GLPK failed on the max objective's programme (glp_intopt %d)", rc);
-    }
+    int res = milp_run(lp, col, ng, nf + 1, sel, z, "the max objective's programme");
     glp_delete_prob(lp);
     free(ia), free(ja), free(ar), free(col), free(misfit);
     return res;
@@ -241,24 +248,7 @@ int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, c
     }
 #undef NZ
     glp_load_matrix(lp, nnz, ia, ja, ar);
-    glp_iocp parm;
-    glp_init_iocp(&parm);
-    parm.presolve = GLP_ON;
-    parm.msg_lev = GLP_MSG_OFF;
-    parm.mip_gap = 0.0;
-    int rc = glp_intopt(lp, &parm), st = glp_mip_status(lp);
-    int res = -1;
-    if (rc == 0 && st == GLP_OPT) {
-        res = 0;
-        *value = glp_mip_obj_val(lp);
-        for (int g = 0; g < ng; g++) {
-            sel[g] = -1;
-            for (int k = 1; k < nc; k++)
-                if (col[g * nc + k] && glp_mip_col_val(lp, col[g * nc + k]) > 0.5) sel[g] = k - 1;
-        }
-    } else if (rc != 0 && rc != GLP_ENOPFS && rc != GLP_ENODFS) {
-        fail_other("search: GLPK failed on the refinement's programme (glp_intopt %d)", rc);
-    }
+    int res = milp_run(lp, col, ng, nc, sel, value, "the refinement's programme");
     glp_delete_prob(lp);
     free(ia), free(ja), free(ar), free(col), free(tcol), free(misfit);
     return res;
