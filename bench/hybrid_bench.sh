@@ -13,8 +13,8 @@
 #   AQ=path/to/autoq PY=python3 FLA_WHL=path/to/fla_core-0.6.0-py3-none-any.whl bash bench/hybrid_bench.sh OUTDIR
 # Environment: FLA_WHL, the fla-core wheel (and einops', space-separated), installed with pip --no-deps when
 # fla does not import (fla needs einops and triton); BUDGET seconds for the whole run (570); WORK checkpoint folder (/dev/shm/autoq-hybrid
-# when it has room for 70 GiB, else /tmp/autoq-hybrid); N (128), KL_N (16), KL_N2 (128), PT_KL_N (KL_N),
-# PT_KL_GROUPS (0: all), ACC_N (8) windows; PT_BATCH largest PyTorch gradient batch tried (4; 8 on cards
+# when it has room for 70 GiB, else /tmp/autoq-hybrid); N (128), KL_N (16), KL_N2 (128; 0 skips it), PT_KL_N (KL_N),
+# PT_KL_GROUPS (0: all), ACC_N (8) windows; ACCURACY=0 or SPEED=0 skips that part; KEEP=1 keeps the generated model and reuses one already there; TORCH=0 skips PyTorch; PT_BATCH largest PyTorch gradient batch tried (4; 8 on cards
 # over 100 GB); LAYERS (the preset's) to bench fewer layers; for a dry run on a machine without a GPU:
 # DEVICE=cpu PRESET=qwen3.5-moe-small.
 set -u
@@ -84,23 +84,28 @@ if [ "${ACCURACY:-1}" != 0 ]; then
 fi
 
 # 2. Speed: the full shape.
+[ "${SPEED:-1}" = 0 ] && { echo "== report"; $PY "$bench/moe_report.py" "$out"; exit 0; }
 m=$work/$preset
 echo "== speed: $preset shape, windows of 512 tokens, gradient $n windows, kl $kl_n windows"
-step gen 150 "$AQ" gen "$m" --preset "$preset" $layers --seed 1 --ids "$work/ids.npy" --num-samples "$n" --seq-len 512 &&
-    grep -h "gen: wrote $m " "$out/gen.log" | sed 's/^/   /'
+if [ "${KEEP:-0}" = 1 ] && [ -f "$m/config.json" ] && [ -f "$work/ids.npy" ]; then
+    echo "   gen: kept from an earlier run in $m"
+else
+    step gen 150 "$AQ" gen "$m" --preset "$preset" $layers --seed 1 --ids "$work/ids.npy" --num-samples "$n" --seq-len 512 &&
+        grep -h "gen: wrote $m " "$out/gen.log" | sed 's/^/   /'
+fi
 aq_score gradient_autoq 180 "$m" "$work/ids.npy" gradient --gpu-gemm bf16
 aq_score kl_autoq 150 "$m" "$work/ids.npy" kl --num-samples "$kl_n"
-aq_score kl_autoq_all 300 "$m" "$work/ids.npy" kl --num-samples "$kl_n2"
+[ "$kl_n2" -gt 0 ] && aq_score kl_autoq_all 300 "$m" "$work/ids.npy" kl --num-samples "$kl_n2"
 grep -h "tokens/s\|GPU memory" "$out/gradient_autoq.log" "$out/kl_autoq.log" "$out/kl_autoq_all.log" 2>/dev/null | sed 's/^/   /'
 # PyTorch: one load for both methods; kl first (prefix reuse, its fastest batch), then the gradient until
 # the budget ends.
 tl=$(($(left) - 45)) # its own deadline, before the time-out: it writes what it measured
 [ "$tl" -lt 1 ] && tl=1
-step torch 100000 "$PY" "$bench/torch_hybrid_scores.py" "$m" "$work/ids.npy" --method kl,gradient --dtype bfloat16 \
+[ "${TORCH:-1}" = 0 ] || step torch 100000 "$PY" "$bench/torch_hybrid_scores.py" "$m" "$work/ids.npy" --method kl,gradient --dtype bfloat16 \
     --device "$dev" --batch-size "$pt_batch" --num-samples "$n" --kl-num-samples "$pt_kl_n" \
     --max-groups "$pt_kl_groups" --extrapolate-windows "$kl_n" --time-limit "$tl" --out "$out/{method}_torch.json"
 grep -h "^(b)" "$out/torch.log" | cut -c1-400 | sed 's/^/   /'
-rm -rf "$m" "$work/ids.npy"
+[ "${KEEP:-0}" = 1 ] || rm -rf "$m" "$work/ids.npy"
 
 echo "== report"
 $PY "$bench/moe_report.py" "$out"
