@@ -12,13 +12,17 @@ forward_keeping_inputs, its fastest batch) with the hybrid groups:
   mlp.shared_expert.down_proj; a dense layer: mlp.gate_up, mlp.down_proj.
 
 The Gated DeltaNet core is transformers' own: flash-linear-attention's Triton kernels when `fla` imports (on
-a GPU; install the fla-core wheel), else transformers' PyTorch reference (the CPU checks). The JSON's settings
-say which ran (`gated_delta_rule`).
+a GPU; install the fla-core wheel), else transformers' PyTorch reference (the CPU checks). GATED_DELTA=torch
+in the environment forces the reference (float32 accuracy runs; and the gradient on Hopper, where fla 0.6.0's
+backward refuses the Triton that torch 2.11 brings, < 3.7.1, fla issue #640). The log says which ran.
 
 usage: torch_hybrid_scores.py MODEL IDS.npy [torch_moe_scores.py's options]
 """
 import os
 import sys
+
+if os.environ.get("GATED_DELTA") == "torch":
+    sys.modules["fla"] = None  # transformers resolves its kernels at import: make `import fla` fail first
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_moe_scores as moe  # noqa: E402
@@ -70,7 +74,8 @@ def gated_delta_impl():
 
         return "flash-linear-attention (fla " + getattr(fla, "__version__", "?") + ")"
     except Exception:
-        return "transformers' PyTorch reference (fla does not import)"
+        why = "GATED_DELTA=torch" if os.environ.get("GATED_DELTA") == "torch" else "fla does not import"
+        return f"transformers' PyTorch reference ({why})"
 
 
 def dense_models_without_experts_backend():
