@@ -607,9 +607,19 @@ __device__ void smem_gemm(float* C, int ldc, const float* A, int lda, const floa
 typedef wm::row_major RM;
 typedef wm::col_major CM;
 
-// rows x width tile s (ld lds) from global rows g + r ldg, columns col..; zero at r >= L or column >= n
+// rows x width tile s (ld lds) from global rows g + r ldg, columns col..; zero at r >= L or column >= n.
+// float4 at a time where every row start is 16-byte aligned (dk, dv multiples of 4: the real models).
 __device__ inline void tile_load(float* s, int lds, const float* g, long ldg, int rows, int L, int n,
                                  int width) {
+    if (((uintptr_t)g | (uintptr_t)(ldg * 4) | (n & 3) | (width & 3) | (lds & 3)) % 16 == 0) {
+        int w4 = width / 4;
+        for (int i = threadIdx.x; i < rows * w4; i += blockDim.x) {
+            int r = i / w4, j = i % w4 * 4;
+            float4 x = r < L && j < n ? *(const float4*)(g + (long)r * ldg + j) : make_float4(0, 0, 0, 0);
+            *(float4*)(s + r * lds + j) = x;
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < rows * width; i += blockDim.x) {
         int r = i / width, j = i % width;
         s[r * lds + j] = r < L && j < n ? g[(long)r * ldg + j] : 0.0f;
@@ -1145,7 +1155,7 @@ enum {
     GDN_FAST_ALL = 511
 };
 #ifndef GDN_FAST_DEFAULT
-#define GDN_FAST_DEFAULT 0 // plain until the fast kernels have passed test_gpu_ops on a GPU
+#define GDN_FAST_DEFAULT GDN_FAST_ALL
 #endif
 
 static int gdn_fast_mask(void) {
