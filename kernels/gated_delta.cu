@@ -676,50 +676,52 @@ __device__ void tri_inverse(float* T, const float* M, float* X) {
 }
 
 // One block per (chunk, value head): KK^T and QK^T on the tensor cores, M and Aqk, Tm blockwise, W = Tm
-// diag(beta G) K and U = Tm diag(beta) V.
+// diag(beta G) K and U = Tm diag(beta) V. Buffers reused so that two blocks fit an SM: sK holds K then V,
+// sQ holds Q, then the inverse's scratch, then W and U; sT holds QK^T, then Tm.
 __global__ void __launch_bounds__(GDN_THREADS)
     gdn_prep_fast(float* Tm_g, float* W, float* U, float* Aqk, const float* qhat, const float* khat,
                   const float* v, const float* beta, const float* gc, Dims d) {
     extern __shared__ __align__(128) float gdn_sm[];
-    int LK = d.dkp + 4, LV = d.dvp + 4, LX = max(LK, LV);
-    float *sK = gdn_sm, *sQ = sK + CH * LK, *sV = sQ + CH * LX, *sA = sV + CH * LV, *sT = sA + CH * LC;
-    float *sB = sT + CH * LC, *sg = sB + CH * LC, *sb = sg + CH, *sbg = sb + CH;
+    int LX = max(d.dkp, d.dvp) + 4, nq = CH * max(LX, LC);
+    float *sK = gdn_sm, *sQ = sK + CH * LX, *sA = sQ + nq, *sT = sA + CH * LC, *sg = sT + CH * LC;
+    float *sb = sg + CH, *sbg = sb + CH;
     int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     long lk = (long)d.Hk * d.dk;
-    tile_load(sK, LK, key_rows(khat, d, t0, h), lk, CH, L, d.dk, d.dkp);
+    tile_load(sK, LX, key_rows(khat, d, t0, h), lk, CH, L, d.dk, d.dkp);
     tile_load(sQ, LX, key_rows(qhat, d, t0, h), lk, CH, L, d.dk, d.dkp);
-    tile_load(sV, LV, v + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, CH, L, d.dv, d.dvp);
     for (int r = threadIdx.x; r < CH; r += blockDim.x) {
         sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
         sb[r] = r < L ? beta[vrow(d, t0 + r, h)] : 0.0f;
         sbg[r] = sb[r] * expf(sg[r]);
     }
     __syncthreads();
-    smem_gemm<RM, CM>(sA, LC, sK, LK, sK, LK, CH, CH, d.dkp, 1.0f, 0.0f);
-    smem_gemm<RM, CM>(sB, LC, sQ, LX, sK, LK, CH, CH, d.dkp, 1.0f, 0.0f);
+    smem_gemm<RM, CM>(sA, LC, sK, LX, sK, LX, CH, CH, d.dkp, 1.0f, 0.0f);
+    smem_gemm<RM, CM>(sT, LC, sQ, LX, sK, LX, CH, CH, d.dkp, 1.0f, 0.0f);
     __syncthreads();
     float* aq = Aqk + cmat(d, c, h);
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
         int r = i / CH, s = i % CH;
         float decay = r < L && s <= r ? expf(sg[r] - sg[s]) : 0.0f;
-        aq[i] = sB[r * LC + s] * d.scale * decay;
+        aq[i] = sT[r * LC + s] * d.scale * decay;
         sA[r * LC + s] = s < r ? sb[r] * sA[r * LC + s] * decay : 0.0f;
         sT[r * LC + s] = r == s ? 1.0f : 0.0f;
     }
     __syncthreads();
-    tri_inverse(sT, sA, sB);
+    tri_inverse(sT, sA, sQ);
     float* tm = Tm_g + cmat(d, c, h);
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) tm[i] = sT[(i / CH) * LC + i % CH];
     for (int i = threadIdx.x; i < CH * d.dkp; i += blockDim.x)
-        sK[(i / d.dkp) * LK + i % d.dkp] *= sbg[i / d.dkp];
-    for (int i = threadIdx.x; i < CH * d.dvp; i += blockDim.x)
-        sV[(i / d.dvp) * LV + i % d.dvp] *= sb[i / d.dvp];
+        sK[(i / d.dkp) * LX + i % d.dkp] *= sbg[i / d.dkp];
     __syncthreads();
-    smem_gemm<RM, RM>(sQ, LX, sT, LC, sK, LK, CH, d.dkp, CH, 1.0f, 0.0f);
+    smem_gemm<RM, RM>(sQ, LX, sT, LC, sK, LX, CH, d.dkp, CH, 1.0f, 0.0f);
     __syncthreads();
     tile_store(W + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, sQ, LX, L, d.dk);
+    tile_load(sK, LX, v + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, CH, L, d.dv, d.dvp);
     __syncthreads();
-    smem_gemm<RM, RM>(sQ, LX, sT, LC, sV, LV, CH, d.dvp, CH, 1.0f, 0.0f);
+    for (int i = threadIdx.x; i < CH * d.dvp; i += blockDim.x)
+        sK[(i / d.dvp) * LX + i % d.dvp] *= sb[i / d.dvp];
+    __syncthreads();
+    smem_gemm<RM, RM>(sQ, LX, sT, LC, sK, LX, CH, d.dvp, CH, 1.0f, 0.0f);
     __syncthreads();
     tile_store(U + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, sQ, LX, L, d.dv);
 }
@@ -762,24 +764,24 @@ __global__ void __launch_bounds__(GDN_THREADS)
     }
 }
 
-// One block per (chunk, value head, d.ow output columns): O = diag(scale G) Q h + Aqk Vn.
+// One block per (chunk, value head, d.ow output columns): O = diag(scale G) Q h + Aqk Vn. Aqk and Vn reuse
+// Q's and h's buffers (two blocks to an SM).
 __global__ void __launch_bounds__(GDN_THREADS)
     gdn_out_fast(float* o, const float* qhat, const float* hs, const float* Aqk, const float* Vn,
                  const float* gc, Dims d) {
     extern __shared__ __align__(128) float gdn_sm[];
-    int LK = d.dkp + 4, LO = d.ow + 4;
-    float *sQ = gdn_sm, *sH = sQ + CH * LK, *sO = sH + d.dkp * LO, *sA = sO + CH * LO, *sV = sA + CH * LC;
-    float* sg = sV + CH * LO;
+    int LK = d.dkp + 4, LO = d.ow + 4, nq = CH * max(LK, LC), nh = max(d.dkp, CH) * LO;
+    float *sQ = gdn_sm, *sH = sQ + nq, *sO = sH + nh, *sg = sO + CH * LO, *sA = sQ, *sV = sH;
     int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     int c0 = blockIdx.y * d.ow, nv = min(d.ow, d.dv - c0);
     tile_load(sQ, LK, key_rows(qhat, d, t0, h), (long)d.Hk * d.dk, CH, L, d.dk, d.dkp);
     tile_load(sH, LO, hs + cstate(d, c, h) + c0, d.dv, d.dkp, d.dk, nv, d.ow);
-    tile_load(sA, LC, Aqk + cmat(d, c, h), CH, CH, CH, CH, CH);
-    tile_load(sV, LO, Vn + val_off(d, t0, h, d.dv) + c0, (long)d.Hv * d.dv, CH, L, nv, d.ow);
     for (int r = threadIdx.x; r < CH; r += blockDim.x) sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
     __syncthreads();
     smem_gemm<RM, RM>(sO, LO, sQ, LK, sH, LO, CH, d.ow, d.dkp, 1.0f, 0.0f);
     __syncthreads();
+    tile_load(sA, LC, Aqk + cmat(d, c, h), CH, CH, CH, CH, CH);
+    tile_load(sV, LO, Vn + val_off(d, t0, h, d.dv) + c0, (long)d.Hv * d.dv, CH, L, nv, d.ow);
     for (int i = threadIdx.x; i < CH * d.ow; i += blockDim.x) {
         int r = i / d.ow;
         sO[r * LO + i % d.ow] *= r < L ? d.scale * expf(sg[r]) : 0.0f;
@@ -792,14 +794,14 @@ __global__ void __launch_bounds__(GDN_THREADS)
 
 // One block per (window, value head, 32 columns), over the chunks in reverse, dh the state's gradient at the
 // chunk's end: dhn[c] = dh; dVn = diag(e^(gL - gc)) K dh + Aqk^T dO; dh = e^gL dh + Q^T diag(scale G) dO -
-// W^T dVn.
+// W^T dVn. sK holds K, then Q, then W (two blocks to an SM).
 __global__ void __launch_bounds__(GDN_THREADS)
     gdn_dh_fast(float* dhn, float* dVn, const float* dO, const float* Aqk, const float* W, const float* qhat,
                 const float* khat, const float* gc, Dims d) {
     extern __shared__ __align__(128) float gdn_sm[];
     int LK = d.dkp + 4;
-    float *sD = gdn_sm, *sK = sD + d.dkp * LW, *sQ = sK + CH * LK, *sW = sQ + CH * LK, *sA = sW + CH * LK;
-    float *sO = sA + CH * LC, *sV = sO + CH * LW, *sg = sV + CH * LW;
+    float *sD = gdn_sm, *sK = sD + d.dkp * LW, *sA = sK + CH * LK, *sO = sA + CH * LC, *sV = sO + CH * LW;
+    float* sg = sV + CH * LW;
     int wnd = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, c0 = blockIdx.y * GDN_CW, nv = min(GDN_CW, d.dv - c0);
     long lk = (long)d.Hk * d.dk;
     for (int i = threadIdx.x; i < d.dkp * LW; i += blockDim.x) sD[i] = 0.0f;
@@ -809,8 +811,6 @@ __global__ void __launch_bounds__(GDN_THREADS)
         float gL = gc[vrow(d, t0 + L - 1, h)];
         tile_store(dhn + cstate(d, c, h) + c0, d.dv, sD, LW, d.dk, nv);
         tile_load(sK, LK, key_rows(khat, d, t0, h), lk, CH, L, d.dk, d.dkp);
-        tile_load(sQ, LK, key_rows(qhat, d, t0, h), lk, CH, L, d.dk, d.dkp);
-        tile_load(sW, LK, W + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, CH, L, d.dk, d.dkp);
         tile_load(sA, LC, Aqk + cmat(d, c, h), CH, CH, CH, CH, CH);
         tile_load(sO, LW, dO + val_off(d, t0, h, d.dv) + c0, (long)d.Hv * d.dv, CH, L, nv, GDN_CW);
         for (int r = threadIdx.x; r < CH; r += blockDim.x) sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
@@ -821,6 +821,7 @@ __global__ void __launch_bounds__(GDN_THREADS)
             int r = i / GDN_CW;
             sV[r * LW + i % GDN_CW] *= r < L ? expf(gL - sg[r]) : 0.0f;
         }
+        tile_load(sK, LK, key_rows(qhat, d, t0, h), lk, CH, L, d.dk, d.dkp);
         __syncthreads();
         smem_gemm<CM, RM>(sV, LW, sA, LC, sO, LW, CH, GDN_CW, CH, 1.0f, 1.0f);
         __syncthreads();
@@ -831,9 +832,11 @@ __global__ void __launch_bounds__(GDN_THREADS)
             sO[r * LW + j] *= r < L ? d.scale * expf(sg[r]) : 0.0f;
         }
         __syncthreads();
-        smem_gemm<CM, RM>(sD, LW, sQ, LK, sO, LW, d.dkp, GDN_CW, CH, 1.0f, expf(gL));
+        smem_gemm<CM, RM>(sD, LW, sK, LK, sO, LW, d.dkp, GDN_CW, CH, 1.0f, expf(gL));
         __syncthreads();
-        smem_gemm<CM, RM>(sD, LW, sW, LK, sV, LW, d.dkp, GDN_CW, CH, -1.0f, 1.0f);
+        tile_load(sK, LK, W + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, CH, L, d.dk, d.dkp);
+        __syncthreads();
+        smem_gemm<CM, RM>(sD, LW, sK, LK, sV, LW, d.dkp, GDN_CW, CH, -1.0f, 1.0f);
         __syncthreads();
     }
 }
@@ -1188,16 +1191,16 @@ static size_t fast_smem(const Dims& d, int piece) {
     long LK = d.dkp + 4, LV = d.dvp + 4, LX = LK > LV ? LK : LV, LO = d.ow + 4, n = 0;
     switch (piece) {
     case GDN_FAST_PREP:
-        n = CH * LK + CH * LX + CH * LV + 3 * CH * LC + 3 * CH;
+        n = CH * LX + CH * (LX > LC ? LX : LC) + 2 * CH * LC + 3 * CH;
         break;
     case GDN_FAST_STATE:
         n = d.dkp * LW + 2 * CH * LK + CH * LW + CH;
         break;
     case GDN_FAST_OUT:
-        n = CH * LK + d.dkp * LO + 2 * CH * LO + CH * LC + CH;
+        n = CH * (LK > LC ? LK : LC) + (d.dkp > CH ? d.dkp : CH) * LO + CH * LO + CH;
         break;
     case GDN_FAST_DH:
-        n = d.dkp * LW + 3 * CH * LK + CH * LC + 2 * CH * LW + CH;
+        n = d.dkp * LW + CH * LK + CH * LC + 2 * CH * LW + CH;
         break;
     case GDN_FAST_DW:
         n = CH * LV + d.dkp * LV + CH * LK;
