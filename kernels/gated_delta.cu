@@ -864,10 +864,10 @@ __global__ void __launch_bounds__(GDN_THREADS)
                    Dims d) {
     extern __shared__ __align__(128) float gdn_sm[];
     int LX = max(d.dkp, d.dvp) + 4;
-    float *sA = gdn_sm, *sB = sA + CH * LX, *R1 = sB + CH * LX, *R2 = R1 + CH * LC, *R3 = R2 + CH * LC;
-    float *sg = R3 + CH * LC, *sb = sg + CH;
+    float *sA = gdn_sm, *sB = sA + CH * LX, *R1 = sB + CH * LX, *R2 = R1 + CH * LC; // R1: dA, then KK
+    float *sg = R2 + CH * LC, *sb = sg + CH;
     int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
-    long lv = (long)d.Hv * d.dv, vo = val_off(d, t0, h, d.dv);
+    long lv = (long)d.Hv * d.dv, vo = val_off(d, t0, h, d.dv), m0 = cmat(d, c, h);
     tile_load(sA, LX, dO + vo, lv, CH, L, d.dv, d.dvp);
     tile_load(sB, LX, Vn + vo, lv, CH, L, d.dv, d.dvp);
     for (int r = threadIdx.x; r < CH; r += blockDim.x) {
@@ -877,11 +877,15 @@ __global__ void __launch_bounds__(GDN_THREADS)
     __syncthreads();
     smem_gemm<RM, CM>(R1, LC, sA, LX, sB, LX, CH, CH, d.dvp, 1.0f, 0.0f);
     __syncthreads();
+    for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
+        int r = i / CH, s = i % CH;
+        dA[m0 + i] = r < L && s <= r ? R1[r * LC + s] : 0.0f;
+    }
     tile_load(sA, LX, dW + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, CH, L, d.dk, d.dkp);
     tile_load(sB, LX, key_rows(khat, d, t0, h), (long)d.Hk * d.dk, CH, L, d.dk, d.dkp);
     __syncthreads();
     smem_gemm<RM, CM>(R2, LC, sA, LX, sB, LX, CH, CH, d.dkp, 1.0f, 0.0f);
-    smem_gemm<RM, CM>(R3, LC, sB, LX, sB, LX, CH, CH, d.dkp, 1.0f, 0.0f);
+    smem_gemm<RM, CM>(R1, LC, sB, LX, sB, LX, CH, CH, d.dkp, 1.0f, 0.0f);
     __syncthreads();
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
         int s = i % CH;
@@ -892,13 +896,11 @@ __global__ void __launch_bounds__(GDN_THREADS)
     __syncthreads();
     smem_gemm<RM, CM>(R2, LC, sA, LX, sB, LX, CH, CH, d.dvp, 1.0f, 1.0f);
     __syncthreads();
-    long m0 = cmat(d, c, h);
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
         int r = i / CH, s = i % CH;
         bool lo = r < L && s < r;
-        dA[m0 + i] = r < L && s <= r ? R1[r * LC + s] : 0.0f;
         dT[m0 + i] = lo ? sb[s] * R2[r * LC + s] : 0.0f;
-        KK[m0 + i] = lo ? R3[r * LC + s] * expf(sg[r] - sg[s]) : 0.0f;
+        KK[m0 + i] = lo ? R1[r * LC + s] * expf(sg[r] - sg[s]) : 0.0f;
     }
 }
 
@@ -923,22 +925,22 @@ __global__ void __launch_bounds__(GDN_THREADS)
     }
 }
 
-// One block per (chunk, value head): X = Tm^T dW, Y = Tm^T dVn.
+// One block per (chunk, value head): X = Tm^T dW, Y = Tm^T dVn (sW holds dW, then dVn).
 __global__ void __launch_bounds__(GDN_THREADS)
     gdn_xy_fast(float* X, float* Y, const float* Tm, const float* dW, const float* dVn, Dims d) {
     extern __shared__ __align__(128) float gdn_sm[];
-    int LK = d.dkp + 4, LV = d.dvp + 4, LX = max(LK, LV);
-    float *sT = gdn_sm, *sW = sT + CH * LC, *sV = sW + CH * LK, *sR = sV + CH * LV;
+    int LX = max(d.dkp, d.dvp) + 4;
+    float *sT = gdn_sm, *sW = sT + CH * LC, *sR = sW + CH * LX;
     int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
     tile_load(sT, LC, Tm + cmat(d, c, h), CH, CH, CH, CH, CH);
-    tile_load(sW, LK, dW + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, CH, L, d.dk, d.dkp);
-    tile_load(sV, LV, dVn + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, CH, L, d.dv, d.dvp);
+    tile_load(sW, LX, dW + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, CH, L, d.dk, d.dkp);
     __syncthreads();
-    smem_gemm<CM, RM>(sR, LX, sT, LC, sW, LK, CH, d.dkp, CH, 1.0f, 0.0f);
+    smem_gemm<CM, RM>(sR, LX, sT, LC, sW, LX, CH, d.dkp, CH, 1.0f, 0.0f);
     __syncthreads();
     tile_store(X + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, sR, LX, L, d.dk);
+    tile_load(sW, LX, dVn + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, CH, L, d.dv, d.dvp);
     __syncthreads();
-    smem_gemm<CM, RM>(sR, LX, sT, LC, sV, LV, CH, d.dvp, CH, 1.0f, 0.0f);
+    smem_gemm<CM, RM>(sR, LX, sT, LC, sW, LX, CH, d.dvp, CH, 1.0f, 0.0f);
     __syncthreads();
     tile_store(Y + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, sR, LX, L, d.dv);
 }
@@ -1206,13 +1208,13 @@ static size_t fast_smem(const Dims& d, int piece) {
         n = CH * LV + d.dkp * LV + CH * LK;
         break;
     case GDN_FAST_PAIRS:
-        n = 2 * CH * LX + 3 * CH * LC + 2 * CH;
+        n = 2 * CH * LX + 2 * CH * LC + 2 * CH;
         break;
     case GDN_FAST_PDM:
         n = 3 * CH * LC;
         break;
     case GDN_FAST_XY:
-        n = CH * LC + CH * LK + CH * LV + CH * LX;
+        n = CH * LC + 2 * CH * LX;
         break;
     case GDN_FAST_DQK: {
         long nh = d.dkp * LV > 2 * CH * LK ? d.dkp * LV : 2 * CH * LK;
