@@ -42,14 +42,14 @@ def main():
     import fla
 
     print(f"fla {getattr(fla, '__version__', '?')} chunk_gated_delta_rule on {torch.cuda.get_device_name()}: "
-          f"windows {B}, T {T}, Hk 16, Hv 32, dk 128, dv 128; {S} samples")
+          f"windows {B}, T {T}, Hk 16, Hv 32, dk 128, dv 128; {S} samples", flush=True)
     for dtype in (torch.bfloat16, torch.float32):
         try:
             f, b = time_one(B, T, 16, 32, 128, 128, dtype, S)
             print(f"  {str(dtype)[6:]:9s} forward {f:8.3f} ms ({f / B:.3f} ms/window), "
-                  f"backward {b:8.3f} ms ({b / B:.3f} ms/window)")
+                  f"backward {b:8.3f} ms ({b / B:.3f} ms/window)", flush=True)
         except Exception as e:  # fp32 may not be supported by every fla version
-            print(f"  {str(dtype)[6:]:9s} failed: {type(e).__name__}: {str(e)[:200]}")
+            print(f"  {str(dtype)[6:]:9s} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
 
 
 if __name__ == "__main__":
