@@ -3,7 +3,6 @@
 // loops over global memory) against the fast ones (511: shared memory, 3xTF32 tensor cores); also the
 // largest difference between the two's outputs. Qwen3.5-35B-A3B's linear-attention layer by default.
 //   build/bench/gdn_bench [windows] [T] [samples] [Hk Hv dk dv K]
-#include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +10,14 @@
 #include "engine/gpu.h"
 #include "engine/util.h"
 #include "kernels/gated_delta.h"
+
+#ifndef AUTOQ_CUDA
+int main(void) {
+    printf("gdn_bench: built without CUDA\n");
+    return 0;
+}
+#else
+#include <cuda_runtime.h>
 
 static float* dev_filled(long n, float scale, float shift, unsigned seed) {
     float* x = xmalloc(sizeof(float) * n);
@@ -110,3 +117,4 @@ int main(int argc, char** argv) {
     gpu_gdn_cache_free(c);
     return 0;
 }
+#endif
