@@ -925,9 +925,11 @@ __global__ void __launch_bounds__(GDN_THREADS)
     }
 }
 
-// One block per (chunk, value head): X = Tm^T dW, Y = Tm^T dVn (sW holds dW, then dVn).
+// One block per (chunk, value head): X = Tm^T dW, Y = Tm^T dVn (sW holds dW, then dVn), and dv = beta Y into
+// dact's v columns (gdn_dv_kernel's work).
 __global__ void __launch_bounds__(GDN_THREADS)
-    gdn_xy_fast(float* X, float* Y, const float* Tm, const float* dW, const float* dVn, Dims d) {
+    gdn_xy_fast(float* X, float* Y, float* dact, const float* Tm, const float* dW, const float* dVn,
+                const float* beta, Dims d) {
     extern __shared__ __align__(128) float gdn_sm[];
     int LX = max(d.dkp, d.dvp) + 4;
     float *sT = gdn_sm, *sW = sT + CH * LC, *sR = sW + CH * LX;
@@ -943,6 +945,11 @@ __global__ void __launch_bounds__(GDN_THREADS)
     smem_gemm<CM, RM>(sR, LX, sT, LC, sW, LX, CH, d.dvp, CH, 1.0f, 0.0f);
     __syncthreads();
     tile_store(Y + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, sR, LX, L, d.dv);
+    for (int i = threadIdx.x; i < L * d.dv; i += blockDim.x) {
+        int r = i / d.dv, j = i % d.dv;
+        dact[(long)(t0 + r) * d.C + 2L * d.Hk * d.dk + (long)h * d.dv + j] =
+            beta[vrow(d, t0 + r, h)] * sR[r * LX + j];
+    }
 }
 
 // One block per (chunk, value head): dq = diag(G) dO h^T + (dA o D) K and dk = diag(e^(gL - gc)) Vn dhn^T +
@@ -1294,11 +1301,12 @@ extern "C" void gpu_gdn_backward(const GdnShape* s, int nb, const GdnParams* p, 
         gdn_p_kernel<<<chunks, 256>>>(c->P, c->Tm, c->dT, d);
         gdn_dm_kernel<<<chunks, 256>>>(c->dM, c->P, c->Tm, d);
     }
-    if (use_fast(fm, GDN_FAST_XY, d, (const void*)gdn_xy_fast, &sm))
-        gdn_xy_fast<<<chunks, GDN_THREADS, sm>>>(c->X, c->Y, c->Tm, c->dW, c->dVn, d);
-    else
+    if (use_fast(fm, GDN_FAST_XY, d, (const void*)gdn_xy_fast, &sm)) {
+        gdn_xy_fast<<<chunks, GDN_THREADS, sm>>>(c->X, c->Y, c->dact, c->Tm, c->dW, c->dVn, c->beta, d);
+    } else {
         gdn_xy_kernel<<<chunks, 256>>>(c->X, c->Y, c->Tm, c->dW, c->dVn, d);
-    gdn_dv_kernel<<<ceil_div(vv, 256), 256>>>(c->dact, c->Y, c->beta, d);
+        gdn_dv_kernel<<<ceil_div(vv, 256), 256>>>(c->dact, c->Y, c->beta, d);
+    }
     if (use_fast(fm, GDN_FAST_DQK, d, (const void*)gdn_dqk_fast, &sm)) {
         // the chunk's P (read by gdn_dm only) holds the gates' sums
         gdn_dqk_fast<<<chunks, GDN_THREADS, sm>>>(c->dq, c->dk, c->P, c->dO, c->h, c->dhn, c->Vn, c->dA, c->dM,
