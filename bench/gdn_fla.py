@@ -41,6 +41,9 @@ def main():
     S = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     import fla
 
+    if not torch.cuda.is_available():
+        print("SKIP fla: no CUDA device")
+        return
     print(f"fla {getattr(fla, '__version__', '?')} chunk_gated_delta_rule on {torch.cuda.get_device_name()}: "
           f"windows {B}, T {T}, Hk 16, Hv 32, dk 128, dv 128; {S} samples", flush=True)
     for dtype in (torch.bfloat16, torch.float32):
