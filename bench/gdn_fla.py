@@ -24,15 +24,21 @@ def time_one(B, T, Hk, Hv, dk, dv, dtype, samples):
         e0.record()
         o, _ = chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)
         e1.record()
-        o.backward(do)
+        try:  # fla 0.6.0 refuses its backward on Hopper with Triton >= 3.4.0, < 3.7.1 (its issue #640)
+            if bw is not None:
+                o.backward(do)
+        except RuntimeError as e:
+            print(f"  {str(dtype)[6:]:9s} backward refused: {str(e)[:160]}", flush=True)
+            bw = None
         e2.record()
         torch.cuda.synchronize()
         if i >= 2:
             fw.append(e0.elapsed_time(e1))
-            bw.append(e1.elapsed_time(e2))
+            if bw is not None:
+                bw.append(e1.elapsed_time(e2))
         for t in (q, k, v, g, beta):
             t.grad = None
-    return sum(fw) / len(fw), sum(bw) / len(bw)
+    return sum(fw) / len(fw), (sum(bw) / len(bw) if bw else float("nan"))
 
 
 def main():
