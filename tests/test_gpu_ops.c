@@ -736,7 +736,8 @@ static void op_gptq_fallback(int rows, int cols, int nan) {
 // The Gated DeltaNet core (gated_delta.cu, the delta rule chunked) against the CPU's token-by-token
 // gated_delta.c on each of nb windows: forward and every input's gradient, fp32 both, within 1e-4
 // (forward) and 5e-4 (backward) of the tensor's largest value; the GPU's time per call printed for the
-// largest shape.
+// largest shapes. Twice: the plain kernels (AUTOQ_GDN_FAST=0) and the fast ones (511: shared memory, 3xTF32
+// tensor cores), or once with the mask AUTOQ_GDN_FAST holds when it is set.
 static void op_gated_delta(int nb, int T, int Hk, int Hv, int dk, int dv, int K) {
     GdnShape s = {T, Hk, Hv, dk, dv, K, 1e-6f};
     long C = gdn_channels(&s), nq = (long)T * C, nv = (long)T * Hv * dv, nh = (long)T * Hv;
@@ -761,40 +762,60 @@ static void op_gated_delta(int nb, int T, int Hk, int Hv, int dk, int dv, int K)
     float *dqkv = put(qkv, 4 * nb * nq), *dz = put(z, 4 * nb * nv), *db = put(b, 4 * nb * nh);
     float *da = put(a, 4 * nb * nh), *ddout = put(dout, 4 * nb * nv);
     GdnGpuCache* gc = gpu_gdn_cache_init(&s, nb);
-    gpu_gdn_forward(&s, nb, &dp, dqkv, dz, db, da, got[0], gc);
-    gpu_gdn_backward(&s, nb, &dp, gc, ddout, got[1], got[2], got[3], got[4]);
-    char shape[112];
-    snprintf(shape, sizeof(shape), "(windows %d, T %d, Hk %d, Hv %d, dk %d, dv %d, K %d)", nb, T, Hk, Hv, dk,
-             dv, K);
-    static const char* what[5] = {"gated_delta forward", "gated_delta dqkv", "gated_delta dz", "gated_delta db",
-                                  "gated_delta da"};
-    for (int i = 0; i < 5; i++) {
-        float* h = xmalloc(4 * nb * n[i]);
-        get(h, got[i], 4 * nb * n[i]);
-        report(what[i], shape, max_err(h, want[i], nb * n[i], 0), i ? 5e-4 : 1e-4);
-        free(h);
-    }
-    if (T >= 512) {
-        cudaEvent_t e0, e1, e2;
-        cudaEventCreate(&e0), cudaEventCreate(&e1), cudaEventCreate(&e2);
-        cudaEventRecord(e0, 0);
+    const char* env = getenv("AUTOQ_GDN_FAST");
+    static const char* masks[2] = {"0", "511"};
+    for (int m = 0; m < (env ? 1 : 2); m++) {
+        if (!env) setenv("AUTOQ_GDN_FAST", masks[m], 1);
+        const char* mask = getenv("AUTOQ_GDN_FAST");
+        const char* kind = !strcmp(mask, "0") ? "plain" : !strcmp(mask, "511") ? "fast" : mask;
         gpu_gdn_forward(&s, nb, &dp, dqkv, dz, db, da, got[0], gc);
-        cudaEventRecord(e1, 0);
         gpu_gdn_backward(&s, nb, &dp, gc, ddout, got[1], got[2], got[3], got[4]);
-        cudaEventRecord(e2, 0);
-        cudaEventSynchronize(e2);
-        float f, bw;
-        cudaEventElapsedTime(&f, e0, e1), cudaEventElapsedTime(&bw, e1, e2);
-        printf("  gated_delta %s: GPU forward %.3f ms, backward %.3f ms; cache %.1f MiB\n", shape, f, bw,
-               gpu_gdn_cache_bytes(&s, nb) / 1048576.0);
-        cudaEventDestroy(e0), cudaEventDestroy(e1), cudaEventDestroy(e2);
+        char shape[128];
+        snprintf(shape, sizeof(shape), "(%s, windows %d, T %d, Hk %d, Hv %d, dk %d, dv %d, K %d)", kind, nb, T,
+                 Hk, Hv, dk, dv, K);
+        static const char* what[5] = {"gated_delta forward", "gated_delta dqkv", "gated_delta dz",
+                                      "gated_delta db", "gated_delta da"};
+        for (int i = 0; i < 5; i++) {
+            float* h = xmalloc(4 * nb * n[i]);
+            get(h, got[i], 4 * nb * n[i]);
+            report(what[i], shape, max_err(h, want[i], nb * n[i], 0), i ? 5e-4 : 1e-4);
+            free(h);
+        }
+        if (T >= 512) {
+            cudaEvent_t e0, e1, e2;
+            cudaEventCreate(&e0), cudaEventCreate(&e1), cudaEventCreate(&e2);
+            cudaEventRecord(e0, 0);
+            gpu_gdn_forward(&s, nb, &dp, dqkv, dz, db, da, got[0], gc);
+            cudaEventRecord(e1, 0);
+            gpu_gdn_backward(&s, nb, &dp, gc, ddout, got[1], got[2], got[3], got[4]);
+            cudaEventRecord(e2, 0);
+            cudaEventSynchronize(e2);
+            float f, bw;
+            cudaEventElapsedTime(&f, e0, e1), cudaEventElapsedTime(&bw, e1, e2);
+            printf("  gated_delta %s: GPU forward %.3f ms, backward %.3f ms; cache %.1f MiB\n", shape, f, bw,
+                   gpu_gdn_cache_bytes(&s, nb) / 1048576.0);
+            cudaEventDestroy(e0), cudaEventDestroy(e1), cudaEventDestroy(e2);
+        }
     }
+    if (!env) unsetenv("AUTOQ_GDN_FAST");
     gpu_gdn_cache_free(gc);
     cudaFree((void*)dp.conv_w), cudaFree((void*)dp.A_log), cudaFree((void*)dp.dt_bias),
         cudaFree((void*)dp.norm_w);
     cudaFree(dqkv), cudaFree(dz), cudaFree(db), cudaFree(da), cudaFree(ddout);
     for (int i = 0; i < 5; i++) cudaFree(got[i]), free(want[i]);
     free(qkv), free(z), free(b), free(a), free(dout), free(w), free(A_log), free(dt), free(nw);
+}
+
+// Every gated-delta shape; large: also the Qwen3.5-35B-A3B ones (seconds of CPU reference each).
+static void gated_delta_ops(int large) {
+    op_gated_delta(1, 70, 2, 4, 16, 8, 4);   // Hv > Hk, two chunks, the second partial
+    op_gated_delta(1, 64, 1, 1, 32, 40, 2);  // one full chunk, dv not a multiple of 32
+    op_gated_delta(3, 100, 2, 2, 64, 64, 4); // three windows of two chunks
+    op_gated_delta(2, 130, 2, 4, 40, 24, 3); // dk, dv not multiples of 16 (the fast tiles' padding)
+    if (!large) return;
+    op_gated_delta(1, 512, 16, 32, 128, 128, 4); // Qwen3.5-35B-A3B's linear-attention layer
+    op_gated_delta(4, 512, 16, 32, 128, 128, 4); // four of its windows
+    op_gated_delta(2, 300, 16, 32, 128, 128, 4); // its heads, windows of five chunks, the last partial
 }
 #endif
 
@@ -946,6 +967,12 @@ int main(void) {
     }
 #ifdef AUTOQ_CUDA
     printf("  device: %s\n", gpu_name());
+    // AUTOQ_TEST_ONLY=gated_delta (or gated_delta_small: without the large shapes): only the gated-delta ops
+    const char* only = getenv("AUTOQ_TEST_ONLY");
+    if (only && !strncmp(only, "gated_delta", 11)) {
+        gated_delta_ops(strcmp(only, "gated_delta_small") != 0);
+        return g_fail ? 1 : 0;
+    }
     op_embed(37, 320, 101);
     op_split_add(4099);
     op_rmsnorm(37, 320);
@@ -1027,11 +1054,7 @@ int main(void) {
     op_gptq(48, 1536, 2048, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
     op_gptq_fallback(40, 700, 0);
     op_gptq_fallback(40, 700, 1);
-    op_gated_delta(1, 70, 2, 4, 16, 8, 4);       // Hv > Hk, two chunks, the second partial
-    op_gated_delta(1, 64, 1, 1, 32, 40, 2);      // one full chunk, dv not a multiple of 32
-    op_gated_delta(3, 100, 2, 2, 64, 64, 4);     // three windows of two chunks
-    op_gated_delta(1, 512, 16, 32, 128, 128, 4); // Qwen3.5-35B-A3B's linear-attention layer
-    op_gated_delta(4, 512, 16, 32, 128, 128, 4); // four of its windows
+    gated_delta_ops(1);
 #endif
     return g_fail ? 1 : 0;
 }
