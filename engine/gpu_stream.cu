@@ -55,22 +55,8 @@ static int register_checkpoint(const Model* m) {
     return 1;
 }
 
-// Bytes of layer l's weights on the GPU: every checkpoint tensor of the layer, as bf16.
-static double layer_bytes_ck(const Model* m, int l) {
-    char pre[64];
-    snprintf(pre, sizeof(pre), "%slayers.%d.", m->c.prefix, l);
-    size_t n = strlen(pre);
-    double b = 0;
-    for (int i = 0; i < m->ck.n; i++) {
-        const StTensor* t = &m->ck.t[i];
-        if (strncmp(t->name, pre, n)) continue;
-        b += t->dtype == DT_F32 ? t->nbytes / 2.0 : t->nbytes;
-    }
-    return b;
-}
-
 extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
-                                        GpuStream** out) {
+                                        const double* lbytes, GpuStream** out) {
     GpuEngine* e = engine_init_stream(m, T, B, gemm, res);
     GpuStream* st = (GpuStream*)xcalloc(1, sizeof(GpuStream));
     st->e = e;
@@ -78,7 +64,7 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
     int L = m->c.num_layers, dense = -1, sparse = -1;
     st->lbytes = (double*)xcalloc(L, sizeof(double));
     for (int l = 0; l < L; l++) {
-        st->lbytes[l] = layer_bytes_ck(m, l);
+        st->lbytes[l] = lbytes[l];
         if (res[l]) {
             st->h2d += st->lbytes[l];
             continue;

@@ -12,8 +12,10 @@ extern "C" {
 typedef struct GpuStream GpuStream;
 
 // An engine for batches of B windows of T tokens holding the layers with res[l] (and lm_head, the final
-// norm); the others stream through two slots. *st receives the streaming state (freed before the engine).
-GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res, GpuStream** st);
+// norm); the others stream through two slots. lbytes (L): each layer's bytes on the GPU, for the count of
+// bytes copied. *st receives the streaming state (freed before the engine).
+GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
+                             const double* lbytes, GpuStream** st);
 void gpu_stream_free(GpuStream* st);
 // Layer l's weights ready for the work queued next (blocks until its copy is over); marks the start of l.
 void gpu_stream_begin(GpuStream* st, int l);

@@ -485,10 +485,24 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
         cap = 0.9 * free_b;
     }
     const char* kf = getenv("AUTOQ_STREAM_BATCHES"); // tests and bench: engine batches per streamed batch
-    int b = *B, ok;
+    int b = *B, ok, emu = 0;
+    for (int f = 0; f < j->nf; f++) {
+        QuantSpec none = {0};
+        emu |= quant_gpu_emulated(j->fmts[f].w, j->fmts[f].in_enable ? j->fmts[f].in : none);
+    }
+    double resident = 0; // the one-window resident plan's peak, named when the cap is too small
     for (;;) {
         StreamSpec s;
-        stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b, j->ids.n, cap);
+        stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b, j->ids.n, cap,
+                          j->gpu_gemm == GEMM_BF16X2, emu);
+        if (b == 1) {
+            StreamSpec r = s;
+            StreamPlan rp;
+            r.cap = INFINITY, r.force = 0;
+            stream_plan(&r, &rp);
+            resident = rp.gpu_bytes;
+            stream_plan_free(&rp);
+        }
         s.k_force = kf ? atoi(kf) : 0;
         s.force = forced;
         ok = stream_plan(&s, plan);
@@ -500,8 +514,9 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     }
     if (!ok)
         fail_input("--gpu-memory: %.3f GiB is too small for %s with windows of %d tokens: streaming needs at "
-                   "least %.3f GiB (%.0f bytes)",
-                   cap / 1073741824.0, j->model_dir, j->ids.t, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes);
+                   "least %.3f GiB (%.0f bytes); every layer resident needs %.3f GiB (%.0f bytes)",
+                   cap / 1073741824.0, j->model_dir, j->ids.t, plan->gpu_bytes / 1073741824.0, plan->gpu_bytes,
+                   resident / 1073741824.0, resident);
     if (!plan->streamed) {
         info_msg(
             "score: --gpu-memory %.3f GiB: the model fits (planned peak %.3f GiB (%.0f bytes)): every layer "
@@ -535,11 +550,6 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     int B = 1;
     GpuScoreSpec ssp = *sp; // a streamed run's engine batch may be smaller
     j->streamed = stream_decide(j, &ssp.B, &plan);
-    if (j->streamed && j->wscore) { // the streamed passes sum over a batch's windows (README "Not done yet")
-        warn_msg("score: a streamed run keeps no per-window scores yet (search --bootstrap needs them)");
-        free(j->wscore);
-        j->wscore = NULL;
-    }
     if (j->streamed) {
         gpu_stream_scorer_init(&ss, &ssp, &plan);
         e = ss.e;
@@ -572,14 +582,15 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     for (int i = start; i < j->ids.n;) {
         int nb = j->ids.n - i < B ? j->ids.n - i : B;
         const int* ids = j->ids.ids + (long)i * j->ids.t;
+        double* wrows = j->wscore ? j->wscore + (size_t)i * j->nf * j->groups.n : NULL;
         if (!j->use_gpu) {
             add_window(j, &cpu, ids, i);
-        } else if (j->streamed && j->method == METHOD_GRADIENT) {
-            gpu_stream_score_gradient(&ss, ids, nb, j->score, i + nb < j->ids.n);
+        } else if (j->streamed && j->method == METHOD_GRADIENT) { // the batch's per-window scores into its rows
+            gpu_stream_score_gradient(&ss, ids, nb, j->score, wrows, i + nb < j->ids.n);
         } else if (j->streamed) {
-            gpu_stream_score_kl(&ss, ids, nb, j->score, i + nb < j->ids.n);
+            gpu_stream_score_kl(&ss, ids, nb, j->score, wrows, i + nb < j->ids.n);
         } else { // the batch's per-window scores into its rows
-            gpu_scorer_windows(&gpu, j->wscore ? j->wscore + (size_t)i * j->nf * j->groups.n : NULL);
+            gpu_scorer_windows(&gpu, wrows);
             if (j->method == METHOD_GRADIENT)
                 gpu_score_gradient(&gpu, ids, nb, j->score);
             else
@@ -604,6 +615,7 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
         j->gpu_peak = gpu_peak_bytes(e);
         if (j->streamed) {
             gpu_stream_stats(ss.st, &j->stream_h2d, &j->stream_unhidden);
+            j->stream_alloc = (double)gpu_alloc_bytes(e);
             gpu_stream_scorer_free(&ss);
         }
         gpu_engine_free(e);

@@ -90,10 +90,13 @@ extern "C" void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* 
     memset(ss, 0, sizeof(*ss));
     ss->sp = sp;
     ss->plan = plan;
-    ss->e = gpu_stream_engine(sp->m, sp->T, sp->B, sp->split, plan->res, &ss->st);
+    int L = sp->m->c.num_layers, K = plan->k;
+    double* lb = (double*)xmalloc(sizeof(double) * L);
+    for (int l = 0; l < L; l++) lb[l] = stream_layer_bytes(sp->m, l);
+    ss->e = gpu_stream_engine(sp->m, sp->T, sp->B, sp->split, plan->res, lb, &ss->st);
+    free(lb);
     gpu_scorer_init(&ss->s, ss->e, sp);
     const Groups* gs = sp->gs;
-    int L = sp->m->c.num_layers, K = plan->k;
     if (!sp->gradient) { // the passes in birth order (stable: the group-major order within a layer)
         ss->order = (int*)xmalloc(sizeof(int) * 2 * (sp->nf * gs->n + 1));
         for (int l = 0; l < L; l++)
@@ -146,6 +149,7 @@ extern "C" void gpu_stream_scorer_free(GpuStreamScorer* ss) {
         free(g);
     }
     gpu_stream_free(ss->st);
+    free(ss->dw);
     free(ss->state);
     free(ss->order);
 }
@@ -183,7 +187,8 @@ static int batch_windows(const GpuStreamScorer* ss, int nw, int k) {
     return r < B ? r : B;
 }
 
-extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more) {
+extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows,
+                                    int more) {
     GpuEngine* e = ss->e;
     const GpuScoreSpec* sp = ss->sp;
     int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
@@ -206,8 +211,10 @@ extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw,
     gpu_stream_break(ss->st);
     own_restore(e, own);
     // the heads and KLs, batch by batch as the resident run adds them
+    long n = (long)sp->nf * sp->gs->n;
     for (int k = 0; k < K; k++) {
         int nb = batch_windows(ss, nw, k);
+        gpu_scorer_windows(&ss->s, wrows ? wrows + (size_t)k * B * n : NULL);
         e->h = state_use(ss, kl_ref(k), nb, 1);
         gpu_kl_reference(&ss->s, nb);
         state_done(ss, kl_ref(k), nb, 0);
@@ -230,11 +237,30 @@ static int gr_keep(const GpuStreamScorer* ss, int k, int l) {
     return gr_h(ss, k) + 2 + (ss->sp->m->c.num_layers - 1 - l);
 }
 
+// The gradient's per-window sums of engine batch k (nb windows): its own device rows while the streamed
+// backward interleaves the batches, and where gpu_scorer_end adds them (host rows, or NULL: none kept).
+static void gr_windows(GpuStreamScorer* ss, int k, int nb, double* rows) {
+    GpuScorer* s = &ss->s;
+    if (!rows) return;
+    long n = (long)ss->sp->nf * ss->sp->gs->n;
+    if (!ss->dw) {
+        ss->dw = (double**)xcalloc(ss->plan->k, sizeof(double*));
+        for (int i = 0; i < ss->plan->k; i++) {
+            ss->dw[i] = (double*)gpu_alloc(ss->e, sizeof(double) * ss->sp->B * n);
+            cudaCheck(cudaMemset(ss->dw[i], 0, sizeof(double) * ss->sp->B * n));
+        }
+    }
+    s->dwscore = ss->dw[k];
+    s->wout = rows;
+    s->nb = nb;
+}
+
 extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score,
-                                            int more) {
+                                            double* wrows, int more) {
     GpuEngine* e = ss->e;
     const GpuScoreSpec* sp = ss->sp;
     int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
+    long n = (long)sp->nf * sp->gs->n;
     Own own = own_save(e);
     gpu_stream_break(ss->st);
     for (int k = 0; k < K; k++) { // the mode (the gradient's buffers on the first call, at l1 = L)
@@ -281,6 +307,7 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
             e->h = own.h;
             e->hsave = state_use(ss, gr_keep(ss, k, l), nb, 1);
             e->dh = state_use(ss, gr_dh(ss, k), nb, 1);
+            gr_windows(ss, k, nb, wrows ? wrows + (size_t)k * B * n : NULL);
             gpu_grad_backward(&ss->s, nb);
             state_done(ss, gr_dh(ss, k), nb, 1);
             state_done(ss, gr_keep(ss, k, l), nb, 0);
@@ -289,6 +316,14 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
     }
     (void)more; // the next batch's forward begins with layer 0, still in its slot
     own_restore(e, own);
-    gpu_scorer_end(&ss->s, score);
+    if (!wrows) {
+        gpu_scorer_end(&ss->s, score);
+        return loss;
+    }
+    for (int k = 0; k < K; k++) { // each batch's windows, in window order: their sums are the totals
+        gr_windows(ss, k, batch_windows(ss, nw, k), wrows + (size_t)k * B * n);
+        gpu_scorer_end(&ss->s, score);
+    }
+    ss->s.dwscore = NULL;
     return loss;
 }

@@ -28,6 +28,7 @@ typedef struct {
     int* order;    // kl: the passes (format, group index into sp->gs), sorted by birth layer
     int n_pass;
     double spill_bytes; // bytes each way through spilled states
+    double** dw;        // gradient with per-window scores: (plan->k) device (B, nf * groups) sums, or NULL
 } GpuStreamScorer;
 
 // Free memory of the current GPU, bytes.
@@ -36,10 +37,12 @@ size_t gpu_stream_free_memory(void);
 void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const StreamPlan* plan);
 void gpu_stream_scorer_free(GpuStreamScorer* ss);
 // nw windows (ids (nw, T), nw <= plan->k B) as one streamed batch, added to score; more: another batch
-// follows (its first layer is copied while this batch's heads run). The gradient returns the summed
-// per-window mean CE.
-void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more);
-double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more);
+// follows (its first layer is copied while this batch's heads run). wrows: host rows (nw, nf * groups)
+// the windows' own scores are added to (README §6), or NULL: none kept; the gradient's totals are then the
+// sums of its windows, as resident. The gradient returns the summed per-window mean CE.
+void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows, int more);
+double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows,
+                                 int more);
 
 #ifdef __cplusplus
 }
