@@ -27,6 +27,13 @@ struct GpuStream {
     void** host; // pinned allocations
     int n_host;
     int registered; // the checkpoint's mappings are page-locked (cudaHostRegister): copies go straight over
+    // gpu_stream_extra's blocks: per layer on the host, two device slots beside the layer slots
+    void* const* x_host;
+    const size_t* x_bytes;
+    void* x_dev[2];
+    cudaStream_t xs;
+    void (*x_bind)(void*, int, void*);
+    void* x_ctx;
 };
 
 // Page-locks the checkpoint's mappings, so that a layer's copy is one DMA from the page cache (55 GB/s on an
@@ -126,6 +133,23 @@ static void slot_fill(GpuStream* st, int k, int l) {
     e->up_now = 0;
     st->slot_l[k] = l;
     st->h2d += st->lbytes[l];
+    if (st->x_host && st->x_host[l]) { // on a stream of its own: the queued work keeps running
+        cudaCheck(cudaMemcpyAsync(st->x_dev[k], st->x_host[l], st->x_bytes[l], cudaMemcpyHostToDevice, st->xs));
+        cudaCheck(cudaStreamSynchronize(st->xs));
+        st->h2d += (double)st->x_bytes[l];
+    }
+}
+
+extern "C" void gpu_stream_extra(GpuStream* st, void* const* host, const size_t* bytes,
+                                 void (*bind)(void*, int, void*), void* ctx) {
+    size_t most = 0;
+    for (int l = 0; l < st->e->m->c.num_layers; l++)
+        if (host[l] && bytes[l] > most) most = bytes[l];
+    st->x_host = host, st->x_bytes = bytes, st->x_bind = bind, st->x_ctx = ctx;
+    for (int k = 0; k < 2; k++) st->x_dev[k] = gpu_alloc(st->e, most);
+    cudaCheck(cudaStreamCreateWithFlags(&st->xs, cudaStreamNonBlocking));
+    if (st->slot_l[0] >= 0 || st->slot_l[1] >= 0)
+        fail_other("internal: gpu_stream_extra after a layer streamed");
 }
 
 extern "C" void gpu_stream_begin(GpuStream* st, int l) {
@@ -138,6 +162,7 @@ extern "C" void gpu_stream_begin(GpuStream* st, int l) {
         }
         e->layers[l] = st->slot[k];
         st->last = k;
+        if (st->x_host && st->x_host[l]) st->x_bind(st->x_ctx, l, st->x_dev[k]);
     }
     mark(st, 1);
 }
@@ -209,6 +234,7 @@ extern "C" void gpu_stream_free(GpuStream* st) {
         if (st->slot_l[k] >= 0) memset(&st->e->layers[st->slot_l[k]], 0, sizeof(GpuLayer));
     }
     for (int i = 0; i < MARKS; i++) cudaEventDestroy(st->mark[i]);
+    if (st->x_host) cudaStreamDestroy(st->xs);
     for (int i = 0; i < st->n_host; i++) cudaFreeHost(st->host[i]);
     for (int i = 0; st->registered && i < st->e->m->ck.nfiles; i++)
         cudaHostUnregister(st->e->m->ck.files[i].map);

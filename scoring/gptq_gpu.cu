@@ -242,14 +242,18 @@ static int capture_input(GpuEngine* e, int idx, const void* x16, int M, void* ct
 }
 
 // Windows [b B, b B + nb) through layer l of e: the residual stream from the pool (the embedding at
-// layer 0), and back into it when `keep`.
-static void run_batch(GpuEngine* e, int l, const TokenIds* ids, int b, int B, float* pool, int keep) {
+// layer 0), and back into it when `keep`; the pool on the device, or in pinned host memory (`host`).
+static void run_batch(GpuEngine* e, int l, const TokenIds* ids, int b, int B, float* pool, int keep, int host) {
     int nb = ids->n - b * B < B ? ids->n - b * B : B;
     size_t TD = (size_t)ids->t * e->m->c.hidden_size, bytes = sizeof(float) * TD * nb;
     gpu_pass_begin(e, 0, ids->ids + (size_t)b * B * ids->t, nb);
-    if (l > 0) cudaCheck(cudaMemcpy(gpu_hidden(e), pool + TD * b * B, bytes, cudaMemcpyDeviceToDevice));
+    if (l > 0)
+        cudaCheck(cudaMemcpy(gpu_hidden(e), pool + TD * b * B, bytes,
+                             host ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice));
     gpu_forward_layers(e, l, nb, 0);
-    if (keep) cudaCheck(cudaMemcpy(pool + TD * b * B, gpu_hidden(e), bytes, cudaMemcpyDeviceToDevice));
+    if (keep)
+        cudaCheck(cudaMemcpy(pool + TD * b * B, gpu_hidden(e), bytes,
+                             host ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice));
 }
 
 static int any_chosen(const int* choices, int nsets, int nl, int i) {
@@ -436,8 +440,8 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     if (q->gptq.block > 128) fail_other("internal: GPTQ blocks of more than 128 columns on the GPU");
     if (q->codes && nsets > 1) fail_other("internal: GPTQ codes handed back for one recipe only");
     double t0 = time_now();
-    float* pool;
-    cudaCheck(cudaMalloc(&pool, sizeof(float) * (size_t)ids->n * T * c->hidden_size));
+    size_t fr0, fr, tot;
+    cudaCheck(cudaMemGetInfo(&fr0, &tot));
     Capture cap;
     memset(&cap, 0, sizeof(cap));
     cap.m = m;
@@ -447,6 +451,29 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     work_init(&wk, &cap, m, choices, nsets);
     GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, 0, 1, 1); // uploads layer 0
     gpu_engine_walk_init(e);
+    // the windows' pool beside what the walk holds (its two layer sets, Hessians, buffers): on the device
+    // unless that passes --gpu-memory (README "Streaming")
+    float* pool;
+    size_t pool_bytes = sizeof(float) * (size_t)ids->n * T * c->hidden_size;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    double used = fr0 > fr ? (double)(fr0 - fr) : 0;
+    if (q->gpu_mem > 0 && used > q->gpu_mem)
+        fail_input(
+            "--gpu-memory: %.3f GiB is too small for GPTQ on the GPU: its layer walk holds %.3f GiB (%.0f "
+            "bytes) before the windows' pool of %.3f GiB (%.0f bytes)",
+            q->gpu_mem / 1073741824.0, used / 1073741824.0, used, pool_bytes / 1073741824.0,
+            (double)pool_bytes);
+    int host_pool = q->gpu_mem > 0 && used + pool_bytes > q->gpu_mem;
+    if (host_pool)
+        cudaCheck(cudaMallocHost(&pool, pool_bytes));
+    else
+        cudaCheck(cudaMalloc(&pool, pool_bytes));
+    if (q->gpu_mem > 0)
+        info_msg(
+            "gptq: --gpu-memory %.3f GiB: the layer walk holds %.3f GiB (%.0f bytes); the windows' pool of "
+            "%.3f GiB (%.0f bytes) %s",
+            q->gpu_mem / 1073741824.0, used / 1073741824.0, used, pool_bytes / 1073741824.0, (double)pool_bytes,
+            host_pool ? "waits in pinned host memory" : "on the GPU");
     wk.t_load = time_now() - t0;
     Prefetch pf;
     prefetch_init(&pf, e);
@@ -463,7 +490,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
             t1 = time_now();
             cap.tokens = 0;
             gpu_set_capture(e, capture_input, &cap);
-            for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, !sequential);
+            for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, !sequential, host_pool);
             gpu_set_capture(e, NULL, NULL);
             cudaCheck(cudaStreamSynchronize(0));
             wk.t_hess += time_now() - t1;
@@ -473,7 +500,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
             wk.t_gptq += time_now() - t1;
         }
         t1 = time_now();
-        for (int b = 0; (sequential || !any) && b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1);
+        for (int b = 0; (sequential || !any) && b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1, host_pool);
         cudaCheck(cudaStreamSynchronize(0));
         wk.t_pass += time_now() - t1;
         progress_step(&p, 1);
@@ -484,7 +511,10 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     gpu_gptq_profile_report();
     work_free(&wk, &cap);
     cublasDestroy(cap.blas);
-    cudaFree(pool);
+    if (host_pool)
+        cudaFreeHost(pool);
+    else
+        cudaFree(pool);
     info_msg("gptq: %s pipeline over %d layers on the GPU (%s), %d x %d tokens in %.2fs (waiting for weights "
              "%.2fs, passes with X^T X %.2fs, GPTQ %.2fs, other passes %.2fs)",
              sequential ? "sequential" : "basic", L, gpu_name(), ids->n, T, time_now() - t0, wk.t_load,

@@ -100,6 +100,7 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     const char* gm = args_str(a, "--gpu-memory");
     if (gm && (j->gpu_mem = stream_parse_size(gm)) <= 0)
         fail_input("%s: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", a->cmd, gm);
+    j->quant.gpu_mem = j->gpu_mem; // GPTQ's pipeline on the GPU keeps to the cap too
     parse_domains(j, a);
     j->min_expert_tokens = args_int(a, "--min-expert-tokens", 16);
     j->model_dir = args_pos(a, 0);
@@ -211,8 +212,6 @@ void score_job_load(ScoreJob* j) {
         fail_input("--gpu-memory: no CUDA device in use (--device cpu or none found)");
     if (j->gpu_mem && (j->shard || j->nccl_init || j->ngpus > 1))
         fail_input("--gpu-memory: streamed layers run on one GPU for now (--gpus 1; README \"Not done yet\")");
-    if (j->gpu_mem && j->quant.kind == QUANTIZER_GPTQ)
-        fail_input("--gpu-memory: GPTQ does not stream its layers yet (README \"Not done yet\")");
     // bf16 to the GPU, no fp32 host copy, unless the host runs passes too: GPTQ's Hessians (and its codes'
     // scales) or search --verify
     if (j->use_gpu && !j->need_host && j->quant.kind != QUANTIZER_GPTQ)
@@ -470,9 +469,7 @@ static void add_window(ScoreJob* j, Scorer* cpu, const int* ids, int w) {
 // one window with two layer slots fits.
 static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     const Config* c = &j->model.c;
-    if (!j->use_gpu || j->quant.kind == QUANTIZER_GPTQ || j->shard || j->nccl_init || j->ngpus > 1 ||
-        c->fam->hybrid)
-        return 0;
+    if (!j->use_gpu || j->shard || j->nccl_init || j->ngpus > 1 || c->fam->hybrid) return 0;
     double free_b = (double)gpu_stream_free_memory(), cap = j->gpu_mem;
     // bench: the streamed code path (layer-major) even where the model fits, its layers then resident
     const char* force = getenv("AUTOQ_STREAM");
@@ -495,6 +492,8 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
         StreamSpec s;
         stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b, j->ids.n, cap,
                           j->gpu_gemm == GEMM_BF16X2, emu);
+        if (j->quant.kind == QUANTIZER_GPTQ) // GPTQ's codes (a byte a weight) and row scales per format
+            for (int l = 0; l < c->num_layers; l++) ((double*)s.layer_bytes)[l] *= 1 + j->nf * STREAM_GIVEN;
         if (b == 1) {
             StreamSpec r = s;
             StreamPlan rp;

@@ -29,11 +29,14 @@ typedef struct {
     int n_pass;
     double spill_bytes; // bytes each way through spilled states
     double** dw;        // gradient with per-window scores: (plan->k) device (B, nf * groups) sums, or NULL
+    GpuScoreSpec spec;  // sp without its given weights: the scorer's (this file gives them layer by layer)
+    void* given;        // GPTQ's given weights of the streamed layers (score_stream.cu), or NULL
 } GpuStreamScorer;
 
 // Free memory of the current GPU, bytes.
 size_t gpu_stream_free_memory(void);
-// The engine and scorer of a streamed run planned by plan (plan->streamed; no given weights).
+// The engine and scorer of a streamed run planned by plan (plan->streamed). Given weights (sp->qc, GPTQ's)
+// of resident layers are uploaded once; a streamed layer's follow it into its slot, as int8 codes and scales.
 void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const StreamPlan* plan);
 void gpu_stream_scorer_free(GpuStreamScorer* ss);
 // nw windows (ids (nw, T), nw <= plan->k B) as one streamed batch, added to score; more: another batch

@@ -66,6 +66,9 @@ void stream_plan_free(StreamPlan* p);
 // frees.
 #define STREAM_EST_FLOPS 200e12 // sustained GEMM rate of an H100 / H200 on these passes
 #define STREAM_EST_BW 20e9      // staged host->GPU copies from the checkpoint's mapping
+// Given weights (GPTQ's) on the GPU per format, per byte of a bf16 layer: its int8 codes (half) and fp32 row
+// scales (4 bytes a row: under 1/16 of the codes for linears of 64 inputs or more)
+#define STREAM_GIVEN (0.5 * 17.0 / 16.0)
 void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
                        int windows, double cap, int split, int emu);
 // The engine's buffers of the GEMM mode and emulated formats beyond shard_stage_bytes's estimate (above).

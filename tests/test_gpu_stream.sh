@@ -25,8 +25,8 @@ if ! "$AQ" score $moe --data $moe_ids --num-samples 1 --method kl --device cuda 
     echo "SKIP $SUITE: streamed layers on the GPU (no CUDA device, or built without nvcc)"
     exit 0
 fi
-expect "GPTQ refuses --gpu-memory" "GPTQ does not stream" \
-    "$AQ" score $moe --data $moe_ids --method kl --device cuda --quantizer gptq --gpu-memory 1GiB
+expect "eval --gpu-memory needs GPTQ on a GPU" "it needs --quantizer gptq on a GPU" \
+    "$AQ" eval "$M" --data $D --num-samples 1 --format w4a8 --gpu-memory 1GiB
 
 # same A B TOL: every score of A within TOL (relative) of B's, every score finite; TOL 0: bit-identical
 same() {
@@ -99,7 +99,8 @@ check() {
         return
     fi
     local mid=$((lo + (hi - lo) / 3)) low=$((lo + (hi - lo) / 20)) cap kind
-    [ "$name" = tiny-kl ] && tiny_cap=$low
+    CAPS[$name.mid]=$mid
+    CAPS[$name.low]=$low
     for kind in $kinds; do
         cap=${!kind}
         if ! AUTOQ_STREAM_BATCHES=$([ $kind = mid ] && echo 2 || echo 0) "${a[@]}" --gpu-memory "$cap" \
@@ -118,7 +119,7 @@ check() {
     done
 }
 
-tiny_cap=
+declare -A CAPS # NAME.KIND: the caps check computed
 # one window per engine batch, so the streamed run's engine batch is the resident one's; three windows: a
 # streamed batch of two and one of one
 check tiny-kl "$M" $D kl 0 "mid low" --num-samples 3 --batch-size 1
@@ -136,6 +137,7 @@ fi
 # search --verify under a cap: the scores stream (bit-identical kl), so the recipe is the resident run's, and
 # the verification (the CPU engine) measures the same
 v=("$AQ" search "$M" --data $D --num-samples 2 --batch-size 1 --method kl --budget 6 --verify --device cuda)
+tiny_cap=${CAPS[tiny-kl.low]:-}
 if [ -z "$tiny_cap" ]; then
     fail "search --verify under --gpu-memory: no cap (tiny-kl's probe failed)"
 elif "${v[@]}" --out "$tmp/v.res.json" >/dev/null 2>"$tmp/v.res.log" &&
@@ -147,4 +149,49 @@ elif "${v[@]}" --out "$tmp/v.res.json" >/dev/null 2>"$tmp/v.res.log" &&
         fail "search --verify under --gpu-memory: $(diff "$tmp/v.res.json" "$tmp/v.str.json" | head -5)"
 else
     fail "search --verify under --gpu-memory: $(tail -2 "$tmp/v.str.log" "$tmp/v.res.log")"
+fi
+
+# GPTQ scores under a cap (the caps of the runs above: GPTQ's codes make every layer larger, so they stream
+# with fewer resident): the given codes follow their layer into its slot; the same scores as resident GPTQ
+gptq_check() { # NAME METHOD TOL CAP
+    local name=$1 method=$2 tol=$3 cap=$4
+    local a=("$AQ" score "$M" --data $D --method "$method" --device cuda --num-samples 3 --batch-size 1
+        --quantizer gptq --format w4a8)
+    if [ -z "$cap" ]; then
+        fail "$name: no cap (the probe above failed)"
+    elif ! "${a[@]}" --out "$tmp/$name.res.h5" >/dev/null 2>"$tmp/$name.res.log" ||
+        ! "${a[@]}" --gpu-memory "$cap" --out "$tmp/$name.str.h5" >/dev/null 2>"$tmp/$name.str.log" ||
+        ! grep -q "streaming layers from host memory" "$tmp/$name.str.log"; then
+        fail "$name: $(grep -v TFLOP "$tmp/$name.str.log" "$tmp/$name.res.log" | tail -3)"
+    else
+        grep -h "streaming layers\|streamed layers" "$tmp/$name.str.log" | sed "s/^/# $name: /"
+        local r
+        r=$(same "$tmp/$name.str.h5" "$tmp/$name.res.h5" "$tol") && pass "$name under $cap bytes: $r" ||
+            fail "$name under $cap bytes: $r"
+    fi
+}
+gptq_check gptq-kl kl 0 "${CAPS[tiny-kl.mid]:-}"
+gptq_check gptq-gradient gradient 1e-6 "${CAPS[tiny-gradient.mid]:-}"
+
+# GPTQ's own pipeline under a cap (quantize): its windows' pool in pinned host memory when the pool would pass
+# it, the same checkpoint byte for byte; a cap below its layer walk is exit 2
+"$AQ" search "$M" --data $D --num-samples 2 --method kl --budget 6 --device cpu --out "$tmp/r.json" >/dev/null 2>&1
+q=("$AQ" quantize "$M" --recipe "$tmp/r.json" --data $D --num-samples 4 --quantizer gptq --device cuda)
+if "${q[@]}" --gpu-memory 1TiB --out "$tmp/q.res" >/dev/null 2>"$tmp/q.res.log"; then
+    walk=$(bytes "$tmp/q.res.log" "the layer walk holds")
+    pool=$(bytes2 "$tmp/q.res.log" "the layer walk holds")
+    if [ -n "$walk" ] && [ -n "$pool" ] &&
+        "${q[@]}" --gpu-memory $((walk + pool / 2)) --out "$tmp/q.str" >/dev/null 2>"$tmp/q.str.log" &&
+        grep -q "waits in pinned host memory" "$tmp/q.str.log"; then
+        same_dir=1
+        for f in "$tmp"/q.res/*; do cmp -s "$f" "$tmp/q.str/$(basename "$f")" || same_dir=0; done
+        [ $same_dir = 1 ] && pass "quantize --quantizer gptq, the pool in host memory: the same checkpoint" ||
+            fail "quantize --quantizer gptq under --gpu-memory: the checkpoints differ"
+    else
+        fail "quantize --quantizer gptq under --gpu-memory: $(tail -2 "$tmp/q.str.log" "$tmp/q.res.log")"
+    fi
+    expect "quantize: a cap below GPTQ's layer walk" "too small for GPTQ" \
+        "${q[@]}" --gpu-memory 1 --out "$tmp/q.small"
+else
+    fail "quantize --quantizer gptq: $(tail -2 "$tmp/q.res.log")"
 fi
