@@ -216,6 +216,7 @@ typedef struct {
     int8_t* codes; // (rows, n) device
     Copier copier;
     double t_load, t_hess, t_gptq, t_pass; // seconds, for the closing line
+    double dev_bytes;                      // what work_init allocated on the device
 } GptqWork;
 
 static int capture_input(GpuEngine* e, int idx, const void* x16, int M, void* ctx) {
@@ -393,7 +394,10 @@ static void work_init(GptqWork* wk, Capture* cap, const Model* m, const int* cho
         if (!width[site]) continue;
         gpu_gptq_factor_init(&wk->fac[site], width[site]);
         cudaCheck(cudaMalloc(&cap->xtx[site], sizeof(float) * width[site] * width[site]));
+        double n = width[site], h = (double)(width[site] / 2 + 1); // gpu_gptq_factor_init's buffers, and xtx
+        wk->dev_bytes += 5 * n + 16 * n * n + 8 * h * h + 8 + (double)wk->fac[site].work_bytes;
     }
+    wk->dev_bytes += 5.0 * most + 4.0 * rows_most * (GPTQ_ERR_COLS + 1) + 4.0 * lin_most;
     cudaCheck(cudaMalloc(&wk->W, sizeof(float) * most));
     cudaCheck(cudaMalloc(&wk->codes, most));
     cudaCheck(cudaMalloc(&wk->err, sizeof(float) * rows_most * GPTQ_ERR_COLS));
@@ -440,8 +444,6 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     if (q->gptq.block > 128) fail_other("internal: GPTQ blocks of more than 128 columns on the GPU");
     if (q->codes && nsets > 1) fail_other("internal: GPTQ codes handed back for one recipe only");
     double t0 = time_now();
-    size_t fr0, fr, tot;
-    cudaCheck(cudaMemGetInfo(&fr0, &tot));
     Capture cap;
     memset(&cap, 0, sizeof(cap));
     cap.m = m;
@@ -453,10 +455,10 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     gpu_engine_walk_init(e);
     // the windows' pool beside what the walk holds (its two layer sets, Hessians, buffers): on the device
     // unless that passes --gpu-memory (README "Streaming")
+    // (the walk's own allocations: unlike free memory, blind to other processes on the GPU)
     float* pool;
     size_t pool_bytes = sizeof(float) * (size_t)ids->n * T * c->hidden_size;
-    cudaCheck(cudaMemGetInfo(&fr, &tot));
-    double used = fr0 > fr ? (double)(fr0 - fr) : 0;
+    double used = (double)gpu_alloc_bytes(e) + wk.dev_bytes;
     if (q->gpu_mem > 0 && used > q->gpu_mem)
         fail_input(
             "--gpu-memory: %.3f GiB is too small for GPTQ on the GPU: its layer walk holds %.3f GiB (%.0f "
