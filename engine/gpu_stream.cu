@@ -1,6 +1,7 @@
 // Streaming layers from host memory (engine/gpu_stream.h): two layer slots on the GPU, filled from the
 // checkpoint's mapping through the engine's pinned staging buffers (upload_bytes) on the uploading
 // thread's own stream, so that the next layer crosses the bus while the queued work of this one runs.
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -40,7 +41,7 @@ struct GpuStream {
 // H100 host, against 7 GB/s from pageable memory and the staging copies' host memcpy) instead of host copies
 // into staging buffers. Only when the checkpoint fits well within the host's memory (else it must stay
 // pageable, read from disk as the page cache cycles) and not with AUTOQ_STREAM_PIN=0; a failure falls back
-// to the staging buffers.
+// to the staging buffers. Portable: every GPU of the process copies from it (--gpus N, one stream per GPU).
 static int register_checkpoint(const Model* m) {
     const char* v = getenv("AUTOQ_STREAM_PIN");
     if (v && !strcmp(v, "0")) return 0;
@@ -49,8 +50,8 @@ static int register_checkpoint(const Model* m) {
     if (total > 0.6 * ram) return 0;
     double t0 = time_now();
     for (int i = 0; i < m->ck.nfiles; i++)
-        if (cudaHostRegister(m->ck.files[i].map, m->ck.files[i].size, cudaHostRegisterReadOnly) !=
-            cudaSuccess) {
+        if (cudaHostRegister(m->ck.files[i].map, m->ck.files[i].size,
+                             cudaHostRegisterReadOnly | cudaHostRegisterPortable) != cudaSuccess) {
             (void)cudaGetLastError();
             for (int j = 0; j < i; j++) cudaHostUnregister(m->ck.files[j].map);
             warn_msg("%s: could not page-lock the checkpoint for streaming: copies go through staging buffers",
@@ -60,6 +61,25 @@ static int register_checkpoint(const Model* m) {
     info_msg("score: page-locked the checkpoint's %.1f GiB for streaming in %.1fs", total / 1073741824.0,
              time_now() - t0);
     return 1;
+}
+
+// The streams of one process (one per GPU) share the registration: the first registers, the last unregisters.
+static pthread_mutex_t g_pin_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_pin_refs, g_pin_ok;
+
+static int pin_acquire(const Model* m) {
+    pthread_mutex_lock(&g_pin_mu);
+    if (g_pin_refs++ == 0) g_pin_ok = register_checkpoint(m);
+    int ok = g_pin_ok;
+    pthread_mutex_unlock(&g_pin_mu);
+    return ok;
+}
+
+static void pin_release(const Model* m) {
+    pthread_mutex_lock(&g_pin_mu);
+    if (--g_pin_refs == 0 && g_pin_ok)
+        for (int i = 0; i < m->ck.nfiles; i++) cudaHostUnregister(m->ck.files[i].map);
+    pthread_mutex_unlock(&g_pin_mu);
 }
 
 extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
@@ -89,7 +109,7 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
     }
     for (int i = 0; i < MARKS; i++) cudaCheck(cudaEventCreate(&st->mark[i]));
     st->last = 1;
-    st->registered = register_checkpoint(m);
+    st->registered = pin_acquire(m);
     *out = st;
     return e;
 }
@@ -236,8 +256,7 @@ extern "C" void gpu_stream_free(GpuStream* st) {
     for (int i = 0; i < MARKS; i++) cudaEventDestroy(st->mark[i]);
     if (st->x_host) cudaStreamDestroy(st->xs);
     for (int i = 0; i < st->n_host; i++) cudaFreeHost(st->host[i]);
-    for (int i = 0; st->registered && i < st->e->m->ck.nfiles; i++)
-        cudaHostUnregister(st->e->m->ck.files[i].map);
+    pin_release(st->e->m);
     free(st->host);
     free(st->lbytes);
     free(st);

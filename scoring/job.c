@@ -210,8 +210,11 @@ void score_job_load(ScoreJob* j) {
         fail_input("%s: format '%s' %s; use --device cpu", gpu_fmt->path, gpu_fmt->name, gpu_why);
     if (j->gpu_mem && !j->use_gpu)
         fail_input("--gpu-memory: no CUDA device in use (--device cpu or none found)");
-    if (j->gpu_mem && (j->shard || j->nccl_init || j->ngpus > 1))
-        fail_input("--gpu-memory: streamed layers run on one GPU for now (--gpus 1; README \"Not done yet\")");
+    if (j->gpu_mem && (j->shard || j->nccl_init))
+        fail_input(
+            "--gpu-memory: streamed layers run on the GPUs of one process, data parallel (--gpus N), not "
+            "with %s yet (README \"Not done yet\")",
+            j->shard ? "--shard-layers" : "--nccl-init");
     // bf16 to the GPU, no fp32 host copy, unless the host runs passes too: GPTQ's Hessians (and its codes'
     // scales) or search --verify
     if (j->use_gpu && !j->need_host && j->quant.kind != QUANTIZER_GPTQ)
@@ -420,6 +423,8 @@ void score_job_free(ScoreJob* j) {
 
 // ---- the run: one back end chosen once, then the windows in batches ----
 
+static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan);
+
 // Several GPUs (data parallel, ranks or a layer pipeline): every window at once, no checkpoint.
 static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint) {
     const char* how = j->nccl_init ? "--nccl-init" : j->shard ? "--shard-layers" : "--gpus";
@@ -434,10 +439,20 @@ static void run_gpus(ScoreJob* j, const GpuScoreSpec* sp, const char* checkpoint
     } else {
         info_msg("score: %d CUDA devices (%s), batches of %d windows, %s", j->ngpus, gpu_name(), sp->B,
                  j->shard ? "layers sharded over the GPUs" : "data parallel");
+        GpuScoreSpec ssp = *sp; // data parallel: each GPU streams its layers by one plan (README "Streaming")
+        StreamPlan plan;
+        double stats[3] = {0, 0, 0};
+        memset(&plan, 0, sizeof(plan));
+        if (!j->shard) j->streamed = stream_decide(j, &ssp.B, &plan);
         if (j->shard)
             gpu_score_sharded(sp, j->ids.ids, j->ids.n, j->ngpus, j->score, &j->seconds, &j->gpu_peak);
+        else if (j->streamed)
+            gpu_score_multi_stream(&ssp, &plan, stats, j->ids.ids, j->ids.n, j->ngpus, j->score, &j->seconds,
+                                   &j->gpu_peak);
         else
             gpu_score_multi(sp, j->ids.ids, j->ids.n, j->ngpus, j->score, &j->seconds, &j->gpu_peak);
+        j->stream_h2d = stats[0], j->stream_unhidden = stats[1], j->stream_alloc = stats[2];
+        stream_plan_free(&plan);
         info_msg("score: %.2fs including the weight uploads", time_now() - t0);
     }
     j->samples_done = j->ids.n; // seconds: the slowest GPU's scoring, loading excluded as on one GPU
@@ -469,7 +484,7 @@ static void add_window(ScoreJob* j, Scorer* cpu, const int* ids, int w) {
 // one window with two layer slots fits.
 static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     const Config* c = &j->model.c;
-    if (!j->use_gpu || j->shard || j->nccl_init || j->ngpus > 1 || c->fam->hybrid) return 0;
+    if (!j->use_gpu || j->shard || j->nccl_init || c->fam->hybrid) return 0;
     double free_b = (double)gpu_stream_free_memory(), cap = j->gpu_mem;
     // bench: the streamed code path (layer-major) even where the model fits, its layers then resident
     const char* force = getenv("AUTOQ_STREAM");

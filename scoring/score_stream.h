@@ -46,6 +46,11 @@ void gpu_stream_scorer_free(GpuStreamScorer* ss);
 void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows, int more);
 double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows,
                                  int more);
+// gpu_score_multi with every GPU streaming its layers by plan (sp->B: its engine batch): each GPU scores its
+// share of the windows as one streamed run; stats[0..2] receive the bytes copied host->GPU and seconds of
+// copies not hidden (summed over the GPUs), and the engine's allocations (the largest).
+void gpu_score_multi_stream(const GpuScoreSpec* sp, const StreamPlan* plan, double* stats, const int* ids,
+                            int n, int ngpus, double* score, double* seconds, size_t* peak);
 
 #ifdef __cplusplus
 }
