@@ -643,7 +643,11 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
 // Every window on the job's devices: several GPUs at once, or one device. Returns 1 when the fp16 GEMM
 // mode overflowed (non-finite scores).
 static int run_scores(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, const char* checkpoint) {
-    if (!(j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1))) return run_one(j, sp, qc, checkpoint);
+    // Test hook: the data-parallel back end (gpu_score_multi) on one GPU (tests/test_gpu_stream.sh)
+    const char* multi = getenv("AUTOQ_TEST_MULTI");
+    int one = !(multi && !strcmp(multi, "1") && j->use_gpu && !j->shard && !j->nccl_init);
+    if (one && !(j->use_gpu && (j->nccl_init || j->shard || j->ngpus > 1)))
+        return run_one(j, sp, qc, checkpoint);
     run_gpus(j, sp, checkpoint);
     return j->gpu_gemm == GEMM_FP16 && !scores_finite(j);
 }

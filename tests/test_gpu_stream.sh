@@ -123,9 +123,9 @@ declare -A CAPS # NAME.KIND: the caps check computed
 # one window per engine batch, so the streamed run's engine batch is the resident one's; three windows: a
 # streamed batch of two and one of one
 check tiny-kl "$M" $D kl 0 "mid low" --num-samples 3 --batch-size 1
-check tiny-gradient "$M" $D gradient 1e-6 "mid low" --num-samples 3 --batch-size 1
+check tiny-gradient "$M" $D gradient 1e-6 "mid" --num-samples 3 --batch-size 1
 check tiny-kl-bf16x2 "$M" $D kl 0 "mid" --num-samples 3 --batch-size 1 --gpu-gemm bf16x2 --format w4a8,nvfp4
-check moe-kl $moe $moe_ids kl 0 "mid low" --batch-size 1
+check moe-kl $moe $moe_ids kl 0 "low" --batch-size 1
 check moe-gradient $moe $moe_ids gradient 1e-6 "low" --batch-size 1
 g=$tmp/g06
 if "$AQ" gen "$g" --preset 0.6b --layers 2 --ids "$tmp/g06.npy" --num-samples 2 --seq-len 128 --quiet; then
@@ -133,6 +133,24 @@ if "$AQ" gen "$g" --preset 0.6b --layers 2 --ids "$tmp/g06.npy" --num-samples 2 
 else
     fail "gen --preset 0.6b --layers 2"
 fi
+
+# The data-parallel back end (--gpus N: a thread per GPU, each streaming its own copy by one plan, the sums
+# all-reduced) on this one GPU (AUTOQ_TEST_MULTI=1): the one-GPU streamed run's scores
+multi_check() { # NAME METHOD TOL CAP
+    local name=$1 method=$2 tol=$3 cap=$4 r
+    if [ -z "$cap" ]; then
+        fail "$name: no cap (the probe above failed)"
+    elif AUTOQ_TEST_MULTI=1 "$AQ" score "$M" --data $D --method "$method" --device cuda --num-samples 3 \
+        --batch-size 1 --gpus 1 --gpu-memory "$cap" --out "$tmp/$name.h5" >/dev/null 2>"$tmp/$name.log" &&
+        grep -q "GPU 0: streamed layers" "$tmp/$name.log"; then
+        grep -h "GPU 0" "$tmp/$name.log" | sed "s/^/# $name: /"
+        r=$(same "$tmp/$name.h5" "$tmp/tiny-$method.res.h5" "$tol") && pass "$name: $r" || fail "$name: $r"
+    else
+        fail "$name: $(grep -v TFLOP "$tmp/$name.log" | tail -2)"
+    fi
+}
+multi_check multi-kl kl 0 "${CAPS[tiny-kl.low]:-}"
+multi_check multi-gradient gradient 1e-6 "${CAPS[tiny-gradient.mid]:-}"
 
 # search --verify under a cap: the scores stream (bit-identical kl), so the recipe is the resident run's, and
 # the verification (the CPU engine) measures the same
