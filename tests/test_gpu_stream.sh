@@ -5,8 +5,10 @@
 # 1e-6 relative (the fp64 sums of a streamed batch's windows add in another order), per-window scores the
 # same way, the engine's own allocations under the cap (the free-memory peak counts other processes on the
 # GPU too); on qwen3-tiny (int8 and bf16 hi + lo with an emulated format), the MoE fixture and a generated
-# model of the Qwen3-0.6B shape (head_dim 128: the fused attention). Then search --verify under a cap.
-# Skipped, visibly, without a GPU. About 25 runs of autoq: under 90 s on one H100.
+# model of the Qwen3-0.6B shape (head_dim 128: the fused attention). Then the data-parallel back end on this
+# GPU, search --verify, GPTQ scores (codes streamed with their layers) and quantize's GPTQ pipeline (its pool
+# in host memory) under a cap. Skipped, visibly, without a GPU. About 35 runs of autoq, meant to take under
+# 90 s on one H100.
 SUITE=gpu-stream
 source tests/lib.sh
 M=${AUTOQ_TINY:-../shared/models/qwen3-tiny}
@@ -27,27 +29,6 @@ if ! "$AQ" score $moe --data $moe_ids --num-samples 1 --method kl --device cuda 
     echo "SKIP $SUITE: streamed layers on the GPU (no CUDA device, or built without nvcc)"
     exit 0
 fi
-
-# same A B TOL: every score of A within TOL (relative) of B's, every score finite; TOL 0: bit-identical
-same() {
-    python3 - "$1" "$2" "$3" <<'PY'
-import json, math, sys
-a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
-s = [(x["score"], y["score"]) for x, y in zip(a["groups"], b["groups"]) if x["score"] is not None]
-w = max(abs(x - y) / max(abs(y), 1e-300) for x, y in s)
-ok = len(s) > 0 and all(math.isfinite(x) for x, _ in s) and w <= float(sys.argv[3])
-print(f"worst relative difference {w:.3g} over {len(s)} scores")
-sys.exit(0 if ok else 1)
-PY
-}
-
-# bytes LOG PATTERN: the "(N bytes" figure of the line matching PATTERN
-bytes() { grep -F "$2" "$1" | sed -n 's/.*(\([0-9]*\) bytes.*/\1/p' | head -1; }
-peak_ok() { # LOG CAP: the reported peak GPU memory below CAP bytes
-    local p
-    p=$(sed -n 's/.*peak GPU memory \([0-9.]*\) GiB.*/\1/p' "$1" | tail -1)
-    python3 -c "import sys; sys.exit(0 if float('$p') * 2**30 < $2 else 1)"
-}
 
 # same A B TOL: every score of A within TOL (relative) of B's, every score finite, and the same of the
 # per-window scores (groups/window_scores) when both hold them; TOL 0: bit-identical
