@@ -47,9 +47,10 @@ def worst(x, y):
 ok = sa.shape == sb.shape and np.isfinite(sa[np.isfinite(sb)]).all() and worst(sa, sb) <= tol
 msg = f"worst relative difference {worst(sa, sb):.3g} over {np.isfinite(sb).sum()} scores"
 if wa is None or wb is None or wa.shape != wb.shape:
-    ok, msg = False, msg + f", per-window scores missing ({wa is not None}, {wb is not None})"
+    ok, msg = False, msg + f", per-window scores missing or unlike ({wa is not None}, {wb is not None})"
 else:
-    ok &= worst(wa, wb) <= tol and np.allclose(wa.sum(axis=-1), sa, rtol=1e-9, atol=0)
+    ok &= worst(wa, wb) <= tol and np.allclose(wa.sum(axis=-1).reshape(sa.shape), sa, rtol=1e-9, atol=0,
+                                               equal_nan=True)
     msg += f", per window {worst(wa, wb):.3g} over {wa.size}"
 print(msg)
 sys.exit(0 if ok else 1)
