@@ -11,6 +11,8 @@
 # 90 s on one H100.
 SUITE=gpu-stream
 source tests/lib.sh
+# KEEP_LOGS=DIR: every run's log copied there at the end (a GPU run's post-mortem)
+[ -n "${KEEP_LOGS:-}" ] && trap 'cp "$tmp"/*.log "$KEEP_LOGS"/ 2>/dev/null; rm -rf "$tmp"' EXIT
 M=${AUTOQ_TINY:-../shared/models/qwen3-tiny}
 D=tests/fixtures/qwen3_tiny_ids.npy
 moe=tests/fixtures/qwen3-moe-tiny
