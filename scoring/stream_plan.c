@@ -61,7 +61,7 @@ static int plan_k(const StreamSpec* s, int k, StreamPlan* p) {
     p->states_gpu = (int)g;
     p->states_spilled = (int)(peak - g);
     p->gpu_bytes = base + (g < MIN_STATES ? MIN_STATES : g) * s->state_bytes;
-    if (g < MIN_STATES && g < peak) return 0;
+    if ((g < MIN_STATES || s->no_spill) && g < peak) return 0;
     // what is left after the states keeps layers resident, the largest first
     double left = room - g * s->state_bytes;
     memset(p->res, 0, s->L);

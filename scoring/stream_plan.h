@@ -29,6 +29,7 @@ typedef struct {
     int batches;               // engine batches in the run (windows / B, rounded up)
     int force;                 // stream even when everything fits
     int k_force;               // > 0: this many engine batches per streamed batch when they fit (tests, bench)
+    int no_spill;              // every in-flight state on the GPU (kl's default: README "Not done yet")
     // estimates for the batch choice: host->GPU bytes per second, and seconds of compute per engine batch
     double h2d_bw, batch_compute_s;
 } StreamSpec;

@@ -78,6 +78,18 @@ static void test_streamed_layout(void) {
     CHECK(ok && p.k == 4 && p.states_gpu == 16 && p.n_resident == 0, "stream_plan_batch_fills_memory",
           "k %d gpu %d resident %d", p.k, p.states_gpu, p.n_resident);
     stream_plan_free(&p);
+    // no spills (kl's default): cap 300 holds 3 states but not the 4 of k = 1: nothing works
+    s.cap = 300;
+    s.no_spill = 1;
+    ok = stream_plan(&s, &p);
+    CHECK(!ok, "stream_plan_no_spill_refuses", "ok %d", ok);
+    stream_plan_free(&p);
+    s.cap = 310;
+    ok = stream_plan(&s, &p);
+    CHECK(ok && p.k == 1 && p.states_spilled == 0, "stream_plan_no_spill_fits", "ok %d k %d spilled %d", ok, p.k,
+          p.states_spilled);
+    stream_plan_free(&p);
+    s.no_spill = 0;
     // cap 280: room 10 < 3 states: nothing works
     s.cap = 280;
     ok = stream_plan(&s, &p);
