@@ -86,8 +86,8 @@ static void test_streamed_layout(void) {
     stream_plan_free(&p);
     s.cap = 310;
     ok = stream_plan(&s, &p);
-    CHECK(ok && p.k == 1 && p.states_spilled == 0, "stream_plan_no_spill_fits", "ok %d k %d spilled %d", ok, p.k,
-          p.states_spilled);
+    CHECK(ok && p.k == 1 && p.states_spilled == 0, "stream_plan_no_spill_fits", "ok %d k %d spilled %d", ok,
+          p.k, p.states_spilled);
     stream_plan_free(&p);
     s.no_spill = 0;
     // cap 280: room 10 < 3 states: nothing works
