@@ -72,6 +72,13 @@ int cmd_check_checkpoint(Args* a); // search/check_checkpoint.c
             "where to compute (default auto: a GPU if any)"                                                    \
     }
 
+// eval and quantize: the cap on GPTQ's GPU pipeline (README "Streaming")
+#define GPTQ_MEMORY_OPT                                                                                        \
+    {                                                                                                          \
+        "--gpu-memory", OPT_STR, "SIZE", NULL, 0, 0, 0, 0,                                                     \
+            "cap on GPTQ's GPU memory (16GiB, 4G); beyond it its windows wait in host memory"                  \
+    }
+
 // The serving engine whose rules apply (configs/targets/NAME.json) and its GPU architecture.
 #define TARGET_OPTS(what)                                                                                      \
     {"--target", OPT_ENUM, NULL, "vllm|sglang|trtllm", 0, 0, 0, 0, what}, {                                    \
@@ -173,6 +180,7 @@ static const Opt k_eval[] = {
     QUANT_OPTS(0),
     GPTQ_PIPELINE(0),
     DEVICE_OPT(0),
+    GPTQ_MEMORY_OPT,
     {"--logits", OPT_OUT, "OUT.npy", NULL, 0, 0, 0, 0,
      "the first window's logits [T, V] float32 (the quantized model's with --recipe or --format)"},
     {"--json", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "JSON on stdout instead of the table"},
@@ -249,6 +257,7 @@ static const Opt k_quantize[] = {
     GPTQ_PIPELINE(0),
     DATA_OPTS(0, 0),
     DEVICE_OPT(0),
+    GPTQ_MEMORY_OPT,
     {NULL},
 };
 

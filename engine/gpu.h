@@ -40,7 +40,10 @@ void gpu_engine_free(GpuEngine* e);
 void gpu_engine_walk_init(GpuEngine* e);
 void gpu_engine_prefetch(GpuEngine* e, int l);
 void gpu_engine_advance(GpuEngine* e, int l);
-size_t gpu_peak_bytes(GpuEngine* e);         // device memory in use at its peak (cudaMemGetInfo deltas)
+size_t gpu_peak_bytes(GpuEngine* e); // device memory in use at its peak (cudaMemGetInfo deltas)
+// The engine's own device allocations (never freed before gpu_engine_free): unlike the peak above, blind to
+// other processes on the GPU and to the CUDA libraries' workspaces.
+size_t gpu_alloc_bytes(GpuEngine* e);
 void* gpu_alloc(GpuEngine* e, size_t bytes); // device memory freed with the engine, counted in its peak
 // With AUTOQ_GPU_PROFILE=1: the GPU time since the engine's last mark went to computing scores.
 void gpu_mark_scores(GpuEngine* e);

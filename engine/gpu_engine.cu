@@ -82,6 +82,7 @@ void* dalloc(GpuEngine* e, size_t bytes) {
     }
     cudaCheck(cudaMalloc(&p, bytes ? bytes : 16));
     e->allocs[e->n_allocs++] = p;
+    e->alloc_bytes += bytes;
     size_t fr, tot;
     cudaCheck(cudaMemGetInfo(&fr, &tot));
     if (fr < e->min_free) e->min_free = fr;
@@ -574,6 +575,8 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
 extern "C" void gpu_select_device(int d) { cudaCheck(cudaSetDevice(d)); }
 
 extern "C" size_t gpu_peak_bytes(GpuEngine* e) { return e->free0 - e->min_free; }
+
+extern "C" size_t gpu_alloc_bytes(GpuEngine* e) { return e->alloc_bytes; }
 
 extern "C" void* gpu_alloc(GpuEngine* e, size_t bytes) { return dalloc(e, bytes); }
 

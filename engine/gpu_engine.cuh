@@ -161,8 +161,9 @@ struct GpuEngine {
     int up_now; // upload_to copies at once on its own stream (streaming: into a layer slot no queued work
                 // reads)
     size_t free0, min_free;
-    struct Prof* prof; // AUTOQ_GPU_PROFILE=1: time per part of the pass
-    void** allocs;     // every cudaMalloc, freed by gpu_engine_free
+    size_t alloc_bytes; // what dalloc allocated (this process only, unlike the free-memory peak)
+    struct Prof* prof;  // AUTOQ_GPU_PROFILE=1: time per part of the pass
+    void** allocs;      // every cudaMalloc, freed by gpu_engine_free
     int n_allocs, cap_allocs;
 };
 

@@ -16,6 +16,10 @@ size_t gpu_peak_bytes(GpuEngine* e) {
     (void)e;
     return 0;
 }
+size_t gpu_alloc_bytes(GpuEngine* e) {
+    (void)e;
+    return 0;
+}
 void gpu_expert_tokens(GpuEngine* e, long* counts) { (void)e, (void)counts; }
 void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx) { (void)e, (void)fn, (void)ctx; }
 void* gpu_linear_weight(GpuEngine* e, int idx) { return (void)e, (void)idx, NULL; }

@@ -1,6 +1,7 @@
 // Streaming layers from host memory (engine/gpu_stream.h): two layer slots on the GPU, filled from the
 // checkpoint's mapping through the engine's pinned staging buffers (upload_bytes) on the uploading
 // thread's own stream, so that the next layer crosses the bus while the queued work of this one runs.
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -27,13 +28,20 @@ struct GpuStream {
     void** host; // pinned allocations
     int n_host;
     int registered; // the checkpoint's mappings are page-locked (cudaHostRegister): copies go straight over
+    // gpu_stream_extra's blocks: per layer on the host, two device slots beside the layer slots
+    void* const* x_host;
+    const size_t* x_bytes;
+    void* x_dev[2];
+    cudaStream_t xs;
+    void (*x_bind)(void*, int, void*);
+    void* x_ctx;
 };
 
 // Page-locks the checkpoint's mappings, so that a layer's copy is one DMA from the page cache (55 GB/s on an
 // H100 host, against 7 GB/s from pageable memory and the staging copies' host memcpy) instead of host copies
 // into staging buffers. Only when the checkpoint fits well within the host's memory (else it must stay
 // pageable, read from disk as the page cache cycles) and not with AUTOQ_STREAM_PIN=0; a failure falls back
-// to the staging buffers.
+// to the staging buffers. Portable: every GPU of the process copies from it (--gpus N, one stream per GPU).
 static int register_checkpoint(const Model* m) {
     const char* v = getenv("AUTOQ_STREAM_PIN");
     if (v && !strcmp(v, "0")) return 0;
@@ -42,8 +50,8 @@ static int register_checkpoint(const Model* m) {
     if (total > 0.6 * ram) return 0;
     double t0 = time_now();
     for (int i = 0; i < m->ck.nfiles; i++)
-        if (cudaHostRegister(m->ck.files[i].map, m->ck.files[i].size, cudaHostRegisterReadOnly) !=
-            cudaSuccess) {
+        if (cudaHostRegister(m->ck.files[i].map, m->ck.files[i].size,
+                             cudaHostRegisterReadOnly | cudaHostRegisterPortable) != cudaSuccess) {
             (void)cudaGetLastError();
             for (int j = 0; j < i; j++) cudaHostUnregister(m->ck.files[j].map);
             warn_msg("%s: could not page-lock the checkpoint for streaming: copies go through staging buffers",
@@ -55,22 +63,27 @@ static int register_checkpoint(const Model* m) {
     return 1;
 }
 
-// Bytes of layer l's weights on the GPU: every checkpoint tensor of the layer, as bf16.
-static double layer_bytes_ck(const Model* m, int l) {
-    char pre[64];
-    snprintf(pre, sizeof(pre), "%slayers.%d.", m->c.prefix, l);
-    size_t n = strlen(pre);
-    double b = 0;
-    for (int i = 0; i < m->ck.n; i++) {
-        const StTensor* t = &m->ck.t[i];
-        if (strncmp(t->name, pre, n)) continue;
-        b += t->dtype == DT_F32 ? t->nbytes / 2.0 : t->nbytes;
-    }
-    return b;
+// The streams of one process (one per GPU) share the registration: the first registers, the last unregisters.
+static pthread_mutex_t g_pin_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_pin_refs, g_pin_ok;
+
+static int pin_acquire(const Model* m) {
+    pthread_mutex_lock(&g_pin_mu);
+    if (g_pin_refs++ == 0) g_pin_ok = register_checkpoint(m);
+    int ok = g_pin_ok;
+    pthread_mutex_unlock(&g_pin_mu);
+    return ok;
+}
+
+static void pin_release(const Model* m) {
+    pthread_mutex_lock(&g_pin_mu);
+    if (--g_pin_refs == 0 && g_pin_ok)
+        for (int i = 0; i < m->ck.nfiles; i++) cudaHostUnregister(m->ck.files[i].map);
+    pthread_mutex_unlock(&g_pin_mu);
 }
 
 extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
-                                        GpuStream** out) {
+                                        const double* lbytes, GpuStream** out) {
     GpuEngine* e = engine_init_stream(m, T, B, gemm, res);
     GpuStream* st = (GpuStream*)xcalloc(1, sizeof(GpuStream));
     st->e = e;
@@ -78,7 +91,7 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
     int L = m->c.num_layers, dense = -1, sparse = -1;
     st->lbytes = (double*)xcalloc(L, sizeof(double));
     for (int l = 0; l < L; l++) {
-        st->lbytes[l] = layer_bytes_ck(m, l);
+        st->lbytes[l] = lbytes[l];
         if (res[l]) {
             st->h2d += st->lbytes[l];
             continue;
@@ -96,7 +109,7 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
     }
     for (int i = 0; i < MARKS; i++) cudaCheck(cudaEventCreate(&st->mark[i]));
     st->last = 1;
-    st->registered = register_checkpoint(m);
+    st->registered = pin_acquire(m);
     *out = st;
     return e;
 }
@@ -140,6 +153,23 @@ static void slot_fill(GpuStream* st, int k, int l) {
     e->up_now = 0;
     st->slot_l[k] = l;
     st->h2d += st->lbytes[l];
+    if (st->x_host && st->x_host[l]) { // on a stream of its own: the queued work keeps running
+        cudaCheck(cudaMemcpyAsync(st->x_dev[k], st->x_host[l], st->x_bytes[l], cudaMemcpyHostToDevice, st->xs));
+        cudaCheck(cudaStreamSynchronize(st->xs));
+        st->h2d += (double)st->x_bytes[l];
+    }
+}
+
+extern "C" void gpu_stream_extra(GpuStream* st, void* const* host, const size_t* bytes,
+                                 void (*bind)(void*, int, void*), void* ctx) {
+    size_t most = 0;
+    for (int l = 0; l < st->e->m->c.num_layers; l++)
+        if (host[l] && bytes[l] > most) most = bytes[l];
+    st->x_host = host, st->x_bytes = bytes, st->x_bind = bind, st->x_ctx = ctx;
+    for (int k = 0; k < 2; k++) st->x_dev[k] = gpu_alloc(st->e, most);
+    cudaCheck(cudaStreamCreateWithFlags(&st->xs, cudaStreamNonBlocking));
+    if (st->slot_l[0] >= 0 || st->slot_l[1] >= 0)
+        fail_other("internal: gpu_stream_extra after a layer streamed");
 }
 
 extern "C" void gpu_stream_begin(GpuStream* st, int l) {
@@ -152,6 +182,7 @@ extern "C" void gpu_stream_begin(GpuStream* st, int l) {
         }
         e->layers[l] = st->slot[k];
         st->last = k;
+        if (st->x_host && st->x_host[l]) st->x_bind(st->x_ctx, l, st->x_dev[k]);
     }
     mark(st, 1);
 }
@@ -223,9 +254,9 @@ extern "C" void gpu_stream_free(GpuStream* st) {
         if (st->slot_l[k] >= 0) memset(&st->e->layers[st->slot_l[k]], 0, sizeof(GpuLayer));
     }
     for (int i = 0; i < MARKS; i++) cudaEventDestroy(st->mark[i]);
+    if (st->x_host) cudaStreamDestroy(st->xs);
     for (int i = 0; i < st->n_host; i++) cudaFreeHost(st->host[i]);
-    for (int i = 0; st->registered && i < st->e->m->ck.nfiles; i++)
-        cudaHostUnregister(st->e->m->ck.files[i].map);
+    pin_release(st->e->m);
     free(st->host);
     free(st->lbytes);
     free(st);

@@ -12,8 +12,10 @@ extern "C" {
 typedef struct GpuStream GpuStream;
 
 // An engine for batches of B windows of T tokens holding the layers with res[l] (and lm_head, the final
-// norm); the others stream through two slots. *st receives the streaming state (freed before the engine).
-GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res, GpuStream** st);
+// norm); the others stream through two slots. lbytes (L): each layer's bytes on the GPU, for the count of
+// bytes copied. *st receives the streaming state (freed before the engine).
+GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
+                             const double* lbytes, GpuStream** st);
 void gpu_stream_free(GpuStream* st);
 // Layer l's weights ready for the work queued next (blocks until its copy is over); marks the start of l.
 void gpu_stream_begin(GpuStream* st, int l);
@@ -25,6 +27,11 @@ void gpu_stream_break(GpuStream* st);
 // Embeds ids (nb, T) into h (device, (nb T, D) fp32) from the checkpoint's table on the host: the rows
 // gpu_embed would read, converted the same way (bf16 as is, F16 / F32 through bf16).
 void gpu_stream_embed(GpuStream* st, const int* ids, int nb, float* h);
+// A block of bytes per layer (host[l], pinned, bytes[l]; NULL for resident layers) that follows each streamed
+// layer into its slot: two device slots of the largest, filled with the layer's weights; bind(ctx, l, dev)
+// is called when layer l begins with its block's device copy (given weights: GPTQ's codes).
+void gpu_stream_extra(GpuStream* st, void* const* host, const size_t* bytes, void (*bind)(void*, int, void*),
+                      void* ctx);
 // Pinned host memory for spilled states (freed with the stream), and the bytes moved each way through it.
 void* gpu_stream_host_alloc(GpuStream* st, size_t bytes);
 void gpu_stream_count_spill(GpuStream* st, double h2d, double d2h);

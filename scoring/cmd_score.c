@@ -34,8 +34,11 @@ int cmd_score(Args* a) {
              j.use_gpu ? ", on the GPU" : "");
     if (j.use_gpu) info_msg("score: peak GPU memory %.2f GiB", j.gpu_peak / 1073741824.0);
     if (j.streamed)
-        info_msg("score: streamed layers: %.2f GiB copied host->GPU, %.3fs of copies not hidden behind compute",
-                 j.stream_h2d / 1073741824.0, j.stream_unhidden);
+        info_msg(
+            "score: streamed layers: %.2f GiB copied host->GPU, %.3fs of copies not hidden behind compute, "
+            "%.3f GiB (%.0f bytes) allocated by the engine (the peak above counts the CUDA libraries' "
+            "workspaces and any other process on the GPU too)",
+            j.stream_h2d / 1073741824.0, j.stream_unhidden, j.stream_alloc / 1073741824.0, j.stream_alloc);
     double flops = shard_work_flops(&j.model.c, &j.groups, j.nf, j.method == METHOD_GRADIENT, j.ids.t);
     flops *= (double)j.ids.n * j.ids.t;
     info_msg("score: %.3g TFLOP of the passes' GEMM and attention products (README \"Several GPUs\"), %.3g "

@@ -216,6 +216,7 @@ typedef struct {
     int8_t* codes; // (rows, n) device
     Copier copier;
     double t_load, t_hess, t_gptq, t_pass; // seconds, for the closing line
+    double dev_bytes;                      // what work_init allocated on the device
 } GptqWork;
 
 static int capture_input(GpuEngine* e, int idx, const void* x16, int M, void* ctx) {
@@ -242,14 +243,18 @@ static int capture_input(GpuEngine* e, int idx, const void* x16, int M, void* ct
 }
 
 // Windows [b B, b B + nb) through layer l of e: the residual stream from the pool (the embedding at
-// layer 0), and back into it when `keep`.
-static void run_batch(GpuEngine* e, int l, const TokenIds* ids, int b, int B, float* pool, int keep) {
+// layer 0), and back into it when `keep`; the pool on the device, or in pinned host memory (`host`).
+static void run_batch(GpuEngine* e, int l, const TokenIds* ids, int b, int B, float* pool, int keep, int host) {
     int nb = ids->n - b * B < B ? ids->n - b * B : B;
     size_t TD = (size_t)ids->t * e->m->c.hidden_size, bytes = sizeof(float) * TD * nb;
     gpu_pass_begin(e, 0, ids->ids + (size_t)b * B * ids->t, nb);
-    if (l > 0) cudaCheck(cudaMemcpy(gpu_hidden(e), pool + TD * b * B, bytes, cudaMemcpyDeviceToDevice));
+    if (l > 0)
+        cudaCheck(cudaMemcpy(gpu_hidden(e), pool + TD * b * B, bytes,
+                             host ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice));
     gpu_forward_layers(e, l, nb, 0);
-    if (keep) cudaCheck(cudaMemcpy(pool + TD * b * B, gpu_hidden(e), bytes, cudaMemcpyDeviceToDevice));
+    if (keep)
+        cudaCheck(cudaMemcpy(pool + TD * b * B, gpu_hidden(e), bytes,
+                             host ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice));
 }
 
 static int any_chosen(const int* choices, int nsets, int nl, int i) {
@@ -389,7 +394,10 @@ static void work_init(GptqWork* wk, Capture* cap, const Model* m, const int* cho
         if (!width[site]) continue;
         gpu_gptq_factor_init(&wk->fac[site], width[site]);
         cudaCheck(cudaMalloc(&cap->xtx[site], sizeof(float) * width[site] * width[site]));
+        double n = width[site], h = (double)(width[site] / 2 + 1); // gpu_gptq_factor_init's buffers, and xtx
+        wk->dev_bytes += 5 * n + 16 * n * n + 8 * h * h + 8 + (double)wk->fac[site].work_bytes;
     }
+    wk->dev_bytes += 5.0 * most + 4.0 * rows_most * (GPTQ_ERR_COLS + 1) + 4.0 * lin_most;
     cudaCheck(cudaMalloc(&wk->W, sizeof(float) * most));
     cudaCheck(cudaMalloc(&wk->codes, most));
     cudaCheck(cudaMalloc(&wk->err, sizeof(float) * rows_most * GPTQ_ERR_COLS));
@@ -436,8 +444,6 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     if (q->gptq.block > 128) fail_other("internal: GPTQ blocks of more than 128 columns on the GPU");
     if (q->codes && nsets > 1) fail_other("internal: GPTQ codes handed back for one recipe only");
     double t0 = time_now();
-    float* pool;
-    cudaCheck(cudaMalloc(&pool, sizeof(float) * (size_t)ids->n * T * c->hidden_size));
     Capture cap;
     memset(&cap, 0, sizeof(cap));
     cap.m = m;
@@ -447,6 +453,29 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     work_init(&wk, &cap, m, choices, nsets);
     GpuEngine* e = gpu_engine_init_layers(m, T, B, 0, 0, 1, 1); // uploads layer 0
     gpu_engine_walk_init(e);
+    // the windows' pool beside what the walk holds (its two layer sets, Hessians, buffers): on the device
+    // unless that passes --gpu-memory (README "Streaming")
+    // (the walk's own allocations: unlike free memory, blind to other processes on the GPU)
+    float* pool;
+    size_t pool_bytes = sizeof(float) * (size_t)ids->n * T * c->hidden_size;
+    double used = (double)gpu_alloc_bytes(e) + wk.dev_bytes;
+    if (q->gpu_mem > 0 && used > q->gpu_mem)
+        fail_input(
+            "--gpu-memory: %.3f GiB is too small for GPTQ on the GPU: its layer walk holds %.3f GiB (%.0f "
+            "bytes) before the windows' pool of %.3f GiB (%.0f bytes)",
+            q->gpu_mem / 1073741824.0, used / 1073741824.0, used, pool_bytes / 1073741824.0,
+            (double)pool_bytes);
+    int host_pool = q->gpu_mem > 0 && used + pool_bytes > q->gpu_mem;
+    if (host_pool)
+        cudaCheck(cudaMallocHost(&pool, pool_bytes));
+    else
+        cudaCheck(cudaMalloc(&pool, pool_bytes));
+    if (q->gpu_mem > 0)
+        info_msg(
+            "gptq: --gpu-memory %.3f GiB: the layer walk holds %.3f GiB (%.0f bytes); the windows' pool of "
+            "%.3f GiB (%.0f bytes) %s",
+            q->gpu_mem / 1073741824.0, used / 1073741824.0, used, pool_bytes / 1073741824.0, (double)pool_bytes,
+            host_pool ? "waits in pinned host memory" : "on the GPU");
     wk.t_load = time_now() - t0;
     Prefetch pf;
     prefetch_init(&pf, e);
@@ -463,7 +492,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
             t1 = time_now();
             cap.tokens = 0;
             gpu_set_capture(e, capture_input, &cap);
-            for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, !sequential);
+            for (int b = 0; b < nbat; b++) run_batch(e, l, ids, b, B, pool, !sequential, host_pool);
             gpu_set_capture(e, NULL, NULL);
             cudaCheck(cudaStreamSynchronize(0));
             wk.t_hess += time_now() - t1;
@@ -473,7 +502,7 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
             wk.t_gptq += time_now() - t1;
         }
         t1 = time_now();
-        for (int b = 0; (sequential || !any) && b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1);
+        for (int b = 0; (sequential || !any) && b < nbat; b++) run_batch(e, l, ids, b, B, pool, 1, host_pool);
         cudaCheck(cudaStreamSynchronize(0));
         wk.t_pass += time_now() - t1;
         progress_step(&p, 1);
@@ -484,7 +513,10 @@ static void gptq_layers(float** wq, const Model* m, const TokenIds* ids, const F
     gpu_gptq_profile_report();
     work_free(&wk, &cap);
     cublasDestroy(cap.blas);
-    cudaFree(pool);
+    if (host_pool)
+        cudaFreeHost(pool);
+    else
+        cudaFree(pool);
     info_msg("gptq: %s pipeline over %d layers on the GPU (%s), %d x %d tokens in %.2fs (waiting for weights "
              "%.2fs, passes with X^T X %.2fs, GPTQ %.2fs, other passes %.2fs)",
              sequential ? "sequential" : "basic", L, gpu_name(), ids->n, T, time_now() - t0, wk.t_load,

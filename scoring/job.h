@@ -46,6 +46,7 @@ typedef struct {
     int streamed;           // the run streamed its layers
     double stream_h2d;      // bytes copied host->GPU (layers, spilled states)
     double stream_unhidden; // seconds the GPU waited between layers (copies not hidden)
+    double stream_alloc;    // the engine's own device allocations (gpu_alloc_bytes)
     // results
     double* score; // (nf, groups), summed over the windows done
     // Each window's contribution (README §8 /groups/window_scores): (windows, nf, groups), the CPU scorer

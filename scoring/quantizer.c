@@ -8,6 +8,7 @@
 #include "../engine/util.h"
 #include "../kernels/swiglu.h"
 #include "gptq_cache.h"
+#include "stream_plan.h"
 
 void quantizer_parse(Quantizer* q, Args* a) {
     memset(q, 0, sizeof(*q));
@@ -44,6 +45,16 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const 
                    cmd, dir, c->model_type);
     q->use_gpu = q->kind == QUANTIZER_GPTQ && !(dev && strcmp(dev, "cpu") == 0) && gpu_device_count() > 0 &&
                  !c->n_sparse && !c->fam->hybrid;
+}
+
+void quantizer_set_gpu_memory(Quantizer* q, const char* size, const char* cmd) {
+    if (!size) return;
+    if ((q->gpu_mem = stream_parse_size(size)) <= 0)
+        fail_input("%s: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", cmd, size);
+    if (!q->use_gpu)
+        fail_input("%s: --gpu-memory caps GPTQ's GPU pipeline (the other passes run on the CPU): it needs "
+                   "--quantizer gptq on a GPU (a dense model, --device auto or cuda)",
+                   cmd);
 }
 
 const char* quantizer_name(const Quantizer* q) { return q->kind == QUANTIZER_GPTQ ? "gptq" : "rtn"; }

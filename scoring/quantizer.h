@@ -24,7 +24,10 @@ typedef struct {
     // (n_linears) or NULL: with scales given, the GPU pipeline hands each linear's int8 codes (out, in)
     // here instead of its weights in wq (autoq quantize stores codes; 1 byte a weight off the card)
     int8_t** codes;
-    int use_gpu;           // gptq_recipe on the GPU (gptq_sequential_gpu, gptq_basic_gpu) for dense models
+    int use_gpu; // gptq_recipe on the GPU (gptq_sequential_gpu, gptq_basic_gpu) for dense models
+    // --gpu-memory (bytes, 0: none): the GPU pipeline's cap; its windows' residual stream waits in pinned host
+    // memory instead of a device pool when the pool would pass it (README "Streaming")
+    double gpu_mem;
     GptqPipeline pipeline; // --gptq-pipeline: how gptq_recipe deploys (default sequential, llm-compressor's)
 } Quantizer;
 
@@ -38,6 +41,9 @@ const char* quantizer_name(const Quantizer* q);
 // model (c, from the folder dir) is exit 2. Needs only the config: a command can choose how to load
 // the model from it.
 void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const char* dir, const char* cmd);
+// --gpu-memory SIZE of eval and quantize (NULL: none), after quantizer_set_device: the cap on GPTQ's GPU
+// pipeline; exit 2 when malformed, or when no GPTQ runs on the GPU.
+void quantizer_set_gpu_memory(Quantizer* q, const char* size, const char* cmd);
 const char* gptq_pipeline_name(GptqPipeline p);
 
 // A layer's Hessian sites: the attention input (q/k/v), o_proj's, the MLP input (gate/up, experts' too),

@@ -61,12 +61,18 @@ void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const S
     fail_input("--gpu-memory: this autoq was built without CUDA");
 }
 void gpu_stream_scorer_free(GpuStreamScorer* ss) { (void)ss; }
-void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more) {
-    (void)ss, (void)ids, (void)nw, (void)score, (void)more;
+void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows, int more) {
+    (void)ss, (void)ids, (void)nw, (void)score, (void)wrows, (void)more;
 }
-double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more) {
-    (void)ss, (void)ids, (void)nw, (void)score, (void)more;
+double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows,
+                                 int more) {
+    (void)ss, (void)ids, (void)nw, (void)score, (void)wrows, (void)more;
     return 0.0;
+}
+void gpu_score_multi_stream(const GpuScoreSpec* sp, const StreamPlan* plan, double* stats, const int* ids,
+                            int n, int ngpus, double* score, double* seconds, size_t* peak) {
+    (void)sp, (void)plan, (void)stats, (void)ids, (void)n, (void)ngpus, (void)score, (void)seconds, (void)peak;
+    fail_input("--gpus: this autoq was built without CUDA");
 }
 void gpu_stream_stats(GpuStream* st, double* h2d_bytes, double* unhidden_s) {
     (void)st;

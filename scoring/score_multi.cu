@@ -9,6 +9,7 @@
 #include "../engine/nccl_common.cuh"
 #include "../kernels/cuda_common.cuh"
 #include "score_gpu.h"
+#include "score_stream.h"
 
 extern "C" {
 #include "../engine/partition.h"
@@ -22,12 +23,52 @@ typedef struct {
     double* score; // (nf, ng) this GPU's sums, then its expert token counts (gpu_spec_counts)
     double seconds;
     size_t peak;
+    const StreamPlan* plan; // streamed layers (README "Streaming"), or NULL: resident
+    double stats[3];        // streamed: bytes host->GPU, seconds not hidden, the engine's allocations
 } Worker;
+
+// This GPU's windows with streamed layers (sp->stream): streamed batches of plan->k engine batches.
+static void worker_stream(Worker* w) {
+    const GpuScoreSpec* sp = w->sp;
+    GpuStreamScorer ss;
+    gpu_stream_scorer_init(&ss, sp, w->plan);
+    int step = w->plan->k * sp->B;
+    long n = (long)sp->nf * sp->gs->n;
+    double t0 = time_now();
+    for (int i = w->lo; i < w->hi; i += step) {
+        int nb = w->hi - i < step ? w->hi - i : step, more = i + nb < w->hi;
+        const int* ids = w->ids + (long)i * sp->T;
+        double* rows = sp->wscore ? sp->wscore + (size_t)i * n : NULL; // own rows
+        if (sp->gradient)
+            gpu_stream_score_gradient(&ss, ids, nb, w->score, rows, more);
+        else
+            gpu_stream_score_kl(&ss, ids, nb, w->score, rows, more);
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    w->seconds = time_now() - t0;
+    w->peak = gpu_peak_bytes(ss.e);
+    gpu_stream_stats(ss.st, &w->stats[0], &w->stats[1]);
+    w->stats[2] = (double)gpu_alloc_bytes(ss.e);
+    long nc = gpu_spec_counts(sp);
+    if (nc) {
+        long* t = (long*)xcalloc(nc, sizeof(long));
+        gpu_expert_tokens(ss.e, t);
+        for (long i = 0; i < nc; i++) w->score[n + i] += (double)t[i];
+        free(t);
+    }
+    GpuEngine* e = ss.e;
+    gpu_stream_scorer_free(&ss);
+    gpu_engine_free(e);
+}
 
 static void* worker_main(void* arg) {
     Worker* w = (Worker*)arg;
     cudaCheck(cudaSetDevice(w->dev));
     const GpuScoreSpec* sp = w->sp;
+    if (w->plan) {
+        worker_stream(w);
+        return NULL;
+    }
     GpuEngine* e = gpu_engine_init(sp->m, sp->T, sp->B, sp->split);
     GpuScorer s;
     gpu_scorer_init(&s, e, sp);
@@ -55,14 +96,14 @@ static void* worker_main(void* arg) {
     return NULL;
 }
 
-extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score,
-                                double* seconds, size_t* peak) {
+static void score_multi(const GpuScoreSpec* sp, const StreamPlan* plan, double* stats, const int* ids, int n,
+                        int ngpus, double* score, double* seconds, size_t* peak) {
     setenv("NCCL_NVLS_ENABLE", "0", 1); // never NVLink multicast (see the device notes)
     int ns = sp->gs->n * sp->nf, ng = ns + (int)gpu_spec_counts(sp);
     Worker* w = (Worker*)xcalloc(ngpus, sizeof(Worker));
     pthread_t* th = (pthread_t*)xcalloc(ngpus, sizeof(pthread_t));
     for (int i = 0; i < ngpus; i++) {
-        w[i] = (Worker){i, 0, 0, sp, ids, NULL, 0, 0};
+        w[i] = (Worker){i, 0, 0, sp, ids, NULL, 0, 0, plan, {0, 0, 0}};
         partition_windows(n, ngpus, i, &w[i].lo, &w[i].hi);
         w[i].score = (double*)xcalloc(ng, sizeof(double));
         if (pthread_create(&th[i], NULL, worker_main, &w[i]) != 0) fail_other("cannot start GPU thread %d", i);
@@ -94,6 +135,15 @@ extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, i
                  w[i].seconds, w[i].peak / 1073741824.0);
         *seconds = w[i].seconds > *seconds ? w[i].seconds : *seconds;
         *peak = w[i].peak > *peak ? w[i].peak : *peak;
+        if (plan) {
+            info_msg(
+                "score: GPU %d: streamed layers: %.2f GiB copied host->GPU, %.3fs of copies not hidden, %.3f "
+                "GiB allocated by the engine",
+                i, w[i].stats[0] / 1073741824.0, w[i].stats[1], w[i].stats[2] / 1073741824.0);
+            stats[0] += w[i].stats[0];
+            stats[1] += w[i].stats[1];
+            if (w[i].stats[2] > stats[2]) stats[2] = w[i].stats[2];
+        }
         cudaCheck(cudaSetDevice(i));
         cudaCheck(cudaFree(buf[i]));
         ncclCommDestroy(comms[i]);
@@ -103,6 +153,17 @@ extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, i
     free(total), free(buf), free(comms), free(devs), free(th), free(w);
 }
 
+extern "C" void gpu_score_multi(const GpuScoreSpec* sp, const int* ids, int n, int ngpus, double* score,
+                                double* seconds, size_t* peak) {
+    score_multi(sp, NULL, NULL, ids, n, ngpus, score, seconds, peak);
+}
+
+extern "C" void gpu_score_multi_stream(const GpuScoreSpec* sp, const StreamPlan* plan, double* stats,
+                                       const int* ids, int n, int ngpus, double* score, double* seconds,
+                                       size_t* peak) {
+    score_multi(sp, plan, stats, ids, n, ngpus, score, seconds, peak);
+}
+
 // One process per GPU, possibly on several hosts: the NCCL id travels through
 // the rendezvous, each rank scores its share, the sums meet in an all-reduce.
 extern "C" void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, int rank, int world,
@@ -110,7 +171,7 @@ extern "C" void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, 
     ncclComm_t comm;
     int dev = nccl_join(&comm, rdv, rank, world);
     int ng = sp->gs->n * sp->nf + (int)gpu_spec_counts(sp);
-    Worker w = {dev, 0, 0, sp, ids, NULL, 0, 0};
+    Worker w = {dev, 0, 0, sp, ids, NULL, 0, 0, NULL, {0, 0, 0}};
     partition_windows(n, world, rank, &w.lo, &w.hi);
     w.score = (double*)xcalloc(ng, sizeof(double));
     worker_main(&w);

@@ -9,6 +9,7 @@
 
 extern "C" {
 #include "../engine/util.h"
+#include "quantizer.h"
 }
 
 // The engine's own buffers, put back after every streamed batch.
@@ -85,15 +86,127 @@ extern "C" size_t gpu_stream_free_memory(void) {
     return fr;
 }
 
+// GPTQ's given weights of a streamed run: per streamed layer one pinned host block of every set's int8 codes
+// and row scales, where each linear's sit (off, soff: bytes into the block, -1 none), a sparse layer's
+// experts in gpu_engine.cu's given_alloc layout (one fused block per set: every expert's gate then up rows,
+// then every expert's down rows), which moe_plan_set reads as one.
+typedef struct {
+    GpuEngine* e;
+    const Model* m;
+    int nf;
+    long *off, *soff; // (nf * n_linears)
+    void** host;      // (L)
+    size_t* bytes;    // (L)
+} Given;
+
+static size_t align16(size_t b) { return (b + 15) & ~(size_t)15; }
+
+static size_t given_layout(Given* g, const QuantCache* qc, int l) {
+    const Model* m = g->m;
+    long nl = m->n_linears, E = m->c.num_experts, I = m->c.moe_intermediate, D = m->c.hidden_size;
+    size_t b = 0;
+    for (int f = 0; f < g->nf; f++)
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+            long k = f * nl + i;
+            const Linear* li = &m->linears[i];
+            if (!qc->wq[k] || g->off[k] >= 0) continue;
+            if (li->expert < 0) {
+                g->off[k] = (long)b;
+                b = align16(b + (size_t)li->out * li->in);
+                g->soff[k] = (long)b;
+                b = align16(b + sizeof(float) * li->out);
+                continue;
+            }
+            size_t q = b, s = align16(b + E * 3 * I * D);
+            b = align16(s + sizeof(float) * E * (2 * I + D));
+            for (int x = 0; x < E; x++) {
+                long gk = f * nl + model_lin(m, l, LIN_GATE, x), uk = f * nl + model_lin(m, l, LIN_UP, x);
+                long dk = f * nl + model_lin(m, l, LIN_DOWN, x);
+                g->off[gk] = (long)(q + x * 2 * I * D), g->soff[gk] = (long)(s + sizeof(float) * x * 2 * I);
+                g->off[uk] = g->off[gk] + I * D, g->soff[uk] = g->soff[gk] + (long)sizeof(float) * I;
+                g->off[dk] = (long)(q + E * 2 * I * D + x * D * I);
+                g->soff[dk] = (long)(s + sizeof(float) * (E * 2 * I + x * D));
+            }
+        }
+    return b;
+}
+
+// Layer l begins with its block at dev: the engine's given pointers of its linears into it.
+static void given_bind(void* ctx, int l, void* dev) {
+    Given* g = (Given*)ctx;
+    const Model* m = g->m;
+    for (int f = 0; f < g->nf; f++)
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+            long k = (long)f * m->n_linears + i;
+            if (g->off[k] < 0) continue;
+            g->e->gq[k] = (int8_t*)dev + g->off[k];
+            g->e->gsw[k] = (float*)((char*)dev + g->soff[k]);
+        }
+}
+
+static void stream_give(GpuStreamScorer* ss) {
+    const GpuScoreSpec* sp = ss->sp;
+    const QuantCache* qc = sp->qc;
+    const Model* m = sp->m;
+    int L = m->c.num_layers;
+    long nl = m->n_linears;
+    if (qc->nf != sp->nf || qc->nl != nl) fail_other("internal: given weights for another run");
+    Given* g = (Given*)xcalloc(1, sizeof(Given));
+    g->e = ss->e, g->m = m, g->nf = sp->nf;
+    g->off = (long*)xmalloc(sizeof(long) * sp->nf * nl);
+    g->soff = (long*)xmalloc(sizeof(long) * sp->nf * nl);
+    for (long k = 0; k < sp->nf * nl; k++) g->off[k] = g->soff[k] = -1;
+    g->host = (void**)xcalloc(L, sizeof(void*));
+    g->bytes = (size_t*)xcalloc(L, sizeof(size_t));
+    size_t most = 0, rows = 0;
+    for (long i = 0; i < nl; i++) {
+        const Linear* l = &m->linears[i];
+        most = (size_t)l->out * l->in > most ? (size_t)l->out * l->in : most;
+        rows = (size_t)l->out > rows ? (size_t)l->out : rows;
+    }
+    int8_t* codes = (int8_t*)xmalloc(most);
+    float* scales = (float*)xmalloc(sizeof(float) * rows);
+    gpu_given_init(ss->e, sp->nf);
+    for (int l = 0; l < L; l++) {
+        if (!ss->plan->res[l]) {
+            g->bytes[l] = given_layout(g, qc, l);
+            if (!g->bytes[l]) continue; // nothing given in this layer
+            g->host[l] = gpu_stream_host_alloc(ss->st, g->bytes[l]);
+        }
+        for (int f = 0; f < sp->nf; f++)
+            for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+                long k = (long)f * nl + i;
+                const float* wq = qc->wq[k];
+                if (!wq) continue; // a disabled group's linear: never planned
+                if (ss->plan->res[l]) {
+                    qcache_codes(codes, scales, wq, &m->linears[i], sp->fmts[f].w);
+                    gpu_given_set(ss->e, f, i, codes, scales);
+                    continue;
+                }
+                qcache_codes((int8_t*)g->host[l] + g->off[k], (float*)((char*)g->host[l] + g->soff[k]), wq,
+                             &m->linears[i], sp->fmts[f].w);
+            }
+    }
+    free(codes);
+    free(scales);
+    gpu_stream_extra(ss->st, g->host, g->bytes, given_bind, g);
+    ss->given = g;
+}
+
 extern "C" void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const StreamPlan* plan) {
-    if (sp->qc) fail_other("internal: streamed layers with given weights");
     memset(ss, 0, sizeof(*ss));
     ss->sp = sp;
     ss->plan = plan;
-    ss->e = gpu_stream_engine(sp->m, sp->T, sp->B, sp->split, plan->res, &ss->st);
-    gpu_scorer_init(&ss->s, ss->e, sp);
-    const Groups* gs = sp->gs;
     int L = sp->m->c.num_layers, K = plan->k;
+    double* lb = (double*)xmalloc(sizeof(double) * L);
+    for (int l = 0; l < L; l++) lb[l] = stream_layer_bytes(sp->m, l);
+    ss->e = gpu_stream_engine(sp->m, sp->T, sp->B, sp->split, plan->res, lb, &ss->st);
+    free(lb);
+    ss->spec = *sp;
+    ss->spec.qc = NULL;
+    gpu_scorer_init(&ss->s, ss->e, &ss->spec);
+    if (sp->qc) stream_give(ss);
+    const Groups* gs = sp->gs;
     if (!sp->gradient) { // the passes in birth order (stable: the group-major order within a layer)
         ss->order = (int*)xmalloc(sizeof(int) * 2 * (sp->nf * gs->n + 1));
         for (int l = 0; l < L; l++)
@@ -146,6 +259,12 @@ extern "C" void gpu_stream_scorer_free(GpuStreamScorer* ss) {
         free(g);
     }
     gpu_stream_free(ss->st);
+    if (ss->given) {
+        Given* g = (Given*)ss->given;
+        free(g->off), free(g->soff), free(g->host), free(g->bytes);
+        free(g);
+    }
+    free(ss->dw);
     free(ss->state);
     free(ss->order);
 }
@@ -183,7 +302,8 @@ static int batch_windows(const GpuStreamScorer* ss, int nw, int k) {
     return r < B ? r : B;
 }
 
-extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more) {
+extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows,
+                                    int more) {
     GpuEngine* e = ss->e;
     const GpuScoreSpec* sp = ss->sp;
     int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
@@ -206,8 +326,10 @@ extern "C" void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw,
     gpu_stream_break(ss->st);
     own_restore(e, own);
     // the heads and KLs, batch by batch as the resident run adds them
+    long n = (long)sp->nf * sp->gs->n;
     for (int k = 0; k < K; k++) {
         int nb = batch_windows(ss, nw, k);
+        gpu_scorer_windows(&ss->s, wrows ? wrows + (size_t)k * B * n : NULL);
         e->h = state_use(ss, kl_ref(k), nb, 1);
         gpu_kl_reference(&ss->s, nb);
         state_done(ss, kl_ref(k), nb, 0);
@@ -230,11 +352,30 @@ static int gr_keep(const GpuStreamScorer* ss, int k, int l) {
     return gr_h(ss, k) + 2 + (ss->sp->m->c.num_layers - 1 - l);
 }
 
+// The gradient's per-window sums of engine batch k (nb windows): its own device rows while the streamed
+// backward interleaves the batches, and where gpu_scorer_end adds them (host rows, or NULL: none kept).
+static void gr_windows(GpuStreamScorer* ss, int k, int nb, double* rows) {
+    GpuScorer* s = &ss->s;
+    if (!rows) return;
+    long n = (long)ss->sp->nf * ss->sp->gs->n;
+    if (!ss->dw) {
+        ss->dw = (double**)xcalloc(ss->plan->k, sizeof(double*));
+        for (int i = 0; i < ss->plan->k; i++) {
+            ss->dw[i] = (double*)gpu_alloc(ss->e, sizeof(double) * ss->sp->B * n);
+            cudaCheck(cudaMemset(ss->dw[i], 0, sizeof(double) * ss->sp->B * n));
+        }
+    }
+    s->dwscore = ss->dw[k];
+    s->wout = rows;
+    s->nb = nb;
+}
+
 extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score,
-                                            int more) {
+                                            double* wrows, int more) {
     GpuEngine* e = ss->e;
     const GpuScoreSpec* sp = ss->sp;
     int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
+    long n = (long)sp->nf * sp->gs->n;
     Own own = own_save(e);
     gpu_stream_break(ss->st);
     for (int k = 0; k < K; k++) { // the mode (the gradient's buffers on the first call, at l1 = L)
@@ -281,6 +422,7 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
             e->h = own.h;
             e->hsave = state_use(ss, gr_keep(ss, k, l), nb, 1);
             e->dh = state_use(ss, gr_dh(ss, k), nb, 1);
+            gr_windows(ss, k, nb, wrows ? wrows + (size_t)k * B * n : NULL);
             gpu_grad_backward(&ss->s, nb);
             state_done(ss, gr_dh(ss, k), nb, 1);
             state_done(ss, gr_keep(ss, k, l), nb, 0);
@@ -289,6 +431,14 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
     }
     (void)more; // the next batch's forward begins with layer 0, still in its slot
     own_restore(e, own);
-    gpu_scorer_end(&ss->s, score);
+    if (!wrows) {
+        gpu_scorer_end(&ss->s, score);
+        return loss;
+    }
+    for (int k = 0; k < K; k++) { // each batch's windows, in window order: their sums are the totals
+        gr_windows(ss, k, batch_windows(ss, nw, k), wrows + (size_t)k * B * n);
+        gpu_scorer_end(&ss->s, score);
+    }
+    ss->s.dwscore = NULL;
     return loss;
 }

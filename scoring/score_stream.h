@@ -28,18 +28,29 @@ typedef struct {
     int* order;    // kl: the passes (format, group index into sp->gs), sorted by birth layer
     int n_pass;
     double spill_bytes; // bytes each way through spilled states
+    double** dw;        // gradient with per-window scores: (plan->k) device (B, nf * groups) sums, or NULL
+    GpuScoreSpec spec;  // sp without its given weights: the scorer's (this file gives them layer by layer)
+    void* given;        // GPTQ's given weights of the streamed layers (score_stream.cu), or NULL
 } GpuStreamScorer;
 
 // Free memory of the current GPU, bytes.
 size_t gpu_stream_free_memory(void);
-// The engine and scorer of a streamed run planned by plan (plan->streamed; no given weights).
+// The engine and scorer of a streamed run planned by plan (plan->streamed). Given weights (sp->qc, GPTQ's)
+// of resident layers are uploaded once; a streamed layer's follow it into its slot, as int8 codes and scales.
 void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* sp, const StreamPlan* plan);
 void gpu_stream_scorer_free(GpuStreamScorer* ss);
 // nw windows (ids (nw, T), nw <= plan->k B) as one streamed batch, added to score; more: another batch
-// follows (its first layer is copied while this batch's heads run). The gradient returns the summed
-// per-window mean CE.
-void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more);
-double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, int more);
+// follows (its first layer is copied while this batch's heads run). wrows: host rows (nw, nf * groups)
+// the windows' own scores are added to (README §6), or NULL: none kept; the gradient's totals are then the
+// sums of its windows, as resident. The gradient returns the summed per-window mean CE.
+void gpu_stream_score_kl(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows, int more);
+double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids, int nw, double* score, double* wrows,
+                                 int more);
+// gpu_score_multi with every GPU streaming its layers by plan (sp->B: its engine batch): each GPU scores its
+// share of the windows as one streamed run; stats[0..2] receive the bytes copied host->GPU and seconds of
+// copies not hidden (summed over the GPUs), and the engine's allocations (the largest).
+void gpu_score_multi_stream(const GpuScoreSpec* sp, const StreamPlan* plan, double* stats, const int* ids,
+                            int n, int ngpus, double* score, double* seconds, size_t* peak);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -60,7 +61,7 @@ static int plan_k(const StreamSpec* s, int k, StreamPlan* p) {
     p->states_gpu = (int)g;
     p->states_spilled = (int)(peak - g);
     p->gpu_bytes = base + (g < MIN_STATES ? MIN_STATES : g) * s->state_bytes;
-    if (g < MIN_STATES && g < peak) return 0;
+    if ((g < MIN_STATES || s->no_spill) && g < peak) return 0;
     // what is left after the states keeps layers resident, the largest first
     double left = room - g * s->state_bytes;
     memset(p->res, 0, s->L);
@@ -160,8 +161,36 @@ double stream_parse_size(const char* s) {
     return -1;
 }
 
+double stream_mode_bytes(const Config* c, int T, int B, int split, int emu) {
+    double M = (double)B * T, D = c->hidden_size, I = c->intermediate_size;
+    double qd = (double)c->num_heads * c->head_dim, kvd = (double)c->num_kv_heads * c->head_dim, b = 0;
+    if (split) // a_lo, q_lo, k_lo, v_lo, att_lo, m_lo, act_lo (bf16) and P_lo (B H T T bf16)
+        b += 2 * M * (2 * D + 2 * qd + 2 * kvd + I) + 2.0 * B * c->num_heads * T * T;
+    if (emu) { // wf_pool: fp32 weights of the largest layer's linears; xf, yf: fp32 (M, widest linear)
+        double most = 0, wide = D > I ? D : I;
+        wide = qd > wide ? qd : wide;
+        for (int l = 0; l < c->num_layers; l++)
+            most = shard_layer_bytes(c, l) > most ? shard_layer_bytes(c, l) : most;
+        b += 2 * most + 8 * M * wide;
+    }
+    return b;
+}
+
+double stream_layer_bytes(const Model* m, int l) {
+    char pre[64];
+    snprintf(pre, sizeof(pre), "%slayers.%d.", m->c.prefix, l);
+    size_t n = strlen(pre);
+    double b = 0;
+    for (int i = 0; i < m->ck.n; i++) {
+        const StTensor* t = &m->ck.t[i];
+        if (strncmp(t->name, pre, n)) continue;
+        b += t->dtype == DT_F32 ? t->nbytes / 2.0 : t->nbytes;
+    }
+    return b;
+}
+
 void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
-                       int windows, double cap) {
+                       int windows, double cap, int split, int emu) {
     memset(s, 0, sizeof(*s));
     int L = c->num_layers;
     double* lb = xmalloc(sizeof(double) * L);
@@ -173,6 +202,7 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf,
                      4 * M * c->hidden_size; // the engine's one layer of saved inputs
     if (gradient) // its lm_head runs one window at a time: logits and their gradient (fp32, bf16 halves)
         s->fixed_bytes += 8.0 * T * c->vocab_size - 8 * M * c->vocab_size;
+    s->fixed_bytes += stream_mode_bytes(c, T, B, split, emu);
     s->state_bytes = 4 * M * c->hidden_size;
     s->cap = cap;
     s->gradient = gradient;

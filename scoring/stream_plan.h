@@ -13,6 +13,7 @@
 // or once each way per batch (the gradient's kept inputs).
 #pragma once
 #include "../engine/config.h"
+#include "../engine/model.h"
 #include "groups.h"
 
 typedef struct {
@@ -28,6 +29,7 @@ typedef struct {
     int batches;               // engine batches in the run (windows / B, rounded up)
     int force;                 // stream even when everything fits
     int k_force;               // > 0: this many engine batches per streamed batch when they fit (tests, bench)
+    int no_spill;              // every in-flight state on the GPU (kl's default: README "Not done yet")
     // estimates for the batch choice: host->GPU bytes per second, and seconds of compute per engine batch
     double h2d_bw, batch_compute_s;
 } StreamSpec;
@@ -59,11 +61,22 @@ void stream_plan_free(StreamPlan* p);
 // shard_stage_bytes's upper estimate (without the embedding table, which stays on the host unless lm_head
 // shares it, and with 256 MiB of workspaces instead of its 1 GiB for the CUDA context, which the peak
 // does not count), a kl pass born per (format, enabled group) at the group's layer, and compute and bus
-// estimates (STREAM_EST_*) for the batch choice. Allocates what stream_spec_free frees.
+// estimates (STREAM_EST_*) for the batch choice. split: the bf16 hi + lo GEMM mode (its low halves of the
+// activations and attention probabilities); emu: a format the engine emulates (quant_gpu_emulated: its
+// fp32 fake-quantized weights of a whole layer and fp32 inputs and outputs). Allocates what stream_spec_free
+// frees.
 #define STREAM_EST_FLOPS 200e12 // sustained GEMM rate of an H100 / H200 on these passes
 #define STREAM_EST_BW 20e9      // staged host->GPU copies from the checkpoint's mapping
+// Given weights (GPTQ's) on the GPU per format, per byte of a bf16 layer: its int8 codes (half) and fp32 row
+// scales (4 bytes a row: under 1/16 of the codes for linears of 64 inputs or more)
+#define STREAM_GIVEN (0.5 * 17.0 / 16.0)
 void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
-                       int windows, double cap);
+                       int windows, double cap, int split, int emu);
+// The engine's buffers of the GEMM mode and emulated formats beyond shard_stage_bytes's estimate (above).
+double stream_mode_bytes(const Config* c, int T, int B, int split, int emu);
+// Bytes of layer l's weights as the GPU holds them: every checkpoint tensor of the layer, as bf16 (the
+// planner's shard_layer_bytes counts the same from the config; tests/test_stream_plan.c checks they agree).
+double stream_layer_bytes(const Model* m, int l);
 void stream_spec_free(StreamSpec* s);
 // Parses a --gpu-memory SIZE: bytes, or a number with K, M, G, T (powers of 1000) or KiB, MiB, GiB,
 // TiB (powers of 1024), B optional. Returns -1 when malformed.

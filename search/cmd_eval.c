@@ -80,6 +80,7 @@ int cmd_eval(Args* a) {
     Quantizer q;
     quantizer_parse(&q, a);
     const char* dev = args_str(a, "--device");
+    const char* gpu_mem = args_str(a, "--gpu-memory");
     const char* dir = args_pos(a, 0);
     if (recipe && format) fail_input("eval: give --recipe or --format, not both");
     if (!format) args_refuse(a, G_FORMAT, "without --format (a recipe names its own disabled groups)");
@@ -90,6 +91,7 @@ int cmd_eval(Args* a) {
     Model m;
     model_load(&m, dir);
     quantizer_set_device(&q, dev, &m.c, dir, "eval"); // the GPTQ step; the measuring passes run on the CPU
+    quantizer_set_gpu_memory(&q, gpu_mem, "eval");
     d.model_dir = dir;
     d.vocab = m.c.vocab_size;
     d.eos = m.c.eos_token_id;

@@ -816,6 +816,7 @@ int cmd_quantize(Args* a) {
     Quantizer q;
     quantizer_parse(&q, a);
     const char* dev = args_str(a, "--device");
+    const char* gpu_mem = args_str(a, "--gpu-memory");
     const char* dir = args_pos(a, 0);
     args_done(a);
     char* out_buf = xstrdup(out); // DIR/ names DIR: the temporary folder goes beside it
@@ -830,6 +831,7 @@ int cmd_quantize(Args* a) {
     Config cfg;
     config_load(&cfg, dir);
     quantizer_set_device(&q, dev, &cfg, dir, "quantize");
+    quantizer_set_gpu_memory(&q, gpu_mem, "quantize");
     Model m;
     int uses_kv = kv_recipe_uses_kv(recipe); // its scales are calibrated on the CPU engine: fp32 weights
     if (uses_kv && !d.path)

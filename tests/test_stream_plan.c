@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "scoring/shard_plan.h"
 #include "scoring/stream_plan.h"
 
 #define NL 4
@@ -77,6 +78,18 @@ static void test_streamed_layout(void) {
     CHECK(ok && p.k == 4 && p.states_gpu == 16 && p.n_resident == 0, "stream_plan_batch_fills_memory",
           "k %d gpu %d resident %d", p.k, p.states_gpu, p.n_resident);
     stream_plan_free(&p);
+    // no spills (kl's default): cap 300 holds 3 states but not the 4 of k = 1: nothing works
+    s.cap = 300;
+    s.no_spill = 1;
+    ok = stream_plan(&s, &p);
+    CHECK(!ok, "stream_plan_no_spill_refuses", "ok %d", ok);
+    stream_plan_free(&p);
+    s.cap = 310;
+    ok = stream_plan(&s, &p);
+    CHECK(ok && p.k == 1 && p.states_spilled == 0, "stream_plan_no_spill_fits", "ok %d k %d spilled %d", ok,
+          p.k, p.states_spilled);
+    stream_plan_free(&p);
+    s.no_spill = 0;
     // cap 280: room 10 < 3 states: nothing works
     s.cap = 280;
     ok = stream_plan(&s, &p);
@@ -131,6 +144,40 @@ static void test_sizes(void) {
           "stream_parse_size_bad", "a malformed size accepted");
 }
 
+// The planner's layer sizes (from the config) against the checkpoint's tensors of each layer: equal, on the
+// dense model and on the MoE fixture (its dense layer 1 among sparse ones).
+static void check_layer_bytes(const char* name, const char* dir) {
+    char cfg[512];
+    snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
+    if (!file_exists(cfg)) {
+        SKIP(name, "model missing");
+        return;
+    }
+    Model m;
+    model_open(&m, dir);
+    int ok = 1, bad = -1;
+    for (int l = 0; l < m.c.num_layers; l++)
+        if (stream_layer_bytes(&m, l) != shard_layer_bytes(&m.c, l)) ok = 0, bad = l;
+    CHECK(ok, name, "layer %d: checkpoint %g bytes, planner %g", bad, stream_layer_bytes(&m, bad < 0 ? 0 : bad),
+          shard_layer_bytes(&m.c, bad < 0 ? 0 : bad));
+    model_free(&m);
+}
+
+// The bf16 hi + lo mode's and the emulated formats' buffers: counted into the fixed bytes, by hand on a
+// small shape.
+static void test_mode_bytes(void) {
+    Config c;
+    memset(&c, 0, sizeof(c));
+    c.hidden_size = 8, c.intermediate_size = 16, c.num_heads = 2, c.num_kv_heads = 1, c.head_dim = 4;
+    c.num_layers = 1, c.vocab_size = 32;
+    int T = 4, B = 2; // M = 8: lo halves 2 x 8 x (16 + 16 + 8 + 16) = 896, P_lo 2 x 2 x 2 x 16 = 128
+    double split = stream_mode_bytes(&c, T, B, 1, 0), emu = stream_mode_bytes(&c, T, B, 0, 1);
+    double want_emu = 2 * shard_layer_bytes(&c, 0) + 8 * 8 * 16;
+    CHECK(split == 1024 && emu == want_emu && stream_mode_bytes(&c, T, B, 0, 0) == 0 &&
+              stream_mode_bytes(&c, T, B, 1, 1) == split + emu,
+          "stream_plan_mode_bytes", "split %g emu %g (want 1024, %g)", split, emu, want_emu);
+}
+
 int main(void) {
     test_states();
     test_resident();
@@ -138,5 +185,9 @@ int main(void) {
     test_streamed_layout();
     test_batch_choice();
     test_sizes();
+    test_mode_bytes();
+    const char* tiny = getenv("AUTOQ_TINY");
+    check_layer_bytes("stream_plan_layer_bytes_dense", tiny ? tiny : "../shared/models/qwen3-tiny");
+    check_layer_bytes("stream_plan_layer_bytes_moe", "tests/fixtures/qwen3-moe-tiny");
     return g_fail ? 1 : 0;
 }
