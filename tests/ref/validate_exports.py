@@ -22,6 +22,14 @@ llm-compressor's QuantizationArgs and from ModelOpt's TensorQuantizers (num_bits
 weight quantizer needs no calibrated amax (its scales come from each block).
     python3 tests/ref/validate_exports.py --only tiny_formats,vl_formats,vl_w4a8fp8 --out new.json
 writes only those kinds (their entries were merged into tests/fixtures/exports_validation.json).
+The hybrid families (issue 26), one kind per process (llm-compressor registers its MoE loading patch once):
+    pip install --no-deps llmcompressor==0.14.0.1 nvidia-modelopt==0.47.0 omegaconf pulp scipy torchvision==0.26.0
+    for k in qwen3_5 qwen3_5_moe qwen3_next qwen3_5_int qwen3_5_moe_int qwen3_next_int; do
+        AQ=build/autoq python3 tests/ref/validate_exports.py --only $k --merge --numerics; done
+applies qwen3_5*, qwen3_5_moe*, qwen3_next* (tests/fixtures/exports) as above (also: shared-expert gates
+untouched, each recipe group in one format) and, with --numerics, compares llm-compressor's RTN and GPTQ
+with autoq quantize / eval (check_numerics), writing the references tests/test_hybrid_exports.sh compares
+autoq with (tests/ref/check_hybrid_numerics.py, stdlib only).
 """
 import argparse, hashlib, importlib.metadata, json, os, re, sys
 
