@@ -275,7 +275,7 @@ static void y_re(Yaml* y, char* re) { // consumes re
 
 // An experts group's linears as one regex: every expert's gate_proj, up_proj and down_proj, the
 // names llm-compressor gives them when it unfuses the experts (LinearExperts2D) before quantizing.
-static char* regex_experts(const char* group) {
+char* recipe_regex_experts(const char* group) {
     char* re = recipe_regex_name(group);
     size_t n = strlen(re);
     const char* tail = "\\.[0-9]+\\.(gate_proj|up_proj|down_proj)$";
@@ -285,7 +285,7 @@ static char* regex_experts(const char* group) {
 }
 
 static void yaml_name_item(const char* name, int experts, void* ctx) {
-    y_re(ctx, experts ? regex_experts(name) : recipe_regex_name(name));
+    y_re(ctx, experts ? recipe_regex_experts(name) : recipe_regex_name(name));
 }
 
 // One quantizer as compressed-tensors QuantizationArgs, field for field as its presets define the same
@@ -371,6 +371,8 @@ static int has_group(const ScoreTable* t, const char* tail, const char* part) {
 }
 static int has_experts(const ScoreTable* t) { return has_group(t, ARCH_EXPERTS_GROUP, NULL); }
 static int has_shared_expert(const ScoreTable* t) { return has_group(t, NULL, ARCH_SHARED_EXPERT "."); }
+// A Gated DeltaNet layer's groups sit under "<layer>.linear_attn." (README §5).
+static int has_gated_delta(const ScoreTable* t) { return has_group(t, NULL, ".linear_attn."); }
 
 static void yaml_ignore(Yaml* y, const ScoreTable* t, const Solution* s) {
     y_key(y, "ignore");
@@ -647,6 +649,9 @@ void export_modelopt(const char* path, const SearchCtx* c, const Solution* s, co
     if (has_experts(t)) json_object_set_new(qc, "*mlp.gate.*", json_pack("{s:b}", "enable", 0));
     if (has_shared_expert(t))
         json_object_set_new(qc, "*" ARCH_SHARED_GATE ".*", json_pack("{s:b}", "enable", 0));
+    // ModelOpt wraps nn.Conv1d too (QuantConv1d): "*weight_quantizer" / "*input_quantizer" would quantize
+    // the Gated DeltaNet's depthwise conv1d, never a candidate (README §5).
+    if (has_gated_delta(t)) json_object_set_new(qc, "*.linear_attn.conv1d.*", json_pack("{s:b}", "enable", 0));
     for (int f = 0; f < t->nf; f++) {
         if (f == main_f || !used[f]) continue;
         MoCtx m = {qc, &fmts[f]};

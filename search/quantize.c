@@ -456,9 +456,22 @@ static json_t* quant_config(const Quantized* z, const Format* fmts, int nf, cons
         if (nu == 1)
             json_array_append_new(targets, json_string("Linear"));
         else
-            for (int i = 0; i < m->n_linears; i++)
+            for (int i = 0, last = -1; i < m->n_linears; i++)
                 if (z->choice[i] == k) {
-                    char* re = recipe_regex_name(m->linears[i].name);
+                    // a layer's experts as one pattern, as the exports (and so llm-compressor's checkpoints)
+                    // name them: thousands of per-expert patterns make compressed-tensors' matching take hours
+                    const Linear* li = &m->linears[i];
+                    const char* ex = li->expert >= 0 ? strstr(li->name, ARCH_EXPERTS_GROUP ".") : NULL;
+                    if (ex && li->layer == last) continue;
+                    char* re;
+                    if (ex) {
+                        char group[sizeof(li->name)];
+                        snprintf(group, sizeof(group), "%.*s",
+                                 (int)(ex - li->name + strlen(ARCH_EXPERTS_GROUP)), li->name);
+                        re = recipe_regex_experts(group);
+                        last = li->layer;
+                    } else
+                        re = recipe_regex_name(li->name);
                     char* t = xmalloc(strlen(re) + 4);
                     sprintf(t, "re:%s", re);
                     json_array_append_new(targets, json_string(t));

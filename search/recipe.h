@@ -105,6 +105,9 @@ void solution_print(const SearchCtx* c, const Solution* s, int detail);
 char* recipe_regex_glob(const char* glob);
 // A module name -> anchored regular expression matching exactly that name; malloc'd.
 char* recipe_regex_name(const char* name);
+// An experts group "<layer>.mlp.experts" as one regex over its linears "<group>.N.{gate,up,down}_proj"
+// (malloc'd), as the exports and quantize's quantization_config name it.
+char* recipe_regex_experts(const char* group);
 // llm-compressor GPTQModifier recipe (YAML, through libyaml's emitter). q: the quantizer the search
 // used (its GPTQ settings travel as dampening_frac, actorder, block_size); NULL: autoq's defaults.
 // Both exports warn when the scores' numerics are not the ones the tool applies (export_numerics_note).

@@ -7,8 +7,9 @@ models their matching rules so that CI, which has neither, checks every export i
 - llm-compressor (compressed-tensors): a Linear is quantized by the first config group one of whose
   targets matches it ('Linear' by class; 're:' entries with re.match; others by exact name) unless an
   `ignore` entry matches it. The Linears: every linear the recipe names (experts as llm-compressor
-  unfuses them, mlp.experts.N.{gate,up,down}_proj), lm_head, a Qwen3-VL vision tower name list, and each
-  experts layer's router mlp.gate (a Linear before transformers 5).
+  unfuses them, mlp.experts.N.{gate,up,down}_proj), lm_head, a Qwen3-VL vision tower name list, each
+  experts layer's router mlp.gate (a Linear before transformers 5), the hybrids' shared-expert gates
+  mlp.shared_expert_gate and Gated DeltaNet linear_attn.conv1d (an nn.Conv1d: not 'Linear').
 - ModelOpt: quant_cfg entries apply in order, with fnmatch on the quantizer's name or on the name with a
   per-expert index dropped (gate_up_proj_weight_quantizers.3 -> gate_up_proj_weight_quantizer); an entry
   holding only "enable" toggles it, any other replaces the quantizer's settings. A new quantizer is on,
@@ -65,13 +66,18 @@ visual = ["model.visual.patch_embed.proj", "model.visual.blocks.0.attn.qkv", "mo
           "model.visual.blocks.0.mlp.linear_fc1", "model.visual.merger.linear_fc2",
           "model.visual.deepstack_merger_list.0.linear_fc1"]
 routers = [g[: -len(".experts")] + ".gate" for g in experts]
-universe = linears + ["lm_head"] + visual + routers
+# the hybrids' (issue 26): each sparse layer's shared-expert gate (an nn.Linear [1, D]), and each Gated
+# DeltaNet's depthwise conv1d (an nn.Conv1d: ModelOpt wraps it, llm-compressor's 'Linear' does not match it)
+layers = sorted({m.rsplit(".mlp.", 1)[0] for m in linears if ".mlp.shared_expert." in m})
+shared_gates = [l + ".mlp.shared_expert_gate" for l in layers]
+convs = sorted({m.split(".linear_attn.")[0] + ".linear_attn.conv1d" for m in linears if ".linear_attn." in m})
+universe = linears + ["lm_head"] + visual + routers + shared_gates + convs
 
 
 # ---- llm-compressor ----
 def lc_match(name, target):
     if target == "Linear":
-        return True  # every module of the universe is a Linear
+        return name not in convs  # every other module of the universe is a Linear
     if target.startswith("re:"):
         return re.match(target[3:], name) is not None
     return target == name

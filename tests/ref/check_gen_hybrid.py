@@ -4,6 +4,10 @@ window) within a tolerance. Usage: check_gen_hybrid.py MODEL IDS.npy AUTOQ_LOGIT
 Exit 0 pass, 1 fail, 77 when torch / transformers do not import (the test skips)."""
 import sys
 
+# On the CPU: flash-linear-attention's Triton kernels (fla-core) need a GPU; where it is installed,
+# transformers takes the hybrids' Gated DeltaNet from it unless `import fla` fails, then its own torch path.
+sys.modules.setdefault("fla", None)
+
 try:
     import numpy as np
     import torch

@@ -22,6 +22,10 @@ packages do not import (the caller SKIPs).
 import json
 import sys
 
+# On the CPU: flash-linear-attention's Triton kernels (fla-core) need a GPU; where it is installed,
+# transformers takes the hybrids' Gated DeltaNet from it unless `import fla` fails, then its own torch path.
+sys.modules.setdefault("fla", None)
+
 try:
     import numpy as np
     import torch
