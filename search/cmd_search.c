@@ -8,9 +8,13 @@
 #include "../engine/args.h"
 #include "../engine/forward.h"
 #include "../engine/util.h"
+#include "../engine/gpu.h"
+#include "../kernels/quant.h"
 #include "../scoring/job.h"
+#include "../scoring/measure_gpu.h"
 #include "bootstrap.h"
 #include "milp.h"
+#include "quantize.h"
 #include "recipe.h"
 #include "refine.h"
 #include "target.h"
@@ -120,7 +124,7 @@ static void solve_point(const SearchCtx* c, const Objective* o, double budget, S
 }
 
 // search --refine's measurement: a recipe's joint KL and NLL on the held-out windows (verify_recipe's
-// deployment, the unquantized passes computed once).
+// deployment, the unquantized passes computed once), on the CUDA engine when gpu is set.
 typedef struct {
     const Model* m;
     const TokenIds* held;
@@ -129,32 +133,111 @@ typedef struct {
     const VerifyRef* ref;
     const ScoreTable* t;
     int* choice;
+    GpuMeasure* gpu; // NULL: the CPU engine
+    int* on_gpu;     // (n_linears) the choice each linear holds on the GPU (-1 bf16)
 } RefineCtx;
+
+// The recipe on the GPU: each linear whose choice changed since the last measurement gets its deployed
+// weight (verify_recipe's round-to-nearest: quantize's stored scales, else fake-quantized) and input spec.
+static void refine_measure_gpu(RefineCtx* r, VerifyResult* v) {
+    const Model* m = r->m;
+    int n = m->n_linears;
+    int* ch = xmalloc(sizeof(int) * n);
+    float** wq = xcalloc(n, sizeof(float*));
+    for (int i = 0; i < n; i++) ch[i] = r->choice[i] != r->on_gpu[i] ? r->choice[i] : -1;
+    quantize_deployed(wq, m, r->fmts, ch);
+    memset(v, 0, sizeof(*v));
+    for (int i = 0; i < n; i++) {
+        int c = r->choice[i];
+        if (c >= 0 && !r->fmts[c].kv) v->n_quantized++;
+        if (c == r->on_gpu[i]) continue;
+        r->on_gpu[i] = c;
+        QuantSpec none;
+        memset(&none, 0, sizeof(none));
+        if (c < 0 || r->fmts[c].kv) {
+            gpu_measure_set(r->gpu, i, NULL, none);
+            continue;
+        }
+        const Linear* l = &m->linears[i];
+        const Format* f = &r->fmts[c];
+        float* w = wq[i];
+        if (!w) { // a format quantize does not write: fake-quantized, as verify_recipe runs it
+            w = wq[i] = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+            if (f->w_enable)
+                quant_weight_rows(w, l->w, l->out, l->in, f->w);
+            else
+                memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
+        }
+        gpu_measure_set(r->gpu, i, w, f->in_enable ? f->in : none);
+    }
+    gpu_measure_run(r->gpu, &v->kl, &v->nll_ref, &v->nll_q);
+    for (int i = 0; i < n; i++) free(wq[i]);
+    free(wq);
+    free(ch);
+}
 
 static void refine_measure(void* ctx, const int* sel, VerifyResult* v) {
     RefineCtx* r = ctx;
     Solution s = {.sel = (int*)sel};
     linear_choice(r->m, r->t, &s, r->choice);
-    verify_recipe_ref(r->m, r->held, r->fmts, r->choice, r->q, r->ref, v);
+    if (r->gpu)
+        refine_measure_gpu(r, v);
+    else
+        verify_recipe_ref(r->m, r->held, r->fmts, r->choice, r->q, r->ref, v);
+}
+
+// The CUDA engine for the measurements when --device is auto or cuda and a device is there (README §7):
+// round-to-nearest recipes only (GPTQ runs again per recipe on the CPU). NULL: the CPU engine.
+static GpuMeasure* refine_gpu(const ScoreJob* j, const TokenIds* held) {
+    int want = !strcmp(j->device, "cuda");
+    if (!want && strcmp(j->device, "auto")) return NULL;
+    if (!gpu_device_count()) {
+        if (want) fail_input("search --refine --device cuda: no CUDA device found");
+        return NULL;
+    }
+    if (j->quant.kind == QUANTIZER_GPTQ) {
+        info_msg("search: --refine with --quantizer gptq measures on the CPU engine (GPTQ runs again for each "
+                 "recipe on the held-out windows)");
+        return NULL;
+    }
+    size_t bytes = 0; // every linear's deployed fp32 weight, at most
+    for (int i = 0; i < j->model.n_linears; i++)
+        bytes += sizeof(float) * (size_t)j->model.linears[i].out * j->model.linears[i].in;
+    char why[256];
+    GpuMeasure* g = gpu_measure_init(&j->model, held, bytes, why, sizeof(why));
+    if (!g && want) fail_input("search --refine --device cuda: %s", why);
+    if (!g) warn_msg("search: --refine measures on the CPU engine: %s", why);
+    return g;
 }
 
 // Refines main (README §7) on the held-out windows and makes it the best measured recipe.
 static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj, Solution* main, ScoreJob* j,
                           const TokenIds* held, const Format* fmts, const RefineOpts* ro) {
-    VerifyRef ref;
-    verify_ref_init(&ref, &j->model, held);
-    RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref, ctx->t, xmalloc(sizeof(int) * j->model.n_linears)};
-    info_msg("search: --refine on %d held-out window(s) of %d tokens", held->n, held->t);
+    VerifyRef ref = {0};
+    RefineCtx rc = {
+        &j->model,           held, fmts, &j->quant, &ref, ctx->t, xmalloc(sizeof(int) * j->model.n_linears),
+        refine_gpu(j, held), NULL};
+    if (rc.gpu) {
+        rc.on_gpu = xmalloc(sizeof(int) * j->model.n_linears);
+        for (int i = 0; i < j->model.n_linears; i++) rc.on_gpu[i] = -1;
+    } else {
+        verify_ref_init(&ref, &j->model, held);
+    }
+    info_msg("search: --refine on %d held-out window(s) of %d tokens, on the %s engine%s%s", held->n, held->t,
+             rc.gpu ? "CUDA" : "CPU", rc.gpu ? " " : "", rc.gpu ? gpu_name() : "");
     RefineOpts o = *ro;
     o.windows = held->n; // --scores: --data may hold fewer than --refine-windows
     o.seq_len = held->t;
     refine_run(rf, ctx, obj, main, refine_measure, &rc, &o);
+    rf->device = rc.gpu ? "cuda" : "cpu";
     memcpy(main->sel, rf->tries[rf->best].sel, sizeof(int) * ctx->t->ng);
     main->predicted = rf->tries[rf->best].score;
     search_measure(ctx, main);
     if (main->nd) objective_losses(ctx->t, main->sel, main->dloss);
     main->refine = rf;
     free(rc.choice);
+    free(rc.on_gpu);
+    gpu_measure_free(rc.gpu);
     verify_ref_free(&ref);
 }
 

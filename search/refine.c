@@ -351,8 +351,10 @@ static const char* short_name(const char* g) { return strncmp(g, "model.", 6) ? 
 void refine_print(const Refine* r, const SearchCtx* c) {
     const ScoreTable* t = c->t;
     const RefineTry* p = &r->tries[0];
-    printf("\nrefine: %d held-out window(s), %d round(s), %d recipe(s) measured in %.2f s; stopped: %s\n",
-           r->windows, r->rounds, r->n, r->seconds, r->stop);
+    printf("\nrefine: %d held-out window(s), %d round(s), %d recipe(s) measured in %.2f s (%.3f s each, %s "
+           "engine); stopped: %s\n",
+           r->windows, r->rounds, r->n, r->seconds, r->n ? r->seconds / r->n : 0.0,
+           r->device && !strcmp(r->device, "cuda") ? "CUDA" : "CPU", r->stop);
     printf("%3s %5s %-9s %7s %15s %13s %13s %11s  %s\n", "#", "round", "kind", "bits", "predicted score",
            "predicted KL", "measured KL", "NLL change", "choices that differ from the plain recipe");
     for (int i = 0; i < r->n; i++) {
@@ -382,9 +384,10 @@ void refine_print(const Refine* r, const SearchCtx* c) {
 json_t* refine_json(const Refine* r, const SearchCtx* c) {
     const ScoreTable* t = c->t;
     const RefineTry* p = &r->tries[0];
-    json_t* o = json_pack("{s:i,s:i,s:f,s:f,s:s,s:i,s:f,s:f}", "windows", r->windows, "rounds", r->rounds,
+    json_t* o = json_pack("{s:i,s:i,s:f,s:f,s:s,s:i,s:f,s:f,s:s}", "windows", r->windows, "rounds", r->rounds,
                           "alpha", r->alpha, "seconds", r->seconds, "stopped", r->stop, "best", r->best,
-                          "plain_measured_kl", p->v.kl, "refined_measured_kl", r->tries[r->best].v.kl);
+                          "plain_measured_kl", p->v.kl, "refined_measured_kl", r->tries[r->best].v.kl, "device",
+                          r->device ? r->device : "cpu");
     json_t* tries = json_array();
     for (int i = 0; i < r->n; i++) {
         const RefineTry* x = &r->tries[i];
@@ -432,6 +435,7 @@ void refine_write_h5(long file, const Refine* r, const SearchCtx* c, const char*
     attr_num(g, "best", H5T_NATIVE_INT, &r->best, path);
     attr_num(g, "alpha", H5T_NATIVE_DOUBLE, &r->alpha, path);
     h5_attr_str(g, "stopped", r->stop);
+    h5_attr_str(g, "device", r->device ? r->device : "cpu");
     hsize_t n = (hsize_t)r->n, d2[2] = {n, (hsize_t)t->ng};
     int* sel = xmalloc(sizeof(int) * r->n * t->ng);
     int* iv = xmalloc(sizeof(int) * r->n);

@@ -42,8 +42,9 @@ typedef struct Refine {
     double alpha; // nats on the held-out windows per unit of the additive prediction (kl: the tokens' ratio)
     int nterms;   // the fitted pairwise interactions (nats), at the end
     QuadTerm* terms;
-    double seconds;   // measuring
-    const char* stop; // why it stopped
+    double seconds;     // measuring
+    const char* stop;   // why it stopped
+    const char* device; // where the measurements ran: "cpu" or "cuda" (the caller sets it)
 } Refine;
 
 // Refines solution s (the plain recipe) of c at s->budget. o: the objective whose additive scores are the

@@ -71,3 +71,16 @@ expect "--refine with --scores needs --data" "needs --data" $AQ search --scores 
 "$(dirname "$AQ")/tests/test_bootstrap" --write-domains "$tmp/d.h5" >/dev/null 2>&1
 expect "--refine --objective max" "--objective max" $AQ search --scores "$tmp/d.h5" --budget 6.4 --objective max \
     --refine --data tests/fixtures/qwen3_vl_tiny_ids.npy
+
+# Where the measurements run (README §7): --device cpu the CPU engine, written in the recipe; --device cuda
+# without a CUDA device is exit 2 (tests/test_gpu_refine.sh runs the CUDA engine against the CPU's).
+$AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 --refine --data "$tmp/qwen3-vl-tiny.held.npy" --seq-len 32 \
+    --refine-rounds 1 --refine-candidates 1 --device cpu --out "$tmp/dev.json" >"$tmp/out" 2>&1 &&
+    python3 -c "import json, sys; assert json.load(open(sys.argv[1]))['refine']['device'] == 'cpu'" "$tmp/dev.json" &&
+    grep -q "s each, CPU engine" "$tmp/out" && pass "--refine --device cpu: measured on the CPU engine, so reported" ||
+    fail "--refine --device cpu: $(tail -3 "$tmp/out")"
+if ! $AQ score tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 1 --method kl \
+    --device cuda --json "$tmp/probe.json" >/dev/null 2>&1; then
+    expect "--refine --device cuda without a device" "no CUDA device" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" \
+        --budget 5 --refine --data "$tmp/qwen3-vl-tiny.held.npy" --seq-len 32 --device cuda
+fi
