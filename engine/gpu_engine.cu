@@ -563,6 +563,7 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     free(e->allocs);
     free(e->layers);
     free(e->wq), free(e->sw), free(e->q_idx), free(e->wf);
+    free(e->rw), free(e->ron), free(e->rin);
     free(e->gq), free(e->gsw);
     if (e->moe.E) {
         free(e->moe.h_offs), free(e->moe.ex_id);
