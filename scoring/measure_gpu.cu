@@ -19,6 +19,7 @@ struct GpuMeasure {
     float* ref;      // (n T, V) device: the unquantized logits
     int* ids;        // (n T) device
     double* acc;     // device: kl, nll
+    double* wkl;     // (n) device: each window's KL
     double* scratch; // (B T) device
     double nll_ref;
 };
@@ -29,12 +30,16 @@ static void measure_passes(GpuMeasure* g, int fill) {
     const TokenIds* h = g->held;
     long per = (long)h->t * g->V;
     cudaCheck(cudaMemset(g->acc, 0, 2 * sizeof(double)));
+    cudaCheck(cudaMemset(g->wkl, 0, sizeof(double) * h->n));
     for (int i = 0; i < h->n; i += g->B) {
         int nb = h->n - i < g->B ? h->n - i : g->B;
         gpu_pass_begin(g->e, 0, h->ids + (long)i * h->t, nb);
         gpu_forward_layers(g->e, 0, nb, 0);
         float* q = gpu_head_logits(g->e, nb, fill ? g->ref + i * per : NULL);
-        if (!fill) gpu_kl_rows(g->acc, g->scratch, g->ref + i * per, q, nb * h->t, g->V);
+        if (!fill) { // the per-row KL is left in scratch: each window's sum too
+            gpu_kl_rows(g->acc, g->scratch, g->ref + i * per, q, nb * h->t, g->V);
+            gpu_sum_windows(g->wkl + i, 1, g->scratch, nb, h->t);
+        }
         gpu_nll_windows(g->acc + 1, g->scratch, q, g->ids + (long)i * h->t, nb, h->t, g->V);
     }
 }
@@ -67,6 +72,7 @@ extern "C" GpuMeasure* gpu_measure_init(const Model* m, const TokenIds* held, si
     g->ref = (float*)gpu_alloc(g->e, ref_bytes);
     g->ids = (int*)gpu_alloc(g->e, sizeof(int) * held->n * (size_t)T);
     g->acc = (double*)gpu_alloc(g->e, 2 * sizeof(double));
+    g->wkl = (double*)gpu_alloc(g->e, sizeof(double) * held->n);
     g->scratch = (double*)gpu_alloc(g->e, sizeof(double) * (size_t)B * T);
     cudaCheck(cudaMemcpy(g->ids, held->ids, sizeof(int) * held->n * (size_t)T, cudaMemcpyHostToDevice));
     measure_passes(g, 1);
@@ -80,10 +86,11 @@ extern "C" void gpu_measure_set(GpuMeasure* g, int idx, const float* w, QuantSpe
     gpu_recipe_set(g->e, idx, w, in);
 }
 
-extern "C" void gpu_measure_run(GpuMeasure* g, double* kl, double* nll_ref, double* nll_q) {
+extern "C" void gpu_measure_run(GpuMeasure* g, double* kl, double* nll_ref, double* nll_q, double* wkl) {
     measure_passes(g, 0);
     double h[2];
     cudaCheck(cudaMemcpy(h, g->acc, sizeof(h), cudaMemcpyDeviceToHost));
+    if (wkl) cudaCheck(cudaMemcpy(wkl, g->wkl, sizeof(double) * g->held->n, cudaMemcpyDeviceToHost));
     *kl = h[0];
     *nll_ref = g->nll_ref;
     *nll_q = h[1] / g->held->n;

@@ -21,8 +21,9 @@ GpuMeasure* gpu_measure_init(const Model* m, const TokenIds* held, size_t recipe
 // Linear idx on its deployed weight w (host fp32 (out, in)) with inputs fake-quantized by in; w NULL: bf16.
 void gpu_measure_set(GpuMeasure* g, int idx, const float* w, QuantSpec in);
 // The current recipe on every held-out window: KL to the unquantized logits (summed over windows and
-// positions, as the kl score) and the mean over windows of the per-window mean NLL, unquantized and quantized.
-void gpu_measure_run(GpuMeasure* g, double* kl, double* nll_ref, double* nll_q);
+// positions, as the kl score) and the mean over windows of the per-window mean NLL, unquantized and quantized;
+// each window's KL into wkl (n) unless NULL.
+void gpu_measure_run(GpuMeasure* g, double* kl, double* nll_ref, double* nll_q, double* wkl);
 void gpu_measure_free(GpuMeasure* g);
 
 #ifdef __cplusplus

@@ -135,11 +135,17 @@ typedef struct {
     int* choice;
     GpuMeasure* gpu; // NULL: the CPU engine
     int* on_gpu;     // (n_linears) the choice each linear holds on the GPU (-1 bf16)
+    // --objective max: each domain's held-out windows (held holds them all, domain after domain), measured
+    // apart
+    int nd;
+    TokenIds dheld[MAX_DOMAINS];
+    VerifyRef dref[MAX_DOMAINS];
+    double* wkl; // (held->n) each window's KL (the GPU's)
 } RefineCtx;
 
 // The recipe on the GPU: each linear whose choice changed since the last measurement gets its deployed
 // weight (verify_recipe's round-to-nearest: quantize's stored scales, else fake-quantized) and input spec.
-static void refine_measure_gpu(RefineCtx* r, VerifyResult* v) {
+static void refine_measure_gpu(RefineCtx* r, VerifyResult* v, double* dkl) {
     const Model* m = r->m;
     int n = m->n_linears;
     int* ch = xmalloc(sizeof(int) * n);
@@ -170,20 +176,40 @@ static void refine_measure_gpu(RefineCtx* r, VerifyResult* v) {
         }
         gpu_measure_set(r->gpu, i, w, f->in_enable ? f->in : none);
     }
-    gpu_measure_run(r->gpu, &v->kl, &v->nll_ref, &v->nll_q);
+    gpu_measure_run(r->gpu, &v->kl, &v->nll_ref, &v->nll_q, dkl ? r->wkl : NULL);
+    for (int d = 0, w = 0; dkl && d < r->nd; d++) { // the domains' windows one after another
+        dkl[d] = 0;
+        for (int i = 0; i < r->dheld[d].n; i++) dkl[d] += r->wkl[w++];
+    }
     for (int i = 0; i < n; i++) free(wq[i]);
     free(wq);
     free(ch);
 }
 
-static void refine_measure(void* ctx, const int* sel, VerifyResult* v) {
+static void refine_measure(void* ctx, const int* sel, VerifyResult* v, double* dkl) {
     RefineCtx* r = ctx;
     Solution s = {.sel = (int*)sel};
     linear_choice(r->m, r->t, &s, r->choice);
-    if (r->gpu)
-        refine_measure_gpu(r, v);
-    else
+    if (r->gpu) {
+        refine_measure_gpu(r, v, dkl);
+        return;
+    }
+    if (!dkl) {
         verify_recipe_ref(r->m, r->held, r->fmts, r->choice, r->q, r->ref, v);
+        return;
+    }
+    // each domain apart; the totals as one run over every window would give them (NLL: mean over windows)
+    memset(v, 0, sizeof(*v));
+    for (int d = 0; d < r->nd; d++) {
+        VerifyResult vd;
+        verify_recipe_ref(r->m, &r->dheld[d], r->fmts, r->choice, r->q, &r->dref[d], &vd);
+        dkl[d] = vd.kl;
+        v->kl += vd.kl;
+        v->nll_ref += vd.nll_ref * r->dheld[d].n / r->held->n;
+        v->nll_q += vd.nll_q * r->dheld[d].n / r->held->n;
+        v->n_quantized = vd.n_quantized;
+        v->gptq = vd.gptq, v->pipeline = vd.pipeline;
+    }
 }
 
 // The CUDA engine for the measurements when --device is auto or cuda and a device is there (README §7):
@@ -210,22 +236,63 @@ static GpuMeasure* refine_gpu(const ScoreJob* j, const TokenIds* held) {
     return g;
 }
 
+// --objective max's held-out windows (README §7): for each domain of the scores, --data NAME=FILE's first
+// --refine-windows windows, all of one length; into dheld[d], and all of them one after another into *all.
+static void refine_domain_data(const ScoreJob* j, const ScoreTable* t, int windows, TokenIds* dheld,
+                               TokenIds* all) {
+    int T = 0, n = 0;
+    for (int d = 0; d < t->nd; d++) {
+        int k = 0;
+        while (k < j->nd && strcmp(j->dname[k], t->dname[d])) k++;
+        if (k == j->nd)
+            fail_input(
+                "search --refine --objective max: give domain %s's held-out windows (--data %s=FILE, one "
+                "per domain of the scores)",
+                t->dname[d], t->dname[d]);
+        DataOpts dd = j->data;
+        dd.path = j->dpath[k];
+        data_load(&dheld[d], &dd);
+        model_check_seq_len(&j->model, dheld[d].t, dd.path);
+        if (d && dheld[d].t != T)
+            fail_input("--data %s=%s: windows of %d tokens, domain %s's have %d (give --seq-len)", j->dname[k],
+                       dd.path, dheld[d].t, t->dname[0], T);
+        T = dheld[d].t;
+        if (dheld[d].n > windows) dheld[d].n = windows;
+        n += dheld[d].n;
+    }
+    all->n = n, all->t = T;
+    all->ids = xmalloc(sizeof(int) * (size_t)n * T);
+    for (int d = 0, w = 0; d < t->nd; w += dheld[d].n, d++)
+        memcpy(all->ids + (size_t)w * T, dheld[d].ids, sizeof(int) * (size_t)dheld[d].n * T);
+}
+
 // Refines main (README §7) on the held-out windows and makes it the best measured recipe.
 static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj, Solution* main, ScoreJob* j,
                           const TokenIds* held, const Format* fmts, const RefineOpts* ro) {
     VerifyRef ref = {0};
-    RefineCtx rc = {
-        &j->model,           held, fmts, &j->quant, &ref, ctx->t, xmalloc(sizeof(int) * j->model.n_linears),
-        refine_gpu(j, held), NULL};
+    TokenIds all = {0, 0, NULL};
+    int nd = obj->kind == OBJ_MAX ? ctx->t->nd : 0;
+    RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref,  ctx->t, xmalloc(sizeof(int) * j->model.n_linears),
+                    NULL,      NULL, nd,   {{0}},     {{0}}, NULL};
+    RefineOpts o = *ro;
+    if (nd) {
+        refine_domain_data(j, ctx->t, ro->windows, rc.dheld, &all);
+        held = rc.held = &all;
+        o.nd = nd;
+        for (int d = 0; d < nd; d++) o.dwindows[d] = rc.dheld[d].n;
+        rc.wkl = xmalloc(sizeof(double) * all.n);
+    }
+    rc.gpu = refine_gpu(j, held);
     if (rc.gpu) {
         rc.on_gpu = xmalloc(sizeof(int) * j->model.n_linears);
         for (int i = 0; i < j->model.n_linears; i++) rc.on_gpu[i] = -1;
+    } else if (nd) {
+        for (int d = 0; d < nd; d++) verify_ref_init(&rc.dref[d], &j->model, &rc.dheld[d]);
     } else {
         verify_ref_init(&ref, &j->model, held);
     }
     info_msg("search: --refine on %d held-out window(s) of %d tokens, on the %s engine%s%s", held->n, held->t,
              rc.gpu ? "CUDA" : "CPU", rc.gpu ? " " : "", rc.gpu ? gpu_name() : "");
-    RefineOpts o = *ro;
     o.windows = held->n; // --scores: --data may hold fewer than --refine-windows
     o.seq_len = held->t;
     refine_run(rf, ctx, obj, main, refine_measure, &rc, &o);
@@ -239,6 +306,12 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
     free(rc.on_gpu);
     gpu_measure_free(rc.gpu);
     verify_ref_free(&ref);
+    for (int d = 0; d < nd; d++) {
+        verify_ref_free(&rc.dref[d]);
+        token_ids_free(&rc.dheld[d]);
+    }
+    free(all.ids);
+    free(rc.wkl);
 }
 
 int cmd_search(Args* a) {
@@ -262,8 +335,12 @@ int cmd_search(Args* a) {
     if (arch_s && !target_s)
         fail_input("search: --arch goes with --target (the engine whose kernels it names)");
     int refine = args_flag(a, "--refine");
-    RefineOpts ro = {args_int(a, "--refine-rounds", 3), args_int(a, "--refine-candidates", 6),
-                     args_int(a, "--refine-windows", 8), 0};
+    RefineOpts ro = {args_int(a, "--refine-rounds", 3),
+                     args_int(a, "--refine-candidates", 6),
+                     args_int(a, "--refine-windows", 8),
+                     0,
+                     0,
+                     {0}};
     if (!refine) args_refuse(a, G_REFINE, "without --refine");
     const char* mem_s = args_str(a, "--memory-budget");
     int kv_uniform = args_flag(a, "--kv-uniform");
@@ -318,10 +395,6 @@ int cmd_search(Args* a) {
     Cost cost = cost_s && strcmp(cost_s, "active") == 0 ? COST_ACTIVE : COST_MEMORY;
     Bits bits = bits_s && strcmp(bits_s, "modelopt") == 0 ? BITS_MODELOPT : BITS_TRUE;
     if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
-    if (refine && objective_s && !strcmp(objective_s, "max"))
-        fail_input(
-            "search: --refine measures one held-out set, so it cannot keep --objective max's worst domain "
-            "(use mean or weights:)");
     if (refine && !scores && j.nd)
         fail_input("search: --refine with several --data domains: score them first (score --out), then search "
                    "--scores FILE --refine --data HELD-OUT");

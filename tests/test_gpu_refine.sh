@@ -60,6 +60,31 @@ for m in "${models[@]}" "${table[0]}"; do # qwen3-tiny and the MoE fixture
     python3 tests/refine_compare.py "$tmp/$name.4.8.cpu.json" "$tmp/$name.4.8.cuda.json" 0.05 "$name 4.8" &&
         pass "$name: refine measured on the GPU equals the CPU's within 5%" || fail "$name: GPU refine against CPU"
 done
+# --objective max (each domain's held-out windows measured apart): the per-window KLs on the GPU against the CPU's
+python3 - "$tmp" <<'PY' || fail "domain windows"
+import sys
+import numpy as np
+a = np.load("tests/fixtures/calib200k_tiny.npy")[0] % 512
+for name, at, n in (("sa", 0, 3), ("sb", 10000, 3), ("ha", 30000, 2), ("hb", 40000, 2)):
+    np.save(f"{sys.argv[1]}/{name}.npy", a[at:at + 64 * n].reshape(n, 64).astype(np.int32))
+PY
+$AQ score $V --data code="$tmp/sa.npy" --data prose="$tmp/sb.npy" --method kl --format w4a8,nvfp4,fp8 --device cpu \
+    --out "$tmp/dom.h5" >/dev/null 2>&1 || fail "score with domains"
+for dev in cpu cuda; do
+    $AQ search --scores "$tmp/dom.h5" --budget 5 --objective max --refine --data code="$tmp/ha.npy" \
+        --data prose="$tmp/hb.npy" --refine-rounds 2 --refine-candidates 2 --device $dev --out "$tmp/max.$dev.json" \
+        >/dev/null 2>"$tmp/err" || fail "--objective max --device $dev: $(tail -3 "$tmp/err")"
+done
+python3 tests/refine_compare.py "$tmp/max.cpu.json" "$tmp/max.cuda.json" 0.05 "VL fixture, --objective max" &&
+    python3 - "$tmp/max.cpu.json" "$tmp/max.cuda.json" <<'PY' && pass "--objective max: per-domain KL on the GPU equals the CPU's within 5%" ||
+import json, sys
+c, g = (json.load(open(p))["refine"]["tries"][0]["measured_kl_per_window"] for p in sys.argv[1:3])
+for d in c:
+    assert abs(g[d] - c[d]) <= 0.05 * c[d], (d, c[d], g[d])
+print(f"  plain recipe per window: CPU {c}, GPU {g}")
+PY
+    fail "--objective max GPU against CPU"
+
 # a GPTQ refinement stays on the CPU engine, and says so
 $AQ score $E --data tests/fixtures/qwen3_moe_tiny_ids.npy --seq-len 64 --method kl --format w4a8,w8a8 --device cpu \
     --out "$tmp/int.h5" >/dev/null 2>&1
