@@ -501,7 +501,9 @@ int cmd_search(Args* a) {
     if (nboot) {
         if (!t.nw)
             fail_input("search: --bootstrap: %s holds no per-window scores (/groups/window_scores; README §8): "
-                       "score again on the CPU without resuming a checkpoint (the GPU back ends keep none yet)",
+                       "score again (a streamed --gpu-memory run keeps none, nor one resumed from a checkpoint "
+                       "without "
+                       "them, nor one whose per-window scores would pass 1 GiB)",
                        scores ? scores : "the scores");
         bootstrap_run(&boot, &ctx, &obj, &main_sol, nboot, (uint64_t)boot_seed);
         main_sol.boot = &boot;

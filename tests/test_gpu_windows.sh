@@ -29,7 +29,19 @@ for method in kl gradient; do
     $AQ score $E --data $ED $S --format w4a8 --device cuda --batch-size 2 --out "$tmp/e_gpu_$method.h5" \
         >/dev/null 2>"$tmp/err" || fail "MoE $method on the GPU: $(tail -2 "$tmp/err")"
     compare "MoE $method, one GPU, batches of 2" "$tmp/e_cpu_$method.h5" "$tmp/e_gpu_$method.h5"
+    # one process per GPU (--nccl-init; one rank here): every rank's windows gathered by an all-reduce
+    rm -f "$tmp/rdv"
+    $AQ score $V --data $VD $S --format w4a8,nvfp4 --device cuda --batch-size 2 --nccl-init "file:$tmp/rdv" --rank 0 \
+        --world-size 1 --out "$tmp/v_nccl_$method.h5" >/dev/null 2>"$tmp/err" || fail "dense $method --nccl-init: $(tail -2 "$tmp/err")"
+    compare "dense $method, --nccl-init (world 1)" "$tmp/v_cpu_$method.h5" "$tmp/v_nccl_$method.h5"
     if [ "$ngpu" -ge 2 ]; then
+        rm -f "$tmp/rdv2" # two ranks, one GPU each; rank 0 writes the results
+        for r in 1 0; do
+            $AQ score $V --data $VD $S --format w4a8,nvfp4 --device cuda --batch-size 1 --nccl-init "file:$tmp/rdv2" \
+                --rank $r --world-size 2 --out "$tmp/v_n2_$r.h5" >/dev/null 2>"$tmp/err$r" &
+        done
+        wait
+        compare "dense $method --nccl-init, 2 ranks" "$tmp/v_cpu_$method.h5" "$tmp/v_n2_0.h5"
         for how in "--gpus 2" "--gpus 2 --shard-layers"; do
             $AQ score $V --data $VD $S --format w4a8,nvfp4 --device cuda --batch-size 1 $how --out "$tmp/v2.h5" \
                 >/dev/null 2>"$tmp/err" || fail "dense $method $how: $(tail -2 "$tmp/err")"
