@@ -234,7 +234,7 @@ static int neighbours(const Models* M, const int* base, Cand** out) {
     int* down = xmalloc(sizeof(int) * nm);
     int nu = 0, nd = 0;
     Cand* sorted = xmalloc(sizeof(Cand) * (nm ? nm : 1));
-    memcpy(sorted, mv, sizeof(Cand) * nm);
+    if (nm > 0) memcpy(sorted, mv, sizeof(Cand) * (size_t)nm);
     qsort(sorted, nm, sizeof(Cand), by_value);
     for (int i = 0; i < nm; i++) {
         int m = sorted[i].order;
