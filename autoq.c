@@ -117,7 +117,7 @@ int cmd_check_checkpoint(Args* a); // search/check_checkpoint.c
          "whose quantizer arithmetic (default modelopt)"},                                                       \
         DISABLED_OPT(group),                                                                                     \
         {"--no-grouping", OPT_FLAG, NULL, NULL, 0, 0, 0, group, "one decision per linear, not per group"},       \
-        QUANT_OPTS(quant_group), DEVICE_OPT(group),                                                              \
+        QUANT_OPTS(quant_group), DEVICE_OPT(data_group),                                                         \
         {"--gpus", OPT_INT, "N", NULL, 1, 64, 0, group, "CUDA devices to use (default: all visible)"},           \
         {"--shard-layers", OPT_FLAG, NULL, NULL, 0, 0, 0, group, "split the layers over the GPUs (a pipeline)"}, \
         {"--batch-size", OPT_INT, "B", NULL, 1, 1 << 16, 0, group, "windows per GPU pass (default 4)"},          \

@@ -67,6 +67,14 @@ void gpu_given_set(GpuEngine* e, int f, int idx, const int8_t* codes, const floa
 void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in, int f);
 void gpu_plan_clear(GpuEngine* e);
 
+// A whole recipe at once (search --refine's measurements): linear idx runs on w, its deployed weight (host
+// (out, in) fp32, as the checkpoint loads it), with inputs fake-quantized by in (bits 0: none), an fp32 GEMM
+// whatever the format; w NULL returns it to its bf16 weight. A sparse layer's experts are set all or none,
+// one input spec. Needs fp32 activations (GEMM_BF16X2 or a gradient pass), not GEMM_FP16. Independent of
+// the plan; gpu_recipe_clear returns every linear to bf16 (buffers kept).
+void gpu_recipe_set(GpuEngine* e, int idx, const float* w, QuantSpec in);
+void gpu_recipe_clear(GpuEngine* e);
+
 // ---- forward (gpu_forward.cu), in parts so that a pipeline stage runs its share. Asynchronous on
 // the device's default stream unless they return host data. ----
 // Sets the precision mode (gradient passes keep fp32 activations; plain-bf16 kl passes keep bf16

@@ -564,6 +564,7 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     free(e->allocs);
     free(e->layers);
     free(e->wq), free(e->sw), free(e->q_idx), free(e->wf);
+    free(e->rw), free(e->ron), free(e->rin);
     free(e->gq), free(e->gsw);
     if (e->moe.E) {
         free(e->moe.h_offs), free(e->moe.ex_id);
@@ -719,6 +720,38 @@ void emu_alloc(GpuEngine* e) {
     e->wf = (float**)xcalloc(e->cap_q, sizeof(float*));
     e->xf = (float*)dalloc(e, 4 * e->xf_cap);
     e->yf = (float*)dalloc(e, 4 * e->xf_cap);
+}
+
+// Linear idx of the next passes on the deployed weight w (host (out, in) fp32: what a checkpoint loads as),
+// inputs fake-quantized with in; w NULL: back to its bf16 weight. The weight's buffer is kept for the next set.
+extern "C" void gpu_recipe_set(GpuEngine* e, int idx, const float* w, QuantSpec in) {
+    const Model* m = e->m;
+    if (e->f16) fail_other("internal: a recipe in the fp16 GEMM mode");
+    if (!e->ron) {
+        e->rw = (float**)xcalloc(m->n_linears, sizeof(float*));
+        e->ron = (unsigned char*)xcalloc(m->n_linears, 1);
+        e->rin = (QuantSpec*)xcalloc(m->n_linears, sizeof(QuantSpec));
+        emu_alloc(e);
+    }
+    if (!w) {
+        e->ron[idx] = 0;
+        return;
+    }
+    const Linear* l = &m->linears[idx];
+    size_t bytes = sizeof(float) * (size_t)l->out * l->in;
+    if (!e->rw[idx]) e->rw[idx] = (float*)dalloc(e, bytes);
+    cudaCheck(cudaMemcpy(e->rw[idx], w, bytes, cudaMemcpyHostToDevice));
+    e->rin[idx] = in;
+    e->ron[idx] = 1;
+    if (l->expert >= 0 && !e->rxs) {
+        const Config* c = &m->c;
+        long D = c->hidden_size, I = c->moe_intermediate;
+        e->rxs = (float*)dalloc(e, 4L * e->B * e->T * c->top_k * (D > I ? D : I));
+    }
+}
+
+extern "C" void gpu_recipe_clear(GpuEngine* e) {
+    if (e->ron) memset(e->ron, 0, e->m->n_linears);
 }
 
 extern "C" void gpu_plan_clear(GpuEngine* e) {

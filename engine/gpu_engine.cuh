@@ -154,6 +154,14 @@ struct GpuEngine {
     long xf_cap;         // elements of xf and yf
     const float* xf_src; // what xf holds (gradient pass), quantized with xf_spec
     QuantSpec xf_spec;
+    // A whole recipe (gpu_recipe_set, search --refine): linear i runs, while ron[i], on the deployed fp32
+    // weight rw[i] with inputs fake-quantized by rin[i], as an emulated linear (fp32 GEMM); every linear of the
+    // model at once, each with its own format. rw[i] is allocated on the first set and kept. rxs: a sparse
+    // layer's gathered expert rows, (B*T*K, max(D, I)) fp32.
+    float** rw;
+    unsigned char* ron;
+    QuantSpec* rin;
+    float* rxs;
     GpuMoe moe;     // sparse layers only (moe.E == 0 otherwise)
     GpuHybrid hy;   // hybrid families only (hy.on == 0 otherwise)
     GpuCapture cap; // gpu_set_capture: sees each dense linear's fp32 input

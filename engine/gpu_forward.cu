@@ -50,22 +50,22 @@ void gemm_f32(GpuEngine* e, float* y, const float* x, const float* w, int M, int
 // the fp32 GEMM with the plan's fake-quantized weight j: the CPU's fake-quantized product up to the GEMM's
 // summation order. A bf16 output goes through yf.
 static void gemm_emulated(GpuEngine* e, float* y, __nv_bfloat16* y16, const float* x, const __nv_bfloat16* x16,
-                          int j, int M, int K, int N, int accumulate) {
+                          const float* wf, QuantSpec in, int M, int K, int N, int accumulate) {
     const float* xin = x;
-    if (!x || e->in_spec.bits) {
+    if (!x || in.bits) {
         if (x)
-            gpu_fake_quant_f32(e->xf, x, M, K, e->in_spec, 0);
+            gpu_fake_quant_f32(e->xf, x, M, K, in, 0);
         else
-            gpu_fake_quant_bf16(e->xf, (const bf16_t*)x16, M, K, e->in_spec, 0);
+            gpu_fake_quant_bf16(e->xf, (const bf16_t*)x16, M, K, in, 0);
         xin = e->xf;
         e->xf_src = NULL;
     }
     if (!y16) {
-        gemm_f32(e, y, xin, e->wf[j], M, K, N, accumulate);
+        gemm_f32(e, y, xin, wf, M, K, N, accumulate);
         return;
     }
     if (accumulate) fail_other("internal: an accumulating bf16 output of an emulated linear");
-    gemm_f32(e, e->yf, xin, e->wf[j], M, K, N, 0);
+    gemm_f32(e, e->yf, xin, wf, M, K, N, 0);
     gpu_split_bf16((bf16_t*)y16, NULL, e->yf, (long)M * N);
 }
 
@@ -88,10 +88,14 @@ void linear(GpuEngine* e, int idx, float* y, __nv_bfloat16* y16, const float* x,
             const __nv_bfloat16* x_lo, const __nv_bfloat16* w, int M, int accumulate) {
     const Linear* l = &e->m->linears[idx];
     if (e->cap && e->cap(e, idx, x16, M, e->cap_ctx)) return;
+    if (e->ron && e->ron[idx]) { // a recipe's linear (gpu_recipe_set)
+        gemm_emulated(e, y, y16, x, x16, e->rw[idx], e->rin[idx], M, l->in, l->out, accumulate);
+        return;
+    }
     for (int j = 0; j < e->nq; j++)
         if (e->q_idx[j] == idx) { // an integer plan quantizes weights and inputs both (the scoring job checks)
             if (e->emu)
-                gemm_emulated(e, y, y16, x, x16, j, M, l->in, l->out, accumulate);
+                gemm_emulated(e, y, y16, x, x16, e->wf[j], e->in_spec, M, l->in, l->out, accumulate);
             else
                 gemm_int8(e, y, y16, x, x16, j, M, l->in, l->out, accumulate);
             return;
@@ -174,6 +178,8 @@ static void attention(GpuEngine* e, int M, const __nv_bfloat16* q, const __nv_bf
 static int quantized_in(const GpuEngine* e, int lo, int hi) {
     for (int j = 0; j < e->nq; j++)
         if (e->q_idx[j] >= lo && e->q_idx[j] <= hi) return 1;
+    for (int i = lo; e->ron && i <= hi; i++)
+        if (e->ron[i]) return 1;
     return 0;
 }
 

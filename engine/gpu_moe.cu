@@ -263,6 +263,42 @@ static void experts_int8(GpuEngine* e, int M) {
     ex_int8(e, x->ye, x->wdn, (long)D * I, x->sdn, D, I, D);
 }
 
+// The experts of a recipe (gpu_recipe_set): each expert's deployed fp32 weights and the layer's inputs
+// fake-quantized per token (a gathered row is its token's row), one fp32 GEMM per expert with rows (the
+// emulated linears' numerics, any format); ye = the unweighted outputs.
+static void experts_recipe(GpuEngine* e, int l, int M) {
+    const Model* md = e->m;
+    GpuMoe* x = &e->moe;
+    int D = md->c.hidden_size, I = x->I, K = x->K, E = x->E;
+    long MK = (long)M * K;
+    QuantSpec in = e->rin[model_lin(md, l, LIN_GATE, 0)];
+    if (e->bf16_act) fail_other("internal: a recipe's experts need fp32 activations");
+    const float* m = e->m_;
+    if (in.bits) {
+        gpu_fake_quant_f32(e->xf, m, M, D, in, 0);
+        m = e->xf;
+        e->xf_src = NULL;
+    }
+    gpu_moe_gather(e->rxs, m, x->order, (int)MK, K, 4 * D);
+    cudaCheck(cudaMemcpy(x->h_offs, x->offs, 4L * (E + 1), cudaMemcpyDeviceToHost));
+    for (int ex = 0; ex < E; ex++) {
+        long r0 = x->h_offs[ex], n = x->h_offs[ex + 1] - r0;
+        if (!n) continue;
+        gemm_f32(e, x->g + r0 * I, e->rxs + r0 * D, e->rw[model_lin(md, l, LIN_GATE, ex)], (int)n, D, I, 0);
+        gemm_f32(e, x->u + r0 * I, e->rxs + r0 * D, e->rw[model_lin(md, l, LIN_UP, ex)], (int)n, D, I, 0);
+    }
+    gpu_swiglu(x->act, NULL, NULL, x->g, x->u, MK * I, 0);
+    const float* a = x->act;
+    if (in.bits) {
+        gpu_fake_quant_f32(e->rxs, x->act, (int)MK, I, in, 0);
+        a = e->rxs;
+    }
+    for (int ex = 0; ex < E; ex++) {
+        long r0 = x->h_offs[ex], n = x->h_offs[ex + 1] - r0;
+        if (n) gemm_f32(e, x->ye + r0 * D, a + r0 * I, e->rw[model_lin(md, l, LIN_DOWN, ex)], (int)n, I, D, 0);
+    }
+}
+
 void moe_forward(GpuEngine* e, int l, int M) {
     GpuMoe* x = &e->moe;
     int D = e->m->c.hidden_size, K = x->K;
@@ -271,6 +307,9 @@ void moe_forward(GpuEngine* e, int l, int M) {
     prof_mark(e, P_ROUTE);
     if (x->q_layer == l) {
         experts_int8(e, M);
+        prof_mark(e, P_EX_Q);
+    } else if (e->ron && e->ron[model_lin(e->m, l, LIN_GATE, 0)]) {
+        experts_recipe(e, l, M);
         prof_mark(e, P_EX_Q);
     } else {
         gpu_moe_gather(x->xs16, e->m16, x->order, (int)MK, K, 2 * D);

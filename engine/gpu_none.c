@@ -24,3 +24,7 @@ void gpu_expert_tokens(GpuEngine* e, long* counts) { (void)e, (void)counts; }
 void gpu_set_capture(GpuEngine* e, GpuCapture fn, void* ctx) { (void)e, (void)fn, (void)ctx; }
 void* gpu_linear_weight(GpuEngine* e, int idx) { return (void)e, (void)idx, NULL; }
 void gpu_select_device(int d) { (void)d; }
+void gpu_recipe_set(GpuEngine* e, int idx, const float* w, QuantSpec in) {
+    (void)e, (void)idx, (void)w, (void)in;
+}
+void gpu_recipe_clear(GpuEngine* e) { (void)e; }

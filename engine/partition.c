@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -41,4 +42,8 @@ int partition_layers(const LayerSplit* p, int* bounds) {
     }
     free(pw), free(pb), free(best), free(from);
     return ok;
+}
+
+void partition_place_rows(double* full, const double* own, int lo, int hi, long n) {
+    if (hi > lo) memcpy(full + (size_t)lo * n, own, sizeof(double) * (size_t)(hi - lo) * n);
 }

@@ -16,3 +16,8 @@ typedef struct {
     const double* cap; // (parts)
 } LayerSplit;
 int partition_layers(const LayerSplit* p, int* bounds);
+
+// A rank's per-window rows (its windows lo..hi-1, n values each) into full (every window's rows), the other
+// rows left as they are (zeros): an fp64 all-reduce (sum) of every rank's full then gives each window's rows
+// exactly, in window order, since each entry has one nonzero term (a --nccl-init run's per-window scores).
+void partition_place_rows(double* full, const double* own, int lo, int hi, long n);

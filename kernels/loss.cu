@@ -125,6 +125,31 @@ extern "C" void gpu_sum_windows(double* out, long stride, const double* rows, in
     cudaCheck(cudaGetLastError());
 }
 
+// One block per row: (lse - x[next token]) / (T - 1), 0 for each window's last row.
+__global__ void nll_rows_kernel(double* out, const float* logits, const int* ids, int T, int V) {
+    long row = blockIdx.x;
+    const float* x = logits + row * V;
+    if ((int)(row % T) == T - 1) {
+        if (threadIdx.x == 0) out[row] = 0.0;
+        return;
+    }
+    float m = -INFINITY;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, x[v]);
+    m = block_max(m);
+    double s = 0.0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) s += exp((double)x[v] - m);
+    s = block_sum(s);
+    if (threadIdx.x == 0) out[row] = ((double)m + log(s) - x[ids[row + 1]]) / (T - 1);
+}
+
+extern "C" void gpu_nll_windows(double* total, double* scratch, const float* logits, const int* ids, int nb,
+                                int T, int V) {
+    nll_rows_kernel<<<nb * T, 512>>>(scratch, logits, ids, T, V);
+    cudaCheck(cudaGetLastError());
+    sum_rows_kernel<<<1, 1024>>>(total, scratch, nb * T);
+    cudaCheck(cudaGetLastError());
+}
+
 extern "C" void gpu_cross_entropy_backward(bf16_t* dhi, bf16_t* dlo, double* loss_rows, const float* logits,
                                            const int* ids, int M, int T, int V) {
     ce_bwd_kernel<<<M, 512>>>((__nv_bfloat16*)dhi, (__nv_bfloat16*)dlo, loss_rows, logits, ids, T, V);

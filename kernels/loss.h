@@ -35,6 +35,9 @@ void gpu_grad_score(double* total, double* scratch, const float* dy, const int32
 // out[w * stride] += Σ of rows[w T .. w T + T - 1], w = 0 .. nb - 1 (one window's share of gpu_kl_rows' per-row
 // values, which it leaves in its scratch), deterministic
 void gpu_sum_windows(double* out, long stride, const double* rows, int nb, int T);
+// *total += Σ over the nb windows of their mean next-token NLL (cross_entropy's value; device ids (nb, T),
+// logits (nb T, V)), deterministic; scratch holds nb T doubles
+void gpu_nll_windows(double* total, double* scratch, const float* logits, const int* ids, int nb, int T, int V);
 // *total += sq_diff_dot(dy, yq, y, n), deterministic; scratch holds 1024 doubles
 void gpu_sq_diff_dot(double* total, double* scratch, const float* dy, const float* yq, const float* y, long n);
 

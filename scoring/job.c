@@ -658,11 +658,11 @@ static int run_scores(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc,
 
 static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
     j->score = xcalloc((size_t)j->nf * j->groups.n, sizeof(double));
-    // Each window's contribution (README §8), on every back end of one process (a multi-process --nccl-init
-    // run keeps none: each rank sees its own windows only); beyond 1 GiB they are left out.
+    // Each window's contribution (README §8), on every back end (a --nccl-init run gathers every rank's
+    // windows with an all-reduce); beyond 1 GiB they are left out.
     size_t wbytes = sizeof(double) * (size_t)j->ids.n * j->nf * j->groups.n;
-    if (!j->nccl_init && wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
-    if (!j->nccl_init && !j->wscore)
+    if (wbytes <= (1UL << 30)) j->wscore = xcalloc(wbytes, 1);
+    if (!j->wscore)
         warn_msg("score: per-window scores would take %.1f GiB: not kept (search --bootstrap needs them)",
                  wbytes / 1073741824.0);
     const Config* c = &j->model.c;

@@ -1,7 +1,10 @@
 // Built instead of the GPU scorers when nvcc is absent. The scoring job checks for a device before it
 // gets here (engine/gpu_none.c reports none), so these only name the missing build.
+#include <stdio.h>
+
 #include "../engine/util.h"
 #include "quantizer.h"
+#include "measure_gpu.h"
 #include "score_gpu.h"
 #include "score_stream.h"
 
@@ -78,3 +81,15 @@ void gpu_stream_stats(GpuStream* st, double* h2d_bytes, double* unhidden_s) {
     (void)st;
     *h2d_bytes = *unhidden_s = 0;
 }
+GpuMeasure* gpu_measure_init(const Model* m, const TokenIds* held, size_t recipe_bytes, char* why, size_t n) {
+    (void)m, (void)held, (void)recipe_bytes;
+    snprintf(why, n, "this autoq was built without CUDA");
+    return NULL;
+}
+void gpu_measure_set(GpuMeasure* g, int idx, const float* w, QuantSpec in) {
+    (void)g, (void)idx, (void)w, (void)in;
+}
+void gpu_measure_run(GpuMeasure* g, double* kl, double* nll_ref, double* nll_q, double* wkl) {
+    (void)g, (void)wkl, *kl = *nll_ref = *nll_q = 0.0;
+}
+void gpu_measure_free(GpuMeasure* g) { (void)g; }

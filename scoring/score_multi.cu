@@ -177,6 +177,9 @@ extern "C" void gpu_score_ranked(const GpuScoreSpec* sp, const int* ids, int n, 
     worker_main(&w);
     cudaCheck(cudaSetDevice(dev));
     nccl_allreduce_host(w.score, ng, comm);
+    // the per-window scores: this rank's rows (written in place) and zeros elsewhere, summed over every rank:
+    // each window's rows exactly (partition_place_rows), on every rank
+    if (sp->wscore) nccl_allreduce_host(sp->wscore, (long)n * sp->gs->n * sp->nf, comm);
     gpu_spec_add_sums(sp, score, w.score);
     info_msg("score: rank %d of %d: windows %d..%d in %.2fs, peak GPU memory %.2f GiB", rank, world, w.lo,
              w.hi - 1, w.seconds, w.peak / 1073741824.0);

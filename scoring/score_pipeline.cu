@@ -317,7 +317,12 @@ extern "C" void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids,
     partition_windows(n, world / stages, p, &lo, &hi);
     st.base = p * stages, st.dev = dev, st.comm = comm, st.nwin = hi - lo;
     st.ids = ids + (long)lo * sp->T;
+    if (sp->wscore) st.wscore = (double*)xcalloc((size_t)(hi - lo) * ns, sizeof(double));
     stage_main(&st);
+    if (sp->wscore) { // this stage's groups of this pipeline's windows, zeros elsewhere, summed over every rank
+        partition_place_rows(sp->wscore, st.wscore, lo, hi, ns);
+        nccl_allreduce_host(sp->wscore, (long)n * ns, comm);
+    }
     // the stage's sums and counts, all-reduced in fp64 over every rank
     double* h = (double*)xcalloc(ns + nc, sizeof(double));
     memcpy(h, st.score, sizeof(double) * ns);
@@ -332,5 +337,5 @@ extern "C" void gpu_score_sharded_ranked(const GpuScoreSpec* sp, const int* ids,
     *peak = st.peak;
     ncclCommDestroy(comm);
     if (rank == 0) rdv_done(rdv);
-    free(h), free(owner), free(st.score), free(st.tokens), free(mem), free(bounds);
+    free(h), free(owner), free(st.score), free(st.tokens), free(st.wscore), free(mem), free(bounds);
 }

@@ -8,9 +8,13 @@
 #include "../engine/args.h"
 #include "../engine/forward.h"
 #include "../engine/util.h"
+#include "../engine/gpu.h"
+#include "../kernels/quant.h"
 #include "../scoring/job.h"
+#include "../scoring/measure_gpu.h"
 #include "bootstrap.h"
 #include "milp.h"
+#include "quantize.h"
 #include "recipe.h"
 #include "refine.h"
 #include "target.h"
@@ -120,7 +124,7 @@ static void solve_point(const SearchCtx* c, const Objective* o, double budget, S
 }
 
 // search --refine's measurement: a recipe's joint KL and NLL on the held-out windows (verify_recipe's
-// deployment, the unquantized passes computed once).
+// deployment, the unquantized passes computed once), on the CUDA engine when gpu is set.
 typedef struct {
     const Model* m;
     const TokenIds* held;
@@ -129,33 +133,186 @@ typedef struct {
     const VerifyRef* ref;
     const ScoreTable* t;
     int* choice;
+    GpuMeasure* gpu; // NULL: the CPU engine
+    int* on_gpu;     // (n_linears) the choice each linear holds on the GPU (-1 bf16)
+    // --objective max: each domain's held-out windows (held holds them all, domain after domain), measured
+    // apart
+    int nd;
+    TokenIds dheld[MAX_DOMAINS];
+    VerifyRef dref[MAX_DOMAINS];
+    double* wkl; // (held->n) each window's KL (the GPU's)
 } RefineCtx;
 
-static void refine_measure(void* ctx, const int* sel, VerifyResult* v) {
+// The recipe on the GPU: each linear whose choice changed since the last measurement gets its deployed
+// weight (verify_recipe's round-to-nearest: quantize's stored scales, else fake-quantized) and input spec.
+static void refine_measure_gpu(RefineCtx* r, VerifyResult* v, double* dkl) {
+    const Model* m = r->m;
+    int n = m->n_linears;
+    int* ch = xmalloc(sizeof(int) * n);
+    float** wq = xcalloc(n, sizeof(float*));
+    for (int i = 0; i < n; i++) ch[i] = r->choice[i] != r->on_gpu[i] ? r->choice[i] : -1;
+    quantize_deployed(wq, m, r->fmts, ch);
+    memset(v, 0, sizeof(*v));
+    for (int i = 0; i < n; i++) {
+        int c = r->choice[i];
+        if (c >= 0 && !r->fmts[c].kv) v->n_quantized++;
+        if (c == r->on_gpu[i]) continue;
+        r->on_gpu[i] = c;
+        QuantSpec none;
+        memset(&none, 0, sizeof(none));
+        if (c < 0 || r->fmts[c].kv) {
+            gpu_measure_set(r->gpu, i, NULL, none);
+            continue;
+        }
+        const Linear* l = &m->linears[i];
+        const Format* f = &r->fmts[c];
+        float* w = wq[i];
+        if (!w) { // a format quantize does not write: fake-quantized, as verify_recipe runs it
+            w = wq[i] = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+            if (f->w_enable)
+                quant_weight_rows(w, l->w, l->out, l->in, f->w);
+            else
+                memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
+        }
+        gpu_measure_set(r->gpu, i, w, f->in_enable ? f->in : none);
+    }
+    gpu_measure_run(r->gpu, &v->kl, &v->nll_ref, &v->nll_q, dkl ? r->wkl : NULL);
+    for (int d = 0, w = 0; dkl && d < r->nd; d++) { // the domains' windows one after another
+        dkl[d] = 0;
+        for (int i = 0; i < r->dheld[d].n; i++) dkl[d] += r->wkl[w++];
+    }
+    for (int i = 0; i < n; i++) free(wq[i]);
+    free(wq);
+    free(ch);
+}
+
+static void refine_measure(void* ctx, const int* sel, VerifyResult* v, double* dkl) {
     RefineCtx* r = ctx;
     Solution s = {.sel = (int*)sel};
     linear_choice(r->m, r->t, &s, r->choice);
-    verify_recipe_ref(r->m, r->held, r->fmts, r->choice, r->q, r->ref, v);
+    if (r->gpu) {
+        refine_measure_gpu(r, v, dkl);
+        return;
+    }
+    if (!dkl) {
+        verify_recipe_ref(r->m, r->held, r->fmts, r->choice, r->q, r->ref, v);
+        return;
+    }
+    // each domain apart; the totals as one run over every window would give them (NLL: mean over windows)
+    memset(v, 0, sizeof(*v));
+    for (int d = 0; d < r->nd; d++) {
+        VerifyResult vd;
+        verify_recipe_ref(r->m, &r->dheld[d], r->fmts, r->choice, r->q, &r->dref[d], &vd);
+        dkl[d] = vd.kl;
+        v->kl += vd.kl;
+        v->nll_ref += vd.nll_ref * r->dheld[d].n / r->held->n;
+        v->nll_q += vd.nll_q * r->dheld[d].n / r->held->n;
+        v->n_quantized = vd.n_quantized;
+        v->gptq = vd.gptq, v->pipeline = vd.pipeline;
+    }
+}
+
+// The CUDA engine for the measurements with --device cuda (README §7; --device auto keeps the CPU engine until
+// the GPU measurement has run against the CPU's on a GPU: tests/test_gpu_refine.sh): round-to-nearest recipes
+// only (GPTQ runs again per recipe on the CPU). NULL: the CPU engine.
+static GpuMeasure* refine_gpu(const ScoreJob* j, const TokenIds* held) {
+    int want = !strcmp(j->device, "cuda");
+    if (!want) return NULL;
+    if (!gpu_device_count()) {
+        if (want) fail_input("search --refine --device cuda: no CUDA device found");
+        return NULL;
+    }
+    if (j->quant.kind == QUANTIZER_GPTQ) {
+        info_msg("search: --refine with --quantizer gptq measures on the CPU engine (GPTQ runs again for each "
+                 "recipe on the held-out windows)");
+        return NULL;
+    }
+    size_t bytes = 0; // every linear's deployed fp32 weight, at most
+    for (int i = 0; i < j->model.n_linears; i++)
+        bytes += sizeof(float) * (size_t)j->model.linears[i].out * j->model.linears[i].in;
+    char why[256];
+    GpuMeasure* g = gpu_measure_init(&j->model, held, bytes, why, sizeof(why));
+    if (!g && want) fail_input("search --refine --device cuda: %s", why);
+    if (!g) warn_msg("search: --refine measures on the CPU engine: %s", why);
+    return g;
+}
+
+// --objective max's held-out windows (README §7): for each domain of the scores, --data NAME=FILE's first
+// --refine-windows windows, all of one length; into dheld[d], and all of them one after another into *all.
+static void refine_domain_data(const ScoreJob* j, const ScoreTable* t, int windows, TokenIds* dheld,
+                               TokenIds* all) {
+    int T = 0, n = 0;
+    for (int d = 0; d < t->nd; d++) {
+        int k = 0;
+        while (k < j->nd && strcmp(j->dname[k], t->dname[d])) k++;
+        if (k == j->nd)
+            fail_input(
+                "search --refine --objective max: give domain %s's held-out windows (--data %s=FILE, one "
+                "per domain of the scores)",
+                t->dname[d], t->dname[d]);
+        DataOpts dd = j->data;
+        dd.path = j->dpath[k];
+        data_load(&dheld[d], &dd);
+        model_check_seq_len(&j->model, dheld[d].t, dd.path);
+        if (d && dheld[d].t != T)
+            fail_input("--data %s=%s: windows of %d tokens, domain %s's have %d (give --seq-len)", j->dname[k],
+                       dd.path, dheld[d].t, t->dname[0], T);
+        T = dheld[d].t;
+        if (dheld[d].n > windows) dheld[d].n = windows;
+        n += dheld[d].n;
+    }
+    all->n = n, all->t = T;
+    all->ids = xmalloc(sizeof(int) * (size_t)n * T);
+    for (int d = 0, w = 0; d < t->nd; w += dheld[d].n, d++)
+        memcpy(all->ids + (size_t)w * T, dheld[d].ids, sizeof(int) * (size_t)dheld[d].n * T);
 }
 
 // Refines main (README §7) on the held-out windows and makes it the best measured recipe.
 static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj, Solution* main, ScoreJob* j,
                           const TokenIds* held, const Format* fmts, const RefineOpts* ro) {
-    VerifyRef ref;
-    verify_ref_init(&ref, &j->model, held);
-    RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref, ctx->t, xmalloc(sizeof(int) * j->model.n_linears)};
-    info_msg("search: --refine on %d held-out window(s) of %d tokens", held->n, held->t);
+    VerifyRef ref = {0};
+    TokenIds all = {0, 0, NULL};
+    int nd = obj->kind == OBJ_MAX ? ctx->t->nd : 0;
+    RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref,  ctx->t, xmalloc(sizeof(int) * j->model.n_linears),
+                    NULL,      NULL, nd,   {{0}},     {{0}}, NULL};
     RefineOpts o = *ro;
+    if (nd) {
+        refine_domain_data(j, ctx->t, ro->windows, rc.dheld, &all);
+        held = rc.held = &all;
+        o.nd = nd;
+        for (int d = 0; d < nd; d++) o.dwindows[d] = rc.dheld[d].n;
+        rc.wkl = xmalloc(sizeof(double) * all.n);
+    }
+    rc.gpu = refine_gpu(j, held);
+    if (rc.gpu) {
+        rc.on_gpu = xmalloc(sizeof(int) * j->model.n_linears);
+        for (int i = 0; i < j->model.n_linears; i++) rc.on_gpu[i] = -1;
+    } else if (nd) {
+        for (int d = 0; d < nd; d++) verify_ref_init(&rc.dref[d], &j->model, &rc.dheld[d]);
+    } else {
+        verify_ref_init(&ref, &j->model, held);
+    }
+    info_msg("search: --refine on %d held-out window(s) of %d tokens, on the %s engine%s%s", held->n, held->t,
+             rc.gpu ? "CUDA" : "CPU", rc.gpu ? " " : "", rc.gpu ? gpu_name() : "");
     o.windows = held->n; // --scores: --data may hold fewer than --refine-windows
     o.seq_len = held->t;
     refine_run(rf, ctx, obj, main, refine_measure, &rc, &o);
+    rf->device = rc.gpu ? "cuda" : "cpu";
     memcpy(main->sel, rf->tries[rf->best].sel, sizeof(int) * ctx->t->ng);
     main->predicted = rf->tries[rf->best].score;
     search_measure(ctx, main);
     if (main->nd) objective_losses(ctx->t, main->sel, main->dloss);
     main->refine = rf;
     free(rc.choice);
+    free(rc.on_gpu);
+    gpu_measure_free(rc.gpu);
     verify_ref_free(&ref);
+    for (int d = 0; d < nd; d++) {
+        verify_ref_free(&rc.dref[d]);
+        token_ids_free(&rc.dheld[d]);
+    }
+    free(all.ids);
+    free(rc.wkl);
 }
 
 int cmd_search(Args* a) {
@@ -179,8 +336,12 @@ int cmd_search(Args* a) {
     if (arch_s && !target_s)
         fail_input("search: --arch goes with --target (the engine whose kernels it names)");
     int refine = args_flag(a, "--refine");
-    RefineOpts ro = {args_int(a, "--refine-rounds", 3), args_int(a, "--refine-candidates", 6),
-                     args_int(a, "--refine-windows", 8), 0};
+    RefineOpts ro = {args_int(a, "--refine-rounds", 3),
+                     args_int(a, "--refine-candidates", 6),
+                     args_int(a, "--refine-windows", 8),
+                     0,
+                     0,
+                     {0}};
     if (!refine) args_refuse(a, G_REFINE, "without --refine");
     const char* mem_s = args_str(a, "--memory-budget");
     int kv_uniform = args_flag(a, "--kv-uniform");
@@ -234,10 +395,6 @@ int cmd_search(Args* a) {
     Cost cost = cost_s && strcmp(cost_s, "active") == 0 ? COST_ACTIVE : COST_MEMORY;
     Bits bits = bits_s && strcmp(bits_s, "modelopt") == 0 ? BITS_MODELOPT : BITS_TRUE;
     if (isnan(budget) && !sweep_s) fail_input("search: --budget (or --sweep) is required");
-    if (refine && objective_s && !strcmp(objective_s, "max"))
-        fail_input(
-            "search: --refine measures one held-out set, so it cannot keep --objective max's worst domain "
-            "(use mean or weights:)");
     if (refine && !scores && j.nd)
         fail_input("search: --refine with several --data domains: score them first (score --out), then search "
                    "--scores FILE --refine --data HELD-OUT");
@@ -344,7 +501,9 @@ int cmd_search(Args* a) {
     if (nboot) {
         if (!t.nw)
             fail_input("search: --bootstrap: %s holds no per-window scores (/groups/window_scores; README §8): "
-                       "score again on the CPU without resuming a checkpoint (the GPU back ends keep none yet)",
+                       "score again (a streamed --gpu-memory run keeps none, nor one resumed from a checkpoint "
+                       "without "
+                       "them, nor one whose per-window scores would pass 1 GiB)",
                        scores ? scores : "the scores");
         bootstrap_run(&boot, &ctx, &obj, &main_sol, nboot, (uint64_t)boot_seed);
         main_sol.boot = &boot;

@@ -185,13 +185,15 @@ void objective_solve(const SearchCtx* c, const Objective* o, double budget, Solu
     search_measure(c, out);
 }
 
-int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, const QuadTerm* terms, int nt,
-                         int* sel, double* value) {
+// The quadratic programme of milp_solve_quadratic (nd 0) or milp_solve_quadratic_max (nd domains: column z
+// last, one row per domain d: Σ lin_d x + Σ coefs[d][i] w_i - z <= -off[d]; minimise z).
+static int quad_solve(const SearchCtx* c, double budget, int nd, const double* lin, const double* off,
+                      const QuadTerm* terms, const double* coefs, int nt, int* sel, double* value) {
     const ScoreTable* t = c->t;
     int ng = t->ng, nf = t->nf, nc = nf + 1;
     uint8_t* misfit = search_misfit_table(c);
     int64_t cap = search_cap(c, budget);
-    // columns: x[g][k] for enabled g, k = 0 (bf16) .. nf, misfits left out; then one w per usable term
+    // columns: x[g][k] for enabled g, k = 0 (bf16) .. nf, misfits left out; then one w per usable term; then z
     int* col = xmalloc(sizeof(int) * ng * nc);
     int ncol = 0, ngr = 0;
     for (int g = 0; g < ng; g++) {
@@ -207,21 +209,28 @@ int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, c
         int a = col[terms[i].g * nc + terms[i].k + 1], b = col[terms[i].h * nc + terms[i].l + 1];
         tcol[i] = a && b && terms[i].g != terms[i].h ? nx + ++nw : 0;
     }
+    int zc = nd ? nx + nw + 1 : 0;
     glp_prob* lp = glp_create_prob();
     glp_set_obj_dir(lp, GLP_MIN);
-    glp_add_cols(lp, nx + nw);
+    glp_add_cols(lp, nx + nw + (nd > 0));
     for (int j = 1; j <= nx; j++) glp_set_col_kind(lp, j, GLP_BV);
-    for (int g = 0; g < ng; g++)
-        for (int k = 0; k < nc; k++)
-            if (col[g * nc + k]) glp_set_obj_coef(lp, col[g * nc + k], lin[(size_t)g * nc + k]);
+    if (nd) { // the largest domain's fitted loss: free (a fitted value may fall below 0)
+        glp_set_col_bnds(lp, zc, GLP_FR, 0.0, 0.0);
+        glp_set_obj_coef(lp, zc, 1.0);
+    } else {
+        for (int g = 0; g < ng; g++)
+            for (int k = 0; k < nc; k++)
+                if (col[g * nc + k]) glp_set_obj_coef(lp, col[g * nc + k], lin[(size_t)g * nc + k]);
+    }
     for (int i = 0; i < nt; i++)
         if (tcol[i]) {
             glp_set_col_bnds(lp, tcol[i], GLP_DB, 0.0, 1.0);
-            glp_set_obj_coef(lp, tcol[i], terms[i].coef);
+            if (!nd) glp_set_obj_coef(lp, tcol[i], coefs[i]);
         }
-    // rows: one choice per enabled group, the budget, three per product
-    glp_add_rows(lp, ngr + 1 + 3 * nw);
-    int nnz_max = 2 * nx + 7 * nw + 1, nnz = 0;
+    // rows: one choice per enabled group, the budget, three per product (exact for binary factors whatever
+    // the sign of the product's coefficients), one per domain
+    glp_add_rows(lp, ngr + 1 + 3 * nw + nd);
+    int nnz_max = 2 * nx + 7 * nw + 1 + nd * (nx + nw + 1), nnz = 0;
     int *ia = xmalloc(sizeof(int) * nnz_max), *ja = xmalloc(sizeof(int) * nnz_max);
     double* ar = xmalloc(sizeof(double) * nnz_max);
     int r = 0;
@@ -246,10 +255,36 @@ int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, c
         glp_set_row_bnds(lp, ++r, GLP_UP, 0.0, 0.0); // w - b <= 0
         NZ(r, tcol[i], 1.0), NZ(r, b, -1.0);
     }
+    for (int d = 0; d < nd; d++) { // domain d's fitted loss <= z
+        glp_set_row_bnds(lp, ++r, GLP_UP, 0.0, -off[d]);
+        const double* ld = lin + (size_t)d * ng * nc;
+        for (int g = 0; g < ng; g++)
+            for (int k = 0; k < nc; k++)
+                if (col[g * nc + k] && ld[(size_t)g * nc + k] != 0)
+                    NZ(r, col[g * nc + k], ld[(size_t)g * nc + k]);
+        for (int i = 0; i < nt; i++)
+            if (tcol[i] && coefs[(size_t)d * nt + i] != 0) NZ(r, tcol[i], coefs[(size_t)d * nt + i]);
+        NZ(r, zc, -1.0);
+    }
 #undef NZ
     glp_load_matrix(lp, nnz, ia, ja, ar);
-    int res = milp_run(lp, col, ng, nc, sel, value, "the refinement's programme");
+    int res = milp_run(lp, col, ng, nc, sel, value,
+                       nd ? "the refinement's max programme" : "the refinement's programme");
     glp_delete_prob(lp);
     free(ia), free(ja), free(ar), free(col), free(tcol), free(misfit);
     return res;
+}
+
+int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, const QuadTerm* terms, int nt,
+                         int* sel, double* value) {
+    double* coefs = xmalloc(sizeof(double) * (nt ? nt : 1));
+    for (int i = 0; i < nt; i++) coefs[i] = terms[i].coef;
+    int res = quad_solve(c, budget, 0, lin, NULL, terms, coefs, nt, sel, value);
+    free(coefs);
+    return res;
+}
+
+int milp_solve_quadratic_max(const SearchCtx* c, double budget, int nd, const double* lin, const double* off,
+                             const QuadTerm* terms, const double* coefs, int nt, int* sel, double* z) {
+    return quad_solve(c, budget, nd, lin, off, terms, coefs, nt, sel, z);
 }

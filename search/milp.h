@@ -37,3 +37,9 @@ typedef struct {
 // infeasible.
 int milp_solve_quadratic(const SearchCtx* c, double budget, const double* lin, const QuadTerm* terms, int nt,
                          int* sel, double* value);
+// The same under --objective max's measured models (README §7): nd domains, domain d's fitted loss
+// Σ lin[d][g][k + 1] x[g][k] + Σ coefs[d][i] (product of terms[i]) + off[d]; minimises z, the largest of them
+// (one row per domain: loss_d <= z). The terms' structure is shared, their coefficients per domain (nd, nt).
+// Returns 0 with sel and z, -1 when infeasible.
+int milp_solve_quadratic_max(const SearchCtx* c, double budget, int nd, const double* lin, const double* off,
+                             const QuadTerm* terms, const double* coefs, int nt, int* sel, double* z);

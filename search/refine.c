@@ -49,6 +49,34 @@ static double fit_value(const Fit* s, const int* sel) {
     return v;
 }
 
+// The fitted models: the objective's one (nd 0), or one per domain whose largest value is the objective
+// (--objective max; each domain's measured KL per held-out window).
+typedef struct {
+    Fit* f; // (nd ? nd : 1)
+    int nd;
+} Models;
+
+static double models_value(const Models* M, const int* sel) {
+    if (!M->nd) return fit_value(&M->f[0], sel);
+    double v = -INFINITY;
+    for (int d = 0; d < M->nd; d++) {
+        double x = fit_value(&M->f[d], sel);
+        v = x > v ? x : v;
+    }
+    return v;
+}
+
+// The additive prediction in the objective's units (with domains the largest domain's loss per window).
+static double models_additive(const Models* M, const int* sel) {
+    if (!M->nd) return additive(&M->f[0], sel);
+    double v = -INFINITY;
+    for (int d = 0; d < M->nd; d++) {
+        double x = additive(&M->f[d], sel);
+        v = x > v ? x : v;
+    }
+    return v;
+}
+
 static int64_t recipe_cost(const SearchCtx* c, const int* sel) {
     int64_t cost = 0;
     for (int g = 0; g < c->t->ng; g++)
@@ -62,8 +90,9 @@ static int find_try(const Refine* r, const int* sel, int ng) {
     return -1;
 }
 
-static void add_try(Refine* r, const Fit* s, const int* sel, int round, TryKind kind, double pred,
+static void add_try(Refine* r, const Models* M, const int* sel, int round, TryKind kind, double pred,
                     RefineMeasure measure, void* ctx) {
+    const Fit* s = &M->f[0];
     const SearchCtx* c = s->c;
     if (r->n == r->cap) {
         r->cap = r->cap ? 2 * r->cap : 16;
@@ -82,17 +111,23 @@ static void add_try(Refine* r, const Fit* s, const int* sel, int round, TryKind 
     tmp.sel = t->sel;
     search_measure(c, &tmp);
     t->bits = tmp.bits[c->scope];
-    t->score = additive(s, sel);
+    t->score = models_additive(M, sel);
     t->pred_kl = pred;
-    double t0 = time_now();
-    measure(ctx, sel, &t->v);
+    double t0 = time_now(), dk[MAX_DOMAINS];
+    measure(ctx, sel, &t->v, r->nd ? dk : NULL);
     r->seconds += time_now() - t0;
+    t->obj = t->v.kl;
+    for (int d = 0; d < r->nd; d++) {
+        t->dkl[d] = dk[d] / r->dwindows[d];
+        t->obj = d == 0 || t->dkl[d] > t->obj ? t->dkl[d] : t->obj;
+    }
 }
 
 // The moves of every measured recipe from the plain one, and the pairs of moves measured together, fitted by
 // minimum-norm least squares to what the additive part leaves unexplained (exact when the system is determined:
 // a pair's term is then its measured KL less both moves' alone, plus the base's).
-static void fit_terms(Fit* s, const Refine* r) {
+// d: the domain whose measured KL per window is fitted, -1 the summed KL.
+static void fit_terms(Fit* s, const Refine* r, int d) {
     int ng = s->ng, nc = s->nc, rows = r->n - 1;
     memset(s->delta, 0, sizeof(double) * ng * nc);
     free(s->terms);
@@ -126,7 +161,8 @@ static void fit_terms(Fit* s, const Refine* r) {
     double* b = xcalloc(ld, sizeof(double));
     for (int i = 1; i < r->n; i++) {
         const int* x = r->tries[i].sel;
-        b[i - 1] = r->tries[i].v.kl - s->m0 - s->alpha * (additive(s, x) - s->a0);
+        double y = d < 0 ? r->tries[i].v.kl : r->tries[i].dkl[d];
+        b[i - 1] = y - s->m0 - s->alpha * (additive(s, x) - s->a0);
         for (int g = 0; g < ng; g++)
             if (x[g] != s->plain[g]) a[(size_t)move_col[g * nc + x[g] + 1] * rows + i - 1] = 1;
         for (int k = 0; k < s->nt; k++)
@@ -162,14 +198,15 @@ static int by_value(const void* pa, const void* pb) {
 
 // The base recipe's neighbours within the budget (every single move; pairs among the best moves each way),
 // ranked by the fitted model. Returns their count in *out (malloc'd).
-static int neighbours(const Fit* s, const int* base, Cand** out) {
+static int neighbours(const Models* M, const int* base, Cand** out) {
+    const Fit* s = &M->f[0];
     const SearchCtx* c = s->c;
     const ScoreTable* t = c->t;
     int ng = s->ng, nc = s->nc;
     int64_t cost0 = recipe_cost(c, base);
     int* x = xmalloc(sizeof(int) * ng);
     memcpy(x, base, sizeof(int) * ng);
-    double f0 = fit_value(s, base);
+    double f0 = models_value(M, base);
     Cand* mv = xmalloc(sizeof(Cand) * ng * nc); // every move, with its cost change in value's stead below
     int64_t* dcost = xmalloc(sizeof(int64_t) * ng * nc);
     int nm = 0;
@@ -178,7 +215,7 @@ static int neighbours(const Fit* s, const int* base, Cand** out) {
         for (int k = -1; k < t->nf; k++) {
             if (k == base[g] || (k >= 0 && s->misfit[(size_t)k * ng + g])) continue;
             x[g] = k;
-            mv[nm] = (Cand){{g, -1}, {k, 0}, fit_value(s, x) - f0, nm};
+            mv[nm] = (Cand){{g, -1}, {k, 0}, models_value(M, x) - f0, nm};
             dcost[nm++] = search_choice_cost(c, g, k) - search_choice_cost(c, g, base[g]);
             x[g] = base[g];
         }
@@ -197,7 +234,7 @@ static int neighbours(const Fit* s, const int* base, Cand** out) {
     int* down = xmalloc(sizeof(int) * nm);
     int nu = 0, nd = 0;
     Cand* sorted = xmalloc(sizeof(Cand) * (nm ? nm : 1));
-    memcpy(sorted, mv, sizeof(Cand) * nm);
+    if (nm > 0) memcpy(sorted, mv, sizeof(Cand) * (size_t)nm);
     qsort(sorted, nm, sizeof(Cand), by_value);
     for (int i = 0; i < nm; i++) {
         int m = sorted[i].order;
@@ -217,7 +254,7 @@ static int neighbours(const Fit* s, const int* base, Cand** out) {
             int lo = a->g[0] < b->g[0] ? 0 : 1; // moves in group order
             const Cand* p = lo == 0 ? a : b;
             const Cand* q = lo == 0 ? b : a;
-            cand[n] = (Cand){{p->g[0], q->g[0]}, {p->k[0], q->k[0]}, fit_value(s, x), n};
+            cand[n] = (Cand){{p->g[0], q->g[0]}, {p->k[0], q->k[0]}, models_value(M, x), n};
             n++;
             x[a->g[0]] = base[a->g[0]], x[b->g[0]] = base[b->g[0]];
         }
@@ -233,8 +270,9 @@ static void apply(int* x, const int* base, int ng, const Cand* m) {
         if (m->g[i] >= 0) x[m->g[i]] = m->k[i];
 }
 
+// d >= 0: domain d's model (its loss per scored window against its measured KL per held-out window).
 static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solution* plain,
-                     const RefineOpts* opt) {
+                     const RefineOpts* opt, int d) {
     const ScoreTable* t = c->t;
     memset(s, 0, sizeof(*s));
     s->c = c;
@@ -246,7 +284,13 @@ static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solut
     s->misfit = search_misfit_table(c);
     s->cap = search_cap(c, plain->budget);
     double norm = t->num_samples > 0 ? t->num_samples : 1; // the additive scores' windows
-    if (o->kind == OBJ_SUM) {
+    if (d >= 0) {
+        norm = 1;
+        for (int g = 0; g < t->ng; g++)
+            for (int f = 0; f < t->nf; f++)
+                s->lin[(size_t)g * s->nc + f + 1] =
+                    t->dscore[((size_t)d * t->nf + f) * t->ng + g] / t->dsamples[d];
+    } else if (o->kind == OBJ_SUM) {
         for (int g = 0; g < t->ng; g++)
             for (int f = 0; f < t->nf; f++) s->lin[(size_t)g * s->nc + f + 1] = t->score[(size_t)f * t->ng + g];
     } else { // mean or weights: each domain's loss per window, weighted
@@ -263,7 +307,32 @@ static void fit_init(Fit* s, const SearchCtx* c, const Objective* o, const Solut
     // kl scores are KL summed over windows and positions: per scored token times the held-out tokens is the
     // same measure
     double ratio = opt->seq_len > 0 && t->seq_len > 0 ? (double)opt->seq_len / t->seq_len : 1.0;
-    s->alpha = strcmp(t->method, "kl") == 0 ? opt->windows * ratio / norm : 0;
+    s->alpha = strcmp(t->method, "kl") == 0 ? (d >= 0 ? 1 : opt->windows) * ratio / norm : 0;
+}
+
+// The exact re-solve under the fitted model(s): linear part alpha A + delta, pairs as products; with domains
+// the largest domain's model (an epigraph variable). Returns 0 with x, -1 when infeasible.
+static int resolve(const Models* M, const SearchCtx* c, double budget, int* x) {
+    const Fit* f0 = &M->f[0];
+    int ng = f0->ng, nc = f0->nc, nd = M->nd ? M->nd : 1, nt = f0->nt;
+    double* lin = xmalloc(sizeof(double) * nd * ng * nc);
+    double* off = xmalloc(sizeof(double) * nd);
+    double* coefs = xmalloc(sizeof(double) * nd * (nt ? nt : 1));
+    for (int d = 0; d < nd; d++) {
+        const Fit* f = &M->f[d];
+        if (f->nt != nt) fail_other("internal: the domains' fits have different terms");
+        for (int g = 0; g < ng; g++)
+            for (int k = 0; k < nc; k++)
+                lin[((size_t)d * ng + g) * nc + k] = f->alpha * f->lin[(size_t)g * nc + k] +
+                                                     (k - 1 != f->plain[g] ? f->delta[(size_t)g * nc + k] : 0);
+        off[d] = f->m0 - f->alpha * f->a0;
+        for (int i = 0; i < nt; i++) coefs[(size_t)d * nt + i] = f->terms[i].coef;
+    }
+    double value;
+    int rc = M->nd ? milp_solve_quadratic_max(c, budget, M->nd, lin, off, f0->terms, coefs, nt, x, &value)
+                   : milp_solve_quadratic(c, budget, lin, f0->terms, nt, x, &value);
+    free(lin), free(off), free(coefs);
+    return rc;
 }
 
 void refine_run(Refine* r, const SearchCtx* c, const Objective* o, const Solution* s, RefineMeasure measure,
@@ -272,33 +341,44 @@ void refine_run(Refine* r, const SearchCtx* c, const Objective* o, const Solutio
     int ng = t->ng;
     memset(r, 0, sizeof(*r));
     r->windows = opt->windows;
-    Fit f;
-    fit_init(&f, c, o, s, opt);
-    int kl = f.alpha > 0;
-    add_try(r, &f, s->sel, 0, TRY_PLAIN, kl ? f.alpha * f.a0 : NAN, measure, ctx);
-    f.m0 = r->tries[0].v.kl;
-    if (!kl) f.alpha = f.a0 > 0 ? f.m0 / f.a0 : 0; // gradient scores: scaled to the plain recipe's KL
-    r->alpha = f.alpha;
+    r->nd = o->kind == OBJ_MAX ? opt->nd : 0;
+    if (o->kind == OBJ_MAX && r->nd != t->nd)
+        fail_other("internal: --objective max refined without its domains");
+    for (int d = 0; d < r->nd; d++) r->dwindows[d] = opt->dwindows[d];
+    Models M = {xcalloc(r->nd ? r->nd : 1, sizeof(Fit)), r->nd};
+    for (int d = 0; d < (r->nd ? r->nd : 1); d++) fit_init(&M.f[d], c, o, s, opt, r->nd ? d : -1);
+    int kl = M.f[0].alpha > 0;
+    double pred0 = -INFINITY; // the additive prediction in held-out nats
+    for (int d = 0; d < (r->nd ? r->nd : 1); d++)
+        pred0 = M.f[d].alpha * M.f[d].a0 > pred0 ? M.f[d].alpha * M.f[d].a0 : pred0;
+    add_try(r, &M, s->sel, 0, TRY_PLAIN, kl ? pred0 : NAN, measure, ctx);
+    for (int d = 0; d < (r->nd ? r->nd : 1); d++) {
+        Fit* f = &M.f[d];
+        f->m0 = r->nd ? r->tries[0].dkl[d] : r->tries[0].v.kl;
+        if (!kl) f->alpha = f->a0 > 0 ? f->m0 / f->a0 : 0; // gradient scores: scaled to the plain recipe's KL
+    }
+    r->alpha = M.f[0].alpha;
     int base = 0;
     r->stop = "--refine-rounds reached";
     int* x = xmalloc(sizeof(int) * ng);
     for (int round = 1; round <= opt->rounds; round++) {
         r->rounds = round;
-        double base_kl = r->tries[base].v.kl;
+        double base_obj = r->tries[base].obj;
         int* bsel = xmalloc(sizeof(int) * ng);
         memcpy(bsel, r->tries[base].sel, sizeof(int) * ng);
         Cand* cand;
-        int nc = neighbours(&f, bsel, &cand), taken = 0, first = r->n;
+        int nc = neighbours(&M, bsel, &cand), taken = 0, first = r->n;
         for (int i = 0; i < nc && taken < opt->candidates; i++) {
             apply(x, bsel, ng, &cand[i]);
             if (find_try(r, x, ng) >= 0) continue;
-            add_try(r, &f, x, round, TRY_NEIGHBOUR, cand[i].value, measure, ctx);
+            add_try(r, &M, x, round, TRY_NEIGHBOUR, cand[i].value, measure, ctx);
             taken++;
             if (cand[i].g[1] < 0) continue;
             for (int m = 0; m < 2; m++) { // each move alone, for the pair's interaction
                 Cand one = {{cand[i].g[m], -1}, {cand[i].k[m], 0}, 0, 0};
                 apply(x, bsel, ng, &one);
-                if (find_try(r, x, ng) < 0) add_try(r, &f, x, round, TRY_MOVE, fit_value(&f, x), measure, ctx);
+                if (find_try(r, x, ng) < 0)
+                    add_try(r, &M, x, round, TRY_MOVE, models_value(&M, x), measure, ctx);
             }
         }
         free(cand);
@@ -307,29 +387,26 @@ void refine_run(Refine* r, const SearchCtx* c, const Objective* o, const Solutio
             free(bsel);
             break;
         }
-        fit_terms(&f, r);
-        // the exact re-solve with the fitted terms: linear part alpha A + delta, pairs as products
-        double* lin = xmalloc(sizeof(double) * ng * f.nc);
-        for (int g = 0; g < ng; g++)
-            for (int k = 0; k < f.nc; k++)
-                lin[(size_t)g * f.nc + k] = f.alpha * f.lin[(size_t)g * f.nc + k] +
-                                            (k - 1 != f.plain[g] ? f.delta[(size_t)g * f.nc + k] : 0);
-        double value;
-        if (milp_solve_quadratic(c, s->budget, lin, f.terms, f.nt, x, &value) == 0 && find_try(r, x, ng) < 0)
-            add_try(r, &f, x, round, TRY_SOLVED, fit_value(&f, x), measure, ctx);
-        free(lin);
+        for (int d = 0; d < (r->nd ? r->nd : 1); d++) fit_terms(&M.f[d], r, r->nd ? d : -1);
+        if (resolve(&M, c, s->budget, x) == 0 && find_try(r, x, ng) < 0)
+            add_try(r, &M, x, round, TRY_SOLVED, models_value(&M, x), measure, ctx);
         for (int i = 0; i < r->n; i++)
-            if (r->tries[i].in_budget && r->tries[i].v.kl < r->tries[base].v.kl) base = i;
+            if (r->tries[i].in_budget && r->tries[i].obj < r->tries[base].obj) base = i;
         free(bsel);
-        if (!(r->tries[base].v.kl < base_kl)) {
+        if (!(r->tries[base].obj < base_obj)) {
             r->stop = "the measured KL stopped falling";
             break;
         }
     }
     r->best = base;
-    r->nterms = f.nt;
-    r->terms = f.terms;
-    free(x), free(f.lin), free(f.delta), free(f.misfit);
+    r->nterms = M.f[0].nt; // with domains: the first domain's terms (every domain fits the same pairs)
+    r->terms = M.f[0].terms;
+    for (int d = 0; d < (r->nd ? r->nd : 1); d++) {
+        free(M.f[d].lin), free(M.f[d].delta), free(M.f[d].misfit);
+        if (d) free(M.f[d].terms);
+    }
+    free(M.f);
+    free(x);
 }
 
 void refine_free(Refine* r) {
@@ -351,8 +428,10 @@ static const char* short_name(const char* g) { return strncmp(g, "model.", 6) ? 
 void refine_print(const Refine* r, const SearchCtx* c) {
     const ScoreTable* t = c->t;
     const RefineTry* p = &r->tries[0];
-    printf("\nrefine: %d held-out window(s), %d round(s), %d recipe(s) measured in %.2f s; stopped: %s\n",
-           r->windows, r->rounds, r->n, r->seconds, r->stop);
+    printf("\nrefine: %d held-out window(s), %d round(s), %d recipe(s) measured in %.2f s (%.3f s each, %s "
+           "engine); stopped: %s\n",
+           r->windows, r->rounds, r->n, r->seconds, r->n ? r->seconds / r->n : 0.0,
+           r->device && !strcmp(r->device, "cuda") ? "CUDA" : "CPU", r->stop);
     printf("%3s %5s %-9s %7s %15s %13s %13s %11s  %s\n", "#", "round", "kind", "bits", "predicted score",
            "predicted KL", "measured KL", "NLL change", "choices that differ from the plain recipe");
     for (int i = 0; i < r->n; i++) {
@@ -369,7 +448,10 @@ void refine_print(const Refine* r, const SearchCtx* c) {
             if (x->sel[g] != p->sel[g])
                 printf("%s%s %s->%s", nd++ ? ", " : "", short_name(t->gname[g]), choice_of(t, p->sel[g]),
                        choice_of(t, x->sel[g]));
-        printf("%s%s%s\n", nd ? "" : "-", x->in_budget ? "" : " (over budget: measured for the fit)",
+        printf("%s", nd ? "" : "-");
+        for (int d = 0; d < r->nd; d++)
+            printf("%s%s %.6g", d ? ", " : " [KL per window: ", t->dname[d], x->dkl[d]);
+        printf("%s%s%s\n", r->nd ? "]" : "", x->in_budget ? "" : " (over budget: measured for the fit)",
                i == r->best ? "  <- best" : "");
     }
     const RefineTry* b = &r->tries[r->best];
@@ -377,14 +459,20 @@ void refine_print(const Refine* r, const SearchCtx* c) {
         "refine: measured KL of the plain recipe %.6g, of the refined recipe (#%d) %.6g (%+.3f%%); %d pairwise "
         "interaction term(s) fitted\n",
         p->v.kl, r->best, b->v.kl, p->v.kl > 0 ? 100 * (b->v.kl - p->v.kl) / p->v.kl : 0.0, r->nterms);
+    if (r->nd)
+        printf("refine: objective max: the worst domain's measured KL per held-out window, plain %.6g, refined "
+               "%.6g "
+               "(%+.3f%%); each domain's model fitted on its own windows\n",
+               p->obj, b->obj, p->obj > 0 ? 100 * (b->obj - p->obj) / p->obj : 0.0);
 }
 
 json_t* refine_json(const Refine* r, const SearchCtx* c) {
     const ScoreTable* t = c->t;
     const RefineTry* p = &r->tries[0];
-    json_t* o = json_pack("{s:i,s:i,s:f,s:f,s:s,s:i,s:f,s:f}", "windows", r->windows, "rounds", r->rounds,
+    json_t* o = json_pack("{s:i,s:i,s:f,s:f,s:s,s:i,s:f,s:f,s:s}", "windows", r->windows, "rounds", r->rounds,
                           "alpha", r->alpha, "seconds", r->seconds, "stopped", r->stop, "best", r->best,
-                          "plain_measured_kl", p->v.kl, "refined_measured_kl", r->tries[r->best].v.kl);
+                          "plain_measured_kl", p->v.kl, "refined_measured_kl", r->tries[r->best].v.kl, "device",
+                          r->device ? r->device : "cpu");
     json_t* tries = json_array();
     for (int i = 0; i < r->n; i++) {
         const RefineTry* x = &r->tries[i];
@@ -400,6 +488,18 @@ json_t* refine_json(const Refine* r, const SearchCtx* c) {
         json_array_append_new(tries, j);
     }
     json_object_set_new(o, "tries", tries);
+    if (r->nd) { // --objective max: each domain measured apart
+        json_object_set_new(o, "objective", json_string("max"));
+        json_object_set_new(o, "plain_measured_objective", json_real(p->obj));
+        json_object_set_new(o, "refined_measured_objective", json_real(r->tries[r->best].obj));
+        for (int i = 0; i < r->n; i++) {
+            json_t* dk = json_object();
+            for (int d = 0; d < r->nd; d++) json_object_set_new(dk, t->dname[d], json_real(r->tries[i].dkl[d]));
+            json_t* x = json_array_get(tries, i);
+            json_object_set_new(x, "measured_kl_per_window", dk);
+            json_object_set_new(x, "measured_objective", json_real(r->tries[i].obj));
+        }
+    }
     json_t* terms = json_array();
     for (int i = 0; i < r->nterms; i++) {
         const QuadTerm* q = &r->terms[i];
@@ -432,6 +532,7 @@ void refine_write_h5(long file, const Refine* r, const SearchCtx* c, const char*
     attr_num(g, "best", H5T_NATIVE_INT, &r->best, path);
     attr_num(g, "alpha", H5T_NATIVE_DOUBLE, &r->alpha, path);
     h5_attr_str(g, "stopped", r->stop);
+    h5_attr_str(g, "device", r->device ? r->device : "cpu");
     hsize_t n = (hsize_t)r->n, d2[2] = {n, (hsize_t)t->ng};
     int* sel = xmalloc(sizeof(int) * r->n * t->ng);
     int* iv = xmalloc(sizeof(int) * r->n);
@@ -477,6 +578,17 @@ void refine_write_h5(long file, const Refine* r, const SearchCtx* c, const char*
     h5_write(g, "measured_nll_delta", H5T_NATIVE_DOUBLE, 1, &n, v);
     h5_describe(g, "measured_nll_delta", "nats per token",
                 "mean next-token cross-entropy change on the held-out windows");
+    if (r->nd) {
+        hsize_t dd[2] = {n, (hsize_t)r->nd};
+        double* dk = xmalloc(sizeof(double) * r->n * r->nd);
+        for (int i = 0; i < r->n; i++) memcpy(dk + (size_t)i * r->nd, r->tries[i].dkl, sizeof(double) * r->nd);
+        h5_write(g, "measured_domain_kl", H5T_NATIVE_DOUBLE, 2, dd, dk);
+        h5_describe(
+            g, "measured_domain_kl", "nats per window",
+            "[recipes, domains] (--objective max): KL on each domain's held-out windows, per window; the "
+            "largest is the objective");
+        free(dk);
+    }
     free(sel), free(iv), free(u), free(v);
     if (H5Gclose(g) < 0) fail_other("%s: cannot write group /refine (disk full?)", path);
 }

@@ -51,6 +51,28 @@ with h5py.File(sys.argv[1]) as f:
     assert np.allclose(w.sum(axis=2), s, rtol=1e-12, atol=0) and (w >= 0).all()
 PY
 
+# The checker tests/test_gpu_windows.sh runs on GPU scores, on the CPU's: the MoE fixture with one format (its
+# /groups/score is [groups], its window scores [groups, 1, windows]) and two, kl and gradient; and it must
+# reject a file whose totals are not its windows' sums.
+E=tests/fixtures/qwen3-moe-tiny
+for method in kl gradient; do
+    for fm in w4a8 w4a8,nvfp4; do
+        $AQ score $E --data tests/fixtures/qwen3_moe_tiny_ids.npy --seq-len 32 --method $method --format $fm \
+            --device cpu --out "$tmp/e.h5" >/dev/null 2>&1 || fail "MoE $method $fm score"
+        python3 tests/window_check.py "$tmp/e.h5" "$tmp/e.h5" 0.02 >/dev/null &&
+            pass "window_check: MoE $method $fm windows sum to the totals" || fail "window_check MoE $method $fm"
+    done
+done
+python3 - "$tmp/e.h5" "$tmp/e_bad.h5" <<'PY'
+import shutil, sys
+import h5py
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "r+") as f:
+    f["groups/score"][0, 0] *= 1.001
+PY
+python3 tests/window_check.py "$tmp/e_bad.h5" >/dev/null 2>&1 && fail "window_check took totals off their windows' sums" ||
+    pass "window_check rejects totals that are not their windows' sums"
+
 # Calibration domains (README §7, §8): score --data NAME=FILE repeated, search --objective
 "$TB" --write-domains "$tmp/d.h5" || fail "writing the domains case"
 for o in max mean weights:code=0.8,prose=0.2; do

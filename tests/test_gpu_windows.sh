@@ -15,21 +15,9 @@ if ! $AQ score $V --data $VD --num-samples 1 --method kl --device cuda --json "$
     exit 0
 fi
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
-compare() { # NAME CPU.h5 GPU.h5
-    python3 - "$2" "$3" <<'PY' && pass "$1: per-window scores sum to the totals and equal the CPU's" || fail "$1"
-import sys
-import h5py, numpy as np
-with h5py.File(sys.argv[1]) as c, h5py.File(sys.argv[2]) as g:
-    wc, wg, sg = c["groups/window_scores"][:], g["groups/window_scores"][:], g["groups/score"][:]
-    assert wg.shape == wc.shape, (wg.shape, wc.shape)
-    assert np.allclose(wg.sum(axis=-1), sg, rtol=1e-9, atol=0), "windows do not sum to the totals"
-    wc = wc.reshape(wc.shape[0], -1, wc.shape[-1]); wg = wg.reshape(wc.shape)
-    for f in range(wc.shape[1]):
-        big = wc[:, f, :] >= 0.01 * wc[:, f, :].max()
-        rel = np.abs(wg[:, f, :] - wc[:, f, :])[big] / wc[:, f, :][big]
-        assert rel.max() <= 0.02, f"format {f}: worst relative difference {rel.max():.3g}"
-        print(f"  format {f}: {big.sum()} window scores compared, worst relative difference {rel.max():.2e}")
-PY
+compare() { # NAME CPU.h5 GPU.h5 (tests/window_check.py: a one-format file's totals are [groups])
+    python3 tests/window_check.py "$3" "$2" 0.02 && pass "$1: per-window scores sum to the totals and equal the CPU's" ||
+        fail "$1"
 }
 for method in kl gradient; do
     S="--seq-len 64 --method $method --gpu-gemm bf16x2"
@@ -41,7 +29,19 @@ for method in kl gradient; do
     $AQ score $E --data $ED $S --format w4a8 --device cuda --batch-size 2 --out "$tmp/e_gpu_$method.h5" \
         >/dev/null 2>"$tmp/err" || fail "MoE $method on the GPU: $(tail -2 "$tmp/err")"
     compare "MoE $method, one GPU, batches of 2" "$tmp/e_cpu_$method.h5" "$tmp/e_gpu_$method.h5"
+    # one process per GPU (--nccl-init; one rank here): every rank's windows gathered by an all-reduce
+    rm -f "$tmp/rdv"
+    $AQ score $V --data $VD $S --format w4a8,nvfp4 --device cuda --batch-size 2 --nccl-init "file:$tmp/rdv" --rank 0 \
+        --world-size 1 --out "$tmp/v_nccl_$method.h5" >/dev/null 2>"$tmp/err" || fail "dense $method --nccl-init: $(tail -2 "$tmp/err")"
+    compare "dense $method, --nccl-init (world 1)" "$tmp/v_cpu_$method.h5" "$tmp/v_nccl_$method.h5"
     if [ "$ngpu" -ge 2 ]; then
+        rm -f "$tmp/rdv2" # two ranks, one GPU each; rank 0 writes the results
+        for r in 1 0; do
+            $AQ score $V --data $VD $S --format w4a8,nvfp4 --device cuda --batch-size 1 --nccl-init "file:$tmp/rdv2" \
+                --rank $r --world-size 2 --out "$tmp/v_n2_$r.h5" >/dev/null 2>"$tmp/err$r" &
+        done
+        wait
+        compare "dense $method --nccl-init, 2 ranks" "$tmp/v_cpu_$method.h5" "$tmp/v_n2_0.h5"
         for how in "--gpus 2" "--gpus 2 --shard-layers"; do
             $AQ score $V --data $VD $S --format w4a8,nvfp4 --device cuda --batch-size 1 $how --out "$tmp/v2.h5" \
                 >/dev/null 2>"$tmp/err" || fail "dense $method $how: $(tail -2 "$tmp/err")"

@@ -493,9 +493,10 @@ static void flip_recipe_child(const void* path) {
 }
 
 // The file of search --h5: the table of table_make, /search, /pareto of 3 budgets (verified).
-static void fake_measure(void* ctx, const int* sel, VerifyResult* v) {
+static void fake_measure(void* ctx, const int* sel, VerifyResult* v, double* dkl) {
     memset(v, 0, sizeof(*v));
     for (int g = 0; g < *(const int*)ctx; g++) v->kl += 1.0 + sel[g] * (g + 1) * 0.5;
+    for (int d = 0; dkl && d < MAX_DOMAINS; d++) dkl[d] = v->kl * (d + 1) / 3; // the domains: shares of it
 }
 
 static void write_search_file(const ScoreTable* t, const char* path) {
@@ -525,11 +526,12 @@ static void write_search_file(const ScoreTable* t, const char* path) {
         s[0].nd = t->nd;
         objective_losses(t, s[0].sel, s[0].dloss);
     }
-    Refine rf; // --refine's /refine, on a made-up measurement
-    if (t->nw) {
-        Objective sum = {OBJ_SUM, {0}};
-        RefineOpts ro = {1, 2, 1, 0};
-        refine_run(&rf, &c, &sum, &s[0], fake_measure, (void*)&t->ng, &ro);
+    Refine rf;   // --refine's /refine, on a made-up measurement
+    if (t->nw) { // with domains under --objective max: /refine/measured_domain_kl too
+        Objective obj = {t->nd ? OBJ_MAX : OBJ_SUM, {0}};
+        RefineOpts ro = {1, 2, 1, 0, t->nd, {0}};
+        for (int d = 0; d < t->nd; d++) ro.dwindows[d] = 1;
+        refine_run(&rf, &c, &obj, &s[0], fake_measure, (void*)&t->ng, &ro);
         s[0].refine = &rf;
     }
     search_write_h5(path, &c, &s[0], s, 3);

@@ -1,4 +1,5 @@
 // Host parts of multi-GPU scoring: window partitioning, and where --shard-layers cuts the layers.
+#include <stdint.h>
 #include <string.h>
 
 #include "check.h"
@@ -135,6 +136,32 @@ static void test_shard_plan(void) {
           "cut at %d (all on: %d)", b[1], kl_cut);
 }
 
+// A --nccl-init run's per-window scores (README §6): each rank's rows placed into a zero matrix of every
+// window, the ranks' matrices summed in fp64 in rank order (what the all-reduce computes), give every window's
+// rows bit for bit, for any world size, including ranks with no window.
+static void test_place_rows(void) {
+    enum { NW = 11, NS = 5 };
+    double want[NW * NS];
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < NW * NS; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        want[i] = (double)(x % 1000003) * 1e-3 + 1e-7; // never zero: a misplaced row shows
+    }
+    int ok = 1;
+    for (int world = 1; world <= 14; world++) {
+        double sum[NW * NS] = {0};
+        for (int r = 0; r < world; r++) {
+            int lo, hi;
+            partition_windows(NW, world, r, &lo, &hi);
+            double full[NW * NS] = {0};
+            partition_place_rows(full, want + (size_t)lo * NS, lo, hi, NS);
+            for (int i = 0; i < NW * NS; i++) sum[i] += full[i];
+        }
+        ok &= !memcmp(sum, want, sizeof(want));
+    }
+    CHECK(ok, "ranks' per-window rows, placed and summed, are every window's rows bit for bit", "differ");
+}
+
 int main(void) {
     int ok = 1;
     for (int n = 0; n <= 40; n++)
@@ -153,5 +180,6 @@ int main(void) {
     CHECK(ok, "windows split into contiguous ranges covering all, sizes within one", "violated");
     test_partition_layers();
     test_shard_plan();
+    test_place_rows();
     return g_fail ? 1 : 0;
 }

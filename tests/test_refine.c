@@ -71,6 +71,57 @@ static void test_quadratic(const SearchCtx* c) {
     CHECK(bad == 0, "quadratic knapsack (GLPK) equals brute force", "%d of %d: %s", bad, cases, first);
 }
 
+// --objective max's programme: the largest of two domains' quadratic models, against brute force.
+static void test_quadratic_max(const SearchCtx* c) {
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    int bad = 0, cases = 0;
+    char first[256] = "";
+    const double budgets[] = {4.07, 5.07, 6.1, 8.07, 16.0};
+    for (int rep = 0; rep < 20; rep++)
+        for (size_t b = 0; b < sizeof(budgets) / sizeof(budgets[0]); b++) {
+            enum { ND = 2, NT = 4 };
+            double lin[ND * NG * NC], off[ND], coefs[ND * NT];
+            QuadTerm q[NT];
+            for (int d = 0; d < ND; d++) {
+                off[d] = RND();
+                for (int g = 0; g < NG; g++) {
+                    lin[(d * NG + g) * NC] = 0;
+                    for (int k = 1; k < NC; k++) lin[(d * NG + g) * NC + k] = 2.0 + RND();
+                }
+            }
+            for (int i = 0; i < NT; i++) {
+                int g = i % (NG - 1);
+                q[i] = (QuadTerm){g, (int)(x % NC) - 1, g + 1, (int)((x >> 8) % NC) - 1, 0};
+                for (int d = 0; d < ND; d++) coefs[d * NT + i] = 1.5 * RND();
+                (void)RND();
+            }
+            double bv = INFINITY;
+            int sel[NG], bsel[NG];
+            for (int code = 0; code < 81; code++) {
+                for (int g = 0, y = code; g < NG; g++, y /= NC) sel[g] = y % NC - 1;
+                if (cost_of(c, sel) > search_cap(c, budgets[b])) continue;
+                double v = -INFINITY;
+                for (int d = 0; d < ND; d++) {
+                    double w = off[d];
+                    for (int g = 0; g < NG; g++) w += lin[(d * NG + g) * NC + sel[g] + 1];
+                    for (int i = 0; i < NT; i++)
+                        w += sel[q[i].g] == q[i].k && sel[q[i].h] == q[i].l ? coefs[d * NT + i] : 0;
+                    v = w > v ? w : v;
+                }
+                if (v < bv) bv = v, memcpy(bsel, sel, sizeof(sel));
+            }
+            double z;
+            int rc = milp_solve_quadratic_max(c, budgets[b], ND, lin, off, q, coefs, NT, sel, &z);
+            cases++;
+            if (rc != 0 || fabs(z - bv) > 1e-9 * (1 + fabs(bv)) || cost_of(c, sel) > search_cap(c, budgets[b]))
+                if (!bad++)
+                    snprintf(first, sizeof(first), "rep %d budget %g: GLPK %d %.12g, brute force %.12g", rep,
+                             budgets[b], rc, z, bv);
+        }
+    CHECK(bad == 0, "max of two domains' quadratic models (GLPK, epigraph) equals brute force", "%d of %d: %s",
+          bad, cases, first);
+}
+
 // The "measured" KL: the additive scores plus a penalty when group 1 takes w8a8 while group 3 keeps w4a8.
 static int g_calls;
 static double truth(const ScoreTable* t, const int* sel) {
@@ -81,7 +132,8 @@ static double truth(const ScoreTable* t, const int* sel) {
     return v;
 }
 
-static void measure(void* ctx, const int* sel, VerifyResult* r) {
+static void measure(void* ctx, const int* sel, VerifyResult* r, double* dkl) {
+    (void)dkl;
     memset(r, 0, sizeof(*r));
     r->kl = truth(ctx, sel);
     r->nll_ref = 2.0, r->nll_q = 2.0 + r->kl / 100;
@@ -95,7 +147,7 @@ static void test_refine(const SearchCtx* c) {
     CHECK(s.sel[1] == 1 && s.sel[0] == 0 && s.sel[2] == 0 && s.sel[3] == 0,
           "the additive optimum gives group 1 w8a8", "sel %d %d %d %d", s.sel[0], s.sel[1], s.sel[2], s.sel[3]);
     Objective sum = {OBJ_SUM, {0}};
-    RefineOpts o = {3, 4, 2, 8}; // windows = the scores' windows: additive KL in the measured units
+    RefineOpts o = {3, 4, 2, 8, 0, {0}}; // windows = the scores' windows: additive KL in the measured units
     Refine r;
     refine_run(&r, c, &sum, &s, measure, (void*)c->t, &o);
     const RefineTry *p = &r.tries[0], *b = &r.tries[r.best];
@@ -126,6 +178,7 @@ int main(void) {
     search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
     c.quiet = 1;
     test_quadratic(&c);
+    test_quadratic_max(&c);
     test_refine(&c);
     search_free(&c);
     table_free(&t);

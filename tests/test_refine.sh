@@ -68,6 +68,50 @@ expect "--refine-rounds without --refine" "--refine-rounds" $AQ search --scores 
     --refine-rounds 2
 expect "--refine with --scores needs --data" "needs --data" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 \
     --refine
-"$(dirname "$AQ")/tests/test_bootstrap" --write-domains "$tmp/d.h5" >/dev/null 2>&1
-expect "--refine --objective max" "--objective max" $AQ search --scores "$tmp/d.h5" --budget 6.4 --objective max \
-    --refine --data tests/fixtures/qwen3_vl_tiny_ids.npy
+
+# --objective max (README §7): each domain's held-out windows measured apart, one fitted model per domain, the
+# largest domain's measured KL per window minimised; never above the plain recipe's
+python3 - "$tmp" <<'PY' || fail "domain windows"
+import sys
+import numpy as np
+a = np.load("tests/fixtures/calib200k_tiny.npy")[0] % 512
+for name, at, n in (("sa", 0, 3), ("sb", 10000, 3), ("ha", 30000, 2), ("hb", 40000, 2)):
+    np.save(f"{sys.argv[1]}/{name}.npy", a[at:at + 64 * n].reshape(n, 64).astype(np.int32))
+PY
+$AQ score $V --data code="$tmp/sa.npy" --data prose="$tmp/sb.npy" --method kl --format w4a8,nvfp4,fp8 --device cpu \
+    --out "$tmp/dom.h5" >/dev/null 2>&1 || fail "score with domains"
+$AQ search --scores "$tmp/dom.h5" --budget 5 --objective max --refine --data code="$tmp/ha.npy" \
+    --data prose="$tmp/hb.npy" --refine-rounds 2 --refine-candidates 2 --device cpu --out "$tmp/max.json" \
+    --h5 "$tmp/max.h5" >"$tmp/out" 2>&1 || fail "--refine --objective max: $(tail -3 "$tmp/out")"
+python3 - "$tmp/max.json" "$tmp/max.h5" <<'PY' && pass "--refine --objective max: the worst domain's measured KL never rises" ||
+import json, sys
+import h5py, numpy as np
+r = json.load(open(sys.argv[1]))
+f = r["refine"]
+t, best = f["tries"], f["best"]
+assert f["objective"] == "max" and f["refined_measured_objective"] <= f["plain_measured_objective"], f
+for x in t:
+    assert set(x["measured_kl_per_window"]) == {"code", "prose"}
+    assert x["measured_objective"] == max(x["measured_kl_per_window"].values())
+    assert abs(sum(v * 2 for v in x["measured_kl_per_window"].values()) - x["measured_kl"]) < 1e-9 * x["measured_kl"]
+assert t[best]["measured_objective"] == min(x["measured_objective"] for x in t if x["in_budget"])
+with h5py.File(sys.argv[2]) as h:
+    assert h["refine/measured_domain_kl"].shape == (len(t), 2)
+print(f"  plain {f['plain_measured_objective']:.6g} refined {f['refined_measured_objective']:.6g} ({len(t)} recipes)")
+PY
+    fail "--refine --objective max results"
+expect "--refine --objective max needs every domain's held-out windows" "give domain prose's held-out windows" \
+    $AQ search --scores "$tmp/dom.h5" --budget 5 --objective max --refine --data code="$tmp/ha.npy" --device cpu
+
+# Where the measurements run (README §7): --device cpu the CPU engine, written in the recipe; --device cuda
+# without a CUDA device is exit 2 (tests/test_gpu_refine.sh runs the CUDA engine against the CPU's).
+$AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 --refine --data "$tmp/qwen3-vl-tiny.held.npy" --seq-len 32 \
+    --refine-rounds 1 --refine-candidates 1 --device cpu --out "$tmp/dev.json" >"$tmp/out" 2>&1 &&
+    python3 -c "import json, sys; assert json.load(open(sys.argv[1]))['refine']['device'] == 'cpu'" "$tmp/dev.json" &&
+    grep -q "s each, CPU engine" "$tmp/out" && pass "--refine --device cpu: measured on the CPU engine, so reported" ||
+    fail "--refine --device cpu: $(tail -3 "$tmp/out")"
+if ! $AQ score tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_ids.npy --num-samples 1 --method kl \
+    --device cuda --json "$tmp/probe.json" >/dev/null 2>&1; then
+    expect "--refine --device cuda without a device" "no CUDA device" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" \
+        --budget 5 --refine --data "$tmp/qwen3-vl-tiny.held.npy" --seq-len 32 --device cuda
+fi
