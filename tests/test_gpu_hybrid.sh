@@ -44,7 +44,7 @@ for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-
         fi
         # --shard-layers: the pipeline's stage code on one GPU (one rank, one stage), the same batch
         if "$AQ" score $F/$d --data $F/${s}_ids.npy --method $method --format w4a8 --device cuda --shard-layers \
-            --nccl-init file:"$tmp/nccl_id" --rank 0 --world-size 1 --json "$tmp/sh1.json" >/dev/null 2>"$tmp/err" &&
+            --nccl-init file:"$tmp/nccl_${s}_$method" --rank 0 --world-size 1 --json "$tmp/sh1.json" >/dev/null 2>"$tmp/err" &&
             grep -q "stage 0, windows 0..1" "$tmp/err" && r=$(compare "$tmp/sh1.json" "$tmp/gpu.json" 1e-9); then
             pass "$d $method --shard-layers, one stage on one GPU (--nccl-init, 1 rank) = one GPU (1e-9): $r"
         else
