@@ -63,14 +63,17 @@ static double layer_mem(const Config* c, int gradient, int T, int B, int parts, 
 
 static double table_bytes(const Config* c) { return 2.0 * c->vocab_size * c->hidden_size; }
 
-// The hybrid families' buffers per row of a batch (gpu_engine.cu's hybrid_alloc), fp32 values: the Gated
+// The hybrid families' buffers per row of a batch (gpu_engine.cu's hybrid_alloc), in fp32 values: the Gated
 // DeltaNet's projections' outputs (and Qwen3-Next's fused ones), its output with its 16-bit GEMM input, the
-// attention output gate's product, the shared expert's activations and output.
+// attention output gate's product, the shared expert's activations and output; and the int8 GEMM's int32
+// accumulators and int8 codes (5 bytes a value) of the widest linear, which here may be the Gated DeltaNet's
+// input projection or q_proj with its gate rows rather than the MLP the common term counts.
 static double hybrid_row_floats(const Config* c) {
     double f = 0, C = arch_dim(c, DIM_GCONV), vd = arch_dim(c, DIM_GVD), Hv = c->lin_hv, Is = c->shared_inter;
-    if (c->n_linear) f += 2 * C + 5 * vd + 4 * Hv;
+    double wide = fmax(arch_dim(c, DIM_QROWS), c->intermediate_size);
+    if (c->n_linear) f += 2 * C + 5 * vd + 4 * Hv, wide = fmax(wide, c->fam->fused_gdn ? C + vd : C);
     if (c->fam->attn_gate) f += 2.0 * c->num_heads * c->head_dim;
-    return f + 5 * Is + c->hidden_size + 1;
+    return f + 5 * Is + c->hidden_size + 1 + 1.25 * wide;
 }
 
 // The Gated DeltaNet core's cache for B windows (the forward's intermediates and the backward's scratch,
