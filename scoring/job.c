@@ -248,6 +248,13 @@ void score_job_load(ScoreJob* j) {
                 j->model_dir, j->ids.t, j->model.c.head_dim);
         j->gpu_gemm = GEMM_BF16X2;
     }
+    // The fp16 mode on the hybrid families (written, CPU-checked) has not run on a GPU yet: refused unless the
+    // test hook asks for it (tests/test_gpu_hybrid.sh; README "Not done yet").
+    if (j->use_gpu && j->gpu_gemm == GEMM_FP16 && j->model.c.fam->hybrid && !getenv("AUTOQ_HYBRID_FP16"))
+        fail_input(
+            "--gpu-gemm fp16: %s (%s) has Gated DeltaNet layers, and the fp16 mode has not run on them on a "
+            "GPU yet; use bf16x2 (their default)",
+            j->model_dir, j->model.c.model_type);
 }
 
 // What a byte budget needs beside the groups (README §7): the parameters outside the candidate linears that a
