@@ -283,7 +283,7 @@ static const Opt k_gen[] = {
     {"OUT_DIR", OPT_OUT_DIR, "OUT_DIR", NULL, 0, 0, OPT_REQUIRED, 0, "the checkpoint's folder (created)"},
     {"--preset", OPT_STR, "NAME", NULL, 0, 0, 0, 0,
      "the shape (default tiny): tiny, 0.6b, 8b, moe-small, 30b-a3b, qwen3.5-27b, qwen3.5-35b-a3b, "
-     "qwen3-next-80b-a3b, qwen3.5-small, qwen3.5-moe-small, qwen3-next-small"},
+     "qwen3-next-80b-a3b, qwen3.5-small, qwen3.5-moe-small, qwen3-next-small, qwen3.5-moe-hd64"},
     {"--layers", OPT_INT, "N", NULL, 1, CONFIG_MAX_LAYERS, 0, 0, "change the preset's depth"},
     {"--shard-mib", OPT_INT, "M", NULL, 0, 1 << 20, 0, 0, "shard size (0: one model.safetensors)"},
     {"--seed", OPT_INT, "S", NULL, 0, 1 << 30, 0, 0, "seed of the weights and ids (default 1)"},

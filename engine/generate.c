@@ -61,6 +61,12 @@ static const GenPreset k_presets[] = {
      .experts = 8, .top_k = 2, .moe_inter = 64, .shared_inter = 96, .n_mlp_only = 1, .mlp_only = {1},
      .lin_hk = 2, .lin_hv = 4, .lin_dk = 32, .lin_dv = 32, .lin_conv = 4, .full_interval = 4,
      .rope_theta = 1e4, .partial_rotary = 0.25, .max_pos = 4096},
+    // qwen3.5-moe-small with heads of 64: the fused attention kernel (and so --gpu-gemm fp16) takes it, where
+    // the published hybrid models' heads of 256 it does not.
+    {.name = "qwen3.5-moe-hd64", 512, 128,  0,    4,    4,  2, 64, .model_type = "qwen3_5_moe_text",
+     .experts = 8, .top_k = 2, .moe_inter = 64, .shared_inter = 96,
+     .lin_hk = 2, .lin_hv = 4, .lin_dk = 32, .lin_dv = 32, .lin_conv = 4, .full_interval = 4,
+     .rope_theta = 1e4, .partial_rotary = 0.25, .max_pos = 4096},
 };
 // clang-format on
 #define N_PRESETS (int)(sizeof(k_presets) / sizeof(k_presets[0]))
@@ -73,7 +79,7 @@ const GenPreset* gen_preset(const char* name) {
 
 const char* gen_preset_names(void) {
     return "tiny, 0.6b, 8b, moe-small, 30b-a3b, qwen3.5-27b, qwen3.5-35b-a3b, qwen3-next-80b-a3b, "
-           "qwen3.5-small, qwen3.5-moe-small, qwen3-next-small";
+           "qwen3.5-small, qwen3.5-moe-small, qwen3-next-small, qwen3.5-moe-hd64";
 }
 
 static uint64_t rng_next(uint64_t* s) { // splitmix64

@@ -29,8 +29,8 @@ typedef struct {
 } GenPreset;
 
 // "tiny" (demo), "0.6b", "8b" (Qwen3 shapes), "moe-small" (tests), "30b-a3b" (the Qwen3-30B-A3B
-// shape), "qwen3.5-27b", "qwen3.5-35b-a3b", "qwen3-next-80b-a3b" (the hybrid shapes); NULL when
-// unknown.
+// shape), "qwen3.5-27b", "qwen3.5-35b-a3b", "qwen3-next-80b-a3b" (the hybrid shapes), small hybrid ones for
+// tests ("qwen3.5-small", "qwen3.5-moe-small", "qwen3-next-small", "qwen3.5-moe-hd64"); NULL when unknown.
 const GenPreset* gen_preset(const char* name);
 // The preset names, comma-separated, for messages.
 const char* gen_preset_names(void);

@@ -19,7 +19,7 @@ void gpu_select_device(int d);
 const char* gpu_name(void);
 // The GEMM inputs of an engine: GEMM_BF16 plain bf16; GEMM_BF16X2 bf16 hi + lo pairs (two bf16 GEMMs,
 // ~16-bit activations: matches the fp32 CPU engine); GEMM_FP16 fp16 activations and weights (one GEMM,
-// 11-bit activations, fp32 GEMM outputs; forward passes of dense models with fused attention only:
+// 11-bit activations, fp32 GEMM outputs; forward passes with the fused attention kernel only:
 // gpu_fp16_supported).
 enum { GEMM_BF16 = 0, GEMM_BF16X2 = 1, GEMM_FP16 = 2 };
 int gpu_fp16_supported(const Config* c, int T);

@@ -303,7 +303,7 @@ extern "C" GpuEngine* gpu_engine_init(const Model* m, int T, int B, int gemm) {
 }
 
 extern "C" int gpu_fp16_supported(const Config* c, int T) {
-    return !c->fam->hybrid && gpu_flash_supported(T, c->head_dim) && c->hidden_size % 16 == 0 &&
+    return gpu_flash_supported(T, c->head_dim) && c->hidden_size % 16 == 0 &&
            (!c->n_sparse || c->moe_intermediate % 16 == 0); // the experts' grouped GEMMs' shapes
 }
 

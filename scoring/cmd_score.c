@@ -41,8 +41,8 @@ int cmd_score(Args* a) {
             j.stream_h2d / 1073741824.0, j.stream_unhidden, j.stream_alloc / 1073741824.0, j.stream_alloc);
     double flops = shard_work_flops(&j.model.c, &j.groups, j.nf, j.method == METHOD_GRADIENT, j.ids.t);
     flops *= (double)j.ids.n * j.ids.t;
-    info_msg("score: %.3g TFLOP of the passes' GEMM and attention products (README \"Several GPUs\"), %.3g "
-             "TFLOP/s",
+    info_msg("score: %.3g TFLOP of the passes' GEMM, attention and delta-rule products (README \"Several "
+             "GPUs\"), %.3g TFLOP/s",
              flops / 1e12, flops / 1e12 / j.seconds);
     if (j.method == METHOD_KL)
         info_msg("score: prefix reuse: %.1f forward-equivalents instead of %.1f (%.0f%% saved)",

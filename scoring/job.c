@@ -109,23 +109,20 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     require_utf8(a->cmd, "--disabled-layers", j->disabled_csv);
 }
 
-// The hybrid families (Gated DeltaNet layers) score without --shard-layers for now, and GPTQ's passes run
-// on the CPU (README "Not done yet").
+// The hybrid families (Gated DeltaNet layers): bf16 hi + lo GEMM inputs by default, and no streaming yet
+// (README "Not done yet").
 static void hybrid_check(ScoreJob* j) {
     static Config c; // ~12 KiB: read before the model is loaded one way or the other
     config_load(&c, j->model_dir);
     if (!c.fam->hybrid) return;
     // Plain bf16 GEMM inputs strayed by up to 20% (gradient) and 66% (kl) from the fp32 CPU engine on the
-    // hybrid fixtures (one H100; bf16 hi + lo: within 0.2% and 0.5%): hi + lo is their default.
+    // hybrid fixtures (one H100; bf16 hi + lo: within 0.2% and 0.5%): hi + lo is their default. fp16 (kl)
+    // runs on request only: the published hybrid models have head_dim 256, which the fused attention
+    // kernel that the fp16 mode needs does not take.
     if (!j->gpu_gemm_given) j->gpu_gemm = GEMM_BF16X2;
-    // The streaming planner's layer sizes (shard_layer_bytes) and slots know attention and MLP layers only.
+    // The streaming planner's slots know attention and MLP layers only.
     if (j->gpu_mem)
         fail_input("--gpu-memory: %s (%s) has Gated DeltaNet layers, which streaming does not handle yet",
-                   j->model_dir, c.model_type);
-    // The layer cuts' work and memory model (shard_plan.c) counts attention and MLP layers only.
-    if (j->shard)
-        fail_input("--shard-layers: %s (%s) has Gated DeltaNet layers, which the layer cuts do not model yet; "
-                   "use --gpus N (data parallel)",
                    j->model_dir, c.model_type);
 }
 
@@ -246,10 +243,6 @@ void score_job_load(ScoreJob* j) {
     data_load(&j->ids, &j->data);
     model_check_seq_len(&j->model, j->ids.t, j->data.path);
     if (j->use_gpu && j->gpu_gemm == GEMM_FP16 && !gpu_fp16_supported(&j->model.c, j->ids.t)) {
-        if (j->gpu_gemm_given && j->model.c.fam->hybrid)
-            fail_input("--gpu-gemm fp16: %s (%s) has Gated DeltaNet layers, which the fp16 mode does not run; "
-                       "use bf16x2",
-                       j->model_dir, j->model.c.model_type);
         if (j->gpu_gemm_given)
             fail_input(
                 "--gpu-gemm fp16: runs windows a multiple of 64 tokens, head_dim 64 or 128, hidden and expert "
@@ -257,6 +250,13 @@ void score_job_load(ScoreJob* j) {
                 j->model_dir, j->ids.t, j->model.c.head_dim);
         j->gpu_gemm = GEMM_BF16X2;
     }
+    // The fp16 mode on the hybrid families (written, CPU-checked) has not run on a GPU yet: refused unless the
+    // test hook asks for it (tests/test_gpu_hybrid.sh; README "Not done yet").
+    if (j->use_gpu && j->gpu_gemm == GEMM_FP16 && j->model.c.fam->hybrid && !getenv("AUTOQ_HYBRID_FP16"))
+        fail_input(
+            "--gpu-gemm fp16: %s (%s) has Gated DeltaNet layers, and the fp16 mode has not run on them on a "
+            "GPU yet; use bf16x2 (their default)",
+            j->model_dir, j->model.c.model_type);
 }
 
 // What a byte budget needs beside the groups (README §7): the parameters outside the candidate linears that a

@@ -3,26 +3,55 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../engine/arch.h"
 #include "../engine/partition.h"
 #include "../engine/util.h"
+#include "../kernels/gated_delta.h"
 
-// FLOPs per token of one forward pass through layer l: its GEMMs (a sparse layer's router and top-k
-// experts) and attention's two products over T / 2 keys on average (causal).
-static double layer_flops(const Config* c, int l, int T) {
-    double D = c->hidden_size, hd = c->head_dim, H = c->num_heads, KV = c->num_kv_heads;
-    double att = 2 * D * hd * (H + 2 * KV) + 2 * H * hd * D + 2 * 2 * (T / 2.0) * hd * H;
-    if (c->sparse[l]) return att + 2 * D * c->num_experts + (double)c->top_k * 3 * 2 * D * c->moe_intermediate;
-    return att + 3 * 2 * D * c->intermediate_size;
+// The products per token of one value head of the Gated DeltaNet's delta rule in its chunked (WY) form,
+// chunks of n = min(GDN_GPU_CHUNK, T) tokens (kernels/gated_delta.h); per chunk: beta k k^T and q k^T
+// (2 n^2 dk each), the UT transform's triangular inverse (n^3 / 3), w = T (beta k) (2 n^2 dk) and
+// u = T (beta v) (2 n^2 dv), the new values u - w S and the inter-chunk output q S (2 n dk dv each), the
+// intra-chunk output (q k^T) v (2 n^2 dv) and the state update S += k^T v (2 n dk dv). Divided by n:
+// 6 dk dv + 2 n (3 dk + 2 dv) + n^2 / 3.
+double shard_gdn_head_flops(const Config* c, int T) {
+    double n = T < GDN_GPU_CHUNK ? T : GDN_GPU_CHUNK, dk = c->lin_dk, dv = c->lin_dv;
+    return 6 * dk * dv + 2 * n * (3 * dk + 2 * dv) + n * n / 3;
 }
 
+// FLOPs per token of one forward pass through layer l: a GEMM (or dot product) per 2-D tensor of its rows
+// of the architecture table (the linears with q_proj's gate rows, the Gated DeltaNet's projections, the
+// router, the shared expert and its gate), the top_k experts a token is routed to, and the token mixer's
+// own products: full attention's two over T / 2 keys on average (causal), or the delta rule per value head.
+static double layer_flops(const Config* c, int l, int T) {
+    const ArchFamily* f = c->fam;
+    double w = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const ArchTensor* r = &f->tensors[i];
+        if (r->ndim != 2 || r->layout != LAYOUT_PLAIN || !arch_layer_has(c, l, r->part)) continue;
+        w += 2.0 * arch_dim(c, r->shape[0]) * arch_dim(c, r->shape[1]);
+    }
+    if (c->sparse[l]) w += (double)c->top_k * 3 * 2 * c->hidden_size * c->moe_intermediate;
+    if (c->linear[l]) return w + c->lin_hv * shard_gdn_head_flops(c, T);
+    return w + 2 * 2 * (T / 2.0) * c->head_dim * c->num_heads;
+}
+
+// The Gated DeltaNet's conv, decays and gated norm are held in fp32 on the GPU (gpu_engine.cu's k_slots);
+// every other tensor of a layer in bf16.
+static int tensor_bytes(const ArchTensor* r) { return r->part == PART_GDN && r->lin < 0 ? 4 : 2; }
+
 double shard_layer_bytes(const Config* c, int l) {
-    double D = c->hidden_size, hd = c->head_dim, H = c->num_heads, KV = c->num_kv_heads;
-    double p = D * hd * (H + 2 * KV) + H * hd * D + 2 * D + 2 * hd;
-    if (c->sparse[l])
-        p += D * c->num_experts + (double)c->num_experts * 3 * D * c->moe_intermediate;
-    else
-        p += 3 * D * c->intermediate_size;
-    return 2 * p;
+    const ArchFamily* f = c->fam;
+    double b = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const ArchTensor* r = &f->tensors[i];
+        if (r->layout == LAYOUT_EXPERTS || !arch_layer_has(c, l, r->part)) continue;
+        double n = 1;
+        for (int k = 0; k < r->ndim; k++) n *= arch_dim(c, r->shape[k]);
+        b += tensor_bytes(r) * n;
+    }
+    if (c->sparse[l]) b += 2.0 * c->num_experts * 3 * c->hidden_size * c->moe_intermediate;
+    return b;
 }
 
 // The memory of a stage, in the sums partition_layers takes: per layer (its weights and the inputs kept
@@ -34,6 +63,33 @@ static double layer_mem(const Config* c, int gradient, int T, int B, int parts, 
 
 static double table_bytes(const Config* c) { return 2.0 * c->vocab_size * c->hidden_size; }
 
+// The hybrid families' buffers per row of a batch (gpu_engine.cu's hybrid_alloc), in fp32 values: the Gated
+// DeltaNet's projections' outputs (and Qwen3-Next's fused ones), its output with its 16-bit GEMM input, the
+// attention output gate's product, the shared expert's activations and output; and the int8 GEMM's int32
+// accumulators and int8 codes (5 bytes a value) of the widest linear, which here may be the Gated DeltaNet's
+// input projection or q_proj with its gate rows rather than the MLP the common term counts.
+static double hybrid_row_floats(const Config* c) {
+    double f = 0, C = arch_dim(c, DIM_GCONV), vd = arch_dim(c, DIM_GVD), Hv = c->lin_hv, Is = c->shared_inter;
+    double wide = fmax(arch_dim(c, DIM_QROWS), c->intermediate_size);
+    if (c->n_linear) f += 2 * C + 5 * vd + 4 * Hv, wide = fmax(wide, c->fam->fused_gdn ? C + vd : C);
+    if (c->fam->attn_gate) f += 2.0 * c->num_heads * c->head_dim;
+    return f + 5 * Is + c->hidden_size + 1 + 1.25 * wide;
+}
+
+// The Gated DeltaNet core's cache for B windows (the forward's intermediates and the backward's scratch,
+// allocated once whatever the method), per row as kernels/gated_delta.cu holds it, with the windows padded
+// to whole chunks: the conv's input and gradient (2 C), the normalised q, k (2 Hk dk) and their norms,
+// eight (Hv dv) and five (Hv dk) per-token arrays, four per-token gates, seven chunk-square matrices per
+// head (7 Hv n) and two states per chunk and head (2 Hv dk dv / n).
+static double gdn_cache_bytes(const Config* c, int T, int B) {
+    if (!c->n_linear) return 0;
+    double n = T < GDN_GPU_CHUNK ? T : GDN_GPU_CHUNK, rows = (double)B * ceil(T / n) * n;
+    double C = arch_dim(c, DIM_GCONV), Hk = c->lin_hk, Hv = c->lin_hv, dk = c->lin_dk, dv = c->lin_dv;
+    double per =
+        2 * C + 2 * Hk * dk + 2 * Hk + 8 * Hv * dv + 5 * Hv * dk + 4 * Hv + 7 * Hv * n + 2 * Hv * dk * dv / n;
+    return 4 * rows * per;
+}
+
 static double fixed_mem(const Config* c, int gradient, int T, int B, int last) {
     double M = (double)B * T, D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     double qd = (double)c->num_heads * c->head_dim, kvd = (double)c->num_kv_heads * c->head_dim;
@@ -42,7 +98,9 @@ static double fixed_mem(const Config* c, int gradient, int T, int B, int last) {
     for (int l = 0; l < c->num_layers; l++)
         most = shard_layer_bytes(c, l) / 2 > most ? shard_layer_bytes(c, l) / 2 : most;
     if (c->n_sparse) act += 4 * M * c->top_k * (D + 3.0 * c->moe_intermediate);
-    return (gradient ? 2 : 1) * act + most + (last ? 2 * 4 * M * V + 2 * D : 0) + 1073741824.0;
+    if (c->fam->hybrid) act += 4 * M * hybrid_row_floats(c);
+    return (gradient ? 2 : 1) * act + gdn_cache_bytes(c, T, B) + most + (last ? 2 * 4 * M * V + 2 * D : 0) +
+           1073741824.0;
 }
 
 double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts, int s, int l0, int l1) {

@@ -322,6 +322,91 @@ static void gpu_scores(double* out, const Model* m, const Groups* gs, const Form
     gpu_engine_free(e);
 }
 
+// Two pipeline stages on one GPU (README "Several GPUs"): engines holding layers 0..k-1 and k..L-1, run as
+// score_pipeline.cu's stage_kl and grad_forward / grad_backward run them, the hidden state and its gradient
+// copied between them where the stages send them with NCCL; one batch of n windows, format f.
+static void staged_scores(double* out, const Model* m, const Groups* gs, const Format* f, int gradient,
+                          int split, const TokenIds* ids, int n, int k) {
+    int T = ids->t, L = m->c.num_layers;
+    size_t hb = sizeof(float) * (size_t)n * T * m->c.hidden_size;
+    GpuScoreSpec sp = {m, gs, f, 1, gradient, T, n, split, NULL, NULL, NULL};
+    GpuEngine *a = gpu_engine_init_layers(m, T, n, split, 0, k, 1),
+              *b = gpu_engine_init_layers(m, T, n, split, k, L, 1);
+    GpuScorer sa, sb;
+    gpu_scorer_init(&sa, a, &sp);
+    gpu_scorer_init(&sb, b, &sp);
+    memset(out, 0, sizeof(double) * gs->n);
+    gpu_pass_begin(a, gradient, ids->ids, n);
+    gpu_pass_slot(a, 0);
+    gpu_forward_layers(a, 0, n, 1);
+    gpu_pass_begin(b, gradient, ids->ids, n);
+    gpu_pass_slot(b, 0);
+    cudaMemcpy(gpu_hidden(b), gpu_hidden(a), hb, cudaMemcpyDeviceToDevice);
+    gpu_forward_layers(b, k, n, 1);
+    if (gradient) {
+        gpu_loss_backward(b, n);
+        gpu_grad_backward(&sb, n);
+        cudaMemcpy(gpu_hidden_grad(a), gpu_hidden_grad(b), hb, cudaMemcpyDeviceToDevice);
+        gpu_grad_backward(&sa, n);
+    } else {
+        gpu_kl_reference(&sb, n);
+        for (int gi = 0; gi < gs->n; gi++) {
+            const Group* g = &gs->g[gi];
+            if (g->disabled) continue;
+            if (g->layer < k) {
+                gpu_kl_group(&sa, g, 0, n);
+                gpu_forward_layers(a, g->layer, n, 0);
+                gpu_plan_clear(a);
+                cudaMemcpy(gpu_hidden(b), gpu_hidden(a), hb, cudaMemcpyDeviceToDevice);
+                gpu_forward_layers(b, k, n, 0);
+            } else {
+                gpu_kl_group(&sb, g, 0, n);
+                gpu_forward_layers(b, g->layer, n, 0);
+            }
+            gpu_kl_add(&sb, n, gi);
+        }
+    }
+    gpu_scorer_end(&sa, out);
+    gpu_scorer_end(&sb, out);
+    gpu_engine_free(a);
+    gpu_engine_free(b);
+}
+
+// The hybrid families cut into two stages at every layer (a stage of Gated DeltaNet layers only, of
+// attention only, or both): the stages' scores equal one engine's, both methods, bf16 hi + lo (their default).
+static void test_stages(const char* label, const char* dir, const char* ids_path, int nsamp) {
+    char name[200];
+    snprintf(name, sizeof(name), "gpu %s stages", label);
+    Model m;
+    TokenIds ids;
+    if (!fixture_load(&m, &ids, name, dir, ids_path, 0)) return;
+    int n = ids.n < nsamp ? ids.n : nsamp;
+    Patterns dis;
+    patterns_parse(&dis, DEFAULT_DISABLED);
+    Groups gs;
+    groups_build(&gs, &m, 0, &dis);
+    Format f;
+    format_load(&f, "configs/formats/w4a8.json", 0);
+    double *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double));
+    for (int gradient = 0; gradient <= 1; gradient++) {
+        gpu_scores(one, &m, &gs, &f, 1, gradient, GEMM_BF16X2, NULL, &ids, n);
+        double worst = 0;
+        for (int k = 1; k < m.c.num_layers; k++) {
+            staged_scores(two, &m, &gs, &f, gradient, GEMM_BF16X2, &ids, n, k);
+            for (int g = 0; g < gs.n; g++) worst = fmax(worst, rel_diff(two[g], one[g]));
+        }
+        snprintf(name, sizeof(name),
+                 "gpu %s %s: two stages on one GPU, cut at every layer, = one engine (1e-9)", label,
+                 gradient ? "gradient" : "kl");
+        CHECK(worst <= 1e-9, name, "worst relative difference %.3g", worst);
+    }
+    free(one), free(two);
+    groups_free(&gs);
+    patterns_free(&dis);
+    token_ids_free(&ids);
+    model_free(&m);
+}
+
 // GPTQ's candidate weights, one QuantCache built once on the CPU, scored by the GPU engine (held as
 // int8 codes + row scales) against the CPU engine per group and format, with the RTN tests'
 // tolerances: w4a8 kl (bf16x2) and gradient (plain bf16, its default), then w4a8 + w8a8 at once (bf16x2,
@@ -453,6 +538,12 @@ hybrid:
     test_model("qwen3-next-tiny", "tests/fixtures/qwen3-next-tiny", "tests/fixtures/qwen3_next_tiny_ids.npy", 0,
                2);
     test_emulated("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 2);
+    // --shard-layers's stages on these models, on one GPU
+    test_stages("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 2);
+    test_stages("qwen3_5-moe-tiny", "tests/fixtures/qwen3_5-moe-tiny",
+                "tests/fixtures/qwen3_5_moe_tiny_ids.npy", 2);
+    test_stages("qwen3-next-tiny", "tests/fixtures/qwen3-next-tiny", "tests/fixtures/qwen3_next_tiny_ids.npy",
+                2);
 #endif
     return g_fail ? 1 : 0;
 }

@@ -3,7 +3,9 @@
 # against the CPU engine per group within 1% (tests/test_gpu.c's tolerance for bf16x2, these models' default
 # for both methods); every format on the dense fixture (2% for 4-bit formats, 15% for 8-bit ones, whose small
 # scores move with summation order: measured on one H100, 1.4% and 10.5%); --gpus 1 (the data-parallel path) against one batch
-# of both windows; eval --device cuda; the fp16 GEMM mode refused. Skipped, visibly, without a GPU.
+# of both windows; --shard-layers (a pipeline of one stage on one GPU through --nccl-init with one rank, of two
+# stages on 2 GPUs) equal to the one-GPU run; eval --device cuda; the fp16 GEMM mode (kl) on a generated model
+# with heads of 64 against bf16 hi + lo and the CPU. Skipped, visibly, without a GPU (or a second one).
 SUITE=gpu-hybrid
 source tests/lib.sh
 F=tests/fixtures
@@ -12,6 +14,8 @@ if ! "$AQ" score $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --num-samples 1 
     echo "SKIP $SUITE: hybrid models on the GPU (no CUDA device, or built without nvcc)"
     exit 0
 fi
+
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 
 # compare A B TOL: every group's score within TOL (relative) of B's, all finite
 compare() {
@@ -38,6 +42,14 @@ for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-
         else
             fail "$d $method on the GPU: ${r:-} $(tail -3 "$tmp/err")"
         fi
+        # --shard-layers: the pipeline's stage code on one GPU (one rank, one stage), the same batch
+        if "$AQ" score $F/$d --data $F/${s}_ids.npy --method $method --format w4a8 --device cuda --shard-layers \
+            --nccl-init file:"$tmp/nccl_${s}_$method" --rank 0 --world-size 1 --json "$tmp/sh1.json" >/dev/null 2>"$tmp/err" &&
+            grep -q "stage 0, windows 0..1" "$tmp/err" && r=$(compare "$tmp/sh1.json" "$tmp/gpu.json" 1e-9); then
+            pass "$d $method --shard-layers, one stage on one GPU (--nccl-init, 1 rank) = one GPU (1e-9): $r"
+        else
+            fail "$d $method --shard-layers one stage: ${r:-} $(tail -3 "$tmp/err")"
+        fi
         # the data-parallel path (one thread per GPU, NCCL all-reduce) with one window per batch
         if "$AQ" score $F/$d --data $F/${s}_ids.npy --method $method --format w4a8 --device cuda --gpus 1 \
             --batch-size 1 --json "$tmp/dp.json" >/dev/null 2>"$tmp/err" &&
@@ -45,6 +57,16 @@ for m in qwen3_5-tiny:qwen3_5_tiny qwen3_5-moe-tiny:qwen3_5_moe_tiny qwen3-next-
             pass "$d $method --gpus 1 --batch-size 1 = one batch of both windows (1e-4): $r"
         else
             fail "$d $method --gpus 1 --batch-size 1: ${r:-} $(tail -3 "$tmp/err")"
+        fi
+        # two stages on two GPUs, a window per batch (two micro-batches in the pipeline), against --gpus 1
+        if [ "$ngpu" -lt 2 ]; then
+            echo "SKIP $SUITE: $d $method --gpus 2 --shard-layers (one CUDA device; tests/test_gpu.c cuts these models into two stages on one GPU)"
+        elif "$AQ" score $F/$d --data $F/${s}_ids.npy --method $method --format w4a8 --device cuda --gpus 2 \
+            --shard-layers --batch-size 1 --json "$tmp/sh2.json" >/dev/null 2>"$tmp/err" &&
+            grep -q "GPU 1: layers" "$tmp/err" && r=$(compare "$tmp/sh2.json" "$tmp/dp.json" 1e-9); then
+            pass "$d $method --gpus 2 --shard-layers = one GPU (1e-9): $r"
+        else
+            fail "$d $method --gpus 2 --shard-layers: ${r:-} $(tail -3 "$tmp/err")"
         fi
     done
 done
@@ -84,5 +106,44 @@ assert c['nll_quantized'] == g['nll_quantized'] and c['kl'] == g['kl'], (c, g)";
 else
     fail "eval --device cuda: $(tail -3 "$tmp/err")"
 fi
-expect "--gpu-gemm fp16 refused on a hybrid model" "which the fp16 mode does not run" \
+# --gpu-gemm fp16 (kl): the fixtures' heads of 16 are refused as for Qwen3; on a generated Qwen3.5-MoE with heads of
+# 64 it is refused until it has run on a GPU, and with the test hook AUTOQ_HYBRID_FP16=1 (Gated DeltaNet, gated
+# attention through the fused kernel, experts, shared expert) scores within the Qwen3 fp16 tests' bar (1% on
+# every group of at least 1% of the largest score) of bf16 hi + lo and of the CPU
+expect "--gpu-gemm fp16 with head_dim 16 (a hybrid fixture)" "head_dim 64 or 128" \
     "$AQ" score $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --method kl --device cuda --gpu-gemm fp16
+# compare16 A B: every group of at least 1% of the largest score within 1% (relative), every score finite
+compare16() {
+    python3 - "$1" "$2" <<'PY'
+import json, math, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+s = [(x["score"], y["score"]) for x, y in zip(a["groups"], b["groups"]) if x["score"] is not None]
+top = max(y for _, y in s)
+w = max(abs(x - y) / y for x, y in s if y >= 0.01 * top)
+wa = max(abs(x - y) / max(abs(y), 1e-30) for x, y in s)
+ok = all(math.isfinite(x) for x, _ in s) and w <= 0.01
+print(f"worst relative difference {w:.3g} on {sum(y >= 0.01 * top for _, y in s)} groups, {wa:.3g} on all {len(s)}")
+sys.exit(0 if ok else 1)
+PY
+}
+h64=$tmp/h64
+"$AQ" gen $h64 --preset qwen3.5-moe-hd64 --seed 3 --ids $h64.npy --num-samples 2 --seq-len 128 >/dev/null 2>&1 ||
+    fail "gen qwen3.5-moe-hd64"
+"$AQ" score $h64 --data $h64.npy --method kl --device cpu --json "$tmp/h64_cpu.json" >/dev/null 2>&1 ||
+    fail "qwen3.5-moe-hd64 kl on the CPU"
+"$AQ" score $h64 --data $h64.npy --method kl --device cuda --json "$tmp/h64_x2.json" >/dev/null 2>"$tmp/err" &&
+    grep -q "GEMM inputs bf16 hi+lo" "$tmp/err" && pass "hybrid kl's default GEMM inputs stay bf16 hi+lo" ||
+    fail "qwen3.5-moe-hd64 kl bf16x2: $(tail -3 "$tmp/err")"
+expect "--gpu-gemm fp16 on a hybrid model refused until it has run on a GPU" "has not run on them on a GPU yet" \
+    "$AQ" score $h64 --data $h64.npy --method kl --device cuda --gpu-gemm fp16
+if AUTOQ_HYBRID_FP16=1 "$AQ" score $h64 --data $h64.npy --method kl --device cuda --gpu-gemm fp16 --json "$tmp/h64_16.json" \
+    >/dev/null 2>"$tmp/err" && grep -q "GEMM inputs fp16" "$tmp/err" && ! grep -q "overflowed" "$tmp/err"; then
+    r=$(compare16 "$tmp/h64_16.json" "$tmp/h64_x2.json") && pass "qwen3.5-moe-hd64 fp16 kl = bf16x2 kl within 1%: $r" ||
+        fail "qwen3.5-moe-hd64 fp16 kl against bf16x2: $r"
+    r=$(compare16 "$tmp/h64_16.json" "$tmp/h64_cpu.json") && pass "qwen3.5-moe-hd64 fp16 kl = CPU kl within 1%: $r" ||
+        fail "qwen3.5-moe-hd64 fp16 kl against the CPU: $r"
+    r=$(compare16 "$tmp/h64_x2.json" "$tmp/h64_cpu.json") && pass "qwen3.5-moe-hd64 bf16x2 kl = CPU kl within 1%: $r" ||
+        fail "qwen3.5-moe-hd64 bf16x2 kl against the CPU: $r"
+else
+    fail "qwen3.5-moe-hd64 --gpu-gemm fp16: $(tail -3 "$tmp/err")"
+fi

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "engine/arch.h"
 #include "engine/partition.h"
 #include "engine/util.h"
 #include "scoring/shard_plan.h"
@@ -68,6 +69,7 @@ static void test_partition_layers(void) {
 // A Qwen3-8B-shaped config: 36 layers, 4 groups each.
 static void config_8b(Config* c, Groups* gs, Group* g) {
     memset(c, 0, sizeof(*c));
+    c->fam = arch_find("qwen3");
     c->vocab_size = 151936, c->hidden_size = 4096, c->intermediate_size = 12288, c->num_layers = 36;
     c->num_heads = 32, c->num_kv_heads = 8, c->head_dim = 128;
     memset(gs, 0, sizeof(*gs));
@@ -162,6 +164,101 @@ static void test_place_rows(void) {
     CHECK(ok, "ranks' per-window rows, placed and summed, are every window's rows bit for bit", "differ");
 }
 
+// The Qwen3.5-35B-A3B shape (gen --preset qwen3.5-35b-a3b): 40 sparse layers, every fourth full (gated)
+// attention, the others Gated DeltaNet; 256 experts of 512, top-8, a shared expert of 512.
+static void config_35b(Config* c) {
+    memset(c, 0, sizeof(*c));
+    c->fam = arch_find("qwen3_5_moe_text");
+    c->vocab_size = 248320, c->hidden_size = 2048, c->num_layers = 40;
+    c->num_heads = 16, c->num_kv_heads = 2, c->head_dim = 256;
+    c->num_experts = 256, c->top_k = 8, c->moe_intermediate = 512, c->shared_inter = 512;
+    c->lin_hk = 16, c->lin_hv = 32, c->lin_dk = 128, c->lin_dv = 128, c->lin_conv = 4;
+    for (int l = 0; l < 40; l++) c->sparse[l] = 1, c->linear[l] = (l + 1) % 4 != 0;
+    c->n_sparse = 40, c->n_linear = 30;
+}
+
+// The hybrid families in the layer cuts' model (README "Several GPUs"): each layer's bytes and work from its
+// family's tensors, by hand here.
+static void test_shard_hybrid(void) {
+    Config c;
+    config_35b(&c);
+    double D = 2048, E = 256, Im = 512, Is = 512;
+    double C = 2 * 16 * 128 + 32 * 128, vd = 32 * 128; // the conv's channels q | k | v; the value width
+    double gdn_lin =
+        C * D + vd * D + 2 * 32 * D + D * vd; // in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj
+    double attn_lin =
+        2 * 16 * 256 * D + 2 * (2 * 256 * D) + D * 16 * 256; // q_proj (query and gate rows), k, v, o
+    double moe = E * D + 3 * Is * D + D;                     // router, shared expert, its gate
+    double experts = E * 3 * D * Im;
+    double gdn_b =
+        2 * (2 * D + gdn_lin + moe + experts) + 4 * (C * 4 + 32 + 32 + 128); // fp32 conv, decays, norm
+    double attn_b = 2 * (2 * D + attn_lin + 2 * 256 + moe + experts);
+    CHECK(fabs(shard_layer_bytes(&c, 0) - gdn_b) <= 1e-12 * gdn_b &&
+              fabs(shard_layer_bytes(&c, 3) - attn_b) <= 1e-12 * attn_b,
+          "shard plan: a Gated DeltaNet layer's and a gated attention layer's bytes (Qwen3.5-35B-A3B shape)",
+          "%.0f vs %.0f, %.0f vs %.0f", shard_layer_bytes(&c, 0), gdn_b, shard_layer_bytes(&c, 3), attn_b);
+    // work per token, T = 512: the delta rule in chunks of 64 per value head (dk = dv = 128) against
+    // attention's two products over 256 keys on average
+    double n = 64, delta = 32 * (6 * 128.0 * 128 + 2 * n * (3 * 128 + 2 * 128) + n * n / 3);
+    double att = 2 * 2 * 256.0 * 256 * 16, ex = 8 * 3 * 2 * D * Im;
+    double gdn_w = 2 * (gdn_lin + moe) + ex + delta, attn_w = 2 * (attn_lin + moe) + ex + att;
+    double head = 2 * 248320.0 * D;
+    Groups none = {0};
+    double kl = shard_work_flops(&c, &none, 1, 0, 512), grad = shard_work_flops(&c, &none, 1, 1, 512);
+    double want_kl = 30 * gdn_w + 10 * attn_w + head, want_grad = 3 * (30 * gdn_w + 10 * attn_w) + 2 * head;
+    CHECK(fabs(kl - want_kl) <= 1e-12 * want_kl && fabs(grad - want_grad) <= 1e-12 * want_grad,
+          "shard plan: score's work per token on the Qwen3.5-35B-A3B shape (delta rule per value head)",
+          "kl %.6g vs %.6g, gradient %.6g vs %.6g", kl, want_kl, grad, want_grad);
+    // a window shorter than a chunk: one chunk of T tokens
+    double n2 = 32, head2 = 6 * 128.0 * 128 + 2 * n2 * (3 * 128 + 2 * 128) + n2 * n2 / 3;
+    CHECK(fabs(shard_gdn_head_flops(&c, 32) - head2) <= 1e-12 * head2,
+          "shard plan: delta rule of a short window", "%g vs %g", shard_gdn_head_flops(&c, 32), head2);
+    // Qwen3-Next: fused in_proj_qkvz / in_proj_ba carry the same rows as Qwen3.5's four
+    Config nx = c;
+    nx.fam = arch_find("qwen3_next");
+    CHECK(shard_layer_bytes(&nx, 0) == shard_layer_bytes(&c, 0),
+          "shard plan: Qwen3-Next's fused projections' bytes", "%.0f vs %.0f", shard_layer_bytes(&nx, 0),
+          shard_layer_bytes(&c, 0));
+    // the Gated DeltaNet core's cache grows with the windows of a batch: 4 more windows of 512 tokens add
+    // at least its per-row arrays (2 C + 8 vd + 5 Hv dk floats a row) beside the activations
+    double s4 = shard_stage_bytes(&c, 1, 512, 4, 2, 0, 0, 20),
+           s8 = shard_stage_bytes(&c, 1, 512, 8, 2, 0, 0, 20);
+    Config plain = c; // the same shape without Gated DeltaNet layers
+    for (int l = 0; l < 40; l++) plain.linear[l] = 0;
+    plain.n_linear = 0;
+    double p4 = shard_stage_bytes(&plain, 1, 512, 4, 2, 0, 0, 20),
+           p8 = shard_stage_bytes(&plain, 1, 512, 8, 2, 0, 0, 20);
+    double cache_min = 4.0 * 4 * 512 * (2 * C + 8 * vd + 5 * vd);
+    CHECK((s8 - s4) - (p8 - p4) >= cache_min, "shard plan: a stage's memory counts the Gated DeltaNet cache",
+          "%.3g more for 4 windows, at least %.3g", (s8 - s4) - (p8 - p4), cache_min);
+    // two 80 GiB GPUs hold the 35B-A3B shape's 67 GB: the gradient cuts where the busier stage has the least
+    // work (three passes a layer, lm_head's two on the last stage: about 5 layers' worth), both within memory
+    int best = 0;
+    double best_w = INFINITY;
+    for (int k = 1; k < 40; k++) {
+        double w0 = 0, w1 = 2 * head;
+        for (int l = 0; l < 40; l++) *(l < k ? &w0 : &w1) += 3 * (c.linear[l] ? gdn_w : attn_w);
+        if (fmax(w0, w1) < best_w) best_w = fmax(w0, w1), best = k;
+    }
+    double mem[2] = {80.0 * 1073741824, 80.0 * 1073741824};
+    int b[3];
+    int by_work = shard_plan(&c, &none, 1, 1, 512, 4, 2, mem, b);
+    double m0 = shard_stage_bytes(&c, 1, 512, 4, 2, 0, 0, b[1]),
+           m1 = shard_stage_bytes(&c, 1, 512, 4, 2, 1, b[1], 40);
+    CHECK(by_work && b[1] == best && m0 <= 0.9 * mem[0] && m1 <= 0.9 * mem[1],
+          "shard plan: the Qwen3.5-35B-A3B shape's gradient on 2 GPUs, cut by work within memory",
+          "by work %d, cut at %d (by hand %d), %.1f and %.1f GiB", by_work, b[1], best, m0 / 1073741824,
+          m1 / 1073741824);
+    // one 40 GiB GPU and one 80 GiB: the first holds fewer layers
+    mem[0] = 40.0 * 1073741824;
+    by_work = shard_plan(&c, &none, 1, 1, 512, 4, 2, mem, b);
+    m0 = shard_stage_bytes(&c, 1, 512, 4, 2, 0, 0, b[1]);
+    CHECK(by_work && b[1] < best && m0 <= 0.9 * mem[0] &&
+              shard_stage_bytes(&c, 1, 512, 4, 2, 0, 0, b[1] + 1) > 0.9 * mem[0],
+          "shard plan: the hybrid shape's first stage as full as its 40 GiB allow", "cut at %d, %.1f GiB", b[1],
+          m0 / 1073741824);
+}
+
 int main(void) {
     int ok = 1;
     for (int n = 0; n <= 40; n++)
@@ -181,5 +278,6 @@ int main(void) {
     test_partition_layers();
     test_shard_plan();
     test_place_rows();
+    test_shard_hybrid();
     return g_fail ? 1 : 0;
 }
