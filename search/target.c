@@ -107,6 +107,11 @@ void target_load(Target* t, const char* name, const char* arch) {
     json_t* moe = json_object_get(t->root, "moe_one_format_per_layer");
     check_rule(t, moe, "moe_one_format_per_layer");
     t->moe_one_format = json_is_true(json_object_get(moe, "value"));
+    json_t* kvo = json_object_get(t->root, "kv_cache_one_format_per_model");
+    check_rule(t, kvo, "kv_cache_one_format_per_model");
+    if (!json_is_boolean(json_object_get(kvo, "value")))
+        fail_input("%s: field 'kv_cache_one_format_per_model.value' must be true or false", t->path);
+    t->kv_one_format = json_is_true(json_object_get(kvo, "value"));
     json_t* kv = json_object_get(t->root, "kv_cache_formats");
     if (!json_is_object(kv)) fail_input("%s: field 'kv_cache_formats' must be an object", t->path);
     json_object_foreach(kv, key, v) {
@@ -292,6 +297,11 @@ void target_print(const Target* t, FILE* f) {
             t->moe_one_format ? "one format for all experts of a layer" : "experts may differ",
             json_string_value(json_object_get(moe, "source")),
             json_string_value(json_object_get(moe, "version")));
+    json_t* kvo = json_object_get(t->root, "kv_cache_one_format_per_model");
+    fprintf(f, "kv cache     %s; source: %s (%s)\n",
+            t->kv_one_format ? "one format for every layer" : "a format per layer",
+            json_string_value(json_object_get(kvo, "source")),
+            json_string_value(json_object_get(kvo, "version")));
     json_object_foreach(json_object_get(t->root, "kv_cache_formats"), key, v) fprintf(
         f, "kv cache     %-16s %-12s source: %s (%s)\n", key,
         json_is_true(json_object_get(v, t->arch)) ? "served" : "NOT served",
@@ -309,5 +319,6 @@ json_t* target_to_json(const Target* t) {
     json_t* a = json_array();
     for (int i = 0; i < n; i++) json_array_append_new(a, json_string(kv[i]));
     json_object_set_new(j, "kv_cache_formats", a);
+    json_object_set_new(j, "kv_cache_one_format_per_model", json_boolean(t->kv_one_format));
     return j;
 }

@@ -28,6 +28,7 @@ typedef struct {
     char fused[TARGET_MAX_FUSED][TARGET_MAX_MEMBERS][32]; // module names that the engine fuses into one
     int n_members[TARGET_MAX_FUSED];
     int moe_one_format; // one format per MoE layer's experts
+    int kv_one_format;  // one KV-cache format for every full-attention layer (kv_cache_one_format_per_model)
 } Target;
 
 // NAME: vllm | sglang | trtllm (configs/targets/NAME.json beside the binary or in the working
