@@ -4,8 +4,8 @@
 # byte arithmetic and the solver are real, the sensitivities a random model's), one kl score on the GPU of the
 # formats vLLM serves natively on sm90 (configs/targets/vllm.json: w4a16, w4a8_fp8, fp8, w8a8) and the FP8 KV
 # cache, then one search per point with --target vllm --arch sm90 (one KV-cache format for every layer, as the
-# profile's kv_cache_one_format_per_model says). Prints a Markdown table for the README. About 2-3 minutes on one
-# H100 (gen ~20 s, score ~1-2 min, searches seconds).
+# profile's kv_cache_one_format_per_model says). Prints a Markdown table for the README. Estimated 2-3 minutes on one
+# H100 (gen ~20 s, score ~1-2 min from earlier 8B kl timings, searches seconds); not run yet (README "Not done yet").
 #   AQ=build/autoq bash bench/memory_budget_8b.sh [OUT_DIR]
 #   (NUM_SAMPLES, SEQ_LEN, FORMATS, METHOD, DEVICE, PRESET to change them; PRESET=tiny DEVICE=cpu checks the script)
 set -eu

@@ -2,8 +2,8 @@
 # KV-cache scores on the CUDA engine (README "KV cache and memory budgets", §6): kv_fp8 and kv_nvfp4 groups
 # scored with --device cuda against the CPU engine (kl within 1%, gradient within 2%, on groups of at least 1%
 # of the largest score of their format) on qwen3-tiny, the MoE, VL and hybrid (Qwen3.5, gated attention)
-# fixtures; --device auto scores them on the GPU; a linear group has no KV-cache score and a KV-cache group no
-# linear one. Skipped, visibly, without a GPU.
+# fixtures; a linear group has no KV-cache score and a KV-cache group no linear one; --device auto keeps the CPU
+# for them until this test has passed on a GPU; --gpu-gemm fp16 refuses them. Skipped, visibly, without a GPU.
 set -u
 SUITE=gpu-kv
 . "$(dirname "$0")/lib.sh"
@@ -68,12 +68,14 @@ for c in "qwen3-tiny:$T:$tmp/tiny_ids.npy:w4a8,kv_fp8,kv_nvfp4" \
     done
 done
 
-# --device auto: the GPU scores KV-cache formats now (no fallback to the CPU)
+# --device auto keeps the CPU engine for KV-cache formats (with a warning) until this test has passed on a GPU
+# (README "Not done yet"); then job.c's fallback goes and this expects "score: CUDA device".
 "$AQ" score "$T" --data "$tmp/tiny_ids.npy" --num-samples 2 --method gradient --format kv_fp8 --device auto \
     --json "$tmp/a.json" >/dev/null 2>"$tmp/err"
 rc=$?
-[ $rc -eq 0 ] && grep -q "score: CUDA device" "$tmp/err" && ! grep -q "scoring on the CPU" "$tmp/err" &&
-    pass "--device auto scores KV-cache formats on the GPU" ||
+[ $rc -eq 0 ] && grep -q "have not been checked against the CPU's on a GPU yet" "$tmp/err" &&
+    ! grep -q "score: CUDA device" "$tmp/err" &&
+    pass "--device auto scores KV-cache formats on the CPU (the GPU's not yet checked), with a warning" ||
     fail "--device auto with kv_fp8: exit $rc: $(grep -E 'CUDA|CPU' "$tmp/err" | head -3)"
 expect "KV-cache formats in the fp16 GEMM mode" "not fp16" \
     "$AQ" score "$T" --data "$tmp/tiny_ids.npy" --num-samples 1 --method kl --format kv_fp8 --device cuda --gpu-gemm fp16
