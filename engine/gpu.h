@@ -66,6 +66,10 @@ void gpu_given_set(GpuEngine* e, int f, int idx, const int8_t* codes, const floa
 // A group never spans layers; a sparse layer's experts are always planned all together.
 void gpu_plan_set(GpuEngine* e, const int* linears, int n, QuantSpec w, QuantSpec in, int f);
 void gpu_plan_clear(GpuEngine* e);
+// The KV-cache plan of the next passes (README §4): full-attention layer l stores K (after k_norm and RoPE)
+// and V fake-quantized with q (a KV-cache format's spec, each window's amax), attention reading them. Clears
+// the linears' plan; gpu_plan_clear clears it.
+void gpu_plan_kv(GpuEngine* e, int l, QuantSpec q);
 
 // A whole recipe at once (search --refine's measurements): linear idx runs on w, its deployed weight (host
 // (out, in) fp32, as the checkpoint loads it), with inputs fake-quantized by in (bits 0: none), an fp32 GEMM
@@ -95,7 +99,9 @@ void gpu_forward_logits(GpuEngine* e, const int* ids, int nb, float* logits);
 // Called for every linear as the backward reaches it: dy = dL/dY (M, out), x its input (M, in) and
 // y its output (M, out) in the unquantized pass; all device pointers. A sparse layer l's experts
 // are seen as one block (README §6): linear = -1 - l (moe_hook_index), dy = dL/dY of the block
-// output y (M, D), x the block's input m (M, D).
+// output y (M, D), x the block's input m (M, D). Each full-attention layer l also calls it with linear =
+// gpu_kv_hook_index(L, l, which) (< -L; L layers): dy = dL/dK (which 0, K after k_norm and RoPE) or dL/dV
+// (which 1) as attention reads them, (M, KV heads x head_dim); x and y NULL (gpu_kv_quantized gives them).
 typedef void (*GpuGradHook)(GpuEngine* e, int linear, const float* dy, const float* x, const float* y, int M,
                             void* ctx);
 float* gpu_hidden_grad(GpuEngine* e); // its gradient (gradient passes)
@@ -113,6 +119,14 @@ const int32_t* gpu_linear_quantized(GpuEngine* e, int idx, const float* x, int M
 // The same for an emulated format (quant_gpu_emulated): Yq (M, out) fp32 = fq(x) fq(W)^T, device memory
 // valid until the next call.
 const float* gpu_linear_fake(GpuEngine* e, int idx, const float* x, int M, QuantSpec w, QuantSpec in);
+
+// For a KV-cache hook (which 0: K, 1: V of the layer being backpropagated): Yq (M, KV heads x head_dim) fp32 =
+// the tensor fake-quantized with q per window (README §4), and *y the tensor itself; device memory valid until
+// the next call.
+const float* gpu_kv_quantized(GpuEngine* e, int which, int M, QuantSpec q, const float** y);
+static inline int gpu_kv_hook_index(int L, int l, int which) { return -1 - L - 2 * l - which; }
+static inline int gpu_kv_hook_layer(int L, int index) { return (-1 - L - index) / 2; }
+static inline int gpu_kv_hook_which(int L, int index) { return (-1 - L - index) % 2; }
 
 // Calls fn(e, linear, x16, M, ctx) with every dense linear's GEMM input x16 (M, in) bf16 (the high half
 // in split mode) as a pass reaches it (GPTQ's Hessians); fn NULL stops it. While set, q, k and v run

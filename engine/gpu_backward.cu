@@ -150,6 +150,14 @@ static void attention_backward(GpuEngine* e, int M) {
     gpu_sum_heads(e->dv, e->dv_full, M, KV, H / KV, hd);
 }
 
+// The KV cache's gradients (README §6): dL/dK after RoPE and dL/dV, as attention read them (before the RoPE
+// and k_norm backward turns dk into k_proj's output gradient).
+static void kv_hooks(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
+    int L = e->m->c.num_layers;
+    grad_linear(e, hook, ctx, gpu_kv_hook_index(L, l, 0), e->dk, NULL, NULL, M);
+    grad_linear(e, hook, ctx, gpu_kv_hook_index(L, l, 1), e->dv, NULL, NULL, M);
+}
+
 // The shared expert of sparse layer l (backward.c's shared_backward): dh = dL/d(layer output) on entry; dm +=
 // its share (moe_backward wrote dm first).
 static void shared_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
@@ -217,6 +225,7 @@ static void gated_attention_backward(GpuEngine* e, GpuGradHook hook, void* ctx, 
     if (gated)
         gpu_attn_gate_backward(e->datt, dq + hd, e->datt, e->att, e->q_lin + hd, 2 * qd, 2 * hd, M, H, hd);
     attention_backward(e, M);
+    kv_hooks(e, hook, ctx, l, M);
     gpu_qk_norm_rope_part_backward(dq, qrows, gated ? 2 * hd : hd, e->dq, e->q_lin, (const bf16_t*)w->q_norm,
                                    y->w_add, e->q_rstd, e->cos_t, e->sin_t, M, e->T, H, hd, c->rotary_dim);
     gpu_qk_norm_rope_part_backward(e->dk, kvd, hd, e->dk, e->k_lin, (const bf16_t*)w->k_norm, y->w_add,
@@ -273,6 +282,7 @@ static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int
     grad_linear(e, hook, ctx, base + LIN_O, e->dh, e->att, e->y_o, M);
     linear_bwd(e, e->datt, e->dh, w->o, M, qd, D, 0.0f);
     attention_backward(e, M);
+    kv_hooks(e, hook, ctx, l, M);
     gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T,
                               H, hd);
     gpu_qk_norm_rope_backward(e->dk, e->k_lin, (const bf16_t*)w->k_norm, e->k_rstd, e->cos_t, e->sin_t, M, e->T,

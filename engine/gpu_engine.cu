@@ -436,6 +436,8 @@ static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, in
     e->sw = (float**)xcalloc(e->cap_q, sizeof(float*));
     e->q_idx = (int*)xcalloc(e->cap_q, sizeof(int));
     e->moe.q_layer = -1;
+    e->kv_layer = -1;
+    e->kv_amax = (float*)dalloc(e, sizeof(float) * B);
     if (c->n_sparse) moe_alloc(e, 0);
     if (c->fam->hybrid) hybrid_alloc(e, 0);
     return e;
@@ -757,6 +759,42 @@ extern "C" void gpu_recipe_clear(GpuEngine* e) {
 extern "C" void gpu_plan_clear(GpuEngine* e) {
     e->nq = 0;
     e->moe.q_layer = -1;
+    e->kv_layer = -1;
+}
+
+extern "C" void gpu_plan_kv(GpuEngine* e, int l, QuantSpec q) {
+    gpu_plan_clear(e);
+    if (e->f16) fail_other("internal: a KV-cache format in the fp16 GEMM mode");
+    e->kv_layer = l;
+    e->kv_spec = q;
+}
+
+// layer_forward's KV cache (README §4): K's bf16 GEMM inputs (hi + lo, stride ld) and V's (from its fp32 copy
+// when there is one) replaced by their fake-quantized values, each window's amax per tensor.
+void kv_cache_quant(GpuEngine* e, int l, int M, __nv_bfloat16* k16, __nv_bfloat16* k_lo, __nv_bfloat16* v16,
+                    __nv_bfloat16* v_lo, const float* v, long ld) {
+    if (e->kv_layer != l) return;
+    int width = e->m->c.num_kv_heads * e->m->c.head_dim;
+    gpu_kv_fake_quant(NULL, NULL, (bf16_t*)k16, (bf16_t*)k_lo, NULL, ld, M / e->T, e->T, width, e->kv_spec,
+                      e->kv_amax);
+    gpu_kv_fake_quant(NULL, NULL, (bf16_t*)v16, (bf16_t*)v_lo, v, ld, M / e->T, e->T, width, e->kv_spec,
+                      e->kv_amax);
+}
+
+extern "C" const float* gpu_kv_quantized(GpuEngine* e, int which, int M, QuantSpec q, const float** y) {
+    if (e->nq || e->kv_layer >= 0) fail_other("internal: gpu_kv_quantized during a quantized pass");
+    int width = e->m->c.num_kv_heads * e->m->c.head_dim;
+    if (!e->kv_x) {
+        e->kv_x = (float*)dalloc(e, sizeof(float) * e->B * e->T * width);
+        e->kv_q = (float*)dalloc(e, sizeof(float) * e->B * e->T * width);
+    }
+    if (which) // V: its fp32 copy
+        gpu_kv_fake_quant(e->kv_q, e->kv_x, NULL, NULL, e->v, width, M / e->T, e->T, width, q, e->kv_amax);
+    else // K after k_norm and RoPE: the attention GEMMs' inputs
+        gpu_kv_fake_quant(e->kv_q, e->kv_x, (bf16_t*)e->k16, (bf16_t*)e->k_lo, NULL, width, M / e->T, e->T,
+                          width, q, e->kv_amax);
+    *y = e->kv_x;
+    return e->kv_q;
 }
 
 extern "C" void gpu_mark_scores(GpuEngine* e) { prof_mark(e, P_SCORE); }

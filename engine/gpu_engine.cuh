@@ -162,6 +162,11 @@ struct GpuEngine {
     unsigned char* ron;
     QuantSpec* rin;
     float* rxs;
+    // the KV-cache plan (gpu_plan_kv): layer kv_layer (-1: none) stores K and V quantized with kv_spec;
+    // kv_amax (B) each window's amax; kv_x, kv_q (M, KV hd) the gradient hook's tensors (on first use)
+    int kv_layer;
+    QuantSpec kv_spec;
+    float *kv_amax, *kv_x, *kv_q;
     GpuMoe moe;     // sparse layers only (moe.E == 0 otherwise)
     GpuHybrid hy;   // hybrid families only (hy.on == 0 otherwise)
     GpuCapture cap; // gpu_set_capture: sees each dense linear's fp32 input
@@ -243,6 +248,9 @@ void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, i
               const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, int lda, int la, const __nv_bfloat16* B_hi,
               const __nv_bfloat16* B_lo, int ldb, int lb, void* C, int c16, int ldc, int lc, int nb);
 void layer_forward(GpuEngine* e, int l, int M);
+// The KV-cache plan's quantization of layer l's K and V GEMM inputs (gpu_engine.cu): nothing unless planned.
+void kv_cache_quant(GpuEngine* e, int l, int M, __nv_bfloat16* k16, __nv_bfloat16* k_lo, __nv_bfloat16* v16,
+                    __nv_bfloat16* v_lo, const float* v, long ld);
 // The hybrid families' parts of a layer (gpu_forward.cu): a Gated DeltaNet token mixer from e->a into the
 // residual stream; the shared expert of a sparse layer from e->m_ (after moe_forward).
 void gdn_forward(GpuEngine* e, int l, int M);

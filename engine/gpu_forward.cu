@@ -297,6 +297,7 @@ static void gated_attention(GpuEngine* e, int l, int M, float* y_out, int accumu
         gpu_round_f16((uint16_t*)e->v16, e->v, M * kvd);
     else
         gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, M * kvd);
+    kv_cache_quant(e, l, M, e->k16, e->k_lo, e->v16, e->v_lo, e->v, kvd); // the cache stores them quantized
     prof_mark(e, P_ROPE);
     attention(e, M, e->q16, e->k16, e->v16, qd, kvd);
     const float* x = e->att;
@@ -381,6 +382,8 @@ void layer_forward(GpuEngine* e, int l, int M) {
         else
             gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
     }
+    // the cache stores K and V quantized (a KV-cache plan); attention reads them
+    kv_cache_quant(e, l, M, k16, a16 ? NULL : e->k_lo, v16, a16 ? NULL : e->v_lo, a16 ? NULL : e->v, ldk);
     prof_mark(e, P_ROPE);
     attention(e, M, q16, k16, v16, ldq, ldk);
     if (!a16 && !e->flash) gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, (long)M * H * hd);
@@ -448,6 +451,7 @@ static void embed(GpuEngine* e, const int* ids, int nb) {
 static void set_mode(GpuEngine* e, int gradient) {
     if (gradient && e->f16) fail_other("internal: a gradient pass in the fp16 GEMM mode");
     e->nq = 0;
+    e->kv_layer = -1;
     e->grad_mode = gradient;
     e->bf16_act = !gradient && !e->split && !e->f16 && !e->hy.on; // the hybrid layers keep fp32 activations
 }

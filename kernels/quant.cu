@@ -155,3 +155,64 @@ extern "C" void gpu_fake_quant_bf16(float* out, const bf16_t* x, int rows, int c
 extern "C" void gpu_fake_quant_f16(float* out, const uint16_t* x, int rows, int cols, QuantSpec q, int weight) {
     fake_quant<__half>(out, (const __half*)x, rows, cols, q, weight);
 }
+
+// A KV-cache value (gpu_kv_fake_quant): from fp32 when given, else bf16 hi + lo.
+__device__ inline float kv_load(const float* xf, const __nv_bfloat16* hi, const __nv_bfloat16* lo, long i) {
+    if (xf) return xf[i];
+    return __bfloat162float(hi[i]) + (lo ? __bfloat162float(lo[i]) : 0.0f);
+}
+
+// Grid (blocks, nb): each window's amax (zeroed first) over its T rows of width values.
+__global__ void kv_amax_kernel(float* amax, const float* xf, const __nv_bfloat16* hi, const __nv_bfloat16* lo,
+                               long ld, int T, int width) {
+    long n = (long)T * width, r0 = (long)blockIdx.y * T;
+    float m = 0.0f;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        m = fmaxf(m, fabsf(kv_load(xf, hi, lo, (r0 + i / width) * ld + i % width)));
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax((int*)amax + blockIdx.y, __float_as_int(m));
+}
+
+// One thread per quantization block of a row (bs values: NVFP4's 16 along head_dim, or 1 for E4M3's one
+// per-tensor scale), as quant_kv_tensor: E4M3 from the window's amax, NVFP4 blocks under its global scale.
+__global__ void kv_quant_kernel(float* yq, float* y, __nv_bfloat16* hi, __nv_bfloat16* lo, const float* xf,
+                                long ld, long rows, int T, int width, int bs, QuantSpec q, const float* amax) {
+    long nbk = width / bs, t = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (t >= rows * nbk) return;
+    long r = t / nbk;
+    int c0 = (int)(t % nbk) * bs;
+    float wa = amax[r / T], gs = q.block ? qm_nvfp4_global(wa) : 0.0f, ba = wa;
+    if (q.block) {
+        ba = 0.0f;
+        for (int j = c0; j < c0 + bs; j++) ba = fmaxf(ba, fabsf(kv_load(xf, hi, lo, r * ld + j)));
+    }
+    for (int j = c0; j < c0 + bs; j++) {
+        float x = kv_load(xf, hi, lo, r * ld + j), v = qm_value(x, ba, gs, q);
+        if (y) y[r * width + j] = x;
+        if (yq) {
+            yq[r * width + j] = v;
+        } else { // back into the GEMM inputs: hi + lo carries v to ~16 bits
+            __nv_bfloat16 h = __float2bfloat16(v);
+            hi[r * ld + j] = h;
+            if (lo) lo[r * ld + j] = __float2bfloat16(v - __bfloat162float(h));
+        }
+    }
+}
+
+extern "C" void gpu_kv_fake_quant(float* yq, float* y, bf16_t* hi, bf16_t* lo, const float* xf, long ld, int nb,
+                                  int T, int width, QuantSpec q, float* amax) {
+    int bs = q.block ? q.block : 1;
+    if (width % bs) {
+        fprintf(stderr, "autoq: KV-cache row of %d values not in blocks of %d\n", width, bs);
+        exit(1);
+    }
+    __nv_bfloat16 *h = (__nv_bfloat16*)hi, *l = (__nv_bfloat16*)lo;
+    cudaCheck(cudaMemsetAsync(amax, 0, sizeof(float) * nb));
+    long n = (long)T * width, rows = (long)nb * T;
+    int bx = (int)(ceil_div(n, 256) < 64 ? ceil_div(n, 256) : 64);
+    kv_amax_kernel<<<dim3(bx, nb), 256>>>(amax, xf, h, l, ld, T, width);
+    cudaCheck(cudaGetLastError());
+    long nt = rows * (width / bs);
+    kv_quant_kernel<<<ceil_div(nt, 256), 256>>>(yq, y, h, l, xf, ld, rows, T, width, bs, q, amax);
+    cudaCheck(cudaGetLastError());
+}

@@ -72,6 +72,13 @@ void gpu_dequant(float* y, bf16_t* y16, const int32_t* acc, const float* sx, con
 void gpu_fake_quant_f32(float* out, const float* x, int rows, int cols, QuantSpec spec, int weight);
 void gpu_fake_quant_bf16(float* out, const bf16_t* x, int rows, int cols, QuantSpec spec, int weight);
 void gpu_fake_quant_f16(float* out, const uint16_t* x, int rows, int cols, QuantSpec spec, int weight);
+// GPU twin of quant_kv_tensor over nb windows of T rows at once (README §4): x (nb T, width), width = KV heads
+// x head_dim, row stride ld, read from xf (fp32) when given, else from hi (+ lo, bf16 halves; lo may be NULL).
+// Each window's amax (per tensor) goes to amax (nb floats of device scratch). y (fp32, (nb T, width),
+// contiguous) receives x when given; yq receives q(x) when given, else q(x) is written back into hi (+ lo) at
+// stride ld.
+void gpu_kv_fake_quant(float* yq, float* y, bf16_t* hi, bf16_t* lo, const float* xf, long ld, int nb, int T,
+                       int width, QuantSpec q, float* amax);
 
 #ifdef __cplusplus
 }

@@ -132,8 +132,9 @@ void score_job_load(ScoreJob* j) {
     j->nf = formats_load(j->fmts, MAX_FORMATS, j->format_csv, j->ct);
     // An 8-bit format's perturbation (~2^-8 of an activation) is the size of plain bf16's input rounding,
     // so plain-bf16 gradient scores of w8a8 / fp8 stray by up to 7% on qwen3-tiny: take hi + lo for them.
+    // A KV-cache format's K and V live in the attention's GEMM inputs: hi + lo carries them as the CPU's fp32.
     for (int f = 0; f < j->nf && !j->gpu_gemm_given; f++)
-        if (j->fmts[f].bits >= 8) j->gpu_gemm = GEMM_BF16X2;
+        if (j->fmts[f].bits >= 8 || j->fmts[f].kv) j->gpu_gemm = GEMM_BF16X2;
     int want_gpu = strcmp(j->device, "cuda") == 0;
     hybrid_check(j);
     if (want_gpu && gpu_device_count() == 0) fail_input("--device cuda: no CUDA device found");
@@ -151,9 +152,21 @@ void score_job_load(ScoreJob* j) {
             const Format* fm = &j->fmts[f];
             QuantSpec none = {0};
             int gptq = j->quant.kind == QUANTIZER_GPTQ;
-            if (fm->kv)
-                gpu_why = "is a KV-cache format, which the CUDA engine does not score yet", gpu_fmt = fm;
-            else if (!fm->w_enable)
+            if (fm->kv) { // K and V fake-quantized in the attention's bf16 hi + lo inputs: not the fp16 mode
+                if (j->gpu_gemm == GEMM_FP16 && j->gpu_gemm_given)
+                    gpu_why =
+                        "is a KV-cache format, which the CUDA engine scores with --gpu-gemm bf16x2 or bf16 "
+                        "(not fp16)",
+                    gpu_fmt = fm;
+                // The CUDA engine's KV-cache scores have not been compared with the CPU's on a GPU yet (README
+                // "Not done yet"): --device auto keeps the checked CPU engine, --device cuda runs them.
+                else if (!want_gpu)
+                    gpu_why = "is a KV-cache format, whose CUDA scores have not been checked against the CPU's "
+                              "on a GPU yet (--device cuda runs them)",
+                    gpu_fmt = fm;
+                continue;
+            }
+            if (!fm->w_enable)
                 gpu_why = "has no weight quantizer", gpu_fmt = fm;
             else if (gptq && quant_is_int_rows(fm->w) &&
                      quant_gpu_emulated(fm->w, fm->in_enable ? fm->in : none))

@@ -103,7 +103,10 @@ static QuantSpec in_spec(const Format* fm) {
 
 extern "C" void gpu_kl_group(GpuScorer* s, const Group* g, int f, int nb) {
     const Format* fm = &s->sp->fmts[f];
-    gpu_plan_set(s->e, g->members, g->n_members, fm->w, in_spec(fm), f);
+    if (g->kv) // a KV-cache group: its layer's cache stores K and V quantized (README §6)
+        gpu_plan_kv(s->e, g->layer, fm->kvq);
+    else
+        gpu_plan_set(s->e, g->members, g->n_members, fm->w, in_spec(fm), f);
     gpu_restore_layer_input(s->e, g->layer, nb);
 }
 
@@ -151,8 +154,26 @@ static void grad_hook_experts(GpuScorer* s, int l, const float* dy, const float*
     int g = sp->gs->group_of[model_lin(sp->m, l, LIN_GATE, 0)];
     if (sp->gs->g[g].disabled) return;
     for (int f = 0; f < sp->nf; f++) {
+        if (sp->fmts[f].kv) continue;
         const float* yq = gpu_moe_quantized(s->e, l, M, sp->fmts[f].w, sp->fmts[f].in, f);
         add_sq_diff(s, (long)f * sp->gs->n + g, dy, yq, y, M, sp->m->c.hidden_size);
+    }
+}
+
+// A full-attention layer's KV cache (README §6): dy = dL/dK (which 0) or dL/dV (1) as attention reads them, and
+// the quantization error of the tensor the cache stores; K's and V's terms add into the layer's group score.
+static void grad_hook_kv(GpuScorer* s, int l, int which, const float* dy, int M) {
+    const GpuScoreSpec* sp = s->sp;
+    int g = -1;
+    for (int i = 0; i < sp->gs->n && g < 0; i++)
+        if (sp->gs->g[i].kv && sp->gs->g[i].layer == l) g = i;
+    if (g < 0 || sp->gs->g[g].disabled) return;
+    int width = sp->m->c.num_kv_heads * sp->m->c.head_dim;
+    for (int f = 0; f < sp->nf; f++) {
+        if (!sp->fmts[f].kv) continue;
+        const float* y;
+        const float* yq = gpu_kv_quantized(s->e, which, M, sp->fmts[f].kvq, &y);
+        add_sq_diff(s, (long)f * sp->gs->n + g, dy, yq, y, M, width);
     }
 }
 
@@ -161,6 +182,11 @@ static void grad_hook(GpuEngine* e, int idx, const float* dy, const float* x, co
                       void* ctx) {
     GpuScorer* s = (GpuScorer*)ctx;
     const GpuScoreSpec* sp = s->sp;
+    int L = sp->m->c.num_layers;
+    if (idx < -L) {
+        grad_hook_kv(s, gpu_kv_hook_layer(L, idx), gpu_kv_hook_which(L, idx), dy, M);
+        return;
+    }
     if (idx < 0) {
         grad_hook_experts(s, -1 - idx, dy, y, M);
         return;
@@ -169,6 +195,7 @@ static void grad_hook(GpuEngine* e, int idx, const float* dy, const float* x, co
     if (sp->gs->g[g].disabled) return;
     const Linear* l = &sp->m->linears[idx];
     for (int f = 0; f < sp->nf; f++) {
+        if (sp->fmts[f].kv) continue; // KV-cache formats score KV-cache groups only (README §5)
         QuantSpec in = in_spec(&sp->fmts[f]);
         if (quant_gpu_emulated(sp->fmts[f].w, in)) {
             const float* yq = gpu_linear_fake(e, idx, x, M, sp->fmts[f].w, in);
@@ -194,7 +221,7 @@ extern "C" void gpu_score_kl(GpuScorer* s, const int* ids, int nb, double* score
     for (int f = 0; f < s->sp->nf; f++)
         for (int gi = 0; gi < gs->n; gi++) {
             const Group* g = &gs->g[gi];
-            if (g->disabled) continue;
+            if (g->disabled || !format_fits(&s->sp->fmts[f], g)) continue;
             gpu_kl_group(s, g, f, nb);
             gpu_forward_layers(s->e, g->layer, nb, 0);
             gpu_kl_add(s, nb, f * gs->n + gi);

@@ -90,7 +90,8 @@ static void stage_kl(Stage* st, GpuScorer* sc, Busy* b, const int* ids, int nb) 
         for (int gi = 0; gi < st->gs->n; gi++) {
             const Group* g = &st->gs->g[gi];
             int own = st->owner[g->layer];
-            if (g->disabled || own > st->s) continue; // the group's pass starts on a later stage
+            // the group's pass starts on a later stage; a KV-cache format scores KV-cache groups only
+            if (g->disabled || own > st->s || !format_fits(&st->sp->fmts[f], g)) continue;
             if (own < st->s) recv_h(st, gpu_hidden(e), nb, st->s - 1);
             busy_mark(b, 0);
             if (own == st->s) {

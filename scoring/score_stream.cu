@@ -212,7 +212,7 @@ extern "C" void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* 
         for (int l = 0; l < L; l++)
             for (int f = 0; f < sp->nf; f++)
                 for (int g = 0; g < gs->n; g++)
-                    if (!gs->g[g].disabled && gs->g[g].layer == l)
+                    if (!gs->g[g].disabled && gs->g[g].layer == l && format_fits(&sp->fmts[f], &gs->g[g]))
                         ss->order[2 * ss->n_pass] = f, ss->order[2 * ss->n_pass++ + 1] = g;
         ss->n_state = K * (1 + ss->n_pass);
     } else {

@@ -17,6 +17,7 @@
 #include "../engine/safetensors.h"
 #include "../engine/util.h"
 #include "../scoring/table.h"
+#include "check_checkpoint.h"
 #include "target.h"
 
 #define MAX_GROUPS 64
@@ -49,7 +50,7 @@ typedef struct {
 typedef struct {
     json_t* list; // findings: {"module", "rule", "message"}
     int n;
-    int json;
+    int json; // quiet: no FINDING lines on stdout
 } Findings;
 
 static void finding(Findings* fs, const char* module, const char* rule, const char* fmt, ...)
@@ -410,19 +411,8 @@ static void check_fused(Findings* fs, const Target* t, const Module* ms, int nm,
     free(ks);
 }
 
-int cmd_check_checkpoint(Args* a) {
-    const char* dir = args_pos(a, 0);
-    const char* target_s = args_str(a, "--target");
-    const char* arch_s = args_str(a, "--arch");
-    Findings fs = {.list = json_array(), .json = args_flag(a, "--json")};
-    args_done(a);
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) fail_input("%s: not a checkpoint folder", dir);
-    Target t;
-    target_load(&t, target_s, arch_s);
-    if (strcmp(t.checkpoint, "compressed-tensors") != 0)
-        fail_input("check-checkpoint: --target %s loads %s checkpoints, not compressed-tensors ones (%s)",
-                   t.name, t.checkpoint, t.path);
+int check_checkpoint_dir(const char* dir, const Target* t, json_t* list, int quiet) {
+    Findings fs = {.list = list, .n = (int)json_array_size(list), .json = quiet};
     char* cfg_path = path_join(dir, "config.json");
     json_t* cfg = input_json(cfg_path, "config.json", 0);
     json_t* qc = json_object_get(cfg, "quantization_config");
@@ -473,20 +463,43 @@ int cmd_check_checkpoint(Args* a) {
             continue;
         }
         const char *why, *src;
-        TargetStatus s = target_kind_status(&t, g->kind, &why, &src);
+        TargetStatus s = target_kind_status(t, g->kind, &why, &src);
         if (s == TS_NONE)
             finding(&fs, m->name, "format", "config_groups.%s (%s) is not served by %s on %s: %s [%s]", g->name,
-                    g->kind ? g->kind : "unknown scheme", t.engine, t.arch, why ? why : "", src ? src : "");
+                    g->kind ? g->kind : "unknown scheme", t->engine, t->arch, why ? why : "", src ? src : "");
         check_tensors(&fs, m, g);
     }
-    check_fused(&fs, &t, ms, nm, gs);
-    check_kv(&fs, &t, qc, ms, nm, &ck);
+    check_fused(&fs, t, ms, nm, gs);
+    check_kv(&fs, t, qc, ms, nm, &ck);
     for (int g = 0; g < ng; g++) { // served, but not with the scored numerics
         const char *why, *src;
-        if (target_kind_status(&t, gs[g].kind, &why, &src) == TS_WEIGHT_ONLY)
+        if (target_kind_status(t, gs[g].kind, &why, &src) == TS_WEIGHT_ONLY)
             warn_msg("%s: config_groups.%s (%s) runs with its weights only on %s %s (inputs stay bf16): %s",
-                     dir, gs[g].name, gs[g].kind, t.engine, t.arch, why ? why : "");
+                     dir, gs[g].name, gs[g].kind, t->engine, t->arch, why ? why : "");
     }
+    for (int i = 0; i < nm; i++) free(ms[i].name);
+    free(ms);
+    st_free(&ck);
+    json_decref(cfg);
+    free(cfg_path);
+    return checked;
+}
+
+int cmd_check_checkpoint(Args* a) {
+    const char* dir = args_pos(a, 0);
+    const char* target_s = args_str(a, "--target");
+    const char* arch_s = args_str(a, "--arch");
+    Findings fs = {.list = json_array(), .json = args_flag(a, "--json")};
+    args_done(a);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) fail_input("%s: not a checkpoint folder", dir);
+    Target t;
+    target_load(&t, target_s, arch_s);
+    if (strcmp(t.checkpoint, "compressed-tensors") != 0)
+        fail_input("check-checkpoint: --target %s loads %s checkpoints, not compressed-tensors ones (%s)",
+                   t.name, t.checkpoint, t.path);
+    int checked = check_checkpoint_dir(dir, &t, fs.list, fs.json);
+    fs.n = (int)json_array_size(fs.list);
     if (fs.json) {
         json_t* j = json_pack("{s:s,s:s,s:s,s:i,s:i,s:O}", "checkpoint", dir, "target", t.name, "arch", t.arch,
                               "modules_checked", checked, "n_findings", fs.n, "findings", fs.list);
@@ -495,12 +508,7 @@ int cmd_check_checkpoint(Args* a) {
     } else
         printf("%s: %d linear module(s) checked against %s on %s: %d finding(s)\n", dir, checked, t.engine,
                t.arch, fs.n);
-    for (int i = 0; i < nm; i++) free(ms[i].name);
-    free(ms);
-    st_free(&ck);
-    json_decref(cfg);
     json_decref(fs.list);
-    free(cfg_path);
     target_free(&t);
     return fs.n ? 1 : 0;
 }

@@ -467,20 +467,32 @@ int cmd_search(Args* a) {
     SearchCtx ctx;
     search_init(&ctx, &t, scope, cost, bits);
     if (mb.on) search_set_memory(&ctx, &mb);
-    ctx.kv_uniform = kv_uniform;
     Target target;
     uint8_t* deny = NULL;
-    if (target_s) { // the engine's rules: formats it does not serve on --arch are never offered
+    int kv_target = 0; // --kv-uniform by the engine profile (README "Serving engines")
+    if (target_s) {    // the engine's rules: formats it does not serve on --arch are never offered
         target_load(&target, target_s, arch_s);
         deny = target_deny_table(&target, &t);
         ctx.deny = deny;
+        int any_kv = 0;
+        for (int g = 0; g < t.ng; g++) any_kv |= table_kv(&t, g) && !t.disabled[g];
+        if (target.kv_one_format && any_kv && !kv_uniform) {
+            kv_uniform = kv_target = 1;
+            info_msg(
+                "search: --target %s serves one KV-cache format per model: every full-attention layer takes "
+                "one KV-cache choice (as --kv-uniform) [%s: kv_cache_one_format_per_model]",
+                target.name, target.path);
+        }
     }
+    ctx.kv_uniform = kv_uniform;
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     Objective obj;
     objective_parse(&obj, objective_s, &t);
     if (kv_uniform && obj.kind == OBJ_MAX && t.nd > 1)
-        fail_input(
-            "search: --kv-uniform is not implemented with --objective max (its mixed-integer programme)");
+        fail_input("search: %s is not implemented with --objective max (its mixed-integer programme)%s",
+                   kv_target ? "one KV-cache format for every layer (--target's kv_cache_one_format_per_model)"
+                             : "--kv-uniform",
+                   kv_target ? "; --disabled-layers '*kv_cache*' leaves the KV cache bf16" : "");
     for (int i = 0; i < ns; i++) solve_point(&ctx, &obj, pts[i], &sweep[i]);
     Solution main_sol;
     double b = isnan(budget) ? pts[ns - 1] : budget;

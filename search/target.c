@@ -50,13 +50,19 @@ static void check_rule(const Target* t, json_t* r, const char* where) {
 }
 
 void target_load(Target* t, const char* name, const char* arch) {
-    memset(t, 0, sizeof(*t));
     int known = 0;
     for (size_t i = 0; i < sizeof(k_targets) / sizeof(k_targets[0]); i++)
         known |= strcmp(name, k_targets[i]) == 0;
     if (!known) fail_input("--target '%s' is not one of vllm, sglang, trtllm", name);
+    char path[512];
+    target_path(path, sizeof(path), name);
+    target_load_path(t, name, path, arch);
+}
+
+void target_load_path(Target* t, const char* name, const char* path, const char* arch) {
+    memset(t, 0, sizeof(*t));
     snprintf(t->name, sizeof(t->name), "%s", name);
-    target_path(t->path, sizeof(t->path), name);
+    snprintf(t->path, sizeof(t->path), "%s", path);
     t->root = input_json(t->path, "engine profile", JSON_REJECT_DUPLICATES);
     if (!json_is_object(t->root)) fail_input("%s: must be a JSON object", t->path);
     copy_str(t->engine, sizeof(t->engine), str_field(t, t->root, "engine", ""), t, "engine");
@@ -107,6 +113,11 @@ void target_load(Target* t, const char* name, const char* arch) {
     json_t* moe = json_object_get(t->root, "moe_one_format_per_layer");
     check_rule(t, moe, "moe_one_format_per_layer");
     t->moe_one_format = json_is_true(json_object_get(moe, "value"));
+    json_t* kvo = json_object_get(t->root, "kv_cache_one_format_per_model");
+    check_rule(t, kvo, "kv_cache_one_format_per_model");
+    if (!json_is_boolean(json_object_get(kvo, "value")))
+        fail_input("%s: field 'kv_cache_one_format_per_model.value' must be true or false", t->path);
+    t->kv_one_format = json_is_true(json_object_get(kvo, "value"));
     json_t* kv = json_object_get(t->root, "kv_cache_formats");
     if (!json_is_object(kv)) fail_input("%s: field 'kv_cache_formats' must be an object", t->path);
     json_object_foreach(kv, key, v) {
@@ -260,6 +271,12 @@ uint8_t* target_deny_table(const Target* t, const ScoreTable* st) {
     return deny;
 }
 
+// A profile string that validation does not require ("why", "read_from", "as"): "" when absent.
+static const char* opt_str(json_t* o, const char* key) {
+    const char* s = json_string_value(json_object_get(o, key));
+    return s ? s : "";
+}
+
 static const char* status_word(const char* s) {
     return strcmp(s, "native") == 0 ? "served" : strcmp(s, "weight_only") == 0 ? "weights only" : "NOT served";
 }
@@ -267,14 +284,12 @@ static const char* status_word(const char* s) {
 void target_print(const Target* t, FILE* f) {
     fprintf(f, "target       %s (%s checkpoints), arch %s; rules from %s\n", t->engine, t->checkpoint, t->arch,
             t->path);
-    fprintf(f, "read from    %s\n", json_string_value(json_object_get(t->root, "read_from")));
+    fprintf(f, "read from    %s\n", opt_str(t->root, "read_from"));
     const char* key;
     json_t* v;
     json_object_foreach(json_object_get(t->root, "formats"), key, v) {
         fprintf(f, "format       %-16s %-12s %s\n", key,
-                status_word(json_string_value(json_object_get(v, t->arch))),
-                json_string_value(json_object_get(v, "why")) ? json_string_value(json_object_get(v, "why"))
-                                                             : "");
+                status_word(json_string_value(json_object_get(v, t->arch))), opt_str(v, "why"));
         fprintf(f, "             %-16s %-12s source: %s (%s)\n", "", "",
                 json_string_value(json_object_get(v, "source")),
                 json_string_value(json_object_get(v, "version")));
@@ -283,7 +298,7 @@ void target_print(const Target* t, FILE* f) {
     json_array_foreach(json_object_get(t->root, "fused"), i, v) {
         fprintf(f, "fused        ");
         for (int k = 0; k < t->n_members[i]; k++) fprintf(f, "%s%s", k ? " + " : "", t->fused[i][k]);
-        fprintf(f, " -> %s share one format; source: %s (%s)\n", json_string_value(json_object_get(v, "as")),
+        fprintf(f, " -> %s share one format; source: %s (%s)\n", opt_str(v, "as"),
                 json_string_value(json_object_get(v, "source")),
                 json_string_value(json_object_get(v, "version")));
     }
@@ -292,6 +307,11 @@ void target_print(const Target* t, FILE* f) {
             t->moe_one_format ? "one format for all experts of a layer" : "experts may differ",
             json_string_value(json_object_get(moe, "source")),
             json_string_value(json_object_get(moe, "version")));
+    json_t* kvo = json_object_get(t->root, "kv_cache_one_format_per_model");
+    fprintf(f, "kv cache     %s; source: %s (%s)\n",
+            t->kv_one_format ? "one format for every layer" : "a format per layer",
+            json_string_value(json_object_get(kvo, "source")),
+            json_string_value(json_object_get(kvo, "version")));
     json_object_foreach(json_object_get(t->root, "kv_cache_formats"), key, v) fprintf(
         f, "kv cache     %-16s %-12s source: %s (%s)\n", key,
         json_is_true(json_object_get(v, t->arch)) ? "served" : "NOT served",
@@ -309,5 +329,6 @@ json_t* target_to_json(const Target* t) {
     json_t* a = json_array();
     for (int i = 0; i < n; i++) json_array_append_new(a, json_string(kv[i]));
     json_object_set_new(j, "kv_cache_formats", a);
+    json_object_set_new(j, "kv_cache_one_format_per_model", json_boolean(t->kv_one_format));
     return j;
 }

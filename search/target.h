@@ -28,11 +28,14 @@ typedef struct {
     char fused[TARGET_MAX_FUSED][TARGET_MAX_MEMBERS][32]; // module names that the engine fuses into one
     int n_members[TARGET_MAX_FUSED];
     int moe_one_format; // one format per MoE layer's experts
+    int kv_one_format;  // one KV-cache format for every full-attention layer (kv_cache_one_format_per_model)
 } Target;
 
 // NAME: vllm | sglang | trtllm (configs/targets/NAME.json beside the binary or in the working
 // directory); arch NULL: the profile's default_arch. Exits 2 naming the file and field.
 void target_load(Target* t, const char* name, const char* arch);
+// The same from the profile file at path (the fuzz target's entry; name as above).
+void target_load_path(Target* t, const char* name, const char* path, const char* arch);
 void target_free(Target* t);
 // The kind of a format by its numerics (configs/targets' keys: w4a8, w8a8, fp8, nvfp4, mxfp4, w4a16,
 // w4a8_fp8, w4a16_channel, w8a16, fp8_weight_only, nvfp4_weight_only), or NULL for a combination no profile

@@ -26,7 +26,7 @@ python3 - <<'PY' && pass "every rule of every profile names its source and engin
 import json
 for n in ["vllm", "sglang", "trtllm"]:
     p = json.load(open(f"configs/targets/{n}.json"))
-    rules = list(p["formats"].values()) + p["fused"] + [p["moe_one_format_per_layer"]] + list(p["kv_cache_formats"].values())
+    rules = list(p["formats"].values()) + p["fused"] + [p["moe_one_format_per_layer"], p["kv_cache_one_format_per_model"]] + list(p["kv_cache_formats"].values())
     assert all(r.get("source") and r.get("version") for r in rules), n
     assert all(r[a] in ("native", "weight_only", "none") for r in p["formats"].values() for a in p["archs"]), n
 PY

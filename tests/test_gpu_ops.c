@@ -960,6 +960,64 @@ static void op_shared_gate(int M, int D) {
     free(bdm), free(gdy), free(gdm);
 }
 
+// The KV-cache fake-quantizer (gpu_kv_fake_quant) against quant_kv_tensor, window by window (each window's
+// amax, per tensor): from fp32 (equal to the last bit, and the copy y exact), and in place in bf16 GEMM inputs
+// of row stride ld: hi + lo (the quantized value to ~16 bits: within 2^-15 of the window's largest) and hi
+// alone (within bf16's 2^-8). Windows span magnitudes 2^-12 .. 2^6.
+static void op_kv_quant(int nb, int T, int KV, int hd, QuantSpec q, const char* label) {
+    int width = KV * hd;
+    long ld = 3L * width, rows = (long)nb * T, n = rows * width, wn = (long)T * width;
+    float *x = randv(n, 1), *want = xmalloc(4 * n), *got = xmalloc(4 * n), *got2 = xmalloc(4 * n);
+    for (long i = 0; i < n; i++) x[i] *= ldexpf(1.0f, (int)(i / wn) * 3 % 19 - 12);
+    for (int w = 0; w < nb; w++) quant_kv_tensor(want + w * wn, x + w * wn, T * KV, hd, q);
+    float *dx = put(x, 4 * n), *dy = zeros(4 * n), *dq = zeros(4 * n), *amax = zeros(4 * nb);
+    gpu_kv_fake_quant(dq, dy, NULL, NULL, dx, width, nb, T, width, q, amax);
+    char op[64], shape[96];
+    snprintf(shape, sizeof(shape), "(%d windows of %d, %d kv heads x %d)", nb, T, KV, hd);
+    get(got, dq, 4 * n);
+    get(got2, dy, 4 * n);
+    snprintf(op, sizeof(op), "kv_fake_quant f32 %s", label);
+    report(op, shape, max_err(got, want, n, 0), 0);
+    snprintf(op, sizeof(op), "kv_fake_quant f32 copy %s", label);
+    report(op, shape, max_err(got2, x, n, 0), 0);
+    // the GEMM inputs: hi + lo halves of x at stride ld (columns width .. 2 width of each row)
+    uint16_t *hi = xcalloc(rows * ld, 2), *lo = xcalloc(rows * ld, 2);
+    float* xs = xmalloc(4 * n);
+    for (long r = 0; r < rows; r++)
+        for (int c = 0; c < width; c++) {
+            float v = x[r * width + c];
+            uint16_t h = f32_to_bf16(v);
+            hi[r * ld + width + c] = h;
+            lo[r * ld + width + c] = f32_to_bf16(v - bf16_to_f32(h));
+            xs[r * width + c] = bf16_to_f32(h) + bf16_to_f32(lo[r * ld + width + c]);
+        }
+    for (int with_lo = 1; with_lo >= 0; with_lo--) {
+        if (!with_lo)
+            for (long i = 0; i < n; i++) xs[i] = bf16_to_f32(f32_to_bf16(x[i]));
+        for (int w = 0; w < nb; w++) quant_kv_tensor(want + w * wn, xs + w * wn, T * KV, hd, q);
+        uint16_t *dh = put(hi, 2 * rows * ld), *dl = with_lo ? put(lo, 2 * rows * ld) : NULL;
+        gpu_kv_fake_quant(NULL, NULL, dh + width, dl ? dl + width : NULL, NULL, ld, nb, T, width, q, amax);
+        uint16_t *gh = xmalloc(2 * rows * ld), *gl = xmalloc(2 * rows * ld);
+        get(gh, dh, 2 * rows * ld);
+        if (dl) get(gl, dl, 2 * rows * ld);
+        int untouched = 1;
+        for (long r = 0; r < rows; r++)
+            for (long c = 0; c < ld; c++) {
+                long i = r * ld + c;
+                if (c >= width && c < 2 * width)
+                    got[r * width + c - width] = bf16_to_f32(gh[i]) + (dl ? bf16_to_f32(gl[i]) : 0.0f);
+                else
+                    untouched &= gh[i] == hi[i];
+            }
+        snprintf(op, sizeof(op), "kv_fake_quant %s %s", with_lo ? "bf16 hi+lo" : "bf16", label);
+        report(op, shape, untouched ? max_err(got, want, n, 0) : 1e30, with_lo ? 1.0 / 32768 : 1.0 / 256);
+        cudaFree(dh), cudaFree(dl);
+        free(gh), free(gl);
+    }
+    cudaFree(dx), cudaFree(dy), cudaFree(dq), cudaFree(amax);
+    free(x), free(want), free(got), free(got2), free(hi), free(lo), free(xs);
+}
+
 int main(void) {
     if (gpu_device_count() == 0) {
         SKIP("gpu ops", "no CUDA device (or built without nvcc)");
@@ -1013,6 +1071,12 @@ int main(void) {
                   "mxfp4");
     op_fake_quant(37, 320, (QuantSpec){.bits = 4, .block = 128}, "int4-g128");
     op_fake_quant(37, 320, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1, .block = 128}, "int4-g128-ct");
+    QuantSpec kv_fp8 = {.bits = 8, .kind = QUANT_FP8_E4M3};
+    QuantSpec kv_nvfp4 = {.bits = 4, .kind = QUANT_FP4_E2M1, .block = 16, .scale = QSCALE_E4M3};
+    op_kv_quant(3, 17, 2, 16, kv_fp8, "kv_fp8"); // qwen3-tiny's KV shape, windows of odd length
+    op_kv_quant(3, 17, 2, 16, kv_nvfp4, "kv_nvfp4");
+    op_kv_quant(2, 512, 8, 128, kv_fp8, "kv_fp8"); // Qwen3-8B's
+    op_kv_quant(2, 512, 8, 128, kv_nvfp4, "kv_nvfp4");
     op_kl(5, 3001);
     op_kl(3, 4096);
     op_cross_entropy(2, 17, 1003);

@@ -176,6 +176,33 @@ assert u['predicted_score'] >= p['predicted_score'] - 1e-12 and u['memory']['byt
 done)
 [ -z "$out" ] && pass "--kv-uniform: one KV-cache format for every layer, within budget, never better than per layer" ||
     fail "--kv-uniform: $out"
+# --target: the engine profile's kv_cache_one_format_per_model (true for vLLM, SGLang, TensorRT-LLM) makes the
+# search take one KV-cache format for every layer by default; a profile that says false keeps the per-layer
+# choice (a copy of the binary beside a changed profile), which mixes kv_fp8 and kv_nvfp4 at 27 MiB here.
+mkdir -p "$tmp/p/configs/targets" && cp "$AQ" "$tmp/p/autoq" && cp configs/targets/*.json "$tmp/p/configs/targets/"
+python3 -c "
+import json; p='$tmp/p/configs/targets/sglang.json'; d=json.load(open(p))
+d['kv_cache_one_format_per_model']['value']=False; json.dump(d, open(p, 'w'))"
+kvset() { python3 -c "
+import json, sys; r=json.load(open(sys.argv[1])); print(' '.join(sorted({g['choice'] for g in r['groups'] if g['name'].endswith('kv_cache')})))" "$1"; }
+out=""
+for b in 27MiB 29MiB; do
+    $AQ search --scores "$tmp/g.h5" --memory-budget $b --context 2048 --batch 4 --overhead 1MiB --target sglang --arch sm100         --out "$tmp/t1.json" >/dev/null 2>"$tmp/t1.err" || out="$out; search --target sglang $b failed"
+    grep -q "serves one KV-cache format per model" "$tmp/t1.err" || out="$out; no message at $b"
+    [ "$(kvset "$tmp/t1.json" | wc -w)" = 1 ] || out="$out; $b: $(kvset "$tmp/t1.json")"
+    "$tmp/p/autoq" search --scores "$tmp/g.h5" --memory-budget $b --context 2048 --batch 4 --overhead 1MiB --target sglang         --arch sm100 --out "$tmp/t2.json" >/dev/null 2>&1 || out="$out; per-layer profile $b failed"
+    [ "$(kvset "$tmp/t2.json")" = "kv_fp8 kv_nvfp4" ] || out="$out; per-layer profile $b: $(kvset "$tmp/t2.json")"
+done
+[ -z "$out" ] && pass "--target: one KV-cache format for every layer by the profile (kv_cache_one_format_per_model); per layer where a profile allows it" ||
+    fail "--target and one KV-cache format per model:$out"
+$AQ info --target vllm | grep -q "^kv cache     one format for every layer; source: vllm/config/cache.py" &&
+    $AQ info --target vllm --json | python3 -c "import json, sys; assert json.load(sys.stdin)['kv_cache_one_format_per_model'] is True" &&
+    pass "info --target prints kv_cache_one_format_per_model with its source" || fail "info --target and kv_cache_one_format_per_model"
+python3 -c "
+import json; p='$tmp/p/configs/targets/sglang.json'; d=json.load(open(p))
+d['kv_cache_one_format_per_model']['value']='yes'; json.dump(d, open(p, 'w'))"
+expect "a profile's kv_cache_one_format_per_model not a boolean" "kv_cache_one_format_per_model.value" \
+    "$tmp/p/autoq" search --scores "$tmp/g.h5" --memory-budget 27MiB --context 2048 --target sglang
 # --budget (bits) leaves the KV caches bf16: they hold no weights
 $AQ search --scores "$tmp/g.h5" --budget 5 --out "$tmp/bits.json" >/dev/null 2>&1 &&
     python3 -c "
@@ -293,7 +320,7 @@ expect "kv_nvfp4 with compressed-tensors numerics" "not implemented for E2M1" \
 if $AQ score $T --data "$tmp/tiny_ids.npy" --method kl --format kv_fp8 --device cuda 2>&1 | grep -q "no CUDA device"; then
     echo "SKIP $SUITE: KV-cache formats on the CUDA engine: no CUDA device"
 else
-    expect "KV-cache formats on the CUDA engine" "KV-cache format" $AQ score $T --data "$tmp/tiny_ids.npy" --method kl --format kv_fp8 --device cuda
+    expect "KV-cache formats in the CUDA engine's fp16 GEMM mode" "not fp16" $AQ score $T --data "$tmp/tiny_ids.npy" --method kl --format kv_fp8 --device cuda --gpu-gemm fp16
 fi
 
 # --target: a KV-cache format is offered where the profile's kv_cache_formats serve it (vLLM: FP8 E4M3 on

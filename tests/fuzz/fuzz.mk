@@ -9,7 +9,7 @@ FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_CI_SECONDS ?= 15
 FUZZ_BUILD ?= build-fuzz
-FUZZ_TARGETS ?= safetensors config index tokenizer encode npy data format table recipe gptq_cache
+FUZZ_TARGETS ?= safetensors config index tokenizer encode npy data format table recipe gptq_cache target check_ckpt
 FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
               -Wall -Wextra -DAUTOQ_FUZZ -std=gnu11 -fopenmp -I. -I/usr/include/hdf5/serial
 # Every malloc/free from autoq's objects goes through the tracker in fuzz_common.c.
@@ -36,6 +36,10 @@ $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ)
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 $(FUZZ_BUILD)/fuzz_gptq_cache: $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,scoring/gptq_cache.c kernels/gptq.c kernels/quant.c)
 $(FUZZ_BUILD)/fuzz_gptq_cache: FUZZ_LIBS += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -l:libopenblas.so.0
+
+# The engine profiles' reader; check-checkpoint's validation on top of it (PCRE2 for its "re:" targets).
+$(FUZZ_BUILD)/fuzz_target: $(FUZZ_BUILD)/obj/search/target.o
+$(FUZZ_BUILD)/fuzz_check_ckpt: $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,search/target.c search/check_checkpoint.c)
 
 # Keep the objects (make would delete them as intermediates of the pattern chain).
 .PRECIOUS: $(FUZZ_BUILD)/obj/%.o
