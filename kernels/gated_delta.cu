@@ -437,6 +437,31 @@ __global__ void gdn_dv_kernel(float* dact, const float* Y, const float* beta, Di
 // One block of GDN_DG_PARTS x CH threads per (chunk, value head). Thread (part, r) sums its part of the
 // O(dk dv) terms of token r (o's inter-chunk part, the state update's k_r Vn_r term, <dh', h>); then thread
 // r: dbeta_r and the gradient of gc_r, and thread 0 dg = the reverse cumulative sum of dgc; db, da.
+// Row r of a chunk in the gates' backward (gdn_dgate_kernel and gdn_dgate_fast): from oi = q_r . (S dO_r) and
+// *er = k_r . (dS Vn_r) (the sums over the state), writes db for token r, decays *er to the chunk's end, and
+// returns the gradient of its cumulative log decay gc_r.
+__device__ inline float gdn_gate_row(float* db, float* er, float gL, float oi, const float* v, const float* X,
+                                     const float* Y, const float* dA, const float* Aqk, const float* dM,
+                                     const float* KK, const float* khat, const float* beta, const float* gc,
+                                     const Dims& d, int t0, int h, int r, int L, long m0) {
+    long tr = vrow(d, t0 + r, h);
+    float gr = gc[tr], kx = dotg(key_row(khat, d, t0 + r, h), X + tr * d.dk, d.dk);
+    float dbeta = expf(gr) * kx + dotg(v + tr * d.dv, Y + tr * d.dv, d.dv);
+    *er *= expf(gL - gr);
+    float g = beta[tr] * expf(gr) * kx + expf(gr) * oi - *er;
+    for (int s = 0; s < L; s++) {
+        if (s < r) {
+            dbeta += dM[m0 + r * CH + s] * KK[m0 + r * CH + s];
+            g += dM[m0 + r * CH + s] * beta[tr] * KK[m0 + r * CH + s];
+        }
+        if (s > r) g -= dM[m0 + s * CH + r] * beta[vrow(d, t0 + s, h)] * KK[m0 + s * CH + r];
+        if (s <= r) g += dA[m0 + r * CH + s] * Aqk[m0 + r * CH + s];
+        if (s >= r) g -= dA[m0 + s * CH + r] * Aqk[m0 + s * CH + r];
+    }
+    db[tr] = dbeta * beta[tr] * (1.0f - beta[tr]);
+    return g;
+}
+
 #define GDN_DG_PARTS 4
 __global__ void gdn_dgate_kernel(float* db, float* da, const float* dO, const float* hs, const float* dhn,
                                  const float* Vn, const float* v, const float* X, const float* Y,
@@ -467,23 +492,8 @@ __global__ void gdn_dgate_kernel(float* db, float* da, const float* dO, const fl
         float g = 0.0f;
         er = 0.0f, oi = 0.0f;
         for (int p = 0; p < GDN_DG_PARTS; p++) oi += po[p][r], er += pe[p][r];
-        if (r < L) {
-            long tr = vrow(d, t0 + r, h);
-            float gr = gc[tr], kx = dotg(key_row(khat, d, t0 + r, h), X + tr * d.dk, d.dk);
-            float dbeta = expf(gr) * kx + dotg(v + tr * d.dv, Y + tr * d.dv, d.dv);
-            er *= expf(gL - gr);
-            g = beta[tr] * expf(gr) * kx + expf(gr) * oi - er;
-            for (int s = 0; s < L; s++) {
-                if (s < r) {
-                    dbeta += dM[m0 + r * CH + s] * KK[m0 + r * CH + s];
-                    g += dM[m0 + r * CH + s] * beta[tr] * KK[m0 + r * CH + s];
-                }
-                if (s > r) g -= dM[m0 + s * CH + r] * beta[vrow(d, t0 + s, h)] * KK[m0 + s * CH + r];
-                if (s <= r) g += dA[m0 + r * CH + s] * Aqk[m0 + r * CH + s];
-                if (s >= r) g -= dA[m0 + s * CH + r] * Aqk[m0 + s * CH + r];
-            }
-            db[tr] = dbeta * beta[tr] * (1.0f - beta[tr]);
-        }
+        if (r < L)
+            g = gdn_gate_row(db, &er, gL, oi, v, X, Y, dA, Aqk, dM, KK, khat, beta, gc, d, t0, h, r, L, m0);
         dgc[r] = g;
         pe[0][r] = er; // the decayed e_r, for the sum below
     }
@@ -1034,21 +1044,9 @@ __global__ void gdn_dgate_fast(float* db, float* da, const float* stash, const f
     long m0 = cmat(d, c, h);
     float gL = gc[vrow(d, t0 + L - 1, h)], g = 0.0f, er = 0.0f;
     if (r < L) {
-        long tr = vrow(d, t0 + r, h);
-        float gr = gc[tr], kx = dotg(key_row(khat, d, t0 + r, h), X + tr * d.dk, d.dk), oi = stash[m0 + r];
-        float dbeta = expf(gr) * kx + dotg(v + tr * d.dv, Y + tr * d.dv, d.dv);
-        er = stash[m0 + CH + r] * expf(gL - gr);
-        g = beta[tr] * expf(gr) * kx + expf(gr) * oi - er;
-        for (int s = 0; s < L; s++) {
-            if (s < r) {
-                dbeta += dM[m0 + r * CH + s] * KK[m0 + r * CH + s];
-                g += dM[m0 + r * CH + s] * beta[tr] * KK[m0 + r * CH + s];
-            }
-            if (s > r) g -= dM[m0 + s * CH + r] * beta[vrow(d, t0 + s, h)] * KK[m0 + s * CH + r];
-            if (s <= r) g += dA[m0 + r * CH + s] * Aqk[m0 + r * CH + s];
-            if (s >= r) g -= dA[m0 + s * CH + r] * Aqk[m0 + s * CH + r];
-        }
-        db[tr] = dbeta * beta[tr] * (1.0f - beta[tr]);
+        er = stash[m0 + CH + r];
+        g = gdn_gate_row(db, &er, gL, stash[m0 + r], v, X, Y, dA, Aqk, dM, KK, khat, beta, gc, d, t0, h, r, L,
+                         m0);
     }
     dgc[r] = g, pe[r] = er;
     __syncthreads();

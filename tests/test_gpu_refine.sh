@@ -61,15 +61,7 @@ for m in "${models[@]}" "${table[0]}"; do # qwen3-tiny and the MoE fixture
         pass "$name: refine measured on the GPU equals the CPU's within 5%" || fail "$name: GPU refine against CPU"
 done
 # --objective max (each domain's held-out windows measured apart): the per-window KLs on the GPU against the CPU's
-python3 - "$tmp" <<'PY' || fail "domain windows"
-import sys
-import numpy as np
-a = np.load("tests/fixtures/calib200k_tiny.npy")[0] % 512
-for name, at, n in (("sa", 0, 3), ("sb", 10000, 3), ("ha", 30000, 2), ("hb", 40000, 2)):
-    np.save(f"{sys.argv[1]}/{name}.npy", a[at:at + 64 * n].reshape(n, 64).astype(np.int32))
-PY
-$AQ score $V --data code="$tmp/sa.npy" --data prose="$tmp/sb.npy" --method kl --format w4a8,nvfp4,fp8 --device cpu \
-    --out "$tmp/dom.h5" >/dev/null 2>&1 || fail "score with domains"
+domain_scores "$V"
 for dev in cpu cuda; do
     $AQ search --scores "$tmp/dom.h5" --budget 5 --objective max --refine --data code="$tmp/ha.npy" \
         --data prose="$tmp/hb.npy" --refine-rounds 2 --refine-candidates 2 --device $dev --out "$tmp/max.$dev.json" \

@@ -71,15 +71,7 @@ expect "--refine with --scores needs --data" "needs --data" $AQ search --scores 
 
 # --objective max (README §7): each domain's held-out windows measured apart, one fitted model per domain, the
 # largest domain's measured KL per window minimised; never above the plain recipe's
-python3 - "$tmp" <<'PY' || fail "domain windows"
-import sys
-import numpy as np
-a = np.load("tests/fixtures/calib200k_tiny.npy")[0] % 512
-for name, at, n in (("sa", 0, 3), ("sb", 10000, 3), ("ha", 30000, 2), ("hb", 40000, 2)):
-    np.save(f"{sys.argv[1]}/{name}.npy", a[at:at + 64 * n].reshape(n, 64).astype(np.int32))
-PY
-$AQ score $V --data code="$tmp/sa.npy" --data prose="$tmp/sb.npy" --method kl --format w4a8,nvfp4,fp8 --device cpu \
-    --out "$tmp/dom.h5" >/dev/null 2>&1 || fail "score with domains"
+domain_scores "$V"
 $AQ search --scores "$tmp/dom.h5" --budget 5 --objective max --refine --data code="$tmp/ha.npy" \
     --data prose="$tmp/hb.npy" --refine-rounds 2 --refine-candidates 2 --device cpu --out "$tmp/max.json" \
     --h5 "$tmp/max.h5" >"$tmp/out" 2>&1 || fail "--refine --objective max: $(tail -3 "$tmp/out")"

@@ -171,7 +171,7 @@ static void test_mode_bytes(void) {
     c.hidden_size = 8, c.intermediate_size = 16, c.num_heads = 2, c.num_kv_heads = 1, c.head_dim = 4;
     c.num_layers = 1, c.vocab_size = 32;
     c.fam = arch_find("qwen3"); // the layer bytes come from the family's tensors (README "Several GPUs")
-    int T = 4, B = 2; // M = 8: lo halves 2 x 8 x (16 + 16 + 8 + 16) = 896, P_lo 2 x 2 x 2 x 16 = 128
+    int T = 4, B = 2;           // M = 8: lo halves 2 x 8 x (16 + 16 + 8 + 16) = 896, P_lo 2 x 2 x 2 x 16 = 128
     double split = stream_mode_bytes(&c, T, B, 1, 0), emu = stream_mode_bytes(&c, T, B, 0, 1);
     double want_emu = 2 * shard_layer_bytes(&c, 0) + 8 * 8 * 16;
     CHECK(split == 1024 && emu == want_emu && stream_mode_bytes(&c, T, B, 0, 0) == 0 &&
