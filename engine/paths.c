@@ -23,7 +23,7 @@ void path_id(PathId* id, const char* path) {
     char* slash = strrchr(buf, '/');
     const char* name = slash ? slash + 1 : buf;
     if (strlen(name) >= sizeof(id->name) || !strcmp(name, ".") || !strcmp(name, "..")) return;
-    snprintf(id->name, sizeof(id->name), "%s", name);
+    memcpy(id->name, name, strlen(name) + 1); // fits: checked above
     const char* dir = ".";
     if (slash == buf)
         dir = "/";
