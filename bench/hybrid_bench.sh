@@ -34,54 +34,18 @@ layers=${LAYERS:+--layers $LAYERS}
 bench=$(cd "$(dirname "$0")" && pwd)
 t_start=$(date +%s)
 mkdir -p "$out" || exit 2
-# Only this script's files, so that a step that fails leaves no stale result for the report.
-for f in acc_gen gen torch torch_gradient acc_torch gradient_autoq kl_autoq kl_autoq_all gradient_torch kl_torch acc_gradient_torch acc_kl_torch \
-    acc_{gradient,kl}_autoq_{bf16,bf16x2}; do
-    rm -f "$out/$f.json" "$out/$f.log" "$out/$f.wall"
-done
-
-if [ -z "${WORK:-}" ]; then
-    free_gib=$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)
-    free_gib=$(( ${free_gib:-0} / 1048576 ))
-    if [ "$free_gib" -ge 70 ] || [ "$preset" != qwen3.5-35b-a3b ]; then WORK=/dev/shm/autoq-hybrid; else WORK=/tmp/autoq-hybrid; fi
-fi
-work=$WORK
-mkdir -p "$work" || exit 2
-if [ "$dev" = cuda ]; then
-    gpu_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1
-    pt_batch=${PT_BATCH:-$([ "${gpu_gib:-0}" -gt 100000 ] && echo 8 || echo 4)}
-else
-    pt_batch=${PT_BATCH:-4}
-fi
 # flash-linear-attention's kernels for the PyTorch baseline (transformers uses them when fla imports)
 if ! $PY -c "import fla" >/dev/null 2>&1 && [ -n "${FLA_WHL:-}" ]; then
     # shellcheck disable=SC2086  # FLA_WHL may list several wheels (fla-core and einops, which fla imports)
     $PY -m pip install --no-deps -q $FLA_WHL >"$out/fla_install.log" 2>&1 || tail -2 "$out/fla_install.log"
 fi
 echo "== fla: $($PY -c 'import fla; print("fla", fla.__version__, "imports")' 2>&1 | tail -1)"
-echo "== work folder $work ($(df -h --output=avail "$work" | tail -1 | tr -d ' ') free), budget ${budget}s," \
-    "$(nproc) cores, python $($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tail -1)"
-
 . "$(dirname "$0")/steps.sh"
+bench_begin qwen3.5-35b-a3b hybrid 70 torch_gradient kl_autoq_all
 
-# 1. Accuracy: a 4-layer model of the same shape, autoq on the GPU against float32 PyTorch (ACCURACY=0
-# skips it).
-acc=$work/acc4
-if [ "${ACCURACY:-1}" != 0 ]; then
-    echo "== accuracy: $preset shape, 4 layers, $acc_n x 512 tokens, autoq against PyTorch float32"
-    step acc_gen 120 "$AQ" gen "$acc" --preset "$preset" --layers 4 --seed 1 --ids "$work/acc_ids.npy" \
-        --num-samples "$acc_n" --seq-len 512
-    for method in gradient kl; do
-        for g in bf16 bf16x2; do
-            aq_score "acc_${method}_autoq_$g" 90 "$acc" "$work/acc_ids.npy" $method --gpu-gemm $g
-        done
-    done
-    GATED_DELTA=torch step acc_torch 180 "$PY" "$bench/torch_hybrid_scores.py" "$acc" "$work/acc_ids.npy" --method gradient,kl \
-        --dtype float32 --device "$dev" --batch-size 4 --kl-batch-size 4 --out "$out/acc_{method}_torch.json"
-    grep -h "^(b)" "$out/acc_torch.log" | cut -c1-300 | sed 's/^/   /'
-    rm -rf "$acc" "$work/acc_ids.npy"
-fi
+# 1. Accuracy: a 4-layer model of the same shape, autoq on the GPU against float32 PyTorch (transformers' own
+# Gated DeltaNet: GATED_DELTA=torch)
+GATED_DELTA=torch bench_accuracy torch_hybrid_scores.py
 
 # 2. Speed: the full shape.
 [ "${SPEED:-1}" = 0 ] && { echo "== report"; $PY "$bench/moe_report.py" "$out"; exit 0; }
