@@ -58,42 +58,11 @@ assert qc == ref["quantization_config"], qc
 assert {k: v[:2] for k, v in t.items()} == ref["tensors"]
 PY
 
-# --gptq-pipeline basic on a float32 copy of the model (the values of its bf16 weights, written with the
-# standard library): the arithmetic of llm-compressor's float32 basic run, whose code rows the fixture
+# --gptq-pipeline basic on a float32 copy of the model (the values of its bf16 weights,
+# tests/ref/f32_copy.py): the arithmetic of llm-compressor's float32 basic run, whose code rows the fixture
 # holds as 16-bit hashes. (On the bf16 model the two tools' scales and Hessians differ in rounding and
 # 92% of codes agree: bench/README.md.)
-python3 - $M "$tmp/m32" <<'PY' || fail "float32 copy of $M"
-import json, os, shutil, struct, sys
-src, dst = sys.argv[1:3]
-os.mkdir(dst)
-idx = json.load(open(src + "/model.safetensors.index.json"))
-hdr, blobs, off = {}, [], 0
-for fn in sorted(set(idx["weight_map"].values())):
-    with open(os.path.join(src, fn), "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        h = json.loads(f.read(n))
-        data = f.read()
-    for k, v in sorted(h.items()):
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        assert v["dtype"] == "BF16", k
-        out = bytearray(2 * (b - a))  # a bf16 value is the high half of its float32
-        out[2::4], out[3::4] = data[a:b:2], data[a + 1:b:2]
-        hdr[k] = {"dtype": "F32", "shape": v["shape"], "data_offsets": [off, off + len(out)]}
-        blobs.append(out)
-        off += len(out)
-text = json.dumps(hdr).encode()
-text += b" " * (-len(text) % 8)
-with open(dst + "/model.safetensors", "wb") as f:
-    f.write(struct.pack("<Q", len(text)) + text)
-    for b in blobs:
-        f.write(b)
-cfg = json.load(open(src + "/config.json"))
-cfg["dtype"] = "float32"
-json.dump(cfg, open(dst + "/config.json", "w"))
-shutil.copy(src + "/tokenizer.json", dst)
-PY
+python3 tests/ref/f32_copy.py $M "$tmp/m32" || fail "float32 copy of $M"
 $AQ quantize "$tmp/m32" --recipe "$tmp/all.json" --data $D --quantizer gptq --gptq-pipeline basic --device cpu \
     --out "$tmp/basic32" 2>"$tmp/err" || fail "quantize gptq basic: $(cat "$tmp/err")"
 out=$(python3 - "$tmp/basic32" $REF <<'PY'

@@ -3,7 +3,7 @@
 The references are tests/ref/validate_exports.py --numerics's (llmcompressor 0.14.0.1, compressed-tensors
 0.19.0, transformers 5.17.0, torch 2.11.0, CPU), in tests/fixtures/exports/ and exports_validation.json:
     check_hybrid_numerics.py weights-only RECIPE OUT      the recipe with every input quantizer off
-    check_hybrid_numerics.py f32 SRC DST                  a float32 copy of a one-file bf16 checkpoint
+    check_hybrid_numerics.py f32 SRC DST                  a float32 copy of a bf16 checkpoint (f32_copy.py)
     check_hybrid_numerics.py rtn KIND DIR                 DIR = autoq quantize KIND_recipe.json (RTN)
     check_hybrid_numerics.py logits KIND W.npy L.npy E.json
         W.npy / L.npy = autoq eval --logits with weights-only RECIPE / with KIND_recipe.json, E.json its --json
@@ -14,6 +14,8 @@ Prints one line of numbers; exit 0 when within the tolerances below, 1 otherwise
 """
 import ast, json, re, struct, sys
 from array import array
+
+from f32_copy import f32_copy
 
 E = "tests/fixtures/exports"
 
@@ -49,33 +51,6 @@ def weights_only(recipe, out):
     for f in r["formats"]:
         f["definition"]["quant_cfg"]["*input_quantizer"] = {"enable": False}
     json.dump(r, open(out, "w"))
-    return 0
-
-
-def f32(src, dst):
-    """bf16 -> float32: a bf16 value is the high half of its float32 (tests/test_quantize.sh's copy)."""
-    import os, shutil
-
-    t, _ = safetensors(src + "/model.safetensors")
-    hdr, blobs, off = {}, [], 0
-    for k in sorted(t):
-        dt, shape, b = t[k]
-        assert dt == "BF16", k
-        out = bytearray(2 * len(b))
-        out[2::4], out[3::4] = b[0::2], b[1::2]
-        hdr[k] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(out)]}
-        blobs.append(out)
-        off += len(out)
-    os.makedirs(dst)
-    text = json.dumps(hdr).encode()
-    text += b" " * (-len(text) % 8)
-    with open(dst + "/model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for b in blobs:
-            f.write(b)
-    cfg = json.load(open(src + "/config.json"))
-    cfg["dtype"] = "float32"
-    json.dump(cfg, open(dst + "/config.json", "w"))
     return 0
 
 
@@ -190,4 +165,4 @@ def gptq(kind, d, e_json):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    sys.exit({"weights-only": weights_only, "f32": f32, "rtn": rtn, "logits": logits, "gptq": gptq}[cmd](*args))
+    sys.exit({"weights-only": weights_only, "f32": f32_copy, "rtn": rtn, "logits": logits, "gptq": gptq}[cmd](*args))
