@@ -56,26 +56,20 @@ typedef struct {
     int nd;
 } Models;
 
-static double models_value(const Models* M, const int* sel) {
-    if (!M->nd) return fit_value(&M->f[0], sel);
-    double v = -INFINITY;
-    for (int d = 0; d < M->nd; d++) {
-        double x = fit_value(&M->f[d], sel);
+// The objective's value of one fitted quantity (fit_value, additive): with domains the largest domain's.
+static double models_max(const Models* M, const int* sel, double (*of)(const Fit*, const int*)) {
+    double v = of(&M->f[0], sel);
+    for (int d = 1; d < M->nd; d++) {
+        double x = of(&M->f[d], sel);
         v = x > v ? x : v;
     }
     return v;
 }
 
+static double models_value(const Models* M, const int* sel) { return models_max(M, sel, fit_value); }
+
 // The additive prediction in the objective's units (with domains the largest domain's loss per window).
-static double models_additive(const Models* M, const int* sel) {
-    if (!M->nd) return additive(&M->f[0], sel);
-    double v = -INFINITY;
-    for (int d = 0; d < M->nd; d++) {
-        double x = additive(&M->f[d], sel);
-        v = x > v ? x : v;
-    }
-    return v;
-}
+static double models_additive(const Models* M, const int* sel) { return models_max(M, sel, additive); }
 
 static int64_t recipe_cost(const SearchCtx* c, const int* sel) {
     int64_t cost = 0;
