@@ -158,12 +158,6 @@ void score_job_load(ScoreJob* j) {
                         "is a KV-cache format, which the CUDA engine scores with --gpu-gemm bf16x2 or bf16 "
                         "(not fp16)",
                     gpu_fmt = fm;
-                // The CUDA engine's KV-cache scores have not been compared with the CPU's on a GPU yet (README
-                // "Not done yet"): --device auto keeps the checked CPU engine, --device cuda runs them.
-                else if (!want_gpu)
-                    gpu_why = "is a KV-cache format, whose CUDA scores have not been checked against the CPU's "
-                              "on a GPU yet (--device cuda runs them)",
-                    gpu_fmt = fm;
                 continue;
             }
             if (!fm->w_enable)

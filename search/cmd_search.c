@@ -212,12 +212,12 @@ static void refine_measure(void* ctx, const int* sel, VerifyResult* v, double* d
     }
 }
 
-// The CUDA engine for the measurements with --device cuda (README §7; --device auto keeps the CPU engine until
-// the GPU measurement has run against the CPU's on a GPU: tests/test_gpu_refine.sh): round-to-nearest recipes
-// only (GPTQ runs again per recipe on the CPU). NULL: the CPU engine.
+// The CUDA engine for the measurements with --device cuda, and with --device auto where a GPU is visible
+// (README §7; tests/test_gpu_refine.sh compares it with the CPU engine): round-to-nearest recipes only (GPTQ
+// runs again per recipe on the CPU). NULL: the CPU engine.
 static GpuMeasure* refine_gpu(const ScoreJob* j, const TokenIds* held) {
     int want = !strcmp(j->device, "cuda");
-    if (!want) return NULL;
+    if (!want && strcmp(j->device, "auto")) return NULL;
     if (!gpu_device_count()) {
         if (want) fail_input("search --refine --device cuda: no CUDA device found");
         return NULL;

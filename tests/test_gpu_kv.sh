@@ -68,14 +68,12 @@ for c in "qwen3-tiny:$T:$tmp/tiny_ids.npy:w4a8,kv_fp8,kv_nvfp4" \
     done
 done
 
-# --device auto keeps the CPU engine for KV-cache formats (with a warning) until this test has passed on a GPU
-# (README "Not done yet"); then job.c's fallback goes and this expects "score: CUDA device".
+# --device auto scores KV-cache formats on the GPU, as the linears (this test passed on an H100)
 "$AQ" score "$T" --data "$tmp/tiny_ids.npy" --num-samples 2 --method gradient --format kv_fp8 --device auto \
     --json "$tmp/a.json" >/dev/null 2>"$tmp/err"
 rc=$?
-[ $rc -eq 0 ] && grep -q "have not been checked against the CPU's on a GPU yet" "$tmp/err" &&
-    ! grep -q "score: CUDA device" "$tmp/err" &&
-    pass "--device auto scores KV-cache formats on the CPU (the GPU's not yet checked), with a warning" ||
+[ $rc -eq 0 ] && grep -q "score: CUDA device" "$tmp/err" && ! grep -q "scoring on the CPU" "$tmp/err" &&
+    pass "--device auto scores KV-cache formats on the GPU" ||
     fail "--device auto with kv_fp8: exit $rc: $(grep -E 'CUDA|CPU' "$tmp/err" | head -3)"
 expect "KV-cache formats in the fp16 GEMM mode" "not fp16" \
     "$AQ" score "$T" --data "$tmp/tiny_ids.npy" --num-samples 1 --method kl --format kv_fp8 --device cuda --gpu-gemm fp16

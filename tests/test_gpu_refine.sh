@@ -85,6 +85,11 @@ refine int 6 held_fix 64 cuda --refine-rounds 1 --refine-candidates 1 --quantize
     python3 -c "import json, sys; assert json.load(open(sys.argv[1]))['refine']['device'] == 'cpu'" \
         "$tmp/int.6.cuda.json" && pass "--quantizer gptq: refine measures on the CPU" || fail "gptq refine device"
 
+# --device auto measures on the GPU where one is visible (round-to-nearest recipes)
+refine int 6 held_fix 64 auto --refine-rounds 1 --refine-candidates 1 &&
+    python3 -c "import json, sys; assert json.load(open(sys.argv[1]))['refine']['device'] == 'cuda'" \
+        "$tmp/int.6.auto.json" && pass "--device auto: refine measures on the GPU" || fail "auto refine device"
+
 [ "${AUTOQ_REFINE_TABLE:-0}" = 1 ] || exit 0
 out=${AUTOQ_REFINE_OUT:-$tmp}
 : >"$out/refine_table.txt"
