@@ -525,10 +525,9 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
             stream_plan_free(&rp);
         }
         s.k_force = kf ? atoi(kf) : 0;
-        // kl with spilled states gave wrong scores in two of four runs on an H100 (README "Not done yet"):
-        // kl keeps every state on the GPU unless AUTOQ_STREAM_SPILL=1 (to find the cause)
+        // AUTOQ_STREAM_SPILL=0: kl keeps every in-flight state on the GPU (tests: the plan without the ring)
         const char* sp_env = getenv("AUTOQ_STREAM_SPILL");
-        s.no_spill = j->method == METHOD_KL && !(sp_env && !strcmp(sp_env, "1"));
+        s.no_spill = j->method == METHOD_KL && sp_env && !strcmp(sp_env, "0");
         s.force = forced;
         ok = stream_plan(&s, plan);
         stream_spec_free(&s);
@@ -553,11 +552,15 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     if (b < *B)
         warn_msg("--gpu-memory: engine batches of %d windows instead of --batch-size %d (the cap)", b, *B);
     *B = b;
-    int on_gpu = plan->states_gpu < plan->states_peak ? plan->states_gpu - 1 : plan->states_peak;
+    // as score_stream.cu holds them: with spills, two of the GPU's states are the slots spilled ones compute in
+    int on_gpu = plan->states_gpu < plan->states_peak ? plan->states_gpu - 2 : plan->states_peak;
+    on_gpu = on_gpu < 1 ? 1 : on_gpu;
     info_msg("score: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows, "
-             "%d of %d in-flight states on the GPU (the rest in pinned host memory), planned peak %.3f GiB of "
-             "%.3f GiB, %.2f GiB host->GPU per batch",
+             "%d of %d in-flight states on the GPU (%s), planned peak %.3f GiB of %.3f GiB, %.2f GiB host->GPU "
+             "per batch",
              plan->n_resident, c->num_layers, plan->k, b, on_gpu, plan->states_peak,
+             on_gpu < plan->states_peak ? "the rest in pinned host memory, through two GPU slots"
+                                        : "none spilled",
              plan->gpu_bytes / 1073741824.0, cap / 1073741824.0,
              (plan->weight_h2d + plan->spill_h2d) / 1073741824.0);
     return 1;

@@ -2,6 +2,7 @@
 // batch (B windows): its range is narrowed to that layer (l0 = l, l1 = l + 1) and its residual stream,
 // saved input and hidden gradient point at the batch's own states, so score_gpu.cu's steps (a group's
 // restart from the saved input, the heads and KLs, the hooked backward) run unchanged.
+#include <stdlib.h>
 #include <string.h>
 
 #include "../engine/gpu_engine.cuh"
@@ -40,14 +41,22 @@ typedef struct {
     int n_out;
 } Ring;
 
+// AUTOQ_STREAM_SYNC=1: the whole device waited for after every state's use and release, so that a GPU run
+// tells a race between the streams (the scores then right) from a logic error (still wrong).
+static void state_sync(const GpuStreamScorer* ss) {
+    if (ss->sync) cudaCheck(cudaDeviceSynchronize());
+}
+
 // State i on the GPU for the work queued next: its own buffer, or a ring slot, its contents loaded from
 // host memory (load) once the slot's last state is written back. At most two states are in use at once.
 static float* state_use(GpuStreamScorer* ss, int i, int nb, int load) {
-    if (!spilled(ss, i)) return ss->state[i];
+    if (!spilled(ss, i)) {
+        state_sync(ss);
+        return ss->state[i];
+    }
     Ring* g = (Ring*)ss->ring_ev;
-    int r = ss->ring_next;
-    ss->ring_next ^= 1;
-    ss->ring_state[r] = i;
+    int r = stream_ring_take(&ss->slots, i);
+    if (r < 0) fail_other("internal: state %d: both ring slots in use", i);
     if (load) {
         size_t b = state_bytes(ss) / ss->sp->B * nb;
         cudaCheck(cudaStreamWaitEvent(g->ld, g->written[r], 0));
@@ -60,17 +69,26 @@ static float* state_use(GpuStreamScorer* ss, int i, int nb, int load) {
     } else {
         cudaCheck(cudaStreamWaitEvent(0, g->written[r], 0)); // the slot's last state is out
     }
+    state_sync(ss);
     return ss->ring[r];
 }
 
-// The work on state i is queued: a spilled one goes back to host memory when `dirty` (it changed).
+// The work on state i is queued: a spilled one goes back to host memory when `dirty` (it changed). Its slot
+// is found by the state it holds: the same state used twice in a row takes the other slot the second time
+// (kl with one spilled state alive at a layer), and a slot index remembered from the first use would write
+// back the stale slot and leave this one's write-back unordered with the next load into it.
 static void state_done(GpuStreamScorer* ss, int i, int nb, int dirty) {
-    if (!spilled(ss, i)) return;
+    if (!spilled(ss, i)) {
+        state_sync(ss);
+        return;
+    }
     Ring* g = (Ring*)ss->ring_ev;
-    int r = ss->ring_state[0] == i ? 0 : 1;
+    int r = stream_ring_give(&ss->slots, i);
+    if (r < 0) fail_other("internal: state %d is in no ring slot", i);
     cudaCheck(cudaEventRecord(g->computed[r], 0));
     if (!dirty) {
         cudaCheck(cudaEventRecord(g->written[r], 0));
+        state_sync(ss);
         return;
     }
     size_t b = state_bytes(ss) / ss->sp->B * nb;
@@ -78,6 +96,7 @@ static void state_done(GpuStreamScorer* ss, int i, int nb, int dirty) {
     cudaCheck(cudaMemcpyAsync(ss->state[i], ss->ring[r], b, cudaMemcpyDeviceToHost, g->wb));
     cudaCheck(cudaEventRecord(g->written[r], g->wb));
     cudaCheck(cudaEventRecord(g->out[i], g->wb));
+    state_sync(ss);
 }
 
 extern "C" size_t gpu_stream_free_memory(void) {
@@ -197,6 +216,9 @@ extern "C" void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* 
     memset(ss, 0, sizeof(*ss));
     ss->sp = sp;
     ss->plan = plan;
+    stream_ring_init(&ss->slots);
+    const char* sync = getenv("AUTOQ_STREAM_SYNC");
+    ss->sync = sync && !strcmp(sync, "1");
     int L = sp->m->c.num_layers, K = plan->k;
     double* lb = (double*)xmalloc(sizeof(double) * L);
     for (int l = 0; l < L; l++) lb[l] = stream_layer_bytes(sp->m, l);

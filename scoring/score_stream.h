@@ -23,9 +23,10 @@ typedef struct {
     // spilled states compute in one of two device slots, loaded on one copy stream and written back on
     // another, so that the next state's load and the last one's write-back overlap this one's compute
     float* ring[2];
-    int ring_state[2], ring_next;
-    void* ring_ev; // the slots' events and the two copy streams (score_stream.cu)
-    int* order;    // kl: the passes (format, group index into sp->gs), sorted by birth layer
+    StreamRing slots; // which state each slot holds
+    void* ring_ev;    // the slots' events and the two copy streams (score_stream.cu)
+    int sync;         // AUTOQ_STREAM_SYNC=1: the device synchronized after every state's use (debugging)
+    int* order;       // kl: the passes (format, group index into sp->gs), sorted by birth layer
     int n_pass;
     double spill_bytes; // bytes each way through spilled states
     double** dw;        // gradient with per-window scores: (plan->k) device (B, nf * groups) sums, or NULL

@@ -49,7 +49,8 @@ static double max_bytes(const StreamSpec* s) {
     return b;
 }
 
-// Fills p for k engine batches per streamed batch; returns 0 when not even MIN_STATES fit.
+// Fills p for k engine batches per streamed batch; returns 0 when the fewest states that work do not fit
+// (p->gpu_bytes then says what they need).
 static int plan_k(const StreamSpec* s, int k, StreamPlan* p) {
     double base = s->fixed_bytes + s->batch_bytes + 2 * max_bytes(s); // two layer slots: double buffering
     long peak = states_peak(s, k);
@@ -60,8 +61,13 @@ static int plan_k(const StreamSpec* s, int k, StreamPlan* p) {
     p->states_peak = (int)peak;
     p->states_gpu = (int)g;
     p->states_spilled = (int)(peak - g);
-    p->gpu_bytes = base + (g < MIN_STATES ? MIN_STATES : g) * s->state_bytes;
-    if ((g < MIN_STATES || s->no_spill) && g < peak) return 0;
+    // the fewest states that work: every one without spills, else MIN_STATES (or all, when fewer)
+    long need = s->no_spill || peak < MIN_STATES ? peak : MIN_STATES;
+    if (g < need) { // refused: what the smallest plan of this k needs
+        p->gpu_bytes = base + need * s->state_bytes;
+        return 0;
+    }
+    p->gpu_bytes = base + g * s->state_bytes;
     // what is left after the states keeps layers resident, the largest first
     double left = room - g * s->state_bytes;
     memset(p->res, 0, s->L);
@@ -136,6 +142,25 @@ int stream_plan(const StreamSpec* s, StreamPlan* p) {
 void stream_plan_free(StreamPlan* p) {
     free(p->res);
     p->res = NULL;
+}
+
+void stream_ring_init(StreamRing* r) {
+    r->state[0] = r->state[1] = -1;
+    r->next = 0;
+}
+
+int stream_ring_take(StreamRing* r, int i) {
+    int k = r->state[r->next] < 0 ? r->next : r->state[r->next ^ 1] < 0 ? r->next ^ 1 : -1;
+    if (k < 0) return -1;
+    r->state[k] = i;
+    r->next = k ^ 1;
+    return k;
+}
+
+int stream_ring_give(StreamRing* r, int i) {
+    int k = r->state[0] == i ? 0 : r->state[1] == i ? 1 : -1;
+    if (k >= 0) r->state[k] = -1;
+    return k;
 }
 
 double stream_parse_size(const char* s) {

@@ -29,7 +29,7 @@ typedef struct {
     int batches;               // engine batches in the run (windows / B, rounded up)
     int force;                 // stream even when everything fits
     int k_force;               // > 0: this many engine batches per streamed batch when they fit (tests, bench)
-    int no_spill;              // every in-flight state on the GPU (kl's default: README "Not done yet")
+    int no_spill;              // every in-flight state on the GPU (kl under AUTOQ_STREAM_SPILL=0)
     // estimates for the batch choice: host->GPU bytes per second, and seconds of compute per engine batch
     double h2d_bw, batch_compute_s;
 } StreamSpec;
@@ -53,10 +53,24 @@ typedef struct {
 int stream_states_after(const StreamSpec* s, int l);
 // Spilled-state bytes each way of one streamed batch of k engine batches with g states on the GPU.
 double stream_spill_bytes(const StreamSpec* s, int k, int g);
-// Plans the run. Returns 1, or 0 when not even one engine batch with two layer slots fits the cap
-// (p->gpu_bytes then says what the smallest plan needs).
+// Plans the run. Returns 1, or 0 when not even one engine batch with two layer slots and the fewest states
+// that work (every in-flight state under no_spill, else three or all when fewer) fits the cap (p->gpu_bytes
+// then says what that smallest plan needs: a cap of that size streams).
 int stream_plan(const StreamSpec* s, StreamPlan* p);
 void stream_plan_free(StreamPlan* p);
+// The two device slots that spilled states compute in (scoring/score_stream.cu), kept here so that the CPU
+// tests check the bookkeeping: which state each slot holds (-1: free) and the slot to take next (they
+// alternate, so that one state's load overlaps the other's compute).
+typedef struct {
+    int state[2];
+    int next;
+} StreamRing;
+void stream_ring_init(StreamRing* r);
+// A slot for state i (the alternate one when the next is still in use); -1 when both are in use.
+int stream_ring_take(StreamRing* r, int i);
+// The slot that state i holds, now free; -1 when neither holds it. By the state, not by a remembered slot
+// index: the same state taken twice in a row sits in the other slot the second time.
+int stream_ring_give(StreamRing* r, int i);
 // The spec of a scoring run (README "Streaming"): its layers' bf16 bytes, the engine's other buffers by
 // shard_stage_bytes's upper estimate (without the embedding table, which stays on the host unless lm_head
 // shares it, and with 256 MiB of workspaces instead of its 1 GiB for the CUDA context, which the peak

@@ -1,14 +1,17 @@
 # Streamed layers (README "Streaming"): --gpu-memory's bad uses everywhere; on a GPU, kl and gradient
-# under a cap small enough to stream the layers (mid: some resident, two engine batches per streamed batch)
-# and one just above the smallest plan (low: the gradient's in-flight states spilled to host memory; kl keeps
-# its states on the GPU by default, README "Not done yet"), against the resident run: kl scores bit-identical (the same arithmetic per pass), gradient within
-# 1e-6 relative (the fp64 sums of a streamed batch's windows add in another order), per-window scores the
-# same way, the engine's own allocations under the cap (the free-memory peak counts other processes on the
-# GPU too); on qwen3-tiny (int8 and bf16 hi + lo with an emulated format), the MoE fixture and a generated
-# model of the Qwen3-0.6B shape (head_dim 128: the fused attention). Then the data-parallel back end on this
-# GPU, search --verify, GPTQ scores (codes streamed with their layers) and quantize's GPTQ pipeline (its pool
-# in host memory) under a cap. Skipped, visibly, without a GPU. About 35 runs of autoq, meant to take under
-# 90 s on one H100.
+# under a cap small enough to stream the layers (mid: some resident, two engine batches per streamed batch
+# where they fit), one just above the smallest plan (low: in-flight states spilled to host memory) and the
+# smallest plan's own size as its exit-2 message names it (min), against the resident run: kl scores
+# bit-identical (the same arithmetic per pass), gradient within 1e-6 relative (the fp64 sums of a streamed
+# batch's windows add in another order), per-window scores the same way, the engine's own allocations under
+# the cap (the free-memory peak counts other processes on the GPU too); on qwen3-tiny (int8 and bf16 hi + lo
+# with an emulated format), the MoE fixture and a generated model of the Qwen3-0.6B shape (head_dim 128: the
+# fused attention). kl also without spills (AUTOQ_STREAM_SPILL=0: every state on the GPU, so its smallest
+# plan is the two layer slots and every state): on qwen3-tiny six layers' bytes below the resident run, on the
+# MoE fixture its dense layer's; none on the two-layer 0.6B shape (two slots hold both layers: only spills
+# stream it below resident). Then the data-parallel back end on this GPU, search --verify, GPTQ scores (codes
+# streamed with their layers) and quantize's GPTQ pipeline (its pool in host memory) under a cap. Skipped,
+# visibly, without a GPU. About 40 runs of autoq, meant to take under 90 s on one H100.
 SUITE=gpu-stream
 source tests/lib.sh
 # KEEP_LOGS=DIR: every run's log copied there at the end (a GPU run's post-mortem)
@@ -64,14 +67,15 @@ bytes() { grep -F "$2" "$1" | sed -n 's/[^(]*(\([0-9]*\) bytes.*/\1/p' | head -1
 bytes2() { grep -F "$2" "$1" | sed -n 's/.*(\([0-9]*\) bytes.*(\([0-9]*\) bytes.*/\2/p' | head -1; }
 
 # check NAME MODEL IDS METHOD TOL KINDS ARGS...: the resident run, one probe (the smallest streamed plan and
-# the resident one), then each cap of KINDS: mid (a third of the way from the smallest streamed plan to the
-# resident one; two engine batches per streamed batch), low (a twentieth of the way: states spill)
+# the resident one), then each cap of KINDS: min (the smallest plan's size, rounded up to a byte), mid (a
+# third of the way from it to the resident one; two engine batches per streamed batch), low (a twentieth of
+# the way: states spill, unless AUTOQ_STREAM_SPILL=0)
 check() {
     local name=$1 model=$2 ids=$3 method=$4 tol=$5 kinds=$6
     shift 6
     local a=("$AQ" score "$model" --data "$ids" --method "$method" --device cuda "$@")
     if ! "${a[@]}" --out "$tmp/$name.res.h5" >"$tmp/$name.res.out" 2>"$tmp/$name.res.log"; then
-        fail "$name: the resident run: $(tail -2 "$tmp/$name.res.log")"
+        fail "$name: the resident run: $(tail -n 2 "$tmp/$name.res.log")"
         return
     fi
     "${a[@]}" --gpu-memory 1 >/dev/null 2>"$tmp/$name.min.log"
@@ -79,10 +83,10 @@ check() {
     lo=$(bytes "$tmp/$name.min.log" "needs at least")
     hi=$(bytes2 "$tmp/$name.min.log" "needs at least")
     if [ -z "$lo" ] || [ -z "$hi" ] || [ "$lo" -ge "$hi" ]; then
-        fail "$name: plan sizes: smallest streamed '$lo', resident '$hi': $(tail -1 "$tmp/$name.min.log")"
+        fail "$name: plan sizes: smallest streamed '$lo', resident '$hi': $(tail -n 1 "$tmp/$name.min.log")"
         return
     fi
-    local mid=$((lo + (hi - lo) / 3)) low=$((lo + (hi - lo) / 20)) cap kind
+    local min=$((lo + 1)) mid=$((lo + (hi - lo) / 3)) low=$((lo + (hi - lo) / 20)) cap kind
     CAPS[$name.mid]=$mid
     CAPS[$name.low]=$low
     for kind in $kinds; do
@@ -90,7 +94,7 @@ check() {
         if ! AUTOQ_STREAM_BATCHES=$([ $kind = mid ] && echo 2 || echo 0) "${a[@]}" --gpu-memory "$cap" \
             --out "$tmp/$name.$kind.h5" >/dev/null 2>"$tmp/$name.$kind.log" ||
             ! grep -q "streaming layers from host memory" "$tmp/$name.$kind.log"; then
-            fail "$name: --gpu-memory $cap did not stream: $(grep -v TFLOP "$tmp/$name.$kind.log" | tail -2)"
+            fail "$name: --gpu-memory $cap did not stream: $(grep -v TFLOP "$tmp/$name.$kind.log" | tail -n 2)"
             continue
         fi
         grep -h "streaming layers\|streamed layers\|peak GPU" "$tmp/$name.$kind.log" | sed "s/^/# $name $kind: /"
@@ -106,11 +110,16 @@ check() {
 declare -A CAPS # NAME.KIND: the caps check computed
 # one window per engine batch, so the streamed run's engine batch is the resident one's; three windows: a
 # streamed batch of two and one of one
-check tiny-kl "$M" $D kl 0 "mid low" --num-samples 3 --batch-size 1
+# streamed batch of two and one of one. tiny-kl low: one spilled state alive after layer 0, used last there
+# and first at layer 1 (in the other ring slot: the case that once wrote back the stale slot)
+check tiny-kl "$M" $D kl 0 "mid low min" --num-samples 3 --batch-size 1
 check tiny-gradient "$M" $D gradient 1e-6 "mid" --num-samples 3 --batch-size 1
 check tiny-kl-bf16x2 "$M" $D kl 0 "mid" --num-samples 3 --batch-size 1 --gpu-gemm bf16x2 --format w4a8,nvfp4
 check moe-kl $moe $moe_ids kl 0 "low" --batch-size 1
 check moe-gradient $moe $moe_ids gradient 1e-6 "low" --batch-size 1
+# kl without spills: the size its refusal names streams (the message once named the spilling plan's)
+AUTOQ_STREAM_SPILL=0 check tiny-kl-keep "$M" $D kl 0 "min mid" --num-samples 3 --batch-size 1
+AUTOQ_STREAM_SPILL=0 check moe-kl-keep $moe $moe_ids kl 0 "min" --batch-size 1
 
 # The data-parallel back end (--gpus N: a thread per GPU, each streaming its own copy by one plan, the sums
 # all-reduced) on this one GPU (AUTOQ_TEST_MULTI=1): the one-GPU streamed run's scores
@@ -124,7 +133,7 @@ multi_check() { # NAME METHOD TOL CAP
         grep -h "GPU 0" "$tmp/$name.log" | sed "s/^/# $name: /"
         r=$(same "$tmp/$name.h5" "$tmp/tiny-$method.res.h5" "$tol") && pass "$name: $r" || fail "$name: $r"
     else
-        fail "$name: $(grep -v TFLOP "$tmp/$name.log" | tail -2)"
+        fail "$name: $(grep -v TFLOP "$tmp/$name.log" | tail -n 2)"
     fi
 }
 multi_check multi-kl kl 0 "${CAPS[tiny-kl.low]:-}"
@@ -144,7 +153,7 @@ elif "${v[@]}" --out "$tmp/v.res.json" >/dev/null 2>"$tmp/v.res.log" &&
         pass "search --verify under --gpu-memory: the resident run's recipe and measured KL and NLL" ||
         fail "search --verify under --gpu-memory: $(diff "$tmp/v.res.json" "$tmp/v.str.json" | head -5)"
 else
-    fail "search --verify under --gpu-memory: $(tail -2 "$tmp/v.str.log" "$tmp/v.res.log")"
+    fail "search --verify under --gpu-memory: $(grep -hv TFLOP "$tmp/v.res.log" "$tmp/v.str.log" | tail -n 2)"
 fi
 
 # GPTQ scores under a cap (the caps of the runs above: GPTQ's codes make every layer larger, so they stream
@@ -158,7 +167,7 @@ gptq_check() { # NAME METHOD TOL CAP
     elif ! "${a[@]}" --out "$tmp/$name.res.h5" >/dev/null 2>"$tmp/$name.res.log" ||
         ! "${a[@]}" --gpu-memory "$cap" --out "$tmp/$name.str.h5" >/dev/null 2>"$tmp/$name.str.log" ||
         ! grep -q "streaming layers from host memory" "$tmp/$name.str.log"; then
-        fail "$name: $(grep -v TFLOP "$tmp/$name.str.log" "$tmp/$name.res.log" | tail -3)"
+        fail "$name: $(grep -v TFLOP "$tmp/$name.str.log" "$tmp/$name.res.log" | tail -n 3)"
     else
         grep -h "streaming layers\|streamed layers" "$tmp/$name.str.log" | sed "s/^/# $name: /"
         local r
@@ -184,12 +193,12 @@ if "${q[@]}" --gpu-memory 1TiB --out "$tmp/q.res" >/dev/null 2>"$tmp/q.res.log";
         [ $same_dir = 1 ] && pass "quantize --quantizer gptq, the pool in host memory: the same checkpoint" ||
             fail "quantize --quantizer gptq under --gpu-memory: the checkpoints differ"
     else
-        fail "quantize --quantizer gptq under --gpu-memory: $(tail -2 "$tmp/q.str.log" "$tmp/q.res.log")"
+        fail "quantize --quantizer gptq under --gpu-memory: $(cat "$tmp/q.res.log" "$tmp/q.str.log" | tail -n 2)"
     fi
     expect "quantize: a cap below GPTQ's layer walk" "too small for GPTQ" \
         "${q[@]}" --gpu-memory 1 --out "$tmp/q.small"
 else
-    fail "quantize --quantizer gptq: $(tail -2 "$tmp/q.res.log")"
+    fail "quantize --quantizer gptq: $(tail -n 2 "$tmp/q.res.log")"
 fi
 
 # last (the runs before it are the newer checks): the 0.6B shape, head_dim 128

@@ -78,16 +78,24 @@ static void test_streamed_layout(void) {
     CHECK(ok && p.k == 4 && p.states_gpu == 16 && p.n_resident == 0, "stream_plan_batch_fills_memory",
           "k %d gpu %d resident %d", p.k, p.states_gpu, p.n_resident);
     stream_plan_free(&p);
-    // no spills (kl's default): cap 300 holds 3 states but not the 4 of k = 1: nothing works
+    // no spills (AUTOQ_STREAM_SPILL=0): cap 300 holds 3 states but not the 4 of k = 1: nothing works, and the
+    // size the refusal names is the one that works (270 + 4 states), not the spilling plan's 3 states
     s.cap = 300;
     s.no_spill = 1;
     ok = stream_plan(&s, &p);
-    CHECK(!ok, "stream_plan_no_spill_refuses", "ok %d", ok);
+    CHECK(!ok && p.gpu_bytes == 310, "stream_plan_no_spill_refuses", "ok %d needs %g (want 310)", ok,
+          p.gpu_bytes);
+    double named = p.gpu_bytes;
     stream_plan_free(&p);
-    s.cap = 310;
+    s.cap = named;
     ok = stream_plan(&s, &p);
-    CHECK(ok && p.k == 1 && p.states_spilled == 0, "stream_plan_no_spill_fits", "ok %d k %d spilled %d", ok,
-          p.k, p.states_spilled);
+    CHECK(ok && p.streamed && p.k == 1 && p.states_spilled == 0 && p.gpu_bytes <= named,
+          "stream_plan_no_spill_fits_the_named_size", "ok %d k %d spilled %d bytes %g", ok, p.k,
+          p.states_spilled, p.gpu_bytes);
+    stream_plan_free(&p);
+    s.cap = 1; // the refusal of a tiny cap names the same size
+    ok = stream_plan(&s, &p);
+    CHECK(!ok && p.gpu_bytes == 310, "stream_plan_no_spill_names_its_size", "ok %d needs %g", ok, p.gpu_bytes);
     stream_plan_free(&p);
     s.no_spill = 0;
     // cap 280: room 10 < 3 states: nothing works
@@ -95,6 +103,38 @@ static void test_streamed_layout(void) {
     ok = stream_plan(&s, &p);
     CHECK(!ok && p.gpu_bytes == 300, "stream_plan_too_small", "ok %d needs %g", ok, p.gpu_bytes);
     stream_plan_free(&p);
+}
+
+// The ring of spilled states (score_stream.cu): kl's order of use with one engine batch, two states on the
+// GPU and 3 passes born at layers 0, 0, 1 (states 1, 2, 3; 2 and 3 spilled), replayed: each release must free
+// the slot its use took. State 2, the one spilled state alive at layer 0, is used last at layer 0 and again
+// first at layer 1, the second time in the other slot; a lookup that took the first slot holding the state's
+// number (the old one) freed the stale slot.
+static void test_ring(void) {
+    StreamRing r;
+    stream_ring_init(&r);
+    int births[3] = {0, 0, 1}, n_gpu = 2, ok = 1, bad = -1, uses = 0;
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < 1 + 3; i++) { // the reference (state 0), then pass p as state 1 + p
+            if (i > 0 && births[i - 1] > l) break;
+            if (i < n_gpu) continue;
+            int took = stream_ring_take(&r, i), gave = stream_ring_give(&r, i);
+            if (took < 0 || gave != took) ok = 0, bad = uses;
+            uses++;
+        }
+    CHECK(ok && uses == 3, "stream_ring_same_state_twice", "use %d of %d freed another slot", bad, uses);
+    // two at once (the gradient's running state and a kept input), released in either order; a third is refused
+    stream_ring_init(&r);
+    int a = stream_ring_take(&r, 5), b = stream_ring_take(&r, 6), c = stream_ring_take(&r, 7);
+    int gb = stream_ring_give(&r, 6), ga = stream_ring_give(&r, 5), none = stream_ring_give(&r, 5);
+    CHECK(a == 0 && b == 1 && c == -1 && gb == 1 && ga == 0 && none == -1, "stream_ring_two_in_use",
+          "took %d %d %d gave %d %d %d", a, b, c, gb, ga, none);
+    // the next take after a release alternates from the last one taken, so loads and compute overlap
+    stream_ring_init(&r);
+    int s0 = stream_ring_take(&r, 3);
+    stream_ring_give(&r, 3);
+    int s1 = stream_ring_take(&r, 4);
+    CHECK(s0 == 0 && s1 == 1, "stream_ring_alternates", "slots %d then %d", s0, s1);
 }
 
 static void test_batch_choice(void) {
@@ -185,6 +225,7 @@ int main(void) {
     test_spill_kl();
     test_streamed_layout();
     test_batch_choice();
+    test_ring();
     test_sizes();
     test_mode_bytes();
     const char* tiny = getenv("AUTOQ_TINY");
