@@ -27,7 +27,8 @@ print(f"  {ng * nf} totals: the sums of their {nw} windows within 1e-9")
 if len(sys.argv) > 2:
     with h5py.File(sys.argv[2]) as c:
         wc = c["groups/window_scores"][:]
-    tol = np.full(nw, float(sys.argv[3]))
+    base = float(sys.argv[3])
+    tol = np.full(nw, base)
     for item in sys.argv[4].split(",") if len(sys.argv) > 4 else []:
         k, t = item.split(":")
         tol[int(k)] = float(t)
@@ -37,7 +38,7 @@ if len(sys.argv) > 2:
         big = wc[:, f, :] >= 0.01 * wc[:, f, :].max()
         rel = np.where(big, np.abs(w[:, f, :] - wc[:, f, :]) / np.where(big, wc[:, f, :], 1), 0)
         gi, wi = np.unravel_index(rel.argmax(), rel.shape)
-        per = ", ".join(f"{rel[:, k].max():.2e}" + (f" (tolerance {tol[k]:g})" if tol[k] != tol.min() else "")
+        per = ", ".join(f"{rel[:, k].max():.2e}" + (f" (tolerance {tol[k]:g})" if tol[k] != base else "")
                         for k in range(nw))
         print(f"  format {f}: {big.sum()} window scores compared, worst relative difference {rel.max():.3g} "
               f"({names[gi]}, window {wi}); per window {per}")
