@@ -4,8 +4,8 @@
 # for both methods); every format on the dense fixture (2% for 4-bit formats, 15% for 8-bit ones, whose small
 # scores move with summation order: measured on one H100, 1.4% and 10.5%); --gpus 1 (the data-parallel path) against one batch
 # of both windows; --shard-layers (a pipeline of one stage on one GPU through --nccl-init with one rank, of two
-# stages on 2 GPUs) equal to the one-GPU run; eval --device cuda; the fp16 GEMM mode (kl) on a generated model
-# with heads of 64 against bf16 hi + lo and the CPU. Skipped, visibly, without a GPU (or a second one).
+# stages on 2 GPUs) equal to the one-GPU run; eval --device cuda; the fp16 GEMM mode (kl) refused on a generated
+# model with heads of 64, and its accuracy there under a test hook (a known limitation). Skipped, visibly, without a GPU (or a second one).
 SUITE=gpu-hybrid
 source tests/lib.sh
 F=tests/fixtures
@@ -107,21 +107,30 @@ else
     fail "eval --device cuda: $(tail -3 "$tmp/err")"
 fi
 # --gpu-gemm fp16 (kl): the fixtures' heads of 16 are refused as for Qwen3; on a generated Qwen3.5-MoE with heads of
-# 64 it is refused until it has run on a GPU, and with the test hook AUTOQ_HYBRID_FP16=1 (Gated DeltaNet, gated
-# attention through the fused kernel, experts, shared expert) scores within the Qwen3 fp16 tests' bar (1% on
-# every group of at least 1% of the largest score) of bf16 hi + lo and of the CPU
+# 64 it is refused too (exit 2), as a known limitation: fp16's 11-bit GEMM inputs put these models' kl on a noise
+# floor. One H100 with the test hook AUTOQ_HYBRID_FP16=1 (Gated DeltaNet, gated attention through the fused
+# kernel, experts, shared expert): 6.2% from bf16 hi + lo on the groups of at least 1% of the largest score, 10%
+# on all, where Qwen3's fp16 bar is 1%. The GPU path is not at fault: the CPU engine with every linear's input
+# rounded to fp16 (a local experiment) moves the same model's kl by 6.0% and 10.2%, the dense qwen3.5-small
+# preset's by 6-24% (Qwen3 tiny: 0.5%); rounding only the Gated DeltaNet layers' linears moves it 2-60%, only
+# the others 3.5-15% (five generated hybrid models); it grows with the input's rounding (bf16x2 0.2%, fp16 6%, plain
+# bf16 up to 66% on the fixtures). One H200: the hook's scores equal that CPU emulation's within 0.6% on 20 of
+# the 23 groups (median 0.14%, worst 6.8%), and its tokens per expert equal the emulation's in every layer (both
+# move 2 of the CPU's expert assignments in layer 2 and 1 in layer 3).
+# The hook's run is checked loosely (finite, within 15% of bf16 hi + lo on those groups: 2.5x the CPU's fp16
+# noise), so that the path cannot silently break, and its accuracy printed as a KNOWN line.
 expect "--gpu-gemm fp16 with head_dim 16 (a hybrid fixture)" "head_dim 64 or 128" \
     "$AQ" score $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --method kl --device cuda --gpu-gemm fp16
-# compare16 A B: every group of at least 1% of the largest score within 1% (relative), every score finite
+# compare16 A B TOL: every group of at least 1% of the largest score within TOL (relative), every score finite
 compare16() {
-    python3 - "$1" "$2" <<'PY'
+    python3 - "$1" "$2" "$3" <<'PY'
 import json, math, sys
 a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 s = [(x["score"], y["score"]) for x, y in zip(a["groups"], b["groups"]) if x["score"] is not None]
 top = max(y for _, y in s)
 w = max(abs(x - y) / y for x, y in s if y >= 0.01 * top)
 wa = max(abs(x - y) / max(abs(y), 1e-30) for x, y in s)
-ok = all(math.isfinite(x) for x, _ in s) and w <= 0.01
+ok = all(math.isfinite(x) for x, _ in s) and w <= float(sys.argv[3])
 print(f"worst relative difference {w:.3g} on {sum(y >= 0.01 * top for _, y in s)} groups, {wa:.3g} on all {len(s)}")
 sys.exit(0 if ok else 1)
 PY
@@ -134,16 +143,16 @@ h64=$tmp/h64
 "$AQ" score $h64 --data $h64.npy --method kl --device cuda --json "$tmp/h64_x2.json" >/dev/null 2>"$tmp/err" &&
     grep -q "GEMM inputs bf16 hi+lo" "$tmp/err" && pass "hybrid kl's default GEMM inputs stay bf16 hi+lo" ||
     fail "qwen3.5-moe-hd64 kl bf16x2: $(tail -3 "$tmp/err")"
-expect "--gpu-gemm fp16 on a hybrid model refused until it has run on a GPU" "has not run on them on a GPU yet" \
+expect "--gpu-gemm fp16 on a hybrid model refused (its noise floor there)" "fp16 GEMM inputs move kl" \
     "$AQ" score $h64 --data $h64.npy --method kl --device cuda --gpu-gemm fp16
+r=$(compare16 "$tmp/h64_x2.json" "$tmp/h64_cpu.json" 0.01) && pass "qwen3.5-moe-hd64 bf16x2 kl = CPU kl within 1%: $r" ||
+    fail "qwen3.5-moe-hd64 bf16x2 kl against the CPU: $r"
 if AUTOQ_HYBRID_FP16=1 "$AQ" score $h64 --data $h64.npy --method kl --device cuda --gpu-gemm fp16 --json "$tmp/h64_16.json" \
     >/dev/null 2>"$tmp/err" && grep -q "GEMM inputs fp16" "$tmp/err" && ! grep -q "overflowed" "$tmp/err"; then
-    r=$(compare16 "$tmp/h64_16.json" "$tmp/h64_x2.json") && pass "qwen3.5-moe-hd64 fp16 kl = bf16x2 kl within 1%: $r" ||
-        fail "qwen3.5-moe-hd64 fp16 kl against bf16x2: $r"
-    r=$(compare16 "$tmp/h64_16.json" "$tmp/h64_cpu.json") && pass "qwen3.5-moe-hd64 fp16 kl = CPU kl within 1%: $r" ||
-        fail "qwen3.5-moe-hd64 fp16 kl against the CPU: $r"
-    r=$(compare16 "$tmp/h64_x2.json" "$tmp/h64_cpu.json") && pass "qwen3.5-moe-hd64 bf16x2 kl = CPU kl within 1%: $r" ||
-        fail "qwen3.5-moe-hd64 bf16x2 kl against the CPU: $r"
+    r=$(compare16 "$tmp/h64_16.json" "$tmp/h64_x2.json" 0.15) &&
+        pass "qwen3.5-moe-hd64 fp16 kl (AUTOQ_HYBRID_FP16=1) runs, finite, within 15% of bf16x2: $r" ||
+        fail "qwen3.5-moe-hd64 fp16 kl (AUTOQ_HYBRID_FP16=1) against bf16x2: $r"
+    echo "KNOWN $SUITE: fp16 GEMM inputs on the hybrid families (why --gpu-gemm fp16 is exit 2 on them): qwen3.5-moe-hd64 kl against bf16x2 $r; against the CPU $(compare16 "$tmp/h64_16.json" "$tmp/h64_cpu.json" 1)"
 else
     fail "qwen3.5-moe-hd64 --gpu-gemm fp16: $(tail -3 "$tmp/err")"
 fi
