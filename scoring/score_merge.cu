@@ -77,13 +77,16 @@ extern "C" void gpu_merge_scorer_init(GpuMergeScorer* ms, const GpuScoreSpec* sp
     double D = c->hidden_size, V = c->vocab_size;
     if (bm <= 0) bm = env_int("AUTOQ_KL_MERGE_BATCH");
     if (per_wave <= 0) per_wave = env_int("AUTOQ_KL_MERGE_WAVE");
+    int most = ms->n_pass * B > B ? ms->n_pass * B : B; // more than every pass's windows: never one batch
     MergeSpec s = {free_bytes() - weight_bytes(sp),
                    merge_window_bytes(c, T, sp->split == GEMM_BF16X2, emu),
                    4.0 * B * T * D,
                    8.0 * B * T * V,
                    B,
                    ms->n_pass,
-                   bm > 0 ? bm : MERGE_BM_MAX};
+                   bm > 0                ? bm
+                   : MERGE_BM_MAX < most ? MERGE_BM_MAX
+                                         : most};
     if (!merge_plan(&s, &ms->plan))
         warn_msg("score: kl merged: the estimates leave room for one pass's state at most (%.2f GiB free "
                  "beside the weights)",
