@@ -590,10 +590,12 @@ static void test_merged(const char* label, const char* dir, const char* ids_path
             merged_run(t1, w1, e1, &m, &gs, f, k, gemm, win_ids, n, T, runs[r].bm, runs[r].per_wave);
             double top = 0, wt = 0, ww = 0;
             for (int g = 0; g < Gk; g++) top = fmax(top, t0[g]);
-            for (int g = 0; g < Gk; g++)
-                if (t0[g] >= 0.01 * top) wt = fmax(wt, rel_diff(t1[g], t0[g]));
+            for (int g = 0; g < Gk; g++) // a NaN anywhere fails (fmax would drop it)
+                if (t0[g] >= 0.01 * top || isnan(t1[g]))
+                    wt = isnan(t1[g]) ? INFINITY : fmax(wt, rel_diff(t1[g], t0[g]));
             for (long i = 0; i < (long)Gk * n; i++)
-                if (fabs(w0[i]) >= 0.01 * top / n) ww = fmax(ww, rel_diff(w1[i], w0[i]));
+                if (fabs(w0[i]) >= 0.01 * top / n || isnan(w1[i]))
+                    ww = isnan(w1[i]) ? INFINITY : fmax(ww, rel_diff(w1[i], w0[i]));
             int ex_same = ne ? !memcmp(e0, e1, sizeof(long) * ne) : 1;
             double lim = runs[r].tol > 0 ? runs[r].tol : 1e-12;
             snprintf(name, sizeof(name), "gpu %s kl merged %s (%s) = today's path within %g", label,
