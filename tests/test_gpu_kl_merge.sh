@@ -57,13 +57,13 @@ run() { # NAME MODEL IDS GEMM TOL [env...]
     if out=$(same "$tmp/base.json" "$tmp/merged.json" "$tol"); then pass "$name: $out"; else fail "$name: $out"; fi
 }
 
-run "qwen3-moe-tiny bf16x2, automatic plan" tests/fixtures/qwen3-moe-tiny "$tmp/moe.npy" bf16x2 1e-4
+run "qwen3-moe-tiny bf16x2, automatic plan" tests/fixtures/qwen3-moe-tiny "$tmp/moe.npy" bf16x2 1e-6
 run "qwen3-moe-tiny bf16, batches of 3 windows, waves of 2 passes" tests/fixtures/qwen3-moe-tiny "$tmp/moe.npy" \
     bf16 1e-3 AUTOQ_KL_MERGE_BATCH=3 AUTOQ_KL_MERGE_WAVE=2
 run "qwen3_5-moe-tiny bf16x2, batches of 2 windows, waves of 3 passes" tests/fixtures/qwen3_5-moe-tiny \
-    "$tmp/hyb.npy" bf16x2 1e-4 AUTOQ_KL_MERGE_BATCH=2 AUTOQ_KL_MERGE_WAVE=3
+    "$tmp/hyb.npy" bf16x2 1e-6 AUTOQ_KL_MERGE_BATCH=2 AUTOQ_KL_MERGE_WAVE=3
 if [ -f "$tiny/config.json" ]; then
-    run "qwen3-tiny fp16, automatic plan" "$tiny" tests/fixtures/qwen3_tiny_ids.npy fp16 1e-4
+    run "qwen3-tiny fp16, automatic plan" "$tiny" tests/fixtures/qwen3_tiny_ids.npy fp16 1e-6
 else
     echo "SKIP $SUITE: qwen3-tiny fp16 (model missing)"
 fi
