@@ -308,9 +308,10 @@ extern "C" int gpu_fp16_supported(const Config* c, int T) {
 }
 
 // res (streaming, engine/gpu_stream.cu): only layers with res[l] uploaded, no embedding table unless
-// lm_head shares it, and the saved inputs of one layer; NULL: every layer of l0..l1-1.
+// lm_head shares it, and the saved inputs of one layer; NULL: every layer of l0..l1-1. one_save: the saved
+// inputs of one layer only (the merged kl scorer's engine, scoring/score_merge.cu).
 static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, int l1, int slots,
-                              const unsigned char* res) {
+                              const unsigned char* res, int one_save) {
     if (gemm == GEMM_FP16 && !gpu_fp16_supported(&m->c, T))
         fail_other("internal: the fp16 GEMM mode on a model it does not support");
     GpuEngine* e = (GpuEngine*)xcalloc(1, sizeof(GpuEngine));
@@ -380,7 +381,7 @@ static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, in
     e->S = (float*)dalloc(e, 4 * nTT);
     e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
-    e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (res ? 1 : l1 - l0) * slots);
+    e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (res || one_save ? 1 : l1 - l0) * slots);
     e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
     e->k16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
@@ -527,11 +528,15 @@ void hybrid_alloc(GpuEngine* e, int grad) {
 
 extern "C" GpuEngine* gpu_engine_init_layers(const Model* m, int T, int B, int gemm, int l0, int l1,
                                              int slots) {
-    return engine_init(m, T, B, gemm, l0, l1, slots, NULL);
+    return engine_init(m, T, B, gemm, l0, l1, slots, NULL, 0);
 }
 
 GpuEngine* engine_init_stream(const Model* m, int T, int B, int gemm, const unsigned char* res) {
-    return engine_init(m, T, B, gemm, 0, m->c.num_layers, 1, res);
+    return engine_init(m, T, B, gemm, 0, m->c.num_layers, 1, res, 0);
+}
+
+GpuEngine* engine_init_merge(const Model* m, int T, int B, int gemm) {
+    return engine_init(m, T, B, gemm, 0, m->c.num_layers, 1, NULL, 1);
 }
 
 extern "C" void gpu_engine_walk_init(GpuEngine* e) {

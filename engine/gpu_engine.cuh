@@ -221,6 +221,9 @@ void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up);
 // others are copied into layer slots as passes reach them), without the embedding table unless lm_head
 // shares it, and with one layer's saved inputs.
 GpuEngine* engine_init_stream(const Model* m, int T, int B, int gemm, const unsigned char* res);
+// The merged kl scorer (scoring/score_merge.cu): every layer, batch buffers for B windows (its merged batch),
+// and the saved inputs of one layer (it runs a layer at a time, narrowing l0..l1 as streaming does).
+GpuEngine* engine_init_merge(const Model* m, int T, int B, int gemm);
 
 // Copies checkpoint tensor t to d as bf16; returns d + its size.
 __nv_bfloat16* upload_tensor(GpuEngine* e, const StTensor* t, __nv_bfloat16* d);

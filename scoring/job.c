@@ -10,6 +10,7 @@
 #include "../engine/forward.h"
 #include "../engine/util.h"
 #include "checkpoint.h"
+#include "score_merge.h"
 #include "score_stream.h"
 #include "shard_plan.h"
 
@@ -575,13 +576,23 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
     Scorer cpu;
     GpuScorer gpu;
     GpuStreamScorer ss;
+    GpuMergeScorer ms; // kl with the passes' forwards merged across groups (AUTOQ_KL_MERGE=1, for now)
     StreamPlan plan;
     memset(&plan, 0, sizeof(plan));
     GpuEngine* e = NULL;
     int B = 1;
     GpuScoreSpec ssp = *sp; // a streamed run's engine batch may be smaller
     j->streamed = stream_decide(j, &ssp.B, &plan);
-    if (j->streamed) {
+    const char* mv = getenv("AUTOQ_KL_MERGE");
+    int merged = !j->streamed && j->use_gpu && j->method == METHOD_KL && mv && !strcmp(mv, "1");
+    if (merged) {
+        B = sp->B;
+        gpu_merge_scorer_init(&ms, sp, 0, 0);
+        e = ms.e;
+        const char* how[3] = {"bf16", "bf16 hi+lo", "fp16"};
+        info_msg("score: CUDA device %s, batches of %d windows, GEMM inputs %s", gpu_name(), B,
+                 how[j->gpu_gemm]);
+    } else if (j->streamed) {
         gpu_stream_scorer_init(&ss, &ssp, &plan);
         e = ss.e;
         B = plan.k * ssp.B;
@@ -620,6 +631,8 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
             gpu_stream_score_gradient(&ss, ids, nb, j->score, wrows, i + nb < j->ids.n);
         } else if (j->streamed) {
             gpu_stream_score_kl(&ss, ids, nb, j->score, wrows, i + nb < j->ids.n);
+        } else if (merged) {
+            gpu_merge_score_kl(&ms, ids, nb, j->score, wrows);
         } else { // the batch's per-window scores into its rows
             gpu_scorer_windows(&gpu, wrows);
             if (j->method == METHOD_GRADIENT)
@@ -649,6 +662,7 @@ static int run_one(ScoreJob* j, const GpuScoreSpec* sp, const QuantCache* qc, co
             j->stream_alloc = (double)gpu_alloc_bytes(e);
             gpu_stream_scorer_free(&ss);
         }
+        if (merged) gpu_merge_scorer_free(&ms);
         gpu_engine_free(e);
     } else {
         scorer_free(&cpu);

@@ -6,6 +6,7 @@
 #include "quantizer.h"
 #include "measure_gpu.h"
 #include "score_gpu.h"
+#include "score_merge.h"
 #include "score_stream.h"
 
 void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* sp) {
@@ -93,3 +94,11 @@ void gpu_measure_run(GpuMeasure* g, double* kl, double* nll_ref, double* nll_q, 
     (void)g, (void)wkl, *kl = *nll_ref = *nll_q = 0.0;
 }
 void gpu_measure_free(GpuMeasure* g) { (void)g; }
+void gpu_merge_scorer_init(GpuMergeScorer* ms, const GpuScoreSpec* sp, int bm, int per_wave) {
+    (void)ms, (void)sp, (void)bm, (void)per_wave;
+    fail_input("--device cuda: this autoq was built without CUDA");
+}
+void gpu_merge_scorer_free(GpuMergeScorer* ms) { (void)ms; }
+void gpu_merge_score_kl(GpuMergeScorer* ms, const int* ids, int nb, double* score, double* wrows) {
+    (void)ms, (void)ids, (void)nb, (void)score, (void)wrows;
+}

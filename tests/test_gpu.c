@@ -10,6 +10,7 @@
 #include "scoring/quantizer.h"
 #include "scoring/score.h"
 #include "scoring/score_gpu.h"
+#include "scoring/score_merge.h"
 
 #ifdef AUTOQ_CUDA
 #include <cuda_runtime.h>
@@ -501,6 +502,121 @@ static void test_gptq(const char* label, const char* dir, const char* ids_path, 
     token_ids_free(&ids);
     model_free(&m);
 }
+
+// kl with the passes merged across groups (scoring/score_merge.cu) against today's path (gpu_score_kl, batches
+// of B = 2 windows), w4a8 and (outside the fp16 mode) the KV-cache format kv_fp8 at once, every GEMM mode the
+// model runs: scores, per-window scores and expert token counts. With merged batches of B windows and 4
+// windows (every GEMM's rows as in today's path) the scores must be the same bit for bit whatever the waves (3
+// forced); with merged batches of 3 windows (chunks across passes, a short last batch of 3 windows) and the
+// automatic plan, within the GEMMs' tiling over more rows (tol, printed; the same bits on one H200).
+static void merged_run(double* tot, double* win, long* ex, const Model* m, const Groups* gs, const Format* f,
+                       int nf, int gemm, const int* ids, int n, int T, int bm, int per_wave) {
+    int B = 2, G = gs->n * nf;
+    long ne = m->c.n_sparse ? (long)m->c.n_sparse * m->c.num_experts : 0;
+    memset(tot, 0, sizeof(double) * G);
+    memset(win, 0, sizeof(double) * G * n);
+    if (ne) memset(ex, 0, sizeof(long) * ne);
+    GpuScoreSpec sp = {m, gs, f, nf, 0, T, B, gemm, ne ? ex : NULL, NULL, win};
+    GpuMergeScorer ms;
+    GpuScorer sc;
+    GpuEngine* e;
+    if (bm >= 0) {
+        gpu_merge_scorer_init(&ms, &sp, bm, per_wave);
+        e = ms.e;
+    } else {
+        e = gpu_engine_init(m, T, B, gemm);
+        gpu_scorer_init(&sc, e, &sp);
+    }
+    for (int i = 0; i < n; i += B) {
+        int nb = n - i < B ? n - i : B;
+        if (bm >= 0) {
+            gpu_merge_score_kl(&ms, ids + (long)i * T, nb, tot, win + (long)i * G);
+        } else {
+            gpu_scorer_windows(&sc, win + (long)i * G);
+            gpu_score_kl(&sc, ids + (long)i * T, nb, tot);
+        }
+        if (ne) gpu_expert_tokens(e, ex);
+    }
+    if (bm >= 0) gpu_merge_scorer_free(&ms);
+    gpu_engine_free(e);
+}
+
+static void test_merged(const char* label, const char* dir, const char* ids_path, int first) {
+    char name[256];
+    snprintf(name, sizeof(name), "gpu %s kl merged", label);
+    Model m;
+    TokenIds ids;
+    if (!fixture_load(&m, &ids, name, dir, ids_path, first)) return;
+    int T = ids.t, N = 4;
+    int* win_ids = xmalloc(sizeof(int) * N * T); // N windows, the fixture's cycled
+    for (int i = 0; i < N; i++) memcpy(win_ids + (long)i * T, ids.ids + (long)(i % ids.n) * T, sizeof(int) * T);
+    Patterns dis;
+    patterns_parse(&dis, DEFAULT_DISABLED);
+    Groups gs;
+    groups_build(&gs, &m, 0, &dis);
+    groups_add_kv(&gs, &m, &dis);
+    Format f[2];
+    int nf = formats_load(f, 2, "w4a8,kv_fp8", 0), G = gs.n * nf;
+    long ne = m.c.n_sparse ? (long)m.c.n_sparse * m.c.num_experts : 0;
+    double *t0 = xcalloc(G, sizeof(double)), *t1 = xcalloc(G, sizeof(double));
+    double *w0 = xcalloc((size_t)G * N, sizeof(double)), *w1 = xcalloc((size_t)G * N, sizeof(double));
+    long *e0 = xcalloc(ne + 1, sizeof(long)), *e1 = xcalloc(ne + 1, sizeof(long));
+    static const char* mode_name[3] = {"bf16", "bf16x2", "fp16"};
+    for (int gemm = 0; gemm < 3; gemm++) {
+        if (gemm == GEMM_FP16 && (m.c.fam->hybrid || !gpu_fp16_supported(&m.c, T))) {
+            snprintf(name, sizeof(name), "gpu %s kl merged fp16", label);
+            SKIP(name, "the fp16 GEMM mode does not run this model");
+            continue;
+        }
+        int k = gemm == GEMM_FP16 ? 1 : nf; // KV-cache formats: not the fp16 mode
+        int Gk = gs.n * k;
+        // fp32 GEMM outputs: 1e-6 (the GEMMs' tiling over more rows is all that differs; one H200 gave the same
+        // bits in every mode); plain bf16 rounds every GEMM output to bf16, where a different tiling's last-bit
+        // change would move a score further
+        double tol = gemm == GEMM_BF16 ? 1e-3 : 1e-6;
+        struct {
+            int n, bm, per_wave;
+            double tol;
+            const char* what;
+        } runs[3] = {{4, 2, 0, 0, "batches of B windows, 3 waves: the same bits"},
+                     {3, 3, 2, tol, "batches of 3 windows, waves of 2 passes, a short batch"},
+                     {3, 0, 0, tol, "the automatic plan, a short batch"}};
+        int n_pass = 0;
+        for (int g = 0; g < gs.n; g++)
+            for (int j = 0; j < k; j++) n_pass += !gs.g[g].disabled && format_fits(&f[j], &gs.g[g]);
+        runs[0].per_wave = (n_pass + 2) / 3;
+        for (int r = 0; r < 3; r++) {
+            int n = runs[r].n;
+            merged_run(t0, w0, e0, &m, &gs, f, k, gemm, win_ids, n, T, -1, 0);
+            merged_run(t1, w1, e1, &m, &gs, f, k, gemm, win_ids, n, T, runs[r].bm, runs[r].per_wave);
+            double top = 0, wt = 0, ww = 0;
+            for (int g = 0; g < Gk; g++) top = fmax(top, t0[g]);
+            for (int g = 0; g < Gk; g++) // a NaN anywhere fails (fmax would drop it)
+                if (t0[g] >= 0.01 * top || isnan(t1[g]))
+                    wt = isnan(t1[g]) ? INFINITY : fmax(wt, rel_diff(t1[g], t0[g]));
+            for (long i = 0; i < (long)Gk * n; i++)
+                if (fabs(w0[i]) >= 0.01 * top / n || isnan(w1[i]))
+                    ww = isnan(w1[i]) ? INFINITY : fmax(ww, rel_diff(w1[i], w0[i]));
+            int ex_same = ne ? !memcmp(e0, e1, sizeof(long) * ne) : 1;
+            double lim = runs[r].tol > 0 ? runs[r].tol : 1e-12;
+            snprintf(name, sizeof(name), "gpu %s kl merged %s (%s) = today's path within %g", label,
+                     mode_name[gemm], runs[r].what, lim);
+            CHECK(wt <= lim && ww <= lim && ex_same, name,
+                  "worst relative difference %.3g (totals), %.3g (windows) on groups >= 1%% of the largest; "
+                  "expert "
+                  "counts %s",
+                  wt, ww, ex_same ? "equal" : "differ");
+            printf("  %s %s kl merged, %s: worst relative difference %.3g (totals) %.3g (windows) over %d "
+                   "passes\n",
+                   label, mode_name[gemm], runs[r].what, wt, ww, n_pass);
+        }
+    }
+    free(t0), free(t1), free(w0), free(w1), free(e0), free(e1), free(win_ids);
+    groups_free(&gs);
+    patterns_free(&dis);
+    token_ids_free(&ids);
+    model_free(&m);
+}
 #endif
 
 int main(void) {
@@ -510,6 +626,7 @@ int main(void) {
     }
 #ifdef AUTOQ_CUDA
     printf("  device: %s\n", gpu_name());
+    if (getenv("AUTOQ_GPU_TEST_MERGE")) goto merge;   // the merged kl scorer alone (a short GPU call)
     if (getenv("AUTOQ_GPU_TEST_HYBRID")) goto hybrid; // the hybrid families alone (a short GPU call)
     test_model("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 0, 3);
     test_model("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
@@ -544,6 +661,19 @@ hybrid:
                 "tests/fixtures/qwen3_5_moe_tiny_ids.npy", 2);
     test_stages("qwen3-next-tiny", "tests/fixtures/qwen3-next-tiny", "tests/fixtures/qwen3_next_tiny_ids.npy",
                 2);
+merge:
+    // kl merged across groups (AUTOQ_KL_MERGE=1) against today's path: dense, VL, MoE and the hybrid families
+    test_merged("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
+                "tests/fixtures/qwen3_tiny_ids.npy", 0);
+    test_merged("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 0);
+    test_merged("qwen3-moe-tiny", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", 1);
+    test_merged("qwen3-vl-moe-tiny", "tests/fixtures/qwen3-vl-moe-tiny",
+                "tests/fixtures/qwen3_vl_moe_tiny_ids.npy", 1);
+    test_merged("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 0);
+    test_merged("qwen3_5-moe-tiny", "tests/fixtures/qwen3_5-moe-tiny",
+                "tests/fixtures/qwen3_5_moe_tiny_ids.npy", 0);
+    test_merged("qwen3-next-tiny", "tests/fixtures/qwen3-next-tiny", "tests/fixtures/qwen3_next_tiny_ids.npy",
+                0);
 #endif
     return g_fail ? 1 : 0;
 }
