@@ -6,9 +6,10 @@
 // Also cuBLAS's own grouped GEMM (cublasGemmGroupedBatchedEx: one group per expert, sizes on the
 // host, so the engine would have to read the routing counts back first), and the persistent TMA kernel
 // (AUTOQ_MOE_GEMM=tma) beside wgmma (=wgmma), bf16, hi + lo and int8.
-//   build-dev/bench/bench_grouped [ROWS]
+//   build-dev/bench/bench_grouped [ROWS] [tma]   (tma: only tma, wgmma and dense cuBLAS)
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/util.h"
 #include "kernels/matmul.h"
@@ -66,6 +67,7 @@ static void grouped_cublas(cublasHandle_t h) {
 
 int main(int argc, char** argv) {
     int rows = argc > 1 ? atoi(argv[1]) : 32768, E = 128, reps = 20;
+    int only_tma = argc > 2 && !strcmp(argv[2], "tma");                  // the TMA lines only (tuning builds)
     int shapes[3][3] = {{2048, 768, 0}, {768, 2048, 0}, {768, 2048, 1}}; // gate/up, down, down backward
     const char* names[3] = {"gate (K 2048, N 768)", "down (K 768, N 2048)", "down backward (K 2048, N 768)"};
     void *x, *w, *y;
@@ -102,6 +104,7 @@ int main(int argc, char** argv) {
                                     "tma", "wgmma", "tma", "wgmma", "tma", "wgmma"};
             for (int impl = 0; impl < 13; impl++) {
                 const float one = 1, zero = 0;
+                if (only_tma && impl != 1 && impl < 7) continue;
                 if (kind[impl])
                     setenv("AUTOQ_MOE_GEMM", kind[impl], 1);
                 else
@@ -135,16 +138,19 @@ int main(int argc, char** argv) {
                 cudaEventRecord(b, 0);
                 ms[impl] = time_ms(a, b) / reps;
             }
-            printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); mma.sync kernel %.3f ms (%.0f); one "
-                   "cuBLAS GEMM of the same size %.3f ms (%.0f); cuBLAS per expert %.3f ms (%.0f); cuBLAS "
-                   "grouped %.3f ms (%.0f)",
-                   skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[4],
-                   flop / ms[4] / 1e9, ms[1], flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9, ms[3],
-                   flop / ms[3] / 1e9);
-            if (!bwd)
-                printf("; int8 grouped %.3f ms (%.0f TOP/s), int8 mma.sync %.3f ms (%.0f)", ms[6],
-                       flop / ms[6] / 1e9, ms[5], flop / ms[5] / 1e9);
-            printf("\n");
+            if (!only_tma) {
+                printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); mma.sync kernel %.3f ms (%.0f); "
+                       "one "
+                       "cuBLAS GEMM of the same size %.3f ms (%.0f); cuBLAS per expert %.3f ms (%.0f); cuBLAS "
+                       "grouped %.3f ms (%.0f)",
+                       skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[4],
+                       flop / ms[4] / 1e9, ms[1], flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9, ms[3],
+                       flop / ms[3] / 1e9);
+                if (!bwd)
+                    printf("; int8 grouped %.3f ms (%.0f TOP/s), int8 mma.sync %.3f ms (%.0f)", ms[6],
+                           flop / ms[6] / 1e9, ms[5], flop / ms[5] / 1e9);
+                printf("\n");
+            }
             // the persistent TMA kernel against wgmma and the dense cuBLAS GEMM (its target: 75%)
             printf("  %s %s: tma %.3f ms (%.0f TFLOP/s, %.0f%% of dense cuBLAS), wgmma %.3f ms (%.0f), dense "
                    "cuBLAS %.0f; hi + lo: tma %.0f, wgmma %.0f",

@@ -17,6 +17,9 @@
 #define TM_STAGES(LO) ((LO) ? 3 : 4) // 64 or 48 KiB stages, within 227 KiB of shared memory
 #define TM_SMEM(LO) (TM_STAGES(LO) * ((LO) ? 2 : 1) * WG_TILE + TM_STAGES(LO) * TM_BTILE + 1024)
 #define TM_CONSUMER_WARPS 8 // arrivals that free a stage: every consumer warp's
+#ifndef TM_INFLIGHT
+#define TM_INFLIGHT 1 // wgmma groups left running while a stage is given back (0 or 1)
+#endif
 
 __device__ inline uint32_t tm_smem(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ inline void tm_bar_init(uint64_t* b, int n) {
@@ -106,7 +109,7 @@ __global__ void __launch_bounds__(384, 1)
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     int c = wg - 1, lane = tid % 32; // consumer c: rows 64 c .. 64 c + 63 of each tile
     typedef typename std::conditional<MODE == 2, int, float>::type acc_t;
-    int s = 0;
+    int s = 0, prev = 0;
     uint32_t ph = 0;
     for (int i = blockIdx.x; i < items; i += gridDim.x) {
         int t = i / nbn, n0 = (i % nbn) * TM_BN, rn = tiles[2 * nt + t];
@@ -138,10 +141,18 @@ __global__ void __launch_bounds__(384, 1)
                 }
             }
             wg_commit();
+            // TM_INFLIGHT 1: this k step's multiplies keep running while the previous step's stage is
+            // given back (its group is done), so the tensor cores never drain between k steps
+            wg_wait<TM_INFLIGHT>(d0);
+            wg_pin(d1);
+            if (lane == 0 && (TM_INFLIGHT == 0 || kt > 0)) tm_bar_arrive(&empty[TM_INFLIGHT ? prev : s]);
+            prev = s;
+            if (++s == ST) s = 0, ph ^= 1;
+        }
+        if (TM_INFLIGHT) {
             wg_wait<0>(d0);
             wg_pin(d1);
-            if (lane == 0) tm_bar_arrive(&empty[s]); // this warp's multiplies no longer read the stage
-            if (++s == ST) s = 0, ph ^= 1;
+            if (lane == 0) tm_bar_arrive(&empty[prev]); // the tile's last stage
         }
         // fragments as grouped_wg_kernel's, per half h of the columns
         int g = lane / 4, q = lane % 4, wr = c * 64 + (tid % 128) / 32 * 16;
