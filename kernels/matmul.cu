@@ -389,6 +389,16 @@ __global__ void __launch_bounds__(256, WG_MINB)
 // tensor-map encoder); unset, GROUPED_DEFAULT on sm_90. Also sets the kernels' shared-memory limits
 // once per device.
 enum { GK_MMA, GK_WGMMA, GK_TMA };
+static __thread const char* gk_last = "";
+extern "C" const char* gpu_matmul_grouped_kernel(void) { return gk_last; }
+// tma asked for, the descriptors refused: say so once, the sums come from wgmma
+static void gk_fallback(int K, int N) {
+    static volatile int told;
+    if (!told)
+        fprintf(stderr, "autoq: grouped GEMM (K %d, N %d): no TMA descriptor for these operands, wgmma\n", K,
+                N);
+    told = 1;
+}
 #ifndef GROUPED_DEFAULT
 #define GROUPED_DEFAULT GK_WGMMA
 #endif
@@ -457,9 +467,11 @@ extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, con
     }
     if (nt == 0) return;
     int kind = grouped_kind(), mode = (bwd ? 1 : 0) + (f16 ? 3 : 0);
+    gk_last = kind == GK_TMA ? "tma" : kind == GK_WGMMA ? "wgmma" : "mma";
     if (kind == GK_TMA &&
         grouped_tma(mode, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0, tiles, nt, K, N, beta))
         return;
+    if (kind == GK_TMA) gk_fallback(K, N), gk_last = "wgmma";
     if (kind != GK_MMA) {
         grouped_wg(mode, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0, tiles, nt, K, N, beta);
         return;
@@ -569,9 +581,11 @@ extern "C" void gpu_matmul_grouped_i8(float* y, const int8_t* xq, const float* s
     }
     if (nt == 0) return;
     int kind = grouped_kind();
+    gk_last = kind == GK_TMA ? "tma" : kind == GK_WGMMA ? "wgmma" : "mma";
     if (kind == GK_TMA &&
         grouped_tma(2, y, NULL, xq, NULL, wq, wstride, sx, sw, swstride, tiles, nt, K, N, 0.0f))
         return;
+    if (kind == GK_TMA) gk_fallback(K, N), gk_last = "wgmma";
     if (kind != GK_MMA) {
         grouped_wg(2, y, NULL, xq, NULL, wq, wstride, sx, sw, swstride, tiles, nt, K, N, 0.0f);
         return;

@@ -32,6 +32,12 @@ int matmul_grouped_tiles(int* tiles, const int* offs, int E);
 void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
                         long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta, int f16);
 
+// Which kernel served this thread's last grouped GEMM (either form): "tma" (the persistent TMA
+// kernel, sm_90a), "wgmma", "mma" (mma.sync / WMMA), or "" before the first. AUTOQ_MOE_GEMM=tma,
+// wgmma or mma asks for one; unset, wgmma on compute capability 9.0; tma falls back to wgmma where a
+// tensor-map descriptor cannot describe the operands (told once on stderr).
+const char* gpu_matmul_grouped_kernel(void);
+
 // The same with int8 codes (the quantized experts, README §4): y's rows = (x's codes . W_e's codes^T)
 // * sx[row] * sw[e * swstride + column], exactly as the dequantized int32 GEMM of kernels/quant.h.
 void matmul_grouped_i8(float* y, const int8_t* xq, const float* sx, const int8_t* wq, long wstride,

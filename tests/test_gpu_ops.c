@@ -591,6 +591,22 @@ static const char* g_grouped = ""; // which grouped kernel runs (AUTOQ_MOE_GEMM)
 static int g_ragged;               // expert sizes at the tile's edges (grouped_offs)
 static int g_interleaved;          // weights as the engine's gate and up: W_e at e * 2 N K + N K
 
+// The kernel asked for (AUTOQ_MOE_GEMM) is the one that ran: tma and wgmma on compute capability
+// 9.0, mma.sync elsewhere; so a silent fallback cannot pass for the kernel under test.
+static void grouped_ran(void) {
+    const char *how = getenv("AUTOQ_MOE_GEMM"), *ran = gpu_matmul_grouped_kernel();
+    int dev, ma, mi;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&ma, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&mi, cudaDevAttrComputeCapabilityMinor, dev);
+    const char* want = ma != 9 || mi != 0 || (how && !strcmp(how, "mma")) ? "mma" : how ? how : ran;
+    if (strcmp(ran, want)) {
+        char name[96];
+        snprintf(name, sizeof(name), "gpu op grouped GEMM runs the kernel asked for (%s)", want);
+        CHECK(0, name, "%s ran", ran);
+    }
+}
+
 // Rows per expert: a spread with empty and partial tiles, or (g_ragged) sizes at the tile's edges:
 // 0 (first and last), 1, GROUPED_ROWS - 1, GROUPED_ROWS, GROUPED_ROWS + 1, 2 GROUPED_ROWS.
 static void grouped_offs(int* offs, int E, int mod, int zero, int mul, int span) {
@@ -637,6 +653,7 @@ static void op_grouped(int E, int K, int N, int bwd, int split, int f16) {
     void *dy = put(y, 4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt), *dy16 = zeros(2L * rows * N);
     void* dw = (uint16_t*)dw0 + w0;
     gpu_matmul_grouped(dy, NULL, dx, split ? dl : NULL, dw, ws, dt, nt, K, N, bwd, 1.0f, f16);
+    grouped_ran();
     get(got, dy, 4L * rows * N);
     char shape[128];
     snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s, beta 1%s%s%s)", E, rows, K, N,
@@ -676,6 +693,7 @@ static void op_grouped_i8(int E, int K, int N) {
          *dsw = put(sw, 4L * N * E);
     void *dy = zeros(4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt);
     gpu_matmul_grouped_i8(dy, dx, dsx, dw, ws, dsw, N, dt, nt, K, N);
+    grouped_ran();
     get(got, dy, 4L * rows * N);
     char shape[96];
     snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s)", E, rows, K, N,
@@ -1033,6 +1051,7 @@ static void op_kv_quant(int nb, int T, int KV, int hd, QuantSpec q, const char* 
     free(x), free(want), free(got), free(got2), free(hi), free(lo), free(xs);
 }
 
+#ifdef AUTOQ_CUDA
 // The grouped GEMMs under every kernel: the default, wgmma and the persistent TMA one where the
 // device is sm_90 (else mma.sync each time), then mma.sync.
 static void grouped_ops(void) {
@@ -1073,6 +1092,7 @@ static void grouped_ops(void) {
     }
     unsetenv("AUTOQ_MOE_GEMM");
 }
+#endif
 
 int main(void) {
     if (gpu_device_count() == 0) {
