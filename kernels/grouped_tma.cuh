@@ -3,20 +3,26 @@
 // expert) x (TM_BN output columns), round robin. Warpgroup 0 is the producer: one thread issues the
 // bulk tensor copies (TMA, cuTensorMap descriptors built on the host) of each k step's A and B tiles
 // into a ring of shared-memory stages, each guarded by a "full" mbarrier (the copies' bytes landed)
-// and an "empty" one (both consumers' multiplies are done with it). Warpgroups 1 and 2 are the
-// consumers: each multiplies 64 rows by TM_BN columns on wgmma and writes its results straight to
-// global memory, while the producer is already loading the next tile's stages (the epilogue overlaps
-// the loads). setmaxnreg moves registers from the producer to the consumers' accumulators.
+// and an "empty" one (the consumer's multiplies are done with it). Warpgroups 1 and 2 are the
+// consumers, on wgmma, writing their results straight to global memory. TM_PINGPONG 1 (default):
+// they take turns, each a whole 128 x 128 tile (two m64n128 accumulators), so one's epilogue (the
+// fp32 stores are as long as the multiplies on the down projection's shape) overlaps the other's
+// multiplies; 0 (cooperative): both share each 128 x 256 tile, 64 rows each, and only the loads
+// overlap the epilogue. setmaxnreg moves registers from the producer to the consumers' accumulators.
 // Ragged rows need no zero fill: a tile's rows past its expert's rows belong to the next expert (or
 // lie past the buffer, where TMA fills zeros) and only feed output rows the epilogue skips; the ends
 // of K and N are zero-filled by TMA. Same sums in the same k order as grouped_wg_kernel.
 #include <cuda.h> // CUtensorMap and the driver's prototypes only: the entry points come from cudart
 
-#define TM_BN 256                    // output columns of a tile: two 128-column wgmma halves
-#define TM_BTILE (TM_BN * 128)       // bytes of one stage's B tile
-#define TM_STAGES(LO) ((LO) ? 3 : 4) // 64 or 48 KiB stages, within 227 KiB of shared memory
+#ifndef TM_PINGPONG
+#define TM_PINGPONG 1
+#endif
+#define TM_BN (TM_PINGPONG ? 128 : 256) // output columns of a tile (128-column wgmma halves)
+#define TM_BTILE (TM_BN * 128)          // bytes of one stage's B tile
+// stages of 32 to 64 KiB, 192 KiB in all, within the 227 KiB of shared memory a CTA may have
+#define TM_STAGES(LO) (TM_PINGPONG ? ((LO) ? 4 : 6) : ((LO) ? 3 : 4))
 #define TM_SMEM(LO) (TM_STAGES(LO) * ((LO) ? 2 : 1) * WG_TILE + TM_STAGES(LO) * TM_BTILE + 1024)
-#define TM_CONSUMER_WARPS 8 // arrivals that free a stage: every consumer warp's
+#define TM_CONSUMER_WARPS (TM_PINGPONG ? 4 : 8) // arrivals that free a stage: its consumers' warps
 #ifndef TM_INFLIGHT
 #define TM_INFLIGHT 1 // wgmma groups left running while a stage is given back (0 or 1)
 #endif
@@ -58,7 +64,7 @@ __device__ inline void tm_load_3d(void* dst, const CUtensorMap* m, int c0, int c
 // MODE as grouped_wg_kernel's: 0 bf16 W_e (N, K); 1 bf16 W_e (K, N); 2 int8 with the dequantizing
 // epilogue; 3, 4 as 0, 1 in fp16. ma0 / ma1: x hi / lo (K, rows); mb: the weights, 3-d with the
 // expert outermost. A stage: A hi, A lo (LO), then B (forward: TM_BN rows of 128 bytes of K; backward:
-// four 64-column pieces of 64 k rows, MN-major).
+// TM_BN / 64 pieces of 64 columns by 64 k rows, MN-major).
 template <int MODE, bool LO>
 __global__ void __launch_bounds__(384, 1)
     grouped_tma_kernel(const __grid_constant__ CUtensorMap ma0, const __grid_constant__ CUtensorMap ma1,
@@ -69,7 +75,7 @@ __global__ void __launch_bounds__(384, 1)
     constexpr bool mn = MODE == 1 || MODE == 4;
     constexpr uint32_t stage_bytes = parts * WG_TILE + TM_BTILE;
     extern __shared__ uint8_t tm_raw[];
-    __shared__ __align__(8) uint64_t full[ST], empty[ST];
+    __shared__ __align__(8) uint64_t full[ST], empty[ST], turn[2];
     uint8_t* smem = (uint8_t*)(((uintptr_t)tm_raw + 1023) & ~(uintptr_t)1023); // the swizzle's alignment
     uint8_t* sa = smem;                                                        // ST stages of A parts
     uint8_t* sbt = smem + ST * parts * WG_TILE;                                // ST stages of B
@@ -77,6 +83,7 @@ __global__ void __launch_bounds__(384, 1)
     int nk = (int)(((long)K * es + 127) / 128);
     if (tid == 0) {
         for (int s = 0; s < ST; s++) tm_bar_init(&full[s], 1), tm_bar_init(&empty[s], TM_CONSUMER_WARPS);
+        tm_bar_init(&turn[0], 4), tm_bar_init(&turn[1], 4);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -107,20 +114,33 @@ __global__ void __launch_bounds__(384, 1)
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    int c = wg - 1, lane = tid % 32; // consumer c: rows 64 c .. 64 c + 63 of each tile
+    // consumer c: with TM_PINGPONG, every other tile with rows; else rows 64 c .. 64 c + 63 of each
+    int c = wg - 1, lane = tid % 32, done = 0, mine = 0;
     typedef typename std::conditional<MODE == 2, int, float>::type acc_t;
     int s = 0, prev = 0;
     uint32_t ph = 0;
     for (int i = blockIdx.x; i < items; i += gridDim.x) {
         int t = i / nbn, n0 = (i % nbn) * TM_BN, rn = tiles[2 * nt + t];
         if (rn == 0) continue;
+        if (TM_PINGPONG && done++ % 2 != c) { // the other consumer's tile: skip its nk stages
+            s += nk;
+            ph ^= (s / ST) & 1;
+            s %= ST;
+            continue;
+        }
+        // Ping-pong: this tile's multiplies start once the other consumer's (the tile before) have
+        // waited on all their stages. Besides alternating the two, that keeps the parity waits on
+        // the full barriers exact: a wait for fill f of a stage must not begin before fill f - 1
+        // completed, or the barrier's parity would still read as f's.
+        if (TM_PINGPONG && (c == 1 || mine > 0)) tm_bar_wait(&turn[c], (uint32_t)((mine - (c == 0)) & 1));
+        mine++;
         int e = tiles[t], r0 = tiles[nt + t];
-        acc_t d0[64], d1[64];
+        acc_t d0[64], d1[64]; // ping-pong: rows 0-63 and 64-127; cooperative: columns 0-127, 128-255
 #pragma unroll
         for (int j = 0; j < 64; j++) d0[j] = 0, d1[j] = 0;
         for (int kt = 0; kt < nk; kt++) {
             tm_bar_wait(&full[s], ph);
-            const uint8_t* a = sa + s * parts * WG_TILE + c * 8192;
+            const uint8_t* a = sa + s * parts * WG_TILE + (TM_PINGPONG ? 0 : c * 8192);
             const uint8_t* b = sbt + s * TM_BTILE;
             wg_fence();
 #pragma unroll
@@ -130,13 +150,15 @@ __global__ void __launch_bounds__(384, 1)
                     mn ? wg_desc(b + 16384 + ks * 2048, 8192, 1024) : wg_desc(b + 16384 + ks * 32, 16, 1024);
 #pragma unroll
                 for (int p = 0; p < parts; p++) {
-                    uint64_t da = wg_desc(a + p * WG_TILE + ks * 32, 16, 1024);
+                    uint64_t da0 = wg_desc(a + p * WG_TILE + ks * 32, 16, 1024);
+                    uint64_t da1 = TM_PINGPONG ? wg_desc(a + p * WG_TILE + 8192 + ks * 32, 16, 1024) : da0;
+                    if (TM_PINGPONG) b1 = b0;
                     if constexpr (MODE == 2) {
-                        wg_mma_s8(d0, da, b0);
-                        wg_mma_s8(d1, da, b1);
+                        wg_mma_s8(d0, da0, b0);
+                        wg_mma_s8(d1, da1, b1);
                     } else {
-                        wg_mma_16<mn, (MODE >= 3)>(d0, da, b0);
-                        wg_mma_16<mn, (MODE >= 3)>(d1, da, b1);
+                        wg_mma_16<mn, (MODE >= 3)>(d0, da0, b0);
+                        wg_mma_16<mn, (MODE >= 3)>(d1, da1, b1);
                     }
                 }
             }
@@ -149,20 +171,23 @@ __global__ void __launch_bounds__(384, 1)
             prev = s;
             if (++s == ST) s = 0, ph ^= 1;
         }
+        if (TM_PINGPONG && lane == 0) tm_bar_arrive(&turn[1 - c]); // the other consumer's turn
         if (TM_INFLIGHT) {
             wg_wait<0>(d0);
             wg_pin(d1);
             if (lane == 0) tm_bar_arrive(&empty[prev]); // the tile's last stage
         }
-        // fragments as grouped_wg_kernel's, per half h of the columns
-        int g = lane / 4, q = lane % 4, wr = c * 64 + (tid % 128) / 32 * 16;
+        // fragments as grouped_wg_kernel's, per accumulator h: lane 4 g + q of warp w holds rows
+        // w 16 + g, + 8 of its 64 and columns 8 j + 2 q, + 1
+        int g = lane / 4, q = lane % 4, wr = (tid % 128) / 32 * 16;
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int j = 0; j < 16; j++)
 #pragma unroll
                 for (int hr = 0; hr < 2; hr++) {
-                    int row = wr + g + 8 * hr, col = n0 + 128 * h + 8 * j + 2 * q;
+                    int row = (TM_PINGPONG ? 64 * h : 64 * c) + wr + g + 8 * hr;
+                    int col = n0 + (TM_PINGPONG ? 0 : 128 * h) + 8 * j + 2 * q;
                     if (row >= rn || col >= N) continue;
                     long o = (long)(r0 + row) * N + col;
                     const acc_t* d = h ? d1 : d0;
