@@ -4,25 +4,22 @@
 // bulk tensor copies (TMA, cuTensorMap descriptors built on the host) of each k step's A and B tiles
 // into a ring of shared-memory stages, each guarded by a "full" mbarrier (the copies' bytes landed)
 // and an "empty" one (the consumer's multiplies are done with it). Warpgroups 1 and 2 are the
-// consumers, on wgmma, writing their results straight to global memory. TM_PINGPONG 1 (default):
+// consumers, on wgmma, writing their results straight to global memory. PP (ping-pong):
 // they take turns, each a whole 128 x 128 tile (two m64n128 accumulators), so one's epilogue (the
 // fp32 stores are as long as the multiplies on the down projection's shape) overlaps the other's
-// multiplies; 0 (cooperative): both share each 128 x 256 tile, 64 rows each, and only the loads
+// multiplies; else (cooperative) both share each 128 x 256 tile, 64 rows each, and only the loads
 // overlap the epilogue. setmaxnreg moves registers from the producer to the consumers' accumulators.
 // Ragged rows need no zero fill: a tile's rows past its expert's rows belong to the next expert (or
 // lie past the buffer, where TMA fills zeros) and only feed output rows the epilogue skips; the ends
 // of K and N are zero-filled by TMA. Same sums in the same k order as grouped_wg_kernel.
 #include <cuda.h> // CUtensorMap and the driver's prototypes only: the entry points come from cudart
 
-#ifndef TM_PINGPONG
-#define TM_PINGPONG 1
-#endif
-#define TM_BN (TM_PINGPONG ? 128 : 256) // output columns of a tile (128-column wgmma halves)
-#define TM_BTILE (TM_BN * 128)          // bytes of one stage's B tile
+#define TM_BN(PP) ((PP) ? 128 : 256)   // output columns of a tile (128-column wgmma halves)
+#define TM_BTILE(PP) (TM_BN(PP) * 128) // bytes of one stage's B tile
 // stages of 32 to 64 KiB, 192 KiB in all, within the 227 KiB of shared memory a CTA may have
-#define TM_STAGES(LO) (TM_PINGPONG ? ((LO) ? 4 : 6) : ((LO) ? 3 : 4))
-#define TM_SMEM(LO) (TM_STAGES(LO) * ((LO) ? 2 : 1) * WG_TILE + TM_STAGES(LO) * TM_BTILE + 1024)
-#define TM_CONSUMER_WARPS (TM_PINGPONG ? 4 : 8) // arrivals that free a stage: its consumers' warps
+#define TM_STAGES(PP, LO) ((PP) ? ((LO) ? 4 : 6) : ((LO) ? 3 : 4))
+#define TM_SMEM(PP, LO) (TM_STAGES(PP, LO) * (((LO) ? 2 : 1) * WG_TILE + TM_BTILE(PP)) + 1024)
+#define TM_CONSUMER_WARPS(PP) ((PP) ? 4 : 8) // arrivals that free a stage: its consumers' warps
 #ifndef TM_INFLIGHT
 #define TM_INFLIGHT 1 // wgmma groups left running while a stage is given back (0 or 1)
 #endif
@@ -65,24 +62,25 @@ __device__ inline void tm_load_3d(void* dst, const CUtensorMap* m, int c0, int c
 // epilogue; 3, 4 as 0, 1 in fp16. ma0 / ma1: x hi / lo (K, rows); mb: the weights, 3-d with the
 // expert outermost. A stage: A hi, A lo (LO), then B (forward: TM_BN rows of 128 bytes of K; backward:
 // TM_BN / 64 pieces of 64 columns by 64 k rows, MN-major).
-template <int MODE, bool LO>
+template <int MODE, bool LO, bool PP>
 __global__ void __launch_bounds__(384, 1)
     grouped_tma_kernel(const __grid_constant__ CUtensorMap ma0, const __grid_constant__ CUtensorMap ma1,
                        const __grid_constant__ CUtensorMap mb, float* y, __nv_bfloat16* y16, const float* sx,
                        const float* sw, long swstride, const int* tiles, int nt, int K, int N, float beta) {
 #ifdef WG_ON
-    constexpr int ST = TM_STAGES(LO), parts = LO ? 2 : 1, es = MODE == 2 ? 1 : 2;
+    constexpr int ST = TM_STAGES(PP, LO), BN = TM_BN(PP), BT = TM_BTILE(PP), parts = LO ? 2 : 1,
+                  es = MODE == 2 ? 1 : 2;
     constexpr bool mn = MODE == 1 || MODE == 4;
-    constexpr uint32_t stage_bytes = parts * WG_TILE + TM_BTILE;
+    constexpr uint32_t stage_bytes = parts * WG_TILE + BT;
     extern __shared__ uint8_t tm_raw[];
     __shared__ __align__(8) uint64_t full[ST], empty[ST], turn[2];
     uint8_t* smem = (uint8_t*)(((uintptr_t)tm_raw + 1023) & ~(uintptr_t)1023); // the swizzle's alignment
     uint8_t* sa = smem;                                                        // ST stages of A parts
     uint8_t* sbt = smem + ST * parts * WG_TILE;                                // ST stages of B
-    int tid = threadIdx.x, wg = tid / 128, nbn = (N + TM_BN - 1) / TM_BN, items = nt * nbn;
+    int tid = threadIdx.x, wg = tid / 128, nbn = (N + BN - 1) / BN, items = nt * nbn;
     int nk = (int)(((long)K * es + 127) / 128);
     if (tid == 0) {
-        for (int s = 0; s < ST; s++) tm_bar_init(&full[s], 1), tm_bar_init(&empty[s], TM_CONSUMER_WARPS);
+        for (int s = 0; s < ST; s++) tm_bar_init(&full[s], 1), tm_bar_init(&empty[s], TM_CONSUMER_WARPS(PP));
         tm_bar_init(&turn[0], 4), tm_bar_init(&turn[1], 4);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -93,7 +91,7 @@ __global__ void __launch_bounds__(384, 1)
         int s = 0;
         uint32_t ph = 0;
         for (int i = blockIdx.x; i < items; i += gridDim.x) {
-            int t = i / nbn, n0 = (i % nbn) * TM_BN;
+            int t = i / nbn, n0 = (i % nbn) * BN;
             if (tiles[2 * nt + t] == 0) continue; // a spare tile of a device-built list
             int e = tiles[t], r0 = tiles[nt + t];
             for (int kt = 0; kt < nk; kt++) {
@@ -102,9 +100,9 @@ __global__ void __launch_bounds__(384, 1)
                 uint8_t* a = sa + s * parts * WG_TILE;
                 tm_load_2d(a, &ma0, kt * (128 / es), r0, &full[s]);
                 if (LO) tm_load_2d(a + WG_TILE, &ma1, kt * (128 / es), r0, &full[s]);
-                uint8_t* b = sbt + s * TM_BTILE;
+                uint8_t* b = sbt + s * BT;
                 if (mn)
-                    for (int j = 0; j < TM_BN / 64; j++)
+                    for (int j = 0; j < BN / 64; j++)
                         tm_load_3d(b + j * 8192, &mb, n0 + 64 * j, kt * 64, e, &full[s]);
                 else
                     tm_load_3d(b, &mb, kt * (128 / es), n0, e, &full[s]);
@@ -114,15 +112,15 @@ __global__ void __launch_bounds__(384, 1)
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    // consumer c: with TM_PINGPONG, every other tile with rows; else rows 64 c .. 64 c + 63 of each
+    // consumer c: with PP, every other tile with rows; else rows 64 c .. 64 c + 63 of each
     int c = wg - 1, lane = tid % 32, done = 0, mine = 0;
     typedef typename std::conditional<MODE == 2, int, float>::type acc_t;
     int s = 0, prev = 0;
     uint32_t ph = 0;
     for (int i = blockIdx.x; i < items; i += gridDim.x) {
-        int t = i / nbn, n0 = (i % nbn) * TM_BN, rn = tiles[2 * nt + t];
+        int t = i / nbn, n0 = (i % nbn) * BN, rn = tiles[2 * nt + t];
         if (rn == 0) continue;
-        if (TM_PINGPONG && done++ % 2 != c) { // the other consumer's tile: skip its nk stages
+        if (PP && done++ % 2 != c) { // the other consumer's tile: skip its nk stages
             s += nk;
             ph ^= (s / ST) & 1;
             s %= ST;
@@ -132,7 +130,7 @@ __global__ void __launch_bounds__(384, 1)
         // waited on all their stages. Besides alternating the two, that keeps the parity waits on
         // the full barriers exact: a wait for fill f of a stage must not begin before fill f - 1
         // completed, or the barrier's parity would still read as f's.
-        if (TM_PINGPONG && (c == 1 || mine > 0)) tm_bar_wait(&turn[c], (uint32_t)((mine - (c == 0)) & 1));
+        if (PP && (c == 1 || mine > 0)) tm_bar_wait(&turn[c], (uint32_t)((mine - (c == 0)) & 1));
         mine++;
         int e = tiles[t], r0 = tiles[nt + t];
         acc_t d0[64], d1[64]; // ping-pong: rows 0-63 and 64-127; cooperative: columns 0-127, 128-255
@@ -140,8 +138,8 @@ __global__ void __launch_bounds__(384, 1)
         for (int j = 0; j < 64; j++) d0[j] = 0, d1[j] = 0;
         for (int kt = 0; kt < nk; kt++) {
             tm_bar_wait(&full[s], ph);
-            const uint8_t* a = sa + s * parts * WG_TILE + (TM_PINGPONG ? 0 : c * 8192);
-            const uint8_t* b = sbt + s * TM_BTILE;
+            const uint8_t* a = sa + s * parts * WG_TILE + (PP ? 0 : c * 8192);
+            const uint8_t* b = sbt + s * BT;
             wg_fence();
 #pragma unroll
             for (int ks = 0; ks < 4; ks++) { // four k steps of 32 bytes (16 bf16, 32 int8)
@@ -151,8 +149,8 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
                 for (int p = 0; p < parts; p++) {
                     uint64_t da0 = wg_desc(a + p * WG_TILE + ks * 32, 16, 1024);
-                    uint64_t da1 = TM_PINGPONG ? wg_desc(a + p * WG_TILE + 8192 + ks * 32, 16, 1024) : da0;
-                    if (TM_PINGPONG) b1 = b0;
+                    uint64_t da1 = PP ? wg_desc(a + p * WG_TILE + 8192 + ks * 32, 16, 1024) : da0;
+                    if (PP) b1 = b0;
                     if constexpr (MODE == 2) {
                         wg_mma_s8(d0, da0, b0);
                         wg_mma_s8(d1, da1, b1);
@@ -171,7 +169,7 @@ __global__ void __launch_bounds__(384, 1)
             prev = s;
             if (++s == ST) s = 0, ph ^= 1;
         }
-        if (TM_PINGPONG && lane == 0) tm_bar_arrive(&turn[1 - c]); // the other consumer's turn
+        if (PP && lane == 0) tm_bar_arrive(&turn[1 - c]); // the other consumer's turn
         if (TM_INFLIGHT) {
             wg_wait<0>(d0);
             wg_pin(d1);
@@ -186,8 +184,8 @@ __global__ void __launch_bounds__(384, 1)
             for (int j = 0; j < 16; j++)
 #pragma unroll
                 for (int hr = 0; hr < 2; hr++) {
-                    int row = (TM_PINGPONG ? 64 * h : 64 * c) + wr + g + 8 * hr;
-                    int col = n0 + (TM_PINGPONG ? 0 : 128 * h) + 8 * j + 2 * q;
+                    int row = (PP ? 64 * h : 64 * c) + wr + g + 8 * hr;
+                    int col = n0 + (PP ? 0 : 128 * h) + 8 * j + 2 * q;
                     if (row >= rn || col >= N) continue;
                     long o = (long)(r0 + row) * N + col;
                     const acc_t* d = h ? d1 : d0;
@@ -246,11 +244,23 @@ static int tm_map(CUtensorMap* m, CUtensorMapDataType dt, int rank, const void* 
                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// Launches the persistent kernel; 0 (nothing launched) where a descriptor cannot describe the
-// operands (alignment, strides, an allocation the driver does not know), so the caller falls back.
-static int grouped_tma(int mode, float* y, __nv_bfloat16* y16, const void* xhi, const void* xlo, const void* w,
-                       long wstride, const float* sx, const float* sw, long swstride, const int* tiles, int nt,
-                       int K, int N, float beta) {
+// The schedule (PP 1 ping-pong, 0 cooperative) that ran faster on an H200 (bench/README.md): ping-pong
+// with hi + lo and on int8 codes, and on a bf16 / fp16 forward whose K >= N (gate, up); cooperative
+// on the backward and where N > K (down): 432 against 414 TFLOP/s on the uniform down shape, 425 / 428
+// against 364 / 361 on the skewed down and down backward. AUTOQ_MOE_GEMM=tma-pingpong or
+// tma-cooperative forces one.
+static int tm_pingpong(const char* how, int mode, int lo, int K, int N) {
+    if (how && !strcmp(how, "tma-pingpong")) return 1;
+    if (how && !strcmp(how, "tma-cooperative")) return 0;
+    return lo || mode == 2 || ((mode == 0 || mode == 3) && K >= N);
+}
+
+// Launches the persistent kernel with schedule pp; 0 (nothing launched) where a descriptor cannot
+// describe the operands (alignment, strides, an allocation the driver does not know), so the caller
+// falls back.
+static int grouped_tma(int pp, int mode, float* y, __nv_bfloat16* y16, const void* xhi, const void* xlo,
+                       const void* w, long wstride, const float* sx, const float* sw, long swstride,
+                       const int* tiles, int nt, int K, int N, float beta) {
     if (!tm_encode || !tm_range) return 0;
     int es = mode == 2 ? 1 : 2, mn = mode == 1 || mode == 4;
     CUtensorMapDataType dt = es == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_UINT16;
@@ -268,25 +278,33 @@ static int grouped_tma(int mode, float* y, __nv_bfloat16* y16, const void* xhi, 
     cuuint64_t experts = (cuuint64_t)((rw - wb) / ws + 1); // those whose whole block is readable
     cuuint64_t db[3] = {(cuuint64_t)(mn ? N : K), (cuuint64_t)(mn ? K : N), experts};
     cuuint64_t sb[2] = {(cuuint64_t)(mn ? (long)N * es : rb), (cuuint64_t)ws};
-    cuuint32_t bb[3] = {(cuuint32_t)(mn ? 64 : 128 / es), (cuuint32_t)(mn ? 64 : TM_BN), 1};
+    cuuint32_t bb[3] = {(cuuint32_t)(mn ? 64 : 128 / es), (cuuint32_t)(mn ? 64 : TM_BN(pp)), 1};
     if (!tm_map(&m[2], dt, 3, w, db, sb, bb)) return 0;
     static int sms[64];
     int dev;
     cudaCheck(cudaGetDevice(&dev));
     if (dev < 64 && !sms[dev])
         cudaCheck(cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev));
-    int items = nt * ((N + TM_BN - 1) / TM_BN), grid = dev < 64 && sms[dev] < items ? sms[dev] : items;
-    size_t smem = TM_SMEM(xlo != NULL);
-#define TM_LAUNCH(M, L)                                                                                        \
-    grouped_tma_kernel<M, L>                                                                                   \
+    int items = nt * ((N + TM_BN(pp) - 1) / TM_BN(pp)), grid = dev < 64 && sms[dev] < items ? sms[dev] : items;
+    size_t smem = TM_SMEM(pp, xlo != NULL);
+#define TM_LAUNCH(M, L, P)                                                                                     \
+    grouped_tma_kernel<M, L, P>                                                                                \
         <<<grid, 384, smem>>>(m[0], m[1], m[2], y, y16, sx, sw, swstride, tiles, nt, K, N, beta)
-    if (mode == 0 && !xlo) TM_LAUNCH(0, false);
-    if (mode == 0 && xlo) TM_LAUNCH(0, true);
-    if (mode == 1 && !xlo) TM_LAUNCH(1, false);
-    if (mode == 1 && xlo) TM_LAUNCH(1, true);
-    if (mode == 2) TM_LAUNCH(2, false);
-    if (mode == 3) TM_LAUNCH(3, false);
-    if (mode == 4) TM_LAUNCH(4, false);
+#define TM_LAUNCH2(M, L)                                                                                       \
+    do {                                                                                                       \
+        if (pp)                                                                                                \
+            TM_LAUNCH(M, L, true);                                                                             \
+        else                                                                                                   \
+            TM_LAUNCH(M, L, false);                                                                            \
+    } while (0)
+    if (mode == 0 && !xlo) TM_LAUNCH2(0, false);
+    if (mode == 0 && xlo) TM_LAUNCH2(0, true);
+    if (mode == 1 && !xlo) TM_LAUNCH2(1, false);
+    if (mode == 1 && xlo) TM_LAUNCH2(1, true);
+    if (mode == 2) TM_LAUNCH2(2, false);
+    if (mode == 3) TM_LAUNCH2(3, false);
+    if (mode == 4) TM_LAUNCH2(4, false);
+#undef TM_LAUNCH2
 #undef TM_LAUNCH
     cudaCheck(cudaGetLastError());
     return 1;
@@ -297,12 +315,16 @@ static int grouped_tma(int mode, float* y, __nv_bfloat16* y16, const void* xhi, 
 static int tm_setup(void) {
     if (!tm_encode) tm_encode = (tm_encode_fn)tm_entry("cuTensorMapEncodeTiled");
     if (!tm_range) tm_range = (tm_range_fn)tm_entry("cuMemGetAddressRange");
-    const void* k[] = {(const void*)grouped_tma_kernel<0, false>, (const void*)grouped_tma_kernel<0, true>,
-                       (const void*)grouped_tma_kernel<1, false>, (const void*)grouped_tma_kernel<1, true>,
-                       (const void*)grouped_tma_kernel<2, false>, (const void*)grouped_tma_kernel<3, false>,
-                       (const void*)grouped_tma_kernel<4, false>};
+#define TM_KERNELS(P)                                                                                          \
+    (const void*)grouped_tma_kernel<0, false, P>, (const void*)grouped_tma_kernel<0, true, P>,                 \
+        (const void*)grouped_tma_kernel<1, false, P>, (const void*)grouped_tma_kernel<1, true, P>,             \
+        (const void*)grouped_tma_kernel<2, false, P>, (const void*)grouped_tma_kernel<3, false, P>,            \
+        (const void*)grouped_tma_kernel<4, false, P>
+    const void* k[] = {TM_KERNELS(false), TM_KERNELS(true)};
+#undef TM_KERNELS
     const int lo[] = {0, 1, 0, 1, 0, 0, 0};
-    for (int i = 0; i < 7; i++)
-        cudaCheck(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, TM_SMEM(lo[i])));
+    for (int i = 0; i < 14; i++)
+        cudaCheck(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       TM_SMEM(i >= 7, lo[i % 7])));
     return tm_encode && tm_range;
 }

@@ -385,8 +385,9 @@ __global__ void __launch_bounds__(256, WG_MINB)
 
 // Which grouped kernel serves this call: GK_MMA (mma.sync), GK_WGMMA or GK_TMA (the persistent TMA
 // kernel); the last two only on a compute capability 9.0 device (their sm_90a code runs there only).
-// AUTOQ_MOE_GEMM=mma, wgmma or tma picks one (tma falls back to wgmma where the driver has no
-// tensor-map encoder); unset, GROUPED_DEFAULT on sm_90. Also sets the kernels' shared-memory limits
+// AUTOQ_MOE_GEMM=mma, wgmma or tma (tma-pingpong, tma-cooperative: its schedule forced) picks one
+// (tma falls back to wgmma where the driver has no tensor-map encoder); unset, GROUPED_DEFAULT (tma)
+// on sm_90. Also sets the kernels' shared-memory limits
 // once per device.
 enum { GK_MMA, GK_WGMMA, GK_TMA };
 static __thread const char* gk_last = "";
@@ -400,7 +401,7 @@ static void gk_fallback(int K, int N) {
     told = 1;
 }
 #ifndef GROUPED_DEFAULT
-#define GROUPED_DEFAULT GK_WGMMA
+#define GROUPED_DEFAULT GK_TMA
 #endif
 static int grouped_kind(void) {
     static volatile signed char cc90[64], tma[64];
@@ -428,7 +429,7 @@ static int grouped_kind(void) {
         cc90[dev] = on ? 1 : -1;
     }
     if (cc90[dev] < 0) return GK_MMA;
-    int want = how && strcmp(how, "tma") == 0     ? GK_TMA
+    int want = how && strncmp(how, "tma", 3) == 0 ? GK_TMA
                : how && strcmp(how, "wgmma") == 0 ? GK_WGMMA
                                                   : GROUPED_DEFAULT;
     return want == GK_TMA && tma[dev] > 0 ? GK_TMA : GK_WGMMA;
@@ -467,9 +468,10 @@ extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, con
     }
     if (nt == 0) return;
     int kind = grouped_kind(), mode = (bwd ? 1 : 0) + (f16 ? 3 : 0);
-    gk_last = kind == GK_TMA ? "tma" : kind == GK_WGMMA ? "wgmma" : "mma";
-    if (kind == GK_TMA &&
-        grouped_tma(mode, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0, tiles, nt, K, N, beta))
+    int pp = tm_pingpong(getenv("AUTOQ_MOE_GEMM"), mode, xlo != NULL, K, N);
+    gk_last = kind == GK_TMA ? (pp ? "tma-pingpong" : "tma-cooperative") : kind == GK_WGMMA ? "wgmma" : "mma";
+    if (kind == GK_TMA && grouped_tma(pp, mode, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0,
+                                      tiles, nt, K, N, beta))
         return;
     if (kind == GK_TMA) gk_fallback(K, N), gk_last = "wgmma";
     if (kind != GK_MMA) {
@@ -581,9 +583,10 @@ extern "C" void gpu_matmul_grouped_i8(float* y, const int8_t* xq, const float* s
     }
     if (nt == 0) return;
     int kind = grouped_kind();
-    gk_last = kind == GK_TMA ? "tma" : kind == GK_WGMMA ? "wgmma" : "mma";
+    int pp = tm_pingpong(getenv("AUTOQ_MOE_GEMM"), 2, 0, K, N);
+    gk_last = kind == GK_TMA ? (pp ? "tma-pingpong" : "tma-cooperative") : kind == GK_WGMMA ? "wgmma" : "mma";
     if (kind == GK_TMA &&
-        grouped_tma(2, y, NULL, xq, NULL, wq, wstride, sx, sw, swstride, tiles, nt, K, N, 0.0f))
+        grouped_tma(pp, 2, y, NULL, xq, NULL, wq, wstride, sx, sw, swstride, tiles, nt, K, N, 0.0f))
         return;
     if (kind == GK_TMA) gk_fallback(K, N), gk_last = "wgmma";
     if (kind != GK_MMA) {
