@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
         for (int s = 0; s < 3; s++) {
             int K = shapes[s][0], N = shapes[s][1], bwd = shapes[s][2];
             double flop = 2.0 * rows * K * N, ms[13];
+            char ran[32] = "";
             grouped_setup(offs, E, K, N, bwd, x, w, y);
             // the kernel each grouped run asks for (AUTOQ_MOE_GEMM; NULL: the default)
             const char* kind[13] = {NULL,  NULL,    NULL,  NULL,    "mma", "mma",  NULL,
@@ -137,6 +138,7 @@ int main(int argc, char** argv) {
                 }
                 cudaEventRecord(b, 0);
                 ms[impl] = time_ms(a, b) / reps;
+                if (impl == 7) snprintf(ran, sizeof(ran), "%s", gpu_matmul_grouped_kernel()); // the schedule
             }
             if (!only_tma) {
                 printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); mma.sync kernel %.3f ms (%.0f); "
@@ -152,9 +154,9 @@ int main(int argc, char** argv) {
                 printf("\n");
             }
             // the persistent TMA kernel against wgmma and the dense cuBLAS GEMM (its target: 75%)
-            printf("  %s %s: tma %.3f ms (%.0f TFLOP/s, %.0f%% of dense cuBLAS), wgmma %.3f ms (%.0f), dense "
+            printf("  %s %s: %s %.3f ms (%.0f TFLOP/s, %.0f%% of dense cuBLAS), wgmma %.3f ms (%.0f), dense "
                    "cuBLAS %.0f; hi + lo: tma %.0f, wgmma %.0f",
-                   skew ? "skewed " : "uniform", names[s], ms[7], flop / ms[7] / 1e9, 100 * ms[1] / ms[7],
+                   skew ? "skewed " : "uniform", names[s], ran, ms[7], flop / ms[7] / 1e9, 100 * ms[1] / ms[7],
                    ms[8], flop / ms[8] / 1e9, flop / ms[1] / 1e9, 2 * flop / ms[11] / 1e9,
                    2 * flop / ms[12] / 1e9);
             if (!bwd) printf("; int8: tma %.0f TOP/s, wgmma %.0f", flop / ms[9] / 1e9, flop / ms[10] / 1e9);
