@@ -387,8 +387,7 @@ __global__ void __launch_bounds__(256, WG_MINB)
 // kernel); the last two only on a compute capability 9.0 device (their sm_90a code runs there only).
 // AUTOQ_MOE_GEMM=mma, wgmma or tma (tma-pingpong, tma-cooperative: its schedule forced) picks one
 // (tma falls back to wgmma where the driver has no tensor-map encoder); unset, GROUPED_DEFAULT (tma)
-// on sm_90. Also sets the kernels' shared-memory limits
-// once per device.
+// on sm_90. Also sets the kernels' shared-memory limits once per device.
 enum { GK_MMA, GK_WGMMA, GK_TMA };
 static __thread const char* gk_last = "";
 extern "C" const char* gpu_matmul_grouped_kernel(void) { return gk_last; }
