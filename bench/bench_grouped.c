@@ -4,10 +4,12 @@
 // one (AUTOQ_MOE_GEMM=mma), bf16 and int8. Rows per expert as a batch of 8 x 512 tokens,
 // top-8 of 128 experts, spreads them: uniform, or skewed (expert e gets a share growing with e).
 // Also cuBLAS's own grouped GEMM (cublasGemmGroupedBatchedEx: one group per expert, sizes on the
-// host, so the engine would have to read the routing counts back first).
-//   build-dev/bench/bench_grouped [ROWS]
+// host, so the engine would have to read the routing counts back first), and the persistent TMA kernel
+// (AUTOQ_MOE_GEMM=tma) beside wgmma (=wgmma), bf16, hi + lo and int8.
+//   build-dev/bench/bench_grouped [ROWS] [tma]   (tma: only tma, wgmma and dense cuBLAS)
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/util.h"
 #include "kernels/matmul.h"
@@ -65,6 +67,7 @@ static void grouped_cublas(cublasHandle_t h) {
 
 int main(int argc, char** argv) {
     int rows = argc > 1 ? atoi(argv[1]) : 32768, E = 128, reps = 20;
+    int only_tma = argc > 2 && !strcmp(argv[2], "tma");                  // the TMA lines only (tuning builds)
     int shapes[3][3] = {{2048, 768, 0}, {768, 2048, 0}, {768, 2048, 1}}; // gate/up, down, down backward
     const char* names[3] = {"gate (K 2048, N 768)", "down (K 768, N 2048)", "down backward (K 2048, N 768)"};
     void *x, *w, *y;
@@ -94,17 +97,26 @@ int main(int argc, char** argv) {
         cudaMemcpy(dt, tiles, sizeof(int) * 3 * nt, cudaMemcpyHostToDevice);
         for (int s = 0; s < 3; s++) {
             int K = shapes[s][0], N = shapes[s][1], bwd = shapes[s][2];
-            double flop = 2.0 * rows * K * N, ms[7];
+            double flop = 2.0 * rows * K * N, ms[13];
+            char ran[32] = "";
             grouped_setup(offs, E, K, N, bwd, x, w, y);
-            for (int impl = 0; impl < 7; impl++) {
+            // the kernel each grouped run asks for (AUTOQ_MOE_GEMM; NULL: the default)
+            const char* kind[13] = {NULL,  NULL,    NULL,  NULL,    "mma", "mma",  NULL,
+                                    "tma", "wgmma", "tma", "wgmma", "tma", "wgmma"};
+            for (int impl = 0; impl < 13; impl++) {
                 const float one = 1, zero = 0;
-                if (impl == 4) setenv("AUTOQ_MOE_GEMM", "mma", 1);
-                if (impl == 6) unsetenv("AUTOQ_MOE_GEMM");
+                if (only_tma && impl != 1 && impl < 7) continue;
+                if (kind[impl])
+                    setenv("AUTOQ_MOE_GEMM", kind[impl], 1);
+                else
+                    unsetenv("AUTOQ_MOE_GEMM");
                 for (int r = -2; r < reps; r++) { // two warm-up runs
                     if (r == 0) cudaEventRecord(a, 0);
-                    if (impl == 0 || impl == 4) {
+                    if (impl == 0 || impl == 4 || impl == 7 || impl == 8) {
                         gpu_matmul_grouped(y, NULL, x, NULL, w, (long)K * N, dt, nt, K, N, bwd, 0.0f, 0);
-                    } else if (impl == 5 || impl == 6) { // int8 codes (the buffers reread as bytes)
+                    } else if (impl == 11 || impl == 12) { // hi + lo inputs (x twice): twice the work
+                        gpu_matmul_grouped(y, NULL, x, x, w, (long)K * N, dt, nt, K, N, bwd, 0.0f, 0);
+                    } else if (impl >= 5 && impl <= 10) { // int8 codes (the buffers reread as bytes)
                         if (!bwd) gpu_matmul_grouped_i8(y, x, sx, w, (long)K * N, sw, N, dt, nt, K, N);
                     } else if (impl == 1) {
                         cublasGemmEx(h, bwd ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, N, rows, K, &one, w,
@@ -126,16 +138,28 @@ int main(int argc, char** argv) {
                 }
                 cudaEventRecord(b, 0);
                 ms[impl] = time_ms(a, b) / reps;
+                if (impl == 7) snprintf(ran, sizeof(ran), "%s", gpu_matmul_grouped_kernel()); // the schedule
             }
-            printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); mma.sync kernel %.3f ms (%.0f); one "
-                   "cuBLAS GEMM of the same size %.3f ms (%.0f); cuBLAS per expert %.3f ms (%.0f); cuBLAS "
-                   "grouped %.3f ms (%.0f)",
-                   skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[4],
-                   flop / ms[4] / 1e9, ms[1], flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9, ms[3],
-                   flop / ms[3] / 1e9);
-            if (!bwd)
-                printf("; int8 grouped %.3f ms (%.0f TOP/s), int8 mma.sync %.3f ms (%.0f)", ms[6],
-                       flop / ms[6] / 1e9, ms[5], flop / ms[5] / 1e9);
+            if (!only_tma) {
+                printf("%s rows %d, %s: grouped kernel %.3f ms (%.0f TFLOP/s); mma.sync kernel %.3f ms (%.0f); "
+                       "one "
+                       "cuBLAS GEMM of the same size %.3f ms (%.0f); cuBLAS per expert %.3f ms (%.0f); cuBLAS "
+                       "grouped %.3f ms (%.0f)",
+                       skew ? "skewed " : "uniform", rows, names[s], ms[0], flop / ms[0] / 1e9, ms[4],
+                       flop / ms[4] / 1e9, ms[1], flop / ms[1] / 1e9, ms[2], flop / ms[2] / 1e9, ms[3],
+                       flop / ms[3] / 1e9);
+                if (!bwd)
+                    printf("; int8 grouped %.3f ms (%.0f TOP/s), int8 mma.sync %.3f ms (%.0f)", ms[6],
+                           flop / ms[6] / 1e9, ms[5], flop / ms[5] / 1e9);
+                printf("\n");
+            }
+            // the persistent TMA kernel against wgmma and the dense cuBLAS GEMM (its target: 75%)
+            printf("  %s %s: %s %.3f ms (%.0f TFLOP/s, %.0f%% of dense cuBLAS), wgmma %.3f ms (%.0f), dense "
+                   "cuBLAS %.0f; hi + lo: tma %.0f, wgmma %.0f",
+                   skew ? "skewed " : "uniform", names[s], ran, ms[7], flop / ms[7] / 1e9, 100 * ms[1] / ms[7],
+                   ms[8], flop / ms[8] / 1e9, flop / ms[1] / 1e9, 2 * flop / ms[11] / 1e9,
+                   2 * flop / ms[12] / 1e9);
+            if (!bwd) printf("; int8: tma %.0f TOP/s, wgmma %.0f", flop / ms[9] / 1e9, flop / ms[10] / 1e9);
             printf("\n");
         }
         cudaFree(dt);

@@ -381,15 +381,34 @@ __global__ void __launch_bounds__(256, WG_MINB)
         }
 }
 
-// Whether the wgmma kernels serve this call: a compute capability 9.0 device (their sm_90a code
-// runs there only) and AUTOQ_MOE_GEMM not "mma". Also sets their shared-memory limit once per device.
-static int use_wgmma(void) {
-    static volatile signed char cc90[64];
+#include "grouped_tma.cuh"
+
+// Which grouped kernel serves this call: GK_MMA (mma.sync), GK_WGMMA or GK_TMA (the persistent TMA
+// kernel); the last two only on a compute capability 9.0 device (their sm_90a code runs there only).
+// AUTOQ_MOE_GEMM=mma, wgmma or tma (tma-pingpong, tma-cooperative: its schedule forced) picks one
+// (tma falls back to wgmma where the driver has no tensor-map encoder); unset, GROUPED_DEFAULT (tma)
+// on sm_90. Also sets the kernels' shared-memory limits once per device.
+enum { GK_MMA, GK_WGMMA, GK_TMA };
+static __thread const char* gk_last = "";
+extern "C" const char* gpu_matmul_grouped_kernel(void) { return gk_last; }
+// tma asked for, the descriptors refused: say so once, the sums come from wgmma
+static void gk_fallback(int K, int N) {
+    static volatile int told;
+    if (!told)
+        fprintf(stderr, "autoq: grouped GEMM (K %d, N %d): no TMA descriptor for these operands, wgmma\n", K,
+                N);
+    told = 1;
+}
+#ifndef GROUPED_DEFAULT
+#define GROUPED_DEFAULT GK_TMA
+#endif
+static int grouped_kind(void) {
+    static volatile signed char cc90[64], tma[64];
     const char* how = getenv("AUTOQ_MOE_GEMM");
-    if (how && strcmp(how, "mma") == 0) return 0;
+    if (how && strcmp(how, "mma") == 0) return GK_MMA;
     int dev;
     cudaCheck(cudaGetDevice(&dev));
-    if (dev >= 64) return 0;
+    if (dev >= 64) return GK_MMA;
     if (cc90[dev] == 0) {
         int ma, mi, on;
         cudaCheck(cudaDeviceGetAttribute(&ma, cudaDevAttrComputeCapabilityMajor, dev));
@@ -404,10 +423,15 @@ static int use_wgmma(void) {
                 (const void*)grouped_wg_kernel<4, false>};
             for (int i = 0; i < 7; i++)
                 cudaCheck(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            tma[dev] = tm_setup() ? 1 : -1;
         }
         cc90[dev] = on ? 1 : -1;
     }
-    return cc90[dev] > 0;
+    if (cc90[dev] < 0) return GK_MMA;
+    int want = how && strncmp(how, "tma", 3) == 0 ? GK_TMA
+               : how && strcmp(how, "wgmma") == 0 ? GK_WGMMA
+                                                  : GROUPED_DEFAULT;
+    return want == GK_TMA && tma[dev] > 0 ? GK_TMA : GK_WGMMA;
 }
 
 static void grouped_wg(int mode, float* y, __nv_bfloat16* y16, const void* xhi, const void* xlo, const void* w,
@@ -442,9 +466,15 @@ extern "C" void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, con
         exit(1);
     }
     if (nt == 0) return;
-    if (use_wgmma()) {
-        grouped_wg((bwd ? 1 : 0) + (f16 ? 3 : 0), y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0,
-                   tiles, nt, K, N, beta);
+    int kind = grouped_kind(), mode = (bwd ? 1 : 0) + (f16 ? 3 : 0);
+    int pp = tm_pingpong(getenv("AUTOQ_MOE_GEMM"), mode, xlo != NULL, K, N);
+    gk_last = kind == GK_TMA ? (pp ? "tma-pingpong" : "tma-cooperative") : kind == GK_WGMMA ? "wgmma" : "mma";
+    if (kind == GK_TMA && grouped_tma(pp, mode, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0,
+                                      tiles, nt, K, N, beta))
+        return;
+    if (kind == GK_TMA) gk_fallback(K, N), gk_last = "wgmma";
+    if (kind != GK_MMA) {
+        grouped_wg(mode, y, (__nv_bfloat16*)y16, xhi, xlo, w, wstride, NULL, NULL, 0, tiles, nt, K, N, beta);
         return;
     }
     dim3 grid(nt, ceil_div(N, GG_BN));
@@ -551,7 +581,14 @@ extern "C" void gpu_matmul_grouped_i8(float* y, const int8_t* xq, const float* s
         exit(1);
     }
     if (nt == 0) return;
-    if (use_wgmma()) {
+    int kind = grouped_kind();
+    int pp = tm_pingpong(getenv("AUTOQ_MOE_GEMM"), 2, 0, K, N);
+    gk_last = kind == GK_TMA ? (pp ? "tma-pingpong" : "tma-cooperative") : kind == GK_WGMMA ? "wgmma" : "mma";
+    if (kind == GK_TMA &&
+        grouped_tma(pp, 2, y, NULL, xq, NULL, wq, wstride, sx, sw, swstride, tiles, nt, K, N, 0.0f))
+        return;
+    if (kind == GK_TMA) gk_fallback(K, N), gk_last = "wgmma";
+    if (kind != GK_MMA) {
         grouped_wg(2, y, NULL, xq, NULL, wq, wstride, sx, sw, swstride, tiles, nt, K, N, 0.0f);
         return;
     }

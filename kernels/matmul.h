@@ -26,11 +26,19 @@ void matmul_grouped(float* y, const float* x, const float* w, long wstride, cons
 #define GROUPED_ROWS 128
 int matmul_grouped_tiles(int* tiles, const int* offs, int E);
 // GPU (tiles on the device, nt of them): x = hi + lo bf16 (lo may be NULL), w bf16; y fp32, or y16
-// bf16 with beta 0. Tensor cores, fp32 accumulation; K a multiple of 16 and N of 8. wgmma on compute
-// capability 9.0, mma.sync elsewhere or with AUTOQ_MOE_GEMM=mma (the same sums, in the same order).
+// bf16 with beta 0. Tensor cores, fp32 accumulation; K a multiple of 16 and N of 8. The persistent TMA
+// kernel (or wgmma) on compute capability 9.0, mma.sync elsewhere or with AUTOQ_MOE_GEMM=mma (the same
+// sums, in the same order).
 // With f16, x and w hold fp16 values (the fp16 GEMM mode; no lo, no y16).
 void gpu_matmul_grouped(float* y, bf16_t* y16, const bf16_t* xhi, const bf16_t* xlo, const bf16_t* w,
                         long wstride, const int* tiles, int nt, int K, int N, int bwd, float beta, int f16);
+
+// Which kernel served this thread's last grouped GEMM (either form): "tma-pingpong" or
+// "tma-cooperative" (the persistent TMA kernel, sm_90a, and its schedule), "wgmma", "mma" (mma.sync /
+// WMMA), or "" before the first. AUTOQ_MOE_GEMM=tma (the schedule by shape), tma-pingpong,
+// tma-cooperative, wgmma or mma asks for one; unset, tma on compute capability 9.0; tma falls back to
+// wgmma where a tensor-map descriptor cannot describe the operands (told once on stderr).
+const char* gpu_matmul_grouped_kernel(void);
 
 // The same with int8 codes (the quantized experts, README §4): y's rows = (x's codes . W_e's codes^T)
 // * sx[row] * sw[e * swstride + column], exactly as the dequantized int32 GEMM of kernels/quant.h.

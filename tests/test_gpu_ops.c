@@ -588,19 +588,48 @@ static void op_moe(int T, int E, int K, int D, int renorm) {
 }
 
 static const char* g_grouped = ""; // which grouped kernel runs (AUTOQ_MOE_GEMM)
+static int g_ragged;               // expert sizes at the tile's edges (grouped_offs)
+static int g_interleaved;          // weights as the engine's gate and up: W_e at e * 2 N K + N K
+
+// The kernel asked for (AUTOQ_MOE_GEMM) is the one that ran: tma and wgmma on compute capability
+// 9.0, mma.sync elsewhere; so a silent fallback cannot pass for the kernel under test.
+static void grouped_ran(void) {
+    const char *how = getenv("AUTOQ_MOE_GEMM"), *ran = gpu_matmul_grouped_kernel();
+    int dev, ma, mi;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&ma, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&mi, cudaDevAttrComputeCapabilityMinor, dev);
+    const char* want = ma != 9 || mi != 0 || (how && !strcmp(how, "mma")) ? "mma" : how ? how : ran;
+    if (strncmp(ran, want, strlen(want))) { // "tma" asks for either schedule
+        char name[96];
+        snprintf(name, sizeof(name), "gpu op grouped GEMM runs the kernel asked for (%s)", want);
+        CHECK(0, name, "%s ran", ran);
+    }
+}
+
+// Rows per expert: a spread with empty and partial tiles, or (g_ragged) sizes at the tile's edges:
+// 0 (first and last), 1, GROUPED_ROWS - 1, GROUPED_ROWS, GROUPED_ROWS + 1, 2 GROUPED_ROWS.
+static void grouped_offs(int* offs, int E, int mod, int zero, int mul, int span) {
+    const int edge[] = {0, 1, GROUPED_ROWS, GROUPED_ROWS + 1, 0, GROUPED_ROWS - 1, 2 * GROUPED_ROWS, 1};
+    offs[0] = 0;
+    for (int e = 0; e < E; e++) {
+        int n = e % mod == zero ? 0 : 1 + (e * mul) % span;
+        if (g_ragged) n = e == E - 1 ? 0 : edge[e % 8];
+        offs[e + 1] = offs[e] + n;
+    }
+}
 
 // The experts' grouped GEMM (forward and backward layouts, hi + lo inputs, bf16 output, beta 1)
 // against the CPU's per-expert GEMMs on bf16-exact inputs (fp16-exact with f16, the fp16 GEMM mode);
 // some experts get no rows, some a partial tile.
 static void op_grouped(int E, int K, int N, int bwd, int split, int f16) {
     int* offs = xmalloc(sizeof(int) * (E + 1));
-    offs[0] = 0;
-    for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + (e % 3 == 1 ? 0 : 1 + (e * 37) % 150);
+    grouped_offs(offs, E, 3, 1, 37, 150);
     int rows = offs[E];
-    long wsz = (long)N * K;
-    float *x = randv((long)rows * K, 1), *w = randv(wsz * E, 0.1f), *y = randv((long)rows * N, 1);
-    uint16_t *w16 = to_bf16(w, wsz * E), *hi = xmalloc(2L * rows * K), *lo = xmalloc(2L * rows * K);
-    for (long i = 0; f16 && i < wsz * E; i++) { // fp16 weights hold the bf16 values (all in range here)
+    long wsz = (long)N * K, wn = wsz * E * (g_interleaved ? 2 : 1); // wsz: one expert's weights
+    float *x = randv((long)rows * K, 1), *w = randv(wn, 0.1f), *y = randv((long)rows * N, 1);
+    uint16_t *w16 = to_bf16(w, wn), *hi = xmalloc(2L * rows * K), *lo = xmalloc(2L * rows * K);
+    for (long i = 0; f16 && i < wn; i++) { // fp16 weights hold the bf16 values (all in range here)
         w16[i] = f32_to_f16(w[i]);
         w[i] = f16_to_f32(w16[i]);
     }
@@ -616,29 +645,32 @@ static void op_grouped(int E, int K, int N, int bwd, int split, int f16) {
     }
     float *want = xmalloc(4L * rows * N), *got = xmalloc(4L * rows * N);
     memcpy(want, y, 4L * rows * N);
-    matmul_grouped(want, x, w, wsz, offs, E, K, N, bwd, 1.0f);
+    long ws = g_interleaved ? 2 * wsz : wsz, w0 = g_interleaved ? wsz : 0; // stride, first expert's start
+    matmul_grouped(want, x, w + w0, ws, offs, E, K, N, bwd, 1.0f);
     int* tiles = xmalloc(sizeof(int) * 3 * (rows / GROUPED_ROWS + E));
     int nt = matmul_grouped_tiles(tiles, offs, E);
-    void *dx = put(hi, 2L * rows * K), *dl = put(lo, 2L * rows * K), *dw = put(w16, 2 * wsz * E);
+    void *dx = put(hi, 2L * rows * K), *dl = put(lo, 2L * rows * K), *dw0 = put(w16, 2 * wn);
     void *dy = put(y, 4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt), *dy16 = zeros(2L * rows * N);
-    gpu_matmul_grouped(dy, NULL, dx, split ? dl : NULL, dw, wsz, dt, nt, K, N, bwd, 1.0f, f16);
+    void* dw = (uint16_t*)dw0 + w0;
+    gpu_matmul_grouped(dy, NULL, dx, split ? dl : NULL, dw, ws, dt, nt, K, N, bwd, 1.0f, f16);
+    grouped_ran();
     get(got, dy, 4L * rows * N);
     char shape[128];
-    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s, beta 1%s)", E, rows, K, N,
+    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s, beta 1%s%s%s)", E, rows, K, N,
              bwd ? ", backward" : "",
              split ? ", hi + lo"
              : f16 ? ", fp16"
                    : "",
-             g_grouped);
+             g_ragged ? ", edge sizes" : "", g_interleaved ? ", interleaved" : "", g_grouped);
     report("matmul_grouped", shape, max_err(got, want, (long)rows * N, 0), 1e-5);
-    matmul_grouped(want, x, w, wsz, offs, E, K, N, bwd, 0.0f); // bf16 output
+    matmul_grouped(want, x, w + w0, ws, offs, E, K, N, bwd, 0.0f); // bf16 output
     uint16_t* g16 = xmalloc(2L * rows * N);
-    if (!f16) gpu_matmul_grouped(NULL, dy16, dx, NULL, dw, wsz, dt, nt, K, N, bwd, 0.0f, 0);
+    if (!f16) gpu_matmul_grouped(NULL, dy16, dx, NULL, dw, ws, dt, nt, K, N, bwd, 0.0f, 0);
     get(g16, dy16, 2L * rows * N);
     for (long i = 0; i < (long)rows * N; i++) got[i] = bf16_to_f32(g16[i]);
     if (!split && !f16)
         report("matmul_grouped bf16 output", shape, max_err(got, want, (long)rows * N, 0), 8e-3);
-    cudaFree(dx), cudaFree(dl), cudaFree(dw), cudaFree(dy), cudaFree(dt), cudaFree(dy16);
+    cudaFree(dx), cudaFree(dl), cudaFree(dw0), cudaFree(dy), cudaFree(dt), cudaFree(dy16);
     free(offs), free(x), free(w), free(y), free(w16), free(hi), free(lo), free(want), free(got), free(tiles),
         free(g16);
 }
@@ -646,8 +678,7 @@ static void op_grouped(int E, int K, int N, int bwd, int split, int f16) {
 // The int8 grouped GEMM with its dequantizing epilogue against the CPU's exact integer sums.
 static void op_grouped_i8(int E, int K, int N) {
     int* offs = xmalloc(sizeof(int) * (E + 1));
-    offs[0] = 0;
-    for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + (e % 4 == 2 ? 0 : 1 + (e * 53) % 140);
+    grouped_offs(offs, E, 4, 2, 53, 140);
     int rows = offs[E];
     long ws = (long)N * K;
     int8_t *xq = xmalloc((long)rows * K), *wq = xmalloc(ws * E);
@@ -662,9 +693,11 @@ static void op_grouped_i8(int E, int K, int N) {
          *dsw = put(sw, 4L * N * E);
     void *dy = zeros(4L * rows * N), *dt = put(tiles, sizeof(int) * 3 * nt);
     gpu_matmul_grouped_i8(dy, dx, dsx, dw, ws, dsw, N, dt, nt, K, N);
+    grouped_ran();
     get(got, dy, 4L * rows * N);
     char shape[96];
-    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s)", E, rows, K, N, g_grouped);
+    snprintf(shape, sizeof(shape), "(E %d, rows %d, K %d, N %d%s%s)", E, rows, K, N,
+             g_ragged ? ", edge sizes" : "", g_grouped);
     report("matmul_grouped_i8", shape, max_err(got, want, (long)rows * N, 0), 0);
     cudaFree(dx), cudaFree(dw), cudaFree(dsx), cudaFree(dsw), cudaFree(dy), cudaFree(dt);
     free(offs), free(xq), free(wq), free(sx), free(sw), free(want), free(got), free(tiles);
@@ -1018,6 +1051,51 @@ static void op_kv_quant(int nb, int T, int KV, int hd, QuantSpec q, const char* 
     free(x), free(want), free(got), free(got2), free(hi), free(lo), free(xs);
 }
 
+#ifdef AUTOQ_CUDA
+// The grouped GEMMs under every kernel: the default, wgmma and the persistent TMA one (its schedule
+// by shape, then each forced) where the device is sm_90 (else mma.sync each time), then mma.sync.
+static void grouped_ops(void) {
+    const char* kinds[] = {NULL, "wgmma", "tma", "tma-pingpong", "tma-cooperative", "mma"};
+    const char* names[] = {", default kernel", ", wgmma",           ", tma",
+                           ", tma ping-pong",  ", tma cooperative", ", mma.sync"};
+    for (int k = 0; k < 6; k++) {
+        g_grouped = names[k];
+        if (k) setenv("AUTOQ_MOE_GEMM", kinds[k], 1);
+        g_ragged = 1; // expert sizes at the tile's edges; K, N off the tiles (224 = 3.5 x 64, 200, 784)
+        op_grouped(9, 224, 200, 0, 0, 0);
+        op_grouped(9, 224, 200, 0, 1, 0);
+        op_grouped(9, 200 / 8 * 8 + 24, 200, 1, 0, 0);
+        op_grouped(9, 96, 264, 1, 1, 0);
+        op_grouped(9, 224, 200, 0, 0, 1);
+        op_grouped(9, 224, 200, 1, 0, 1);
+        op_grouped_i8(9, 784, 200);
+        op_grouped_i8(9, 2048, 264);
+        g_ragged = 0;
+        g_interleaved = 1; // the engine's up half of a fused gate and up block
+        op_grouped(7, 256, 200, 0, 0, 0);
+        op_grouped(7, 256, 200, 0, 1, 0);
+        op_grouped(7, 256, 200, 1, 0, 0);
+        g_interleaved = 0;
+        op_grouped(8, 64, 32, 0, 1, 0);
+        op_grouped(8, 32, 64, 1, 1, 0);
+        op_grouped(13, 256, 200, 0, 0, 0);
+        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0, 0);
+        op_grouped(5, 2048, 768, 0, 1, 0);
+        op_grouped(5, 768, 2048, 1, 1, 0);
+        op_grouped(5, 2048, 768, 1, 0, 0);
+        op_grouped(13, 256, 200, 0, 0, 1);
+        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0, 1);
+        op_grouped(5, 2048, 768, 0, 0, 1);
+        op_grouped(5, 768, 2048, 1, 0, 1);
+        op_grouped_i8(8, 32, 64);
+        op_grouped_i8(8, 64, 32);
+        op_grouped_i8(13, 2048, 768);
+        op_grouped_i8(13, 784, 200);
+    }
+    unsetenv("AUTOQ_MOE_GEMM");
+}
+#endif
+
 int main(void) {
     if (gpu_device_count() == 0) {
         SKIP("gpu ops", "no CUDA device (or built without nvcc)");
@@ -1027,6 +1105,10 @@ int main(void) {
     printf("  device: %s\n", gpu_name());
     // AUTOQ_TEST_ONLY=gated_delta (or gated_delta_small: without the large shapes): only the gated-delta ops
     const char* only = getenv("AUTOQ_TEST_ONLY");
+    if (only && !strcmp(only, "grouped")) { // AUTOQ_TEST_ONLY=grouped: only the experts' grouped GEMMs
+        grouped_ops();
+        return g_fail ? 1 : 0;
+    }
     if (only && !strncmp(only, "gated_delta", 11)) {
         gated_delta_ops(strcmp(only, "gated_delta_small") != 0);
         return g_fail ? 1 : 0;
@@ -1086,27 +1168,7 @@ int main(void) {
     op_moe(300, 128, 8, 96, 1);
     op_moe(4096, 128, 8, 64, 1);
     op_moe(50, 60, 4, 32, 0);
-    // both grouped kernels: wgmma where the device is sm_90 (else mma.sync twice), then mma.sync
-    for (int k = 0; k < 2; k++) {
-        g_grouped = k ? ", mma.sync" : ", default kernel";
-        if (k) setenv("AUTOQ_MOE_GEMM", "mma", 1);
-        op_grouped(8, 64, 32, 0, 1, 0);
-        op_grouped(8, 32, 64, 1, 1, 0);
-        op_grouped(13, 256, 200, 0, 0, 0);
-        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0, 0);
-        op_grouped(5, 2048, 768, 0, 1, 0);
-        op_grouped(5, 768, 2048, 1, 1, 0);
-        op_grouped(5, 2048, 768, 1, 0, 0);
-        op_grouped(13, 256, 200, 0, 0, 1);
-        op_grouped(13, 200 / 8 * 8 + 24, 96, 1, 0, 1);
-        op_grouped(5, 2048, 768, 0, 0, 1);
-        op_grouped(5, 768, 2048, 1, 0, 1);
-        op_grouped_i8(8, 32, 64);
-        op_grouped_i8(8, 64, 32);
-        op_grouped_i8(13, 2048, 768);
-        op_grouped_i8(13, 784, 200);
-    }
-    unsetenv("AUTOQ_MOE_GEMM");
+    grouped_ops();
     op_gptq(96, 320, 512, GPTQ_ORDER_STATIC, (QuantSpec){.bits = 4, .narrow = 0, .ct = 1});
     op_gptq(64, 300, 256, GPTQ_ORDER_NONE, (QuantSpec){.bits = 4, .narrow = 1, .ct = 0});
     // rows not a multiple of a thread block's 16 warps, more columns than a 1024-column super-block (the
