@@ -313,7 +313,7 @@ PY
 else
     echo "SKIP $SUITE: KV-cache checkpoint load: compressed-tensors not installed"
 fi
-expect "quantize kv_nvfp4: not written yet" "NVFP4 KV caches are not written yet" \
+expect "quantize kv_nvfp4: not written, the reason and its sources named" "vLLM's compressed-tensors loader refuses any KV scheme but per-tensor" \
     $AQ quantize $T --recipe "$tmp/long.json" --out "$tmp/ck2" --data "$tmp/tiny_ids.npy"
 expect "quantize with a KV cache needs --data" "need --data" $AQ quantize $T --recipe "$tmp/k.json" --out "$tmp/ck3"
 
