@@ -141,6 +141,7 @@ typedef struct {
     TokenIds dheld[MAX_DOMAINS];
     VerifyRef dref[MAX_DOMAINS];
     double* wkl; // (held->n) each window's KL (the GPU's)
+    int* kv;     // (layers) each layer's KV-cache choice, the array verify_set_kv deploys (README §7)
 } RefineCtx;
 
 // The recipe on the GPU: each linear whose choice changed since the last measurement gets its deployed
@@ -190,6 +191,7 @@ static void refine_measure(void* ctx, const int* sel, VerifyResult* v, double* d
     RefineCtx* r = ctx;
     Solution s = {.sel = (int*)sel};
     linear_choice(r->m, r->t, &s, r->choice);
+    kv_choice(r->m, r->t, &s, r->kv); // the KV caches as the recipe stores them (verify deploys them)
     if (r->gpu) {
         refine_measure_gpu(r, v, dkl);
         return;
@@ -215,13 +217,20 @@ static void refine_measure(void* ctx, const int* sel, VerifyResult* v, double* d
 // The CUDA engine for the measurements with --device cuda, and with --device auto where a GPU is visible
 // (README §7; tests/test_gpu_refine.sh compares it with the CPU engine): round-to-nearest recipes only (GPTQ
 // runs again per recipe on the CPU). NULL: the CPU engine.
-static GpuMeasure* refine_gpu(const ScoreJob* j, const TokenIds* held) {
+static GpuMeasure* refine_gpu(const ScoreJob* j, const ScoreTable* t, const TokenIds* held) {
     int want = !strcmp(j->device, "cuda");
     if (!want && strcmp(j->device, "auto")) return NULL;
     if (!gpu_device_count()) {
         if (want) fail_input("search --refine --device cuda: no CUDA device found");
         return NULL;
     }
+    for (int g = 0; g < t->ng; g++)
+        if (table_kv(t, g) && !t->disabled[g]) {
+            info_msg("search: --refine measures on the CPU engine: %s is a KV-cache group, and the CUDA "
+                     "measurement does not fake-quantize KV caches yet (README §7)",
+                     t->gname[g]);
+            return NULL;
+        }
     if (j->quant.kind == QUANTIZER_GPTQ) {
         info_msg("search: --refine with --quantizer gptq measures on the CPU engine (GPTQ runs again for each "
                  "recipe on the held-out windows)");
@@ -269,12 +278,12 @@ static void refine_domain_data(const ScoreJob* j, const ScoreTable* t, int windo
 
 // Refines main (README §7) on the held-out windows and makes it the best measured recipe.
 static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj, Solution* main, ScoreJob* j,
-                          const TokenIds* held, const Format* fmts, const RefineOpts* ro) {
+                          const TokenIds* held, const Format* fmts, const RefineOpts* ro, int* kv) {
     VerifyRef ref = {0};
     TokenIds all = {0, 0, NULL};
     int nd = obj->kind == OBJ_MAX ? ctx->t->nd : 0;
     RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref,  ctx->t, xmalloc(sizeof(int) * j->model.n_linears),
-                    NULL,      NULL, nd,   {{0}},     {{0}}, NULL};
+                    NULL,      NULL, nd,   {{0}},     {{0}}, NULL,   kv};
     RefineOpts o = *ro;
     if (nd) {
         refine_domain_data(j, ctx->t, ro->windows, rc.dheld, &all);
@@ -283,7 +292,7 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
         for (int d = 0; d < nd; d++) o.dwindows[d] = rc.dheld[d].n;
         rc.wkl = xmalloc(sizeof(double) * all.n);
     }
-    rc.gpu = refine_gpu(j, held);
+    rc.gpu = refine_gpu(j, ctx->t, held);
     if (rc.gpu) {
         rc.on_gpu = xmalloc(sizeof(int) * j->model.n_linears);
         for (int i = 0; i < j->model.n_linears; i++) rc.on_gpu[i] = -1;
@@ -469,15 +478,14 @@ int cmd_search(Args* a) {
     if (mb.on) search_set_memory(&ctx, &mb);
     Target target;
     uint8_t* deny = NULL;
-    int kv_target = 0; // --kv-uniform by the engine profile (README "Serving engines")
-    if (target_s) {    // the engine's rules: formats it does not serve on --arch are never offered
+    if (target_s) { // the engine's rules: formats it does not serve on --arch are never offered
         target_load(&target, target_s, arch_s);
         deny = target_deny_table(&target, &t);
         ctx.deny = deny;
         int any_kv = 0;
         for (int g = 0; g < t.ng; g++) any_kv |= table_kv(&t, g) && !t.disabled[g];
         if (target.kv_one_format && any_kv && !kv_uniform) {
-            kv_uniform = kv_target = 1;
+            kv_uniform = 1; // as --kv-uniform (README "Serving engines")
             info_msg(
                 "search: --target %s serves one KV-cache format per model: every full-attention layer takes "
                 "one KV-cache choice (as --kv-uniform) [%s: kv_cache_one_format_per_model]",
@@ -488,11 +496,6 @@ int cmd_search(Args* a) {
     Solution* sweep = ns ? xcalloc(ns, sizeof(Solution)) : NULL;
     Objective obj;
     objective_parse(&obj, objective_s, &t);
-    if (kv_uniform && obj.kind == OBJ_MAX && t.nd > 1)
-        fail_input("search: %s is not implemented with --objective max (its mixed-integer programme)%s",
-                   kv_target ? "one KV-cache format for every layer (--target's kv_cache_one_format_per_model)"
-                             : "--kv-uniform",
-                   kv_target ? "; --disabled-layers '*kv_cache*' leaves the KV cache bf16" : "");
     for (int i = 0; i < ns; i++) solve_point(&ctx, &obj, pts[i], &sweep[i]);
     Solution main_sol;
     double b = isnan(budget) ? pts[ns - 1] : budget;
@@ -501,14 +504,8 @@ int cmd_search(Args* a) {
     int* kv = have_model ? xmalloc(sizeof(int) * j.model.c.num_layers) : NULL;
     for (int l = 0; kv && l < j.model.c.num_layers; l++) kv[l] = -1; // bf16 KV caches until a recipe's are set
     verify_set_kv(kv);
-    // --refine's measured neighbours are weight recipes: a KV-cache choice would not reach its measurements.
-    for (int g = 0; refine && g < t.ng; g++)
-        if (table_kv(&t, g) && !t.disabled[g])
-            fail_input("search --refine: %s is a KV-cache group, which the refinement does not measure yet; "
-                       "--disabled-layers '*kv_cache*' leaves the KV cache bf16",
-                       t.gname[g]);
     Refine rf;
-    if (refine) search_refine(&rf, &ctx, &obj, &main_sol, &j, &held, fmts, &ro);
+    if (refine) search_refine(&rf, &ctx, &obj, &main_sol, &j, &held, fmts, &ro, kv);
     Bootstrap boot;
     if (nboot) {
         if (!t.nw)

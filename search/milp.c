@@ -109,6 +109,37 @@ static int milp_run(glp_prob* lp, const int* col, int ng, int nc, int* sel, doub
     return -1;
 }
 
+// --kv-uniform (README §7): every enabled KV-cache group takes one choice. The first enabled KV-cache group's
+// columns x[g0][k] are the shared choice y_k (exactly one of them is 1: g0's own choice row), and every other
+// enabled KV-cache group's x[g][k] = y_k, one equality row per choice k. A choice offered to g0 but not to g (a
+// misfit, or --target's deny table) is fixed off by its row (x[g0][k] = 0), so the shared choice is one every
+// KV-cache group may take. Returns the rows it would add (rows NULL: only counts), filling ia/ja/ar from *nnz.
+static int kv_tie_rows(const SearchCtx* c, const int* col, int nc, glp_prob* lp, int r0, int* nnz, int* ia,
+                       int* ja, double* ar) {
+    const ScoreTable* t = c->t;
+    if (!c->kv_uniform) return 0;
+    int g0 = -1, r = r0;
+    for (int g = 0; g < t->ng; g++) {
+        if (t->disabled[g] || !table_kv(t, g)) continue;
+        if (g0 < 0) {
+            g0 = g;
+            continue;
+        }
+        for (int k = 0; k < nc; k++) {
+            int a = col[g * nc + k], b = col[g0 * nc + k];
+            if (!a && !b) continue;
+            if (lp) {
+                glp_set_row_bnds(lp, ++r, GLP_FX, 0.0, 0.0);
+                if (a) ++*nnz, ia[*nnz] = r, ja[*nnz] = a, ar[*nnz] = 1.0;
+                if (b) ++*nnz, ia[*nnz] = r, ja[*nnz] = b, ar[*nnz] = -1.0;
+            } else {
+                r++;
+            }
+        }
+    }
+    return r - r0;
+}
+
 int milp_solve_max(const SearchCtx* c, double budget, int* sel, double* z) {
     const ScoreTable* t = c->t;
     int ng = t->ng, nf = t->nf, nd = t->nd;
@@ -130,9 +161,10 @@ int milp_solve_max(const SearchCtx* c, double budget, int* sel, double* z) {
     glp_set_col_bnds(lp, 1, GLP_LO, 0.0, 0.0);
     glp_set_obj_coef(lp, 1, 1.0);
     for (int j = 2; j <= ncol; j++) glp_set_col_kind(lp, j, GLP_BV);
-    // rows: one choice per enabled group, the budget, each domain's loss <= z
-    glp_add_rows(lp, ngr + 1 + nd);
-    int nnz_max = ncol * (nd + 2) + 1, nnz = 0;
+    // rows: one choice per enabled group, the budget, each domain's loss <= z, --kv-uniform's ties
+    int ntie = kv_tie_rows(c, col, nf + 1, NULL, 0, NULL, NULL, NULL, NULL);
+    glp_add_rows(lp, ngr + 1 + nd + ntie);
+    int nnz_max = ncol * (nd + 2) + 2 * ntie + 1, nnz = 0;
     int *ia = xmalloc(sizeof(int) * nnz_max), *ja = xmalloc(sizeof(int) * nnz_max);
     double* ar = xmalloc(sizeof(double) * nnz_max);
     int r = 0;
@@ -158,6 +190,7 @@ int milp_solve_max(const SearchCtx* c, double budget, int* sel, double* z) {
                     if (v != 0) ++nnz, ia[nnz] = r, ja[nnz] = col[g * (nf + 1) + k], ar[nnz] = v;
                 }
     }
+    r += kv_tie_rows(c, col, nf + 1, lp, r, &nnz, ia, ja, ar);
     glp_load_matrix(lp, nnz, ia, ja, ar);
     int res = milp_run(lp, col, ng, nf + 1, sel, z, "the max objective's programme");
     glp_delete_prob(lp);
@@ -228,9 +261,10 @@ static int quad_solve(const SearchCtx* c, double budget, int nd, const double* l
             if (!nd) glp_set_obj_coef(lp, tcol[i], coefs[i]);
         }
     // rows: one choice per enabled group, the budget, three per product (exact for binary factors whatever
-    // the sign of the product's coefficients), one per domain
-    glp_add_rows(lp, ngr + 1 + 3 * nw + nd);
-    int nnz_max = 2 * nx + 7 * nw + 1 + nd * (nx + nw + 1), nnz = 0;
+    // the sign of the product's coefficients), one per domain, --kv-uniform's ties
+    int ntie = kv_tie_rows(c, col, nc, NULL, 0, NULL, NULL, NULL, NULL);
+    glp_add_rows(lp, ngr + 1 + 3 * nw + nd + ntie);
+    int nnz_max = 2 * nx + 7 * nw + 1 + nd * (nx + nw + 1) + 2 * ntie, nnz = 0;
     int *ia = xmalloc(sizeof(int) * nnz_max), *ja = xmalloc(sizeof(int) * nnz_max);
     double* ar = xmalloc(sizeof(double) * nnz_max);
     int r = 0;
@@ -266,6 +300,7 @@ static int quad_solve(const SearchCtx* c, double budget, int nd, const double* l
             if (tcol[i] && coefs[(size_t)d * nt + i] != 0) NZ(r, tcol[i], coefs[(size_t)d * nt + i]);
         NZ(r, zc, -1.0);
     }
+    r += kv_tie_rows(c, col, nc, lp, r, &nnz, ia, ja, ar);
 #undef NZ
     glp_load_matrix(lp, nnz, ia, ja, ar);
     int res = milp_run(lp, col, ng, nc, sel, value,

@@ -796,9 +796,11 @@ static void copy_files(const char* dir, const char* src_dir) {
     closedir(d);
 }
 
-// The recipe's KV-cache choice (README §10): E4M3 only (NVFP4 KV caches are not written yet); the
-// checkpoint holds one KV-cache format for every full-attention layer (compressed-tensors' kv_cache_scheme),
-// so a mixed choice is warned about. Returns the scales' storage (2 num_layers).
+// The recipe's KV-cache choice (README §10): E4M3 only. An NVFP4 KV cache has no compressed-tensors form a
+// serving engine loads: vLLM's compressed-tensors loader takes per-tensor FP8 KV schemes only, and vLLM serves
+// NVFP4 KV caches from ModelOpt checkpoints alone (README "Not done yet" names the sources). The checkpoint
+// holds one KV-cache format for every full-attention layer (compressed-tensors' kv_cache_scheme), so a mixed
+// choice is warned about. Returns the scales' storage (2 num_layers).
 static float* kv_check(const char* recipe, const Model* m, const Format* fmts, int nf, int* kv,
                        int allow_partial) {
     recipe_read_kv(recipe, m, fmts, nf, kv, allow_partial);
@@ -806,10 +808,18 @@ static float* kv_check(const char* recipe, const Model* m, const Format* fmts, i
     for (int l = 0; l < m->c.num_layers; l++) {
         full += !m->c.linear[l];
         if (kv[l] >= 0 && fmts[kv[l]].kvq.kind != QUANT_FP8_E4M3)
-            fail_input(
-                "%s: %s chooses KV-cache format '%s': autoq quantize writes E4M3 KV caches (kv_fp8) only; "
-                "NVFP4 KV caches are not written yet",
-                recipe, m->dir, fmts[kv[l]].name);
+            fail_input("%s: %s chooses KV-cache format '%s': autoq quantize writes E4M3 KV caches (kv_fp8) "
+                       "only. NVFP4 KV caches are not written: compressed-tensors 0.19's kv_cache_scheme can "
+                       "hold one (strategy tensor_group, k/v global scales), but vLLM's compressed-tensors "
+                       "loader refuses any KV scheme but per-tensor (vLLM main be696453, "
+                       "vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py, "
+                       "CompressedTensorsKVCacheMethod.validate_kv_cache_scheme), and vLLM takes an NVFP4 KV "
+                       "cache only from a ModelOpt checkpoint (kv_cache_quant_algo NVFP4, k_proj.k_scale / "
+                       "v_proj.v_scale = amax / 448: ModelOpt 0.47 "
+                       "modelopt/torch/export/unified_export_hf.py; vLLM main 0024350b "
+                       "vllm/utils/torch_utils.py get_kv_cache_quant_algo_string), a format autoq quantize "
+                       "does not write; search --emit modelopt= writes the recipe for ModelOpt",
+                       recipe, m->dir, fmts[kv[l]].name);
         fp8 += kv[l] >= 0;
     }
     if (fp8 < full)

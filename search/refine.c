@@ -78,6 +78,50 @@ static int64_t recipe_cost(const SearchCtx* c, const int* sel) {
     return cost;
 }
 
+// --kv-uniform (README §7): a move of one KV-cache group moves every enabled KV-cache group to the same choice,
+// so every recipe the refinement measures keeps one KV-cache format for the model. kv_lead is the group that
+// stands for them in the moves (the first enabled KV-cache group), -1 without --kv-uniform.
+static int kv_lead(const SearchCtx* c) {
+    const ScoreTable* t = c->t;
+    for (int g = 0; g < t->ng && c->kv_uniform; g++)
+        if (!t->disabled[g] && table_kv(t, g)) return g;
+    return -1;
+}
+
+static int moves_together(const SearchCtx* c, int g) { return c->kv_uniform && table_kv(c->t, g); }
+
+// Sets group g's choice to k in x (with --kv-uniform every enabled KV-cache group's).
+static void set_choice(const SearchCtx* c, int* x, int g, int k) {
+    const ScoreTable* t = c->t;
+    if (!moves_together(c, g)) {
+        x[g] = k;
+        return;
+    }
+    for (int h = 0; h < t->ng; h++)
+        if (!t->disabled[h] && table_kv(t, h)) x[h] = k;
+}
+
+// Whether format k may be group g's choice (for a KV-cache group under --kv-uniform: every one's).
+static int move_offered(const SearchCtx* c, const uint8_t* misfit, int g, int k) {
+    const ScoreTable* t = c->t;
+    if (k < 0) return 1;
+    if (!moves_together(c, g)) return !misfit[(size_t)k * t->ng + g];
+    for (int h = 0; h < t->ng; h++)
+        if (!t->disabled[h] && table_kv(t, h) && misfit[(size_t)k * t->ng + h]) return 0;
+    return 1;
+}
+
+// The cost change of the move of group g from base to choice k (set_choice's groups).
+static int64_t move_cost(const SearchCtx* c, const int* base, int g, int k) {
+    const ScoreTable* t = c->t;
+    if (!moves_together(c, g)) return search_choice_cost(c, g, k) - search_choice_cost(c, g, base[g]);
+    int64_t d = 0;
+    for (int h = 0; h < t->ng; h++)
+        if (!t->disabled[h] && table_kv(t, h))
+            d += search_choice_cost(c, h, k) - search_choice_cost(c, h, base[h]);
+    return d;
+}
+
 static int find_try(const Refine* r, const int* sel, int ng) {
     for (int i = 0; i < r->n; i++)
         if (!memcmp(r->tries[i].sel, sel, sizeof(int) * ng)) return i;
@@ -203,15 +247,15 @@ static int neighbours(const Models* M, const int* base, Cand** out) {
     double f0 = models_value(M, base);
     Cand* mv = xmalloc(sizeof(Cand) * ng * nc); // every move, with its cost change in value's stead below
     int64_t* dcost = xmalloc(sizeof(int64_t) * ng * nc);
-    int nm = 0;
+    int nm = 0, lead = kv_lead(c);
     for (int g = 0; g < ng; g++) {
-        if (t->disabled[g]) continue;
+        if (t->disabled[g] || (moves_together(c, g) && g != lead)) continue; // the lead moves them all
         for (int k = -1; k < t->nf; k++) {
-            if (k == base[g] || (k >= 0 && s->misfit[(size_t)k * ng + g])) continue;
-            x[g] = k;
+            if (k == base[g] || !move_offered(c, s->misfit, g, k)) continue;
+            set_choice(c, x, g, k);
             mv[nm] = (Cand){{g, -1}, {k, 0}, models_value(M, x) - f0, nm};
-            dcost[nm++] = search_choice_cost(c, g, k) - search_choice_cost(c, g, base[g]);
-            x[g] = base[g];
+            dcost[nm++] = move_cost(c, base, g, k);
+            set_choice(c, x, g, base[g]);
         }
     }
     int cap = nm + 2 * MOVES_PER_SIDE * MOVES_PER_SIDE * 2 + 1, n = 0;
@@ -244,13 +288,13 @@ static int neighbours(const Models* M, const int* base, Cand** out) {
             const Cand *a = &mv[pool[i]], *b = &mv[pool[j]];
             if (a->g[0] == b->g[0] || cost0 + dcost[pool[i]] + dcost[pool[j]] > s->cap) continue;
             if (n == cap) break;
-            x[a->g[0]] = a->k[0], x[b->g[0]] = b->k[0];
+            set_choice(c, x, a->g[0], a->k[0]), set_choice(c, x, b->g[0], b->k[0]);
             int lo = a->g[0] < b->g[0] ? 0 : 1; // moves in group order
             const Cand* p = lo == 0 ? a : b;
             const Cand* q = lo == 0 ? b : a;
             cand[n] = (Cand){{p->g[0], q->g[0]}, {p->k[0], q->k[0]}, models_value(M, x), n};
             n++;
-            x[a->g[0]] = base[a->g[0]], x[b->g[0]] = base[b->g[0]];
+            set_choice(c, x, a->g[0], base[a->g[0]]), set_choice(c, x, b->g[0], base[b->g[0]]);
         }
     qsort(cand, n, sizeof(Cand), by_value);
     free(x), free(mv), free(dcost), free(up), free(down), free(sorted), free(pool);
@@ -258,10 +302,10 @@ static int neighbours(const Models* M, const int* base, Cand** out) {
     return n;
 }
 
-static void apply(int* x, const int* base, int ng, const Cand* m) {
+static void apply(const SearchCtx* c, int* x, const int* base, int ng, const Cand* m) {
     memcpy(x, base, sizeof(int) * ng);
     for (int i = 0; i < 2; i++)
-        if (m->g[i] >= 0) x[m->g[i]] = m->k[i];
+        if (m->g[i] >= 0) set_choice(c, x, m->g[i], m->k[i]);
 }
 
 // d >= 0: domain d's model (its loss per scored window against its measured KL per held-out window).
@@ -363,14 +407,14 @@ void refine_run(Refine* r, const SearchCtx* c, const Objective* o, const Solutio
         Cand* cand;
         int nc = neighbours(&M, bsel, &cand), taken = 0, first = r->n;
         for (int i = 0; i < nc && taken < opt->candidates; i++) {
-            apply(x, bsel, ng, &cand[i]);
+            apply(c, x, bsel, ng, &cand[i]);
             if (find_try(r, x, ng) >= 0) continue;
             add_try(r, &M, x, round, TRY_NEIGHBOUR, cand[i].value, measure, ctx);
             taken++;
             if (cand[i].g[1] < 0) continue;
             for (int m = 0; m < 2; m++) { // each move alone, for the pair's interaction
                 Cand one = {{cand[i].g[m], -1}, {cand[i].k[m], 0}, 0, 0};
-                apply(x, bsel, ng, &one);
+                apply(c, x, bsel, ng, &one);
                 if (find_try(r, x, ng) < 0)
                     add_try(r, &M, x, round, TRY_MOVE, models_value(&M, x), measure, ctx);
             }

@@ -15,9 +15,10 @@ expect() {
     if [ "$rc" -eq 2 ] && grep -qiF -- "$want" <<<"$out"; then pass "$name"; else fail "$name: exit $rc: $out (wanted exit 2 and '$want')"; fi
 }
 
-# domain_scores MODEL: two scoring domains (code, prose: 3 windows of 64 tokens each, $tmp/sa.npy, sb.npy) and
-# their held-out windows ($tmp/ha.npy, hb.npy: 2 each) from the tiny calibration ids, and the domains' kl scores
-# of w4a8, nvfp4 and fp8 on the CPU in $tmp/dom.h5 (search --objective max --refine's tests).
+# domain_scores MODEL [FORMATS]: two scoring domains (code, prose: 3 windows of 64 tokens each, $tmp/sa.npy,
+# sb.npy) and their held-out windows ($tmp/ha.npy, hb.npy: 2 each) from the tiny calibration ids, and the domains'
+# kl scores of FORMATS (w4a8, nvfp4 and fp8 unless given) on the CPU in $tmp/dom.h5 (search --objective max's
+# tests).
 domain_scores() {
     python3 - "$tmp" <<'PY' || fail "domain windows"
 import sys
@@ -26,6 +27,6 @@ a = np.load("tests/fixtures/calib200k_tiny.npy")[0] % 512
 for name, at, n in (("sa", 0, 3), ("sb", 10000, 3), ("ha", 30000, 2), ("hb", 40000, 2)):
     np.save(f"{sys.argv[1]}/{name}.npy", a[at:at + 64 * n].reshape(n, 64).astype(np.int32))
 PY
-    $AQ score "$1" --data code="$tmp/sa.npy" --data prose="$tmp/sb.npy" --method kl --format w4a8,nvfp4,fp8 \
+    $AQ score "$1" --data code="$tmp/sa.npy" --data prose="$tmp/sb.npy" --method kl --format "${2:-w4a8,nvfp4,fp8}" \
         --device cpu --out "$tmp/dom.h5" >/dev/null 2>&1 || fail "score with domains"
 }

@@ -1,7 +1,8 @@
 // search --bootstrap (README §7) against a direct computation on a small case: 3 groups x 2 formats x 3
 // windows; each resample's scores summed by hand and its recipe found by brute force over every assignment.
 // The domain objectives (mean, weights, max through GLPK) against brute force on 4 groups x 2 formats x 2
-// domains. With --write WITH.h5 WITHOUT.h5: writes the case as scores files, with and without per-window scores
+// domains, and with one KV-cache choice for every layer (--kv-uniform) on 5 groups x 3 formats. With --write
+// WITH.h5 WITHOUT.h5: writes the case as scores files, with and without per-window scores
 // (tests/test_bootstrap.sh runs autoq search on them).
 #include <string.h>
 
@@ -137,6 +138,141 @@ static void test_objectives(void) {
     table_free(&t);
 }
 
+// --kv-uniform under --objective max (README §7): 3 linear groups and 2 layers' KV-cache groups, formats w4a8,
+// kv_fp8 and kv_nvfp4, 2 domains that disagree on which layer's KV cache matters, a byte budget; the
+// mixed-integer programme against brute force over every assignment whose KV-cache groups share one choice,
+// with and without a deny table (--target) that refuses kv_nvfp4 to one layer.
+enum { KG = 5, KF = 3 };
+static const double k_kvs[DD][KF][KG] = {
+    {{2.0, 0.5, 1.2, 0, 0}, {0, 0, 0, 0.05, 0.01}, {0, 0, 0, 1.6, 0.2}},
+    {{0.4, 2.2, 0.9, 0, 0}, {0, 0, 0, 0.01, 0.06}, {0, 0, 0, 0.1, 1.9}},
+};
+
+static void make_kv_table(ScoreTable* t) {
+    synth_table_init(t, "tests/kv-uniform-case", KG, k_dn[0] + k_dn[1]);
+    t->nf = KF;
+    format_load(&t->fmts[1], "kv_fp8", 0);
+    format_load(&t->fmts[2], "kv_nvfp4", 0);
+    t->nl = 3; // groups 3 and 4: the KV caches of layers 0 and 1 (no members, no parameters)
+    t->gkv = calloc(KG, 1);
+    t->has_memory = 1;
+    t->other_params = 4096;
+    t->n_kvl = 2;
+    t->kvl_name = calloc(2, sizeof(char*));
+    t->kvl_values = calloc(2, sizeof(long));
+    for (int l = 0; l < 2; l++) {
+        int g = 3 + l;
+        char name[64];
+        snprintf(name, sizeof(name), "model.layers.%d.self_attn.kv_cache", l);
+        free(t->gname[g]), free(t->gmembers[g]);
+        t->gname[g] = strdup(name);
+        t->gmembers[g] = strdup("");
+        t->kvl_name[l] = strdup(name);
+        t->kvl_values[l] = 64; // 2 x KV heads x head_dim
+        t->params[g] = t->active[g] = 0;
+        t->gkv[g] = 1;
+    }
+    free(t->score);
+    t->score = calloc((size_t)KF * KG, sizeof(double));
+    t->nd = DD;
+    snprintf(t->dname[0], sizeof(t->dname[0]), "code");
+    snprintf(t->dname[1], sizeof(t->dname[1]), "prose");
+    t->dscore = malloc(sizeof(k_kvs));
+    memcpy(t->dscore, k_kvs, sizeof(k_kvs));
+    for (int d = 0; d < DD; d++) {
+        t->dsamples[d] = k_dn[d];
+        for (int f = 0; f < KF; f++)
+            for (int g = 0; g < KG; g++) t->score[f * KG + g] += k_kvs[d][f][g];
+    }
+}
+
+// Brute force over every assignment (each group bf16 or a format it may take: a KV-cache format for a KV-cache
+// group, w4a8 for a linear, none that deny refuses), KV-cache groups one choice when uniform: the smallest
+// largest domain loss within the capacity. Returns INFINITY when none fits.
+static double brute_kv(const SearchCtx* c, int64_t cap, int uniform, const uint8_t* deny, int* best_sel) {
+    double best = INFINITY;
+    for (int code = 0; code < 1024; code++) { // 4^5
+        int x = code, sel[KG], ok = 1;
+        for (int g = 0; g < KG; g++, x /= 4) {
+            sel[g] = x % 4 - 1;
+            int kv = g >= 3;
+            if (sel[g] >= 0) ok &= (kv ? sel[g] >= 1 : sel[g] == 0) && !(deny && deny[sel[g] * KG + g]);
+        }
+        if (!ok || (uniform && sel[3] != sel[4])) continue;
+        int64_t cost = 0;
+        double loss[DD] = {0};
+        for (int g = 0; g < KG; g++) {
+            cost += search_choice_cost(c, g, sel[g]);
+            for (int d = 0; d < DD; d++) loss[d] += sel[g] < 0 ? 0 : k_kvs[d][sel[g]][g] / k_dn[d];
+        }
+        double obj = fmax(loss[0], loss[1]);
+        if (cost <= cap && obj < best) best = obj, memcpy(best_sel, sel, sizeof(sel));
+    }
+    return best;
+}
+
+static void test_kv_uniform_max(void) {
+    ScoreTable t;
+    make_kv_table(&t);
+    SearchCtx c;
+    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
+    MemBudget mb = {1, 256, 1, 1024};
+    search_set_memory(&c, &mb);
+    c.quiet = 1;
+    Objective omax;
+    objective_parse(&omax, "max", &t);
+    uint8_t deny[KF * KG] = {0};
+    deny[2 * KG + 4] = 1; // layer 1's KV cache may not be kv_nvfp4
+    double err = 0;
+    int checked = 0, bad = 0, tighter = 0, mixed = 0;
+    for (int dn = 0; dn < 2; dn++) {
+        c.deny = dn ? deny : NULL;
+        int64_t lo = -1, hi = 0;
+        // the budgets: from the smallest uniform recipe's bytes to all bf16
+        int s0[KG];
+        for (int64_t cap = 0;; cap += 4096)
+            if (isfinite(brute_kv(&c, cap, 1, c.deny, s0))) {
+                lo = cap;
+                break;
+            }
+        for (int g = 0; g < KG; g++) hi += search_choice_cost(&c, g, -1);
+        for (int i = 0; i <= 12; i++) {
+            int64_t cap = lo + (hi - lo) * i / 12;
+            double budget =
+                (double)((cap + c.mem_fixed[0] + c.mem_fixed[1] + c.mem_fixed[2] + c.mem_fixed[3]) / 8);
+            cap = search_cap(&c, budget);
+            int bu[KG], bp[KG];
+            double want = brute_kv(&c, cap, 1, c.deny, bu), free_kv = brute_kv(&c, cap, 0, c.deny, bp);
+            if (!isfinite(want)) continue;
+            c.kv_uniform = 1;
+            Solution s;
+            objective_solve(&c, &omax, budget, &s);
+            double loss[DD];
+            objective_losses(&t, s.sel, loss);
+            err = fmax(err, fmax(rel_diff(s.predicted, want), rel_diff(fmax(loss[0], loss[1]), want)));
+            int64_t cost = 0;
+            for (int g = 0; g < KG; g++) cost += search_choice_cost(&c, g, s.sel[g]);
+            bad |= s.sel[3] != s.sel[4] || cost > cap || (dn && s.sel[4] == 2) || s.sel[3] == 0;
+            solution_free(&s);
+            c.kv_uniform = 0; // per layer: the programme without the ties, against its own brute force
+            objective_solve(&c, &omax, budget, &s);
+            err = fmax(err, rel_diff(s.predicted, free_kv));
+            mixed |= s.sel[3] != s.sel[4];
+            solution_free(&s);
+            tighter |= want > free_kv * (1 + 1e-9);
+            checked++;
+        }
+    }
+    CHECK(err < 1e-9 && !bad && checked >= 20, "objective_max_kv_uniform_vs_brute_force",
+          "largest relative difference %g, a non-uniform, denied or over-budget recipe: %d, %d budgets", err,
+          bad, checked);
+    CHECK(tighter && mixed, "objective_max_kv_uniform_binds",
+          "one KV-cache format never cost the max objective anything (uniform worse: %d, per layer mixed: %d)",
+          tighter, mixed);
+    search_free(&c);
+    table_free(&t);
+}
+
 static int cmp_d(const void* a, const void* b) {
     double x = *(const double*)a, y = *(const double*)b;
     return (x > y) - (x < y);
@@ -233,5 +369,6 @@ int main(int argc, char** argv) {
     search_free(&c);
     table_free(&t);
     test_objectives();
+    test_kv_uniform_max();
     return g_fail != 0;
 }

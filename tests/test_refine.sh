@@ -107,3 +107,44 @@ if ! $AQ score tests/fixtures/qwen3-vl-tiny --data tests/fixtures/qwen3_vl_tiny_
     expect "--refine --device cuda without a device" "no CUDA device" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" \
         --budget 5 --refine --data "$tmp/qwen3-vl-tiny.held.npy" --seq-len 32 --device cuda
 fi
+
+# KV-cache groups (README §7, "KV cache and memory budgets"): the measured recipes carry each layer's KV-cache
+# choice (verify deploys it), neighbours move KV caches too, and with --kv-uniform every KV cache moves together.
+T=../shared/models/qwen3-tiny
+if [ -d $T ]; then
+    $AQ score $T --data tests/fixtures/qwen3_tiny_ids.npy --num-samples 2 --seq-len 32 --method kl \
+        --format w4a8,fp8,kv_fp8,kv_nvfp4 --device cpu --out "$tmp/kv.h5" >/dev/null 2>"$tmp/err" ||
+        fail "kv scores: $(tail -3 "$tmp/err")"
+    KVB=(--scores "$tmp/kv.h5" --memory-budget 8MiB --context 512 --batch 1 --overhead 0 --data "$tmp/qwen3-tiny.held.npy" --seq-len 32)
+    $AQ search "${KVB[@]}" --refine --refine-rounds 1 --refine-candidates 4 --out "$tmp/kvr.json" >"$tmp/out" 2>&1 &&
+        $AQ search "${KVB[@]}" --kv-uniform --refine --refine-rounds 1 --refine-candidates 3 --out "$tmp/kvu.json" \
+            >"$tmp/outu" 2>&1 && $AQ search "${KVB[@]}" --verify --out "$tmp/kvv.json" >/dev/null 2>&1 ||
+        fail "search --refine with KV-cache groups: $(tail -3 "$tmp/out" "$tmp/outu")"
+    python3 - "$tmp" <<'PY' && pass "--refine with kv_fp8/kv_nvfp4: KV choices measured (plain = --verify's KL), moved, written; --kv-uniform moves them together; refined KL <= plain" ||
+import json, sys
+d = sys.argv[1]
+for name, uniform in (("kvr", False), ("kvu", True)):
+    r = json.load(open(f"{d}/{name}.json"))
+    f = r["refine"]
+    assert f["refined_measured_kl"] <= f["plain_measured_kl"], f
+    groups = {g["name"]: g["choice"] for g in r["groups"]}
+    kv = {n: c for n, c in groups.items() if n.endswith(".self_attn.kv_cache")}
+    assert len(kv) == 8 and all(c.startswith("kv_") for c in kv.values()), kv
+    moved = 0
+    for t in f["tries"]:
+        ch = [n for n in t["changes"] if n.endswith(".self_attn.kv_cache")]
+        moved += bool(ch)
+        if uniform:
+            assert len(ch) in (0, 8), t["changes"]  # every KV cache or none
+            assert len({t["changes"][n] for n in ch}) <= 1, t["changes"]
+    if uniform:
+        assert len(set(kv.values())) == 1, kv
+    else:
+        assert moved > 0, "no neighbour moved a KV cache"
+v = json.load(open(f"{d}/kvv.json"))
+p = json.load(open(f"{d}/kvr.json"))["refine"]["plain_measured_kl"]
+kl = v["measured"]["kl"]
+assert abs(kl - p) <= 1e-6 * p, (kl, p)
+PY
+        fail "--refine with KV-cache groups: $(grep -m1 -i error "$tmp/out" "$tmp/outu")"
+fi
