@@ -1,6 +1,6 @@
 // A small synthetic scores table for the search tests (test_bootstrap.c, test_refine.c): ng groups
 // "model.layers.g.mlp.down_proj" of one 128 x 256 linear each, formats w4a8 and w8a8, kl scores, all zero
-// (the test fills t->score).
+// (the test fills t->score). synth_table_kv turns its last groups into KV-cache groups.
 #pragma once
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,4 +40,35 @@ static void synth_table_init(ScoreTable* t, const char* model, int ng, int num_s
         t->lshape[2 * g] = 128, t->lshape[2 * g + 1] = 256;
         t->lgroup[g] = g;
     }
+}
+
+// The last n_kv groups become the KV-cache groups of layers 0 .. n_kv - 1 ("model.layers.l.self_attn.kv_cache",
+// no members, no parameters, 64 values per token: 2 x KV heads x head_dim), formats 1 and 2 kv_fp8 and
+// kv_nvfp4 (t->nf = 3), with the byte model's other parameters; the linears are the groups before them.
+static void synth_table_kv(ScoreTable* t, int n_kv) {
+    int first = t->ng - n_kv;
+    t->nf = 3;
+    format_load(&t->fmts[1], "kv_fp8", 0);
+    format_load(&t->fmts[2], "kv_nvfp4", 0);
+    t->nl = first;
+    t->gkv = calloc(t->ng, 1);
+    t->has_memory = 1;
+    t->other_params = 4096;
+    t->n_kvl = n_kv;
+    t->kvl_name = calloc(n_kv, sizeof(char*));
+    t->kvl_values = calloc(n_kv, sizeof(long));
+    for (int l = 0; l < n_kv; l++) {
+        int g = first + l;
+        char name[64];
+        snprintf(name, sizeof(name), "model.layers.%d.self_attn.kv_cache", l);
+        free(t->gname[g]), free(t->gmembers[g]);
+        t->gname[g] = strdup(name);
+        t->gmembers[g] = strdup("");
+        t->kvl_name[l] = strdup(name);
+        t->kvl_values[l] = 64;
+        t->params[g] = t->active[g] = 0;
+        t->gkv[g] = 1;
+    }
+    free(t->score);
+    t->score = calloc((size_t)t->nf * t->ng, sizeof(double));
 }

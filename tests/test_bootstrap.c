@@ -150,30 +150,7 @@ static const double k_kvs[DD][KF][KG] = {
 
 static void make_kv_table(ScoreTable* t) {
     synth_table_init(t, "tests/kv-uniform-case", KG, k_dn[0] + k_dn[1]);
-    t->nf = KF;
-    format_load(&t->fmts[1], "kv_fp8", 0);
-    format_load(&t->fmts[2], "kv_nvfp4", 0);
-    t->nl = 3; // groups 3 and 4: the KV caches of layers 0 and 1 (no members, no parameters)
-    t->gkv = calloc(KG, 1);
-    t->has_memory = 1;
-    t->other_params = 4096;
-    t->n_kvl = 2;
-    t->kvl_name = calloc(2, sizeof(char*));
-    t->kvl_values = calloc(2, sizeof(long));
-    for (int l = 0; l < 2; l++) {
-        int g = 3 + l;
-        char name[64];
-        snprintf(name, sizeof(name), "model.layers.%d.self_attn.kv_cache", l);
-        free(t->gname[g]), free(t->gmembers[g]);
-        t->gname[g] = strdup(name);
-        t->gmembers[g] = strdup("");
-        t->kvl_name[l] = strdup(name);
-        t->kvl_values[l] = 64; // 2 x KV heads x head_dim
-        t->params[g] = t->active[g] = 0;
-        t->gkv[g] = 1;
-    }
-    free(t->score);
-    t->score = calloc((size_t)KF * KG, sizeof(double));
+    synth_table_kv(t, 2);
     t->nd = DD;
     snprintf(t->dname[0], sizeof(t->dname[0]), "code");
     snprintf(t->dname[1], sizeof(t->dname[1]), "prose");

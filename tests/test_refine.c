@@ -178,30 +178,7 @@ static const double k_uscore[UF][UG] = {{1.0, 2.0, 0, 0, 0}, {0, 0, 0.1, 0.1, 0.
 
 static void make_kv_table(ScoreTable* t) {
     synth_table_init(t, "tests/refine-kv-case", UG, 2);
-    t->nf = UF;
-    format_load(&t->fmts[1], "kv_fp8", 0);
-    format_load(&t->fmts[2], "kv_nvfp4", 0);
-    t->nl = 2; // groups 2-4: the KV caches of layers 0-2 (no members, no parameters)
-    t->gkv = calloc(UG, 1);
-    t->has_memory = 1;
-    t->other_params = 4096;
-    t->n_kvl = 3;
-    t->kvl_name = calloc(3, sizeof(char*));
-    t->kvl_values = calloc(3, sizeof(long));
-    for (int l = 0; l < 3; l++) {
-        int g = 2 + l;
-        char name[64];
-        snprintf(name, sizeof(name), "model.layers.%d.self_attn.kv_cache", l);
-        free(t->gname[g]), free(t->gmembers[g]);
-        t->gname[g] = strdup(name);
-        t->gmembers[g] = strdup("");
-        t->kvl_name[l] = strdup(name);
-        t->kvl_values[l] = 64;
-        t->params[g] = t->active[g] = 0;
-        t->gkv[g] = 1;
-    }
-    free(t->score);
-    t->score = calloc((size_t)UF * UG, sizeof(double));
+    synth_table_kv(t, 3);
     memcpy(t->score, k_uscore, sizeof(k_uscore));
 }
 
