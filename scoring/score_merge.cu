@@ -65,13 +65,7 @@ extern "C" void gpu_merge_scorer_init(GpuMergeScorer* ms, const GpuScoreSpec* sp
     ms->sp = sp;
     ms->order = (int*)xmalloc(sizeof(int) * 2 * (sp->nf * gs->n + 1));
     ms->birth = (int*)xmalloc(sizeof(int) * (sp->nf * gs->n + 1));
-    for (int l = 0; l < L; l++) // birth order, group-major within a layer (score_stream.cu's)
-        for (int f = 0; f < sp->nf; f++)
-            for (int g = 0; g < gs->n; g++)
-                if (!gs->g[g].disabled && gs->g[g].layer == l && format_fits(&sp->fmts[f], &gs->g[g])) {
-                    ms->order[2 * ms->n_pass] = f, ms->order[2 * ms->n_pass + 1] = g;
-                    ms->birth[ms->n_pass++] = l;
-                }
+    ms->n_pass = stream_kl_passes(gs, sp->fmts, sp->nf, L, ms->order, ms->birth);
     for (int f = 0; f < sp->nf; f++)
         if (!sp->fmts[f].kv) emu |= quant_gpu_emulated(sp->fmts[f].w, in_spec(&sp->fmts[f]));
     double D = c->hidden_size, V = c->vocab_size;

@@ -231,11 +231,7 @@ extern "C" void gpu_stream_scorer_init(GpuStreamScorer* ss, const GpuScoreSpec* 
     const Groups* gs = sp->gs;
     if (!sp->gradient) { // the passes in birth order (stable: the group-major order within a layer)
         ss->order = (int*)xmalloc(sizeof(int) * 2 * (sp->nf * gs->n + 1));
-        for (int l = 0; l < L; l++)
-            for (int f = 0; f < sp->nf; f++)
-                for (int g = 0; g < gs->n; g++)
-                    if (!gs->g[g].disabled && gs->g[g].layer == l && format_fits(&sp->fmts[f], &gs->g[g]))
-                        ss->order[2 * ss->n_pass] = f, ss->order[2 * ss->n_pass++ + 1] = g;
+        ss->n_pass = stream_kl_passes(gs, sp->fmts, sp->nf, L, ss->order, NULL);
         ss->n_state = K * (1 + ss->n_pass);
     } else {
         ss->n_state = K * (L + 2);

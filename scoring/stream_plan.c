@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "../engine/util.h"
+#include "score.h"
 #include "shard_plan.h"
 
 int stream_states_after(const StreamSpec* s, int l) {
@@ -18,6 +19,19 @@ int stream_states_after(const StreamSpec* s, int l) {
 
 static long states_peak(const StreamSpec* s, int k) {
     return s->gradient ? (long)k * (s->L + 2) : (long)k * stream_states_after(s, s->L - 1);
+}
+
+int stream_kl_passes(const Groups* gs, const Format* fmts, int nf, int L, int* order, int* birth) {
+    int n = 0;
+    for (int l = 0; l < L; l++)
+        for (int f = 0; f < nf; f++)
+            for (int g = 0; g < gs->n; g++)
+                if (!gs->g[g].disabled && gs->g[g].layer == l && format_fits(&fmts[f], &gs->g[g])) {
+                    order[2 * n] = f, order[2 * n + 1] = g;
+                    if (birth) birth[n] = l;
+                    n++;
+                }
+    return n;
 }
 
 double stream_spill_bytes(const StreamSpec* s, int k, int g) {

@@ -14,6 +14,7 @@
 #pragma once
 #include "../engine/config.h"
 #include "../engine/model.h"
+#include "format.h"
 #include "groups.h"
 
 typedef struct {
@@ -49,6 +50,11 @@ typedef struct {
     double copy_s, comp_s; // per streamed batch, from the estimates: copies and compute
 } StreamPlan;
 
+// kl's passes in birth order, for the layer-major scorers (score_stream.cu, score_merge.cu): every enabled
+// (format, group) pair whose format fits the group, by the group's layer (of L), group-major within a layer.
+// order gets (format, group) per pass, birth (or NULL) each pass's layer; both have room for nf * gs->n
+// passes. Returns the number of passes.
+int stream_kl_passes(const Groups* gs, const Format* fmts, int nf, int L, int* order, int* birth);
 // States in flight after layer l (kl), per engine batch: 1 + births at layers <= l.
 int stream_states_after(const StreamSpec* s, int l);
 // Spilled-state bytes each way of one streamed batch of k engine batches with g states on the GPU.

@@ -219,6 +219,20 @@ static void test_mode_bytes(void) {
           "stream_plan_mode_bytes", "split %g emu %g (want 1024, %g)", split, emu, want_emu);
 }
 
+// kl's passes in birth order: by layer, group-major within a layer, the disabled groups and the formats that
+// do not fit a group (a KV-cache format on a linear, a linear's format on a KV cache) left out.
+static void test_kl_passes(void) {
+    Group g[4] = {{.layer = 1}, {.layer = 0}, {.layer = 0, .kv = 1}, {.layer = 0, .disabled = 1}};
+    Groups gs = {.n = 4, .g = g};
+    Format f[2] = {{.kv = 0}, {.kv = 1}};
+    int order[2 * 8], birth[8];
+    int n = stream_kl_passes(&gs, f, 2, 2, order, birth);
+    int want[] = {0, 1, 1, 2, 0, 0}, wbirth[] = {0, 0, 1};
+    CHECK(n == 3 && !memcmp(order, want, sizeof(want)) && !memcmp(birth, wbirth, sizeof(wbirth)),
+          "stream_kl_passes_birth_order", "n %d: (%d %d) (%d %d) (%d %d), births %d %d %d", n, order[0],
+          order[1], order[2], order[3], order[4], order[5], birth[0], birth[1], birth[2]);
+}
+
 int main(void) {
     test_states();
     test_resident();
@@ -228,6 +242,7 @@ int main(void) {
     test_ring();
     test_sizes();
     test_mode_bytes();
+    test_kl_passes();
     const char* tiny = getenv("AUTOQ_TINY");
     check_layer_bytes("stream_plan_layer_bytes_dense", tiny ? tiny : "../shared/models/qwen3-tiny");
     check_layer_bytes("stream_plan_layer_bytes_moe", "tests/fixtures/qwen3-moe-tiny");
