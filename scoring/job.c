@@ -560,12 +560,12 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     int on_gpu = plan->states_gpu < plan->states_peak ? plan->states_gpu - 2 : plan->states_peak;
     on_gpu = on_gpu < 1 ? 1 : on_gpu;
     info_msg("score: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows, "
-             "%d of %d in-flight states on the GPU (%s), planned peak %.3f GiB of %.3f GiB, %.2f GiB host->GPU "
-             "per batch",
+             "%d of %d in-flight states on the GPU (%s), planned peak %.3f GiB (%.0f bytes) of %.3f GiB, %.2f "
+             "GiB host->GPU per batch",
              plan->n_resident, c->num_layers, plan->k, b, on_gpu, plan->states_peak,
              on_gpu < plan->states_peak ? "the rest in pinned host memory, through two GPU slots"
                                         : "none spilled",
-             plan->gpu_bytes / 1073741824.0, cap / 1073741824.0,
+             plan->gpu_bytes / 1073741824.0, plan->gpu_bytes, cap / 1073741824.0,
              (plan->weight_h2d + plan->spill_h2d) / 1073741824.0);
     return 1;
 }
