@@ -181,6 +181,8 @@ const ArchTensor* arch_linear(const ArchFamily* f, int kind) {
     return NULL;
 }
 
+int arch_gpu_f32(const ArchTensor* r) { return r->part == PART_GDN && r->lin < 0; }
+
 const ArchTensor* arch_experts(const ArchFamily* f) {
     for (int i = 0; i < f->n_tensors; i++)
         if (f->tensors[i].layout == LAYOUT_EXPERTS) return &f->tensors[i];

@@ -112,6 +112,10 @@ long arch_dim(const Config* c, ArchDim d);
 const ArchTensor* arch_linear(const ArchFamily* f, int kind);
 // The family's routed experts row, NULL without experts.
 const ArchTensor* arch_experts(const ArchFamily* f);
+// Whether the GPU engine holds row r in fp32 (4 bytes a value) rather than bf16: the Gated DeltaNet's conv,
+// decays and gated norm, which its kernels read as fp32 as the CPU does. The engine's uploads
+// (gpu_engine.cu layer_upload) and the planners' layer bytes (scoring/shard_plan.c) both ask this.
+int arch_gpu_f32(const ArchTensor* r);
 
 // The routed experts' projections, as Hugging Face names them per expert
 // ("<prefix>layers.N.mlp.experts.E.<proj>.weight"), in the order each expert's tensors are written.

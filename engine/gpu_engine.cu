@@ -190,13 +190,13 @@ static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
 }
 
 // A checkpoint tensor to d in fp32 (the Gated DeltaNet's conv, decays and gated norm, which its kernels
-// read as fp32, as the CPU does).
-static void upload_f32(GpuEngine* e, const char* name, float* d) {
+// read as fp32, as the CPU does), `ordered` as upload_bytes (a streamed layer's copy overlaps the queued work).
+static void upload_f32(GpuEngine* e, const char* name, float* d, int ordered) {
     size_t n;
     const StTensor* t = find_tensor(e, name, &n);
     float* f = (float*)xmalloc(n * 4);
     st_to_f32(t, f);
-    cudaCheck(cudaMemcpy(d, f, n * 4, cudaMemcpyHostToDevice));
+    upload_bytes(d, f, n * 4, ordered);
     free(f);
 }
 
@@ -207,54 +207,60 @@ void weight_to_f16(GpuEngine* e, __nv_bfloat16* t, size_t n, const char* what) {
     if (over) warn_msg("%s: %s holds %ld weights beyond fp16's range (65504)", e->m->dir, what, over);
 }
 
-// Where each LayerWeights field of the architecture table lives in a GpuLayer, and whether it is fp32.
-#define SLOT(x, f32)                                                                                           \
-    { offsetof(LayerWeights, x), offsetof(GpuLayer, x), f32 }
+// Where each LayerWeights field of the architecture table lives in a GpuLayer (fp32 or bf16: arch_gpu_f32).
+#define SLOT(x)                                                                                                \
+    { offsetof(LayerWeights, x), offsetof(GpuLayer, x) }
 static const struct {
     size_t lw, gl;
-    int f32;
-} k_slots[] = {SLOT(w_in, 0),
-               SLOT(w_post, 0),
-               SLOT(q_norm, 0),
-               SLOT(k_norm, 0),
-               SLOT(router, 0),
-               SLOT(gdn_qkv, 0),
-               SLOT(gdn_z, 0),
-               SLOT(gdn_b, 0),
-               SLOT(gdn_a, 0),
-               SLOT(gdn_qkvz, 0),
-               SLOT(gdn_ba, 0),
-               SLOT(gdn_out, 0),
-               SLOT(gdn_conv, 1),
-               SLOT(gdn_alog, 1),
-               SLOT(gdn_dt, 1),
-               SLOT(gdn_norm, 1),
-               SLOT(sh_gate, 0),
-               SLOT(sh_up, 0),
-               SLOT(sh_down, 0),
-               SLOT(sh_w, 0),
-               {offsetof(LayerWeights, q_proj), offsetof(GpuLayer, q), 0},
-               {offsetof(LayerWeights, k_proj), offsetof(GpuLayer, k), 0},
-               {offsetof(LayerWeights, v_proj), offsetof(GpuLayer, v), 0},
-               {offsetof(LayerWeights, o_proj), offsetof(GpuLayer, o), 0},
-               {offsetof(LayerWeights, gate_proj), offsetof(GpuLayer, gate), 0},
-               {offsetof(LayerWeights, up_proj), offsetof(GpuLayer, up), 0},
-               {offsetof(LayerWeights, down_proj), offsetof(GpuLayer, down), 0}};
+} k_slots[] = {SLOT(w_in),
+               SLOT(w_post),
+               SLOT(q_norm),
+               SLOT(k_norm),
+               SLOT(router),
+               SLOT(gdn_qkv),
+               SLOT(gdn_z),
+               SLOT(gdn_b),
+               SLOT(gdn_a),
+               SLOT(gdn_qkvz),
+               SLOT(gdn_ba),
+               SLOT(gdn_out),
+               SLOT(gdn_conv),
+               SLOT(gdn_alog),
+               SLOT(gdn_dt),
+               SLOT(gdn_norm),
+               SLOT(sh_gate),
+               SLOT(sh_up),
+               SLOT(sh_down),
+               SLOT(sh_w),
+               {offsetof(LayerWeights, q_proj), offsetof(GpuLayer, q)},
+               {offsetof(LayerWeights, k_proj), offsetof(GpuLayer, k)},
+               {offsetof(LayerWeights, v_proj), offsetof(GpuLayer, v)},
+               {offsetof(LayerWeights, o_proj), offsetof(GpuLayer, o)},
+               {offsetof(LayerWeights, gate_proj), offsetof(GpuLayer, gate)},
+               {offsetof(LayerWeights, up_proj), offsetof(GpuLayer, up)},
+               {offsetof(LayerWeights, down_proj), offsetof(GpuLayer, down)}};
 
-// g's pointer for the table row's LayerWeights field (*f32: whether it holds fp32).
-static void** slot_of(const GpuLayer* g, size_t lw_field, int* f32) {
+// g's pointer for the table row's LayerWeights field.
+static void** slot_of(const GpuLayer* g, size_t lw_field) {
     for (size_t i = 0; i < sizeof(k_slots) / sizeof(k_slots[0]); i++)
-        if (k_slots[i].lw == lw_field) {
-            if (f32) *f32 = k_slots[i].f32;
-            return (void**)((char*)g + k_slots[i].gl);
-        }
+        if (k_slots[i].lw == lw_field) return (void**)((char*)g + k_slots[i].gl);
     fail_other("internal: a LayerWeights field the GPU engine does not hold");
 }
 
+void* layer_alloc(GpuEngine* e, size_t bytes) {
+    if (!e->carving) return dalloc(e, bytes);
+    size_t off = e->carve_off;
+    e->carve_off += (bytes + GPU_SLOT_ALIGN - 1) / GPU_SLOT_ALIGN * GPU_SLOT_ALIGN;
+    if (!e->carve) return (void*)(uintptr_t)(GPU_SLOT_ALIGN + off); // measuring: never written
+    if (e->carve_off > e->carve_cap)
+        fail_other("internal: layer buffers of %zu bytes past a slot of %zu", e->carve_off, e->carve_cap);
+    return e->carve + off;
+}
+
 // Layer l's weights into g, from its family's rows of the architecture table (engine/arch.h): every part the
-// layer has but the routed experts (moe_upload). With `alloc`, g's buffers are allocated first (q, k and v
-// rows in one, so one GEMM can compute all three); else they exist with the same shapes. `up`: UP_ORDERED
-// and UP_NOW upload as upload_bytes's ordered and not; UP_NONE allocates only.
+// layer has but the routed experts (moe_upload). With `alloc`, g's buffers are allocated first (layer_alloc;
+// q, k and v rows in one, so one GEMM can compute all three); else they exist with the same shapes. `up`:
+// UP_ORDERED and UP_NOW upload as upload_bytes's ordered and not; UP_NONE allocates only.
 void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
     const Config* c = &e->m->c;
     const ArchFamily* f = c->fam;
@@ -262,7 +268,7 @@ void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
     __nv_bfloat16* next = NULL; // where the next of q, k, v goes
     if (arch_layer_has(c, l, PART_ATTN)) {
         long qkv = (arch_dim(c, DIM_QROWS) + 2 * arch_dim(c, DIM_KVD)) * c->hidden_size;
-        if (alloc) g->q = (__nv_bfloat16*)dalloc(e, 2 * qkv);
+        if (alloc) g->q = (__nv_bfloat16*)layer_alloc(e, 2 * qkv);
         next = g->q;
     }
     for (int i = 0; i < f->n_tensors; i++) {
@@ -271,15 +277,15 @@ void layer_upload(GpuEngine* e, int l, GpuLayer* g, int alloc, int up) {
         snprintf(name, sizeof(name), "%slayers.%d.%s", c->prefix, l, r->name);
         size_t n;
         find_tensor(e, name, &n);
-        int f32;
-        void** p = slot_of(g, r->field, &f32);
+        int f32 = arch_gpu_f32(r);
+        void** p = slot_of(g, r->field);
         if (r->lin == LIN_Q || r->lin == LIN_K || r->lin == LIN_V)
             *p = next, next += n;
         else if (alloc)
-            *p = dalloc(e, n * (f32 ? 4 : 2));
+            *p = layer_alloc(e, n * (f32 ? 4 : 2));
         if (up == UP_NONE) continue;
         if (f32)
-            upload_f32(e, name, (float*)*p);
+            upload_f32(e, name, (float*)*p, up == UP_ORDERED);
         else
             upload_into(e, name, (__nv_bfloat16*)*p, up == UP_ORDERED);
         if (e->f16 && r->lin >= 0) weight_to_f16(e, (__nv_bfloat16*)*p, n, name); // linears only
@@ -500,8 +506,9 @@ void hybrid_alloc(GpuEngine* e, int grad) {
     y->w_add = 1.0f; // README §3: (1 + w) norms in every hybrid family
     if (gdn) {
         GdnShape sh = {e->T, c->lin_hk, c->lin_hv, c->lin_dk, c->lin_dv, c->lin_conv, c->rms_eps};
-        y->cache = gpu_gdn_cache_init(&sh, e->B);
-        y->qkv = (float*)dalloc(e, 4 * M * C); // (its allocation also notes the cache in the peak)
+        y->cache = gpu_gdn_cache_init(&sh, e->B); // its own cudaMallocs: counted here, and in the peak by
+        e->alloc_bytes += gpu_gdn_cache_bytes(&sh, e->B);
+        y->qkv = (float*)dalloc(e, 4 * M * C); // this allocation's look at the free memory
         y->z = (float*)dalloc(e, 4 * M * vd);
         y->b = (float*)dalloc(e, 4 * M * Hv);
         y->a = (float*)dalloc(e, 4 * M * Hv);
@@ -592,7 +599,7 @@ const __nv_bfloat16* weight_of(const GpuEngine* e, int idx) {
     const Linear* l = &e->m->linears[idx];
     const ArchTensor* r = arch_linear(e->m->c.fam, l->kind);
     if (l->expert >= 0 || !r) fail_other("internal: weight_of %s", l->name);
-    return *(__nv_bfloat16* const*)slot_of(&e->layers[l->layer], r->field, NULL);
+    return *(__nv_bfloat16* const*)slot_of(&e->layers[l->layer], r->field);
 }
 
 long widest_linear(const Model* m, int l0, int l1) {

@@ -14,6 +14,7 @@
 #include "../kernels/rope.h"
 #include "../kernels/swiglu.h"
 #include "gpu.h"
+#include "gpu_stream.h"
 
 extern "C" {
 #include "util.h"
@@ -173,6 +174,11 @@ struct GpuEngine {
     void* cap_ctx;
     int up_now; // upload_to copies at once on its own stream (streaming: into a layer slot no queued work
                 // reads)
+    // layer_alloc carves a layer's buffers out of a stream slot (gpu_stream.cu) instead of allocating them:
+    // from carve (carve_cap bytes), or, with carve NULL, only counts them (carve_off: the bytes taken)
+    int carving;
+    char* carve;
+    size_t carve_off, carve_cap;
     size_t free0, min_free;
     size_t alloc_bytes; // what dalloc allocated (this process only, unlike the free-memory peak)
     struct Prof* prof;  // AUTOQ_GPU_PROFILE=1: time per part of the pass
@@ -205,6 +211,10 @@ void prof_init(GpuEngine* e);
 void prof_report(GpuEngine* e);
 
 void* dalloc(GpuEngine* e, size_t bytes); // freed with the engine; counted in its peak
+// A buffer of a layer's weights (layer_upload, moe_upload): dalloc's, or while e->carving the next piece of
+// the stream slot being filled, at a multiple of GPU_SLOT_ALIGN bytes (a non-NULL placeholder, never to be
+// written, when e->carve is NULL: the slot's size being measured).
+void* layer_alloc(GpuEngine* e, size_t bytes);
 // Given set f's codes of linear idx and its scales (*sw); exits when they were never given.
 int8_t* given_codes(const GpuEngine* e, int f, int idx, float** sw);
 const __nv_bfloat16* weight_of(const GpuEngine* e, int idx);            // linear idx's bf16 weight (out, in)
@@ -268,8 +278,9 @@ void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w
 void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
                  const float* y, int M);
 // gpu_moe.cu: the MLP half of a sparse layer, from e->m_ / e->m16 (the post-attention norm's output)
-void moe_alloc(GpuEngine* e, int grad);                       // grad: the backward's buffers
-void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc); // into g, its buffers allocated first with alloc
-void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f);   // given set f, or quantized with w
+void moe_alloc(GpuEngine* e, int grad); // grad: the backward's buffers
+// into g, its buffers allocated first (layer_alloc) with alloc, only allocated with alloc < 0
+void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc);
+void moe_plan_set(GpuEngine* e, int l, QuantSpec w, int f); // given set f, or quantized with w
 void moe_forward(GpuEngine* e, int l, int M); // h += the block output (kept in moe.y in gradient passes)
 void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx); // dh in, e->dm out

@@ -13,7 +13,9 @@
 struct GpuStream {
     GpuEngine* e;
     const unsigned char* res;
-    GpuLayer slot[2];
+    GpuLayer slot[2];         // the pointers of the layer each slot holds, into its buffer
+    char* slot_buf[2];        // the slots' device buffers, slot_bytes each
+    size_t slot_bytes;        // the largest streamed layer's buffers as layer_alloc lays them out
     int slot_l[2];            // the layer each slot holds, or -1
     cudaEvent_t slot_free[2]; // recorded after the last work queued on the slot's layer
     int last;                 // the slot of the layer begun last
@@ -82,13 +84,25 @@ static void pin_release(const Model* m) {
     pthread_mutex_unlock(&g_pin_mu);
 }
 
+// Layer l's weights laid out as the resident upload lays them out (moe_upload, then layer_upload), into
+// base (cap bytes), or with base NULL only measured; into g. Returns the bytes they take.
+static size_t slot_carve(GpuEngine* e, int l, GpuLayer* g, char* base, size_t cap, int up) {
+    memset(g, 0, sizeof(GpuLayer));
+    e->carving = 1, e->carve = base, e->carve_off = 0, e->carve_cap = cap;
+    if (model_layer_sparse(e->m, l)) moe_upload(e, l, g, up == UP_NONE ? -1 : 1);
+    layer_upload(e, l, g, 1, up);
+    size_t b = e->carve_off;
+    e->carving = 0, e->carve = NULL;
+    return b;
+}
+
 extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
                                         const double* lbytes, GpuStream** out) {
     GpuEngine* e = engine_init_stream(m, T, B, gemm, res);
     GpuStream* st = (GpuStream*)xcalloc(1, sizeof(GpuStream));
     st->e = e;
     st->res = res;
-    int L = m->c.num_layers, dense = -1, sparse = -1;
+    int L = m->c.num_layers;
     st->lbytes = (double*)xcalloc(L, sizeof(double));
     for (int l = 0; l < L; l++) {
         st->lbytes[l] = lbytes[l];
@@ -96,16 +110,14 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
             st->h2d += st->lbytes[l];
             continue;
         }
-        if (model_layer_sparse(m, l) && sparse < 0) sparse = l;
-        if (!model_layer_sparse(m, l) && dense < 0) dense = l;
+        GpuLayer g;
+        size_t b = slot_carve(e, l, &g, NULL, 0, UP_NONE); // any layer kind: attention or Gated DeltaNet,
+        st->slot_bytes = b > st->slot_bytes ? b : st->slot_bytes; // dense or sparse
     }
     for (int k = 0; k < 2; k++) {
         st->slot_l[k] = -1;
         cudaCheck(cudaEventCreateWithFlags(&st->slot_free[k], cudaEventDisableTiming));
-        if (dense < 0 && sparse < 0) continue; // every layer resident
-        layer_upload(e, dense >= 0 ? dense : sparse, &st->slot[k], 1,
-                     UP_NONE); // a dense layer's shapes hold both
-        if (sparse >= 0) moe_upload(e, sparse, &st->slot[k], -1);
+        if (st->slot_bytes) st->slot_buf[k] = (char*)dalloc(e, st->slot_bytes); // else every layer resident
     }
     for (int i = 0; i < MARKS; i++) cudaCheck(cudaEventCreate(&st->mark[i]));
     st->last = 1;
@@ -148,8 +160,7 @@ static void slot_fill(GpuStream* st, int k, int l) {
     cudaCheck(cudaEventSynchronize(st->slot_free[k]));
     if (st->slot_l[k] >= 0) memset(&e->layers[st->slot_l[k]], 0, sizeof(GpuLayer));
     e->up_now = 1;
-    if (model_layer_sparse(e->m, l)) moe_upload(e, l, &st->slot[k], 0);
-    layer_upload(e, l, &st->slot[k], 0, UP_NOW);
+    slot_carve(e, l, &st->slot[k], st->slot_buf[k], st->slot_bytes, UP_NOW);
     e->up_now = 0;
     st->slot_l[k] = l;
     st->h2d += st->lbytes[l];

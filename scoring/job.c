@@ -110,8 +110,8 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     require_utf8(a->cmd, "--disabled-layers", j->disabled_csv);
 }
 
-// The hybrid families (Gated DeltaNet layers): bf16 hi + lo GEMM inputs by default, and no streaming yet
-// (README "Not done yet").
+// The hybrid families (Gated DeltaNet layers): bf16 hi + lo GEMM inputs by default; GPTQ runs on the CPU
+// (below), so --gpu-memory has nothing to cap there.
 static void hybrid_check(ScoreJob* j) {
     static Config c; // ~12 KiB: read before the model is loaded one way or the other
     config_load(&c, j->model_dir);
@@ -121,9 +121,9 @@ static void hybrid_check(ScoreJob* j) {
     // runs on request only: the published hybrid models have head_dim 256, which the fused attention
     // kernel that the fp16 mode needs does not take.
     if (!j->gpu_gemm_given) j->gpu_gemm = GEMM_BF16X2;
-    // The streaming planner's slots know attention and MLP layers only.
-    if (j->gpu_mem)
-        fail_input("--gpu-memory: %s (%s) has Gated DeltaNet layers, which streaming does not handle yet",
+    if (j->gpu_mem && j->quant.kind == QUANTIZER_GPTQ)
+        fail_input("--gpu-memory: --quantizer gptq on %s (%s, Gated DeltaNet layers) runs on the CPU, which "
+                   "--gpu-memory does not cap; drop --gpu-memory (RTN scores stream on the GPU)",
                    j->model_dir, c.model_type);
 }
 
@@ -495,7 +495,7 @@ static void add_window(ScoreJob* j, Scorer* cpu, const int* ids, int w) {
 // one window with two layer slots fits.
 static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     const Config* c = &j->model.c;
-    if (!j->use_gpu || j->shard || j->nccl_init || c->fam->hybrid) return 0;
+    if (!j->use_gpu || j->shard || j->nccl_init) return 0;
     double free_b = (double)gpu_stream_free_memory(), cap = j->gpu_mem;
     // bench: the streamed code path (layer-major) even where the model fits, its layers then resident
     const char* force = getenv("AUTOQ_STREAM");
@@ -560,12 +560,12 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     int on_gpu = plan->states_gpu < plan->states_peak ? plan->states_gpu - 2 : plan->states_peak;
     on_gpu = on_gpu < 1 ? 1 : on_gpu;
     info_msg("score: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows, "
-             "%d of %d in-flight states on the GPU (%s), planned peak %.3f GiB of %.3f GiB, %.2f GiB host->GPU "
-             "per batch",
+             "%d of %d in-flight states on the GPU (%s), planned peak %.3f GiB (%.0f bytes) of %.3f GiB, %.2f "
+             "GiB host->GPU per batch",
              plan->n_resident, c->num_layers, plan->k, b, on_gpu, plan->states_peak,
              on_gpu < plan->states_peak ? "the rest in pinned host memory, through two GPU slots"
                                         : "none spilled",
-             plan->gpu_bytes / 1073741824.0, cap / 1073741824.0,
+             plan->gpu_bytes / 1073741824.0, plan->gpu_bytes, cap / 1073741824.0,
              (plan->weight_h2d + plan->spill_h2d) / 1073741824.0);
     return 1;
 }

@@ -394,14 +394,16 @@ extern "C" double gpu_stream_score_gradient(GpuStreamScorer* ss, const int* ids,
     const GpuScoreSpec* sp = ss->sp;
     int L = sp->m->c.num_layers, B = sp->B, T = sp->T, K = (nw + B - 1) / B;
     long n = (long)sp->nf * sp->gs->n;
+    // the gradient's buffers on the first call, sized over every layer (l0 = 0: the widest linear, and the
+    // hybrid families' Gated DeltaNet and attention buffers, which layer 0 alone may need)
+    if (!e->dh) grad_alloc(e);
     Own own = own_save(e);
     gpu_stream_break(ss->st);
-    for (int k = 0; k < K; k++) { // the mode (the gradient's buffers on the first call, at l1 = L)
+    for (int k = 0; k < K; k++) { // the mode
         int nb = batch_windows(ss, nw, k);
         e->l0 = 1;
         gpu_pass_begin(e, 1, ids + (long)k * B * T, nb);
         e->l0 = 0;
-        own = own_save(e); // grad_alloc may have just made dh
         float* h = state_use(ss, gr_h(ss, k), nb, 0);
         gpu_stream_embed(ss->st, ids + (long)k * B * T, nb, h);
         state_done(ss, gr_h(ss, k), nb, 1);

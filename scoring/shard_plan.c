@@ -36,9 +36,9 @@ static double layer_flops(const Config* c, int l, int T) {
     return w + 2 * 2 * (T / 2.0) * c->head_dim * c->num_heads;
 }
 
-// The Gated DeltaNet's conv, decays and gated norm are held in fp32 on the GPU (gpu_engine.cu's k_slots);
-// every other tensor of a layer in bf16.
-static int tensor_bytes(const ArchTensor* r) { return r->part == PART_GDN && r->lin < 0 ? 4 : 2; }
+// Bytes a value of row r as the GPU holds it: fp32 for the Gated DeltaNet's conv, decays and gated norm,
+// bf16 for every other tensor of a layer (arch_gpu_f32, which the engine's uploads ask too).
+static int tensor_bytes(const ArchTensor* r) { return arch_gpu_f32(r) ? 4 : 2; }
 
 double shard_layer_bytes(const Config* c, int l) {
     const ArchFamily* f = c->fam;

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../engine/arch.h"
+#include "../engine/gpu_stream.h"
 #include "../engine/util.h"
 #include "score.h"
 #include "shard_plan.h"
@@ -66,7 +68,8 @@ static double max_bytes(const StreamSpec* s) {
 // Fills p for k engine batches per streamed batch; returns 0 when the fewest states that work do not fit
 // (p->gpu_bytes then says what they need).
 static int plan_k(const StreamSpec* s, int k, StreamPlan* p) {
-    double base = s->fixed_bytes + s->batch_bytes + 2 * max_bytes(s); // two layer slots: double buffering
+    // two layer slots (double buffering), each the largest layer and its tensors' alignment
+    double base = s->fixed_bytes + s->batch_bytes + 2 * (max_bytes(s) + s->slot_pad);
     long peak = states_peak(s, k);
     double room = s->cap - base;
     long g = room > 0 ? (long)floor(room / s->state_bytes) : 0;
@@ -200,19 +203,39 @@ double stream_parse_size(const char* s) {
     return -1;
 }
 
+// The widest linear dimension (rows or columns) of any layer, as the engine's widest_linear finds it among
+// its linears: the rows of the family's table each layer has (q_proj with its gate rows, the Gated DeltaNet's
+// input projections), the routed experts' moe_intermediate, and the hidden size.
+static double widest_dim(const Config* c) {
+    double w = c->hidden_size;
+    for (int l = 0; l < c->num_layers; l++)
+        for (int i = 0; i < c->fam->n_tensors; i++) {
+            const ArchTensor* r = &c->fam->tensors[i];
+            if (r->lin < 0 || r->layout != LAYOUT_PLAIN || !arch_layer_has(c, l, r->part)) continue;
+            w = fmax(w, fmax(arch_dim(c, r->shape[0]), arch_dim(c, r->shape[1])));
+        }
+    return c->n_sparse ? fmax(w, c->moe_intermediate) : w;
+}
+
 double stream_mode_bytes(const Config* c, int T, int B, int split, int emu) {
     double M = (double)B * T, D = c->hidden_size, I = c->intermediate_size;
     double qd = (double)c->num_heads * c->head_dim, kvd = (double)c->num_kv_heads * c->head_dim, b = 0;
     if (split) // a_lo, q_lo, k_lo, v_lo, att_lo, m_lo, act_lo (bf16) and P_lo (B H T T bf16)
         b += 2 * M * (2 * D + 2 * qd + 2 * kvd + I) + 2.0 * B * c->num_heads * T * T;
     if (emu) { // wf_pool: fp32 weights of the largest layer's linears; xf, yf: fp32 (M, widest linear)
-        double most = 0, wide = D > I ? D : I;
-        wide = qd > wide ? qd : wide;
+        double most = 0, wide = widest_dim(c);
         for (int l = 0; l < c->num_layers; l++)
             most = shard_layer_bytes(c, l) > most ? shard_layer_bytes(c, l) : most;
         b += 2 * most + 8 * M * wide;
     }
     return b;
+}
+
+// The row of c's family named `name` (under "<prefix>layers.N."), NULL for none (the routed experts' tensors).
+static const ArchTensor* row_named(const Config* c, const char* name) {
+    for (int i = 0; i < c->fam->n_tensors; i++)
+        if (!strcmp(c->fam->tensors[i].name, name)) return &c->fam->tensors[i];
+    return NULL;
 }
 
 double stream_layer_bytes(const Model* m, int l) {
@@ -223,7 +246,9 @@ double stream_layer_bytes(const Model* m, int l) {
     for (int i = 0; i < m->ck.n; i++) {
         const StTensor* t = &m->ck.t[i];
         if (strncmp(t->name, pre, n)) continue;
-        b += t->dtype == DT_F32 ? t->nbytes / 2.0 : t->nbytes;
+        const ArchTensor* r = row_named(&m->c, t->name + n);
+        double values = (double)t->nbytes / (t->dtype == DT_F32 ? 4 : 2);
+        b += values * (r && arch_gpu_f32(r) ? 4 : 2);
     }
     return b;
 }
@@ -243,6 +268,9 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf,
         s->fixed_bytes += 8.0 * T * c->vocab_size - 8 * M * c->vocab_size;
     s->fixed_bytes += stream_mode_bytes(c, T, B, split, emu);
     s->state_bytes = 4 * M * c->hidden_size;
+    // a slot's tensors each start at a multiple of GPU_SLOT_ALIGN: at most one buffer per row of the family's
+    // table (q, k and v share one; the routed experts take two)
+    s->slot_pad = (double)GPU_SLOT_ALIGN * (c->fam->n_tensors + 1);
     s->cap = cap;
     s->gradient = gradient;
     int* births = xmalloc(sizeof(int) * ((size_t)nf * gs->n + 1));

@@ -20,6 +20,7 @@
 typedef struct {
     int L;                     // decoder layers
     const double* layer_bytes; // (L) each layer's weights as the GPU holds them
+    double slot_pad;           // a layer slot's bytes beyond its layer's: the alignment of its tensors
     double fixed_bytes;        // held whatever streams: embedding, final norm, lm_head, context, workspaces
     double batch_bytes;        // the engine's buffers for one engine batch (activations, logits, plan pool)
     double state_bytes;        // one state: B T D fp32
@@ -94,8 +95,10 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf,
                        int windows, double cap, int split, int emu);
 // The engine's buffers of the GEMM mode and emulated formats beyond shard_stage_bytes's estimate (above).
 double stream_mode_bytes(const Config* c, int T, int B, int split, int emu);
-// Bytes of layer l's weights as the GPU holds them: every checkpoint tensor of the layer, as bf16 (the
-// planner's shard_layer_bytes counts the same from the config; tests/test_stream_plan.c checks they agree).
+// Bytes of layer l's weights as the GPU holds them, from the checkpoint: every tensor of the layer, in fp32
+// where the engine holds its row of the architecture table so (arch_gpu_f32: the Gated DeltaNet's conv,
+// decays and gated norm), else bf16 (the planner's shard_layer_bytes counts the same from the config;
+// tests/test_stream_plan.c checks both against the safetensors headers on the dense, MoE and hybrid fixtures).
 double stream_layer_bytes(const Model* m, int l);
 void stream_spec_free(StreamSpec* s);
 // Parses a --gpu-memory SIZE: bytes, or a number with K, M, G, T (powers of 1000) or KiB, MiB, GiB,

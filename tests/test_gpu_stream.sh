@@ -25,6 +25,13 @@ expect "--gpu-memory needs a GPU" "no CUDA device in use" \
     "$AQ" score $moe --data $moe_ids --method kl --device cpu --gpu-memory 1GiB
 expect "eval --gpu-memory needs GPTQ on a GPU" "it needs --quantizer gptq on a GPU" \
     "$AQ" eval $moe --data $moe_ids --num-samples 1 --format w4a8 --gpu-memory 1GiB
+# the hybrid families stream (no refusal of their own but GPTQ's, which runs on the CPU for them)
+F=tests/fixtures
+expect "--gpu-memory on a hybrid model without a GPU: the common refusal" "no CUDA device in use" \
+    "$AQ" score $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --method kl --device cpu --gpu-memory 1GiB
+expect "--gpu-memory with --quantizer gptq on a hybrid model (its GPTQ runs on the CPU)" \
+    "runs on the CPU, which --gpu-memory does not cap" \
+    "$AQ" score $F/qwen3-next-tiny --data $F/qwen3_next_tiny_ids.npy --method kl --quantizer gptq --gpu-memory 1GiB
 if [ ! -f "$M/config.json" ]; then
     echo "SKIP $SUITE: $M missing"
     exit 0
@@ -34,6 +41,9 @@ if ! "$AQ" score $moe --data $moe_ids --num-samples 1 --method kl --device cuda 
     echo "SKIP $SUITE: streamed layers on the GPU (no CUDA device, or built without nvcc)"
     exit 0
 fi
+
+# want SECTION: whether STREAM_ONLY selects it
+want() { [ -z "${STREAM_ONLY:-}" ] || [[ " $STREAM_ONLY " == *" $1 "* ]]; }
 
 # same A B TOL: every score of A within TOL (relative) of B's, every score finite, and the same of the
 # per-window scores (groups/window_scores) when both hold them; TOL 0: bit-identical
@@ -74,7 +84,9 @@ check() {
     local name=$1 model=$2 ids=$3 method=$4 tol=$5 kinds=$6
     shift 6
     local a=("$AQ" score "$model" --data "$ids" --method "$method" --device cuda "$@")
-    if ! "${a[@]}" --out "$tmp/$name.res.h5" >"$tmp/$name.res.out" 2>"$tmp/$name.res.log"; then
+    if [ -n "${RES_FROM:-}" ] && [ -f "$tmp/$RES_FROM.res.h5" ]; then # the same resident run as RES_FROM's
+        cp "$tmp/$RES_FROM.res.h5" "$tmp/$name.res.h5"
+    elif ! "${a[@]}" --out "$tmp/$name.res.h5" >"$tmp/$name.res.out" 2>"$tmp/$name.res.log"; then
         fail "$name: the resident run: $(tail -n 2 "$tmp/$name.res.log")"
         return
     fi
@@ -98,12 +110,26 @@ check() {
             continue
         fi
         grep -h "streaming layers\|streamed layers\|peak GPU" "$tmp/$name.$kind.log" | sed "s/^/# $name $kind: /"
+        if [ $kind = low ] && [ -n "${WANT_SPILL:-}" ] && [ "${AUTOQ_STREAM_SPILL:-}" != 0 ]; then
+            grep -q "the rest in pinned host memory" "$tmp/$name.$kind.log" &&
+                pass "$name, low cap: in-flight states spilled to host memory" ||
+                fail "$name, low cap: no state spilled: $(grep "streaming layers" "$tmp/$name.$kind.log")"
+        fi
         local r al
         r=$(same "$tmp/$name.$kind.h5" "$tmp/$name.res.h5" "$tol") && pass "$name, $kind cap: $r" ||
             fail "$name, $kind cap: $r"
         al=$(bytes "$tmp/$name.$kind.log" "allocated by the engine")
         [ -n "$al" ] && [ "$al" -le "$cap" ] && pass "$name, $kind cap: the engine's $al bytes under $cap" ||
             fail "$name, $kind cap: the engine's allocations '$al' over $cap bytes"
+        # PLAN_CHECK: the planner's count of the engine's own buffers (its planned peak less the 256 MiB it
+        # allows the CUDA libraries' workspaces, which the engine does not allocate) covers what it allocated
+        if [ -n "${PLAN_CHECK:-}" ]; then
+            local pl
+            pl=$(sed -n 's/.*planned peak [0-9.]* GiB (\([0-9]*\) bytes.*/\1/p' "$tmp/$name.$kind.log" | head -1)
+            [ -n "$pl" ] && [ -n "$al" ] && [ "$al" -le $((pl - 268435456)) ] &&
+                pass "$name, $kind cap: the engine's $al bytes within the plan's $((pl - 268435456)) for them" ||
+                fail "$name, $kind cap: the engine's $al bytes over the plan's '$pl' less 256 MiB"
+        fi
     done
 }
 
@@ -112,14 +138,20 @@ declare -A CAPS # NAME.KIND: the caps check computed
 # streamed batch of two and one of one
 # streamed batch of two and one of one. tiny-kl low: one spilled state alive after layer 0, used last there
 # and first at layer 1 (in the other ring slot: the case that once wrote back the stale slot)
-check tiny-kl "$M" $D kl 0 "mid low min" --num-samples 3 --batch-size 1
-check tiny-gradient "$M" $D gradient 1e-6 "mid" --num-samples 3 --batch-size 1
-check tiny-kl-bf16x2 "$M" $D kl 0 "mid" --num-samples 3 --batch-size 1 --gpu-gemm bf16x2 --format w4a8,nvfp4
-check moe-kl $moe $moe_ids kl 0 "low" --batch-size 1
-check moe-gradient $moe $moe_ids gradient 1e-6 "low" --batch-size 1
+if want tiny; then
+    check tiny-kl "$M" $D kl 0 "mid low min" --num-samples 3 --batch-size 1
+    check tiny-gradient "$M" $D gradient 1e-6 "mid" --num-samples 3 --batch-size 1
+    check tiny-kl-bf16x2 "$M" $D kl 0 "mid" --num-samples 3 --batch-size 1 --gpu-gemm bf16x2 --format w4a8,nvfp4
+fi
+if want moe; then
+    check moe-kl $moe $moe_ids kl 0 "low" --batch-size 1
+    check moe-gradient $moe $moe_ids gradient 1e-6 "low" --batch-size 1
+fi
 # kl without spills: the size its refusal names streams (the message once named the spilling plan's)
-AUTOQ_STREAM_SPILL=0 check tiny-kl-keep "$M" $D kl 0 "min mid" --num-samples 3 --batch-size 1
-AUTOQ_STREAM_SPILL=0 check moe-kl-keep $moe $moe_ids kl 0 "min" --batch-size 1
+if want keep; then
+    AUTOQ_STREAM_SPILL=0 check tiny-kl-keep "$M" $D kl 0 "min mid" --num-samples 3 --batch-size 1
+    AUTOQ_STREAM_SPILL=0 check moe-kl-keep $moe $moe_ids kl 0 "min" --batch-size 1
+fi
 
 # The data-parallel back end (--gpus N: a thread per GPU, each streaming its own copy by one plan, the sums
 # all-reduced) on this one GPU (AUTOQ_TEST_MULTI=1): the one-GPU streamed run's scores
@@ -136,14 +168,18 @@ multi_check() { # NAME METHOD TOL CAP
         fail "$name: $(grep -v TFLOP "$tmp/$name.log" | tail -n 2)"
     fi
 }
-multi_check multi-kl kl 0 "${CAPS[tiny-kl.low]:-}"
-multi_check multi-gradient gradient 1e-6 "${CAPS[tiny-gradient.mid]:-}"
+if want multi; then
+    multi_check multi-kl kl 0 "${CAPS[tiny-kl.low]:-}"
+    multi_check multi-gradient gradient 1e-6 "${CAPS[tiny-gradient.mid]:-}"
+fi
 
 # search --verify under a cap: the scores stream (bit-identical kl), so the recipe is the resident run's, and
 # the verification (the CPU engine) measures the same
 v=("$AQ" search "$M" --data $D --num-samples 2 --batch-size 1 --method kl --budget 6 --verify --device cuda)
 tiny_cap=${CAPS[tiny-kl.low]:-}
-if [ -z "$tiny_cap" ]; then
+if ! want verify; then
+    :
+elif [ -z "$tiny_cap" ]; then
     fail "search --verify under --gpu-memory: no cap (tiny-kl's probe failed)"
 elif "${v[@]}" --out "$tmp/v.res.json" >/dev/null 2>"$tmp/v.res.log" &&
     "${v[@]}" --gpu-memory "$tiny_cap" --out "$tmp/v.str.json" >/dev/null 2>"$tmp/v.str.log"; then
@@ -175,36 +211,59 @@ gptq_check() { # NAME METHOD TOL CAP
             fail "$name under $cap bytes: $r"
     fi
 }
-gptq_check gptq-kl kl 0 "${CAPS[tiny-kl.mid]:-}"
-gptq_check gptq-gradient gradient 1e-6 "${CAPS[tiny-gradient.mid]:-}"
+if want gptq; then
+    gptq_check gptq-kl kl 0 "${CAPS[tiny-kl.mid]:-}"
+    gptq_check gptq-gradient gradient 1e-6 "${CAPS[tiny-gradient.mid]:-}"
+fi
 
 # GPTQ's own pipeline under a cap (quantize): its windows' pool in pinned host memory when the pool would pass
 # it, the same checkpoint byte for byte; a cap below its layer walk is exit 2
-"$AQ" search "$M" --data $D --num-samples 2 --method kl --budget 6 --device cpu --out "$tmp/r.json" >/dev/null 2>&1
-q=("$AQ" quantize "$M" --recipe "$tmp/r.json" --data $D --num-samples 4 --quantizer gptq --device cuda)
-if "${q[@]}" --gpu-memory 1TiB --out "$tmp/q.res" >/dev/null 2>"$tmp/q.res.log"; then
-    walk=$(bytes "$tmp/q.res.log" "the layer walk holds")
-    pool=$(bytes2 "$tmp/q.res.log" "the layer walk holds")
-    if [ -n "$walk" ] && [ -n "$pool" ] &&
-        "${q[@]}" --gpu-memory $((walk + pool / 2)) --out "$tmp/q.str" >/dev/null 2>"$tmp/q.str.log" &&
-        grep -q "waits in pinned host memory" "$tmp/q.str.log"; then
-        same_dir=1
-        for f in "$tmp"/q.res/*; do cmp -s "$f" "$tmp/q.str/$(basename "$f")" || same_dir=0; done
-        [ $same_dir = 1 ] && pass "quantize --quantizer gptq, the pool in host memory: the same checkpoint" ||
-            fail "quantize --quantizer gptq under --gpu-memory: the checkpoints differ"
+if want quantize; then
+    "$AQ" search "$M" --data $D --num-samples 2 --method kl --budget 6 --device cpu --out "$tmp/r.json" >/dev/null 2>&1
+    q=("$AQ" quantize "$M" --recipe "$tmp/r.json" --data $D --num-samples 4 --quantizer gptq --device cuda)
+    if "${q[@]}" --gpu-memory 1TiB --out "$tmp/q.res" >/dev/null 2>"$tmp/q.res.log"; then
+        walk=$(bytes "$tmp/q.res.log" "the layer walk holds")
+        pool=$(bytes2 "$tmp/q.res.log" "the layer walk holds")
+        if [ -n "$walk" ] && [ -n "$pool" ] &&
+            "${q[@]}" --gpu-memory $((walk + pool / 2)) --out "$tmp/q.str" >/dev/null 2>"$tmp/q.str.log" &&
+            grep -q "waits in pinned host memory" "$tmp/q.str.log"; then
+            same_dir=1
+            for f in "$tmp"/q.res/*; do cmp -s "$f" "$tmp/q.str/$(basename "$f")" || same_dir=0; done
+            [ $same_dir = 1 ] && pass "quantize --quantizer gptq, the pool in host memory: the same checkpoint" ||
+                fail "quantize --quantizer gptq under --gpu-memory: the checkpoints differ"
+        else
+            fail "quantize --quantizer gptq under --gpu-memory: $(cat "$tmp/q.res.log" "$tmp/q.str.log" | tail -n 2)"
+        fi
+        expect "quantize: a cap below GPTQ's layer walk" "too small for GPTQ" \
+            "${q[@]}" --gpu-memory 1 --out "$tmp/q.small"
     else
-        fail "quantize --quantizer gptq under --gpu-memory: $(cat "$tmp/q.res.log" "$tmp/q.str.log" | tail -n 2)"
+        fail "quantize --quantizer gptq: $(tail -n 2 "$tmp/q.res.log")"
     fi
-    expect "quantize: a cap below GPTQ's layer walk" "too small for GPTQ" \
-        "${q[@]}" --gpu-memory 1 --out "$tmp/q.small"
-else
-    fail "quantize --quantizer gptq: $(tail -n 2 "$tmp/q.res.log")"
 fi
 
-# last (the runs before it are the newer checks): the 0.6B shape, head_dim 128
+# the 0.6B shape, head_dim 128
 g=$tmp/g06
-if "$AQ" gen "$g" --preset 0.6b --layers 2 --ids "$tmp/g06.npy" --num-samples 2 --seq-len 128 --quiet; then
+if ! want gen06; then
+    :
+elif "$AQ" gen "$g" --preset 0.6b --layers 2 --ids "$tmp/g06.npy" --num-samples 2 --seq-len 128 --quiet; then
     check gen06-kl "$g" "$tmp/g06.npy" kl 0 "low" --batch-size 1
 else
     fail "gen --preset 0.6b --layers 2"
+fi
+
+# last (the runs before it are the older checks): the hybrid families, 4 layers each (3 Gated DeltaNet, 1 gated
+# full attention), 3 windows of 64 tokens. One window per engine batch, as above; w4a8 (an int8 GEMM per group)
+# and the hybrids' default bf16 hi + lo GEMM inputs. kl bit-identical to the resident run, gradient within 1e-6.
+if want hybrid; then
+    for p in qwen3.5-small qwen3.5-moe-small qwen3-next-small; do
+        h=$tmp/$p
+        if ! "$AQ" gen "$h" --preset $p --ids "$h.npy" --num-samples 3 --seq-len 64 --quiet; then
+            fail "gen --preset $p"
+            continue
+        fi
+        WANT_SPILL=1 PLAN_CHECK=1 check $p-kl "$h" "$h.npy" kl 0 "mid low" --batch-size 1 --format w4a8
+        WANT_SPILL=1 PLAN_CHECK=1 check $p-gradient "$h" "$h.npy" gradient 1e-6 "mid low" --batch-size 1 --format w4a8
+        RES_FROM=$p-kl PLAN_CHECK=1 AUTOQ_STREAM_SPILL=0 check $p-kl-keep "$h" "$h.npy" kl 0 "min" --batch-size 1 \
+            --format w4a8
+    done
 fi

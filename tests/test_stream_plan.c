@@ -1,8 +1,10 @@
 // The streaming planner (scoring/stream_plan.c): resident or streamed layers, the spill accounting of
 // in-flight states, and the batch choice, on byte counts small enough to count by hand.
+#include <math.h>
 #include <string.h>
 
 #include "check.h"
+#include "engine/gpu_stream.h"
 #include "scoring/shard_plan.h"
 #include "scoring/stream_plan.h"
 
@@ -174,6 +176,23 @@ static void test_batch_choice(void) {
     stream_plan_free(&p);
 }
 
+// A layer slot's alignment (slot_pad) counts twice in a streamed plan (two slots), never in a resident one.
+static void test_slot_pad(void) {
+    StreamSpec s = spec(330, 0);
+    s.slot_pad = 5; // 50 + 20 + 2 x (100 + 5) = 280; room 50: 4 states, 10 left
+    StreamPlan p;
+    int ok = stream_plan(&s, &p);
+    CHECK(ok && p.streamed && p.states_gpu == 4 && p.n_resident == 0 && p.gpu_bytes == 320,
+          "stream_plan_slot_pad", "ok %d streamed %d gpu %d resident %d bytes %g", ok, p.streamed, p.states_gpu,
+          p.n_resident, p.gpu_bytes);
+    stream_plan_free(&p);
+    s.cap = 510; // the resident plan (510 bytes) holds no slot
+    ok = stream_plan(&s, &p);
+    CHECK(ok && !p.streamed && p.gpu_bytes == 510, "stream_plan_slot_pad_resident", "streamed %d bytes %g",
+          p.streamed, p.gpu_bytes);
+    stream_plan_free(&p);
+}
+
 static void test_sizes(void) {
     CHECK(stream_parse_size("16GiB") == 16.0 * (1 << 30) && stream_parse_size("4G") == 4e9 &&
               stream_parse_size("512MiB") == 512.0 * (1 << 20) && stream_parse_size("1000") == 1000 &&
@@ -184,8 +203,28 @@ static void test_sizes(void) {
           "stream_parse_size_bad", "a malformed size accepted");
 }
 
-// The planner's layer sizes (from the config) against the checkpoint's tensors of each layer: equal, on the
-// dense model and on the MoE fixture (its dense layer 1 among sparse ones).
+// A checkpoint tensor's bytes as the GPU engine holds it, from its safetensors header alone: bf16, but fp32 for
+// the Gated DeltaNet's conv1d, A_log, dt_bias and gated norm (README §3: its kernels read them as fp32).
+static double header_bytes(const StTensor* t) {
+    static const char* f32[] = {"linear_attn.conv1d.weight", "linear_attn.A_log", "linear_attn.dt_bias",
+                                "linear_attn.norm.weight"};
+    double n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= (double)t->shape[d];
+    size_t len = strlen(t->name);
+    for (int i = 0; i < 4; i++)
+        if (len >= strlen(f32[i]) && !strcmp(t->name + len - strlen(f32[i]), f32[i])) return 4 * n;
+    return 2 * n;
+}
+
+static double align_up(double b) { return ceil(b / GPU_SLOT_ALIGN) * GPU_SLOT_ALIGN; }
+
+// The planner's layer sizes (the spec's, from the config through the architecture table) against each layer's
+// tensors in the checkpoint's safetensors headers (header_bytes): equal, on the dense model, the MoE fixture
+// (its dense layer 1 among sparse ones) and the three hybrid fixtures (Gated DeltaNet and gated attention
+// layers; Qwen3-Next's fused projections; shared experts and their gates; a dense layer among sparse ones);
+// stream_layer_bytes (the count of bytes copied) equal too; and a layer slot (the largest layer plus the
+// spec's slot_pad) holds every layer as the slots lay it out, each tensor at a multiple of GPU_SLOT_ALIGN
+// (counted here with q, k, v apart: an upper bound), the routed experts in two buffers.
 static void check_layer_bytes(const char* name, const char* dir) {
     char cfg[512];
     snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
@@ -195,11 +234,39 @@ static void check_layer_bytes(const char* name, const char* dir) {
     }
     Model m;
     model_open(&m, dir);
-    int ok = 1, bad = -1;
-    for (int l = 0; l < m.c.num_layers; l++)
-        if (stream_layer_bytes(&m, l) != shard_layer_bytes(&m.c, l)) ok = 0, bad = l;
-    CHECK(ok, name, "layer %d: checkpoint %g bytes, planner %g", bad, stream_layer_bytes(&m, bad < 0 ? 0 : bad),
-          shard_layer_bytes(&m.c, bad < 0 ? 0 : bad));
+    Groups none;
+    memset(&none, 0, sizeof(none));
+    StreamSpec s;
+    stream_spec_model(&s, &m.c, &none, 0, 0, 16, 1, 1, 1e12, 1, 0);
+    double most = 0;
+    for (int l = 0; l < m.c.num_layers; l++) most = s.layer_bytes[l] > most ? s.layer_bytes[l] : most;
+    int ok = 1, bad = -1, n_gdn = 0;
+    double want_bad = 0, carve_bad = 0;
+    for (int l = 0; l < m.c.num_layers; l++) {
+        char pre[64];
+        snprintf(pre, sizeof(pre), "%slayers.%d.", m.c.prefix, l);
+        double want = 0, carve = 0, experts = 0;
+        for (int i = 0; i < m.ck.n; i++) {
+            const StTensor* t = &m.ck.t[i];
+            if (strncmp(t->name, pre, strlen(pre))) continue;
+            double b = header_bytes(t);
+            want += b;
+            if (strstr(t->name, ".mlp.experts."))
+                experts += b;
+            else
+                carve += align_up(b);
+        }
+        if (experts > 0) carve += experts + 2 * GPU_SLOT_ALIGN;
+        n_gdn += m.c.linear[l];
+        if (s.layer_bytes[l] != want || stream_layer_bytes(&m, l) != want || carve > most + s.slot_pad)
+            ok = 0, bad = l, want_bad = want, carve_bad = carve;
+    }
+    CHECK(ok && (strstr(name, "hybrid") == NULL || n_gdn > 0), name,
+          "layer %d: headers %g bytes, planner %g, stream_layer_bytes %g; laid out %g in a slot of %g (%d GDN "
+          "layers)",
+          bad, want_bad, bad < 0 ? 0 : s.layer_bytes[bad], bad < 0 ? 0 : stream_layer_bytes(&m, bad), carve_bad,
+          most + s.slot_pad, n_gdn);
+    stream_spec_free(&s);
     model_free(&m);
 }
 
@@ -241,10 +308,14 @@ int main(void) {
     test_batch_choice();
     test_ring();
     test_sizes();
+    test_slot_pad();
     test_mode_bytes();
     test_kl_passes();
     const char* tiny = getenv("AUTOQ_TINY");
     check_layer_bytes("stream_plan_layer_bytes_dense", tiny ? tiny : "../shared/models/qwen3-tiny");
     check_layer_bytes("stream_plan_layer_bytes_moe", "tests/fixtures/qwen3-moe-tiny");
+    check_layer_bytes("stream_plan_layer_bytes_hybrid_qwen3_5", "tests/fixtures/qwen3_5-tiny");
+    check_layer_bytes("stream_plan_layer_bytes_hybrid_qwen3_5_moe", "tests/fixtures/qwen3_5-moe-tiny");
+    check_layer_bytes("stream_plan_layer_bytes_hybrid_qwen3_next", "tests/fixtures/qwen3-next-tiny");
     return g_fail ? 1 : 0;
 }
