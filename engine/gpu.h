@@ -107,8 +107,17 @@ typedef void (*GpuGradHook)(GpuEngine* e, int linear, const float* dy, const flo
 float* gpu_hidden_grad(GpuEngine* e); // its gradient (gradient passes)
 // Last stage: logits, the loss per row and its gradient into the hidden grad (final norm's input).
 void gpu_loss_backward(GpuEngine* e, int nb);
-// Layers l1-1..l0 recomputed from their saved inputs and backpropagated from the hidden grad.
+// Layers l1-1..l0 backpropagated from the hidden grad, each on the activations its forward kept
+// (gpu_grad_keep_plan), or else recomputed from its saved input first.
 void gpu_backward_layers(GpuEngine* e, int nb, GpuGradHook hook, void* ctx);
+// Once, before the first gradient pass: which layers' forwards keep what their backward reads (README "GPU
+// scoring"), so that gpu_backward_layers skips their recompute. AUTOQ_GRAD_KEEP=0 keeps none, 1 every layer
+// that can (exit 2 when they do not fit), unset or auto as many as fit the GPU's free memory, or cap (bytes the
+// run may use on the GPU, --gpu-memory; 0: none) less what the engine holds, after a margin. Only dense layers
+// of an engine of every layer with one slot of saved inputs can (not sparse or hybrid layers, streamed or
+// pipelined engines). Sets recomputed[l] = 1 (host, L entries, may be NULL; any thread) for the engine's layers
+// still recomputed. Returns the number of layers kept.
+int gpu_grad_keep_plan(GpuEngine* e, double cap, unsigned char* recomputed);
 double gpu_loss(GpuEngine* e, int nb); // last stage: the summed per-window mean CE of the batch
 // acc (M, out) int32 = Q(x) Q(W)^T of linear idx (inputs quantized with in; weights given set f, or
 // quantized with w without given weights), and the per-token and per-channel scales: Yq = acc * sx * sw.

@@ -1,6 +1,6 @@
-// The CUDA activation-only backward: mirrors engine/backward.c. Only layer inputs are kept by the
-// forward; each layer is recomputed (last first) and backpropagated, and a hook sees every linear's
-// dL/dY with its input and output.
+// The CUDA activation-only backward: mirrors engine/backward.c. The forward keeps each layer's input, and
+// where memory allows (gpu_grad_keep_plan) a dense layer's activations; every other layer is recomputed
+// (last first) before its backward, and a hook sees every linear's dL/dY with its input and output.
 #include <math.h>
 #include <string.h>
 
@@ -47,6 +47,127 @@ void grad_alloc(GpuEngine* e) {
     e->loss_rows = (double*)dalloc(e, 8 * M);
     if (e->moe.E) moe_alloc(e, 1);
     if (e->hy.on) hybrid_alloc(e, 1);
+}
+
+// ---- the gradient's kept activations (README "GPU scoring") ----
+
+// AUTOQ_GRAD_KEEP's default: 0 recomputes every layer in the backward, GRAD_KEEP_AUTO keeps the activations of
+// as many dense layers as the GPU's memory (or --gpu-memory's cap) holds. 0 until the keep path's scores have
+// been checked bit-identical to the recompute's on a GPU (tests/test_gpu_keep.sh).
+#define GRAD_KEEP_AUTO (-1)
+#define GRAD_KEEP_DEFAULT 0
+
+static int keep_mode(void) {
+    const char* v = getenv("AUTOQ_GRAD_KEEP");
+    if (!v || !*v) return GRAD_KEEP_DEFAULT;
+    if (!strcmp(v, "0")) return 0;
+    if (!strcmp(v, "1")) return 1;
+    if (!strcmp(v, "auto")) return GRAD_KEEP_AUTO;
+    fail_input("AUTOQ_GRAD_KEEP: '%s' is none of 0 (recompute), 1 (keep every layer) and auto", v);
+    return 0;
+}
+
+static void acts_get(const GpuEngine* e, GpuActs* k) {
+    GpuActs t = {e->a,   e->q_lin, e->k_lin, e->v,      e->att,    e->y_o,    e->h_mid,  e->m_,
+                 e->g,   e->u,     e->act,   e->y_down, e->a_rstd, e->m_rstd, e->q_rstd, e->k_rstd,
+                 e->q16, e->k16,   e->v16,   e->q_lo,   e->k_lo,   e->v_lo};
+    *k = t;
+}
+
+void acts_bind(GpuEngine* e, int l) {
+    const GpuActs* k = &e->own;
+    if (l >= 0 && e->kept && e->kept[l - e->l0]) k = e->kept[l - e->l0];
+    e->a = k->a, e->q_lin = k->q_lin, e->k_lin = k->k_lin, e->v = k->v, e->att = k->att, e->y_o = k->y_o;
+    e->h_mid = k->h_mid, e->m_ = k->m_, e->g = k->g, e->u = k->u, e->act = k->act, e->y_down = k->y_down;
+    e->a_rstd = k->a_rstd, e->m_rstd = k->m_rstd, e->q_rstd = k->q_rstd, e->k_rstd = k->k_rstd;
+    e->q16 = k->q16, e->k16 = k->k16, e->v16 = k->v16, e->q_lo = k->q_lo, e->k_lo = k->k_lo, e->v_lo = k->v_lo;
+}
+
+// A kept layer's buffers carved from base (NULL: counted only), each as the engine's own buffer of that name
+// is sized (engine_init), 256-byte aligned; returns their bytes.
+static size_t acts_carve(const GpuEngine* e, char* base, GpuActs* k) {
+    const Config* c = &e->m->c;
+    size_t M = (size_t)e->B * e->T, D = c->hidden_size, I = c->intermediate_size, H = c->num_heads;
+    size_t KV = c->num_kv_heads, qd = H * c->head_dim, kvd = KV * c->head_dim, qr = arch_dim(c, DIM_QROWS);
+    float** f[16] = {&k->a, &k->y_o, &k->h_mid, &k->m_,  &k->y_down, &k->q_lin,  &k->att,    &k->k_lin,
+                     &k->v, &k->g,   &k->u,     &k->act, &k->a_rstd, &k->m_rstd, &k->q_rstd, &k->k_rstd};
+    size_t fn[16] = {D, D, D, D, D, qr, qd, kvd, kvd, I, I, I, 1, 1, H, KV};
+    __nv_bfloat16** h[6] = {&k->q16, &k->k16, &k->v16, &k->q_lo, &k->k_lo, &k->v_lo};
+    size_t hn[6] = {qd, kvd, kvd, qd, kvd, kvd};
+    size_t off = 0;
+    for (int i = 0; i < 16; i++) {
+        *f[i] = base ? (float*)(base + off) : NULL;
+        off += (4 * M * fn[i] + 255) / 256 * 256;
+    }
+    for (int i = 0; i < 6; i++) {
+        *h[i] = NULL;
+        if (i >= 3 && !e->split) continue; // lo halves with hi + lo GEMM inputs only
+        *h[i] = base ? (__nv_bfloat16*)(base + off) : NULL;
+        off += (2 * M * hn[i] + 255) / 256 * 256;
+    }
+    return off;
+}
+
+// A layer whose activations the keep path holds: a dense Qwen3 layer (sparse and hybrid layers keep the
+// recompute: their buffers are others).
+static int keepable(const GpuEngine* e, int l) {
+    return e->keep_ok && !e->hy.on && !model_layer_sparse(e->m, l);
+}
+
+// The choice of gpu_grad_keep_plan: allocates a kept layer's buffers for as many keepable layers as fit.
+static void keep_decide(GpuEngine* e, double cap) {
+    int n = e->l1 - e->l0, want = keep_mode(), eligible = 0, nk;
+    for (int l = e->l0; l < e->l1; l++) eligible += keepable(e, l);
+    if (want == 1 && !eligible)
+        info_msg("score: AUTOQ_GRAD_KEEP=1: no layer of this engine can keep its activations (sparse or hybrid "
+                 "layers, or a streamed or pipelined run): every layer recomputed");
+    if (want == 0 || !eligible) return;
+    if (!e->dh) grad_alloc(e); // the backward's buffers first: what is left after them decides
+    GpuActs k;
+    double per = (double)acts_carve(e, NULL, &k);
+    size_t fr, tot;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    // what later passes may still allocate: 1 GiB (library workspaces, the hooks' KV-cache buffers, pointer
+    // arrays, per-window sums) and an emulated format's fake-quantized weights and inputs
+    double margin = 1073741824.0 + (e->wf_pool ? 0 : 4.0 * e->wmax + 8.0 * e->xf_cap);
+    double room = (double)fr - margin;
+    if (cap > 0) room = fmin(room, cap - ((double)e->free0 - (double)fr) - margin);
+    long fit = room > 0 ? (long)(room / per) : 0;
+    nk = fit < eligible ? (int)fit : eligible;
+    if (want == 1 && nk < eligible)
+        fail_input(
+            "AUTOQ_GRAD_KEEP=1: keeping the activations of %d layers takes %.2f GiB; %.2f GiB are left %s "
+            "(after a margin of %.2f GiB): unset it (or 0) to recompute",
+            eligible, eligible * per / 1073741824.0, fmax(room, 0) / 1073741824.0,
+            cap > 0 ? "under --gpu-memory" : "on the GPU", margin / 1073741824.0);
+    if (nk) {
+        acts_get(e, &e->own);
+        e->kept = (GpuActs**)xcalloc(n, sizeof(GpuActs*));
+        e->fresh = (unsigned char*)xcalloc(n, 1);
+        for (int l = e->l1 - 1, got = 0; l >= e->l0 && got < nk; l--) { // any nk layers save the same
+            if (!keepable(e, l)) continue;
+            GpuActs* a = (GpuActs*)xmalloc(sizeof(GpuActs));
+            acts_carve(e, (char*)dalloc(e, (size_t)per), a);
+            e->kept[l - e->l0] = a;
+            got++;
+        }
+    }
+    info_msg("score: gradient: the forward keeps the activations of %d of %d layers (%.2f GiB), the backward "
+             "recomputes the rest (AUTOQ_GRAD_KEEP=0: every layer)",
+             nk, n, nk * per / 1073741824.0);
+}
+
+extern "C" int gpu_grad_keep_plan(GpuEngine* e, double cap, unsigned char* recomputed) {
+    if (!e->keep_planned) keep_decide(e, cap); // once: another scorer on the engine sees the first's choice
+    e->keep_planned = 1;
+    int nk = 0;
+    for (int l = e->l0; l < e->l1; l++) {
+        if (e->kept && e->kept[l - e->l0])
+            nk++;
+        else if (recomputed) // engines of several threads mark the same array
+            __atomic_store_n(&recomputed[l], (unsigned char)1, __ATOMIC_RELAXED);
+    }
+    return nk;
 }
 
 // dX (M, K) (+)= dY (M, N) . W (N, K), dY given as bf16 hi + lo.
@@ -125,14 +246,16 @@ void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float
     prof_mark(e, P_SCORE);
 }
 
-// From dO (datt) and the forward's S, P: dq, dk, dv (before the q/k norm and RoPE backward).
-static void attention_backward(GpuEngine* e, int M) {
+// From dO (datt) and the forward's S: dq, dk, dv (before the q/k norm and RoPE backward). new_s: S is not the
+// forward's (the fused forward kept none; a kept layer's forward ran before other layers' did), so it is
+// computed again from q16 and k16, by the forward's own call.
+static void attention_backward(GpuEngine* e, int M, int new_s) {
     const Config* c = &e->m->c;
     int T = e->T, nb = M / T, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     int qd = H * hd, kvd = KV * hd;
     float scale = 1.0f / sqrtf((float)hd);
     gpu_split_bf16((bf16_t*)e->datt16, (bf16_t*)e->datt_lo, e->datt, (long)M * qd);
-    if (e->flash) // the fused forward kept no scores: S_h^T = K_h . Q_h^T again
+    if (new_s) // S_h^T = K_h . Q_h^T again
         att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16, e->k_lo, kvd, LAY_KV, e->q16, e->q_lo,
                  qd, LAY_Q, e->S, 0, T, LAY_S, nb);
     // dP^T = V . dO^T, then dS; dQ^T = K^T dS^T; per query head dK^T = Q^T dS, dV^T = dO^T P
@@ -224,7 +347,7 @@ static void gated_attention_backward(GpuEngine* e, GpuGradHook hook, void* ctx, 
     float* dq = gated ? y->dqraw : e->dq; // q_proj's output gradient
     if (gated)
         gpu_attn_gate_backward(e->datt, dq + hd, e->datt, e->att, e->q_lin + hd, 2 * qd, 2 * hd, M, H, hd);
-    attention_backward(e, M);
+    attention_backward(e, M, e->flash);
     kv_hooks(e, hook, ctx, l, M);
     gpu_qk_norm_rope_part_backward(dq, qrows, gated ? 2 * hd : hd, e->dq, e->q_lin, (const bf16_t*)w->q_norm,
                                    y->w_add, e->q_rstd, e->cos_t, e->sin_t, M, e->T, H, hd, c->rotary_dim);
@@ -254,15 +377,16 @@ static void mlp_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M
     linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
 }
 
-// dh: dL/d(h_out) of layer l on entry, dL/d(h_in) on exit. Mirrors engine/backward.c.
-static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M) {
+// dh: dL/d(h_out) of layer l on entry, dL/d(h_in) on exit. Mirrors engine/backward.c. kept: the layer's
+// activations are its forward's kept ones (not a recompute's).
+static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M, int kept) {
     const Config* c = &e->m->c;
     const GpuLayer* w = &e->layers[l];
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     int qd = H * hd, kvd = KV * hd, base = e->m->lin0[l];
     float w_add = e->hy.w_add;
     const float* h_in = e->hsave + (long)(l - e->l0) * M * D;
-    e->xq_src = e->xf_src = NULL; // the recompute rewrote the inputs
+    e->xq_src = e->xf_src = NULL; // a recompute rewrote the inputs (or they are a kept layer's)
     if (model_layer_sparse(e->m, l)) {
         moe_backward(e, l, M, hook, ctx);
         if (c->shared_inter) shared_backward(e, hook, ctx, l, M);
@@ -281,7 +405,7 @@ static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int
     }
     grad_linear(e, hook, ctx, base + LIN_O, e->dh, e->att, e->y_o, M);
     linear_bwd(e, e->datt, e->dh, w->o, M, qd, D, 0.0f);
-    attention_backward(e, M);
+    attention_backward(e, M, e->flash || kept);
     kv_hooks(e, hook, ctx, l, M);
     gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T,
                               H, hd);
@@ -316,15 +440,22 @@ extern "C" void gpu_loss_backward(GpuEngine* e, int nb) {
     gpu_rmsnorm_backward_add(e->dh, e->dm, e->h, (const bf16_t*)e->norm, e->hy.w_add, e->f_rstd, M, (int)D, 0);
 }
 
-// dh holds dL/d(output of layer l1 - 1); layers l1-1..l0 are recomputed from their saved inputs and
-// backpropagated, calling hook for every linear; dh ends as dL/d(input of layer l0).
+// dh holds dL/d(output of layer l1 - 1); layers l1-1..l0 are backpropagated, calling hook for every linear,
+// each on the activations its forward kept (gpu_grad_keep_plan) or else recomputed from its saved input; dh
+// ends as dL/d(input of layer l0).
 extern "C" void gpu_backward_layers(GpuEngine* e, int nb, GpuGradHook hook, void* ctx) {
     long M = (long)nb * e->T, D = e->m->c.hidden_size;
     for (int l = e->l1 - 1; l >= e->l0; l--) {
-        cudaCheck(cudaMemcpyAsync(e->h, e->hsave + (l - e->l0) * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
-        layer_forward(e, l, (int)M); // recompute: only layer inputs were kept
-        layer_backward(e, hook, ctx, l, (int)M);
+        int kept = e->fresh && e->fresh[l - e->l0];
+        if (e->kept) acts_bind(e, kept ? l : -1);
+        if (!kept) { // recompute: only the layer's input was kept
+            cudaCheck(
+                cudaMemcpyAsync(e->h, e->hsave + (l - e->l0) * M * D, 4 * M * D, cudaMemcpyDeviceToDevice));
+            layer_forward(e, l, (int)M);
+        }
+        layer_backward(e, hook, ctx, l, (int)M, kept);
     }
+    if (e->kept) acts_bind(e, -1);
 }
 
 // Last stage: the summed per-window mean CE of the batch.

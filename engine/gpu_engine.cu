@@ -444,6 +444,8 @@ static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, in
     e->q_idx = (int*)xcalloc(e->cap_q, sizeof(int));
     e->moe.q_layer = -1;
     e->kv_layer = -1;
+    // the gradient may keep activations (gpu_grad_keep_plan) where each batch's backward follows its forward
+    e->keep_ok = !res && !one_save && slots == 1 && l0 == 0 && l1 == c->num_layers;
     e->kv_amax = (float*)dalloc(e, sizeof(float) * B);
     if (c->n_sparse) moe_alloc(e, 0);
     if (c->fam->hybrid) hybrid_alloc(e, 0);
@@ -580,6 +582,10 @@ extern "C" void gpu_engine_free(GpuEngine* e) {
     free(e->wq), free(e->sw), free(e->q_idx), free(e->wf);
     free(e->rw), free(e->ron), free(e->rin);
     free(e->gq), free(e->gsw);
+    free(e->pa_base), free(e->pa_lay), free(e->pa_dev);
+    if (e->kept)
+        for (int l = 0; l < e->l1 - e->l0; l++) free(e->kept[l]);
+    free(e->kept), free(e->fresh);
     if (e->moe.E) {
         free(e->moe.h_offs), free(e->moe.ex_id);
     }

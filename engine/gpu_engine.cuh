@@ -84,6 +84,16 @@ typedef struct {
     int count;         // the current pass counts
 } GpuMoe;
 
+// What a dense layer's backward reads from its forward (layer_backward, the hook): the normed inputs, q and k
+// before and after their norm and RoPE, v, the attention output, the o_proj and down_proj outputs, the residual
+// stream between the halves, the MLP's gate, up and SwiGLU, the norms' 1 / rms; the GEMM inputs of attention
+// (q16, k16, v16, lo halves with split). The engine's own (one layer at a time) or a kept layer's.
+typedef struct {
+    float *a, *q_lin, *k_lin, *v, *att, *y_o, *h_mid, *m_, *g, *u, *act, *y_down;
+    float *a_rstd, *m_rstd, *q_rstd, *k_rstd;
+    __nv_bfloat16 *q16, *k16, *v16, *q_lo, *k_lo, *v_lo;
+} GpuActs;
+
 struct GpuEngine {
     const Model* m;
     int T, B;
@@ -115,10 +125,11 @@ struct GpuEngine {
     int flash;                // fused attention (plain bf16 inputs; kernels/flash.cu)
     __nv_bfloat16 *g16, *u16; // (B*T, I), bf16_act only
     __nv_bfloat16* qkv16;     // (B*T, (H + 2 KV) hd): q, k, v of the one-GEMM path (bf16_act, flash)
-    // pointer arrays of the batched attention GEMMs, one per (buffer, layout); built once
-    const void* pa_base[32];
-    int pa_lay[32], n_pa;
-    void** pa_dev[32];
+    // pointer arrays of the batched attention GEMMs, one per (buffer, layout); built once (a kept layer's
+    // buffers add their own)
+    const void** pa_base;
+    int *pa_lay, n_pa, cap_pa;
+    void*** pa_dev;
     int8_t* xq;
     float* sx;
     const float* xq_src; // what xq holds (gradient pass), quantized with xq_spec
@@ -126,6 +137,14 @@ struct GpuEngine {
     int32_t* acc;
     // kept from the forward for the backward (one layer at a time: layers are recomputed)
     float *q_lin, *k_lin, *q_rstd, *k_rstd, *a_rstd, *m_rstd, *f_rstd, *h_mid, *y_o, *y_down;
+    // The gradient's kept activations (gpu_grad_keep_plan): kept[l - l0] non-NULL for a layer whose forward
+    // writes what its backward reads into buffers of its own, so that gpu_backward_layers skips its recompute;
+    // fresh[l - l0] once this pass's forward has written them. own: the engine's buffers (acts_bind(e, -1)).
+    int keep_ok; // every layer, one slot of saved inputs: the forward and backward of a batch back to back
+    int keep_planned;
+    GpuActs own;
+    GpuActs** kept;
+    unsigned char* fresh;
     // gradients (allocated on the first gradient call)
     float *dh, *da, *dq, *dk, *dv, *dk_full, *dv_full, *datt, *dm, *dg, *du, *dact, *dP;
     __nv_bfloat16 *dy16, *dy_lo, *dlog16, *dlog_lo, *datt16, *datt_lo, *dS16, *dS_lo;
@@ -261,6 +280,9 @@ void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, i
               const __nv_bfloat16* A_hi, const __nv_bfloat16* A_lo, int lda, int la, const __nv_bfloat16* B_hi,
               const __nv_bfloat16* B_lo, int ldb, int lb, void* C, int c16, int ldc, int lc, int nb);
 void layer_forward(GpuEngine* e, int l, int M);
+// Points the engine's activation buffers at layer l's kept ones (a kept layer), or at its own (l < 0, or a
+// layer recomputed).
+void acts_bind(GpuEngine* e, int l);
 // The KV-cache plan's quantization of layer l's K and V GEMM inputs (gpu_engine.cu): nothing unless planned.
 void kv_cache_quant(GpuEngine* e, int l, int M, __nv_bfloat16* k16, __nv_bfloat16* k_lo, __nv_bfloat16* v16,
                     __nv_bfloat16* v_lo, const float* v, long ld);

@@ -118,7 +118,12 @@ static void* const* ptr_array(GpuEngine* e, const void* base, int elt, int lay) 
     if (!base) return NULL;
     for (int i = 0; i < e->n_pa; i++)
         if (e->pa_base[i] == base && e->pa_lay[i] == lay) return e->pa_dev[i];
-    if (e->n_pa == 32) fail_other("internal: too many attention pointer arrays");
+    if (e->n_pa == e->cap_pa) {
+        e->cap_pa = e->cap_pa ? 2 * e->cap_pa : 32;
+        e->pa_base = (const void**)xrealloc(e->pa_base, sizeof(void*) * e->cap_pa);
+        e->pa_lay = (int*)xrealloc(e->pa_lay, sizeof(int) * e->cap_pa);
+        e->pa_dev = (void***)xrealloc(e->pa_dev, sizeof(void**) * e->cap_pa);
+    }
     int H = e->m->c.num_heads, n = e->B * H;
     void** h = (void**)xmalloc(sizeof(void*) * n);
     for (int i = 0; i < n; i++) h[i] = (char*)base + elt * lay_offset(e, lay, i / H, i % H);
@@ -399,17 +404,24 @@ void layer_forward(GpuEngine* e, int l, int M) {
     mlp_block(e, l, M);
 }
 
-// Layers start..l1-1 on e->h; save: keep each layer's input in hsave.
+// Layers start..l1-1 on e->h; save: keep each layer's input in hsave, and in a gradient pass a kept layer's
+// activations in its own buffers (gpu_grad_keep_plan).
 // The saving pass is the unquantized reference of a batch: it counts the tokens of each expert.
 static void forward_layers(GpuEngine* e, int start, int M, int save) {
     long D = e->m->c.hidden_size;
+    int keep = save && e->grad_mode && e->kept;
     e->moe.count = save;
     for (int l = start; l < e->l1; l++) {
         if (save)
             cudaCheck(cudaMemcpyAsync(e->hsave + (long)(l - e->l0) * M * D, e->h, 4 * M * D,
                                       cudaMemcpyDeviceToDevice));
+        if (keep) {
+            acts_bind(e, l);
+            e->fresh[l - e->l0] = e->kept[l - e->l0] != NULL;
+        }
         layer_forward(e, l, M);
     }
+    if (keep) acts_bind(e, -1); // the head and any later pass write the engine's own buffers
     e->moe.count = 0;
 }
 
@@ -476,6 +488,7 @@ extern "C" float* gpu_hidden(GpuEngine* e) { return e->h; }
 
 extern "C" void gpu_pass_begin(GpuEngine* e, int gradient, const int* ids, int nb) {
     if (gradient && !e->dh) grad_alloc(e);
+    if (e->fresh) memset(e->fresh, 0, e->l1 - e->l0); // kept activations are this pass's only once written
     set_mode(e, gradient);
     embed(e, ids, nb);
 }

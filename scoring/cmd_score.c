@@ -39,11 +39,21 @@ int cmd_score(Args* a) {
             "%.3f GiB (%.0f bytes) allocated by the engine (the peak above counts the CUDA libraries' "
             "workspaces and any other process on the GPU too)",
             j.stream_h2d / 1073741824.0, j.stream_unhidden, j.stream_alloc / 1073741824.0, j.stream_alloc);
-    double flops = shard_work_flops(&j.model.c, &j.groups, j.nf, j.method == METHOD_GRADIENT, j.ids.t);
-    flops *= (double)j.ids.n * j.ids.t;
+    // the work the method requires (README "Several GPUs"), and where the gradient recomputed layers, the work
+    // executed with their second forward
+    const Config* c = &j.model.c;
+    int grad = j.method == METHOD_GRADIENT, nrec = 0;
+    for (int l = 0; grad && j.recomputed && l < c->num_layers; l++) nrec += j.recomputed[l];
+    double tokens = (double)j.ids.n * j.ids.t;
+    double flops = shard_work_flops(c, &j.groups, j.nf, grad, j.ids.t, NULL) * tokens;
+    double exec = shard_work_flops(c, &j.groups, j.nf, grad, j.ids.t, j.recomputed) * tokens;
+    char also[160] = "";
+    if (nrec)
+        snprintf(also, sizeof(also), "; executed %.3g TFLOP with %d of %d layers recomputed, %.3g TFLOP/s",
+                 exec / 1e12, nrec, c->num_layers, exec / 1e12 / j.seconds);
     info_msg("score: %.3g TFLOP of the passes' GEMM, attention and delta-rule products (README \"Several "
-             "GPUs\"), %.3g TFLOP/s",
-             flops / 1e12, flops / 1e12 / j.seconds);
+             "GPUs\"), %.3g TFLOP/s%s",
+             flops / 1e12, flops / 1e12 / j.seconds, also);
     if (j.method == METHOD_KL)
         info_msg("score: prefix reuse: %.1f forward-equivalents instead of %.1f (%.0f%% saved)",
                  j.work.forward_equiv, j.work.naive_equiv,

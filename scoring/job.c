@@ -426,6 +426,7 @@ void score_job_free(ScoreJob* j) {
     free(j->wscore);
     free(j->expert_tokens);
     free(j->sparse_layers);
+    free(j->recomputed);
     token_ids_free(&j->ids);
     groups_free(&j->groups);
     patterns_free(&j->dis);
@@ -693,6 +694,7 @@ static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
         warn_msg("score: per-window scores would take %.1f GiB: not kept (search --bootstrap needs them)",
                  wbytes / 1073741824.0);
     const Config* c = &j->model.c;
+    if (!j->recomputed) j->recomputed = xcalloc(c->num_layers, 1); // gradient engines mark what they recompute
     if (c->n_sparse) {
         j->expert_tokens = xcalloc((size_t)c->n_sparse * c->num_experts, sizeof(long));
         j->sparse_layers = xcalloc(c->n_sparse, sizeof(int));
@@ -709,7 +711,9 @@ static void score_job_run_one(ScoreJob* j, const char* checkpoint) {
                        j->gpu_gemm,
                        j->expert_tokens,
                        NULL,
-                       j->wscore};
+                       j->wscore,
+                       j->gpu_mem,
+                       j->recomputed};
     // The candidates' weights, built here for every back end: the CPU scorer takes them as they are, the
     // GPU engines take GPTQ's as int8 codes (round-to-nearest they quantize themselves, from bf16).
     QuantCache qc;

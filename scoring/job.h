@@ -66,6 +66,9 @@ typedef struct {
     long* expert_tokens; // (model.c.n_sparse, E)
     int* sparse_layers;  // (model.c.n_sparse) the layer index of each row
     int samples_done;
+    // (L) 1 for a layer the gradient's backward recomputed on some GPU (README "Several GPUs": the work
+    // executed); the CPU engine keeps every layer's activations
+    unsigned char* recomputed;
     Work work;
     size_t gpu_peak;
     double seconds;

@@ -55,6 +55,7 @@ extern "C" void gpu_scorer_init(GpuScorer* s, GpuEngine* e, const GpuScoreSpec* 
     s->nb = 0;
     cudaCheck(cudaMemset(s->dscore, 0, sizeof(double) * n));
     if (sp->qc) scorer_give(s);
+    if (sp->gradient) gpu_grad_keep_plan(e, sp->gpu_mem, sp->recomputed); // after every fixed allocation
 }
 
 extern "C" void gpu_scorer_windows(GpuScorer* s, double* out) {

@@ -29,6 +29,10 @@ typedef struct {
     // Each window's contribution (README §8 /groups/window_scores): host (n windows, nf * groups) where the
     // one-process back ends add them (window i of the run at row i), or NULL: none kept (multi-process runs).
     double* wscore;
+    double gpu_mem; // --gpu-memory (bytes, 0: none): the cap the gradient's kept activations stay within
+    // host (L), or NULL: set to 1 for every layer a gradient engine recomputes in its backward
+    // (gpu_grad_keep_plan)
+    unsigned char* recomputed;
 } GpuScoreSpec;
 
 // Entries of sp->expert_tokens: n_sparse * E, or 0 without it.

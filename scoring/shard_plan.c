@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../engine/arch.h"
 #include "../engine/partition.h"
@@ -109,22 +110,27 @@ double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts,
     return b + (s == 0 ? table_bytes(c) : 0) + (s == parts - 1 ? table_bytes(c) : 0);
 }
 
-// The gradient's products per token beside its forward and backward: each enabled group's linears
-// once unquantized and once per format (scoring/score.c grad_hook), an experts group once per format
-// on the top_k experts a token is routed to (its unquantized output is the saved pass's).
+// The gradient's products per token beside its forward and backward: each enabled group's linears once per
+// format, Yq (scoring/score_gpu.cu grad_hook: Y is the forward's output), an experts group on the top_k experts
+// a token is routed to.
 static double gradient_group_flops(const Config* c, const Group* g, int nf) {
     if (g->experts) return nf * 2.0 * g->params * c->top_k / c->num_experts;
-    return (1 + nf) * 2.0 * g->params;
+    return nf * 2.0 * g->params;
 }
 
-// The work per token of each layer (L) and of the head (the return), as shard_plan counts it.
-static double plan_work(const Config* c, const Groups* gs, int nf, int gradient, int T, double* work) {
+// The work per token of each layer (L) and of the head (the return), as shard_plan counts it: the gradient's
+// forward and activation backward of every layer, and a second forward of each layer with recomputed[l].
+static double plan_work(const Config* c, const Groups* gs, int nf, int gradient, int T,
+                        const unsigned char* recomputed, double* work) {
     int L = c->num_layers;
     double* groups_at = xcalloc(L + 1, sizeof(double)); // enabled groups at layers <= l, from l + 1
     for (int i = 0; i < gs->n; i++)
         if (!gs->g[i].disabled) groups_at[gs->g[i].layer + 1] += 1;
     for (int l = 0; l < L; l++) groups_at[l + 1] += groups_at[l];
-    for (int l = 0; l < L; l++) work[l] = (gradient ? 3 : 1 + nf * groups_at[l + 1]) * layer_flops(c, l, T);
+    for (int l = 0; l < L; l++) {
+        double passes = gradient ? 2 + (recomputed && recomputed[l]) : 1 + nf * groups_at[l + 1];
+        work[l] = passes * layer_flops(c, l, T);
+    }
     for (int i = 0; i < gs->n && gradient; i++)
         if (!gs->g[i].disabled) work[gs->g[i].layer] += gradient_group_flops(c, &gs->g[i], nf);
     double head = (gradient ? 2 : 1 + nf * groups_at[L]) * 2.0 * c->vocab_size * c->hidden_size;
@@ -132,9 +138,10 @@ static double plan_work(const Config* c, const Groups* gs, int nf, int gradient,
     return head;
 }
 
-double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T) {
+double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T,
+                        const unsigned char* recomputed) {
     double* work = xcalloc(c->num_layers, sizeof(double));
-    double total = plan_work(c, gs, nf, gradient, T, work);
+    double total = plan_work(c, gs, nf, gradient, T, recomputed, work);
     for (int l = 0; l < c->num_layers; l++) total += work[l];
     free(work);
     return total;
@@ -145,7 +152,11 @@ int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, i
     int L = c->num_layers;
     double *work = xcalloc(L, sizeof(double)), *bytes = xcalloc(L, sizeof(double));
     double* cap = xcalloc(parts, sizeof(double));
-    double head = plan_work(c, gs, nf, gradient, T, work);
+    unsigned char* every =
+        xmalloc(L); // a pipeline stage's gradient recomputes every layer (slots of inputs only)
+    memset(every, 1, L);
+    double head = plan_work(c, gs, nf, gradient, T, every, work);
+    free(every);
     for (int l = 0; l < L; l++) bytes[l] = layer_mem(c, gradient, T, B, parts, l);
     for (int s = 0; s < parts; s++) cap[s] = 0.9 * mem[s] - fixed_mem(c, gradient, T, B, s == parts - 1);
     double table = table_bytes(c);

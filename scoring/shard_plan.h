@@ -10,8 +10,9 @@
 // runs the reference pass through every layer and, per format (nf), each enabled group's pass from
 // its own layer on, each ending in lm_head and the KL on the last stage: layer l sees 1 + nf x
 // (enabled groups at layers <= l) passes and the head 1 + nf x (enabled groups). The gradient runs
-// every layer and lm_head forward, then backward with the quantized outputs (three passes' products
-// for a layer, two for lm_head). A stage must fit 90% of mem[s] (its GPU's memory) by
+// every layer and lm_head forward, then backward with the quantized outputs: two passes' products for
+// lm_head, three for a layer (a stage recomputes each layer's forward before its backward), and each
+// enabled group's quantized products once per format. A stage must fit 90% of mem[s] (its GPU's memory) by
 // shard_stage_bytes. Without a split by work that fits, the split whose fullest stage needs the least
 // memory. Returns 1 when the split is by work.
 int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, int B, int parts,
@@ -25,8 +26,11 @@ int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, i
 // buffers twice.
 double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts, int s, int l0, int l1);
 // The whole work per token of scoring, as shard_plan counts it (the passes' GEMM and attention
-// products): what `score` divides by its time for the TFLOP/s it reports.
-double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T);
+// products): what `score` divides by its time for the TFLOP/s it reports. The gradient's: the forward,
+// the activation backward and the quantized products, plus a second forward of every layer l with
+// recomputed[l] (host, L entries; NULL: none, the work the method requires).
+double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T,
+                        const unsigned char* recomputed);
 // Bytes of layer l's weights on the GPU, from its family's rows of the architecture table: bf16, the Gated
 // DeltaNet's conv, decays and gated norm fp32 (a sparse layer holds every expert).
 double shard_layer_bytes(const Config* c, int l);

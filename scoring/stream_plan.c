@@ -280,7 +280,10 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf,
     s->birth_layer = births;
     s->batches = (windows + B - 1) / B;
     s->h2d_bw = STREAM_EST_BW;
-    s->batch_compute_s = shard_work_flops(c, gs, nf, gradient, T) * M / STREAM_EST_FLOPS;
+    unsigned char* every = xmalloc(c->num_layers); // a streamed gradient recomputes every layer
+    memset(every, 1, c->num_layers);
+    s->batch_compute_s = shard_work_flops(c, gs, nf, gradient, T, every) * M / STREAM_EST_FLOPS;
+    free(every);
 }
 
 void stream_spec_free(StreamSpec* s) {

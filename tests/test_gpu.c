@@ -98,7 +98,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
             gpu_engine_free(e);
             e = gpu_engine_init(&m, T, n, 0);
         }
-        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, split, NULL, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, split, NULL, NULL, NULL, 0, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gsc, 0, sizeof(double) * gs.n);
@@ -133,7 +133,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
     if (gpu_fp16_supported(&m.c, T)) {
         gpu_engine_free(e);
         e = gpu_engine_init(&m, T, n, GEMM_FP16);
-        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, GEMM_FP16, NULL, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, 0, T, n, GEMM_FP16, NULL, NULL, NULL, 0, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gsc, 0, sizeof(double) * gs.n);
@@ -164,7 +164,7 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
         double *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double)), secs;
         size_t peak;
         int B = 2; // several batches, the last maybe short: the pipeline's schedule is exercised
-        GpuScoreSpec sp = {&m, &gs, &f, 1, gradient, T, B, split, NULL, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, &f, 1, gradient, T, B, split, NULL, NULL, NULL, 0, NULL};
         GpuEngine* e1 = gpu_engine_init(&m, T, B, split);
         GpuScorer sc;
         gpu_scorer_init(&sc, e1, &sp);
@@ -264,7 +264,7 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
         int gradient = run > 0, split = run < 2;
         double tol = split ? 0.01 : 0.02;
         e = gpu_engine_init(&m, T, n, split);
-        GpuScoreSpec sp = {&m, &gs, f, nf, gradient, T, n, split, NULL, NULL, NULL};
+        GpuScoreSpec sp = {&m, &gs, f, nf, gradient, T, n, split, NULL, NULL, NULL, 0, NULL};
         GpuScorer sc;
         gpu_scorer_init(&sc, e, &sp);
         memset(gpu, 0, sizeof(double) * nf * gs.n);
@@ -312,7 +312,7 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
 static void gpu_scores(double* out, const Model* m, const Groups* gs, const Format* fm, int nf, int gradient,
                        int split, const QuantCache* qc, const TokenIds* ids, int n) {
     GpuEngine* e = gpu_engine_init(m, ids->t, n, split);
-    GpuScoreSpec sp = {m, gs, fm, nf, gradient, ids->t, n, split, NULL, qc, NULL};
+    GpuScoreSpec sp = {m, gs, fm, nf, gradient, ids->t, n, split, NULL, qc, NULL, 0, NULL};
     GpuScorer sc;
     gpu_scorer_init(&sc, e, &sp);
     memset(out, 0, sizeof(double) * nf * gs->n);
@@ -330,7 +330,7 @@ static void staged_scores(double* out, const Model* m, const Groups* gs, const F
                           int split, const TokenIds* ids, int n, int k) {
     int T = ids->t, L = m->c.num_layers;
     size_t hb = sizeof(float) * (size_t)n * T * m->c.hidden_size;
-    GpuScoreSpec sp = {m, gs, f, 1, gradient, T, n, split, NULL, NULL, NULL};
+    GpuScoreSpec sp = {m, gs, f, 1, gradient, T, n, split, NULL, NULL, NULL, 0, NULL};
     GpuEngine *a = gpu_engine_init_layers(m, T, n, split, 0, k, 1),
               *b = gpu_engine_init_layers(m, T, n, split, k, L, 1);
     GpuScorer sa, sb;
@@ -473,7 +473,7 @@ static void test_gptq(const char* label, const char* dir, const char* ids_path, 
         int split = !gradient, B = 1; // several batches through the pipeline
         double secs, *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double));
         size_t peak;
-        GpuScoreSpec sp = {&m, &gs, f, 1, gradient, T, B, split, NULL, &w4, NULL};
+        GpuScoreSpec sp = {&m, &gs, f, 1, gradient, T, B, split, NULL, &w4, NULL, 0, NULL};
         GpuEngine* e1 = gpu_engine_init(&m, T, B, split);
         GpuScorer sc;
         gpu_scorer_init(&sc, e1, &sp);
@@ -516,7 +516,7 @@ static void merged_run(double* tot, double* win, long* ex, const Model* m, const
     memset(tot, 0, sizeof(double) * G);
     memset(win, 0, sizeof(double) * G * n);
     if (ne) memset(ex, 0, sizeof(long) * ne);
-    GpuScoreSpec sp = {m, gs, f, nf, 0, T, B, gemm, ne ? ex : NULL, NULL, win};
+    GpuScoreSpec sp = {m, gs, f, nf, 0, T, B, gemm, ne ? ex : NULL, NULL, win, 0, NULL};
     GpuMergeScorer ms;
     GpuScorer sc;
     GpuEngine* e;
@@ -619,6 +619,78 @@ static void test_merged(const char* label, const char* dir, const char* ids_path
 }
 #endif
 
+// One gradient run under AUTOQ_GRAD_KEEP=mode: windows 0..n-1 in batches of B (the last may be short), the
+// scores into out, the engine's peak, and the layers its forward kept (gpu_grad_keep_plan).
+static void keep_run(double* out, size_t* peak, int* kept, const Model* m, const Groups* gs, const Format* f,
+                     int nf, int split, const TokenIds* ids, int n, int B, const char* mode) {
+    setenv("AUTOQ_GRAD_KEEP", mode, 1);
+    GpuEngine* e = gpu_engine_init(m, ids->t, B, split);
+    unsigned char* rec = xcalloc(m->c.num_layers, 1);
+    GpuScoreSpec sp = {m, gs, f, nf, 1, ids->t, B, split, NULL, NULL, NULL, 0, rec};
+    GpuScorer sc;
+    gpu_scorer_init(&sc, e, &sp);
+    memset(out, 0, sizeof(double) * nf * gs->n);
+    for (int i = 0; i < n; i += B)
+        gpu_score_gradient(&sc, ids->ids + (long)i * ids->t, n - i < B ? n - i : B, out);
+    *peak = gpu_peak_bytes(e);
+    *kept = 0;
+    for (int l = 0; l < m->c.num_layers; l++) *kept += !rec[l];
+    gpu_engine_free(e);
+    free(rec);
+    unsetenv("AUTOQ_GRAD_KEEP");
+}
+
+// The gradient's kept activations (AUTOQ_GRAD_KEEP=1) against the recompute (=0): the same kernels on the same
+// inputs, so the scores must be bit-identical, for plain bf16 (the fused attention where the shape takes it)
+// and bf16 hi + lo (cuBLAS attention), integer, emulated and KV-cache formats, batches of 2 windows with a
+// short last one; every dense layer kept (a sparse or hybrid layer keeps the recompute), and the peaks printed.
+static void test_keep(const char* label, const char* dir, const char* ids_path, int first, int nsamp) {
+    char name[240];
+    snprintf(name, sizeof(name), "gpu %s kept activations", label);
+    Model m;
+    TokenIds ids;
+    if (!fixture_load(&m, &ids, name, dir, ids_path, first)) return;
+    int n = ids.n < nsamp ? ids.n : nsamp, dense = 0;
+    for (int l = 0; l < m.c.num_layers; l++) dense += !m.c.fam->hybrid && !model_layer_sparse(&m, l);
+    Format f[4];
+    // emulated formats (nvfp4) are refused for experts: the scoring job never plans them there
+    int nf = formats_load(f, 4, m.c.n_sparse ? "w4a8,w8a8,kv_fp8" : "w4a8,nvfp4,w8a8,kv_fp8", 0);
+    Patterns dis;
+    patterns_parse(&dis, DEFAULT_DISABLED);
+    Groups gs;
+    groups_build(&gs, &m, 0, &dis);
+    groups_add_kv(&gs, &m, &dis);
+    double *a = xcalloc((size_t)nf * gs.n, sizeof(double)), *b = xcalloc((size_t)nf * gs.n, sizeof(double));
+    for (int split = 0; split < 2; split++) {
+        size_t pa, pb;
+        int ka, kb;
+        keep_run(a, &pa, &ka, &m, &gs, f, nf, split, &ids, n, 2, "0");
+        keep_run(b, &pb, &kb, &m, &gs, f, nf, split, &ids, n, 2, "1");
+        int same = memcmp(a, b, sizeof(double) * nf * gs.n) == 0, finite = 1;
+        for (long k = 0; k < (long)nf * gs.n; k++) finite &= isfinite(a[k]) || a[k] == 0;
+        printf("  %s %s: peak GPU memory %.1f MiB recomputing, %.1f MiB keeping %d of %d layers\n", label,
+               split ? "bf16x2" : "bf16", pa / 1048576.0, pb / 1048576.0, kb, m.c.num_layers);
+        snprintf(name, sizeof(name),
+                 "gpu %s gradient %s: AUTOQ_GRAD_KEEP=1 (%d of %d layers kept) bit-identical to =0 (recompute)",
+                 label, split ? "bf16x2" : "bf16", kb, m.c.num_layers);
+        CHECK(same && finite && ka == 0 && kb == dense, name, "%s, kept %d and %d (want 0 and %d)",
+              same ? "identical" : "scores differ", ka, kb, dense);
+    }
+    free(a), free(b);
+    groups_free(&gs);
+    patterns_free(&dis);
+    token_ids_free(&ids);
+    model_free(&m);
+}
+
+static void test_keep_all(void) {
+    const char* tiny = getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny";
+    test_keep("qwen3-tiny", tiny, "tests/fixtures/qwen3_tiny_ids.npy", 0, 5);
+    test_keep("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 0, 3);
+    test_keep("qwen3-moe-tiny", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", 0, 3);
+    test_keep("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 0, 2);
+}
+
 int main(void) {
     if (gpu_device_count() == 0) {
         SKIP("gpu kernels and engine", "no CUDA device (or built without nvcc)");
@@ -626,8 +698,13 @@ int main(void) {
     }
 #ifdef AUTOQ_CUDA
     printf("  device: %s\n", gpu_name());
+    if (getenv("AUTOQ_GPU_TEST_KEEP")) { // the gradient's kept activations alone (a short GPU call)
+        test_keep_all();
+        return g_fail ? 1 : 0;
+    }
     if (getenv("AUTOQ_GPU_TEST_MERGE")) goto merge;   // the merged kl scorer alone (a short GPU call)
     if (getenv("AUTOQ_GPU_TEST_HYBRID")) goto hybrid; // the hybrid families alone (a short GPU call)
+    test_keep_all();
     test_model("qwen3-vl-tiny", "tests/fixtures/qwen3-vl-tiny", "tests/fixtures/qwen3_vl_tiny_ids.npy", 0, 3);
     test_model("qwen3-tiny", getenv("AUTOQ_TINY") ? getenv("AUTOQ_TINY") : "../shared/models/qwen3-tiny",
                "tests/fixtures/qwen3_tiny_ids.npy", 0, 8);
