@@ -195,10 +195,7 @@ static void test_kv_uniform_max(void) {
     ScoreTable t;
     make_kv_table(&t);
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
-    MemBudget mb = {1, 256, 1, 1024};
-    search_set_memory(&c, &mb);
-    c.quiet = 1;
+    synth_search_bytes(&c, &t, 256);
     Objective omax;
     objective_parse(&omax, "max", &t);
     uint8_t deny[KF * KG] = {0};
@@ -287,10 +284,7 @@ static void test_kv_uniform_min_budget(void) {
             make_kv_table(&t);
             t.kvl_values[0] = cases[k].values0;
             SearchCtx c;
-            search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
-            MemBudget mb = {1, cases[k].context, 1, 1024};
-            search_set_memory(&c, &mb);
-            c.quiet = 1;
+            synth_search_bytes(&c, &t, cases[k].context);
             c.kv_uniform = uniform;
             uint8_t deny[KF * KG] = {0};
             deny[2 * KG + 4] = 1; // layer 1's KV cache may not be kv_nvfp4
