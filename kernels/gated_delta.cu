@@ -141,16 +141,23 @@ __device__ inline float dotg(const float* a, const float* b, int n) {
     return s;
 }
 
-// One block per (chunk, value head): M, Tm = (I + M)^-1 by forward substitution, W, U, Aqk.
-__global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, const float* qhat,
-                                const float* khat, const float* v, const float* beta, const float* gc, Dims d) {
-    __shared__ float M[CH][CH + 1], Tm[CH][CH + 1], sg[CH], sb[CH], sbg[CH]; // sbg: beta e^gc
-    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
+// The prep kernels' gates of chunk rows r < CH (zero past L): sg = gc, sb = beta, sbg = beta e^gc. No barrier:
+// the caller syncs before reading them.
+__device__ inline void stage_gates(float* sg, float* sb, float* sbg, const float* beta, const float* gc,
+                                   const Dims& d, int L, int t0, int h) {
     for (int r = threadIdx.x; r < CH; r += blockDim.x) {
         sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
         sb[r] = r < L ? beta[vrow(d, t0 + r, h)] : 0.0f;
         sbg[r] = sb[r] * expf(sg[r]);
     }
+}
+
+// One block per (chunk, value head): M, Tm = (I + M)^-1 by forward substitution, W, U, Aqk.
+__global__ void gdn_prep_kernel(float* Tm_g, float* W, float* U, float* Aqk, const float* qhat,
+                                const float* khat, const float* v, const float* beta, const float* gc, Dims d) {
+    __shared__ float M[CH][CH + 1], Tm[CH][CH + 1], sg[CH], sb[CH], sbg[CH]; // sbg: beta e^gc
+    int c = blockIdx.x / d.Hv, h = blockIdx.x % d.Hv, L = chunk_len(d, c), t0 = chunk_t0(d, c);
+    stage_gates(sg, sb, sbg, beta, gc, d, L, t0, h);
     __syncthreads();
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) {
         int r = i / CH, s = i % CH;
@@ -685,6 +692,17 @@ __device__ void tri_inverse(float* T, const float* M, float* X) {
     }
 }
 
+// gdn_prep_fast's W = Tm diag(beta G) K and U = Tm diag(beta) V: the CH x np tile sX (K or V, ld LX) scaled
+// by row (scale: sbg or sb), times Tm (sT, ld LC) into sO (ld LX), its L x n part stored to out (ld ldo).
+__device__ void wy_product(float* out, long ldo, float* sO, float* sX, int LX, const float* sT,
+                           const float* scale, int L, int n, int np) {
+    for (int i = threadIdx.x; i < CH * np; i += blockDim.x) sX[(i / np) * LX + i % np] *= scale[i / np];
+    __syncthreads();
+    smem_gemm<RM, RM>(sO, LX, sT, LC, sX, LX, CH, np, CH, 1.0f, 0.0f);
+    __syncthreads();
+    tile_store(out, ldo, sO, LX, L, n);
+}
+
 // One block per (chunk, value head): KK^T and QK^T on the tensor cores, M and Aqk, Tm blockwise, W = Tm
 // diag(beta G) K and U = Tm diag(beta) V. Buffers reused so that two blocks fit an SM: sK holds K then V,
 // sQ holds Q, then the inverse's scratch, then W and U; sT holds QK^T, then Tm.
@@ -699,11 +717,7 @@ __global__ void __launch_bounds__(GDN_THREADS)
     long lk = (long)d.Hk * d.dk;
     tile_load(sK, LX, key_rows(khat, d, t0, h), lk, CH, L, d.dk, d.dkp);
     tile_load(sQ, LX, key_rows(qhat, d, t0, h), lk, CH, L, d.dk, d.dkp);
-    for (int r = threadIdx.x; r < CH; r += blockDim.x) {
-        sg[r] = r < L ? gc[vrow(d, t0 + r, h)] : 0.0f;
-        sb[r] = r < L ? beta[vrow(d, t0 + r, h)] : 0.0f;
-        sbg[r] = sb[r] * expf(sg[r]);
-    }
+    stage_gates(sg, sb, sbg, beta, gc, d, L, t0, h);
     __syncthreads();
     smem_gemm<RM, CM>(sA, LC, sK, LX, sK, LX, CH, CH, d.dkp, 1.0f, 0.0f);
     smem_gemm<RM, CM>(sT, LC, sQ, LX, sK, LX, CH, CH, d.dkp, 1.0f, 0.0f);
@@ -720,20 +734,10 @@ __global__ void __launch_bounds__(GDN_THREADS)
     tri_inverse(sT, sA, sQ);
     float* tm = Tm_g + cmat(d, c, h);
     for (int i = threadIdx.x; i < CH * CH; i += blockDim.x) tm[i] = sT[(i / CH) * LC + i % CH];
-    for (int i = threadIdx.x; i < CH * d.dkp; i += blockDim.x)
-        sK[(i / d.dkp) * LX + i % d.dkp] *= sbg[i / d.dkp];
-    __syncthreads();
-    smem_gemm<RM, RM>(sQ, LX, sT, LC, sK, LX, CH, d.dkp, CH, 1.0f, 0.0f);
-    __syncthreads();
-    tile_store(W + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, sQ, LX, L, d.dk);
+    wy_product(W + val_off(d, t0, h, d.dk), (long)d.Hv * d.dk, sQ, sK, LX, sT, sbg, L, d.dk, d.dkp);
     tile_load(sK, LX, v + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, CH, L, d.dv, d.dvp);
     __syncthreads();
-    for (int i = threadIdx.x; i < CH * d.dvp; i += blockDim.x)
-        sK[(i / d.dvp) * LX + i % d.dvp] *= sb[i / d.dvp];
-    __syncthreads();
-    smem_gemm<RM, RM>(sQ, LX, sT, LC, sK, LX, CH, d.dvp, CH, 1.0f, 0.0f);
-    __syncthreads();
-    tile_store(U + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, sQ, LX, L, d.dv);
+    wy_product(U + val_off(d, t0, h, d.dv), (long)d.Hv * d.dv, sQ, sK, LX, sT, sb, L, d.dv, d.dvp);
 }
 
 #define GDN_CW 32 // state columns per block of the sequential passes

@@ -48,6 +48,24 @@ __global__ void sum_rows_kernel(double* total, const double* rows, int n) {
     if (threadIdx.x == 0) *total += s;
 }
 
+// A row's log-sum-exp over the block, as *m and the returned sum of exp(x - m) in double: every thread calls
+// it (block_max, block_sum) and gets both. The exponentials in float (the gradient's, expf) or in double
+// (dexp: the NLL that search --refine measures, gpu_nll_windows).
+template <bool dexp> __device__ inline double row_sum_exp(const float* x, int V, float* m) {
+    float mx = -INFINITY;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, x[v]);
+    mx = block_max(mx);
+    double s = 0.0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        if (dexp)
+            s += exp((double)x[v] - mx);
+        else
+            s += expf(x[v] - mx);
+    }
+    *m = mx;
+    return block_sum(s);
+}
+
 // One block per row of logits: loss of the next token and d(mean CE of the sample)/d(logits),
 // written as bf16 hi + lo halves for the lm_head backward GEMM. The last row of each window is zero.
 __global__ void ce_bwd_kernel(__nv_bfloat16* dhi, __nv_bfloat16* dlo, double* loss, const float* logits,
@@ -65,12 +83,8 @@ __global__ void ce_bwd_kernel(__nv_bfloat16* dhi, __nv_bfloat16* dlo, double* lo
         if (threadIdx.x == 0) loss[row] = 0.0;
         return;
     }
-    float m = -INFINITY;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, x[v]);
-    m = block_max(m);
-    double s = 0.0;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) s += expf(x[v] - m);
-    s = block_sum(s);
+    float m;
+    double s = row_sum_exp<false>(x, V, &m);
     float lse = m + (float)log(s), inv_n = 1.0f / (T - 1);
     int y = ids[row + 1];
     for (int v = threadIdx.x; v < V; v += blockDim.x) {
@@ -133,12 +147,8 @@ __global__ void nll_rows_kernel(double* out, const float* logits, const int* ids
         if (threadIdx.x == 0) out[row] = 0.0;
         return;
     }
-    float m = -INFINITY;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, x[v]);
-    m = block_max(m);
-    double s = 0.0;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) s += exp((double)x[v] - m);
-    s = block_sum(s);
+    float m;
+    double s = row_sum_exp<true>(x, V, &m);
     if (threadIdx.x == 0) out[row] = ((double)m + log(s) - x[ids[row + 1]]) / (T - 1);
 }
 

@@ -148,11 +148,32 @@ static uint8_t* search_misfits(const SearchCtx* c, int warn) {
     return mis;
 }
 
+// --kv-uniform (README §7): the smallest cost of the enabled KV-cache groups when they share one choice, bf16
+// or a format offered to every one of them (as search_solve's one item), 0 without such groups. Each group's
+// own cheapest choice may differ (a deny table, or a bf16 cache cheaper than a format's 64 scale bits at a tiny
+// context), and their sum is then below what any shared choice costs.
+static int64_t kv_uniform_min_cost(const SearchCtx* c, const uint8_t* misfit) {
+    const ScoreTable* t = c->t;
+    int64_t best = INT64_MAX;
+    for (int f = -1; f < t->nf; f++) {
+        int64_t sum = 0;
+        int offered = 1;
+        for (int g = 0; g < t->ng && offered; g++) {
+            if (t->disabled[g] || !table_kv(t, g)) continue;
+            offered = f < 0 || !misfit[(size_t)f * t->ng + g];
+            sum += choice_cost(c, c->cost, c->bits, g, f);
+        }
+        if (offered && sum < best) best = sum;
+    }
+    return best;
+}
+
 double search_min_budget(const SearchCtx* c) {
     int64_t cost = c->mem.on ? mem_fixed_total(c) : c->fixed[c->cost][c->scope];
     uint8_t* misfit = search_misfits(c, 0);
+    if (c->kv_uniform) cost += kv_uniform_min_cost(c, misfit);
     for (int g = 0; g < c->t->ng; g++) {
-        if (c->t->disabled[g]) continue;
+        if (c->t->disabled[g] || (c->kv_uniform && table_kv(c->t, g))) continue;
         int64_t best = choice_cost(c, c->cost, c->bits, g, -1);
         for (int f = 0; f < c->t->nf; f++) {
             int64_t x = choice_cost(c, c->cost, c->bits, g, f);

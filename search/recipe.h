@@ -70,7 +70,8 @@ void search_set_memory(SearchCtx* c, const MemBudget* mb);
 
 void search_init(SearchCtx* c, const ScoreTable* t, Scope scope, Cost cost, Bits bits);
 void search_free(SearchCtx* c);
-// Smallest budget that any choice satisfies, in the context's scope.
+// Smallest budget that any choice satisfies, in the context's scope (with --kv-uniform, one shared by the
+// KV-cache groups).
 double search_min_budget(const SearchCtx* c);
 // Solves each budget exactly; exits 2 on an infeasible one (naming the smallest feasible budget).
 void search_solve(const SearchCtx* c, const double* budgets, int nb, Solution* out);

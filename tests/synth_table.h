@@ -1,6 +1,7 @@
 // A small synthetic scores table for the search tests (test_bootstrap.c, test_refine.c): ng groups
 // "model.layers.g.mlp.down_proj" of one 128 x 256 linear each, formats w4a8 and w8a8, kl scores, all zero
-// (the test fills t->score). synth_table_kv turns its last groups into KV-cache groups.
+// (the test fills t->score). synth_table_kv turns its last groups into KV-cache groups; synth_search_bytes
+// searches such a table with a byte budget.
 #pragma once
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 
 #include "scoring/format.h"
 #include "scoring/table.h"
+#include "search/recipe.h"
 
 static void synth_table_init(ScoreTable* t, const char* model, int ng, int num_samples) {
     memset(t, 0, sizeof(*t));
@@ -71,4 +73,13 @@ static void synth_table_kv(ScoreTable* t, int n_kv) {
     }
     free(t->score);
     t->score = calloc((size_t)t->nf * t->ng, sizeof(double));
+}
+
+// A quiet search over t with a byte budget (true bits, memory cost, candidates scope): KV caches of context
+// tokens x 1 sequence, 1024 bytes of overhead. Free with search_free.
+static void synth_search_bytes(SearchCtx* c, const ScoreTable* t, long context) {
+    search_init(c, t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
+    MemBudget mb = {1, context, 1, 1024};
+    search_set_memory(c, &mb);
+    c->quiet = 1;
 }

@@ -3,10 +3,13 @@
 // The domain objectives (mean, weights, max through GLPK) against brute force on 4 groups x 2 formats x 2
 // domains, and with one KV-cache choice for every layer (--kv-uniform) on 5 groups x 3 formats. With --write
 // WITH.h5 WITHOUT.h5: writes the case as scores files, with and without per-window scores
-// (tests/test_bootstrap.sh runs autoq search on them).
+// (tests/test_bootstrap.sh runs autoq search on them). --kv-uniform's smallest feasible budget against brute
+// force, and search at it and one byte below (a child process each: an infeasible budget exits 2).
+#define _GNU_SOURCE
 #include <string.h>
 
 #include "check.h"
+#include "outputs_common.h"
 #include "synth_table.h"
 #include "search/bootstrap.h"
 #include "search/milp.h"
@@ -192,10 +195,7 @@ static void test_kv_uniform_max(void) {
     ScoreTable t;
     make_kv_table(&t);
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
-    MemBudget mb = {1, 256, 1, 1024};
-    search_set_memory(&c, &mb);
-    c.quiet = 1;
+    synth_search_bytes(&c, &t, 256);
     Objective omax;
     objective_parse(&omax, "max", &t);
     uint8_t deny[KF * KG] = {0};
@@ -248,6 +248,66 @@ static void test_kv_uniform_max(void) {
           tighter, mixed);
     search_free(&c);
     table_free(&t);
+}
+
+// A search at one budget in a child process: exit 0 when its recipe gives the KV-cache groups one choice
+// (with --kv-uniform) and fits the budget, 3 when not, 2 (fail_input) when the budget is infeasible.
+typedef struct {
+    const SearchCtx* c;
+    double budget;
+} SolveAt;
+
+static void solve_child(const void* arg) {
+    const SolveAt* a = arg;
+    Solution s;
+    search_solve(a->c, &a->budget, 1, &s);
+    int64_t cost = 0;
+    for (int g = 0; g < KG; g++) cost += search_choice_cost(a->c, g, s.sel[g]);
+    exit((a->c->kv_uniform && s.sel[3] != s.sel[4]) || cost > search_cap(a->c, a->budget) ? 3 : 0);
+}
+
+// The smallest feasible budget with one KV-cache choice for every layer (README §7) is the cheapest choice the
+// KV-cache groups share, not the sum of each one's cheapest: a deny table (--target) that refuses kv_nvfp4 to
+// layer 1 (each layer's own cheapest: kv_nvfp4 for layer 0), and a context of one token where layer 0's cache
+// of 2 values is cheaper in bf16 (32 bits) than with a format's 64 scale bits while layer 1's of 64 values is
+// cheapest in kv_nvfp4. The budget search_min_budget names must be feasible by brute force and solve within
+// itself; one byte less infeasible by brute force and exit 2 naming it. Per layer (no --kv-uniform) likewise.
+static void test_kv_uniform_min_budget(void) {
+    static const struct {
+        const char* name;
+        long context, values0;
+        int deny;
+    } cases[] = {{"deny", 256, 64, 1}, {"bf16_cheaper", 1, 2, 0}};
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++)
+        for (int uniform = 1; uniform >= 0; uniform--) {
+            ScoreTable t;
+            make_kv_table(&t);
+            t.kvl_values[0] = cases[k].values0;
+            SearchCtx c;
+            synth_search_bytes(&c, &t, cases[k].context);
+            c.kv_uniform = uniform;
+            uint8_t deny[KF * KG] = {0};
+            deny[2 * KG + 4] = 1; // layer 1's KV cache may not be kv_nvfp4
+            c.deny = cases[k].deny ? deny : NULL;
+            double minb = search_min_budget(&c);
+            int sel[KG];
+            int at = isfinite(brute_kv(&c, search_cap(&c, minb), uniform, c.deny, sel)),
+                below = isfinite(brute_kv(&c, search_cap(&c, minb - 1), uniform, c.deny, sel));
+            char name[128], fragment[128];
+            snprintf(name, sizeof(name), "kv_min_budget_%s%s_brute_force", cases[k].name,
+                     uniform ? "_uniform" : "");
+            CHECK(at && !below, name, "%.0f bytes: feasible %d, one byte less feasible %d", minb, at, below);
+            snprintf(name, sizeof(name), "kv_min_budget_%s%s_solves", cases[k].name, uniform ? "_uniform" : "");
+            SolveAt a = {&c, minb};
+            expect_exit(name, solve_child, &a, 0, "");
+            snprintf(name, sizeof(name), "kv_min_budget_%s%s_below_exit2", cases[k].name,
+                     uniform ? "_uniform" : "");
+            snprintf(fragment, sizeof(fragment), "the smallest feasible is %.0f bytes", minb);
+            SolveAt b = {&c, minb - 1};
+            expect_exit(name, solve_child, &b, 2, fragment);
+            search_free(&c);
+            table_free(&t);
+        }
 }
 
 static int cmp_d(const void* a, const void* b) {
@@ -347,5 +407,10 @@ int main(int argc, char** argv) {
     table_free(&t);
     test_objectives();
     test_kv_uniform_max();
+    snprintf(g_dir, sizeof(g_dir), "/tmp/autoq_bootstrap_XXXXXX");
+    if (!mkdtemp(g_dir)) return 1;
+    test_kv_uniform_min_budget();
+    unlink(tmp_path("child.err"));
+    rmdir(g_dir);
     return g_fail != 0;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "groups_setup.h"
 #include "datasets/npy.h"
 #include "engine/util.h"
 #include "kernels/gptq.h"
@@ -184,10 +185,8 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
     run_free(&s, &m);
 
     // basic pipeline: every Hessian from the unquantized model, as autoq's scores quantize
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
+    groups_default(&gs, &m, 0);
     QuantCache qc;
     double t0 = time_now();
     qcache_build(&qc, &m, &gs, &f, 1, &q, &ids);
@@ -275,7 +274,6 @@ static void against_llmcompressor(const char* dir, const char* ids_path, const c
     for (int site = 0; site < 4 * m.c.num_layers; site++) hessian_free(&hs[site]);
     free(hs);
     groups_free(&gs);
-    patterns_free(&dis);
     token_ids_free(&ids);
     model_free(&m);
     json_decref(ref);

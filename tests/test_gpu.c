@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "groups_setup.h"
 #include "datasets/npy.h"
 #include "engine/forward.h"
 #include "engine/util.h"
@@ -57,12 +58,9 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
     CHECK(nll_worst < 5e-3, name, "worst %.3g", nll_worst);
     printf("  %s: worst logit difference %.3g, worst NLL relative difference %.3g\n", label, worst, nll_worst);
     // KL and gradient scores against the CPU engine, per group, for both GEMM input precisions.
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
     Format f;
-    format_load(&f, "configs/formats/w4a8.json", 0);
+    groups_w4a8(&gs, &f, &m);
     double *cpu_kl = xcalloc(gs.n, sizeof(double)), *cpu_grad = xcalloc(gs.n, sizeof(double));
     long nc = (long)m.c.n_sparse * m.c.num_experts; // expert coverage counts, MoE models
     long *cpu_tok = xcalloc(nc + 1, sizeof(long)), *gpu_tok = xcalloc(nc + 1, sizeof(long));
@@ -190,7 +188,6 @@ static void test_model(const char* label, const char* dir, const char* ids_path,
         SKIP(name, "one CUDA device");
     }
     groups_free(&gs);
-    patterns_free(&dis);
     run_free(&s, &m);
     free(gl);
     gpu_engine_free(e);
@@ -248,10 +245,8 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
     free(x), free(xq), free(wq), free(got);
     gpu_engine_free(e);
     // scores
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
+    groups_default(&gs, &m, 0);
     double *cpu[2], *gpu = xcalloc((size_t)nf * gs.n, sizeof(double));
     for (int method = 0; method < 2; method++) {
         cpu[method] = xcalloc((size_t)nf * gs.n, sizeof(double));
@@ -303,7 +298,6 @@ static void test_emulated(const char* label, const char* dir, const char* ids_pa
     }
     free(cpu[0]), free(cpu[1]), free(gpu);
     groups_free(&gs);
-    patterns_free(&dis);
     token_ids_free(&ids);
     model_free(&m);
 }
@@ -382,12 +376,9 @@ static void test_stages(const char* label, const char* dir, const char* ids_path
     TokenIds ids;
     if (!fixture_load(&m, &ids, name, dir, ids_path, 0)) return;
     int n = ids.n < nsamp ? ids.n : nsamp;
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
     Format f;
-    format_load(&f, "configs/formats/w4a8.json", 0);
+    groups_w4a8(&gs, &f, &m);
     double *one = xcalloc(gs.n, sizeof(double)), *two = xcalloc(gs.n, sizeof(double));
     for (int gradient = 0; gradient <= 1; gradient++) {
         gpu_scores(one, &m, &gs, &f, 1, gradient, GEMM_BF16X2, NULL, &ids, n);
@@ -403,7 +394,6 @@ static void test_stages(const char* label, const char* dir, const char* ids_path
     }
     free(one), free(two);
     groups_free(&gs);
-    patterns_free(&dis);
     token_ids_free(&ids);
     model_free(&m);
 }
@@ -421,10 +411,8 @@ static void test_gptq(const char* label, const char* dir, const char* ids_path, 
     if (!fixture_load(&m, &ids, name, dir, ids_path, first)) return;
     ids.n = ids.n < nsamp ? ids.n : nsamp; // GPTQ calibrates on the windows it scores
     int n = ids.n, T = ids.t, sparse = m.c.n_sparse > 0;
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
+    groups_default(&gs, &m, 0);
     Format f[2];
     int nf = formats_load(f, 2, "w4a8,w8a8", 0);
     Quantizer q;
@@ -498,7 +486,6 @@ static void test_gptq(const char* label, const char* dir, const char* ids_path, 
     free(cpu), free(gpu), free(rtn);
     qcache_free(&qc);
     groups_free(&gs);
-    patterns_free(&dis);
     token_ids_free(&ids);
     model_free(&m);
 }
@@ -550,11 +537,8 @@ static void test_merged(const char* label, const char* dir, const char* ids_path
     int T = ids.t, N = 4;
     int* win_ids = xmalloc(sizeof(int) * N * T); // N windows, the fixture's cycled
     for (int i = 0; i < N; i++) memcpy(win_ids + (long)i * T, ids.ids + (long)(i % ids.n) * T, sizeof(int) * T);
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
-    groups_add_kv(&gs, &m, &dis);
+    groups_default(&gs, &m, 1);
     Format f[2];
     int nf = formats_load(f, 2, "w4a8,kv_fp8", 0), G = gs.n * nf;
     long ne = m.c.n_sparse ? (long)m.c.n_sparse * m.c.num_experts : 0;
@@ -613,7 +597,6 @@ static void test_merged(const char* label, const char* dir, const char* ids_path
     }
     free(t0), free(t1), free(w0), free(w1), free(e0), free(e1), free(win_ids);
     groups_free(&gs);
-    patterns_free(&dis);
     token_ids_free(&ids);
     model_free(&m);
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "groups_setup.h"
 #include "datasets/npy.h"
 #include "engine/util.h"
 #include "scoring/score.h"
@@ -34,12 +35,9 @@ static void check_model(const char* name, const char* dir, const char* ids_path,
     TokenIds ids;
     npy_read_ids(&ids, ids_path, m.c.vocab_size);
     if (n > ids.n) n = ids.n;
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
     Format f[2];
-    format_load(&f[0], "configs/formats/w4a8.json", 0);
+    groups_w4a8(&gs, &f[0], &m);
     format_load(&f[1], "configs/formats/w4a16.json", 0);
     long ne = (long)m.c.n_sparse * m.c.num_experts;
     long *t0 = xcalloc(ne + 1, sizeof(long)), *t1 = xcalloc(ne + 1, sizeof(long));
@@ -60,7 +58,6 @@ static void check_model(const char* name, const char* dir, const char* ids_path,
     unsetenv("AUTOQ_KL_ORDER");
     token_ids_free(&ids);
     groups_free(&gs);
-    patterns_free(&dis);
     model_free(&m);
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "groups_setup.h"
 #include "datasets/npy.h"
 #include "engine/util.h"
 #include "scoring/score.h"
@@ -87,12 +88,9 @@ static void check_coverage(const Fixture* f, const Model* m, const long* counts,
 }
 
 static void check_scores(const Fixture* f, const Model* m, const TokenIds* ids, json_t* ref) {
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, m, 0, &dis);
     Format fmt;
-    format_load(&fmt, "configs/formats/w4a8.json", 0);
+    groups_w4a8(&gs, &fmt, m);
     Method methods[2] = {METHOD_KL, METHOD_GRADIENT};
     const char* keys[2] = {"kl", "gradient"};
     for (int k = 0; k < 2; k++) {
@@ -121,7 +119,6 @@ static void check_scores(const Fixture* f, const Model* m, const TokenIds* ids, 
         scorer_free(&s);
     }
     groups_free(&gs);
-    patterns_free(&dis);
 }
 
 // Groups: one experts group per sparse layer with 3 E members; the router never a member.

@@ -305,10 +305,7 @@ static void test_kv_uniform(void) {
     ScoreTable t;
     make_kv_table(&t);
     SearchCtx c;
-    search_init(&c, &t, SCOPE_CANDIDATES, COST_MEMORY, BITS_TRUE);
-    MemBudget mb = {1, 256, 1, 1024};
-    search_set_memory(&c, &mb);
-    c.quiet = 1;
+    synth_search_bytes(&c, &t, 256);
     c.kv_uniform = 1;
     int64_t fixed = c.mem_fixed[0] + c.mem_fixed[1] + c.mem_fixed[2] + c.mem_fixed[3];
     test_quadratic_uniform(&c, fixed);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "groups_setup.h"
 #include "datasets/npy.h"
 #include "engine/util.h"
 #include "scoring/score.h"
@@ -36,12 +37,9 @@ int main(void) {
     model_load(&m, dir);
     TokenIds ids;
     npy_read_ids(&ids, "tests/fixtures/qwen3_tiny_ids.npy", m.c.vocab_size);
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
     Groups gs;
-    groups_build(&gs, &m, 0, &dis);
     Format f;
-    format_load(&f, "configs/formats/w4a8.json", 0);
+    groups_w4a8(&gs, &f, &m);
     Method methods[2] = {METHOD_KL, METHOD_GRADIENT};
     const char* keys[2] = {"kl", "gradient"};
     for (int k = 0; k < 2; k++) {
@@ -74,7 +72,6 @@ int main(void) {
         scorer_free(&s);
     }
     groups_free(&gs);
-    patterns_free(&dis);
     token_ids_free(&ids);
     model_free(&m);
     json_decref(ref);
