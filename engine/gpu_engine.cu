@@ -190,13 +190,17 @@ static __nv_bfloat16* upload(GpuEngine* e, const char* name) {
 }
 
 // A checkpoint tensor to d in fp32 (the Gated DeltaNet's conv, decays and gated norm, which its kernels
-// read as fp32, as the CPU does), `ordered` as upload_bytes (a streamed layer's copy overlaps the queued work).
+// read as fp32, as the CPU does). `ordered`: a plain cudaMemcpy (the resident upload, as it ran on a GPU);
+// else at once on this thread's own stream as upload_bytes copies (a streamed layer: the queued work goes on).
 static void upload_f32(GpuEngine* e, const char* name, float* d, int ordered) {
     size_t n;
     const StTensor* t = find_tensor(e, name, &n);
     float* f = (float*)xmalloc(n * 4);
     st_to_f32(t, f);
-    upload_bytes(d, f, n * 4, ordered);
+    if (ordered)
+        cudaCheck(cudaMemcpy(d, f, n * 4, cudaMemcpyHostToDevice));
+    else
+        upload_bytes(d, f, n * 4, 0);
     free(f);
 }
 

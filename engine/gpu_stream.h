@@ -11,14 +11,16 @@ extern "C" {
 
 typedef struct GpuStream GpuStream;
 
-// A layer slot is one device buffer of the largest streamed layer's bytes; each layer filled into it is laid
-// out by the resident upload's own code (layer_upload, moe_upload), every tensor starting at a multiple of
-// this many bytes (cudaMalloc's alignment), so a slot holds a layer's bytes plus under this much per tensor
-// (scoring/stream_plan.c counts it).
+// The hybrid families' layer slots (Gated DeltaNet and attention layers take turns in them) are carved: one
+// device buffer of the largest streamed layer's bytes, each layer filled into it laid out by the resident
+// upload's own code (layer_upload, moe_upload), every tensor starting at a multiple of this many bytes
+// (cudaMalloc's alignment), so a slot holds a layer's bytes plus under this much per tensor
+// (scoring/stream_plan.c counts it). Qwen3's and Qwen3-MoE's slots keep their fixed shapes (a dense layer's
+// rows, the experts and the router), as they ran on a GPU.
 #define GPU_SLOT_ALIGN 256
 
 // An engine for batches of B windows of T tokens holding the layers with res[l] (and lm_head, the final
-// norm); the others stream through two slots, each as large as the largest of them (GPU_SLOT_ALIGN). lbytes
+// norm); the others stream through two slots that hold any of them (GPU_SLOT_ALIGN). lbytes
 // (L): each layer's bytes on the GPU, for the count of bytes copied. *st receives the streaming state (freed
 // before the engine).
 GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, const unsigned char* res,
