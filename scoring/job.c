@@ -517,8 +517,8 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
     double resident = 0; // the one-window resident plan's peak, named when the cap is too small
     for (;;) {
         StreamSpec s;
-        stream_spec_model(&s, c, &j->groups, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b, j->ids.n, cap,
-                          j->gpu_gemm == GEMM_BF16X2, emu);
+        stream_spec_model(&s, c, &j->groups, j->fmts, j->nf, j->method == METHOD_GRADIENT, j->ids.t, b,
+                          j->ids.n, cap, j->gpu_gemm == GEMM_BF16X2, emu);
         if (j->quant.kind == QUANTIZER_GPTQ) // GPTQ's codes (a byte a weight) and row scales per format
             for (int l = 0; l < c->num_layers; l++) ((double*)s.layer_bytes)[l] *= 1 + j->nf * STREAM_GIVEN;
         if (b == 1) {

@@ -253,8 +253,8 @@ double stream_layer_bytes(const Model* m, int l) {
     return b;
 }
 
-void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
-                       int windows, double cap, int split, int emu) {
+void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, const Format* fmts, int nf,
+                       int gradient, int T, int B, int windows, double cap, int split, int emu) {
     memset(s, 0, sizeof(*s));
     int L = c->num_layers;
     double* lb = xmalloc(sizeof(double) * L);
@@ -274,10 +274,12 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf,
     s->slot_pad = (double)GPU_SLOT_ALIGN * (c->fam->n_tensors + 1);
     s->cap = cap;
     s->gradient = gradient;
-    int* births = xmalloc(sizeof(int) * ((size_t)nf * gs->n + 1));
-    for (int f = 0; f < nf && !gradient; f++)
-        for (int g = 0; g < gs->n; g++)
-            if (!gs->g[g].disabled) births[s->n_births++] = gs->g[g].layer;
+    // kl's passes as the scorers run them: a format that does not fit a group (a KV-cache format on a linear,
+    // a linear's format on a KV cache, a block that does not divide the input) has no pass there
+    size_t most = (size_t)nf * gs->n + 1;
+    int *births = xmalloc(sizeof(int) * most), *order = xmalloc(2 * sizeof(int) * most);
+    if (!gradient) s->n_births = stream_kl_passes(gs, fmts, nf, L, order, births);
+    free(order);
     s->birth_layer = births;
     s->batches = (windows + B - 1) / B;
     s->h2d_bw = STREAM_EST_BW;

@@ -91,8 +91,8 @@ int stream_ring_give(StreamRing* r, int i);
 // Given weights (GPTQ's) on the GPU per format, per byte of a bf16 layer: its int8 codes (half) and fp32 row
 // scales (4 bytes a row: under 1/16 of the codes for linears of 64 inputs or more)
 #define STREAM_GIVEN (0.5 * 17.0 / 16.0)
-void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, int nf, int gradient, int T, int B,
-                       int windows, double cap, int split, int emu);
+void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, const Format* fmts, int nf,
+                       int gradient, int T, int B, int windows, double cap, int split, int emu);
 // The engine's buffers of the GEMM mode and emulated formats beyond shard_stage_bytes's estimate (above).
 double stream_mode_bytes(const Config* c, int T, int B, int split, int emu);
 // Bytes of layer l's weights as the GPU holds them, from the checkpoint: every tensor of the layer, in fp32

@@ -237,7 +237,7 @@ static void check_layer_bytes(const char* name, const char* dir) {
     Groups none;
     memset(&none, 0, sizeof(none));
     StreamSpec s;
-    stream_spec_model(&s, &m.c, &none, 0, 0, 16, 1, 1, 1e12, 1, 0);
+    stream_spec_model(&s, &m.c, &none, NULL, 0, 0, 16, 1, 1, 1e12, 1, 0);
     double most = 0;
     for (int l = 0; l < m.c.num_layers; l++) most = s.layer_bytes[l] > most ? s.layer_bytes[l] : most;
     int ok = 1, bad = -1, n_gdn = 0;
@@ -300,6 +300,28 @@ static void test_kl_passes(void) {
           order[1], order[2], order[3], order[4], order[5], birth[0], birth[1], birth[2]);
 }
 
+// The planner's kl states count the passes the scorers run (stream_kl_passes), not every (format, enabled
+// group) pair: with a linear format and a KV-cache format on two linears and a KV-cache group, 3 births, not 6;
+// the gradient has none.
+static void test_spec_births(void) {
+    static Config c; // a committed fixture's config (the layer sizes do not matter here)
+    config_load(&c, "tests/fixtures/qwen3-moe-tiny");
+    Group g[3] = {{.layer = 0}, {.layer = 1}, {.layer = 1, .kv = 1}};
+    Groups gs = {.n = 3, .g = g};
+    Format f[2] = {{.kv = 0}, {.kv = 1}};
+    StreamSpec kl, gr;
+    stream_spec_model(&kl, &c, &gs, f, 2, 0, 16, 1, 1, 1e12, 0, 0);
+    stream_spec_model(&gr, &c, &gs, f, 2, 1, 16, 1, 1, 1e12, 0, 0);
+    CHECK(kl.n_births == 3 && kl.birth_layer[0] == 0 && kl.birth_layer[1] == 1 && kl.birth_layer[2] == 1 &&
+              stream_states_after(&kl, 1) == 4 && gr.n_births == 0,
+          "stream_spec_model_births_fit",
+          "kl births %d (layers %d %d %d), states after layer 1: %d; gradient %d", kl.n_births,
+          kl.birth_layer[0], kl.n_births > 1 ? kl.birth_layer[1] : -1, kl.n_births > 2 ? kl.birth_layer[2] : -1,
+          stream_states_after(&kl, 1), gr.n_births);
+    stream_spec_free(&kl);
+    stream_spec_free(&gr);
+}
+
 int main(void) {
     test_states();
     test_resident();
@@ -311,6 +333,7 @@ int main(void) {
     test_slot_pad();
     test_mode_bytes();
     test_kl_passes();
+    test_spec_births();
     const char* tiny = getenv("AUTOQ_TINY");
     check_layer_bytes("stream_plan_layer_bytes_dense", tiny ? tiny : "../shared/models/qwen3-tiny");
     check_layer_bytes("stream_plan_layer_bytes_moe", "tests/fixtures/qwen3-moe-tiny");
