@@ -5,6 +5,23 @@ trap 'rm -rf "$tmp"' EXIT
 pass() { echo "PASS $SUITE: $1"; }
 fail() { echo "FAIL $SUITE: $1"; }
 
+# skip_without_model DIR: the suite skips (one SKIP line, exit 0) when DIR holds no config.json.
+skip_without_model() {
+    [ -f "$1/config.json" ] && return 0
+    echo "SKIP $SUITE: $1 missing"
+    exit 0
+}
+
+# skip_without_gpu WHAT COMMAND...: the suite skips when COMMAND (a one-window run on the GPU) fails: no CUDA
+# device, or a build without nvcc.
+skip_without_gpu() {
+    local what=$1
+    shift
+    "$@" >/dev/null 2>&1 && return 0
+    echo "SKIP $SUITE: $what on the GPU (no CUDA device, or built without nvcc)"
+    exit 0
+}
+
 # expect NAME FRAGMENT COMMAND...: the command must exit 2 with FRAGMENT in its message.
 expect() {
     local name=$1 want=$2

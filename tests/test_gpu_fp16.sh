@@ -11,14 +11,8 @@ expect "--gpu-gemm takes fp16, bf16x2 or bf16" "must be fp16, bf16x2 or bf16" \
     "$AQ" score $moe --data tests/fixtures/qwen3_moe_tiny_ids.npy --method kl --gpu-gemm fp32
 expect "--gpu-gemm fp16 is for kl" "is for --method kl" \
     "$AQ" score $moe --data tests/fixtures/qwen3_moe_tiny_ids.npy --method gradient --gpu-gemm fp16
-if [ ! -f "$M/config.json" ]; then
-    echo "SKIP $SUITE: $M missing"
-    exit 0
-fi
-if ! "$AQ" score $M --data $D --num-samples 1 --method kl --device cuda --json "$tmp/probe.json" >/dev/null 2>&1; then
-    echo "SKIP $SUITE: fp16 kl on the GPU (no CUDA device, or built without nvcc)"
-    exit 0
-fi
+skip_without_model "$M"
+skip_without_gpu "fp16 kl" "$AQ" score $M --data $D --num-samples 1 --method kl --device cuda --json "$tmp/probe.json"
 expect "--gpu-gemm fp16 with head_dim 16 (the MoE fixture)" "head_dim 64 or 128" \
     "$AQ" score $moe --data tests/fixtures/qwen3_moe_tiny_ids.npy --method kl --device cuda --gpu-gemm fp16
 

@@ -9,11 +9,8 @@
 SUITE=gpu-hybrid
 source tests/lib.sh
 F=tests/fixtures
-if ! "$AQ" score $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --num-samples 1 --method kl --device cuda \
-    --json "$tmp/probe.json" >/dev/null 2>&1; then
-    echo "SKIP $SUITE: hybrid models on the GPU (no CUDA device, or built without nvcc)"
-    exit 0
-fi
+skip_without_gpu "hybrid models" "$AQ" score $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --num-samples 1 \
+    --method kl --device cuda --json "$tmp/probe.json"
 
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 

@@ -8,15 +8,9 @@ SUITE=gpu-keep
 source tests/lib.sh
 M=${AUTOQ_TINY:-../shared/models/qwen3-tiny}
 D=tests/fixtures/qwen3_tiny_ids.npy
-if [ ! -f "$M/config.json" ]; then
-    echo "SKIP $SUITE: $M missing"
-    exit 0
-fi
-if ! "$AQ" score $M --data $D --num-samples 1 --method gradient --device cuda --json "$tmp/probe.json" \
-    >/dev/null 2>&1; then
-    echo "SKIP $SUITE: the gradient on the GPU (no CUDA device, or built without nvcc)"
-    exit 0
-fi
+skip_without_model "$M"
+skip_without_gpu "the gradient" "$AQ" score $M --data $D --num-samples 1 --method gradient --device cuda \
+    --json "$tmp/probe.json"
 run() { # NAME KEEP ARGS...: a gradient run of 4 windows in batches of 2, JSON and stderr kept
     local name=$1 keep=$2
     shift 2

@@ -4,11 +4,8 @@
 # visibly, without a CUDA device.
 SUITE=gpu-kl-merge
 source tests/lib.sh
-if ! "$AQ" score tests/fixtures/qwen3-moe-tiny --data tests/fixtures/qwen3_moe_tiny_ids.npy --method kl \
-    --device cuda --num-samples 1 --json "$tmp/probe.json" >/dev/null 2>&1; then
-    echo "SKIP $SUITE: kl on the GPU (no CUDA device, or built without nvcc)"
-    exit 0
-fi
+skip_without_gpu "kl" "$AQ" score tests/fixtures/qwen3-moe-tiny --data tests/fixtures/qwen3_moe_tiny_ids.npy \
+    --method kl --device cuda --num-samples 1 --json "$tmp/probe.json"
 
 # 3 windows each (a short last batch of the batches of 2): the MoE fixture's windows 1, 2, 1 (its window 0 holds
 # a near-tied routing decision, tests/test_gpu.c), the hybrid one's 0, 1, 0

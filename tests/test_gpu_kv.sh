@@ -8,10 +8,7 @@ set -u
 SUITE=gpu-kv
 . "$(dirname "$0")/lib.sh"
 T=${AUTOQ_TINY:-../shared/models/qwen3-tiny}
-if [ ! -f "$T/config.json" ]; then
-    echo "SKIP $SUITE: $T missing"
-    exit 0
-fi
+skip_without_model "$T"
 python3 -c "import numpy as np; np.save('$tmp/tiny_ids.npy', np.load('tests/fixtures/qwen3_tiny_ids.npy')[:4, :128])"
 if "$AQ" score "$T" --data "$tmp/tiny_ids.npy" --num-samples 1 --method kl --format kv_fp8 --device cuda \
     --json "$tmp/probe.json" 2>&1 >/dev/null | grep -q "no CUDA device"; then

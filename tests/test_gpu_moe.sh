@@ -12,10 +12,7 @@ expect "--stages without --shard-layers and --nccl-init" "--stages goes with" \
 expect "--stages must divide --world-size" "must divide --world-size" \
     "$AQ" score $moe --data $ids --method kl --device cuda --shard-layers --stages 3 --nccl-init tcp:127.0.0.1:1 --rank 0 --world-size 4
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
-if ! "$AQ" score $moe --data $ids --method kl --device cuda --json "$tmp/probe.json" >/dev/null 2>&1; then
-    echo "SKIP $SUITE: MoE scoring on the GPU (no CUDA device, or built without nvcc)"
-    exit 0
-fi
+skip_without_gpu "MoE scoring" "$AQ" score $moe --data $ids --method kl --device cuda --json "$tmp/probe.json"
 
 # compare A B TOL [coverage]: every group's score within TOL (relative); with coverage, the same
 # tokens per expert.

@@ -40,15 +40,9 @@ expect "--gpu-memory on a hybrid model without a GPU: the common refusal" "no CU
 expect "--gpu-memory with --quantizer gptq on a hybrid model (its GPTQ runs on the CPU)" \
     "runs on the CPU, which --gpu-memory does not cap" \
     "$AQ" score $F/qwen3-next-tiny --data $F/qwen3_next_tiny_ids.npy --method kl --quantizer gptq --gpu-memory 1GiB
-if [ ! -f "$M/config.json" ]; then
-    echo "SKIP $SUITE: $M missing"
-    exit 0
-fi
-if ! "$AQ" score $moe --data $moe_ids --num-samples 1 --method kl --device cuda --json "$tmp/probe.json" \
-    >/dev/null 2>&1; then
-    echo "SKIP $SUITE: streamed layers on the GPU (no CUDA device, or built without nvcc)"
-    exit 0
-fi
+skip_without_model "$M"
+skip_without_gpu "streamed layers" "$AQ" score $moe --data $moe_ids --num-samples 1 --method kl --device cuda \
+    --json "$tmp/probe.json"
 
 # want SECTION: whether STREAM_ONLY selects it
 want() { [ -z "${STREAM_ONLY:-}" ] || [[ " $STREAM_ONLY " == *" $1 "* ]]; }
