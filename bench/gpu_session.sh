@@ -3,10 +3,12 @@
 # H100 or H200: phase 1 runs the new GPU tests in parallel lanes while the full-size checkpoints are generated;
 # phase 2 runs the timings alone on the GPU. Each step is cut to the time left (BUDGET seconds, default 560),
 # so the call always returns its logs.
-#   Phase 1: tests/test_gpu_stream.sh's hybrid and MoE sections (streaming the Gated DeltaNet families; the
-#            layer slots laid out by the resident upload), build/tests/test_gpu's kept-activation part
-#            (AUTOQ_GPU_TEST_KEEP=1: AUTOQ_GRAD_KEEP=1 bit-identical to the recompute), build/tests/test_gpu_ops
-#            and tests/test_gpu_hybrid.sh (the refactored Gated DeltaNet prep and loss kernels).
+#   Phase 1: tests/test_gpu_stream.sh's hybrid, MoE and qwen3-tiny sections (streaming the Gated DeltaNet
+#            families in slots laid out by the resident upload; the gradient's buffers sized before its first
+#            streamed pass), build/tests/test_gpu's kept-activation part (AUTOQ_GPU_TEST_KEEP=1:
+#            AUTOQ_GRAD_KEEP=1 bit-identical to the recompute) and tests/test_gpu_keep.sh (the command line),
+#            build/tests/test_gpu_ops and tests/test_gpu_hybrid.sh (the refactored Gated DeltaNet prep and
+#            loss kernels).
 #   Phase 2: bench/stream_bench.sh at full size (Qwen3-30B-A3B under 16GiB, Qwen3-8B under 4GiB; issue 27),
 #            bench/grad_keep_bench.sh on the 8B shape (issue 29), GPTQ quantize of the 8B under 6GiB against the
 #            resident run (the same checkpoint), MoE kl with engine batches of 16 windows.
@@ -51,6 +53,14 @@ p1=$(($(date +%s) - t0 + ${PHASE1:-110})) # phase 1 ends here (seconds from the 
     timeout "$(left "$p1")" bash tests/test_gpu_hybrid.sh >"$L/test_gpu_hybrid.log" 2>&1
     cnt test_gpu_hybrid $?
 ) >"$L/lane3.txt" 2>&1 &
+(
+    timeout "$(left "$p1")" bash tests/test_gpu_keep.sh >"$L/test_gpu_keep_sh.log" 2>&1
+    cnt test_gpu_keep_sh $?
+    if [ "$(left "$p1")" -gt 20 ]; then
+        STREAM_ONLY=tiny timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_tiny.log" 2>&1
+        cnt stream_tiny $?
+    fi
+) >"$L/lane4.txt" 2>&1 &
 wait
 cat "$L/gen.txt" "$L"/lane*.txt
 echo "phase 1 $(el)"

@@ -19,7 +19,7 @@
 # for the CUDA libraries' workspaces). The hybrid section has not run on a GPU yet (README "Not done yet").
 # Skipped, visibly, without a GPU. About 70 runs of autoq, meant to take under 2 minutes on one H100.
 # STREAM_ONLY="SECTION ...": only those sections of the GPU part (tiny, moe, keep, multi, verify, gptq,
-# quantize, gen06, hybrid; all when unset), e.g. STREAM_ONLY=hybrid (bench/gpu_request_stream_hybrid.sh).
+# quantize, gen06, hybrid; all when unset), e.g. STREAM_ONLY=hybrid (bench/gpu_session.sh).
 SUITE=gpu-stream
 source tests/lib.sh
 # KEEP_LOGS=DIR: every run's log copied there at the end (a GPU run's post-mortem)
