@@ -38,6 +38,10 @@ p1=$(($(date +%s) - t0 + ${PHASE1:-110})) # phase 1 ends here (seconds from the 
 (
     STREAM_ONLY=hybrid timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_hybrid.log" 2>&1
     cnt stream_hybrid $?
+    if [ "$(left "$p1")" -gt 20 ]; then # the 0.6B shape's case (head_dim 128), cut by time in earlier runs
+        STREAM_ONLY=gen06 timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_gen06.log" 2>&1
+        cnt stream_gen06 $?
+    fi
 ) >"$L/lane1.txt" 2>&1 &
 (
     AUTOQ_GPU_TEST_KEEP=1 timeout 70 build/tests/test_gpu >"$L/test_gpu_keep.log" 2>&1
