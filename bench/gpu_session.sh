@@ -9,9 +9,9 @@
 #            AUTOQ_GRAD_KEEP=1 bit-identical to the recompute) and tests/test_gpu_keep.sh (the command line),
 #            build/tests/test_gpu_ops and tests/test_gpu_hybrid.sh (the refactored Gated DeltaNet prep and
 #            loss kernels).
-#   Phase 2: bench/stream_bench.sh at full size (Qwen3-30B-A3B under 16GiB, Qwen3-8B under 4GiB; issue 27),
-#            bench/grad_keep_bench.sh on the 8B shape (issue 29), GPTQ quantize of the 8B under 6GiB against the
-#            resident run (the same checkpoint), MoE kl with engine batches of 16 windows.
+#   Phase 2: bench/stream_bench.sh on the Qwen3-8B shape under 4GiB (issue 27), bench/grad_keep_bench.sh on it
+#            (issue 29), GPTQ quantize of it under 6GiB against the resident run (the same checkpoint); then the
+#            Qwen3-30B-A3B shape under 16GiB and its MoE kl with engine batches of 16 windows.
 #   AQ=build/autoq bash bench/gpu_session.sh OUTDIR      (the build's CPPFLAGS / LDFLAGS / BLAS_DIR set)
 set -u
 out=${1:?usage: bash bench/gpu_session.sh OUTDIR}
@@ -29,11 +29,10 @@ make -s -j"$(nproc)" autoq build/tests/test_gpu build/tests/test_gpu_ops >"$L/bu
     { tail -30 "$L/build.log"; exit 1; }
 echo "build $(el)"
 
-p1=$(($(date +%s) - t0 + ${PHASE1:-110})) # phase 1 ends here (seconds from the start)
-(
+p1=$(($(date +%s) - t0 + ${PHASE1:-100})) # phase 1 ends here (seconds from the start)
+( # the 30B-A3B checkpoint comes after the 8B is deleted: both at once may not fit a /dev/shm of half the RAM
     "$AQ" gen "$W/8b" --preset 8b --ids "$W/8b.npy" --num-samples 128 --seq-len 512 --quiet --force
-    "$AQ" gen "$W/30b-a3b" --preset 30b-a3b --ids "$W/30b-a3b.npy" --num-samples 128 --seq-len 512 --quiet --force
-    echo "checkpoints generated $(el)"
+    echo "8B checkpoint generated $(el)"
 ) >"$L/gen.txt" 2>&1 &
 (
     STREAM_ONLY=hybrid timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_hybrid.log" 2>&1
@@ -70,21 +69,23 @@ cat "$L/gen.txt" "$L"/lane*.txt
 echo "phase 1 $(el)"
 grep -h "^FAIL\|^KNOWN" "$L"/*.log | cut -c1-400 | head -30
 
-echo "== full-size streaming (bench/stream_bench.sh)"
-SHAPES="30b-a3b:16GiB 8b:4GiB" WORK=$W timeout "$(left $((budget - 170)))" bash bench/stream_bench.sh "$out/stream" 2>&1 |
-    tee "$out/stream.txt"
-echo "== the gradient's kept activations (bench/grad_keep_bench.sh)"
-MODEL=$W/8b IDS=$W/8b.npy PROFILE_N=32 timeout "$(left $((budget - 110)))" bash bench/grad_keep_bench.sh "$out/keep" 128 4 2>&1 |
-    tee "$out/keep.txt" | cut -c1-400
+stream() { # SHAPE:CAP UNTIL: bench/stream_bench.sh on one shape, cut at UNTIL seconds from the start
+    echo "== full-size streaming, $1 (bench/stream_bench.sh)"
+    SHAPES=$1 WORK=$W timeout "$(left "$2")" bash bench/stream_bench.sh "$out/stream" 2>&1 | tee -a "$out/stream.txt"
+}
+stream 8b:4GiB $((budget - 250))
+echo "== the gradient's kept activations (bench/grad_keep_bench.sh) $(el)"
+MODEL=$W/8b IDS=$W/8b.npy PROFILE_N=32 timeout "$(left $((budget - 190)))" bash bench/grad_keep_bench.sh "$out/keep" 128 4 \
+    2>&1 | tee "$out/keep.txt" | cut -c1-400
 E=$W/8b
-if [ "$(left $((budget - 90)))" -gt 50 ]; then
-    echo "== GPTQ quantize of the 8B shape under --gpu-memory 6GiB against the resident run"
+if [ "$(left $((budget - 170)))" -gt 60 ]; then
+    echo "== GPTQ quantize of the 8B shape under --gpu-memory 6GiB against the resident run $(el)"
     "$AQ" search "$E" --data "$E.npy" --num-samples 2 --method kl --budget 6 --device cuda --out "$out/r8.json" \
         >"$L/search8.log" 2>&1 || tail -3 "$L/search8.log"
     for c in res cap; do
         a=()
         [ $c = cap ] && a=(--gpu-memory 6GiB)
-        timeout "$(left $((budget - 45)))" "$AQ" quantize "$E" --recipe "$out/r8.json" --data "$E.npy" --num-samples 16 \
+        timeout "$(left $((budget - 170)))" "$AQ" quantize "$E" --recipe "$out/r8.json" --data "$E.npy" --num-samples 16 \
             --quantizer gptq --device cuda "${a[@]}" --out "$W/q8_$c" --force >"$L/q8_$c.log" 2>&1
         echo "quantize $c rc $? $(el): $(grep -h 'gptq:\|peak GPU\|pool\|walk' "$L/q8_$c.log" | tr '\n' ' ' | cut -c1-600)"
     done
@@ -93,6 +94,10 @@ if [ "$(left $((budget - 90)))" -gt 50 ]; then
     echo "GPTQ of the 8B under 6GiB, the same checkpoint as resident: $same"
     rm -rf "$W/q8_res" "$W/q8_cap"
 fi
+rm -rf "$W/8b" "$W/8b.npy"
+"$AQ" gen "$W/30b-a3b" --preset 30b-a3b --ids "$W/30b-a3b.npy" --num-samples 128 --seq-len 512 --quiet --force
+echo "30B-A3B checkpoint generated $(el)"
+stream 30b-a3b:16GiB $((budget - 20))
 if [ "$(left)" -gt 45 ]; then
     M=$W/30b-a3b
     timeout "$(left)" "$AQ" score "$M" --data "$M.npy" --num-samples 16 --method kl --device cuda --batch-size 16 \
