@@ -554,10 +554,6 @@ static int stream_decide(ScoreJob* j, int* B, StreamPlan* plan) {
         stream_plan_free(plan);
         return 0;
     }
-    if (c->fam->hybrid) // the carved layer slots and the hybrid layers' streamed passes (README "Not done yet")
-        warn_msg("%s (%s): streaming the hybrid families' layers has not run on a GPU yet (README \"Not done "
-                 "yet\"); the resident run (a larger --gpu-memory, or none) is the one checked",
-                 j->model_dir, c->model_type);
     if (b < *B)
         warn_msg("--gpu-memory: engine batches of %d windows instead of --batch-size %d (the cap)", b, *B);
     *B = b;
