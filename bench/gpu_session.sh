@@ -13,6 +13,9 @@
 #            (issue 29), GPTQ quantize of it under 6GiB against the resident run (the same checkpoint); then the
 #            Qwen3-30B-A3B shape under 16GiB and its MoE kl with engine batches of 16 windows.
 #   AQ=build/autoq bash bench/gpu_session.sh OUTDIR      (the build's CPPFLAGS / LDFLAGS / BLAS_DIR set)
+# Environment: TESTS=0 skips phase 1's test lanes (the checkpoint is generated alone, faster); PARTS selects
+# phase 2's shapes ("8b 30b", default both; "30b" alone for a second call when one call cannot hold both);
+# KEEP=0 skips the kept-activation bench (its time goes to the streaming runs).
 set -u
 out=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 budget=${BUDGET:-560}
@@ -30,11 +33,14 @@ make -s -j"$(nproc)" autoq build/tests/test_gpu build/tests/test_gpu_ops >"$L/bu
 echo "build $(el)"
 
 p1=$(($(date +%s) - t0 + ${PHASE1:-100})) # phase 1 ends here (seconds from the start)
-( # the 30B-A3B checkpoint comes after the 8B is deleted: both at once may not fit a /dev/shm of half the RAM
+parts=${PARTS:-8b 30b}
+has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
+tests=${TESTS:-1}
+has 8b && ( # the 30B-A3B checkpoint comes after the 8B is deleted: both at once may not fit a /dev/shm of half the RAM
     "$AQ" gen "$W/8b" --preset 8b --ids "$W/8b.npy" --num-samples 128 --seq-len 512 --quiet --force
     echo "8B checkpoint generated $(el)"
 ) >"$L/gen.txt" 2>&1 &
-(
+[ "$tests" = 1 ] && (
     STREAM_ONLY=hybrid timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_hybrid.log" 2>&1
     cnt stream_hybrid $?
     if [ "$(left "$p1")" -gt 20 ]; then # the 0.6B shape's case (head_dim 128), cut by time in earlier runs
@@ -42,7 +48,7 @@ p1=$(($(date +%s) - t0 + ${PHASE1:-100})) # phase 1 ends here (seconds from the 
         cnt stream_gen06 $?
     fi
 ) >"$L/lane1.txt" 2>&1 &
-(
+[ "$tests" = 1 ] && (
     AUTOQ_GPU_TEST_KEEP=1 timeout 70 build/tests/test_gpu >"$L/test_gpu_keep.log" 2>&1
     cnt test_gpu_keep $?
     if [ "$(left "$p1")" -gt 20 ]; then
@@ -50,13 +56,13 @@ p1=$(($(date +%s) - t0 + ${PHASE1:-100})) # phase 1 ends here (seconds from the 
         cnt stream_moe $?
     fi
 ) >"$L/lane2.txt" 2>&1 &
-(
+[ "$tests" = 1 ] && (
     timeout 80 build/tests/test_gpu_ops >"$L/test_gpu_ops.log" 2>&1
     cnt test_gpu_ops $?
     timeout "$(left "$p1")" bash tests/test_gpu_hybrid.sh >"$L/test_gpu_hybrid.log" 2>&1
     cnt test_gpu_hybrid $?
 ) >"$L/lane3.txt" 2>&1 &
-(
+[ "$tests" = 1 ] && (
     timeout "$(left "$p1")" bash tests/test_gpu_keep.sh >"$L/test_gpu_keep_sh.log" 2>&1
     cnt test_gpu_keep_sh $?
     if [ "$(left "$p1")" -gt 20 ]; then
@@ -65,36 +71,43 @@ p1=$(($(date +%s) - t0 + ${PHASE1:-100})) # phase 1 ends here (seconds from the 
     fi
 ) >"$L/lane4.txt" 2>&1 &
 wait
-cat "$L/gen.txt" "$L"/lane*.txt
+cat "$L/gen.txt" "$L"/lane*.txt 2>/dev/null
 echo "phase 1 $(el)"
-grep -h "^FAIL\|^KNOWN" "$L"/*.log | cut -c1-400 | head -30
+grep -h "^FAIL\|^KNOWN" "$L"/*.log 2>/dev/null | cut -c1-400 | head -30
 
 stream() { # SHAPE:CAP UNTIL: bench/stream_bench.sh on one shape, cut at UNTIL seconds from the start
     echo "== full-size streaming, $1 (bench/stream_bench.sh)"
     SHAPES=$1 WORK=$W timeout "$(left "$2")" bash bench/stream_bench.sh "$out/stream" 2>&1 | tee -a "$out/stream.txt"
 }
-stream 8b:4GiB $((budget - 250))
-echo "== the gradient's kept activations (bench/grad_keep_bench.sh) $(el)"
-MODEL=$W/8b IDS=$W/8b.npy PROFILE_N=32 timeout "$(left $((budget - 190)))" bash bench/grad_keep_bench.sh "$out/keep" 128 4 \
-    2>&1 | tee "$out/keep.txt" | cut -c1-400
-E=$W/8b
-if [ "$(left $((budget - 170)))" -gt 60 ]; then
-    echo "== GPTQ quantize of the 8B shape under --gpu-memory 6GiB against the resident run $(el)"
-    "$AQ" search "$E" --data "$E.npy" --num-samples 2 --method kl --budget 6 --device cuda --out "$out/r8.json" \
-        >"$L/search8.log" 2>&1 || tail -3 "$L/search8.log"
-    for c in res cap; do
-        a=()
-        [ $c = cap ] && a=(--gpu-memory 6GiB)
-        timeout "$(left $((budget - 170)))" "$AQ" quantize "$E" --recipe "$out/r8.json" --data "$E.npy" --num-samples 16 \
-            --quantizer gptq --device cuda "${a[@]}" --out "$W/q8_$c" --force >"$L/q8_$c.log" 2>&1
-        echo "quantize $c rc $? $(el): $(grep -h 'gptq:\|peak GPU\|pool\|walk' "$L/q8_$c.log" | tr '\n' ' ' | cut -c1-600)"
-    done
-    same=1
-    for f in "$W"/q8_res/*; do cmp -s "$f" "$W/q8_cap/$(basename "$f")" || { same=0; echo "differs: $(basename "$f")"; }; done
-    echo "GPTQ of the 8B under 6GiB, the same checkpoint as resident: $same"
-    rm -rf "$W/q8_res" "$W/q8_cap"
+if has 8b; then
+    e8=$((budget - 170)) # the 8B part ends here, or near the end when the 30B-A3B does not follow
+    has 30b || e8=$((budget - 10))
+    stream 8b:4GiB $((e8 - ${KEEP:-1} * 80 - 160))
+    if [ "${KEEP:-1}" = 1 ]; then
+        echo "== the gradient's kept activations (bench/grad_keep_bench.sh) $(el)"
+        MODEL=$W/8b IDS=$W/8b.npy PROFILE_N=32 timeout "$(left $((e8 - 20)))" bash bench/grad_keep_bench.sh "$out/keep" 128 4 \
+            2>&1 | tee "$out/keep.txt" | cut -c1-400
+    fi
+    E=$W/8b
+    if [ "$(left "$e8")" -gt 60 ]; then
+        echo "== GPTQ quantize of the 8B shape under --gpu-memory 6GiB against the resident run $(el)"
+        "$AQ" search "$E" --data "$E.npy" --num-samples 2 --method kl --budget 6 --device cuda --out "$out/r8.json" \
+            >"$L/search8.log" 2>&1 || tail -3 "$L/search8.log"
+        for c in res cap; do
+            a=()
+            [ $c = cap ] && a=(--gpu-memory 6GiB)
+            timeout "$(left "$e8")" "$AQ" quantize "$E" --recipe "$out/r8.json" --data "$E.npy" --num-samples 16 \
+                --quantizer gptq --device cuda "${a[@]}" --out "$W/q8_$c" --force >"$L/q8_$c.log" 2>&1
+            echo "quantize $c rc $? $(el): $(grep -h 'gptq:\|peak GPU\|pool\|walk' "$L/q8_$c.log" | tr '\n' ' ' | cut -c1-600)"
+        done
+        same=1
+        for f in "$W"/q8_res/*; do cmp -s "$f" "$W/q8_cap/$(basename "$f")" || { same=0; echo "differs: $(basename "$f")"; }; done
+        echo "GPTQ of the 8B under 6GiB, the same checkpoint as resident: $same"
+        rm -rf "$W/q8_res" "$W/q8_cap"
+    fi
+    rm -rf "$W/8b" "$W/8b.npy"
 fi
-rm -rf "$W/8b" "$W/8b.npy"
+has 30b || { echo "end $(el)"; exit 0; }
 "$AQ" gen "$W/30b-a3b" --preset 30b-a3b --ids "$W/30b-a3b.npy" --num-samples 128 --seq-len 512 --quiet --force
 echo "30B-A3B checkpoint generated $(el)"
 stream 30b-a3b:16GiB $((budget - 20))
