@@ -22,7 +22,10 @@ budget=${BUDGET:-560}
 W=${WORK:-/dev/shm/autoq-session}
 L=$out/logs
 mkdir -p "$L" "$W" || exit 2
-export AQ=${AQ:-build/autoq} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# two threads a process beside the test lanes; every core for gen alone (it fills the weights in parallel)
+threads=2
+[ "${TESTS:-1}" = 1 ] || threads=$(nproc)
+export AQ=${AQ:-build/autoq} OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}
 t0=$(date +%s)
 el() { echo "[$(($(date +%s) - t0)) s]"; }
 left() { echo $((${1:-$budget} - ($(date +%s) - t0))); } # seconds to the mark ${1} from the start
