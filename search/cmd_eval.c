@@ -110,6 +110,10 @@ int cmd_eval(Args* a) {
     // whose fp32 logits it writes
     if (q.kind == QUANTIZER_GPTQ) quantizer_set_device(&q, dev, &m.c, dir, "eval");
     q.gpu_mem = q.use_gpu ? cap : 0;
+    if (logits_path && cap && !q.use_gpu)
+        fail_input(
+            "eval: --gpu-memory: --logits measures on the CPU engine (its fp32 logits), which the cap does "
+            "not concern");
     VerifyDevice vd;
     verify_device_init(&vd, "eval", logits_path ? "cpu" : dev, cap, q.use_gpu);
     if (logits_path && dev && !strcmp(dev, "cuda"))

@@ -208,10 +208,10 @@ static int verify_gpu(const Model* m, const TokenIds* ids, const Format* fmts, c
     double h2d, gap, peak, alloc;
     gpu_measure_stats(g, &h2d, &gap, &peak, &alloc);
     info_msg(
-        "%s: measured on the CUDA engine (%s, %s) in %.2fs: peak GPU memory %.3f GiB (%.0f bytes), %.3f GiB "
-        "(%.0f bytes) allocated by the engine%s",
-        d->cmd, gpu_name(), p.streamed ? "streamed layers" : "resident", time_now() - t0, peak / 1073741824.0,
-        peak, alloc / 1073741824.0, alloc, p.streamed ? "" : "");
+        "%s: measured on the CUDA engine, %s, in %.2fs: %.3f GiB (%.0f bytes) allocated by the engine; peak "
+        "GPU memory %.3f GiB (the CUDA libraries' workspaces and any other process on the GPU count too), %s",
+        d->cmd, p.streamed ? "streamed layers" : "resident", time_now() - t0, alloc / 1073741824.0, alloc,
+        peak / 1073741824.0, gpu_name());
     if (p.streamed)
         info_msg("%s: streamed layers: %.2f GiB copied host->GPU, %.3fs of copies not hidden behind compute",
                  d->cmd, h2d / 1073741824.0, gap);
