@@ -1,5 +1,6 @@
 #include "verify.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -179,7 +180,7 @@ static int verify_gpu(const Model* m, const TokenIds* ids, const Format* fmts, c
                  "%s %.3f GiB is too small for %s with windows of %d tokens: the streamed measurement needs at "
                  "least %.3f GiB (%.0f bytes); the resident one %.3f GiB (%.0f bytes)",
                  d->cap ? "--gpu-memory" : "90% of the GPU's free memory,", cap / 1073741824.0, m->dir, T,
-                 p.need / 1073741824.0, p.need, p.resident / 1073741824.0, p.resident);
+                 p.need / 1073741824.0, ceil(p.need), p.resident / 1073741824.0, ceil(p.resident));
     else if (!p.streamed)
         g = gpu_measure_init_batch(m, ids, p.B, total, why, sizeof(why));
     else
