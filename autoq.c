@@ -76,7 +76,7 @@ int cmd_check_checkpoint(Args* a); // search/check_checkpoint.c
 #define GPTQ_MEMORY_OPT                                                                                        \
     {                                                                                                          \
         "--gpu-memory", OPT_STR, "SIZE", NULL, 0, 0, 0, 0,                                                     \
-            "cap on GPTQ's GPU memory (16GiB, 4G); beyond it its windows wait in host memory"                  \
+            "cap on GPU memory of the measurement and GPTQ (16GiB, 4G); beyond it layers stream"               \
     }
 
 // The serving engine whose rules apply (configs/targets/NAME.json) and its GPU architecture.
@@ -128,7 +128,7 @@ int cmd_check_checkpoint(Args* a); // search/check_checkpoint.c
          0,                                                                                                      \
          0,                                                                                                      \
          0,                                                                                                      \
-         group,                                                                                                  \
+         data_group,                                                                                             \
          "cap on GPU memory (16GiB, 4G); beyond it layers stream from host memory"},                             \
         {"--gpu-gemm",                                                                                           \
          OPT_ENUM,                                                                                               \

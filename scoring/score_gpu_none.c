@@ -87,6 +87,20 @@ GpuMeasure* gpu_measure_init(const Model* m, const TokenIds* held, size_t recipe
     snprintf(why, n, "this autoq was built without CUDA");
     return NULL;
 }
+GpuMeasure* gpu_measure_init_batch(const Model* m, const TokenIds* held, int B, size_t recipe_bytes, char* why,
+                                   size_t n) {
+    (void)B;
+    return gpu_measure_init(m, held, recipe_bytes, why, n);
+}
+GpuMeasure* gpu_measure_stream_init(const Model* m, const TokenIds* held, const MeasurePlan* p, float* const* w,
+                                    const QuantSpec* in) {
+    (void)m, (void)held, (void)p, (void)w, (void)in;
+    fail_input("--device cuda: this autoq was built without CUDA");
+}
+void gpu_measure_stats(GpuMeasure* g, double* h2d, double* unhidden_s, double* peak, double* alloc) {
+    (void)g, *h2d = *unhidden_s = *peak = *alloc = 0;
+}
+size_t gpu_measure_free_memory(void) { return 0; }
 void gpu_measure_set(GpuMeasure* g, int idx, const float* w, QuantSpec in) {
     (void)g, (void)idx, (void)w, (void)in;
 }

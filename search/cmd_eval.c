@@ -8,14 +8,17 @@
 #include "../datasets/data.h"
 #include "../engine/args.h"
 #include "../engine/forward.h"
+#include "../engine/gpu.h"
 #include "../engine/util.h"
 #include "../scoring/groups.h"
+#include "../scoring/stream_plan.h"
 #include "../scoring/table.h"
 #include "recipe.h"
 
 // eval --recipe / --format: the quantized model against the unquantized one.
 static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const char* format, const char* dis_csv,
-                          const Quantizer* q, int json, int allow_partial, const char* logits) {
+                          const Quantizer* q, int json, int allow_partial, const char* logits,
+                          VerifyDevice* dev) {
     Format fmts[MAX_FORMATS];
     int* choice = xmalloc(sizeof(int) * m->n_linears);
     int* kv = xmalloc(sizeof(int) * m->c.num_layers);
@@ -41,20 +44,24 @@ static int eval_quantized(Model* m, TokenIds* ids, const char* recipe, const cha
     }
     VerifyResult r;
     double t0 = time_now();
+    verify_set_device(dev);
     verify_recipe_logits(m, ids, fmts, choice, q, logits, &r);
+    verify_set_device(NULL);
     double el = time_now() - t0;
     if (json) {
-        json_t* j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "model", m->dir, "quantizer",
+        json_t* j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:s,s:b}", "model", m->dir, "quantizer",
                               quantizer_name(q), "num_samples", ids->n, "seq_len", ids->t, "quantized_linears",
                               r.n_quantized, "kl", r.kl, "nll_ref", r.nll_ref, "nll_quantized", r.nll_q,
-                              "nll_delta", r.nll_q - r.nll_ref, "seconds", el);
+                              "nll_delta", r.nll_q - r.nll_ref, "seconds", el, "device",
+                              r.on_gpu ? "cuda" : "cpu", "streamed", r.streamed);
         if (r.gptq) json_object_set_new(j, "gptq_pipeline", json_string(gptq_pipeline_name(r.pipeline)));
         json_write_file(j, NULL);
         json_decref(j);
     } else {
-        printf("%d of %d linears quantized (%s%s%s); %d x %d tokens\n", r.n_quantized, m->n_linears,
-               quantizer_name(q), r.gptq ? ", pipeline " : "", r.gptq ? gptq_pipeline_name(r.pipeline) : "",
-               ids->n, ids->t);
+        printf("%d of %d linears quantized (%s%s%s); %d x %d tokens, measured on the %s engine%s\n",
+               r.n_quantized, m->n_linears, quantizer_name(q), r.gptq ? ", pipeline " : "",
+               r.gptq ? gptq_pipeline_name(r.pipeline) : "", ids->n, ids->t, r.on_gpu ? "CUDA" : "CPU",
+               r.streamed ? " (streamed layers)" : "");
         printf("mean nll %.6f -> %.6f (%+.6f), perplexity %.4f -> %.4f\n", r.nll_ref, r.nll_q,
                r.nll_q - r.nll_ref, exp(r.nll_ref), exp(r.nll_q));
         printf("KL to the unquantized model: %.6g summed, %.6g per token\n", r.kl,
@@ -88,10 +95,29 @@ int cmd_eval(Args* a) {
     if (logits_path) out_check(logits_path, "--logits");
     if (q.kind == QUANTIZER_GPTQ && !recipe && !format)
         fail_input("eval: --quantizer gptq goes with --recipe or --format (what to quantize)");
+    double cap = 0;
+    if (gpu_mem && (cap = stream_parse_size(gpu_mem)) <= 0)
+        fail_input("eval: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", gpu_mem);
+    if (gpu_mem && !recipe && !format)
+        fail_input("eval: --gpu-memory caps the measurement of --recipe or --format (and GPTQ's GPU pipeline); "
+                   "the plain NLL runs on the CPU engine");
+    if (dev && !strcmp(dev, "cuda") && !gpu_device_count())
+        fail_input("eval --device cuda: no CUDA device found");
     Model m;
     model_load(&m, dir);
-    quantizer_set_device(&q, dev, &m.c, dir, "eval"); // the GPTQ step; the measuring passes run on the CPU
-    quantizer_set_gpu_memory(&q, gpu_mem, "eval");
+    // GPTQ's step on the GPU where quantizer_set_device puts it (its own refusals: MoE and hybrid models); the
+    // measurement where verify_device_init does (README "Streaming"): --logits keeps it on the CPU engine,
+    // whose fp32 logits it writes
+    if (q.kind == QUANTIZER_GPTQ) quantizer_set_device(&q, dev, &m.c, dir, "eval");
+    q.gpu_mem = q.use_gpu ? cap : 0;
+    if (logits_path && cap && !q.use_gpu)
+        fail_input(
+            "eval: --gpu-memory: --logits measures on the CPU engine (its fp32 logits), which the cap does "
+            "not concern");
+    VerifyDevice vd;
+    verify_device_init(&vd, "eval", logits_path ? "cpu" : dev, cap, q.use_gpu);
+    if (logits_path && dev && !strcmp(dev, "cuda"))
+        info_msg("eval: --logits: measured on the CPU engine, whose fp32 logits it writes");
     d.model_dir = dir;
     d.vocab = m.c.vocab_size;
     d.eos = m.c.eos_token_id;
@@ -100,7 +126,7 @@ int cmd_eval(Args* a) {
     data_load(&ids, &d);
     model_check_seq_len(&m, ids.t, d.path);
     if (recipe || format)
-        return eval_quantized(&m, &ids, recipe, format, dis_csv, &q, json, allow_partial, logits_path);
+        return eval_quantized(&m, &ids, recipe, format, dis_csv, &q, json, allow_partial, logits_path, &vd);
     RunState s;
     run_init(&s, &m, ids.t, 0);
     double* nll = xcalloc(ids.n, sizeof(double));

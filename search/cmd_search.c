@@ -382,7 +382,12 @@ int cmd_search(Args* a) {
     ScoreJob j;
     score_job_parse(&j, a, scores == NULL);
     args_done(a);
-    // --gpu-memory caps the scoring's GPU engine; --verify's passes run on the CPU engine (README "Streaming")
+    // --gpu-memory caps the scoring's GPU engine and --verify's measurement (README "Streaming"); search
+    // --refine's measurement is resident, so with --scores the cap is --verify's
+    if (scores && j.gpu_mem && !verify)
+        fail_input("search: --gpu-memory with --scores caps --verify's measurement (add --verify, or drop it)");
+    VerifyDevice vdev;
+    if (verify) verify_device_init(&vdev, "search --verify", j.device, j.gpu_mem, 0);
     int n_lc = 0, n_mo = 0;
     for (int i = 0; i < ne; i++) *(strncmp(emits[i], "llmcompressor=", 14) == 0 ? &n_lc : &n_mo) += 1;
     // The emit target decides the numerics the user did not choose (README §8): llm-compressor alone
@@ -517,7 +522,8 @@ int cmd_search(Args* a) {
         bootstrap_run(&boot, &ctx, &obj, &main_sol, nboot, (uint64_t)boot_seed);
         main_sol.boot = &boot;
     }
-    if (verify) {
+    if (verify) { // on the CUDA engine where vdev says so (README "Streaming")
+        verify_set_device(&vdev);
         Progress p;
         progress_init(&p, "verify", ns + 1);
         for (int i = 0; i < ns; i++) {
@@ -533,6 +539,7 @@ int cmd_search(Args* a) {
         main_sol.verified = 1;
         progress_step(&p, 1);
         progress_end(&p);
+        verify_set_device(NULL);
     }
     if (ns) {
         printf("Pareto frontier (%d budgets)\n", ns);

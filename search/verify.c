@@ -1,10 +1,13 @@
 #include "verify.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../engine/forward.h"
+#include "../engine/gpu.h"
 #include "../engine/util.h"
+#include "../scoring/measure_gpu.h"
 #include "../scoring/quantizer.h"
 #include "quantize.h"
 
@@ -13,9 +16,26 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
 static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                         const Quantizer* q, const char* logits, const VerifyRef* ref, VerifyResult* r);
 
-static const int* g_kv; // verify_set_kv's choices
+static int verify_gpu(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                      float* const* given, VerifyResult* r);
+
+static const int* g_kv;     // verify_set_kv's choices
+static VerifyDevice* g_dev; // verify_set_device's
 
 void verify_set_kv(const int* kv) { g_kv = kv; }
+void verify_set_device(VerifyDevice* d) { g_dev = d; }
+
+void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, double cap, int gptq_gpu) {
+    memset(d, 0, sizeof(*d));
+    d->cmd = cmd;
+    d->cap = cap;
+    d->want = device && !strcmp(device, "cuda");
+    int n = gpu_device_count();
+    if (d->want && !n) fail_input("%s --device cuda: no CUDA device found", cmd);
+    d->gpu = n > 0 && (d->want || !device || !strcmp(device, "auto"));
+    if (cap && !d->gpu && !gptq_gpu)
+        fail_input("%s: --gpu-memory: no CUDA device in use (--device cpu or none found)", cmd);
+}
 
 void verify_run(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice, VerifyResult* r) {
     verify_core(m, ids, fmts, choice, NULL, NULL, NULL, r);
@@ -83,13 +103,124 @@ static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts,
         for (int i = 0; i < m->n_linears; i++) free(sc[i]);
         free(sc);
     }
-    verify_core(m, ids, fmts, choice, wq, logits, ref, r);
+    // the CUDA engine where verify_set_device chose it: not for --logits (the fp32 CPU engine's are written)
+    // nor a measurement against cached reference logits (search --refine's CPU path)
+    if (!(g_dev && g_dev->gpu && !logits && !ref && verify_gpu(m, ids, fmts, choice, wq, r)))
+        verify_core(m, ids, fmts, choice, wq, logits, ref, r);
     if (q->kind == QUANTIZER_GPTQ) {
         r->gptq = 1;
         r->pipeline = q->pipeline;
     }
     for (int i = 0; i < m->n_linears; i++) free(wq[i]);
     free(wq);
+}
+
+// The recipe's linears as the measurement runs them: w[i] the deployed fp32 weight (given[i], else
+// fake-quantized by its format, else its own weight), in[i] its input quantizer; NULL / none where choice[i]
+// keeps the linear (or is a KV-cache format). Returns the linears quantized.
+static int deploy_linears(const Model* m, const Format* fmts, const int* choice, float* const* given, float** w,
+                          QuantSpec* in) {
+    int n = 0;
+    for (int i = 0; i < m->n_linears; i++) {
+        if (choice[i] < 0 || fmts[choice[i]].kv) continue;
+        const Linear* l = &m->linears[i];
+        const Format* f = &fmts[choice[i]];
+        w[i] = xmalloc(sizeof(float) * (size_t)l->out * l->in);
+        if (given && given[i])
+            memcpy(w[i], given[i], sizeof(float) * (size_t)l->out * l->in);
+        else if (f->w_enable)
+            quant_weight_rows(w[i], l->w, l->out, l->in, f->w);
+        else
+            memcpy(w[i], l->w, sizeof(float) * (size_t)l->out * l->in);
+        if (f->in_enable) in[i] = f->in;
+        n++;
+    }
+    return n;
+}
+
+// The recipe on the CUDA engine (README "Streaming"): resident when the model, every window's reference logits
+// and the recipe's fp32 weights fit the cap, else streamed; returns 0 where the CPU engine measures instead (a
+// KV-cache choice, or no plan fits the cap under --device auto; --device cuda exits 2 there).
+static int verify_gpu(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
+                      float* const* given, VerifyResult* r) {
+    VerifyDevice* d = g_dev;
+    for (int l = 0; g_kv && l < m->c.num_layers; l++)
+        if (g_kv[l] >= 0 && fmts[g_kv[l]].kv) {
+            if (!d->said++)
+                info_msg("%s: measures on the CPU engine: layer %d's KV cache is quantized, and the CUDA "
+                         "measurement does not fake-quantize KV caches yet (README \"Streaming\")",
+                         d->cmd, l);
+            return 0;
+        }
+    int L = m->c.num_layers, T = ids->t;
+    float** w = xcalloc(m->n_linears, sizeof(float*));
+    QuantSpec* in = xcalloc(m->n_linears, sizeof(QuantSpec));
+    double* extra = xcalloc(L, sizeof(double));
+    memset(r, 0, sizeof(*r));
+    r->n_quantized = deploy_linears(m, fmts, choice, given, w, in);
+    size_t total = 0;
+    for (int l = 0; l < L; l++)
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
+            if (w[i]) {
+                size_t b = sizeof(float) * (size_t)m->linears[i].out * m->linears[i].in;
+                extra[l] += (double)b;
+                total += b;
+            }
+    double cap = d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
+    const char* fs = getenv("AUTOQ_STREAM");         // bench and tests: the streamed path where it fits
+    const char* kf = getenv("AUTOQ_STREAM_BATCHES"); // tests: engine batches per streamed batch
+    const char* mb = getenv("AUTOQ_MEASURE_BATCH");  // tests: the engine batch (resident and streamed)
+    MeasurePlan p;
+    int ok = measure_plan(&p, &m->c, extra, T, ids->n, mb ? atoi(mb) : 0, cap, fs && !strcmp(fs, "1"),
+                          kf ? atoi(kf) : 0);
+    GpuMeasure* g = NULL;
+    char why[512] = "";
+    if (!ok)
+        snprintf(why, sizeof(why),
+                 "%s %.3f GiB is too small for %s with windows of %d tokens: the streamed measurement needs at "
+                 "least %.3f GiB (%.0f bytes); the resident one %.3f GiB (%.0f bytes)",
+                 d->cap ? "--gpu-memory" : "90% of the GPU's free memory,", cap / 1073741824.0, m->dir, T,
+                 p.need / 1073741824.0, ceil(p.need), p.resident / 1073741824.0, ceil(p.resident));
+    else if (!p.streamed)
+        g = gpu_measure_init_batch(m, ids, p.B, total, why, sizeof(why));
+    else
+        g = gpu_measure_stream_init(m, ids, &p, w, in);
+    if (!g) { // --device cuda refuses, as search --refine does; auto measures on the CPU engine
+        if (d->want) fail_input("%s --device cuda: %s", d->cmd, why);
+        if (!d->said++) warn_msg("%s: measures on the CPU engine: %s", d->cmd, why);
+        for (int i = 0; i < m->n_linears; i++) free(w[i]);
+        free(w), free(in), free(extra);
+        measure_plan_free(&p);
+        return 0;
+    }
+    if (!p.streamed)
+        for (int i = 0; i < m->n_linears; i++)
+            if (w[i]) gpu_measure_set(g, i, w[i], in[i]);
+    for (int i = 0; i < m->n_linears; i++) free(w[i]);
+    free(w), free(in), free(extra);
+    if (p.streamed)
+        info_msg("%s: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows "
+                 "(reference and quantized states on the GPU), planned peak %.3f GiB (%.0f bytes) of %.3f GiB, "
+                 "%.2f GiB host->GPU per batch",
+                 d->cmd, p.sp.n_resident, L, p.sp.k, p.B, p.sp.gpu_bytes / 1073741824.0, p.sp.gpu_bytes,
+                 cap / 1073741824.0, p.sp.weight_h2d / 1073741824.0);
+    double t0 = time_now();
+    gpu_measure_run(g, &r->kl, &r->nll_ref, &r->nll_q, NULL);
+    double h2d, gap, peak, alloc;
+    gpu_measure_stats(g, &h2d, &gap, &peak, &alloc);
+    info_msg(
+        "%s: measured on the CUDA engine, %s, in %.2fs: %.3f GiB (%.0f bytes) allocated by the engine; peak "
+        "GPU memory %.3f GiB (the CUDA libraries' workspaces and any other process on the GPU count too), %s",
+        d->cmd, p.streamed ? "streamed layers" : "resident", time_now() - t0, alloc / 1073741824.0, alloc,
+        peak / 1073741824.0, gpu_name());
+    if (p.streamed)
+        info_msg("%s: streamed layers: %.2f GiB copied host->GPU, %.3fs of copies not hidden behind compute",
+                 d->cmd, h2d / 1073741824.0, gap);
+    r->on_gpu = 1;
+    r->streamed = p.streamed;
+    gpu_measure_free(g);
+    measure_plan_free(&p);
+    return 1;
 }
 
 // logits: where the quantized model's logits of the first window go (.npy, (T, V)), or NULL.
@@ -105,21 +236,7 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
         for (int l = 0; l < m->c.num_layers; l++)
             if (g_kv[l] >= 0 && fmts[g_kv[l]].kv) plan.kv[l] = fmts[g_kv[l]].kvq;
     }
-    for (int i = 0; i < m->n_linears; i++) {
-        if (choice[i] < 0 || fmts[choice[i]].kv) continue;
-        const Linear* l = &m->linears[i];
-        const Format* f = &fmts[choice[i]];
-        float* w = xmalloc(sizeof(float) * (size_t)l->out * l->in);
-        if (given && given[i])
-            memcpy(w, given[i], sizeof(float) * (size_t)l->out * l->in);
-        else if (f->w_enable)
-            quant_weight_rows(w, l->w, l->out, l->in, f->w);
-        else
-            memcpy(w, l->w, sizeof(float) * (size_t)l->out * l->in);
-        plan.wq[i] = w;
-        if (f->in_enable) plan.in_spec[i] = f->in;
-        r->n_quantized++;
-    }
+    r->n_quantized = deploy_linears(m, fmts, choice, given, (float**)plan.wq, plan.in_spec);
     int T = ids->t, V = m->c.vocab_size;
     RunState ref, q;
     run_init(&ref, m, T, 0);

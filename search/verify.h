@@ -14,7 +14,24 @@ typedef struct {
     int n_quantized;       // linears quantized
     int gptq;              // deployed with GPTQ (else round-to-nearest)
     GptqPipeline pipeline; // GPTQ's: sequential or basic
+    int on_gpu;            // measured on the CUDA engine (else the CPU engine)
+    int streamed;          // its layers streamed from host memory (README "Streaming")
 } VerifyResult;
+
+// Where the next verify_recipe / verify_recipe_logits calls measure (eval --recipe / --format, search --verify;
+// README "Streaming"): the CUDA engine, resident or with its layers streamed within cap, or the CPU engine.
+typedef struct {
+    const char* cmd; // "eval" or "search --verify", for messages
+    int want;        // --device cuda
+    int gpu;         // the CUDA engine where it can measure (--device cuda, or auto with a GPU visible)
+    double cap;      // --gpu-memory in bytes, 0: 90% of the GPU's free memory
+    int said;        // the CPU fallback's reason said once
+} VerifyDevice;
+// From --device (NULL: auto) and --gpu-memory (cap bytes, 0 none); exit 2 for --device cuda without a GPU and
+// for a cap that caps nothing (no CUDA device in use and gptq_gpu 0: no GPTQ pipeline on the GPU either).
+void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, double cap, int gptq_gpu);
+// The device the next verify calls use (NULL: the CPU engine); the caller keeps d alive until then.
+void verify_set_device(VerifyDevice* d);
 
 // The KV-cache choice of each layer the next verify calls deploy (an index into their fmts, -1 bf16), or NULL
 // for none (README §7): the caller keeps kv alive until then.

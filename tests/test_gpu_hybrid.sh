@@ -92,14 +92,16 @@ else
     fail "qwen3_5-tiny all formats on the GPU: $(tail -3 "$tmp/err")"
 fi
 
-# eval --device cuda: RTN's measuring passes (on the CPU, as for Qwen3) give the CPU's NLL
-"$AQ" eval $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --format w4a8 --json >"$tmp/c.json" 2>/dev/null
+# eval --device cuda: RTN's measuring passes on the CUDA engine (README "Streaming") near the CPU engine's: KL within
+# 5%, NLL within 0.5% (tests/test_gpu_measure.sh's tolerances)
+"$AQ" eval $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --format w4a8 --device cpu --json >"$tmp/c.json" 2>/dev/null
 if "$AQ" eval $F/qwen3_5-tiny --data $F/qwen3_5_tiny_ids.npy --format w4a8 --device cuda --json \
     >"$tmp/g.json" 2>"$tmp/err" && python3 -c "
 import json
 c, g = json.load(open('$tmp/c.json')), json.load(open('$tmp/g.json'))
-assert c['nll_quantized'] == g['nll_quantized'] and c['kl'] == g['kl'], (c, g)"; then
-    pass "eval --device cuda on qwen3_5-tiny"
+assert g['device'] == 'cuda' and abs(g['kl'] - c['kl']) <= 0.05 * c['kl'], (c, g)
+assert abs(g['nll_quantized'] - c['nll_quantized']) <= 0.005 * c['nll_quantized'], (c, g)"; then
+    pass "eval --device cuda on qwen3_5-tiny (the CUDA engine, near the CPU's)"
 else
     fail "eval --device cuda: $(tail -3 "$tmp/err")"
 fi

@@ -31,8 +31,8 @@ moe_ids=tests/fixtures/qwen3_moe_tiny_ids.npy
 expect "--gpu-memory needs a size" "a size such as" "$AQ" score $moe --data $moe_ids --method kl --gpu-memory 4X
 expect "--gpu-memory needs a GPU" "no CUDA device in use" \
     "$AQ" score $moe --data $moe_ids --method kl --device cpu --gpu-memory 1GiB
-expect "eval --gpu-memory needs GPTQ on a GPU" "it needs --quantizer gptq on a GPU" \
-    "$AQ" eval $moe --data $moe_ids --num-samples 1 --format w4a8 --gpu-memory 1GiB
+expect "eval --gpu-memory needs a GPU" "no CUDA device in use" \
+    "$AQ" eval $moe --data $moe_ids --num-samples 1 --format w4a8 --device cpu --gpu-memory 1GiB
 # the hybrid families stream (no refusal of their own but GPTQ's, which runs on the CPU for them)
 F=tests/fixtures
 expect "--gpu-memory on a hybrid model without a GPU: the common refusal" "no CUDA device in use" \
@@ -175,9 +175,10 @@ if want multi; then
     multi_check multi-gradient gradient 1e-6 "${CAPS[tiny-gradient.mid]:-}"
 fi
 
-# search --verify under a cap: the scores stream (bit-identical kl), so the recipe is the resident run's, and
-# the verification (the CPU engine) measures the same
-v=("$AQ" search "$M" --data $D --num-samples 2 --batch-size 1 --method kl --budget 6 --verify --device cuda)
+# search --verify under a cap: the scores stream (bit-identical kl), so the recipe is the resident run's; its
+# measurement (--device auto: on the CUDA engine, streamed, where the scoring's cap holds it, else on the CPU
+# engine with a warning; tests/test_gpu_measure.sh checks both against each other) within 5%
+v=("$AQ" search "$M" --data $D --num-samples 2 --batch-size 1 --method kl --budget 6 --verify --device auto)
 tiny_cap=${CAPS[tiny-kl.low]:-}
 if ! want verify; then
     :
@@ -186,9 +187,13 @@ elif [ -z "$tiny_cap" ]; then
 elif "${v[@]}" --out "$tmp/v.res.json" >/dev/null 2>"$tmp/v.res.log" &&
     "${v[@]}" --gpu-memory "$tiny_cap" --out "$tmp/v.str.json" >/dev/null 2>"$tmp/v.str.log"; then
     grep -q "streaming layers from host memory" "$tmp/v.str.log" &&
-        python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' \
-            "$tmp/v.res.json" "$tmp/v.str.json" &&
-        pass "search --verify under --gpu-memory: the resident run's recipe and measured KL and NLL" ||
+        python3 - "$tmp/v.res.json" "$tmp/v.str.json" <<'PY' &&
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+ma, mb = a.pop("measured"), b.pop("measured")
+sys.exit(a != b or abs(ma["kl"] - mb["kl"]) > 0.05 * ma["kl"] or abs(ma["nll_delta"] - mb["nll_delta"]) > 0.05 * abs(ma["nll_delta"]) + 1e-4)
+PY
+        pass "search --verify under --gpu-memory: the resident run's recipe, measured KL and NLL within 5%" ||
         fail "search --verify under --gpu-memory: $(diff "$tmp/v.res.json" "$tmp/v.str.json" | head -5)"
 else
     fail "search --verify under --gpu-memory: $(grep -hv TFLOP "$tmp/v.res.log" "$tmp/v.str.log" | tail -n 2)"
