@@ -89,7 +89,7 @@ static void upload_transposed(const StTensor* t, __nv_bfloat16* d, long E, long 
 
 // The routed experts of sparse layer l, from either checkpoint layout (the tensors model_weight_tensor finds
 // for them; shapes already validated by model_open), into the fused layouts of g: its buffers allocated
-// first (layer_alloc) with alloc, only allocated with alloc < 0 (a fixed-shape streaming slot). The router
+// first (layer_alloc) with alloc, only allocated with alloc < 0 (a streaming slot being measured). The router
 // is a row of the architecture table (layer_upload).
 void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc) {
     const Model* m = e->m;
@@ -100,9 +100,6 @@ void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc) {
         g->ex_gu = (__nv_bfloat16*)layer_alloc(e, 2 * E * 2 * I * D);
         g->ex_down = (__nv_bfloat16*)layer_alloc(e, 2 * E * D * I);
     }
-    // A fixed-shape streaming slot is laid out by a dense layer's rows when the model has one (gpu_stream.cu):
-    // the router, a row of sparse layers only, then needs its own buffer.
-    if (alloc < 0 && !g->router && !e->carving) g->router = (__nv_bfloat16*)dalloc(e, 2 * E * D);
     if (alloc < 0) return;
     const StTensor* t = model_weight_tensor(m, model_lin(m, l, LIN_GATE, 0), name, sizeof(name));
     if (t && t->ndim == 3) { // fused: (E, 2 I, D) and (E, D, I), or transformers 4's (E, D, 2 I), (E, I, D)
