@@ -283,10 +283,8 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, const F
     s->birth_layer = births;
     s->batches = (windows + B - 1) / B;
     s->h2d_bw = STREAM_EST_BW;
-    unsigned char* every = xmalloc(c->num_layers); // a streamed gradient recomputes every layer
-    memset(every, 1, c->num_layers);
-    s->batch_compute_s = shard_work_flops(c, gs, nf, gradient, T, every) * M / STREAM_EST_FLOPS;
-    free(every);
+    // a streamed gradient recomputes every layer
+    s->batch_compute_s = shard_work_flops(c, gs, nf, gradient, T, 1, NULL) * M / STREAM_EST_FLOPS;
 }
 
 void stream_spec_free(StreamSpec* s) {
