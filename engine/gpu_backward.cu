@@ -68,20 +68,8 @@ static int keep_mode(void) {
     return 0;
 }
 
-static void acts_get(const GpuEngine* e, GpuActs* k) {
-    GpuActs t = {e->a,   e->q_lin, e->k_lin, e->v,      e->att,    e->y_o,    e->h_mid,  e->m_,
-                 e->g,   e->u,     e->act,   e->y_down, e->a_rstd, e->m_rstd, e->q_rstd, e->k_rstd,
-                 e->q16, e->k16,   e->v16,   e->q_lo,   e->k_lo,   e->v_lo};
-    *k = t;
-}
-
 void acts_bind(GpuEngine* e, int l) {
-    const GpuActs* k = &e->own;
-    if (l >= 0 && e->kept && e->kept[l - e->l0]) k = e->kept[l - e->l0];
-    e->a = k->a, e->q_lin = k->q_lin, e->k_lin = k->k_lin, e->v = k->v, e->att = k->att, e->y_o = k->y_o;
-    e->h_mid = k->h_mid, e->m_ = k->m_, e->g = k->g, e->u = k->u, e->act = k->act, e->y_down = k->y_down;
-    e->a_rstd = k->a_rstd, e->m_rstd = k->m_rstd, e->q_rstd = k->q_rstd, e->k_rstd = k->k_rstd;
-    e->q16 = k->q16, e->k16 = k->k16, e->v16 = k->v16, e->q_lo = k->q_lo, e->k_lo = k->k_lo, e->v_lo = k->v_lo;
+    e->cur = l >= 0 && e->kept && e->kept[l - e->l0] ? *e->kept[l - e->l0] : e->own;
 }
 
 // A kept layer's buffers carved from base (NULL: counted only), each as the engine's own buffer of that name
@@ -142,7 +130,7 @@ static void keep_decide(GpuEngine* e, double cap) {
             eligible, eligible * per / 1073741824.0, fmax(room, 0) / 1073741824.0,
             cap > 0 ? "under --gpu-memory" : "on the GPU", margin / 1073741824.0);
     if (nk) {
-        acts_get(e, &e->own);
+        e->own = e->cur; // kept layers bind theirs; the others and the head use these
         e->kept = (GpuActs**)xcalloc(n, sizeof(GpuActs*));
         e->fresh = (unsigned char*)xcalloc(n, 1);
         for (int l = e->l1 - 1, got = 0; l >= e->l0 && got < nk; l--) { // any nk layers save the same
@@ -257,17 +245,17 @@ static void attention_backward(GpuEngine* e, int M, int new_s) {
     float scale = 1.0f / sqrtf((float)hd);
     gpu_split_bf16((bf16_t*)e->datt16, (bf16_t*)e->datt_lo, e->datt, (long)M * qd);
     if (new_s) // S_h^T = K_h . Q_h^T again
-        att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16, e->k_lo, kvd, LAY_KV, e->q16, e->q_lo,
-                 qd, LAY_Q, e->S, 0, T, LAY_S, nb);
+        att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->cur.k16, e->cur.k_lo, kvd, LAY_KV, e->cur.q16,
+                 e->cur.q_lo, qd, LAY_Q, e->S, 0, T, LAY_S, nb);
     // dP^T = V . dO^T, then dS; dQ^T = K^T dS^T; per query head dK^T = Q^T dS, dV^T = dO^T P
-    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, e->v16, e->v_lo, kvd, LAY_KV, e->datt16, e->datt_lo,
-             qd, LAY_Q, e->dP, 0, T, LAY_S, nb);
+    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, e->cur.v16, e->cur.v_lo, kvd, LAY_KV, e->datt16,
+             e->datt_lo, qd, LAY_Q, e->dP, 0, T, LAY_S, nb);
     gpu_attention_ds((bf16_t*)e->P, (bf16_t*)e->P_lo, (bf16_t*)e->dS16, (bf16_t*)e->dS_lo, e->S, e->dP, nb * H,
                      T, scale);
-    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->k16, e->k_lo, kvd, LAY_KV, e->dS16, e->dS_lo, T,
-             LAY_S, e->dq, 0, qd, LAY_Q, nb);
-    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->q16, e->q_lo, qd, LAY_Q, e->dS16, e->dS_lo, T,
-             LAY_S, e->dk_full, 0, qd, LAY_Q, nb);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->cur.k16, e->cur.k_lo, kvd, LAY_KV, e->dS16,
+             e->dS_lo, T, LAY_S, e->dq, 0, qd, LAY_Q, nb);
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->cur.q16, e->cur.q_lo, qd, LAY_Q, e->dS16, e->dS_lo,
+             T, LAY_S, e->dk_full, 0, qd, LAY_Q, nb);
     att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, e->datt16, e->datt_lo, qd, LAY_Q, e->P, e->P_lo, T,
              LAY_S, e->dv_full, 0, qd, LAY_Q, nb);
     gpu_sum_heads(e->dk, e->dk_full, M, KV, H / KV, hd);
@@ -293,8 +281,8 @@ static void shared_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, in
     grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_DOWN, -1), y->dsh_y, y->sh_act, y->sh_y, M);
     linear_bwd(e, y->dsh_act, y->dsh_y, w->sh_down, M, Is, D, 0.0f);
     gpu_swiglu_backward(y->dsh_g, y->dsh_u, y->dsh_act, y->sh_g, y->sh_u, (long)M * Is);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_GATE, -1), y->dsh_g, e->m_, y->sh_g, M);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_UP, -1), y->dsh_u, e->m_, y->sh_u, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_GATE, -1), y->dsh_g, e->cur.m_, y->sh_g, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_SH_UP, -1), y->dsh_u, e->cur.m_, y->sh_u, M);
     linear_bwd(e, e->dm, y->dsh_g, w->sh_gate, M, D, Is, 1.0f);
     linear_bwd(e, e->dm, y->dsh_u, w->sh_up, M, D, Is, 1.0f);
 }
@@ -307,7 +295,7 @@ static void gdn_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M
     const GpuLayer* w = &e->layers[l];
     GpuHybrid* y = &e->hy;
     int D = c->hidden_size, Hv = c->lin_hv, C = (int)arch_dim(c, DIM_GCONV), vd = (int)arch_dim(c, DIM_GVD);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_OUT, -1), e->dh, y->out, e->y_o, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_OUT, -1), e->dh, y->out, e->cur.y_o, M);
     linear_bwd(e, y->dout, e->dh, w->gdn_out, M, vd, D, 0.0f);
     GdnShape sh = {e->T, c->lin_hk, Hv, c->lin_dk, c->lin_dv, c->lin_conv, c->rms_eps};
     GdnParams p = {w->gdn_conv, w->gdn_alog, w->gdn_dt, w->gdn_norm};
@@ -318,16 +306,16 @@ static void gdn_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M
         gpu_scatter_cols(y->draw, C + vd, y->dz, y->map_z, M, vd);
         gpu_scatter_cols(y->draw2, 2 * Hv, y->dgb, y->map_b, M, Hv);
         gpu_scatter_cols(y->draw2, 2 * Hv, y->dga, y->map_a, M, Hv);
-        grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_QKVZ, -1), y->draw, e->a, y->raw, M);
-        grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_BA, -1), y->draw2, e->a, y->raw2, M);
+        grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_QKVZ, -1), y->draw, e->cur.a, y->raw, M);
+        grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_BA, -1), y->draw2, e->cur.a, y->raw2, M);
         linear_bwd(e, e->da, y->draw, w->gdn_qkvz, M, D, C + vd, 0.0f);
         linear_bwd(e, e->da, y->draw2, w->gdn_ba, M, D, 2 * Hv, 1.0f);
         return;
     }
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_QKV, -1), y->dqkv, e->a, y->qkv, M);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_Z, -1), y->dz, e->a, y->z, M);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_B, -1), y->dgb, e->a, y->b, M);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_A, -1), y->dga, e->a, y->a, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_QKV, -1), y->dqkv, e->cur.a, y->qkv, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_Z, -1), y->dz, e->cur.a, y->z, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_B, -1), y->dgb, e->cur.a, y->b, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_GDN_A, -1), y->dga, e->cur.a, y->a, M);
     linear_bwd(e, e->da, y->dqkv, w->gdn_qkv, M, D, C, 0.0f);
     linear_bwd(e, e->da, y->dz, w->gdn_z, M, D, vd, 1.0f);
     linear_bwd(e, e->da, y->dgb, w->gdn_b, M, D, Hv, 1.0f);
@@ -343,20 +331,22 @@ static void gated_attention_backward(GpuEngine* e, GpuGradHook hook, void* ctx, 
     GpuHybrid* y = &e->hy;
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, gated = c->fam->attn_gate;
     long qd = (long)H * hd, kvd = (long)KV * hd, qrows = arch_dim(c, DIM_QROWS);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_O, -1), e->dh, gated ? y->att_g : e->att, e->y_o, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_O, -1), e->dh, gated ? y->att_g : e->cur.att, e->cur.y_o, M);
     linear_bwd(e, e->datt, e->dh, w->o, M, (int)qd, D, 0.0f);
     float* dq = gated ? y->dqraw : e->dq; // q_proj's output gradient
     if (gated)
-        gpu_attn_gate_backward(e->datt, dq + hd, e->datt, e->att, e->q_lin + hd, 2 * qd, 2 * hd, M, H, hd);
+        gpu_attn_gate_backward(e->datt, dq + hd, e->datt, e->cur.att, e->cur.q_lin + hd, 2 * qd, 2 * hd, M, H,
+                               hd);
     attention_backward(e, M, e->flash);
     kv_hooks(e, hook, ctx, l, M);
-    gpu_qk_norm_rope_part_backward(dq, qrows, gated ? 2 * hd : hd, e->dq, e->q_lin, (const bf16_t*)w->q_norm,
-                                   y->w_add, e->q_rstd, e->cos_t, e->sin_t, M, e->T, H, hd, c->rotary_dim);
-    gpu_qk_norm_rope_part_backward(e->dk, kvd, hd, e->dk, e->k_lin, (const bf16_t*)w->k_norm, y->w_add,
-                                   e->k_rstd, e->cos_t, e->sin_t, M, e->T, KV, hd, c->rotary_dim);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_Q, -1), dq, e->a, e->q_lin, M);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_K, -1), e->dk, e->a, e->k_lin, M);
-    grad_linear(e, hook, ctx, model_lin(md, l, LIN_V, -1), e->dv, e->a, e->v, M);
+    gpu_qk_norm_rope_part_backward(dq, qrows, gated ? 2 * hd : hd, e->dq, e->cur.q_lin,
+                                   (const bf16_t*)w->q_norm, y->w_add, e->cur.q_rstd, e->cos_t, e->sin_t, M,
+                                   e->T, H, hd, c->rotary_dim);
+    gpu_qk_norm_rope_part_backward(e->dk, kvd, hd, e->dk, e->cur.k_lin, (const bf16_t*)w->k_norm, y->w_add,
+                                   e->cur.k_rstd, e->cos_t, e->sin_t, M, e->T, KV, hd, c->rotary_dim);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_Q, -1), dq, e->cur.a, e->cur.q_lin, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_K, -1), e->dk, e->cur.a, e->cur.k_lin, M);
+    grad_linear(e, hook, ctx, model_lin(md, l, LIN_V, -1), e->dv, e->cur.a, e->cur.v, M);
     linear_bwd(e, e->da, dq, w->q, M, D, (int)qrows, 0.0f);
     linear_bwd(e, e->da, e->dk, w->k, M, D, (int)kvd, 1.0f);
     linear_bwd(e, e->da, e->dv, w->v, M, D, (int)kvd, 1.0f);
@@ -369,11 +359,11 @@ static void mlp_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int M
     int D = md->c.hidden_size, I = md->c.intermediate_size;
     int lg = model_lin(md, l, LIN_GATE, -1), lu = model_lin(md, l, LIN_UP, -1),
         ld = model_lin(md, l, LIN_DOWN, -1);
-    grad_linear(e, hook, ctx, ld, e->dh, e->act, e->y_down, M);
+    grad_linear(e, hook, ctx, ld, e->dh, e->cur.act, e->cur.y_down, M);
     linear_bwd(e, e->dact, e->dh, w->down, M, I, D, 0.0f);
-    gpu_swiglu_backward(e->dg, e->du, e->dact, e->g, e->u, (long)M * I);
-    grad_linear(e, hook, ctx, lg, e->dg, e->m_, e->g, M);
-    grad_linear(e, hook, ctx, lu, e->du, e->m_, e->u, M);
+    gpu_swiglu_backward(e->dg, e->du, e->dact, e->cur.g, e->cur.u, (long)M * I);
+    grad_linear(e, hook, ctx, lg, e->dg, e->cur.m_, e->cur.g, M);
+    grad_linear(e, hook, ctx, lu, e->du, e->cur.m_, e->cur.u, M);
     linear_bwd(e, e->dm, e->dg, w->gate, M, D, I, 0.0f);
     linear_bwd(e, e->dm, e->du, w->up, M, D, I, 1.0f);
 }
@@ -394,31 +384,32 @@ static void layer_backward(GpuEngine* e, GpuGradHook hook, void* ctx, int l, int
     } else {
         mlp_backward(e, hook, ctx, l, M);
     }
-    gpu_rmsnorm_backward_add(e->dh, e->dm, e->h_mid, (const bf16_t*)w->w_post, w_add, e->m_rstd, M, D, 1);
+    gpu_rmsnorm_backward_add(e->dh, e->dm, e->cur.h_mid, (const bf16_t*)w->w_post, w_add, e->cur.m_rstd, M, D,
+                             1);
     if (e->hy.on) {
         if (c->linear[l])
             gdn_backward(e, hook, ctx, l, M);
         else
             gated_attention_backward(e, hook, ctx, l, M);
-        gpu_rmsnorm_backward_add(e->dh, e->da, h_in, (const bf16_t*)w->w_in, w_add, e->a_rstd, M, D, 1);
+        gpu_rmsnorm_backward_add(e->dh, e->da, h_in, (const bf16_t*)w->w_in, w_add, e->cur.a_rstd, M, D, 1);
         prof_mark(e, P_BWD);
         return;
     }
-    grad_linear(e, hook, ctx, base + LIN_O, e->dh, e->att, e->y_o, M);
+    grad_linear(e, hook, ctx, base + LIN_O, e->dh, e->cur.att, e->cur.y_o, M);
     linear_bwd(e, e->datt, e->dh, w->o, M, qd, D, 0.0f);
     attention_backward(e, M, e->flash || kept);
     kv_hooks(e, hook, ctx, l, M);
-    gpu_qk_norm_rope_backward(e->dq, e->q_lin, (const bf16_t*)w->q_norm, e->q_rstd, e->cos_t, e->sin_t, M, e->T,
-                              H, hd);
-    gpu_qk_norm_rope_backward(e->dk, e->k_lin, (const bf16_t*)w->k_norm, e->k_rstd, e->cos_t, e->sin_t, M, e->T,
-                              KV, hd);
-    grad_linear(e, hook, ctx, base + LIN_Q, e->dq, e->a, e->q_lin, M);
-    grad_linear(e, hook, ctx, base + LIN_K, e->dk, e->a, e->k_lin, M);
-    grad_linear(e, hook, ctx, base + LIN_V, e->dv, e->a, e->v, M);
+    gpu_qk_norm_rope_backward(e->dq, e->cur.q_lin, (const bf16_t*)w->q_norm, e->cur.q_rstd, e->cos_t, e->sin_t,
+                              M, e->T, H, hd);
+    gpu_qk_norm_rope_backward(e->dk, e->cur.k_lin, (const bf16_t*)w->k_norm, e->cur.k_rstd, e->cos_t, e->sin_t,
+                              M, e->T, KV, hd);
+    grad_linear(e, hook, ctx, base + LIN_Q, e->dq, e->cur.a, e->cur.q_lin, M);
+    grad_linear(e, hook, ctx, base + LIN_K, e->dk, e->cur.a, e->cur.k_lin, M);
+    grad_linear(e, hook, ctx, base + LIN_V, e->dv, e->cur.a, e->cur.v, M);
     linear_bwd(e, e->da, e->dq, w->q, M, D, qd, 0.0f);
     linear_bwd(e, e->da, e->dk, w->k, M, D, kvd, 1.0f);
     linear_bwd(e, e->da, e->dv, w->v, M, D, kvd, 1.0f);
-    gpu_rmsnorm_backward(e->dh, e->da, h_in, (const bf16_t*)w->w_in, e->a_rstd, M, D, 1);
+    gpu_rmsnorm_backward(e->dh, e->da, h_in, (const bf16_t*)w->w_in, e->cur.a_rstd, M, D, 1);
     prof_mark(e, P_BWD);
 }
 

@@ -380,22 +380,22 @@ static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, in
     long mx = widest_linear(m, l0, l1);
     e->ids = (int*)dalloc(e, sizeof(int) * M);
     e->h = (float*)dalloc(e, 4 * M * D);
-    e->a = (float*)dalloc(e, 4 * M * D);
-    e->v = (float*)dalloc(e, 4 * M * kvd);
-    e->att = (float*)dalloc(e, 4 * M * qd);
-    e->m_ = (float*)dalloc(e, 4 * M * D);
-    e->g = (float*)dalloc(e, 4 * M * I);
-    e->u = (float*)dalloc(e, 4 * M * I);
-    e->act = (float*)dalloc(e, 4 * M * I);
+    e->cur.a = (float*)dalloc(e, 4 * M * D);
+    e->cur.v = (float*)dalloc(e, 4 * M * kvd);
+    e->cur.att = (float*)dalloc(e, 4 * M * qd);
+    e->cur.m_ = (float*)dalloc(e, 4 * M * D);
+    e->cur.g = (float*)dalloc(e, 4 * M * I);
+    e->cur.u = (float*)dalloc(e, 4 * M * I);
+    e->cur.act = (float*)dalloc(e, 4 * M * I);
     long nTT = (long)B * c->num_heads * T * T;
     e->S = (float*)dalloc(e, 4 * nTT);
     e->P = (__nv_bfloat16*)dalloc(e, 2 * nTT);
     e->lse = (float*)dalloc(e, 4L * B * c->num_heads * T);
     e->hsave = e->hsave_all = (float*)dalloc(e, 4 * M * D * (res || one_save ? 1 : l1 - l0) * slots);
     e->a16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
-    e->q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
-    e->k16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
-    e->v16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+    e->cur.q16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+    e->cur.k16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+    e->cur.v16 = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
     e->att16 = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
     e->m16 = (__nv_bfloat16*)dalloc(e, 2 * M * D);
     e->act16 = (__nv_bfloat16*)dalloc(e, 2 * M * I);
@@ -406,9 +406,9 @@ static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, in
     if (e->flash) e->qkv16 = (__nv_bfloat16*)dalloc(e, 2 * M * (qd + 2 * kvd));
     if (split) {
         e->a_lo = (__nv_bfloat16*)dalloc(e, 2 * M * D);
-        e->q_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
-        e->k_lo = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
-        e->v_lo = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+        e->cur.q_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
+        e->cur.k_lo = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
+        e->cur.v_lo = (__nv_bfloat16*)dalloc(e, 2 * M * kvd);
         e->att_lo = (__nv_bfloat16*)dalloc(e, 2 * M * qd);
         e->m_lo = (__nv_bfloat16*)dalloc(e, 2 * M * D);
         e->act_lo = (__nv_bfloat16*)dalloc(e, 2 * M * I);
@@ -416,16 +416,17 @@ static GpuEngine* engine_init(const Model* m, int T, int B, int gemm, int l0, in
     }
     e->xq = (int8_t*)dalloc(e, M * mx);
     e->sx = (float*)dalloc(e, 4 * M);
-    e->q_lin = (float*)dalloc(e, 4 * M * arch_dim(c, DIM_QROWS)); // with the output gate: query and gate rows
-    e->k_lin = (float*)dalloc(e, 4 * M * kvd);
-    e->q_rstd = (float*)dalloc(e, 4 * M * c->num_heads);
-    e->k_rstd = (float*)dalloc(e, 4 * M * c->num_kv_heads);
-    e->a_rstd = (float*)dalloc(e, 4 * M);
-    e->m_rstd = (float*)dalloc(e, 4 * M);
+    e->cur.q_lin =
+        (float*)dalloc(e, 4 * M * arch_dim(c, DIM_QROWS)); // with the output gate: query and gate rows
+    e->cur.k_lin = (float*)dalloc(e, 4 * M * kvd);
+    e->cur.q_rstd = (float*)dalloc(e, 4 * M * c->num_heads);
+    e->cur.k_rstd = (float*)dalloc(e, 4 * M * c->num_kv_heads);
+    e->cur.a_rstd = (float*)dalloc(e, 4 * M);
+    e->cur.m_rstd = (float*)dalloc(e, 4 * M);
     e->f_rstd = (float*)dalloc(e, 4 * M);
-    e->h_mid = (float*)dalloc(e, 4 * M * D);
-    e->y_o = (float*)dalloc(e, 4 * M * D);
-    e->y_down = (float*)dalloc(e, 4 * M * D);
+    e->cur.h_mid = (float*)dalloc(e, 4 * M * D);
+    e->cur.y_o = (float*)dalloc(e, 4 * M * D);
+    e->cur.y_down = (float*)dalloc(e, 4 * M * D);
     e->acc = (int32_t*)dalloc(e, 4 * M * mx);
     // the plan's pools: a group never spans layers, so one layer's linears bound it
     long wmax = 0, smax = 0;
@@ -811,10 +812,10 @@ extern "C" const float* gpu_kv_quantized(GpuEngine* e, int which, int M, QuantSp
         e->kv_q = (float*)dalloc(e, sizeof(float) * e->B * e->T * width);
     }
     if (which) // V: its fp32 copy
-        gpu_kv_fake_quant(e->kv_q, e->kv_x, NULL, NULL, e->v, width, M / e->T, e->T, width, q, e->kv_amax);
+        gpu_kv_fake_quant(e->kv_q, e->kv_x, NULL, NULL, e->cur.v, width, M / e->T, e->T, width, q, e->kv_amax);
     else // K after k_norm and RoPE: the attention GEMMs' inputs
-        gpu_kv_fake_quant(e->kv_q, e->kv_x, (bf16_t*)e->k16, (bf16_t*)e->k_lo, NULL, width, M / e->T, e->T,
-                          width, q, e->kv_amax);
+        gpu_kv_fake_quant(e->kv_q, e->kv_x, (bf16_t*)e->cur.k16, (bf16_t*)e->cur.k_lo, NULL, width, M / e->T,
+                          e->T, width, q, e->kv_amax);
     *y = e->kv_x;
     return e->kv_q;
 }

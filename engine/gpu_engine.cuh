@@ -84,10 +84,11 @@ typedef struct {
     int count;         // the current pass counts
 } GpuMoe;
 
-// What a dense layer's backward reads from its forward (layer_backward, the hook): the normed inputs, q and k
-// before and after their norm and RoPE, v, the attention output, the o_proj and down_proj outputs, the residual
-// stream between the halves, the MLP's gate, up and SwiGLU, the norms' 1 / rms; the GEMM inputs of attention
-// (q16, k16, v16, lo halves with split). The engine's own (one layer at a time) or a kept layer's.
+// The activation buffers a layer's forward writes and its backward reads (layer_backward, the hook), (B*T,
+// width): the normed inputs, q and k before and after their norm and RoPE, v, the attention output, the o_proj
+// and down_proj outputs, the residual stream between the halves, the MLP's gate, up and SwiGLU, the norms'
+// 1 / rms; the GEMM inputs of attention (q16, k16, v16, lo halves with split). The engine's own (one layer at
+// a time) or a kept layer's (acts_bind points e->cur at either: a struct copy).
 typedef struct {
     float *a, *q_lin, *k_lin, *v, *att, *y_o, *h_mid, *m_, *g, *u, *act, *y_down;
     float *a_rstd, *m_rstd, *q_rstd, *k_rstd;
@@ -105,8 +106,9 @@ struct GpuEngine {
     __nv_bfloat16 *embed, *lm_head, *norm;
     float *cos_t, *sin_t;
     int* ids;
-    // activations, (B*T, width); S (B, H, T, T) scores of every head at once
-    float *h, *a, *v, *att, *m_, *g, *u, *act, *S, *lse, *logits, *hsave;
+    GpuActs cur; // the activation buffers the passes use: the engine's own, or a kept layer's (acts_bind)
+    // other activations, (B*T, width); S (B, H, T, T) scores of every head at once
+    float *h, *S, *lse, *logits, *hsave;
     // the gradient pass's logits, (head_rows, V): its lm_head runs in chunks of head_rows (whole windows),
     // so the logits and their gradient take a fraction of the (B*T, V) that kl's logits need
     float* glogits;
@@ -114,8 +116,8 @@ struct GpuEngine {
     float* hsave_all; // slots of hsave: a pipeline stage keeps the layer inputs of batches in flight
     int slots;
     // bf16 GEMM inputs; with split, *_lo holds x - bf16(x) so hi + lo carries ~16 mantissa bits
-    __nv_bfloat16 *a16, *q16, *k16, *v16, *att16, *m16, *act16, *P;
-    __nv_bfloat16 *a_lo, *q_lo, *k_lo, *v_lo, *att_lo, *m_lo, *act_lo, *P_lo;
+    __nv_bfloat16 *a16, *att16, *m16, *act16, *P;
+    __nv_bfloat16 *a_lo, *att_lo, *m_lo, *act_lo, *P_lo;
     int split;
     int f16;       // GEMM_FP16: the linears' weights and every 16-bit GEMM input hold fp16 (no lo halves)
     int grad_mode; // keep each linear's own output (the gradient score needs Y)
@@ -135,11 +137,11 @@ struct GpuEngine {
     const float* xq_src; // what xq holds (gradient pass), quantized with xq_spec
     QuantSpec xq_spec;
     int32_t* acc;
-    // kept from the forward for the backward (one layer at a time: layers are recomputed)
-    float *q_lin, *k_lin, *q_rstd, *k_rstd, *a_rstd, *m_rstd, *f_rstd, *h_mid, *y_o, *y_down;
+    float* f_rstd; // the final norm's 1 / rms, kept from the forward for the backward
     // The gradient's kept activations (gpu_grad_keep_plan): kept[l - l0] non-NULL for a layer whose forward
     // writes what its backward reads into buffers of its own, so that gpu_backward_layers skips its recompute;
-    // fresh[l - l0] once this pass's forward has written them. own: the engine's buffers (acts_bind(e, -1)).
+    // fresh[l - l0] once this pass's forward has written them. own: the engine's buffers (e->cur before any
+    // acts_bind; acts_bind(e, -1) restores them).
     int keep_ok; // every layer, one slot of saved inputs: the forward and backward of a batch back to back
     int keep_planned;
     GpuActs own;
@@ -286,8 +288,8 @@ void acts_bind(GpuEngine* e, int l);
 // The KV-cache plan's quantization of layer l's K and V GEMM inputs (gpu_engine.cu): nothing unless planned.
 void kv_cache_quant(GpuEngine* e, int l, int M, __nv_bfloat16* k16, __nv_bfloat16* k_lo, __nv_bfloat16* v16,
                     __nv_bfloat16* v_lo, const float* v, long ld);
-// The hybrid families' parts of a layer (gpu_forward.cu): a Gated DeltaNet token mixer from e->a into the
-// residual stream; the shared expert of a sparse layer from e->m_ (after moe_forward).
+// The hybrid families' parts of a layer (gpu_forward.cu): a Gated DeltaNet token mixer from e->cur.a into the
+// residual stream; the shared expert of a sparse layer from e->cur.m_ (after moe_forward).
 void gdn_forward(GpuEngine* e, int l, int M);
 void shared_forward(GpuEngine* e, int l, int M);
 void head(GpuEngine* e, int M, float* out);                 // final norm and lm_head of e->h
@@ -299,7 +301,7 @@ void linear_bwd(GpuEngine* e, float* dx, const float* dy, const __nv_bfloat16* w
                 float beta);
 void grad_linear(GpuEngine* e, GpuGradHook hook, void* ctx, int idx, const float* dy, const float* x,
                  const float* y, int M);
-// gpu_moe.cu: the MLP half of a sparse layer, from e->m_ / e->m16 (the post-attention norm's output)
+// gpu_moe.cu: the MLP half of a sparse layer, from e->cur.m_ / e->m16 (the post-attention norm's output)
 void moe_alloc(GpuEngine* e, int grad); // grad: the backward's buffers
 // into g, its buffers allocated first (layer_alloc) with alloc, only allocated with alloc < 0
 void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc);

@@ -157,8 +157,8 @@ void att_gemm(GpuEngine* e, cublasOperation_t ta, cublasOperation_t tb, int m, i
     }
 }
 
-// q, k, v bf16 with rows ldq, ldk elements apart: any layout for the fused kernel, e->q16, e->k16,
-// e->v16 for the cuBLAS path.
+// q, k, v bf16 with rows ldq, ldk elements apart: any layout for the fused kernel, e->cur.q16, e->cur.k16,
+// e->cur.v16 for the cuBLAS path.
 static void attention(GpuEngine* e, int M, const __nv_bfloat16* q, const __nv_bfloat16* k,
                       const __nv_bfloat16* v, long ldq, long ldk) {
     const Config* c = &e->m->c;
@@ -166,17 +166,17 @@ static void attention(GpuEngine* e, int M, const __nv_bfloat16* q, const __nv_bf
     int qd = H * hd, kvd = c->num_kv_heads * hd;
     float scale = 1.0f / sqrtf((float)hd);
     if (e->flash) {
-        gpu_flash_attention(e->bf16_act ? NULL : e->att, (bf16_t*)e->att16, (const bf16_t*)q, ldq,
+        gpu_flash_attention(e->bf16_act ? NULL : e->cur.att, (bf16_t*)e->att16, (const bf16_t*)q, ldq,
                             (const bf16_t*)k, (const bf16_t*)v, ldk, nb, T, H, c->num_kv_heads, hd, e->f16);
         return;
     }
     // S_h^T (col-major) = K_h . Q_h^T, then O_h^T = V_h^T . P_h^T
-    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->k16, e->k_lo, kvd, LAY_KV, e->q16, e->q_lo, qd,
-             LAY_Q, e->S, 0, T, LAY_S, nb);
+    att_gemm(e, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, e->cur.k16, e->cur.k_lo, kvd, LAY_KV, e->cur.q16,
+             e->cur.q_lo, qd, LAY_Q, e->S, 0, T, LAY_S, nb);
     gpu_causal_softmax((bf16_t*)e->P, (bf16_t*)e->P_lo, e->lse, e->S, nb * H, T);
-    void* out = e->bf16_act ? (void*)e->att16 : (void*)e->att;
-    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->v16, e->v_lo, kvd, LAY_KV, e->P, e->P_lo, T, LAY_S,
-             out, e->bf16_act, qd, LAY_Q, nb);
+    void* out = e->bf16_act ? (void*)e->att16 : (void*)e->cur.att;
+    att_gemm(e, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, e->cur.v16, e->cur.v_lo, kvd, LAY_KV, e->P, e->P_lo,
+             T, LAY_S, out, e->bf16_act, qd, LAY_Q, nb);
 }
 
 // Whether the quantized group has a member among linears lo..hi.
@@ -197,7 +197,7 @@ static void mlp_block(GpuEngine* e, int l, int M) {
     int D = c->hidden_size, keep = e->grad_mode, a16 = e->bf16_act;
     long I = c->intermediate_size;
     float eps = c->rms_eps;
-    gpu_rmsnorm_add(a16 ? NULL : e->m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->m_rstd, e->h,
+    gpu_rmsnorm_add(a16 ? NULL : e->cur.m_, (bf16_t*)e->m16, (bf16_t*)e->m_lo, e->cur.m_rstd, e->h,
                     (const bf16_t*)w->w_post, e->hy.w_add, M, D, eps, e->f16);
     prof_mark(e, P_NORM);
     if (model_layer_sparse(md, l)) {
@@ -213,14 +213,15 @@ static void mlp_block(GpuEngine* e, int l, int M) {
         prof_mark(e, P_GATE_UP);
         gpu_swiglu_bf16((bf16_t*)e->act16, (const bf16_t*)e->g16, (const bf16_t*)e->u16, (long)M * I);
     } else {
-        linear(e, lg, e->g, NULL, e->m_, e->m16, e->m_lo, w->gate, M, 0);
-        linear(e, lu, e->u, NULL, e->m_, e->m16, e->m_lo, w->up, M, 0);
+        linear(e, lg, e->cur.g, NULL, e->cur.m_, e->m16, e->m_lo, w->gate, M, 0);
+        linear(e, lu, e->cur.u, NULL, e->cur.m_, e->m16, e->m_lo, w->up, M, 0);
         prof_mark(e, P_GATE_UP);
-        gpu_swiglu(e->act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->g, e->u, (long)M * I, e->f16);
+        gpu_swiglu(e->cur.act, (bf16_t*)e->act16, (bf16_t*)e->act_lo, e->cur.g, e->cur.u, (long)M * I, e->f16);
     }
     prof_mark(e, P_SWIGLU);
-    linear(e, ld, keep ? e->y_down : e->h, NULL, a16 ? NULL : e->act, e->act16, e->act_lo, w->down, M, !keep);
-    if (keep) gpu_add(e->h, e->y_down, (long)M * D);
+    linear(e, ld, keep ? e->cur.y_down : e->h, NULL, a16 ? NULL : e->cur.act, e->act16, e->act_lo, w->down, M,
+           !keep);
+    if (keep) gpu_add(e->h, e->cur.y_down, (long)M * D);
     prof_mark(e, P_DOWN);
 }
 
@@ -231,19 +232,19 @@ void shared_forward(GpuEngine* e, int l, int M) {
     const GpuLayer* w = &e->layers[l];
     GpuHybrid* y = &e->hy;
     long Is = md->c.shared_inter;
-    linear(e, model_lin(md, l, LIN_SH_GATE, -1), y->sh_g, NULL, e->m_, e->m16, e->m_lo, w->sh_gate, M, 0);
-    linear(e, model_lin(md, l, LIN_SH_UP, -1), y->sh_u, NULL, e->m_, e->m16, e->m_lo, w->sh_up, M, 0);
+    linear(e, model_lin(md, l, LIN_SH_GATE, -1), y->sh_g, NULL, e->cur.m_, e->m16, e->m_lo, w->sh_gate, M, 0);
+    linear(e, model_lin(md, l, LIN_SH_UP, -1), y->sh_u, NULL, e->cur.m_, e->m16, e->m_lo, w->sh_up, M, 0);
     prof_mark(e, P_GATE_UP);
     gpu_swiglu(y->sh_act, (bf16_t*)y->sh_act16, (bf16_t*)y->sh_act_lo, y->sh_g, y->sh_u, M * Is, e->f16);
     prof_mark(e, P_SWIGLU);
     linear(e, model_lin(md, l, LIN_SH_DOWN, -1), y->sh_y, NULL, y->sh_act, y->sh_act16, y->sh_act_lo,
            w->sh_down, M, 0);
-    gpu_shared_gate(e->h, y->sh_s, e->m_, (const bf16_t*)w->sh_w, y->sh_y, M, md->c.hidden_size);
+    gpu_shared_gate(e->h, y->sh_s, e->cur.m_, (const bf16_t*)w->sh_w, y->sh_y, M, md->c.hidden_size);
     prof_mark(e, P_DOWN);
 }
 
-// A Gated DeltaNet token mixer (README §3) from e->a: its input projections (or Qwen3-Next's two fused ones,
-// their columns then regrouped), the core (kernels/gated_delta.cu), and out_proj into y (+)= (accumulate:
+// A Gated DeltaNet token mixer (README §3) from e->cur.a: its input projections (or Qwen3-Next's two fused
+// ones, their columns then regrouped), the core (kernels/gated_delta.cu), and out_proj into y (+)= (accumulate:
 // the residual add).
 static void gdn_mixer(GpuEngine* e, int l, int M, float* y_out, int accumulate) {
     const Model* md = e->m;
@@ -252,17 +253,18 @@ static void gdn_mixer(GpuEngine* e, int l, int M, float* y_out, int accumulate) 
     GpuHybrid* y = &e->hy;
     long C = arch_dim(c, DIM_GCONV), vd = arch_dim(c, DIM_GVD), Hv = c->lin_hv;
     if (c->fam->fused_gdn) {
-        linear(e, model_lin(md, l, LIN_GDN_QKVZ, -1), y->raw, NULL, e->a, e->a16, e->a_lo, w->gdn_qkvz, M, 0);
-        linear(e, model_lin(md, l, LIN_GDN_BA, -1), y->raw2, NULL, e->a, e->a16, e->a_lo, w->gdn_ba, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_QKVZ, -1), y->raw, NULL, e->cur.a, e->a16, e->a_lo, w->gdn_qkvz, M,
+               0);
+        linear(e, model_lin(md, l, LIN_GDN_BA, -1), y->raw2, NULL, e->cur.a, e->a16, e->a_lo, w->gdn_ba, M, 0);
         gpu_gather_cols(y->qkv, y->raw, y->map_qkv, M, (int)C, C + vd);
         gpu_gather_cols(y->z, y->raw, y->map_z, M, (int)vd, C + vd);
         gpu_gather_cols(y->b, y->raw2, y->map_b, M, (int)Hv, 2 * Hv);
         gpu_gather_cols(y->a, y->raw2, y->map_a, M, (int)Hv, 2 * Hv);
     } else {
-        linear(e, model_lin(md, l, LIN_GDN_QKV, -1), y->qkv, NULL, e->a, e->a16, e->a_lo, w->gdn_qkv, M, 0);
-        linear(e, model_lin(md, l, LIN_GDN_Z, -1), y->z, NULL, e->a, e->a16, e->a_lo, w->gdn_z, M, 0);
-        linear(e, model_lin(md, l, LIN_GDN_B, -1), y->b, NULL, e->a, e->a16, e->a_lo, w->gdn_b, M, 0);
-        linear(e, model_lin(md, l, LIN_GDN_A, -1), y->a, NULL, e->a, e->a16, e->a_lo, w->gdn_a, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_QKV, -1), y->qkv, NULL, e->cur.a, e->a16, e->a_lo, w->gdn_qkv, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_Z, -1), y->z, NULL, e->cur.a, e->a16, e->a_lo, w->gdn_z, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_B, -1), y->b, NULL, e->cur.a, e->a16, e->a_lo, w->gdn_b, M, 0);
+        linear(e, model_lin(md, l, LIN_GDN_A, -1), y->a, NULL, e->cur.a, e->a16, e->a_lo, w->gdn_a, M, 0);
     }
     prof_mark(e, P_QKV);
     GdnShape sh = {e->T, c->lin_hk, c->lin_hv, c->lin_dk, c->lin_dv, c->lin_conv, c->rms_eps};
@@ -288,30 +290,31 @@ static void gated_attention(GpuEngine* e, int l, int M, float* y_out, int accumu
     int H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim, gated = c->fam->attn_gate;
     long qd = (long)H * hd, kvd = (long)KV * hd, qrows = arch_dim(c, DIM_QROWS);
     float eps = c->rms_eps;
-    linear(e, model_lin(md, l, LIN_Q, -1), e->q_lin, NULL, e->a, e->a16, e->a_lo, w->q, M, 0);
-    linear(e, model_lin(md, l, LIN_K, -1), e->k_lin, NULL, e->a, e->a16, e->a_lo, w->k, M, 0);
-    linear(e, model_lin(md, l, LIN_V, -1), e->v, NULL, e->a, e->a16, e->a_lo, w->v, M, 0);
+    linear(e, model_lin(md, l, LIN_Q, -1), e->cur.q_lin, NULL, e->cur.a, e->a16, e->a_lo, w->q, M, 0);
+    linear(e, model_lin(md, l, LIN_K, -1), e->cur.k_lin, NULL, e->cur.a, e->a16, e->a_lo, w->k, M, 0);
+    linear(e, model_lin(md, l, LIN_V, -1), e->cur.v, NULL, e->cur.a, e->a16, e->a_lo, w->v, M, 0);
     prof_mark(e, P_QKV);
-    gpu_qk_norm_rope_part((bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q_rstd, e->q_lin, qrows, gated ? 2 * hd : hd,
-                          (const bf16_t*)w->q_norm, y->w_add, e->cos_t, e->sin_t, M, e->T, H, hd, c->rotary_dim,
-                          eps, e->f16);
-    gpu_qk_norm_rope_part((bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k_rstd, e->k_lin, kvd, hd,
+    gpu_qk_norm_rope_part((bf16_t*)e->cur.q16, (bf16_t*)e->cur.q_lo, e->cur.q_rstd, e->cur.q_lin, qrows,
+                          gated ? 2 * hd : hd, (const bf16_t*)w->q_norm, y->w_add, e->cos_t, e->sin_t, M, e->T,
+                          H, hd, c->rotary_dim, eps, e->f16);
+    gpu_qk_norm_rope_part((bf16_t*)e->cur.k16, (bf16_t*)e->cur.k_lo, e->cur.k_rstd, e->cur.k_lin, kvd, hd,
                           (const bf16_t*)w->k_norm, y->w_add, e->cos_t, e->sin_t, M, e->T, KV, hd,
                           c->rotary_dim, eps, e->f16);
     if (e->f16)
-        gpu_round_f16((uint16_t*)e->v16, e->v, M * kvd);
+        gpu_round_f16((uint16_t*)e->cur.v16, e->cur.v, M * kvd);
     else
-        gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, M * kvd);
-    kv_cache_quant(e, l, M, e->k16, e->k_lo, e->v16, e->v_lo, e->v, kvd); // the cache stores them quantized
+        gpu_split_bf16((bf16_t*)e->cur.v16, (bf16_t*)e->cur.v_lo, e->cur.v, M * kvd);
+    kv_cache_quant(e, l, M, e->cur.k16, e->cur.k_lo, e->cur.v16, e->cur.v_lo, e->cur.v,
+                   kvd); // the cache stores them quantized
     prof_mark(e, P_ROPE);
-    attention(e, M, e->q16, e->k16, e->v16, qd, kvd);
-    const float* x = e->att;
+    attention(e, M, e->cur.q16, e->cur.k16, e->cur.v16, qd, kvd);
+    const float* x = e->cur.att;
     if (gated) {
-        gpu_attn_gate(y->att_g, (bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, e->q_lin + hd, 2 * qd, 2 * hd, M,
-                      H, hd, e->f16);
+        gpu_attn_gate(y->att_g, (bf16_t*)e->att16, (bf16_t*)e->att_lo, e->cur.att, e->cur.q_lin + hd, 2 * qd,
+                      2 * hd, M, H, hd, e->f16);
         x = y->att_g;
     } else if (!e->flash) {
-        gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, M * qd);
+        gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->cur.att, M * qd);
     }
     prof_mark(e, P_ATT);
     linear(e, model_lin(md, l, LIN_O, -1), y_out, NULL, x, e->att16, e->att_lo, w->o, M, accumulate);
@@ -322,17 +325,17 @@ static void gated_attention(GpuEngine* e, int l, int M, float* y_out, int accumu
 static void hybrid_layer_forward(GpuEngine* e, int l, int M) {
     const Config* c = &e->m->c;
     int D = c->hidden_size, keep = e->grad_mode;
-    gpu_rmsnorm_add(e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a_rstd, e->h, (const bf16_t*)e->layers[l].w_in,
-                    e->hy.w_add, M, D, c->rms_eps, e->f16);
+    gpu_rmsnorm_add(e->cur.a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->cur.a_rstd, e->h,
+                    (const bf16_t*)e->layers[l].w_in, e->hy.w_add, M, D, c->rms_eps, e->f16);
     prof_mark(e, P_NORM);
     // the residual add rides on the GEMM (beta = 1) unless the gradient needs the linear's own output
     if (c->linear[l])
-        gdn_mixer(e, l, M, keep ? e->y_o : e->h, !keep);
+        gdn_mixer(e, l, M, keep ? e->cur.y_o : e->h, !keep);
     else
-        gated_attention(e, l, M, keep ? e->y_o : e->h, !keep);
+        gated_attention(e, l, M, keep ? e->cur.y_o : e->h, !keep);
     if (keep) {
-        gpu_add(e->h, e->y_o, (long)M * D);
-        cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
+        gpu_add(e->h, e->cur.y_o, (long)M * D);
+        cudaCheck(cudaMemcpyAsync(e->cur.h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
     }
     prof_mark(e, P_O);
     mlp_block(e, l, M);
@@ -350,11 +353,11 @@ void layer_forward(GpuEngine* e, int l, int M) {
     int D = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     int base = e->m->lin0[l], keep = e->grad_mode, a16 = e->bf16_act;
     float eps = c->rms_eps;
-    gpu_rmsnorm(a16 ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->a_rstd, e->h, (const bf16_t*)w->w_in,
-                M, D, eps, e->f16);
+    gpu_rmsnorm(a16 ? NULL : e->cur.a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->cur.a_rstd, e->h,
+                (const bf16_t*)w->w_in, M, D, eps, e->f16);
     prof_mark(e, P_NORM);
-    const float* a = a16 ? NULL : e->a;
-    __nv_bfloat16 *q16 = e->q16, *k16 = e->k16, *v16 = e->v16;
+    const float* a = a16 ? NULL : e->cur.a;
+    __nv_bfloat16 *q16 = e->cur.q16, *k16 = e->cur.k16, *v16 = e->cur.v16;
     long ldq = (long)H * hd, ldk = (long)KV * hd;
     if (a16) {
         if (e->flash && !e->cap &&
@@ -373,32 +376,33 @@ void layer_forward(GpuEngine* e, int l, int M) {
         gpu_qk_norm_rope_bf16((bf16_t*)k16, ldk, NULL, (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T,
                               KV, hd, eps);
     } else {
-        linear(e, base + LIN_Q, e->q_lin, NULL, a, e->a16, e->a_lo, w->q, M, 0);
-        linear(e, base + LIN_K, e->k_lin, NULL, a, e->a16, e->a_lo, w->k, M, 0);
-        linear(e, base + LIN_V, e->v, NULL, a, e->a16, e->a_lo, w->v, M, 0);
+        linear(e, base + LIN_Q, e->cur.q_lin, NULL, a, e->a16, e->a_lo, w->q, M, 0);
+        linear(e, base + LIN_K, e->cur.k_lin, NULL, a, e->a16, e->a_lo, w->k, M, 0);
+        linear(e, base + LIN_V, e->cur.v, NULL, a, e->a16, e->a_lo, w->v, M, 0);
         prof_mark(e, P_QKV);
         // the rotated q, k are only GEMM inputs: bf16 halves, no fp32 copy
-        gpu_qk_norm_rope(NULL, (bf16_t*)e->q16, (bf16_t*)e->q_lo, e->q_rstd, e->q_lin, (const bf16_t*)w->q_norm,
-                         e->cos_t, e->sin_t, M, e->T, H, hd, eps, e->f16);
-        gpu_qk_norm_rope(NULL, (bf16_t*)e->k16, (bf16_t*)e->k_lo, e->k_rstd, e->k_lin, (const bf16_t*)w->k_norm,
-                         e->cos_t, e->sin_t, M, e->T, KV, hd, eps, e->f16);
+        gpu_qk_norm_rope(NULL, (bf16_t*)e->cur.q16, (bf16_t*)e->cur.q_lo, e->cur.q_rstd, e->cur.q_lin,
+                         (const bf16_t*)w->q_norm, e->cos_t, e->sin_t, M, e->T, H, hd, eps, e->f16);
+        gpu_qk_norm_rope(NULL, (bf16_t*)e->cur.k16, (bf16_t*)e->cur.k_lo, e->cur.k_rstd, e->cur.k_lin,
+                         (const bf16_t*)w->k_norm, e->cos_t, e->sin_t, M, e->T, KV, hd, eps, e->f16);
         if (e->f16)
-            gpu_round_f16((uint16_t*)e->v16, e->v, (long)M * KV * hd);
+            gpu_round_f16((uint16_t*)e->cur.v16, e->cur.v, (long)M * KV * hd);
         else
-            gpu_split_bf16((bf16_t*)e->v16, (bf16_t*)e->v_lo, e->v, (long)M * KV * hd);
+            gpu_split_bf16((bf16_t*)e->cur.v16, (bf16_t*)e->cur.v_lo, e->cur.v, (long)M * KV * hd);
     }
     // the cache stores K and V quantized (a KV-cache plan); attention reads them
-    kv_cache_quant(e, l, M, k16, a16 ? NULL : e->k_lo, v16, a16 ? NULL : e->v_lo, a16 ? NULL : e->v, ldk);
+    kv_cache_quant(e, l, M, k16, a16 ? NULL : e->cur.k_lo, v16, a16 ? NULL : e->cur.v_lo, a16 ? NULL : e->cur.v,
+                   ldk);
     prof_mark(e, P_ROPE);
     attention(e, M, q16, k16, v16, ldq, ldk);
-    if (!a16 && !e->flash) gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->att, (long)M * H * hd);
+    if (!a16 && !e->flash) gpu_split_bf16((bf16_t*)e->att16, (bf16_t*)e->att_lo, e->cur.att, (long)M * H * hd);
     prof_mark(e, P_ATT);
     // the residual adds ride on the GEMM (beta = 1) unless the gradient needs the linear's own output
-    linear(e, base + LIN_O, keep ? e->y_o : e->h, NULL, a16 ? NULL : e->att, e->att16, e->att_lo, w->o, M,
-           !keep);
+    linear(e, base + LIN_O, keep ? e->cur.y_o : e->h, NULL, a16 ? NULL : e->cur.att, e->att16, e->att_lo, w->o,
+           M, !keep);
     if (keep) {
-        gpu_add(e->h, e->y_o, (long)M * D);
-        cudaCheck(cudaMemcpyAsync(e->h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
+        gpu_add(e->h, e->cur.y_o, (long)M * D);
+        cudaCheck(cudaMemcpyAsync(e->cur.h_mid, e->h, 4L * M * D, cudaMemcpyDeviceToDevice));
     }
     prof_mark(e, P_O);
     mlp_block(e, l, M);
@@ -428,7 +432,7 @@ static void forward_layers(GpuEngine* e, int start, int M, int save) {
 // The final norm and lm_head of e->h into out (the last stage).
 void head_norm(GpuEngine* e, int M) {
     const Config* c = &e->m->c;
-    gpu_rmsnorm_add(e->bf16_act ? NULL : e->a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
+    gpu_rmsnorm_add(e->bf16_act ? NULL : e->cur.a, (bf16_t*)e->a16, (bf16_t*)e->a_lo, e->f_rstd, e->h,
                     (const bf16_t*)e->norm, e->hy.w_add, M, c->hidden_size, c->rms_eps, e->f16);
 }
 

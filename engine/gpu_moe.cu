@@ -89,7 +89,7 @@ static void upload_transposed(const StTensor* t, __nv_bfloat16* d, long E, long 
 
 // The routed experts of sparse layer l, from either checkpoint layout (the tensors model_weight_tensor finds
 // for them; shapes already validated by model_open), into the fused layouts of g: its buffers allocated
-// first (layer_alloc) with alloc, only allocated with alloc < 0 (a fixed-shape streaming slot). The router
+// first (layer_alloc) with alloc, only allocated with alloc < 0 (a streaming slot being measured). The router
 // is a row of the architecture table (layer_upload).
 void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc) {
     const Model* m = e->m;
@@ -100,9 +100,6 @@ void moe_upload(GpuEngine* e, int l, GpuLayer* g, int alloc) {
         g->ex_gu = (__nv_bfloat16*)layer_alloc(e, 2 * E * 2 * I * D);
         g->ex_down = (__nv_bfloat16*)layer_alloc(e, 2 * E * D * I);
     }
-    // A fixed-shape streaming slot is laid out by a dense layer's rows when the model has one (gpu_stream.cu):
-    // the router, a row of sparse layers only, then needs its own buffer.
-    if (alloc < 0 && !g->router && !e->carving) g->router = (__nv_bfloat16*)dalloc(e, 2 * E * D);
     if (alloc < 0) return;
     const StTensor* t = model_weight_tensor(m, model_lin(m, l, LIN_GATE, 0), name, sizeof(name));
     if (t && t->ndim == 3) { // fused: (E, 2 I, D) and (E, D, I), or transformers 4's (E, D, 2 I), (E, I, D)
@@ -170,7 +167,7 @@ static void route(GpuEngine* e, int l, int M) {
     // near-tied choices fall as on the CPU; plain bf16 kl passes keep m in bf16 only.
     const __nv_bfloat16 *rh = e->m16, *rl = e->m_lo;
     if (!e->bf16_act && !rl) {
-        gpu_split_bf16((bf16_t*)x->r16, (bf16_t*)x->r_lo, e->m_, (long)M * c->hidden_size);
+        gpu_split_bf16((bf16_t*)x->r16, (bf16_t*)x->r_lo, e->cur.m_, (long)M * c->hidden_size);
         rh = x->r16, rl = x->r_lo;
     }
     gemm_bf16_always(e, x->logits, rh, rl, e->layers[l].router, M, c->hidden_size, E); // bf16 in every mode
@@ -251,7 +248,7 @@ static void experts_int8(GpuEngine* e, int M) {
     if (e->bf16_act)
         gpu_quant_rows_bf16(e->xq, x->sx, (const bf16_t*)e->m16, M, D, e->in_spec);
     else
-        gpu_quant_rows_f32(e->xq, x->sx, e->m_, M, D, e->in_spec);
+        gpu_quant_rows_f32(e->xq, x->sx, e->cur.m_, M, D, e->in_spec);
     e->xq_src = NULL;
     gpu_moe_gather(x->xq, e->xq, x->order, (int)MK, K, D);
     gpu_moe_gather(x->sxs, x->sx, x->order, (int)MK, K, 4);
@@ -273,7 +270,7 @@ static void experts_recipe(GpuEngine* e, int l, int M) {
     long MK = (long)M * K;
     QuantSpec in = e->rin[model_lin(md, l, LIN_GATE, 0)];
     if (e->bf16_act) fail_other("internal: a recipe's experts need fp32 activations");
-    const float* m = e->m_;
+    const float* m = e->cur.m_;
     if (in.bits) {
         gpu_fake_quant_f32(e->xf, m, M, D, in, 0);
         m = e->xf;
@@ -354,7 +351,7 @@ void moe_backward(GpuEngine* e, int l, int M, GpuGradHook hook, void* ctx) {
     gpu_moe_gather_backward(e->dm, x->dxs, x->pos, M, K, D);
     gpu_moe_route_backward(x->drl, x->dw, x->probs, x->idx, M, E, K, c->norm_topk);
     linear_bwd(e, e->dm, x->drl, e->layers[l].router, M, D, E, 1.0f);
-    grad_linear(e, hook, ctx, -1 - l, e->dh, e->m_, x->y, M);
+    grad_linear(e, hook, ctx, -1 - l, e->dh, e->cur.m_, x->y, M);
     e->xq_src = NULL; // the hook's quantized block rewrote the input codes
 }
 

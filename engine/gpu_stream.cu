@@ -14,10 +14,7 @@ struct GpuStream {
     GpuEngine* e;
     const unsigned char* res;
     GpuLayer slot[2]; // the pointers of the layer each slot holds
-    // carved slots (the hybrid families): one device buffer each, slot_bytes, the largest streamed layer's
-    // buffers as layer_alloc lays them out; else (Qwen3, Qwen3-MoE: the slots that ran on a GPU) buffers of
-    // fixed shapes, a dense layer's (or a sparse one's) rows and the experts
-    int carved;
+    // one device buffer per slot, slot_bytes: the largest streamed layer's buffers as layer_alloc lays them out
     char* slot_buf[2];
     size_t slot_bytes;
     int slot_l[2];            // the layer each slot holds, or -1
@@ -106,9 +103,7 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
     GpuStream* st = (GpuStream*)xcalloc(1, sizeof(GpuStream));
     st->e = e;
     st->res = res;
-    int L = m->c.num_layers, dense = -1, sparse = -1;
-    // Gated DeltaNet and attention layers take turns in a slot: each laid out in it as it comes
-    st->carved = m->c.fam->hybrid;
+    int L = m->c.num_layers, streamed = 0;
     st->lbytes = (double*)xcalloc(L, sizeof(double));
     for (int l = 0; l < L; l++) {
         st->lbytes[l] = lbytes[l];
@@ -116,24 +111,17 @@ extern "C" GpuEngine* gpu_stream_engine(const Model* m, int T, int B, int gemm, 
             st->h2d += st->lbytes[l];
             continue;
         }
-        if (model_layer_sparse(m, l) && sparse < 0) sparse = l;
-        if (!model_layer_sparse(m, l) && dense < 0) dense = l;
-        if (!st->carved) continue;
+        // any layer kind takes turns in a slot (attention or Gated DeltaNet, dense or sparse): each laid out
+        // in it as it comes, so a slot is the largest of them
         GpuLayer g;
-        size_t b = slot_carve(e, l, &g, NULL, 0, UP_NONE); // any layer kind: attention or Gated DeltaNet,
-        st->slot_bytes = b > st->slot_bytes ? b : st->slot_bytes; // dense or sparse
+        size_t b = slot_carve(e, l, &g, NULL, 0, UP_NONE);
+        st->slot_bytes = b > st->slot_bytes ? b : st->slot_bytes;
+        streamed = 1;
     }
     for (int k = 0; k < 2; k++) {
         st->slot_l[k] = -1;
         cudaCheck(cudaEventCreateWithFlags(&st->slot_free[k], cudaEventDisableTiming));
-        if (dense < 0 && sparse < 0) continue; // every layer resident
-        if (st->carved) {
-            st->slot_buf[k] = (char*)dalloc(e, st->slot_bytes);
-            continue;
-        }
-        layer_upload(e, dense >= 0 ? dense : sparse, &st->slot[k], 1,
-                     UP_NONE); // a dense layer's shapes hold both
-        if (sparse >= 0) moe_upload(e, sparse, &st->slot[k], -1);
+        if (streamed) st->slot_buf[k] = (char*)dalloc(e, st->slot_bytes);
     }
     for (int i = 0; i < MARKS; i++) cudaCheck(cudaEventCreate(&st->mark[i]));
     st->last = 1;
@@ -176,12 +164,7 @@ static void slot_fill(GpuStream* st, int k, int l) {
     cudaCheck(cudaEventSynchronize(st->slot_free[k]));
     if (st->slot_l[k] >= 0) memset(&e->layers[st->slot_l[k]], 0, sizeof(GpuLayer));
     e->up_now = 1;
-    if (st->carved) {
-        slot_carve(e, l, &st->slot[k], st->slot_buf[k], st->slot_bytes, UP_NOW);
-    } else {
-        if (model_layer_sparse(e->m, l)) moe_upload(e, l, &st->slot[k], 0);
-        layer_upload(e, l, &st->slot[k], 0, UP_NOW);
-    }
+    slot_carve(e, l, &st->slot[k], st->slot_buf[k], st->slot_bytes, UP_NOW);
     e->up_now = 0;
     st->slot_l[k] = l;
     st->h2d += st->lbytes[l];

@@ -11,12 +11,11 @@ extern "C" {
 
 typedef struct GpuStream GpuStream;
 
-// The hybrid families' layer slots (Gated DeltaNet and attention layers take turns in them) are carved: one
-// device buffer of the largest streamed layer's bytes, each layer filled into it laid out by the resident
-// upload's own code (layer_upload, moe_upload), every tensor starting at a multiple of this many bytes
-// (cudaMalloc's alignment), so a slot holds a layer's bytes plus under this much per tensor
-// (scoring/stream_plan.c counts it). Qwen3's and Qwen3-MoE's slots keep their fixed shapes (a dense layer's
-// rows, the experts and the router), as they ran on a GPU.
+// The layer slots are carved, for every family: one device buffer of the largest streamed layer's bytes, each
+// layer filled into it laid out by the resident upload's own code (layer_upload, moe_upload), every tensor
+// starting at a multiple of this many bytes (cudaMalloc's alignment), so that any layer (attention or Gated
+// DeltaNet, dense or sparse) takes its turn in either slot, and a slot holds a layer's bytes plus under this
+// much per tensor (scoring/stream_plan.c counts it).
 #define GPU_SLOT_ALIGN 256
 
 // An engine for batches of B windows of T tokens holding the layers with res[l] (and lm_head, the final

@@ -45,8 +45,8 @@ int cmd_score(Args* a) {
     int grad = j.method == METHOD_GRADIENT, nrec = 0;
     for (int l = 0; grad && j.recomputed && l < c->num_layers; l++) nrec += j.recomputed[l];
     double tokens = (double)j.ids.n * j.ids.t;
-    double flops = shard_work_flops(c, &j.groups, j.nf, grad, j.ids.t, NULL) * tokens;
-    double exec = shard_work_flops(c, &j.groups, j.nf, grad, j.ids.t, j.recomputed) * tokens;
+    double flops = shard_work_flops(c, &j.groups, j.nf, grad, j.ids.t, 0, NULL) * tokens;
+    double exec = shard_work_flops(c, &j.groups, j.nf, grad, j.ids.t, 0, j.recomputed) * tokens;
     char also[160] = "";
     if (nrec)
         snprintf(also, sizeof(also), "; executed %.3g TFLOP with %d of %d layers recomputed, %.3g TFLOP/s",

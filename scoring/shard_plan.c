@@ -2,7 +2,6 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "../engine/arch.h"
 #include "../engine/partition.h"
@@ -119,8 +118,9 @@ static double gradient_group_flops(const Config* c, const Group* g, int nf) {
 }
 
 // The work per token of each layer (L) and of the head (the return), as shard_plan counts it: the gradient's
-// forward and activation backward of every layer, and a second forward of each layer with recomputed[l].
-static double plan_work(const Config* c, const Groups* gs, int nf, int gradient, int T,
+// forward and activation backward of every layer, and a second forward of every layer with `every`, else of
+// each layer with recomputed[l] (NULL: none).
+static double plan_work(const Config* c, const Groups* gs, int nf, int gradient, int T, int every,
                         const unsigned char* recomputed, double* work) {
     int L = c->num_layers;
     double* groups_at = xcalloc(L + 1, sizeof(double)); // enabled groups at layers <= l, from l + 1
@@ -128,7 +128,8 @@ static double plan_work(const Config* c, const Groups* gs, int nf, int gradient,
         if (!gs->g[i].disabled) groups_at[gs->g[i].layer + 1] += 1;
     for (int l = 0; l < L; l++) groups_at[l + 1] += groups_at[l];
     for (int l = 0; l < L; l++) {
-        double passes = gradient ? 2 + (recomputed && recomputed[l]) : 1 + nf * groups_at[l + 1];
+        int again = every || (recomputed && recomputed[l]); // the backward's second forward
+        double passes = gradient ? 2 + again : 1 + nf * groups_at[l + 1];
         work[l] = passes * layer_flops(c, l, T);
     }
     for (int i = 0; i < gs->n && gradient; i++)
@@ -138,10 +139,10 @@ static double plan_work(const Config* c, const Groups* gs, int nf, int gradient,
     return head;
 }
 
-double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T,
+double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T, int every,
                         const unsigned char* recomputed) {
     double* work = xcalloc(c->num_layers, sizeof(double));
-    double total = plan_work(c, gs, nf, gradient, T, recomputed, work);
+    double total = plan_work(c, gs, nf, gradient, T, every, recomputed, work);
     for (int l = 0; l < c->num_layers; l++) total += work[l];
     free(work);
     return total;
@@ -152,11 +153,8 @@ int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, i
     int L = c->num_layers;
     double *work = xcalloc(L, sizeof(double)), *bytes = xcalloc(L, sizeof(double));
     double* cap = xcalloc(parts, sizeof(double));
-    unsigned char* every =
-        xmalloc(L); // a pipeline stage's gradient recomputes every layer (slots of inputs only)
-    memset(every, 1, L);
-    double head = plan_work(c, gs, nf, gradient, T, every, work);
-    free(every);
+    // a pipeline stage's gradient recomputes every layer (slots of inputs only)
+    double head = plan_work(c, gs, nf, gradient, T, 1, NULL, work);
     for (int l = 0; l < L; l++) bytes[l] = layer_mem(c, gradient, T, B, parts, l);
     for (int s = 0; s < parts; s++) cap[s] = 0.9 * mem[s] - fixed_mem(c, gradient, T, B, s == parts - 1);
     double table = table_bytes(c);

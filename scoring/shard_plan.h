@@ -27,9 +27,10 @@ int shard_plan(const Config* c, const Groups* gs, int nf, int gradient, int T, i
 double shard_stage_bytes(const Config* c, int gradient, int T, int B, int parts, int s, int l0, int l1);
 // The whole work per token of scoring, as shard_plan counts it (the passes' GEMM and attention
 // products): what `score` divides by its time for the TFLOP/s it reports. The gradient's: the forward,
-// the activation backward and the quantized products, plus a second forward of every layer l with
-// recomputed[l] (host, L entries; NULL: none, the work the method requires).
-double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T,
+// the activation backward and the quantized products, plus a second forward of every layer with `every`
+// (a pipeline stage's or a streamed gradient), else of each layer l with recomputed[l] (host, L entries;
+// NULL: none, the work the method requires).
+double shard_work_flops(const Config* c, const Groups* gs, int nf, int gradient, int T, int every,
                         const unsigned char* recomputed);
 // Bytes of layer l's weights on the GPU, from its family's rows of the architecture table: bf16, the Gated
 // DeltaNet's conv, decays and gated norm fp32 (a sparse layer holds every expert).

@@ -268,9 +268,9 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, const F
         s->fixed_bytes += 8.0 * T * c->vocab_size - 8 * M * c->vocab_size;
     s->fixed_bytes += stream_mode_bytes(c, T, B, split, emu);
     s->state_bytes = 4 * M * c->hidden_size;
-    // a carved slot's tensors (the hybrid families, engine/gpu_stream.cu) each start at a multiple of
+    // a slot's tensors (engine/gpu_stream.cu carves every family's) each start at a multiple of
     // GPU_SLOT_ALIGN: at most one buffer per row of the family's table (q, k and v share one; the routed
-    // experts take two); counted for every family
+    // experts take two)
     s->slot_pad = (double)GPU_SLOT_ALIGN * (c->fam->n_tensors + 1);
     s->cap = cap;
     s->gradient = gradient;
@@ -283,10 +283,8 @@ void stream_spec_model(StreamSpec* s, const Config* c, const Groups* gs, const F
     s->birth_layer = births;
     s->batches = (windows + B - 1) / B;
     s->h2d_bw = STREAM_EST_BW;
-    unsigned char* every = xmalloc(c->num_layers); // a streamed gradient recomputes every layer
-    memset(every, 1, c->num_layers);
-    s->batch_compute_s = shard_work_flops(c, gs, nf, gradient, T, every) * M / STREAM_EST_FLOPS;
-    free(every);
+    // a streamed gradient recomputes every layer
+    s->batch_compute_s = shard_work_flops(c, gs, nf, gradient, T, 1, NULL) * M / STREAM_EST_FLOPS;
 }
 
 void stream_spec_free(StreamSpec* s) {

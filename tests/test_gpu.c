@@ -600,21 +600,57 @@ static void test_merged(const char* label, const char* dir, const char* ids_path
     token_ids_free(&ids);
     model_free(&m);
 }
-#endif
 
-// One gradient run under AUTOQ_GRAD_KEEP=mode: windows 0..n-1 in batches of B (the last may be short), the
+// What each keep test starts from: the fixture (dir's model, windows first .. of ids_path, at most nsamp of
+// them: n), integer, emulated (not for experts: the scoring job never plans them there) and KV-cache formats,
+// every default candidate group with the KV-cache groups, and the layers that keep their activations (a dense
+// layer of a non-hybrid model: a sparse or hybrid layer keeps the recompute).
+typedef struct {
+    Model m;
+    TokenIds ids;
+    int n, dense, nf;
+    Format f[4];
+    Patterns dis;
+    Groups gs;
+} KeepCase;
+
+// 0, after a visible skip named skip, when the model is missing.
+static int keep_open(KeepCase* k, const char* skip, const char* dir, const char* ids_path, int first,
+                     int nsamp) {
+    if (!fixture_load(&k->m, &k->ids, skip, dir, ids_path, first)) return 0;
+    k->n = k->ids.n < nsamp ? k->ids.n : nsamp;
+    k->dense = 0;
+    for (int l = 0; l < k->m.c.num_layers; l++)
+        k->dense += !k->m.c.fam->hybrid && !model_layer_sparse(&k->m, l);
+    k->nf = formats_load(k->f, 4, k->m.c.n_sparse ? "w4a8,w8a8,kv_fp8" : "w4a8,nvfp4,w8a8,kv_fp8", 0);
+    patterns_parse(&k->dis, DEFAULT_DISABLED);
+    groups_build(&k->gs, &k->m, 0, &k->dis);
+    groups_add_kv(&k->gs, &k->m, &k->dis);
+    return 1;
+}
+
+static void keep_close(KeepCase* k) {
+    groups_free(&k->gs);
+    patterns_free(&k->dis);
+    token_ids_free(&k->ids);
+    model_free(&k->m);
+}
+
+// One gradient run of k under AUTOQ_GRAD_KEEP=mode: its n windows in batches of B (the last may be short), the
 // scores into out, the engine's peak, and the layers its forward kept (gpu_grad_keep_plan).
-static void keep_run(double* out, size_t* peak, int* kept, const Model* m, const Groups* gs, const Format* f,
-                     int nf, int split, const TokenIds* ids, int n, int B, const char* mode) {
+static void keep_run(double* out, size_t* peak, int* kept, const KeepCase* k, int split, int B,
+                     const char* mode) {
+    const Model* m = &k->m;
+    int T = k->ids.t;
     setenv("AUTOQ_GRAD_KEEP", mode, 1);
-    GpuEngine* e = gpu_engine_init(m, ids->t, B, split);
+    GpuEngine* e = gpu_engine_init(m, T, B, split);
     unsigned char* rec = xcalloc(m->c.num_layers, 1);
-    GpuScoreSpec sp = {m, gs, f, nf, 1, ids->t, B, split, NULL, NULL, NULL, 0, rec};
+    GpuScoreSpec sp = {m, &k->gs, k->f, k->nf, 1, T, B, split, NULL, NULL, NULL, 0, rec};
     GpuScorer sc;
     gpu_scorer_init(&sc, e, &sp);
-    memset(out, 0, sizeof(double) * nf * gs->n);
-    for (int i = 0; i < n; i += B)
-        gpu_score_gradient(&sc, ids->ids + (long)i * ids->t, n - i < B ? n - i : B, out);
+    memset(out, 0, sizeof(double) * k->nf * k->gs.n);
+    for (int i = 0; i < k->n; i += B)
+        gpu_score_gradient(&sc, k->ids.ids + (long)i * T, k->n - i < B ? k->n - i : B, out);
     *peak = gpu_peak_bytes(e);
     *kept = 0;
     for (int l = 0; l < m->c.num_layers; l++) *kept += !rec[l];
@@ -630,40 +666,27 @@ static void keep_run(double* out, size_t* peak, int* kept, const Model* m, const
 static void test_keep(const char* label, const char* dir, const char* ids_path, int first, int nsamp) {
     char name[240];
     snprintf(name, sizeof(name), "gpu %s kept activations", label);
-    Model m;
-    TokenIds ids;
-    if (!fixture_load(&m, &ids, name, dir, ids_path, first)) return;
-    int n = ids.n < nsamp ? ids.n : nsamp, dense = 0;
-    for (int l = 0; l < m.c.num_layers; l++) dense += !m.c.fam->hybrid && !model_layer_sparse(&m, l);
-    Format f[4];
-    // emulated formats (nvfp4) are refused for experts: the scoring job never plans them there
-    int nf = formats_load(f, 4, m.c.n_sparse ? "w4a8,w8a8,kv_fp8" : "w4a8,nvfp4,w8a8,kv_fp8", 0);
-    Patterns dis;
-    patterns_parse(&dis, DEFAULT_DISABLED);
-    Groups gs;
-    groups_build(&gs, &m, 0, &dis);
-    groups_add_kv(&gs, &m, &dis);
-    double *a = xcalloc((size_t)nf * gs.n, sizeof(double)), *b = xcalloc((size_t)nf * gs.n, sizeof(double));
+    KeepCase k;
+    if (!keep_open(&k, name, dir, ids_path, first, nsamp)) return;
+    long G = (long)k.nf * k.gs.n;
+    double *a = xcalloc(G, sizeof(double)), *b = xcalloc(G, sizeof(double));
     for (int split = 0; split < 2; split++) {
         size_t pa, pb;
-        int ka, kb;
-        keep_run(a, &pa, &ka, &m, &gs, f, nf, split, &ids, n, 2, "0");
-        keep_run(b, &pb, &kb, &m, &gs, f, nf, split, &ids, n, 2, "1");
-        int same = memcmp(a, b, sizeof(double) * nf * gs.n) == 0, finite = 1;
-        for (long k = 0; k < (long)nf * gs.n; k++) finite &= isfinite(a[k]) || a[k] == 0;
+        int ka, kb, L = k.m.c.num_layers;
+        keep_run(a, &pa, &ka, &k, split, 2, "0");
+        keep_run(b, &pb, &kb, &k, split, 2, "1");
+        int same = memcmp(a, b, sizeof(double) * G) == 0, finite = 1;
+        for (long i = 0; i < G; i++) finite &= isfinite(a[i]) || a[i] == 0;
         printf("  %s %s: peak GPU memory %.1f MiB recomputing, %.1f MiB keeping %d of %d layers\n", label,
-               split ? "bf16x2" : "bf16", pa / 1048576.0, pb / 1048576.0, kb, m.c.num_layers);
+               split ? "bf16x2" : "bf16", pa / 1048576.0, pb / 1048576.0, kb, L);
         snprintf(name, sizeof(name),
                  "gpu %s gradient %s: AUTOQ_GRAD_KEEP=1 (%d of %d layers kept) bit-identical to =0 (recompute)",
-                 label, split ? "bf16x2" : "bf16", kb, m.c.num_layers);
-        CHECK(same && finite && ka == 0 && kb == dense, name, "%s, kept %d and %d (want 0 and %d)",
-              same ? "identical" : "scores differ", ka, kb, dense);
+                 label, split ? "bf16x2" : "bf16", kb, L);
+        CHECK(same && finite && ka == 0 && kb == k.dense, name, "%s, kept %d and %d (want 0 and %d)",
+              same ? "identical" : "scores differ", ka, kb, k.dense);
     }
     free(a), free(b);
-    groups_free(&gs);
-    patterns_free(&dis);
-    token_ids_free(&ids);
-    model_free(&m);
+    keep_close(&k);
 }
 
 static void test_keep_all(void) {
@@ -673,6 +696,7 @@ static void test_keep_all(void) {
     test_keep("qwen3-moe-tiny", "tests/fixtures/qwen3-moe-tiny", "tests/fixtures/qwen3_moe_tiny_ids.npy", 0, 3);
     test_keep("qwen3_5-tiny", "tests/fixtures/qwen3_5-tiny", "tests/fixtures/qwen3_5_tiny_ids.npy", 0, 2);
 }
+#endif
 
 int main(void) {
     if (gpu_device_count() == 0) {

@@ -113,19 +113,23 @@ static void test_shard_plan(void) {
     double att = 2.0 * 4096 * 128 * 48 + 2.0 * 4096 * 4096 + 4.0 * 256 * 128 * 32;
     double layer = att + 6.0 * 4096 * 12288;
     double want = 36 * 2 * layer + 2 * 2.0 * 151936 * 4096;
-    double got = shard_work_flops(&c, &gs, 1, 1, 512, NULL);
+    double got = shard_work_flops(&c, &gs, 1, 1, 512, 0, NULL);
     CHECK(fabs(got - want) <= 1e-9 * want, "shard plan: the gradient's work per token", "%g vs %g", got, want);
     unsigned char rec[36] = {0};
     for (int l = 0; l < 10; l++) rec[l] = 1;
-    double r10 = shard_work_flops(&c, &gs, 1, 1, 512, rec);
+    double r10 = shard_work_flops(&c, &gs, 1, 1, 512, 0, rec);
     CHECK(fabs(r10 - want - 10 * layer) <= 1e-9 * want,
           "shard plan: the gradient's work with 10 layers recomputed", "%g vs %g", r10, want + 10 * layer);
+    double all = shard_work_flops(&c, &gs, 1, 1, 512, 1, rec); // every layer, whatever recomputed says
+    CHECK(fabs(all - want - 36 * layer) <= 1e-9 * want,
+          "shard plan: the gradient's work with every layer recomputed", "%g vs %g", all, want + 36 * layer);
     // the gradient's quantized products: every enabled group's linears once per format (Y is the forward's),
     // so seven formats count 6 more of them than one; an experts group only its top_k experts
     for (int i = 0; i < 144; i++) // {q,k,v}, o_proj, {gate,up}, down_proj of Qwen3-8B
         g[i].params = (long[]){4096L * 6144, 4096L * 4096, 4096L * 24576, 12288L * 4096}[i % 4];
     double layer_params = 4096.0 * 6144 + 4096.0 * 4096 + 4096.0 * 24576 + 12288.0 * 4096;
-    double one = shard_work_flops(&c, &gs, 1, 1, 512, NULL), seven = shard_work_flops(&c, &gs, 7, 1, 512, NULL);
+    double one = shard_work_flops(&c, &gs, 1, 1, 512, 0, NULL),
+           seven = shard_work_flops(&c, &gs, 7, 1, 512, 0, NULL);
     CHECK(fabs(one - (want + 36 * 1 * 2.0 * layer_params)) <= 1e-9 * one &&
               fabs(seven - one - 36 * 6 * 2.0 * layer_params) <= 1e-9 * seven,
           "shard plan: the gradient's work counts each format's products", "one %g, seven %g", one, seven);
@@ -133,7 +137,8 @@ static void test_shard_plan(void) {
     moe.num_experts = 128, moe.top_k = 8;
     Group e = {.experts = 1, .params = 3L * 128 * 4096 * 768, .layer = 0};
     Groups ge = {.n = 1, .g = &e};
-    double e1 = shard_work_flops(&moe, &ge, 1, 1, 512, NULL), e7 = shard_work_flops(&moe, &ge, 7, 1, 512, NULL);
+    double e1 = shard_work_flops(&moe, &ge, 1, 1, 512, 0, NULL),
+           e7 = shard_work_flops(&moe, &ge, 7, 1, 512, 0, NULL);
     CHECK(fabs(e7 - e1 - 6 * 2.0 * 3 * 8 * 4096 * 768) <= 1e-9 * e7,
           "shard plan: an experts group's per-format products are its top_k experts'", "%g vs %g", e1, e7);
     for (int i = 0; i < 144; i++) g[i].params = 0;
@@ -211,8 +216,8 @@ static void test_shard_hybrid(void) {
     double gdn_w = 2 * (gdn_lin + moe) + ex + delta, attn_w = 2 * (attn_lin + moe) + ex + att;
     double head = 2 * 248320.0 * D;
     Groups none = {0};
-    double kl = shard_work_flops(&c, &none, 1, 0, 512, NULL),
-           grad = shard_work_flops(&c, &none, 1, 1, 512, NULL);
+    double kl = shard_work_flops(&c, &none, 1, 0, 512, 0, NULL),
+           grad = shard_work_flops(&c, &none, 1, 1, 512, 0, NULL);
     double want_kl = 30 * gdn_w + 10 * attn_w + head, want_grad = 2 * (30 * gdn_w + 10 * attn_w) + 2 * head;
     CHECK(fabs(kl - want_kl) <= 1e-12 * want_kl && fabs(grad - want_grad) <= 1e-12 * want_grad,
           "shard plan: score's work per token on the Qwen3.5-35B-A3B shape (delta rule per value head)",
