@@ -15,7 +15,7 @@
 #   AQ=build/autoq bash bench/gpu_session.sh OUTDIR      (the build's CPPFLAGS / LDFLAGS / BLAS_DIR set)
 # Environment: TESTS=0 skips phase 1's test lanes (the checkpoint is generated alone, faster); PARTS selects
 # phase 2's shapes ("8b 30b", default both; "30b" alone for a second call when one call cannot hold both);
-# KEEP=0 skips the kept-activation bench (its time goes to the streaming runs).
+# KEEP=0 skips the kept-activation bench, GPTQ=0 the GPTQ quantize (their time goes to the streaming runs).
 set -u
 out=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 budget=${BUDGET:-560}
@@ -87,14 +87,14 @@ stream() { # SHAPE:CAP UNTIL: bench/stream_bench.sh on one shape, cut at UNTIL s
 if has 8b; then
     e8=$((budget - 170)) # the 8B part ends here, or near the end when the 30B-A3B does not follow
     has 30b || e8=$((budget - 10))
-    stream 8b:4GiB $((e8 - ${KEEP:-1} * 80 - 160))
+    stream 8b:4GiB $((e8 - ${KEEP:-1} * 80 - ${GPTQ:-1} * 160))
     if [ "${KEEP:-1}" = 1 ]; then
         echo "== the gradient's kept activations (bench/grad_keep_bench.sh) $(el)"
         MODEL=$W/8b IDS=$W/8b.npy PROFILE_N=32 timeout "$(left $((e8 - 20)))" bash bench/grad_keep_bench.sh "$out/keep" 128 4 \
             2>&1 | tee "$out/keep.txt" | cut -c1-400
     fi
     E=$W/8b
-    if [ "$(left "$e8")" -gt 60 ]; then
+    if [ "${GPTQ:-1}" = 1 ] && [ "$(left "$e8")" -gt 60 ]; then
         echo "== GPTQ quantize of the 8B shape under --gpu-memory 6GiB against the resident run $(el)"
         "$AQ" search "$E" --data "$E.npy" --num-samples 2 --method kl --budget 6 --device cuda --out "$out/r8.json" \
             >"$L/search8.log" 2>&1 || tail -3 "$L/search8.log"
