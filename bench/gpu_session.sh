@@ -3,12 +3,12 @@
 # H100 or H200: phase 1 runs the new GPU tests in parallel lanes while the full-size checkpoints are generated;
 # phase 2 runs the timings alone on the GPU. Each step is cut to the time left (BUDGET seconds, default 560),
 # so the call always returns its logs.
-#   Phase 1: tests/test_gpu_stream.sh's hybrid, MoE and qwen3-tiny sections (streaming the Gated DeltaNet
-#            families in slots laid out by the resident upload; the gradient's buffers sized before its first
-#            streamed pass), build/tests/test_gpu's kept-activation part (AUTOQ_GPU_TEST_KEEP=1:
-#            AUTOQ_GRAD_KEEP=1 bit-identical to the recompute) and tests/test_gpu_keep.sh (the command line),
-#            build/tests/test_gpu_ops and tests/test_gpu_hybrid.sh (the refactored Gated DeltaNet prep and
-#            loss kernels).
+#   Phase 1: the work merged on 2026-12-07 (sixth session) that has not run on a GPU: tests/test_gpu_measure.sh
+#            (eval and search --verify on the CUDA engine, resident and streamed), tests/test_gpu_refine.sh
+#            and build/tests/test_measure_plan (GpuMeasure refactored), tests/test_gpu_stream.sh's sections
+#            with PLAN_CHECK=1 (one carved slot layout for every family now, Qwen3 and Qwen3-MoE included;
+#            --verify measured on the GPU), the kept-activation tests (the activations as one GpuActs struct)
+#            and tests/test_gpu_hybrid.sh (its eval --device cuda check).
 #   Phase 2: bench/stream_bench.sh on the Qwen3-8B shape under 4GiB (issue 27), bench/grad_keep_bench.sh on it
 #            (issue 29), GPTQ quantize of it under 6GiB against the resident run (the same checkpoint); then the
 #            Qwen3-30B-A3B shape under 16GiB and its MoE kl with engine batches of 16 windows.
@@ -31,11 +31,11 @@ el() { echo "[$(($(date +%s) - t0)) s]"; }
 left() { echo $((${1:-$budget} - ($(date +%s) - t0))); } # seconds to the mark ${1} from the start
 cnt() { echo "$1: rc $2, $(grep -c ^PASS "$L/$1.log") pass, $(grep -c ^FAIL "$L/$1.log") fail, $(grep -c ^SKIP "$L/$1.log") skip $(el)"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1
-make -s -j"$(nproc)" autoq build/tests/test_gpu build/tests/test_gpu_ops >"$L/build.log" 2>&1 ||
+make -s -j"$(nproc)" autoq build/tests/test_gpu build/tests/test_gpu_ops build/tests/test_measure_plan >"$L/build.log" 2>&1 ||
     { tail -30 "$L/build.log"; exit 1; }
 echo "build $(el)"
 
-p1=$(($(date +%s) - t0 + ${PHASE1:-100})) # phase 1 ends here (seconds from the start)
+p1=$(($(date +%s) - t0 + ${PHASE1:-140})) # phase 1 ends here (seconds from the start)
 parts=${PARTS:-8b 30b}
 has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 tests=${TESTS:-1}
@@ -45,36 +45,31 @@ has 8b && ! [ -f "$W/8b.npy" ] && (
     "$AQ" gen "$W/8b" --preset 8b --ids "$W/8b.npy" --num-samples 128 --seq-len 512 --quiet --force
     echo "8B checkpoint generated $(el)"
 ) >"$L/gen.txt" 2>&1 &
-[ "$tests" = 1 ] && (
-    STREAM_ONLY=hybrid timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_hybrid.log" 2>&1
-    cnt stream_hybrid $?
-    if [ "$(left "$p1")" -gt 20 ]; then # the 0.6B shape's case (head_dim 128), cut by time in earlier runs
-        STREAM_ONLY=gen06 timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_gen06.log" 2>&1
-        cnt stream_gen06 $?
-    fi
-) >"$L/lane1.txt" 2>&1 &
-[ "$tests" = 1 ] && (
-    AUTOQ_GPU_TEST_KEEP=1 timeout 70 build/tests/test_gpu >"$L/test_gpu_keep.log" 2>&1
-    cnt test_gpu_keep $?
-    if [ "$(left "$p1")" -gt 20 ]; then
-        STREAM_ONLY=moe timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_moe.log" 2>&1
-        cnt stream_moe $?
-    fi
-) >"$L/lane2.txt" 2>&1 &
-[ "$tests" = 1 ] && (
-    timeout 80 build/tests/test_gpu_ops >"$L/test_gpu_ops.log" 2>&1
-    cnt test_gpu_ops $?
-    timeout "$(left "$p1")" bash tests/test_gpu_hybrid.sh >"$L/test_gpu_hybrid.log" 2>&1
-    cnt test_gpu_hybrid $?
-) >"$L/lane3.txt" 2>&1 &
-[ "$tests" = 1 ] && (
-    timeout "$(left "$p1")" bash tests/test_gpu_keep.sh >"$L/test_gpu_keep_sh.log" 2>&1
-    cnt test_gpu_keep_sh $?
-    if [ "$(left "$p1")" -gt 20 ]; then
-        STREAM_ONLY=tiny timeout "$(left "$p1")" bash tests/test_gpu_stream.sh >"$L/stream_tiny.log" 2>&1
-        cnt stream_tiny $?
-    fi
-) >"$L/lane4.txt" 2>&1 &
+lane() { # NAME LIMIT COMMAND...: one test lane's step, cut at LIMIT seconds or the end of phase 1
+    local n=$1 lim=$2
+    shift 2
+    [ "$(left "$p1")" -lt "$lim" ] && lim=$(left "$p1")
+    [ "$lim" -gt 10 ] || { echo "$n: not started (phase 1's time is up)"; return; }
+    timeout "$lim" "$@" >"$L/$n.log" 2>&1
+    cnt "$n" $?
+}
+if [ "$tests" = 1 ]; then # GPU eval / verify (tests/test_gpu_measure.sh); one slot layout and GpuActs
+    lane measure 130 bash tests/test_gpu_measure.sh >"$L/lane1.txt" 2>&1 &
+    STREAM_ONLY="verify gptq quantize multi" PLAN_CHECK=1 lane stream_vg 130 bash tests/test_gpu_stream.sh \
+        >"$L/lane2.txt" 2>&1 &
+    STREAM_ONLY=hybrid lane stream_hybrid 130 bash tests/test_gpu_stream.sh >"$L/lane3.txt" 2>&1 &
+    STREAM_ONLY="moe keep" PLAN_CHECK=1 lane stream_moe 130 bash tests/test_gpu_stream.sh >"$L/lane4.txt" 2>&1 &
+    STREAM_ONLY=tiny PLAN_CHECK=1 lane stream_tiny 130 bash tests/test_gpu_stream.sh >"$L/lane5.txt" 2>&1 &
+    (
+        AUTOQ_GPU_TEST_KEEP=1 lane test_gpu_keep 60 build/tests/test_gpu
+        lane test_gpu_keep_sh 60 bash tests/test_gpu_keep.sh
+    ) >"$L/lane6.txt" 2>&1 &
+    lane test_gpu_hybrid 130 bash tests/test_gpu_hybrid.sh >"$L/lane7.txt" 2>&1 &
+    (
+        lane test_measure_plan 20 build/tests/test_measure_plan
+        lane test_gpu_refine 100 bash tests/test_gpu_refine.sh
+    ) >"$L/lane8.txt" 2>&1 &
+fi
 wait
 cat "$L/gen.txt" "$L"/lane*.txt 2>/dev/null
 echo "phase 1 $(el)"
