@@ -98,9 +98,7 @@ void score_job_parse(ScoreJob* j, Args* a, int need_method) {
     if (j->stages && j->world % j->stages)
         fail_input("%s: --stages %d must divide --world-size %d (ranks p S .. p S + S - 1 form pipeline p)",
                    a->cmd, j->stages, j->world);
-    const char* gm = args_str(a, "--gpu-memory");
-    if (gm && (j->gpu_mem = stream_parse_size(gm)) <= 0)
-        fail_input("%s: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", a->cmd, gm);
+    j->gpu_mem = stream_parse_cap(a->cmd, args_str(a, "--gpu-memory"));
     j->quant.gpu_mem = j->gpu_mem; // GPTQ's pipeline on the GPU keeps to the cap too
     parse_domains(j, a);
     j->min_expert_tokens = args_int(a, "--min-expert-tokens", 16);

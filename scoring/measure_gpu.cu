@@ -217,6 +217,9 @@ static void stream_layer(GpuMeasure* g, int l, int k, int nb) {
     gpu_forward_layers(e, l, nb, 0);
 }
 
+// Windows in engine batch k of a streamed batch of nw windows in engine batches of B.
+static int batch_windows(int nw, int k, int B) { return nw - k * B < B ? nw - k * B : B; }
+
 // The windows in streamed batches of k engine batches, layer-major; then each engine batch's heads in window
 // order: the reference's logits and NLL, the quantized logits, their KL rows and NLL, as measure_passes adds
 // them (acc[2]: the reference's NLL).
@@ -232,7 +235,7 @@ static void stream_passes(GpuMeasure* g) {
         int nw = h->n - i0 < K * B ? h->n - i0 : K * B, kb = (nw + B - 1) / B;
         gpu_stream_break(g->st);
         for (int k = 0; k < kb; k++) {
-            int nb = nw - k * B < B ? nw - k * B : B;
+            int nb = batch_windows(nw, k, B);
             const int* ids = h->ids + (long)(i0 + k * B) * T;
             e->l0 = 1; // the mode and the ids; the embedding comes from the host table
             gpu_pass_begin(e, 0, ids, nb);
@@ -244,13 +247,13 @@ static void stream_passes(GpuMeasure* g) {
         int more = i0 + nw < h->n;
         for (int l = 0; l < L; l++) {
             gpu_stream_begin(g->st, l);
-            for (int k = 0; k < kb; k++) stream_layer(g, l, k, nw - k * B < B ? nw - k * B : B);
+            for (int k = 0; k < kb; k++) stream_layer(g, l, k, batch_windows(nw, k, B));
             gpu_stream_end(g->st, l, l + 1 < L ? l + 1 : more ? 0 : -1);
         }
         gpu_stream_break(g->st);
         e->l0 = 0, e->l1 = L;
         for (int k = 0; k < kb; k++) {
-            int nb = nw - k * B < B ? nw - k * B : B, w = i0 + k * B;
+            int nb = batch_windows(nw, k, B), w = i0 + k * B;
             e->h = g->hr[k];
             gpu_head_logits(e, nb, g->ref);
             gpu_nll_windows(g->acc + 2, g->scratch, g->ref, g->ids + (long)w * T, nb, T, g->V);

@@ -49,8 +49,7 @@ void quantizer_set_device(Quantizer* q, const char* dev, const Config* c, const 
 
 void quantizer_set_gpu_memory(Quantizer* q, const char* size, const char* cmd) {
     if (!size) return;
-    if ((q->gpu_mem = stream_parse_size(size)) <= 0)
-        fail_input("%s: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", cmd, size);
+    q->gpu_mem = stream_parse_cap(cmd, size);
     if (!q->use_gpu)
         fail_input("%s: --gpu-memory caps GPTQ's GPU pipeline (the other passes run on the CPU): it needs "
                    "--quantizer gptq on a GPU (a dense model, --device auto or cuda)",

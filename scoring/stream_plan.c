@@ -203,6 +203,13 @@ double stream_parse_size(const char* s) {
     return -1;
 }
 
+double stream_parse_cap(const char* cmd, const char* size) {
+    if (!size) return 0;
+    double v = stream_parse_size(size);
+    if (v <= 0) fail_input("%s: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", cmd, size);
+    return v;
+}
+
 // The widest linear dimension (rows or columns) of any layer, as the engine's widest_linear finds it among
 // its linears: the rows of the family's table each layer has (q_proj with its gate rows, the Gated DeltaNet's
 // input projections), the routed experts' moe_intermediate, and the hidden size.

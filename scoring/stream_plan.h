@@ -104,3 +104,5 @@ void stream_spec_free(StreamSpec* s);
 // Parses a --gpu-memory SIZE: bytes, or a number with K, M, G, T (powers of 1000) or KiB, MiB, GiB,
 // TiB (powers of 1024), B optional. Returns -1 when malformed.
 double stream_parse_size(const char* s);
+// cmd's --gpu-memory SIZE in bytes (0 when size is NULL); a malformed size is exit 2 naming it.
+double stream_parse_cap(const char* cmd, const char* size);

@@ -95,9 +95,7 @@ int cmd_eval(Args* a) {
     if (logits_path) out_check(logits_path, "--logits");
     if (q.kind == QUANTIZER_GPTQ && !recipe && !format)
         fail_input("eval: --quantizer gptq goes with --recipe or --format (what to quantize)");
-    double cap = 0;
-    if (gpu_mem && (cap = stream_parse_size(gpu_mem)) <= 0)
-        fail_input("eval: --gpu-memory '%s': a size such as 16GiB, 4G or 500MiB", gpu_mem);
+    double cap = stream_parse_cap("eval", gpu_mem);
     if (gpu_mem && !recipe && !format)
         fail_input("eval: --gpu-memory caps the measurement of --recipe or --format (and GPTQ's GPU pipeline); "
                    "the plain NLL runs on the CPU engine");
