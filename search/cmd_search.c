@@ -133,8 +133,9 @@ typedef struct {
     const VerifyRef* ref;
     const ScoreTable* t;
     int* choice;
-    GpuMeasure* gpu; // NULL: the CPU engine
-    int* on_gpu;     // (n_linears) the choice each linear holds on the GPU (-1 bf16)
+    GpuMeasure* gpu;   // resident on the CUDA engine, else NULL
+    VerifyDevice* dev; // streamed on the CUDA engine (each recipe one streamed pass; dev->stream), else NULL
+    int* on_gpu;       // (n_linears) the choice each linear holds on the GPU (-1 bf16)
     // --objective max: each domain's held-out windows (held holds them all, domain after domain), measured
     // apart
     int nd;
@@ -144,15 +145,32 @@ typedef struct {
     int* kv;     // (layers) each layer's KV-cache choice, the array verify_set_kv deploys (README §7)
 } RefineCtx;
 
-// The recipe on the GPU: each linear whose choice changed since the last measurement gets its deployed
-// weight (verify_recipe's round-to-nearest: quantize's stored scales, else fake-quantized) and input spec.
+// Each window's KL (r->wkl) summed into its domain's dkl[d] (the domains' windows one after another).
+static void refine_domain_kl(const RefineCtx* r, double* dkl) {
+    for (int d = 0, w = 0; dkl && d < r->nd; d++) {
+        dkl[d] = 0;
+        for (int i = 0; i < r->dheld[d].n; i++) dkl[d] += r->wkl[w++];
+    }
+}
+
+// The recipe on the GPU. Resident: each linear whose choice changed since the last measurement gets its
+// deployed weight (verify_recipe's round-to-nearest: quantize's stored scales, else fake-quantized) and input
+// spec. Streamed: the whole recipe in one streamed pass (verify_measure_gpu).
 static void refine_measure_gpu(RefineCtx* r, VerifyResult* v, double* dkl) {
     const Model* m = r->m;
     int n = m->n_linears;
     int* ch = xmalloc(sizeof(int) * n);
     float** wq = xcalloc(n, sizeof(float*));
-    for (int i = 0; i < n; i++) ch[i] = r->choice[i] != r->on_gpu[i] ? r->choice[i] : -1;
+    for (int i = 0; i < n; i++) ch[i] = r->dev || r->choice[i] != r->on_gpu[i] ? r->choice[i] : -1;
     quantize_deployed(wq, m, r->fmts, ch);
+    if (r->dev) {
+        if (!verify_measure_gpu(r->dev, m, r->held, r->fmts, r->choice, wq, v, dkl ? r->wkl : NULL))
+            fail_other("internal: search --refine's streamed measurement refused after its plan fitted");
+        refine_domain_kl(r, dkl);
+        for (int i = 0; i < n; i++) free(wq[i]);
+        free(wq), free(ch);
+        return;
+    }
     memset(v, 0, sizeof(*v));
     for (int i = 0; i < n; i++) {
         int c = r->choice[i];
@@ -178,10 +196,7 @@ static void refine_measure_gpu(RefineCtx* r, VerifyResult* v, double* dkl) {
         gpu_measure_set(r->gpu, i, w, f->in_enable ? f->in : none);
     }
     gpu_measure_run(r->gpu, &v->kl, &v->nll_ref, &v->nll_q, dkl ? r->wkl : NULL);
-    for (int d = 0, w = 0; dkl && d < r->nd; d++) { // the domains' windows one after another
-        dkl[d] = 0;
-        for (int i = 0; i < r->dheld[d].n; i++) dkl[d] += r->wkl[w++];
-    }
+    refine_domain_kl(r, dkl);
     for (int i = 0; i < n; i++) free(wq[i]);
     free(wq);
     free(ch);
@@ -192,7 +207,7 @@ static void refine_measure(void* ctx, const int* sel, VerifyResult* v, double* d
     Solution s = {.sel = (int*)sel};
     linear_choice(r->m, r->t, &s, r->choice);
     kv_choice(r->m, r->t, &s, r->kv); // the KV caches as the recipe stores them (verify deploys them)
-    if (r->gpu) {
+    if (r->gpu || r->dev) {
         refine_measure_gpu(r, v, dkl);
         return;
     }
@@ -214,36 +229,52 @@ static void refine_measure(void* ctx, const int* sel, VerifyResult* v, double* d
     }
 }
 
-// The CUDA engine for the measurements with --device cuda, and with --device auto where a GPU is visible
-// (README §7; tests/test_gpu_refine.sh compares it with the CPU engine): round-to-nearest recipes only (GPTQ
-// runs again per recipe on the CPU). NULL: the CPU engine.
-static GpuMeasure* refine_gpu(const ScoreJob* j, const ScoreTable* t, const TokenIds* held) {
-    int want = !strcmp(j->device, "cuda");
-    if (!want && strcmp(j->device, "auto")) return NULL;
-    if (!gpu_device_count()) {
-        if (want) fail_input("search --refine --device cuda: no CUDA device found");
-        return NULL;
-    }
+// Where the measurements run (README §7; tests/test_gpu_refine.sh compares the CUDA engine with the CPU's): the
+// CUDA engine with --device cuda, and with --device auto where a GPU is visible, round-to-nearest recipes only
+// (GPTQ runs again per recipe on the CPU); resident (*gpu) when the model, the held-out windows' reference
+// logits and every linear's deployed fp32 weight fit dev's cap (--gpu-memory, else 90% of free memory), else
+// streamed (dev->stream: each recipe one streamed pass at one engine batch, so every recipe is measured alike).
+// Returns 0 for the CPU engine.
+static int refine_gpu(VerifyDevice* dev, const ScoreJob* j, const ScoreTable* t, const TokenIds* held,
+                      GpuMeasure** gpu) {
+    *gpu = NULL;
+    if (!dev->gpu) return 0;
     for (int g = 0; g < t->ng; g++)
         if (table_kv(t, g) && !t->disabled[g]) {
             info_msg("search: --refine measures on the CPU engine: %s is a KV-cache group, and the CUDA "
                      "measurement does not fake-quantize KV caches yet (README §7)",
                      t->gname[g]);
-            return NULL;
+            return 0;
         }
     if (j->quant.kind == QUANTIZER_GPTQ) {
         info_msg("search: --refine with --quantizer gptq measures on the CPU engine (GPTQ runs again for each "
                  "recipe on the held-out windows)");
-        return NULL;
+        return 0;
     }
-    size_t bytes = 0; // every linear's deployed fp32 weight, at most
-    for (int i = 0; i < j->model.n_linears; i++)
-        bytes += sizeof(float) * (size_t)j->model.linears[i].out * j->model.linears[i].in;
-    char why[256];
-    GpuMeasure* g = gpu_measure_init(&j->model, held, bytes, why, sizeof(why));
-    if (!g && want) fail_input("search --refine --device cuda: %s", why);
-    if (!g) warn_msg("search: --refine measures on the CPU engine: %s", why);
-    return g;
+    const Model* m = &j->model;
+    double* extra = xcalloc(m->c.num_layers, sizeof(double)); // every linear's deployed fp32 weight, at most
+    size_t bytes = 0;
+    for (int l = 0; l < m->c.num_layers; l++)
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
+            extra[l] += sizeof(float) * (double)m->linears[i].out * m->linears[i].in;
+            bytes += sizeof(float) * (size_t)m->linears[i].out * m->linears[i].in;
+        }
+    MeasurePlan p;
+    char why[512];
+    int ok = verify_plan_gpu(dev, m, held->t, held->n, extra, &p, why, sizeof(why));
+    free(extra);
+    if (ok && !p.streamed) *gpu = gpu_measure_init_batch(m, held, p.B, bytes, why, sizeof(why));
+    if (ok && p.streamed) {
+        dev->stream = 1, dev->batch = p.B;
+        info_msg("search: --refine streams each recipe's layers from host memory (%d of %d layers resident, "
+                 "engine batches of %d windows): the resident measurement needs %.3f GiB",
+                 p.sp.n_resident, m->c.num_layers, p.B, p.resident / 1073741824.0);
+    }
+    measure_plan_free(&p);
+    if (*gpu || (ok && dev->stream)) return 1;
+    if (dev->want) fail_input("search --refine --device cuda: %s", why);
+    warn_msg("search: --refine measures on the CPU engine: %s", why);
+    return 0;
 }
 
 // --objective max's held-out windows (README §7): for each domain of the scores, --data NAME=FILE's first
@@ -278,12 +309,14 @@ static void refine_domain_data(const ScoreJob* j, const ScoreTable* t, int windo
 
 // Refines main (README §7) on the held-out windows and makes it the best measured recipe.
 static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj, Solution* main, ScoreJob* j,
-                          const TokenIds* held, const Format* fmts, const RefineOpts* ro, int* kv) {
+                          const TokenIds* held, const Format* fmts, const RefineOpts* ro, int* kv,
+                          VerifyDevice* dev) {
     VerifyRef ref = {0};
     TokenIds all = {0, 0, NULL};
     int nd = obj->kind == OBJ_MAX ? ctx->t->nd : 0;
     RefineCtx rc = {&j->model, held, fmts, &j->quant, &ref,  ctx->t, xmalloc(sizeof(int) * j->model.n_linears),
-                    NULL,      NULL, nd,   {{0}},     {{0}}, NULL,   kv};
+                    NULL,      NULL, NULL, nd,        {{0}}, {{0}},  NULL,
+                    kv};
     RefineOpts o = *ro;
     if (nd) {
         refine_domain_data(j, ctx->t, ro->windows, rc.dheld, &all);
@@ -292,21 +325,25 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
         for (int d = 0; d < nd; d++) o.dwindows[d] = rc.dheld[d].n;
         rc.wkl = xmalloc(sizeof(double) * all.n);
     }
-    rc.gpu = refine_gpu(j, ctx->t, held);
+    int on_gpu = refine_gpu(dev, j, ctx->t, held, &rc.gpu);
+    if (on_gpu && !rc.gpu) rc.dev = dev;
     if (rc.gpu) {
         rc.on_gpu = xmalloc(sizeof(int) * j->model.n_linears);
         for (int i = 0; i < j->model.n_linears; i++) rc.on_gpu[i] = -1;
+    } else if (on_gpu) {
     } else if (nd) {
         for (int d = 0; d < nd; d++) verify_ref_init(&rc.dref[d], &j->model, &rc.dheld[d]);
     } else {
         verify_ref_init(&ref, &j->model, held);
     }
-    info_msg("search: --refine on %d held-out window(s) of %d tokens, on the %s engine%s%s", held->n, held->t,
-             rc.gpu ? "CUDA" : "CPU", rc.gpu ? " " : "", rc.gpu ? gpu_name() : "");
+    info_msg("search: --refine on %d held-out window(s) of %d tokens, on the %s engine%s%s%s", held->n, held->t,
+             on_gpu ? "CUDA" : "CPU", on_gpu ? " " : "", on_gpu ? gpu_name() : "",
+             rc.dev ? ", streamed layers" : "");
     o.windows = held->n; // --scores: --data may hold fewer than --refine-windows
     o.seq_len = held->t;
     refine_run(rf, ctx, obj, main, refine_measure, &rc, &o);
-    rf->device = rc.gpu ? "cuda" : "cpu";
+    rf->device = on_gpu ? "cuda" : "cpu";
+    rf->streamed = rc.dev != NULL;
     memcpy(main->sel, rf->tries[rf->best].sel, sizeof(int) * ctx->t->ng);
     main->predicted = rf->tries[rf->best].score;
     search_measure(ctx, main);
@@ -382,12 +419,11 @@ int cmd_search(Args* a) {
     ScoreJob j;
     score_job_parse(&j, a, scores == NULL);
     args_done(a);
-    // --gpu-memory caps the scoring's GPU engine and --verify's measurement (README "Streaming"); search
-    // --refine's measurement is resident, so with --scores the cap is --verify's
-    if (scores && j.gpu_mem && !verify)
-        fail_input("search: --gpu-memory with --scores caps --verify's measurement (add --verify, or drop it)");
-    VerifyDevice vdev;
+    // --gpu-memory caps the scoring's GPU engine and --verify's and --refine's measurements (README
+    // "Streaming"; with --scores and neither of them the option table refuses it)
+    VerifyDevice vdev, rdev;
     if (verify) verify_device_init(&vdev, "search --verify", j.device, j.gpu_mem, 0);
+    if (refine) verify_device_init(&rdev, "search --refine", j.device, j.gpu_mem, 0);
     int n_lc = 0, n_mo = 0;
     for (int i = 0; i < ne; i++) *(strncmp(emits[i], "llmcompressor=", 14) == 0 ? &n_lc : &n_mo) += 1;
     // The emit target decides the numerics the user did not choose (README §8): llm-compressor alone
@@ -510,7 +546,7 @@ int cmd_search(Args* a) {
     for (int l = 0; kv && l < j.model.c.num_layers; l++) kv[l] = -1; // bf16 KV caches until a recipe's are set
     verify_set_kv(kv);
     Refine rf;
-    if (refine) search_refine(&rf, &ctx, &obj, &main_sol, &j, &held, fmts, &ro, kv);
+    if (refine) search_refine(&rf, &ctx, &obj, &main_sol, &j, &held, fmts, &ro, kv, &rdev);
     Bootstrap boot;
     if (nboot) {
         if (!t.nw)

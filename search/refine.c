@@ -467,9 +467,10 @@ void refine_print(const Refine* r, const SearchCtx* c) {
     const ScoreTable* t = c->t;
     const RefineTry* p = &r->tries[0];
     printf("\nrefine: %d held-out window(s), %d round(s), %d recipe(s) measured in %.2f s (%.3f s each, %s "
-           "engine); stopped: %s\n",
+           "engine%s); stopped: %s\n",
            r->windows, r->rounds, r->n, r->seconds, r->n ? r->seconds / r->n : 0.0,
-           r->device && !strcmp(r->device, "cuda") ? "CUDA" : "CPU", r->stop);
+           r->device && !strcmp(r->device, "cuda") ? "CUDA" : "CPU", r->streamed ? ", streamed layers" : "",
+           r->stop);
     printf("%3s %5s %-9s %7s %15s %13s %13s %11s  %s\n", "#", "round", "kind", "bits", "predicted score",
            "predicted KL", "measured KL", "NLL change", "choices that differ from the plain recipe");
     for (int i = 0; i < r->n; i++) {
@@ -511,6 +512,7 @@ json_t* refine_json(const Refine* r, const SearchCtx* c) {
                           "alpha", r->alpha, "seconds", r->seconds, "stopped", r->stop, "best", r->best,
                           "plain_measured_kl", p->v.kl, "refined_measured_kl", r->tries[r->best].v.kl, "device",
                           r->device ? r->device : "cpu");
+    json_object_set_new(o, "streamed", json_boolean(r->streamed));
     json_t* tries = json_array();
     for (int i = 0; i < r->n; i++) {
         const RefineTry* x = &r->tries[i];

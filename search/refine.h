@@ -55,6 +55,7 @@ typedef struct Refine {
     double seconds;     // measuring
     const char* stop;   // why it stopped
     const char* device; // where the measurements ran: "cpu" or "cuda" (the caller sets it)
+    int streamed;       // on the CUDA engine with its layers streamed from host memory (the caller sets it)
 } Refine;
 
 // Refines solution s (the plain recipe) of c at s->budget. o: the objective whose additive scores are the

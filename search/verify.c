@@ -16,16 +16,13 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
 static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
                         const Quantizer* q, const char* logits, const VerifyRef* ref, VerifyResult* r);
 
-static int verify_gpu(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
-                      float* const* given, VerifyResult* r);
-
 static const int* g_kv;     // verify_set_kv's choices
 static VerifyDevice* g_dev; // verify_set_device's
 
 void verify_set_kv(const int* kv) { g_kv = kv; }
 void verify_set_device(VerifyDevice* d) { g_dev = d; }
 
-void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, double cap, int gptq_gpu) {
+void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, double cap, int capped_else) {
     memset(d, 0, sizeof(*d));
     d->cmd = cmd;
     d->cap = cap;
@@ -33,7 +30,7 @@ void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, do
     int n = gpu_device_count();
     if (d->want && !n) fail_input("%s --device cuda: no CUDA device found", cmd);
     d->gpu = n > 0 && (d->want || !device || !strcmp(device, "auto"));
-    if (cap && !d->gpu && !gptq_gpu)
+    if (cap && !d->gpu && !capped_else)
         fail_input("%s: --gpu-memory: no CUDA device in use (--device cpu or none found)", cmd);
 }
 
@@ -105,7 +102,8 @@ static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts,
     }
     // the CUDA engine where verify_set_device chose it: not for --logits (the fp32 CPU engine's are written)
     // nor a measurement against cached reference logits (search --refine's CPU path)
-    if (!(g_dev && g_dev->gpu && !logits && !ref && verify_gpu(m, ids, fmts, choice, wq, r)))
+    if (!(g_dev && g_dev->gpu && !logits && !ref &&
+          verify_measure_gpu(g_dev, m, ids, fmts, choice, wq, r, NULL)))
         verify_core(m, ids, fmts, choice, wq, logits, ref, r);
     if (q->kind == QUANTIZER_GPTQ) {
         r->gptq = 1;
@@ -138,12 +136,64 @@ static int deploy_linears(const Model* m, const Format* fmts, const int* choice,
     return n;
 }
 
-// The recipe on the CUDA engine (README "Streaming"): resident when the model, every window's reference logits
-// and the recipe's fp32 weights fit the cap, else streamed; returns 0 where the CPU engine measures instead (a
-// KV-cache choice, or no plan fits the cap under --device auto; --device cuda exits 2 there).
-static int verify_gpu(const Model* m, const TokenIds* ids, const Format* fmts, const int* choice,
-                      float* const* given, VerifyResult* r) {
-    VerifyDevice* d = g_dev;
+// Layer l's deployed fp32 weights (w[i] set) into extra[l]; returns their sum.
+static size_t recipe_extra(const Model* m, float* const* w, double* extra) {
+    size_t total = 0;
+    for (int l = 0; l < m->c.num_layers; l++)
+        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
+            if (w[i]) {
+                size_t b = sizeof(float) * (size_t)m->linears[i].out * m->linears[i].in;
+                extra[l] += (double)b;
+                total += b;
+            }
+    return total;
+}
+
+int verify_plan_gpu(const VerifyDevice* d, const Model* m, int T, int n, const double* extra, MeasurePlan* p,
+                    char* why, size_t nwhy) {
+    double cap = d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
+    const char* fs = getenv("AUTOQ_STREAM");         // bench and tests: the streamed path where it fits
+    const char* kf = getenv("AUTOQ_STREAM_BATCHES"); // tests: engine batches per streamed batch
+    const char* mb = getenv("AUTOQ_MEASURE_BATCH");  // tests: the engine batch (resident and streamed)
+    int B0 = d->batch ? d->batch : mb ? atoi(mb) : 0;
+    int ok =
+        measure_plan(p, &m->c, extra, T, n, B0, cap, d->stream || (fs && !strcmp(fs, "1")), kf ? atoi(kf) : 0);
+    if (!ok)
+        snprintf(why, nwhy,
+                 "%s %.3f GiB is too small for %s with windows of %d tokens: the streamed measurement needs at "
+                 "least %.3f GiB (%.0f bytes); the resident one %.3f GiB (%.0f bytes)",
+                 d->cap ? "--gpu-memory" : "90% of the GPU's free memory,", cap / 1073741824.0, m->dir, T,
+                 p->need / 1073741824.0, ceil(p->need), p->resident / 1073741824.0, ceil(p->resident));
+    return ok;
+}
+
+// The plan and the measurement's statistics, said once per device (search --refine measures many recipes).
+static void say_plan(VerifyDevice* d, const MeasurePlan* p, int L) {
+    if (d->runs || !p->streamed) return;
+    double cap = d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
+    info_msg("%s: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows "
+             "(reference and quantized states on the GPU), planned peak %.3f GiB (%.0f bytes) of %.3f GiB, "
+             "%.2f GiB host->GPU per batch",
+             d->cmd, p->sp.n_resident, L, p->sp.k, p->B, p->sp.gpu_bytes / 1073741824.0, p->sp.gpu_bytes,
+             cap / 1073741824.0, p->sp.weight_h2d / 1073741824.0);
+}
+
+static void say_stats(VerifyDevice* d, GpuMeasure* g, int streamed, double secs) {
+    if (d->runs++) return;
+    double h2d, gap, peak, alloc;
+    gpu_measure_stats(g, &h2d, &gap, &peak, &alloc);
+    info_msg(
+        "%s: measured on the CUDA engine, %s, in %.2fs: %.3f GiB (%.0f bytes) allocated by the engine; peak "
+        "GPU memory %.3f GiB (the CUDA libraries' workspaces and any other process on the GPU count too), %s",
+        d->cmd, streamed ? "streamed layers" : "resident", secs, alloc / 1073741824.0, alloc,
+        peak / 1073741824.0, gpu_name());
+    if (streamed)
+        info_msg("%s: streamed layers: %.2f GiB copied host->GPU, %.3fs of copies not hidden behind compute",
+                 d->cmd, h2d / 1073741824.0, gap);
+}
+
+int verify_measure_gpu(VerifyDevice* d, const Model* m, const TokenIds* ids, const Format* fmts,
+                       const int* choice, float* const* given, VerifyResult* r, double* wkl) {
     for (int l = 0; g_kv && l < m->c.num_layers; l++)
         if (g_kv[l] >= 0 && fmts[g_kv[l]].kv) {
             if (!d->said++)
@@ -152,70 +202,34 @@ static int verify_gpu(const Model* m, const TokenIds* ids, const Format* fmts, c
                          d->cmd, l);
             return 0;
         }
-    int L = m->c.num_layers, T = ids->t;
+    int L = m->c.num_layers;
     float** w = xcalloc(m->n_linears, sizeof(float*));
     QuantSpec* in = xcalloc(m->n_linears, sizeof(QuantSpec));
     double* extra = xcalloc(L, sizeof(double));
     memset(r, 0, sizeof(*r));
     r->n_quantized = deploy_linears(m, fmts, choice, given, w, in);
-    size_t total = 0;
-    for (int l = 0; l < L; l++)
-        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
-            if (w[i]) {
-                size_t b = sizeof(float) * (size_t)m->linears[i].out * m->linears[i].in;
-                extra[l] += (double)b;
-                total += b;
-            }
-    double cap = d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
-    const char* fs = getenv("AUTOQ_STREAM");         // bench and tests: the streamed path where it fits
-    const char* kf = getenv("AUTOQ_STREAM_BATCHES"); // tests: engine batches per streamed batch
-    const char* mb = getenv("AUTOQ_MEASURE_BATCH");  // tests: the engine batch (resident and streamed)
+    size_t total = recipe_extra(m, w, extra);
     MeasurePlan p;
-    int ok = measure_plan(&p, &m->c, extra, T, ids->n, mb ? atoi(mb) : 0, cap, fs && !strcmp(fs, "1"),
-                          kf ? atoi(kf) : 0);
-    GpuMeasure* g = NULL;
     char why[512] = "";
-    if (!ok)
-        snprintf(why, sizeof(why),
-                 "%s %.3f GiB is too small for %s with windows of %d tokens: the streamed measurement needs at "
-                 "least %.3f GiB (%.0f bytes); the resident one %.3f GiB (%.0f bytes)",
-                 d->cap ? "--gpu-memory" : "90% of the GPU's free memory,", cap / 1073741824.0, m->dir, T,
-                 p.need / 1073741824.0, ceil(p.need), p.resident / 1073741824.0, ceil(p.resident));
-    else if (!p.streamed)
-        g = gpu_measure_init_batch(m, ids, p.B, total, why, sizeof(why));
-    else
-        g = gpu_measure_stream_init(m, ids, &p, w, in);
-    if (!g) { // --device cuda refuses, as search --refine does; auto measures on the CPU engine
-        if (d->want) fail_input("%s --device cuda: %s", d->cmd, why);
-        if (!d->said++) warn_msg("%s: measures on the CPU engine: %s", d->cmd, why);
-        for (int i = 0; i < m->n_linears; i++) free(w[i]);
-        free(w), free(in), free(extra);
-        measure_plan_free(&p);
-        return 0;
-    }
-    if (!p.streamed)
+    GpuMeasure* g = NULL;
+    if (verify_plan_gpu(d, m, ids->t, ids->n, extra, &p, why, sizeof(why)))
+        g = p.streamed ? gpu_measure_stream_init(m, ids, &p, w, in)
+                       : gpu_measure_init_batch(m, ids, p.B, total, why, sizeof(why));
+    if (g && !p.streamed)
         for (int i = 0; i < m->n_linears; i++)
             if (w[i]) gpu_measure_set(g, i, w[i], in[i]);
     for (int i = 0; i < m->n_linears; i++) free(w[i]);
     free(w), free(in), free(extra);
-    if (p.streamed)
-        info_msg("%s: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows "
-                 "(reference and quantized states on the GPU), planned peak %.3f GiB (%.0f bytes) of %.3f GiB, "
-                 "%.2f GiB host->GPU per batch",
-                 d->cmd, p.sp.n_resident, L, p.sp.k, p.B, p.sp.gpu_bytes / 1073741824.0, p.sp.gpu_bytes,
-                 cap / 1073741824.0, p.sp.weight_h2d / 1073741824.0);
+    if (!g) { // --device cuda refuses, as search --refine does; auto measures on the CPU engine
+        measure_plan_free(&p);
+        if (d->want) fail_input("%s --device cuda: %s", d->cmd, why);
+        if (!d->said++) warn_msg("%s: measures on the CPU engine: %s", d->cmd, why);
+        return 0;
+    }
+    say_plan(d, &p, L);
     double t0 = time_now();
-    gpu_measure_run(g, &r->kl, &r->nll_ref, &r->nll_q, NULL);
-    double h2d, gap, peak, alloc;
-    gpu_measure_stats(g, &h2d, &gap, &peak, &alloc);
-    info_msg(
-        "%s: measured on the CUDA engine, %s, in %.2fs: %.3f GiB (%.0f bytes) allocated by the engine; peak "
-        "GPU memory %.3f GiB (the CUDA libraries' workspaces and any other process on the GPU count too), %s",
-        d->cmd, p.streamed ? "streamed layers" : "resident", time_now() - t0, alloc / 1073741824.0, alloc,
-        peak / 1073741824.0, gpu_name());
-    if (p.streamed)
-        info_msg("%s: streamed layers: %.2f GiB copied host->GPU, %.3fs of copies not hidden behind compute",
-                 d->cmd, h2d / 1073741824.0, gap);
+    gpu_measure_run(g, &r->kl, &r->nll_ref, &r->nll_q, wkl);
+    say_stats(d, g, p.streamed, time_now() - t0);
     r->on_gpu = 1;
     r->streamed = p.streamed;
     gpu_measure_free(g);

@@ -5,6 +5,7 @@
 #include "../datasets/npy.h"
 #include "../engine/model.h"
 #include "../scoring/format.h"
+#include "../scoring/measure_plan.h"
 #include "../scoring/quantizer.h"
 
 typedef struct {
@@ -26,12 +27,28 @@ typedef struct {
     int gpu;         // the CUDA engine where it can measure (--device cuda, or auto with a GPU visible)
     double cap;      // --gpu-memory in bytes, 0: 90% of the GPU's free memory
     int said;        // the CPU fallback's reason said once
+    int runs;        // measurements made: the plan and its statistics are said for the first only
+    int stream;      // every measurement streamed (search --refine where the resident one does not fit)
+    int batch;       // the engine batch, 0: the planner's (AUTOQ_MEASURE_BATCH in tests)
 } VerifyDevice;
 // From --device (NULL: auto) and --gpu-memory (cap bytes, 0 none); exit 2 for --device cuda without a GPU and
-// for a cap that caps nothing (no CUDA device in use and gptq_gpu 0: no GPTQ pipeline on the GPU either).
-void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, double cap, int gptq_gpu);
+// for a cap that caps nothing (no CUDA device in use and capped_else 0: the cap caps nothing else either, such
+// as GPTQ's pipeline on the GPU or the scoring).
+void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, double cap, int capped_else);
 // The device the next verify calls use (NULL: the CPU engine); the caller keeps d alive until then.
 void verify_set_device(VerifyDevice* d);
+
+// Plans the measurement of n windows of T tokens on d's GPU whose layer l carries extra[l] bytes of deployed
+// fp32 weights (scoring/measure_plan.h), within --gpu-memory or 90% of the free memory; 0, with the reason in
+// why, when no plan fits.
+int verify_plan_gpu(const VerifyDevice* d, const Model* m, int T, int n, const double* extra, MeasurePlan* p,
+                    char* why, size_t nwhy);
+// The recipe (choice, given as verify_run_with's) measured on the CUDA engine through d (README "Streaming"):
+// resident when the model, every window's reference logits and the recipe's fp32 weights fit the cap, else
+// streamed; each window's KL into wkl (ids->n) unless NULL. Returns 0 where the CPU engine measures instead (a
+// KV-cache choice set by verify_set_kv, or no plan fits under --device auto; --device cuda exits 2 there).
+int verify_measure_gpu(VerifyDevice* d, const Model* m, const TokenIds* ids, const Format* fmts,
+                       const int* choice, float* const* given, VerifyResult* r, double* wkl);
 
 // The KV-cache choice of each layer the next verify calls deploy (an index into their fmts, -1 bf16), or NULL
 // for none (README §7): the caller keeps kv alive until then.

@@ -12,7 +12,7 @@
 #   - qwen3-tiny's GPTQ recipe (GPTQ's GPU pipeline, then its deployed weights measured on the GPU): on the
 #     CUDA engine, within 5% (KL) of the CPU engine's measurement of the same --device cpu run's GPTQ.
 # Before the GPU part, on any machine: the exit-2 paths of --gpu-memory and --device with eval and search
-# --verify. Skipped, visibly, without a GPU.
+# --verify and --refine. Skipped, visibly, without a GPU.
 set -u
 SUITE=gpu_measure
 . "$(dirname "$0")/lib.sh"
@@ -32,6 +32,13 @@ expect "search --scores --gpu-memory without --verify" "not used with --scores" 
     $AQ search --scores "$tmp/probe.h5" --budget 6 --gpu-memory 1GiB
 expect "search --verify --device cpu --gpu-memory: it caps nothing" "no CUDA device in use" \
     $AQ search --scores "$tmp/probe.h5" --data $EI --budget 6 --verify --device cpu --gpu-memory 1GiB
+expect "search --refine --device cpu --gpu-memory: it caps nothing" "search --refine: --gpu-memory: no CUDA device in use" \
+    $AQ search --scores "$tmp/probe.h5" --data $EI --budget 6 --refine --refine-windows 1 --device cpu \
+    --gpu-memory 1GiB
+if ! $AQ eval $E --data $EI --num-samples 1 --format w4a8 --device cuda >/dev/null 2>&1; then # no GPU here
+    expect "search --refine --device cuda without a GPU" "search --refine --device cuda: no CUDA device found" \
+        $AQ search --scores "$tmp/probe.h5" --data $EI --budget 6 --refine --refine-windows 1 --device cuda
+fi
 skip_without_gpu "eval and search --verify" $AQ eval $E --data $EI --num-samples 1 --format w4a8 --device cuda \
     --json "$tmp/probe.json"
 

@@ -60,6 +60,46 @@ for m in "${models[@]}" "${table[0]}"; do # qwen3-tiny and the MoE fixture
     python3 tests/refine_compare.py "$tmp/$name.4.8.cpu.json" "$tmp/$name.4.8.cuda.json" 0.05 "$name 4.8" &&
         pass "$name: refine measured on the GPU equals the CPU's within 5%" || fail "$name: GPU refine against CPU"
 done
+# Streamed layers (README "Streaming"): where the resident measurement does not fit, each recipe in one streamed
+# pass. Against the resident refinement above: the same tries and refined recipe, every measured KL within 1e-9
+# when forced to stream (AUTOQ_STREAM=1, the resident engine batch) and 1e-6 under a cap halfway between the
+# smallest streamed plan and the resident one (the engine batch may be smaller there).
+same_refine() { # RESIDENT.json STREAMED.json TOL
+    python3 - "$@" <<'PY'
+import json, sys
+r, s = (json.load(open(p))["refine"] for p in sys.argv[1:3])
+tol = float(sys.argv[3])
+assert r["device"] == s["device"] == "cuda" and not r["streamed"] and s["streamed"], (r["streamed"], s["streamed"])
+assert [t["changes"] for t in r["tries"]] == [t["changes"] for t in s["tries"]] and r["best"] == s["best"]
+worst = max(abs(a["measured_kl"] - b["measured_kl"]) / max(abs(a["measured_kl"]), 1e-30)
+            for a, b in zip(r["tries"], s["tries"]))
+assert worst <= tol, f"worst relative KL difference {worst:.3g} > {tol}"
+print(f"  {len(r['tries'])} recipes, worst relative KL difference {worst:.2e}")
+PY
+}
+for m in "${models[@]}" "${table[0]}"; do
+    read -r name dir ids T held sdev <<<"$m"
+    [ -f "$tmp/$name.4.8.cuda.json" ] || continue
+    cp "$tmp/$name.4.8.cuda.json" "$tmp/$name.res.json"
+    AUTOQ_STREAM=1 refine "$name" 4.8 "$held" "$T" cuda --refine-rounds 2 --refine-candidates 4 &&
+        grep -q "streams each recipe's layers" "$tmp/err" && same_refine "$tmp/$name.res.json" "$tmp/$name.4.8.cuda.json" 1e-9 &&
+        pass "$name: refine streamed (forced) equals the resident refinement within 1e-9" ||
+        fail "$name: refine streamed (forced) against resident"
+    if $AQ search --scores "$tmp/$name.h5" --budget 4.8 --refine --data "$tmp/$held.npy" --seq-len "$T"         --device cuda --gpu-memory 1 --out "$tmp/none.json" >/dev/null 2>"$tmp/err"; then
+        fail "$name: refine --gpu-memory 1 ran"
+        continue
+    fi
+    need=$(sed -n 's/.*needs at least [0-9.]* GiB (\([0-9]*\) bytes); the resident one [0-9.]* GiB (\([0-9]*\) bytes).*/\1 \2/p' "$tmp/err")
+    read -r lo hi <<<"$need"
+    [ -n "${hi:-}" ] && [ ! -e "$tmp/none.json" ] && pass "$name: refine under --gpu-memory 1 is exit 2, naming the sizes" ||
+        { fail "$name: refine --gpu-memory 1: $(tail -2 "$tmp/err")"; continue; }
+    cap=$(((lo + hi) / 2))
+    refine "$name" 4.8 "$held" "$T" cuda --refine-rounds 2 --refine-candidates 4 --gpu-memory $cap &&
+        same_refine "$tmp/$name.res.json" "$tmp/$name.4.8.cuda.json" 1e-6 &&
+        pass "$name: refine under --gpu-memory $cap (streamed) equals the resident refinement within 1e-6" ||
+        fail "$name: refine under --gpu-memory $cap against resident"
+done
+
 # --objective max (each domain's held-out windows measured apart): the per-window KLs on the GPU against the CPU's
 domain_scores "$V"
 for dev in cpu cuda; do
