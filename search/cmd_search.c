@@ -265,7 +265,7 @@ static int refine_gpu(VerifyDevice* dev, const ScoreJob* j, const ScoreTable* t,
     free(extra);
     if (ok && !p.streamed) *gpu = gpu_measure_init_batch(m, held, p.B, bytes, why, sizeof(why));
     if (ok && p.streamed) {
-        dev->stream = 1, dev->batch = p.B;
+        dev->stream = 1, dev->batch = p.B, dev->once = 1;
         info_msg("search: --refine streams each recipe's layers from host memory (%d of %d layers resident, "
                  "engine batches of %d windows): the resident measurement needs %.3f GiB",
                  p.sp.n_resident, m->c.num_layers, p.B, p.resident / 1073741824.0);

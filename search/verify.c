@@ -167,9 +167,10 @@ int verify_plan_gpu(const VerifyDevice* d, const Model* m, int T, int n, const d
     return ok;
 }
 
-// The plan and the measurement's statistics, said once per device (search --refine measures many recipes).
+// The plan and the measurement's statistics: with d->once for the first measurement only (search --refine
+// measures many recipes).
 static void say_plan(VerifyDevice* d, const MeasurePlan* p, int L) {
-    if (d->runs || !p->streamed) return;
+    if ((d->once && d->runs) || !p->streamed) return;
     double cap = d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
     info_msg("%s: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows "
              "(reference and quantized states on the GPU), planned peak %.3f GiB (%.0f bytes) of %.3f GiB, "
@@ -179,7 +180,7 @@ static void say_plan(VerifyDevice* d, const MeasurePlan* p, int L) {
 }
 
 static void say_stats(VerifyDevice* d, GpuMeasure* g, int streamed, double secs) {
-    if (d->runs++) return;
+    if (d->once && d->runs++) return;
     double h2d, gap, peak, alloc;
     gpu_measure_stats(g, &h2d, &gap, &peak, &alloc);
     info_msg(

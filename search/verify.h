@@ -27,7 +27,8 @@ typedef struct {
     int gpu;         // the CUDA engine where it can measure (--device cuda, or auto with a GPU visible)
     double cap;      // --gpu-memory in bytes, 0: 90% of the GPU's free memory
     int said;        // the CPU fallback's reason said once
-    int runs;        // measurements made: the plan and its statistics are said for the first only
+    int runs;        // measurements made
+    int once;        // the plan and the statistics said for the first measurement only (search --refine)
     int stream;      // every measurement streamed (search --refine where the resident one does not fit)
     int batch;       // the engine batch, 0: the planner's (AUTOQ_MEASURE_BATCH in tests)
 } VerifyDevice;
