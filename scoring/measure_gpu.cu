@@ -85,11 +85,19 @@ extern "C" GpuMeasure* gpu_measure_init_batch(const Model* m, const TokenIds* he
     GpuMeasure* g = (GpuMeasure*)xcalloc(1, sizeof(GpuMeasure));
     g->e = gpu_engine_init(m, T, B, GEMM_BF16X2);
     size_t fr = gpu_measure_free_memory();
-    size_t need = ref_bytes + recipe_bytes + 4 * sizeof(double) * (size_t)B * T + (256UL << 20);
+    // what the engine allocates later too: the quantized pass's (B T, V) logits (full_logits, on the first
+    // run) and the recipe's emulation buffers (emu_alloc: the largest layer's fp32 weights, xf and yf; a
+    // sparse layer's gathered rows), so that a recipe that cannot fit is refused here, not by a cudaMalloc
+    const Config* c = &m->c;
+    size_t later = sizeof(float) * ((size_t)B * T * V + (size_t)g->e->wmax + 2 * (size_t)g->e->xf_cap);
+    if (c->n_sparse)
+        later += sizeof(float) * (size_t)B * T * c->top_k *
+                 (c->hidden_size > c->moe_intermediate ? c->hidden_size : c->moe_intermediate);
+    size_t need = ref_bytes + recipe_bytes + later + 4 * sizeof(double) * (size_t)B * T + (256UL << 20);
     if (need > fr) {
         snprintf(why, n,
-                 "the GPU has %.2f GiB free after the model; the held-out logits and the recipes' fp32 "
-                 "weights need %.2f GiB",
+                 "the GPU has %.2f GiB free after the model; the held-out logits, the recipes' fp32 "
+                 "weights and the measurement's buffers need %.2f GiB",
                  fr / 1073741824.0, need / 1073741824.0);
         gpu_engine_free(g->e);
         free(g);

@@ -99,9 +99,60 @@ static void test_model(void) {
     model_free(&m);
 }
 
+// The plans tests/test_gpu_measure.sh asks of each model it measures on a GPU (there: the recipe's fp32
+// weights, here every linear's, and none): one byte under the resident plan streams at the resident engine
+// batch (its 1e-9 comparison needs the same batch); the refusal's smallest plan (printed rounded up) streams
+// every layer at one window per engine batch; a third of the way from it to the resident plan holds two
+// engine batches per streamed batch.
+static void test_gpu_measure_caps(const char* dir, int T, int n) {
+    char name[600];
+    snprintf(name, sizeof(name), "%s/config.json", dir);
+    if (!file_exists(name)) {
+        snprintf(name, sizeof(name), "measure_plan_caps %s", dir);
+        SKIP(name, "missing");
+        return;
+    }
+    Model m;
+    model_open(&m, dir);
+    double extra[64];
+    for (int x = 0; x <= 2; x += 2) {
+        for (int l = 0; l < m.c.num_layers; l++) extra[l] = x * shard_layer_bytes(&m.c, l);
+        MeasurePlan p;
+        measure_plan(&p, &m.c, extra, T, n, 0, 1e15, 0, 0);
+        int B = p.B;
+        double hi = ceil(p.resident);
+        measure_plan_free(&p);
+        int ok = measure_plan(&p, &m.c, extra, T, n, 0, hi - 1, 0, 0);
+        snprintf(name, sizeof(name), "measure_plan_one_byte_short_same_batch %s extra x%d", dir, x);
+        CHECK(ok && p.streamed && p.B == B, name, "ok %d streamed %d B %d (resident %d)", ok, p.streamed, p.B,
+              B);
+        measure_plan_free(&p);
+        ok = measure_plan(&p, &m.c, extra, T, n, 0, 1, 0, 0);
+        double lo = ceil(p.need);
+        measure_plan_free(&p);
+        ok = !ok && measure_plan(&p, &m.c, extra, T, n, 1, lo, 1, 0);
+        snprintf(name, sizeof(name), "measure_plan_min_streams_every_layer %s extra x%d", dir, x);
+        CHECK(ok && p.streamed && p.B == 1 && p.sp.n_resident == 0 && lo < hi, name,
+              "ok %d B %d resident %d lo %g hi %g", ok, p.B, p.sp.n_resident, lo, hi);
+        measure_plan_free(&p);
+        ok = measure_plan(&p, &m.c, extra, T, n, 1, lo + floor((hi - lo) / 3), 1, 2);
+        snprintf(name, sizeof(name), "measure_plan_mid_two_batches %s extra x%d", dir, x);
+        CHECK(ok && p.streamed && p.B == 1 && p.sp.k == 2, name, "ok %d B %d k %d", ok, p.B, p.sp.k);
+        measure_plan_free(&p);
+    }
+    model_free(&m);
+}
+
 int main(void) {
     test_batch();
     test_spec();
     test_model();
+    // test_gpu_measure.sh's models, windows of T tokens, n windows
+    test_gpu_measure_caps("tests/fixtures/qwen3-moe-tiny", 64, 3);
+    test_gpu_measure_caps("tests/fixtures/qwen3_5-tiny", 24, 2);
+    const char* tiny = getenv("AUTOQ_TINY");
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s", tiny ? tiny : "../shared/models/qwen3-tiny");
+    test_gpu_measure_caps(dir, 256, 4);
     return g_fail ? 1 : 0;
 }
