@@ -19,7 +19,8 @@
 # for the CUDA libraries' workspaces). The hybrid section passed on one H100 (56 checks).
 # Skipped, visibly, without a GPU. About 70 runs of autoq, meant to take under 2 minutes on one H100.
 # STREAM_ONLY="SECTION ...": only those sections of the GPU part (tiny, moe, keep, multi, verify, gptq,
-# quantize, gen06, hybrid; all when unset), e.g. STREAM_ONLY=hybrid (bench/gpu_session.sh).
+# quantize, gen06, hybrid; all when unset), e.g. STREAM_ONLY=hybrid (bench/gpu_session.sh). verify, gptq and
+# multi take their caps from the tiny section's probes: without tiny, its resident runs and probes run alone.
 SUITE=gpu-stream
 source tests/lib.sh
 # KEEP_LOGS=DIR: every run's log copied there at the end (a GPU run's post-mortem)
@@ -144,6 +145,11 @@ if want tiny; then
     check tiny-kl "$M" $D kl 0 "mid low min" --num-samples 3 --batch-size 1
     check tiny-gradient "$M" $D gradient 1e-6 "mid" --num-samples 3 --batch-size 1
     check tiny-kl-bf16x2 "$M" $D kl 0 "mid" --num-samples 3 --batch-size 1 --gpu-gemm bf16x2 --format w4a8,nvfp4
+elif want verify || want gptq || want multi; then
+    # their caps (CAPS) and multi's resident scores come from the tiny runs: without the tiny section (a lane of
+    # bench/gpu_session.sh), only its resident runs and probes, no capped run
+    check tiny-kl "$M" $D kl 0 "" --num-samples 3 --batch-size 1
+    check tiny-gradient "$M" $D gradient 1e-6 "" --num-samples 3 --batch-size 1
 fi
 if want moe; then
     check moe-kl $moe $moe_ids kl 0 "low" --batch-size 1
