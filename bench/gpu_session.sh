@@ -67,7 +67,7 @@ if [ "$tests" = 1 ]; then # GPU eval / verify (tests/test_gpu_measure.sh); one s
     lane test_gpu_hybrid 130 bash tests/test_gpu_hybrid.sh >"$L/lane7.txt" 2>&1 &
     (
         lane test_measure_plan 20 build/tests/test_measure_plan
-        lane test_gpu_refine 100 bash tests/test_gpu_refine.sh
+        lane test_gpu_refine 130 bash tests/test_gpu_refine.sh
     ) >"$L/lane8.txt" 2>&1 &
 fi
 wait

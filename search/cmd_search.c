@@ -262,8 +262,13 @@ static int refine_gpu(VerifyDevice* dev, const ScoreJob* j, const ScoreTable* t,
     MeasurePlan p;
     char why[512];
     int ok = verify_plan_gpu(dev, m, held->t, held->n, extra, &p, why, sizeof(why));
-    free(extra);
-    if (ok && !p.streamed) *gpu = gpu_measure_init_batch(m, held, p.B, bytes, why, sizeof(why));
+    if (ok && !p.streamed && !(*gpu = gpu_measure_init_batch(m, held, p.B, bytes, why, sizeof(why)))) {
+        // the engine's own check (what it allocates after the plan's bytes) refused it near the cap: stream
+        measure_plan_free(&p);
+        dev->stream = 1;
+        ok = verify_plan_gpu(dev, m, held->t, held->n, extra, &p, why, sizeof(why));
+        dev->stream = 0;
+    }
     if (ok && p.streamed) {
         dev->stream = 1, dev->batch = p.B, dev->once = 1;
         info_msg("search: --refine streams each recipe's layers from host memory (%d of %d layers resident, "
@@ -271,6 +276,7 @@ static int refine_gpu(VerifyDevice* dev, const ScoreJob* j, const ScoreTable* t,
                  p.sp.n_resident, m->c.num_layers, p.B, p.resident / 1073741824.0);
     }
     measure_plan_free(&p);
+    free(extra);
     if (*gpu || (ok && dev->stream)) return 1;
     if (dev->want) fail_input("search --refine --device cuda: %s", why);
     warn_msg("search: --refine measures on the CPU engine: %s", why);

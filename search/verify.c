@@ -113,9 +113,10 @@ static void recipe_core(const Model* m, const TokenIds* ids, const Format* fmts,
     free(wq);
 }
 
-// The recipe's linears as the measurement runs them: w[i] the deployed fp32 weight (given[i], else
-// fake-quantized by its format, else its own weight), in[i] its input quantizer; NULL / none where choice[i]
-// keeps the linear (or is a KV-cache format). Returns the linears quantized.
+// The recipe's linears as the measurement runs them: w[i] the deployed fp32 weight (given[i] itself, not a
+// copy: a large model's recipe is tens of GB, so deployed_free frees only the others; else fake-quantized by
+// its format, else a copy of its own weight), in[i] its input quantizer; NULL / none where choice[i] keeps
+// the linear (or is a KV-cache format). Returns the linears quantized.
 static int deploy_linears(const Model* m, const Format* fmts, const int* choice, float* const* given, float** w,
                           QuantSpec* in) {
     int n = 0;
@@ -123,10 +124,14 @@ static int deploy_linears(const Model* m, const Format* fmts, const int* choice,
         if (choice[i] < 0 || fmts[choice[i]].kv) continue;
         const Linear* l = &m->linears[i];
         const Format* f = &fmts[choice[i]];
+        if (given && given[i]) {
+            w[i] = given[i];
+            if (f->in_enable) in[i] = f->in;
+            n++;
+            continue;
+        }
         w[i] = xmalloc(sizeof(float) * (size_t)l->out * l->in);
-        if (given && given[i])
-            memcpy(w[i], given[i], sizeof(float) * (size_t)l->out * l->in);
-        else if (f->w_enable)
+        if (f->w_enable)
             quant_weight_rows(w[i], l->w, l->out, l->in, f->w);
         else
             memcpy(w[i], l->w, sizeof(float) * (size_t)l->out * l->in);
@@ -134,6 +139,12 @@ static int deploy_linears(const Model* m, const Format* fmts, const int* choice,
         n++;
     }
     return n;
+}
+
+// Frees deploy_linears' w, given's weights left to the caller.
+static void deployed_free(const Model* m, float* const* given, float** w) {
+    for (int i = 0; i < m->n_linears; i++)
+        if (!(given && w[i] == given[i])) free(w[i]);
 }
 
 // Layer l's deployed fp32 weights (w[i] set) into extra[l]; returns their sum.
@@ -213,13 +224,21 @@ int verify_measure_gpu(VerifyDevice* d, const Model* m, const TokenIds* ids, con
     MeasurePlan p;
     char why[512] = "";
     GpuMeasure* g = NULL;
-    if (verify_plan_gpu(d, m, ids->t, ids->n, extra, &p, why, sizeof(why)))
-        g = p.streamed ? gpu_measure_stream_init(m, ids, &p, w, in)
-                       : gpu_measure_init_batch(m, ids, p.B, total, why, sizeof(why));
+    int ok = verify_plan_gpu(d, m, ids->t, ids->n, extra, &p, why, sizeof(why));
+    if (ok && !p.streamed && !(g = gpu_measure_init_batch(m, ids, p.B, total, why, sizeof(why)))) {
+        // the engine's own check (what it allocates after the plan's bytes) refused the resident measurement
+        // near the cap: stream it
+        measure_plan_free(&p);
+        int s = d->stream;
+        d->stream = 1;
+        ok = verify_plan_gpu(d, m, ids->t, ids->n, extra, &p, why, sizeof(why));
+        d->stream = s;
+    }
+    if (ok && p.streamed) g = gpu_measure_stream_init(m, ids, &p, w, in);
     if (g && !p.streamed)
         for (int i = 0; i < m->n_linears; i++)
             if (w[i]) gpu_measure_set(g, i, w[i], in[i]);
-    for (int i = 0; i < m->n_linears; i++) free(w[i]);
+    deployed_free(m, given, w);
     free(w), free(in), free(extra);
     if (!g) { // --device cuda refuses, as search --refine does; auto measures on the CPU engine
         measure_plan_free(&p);
@@ -274,7 +293,7 @@ static void verify_core(const Model* m, const TokenIds* ids, const Format* fmts,
     r->nll_q /= ids->n;
     run_free(&ref, m);
     run_free(&q, m);
-    for (int i = 0; i < m->n_linears; i++) free((void*)plan.wq[i]);
+    deployed_free(m, given, (float**)plan.wq);
     free(plan.wq);
     free(plan.in_spec);
     free(plan.kv);

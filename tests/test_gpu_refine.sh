@@ -64,17 +64,28 @@ done
 # pass. Against the resident refinement above: the same tries and refined recipe, every measured KL within 1e-9
 # when forced to stream (AUTOQ_STREAM=1, the resident engine batch) and 1e-6 under a cap halfway between the
 # smallest streamed plan and the resident one (the engine batch may be smaller there).
-same_refine() { # RESIDENT.json STREAMED.json TOL
+# same_refine RESIDENT.json STREAMED.json TOL [loose]: strict, the same tries in the same order and the same
+# best; loose (another engine batch: rounding can reorder near-ties), the plain recipe and round 1's neighbours
+# (ranked without a measurement) in both, the recipes measured by both within TOL, and the same
+# refined recipe or refined KLs within TOL
+same_refine() {
     python3 - "$@" <<'PY'
 import json, sys
 r, s = (json.load(open(p))["refine"] for p in sys.argv[1:3])
-tol = float(sys.argv[3])
+tol, loose = float(sys.argv[3]), len(sys.argv) > 4
 assert r["device"] == s["device"] == "cuda" and not r["streamed"] and s["streamed"], (r["streamed"], s["streamed"])
-assert [t["changes"] for t in r["tries"]] == [t["changes"] for t in s["tries"]] and r["best"] == s["best"]
-worst = max(abs(a["measured_kl"] - b["measured_kl"]) / max(abs(a["measured_kl"]), 1e-30)
-            for a, b in zip(r["tries"], s["tries"]))
+key = lambda t: json.dumps(t["changes"], sort_keys=True)
+if not loose:
+    assert [key(t) for t in r["tries"]] == [key(t) for t in s["tries"]] and r["best"] == s["best"]
+first = lambda x: {key(t) for t in x["tries"] if t["round"] <= 1 and t["kind"] in ("plain", "neighbour")}
+assert first(r) == first(s), "round 1 differs"
+skl = {key(t): t["measured_kl"] for t in s["tries"]}
+common = [(t["measured_kl"], skl[key(t)]) for t in r["tries"] if key(t) in skl]
+worst = max(abs(a - b) / max(abs(a), 1e-30) for a, b in common)
 assert worst <= tol, f"worst relative KL difference {worst:.3g} > {tol}"
-print(f"  {len(r['tries'])} recipes, worst relative KL difference {worst:.2e}")
+rb, sb = r["tries"][r["best"]], s["tries"][s["best"]]
+assert key(rb) == key(sb) or abs(rb["measured_kl"] - sb["measured_kl"]) <= tol * rb["measured_kl"]
+print(f"  {len(common)} recipes measured by both, worst relative KL difference {worst:.2e}")
 PY
 }
 for m in "${models[@]}" "${table[0]}"; do
@@ -95,7 +106,7 @@ for m in "${models[@]}" "${table[0]}"; do
         { fail "$name: refine --gpu-memory 1: $(tail -2 "$tmp/err")"; continue; }
     cap=$(((lo + hi) / 2))
     refine "$name" 4.8 "$held" "$T" cuda --refine-rounds 2 --refine-candidates 4 --gpu-memory $cap &&
-        same_refine "$tmp/$name.res.json" "$tmp/$name.4.8.cuda.json" 1e-6 &&
+        same_refine "$tmp/$name.res.json" "$tmp/$name.4.8.cuda.json" 1e-6 loose &&
         pass "$name: refine under --gpu-memory $cap (streamed) equals the resident refinement within 1e-6" ||
         fail "$name: refine under --gpu-memory $cap against resident"
 done
