@@ -61,8 +61,10 @@ static int register_checkpoint(const Model* m) {
                      m->dir);
             return 0;
         }
-    info_msg("score: page-locked the checkpoint's %.1f GiB for streaming in %.1fs", total / 1073741824.0,
-             time_now() - t0);
+    static int said; // search --refine's streamed recipes each page-lock it again: said once
+    if (!said++)
+        info_msg("streaming: page-locked the checkpoint's %.1f GiB in %.1fs", total / 1073741824.0,
+                 time_now() - t0);
     return 1;
 }
 
