@@ -87,6 +87,13 @@ static void pin_release(const Model* m) {
     pthread_mutex_unlock(&g_pin_mu);
 }
 
+extern "C" void gpu_stream_pin_hold(const Model* m, int hold) {
+    if (hold)
+        pin_acquire(m);
+    else
+        pin_release(m);
+}
+
 // Layer l's weights laid out as the resident upload lays them out (moe_upload, then layer_upload), into
 // base (cap bytes), or with base NULL only measured; into g. Returns the bytes they take.
 static size_t slot_carve(GpuEngine* e, int l, GpuLayer* g, char* base, size_t cap, int up) {

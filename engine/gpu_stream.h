@@ -43,6 +43,9 @@ void gpu_stream_extra(GpuStream* st, void* const* host, const size_t* bytes, voi
 // Pinned host memory for spilled states (freed with the stream), and the bytes moved each way through it.
 void* gpu_stream_host_alloc(GpuStream* st, size_t bytes);
 void gpu_stream_count_spill(GpuStream* st, double h2d, double d2h);
+// Keeps the checkpoint's page-locking (hold 1) across streamed engines made and freed one after another
+// (search --refine's streamed recipes), else each would page-lock it again; hold 0 lets it go.
+void gpu_stream_pin_hold(const Model* m, int hold);
 // Waits for the queued work, then: bytes copied host->GPU (layers and spilled states), and the seconds the
 // GPU waited between layers' work (the copies not hidden behind compute), since the stream began.
 void gpu_stream_stats(GpuStream* st, double* h2d_bytes, double* unhidden_s);

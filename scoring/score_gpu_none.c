@@ -78,6 +78,7 @@ void gpu_score_multi_stream(const GpuScoreSpec* sp, const StreamPlan* plan, doub
     (void)sp, (void)plan, (void)stats, (void)ids, (void)n, (void)ngpus, (void)score, (void)seconds, (void)peak;
     fail_input("--gpus: this autoq was built without CUDA");
 }
+void gpu_stream_pin_hold(const Model* m, int hold) { (void)m, (void)hold; }
 void gpu_stream_stats(GpuStream* st, double* h2d_bytes, double* unhidden_s) {
     (void)st;
     *h2d_bytes = *unhidden_s = 0;

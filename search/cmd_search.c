@@ -9,6 +9,7 @@
 #include "../engine/forward.h"
 #include "../engine/util.h"
 #include "../engine/gpu.h"
+#include "../engine/gpu_stream.h"
 #include "../kernels/quant.h"
 #include "../scoring/job.h"
 #include "../scoring/measure_gpu.h"
@@ -332,7 +333,10 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
         rc.wkl = xmalloc(sizeof(double) * all.n);
     }
     int on_gpu = refine_gpu(dev, j, ctx->t, held, &rc.gpu);
-    if (on_gpu && !rc.gpu) rc.dev = dev;
+    if (on_gpu && !rc.gpu) {
+        rc.dev = dev;
+        gpu_stream_pin_hold(&j->model, 1); // page-locked once for every recipe's streamed pass
+    }
     if (rc.gpu) {
         rc.on_gpu = xmalloc(sizeof(int) * j->model.n_linears);
         for (int i = 0; i < j->model.n_linears; i++) rc.on_gpu[i] = -1;
@@ -358,6 +362,7 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
     free(rc.choice);
     free(rc.on_gpu);
     gpu_measure_free(rc.gpu);
+    if (rc.dev) gpu_stream_pin_hold(&j->model, 0);
     verify_ref_free(&ref);
     for (int d = 0; d < nd; d++) {
         verify_ref_free(&rc.dref[d]);
