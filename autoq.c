@@ -226,7 +226,7 @@ static const Opt k_search[] = {
     {"--verify", OPT_FLAG, NULL, NULL, 0, 0, 0, 0, "measure each recipe's KL and NLL on --data"},
     {"--bootstrap", OPT_INT, "N", NULL, 1, 100000, 0, 0,
      "resample the windows N times: each group's score interval and how often each choice comes back"},
-    {"--bootstrap-seed", OPT_INT, "S", NULL, 0, 1 << 30, 0, 0, "the seed of --bootstrap (default 1)"},
+    {"--bootstrap-seed", OPT_INT, "S", NULL, 0, 1 << 30, 0, G_BOOT, "the seed of --bootstrap (default 1)"},
     {"--objective", OPT_STR, "mean|max|weights:NAME=W,...", NULL, 0, 0, 0, 0,
      "over calibration domains (score --data NAME=FILE): mean, worst-case or weighted predicted loss"},
     {"--refine", OPT_FLAG, NULL, NULL, 0, 0, 0, 0,

@@ -37,7 +37,8 @@ enum {
     G_FORMAT = 16,
     G_PLAIN = 32,
     G_REFINE = 64,
-    G_MEM = 128
+    G_MEM = 128,
+    G_BOOT = 256 // search --bootstrap's seed
 };
 
 // One option, or a positional argument when name does not start with '-'.

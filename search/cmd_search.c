@@ -400,6 +400,7 @@ int cmd_search(Args* a) {
                      0,
                      {0}};
     if (!refine) args_refuse(a, G_REFINE, "without --refine");
+    if (!nboot) args_refuse(a, G_BOOT, "without --bootstrap");
     const char* mem_s = args_str(a, "--memory-budget");
     int kv_uniform = args_flag(a, "--kv-uniform");
     MemBudget mb = {0};

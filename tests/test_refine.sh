@@ -66,6 +66,8 @@ expect "held out everything" "leaves none to score" $AQ search $V --data tests/f
     --seq-len 32 --method kl --device cpu --budget 5 --refine --refine-windows 3
 expect "--refine-rounds without --refine" "--refine-rounds" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 \
     --refine-rounds 2
+expect "--bootstrap-seed without --bootstrap" "--bootstrap-seed" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 \
+    --bootstrap-seed 2
 expect "--refine with --scores needs --data" "needs --data" $AQ search --scores "$tmp/qwen3-vl-tiny.h5" --budget 5 \
     --refine
 
