@@ -253,23 +253,9 @@ static int refine_gpu(VerifyDevice* dev, const ScoreJob* j, const ScoreTable* t,
         return 0;
     }
     const Model* m = &j->model;
-    double* extra = xcalloc(m->c.num_layers, sizeof(double)); // every linear's deployed fp32 weight, at most
-    size_t bytes = 0;
-    for (int l = 0; l < m->c.num_layers; l++)
-        for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++) {
-            extra[l] += sizeof(float) * (double)m->linears[i].out * m->linears[i].in;
-            bytes += sizeof(float) * (size_t)m->linears[i].out * m->linears[i].in;
-        }
     MeasurePlan p;
     char why[512];
-    int ok = verify_plan_gpu(dev, m, held->t, held->n, extra, &p, why, sizeof(why));
-    if (ok && !p.streamed && !(*gpu = gpu_measure_init_batch(m, held, p.B, bytes, why, sizeof(why)))) {
-        // the engine's own check (what it allocates after the plan's bytes) refused it near the cap: stream
-        measure_plan_free(&p);
-        dev->stream = 1;
-        ok = verify_plan_gpu(dev, m, held->t, held->n, extra, &p, why, sizeof(why));
-        dev->stream = 0;
-    }
+    int ok = verify_open_gpu(dev, m, held, NULL, &p, gpu, why, sizeof(why)); // every linear deployed, at most
     if (ok && p.streamed) {
         dev->stream = 1, dev->batch = p.B, dev->once = 1;
         info_msg("search: --refine streams each recipe's layers from host memory (%d of %d layers resident, "
@@ -277,7 +263,6 @@ static int refine_gpu(VerifyDevice* dev, const ScoreJob* j, const ScoreTable* t,
                  p.sp.n_resident, m->c.num_layers, p.B, p.resident / 1073741824.0);
     }
     measure_plan_free(&p);
-    free(extra);
     if (*gpu || (ok && dev->stream)) return 1;
     if (dev->want) fail_input("search --refine --device cuda: %s", why);
     warn_msg("search: --refine measures on the CPU engine: %s", why);
@@ -340,11 +325,9 @@ static void search_refine(Refine* rf, const SearchCtx* ctx, const Objective* obj
     if (rc.gpu) {
         rc.on_gpu = xmalloc(sizeof(int) * j->model.n_linears);
         for (int i = 0; i < j->model.n_linears; i++) rc.on_gpu[i] = -1;
-    } else if (on_gpu) {
-    } else if (nd) {
+    } else if (!on_gpu) { // the CPU engine: the unquantized logits once
         for (int d = 0; d < nd; d++) verify_ref_init(&rc.dref[d], &j->model, &rc.dheld[d]);
-    } else {
-        verify_ref_init(&ref, &j->model, held);
+        if (!nd) verify_ref_init(&ref, &j->model, held);
     }
     info_msg("search: --refine on %d held-out window(s) of %d tokens, on the %s engine%s%s%s", held->n, held->t,
              on_gpu ? "CUDA" : "CPU", on_gpu ? " " : "", on_gpu ? gpu_name() : "",

@@ -147,12 +147,12 @@ static void deployed_free(const Model* m, float* const* given, float** w) {
         if (!(given && w[i] == given[i])) free(w[i]);
 }
 
-// Layer l's deployed fp32 weights (w[i] set) into extra[l]; returns their sum.
+// Layer l's deployed fp32 weights (those with w[i] set; w NULL: every linear) into extra[l]; returns their sum.
 static size_t recipe_extra(const Model* m, float* const* w, double* extra) {
     size_t total = 0;
     for (int l = 0; l < m->c.num_layers; l++)
         for (int i = m->lin0[l]; i < m->lin0[l + 1]; i++)
-            if (w[i]) {
+            if (!w || w[i]) {
                 size_t b = sizeof(float) * (size_t)m->linears[i].out * m->linears[i].in;
                 extra[l] += (double)b;
                 total += b;
@@ -160,9 +160,14 @@ static size_t recipe_extra(const Model* m, float* const* w, double* extra) {
     return total;
 }
 
-int verify_plan_gpu(const VerifyDevice* d, const Model* m, int T, int n, const double* extra, MeasurePlan* p,
+// The bytes d's measurement may use: --gpu-memory, else 90% of the GPU's free memory.
+static double device_cap(const VerifyDevice* d) {
+    return d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
+}
+
+static int plan_gpu(const VerifyDevice* d, const Model* m, int T, int n, const double* extra, MeasurePlan* p,
                     char* why, size_t nwhy) {
-    double cap = d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
+    double cap = device_cap(d);
     const char* fs = getenv("AUTOQ_STREAM");         // bench and tests: the streamed path where it fits
     const char* kf = getenv("AUTOQ_STREAM_BATCHES"); // tests: engine batches per streamed batch
     const char* mb = getenv("AUTOQ_MEASURE_BATCH");  // tests: the engine batch (resident and streamed)
@@ -178,11 +183,30 @@ int verify_plan_gpu(const VerifyDevice* d, const Model* m, int T, int n, const d
     return ok;
 }
 
+int verify_open_gpu(VerifyDevice* d, const Model* m, const TokenIds* ids, float* const* w, MeasurePlan* p,
+                    GpuMeasure** res, char* why, size_t nwhy) {
+    double* extra = xcalloc(m->c.num_layers, sizeof(double));
+    size_t total = recipe_extra(m, w, extra);
+    *res = NULL;
+    int ok = plan_gpu(d, m, ids->t, ids->n, extra, p, why, nwhy);
+    if (ok && !p->streamed && !(*res = gpu_measure_init_batch(m, ids, p->B, total, why, nwhy))) {
+        // the engine's own check (what it allocates after the plan's bytes) refused the resident measurement
+        // near the cap: stream it
+        measure_plan_free(p);
+        int s = d->stream;
+        d->stream = 1;
+        ok = plan_gpu(d, m, ids->t, ids->n, extra, p, why, nwhy);
+        d->stream = s;
+    }
+    free(extra);
+    return ok;
+}
+
 // The plan and the measurement's statistics: with d->once for the first measurement only (search --refine
 // measures many recipes).
 static void say_plan(VerifyDevice* d, const MeasurePlan* p, int L) {
     if ((d->once && d->runs) || !p->streamed) return;
-    double cap = d->cap ? d->cap : 0.9 * (double)gpu_measure_free_memory();
+    double cap = device_cap(d);
     info_msg("%s: streaming layers from host memory: %d of %d layers resident, batches of %d x %d windows "
              "(reference and quantized states on the GPU), planned peak %.3f GiB (%.0f bytes) of %.3f GiB, "
              "%.2f GiB host->GPU per batch",
@@ -217,29 +241,18 @@ int verify_measure_gpu(VerifyDevice* d, const Model* m, const TokenIds* ids, con
     int L = m->c.num_layers;
     float** w = xcalloc(m->n_linears, sizeof(float*));
     QuantSpec* in = xcalloc(m->n_linears, sizeof(QuantSpec));
-    double* extra = xcalloc(L, sizeof(double));
     memset(r, 0, sizeof(*r));
     r->n_quantized = deploy_linears(m, fmts, choice, given, w, in);
-    size_t total = recipe_extra(m, w, extra);
     MeasurePlan p;
     char why[512] = "";
     GpuMeasure* g = NULL;
-    int ok = verify_plan_gpu(d, m, ids->t, ids->n, extra, &p, why, sizeof(why));
-    if (ok && !p.streamed && !(g = gpu_measure_init_batch(m, ids, p.B, total, why, sizeof(why)))) {
-        // the engine's own check (what it allocates after the plan's bytes) refused the resident measurement
-        // near the cap: stream it
-        measure_plan_free(&p);
-        int s = d->stream;
-        d->stream = 1;
-        ok = verify_plan_gpu(d, m, ids->t, ids->n, extra, &p, why, sizeof(why));
-        d->stream = s;
-    }
+    int ok = verify_open_gpu(d, m, ids, w, &p, &g, why, sizeof(why));
     if (ok && p.streamed) g = gpu_measure_stream_init(m, ids, &p, w, in);
     if (g && !p.streamed)
         for (int i = 0; i < m->n_linears; i++)
             if (w[i]) gpu_measure_set(g, i, w[i], in[i]);
     deployed_free(m, given, w);
-    free(w), free(in), free(extra);
+    free(w), free(in);
     if (!g) { // --device cuda refuses, as search --refine does; auto measures on the CPU engine
         measure_plan_free(&p);
         if (d->want) fail_input("%s --device cuda: %s", d->cmd, why);

@@ -5,6 +5,7 @@
 #include "../datasets/npy.h"
 #include "../engine/model.h"
 #include "../scoring/format.h"
+#include "../scoring/measure_gpu.h"
 #include "../scoring/measure_plan.h"
 #include "../scoring/quantizer.h"
 
@@ -39,11 +40,13 @@ void verify_device_init(VerifyDevice* d, const char* cmd, const char* device, do
 // The device the next verify calls use (NULL: the CPU engine); the caller keeps d alive until then.
 void verify_set_device(VerifyDevice* d);
 
-// Plans the measurement of n windows of T tokens on d's GPU whose layer l carries extra[l] bytes of deployed
-// fp32 weights (scoring/measure_plan.h), within --gpu-memory or 90% of the free memory; 0, with the reason in
-// why, when no plan fits.
-int verify_plan_gpu(const VerifyDevice* d, const Model* m, int T, int n, const double* extra, MeasurePlan* p,
-                    char* why, size_t nwhy);
+// Plans the measurement of ids on d's GPU (scoring/measure_plan.h) whose linears with w[i] set (w NULL: every
+// linear) carry deployed fp32 weights, within --gpu-memory or 90% of the free memory, and where it is resident
+// opens it: *res (NULL when it streams; d->stream forces that). A resident measurement the engine's own check
+// refuses (what it allocates beyond the plan's bytes) is planned streamed instead. 0, with the reason in why,
+// when no plan fits.
+int verify_open_gpu(VerifyDevice* d, const Model* m, const TokenIds* ids, float* const* w, MeasurePlan* p,
+                    GpuMeasure** res, char* why, size_t nwhy);
 // The recipe (choice, given as verify_run_with's) measured on the CUDA engine through d (README "Streaming"):
 // resident when the model, every window's reference logits and the recipe's fp32 weights fit the cap, else
 // streamed; each window's KL into wkl (ids->n) unless NULL. Returns 0 where the CPU engine measures instead (a
