@@ -32,6 +32,17 @@ static inline int file_exists(const char* p) {
     return f != NULL;
 }
 
+// 1 when dir holds a model (its config.json); else one SKIP line for name ("DIR missing") and 0: the C suites'
+// twin of tests/lib.sh's skip_without_model.
+static inline int model_present(const char* dir, const char* name) {
+    char cfg[1024];
+    snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
+    if (file_exists(cfg)) return 1;
+    printf("SKIP %s: %s missing\n", name, dir);
+    fflush(stdout);
+    return 0;
+}
+
 // Relative difference with a floor on the denominator.
 static inline double rel_diff(double a, double b) {
     double d = fabs(a - b), s = fmax(fabs(a), fabs(b));

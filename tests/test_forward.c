@@ -17,12 +17,7 @@ static void compare(const char* label, const char* model_dir, const char* ids_pa
         return;
     }
     snprintf(name, sizeof(name), "%s model present", label);
-    char cfg[512];
-    snprintf(cfg, sizeof(cfg), "%s/config.json", model_dir);
-    if (!file_exists(cfg)) {
-        SKIP(name, "model folder missing (../shared not beside the checkout?)");
-        return;
-    }
+    if (!model_present(model_dir, name)) return;
     Model m;
     model_load(&m, model_dir);
     TokenIds ids;

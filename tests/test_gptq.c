@@ -150,13 +150,9 @@ static Agreement compare(const Model* m, float** wq, const Hessian* hs, json_t* 
 }
 
 static void against_llmcompressor(const char* dir, const char* ids_path, const char* path, const char* tag) {
-    char cfg[512], name[256];
-    snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
-    if (!file_exists(cfg)) {
-        snprintf(name, sizeof(name), "gptq vs llm-compressor, %s", tag);
-        SKIP(name, "model folder missing");
-        return;
-    }
+    char name[256];
+    snprintf(name, sizeof(name), "gptq vs llm-compressor, %s", tag);
+    if (!model_present(dir, name)) return;
     json_error_t jerr;
     json_t* ref = json_load_file(path, 0, &jerr);
     snprintf(name, sizeof(name), "gptq reference fixture loads, %s", tag);

@@ -20,12 +20,7 @@
 // model is missing.
 static int fixture_load(Model* m, TokenIds* ids, const char* skip, const char* dir, const char* ids_path,
                         int first) {
-    char name[200];
-    snprintf(name, sizeof(name), "%s/config.json", dir);
-    if (!file_exists(name)) {
-        SKIP(skip, "model missing");
-        return 0;
-    }
+    if (!model_present(dir, skip)) return 0;
     model_load(m, dir);
     npy_read_ids(ids, ids_path, m->c.vocab_size);
     memmove(ids->ids, ids->ids + (long)first * ids->t, sizeof(int) * (size_t)(ids->n - first) * ids->t);

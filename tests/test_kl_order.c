@@ -24,12 +24,7 @@ static double* score_order(const Model* m, const Groups* gs, const Format* f, in
 }
 
 static void check_model(const char* name, const char* dir, const char* ids_path, int n) {
-    char path[512];
-    snprintf(path, sizeof(path), "%s/config.json", dir);
-    if (!file_exists(path)) {
-        SKIP(name, "model missing");
-        return;
-    }
+    if (!model_present(dir, name)) return;
     Model m;
     model_load(&m, dir);
     TokenIds ids;

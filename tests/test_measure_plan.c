@@ -106,12 +106,8 @@ static void test_model(void) {
 // engine batches per streamed batch.
 static void test_gpu_measure_caps(const char* dir, int T, int n) {
     char name[600];
-    snprintf(name, sizeof(name), "%s/config.json", dir);
-    if (!file_exists(name)) {
-        snprintf(name, sizeof(name), "measure_plan_caps %s", dir);
-        SKIP(name, "missing");
-        return;
-    }
+    snprintf(name, sizeof(name), "measure_plan_caps %s", dir);
+    if (!model_present(dir, name)) return;
     Model m;
     model_open(&m, dir);
     double extra[64];

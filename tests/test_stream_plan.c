@@ -226,12 +226,7 @@ static double align_up(double b) { return ceil(b / GPU_SLOT_ALIGN) * GPU_SLOT_AL
 // spec's slot_pad) holds every layer as the slots lay it out, each tensor at a multiple of GPU_SLOT_ALIGN
 // (counted here with q, k, v apart: an upper bound), the routed experts in two buffers.
 static void check_layer_bytes(const char* name, const char* dir) {
-    char cfg[512];
-    snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
-    if (!file_exists(cfg)) {
-        SKIP(name, "model missing");
-        return;
-    }
+    if (!model_present(dir, name)) return;
     Model m;
     model_open(&m, dir);
     Groups none;
